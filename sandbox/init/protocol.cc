@@ -1,0 +1,243 @@
+#include "sandbox/init/protocol.h"
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace paddock::init {
+
+void WireWriter::U32(uint32_t v) { buf_.append(reinterpret_cast<const char*>(&v), 4); }
+void WireWriter::U64(uint64_t v) { buf_.append(reinterpret_cast<const char*>(&v), 8); }
+void WireWriter::Str(std::string_view s) {
+  U32(static_cast<uint32_t>(s.size()));
+  buf_.append(s);
+}
+
+bool WireReader::U32(uint32_t* v) {
+  if (buf_.size() - pos_ < 4) return false;
+  std::memcpy(v, buf_.data() + pos_, 4);
+  pos_ += 4;
+  return true;
+}
+bool WireReader::U64(uint64_t* v) {
+  if (buf_.size() - pos_ < 8) return false;
+  std::memcpy(v, buf_.data() + pos_, 8);
+  pos_ += 8;
+  return true;
+}
+bool WireReader::Str(std::string* s) {
+  uint32_t n;
+  if (!U32(&n) || buf_.size() - pos_ < n) return false;
+  s->assign(buf_.data() + pos_, n);
+  pos_ += n;
+  return true;
+}
+
+namespace {
+void PutStrings(WireWriter& w, const std::vector<std::string>& v) {
+  w.U32(static_cast<uint32_t>(v.size()));
+  for (const auto& s : v) w.Str(s);
+}
+bool GetStrings(WireReader& r, std::vector<std::string>* v) {
+  uint32_t n;
+  if (!r.U32(&n)) return false;
+  v->clear();
+  for (uint32_t i = 0; i < n; ++i) {
+    std::string s;
+    if (!r.Str(&s)) return false;
+    v->push_back(std::move(s));
+  }
+  return true;
+}
+template <typename Map>
+void PutMap(WireWriter& w, const Map& m) {
+  w.U32(static_cast<uint32_t>(m.size()));
+  for (const auto& [k, v] : m) {
+    w.Str(k);
+    w.Str(v);
+  }
+}
+bool GetPairs(WireReader& r, std::vector<std::pair<std::string, std::string>>* out) {
+  uint32_t n;
+  if (!r.U32(&n)) return false;
+  for (uint32_t i = 0; i < n; ++i) {
+    std::string k, v;
+    if (!r.Str(&k) || !r.Str(&v)) return false;
+    out->emplace_back(std::move(k), std::move(v));
+  }
+  return true;
+}
+}  // namespace
+
+std::string EncodeSetup(const SetupConfig& c) {
+  WireWriter w;
+  w.U32(static_cast<uint32_t>(c.mode));
+  w.Str(c.rootfs);
+  w.Str(c.hostname);
+  w.Str(c.workdir);
+  w.U64(c.tmp_bytes);
+  w.U32(c.limits.cpu_millicores);
+  w.U64(c.limits.memory_bytes);
+  w.U32(c.limits.pids);
+  w.U64(c.limits.disk_bytes);
+  w.Str(c.seccomp_bpf);
+  PutMap(w, c.env);
+  return w.Take();
+}
+
+bool DecodeSetup(std::string_view buf, SetupConfig* c) {
+  WireReader r(buf);
+  uint32_t mode;
+  bool ok = r.U32(&mode) && r.Str(&c->rootfs) && r.Str(&c->hostname) && r.Str(&c->workdir) &&
+            r.U64(&c->tmp_bytes) && r.U32(&c->limits.cpu_millicores) &&
+            r.U64(&c->limits.memory_bytes) && r.U32(&c->limits.pids) &&
+            r.U64(&c->limits.disk_bytes) && r.Str(&c->seccomp_bpf) && GetPairs(r, &c->env);
+  c->mode = static_cast<Mode>(mode);
+  return ok && r.done();
+}
+
+std::string EncodeExec(const ExecRequest& e) {
+  WireWriter w;
+  PutStrings(w, e.argv);
+  w.Str(e.shell);
+  w.Str(e.stdin_data);
+  PutMap(w, e.env);
+  w.Str(e.cwd);
+  w.U32(e.timeout_ms);
+  w.U64(e.output_cap);
+  w.U32(e.stream ? 1 : 0);
+  return w.Take();
+}
+
+bool DecodeExec(std::string_view buf, ExecRequest* e) {
+  WireReader r(buf);
+  std::vector<std::pair<std::string, std::string>> env;
+  uint32_t stream = 0;
+  bool ok = GetStrings(r, &e->argv) && r.Str(&e->shell) && r.Str(&e->stdin_data) &&
+            GetPairs(r, &env) && r.Str(&e->cwd) && r.U32(&e->timeout_ms) &&
+            r.U64(&e->output_cap) && r.U32(&stream);
+  e->env.clear();
+  for (auto& [k, v] : env) e->env[k] = v;
+  e->stream = stream != 0;
+  return ok && r.done();
+}
+
+std::string EncodeResult(const ExecResult& x) {
+  WireWriter w;
+  w.U32(static_cast<uint32_t>(x.exit_code));
+  w.U32(static_cast<uint32_t>(x.signal));
+  w.Str(x.stdout_data);
+  w.Str(x.stderr_data);
+  w.U32((x.stdout_truncated ? 1 : 0) | (x.stderr_truncated ? 2 : 0) | (x.timed_out ? 4 : 0) |
+        (x.oom_killed ? 8 : 0));
+  w.U64(x.wall_time_us);
+  w.U64(x.cpu_time_us);
+  w.U64(x.peak_memory_bytes);
+  return w.Take();
+}
+
+bool DecodeResult(std::string_view buf, ExecResult* x) {
+  WireReader r(buf);
+  uint32_t code, sig, flags;
+  bool ok = r.U32(&code) && r.U32(&sig) && r.Str(&x->stdout_data) && r.Str(&x->stderr_data) &&
+            r.U32(&flags) && r.U64(&x->wall_time_us) && r.U64(&x->cpu_time_us) &&
+            r.U64(&x->peak_memory_bytes);
+  x->exit_code = static_cast<int32_t>(code);
+  x->signal = static_cast<int32_t>(sig);
+  x->stdout_truncated = flags & 1;
+  x->stderr_truncated = flags & 2;
+  x->timed_out = flags & 4;
+  x->oom_killed = flags & 8;
+  return ok && r.done();
+}
+
+std::string EncodeFileInfo(const FileInfo& f) {
+  WireWriter w;
+  w.Str(f.name);
+  w.U32(static_cast<uint32_t>(f.type));
+  w.U64(f.size);
+  w.U32(f.mode);
+  w.U64(static_cast<uint64_t>(f.mtime_unix_ms));
+  return w.Take();
+}
+
+bool DecodeFileInfo(WireReader& r, FileInfo* f) {
+  uint32_t type;
+  uint64_t mtime;
+  bool ok = r.Str(&f->name) && r.U32(&type) && r.U64(&f->size) && r.U32(&f->mode) && r.U64(&mtime);
+  f->type = static_cast<FileType>(type);
+  f->mtime_unix_ms = static_cast<int64_t>(mtime);
+  return ok;
+}
+
+std::string EncodeReply(int32_t err, std::string_view message, std::string_view payload) {
+  WireWriter w;
+  w.U32(static_cast<uint32_t>(err));
+  w.Str(message);
+  w.Str(payload);
+  return w.Take();
+}
+
+bool DecodeReply(std::string_view buf, int32_t* err, std::string* message, std::string* payload) {
+  WireReader r(buf);
+  uint32_t e;
+  bool ok = r.U32(&e) && r.Str(message) && r.Str(payload);
+  *err = static_cast<int32_t>(e);
+  return ok && r.done();
+}
+
+namespace {
+bool WriteAll(int fd, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+bool ReadAll(int fd, void* data, size_t n) {
+  char* p = static_cast<char*>(data);
+  while (n > 0) {
+    ssize_t r = ::read(fd, p, n);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (r == 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+}  // namespace
+
+bool WriteFrame(int fd, FrameType type, uint32_t id, std::string_view payload) {
+  uint32_t hdr[3] = {static_cast<uint32_t>(payload.size()), static_cast<uint32_t>(type), id};
+  if (payload.size() < 64 * 1024) {
+    // One syscall for small frames: header and payload together.
+    std::string buf(reinterpret_cast<const char*>(hdr), sizeof hdr);
+    buf.append(payload);
+    return WriteAll(fd, buf.data(), buf.size());
+  }
+  return WriteAll(fd, hdr, sizeof hdr) && WriteAll(fd, payload.data(), payload.size());
+}
+
+bool ReadFrame(int fd, Frame* f) {
+  uint32_t hdr[3];
+  if (!ReadAll(fd, hdr, sizeof hdr)) return false;
+  if (hdr[0] > kMaxFrame) return false;
+  f->type = static_cast<FrameType>(hdr[1]);
+  f->id = hdr[2];
+  f->payload.resize(hdr[0]);
+  return hdr[0] == 0 || ReadAll(fd, f->payload.data(), hdr[0]);
+}
+
+}  // namespace paddock::init

@@ -1,0 +1,93 @@
+// The private channel between the daemon and paddock-init (PID 1 of a container,
+// or the zygote of a function sandbox). A frame is a 12-byte header
+// (payload length, type, request id; little-endian u32 each) and a payload
+// encoded with WireWriter. Requests carry ids chosen by the daemon; replies and
+// output frames echo them, so many calls share one channel.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sandbox/types.h"
+
+namespace paddock::init {
+
+inline constexpr uint32_t kMaxFrame = 160u << 20;
+
+enum class FrameType : uint32_t {
+  kSetup = 1,      // daemon → init, first frame: SetupConfig
+  kHello = 2,      // init → daemon: setup finished (Reply payload)
+  kExec = 3,       // daemon → init: ExecRequest
+  kStdout = 4,     // init → daemon: output chunk (streaming execs)
+  kStderr = 5,
+  kExecDone = 6,   // init → daemon: ExecResult
+  kWriteFile = 7,  // daemon → init: path, mode, make_parents, content
+  kReadFile = 8,   // daemon → init: path, max_bytes
+  kListDir = 9,    // daemon → init: path
+  kStat = 10,      // daemon → init: path
+  kReply = 11,     // init → daemon: errno (0 = ok), message, payload
+};
+
+enum class Mode : uint32_t { kContainer = 1, kFunction = 2 };
+
+// What paddock-init needs to build the sandbox from inside its namespaces.
+struct SetupConfig {
+  Mode mode = Mode::kContainer;
+  std::string rootfs;        // host path of the prepared root (overlay mount)
+  std::string hostname;
+  std::string workdir;       // created if missing (container)
+  uint64_t tmp_bytes = 0;    // size of /tmp (container) or per-exec scratch (function)
+  Limits limits;             // rlimits for function execs
+  std::string seccomp_bpf;   // struct sock_filter array; empty: none
+  std::vector<std::pair<std::string, std::string>> env;  // base env of every exec
+};
+
+class WireWriter {
+ public:
+  void U32(uint32_t v);
+  void U64(uint64_t v);
+  void Str(std::string_view s);
+  std::string Take() { return std::move(buf_); }
+
+ private:
+  std::string buf_;
+};
+
+class WireReader {
+ public:
+  explicit WireReader(std::string_view buf) : buf_(buf) {}
+  bool U32(uint32_t* v);
+  bool U64(uint64_t* v);
+  bool Str(std::string* s);
+  bool done() const { return pos_ == buf_.size(); }
+
+ private:
+  std::string_view buf_;
+  size_t pos_ = 0;
+};
+
+std::string EncodeSetup(const SetupConfig& c);
+bool DecodeSetup(std::string_view buf, SetupConfig* c);
+std::string EncodeExec(const ExecRequest& r);
+bool DecodeExec(std::string_view buf, ExecRequest* r);
+std::string EncodeResult(const ExecResult& r);
+bool DecodeResult(std::string_view buf, ExecResult* r);
+std::string EncodeFileInfo(const FileInfo& f);
+bool DecodeFileInfo(WireReader& r, FileInfo* f);
+std::string EncodeReply(int32_t err, std::string_view message, std::string_view payload);
+bool DecodeReply(std::string_view buf, int32_t* err, std::string* message, std::string* payload);
+
+struct Frame {
+  FrameType type;
+  uint32_t id;
+  std::string payload;
+};
+
+// Blocking frame I/O on a stream socket. False on EOF or error.
+bool WriteFrame(int fd, FrameType type, uint32_t id, std::string_view payload);
+bool ReadFrame(int fd, Frame* f);
+
+}  // namespace paddock::init

@@ -1,0 +1,207 @@
+#include "sandbox/manager.h"
+
+#include <sys/random.h>
+
+#include <spdlog/spdlog.h>
+
+namespace paddock {
+
+namespace {
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+std::string NewSandboxId() {
+  unsigned char raw[6];
+  size_t got = 0;
+  while (got < sizeof raw) {
+    ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  static const char* kHex = "0123456789abcdef";
+  std::string id;
+  for (unsigned char c : raw) {
+    id.push_back(kHex[c >> 4]);
+    id.push_back(kHex[c & 15]);
+  }
+  return id;
+}
+
+Status ValidateSandboxPath(const std::string& path) {
+  if (path.empty()) return Error(Code::kInvalidArgument, "path is empty");
+  if (path.find('\0') != std::string::npos)
+    return Error(Code::kInvalidArgument, "path contains a NUL byte");
+  if (path.size() > 4096) return Error(Code::kInvalidArgument, "path is longer than 4096 bytes");
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string::npos) end = path.size();
+    if (path.compare(start, end - start, "..") == 0)
+      return Error(Code::kInvalidArgument,
+                   "path '{}' contains '..'; use a path without parent references", path);
+    start = end + 1;
+  }
+  return Status::Ok();
+}
+
+SandboxManager::SandboxManager(ManagerOptions options) : options_(options) {
+  expiry_thread_ = std::thread([this] { ExpiryLoop(); });
+}
+
+SandboxManager::~SandboxManager() { Shutdown(); }
+
+void SandboxManager::RegisterSubstrate(std::unique_ptr<Substrate> substrate) {
+  std::string name = substrate->name();
+  substrates_[name] = std::move(substrate);
+}
+
+std::vector<std::string> SandboxManager::SubstrateNames() const {
+  std::vector<std::string> names;
+  for (const auto& [n, _] : substrates_) names.push_back(n);
+  return names;
+}
+
+Result<SandboxInfo> SandboxManager::Create(const SandboxSpec& spec_in) {
+  SandboxSpec spec = spec_in;
+  auto it = substrates_.find(spec.substrate);
+  if (it == substrates_.end()) {
+    std::string known;
+    for (const auto& [n, _] : substrates_) known += (known.empty() ? "" : ", ") + n;
+    return Error(Code::kInvalidArgument, "unknown substrate '{}'; available: {}", spec.substrate,
+                 known);
+  }
+  if (spec.image.empty())
+    return Error(Code::kInvalidArgument, "no image given; pass --image with a root filesystem directory");
+  if (spec.ttl_seconds == 0) spec.ttl_seconds = options_.default_ttl_seconds;
+  if (spec.ttl_seconds > options_.max_ttl_seconds)
+    return Error(Code::kInvalidArgument, "ttl {} s exceeds the daemon's maximum of {} s",
+                 spec.ttl_seconds, options_.max_ttl_seconds);
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return Error(Code::kUnavailable, "daemon is shutting down");
+    if (sandboxes_.size() + reserved_ >= options_.max_sandboxes)
+      return Error(Code::kResourceExhausted,
+                   "sandbox cap reached ({} live); destroy sandboxes or raise paddockd "
+                   "--max-sandboxes",
+                   options_.max_sandboxes);
+    ++reserved_;
+  }
+  std::string id = NewSandboxId();
+  auto created = it->second->Create(id, spec);
+  std::lock_guard lock(mu_);
+  --reserved_;
+  if (!created.ok()) return created.status();
+  Entry e;
+  e.info.id = id;
+  e.info.spec = spec;
+  e.info.created_unix_ms = NowMs();
+  e.info.expires_unix_ms = e.info.created_unix_ms + int64_t{spec.ttl_seconds} * 1000;
+  e.sandbox = std::shared_ptr<Sandbox>(std::move(created).value());
+  SandboxInfo info = Snapshot(e);
+  sandboxes_.emplace(id, std::move(e));
+  expiry_cv_.notify_all();
+  return info;
+}
+
+SandboxInfo SandboxManager::Snapshot(const Entry& e) const {
+  SandboxInfo info = e.info;
+  info.state = e.sandbox->Alive() ? "running" : "failed";
+  return info;
+}
+
+Result<std::shared_ptr<Sandbox>> SandboxManager::Get(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto it = sandboxes_.find(id);
+  if (it == sandboxes_.end())
+    return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes", id);
+  return it->second.sandbox;
+}
+
+Result<SandboxInfo> SandboxManager::Info(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto it = sandboxes_.find(id);
+  if (it == sandboxes_.end())
+    return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes", id);
+  return Snapshot(it->second);
+}
+
+Status SandboxManager::Destroy(const std::string& id) {
+  std::shared_ptr<Sandbox> sb;
+  {
+    std::lock_guard lock(mu_);
+    auto it = sandboxes_.find(id);
+    if (it == sandboxes_.end())
+      return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes",
+                   id);
+    sb = std::move(it->second.sandbox);
+    sandboxes_.erase(it);
+  }
+  return sb->Destroy();
+}
+
+std::vector<SandboxInfo> SandboxManager::List() {
+  std::lock_guard lock(mu_);
+  std::vector<SandboxInfo> out;
+  for (const auto& [_, e] : sandboxes_) out.push_back(Snapshot(e));
+  return out;
+}
+
+uint32_t SandboxManager::live() const {
+  std::lock_guard lock(mu_);
+  return static_cast<uint32_t>(sandboxes_.size());
+}
+
+std::map<std::string, uint32_t> SandboxManager::CountBySubstrate() {
+  std::lock_guard lock(mu_);
+  std::map<std::string, uint32_t> out;
+  for (const auto& [_, e] : sandboxes_) out[e.info.spec.substrate]++;
+  return out;
+}
+
+void SandboxManager::ExpiryLoop() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    int64_t now = NowMs();
+    int64_t next = now + 60'000;
+    std::vector<std::string> expired;
+    for (const auto& [id, e] : sandboxes_) {
+      if (e.info.expires_unix_ms <= now) expired.push_back(id);
+      else next = std::min(next, e.info.expires_unix_ms);
+    }
+    if (!expired.empty()) {
+      lock.unlock();
+      for (const auto& id : expired) {
+        spdlog::info("sandbox {} reached its time to live; destroying", id);
+        Status st = Destroy(id);
+        if (!st.ok() && st.code() != Code::kNotFound)
+          spdlog::warn("destroying expired sandbox {}: {}", id, st.ToString());
+      }
+      lock.lock();
+      continue;
+    }
+    expiry_cv_.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(next - now, 10)));
+  }
+}
+
+void SandboxManager::Shutdown() {
+  std::map<std::string, Entry> victims;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ && sandboxes_.empty() && !expiry_thread_.joinable()) return;
+    stopping_ = true;
+    victims.swap(sandboxes_);
+  }
+  expiry_cv_.notify_all();
+  if (expiry_thread_.joinable()) expiry_thread_.join();
+  for (auto& [id, e] : victims) {
+    Status st = e.sandbox->Destroy();
+    if (!st.ok()) spdlog::warn("destroying sandbox {} at shutdown: {}", id, st.ToString());
+  }
+  if (!victims.empty()) spdlog::info("destroyed {} sandboxes at shutdown", victims.size());
+  for (auto& [_, s] : substrates_) s->Shutdown();
+}
+
+}  // namespace paddock

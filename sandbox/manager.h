@@ -1,0 +1,83 @@
+// Owns every live sandbox: creates them through the substrate registered under
+// the spec's name, enforces the global cap and each sandbox's time to live, and
+// destroys what is left at shutdown.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sandbox/sandbox.h"
+
+namespace paddock {
+
+struct ManagerOptions {
+  uint32_t max_sandboxes = 1000;        // global cap on live sandboxes
+  uint32_t default_ttl_seconds = 3600;  // when a spec says 0
+  uint32_t max_ttl_seconds = 7 * 24 * 3600;
+};
+
+struct SandboxInfo {
+  std::string id;
+  SandboxSpec spec;
+  int64_t created_unix_ms = 0;
+  int64_t expires_unix_ms = 0;
+  std::string state;  // "running" | "failed"
+};
+
+class SandboxManager {
+ public:
+  explicit SandboxManager(ManagerOptions options);
+  ~SandboxManager();
+
+  void RegisterSubstrate(std::unique_ptr<Substrate> substrate);
+  std::vector<std::string> SubstrateNames() const;
+
+  Result<SandboxInfo> Create(const SandboxSpec& spec);
+  // The sandbox stays alive while the returned pointer is held, even if it is
+  // destroyed concurrently (its calls then fail with UNAVAILABLE).
+  Result<std::shared_ptr<Sandbox>> Get(const std::string& id);
+  Result<SandboxInfo> Info(const std::string& id);
+  Status Destroy(const std::string& id);
+  std::vector<SandboxInfo> List();
+  uint32_t live() const;
+  uint32_t max_sandboxes() const { return options_.max_sandboxes; }
+  std::map<std::string, uint32_t> CountBySubstrate();
+  uint64_t execs_total() const { return execs_total_.load(); }
+  void CountExec() { execs_total_.fetch_add(1); }
+
+  // Destroys every sandbox and stops substrates. Called on SIGTERM.
+  void Shutdown();
+
+ private:
+  struct Entry {
+    SandboxInfo info;
+    std::shared_ptr<Sandbox> sandbox;
+  };
+  void ExpiryLoop();
+  SandboxInfo Snapshot(const Entry& e) const;
+
+  ManagerOptions options_;
+  std::map<std::string, std::unique_ptr<Substrate>> substrates_;
+  mutable std::mutex mu_;
+  std::map<std::string, Entry> sandboxes_;
+  uint32_t reserved_ = 0;  // creates in flight, counted against the cap
+  std::atomic<uint64_t> execs_total_{0};
+  std::condition_variable expiry_cv_;
+  bool stopping_ = false;
+  std::thread expiry_thread_;
+};
+
+// 12 lowercase hex characters from the kernel's random source.
+std::string NewSandboxId();
+
+// Refuses paths with ".." components, NUL bytes or empty names.
+Status ValidateSandboxPath(const std::string& path);
+
+}  // namespace paddock

@@ -1,0 +1,58 @@
+// The uniform sandbox interface. Every substrate (function, container, later
+// microvm) implements Sandbox and Substrate; everything above this layer (the
+// manager, the gRPC service, the rollout engine) sees only these.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sandbox/base/status.h"
+#include "sandbox/types.h"
+
+namespace paddock {
+
+class Sandbox {
+ public:
+  virtual ~Sandbox() = default;
+
+  // Runs one command. `on_output`, when given, receives output as it is produced
+  // (the result then still carries the capped output). Thread-safe: many execs
+  // may run at once in one sandbox.
+  virtual Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) = 0;
+
+  // Paths are resolved inside the sandbox root (absolute, or relative to the
+  // workdir); paths containing ".." components are refused before this is called.
+  virtual Status WriteFile(const std::string& path, std::string_view content, uint32_t mode,
+                           bool make_parents) = 0;
+  virtual Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) = 0;
+  virtual Result<std::vector<FileInfo>> ListDir(const std::string& path) = 0;
+  virtual Result<FileInfo> Stat(const std::string& path) = 0;
+
+  virtual Result<Usage> GetUsage() = 0;
+  // False once the sandbox's init process has died.
+  virtual bool Alive() const = 0;
+  // Kills every process and removes every mount, cgroup and directory the
+  // sandbox owns. Idempotent.
+  virtual Status Destroy() = 0;
+};
+
+// Where a substrate keeps its state and finds its helpers.
+struct SubstrateEnv {
+  std::string state_dir;   // e.g. /var/lib/paddock
+  std::string init_path;   // the paddock-init binary
+  std::string cgroup_root_name = "paddock";  // cgroup subtree owned by this daemon
+};
+
+class Substrate {
+ public:
+  virtual ~Substrate() = default;
+  virtual std::string name() const = 0;
+  // Creates a ready sandbox; on error leaves nothing behind.
+  virtual Result<std::unique_ptr<Sandbox>> Create(const std::string& id,
+                                                  const SandboxSpec& spec) = 0;
+  // Stops shared helpers (zygotes); called once at daemon shutdown.
+  virtual void Shutdown() {}
+};
+
+}  // namespace paddock

@@ -1,0 +1,86 @@
+// Plain domain types of the uniform sandbox API. No gRPC, no protobuf: shared by
+// the daemon and by paddock-init (a static binary).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace paddock {
+
+struct Limits {
+  uint32_t cpu_millicores = 0;  // 0: no cpu bandwidth limit
+  uint64_t memory_bytes = 0;    // 0: substrate default
+  uint32_t pids = 0;            // 0: substrate default
+  uint64_t disk_bytes = 0;      // 0: substrate default
+  bool operator==(const Limits&) const = default;
+  auto operator<=>(const Limits&) const = default;
+};
+
+// Defaults applied where a spec leaves a limit at 0.
+inline constexpr uint64_t kDefaultMemoryBytes = 512ull << 20;
+inline constexpr uint32_t kDefaultPids = 256;
+inline constexpr uint64_t kDefaultDiskBytes = 1ull << 30;
+inline constexpr uint32_t kDefaultExecTimeoutMs = 60'000;
+inline constexpr uint64_t kDefaultOutputCap = 1ull << 20;
+inline constexpr uint64_t kDefaultReadCap = 16ull << 20;
+inline constexpr uint64_t kMaxFileBytes = 64ull << 20;  // WriteFile/ReadFile hard bound
+
+struct SandboxSpec {
+  std::string substrate;
+  std::string image;
+  Limits limits;
+  std::map<std::string, std::string> env;
+  std::string workdir;  // empty: substrate default
+  uint32_t ttl_seconds = 0;
+  std::map<std::string, std::string> labels;
+};
+
+struct ExecRequest {
+  std::vector<std::string> argv;
+  std::string shell;  // when set: /bin/sh -c shell
+  std::string stdin_data;
+  std::map<std::string, std::string> env;
+  std::string cwd;
+  uint32_t timeout_ms = 0;
+  uint64_t output_cap = 0;
+  bool stream = false;  // deliver output chunks as they are produced
+};
+
+struct ExecResult {
+  int32_t exit_code = 0;
+  int32_t signal = 0;
+  std::string stdout_data;
+  std::string stderr_data;
+  bool stdout_truncated = false;
+  bool stderr_truncated = false;
+  bool timed_out = false;
+  bool oom_killed = false;
+  uint64_t wall_time_us = 0;
+  uint64_t cpu_time_us = 0;
+  uint64_t peak_memory_bytes = 0;
+};
+
+enum class FileType : uint32_t { kUnknown = 0, kRegular = 1, kDirectory = 2, kSymlink = 3, kOther = 4 };
+
+struct FileInfo {
+  std::string name;
+  FileType type = FileType::kUnknown;
+  uint64_t size = 0;
+  uint32_t mode = 0;
+  int64_t mtime_unix_ms = 0;
+};
+
+struct Usage {
+  uint64_t memory_bytes = 0;
+  uint64_t cpu_time_us = 0;
+  uint32_t pids = 0;
+};
+
+// Receives output as it is produced: stream 1 = stdout, 2 = stderr.
+using OutputCallback = std::function<void(int stream, std::string_view chunk)>;
+
+}  // namespace paddock
