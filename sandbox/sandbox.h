@@ -41,7 +41,10 @@ class Sandbox {
 struct SubstrateEnv {
   std::string state_dir;   // e.g. /var/lib/paddock
   std::string init_path;   // the paddock-init binary
-  std::string cgroup_root_name = "paddock";  // cgroup subtree owned by this daemon
+  // The cgroup subtree owned by the daemon of this state dir: "paddock" for
+  // /var/lib/paddock, "paddock-<hash>" for any other, so daemons with
+  // different state dirs never reap each other's sandboxes.
+  std::string cgroup_root() const;
 };
 
 class Substrate {

@@ -1,0 +1,166 @@
+#include "sandbox/container/container_substrate.h"
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include "sandbox/image_view.h"
+#include "sandbox/init/init_client.h"
+#include "sandbox/linux/cgroup.h"
+#include "sandbox/linux/fs_util.h"
+#include "sandbox/linux/mounts.h"
+#include "sandbox/linux/process.h"
+#include "sandbox/linux/seccomp_profile.h"
+#include "sandbox/linux/userns.h"
+
+namespace paddock {
+
+namespace {
+
+constexpr int kSetupTimeoutMs = 10'000;
+constexpr const char* kDefaultWorkdir = "/work";
+
+// Everything one container owns, released in reverse order by Destroy.
+class ContainerSandbox final : public Sandbox {
+ public:
+  ContainerSandbox(std::string id, std::string dir) : id_(std::move(id)), dir_(std::move(dir)) {}
+  ~ContainerSandbox() override {
+    Status ignored = Destroy();
+    (void)ignored;
+  }
+
+  Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
+    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    uint64_t ooms_before = cgroup_.OomKills();
+    PADDOCK_ASSIGN_OR_RETURN(ExecResult r, client_->Exec(req, on_output));
+    if (r.signal == SIGKILL && !r.timed_out && cgroup_.OomKills() > ooms_before) r.oom_killed = true;
+    return r;
+  }
+  Status WriteFile(const std::string& path, std::string_view content, uint32_t mode,
+                   bool make_parents) override {
+    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    return client_->WriteFile(path, content, mode, make_parents);
+  }
+  Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) override {
+    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    return client_->ReadFile(path, max_bytes);
+  }
+  Result<std::vector<FileInfo>> ListDir(const std::string& path) override {
+    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    return client_->ListDir(path);
+  }
+  Result<FileInfo> Stat(const std::string& path) override {
+    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    return client_->Stat(path);
+  }
+  Result<Usage> GetUsage() override { return cgroup_.ReadUsage(); }
+  bool Alive() const override { return client_ && client_->alive(); }
+
+  Status Destroy() override {
+    std::lock_guard lock(destroy_mu_);
+    // Killing PID 1 of the pid namespace kills every process in it.
+    init_.KillAndReap();
+    if (client_) client_.reset();  // joins the reader thread (it sees EOF)
+    Status first;
+    auto note = [&first](Status st) {
+      if (!st.ok() && first.ok()) first = st;
+    };
+    note(cgroup_.Destroy());
+    if (!rootfs_.empty()) {
+      note(Unmount(rootfs_));
+      rootfs_.clear();
+    }
+    if (!dir_.empty() && first.ok()) {
+      note(RemoveTree(dir_));
+      if (first.ok()) dir_.clear();
+    }
+    return first;
+  }
+
+  std::string id_;
+  std::string dir_;
+  std::string rootfs_;  // overlay mount point while mounted
+  Cgroup cgroup_;
+  ChildProcess init_;
+  std::unique_ptr<InitClient> client_;
+  std::mutex destroy_mu_;
+};
+
+class ContainerSubstrate final : public Substrate {
+ public:
+  explicit ContainerSubstrate(const SubstrateEnv& env)
+      : env_(env), views_(env.state_dir + "/views/container", kContainerIds) {}
+
+  std::string name() const override { return "container"; }
+
+  Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
+    PADDOCK_ASSIGN_OR_RETURN(std::string image_dir, ResolveImageDir(spec.image));
+    PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
+    PADDOCK_ASSIGN_OR_RETURN(std::string lower, views_.Acquire(image_dir));
+
+    std::string dir = fmt::format("{}/containers/{}", env_.state_dir, id);
+    auto sb = std::make_unique<ContainerSandbox>(id, dir);  // cleans up on any early return
+    const std::string upper = dir + "/upper", work = dir + "/work", rootfs = dir + "/rootfs";
+    for (const auto& d : {upper, work, rootfs}) PADDOCK_RETURN_IF_ERROR(MkdirAll(d));
+    // The upper dir's root becomes the container's "/": owned by container root.
+    if (chown(upper.c_str(), kContainerIds.host_base, kContainerIds.host_base) != 0)
+      return ErrnoError("chown " + upper);
+    PADDOCK_RETURN_IF_ERROR(MountOverlay({lower}, upper, work, rootfs));
+    sb->rootfs_ = rootfs;
+
+    auto cg = Cgroup::Create(env_.cgroup_root(), "ct-" + id, spec.limits);
+    if (!cg.ok()) return cg.status();
+    sb->cgroup_ = std::move(cg).value();
+
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
+    UniqueFd ours(sv[0]), theirs(sv[1]);
+
+    SpawnOptions so;
+    so.clone_flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS |
+                     CLONE_NEWIPC;
+    so.program = env_.init_path;
+    so.argv = {"paddock-init"};
+    so.channel_fd = theirs.get();
+    const Cgroup& cgroup = sb->cgroup_;
+    so.before_exec = [&cgroup](pid_t pid) -> Status {
+      PADDOCK_RETURN_IF_ERROR(WriteIdMaps(pid, kContainerIds));
+      return cgroup.AddProcess(pid).Prefix("joining cgroup");
+    };
+    auto child = SpawnInNamespaces(so);
+    if (!child.ok()) return child.status().Prefix("starting container");
+    sb->init_ = std::move(child).value();
+    theirs.reset();
+
+    init::SetupConfig setup;
+    setup.mode = init::Mode::kContainer;
+    setup.rootfs = rootfs;
+    setup.hostname = "sandbox-" + id;
+    setup.workdir = spec.workdir.empty() ? kDefaultWorkdir : spec.workdir;
+    setup.tmp_bytes = spec.limits.disk_bytes ? spec.limits.disk_bytes : kDefaultDiskBytes;
+    setup.limits = spec.limits;
+    setup.seccomp_bpf = bpf;
+    for (const auto& kv : spec.env) setup.env.push_back(kv);
+    auto client = InitClient::Start(std::move(ours), setup, kSetupTimeoutMs);
+    if (!client.ok()) return client.status().Prefix("starting container");
+    sb->client_ = std::move(client).value();
+    return std::unique_ptr<Sandbox>(std::move(sb));
+  }
+
+  void Shutdown() override { views_.ReleaseAll(); }
+
+ private:
+  SubstrateEnv env_;
+  ImageViews views_;
+};
+
+}  // namespace
+
+std::unique_ptr<Substrate> MakeContainerSubstrate(const SubstrateEnv& env) {
+  return std::make_unique<ContainerSubstrate>(env);
+}
+
+}  // namespace paddock

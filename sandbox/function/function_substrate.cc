@@ -1,0 +1,247 @@
+#include "sandbox/function/function_substrate.h"
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+
+#include <spdlog/spdlog.h>
+
+#include "sandbox/image_view.h"
+#include "sandbox/init/init_client.h"
+#include "sandbox/linux/cgroup.h"
+#include "sandbox/linux/fs_util.h"
+#include "sandbox/linux/mounts.h"
+#include "sandbox/linux/process.h"
+#include "sandbox/linux/seccomp_profile.h"
+#include "sandbox/linux/userns.h"
+
+namespace paddock {
+
+namespace {
+
+constexpr int kSetupTimeoutMs = 10'000;
+constexpr const char* kDefaultWorkdir = "/tmp";  // the per-exec scratch directory
+// A zygote no sandbox uses is kept this long for the next create.
+constexpr auto kZygoteIdle = std::chrono::seconds(60);
+
+// A process that has entered the sandbox's namespaces and root and forks
+// one exec at a time on request. Shared by every function sandbox with the
+// same image and limits.
+class Zygote {
+ public:
+  ~Zygote() {
+    Status st = Destroy();
+    if (!st.ok()) spdlog::warn("removing function zygote {}: {}", dir_, st.ToString());
+  }
+  Status Destroy() {
+    std::lock_guard lock(mu_);
+    init_.KillAndReap();
+    client_.reset();
+    Status first;
+    auto note = [&first](Status st) {
+      if (!st.ok() && first.ok()) first = st;
+    };
+    note(cgroup_.Destroy());
+    if (!rootfs_.empty()) {
+      note(Unmount(rootfs_));
+      rootfs_.clear();
+    }
+    if (!dir_.empty() && first.ok()) note(RemoveTree(dir_));
+    return first;
+  }
+
+  std::mutex mu_;
+  std::string dir_;
+  std::string rootfs_;
+  Cgroup cgroup_;
+  ChildProcess init_;
+  std::unique_ptr<InitClient> client_;
+  std::chrono::steady_clock::time_point last_used_ = std::chrono::steady_clock::now();
+};
+
+class FunctionSandbox final : public Sandbox {
+ public:
+  FunctionSandbox(std::shared_ptr<Zygote> zygote, const SandboxSpec& spec)
+      : zygote_(std::move(zygote)), env_(spec.env),
+        workdir_(spec.workdir.empty() ? kDefaultWorkdir : spec.workdir) {}
+
+  Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
+    auto z = zygote();
+    if (!z) return Destroyed();
+    ExecRequest r = req;
+    for (const auto& [k, v] : env_) r.env.emplace(k, v);  // the request's env wins
+    if (r.cwd.empty()) r.cwd = workdir_;
+    uint64_t ooms_before = z->cgroup_.OomKills();
+    PADDOCK_ASSIGN_OR_RETURN(ExecResult res, z->client_->Exec(r, on_output));
+    if (res.signal == SIGKILL && !res.timed_out && z->cgroup_.OomKills() > ooms_before)
+      res.oom_killed = true;
+    return res;
+  }
+  Status WriteFile(const std::string& path, std::string_view, uint32_t, bool) override {
+    return Error(Code::kFailedPrecondition,
+                 "cannot write {}: function sandboxes are read-only and stateless (each exec gets "
+                 "a fresh scratch /tmp); pass data as stdin, or use a container sandbox",
+                 path);
+  }
+  Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) override {
+    auto z = zygote();
+    if (!z) return Destroyed();
+    return z->client_->ReadFile(Absolute(path), max_bytes);
+  }
+  Result<std::vector<FileInfo>> ListDir(const std::string& path) override {
+    auto z = zygote();
+    if (!z) return Destroyed();
+    return z->client_->ListDir(Absolute(path));
+  }
+  Result<FileInfo> Stat(const std::string& path) override {
+    auto z = zygote();
+    if (!z) return Destroyed();
+    return z->client_->Stat(Absolute(path));
+  }
+  Result<Usage> GetUsage() override {
+    auto z = zygote();
+    if (!z) return Destroyed();
+    return z->cgroup_.ReadUsage();  // shared with sandboxes of the same image and limits
+  }
+  bool Alive() const override {
+    std::lock_guard lock(mu_);
+    return zygote_ && zygote_->client_ && zygote_->client_->alive();
+  }
+  Status Destroy() override {
+    std::lock_guard lock(mu_);
+    if (zygote_) zygote_->last_used_ = std::chrono::steady_clock::now();
+    zygote_.reset();  // the zygote stays warm for the next sandbox of its kind
+    return Status::Ok();
+  }
+
+ private:
+  std::shared_ptr<Zygote> zygote() const {
+    std::lock_guard lock(mu_);
+    return zygote_;
+  }
+  Status Destroyed() const { return Error(Code::kUnavailable, "sandbox is destroyed"); }
+  std::string Absolute(const std::string& path) const {
+    if (!path.empty() && path[0] == '/') return path;
+    return workdir_ + "/" + path;
+  }
+
+  mutable std::mutex mu_;
+  std::shared_ptr<Zygote> zygote_;
+  std::map<std::string, std::string> env_;
+  std::string workdir_;
+};
+
+class FunctionSubstrate final : public Substrate {
+ public:
+  explicit FunctionSubstrate(const SubstrateEnv& env)
+      : env_(env), views_(env.state_dir + "/views/function", kFunctionIds) {}
+  ~FunctionSubstrate() override { Shutdown(); }
+
+  std::string name() const override { return "function"; }
+
+  Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
+    PADDOCK_ASSIGN_OR_RETURN(std::string image_dir, ResolveImageDir(spec.image));
+    if (!spec.workdir.empty() && spec.workdir[0] != '/')
+      return Error(Code::kInvalidArgument, "workdir '{}' must be an absolute path", spec.workdir);
+    std::unique_lock lock(mu_);
+    SweepIdle();
+    auto key = std::make_pair(image_dir, spec.limits);
+    auto it = zygotes_.find(key);
+    if (it == zygotes_.end() || !it->second->client_ || !it->second->client_->alive()) {
+      if (it != zygotes_.end()) zygotes_.erase(it);
+      PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<Zygote> z, StartZygote(image_dir, spec.limits));
+      it = zygotes_.emplace(key, std::move(z)).first;
+    }
+    it->second->last_used_ = std::chrono::steady_clock::now();
+    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(it->second, spec));
+  }
+
+  void Shutdown() override {
+    std::lock_guard lock(mu_);
+    zygotes_.clear();
+    views_.ReleaseAll();
+  }
+
+ private:
+  // Drops zygotes that no sandbox has used for a while.
+  void SweepIdle() {
+    auto now = std::chrono::steady_clock::now();
+    for (auto it = zygotes_.begin(); it != zygotes_.end();) {
+      if (it->second.use_count() == 1 && now - it->second->last_used_ > kZygoteIdle)
+        it = zygotes_.erase(it);
+      else
+        ++it;
+    }
+  }
+
+  Result<std::shared_ptr<Zygote>> StartZygote(const std::string& image_dir, const Limits& limits) {
+    PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
+    PADDOCK_ASSIGN_OR_RETURN(std::string lower, views_.Acquire(image_dir));
+    std::string name = fmt::format("fn-{}-{}", getpid(), next_zygote_++);
+    auto z = std::make_shared<Zygote>();
+    z->dir_ = fmt::format("{}/functions/{}", env_.state_dir, name);
+    // A small layer above the image supplies the mount points the sandbox
+    // needs even when the image lacks them; the whole root is read-only.
+    const std::string stub = z->dir_ + "/stub", rootfs = z->dir_ + "/rootfs";
+    for (const char* d : {"proc", "dev", "tmp"}) PADDOCK_RETURN_IF_ERROR(MkdirAll(stub + "/" + d));
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(rootfs));
+    PADDOCK_RETURN_IF_ERROR(MountOverlay({stub, lower}, "", "", rootfs));
+    z->rootfs_ = rootfs;
+    auto cg = Cgroup::Create(env_.cgroup_root(), name, limits);
+    if (!cg.ok()) return cg.status();
+    z->cgroup_ = std::move(cg).value();
+
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
+    UniqueFd ours(sv[0]), theirs(sv[1]);
+    SpawnOptions so;
+    so.clone_flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS |
+                     CLONE_NEWIPC;
+    so.program = env_.init_path;
+    so.argv = {"paddock-init"};
+    so.channel_fd = theirs.get();
+    const Cgroup& cgroup = z->cgroup_;
+    so.before_exec = [&cgroup](pid_t pid) -> Status {
+      PADDOCK_RETURN_IF_ERROR(WriteIdMaps(pid, kFunctionIds));
+      return cgroup.AddProcess(pid).Prefix("joining cgroup");
+    };
+    auto child = SpawnInNamespaces(so);
+    if (!child.ok()) return child.status().Prefix("starting function zygote");
+    z->init_ = std::move(child).value();
+    theirs.reset();
+
+    init::SetupConfig setup;
+    setup.mode = init::Mode::kFunction;
+    setup.rootfs = rootfs;
+    setup.hostname = "function";
+    setup.workdir = kDefaultWorkdir;
+    setup.tmp_bytes = limits.disk_bytes ? limits.disk_bytes : kDefaultDiskBytes;
+    setup.limits = limits;
+    setup.seccomp_bpf = bpf;
+    auto client = InitClient::Start(std::move(ours), setup, kSetupTimeoutMs);
+    if (!client.ok()) return client.status().Prefix("starting function zygote");
+    z->client_ = std::move(client).value();
+    spdlog::debug("function zygote {} ready for {}", name, image_dir);
+    return z;
+  }
+
+  SubstrateEnv env_;
+  ImageViews views_;
+  std::mutex mu_;
+  std::map<std::pair<std::string, Limits>, std::shared_ptr<Zygote>> zygotes_;
+  std::atomic<uint64_t> next_zygote_{0};
+};
+
+}  // namespace
+
+std::unique_ptr<Substrate> MakeFunctionSubstrate(const SubstrateEnv& env) {
+  return std::make_unique<FunctionSubstrate>(env);
+}
+
+}  // namespace paddock

@@ -1,0 +1,66 @@
+#include "sandbox/image_view.h"
+
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <functional>
+
+#include <spdlog/spdlog.h>
+
+#include "sandbox/linux/fs_util.h"
+#include "sandbox/linux/mounts.h"
+
+namespace paddock {
+
+Result<std::string> ResolveImageDir(const std::string& image) {
+  if (image.empty() || image[0] != '/')
+    return Error(Code::kInvalidArgument,
+                 "image '{}' is not an absolute path; until the image store lands an image is a "
+                 "root filesystem directory given by absolute path",
+                 image);
+  std::error_code ec;
+  auto canon = std::filesystem::canonical(image, ec);
+  if (ec || !std::filesystem::is_directory(canon))
+    return Error(Code::kNotFound, "image '{}' not found: no such root filesystem directory", image);
+  if (!std::filesystem::exists(canon / "bin") && !std::filesystem::exists(canon / "usr"))
+    return Error(Code::kInvalidArgument,
+                 "image '{}' does not look like a root filesystem (no /bin or /usr)", image);
+  return canon.string();
+}
+
+Result<std::string> ImageViews::Acquire(const std::string& image_dir) {
+  std::lock_guard lock(mu_);
+  auto it = views_.find(image_dir);
+  if (it != views_.end()) return it->second;
+  std::string target = fmt::format("{}/{:016x}", dir_, std::hash<std::string>{}(image_dir));
+  PADDOCK_RETURN_IF_ERROR(MkdirAll(target));
+  if (!idmap_unsupported_) {
+    if (!userns_.valid()) {
+      auto ns = OpenUsernsWithMap(range_);
+      if (!ns.ok()) return ns.status().Prefix("preparing image view");
+      userns_ = std::move(ns).value();
+    }
+    Status st = MountIdmappedReadOnly(image_dir, target, userns_.get());
+    if (st.ok()) {
+      views_[image_dir] = target;
+      return target;
+    }
+    spdlog::warn("idmapped mounts unavailable ({}); image files will appear owned by nobody",
+                 st.message());
+    idmap_unsupported_ = true;
+  }
+  PADDOCK_RETURN_IF_ERROR(BindReadOnly(image_dir, target));
+  views_[image_dir] = target;
+  return target;
+}
+
+void ImageViews::ReleaseAll() {
+  std::lock_guard lock(mu_);
+  for (const auto& [_, target] : views_) {
+    Status st = Unmount(target);
+    if (st.ok()) rmdir(target.c_str());
+  }
+  views_.clear();
+}
+
+}  // namespace paddock

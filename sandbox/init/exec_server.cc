@@ -1,0 +1,552 @@
+#include "sandbox/init/exec_server.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sandbox/init/setup.h"
+
+namespace paddock::init {
+
+namespace {
+
+constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+uint64_t NowUs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000 + static_cast<uint64_t>(ts.tv_nsec) / 1000;
+}
+
+void SetNonBlocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+struct Job {
+  uint32_t id = 0;
+  pid_t pid = -1;
+  int out_fd = -1, err_fd = -1, in_fd = -1;
+  std::string stdin_data;
+  size_t stdin_off = 0;
+  ExecResult result;
+  uint64_t cap = kDefaultOutputCap;
+  bool stream = false;
+  uint64_t start_us = 0;
+  uint64_t deadline_us = 0;
+  bool exited = false;
+};
+
+class Server {
+ public:
+  Server(int channel, const SetupConfig& config) : ch_(channel), cfg_(config) {}
+  int Run();
+
+ private:
+  void HandleFrame(const Frame& f);
+  void StartExec(uint32_t id, ExecRequest req);
+  [[noreturn]] void ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w);
+  void ReadOutput(Job& job, int* fd, int stream);
+  void WriteStdin(Job& job);
+  void ReapChildren();
+  void FinishIfDone(Job& job);
+  void KillTree(Job& job);
+  void Reply(uint32_t id, int err, const std::string& msg, const std::string& payload = {});
+  void HandleWriteFile(uint32_t id, const std::string& payload);
+  void HandleReadFile(uint32_t id, const std::string& payload);
+  void HandleListDir(uint32_t id, const std::string& payload);
+  void HandleStat(uint32_t id, const std::string& payload);
+  std::string Resolve(const std::string& path) const;
+
+  int ch_;
+  SetupConfig cfg_;
+  int sigfd_ = -1;
+  std::map<uint32_t, std::unique_ptr<Job>> jobs_;
+  std::map<pid_t, uint32_t> by_pid_;
+};
+
+std::string Server::Resolve(const std::string& path) const {
+  if (!path.empty() && path[0] == '/') return path;
+  std::string base = cfg_.workdir.empty() ? "/" : cfg_.workdir;
+  if (base.back() != '/') base.push_back('/');
+  return base + path;
+}
+
+void Server::Reply(uint32_t id, int err, const std::string& msg, const std::string& payload) {
+  WriteFrame(ch_, FrameType::kReply, id, EncodeReply(err, msg, payload));
+}
+
+int Server::Run() {
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  sigfd_ = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  signal(SIGPIPE, SIG_IGN);
+
+  std::string inbuf;
+  std::vector<struct pollfd> fds;
+  std::vector<std::pair<uint32_t, int>> owners;  // (job id, stream) per pollfd after the first two
+  // The channel stays blocking for writes (the daemon always drains its end);
+  // reads use MSG_DONTWAIT so the loop never stalls on a partial frame.
+  for (;;) {
+    fds.clear();
+    owners.clear();
+    fds.push_back({ch_, POLLIN, 0});
+    fds.push_back({sigfd_, POLLIN, 0});
+    uint64_t now = NowUs();
+    int timeout_ms = -1;
+    for (auto& [id, job] : jobs_) {
+      if (job->out_fd >= 0) { fds.push_back({job->out_fd, POLLIN, 0}); owners.emplace_back(id, 1); }
+      if (job->err_fd >= 0) { fds.push_back({job->err_fd, POLLIN, 0}); owners.emplace_back(id, 2); }
+      if (job->in_fd >= 0) { fds.push_back({job->in_fd, POLLOUT, 0}); owners.emplace_back(id, 0); }
+      if (!job->exited && job->deadline_us) {
+        int64_t left = static_cast<int64_t>(job->deadline_us) - static_cast<int64_t>(now);
+        int ms = left <= 0 ? 0 : static_cast<int>((left + 999) / 1000);
+        if (timeout_ms < 0 || ms < timeout_ms) timeout_ms = ms;
+      }
+    }
+    int n = poll(fds.data(), fds.size(), timeout_ms);
+    if (n < 0 && errno != EINTR) return 1;
+
+    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      char buf[65536];
+      for (;;) {
+        ssize_t r = recv(ch_, buf, sizeof buf, MSG_DONTWAIT);
+        if (r > 0) { inbuf.append(buf, static_cast<size_t>(r)); continue; }
+        if (r == 0) {
+          // The daemon went away: nothing can be reported any more.
+          for (auto& [id, job] : jobs_) KillTree(*job);
+          return 0;
+        }
+        if (errno == EINTR) continue;
+        break;
+      }
+      // Parse complete frames.
+      size_t off = 0;
+      while (inbuf.size() - off >= 12) {
+        uint32_t hdr[3];
+        std::memcpy(hdr, inbuf.data() + off, 12);
+        if (hdr[0] > kMaxFrame) return 2;
+        if (inbuf.size() - off - 12 < hdr[0]) break;
+        Frame f{static_cast<FrameType>(hdr[1]), hdr[2], inbuf.substr(off + 12, hdr[0])};
+        off += 12 + hdr[0];
+        HandleFrame(f);
+      }
+      inbuf.erase(0, off);
+    }
+    if (fds[1].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      while (read(sigfd_, &si, sizeof si) == sizeof si) {
+      }
+      ReapChildren();
+    }
+    for (size_t i = 2; i < fds.size(); ++i) {
+      if (!fds[i].revents) continue;
+      auto it = jobs_.find(owners[i - 2].first);
+      if (it == jobs_.end()) continue;
+      Job& job = *it->second;
+      int stream = owners[i - 2].second;
+      if (stream == 0) WriteStdin(job);
+      else ReadOutput(job, stream == 1 ? &job.out_fd : &job.err_fd, stream);
+    }
+    now = NowUs();
+    std::vector<uint32_t> ids;
+    for (auto& [id, job] : jobs_) ids.push_back(id);
+    for (uint32_t id : ids) {
+      auto it = jobs_.find(id);
+      if (it == jobs_.end()) continue;
+      Job& job = *it->second;
+      if (!job.exited && job.deadline_us && now >= job.deadline_us && !job.result.timed_out) {
+        job.result.timed_out = true;
+        KillTree(job);
+      }
+      FinishIfDone(job);
+    }
+  }
+}
+
+void Server::HandleFrame(const Frame& f) {
+  switch (f.type) {
+    case FrameType::kExec: {
+      ExecRequest req;
+      if (!DecodeExec(f.payload, &req)) {
+        ExecResult r;
+        r.exit_code = 127;
+        r.stderr_data = "paddock-init: malformed exec request\n";
+        WriteFrame(ch_, FrameType::kExecDone, f.id, EncodeResult(r));
+        return;
+      }
+      StartExec(f.id, std::move(req));
+      return;
+    }
+    case FrameType::kWriteFile: return HandleWriteFile(f.id, f.payload);
+    case FrameType::kReadFile: return HandleReadFile(f.id, f.payload);
+    case FrameType::kListDir: return HandleListDir(f.id, f.payload);
+    case FrameType::kStat: return HandleStat(f.id, f.payload);
+    default: Reply(f.id, EINVAL, "unknown request type");
+  }
+}
+
+void Server::StartExec(uint32_t id, ExecRequest req) {
+  auto job = std::make_unique<Job>();
+  job->id = id;
+  job->cap = req.output_cap ? req.output_cap : kDefaultOutputCap;
+  job->stream = req.stream;
+  int in_p[2], out_p[2], err_p[2];
+  if (pipe2(in_p, O_CLOEXEC) != 0 || pipe2(out_p, O_CLOEXEC) != 0 || pipe2(err_p, O_CLOEXEC) != 0) {
+    job->result.exit_code = 127;
+    job->result.stderr_data = std::string("paddock-init: pipe: ") + std::strerror(errno) + "\n";
+    WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
+    return;
+  }
+  uint32_t timeout = req.timeout_ms ? req.timeout_ms : kDefaultExecTimeoutMs;
+  job->start_us = NowUs();
+  job->deadline_us = job->start_us + uint64_t{timeout} * 1000;
+  // Function execs get their own pid, mount and ipc namespaces: the pid
+  // namespace makes the timeout kill the whole tree, the mount namespace
+  // gives the exec a fresh /proc and a scratch /tmp that die with it.
+  unsigned long flags = SIGCHLD;
+  if (cfg_.mode == Mode::kFunction) flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC;
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
+  if (pid == 0) {
+    if (req.timeout_ms == 0) req.timeout_ms = timeout;
+    ExecChild(req, in_p[0], out_p[1], err_p[1]);
+  }
+  close(in_p[0]);
+  close(out_p[1]);
+  close(err_p[1]);
+  if (pid < 0) {
+    close(in_p[1]);
+    close(out_p[0]);
+    close(err_p[0]);
+    job->result.exit_code = 127;
+    job->result.stderr_data = std::string("paddock-init: cannot start process: ") + std::strerror(errno) + "\n";
+    WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
+    return;
+  }
+  job->pid = pid;
+  job->out_fd = out_p[0];
+  job->err_fd = err_p[0];
+  SetNonBlocking(job->out_fd);
+  SetNonBlocking(job->err_fd);
+  job->stdin_data = std::move(req.stdin_data);
+  if (job->stdin_data.empty()) {
+    close(in_p[1]);
+  } else {
+    job->in_fd = in_p[1];
+    SetNonBlocking(job->in_fd);
+  }
+  by_pid_[pid] = id;
+  jobs_[id] = std::move(job);
+}
+
+// In the child: wire up stdio, build the function sandbox's per-exec
+// namespace contents, apply limits, and exec. Failures print to the exec's
+// stderr and exit 127, the way a shell reports a command it cannot run.
+void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w) {
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  signal(SIGPIPE, SIG_DFL);
+  dup2(in_r, 0);
+  dup2(out_w, 1);
+  dup2(err_w, 2);
+  syscall(SYS_close_range, 3, ~0U, 0);
+  setsid();
+  auto die = [](const std::string& msg) {
+    std::string line = "paddock-init: " + msg + "\n";
+    ssize_t ignored = write(2, line.data(), line.size());
+    (void)ignored;
+    _exit(127);
+  };
+  std::string err;
+  if (cfg_.mode == Mode::kFunction) {
+    uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
+    if (!MountFreshProcAndScratch(disk, &err)) die(err);
+    uint64_t mem = cfg_.limits.memory_bytes ? cfg_.limits.memory_bytes : kDefaultMemoryBytes;
+    uint64_t pids = cfg_.limits.pids ? cfg_.limits.pids : kDefaultPids;
+    uint64_t cpu_s = (uint64_t{req.timeout_ms} + 999) / 1000 + 1;
+    struct { int res; uint64_t v; } lims[] = {
+        {RLIMIT_AS, mem}, {RLIMIT_NPROC, pids}, {RLIMIT_FSIZE, disk},
+        {RLIMIT_NOFILE, 1024}, {RLIMIT_CPU, cpu_s}, {RLIMIT_CORE, 0}};
+    for (auto& l : lims) {
+      struct rlimit rl{l.v, l.v};
+      if (setrlimit(l.res, &rl) != 0) die("setrlimit: " + std::string(std::strerror(errno)));
+    }
+    if (!DropCapabilities(0, &err) || !InstallSeccomp(cfg_.seccomp_bpf, &err)) die(err);
+  }
+  std::string cwd = req.cwd.empty() ? (cfg_.workdir.empty() ? "/" : cfg_.workdir) : Resolve(req.cwd);
+  if (chdir(cwd.c_str()) != 0) die("cwd " + cwd + ": " + std::strerror(errno));
+
+  std::map<std::string, std::string> env;
+  env["PATH"] = kDefaultPath;
+  env["HOME"] = "/root";
+  for (const auto& [k, v] : cfg_.env) env[k] = v;
+  for (const auto& [k, v] : req.env) env[k] = v;
+  std::vector<std::string> env_strs;
+  for (const auto& [k, v] : env) env_strs.push_back(k + "=" + v);
+  std::vector<char*> envp;
+  for (auto& s : env_strs) envp.push_back(s.data());
+  envp.push_back(nullptr);
+
+  std::vector<std::string> args = req.argv;
+  if (!req.shell.empty()) args = {"/bin/sh", "-c", req.shell};
+  if (args.empty()) die("empty command");
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+
+  const std::string& prog = args[0];
+  if (prog.find('/') != std::string::npos) {
+    execve(prog.c_str(), argv.data(), envp.data());
+    die("exec " + prog + ": " + std::strerror(errno));
+  }
+  std::string path = env["PATH"];
+  int last_err = ENOENT;
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find(':', start);
+    if (end == std::string::npos) end = path.size();
+    std::string dir = path.substr(start, end - start);
+    std::string cand = (dir.empty() ? "." : dir) + "/" + prog;
+    execve(cand.c_str(), argv.data(), envp.data());
+    if (errno != ENOENT && errno != ENOTDIR) last_err = errno;
+    start = end + 1;
+  }
+  die(prog + ": " + (last_err == ENOENT ? std::string("command not found") : std::strerror(last_err)));
+  _exit(127);
+}
+
+void Server::ReadOutput(Job& job, int* fd, int stream) {
+  char buf[65536];
+  std::string& dst = stream == 1 ? job.result.stdout_data : job.result.stderr_data;
+  bool& truncated = stream == 1 ? job.result.stdout_truncated : job.result.stderr_truncated;
+  for (;;) {
+    ssize_t r = read(*fd, buf, sizeof buf);
+    if (r > 0) {
+      size_t room = dst.size() < job.cap ? job.cap - dst.size() : 0;
+      size_t keep = std::min(room, static_cast<size_t>(r));
+      if (keep < static_cast<size_t>(r)) truncated = true;
+      if (keep == 0) continue;  // past the cap: drain and discard so the writer never blocks
+      if (job.stream)
+        WriteFrame(ch_, stream == 1 ? FrameType::kStdout : FrameType::kStderr, job.id,
+                   std::string_view(buf, keep));
+      dst.append(buf, keep);
+      continue;
+    }
+    if (r < 0 && (errno == EINTR)) continue;
+    if (r < 0 && errno == EAGAIN) return;
+    close(*fd);  // EOF or error
+    *fd = -1;
+    return;
+  }
+}
+
+void Server::WriteStdin(Job& job) {
+  while (job.stdin_off < job.stdin_data.size()) {
+    ssize_t w = write(job.in_fd, job.stdin_data.data() + job.stdin_off,
+                      job.stdin_data.size() - job.stdin_off);
+    if (w > 0) { job.stdin_off += static_cast<size_t>(w); continue; }
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && errno == EAGAIN) return;
+    break;  // EPIPE: the process closed its stdin
+  }
+  close(job.in_fd);
+  job.in_fd = -1;
+  job.stdin_data.clear();
+}
+
+void Server::ReapChildren() {
+  for (;;) {
+    int status = 0;
+    struct rusage ru {};
+    pid_t pid = wait4(-1, &status, WNOHANG, &ru);
+    if (pid <= 0) return;
+    auto it = by_pid_.find(pid);
+    if (it == by_pid_.end()) continue;  // an orphan re-parented to us: reaped, nothing to report
+    auto jt = jobs_.find(it->second);
+    by_pid_.erase(it);
+    if (jt == jobs_.end()) continue;
+    Job& job = *jt->second;
+    job.exited = true;
+    if (WIFEXITED(status)) {
+      job.result.exit_code = WEXITSTATUS(status);
+    } else if (WIFSIGNALED(status)) {
+      job.result.exit_code = -1;
+      job.result.signal = WTERMSIG(status);
+    }
+    job.result.cpu_time_us = static_cast<uint64_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
+                             static_cast<uint64_t>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+    job.result.peak_memory_bytes = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+    job.result.wall_time_us = NowUs() - job.start_us;
+    // Whatever the process wrote before exiting is in the pipes now; processes
+    // it left in the background do not hold the exec open.
+    if (job.out_fd >= 0) ReadOutput(job, &job.out_fd, 1);
+    if (job.err_fd >= 0) ReadOutput(job, &job.err_fd, 2);
+    // In a container, a background process may keep the pipe open: stop
+    // listening once the main process is gone.
+    for (int* fd : {&job.out_fd, &job.err_fd, &job.in_fd}) {
+      if (*fd >= 0) { close(*fd); *fd = -1; }
+    }
+  }
+}
+
+void Server::KillTree(Job& job) {
+  if (job.pid <= 0 || job.exited) return;
+  kill(-job.pid, SIGKILL);  // the exec's process group (it called setsid)
+  kill(job.pid, SIGKILL);   // function execs: PID 1 of their namespace takes the rest
+}
+
+void Server::FinishIfDone(Job& job) {
+  if (!job.exited) return;
+  if (job.stream) {
+    job.result.stdout_data.clear();
+    job.result.stderr_data.clear();
+  }
+  WriteFrame(ch_, FrameType::kExecDone, job.id, EncodeResult(job.result));
+  jobs_.erase(job.id);
+}
+
+void Server::HandleWriteFile(uint32_t id, const std::string& payload) {
+  WireReader r(payload);
+  std::string path, content;
+  uint32_t mode, parents;
+  if (!r.Str(&path) || !r.U32(&mode) || !r.U32(&parents) || !r.Str(&content))
+    return Reply(id, EINVAL, "malformed write request");
+  path = Resolve(path);
+  if (parents) {
+    size_t pos = 0;
+    while ((pos = path.find('/', pos + 1)) != std::string::npos) {
+      std::string dir = path.substr(0, pos);
+      if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+        return Reply(id, errno, "creating " + dir);
+    }
+  }
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode ? mode : 0644);
+  if (fd < 0) return Reply(id, errno, path);
+  size_t off = 0;
+  while (off < content.size()) {
+    ssize_t w = write(fd, content.data() + off, content.size() - off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      close(fd);
+      return Reply(id, e, path);
+    }
+    off += static_cast<size_t>(w);
+  }
+  if (mode) fchmod(fd, mode);
+  close(fd);
+  WireWriter w;
+  w.U64(content.size());
+  Reply(id, 0, "", w.Take());
+}
+
+void Server::HandleReadFile(uint32_t id, const std::string& payload) {
+  WireReader r(payload);
+  std::string path;
+  uint64_t max;
+  if (!r.Str(&path) || !r.U64(&max)) return Reply(id, EINVAL, "malformed read request");
+  path = Resolve(path);
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Reply(id, errno, path);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+    int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    close(fd);
+    return Reply(id, e, path);
+  }
+  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > max) {
+    close(fd);
+    return Reply(id, EFBIG, path + " is " + std::to_string(st.st_size) +
+                                " bytes, more than the limit of " + std::to_string(max));
+  }
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) { int e = errno; close(fd); return Reply(id, e, path); }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > max) {
+      close(fd);
+      return Reply(id, EFBIG, path + " is larger than the limit of " + std::to_string(max));
+    }
+  }
+  close(fd);
+  Reply(id, 0, "", out);
+}
+
+FileInfo InfoFromStat(const std::string& name, const struct stat& st) {
+  FileInfo f;
+  f.name = name;
+  f.type = S_ISREG(st.st_mode)   ? FileType::kRegular
+           : S_ISDIR(st.st_mode) ? FileType::kDirectory
+           : S_ISLNK(st.st_mode) ? FileType::kSymlink
+                                 : FileType::kOther;
+  f.size = static_cast<uint64_t>(st.st_size);
+  f.mode = st.st_mode & 07777;
+  f.mtime_unix_ms = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
+  return f;
+}
+
+void Server::HandleListDir(uint32_t id, const std::string& payload) {
+  WireReader r(payload);
+  std::string path;
+  if (!r.Str(&path)) return Reply(id, EINVAL, "malformed list request");
+  path = Resolve(path);
+  DIR* d = opendir(path.c_str());
+  if (!d) return Reply(id, errno, path);
+  std::vector<FileInfo> entries;
+  while (struct dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    entries.push_back(InfoFromStat(name, st));
+  }
+  closedir(d);
+  WireWriter w;
+  w.U32(static_cast<uint32_t>(entries.size()));
+  std::string out = w.Take();
+  for (const auto& f : entries) out += EncodeFileInfo(f);
+  Reply(id, 0, "", out);
+}
+
+void Server::HandleStat(uint32_t id, const std::string& payload) {
+  WireReader r(payload);
+  std::string path;
+  if (!r.Str(&path)) return Reply(id, EINVAL, "malformed stat request");
+  path = Resolve(path);
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return Reply(id, errno, path);
+  size_t slash = path.find_last_of('/');
+  std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (name.empty()) name = "/";
+  Reply(id, 0, "", EncodeFileInfo(InfoFromStat(name, st)));
+}
+
+}  // namespace
+
+int ServeChannel(int channel_fd, const SetupConfig& config) {
+  Server s(channel_fd, config);
+  return s.Run();
+}
+
+}  // namespace paddock::init

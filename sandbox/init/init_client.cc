@@ -1,0 +1,193 @@
+#include "sandbox/init/init_client.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+namespace paddock {
+
+using init::FrameType;
+
+Status FileErrnoStatus(int err, const std::string& path, const std::string& detail) {
+  std::string what = detail.empty() || detail == path ? path : detail;
+  switch (err) {
+    case ENOENT: return Error(Code::kNotFound, "no such file or directory in the sandbox: {}", what);
+    case EISDIR: return Error(Code::kInvalidArgument, "{} is a directory", what);
+    case ENOTDIR: return Error(Code::kInvalidArgument, "a component of {} is not a directory", what);
+    case EACCES:
+    case EPERM: return Error(Code::kPermissionDenied, "permission denied in the sandbox: {}", what);
+    case EROFS:
+      return Error(Code::kFailedPrecondition,
+                   "{} is on a read-only filesystem (function sandboxes are read-only and "
+                   "stateless; use a container sandbox to keep files)",
+                   what);
+    case EFBIG: return Error(Code::kResourceExhausted, "{}", what);
+    case ENOSPC:
+    case EDQUOT: return Error(Code::kResourceExhausted, "sandbox disk is full writing {}", what);
+    case EEXIST: return Error(Code::kAlreadyExists, "{} already exists", what);
+    default: return Error(Code::kInternal, "{}: {}", what, std::strerror(err));
+  }
+}
+
+InitClient::InitClient(UniqueFd channel) : channel_(std::move(channel)) {}
+
+InitClient::~InitClient() {
+  Close();
+  if (reader_.joinable()) reader_.join();
+}
+
+Result<std::unique_ptr<InitClient>> InitClient::Start(UniqueFd channel, const init::SetupConfig& setup,
+                                                      int timeout_ms) {
+  if (!init::WriteFrame(channel.get(), FrameType::kSetup, 0, init::EncodeSetup(setup)))
+    return ErrnoError("sending setup to paddock-init");
+  struct pollfd p {channel.get(), POLLIN, 0};
+  int n = poll(&p, 1, timeout_ms);
+  if (n == 0)
+    return Error(Code::kDeadlineExceeded, "paddock-init did not report ready within {} ms", timeout_ms);
+  init::Frame f;
+  if (n < 0 || !init::ReadFrame(channel.get(), &f))
+    return Error(Code::kInternal,
+                 "paddock-init exited during setup (is the paddock-init binary valid? "
+                 "run paddockd with --log-level debug)");
+  int32_t err;
+  std::string msg, payload;
+  if (f.type != FrameType::kHello || !init::DecodeReply(f.payload, &err, &msg, &payload))
+    return Error(Code::kInternal, "paddock-init sent an unexpected first frame");
+  if (err != 0) return Error(Code::kInternal, "sandbox setup failed inside the sandbox: {}", msg);
+  auto client = std::unique_ptr<InitClient>(new InitClient(std::move(channel)));
+  client->reader_ = std::thread([c = client.get()] { c->ReaderLoop(); });
+  return client;
+}
+
+void InitClient::ReaderLoop() {
+  init::Frame f;
+  while (init::ReadFrame(channel_.get(), &f)) {
+    std::shared_ptr<Pending> p;
+    {
+      std::lock_guard lock(mu_);
+      auto it = pending_.find(f.id);
+      if (it == pending_.end()) continue;
+      p = it->second;
+    }
+    if (f.type == FrameType::kStdout || f.type == FrameType::kStderr) {
+      if (p->on_output && *p->on_output) (*p->on_output)(f.type == FrameType::kStdout ? 1 : 2, f.payload);
+      continue;
+    }
+    std::lock_guard lock(mu_);
+    p->type = f.type;
+    p->payload = std::move(f.payload);
+    p->done = true;
+    pending_.erase(f.id);
+    cv_.notify_all();
+  }
+  std::lock_guard lock(mu_);
+  dead_ = true;
+  cv_.notify_all();
+}
+
+bool InitClient::alive() const {
+  std::lock_guard lock(mu_);
+  return !dead_;
+}
+
+void InitClient::Close() {
+  // The reader sees EOF and marks the client dead itself, so no output
+  // callback can still be running once a waiting call returns.
+  if (channel_.valid()) ::shutdown(channel_.get(), SHUT_RDWR);
+}
+
+Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
+                                     const OutputCallback* on_output, FrameType* reply_type) {
+  auto p = std::make_shared<Pending>();
+  p->on_output = on_output;
+  uint32_t id;
+  {
+    std::lock_guard lock(mu_);
+    if (dead_) return Error(Code::kUnavailable, "the sandbox's init process has exited; destroy the sandbox and create a new one");
+    id = next_id_++;
+    pending_[id] = p;
+  }
+  bool sent;
+  {
+    std::lock_guard lock(write_mu_);
+    sent = init::WriteFrame(channel_.get(), type, id, payload);
+  }
+  std::unique_lock lock(mu_);
+  if (!sent) {
+    pending_.erase(id);
+    return Error(Code::kUnavailable, "the sandbox's init process is gone; destroy the sandbox and create a new one");
+  }
+  cv_.wait(lock, [&] { return p->done || dead_; });
+  if (!p->done) {
+    pending_.erase(id);
+    return Error(Code::kUnavailable, "the sandbox's init process exited during the call; destroy the sandbox and create a new one");
+  }
+  *reply_type = p->type;
+  return std::move(p->payload);
+}
+
+Result<ExecResult> InitClient::Exec(const ExecRequest& req, const OutputCallback& on_output) {
+  ExecRequest r = req;
+  r.stream = static_cast<bool>(on_output);
+  FrameType type;
+  PADDOCK_ASSIGN_OR_RETURN(std::string payload,
+                           Call(FrameType::kExec, init::EncodeExec(r), on_output ? &on_output : nullptr, &type));
+  ExecResult result;
+  if (type != FrameType::kExecDone || !init::DecodeResult(payload, &result))
+    return Error(Code::kInternal, "malformed exec result from paddock-init");
+  return result;
+}
+
+Result<std::string> InitClient::FileCall(FrameType type, const std::string& payload, const std::string& path) {
+  FrameType reply_type;
+  PADDOCK_ASSIGN_OR_RETURN(std::string reply, Call(type, payload, nullptr, &reply_type));
+  int32_t err;
+  std::string msg, body;
+  if (reply_type != FrameType::kReply || !init::DecodeReply(reply, &err, &msg, &body))
+    return Error(Code::kInternal, "malformed file reply from paddock-init");
+  if (err != 0) return FileErrnoStatus(err, path, msg);
+  return body;
+}
+
+Status InitClient::WriteFile(const std::string& path, std::string_view content, uint32_t mode,
+                             bool make_parents) {
+  init::WireWriter w;
+  w.Str(path);
+  w.U32(mode);
+  w.U32(make_parents ? 1 : 0);
+  w.Str(content);
+  return FileCall(FrameType::kWriteFile, w.Take(), path).status();
+}
+
+Result<std::string> InitClient::ReadFile(const std::string& path, uint64_t max_bytes) {
+  init::WireWriter w;
+  w.Str(path);
+  w.U64(max_bytes);
+  return FileCall(FrameType::kReadFile, w.Take(), path);
+}
+
+Result<std::vector<FileInfo>> InitClient::ListDir(const std::string& path) {
+  init::WireWriter w;
+  w.Str(path);
+  PADDOCK_ASSIGN_OR_RETURN(std::string body, FileCall(FrameType::kListDir, w.Take(), path));
+  init::WireReader r(body);
+  uint32_t n;
+  if (!r.U32(&n)) return Error(Code::kInternal, "malformed listing from paddock-init");
+  std::vector<FileInfo> out(n);
+  for (auto& f : out)
+    if (!init::DecodeFileInfo(r, &f)) return Error(Code::kInternal, "malformed listing from paddock-init");
+  return out;
+}
+
+Result<FileInfo> InitClient::Stat(const std::string& path) {
+  init::WireWriter w;
+  w.Str(path);
+  PADDOCK_ASSIGN_OR_RETURN(std::string body, FileCall(FrameType::kStat, w.Take(), path));
+  init::WireReader r(body);
+  FileInfo f;
+  if (!init::DecodeFileInfo(r, &f)) return Error(Code::kInternal, "malformed stat from paddock-init");
+  return f;
+}
+
+}  // namespace paddock

@@ -1,0 +1,65 @@
+// The daemon's end of a paddock-init channel. Many calls share one channel:
+// each gets a request id; a reader thread routes replies, output chunks and
+// exec results to the waiting caller. When init dies, every waiting and
+// later call fails with UNAVAILABLE.
+#pragma once
+
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sandbox/base/status.h"
+#include "sandbox/base/unique_fd.h"
+#include "sandbox/init/protocol.h"
+#include "sandbox/types.h"
+
+namespace paddock {
+
+class InitClient {
+ public:
+  // Sends the setup frame and waits (up to `timeout_ms`) for init's hello.
+  static Result<std::unique_ptr<InitClient>> Start(UniqueFd channel, const init::SetupConfig& setup,
+                                                   int timeout_ms);
+  ~InitClient();
+
+  Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output);
+  Status WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents);
+  Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes);
+  Result<std::vector<FileInfo>> ListDir(const std::string& path);
+  Result<FileInfo> Stat(const std::string& path);
+
+  bool alive() const;
+  // Unblocks every waiting call and stops the reader. Idempotent.
+  void Close();
+
+ private:
+  struct Pending {
+    bool done = false;
+    init::FrameType type{};
+    std::string payload;
+    const OutputCallback* on_output = nullptr;
+  };
+  explicit InitClient(UniqueFd channel);
+  void ReaderLoop();
+  Result<std::string> Call(init::FrameType type, const std::string& payload,
+                           const OutputCallback* on_output, init::FrameType* reply_type);
+  Result<std::string> FileCall(init::FrameType type, const std::string& payload, const std::string& path);
+
+  UniqueFd channel_;
+  std::mutex write_mu_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint32_t, std::shared_ptr<Pending>> pending_;
+  uint32_t next_id_ = 1;
+  bool dead_ = false;
+  std::thread reader_;
+};
+
+// Turns an errno from init's file handling into a Status a user can act on.
+Status FileErrnoStatus(int err, const std::string& path, const std::string& detail);
+
+}  // namespace paddock

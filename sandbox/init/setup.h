@@ -1,0 +1,32 @@
+// Builds the sandbox from inside its fresh namespaces. Runs in paddock-init
+// before it serves requests; each step is a small function so the container
+// and function sequences read top to bottom.
+#pragma once
+
+#include <string>
+
+#include "sandbox/init/protocol.h"
+
+namespace paddock::init {
+
+// Container: private mounts, the overlay root with /proc, /dev, /tmp,
+// hostname, loopback, pivot_root, cgroup namespace, capability drop,
+// no_new_privs, seccomp. On failure returns false with a message in *err.
+bool SetupContainer(const SetupConfig& c, std::string* err);
+
+// Function zygote: the read-only root with /proc and /dev, hostname,
+// loopback, pivot_root. Keeps its capabilities (each exec needs them to
+// build its own namespaces) and leaves seccomp to each exec.
+bool SetupFunctionZygote(const SetupConfig& c, std::string* err);
+
+// Per-exec steps of a function sandbox, run in the cloned child.
+bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err);
+
+// Keeps only `keep` (a bit mask of CAP_* numbers) in every capability set.
+bool DropCapabilities(uint64_t keep, std::string* err);
+bool InstallSeccomp(const std::string& bpf, std::string* err);
+
+// Capabilities a container keeps (Docker's default set less NET_RAW and MKNOD).
+uint64_t ContainerCapabilities();
+
+}  // namespace paddock::init

@@ -1,0 +1,83 @@
+#include "sandbox/linux/process.h"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace paddock {
+
+void ChildProcess::KillAndReap() {
+  if (pid_ <= 0) return;
+  if (pidfd_.valid()) syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+  else kill(pid_, SIGKILL);
+  siginfo_t info;
+  while (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED) != 0 && errno == EINTR) {
+  }
+  pid_ = -1;
+  pidfd_.reset();
+}
+
+Result<ChildProcess> SpawnInNamespaces(const SpawnOptions& opts) {
+  int sync[2];
+  if (pipe2(sync, O_CLOEXEC) != 0) return ErrnoError("pipe");
+  UniqueFd sync_r(sync[0]), sync_w(sync[1]);
+
+  // Everything the child touches is prepared here: it must not allocate.
+  std::vector<char*> argv;
+  for (const auto& a : opts.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  char* envp[] = {const_cast<char*>("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), nullptr};
+  const char* program = opts.program.c_str();
+  const int channel = opts.channel_fd;
+  const bool new_user = opts.clone_flags & CLONE_NEWUSER;
+
+  int pidfd = -1;
+  struct clone_args args;
+  std::memset(&args, 0, sizeof args);
+  args.flags = opts.clone_flags | CLONE_PIDFD;
+  args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+  args.exit_signal = SIGCHLD;
+  long pid = syscall(SYS_clone3, &args, sizeof args);
+  if (pid < 0) return ErrnoError("clone3 into new namespaces");
+  if (pid == 0) {
+    // Child. Raw system calls only.
+    char go;
+    if (read(sync_r.get(), &go, 1) != 1) _exit(120);
+    if (new_user) {
+      if (syscall(SYS_setresgid, 0, 0, 0) != 0) _exit(121);
+      if (syscall(SYS_setgroups, 0, nullptr) != 0) _exit(122);
+      if (syscall(SYS_setresuid, 0, 0, 0) != 0) _exit(123);
+    }
+    if (channel >= 0) {
+      if (channel == 3) {
+        fcntl(3, F_SETFD, 0);
+      } else if (dup2(channel, 3) != 3) {
+        _exit(124);
+      }
+    }
+    syscall(SYS_close_range, 4, ~0U, 0);
+    // Our own signal mask and dispositions must not leak into the sandbox.
+    sigset_t none;
+    sigemptyset(&none);
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof(uint64_t));
+    execve(program, argv.data(), envp);
+    _exit(125);
+  }
+  ChildProcess child(static_cast<pid_t>(pid), UniqueFd(pidfd));
+  sync_r.reset();
+  if (opts.before_exec) {
+    Status st = opts.before_exec(child.pid());
+    if (!st.ok()) return st;  // ~ChildProcess kills it
+  }
+  char go = 'g';
+  if (write(sync_w.get(), &go, 1) != 1) return ErrnoError("releasing sandbox process");
+  return child;
+}
+
+}  // namespace paddock

@@ -1,0 +1,87 @@
+#include "sandbox/linux/seccomp_profile.h"
+
+#include <sched.h>
+#include <seccomp.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <mutex>
+
+#include "sandbox/base/unique_fd.h"
+
+namespace paddock {
+
+const std::vector<std::string>& DeniedSyscalls() {
+  static const std::vector<std::string> kDenied = {
+      // filesystems and mounts
+      "mount", "umount2", "pivot_root", "fsopen", "fsmount", "fsconfig", "fspick", "move_mount",
+      "open_tree", "mount_setattr", "open_by_handle_at", "name_to_handle_at", "quotactl",
+      "swapon", "swapoff",
+      // namespaces
+      "unshare", "setns",
+      // the kernel itself
+      "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+      "bpf", "perf_event_open", "userfaultfd", "lookup_dcookie", "syslog", "acct", "iopl",
+      "ioperm", "uselib", "personality",
+      // other processes
+      "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+      // keyrings
+      "keyctl", "add_key", "request_key",
+      // clocks
+      "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+      // io_uring bypasses the filter for the calls it submits
+      "io_uring_setup", "io_uring_enter", "io_uring_register",
+  };
+  return kDenied;
+}
+
+Result<std::string> DefaultSeccompBpf() {
+  static std::once_flag once;
+  static Result<std::string> cached = Status(Code::kInternal, "not built");
+  std::call_once(once, [] {
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    if (!ctx) {
+      cached = Status(Code::kInternal, "seccomp_init failed");
+      return;
+    }
+    auto fail = [&](const std::string& what, int rc) {
+      seccomp_release(ctx);
+      cached = Status(Code::kInternal, fmt::format("building seccomp profile: {}: {}", what, rc));
+    };
+    for (const auto& name : DeniedSyscalls()) {
+      int nr = seccomp_syscall_resolve_name(name.c_str());
+      if (nr == __NR_SCMP_ERROR) continue;  // not on this architecture
+      int rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0);
+      if (rc != 0) return fail(name, rc);
+    }
+    // clone: no new namespaces.
+    const uint64_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
+                              CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP | CLONE_NEWTIME;
+    for (uint64_t bit = 1; bit; bit <<= 1) {
+      if (!(ns_flags & bit)) continue;
+      int rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+                                SCMP_A0(SCMP_CMP_MASKED_EQ, bit, bit));
+      if (rc != 0) return fail("clone", rc);
+    }
+    int rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+    if (rc != 0) return fail("clone3", rc);
+    UniqueFd mem(memfd_create("seccomp-bpf", MFD_CLOEXEC));
+    if (!mem.valid()) return fail("memfd_create", errno);
+    rc = seccomp_export_bpf(ctx, mem.get());
+    seccomp_release(ctx);
+    if (rc != 0) {
+      cached = Status(Code::kInternal, fmt::format("exporting seccomp profile: {}", rc));
+      return;
+    }
+    off_t size = lseek(mem.get(), 0, SEEK_END);
+    std::string bpf(static_cast<size_t>(size), '\0');
+    if (pread(mem.get(), bpf.data(), bpf.size(), 0) != size) {
+      cached = Status(Code::kInternal, "reading exported seccomp profile");
+      return;
+    }
+    cached = std::move(bpf);
+  });
+  return cached;
+}
+
+}  // namespace paddock

@@ -1,0 +1,51 @@
+#include "sandbox/linux/userns.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "sandbox/linux/fs_util.h"
+
+namespace paddock {
+
+Status WriteIdMaps(pid_t pid, IdRange range) {
+  std::string map = fmt::format("0 {} {}\n", range.host_base, range.count);
+  std::string base = fmt::format("/proc/{}/", pid);
+  PADDOCK_RETURN_IF_ERROR(WriteSmallFile(base + "uid_map", map).Prefix("writing uid_map"));
+  PADDOCK_RETURN_IF_ERROR(WriteSmallFile(base + "gid_map", map).Prefix("writing gid_map"));
+  return Status::Ok();
+}
+
+Result<UniqueFd> OpenUsernsWithMap(IdRange range) {
+  // A throwaway child enters a new user namespace and waits; we map it, keep
+  // an fd to its namespace, and let it go.
+  int sync[2];
+  if (pipe2(sync, O_CLOEXEC) != 0) return ErrnoError("pipe");
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
+  if (pid < 0) {
+    close(sync[0]);
+    close(sync[1]);
+    return ErrnoError("creating a user namespace");
+  }
+  if (pid == 0) {
+    close(sync[1]);
+    char c;
+    ssize_t ignored = read(sync[0], &c, 1);  // returns at EOF when the parent is done
+    (void)ignored;
+    _exit(0);
+  }
+  close(sync[0]);
+  Status st = WriteIdMaps(pid, range);
+  UniqueFd fd(open(fmt::format("/proc/{}/ns/user", pid).c_str(), O_RDONLY | O_CLOEXEC));
+  int open_err = errno;
+  close(sync[1]);
+  waitpid(pid, nullptr, 0);
+  if (!st.ok()) return st;
+  if (!fd.valid()) return ErrnoError("opening user namespace", open_err);
+  return fd;
+}
+
+}  // namespace paddock

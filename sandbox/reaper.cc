@@ -1,0 +1,60 @@
+#include "sandbox/reaper.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+
+#include <spdlog/spdlog.h>
+
+#include "sandbox/linux/cgroup.h"
+#include "sandbox/linux/fs_util.h"
+#include "sandbox/linux/mounts.h"
+
+namespace fs = std::filesystem;
+
+namespace paddock {
+
+std::string SubstrateEnv::cgroup_root() const {
+  std::error_code ec;
+  std::string canon = fs::weakly_canonical(state_dir, ec).string();
+  if (canon == "/var/lib/paddock") return "paddock";
+  return fmt::format("paddock-{:08x}", std::hash<std::string>{}(canon) & 0xffffffffu);
+}
+
+ReapReport ReapLeftovers(const SubstrateEnv& env) {
+  ReapReport report;
+  // 1. Processes: every sandbox process lives in a cgroup of ours.
+  for (const auto& dir : CgroupDirsUnder(env.cgroup_root())) {
+    auto procs = ReadSmallFile(dir + "/cgroup.procs");
+    if (procs.ok())
+      for (char c : procs.value()) report.processes_killed += c == '\n';
+    Status st = KillAndRemoveCgroupDir(dir);
+    if (st.ok()) ++report.cgroups_removed;
+    else report.errors.push_back(st.ToString());
+  }
+  // 2. Mounts: overlay roots and image views under the state dir.
+  std::string state = fs::weakly_canonical(env.state_dir).string();
+  for (const auto& m : MountsUnder(state)) {
+    Status st = Unmount(m);
+    if (st.ok()) ++report.mounts_removed;
+    else report.errors.push_back(st.ToString());
+  }
+  // 3. Directories of sandboxes, zygotes and views.
+  for (const char* sub : {"containers", "functions", "views/container", "views/function"}) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(state + "/" + sub, ec)) {
+      Status st = RemoveTree(e.path().string());
+      if (st.ok()) ++report.dirs_removed;
+      else report.errors.push_back(st.ToString());
+    }
+  }
+  if (report.processes_killed || report.mounts_removed || report.cgroups_removed || report.dirs_removed)
+    spdlog::warn("reaped leftovers of an earlier run: {} processes, {} mounts, {} cgroups, {} directories",
+                 report.processes_killed, report.mounts_removed, report.cgroups_removed,
+                 report.dirs_removed);
+  for (const auto& e : report.errors) spdlog::error("reaping leftovers: {}", e);
+  return report;
+}
+
+}  // namespace paddock
