@@ -1,0 +1,268 @@
+// paddockd: the Paddock daemon. Owns every sandbox on this host and serves the
+// uniform sandbox API over a unix socket (and, optionally, TCP with a token).
+//
+// Start-up order matters: signals are blocked before any thread exists (so only
+// the signal thread ever sees SIGTERM/SIGINT), the state directory is locked
+// before anything in it is touched, and the reaper clears what a crashed
+// predecessor left before new sandboxes are created next to it.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <future>
+#include <string>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "rollout/service/auth.h"
+#include "rollout/service/server.h"
+#include "sandbox/base/unique_fd.h"
+#include "sandbox/container/container_substrate.h"
+#include "sandbox/function/function_substrate.h"
+#include "sandbox/manager.h"
+#include "sandbox/reaper.h"
+
+namespace fs = std::filesystem;
+using namespace paddock;
+
+namespace {
+
+struct Flags {
+  std::string state_dir = "/var/lib/paddock";
+  std::string socket;
+  std::string listen_tcp;
+  bool allow_remote = false;
+  std::string token_file;
+  uint32_t max_sandboxes = 1000;
+  uint32_t default_ttl = 3600;
+  std::string log_level = "info";
+  std::string init_path;
+};
+
+std::string DefaultSocket() {
+  const char* env = std::getenv("PADDOCK_SOCKET");
+  return env && *env ? env : "/run/paddock/paddockd.sock";
+}
+
+// paddock-init ships beside the daemon: in the build tree it is
+// build/sandbox/paddock-init next to build/rollout/paddockd; installed, it sits
+// in the same directory or under /usr/local/lib/paddock.
+std::string DefaultInitPath() {
+  std::error_code ec;
+  fs::path dir = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  for (const fs::path& p : {dir / ".." / "sandbox" / "paddock-init", dir / "paddock-init"})
+    if (fs::exists(p, ec)) return fs::weakly_canonical(p, ec).string();
+  return "/usr/local/lib/paddock/paddock-init";
+}
+
+bool IsLoopbackHost(const std::string& host) {
+  return host == "localhost" || host == "::1" || host == "[::1]" || host.rfind("127.", 0) == 0;
+}
+
+// "HOST:PORT", ":PORT" or "PORT"; the host defaults to loopback.
+Result<std::string> ParseTcpAddress(const std::string& spec, bool allow_remote) {
+  std::string host = "127.0.0.1", port = spec;
+  size_t colon = spec.rfind(':');
+  if (colon != std::string::npos) {
+    host = spec.substr(0, colon);
+    port = spec.substr(colon + 1);
+    if (host.empty()) host = "127.0.0.1";
+  }
+  if (port.empty() || port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5 ||
+      std::stoul(port) > 65535)
+    return Error(Code::kInvalidArgument, "--listen-tcp '{}': expected HOST:PORT, e.g. 127.0.0.1:7443",
+                 spec);
+  if (!IsLoopbackHost(host) && !allow_remote)
+    return Error(Code::kInvalidArgument,
+                 "--listen-tcp {} would accept calls from other machines; pass --allow-remote "
+                 "as well if that is intended",
+                 spec);
+  return host + ":" + port;
+}
+
+// Holds the state directory for this process. A POSIX record lock (fcntl), not
+// flock(2): a record lock belongs to the process and is not inherited by
+// fork()ed children, so a zygote or container helper that outlives a crashed
+// daemon cannot keep the directory locked against its successor.
+class StateDirLock {
+ public:
+  static Result<StateDirLock> Acquire(const std::string& state_dir) {
+    std::string lock_path = state_dir + "/paddockd.lock";
+    UniqueFd fd(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!fd.valid()) return ErrnoError(fmt::format("opening {}", lock_path));
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fcntl(fd.get(), F_SETLK, &fl) != 0) {
+      if (errno != EACCES && errno != EAGAIN) return ErrnoError(fmt::format("locking {}", lock_path));
+      fcntl(fd.get(), F_GETLK, &fl);
+      return Error(Code::kFailedPrecondition,
+                   "another paddockd (pid {}) is using state dir {}; stop it first or pass a "
+                   "different --state-dir",
+                   fl.l_type == F_UNLCK ? 0 : fl.l_pid, state_dir);
+    }
+    StateDirLock lock;
+    lock.fd_ = std::move(fd);
+    lock.pid_path_ = state_dir + "/paddockd.pid";
+    std::string pid = std::to_string(getpid()) + "\n";
+    UniqueFd pf(open(lock.pid_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!pf.valid() || write(pf.get(), pid.data(), pid.size()) != static_cast<ssize_t>(pid.size()))
+      return ErrnoError(fmt::format("writing {}", lock.pid_path_));
+    return lock;
+  }
+  void RemovePidFile() { unlink(pid_path_.c_str()); }
+
+ private:
+  UniqueFd fd_;
+  std::string pid_path_;
+};
+
+void LogReap(const ReapReport& r) {
+  int total = r.processes_killed + r.mounts_removed + r.cgroups_removed + r.dirs_removed;
+  if (total > 0)
+    spdlog::info("reaped leftovers of an earlier daemon: {} processes killed, {} mounts removed, "
+                 "{} cgroups removed, {} directories removed",
+                 r.processes_killed, r.mounts_removed, r.cgroups_removed, r.dirs_removed);
+  else
+    spdlog::info("no leftovers of an earlier daemon to reap");
+  for (const auto& e : r.errors) spdlog::warn("reaper: {}", e);
+}
+
+int Run(const Flags& flags) {
+  // 1. Block the shutdown signals in this thread before any other thread
+  //    exists; every thread inherits the mask and only sigwait() sees them.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a client hanging up is an error return, not a crash
+
+  // 2. The state directory, locked against a second daemon.
+  std::error_code ec;
+  fs::create_directories(flags.state_dir, ec);
+  if (ec) {
+    spdlog::error("cannot create state dir {}: {}", flags.state_dir, ec.message());
+    return 1;
+  }
+  auto lock = StateDirLock::Acquire(flags.state_dir);
+  if (!lock.ok()) {
+    spdlog::error("{}", lock.status().message());
+    return 1;
+  }
+
+  // 3. Helpers and token, checked before anything is started.
+  SubstrateEnv env;
+  env.state_dir = fs::absolute(flags.state_dir).string();
+  env.init_path = flags.init_path.empty() ? DefaultInitPath() : flags.init_path;
+  if (!fs::exists(env.init_path, ec)) {
+    spdlog::error("paddock-init not found at {}; build it (cmake --build build) or pass --init-path",
+                  env.init_path);
+    return 1;
+  }
+  service::ServerOptions server_opts;
+  server_opts.socket_path = flags.socket.empty() ? DefaultSocket() : flags.socket;
+  if (!flags.listen_tcp.empty()) {
+    auto addr = ParseTcpAddress(flags.listen_tcp, flags.allow_remote);
+    if (!addr.ok()) {
+      spdlog::error("{}", addr.status().message());
+      return 1;
+    }
+    if (flags.token_file.empty()) {
+      spdlog::error("--listen-tcp needs --token-file: a file holding the secret clients must send "
+                    "as 'authorization: Bearer <token>'");
+      return 1;
+    }
+    auto token = service::LoadTokenFile(flags.token_file);
+    if (!token.ok()) {
+      spdlog::error("{}", token.status().message());
+      return 1;
+    }
+    server_opts.tcp_address = *addr;
+    server_opts.token = *token;
+  }
+  spdlog::info("paddockd starting: state dir {}, paddock-init {}", env.state_dir, env.init_path);
+
+  // 4. Clear what a crashed predecessor left behind.
+  LogReap(ReapLeftovers(env));
+
+  // 5. Substrates into the manager.
+  ManagerOptions mopts;
+  mopts.max_sandboxes = flags.max_sandboxes;
+  mopts.default_ttl_seconds = flags.default_ttl;
+  SandboxManager manager(mopts);
+  manager.RegisterSubstrate(MakeFunctionSubstrate(env));
+  manager.RegisterSubstrate(MakeContainerSubstrate(env));
+
+  // 6. Serve until SIGTERM/SIGINT.
+  service::SandboxServer server(manager, server_opts);
+  if (Status st = server.Start(); !st.ok()) {
+    spdlog::error("{}", st.message());
+    manager.Shutdown();
+    lock->RemovePidFile();
+    return 1;
+  }
+  spdlog::info("paddockd ready (pid {}, max {} sandboxes)", getpid(), flags.max_sandboxes);
+
+  std::promise<int> got_signal;
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    got_signal.set_value(sig);
+  });
+  int sig = got_signal.get_future().get();
+  signal_thread.join();
+  spdlog::info("received {}; shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+
+  // Stop accepting and give in-flight calls a moment; then destroy every
+  // sandbox, which also ends any exec still running so its handler returns.
+  auto stopped = std::async(std::launch::async, [&] {
+    server.Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  });
+  stopped.wait_for(std::chrono::milliseconds(2500));
+  manager.Shutdown();
+  stopped.wait();
+  lock->RemovePidFile();
+  spdlog::info("paddockd stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  CLI::App app{"paddockd: the Paddock daemon; owns this host's sandboxes and serves the sandbox API"};
+  app.add_option("--state-dir", flags.state_dir, "directory for sandbox state, the lock and pid file")
+      ->capture_default_str();
+  app.add_option("--socket", flags.socket,
+                 "unix socket to serve on (default: $PADDOCK_SOCKET or /run/paddock/paddockd.sock)");
+  app.add_option("--listen-tcp", flags.listen_tcp,
+                 "also serve on TCP HOST:PORT (host defaults to 127.0.0.1); needs --token-file");
+  app.add_flag("--allow-remote", flags.allow_remote, "allow --listen-tcp on a non-loopback address");
+  app.add_option("--token-file", flags.token_file, "file holding the bearer token TCP clients must send");
+  app.add_option("--max-sandboxes", flags.max_sandboxes, "cap on live sandboxes")->capture_default_str();
+  app.add_option("--default-ttl", flags.default_ttl,
+                 "time to live in seconds for sandboxes created with ttl 0")
+      ->capture_default_str();
+  app.add_option("--log-level", flags.log_level, "trace|debug|info|warn|error")->capture_default_str();
+  app.add_option("--init-path", flags.init_path,
+                 "paddock-init binary (default: beside paddockd, or /usr/local/lib/paddock)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  auto level = spdlog::level::from_str(flags.log_level);
+  if (level == spdlog::level::off && flags.log_level != "off") {
+    spdlog::error("--log-level '{}': expected trace, debug, info, warn or error", flags.log_level);
+    return 2;
+  }
+  spdlog::set_level(level);
+  return Run(flags);
+}

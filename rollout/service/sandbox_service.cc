@@ -1,0 +1,264 @@
+#include "rollout/service/sandbox_service.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <mutex>
+
+#include <spdlog/spdlog.h>
+
+#include "rollout/service/convert.h"
+
+namespace paddock::service {
+
+namespace {
+
+// Returns the gRPC form of `expr` from the enclosing handler when it failed.
+#define PADDOCK_GRPC_RETURN_IF_ERROR(expr)   \
+  do {                                       \
+    ::paddock::Status _st = (expr);          \
+    if (!_st.ok()) return ToGrpc(_st);       \
+  } while (0)
+
+Status ValidateId(const std::string& id) {
+  if (id.empty())
+    return Error(Code::kInvalidArgument,
+                 "sandbox_id is empty; `paddock sandbox ls` lists sandboxes");
+  return Status::Ok();
+}
+
+Status ValidateEnv(const google::protobuf::Map<std::string, std::string>& env) {
+  for (const auto& [k, v] : env) {
+    if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos)
+      return Error(Code::kInvalidArgument,
+                   "environment variable name '{}' is invalid; names are non-empty and contain "
+                   "no '=' or NUL", k);
+    if (v.find('\0') != std::string::npos)
+      return Error(Code::kInvalidArgument, "environment variable {} contains a NUL byte", k);
+  }
+  return Status::Ok();
+}
+
+Status ValidateOptionalPath(const std::string& path, std::string_view what) {
+  if (path.empty()) return Status::Ok();
+  return ValidateSandboxPath(path).Prefix(what);
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const Status& st) {
+  if (st.ok()) return grpc::Status::OK;
+  // paddock::Code mirrors grpc::StatusCode value for value (see status.h).
+  return {static_cast<grpc::StatusCode>(st.code()), st.message()};
+}
+
+uint64_t DaemonRssBytes() {
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  unsigned long long size = 0, resident = 0;
+  int n = std::fscanf(f, "%llu %llu", &size, &resident);
+  std::fclose(f);
+  if (n != 2) return 0;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+SandboxService::SandboxService(SandboxManager& manager, const BearerTokenAuth* auth)
+    : manager_(manager), auth_(auth) {}
+
+grpc::Status SandboxService::Authorize(const grpc::ServerContext& ctx) const {
+  return auth_ ? auth_->Check(ctx) : grpc::Status::OK;
+}
+
+grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRequest* req,
+                                    v1::CreateResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  const v1::SandboxSpec& spec = req->spec();
+  if (spec.substrate().empty()) {
+    std::string known;
+    for (const auto& n : manager_.SubstrateNames()) known += (known.empty() ? "" : ", ") + n;
+    return ToGrpc(Error(Code::kInvalidArgument, "no substrate given; available: {}", known));
+  }
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateEnv(spec.env()));
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateOptionalPath(spec.workdir(), "workdir"));
+  auto info = manager_.Create(FromProto(spec));
+  if (!info.ok()) return ToGrpc(info.status().Prefix("creating sandbox"));
+  spdlog::info("created {} sandbox {} from {}", spec.substrate(), info->id, spec.image());
+  ToProto(*info, resp->mutable_sandbox());
+  return grpc::Status::OK;
+}
+
+Result<std::shared_ptr<Sandbox>> SandboxService::PrepareExec(const v1::ExecRequest& req) {
+  PADDOCK_RETURN_IF_ERROR(ValidateId(req.sandbox_id()));
+  bool has_argv = req.argv_size() > 0;
+  bool has_shell = !req.shell().empty();
+  if (has_argv == has_shell)
+    return Error(Code::kInvalidArgument,
+                 "set exactly one of argv and shell (got {}); e.g. argv [\"ls\", \"-l\"] or "
+                 "shell \"ls -l | wc -l\"",
+                 has_argv ? "both" : "neither");
+  if (has_argv && req.argv(0).empty())
+    return Error(Code::kInvalidArgument, "argv[0] is empty; name the program to run");
+  for (const auto& a : req.argv())
+    if (a.find('\0') != std::string::npos)
+      return Error(Code::kInvalidArgument, "an argv element contains a NUL byte");
+  if (req.stdin().size() > kMaxFileBytes)
+    return Error(Code::kResourceExhausted, "stdin is {} bytes; the limit is {} bytes",
+                 req.stdin().size(), kMaxFileBytes);
+  PADDOCK_RETURN_IF_ERROR(ValidateEnv(req.env()));
+  PADDOCK_RETURN_IF_ERROR(ValidateOptionalPath(req.cwd(), "cwd"));
+  auto sb = manager_.Get(req.sandbox_id());
+  if (sb.ok()) manager_.CountExec();
+  return sb;
+}
+
+grpc::Status SandboxService::Exec(grpc::ServerContext* ctx, const v1::ExecRequest* req,
+                                  v1::ExecResult* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  auto sb = PrepareExec(*req);
+  if (!sb.ok()) return ToGrpc(sb.status());
+  auto result = (*sb)->Exec(FromProto(*req), nullptr);
+  if (!result.ok()) return ToGrpc(result.status());
+  ToProto(*result, resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::ExecStream(grpc::ServerContext* ctx, const v1::ExecRequest* req,
+                                        grpc::ServerWriter<v1::ExecEvent>* writer) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  auto sb = PrepareExec(*req);
+  if (!sb.ok()) return ToGrpc(sb.status());
+  ExecRequest exec = FromProto(*req);
+  exec.stream = true;
+  // The substrate may deliver stdout and stderr from different threads, and a
+  // ServerWriter takes one Write at a time. Once the client has gone, further
+  // chunks are dropped; the command still runs to completion or its timeout.
+  std::mutex write_mu;
+  bool client_gone = false;
+  OutputCallback on_output = [&](int stream, std::string_view chunk) {
+    v1::ExecEvent ev;
+    if (stream == 2) ev.set_stderr(chunk.data(), chunk.size());
+    else ev.set_stdout(chunk.data(), chunk.size());
+    std::lock_guard lock(write_mu);
+    if (client_gone) return;
+    if (!writer->Write(ev)) client_gone = true;
+  };
+  auto result = (*sb)->Exec(exec, on_output);
+  if (!result.ok()) return ToGrpc(result.status());
+  // The chunks already carried the output; the final event carries the rest.
+  result->stdout_data.clear();
+  result->stderr_data.clear();
+  v1::ExecEvent last;
+  ToProto(*result, last.mutable_result());
+  std::lock_guard lock(write_mu);
+  if (client_gone || !writer->Write(last))
+    return {grpc::StatusCode::CANCELLED, "client went away before the result was delivered"};
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::WriteFile(grpc::ServerContext* ctx, const v1::WriteFileRequest* req,
+                                       v1::WriteFileResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateId(req->sandbox_id()));
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateSandboxPath(req->path()));
+  if (req->content().size() > kMaxFileBytes)
+    return ToGrpc(Error(Code::kResourceExhausted,
+                        "content of {} is {} bytes; WriteFile takes at most {} bytes — split the "
+                        "file or copy it in through the image",
+                        req->path(), req->content().size(), kMaxFileBytes));
+  if (req->mode() > 07777)
+    return ToGrpc(Error(Code::kInvalidArgument,
+                        "mode {:o} has bits beyond permission bits (07777)", req->mode()));
+  auto sb = manager_.Get(req->sandbox_id());
+  if (!sb.ok()) return ToGrpc(sb.status());
+  uint32_t mode = req->mode() == 0 ? 0644 : req->mode();
+  PADDOCK_GRPC_RETURN_IF_ERROR(
+      (*sb)->WriteFile(req->path(), req->content(), mode, req->make_parents()));
+  resp->set_bytes_written(req->content().size());
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::ReadFile(grpc::ServerContext* ctx, const v1::ReadFileRequest* req,
+                                      v1::ReadFileResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateId(req->sandbox_id()));
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateSandboxPath(req->path()));
+  uint64_t max_bytes = req->max_bytes() == 0 ? kDefaultReadCap : req->max_bytes();
+  if (max_bytes > kMaxFileBytes)
+    return ToGrpc(Error(Code::kInvalidArgument, "max_bytes {} exceeds the limit of {} bytes",
+                        max_bytes, kMaxFileBytes));
+  auto sb = manager_.Get(req->sandbox_id());
+  if (!sb.ok()) return ToGrpc(sb.status());
+  auto content = (*sb)->ReadFile(req->path(), max_bytes);
+  if (!content.ok()) return ToGrpc(content.status());
+  *resp->mutable_content() = std::move(content).value();
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::ListDir(grpc::ServerContext* ctx, const v1::ListDirRequest* req,
+                                     v1::ListDirResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateId(req->sandbox_id()));
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateSandboxPath(req->path()));
+  auto sb = manager_.Get(req->sandbox_id());
+  if (!sb.ok()) return ToGrpc(sb.status());
+  auto entries = (*sb)->ListDir(req->path());
+  if (!entries.ok()) return ToGrpc(entries.status());
+  for (const auto& e : *entries) ToProto(e, resp->add_entries());
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::Stat(grpc::ServerContext* ctx, const v1::StatRequest* req,
+                                  v1::FileInfo* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateId(req->sandbox_id()));
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateSandboxPath(req->path()));
+  auto sb = manager_.Get(req->sandbox_id());
+  if (!sb.ok()) return ToGrpc(sb.status());
+  auto info = (*sb)->Stat(req->path());
+  if (!info.ok()) return ToGrpc(info.status());
+  ToProto(*info, resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::Snapshot(grpc::ServerContext* ctx, const v1::SnapshotRequest* req,
+                                      v1::SnapshotResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  return {grpc::StatusCode::UNIMPLEMENTED,
+          "snapshots need the layered image store, which has not landed yet"};
+}
+
+grpc::Status SandboxService::Destroy(grpc::ServerContext* ctx, const v1::DestroyRequest* req,
+                                     v1::DestroyResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateId(req->sandbox_id()));
+  PADDOCK_GRPC_RETURN_IF_ERROR(manager_.Destroy(req->sandbox_id()));
+  spdlog::info("destroyed sandbox {}", req->sandbox_id());
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::List(grpc::ServerContext* ctx, const v1::ListRequest* req,
+                                  v1::ListResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  for (const auto& info : manager_.List()) ToProto(info, resp->add_sandboxes());
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
+                                   v1::StatsResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (!req->sandbox_id().empty()) {
+    auto sb = manager_.Get(req->sandbox_id());
+    if (!sb.ok()) return ToGrpc(sb.status());
+    auto usage = (*sb)->GetUsage();
+    if (!usage.ok()) return ToGrpc(usage.status().Prefix("reading usage"));
+    ToProto(*usage, resp->mutable_usage());
+  }
+  resp->set_live_sandboxes(manager_.live());
+  resp->set_max_sandboxes(manager_.max_sandboxes());
+  for (const auto& [name, n] : manager_.CountBySubstrate()) (*resp->mutable_by_substrate())[name] = n;
+  resp->set_execs_total(manager_.execs_total());
+  resp->set_daemon_rss_bytes(DaemonRssBytes());
+  return grpc::Status::OK;
+}
+
+}  // namespace paddock::service

@@ -1,0 +1,64 @@
+// The gRPC edge of the uniform sandbox API (paddock.v1.Sandboxes): validates
+// each request, translates it to domain types, calls SandboxManager and maps
+// paddock::Status codes one to one onto grpc::StatusCode. No sandbox logic here.
+//
+// Threading: this is the synchronous API. Exec blocks for as long as the
+// command runs (up to its timeout), and the sync server gives every in-flight
+// call its own thread from gRPC's pool (bounded by the ResourceQuota the daemon
+// sets), so a slow exec never stalls another call. ExecStream's blocking
+// ServerWriter::Write also gives natural back-pressure to a chatty command when
+// the client reads slowly. The callback API would need the same pool for the
+// blocking substrate calls plus a hand-written write queue, for no gain here.
+#pragma once
+
+#include "sandbox.grpc.pb.h"
+#include "sandbox/manager.h"
+#include "rollout/service/auth.h"
+
+namespace paddock::service {
+
+// Maps a domain status onto the gRPC status with the same code and message.
+grpc::Status ToGrpc(const Status& st);
+
+class SandboxService final : public v1::Sandboxes::Service {
+ public:
+  // `auth`: when non-null, every call must pass it (the TCP listener's instance);
+  // null for the unix socket. Both must outlive the service.
+  explicit SandboxService(SandboxManager& manager, const BearerTokenAuth* auth = nullptr);
+
+  grpc::Status Create(grpc::ServerContext* ctx, const v1::CreateRequest* req,
+                      v1::CreateResponse* resp) override;
+  grpc::Status Exec(grpc::ServerContext* ctx, const v1::ExecRequest* req,
+                    v1::ExecResult* resp) override;
+  grpc::Status ExecStream(grpc::ServerContext* ctx, const v1::ExecRequest* req,
+                          grpc::ServerWriter<v1::ExecEvent>* writer) override;
+  grpc::Status WriteFile(grpc::ServerContext* ctx, const v1::WriteFileRequest* req,
+                         v1::WriteFileResponse* resp) override;
+  grpc::Status ReadFile(grpc::ServerContext* ctx, const v1::ReadFileRequest* req,
+                        v1::ReadFileResponse* resp) override;
+  grpc::Status ListDir(grpc::ServerContext* ctx, const v1::ListDirRequest* req,
+                       v1::ListDirResponse* resp) override;
+  grpc::Status Stat(grpc::ServerContext* ctx, const v1::StatRequest* req,
+                    v1::FileInfo* resp) override;
+  grpc::Status Snapshot(grpc::ServerContext* ctx, const v1::SnapshotRequest* req,
+                        v1::SnapshotResponse* resp) override;
+  grpc::Status Destroy(grpc::ServerContext* ctx, const v1::DestroyRequest* req,
+                       v1::DestroyResponse* resp) override;
+  grpc::Status List(grpc::ServerContext* ctx, const v1::ListRequest* req,
+                    v1::ListResponse* resp) override;
+  grpc::Status Stats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
+                     v1::StatsResponse* resp) override;
+
+ private:
+  grpc::Status Authorize(const grpc::ServerContext& ctx) const;
+  // Validates an exec request and finds its sandbox.
+  Result<std::shared_ptr<Sandbox>> PrepareExec(const v1::ExecRequest& req);
+
+  SandboxManager& manager_;
+  const BearerTokenAuth* auth_;
+};
+
+// Resident set size of this process, from /proc/self/statm; 0 if unreadable.
+uint64_t DaemonRssBytes();
+
+}  // namespace paddock::service

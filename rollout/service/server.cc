@@ -1,0 +1,114 @@
+#include "rollout/service/server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <grpcpp/resource_quota.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+#include <spdlog/spdlog.h>
+
+#include "sandbox/base/unique_fd.h"
+
+namespace paddock::service {
+
+Status RemoveStaleSocket(const std::string& path) {
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return ErrnoError(fmt::format("inspecting socket path {}", path));
+  }
+  if (!S_ISSOCK(st.st_mode))
+    return Error(Code::kInvalidArgument, "{} exists and is not a socket; remove it or pass another --socket",
+                 path);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path)
+    return Error(Code::kInvalidArgument, "socket path {} is longer than {} bytes", path,
+                 sizeof addr.sun_path - 1);
+  path.copy(addr.sun_path, path.size());
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return ErrnoError("socket");
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0)
+    return Error(Code::kFailedPrecondition,
+                 "another server is listening on {}; stop it or pass another --socket", path);
+  if (errno != ECONNREFUSED) return ErrnoError(fmt::format("probing socket {}", path));
+  if (unlink(path.c_str()) != 0 && errno != ENOENT)
+    return ErrnoError(fmt::format("removing stale socket {}", path));
+  spdlog::info("removed stale socket {} left by an earlier daemon", path);
+  return Status::Ok();
+}
+
+SandboxServer::SandboxServer(SandboxManager& manager, ServerOptions options)
+    : manager_(manager), options_(std::move(options)) {}
+
+SandboxServer::~SandboxServer() {
+  Shutdown(std::chrono::system_clock::now());
+}
+
+Status SandboxServer::Start() {
+  namespace fs = std::filesystem;
+  if (options_.socket_path.empty()) return Error(Code::kInvalidArgument, "no socket path given");
+  std::error_code ec;
+  fs::path parent = fs::path(options_.socket_path).parent_path();
+  if (!parent.empty()) fs::create_directories(parent, ec);
+  if (ec)
+    return Error(Code::kPermissionDenied, "creating socket directory {}: {}", parent.string(),
+                 ec.message());
+  PADDOCK_RETURN_IF_ERROR(RemoveStaleSocket(options_.socket_path));
+
+  int max_threads = options_.max_threads > 0
+                        ? options_.max_threads
+                        : static_cast<int>(std::min<uint64_t>(4ull * manager_.max_sandboxes() + 64, 1 << 16));
+  auto build = [&](SandboxService* service, const std::string& address, int* port,
+                   std::unique_ptr<grpc::Server>* out) -> Status {
+    grpc::ServerBuilder builder;
+    grpc::ResourceQuota quota("paddockd");
+    quota.SetMaxThreads(max_threads);
+    builder.SetResourceQuota(quota);
+    builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+    builder.SetMaxSendMessageSize(kMaxMessageBytes);
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
+    builder.RegisterService(service);
+    *out = builder.BuildAndStart();
+    if (!*out) return Error(Code::kUnavailable, "cannot listen on {}", address);
+    return Status::Ok();
+  };
+
+  unix_service_ = std::make_unique<SandboxService>(manager_);
+  int unix_port = 0;
+  PADDOCK_RETURN_IF_ERROR(build(unix_service_.get(), "unix:" + options_.socket_path, &unix_port,
+                                &unix_server_));
+  // gRPC creates the socket with the umask's mode; narrow it to root and the group.
+  if (chmod(options_.socket_path.c_str(), 0660) != 0)
+    return ErrnoError(fmt::format("chmod 0660 {}", options_.socket_path));
+  spdlog::info("listening on unix:{}", options_.socket_path);
+
+  if (!options_.tcp_address.empty()) {
+    if (options_.token.empty())
+      return Error(Code::kInvalidArgument, "a TCP listener needs a token; pass --token-file");
+    auth_.emplace(options_.token);
+    tcp_service_ = std::make_unique<SandboxService>(manager_, &*auth_);
+    PADDOCK_RETURN_IF_ERROR(build(tcp_service_.get(), options_.tcp_address, &tcp_port_, &tcp_server_));
+    if (tcp_port_ == 0)
+      return Error(Code::kUnavailable, "cannot listen on {}; is the port in use?", options_.tcp_address);
+    spdlog::info("listening on tcp {} (port {}); calls need a bearer token", options_.tcp_address,
+                 tcp_port_);
+  }
+  return Status::Ok();
+}
+
+void SandboxServer::Shutdown(std::chrono::system_clock::time_point deadline) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  // Both servers stop accepting at once; each waits for its own handlers.
+  if (tcp_server_) tcp_server_->Shutdown(deadline);
+  if (unix_server_) unix_server_->Shutdown(deadline);
+  if (unix_server_) unlink(options_.socket_path.c_str());
+}
+
+}  // namespace paddock::service

@@ -1,0 +1,317 @@
+#include "paddock/client.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include <grpcpp/grpcpp.h>
+
+#include "sandbox.grpc.pb.h"
+#include "sandbox/base/unique_fd.h"
+
+namespace paddock::client {
+
+namespace {
+
+constexpr int kMaxMessageBytes = 128 << 20;  // same bound as the daemon
+constexpr std::chrono::seconds kExecDeadlineMargin{30};
+
+// grpc::StatusCode and paddock::Code share values 0..15; UNAUTHENTICATED (16)
+// has no domain twin and becomes PERMISSION_DENIED, its message unchanged.
+Status FromGrpc(const grpc::Status& st) {
+  if (st.ok()) return Status::Ok();
+  int code = st.error_code();
+  if (code == grpc::StatusCode::UNAUTHENTICATED) return Status(Code::kPermissionDenied, st.error_message());
+  if (code < 0 || code > static_cast<int>(Code::kDataLoss)) return Status(Code::kUnknown, st.error_message());
+  return Status(static_cast<Code>(code), st.error_message());
+}
+
+// Why a unix socket does not answer, from connect(2) itself: gRPC only says
+// "failed to connect".
+std::string ProbeUnixSocket(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return "socket path too long";
+  path.copy(addr.sun_path, path.size());
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return std::strerror(errno);
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0)
+    return "the socket accepts connections but paddockd did not answer in time";
+  if (errno == ENOENT) return "no such socket (paddockd is not running)";
+  if (errno == ECONNREFUSED) return "connection refused (stale socket; paddockd is not running)";
+  return std::strerror(errno);
+}
+
+Status Unreachable(const std::string& target, const std::string& reason) {
+  return Error(Code::kUnavailable,
+               "cannot reach paddockd at {}: {}; start it with `paddockd --state-dir "
+               "/var/lib/paddock &` or set PADDOCK_SOCKET",
+               target, reason);
+}
+
+void ToProto(const Limits& d, v1::Limits* p) {
+  p->set_cpu_millicores(d.cpu_millicores);
+  p->set_memory_bytes(d.memory_bytes);
+  p->set_pids(d.pids);
+  p->set_disk_bytes(d.disk_bytes);
+}
+
+void ToProto(const ExecRequest& d, const std::string& id, v1::ExecRequest* p) {
+  p->set_sandbox_id(id);
+  for (const auto& a : d.argv) p->add_argv(a);
+  p->set_shell(d.shell);
+  p->set_stdin(d.stdin_data);
+  p->mutable_env()->insert(d.env.begin(), d.env.end());
+  p->set_cwd(d.cwd);
+  p->set_timeout_ms(d.timeout_ms);
+  p->set_output_cap_bytes(d.output_cap);
+}
+
+SandboxInfo FromProto(const v1::SandboxInfo& p) {
+  SandboxInfo d;
+  d.id = p.id();
+  d.substrate = p.substrate();
+  d.image = p.image();
+  d.created_unix_ms = p.created_unix_ms();
+  d.expires_unix_ms = p.expires_unix_ms();
+  d.state = p.state();
+  d.labels.insert(p.labels().begin(), p.labels().end());
+  d.limits.cpu_millicores = p.limits().cpu_millicores();
+  d.limits.memory_bytes = p.limits().memory_bytes();
+  d.limits.pids = p.limits().pids();
+  d.limits.disk_bytes = p.limits().disk_bytes();
+  return d;
+}
+
+ExecResult FromProto(const v1::ExecResult& p) {
+  ExecResult d;
+  d.exit_code = p.exit_code();
+  d.signal = p.signal();
+  d.stdout_data = p.stdout();
+  d.stderr_data = p.stderr();
+  d.stdout_truncated = p.stdout_truncated();
+  d.stderr_truncated = p.stderr_truncated();
+  d.timed_out = p.timed_out();
+  d.oom_killed = p.oom_killed();
+  d.wall_time_us = p.wall_time_us();
+  d.cpu_time_us = p.cpu_time_us();
+  d.peak_memory_bytes = p.peak_memory_bytes();
+  return d;
+}
+
+FileInfo FromProto(const v1::FileInfo& p) {
+  FileInfo d;
+  d.name = p.name();
+  d.type = static_cast<FileType>(p.type());  // the enums share their numbers
+  d.size = p.size();
+  d.mode = p.mode();
+  d.mtime_unix_ms = p.mtime_unix_ms();
+  return d;
+}
+
+}  // namespace
+
+std::string DefaultSocketPath() {
+  const char* env = std::getenv("PADDOCK_SOCKET");
+  return env && *env ? env : "/run/paddock/paddockd.sock";
+}
+
+struct Client::Impl {
+  ClientOptions options;
+  std::string target;  // for messages
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Sandboxes::Stub> stub;
+
+  // A fresh context per call: deadline plus the token on TCP.
+  std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+    if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
+    return ctx;
+  }
+  std::unique_ptr<grpc::ClientContext> Context() const { return Context(options.call_timeout); }
+  std::unique_ptr<grpc::ClientContext> ExecContext(const ExecRequest& req) const {
+    auto timeout = std::chrono::milliseconds(req.timeout_ms ? req.timeout_ms : kDefaultExecTimeoutMs);
+    return Context(timeout + kExecDeadlineMargin);
+  }
+};
+
+Result<Client> Client::Connect(ClientOptions options) {
+  auto impl = std::make_unique<Impl>();
+  bool tcp = !options.tcp_target.empty();
+  impl->target = tcp ? options.tcp_target : options.socket_path;
+  std::string address = tcp ? options.tcp_target : "unix:" + options.socket_path;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  impl->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  // Fail fast with a useful reason instead of letting the first call hang.
+  if (!impl->channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
+    std::string reason =
+        tcp ? fmt::format("no answer within {} ms", options.connect_timeout.count())
+            : ProbeUnixSocket(options.socket_path);
+    return Unreachable(impl->target, reason);
+  }
+  impl->stub = v1::Sandboxes::NewStub(impl->channel);
+  impl->options = std::move(options);
+  return Client(std::move(impl));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() = default;
+
+const std::string& Client::target() const { return impl_->target; }
+
+Result<SandboxInfo> Client::Create(const SandboxSpec& spec) {
+  v1::CreateRequest req;
+  v1::SandboxSpec* p = req.mutable_spec();
+  p->set_substrate(spec.substrate);
+  p->set_image(spec.image);
+  ToProto(spec.limits, p->mutable_limits());
+  p->mutable_env()->insert(spec.env.begin(), spec.env.end());
+  p->set_workdir(spec.workdir);
+  p->set_ttl_seconds(spec.ttl_seconds);
+  p->mutable_labels()->insert(spec.labels.begin(), spec.labels.end());
+  v1::CreateResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Create(ctx.get(), req, &resp)));
+  return FromProto(resp.sandbox());
+}
+
+Result<ExecResult> Client::Exec(const std::string& id, const ExecRequest& req) {
+  v1::ExecRequest p;
+  ToProto(req, id, &p);
+  v1::ExecResult resp;
+  auto ctx = impl_->ExecContext(req);
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Exec(ctx.get(), p, &resp)));
+  return FromProto(resp);
+}
+
+Result<ExecResult> Client::ExecStream(const std::string& id, const ExecRequest& req,
+                                      const OutputCallback& on_output) {
+  v1::ExecRequest p;
+  ToProto(req, id, &p);
+  auto ctx = impl_->ExecContext(req);
+  auto reader = impl_->stub->ExecStream(ctx.get(), p);
+  v1::ExecEvent ev;
+  std::optional<ExecResult> result;
+  while (reader->Read(&ev)) {
+    switch (ev.event_case()) {
+      case v1::ExecEvent::kStdout:
+        if (on_output) on_output(1, ev.stdout());
+        break;
+      case v1::ExecEvent::kStderr:
+        if (on_output) on_output(2, ev.stderr());
+        break;
+      case v1::ExecEvent::kResult:
+        result = FromProto(ev.result());
+        break;
+      case v1::ExecEvent::EVENT_NOT_SET:
+        break;
+    }
+  }
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  if (!result) return Error(Code::kInternal, "exec stream ended without a result");
+  return *std::move(result);
+}
+
+Result<uint64_t> Client::WriteFile(const std::string& id, const std::string& path,
+                                   std::string_view content, uint32_t mode, bool make_parents) {
+  v1::WriteFileRequest req;
+  req.set_sandbox_id(id);
+  req.set_path(path);
+  req.set_content(content.data(), content.size());
+  req.set_mode(mode);
+  req.set_make_parents(make_parents);
+  v1::WriteFileResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->WriteFile(ctx.get(), req, &resp)));
+  return resp.bytes_written();
+}
+
+Result<std::string> Client::ReadFile(const std::string& id, const std::string& path,
+                                     uint64_t max_bytes) {
+  v1::ReadFileRequest req;
+  req.set_sandbox_id(id);
+  req.set_path(path);
+  req.set_max_bytes(max_bytes);
+  v1::ReadFileResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->ReadFile(ctx.get(), req, &resp)));
+  return std::move(*resp.mutable_content());
+}
+
+Result<std::vector<FileInfo>> Client::ListDir(const std::string& id, const std::string& path) {
+  v1::ListDirRequest req;
+  req.set_sandbox_id(id);
+  req.set_path(path);
+  v1::ListDirResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->ListDir(ctx.get(), req, &resp)));
+  std::vector<FileInfo> out;
+  for (const auto& e : resp.entries()) out.push_back(FromProto(e));
+  return out;
+}
+
+Result<FileInfo> Client::Stat(const std::string& id, const std::string& path) {
+  v1::StatRequest req;
+  req.set_sandbox_id(id);
+  req.set_path(path);
+  v1::FileInfo resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Stat(ctx.get(), req, &resp)));
+  return FromProto(resp);
+}
+
+Result<std::string> Client::Snapshot(const std::string& id, const std::string& name) {
+  v1::SnapshotRequest req;
+  req.set_sandbox_id(id);
+  req.set_name(name);
+  v1::SnapshotResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Snapshot(ctx.get(), req, &resp)));
+  return resp.image();
+}
+
+Status Client::Destroy(const std::string& id) {
+  v1::DestroyRequest req;
+  req.set_sandbox_id(id);
+  v1::DestroyResponse resp;
+  auto ctx = impl_->Context();
+  return FromGrpc(impl_->stub->Destroy(ctx.get(), req, &resp));
+}
+
+Result<std::vector<SandboxInfo>> Client::List() {
+  v1::ListRequest req;
+  v1::ListResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->List(ctx.get(), req, &resp)));
+  std::vector<SandboxInfo> out;
+  for (const auto& s : resp.sandboxes()) out.push_back(FromProto(s));
+  return out;
+}
+
+Result<DaemonStats> Client::Stats(const std::string& id) {
+  v1::StatsRequest req;
+  req.set_sandbox_id(id);
+  v1::StatsResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Stats(ctx.get(), req, &resp)));
+  DaemonStats d;
+  d.live_sandboxes = resp.live_sandboxes();
+  d.max_sandboxes = resp.max_sandboxes();
+  d.by_substrate.insert(resp.by_substrate().begin(), resp.by_substrate().end());
+  d.execs_total = resp.execs_total();
+  d.daemon_rss_bytes = resp.daemon_rss_bytes();
+  d.has_usage = resp.has_usage();
+  d.usage.memory_bytes = resp.usage().memory_bytes();
+  d.usage.cpu_time_us = resp.usage().cpu_time_us();
+  d.usage.pids = resp.usage().pids();
+  return d;
+}
+
+}  // namespace paddock::client
