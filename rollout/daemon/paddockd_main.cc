@@ -131,7 +131,7 @@ void LogReap(const ReapReport& r) {
                  r.processes_killed, r.mounts_removed, r.cgroups_removed, r.dirs_removed);
   else
     spdlog::info("no leftovers of an earlier daemon to reap");
-  for (const auto& e : r.errors) spdlog::warn("reaper: {}", e);
+  // ReapLeftovers itself logs each error.
 }
 
 int Run(const Flags& flags) {

@@ -28,8 +28,8 @@ Status FromGrpc(const grpc::Status& st) {
   return Status(static_cast<Code>(code), st.error_message());
 }
 
-// Why a unix socket does not answer, from connect(2) itself: gRPC only says
-// "failed to connect".
+// Why a unix socket does not answer, from connect(2) itself (gRPC only says
+// "failed to connect"); empty when it accepts connections.
 std::string ProbeUnixSocket(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -37,8 +37,7 @@ std::string ProbeUnixSocket(const std::string& path) {
   path.copy(addr.sun_path, path.size());
   UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return std::strerror(errno);
-  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0)
-    return "the socket accepts connections but paddockd did not answer in time";
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return "";
   if (errno == ENOENT) return "no such socket (paddockd is not running)";
   if (errno == ECONNREFUSED) return "connection refused (stale socket; paddockd is not running)";
   return std::strerror(errno);
@@ -146,13 +145,16 @@ Result<Client> Client::Connect(ClientOptions options) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // A missing or refused unix socket is known at once; don't wait the timeout.
+  if (!tcp) {
+    std::string reason = ProbeUnixSocket(options.socket_path);
+    if (!reason.empty()) return Unreachable(impl->target, reason);
+  }
   impl->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   // Fail fast with a useful reason instead of letting the first call hang.
   if (!impl->channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
-    std::string reason =
-        tcp ? fmt::format("no answer within {} ms", options.connect_timeout.count())
-            : ProbeUnixSocket(options.socket_path);
-    return Unreachable(impl->target, reason);
+    return Unreachable(impl->target,
+                       fmt::format("no answer within {} ms", options.connect_timeout.count()));
   }
   impl->stub = v1::Sandboxes::NewStub(impl->channel);
   impl->options = std::move(options);

@@ -1,0 +1,353 @@
+// The real binaries as a user runs them: paddockd spawned on a temp state dir
+// and socket, the paddock CLI driven through the documented flow, and the
+// daemon's signal handling (SIGTERM cleans up; after SIGKILL a restart reaps).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/support/test_rootfs.h"
+
+extern char** environ;
+
+namespace paddock {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct RunResult {
+  int code = -1;
+  std::string out, err;
+};
+
+// Runs `argv` with stdin from `input`, capturing stdout and stderr through
+// files in `dir`; `env` entries are added to the environment.
+RunResult RunProgram(const std::string& dir, std::vector<std::string> argv, const std::string& input,
+                     const std::vector<std::string>& env) {
+  static int seq = 0;
+  std::string base = dir + "/run" + std::to_string(++seq);
+  std::ofstream(base + ".in", std::ios::binary) << input;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, (base + ".in").c_str(), O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, (base + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, (base + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<std::string> envs;
+  for (char** e = environ; *e; ++e) envs.push_back(*e);
+  for (const auto& e : env) envs.push_back(e);
+  std::vector<char*> cargv, cenv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  for (auto& e : envs) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, cargv[0], &fa, nullptr, cargv.data(), cenv.data());
+  posix_spawn_file_actions_destroy(&fa);
+  RunResult r;
+  if (rc != 0) return r;
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = Slurp(base + ".out");
+  r.err = Slurp(base + ".err");
+  return r;
+}
+
+// True when some process's command line contains `needle`.
+bool ProcessRunning(const std::string& needle) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmd = Slurp(e.path().string() + "/cmdline");
+    for (auto& c : cmd)
+      if (c == '\0') c = ' ';
+    if (cmd.find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/paddock-cli-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    fs::permissions(dir_, fs::perms(0755));  // sandbox uids must traverse it (mkdtemp: 0700)
+    state_ = dir_ + "/state";
+    socket_ = dir_ + "/run/paddockd.sock";
+    log_ = dir_ + "/paddockd.log";
+    image_ = testing::EnsureBusyboxRootfs();
+  }
+  void TearDown() override {
+    if (daemon_ > 0) StopDaemon(SIGTERM);
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  // Starts paddockd (appending to the log) and waits until it answers.
+  void StartDaemon() {
+    std::string d = testing::BuiltBinary("paddockd");
+    std::vector<std::string> argv = {d, "--state-dir", state_, "--log-level", "debug"};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    std::vector<std::string> envs;
+    for (char** e = environ; *e; ++e) envs.push_back(*e);
+    envs.push_back("PADDOCK_SOCKET=" + socket_);
+    std::vector<char*> cargv, cenv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    for (auto& e : envs) cenv.push_back(e.data());
+    cenv.push_back(nullptr);
+    ASSERT_EQ(posix_spawn(&daemon_, cargv[0], &fa, nullptr, cargv.data(), cenv.data()), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    for (int i = 0; i < 200; ++i) {
+      if (fs::exists(socket_) && Paddock({"sandbox", "ls"}).code == 0) return;
+      int status;
+      if (waitpid(daemon_, &status, WNOHANG) == daemon_) {
+        daemon_ = 0;
+        FAIL() << "paddockd exited during start-up:\n" << Slurp(log_);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    FAIL() << "paddockd did not answer within 10 s:\n" << Slurp(log_);
+  }
+
+  // Sends `sig` and returns the daemon's exit status (128+N if killed by N).
+  int StopDaemon(int sig) {
+    kill(daemon_, sig);
+    int status = 0;
+    waitpid(daemon_, &status, 0);
+    daemon_ = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  RunResult Paddock(std::vector<std::string> args, const std::string& input = "") {
+    args.insert(args.begin(), testing::BuiltBinary("paddock"));
+    return RunProgram(dir_, args, input, {"PADDOCK_SOCKET=" + socket_});
+  }
+
+  std::string CreateContainer() {
+    RunResult r = Paddock({"sandbox", "create", "--substrate", "container", "--image", image_,
+                           "--memory", "256M", "--label", "task=cli-test"});
+    EXPECT_EQ(r.code, 0) << r.err;
+    std::string id = r.out;
+    while (!id.empty() && id.back() == '\n') id.pop_back();
+    EXPECT_EQ(id.size(), 12u) << "create printed: " << r.out;
+    return id;
+  }
+
+  std::string dir_, state_, socket_, log_, image_;
+  pid_t daemon_ = 0;
+};
+
+TEST_F(CliTest, DocumentedFlow_CreateExecWriteReadLsJsonDestroy) {
+  StartDaemon();
+  std::string id = CreateContainer();
+  ASSERT_FALSE(id.empty());
+
+  RunResult r = Paddock({"sandbox", "exec", id, "--", "sh", "-c", "echo hi; exit 3"});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_EQ(r.out, "hi\n");
+
+  r = Paddock({"sandbox", "exec", "--stream", id, "--", "sh", "-c", "echo streamed; echo e >&2"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "streamed\n");
+  EXPECT_EQ(r.err, "e\n");
+
+  r = Paddock({"sandbox", "exec", "--stdin", id, "--", "wc", "-c"}, "12345");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("5"), std::string::npos) << r.out;
+
+  r = Paddock({"sandbox", "exec", id, "--", "sh", "-c", "kill -9 $$"});
+  EXPECT_EQ(r.code, 128 + 9) << r.out << r.err;
+
+  r = Paddock({"sandbox", "exec", "--timeout-ms", "300", id, "--", "sleep", "10"});
+  EXPECT_EQ(r.code, 124) << r.err;
+
+  const std::string content = "line one\nline two\n\x01\x02 binary\n";
+  r = Paddock({"sandbox", "write", id, "/work/notes/a.txt"}, content);
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = Paddock({"sandbox", "read", id, "/work/notes/a.txt"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, content);
+
+  r = Paddock({"sandbox", "stat", id, "/work/notes/a.txt"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("size:  " + std::to_string(content.size())), std::string::npos) << r.out;
+  r = Paddock({"sandbox", "listdir", id, "/work/notes"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("a.txt"), std::string::npos) << r.out;
+
+  r = Paddock({"sandbox", "ls"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find(id), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("container"), std::string::npos) << r.out;
+
+  r = Paddock({"--json", "sandbox", "ls"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["sandboxes"].size(), 1u) << r.out;
+  EXPECT_EQ(j["sandboxes"][0]["id"], id);
+  EXPECT_EQ(j["sandboxes"][0]["labels"]["task"], "cli-test");
+  EXPECT_EQ(j["sandboxes"][0]["limits"]["memory_bytes"], 256u << 20);
+
+  r = Paddock({"sandbox", "exec", id, "--json", "--", "sh", "-c", "echo x; exit 4"});
+  EXPECT_EQ(r.code, 4);
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["exit_code"], 4);
+  EXPECT_EQ(j["stdout"], "x\n");
+
+  r = Paddock({"--json", "sandbox", "stats", id});
+  ASSERT_EQ(r.code, 0) << r.err;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["live_sandboxes"], 1);
+  EXPECT_GE(j["execs_total"].get<int>(), 6);
+
+  r = Paddock({"sandbox", "snapshot", id, "--name", "prepared"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("paddock: snapshots need the layered image store"), std::string::npos) << r.err;
+
+  r = Paddock({"sandbox", "destroy", id});
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = Paddock({"sandbox", "ls"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out.find(id), std::string::npos) << r.out;
+  r = Paddock({"--json", "sandbox", "ls"});
+  EXPECT_EQ(nlohmann::json::parse(r.out)["sandboxes"].size(), 0u);
+
+  r = Paddock({"sandbox", "destroy", id});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("paddock: sandbox '" + id + "' not found"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, Help_EveryCommandHasIt) {
+  std::vector<std::vector<std::string>> commands = {
+      {}, {"sandbox"}, {"sandbox", "create"}, {"sandbox", "exec"}, {"sandbox", "write"},
+      {"sandbox", "read"}, {"sandbox", "ls"}, {"sandbox", "destroy"}, {"sandbox", "stat"},
+      {"sandbox", "listdir"}, {"sandbox", "stats"}, {"sandbox", "snapshot"}};
+  for (auto cmd : commands) {
+    cmd.push_back("--help");
+    RunResult r = Paddock(cmd);
+    EXPECT_EQ(r.code, 0) << cmd.size();
+    EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
+  }
+  RunResult r = RunProgram(dir_, {testing::BuiltBinary("paddockd"), "--help"}, "", {});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("--state-dir"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--listen-tcp"), std::string::npos) << r.out;
+}
+
+TEST_F(CliTest, UsageErrors_Exit2) {
+  EXPECT_EQ(Paddock({"sandbox", "create", "--substrate", "container"}).code, 2);  // no --image
+  EXPECT_EQ(Paddock({"sandbox", "frobnicate"}).code, 2);
+  EXPECT_EQ(Paddock({}).code, 2);
+}
+
+TEST_F(CliTest, NoDaemon_PrintsHowToStartItAndExits1) {
+  RunResult r = Paddock({"sandbox", "ls"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("paddock: cannot reach paddockd at " + socket_), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("start it with `paddockd --state-dir /var/lib/paddock &` or set PADDOCK_SOCKET"),
+            std::string::npos)
+      << r.err;
+}
+
+TEST_F(CliTest, Daemon_RefusesASecondDaemonOnTheSameStateDir) {
+  StartDaemon();
+  RunResult r = RunProgram(dir_, {testing::BuiltBinary("paddockd"), "--state-dir", state_}, "",
+                           {"PADDOCK_SOCKET=" + dir_ + "/other.sock"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE((r.out + r.err).find("another paddockd (pid " + std::to_string(daemon_) + ")"),
+            std::string::npos)
+      << r.out << r.err;
+  EXPECT_EQ(Slurp(state_ + "/paddockd.pid"), std::to_string(daemon_) + "\n");
+}
+
+TEST_F(CliTest, Daemon_RefusesRemoteTcpWithoutAllowRemoteAndTcpWithoutToken) {
+  std::string d = testing::BuiltBinary("paddockd");
+  std::vector<std::string> env = {"PADDOCK_SOCKET=" + socket_};
+  RunResult r = RunProgram(dir_, {d, "--state-dir", state_, "--listen-tcp", "0.0.0.0:7443"}, "", env);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE((r.out + r.err).find("--allow-remote"), std::string::npos) << r.out << r.err;
+  r = RunProgram(dir_, {d, "--state-dir", state_, "--listen-tcp", "127.0.0.1:7443"}, "", env);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE((r.out + r.err).find("--token-file"), std::string::npos) << r.out << r.err;
+}
+
+// A process no other test runs: `sleep <unique number>` in the background of a
+// container, which outlives the exec that started it.
+std::string StartSleeper(const std::function<RunResult(std::vector<std::string>)>& paddock,
+                         const std::string& id) {
+  std::mt19937 rng(std::random_device{}());
+  std::string secs = std::to_string(800000 + rng() % 100000);
+  RunResult r = paddock({"sandbox", "exec", id, "--", "sh", "-c",
+                         "sleep " + secs + " </dev/null >/dev/null 2>&1 &"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  return "sleep " + secs;
+}
+
+TEST_F(CliTest, SigTerm_DestroysSandboxesRemovesSocketAndExits0) {
+  StartDaemon();
+  std::string id = CreateContainer();
+  ASSERT_FALSE(id.empty());
+  std::string sleeper = StartSleeper([&](auto a) { return Paddock(a); }, id);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_TRUE(ProcessRunning(sleeper)) << "the background process never started";
+
+  EXPECT_EQ(StopDaemon(SIGTERM), 0) << Slurp(log_);
+  EXPECT_FALSE(fs::exists(socket_));
+  EXPECT_FALSE(fs::exists(state_ + "/paddockd.pid"));
+  EXPECT_FALSE(ProcessRunning(sleeper)) << "a sandbox process survived SIGTERM";
+  EXPECT_FALSE(fs::exists(state_ + "/containers/" + id));
+  EXPECT_NE(Slurp(log_).find("destroyed 1 sandboxes at shutdown"), std::string::npos) << Slurp(log_);
+}
+
+TEST_F(CliTest, SigKill_RestartOnSameStateDirReapsLeftovers) {
+  StartDaemon();
+  std::string id = CreateContainer();
+  ASSERT_FALSE(id.empty());
+  std::string sleeper = StartSleeper([&](auto a) { return Paddock(a); }, id);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_TRUE(ProcessRunning(sleeper));
+
+  EXPECT_EQ(StopDaemon(SIGKILL), 128 + SIGKILL);
+  EXPECT_TRUE(fs::exists(socket_)) << "a SIGKILLed daemon cannot remove its socket";
+  EXPECT_TRUE(ProcessRunning(sleeper)) << "nothing was left to reap; the test proves nothing";
+
+  // The restart removes the stale socket, reaps and serves again.
+  StartDaemon();
+  std::string log = Slurp(log_);
+  EXPECT_NE(log.find("reaped leftovers of an earlier daemon"), std::string::npos) << log;
+  EXPECT_NE(log.find("removed stale socket"), std::string::npos) << log;
+  EXPECT_FALSE(ProcessRunning(sleeper)) << "the reaper left a sandbox process running";
+  RunResult r = Paddock({"--json", "sandbox", "ls"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["sandboxes"].size(), 0u);
+  // And it still works.
+  std::string again = CreateContainer();
+  EXPECT_FALSE(again.empty());
+  EXPECT_EQ(StopDaemon(SIGTERM), 0);
+}
+
+}  // namespace
+}  // namespace paddock
