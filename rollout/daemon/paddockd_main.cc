@@ -137,6 +137,10 @@ void LogReap(const ReapReport& r) {
 int Run(const Flags& flags) {
   // 1. Block the shutdown signals in this thread before any other thread
   //    exists; every thread inherits the mask and only sigwait() sees them.
+  //    A shell that starts us with `&` leaves SIGINT and SIGQUIT ignored; an
+  //    ignored signal is discarded, never pending for sigwait, and sandbox
+  //    processes would inherit the ignoring. Restore the defaults first.
+  for (int s : {SIGINT, SIGTERM, SIGQUIT}) signal(s, SIG_DFL);
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
