@@ -41,6 +41,7 @@ struct Job {
   uint32_t id = 0;
   pid_t pid = -1;
   int out_fd = -1, err_fd = -1, in_fd = -1;
+  int status_fd = -1;  // function execs: the stub reports the command's status here
   std::string stdin_data;
   size_t stdin_off = 0;
   ExecResult result;
@@ -59,7 +60,9 @@ class Server {
  private:
   void HandleFrame(const Frame& f);
   void StartExec(uint32_t id, ExecRequest req);
-  [[noreturn]] void ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w);
+  [[noreturn]] void ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w, int status_w);
+  void FunctionStub(const ExecRequest& req, int status_w);
+  [[noreturn]] void ExecCommand(const ExecRequest& req);
   void ReadOutput(Job& job, int* fd, int stream);
   void WriteStdin(Job& job);
   void ReapChildren();
@@ -217,20 +220,29 @@ void Server::StartExec(uint32_t id, ExecRequest req) {
   uint32_t timeout = req.timeout_ms ? req.timeout_ms : kDefaultExecTimeoutMs;
   job->start_us = NowUs();
   job->deadline_us = job->start_us + uint64_t{timeout} * 1000;
+  // Function execs time out in their stub; this is the backstop.
+  if (cfg_.mode == Mode::kFunction) job->deadline_us += 2'000'000;
   // Function execs get their own pid, mount and ipc namespaces: the pid
   // namespace makes the timeout kill the whole tree, the mount namespace
   // gives the exec a fresh /proc and a scratch /tmp that die with it.
   unsigned long flags = SIGCHLD;
-  if (cfg_.mode == Mode::kFunction) flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC;
+  int status_p[2] = {-1, -1};
+  if (cfg_.mode == Mode::kFunction) {
+    flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC;
+    if (pipe2(status_p, O_CLOEXEC) != 0) status_p[0] = status_p[1] = -1;
+  }
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
   if (pid == 0) {
     if (req.timeout_ms == 0) req.timeout_ms = timeout;
-    ExecChild(req, in_p[0], out_p[1], err_p[1]);
+    ExecChild(req, in_p[0], out_p[1], err_p[1], status_p[1]);
   }
+  if (status_p[1] >= 0) close(status_p[1]);
+  job->status_fd = status_p[0];
   close(in_p[0]);
   close(out_p[1]);
   close(err_p[1]);
   if (pid < 0) {
+    if (job->status_fd >= 0) close(job->status_fd);
     close(in_p[1]);
     close(out_p[0]);
     close(err_p[0]);
@@ -255,10 +267,10 @@ void Server::StartExec(uint32_t id, ExecRequest req) {
   jobs_[id] = std::move(job);
 }
 
-// In the child: wire up stdio, build the function sandbox's per-exec
-// namespace contents, apply limits, and exec. Failures print to the exec's
-// stderr and exit 127, the way a shell reports a command it cannot run.
-void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w) {
+// In the child: wire up stdio and a fresh session (the timeout kills the
+// session's process group). Failures print to the exec's stderr and exit 127,
+// the way a shell reports a command it cannot run.
+void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w, int status_w) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -266,32 +278,109 @@ void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w) {
   dup2(in_r, 0);
   dup2(out_w, 1);
   dup2(err_w, 2);
-  syscall(SYS_close_range, 3, ~0U, 0);
+  if (status_w >= 0 && status_w != 3) {
+    dup2(status_w, 3);
+    status_w = 3;
+  }
+  syscall(SYS_close_range, status_w >= 0 ? 4 : 3, ~0U, 0);
   setsid();
-  auto die = [](const std::string& msg) {
-    std::string line = "paddock-init: " + msg + "\n";
-    ssize_t ignored = write(2, line.data(), line.size());
-    (void)ignored;
-    _exit(127);
-  };
+  if (cfg_.mode == Mode::kFunction) FunctionStub(req, status_w);
+  ExecCommand(req);
+}
+
+namespace {
+[[noreturn]] void Die(const std::string& msg) {
+  std::string line = "paddock-init: " + msg + "\n";
+  ssize_t ignored = write(2, line.data(), line.size());
+  (void)ignored;
+  _exit(127);
+}
+}  // namespace
+
+// PID 1 of a function exec's own namespaces: mounts a fresh /proc and the
+// scratch /tmp, runs the command as its child, reaps whatever the command
+// leaves behind, and reports the command's wait status and usage on the
+// status pipe. When it exits, the kernel kills everything left in the
+// namespace, so nothing outlives the exec.
+void Server::FunctionStub(const ExecRequest& req, int status_w) {
   std::string err;
-  if (cfg_.mode == Mode::kFunction) {
-    uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
-    if (!MountFreshProcAndScratch(disk, &err)) die(err);
+  uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
+  if (!MountFreshProcAndScratch(disk, &err)) Die(err);
+  sigset_t block;
+  sigemptyset(&block);
+  sigaddset(&block, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &block, nullptr);
+  pid_t cmd = fork();
+  if (cmd < 0) Die(std::string("fork: ") + std::strerror(errno));
+  if (cmd == 0) {
+    close(status_w);
+    sigprocmask(SIG_UNBLOCK, &block, nullptr);
     uint64_t mem = cfg_.limits.memory_bytes ? cfg_.limits.memory_bytes : kDefaultMemoryBytes;
     uint64_t pids = cfg_.limits.pids ? cfg_.limits.pids : kDefaultPids;
     uint64_t cpu_s = (uint64_t{req.timeout_ms} + 999) / 1000 + 1;
+    // The memory cgroup is the memory limit (an overrun is an OOM kill, reported
+    // as such); RLIMIT_AS only stops address-space bombs, with room for
+    // runtimes that reserve far more than they touch.
+    uint64_t as = std::max<uint64_t>(mem * 4, mem + (4ull << 30));
     struct { int res; uint64_t v; } lims[] = {
-        {RLIMIT_AS, mem}, {RLIMIT_NPROC, pids}, {RLIMIT_FSIZE, disk},
+        {RLIMIT_AS, as}, {RLIMIT_NPROC, pids}, {RLIMIT_FSIZE, disk},
         {RLIMIT_NOFILE, 1024}, {RLIMIT_CPU, cpu_s}, {RLIMIT_CORE, 0}};
     for (auto& l : lims) {
       struct rlimit rl{l.v, l.v};
-      if (setrlimit(l.res, &rl) != 0) die("setrlimit: " + std::string(std::strerror(errno)));
+      if (setrlimit(l.res, &rl) != 0) Die("setrlimit: " + std::string(std::strerror(errno)));
     }
-    if (!DropCapabilities(0, &err) || !InstallSeccomp(cfg_.seccomp_bpf, &err)) die(err);
+    if (!DropCapabilities(0, &err) || !InstallSeccomp(cfg_.seccomp_bpf, &err)) Die(err);
+    return;  // the caller execs the command
   }
+  // Only the command holds the exec's stdio from here on.
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  for (int fd = 0; fd < 3; ++fd) dup2(devnull, fd);
+  // The stub enforces the timeout itself so that it can still collect the
+  // killed command's usage; the zygote's own deadline is only a backstop.
+  struct timespec deadline;
+  clock_gettime(CLOCK_MONOTONIC, &deadline);
+  deadline.tv_sec += req.timeout_ms / 1000;
+  deadline.tv_nsec += static_cast<long>(req.timeout_ms % 1000) * 1000000;
+  if (deadline.tv_nsec >= 1000000000) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000; }
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  bool timed_out = false;
+  for (;;) {
+    int status = 0;
+    struct rusage ru {};
+    pid_t pid = wait4(-1, &status, WNOHANG, &ru);
+    if (pid == cmd) {
+      int64_t report[5] = {status, ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec,
+                           ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec, ru.ru_maxrss,
+                           timed_out ? 1 : 0};
+      ssize_t ignored = write(status_w, report, sizeof report);
+      (void)ignored;
+      _exit(0);
+    }
+    if (pid > 0) continue;  // an orphan of the command
+    if (pid < 0 && errno != EINTR) _exit(126);
+    if (timed_out) {
+      sigwaitinfo(&chld, nullptr);
+      continue;
+    }
+    struct timespec now, left;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    left.tv_sec = deadline.tv_sec - now.tv_sec;
+    left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
+    if (left.tv_nsec < 0) { left.tv_sec--; left.tv_nsec += 1000000000; }
+    if (left.tv_sec < 0 || sigtimedwait(&chld, nullptr, &left) < 0) {
+      if (left.tv_sec >= 0 && errno == EINTR) continue;
+      if (left.tv_sec >= 0 && errno != EAGAIN) continue;
+      timed_out = true;
+      kill(-1, SIGKILL);  // everything in this exec's pid namespace but us
+    }
+  }
+}
+
+void Server::ExecCommand(const ExecRequest& req) {
   std::string cwd = req.cwd.empty() ? (cfg_.workdir.empty() ? "/" : cfg_.workdir) : Resolve(req.cwd);
-  if (chdir(cwd.c_str()) != 0) die("cwd " + cwd + ": " + std::strerror(errno));
+  if (chdir(cwd.c_str()) != 0) Die("cwd " + cwd + ": " + std::strerror(errno));
 
   std::map<std::string, std::string> env;
   env["PATH"] = kDefaultPath;
@@ -306,7 +395,7 @@ void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w) {
 
   std::vector<std::string> args = req.argv;
   if (!req.shell.empty()) args = {"/bin/sh", "-c", req.shell};
-  if (args.empty()) die("empty command");
+  if (args.empty()) Die("empty command");
   std::vector<char*> argv;
   for (auto& s : args) argv.push_back(s.data());
   argv.push_back(nullptr);
@@ -314,7 +403,7 @@ void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w) {
   const std::string& prog = args[0];
   if (prog.find('/') != std::string::npos) {
     execve(prog.c_str(), argv.data(), envp.data());
-    die("exec " + prog + ": " + std::strerror(errno));
+    Die("exec " + prog + ": " + std::strerror(errno));
   }
   std::string path = env["PATH"];
   int last_err = ENOENT;
@@ -328,8 +417,7 @@ void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w) {
     if (errno != ENOENT && errno != ENOTDIR) last_err = errno;
     start = end + 1;
   }
-  die(prog + ": " + (last_err == ENOENT ? std::string("command not found") : std::strerror(last_err)));
-  _exit(127);
+  Die(prog + ": " + (last_err == ENOENT ? std::string("command not found") : std::strerror(last_err)));
 }
 
 void Server::ReadOutput(Job& job, int* fd, int stream) {
@@ -393,6 +481,20 @@ void Server::ReapChildren() {
     job.result.cpu_time_us = static_cast<uint64_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
                              static_cast<uint64_t>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
     job.result.peak_memory_bytes = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+    if (job.status_fd >= 0) {
+      // A function exec's stub reports the command's own status and usage.
+      int64_t report[5];
+      if (read(job.status_fd, report, sizeof report) == sizeof report) {
+        if (report[4]) job.result.timed_out = true;
+        int st = static_cast<int>(report[0]);
+        job.result.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        job.result.signal = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+        job.result.cpu_time_us = static_cast<uint64_t>(report[1] + report[2]);
+        job.result.peak_memory_bytes = static_cast<uint64_t>(report[3]) * 1024;
+      }
+      close(job.status_fd);
+      job.status_fd = -1;
+    }
     job.result.wall_time_us = NowUs() - job.start_us;
     // Whatever the process wrote before exiting is in the pipes now; processes
     // it left in the background do not hold the exec open.

@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -17,7 +18,7 @@ class ChildProcess {
  public:
   ChildProcess() = default;
   ChildProcess(pid_t pid, UniqueFd pidfd) : pid_(pid), pidfd_(std::move(pidfd)) {}
-  ChildProcess(ChildProcess&&) noexcept = default;
+  ChildProcess(ChildProcess&& o) noexcept : pid_(std::exchange(o.pid_, -1)), pidfd_(std::move(o.pidfd_)) {}
   ChildProcess& operator=(ChildProcess&& o) noexcept {
     if (this != &o) {
       KillAndReap();
