@@ -153,6 +153,11 @@ Result<Client> Client::Connect(ClientOptions options) {
   impl->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   // Fail fast with a useful reason instead of letting the first call hang.
   if (!impl->channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
+    if (tcp)
+      return Error(Code::kUnavailable,
+                   "cannot reach paddockd at {}: no answer within {} ms; is it running with "
+                   "`--listen-tcp {}`?",
+                   impl->target, options.connect_timeout.count(), impl->target);
     return Unreachable(impl->target,
                        fmt::format("no answer within {} ms", options.connect_timeout.count()));
   }
