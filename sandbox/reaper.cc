@@ -49,10 +49,7 @@ ReapReport ReapLeftovers(const SubstrateEnv& env) {
       else report.errors.push_back(st.ToString());
     }
   }
-  if (report.processes_killed || report.mounts_removed || report.cgroups_removed || report.dirs_removed)
-    spdlog::warn("reaped leftovers of an earlier run: {} processes, {} mounts, {} cgroups, {} directories",
-                 report.processes_killed, report.mounts_removed, report.cgroups_removed,
-                 report.dirs_removed);
+  // The caller logs the counts; each error is logged here.
   for (const auto& e : report.errors) spdlog::error("reaping leftovers: {}", e);
   return report;
 }

@@ -400,6 +400,26 @@ TEST_P(Contract, Limits_CpuBandwidthIsEnforced) {
   EXPECT_GT(r.cpu_time_us, 50'000u);
 }
 
+TEST_P(Contract, Limits_FullDiskIsAnErrorInsideTheSandbox) {
+  SandboxSpec spec = Spec();
+  spec.limits.disk_bytes = 8ull << 20;
+  auto id = Create(spec);
+  std::string dir = IsFunction() ? "/tmp" : "/work";
+  ExecResult r = Run(id, fmt::format("dd if=/dev/zero of={}/big bs=1M count=20; echo rc=$?", dir));
+  EXPECT_THAT(r.stdout_data, ::testing::Not(HasSubstr("rc=0")));
+  // ENOSPC from the sized filesystem, or SIGXFSZ from RLIMIT_FSIZE (function).
+  EXPECT_THAT(r.stderr_data, ::testing::AnyOf(HasSubstr("No space left on device"),
+                                               HasSubstr("File size limit exceeded")));
+  if (!IsFunction()) {
+    std::string big(12 << 20, 'x');
+    Run(id, "rm -f /work/big");
+    Status w = Get(id)->WriteFile("/work/too-big.bin", big, 0, false);
+    EXPECT_EQ(w.code(), Code::kResourceExhausted) << w.ToString();
+    EXPECT_THAT(w.message(), HasSubstr("disk is full"));
+  }
+  EXPECT_EQ(Run(id, "echo alive").stdout_data, "alive\n");
+}
+
 TEST_P(Contract, Seccomp_DeniedCallsFail) {
   auto id = Create();
   ExecResult r = Run(id, "mkdir -p /tmp/m; mount -t tmpfs none /tmp/m; echo mount=$?; "
@@ -557,6 +577,42 @@ TEST_F(ManagerTest, UnknownOrBadImageIsAClearError) {
   // Nothing leaked on the error paths.
   EXPECT_FALSE(fs::exists(state_ + "/containers") && !fs::is_empty(state_ + "/containers"));
   EXPECT_EQ(m->live(), 0u);
+}
+
+TEST_F(ManagerTest, StateDirSandboxesCannotReachIsAClearError) {
+  std::string parent = state_ + "/private";
+  fs::create_directories(parent);
+  chmod(parent.c_str(), 0700);
+  auto m = MakeManager(TestEnv(parent + "/state"));
+  for (const char* sub : {"function", "container"}) {
+    SandboxSpec s{.substrate = sub, .image = rootfs_};
+    auto r = m->Create(s);
+    EXPECT_EQ(r.status().code(), Code::kFailedPrecondition) << r.status().ToString();
+    EXPECT_THAT(r.status().message(), HasSubstr("chmod o+x " + parent));
+  }
+}
+
+TEST_F(ManagerTest, InitBinaryInAPrivateDirectoryStillStarts) {
+  // Sandbox root is an unprivileged host user; the daemon hands it the
+  // binary by fd, so a build under a 0700 home directory works.
+  std::string hidden = state_ + "-hidden";
+  fs::create_directories(hidden);
+  chmod(hidden.c_str(), 0700);
+  fs::copy_file(testing::BuiltBinary("paddock-init"), hidden + "/paddock-init");
+  chmod((hidden + "/paddock-init").c_str(), 0755);
+  SubstrateEnv env = TestEnv(state_);
+  env.init_path = hidden + "/paddock-init";
+  auto m = MakeManager(env);
+  for (const char* sub : {"function", "container"}) {
+    SandboxSpec s{.substrate = sub, .image = rootfs_};
+    auto r = m->Create(s);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ExecRequest e;
+    e.argv = {"echo", "ok"};
+    EXPECT_EQ(m->Get(r->id).value()->Exec(e, nullptr)->stdout_data, "ok\n");
+  }
+  m.reset();
+  fs::remove_all(hidden);
 }
 
 TEST_F(ManagerTest, GlobalCapIsEnforced) {

@@ -374,7 +374,7 @@ TEST(ServiceAuthTest, TcpListener_NeedsTheRightToken_UnixSocketDoesNot) {
   bad.token = "nope";
   auto b = Client::Connect(bad);
   ASSERT_TRUE(b.ok());
-  EXPECT_EQ(b->List().status().code(), Code::kPermissionDenied);  // UNAUTHENTICATED has no domain twin
+  EXPECT_EQ(b->List().status().code(), Code::kUnauthenticated);
 
   // The unix socket of the same daemon needs no token.
   Client local = daemon.Connect();

@@ -69,9 +69,10 @@ class ContainerSandbox final : public Sandbox {
       if (!st.ok() && first.ok()) first = st;
     };
     note(cgroup_.Destroy());
-    if (!rootfs_.empty()) {
-      note(Unmount(rootfs_));
-      rootfs_.clear();
+    for (std::string* m : {&rootfs_, &changes_}) {
+      if (m->empty()) continue;
+      note(Unmount(*m));
+      m->clear();
     }
     if (!dir_.empty() && first.ok()) {
       note(RemoveTree(dir_));
@@ -82,7 +83,8 @@ class ContainerSandbox final : public Sandbox {
 
   std::string id_;
   std::string dir_;
-  std::string rootfs_;  // overlay mount point while mounted
+  std::string rootfs_;   // overlay mount point while mounted
+  std::string changes_;  // tmpfs holding the overlay's upper and work dirs
   Cgroup cgroup_;
   ChildProcess init_;
   std::unique_ptr<InitClient> client_;
@@ -97,14 +99,22 @@ class ContainerSubstrate final : public Substrate {
   std::string name() const override { return "container"; }
 
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
+    PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
     PADDOCK_ASSIGN_OR_RETURN(std::string image_dir, ResolveImageDir(spec.image));
     PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
     PADDOCK_ASSIGN_OR_RETURN(std::string lower, views_.Acquire(image_dir));
 
     std::string dir = fmt::format("{}/containers/{}", env_.state_dir, id);
     auto sb = std::make_unique<ContainerSandbox>(id, dir);  // cleans up on any early return
-    const std::string upper = dir + "/upper", work = dir + "/work", rootfs = dir + "/rootfs";
-    for (const auto& d : {upper, work, rootfs}) PADDOCK_RETURN_IF_ERROR(MkdirAll(d));
+    // The container's changes live on a tmpfs sized by the disk limit: a
+    // full sandbox disk is ENOSPC inside the sandbox, never a full host disk.
+    const std::string changes = dir + "/changes", rootfs = dir + "/rootfs";
+    const std::string upper = changes + "/upper", work = changes + "/work";
+    for (const auto& d : {changes, rootfs}) PADDOCK_RETURN_IF_ERROR(MkdirAll(d));
+    uint64_t disk = spec.limits.disk_bytes ? spec.limits.disk_bytes : kDefaultDiskBytes;
+    PADDOCK_RETURN_IF_ERROR(MountTmpfs(changes, disk));
+    sb->changes_ = changes;
+    for (const auto& d : {upper, work}) PADDOCK_RETURN_IF_ERROR(MkdirAll(d));
     // The upper dir's root becomes the container's "/": owned by container root.
     if (chown(upper.c_str(), kContainerIds.host_base, kContainerIds.host_base) != 0)
       return ErrnoError("chown " + upper);

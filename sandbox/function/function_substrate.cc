@@ -181,6 +181,7 @@ class FunctionSubstrate final : public Substrate {
   }
 
   Result<std::shared_ptr<Zygote>> StartZygote(const std::string& image_dir, const Limits& limits) {
+    PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
     PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
     PADDOCK_ASSIGN_OR_RETURN(std::string lower, views_.Acquire(image_dir));
     std::string name = fmt::format("fn-{}-{}", getpid(), next_zygote_++);

@@ -32,6 +32,22 @@ Status RemoveTree(const std::string& path) {
   return Status::Ok();
 }
 
+Status CheckSearchableByOthers(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::weakly_canonical(path, ec);
+  if (ec) return Error(Code::kInvalidArgument, "bad path {}: {}", path, ec.message());
+  for (std::filesystem::path cur = p;; cur = cur.parent_path()) {
+    struct stat st;
+    if (stat(cur.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && !(st.st_mode & S_IXOTH))
+      return Error(Code::kFailedPrecondition,
+                   "{} (mode {:04o}) cannot be searched by sandbox users, and the state dir {} is "
+                   "below it; run `chmod o+x {}` or choose another --state-dir",
+                   cur.string(), st.st_mode & 07777, path, cur.string());
+    if (cur == cur.parent_path()) break;
+  }
+  return Status::Ok();
+}
+
 Result<std::string> ReadSmallFile(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("opening " + path);

@@ -13,4 +13,9 @@ Status RemoveTree(const std::string& path);
 Result<std::string> ReadSmallFile(const std::string& path);
 Status WriteSmallFile(const std::string& path, std::string_view content);
 
+// Sandboxes run as unprivileged host users; they need search permission on
+// every directory above `path` (their root is mounted below it). Returns a
+// clear error naming the first directory they cannot pass.
+Status CheckSearchableByOthers(const std::string& path);
+
 }  // namespace paddock

@@ -51,6 +51,13 @@ Status MountOverlay(const std::vector<std::string>& lowers, const std::string& u
   return Status::Ok();
 }
 
+Status MountTmpfs(const std::string& target, uint64_t bytes) {
+  std::string opts = fmt::format("mode=0755,size={}", bytes);
+  if (mount("tmpfs", target.c_str(), "tmpfs", MS_NODEV | MS_NOSUID, opts.c_str()) != 0)
+    return ErrnoError("mounting tmpfs at " + target);
+  return Status::Ok();
+}
+
 Status Unmount(const std::string& path) {
   if (umount2(path.c_str(), MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
     return ErrnoError("unmounting " + path);

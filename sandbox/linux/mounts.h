@@ -21,6 +21,9 @@ Status BindReadOnly(const std::string& source, const std::string& target);
 Status MountOverlay(const std::vector<std::string>& lowers, const std::string& upper,
                     const std::string& work, const std::string& target);
 
+// A tmpfs of `bytes` at `target` (mode 0755).
+Status MountTmpfs(const std::string& target, uint64_t bytes);
+
 // Lazily detaches the mount at `path` (and anything below it).
 Status Unmount(const std::string& path);
 

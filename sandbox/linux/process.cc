@@ -33,7 +33,16 @@ Result<ChildProcess> SpawnInNamespaces(const SpawnOptions& opts) {
   for (const auto& a : opts.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   char* envp[] = {const_cast<char*>("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), nullptr};
-  const char* program = opts.program.c_str();
+  // The sandbox's root is an unprivileged host user that may not be able to
+  // reach the binary's path (say, a build under /root): exec it through an
+  // fd opened here, kept at a high number so that the fd shuffle below
+  // cannot clobber it.
+  UniqueFd program_file(open(opts.program.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!program_file.valid()) return ErrnoError("opening " + opts.program);
+  UniqueFd program_fd(fcntl(program_file.get(), F_DUPFD_CLOEXEC, 10));
+  if (!program_fd.valid()) return ErrnoError("duplicating program fd");
+  program_file.reset();
+  const int program = program_fd.get();
   const int channel = opts.channel_fd;
   const bool new_user = opts.clone_flags & CLONE_NEWUSER;
 
@@ -61,12 +70,13 @@ Result<ChildProcess> SpawnInNamespaces(const SpawnOptions& opts) {
         _exit(124);
       }
     }
-    syscall(SYS_close_range, 4, ~0U, 0);
+    if (dup2(program, 4) != 4) _exit(126);
+    syscall(SYS_close_range, 5, ~0U, 0);
     // Our own signal mask and dispositions must not leak into the sandbox.
     sigset_t none;
     sigemptyset(&none);
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof(uint64_t));
-    execve(program, argv.data(), envp);
+    syscall(SYS_execveat, 4, "", argv.data(), envp, AT_EMPTY_PATH);
     _exit(125);
   }
   ChildProcess child(static_cast<pid_t>(pid), UniqueFd(pidfd));

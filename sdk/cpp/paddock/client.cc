@@ -18,13 +18,11 @@ namespace {
 constexpr int kMaxMessageBytes = 128 << 20;  // same bound as the daemon
 constexpr std::chrono::seconds kExecDeadlineMargin{30};
 
-// grpc::StatusCode and paddock::Code share values 0..15; UNAUTHENTICATED (16)
-// has no domain twin and becomes PERMISSION_DENIED, its message unchanged.
+// grpc::StatusCode and paddock::Code share values 0..16.
 Status FromGrpc(const grpc::Status& st) {
   if (st.ok()) return Status::Ok();
   int code = st.error_code();
-  if (code == grpc::StatusCode::UNAUTHENTICATED) return Status(Code::kPermissionDenied, st.error_message());
-  if (code < 0 || code > static_cast<int>(Code::kDataLoss)) return Status(Code::kUnknown, st.error_message());
+  if (code < 0 || code > static_cast<int>(Code::kUnauthenticated)) return Status(Code::kUnknown, st.error_message());
   return Status(static_cast<Code>(code), st.error_message());
 }
 
