@@ -12,7 +12,7 @@ export PADDOCK_SOCKET=/run/paddock/demo.sock
 rootfs=/var/lib/paddock-demo-images/busybox
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+run() { printf '$ %s\n' "$*" >&2; "$@"; }
 
 step "building a busybox root filesystem at $rootfs"
 bash "$root/scripts/make-busybox-rootfs.sh" "$rootfs"

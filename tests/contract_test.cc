@@ -290,8 +290,9 @@ TEST_P(Contract, Files_ErrorsAreTyped) {
   EXPECT_EQ(sb->ReadFile("/bin/busybox", 100).status().code(), Code::kResourceExhausted);
   EXPECT_EQ(sb->Stat("/nope").status().code(), Code::kNotFound);
   EXPECT_EQ(sb->ListDir("/nope").status().code(), Code::kNotFound);
-  if (!IsFunction())
+  if (!IsFunction()) {
     EXPECT_EQ(sb->WriteFile("/work/missing/parent.txt", "x", 0, false).code(), Code::kNotFound);
+  }
 }
 
 TEST_P(Contract, Isolation_NoHostProcessesVisible) {
@@ -304,7 +305,9 @@ TEST_P(Contract, Isolation_NoHostProcessesVisible) {
   EXPECT_THAT(r.stdout_data, HasSubstr("paddock-init"));
   // The test process itself is not visible inside.
   ExecResult mine = Run(id, fmt::format("test -e /proc/{}/cmdline && echo visible || echo hidden", getpid()));
-  if (getpid() > 10) EXPECT_EQ(mine.stdout_data, "hidden\n");
+  if (getpid() > 10) {
+    EXPECT_EQ(mine.stdout_data, "hidden\n");
+  }
 }
 
 TEST_P(Contract, Isolation_NoNetwork) {
@@ -613,6 +616,21 @@ TEST_F(ManagerTest, InitBinaryInAPrivateDirectoryStillStarts) {
   }
   m.reset();
   fs::remove_all(hidden);
+}
+
+TEST_F(ManagerTest, FailedSetupInsideTheSandboxLeavesNothing) {
+  auto m = MakeManager(TestEnv(state_));
+  // paddock-init cannot create this workdir: setup fails inside the sandbox,
+  // after namespaces, mounts and cgroups exist.
+  SandboxSpec s{.substrate = "container", .image = rootfs_, .workdir = "/dev/null/work"};
+  auto r = m->Create(s);
+  EXPECT_EQ(r.status().code(), Code::kInternal);
+  EXPECT_THAT(r.status().message(), HasSubstr("creating workdir /dev/null/work"));
+  EXPECT_EQ(m->live(), 0u);
+  EXPECT_TRUE(fs::is_empty(state_ + "/containers"));
+  EXPECT_TRUE(MountsUnder(state_ + "/containers").empty());
+  for (const auto& dir : CgroupDirsUnder(TestEnv(state_).cgroup_root()))
+    EXPECT_THAT(dir, ::testing::Not(HasSubstr("/ct-"))) << "leaked cgroup";
 }
 
 TEST_F(ManagerTest, GlobalCapIsEnforced) {

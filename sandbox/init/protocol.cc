@@ -90,7 +90,7 @@ std::string EncodeSetup(const SetupConfig& c) {
 
 bool DecodeSetup(std::string_view buf, SetupConfig* c) {
   WireReader r(buf);
-  uint32_t mode;
+  uint32_t mode = 0;
   bool ok = r.U32(&mode) && r.Str(&c->rootfs) && r.Str(&c->hostname) && r.Str(&c->workdir) &&
             r.U64(&c->tmp_bytes) && r.U32(&c->limits.cpu_millicores) &&
             r.U64(&c->limits.memory_bytes) && r.U32(&c->limits.pids) &&
@@ -141,7 +141,7 @@ std::string EncodeResult(const ExecResult& x) {
 
 bool DecodeResult(std::string_view buf, ExecResult* x) {
   WireReader r(buf);
-  uint32_t code, sig, flags;
+  uint32_t code = 0, sig = 0, flags = 0;
   bool ok = r.U32(&code) && r.U32(&sig) && r.Str(&x->stdout_data) && r.Str(&x->stderr_data) &&
             r.U32(&flags) && r.U64(&x->wall_time_us) && r.U64(&x->cpu_time_us) &&
             r.U64(&x->peak_memory_bytes);
@@ -165,8 +165,8 @@ std::string EncodeFileInfo(const FileInfo& f) {
 }
 
 bool DecodeFileInfo(WireReader& r, FileInfo* f) {
-  uint32_t type;
-  uint64_t mtime;
+  uint32_t type = 0;
+  uint64_t mtime = 0;
   bool ok = r.Str(&f->name) && r.U32(&type) && r.U64(&f->size) && r.U32(&f->mode) && r.U64(&mtime);
   f->type = static_cast<FileType>(type);
   f->mtime_unix_ms = static_cast<int64_t>(mtime);
@@ -183,7 +183,7 @@ std::string EncodeReply(int32_t err, std::string_view message, std::string_view 
 
 bool DecodeReply(std::string_view buf, int32_t* err, std::string* message, std::string* payload) {
   WireReader r(buf);
-  uint32_t e;
+  uint32_t e = 0;
   bool ok = r.U32(&e) && r.Str(message) && r.Str(payload);
   *err = static_cast<int32_t>(e);
   return ok && r.done();
