@@ -354,7 +354,7 @@ int Main(int argc, char** argv) {
   c->add_option("--cpu", create.cpu, "CPU limit in millicores (1000 = one core; omitted: none)");
   c->add_option("--disk", create.disk, "maximum bytes written, e.g. 1G (omitted: 1G)");
   c->add_option("--env", create.env, "KEY=VALUE for every exec (repeatable)")->allow_extra_args(false);
-  c->add_option("--workdir", create.workdir, "default working directory (default /)");
+  c->add_option("--workdir", create.workdir, "default working directory (default /work in a container, /tmp in a function sandbox)");
   c->add_option("--ttl", create.ttl, "destroy after this many seconds (0: daemon default)");
   c->add_option("--label", create.labels, "KEY=VALUE label (repeatable)")->allow_extra_args(false);
   c->callback([&] { rc = RunCreate(g, create); });
