@@ -24,7 +24,9 @@ test: build
 demo: build
 	@bash scripts/demo.sh $(BUILD_DIR)
 
-bench: build
+bench:
+	@bash scripts/install-deps.sh --bench
+	@$(MAKE) --no-print-directory build
 	$(BUILD_DIR)/bench/sandbox_bench --out bench/results
 
 clean:

@@ -20,6 +20,12 @@ PACKAGES=(
   procps iproute2
 )
 
+# --- optional: bench plotting (only with --bench, used by `make bench`) ---
+if [ "${1:-}" = "--bench" ]; then
+  PACKAGES+=(gnuplot-nox)  # renders bench/*.png from the data sandbox_bench writes
+fi
+# --- end optional ---
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
