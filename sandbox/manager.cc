@@ -89,11 +89,11 @@ Result<SandboxInfo> SandboxManager::Create(const SandboxSpec& spec_in) {
                    options_.max_sandboxes);
     ++reserved_;
   }
-  std::string id = NewSandboxId();
-  auto created = it->second->Create(id, spec);
+  auto created = it->second->Create(NewSandboxId(), spec);
   std::lock_guard lock(mu_);
   --reserved_;
   if (!created.ok()) return created.status();
+  std::string id = created.value()->id();
   Entry e;
   e.info.id = id;
   e.info.spec = spec;

@@ -16,6 +16,10 @@ class Sandbox {
  public:
   virtual ~Sandbox() = default;
 
+  // Chosen by the substrate (a sandbox handed over from a warm pool was
+  // named when it was built).
+  virtual const std::string& id() const = 0;
+
   // Runs one command. `on_output`, when given, receives output as it is produced
   // (the result then still carries the capped output). Thread-safe: many execs
   // may run at once in one sandbox.
@@ -41,6 +45,9 @@ class Sandbox {
 struct SubstrateEnv {
   std::string state_dir;   // e.g. /var/lib/paddock
   std::string init_path;   // the paddock-init binary
+  // Ready sandboxes kept per (image, limits, workdir) once a create has asked
+  // for that recipe; 0 disables the warm pool.
+  size_t warm_pool_size = 2;
   // The cgroup subtree owned by the daemon of this state dir: "paddock" for
   // /var/lib/paddock, "paddock-<hash>" for any other, so daemons with
   // different state dirs never reap each other's sandboxes.
@@ -51,7 +58,8 @@ class Substrate {
  public:
   virtual ~Substrate() = default;
   virtual std::string name() const = 0;
-  // Creates a ready sandbox; on error leaves nothing behind.
+  // Creates a ready sandbox, named `id` unless it comes from a warm pool; on
+  // error leaves nothing behind.
   virtual Result<std::unique_ptr<Sandbox>> Create(const std::string& id,
                                                   const SandboxSpec& spec) = 0;
   // Stops shared helpers (zygotes); called once at daemon shutdown.

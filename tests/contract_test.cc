@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -631,6 +632,53 @@ TEST_F(ManagerTest, FailedSetupInsideTheSandboxLeavesNothing) {
   EXPECT_TRUE(MountsUnder(state_ + "/containers").empty());
   for (const auto& dir : CgroupDirsUnder(TestEnv(state_).cgroup_root()))
     EXPECT_THAT(dir, ::testing::Not(HasSubstr("/ct-"))) << "leaked cgroup";
+}
+
+TEST_F(ManagerTest, WarmPoolHandsOverAPreparedContainer) {
+  SubstrateEnv env = TestEnv(state_);
+  env.warm_pool_size = 2;
+  auto m = MakeManager(env);
+  SandboxSpec s{.substrate = "container", .image = rootfs_, .env = {{"WHO", "first"}}};
+  auto first = m->Create(s);  // cold: nothing asked for this recipe before
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  // The pool fills in the background: two more containers appear.
+  auto dirs = [&] {
+    std::set<std::string> out;
+    for (const auto& e : fs::directory_iterator(state_ + "/containers")) out.insert(e.path().filename());
+    return out;
+  };
+  for (int i = 0; i < 200 && dirs().size() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  std::set<std::string> before = dirs();
+  ASSERT_EQ(before.size(), 3u);
+  s.env = {{"WHO", "second"}};
+  auto second = m->Create(s);
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(before.count(second->id)) << "second create did not come from the pool";
+  ExecRequest r;
+  r.shell = "echo $WHO; ls /work | wc -l";
+  EXPECT_EQ(m->Get(second->id).value()->Exec(r, nullptr)->stdout_data, "second\n0\n");
+  // A different recipe is not served from this pool.
+  SandboxSpec other = s;
+  other.limits.pids = 77;
+  auto third = m->Create(other);
+  ASSERT_TRUE(third.ok());
+  EXPECT_FALSE(before.count(third->id));
+  m.reset();  // shutdown destroys pooled containers too
+  EXPECT_TRUE(fs::is_empty(state_ + "/containers"));
+  EXPECT_TRUE(MountsUnder(state_).empty());
+}
+
+TEST_F(ManagerTest, WarmPoolOfZeroBuildsNothingAhead) {
+  SubstrateEnv env = TestEnv(state_);
+  env.warm_pool_size = 0;
+  auto m = MakeManager(env);
+  SandboxSpec s{.substrate = "container", .image = rootfs_};
+  ASSERT_TRUE(m->Create(s).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(state_ + "/containers")) ++n;
+  EXPECT_EQ(n, 1u);
 }
 
 TEST_F(ManagerTest, GlobalCapIsEnforced) {

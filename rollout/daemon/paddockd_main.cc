@@ -40,6 +40,7 @@ struct Flags {
   bool allow_remote = false;
   std::string token_file;
   uint32_t max_sandboxes = 1000;
+  size_t warm_pool = 4;
   uint32_t default_ttl = 3600;
   std::string log_level = "info";
   std::string init_path;
@@ -165,6 +166,7 @@ int Run(const Flags& flags) {
   SubstrateEnv env;
   env.state_dir = fs::absolute(flags.state_dir).string();
   env.init_path = flags.init_path.empty() ? DefaultInitPath() : flags.init_path;
+  env.warm_pool_size = flags.warm_pool;
   if (!fs::exists(env.init_path, ec)) {
     spdlog::error("paddock-init not found at {}; build it (cmake --build build) or pass --init-path",
                   env.init_path);
@@ -251,6 +253,9 @@ int main(int argc, char** argv) {
   app.add_flag("--allow-remote", flags.allow_remote, "allow --listen-tcp on a non-loopback address");
   app.add_option("--token-file", flags.token_file, "file holding the bearer token TCP clients must send");
   app.add_option("--max-sandboxes", flags.max_sandboxes, "cap on live sandboxes")->capture_default_str();
+  app.add_option("--warm-pool", flags.warm_pool,
+                 "ready containers kept per (image, limits, workdir) once asked for; 0 disables")
+      ->capture_default_str();
   app.add_option("--default-ttl", flags.default_ttl,
                  "time to live in seconds for sandboxes created with ttl 0")
       ->capture_default_str();

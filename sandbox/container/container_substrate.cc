@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <map>
+
 #include <spdlog/spdlog.h>
 
 #include "sandbox/image_view.h"
@@ -15,6 +17,8 @@
 #include "sandbox/linux/process.h"
 #include "sandbox/linux/seccomp_profile.h"
 #include "sandbox/linux/userns.h"
+#include "sandbox/manager.h"
+#include "sandbox/warm_pool.h"
 
 namespace paddock {
 
@@ -32,10 +36,21 @@ class ContainerSandbox final : public Sandbox {
     (void)ignored;
   }
 
+  const std::string& id() const override { return id_; }
+
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
     if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
     uint64_t ooms_before = cgroup_.OomKills();
-    PADDOCK_ASSIGN_OR_RETURN(ExecResult r, client_->Exec(req, on_output));
+    // The spec's env is applied per exec, so a pooled container built
+    // before the spec was known serves it too; the request's env wins.
+    const ExecRequest* send = &req;
+    ExecRequest merged;
+    if (!env_.empty()) {
+      merged = req;
+      for (const auto& [k, v] : env_) merged.env.emplace(k, v);
+      send = &merged;
+    }
+    PADDOCK_ASSIGN_OR_RETURN(ExecResult r, client_->Exec(*send, on_output));
     if (r.signal == SIGKILL && !r.timed_out && cgroup_.OomKills() > ooms_before) r.oom_killed = true;
     return r;
   }
@@ -82,6 +97,7 @@ class ContainerSandbox final : public Sandbox {
   }
 
   std::string id_;
+  std::map<std::string, std::string> env_;
   std::string dir_;
   std::string rootfs_;   // overlay mount point while mounted
   std::string changes_;  // tmpfs holding the overlay's upper and work dirs
@@ -94,13 +110,43 @@ class ContainerSandbox final : public Sandbox {
 class ContainerSubstrate final : public Substrate {
  public:
   explicit ContainerSubstrate(const SubstrateEnv& env)
-      : env_(env), views_(env.state_dir + "/views/container", kContainerIds) {}
+      : env_(env),
+        views_(env.state_dir + "/views/container", kContainerIds),
+        pool_(env.warm_pool_size) {}
+  ~ContainerSubstrate() override { pool_.Stop(); }
 
   std::string name() const override { return "container"; }
 
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
     PADDOCK_ASSIGN_OR_RETURN(std::string image_dir, ResolveImageDir(spec.image));
+    SandboxSpec recipe;  // what a pooled container is built from: no id, no env
+    recipe.image = image_dir;
+    recipe.limits = spec.limits;
+    recipe.workdir = spec.workdir.empty() ? kDefaultWorkdir : spec.workdir;
+    std::string key = fmt::format("{}\n{}\n{}\n{}\n{}\n{}", image_dir, recipe.workdir,
+                                  spec.limits.cpu_millicores, spec.limits.memory_bytes,
+                                  spec.limits.pids, spec.limits.disk_bytes);
+    auto pooled = pool_.Take(key, [this, recipe] { return Build(NewSandboxId(), recipe); });
+    std::unique_ptr<Sandbox> sb;
+    if (pooled) {
+      sb = std::move(pooled);
+    } else {
+      PADDOCK_ASSIGN_OR_RETURN(sb, Build(id, recipe));
+    }
+    static_cast<ContainerSandbox*>(sb.get())->env_ = spec.env;
+    return sb;
+  }
+
+  void Shutdown() override {
+    pool_.Stop();
+    views_.ReleaseAll();
+  }
+
+ private:
+  // Builds a container from a resolved recipe (image dir, limits, workdir).
+  Result<std::unique_ptr<Sandbox>> Build(const std::string& id, const SandboxSpec& spec) {
+    const std::string& image_dir = spec.image;
     PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
     PADDOCK_ASSIGN_OR_RETURN(std::string lower, views_.Acquire(image_dir));
 
@@ -149,22 +195,19 @@ class ContainerSubstrate final : public Substrate {
     setup.mode = init::Mode::kContainer;
     setup.rootfs = rootfs;
     setup.hostname = "sandbox-" + id;
-    setup.workdir = spec.workdir.empty() ? kDefaultWorkdir : spec.workdir;
+    setup.workdir = spec.workdir;
     setup.tmp_bytes = spec.limits.disk_bytes ? spec.limits.disk_bytes : kDefaultDiskBytes;
     setup.limits = spec.limits;
     setup.seccomp_bpf = bpf;
-    for (const auto& kv : spec.env) setup.env.push_back(kv);
     auto client = InitClient::Start(std::move(ours), setup, kSetupTimeoutMs);
     if (!client.ok()) return client.status().Prefix("starting container");
     sb->client_ = std::move(client).value();
     return std::unique_ptr<Sandbox>(std::move(sb));
   }
 
-  void Shutdown() override { views_.ReleaseAll(); }
-
- private:
   SubstrateEnv env_;
   ImageViews views_;
+  WarmPool pool_;  // last: stopped (its sandboxes destroyed) before the views go
 };
 
 }  // namespace

@@ -67,9 +67,11 @@ class Zygote {
 
 class FunctionSandbox final : public Sandbox {
  public:
-  FunctionSandbox(std::shared_ptr<Zygote> zygote, const SandboxSpec& spec)
-      : zygote_(std::move(zygote)), env_(spec.env),
+  FunctionSandbox(std::string id, std::shared_ptr<Zygote> zygote, const SandboxSpec& spec)
+      : id_(std::move(id)), zygote_(std::move(zygote)), env_(spec.env),
         workdir_(spec.workdir.empty() ? kDefaultWorkdir : spec.workdir) {}
+
+  const std::string& id() const override { return id_; }
 
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
     auto z = zygote();
@@ -131,6 +133,7 @@ class FunctionSandbox final : public Sandbox {
     return workdir_ + "/" + path;
   }
 
+  const std::string id_;
   mutable std::mutex mu_;
   std::shared_ptr<Zygote> zygote_;
   std::map<std::string, std::string> env_;
@@ -159,7 +162,7 @@ class FunctionSubstrate final : public Substrate {
       it = zygotes_.emplace(key, std::move(z)).first;
     }
     it->second->last_used_ = std::chrono::steady_clock::now();
-    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(it->second, spec));
+    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, it->second, spec));
   }
 
   void Shutdown() override {

@@ -228,7 +228,7 @@ void Server::StartExec(uint32_t id, ExecRequest req) {
   unsigned long flags = SIGCHLD;
   int status_p[2] = {-1, -1};
   if (cfg_.mode == Mode::kFunction) {
-    flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC;
+    flags |= CLONE_NEWPID | CLONE_NEWNS;
     if (pipe2(status_p, O_CLOEXEC) != 0) status_p[0] = status_p[1] = -1;
   }
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
