@@ -451,6 +451,8 @@ TEST_P(Contract, Destroy_LeavesNothingBehind) {
   EXPECT_TRUE(HostPidsRunning({"sleep", "300"}).empty());
   EXPECT_FALSE(fs::exists(*state_ + "/containers/" + id));
   EXPECT_TRUE(MountsUnder(*state_ + "/containers/" + id).empty());
+  // The empty cgroup is removed in the background, right after.
+  FlushCgroupRemovals();
   for (const auto& dir : CgroupDirsUnder(TestEnv(*state_).cgroup_root()))
     EXPECT_THAT(dir, ::testing::Not(HasSubstr(id)));
 }
@@ -528,7 +530,7 @@ TEST_P(Contract, Crash_SigkilledOwnerLeftoversAreReaped) {
   EXPECT_TRUE(report.errors.empty()) << report.errors.front();
   EXPECT_GE(report.processes_killed, IsFunction() ? 1 : 2);
   EXPECT_GE(report.cgroups_removed, 1);
-  EXPECT_GE(report.mounts_removed, 2);
+  EXPECT_GE(report.mounts_removed, 1);  // the image view (sandbox roots die with their mount namespaces)
   EXPECT_GE(report.dirs_removed, 1);
   EXPECT_TRUE(MountsUnder(state).empty());
   EXPECT_TRUE(CgroupDirsUnder(TestEnv(state).cgroup_root()).empty());
@@ -630,6 +632,7 @@ TEST_F(ManagerTest, FailedSetupInsideTheSandboxLeavesNothing) {
   EXPECT_EQ(m->live(), 0u);
   EXPECT_TRUE(fs::is_empty(state_ + "/containers"));
   EXPECT_TRUE(MountsUnder(state_ + "/containers").empty());
+  FlushCgroupRemovals();
   for (const auto& dir : CgroupDirsUnder(TestEnv(state_).cgroup_root()))
     EXPECT_THAT(dir, ::testing::Not(HasSubstr("/ct-"))) << "leaked cgroup";
 }

@@ -83,7 +83,10 @@ class ContainerSandbox final : public Sandbox {
     auto note = [&first](Status st) {
       if (!st.ok() && first.ok()) first = st;
     };
-    note(cgroup_.Destroy());
+    // Every process of the container died with its PID 1, so the cgroup is
+    // empty; its removal waits out an RCU grace period on cgroup v1 and need
+    // not hold up the caller.
+    cgroup_.DestroyInBackground();
     for (std::string* m : {&rootfs_, &changes_}) {
       if (m->empty()) continue;
       note(Unmount(*m));
@@ -113,7 +116,10 @@ class ContainerSubstrate final : public Substrate {
       : env_(env),
         views_(env.state_dir + "/views/container", kContainerIds),
         pool_(env.warm_pool_size) {}
-  ~ContainerSubstrate() override { pool_.Stop(); }
+  ~ContainerSubstrate() override {
+    pool_.Stop();
+    FlushCgroupRemovals();
+  }
 
   std::string name() const override { return "container"; }
 
@@ -140,6 +146,7 @@ class ContainerSubstrate final : public Substrate {
 
   void Shutdown() override {
     pool_.Stop();
+    FlushCgroupRemovals();
     views_.ReleaseAll();
   }
 
@@ -202,6 +209,14 @@ class ContainerSubstrate final : public Substrate {
     auto client = InitClient::Start(std::move(ours), setup, kSetupTimeoutMs);
     if (!client.ok()) return client.status().Prefix("starting container");
     sb->client_ = std::move(client).value();
+    // The container has pivoted into its own private copy of these mounts;
+    // the daemon drops its copies so that its mount table (which every new
+    // mount namespace copies) does not grow with the number of containers.
+    // The container's mounts die with its mount namespace.
+    for (std::string* m : {&sb->rootfs_, &sb->changes_}) {
+      PADDOCK_RETURN_IF_ERROR(Unmount(*m));
+      m->clear();
+    }
     return std::unique_ptr<Sandbox>(std::move(sb));
   }
 

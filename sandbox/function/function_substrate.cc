@@ -231,6 +231,10 @@ class FunctionSubstrate final : public Substrate {
     auto client = InitClient::Start(std::move(ours), setup, kSetupTimeoutMs);
     if (!client.ok()) return client.status().Prefix("starting function zygote");
     z->client_ = std::move(client).value();
+    // The zygote has pivoted into its own copy of the root; drop ours (see
+    // the container substrate for why).
+    PADDOCK_RETURN_IF_ERROR(Unmount(z->rootfs_));
+    z->rootfs_.clear();
     spdlog::debug("function zygote {} ready for {}", name, image_dir);
     return z;
   }

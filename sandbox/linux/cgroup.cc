@@ -5,9 +5,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <filesystem>
 #include <sstream>
 #include <thread>
+
+#include <spdlog/spdlog.h>
 
 #include "sandbox/linux/fs_util.h"
 
@@ -154,6 +159,58 @@ Status Cgroup::Destroy() {
   if (first.ok()) dirs_.clear();
   return first;
 }
+
+namespace {
+// One thread for the whole process removes cgroups handed over by
+// DestroyInBackground, in order.
+class CgroupRemover {
+ public:
+  static CgroupRemover& Get() {
+    static CgroupRemover* r = new CgroupRemover();  // never destroyed: used until exit
+    return *r;
+  }
+  void Add(std::vector<std::string> dirs) {
+    std::lock_guard lock(mu_);
+    for (auto& d : dirs) queue_.push_back(std::move(d));
+    if (!worker_.joinable()) worker_ = std::thread([this] { Loop(); });
+    cv_.notify_all();
+  }
+  void Flush() {
+    std::unique_lock lock(mu_);
+    idle_cv_.wait(lock, [this] { return queue_.empty() && busy_ == 0; });
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return !queue_.empty(); });
+      std::string dir = std::move(queue_.front());
+      queue_.pop_front();
+      ++busy_;
+      lock.unlock();
+      Status st = KillAndRemoveCgroupDir(dir);
+      if (!st.ok()) spdlog::warn("removing cgroup: {}", st.ToString());
+      lock.lock();
+      --busy_;
+      if (queue_.empty() && busy_ == 0) idle_cv_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_, idle_cv_;
+  std::deque<std::string> queue_;
+  int busy_ = 0;
+  std::thread worker_;
+};
+}  // namespace
+
+void Cgroup::DestroyInBackground() {
+  if (dirs_.empty()) return;
+  CgroupRemover::Get().Add(std::move(dirs_));
+  dirs_.clear();
+}
+
+void FlushCgroupRemovals() { CgroupRemover::Get().Flush(); }
 
 Status KillAndRemoveCgroupDir(const std::string& dir) {
   if (access(dir.c_str(), F_OK) != 0) return Status::Ok();

@@ -33,6 +33,11 @@ class Cgroup {
   uint64_t OomKills() const;
   // Kills every process in it and removes it. Idempotent.
   Status Destroy();
+  // For a cgroup whose processes are already gone (its pid namespace died):
+  // hands the directories to a background remover, because on cgroup v1 an
+  // rmdir waits out an RCU grace period (~10 ms) that need not be on the
+  // caller's path. FlushCgroupRemovals() waits for them.
+  void DestroyInBackground();
   const std::vector<std::string>& dirs() const { return dirs_; }
 
  private:
@@ -40,6 +45,9 @@ class Cgroup {
   CgroupVersion version_ = CgroupVersion::kV1;
   std::string memory_dir_, pids_dir_, cpu_dir_, cpuacct_dir_;
 };
+
+// Waits until every cgroup handed to DestroyInBackground is removed.
+void FlushCgroupRemovals();
 
 // Every cgroup directory under the daemon's subtree (for the start-up reaper).
 std::vector<std::string> CgroupDirsUnder(const std::string& root_name);
