@@ -13,21 +13,39 @@ WarmPool::WarmPool(size_t per_key, size_t max_keys, std::chrono::seconds idle_dr
 
 WarmPool::~WarmPool() { Stop(); }
 
-std::unique_ptr<Sandbox> WarmPool::Take(const std::string& key, Factory factory) {
+std::unique_ptr<Sandbox> WarmPool::Take(const std::string& key) {
   if (per_key_ == 0) return nullptr;
   std::vector<std::unique_ptr<Sandbox>> doomed;
   std::unique_ptr<Sandbox> out;
   {
     std::lock_guard lock(mu_);
-    if (stopping_) return nullptr;
-    Slot& slot = slots_[key];
-    slot.factory = std::move(factory);
+    auto it = slots_.find(key);
+    if (stopping_ || it == slots_.end()) return nullptr;
+    Slot& slot = it->second;
     slot.last_demand = Clock::now();
     while (!slot.ready.empty() && !out) {
       out = std::move(slot.ready.front());
       slot.ready.pop_front();
       if (!out->Alive()) doomed.push_back(std::move(out));
     }
+  }
+  cv_.notify_all();  // refill what was taken
+  for (auto& sb : doomed) {
+    Status ignored = sb->Destroy();
+    (void)ignored;
+  }
+  return out;
+}
+
+void WarmPool::Want(const std::string& key, Factory factory) {
+  if (per_key_ == 0) return;
+  std::vector<std::unique_ptr<Sandbox>> doomed;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    Slot& slot = slots_[key];
+    slot.factory = std::move(factory);
+    slot.last_demand = Clock::now();
     EvictLocked(&doomed);
   }
   cv_.notify_all();
@@ -35,7 +53,6 @@ std::unique_ptr<Sandbox> WarmPool::Take(const std::string& key, Factory factory)
     Status ignored = sb->Destroy();
     (void)ignored;
   }
-  return out;
 }
 
 // Drops keys idle for too long, then the least recently asked-for keys

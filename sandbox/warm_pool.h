@@ -26,9 +26,12 @@ class WarmPool {
            std::chrono::seconds idle_drop = std::chrono::seconds(300));
   ~WarmPool();
 
-  // A ready sandbox for `key`, or nullptr when none is ready. Either way the
-  // pool keeps `per_key` ready for `key` from now on, built by `factory`.
-  std::unique_ptr<Sandbox> Take(const std::string& key, Factory factory);
+  // A ready sandbox for `key`, or nullptr when none is ready.
+  std::unique_ptr<Sandbox> Take(const std::string& key);
+  // Keeps `per_key` sandboxes ready for `key` from now on, built by
+  // `factory`. Called after a create of that recipe succeeded, so a recipe
+  // that cannot be built is never retried in the background.
+  void Want(const std::string& key, Factory factory);
   // Destroys every pooled sandbox and stops the filler. Idempotent.
   void Stop();
   size_t ready(const std::string& key);

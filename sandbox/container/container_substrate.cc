@@ -15,6 +15,7 @@
 #include "sandbox/linux/fs_util.h"
 #include "sandbox/linux/mounts.h"
 #include "sandbox/linux/process.h"
+#include "sandbox/linux/spawner.h"
 #include "sandbox/linux/seccomp_profile.h"
 #include "sandbox/linux/userns.h"
 #include "sandbox/manager.h"
@@ -115,6 +116,7 @@ class ContainerSubstrate final : public Substrate {
   explicit ContainerSubstrate(const SubstrateEnv& env)
       : env_(env),
         views_(env.state_dir + "/views/container", kContainerIds),
+        spawner_(env.init_path),
         pool_(env.warm_pool_size) {}
   ~ContainerSubstrate() override {
     pool_.Stop();
@@ -133,13 +135,11 @@ class ContainerSubstrate final : public Substrate {
     std::string key = fmt::format("{}\n{}\n{}\n{}\n{}\n{}", image_dir, recipe.workdir,
                                   spec.limits.cpu_millicores, spec.limits.memory_bytes,
                                   spec.limits.pids, spec.limits.disk_bytes);
-    auto pooled = pool_.Take(key, [this, recipe] { return Build(NewSandboxId(), recipe); });
-    std::unique_ptr<Sandbox> sb;
-    if (pooled) {
-      sb = std::move(pooled);
-    } else {
+    std::unique_ptr<Sandbox> sb = pool_.Take(key);
+    if (!sb) {
       PADDOCK_ASSIGN_OR_RETURN(sb, Build(id, recipe));
     }
+    pool_.Want(key, [this, recipe] { return Build(NewSandboxId(), recipe); });
     static_cast<ContainerSandbox*>(sb.get())->env_ = spec.env;
     return sb;
   }
@@ -182,21 +182,16 @@ class ContainerSubstrate final : public Substrate {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
     UniqueFd ours(sv[0]), theirs(sv[1]);
 
-    SpawnOptions so;
-    so.clone_flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS |
-                     CLONE_NEWIPC;
-    so.program = env_.init_path;
-    so.argv = {"paddock-init"};
-    so.channel_fd = theirs.get();
-    const Cgroup& cgroup = sb->cgroup_;
-    so.before_exec = [&cgroup](pid_t pid) -> Status {
-      PADDOCK_RETURN_IF_ERROR(WriteIdMaps(pid, kContainerIds));
-      return cgroup.AddProcess(pid).Prefix("joining cgroup");
-    };
-    auto child = SpawnInNamespaces(so);
+    // Cloned from the spawner: already paddock-init, so no exec. It waits
+    // for its setup frame while we write its id maps and cgroup.
+    const unsigned long flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET |
+                                CLONE_NEWUTS | CLONE_NEWIPC;
+    auto child = spawner_.Spawn(flags, theirs.get());
     if (!child.ok()) return child.status().Prefix("starting container");
     sb->init_ = std::move(child).value();
     theirs.reset();
+    PADDOCK_RETURN_IF_ERROR(WriteIdMaps(sb->init_.pid(), kContainerIds));
+    PADDOCK_RETURN_IF_ERROR(sb->cgroup_.AddProcess(sb->init_.pid()).Prefix("joining cgroup"));
 
     init::SetupConfig setup;
     setup.mode = init::Mode::kContainer;
@@ -222,6 +217,7 @@ class ContainerSubstrate final : public Substrate {
 
   SubstrateEnv env_;
   ImageViews views_;
+  Spawner spawner_;
   WarmPool pool_;  // last: stopped (its sandboxes destroyed) before the views go
 };
 

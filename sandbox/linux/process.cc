@@ -1,6 +1,7 @@
 #include "sandbox/linux/process.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
@@ -16,6 +17,15 @@ void ChildProcess::KillAndReap() {
   if (pid_ <= 0) return;
   if (pidfd_.valid()) syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
   else kill(pid_, SIGKILL);
+  if (!ours_) {
+    // A pidfd becomes readable when its process has exited.
+    struct pollfd p {pidfd_.get(), POLLIN, 0};
+    while (pidfd_.valid() && poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    pidfd_.reset();
+    return;
+  }
   siginfo_t info;
   while (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED) != 0 && errno == EINTR) {
   }

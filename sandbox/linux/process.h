@@ -17,14 +17,19 @@ namespace paddock {
 class ChildProcess {
  public:
   ChildProcess() = default;
-  ChildProcess(pid_t pid, UniqueFd pidfd) : pid_(pid), pidfd_(std::move(pidfd)) {}
-  ChildProcess(ChildProcess&& o) noexcept : pid_(std::exchange(o.pid_, -1)), pidfd_(std::move(o.pidfd_)) {}
+  // `ours`: the process is our child (reaped with waitid); otherwise another
+  // process reaps it and we only wait, through the pidfd, for it to be gone.
+  ChildProcess(pid_t pid, UniqueFd pidfd, bool ours = true)
+      : pid_(pid), pidfd_(std::move(pidfd)), ours_(ours) {}
+  ChildProcess(ChildProcess&& o) noexcept
+      : pid_(std::exchange(o.pid_, -1)), pidfd_(std::move(o.pidfd_)), ours_(o.ours_) {}
   ChildProcess& operator=(ChildProcess&& o) noexcept {
     if (this != &o) {
       KillAndReap();
       pid_ = o.pid_;
       o.pid_ = -1;
       pidfd_ = std::move(o.pidfd_);
+      ours_ = o.ours_;
     }
     return *this;
   }
@@ -38,6 +43,7 @@ class ChildProcess {
  private:
   pid_t pid_ = -1;
   UniqueFd pidfd_;
+  bool ours_ = true;
 };
 
 struct SpawnOptions {
