@@ -16,6 +16,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -52,6 +53,20 @@ struct Job {
   bool exited = false;
 };
 
+// A function exec's PID 1, made ahead of time: already in its own pid and
+// mount namespaces with a fresh /proc and scratch /tmp, waiting for its
+// request. Keeping a couple ready takes namespace creation and the mounts
+// off the exec's path.
+struct Stub {
+  pid_t pid = -1;
+  int req_w = -1, status_r = -1, in_w = -1, out_r = -1, err_r = -1;
+  void CloseAll() {
+    for (int* fd : {&req_w, &status_r, &in_w, &out_r, &err_r})
+      if (*fd >= 0) { close(*fd); *fd = -1; }
+  }
+};
+constexpr size_t kReadyStubs = 2;
+
 class Server {
  public:
   Server(int channel, const SetupConfig& config) : ch_(channel), cfg_(config) {}
@@ -60,12 +75,18 @@ class Server {
  private:
   void HandleFrame(const Frame& f);
   void StartExec(uint32_t id, ExecRequest req);
-  [[noreturn]] void ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w, int status_w);
-  void FunctionStub(const ExecRequest& req, int status_w);
+  [[noreturn]] void ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w);
+  void StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req);
+  bool SpawnStub(Stub* stub, std::string* err);
+  [[noreturn]] void StubMain();
+  [[noreturn]] void FunctionStub(const ExecRequest& req, int status_w);
+  std::string CommandCwd(const ExecRequest& req) const;
   [[noreturn]] void ExecCommand(const ExecRequest& req);
   void ReadOutput(Job& job, int* fd, int stream);
   void WriteStdin(Job& job);
   void ReapChildren();
+  void CompleteJob(Job& job, int status, const struct rusage& ru, const int64_t* report);
+  void ReadStatusReport(Job& job);
   void FinishIfDone(Job& job);
   void KillTree(Job& job);
   void Reply(uint32_t id, int err, const std::string& msg, const std::string& payload = {});
@@ -80,6 +101,7 @@ class Server {
   int sigfd_ = -1;
   std::map<uint32_t, std::unique_ptr<Job>> jobs_;
   std::map<pid_t, uint32_t> by_pid_;
+  std::deque<Stub> stubs_;  // function mode: stubs ready for their exec
 };
 
 std::string Server::Resolve(const std::string& path) const {
@@ -117,6 +139,7 @@ int Server::Run() {
       if (job->out_fd >= 0) { fds.push_back({job->out_fd, POLLIN, 0}); owners.emplace_back(id, 1); }
       if (job->err_fd >= 0) { fds.push_back({job->err_fd, POLLIN, 0}); owners.emplace_back(id, 2); }
       if (job->in_fd >= 0) { fds.push_back({job->in_fd, POLLOUT, 0}); owners.emplace_back(id, 0); }
+      if (job->status_fd >= 0 && !job->exited) { fds.push_back({job->status_fd, POLLIN, 0}); owners.emplace_back(id, 3); }
       if (!job->exited && job->deadline_us) {
         int64_t left = static_cast<int64_t>(job->deadline_us) - static_cast<int64_t>(now);
         int ms = left <= 0 ? 0 : static_cast<int>((left + 999) / 1000);
@@ -164,6 +187,11 @@ int Server::Run() {
       if (it == jobs_.end()) continue;
       Job& job = *it->second;
       int stream = owners[i - 2].second;
+      if (stream == 3) {
+        if (job.status_fd >= 0 && !job.exited) ReadStatusReport(job);
+        continue;
+      }
+      if (job.exited) continue;
       if (stream == 0) WriteStdin(job);
       else ReadOutput(job, stream == 1 ? &job.out_fd : &job.err_fd, stream);
     }
@@ -210,6 +238,7 @@ void Server::StartExec(uint32_t id, ExecRequest req) {
   job->id = id;
   job->cap = req.output_cap ? req.output_cap : kDefaultOutputCap;
   job->stream = req.stream;
+  if (cfg_.mode == Mode::kFunction) return StartFunctionExec(std::move(job), std::move(req));
   int in_p[2], out_p[2], err_p[2];
   if (pipe2(in_p, O_CLOEXEC) != 0 || pipe2(out_p, O_CLOEXEC) != 0 || pipe2(err_p, O_CLOEXEC) != 0) {
     job->result.exit_code = 127;
@@ -220,29 +249,12 @@ void Server::StartExec(uint32_t id, ExecRequest req) {
   uint32_t timeout = req.timeout_ms ? req.timeout_ms : kDefaultExecTimeoutMs;
   job->start_us = NowUs();
   job->deadline_us = job->start_us + uint64_t{timeout} * 1000;
-  // Function execs time out in their stub; this is the backstop.
-  if (cfg_.mode == Mode::kFunction) job->deadline_us += 2'000'000;
-  // Function execs get their own pid, mount and ipc namespaces: the pid
-  // namespace makes the timeout kill the whole tree, the mount namespace
-  // gives the exec a fresh /proc and a scratch /tmp that die with it.
-  unsigned long flags = SIGCHLD;
-  int status_p[2] = {-1, -1};
-  if (cfg_.mode == Mode::kFunction) {
-    flags |= CLONE_NEWPID | CLONE_NEWNS;
-    if (pipe2(status_p, O_CLOEXEC) != 0) status_p[0] = status_p[1] = -1;
-  }
-  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, flags, nullptr, nullptr, nullptr, nullptr));
-  if (pid == 0) {
-    if (req.timeout_ms == 0) req.timeout_ms = timeout;
-    ExecChild(req, in_p[0], out_p[1], err_p[1], status_p[1]);
-  }
-  if (status_p[1] >= 0) close(status_p[1]);
-  job->status_fd = status_p[0];
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, SIGCHLD, nullptr, nullptr, nullptr, nullptr));
+  if (pid == 0) ExecChild(req, in_p[0], out_p[1], err_p[1]);
   close(in_p[0]);
   close(out_p[1]);
   close(err_p[1]);
   if (pid < 0) {
-    if (job->status_fd >= 0) close(job->status_fd);
     close(in_p[1]);
     close(out_p[0]);
     close(err_p[0]);
@@ -267,10 +279,10 @@ void Server::StartExec(uint32_t id, ExecRequest req) {
   jobs_[id] = std::move(job);
 }
 
-// In the child: wire up stdio and a fresh session (the timeout kills the
-// session's process group). Failures print to the exec's stderr and exit 127,
-// the way a shell reports a command it cannot run.
-void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w, int status_w) {
+// In a container exec's child: wire up stdio and a fresh session (the
+// timeout kills the session's process group). Failures print to the exec's
+// stderr and exit 127, the way a shell reports a command it cannot run.
+void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -278,15 +290,79 @@ void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w, i
   dup2(in_r, 0);
   dup2(out_w, 1);
   dup2(err_w, 2);
-  if (status_w >= 0 && status_w != 3) {
-    dup2(status_w, 3);
-    status_w = 3;
-  }
-  syscall(SYS_close_range, status_w >= 0 ? 4 : 3, ~0U, 0);
+  syscall(SYS_close_range, 3, ~0U, 0);
   setsid();
-  if (cfg_.mode == Mode::kFunction) FunctionStub(req, status_w);
   ExecCommand(req);
 }
+
+// Everything a command launch needs, built before the launch so that the
+// launch itself makes only system calls (it may run in a vfork child).
+struct PreparedCommand {
+  std::string cwd, cwd_error_prefix, exec_error_prefix, not_found_message;
+  std::vector<std::string> env_strs, args, candidates;
+  std::vector<char*> envp, argv;
+};
+
+namespace {
+void WriteErr(const char* a, const char* b = "", const char* c = "") {
+  for (const char* p : {a, b, c}) {
+    ssize_t ignored = write(2, p, std::strlen(p));
+    (void)ignored;
+  }
+}
+
+PreparedCommand PrepareCommand(const ExecRequest& req, const SetupConfig& cfg, const std::string& cwd) {
+  PreparedCommand c;
+  c.cwd = cwd;
+  c.cwd_error_prefix = "paddock-init: cwd " + cwd + ": ";
+  std::map<std::string, std::string> env;
+  env["PATH"] = kDefaultPath;
+  env["HOME"] = "/root";
+  for (const auto& [k, v] : cfg.env) env[k] = v;
+  for (const auto& [k, v] : req.env) env[k] = v;
+  for (const auto& [k, v] : env) c.env_strs.push_back(k + "=" + v);
+  for (auto& e : c.env_strs) c.envp.push_back(e.data());
+  c.envp.push_back(nullptr);
+  c.args = req.argv;
+  if (!req.shell.empty()) c.args = {"/bin/sh", "-c", req.shell};
+  if (c.args.empty()) c.args = {""};
+  for (auto& a : c.args) c.argv.push_back(a.data());
+  c.argv.push_back(nullptr);
+  const std::string& prog = c.args[0];
+  c.exec_error_prefix = "paddock-init: " + prog + ": ";
+  c.not_found_message = "paddock-init: " + prog + ": command not found\n";
+  if (prog.find('/') != std::string::npos) {
+    c.candidates.push_back(prog);
+  } else if (!prog.empty()) {
+    const std::string& path = env["PATH"];
+    size_t start = 0;
+    while (start <= path.size()) {
+      size_t end = path.find(':', start);
+      if (end == std::string::npos) end = path.size();
+      std::string dir = path.substr(start, end - start);
+      c.candidates.push_back((dir.empty() ? "." : dir) + "/" + prog);
+      start = end + 1;
+    }
+  }
+  return c;
+}
+
+// System calls only: safe in a vfork child.
+[[noreturn]] void LaunchCommand(PreparedCommand& c) {
+  if (chdir(c.cwd.c_str()) != 0) {
+    WriteErr(c.cwd_error_prefix.c_str(), std::strerror(errno), "\n");
+    _exit(127);
+  }
+  int last_err = ENOENT;
+  for (const auto& cand : c.candidates) {
+    execve(cand.c_str(), c.argv.data(), c.envp.data());
+    if (errno != ENOENT && errno != ENOTDIR) last_err = errno;
+  }
+  if (last_err == ENOENT) WriteErr(c.not_found_message.c_str());
+  else WriteErr(c.exec_error_prefix.c_str(), std::strerror(last_err), "\n");
+  _exit(127);
+}
+}  // namespace
 
 namespace {
 [[noreturn]] void Die(const std::string& msg) {
@@ -297,41 +373,30 @@ namespace {
 }
 }  // namespace
 
-// PID 1 of a function exec's own namespaces: mounts a fresh /proc and the
-// scratch /tmp, runs the command as its child, reaps whatever the command
+// PID 1 of a function exec's own namespaces (its /proc and scratch /tmp are
+// mounted when the stub is made, see SpawnStub): runs the command as its child, reaps whatever the command
 // leaves behind, and reports the command's wait status and usage on the
 // status pipe. When it exits, the kernel kills everything left in the
 // namespace, so nothing outlives the exec.
 void Server::FunctionStub(const ExecRequest& req, int status_w) {
-  std::string err;
-  uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
-  if (!MountFreshProcAndScratch(disk, &err)) Die(err);
   sigset_t block;
   sigemptyset(&block);
   sigaddset(&block, SIGCHLD);
   sigprocmask(SIG_BLOCK, &block, nullptr);
-  pid_t cmd = fork();
-  if (cmd < 0) Die(std::string("fork: ") + std::strerror(errno));
+  // Static limits, capabilities and seccomp were applied when the stub was
+  // made; only the cpu limit depends on the request. vfork: the child shares
+  // our memory until it execs, so it makes system calls only.
+  PreparedCommand command = PrepareCommand(req, cfg_, CommandCwd(req));
+  struct rlimit cpu {};
+  cpu.rlim_cur = cpu.rlim_max = (uint64_t{req.timeout_ms} + 999) / 1000 + 1;
+  pid_t cmd = vfork();
   if (cmd == 0) {
     close(status_w);
     sigprocmask(SIG_UNBLOCK, &block, nullptr);
-    uint64_t mem = cfg_.limits.memory_bytes ? cfg_.limits.memory_bytes : kDefaultMemoryBytes;
-    uint64_t pids = cfg_.limits.pids ? cfg_.limits.pids : kDefaultPids;
-    uint64_t cpu_s = (uint64_t{req.timeout_ms} + 999) / 1000 + 1;
-    // The memory cgroup is the memory limit (an overrun is an OOM kill, reported
-    // as such); RLIMIT_AS only stops address-space bombs, with room for
-    // runtimes that reserve far more than they touch.
-    uint64_t as = std::max<uint64_t>(mem * 4, mem + (4ull << 30));
-    struct { int res; uint64_t v; } lims[] = {
-        {RLIMIT_AS, as}, {RLIMIT_NPROC, pids}, {RLIMIT_FSIZE, disk},
-        {RLIMIT_NOFILE, 1024}, {RLIMIT_CPU, cpu_s}, {RLIMIT_CORE, 0}};
-    for (auto& l : lims) {
-      struct rlimit rl{l.v, l.v};
-      if (setrlimit(l.res, &rl) != 0) Die("setrlimit: " + std::string(std::strerror(errno)));
-    }
-    if (!DropCapabilities(0, &err) || !InstallSeccomp(cfg_.seccomp_bpf, &err)) Die(err);
-    return;  // the caller execs the command
+    if (setrlimit(RLIMIT_CPU, &cpu) != 0) _exit(127);
+    LaunchCommand(command);
   }
+  if (cmd < 0) Die(std::string("fork: ") + std::strerror(errno));
   // Only the command holds the exec's stdio from here on.
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   for (int fd = 0; fd < 3; ++fd) dup2(devnull, fd);
@@ -378,46 +443,169 @@ void Server::FunctionStub(const ExecRequest& req, int status_w) {
   }
 }
 
+std::string Server::CommandCwd(const ExecRequest& req) const {
+  return req.cwd.empty() ? (cfg_.workdir.empty() ? "/" : cfg_.workdir) : Resolve(req.cwd);
+}
+
 void Server::ExecCommand(const ExecRequest& req) {
-  std::string cwd = req.cwd.empty() ? (cfg_.workdir.empty() ? "/" : cfg_.workdir) : Resolve(req.cwd);
-  if (chdir(cwd.c_str()) != 0) Die("cwd " + cwd + ": " + std::strerror(errno));
+  PreparedCommand c = PrepareCommand(req, cfg_, CommandCwd(req));
+  LaunchCommand(c);
+}
 
-  std::map<std::string, std::string> env;
-  env["PATH"] = kDefaultPath;
-  env["HOME"] = "/root";
-  for (const auto& [k, v] : cfg_.env) env[k] = v;
-  for (const auto& [k, v] : req.env) env[k] = v;
-  std::vector<std::string> env_strs;
-  for (const auto& [k, v] : env) env_strs.push_back(k + "=" + v);
-  std::vector<char*> envp;
-  for (auto& s : env_strs) envp.push_back(s.data());
-  envp.push_back(nullptr);
-
-  std::vector<std::string> args = req.argv;
-  if (!req.shell.empty()) args = {"/bin/sh", "-c", req.shell};
-  if (args.empty()) Die("empty command");
-  std::vector<char*> argv;
-  for (auto& s : args) argv.push_back(s.data());
-  argv.push_back(nullptr);
-
-  const std::string& prog = args[0];
-  if (prog.find('/') != std::string::npos) {
-    execve(prog.c_str(), argv.data(), envp.data());
-    Die("exec " + prog + ": " + std::strerror(errno));
+void Server::StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req) {
+  uint32_t id = job->id;
+  uint32_t timeout = req.timeout_ms ? req.timeout_ms : kDefaultExecTimeoutMs;
+  req.timeout_ms = timeout;
+  job->start_us = NowUs();
+  // The stub enforces the timeout; this is the backstop.
+  job->deadline_us = job->start_us + uint64_t{timeout} * 1000 + 2'000'000;
+  std::string stdin_data = std::move(req.stdin_data);
+  req.stdin_data.clear();
+  std::string encoded = EncodeExec(req);
+  uint32_t len = static_cast<uint32_t>(encoded.size());
+  encoded.insert(0, reinterpret_cast<const char*>(&len), 4);
+  Stub stub;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::string err;
+    if (!stubs_.empty()) {
+      stub = stubs_.front();
+      stubs_.pop_front();
+    } else if (!SpawnStub(&stub, &err)) {
+      job->result.exit_code = 127;
+      job->result.stderr_data = "paddock-init: cannot start process: " + err + "\n";
+      WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
+      return;
+    }
+    size_t off = 0;
+    while (off < encoded.size()) {
+      ssize_t w = write(stub.req_w, encoded.data() + off, encoded.size() - off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) break;
+      off += static_cast<size_t>(w);
+    }
+    close(stub.req_w);
+    stub.req_w = -1;
+    if (off == encoded.size()) break;
+    stub.CloseAll();  // that stub died while idle: take another
+    kill(stub.pid, SIGKILL);
+    stub.pid = -1;
   }
-  std::string path = env["PATH"];
-  int last_err = ENOENT;
-  size_t start = 0;
-  while (start <= path.size()) {
-    size_t end = path.find(':', start);
-    if (end == std::string::npos) end = path.size();
-    std::string dir = path.substr(start, end - start);
-    std::string cand = (dir.empty() ? "." : dir) + "/" + prog;
-    execve(cand.c_str(), argv.data(), envp.data());
-    if (errno != ENOENT && errno != ENOTDIR) last_err = errno;
-    start = end + 1;
+  if (stub.pid < 0) {
+    job->result.exit_code = 127;
+    job->result.stderr_data = "paddock-init: no exec stub could take the request\n";
+    WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
+    return;
   }
-  Die(prog + ": " + (last_err == ENOENT ? std::string("command not found") : std::strerror(last_err)));
+  job->pid = stub.pid;
+  job->status_fd = stub.status_r;
+  job->out_fd = stub.out_r;
+  job->err_fd = stub.err_r;
+  job->stdin_data = std::move(stdin_data);
+  if (job->stdin_data.empty()) {
+    close(stub.in_w);
+  } else {
+    job->in_fd = stub.in_w;
+    SetNonBlocking(job->in_fd);
+  }
+  by_pid_[stub.pid] = id;
+  jobs_[id] = std::move(job);
+  // Make the next stubs while this command runs.
+  while (stubs_.size() < kReadyStubs) {
+    Stub next;
+    std::string err;
+    if (!SpawnStub(&next, &err)) break;
+    stubs_.push_back(next);
+  }
+}
+
+bool Server::SpawnStub(Stub* stub, std::string* err) {
+  int req[2], status[2], in[2], out[2], errp[2];
+  int* pipes[] = {req, status, in, out, errp};
+  int made = 0;
+  for (; made < 5; ++made)
+    if (pipe2(pipes[made], O_CLOEXEC) != 0) break;
+  if (made < 5) {
+    *err = std::string("pipe: ") + std::strerror(errno);
+    for (int i = 0; i < made; ++i) { close(pipes[i][0]); close(pipes[i][1]); }
+    return false;
+  }
+  // Its own pid namespace makes the timeout kill the whole tree; its own
+  // mount namespace gives it a fresh /proc and a scratch /tmp that die with it.
+  pid_t pid = static_cast<pid_t>(
+      syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
+  if (pid == 0) {
+    // Child ends to 0..4 (stdin, stdout, stderr, status, request), through
+    // high numbers so that no dup2 clobbers a source.
+    int src[5] = {in[0], out[1], errp[1], status[1], req[0]};
+    int high[5];
+    for (int i = 0; i < 5; ++i) high[i] = fcntl(src[i], F_DUPFD, 100);
+    for (int i = 0; i < 5; ++i) dup2(high[i], i);
+    syscall(SYS_close_range, 5, ~0U, 0);
+    StubMain();
+  }
+  close(in[0]);
+  close(out[1]);
+  close(errp[1]);
+  close(status[1]);
+  close(req[0]);
+  if (pid < 0) {
+    *err = std::string("clone: ") + std::strerror(errno);
+    for (int fd : {in[1], out[0], errp[0], status[0], req[1]}) close(fd);
+    return false;
+  }
+  stub->pid = pid;
+  stub->req_w = req[1];
+  stub->status_r = status[0];
+  stub->in_w = in[1];
+  stub->out_r = out[0];
+  stub->err_r = errp[0];
+  SetNonBlocking(stub->out_r);
+  SetNonBlocking(stub->err_r);
+  return true;
+}
+
+void Server::StubMain() {
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  signal(SIGPIPE, SIG_DFL);
+  setsid();
+  std::string err;
+  uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
+  if (!MountFreshProcAndScratch(disk, &err)) Die(err);
+  uint64_t mem = cfg_.limits.memory_bytes ? cfg_.limits.memory_bytes : kDefaultMemoryBytes;
+  uint64_t pids = cfg_.limits.pids ? cfg_.limits.pids : kDefaultPids;
+  // The memory cgroup is the memory limit (an overrun is an OOM kill, reported
+  // as such); RLIMIT_AS only stops address-space bombs, with room for
+  // runtimes that reserve far more than they touch.
+  uint64_t as = std::max<uint64_t>(mem * 4, mem + (4ull << 30));
+  struct { int res; uint64_t v; } lims[] = {
+      {RLIMIT_AS, as}, {RLIMIT_NPROC, pids}, {RLIMIT_FSIZE, disk}, {RLIMIT_NOFILE, 1024}, {RLIMIT_CORE, 0}};
+  for (auto& l : lims) {
+    struct rlimit rl{l.v, l.v};
+    if (setrlimit(l.res, &rl) != 0) Die("setrlimit: " + std::string(std::strerror(errno)));
+  }
+  // The stub and its command keep no capability; both run under seccomp.
+  if (!DropCapabilities(0, &err) || !InstallSeccomp(cfg_.seccomp_bpf, &err)) Die(err);
+  // Wait for the request: a u32 length, then the encoded ExecRequest.
+  auto read_all = [](void* buf, size_t n) {
+    char* p = static_cast<char*>(buf);
+    while (n > 0) {
+      ssize_t r = read(4, p, n);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return false;
+      p += r;
+      n -= static_cast<size_t>(r);
+    }
+    return true;
+  };
+  uint32_t len = 0;
+  if (!read_all(&len, 4) || len > kMaxFrame) _exit(0);  // discarded unused
+  std::string payload(len, '\0');
+  ExecRequest req;
+  if (!read_all(payload.data(), len) || !DecodeExec(payload, &req)) _exit(0);
+  close(4);
+  FunctionStub(req, 3);
 }
 
 void Server::ReadOutput(Job& job, int* fd, int stream) {
@@ -466,46 +654,77 @@ void Server::ReapChildren() {
     pid_t pid = wait4(-1, &status, WNOHANG, &ru);
     if (pid <= 0) return;
     auto it = by_pid_.find(pid);
-    if (it == by_pid_.end()) continue;  // an orphan re-parented to us: reaped, nothing to report
+    if (it == by_pid_.end()) {
+      // An orphan re-parented to us, or an idle stub that died: forget it.
+      for (auto st = stubs_.begin(); st != stubs_.end(); ++st) {
+        if (st->pid != pid) continue;
+        st->CloseAll();
+        stubs_.erase(st);
+        break;
+      }
+      continue;
+    }
     auto jt = jobs_.find(it->second);
     by_pid_.erase(it);
     if (jt == jobs_.end()) continue;
     Job& job = *jt->second;
-    job.exited = true;
-    if (WIFEXITED(status)) {
-      job.result.exit_code = WEXITSTATUS(status);
-    } else if (WIFSIGNALED(status)) {
-      job.result.exit_code = -1;
-      job.result.signal = WTERMSIG(status);
-    }
+    // A stub that exits right after reporting can be reaped in the same
+    // round as its report arrives: the report is the answer when present.
+    if (job.status_fd >= 0) ReadStatusReport(job);
+    if (!job.exited) CompleteJob(job, status, ru, nullptr);
+  }
+}
+
+// Fills in the result of an exec whose process is gone. `report`, from a
+// function exec's stub, carries the command's own status and usage; without
+// it (a container exec, or a stub killed by the backstop) the wait status of
+// our child is the answer.
+void Server::CompleteJob(Job& job, int status, const struct rusage& ru, const int64_t* report) {
+  job.exited = true;
+  by_pid_.erase(job.pid);
+  if (report) {
+    status = static_cast<int>(report[0]);
+    if (report[4]) job.result.timed_out = true;
+    job.result.cpu_time_us = static_cast<uint64_t>(report[1] + report[2]);
+    job.result.peak_memory_bytes = static_cast<uint64_t>(report[3]) * 1024;
+  } else {
     job.result.cpu_time_us = static_cast<uint64_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
                              static_cast<uint64_t>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
     job.result.peak_memory_bytes = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
-    if (job.status_fd >= 0) {
-      // A function exec's stub reports the command's own status and usage.
-      int64_t report[5];
-      if (read(job.status_fd, report, sizeof report) == sizeof report) {
-        if (report[4]) job.result.timed_out = true;
-        int st = static_cast<int>(report[0]);
-        job.result.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        job.result.signal = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
-        job.result.cpu_time_us = static_cast<uint64_t>(report[1] + report[2]);
-        job.result.peak_memory_bytes = static_cast<uint64_t>(report[3]) * 1024;
-      }
-      close(job.status_fd);
-      job.status_fd = -1;
-    }
-    job.result.wall_time_us = NowUs() - job.start_us;
-    // Whatever the process wrote before exiting is in the pipes now; processes
-    // it left in the background do not hold the exec open.
-    if (job.out_fd >= 0) ReadOutput(job, &job.out_fd, 1);
-    if (job.err_fd >= 0) ReadOutput(job, &job.err_fd, 2);
-    // In a container, a background process may keep the pipe open: stop
-    // listening once the main process is gone.
-    for (int* fd : {&job.out_fd, &job.err_fd, &job.in_fd}) {
-      if (*fd >= 0) { close(*fd); *fd = -1; }
-    }
   }
+  if (WIFEXITED(status)) {
+    job.result.exit_code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    job.result.exit_code = -1;
+    job.result.signal = WTERMSIG(status);
+  }
+  job.result.wall_time_us = NowUs() - job.start_us;
+  // Whatever the process wrote before exiting is in the pipes now; processes
+  // it left in the background do not hold the exec open.
+  if (job.out_fd >= 0) ReadOutput(job, &job.out_fd, 1);
+  if (job.err_fd >= 0) ReadOutput(job, &job.err_fd, 2);
+  for (int* fd : {&job.out_fd, &job.err_fd, &job.in_fd, &job.status_fd}) {
+    if (*fd >= 0) { close(*fd); *fd = -1; }
+  }
+}
+
+// A function exec's stub reports as soon as the command is reaped; the
+// exec is answered then, without waiting for the stub's namespaces to be
+// torn down.
+void Server::ReadStatusReport(Job& job) {
+  int64_t report[5];
+  ssize_t n;
+  do {
+    n = read(job.status_fd, report, sizeof report);
+  } while (n < 0 && errno == EINTR);
+  if (n == sizeof report) {
+    struct rusage none {};
+    CompleteJob(job, 0, none, report);
+    return;
+  }
+  // EOF without a report: the stub died; its SIGCHLD completes the job.
+  close(job.status_fd);
+  job.status_fd = -1;
 }
 
 void Server::KillTree(Job& job) {
