@@ -1,5 +1,8 @@
 #include "sandbox/warm_pool.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
 namespace paddock {
@@ -90,6 +93,10 @@ size_t WarmPool::ready(const std::string& key) {
 }
 
 void WarmPool::FillLoop() {
+  // Building ahead must not slow down the sandboxes in use: the filler runs
+  // at the lowest CPU priority (the substrate lowers the new sandbox's
+  // processes the same way while they are being built).
+  setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);
   std::unique_lock lock(mu_);
   while (!stopping_) {
     auto now = Clock::now();
