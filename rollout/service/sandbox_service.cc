@@ -7,7 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "rollout/service/convert.h"
+#include "proto/convert.h"
 
 namespace paddock::service {
 
@@ -42,6 +42,19 @@ Status ValidateEnv(const google::protobuf::Map<std::string, std::string>& env) {
 Status ValidateOptionalPath(const std::string& path, std::string_view what) {
   if (path.empty()) return Status::Ok();
   return ValidateSandboxPath(path).Prefix(what);
+}
+
+// The manager's SandboxInfo (sandbox/manager.h) keeps the whole spec; the API's
+// carries its substrate, image, labels and limits.
+void ToProto(const SandboxInfo& d, v1::SandboxInfo* p) {
+  p->set_id(d.id);
+  p->set_substrate(d.spec.substrate);
+  p->set_image(d.spec.image);
+  p->set_created_unix_ms(d.created_unix_ms);
+  p->set_expires_unix_ms(d.expires_unix_ms);
+  p->set_state(d.state);
+  p->mutable_labels()->insert(d.spec.labels.begin(), d.spec.labels.end());
+  v1conv::ToProto(d.spec.limits, p->mutable_limits());
 }
 
 }  // namespace
@@ -80,7 +93,7 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
   }
   PADDOCK_GRPC_RETURN_IF_ERROR(ValidateEnv(spec.env()));
   PADDOCK_GRPC_RETURN_IF_ERROR(ValidateOptionalPath(spec.workdir(), "workdir"));
-  auto info = manager_.Create(FromProto(spec));
+  auto info = manager_.Create(v1conv::FromProto(spec));
   if (!info.ok()) return ToGrpc(info.status().Prefix("creating sandbox"));
   spdlog::info("created {} sandbox {} from {}", spec.substrate(), info->id, spec.image());
   ToProto(*info, resp->mutable_sandbox());
@@ -116,9 +129,9 @@ grpc::Status SandboxService::Exec(grpc::ServerContext* ctx, const v1::ExecReques
   if (auto a = Authorize(*ctx); !a.ok()) return a;
   auto sb = PrepareExec(*req);
   if (!sb.ok()) return ToGrpc(sb.status());
-  auto result = (*sb)->Exec(FromProto(*req), nullptr);
+  auto result = (*sb)->Exec(v1conv::FromProto(*req), nullptr);
   if (!result.ok()) return ToGrpc(result.status());
-  ToProto(*result, resp);
+  v1conv::ToProto(*result, resp);
   return grpc::Status::OK;
 }
 
@@ -127,7 +140,7 @@ grpc::Status SandboxService::ExecStream(grpc::ServerContext* ctx, const v1::Exec
   if (auto a = Authorize(*ctx); !a.ok()) return a;
   auto sb = PrepareExec(*req);
   if (!sb.ok()) return ToGrpc(sb.status());
-  ExecRequest exec = FromProto(*req);
+  ExecRequest exec = v1conv::FromProto(*req);
   exec.stream = true;
   // The substrate may deliver stdout and stderr from different threads, and a
   // ServerWriter takes one Write at a time. Once the client has gone, further
@@ -148,7 +161,7 @@ grpc::Status SandboxService::ExecStream(grpc::ServerContext* ctx, const v1::Exec
   result->stdout_data.clear();
   result->stderr_data.clear();
   v1::ExecEvent last;
-  ToProto(*result, last.mutable_result());
+  v1conv::ToProto(*result, last.mutable_result());
   std::lock_guard lock(write_mu);
   if (client_gone || !writer->Write(last))
     return {grpc::StatusCode::CANCELLED, "client went away before the result was delivered"};
@@ -203,7 +216,7 @@ grpc::Status SandboxService::ListDir(grpc::ServerContext* ctx, const v1::ListDir
   if (!sb.ok()) return ToGrpc(sb.status());
   auto entries = (*sb)->ListDir(req->path());
   if (!entries.ok()) return ToGrpc(entries.status());
-  for (const auto& e : *entries) ToProto(e, resp->add_entries());
+  for (const auto& e : *entries) v1conv::ToProto(e, resp->add_entries());
   return grpc::Status::OK;
 }
 
@@ -216,7 +229,7 @@ grpc::Status SandboxService::Stat(grpc::ServerContext* ctx, const v1::StatReques
   if (!sb.ok()) return ToGrpc(sb.status());
   auto info = (*sb)->Stat(req->path());
   if (!info.ok()) return ToGrpc(info.status());
-  ToProto(*info, resp);
+  v1conv::ToProto(*info, resp);
   return grpc::Status::OK;
 }
 
@@ -251,7 +264,7 @@ grpc::Status SandboxService::Stats(grpc::ServerContext* ctx, const v1::StatsRequ
     if (!sb.ok()) return ToGrpc(sb.status());
     auto usage = (*sb)->GetUsage();
     if (!usage.ok()) return ToGrpc(usage.status().Prefix("reading usage"));
-    ToProto(*usage, resp->mutable_usage());
+    v1conv::ToProto(*usage, resp->mutable_usage());
   }
   resp->set_live_sandboxes(manager_.live());
   resp->set_max_sandboxes(manager_.max_sandboxes());

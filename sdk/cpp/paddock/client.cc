@@ -8,6 +8,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "proto/convert.h"
 #include "sandbox.grpc.pb.h"
 #include "sandbox/base/unique_fd.h"
 
@@ -48,24 +49,8 @@ Status Unreachable(const std::string& target, const std::string& reason) {
                target, reason);
 }
 
-void ToProto(const Limits& d, v1::Limits* p) {
-  p->set_cpu_millicores(d.cpu_millicores);
-  p->set_memory_bytes(d.memory_bytes);
-  p->set_pids(d.pids);
-  p->set_disk_bytes(d.disk_bytes);
-}
-
-void ToProto(const ExecRequest& d, const std::string& id, v1::ExecRequest* p) {
-  p->set_sandbox_id(id);
-  for (const auto& a : d.argv) p->add_argv(a);
-  p->set_shell(d.shell);
-  p->set_stdin(d.stdin_data);
-  p->mutable_env()->insert(d.env.begin(), d.env.end());
-  p->set_cwd(d.cwd);
-  p->set_timeout_ms(d.timeout_ms);
-  p->set_output_cap_bytes(d.output_cap);
-}
-
+// The client's SandboxInfo is flat; the manager's (which the daemon converts)
+// keeps the whole spec.
 SandboxInfo FromProto(const v1::SandboxInfo& p) {
   SandboxInfo d;
   d.id = p.id();
@@ -75,37 +60,16 @@ SandboxInfo FromProto(const v1::SandboxInfo& p) {
   d.expires_unix_ms = p.expires_unix_ms();
   d.state = p.state();
   d.labels.insert(p.labels().begin(), p.labels().end());
-  d.limits.cpu_millicores = p.limits().cpu_millicores();
-  d.limits.memory_bytes = p.limits().memory_bytes();
-  d.limits.pids = p.limits().pids();
-  d.limits.disk_bytes = p.limits().disk_bytes();
+  d.limits = v1conv::FromProto(p.limits());
   return d;
 }
 
-ExecResult FromProto(const v1::ExecResult& p) {
-  ExecResult d;
-  d.exit_code = p.exit_code();
-  d.signal = p.signal();
-  d.stdout_data = p.stdout();
-  d.stderr_data = p.stderr();
-  d.stdout_truncated = p.stdout_truncated();
-  d.stderr_truncated = p.stderr_truncated();
-  d.timed_out = p.timed_out();
-  d.oom_killed = p.oom_killed();
-  d.wall_time_us = p.wall_time_us();
-  d.cpu_time_us = p.cpu_time_us();
-  d.peak_memory_bytes = p.peak_memory_bytes();
-  return d;
-}
-
-FileInfo FromProto(const v1::FileInfo& p) {
-  FileInfo d;
-  d.name = p.name();
-  d.type = static_cast<FileType>(p.type());  // the enums share their numbers
-  d.size = p.size();
-  d.mode = p.mode();
-  d.mtime_unix_ms = p.mtime_unix_ms();
-  return d;
+// The sandbox id travels in the request message, not in the domain struct.
+v1::ExecRequest ToProto(const std::string& id, const ExecRequest& d) {
+  v1::ExecRequest p;
+  p.set_sandbox_id(id);
+  v1conv::ToProto(d, &p);
+  return p;
 }
 
 }  // namespace
@@ -173,14 +137,7 @@ const std::string& Client::target() const { return impl_->target; }
 
 Result<SandboxInfo> Client::Create(const SandboxSpec& spec) {
   v1::CreateRequest req;
-  v1::SandboxSpec* p = req.mutable_spec();
-  p->set_substrate(spec.substrate);
-  p->set_image(spec.image);
-  ToProto(spec.limits, p->mutable_limits());
-  p->mutable_env()->insert(spec.env.begin(), spec.env.end());
-  p->set_workdir(spec.workdir);
-  p->set_ttl_seconds(spec.ttl_seconds);
-  p->mutable_labels()->insert(spec.labels.begin(), spec.labels.end());
+  v1conv::ToProto(spec, req.mutable_spec());
   v1::CreateResponse resp;
   auto ctx = impl_->Context();
   PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Create(ctx.get(), req, &resp)));
@@ -188,18 +145,16 @@ Result<SandboxInfo> Client::Create(const SandboxSpec& spec) {
 }
 
 Result<ExecResult> Client::Exec(const std::string& id, const ExecRequest& req) {
-  v1::ExecRequest p;
-  ToProto(req, id, &p);
+  v1::ExecRequest p = ToProto(id, req);
   v1::ExecResult resp;
   auto ctx = impl_->ExecContext(req);
   PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Exec(ctx.get(), p, &resp)));
-  return FromProto(resp);
+  return v1conv::FromProto(resp);
 }
 
 Result<ExecResult> Client::ExecStream(const std::string& id, const ExecRequest& req,
                                       const OutputCallback& on_output) {
-  v1::ExecRequest p;
-  ToProto(req, id, &p);
+  v1::ExecRequest p = ToProto(id, req);
   auto ctx = impl_->ExecContext(req);
   auto reader = impl_->stub->ExecStream(ctx.get(), p);
   v1::ExecEvent ev;
@@ -213,7 +168,7 @@ Result<ExecResult> Client::ExecStream(const std::string& id, const ExecRequest& 
         if (on_output) on_output(2, ev.stderr());
         break;
       case v1::ExecEvent::kResult:
-        result = FromProto(ev.result());
+        result = v1conv::FromProto(ev.result());
         break;
       case v1::ExecEvent::EVENT_NOT_SET:
         break;
@@ -258,7 +213,7 @@ Result<std::vector<FileInfo>> Client::ListDir(const std::string& id, const std::
   auto ctx = impl_->Context();
   PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->ListDir(ctx.get(), req, &resp)));
   std::vector<FileInfo> out;
-  for (const auto& e : resp.entries()) out.push_back(FromProto(e));
+  for (const auto& e : resp.entries()) out.push_back(v1conv::FromProto(e));
   return out;
 }
 
@@ -269,7 +224,7 @@ Result<FileInfo> Client::Stat(const std::string& id, const std::string& path) {
   v1::FileInfo resp;
   auto ctx = impl_->Context();
   PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Stat(ctx.get(), req, &resp)));
-  return FromProto(resp);
+  return v1conv::FromProto(resp);
 }
 
 Result<std::string> Client::Snapshot(const std::string& id, const std::string& name) {
@@ -313,9 +268,7 @@ Result<DaemonStats> Client::Stats(const std::string& id) {
   d.execs_total = resp.execs_total();
   d.daemon_rss_bytes = resp.daemon_rss_bytes();
   d.has_usage = resp.has_usage();
-  d.usage.memory_bytes = resp.usage().memory_bytes();
-  d.usage.cpu_time_us = resp.usage().cpu_time_us();
-  d.usage.pids = resp.usage().pids();
+  d.usage = v1conv::FromProto(resp.usage());
   return d;
 }
 
