@@ -3,6 +3,12 @@
 # function and a container sandbox, run commands in them, show the results,
 # and shut everything down again. Usage: scripts/demo.sh [BUILD_DIR]
 set -euo pipefail
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+  echo "usage: scripts/demo.sh [BUILD_DIR]   (run by \`make demo\`)"
+  echo "Starts paddockd on /run/paddock/demo.sock (state /var/lib/paddock-demo), drives a function"
+  echo "and a container sandbox through the paddock CLI, shows the results, and shuts down."
+  exit 0
+fi
 build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
 paddockd="$root/$build/rollout/paddockd"

@@ -3,7 +3,12 @@
 # one symlink per applet, and the directories a sandbox expects.
 # Usage: scripts/make-busybox-rootfs.sh DIR
 set -euo pipefail
-dir=${1:?usage: make-busybox-rootfs.sh DIR}
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ] || [ $# -ne 1 ]; then
+  echo "usage: scripts/make-busybox-rootfs.sh DIR"
+  echo "Builds a busybox root filesystem in DIR (from Debian's busybox-static) to use as a sandbox image."
+  [ $# -eq 1 ] && exit 0 || exit 2
+fi
+dir=$1
 if [ -f "$dir/.complete" ]; then exit 0; fi
 [ -x /bin/busybox ] || { echo "make-busybox-rootfs: /bin/busybox missing; install busybox-static" >&2; exit 1; }
 tmp="$dir.tmp.$$"

@@ -63,7 +63,7 @@ std::string BuiltBinary(const std::string& name) {
   // Test binaries live in BUILD/tests; the other binaries in BUILD/sandbox, BUILD/rollout, BUILD/sdk.
   fs::path self = fs::read_symlink("/proc/self/exe");
   fs::path build = self.parent_path().parent_path();
-  for (const char* sub : {"sandbox", "rollout", "sdk", "sdk/cli", "rollout/daemon", "."}) {
+  for (const char* sub : {"sandbox", "rollout", "sdk", "bench", "."}) {
     fs::path p = build / sub / name;
     if (fs::exists(p)) return p.string();
   }
