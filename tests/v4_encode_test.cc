@@ -1,0 +1,171 @@
+// The V4 encoder against every case of tests/data/v4/encoding_public.jsonl
+// (byte equality), and its answers to bad input.
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "policy/v4/encode/encoder.h"
+
+namespace paddock::v4 {
+namespace {
+
+using ojson = nlohmann::ordered_json;
+
+std::vector<ojson> LoadCases() {
+  std::ifstream in(std::string(PADDOCK_TEST_DATA) + "/v4/encoding_public.jsonl");
+  std::vector<ojson> cases;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) cases.push_back(ojson::parse(line));
+  }
+  return cases;
+}
+
+// "offset 123: expected «…» got «…»" around the first difference.
+std::string DescribeDifference(const std::string& want, const std::string& got) {
+  size_t i = 0;
+  while (i < want.size() && i < got.size() && want[i] == got[i]) ++i;
+  size_t from = i > 40 ? i - 40 : 0;
+  return "first difference at byte offset " + std::to_string(i) + "\n  expected: ..." +
+         want.substr(from, 120) + "\n  actual:   ..." + got.substr(from, 120);
+}
+
+TEST(V4Encode, EveryPublicVectorIsByteExact) {
+  std::vector<ojson> cases = LoadCases();
+  ASSERT_EQ(cases.size(), 150u) << "encoding_public.jsonl missing or truncated";
+  int passed = 0;
+  for (const ojson& c : cases) {
+    const std::string id = c.value("id", "?");
+    const std::string want = c["expected_prompt"].get<std::string>();
+    auto got = EncodePrompt(c);
+    if (!got.ok()) {
+      ADD_FAILURE() << id << ": " << got.status().ToString();
+      continue;
+    }
+    if (*got != want) {
+      // PADDOCK_V4_DUMP_DIR=<dir>: write the actual prompt to <dir>/<id>.txt for diffing.
+      if (const char* dir = std::getenv("PADDOCK_V4_DUMP_DIR")) std::ofstream(std::string(dir) + "/" + id + ".txt") << *got;
+      ADD_FAILURE() << id << ": " << DescribeDifference(want, *got);
+      continue;
+    }
+    ++passed;
+  }
+  EXPECT_EQ(passed, static_cast<int>(cases.size()));
+}
+
+TEST(V4Encode, TextEntryPointKeepsKeyOrder) {
+  std::ifstream in(std::string(PADDOCK_TEST_DATA) + "/v4/encoding_public.jsonl");
+  std::string line;
+  ASSERT_TRUE(std::getline(in, line));
+  ojson c = ojson::parse(line);
+  auto got = EncodePromptText(line);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, c["expected_prompt"].get<std::string>());
+}
+
+// Expects INVALID_ARGUMENT whose message contains `needle`.
+void ExpectInvalid(const Result<std::string>& r, const std::string& needle) {
+  ASSERT_FALSE(r.ok()) << "accepted; prompt: " << r.value();
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << r.status().ToString();
+  EXPECT_NE(r.status().message().find(needle), std::string::npos)
+      << "message \"" << r.status().message() << "\" does not mention \"" << needle << "\"";
+}
+
+ojson Req(ojson messages) {
+  return ojson{{"messages", std::move(messages)}, {"thinking_mode", "chat"}, {"drop_thinking", true},
+               {"reasoning_effort", nullptr}};
+}
+
+TEST(V4EncodeBadInput, MalformedJsonText) {
+  ExpectInvalid(EncodePromptText("{\"messages\": [}"), "not valid JSON");
+  ExpectInvalid(EncodePromptText("[1, 2]"), "must be a JSON object");
+}
+
+TEST(V4EncodeBadInput, MessagesMissingOrNotAnArray) {
+  ExpectInvalid(EncodePrompt(ojson{{"thinking_mode", "chat"}}), "messages: missing");
+  ExpectInvalid(EncodePrompt(ojson{{"messages", "hi"}}), "messages: must be an array");
+}
+
+TEST(V4EncodeBadInput, MessageNotAnObject) {
+  ExpectInvalid(EncodePrompt(Req({{{"role", "user"}, {"content", "hi"}}, 42})), "messages[1]");
+}
+
+TEST(V4EncodeBadInput, UnknownRole) {
+  ExpectInvalid(EncodePrompt(Req({{{"role", "user"}, {"content", "hi"}}, {{"role", "robot"}, {"content", "x"}}})),
+                "messages[1].role: unknown role \"robot\"");
+}
+
+TEST(V4EncodeBadInput, MissingRole) {
+  ExpectInvalid(EncodePrompt(Req({{{"content", "hi"}}})), "messages[0].role: missing");
+}
+
+TEST(V4EncodeBadInput, ContentOfWrongType) {
+  ExpectInvalid(EncodePrompt(Req({{{"role", "user"}, {"content", 7}}})), "messages[0].content: must be a string");
+}
+
+TEST(V4EncodeBadInput, InvalidUtf8InContent) {
+  ExpectInvalid(EncodePrompt(Req({{{"role", "user"}, {"content", std::string("caf\xc3", 4)}}})),
+                "messages[0].content: invalid UTF-8");
+  ExpectInvalid(EncodePromptText(std::string("{\"messages\": [{\"role\": \"user\", \"content\": \"\xff\"}]}")),
+                "invalid UTF-8");
+}
+
+TEST(V4EncodeBadInput, InvalidUtf8InToolArguments) {
+  ojson call = {{"id", "c1"},
+                {"type", "function"},
+                {"function", {{"name", "f"}, {"arguments", std::string("{\"a\": \"\xed\xa0\x80\"}")}}}};
+  ExpectInvalid(EncodePrompt(Req({{{"role", "user"}, {"content", "hi"}},
+                                  {{"role", "assistant"}, {"content", ""}, {"tool_calls", {call}}}})),
+                "messages[1].tool_calls[0].function.arguments: invalid UTF-8");
+}
+
+TEST(V4EncodeBadInput, ToolMessageWithoutPrecedingCall) {
+  ExpectInvalid(EncodePrompt(Req({{{"role", "user"}, {"content", "hi"}},
+                                  {{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "x"}}})),
+                "messages[1]");
+  ExpectInvalid(EncodePrompt(Req({{{"role", "user"}, {"content", "hi"}},
+                                  {{"role", "assistant"}, {"content", "no calls"}},
+                                  {{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "x"}}})),
+                "must follow an assistant message with tool_calls");
+}
+
+TEST(V4EncodeBadInput, ToolResultForUnknownCallId) {
+  ojson call = {{"id", "c1"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", "{}"}}}};
+  ExpectInvalid(EncodePrompt(Req({{{"role", "user"}, {"content", "hi"}},
+                                  {{"role", "assistant"}, {"content", ""}, {"tool_calls", {call}}},
+                                  {{"role", "tool"}, {"tool_call_id", "c9"}, {"content", "x"}}})),
+                "messages[2].tool_call_id");
+}
+
+TEST(V4EncodeBadInput, ToolsAndToolCallsOfWrongShape) {
+  ExpectInvalid(EncodePrompt(Req({{{"role", "system"}, {"content", ""}, {"tools", "none"}}})),
+                "messages[0].tools: must be an array");
+  ExpectInvalid(EncodePrompt(Req({{{"role", "system"}, {"content", ""}, {"tools", {{{"type", "function"}}}}}})),
+                "messages[0].tools[0].name");
+  ExpectInvalid(EncodePrompt(Req({{{"role", "assistant"}, {"content", ""}, {"tool_calls", {{{"id", "x"}}}}}})),
+                "messages[0].tool_calls[0].name");
+}
+
+TEST(V4EncodeBadInput, BadOptions) {
+  ojson r = Req({{{"role", "user"}, {"content", "hi"}}});
+  r["thinking_mode"] = "deep";
+  ExpectInvalid(EncodePrompt(r), "thinking_mode");
+  r = Req({{{"role", "user"}, {"content", "hi"}}});
+  r["reasoning_effort"] = "low";
+  ExpectInvalid(EncodePrompt(r), "reasoning_effort");
+  r = Req({{{"role", "user"}, {"content", "hi"}}});
+  r["drop_thinking"] = "yes";
+  ExpectInvalid(EncodePrompt(r), "drop_thinking");
+}
+
+TEST(V4EncodeBadInput, UnknownTask) {
+  ExpectInvalid(EncodePrompt(Req({{{"role", "user"}, {"content", "hi"}, {"task", "dance"}}})),
+                "messages[0].task: unknown task");
+}
+
+}  // namespace
+}  // namespace paddock::v4
