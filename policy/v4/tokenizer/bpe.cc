@@ -1,0 +1,174 @@
+// Byte-level BPE on raw bytes: every byte starts as its own symbol, then the
+// adjacent pair with the lowest merge rank is merged (leftmost on ties) until no
+// pair has a rank, exactly as Hugging Face's BPE model. Short words use a linear
+// scan over a pair-rank array; long ones a priority queue over a linked list.
+// Results are cached per thread (word bytes → ids).
+#include <algorithm>
+#include <atomic>
+#include <queue>
+
+#include "policy/v4/tokenizer/internal.h"
+
+namespace paddock::v4::tok {
+namespace {
+
+constexpr uint32_t kNoRank = UINT32_MAX;
+constexpr size_t kSmallWord = 48;          // linear scan below, heap above
+constexpr size_t kMaxCachedWord = 256;     // longer words are not cached
+constexpr size_t kMaxCacheEntries = 1 << 20;
+
+std::atomic<uint64_t> g_next_instance{1};
+
+struct SvHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+// The word cache of one thread for one Bpe instance: ids live in one arena.
+struct WordCache {
+  uint64_t owner = 0;
+  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, SvHash, std::equal_to<>> map;
+  std::vector<uint32_t> arena;
+  void Reset(uint64_t who) {
+    owner = who;
+    map.clear();
+    arena.clear();
+  }
+};
+
+WordCache& Cache(uint64_t instance) {
+  thread_local WordCache cache;
+  if (cache.owner != instance || cache.map.size() >= kMaxCacheEntries) cache.Reset(instance);
+  return cache;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Bpe>> Bpe::Create(
+    const std::vector<std::pair<std::string, uint32_t>>& byte_vocab,
+    const std::vector<std::pair<std::string, std::string>>& byte_merges) {
+  std::unique_ptr<Bpe> bpe(new Bpe());
+  bpe->instance_ = g_next_instance.fetch_add(1);
+  std::unordered_map<std::string_view, uint32_t> vocab;
+  vocab.reserve(byte_vocab.size());
+  for (const auto& [s, id] : byte_vocab) vocab.emplace(s, id);
+  for (int b = 0; b < 256; ++b) {
+    auto it = vocab.find(std::string_view(std::string(1, char(b))));
+    if (it == vocab.end())
+      return Error(Code::kInvalidArgument,
+                   "model.vocab has no token for byte 0x{:02X}: not a byte-level BPE vocabulary", b);
+    bpe->byte_id_[b] = it->second;
+  }
+  bpe->merges_.reserve(byte_merges.size() * 2);
+  std::string joined;
+  for (size_t i = 0; i < byte_merges.size(); ++i) {
+    const auto& [a, b] = byte_merges[i];
+    auto ia = vocab.find(a), ib = vocab.find(b);
+    joined = a + b;
+    auto ij = vocab.find(joined);
+    if (ia == vocab.end() || ib == vocab.end() || ij == vocab.end())
+      return Error(Code::kInvalidArgument,
+                   "model.merges[{}]: {} of the merge is not in model.vocab", i,
+                   ia == vocab.end() ? "the left part" : ib == vocab.end() ? "the right part" : "the result");
+    // Like Hugging Face (a map built from the list), a repeated pair keeps its last rank.
+    bpe->merges_[(uint64_t(ia->second) << 32) | ib->second] = {uint32_t(i), ij->second};
+  }
+  return bpe;
+}
+
+void Bpe::Merge(std::string_view word, std::vector<uint32_t>* out) const {
+  const size_t n = word.size();
+  auto lookup = [this](uint32_t a, uint32_t b) -> const MergeInfo* {
+    auto it = merges_.find((uint64_t(a) << 32) | b);
+    return it == merges_.end() ? nullptr : &it->second;
+  };
+  if (n <= kSmallWord) {
+    uint32_t ids[kSmallWord];
+    uint32_t rank[kSmallWord];  // rank[i]: rank of the pair (ids[i], ids[i+1])
+    uint32_t merged[kSmallWord];
+    size_t m = n;
+    for (size_t i = 0; i < n; ++i) ids[i] = byte_id_[static_cast<unsigned char>(word[i])];
+    auto set_rank = [&](size_t i) {
+      const MergeInfo* mi = lookup(ids[i], ids[i + 1]);
+      rank[i] = mi ? mi->rank : kNoRank;
+      merged[i] = mi ? mi->id : 0;
+    };
+    for (size_t i = 0; i + 1 < m; ++i) set_rank(i);
+    while (m > 1) {
+      size_t best = 0;
+      for (size_t i = 1; i + 1 < m; ++i)
+        if (rank[i] < rank[best]) best = i;
+      if (rank[best] == kNoRank) break;
+      ids[best] = merged[best];
+      --m;  // drop symbol best+1
+      for (size_t i = best + 1; i < m; ++i) ids[i] = ids[i + 1];
+      for (size_t i = best + 1; i + 1 < m; ++i) {
+        rank[i] = rank[i + 1];
+        merged[i] = merged[i + 1];
+      }
+      if (best + 1 < m) set_rank(best);
+      if (best > 0) set_rank(best - 1);
+    }
+    out->insert(out->end(), ids, ids + m);
+    return;
+  }
+
+  // Long word: linked list of symbols plus a min-heap of (rank, position).
+  struct Sym {
+    uint32_t id;
+    int32_t prev, next;
+  };
+  std::vector<Sym> sym(n);
+  for (size_t i = 0; i < n; ++i)
+    sym[i] = {byte_id_[static_cast<unsigned char>(word[i])], int32_t(i) - 1,
+              i + 1 < n ? int32_t(i + 1) : -1};
+  struct Cand {
+    uint32_t rank;
+    int32_t pos;
+    uint32_t left, right, result;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<>> heap;
+  auto push = [&](int32_t i) {
+    if (i < 0 || sym[i].next < 0) return;
+    const MergeInfo* mi = lookup(sym[i].id, sym[sym[i].next].id);
+    if (mi) heap.push({mi->rank, i, sym[i].id, sym[sym[i].next].id, mi->id});
+  };
+  for (size_t i = 0; i + 1 < n; ++i) push(int32_t(i));
+  while (!heap.empty()) {
+    Cand c = heap.top();
+    heap.pop();
+    Sym& l = sym[c.pos];
+    if (l.id != c.left || l.next < 0 || sym[l.next].id != c.right) continue;  // stale
+    Sym& r = sym[l.next];
+    l.id = c.result;
+    l.next = r.next;
+    if (r.next >= 0) sym[r.next].prev = c.pos;
+    r.id = UINT32_MAX;  // dead
+    push(l.prev);
+    push(c.pos);
+  }
+  for (int32_t i = 0; i >= 0; i = sym[i].next) out->push_back(sym[i].id);
+}
+
+void Bpe::EncodeWord(std::string_view word, std::vector<uint32_t>* out) const {
+  if (word.size() == 1) {
+    out->push_back(byte_id_[static_cast<unsigned char>(word[0])]);
+    return;
+  }
+  if (word.size() > kMaxCachedWord) return Merge(word, out);
+  WordCache& cache = Cache(instance_);
+  auto it = cache.map.find(word);
+  if (it != cache.map.end()) {
+    const uint32_t* p = cache.arena.data() + it->second.first;
+    out->insert(out->end(), p, p + it->second.second);
+    return;
+  }
+  size_t before = out->size();
+  Merge(word, out);
+  uint32_t off = uint32_t(cache.arena.size());
+  cache.arena.insert(cache.arena.end(), out->begin() + before, out->end());
+  cache.map.emplace(std::string(word), std::make_pair(off, uint32_t(out->size() - before)));
+}
+
+}  // namespace paddock::v4::tok

@@ -1,0 +1,135 @@
+// Internals of the V4 tokenizer, one concern per .cc file:
+//   spec.cc          tokenizer.json → TokenizerSpec (loading and validation)
+//   byte_level.cc    GPT-2 byte ↔ unicode alphabet of the ByteLevel pre-tokenizer
+//   added_tokens.cc  special/added tokens, matched before pre-tokenization
+//   pre_tokenizer.cc the regex Splits, with PCRE2 (JIT when available)
+//   bpe.cc           byte-level BPE with merge ranks and a per-thread word cache
+//   tokenizer.cc     the public Tokenizer: Load, Encode, Decode
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "sandbox/base/status.h"
+
+namespace paddock::v4::tok {
+
+// ---- spec.cc ---------------------------------------------------------------
+
+struct AddedTokenSpec {
+  uint32_t id = 0;
+  std::string content;
+  bool special = false;
+  bool normalized = false;
+};
+
+struct SplitSpec {
+  std::string pattern;  // the regex as written in tokenizer.json (Oniguruma syntax)
+};
+
+// What Paddock needs from a Hugging Face tokenizer.json, validated.
+struct TokenizerSpec {
+  std::vector<AddedTokenSpec> added_tokens;
+  std::vector<SplitSpec> splits;  // applied in order, each with behavior Isolated
+  // model.vocab, keys in the ByteLevel alphabet.
+  std::vector<std::pair<std::string, uint32_t>> vocab;
+  // model.merges as pairs of vocab keys, in rank order.
+  std::vector<std::pair<std::string, std::string>> merges;
+};
+
+// `path` is used in messages only.
+Result<TokenizerSpec> ParseSpec(std::string_view json_text, const std::string& path);
+
+// The hint every "can't load the tokenizer" error ends with.
+std::string InstallHint();
+
+// ---- byte_level.cc ---------------------------------------------------------
+
+// Byte → code point of the ByteLevel alphabet (GPT-2's bytes_to_unicode).
+char32_t ByteToCodepoint(uint8_t b);
+// A string in the ByteLevel alphabet → the raw bytes it stands for.
+// False when it contains a character outside the alphabet.
+bool ByteLevelToBytes(std::string_view s, std::string* out);
+// UTF-8 encode one code point.
+void AppendUtf8(char32_t cp, std::string* out);
+
+// ---- added_tokens.cc -------------------------------------------------------
+
+// Splits text on added tokens the way Hugging Face's AddedVocabulary does: first
+// the non-normalized tokens (leftmost-longest), then the normalized ones in the
+// gaps (the normalizer is the identity, which spec.cc checks).
+class AddedTokenMatcher {
+ public:
+  explicit AddedTokenMatcher(const std::vector<AddedTokenSpec>& tokens);
+  struct Piece {
+    std::string_view text;
+    int64_t id;  // -1: ordinary text, to pre-tokenize
+  };
+  void Split(std::string_view text, std::vector<Piece>* out) const;
+
+ private:
+  struct Trie {
+    // Node 0 is the root. Children in a flat hash: (node << 8 | byte) → node.
+    std::unordered_map<uint64_t, uint32_t> next;
+    std::vector<int64_t> id;  // per node: token id ending here, or -1
+    bool first_byte[256] = {};
+    bool empty() const { return id.size() <= 1; }
+    void Add(std::string_view s, uint32_t token_id);
+    // Longest token starting at text[pos]; returns its length (0: none).
+    size_t Longest(std::string_view text, size_t pos, int64_t* id) const;
+  };
+  void SplitWith(const Trie& trie, std::string_view text, std::vector<Piece>* out) const;
+  Trie raw_, normalized_;
+};
+
+// ---- pre_tokenizer.cc ------------------------------------------------------
+
+// Translates an Oniguruma / Rust-regex pattern to PCRE2 syntax with the same
+// meaning (\s and \S are Unicode White_Space as in Oniguruma).
+Result<std::string> TranslateRegex(std::string_view pattern);
+
+class PreTokenizer {
+ public:
+  static Result<std::unique_ptr<PreTokenizer>> Create(const std::vector<SplitSpec>& splits);
+  ~PreTokenizer();
+  // Appends the pieces of `text` (views into it), in order. Invalid UTF-8 never
+  // matches a pattern, so such bytes stay in the unmatched pieces.
+  void Split(std::string_view text, std::vector<std::string_view>* out) const;
+  bool jit() const { return jit_; }
+
+ private:
+  PreTokenizer() = default;
+  struct Regex;
+  void SplitLevel(size_t level, std::string_view text, std::vector<std::string_view>* out) const;
+  std::vector<std::unique_ptr<Regex>> regexes_;
+  bool jit_ = false;
+};
+
+// ---- bpe.cc ----------------------------------------------------------------
+
+class Bpe {
+ public:
+  // vocab keys and merges in raw bytes (already mapped back from ByteLevel).
+  static Result<std::unique_ptr<Bpe>> Create(
+      const std::vector<std::pair<std::string, uint32_t>>& byte_vocab,
+      const std::vector<std::pair<std::string, std::string>>& byte_merges);
+  // Appends the ids of one pre-tokenized word (raw bytes).
+  void EncodeWord(std::string_view word, std::vector<uint32_t>* out) const;
+
+ private:
+  Bpe() = default;
+  void Merge(std::string_view word, std::vector<uint32_t>* out) const;
+  struct MergeInfo {
+    uint32_t rank;
+    uint32_t id;
+  };
+  uint32_t byte_id_[256] = {};
+  std::unordered_map<uint64_t, MergeInfo> merges_;  // (left id << 32 | right id)
+  uint64_t instance_ = 0;                            // keys the per-thread cache
+};
+
+}  // namespace paddock::v4::tok
