@@ -18,6 +18,7 @@
 
 #include "cli_format.h"
 #include "paddock/client.h"
+#include "v4_commands.h"
 
 namespace paddock::cli {
 namespace {
@@ -412,6 +413,7 @@ int Main(int argc, char** argv) {
   sn->add_option("--name", snap_name, "name of the new image")->required();
   sn->callback([&] { rc = RunSnapshot(g, id, snap_name); });
 
+  RegisterV4Commands(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {

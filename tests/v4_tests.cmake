@@ -1,0 +1,17 @@
+# V4 policy engine tests that need more than one library; included by
+# tests/CMakeLists.txt.
+
+# `paddock v4 encode | decode | tokenize`, spawned as a user would run them.
+# decode/tokenize cases run only when paddock was built with those libraries.
+if(TARGET paddock)
+  paddock_test(v4_cli_test v4_cli_test.cc)
+  target_link_libraries(v4_cli_test PRIVATE nlohmann_json::nlohmann_json)
+  target_compile_definitions(v4_cli_test PRIVATE PADDOCK_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/data")
+  if(TARGET paddock_v4_decode)
+    target_compile_definitions(v4_cli_test PRIVATE PADDOCK_HAVE_V4_DECODE=1)
+  endif()
+  if(TARGET paddock_v4_tokenizer)
+    target_compile_definitions(v4_cli_test PRIVATE PADDOCK_HAVE_V4_TOKENIZER=1)
+  endif()
+  add_dependencies(v4_cli_test paddock)
+endif()
