@@ -1,6 +1,8 @@
 // The V4 encoder against every case of tests/data/v4/encoding_public.jsonl
 // (byte equality), and its answers to bad input.
+#include <chrono>
 #include <cstdlib>
+#include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -78,6 +80,65 @@ void ExpectInvalid(const Result<std::string>& r, const std::string& needle) {
 ojson Req(ojson messages) {
   return ojson{{"messages", std::move(messages)}, {"thinking_mode", "chat"}, {"drop_thinking", true},
                {"reasoning_effort", nullptr}};
+}
+
+TEST(V4Encode, PlainJsonOverloadRendersTheSame) {
+  // nlohmann::json sorts keys; for a conversation without schemas or
+  // arguments the prompt is the same as with ordered_json.
+  nlohmann::json r = {{"messages",
+                       {{{"role", "system"}, {"content", "S"}},
+                        {{"role", "user"}, {"content", "hi"}},
+                        {{"role", "assistant"}, {"content", "yo"}, {"reasoning_content", "r"}},
+                        {{"role", "user"}, {"content", "again"}}}},
+                      {"thinking_mode", "thinking"},
+                      {"drop_thinking", false}};
+  auto got = EncodePrompt(r);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got,
+            "<｜begin▁of▁sentence｜>S<｜User｜>hi<｜Assistant｜><think>r</think>yo<｜end▁of▁sentence｜>"
+            "<｜User｜>again<｜Assistant｜><think>");
+}
+
+TEST(V4Encode, ArgumentsThatAreNotAnObjectBecomeOneParameter) {
+  ojson call = {{"id", "c1"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", "not json"}}}};
+  auto got = EncodePrompt(Req({{{"role", "user"}, {"content", "hi"}},
+                               {{"role", "assistant"}, {"content", ""}, {"tool_calls", {call}}}}));
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_NE(got->find("<｜DSML｜parameter name=\"arguments\" string=\"true\">not json</｜DSML｜parameter>"),
+            std::string::npos)
+      << *got;
+}
+
+// Issue 5's target is <= 1 ms for a 200-turn tool conversation; the bound here
+// is loose because the test machine is shared.
+TEST(V4Encode, TwoHundredTurnToolConversation) {
+  ojson tools = ojson::array({{{"type", "function"},
+                               {"function",
+                                {{"name", "bash"},
+                                 {"description", "Run a command."},
+                                 {"parameters", {{"type", "object"}, {"properties", {{"command", {{"type", "string"}}}}}}}}}}});
+  ojson messages = ojson::array({{{"role", "system"}, {"content", "You are an agent."}, {"tools", tools}},
+                                 {{"role", "user"}, {"content", "Fix the tests."}}});
+  for (int t = 0; t < 100; ++t) {
+    std::string id = "call_" + std::to_string(t);
+    messages.push_back({{"role", "assistant"},
+                        {"content", ""},
+                        {"reasoning_content", "Step " + std::to_string(t) + ": run the tests again."},
+                        {"tool_calls",
+                         {{{"id", id},
+                           {"type", "function"},
+                           {"function", {{"name", "bash"}, {"arguments", R"({"command": "make test", "timeout": 60})"}}}}}}});
+    messages.push_back({{"role", "tool"}, {"tool_call_id", id}, {"content", std::string(400, 'x')}});
+  }
+  ojson req = {{"messages", messages}, {"thinking_mode", "thinking"}, {"drop_thinking", true}};
+  ASSERT_TRUE(EncodePrompt(req).ok());
+  auto start = std::chrono::steady_clock::now();
+  constexpr int kRounds = 20;
+  for (int i = 0; i < kRounds; ++i) ASSERT_TRUE(EncodePrompt(req).ok());
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / kRounds;
+  RecordProperty("encode_200_turns_ms", std::to_string(ms));
+  std::printf("encoding a 200-turn tool conversation: %.3f ms\n", ms);
+  EXPECT_LT(ms, 25.0);
 }
 
 TEST(V4EncodeBadInput, MalformedJsonText) {
