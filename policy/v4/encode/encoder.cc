@@ -16,7 +16,6 @@ namespace paddock::v4 {
 namespace {
 
 using ojson = nlohmann::ordered_json;
-using internal::PyJsonDumps;
 
 constexpr std::string_view kMaxEffortPreamble =
     "Reasoning Effort: Absolute maximum with no shortcuts permitted.\n"
@@ -43,7 +42,7 @@ std::optional<Role> ParseRole(std::string_view r) {
   return std::nullopt;
 }
 
-// One validated message; strings point into the request.
+// One validated message; the JSON members point into the request.
 struct Message {
   Role role;
   std::string content;
