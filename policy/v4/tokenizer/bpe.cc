@@ -5,6 +5,7 @@
 // Results are cached per thread (word bytes → ids).
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <queue>
 
 #include "policy/v4/tokenizer/internal.h"
@@ -36,10 +37,27 @@ struct WordCache {
   }
 };
 
+// A few caches per thread, one per Bpe instance, so that two tokenizers used in
+// turn on one thread do not keep emptying each other's cache.
+constexpr size_t kCachesPerThread = 4;
+
 WordCache& Cache(uint64_t instance) {
-  thread_local WordCache cache;
-  if (cache.owner != instance || cache.map.size() >= kMaxCacheEntries) cache.Reset(instance);
-  return cache;
+  thread_local WordCache caches[kCachesPerThread];
+  thread_local uint64_t tick = 0, last_use[kCachesPerThread] = {};
+  size_t pick = 0;
+  for (size_t i = 0; i < kCachesPerThread; ++i) {
+    if (caches[i].owner == instance) {
+      pick = i;
+      goto found;
+    }
+    if (last_use[i] < last_use[pick]) pick = i;
+  }
+  caches[pick].Reset(instance);  // least recently used slot
+found:
+  last_use[pick] = ++tick;
+  WordCache& c = caches[pick];
+  if (c.map.size() >= kMaxCacheEntries) c.Reset(instance);
+  return c;
 }
 
 }  // namespace
@@ -59,7 +77,11 @@ Result<std::unique_ptr<Bpe>> Bpe::Create(
                    "model.vocab has no token for byte 0x{:02X}: not a byte-level BPE vocabulary", b);
     bpe->byte_id_[b] = it->second;
   }
-  bpe->merges_.reserve(byte_merges.size() * 2);
+  size_t cap = 16;
+  while (cap < byte_merges.size() * 2 + 16) cap <<= 1;  // load factor <= 1/2
+  bpe->table_.assign(cap, Slot{kEmpty, {0, 0}});
+  bpe->mask_ = cap - 1;
+  bpe->shift_ = 64 - std::countr_zero(cap);
   std::string joined;
   for (size_t i = 0; i < byte_merges.size(); ++i) {
     const auto& [a, b] = byte_merges[i];
@@ -71,17 +93,20 @@ Result<std::unique_ptr<Bpe>> Bpe::Create(
                    "model.merges[{}]: {} of the merge is not in model.vocab", i,
                    ia == vocab.end() ? "the left part" : ib == vocab.end() ? "the right part" : "the result");
     // Like Hugging Face (a map built from the list), a repeated pair keeps its last rank.
-    bpe->merges_[(uint64_t(ia->second) << 32) | ib->second] = {uint32_t(i), ij->second};
+    bpe->Insert((uint64_t(ia->second) << 32) | ib->second, {uint32_t(i), ij->second});
   }
   return bpe;
 }
 
+void Bpe::Insert(uint64_t key, MergeInfo info) {
+  size_t i = size_t((key * 0x9E3779B97F4A7C15ull) >> shift_);
+  while (table_[i].key != kEmpty && table_[i].key != key) i = (i + 1) & mask_;
+  table_[i] = {key, info};
+}
+
 void Bpe::Merge(std::string_view word, std::vector<uint32_t>* out) const {
   const size_t n = word.size();
-  auto lookup = [this](uint32_t a, uint32_t b) -> const MergeInfo* {
-    auto it = merges_.find((uint64_t(a) << 32) | b);
-    return it == merges_.end() ? nullptr : &it->second;
-  };
+  auto lookup = [this](uint32_t a, uint32_t b) { return Find(a, b); };
   if (n <= kSmallWord) {
     uint32_t ids[kSmallWord];
     uint32_t rank[kSmallWord];  // rank[i]: rank of the pair (ids[i], ids[i+1])

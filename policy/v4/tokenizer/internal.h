@@ -127,8 +127,28 @@ class Bpe {
     uint32_t rank;
     uint32_t id;
   };
+  // Open-addressing table (left id << 32 | right id) → merge, power-of-two sized:
+  // looked up for every adjacent pair, so it must be cheaper than unordered_map.
+  struct Slot {
+    uint64_t key;  // kEmpty when free
+    MergeInfo info;
+  };
+  static constexpr uint64_t kEmpty = ~uint64_t(0);
+  const MergeInfo* Find(uint32_t left, uint32_t right) const {
+    uint64_t key = (uint64_t(left) << 32) | right;
+    size_t i = size_t((key * 0x9E3779B97F4A7C15ull) >> shift_);
+    for (;;) {
+      const Slot& s = table_[i];
+      if (s.key == key) return &s.info;
+      if (s.key == kEmpty) return nullptr;
+      i = (i + 1) & mask_;
+    }
+  }
+  void Insert(uint64_t key, MergeInfo info);
   uint32_t byte_id_[256] = {};
-  std::unordered_map<uint64_t, MergeInfo> merges_;  // (left id << 32 | right id)
+  std::vector<Slot> table_;
+  size_t mask_ = 0;
+  int shift_ = 64;
   uint64_t instance_ = 0;                            // keys the per-thread cache
 };
 

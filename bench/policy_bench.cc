@@ -1,0 +1,281 @@
+// policy_bench: throughput of the V4 policy engine's tokenizer (issue 5 target:
+// ≥ 25 MB/s encode on one core on a mixed corpus of code, prose, JSON and CJK,
+// with exact ids). Run by hand: build/bench/policy_bench [--runs N] ...
+//
+// Corpus, all from the repository (so every machine measures the same bytes):
+//   code  every *.cc and *.h under policy/ rollout/ sandbox/ sdk/ proto/ tests/ bench/
+//   prose every *.md in the repository (README, docs/, bench/, tests/data/v4/)
+//   json  tests/data/v4/encoding_public.jsonl and decoding_public.jsonl, line by line
+//   cjk   every distinct JSON string in tests/data/v4/*.jsonl that is mostly CJK (a third
+//         or more of its bytes ideographs, kana or full-width forms): the Chinese and
+//         Japanese messages of the conformance vectors
+// One Encode call per file (code, prose), per line (json) or per string (cjk).
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "policy/v4/tokenizer/tokenizer.h"
+
+namespace fs = std::filesystem;
+using paddock::v4::Tokenizer;
+
+namespace {
+
+struct Category {
+  std::string name;
+  std::vector<std::string> docs;
+  size_t bytes() const {
+    size_t n = 0;
+    for (const auto& d : docs) n += d.size();
+    return n;
+  }
+};
+
+std::string ReadAll(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Mostly CJK: at least a third of the bytes are ideographs/kana/CJK punctuation
+// (U+3000..U+9FFF, UTF-8 lead bytes E3..E9) or full-width forms (EF BC/BD).
+bool HasCjk(const std::string& s) {
+  size_t cjk = 0;
+  for (size_t i = 0; i + 2 < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    auto d = static_cast<unsigned char>(s[i + 1]);
+    if ((c >= 0xE3 && c <= 0xE9) || (c == 0xEF && (d == 0xBC || d == 0xBD))) {
+      cjk += 3;
+      i += 2;
+    }
+  }
+  return cjk * 3 >= s.size() && cjk > 0;
+}
+
+void CollectCjk(const nlohmann::json& j, std::set<std::string>* out) {
+  if (j.is_string()) {
+    if (HasCjk(j.get_ref<const std::string&>())) out->insert(j.get<std::string>());
+  } else if (j.is_structured()) {
+    for (const auto& v : j) CollectCjk(v, out);
+  }
+}
+
+std::vector<Category> BuildCorpus(const fs::path& root) {
+  Category code{"code", {}}, prose{"prose", {}}, json{"json", {}}, cjk{"cjk", {}};
+  std::vector<fs::path> files;
+  for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator(); ++it) {
+    std::string name = it->path().filename().string();
+    if (it->is_directory() && (name == "build" || name == ".git" || name == "node_modules" ||
+                               (!name.empty() && name[0] == '.'))) {
+      it.disable_recursion_pending();
+      continue;
+    }
+    if (it->is_regular_file()) files.push_back(it->path());
+  }
+  std::sort(files.begin(), files.end());
+  std::set<std::string> cjk_strings;
+  for (const auto& p : files) {
+    std::string rel = fs::relative(p, root).string();
+    std::string ext = p.extension().string();
+    if (ext == ".cc" || ext == ".h") {
+      code.docs.push_back(ReadAll(p));
+    } else if (ext == ".md") {
+      prose.docs.push_back(ReadAll(p));
+    } else if (ext == ".jsonl" && rel.rfind("tests/data/v4/", 0) == 0) {
+      std::ifstream in(p);
+      std::string line;
+      bool as_json = rel.find("encoding_public") != std::string::npos ||
+                     rel.find("decoding_public") != std::string::npos;
+      while (std::getline(in, line)) {
+        if (line.empty()) continue;
+        if (as_json) json.docs.push_back(line);
+        CollectCjk(nlohmann::json::parse(line, nullptr, false), &cjk_strings);
+      }
+    }
+  }
+  cjk.docs.assign(cjk_strings.begin(), cjk_strings.end());
+  return {code, prose, json, cjk};
+}
+
+double ThreadCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+
+struct Timing {
+  double wall = 0, cpu = 0;
+  size_t tokens = 0;
+};
+
+Timing EncodeAll(const Tokenizer& tok, const Category& c) {
+  Timing t;
+  auto w0 = std::chrono::steady_clock::now();
+  double c0 = ThreadCpuSeconds();
+  for (const auto& d : c.docs) t.tokens += tok.Encode(d).size();
+  t.cpu = ThreadCpuSeconds() - c0;
+  t.wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+  return t;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+void Usage() {
+  std::puts(
+      "policy_bench: V4 tokenizer encode throughput (MB/s, one thread) on a mixed corpus.\n"
+      "  --runs N          measured runs over the whole corpus (default 7); median reported\n"
+      "  --tokenizer PATH  tokenizer.json (default $PADDOCK_TOKENIZER or the install-deps.sh path)\n"
+      "  --source-dir DIR  repository root the corpus is read from (default: this checkout)\n"
+      "  --target MBPS     target to compare with (default 25)\n"
+      "Exit status 0 when exact on tests/data/v4/tokenizer_public.jsonl (always checked first)\n"
+      "and every mixed figure (cold/warm, as read/equal mix) meets the target; 1 otherwise.");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int runs = 7;
+  double target = 25;
+  std::string tok_path = Tokenizer::DefaultPath();
+  fs::path root = PADDOCK_SOURCE_DIR;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      Usage();
+      return 0;
+    } else if (a == "--runs") {
+      runs = std::max(1, std::atoi(next().c_str()));
+    } else if (a == "--tokenizer") {
+      tok_path = next();
+    } else if (a == "--source-dir") {
+      root = next();
+    } else if (a == "--target") {
+      target = std::atof(next().c_str());
+    } else {
+      std::fprintf(stderr, "unknown flag %s (see --help)\n", a.c_str());
+      return 2;
+    }
+  }
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto loaded = Tokenizer::Load(tok_path);
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "policy_bench: %s\n", loaded.status().ToString().c_str());
+    return 1;
+  }
+  double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const Tokenizer& tok = *loaded.value();
+
+  // Exactness first: a fast tokenizer with wrong ids is worth nothing.
+  size_t exact = 0, total = 0;
+  {
+    std::ifstream in(root / "tests/data/v4/tokenizer_public.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      auto j = nlohmann::json::parse(line);
+      ++total;
+      if (tok.Encode(j["text"].get<std::string>()) == j["ids"].get<std::vector<uint32_t>>()) ++exact;
+    }
+  }
+
+  auto corpus = BuildCorpus(root);
+  size_t all_bytes = 0;
+  for (const auto& c : corpus) all_bytes += c.bytes();
+  fmt::print("policy_bench: tokenizer {} (loaded in {:.0f} ms, PCRE2 JIT {})\n", tok_path, load_s * 1e3,
+             tok.jit() ? "on" : "off");
+  fmt::print("exact ids: {}/{} cases of tests/data/v4/tokenizer_public.jsonl\n", exact, total);
+  fmt::print("corpus from {}: {:.2f} MB in", root.string(), all_bytes / 1e6);
+  for (const auto& c : corpus) fmt::print(" {} {:.2f} MB ({} docs);", c.name, c.bytes() / 1e6, c.docs.size());
+  fmt::print("\n");
+
+  // Round trip on the whole corpus (not timed).
+  for (const auto& c : corpus)
+    for (const auto& d : c.docs)
+      if (tok.Decode(tok.Encode(d)) != d) {
+        fmt::print(stderr, "policy_bench: round trip failed in {} corpus\n", c.name);
+        return 1;
+      }
+
+  // Each run: a cold pass (a freshly loaded tokenizer, empty word cache: text never
+  // seen before) and a warm pass (the loaded tokenizer, its cache filled: text
+  // whose words were seen, as in a long rollout). Medians over the runs.
+  const size_t K = corpus.size();
+  std::vector<std::vector<double>> wall(K), cpu(K), cold(K);
+  std::vector<double> all_wall, all_cpu, all_cold;
+  std::vector<size_t> tokens(K);
+  for (int r = 0; r < runs; ++r) {
+    {
+      auto fresh = Tokenizer::Load(tok_path);
+      double cw = 0;
+      for (size_t k = 0; k < K; ++k) {
+        Timing t = EncodeAll(*fresh.value(), corpus[k]);
+        cold[k].push_back(t.wall);
+        cw += t.wall;
+      }
+      all_cold.push_back(cw);
+    }
+    double w = 0, c = 0;
+    for (size_t k = 0; k < K; ++k) {
+      Timing t = EncodeAll(tok, corpus[k]);
+      wall[k].push_back(t.wall);
+      cpu[k].push_back(t.cpu);
+      tokens[k] = t.tokens;
+      w += t.wall;
+      c += t.cpu;
+    }
+    all_wall.push_back(w);
+    all_cpu.push_back(c);
+  }
+
+  fmt::print("\n{:<10} {:>8} {:>9} {:>9} {:>11} {:>11} {:>13}\n", "corpus", "MB", "tokens", "bytes/tok",
+             "cold MB/s", "warm MB/s", "warm cpu MB/s");
+  size_t all_tokens = 0;
+  double inv_cold = 0, inv_warm = 0;  // equal mix: 1 MB of each category
+  for (size_t k = 0; k < K; ++k) {
+    double mb = corpus[k].bytes() / 1e6;
+    all_tokens += tokens[k];
+    double c = mb / Median(cold[k]), w = mb / Median(wall[k]);
+    inv_cold += 1 / c / K;
+    inv_warm += 1 / w / K;
+    fmt::print("{:<10} {:>8.3f} {:>9} {:>9.2f} {:>11.1f} {:>11.1f} {:>13.1f}\n", corpus[k].name, mb, tokens[k],
+               double(corpus[k].bytes()) / std::max<size_t>(1, tokens[k]), c, w, mb / Median(cpu[k]));
+  }
+  double mb = all_bytes / 1e6;
+  double warm_all = mb / Median(all_wall), cold_all = mb / Median(all_cold);
+  fmt::print("{:<10} {:>8.3f} {:>9} {:>9.2f} {:>11.1f} {:>11.1f} {:>13.1f}\n", "all", mb, all_tokens,
+             double(all_bytes) / std::max<size_t>(1, all_tokens), cold_all, warm_all, mb / Median(all_cpu));
+  fmt::print("{:<10} {:>8} {:>9} {:>9} {:>11.1f} {:>11.1f}\n", "equal mix", "", "", "", 1 / inv_cold, 1 / inv_warm);
+  fmt::print("\nmedians of {} runs, one thread, wall clock ('cpu' = thread CPU time). cold = a freshly loaded\n"
+             "tokenizer (empty word cache); warm = the same text again (word cache filled). 'all' = the\n"
+             "corpus as read; 'equal mix' = 25% of each category by bytes (harmonic mean).\n", runs);
+  double worst = std::min({cold_all, 1 / inv_cold, warm_all, 1 / inv_warm});
+  bool ok = exact == total && worst >= target;
+  fmt::print("target: >= {:.0f} MB/s encode on a mixed corpus: {} (slowest of the four mixed figures "
+             "{:.1f} MB/s); exact {}/{}\n", target, ok ? "MET" : "NOT MET", worst, exact, total);
+  return ok ? 0 : 1;
+}
