@@ -23,8 +23,13 @@ enum class DecodeErrorKind {
   kSpecialTokenInContent,
   kInvalidUtf8,
   kMissingEndOfSentence,
+  kTextAfterEndOfSentence,  // anything after <｜end▁of▁sentence｜>
 };
-const char* DecodeErrorKindName(DecodeErrorKind kind);  // "unclosed_block", ...
+// "missing_think_end", "unclosed_block", "malformed_block", "malformed_parameter",
+// "duplicate_parameter", "unknown_tool", "schema_mismatch", "text_after_tool_calls",
+// "special_token_in_content", "invalid_utf8", "missing_end_of_sentence",
+// "text_after_end_of_sentence".
+const char* DecodeErrorKindName(DecodeErrorKind kind);
 
 struct DecodeError {
   DecodeErrorKind kind;
@@ -34,6 +39,12 @@ struct DecodeError {
 
 // Strict decode (the reference decoder's acceptance). `tools` (OpenAI tool
 // list) enables the unknown-tool and schema checks when given.
+//
+// Built on DsmlParser (dsml_parser.h) in strict mode, fed the whole completion.
+// The message is {"role":"assistant","content","reasoning_content","tool_calls":
+// [{"type":"function","function":{"name","arguments"}}]} where `arguments` is
+// the reference's JSON string: {"k": v, ...}, keys and string="true" values
+// JSON-encoded without ASCII escaping, string="false" values copied verbatim.
 std::variant<nlohmann::json, DecodeError> DecodeCompletion(std::string_view completion,
                                                            bool thinking_mode,
                                                            const nlohmann::json* tools = nullptr);
