@@ -14,6 +14,7 @@ PACKAGES=(
   libseccomp-dev libcap-dev busybox-static
   # the V4 policy engine: tokenizer regexes, fuzzing the DSML parser (clang's libFuzzer)
   libpcre2-dev clang libclang-rt-14-dev
+  libboost-dev  # Boost.Beast/Asio (header-only): policy/backends HTTP clients
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # peers measured by bench/
