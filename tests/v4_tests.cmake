@@ -15,3 +15,11 @@ if(TARGET paddock)
   endif()
   add_dependencies(v4_cli_test paddock)
 endif()
+
+# Token-in-token-out episode context and context manager, on the encoding
+# vectors with the real tokenizer (cases skip when tokenizer.json is absent).
+if(TARGET paddock_v4_context)
+  paddock_test(v4_context_test v4_context_test.cc)
+  target_link_libraries(v4_context_test PRIVATE paddock_v4_context)
+  target_compile_definitions(v4_context_test PRIVATE PADDOCK_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/data")
+endif()
