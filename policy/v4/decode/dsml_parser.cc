@@ -127,23 +127,21 @@ bool ParseParamLenient(std::string_view c, std::string* name, std::optional<bool
   if (ne == std::string_view::npos) return false;
   *name = std::string(c.substr(n + 6, ne - n - 6));
   is_string->reset();
+  size_t from = ne + 1;  // where to look for the end of the attributes
   size_t s = c.find("string=\"", ne);
-  size_t gt = c.find("\">", ne);
+  size_t gt = c.find('>', ne);
   if (s != std::string_view::npos && (gt == std::string_view::npos || s < gt)) {
     size_t se = c.find('"', s + 8);
     if (se != std::string_view::npos) {
       std::string_view flag = c.substr(s + 8, se - s - 8);
       if (flag == "true") *is_string = true;
       if (flag == "false") *is_string = false;
-      gt = c.find("\">", se);
-      if (gt == std::string_view::npos) gt = c.find('>', se);
+      from = se + 1;
     }
   }
-  if (gt == std::string_view::npos) {
-    size_t g = c.find('>', ne);
-    gt = g == std::string_view::npos ? std::string_view::npos : g - 1;
-  }
-  std::string_view v = gt == std::string_view::npos ? std::string_view() : c.substr(gt + 2);
+  gt = c.find('>', std::min(from, c.size()));
+  size_t vstart = gt == std::string_view::npos ? c.size() : gt + 1;
+  std::string_view v = c.substr(vstart);
   if (EndsWith(v, "<\n")) {
     v.remove_suffix(2);
   } else if (EndsWith(v, "<")) {
