@@ -18,7 +18,14 @@ void AddedTokenMatcher::Trie::Add(std::string_view s, uint32_t token_id) {
     }
     node = it->second;
   }
-  first_byte[static_cast<unsigned char>(s[0])] = true;
+  auto c0 = static_cast<unsigned char>(s[0]);
+  first_byte[c0] = true;
+  if (s.size() == 1) {
+    single_byte[c0] = true;
+  } else {
+    unsigned k = unsigned(c0) << 8 | static_cast<unsigned char>(s[1]);
+    first_two[k >> 6] |= uint64_t(1) << (k & 63);
+  }
   if (id[node] < 0) id[node] = token_id;  // first one listed wins on duplicates
 }
 
@@ -45,7 +52,7 @@ void AddedTokenMatcher::SplitWith(const Trie& trie, std::string_view text,
                                   std::vector<Piece>* out) const {
   size_t start = 0;
   for (size_t i = 0; i < text.size(); ++i) {
-    if (!trie.first_byte[static_cast<unsigned char>(text[i])]) continue;
+    if (!trie.MayStart(text, i)) continue;
     int64_t id = -1;
     size_t len = trie.Longest(text, i, &id);
     if (len == 0) continue;

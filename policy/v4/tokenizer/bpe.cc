@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
-#include <queue>
 
 #include "policy/v4/tokenizer/internal.h"
 
@@ -34,6 +33,7 @@ struct WordCache {
     owner = who;
     map.clear();
     arena.clear();
+    if (who != 0) map.reserve(1 << 14);  // no rehash storms while a fresh cache fills
   }
 };
 
@@ -81,6 +81,7 @@ Result<std::unique_ptr<Bpe>> Bpe::Create(
   while (cap < byte_merges.size() * 2 + 16) cap <<= 1;  // load factor <= 1/2
   bpe->table_.assign(cap, Slot{kEmpty, {0, 0}});
   bpe->mask_ = cap - 1;
+  bpe->filter_.assign((size_t(1) << kFilterBits) / 64, 0);
   bpe->shift_ = 64 - std::countr_zero(cap);
   std::string joined;
   for (size_t i = 0; i < byte_merges.size(); ++i) {
@@ -95,10 +96,16 @@ Result<std::unique_ptr<Bpe>> Bpe::Create(
     // Like Hugging Face (a map built from the list), a repeated pair keeps its last rank.
     bpe->Insert((uint64_t(ia->second) << 32) | ib->second, {uint32_t(i), ij->second});
   }
+  bpe->byte_pair_.assign(65536, MergeInfo{kNoRank, 0});
+  for (int a = 0; a < 256; ++a)
+    for (int b = 0; b < 256; ++b)
+      if (const MergeInfo* mi = bpe->Find(bpe->byte_id_[a], bpe->byte_id_[b])) bpe->byte_pair_[a << 8 | b] = *mi;
   return bpe;
 }
 
 void Bpe::Insert(uint64_t key, MergeInfo info) {
+  uint64_t f = (key * 0xD6E8FEB86659FD93ull) >> (64 - kFilterBits);
+  filter_[f >> 6] |= uint64_t(1) << (f & 63);
   size_t i = size_t((key * 0x9E3779B97F4A7C15ull) >> shift_);
   while (table_[i].key != kEmpty && table_[i].key != key) i = (i + 1) & mask_;
   table_[i] = {key, info};
@@ -118,7 +125,12 @@ void Bpe::Merge(std::string_view word, std::vector<uint32_t>* out) const {
       rank[i] = mi ? mi->rank : kNoRank;
       merged[i] = mi ? mi->id : 0;
     };
-    for (size_t i = 0; i + 1 < m; ++i) set_rank(i);
+    for (size_t i = 0; i + 1 < m; ++i) {
+      const MergeInfo& mi = byte_pair_[static_cast<unsigned char>(word[i]) << 8 |
+                                       static_cast<unsigned char>(word[i + 1])];
+      rank[i] = mi.rank;
+      merged[i] = mi.id;
+    }
     while (m > 1) {
       size_t best = 0;
       for (size_t i = 1; i + 1 < m; ++i)
@@ -143,7 +155,8 @@ void Bpe::Merge(std::string_view word, std::vector<uint32_t>* out) const {
     uint32_t id;
     int32_t prev, next;
   };
-  std::vector<Sym> sym(n);
+  thread_local std::vector<Sym> sym;
+  sym.resize(n);
   for (size_t i = 0; i < n; ++i)
     sym[i] = {byte_id_[static_cast<unsigned char>(word[i])], int32_t(i) - 1,
               i + 1 < n ? int32_t(i + 1) : -1};
@@ -153,7 +166,22 @@ void Bpe::Merge(std::string_view word, std::vector<uint32_t>* out) const {
     uint32_t left, right, result;
     bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<>> heap;
+  // A binary min-heap on a reused per-thread buffer (no allocation per word).
+  thread_local std::vector<Cand> heap_buf;
+  heap_buf.clear();
+  struct Heap {
+    std::vector<Cand>& v;
+    bool empty() const { return v.empty(); }
+    const Cand& top() const { return v.front(); }
+    void push(const Cand& c) {
+      v.push_back(c);
+      std::push_heap(v.begin(), v.end(), std::greater<>());
+    }
+    void pop() {
+      std::pop_heap(v.begin(), v.end(), std::greater<>());
+      v.pop_back();
+    }
+  } heap{heap_buf};
   auto push = [&](int32_t i) {
     if (i < 0 || sym[i].next < 0) return;
     const MergeInfo* mi = lookup(sym[i].id, sym[sym[i].next].id);

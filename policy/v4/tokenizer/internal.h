@@ -77,6 +77,16 @@ class AddedTokenMatcher {
     std::unordered_map<uint64_t, uint32_t> next;
     std::vector<int64_t> id;  // per node: token id ending here, or -1
     bool first_byte[256] = {};
+    bool single_byte[256] = {};       // one-byte tokens
+    uint64_t first_two[1024] = {};    // bitset over (byte0 << 8 | byte1) of every token
+    // Cheap test before walking the trie: can a token start at text[i]?
+    bool MayStart(std::string_view text, size_t i) const {
+      auto c = static_cast<unsigned char>(text[i]);
+      if (single_byte[c]) return true;
+      if (!first_byte[c] || i + 1 >= text.size()) return false;
+      unsigned k = unsigned(c) << 8 | static_cast<unsigned char>(text[i + 1]);
+      return first_two[k >> 6] >> (k & 63) & 1;
+    }
     bool empty() const { return id.size() <= 1; }
     void Add(std::string_view s, uint32_t token_id);
     // Longest token starting at text[pos]; returns its length (0: none).
@@ -136,6 +146,10 @@ class Bpe {
   static constexpr uint64_t kEmpty = ~uint64_t(0);
   const MergeInfo* Find(uint32_t left, uint32_t right) const {
     uint64_t key = (uint64_t(left) << 32) | right;
+    // Most pairs looked up have no merge: a 128 KiB bit filter (in L2) says so
+    // without touching the multi-MiB table.
+    uint64_t f = (key * 0xD6E8FEB86659FD93ull) >> (64 - kFilterBits);
+    if (!(filter_[f >> 6] >> (f & 63) & 1)) return nullptr;
     size_t i = size_t((key * 0x9E3779B97F4A7C15ull) >> shift_);
     for (;;) {
       const Slot& s = table_[i];
@@ -145,7 +159,11 @@ class Bpe {
     }
   }
   void Insert(uint64_t key, MergeInfo info);
+  static constexpr int kFilterBits = 20;
   uint32_t byte_id_[256] = {};
+  // Merges of two single bytes, dense: the first round of every word.
+  std::vector<MergeInfo> byte_pair_;  // [a << 8 | b]; rank UINT32_MAX when none
+  std::vector<uint64_t> filter_;
   std::vector<Slot> table_;
   size_t mask_ = 0;
   int shift_ = 64;
