@@ -23,3 +23,10 @@ if(TARGET paddock_v4_context)
   target_link_libraries(v4_context_test PRIVATE paddock_v4_context)
   target_compile_definitions(v4_context_test PRIVATE PADDOCK_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/data")
 endif()
+
+# Inference-server backends against an in-test HTTP server on loopback
+# (tests/v4_backends_test.cc).
+if(TARGET paddock_v4_backends)
+  paddock_test(v4_backends_test v4_backends_test.cc)
+  target_link_libraries(v4_backends_test PRIVATE paddock_v4_backends)
+endif()

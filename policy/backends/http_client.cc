@@ -1,6 +1,7 @@
 #include "policy/backends/http_client.h"
 
 #include <algorithm>
+#include <utility>  // before asio: Boost 1.74 awaitable.hpp uses std::exchange without it
 #include <future>
 #include <optional>
 
