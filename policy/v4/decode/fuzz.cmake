@@ -31,5 +31,6 @@ add_test(NAME dsml_parser_fuzz
          COMMAND ${_fuzz_bin} -max_total_time=20 -rss_limit_mb=1024 -timeout=10
                  -max_len=8192 -print_final_stats=1
                  -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/fuzz/
+                 -dict=${_fuzz_dir}/dsml_parser_fuzz.dict
                  ${_fuzz_corpus} ${PROJECT_SOURCE_DIR}/tests/data/v4/fuzz_seed)
 set_tests_properties(dsml_parser_fuzz PROPERTIES TIMEOUT 120)
