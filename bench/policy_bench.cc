@@ -26,6 +26,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "policy/v4/context/episode_context.h"
+#include "policy/v4/encode/encoder.h"
 #include "policy/v4/tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -149,6 +151,9 @@ void Usage() {
 }
 
 }  // namespace
+
+// Token-in-token-out context scenarios (defined at the end of this file).
+bool RunContextScenarios(const std::shared_ptr<const Tokenizer>& tok, int runs);
 
 int main(int argc, char** argv) {
   int runs = 7;
@@ -280,5 +285,162 @@ int main(int argc, char** argv) {
   fmt::print("target: >= {:.0f} MB/s encode on the mixed corpus (all, cold and warm): {} ({:.1f} cold, {:.1f} "
              "warm; equal mix {:.1f} cold, {:.1f} warm); exact {}/{}\n", target, ok ? "MET" : "NOT MET",
              cold_all, warm_all, 1 / inv_cold, 1 / inv_warm, exact, total);
-  return ok ? 0 : 1;
+  bool context_ok = RunContextScenarios(loaded.value(), runs);
+  return ok && context_ok ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------
+// Token-in-token-out context (policy/v4/context), issue 5 targets:
+//  - appending one observation (~500 tokens) to a context of 1k, 16k and 128k
+//    tokens costs time proportional to the observation, not the context;
+//  - encoding a 200-turn tool conversation (EncodePrompt) takes <= 1 ms.
+// For contrast, the naive way (render the whole conversation again and
+// tokenize all of it) is timed at the same sizes.
+
+namespace {
+
+using ojson = nlohmann::ordered_json;
+using paddock::v4::EpisodeContext;
+
+ojson BenchTools() {
+  return ojson::parse(R"([{"type":"function","function":{"name":"bash","description":"Run a shell command in the sandbox","parameters":{"type":"object","properties":{"cmd":{"type":"string","description":"the command"}},"required":["cmd"]}}}])");
+}
+
+ojson BenchCall(int i) {
+  return {{"id", fmt::format("call_{}", i)}, {"type", "function"},
+          {"function", {{"name", "bash"}, {"arguments", ojson{{"cmd", fmt::format("pytest -x tests/test_{}.py", i)}}.dump()}}}};
+}
+
+ojson BenchAssistant(int i) {
+  return {{"role", "assistant"},
+          {"reasoning_content", "The last run shows a failure in the parser; run the next test file to narrow it down."},
+          {"content", ""},
+          {"tool_calls", ojson::array({BenchCall(i)})}};
+}
+
+// About 500 tokens of a test log.
+std::string BenchObservation(int i) {
+  std::string s = fmt::format("============================= test session starts (run {}) ==============================\n", i);
+  for (int k = 0; s.size() < 1250; ++k)
+    s += fmt::format("tests/test_parser.py::test_case_{} PASSED [{:3d}%]  elapsed=0.{:03d}s\n", k, k * 3 % 100, k * 37 % 1000);
+  s += "FAILED tests/test_parser.py::test_unicode - AssertionError: '日本語' != '日本'\n";
+  return s;
+}
+
+ojson BenchToolResult(int i) {
+  return ojson::array({{{"role", "tool"}, {"tool_call_id", fmt::format("call_{}", i)}, {"content", BenchObservation(i)}}});
+}
+
+double MedianOf(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+template <typename F>
+double TimeUs(F&& f) {
+  auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+bool RunContextScenarios(const std::shared_ptr<const Tokenizer>& tok, int runs) {
+  const ojson request = {{"thinking_mode", "thinking"}, {"drop_thinking", true}, {"reasoning_effort", nullptr},
+                         {"messages", ojson::array({{{"role", "system"}, {"content", "You are a coding agent."}, {"tools", BenchTools()}},
+                                                    {{"role", "user"}, {"content", "Fix the failing test."}}})}};
+  auto started = EpisodeContext::Start(tok, request);
+  if (!started.ok()) {
+    fmt::print(stderr, "policy_bench: context: {}\n", started.status().ToString());
+    return false;
+  }
+  // The ids of one policy turn, as the codec renders it (the same text every turn; call ids are not rendered).
+  std::vector<uint32_t> turn_ids;
+  {
+    ojson a = request, b = request;
+    b["messages"].push_back(BenchAssistant(0));
+    auto ra = paddock::v4::EncodePrompt(a), rb = paddock::v4::EncodePrompt(b);
+    turn_ids = tok->Encode(rb.value().substr(ra.value().size()));
+  }
+  const size_t obs_tokens = tok->Encode(BenchObservation(0)).size();
+
+  fmt::print("\ncontext: append one observation ({} tokens of tool result) after a policy turn; medians of {} "
+             "appends\n", obs_tokens, std::max(runs, 51));
+  fmt::print("{:>10} {:>8} {:>12} {:>10} {:>14} {:>10} {:>10} {:>22}\n", "context", "turns", "append (us)",
+             "cpu (us)", "of which tok", "ids added", "us/1k ids", "naive re-render+tok (us)");
+  EpisodeContext ctx = std::move(started).value();
+  int turn = 0;
+  std::vector<double> append_us;
+  bool ok = true;
+  for (size_t target : {1000, 16000, 128000}) {
+    while (ctx.size() + turn_ids.size() < target) {
+      (void)ctx.AppendPolicyOutput(turn_ids, BenchAssistant(turn));
+      (void)ctx.AppendObservation(BenchToolResult(turn));
+      ++turn;
+    }
+    (void)ctx.AppendPolicyOutput(turn_ids, BenchAssistant(turn));
+    // Each sample appends to a copy of the context with room reserved (as a
+    // long-lived context has from geometric growth), so it times the append only.
+    std::vector<double> samples, cpu_samples, naive;
+    size_t added = 0;
+    for (int r = 0; r < std::max(runs, 51); ++r) {
+      EpisodeContext c = ctx;
+      c.Reserve(4096);
+      ojson obs = BenchToolResult(turn);
+      size_t before = c.size();
+      double cpu0 = ThreadCpuSeconds();
+      samples.push_back(TimeUs([&] { (void)c.AppendObservation(obs); }));
+      cpu_samples.push_back((ThreadCpuSeconds() - cpu0) * 1e6);
+      added = c.size() - before;
+    }
+    // Of which tokenizing the observation's text (the tokenizer's word cache grows with all text seen).
+    std::vector<double> tok_us;
+    const std::string obs_text = BenchObservation(turn);
+    for (int r = 0; r < std::max(runs, 51); ++r) {
+      double cpu0 = ThreadCpuSeconds();
+      auto ids = tok->Encode(obs_text);
+      tok_us.push_back((ThreadCpuSeconds() - cpu0) * 1e6);
+      if (ids.empty()) std::abort();
+    }
+    for (int r = 0; r < 3; ++r) {
+      ojson req = ctx.Request();
+      for (const ojson& m : BenchToolResult(turn)) req["messages"].push_back(m);
+      naive.push_back(TimeUs([&] {
+        auto text = paddock::v4::EncodePrompt(req);
+        auto ids = tok->Encode(text.value());
+        if (ids.empty()) std::abort();
+      }));
+    }
+    double med = MedianOf(samples), cpu = MedianOf(cpu_samples);
+    append_us.push_back(cpu);
+    fmt::print("{:>10} {:>8} {:>12.1f} {:>10.1f} {:>14.1f} {:>10} {:>10.1f} {:>22.0f}\n", ctx.size(), turn + 1, med,
+               cpu, MedianOf(tok_us), added, cpu / added * 1000, MedianOf(naive));
+  }
+  // Proportional to the observation: the 128k append (thread CPU time) within 2x of the 1k one.
+  bool flat = append_us.back() <= 2 * append_us.front() + 20;
+  fmt::print("target: append time does not grow with the context (cpu, 128k vs 1k: {:.1f} us vs {:.1f} us): {}\n",
+             append_us.back(), append_us.front(), flat ? "MET" : "NOT MET");
+  ok &= flat;
+
+  // Encoding a 200-turn tool conversation.
+  ojson conv = request;
+  for (int i = 0; i < 200; ++i) {
+    conv["messages"].push_back(BenchAssistant(i));
+    for (const ojson& m : BenchToolResult(i)) conv["messages"].push_back(m);
+  }
+  size_t bytes = 0, tokens = 0;
+  std::vector<double> enc;
+  for (int r = 0; r < std::max(runs, 21); ++r) {
+    enc.push_back(TimeUs([&] {
+      auto text = paddock::v4::EncodePrompt(conv);
+      bytes = text.value().size();
+    }));
+  }
+  tokens = tok->Encode(paddock::v4::EncodePrompt(conv).value()).size();
+  double enc_med = MedianOf(enc);
+  bool enc_ok = enc_med <= 1000;
+  fmt::print("\nencode a 200-turn tool conversation (401 messages, {:.0f} KB prompt, {} tokens): median {:.0f} us "
+             "over {} runs; target <= 1 ms: {}\n", bytes / 1e3, tokens, enc_med, enc.size(), enc_ok ? "MET" : "NOT MET");
+  ok &= enc_ok;
+  return ok;
 }

@@ -45,6 +45,14 @@ bool EpisodeContext::last_turn_ended() const {
          ids_.back() == eos_id_;
 }
 
+void EpisodeContext::Reserve(size_t tokens) {
+  ids_.reserve(ids_.size() + tokens);
+  mask_.reserve(mask_.size() + tokens);
+  segments_.reserve(segments_.size() + tokens / 100 + 8);
+  text_.reserve(text_.size() + 4 * tokens);
+  messages_.get_ref<ojson::array_t&>().reserve(messages_.size() + tokens / 100 + 8);
+}
+
 void EpisodeContext::Append(SegmentKind kind, std::span<const uint32_t> ids, std::string_view text) {
   Segment s{kind, ids_.size(), ids_.size() + ids.size(), text_.size(), text_.size() + text.size()};
   ids_.insert(ids_.end(), ids.begin(), ids.end());

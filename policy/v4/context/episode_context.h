@@ -101,6 +101,9 @@ class EpisodeContext {
   std::shared_ptr<const Tokenizer> shared_tokenizer() const { return tokenizer_; }
   // Whether the last segment is a policy turn that ended with <｜end▁of▁sentence｜>.
   bool last_turn_ended() const;
+  // Room for `tokens` more ids (and about 4 bytes of text, a segment and a message per
+  // hundred tokens), e.g. the episode's budget, so appends never reallocate.
+  void Reserve(size_t tokens);
 
  private:
   EpisodeContext() = default;
