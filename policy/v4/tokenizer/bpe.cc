@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cstring>
 
 #include "policy/v4/tokenizer/internal.h"
 
@@ -19,21 +20,73 @@ constexpr size_t kMaxCacheEntries = 1 << 20;
 
 std::atomic<uint64_t> g_next_instance{1};
 
-struct SvHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
+uint64_t HashBytes(std::string_view s) {
+  // 8 bytes at a time, multiply-xorshift mixing; words are short.
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (s.size() * 0xFF51AFD7ED558CCDull);
+  size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t v;
+    std::memcpy(&v, s.data() + i, 8);
+    h = (h ^ v) * 0xC4CEB9FE1A85EC53ull;
+    h ^= h >> 29;
+  }
+  if (i < s.size()) {
+    uint64_t v = 0;
+    for (size_t k = 0; i + k < s.size(); ++k) v |= uint64_t(static_cast<unsigned char>(s[i + k])) << (8 * k);
+    h = (h ^ v) * 0xC4CEB9FE1A85EC53ull;
+    h ^= h >> 29;
+  }
+  h *= 0xFF51AFD7ED558CCDull;
+  return h ^ (h >> 32);
+}
 
-// The word cache of one thread for one Bpe instance: ids live in one arena.
+// The word cache of one thread for one Bpe instance: an open-addressing table
+// whose keys and ids live in two arenas (no allocation per word).
 struct WordCache {
+  struct Entry {
+    uint64_t hash;
+    uint32_t key_off, ids_off;
+    uint16_t key_len, ids_len;  // key_len 0: empty slot (cached words have >= 2 bytes)
+  };
   uint64_t owner = 0;
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, SvHash, std::equal_to<>> map;
-  std::vector<uint32_t> arena;
+  std::vector<Entry> table;
+  size_t used = 0;
+  std::string keys;
+  std::vector<uint32_t> ids;
+
   void Reset(uint64_t who) {
     owner = who;
-    map.clear();
-    arena.clear();
-    if (who != 0) map.reserve(1 << 14);  // no rehash storms while a fresh cache fills
+    table.assign(who != 0 ? (1 << 14) : 0, Entry{});
+    used = 0;
+    keys.clear();
+    ids.clear();
+  }
+  size_t size() const { return used; }
+  static bool Same(const char* a, std::string_view b) {
+    if (b.size() > 16) return std::memcmp(a, b.data(), b.size()) == 0;
+    for (size_t i = 0; i < b.size(); ++i)
+      if (a[i] != b[i]) return false;
+    return true;
+  }
+  // The slot of `word`: the entry holding it, or the empty slot where it goes.
+  Entry& Slot(std::string_view word, uint64_t h) {
+    size_t mask = table.size() - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+      Entry& e = table[i];
+      if (e.key_len == 0) return e;
+      if (e.hash == h && e.key_len == word.size() && Same(keys.data() + e.key_off, word)) return e;
+    }
+  }
+  void Grow() {
+    std::vector<Entry> old(table.size() * 2, Entry{});
+    old.swap(table);
+    size_t mask = table.size() - 1;
+    for (const Entry& e : old) {
+      if (e.key_len == 0) continue;
+      size_t i = e.hash & mask;
+      while (table[i].key_len != 0) i = (i + 1) & mask;
+      table[i] = e;
+    }
   }
 };
 
@@ -56,7 +109,7 @@ WordCache& Cache(uint64_t instance) {
 found:
   last_use[pick] = ++tick;
   WordCache& c = caches[pick];
-  if (c.map.size() >= kMaxCacheEntries) c.Reset(instance);
+  if (c.size() >= kMaxCacheEntries) c.Reset(instance);
   return c;
 }
 
@@ -211,17 +264,24 @@ void Bpe::EncodeWord(std::string_view word, std::vector<uint32_t>* out) const {
   }
   if (word.size() > kMaxCachedWord) return Merge(word, out);
   WordCache& cache = Cache(instance_);
-  auto it = cache.map.find(word);
-  if (it != cache.map.end()) {
-    const uint32_t* p = cache.arena.data() + it->second.first;
-    out->insert(out->end(), p, p + it->second.second);
+  uint64_t h = HashBytes(word);
+  WordCache::Entry* e = &cache.Slot(word, h);
+  if (e->key_len != 0) {
+    const uint32_t* p = cache.ids.data() + e->ids_off;
+    out->insert(out->end(), p, p + e->ids_len);
     return;
   }
   size_t before = out->size();
   Merge(word, out);
-  uint32_t off = uint32_t(cache.arena.size());
-  cache.arena.insert(cache.arena.end(), out->begin() + before, out->end());
-  cache.map.emplace(std::string(word), std::make_pair(off, uint32_t(out->size() - before)));
+  if (2 * (cache.used + 1) > cache.table.size()) {
+    cache.Grow();
+    e = &cache.Slot(word, h);
+  }
+  *e = {h, uint32_t(cache.keys.size()), uint32_t(cache.ids.size()), uint16_t(word.size()),
+        uint16_t(out->size() - before)};
+  cache.keys.append(word);
+  cache.ids.insert(cache.ids.end(), out->begin() + before, out->end());
+  ++cache.used;
 }
 
 }  // namespace paddock::v4::tok
