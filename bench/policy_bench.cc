@@ -214,8 +214,8 @@ int main(int argc, char** argv) {
   fmt::print("policy_bench: tokenizer {} (loaded in {:.0f} ms, PCRE2 JIT {})\n", tok_path, load_s * 1e3,
              tok.jit() ? "on" : "off");
   fmt::print("exact ids: {}/{} cases of tests/data/v4/tokenizer_public.jsonl\n", exact, total);
-  fmt::print("corpus from {}: {:.2f} MB in", root.string(), all_bytes / 1e6);
-  for (const auto& c : corpus) fmt::print(" {} {:.2f} MB ({} docs);", c.name, c.bytes() / 1e6, c.docs.size());
+  fmt::print("corpus from {}: {:.1f} KB in", root.string(), all_bytes / 1e3);
+  for (const auto& c : corpus) fmt::print(" {} {:.1f} KB ({} docs);", c.name, c.bytes() / 1e3, c.docs.size());
   fmt::print("\n");
 
   // Round trip on the whole corpus (not timed).
