@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "policy/v4/tokenizer/internal.h"
 #include "policy/v4/tokenizer/tokenizer.h"
 
 namespace paddock::v4 {
@@ -151,6 +152,41 @@ TEST(V4Tokenizer, ThreadsAgree) {
     });
   for (auto& th : threads) th.join();
   for (int t = 0; t < 4; ++t) EXPECT_EQ(bad[t], bad[0]);
+}
+
+TEST(V4Tokenizer, DefaultPathHonoursEnvironment) {
+  const char* old = std::getenv("PADDOCK_TOKENIZER");
+  std::string saved = old ? old : "";
+  setenv("PADDOCK_TOKENIZER", "/tmp/some/tokenizer.json", 1);
+  EXPECT_EQ(Tokenizer::DefaultPath(), "/tmp/some/tokenizer.json");
+  unsetenv("PADDOCK_TOKENIZER");
+  EXPECT_EQ(Tokenizer::DefaultPath(), "/usr/local/share/paddock/deepseek-v3-tokenizer.json");
+  if (old) setenv("PADDOCK_TOKENIZER", saved.c_str(), 1);
+}
+
+// Hugging Face runs the Split regexes with Oniguruma, whose \s is Unicode White_Space
+// (including U+0085 and U+3000); the translation spells that out for PCRE2.
+TEST(V4Tokenizer, RegexTranslation) {
+  auto t = tok::TranslateRegex("\\s+(?!\\S)|\\s+");
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_NE(t->find("\\x{85}"), std::string::npos) << *t;
+  EXPECT_NE(t->find("[^\\x{9}"), std::string::npos) << *t;
+  auto in_class = tok::TranslateRegex("[\\s,]");
+  ASSERT_TRUE(in_class.ok());
+  EXPECT_EQ(in_class->front(), '[');
+  EXPECT_EQ(in_class->find('['), in_class->rfind('['));  // no nested class
+  // Unchanged: Unicode properties, escapes, literal ']' first in a class.
+  EXPECT_EQ(tok::TranslateRegex("\\p{N}{1,3}").value(), "\\p{N}{1,3}");
+  EXPECT_EQ(tok::TranslateRegex("[]a\\-]").value(), "[]a\\-]");
+  EXPECT_FALSE(tok::TranslateRegex("[\\S]").ok());
+  EXPECT_FALSE(tok::TranslateRegex("[a[b]]").ok());
+  EXPECT_FALSE(tok::TranslateRegex("[abc").ok());
+  // The pre-tokenizer splits on U+3000 (ideographic space) and U+0085 like on ' '.
+  auto pre = tok::PreTokenizer::Create({{"\\s+(?!\\S)|\\s+|\\S+"}});
+  ASSERT_TRUE(pre.ok()) << pre.status().ToString();
+  std::vector<std::string_view> pieces;
+  (*pre)->Split("a\u3000\u3000b\u0085c", &pieces);
+  EXPECT_EQ(pieces, (std::vector<std::string_view>{"a", "\u3000", "\u3000", "b", "\u0085", "c"}));
 }
 
 std::string WriteTemp(const std::string& name, const std::string& content) {
