@@ -12,6 +12,8 @@ PACKAGES=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   # sandboxing
   libseccomp-dev libcap-dev busybox-static
+  # the trajectory log
+  librocksdb-dev
   # the V4 policy engine: tokenizer regexes, fuzzing the DSML parser (clang's libFuzzer)
   libpcre2-dev clang libclang-rt-14-dev
   libboost-dev  # Boost.Beast/Asio (header-only): policy/backends HTTP clients
