@@ -1,0 +1,80 @@
+// Internal: group commit. Every write of the log goes through one
+// CommitQueue. A writer enqueues a `Prepare` function and waits; the first
+// waiting writer becomes the leader, takes every queued write, runs their
+// Prepare functions one after the other (each sees the log plus the writes
+// staged before it in the same group, so read-check-write is atomic), puts
+// what they staged into one WriteBatch, and writes it with sync = true. Every
+// writer of the group returns only after that sync; the next leader is chosen
+// from the writers that queued meanwhile.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
+
+#include "replay/trajectory_log.h"
+
+namespace paddock::replay {
+
+class CommitQueue {
+ public:
+  // The view a Prepare function reads and stages writes through.
+  class Staging {
+   public:
+    // The value at key: the group's staged writes first, then the database.
+    Result<std::optional<std::string>> Get(rocksdb::ColumnFamilyHandle* cf, const std::string& key);
+    void Put(rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string value);
+    void Delete(rocksdb::ColumnFamilyHandle* cf, const std::string& key);
+    // Not visible to Get() within the group.
+    void DeleteRange(rocksdb::ColumnFamilyHandle* cf, const std::string& begin, const std::string& end);
+
+   private:
+    friend class CommitQueue;
+    struct Op {
+      enum Kind { kPut, kDelete, kDeleteRange } kind;
+      rocksdb::ColumnFamilyHandle* cf;
+      std::string key;
+      std::string value;  // the value, or the end of a range
+    };
+    explicit Staging(rocksdb::DB* db) : db_(db) {}
+    void Keep(rocksdb::WriteBatch& batch);  // moves this writer's ops into the batch and overlay
+    void Drop() { ops_.clear(); }
+
+    rocksdb::DB* db_;
+    std::vector<Op> ops_;
+    std::map<std::pair<uint32_t, std::string>, std::optional<std::string>> overlay_;
+  };
+  using Prepare = std::function<Status(Staging&)>;
+
+  CommitQueue(rocksdb::DB* db, bool group_commit) : db_(db), group_commit_(group_commit) {}
+
+  // Runs prepare in a group and returns once its writes are durable (or failed).
+  Status Commit(const Prepare& prepare);
+  CommitStats Stats() const;
+
+ private:
+  struct Writer {
+    const Prepare* prepare;
+    Status status;
+    bool done = false;
+  };
+  bool RunGroup(std::vector<Writer*>& group);  // true when it wrote (and synced)
+
+  rocksdb::DB* db_;
+  const bool group_commit_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Writer*> queue_;
+  bool leader_active_ = false;
+  CommitStats stats_;
+};
+
+}  // namespace paddock::replay

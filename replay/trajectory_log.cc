@@ -1,0 +1,361 @@
+// TrajectoryLog on RocksDB: opening (with the checksum and format checks),
+// the write-ahead call records, episode and step records.
+#include <filesystem>
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <rocksdb/cache.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/table.h>
+#include <spdlog/spdlog.h>
+
+#include "replay/log_impl.h"
+#include "replay/rocks_status.h"
+
+namespace paddock::replay {
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace {
+
+std::string ShortHash(const std::string& fingerprint) { return fingerprint.substr(0, 12); }
+
+template <typename Proto>
+std::string Serialize(const Proto& message) {
+  std::string out;
+  google::protobuf::io::StringOutputStream stream(&out);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  message.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return out;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<TrajectoryLog>> TrajectoryLog::Open(const LogOptions& options) {
+  if (options.dir.empty()) return Error(Code::kInvalidArgument, "trajectory log directory is empty");
+  if (options.create_if_missing) {
+    std::error_code ec;
+    std::filesystem::create_directories(options.dir, ec);
+    if (ec) return ErrnoError(fmt::format("creating trajectory log directory {}", options.dir), ec.value());
+  }
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = options.create_if_missing;
+  db_options.create_missing_column_families = true;
+  db_options.paranoid_checks = true;
+  db_options.max_background_jobs = 2;
+  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  db_options.keep_log_file_num = 4;
+
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(64 << 20);
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  rocksdb::ColumnFamilyOptions cf_options;
+  cf_options.write_buffer_size = options.write_buffer_size;
+  cf_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+
+  std::vector<std::string> names;
+  if (!rocksdb::DB::ListColumnFamilies(db_options, options.dir, &names).ok()) names.clear();
+  for (const char* wanted : {rocksdb::kDefaultColumnFamilyName.c_str(), kMetaFamily, kEpisodesFamily,
+                             kStepsFamily, kIntentsFamily, kResultsFamily}) {
+    if (std::find(names.begin(), names.end(), wanted) == names.end()) names.push_back(wanted);
+  }
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  for (const std::string& name : names) families.emplace_back(name, cf_options);
+
+  rocksdb::DB* db = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::Status s = rocksdb::DB::Open(db_options, options.dir, families, &handles, &db);
+  if (!s.ok()) {
+    if (!options.create_if_missing && s.IsInvalidArgument())
+      return Error(Code::kNotFound, "no trajectory log at {}: {}", options.dir, s.ToString());
+    return FromRocks(s, fmt::format("opening trajectory log at {}", options.dir));
+  }
+  auto log = std::make_unique<TrajectoryLogImpl>(options, db, std::move(handles));
+  if (options.verify_checksums_on_open) {
+    rocksdb::Status verified = db->VerifyChecksum();
+    if (!verified.ok()) {
+      if (!options.allow_corruption) {
+        return Error(Code::kDataLoss,
+                     "trajectory log at {} fails its checksum check: {}; `paddock log verify` "
+                     "reports what is damaged, `paddock log restore` restores a backup, or open it "
+                     "allowing corruption",
+                     options.dir, verified.ToString());
+      }
+      spdlog::warn("trajectory log at {} fails its checksum check (opened anyway): {}", options.dir,
+                   verified.ToString());
+    }
+  }
+  PADDOCK_RETURN_IF_ERROR(log->CheckMeta());
+  return std::unique_ptr<TrajectoryLog>(std::move(log));
+}
+
+TrajectoryLogImpl::TrajectoryLogImpl(LogOptions options, rocksdb::DB* db,
+                                     std::vector<rocksdb::ColumnFamilyHandle*> handles)
+    : options_(std::move(options)),
+      db_(db),
+      handles_(std::move(handles)),
+      meta_(Family(kMetaFamily)),
+      episodes_(Family(kEpisodesFamily)),
+      steps_(Family(kStepsFamily)),
+      intents_(Family(kIntentsFamily)),
+      results_(Family(kResultsFamily)),
+      commits_(db, options_.group_commit) {}
+
+TrajectoryLogImpl::~TrajectoryLogImpl() {
+  for (rocksdb::ColumnFamilyHandle* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
+  rocksdb::Status s = db_->Close();
+  if (!s.ok()) spdlog::warn("closing trajectory log at {}: {}", options_.dir, s.ToString());
+  delete db_;
+}
+
+rocksdb::ColumnFamilyHandle* TrajectoryLogImpl::Family(const char* name) const {
+  for (rocksdb::ColumnFamilyHandle* handle : handles_)
+    if (handle->GetName() == name) return handle;
+  return nullptr;  // unreachable: Open() opens every family
+}
+
+Status TrajectoryLogImpl::CheckMeta() {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), meta_, kMetaKey, &value);
+  if (s.IsNotFound()) {
+    v1::LogMetaProto meta;
+    meta.set_format_version(kLogFormatVersion);
+    meta.set_created_by(options_.created_by);
+    meta.set_created_unix_ms(NowUnixMs());
+    std::string encoded = Serialize(meta);
+    return commits_.Commit([&](CommitQueue::Staging& staging) {
+      staging.Put(meta_, kMetaKey, encoded);
+      return Status::Ok();
+    }).Prefix(fmt::format("creating trajectory log at {}", options_.dir));
+  }
+  if (!s.ok()) return FromRocks(s, fmt::format("reading the meta record of {}", options_.dir));
+  v1::LogMetaProto meta;
+  if (!meta.ParseFromString(value)) {
+    if (options_.allow_corruption) return Status::Ok();
+    return Error(Code::kDataLoss, "trajectory log at {}: the meta record does not decode", options_.dir);
+  }
+  if (meta.format_version() > kLogFormatVersion) {
+    return Error(Code::kFailedPrecondition,
+                 "trajectory log at {} has format version {} (written by '{}'); this build reads "
+                 "versions up to {}: use a newer paddock",
+                 options_.dir, meta.format_version(), meta.created_by(), kLogFormatVersion);
+  }
+  return Status::Ok();
+}
+
+// ---- Write-ahead call records ------------------------------------------------
+
+Status TrajectoryLogImpl::PutIntent(const CallKey& key, const std::string& request_fingerprint,
+                                    const std::string& request_summary, bool idempotent) {
+  PADDOCK_RETURN_IF_ERROR(key.Validate());
+  const std::string k = key.Encode();
+  v1::CallRecordProto record;
+  record.set_format_version(kLogFormatVersion);
+  record.set_request_fingerprint(request_fingerprint);
+  record.set_request_summary(request_summary);
+  record.set_idempotent(idempotent);
+  record.set_intent_unix_ms(NowUnixMs());
+  std::string encoded = Serialize(record);
+  return commits_.Commit([&](CommitQueue::Staging& staging) -> Status {
+    PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(intents_, k));
+    if (existing) {
+      v1::CallRecordProto old;
+      if (!old.ParseFromString(*existing))
+        return Error(Code::kDataLoss, "the intent of call {} does not decode", key.ToString());
+      if (old.request_fingerprint() != request_fingerprint) {
+        return Error(Code::kAlreadyExists,
+                     "call key {} is already used by another request: logged '{}' (sha256 {}…), "
+                     "now '{}' (sha256 {}…); a new request needs a new key",
+                     key.ToString(), old.request_summary(), ShortHash(old.request_fingerprint()),
+                     request_summary, ShortHash(request_fingerprint));
+      }
+      return Status::Ok();  // the same request again: its intent is already durable
+    }
+    staging.Put(intents_, k, std::move(encoded));
+    return Status::Ok();
+  });
+}
+
+Status TrajectoryLogImpl::PutResult(const CallKey& key, const std::string& result) {
+  PADDOCK_RETURN_IF_ERROR(key.Validate());
+  const std::string k = key.Encode();
+  v1::CallResultProto record;
+  record.set_format_version(kLogFormatVersion);
+  record.set_result(result);
+  record.set_result_unix_ms(NowUnixMs());
+  std::string encoded = Serialize(record);
+  return commits_.Commit([&](CommitQueue::Staging& staging) -> Status {
+    PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> intent, staging.Get(intents_, k));
+    if (!intent) {
+      return Error(Code::kFailedPrecondition,
+                   "call {} has no intent logged: the intent must be durable before the call runs",
+                   key.ToString());
+    }
+    PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(results_, k));
+    if (existing) {
+      v1::CallResultProto old;
+      if (!old.ParseFromString(*existing))
+        return Error(Code::kDataLoss, "the result of call {} does not decode", key.ToString());
+      if (old.result() == result) return Status::Ok();
+      return Error(Code::kAlreadyExists,
+                   "call {} already has a different result logged ({} bytes, now {} bytes): it "
+                   "must not run twice",
+                   key.ToString(), old.result().size(), result.size());
+    }
+    staging.Put(results_, k, std::move(encoded));
+    return Status::Ok();
+  });
+}
+
+Result<std::optional<CallRecord>> TrajectoryLogImpl::GetCall(const CallKey& key) {
+  PADDOCK_RETURN_IF_ERROR(key.Validate());
+  const std::string k = key.Encode();
+  rocksdb::PinnableSlice value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), intents_, k, &value);
+  if (s.IsNotFound()) return std::optional<CallRecord>();
+  if (!s.ok()) return FromRocks(s, fmt::format("reading the intent of call {}", key.ToString()));
+  v1::CallRecordProto intent;
+  if (!intent.ParseFromArray(value.data(), static_cast<int>(value.size())))
+    return Error(Code::kDataLoss, "the intent of call {} does not decode", key.ToString());
+  CallRecord record;
+  record.request_fingerprint = std::move(*intent.mutable_request_fingerprint());
+  record.request_summary = std::move(*intent.mutable_request_summary());
+  record.idempotent = intent.idempotent();
+  record.intent_unix_ms = intent.intent_unix_ms();
+  value.Reset();
+  s = db_->Get(rocksdb::ReadOptions(), results_, k, &value);
+  if (s.ok()) {
+    v1::CallResultProto result;
+    if (!result.ParseFromArray(value.data(), static_cast<int>(value.size())))
+      return Error(Code::kDataLoss, "the result of call {} does not decode", key.ToString());
+    record.has_result = true;
+    record.result = std::move(*result.mutable_result());
+    record.result_unix_ms = result.result_unix_ms();
+  } else if (!s.IsNotFound()) {
+    return FromRocks(s, fmt::format("reading the result of call {}", key.ToString()));
+  }
+  return std::optional<CallRecord>(std::move(record));
+}
+
+Result<std::vector<InDoubtCall>> TrajectoryLogImpl::InDoubtCalls(const std::string& episode) {
+  PADDOCK_RETURN_IF_ERROR(CallKey{episode}.Validate());
+  const std::string begin = EpisodeBegin(episode), end = EpisodeEnd(episode);
+  rocksdb::Slice upper(end);
+  rocksdb::ReadOptions read;
+  read.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, intents_));
+  std::vector<InDoubtCall> out;
+  for (it->Seek(begin); it->Valid(); it->Next()) {
+    std::string ignored;
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), results_, it->key(), &ignored);
+    if (s.ok()) continue;
+    if (!s.IsNotFound()) return FromRocks(s, "reading call results");
+    PADDOCK_ASSIGN_OR_RETURN(CallKey key, CallKey::Decode(it->key().ToStringView()));
+    v1::CallRecordProto intent;
+    if (!intent.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
+      return Error(Code::kDataLoss, "the intent of call {} does not decode", key.ToString());
+    out.push_back({std::move(key), intent.request_summary(), intent.idempotent(), intent.intent_unix_ms()});
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "listing intents");
+  return out;
+}
+
+// ---- Episodes and steps ------------------------------------------------------
+
+Status TrajectoryLogImpl::PutEpisode(const v1::EpisodeRecordProto& episode) {
+  PADDOCK_RETURN_IF_ERROR(CallKey{episode.episode_id()}.Validate());
+  v1::EpisodeRecordProto record = episode;
+  record.set_format_version(kLogFormatVersion);
+  int64_t now = NowUnixMs();
+  if (record.created_unix_ms() == 0) record.set_created_unix_ms(now);
+  if (record.updated_unix_ms() == 0) record.set_updated_unix_ms(now);
+  std::string encoded = Serialize(record);
+  return commits_.Commit([&](CommitQueue::Staging& staging) {
+    staging.Put(episodes_, record.episode_id(), std::move(encoded));
+    return Status::Ok();
+  });
+}
+
+Result<std::optional<v1::EpisodeRecordProto>> TrajectoryLogImpl::GetEpisode(const std::string& id) {
+  PADDOCK_RETURN_IF_ERROR(CallKey{id}.Validate());
+  rocksdb::PinnableSlice value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), episodes_, id, &value);
+  if (s.IsNotFound()) return std::optional<v1::EpisodeRecordProto>();
+  if (!s.ok()) return FromRocks(s, fmt::format("reading episode {}", id));
+  v1::EpisodeRecordProto record;
+  if (!record.ParseFromArray(value.data(), static_cast<int>(value.size())))
+    return Error(Code::kDataLoss, "the record of episode {} does not decode", id);
+  return std::optional<v1::EpisodeRecordProto>(std::move(record));
+}
+
+Result<std::vector<v1::EpisodeRecordProto>> TrajectoryLogImpl::ListEpisodes(
+    const ListEpisodesOptions& options) {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), episodes_));
+  std::vector<v1::EpisodeRecordProto> out;
+  std::string start = options.prefix;
+  if (!options.start_after.empty()) start = std::max(start, options.start_after + std::string(1, '\0'));
+  for (it->Seek(start); it->Valid(); it->Next()) {
+    if (!it->key().starts_with(options.prefix)) break;
+    v1::EpisodeRecordProto record;
+    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
+      return Error(Code::kDataLoss, "the record of episode {} does not decode", it->key().ToString());
+    out.push_back(std::move(record));
+    if (options.limit != 0 && out.size() >= options.limit) break;
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "listing episodes");
+  return out;
+}
+
+Status TrajectoryLogImpl::AppendStep(const v1::StepRecordProto& step) {
+  PADDOCK_RETURN_IF_ERROR(CallKey{step.episode_id()}.Validate());
+  const std::string k = EncodeStepKey(step.episode_id(), step.step());
+  std::string encoded;
+  if (step.format_version() == kLogFormatVersion) {
+    encoded = Serialize(step);
+  } else {
+    v1::StepRecordProto copy = step;
+    copy.set_format_version(kLogFormatVersion);
+    encoded = Serialize(copy);
+  }
+  return commits_.Commit([&](CommitQueue::Staging& staging) -> Status {
+    PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(steps_, k));
+    if (existing) {
+      if (*existing == encoded) return Status::Ok();
+      return Error(Code::kAlreadyExists,
+                   "step {} of episode {} is already logged with other content ({} bytes, now {} "
+                   "bytes): steps are append-only",
+                   step.step(), step.episode_id(), existing->size(), encoded.size());
+    }
+    staging.Put(steps_, k, std::move(encoded));
+    return Status::Ok();
+  });
+}
+
+Result<std::vector<v1::StepRecordProto>> TrajectoryLogImpl::ReadSteps(const std::string& episode,
+                                                                      uint64_t from_step,
+                                                                      uint64_t limit) {
+  PADDOCK_RETURN_IF_ERROR(CallKey{episode}.Validate());
+  const std::string begin = EncodeStepKey(episode, from_step), end = EpisodeEnd(episode);
+  rocksdb::Slice upper(end);
+  rocksdb::ReadOptions read;
+  read.iterate_upper_bound = &upper;
+  read.readahead_size = 2 << 20;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, steps_));
+  std::vector<v1::StepRecordProto> out;
+  for (it->Seek(begin); it->Valid() && out.size() < limit; it->Next()) {
+    v1::StepRecordProto& record = out.emplace_back();
+    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
+      return Error(Code::kDataLoss, "step record of episode {} at key {} does not decode", episode,
+                   it->key().ToString(true));
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), fmt::format("reading steps of episode {}", episode));
+  return out;
+}
+
+}  // namespace paddock::replay

@@ -1,0 +1,704 @@
+// The trajectory log against a real RocksDB in a temp dir: keys, round trips,
+// ordering, append-only rules, group commit, crash durability (a child killed
+// with SIGKILL), verify, backup/restore, a corrupted SST, a full disk.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <rocksdb/db.h>
+
+#include "replay/trajectory_log.h"
+
+namespace paddock::replay {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "replay-log-test-XXXXXX").string();
+    path_ = mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::unique_ptr<TrajectoryLog> OpenOrDie(const std::string& dir, LogOptions options = {}) {
+  options.dir = dir;
+  auto log = TrajectoryLog::Open(options);
+  EXPECT_TRUE(log.ok()) << log.status().ToString();
+  if (!log.ok()) return nullptr;
+  return std::move(log).value();
+}
+
+v1::StepRecordProto MakeStep(const std::string& episode, uint64_t step, size_t tokens = 8) {
+  v1::StepRecordProto s;
+  s.set_episode_id(episode);
+  s.set_step(step);
+  s.mutable_policy_request()->set_prompt_text(fmt::format("prompt {}", step));
+  s.mutable_policy_request()->add_prompt_token_ids(7);
+  for (size_t i = 0; i < tokens; ++i) {
+    s.mutable_policy_response()->add_token_ids(static_cast<uint32_t>(1000 + i + step));
+    s.mutable_policy_response()->add_logprobs(-0.25f * static_cast<float>(i));
+  }
+  s.mutable_policy_response()->set_text(fmt::format("answer {}", step));
+  auto* call = s.add_tool_calls();
+  call->set_id("c0");
+  call->set_name("bash");
+  call->set_arguments_json(R"({"cmd":"ls"})");
+  auto* obs = s.add_observations();
+  obs->set_tool_call_id("c0");
+  obs->set_content("file.txt\n");
+  s.set_reward(0.5 * static_cast<double>(step));
+  s.mutable_timings()->set_policy_us(1200);
+  return s;
+}
+
+// ---- Keys ----------------------------------------------------------------------
+
+TEST(CallKey, EncodeKeepsEpisodeContiguousAndOrderedByStepThenCall) {
+  std::vector<CallKey> keys = {{"ep", 0, 0},   {"ep", 0, 1},   {"ep", 1, 0},
+                               {"ep", 255, 0}, {"ep", 256, 0}, {"ep", 1ull << 40, 7},
+                               {"ep1", 0, 0},  {"ep1", 2, 0},  {"epa", 0, 0}};
+  for (size_t i = 1; i < keys.size(); ++i)
+    EXPECT_LT(keys[i - 1].Encode(), keys[i].Encode()) << keys[i - 1].ToString() << " vs " << keys[i].ToString();
+  CallKey k{"run:7", 3, 9};
+  EXPECT_EQ(k.Encode(), std::string("run:7\0\0\0\0\0\0\0\0\3\0\0\0\x09", 18));
+  auto back = CallKey::Decode(k.Encode());
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->ToString(), "run:7:3:9");
+}
+
+TEST(CallKey, ParseUsesTheLastTwoColons) {
+  auto k = CallKey::Parse("ep-17:3:0");
+  ASSERT_TRUE(k.ok()) << k.status().ToString();
+  EXPECT_EQ(k->episode, "ep-17");
+  EXPECT_EQ(k->step, 3u);
+  EXPECT_EQ(k->call, 0u);
+  auto colons = CallKey::Parse("run:7:3:0");
+  ASSERT_TRUE(colons.ok());
+  EXPECT_EQ(colons->episode, "run:7");
+  EXPECT_EQ(colons->step, 3u);
+  auto big = CallKey::Parse("e:18446744073709551615:4294967295");
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(big->step, UINT64_MAX);
+  EXPECT_EQ(big->call, UINT32_MAX);
+}
+
+TEST(CallKey, ParseErrorsNameThePartAtFault) {
+  struct Case {
+    std::string text, needle;
+  } cases[] = {
+      {"ep", "no ':'"},
+      {"ep:3", "one ':'"},
+      {":3:0", "empty episode"},
+      {"ep::0", "empty step"},
+      {"ep:3:", "empty call index"},
+      {"ep:x:0", "step 'x' is not a decimal number"},
+      {"ep:-1:0", "step '-1' is not a decimal number"},
+      {"ep:3:4294967296", "call index '4294967296' is out of range"},
+      {"ep:99999999999999999999:0", "step '99999999999999999999' is out of range"},
+      {std::string("e\0p:1:2", 7), "NUL"},
+  };
+  for (const Case& c : cases) {
+    auto k = CallKey::Parse(c.text);
+    ASSERT_FALSE(k.ok()) << c.text;
+    EXPECT_EQ(k.status().code(), Code::kInvalidArgument);
+    EXPECT_THAT(k.status().message(), HasSubstr(c.needle)) << c.text;
+  }
+}
+
+// ---- Calls ---------------------------------------------------------------------
+
+TEST(TrajectoryLog, CallRoundTripSurvivesReopen) {
+  TempDir tmp;
+  const std::string result("out\0with\xffnul", 13);
+  CallKey key{"ep", 4, 1};
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    auto none = log->GetCall(key);
+    ASSERT_TRUE(none.ok());
+    EXPECT_FALSE(none->has_value());
+    ASSERT_TRUE(log->PutIntent(key, RequestFingerprint("exec ls"), "exec ls", true).ok());
+    auto intent_only = log->GetCall(key);
+    ASSERT_TRUE(intent_only.ok() && intent_only->has_value());
+    EXPECT_FALSE((*intent_only)->has_result);
+    EXPECT_TRUE((*intent_only)->idempotent);
+    EXPECT_EQ((*intent_only)->request_summary, "exec ls");
+    ASSERT_TRUE(log->PutResult(key, result).ok());
+  }
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  auto call = log->GetCall(key);
+  ASSERT_TRUE(call.ok() && call->has_value());
+  EXPECT_TRUE((*call)->has_result);
+  EXPECT_EQ((*call)->result, result);
+  EXPECT_EQ((*call)->request_fingerprint, RequestFingerprint("exec ls"));
+  EXPECT_EQ((*call)->request_fingerprint.size(), 64u);
+  EXPECT_GT((*call)->result_unix_ms, 0);
+}
+
+TEST(TrajectoryLog, KeyReuseWithAnotherRequestOrResultIsRefused) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  CallKey key{"ep", 1, 0};
+  Status no_intent = log->PutResult(key, "r");
+  EXPECT_EQ(no_intent.code(), Code::kFailedPrecondition);
+  EXPECT_THAT(no_intent.message(), HasSubstr("ep:1:0"));
+
+  ASSERT_TRUE(log->PutIntent(key, RequestFingerprint("echo a"), "echo a", false).ok());
+  EXPECT_TRUE(log->PutIntent(key, RequestFingerprint("echo a"), "echo a", false).ok());
+  Status other = log->PutIntent(key, RequestFingerprint("echo b"), "echo b", false);
+  EXPECT_EQ(other.code(), Code::kAlreadyExists);
+  EXPECT_THAT(other.message(), HasSubstr("echo a"));
+  EXPECT_THAT(other.message(), HasSubstr("echo b"));
+
+  ASSERT_TRUE(log->PutResult(key, "a\n").ok());
+  EXPECT_TRUE(log->PutResult(key, "a\n").ok());
+  Status twice = log->PutResult(key, "b\n");
+  EXPECT_EQ(twice.code(), Code::kAlreadyExists);
+  EXPECT_THAT(twice.message(), HasSubstr("must not run twice"));
+  EXPECT_EQ(log->GetCall(key).value()->result, "a\n");
+
+  EXPECT_EQ(log->PutIntent(CallKey{"", 0, 0}, "f", "s", false).code(), Code::kInvalidArgument);
+}
+
+// ---- Episodes and steps --------------------------------------------------------
+
+TEST(TrajectoryLog, StepsReadBackInStepOrderPerEpisode) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  // Written out of order, across episodes whose ids prefix one another.
+  std::vector<uint64_t> order = {5, 1, 256, 0, 65536, 3, 255, 2};
+  for (uint64_t step : order) {
+    ASSERT_TRUE(log->AppendStep(MakeStep("ep1", step)).ok());
+    ASSERT_TRUE(log->AppendStep(MakeStep("ep10", step)).ok());
+    ASSERT_TRUE(log->AppendStep(MakeStep("ep", step)).ok());
+  }
+  auto steps = log->ReadSteps("ep1");
+  ASSERT_TRUE(steps.ok());
+  std::vector<uint64_t> got;
+  for (const auto& s : *steps) {
+    EXPECT_EQ(s.episode_id(), "ep1");
+    EXPECT_EQ(s.format_version(), kLogFormatVersion);
+    got.push_back(s.step());
+  }
+  EXPECT_EQ(got, (std::vector<uint64_t>{0, 1, 2, 3, 5, 255, 256, 65536}));
+  EXPECT_EQ((*steps)[4].policy_response().text(), "answer 5");
+  EXPECT_EQ((*steps)[4].policy_response().logprobs_size(), 8);
+
+  auto from = log->ReadSteps("ep1", 4, 3);
+  ASSERT_TRUE(from.ok());
+  ASSERT_EQ(from->size(), 3u);
+  EXPECT_EQ((*from)[0].step(), 5u);
+  EXPECT_EQ((*from)[2].step(), 256u);
+  auto none = log->ReadSteps("nope");
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+}
+
+TEST(TrajectoryLog, StepsAreAppendOnly) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  ASSERT_TRUE(log->AppendStep(MakeStep("ep", 0)).ok());
+  EXPECT_TRUE(log->AppendStep(MakeStep("ep", 0)).ok()) << "the same step again (a resume) is accepted";
+  auto changed = MakeStep("ep", 0);
+  changed.set_reward(99);
+  Status st = log->AppendStep(changed);
+  EXPECT_EQ(st.code(), Code::kAlreadyExists);
+  EXPECT_THAT(st.message(), HasSubstr("append-only"));
+  EXPECT_EQ(log->ReadSteps("ep").value()[0].reward(), 0.0);
+}
+
+TEST(TrajectoryLog, EpisodesPutGetListWithPrefixAndPaging) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  for (std::string id : {"b-2", "a-1", "b-1", "b-3", "c-1"}) {
+    v1::EpisodeRecordProto e;
+    e.set_episode_id(id);
+    e.set_state(v1::EpisodeRecordProto::RUNNING);
+    e.set_model("v4");
+    (*e.mutable_labels())["run"] = "r1";
+    ASSERT_TRUE(log->PutEpisode(e).ok());
+  }
+  auto one = log->GetEpisode("b-2");
+  ASSERT_TRUE(one.ok() && one->has_value());
+  EXPECT_EQ((*one)->model(), "v4");
+  EXPECT_GT((*one)->created_unix_ms(), 0);
+  EXPECT_EQ((*one)->format_version(), kLogFormatVersion);
+  EXPECT_FALSE(log->GetEpisode("zz")->has_value());
+
+  auto ids = [](const std::vector<v1::EpisodeRecordProto>& v) {
+    std::vector<std::string> out;
+    for (const auto& e : v) out.push_back(e.episode_id());
+    return out;
+  };
+  EXPECT_EQ(ids(log->ListEpisodes().value()), (std::vector<std::string>{"a-1", "b-1", "b-2", "b-3", "c-1"}));
+  EXPECT_EQ(ids(log->ListEpisodes({.prefix = "b-"}).value()), (std::vector<std::string>{"b-1", "b-2", "b-3"}));
+  EXPECT_EQ(ids(log->ListEpisodes({.prefix = "b-", .start_after = "b-1", .limit = 1}).value()),
+            (std::vector<std::string>{"b-2"}));
+
+  v1::EpisodeRecordProto done = **one;
+  done.set_state(v1::EpisodeRecordProto::FINISHED);
+  done.set_stop_reason("eos");
+  ASSERT_TRUE(log->PutEpisode(done).ok());
+  EXPECT_EQ(log->GetEpisode("b-2").value()->stop_reason(), "eos");
+}
+
+TEST(TrajectoryLog, ExportEpisodeJsonlHasEpisodeThenStepsInOrder) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  v1::EpisodeRecordProto e;
+  e.set_episode_id("ep");
+  e.set_state(v1::EpisodeRecordProto::FINISHED);
+  e.set_total_reward(1.5);
+  e.set_stop_reason("eos");
+  ASSERT_TRUE(log->PutEpisode(e).ok());
+  for (uint64_t step : {2, 0, 1}) ASSERT_TRUE(log->AppendStep(MakeStep("ep", step)).ok());
+  auto text = log->ExportEpisodeJsonl("ep");
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(*text);
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[0]["type"], "episode");
+  EXPECT_EQ(lines[0]["state"], "finished");
+  EXPECT_EQ(lines[0]["stop_reason"], "eos");
+  for (int i = 0; i < 3; ++i) {
+    const auto& s = lines[i + 1];
+    EXPECT_EQ(s["type"], "step");
+    EXPECT_EQ(s["step"], i);
+    EXPECT_EQ(s["policy_response"]["token_ids"].size(), 8u);
+    EXPECT_EQ(s["policy_response"]["token_ids"][0], 1000 + i);
+    EXPECT_FLOAT_EQ(s["policy_response"]["logprobs"][1].get<float>(), -0.25f);
+    EXPECT_EQ(s["tool_calls"][0]["name"], "bash");
+    EXPECT_EQ(s["observations"][0]["content"], "file.txt\n");
+  }
+  EXPECT_EQ(log->ExportEpisodeJsonl("missing").status().code(), Code::kNotFound);
+}
+
+// ---- Group commit ---------------------------------------------------------------
+
+TEST(TrajectoryLog, GroupCommit_64ThreadsShareSyncsAndEverythingIsDurable) {
+  TempDir tmp;
+  constexpr int kThreads = 64, kPerThread = 100;
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    CommitStats before = log->GetCommitStats();
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        std::string ep = fmt::format("ep-{}", t);
+        for (int i = 0; i < kPerThread; ++i) {
+          Status st = (i % 2 == 0) ? log->AppendStep(MakeStep(ep, i))
+                                   : log->PutIntent(CallKey{ep, static_cast<uint64_t>(i), 0},
+                                                    RequestFingerprint(std::to_string(i)), "x", false);
+          if (!st.ok()) ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(failures.load(), 0);
+    CommitStats after = log->GetCommitStats();
+    uint64_t writes = after.writes - before.writes, syncs = after.syncs - before.syncs;
+    EXPECT_EQ(writes, uint64_t{kThreads * kPerThread});
+    EXPECT_LT(syncs * 4, writes) << "syncs " << syncs << " for " << writes << " writes";
+    EXPECT_GT(after.max_group, 1u);
+    std::printf("group commit: %lu writes in %lu syncs (largest group %lu)\n", (unsigned long)writes,
+                (unsigned long)syncs, (unsigned long)after.max_group);
+  }
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  for (int t = 0; t < kThreads; ++t) {
+    std::string ep = fmt::format("ep-{}", t);
+    EXPECT_EQ(log->ReadSteps(ep)->size(), size_t{kPerThread / 2});
+    for (int i = 1; i < kPerThread; i += 2)
+      ASSERT_TRUE(log->GetCall(CallKey{ep, static_cast<uint64_t>(i), 0})->has_value());
+  }
+}
+
+TEST(TrajectoryLog, WithoutGroupCommitEveryWriteSyncsAlone) {
+  TempDir tmp;
+  LogOptions options;
+  options.group_commit = false;
+  auto log = OpenOrDie(tmp.path(), options);
+  ASSERT_TRUE(log);
+  CommitStats before = log->GetCommitStats();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 10; ++i) EXPECT_TRUE(log->AppendStep(MakeStep(fmt::format("e{}", t), i)).ok());
+    });
+  for (auto& th : threads) th.join();
+  CommitStats after = log->GetCommitStats();
+  EXPECT_EQ(after.writes - before.writes, 80u);
+  EXPECT_EQ(after.syncs - before.syncs, 80u);
+}
+
+// ---- Crash durability ------------------------------------------------------------
+
+// A child process writes from 8 threads and reports each acknowledged record
+// over a pipe; it is killed with SIGKILL mid-stream. Every record it
+// acknowledged must be in the log when it is reopened. Several rounds on one
+// database, each resuming after the last acknowledged record.
+TEST(TrajectoryLog, CrashDurability_EveryAcknowledgedRecordSurvivesSigkill) {
+  TempDir tmp;
+  std::set<std::string> acknowledged;
+  for (int round = 0; round < 5; ++round) {
+    int fds[2];
+    ASSERT_EQ(pipe(fds), 0);
+    pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      close(fds[0]);
+      LogOptions options;
+      options.dir = tmp.path();
+      options.verify_checksums_on_open = false;
+      auto log = TrajectoryLog::Open(options);
+      if (!log.ok()) _exit(2);
+      std::mutex pipe_mu;
+      std::vector<std::thread> threads;
+      for (int t = 0; t < 8; ++t) {
+        threads.emplace_back([&, t] {
+          for (uint64_t i = 0;; ++i) {
+            std::string ep = fmt::format("r{}-t{}", round, t);
+            bool step = i % 2 == 0;
+            Status st = step ? (*log)->AppendStep(MakeStep(ep, i))
+                             : (*log)->PutIntent(CallKey{ep, i, 0}, RequestFingerprint(ep), ep, false);
+            if (!st.ok()) _exit(3);
+            std::string line = fmt::format("{} {} {}\n", step ? "s" : "i", ep, i);
+            std::lock_guard lock(pipe_mu);
+            if (write(fds[1], line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(4);
+          }
+        });
+      }
+      for (auto& th : threads) th.join();
+      _exit(0);
+    }
+    close(fds[1]);
+    // Read acknowledgements for a while (kill at a varying point), then kill.
+    std::string buffer;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(150 + 70 * round);
+    char chunk[4096];
+    fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    while (std::chrono::steady_clock::now() < deadline) {
+      ssize_t n = read(fds[0], chunk, sizeof chunk);
+      if (n > 0) {
+        buffer.append(chunk, n);
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+    ASSERT_EQ(kill(child, SIGKILL), 0);
+    int wstatus = 0;
+    ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+    ASSERT_TRUE(WIFSIGNALED(wstatus)) << "child exited early with " << WEXITSTATUS(wstatus);
+    for (ssize_t n; (n = read(fds[0], chunk, sizeof chunk)) > 0;) buffer.append(chunk, n);
+    close(fds[0]);
+    std::istringstream lines(buffer);
+    int this_round = 0;
+    for (std::string line; std::getline(lines, line);) {
+      if (!line.empty()) {
+        acknowledged.insert(line);
+        ++this_round;
+      }
+    }
+    EXPECT_GT(this_round, 10) << "round " << round;
+
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    size_t missing = 0;
+    for (const std::string& ack : acknowledged) {
+      char kind;
+      char ep[64];
+      unsigned long long i;
+      ASSERT_EQ(std::sscanf(ack.c_str(), "%c %63s %llu", &kind, ep, &i), 3) << ack;
+      if (kind == 's') {
+        auto steps = log->ReadSteps(ep, i, 1);
+        ASSERT_TRUE(steps.ok());
+        if (steps->empty() || (*steps)[0].step() != i) ++missing;
+      } else {
+        auto call = log->GetCall(CallKey{ep, i, 0});
+        ASSERT_TRUE(call.ok());
+        if (!call->has_value()) ++missing;
+      }
+    }
+    EXPECT_EQ(missing, 0u) << "of " << acknowledged.size() << " acknowledged records after round " << round;
+    auto report = log->Verify();
+    ASSERT_TRUE(report.ok());
+    EXPECT_TRUE(report->checksums_ok) << report->ToString();
+  }
+  std::printf("crash durability: %zu acknowledged records over 5 SIGKILLs, none lost\n", acknowledged.size());
+}
+
+// ---- Maintenance -------------------------------------------------------------------
+
+TEST(TrajectoryLog, VerifyListsOrphanIntentsAsInDoubt) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  for (uint64_t step = 0; step < 5; ++step) {
+    CallKey key{"ep", step, 0};
+    ASSERT_TRUE(log->PutIntent(key, RequestFingerprint("r"), fmt::format("exec step {}", step), step == 3).ok());
+    if (step != 1 && step != 3) {
+      ASSERT_TRUE(log->PutResult(key, "done").ok());
+    }
+  }
+  ASSERT_TRUE(log->PutIntent(CallKey{"other", 9, 2}, RequestFingerprint("r"), "write /x", false).ok());
+  ASSERT_TRUE(log->AppendStep(MakeStep("ep", 0)).ok());
+
+  auto report = log->Verify();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_TRUE(report->ok()) << report->ToString();
+  EXPECT_TRUE(report->checksums_ok);
+  EXPECT_EQ(report->format_version, kLogFormatVersion);
+  EXPECT_EQ(report->intents, 6u);
+  EXPECT_EQ(report->results, 3u);
+  EXPECT_EQ(report->steps, 1u);
+  ASSERT_EQ(report->in_doubt.size(), 3u);
+  EXPECT_EQ(report->in_doubt[0].key.ToString(), "ep:1:0");
+  EXPECT_EQ(report->in_doubt[1].key.ToString(), "ep:3:0");
+  EXPECT_TRUE(report->in_doubt[1].idempotent);
+  EXPECT_EQ(report->in_doubt[2].key.ToString(), "other:9:2");
+  EXPECT_EQ(report->in_doubt[2].request_summary, "write /x");
+  EXPECT_THAT(report->ToString(), HasSubstr("in-doubt calls (intent, no result): 3"));
+
+  auto ep = log->InDoubtCalls("ep");
+  ASSERT_TRUE(ep.ok());
+  ASSERT_EQ(ep->size(), 2u);
+  EXPECT_EQ((*ep)[1].request_summary, "exec step 3");
+}
+
+TEST(TrajectoryLog, BackupThenRestoreRoundTrip) {
+  TempDir tmp;
+  const std::string db = tmp.Sub("db"), backups = tmp.Sub("backups"), restored = tmp.Sub("restored");
+  {
+    auto log = OpenOrDie(db);
+    ASSERT_TRUE(log);
+    for (uint64_t i = 0; i < 50; ++i) ASSERT_TRUE(log->AppendStep(MakeStep("ep", i)).ok());
+    ASSERT_TRUE(log->PutIntent(CallKey{"ep", 1, 0}, "f", "s", false).ok());
+    ASSERT_TRUE(log->PutResult(CallKey{"ep", 1, 0}, "result bytes").ok());
+    auto id = log->Backup(backups);
+    ASSERT_TRUE(id.ok()) << id.status().ToString();
+    ASSERT_TRUE(log->AppendStep(MakeStep("after-backup", 0)).ok());
+  }
+  EXPECT_EQ(TrajectoryLog::Restore(tmp.Sub("no-backups"), restored).code(), Code::kNotFound);
+  Status restore = TrajectoryLog::Restore(backups, restored);
+  ASSERT_TRUE(restore.ok()) << restore.ToString();
+  auto log = OpenOrDie(restored);
+  ASSERT_TRUE(log);
+  EXPECT_EQ(log->ReadSteps("ep")->size(), 50u);
+  EXPECT_EQ(log->GetCall(CallKey{"ep", 1, 0}).value()->result, "result bytes");
+  EXPECT_TRUE(log->ReadSteps("after-backup")->empty());
+  EXPECT_TRUE(log->Verify().value().ok());
+}
+
+TEST(TrajectoryLog, CompactKeepsEverything) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  for (uint64_t i = 0; i < 200; ++i) ASSERT_TRUE(log->AppendStep(MakeStep("ep", i)).ok());
+  ASSERT_TRUE(log->Compact().ok());
+  EXPECT_EQ(log->ReadSteps("ep")->size(), 200u);
+  bool has_sst = false;
+  for (const auto& entry : fs::directory_iterator(tmp.path())) has_sst |= entry.path().extension() == ".sst";
+  EXPECT_TRUE(has_sst);
+}
+
+TEST(TrajectoryLog, RetentionDeletesOldEpisodesWithTheirRecords) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::system_clock::now().time_since_epoch()).count();
+  for (auto [id, age_days] : {std::pair<std::string, int>{"old", 10}, {"new", 0}, {"old2", 40}}) {
+    v1::EpisodeRecordProto e;
+    e.set_episode_id(id);
+    e.set_updated_unix_ms(now - int64_t{age_days} * 86400000 - 1000);
+    ASSERT_TRUE(log->PutEpisode(e).ok());
+    ASSERT_TRUE(log->AppendStep(MakeStep(id, 0)).ok());
+    ASSERT_TRUE(log->PutIntent(CallKey{id, 0, 0}, "f", "s", false).ok());
+    ASSERT_TRUE(log->PutResult(CallKey{id, 0, 0}, "r").ok());
+  }
+  auto deleted = log->DeleteEpisodesOlderThan(std::chrono::hours(24 * 7));
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_EQ(*deleted, 2u);
+  EXPECT_FALSE(log->GetEpisode("old")->has_value());
+  EXPECT_TRUE(log->ReadSteps("old")->empty());
+  EXPECT_FALSE(log->GetCall(CallKey{"old2", 0, 0})->has_value());
+  EXPECT_TRUE(log->GetEpisode("new")->has_value());
+  EXPECT_EQ(log->ReadSteps("new")->size(), 1u);
+  EXPECT_TRUE(log->GetCall(CallKey{"new", 0, 0}).value()->has_result);
+  EXPECT_EQ(log->DeleteEpisodesOlderThan(std::chrono::hours(24 * 7)).value(), 0u);
+}
+
+TEST(TrajectoryLog, OpenRefusesANewerFormatVersion) {
+  TempDir tmp;
+  { ASSERT_TRUE(OpenOrDie(tmp.path())); }
+  {
+    // Rewrite the meta record as a future build would.
+    rocksdb::DBOptions options;
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(options, tmp.path(), &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> families;
+    for (const auto& n : names) families.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(options, tmp.path(), families, &handles, &db).ok());
+    v1::LogMetaProto meta;
+    meta.set_format_version(kLogFormatVersion + 1);
+    meta.set_created_by("paddock-from-the-future");
+    for (auto* h : handles)
+      if (h->GetName() == "meta") {
+        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), h, "log", meta.SerializeAsString()).ok());
+      }
+    for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
+    delete db;
+  }
+  auto log = TrajectoryLog::Open({.dir = tmp.path()});
+  ASSERT_FALSE(log.ok());
+  EXPECT_EQ(log.status().code(), Code::kFailedPrecondition);
+  EXPECT_THAT(log.status().message(), HasSubstr("paddock-from-the-future"));
+}
+
+TEST(TrajectoryLog, SecondOpenOfTheSameDatabaseIsUnavailable) {
+  TempDir tmp;
+  auto first = OpenOrDie(tmp.path());
+  ASSERT_TRUE(first);
+  auto second = TrajectoryLog::Open({.dir = tmp.path()});
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), Code::kUnavailable) << second.status().ToString();
+}
+
+TEST(TrajectoryLog, CorruptedSstFailsOpenWithDataLossAndVerifyNamesIt) {
+  TempDir tmp;
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    for (uint64_t i = 0; i < 300; ++i) ASSERT_TRUE(log->AppendStep(MakeStep("ep", i, 64)).ok());
+    ASSERT_TRUE(log->Compact().ok());  // flushes the memtables into SST files
+  }
+  // Flip bytes inside the first data block of the largest SST (the steps).
+  std::string victim;
+  uintmax_t largest = 0;
+  for (const auto& entry : fs::directory_iterator(tmp.path())) {
+    if (entry.path().extension() == ".sst" && entry.file_size() > largest) {
+      largest = entry.file_size();
+      victim = entry.path().string();
+    }
+  }
+  ASSERT_FALSE(victim.empty());
+  ASSERT_GT(largest, 4096u);
+  {
+    std::fstream f(victim, std::ios::in | std::ios::out | std::ios::binary);
+    for (std::streamoff off : {200, 201, 202, 203}) {
+      f.seekg(off);
+      char c = 0;
+      f.get(c);
+      f.seekp(off);
+      f.put(static_cast<char>(c ^ 0x5a));
+    }
+  }
+  const std::string file_name = fs::path(victim).filename().string();
+
+  auto refused = TrajectoryLog::Open({.dir = tmp.path()});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kDataLoss);
+  EXPECT_THAT(refused.status().message(), HasSubstr(file_name));
+
+  auto report = TrajectoryLog::VerifyAt(tmp.path());
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_FALSE(report->ok());
+  EXPECT_FALSE(report->checksums_ok);
+  ASSERT_FALSE(report->corrupt_files.empty());
+  EXPECT_THAT(report->corrupt_files[0], HasSubstr(file_name));
+  EXPECT_THAT(report->ToString(), HasSubstr("DAMAGED"));
+
+  LogOptions allow;
+  allow.allow_corruption = true;
+  auto opened = OpenOrDie(tmp.path(), allow);
+  ASSERT_TRUE(opened);
+  EXPECT_EQ(opened->ReadSteps("ep").status().code(), Code::kDataLoss);
+}
+
+// ---- Full disk ------------------------------------------------------------------
+
+// A small tmpfs mounted over a temp dir. Writes fail with RESOURCE_EXHAUSTED
+// once it is full; after it is grown (remount) and the log reopened, every
+// acknowledged record is there and new writes succeed.
+TEST(TrajectoryLog, FullDiskRefusesWritesAndLosesNothingAcknowledged) {
+  TempDir tmp;
+  const std::string mnt = tmp.Sub("small");
+  fs::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { umount2(dir.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  const std::string db = mnt + "/log";
+  LogOptions options;
+  options.write_buffer_size = 256 << 10;
+  std::vector<uint64_t> acknowledged;
+  Status failure;
+  {
+    auto log = OpenOrDie(db, options);
+    ASSERT_TRUE(log);
+    for (uint64_t i = 0; i < 100000; ++i) {
+      Status st = log->AppendStep(MakeStep("ep", i, 2048));  // ~12 KiB per step
+      if (!st.ok()) {
+        failure = st;
+        break;
+      }
+      acknowledged.push_back(i);
+    }
+    ASSERT_FALSE(failure.ok()) << "4 MiB never filled";
+    EXPECT_EQ(failure.code(), Code::kResourceExhausted) << failure.ToString();
+    // New work keeps being refused with the same clear error, not a crash.
+    Status again = log->PutIntent(CallKey{"ep2", 0, 0}, "f", "s", false);
+    EXPECT_FALSE(again.ok());
+    EXPECT_EQ(again.code(), Code::kResourceExhausted) << again.ToString();
+  }
+  EXPECT_GT(acknowledged.size(), 20u);
+  ASSERT_EQ(mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=64m"), 0) << std::strerror(errno);
+  auto log = OpenOrDie(db, options);
+  ASSERT_TRUE(log);
+  auto steps = log->ReadSteps("ep");
+  ASSERT_TRUE(steps.ok()) << steps.status().ToString();
+  ASSERT_GE(steps->size(), acknowledged.size());
+  for (size_t i = 0; i < acknowledged.size(); ++i) ASSERT_EQ((*steps)[i].step(), acknowledged[i]);
+  EXPECT_TRUE(log->AppendStep(MakeStep("ep", 1000000)).ok());
+  std::printf("full disk: %zu steps acknowledged before: %s\n", acknowledged.size(), failure.ToString().c_str());
+}
+
+}  // namespace
+}  // namespace paddock::replay
