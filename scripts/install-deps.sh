@@ -17,6 +17,7 @@ PACKAGES=(
   # the V4 policy engine: tokenizer regexes, fuzzing the DSML parser (clang's libFuzzer)
   libpcre2-dev clang libclang-rt-14-dev
   libboost-dev  # Boost.Beast/Asio (header-only): policy/backends HTTP clients
+  libssl-dev    # OpenSSL: https:// inference servers (policy/backends/tls.cc)
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # peers measured by bench/

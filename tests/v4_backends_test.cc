@@ -6,7 +6,10 @@
 // "token_id:N" tokens, and POST /v1/chat/completions as DeepSeek's API answers it.
 // It listens on 127.0.0.1 on an ephemeral port, can answer correctly, slowly,
 // with errors, with garbage or by closing the connection, and counts
-// connections. All traffic stays on loopback; every wait is bounded.
+// connections. In TLS mode it speaks https with a certificate issued at test
+// time by a throwaway CA (TestPki, OpenSSL's C API; nothing is written to
+// disk except one temp CA file, removed again). All traffic stays on loopback;
+// every wait is bounded.
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -14,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <stdexcept>
 #include <thread>
 #include <utility>  // before asio: Boost 1.74 awaitable.hpp uses std::exchange without it
 #include <vector>
@@ -22,12 +26,19 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "policy/backends/endpoint.h"
 #include "policy/backends/openai_chat_backend.h"
@@ -59,6 +70,7 @@ struct Reply {
 struct SeenRequest {
   std::string target;
   json body;
+  std::string authorization;  // the Authorization header, "" when absent
 };
 
 class FakeInferenceServer {
@@ -66,8 +78,11 @@ class FakeInferenceServer {
   // `handler(request, index)`: index counts requests from 0 across connections.
   using Handler = std::function<Reply(const SeenRequest&, int)>;
 
-  explicit FakeInferenceServer(Handler handler)
-      : handler_(std::move(handler)), acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+  // `tls`: a server context (certificate + key) for https; null for plain http.
+  explicit FakeInferenceServer(Handler handler, std::shared_ptr<asio::ssl::context> tls = nullptr)
+      : handler_(std::move(handler)),
+        tls_(std::move(tls)),
+        acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
     port_ = acceptor_.local_endpoint().port();
     asio::co_spawn(io_, Accept(), asio::detached);
     thread_ = std::thread([this] { io_.run(); });
@@ -77,8 +92,18 @@ class FakeInferenceServer {
     thread_.join();
   }
 
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const { return url_for("127.0.0.1"); }
+  // The URL with another host name that reaches this server (e.g. "localhost").
+  std::string url_for(const std::string& host) const {
+    return (tls_ ? "https://" : "http://") + host + ":" + std::to_string(port_);
+  }
   int connections() const { return connections_.load(); }
+  int tls_handshakes() const { return tls_handshakes_.load(); }
+  int tls_handshake_failures() const { return tls_handshake_failures_.load(); }
+  std::string last_sni() {
+    std::lock_guard lock(mu_);
+    return last_sni_;
+  }
   int requests() const { return requests_.load(); }
   SeenRequest last() {
     std::lock_guard lock(mu_);
@@ -92,18 +117,48 @@ class FakeInferenceServer {
       tcp::socket socket = co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return;
       connections_.fetch_add(1);
-      asio::co_spawn(io_, Session(std::move(socket)), asio::detached);
+      if (tls_) {
+        asio::co_spawn(io_, TlsSession(std::move(socket)), asio::detached);
+      } else {
+        asio::co_spawn(io_, Session(std::move(socket)), asio::detached);
+      }
     }
   }
 
-  asio::awaitable<void> Session(tcp::socket socket) {
+  asio::awaitable<void> Session(tcp::socket socket) { co_await Serve(socket); }
+
+  asio::awaitable<void> TlsSession(tcp::socket socket) {
+    asio::ssl::stream<tcp::socket> stream(std::move(socket), *tls_);
+    boost::system::error_code ec;
+    asio::steady_timer guard(io_, 5s);  // a client that never finishes the handshake
+    guard.async_wait([&stream](boost::system::error_code e) {
+      if (!e) beast::get_lowest_layer(stream).close(e);
+    });
+    co_await stream.async_handshake(asio::ssl::stream_base::server,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+    guard.cancel();
+    if (ec) {
+      tls_handshake_failures_.fetch_add(1);
+      co_return;
+    }
+    tls_handshakes_.fetch_add(1);
+    if (const char* sni = SSL_get_servername(stream.native_handle(), TLSEXT_NAMETYPE_host_name)) {
+      std::lock_guard lock(mu_);
+      last_sni_ = sni;
+    }
+    co_await Serve(stream);
+  }
+
+  template <class Stream>
+  asio::awaitable<void> Serve(Stream& socket) {
     beast::flat_buffer buffer;
     boost::system::error_code ec;
     for (;;) {
       http::request<http::string_body> req;
       co_await http::async_read(socket, buffer, req, asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return;
-      SeenRequest seen{std::string(req.target()), json::parse(req.body(), nullptr, false)};
+      SeenRequest seen{std::string(req.target()), json::parse(req.body(), nullptr, false),
+                       std::string(req[http::field::authorization])};
       int index = requests_.fetch_add(1);
       {
         std::lock_guard lock(mu_);
@@ -115,7 +170,7 @@ class FakeInferenceServer {
         co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       }
       if (reply.close_without_reply) {
-        socket.close(ec);
+        beast::get_lowest_layer(socket).close(ec);
         co_return;
       }
       http::response<http::string_body> res{static_cast<http::status>(reply.status), req.version()};
@@ -125,21 +180,25 @@ class FakeInferenceServer {
       res.prepare_payload();
       co_await http::async_write(socket, res, asio::redirect_error(asio::use_awaitable, ec));
       if (ec || !req.keep_alive() || reply.drop_after_reply) {
-        socket.close(ec);
+        beast::get_lowest_layer(socket).close(ec);
         co_return;
       }
     }
   }
 
   Handler handler_;
+  std::shared_ptr<asio::ssl::context> tls_;
   asio::io_context io_;
   tcp::acceptor acceptor_;
   unsigned short port_ = 0;
   std::thread thread_;
   std::atomic<int> connections_{0};
   std::atomic<int> requests_{0};
+  std::atomic<int> tls_handshakes_{0};
+  std::atomic<int> tls_handshake_failures_{0};
   std::mutex mu_;
   SeenRequest last_;
+  std::string last_sni_;
 };
 
 // Canonical answers in each server's wire format.
@@ -353,14 +412,23 @@ TEST(V4Backends, Chat_ReasoningContentToolCallsAndNotTokenExact) {
   EXPECT_EQ(seen.body["tools"][0]["function"]["name"], "bash");
 }
 
-TEST(V4Backends, Endpoint_ParsesHttpAndRefusesHttps) {
+TEST(V4Backends, Endpoint_ParsesHttpAndHttps) {
   auto ep = ParseEndpoint("http://127.0.0.1:30000/prefix/");
   ASSERT_TRUE(ep.ok());
   EXPECT_EQ(ep->host, "127.0.0.1");
   EXPECT_EQ(ep->port, "30000");
   EXPECT_EQ(ep->Target("/generate"), "/prefix/generate");
   EXPECT_EQ(ParseEndpoint("http://localhost")->port, "80");
-  EXPECT_EQ(ParseEndpoint("https://api.deepseek.com").status().code(), Code::kInvalidArgument);
+  EXPECT_FALSE(ParseEndpoint("http://localhost")->tls);
+  auto tls = ParseEndpoint("https://api.deepseek.com");
+  ASSERT_TRUE(tls.ok()) << tls.status().ToString();
+  EXPECT_TRUE(tls->tls);
+  EXPECT_EQ(tls->host, "api.deepseek.com");
+  EXPECT_EQ(tls->port, "443");
+  EXPECT_EQ(ParseEndpoint("https://h:8443/v1")->Target("/x"), "/v1/x");
+  // http and https to one host:port never share pooled connections.
+  EXPECT_NE(ParseEndpoint("https://h:1")->PoolKey(), ParseEndpoint("http://h:1")->PoolKey());
+  EXPECT_EQ(ParseEndpoint("ftp://h").status().code(), Code::kInvalidArgument);
   EXPECT_EQ(ParseEndpoint("127.0.0.1:80").status().code(), Code::kInvalidArgument);
   EXPECT_EQ(ParseEndpoint("http://h:99999").status().code(), Code::kInvalidArgument);
 }
@@ -623,6 +691,360 @@ TEST(V4Backends, Destructor_CancelsCallsInFlight) {
   EXPECT_LT(Clock::now() - start, 3s);
   ASSERT_EQ(future.wait_for(0s), std::future_status::ready);
   EXPECT_EQ(future.get().status().code(), Code::kCancelled);
+}
+
+
+// ---------------------------------------------------------------------------
+// TLS (https://) and API keys.
+
+// A throwaway PKI made with OpenSSL's C API at test time: a self-signed CA and
+// server certificates it issues, all P-256 keys, PEM in memory.
+class TestPki {
+ public:
+  explicit TestPki(const std::string& ca_name) : ca_key_(NewKey()) {
+    ca_cert_ = NewCert(ca_name, nullptr, ca_key_.get(), ca_key_.get());
+    AddExt(ca_cert_.get(), ca_cert_.get(), NID_basic_constraints, "critical,CA:TRUE");
+    AddExt(ca_cert_.get(), ca_cert_.get(), NID_key_usage, "critical,keyCertSign,cRLSign");
+    AddExt(ca_cert_.get(), ca_cert_.get(), NID_subject_key_identifier, "hash");
+    Sign(ca_cert_.get(), ca_key_.get());
+  }
+
+  std::string ca_pem() const { return CertPem(ca_cert_.get()); }
+
+  // A server context whose certificate (CN `cn`, subjectAltName `san`, e.g.
+  // "DNS:localhost,IP:127.0.0.1") this CA issued.
+  std::shared_ptr<asio::ssl::context> ServerContext(const std::string& cn, const std::string& san) {
+    Key key = NewKey();
+    Cert cert = NewCert(cn, ca_cert_.get(), ca_key_.get(), key.get());
+    AddExt(cert.get(), ca_cert_.get(), NID_basic_constraints, "critical,CA:FALSE");
+    AddExt(cert.get(), ca_cert_.get(), NID_key_usage, "critical,digitalSignature");
+    AddExt(cert.get(), ca_cert_.get(), NID_ext_key_usage, "serverAuth");
+    AddExt(cert.get(), ca_cert_.get(), NID_subject_alt_name, san);
+    AddExt(cert.get(), ca_cert_.get(), NID_authority_key_identifier, "keyid:always");
+    Sign(cert.get(), ca_key_.get());
+
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+    std::string chain = CertPem(cert.get()) + ca_pem();
+    std::string key_pem = KeyPem(key.get());
+    ctx->use_certificate_chain(asio::buffer(chain));
+    ctx->use_private_key(asio::buffer(key_pem), asio::ssl::context::pem);
+    return ctx;
+  }
+
+ private:
+  struct KeyFree { void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); } };
+  struct CertFree { void operator()(X509* c) const { X509_free(c); } };
+  using Key = std::unique_ptr<EVP_PKEY, KeyFree>;
+  using Cert = std::unique_ptr<X509, CertFree>;
+
+  static Key NewKey() {
+    Key k(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
+    if (!k) throw std::runtime_error("EVP_PKEY_Q_keygen failed");
+    return k;
+  }
+
+  static Cert NewCert(const std::string& cn, X509* issuer, EVP_PKEY* issuer_key, EVP_PKEY* key) {
+    (void)issuer_key;
+    static std::atomic<long> serial{1};
+    Cert c(X509_new());
+    X509_set_version(c.get(), 2);  // v3
+    ASN1_INTEGER_set(X509_get_serialNumber(c.get()), serial.fetch_add(1));
+    X509_gmtime_adj(X509_getm_notBefore(c.get()), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(c.get()), 24 * 3600);
+    X509_NAME* name = X509_get_subject_name(c.get());
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                               reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+    X509_set_issuer_name(c.get(), issuer ? X509_get_subject_name(issuer) : name);
+    X509_set_pubkey(c.get(), key);
+    return c;
+  }
+
+  static void AddExt(X509* cert, X509* issuer, int nid, const std::string& value) {
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
+    if (!ext) throw std::runtime_error("X509V3_EXT_conf_nid failed: " + value);
+    X509_add_ext(cert, ext, -1);
+    X509_EXTENSION_free(ext);
+  }
+
+  static void Sign(X509* cert, EVP_PKEY* key) {
+    if (X509_sign(cert, key, EVP_sha256()) <= 0) throw std::runtime_error("X509_sign failed");
+  }
+
+  static std::string FromBio(BIO* bio) {
+    char* data = nullptr;
+    long n = BIO_get_mem_data(bio, &data);
+    std::string out(data, static_cast<size_t>(n));
+    BIO_free(bio);
+    return out;
+  }
+  static std::string CertPem(X509* cert) {
+    BIO* bio = BIO_new(BIO_s_mem());
+    PEM_write_bio_X509(bio, cert);
+    return FromBio(bio);
+  }
+  static std::string KeyPem(EVP_PKEY* key) {
+    BIO* bio = BIO_new(BIO_s_mem());
+    PEM_write_bio_PrivateKey(bio, key, nullptr, nullptr, 0, nullptr, nullptr);
+    return FromBio(bio);
+  }
+
+  Key ca_key_;
+  Cert ca_cert_;
+};
+
+constexpr char kLoopbackSan[] = "DNS:localhost,IP:127.0.0.1";
+
+// A chat answer in DeepSeek's format.
+Reply ChatOk() {
+  return Reply{200, json{{"id", "chat-1"},
+                         {"object", "chat.completion"},
+                         {"choices",
+                          {{{"index", 0},
+                            {"message", {{"role", "assistant"}, {"content", "hi"}}},
+                            {"finish_reason", "stop"}}}}}
+                        .dump()};
+}
+
+GenerateRequest ChatRequest() {
+  GenerateRequest r;
+  r.messages = {{"user", "hello"}};
+  r.return_logprobs = false;
+  return r;
+}
+
+// Options trusting `pki`'s CA (in memory) for a TLS server.
+BackendOptions TlsOptionsFor(const FakeInferenceServer& server, const TestPki& pki) {
+  BackendOptions o = Options(server);
+  o.http.tls.ca_pem = pki.ca_pem();
+  return o;
+}
+
+TEST(V4Backends, Tls_RequestsSucceedOverOneKeptAliveConnection) {
+  TestPki pki("Paddock Test CA");
+  FakeInferenceServer server([](const SeenRequest&, int) { return ChatOk(); },
+                             pki.ServerContext("localhost", kLoopbackSan));
+  ASSERT_EQ(server.url().rfind("https://127.0.0.1:", 0), 0u);
+  auto backend = std::move(OpenAiChatBackend::Create(TlsOptionsFor(server, pki))).value();
+  EXPECT_TRUE(backend->endpoint().tls);
+  constexpr int kRequests = 10;
+  for (int i = 0; i < kRequests; ++i) {
+    auto r = backend->Generate(ChatRequest(), Timeout(5s));
+    ASSERT_TRUE(r.ok()) << i << ": " << r.status().ToString();
+    EXPECT_EQ(r->text, "hi");
+    EXPECT_EQ(r->attempts, 1);
+  }
+  EXPECT_EQ(server.requests(), kRequests);
+  EXPECT_EQ(server.connections(), 1);
+  EXPECT_EQ(server.tls_handshakes(), 1);
+  EXPECT_EQ(backend->http().pool().opened(), 1u);
+  EXPECT_EQ(backend->http().pool().reused(), static_cast<uint64_t>(kRequests - 1));
+  EXPECT_EQ(server.last().target, "/v1/chat/completions");
+  EXPECT_EQ(server.last_sni(), "");  // no SNI for an IP address (RFC 6066)
+}
+
+TEST(V4Backends, Tls_HostNameSendsSniAndCaFileWorks) {
+  TestPki pki("Paddock Test CA");
+  FakeInferenceServer server([](const SeenRequest&, int) { return ChatOk(); },
+                             pki.ServerContext("localhost", kLoopbackSan));
+  // The CA from a file this time (written at test time, removed at the end).
+  char path[] = "/tmp/paddock-test-ca-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  std::string pem = pki.ca_pem();
+  ASSERT_EQ(write(fd, pem.data(), pem.size()), static_cast<ssize_t>(pem.size()));
+  close(fd);
+  BackendOptions o = Options(server);
+  o.url = server.url_for("localhost");
+  o.http.tls.ca_file = path;
+  auto created = OpenAiChatBackend::Create(o);
+  unlink(path);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  auto r = (*created)->Generate(ChatRequest(), Timeout(5s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(server.last_sni(), "localhost");
+
+  // A CA file that does not exist is refused when the backend is created.
+  o.http.tls.ca_file = "/nonexistent/paddock-ca.pem";
+  auto bad = OpenAiChatBackend::Create(o);
+  EXPECT_EQ(bad.status().code(), Code::kInvalidArgument) << bad.status().ToString();
+  EXPECT_NE(bad.status().message().find("/nonexistent/paddock-ca.pem"), std::string::npos);
+  // So is an in-memory CA that is not PEM.
+  o.http.tls.ca_file.clear();
+  o.http.tls.ca_pem = "not a certificate";
+  EXPECT_EQ(OpenAiChatBackend::Create(o).status().code(), Code::kInvalidArgument);
+}
+
+TEST(V4Backends, Tls_UntrustedCertificateIsATypedVerificationError) {
+  TestPki pki("Paddock Test CA");
+  TestPki other("Some Other CA");
+  FakeInferenceServer server([](const SeenRequest&, int) { return ChatOk(); },
+                             pki.ServerContext("localhost", kLoopbackSan));
+  // Trusting another CA, and trusting only the system store: both refuse.
+  std::vector<BackendOptions> clients = {TlsOptionsFor(server, other), Options(server)};
+  for (size_t i = 0; i < clients.size(); ++i) {
+    auto backend = std::move(OpenAiChatBackend::Create(clients[i])).value();
+    auto start = Clock::now();
+    auto r = backend->Generate(ChatRequest(), Timeout(5s));
+    ASSERT_FALSE(r.ok()) << i;
+    EXPECT_EQ(r.status().code(), Code::kPermissionDenied) << i << ": " << r.status().ToString();
+    EXPECT_NE(r.status().message().find("TLS certificate verification failed for 127.0.0.1: "),
+              std::string::npos)
+        << r.status().message();
+    // The reason, e.g. "self-signed certificate in certificate chain".
+    EXPECT_NE(r.status().message().find("certificate", r.status().message().find(": ") + 2),
+              std::string::npos)
+        << r.status().message();
+    EXPECT_LT(Clock::now() - start, 2s);
+  }
+  EXPECT_EQ(server.requests(), 0);
+  EXPECT_EQ(server.connections(), 2);  // never retried
+  EXPECT_EQ(server.tls_handshakes(), 0);
+}
+
+TEST(V4Backends, Tls_WrongHostNameIsATypedVerificationError) {
+  TestPki pki("Paddock Test CA");
+  // Issued by the trusted CA, but for another name.
+  FakeInferenceServer server([](const SeenRequest&, int) { return ChatOk(); },
+                             pki.ServerContext("api.example.com", "DNS:api.example.com"));
+  for (const char* host : {"127.0.0.1", "localhost"}) {
+    BackendOptions o = TlsOptionsFor(server, pki);
+    o.url = server.url_for(host);
+    auto backend = std::move(OpenAiChatBackend::Create(o)).value();
+    auto r = backend->Generate(ChatRequest(), Timeout(5s));
+    ASSERT_FALSE(r.ok()) << host;
+    EXPECT_EQ(r.status().code(), Code::kPermissionDenied) << r.status().ToString();
+    EXPECT_NE(r.status().message().find(std::string("TLS certificate verification failed for ") +
+                                        host + ": "),
+              std::string::npos)
+        << r.status().message();
+    EXPECT_NE(r.status().message().find("mismatch"), std::string::npos) << r.status().message();
+  }
+  EXPECT_EQ(server.requests(), 0);
+}
+
+TEST(V4Backends, Tls_PlainHttpServerIsUnavailable) {
+  FakeInferenceServer server([](const SeenRequest&, int) { return ChatOk(); });
+  TestPki pki("Paddock Test CA");
+  BackendOptions o = TlsOptionsFor(server, pki);
+  o.url = "https://127.0.0.1:" + server.url().substr(server.url().rfind(':') + 1);
+  auto backend = std::move(OpenAiChatBackend::Create(o)).value();
+  auto r = backend->Generate(ChatRequest(), Timeout(5s));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kUnavailable) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("TLS handshake with 127.0.0.1 failed"), std::string::npos)
+      << r.status().message();
+  // The server drops the connection (reset): transient, so retried like a reset.
+  EXPECT_EQ(server.connections(), 3);
+}
+
+TEST(V4Backends, Tls_RetriesStaleConnectionsDeadlineAndCancelWorkAsOverHttp) {
+  TestPki pki("Paddock Test CA");
+  std::atomic<int> mode{0};
+  FakeInferenceServer server(
+      [&](const SeenRequest&, int index) {
+        Reply r = ChatOk();
+        switch (mode.load()) {
+          case 0: if (index < 2) return Reply{503, "{\"error\":\"busy\"}"}; break;
+          case 1: r.drop_after_reply = true; break;
+          default: r.delay = 5s; break;
+        }
+        return r;
+      },
+      pki.ServerContext("localhost", kLoopbackSan));
+  auto backend = std::move(OpenAiChatBackend::Create(TlsOptionsFor(server, pki))).value();
+
+  // 503, 503, then 200 on the same kept-alive TLS connection.
+  auto r = backend->Generate(ChatRequest(), Timeout(5s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->attempts, 3);
+  EXPECT_EQ(server.connections(), 1);
+
+  // The server closes after each answer: the stale pooled connection is
+  // replaced without counting as an attempt.
+  mode = 1;
+  for (int i = 0; i < 3; ++i) {
+    auto again = backend->Generate(ChatRequest(), Timeout(5s));
+    ASSERT_TRUE(again.ok()) << i << ": " << again.status().ToString();
+    EXPECT_EQ(again->attempts, 1);
+  }
+
+  // A slow server: the deadline holds.
+  mode = 2;
+  auto start = Clock::now();
+  auto slow = backend->Generate(ChatRequest(), Timeout(200ms));
+  EXPECT_EQ(slow.status().code(), Code::kDeadlineExceeded) << slow.status().ToString();
+  EXPECT_LT(Clock::now() - start, 1500ms);
+
+  // Cancelling an in-flight call ends it promptly.
+  CallOptions opts = Timeout(10s);
+  opts.cancel = std::make_shared<CancelToken>();
+  std::promise<Result<GenerateResult>> done;
+  auto future = done.get_future();
+  int before = server.requests();
+  backend->GenerateAsync(ChatRequest(), opts, [&](Result<GenerateResult> res) { done.set_value(std::move(res)); });
+  for (int i = 0; i < 400 && server.requests() == before; ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(server.requests(), before + 1);
+  start = Clock::now();
+  opts.cancel->Cancel();
+  ASSERT_EQ(future.wait_for(2s), std::future_status::ready);
+  EXPECT_LT(Clock::now() - start, 1s);
+  EXPECT_EQ(future.get().status().code(), Code::kCancelled);
+}
+
+TEST(V4Backends, ApiKey_SentAsBearerFromConfigOrEnvironmentAndNeverInErrors) {
+  TestPki pki("Paddock Test CA");
+  std::atomic<bool> reject{false};
+  FakeInferenceServer server(
+      [&](const SeenRequest&, int) {
+        if (reject) return Reply{401, "{\"error\":{\"message\":\"Authentication Fails\"}}"};
+        return ChatOk();
+      },
+      pki.ServerContext("localhost", kLoopbackSan));
+
+  // From the config.
+  BackendOptions o = TlsOptionsFor(server, pki);
+  o.api_key = "sk-config-0123456789";
+  auto backend = std::move(OpenAiChatBackend::Create(o)).value();
+  auto r = backend->Generate(ChatRequest(), Timeout(5s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(server.last().authorization, "Bearer sk-config-0123456789");
+  reject = true;
+  auto denied = backend->Generate(ChatRequest(), Timeout(5s));
+  EXPECT_EQ(denied.status().code(), Code::kUnauthenticated) << denied.status().ToString();
+  EXPECT_NE(denied.status().message().find("Authentication Fails"), std::string::npos);
+  EXPECT_EQ(denied.status().message().find("sk-config"), std::string::npos);
+  reject = false;
+
+  // From an environment variable named in the config.
+  const char* var = "PADDOCK_TEST_V4_BACKENDS_API_KEY";
+  ASSERT_EQ(setenv(var, "sk-env-abcdef", 1), 0);
+  BackendOptions e = TlsOptionsFor(server, pki);
+  e.api_key_env = var;
+  auto from_env = OpenAiChatBackend::Create(e);
+  ASSERT_TRUE(from_env.ok()) << from_env.status().ToString();
+  r = (*from_env)->Generate(ChatRequest(), Timeout(5s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(server.last().authorization, "Bearer sk-env-abcdef");
+
+  // A key with a line break is refused without echoing it.
+  ASSERT_EQ(setenv(var, "sk-bad\r\nX-Injected: 1", 1), 0);
+  auto bad = OpenAiChatBackend::Create(e);
+  EXPECT_EQ(bad.status().code(), Code::kInvalidArgument) << bad.status().ToString();
+  EXPECT_EQ(bad.status().message().find("sk-bad"), std::string::npos);
+
+  // Unset: FAILED_PRECONDITION naming the variable.
+  unsetenv(var);
+  auto missing = OpenAiChatBackend::Create(e);
+  EXPECT_EQ(missing.status().code(), Code::kFailedPrecondition) << missing.status().ToString();
+  EXPECT_NE(missing.status().message().find(var), std::string::npos);
+
+  // No key configured: no Authorization header.
+  auto anonymous = std::move(OpenAiChatBackend::Create(TlsOptionsFor(server, pki))).value();
+  ASSERT_TRUE(anonymous->Generate(ChatRequest(), Timeout(5s)).ok());
+  EXPECT_EQ(server.last().authorization, "");
 }
 
 }  // namespace

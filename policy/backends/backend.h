@@ -100,6 +100,8 @@ struct CallOptions {
 //   UNAUTHENTICATED / PERMISSION_DENIED / NOT_FOUND / RESOURCE_EXHAUSTED
 //                      401 / 403 / 404 / 429, with the server's message
 //   DATA_LOSS          2xx with malformed JSON or a missing/mistyped field (named)
+//   PERMISSION_DENIED  also: https server whose certificate fails verification
+//                      ("TLS certificate verification failed for HOST: reason")
 class PolicyBackend {
  public:
   using Callback = std::function<void(Result<GenerateResult>)>;

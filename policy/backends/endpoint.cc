@@ -7,22 +7,23 @@ namespace paddock::policy {
 
 Result<Endpoint> ParseEndpoint(std::string_view url) {
   constexpr std::string_view kHttp = "http://";
-  if (url.rfind("https://", 0) == 0) {
+  constexpr std::string_view kHttps = "https://";
+  Endpoint ep;
+  std::string_view rest;
+  if (url.rfind(kHttps, 0) == 0) {
+    ep.tls = true;
+    rest = url.substr(kHttps.size());
+  } else if (url.rfind(kHttp, 0) == 0) {
+    rest = url.substr(kHttp.size());
+  } else {
     return Error(Code::kInvalidArgument,
-                 "inference server URL '{}': https is not supported; use http:// "
-                 "(or a local TLS-terminating proxy)", url);
+                 "inference server URL '{}' must start with http:// or https://", url);
   }
-  if (url.rfind(kHttp, 0) != 0) {
-    return Error(Code::kInvalidArgument,
-                 "inference server URL '{}' must start with http://", url);
-  }
-  std::string_view rest = url.substr(kHttp.size());
   size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   std::string_view path = slash == std::string_view::npos ? "" : rest.substr(slash);
   while (!path.empty() && path.back() == '/') path.remove_suffix(1);
 
-  Endpoint ep;
   ep.base_path = std::string(path);
   if (!authority.empty() && authority.front() == '[') {  // [v6]:port
     size_t close = authority.find(']');
@@ -37,7 +38,7 @@ Result<Endpoint> ParseEndpoint(std::string_view url) {
     ep.host = std::string(authority.substr(0, colon));
     if (colon != std::string_view::npos) ep.port = std::string(authority.substr(colon + 1));
   }
-  if (ep.port.empty()) ep.port = "80";
+  if (ep.port.empty()) ep.port = ep.tls ? "443" : "80";
   if (ep.host.empty()) {
     return Error(Code::kInvalidArgument, "inference server URL '{}' has no host", url);
   }

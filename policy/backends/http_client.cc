@@ -9,6 +9,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
@@ -32,11 +33,39 @@ long MsBetween(Clock::time_point a, Clock::time_point b) {
   return static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(b - a).count());
 }
 
-// A closed keep-alive connection shows up as one of these on its first use.
+// A closed keep-alive connection shows up as one of these on its first use
+// (over TLS, a peer that closes without close_notify gives stream_truncated).
 bool IsStaleConnectionError(const error_code& ec) {
   return ec == http::error::end_of_stream || ec == asio::error::eof ||
          ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
-         ec == http::error::partial_message;
+         ec == http::error::partial_message || ec == asio::ssl::error::stream_truncated;
+}
+
+bool IsClosedMidResponse(const error_code& ec) {
+  return ec == http::error::end_of_stream || ec == http::error::partial_message ||
+         ec == asio::ssl::error::stream_truncated;
+}
+
+using Request = http::request<http::string_body>;
+using Parser = http::response_parser<http::string_body>;
+
+// One request/response exchange on either kind of connection.
+asio::awaitable<void> Exchange(Connection& conn, Request& req, beast::flat_buffer& buffer,
+                               Parser& parser, error_code& ec, bool& wrote) {
+  wrote = false;
+  if (auto* tls = conn.tls()) {
+    co_await http::async_write(*tls, req, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;
+    wrote = true;
+    co_await http::async_read(*tls, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  } else {
+    auto& tcp_stream = *conn.plain();
+    co_await http::async_write(tcp_stream, req, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;
+    wrote = true;
+    co_await http::async_read(tcp_stream, buffer, parser,
+                              asio::redirect_error(asio::use_awaitable, ec));
+  }
 }
 
 struct AttemptOutcome {
@@ -65,7 +94,7 @@ struct HttpCallState : std::enable_shared_from_this<HttpCallState> {
   // I/O-thread state.
   bool cancelled = false;
   bool finished = false;
-  beast::tcp_stream* active = nullptr;
+  Connection* active = nullptr;
   asio::steady_timer timer;
   tcp::resolver resolver;
 
@@ -79,7 +108,7 @@ struct HttpCallState : std::enable_shared_from_this<HttpCallState> {
   // Runs on the I/O thread (posted by a cancel token).
   void Interrupt() {
     cancelled = true;
-    if (active) active->cancel();
+    if (active) active->tcp().cancel();
     timer.cancel();
     resolver.cancel();
   }
@@ -143,21 +172,33 @@ asio::awaitable<AttemptOutcome> HttpCallState::Attempt(int attempt) {
   req.body() = body;
   req.prepare_payload();
 
-  std::unique_ptr<beast::tcp_stream> stream = pool.Acquire(endpoint.Authority());
+  const std::string key = endpoint.PoolKey();
+  std::unique_ptr<Connection> stream = pool.Acquire(key);
   bool reused = stream != nullptr;
   error_code ec;
   for (int fresh = 0; fresh < 2; ++fresh) {
     if (!stream) {
       reused = false;
+      asio::ssl::context* tls_ctx = nullptr;
+      if (endpoint.tls) {
+        auto ctx = client->TlsContext();
+        if (!ctx.ok()) {
+          AttemptOutcome o;
+          o.status = ctx.status();
+          co_return o;
+        }
+        tls_ctx = *ctx;
+      }
       auto results = co_await resolver.async_resolve(endpoint.host, endpoint.port,
                                                      asio::redirect_error(asio::use_awaitable, ec));
       if (Cancelled()) co_return cancelled_outcome();
       if (ec) co_return unavailable(fmt::format("resolving '{}'", endpoint.host), ec);
-      stream = std::make_unique<beast::tcp_stream>(client->io_);
+      stream = tls_ctx ? std::make_unique<Connection>(client->io_, *tls_ctx)
+                       : std::make_unique<Connection>(client->io_);
       active = stream.get();
       auto connect_deadline = std::min(attempt_deadline, Clock::now() + opts.connect_timeout);
-      stream->expires_at(connect_deadline);
-      co_await stream->async_connect(results, asio::redirect_error(asio::use_awaitable, ec));
+      stream->tcp().expires_at(connect_deadline);
+      co_await stream->tcp().async_connect(results, asio::redirect_error(asio::use_awaitable, ec));
       active = nullptr;
       if (Cancelled()) co_return cancelled_outcome();
       if (ec == beast::error::timeout) {
@@ -168,68 +209,84 @@ asio::awaitable<AttemptOutcome> HttpCallState::Attempt(int attempt) {
         co_return timed_out("connecting");
       }
       if (ec) co_return unavailable("connecting", ec);
-      stream->socket().set_option(tcp::no_delay(true), ec);
+      stream->tcp().socket().set_option(tcp::no_delay(true), ec);
       pool.CountOpened();
+      if (auto* tls = stream->tls()) {
+        if (Status s = ConfigureTlsConnection(tls->native_handle(), endpoint.host); !s.ok()) {
+          AttemptOutcome o;
+          o.status = s;
+          co_return o;
+        }
+        active = stream.get();
+        auto handshake_deadline = std::min(attempt_deadline, Clock::now() + opts.connect_timeout);
+        stream->tcp().expires_at(handshake_deadline);
+        co_await tls->async_handshake(asio::ssl::stream_base::client,
+                                      asio::redirect_error(asio::use_awaitable, ec));
+        active = nullptr;
+        if (Cancelled()) co_return cancelled_outcome();
+        if (ec == beast::error::timeout) {
+          if (handshake_deadline < attempt_deadline) {
+            co_return unavailable(fmt::format("TLS handshake (no answer in {} ms)",
+                                              opts.connect_timeout.count()), ec);
+          }
+          co_return timed_out("TLS handshake");
+        }
+        if (ec) {
+          AttemptOutcome o;
+          o.status = TlsHandshakeError(tls->native_handle(), endpoint.host, ec, &o.retryable);
+          co_return o;
+        }
+      }
     } else {
       pool.CountReused();
     }
 
     active = stream.get();
-    stream->expires_at(attempt_deadline);
-    co_await http::async_write(*stream, req, asio::redirect_error(asio::use_awaitable, ec));
-    if (!ec) {
-      beast::flat_buffer buffer;
-      http::response_parser<http::string_body> parser;
-      parser.body_limit(opts.max_response_bytes);
-      co_await http::async_read(*stream, buffer, parser,
-                                asio::redirect_error(asio::use_awaitable, ec));
-      active = nullptr;
-      if (Cancelled()) co_return cancelled_outcome();
-      if (!ec) {
-        auto res = parser.release();
-        if (res.keep_alive() && !parser.need_eof()) {
-          pool.Release(endpoint.Authority(), std::move(stream));
-        } else {
-          stream->socket().close(ec);
-        }
-        AttemptOutcome o;
-        unsigned status = res.result_int();
-        if (status >= 200 && status < 300) {
-          o.response = HttpResponse{status, std::move(res.body()), attempt};
-          co_return o;
-        }
-        o.status = StatusFromHttp(status, res.body(), Where());
-        o.retryable = IsRetryableHttpStatus(status);
-        co_return o;
-      }
-      if (ec == http::error::body_limit) {
-        AttemptOutcome o;
-        o.status = Error(Code::kDataLoss, "response from {} exceeds {} bytes", Where(),
-                         opts.max_response_bytes);
-        co_return o;
-      }
-      // A pooled connection the server had already closed: one fresh try, not an attempt.
-      if (reused && fresh == 0 && IsStaleConnectionError(ec) && !parser.got_some()) {
-        stream.reset();
-        continue;
-      }
-    }
+    stream->tcp().expires_at(attempt_deadline);
+    beast::flat_buffer buffer;
+    Parser parser;
+    parser.body_limit(opts.max_response_bytes);
+    bool wrote = false;
+    co_await Exchange(*stream, req, buffer, parser, ec, wrote);
     active = nullptr;
     if (Cancelled()) co_return cancelled_outcome();
+    if (!ec) {
+      auto res = parser.release();
+      if (res.keep_alive() && !parser.need_eof()) {
+        pool.Release(key, std::move(stream));
+      } else {
+        stream->Close();
+      }
+      AttemptOutcome o;
+      unsigned status = res.result_int();
+      if (status >= 200 && status < 300) {
+        o.response = HttpResponse{status, std::move(res.body()), attempt};
+        co_return o;
+      }
+      o.status = StatusFromHttp(status, res.body(), Where());
+      o.retryable = IsRetryableHttpStatus(status);
+      co_return o;
+    }
+    if (wrote && ec == http::error::body_limit) {
+      AttemptOutcome o;
+      o.status = Error(Code::kDataLoss, "response from {} exceeds {} bytes", Where(),
+                       opts.max_response_bytes);
+      co_return o;
+    }
     if (ec == beast::error::timeout) co_return timed_out("waiting for the response");
-    if (reused && fresh == 0 && IsStaleConnectionError(ec)) {
+    // A pooled connection the server had already closed: one fresh try, not an attempt.
+    if (reused && fresh == 0 && IsStaleConnectionError(ec) && !(wrote && parser.got_some())) {
       stream.reset();
       continue;
     }
     if (ec.category() == make_error_code(http::error::bad_version).category() &&
-        ec != http::error::end_of_stream && ec != http::error::partial_message) {
+        !IsClosedMidResponse(ec)) {
       AttemptOutcome o;
       o.status = Error(Code::kDataLoss, "malformed HTTP response from {}: {}", Where(), ec.message());
       co_return o;
     }
-    co_return unavailable(ec == http::error::end_of_stream || ec == http::error::partial_message
-                              ? "connection closed before a full response"
-                              : "exchanging the request",
+    co_return unavailable(IsClosedMidResponse(ec) ? "connection closed before a full response"
+                                                  : "exchanging the request",
                           ec);
   }
   co_return unavailable("reconnecting", ec);
@@ -297,6 +354,20 @@ HttpClient::~HttpClient() {
   asio::post(io_, [this] { pool_.Clear(); });
   work_.reset();
   io_thread_.join();
+}
+
+Result<asio::ssl::context*> HttpClient::TlsContext() {
+  if (!tls_ctx_ && options_.tls_context) tls_ctx_ = options_.tls_context;
+  if (!tls_ctx_ && tls_ctx_error_.ok()) {
+    auto ctx = MakeTlsClientContext(options_.tls);
+    if (ctx.ok()) {
+      tls_ctx_ = std::move(ctx).value();
+    } else {
+      tls_ctx_error_ = ctx.status();
+    }
+  }
+  if (!tls_ctx_) return tls_ctx_error_;
+  return tls_ctx_.get();
 }
 
 void HttpClient::CallStarted() {

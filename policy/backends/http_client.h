@@ -1,5 +1,6 @@
-// A small HTTP/1.1 JSON client on Boost.Beast for talking to inference servers:
-// keep-alive connections pooled per endpoint, a deadline per call, cancellation,
+// A small HTTP/1.1 JSON client on Boost.Beast for talking to inference servers
+// over http:// or https:// (TLS, see tls.h): keep-alive connections pooled per
+// endpoint, a deadline per call, cancellation,
 // and retries with exponential backoff on transient failures (see retry_policy.h).
 //
 // Threading: one I/O thread per client runs every connection and timer, so the
@@ -24,6 +25,7 @@
 #include "policy/backends/connection_pool.h"
 #include "policy/backends/endpoint.h"
 #include "policy/backends/retry_policy.h"
+#include "policy/backends/tls.h"
 #include "sandbox/base/status.h"
 
 namespace paddock::policy {
@@ -31,14 +33,21 @@ namespace paddock::policy {
 struct HttpClientOptions {
   ConnectionPool::Options pool;
   RetryPolicy retry;
-  // Limit on establishing one TCP connection (a refused connect fails at once).
+  // Limit on establishing one TCP connection (a refused connect fails at once),
+  // and separately on its TLS handshake for https endpoints.
   std::chrono::milliseconds connect_timeout{3000};
   // Limit on one attempt; a timed-out attempt is retried while the call's
   // deadline leaves time. Zero: an attempt may use the whole remaining deadline.
   std::chrono::milliseconds attempt_timeout{0};
   size_t max_response_bytes = 64u << 20;
-  // Sent with every request, e.g. {"Authorization", "Bearer …"}.
+  // Sent with every request, e.g. {"Authorization", "Bearer …"}. Never logged
+  // nor put in error messages.
   std::vector<std::pair<std::string, std::string>> headers;
+  // CAs for https endpoints (default: the system store).
+  TlsOptions tls;
+  // A context already built from `tls` (MakeTlsClientContext), shared; when
+  // null the client builds one on its first https call.
+  std::shared_ptr<boost::asio::ssl::context> tls_context;
 };
 
 struct HttpCall {
@@ -68,7 +77,8 @@ class HttpClient {
   //   UNAVAILABLE (down, reset, 5xx after retries), DEADLINE_EXCEEDED, CANCELLED,
   //   INVALID_ARGUMENT / UNAUTHENTICATED / PERMISSION_DENIED / NOT_FOUND /
   //   RESOURCE_EXHAUSTED for 4xx (never retried), DATA_LOSS (response too big or
-  //   not HTTP).
+  //   not HTTP), PERMISSION_DENIED "TLS certificate verification failed for HOST:
+  //   reason" (https, never retried).
   void PostJson(const Endpoint& endpoint, std::string path, std::string body, HttpCall call,
                 Done done);
 
@@ -80,10 +90,15 @@ class HttpClient {
   friend struct HttpCallState;
   void CallStarted();
   void CallFinished();
+  // The TLS client context, built on first use (I/O thread only).
+  Result<boost::asio::ssl::context*> TlsContext();
 
   HttpClientOptions options_;
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
+  // Before pool_: pooled TLS connections are destroyed before their context.
+  std::shared_ptr<boost::asio::ssl::context> tls_ctx_;
+  Status tls_ctx_error_;
   ConnectionPool pool_;
   CancelToken shutdown_;
   std::mutex mu_;

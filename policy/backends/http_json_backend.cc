@@ -1,6 +1,7 @@
 #include "policy/backends/http_json_backend.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <future>
 
 #include <fmt/format.h>
@@ -15,6 +16,31 @@ HttpClientOptions WithAuth(HttpClientOptions http, const std::string& api_key) {
   return http;
 }
 }  // namespace
+
+Result<Endpoint> PrepareBackendOptions(BackendOptions& options) {
+  PADDOCK_ASSIGN_OR_RETURN(Endpoint ep, ParseEndpoint(options.url));
+  if (options.api_key.empty() && !options.api_key_env.empty()) {
+    const char* value = std::getenv(options.api_key_env.c_str());
+    if (value == nullptr || *value == '\0') {
+      return Error(Code::kFailedPrecondition,
+                   "API key environment variable {} (api_key_env) is not set or empty",
+                   options.api_key_env);
+    }
+    options.api_key = value;
+  }
+  for (unsigned char c : options.api_key) {
+    if (c <= 0x20 || c == 0x7f) {  // the key itself is never echoed
+      return Error(Code::kInvalidArgument,
+                   "API key{} contains a space or control character",
+                   options.api_key_env.empty() ? "" : " from $" + options.api_key_env);
+    }
+  }
+  if (ep.tls && !options.http.tls_context) {
+    // Built (and the CA files read) once, now, so a bad CA option fails here.
+    PADDOCK_ASSIGN_OR_RETURN(options.http.tls_context, MakeTlsClientContext(options.http.tls));
+  }
+  return ep;
+}
 
 HttpJsonBackend::HttpJsonBackend(Endpoint endpoint, BackendOptions options)
     : endpoint_(std::move(endpoint)),

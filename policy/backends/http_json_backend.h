@@ -15,11 +15,21 @@
 namespace paddock::policy {
 
 struct BackendOptions {
-  std::string url;        // "http://host:port" (+ optional base path)
+  std::string url;        // "http://host:port" or "https://host[:port]" (+ optional base path)
   std::string model;      // "model" field for OpenAI-compatible servers; omitted when empty
-  std::string api_key;    // sent as "Authorization: Bearer …" when set
-  HttpClientOptions http; // pool, retry, timeouts
+  // Sent as "Authorization: Bearer …" when set. Never logged nor put in errors.
+  std::string api_key;
+  // The name of an environment variable holding the key (e.g. "DEEPSEEK_API_KEY"),
+  // read once by Create when api_key is empty; FAILED_PRECONDITION if it is
+  // unset or empty. Keeps the secret out of config files.
+  std::string api_key_env;
+  HttpClientOptions http; // pool, retry, timeouts, TLS CAs (http.tls)
 };
+
+// What every backend's Create does first: parses `options.url`, resolves
+// api_key_env into api_key (refusing keys with control characters or spaces),
+// and for https builds the TLS context (loading the CAs) into http.tls_context.
+Result<Endpoint> PrepareBackendOptions(BackendOptions& options);
 
 class HttpJsonBackend : public PolicyBackend {
  public:

@@ -8,7 +8,7 @@
 namespace paddock::policy {
 
 Result<std::unique_ptr<OpenAiChatBackend>> OpenAiChatBackend::Create(BackendOptions options) {
-  PADDOCK_ASSIGN_OR_RETURN(Endpoint ep, ParseEndpoint(options.url));
+  PADDOCK_ASSIGN_OR_RETURN(Endpoint ep, PrepareBackendOptions(options));
   return std::unique_ptr<OpenAiChatBackend>(new OpenAiChatBackend(std::move(ep), std::move(options)));
 }
 

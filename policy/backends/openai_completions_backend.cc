@@ -9,7 +9,7 @@ namespace paddock::policy {
 
 Result<std::unique_ptr<OpenAiCompletionsBackend>> OpenAiCompletionsBackend::Create(
     BackendOptions options) {
-  PADDOCK_ASSIGN_OR_RETURN(Endpoint ep, ParseEndpoint(options.url));
+  PADDOCK_ASSIGN_OR_RETURN(Endpoint ep, PrepareBackendOptions(options));
   return std::unique_ptr<OpenAiCompletionsBackend>(
       new OpenAiCompletionsBackend(std::move(ep), std::move(options)));
 }

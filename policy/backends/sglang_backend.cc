@@ -9,7 +9,7 @@
 namespace paddock::policy {
 
 Result<std::unique_ptr<SglangBackend>> SglangBackend::Create(BackendOptions options) {
-  PADDOCK_ASSIGN_OR_RETURN(Endpoint ep, ParseEndpoint(options.url));
+  PADDOCK_ASSIGN_OR_RETURN(Endpoint ep, PrepareBackendOptions(options));
   return std::unique_ptr<SglangBackend>(new SglangBackend(std::move(ep), std::move(options)));
 }
 
