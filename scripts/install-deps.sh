@@ -14,6 +14,8 @@ PACKAGES=(
   libseccomp-dev libcap-dev busybox-static
   # the trajectory log
   librocksdb-dev
+  # the image store: archives, layer compression
+  libarchive-dev libzstd-dev liblz4-dev
   # the V4 policy engine: tokenizer regexes, fuzzing the DSML parser (clang's libFuzzer)
   libpcre2-dev clang libclang-rt-14-dev
   libboost-dev  # Boost.Beast/Asio (header-only): policy/backends HTTP clients
