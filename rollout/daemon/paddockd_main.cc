@@ -20,6 +20,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include "replay/trajectory_log.h"
 #include "rollout/service/auth.h"
 #include "rollout/service/server.h"
 #include "sandbox/base/unique_fd.h"
@@ -44,6 +45,9 @@ struct Flags {
   uint32_t default_ttl = 3600;
   std::string log_level = "info";
   std::string init_path;
+  std::string log_dir;       // default <state-dir>/log
+  std::string restore_log;   // a backup dir to restore into the log before opening it
+  bool log_allow_corruption = false;
 };
 
 std::string DefaultSocket() {
@@ -195,6 +199,35 @@ int Run(const Flags& flags) {
   }
   spdlog::info("paddockd starting: state dir {}, paddock-init {}", env.state_dir, env.init_path);
 
+  // 3b. The trajectory log: restored from a backup first when asked (it must
+  //     not be open then, and under the state-dir lock nobody else has it),
+  //     then opened. The daemon does not serve without it.
+  std::string log_dir = flags.log_dir.empty() ? env.state_dir + "/log" : flags.log_dir;
+  if (!flags.restore_log.empty()) {
+    if (Status st = replay::TrajectoryLog::Restore(flags.restore_log, log_dir); !st.ok()) {
+      spdlog::error("cannot restore the trajectory log from {} into {}: {}", flags.restore_log,
+                    log_dir, st.message());
+      return 1;
+    }
+    spdlog::info("restored the trajectory log at {} from the latest backup in {}", log_dir,
+                 flags.restore_log);
+  }
+  replay::LogOptions log_opts;
+  log_opts.dir = log_dir;
+  log_opts.allow_corruption = flags.log_allow_corruption;
+  log_opts.created_by = "paddockd";
+  auto log = replay::TrajectoryLog::Open(log_opts);
+  if (!log.ok()) {
+    spdlog::error("cannot open the trajectory log at {}: {}. paddockd does not start without its "
+                  "log: fix the path (--log-dir) or its filesystem; a corrupt log can be restored "
+                  "from a backup (--restore-log DIR) or opened anyway (--log-allow-corruption)",
+                  log_dir, log.status().message());
+    return 1;
+  }
+  spdlog::info("trajectory log open at {}", log_dir);
+  server_opts.log = log->get();
+  server_opts.log_dir = log_dir;
+
   // 4. Clear what a crashed predecessor left behind.
   LogReap(ReapLeftovers(env));
 
@@ -260,6 +293,13 @@ int main(int argc, char** argv) {
                  "time to live in seconds for sandboxes created with ttl 0")
       ->capture_default_str();
   app.add_option("--log-level", flags.log_level, "trace|debug|info|warn|error")->capture_default_str();
+  app.add_option("--log-dir", flags.log_dir,
+                 "trajectory log database directory (default: <state-dir>/log)");
+  app.add_option("--restore-log", flags.restore_log,
+                 "restore the latest backup in this directory (made by `paddock log backup`) into "
+                 "the log before opening it; replaces the log's contents");
+  app.add_flag("--log-allow-corruption", flags.log_allow_corruption,
+               "open a trajectory log that fails its checksum checks instead of refusing to start");
   app.add_option("--init-path", flags.init_path,
                  "paddock-init binary (default: beside paddockd, or /usr/local/lib/paddock)");
   try {

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <mutex>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
@@ -75,8 +76,19 @@ uint64_t DaemonRssBytes() {
   return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
-SandboxService::SandboxService(SandboxManager& manager, const BearerTokenAuth* auth)
-    : manager_(manager), auth_(auth) {}
+SandboxService::SandboxService(SandboxManager& manager, const BearerTokenAuth* auth,
+                               ReplayParts replay)
+    : manager_(manager), auth_(auth), replay_(replay) {}
+
+Result<replay::CallKey> SandboxService::KeyOf(const v1::IdempotencyKey& k) const {
+  if (!replay_.calls)
+    return Error(Code::kFailedPrecondition,
+                 "this daemon runs without a trajectory log, so it cannot take idempotency keys; "
+                 "paddockd opens one at <state-dir>/log (or --log-dir)");
+  replay::CallKey key{k.episode(), k.step(), k.call()};
+  PADDOCK_RETURN_IF_ERROR(key.Validate().Prefix("idempotency key"));
+  return key;
+}
 
 grpc::Status SandboxService::Authorize(const grpc::ServerContext& ctx) const {
   return auth_ ? auth_->Check(ctx) : grpc::Status::OK;
@@ -93,6 +105,41 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
   }
   PADDOCK_GRPC_RETURN_IF_ERROR(ValidateEnv(spec.env()));
   PADDOCK_GRPC_RETURN_IF_ERROR(ValidateOptionalPath(spec.workdir(), "workdir"));
+  if (!req->episode().empty()) {
+    if (!replay_.bindings)
+      return ToGrpc(Error(Code::kFailedPrecondition,
+                          "this daemon runs without a trajectory log, so it cannot bind a sandbox "
+                          "to episode {}; paddockd opens one at <state-dir>/log (or --log-dir)",
+                          req->episode()));
+    std::optional<SandboxInfo> created;
+    auto binding = replay_.bindings->Bind(
+        req->episode(), replay::IdentifySandboxSpec(spec),
+        [&](const std::string& id) { return manager_.Get(id).ok(); },
+        [&]() -> Result<std::string> {
+          SandboxSpec domain = v1conv::FromProto(spec);
+          domain.labels["paddock.episode"] = req->episode();
+          auto info = manager_.Create(domain);
+          if (!info.ok()) return info.status().Prefix("creating sandbox");
+          created = *info;
+          return info->id;
+        });
+    if (!binding.ok()) return ToGrpc(binding.status());
+    auto info = created ? Result<SandboxInfo>(*created) : manager_.Info(binding->sandbox_id);
+    if (!info.ok()) return ToGrpc(info.status());
+    if (binding->reused)
+      spdlog::info("episode {}: returned its bound sandbox {}", req->episode(), info->id);
+    else if (binding->rebuilt)
+      spdlog::info("episode {}: sandbox {} is gone; rebuilt as {}", req->episode(),
+                   binding->previous_sandbox_id, info->id);
+    else
+      spdlog::info("episode {}: created {} sandbox {} from {}", req->episode(), spec.substrate(),
+                   info->id, spec.image());
+    ToProto(*info, resp->mutable_sandbox());
+    resp->set_reused(binding->reused);
+    resp->set_rebuilt(binding->rebuilt);
+    resp->set_previous_sandbox_id(binding->previous_sandbox_id);
+    return grpc::Status::OK;
+  }
   auto info = manager_.Create(v1conv::FromProto(spec));
   if (!info.ok()) return ToGrpc(info.status().Prefix("creating sandbox"));
   spdlog::info("created {} sandbox {} from {}", spec.substrate(), info->id, spec.image());
@@ -101,6 +148,13 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
 }
 
 Result<std::shared_ptr<Sandbox>> SandboxService::PrepareExec(const v1::ExecRequest& req) {
+  PADDOCK_RETURN_IF_ERROR(ValidateExec(req));
+  auto sb = manager_.Get(req.sandbox_id());
+  if (sb.ok()) manager_.CountExec();
+  return sb;
+}
+
+Status SandboxService::ValidateExec(const v1::ExecRequest& req) const {
   PADDOCK_RETURN_IF_ERROR(ValidateId(req.sandbox_id()));
   bool has_argv = req.argv_size() > 0;
   bool has_shell = !req.shell().empty();
@@ -119,14 +173,48 @@ Result<std::shared_ptr<Sandbox>> SandboxService::PrepareExec(const v1::ExecReque
                  req.stdin().size(), kMaxFileBytes);
   PADDOCK_RETURN_IF_ERROR(ValidateEnv(req.env()));
   PADDOCK_RETURN_IF_ERROR(ValidateOptionalPath(req.cwd(), "cwd"));
-  auto sb = manager_.Get(req.sandbox_id());
-  if (sb.ok()) manager_.CountExec();
-  return sb;
+  return Status::Ok();
+}
+
+Result<replay::CallOutcome> SandboxService::RunKeyedExec(const v1::ExecRequest& req,
+                                                        const OutputCallback& on_output) {
+  PADDOCK_RETURN_IF_ERROR(ValidateExec(req));
+  auto key = KeyOf(req.idempotency_key());
+  if (!key.ok()) return key.status();
+  std::shared_ptr<Sandbox> sb;
+  return replay_.calls->Run(
+      *key, req.idempotency_key().idempotent(), replay::IdentifyExec(req),
+      [&]() -> Status {
+        auto found = manager_.Get(req.sandbox_id());
+        if (!found.ok()) return found.status();
+        sb = *found;
+        manager_.CountExec();
+        return Status::Ok();
+      },
+      [&]() -> Result<std::string> {
+        ExecRequest exec = v1conv::FromProto(req);
+        exec.stream = static_cast<bool>(on_output);
+        auto result = sb->Exec(exec, on_output);
+        if (!result.ok()) return result.status();
+        v1::ExecResult p;
+        v1conv::ToProto(*result, &p);
+        return p.SerializeAsString();
+      });
 }
 
 grpc::Status SandboxService::Exec(grpc::ServerContext* ctx, const v1::ExecRequest* req,
                                   v1::ExecResult* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (req->has_idempotency_key()) {
+    auto out = RunKeyedExec(*req, nullptr);
+    if (!out.ok()) return ToGrpc(out.status());
+    if (!resp->ParseFromString(out->response))
+      return ToGrpc(Error(Code::kDataLoss, "the logged result of call {}:{}:{} does not parse",
+                          req->idempotency_key().episode(), req->idempotency_key().step(),
+                          req->idempotency_key().call()));
+    resp->set_replayed(out->replayed);
+    return grpc::Status::OK;
+  }
   auto sb = PrepareExec(*req);
   if (!sb.ok()) return ToGrpc(sb.status());
   auto result = (*sb)->Exec(v1conv::FromProto(*req), nullptr);
@@ -138,6 +226,7 @@ grpc::Status SandboxService::Exec(grpc::ServerContext* ctx, const v1::ExecReques
 grpc::Status SandboxService::ExecStream(grpc::ServerContext* ctx, const v1::ExecRequest* req,
                                         grpc::ServerWriter<v1::ExecEvent>* writer) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (req->has_idempotency_key()) return KeyedExecStream(*req, writer);
   auto sb = PrepareExec(*req);
   if (!sb.ok()) return ToGrpc(sb.status());
   ExecRequest exec = v1conv::FromProto(*req);
@@ -168,6 +257,53 @@ grpc::Status SandboxService::ExecStream(grpc::ServerContext* ctx, const v1::Exec
   return grpc::Status::OK;
 }
 
+// A keyed ExecStream: a live run streams as usual (and logs the whole
+// result); a replay sends the logged output as one stdout and one stderr
+// chunk, then the result.
+grpc::Status SandboxService::KeyedExecStream(const v1::ExecRequest& req,
+                                             grpc::ServerWriter<v1::ExecEvent>* writer) {
+  std::mutex write_mu;
+  bool client_gone = false;
+  auto send = [&](const v1::ExecEvent& ev) {
+    std::lock_guard lock(write_mu);
+    if (client_gone) return;
+    if (!writer->Write(ev)) client_gone = true;
+  };
+  OutputCallback on_output = [&](int stream, std::string_view chunk) {
+    v1::ExecEvent ev;
+    if (stream == 2) ev.set_stderr(chunk.data(), chunk.size());
+    else ev.set_stdout(chunk.data(), chunk.size());
+    send(ev);
+  };
+  auto out = RunKeyedExec(req, on_output);
+  if (!out.ok()) return ToGrpc(out.status());
+  v1::ExecEvent last;
+  v1::ExecResult* result = last.mutable_result();
+  if (!result->ParseFromString(out->response))
+    return ToGrpc(Error(Code::kDataLoss, "the logged result of call {}:{}:{} does not parse",
+                        req.idempotency_key().episode(), req.idempotency_key().step(),
+                        req.idempotency_key().call()));
+  if (out->replayed) {
+    v1::ExecEvent ev;
+    if (!result->stdout().empty()) {
+      ev.set_stdout(result->stdout());
+      send(ev);
+    }
+    if (!result->stderr().empty()) {
+      ev.set_stderr(result->stderr());
+      send(ev);
+    }
+  }
+  result->clear_stdout();
+  result->clear_stderr();
+  result->set_replayed(out->replayed);
+  send(last);
+  std::lock_guard lock(write_mu);
+  if (client_gone)
+    return {grpc::StatusCode::CANCELLED, "client went away before the result was delivered"};
+  return grpc::Status::OK;
+}
+
 grpc::Status SandboxService::WriteFile(grpc::ServerContext* ctx, const v1::WriteFileRequest* req,
                                        v1::WriteFileResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
@@ -181,9 +317,34 @@ grpc::Status SandboxService::WriteFile(grpc::ServerContext* ctx, const v1::Write
   if (req->mode() > 07777)
     return ToGrpc(Error(Code::kInvalidArgument,
                         "mode {:o} has bits beyond permission bits (07777)", req->mode()));
+  uint32_t mode = req->mode() == 0 ? 0644 : req->mode();
+  if (req->has_idempotency_key()) {
+    auto key = KeyOf(req->idempotency_key());
+    if (!key.ok()) return ToGrpc(key.status());
+    std::shared_ptr<Sandbox> sb;
+    auto out = replay_.calls->Run(
+        *key, req->idempotency_key().idempotent(), replay::IdentifyWrite(*req),
+        [&]() -> Status {
+          auto found = manager_.Get(req->sandbox_id());
+          if (!found.ok()) return found.status();
+          sb = *found;
+          return Status::Ok();
+        },
+        [&]() -> Result<std::string> {
+          PADDOCK_RETURN_IF_ERROR(sb->WriteFile(req->path(), req->content(), mode, req->make_parents()));
+          v1::WriteFileResponse r;
+          r.set_bytes_written(req->content().size());
+          return r.SerializeAsString();
+        });
+    if (!out.ok()) return ToGrpc(out.status());
+    if (!resp->ParseFromString(out->response))
+      return ToGrpc(Error(Code::kDataLoss, "the logged result of call {} does not parse",
+                          key->ToString()));
+    resp->set_replayed(out->replayed);
+    return grpc::Status::OK;
+  }
   auto sb = manager_.Get(req->sandbox_id());
   if (!sb.ok()) return ToGrpc(sb.status());
-  uint32_t mode = req->mode() == 0 ? 0644 : req->mode();
   PADDOCK_GRPC_RETURN_IF_ERROR(
       (*sb)->WriteFile(req->path(), req->content(), mode, req->make_parents()));
   resp->set_bytes_written(req->content().size());

@@ -11,6 +11,7 @@
 // blocking substrate calls plus a hand-written write queue, for no gain here.
 #pragma once
 
+#include "replay/idempotent_calls.h"
 #include "sandbox.grpc.pb.h"
 #include "sandbox/manager.h"
 #include "rollout/service/auth.h"
@@ -20,11 +21,21 @@ namespace paddock::service {
 // Maps a domain status onto the gRPC status with the same code and message.
 grpc::Status ToGrpc(const Status& st);
 
+// The trajectory log's parts the sandbox API uses; shared by every listener's
+// service instance (keyed calls on the unix socket and on TCP serialize
+// against each other). Null members: the daemon runs without a log, and keyed
+// calls and episode bindings are refused.
+struct ReplayParts {
+  replay::IdempotentCalls* calls = nullptr;
+  replay::EpisodeBindings* bindings = nullptr;
+};
+
 class SandboxService final : public v1::Sandboxes::Service {
  public:
   // `auth`: when non-null, every call must pass it (the TCP listener's instance);
   // null for the unix socket. Both must outlive the service.
-  explicit SandboxService(SandboxManager& manager, const BearerTokenAuth* auth = nullptr);
+  explicit SandboxService(SandboxManager& manager, const BearerTokenAuth* auth = nullptr,
+                          ReplayParts replay = {});
 
   grpc::Status Create(grpc::ServerContext* ctx, const v1::CreateRequest* req,
                       v1::CreateResponse* resp) override;
@@ -53,9 +64,18 @@ class SandboxService final : public v1::Sandboxes::Service {
   grpc::Status Authorize(const grpc::ServerContext& ctx) const;
   // Validates an exec request and finds its sandbox.
   Result<std::shared_ptr<Sandbox>> PrepareExec(const v1::ExecRequest& req);
+  // Validates the syntax of an exec request (no sandbox lookup).
+  Status ValidateExec(const v1::ExecRequest& req) const;
+  // Runs an exec, delivering chunks to `on_output` when set; the full result.
+  Result<v1::ExecResult> RunExec(const v1::ExecRequest& req, const OutputCallback& on_output);
+  // Keyed exec: through the log (see replay/idempotent_calls.h).
+  Result<replay::CallOutcome> RunKeyedExec(const v1::ExecRequest& req, const OutputCallback& on_output);
+  grpc::Status KeyedExecStream(const v1::ExecRequest& req, grpc::ServerWriter<v1::ExecEvent>* writer);
+  Result<replay::CallKey> KeyOf(const v1::IdempotencyKey& k) const;
 
   SandboxManager& manager_;
   const BearerTokenAuth* auth_;
+  ReplayParts replay_;
 };
 
 // Resident set size of this process, from /proc/self/statm; 0 if unreadable.

@@ -64,8 +64,14 @@ Status SandboxServer::Start() {
   int max_threads = options_.max_threads > 0
                         ? options_.max_threads
                         : static_cast<int>(std::min<uint64_t>(4ull * manager_.max_sandboxes() + 64, 1 << 16));
-  auto build = [&](SandboxService* service, const std::string& address, int* port,
-                   std::unique_ptr<grpc::Server>* out) -> Status {
+  ReplayParts replay;
+  if (options_.log) {
+    calls_ = std::make_unique<replay::IdempotentCalls>(*options_.log);
+    bindings_ = std::make_unique<replay::EpisodeBindings>(*options_.log);
+    replay = {calls_.get(), bindings_.get()};
+  }
+  auto build = [&](SandboxService* service, LogService* log_service, const std::string& address,
+                   int* port, std::unique_ptr<grpc::Server>* out) -> Status {
     grpc::ServerBuilder builder;
     grpc::ResourceQuota quota("paddockd");
     quota.SetMaxThreads(max_threads);
@@ -74,15 +80,18 @@ Status SandboxServer::Start() {
     builder.SetMaxSendMessageSize(kMaxMessageBytes);
     builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
     builder.RegisterService(service);
+    if (log_service) builder.RegisterService(log_service);
     *out = builder.BuildAndStart();
     if (!*out) return Error(Code::kUnavailable, "cannot listen on {}", address);
     return Status::Ok();
   };
 
-  unix_service_ = std::make_unique<SandboxService>(manager_);
+  unix_service_ = std::make_unique<SandboxService>(manager_, nullptr, replay);
+  if (options_.log)
+    unix_log_service_ = std::make_unique<LogService>(*options_.log, options_.log_dir);
   int unix_port = 0;
-  PADDOCK_RETURN_IF_ERROR(build(unix_service_.get(), "unix:" + options_.socket_path, &unix_port,
-                                &unix_server_));
+  PADDOCK_RETURN_IF_ERROR(build(unix_service_.get(), unix_log_service_.get(),
+                                "unix:" + options_.socket_path, &unix_port, &unix_server_));
   // gRPC creates the socket with the umask's mode; narrow it to root and the group.
   if (chmod(options_.socket_path.c_str(), 0660) != 0)
     return ErrnoError(fmt::format("chmod 0660 {}", options_.socket_path));
@@ -92,8 +101,11 @@ Status SandboxServer::Start() {
     if (options_.token.empty())
       return Error(Code::kInvalidArgument, "a TCP listener needs a token; pass --token-file");
     auth_.emplace(options_.token);
-    tcp_service_ = std::make_unique<SandboxService>(manager_, &*auth_);
-    PADDOCK_RETURN_IF_ERROR(build(tcp_service_.get(), options_.tcp_address, &tcp_port_, &tcp_server_));
+    tcp_service_ = std::make_unique<SandboxService>(manager_, &*auth_, replay);
+    if (options_.log)
+      tcp_log_service_ = std::make_unique<LogService>(*options_.log, options_.log_dir, &*auth_);
+    PADDOCK_RETURN_IF_ERROR(build(tcp_service_.get(), tcp_log_service_.get(), options_.tcp_address,
+                                  &tcp_port_, &tcp_server_));
     if (tcp_port_ == 0)
       return Error(Code::kUnavailable, "cannot listen on {}; is the port in use?", options_.tcp_address);
     spdlog::info("listening on tcp {} (port {}); calls need a bearer token", options_.tcp_address,

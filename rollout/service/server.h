@@ -13,7 +13,10 @@
 
 #include <grpcpp/server.h>
 
+#include "replay/idempotent_calls.h"
+#include "replay/trajectory_log.h"
 #include "rollout/service/auth.h"
+#include "rollout/service/log_service.h"
 #include "rollout/service/sandbox_service.h"
 #include "sandbox/manager.h"
 
@@ -28,6 +31,11 @@ struct ServerOptions {
   // Bound on gRPC's sync-server threads (one per in-flight call, and a blocked
   // Exec holds one for its whole run). 0: 4 per allowed sandbox plus 64.
   int max_threads = 0;
+  // The daemon's open trajectory log (outlives the server). With it, keyed
+  // Exec/WriteFile, `Create --episode` and the Log service work; without it
+  // they are refused and the Log service is not served.
+  replay::TrajectoryLog* log = nullptr;
+  std::string log_dir;  // where `log` lives, for messages
 };
 
 class SandboxServer {
@@ -50,8 +58,12 @@ class SandboxServer {
   SandboxManager& manager_;
   ServerOptions options_;
   std::optional<BearerTokenAuth> auth_;
+  std::unique_ptr<replay::IdempotentCalls> calls_;
+  std::unique_ptr<replay::EpisodeBindings> bindings_;
   std::unique_ptr<SandboxService> unix_service_;
   std::unique_ptr<SandboxService> tcp_service_;
+  std::unique_ptr<LogService> unix_log_service_;
+  std::unique_ptr<LogService> tcp_log_service_;
   std::unique_ptr<grpc::Server> unix_server_;
   std::unique_ptr<grpc::Server> tcp_server_;
   int tcp_port_ = 0;
