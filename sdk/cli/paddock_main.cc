@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -77,7 +78,7 @@ int WithClient(const Globals& g, F&& body) {
 
 // ---- sandbox create -------------------------------------------------------
 struct CreateArgs {
-  std::string substrate, image, memory, disk, workdir;
+  std::string substrate, image, memory, disk, workdir, episode;
   uint32_t pids = 0, cpu = 0, ttl = 0;
   std::vector<std::string> env, labels;
 };
@@ -107,6 +108,27 @@ int RunCreate(const Globals& g, const CreateArgs& a) {
   if (!labels.ok()) return Fail(g, labels.status());
   spec.labels = *labels;
   return WithClient(g, [&](client::Client& c) {
+    if (!a.episode.empty()) {
+      auto bound = c.CreateForEpisode(spec, a.episode);
+      if (!bound.ok()) return Fail(g, bound.status());
+      if (g.json) {
+        json j = ToJson(bound->sandbox);
+        j["episode"] = a.episode;
+        j["reused"] = bound->reused;
+        j["rebuilt"] = bound->rebuilt;
+        j["previous_sandbox_id"] = bound->previous_sandbox_id;
+        PrintJson(j);
+      } else {
+        std::printf("%s\n", bound->sandbox.id.c_str());
+        if (bound->rebuilt)
+          std::fprintf(stderr,
+                       "paddock: episode %s's sandbox %s is gone (daemon restarted?); rebuilt as "
+                       "%s from the image\n",
+                       a.episode.c_str(), bound->previous_sandbox_id.c_str(),
+                       bound->sandbox.id.c_str());
+      }
+      return 0;
+    }
     auto info = c.Create(spec);
     if (!info.ok()) return Fail(g, info.status());
     if (g.json) PrintJson(ToJson(*info));
@@ -117,7 +139,8 @@ int RunCreate(const Globals& g, const CreateArgs& a) {
 
 // ---- sandbox exec ---------------------------------------------------------
 struct ExecArgs {
-  std::string id, cwd, output_cap, shell;
+  std::string id, cwd, output_cap, shell, key;
+  bool idempotent = false;
   uint32_t timeout_ms = 0;
   std::vector<std::string> env, argv;
   bool stream = false, stdin_ = false;
@@ -147,37 +170,56 @@ int RunExec(const Globals& g, const ExecArgs& a) {
   auto env = ParseKeyValues(a.env, "--env");
   if (!env.ok()) return Fail(g, env.status());
   req.env = *env;
+  std::optional<client::CallKey> key;
+  if (!a.key.empty()) {
+    auto k = client::ParseCallKey(a.key);
+    if (!k.ok()) return Fail(g, k.status().Prefix("--key"));
+    k->idempotent = a.idempotent;
+    key = *k;
+  } else if (a.idempotent) {
+    return Fail(g, Error(Code::kInvalidArgument, "--idempotent goes with --key EPISODE:STEP:CALL"));
+  }
   if (a.stdin_) req.stdin_data = ReadAllStdin();
   return WithClient(g, [&](client::Client& c) {
-    Result<ExecResult> r = Status();
+    Result<client::KeyedExecResult> r = Status();
+    auto print_chunk = [](int stream, std::string_view chunk) {
+      FILE* out = stream == 2 ? stderr : stdout;
+      std::fwrite(chunk.data(), 1, chunk.size(), out);
+      std::fflush(out);
+    };
+    auto plain = [](Result<ExecResult> x) mutable -> Result<client::KeyedExecResult> {
+      if (!x.ok()) return x.status();
+      return client::KeyedExecResult{std::move(x).value(), false};
+    };
     if (a.stream && !g.json) {
-      r = c.ExecStream(a.id, req, [](int stream, std::string_view chunk) {
-        FILE* out = stream == 2 ? stderr : stdout;
-        std::fwrite(chunk.data(), 1, chunk.size(), out);
-        std::fflush(out);
-      });
+      r = key ? c.ExecStream(a.id, req, *key, print_chunk) : plain(c.ExecStream(a.id, req, print_chunk));
     } else {
-      r = c.Exec(a.id, req);
+      r = key ? c.Exec(a.id, req, *key) : plain(c.Exec(a.id, req));
     }
     if (!r.ok()) return Fail(g, r.status());
     if (g.json) {
-      PrintJson(ToJson(*r));
-    } else {
-      std::fwrite(r->stdout_data.data(), 1, r->stdout_data.size(), stdout);
-      std::fflush(stdout);
-      std::fwrite(r->stderr_data.data(), 1, r->stderr_data.size(), stderr);
-      if (r->stdout_truncated || r->stderr_truncated)
-        std::fprintf(stderr, "paddock: output truncated at the output cap; raise --output-cap\n");
-      if (r->timed_out) std::fprintf(stderr, "paddock: command timed out; raise --timeout-ms\n");
-      if (r->oom_killed) std::fprintf(stderr, "paddock: command ran out of memory (sandbox --memory)\n");
+      json j = ToJson(r->result);
+      j["replayed"] = r->replayed;
+      PrintJson(j);
+      return ExecExitStatus(r->result);
     }
-    return ExecExitStatus(*r);
+    {
+      const ExecResult& x = r->result;
+      std::fwrite(x.stdout_data.data(), 1, x.stdout_data.size(), stdout);
+      std::fflush(stdout);
+      std::fwrite(x.stderr_data.data(), 1, x.stderr_data.size(), stderr);
+      if (x.stdout_truncated || x.stderr_truncated)
+        std::fprintf(stderr, "paddock: output truncated at the output cap; raise --output-cap\n");
+      if (x.timed_out) std::fprintf(stderr, "paddock: command timed out; raise --timeout-ms\n");
+      if (x.oom_killed) std::fprintf(stderr, "paddock: command ran out of memory (sandbox --memory)\n");
+    }
+    return ExecExitStatus(r->result);
   });
 }
 
 // ---- files ----------------------------------------------------------------
 int RunWrite(const Globals& g, const std::string& id, const std::string& path,
-             const std::string& mode_text) {
+             const std::string& mode_text, const std::string& key_text, bool idempotent) {
   uint32_t mode = 0;
   if (!mode_text.empty()) {
     size_t used = 0;
@@ -189,11 +231,27 @@ int RunWrite(const Globals& g, const std::string& id, const std::string& path,
       return Fail(g, Error(Code::kInvalidArgument, "--mode '{}': expected octal permissions such as 0755",
                            mode_text));
   }
+  std::optional<client::CallKey> key;
+  if (!key_text.empty()) {
+    auto k = client::ParseCallKey(key_text);
+    if (!k.ok()) return Fail(g, k.status().Prefix("--key"));
+    k->idempotent = idempotent;
+    key = *k;
+  } else if (idempotent) {
+    return Fail(g, Error(Code::kInvalidArgument, "--idempotent goes with --key EPISODE:STEP:CALL"));
+  }
   std::string content = ReadAllStdin();
   return WithClient(g, [&](client::Client& c) {
-    auto n = c.WriteFile(id, path, content, mode, /*make_parents=*/true);
-    if (!n.ok()) return Fail(g, n.status());
-    if (g.json) PrintJson({{"path", path}, {"bytes_written", *n}});
+    Result<client::KeyedWriteResult> w = Status();
+    if (key) {
+      w = c.WriteFile(id, path, content, mode, /*make_parents=*/true, *key);
+    } else {
+      auto n = c.WriteFile(id, path, content, mode, /*make_parents=*/true);
+      if (n.ok()) w = client::KeyedWriteResult{*n, false};
+      else w = n.status();
+    }
+    if (!w.ok()) return Fail(g, w.status());
+    if (g.json) PrintJson({{"path", path}, {"bytes_written", w->bytes_written}, {"replayed", w->replayed}});
     return 0;
   });
 }
@@ -327,6 +385,232 @@ int RunSnapshot(const Globals& g, const std::string& id, const std::string& name
   });
 }
 
+// ---- log ------------------------------------------------------------------
+struct LogArgs {
+  std::string episode, dir, format = "jsonl", older_than;
+  std::vector<std::string> episodes;
+};
+
+json ToJson(const client::LogEpisode& e) {
+  return {{"episode_id", e.episode_id},     {"state", e.state},
+          {"created_unix_ms", e.created_unix_ms}, {"updated_unix_ms", e.updated_unix_ms},
+          {"sandbox_id", e.sandbox_id},     {"model", e.model},
+          {"task", e.task},                 {"stop_reason", e.stop_reason},
+          {"failure_reason", e.failure_reason}, {"rebuild_note", e.rebuild_note},
+          {"total_reward", e.total_reward}, {"labels", e.labels}};
+}
+
+json ToJson(const client::InDoubtCall& c) {
+  return {{"key", c.key}, {"request_summary", c.request_summary}, {"idempotent", c.idempotent},
+          {"intent_unix_ms", c.intent_unix_ms}};
+}
+
+// "45s", "90m", "12h", "30d" (a bare number is seconds).
+Result<std::chrono::seconds> ParseAge(const std::string& text) {
+  size_t used = 0;
+  uint64_t n = 0;
+  try {
+    n = std::stoull(text, &used);
+  } catch (...) {
+    used = 0;
+  }
+  std::string unit = used ? text.substr(used) : "";
+  uint64_t mult = unit.empty() || unit == "s" ? 1 : unit == "m" ? 60 : unit == "h" ? 3600 : unit == "d" ? 86400 : 0;
+  if (!used || !mult || n == 0)
+    return Error(Code::kInvalidArgument, "'{}': expected an age such as 45s, 90m, 12h or 30d", text);
+  return std::chrono::seconds(n * mult);
+}
+
+std::string OneLine(std::string s) {
+  for (auto& c : s)
+    if (c == '\n') c = ' ';
+  return s;
+}
+
+int RunLogLs(const Globals& g) {
+  return WithClient(g, [&](client::Client& c) {
+    auto list = c.LogListEpisodes();
+    if (!list.ok()) return Fail(g, list.status());
+    if (g.json) {
+      json arr = json::array();
+      for (const auto& e : *list) arr.push_back(ToJson(e));
+      PrintJson({{"episodes", arr}});
+      return 0;
+    }
+    std::vector<std::vector<std::string>> rows{{"EPISODE", "STATE", "SANDBOX", "UPDATED", "REWARD"}};
+    int64_t now = NowMs();
+    for (const auto& e : *list)
+      rows.push_back({e.episode_id, e.state, e.sandbox_id,
+                      e.updated_unix_ms ? FormatAge(e.updated_unix_ms, now) + " ago" : "",
+                      fmt::format("{:g}", e.total_reward)});
+    std::fputs(FormatTable(rows).c_str(), stdout);
+    return 0;
+  });
+}
+
+int RunLogShow(const Globals& g, const std::string& episode) {
+  return WithClient(g, [&](client::Client& c) {
+    auto d = c.LogShowEpisode(episode);
+    if (!d.ok()) return Fail(g, d.status());
+    if (g.json) {
+      json steps = json::array(), doubt = json::array();
+      for (const auto& s : d->steps) steps.push_back(json::parse(s.json, nullptr, false));
+      for (const auto& x : d->in_doubt) doubt.push_back(ToJson(x));
+      PrintJson({{"episode", d->has_record ? ToJson(d->episode) : json(nullptr)},
+                 {"steps", steps},
+                 {"in_doubt", doubt}});
+      return 0;
+    }
+    if (d->has_record) {
+      const auto& e = d->episode;
+      std::printf("episode:  %s\nstate:    %s\nsandbox:  %s\n", e.episode_id.c_str(), e.state.c_str(),
+                  e.sandbox_id.empty() ? "-" : e.sandbox_id.c_str());
+      if (e.created_unix_ms) std::printf("created:  %s\n", MtimeText(e.created_unix_ms).c_str());
+      if (e.updated_unix_ms) std::printf("updated:  %s\n", MtimeText(e.updated_unix_ms).c_str());
+      if (!e.model.empty()) std::printf("model:    %s\n", e.model.c_str());
+      if (!e.task.empty()) std::printf("task:     %s\n", e.task.c_str());
+      if (!e.stop_reason.empty()) std::printf("stop:     %s\n", e.stop_reason.c_str());
+      if (!e.failure_reason.empty()) std::printf("failure:  %s\n", e.failure_reason.c_str());
+      if (!e.rebuild_note.empty()) std::printf("rebuilt:  %s\n", e.rebuild_note.c_str());
+      std::printf("reward:   %g\n", e.total_reward);
+    } else {
+      std::printf("episode:  %s (no episode record)\n", episode.c_str());
+    }
+    std::printf("steps:    %zu\n", d->steps.size());
+    if (!d->steps.empty()) {
+      std::vector<std::vector<std::string>> rows{{"STEP", "TOOL CALLS", "REWARD", "STOP"}};
+      for (const auto& s : d->steps)
+        rows.push_back({std::to_string(s.step), std::to_string(s.tool_calls), fmt::format("{:g}", s.reward),
+                        s.stop_reason});
+      std::fputs(FormatTable(rows).c_str(), stdout);
+    }
+    std::printf("in doubt: %zu\n", d->in_doubt.size());
+    for (const auto& x : d->in_doubt)
+      std::printf("  %s  intent at %s%s  %s\n", x.key.c_str(), MtimeText(x.intent_unix_ms).c_str(),
+                  x.idempotent ? " (idempotent)" : "", OneLine(x.request_summary).c_str());
+    return 0;
+  });
+}
+
+int RunLogExport(const Globals& g, const LogArgs& a) {
+  if (a.format != "jsonl")
+    return Fail(g, Error(Code::kInvalidArgument, "--format '{}': the one format is jsonl", a.format));
+  return WithClient(g, [&](client::Client& c) {
+    Status st = c.LogExport(a.episodes, a.format, [](std::string_view chunk) {
+      std::fwrite(chunk.data(), 1, chunk.size(), stdout);
+    });
+    std::fflush(stdout);
+    if (!st.ok()) return Fail(g, st);
+    return 0;
+  });
+}
+
+int RunLogVerify(const Globals& g) {
+  return WithClient(g, [&](client::Client& c) {
+    auto r = c.LogVerify();
+    if (!r.ok()) return Fail(g, r.status());
+    if (g.json) {
+      json doubt = json::array();
+      for (const auto& x : r->in_doubt) doubt.push_back(ToJson(x));
+      PrintJson({{"ok", r->ok},
+                 {"checksums_ok", r->checksums_ok},
+                 {"checksum_error", r->checksum_error},
+                 {"corrupt_files", r->corrupt_files},
+                 {"format_version", r->format_version},
+                 {"format_ok", r->format_ok},
+                 {"format_error", r->format_error},
+                 {"episodes", r->episodes},
+                 {"steps", r->steps},
+                 {"intents", r->intents},
+                 {"results", r->results},
+                 {"in_doubt", doubt},
+                 {"results_without_intent", r->results_without_intent},
+                 {"undecodable_records", r->undecodable_records},
+                 {"problems", r->problems}});
+    } else {
+      std::fputs(r->report.c_str(), stdout);
+      if (!r->report.empty() && r->report.back() != '\n') std::fputc('\n', stdout);
+      std::printf("%s\n", r->ok ? "log OK" : "log has PROBLEMS");
+    }
+    return r->ok ? 0 : 1;
+  });
+}
+
+int RunLogBackup(const Globals& g, const std::string& dir) {
+  std::error_code ec;
+  std::string abs = std::filesystem::absolute(dir, ec).lexically_normal().string();
+  return WithClient(g, [&](client::Client& c) {
+    auto id = c.LogBackup(abs);
+    if (!id.ok()) return Fail(g, id.status());
+    if (g.json) PrintJson({{"dir", abs}, {"backup_id", *id}});
+    else std::printf("backup %u in %s\n", *id, abs.c_str());
+    return 0;
+  });
+}
+
+int RunLogRestore(const Globals& g, const std::string& dir) {
+  std::error_code ec;
+  std::string abs = std::filesystem::absolute(dir, ec).lexically_normal().string();
+  return WithClient(g, [&](client::Client& c) {
+    Status st = c.LogRestore(abs);
+    if (!st.ok()) return Fail(g, st);
+    return 0;
+  });
+}
+
+int RunLogCompact(const Globals& g) {
+  return WithClient(g, [&](client::Client& c) {
+    Status st = c.LogCompact();
+    if (!st.ok()) return Fail(g, st);
+    if (g.json) PrintJson({{"compacted", true}});
+    return 0;
+  });
+}
+
+int RunLogPrune(const Globals& g, const std::string& older_than) {
+  auto age = ParseAge(older_than);
+  if (!age.ok()) return Fail(g, age.status().Prefix("--older-than"));
+  return WithClient(g, [&](client::Client& c) {
+    auto n = c.LogPrune(*age);
+    if (!n.ok()) return Fail(g, n.status());
+    if (g.json) PrintJson({{"episodes_deleted", *n}});
+    else std::printf("deleted %llu episodes\n", static_cast<unsigned long long>(*n));
+    return 0;
+  });
+}
+
+void RegisterLogCommands(CLI::App& app, const Globals& g, LogArgs& a, std::optional<int>& rc) {
+  CLI::App* log = app.add_subcommand("log", "inspect and maintain paddockd's trajectory log");
+  log->require_subcommand(1);
+  log->fallthrough();
+  auto leaf = [&](const std::string& name, const std::string& help) {
+    CLI::App* s = log->add_subcommand(name, help);
+    s->fallthrough();
+    return s;
+  };
+  leaf("ls", "list the episodes in the log")->callback([&] { rc = RunLogLs(g); });
+  CLI::App* show = leaf("show", "one episode: its record, steps and in-doubt calls");
+  show->add_option("episode", a.episode, "episode id")->required();
+  show->callback([&] { rc = RunLogShow(g, a.episode); });
+  CLI::App* ex = leaf("export", "print episodes (all, or the named ones) as JSON lines");
+  ex->add_option("episodes", a.episodes, "episode ids (default: every episode)");
+  ex->add_option("--format", a.format, "output format: jsonl")->capture_default_str();
+  ex->callback([&] { rc = RunLogExport(g, a); });
+  leaf("verify", "check checksums, records and in-doubt calls; exits 1 on corruption")
+      ->callback([&] { rc = RunLogVerify(g); });
+  CLI::App* bk = leaf("backup", "back up the live log into DIR (RocksDB BackupEngine)");
+  bk->add_option("dir", a.dir, "backup directory, on the daemon's host")->required();
+  bk->callback([&] { rc = RunLogBackup(g, a.dir); });
+  CLI::App* rs = leaf("restore",
+                      "refused while paddockd runs; restore offline with `paddockd --restore-log DIR`");
+  rs->add_option("dir", a.dir, "backup directory")->required();
+  rs->callback([&] { rc = RunLogRestore(g, a.dir); });
+  leaf("compact", "full manual compaction of the log")->callback([&] { rc = RunLogCompact(g); });
+  CLI::App* pr = leaf("prune", "delete episodes not updated for a while (retention)");
+  pr->add_option("--older-than", a.older_than, "age, e.g. 30d, 12h, 90m")->required();
+  pr->callback([&] { rc = RunLogPrune(g, a.older_than); });
+}
+
 int Main(int argc, char** argv) {
   Globals g;
   CLI::App app{"paddock: command-line client of the Paddock daemon (paddockd)"};
@@ -358,6 +642,9 @@ int Main(int argc, char** argv) {
   c->add_option("--workdir", create.workdir, "default working directory (default /work in a container, /tmp in a function sandbox)");
   c->add_option("--ttl", create.ttl, "destroy after this many seconds (0: daemon default)");
   c->add_option("--label", create.labels, "KEY=VALUE label (repeatable)")->allow_extra_args(false);
+  c->add_option("--episode", create.episode,
+                "bind the sandbox to this episode of the trajectory log: a second create for it "
+                "returns the bound sandbox while it lives, a new (rebuilt) one after a restart");
   c->callback([&] { rc = RunCreate(g, create); });
 
   ExecArgs exec;
@@ -371,14 +658,24 @@ int Main(int argc, char** argv) {
   e->add_option("--output-cap", exec.output_cap, "keep at most this much of each stream, e.g. 4M (default 1M)");
   e->add_flag("--stream", exec.stream, "print output as it is produced");
   e->add_flag("--stdin", exec.stdin_, "read this CLI's stdin to its end and pass it as the command's stdin");
+  e->add_option("--key", exec.key,
+                "idempotency key EPISODE:STEP:CALL: logged write-ahead; a repeat is answered from "
+                "the log without running (--json: \"replayed\": true)");
+  e->add_flag("--idempotent", exec.idempotent,
+              "with --key: the command may run again if a crash left it in doubt");
   e->callback([&] { rc = RunExec(g, exec); });
 
-  std::string id, path, mode, max_bytes, snap_name;
+  std::string id, path, mode, max_bytes, snap_name, write_key;
+  bool write_idempotent = false;
   CLI::App* w = leaf("write", "write stdin to a file in a sandbox (creates parent directories)");
   w->add_option("id", id, "sandbox id")->required();
   w->add_option("path", path, "file path inside the sandbox")->required();
   w->add_option("--mode", mode, "octal permissions (default 0644)");
-  w->callback([&] { rc = RunWrite(g, id, path, mode); });
+  w->add_option("--key", write_key,
+                "idempotency key EPISODE:STEP:CALL: a repeat is answered from the log");
+  w->add_flag("--idempotent", write_idempotent,
+              "with --key: the write may run again if a crash left it in doubt");
+  w->callback([&] { rc = RunWrite(g, id, path, mode, write_key, write_idempotent); });
 
   CLI::App* r = leaf("read", "print a file of a sandbox to stdout");
   r->add_option("id", id, "sandbox id")->required();
@@ -412,6 +709,9 @@ int Main(int argc, char** argv) {
   sn->add_option("id", id, "sandbox id")->required();
   sn->add_option("--name", snap_name, "name of the new image")->required();
   sn->callback([&] { rc = RunSnapshot(g, id, snap_name); });
+
+  LogArgs log_args;
+  RegisterLogCommands(app, g, log_args, rc);
 
   RegisterV4Commands(app, rc);
   try {

@@ -5,9 +5,13 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <optional>
 
 #include <grpcpp/grpcpp.h>
 
+#include <google/protobuf/util/json_util.h>
+
+#include "log.grpc.pb.h"
 #include "proto/convert.h"
 #include "sandbox.grpc.pb.h"
 #include "sandbox/base/unique_fd.h"
@@ -72,7 +76,73 @@ v1::ExecRequest ToProto(const std::string& id, const ExecRequest& d) {
   return p;
 }
 
+void SetKey(const CallKey& k, v1::IdempotencyKey* p) {
+  p->set_episode(k.episode);
+  p->set_step(k.step);
+  p->set_call(k.call);
+  p->set_idempotent(k.idempotent);
+}
+
+const char* StateName(v1::EpisodeRecordProto::State s) {
+  switch (s) {
+    case v1::EpisodeRecordProto::RUNNING: return "running";
+    case v1::EpisodeRecordProto::FINISHED: return "finished";
+    case v1::EpisodeRecordProto::FAILED: return "failed";
+    default: return "";
+  }
+}
+
+LogEpisode FromProto(const v1::EpisodeRecordProto& p) {
+  LogEpisode d;
+  d.episode_id = p.episode_id();
+  d.state = StateName(p.state());
+  d.created_unix_ms = p.created_unix_ms();
+  d.updated_unix_ms = p.updated_unix_ms();
+  d.sandbox_id = p.sandbox_id();
+  d.model = p.model();
+  d.task = p.task();
+  d.stop_reason = p.stop_reason();
+  d.failure_reason = p.failure_reason();
+  d.rebuild_note = p.rebuild_note();
+  d.total_reward = p.total_reward();
+  d.labels.insert(p.labels().begin(), p.labels().end());
+  return d;
+}
+
+InDoubtCall FromProto(const v1::InDoubtCallProto& p) {
+  return {p.key(), p.request_summary(), p.idempotent(), p.intent_unix_ms()};
+}
+
 }  // namespace
+
+Result<CallKey> ParseCallKey(const std::string& text) {
+  size_t c2 = text.rfind(':');
+  size_t c1 = c2 == std::string::npos || c2 == 0 ? std::string::npos : text.rfind(':', c2 - 1);
+  if (c1 == std::string::npos || c1 == 0)
+    return Error(Code::kInvalidArgument,
+                 "key '{}': expected EPISODE:STEP:CALL, e.g. run-7:3:0", text);
+  std::string step = text.substr(c1 + 1, c2 - c1 - 1), call = text.substr(c2 + 1);
+  auto number = [](const std::string& s, uint64_t max) -> std::optional<uint64_t> {
+    if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos)
+      return std::nullopt;
+    try {
+      uint64_t v = std::stoull(s);
+      if (v > max) return std::nullopt;
+      return v;
+    } catch (...) {
+      return std::nullopt;
+    }
+  };
+  auto st = number(step, UINT64_MAX);
+  if (!st) return Error(Code::kInvalidArgument, "key '{}': STEP '{}' is not a decimal u64", text, step);
+  auto ca = number(call, UINT32_MAX);
+  if (!ca) return Error(Code::kInvalidArgument, "key '{}': CALL '{}' is not a decimal u32", text, call);
+  CallKey k;
+  k.episode = text.substr(0, c1);
+  k.step = *st;
+  k.call = static_cast<uint32_t>(*ca);
+  return k;
+}
 
 std::string DefaultSocketPath() {
   const char* env = std::getenv("PADDOCK_SOCKET");
@@ -84,6 +154,7 @@ struct Client::Impl {
   std::string target;  // for messages
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Sandboxes::Stub> stub;
+  std::unique_ptr<v1::Log::Stub> log_stub;
 
   // A fresh context per call: deadline plus the token on TCP.
   std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) const {
@@ -124,6 +195,7 @@ Result<Client> Client::Connect(ClientOptions options) {
                        fmt::format("no answer within {} ms", options.connect_timeout.count()));
   }
   impl->stub = v1::Sandboxes::NewStub(impl->channel);
+  impl->log_stub = v1::Log::NewStub(impl->channel);
   impl->options = std::move(options);
   return Client(std::move(impl));
 }
@@ -270,6 +342,170 @@ Result<DaemonStats> Client::Stats(const std::string& id) {
   d.has_usage = resp.has_usage();
   d.usage = v1conv::FromProto(resp.usage());
   return d;
+}
+
+Result<EpisodeSandbox> Client::CreateForEpisode(const SandboxSpec& spec, const std::string& episode) {
+  v1::CreateRequest req;
+  v1conv::ToProto(spec, req.mutable_spec());
+  req.set_episode(episode);
+  v1::CreateResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Create(ctx.get(), req, &resp)));
+  EpisodeSandbox out;
+  out.sandbox = FromProto(resp.sandbox());
+  out.reused = resp.reused();
+  out.rebuilt = resp.rebuilt();
+  out.previous_sandbox_id = resp.previous_sandbox_id();
+  return out;
+}
+
+Result<KeyedExecResult> Client::Exec(const std::string& id, const ExecRequest& req, const CallKey& key) {
+  v1::ExecRequest p = ToProto(id, req);
+  SetKey(key, p.mutable_idempotency_key());
+  v1::ExecResult resp;
+  auto ctx = impl_->ExecContext(req);
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Exec(ctx.get(), p, &resp)));
+  return KeyedExecResult{v1conv::FromProto(resp), resp.replayed()};
+}
+
+Result<KeyedExecResult> Client::ExecStream(const std::string& id, const ExecRequest& req,
+                                           const CallKey& key, const OutputCallback& on_output) {
+  v1::ExecRequest p = ToProto(id, req);
+  SetKey(key, p.mutable_idempotency_key());
+  auto ctx = impl_->ExecContext(req);
+  auto reader = impl_->stub->ExecStream(ctx.get(), p);
+  v1::ExecEvent ev;
+  std::optional<KeyedExecResult> result;
+  while (reader->Read(&ev)) {
+    if (ev.has_result()) result = KeyedExecResult{v1conv::FromProto(ev.result()), ev.result().replayed()};
+    else if (ev.event_case() == v1::ExecEvent::kStdout && on_output) on_output(1, ev.stdout());
+    else if (ev.event_case() == v1::ExecEvent::kStderr && on_output) on_output(2, ev.stderr());
+  }
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  if (!result) return Error(Code::kInternal, "exec stream ended without a result");
+  return *std::move(result);
+}
+
+Result<KeyedWriteResult> Client::WriteFile(const std::string& id, const std::string& path,
+                                           std::string_view content, uint32_t mode,
+                                           bool make_parents, const CallKey& key) {
+  v1::WriteFileRequest req;
+  req.set_sandbox_id(id);
+  req.set_path(path);
+  req.set_content(content.data(), content.size());
+  req.set_mode(mode);
+  req.set_make_parents(make_parents);
+  SetKey(key, req.mutable_idempotency_key());
+  v1::WriteFileResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->WriteFile(ctx.get(), req, &resp)));
+  return KeyedWriteResult{resp.bytes_written(), resp.replayed()};
+}
+
+Result<std::vector<LogEpisode>> Client::LogListEpisodes(const std::string& prefix) {
+  v1::ListEpisodesRequest req;
+  req.set_prefix(prefix);
+  v1::ListEpisodesResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->log_stub->ListEpisodes(ctx.get(), req, &resp)));
+  std::vector<LogEpisode> out;
+  for (const auto& e : resp.episodes()) out.push_back(FromProto(e));
+  return out;
+}
+
+Result<LogEpisodeDetail> Client::LogShowEpisode(const std::string& episode) {
+  v1::ShowEpisodeRequest req;
+  req.set_episode(episode);
+  v1::ShowEpisodeResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->log_stub->ShowEpisode(ctx.get(), req, &resp)));
+  LogEpisodeDetail d;
+  d.has_record = resp.has_episode();
+  if (d.has_record) d.episode = FromProto(resp.episode());
+  for (const auto& s : resp.steps()) {
+    LogStep step;
+    step.step = s.step();
+    step.reward = s.reward();
+    step.tool_calls = s.tool_calls_size();
+    step.stop_reason = s.stop_reason();
+    google::protobuf::util::JsonPrintOptions jo;
+    jo.preserve_proto_field_names = true;
+    (void)google::protobuf::util::MessageToJsonString(s, &step.json, jo);
+    d.steps.push_back(std::move(step));
+  }
+  for (const auto& c : resp.in_doubt()) d.in_doubt.push_back(FromProto(c));
+  return d;
+}
+
+Status Client::LogExport(const std::vector<std::string>& episodes, const std::string& format,
+                         const std::function<void(std::string_view)>& on_chunk) {
+  v1::ExportRequest req;
+  for (const auto& e : episodes) req.add_episodes(e);
+  req.set_format(format);
+  auto ctx = impl_->Context();
+  auto reader = impl_->log_stub->Export(ctx.get(), req);
+  v1::ExportChunk chunk;
+  while (reader->Read(&chunk))
+    if (on_chunk) on_chunk(chunk.data());
+  return FromGrpc(reader->Finish());
+}
+
+Result<LogVerifyReport> Client::LogVerify() {
+  v1::VerifyRequest req;
+  v1::VerifyResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->log_stub->Verify(ctx.get(), req, &resp)));
+  LogVerifyReport r;
+  r.ok = resp.ok();
+  r.checksums_ok = resp.checksums_ok();
+  r.checksum_error = resp.checksum_error();
+  r.corrupt_files.assign(resp.corrupt_files().begin(), resp.corrupt_files().end());
+  r.format_version = resp.format_version();
+  r.format_ok = resp.format_ok();
+  r.format_error = resp.format_error();
+  r.episodes = resp.episodes();
+  r.steps = resp.steps();
+  r.intents = resp.intents();
+  r.results = resp.results();
+  for (const auto& c : resp.in_doubt()) r.in_doubt.push_back(FromProto(c));
+  r.results_without_intent = resp.results_without_intent();
+  r.undecodable_records = resp.undecodable_records();
+  r.problems.assign(resp.problems().begin(), resp.problems().end());
+  r.report = resp.report();
+  return r;
+}
+
+Result<uint32_t> Client::LogBackup(const std::string& dir) {
+  v1::BackupRequest req;
+  req.set_dir(dir);
+  v1::BackupResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->log_stub->Backup(ctx.get(), req, &resp)));
+  return resp.backup_id();
+}
+
+Status Client::LogRestore(const std::string& dir) {
+  v1::RestoreRequest req;
+  req.set_dir(dir);
+  v1::RestoreResponse resp;
+  auto ctx = impl_->Context();
+  return FromGrpc(impl_->log_stub->Restore(ctx.get(), req, &resp));
+}
+
+Status Client::LogCompact() {
+  v1::CompactRequest req;
+  v1::CompactResponse resp;
+  auto ctx = impl_->Context();
+  return FromGrpc(impl_->log_stub->Compact(ctx.get(), req, &resp));
+}
+
+Result<uint64_t> Client::LogPrune(std::chrono::seconds older_than) {
+  v1::PruneRequest req;
+  req.set_older_than_seconds(older_than.count());
+  v1::PruneResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->log_stub->Prune(ctx.get(), req, &resp)));
+  return resp.episodes_deleted();
 }
 
 }  // namespace paddock::client

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -59,6 +60,79 @@ struct DaemonStats {
   Usage usage;
 };
 
+// Idempotency key of a side-effecting call (see proto/sandbox.proto
+// IdempotencyKey): with one, the daemon logs the call write-ahead and answers
+// a repeat from its trajectory log instead of running it again.
+struct CallKey {
+  std::string episode;
+  uint64_t step = 0;
+  uint32_t call = 0;
+  bool idempotent = false;  // may run again if it is in doubt after a crash
+};
+// "EPISODE:STEP:CALL"; the last two ':' separate step and call, so episode ids
+// may contain ':'. INVALID_ARGUMENT naming the part at fault.
+Result<CallKey> ParseCallKey(const std::string& text);
+
+struct KeyedExecResult {
+  ExecResult result;
+  bool replayed = false;  // answered from the log; the command did not run now
+};
+struct KeyedWriteResult {
+  uint64_t bytes_written = 0;
+  bool replayed = false;  // answered from the log; nothing was written now
+};
+struct EpisodeSandbox {
+  SandboxInfo sandbox;
+  bool reused = false;   // the episode's live bound sandbox was returned
+  bool rebuilt = false;  // its earlier sandbox was gone; this one replaces it
+  std::string previous_sandbox_id;
+};
+
+// The trajectory log, as the Log service reports it.
+struct LogEpisode {
+  std::string episode_id;
+  std::string state;  // "running" | "finished" | "failed" | ""
+  int64_t created_unix_ms = 0;
+  int64_t updated_unix_ms = 0;
+  std::string sandbox_id;
+  std::string model, task, stop_reason, failure_reason, rebuild_note;
+  double total_reward = 0;
+  std::map<std::string, std::string> labels;
+};
+struct LogStep {
+  uint64_t step = 0;
+  double reward = 0;
+  size_t tool_calls = 0;
+  std::string stop_reason;
+  std::string json;  // the whole step record, protobuf JSON mapping
+};
+struct InDoubtCall {
+  std::string key;  // "EPISODE:STEP:CALL"
+  std::string request_summary;
+  bool idempotent = false;
+  int64_t intent_unix_ms = 0;
+};
+struct LogEpisodeDetail {
+  bool has_record = false;
+  LogEpisode episode;
+  std::vector<LogStep> steps;
+  std::vector<InDoubtCall> in_doubt;
+};
+struct LogVerifyReport {
+  bool ok = false;
+  bool checksums_ok = false;
+  std::string checksum_error;
+  std::vector<std::string> corrupt_files;
+  uint32_t format_version = 0;
+  bool format_ok = false;
+  std::string format_error;
+  uint64_t episodes = 0, steps = 0, intents = 0, results = 0;
+  std::vector<InDoubtCall> in_doubt;
+  uint64_t results_without_intent = 0, undecodable_records = 0;
+  std::vector<std::string> problems;
+  std::string report;  // the whole report as text
+};
+
 class Client {
  public:
   // Connects and waits (up to connect_timeout) until the daemon answers.
@@ -92,6 +166,32 @@ class Client {
   Result<std::vector<SandboxInfo>> List();
   // Daemon-wide numbers; with an id, that sandbox's usage too.
   Result<DaemonStats> Stats(const std::string& id = "");
+
+  // ---- the trajectory log (keyed calls, episodes) ----
+  // Creates a sandbox bound to `episode`, or returns the bound one while it
+  // lives; after a daemon restart a new one, with `rebuilt` set.
+  Result<EpisodeSandbox> CreateForEpisode(const SandboxSpec& spec, const std::string& episode);
+  Result<KeyedExecResult> Exec(const std::string& id, const ExecRequest& req, const CallKey& key);
+  Result<KeyedExecResult> ExecStream(const std::string& id, const ExecRequest& req,
+                                     const CallKey& key, const OutputCallback& on_output);
+  Result<KeyedWriteResult> WriteFile(const std::string& id, const std::string& path,
+                                     std::string_view content, uint32_t mode, bool make_parents,
+                                     const CallKey& key);
+
+  Result<std::vector<LogEpisode>> LogListEpisodes(const std::string& prefix = "");
+  Result<LogEpisodeDetail> LogShowEpisode(const std::string& episode);
+  // JSON lines of the named episodes (all when empty), passed to `on_chunk`
+  // in whole lines as they arrive.
+  Status LogExport(const std::vector<std::string>& episodes, const std::string& format,
+                   const std::function<void(std::string_view)>& on_chunk);
+  Result<LogVerifyReport> LogVerify();
+  // A backup of the live log into `dir` (absolute; on the daemon's host). The backup id.
+  Result<uint32_t> LogBackup(const std::string& dir);
+  // Refused while the daemon runs (it has the log open); the message says how.
+  Status LogRestore(const std::string& dir);
+  Status LogCompact();
+  // Deletes episodes not updated for `older_than`; how many.
+  Result<uint64_t> LogPrune(std::chrono::seconds older_than);
 
   // Where this client connects, for messages: "/run/paddock/paddockd.sock" or "host:port".
   const std::string& target() const;
