@@ -7,3 +7,13 @@ if(TARGET paddock_replay)
   paddock_test(replay_log_test replay_log_test.cc)
   target_link_libraries(replay_log_test PRIVATE paddock_replay nlohmann_json::nlohmann_json)
 endif()
+
+# Idempotent Exec/WriteFile, episode bindings and the Log service end to end:
+# the real paddockd (SIGKILLed and restarted on its state dir), its real log,
+# driven through the C++ client, raw gRPC and the paddock CLI.
+if(TARGET paddock_replay)
+  paddock_test(replay_exec_test replay_exec_test.cc)
+  target_link_libraries(replay_exec_test PRIVATE paddock_client paddock_proto_convert paddock_replay
+                        nlohmann_json::nlohmann_json)
+  add_dependencies(replay_exec_test paddockd paddock paddock-init)
+endif()
