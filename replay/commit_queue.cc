@@ -1,8 +1,26 @@
 #include "replay/commit_queue.h"
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "replay/rocks_status.h"
 
 namespace paddock::replay {
+namespace {
+
+// A raw futex rather than std::atomic::wait: libstdc++ spins with
+// sched_yield before sleeping, which on a loaded machine with hundreds of
+// waiting writers costs more than it saves.
+void FutexWait(std::atomic<uint32_t>& word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, 0u, nullptr, nullptr, 0);
+}
+
+void FutexWake(std::atomic<uint32_t>& word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+}
+
+}  // namespace
 
 Result<std::optional<std::string>> CommitQueue::Staging::Get(rocksdb::ColumnFamilyHandle* cf,
                                                              const std::string& key) {
@@ -12,8 +30,11 @@ Result<std::optional<std::string>> CommitQueue::Staging::Get(rocksdb::ColumnFami
     if (it->kind == Op::kDelete) return std::optional<std::string>();
     return std::optional<std::string>(it->value);
   }
-  auto found = overlay_.find({cf->GetID(), key});
-  if (found != overlay_.end()) return found->second;
+  auto found = overlay_.find(OverlayKey(cf, key));
+  if (found != overlay_.end()) {
+    if (found->second == nullptr) return std::optional<std::string>();  // deleted in this group
+    return std::optional<std::string>(*found->second);
+  }
   std::string value;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf, key, &value);
   if (s.IsNotFound()) return std::optional<std::string>();
@@ -35,16 +56,26 @@ void CommitQueue::Staging::DeleteRange(rocksdb::ColumnFamilyHandle* cf, const st
   ops_.push_back({Op::kDeleteRange, cf, begin, end});
 }
 
+std::string CommitQueue::Staging::OverlayKey(rocksdb::ColumnFamilyHandle* cf, const std::string& key) {
+  std::string out;
+  out.reserve(4 + key.size());
+  uint32_t id = cf->GetID();
+  out.append(reinterpret_cast<const char*>(&id), sizeof id);
+  out.append(key);
+  return out;
+}
+
 void CommitQueue::Staging::Keep(rocksdb::WriteBatch& batch) {
   for (Op& op : ops_) {
     switch (op.kind) {
       case Op::kPut:
         batch.Put(op.cf, op.key, op.value);
-        overlay_[{op.cf->GetID(), op.key}] = std::move(op.value);
+        kept_.push_back(std::move(op));
+        overlay_[OverlayKey(kept_.back().cf, kept_.back().key)] = &kept_.back().value;
         break;
       case Op::kDelete:
         batch.Delete(op.cf, op.key);
-        overlay_[{op.cf->GetID(), op.key}] = std::nullopt;
+        overlay_[OverlayKey(op.cf, op.key)] = nullptr;
         break;
       case Op::kDeleteRange:
         batch.DeleteRange(op.cf, op.key, op.value);
@@ -56,29 +87,57 @@ void CommitQueue::Staging::Keep(rocksdb::WriteBatch& batch) {
 
 Status CommitQueue::Commit(const Prepare& prepare) {
   Writer self{&prepare};
-  std::unique_lock lock(mu_);
-  std::vector<Writer*> group;
-  if (group_commit_) {
+  {
+    std::lock_guard lock(mu_);
+    // Invariant: no leader active implies an empty queue, so a writer that
+    // finds no leader is at the front and leads at once.
     queue_.push_back(&self);
-    cv_.wait(lock, [&] { return self.done || !leader_active_; });
-    if (self.done) return std::move(self.status);
-    // Leader: take every queued write, ours included.
-    group.swap(queue_);
-  } else {
-    // One sync per write, one write at a time.
-    cv_.wait(lock, [&] { return !leader_active_; });
-    group.push_back(&self);
+    if (!leader_active_) {
+      leader_active_ = true;
+      self.state.store(Writer::kLead, std::memory_order_relaxed);
+    }
   }
-  leader_active_ = true;
-  lock.unlock();
+  // Followers sleep on their own word (a futex): woken once, when their group
+  // is written or when the finishing leader hands them the lead.
+  uint32_t state;
+  while ((state = self.state.load(std::memory_order_acquire)) == Writer::kWaiting) FutexWait(self.state);
+  if (state == Writer::kDone) return std::move(self.status);
+
+  std::vector<Writer*> group;
+  {
+    std::lock_guard lock(mu_);
+    if (group_commit_) {
+      group.swap(queue_);  // every queued write, ours (at the front) included
+    } else {
+      group.push_back(queue_.front());  // one sync per write
+      queue_.erase(queue_.begin());
+    }
+  }
   bool synced = RunGroup(group);
-  lock.lock();
-  stats_.writes += group.size();
-  if (synced) stats_.syncs += 1;
-  stats_.max_group = std::max<uint64_t>(stats_.max_group, group.size());
-  for (Writer* w : group) w->done = true;
-  leader_active_ = false;
-  cv_.notify_all();
+  Writer* next = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    stats_.writes += group.size();
+    if (synced) stats_.syncs += 1;
+    stats_.max_group = std::max<uint64_t>(stats_.max_group, group.size());
+    if (queue_.empty()) {
+      leader_active_ = false;
+    } else {
+      next = queue_.front();  // waits, in the queue, until we store kLead
+    }
+  }
+  for (Writer* w : group) {
+    if (w == &self) continue;
+    // A follower may return (and its Writer go) as soon as it sees kDone; the
+    // notify after it only wakes a futex address, never touches the object's
+    // contents, and waiters re-check their word, so a stale wake is harmless.
+    w->state.store(Writer::kDone, std::memory_order_release);
+    FutexWake(w->state);
+  }
+  if (next != nullptr) {
+    next->state.store(Writer::kLead, std::memory_order_release);
+    FutexWake(next->state);
+  }
   return std::move(self.status);
 }
 

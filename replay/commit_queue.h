@@ -8,10 +8,11 @@
 // from the writers that queued meanwhile.
 #pragma once
 
-#include <condition_variable>
+#include <atomic>
 #include <cstdint>
 #include <functional>
-#include <map>
+#include <deque>
+#include <unordered_map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -47,10 +48,13 @@ class CommitQueue {
     explicit Staging(rocksdb::DB* db) : db_(db) {}
     void Keep(rocksdb::WriteBatch& batch);  // moves this writer's ops into the batch and overlay
     void Drop() { ops_.clear(); }
+    static std::string OverlayKey(rocksdb::ColumnFamilyHandle* cf, const std::string& key);
 
     rocksdb::DB* db_;
-    std::vector<Op> ops_;
-    std::map<std::pair<uint32_t, std::string>, std::optional<std::string>> overlay_;
+    std::vector<Op> ops_;              // the current writer's, until Keep or Drop
+    std::deque<Op> kept_;              // the group's kept puts (stable addresses)
+    // Column family id + key -> the group's latest value (nullptr: deleted).
+    std::unordered_map<std::string, const std::string*> overlay_;
   };
   using Prepare = std::function<Status(Staging&)>;
 
@@ -62,16 +66,16 @@ class CommitQueue {
 
  private:
   struct Writer {
+    enum : uint32_t { kWaiting = 0, kDone = 1, kLead = 2 };
     const Prepare* prepare;
-    Status status;
-    bool done = false;
+    Status status;                      // set by the leader before kDone
+    std::atomic<uint32_t> state{kWaiting};
   };
   bool RunGroup(std::vector<Writer*>& group);  // true when it wrote (and synced)
 
   rocksdb::DB* db_;
   const bool group_commit_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
   std::vector<Writer*> queue_;
   bool leader_active_ = false;
   CommitStats stats_;

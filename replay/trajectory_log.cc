@@ -57,6 +57,10 @@ Result<std::unique_ptr<TrajectoryLog>> TrajectoryLog::Open(const LogOptions& opt
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   rocksdb::ColumnFamilyOptions cf_options;
   cf_options.write_buffer_size = options.write_buffer_size;
+  // A bloom filter over the memtable: the append-only checks of the commit
+  // path look up keys that are mostly absent.
+  cf_options.memtable_prefix_bloom_size_ratio = 0.05;
+  cf_options.memtable_whole_key_filtering = true;
   cf_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
 
   std::vector<std::string> names;
