@@ -1,0 +1,202 @@
+#include "storage/layer_ingest.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "storage/entry_policy.h"
+#include "storage/layer_codec.h"
+
+namespace paddock::storage {
+
+ByteSource SourceFromFd(int fd) {
+  return [fd](void* buf, size_t n) -> Result<size_t> {
+    for (;;) {
+      ssize_t r = ::read(fd, buf, n);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return ErrnoError("reading layer");
+      return static_cast<size_t>(r);
+    }
+  };
+}
+
+ByteSource SourceFromString(std::string_view data) {
+  auto pos = std::make_shared<size_t>(0);
+  return [data, pos](void* buf, size_t n) -> Result<size_t> {
+    size_t take = std::min(n, data.size() - *pos);
+    std::memcpy(buf, data.data() + *pos, take);
+    *pos += take;
+    return take;
+  };
+}
+
+namespace {
+
+struct ArchiveDeleter {
+  void operator()(archive* a) const { archive_read_free(a); }
+};
+using ArchivePtr = std::unique_ptr<archive, ArchiveDeleter>;
+
+struct Pipeline {
+  const ByteSource* source;
+  std::string name;
+  Status err;
+  // Source side.
+  Sha256 source_hash;
+  uint64_t source_bytes = 0;
+  std::string source_buf = std::string(1 << 20, '\0');
+  // Tar side.
+  archive* outer = nullptr;
+  Sha256 tar_hash;
+  uint64_t tar_bytes = 0;
+  uint64_t tar_cap = 0;
+  Compressor* compressor = nullptr;
+  std::string tar_buf = std::string(1 << 20, '\0');
+
+  void Fail(archive* a, Status st) {
+    if (err.ok()) err = std::move(st);
+    archive_set_error(a, EIO, "%s", err.message().c_str());
+  }
+
+  static la_ssize_t ReadSource(archive* a, void* cd, const void** buf) {
+    auto* p = static_cast<Pipeline*>(cd);
+    auto r = (*p->source)(p->source_buf.data(), p->source_buf.size());
+    if (!r.ok()) {
+      p->Fail(a, r.status().Prefix(p->name));
+      return -1;
+    }
+    p->source_hash.Update(p->source_buf.data(), r.value());
+    p->source_bytes += r.value();
+    *buf = p->source_buf.data();
+    return static_cast<la_ssize_t>(r.value());
+  }
+
+  // Decompressed tar bytes; every byte the tar reader sees passes through here.
+  la_ssize_t NextTarChunk(archive* a, const void** buf) {
+    la_ssize_t n = archive_read_data(outer, tar_buf.data(), tar_buf.size());
+    if (n < 0) {
+      Fail(a, err.ok() ? Error(Code::kInvalidArgument, "{} is corrupt or truncated: {}", name,
+                               archive_error_string(outer) ? archive_error_string(outer) : "read error")
+                       : err);
+      return -1;
+    }
+    if (n == 0) return 0;
+    tar_hash.Update(tar_buf.data(), static_cast<size_t>(n));
+    tar_bytes += static_cast<uint64_t>(n);
+    if (tar_bytes > tar_cap) {
+      Fail(a, Error(Code::kInvalidArgument, "{} decompresses to more than {} bytes (size limit)", name, tar_cap));
+      return -1;
+    }
+    if (compressor) {
+      Status st = compressor->Write(tar_buf.data(), static_cast<size_t>(n));
+      if (!st.ok()) {
+        Fail(a, st);
+        return -1;
+      }
+    }
+    *buf = tar_buf.data();
+    return n;
+  }
+  static la_ssize_t ReadTar(archive* a, void* cd, const void** buf) {
+    return static_cast<Pipeline*>(cd)->NextTarChunk(a, buf);
+  }
+};
+
+std::string ArchiveError(archive* a) {
+  const char* s = archive_error_string(a);
+  return s ? s : "unknown error";
+}
+
+}  // namespace
+
+Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging, const IngestOptions& options) {
+  Pipeline p;
+  p.source = &source;
+  p.name = options.name.empty() ? "layer" : options.name;
+  // Headers and padding add at most ~1.5 KiB per entry over the content bytes.
+  p.tar_cap = options.limits.max_unpacked_bytes + options.limits.max_entries * 1536 + (1 << 20);
+
+  std::unique_ptr<BlobWriter> blob_writer;
+  std::unique_ptr<Compressor> compressor;
+  if (options.store) {
+    PADDOCK_ASSIGN_OR_RETURN(blob_writer, staging->NewWriter());
+    BlobWriter* w = blob_writer.get();
+    PADDOCK_ASSIGN_OR_RETURN(compressor, Compressor::Create(options.compression, options.level,
+                                                            [w](const void* d, size_t n) { return w->Write(d, n); }));
+    p.compressor = compressor.get();
+  }
+
+  ArchivePtr outer(archive_read_new());
+  archive_read_support_filter_all(outer.get());
+  archive_read_support_format_raw(outer.get());
+  if (archive_read_open2(outer.get(), &p, nullptr, &Pipeline::ReadSource, nullptr, nullptr) != ARCHIVE_OK)
+    return p.err.ok() ? Error(Code::kInvalidArgument, "cannot read {}: {}", p.name, ArchiveError(outer.get())) : p.err;
+  archive_entry* raw_entry = nullptr;
+  int r = archive_read_next_header(outer.get(), &raw_entry);
+  if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
+    return p.err.ok() ? Error(Code::kInvalidArgument, "cannot read {}: {}", p.name, ArchiveError(outer.get())) : p.err;
+  p.outer = outer.get();
+
+  ArchivePtr tar(archive_read_new());
+  archive_read_support_format_tar(tar.get());
+  if (archive_read_open2(tar.get(), &p, nullptr, &Pipeline::ReadTar, nullptr, nullptr) != ARCHIVE_OK)
+    return p.err.ok() ? Error(Code::kInvalidArgument, "{} is not a tar archive: {}", p.name, ArchiveError(tar.get()))
+                      : p.err;
+
+  IngestedLayer out;
+  EntryPolicy policy(options.limits);
+  std::string last = "(start of archive)";
+  for (;;) {
+    archive_entry* e = nullptr;
+    r = archive_read_next_header(tar.get(), &e);
+    if (r == ARCHIVE_EOF) break;
+    if (r != ARCHIVE_OK && r != ARCHIVE_WARN) {
+      if (!p.err.ok()) return p.err;
+      return Error(Code::kInvalidArgument, "{} is truncated or corrupt after entry '{}': {}", p.name, last,
+                   ArchiveError(tar.get()));
+    }
+    LayerEntry le;
+    le.offset = static_cast<uint64_t>(archive_read_header_position(tar.get()));
+    PADDOCK_RETURN_IF_ERROR(policy.Check(e, &le).Prefix(p.name));
+    last = archive_entry_pathname(e) ? archive_entry_pathname(e) : le.path;
+    if (archive_read_data_skip(tar.get()) != ARCHIVE_OK) {
+      if (!p.err.ok()) return p.err;
+      return Error(Code::kInvalidArgument, "{}: entry '{}' is truncated: {}", p.name, last, ArchiveError(tar.get()));
+    }
+    out.entries.push_back(std::move(le));
+  }
+  // The diff_id covers every byte of the tar, including what follows the
+  // end-of-archive marker, so drain the decompressed stream and then the source.
+  for (;;) {
+    const void* buf;
+    la_ssize_t n = p.NextTarChunk(tar.get(), &buf);
+    if (n < 0) return p.err;
+    if (n == 0) break;
+  }
+  for (;;) {
+    const void* buf;
+    la_ssize_t n = Pipeline::ReadSource(outer.get(), &p, &buf);
+    if (n < 0) return p.err;
+    if (n == 0) break;
+  }
+  if (!p.err.ok()) return p.err;
+
+  out.source_digest = p.source_hash.Finish();
+  out.source_size = p.source_bytes;
+  out.diff_id = p.tar_hash.Finish();
+  out.uncompressed_size = p.tar_bytes;
+  if (options.store) {
+    PADDOCK_RETURN_IF_ERROR(compressor->Finish());
+    PADDOCK_ASSIGN_OR_RETURN(StagedBlob blob, blob_writer->Finish());
+    out.blob = blob;
+    PADDOCK_ASSIGN_OR_RETURN(auto index_writer, staging->NewWriter());
+    PADDOCK_RETURN_IF_ERROR(index_writer->Write(EncodeIndex(out.diff_id, out.entries)));
+    PADDOCK_ASSIGN_OR_RETURN(StagedBlob index, index_writer->Finish());
+    out.index = index;
+  }
+  return out;
+}
+
+}  // namespace paddock::storage
