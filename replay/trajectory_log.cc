@@ -55,6 +55,8 @@ Result<std::unique_ptr<TrajectoryLog>> TrajectoryLog::Open(const LogOptions& opt
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rocksdb::NewLRUCache(64 << 20);
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  // Point lookups (fast-forward GetCall) find their key in a block by hash.
+  table.data_block_index_type = rocksdb::BlockBasedTableOptions::kDataBlockBinaryAndHash;
   rocksdb::ColumnFamilyOptions cf_options;
   cf_options.write_buffer_size = options.write_buffer_size;
   // A bloom filter over the memtable: the append-only checks of the commit
