@@ -17,3 +17,13 @@ if(TARGET paddock_replay)
                         nlohmann_json::nlohmann_json)
   add_dependencies(replay_exec_test paddockd paddock paddock-init)
 endif()
+
+# Fault injection (issue 4, part 7): the real paddockd SIGKILLed at >= 50 random
+# points under a workload of concurrent keyed episodes, the client harness
+# SIGKILLed instead, a corrupted SST, the log on a full tmpfs (mounted by the
+# test; skipped without root).
+if(TARGET paddock_replay)
+  paddock_test(replay_fault_test replay_fault_test.cc)
+  target_link_libraries(replay_fault_test PRIVATE paddock_client)
+  add_dependencies(replay_fault_test paddockd paddock paddock-init)
+endif()
