@@ -10,3 +10,10 @@ if(TARGET paddock_storage)
   add_executable(storage_measure storage_measure.cc)
   target_link_libraries(storage_measure PRIVATE paddock_storage paddock_test_support)
 endif()
+
+# Materialization cache (storage/layer_cache.h): unpack once, concurrent first use,
+# overlay whiteouts through a real overlay mount (root), LRU with leases, restart.
+if(TARGET paddock_storage)
+  paddock_test(layer_cache_test layer_cache_test.cc)
+  target_link_libraries(layer_cache_test PRIVATE paddock_storage)
+endif()

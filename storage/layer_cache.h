@@ -1,0 +1,136 @@
+// LayerCache: the node-local materialization cache. Each layer is unpacked at most
+// once per node and shared read-only by every sandbox as an overlay lower dir.
+//
+// Layout under DIR (node-local, e.g. STATE/layers; never the shared store):
+//   DIR/<diff_id hex>/root         the unpacked layer (overlay lower dir, read-only by convention)
+//   DIR/<diff_id hex>/marker.json  {"diff_id", "blob", "compression", "bytes", ...}; its mtime is the last use
+//   DIR/.tmp/<hex>.<unique>/       an unpack in progress; renamed to DIR/<hex> when complete
+//   DIR/.locks/<hex>.lock          flock: EX while unpacking or evicting, SH while leased
+//
+// Whiteouts are in overlayfs form (see overlay_whiteout.h): `.wh.NAME` is a 0/0
+// char device NAME, `.wh..wh..opq` is trusted.overlay.opaque=y on the directory.
+// Mount an image as lowerdir=top:...:bottom of the leases' root() paths.
+//
+// Concurrency: concurrent Acquire()s of one layer in this process wait on one
+// unpack (a shared future per layer); other processes using the same DIR wait on
+// the layer's lock file. A lease (LayerLease) pins its layer: eviction skips layers
+// leased here, and layers another process holds a shared lock on.
+//
+// Size bound: `max_bytes` over the layers' apparent size (tar bytes). After each
+// unpack and each last release, least-recently-used unleased layers are evicted
+// until the total fits. Leased layers are never evicted, so the bound can be
+// exceeded while they are all in use.
+//
+// Restart: Open() removes partial unpacks (DIR/.tmp) and every layer whose marker
+// is missing or unreadable, names another diff_id, or whose layer or blob is no
+// longer in the store (or is stored from another blob). Intact layers are kept, in
+// LRU order by marker mtime. File contents are not re-hashed at open (the unpack
+// checked the diff_id; the tree is private to the daemon).
+//
+// Lifetime: the cache must outlive every lease.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "sandbox/base/status.h"
+#include "storage/digest.h"
+#include "storage/image_store.h"
+
+namespace paddock::storage {
+
+struct LayerCacheOptions {
+  uint64_t max_bytes = 0;  // 0: unbounded
+  // syncfs() before a finished unpack is renamed into place, so a power loss
+  // cannot leave a marked layer with missing data. Off only for benchmarks/tests.
+  bool sync = true;
+};
+
+struct LayerCacheStats {
+  uint64_t unpacks = 0;      // layers unpacked by this process
+  uint64_t hits = 0;         // Acquire()s served by a ready layer
+  uint64_t waits = 0;        // Acquire()s that waited on another thread's unpack
+  uint64_t evictions = 0;
+  uint64_t bytes = 0;        // apparent size of the layers known to be cached
+  size_t layers = 0;
+};
+
+struct LayerCacheOpenReport {
+  size_t kept = 0;
+  size_t removed_partial = 0;  // DIR/.tmp leftovers
+  size_t removed_invalid = 0;  // bad marker, or layer/blob gone from the store
+};
+
+class LayerCache;
+struct CachedLayer;
+
+// Pins one materialized layer. Move-only; releasing (destruction) makes the layer
+// evictable again once no other lease holds it.
+class LayerLease {
+ public:
+  LayerLease() = default;
+  LayerLease(LayerLease&& o) noexcept;
+  LayerLease& operator=(LayerLease&& o) noexcept;
+  ~LayerLease();
+  explicit operator bool() const { return layer_ != nullptr; }
+  const std::string& root() const;  // DIR/<hex>/root
+  const Digest& diff_id() const;
+  void Release();
+
+ private:
+  friend class LayerCache;
+  LayerLease(LayerCache* cache, std::shared_ptr<CachedLayer> layer) : cache_(cache), layer_(std::move(layer)) {}
+  LayerCache* cache_ = nullptr;
+  std::shared_ptr<CachedLayer> layer_;
+};
+
+class LayerCache {
+ public:
+  static Result<std::unique_ptr<LayerCache>> Open(const std::string& dir, ImageStore* store,
+                                                  LayerCacheOptions options = {});
+  ~LayerCache();
+
+  // Returns a lease on the layer's unpacked tree, unpacking it first if needed.
+  Result<LayerLease> Acquire(const Digest& diff_id);
+  // Evicts unleased layers, least recently used first, until the total fits.
+  Status Trim();
+  // True when the layer is present and marked complete (no lease taken).
+  bool Contains(const Digest& diff_id) const;
+
+  LayerCacheStats stats() const;
+  const LayerCacheOpenReport& open_report() const { return open_report_; }
+  const std::string& dir() const { return dir_; }
+  std::string LayerDir(const Digest& diff_id) const { return dir_ + "/" + diff_id.hex(); }
+
+ private:
+  friend class LayerLease;
+  LayerCache(std::string dir, ImageStore* store, LayerCacheOptions options)
+      : dir_(std::move(dir)), store_(store), options_(options) {}
+  Status Scan();
+  Status Materialize(CachedLayer* layer);
+  Status TakeShared(CachedLayer* layer);  // mu_ held
+  void Release(CachedLayer* layer);
+  // Evicts what it can; mu_ held. Removed trees are queued in `doomed`.
+  void EvictLocked(const CachedLayer* keep, std::vector<std::string>* doomed);
+  void RemoveTrees(const std::vector<std::string>& doomed);
+  std::string LockPath(const std::string& hex) const { return dir_ + "/.locks/" + hex + ".lock"; }
+  // Whether DIR/<hex> is a complete layer matching the store; `why` says what is wrong.
+  bool ValidMarker(const std::string& hex, uint64_t* bytes, std::string* why) const;
+
+  std::string dir_;
+  ImageStore* store_;
+  LayerCacheOptions options_;
+  LayerCacheOpenReport open_report_;
+
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<CachedLayer>> layers_;  // by diff_id hex
+  uint64_t tick_ = 0;
+  LayerCacheStats stats_;
+};
+
+}  // namespace paddock::storage

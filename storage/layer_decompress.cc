@@ -1,0 +1,211 @@
+#include "storage/layer_decompress.h"
+
+#include <fcntl.h>
+#include <lz4frame.h>
+#include <unistd.h>
+#include <zstd.h>
+
+namespace paddock::storage {
+
+Result<std::unique_ptr<DecompressPipe>> DecompressPipe::Start(const std::string& blob_path, Compression compression,
+                                                              uint64_t max_out_bytes) {
+  UniqueFd fd(::open(blob_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoError(fmt::format("opening layer blob {}", blob_path));
+  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  std::unique_ptr<DecompressPipe> p(new DecompressPipe(std::move(fd), compression, max_out_bytes));
+  p->thread_ = std::thread([raw = p.get()] { raw->Run(); });
+  return p;
+}
+
+DecompressPipe::DecompressPipe(UniqueFd fd, Compression c, uint64_t max_out)
+    : fd_(std::move(fd)), compression_(c), max_out_(max_out), buffers_(kChunks) {
+  for (auto& b : buffers_) {
+    b.resize(kChunk);
+    free_.push_back(&b);
+  }
+}
+
+DecompressPipe::~DecompressPipe() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string* DecompressPipe::TakeFree() {
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [&] { return stop_ || !free_.empty(); });
+  if (stop_) return nullptr;
+  std::string* b = free_.front();
+  free_.pop_front();
+  return b;
+}
+
+void DecompressPipe::PushFull(std::string* buf, size_t n) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    full_.emplace_back(buf, n);
+  }
+  cv_.notify_all();
+}
+
+void DecompressPipe::Run() {
+  Status st = Produce();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    status_ = st;
+    done_ = true;
+  }
+  cv_.notify_all();
+}
+
+namespace {
+
+// One streaming decoder over either library. Decode() consumes from `in` and
+// writes to `out`, advancing both; Finished() says the last frame ended cleanly.
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual Status Decode(const char** in, size_t* in_n, char** out, size_t* out_n) = 0;
+  virtual bool Finished() const = 0;
+};
+
+class ZstdDecoder : public Decoder {
+ public:
+  ZstdDecoder() : d_(ZSTD_createDStream()) {}
+  ~ZstdDecoder() override { ZSTD_freeDStream(d_); }
+  Status Decode(const char** in, size_t* in_n, char** out, size_t* out_n) override {
+    ZSTD_inBuffer ib{*in, *in_n, 0};
+    ZSTD_outBuffer ob{*out, *out_n, 0};
+    size_t r = ZSTD_decompressStream(d_, &ob, &ib);
+    if (ZSTD_isError(r)) return Error(Code::kDataLoss, "zstd: {}", ZSTD_getErrorName(r));
+    last_ = r;
+    *in += ib.pos;
+    *in_n -= ib.pos;
+    *out += ob.pos;
+    *out_n -= ob.pos;
+    return Status::Ok();
+  }
+  bool Finished() const override { return last_ == 0; }
+
+ private:
+  ZSTD_DStream* d_;
+  size_t last_ = 1;
+};
+
+class Lz4Decoder : public Decoder {
+ public:
+  Lz4Decoder() { LZ4F_createDecompressionContext(&d_, LZ4F_VERSION); }
+  ~Lz4Decoder() override { LZ4F_freeDecompressionContext(d_); }
+  Status Decode(const char** in, size_t* in_n, char** out, size_t* out_n) override {
+    size_t src = *in_n, dst = *out_n;
+    size_t r = LZ4F_decompress(d_, *out, &dst, *in, &src, nullptr);
+    if (LZ4F_isError(r)) return Error(Code::kDataLoss, "lz4: {}", LZ4F_getErrorName(r));
+    last_ = r;
+    *in += src;
+    *in_n -= src;
+    *out += dst;
+    *out_n -= dst;
+    return Status::Ok();
+  }
+  bool Finished() const override { return last_ == 0; }
+
+ private:
+  LZ4F_dctx* d_ = nullptr;
+  size_t last_ = 1;
+};
+
+}  // namespace
+
+Status DecompressPipe::Produce() {
+  std::unique_ptr<Decoder> dec;
+  if (compression_ == Compression::kZstd)
+    dec = std::make_unique<ZstdDecoder>();
+  else
+    dec = std::make_unique<Lz4Decoder>();
+  Sha256 hash;
+  std::string in(1 << 20, '\0');
+  const char* ip = in.data();
+  size_t in_n = 0;
+  bool eof = false;
+  std::string* buf = TakeFree();
+  if (!buf) return Error(Code::kCancelled, "decompression stopped");
+  char* op = buf->data();
+  size_t out_n = buf->size();
+  auto flush = [&]() -> Status {
+    size_t n = buf->size() - out_n;
+    if (n == 0) return Status::Ok();
+    bytes_out_ += n;
+    if (bytes_out_ > max_out_)
+      return Error(Code::kDataLoss, "blob decompresses to more than the layer's {} bytes", max_out_);
+    hash.Update(buf->data(), n);
+    PushFull(buf, n);
+    buf = TakeFree();
+    if (!buf) return Error(Code::kCancelled, "decompression stopped");
+    op = buf->data();
+    out_n = buf->size();
+    return Status::Ok();
+  };
+  for (;;) {
+    if (in_n == 0 && !eof) {
+      ssize_t r = ::read(fd_.get(), in.data(), in.size());
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoError("reading layer blob");
+      }
+      if (r == 0) eof = true;
+      ip = in.data();
+      in_n = static_cast<size_t>(r);
+    }
+    if (in_n == 0 && eof) break;
+    while (in_n > 0) {
+      PADDOCK_RETURN_IF_ERROR(dec->Decode(&ip, &in_n, &op, &out_n));
+      if (out_n == 0) PADDOCK_RETURN_IF_ERROR(flush());
+    }
+  }
+  // Drain what the decoder still holds (lz4/zstd may buffer output).
+  for (int spins = 0; !dec->Finished() && spins < 1024; ++spins) {
+    size_t before = out_n;
+    const char* none = ip;
+    size_t zero = 0;
+    PADDOCK_RETURN_IF_ERROR(dec->Decode(&none, &zero, &op, &out_n));
+    if (out_n == 0) PADDOCK_RETURN_IF_ERROR(flush());
+    else if (out_n == before) break;
+  }
+  if (!dec->Finished()) return Error(Code::kDataLoss, "blob is truncated (compressed frame does not end)");
+  if (buf->size() != out_n) {
+    size_t n = buf->size() - out_n;
+    bytes_out_ += n;
+    if (bytes_out_ > max_out_)
+      return Error(Code::kDataLoss, "blob decompresses to more than the layer's {} bytes", max_out_);
+    hash.Update(buf->data(), n);
+    PushFull(buf, n);
+  } else {
+    std::lock_guard<std::mutex> l(mu_);
+    free_.push_back(buf);
+  }
+  digest_ = hash.Finish();
+  return Status::Ok();
+}
+
+Result<std::string_view> DecompressPipe::Next() {
+  std::unique_lock<std::mutex> l(mu_);
+  if (held_) {
+    free_.push_back(held_);
+    held_ = nullptr;
+    cv_.notify_all();
+  }
+  cv_.wait(l, [&] { return !full_.empty() || done_; });
+  if (!full_.empty()) {
+    auto [b, n] = full_.front();
+    full_.pop_front();
+    held_ = b;
+    return std::string_view(b->data(), n);
+  }
+  if (!status_.ok()) return status_;
+  return std::string_view();
+}
+
+}  // namespace paddock::storage

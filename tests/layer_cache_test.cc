@@ -1,0 +1,342 @@
+// Materialization cache: unpack once, concurrent first use, overlay whiteouts
+// (checked through a real overlay mount), LRU eviction with leases, restart.
+#include <archive.h>
+#include <archive_entry.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "storage/image_store.h"
+#include "storage/layer_cache.h"
+
+namespace fs = std::filesystem;
+
+namespace paddock::storage {
+namespace {
+
+struct TarEntry {
+  std::string path;
+  char type = 'f';  // f file, d dir, l symlink, h hardlink
+  std::string content;  // file data or link target
+  int mode = -1;
+  int uid = 0, gid = 0;
+};
+
+std::string WriteTar(const std::vector<TarEntry>& entries) {
+  archive* a = archive_write_new();
+  archive_write_set_format_pax_restricted(a);
+  size_t total = 1 << 20;
+  for (auto& t : entries) total += t.content.size() + 2048;
+  std::vector<char> buf(total);
+  size_t used = 0;
+  archive_write_open_memory(a, buf.data(), buf.size(), &used);
+  for (const auto& t : entries) {
+    archive_entry* e = archive_entry_new();
+    archive_entry_set_pathname(e, t.path.c_str());
+    archive_entry_set_mtime(e, 1700000000, 0);
+    archive_entry_set_perm(e, t.mode >= 0 ? t.mode : (t.type == 'd' ? 0755 : 0644));
+    archive_entry_set_uid(e, t.uid);
+    archive_entry_set_gid(e, t.gid);
+    switch (t.type) {
+      case 'd': archive_entry_set_filetype(e, AE_IFDIR); break;
+      case 'l': archive_entry_set_filetype(e, AE_IFLNK); archive_entry_set_symlink(e, t.content.c_str()); break;
+      case 'h': archive_entry_set_filetype(e, AE_IFREG); archive_entry_set_hardlink(e, t.content.c_str()); break;
+      default:
+        archive_entry_set_filetype(e, AE_IFREG);
+        archive_entry_set_size(e, static_cast<int64_t>(t.content.size()));
+    }
+    EXPECT_EQ(archive_write_header(a, e), ARCHIVE_OK) << archive_error_string(a);
+    if (t.type == 'f' && !t.content.empty()) archive_write_data(a, t.content.data(), t.content.size());
+    archive_entry_free(e);
+  }
+  archive_write_close(a);
+  archive_write_free(a);
+  return std::string(buf.data(), used);
+}
+
+std::string ReadFile(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+class LayerCacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tmp_ = fs::temp_directory_path() / fmt::format("layer_cache_test.{}.{}", ::getpid(), counter_++);
+    fs::create_directories(tmp_);
+    auto s = ImageStore::Open(tmp_ + "/store");
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    store_ = std::move(s).value();
+    cache_dir_ = tmp_ + "/cache";
+  }
+  void TearDown() override {
+    ::umount2((tmp_ + "/mnt").c_str(), MNT_DETACH);
+    std::error_code ec;
+    fs::remove_all(tmp_, ec);
+  }
+
+  // Imports layers (bottom first) as one image; returns their diff_ids.
+  std::vector<Digest> AddImage(const std::vector<std::string>& tars, Compression c = Compression::kZstd) {
+    std::vector<Digest> ids;
+    auto txn = store_->Begin();
+    EXPECT_TRUE(txn.ok());
+    std::vector<StoredLayer> layers;
+    for (size_t i = 0; i < tars.size(); ++i) {
+      auto l = (*txn)->AddLayer(SourceFromString(tars[i]), LayerHint{fmt::format("layer{}", i), {}, {}});
+      EXPECT_TRUE(l.ok()) << l.status().ToString();
+      if (!l.ok()) return ids;
+      layers.push_back(l.value());
+      ids.push_back(l->diff_id);
+    }
+    (void)c;
+    auto img = (*txn)->AddImage(MakeOciConfig({}, ids), layers, {});
+    EXPECT_TRUE(img.ok()) << img.status().ToString();
+    Status st = (*txn)->Commit();
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return ids;
+  }
+
+  std::unique_ptr<LayerCache> OpenCache(LayerCacheOptions o = {}) {
+    o.sync = false;
+    auto c = LayerCache::Open(cache_dir_, store_.get(), o);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return c.ok() ? std::move(c).value() : nullptr;
+  }
+
+  static inline int counter_ = 0;
+  std::string tmp_, cache_dir_;
+  std::unique_ptr<ImageStore> store_;
+};
+
+std::string BigLayer(int files, size_t each, char seed) {
+  std::vector<TarEntry> e{{"data", 'd'}};
+  for (int i = 0; i < files; ++i) e.push_back({fmt::format("data/f{}", i), 'f', std::string(each, char(seed + i % 7))});
+  return WriteTar(e);
+}
+
+TEST_F(LayerCacheTest, UnpacksOnceAndReuses) {
+  auto ids = AddImage({WriteTar({{"bin", 'd'},
+                                 {"bin/tool", 'f', "#!/bin/sh\necho hi\n", 04755, 0, 0},
+                                 {"bin/alias", 'l', "tool"},
+                                 {"bin/hard", 'h', "bin/tool"},
+                                 {"home", 'd', "", 0700, 1234, 5678},
+                                 {"home/notes", 'f', "mine", 0600, 1234, 5678}})});
+  ASSERT_EQ(ids.size(), 1u);
+  auto cache = OpenCache();
+  ASSERT_TRUE(cache);
+  std::string root;
+  {
+    auto lease = cache->Acquire(ids[0]);
+    ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+    root = lease->root();
+    EXPECT_EQ(root, cache_dir_ + "/" + ids[0].hex() + "/root");
+    EXPECT_EQ(ReadFile(root + "/bin/tool"), "#!/bin/sh\necho hi\n");
+    struct stat st;
+    ASSERT_EQ(::lstat((root + "/bin/tool").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 04755u);
+    EXPECT_EQ(st.st_nlink, 2u);  // bin/hard
+    EXPECT_EQ(st.st_mtime, 1700000000);
+    ASSERT_EQ(::lstat((root + "/home/notes").c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, 1234u);
+    EXPECT_EQ(st.st_gid, 5678u);
+    ASSERT_EQ(::lstat((root + "/home").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0700u);
+    EXPECT_EQ(st.st_mtime, 1700000000);  // directory mtimes survive the extraction
+    EXPECT_EQ(fs::read_symlink(root + "/bin/alias"), "tool");
+    EXPECT_TRUE(fs::exists(cache_dir_ + "/" + ids[0].hex() + "/marker.json"));
+  }
+  for (int i = 0; i < 3; ++i) {
+    auto lease = cache->Acquire(ids[0]);
+    ASSERT_TRUE(lease.ok());
+    EXPECT_EQ(lease->root(), root);
+  }
+  EXPECT_EQ(cache->stats().unpacks, 1u);
+  EXPECT_EQ(cache->stats().hits, 3u);
+  EXPECT_TRUE(fs::is_empty(cache_dir_ + "/.tmp"));
+
+  // A restarted daemon reuses it without unpacking.
+  cache.reset();
+  cache = OpenCache();
+  EXPECT_EQ(cache->open_report().kept, 1u);
+  auto lease = cache->Acquire(ids[0]);
+  ASSERT_TRUE(lease.ok());
+  EXPECT_EQ(cache->stats().unpacks, 0u);
+  EXPECT_EQ(ReadFile(lease->root() + "/home/notes"), "mine");
+}
+
+TEST_F(LayerCacheTest, LZ4LayersUnpackToo) {
+  auto s = ImageStore::Open(tmp_ + "/store", ImageStoreOptions{.compression = Compression::kLz4});
+  ASSERT_TRUE(s.ok());
+  store_ = std::move(s).value();
+  auto ids = AddImage({BigLayer(50, 10000, 'a')});
+  ASSERT_EQ(store_->FindLayer(ids[0])->compression, Compression::kLz4);
+  auto cache = OpenCache();
+  auto lease = cache->Acquire(ids[0]);
+  ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+  EXPECT_EQ(ReadFile(lease->root() + "/data/f49"), std::string(10000, char('a' + 49 % 7)));
+}
+
+TEST_F(LayerCacheTest, ConcurrentFirstUsesWaitOnOneUnpack) {
+  auto ids = AddImage({BigLayer(2000, 4096, 'k')});
+  auto cache = OpenCache();
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  std::vector<std::string> roots(8);
+  std::vector<LayerLease> leases(8);
+  for (int i = 0; i < 8; ++i)
+    threads.emplace_back([&, i] {
+      auto lease = cache->Acquire(ids[0]);
+      if (!lease.ok()) return;
+      // Every lease sees the complete tree.
+      if (ReadFile(lease->root() + "/data/f1999") == std::string(4096, char('k' + 1999 % 7))) ++ok;
+      roots[i] = lease->root();
+      leases[i] = std::move(lease).value();
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 8);
+  EXPECT_EQ(cache->stats().unpacks, 1u);
+  EXPECT_EQ(cache->stats().hits, 7u);  // the 7 others, after waiting or not
+  for (auto& r : roots) EXPECT_EQ(r, roots[0]);
+  // Two caches (two daemons) on one directory: the second finds it done.
+  auto other = LayerCache::Open(cache_dir_, store_.get(), {});
+  ASSERT_TRUE(other.ok());
+  auto l2 = (*other)->Acquire(ids[0]);
+  ASSERT_TRUE(l2.ok());
+  EXPECT_EQ((*other)->stats().unpacks, 0u);
+}
+
+TEST_F(LayerCacheTest, WhiteoutsBecomeOverlayWhiteouts) {
+  auto ids = AddImage({WriteTar({{"d", 'd'},
+                                 {"d/gone", 'f', "old"},
+                                 {"d/keep", 'f', "kept"},
+                                 {"o", 'd'},
+                                 {"o/x", 'f', "x"},
+                                 {"o/sub", 'd'},
+                                 {"o/sub/y", 'f', "y"}}),
+                       WriteTar({{"d", 'd'},
+                                 {"d/.wh.gone", 'f', ""},
+                                 {"o", 'd'},
+                                 {"o/.wh..wh..opq", 'f', ""},
+                                 {"o/new", 'f', "new"}})});
+  ASSERT_EQ(ids.size(), 2u);
+  auto cache = OpenCache();
+  auto lower = cache->Acquire(ids[0]);
+  auto upper = cache->Acquire(ids[1]);
+  ASSERT_TRUE(lower.ok() && upper.ok());
+  // The stored form is overlayfs', not OCI's.
+  struct stat st;
+  ASSERT_EQ(::lstat((upper->root() + "/d/gone").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(st.st_rdev, makedev(0, 0));
+  EXPECT_FALSE(fs::exists(upper->root() + "/d/.wh.gone"));
+  EXPECT_FALSE(fs::exists(upper->root() + "/o/.wh..wh..opq"));
+  char v[8] = {};
+  ASSERT_EQ(::getxattr((upper->root() + "/o").c_str(), "trusted.overlay.opaque", v, sizeof(v)), 1);
+  EXPECT_EQ(v[0], 'y');
+
+  std::string mnt = tmp_ + "/mnt";
+  fs::create_directories(mnt);
+  std::string opts = "lowerdir=" + upper->root() + ":" + lower->root();
+  if (::mount("overlay", mnt.c_str(), "overlay", MS_RDONLY, opts.c_str()) != 0)
+    GTEST_SKIP() << "cannot mount overlayfs here: " << std::strerror(errno);
+  EXPECT_FALSE(fs::exists(mnt + "/d/gone"));
+  EXPECT_EQ(ReadFile(mnt + "/d/keep"), "kept");
+  EXPECT_FALSE(fs::exists(mnt + "/o/x"));
+  EXPECT_FALSE(fs::exists(mnt + "/o/sub"));
+  EXPECT_EQ(ReadFile(mnt + "/o/new"), "new");
+  EXPECT_EQ(::umount2(mnt.c_str(), 0), 0);
+}
+
+TEST_F(LayerCacheTest, LruEvictionRespectsLeases) {
+  auto a = AddImage({BigLayer(10, 100000, 'a')})[0];
+  auto b = AddImage({BigLayer(10, 100000, 'b')})[0];
+  auto c = AddImage({BigLayer(10, 100000, 'c')})[0];
+  uint64_t size = store_->FindLayer(a)->uncompressed_size;
+  auto cache = OpenCache({.max_bytes = size * 5 / 2});
+  auto la = cache->Acquire(a);  // held throughout: oldest, but leased
+  ASSERT_TRUE(la.ok());
+  { ASSERT_TRUE(cache->Acquire(b).ok()); }
+  { ASSERT_TRUE(cache->Acquire(c).ok()); }  // over the bound: b (LRU, unleased) goes
+  EXPECT_TRUE(cache->Contains(a));
+  EXPECT_FALSE(cache->Contains(b));
+  EXPECT_TRUE(cache->Contains(c));
+  EXPECT_TRUE(fs::exists(la->root() + "/data/f9"));
+  EXPECT_FALSE(fs::exists(cache_dir_ + "/" + b.hex()));
+  EXPECT_EQ(cache->stats().evictions, 1u);
+  EXPECT_LE(cache->stats().bytes, size * 5 / 2);
+
+  // Use ends at release: once a is released, c (released earlier) is the least
+  // recently used, and b coming back evicts it.
+  la->Release();
+  { ASSERT_TRUE(cache->Acquire(b).ok()); }
+  EXPECT_TRUE(cache->Contains(a));
+  EXPECT_TRUE(cache->Contains(b));
+  EXPECT_FALSE(cache->Contains(c));
+  EXPECT_EQ(cache->stats().unpacks, 4u);
+
+  // Everything leased: the bound is exceeded rather than a leased layer removed.
+  auto l1 = cache->Acquire(a), l2 = cache->Acquire(b), l3 = cache->Acquire(c);
+  ASSERT_TRUE(l1.ok() && l2.ok() && l3.ok());
+  EXPECT_TRUE(fs::exists(l1->root() + "/data/f0") && fs::exists(l2->root() + "/data/f0") &&
+              fs::exists(l3->root() + "/data/f0"));
+}
+
+TEST_F(LayerCacheTest, RestartRemovesPartialAndInvalidKeepsIntact) {
+  auto a = AddImage({BigLayer(3, 1000, 'a')})[0];
+  auto b = AddImage({BigLayer(3, 1000, 'b')})[0];
+  auto c = AddImage({BigLayer(3, 1000, 'c')})[0];
+  {
+    auto cache = OpenCache();
+    for (auto& d : {a, b, c}) ASSERT_TRUE(cache->Acquire(d).ok());
+  }
+  // A crash mid-unpack leaves a temp dir; a marker gets corrupted; c's blob is lost.
+  fs::create_directories(cache_dir_ + "/.tmp/" + a.hex() + ".crashed/root/data");
+  std::ofstream(cache_dir_ + "/.tmp/" + a.hex() + ".crashed/root/data/f0") << "partial";
+  std::ofstream(cache_dir_ + "/" + b.hex() + "/marker.json", std::ios::trunc) << "{\"diff_id\": \"garbage";
+  fs::remove(store_->blobs().BlobPath(store_->FindLayer(c)->blob));
+
+  auto cache = OpenCache();
+  EXPECT_EQ(cache->open_report().removed_partial, 1u);
+  EXPECT_EQ(cache->open_report().removed_invalid, 2u);
+  EXPECT_EQ(cache->open_report().kept, 1u);
+  EXPECT_TRUE(fs::is_empty(cache_dir_ + "/.tmp"));
+  EXPECT_TRUE(cache->Contains(a));
+  EXPECT_FALSE(fs::exists(cache_dir_ + "/" + b.hex()));
+  EXPECT_FALSE(fs::exists(cache_dir_ + "/" + c.hex()));
+  auto la = cache->Acquire(a);
+  ASSERT_TRUE(la.ok());
+  EXPECT_EQ(cache->stats().unpacks, 0u);
+  auto lb = cache->Acquire(b);  // unpacked again from the store
+  ASSERT_TRUE(lb.ok());
+  EXPECT_EQ(cache->stats().unpacks, 1u);
+  EXPECT_EQ(ReadFile(lb->root() + "/data/f2"), std::string(1000, char('b' + 2)));
+  auto lc = cache->Acquire(c);
+  EXPECT_FALSE(lc.ok());
+}
+
+TEST_F(LayerCacheTest, CorruptBlobFailsAndLeavesNothing) {
+  auto a = AddImage({BigLayer(100, 5000, 'z')})[0];
+  std::string blob = store_->blobs().BlobPath(store_->FindLayer(a)->blob);
+  std::string data = ReadFile(blob);
+  fs::permissions(blob, fs::perms::owner_write, fs::perm_options::add);
+  std::ofstream(blob, std::ios::trunc | std::ios::binary) << data.substr(0, data.size() / 2);
+  auto cache = OpenCache();
+  auto lease = cache->Acquire(a);
+  ASSERT_FALSE(lease.ok());
+  EXPECT_EQ(lease.status().code(), Code::kDataLoss) << lease.status().ToString();
+  EXPECT_FALSE(cache->Contains(a));
+  EXPECT_FALSE(fs::exists(cache_dir_ + "/" + a.hex()));
+  EXPECT_TRUE(fs::is_empty(cache_dir_ + "/.tmp"));
+}
+
+}  // namespace
+}  // namespace paddock::storage
