@@ -142,6 +142,10 @@ Status CommitQueue::Commit(const Prepare& prepare) {
 }
 
 bool CommitQueue::RunGroup(std::vector<Writer*>& group) {
+  if (!failed_.ok()) {
+    for (Writer* w : group) w->status = failed_;
+    return false;
+  }
   rocksdb::WriteBatch batch;
   Staging staging(db_);
   bool any = false;
@@ -159,6 +163,10 @@ bool CommitQueue::RunGroup(std::vector<Writer*>& group) {
   options.sync = true;
   Status written = FromRocks(db_->Write(options, &batch), "writing the trajectory log");
   if (written.ok()) return true;
+  failed_ = Status(written.code(),
+                   written.message() +
+                       "; the log refuses writes from now on: free space or fix the disk, then "
+                       "restart paddockd (nothing acknowledged is lost)");
   for (Writer* w : group)
     if (w->status.ok()) w->status = written;
   return true;

@@ -75,6 +75,11 @@ class CommitQueue {
 
   rocksdb::DB* db_;
   const bool group_commit_;
+  // Set by the first failed write (a full disk, an I/O error): RocksDB must
+  // not be written to again through this handle (its WAL writer may abort on
+  // a write after an error), so every later commit fails with this status
+  // until the log is reopened. Touched only by the current leader.
+  Status failed_;
   mutable std::mutex mu_;
   std::vector<Writer*> queue_;
   bool leader_active_ = false;
