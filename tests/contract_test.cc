@@ -64,6 +64,21 @@ std::vector<pid_t> HostPidsRunning(const std::vector<std::string>& argv) {
   return out;
 }
 
+// A sleep duration no other process on the host uses: the test process's pid
+// in it, so that concurrent test runs never see each other's sleeps.
+std::string UniqueSleep(int tag) { return std::to_string(tag * 1000000 + getpid() % 1000000); }
+
+// Whether no process runs `sleep SECONDS` within `within` (processes of a
+// function exec die with its stub, just after the exec is answered).
+bool SleepGone(const std::string& seconds, std::chrono::milliseconds within) {
+  auto deadline = std::chrono::steady_clock::now() + within;
+  while (!HostPidsRunning({"sleep", seconds}).empty()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
 class Contract : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
@@ -205,16 +220,14 @@ TEST_P(Contract, Exec_LargeOutputIsCappedAndFlagged) {
 TEST_P(Contract, Exec_TimeoutKillsWholeProcessTree) {
   auto id = Create();
   auto start = std::chrono::steady_clock::now();
-  ExecResult r = Run(id, "sleep 987 & sleep 986 & sleep 985", 400);
+  const std::string a = UniqueSleep(1), b = UniqueSleep(2), c = UniqueSleep(3);
+  ExecResult r = Run(id, fmt::format("sleep {} & sleep {} & sleep {}", a, b, c), 400);
   auto took = std::chrono::steady_clock::now() - start;
   EXPECT_TRUE(r.timed_out);
   EXPECT_EQ(r.signal, SIGKILL);
   EXPECT_LT(took, std::chrono::seconds(5));
   // Neither the foreground nor the background sleeps survive, anywhere.
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_TRUE(HostPidsRunning({"sleep", "987"}).empty());
-  EXPECT_TRUE(HostPidsRunning({"sleep", "986"}).empty());
-  EXPECT_TRUE(HostPidsRunning({"sleep", "985"}).empty());
+  for (const auto& s : {a, b, c}) EXPECT_TRUE(SleepGone(s, std::chrono::milliseconds(1000))) << s;
 }
 
 TEST_P(Contract, Exec_ReportsKillingSignal) {
@@ -435,7 +448,8 @@ TEST_P(Contract, Seccomp_DeniedCallsFail) {
 
 TEST_P(Contract, Destroy_LeavesNothingBehind) {
   auto id = Create();
-  ExecResult r = Run(id, "sleep 300 > /dev/null 2>&1 & echo started");
+  const std::string secs = UniqueSleep(4);
+  ExecResult r = Run(id, fmt::format("sleep {} > /dev/null 2>&1 & echo started", secs));
   ASSERT_EQ(r.stdout_data, "started\n");
   std::vector<std::string> cgroups_before = CgroupDirsUnder(TestEnv(*state_).cgroup_root());
   ASSERT_TRUE(manager_->Destroy(id).ok());
@@ -444,11 +458,12 @@ TEST_P(Contract, Destroy_LeavesNothingBehind) {
   EXPECT_EQ(manager_->Destroy(id).code(), Code::kNotFound);
   if (IsFunction()) {
     // Per-exec state dies with each exec; the zygote is shared by every
-    // function sandbox of this image and limits, and goes at shutdown.
-    EXPECT_TRUE(HostPidsRunning({"sleep", "300"}).empty());
+    // function sandbox of this image and limits, and goes at shutdown. The
+    // exec's background processes die with its stub, just after the answer.
+    EXPECT_TRUE(SleepGone(secs, std::chrono::milliseconds(1000)));
     return;
   }
-  EXPECT_TRUE(HostPidsRunning({"sleep", "300"}).empty());
+  EXPECT_TRUE(HostPidsRunning({"sleep", secs}).empty());  // at once: Destroy waited for them
   EXPECT_FALSE(fs::exists(*state_ + "/containers/" + id));
   EXPECT_TRUE(MountsUnder(*state_ + "/containers/" + id).empty());
   // The empty cgroup is removed in the background, right after.
@@ -491,6 +506,7 @@ TEST_P(Contract, Crash_SigkilledOwnerLeftoversAreReaped) {
   fs::create_directories(state);
   int ready[2];
   ASSERT_EQ(pipe(ready), 0);
+  const std::string crash_sleep = UniqueSleep(5);  // computed here: the child has another pid
   pid_t owner = fork();
   if (owner == 0) {
     close(ready[0]);
@@ -500,7 +516,7 @@ TEST_P(Contract, Crash_SigkilledOwnerLeftoversAreReaped) {
       auto info = m->Create(s);
       if (!info.ok()) _exit(3);
       ExecRequest r;
-      r.shell = "sleep 555 >/dev/null 2>&1 &";
+      r.shell = "sleep " + crash_sleep + " >/dev/null 2>&1 &";
       auto res = m->Get(info->id).value()->Exec(r, nullptr);
       if (!res.ok()) _exit(4);
     }
@@ -534,7 +550,7 @@ TEST_P(Contract, Crash_SigkilledOwnerLeftoversAreReaped) {
   EXPECT_GE(report.dirs_removed, 1);
   EXPECT_TRUE(MountsUnder(state).empty());
   EXPECT_TRUE(CgroupDirsUnder(TestEnv(state).cgroup_root()).empty());
-  EXPECT_TRUE(HostPidsRunning({"sleep", "555"}).empty());
+  EXPECT_TRUE(SleepGone(crash_sleep, std::chrono::milliseconds(1000)));
   // A daemon on the reaped state dir works again.
   auto m = MakeManager(TestEnv(state));
   SandboxSpec s = Spec();
