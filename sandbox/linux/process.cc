@@ -56,6 +56,7 @@ Result<ChildProcess> SpawnInNamespaces(const SpawnOptions& opts) {
   const int channel = opts.channel_fd;
   const bool new_user = opts.clone_flags & CLONE_NEWUSER;
 
+  const int sync_w_fd = sync_w.get();
   int pidfd = -1;
   struct clone_args args;
   std::memset(&args, 0, sizeof args);
@@ -65,7 +66,11 @@ Result<ChildProcess> SpawnInNamespaces(const SpawnOptions& opts) {
   long pid = syscall(SYS_clone3, &args, sizeof args);
   if (pid < 0) return ErrnoError("clone3 into new namespaces");
   if (pid == 0) {
-    // Child. Raw system calls only.
+    // Child. Raw system calls only. Drop our copy of the pipe's write end
+    // first, so that a daemon killed before releasing us is an EOF here, not
+    // a child that waits forever holding the daemon's descriptors.
+    // (PR_SET_PDEATHSIG would follow the spawning thread, not the daemon.)
+    close(sync_w_fd);
     char go;
     if (read(sync_r.get(), &go, 1) != 1) _exit(120);
     if (new_user) {
