@@ -1,8 +1,11 @@
 #include "replay/commit_queue.h"
 
 #include <linux/futex.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include "replay/rocks_status.h"
 
@@ -159,6 +162,13 @@ bool CommitQueue::RunGroup(std::vector<Writer*>& group) {
     }
   }
   if (!any || batch.Count() == 0) return false;
+  // Refuse before RocksDB runs out of space: a WAL write that fails for lack
+  // of space leaves its writer unusable (and Debian's librocksdb asserts).
+  if (Status space = CheckSpace(batch.GetDataSize()); !space.ok()) {
+    for (Writer* w : group)
+      if (w->status.ok()) w->status = space;
+    return false;
+  }
   rocksdb::WriteOptions options;
   options.sync = true;
   Status written = FromRocks(db_->Write(options, &batch), "writing the trajectory log");
@@ -170,6 +180,21 @@ bool CommitQueue::RunGroup(std::vector<Writer*>& group) {
   for (Writer* w : group)
     if (w->status.ok()) w->status = written;
   return true;
+}
+
+Status CommitQueue::CheckSpace(uint64_t batch_bytes) const {
+  if (space_dir_.empty() || reserve_bytes_ == 0) return Status::Ok();
+  struct statvfs st;
+  if (statvfs(space_dir_.c_str(), &st) != 0) return Status::Ok();  // cannot tell: let RocksDB decide
+  uint64_t total = static_cast<uint64_t>(st.f_blocks) * st.f_frsize;
+  uint64_t free = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  // A small filesystem keeps a quarter of itself in reserve instead.
+  uint64_t reserve = std::min<uint64_t>(reserve_bytes_, total / 4);
+  if (free >= batch_bytes + reserve) return Status::Ok();
+  return Error(Code::kResourceExhausted,
+               "the trajectory log's disk ({}) has {} bytes free, below the {} bytes it keeps in "
+               "reserve; free space there (nothing acknowledged is lost)",
+               space_dir_, free, reserve);
 }
 
 CommitStats CommitQueue::Stats() const {

@@ -58,7 +58,12 @@ class CommitQueue {
   };
   using Prepare = std::function<Status(Staging&)>;
 
-  CommitQueue(rocksdb::DB* db, bool group_commit) : db_(db), group_commit_(group_commit) {}
+  // `space_dir`: the filesystem whose free space is checked before each
+  // write; `reserve_bytes`: what must stay free after it (0: no check).
+  CommitQueue(rocksdb::DB* db, bool group_commit, std::string space_dir = {},
+              uint64_t reserve_bytes = 0)
+      : db_(db), group_commit_(group_commit), space_dir_(std::move(space_dir)),
+        reserve_bytes_(reserve_bytes) {}
 
   // Runs prepare in a group and returns once its writes are durable (or failed).
   Status Commit(const Prepare& prepare);
@@ -73,8 +78,12 @@ class CommitQueue {
   };
   bool RunGroup(std::vector<Writer*>& group);  // true when it wrote (and synced)
 
+  Status CheckSpace(uint64_t batch_bytes) const;
+
   rocksdb::DB* db_;
   const bool group_commit_;
+  const std::string space_dir_;
+  const uint64_t reserve_bytes_;
   // Set by the first failed write (a full disk, an I/O error): RocksDB must
   // not be written to again through this handle (its WAL writer may abort on
   // a write after an error), so every later commit fails with this status

@@ -111,7 +111,7 @@ TrajectoryLogImpl::TrajectoryLogImpl(LogOptions options, rocksdb::DB* db,
       steps_(Family(kStepsFamily)),
       intents_(Family(kIntentsFamily)),
       results_(Family(kResultsFamily)),
-      commits_(db, options_.group_commit) {}
+      commits_(db, options_.group_commit, options_.dir, options_.reserve_bytes) {}
 
 TrajectoryLogImpl::~TrajectoryLogImpl() {
   for (rocksdb::ColumnFamilyHandle* handle : handles_) db_->DestroyColumnFamilyHandle(handle);

@@ -69,6 +69,11 @@ struct LogOptions {
   std::string created_by = "paddock";
   // RocksDB memtable size; small values suit tests on tiny filesystems.
   size_t write_buffer_size = 64 << 20;
+  // Writes are refused (RESOURCE_EXHAUSTED) when fewer bytes than this would
+  // stay free on the log's filesystem (a quarter of a smaller filesystem):
+  // room for memtable flushes, so RocksDB itself never hits a full disk.
+  // 0: no check.
+  uint64_t reserve_bytes = 2 * (64ull << 20) + (16ull << 20);
 };
 
 // What the log holds for one call. `request_fingerprint` is a sha256 over
