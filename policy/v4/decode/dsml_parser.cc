@@ -1,4 +1,5 @@
 #include "policy/v4/decode/dsml_parser.h"
+#include "policy/v4/json_quote.h"
 
 #include <algorithm>
 #include <array>
@@ -246,25 +247,7 @@ std::string DescribeEvents(const std::vector<DsmlEvent>& events) {
 std::string JsonQuote(std::string_view s) {
   std::string out;
   out.reserve(s.size() + 2);
-  out += '"';
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (c < 0x20) {
-          out += fmt::format("\\u{:04x}", c);
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  out += '"';
+  AppendJsonQuoted(out, s);
   return out;
 }
 

@@ -1,4 +1,5 @@
 #include "policy/v4/encode/json_text.h"
+#include "policy/v4/json_quote.h"
 
 #include <cstdint>
 #include <limits>
@@ -8,28 +9,6 @@
 namespace paddock::v4::internal {
 namespace {
 
-void AppendString(std::string& out, const std::string& s) {
-  out.push_back('"');
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (c < 0x20) {
-          out += fmt::format("\\u{:04x}", c);
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-  }
-  out.push_back('"');
-}
-
 void Append(std::string& out, const nlohmann::ordered_json& v) {
   switch (v.type()) {
     case nlohmann::json::value_t::object: {
@@ -38,7 +17,7 @@ void Append(std::string& out, const nlohmann::ordered_json& v) {
       for (auto it = v.begin(); it != v.end(); ++it) {
         if (!first) out += ", ";
         first = false;
-        AppendString(out, it.key());
+        AppendJsonQuoted(out, it.key());
         out += ": ";
         Append(out, it.value());
       }
@@ -57,7 +36,7 @@ void Append(std::string& out, const nlohmann::ordered_json& v) {
       break;
     }
     case nlohmann::json::value_t::string:
-      AppendString(out, v.get_ref<const std::string&>());
+      AppendJsonQuoted(out, v.get_ref<const std::string&>());
       break;
     case nlohmann::json::value_t::number_float: {
       double d = v.get<double>();
