@@ -26,6 +26,8 @@ PACKAGES=(
   bubblewrap crun
   # procps for ps/pgrep in tests, iproute2 for network checks
   procps iproute2
+  # the Python SDK (sdk/python): gRPC runtime, messages, and its pytest suite
+  python3-grpcio python3-protobuf python3-pytest
 )
 
 # --- optional: bench plotting (only with --bench, used by `make bench`) ---
