@@ -265,9 +265,11 @@ def daemon_stats(p: Any) -> DaemonStats:
                        daemon_rss_bytes=p.daemon_rss_bytes, usage=usage)
 
 
-def to_dict(msg: Any) -> dict[str, Any]:
-    """A message as a dict (protobuf JSON mapping with the .proto field names)."""
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+def to_dict(msg: Any, defaults: bool = False) -> dict[str, Any]:
+    """A message as a dict (protobuf JSON mapping with the .proto field names; with ``defaults``
+    fields at their zero value are included too)."""
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True,
+                                     including_default_value_fields=defaults)
 
 
 _EPISODE_STATES = {1: "running", 2: "finished", 3: "failed"}
@@ -302,7 +304,7 @@ def episode_detail(p: Any) -> EpisodeDetail:
 
 
 def verify_report(p: Any) -> VerifyReport:
-    d = to_dict(p)
+    d = to_dict(p, defaults=True)
     for k in ("ok", "problems", "report", "in_doubt"):
         d.pop(k, None)
     return VerifyReport(ok=p.ok, problems=list(p.problems), report=p.report,
