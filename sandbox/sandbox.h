@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "sandbox/base/status.h"
+#include "sandbox/image_source.h"
 #include "sandbox/types.h"
 
 namespace paddock {
@@ -39,12 +40,23 @@ class Sandbox {
   // Kills every process and removes every mount, cgroup and directory the
   // sandbox owns. Idempotent.
   virtual Status Destroy() = 0;
+
+  // Turns the sandbox's filesystem changes into a new image on top of the one
+  // it was created from, named `name` (may be empty). Substrates without
+  // persistent state say why not (FAILED_PRECONDITION).
+  virtual Result<SnapshotResult> Snapshot(const std::string& name) {
+    (void)name;
+    return Error(Code::kUnimplemented, "this substrate cannot snapshot sandboxes");
+  }
 };
 
 // Where a substrate keeps its state and finds its helpers.
 struct SubstrateEnv {
   std::string state_dir;   // e.g. /var/lib/paddock
   std::string init_path;   // the paddock-init binary
+  // Resolves SandboxSpec::image to materialized layers (sandbox/image_source.h).
+  // Null: absolute root filesystem directories only. Owned by the daemon.
+  ImageResolver* images = nullptr;
   // Ready sandboxes kept per (image, limits, workdir) once a create has asked
   // for that recipe; 0 disables the warm pool.
   size_t warm_pool_size = 2;
