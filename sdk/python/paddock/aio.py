@@ -31,7 +31,7 @@ from . import _convert as cv
 from . import _stubs
 from . import rollouts as _ro
 from ._msg import from_msg
-from .errors import NotFound, PaddockError, Unavailable, Unknown, from_rpc_error
+from .errors import NotFound, PaddockError, Unavailable, Unimplemented, Unknown, from_rpc_error
 from .images import Images as _SyncImages
 from .rollouts import EpisodeSummary, PolicySpec, ResumeResult, RolloutEpisode, RolloutProgress, Sampling
 from .types import (
@@ -114,6 +114,9 @@ class Client:
 
     def _error(self, err: grpc.RpcError) -> PaddockError:
         e = from_rpc_error(err)
+        if not e.message and isinstance(e, Unimplemented):
+            return Unimplemented(f"paddockd at {self.target} does not serve this call (a daemon older "
+                                 "than this SDK, or a service not built into it)")
         if isinstance(e, Unavailable) and not self._tcp:
             reason = cv.probe_unix_socket(self.target)
             if reason:

@@ -20,7 +20,7 @@ import grpc
 
 from . import _convert as cv
 from . import _stubs
-from .errors import NotFound, PaddockError, Unavailable, Unknown, from_rpc_error
+from .errors import NotFound, PaddockError, Unavailable, Unimplemented, Unknown, from_rpc_error
 from .types import (
     DaemonStats,
     EpisodeDetail,
@@ -93,6 +93,9 @@ class Client:
 
     def _error(self, err: grpc.RpcError) -> PaddockError:
         e = from_rpc_error(err)
+        if not e.message and isinstance(e, Unimplemented):
+            return Unimplemented(f"paddockd at {self.target} does not serve this call (a daemon older "
+                                 "than this SDK, or a service not built into it)")
         if isinstance(e, Unavailable) and not self._tcp:
             reason = cv.probe_unix_socket(self.target)
             if reason:
