@@ -1,0 +1,64 @@
+// The embedded engine: the Engine of engine.h over the CPU model. One worker
+// thread steps every active sequence together (continuous batching: requests
+// join and leave between steps); prompts are prefilled in chunks inside the
+// same steps; finished sequences' caches are kept, keyed by their tokens, so
+// a prompt that extends one only prefills its new suffix.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "policy/engine/config.h"
+#include "policy/engine/engine.h"
+#include "policy/engine/model.h"
+
+namespace paddock::policy::engine {
+
+struct EngineOptions {
+  std::string config = "tiny";     // a ConfigByName preset
+  std::string weights_path;        // safetensors file; empty: weights from weight_seed
+  uint64_t weight_seed = 1;
+  int threads = 0;                 // 0: std::thread::hardware_concurrency()
+  size_t max_batch = 64;           // sequences stepped together
+  size_t prefill_chunk = 256;      // prompt tokens a sequence feeds per step
+  size_t prefix_cache_entries = 16;
+  size_t prefix_cache_bytes = size_t{1} << 30;
+};
+
+struct EngineStats {
+  uint64_t requests = 0;
+  uint64_t prompt_tokens = 0;
+  uint64_t cached_prompt_tokens = 0;
+  uint64_t generated_tokens = 0;
+  uint64_t steps = 0;             // Forward calls
+  uint64_t step_sequences = 0;    // sum over steps of sequences in the step
+  uint64_t max_step_sequences = 0;
+  uint64_t active = 0;            // sequences being generated now
+  uint64_t prefix_cache_entries = 0;
+  uint64_t prefix_cache_bytes = 0;
+};
+
+class EmbeddedEngine : public Engine {
+ public:
+  static Result<std::unique_ptr<EmbeddedEngine>> Create(const EngineOptions& options);
+  // Over an existing model (tests use custom configs); options' model fields ignored.
+  static std::unique_ptr<EmbeddedEngine> Create(std::unique_ptr<Model> model, const EngineOptions& options);
+  ~EmbeddedEngine() override;  // unfinished requests end with Finish::kCancelled
+
+  Result<GenerateOutput> Generate(GenerateJob job) override;
+  int32_t vocab_size() const override;
+  int32_t eos_token_id() const override;
+  size_t max_context() const override;
+  std::string describe() const override;
+
+  EngineStats stats() const;
+  const Model& model() const;
+
+ private:
+  struct Impl;
+  explicit EmbeddedEngine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace paddock::policy::engine

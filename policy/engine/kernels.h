@@ -1,0 +1,56 @@
+// The engine's inner loops: matrix products and dot products with AVX2+FMA
+// chosen at run time when the CPU has them (the build keeps portable x86-64
+// flags), a plain loop otherwise; and a fixed thread pool.
+//
+// Determinism contract: every output element Y[r][c] of MatMul is computed by
+// the same sequence of floating-point operations whatever the number of rows,
+// their order, the tiling or the thread that computes it. That is what makes
+// batched decoding equal unbatched decoding bit for bit.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace paddock::policy::engine {
+
+// Y[r][c] = sum_k X[r][k] * W[c][k] for r < rows, c < cols; W is [cols][in]
+// row-major (the layout of a PyTorch Linear weight). ldy is Y's row stride.
+void MatMul(const float* x, size_t rows, size_t in, const float* w, size_t cols, float* y,
+            size_t ldy);
+// The same with W in BF16 (the embedding / tied output head).
+void MatMulBf16(const float* x, size_t rows, size_t in, const uint16_t* w, size_t cols,
+                float* y, size_t ldy);
+float Dot(const float* a, const float* b, size_t n);
+// y += a * x
+void Axpy(float a, const float* x, float* y, size_t n);
+// out[i] = exp(x[i] - shift); returns the sum (in index order of 8-lane blocks).
+double ExpShifted(const float* x, size_t n, float shift, float* out);
+bool CpuHasAvx2Fma();
+
+// A fixed pool; ParallelFor splits [0, n) into contiguous chunks, one per
+// worker (the caller's thread included), and returns when all are done.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);  // threads <= 0: hardware_concurrency
+  ~ThreadPool();
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  void ParallelFor(size_t n, const std::function<void(size_t begin, size_t end)>& fn);
+
+ private:
+  void Loop(size_t index);
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(size_t, size_t)>* fn_ = nullptr;
+  size_t n_ = 0;
+  uint64_t generation_ = 0;
+  size_t pending_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace paddock::policy::engine

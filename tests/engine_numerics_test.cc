@@ -1,0 +1,112 @@
+// FP8 E4M3, BF16 and int4 conversions of the engine's caches, on edge values.
+#include <cmath>
+#include <limits>
+
+#include <gtest/gtest.h>
+
+#include "policy/engine/numerics.h"
+
+namespace paddock::policy::engine {
+namespace {
+
+TEST(EngineNumerics, E4M3_EncodesEdgeValues) {
+  EXPECT_EQ(FloatToE4M3(0.0f), 0x00);
+  EXPECT_EQ(FloatToE4M3(-0.0f), 0x80);
+  EXPECT_EQ(FloatToE4M3(1.0f), 0x38);
+  EXPECT_EQ(FloatToE4M3(-2.0f), 0xC0);
+  EXPECT_EQ(FloatToE4M3(448.0f), 0x7E);         // largest finite
+  EXPECT_EQ(FloatToE4M3(449.0f), 0x7E);         // saturates
+  EXPECT_EQ(FloatToE4M3(1e9f), 0x7E);
+  EXPECT_EQ(FloatToE4M3(-1e9f), 0xFE);
+  EXPECT_EQ(FloatToE4M3(std::numeric_limits<float>::infinity()), 0x7E);
+  EXPECT_EQ(FloatToE4M3(std::nanf("")) & 0x7F, 0x7F);
+  EXPECT_EQ(FloatToE4M3(std::ldexp(1.0f, -6)), 0x08);  // smallest normal
+  EXPECT_EQ(FloatToE4M3(std::ldexp(1.0f, -9)), 0x01);  // smallest subnormal
+  EXPECT_EQ(FloatToE4M3(std::ldexp(7.0f, -9)), 0x07);  // largest subnormal
+  EXPECT_EQ(FloatToE4M3(std::ldexp(1.0f, -10)), 0x00);  // half the smallest: ties to even (0)
+  EXPECT_EQ(FloatToE4M3(std::ldexp(3.0f, -10)), 0x02);  // 1.5 ulp: ties to even (2)
+  EXPECT_EQ(FloatToE4M3(std::ldexp(15.5f, -10)), 0x08);  // 7.75 subnormal ulps rounds up to 2^-6
+  EXPECT_EQ(FloatToE4M3(1.0625f), 0x38);  // halfway 1 and 1.125: even mantissa (1.0)
+  EXPECT_EQ(FloatToE4M3(1.1875f), 0x3A);  // halfway 1.125 and 1.25: even mantissa (1.25)
+  EXPECT_EQ(FloatToE4M3(1.07f), 0x39);    // above halfway
+  EXPECT_EQ(FloatToE4M3(15.5f), 0x58);    // halfway 15 and 16 -> 16 (exponent carry)
+}
+
+TEST(EngineNumerics, E4M3_EveryCodeRoundTrips) {
+  for (int code = 0; code < 256; ++code) {
+    float v = E4M3ToFloat(static_cast<uint8_t>(code));
+    if ((code & 0x7F) == 0x7F) {
+      EXPECT_TRUE(std::isnan(v)) << code;
+      continue;
+    }
+    EXPECT_EQ(FloatToE4M3(v), code) << "code " << code << " value " << v;
+  }
+  EXPECT_EQ(E4M3ToFloat(0x7E), 448.0f);
+  EXPECT_EQ(E4M3ToFloat(0x01), std::ldexp(1.0f, -9));
+}
+
+TEST(EngineNumerics, Bf16_RoundsToNearestEven) {
+  EXPECT_EQ(FloatToBf16(1.0f), 0x3F80);
+  EXPECT_EQ(FloatToBf16(-2.0f), 0xC000);
+  EXPECT_EQ(FloatToBf16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);      // tie: even
+  EXPECT_EQ(FloatToBf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);  // tie: even (up)
+  EXPECT_EQ(FloatToBf16(1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20)), 0x3F81);
+  EXPECT_EQ(FloatToBf16(std::numeric_limits<float>::infinity()), 0x7F80);
+  EXPECT_EQ(FloatToBf16(std::numeric_limits<float>::max()), 0x7F80);  // rounds to inf
+  EXPECT_TRUE(std::isnan(Bf16ToFloat(FloatToBf16(std::nanf("")))));
+  EXPECT_EQ(FloatToBf16(std::numeric_limits<float>::denorm_min()), 0x0000);
+  for (uint32_t b = 0; b < 0x10000; b += 7) {
+    float v = Bf16ToFloat(static_cast<uint16_t>(b));
+    if (std::isnan(v)) continue;
+    EXPECT_EQ(FloatToBf16(v), b);
+  }
+}
+
+TEST(EngineNumerics, Int4_PacksLowNibbleFirstAndClamps) {
+  float x[4] = {7.0f, -7.0f, 3.4f, 0.0f};
+  uint8_t packed[2];
+  float scale = QuantizeInt4(x, 4, packed);
+  EXPECT_FLOAT_EQ(scale, 1.0f);
+  EXPECT_EQ(packed[0], 0x97);  // low 7, high -7 (0x9)
+  EXPECT_EQ(packed[1], 0x03);
+  EXPECT_EQ(Int4At(packed, 1), -7);
+  float back[4];
+  UnpackInt4(packed, 4, back);
+  EXPECT_EQ(back[0], 7);
+  EXPECT_EQ(back[1], -7);
+  EXPECT_EQ(back[2], 3);
+  EXPECT_EQ(back[3], 0);
+  // Exactly representable vectors survive; every value within scale/2.
+  float y[8] = {-8, -3, 0, 1, 2, 5, 7, -1};
+  for (float& v : y) v *= 0.25f;
+  uint8_t p8[4];
+  float s = QuantizeInt4(y, 8, p8);
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(Int4At(p8, i) * s, y[i], s / 2 + 1e-7) << i;
+  // An all-zero vector: scale 0, codes 0.
+  float z[2] = {0, 0};
+  uint8_t pz[1] = {0xFF};
+  EXPECT_EQ(QuantizeInt4(z, 2, pz), 0.0f);
+  EXPECT_EQ(pz[0], 0);
+}
+
+TEST(EngineNumerics, Fp8Scale_IsSmallestPowerOfTwoCoveringMax) {
+  float a[3] = {1000.0f, -3.0f, 0.5f};
+  int8_t e = Fp8ScaleExponent(a, 3);
+  EXPECT_EQ(e, 2);  // 448*2 < 1000 <= 448*4
+  float b[1] = {448.0f};
+  EXPECT_EQ(Fp8ScaleExponent(b, 1), 0);
+  float c[1] = {0.001f};
+  int8_t ec = Fp8ScaleExponent(c, 1);
+  EXPECT_LE(0.001f, std::ldexp(448.0f, ec));
+  EXPECT_GT(0.001f, std::ldexp(448.0f, ec - 1));
+  uint8_t codes[3];
+  float back[3];
+  QuantizeFp8(a, 3, e, codes);
+  DequantizeFp8(codes, 3, e, back);
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(back[i], a[i], std::fabs(a[i]) / 16 + 1e-6) << i;
+  float zero[2] = {0, 0};
+  EXPECT_EQ(Fp8ScaleExponent(zero, 2), 0);
+}
+
+}  // namespace
+}  // namespace paddock::policy::engine
