@@ -61,6 +61,9 @@ struct GenerateOutput {
 };
 
 // Thread-safe: concurrent Generate calls are batched together by the engine.
+// The CPU implementation is EmbeddedEngine::Create(EngineOptions) in
+// policy/engine/embedded_engine.h (library paddock_engine); the text of
+// `paddock-policy --report-kv` is RunKvReport() in policy/engine/kv_report.h.
 class Engine {
  public:
   virtual ~Engine() = default;
