@@ -40,6 +40,7 @@ from .errors import (
     Unimplemented,
     Unknown,
 )
+from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult, LayerInfo
 from .rollouts import (
     EpisodeSummary,
     EpisodeTimings,
@@ -79,4 +80,5 @@ __all__ = [
     "Limits", "OutputChunk", "SandboxInfo", "StepRecord", "Usage", "VerifyReport", "WriteResult",
     "PolicySpec", "Sampling", "EpisodeTimings", "EpisodeSummary", "RolloutProgress", "RolloutEpisode",
     "ResumeResult", "Rollout",
+    "ImportResult", "ImportDirResult", "ImageSummary", "LayerInfo", "ImageDetail", "GcResult",
 ]

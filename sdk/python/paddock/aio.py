@@ -32,7 +32,8 @@ from . import _stubs
 from . import rollouts as _ro
 from ._msg import from_msg
 from .errors import NotFound, PaddockError, Unavailable, Unimplemented, Unknown, from_rpc_error
-from .images import Images as _SyncImages
+from . import images as _im
+from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult
 from .rollouts import EpisodeSummary, PolicySpec, ResumeResult, RolloutEpisode, RolloutProgress, Sampling
 from .types import (
     DaemonStats,
@@ -49,7 +50,7 @@ from .types import (
     WriteResult,
 )
 
-__all__ = ["Client", "Sandbox", "ExecStream", "Log", "Rollouts", "Rollout"]
+__all__ = ["Client", "Sandbox", "ExecStream", "Log", "Images", "Rollouts", "Rollout"]
 
 
 class Client:
@@ -80,8 +81,8 @@ class Client:
         """The trajectory log (:class:`Log`)."""
         self.rollouts = Rollouts(self)
         """Rollouts (:class:`Rollouts`)."""
-        self.images = _SyncImages(self)  # type: ignore[arg-type]
-        """The image store; raises Unimplemented until this SDK supports it."""
+        self.images = Images(self)
+        """The image store (:class:`Images`)."""
 
     # ---- plumbing ----
 
@@ -487,3 +488,67 @@ class Rollout:
 
     def __repr__(self) -> str:
         return f"paddock.aio.Rollout({self.id!r})"
+
+
+class Images:
+    """The image store (asyncio); methods as :class:`paddock.images.Images`, awaited."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._stub_obj: Any = None
+
+    @property
+    def _stub(self) -> Any:
+        if self._stub_obj is None:
+            self._stub_obj = _im._grpc_mod().ImagesStub(self._client._channel)
+        return self._stub_obj
+
+    async def import_(self, path: str, name: str | None = None,
+                      on_progress: Callable[[str, str], None] | None = None) -> ImportResult:
+        """Imports an OCI image layout or a ``docker save`` archive (see :meth:`paddock.images.Images.import_`)."""
+        c = self._client
+        req = _im._pb().ImportRequest(path=_im._abs(path, "import"), name=name or "")
+        call = self._stub.Import(req, timeout=c.call_timeout, metadata=c._metadata)
+        result = None
+        try:
+            async for ev in call:
+                kind = ev.WhichOneof("event")
+                if kind == "progress" and on_progress is not None:
+                    on_progress(ev.progress.phase, ev.progress.message)
+                elif kind == "result":
+                    result = from_msg(ImportResult, ev.result)
+        except grpc.RpcError as err:
+            raise c._error(err) from None
+        if result is None:
+            raise Unknown("the import stream ended without a result")
+        return result
+
+    async def import_dir(self, path: str, name: str | None = None, *,
+                         env: Sequence[str] | dict[str, str] | None = None,
+                         workdir: str | None = None) -> ImportDirResult:
+        """Imports a plain root filesystem directory as a one-layer image."""
+        req = _im.import_dir_request(path, name, env, workdir)
+        return from_msg(ImportDirResult, await self._client._call(self._stub.ImportDir, req))
+
+    async def ls(self) -> list[ImageSummary]:
+        """The images in the store."""
+        resp = await self._client._call(self._stub.List, _im._pb().ImageListRequest())
+        return [from_msg(ImageSummary, i) for i in resp.images]
+
+    async def inspect(self, ref: str) -> ImageDetail:
+        """One image by name, digest or digest prefix."""
+        return _im.detail(await self._client._call(self._stub.Inspect, _im._pb().InspectRequest(ref=ref)))
+
+    async def rm(self, ref: str) -> str:
+        """Removes a name or an image; returns the image's digest."""
+        return (await self._client._call(self._stub.Remove, _im._pb().RemoveImageRequest(ref=ref))).image
+
+    async def gc(self, grace: float | None = None) -> GcResult:
+        """Frees unreferenced blobs older than ``grace`` seconds (None: 1 h)."""
+        req = _im._pb().GcRequest(grace_seconds=-1 if grace is None else int(grace))
+        return from_msg(GcResult, await self._client._call(self._stub.Gc, req))
+
+    async def export(self, ref: str, dir: str) -> str:
+        """Writes the image as an OCI image layout into ``dir``; returns its digest."""
+        req = _im._pb().ExportImageRequest(ref=ref, dir=_im._abs(dir, "export"))
+        return (await self._client._call(self._stub.Export, req)).image

@@ -1,20 +1,109 @@
 """The image store through the daemon (service ``paddock.v1.Images``, proto/image.proto).
 
-Reached as ``client.images``. Until proto/image.proto is part of the build every
-call raises :class:`paddock.Unimplemented` saying so.
+Reached as ``client.images``::
+
+    r = c.images.import_("/srv/images/python3.tar", name="python:3")   # OCI layout or docker save
+    c.images.import_dir("/var/lib/images/busybox", name="busybox:latest")
+    with c.sandbox("container", "python:3") as sb: ...
+    c.images.ls(); c.images.inspect("python:3"); c.images.rm("python:3")
+
+Paths are on the daemon's host; relative ones are made absolute against this
+process's cwd (as the CLI does). Images are usable as ``image=`` of a sandbox by
+name (``name:tag``), digest or digest prefix.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import grpc
 
 from . import _stubs
-from .errors import Unimplemented
+from ._msg import from_msg
+from .errors import InvalidArgument, Unimplemented, Unknown
 
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Images"]
+__all__ = ["Images", "ImportResult", "ImportDirResult", "ImageSummary", "LayerInfo", "ImageDetail", "GcResult"]
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an archive import stored.
+
+    Attributes:
+        images: the image digests, in archive order.
+        names: the names given to them.
+        layers_total / layers_new: layers in the archive, and those not already stored.
+        bytes_committed: bytes written to the store.
+    """
+
+    images: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    layers_total: int = 0
+    layers_new: int = 0
+    bytes_committed: int = 0
+
+
+@dataclass(frozen=True)
+class ImportDirResult:
+    """What a directory import stored: the image digest, its names, and how many device nodes
+    and sockets were left out."""
+
+    image: str = ""
+    names: list[str] = field(default_factory=list)
+    skipped_special: int = 0
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """One image of the store: digest, names, number of layers, bytes stored."""
+
+    digest: str = ""
+    names: list[str] = field(default_factory=list)
+    layers: int = 0
+    stored_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer: its diff id, blob digest, compression, sizes, and whether this node's layer
+    cache has it unpacked (``materialized``)."""
+
+    diff_id: str = ""
+    blob: str = ""
+    compression: str = ""
+    size: int = 0
+    uncompressed_size: int = 0
+    materialized: bool = False
+
+
+@dataclass(frozen=True)
+class ImageDetail:
+    """One image: digest, names, layers (bottom first) and its config (env, workdir, entrypoint,
+    cmd, user)."""
+
+    digest: str = ""
+    names: list[str] = field(default_factory=list)
+    layers: list[LayerInfo] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    workdir: str = ""
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    user: str = ""
+    config_digest: str = ""
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What a garbage collection freed."""
+
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+    staging_removed: int = 0
 
 
 def _pb() -> Any:
@@ -24,28 +113,102 @@ def _pb() -> Any:
     return m
 
 
+def _grpc_mod() -> Any:
+    _pb()
+    return _stubs.module("image_pb2_grpc")
+
+
+def _abs(path: str, what: str) -> str:
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise InvalidArgument(f"{what}: a path is required")
+    return os.path.abspath(os.fspath(path))
+
+
+def detail(p: Any) -> ImageDetail:
+    return from_msg(ImageDetail, p, layers=[from_msg(LayerInfo, layer) for layer in p.layers])
+
+
+def import_dir_request(path: str, name: str | None, env: Sequence[str] | dict[str, str] | None,
+                       workdir: str | None) -> Any:
+    if isinstance(env, dict):
+        env = [f"{k}={v}" for k, v in env.items()]
+    return _pb().ImportDirRequest(path=_abs(path, "import_dir"), name=name or "", env=list(env or []),
+                                  workdir=workdir or "")
+
+
 class Images:
     """The daemon's image store."""
 
     def __init__(self, client: "Client") -> None:
         self._client = client
+        self._stub_obj: Any = None
 
-    def _unavailable(self) -> Unimplemented:
-        _pb()
-        return Unimplemented("the Images service is not supported by this SDK version yet")
+    @property
+    def _stub(self) -> Any:
+        if self._stub_obj is None:
+            self._stub_obj = _grpc_mod().ImagesStub(self._client._channel)
+        return self._stub_obj
 
-    def import_(self, *args: Any, **kwargs: Any) -> Any:
-        """Imports an image (OCI layout, docker-save tar, or a directory)."""
-        raise self._unavailable()
+    def import_(self, path: str, name: str | None = None,
+                on_progress: Callable[[str, str], None] | None = None) -> ImportResult:
+        """Imports an OCI image layout or a ``docker save`` archive (tar or directory).
 
-    def ls(self) -> Any:
+        Args:
+            path: on the daemon's host (made absolute here).
+            name: ``name[:tag]`` to give it; default the archive's own names.
+            on_progress: called with ``(phase, message)`` as the daemon reports progress.
+
+        Raises:
+            paddock.InvalidArgument: not an image archive, or a hostile entry (named).
+            paddock.NotFound: no such path.
+        """
+        c = self._client
+        req = _pb().ImportRequest(path=_abs(path, "import"), name=name or "")
+        result = None
+        try:
+            for ev in c._stream(self._stub.Import, req):
+                kind = ev.WhichOneof("event")
+                if kind == "progress" and on_progress is not None:
+                    on_progress(ev.progress.phase, ev.progress.message)
+                elif kind == "result":
+                    result = from_msg(ImportResult, ev.result)
+        except grpc.RpcError as err:
+            raise c._error(err) from None
+        if result is None:
+            raise Unknown("the import stream ended without a result")
+        return result
+
+    def import_dir(self, path: str, name: str | None = None, *,
+                   env: Sequence[str] | dict[str, str] | None = None, workdir: str | None = None) -> ImportDirResult:
+        """Imports a plain root filesystem directory as a one-layer image (``env`` as ``KEY=value``
+        strings or a dict; ``workdir`` its default working directory)."""
+        req = import_dir_request(path, name, env, workdir)
+        return from_msg(ImportDirResult, self._client._call(self._stub.ImportDir, req))
+
+    def ls(self) -> list[ImageSummary]:
         """The images in the store."""
-        raise self._unavailable()
+        return [from_msg(ImageSummary, i) for i in self._client._call(self._stub.List, _pb().ImageListRequest()).images]
 
-    def inspect(self, ref: str) -> Any:
-        """One image's manifest and layers."""
-        raise self._unavailable()
+    def inspect(self, ref: str) -> ImageDetail:
+        """One image by name, digest or digest prefix.
 
-    def rm(self, ref: str) -> Any:
-        """Removes an image name."""
-        raise self._unavailable()
+        Raises:
+            paddock.NotFound: no such image.
+        """
+        return detail(self._client._call(self._stub.Inspect, _pb().InspectRequest(ref=ref)))
+
+    def rm(self, ref: str) -> str:
+        """Removes a name (and the image when no other name points at it), or by digest the image
+        and all its names. Returns the image's digest."""
+        return self._client._call(self._stub.Remove, _pb().RemoveImageRequest(ref=ref)).image
+
+    def gc(self, grace: float | None = None) -> GcResult:
+        """Frees blobs no image references for longer than ``grace`` seconds (None: 1 h)."""
+        req = _pb().GcRequest(grace_seconds=-1 if grace is None else int(grace))
+        return from_msg(GcResult, self._client._call(self._stub.Gc, req))
+
+    def export(self, ref: str, dir: str) -> str:
+        """Writes the image as an OCI image layout into ``dir`` (on the daemon's host; created).
+        Returns its digest."""
+        req = _pb().ExportImageRequest(ref=ref, dir=_abs(dir, "export"))
+        return self._client._call(self._stub.Export, req).image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 
 import grpc
@@ -84,6 +85,8 @@ def test_stubs_cover_every_proto() -> None:
     assert protos, "no proto/*.proto found"
     for name in protos:
         assert f"{name}_pb2" in paddock_api.MODULES and f"{name}_pb2_grpc" in paddock_api.MODULES, name
+    for m in paddock_api.MODULES:  # all load into one descriptor pool: no clashing names
+        importlib.import_module(f"paddock_api.{m}")
     assert paddock._stubs.module("no_such_pb2") is None
 
 

@@ -1,0 +1,66 @@
+"""The Images service through the SDK against the real daemon (skipped while it lacks the service)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+import paddock
+import paddock.aio
+
+
+@pytest.fixture(scope="module")
+def images_served(client: paddock.Client) -> None:
+    try:
+        client.images.ls()
+    except paddock.Unimplemented as e:
+        pytest.skip(f"this paddockd does not serve the Images service yet: {e.message}")
+
+
+def test_import_dir_run_export_reimport_remove(client: paddock.Client, rootfs: str, tmp_path,
+                                               images_served: None) -> None:
+    name = f"pysdk-busybox-{os.urandom(3).hex()}:t"
+    r = client.images.import_dir(rootfs, name=name, env={"FROM_IMAGE": "yes"}, workdir="/work")
+    assert r.image.startswith("sha256:") and name in r.names
+
+    listed = {i.digest: i for i in client.images.ls()}
+    assert r.image in listed and name in listed[r.image].names and listed[r.image].layers >= 1
+
+    d = client.images.inspect(name)
+    assert d.digest == r.image and len(d.layers) >= 1 and "FROM_IMAGE=yes" in d.env
+    assert all(isinstance(layer, paddock.LayerInfo) and layer.size > 0 for layer in d.layers)
+
+    with client.sandbox("container", name) as sb:
+        assert sb.exec(["cat", "/etc/passwd"]).stdout.startswith(b"root:")
+
+    out = tmp_path / "oci"
+    assert client.images.export(name, str(out)) == r.image
+    assert (out / "index.json").exists()
+    name2 = f"pysdk-reimported-{os.urandom(3).hex()}:t"
+    phases: list[str] = []
+    imp = client.images.import_(str(out), name=name2, on_progress=lambda ph, msg: phases.append(ph))
+    assert imp.images == [r.image] and name2 in imp.names and imp.layers_new == 0
+
+    assert client.images.rm(name2) == r.image
+    assert client.images.rm(name) == r.image
+    with pytest.raises(paddock.NotFound):
+        client.images.inspect(name)
+    with pytest.raises((paddock.NotFound, paddock.InvalidArgument)):
+        client.images.import_(str(tmp_path / "missing.tar"))
+    assert client.images.gc(grace=0).blobs_removed >= 0
+
+
+def test_aio_images(daemon, rootfs: str, images_served: None) -> None:
+    async def main() -> None:
+        async with paddock.aio.Client(daemon.socket_path) as c:
+            name = f"pysdk-aio-{os.urandom(3).hex()}:t"
+            r = await c.images.import_dir(rootfs, name=name)
+            assert (await c.images.inspect(name)).digest == r.image
+            assert r.image in {i.digest for i in await c.images.ls()}
+            await c.images.rm(name)
+            with pytest.raises(paddock.NotFound):
+                await c.images.inspect(name)
+
+    asyncio.run(main())
