@@ -11,12 +11,14 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "tests/support/daemon_process.h"
 #include "tests/support/test_rootfs.h"
 
 extern char** environ;
@@ -26,50 +28,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using RunResult = testing::ProgramResult;
+using testing::RunProgram;
 
-struct RunResult {
-  int code = -1;
-  std::string out, err;
-};
-
-// Runs `argv` with stdin from `input`, capturing stdout and stderr through
-// files in `dir`; `env` entries are added to the environment.
-RunResult RunProgram(const std::string& dir, std::vector<std::string> argv, const std::string& input,
-                     const std::vector<std::string>& env) {
-  static int seq = 0;
-  std::string base = dir + "/run" + std::to_string(++seq);
-  std::ofstream(base + ".in", std::ios::binary) << input;
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, (base + ".in").c_str(), O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, (base + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, (base + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<std::string> envs;
-  for (char** e = environ; *e; ++e) envs.push_back(*e);
-  for (const auto& e : env) envs.push_back(e);
-  std::vector<char*> cargv, cenv;
-  for (auto& a : argv) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  for (auto& e : envs) cenv.push_back(e.data());
-  cenv.push_back(nullptr);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, cargv[0], &fa, nullptr, cargv.data(), cenv.data());
-  posix_spawn_file_actions_destroy(&fa);
-  RunResult r;
-  if (rc != 0) return r;
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = Slurp(base + ".out");
-  r.err = Slurp(base + ".err");
-  return r;
-}
+std::string Slurp(const std::string& path) { return testing::ReadWholeFile(path); }
 
 // True when some process's command line contains `needle`.
 bool ProcessRunning(const std::string& needle) {
@@ -87,63 +49,29 @@ bool ProcessRunning(const std::string& needle) {
 class CliTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/paddock-cli-XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    fs::permissions(dir_, fs::perms(0755));  // sandbox uids must traverse it (mkdtemp: 0700)
-    state_ = dir_ + "/state";
-    socket_ = dir_ + "/run/paddockd.sock";
-    log_ = dir_ + "/paddockd.log";
+    daemon_process_.emplace(testing::DaemonOptions{.log_level = "debug"});
+    dir_ = daemon_process_->dir();
+    state_ = daemon_process_->state_dir();
+    socket_ = daemon_process_->socket_path();
+    log_ = daemon_process_->log_path();
     image_ = testing::EnsureBusyboxRootfs();
   }
-  void TearDown() override {
-    if (daemon_ > 0) StopDaemon(SIGTERM);
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void TearDown() override { daemon_process_.reset(); }
 
   // Starts paddockd (appending to the log) and waits until it answers.
   void StartDaemon() {
-    std::string d = testing::BuiltBinary("paddockd");
-    std::vector<std::string> argv = {d, "--state-dir", state_, "--log-level", "debug"};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    std::vector<std::string> envs;
-    for (char** e = environ; *e; ++e) envs.push_back(*e);
-    envs.push_back("PADDOCK_SOCKET=" + socket_);
-    std::vector<char*> cargv, cenv;
-    for (auto& a : argv) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
-    for (auto& e : envs) cenv.push_back(e.data());
-    cenv.push_back(nullptr);
-    ASSERT_EQ(posix_spawn(&daemon_, cargv[0], &fa, nullptr, cargv.data(), cenv.data()), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    for (int i = 0; i < 200; ++i) {
-      if (fs::exists(socket_) && Paddock({"sandbox", "ls"}).code == 0) return;
-      int status;
-      if (waitpid(daemon_, &status, WNOHANG) == daemon_) {
-        daemon_ = 0;
-        FAIL() << "paddockd exited during start-up:\n" << Slurp(log_);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    FAIL() << "paddockd did not answer within 10 s:\n" << Slurp(log_);
+    ASSERT_EQ(daemon_process_->Start(), "");
+    daemon_ = daemon_process_->pid();
   }
 
   // Sends `sig` and returns the daemon's exit status (128+N if killed by N).
   int StopDaemon(int sig) {
-    kill(daemon_, sig);
-    int status = 0;
-    waitpid(daemon_, &status, 0);
     daemon_ = 0;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return daemon_process_->Stop(sig);
   }
 
   RunResult Paddock(std::vector<std::string> args, const std::string& input = "") {
-    args.insert(args.begin(), testing::BuiltBinary("paddock"));
-    return RunProgram(dir_, args, input, {"PADDOCK_SOCKET=" + socket_});
+    return daemon_process_->Cli(std::move(args), input);
   }
 
   std::string CreateContainer() {
@@ -156,6 +84,7 @@ class CliTest : public ::testing::Test {
     return id;
   }
 
+  std::optional<testing::DaemonProcess> daemon_process_;
   std::string dir_, state_, socket_, log_, image_;
   pid_t daemon_ = 0;
 };
@@ -251,7 +180,7 @@ TEST_F(CliTest, Help_EveryCommandHasIt) {
     EXPECT_EQ(r.code, 0) << cmd.size();
     EXPECT_NE(r.out.find("Usage:"), std::string::npos) << r.out;
   }
-  RunResult r = RunProgram(dir_, {testing::BuiltBinary("paddockd"), "--help"}, "", {});
+  RunResult r = RunProgram({testing::BuiltBinary("paddockd"), "--help"}, "", {});
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("--state-dir"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("--listen-tcp"), std::string::npos) << r.out;
@@ -274,7 +203,7 @@ TEST_F(CliTest, NoDaemon_PrintsHowToStartItAndExits1) {
 
 TEST_F(CliTest, Daemon_RefusesASecondDaemonOnTheSameStateDir) {
   StartDaemon();
-  RunResult r = RunProgram(dir_, {testing::BuiltBinary("paddockd"), "--state-dir", state_}, "",
+  RunResult r = RunProgram({testing::BuiltBinary("paddockd"), "--state-dir", state_}, "",
                            {"PADDOCK_SOCKET=" + dir_ + "/other.sock"});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE((r.out + r.err).find("another paddockd (pid " + std::to_string(daemon_) + ")"),
@@ -286,10 +215,10 @@ TEST_F(CliTest, Daemon_RefusesASecondDaemonOnTheSameStateDir) {
 TEST_F(CliTest, Daemon_RefusesRemoteTcpWithoutAllowRemoteAndTcpWithoutToken) {
   std::string d = testing::BuiltBinary("paddockd");
   std::vector<std::string> env = {"PADDOCK_SOCKET=" + socket_};
-  RunResult r = RunProgram(dir_, {d, "--state-dir", state_, "--listen-tcp", "0.0.0.0:7443"}, "", env);
+  RunResult r = RunProgram({d, "--state-dir", state_, "--listen-tcp", "0.0.0.0:7443"}, "", env);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE((r.out + r.err).find("--allow-remote"), std::string::npos) << r.out << r.err;
-  r = RunProgram(dir_, {d, "--state-dir", state_, "--listen-tcp", "127.0.0.1:7443"}, "", env);
+  r = RunProgram({d, "--state-dir", state_, "--listen-tcp", "127.0.0.1:7443"}, "", env);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE((r.out + r.err).find("--token-file"), std::string::npos) << r.out << r.err;
 }
