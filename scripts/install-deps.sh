@@ -16,6 +16,7 @@ PACKAGES=(
   librocksdb-dev
   # the image store: archives, layer compression
   libarchive-dev libzstd-dev liblz4-dev
+  debootstrap umoci  # the Debian python3 test image (scripts/make-debian-image.sh)
   # the V4 policy engine: tokenizer regexes, fuzzing the DSML parser (clang's libFuzzer)
   libpcre2-dev clang libclang-rt-14-dev
   libboost-dev  # Boost.Beast/Asio (header-only): policy/backends HTTP clients

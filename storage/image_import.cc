@@ -154,7 +154,21 @@ Result<std::vector<ArchiveImage>> ReadDockerSave(ImportSource& src, uint64_t max
 
 }  // namespace
 
+namespace {
+Result<ImportResult> ImportImageImpl(ImageStore& store, const std::string& path, const ImportOptions& options);
+}  // namespace
+
 Result<ImportResult> ImportImage(ImageStore& store, const std::string& path, const ImportOptions& options) {
+  auto r = ImportImageImpl(store, path, options);
+  // Out of space (or memory, or descriptors): say which import; the inner message
+  // names the layer and the file being written.
+  if (!r.ok() && r.status().code() == Code::kResourceExhausted)
+    return r.status().Prefix(fmt::format("importing {}", path));
+  return r;
+}
+
+namespace {
+Result<ImportResult> ImportImageImpl(ImageStore& store, const std::string& path, const ImportOptions& options) {
   PADDOCK_ASSIGN_OR_RETURN(auto src, ImportSource::Open(path));
   const uint64_t max = store.options().max_json_bytes;
   std::vector<ArchiveImage> images;
@@ -201,5 +215,6 @@ Result<ImportResult> ImportImage(ImageStore& store, const std::string& path, con
   result.bytes_committed = store.blobs().stats().bytes_committed - committed_before;
   return result;
 }
+}  // namespace
 
 }  // namespace paddock::storage

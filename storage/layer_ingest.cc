@@ -92,7 +92,7 @@ struct Pipeline {
     if (compressor) {
       Status st = compressor->Write(tar_buf.data(), static_cast<size_t>(n));
       if (!st.ok()) {
-        Fail(a, st);
+        Fail(a, st.Prefix(name + ": storing"));
         return -1;
       }
     }
@@ -121,7 +121,9 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
   std::unique_ptr<BlobWriter> blob_writer;
   std::unique_ptr<Compressor> compressor;
   if (options.store) {
-    PADDOCK_ASSIGN_OR_RETURN(blob_writer, staging->NewWriter());
+    auto writer = staging->NewWriter();
+    if (!writer.ok()) return writer.status().Prefix(p.name + ": storing");
+    blob_writer = std::move(writer).value();
     BlobWriter* w = blob_writer.get();
     PADDOCK_ASSIGN_OR_RETURN(compressor, Compressor::Create(options.compression, options.level,
                                                             [w](const void* d, size_t n) { return w->Write(d, n); }));
@@ -188,13 +190,17 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
   out.diff_id = p.tar_hash.Finish();
   out.uncompressed_size = p.tar_bytes;
   if (options.store) {
-    PADDOCK_RETURN_IF_ERROR(compressor->Finish());
-    PADDOCK_ASSIGN_OR_RETURN(StagedBlob blob, blob_writer->Finish());
-    out.blob = blob;
-    PADDOCK_ASSIGN_OR_RETURN(auto index_writer, staging->NewWriter());
-    PADDOCK_RETURN_IF_ERROR(index_writer->Write(EncodeIndex(out.diff_id, out.entries)));
-    PADDOCK_ASSIGN_OR_RETURN(StagedBlob index, index_writer->Finish());
-    out.index = index;
+    const std::string storing = p.name + ": storing";
+    PADDOCK_RETURN_IF_ERROR(compressor->Finish().Prefix(storing));
+    auto blob = blob_writer->Finish();
+    if (!blob.ok()) return blob.status().Prefix(storing);
+    out.blob = *blob;
+    auto index_writer = staging->NewWriter();
+    if (!index_writer.ok()) return index_writer.status().Prefix(storing + " its index");
+    PADDOCK_RETURN_IF_ERROR((*index_writer)->Write(EncodeIndex(out.diff_id, out.entries)).Prefix(storing + " its index"));
+    auto index = (*index_writer)->Finish();
+    if (!index.ok()) return index.status().Prefix(storing + " its index");
+    out.index = *index;
   }
   return out;
 }
