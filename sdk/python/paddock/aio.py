@@ -20,9 +20,8 @@ Types and exceptions are the same as the sync client's.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Generator, Mapping, Sequence, Union
 
 import grpc
 import grpc.aio
