@@ -1,9 +1,12 @@
 // FP8 E4M3, BF16 and int4 conversions of the engine's caches, on edge values.
 #include <cmath>
+#include <cstring>
+#include <vector>
 #include <limits>
 
 #include <gtest/gtest.h>
 
+#include "policy/engine/kernels.h"
 #include "policy/engine/numerics.h"
 
 namespace paddock::policy::engine {
@@ -106,6 +109,41 @@ TEST(EngineNumerics, Fp8Scale_IsSmallestPowerOfTwoCoveringMax) {
   for (int i = 0; i < 3; ++i) EXPECT_NEAR(back[i], a[i], std::fabs(a[i]) / 16 + 1e-6) << i;
   float zero[2] = {0, 0};
   EXPECT_EQ(Fp8ScaleExponent(zero, 2), 0);
+}
+
+}  // namespace
+}  // namespace paddock::policy::engine
+
+namespace paddock::policy::engine {
+namespace {
+
+TEST(EngineNumerics, IndexerScoresMatchDequantizedKeys) {
+  // 4-bit keys for 50 blocks, 3 heads x 32 dims: the kernel's scores equal
+  // scale * sum_h w_h * relu(q_h . key) computed from the unpacked integers.
+  const size_t dim = 32, heads = 3, blocks = 50, stride = dim / 2 + 4;
+  std::vector<uint8_t> keys(blocks * stride);
+  std::vector<float> q(heads * dim), w = {0.5f, -1.0f, 2.0f}, scores(blocks);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.7f * i);
+  for (size_t j = 0; j < blocks; ++j) {
+    std::vector<float> key(dim);
+    for (size_t i = 0; i < dim; ++i) key[i] = std::cos(0.3f * (i + 7 * j));
+    float scale = QuantizeInt4(key.data(), dim, &keys[j * stride]);
+    std::memcpy(&keys[j * stride + dim / 2], &scale, 4);
+  }
+  IndexerScores(keys.data(), stride, blocks, q.data(), w.data(), heads, dim, scores.data());
+  for (size_t j = 0; j < blocks; ++j) {
+    std::vector<float> ints(dim);
+    UnpackInt4(&keys[j * stride], dim, ints.data());
+    float scale;
+    std::memcpy(&scale, &keys[j * stride + dim / 2], 4);
+    double want = 0;
+    for (size_t h = 0; h < heads; ++h) {
+      double dot = 0;
+      for (size_t i = 0; i < dim; ++i) dot += double(q[h * dim + i]) * ints[i];
+      want += w[h] * std::max(0.0, dot);
+    }
+    EXPECT_NEAR(scores[j], want * scale, 1e-4 * (1 + std::fabs(want * scale))) << j;
+  }
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace paddock::policy::engine {
@@ -74,14 +75,19 @@ PADDOCK_AVX2 float DotAvx(const float* x, const W* w, size_t n) {
 template <typename W>
 PADDOCK_AVX2 void Tile4x4(const float* x, size_t in, const W* w, float* y, size_t ldy) {
   __m256 acc[4][4];
+#pragma GCC unroll 4
   for (auto& r : acc)
+#pragma GCC unroll 4
     for (auto& c : r) c = _mm256_setzero_ps();
   size_t k = 0;
   for (; k + 8 <= in; k += 8) {
     __m256 wv[4];
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) wv[c] = LoadW(w + c * in + k);
+#pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
       __m256 xv = _mm256_loadu_ps(x + r * in + k);
+#pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) acc[r][c] = _mm256_fmadd_ps(wv[c], xv, acc[r][c]);
     }
   }
@@ -101,6 +107,7 @@ PADDOCK_AVX2 void Tile1x4(const float* x, size_t in, const W* w, float* y) {
   size_t k = 0;
   for (; k + 8 <= in; k += 8) {
     __m256 xv = _mm256_loadu_ps(x + k);
+#pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) acc[c] = _mm256_fmadd_ps(LoadW(w + c * in + k), xv, acc[c]);
   }
   for (int c = 0; c < 4; ++c) {
@@ -162,18 +169,161 @@ PADDOCK_AVX2 __m256 Exp8(__m256 x) {
 
 PADDOCK_AVX2 double ExpShiftedAvx(const float* x, size_t n, float shift, float* out) {
   __m256 sv = _mm256_set1_ps(shift);
-  double sum = 0;
+  __m256 acc = _mm256_setzero_ps();
   size_t k = 0;
   for (; k + 8 <= n; k += 8) {
     __m256 e = Exp8(_mm256_sub_ps(_mm256_loadu_ps(x + k), sv));
     _mm256_storeu_ps(out + k, e);
-    sum += Hsum(e);
+    acc = _mm256_add_ps(acc, e);
   }
+  double sum = Hsum(acc);
   for (; k < n; ++k) {
     out[k] = std::exp(x[k] - shift);
     sum += out[k];
   }
   return sum;
+}
+
+// Stores 8 outputs starting at column c, dropping those at or past `cols`.
+PADDOCK_AVX2 inline void StoreCols(float* y, size_t ldy, size_t cols, size_t r, size_t c, __m256 v) {
+  if (c + 8 <= cols) {
+    _mm256_storeu_ps(y + r * ldy + c, v);
+  } else {
+    alignas(32) float tmp[8];
+    _mm256_store_ps(tmp, v);
+    for (size_t l = 0; l < 8 && c + l < cols; ++l) y[r * ldy + c + l] = tmp[l];
+  }
+}
+
+PADDOCK_AVX2 void MatMulTransposedBf16Avx(const float* x, size_t rows, size_t in,
+                                          const uint16_t* wt, size_t ldw, size_t c0, size_t c1,
+                                          size_t cols, float* y, size_t ldy) {
+  constexpr size_t kBlock = 64;
+  thread_local std::vector<float> tile;
+  tile.resize(in * kBlock);
+  for (size_t cb = c0; cb < c1; cb += kBlock) {
+    const size_t width = std::min(kBlock, ldw - cb);  // ldw is padded to 16
+    float* tw = tile.data();
+    for (size_t k = 0; k < in; ++k)
+      for (size_t j = 0; j < width; j += 8)
+        _mm256_storeu_ps(tw + k * kBlock + j, LoadBf16(wt + k * ldw + cb + j));
+    const float* tp = tile.data();
+    size_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+      const float* x0 = x + r * in;
+      const float* x1 = x0 + in;
+      const float* x2 = x1 + in;
+      const float* x3 = x2 + in;
+      for (size_t c = 0; c < width && cb + c < cols; c += 16) {
+        __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
+               a30 = a00, a31 = a00;
+        const float* t = tp + c;
+        for (size_t k = 0; k < in; ++k, t += kBlock) {
+          __m256 w0 = _mm256_loadu_ps(t), w1 = _mm256_loadu_ps(t + 8);
+          __m256 b = _mm256_broadcast_ss(x0 + k);
+          a00 = _mm256_fmadd_ps(b, w0, a00);
+          a01 = _mm256_fmadd_ps(b, w1, a01);
+          b = _mm256_broadcast_ss(x1 + k);
+          a10 = _mm256_fmadd_ps(b, w0, a10);
+          a11 = _mm256_fmadd_ps(b, w1, a11);
+          b = _mm256_broadcast_ss(x2 + k);
+          a20 = _mm256_fmadd_ps(b, w0, a20);
+          a21 = _mm256_fmadd_ps(b, w1, a21);
+          b = _mm256_broadcast_ss(x3 + k);
+          a30 = _mm256_fmadd_ps(b, w0, a30);
+          a31 = _mm256_fmadd_ps(b, w1, a31);
+        }
+        StoreCols(y, ldy, cols, r, cb + c, a00);
+        StoreCols(y, ldy, cols, r, cb + c + 8, a01);
+        StoreCols(y, ldy, cols, r + 1, cb + c, a10);
+        StoreCols(y, ldy, cols, r + 1, cb + c + 8, a11);
+        StoreCols(y, ldy, cols, r + 2, cb + c, a20);
+        StoreCols(y, ldy, cols, r + 2, cb + c + 8, a21);
+        StoreCols(y, ldy, cols, r + 3, cb + c, a30);
+        StoreCols(y, ldy, cols, r + 3, cb + c + 8, a31);
+      }
+    }
+    for (; r < rows; ++r) {
+      const float* x0 = x + r * in;
+      for (size_t c = 0; c < width && cb + c < cols; c += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        const float* t = tp + c;
+        for (size_t k = 0; k < in; ++k, t += kBlock) {
+          __m256 b = _mm256_broadcast_ss(x0 + k);
+          a0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(t), a0);
+          a1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(t + 8), a1);
+          a2 = _mm256_fmadd_ps(b, _mm256_loadu_ps(t + 16), a2);
+          a3 = _mm256_fmadd_ps(b, _mm256_loadu_ps(t + 24), a3);
+        }
+        StoreCols(y, ldy, cols, r, cb + c, a0);
+        StoreCols(y, ldy, cols, r, cb + c + 8, a1);
+        StoreCols(y, ldy, cols, r, cb + c + 16, a2);
+        StoreCols(y, ldy, cols, r, cb + c + 24, a3);
+      }
+    }
+  }
+}
+
+PADDOCK_AVX2 size_t CumulativeSearchAvx(const float* p, size_t n, double target) {
+  constexpr size_t kChunk = 1024;
+  double acc = 0;
+  size_t base = 0;
+  for (; base + kChunk <= n; base += kChunk) {
+    __m256 s = _mm256_setzero_ps();
+    for (size_t k = 0; k < kChunk; k += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(p + base + k));
+    double chunk = Hsum(s);
+    if (acc + chunk > target) break;
+    acc += chunk;
+  }
+  for (size_t i = base; i < n; ++i) {
+    acc += p[i];
+    if (acc > target) return i;
+  }
+  return n - 1;
+}
+
+PADDOCK_AVX2 float ScaleMaxAvx(const float* x, size_t n, float scale, float* out) {
+  __m256 sv = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY);
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + k), sv);
+    _mm256_storeu_ps(out + k, v);
+    mx = _mm256_max_ps(mx, v);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mx);
+  float m = lanes[0];
+  for (int l = 1; l < 8; ++l) m = std::max(m, lanes[l]);
+  for (; k < n; ++k) {
+    out[k] = x[k] * scale;
+    m = std::max(m, out[k]);
+  }
+  return m;
+}
+
+PADDOCK_AVX2 void IndexerScoresAvx(const uint8_t* keys, size_t stride, size_t blocks,
+                                   const float* q, const float* w, size_t heads, size_t dim,
+                                   float* scores) {
+  thread_local std::vector<float> kf;
+  kf.resize(dim);
+  float* k = kf.data();
+  const __m128i low = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+  for (size_t j = 0; j < blocks; ++j) {
+    const uint8_t* p = keys + j * stride;
+    for (size_t i = 0; i < dim / 2; i += 8) {
+      __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + i));
+      __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+      __m128i v = _mm_unpacklo_epi8(lo, hi);              // element order 2i, 2i+1, ...
+      v = _mm_sub_epi8(_mm_xor_si128(v, eight), eight);   // 4-bit two's complement -> int8
+      _mm256_storeu_ps(k + 2 * i, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)));
+      _mm256_storeu_ps(k + 2 * i + 8, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))));
+    }
+    float s = 0;
+    for (size_t h = 0; h < heads; ++h) s += w[h] * std::max(0.0f, DotAvx(q + h * dim, k, dim));
+    float scale;
+    __builtin_memcpy(&scale, p + dim / 2, 4);
+    scores[j] = s * scale;
+  }
 }
 
 bool DetectAvx2() {
@@ -200,6 +350,55 @@ void MatMulBf16(const float* x, size_t rows, size_t in, const uint16_t* w, size_
   if (CpuHasAvx2Fma()) return MatMulAvx(x, rows, in, w, cols, y, ldy);
   for (size_t r = 0; r < rows; ++r)
     for (size_t c = 0; c < cols; ++c) y[r * ldy + c] = DotBf16Scalar(x + r * in, w + c * in, in);
+}
+
+void MatMulTransposedBf16(const float* x, size_t rows, size_t in, const uint16_t* wt, size_t ldw,
+                          size_t c0, size_t c1, size_t cols, float* y, size_t ldy) {
+  if (CpuHasAvx2Fma()) return MatMulTransposedBf16Avx(x, rows, in, wt, ldw, c0, c1, cols, y, ldy);
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t c = c0; c < std::min(c1, cols); ++c) {
+      float acc = 0;
+      for (size_t k = 0; k < in; ++k) acc += x[r * in + k] * Bf(wt[k * ldw + c]);
+      y[r * ldy + c] = acc;
+    }
+}
+
+float ScaleMax(const float* x, size_t n, float scale, float* out) {
+  if (CpuHasAvx2Fma()) return ScaleMaxAvx(x, n, scale, out);
+  float m = -INFINITY;
+  for (size_t k = 0; k < n; ++k) {
+    out[k] = x[k] * scale;
+    m = std::max(m, out[k]);
+  }
+  return m;
+}
+
+size_t CumulativeSearch(const float* p, size_t n, double target) {
+  if (CpuHasAvx2Fma()) return CumulativeSearchAvx(p, n, target);
+  double acc = 0;
+  for (size_t i = 0; i < n; ++i) {
+    acc += p[i];
+    if (acc > target) return i;
+  }
+  return n - 1;
+}
+
+void IndexerScores(const uint8_t* keys, size_t stride, size_t blocks, const float* q,
+                   const float* w, size_t heads, size_t dim, float* scores) {
+  if (CpuHasAvx2Fma() && dim % 16 == 0) return IndexerScoresAvx(keys, stride, blocks, q, w, heads, dim, scores);
+  std::vector<float> k(dim);
+  for (size_t j = 0; j < blocks; ++j) {
+    const uint8_t* p = keys + j * stride;
+    for (size_t i = 0; i < dim; ++i) {
+      int nib = (p[i / 2] >> ((i & 1) * 4)) & 0xF;
+      k[i] = static_cast<float>(nib >= 8 ? nib - 16 : nib);
+    }
+    float s = 0;
+    for (size_t h = 0; h < heads; ++h) s += w[h] * std::max(0.0f, Dot(q + h * dim, k.data(), dim));
+    float scale;
+    __builtin_memcpy(&scale, p + dim / 2, 4);
+    scores[j] = s * scale;
+  }
 }
 
 float Dot(const float* a, const float* b, size_t n) {

@@ -25,10 +25,25 @@ void MatMul(const float* x, size_t rows, size_t in, const float* w, size_t cols,
 // The same with W in BF16 (the embedding / tied output head).
 void MatMulBf16(const float* x, size_t rows, size_t in, const uint16_t* w, size_t cols,
                 float* y, size_t ldy);
+// The output head's product, for a short inner dimension: W given transposed
+// (wt is [in][ldw], BF16, ldw >= cols), Y[r][c] for c in [c0, c1). Each output is
+// one multiply-add chain over k = 0..in-1 in order, whatever the tiling.
+void MatMulTransposedBf16(const float* x, size_t rows, size_t in, const uint16_t* wt, size_t ldw,
+                          size_t c0, size_t c1, size_t cols, float* y, size_t ldy);
+// Index i of the first element where the running sum of p[0..i] exceeds
+// target (n - 1 if none does).
+size_t CumulativeSearch(const float* p, size_t n, double target);
+// Lightning-indexer scores over 4-bit keys: block j's key is `stride` bytes at
+// keys + j * stride (dim / 2 packed bytes, then its FP32 scale);
+// scores[j] = scale_j * sum_h w[h] * relu(q[h] . key_j) for h < heads.
+void IndexerScores(const uint8_t* keys, size_t stride, size_t blocks, const float* q,
+                   const float* w, size_t heads, size_t dim, float* scores);
 float Dot(const float* a, const float* b, size_t n);
 // y += a * x
 void Axpy(float a, const float* x, float* y, size_t n);
-// out[i] = exp(x[i] - shift); returns the sum (in index order of 8-lane blocks).
+// out[i] = x[i] * scale; returns the largest out[i].
+float ScaleMax(const float* x, size_t n, float scale, float* out);
+// out[i] = exp(x[i] - shift); returns their sum.
 double ExpShifted(const float* x, size_t n, float shift, float* out);
 bool CpuHasAvx2Fma();
 

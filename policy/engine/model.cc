@@ -64,6 +64,10 @@ Model::Model(Weights weights, int threads) : w_(std::move(weights)), pool_(threa
   const Config& c = w_.config;
   entry_bytes_ = EntryBytes(c);
   index_key_bytes_ = IndexKeyBytes(c);
+  head_ld_ = (static_cast<size_t>(c.vocab_size) + 63) / 64 * 64;
+  head_t_.assign(head_ld_ * c.d_model, 0);
+  for (size_t v = 0; v < static_cast<size_t>(c.vocab_size); ++v)
+    for (size_t k = 0; k < static_cast<size_t>(c.d_model); ++k) head_t_[k * head_ld_ + v] = w_.embed[v * c.d_model + k];
   for (int i = 0; i < c.rope_dim / 2; ++i)
     inv_freq_.push_back(std::pow(c.rope_theta, -2.0 * i / c.rope_dim));
   for (size_t i = 0; i < c.layers.size(); ++i) {
@@ -272,18 +276,9 @@ void Model::SelectBlocks(const Layer& layer, const LayerCache& cache, const floa
     for (size_t j = 0; j < nb; ++j) selected.push_back(static_cast<uint32_t>(j));
     return;
   }
-  const size_t id = c.index_dim, ih = c.index_heads;
-  std::vector<float> scores(nb);
-  std::vector<float> key(id);
-  for (size_t j = 0; j < nb; ++j) {
-    const uint8_t* p = cache.index_keys.data() + j * index_key_bytes_;
-    UnpackInt4(p, id, key.data());
-    float s = 0;
-    for (size_t h = 0; h < ih; ++h) s += iw[h] * std::max(0.0f, Dot(iq + h * id, key.data(), id));
-    float scale;
-    std::memcpy(&scale, p + id / 2, 4);
-    scores[j] = s * scale;
-  }
+  thread_local std::vector<float> scores;
+  scores.resize(nb);
+  IndexerScores(cache.index_keys.data(), index_key_bytes_, nb, iq, iw, c.index_heads, c.index_dim, scores.data());
   std::vector<uint32_t> idx(nb);
   for (size_t j = 0; j < nb; ++j) idx[j] = static_cast<uint32_t>(j);
   std::nth_element(idx.begin(), idx.begin() + topk, idx.end(), [&](uint32_t a, uint32_t b) {
@@ -459,10 +454,10 @@ void Model::Forward(std::span<const Chunk> chunks, std::vector<float>& logits) {
   for (size_t i = 0; i < rows.size(); ++i) RmsNorm(&x[rows[i] * d], 1, norm, &last[i * d]);
   const size_t V = c.vocab_size;
   logits.resize(rows.size() * V);
-  size_t groups = (V + 63) / 64;
+  size_t groups = head_ld_ / 64;
   pool_.ParallelFor(groups, [&](size_t b, size_t e) {
-    size_t c0 = b * 64, c1 = std::min(V, e * 64);
-    MatMulBf16(last.data(), rows.size(), d, w_.embed.data() + c0 * d, c1 - c0, logits.data() + c0, V);
+    MatMulTransposedBf16(last.data(), rows.size(), d, head_t_.data(), head_ld_, b * 64, e * 64, V,
+                         logits.data(), V);
   });
 }
 
