@@ -56,3 +56,29 @@ def test_harness_reports_daemon_errors(daemon, tmp_path) -> None:
     p = run_example(HARNESS, "--socket", daemon.socket_path, "--image", str(tmp_path / "no-such-image"),
                     "--episodes", "1")
     assert p.returncode == 1 and p.stderr.startswith("harness: ") and "no-such-image" in p.stderr
+
+
+ROLLOUT = os.path.join(SOURCE_DIR, "examples", "python", "rollout.py")
+
+
+def test_rollout_example_help_and_usage_errors(tmp_path) -> None:
+    p = run_example(ROLLOUT, "--help")
+    assert p.returncode == 0 and "--resume" in p.stdout and "--scripted" in p.stdout
+    p = run_example(ROLLOUT)
+    assert p.returncode == 2 and "a tasks file is required" in p.stderr
+    p = run_example(ROLLOUT, "tasks.jsonl")
+    assert p.returncode == 2 and "exactly one of --policy URL and --scripted FILE" in p.stderr
+    p = run_example(ROLLOUT, "tasks.jsonl", "--policy", "http://127.0.0.1:1", "--socket", str(tmp_path / "none.sock"))
+    assert p.returncode == 1 and "paddockd is not running" in p.stderr
+
+
+def test_readme_python_snippet_runs(daemon, rootfs: str) -> None:
+    with open(os.path.join(SOURCE_DIR, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme[readme.index("## Python SDK"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
+    code = code.replace("/var/lib/images/busybox", rootfs)
+    env = dict(os.environ, PADDOCK_SOCKET=daemon.socket_path)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "0 b'2\\n' False\n"
