@@ -1,0 +1,95 @@
+// The endpoints of `paddock-policy`, independent of the transport: one HTTP
+// request (method, path, body) in, one response (status, content type, body)
+// out. SGLang's /generate, the OpenAI-compatible /v1/completions and
+// /v1/chat/completions (through the V4 codec, with the tool constraint),
+// /health and /metrics. Fields are documented in docs/paddock-policy.md.
+//
+// Thread-safe: the HTTP server calls Handle from one thread per connection, so
+// concurrent requests reach Engine::Generate together and are batched there.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "policy/engine/constrain/tool_grammar.h"
+#include "policy/engine/engine.h"
+#include "policy/v4/tokenizer/tokenizer.h"
+
+namespace paddock::policy::engine::server {
+
+struct ServiceOptions {
+  std::string model_name = "paddock-policy";  // "model" in OpenAI responses and /v1/models
+  int default_max_tokens = 256;               // OpenAI requests without max_tokens
+  // Extra gauges/counters for /metrics from the engine (name → value), e.g.
+  // the embedded engine's batch statistics. Optional.
+  std::function<std::vector<std::pair<std::string, double>>()> engine_metrics;
+  // Free-text caps of the tool constraint (code points), see GrammarOptions.
+  constrain::GrammarOptions grammar;
+};
+
+struct HttpReply {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+class PolicyService {
+ public:
+  PolicyService(std::shared_ptr<Engine> engine, std::shared_ptr<const v4::Tokenizer> tokenizer,
+                ServiceOptions options = {});
+
+  HttpReply Handle(const std::string& method, const std::string& target, const std::string& body);
+
+  // Transport-level outcomes the HTTP server reports (oversized bodies, bad HTTP).
+  void CountRejected(const std::string& endpoint, int status);
+
+  // Largest number of Generate calls seen in flight at once.
+  int max_concurrent_generate() const { return max_inflight_.load(); }
+
+ private:
+  HttpReply Generate(const nlohmann::json& body);
+  HttpReply Completions(const nlohmann::json& body);
+  HttpReply ChatCompletions(const nlohmann::json& body, const nlohmann::ordered_json& ordered);
+  HttpReply Health();
+  HttpReply Metrics();
+  HttpReply Models();
+
+  // Runs one generation, counting it for /metrics.
+  Result<GenerateOutput> Run(GenerateJob job);
+  Result<std::shared_ptr<constrain::ToolGrammar>> GrammarFor(const nlohmann::json& tools,
+                                                             const constrain::GrammarOptions& options);
+  void Record(const std::string& endpoint, int status, double seconds);
+
+  std::shared_ptr<Engine> engine_;
+  std::shared_ptr<const v4::Tokenizer> tokenizer_;
+  ServiceOptions options_;
+  std::shared_ptr<const constrain::TokenBytes> vocab_;  // built on first constrained request
+  std::once_flag vocab_once_;
+
+  std::mutex grammar_mu_;
+  std::map<std::string, std::shared_ptr<constrain::ToolGrammar>> grammars_;  // by tools + options
+
+  std::atomic<int> inflight_{0};
+  std::atomic<int> max_inflight_{0};
+  std::atomic<uint64_t> next_id_{1};
+
+  mutable std::mutex metrics_mu_;
+  std::map<std::pair<std::string, int>, uint64_t> requests_;  // (endpoint, status) → count
+  std::vector<double> latency_buckets_ = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  std::map<std::string, std::vector<uint64_t>> latency_counts_;  // endpoint → per-bucket (+Inf last)
+  std::map<std::string, double> latency_sum_;
+  uint64_t prompt_tokens_ = 0, cached_tokens_ = 0, completion_tokens_ = 0, generate_calls_ = 0;
+  std::map<int, uint64_t> concurrency_hist_;  // in-flight Generate calls when one starts → count
+  std::map<std::string, uint64_t> finish_counts_;
+  uint64_t constrained_ = 0;
+};
+
+}  // namespace paddock::policy::engine::server
