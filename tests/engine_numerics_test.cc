@@ -148,3 +148,36 @@ TEST(EngineNumerics, IndexerScoresMatchDequantizedKeys) {
 
 }  // namespace
 }  // namespace paddock::policy::engine
+
+namespace paddock::policy::engine {
+namespace {
+
+TEST(EngineNumerics, OutputHeadIsOneFmaChainPerOutputWhateverTheRows) {
+  // Every logit is fma(x[k], w[k][c], acc) for k in order from 0, whether the
+  // row is alone or in a batch, on the AVX2, AVX-512 or portable path: that is
+  // what makes batched decoding equal unbatched decoding bit for bit.
+  const size_t in = 24, cols = 150, blocks = (cols + 63) / 64;
+  std::vector<uint16_t> wt(blocks * 64 * in, 0);
+  std::vector<float> wf(cols * in);
+  for (size_t c = 0; c < cols; ++c)
+    for (size_t k = 0; k < in; ++k) {
+      uint16_t b = FloatToBf16(std::sin(0.37f * c + 1.3f * k));
+      wt[(c / 64) * 64 * in + k * 64 + c % 64] = b;
+      wf[c * in + k] = Bf16ToFloat(b);
+    }
+  for (size_t rows : {1u, 3u, 4u, 9u}) {
+    std::vector<float> x(rows * in), y(rows * cols, -1.0f);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.11f * i);
+    MatMulTransposedBf16(x.data(), rows, in, wt.data(), 0, 0, blocks * 64, cols, y.data(), cols);
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t c = 0; c < cols; ++c) {
+        float acc = 0;
+        for (size_t k = 0; k < in; ++k) acc = CpuHasAvx2Fma() ? std::fma(x[r * in + k], wf[c * in + k], acc)
+                                                               : acc + x[r * in + k] * wf[c * in + k];
+        ASSERT_EQ(y[r * cols + c], acc) << "rows " << rows << " r " << r << " c " << c;
+      }
+  }
+}
+
+}  // namespace
+}  // namespace paddock::policy::engine

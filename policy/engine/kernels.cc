@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 namespace paddock::policy::engine {
 namespace {
@@ -202,11 +203,11 @@ PADDOCK_AVX2 void MatMulTransposedBf16Avx(const float* x, size_t rows, size_t in
   thread_local std::vector<float> tile;
   tile.resize(in * kBlock);
   for (size_t cb = c0; cb < c1; cb += kBlock) {
-    const size_t width = std::min(kBlock, ldw - cb);  // ldw is padded to 16
+    const size_t width = kBlock;
     float* tw = tile.data();
     for (size_t k = 0; k < in; ++k)
       for (size_t j = 0; j < width; j += 8)
-        _mm256_storeu_ps(tw + k * kBlock + j, LoadBf16(wt + k * ldw + cb + j));
+        _mm256_storeu_ps(tw + k * kBlock + j, LoadBf16(wt + cb * in + k * kBlock + j));
     const float* tp = tile.data();
     size_t r = 0;
     for (; r + 4 <= rows; r += 4) {
@@ -326,6 +327,95 @@ PADDOCK_AVX2 void IndexerScoresAvx(const uint8_t* keys, size_t stride, size_t bl
   }
 }
 
+// ---- AVX-512 output head ------------------------------------------------------
+// The same per-output recipe as the AVX2 kernel (one FMA chain over k in
+// order, from zero), 16 lanes at a time: results are bit-identical.
+
+#define PADDOCK_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+PADDOCK_AVX512 inline void StoreCols16(float* y, size_t ldy, size_t cols, size_t r, size_t c, __m512 v) {
+  if (c + 16 <= cols) {
+    _mm512_storeu_ps(y + r * ldy + c, v);
+  } else if (c < cols) {
+    __mmask16 m = static_cast<__mmask16>((1u << (cols - c)) - 1);
+    _mm512_mask_storeu_ps(y + r * ldy + c, m, v);
+  }
+}
+
+PADDOCK_AVX512 void MatMulTransposedBf16Avx512(const float* x, size_t rows, size_t in,
+                                               const uint16_t* wt, size_t ldw, size_t c0, size_t c1,
+                                               size_t cols, float* y, size_t ldy) {
+  constexpr size_t kBlock = 64;
+  thread_local std::vector<float> tile;
+  tile.resize(in * kBlock);
+  for (size_t cb = c0; cb < c1; cb += kBlock) {
+    float* tw = tile.data();
+    for (size_t k = 0; k < in; ++k)
+      for (size_t j = 0; j < kBlock; j += 16) {
+        __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + cb * in + k * kBlock + j));
+        _mm512_storeu_ps(tw + k * kBlock + j, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+      }
+    const float* tp = tile.data();
+    size_t r = 0;
+#define PADDOCK_ROW_FMA(R)                              \
+  {                                                     \
+    __m512 b = _mm512_set1_ps(x##R[k]);                 \
+    a##R##0 = _mm512_fmadd_ps(b, w0, a##R##0);          \
+    a##R##1 = _mm512_fmadd_ps(b, w1, a##R##1);          \
+    a##R##2 = _mm512_fmadd_ps(b, w2, a##R##2);          \
+    a##R##3 = _mm512_fmadd_ps(b, w3, a##R##3);          \
+  }
+#define PADDOCK_ROW_STORE(R)                                      \
+  StoreCols16(y, ldy, cols, r + R, cb, a##R##0);                  \
+  StoreCols16(y, ldy, cols, r + R, cb + 16, a##R##1);             \
+  StoreCols16(y, ldy, cols, r + R, cb + 32, a##R##2);             \
+  StoreCols16(y, ldy, cols, r + R, cb + 48, a##R##3);
+    for (; r + 4 <= rows; r += 4) {
+      const float* x0 = x + r * in;
+      const float* x1 = x0 + in;
+      const float* x2 = x1 + in;
+      const float* x3 = x2 + in;
+      __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00,
+             a12 = a00, a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00,
+             a31 = a00, a32 = a00, a33 = a00;
+      const float* t = tp;
+      for (size_t k = 0; k < in; ++k, t += kBlock) {
+        __m512 w0 = _mm512_loadu_ps(t), w1 = _mm512_loadu_ps(t + 16), w2 = _mm512_loadu_ps(t + 32),
+               w3 = _mm512_loadu_ps(t + 48);
+        PADDOCK_ROW_FMA(0)
+        PADDOCK_ROW_FMA(1)
+        PADDOCK_ROW_FMA(2)
+        PADDOCK_ROW_FMA(3)
+      }
+      PADDOCK_ROW_STORE(0)
+      PADDOCK_ROW_STORE(1)
+      PADDOCK_ROW_STORE(2)
+      PADDOCK_ROW_STORE(3)
+    }
+    for (; r < rows; ++r) {
+      const float* x0 = x + r * in;
+      __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+      const float* t = tp;
+      for (size_t k = 0; k < in; ++k, t += kBlock) {
+        __m512 w0 = _mm512_loadu_ps(t), w1 = _mm512_loadu_ps(t + 16), w2 = _mm512_loadu_ps(t + 32),
+               w3 = _mm512_loadu_ps(t + 48);
+        PADDOCK_ROW_FMA(0)
+      }
+      const size_t rr = r;
+      r = rr;  // PADDOCK_ROW_STORE(0) stores row r + 0
+      PADDOCK_ROW_STORE(0)
+    }
+#undef PADDOCK_ROW_FMA
+#undef PADDOCK_ROW_STORE
+  }
+}
+
+bool DetectAvx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+         __builtin_cpu_supports("fma");
+}
+
 bool DetectAvx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -354,11 +444,14 @@ void MatMulBf16(const float* x, size_t rows, size_t in, const uint16_t* w, size_
 
 void MatMulTransposedBf16(const float* x, size_t rows, size_t in, const uint16_t* wt, size_t ldw,
                           size_t c0, size_t c1, size_t cols, float* y, size_t ldy) {
+  static const bool avx512 = DetectAvx512() && std::getenv("PADDOCK_ENGINE_NO_AVX512") == nullptr;
+  (void)ldw;
+  if (avx512) return MatMulTransposedBf16Avx512(x, rows, in, wt, ldw, c0, c1, cols, y, ldy);
   if (CpuHasAvx2Fma()) return MatMulTransposedBf16Avx(x, rows, in, wt, ldw, c0, c1, cols, y, ldy);
   for (size_t r = 0; r < rows; ++r)
     for (size_t c = c0; c < std::min(c1, cols); ++c) {
       float acc = 0;
-      for (size_t k = 0; k < in; ++k) acc += x[r * in + k] * Bf(wt[k * ldw + c]);
+      for (size_t k = 0; k < in; ++k) acc += x[r * in + k] * Bf(wt[(c / 64) * 64 * in + k * 64 + c % 64]);
       y[r * ldy + c] = acc;
     }
 }

@@ -25,9 +25,11 @@ void MatMul(const float* x, size_t rows, size_t in, const float* w, size_t cols,
 // The same with W in BF16 (the embedding / tied output head).
 void MatMulBf16(const float* x, size_t rows, size_t in, const uint16_t* w, size_t cols,
                 float* y, size_t ldy);
-// The output head's product, for a short inner dimension: W given transposed
-// (wt is [in][ldw], BF16, ldw >= cols), Y[r][c] for c in [c0, c1). Each output is
-// one multiply-add chain over k = 0..in-1 in order, whatever the tiling.
+// The output head's product, for a short inner dimension: W in column blocks
+// of 64, BF16 — block b (columns 64b .. 64b+63) is [in][64] at wt + 64 * b * in,
+// zero-padded past `cols` — giving Y[r][c] for c in [c0, c1) (multiples of 64;
+// columns >= cols are not written). Each output is one multiply-add chain over
+// k = 0..in-1 in order, whatever the tiling or instruction set.
 void MatMulTransposedBf16(const float* x, size_t rows, size_t in, const uint16_t* wt, size_t ldw,
                           size_t c0, size_t c1, size_t cols, float* y, size_t ldy);
 // Index i of the first element where the running sum of p[0..i] exceeds

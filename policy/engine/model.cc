@@ -67,7 +67,8 @@ Model::Model(Weights weights, int threads) : w_(std::move(weights)), pool_(threa
   head_ld_ = (static_cast<size_t>(c.vocab_size) + 63) / 64 * 64;
   head_t_.assign(head_ld_ * c.d_model, 0);
   for (size_t v = 0; v < static_cast<size_t>(c.vocab_size); ++v)
-    for (size_t k = 0; k < static_cast<size_t>(c.d_model); ++k) head_t_[k * head_ld_ + v] = w_.embed[v * c.d_model + k];
+    for (size_t k = 0; k < static_cast<size_t>(c.d_model); ++k)
+      head_t_[(v / 64) * 64 * c.d_model + k * 64 + v % 64] = w_.embed[v * c.d_model + k];
   for (int i = 0; i < c.rope_dim / 2; ++i)
     inv_freq_.push_back(std::pow(c.rope_theta, -2.0 * i / c.rope_dim));
   for (size_t i = 0; i < c.layers.size(); ++i) {

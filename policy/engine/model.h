@@ -97,7 +97,7 @@ class Model {
   ThreadPool pool_;
   std::vector<Layer> layers_;
   std::vector<double> inv_freq_;
-  std::vector<uint16_t> head_t_;  // embedding transposed, [d_model][head_ld_], for the output head
+  std::vector<uint16_t> head_t_;  // embedding in column blocks of 64 ([d_model][64] each), for the output head
   size_t head_ld_ = 0;
   size_t entry_bytes_, index_key_bytes_;
 };
