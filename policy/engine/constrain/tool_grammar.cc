@@ -938,6 +938,11 @@ Result<std::shared_ptr<ToolGrammar>> ToolGrammar::Build(const nlohmann::json& to
   return g;
 }
 
+void ToolGrammar::ClearCache() const {
+  std::lock_guard lock(mu_);
+  cache_.clear();
+}
+
 size_t ToolGrammar::cached_masks() const {
   std::lock_guard lock(mu_);
   return cache_.size();
