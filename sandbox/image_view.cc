@@ -31,7 +31,10 @@ Result<std::string> ResolveImageDir(const std::string& image) {
 Result<std::string> ImageViews::Acquire(const std::string& image_dir) {
   std::lock_guard lock(mu_);
   auto it = views_.find(image_dir);
-  if (it != views_.end()) return it->second;
+  if (it != views_.end()) {
+    it->second.holders++;
+    return it->second.target;
+  }
   std::string target = fmt::format("{}/{:016x}", dir_, std::hash<std::string>{}(image_dir));
   PADDOCK_RETURN_IF_ERROR(MkdirAll(target));
   if (!idmap_unsupported_) {
@@ -42,7 +45,7 @@ Result<std::string> ImageViews::Acquire(const std::string& image_dir) {
     }
     Status st = MountIdmappedReadOnly(image_dir, target, userns_.get());
     if (st.ok()) {
-      views_[image_dir] = target;
+      views_[image_dir] = View{target, 1};
       return target;
     }
     spdlog::warn("idmapped mounts unavailable ({}); image files will appear owned by nobody",
@@ -50,15 +53,39 @@ Result<std::string> ImageViews::Acquire(const std::string& image_dir) {
     idmap_unsupported_ = true;
   }
   PADDOCK_RETURN_IF_ERROR(BindReadOnly(image_dir, target));
-  views_[image_dir] = target;
+  views_[image_dir] = View{target, 1};
   return target;
+}
+
+Result<std::vector<std::string>> ImageViews::AcquireAll(const std::vector<std::string>& dirs) {
+  std::vector<std::string> out;
+  for (const auto& d : dirs) {
+    auto v = Acquire(d);
+    if (!v.ok()) {
+      for (size_t i = 0; i < out.size(); ++i) Release(dirs[i]);
+      return v.status();
+    }
+    out.push_back(std::move(v).value());
+  }
+  return out;
+}
+
+void ImageViews::Release(const std::string& image_dir) {
+  std::lock_guard lock(mu_);
+  auto it = views_.find(image_dir);
+  if (it == views_.end() || --it->second.holders > 0) return;
+  // Overlays made from the view keep their own private copy of it, so the
+  // view itself can go as soon as nobody will mount it again.
+  Status st = Unmount(it->second.target);
+  if (st.ok()) rmdir(it->second.target.c_str());
+  views_.erase(it);
 }
 
 void ImageViews::ReleaseAll() {
   std::lock_guard lock(mu_);
-  for (const auto& [_, target] : views_) {
-    Status st = Unmount(target);
-    if (st.ok()) rmdir(target.c_str());
+  for (const auto& [_, view] : views_) {
+    Status st = Unmount(view.target);
+    if (st.ok()) rmdir(view.target.c_str());
   }
   views_.clear();
 }

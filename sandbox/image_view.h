@@ -1,12 +1,14 @@
-// Read-only views of image root directories as a substrate's user namespace
+// Read-only views of image layer directories as a substrate's user namespace
 // sees them (idmapped mounts: host root's files belong to sandbox root).
-// One view per image per substrate, made on first use and shared by every
-// sandbox of that substrate; removed at shutdown.
+// One view per directory per substrate, made on first use and shared by every
+// sandbox of that substrate that holds it; removed when its last holder
+// releases it (a materialized layer may then be evicted) and at shutdown.
 #pragma once
 
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "sandbox/base/status.h"
 #include "sandbox/base/unique_fd.h"
@@ -14,8 +16,9 @@
 
 namespace paddock {
 
-// Until the image store lands, an image is an absolute path to a root
-// filesystem directory. Returns its canonical path or a clear error.
+// The development form of an image: an absolute path to a root filesystem
+// directory (sandbox/image_source.h resolves names and digests through the
+// image store). Returns its canonical path or a clear error.
 Result<std::string> ResolveImageDir(const std::string& image);
 
 class ImageViews {
@@ -23,8 +26,12 @@ class ImageViews {
   ImageViews(std::string views_dir, IdRange range) : dir_(std::move(views_dir)), range_(range) {}
   ~ImageViews() { ReleaseAll(); }
 
-  // The lower dir to use for `image_dir` (canonical path).
+  // The lower dir to use for `image_dir` (canonical path). Each successful
+  // Acquire is paired with one Release of the same directory.
   Result<std::string> Acquire(const std::string& image_dir);
+  // Views for several directories, in order; on error none is held.
+  Result<std::vector<std::string>> AcquireAll(const std::vector<std::string>& dirs);
+  void Release(const std::string& image_dir);
   void ReleaseAll();
 
  private:
@@ -33,7 +40,11 @@ class ImageViews {
   std::mutex mu_;
   UniqueFd userns_;
   bool idmap_unsupported_ = false;
-  std::map<std::string, std::string> views_;  // image dir -> mount point
+  struct View {
+    std::string target;
+    size_t holders = 0;
+  };
+  std::map<std::string, View> views_;  // image dir -> mount point
 };
 
 }  // namespace paddock

@@ -74,7 +74,7 @@ Result<SandboxInfo> SandboxManager::Create(const SandboxSpec& spec_in) {
                  known);
   }
   if (spec.image.empty())
-    return Error(Code::kInvalidArgument, "no image given; pass --image with a root filesystem directory");
+    return Error(Code::kInvalidArgument, "no image given; pass --image with an image name (`paddock image ls`) or a root filesystem directory");
   if (spec.ttl_seconds == 0) spec.ttl_seconds = options_.default_ttl_seconds;
   if (spec.ttl_seconds > options_.max_ttl_seconds)
     return Error(Code::kInvalidArgument, "ttl {} s exceeds the daemon's maximum of {} s",

@@ -1,5 +1,6 @@
 #include "sandbox/container/container_substrate.h"
 
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <signal.h>
@@ -10,6 +11,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "sandbox/container/freezer.h"
+#include "sandbox/image_source.h"
 #include "sandbox/image_view.h"
 #include "sandbox/init/init_client.h"
 #include "sandbox/linux/cgroup.h"
@@ -21,6 +24,7 @@
 #include "sandbox/linux/userns.h"
 #include "sandbox/manager.h"
 #include "sandbox/warm_pool.h"
+#include "storage/overlay_diff.h"
 
 namespace paddock {
 
@@ -32,7 +36,8 @@ constexpr const char* kDefaultWorkdir = "/work";
 // Everything one container owns, released in reverse order by Destroy.
 class ContainerSandbox final : public Sandbox {
  public:
-  ContainerSandbox(std::string id, std::string dir) : id_(std::move(id)), dir_(std::move(dir)) {}
+  ContainerSandbox(std::string id, std::string dir, std::string cgroup_root)
+      : id_(std::move(id)), dir_(std::move(dir)), freezer_(&cgroup_, std::move(cgroup_root), "ct-" + id_) {}
   ~ContainerSandbox() override {
     Status ignored = Destroy();
     (void)ignored;
@@ -76,6 +81,27 @@ class ContainerSandbox final : public Sandbox {
   Result<Usage> GetUsage() override { return cgroup_.ReadUsage(); }
   bool Alive() const override { return client_ && client_->alive(); }
 
+  // The upper dir is read through the fd kept from before the daemon dropped
+  // its copy of the mounts, with every process of the container frozen.
+  Result<SnapshotResult> Snapshot(const std::string& name) override {
+    std::lock_guard lock(snapshot_mu_);
+    if (!client_ || !upper_fd_.valid()) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    if (!resolver_) return Error(Code::kUnimplemented, "this daemon has no image store to snapshot into");
+    PADDOCK_RETURN_IF_ERROR(freezer_.Freeze().Prefix("snapshot of " + id_));
+    int upper = upper_fd_.get();
+    SandboxFreezer* freezer = &freezer_;
+    auto produce = [upper, freezer](const TarSink& sink) -> Status {
+      storage::OverlayDiffOptions opts{kContainerIds.host_base, kContainerIds.count};
+      Status st = storage::WriteOverlayDiffTar(upper, opts, sink);
+      freezer->Thaw();  // the changes are read; compressing and committing need no freeze
+      return st;
+    };
+    auto r = resolver_->CommitLayer(image_, produce, name);
+    freezer_.Thaw();
+    if (!r.ok()) return r.status().Prefix("snapshot of " + id_);
+    return r;
+  }
+
   Status Destroy() override {
     std::lock_guard lock(destroy_mu_);
     // Killing PID 1 of the pid namespace kills every process in it.
@@ -88,7 +114,10 @@ class ContainerSandbox final : public Sandbox {
     // Every process of the container died with its PID 1, so the cgroup is
     // empty; its removal waits out an RCU grace period on cgroup v1 and need
     // not hold up the caller.
+    freezer_.Thaw();
     cgroup_.DestroyInBackground();
+    freezer_.Remove();
+    upper_fd_.reset();
     for (std::string* m : {&rootfs_, &changes_}) {
       if (m->empty()) continue;
       note(Unmount(*m));
@@ -98,6 +127,11 @@ class ContainerSandbox final : public Sandbox {
       note(RemoveTree(dir_));
       if (first.ok()) dir_.clear();
     }
+    if (views_) {
+      for (const auto& d : image_.layer_dirs) views_->Release(d);
+      views_ = nullptr;
+    }
+    image_.lease.reset();  // the layers may be evicted from the cache now
     return first;
   }
 
@@ -110,6 +144,12 @@ class ContainerSandbox final : public Sandbox {
   ChildProcess init_;
   std::unique_ptr<InitClient> client_;
   std::mutex destroy_mu_;
+  std::mutex snapshot_mu_;
+  ResolvedImage image_;              // what it was built from; holds the layers' lease
+  ImageViews* views_ = nullptr;      // holding a view of each of image_.layer_dirs
+  ImageResolver* resolver_ = nullptr;
+  UniqueFd upper_fd_;                // the overlay's upper dir (its changes)
+  SandboxFreezer freezer_;
 };
 
 class ContainerSubstrate final : public Substrate {
@@ -128,20 +168,27 @@ class ContainerSubstrate final : public Substrate {
 
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
-    PADDOCK_ASSIGN_OR_RETURN(std::string image_dir, ResolveImageDir(spec.image));
+    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image));
     SandboxSpec recipe;  // what a pooled container is built from: no id, no env
-    recipe.image = image_dir;
+    recipe.image = image.id;
     recipe.limits = spec.limits;
-    recipe.workdir = spec.workdir.empty() ? kDefaultWorkdir : spec.workdir;
-    std::string key = fmt::format("{}\n{}\n{}\n{}\n{}\n{}", image_dir, recipe.workdir,
+    recipe.workdir = spec.workdir;
+    std::map<std::string, std::string> env = spec.env;
+    ApplyImageDefaults(image, &env, &recipe.workdir);  // the spec's values win
+    if (recipe.workdir.empty()) recipe.workdir = kDefaultWorkdir;
+    // Keyed by the resolved image id: two names of one image share a pool.
+    std::string key = fmt::format("{}\n{}\n{}\n{}\n{}\n{}", image.id, recipe.workdir,
                                   spec.limits.cpu_millicores, spec.limits.memory_bytes,
                                   spec.limits.pids, spec.limits.disk_bytes);
     std::unique_ptr<Sandbox> sb = pool_.Take(key);
     if (!sb) {
-      PADDOCK_ASSIGN_OR_RETURN(sb, Build(id, recipe));
+      PADDOCK_ASSIGN_OR_RETURN(sb, Build(id, recipe, image));
     }
-    pool_.Want(key, [this, recipe] { return Build(NewSandboxId(), recipe, /*background=*/true); });
-    static_cast<ContainerSandbox*>(sb.get())->env_ = spec.env;
+    // The pool's factory keeps the image (and its layers' lease) while the key lives.
+    pool_.Want(key, [this, recipe, image] {
+      return Build(NewSandboxId(), recipe, image, /*background=*/true);
+    });
+    static_cast<ContainerSandbox*>(sb.get())->env_ = std::move(env);
     return sb;
   }
 
@@ -156,13 +203,18 @@ class ContainerSubstrate final : public Substrate {
   // `background`: built ahead for the warm pool, at the lowest CPU priority
   // until it is ready.
   Result<std::unique_ptr<Sandbox>> Build(const std::string& id, const SandboxSpec& spec,
-                                         bool background = false) {
-    const std::string& image_dir = spec.image;
+                                         const ResolvedImage& image, bool background = false) {
     PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
-    PADDOCK_ASSIGN_OR_RETURN(std::string lower, views_.Acquire(image_dir));
 
     std::string dir = fmt::format("{}/containers/{}", env_.state_dir, id);
-    auto sb = std::make_unique<ContainerSandbox>(id, dir);  // cleans up on any early return
+    // cleans up on any early return
+    auto sb = std::make_unique<ContainerSandbox>(id, dir, env_.cgroup_root());
+    sb->image_ = image;
+    sb->resolver_ = env_.images;
+    // One idmapped read-only view per layer, stacked top first.
+    PADDOCK_ASSIGN_OR_RETURN(std::vector<std::string> views, views_.AcquireAll(image.layer_dirs));
+    sb->views_ = &views_;
+    std::vector<std::string> lowers(views.rbegin(), views.rend());
     // The container's changes live on a tmpfs sized by the disk limit: a
     // full sandbox disk is ENOSPC inside the sandbox, never a full host disk.
     const std::string changes = dir + "/changes", rootfs = dir + "/rootfs";
@@ -175,8 +227,12 @@ class ContainerSubstrate final : public Substrate {
     // The upper dir's root becomes the container's "/": owned by container root.
     if (chown(upper.c_str(), kContainerIds.host_base, kContainerIds.host_base) != 0)
       return ErrnoError("chown " + upper);
-    PADDOCK_RETURN_IF_ERROR(MountOverlay({lower}, upper, work, rootfs));
+    PADDOCK_RETURN_IF_ERROR(MountOverlay(lowers, upper, work, rootfs));
     sb->rootfs_ = rootfs;
+    // Kept for snapshots: after the mounts are dropped below, the changes are
+    // reachable only through this fd.
+    sb->upper_fd_ = UniqueFd(open(upper.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!sb->upper_fd_.valid()) return ErrnoError("opening " + upper);
 
     auto cg = Cgroup::Create(env_.cgroup_root(), "ct-" + id, spec.limits);
     if (!cg.ok()) return cg.status();

@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "sandbox/image_source.h"
 #include "sandbox/image_view.h"
 #include "sandbox/init/init_client.h"
 #include "sandbox/linux/cgroup.h"
@@ -53,6 +54,11 @@ class Zygote {
       rootfs_.clear();
     }
     if (!dir_.empty() && first.ok()) note(RemoveTree(dir_));
+    if (views_) {
+      for (const auto& d : image_.layer_dirs) views_->Release(d);
+      views_ = nullptr;
+    }
+    image_.lease.reset();
     return first;
   }
 
@@ -62,6 +68,8 @@ class Zygote {
   Cgroup cgroup_;
   ChildProcess init_;
   std::unique_ptr<InitClient> client_;
+  ResolvedImage image_;          // holds the layers' lease while the zygote lives
+  ImageViews* views_ = nullptr;  // holding a view of each of image_.layer_dirs
   std::chrono::steady_clock::time_point last_used_ = std::chrono::steady_clock::now();
 };
 
@@ -115,6 +123,12 @@ class FunctionSandbox final : public Sandbox {
     std::lock_guard lock(mu_);
     return zygote_ && zygote_->client_ && zygote_->client_->alive();
   }
+  Result<SnapshotResult> Snapshot(const std::string&) override {
+    return Error(Code::kFailedPrecondition,
+                 "sandbox {} is a function sandbox: it has no state to snapshot (its root is "
+                 "read-only and each exec gets a fresh scratch /tmp); snapshot a container sandbox",
+                 id_);
+  }
   Status Destroy() override {
     std::lock_guard lock(mu_);
     if (zygote_) zygote_->last_used_ = std::chrono::steady_clock::now();
@@ -149,20 +163,23 @@ class FunctionSubstrate final : public Substrate {
   std::string name() const override { return "function"; }
 
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
-    PADDOCK_ASSIGN_OR_RETURN(std::string image_dir, ResolveImageDir(spec.image));
     if (!spec.workdir.empty() && spec.workdir[0] != '/')
       return Error(Code::kInvalidArgument, "workdir '{}' must be an absolute path", spec.workdir);
+    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image));
+    SandboxSpec eff = spec;
+    ApplyImageDefaults(image, &eff.env, &eff.workdir);  // the spec's values win
     std::unique_lock lock(mu_);
     SweepIdle();
-    auto key = std::make_pair(image_dir, spec.limits);
+    // Keyed by the resolved image id: two names of one image share a zygote.
+    auto key = std::make_pair(image.id, spec.limits);
     auto it = zygotes_.find(key);
     if (it == zygotes_.end() || !it->second->client_ || !it->second->client_->alive()) {
       if (it != zygotes_.end()) zygotes_.erase(it);
-      PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<Zygote> z, StartZygote(image_dir, spec.limits));
+      PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<Zygote> z, StartZygote(image, spec.limits));
       it = zygotes_.emplace(key, std::move(z)).first;
     }
     it->second->last_used_ = std::chrono::steady_clock::now();
-    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, it->second, spec));
+    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, it->second, eff));
   }
 
   void Shutdown() override {
@@ -183,19 +200,27 @@ class FunctionSubstrate final : public Substrate {
     }
   }
 
-  Result<std::shared_ptr<Zygote>> StartZygote(const std::string& image_dir, const Limits& limits) {
+  Result<std::shared_ptr<Zygote>> StartZygote(const ResolvedImage& image, const Limits& limits) {
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
     PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
-    PADDOCK_ASSIGN_OR_RETURN(std::string lower, views_.Acquire(image_dir));
     std::string name = fmt::format("fn-{}-{}", getpid(), next_zygote_++);
     auto z = std::make_shared<Zygote>();
+    z->image_ = image;
+    // The root is a read-only merge of the layers: one idmapped view per
+    // layer, stacked top first under the stub.
+    PADDOCK_ASSIGN_OR_RETURN(std::vector<std::string> views, views_.AcquireAll(image.layer_dirs));
+    z->views_ = &views_;
+    std::vector<std::string> lowers;
+    lowers.reserve(views.size() + 1);
     z->dir_ = fmt::format("{}/functions/{}", env_.state_dir, name);
     // A small layer above the image supplies the mount points the sandbox
     // needs even when the image lacks them; the whole root is read-only.
     const std::string stub = z->dir_ + "/stub", rootfs = z->dir_ + "/rootfs";
     for (const char* d : {"proc", "dev", "tmp"}) PADDOCK_RETURN_IF_ERROR(MkdirAll(stub + "/" + d));
     PADDOCK_RETURN_IF_ERROR(MkdirAll(rootfs));
-    PADDOCK_RETURN_IF_ERROR(MountOverlay({stub, lower}, "", "", rootfs));
+    lowers.push_back(stub);
+    lowers.insert(lowers.end(), views.rbegin(), views.rend());
+    PADDOCK_RETURN_IF_ERROR(MountOverlay(lowers, "", "", rootfs));
     z->rootfs_ = rootfs;
     auto cg = Cgroup::Create(env_.cgroup_root(), name, limits);
     if (!cg.ok()) return cg.status();
@@ -235,7 +260,7 @@ class FunctionSubstrate final : public Substrate {
     // the container substrate for why).
     PADDOCK_RETURN_IF_ERROR(Unmount(z->rootfs_));
     z->rootfs_.clear();
-    spdlog::debug("function zygote {} ready for {}", name, image_dir);
+    spdlog::debug("function zygote {} ready for {}", name, image.id);
     return z;
   }
 
