@@ -283,6 +283,35 @@ PADDOCK_AVX2 size_t CumulativeSearchAvx(const float* p, size_t n, double target)
   return n - 1;
 }
 
+PADDOCK_AVX2 double ExpScaledAvx(const float* x, size_t n, float scale, float shift, float* out) {
+  __m256 sv = _mm256_set1_ps(shift), sc = _mm256_set1_ps(scale);
+  __m256 acc = _mm256_setzero_ps();
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    __m256 e = Exp8(_mm256_fmsub_ps(_mm256_loadu_ps(x + k), sc, sv));
+    _mm256_storeu_ps(out + k, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  double sum = Hsum(acc);
+  for (; k < n; ++k) {
+    out[k] = std::exp(x[k] * scale - shift);
+    sum += out[k];
+  }
+  return sum;
+}
+
+PADDOCK_AVX2 float MaxOfAvx(const float* x, size_t n) {
+  __m256 mx = _mm256_set1_ps(-INFINITY);
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(x + k));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mx);
+  float m = lanes[0];
+  for (int l = 1; l < 8; ++l) m = std::max(m, lanes[l]);
+  for (; k < n; ++k) m = std::max(m, x[k]);
+  return m;
+}
+
 PADDOCK_AVX2 float ScaleMaxAvx(const float* x, size_t n, float scale, float* out) {
   __m256 sv = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY);
   size_t k = 0;
@@ -463,6 +492,23 @@ float ScaleMax(const float* x, size_t n, float scale, float* out) {
     out[k] = x[k] * scale;
     m = std::max(m, out[k]);
   }
+  return m;
+}
+
+double ExpScaled(const float* x, size_t n, float scale, float shift, float* out) {
+  if (CpuHasAvx2Fma()) return ExpScaledAvx(x, n, scale, shift, out);
+  double sum = 0;
+  for (size_t k = 0; k < n; ++k) {
+    out[k] = std::exp(x[k] * scale - shift);
+    sum += out[k];
+  }
+  return sum;
+}
+
+float MaxOf(const float* x, size_t n) {
+  if (CpuHasAvx2Fma()) return MaxOfAvx(x, n);
+  float m = -INFINITY;
+  for (size_t k = 0; k < n; ++k) m = std::max(m, x[k]);
   return m;
 }
 

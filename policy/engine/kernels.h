@@ -43,6 +43,9 @@ void IndexerScores(const uint8_t* keys, size_t stride, size_t blocks, const floa
 float Dot(const float* a, const float* b, size_t n);
 // y += a * x
 void Axpy(float a, const float* x, float* y, size_t n);
+// out[i] = exp(x[i] * scale - shift) (one fused multiply-subtract); returns their sum.
+double ExpScaled(const float* x, size_t n, float scale, float shift, float* out);
+float MaxOf(const float* x, size_t n);
 // out[i] = x[i] * scale; returns the largest out[i].
 float ScaleMax(const float* x, size_t n, float scale, float* out);
 // out[i] = exp(x[i] - shift); returns their sum.

@@ -26,16 +26,16 @@ Result<SampledToken> SampleToken(std::span<const float> logits, const Sampling& 
     // Free sampling over the whole vocabulary: no copies of the ids.
     probs.resize(V);
     if (sampling.temperature <= 0) {
+      float mx = MaxOf(logits.data(), V);
       size_t best = 0;
-      for (size_t i = 1; i < V; ++i)
-        if (logits[i] > logits[best]) best = i;
+      while (best + 1 < V && logits[best] != mx) ++best;  // the first (lowest id) maximum
       double sum = ExpShifted(logits.data(), V, logits[best], probs.data());
       return SampledToken{static_cast<int32_t>(best), static_cast<float>(-std::log(sum))};
     }
     const float inv_t = static_cast<float>(1.0 / sampling.temperature);
-    vals.resize(V);
-    float mx = ScaleMax(logits.data(), V, inv_t, vals.data());
-    double sum = ExpShifted(vals.data(), V, mx, probs.data());
+    // p_i = exp(l_i / T - max / T); the max of l / T is max(l) / T.
+    float mx = MaxOf(logits.data(), V) * inv_t;
+    double sum = ExpScaled(logits.data(), V, inv_t, mx, probs.data());
     size_t pick = CumulativeSearch(probs.data(), V, rng.Uniform() * sum);
     while (probs[pick] <= 0 && pick > 0) --pick;
     return SampledToken{static_cast<int32_t>(pick), static_cast<float>(std::log(probs[pick] / sum))};
