@@ -181,3 +181,28 @@ TEST(EngineNumerics, OutputHeadIsOneFmaChainPerOutputWhateverTheRows) {
 
 }  // namespace
 }  // namespace paddock::policy::engine
+
+namespace paddock::policy::engine {
+namespace {
+
+TEST(EngineNumerics, Fp8DequantizeEqualsTheTableForEveryCodeAndScale) {
+  // The vector path must give the table's floats bit for bit (NaN as NaN).
+  std::vector<uint8_t> codes(256 + 5);
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>(i * 37 + 11);
+  for (int i = 0; i < 256; ++i) codes[i] = static_cast<uint8_t>(i);
+  for (int e : {-20, -3, 0, 5}) {
+    std::vector<float> out(codes.size());
+    DequantizeFp8(codes.data(), codes.size(), static_cast<int8_t>(e), out.data());
+    for (size_t i = 0; i < codes.size(); ++i) {
+      float want = E4M3ToFloat(codes[i]) * std::ldexp(1.0f, e);
+      if (std::isnan(want)) {
+        EXPECT_TRUE(std::isnan(out[i])) << i;
+      } else {
+        EXPECT_EQ(std::memcmp(&out[i], &want, 4), 0) << "code " << int(codes[i]) << " e " << e;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace paddock::policy::engine

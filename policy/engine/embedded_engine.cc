@@ -95,7 +95,7 @@ Result<std::unique_ptr<EmbeddedEngine>> EmbeddedEngine::Create(const EngineOptio
 std::unique_ptr<EmbeddedEngine> EmbeddedEngine::Create(std::unique_ptr<Model> model,
                                                        const EngineOptions& options) {
   auto impl = std::make_unique<Impl>();
-  impl->description = fmt::format("{}; weights {}; {} threads", model->config().Describe(),
+  impl->description = fmt::format("{}; weights {}; threads {}", model->config().Describe(),
                                   model->weights().source, model->threads());
   impl->model = std::move(model);
   impl->options = options;
