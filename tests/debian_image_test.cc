@@ -4,8 +4,10 @@
 // in a real container sandbox, and a full disk during import.
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -246,6 +248,46 @@ TEST_F(DebianImageTest, Python3PrintsFortyTwoInAContainerSandbox) {
     EXPECT_TRUE(manager.Destroy(info->id).ok());
     manager.Shutdown();
   }
+}
+
+struct ShellResult {
+  int status = -1;
+  std::string out;  // stdout and stderr
+};
+ShellResult Shell(const std::string& cmd) {
+  ShellResult r;
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof buf, p)) r.out.append(buf, n);
+  int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+// The script as a user runs it: --help, bad arguments, and an unreachable mirror,
+// which must be a clear error (exit 1), never an empty or partial image.
+TEST(MakeDebianImageScript, HelpBadArgumentsAndUnreachableMirror) {
+  const std::string script = std::string(PADDOCK_SOURCE_DIR) + "/scripts/make-debian-image.sh";
+  ShellResult help = Shell(script + " --help");
+  EXPECT_EQ(help.status, 0);
+  EXPECT_NE(help.out.find("usage: scripts/make-debian-image.sh"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("--mirror URL"), std::string::npos) << help.out;
+
+  ShellResult bad = Shell(script + " --bogus");
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.out.find("unknown argument '--bogus'"), std::string::npos) << bad.out;
+
+  std::string dir = fmt::format("/var/tmp/paddock-make-debian-image-{}", getpid());
+  fs::remove_all(dir);
+  // Port 9 (discard) on loopback: refused at once.
+  ShellResult down = Shell(fmt::format("{} --mirror http://127.0.0.1:9/debian --out {}/x.tar", script, dir));
+  EXPECT_EQ(down.status, 1) << down.out;
+  EXPECT_NE(down.out.find("the Debian mirror http://127.0.0.1:9/debian is unreachable"), std::string::npos)
+      << down.out;
+  EXPECT_FALSE(fs::exists(dir + "/x.tar"));
+  EXPECT_FALSE(fs::exists(dir + "/x.tar.stamp"));
+  fs::remove_all(dir);
 }
 
 }  // namespace

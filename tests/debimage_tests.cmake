@@ -9,10 +9,12 @@ if(TARGET paddock_storage)
   target_compile_definitions(paddock_debian_image PRIVATE PADDOCK_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
 
   # Import twice (stable digest, nothing written again), export round trip,
-  # materialized layers, python3 in a real container sandbox.
+  # materialized layers, python3 in a real container sandbox; the script's
+  # --help, bad arguments and unreachable-mirror error.
   paddock_test(debian_image_test debian_image_test.cc)
   target_link_libraries(debian_image_test PRIVATE paddock_debian_image paddock_storage paddock_sandbox)
   add_dependencies(debian_image_test paddock-init)
+  target_compile_definitions(debian_image_test PRIVATE PADDOCK_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   # A cold cache builds the image first (debootstrap: minutes on a loaded machine).
   set_tests_properties(debian_image_test PROPERTIES TIMEOUT 1500 RESOURCE_LOCK debian_test_image)
 
