@@ -439,10 +439,59 @@ PADDOCK_AVX512 void MatMulTransposedBf16Avx512(const float* x, size_t rows, size
   }
 }
 
+PADDOCK_AVX512 __m512 Exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.3f);
+  x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+PADDOCK_AVX512 double ExpScaledAvx512(const float* x, size_t n, float scale, float shift, float* out) {
+  __m512 sv = _mm512_set1_ps(shift), sc = _mm512_set1_ps(scale);
+  __m512 acc = _mm512_setzero_ps();
+  size_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    __m512 e = Exp16(_mm512_fmsub_ps(_mm512_loadu_ps(x + k), sc, sv));
+    _mm512_storeu_ps(out + k, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  double sum = _mm512_reduce_add_ps(acc);
+  for (; k < n; ++k) {
+    out[k] = std::exp(x[k] * scale - shift);
+    sum += out[k];
+  }
+  return sum;
+}
+
+PADDOCK_AVX512 float MaxOfAvx512(const float* x, size_t n) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  size_t k = 0;
+  for (; k + 16 <= n; k += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(x + k));
+  float m = _mm512_reduce_max_ps(mx);
+  for (; k < n; ++k) m = std::max(m, x[k]);
+  return m;
+}
+
 bool DetectAvx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
          __builtin_cpu_supports("fma");
+}
+
+bool UseAvx512() {
+  static const bool use = DetectAvx512() && std::getenv("PADDOCK_ENGINE_NO_AVX512") == nullptr;
+  return use;
 }
 
 bool DetectAvx2() {
@@ -473,9 +522,8 @@ void MatMulBf16(const float* x, size_t rows, size_t in, const uint16_t* w, size_
 
 void MatMulTransposedBf16(const float* x, size_t rows, size_t in, const uint16_t* wt, size_t ldw,
                           size_t c0, size_t c1, size_t cols, float* y, size_t ldy) {
-  static const bool avx512 = DetectAvx512() && std::getenv("PADDOCK_ENGINE_NO_AVX512") == nullptr;
   (void)ldw;
-  if (avx512) return MatMulTransposedBf16Avx512(x, rows, in, wt, ldw, c0, c1, cols, y, ldy);
+  if (UseAvx512()) return MatMulTransposedBf16Avx512(x, rows, in, wt, ldw, c0, c1, cols, y, ldy);
   if (CpuHasAvx2Fma()) return MatMulTransposedBf16Avx(x, rows, in, wt, ldw, c0, c1, cols, y, ldy);
   for (size_t r = 0; r < rows; ++r)
     for (size_t c = c0; c < std::min(c1, cols); ++c) {
@@ -496,6 +544,7 @@ float ScaleMax(const float* x, size_t n, float scale, float* out) {
 }
 
 double ExpScaled(const float* x, size_t n, float scale, float shift, float* out) {
+  if (UseAvx512()) return ExpScaledAvx512(x, n, scale, shift, out);
   if (CpuHasAvx2Fma()) return ExpScaledAvx(x, n, scale, shift, out);
   double sum = 0;
   for (size_t k = 0; k < n; ++k) {
@@ -506,6 +555,7 @@ double ExpScaled(const float* x, size_t n, float scale, float shift, float* out)
 }
 
 float MaxOf(const float* x, size_t n) {
+  if (UseAvx512()) return MaxOfAvx512(x, n);
   if (CpuHasAvx2Fma()) return MaxOfAvx(x, n);
   float m = -INFINITY;
   for (size_t k = 0; k < n; ++k) m = std::max(m, x[k]);
