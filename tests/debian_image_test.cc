@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "sandbox/container/container_substrate.h"
+#include "sandbox/image_source.h"
 #include "sandbox/manager.h"
 #include "storage/image_import.h"
 #include "storage/image_store.h"
@@ -215,7 +216,49 @@ TEST_F(DebianImageTest, MaterializedLayersHoldPython3OnTopOfMinbase) {
   EXPECT_EQ(CountFiles(merged_ + "/var/lib/apt/lists"), 0u);
 }
 
+// Through the real path: the container substrate resolves the image by name with
+// the store-backed resolver, mounts the cached layers as overlay lower dirs (one
+// idmapped view each) and runs python3 from them.
 TEST_F(DebianImageTest, Python3PrintsFortyTwoInAContainerSandbox) {
+  ASSERT_EQ(Layers().size(), 2u);  // the suite's cache, shared with the resolver
+  StoreImageResolver resolver(store_, cache_);
+  SubstrateEnv env;
+  env.state_dir = tmp_ + "/state";
+  env.init_path = testing::BuiltBinary("paddock-init");
+  env.warm_pool_size = 0;
+  env.images = &resolver;
+  fs::create_directories(env.state_dir);
+  SandboxManager manager(ManagerOptions{});
+  manager.RegisterSubstrate(MakeContainerSubstrate(env));
+  SandboxSpec spec;
+  spec.substrate = "container";
+  spec.image = "debian-python3:12";
+  auto info = manager.Create(spec);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  auto sb = manager.Get(info->id).value();
+  ExecRequest req;
+  req.argv = {"/usr/bin/python3", "-c", "print(6*7)"};
+  req.timeout_ms = 60000;
+  auto res = sb->Exec(req, nullptr);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->exit_code, 0) << res->stderr_data;
+  EXPECT_EQ(res->stdout_data, "42\n") << res->stderr_data;
+  // The distribution is the Debian one we built, the image config's env applies,
+  // and the stdlib is importable (files owned by root inside, via the idmapped views).
+  req.argv = {"/bin/sh", "-c",
+              ". /etc/os-release && echo $VERSION_CODENAME $LANG && stat -c %u /usr/lib/python3.11/os.py && "
+              "python3 -c 'import json, sqlite3; print(json.dumps([1]))'"};
+  res = sb->Exec(req, nullptr);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->stdout_data, "bookworm C.UTF-8\n0\n[1]\n") << res->stderr_data;
+  sb.reset();
+  EXPECT_TRUE(manager.Destroy(info->id).ok());
+  manager.Shutdown();
+}
+
+// The same layers stacked by hand with overlayfs and given as the absolute-path image
+// form (a root filesystem directory): the development form runs it too.
+TEST_F(DebianImageTest, Python3RunsFromTheMergedLayersAsADirectoryImage) {
   Merge();
   if (HasFatalFailure()) return;
   SubstrateEnv env;
@@ -223,31 +266,23 @@ TEST_F(DebianImageTest, Python3PrintsFortyTwoInAContainerSandbox) {
   env.init_path = testing::BuiltBinary("paddock-init");
   env.warm_pool_size = 0;
   fs::create_directories(env.state_dir);
-  {
-    SandboxManager manager(ManagerOptions{});
-    manager.RegisterSubstrate(MakeContainerSubstrate(env));
-    SandboxSpec spec;
-    spec.substrate = "container";
-    spec.image = merged_;  // the stacked layers, through the absolute-path image form
-    auto info = manager.Create(spec);
-    ASSERT_TRUE(info.ok()) << info.status().ToString();
-    auto sb = manager.Get(info->id).value();
-    ExecRequest req;
-    req.argv = {"/usr/bin/python3", "-c", "print(6*7)"};
-    req.timeout_ms = 60000;
-    auto res = sb->Exec(req, nullptr);
-    ASSERT_TRUE(res.ok()) << res.status().ToString();
-    EXPECT_EQ(res->exit_code, 0) << res->stderr_data;
-    EXPECT_EQ(res->stdout_data, "42\n") << res->stderr_data;
-    // The distribution really is the Debian one we built.
-    req.argv = {"/bin/sh", "-c", ". /etc/os-release && echo $VERSION_CODENAME"};
-    res = sb->Exec(req, nullptr);
-    ASSERT_TRUE(res.ok()) << res.status().ToString();
-    EXPECT_EQ(res->stdout_data, "bookworm\n") << res->stderr_data;
-    sb.reset();
-    EXPECT_TRUE(manager.Destroy(info->id).ok());
-    manager.Shutdown();
-  }
+  SandboxManager manager(ManagerOptions{});
+  manager.RegisterSubstrate(MakeContainerSubstrate(env));
+  SandboxSpec spec;
+  spec.substrate = "container";
+  spec.image = merged_;
+  auto info = manager.Create(spec);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  auto sb = manager.Get(info->id).value();
+  ExecRequest req;
+  req.argv = {"/usr/bin/python3", "-c", "print(6*7)"};
+  req.timeout_ms = 60000;
+  auto res = sb->Exec(req, nullptr);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->stdout_data, "42\n") << res->stderr_data;
+  sb.reset();
+  EXPECT_TRUE(manager.Destroy(info->id).ok());
+  manager.Shutdown();
 }
 
 struct ShellResult {
