@@ -24,6 +24,7 @@
 #include "replay/idempotent_calls.h"
 #include "replay/trajectory_log.h"
 #include "sandbox.grpc.pb.h"
+#include "tests/support/daemon_process.h"
 #include "tests/support/test_rootfs.h"
 
 extern char** environ;
@@ -34,110 +35,44 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using RunResult = testing::ProgramResult;
 
-struct RunResult {
-  int code = -1;
-  std::string out, err;
-};
-
-// Spawns argv with `env` added; stdin from `input`; output captured in files.
-pid_t Spawn(std::vector<std::string> argv, const std::vector<std::string>& env, const std::string& in,
-            const std::string& out, const std::string& err, bool append) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, in.c_str(), O_RDONLY, 0);
-  int flags = O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC);
-  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), flags, 0644);
-  if (err.empty()) posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  else posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), flags, 0644);
-  std::vector<std::string> envs;
-  for (char** e = environ; *e; ++e) envs.push_back(*e);
-  for (const auto& e : env) envs.push_back(e);
-  std::vector<char*> cargv, cenv;
-  for (auto& a : argv) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  for (auto& e : envs) cenv.push_back(e.data());
-  cenv.push_back(nullptr);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, cargv[0], &fa, nullptr, cargv.data(), cenv.data());
-  posix_spawn_file_actions_destroy(&fa);
-  return rc == 0 ? pid : -1;
-}
+std::string Slurp(const std::string& path) { return testing::ReadWholeFile(path); }
 
 class ReplayExecTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/paddock-replay-XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    fs::permissions(dir_, fs::perms(0755));  // sandbox uids must traverse it
-    state_ = dir_ + "/state";
-    socket_ = dir_ + "/paddockd.sock";
-    daemon_log_ = dir_ + "/paddockd.log";
+    daemon_process_.emplace(testing::DaemonOptions{.log_level = "debug"});
+    dir_ = daemon_process_->dir();
+    state_ = daemon_process_->state_dir();
+    socket_ = daemon_process_->socket_path();
+    daemon_log_ = daemon_process_->log_path();
     image_ = testing::EnsureBusyboxRootfs();
   }
   void TearDown() override {
     client_.reset();
-    if (daemon_ > 0) StopDaemon(SIGTERM);
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
+    daemon_process_.reset();
   }
 
   void StartDaemon(std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {testing::BuiltBinary("paddockd"), "--state-dir", state_,
-                                     "--socket", socket_, "--log-level", "debug"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    daemon_ = Spawn(argv, {}, "/dev/null", daemon_log_, "", /*append=*/true);
-    ASSERT_GT(daemon_, 0);
-    for (int i = 0; i < 200; ++i) {
-      client::ClientOptions o;
-      o.socket_path = socket_;
-      o.connect_timeout = std::chrono::milliseconds(200);
-      if (fs::exists(socket_)) {
-        auto c = client::Client::Connect(o);
-        if (c.ok()) {
-          client_.emplace(std::move(c).value());
-          return;
-        }
-      }
-      int status;
-      if (waitpid(daemon_, &status, WNOHANG) == daemon_) {
-        daemon_ = 0;
-        FAIL() << "paddockd exited during start-up:\n" << Slurp(daemon_log_);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    FAIL() << "paddockd did not answer within 10 s:\n" << Slurp(daemon_log_);
+    ASSERT_EQ(daemon_process_->Start(extra), "");
+    daemon_ = daemon_process_->pid();
+    client::ClientOptions o;
+    o.socket_path = socket_;
+    o.connect_timeout = std::chrono::milliseconds(2000);
+    auto c = client::Client::Connect(o);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    client_.emplace(std::move(c).value());
   }
 
   int StopDaemon(int sig) {
     client_.reset();
-    kill(daemon_, sig);
-    int status = 0;
-    waitpid(daemon_, &status, 0);
     daemon_ = 0;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return daemon_process_->Stop(sig);
   }
 
   RunResult Paddock(std::vector<std::string> args, const std::string& input = "") {
-    static int seq = 0;
-    std::string base = dir_ + "/cli" + std::to_string(++seq);
-    std::ofstream(base + ".in", std::ios::binary) << input;
-    args.insert(args.begin(), {testing::BuiltBinary("paddock"), "--socket", socket_});
-    pid_t pid = Spawn(args, {}, base + ".in", base + ".out", base + ".err", false);
-    RunResult r;
-    if (pid <= 0) return r;
-    int status = 0;
-    waitpid(pid, &status, 0);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    r.out = Slurp(base + ".out");
-    r.err = Slurp(base + ".err");
-    return r;
+    return daemon_process_->Cli(std::move(args), input);
   }
 
   std::string CreateContainer(const std::string& episode = "") {
@@ -177,6 +112,7 @@ class ReplayExecTest : public ::testing::Test {
     return v1::Sandboxes::NewStub(channel);
   }
 
+  std::optional<testing::DaemonProcess> daemon_process_;
   std::string dir_, state_, socket_, daemon_log_, image_;
   pid_t daemon_ = 0;
   std::optional<client::Client> client_;
@@ -385,12 +321,10 @@ TEST_F(ReplayExecTest, InDoubtCall_RefusedUnlessIdempotent) {
 TEST_F(ReplayExecTest, DaemonRefusesToStartWithoutItsLog) {
   fs::create_directories(state_);
   std::ofstream(dir_ + "/not-a-dir") << "x";
-  pid_t pid = Spawn({testing::BuiltBinary("paddockd"), "--state-dir", state_, "--socket", socket_,
-                     "--log-dir", dir_ + "/not-a-dir/log"},
-                    {}, "/dev/null", daemon_log_, "", false);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  EXPECT_EQ(WEXITSTATUS(status), 1);
+  RunResult r = testing::RunProgram({testing::BuiltBinary("paddockd"), "--state-dir", state_, "--socket",
+                                     socket_, "--log-dir", dir_ + "/not-a-dir/log"});
+  EXPECT_EQ(r.code, 1);
+  std::ofstream(daemon_log_, std::ios::app) << r.out << r.err;
   EXPECT_NE(Slurp(daemon_log_).find("cannot open the trajectory log at " + dir_ + "/not-a-dir/log"),
             std::string::npos)
       << Slurp(daemon_log_);
