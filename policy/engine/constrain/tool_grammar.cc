@@ -23,6 +23,7 @@ constexpr std::string_view kParamCloseFull = "</｜DSML｜parameter>\n";
 constexpr std::string_view kGtNl = ">\n";
 
 constexpr int kDead = -1;
+constexpr size_t kMaxCacheBytes = size_t{64} << 20;  // per grammar
 constexpr int kFire = -2;
 
 // Pending-marker automaton of one free-text region, replaying the strict
@@ -825,6 +826,16 @@ struct ToolGrammar::Impl {
     return false;
   }
 
+  // Free text with nothing pending, far from any per-byte limit: plain tokens
+  // (TokenBytes::plain_ids) are allowed without stepping them.
+  bool PlainFree(const State& s) const {
+    if (s.dfa != 0 || s.utf8_need || s.closing || s.full) return false;
+    if (s.pc == kReasoning || s.pc == kContent) return true;
+    if (s.pc != kValueStr) return false;
+    const Param& p = tools[static_cast<size_t>(s.tool)].params[static_cast<size_t>(s.param)];
+    return !p.exact || s.count + clamp < p.max_chars;
+  }
+
   bool EosAllowed(const State& s) const {
     if (s.utf8_need) return false;
     if (s.pc == kEosOnly) return true;
@@ -889,6 +900,35 @@ std::shared_ptr<const TokenBytes> TokenBytes::Build(const v4::Tokenizer& tokeniz
     if (!tb->special_[id]) tb->max_len_ = std::max(tb->max_len_, tb->bytes_[id].size());
   }
   if (auto eos = tokenizer.TokenId(kEos)) tb->eos_id_ = static_cast<int32_t>(*eos);
+  for (size_t id = 0; id < n; ++id) {
+    const std::string& b = tb->bytes_[id];
+    if (tb->special_[id] || b.empty()) continue;
+    bool plain = true;
+    for (size_t i = 0; i < b.size() && plain;) {
+      unsigned char c = b[i];
+      if (c < 0x80) {
+        plain = c >= 0x20 && c != 0x7F && c != '<' && c != '/';
+        ++i;
+        continue;
+      }
+      size_t len = (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEE) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+      if (len == 0 || i + len > b.size()) {
+        plain = false;
+        break;
+      }
+      unsigned char lo = 0x80, hi = 0xBF;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+      for (size_t k = 1; k < len && plain; ++k) {
+        unsigned char d = b[i + k];
+        plain = k == 1 ? (d >= lo && d <= hi) : (d >= 0x80 && d <= 0xBF);
+      }
+      i += len;
+    }
+    (plain ? tb->plain_ids_ : tb->other_ids_).push_back(static_cast<int32_t>(id));
+  }
   // Trie over regular tokens, children as sibling lists.
   tb->trie_.push_back(Node{});
   std::vector<std::vector<int32_t>> at_node(1);
@@ -941,6 +981,7 @@ Result<std::shared_ptr<ToolGrammar>> ToolGrammar::Build(const nlohmann::json& to
 void ToolGrammar::ClearCache() const {
   std::lock_guard lock(mu_);
   cache_.clear();
+  cache_bytes_ = 0;
 }
 
 size_t ToolGrammar::cached_masks() const {
@@ -973,19 +1014,17 @@ class ToolConstraint : public TokenConstraint {
       mask = Compute();
       std::lock_guard lock(g_->mu_);
       ++g_->misses_;
-      if (g_->cache_.size() >= 50000) g_->cache_.clear();  // bounded; rebuilt on demand
-      g_->cache_.emplace(std::move(key), mask);
+      // Bounded; masks are rebuilt on demand after a clear.
+      size_t bytes = key.size() + 64 + (mask->dense ? mask->bytes.size() : mask->ids.size() * 4);
+      if (g_->cache_.size() >= 50000 || g_->cache_bytes_ + bytes > kMaxCacheBytes) {
+        g_->cache_.clear();
+        g_->cache_bytes_ = 0;
+      }
+      if (g_->cache_.emplace(std::move(key), mask).second) g_->cache_bytes_ += bytes;
     }
     const size_t n = std::min(allowed.size(), g_->vocab_->vocab_size());
     if (mask->dense) {
-      for (size_t w = 0; w < mask->bits.size(); ++w) {
-        uint64_t word = mask->bits[w];
-        while (word) {
-          size_t id = w * 64 + static_cast<size_t>(__builtin_ctzll(word));
-          if (id < n) allowed[id] = 1;
-          word &= word - 1;
-        }
-      }
+      std::memcpy(allowed.data(), mask->bytes.data(), n);
     } else {
       for (int32_t id : mask->ids)
         if (static_cast<size_t>(id) < n) allowed[static_cast<size_t>(id)] = 1;
@@ -1027,30 +1066,47 @@ class ToolConstraint : public TokenConstraint {
     const auto& ids = v.trie_ids();
     std::vector<int32_t> out;
     if (impl_.EosAllowed(state_)) out.push_back(v.eos_id());
-    // Depth-first over the trie, carrying the automaton state.
-    struct Item {
-      uint32_t node;
-      State state;
-    };
-    std::vector<Item> stack;
-    stack.reserve(256);
-    for (uint32_t c = trie[0].first_child; c; c = trie[c].next_sibling) stack.push_back({c, state_});
-    while (!stack.empty()) {
-      Item it = stack.back();
-      stack.pop_back();
-      const auto& node = trie[it.node];
-      if (!impl_.Step(it.state, node.byte)) continue;
-      for (uint32_t k = node.tokens_begin; k < node.tokens_end; ++k) out.push_back(ids[k]);
-      for (uint32_t c = node.first_child; c; c = trie[c].next_sibling) stack.push_back({c, it.state});
+    if (impl_.PlainFree(state_)) {
+      out.insert(out.end(), v.plain_ids().begin(), v.plain_ids().end());
+      for (int32_t id : v.other_ids()) {
+        State s = state_;
+        bool ok = true;
+        for (unsigned char c : v.bytes(id))
+          if (!(ok = impl_.Step(s, c))) break;
+        if (ok) out.push_back(id);
+      }
+      return MakeMask(std::move(out));
     }
+    // Depth-first over the trie, carrying the automaton state: states[d] is the
+    // state after the node at depth d on the current path (depth 0: now).
+    std::vector<State> states(v.max_token_bytes() + 2);
+    states[0] = state_;
+    std::vector<std::pair<uint32_t, uint32_t>> stack;  // (node, depth)
+    stack.reserve(1024);
+    for (uint32_t c = trie[0].first_child; c; c = trie[c].next_sibling) stack.push_back({c, 1});
+    while (!stack.empty()) {
+      auto [id, depth] = stack.back();
+      stack.pop_back();
+      const auto& node = trie[id];
+      State& s = states[depth];
+      s = states[depth - 1];
+      if (!impl_.Step(s, node.byte)) continue;
+      for (uint32_t k = node.tokens_begin; k < node.tokens_end; ++k) out.push_back(ids[k]);
+      for (uint32_t c = node.first_child; c; c = trie[c].next_sibling) stack.push_back({c, depth + 1});
+    }
+    return MakeMask(std::move(out));
+  }
+
+  std::shared_ptr<const ToolGrammar::Mask> MakeMask(std::vector<int32_t> out) const {
+    const TokenBytes& v = *g_->vocab_;
     auto mask = std::make_shared<ToolGrammar::Mask>();
     if (out.size() < 4096) {
       std::sort(out.begin(), out.end());
       mask->ids = std::move(out);
     } else {
       mask->dense = true;
-      mask->bits.assign((v.vocab_size() + 63) / 64, 0);
-      for (int32_t id : out) mask->bits[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
+      mask->bytes.assign(v.vocab_size(), 0);
+      for (int32_t id : out) mask->bytes[static_cast<size_t>(id)] = 1;
     }
     return mask;
   }

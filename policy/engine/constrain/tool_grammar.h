@@ -67,6 +67,12 @@ class TokenBytes {
   };
   const std::vector<Node>& trie() const { return trie_; }
   const std::vector<int32_t>& trie_ids() const { return ids_; }
+  // Regular ids whose bytes are complete UTF-8 with no control byte and none of
+  // '<', '/', '\n' or U+F000..U+FFFF (the first bytes of every marker): in free
+  // text with nothing pending, these are always allowed and change nothing but
+  // the length. The others are checked one by one there.
+  const std::vector<int32_t>& plain_ids() const { return plain_ids_; }
+  const std::vector<int32_t>& other_ids() const { return other_ids_; }
 
  private:
   std::vector<std::string> bytes_;
@@ -75,6 +81,7 @@ class TokenBytes {
   size_t max_len_ = 0;
   std::vector<Node> trie_;
   std::vector<int32_t> ids_;
+  std::vector<int32_t> plain_ids_, other_ids_;
 };
 
 struct GrammarOptions {
@@ -125,12 +132,13 @@ class ToolGrammar : public std::enable_shared_from_this<ToolGrammar> {
 
   struct Mask {
     std::vector<int32_t> ids;       // sparse form (few allowed)
-    std::vector<uint64_t> bits;     // dense form
+    std::vector<uint8_t> bytes;     // dense form: one entry per id, copied as is
     bool dense = false;
   };
   mutable std::mutex mu_;
   mutable std::unordered_map<std::string, std::shared_ptr<const Mask>> cache_;
   mutable uint64_t hits_ = 0, misses_ = 0;
+  mutable size_t cache_bytes_ = 0;  // bounded (kMaxCacheBytes in tool_grammar.cc); cleared when full
 
   friend class ToolConstraint;
 };
