@@ -280,7 +280,8 @@ void Model::SelectBlocks(const Layer& layer, const LayerCache& cache, const floa
   thread_local std::vector<float> scores;
   scores.resize(nb);
   IndexerScores(cache.index_keys.data(), index_key_bytes_, nb, iq, iw, c.index_heads, c.index_dim, scores.data());
-  std::vector<uint32_t> idx(nb);
+  thread_local std::vector<uint32_t> idx;
+  idx.resize(nb);
   for (size_t j = 0; j < nb; ++j) idx[j] = static_cast<uint32_t>(j);
   std::nth_element(idx.begin(), idx.begin() + topk, idx.end(), [&](uint32_t a, uint32_t b) {
     return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
