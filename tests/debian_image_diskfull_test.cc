@@ -1,7 +1,8 @@
 // A full disk during import: the store lives on a small tmpfs mounted by the test,
 // the Debian python3 image (two real layers) is imported with too little space
 // left, first so that the first layer cannot be staged, then so that the first
-// fits and the second does not. Each time: RESOURCE_EXHAUSTED naming what was
+// fits and the second does not, then so that both are staged but the commit's
+// small files would not fit. Each time: RESOURCE_EXHAUSTED naming what was
 // being written, no image, name or layer record, staging empty; after space is
 // freed the same store imports the image and gc/verify find it consistent.
 #include <fcntl.h>
@@ -43,6 +44,9 @@ class DebianDiskFullTest : public ::testing::Test {
     ASSERT_EQ(img.manifest.layers.size(), 2u);
     layer_bytes_[0] = img.manifest.layers[0].size;
     layer_bytes_[1] = img.manifest.layers[1].size;
+    // What staging takes on the tmpfs: the layer blobs and their indexes, in pages.
+    for (const StoredLayer& l : img.manifest.layers)
+      for (uint64_t n : {l.size, ref->blobs().Size(l.index).value()}) staged_pages_bytes_ += (n + 4095) / 4096 * 4096;
     total_ = r->bytes_committed;
     fs::remove_all(mnt_ + "/reference");
     // Then shrink the tmpfs to what the image needs plus a margin.
@@ -80,14 +84,18 @@ class DebianDiskFullTest : public ::testing::Test {
       if (e.is_regular_file()) ++n;
     return n;
   }
-  void ExpectFailedCleanly(const Result<ImportResult>& r, const std::string& stage) {
+  void ExpectFailedCleanly(const Result<ImportResult>& r, const std::string& stage, bool staging = true) {
     ASSERT_FALSE(r.ok()) << stage << ": import succeeded on a full disk";
     std::cout << "  out of space in the " << stage << ": " << r.status().ToString() << "\n";
     EXPECT_EQ(r.status().code(), Code::kResourceExhausted) << stage << ": " << r.status().ToString();
     const std::string& m = r.status().message();
-    EXPECT_NE(m.find("No space left on device"), std::string::npos) << m;
-    EXPECT_NE(m.find("layer blobs/sha256/"), std::string::npos) << "does not name the layer: " << m;
-    EXPECT_NE(m.find("staging"), std::string::npos) << "does not name the file being written: " << m;
+    if (staging) {
+      EXPECT_NE(m.find("No space left on device"), std::string::npos) << m;
+      EXPECT_NE(m.find("layer blobs/sha256/"), std::string::npos) << "does not name the layer: " << m;
+      EXPECT_NE(m.find("staging"), std::string::npos) << "does not name the file being written: " << m;
+    } else {
+      EXPECT_NE(m.find("not enough space left in " + root_ + " to commit"), std::string::npos) << m;
+    }
     EXPECT_NE(m.find(archive_), std::string::npos) << "does not name the archive: " << m;
     // Nothing half-visible: no image, no name, no layer record, nothing staged.
     EXPECT_EQ(CountFiles("images"), 0u) << stage;
@@ -105,6 +113,7 @@ class DebianDiskFullTest : public ::testing::Test {
   bool mounted_ = false;
   uint64_t layer_bytes_[2] = {0, 0};
   uint64_t total_ = 0;
+  uint64_t staged_pages_bytes_ = 0;
   std::unique_ptr<ImageStore> store_;
 };
 
@@ -121,7 +130,14 @@ TEST_F(DebianDiskFullTest, ImportOutOfSpaceLeavesTheStoreConsistentAndALaterImpo
   ExpectFailedCleanly(r, "second layer");
   FreeSpace();
 
-  // 3. Space freed: the same store takes the image, and it is consistent.
+  // 3. Room to stage both layers but not for the commit's small files: refused
+  //    before anything becomes visible.
+  FillLeaving(staged_pages_bytes_ + (96 << 10));
+  r = ImportImage(*store_, archive_, {{"debian-python3:12"}});
+  ExpectFailedCleanly(r, "commit", /*staging=*/false);
+  FreeSpace();
+
+  // 4. Space freed: the same store takes the image, and it is consistent.
   r = ImportImage(*store_, archive_, {{"debian-python3:12"}});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->layers_new, 2u);
