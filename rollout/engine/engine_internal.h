@@ -1,0 +1,126 @@
+// Internal state of the rollout engine (rollout_engine.cc, episode.cc,
+// export.cc). Not a public header.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <nlohmann/json.hpp>
+
+#include "policy/backends/backend.h"
+#include "policy/v4/context/episode_context.h"
+#include "policy/v4/tokenizer/tokenizer.h"
+#include "rollout/engine/rollout_engine.h"
+#include "rollout/engine/task.h"
+
+namespace paddock::rollout {
+
+using Clock = std::chrono::steady_clock;
+
+// The system prompt of a task that gives none (the tool list follows it).
+inline constexpr const char* kDefaultSystem =
+    "You are an agent working in a Linux sandbox. Use the tools to complete the task. "
+    "When you are done, call submit.";
+int64_t NowUnixMs();
+
+struct Rollout;
+
+// One episode. Its fields are touched only by the one step of it in flight
+// (steps are chained: each posts the next), so they need no lock; what other
+// threads read (the summary) is copied under Rollout::mu.
+struct Episode {
+  Rollout* ro = nullptr;
+  size_t index = 0;
+  const Task* task = nullptr;
+  size_t task_index = 0;
+  uint32_t sample = 0;
+  std::string id;
+  v1::EpisodeSummary summary;
+
+  std::shared_ptr<Sandbox> sandbox;
+  std::optional<v4::EpisodeContext> ctx;
+  std::set<uint64_t> logged_steps;
+  uint64_t step = 0;                 // the current turn (1-based)
+  size_t last_request_size = 0;      // context size at the previous policy request
+  std::shared_ptr<policy::CancelToken> cancel;
+  Clock::time_point started, deadline;
+  std::optional<Clock::time_point> unavailable_since;
+  int backoff_ms = 0;
+  int consecutive_malformed = 0;
+  std::string submission;
+  bool submitted = false;
+  bool replaying = true;             // still answering from the log
+  uint32_t reapplied = 0, reapply_diffs = 0, in_doubt_reruns = 0;
+  Clock::time_point policy_wait_start;
+  // The request being retried.
+  policy::GenerateRequest pending_request;
+  std::string pending_fingerprint;
+};
+
+struct TaskPrompt {
+  nlohmann::ordered_json tools;       // OpenAI-style schemas (prompt order)
+  nlohmann::json tools_plain;         // the same for the decoder
+  nlohmann::ordered_json start_request;
+};
+
+struct Rollout {
+  std::string id;
+  v1::StartRolloutRequest req;
+  std::vector<Task> tasks;
+  std::vector<TaskPrompt> prompts;
+  std::shared_ptr<policy::PolicyBackend> backend;
+  std::string policy_label;           // "kind url"
+  std::vector<std::unique_ptr<Episode>> episodes;
+  int64_t started_unix_ms = 0;
+  Clock::time_point started;
+  Clock::time_point resumed_at;
+  bool resume_pending_live = false;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<size_t> pending;         // episodes to start, in order
+  size_t active = 0;
+  size_t concurrency = 64;
+  size_t policy_in_flight = 0, max_in_flight = 64;
+  std::deque<std::function<void()>> policy_waiters;
+  std::set<Episode*> in_policy;       // episodes with a request in flight (for cancel)
+  std::string state = "running";      // running|finished|cancelled|interrupted
+  bool stopping = false;              // cancel or drain: no new steps
+  bool cancelled = false;
+  std::vector<v1::EpisodeSummary> finished;  // in finish order (done or failed)
+  uint32_t done = 0, failed = 0, cancelled_count = 0;
+  double reward_sum = 0;
+  std::vector<double> sandbox_start_ms;
+  uint64_t generation = 0;            // bumped on every change, for watchers
+
+  std::atomic<uint64_t> tool_calls{0}, policy_calls{0}, generated_tokens{0};
+  std::atomic<uint64_t> replayed_policy{0}, replayed_tools{0};
+  // Rate samples for the progress line.
+  Clock::time_point rate_t;
+  uint64_t rate_tools = 0, rate_tokens = 0;
+  double tools_per_s = 0, tokens_per_s = 0;
+};
+
+// Export of one episode from the log (export.cc).
+Result<std::string> ExportEpisodeLine(replay::TrajectoryLog& log, const v4::Tokenizer* tokenizer,
+                                      const v1::StartRolloutRequest& req, const Task* task,
+                                      const v1::EpisodeSummary& summary);
+
+std::string SummaryJson(const v1::EpisodeSummary& s);
+bool ParseSummaryJson(const std::string& json, v1::EpisodeSummary* s);
+
+}  // namespace paddock::rollout

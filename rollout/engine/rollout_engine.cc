@@ -1,0 +1,1254 @@
+#include "rollout/engine/rollout_engine.h"
+
+#include <algorithm>
+#include <random>
+#include <thread>
+
+#include <google/protobuf/util/json_util.h>
+#include <spdlog/spdlog.h>
+
+#include "policy/backends/openai_completions_backend.h"
+#include "policy/backends/sglang_backend.h"
+#include "policy/v4/context/observation_cut.h"
+#include "policy/v4/decode/decoder.h"
+#include "rollout/engine/engine_internal.h"
+#include "rollout/engine/scripted_policy.h"
+#include "rollout/engine/tools.h"
+
+namespace paddock::rollout {
+
+namespace asio = boost::asio;
+using ojson = nlohmann::ordered_json;
+using json = nlohmann::json;
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string SummaryJson(const v1::EpisodeSummary& s) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(s, &out, o);
+  return out;
+}
+
+bool ParseSummaryJson(const std::string& text, v1::EpisodeSummary* s) {
+  return google::protobuf::util::JsonStringToMessage(text, s).ok();
+}
+
+namespace {
+
+constexpr const char* kRolloutPrefix = "rollout/";
+
+int64_t Us(Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
+
+bool ValidRolloutId(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  });
+}
+
+std::string NewRolloutId() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return fmt::format("r-{:012x}", rng() & 0xffffffffffffull);
+}
+
+std::string DefinitionJson(const v1::StartRolloutRequest& req, const std::string& id) {
+  v1::RolloutDefinitionProto def;
+  def.set_format_version(1);
+  def.set_rollout_id(id);
+  *def.mutable_request() = req;
+  def.set_created_unix_ms(NowUnixMs());
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(def, &out);
+  return out;
+}
+
+bool Transient(Code c) {
+  return c == Code::kUnavailable || c == Code::kResourceExhausted || c == Code::kDeadlineExceeded;
+}
+
+std::string PolicyFingerprint(const policy::GenerateRequest& r) {
+  std::string canon = "policy\n";
+  canon += fmt::format("max_new_tokens={}\n", r.sampling.max_new_tokens);
+  if (r.sampling.temperature) canon += fmt::format("temperature={}\n", *r.sampling.temperature);
+  if (r.sampling.top_p) canon += fmt::format("top_p={}\n", *r.sampling.top_p);
+  if (r.sampling.top_k) canon += fmt::format("top_k={}\n", *r.sampling.top_k);
+  if (r.sampling.seed) canon += fmt::format("seed={}\n", *r.sampling.seed);
+  canon.append(reinterpret_cast<const char*>(r.input_ids.data()), r.input_ids.size() * sizeof(int32_t));
+  return replay::RequestFingerprint(canon);
+}
+
+}  // namespace
+
+class RolloutEngine::Impl {
+ public:
+  Impl(SandboxManager& manager, replay::TrajectoryLog& log, EngineOptions options)
+      : manager_(manager), log_(log), options_(std::move(options)), pool_(options_.blocking_threads),
+        work_(asio::make_work_guard(io_)) {
+    io_thread_ = std::thread([this] { io_.run(); });
+  }
+  ~Impl() {
+    Drain(std::chrono::milliseconds(0));
+    work_.reset();
+    io_.stop();
+    if (io_thread_.joinable()) io_thread_.join();
+    pool_.join();
+  }
+
+  // ---- public operations ------------------------------------------------
+  Result<v1::StartRolloutResponse> Start(v1::StartRolloutRequest req) {
+    if (draining_) return Error(Code::kUnavailable, "the daemon is shutting down; start the rollout again later");
+    if (req.rollout_id().empty()) req.set_rollout_id(NewRolloutId());
+    if (!ValidRolloutId(req.rollout_id()))
+      return Error(Code::kInvalidArgument, "rollout id '{}' must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                   req.rollout_id());
+    auto ro = Build(req);
+    if (!ro.ok()) return ro.status();
+    {
+      auto existing = log_.GetEpisode(kRolloutPrefix + req.rollout_id());
+      if (!existing.ok()) return existing.status();
+      if (existing->has_value())
+        return Error(Code::kAlreadyExists, "rollout '{}' exists already; `paddock resume {}` continues it",
+                     req.rollout_id(), req.rollout_id());
+    }
+    v1::EpisodeRecordProto rec;
+    rec.set_episode_id(kRolloutPrefix + req.rollout_id());
+    rec.set_state(v1::EpisodeRecordProto::RUNNING);
+    rec.set_task(DefinitionJson(req, req.rollout_id()));
+    rec.set_model(req.policy().kind() + " " + req.policy().url());
+    (*rec.mutable_labels())["paddock.kind"] = "rollout";
+    (*rec.mutable_labels())["paddock.state"] = "running";
+    PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(rec).Prefix("storing the rollout's definition"));
+    std::shared_ptr<Rollout> r = std::move(*ro);
+    v1::StartRolloutResponse resp;
+    resp.set_rollout_id(r->id);
+    resp.set_episodes(static_cast<uint32_t>(r->episodes.size()));
+    Launch(std::move(r), {});
+    return resp;
+  }
+
+  Result<v1::ResumeRolloutResponse> Resume(const v1::ResumeRolloutRequest& in) {
+    if (draining_) return Error(Code::kUnavailable, "the daemon is shutting down");
+    {
+      std::lock_guard lock(mu_);
+      auto it = rollouts_.find(in.rollout_id());
+      if (it != rollouts_.end()) {
+        std::lock_guard rl(it->second->mu);
+        if (it->second->active > 0 || !it->second->pending.empty())
+          return Error(Code::kFailedPrecondition, "rollout '{}' is running; cancel it first or watch it",
+                       in.rollout_id());
+      }
+    }
+    auto rec = log_.GetEpisode(kRolloutPrefix + in.rollout_id());
+    if (!rec.ok()) return rec.status();
+    if (!rec->has_value())
+      return Error(Code::kNotFound, "rollout '{}' is not in the trajectory log; `paddock log ls --prefix rollout/` lists rollouts",
+                   in.rollout_id());
+    v1::RolloutDefinitionProto def;
+    if (!google::protobuf::util::JsonStringToMessage((*rec)->task(), &def).ok())
+      return Error(Code::kDataLoss, "the stored definition of rollout '{}' does not parse", in.rollout_id());
+    v1::StartRolloutRequest req = def.request();
+    if (in.has_policy()) *req.mutable_policy() = in.policy();
+    if (in.concurrency()) req.set_concurrency(in.concurrency());
+    auto ro = Build(req);
+    if (!ro.ok()) return ro.status();
+    std::shared_ptr<Rollout> r = std::move(*ro);
+    r->resumed_at = Clock::now();
+    r->resume_pending_live = true;
+    // Which episodes finished already?
+    auto eps = log_.ListEpisodes({.prefix = r->id + "/"});
+    if (!eps.ok()) return eps.status();
+    std::map<std::string, v1::EpisodeRecordProto> by_id;
+    for (auto& e : *eps) by_id[e.episode_id()] = e;
+    std::vector<size_t> done_idx;
+    for (auto& ep : r->episodes) {
+      auto it = by_id.find(ep->id);
+      if (it != by_id.end() && it->second.state() == v1::EpisodeRecordProto::FINISHED) {
+        auto lit = it->second.labels().find("paddock.summary");
+        if (lit != it->second.labels().end()) ParseSummaryJson(lit->second, &ep->summary);
+        done_idx.push_back(ep->index);
+      }
+    }
+    v1::ResumeRolloutResponse resp;
+    resp.set_rollout_id(r->id);
+    resp.set_episodes_total(static_cast<uint32_t>(r->episodes.size()));
+    resp.set_already_done(static_cast<uint32_t>(done_idx.size()));
+    resp.set_to_run(static_cast<uint32_t>(r->episodes.size() - done_idx.size()));
+    v1::EpisodeRecordProto updated = **rec;
+    (*updated.mutable_labels())["paddock.state"] = "running";
+    updated.set_state(v1::EpisodeRecordProto::RUNNING);
+    PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(updated));
+    Launch(std::move(r), done_idx);
+    return resp;
+  }
+
+  Result<uint32_t> Cancel(const std::string& rid, const std::string& episode_id) {
+    auto r = Find(rid);
+    if (!r) return Error(Code::kNotFound, "rollout '{}' is not running in this daemon", rid);
+    uint32_t n = 0;
+    std::vector<std::shared_ptr<policy::CancelToken>> tokens;
+    {
+      std::lock_guard lock(r->mu);
+      if (episode_id.empty()) {
+        r->stopping = true;
+        r->cancelled = true;
+        n = static_cast<uint32_t>(r->pending.size() + r->active);
+        for (size_t i : r->pending) {
+          r->episodes[i]->summary.set_state("cancelled");
+          r->cancelled_count++;
+        }
+        r->pending.clear();
+        for (auto& ep : r->episodes)
+          if (ep->cancel) tokens.push_back(ep->cancel);
+      } else {
+        bool found = false;
+        for (auto& ep : r->episodes) {
+          if (ep->id != episode_id) continue;
+          found = true;
+          auto pit = std::find(r->pending.begin(), r->pending.end(), ep->index);
+          if (pit != r->pending.end()) {
+            r->pending.erase(pit);
+            ep->summary.set_state("cancelled");
+            r->cancelled_count++;
+            n = 1;
+          } else if (ep->summary.state() == "running") {
+            ep->summary.set_state("cancelling");
+            if (ep->cancel) tokens.push_back(ep->cancel);
+            n = 1;
+          }
+        }
+        if (!found) return Error(Code::kNotFound, "episode '{}' is not part of rollout '{}'", episode_id, rid);
+      }
+      r->generation++;
+    }
+    for (auto& t : tokens) t->Cancel();
+    MaybeFinishRollout(r);
+    return n;
+  }
+
+  Result<v1::RolloutProgress> Progress(const std::string& rid) {
+    if (auto r = Find(rid)) return Snapshot(*r);
+    auto rec = log_.GetEpisode(kRolloutPrefix + rid);
+    if (!rec.ok()) return rec.status();
+    if (!rec->has_value()) return Error(Code::kNotFound, "rollout '{}' is not in the trajectory log", rid);
+    return FromLog(**rec);
+  }
+
+  Result<std::vector<v1::RolloutProgress>> List(size_t limit) {
+    auto recs = log_.ListEpisodes({.prefix = kRolloutPrefix});
+    if (!recs.ok()) return recs.status();
+    std::sort(recs->begin(), recs->end(),
+              [](auto& a, auto& b) { return a.created_unix_ms() > b.created_unix_ms(); });
+    std::vector<v1::RolloutProgress> out;
+    for (auto& rec : *recs) {
+      if (limit && out.size() >= limit) break;
+      std::string rid = rec.episode_id().substr(std::string(kRolloutPrefix).size());
+      if (auto r = Find(rid))
+        out.push_back(Snapshot(*r));
+      else if (auto p = FromLog(rec); p.ok())
+        out.push_back(*p);
+    }
+    return out;
+  }
+
+  Result<v1::EpisodeDetail> GetEpisode(const std::string& episode_id) {
+    v1::EpisodeDetail d;
+    bool found = false;
+    size_t slash = episode_id.find('/');
+    if (slash != std::string::npos) {
+      if (auto r = Find(episode_id.substr(0, slash))) {
+        std::lock_guard lock(r->mu);
+        for (auto& ep : r->episodes)
+          if (ep->id == episode_id) {
+            *d.mutable_summary() = ep->summary;
+            found = true;
+          }
+      }
+    }
+    auto rec = log_.GetEpisode(episode_id);
+    if (!rec.ok()) return rec.status();
+    if (!found && rec->has_value()) {
+      auto it = (*rec)->labels().find("paddock.summary");
+      if (it != (*rec)->labels().end()) ParseSummaryJson(it->second, d.mutable_summary());
+      d.mutable_summary()->set_episode_id(episode_id);
+      found = true;
+    }
+    auto steps = log_.ReadSteps(episode_id);
+    if (!steps.ok()) return steps.status();
+    if (!found && steps->empty()) return Error(Code::kNotFound, "episode '{}' is not in the trajectory log", episode_id);
+    for (auto& s : *steps) *d.add_steps() = std::move(s);
+    return d;
+  }
+
+  Status Watch(const v1::WatchRequest& req, const std::function<bool(const v1::RolloutEvent&)>& send,
+               const std::function<bool()>& stop) {
+    auto r = Find(req.rollout_id());
+    if (!r) {
+      auto p = Progress(req.rollout_id());
+      if (!p.ok()) return p.status();
+      v1::RolloutEvent ev;
+      *ev.mutable_progress() = *p;
+      send(ev);
+      return Status::Ok();
+    }
+    auto interval = std::chrono::milliseconds(req.interval_ms() ? req.interval_ms() : 1000);
+    size_t sent = 0;
+    {
+      std::lock_guard lock(r->mu);
+      if (!req.include_finished()) sent = r->finished.size();
+    }
+    auto next_progress = Clock::now();
+    while (true) {
+      std::vector<v1::EpisodeSummary> fresh;
+      bool running;
+      {
+        std::unique_lock lock(r->mu);
+        r->cv.wait_until(lock, std::min(next_progress, Clock::now() + std::chrono::milliseconds(200)), [&] {
+          return r->finished.size() > sent || r->state != "running";
+        });
+        for (; sent < r->finished.size(); ++sent) fresh.push_back(r->finished[sent]);
+        running = r->state == "running";
+      }
+      for (auto& s : fresh) {
+        v1::RolloutEvent ev;
+        *ev.mutable_episode() = s;
+        if (!send(ev)) return Status::Ok();
+      }
+      if (!running || Clock::now() >= next_progress) {
+        v1::RolloutEvent ev;
+        *ev.mutable_progress() = Snapshot(*r);
+        if (!send(ev)) return Status::Ok();
+        next_progress = Clock::now() + interval;
+      }
+      if (!running || stop()) return Status::Ok();
+    }
+  }
+
+  Status Export(const std::string& rid, bool include_unfinished, const std::function<bool(const std::string&)>& sink) {
+    auto rec = log_.GetEpisode(kRolloutPrefix + rid);
+    if (!rec.ok()) return rec.status();
+    if (!rec->has_value()) return Error(Code::kNotFound, "rollout '{}' is not in the trajectory log", rid);
+    v1::RolloutDefinitionProto def;
+    if (!google::protobuf::util::JsonStringToMessage((*rec)->task(), &def).ok())
+      return Error(Code::kDataLoss, "the stored definition of rollout '{}' does not parse", rid);
+    auto tasks = ParseTasksJsonl(def.request().tasks_jsonl());
+    if (!tasks.ok()) return tasks.status();
+    std::map<std::string, const Task*> by_id;
+    for (auto& t : *tasks) by_id[t.id] = &t;
+    auto tok = Tokenizer();
+    auto eps = log_.ListEpisodes({.prefix = rid + "/"});
+    if (!eps.ok()) return eps.status();
+    for (auto& e : *eps) {
+      v1::EpisodeSummary s;
+      auto it = e.labels().find("paddock.summary");
+      if (it != e.labels().end()) ParseSummaryJson(it->second, &s);
+      s.set_episode_id(e.episode_id());
+      bool finished = e.state() == v1::EpisodeRecordProto::FINISHED || e.state() == v1::EpisodeRecordProto::FAILED;
+      if (!finished && !include_unfinished) continue;
+      if (!finished) s.set_state("running");
+      auto tl = e.labels().find("paddock.task");
+      const Task* task = tl == e.labels().end() || !by_id.count(tl->second) ? nullptr : by_id[tl->second];
+      auto line = ExportEpisodeLine(log_, tok.ok() ? tok->get() : nullptr, def.request(), task, s);
+      if (!line.ok()) return line.status();
+      if (!sink(*line)) return Status::Ok();
+    }
+    return Status::Ok();
+  }
+
+  void Drain(std::chrono::milliseconds grace) {
+    draining_ = true;
+    std::vector<std::shared_ptr<Rollout>> all;
+    {
+      std::lock_guard lock(mu_);
+      for (auto& [k, r] : rollouts_) all.push_back(r);
+    }
+    for (auto& r : all) {
+      std::vector<std::shared_ptr<policy::CancelToken>> tokens;
+      {
+        std::lock_guard lock(r->mu);
+        if (r->state != "running") continue;
+        r->stopping = true;
+        r->pending.clear();
+        for (auto& ep : r->episodes)
+          if (ep->cancel) tokens.push_back(ep->cancel);
+        r->generation++;
+      }
+      for (auto& t : tokens) t->Cancel();
+    }
+    auto until = Clock::now() + grace;
+    for (auto& r : all) {
+      std::unique_lock lock(r->mu);
+      r->cv.wait_until(lock, until, [&] { return r->active == 0; });
+    }
+    for (auto& r : all) MaybeFinishRollout(r);
+  }
+
+  EngineStats stats() {
+    EngineStats s;
+    s.turns = turns_;
+    s.live_policy_calls = live_policy_;
+    s.replayed_policy_calls = replayed_policy_;
+    s.live_tool_calls = live_tools_;
+    s.replayed_tool_calls = replayed_tools_;
+    s.reapplied_tool_calls = reapplied_;
+    s.last_resume_to_live_us = resume_to_live_us_;
+    return s;
+  }
+
+ private:
+  // ---- building a rollout ----------------------------------------------
+  Result<std::shared_ptr<const v4::Tokenizer>> Tokenizer() {
+    std::lock_guard lock(tok_mu_);
+    if (tokenizer_) return tokenizer_;
+    std::string path = options_.tokenizer_path.empty() ? v4::Tokenizer::DefaultPath() : options_.tokenizer_path;
+    auto t = v4::Tokenizer::Load(path);
+    if (!t.ok())
+      return Error(Code::kFailedPrecondition, "the rollout engine needs the V4 tokenizer at {} ({}); "
+                   "scripts/install-deps.sh installs it, or set $PADDOCK_TOKENIZER", path, t.status().message());
+    tokenizer_ = *t;
+    return tokenizer_;
+  }
+
+  Result<std::shared_ptr<policy::PolicyBackend>> MakeBackend(const v1::PolicySpec& spec,
+                                                            std::shared_ptr<const v4::Tokenizer> tok) {
+    std::string kind = spec.kind().empty() ? "sglang" : spec.kind();
+    if (kind == "scripted") {
+      auto p = ScriptedPolicy::Create(tok, spec.script());
+      if (!p.ok()) return p.status();
+      return std::shared_ptr<policy::PolicyBackend>(std::move(*p));
+    }
+    policy::BackendOptions o;
+    o.url = spec.url();
+    o.model = spec.model();
+    o.api_key_env = spec.api_key_env();
+    if (o.url.empty()) return Error(Code::kInvalidArgument, "policy: url is required for kind '{}'", kind);
+    if (kind == "sglang") {
+      auto b = policy::SglangBackend::Create(o);
+      if (!b.ok()) return b.status().Prefix("policy");
+      return std::shared_ptr<policy::PolicyBackend>(std::move(*b));
+    }
+    if (kind == "openai-completions" || kind == "openai") {
+      auto b = policy::OpenAiCompletionsBackend::Create(o);
+      if (!b.ok()) return b.status().Prefix("policy");
+      return std::shared_ptr<policy::PolicyBackend>(std::move(*b));
+    }
+    if (kind == "openai-chat")
+      return Error(Code::kInvalidArgument,
+                   "policy kind 'openai-chat' gives no token ids, and the episode engine keeps token-exact "
+                   "contexts; use 'sglang' or 'openai-completions' (vLLM) instead");
+    return Error(Code::kInvalidArgument, "policy kind '{}' is not one of sglang, openai-completions, openai-chat, scripted",
+                 kind);
+  }
+
+  Result<std::shared_ptr<Rollout>> Build(const v1::StartRolloutRequest& req) {
+    auto tasks = ParseTasksJsonl(req.tasks_jsonl());
+    if (!tasks.ok()) return tasks.status();
+    auto tok = Tokenizer();
+    if (!tok.ok()) return tok.status();
+    auto backend = MakeBackend(req.policy(), *tok);
+    if (!backend.ok()) return backend.status();
+    auto r = std::make_shared<Rollout>();
+    r->id = req.rollout_id();
+    r->req = req;
+    r->tasks = std::move(*tasks);
+    r->backend = std::move(*backend);
+    r->policy_label = (req.policy().kind().empty() ? "sglang" : req.policy().kind()) +
+                      (req.policy().url().empty() ? "" : " " + req.policy().url());
+    r->concurrency = req.concurrency() ? req.concurrency() : 64;
+    r->max_in_flight = req.policy().max_in_flight() ? req.policy().max_in_flight() : r->concurrency;
+    for (const Task& t : r->tasks) {
+      TaskPrompt p;
+      p.tools = ToolSchemas(t);
+      p.tools_plain = json::parse(p.tools.dump());
+      ojson sys = ojson::object();
+      sys["role"] = "system";
+      sys["content"] = t.system.empty() ? kDefaultSystem : t.system;
+      sys["tools"] = p.tools;
+      ojson user = ojson::object();
+      user["role"] = "user";
+      user["content"] = t.instruction;
+      ojson request = ojson::object();
+      request["messages"] = ojson::array({sys, user});
+      request["thinking_mode"] = req.thinking() ? "thinking" : "chat";
+      request["drop_thinking"] = false;
+      p.start_request = std::move(request);
+      r->prompts.push_back(std::move(p));
+    }
+    uint32_t samples = req.samples_per_task() ? req.samples_per_task() : 1;
+    for (size_t ti = 0; ti < r->tasks.size(); ++ti)
+      for (uint32_t s = 0; s < samples; ++s) {
+        auto ep = std::make_unique<Episode>();
+        ep->ro = r.get();
+        ep->index = r->episodes.size();
+        ep->task = &r->tasks[ti];
+        ep->task_index = ti;
+        ep->sample = s;
+        ep->id = fmt::format("{}/{}#{}", r->id, r->tasks[ti].id, s);
+        ep->summary.set_episode_id(ep->id);
+        ep->summary.set_task_id(r->tasks[ti].id);
+        ep->summary.set_sample(s);
+        ep->summary.set_state("pending");
+        r->episodes.push_back(std::move(ep));
+      }
+    return r;
+  }
+
+  void Launch(std::shared_ptr<Rollout> r, const std::vector<size_t>& already_done) {
+    r->started = Clock::now();
+    r->started_unix_ms = NowUnixMs();
+    r->rate_t = r->started;
+    std::set<size_t> done(already_done.begin(), already_done.end());
+    {
+      std::lock_guard lock(r->mu);
+      for (auto& ep : r->episodes) {
+        if (done.count(ep->index)) {
+          ep->summary.set_state(ep->summary.state().empty() ? "finished" : ep->summary.state());
+          if (ep->summary.state() == "failed") r->failed++; else r->done++;
+          r->reward_sum += ep->summary.reward();
+          r->finished.push_back(ep->summary);
+        } else {
+          r->pending.push_back(ep->index);
+        }
+      }
+    }
+    {
+      std::lock_guard lock(mu_);
+      rollouts_[r->id] = r;
+    }
+    StartMore(r);
+    MaybeFinishRollout(r);
+  }
+
+  std::shared_ptr<Rollout> Find(const std::string& id) {
+    std::lock_guard lock(mu_);
+    auto it = rollouts_.find(id);
+    return it == rollouts_.end() ? nullptr : it->second;
+  }
+
+  void StartMore(const std::shared_ptr<Rollout>& r) {
+    std::vector<Episode*> start;
+    {
+      std::lock_guard lock(r->mu);
+      while (!r->stopping && r->active < r->concurrency && !r->pending.empty()) {
+        Episode* ep = r->episodes[r->pending.front()].get();
+        r->pending.pop_front();
+        r->active++;
+        ep->summary.set_state("running");
+        start.push_back(ep);
+      }
+    }
+    for (Episode* ep : start) Post(r, [this, r, ep] { Begin(r, ep); });
+  }
+
+  template <typename F>
+  void Post(const std::shared_ptr<Rollout>& r, F&& f) {
+    asio::post(pool_, std::forward<F>(f));
+  }
+
+  v1::RolloutProgress Snapshot(Rollout& r) {
+    v1::RolloutProgress p;
+    std::lock_guard lock(r.mu);
+    p.set_rollout_id(r.id);
+    p.set_state(r.state);
+    p.set_episodes_total(static_cast<uint32_t>(r.episodes.size()));
+    p.set_done(r.done);
+    p.set_failed(r.failed);
+    p.set_running(static_cast<uint32_t>(r.active));
+    p.set_pending(static_cast<uint32_t>(r.pending.size()));
+    p.set_cancelled(r.cancelled_count);
+    p.set_tool_calls(r.tool_calls);
+    p.set_policy_calls(r.policy_calls);
+    p.set_generated_tokens(r.generated_tokens);
+    p.set_replayed_policy_calls(r.replayed_policy);
+    p.set_replayed_tool_calls(r.replayed_tools);
+    auto now = Clock::now();
+    double dt = std::chrono::duration<double>(now - r.rate_t).count();
+    if (dt >= 1.0) {
+      r.tools_per_s = (r.tool_calls - r.rate_tools) / dt;
+      r.tokens_per_s = (r.generated_tokens - r.rate_tokens) / dt;
+      r.rate_t = now;
+      r.rate_tools = r.tool_calls;
+      r.rate_tokens = r.generated_tokens;
+    }
+    p.set_tool_calls_per_s(r.tools_per_s);
+    p.set_tokens_per_s(r.tokens_per_s);
+    if (!r.sandbox_start_ms.empty()) {
+      std::vector<double> v = r.sandbox_start_ms;
+      std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+      p.set_sandbox_start_ms_median(v[v.size() / 2]);
+    }
+    p.set_started_unix_ms(r.started_unix_ms);
+    p.set_elapsed_ms(std::chrono::duration_cast<std::chrono::milliseconds>(now - r.started).count());
+    uint32_t finished = r.done + r.failed;
+    p.set_mean_reward(finished ? r.reward_sum / finished : 0);
+    p.set_policy(r.policy_label);
+    p.set_source(r.req.source());
+    p.set_concurrency(static_cast<uint32_t>(r.concurrency));
+    p.set_policy_in_flight(static_cast<uint32_t>(r.policy_in_flight));
+    return p;
+  }
+
+  Result<v1::RolloutProgress> FromLog(const v1::EpisodeRecordProto& rec) {
+    v1::RolloutProgress p;
+    std::string rid = rec.episode_id().substr(std::string(kRolloutPrefix).size());
+    v1::RolloutDefinitionProto def;
+    (void)google::protobuf::util::JsonStringToMessage(rec.task(), &def);
+    p.set_rollout_id(rid);
+    auto st = rec.labels().find("paddock.state");
+    std::string state = st == rec.labels().end() ? "running" : st->second;
+    // A rollout the log says is running but no engine runs was interrupted
+    // (the daemon stopped or died under it).
+    p.set_state(state == "running" ? "interrupted" : state);
+    p.set_policy(rec.model());
+    p.set_source(def.request().source());
+    p.set_started_unix_ms(rec.created_unix_ms());
+    p.set_concurrency(def.request().concurrency());
+    auto tasks = ParseTasksJsonl(def.request().tasks_jsonl());
+    uint32_t samples = def.request().samples_per_task() ? def.request().samples_per_task() : 1;
+    p.set_episodes_total(tasks.ok() ? static_cast<uint32_t>(tasks->size() * samples) : 0);
+    auto eps = log_.ListEpisodes({.prefix = rid + "/"});
+    if (!eps.ok()) return eps.status();
+    double reward = 0;
+    for (auto& e : *eps) {
+      v1::EpisodeSummary s;
+      auto it = e.labels().find("paddock.summary");
+      if (it != e.labels().end()) ParseSummaryJson(it->second, &s);
+      if (e.state() == v1::EpisodeRecordProto::FINISHED) {
+        p.set_done(p.done() + 1);
+        reward += s.reward();
+      } else if (e.state() == v1::EpisodeRecordProto::FAILED) {
+        p.set_failed(p.failed() + 1);
+      }
+      p.set_tool_calls(p.tool_calls() + s.tool_calls());
+      p.set_policy_calls(p.policy_calls() + s.turns());
+      p.set_generated_tokens(p.generated_tokens() + s.generated_tokens());
+    }
+    p.set_pending(p.episodes_total() - std::min(p.episodes_total(), p.done() + p.failed()));
+    p.set_mean_reward(p.done() + p.failed() ? reward / (p.done() + p.failed()) : 0);
+    return p;
+  }
+
+  void MaybeFinishRollout(const std::shared_ptr<Rollout>& r) {
+    std::string state;
+    {
+      std::lock_guard lock(r->mu);
+      if (r->state != "running" || r->active > 0 || !r->pending.empty()) return;
+      bool all_done = r->done + r->failed == r->episodes.size();
+      r->state = all_done ? "finished" : (r->cancelled ? "cancelled" : "interrupted");
+      state = r->state;
+      r->generation++;
+    }
+    r->cv.notify_all();
+    auto rec = log_.GetEpisode(kRolloutPrefix + r->id);
+    if (rec.ok() && rec->has_value()) {
+      v1::EpisodeRecordProto u = **rec;
+      (*u.mutable_labels())["paddock.state"] = state;
+      u.set_state(state == "finished" ? v1::EpisodeRecordProto::FINISHED : v1::EpisodeRecordProto::RUNNING);
+      u.set_updated_unix_ms(0);
+      if (Status st = log_.PutEpisode(u); !st.ok())
+        spdlog::warn("rollout {}: cannot record its state '{}': {}", r->id, state, st.message());
+    }
+    spdlog::info("rollout {} {}", r->id, state);
+  }
+
+  // ---- one episode --------------------------------------------------------
+  void Begin(std::shared_ptr<Rollout> r, Episode* ep) {
+    ep->started = Clock::now();
+    uint32_t deadline_s = r->req.episode_deadline_s() ? r->req.episode_deadline_s() : 3600;
+    ep->deadline = ep->started + std::chrono::seconds(deadline_s);
+    ep->cancel = std::make_shared<policy::CancelToken>();
+    const Task& task = *ep->task;
+
+    // Steps logged before (a resumed episode).
+    auto steps = log_.ReadSteps(ep->id);
+    if (!steps.ok()) return Fail(r, ep, "error", steps.status().message());
+    for (auto& s : *steps) ep->logged_steps.insert(s.step());
+
+    v1::EpisodeRecordProto rec;
+    rec.set_episode_id(ep->id);
+    rec.set_state(v1::EpisodeRecordProto::RUNNING);
+    rec.set_task(task.instruction.substr(0, 4096));
+    rec.set_model(r->policy_label);
+    (*rec.mutable_labels())["paddock.rollout"] = r->id;
+    (*rec.mutable_labels())["paddock.task"] = task.id;
+
+    // The sandbox.
+    auto t0 = Clock::now();
+    SandboxSpec spec;
+    spec.substrate = task.substrate;
+    spec.image = task.image;
+    spec.limits = task.limits;
+    spec.env = task.env;
+    spec.workdir = task.workdir;
+    spec.ttl_seconds = deadline_s + 600;
+    spec.labels = {{"episode", ep->id}, {"task", task.id}, {"rollout", r->id}};
+    auto info = manager_.Create(spec);
+    if (!info.ok()) return Fail(r, ep, "error", "creating the sandbox: " + info.status().message());
+    auto sb = manager_.Get(info->id);
+    if (!sb.ok()) return Fail(r, ep, "error", "creating the sandbox: " + sb.status().message());
+    ep->sandbox = *sb;
+    ep->summary.set_sandbox_id(info->id);
+    double start_ms = Us(Clock::now() - t0) / 1000.0;
+    ep->summary.mutable_timings()->set_sandbox_start_us(Us(Clock::now() - t0));
+    {
+      std::lock_guard lock(r->mu);
+      r->sandbox_start_ms.push_back(start_ms);
+    }
+    rec.set_sandbox_id(info->id);
+    if (!ep->logged_steps.empty()) rec.set_rebuild_note("resumed: a new sandbox was built for the episode");
+    if (Status st = log_.PutEpisode(rec); !st.ok()) return Fail(r, ep, "error", st.message());
+
+    // Setup commands: part of building the sandbox, run on every build (not keyed).
+    auto t1 = Clock::now();
+    for (size_t i = 0; i < task.setup.size(); ++i) {
+      ExecRequest req;
+      req.argv = {"/bin/sh", "-c", task.setup[i]};
+      req.cwd = task.workdir;
+      req.env = task.env;
+      req.timeout_ms = task.exec_timeout_s * 1000;
+      req.output_cap = task.output_cap_bytes;
+      auto res = ep->sandbox->Exec(req, nullptr);
+      if (!res.ok()) return Fail(r, ep, "error", fmt::format("setup[{}]: {}", i, res.status().message()));
+      if (res->exit_code != 0 || res->signal || res->timed_out)
+        return Fail(r, ep, "error",
+                    fmt::format("setup[{}] `{}` failed (exit {}{}): {}", i, task.setup[i], res->exit_code,
+                                res->timed_out ? ", timed out" : "", res->stderr_data.substr(0, 400)));
+    }
+    ep->summary.mutable_timings()->set_setup_us(Us(Clock::now() - t1));
+
+    auto tok = Tokenizer();
+    if (!tok.ok()) return Fail(r, ep, "error", tok.status().message());
+    auto ctx = v4::EpisodeContext::Start(*tok, r->prompts[ep->task_index].start_request);
+    if (!ctx.ok()) return Fail(r, ep, "error", "rendering the prompt: " + ctx.status().message());
+    ep->ctx.emplace(std::move(*ctx));
+    ep->ctx->Reserve(std::min<size_t>(task.max_tokens, 1 << 16));
+    ep->step = 0;
+    NextTurn(r, ep);
+  }
+
+  // Whether the episode must stop before another step; sets the stop.
+  bool StopBeforeStep(const std::shared_ptr<Rollout>& r, Episode* ep) {
+    bool stopping, cancelled_ep;
+    {
+      std::lock_guard lock(r->mu);
+      stopping = r->stopping;
+      cancelled_ep = ep->summary.state() == "cancelling";
+    }
+    if (stopping || cancelled_ep) {
+      Interrupt(r, ep, cancelled_ep || r->cancelled);
+      return true;
+    }
+    if (Clock::now() >= ep->deadline) {
+      Fail(r, ep, "deadline", fmt::format("the episode deadline ({} s) passed", r->req.episode_deadline_s() ? r->req.episode_deadline_s() : 3600));
+      return true;
+    }
+    return false;
+  }
+
+  void NextTurn(std::shared_ptr<Rollout> r, Episode* ep) {
+    if (StopBeforeStep(r, ep)) return;
+    const Task& task = *ep->task;
+    if (ep->step >= task.max_turns) return Verify(r, ep, "max_turns");
+    size_t used = ep->ctx->size();
+    if (used + 64 > task.max_tokens) return Verify(r, ep, "budget");
+    ep->step++;
+    policy::GenerateRequest req;
+    req.input_ids.assign(ep->ctx->ids().begin(), ep->ctx->ids().end());
+    const auto& sp = r->req.sampling();
+    req.sampling.max_new_tokens = static_cast<int>(
+        std::min<uint64_t>(sp.max_new_tokens() ? sp.max_new_tokens() : task.max_new_tokens, task.max_tokens - used));
+    if (sp.has_temperature()) req.sampling.temperature = sp.temperature();
+    if (sp.has_top_p()) req.sampling.top_p = sp.top_p();
+    if (sp.has_top_k()) req.sampling.top_k = sp.top_k();
+    if (sp.has_seed()) req.sampling.seed = sp.seed() + ep->index;
+    req.return_logprobs = true;
+
+    replay::CallKey key{ep->id, ep->step, 0};
+    std::string fp = PolicyFingerprint(req);
+    auto logged = log_.GetCall(key);
+    if (!logged.ok()) return Fail(r, ep, "error", logged.status().message());
+    if (logged->has_value()) {
+      const auto& call = **logged;
+      if (call.request_fingerprint != fp)
+        return Fail(r, ep, "error",
+                    fmt::format("policy call {} was logged for another prompt ({}); the resumed context "
+                                "differs from the logged one, so the episode cannot be continued",
+                                key.ToString(), call.request_summary));
+      if (call.has_result) {
+        v1::PolicyResponseProto resp;
+        if (!resp.ParseFromString(call.result))
+          return Fail(r, ep, "error", fmt::format("the logged result of {} does not parse", key.ToString()));
+        ep->summary.set_replayed_policy_calls(ep->summary.replayed_policy_calls() + 1);
+        r->replayed_policy++;
+        replayed_policy_++;
+        return OnPolicyResponse(r, ep, std::move(req), std::move(resp), true, 0);
+      }
+      // In doubt: a policy call may be re-sent (it changes nothing).
+    }
+    if (ep->replaying) {
+      ep->replaying = false;
+      std::lock_guard lock(r->mu);
+      if (r->resume_pending_live) {
+        r->resume_pending_live = false;
+        resume_to_live_us_ = Us(Clock::now() - r->resumed_at);
+      }
+    }
+    if (Status st = log_.PutIntent(key, fp, fmt::format("policy\nturn={}\nprompt_tokens={}", ep->step, req.input_ids.size()), true);
+        !st.ok())
+      return Fail(r, ep, "error", st.message());
+    ep->pending_request = std::move(req);
+    ep->pending_fingerprint = fp;
+    ep->policy_wait_start = Clock::now();
+    AcquirePolicy(r, ep);
+  }
+
+  void AcquirePolicy(const std::shared_ptr<Rollout>& r, Episode* ep) {
+    {
+      std::lock_guard lock(r->mu);
+      if (r->policy_in_flight >= r->max_in_flight) {
+        r->policy_waiters.push_back([this, r, ep] { SendPolicy(r, ep); });
+        return;
+      }
+      r->policy_in_flight++;
+    }
+    SendPolicy(r, ep);
+  }
+
+  void ReleasePolicy(const std::shared_ptr<Rollout>& r) {
+    std::function<void()> next;
+    {
+      std::lock_guard lock(r->mu);
+      if (!r->policy_waiters.empty()) {
+        next = std::move(r->policy_waiters.front());
+        r->policy_waiters.pop_front();
+      } else {
+        r->policy_in_flight--;
+      }
+    }
+    if (next) asio::post(pool_, std::move(next));
+  }
+
+  void SendPolicy(std::shared_ptr<Rollout> r, Episode* ep) {
+    auto waited = Clock::now() - ep->policy_wait_start;
+    ep->summary.mutable_timings()->set_policy_wait_us(ep->summary.timings().policy_wait_us() + Us(waited));
+    auto now = Clock::now();
+    policy::CallOptions opts;
+    auto req_timeout = std::chrono::milliseconds(r->req.policy().request_timeout_ms() ? r->req.policy().request_timeout_ms() : 120000);
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(ep->deadline - now);
+    opts.timeout = std::max(std::chrono::milliseconds(1), std::min(req_timeout, left));
+    opts.cancel = ep->cancel;
+    auto t0 = Clock::now();
+    r->backend->GenerateAsync(ep->pending_request, opts, [this, r, ep, t0](Result<policy::GenerateResult> res) {
+      ReleasePolicy(r);
+      auto took = Us(Clock::now() - t0);
+      asio::post(pool_, [this, r, ep, took, res = std::move(res)]() mutable { OnPolicyDone(r, ep, std::move(res), took); });
+    });
+  }
+
+  void OnPolicyDone(std::shared_ptr<Rollout> r, Episode* ep, Result<policy::GenerateResult> res, int64_t took_us) {
+    ep->summary.mutable_timings()->set_policy_us(ep->summary.timings().policy_us() + took_us);
+    if (!res.ok()) {
+      Code c = res.status().code();
+      if (c == Code::kCancelled || ep->cancel->cancelled()) {
+        bool cancelled;
+        {
+          std::lock_guard lock(r->mu);
+          cancelled = r->cancelled || ep->summary.state() == "cancelling";
+        }
+        return Interrupt(r, ep, cancelled);
+      }
+      auto now = Clock::now();
+      if (Transient(c) && now < ep->deadline) {
+        if (!ep->unavailable_since) ep->unavailable_since = now;
+        auto wait_s = r->req.policy().unavailable_wait_s() ? r->req.policy().unavailable_wait_s() : 600;
+        if (now - *ep->unavailable_since < std::chrono::seconds(wait_s)) {
+          ep->backoff_ms = ep->backoff_ms ? std::min(ep->backoff_ms * 2, 5000) : 200;
+          ep->summary.set_policy_retries(ep->summary.policy_retries() + 1);
+          if (ep->summary.policy_retries() == 1 || ep->summary.policy_retries() % 10 == 0)
+            spdlog::warn("episode {}: policy unavailable ({}); retrying in {} ms", ep->id, res.status().message(),
+                         ep->backoff_ms);
+          auto timer = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(ep->backoff_ms));
+          timer->async_wait([this, r, ep, timer](const boost::system::error_code&) {
+            asio::post(pool_, [this, r, ep] {
+              if (StopBeforeStep(r, ep)) return;
+              ep->policy_wait_start = Clock::now();
+              AcquirePolicy(r, ep);
+            });
+          });
+          return;
+        }
+      }
+      return Fail(r, ep, "policy_error", res.status().ToString());
+    }
+    ep->unavailable_since.reset();
+    ep->backoff_ms = 0;
+    policy::GenerateResult& g = *res;
+    if (!g.token_exact || (g.output_ids.empty() && !g.text.empty()))
+      return Fail(r, ep, "policy_error", "the policy server did not return the sampled token ids");
+    v1::PolicyResponseProto resp;
+    for (int32_t id : g.output_ids) resp.add_token_ids(static_cast<uint32_t>(id));
+    for (float lp : g.logprobs) resp.add_logprobs(lp);
+    resp.set_text(g.text);
+    resp.set_finish_reason(policy::FinishReasonName(g.finish_reason));
+    replay::CallKey key{ep->id, ep->step, 0};
+    if (Status st = log_.PutResult(key, resp.SerializeAsString()); !st.ok()) return Fail(r, ep, "error", st.message());
+    live_policy_++;
+    OnPolicyResponse(r, ep, std::move(ep->pending_request), std::move(resp), false, took_us);
+  }
+
+  void OnPolicyResponse(std::shared_ptr<Rollout> r, Episode* ep, policy::GenerateRequest req,
+                        v1::PolicyResponseProto resp, bool replayed, int64_t policy_us) {
+    const Task& task = *ep->task;
+    const TaskPrompt& prompt = r->prompts[ep->task_index];
+    auto step_t0 = Clock::now();
+    turns_++;
+    r->policy_calls++;
+    r->generated_tokens += resp.token_ids_size();
+    ep->summary.set_turns(static_cast<uint32_t>(ep->step));
+    ep->summary.set_generated_tokens(ep->summary.generated_tokens() + resp.token_ids_size());
+
+    v1::StepRecordProto step;
+    step.set_episode_id(ep->id);
+    step.set_step(ep->step);
+    auto* preq = step.mutable_policy_request();
+    size_t from = ep->step == 1 ? 0 : ep->last_request_size;
+    for (size_t i = from; i < req.input_ids.size(); ++i) preq->add_prompt_token_ids(req.input_ids[i]);
+    preq->set_prompt_is_delta(ep->step > 1);
+    preq->set_model(r->req.policy().model());
+    if (req.sampling.temperature) preq->set_temperature(*req.sampling.temperature);
+    if (req.sampling.top_p) preq->set_top_p(*req.sampling.top_p);
+    preq->set_max_tokens(req.sampling.max_new_tokens);
+    if (req.sampling.seed) preq->set_seed(*req.sampling.seed);
+    *step.mutable_policy_response() = resp;
+    step.mutable_timings()->set_started_unix_ms(NowUnixMs());
+    step.mutable_timings()->set_policy_us(policy_us);
+
+    std::vector<uint32_t> ids(resp.token_ids().begin(), resp.token_ids().end());
+    std::string text = ep->ctx->tokenizer().Decode(ids);
+    auto decoded = v4::DecodeCompletion(text, r->req.thinking(), &prompt.tools_plain);
+    ojson message;
+    std::string decode_error;
+    if (auto* m = std::get_if<json>(&decoded)) {
+      message = ojson::parse(m->dump());
+      if (message.contains("tool_calls") && message["tool_calls"].is_array()) {
+        size_t i = 0;
+        for (auto& tc : message["tool_calls"]) tc["id"] = fmt::format("call_{}_{}", ep->step, i++);
+      }
+    } else {
+      const auto& e = std::get<v4::DecodeError>(decoded);
+      decode_error = fmt::format("{}: {}", v4::DecodeErrorKindName(e.kind), e.message);
+      message = ojson::object();
+      message["role"] = "assistant";
+      message["content"] = text;
+    }
+    ep->last_request_size = req.input_ids.size();
+    if (Status st = ep->ctx->AppendPolicyOutput(ids, message); !st.ok())
+      return Fail(r, ep, "error", "appending the policy output: " + st.message());
+
+    std::optional<std::string> stop;
+    ojson observation = ojson::array();
+    if (!decode_error.empty()) {
+      ep->summary.set_malformed_tool_calls(ep->summary.malformed_tool_calls() + 1);
+      if (++ep->consecutive_malformed >= 3) {
+        stop = "format_error";
+        ep->summary.set_failure_reason("three malformed turns in a row; last: " + decode_error);
+      } else {
+        ojson m = ojson::object();
+        m["role"] = "user";
+        m["content"] = "Your last message could not be read as a tool call (" + decode_error +
+                       "). Call one of the tools with the DSML format shown in the system prompt.";
+        observation.push_back(m);
+        step.add_observations()->set_content(m["content"].get<std::string>());  // no tool_call_id: a user turn
+      }
+    } else {
+      ep->consecutive_malformed = 0;
+      const ojson* calls = message.contains("tool_calls") && message["tool_calls"].is_array() &&
+                                   !message["tool_calls"].empty()
+                               ? &message["tool_calls"]
+                               : nullptr;
+      if (!calls) {
+        stop = resp.finish_reason() == "length" ? (ids.size() >= static_cast<size_t>(req.sampling.max_new_tokens) &&
+                                                           ep->ctx->size() + 64 > task.max_tokens
+                                                       ? "budget"
+                                                       : "no_tool_call")
+                                                : "eos";
+      } else {
+        auto tools_t0 = Clock::now();
+        uint32_t call_index = 0;
+        for (const auto& tc : *calls) {
+          ++call_index;
+          std::string name = tc["function"]["name"].get<std::string>();
+          std::string args = tc["function"]["arguments"].is_string() ? tc["function"]["arguments"].get<std::string>()
+                                                                      : tc["function"]["arguments"].dump();
+          auto* tcp = step.add_tool_calls();
+          tcp->set_id(tc["id"].get<std::string>());
+          tcp->set_name(name);
+          tcp->set_arguments_json(args);
+          replay::CallKey key{ep->id, ep->step, call_index};
+          tcp->set_call_key(key.ToString());
+          auto obs = RunToolCall(r, ep, key, name, args);
+          if (!obs.ok()) return Fail(r, ep, "error", obs.status().message());
+          auto cut = v4::CutHeadTail(ep->ctx->tokenizer(), obs->content(), task.max_observation_tokens);
+          v1::ObservationProto* op = step.add_observations();
+          *op = *obs;
+          op->set_tool_call_id(tc["id"].get<std::string>());
+          op->set_truncated(cut.cut);
+          ojson m = ojson::object();
+          m["role"] = "tool";
+          m["tool_call_id"] = tc["id"];
+          m["content"] = cut.text;
+          observation.push_back(m);
+          if (name == "submit" && task.HasTool("submit")) {
+            ep->submitted = true;
+            try {
+              auto a = json::parse(args);
+              ep->submission = a.contains("answer") && a["answer"].is_string() ? a["answer"].get<std::string>() : "";
+            } catch (...) {
+            }
+            stop = "submit";
+            break;  // calls after submit do not run
+          }
+        }
+        auto tools_us = Us(Clock::now() - tools_t0);
+        step.mutable_timings()->set_tools_us(tools_us);
+        ep->summary.mutable_timings()->set_tools_us(ep->summary.timings().tools_us() + tools_us);
+      }
+    }
+    if (!stop && ep->step >= task.max_turns) stop = "max_turns";
+    if (!stop && !observation.empty()) {
+      auto rep = ep->ctx->AppendObservation(observation);
+      if (!rep.ok()) return Fail(r, ep, "error", "appending the observation: " + rep.status().message());
+      if (ep->ctx->size() + 64 > task.max_tokens) stop = "budget";
+    }
+    if (stop) step.set_stop_reason(*stop);
+    step.mutable_timings()->set_total_us(policy_us + Us(Clock::now() - step_t0));
+    if (!ep->logged_steps.count(ep->step)) {
+      if (Status st = log_.AppendStep(step); !st.ok()) return Fail(r, ep, "error", "logging the step: " + st.message());
+      ep->logged_steps.insert(ep->step);
+    }
+    if (stop) return Verify(r, ep, *stop);
+    // Post rather than loop so that episodes sharing the pool progress fairly.
+    Post(r, [this, r, ep] { NextTurn(r, ep); });
+  }
+
+  // One tool call through the log: replayed when its result is logged.
+  Result<v1::ObservationProto> RunToolCall(const std::shared_ptr<Rollout>& r, Episode* ep, const replay::CallKey& key,
+                                           const std::string& name, const std::string& args) {
+    std::string fp = replay::RequestFingerprint("tool\n" + name + "\n" + args);
+    PADDOCK_ASSIGN_OR_RETURN(auto logged, log_.GetCall(key));
+    uint32_t timeout_ms = ep->task->exec_timeout_s * 1000;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(ep->deadline - Clock::now()).count();
+    timeout_ms = static_cast<uint32_t>(std::max<int64_t>(1000, std::min<int64_t>(timeout_ms, left)));
+    if (logged && logged->request_fingerprint != fp)
+      return Error(Code::kFailedPrecondition, "tool call {} was logged as another call ({}); not running '{}'",
+                   key.ToString(), logged->request_summary, name);
+    if (logged && logged->has_result) {
+      v1::ObservationProto obs;
+      if (!obs.ParseFromString(logged->result))
+        return Error(Code::kDataLoss, "the logged result of {} does not parse", key.ToString());
+      ep->summary.set_replayed_tool_calls(ep->summary.replayed_tool_calls() + 1);
+      ep->summary.set_tool_calls(ep->summary.tool_calls() + 1);
+      r->replayed_tools++;
+      replayed_tools_++;
+      if (ToolMutates(name)) {
+        // Rebuild: the call's effect lived in a sandbox that is gone.
+        ToolOutcome again = RunTool(ep->sandbox.get(), *ep->task, name, args, timeout_ms);
+        ep->reapplied++;
+        reapplied_++;
+        if (again.content != obs.content()) ep->reapply_diffs++;
+        ep->summary.set_rebuilt(true);
+      }
+      return obs;
+    }
+    if (logged) ep->in_doubt_reruns++;  // intent without result: ran, if at all, in a sandbox that is gone
+    PADDOCK_RETURN_IF_ERROR(log_.PutIntent(key, fp, fmt::format("tool\nname={}\narguments={}", name, args.substr(0, 512)),
+                                           !ToolMutates(name)));
+    ToolOutcome out = RunTool(ep->sandbox.get(), *ep->task, name, args, timeout_ms);
+    v1::ObservationProto obs;
+    obs.set_content(out.content);
+    obs.set_exit_code(out.exit_code);
+    PADDOCK_RETURN_IF_ERROR(log_.PutResult(key, obs.SerializeAsString()));
+    ep->summary.set_tool_calls(ep->summary.tool_calls() + 1);
+    r->tool_calls++;
+    live_tools_++;
+    return obs;
+  }
+
+  void Verify(std::shared_ptr<Rollout> r, Episode* ep, const std::string& stop) {
+    const Task& task = *ep->task;
+    ep->summary.set_stop_reason(stop);
+    double reward = 0;
+    if (task.has_verifier && ep->sandbox) {
+      auto t0 = Clock::now();
+      replay::CallKey key{ep->id, kVerifierStep, 0};
+      std::string fp = replay::RequestFingerprint("verifier\n" + task.verifier.command + "\n" + ep->submission);
+      auto logged = log_.GetCall(key);
+      if (!logged.ok()) return Fail(r, ep, "error", logged.status().message());
+      json result;
+      if (logged->has_value() && (*logged)->has_result) {
+        result = json::parse((*logged)->result, nullptr, false);
+      } else {
+        if (Status st = log_.PutIntent(key, fp, "verifier\ncommand=" + task.verifier.command, true); !st.ok())
+          return Fail(r, ep, "error", st.message());
+        ExecRequest req;
+        req.argv = {"/bin/sh", "-c", task.verifier.command};
+        req.cwd = task.workdir;
+        req.env = task.env;
+        req.env["PADDOCK_ANSWER"] = ep->submission;
+        req.env["PADDOCK_STOP_REASON"] = stop;
+        req.timeout_ms = task.verifier.timeout_s * 1000;
+        req.output_cap = 65536;
+        auto res = ep->sandbox->Exec(req, nullptr);
+        if (!res.ok()) return Fail(r, ep, "error", "running the verifier: " + res.status().message());
+        result = {{"exit_code", res->timed_out ? 124 : res->exit_code},
+                  {"stdout", res->stdout_data},
+                  {"stderr", res->stderr_data.substr(0, 4096)}};
+        if (Status st = log_.PutResult(key, result.dump(-1, ' ', false, json::error_handler_t::replace)); !st.ok())
+          return Fail(r, ep, "error", st.message());
+      }
+      int exit_code = result.value("exit_code", 1);
+      std::string out = result.value("stdout", "");
+      if (task.verifier.reward == "exit_code") {
+        reward = exit_code == 0 ? 1.0 : 0.0;
+      } else {
+        std::string last;
+        size_t end = out.find_last_not_of(" \t\r\n");
+        if (end != std::string::npos) {
+          size_t begin = out.rfind('\n', end);
+          last = out.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
+        }
+        try {
+          size_t used = 0;
+          reward = std::stod(last, &used);
+          if (used != last.size()) throw std::invalid_argument("trailing");
+        } catch (...) {
+          reward = 0;
+          ep->summary.set_failure_reason(fmt::format("verifier stdout's last line '{}' is not a number", last.substr(0, 80)));
+        }
+      }
+      ep->summary.set_verifier_output(out.substr(0, 2000));
+      ep->summary.mutable_timings()->set_verifier_us(Us(Clock::now() - t0));
+    }
+    ep->summary.set_reward(reward);
+    Complete(r, ep, "finished");
+  }
+
+  void Fail(std::shared_ptr<Rollout> r, Episode* ep, const std::string& stop, const std::string& why) {
+    spdlog::warn("episode {} failed ({}): {}", ep->id, stop, why);
+    ep->summary.set_stop_reason(stop);
+    ep->summary.set_failure_reason(why);
+    ep->summary.set_reward(0);
+    Complete(r, ep, "failed");
+  }
+
+  // The end of an episode with a final record (finished or failed).
+  void Complete(std::shared_ptr<Rollout> r, Episode* ep, const std::string& state) {
+    ep->summary.set_state(state);
+    ep->summary.set_prompt_tokens(ep->ctx ? ep->ctx->size() - ep->summary.generated_tokens() : 0);
+    ep->summary.mutable_timings()->set_total_us(Us(Clock::now() - ep->started));
+    if (ep->reapplied || ep->in_doubt_reruns) {
+      ep->summary.set_rebuilt(true);
+      ep->summary.set_rebuild_note(fmt::format(
+          "sandbox rebuilt on resume: setup re-run, {} logged calls re-applied ({} with different output), "
+          "{} in-doubt calls re-run",
+          ep->reapplied, ep->reapply_diffs, ep->in_doubt_reruns));
+    }
+    v1::EpisodeRecordProto rec;
+    auto old = log_.GetEpisode(ep->id);
+    if (old.ok() && old->has_value()) rec = **old;
+    rec.set_episode_id(ep->id);
+    rec.set_state(state == "finished" ? v1::EpisodeRecordProto::FINISHED : v1::EpisodeRecordProto::FAILED);
+    rec.set_total_reward(ep->summary.reward());
+    rec.set_stop_reason(ep->summary.stop_reason());
+    rec.set_failure_reason(ep->summary.failure_reason());
+    if (!ep->summary.rebuild_note().empty()) rec.set_rebuild_note(ep->summary.rebuild_note());
+    rec.set_model(r->policy_label);
+    (*rec.mutable_labels())["paddock.rollout"] = r->id;
+    (*rec.mutable_labels())["paddock.task"] = ep->task->id;
+    (*rec.mutable_labels())["paddock.summary"] = SummaryJson(ep->summary);
+    rec.set_updated_unix_ms(0);
+    if (Status st = log_.PutEpisode(rec); !st.ok()) spdlog::error("episode {}: cannot log its end: {}", ep->id, st.message());
+    ReleaseSandbox(ep);
+    {
+      std::lock_guard lock(r->mu);
+      if (state == "finished") r->done++; else r->failed++;
+      r->reward_sum += ep->summary.reward();
+      r->finished.push_back(ep->summary);
+      r->active--;
+      r->generation++;
+    }
+    r->cv.notify_all();
+    StartMore(r);
+    MaybeFinishRollout(r);
+  }
+
+  // The end of an episode without a final record (cancel, drain): resumable.
+  void Interrupt(std::shared_ptr<Rollout> r, Episode* ep, bool cancelled) {
+    ReleaseSandbox(ep);
+    {
+      std::lock_guard lock(r->mu);
+      ep->summary.set_state(cancelled ? "cancelled" : "pending");
+      if (cancelled) r->cancelled_count++;
+      r->active--;
+      r->generation++;
+    }
+    r->cv.notify_all();
+    StartMore(r);
+    MaybeFinishRollout(r);
+  }
+
+  void ReleaseSandbox(Episode* ep) {
+    if (ep->sandbox) {
+      std::string id = ep->sandbox->id();
+      ep->sandbox.reset();
+      if (Status st = manager_.Destroy(id); !st.ok())
+        spdlog::warn("episode {}: destroying sandbox {}: {}", ep->id, id, st.message());
+    }
+    ep->ctx.reset();
+  }
+
+  SandboxManager& manager_;
+  replay::TrajectoryLog& log_;
+  EngineOptions options_;
+  asio::thread_pool pool_;
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::thread io_thread_;
+  std::atomic<bool> draining_{false};
+
+  std::mutex tok_mu_;
+  std::shared_ptr<const v4::Tokenizer> tokenizer_;
+
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Rollout>> rollouts_;
+
+  std::atomic<uint64_t> turns_{0}, live_policy_{0}, replayed_policy_{0}, live_tools_{0}, replayed_tools_{0},
+      reapplied_{0};
+  std::atomic<int64_t> resume_to_live_us_{-1};
+};
+
+RolloutEngine::RolloutEngine(SandboxManager& manager, replay::TrajectoryLog& log, EngineOptions options)
+    : impl_(std::make_unique<Impl>(manager, log, std::move(options))) {}
+RolloutEngine::~RolloutEngine() = default;
+Result<v1::StartRolloutResponse> RolloutEngine::Start(v1::StartRolloutRequest r) { return impl_->Start(std::move(r)); }
+Result<v1::ResumeRolloutResponse> RolloutEngine::Resume(const v1::ResumeRolloutRequest& r) { return impl_->Resume(r); }
+Result<uint32_t> RolloutEngine::Cancel(const std::string& r, const std::string& e) { return impl_->Cancel(r, e); }
+Result<v1::RolloutProgress> RolloutEngine::Progress(const std::string& r) { return impl_->Progress(r); }
+Result<std::vector<v1::RolloutProgress>> RolloutEngine::List(size_t limit) { return impl_->List(limit); }
+Result<v1::EpisodeDetail> RolloutEngine::GetEpisode(const std::string& e) { return impl_->GetEpisode(e); }
+Status RolloutEngine::Watch(const v1::WatchRequest& r, const std::function<bool(const v1::RolloutEvent&)>& send,
+                            const std::function<bool()>& stop) {
+  return impl_->Watch(r, send, stop);
+}
+Status RolloutEngine::Export(const std::string& r, bool u, const std::function<bool(const std::string&)>& sink) {
+  return impl_->Export(r, u, sink);
+}
+void RolloutEngine::Drain(std::chrono::milliseconds grace) { impl_->Drain(grace); }
+EngineStats RolloutEngine::stats() const { return impl_->stats(); }
+
+}  // namespace paddock::rollout

@@ -1,0 +1,107 @@
+// The rollout engine inside paddockd: runs the episodes of a rollout (a set of
+// tasks against one policy) and logs every step in the trajectory log.
+//
+// One episode: sandbox (through the SandboxManager and its warm pools) →
+// setup commands → loop { policy generation on the token-in-token-out context
+// → DSML decode → tool calls in order → observations appended } until a stop
+// reason → verifier → reward.
+//
+// What a caller may rely on:
+// - Every policy call and tool call is write-ahead logged under the key
+//   (episode, step, call): policy call 0, tool calls 1..n; the verifier at
+//   step kVerifierStep. A resumed episode replays its logged policy outputs
+//   (same ids, same logprobs) and tool results (fast-forward), then goes on
+//   live. The first policy call whose prompt differs from the logged one
+//   fails the episode (the log names both requests) instead of diverging.
+// - A resumed episode always gets a new sandbox (the old one died with the
+//   daemon, or was destroyed at cancel/drain). It is rebuilt: setup re-run,
+//   then the replayed calls that change the sandbox (bash, write_file,
+//   str_replace) re-applied in order with their outputs discarded, so the
+//   sandbox holds each call's effect exactly once. A call that was in doubt
+//   (intent, no result) ran, if at all, in the sandbox that is gone, so it
+//   runs again in the rebuilt one; the episode's rebuild_note says so.
+// - Scheduling: up to `concurrency` episodes of a rollout run at once, started
+//   in task order; policy requests in flight are bounded per rollout (FIFO
+//   waiters, so progress is fair); sandbox calls and log writes run on a
+//   bounded blocking pool, never on the I/O thread. Transient policy errors
+//   (UNAVAILABLE, RESOURCE_EXHAUSTED, a request deadline) are retried with
+//   backoff until the rollout's unavailable_wait_s or the episode deadline.
+// - Cancel and Drain stop episodes at their next step boundary (in-flight
+//   policy requests are cancelled; a running tool call finishes and is
+//   logged). Their steps stay in the log and ResumeRollout continues them.
+//
+// Thread safety: every method may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "replay/trajectory_log.h"
+#include "rollout.pb.h"
+#include "sandbox/base/status.h"
+#include "sandbox/manager.h"
+
+namespace paddock::rollout {
+
+inline constexpr uint64_t kVerifierStep = 1ull << 32;
+
+struct EngineOptions {
+  size_t blocking_threads = 64;  // sandbox creates, execs and log writes
+  std::string tokenizer_path;    // empty: v4::Tokenizer::DefaultPath()
+};
+
+// Counters of the engine, for benchmarks and tests.
+struct EngineStats {
+  uint64_t turns = 0;                 // policy turns completed (live or replayed)
+  uint64_t live_policy_calls = 0;
+  uint64_t replayed_policy_calls = 0;
+  uint64_t live_tool_calls = 0;
+  uint64_t replayed_tool_calls = 0;
+  uint64_t reapplied_tool_calls = 0;  // re-run to rebuild a sandbox
+  int64_t last_resume_to_live_us = -1;  // ResumeRollout → its first live policy call
+};
+
+class RolloutEngine {
+ public:
+  RolloutEngine(SandboxManager& manager, replay::TrajectoryLog& log, EngineOptions options = {});
+  ~RolloutEngine();  // drains with no grace
+  RolloutEngine(const RolloutEngine&) = delete;
+  RolloutEngine& operator=(const RolloutEngine&) = delete;
+
+  // INVALID_ARGUMENT for bad tasks ("line N: field 'x': …") or a bad policy
+  // spec; ALREADY_EXISTS for a rollout id in use; FAILED_PRECONDITION when
+  // the tokenizer cannot be loaded.
+  Result<v1::StartRolloutResponse> Start(v1::StartRolloutRequest request);
+  // NOT_FOUND for an unknown rollout; FAILED_PRECONDITION while it runs.
+  Result<v1::ResumeRolloutResponse> Resume(const v1::ResumeRolloutRequest& request);
+  // Returns how many episodes were cancelled.
+  Result<uint32_t> Cancel(const std::string& rollout_id, const std::string& episode_id = "");
+  Result<v1::RolloutProgress> Progress(const std::string& rollout_id);
+  Result<std::vector<v1::RolloutProgress>> List(size_t limit = 0);
+  Result<v1::EpisodeDetail> GetEpisode(const std::string& episode_id);
+  // Sends events until the rollout stops running, `send` returns false or
+  // `stop` returns true. NOT_FOUND for an unknown rollout.
+  Status Watch(const v1::WatchRequest& request, const std::function<bool(const v1::RolloutEvent&)>& send,
+               const std::function<bool()>& stop);
+  // JSON lines (docs/export.schema.json), a line per episode, to `sink`
+  // (return false to stop).
+  Status Export(const std::string& rollout_id, bool include_unfinished,
+                const std::function<bool(const std::string&)>& sink);
+  // Graceful drain (SIGTERM): no new steps start; waits up to `grace` for
+  // running steps, cancelling in-flight policy requests. Rollouts left
+  // "interrupted" resume later. Blocks; idempotent.
+  void Drain(std::chrono::milliseconds grace);
+
+  EngineStats stats() const;
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace paddock::rollout

@@ -1,0 +1,45 @@
+// A scripted in-process policy: turn N of every episode is answered with
+// element N of a fixed list of V4 completions (the last one repeats), at once.
+// It exists for tests that must not depend on a model and for the
+// orchestration-overhead benchmark (bench/rollout_bench), where it is the
+// "policy that answers instantly". It is never the default.
+//
+// The turn is read from the prompt: the number of <｜Assistant｜> tokens in the
+// input, minus one. "{turn}" in a completion is replaced by that number.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "policy/backends/backend.h"
+#include "policy/v4/tokenizer/tokenizer.h"
+
+namespace paddock::rollout {
+
+class ScriptedPolicy final : public policy::PolicyBackend {
+ public:
+  // `script_json`: a JSON array of strings. INVALID_ARGUMENT otherwise.
+  static Result<std::unique_ptr<ScriptedPolicy>> Create(std::shared_ptr<const v4::Tokenizer> tokenizer,
+                                                        const std::string& script_json);
+
+  std::string_view kind() const override { return "scripted"; }
+  bool token_exact() const override { return true; }
+  // Answers inline, on the calling thread.
+  void GenerateAsync(policy::GenerateRequest request, policy::CallOptions options, Callback done) override;
+  Result<policy::GenerateResult> Generate(const policy::GenerateRequest& request,
+                                          const policy::CallOptions& options) override;
+
+ private:
+  ScriptedPolicy() = default;
+  const std::vector<int32_t>& Ids(size_t turn);
+
+  std::shared_ptr<const v4::Tokenizer> tokenizer_;
+  std::vector<std::string> script_;
+  uint32_t assistant_id_ = 0;
+  std::mutex mu_;
+  std::vector<std::vector<int32_t>> cache_;  // per turn, filled on first use
+};
+
+}  // namespace paddock::rollout

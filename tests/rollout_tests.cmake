@@ -1,0 +1,19 @@
+# Rollout engine suites (tests/rollout_*.cc); included by tests/CMakeLists.txt.
+
+# The engine in process on real sandboxes, a real log and the real V4 codec,
+# with the scripted policy: task validation, concurrent episodes, malformed
+# calls, cancel + resume with fast-forward, an unreachable policy server.
+if(TARGET paddock_rollout_engine)
+  paddock_test(rollout_engine_test rollout_engine_test.cc)
+  target_link_libraries(rollout_engine_test PRIVATE paddock_rollout_engine paddock_v4_tokenizer)
+  add_dependencies(rollout_engine_test paddock-init)
+endif()
+
+# End to end: the real paddockd (SIGKILLed and restarted) and the paddock CLI:
+# run, resume, export validated against docs/export.schema.json.
+if(TARGET paddock_rollout_engine AND EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/rollout_e2e_test.cc)
+  paddock_test(rollout_e2e_test rollout_e2e_test.cc)
+  target_link_libraries(rollout_e2e_test PRIVATE paddock_replay nlohmann_json::nlohmann_json)
+  target_compile_definitions(rollout_e2e_test PRIVATE PADDOCK_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  add_dependencies(rollout_e2e_test paddockd paddock paddock-init)
+endif()
