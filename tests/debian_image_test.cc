@@ -2,6 +2,8 @@
 // then umoci writes a two-layer OCI layout tar) imported into a real store:
 // stable digests and dedup, export round trip, materialized layers, python3 running
 // in a real container sandbox, and a full disk during import.
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -322,6 +324,56 @@ TEST(MakeDebianImageScript, HelpBadArgumentsAndUnreachableMirror) {
       << down.out;
   EXPECT_FALSE(fs::exists(dir + "/x.tar"));
   EXPECT_FALSE(fs::exists(dir + "/x.tar.stamp"));
+  fs::remove_all(dir);
+}
+
+// A second builder waits on the first one's lock and then reuses its result: with
+// the lock held here, the script waits (it never reaches the mirror, which is
+// unreachable on purpose); once a complete cache appears and the lock is released,
+// it prints the path and exits 0.
+TEST(MakeDebianImageScript, ConcurrentBuilderWaitsOnTheLockAndReusesTheResult) {
+  auto real = testing::EnsureDebianImage();
+  ASSERT_TRUE(real.ok()) << real.status().ToString();
+  std::string recipe;
+  {
+    std::ifstream stamp(*real + ".stamp");
+    std::getline(stamp, recipe);
+  }
+  ASSERT_FALSE(recipe.empty());
+  const std::string script = std::string(PADDOCK_SOURCE_DIR) + "/scripts/make-debian-image.sh";
+  std::string dir = fmt::format("/var/tmp/paddock-make-debian-image-lock-{}", getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string out = dir + "/x.tar";
+  int lock = ::open((out + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(lock, 0);
+  ASSERT_EQ(::flock(lock, LOCK_EX), 0);
+  std::string cmd = fmt::format("({} --mirror http://127.0.0.1:9/debian --out {} > {}/stdout 2> {}/stderr; echo $? > {}/rc) &",
+                                script, out, dir, dir, dir);
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  auto slurp = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  bool waiting = false;
+  for (int i = 0; i < 300 && !waiting; ++i) {
+    waiting = slurp(dir + "/stderr").find("another build of " + out + " is running; waiting") != std::string::npos;
+    if (!waiting) ::usleep(20000);
+  }
+  EXPECT_TRUE(waiting) << slurp(dir + "/stderr");
+  EXPECT_FALSE(fs::exists(dir + "/rc"));  // still waiting
+  {
+    std::ofstream(out) << "built by the first builder";
+    std::ofstream(out + ".stamp") << recipe << "\n";
+  }
+  ::flock(lock, LOCK_UN);
+  ::close(lock);
+  for (int i = 0; i < 500 && slurp(dir + "/rc").empty(); ++i) ::usleep(20000);
+  EXPECT_EQ(slurp(dir + "/rc"), "0\n") << slurp(dir + "/stderr");
+  EXPECT_EQ(slurp(dir + "/stdout"), out + "\n");
+  EXPECT_NE(slurp(dir + "/stderr").find("built by a concurrent run; reusing"), std::string::npos)
+      << slurp(dir + "/stderr");
+  EXPECT_EQ(slurp(out), "built by the first builder");  // not rebuilt
   fs::remove_all(dir);
 }
 
