@@ -1,5 +1,6 @@
 #include "sandbox/reaper.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "sandbox/linux/cgroup.h"
 #include "sandbox/linux/fs_util.h"
 #include "sandbox/linux/mounts.h"
+#include "sandbox/microvm/microvm_substrate.h"
 
 namespace fs = std::filesystem;
 
@@ -33,6 +35,11 @@ ReapReport ReapLeftovers(const SubstrateEnv& env) {
     if (st.ok()) ++report.cgroups_removed;
     else report.errors.push_back(st.ToString());
   }
+  // QEMU processes of microVMs are in cgroups of ours too; any that is not
+  // (its cgroup could not be joined) is found by its command line.
+  for (pid_t pid : StrayQemuProcesses(env.state_dir)) {
+    if (kill(pid, SIGKILL) == 0) ++report.processes_killed;
+  }
   // 2. Mounts: overlay roots and image views under the state dir.
   std::string state = fs::weakly_canonical(env.state_dir).string();
   for (const auto& m : MountsUnder(state)) {
@@ -41,7 +48,7 @@ ReapReport ReapLeftovers(const SubstrateEnv& env) {
     else report.errors.push_back(st.ToString());
   }
   // 3. Directories of sandboxes, zygotes and views.
-  for (const char* sub : {"containers", "functions", "views/container", "views/function"}) {
+  for (const char* sub : {"containers", "functions", "views/container", "views/function", "vms"}) {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(state + "/" + sub, ec)) {
       Status st = RemoveTree(e.path().string());

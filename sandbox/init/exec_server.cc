@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "sandbox/init/guest.h"
 #include "sandbox/init/setup.h"
 
 namespace paddock::init {
@@ -50,6 +51,7 @@ struct Job {
   bool stream = false;
   uint64_t start_us = 0;
   uint64_t deadline_us = 0;
+  uint64_t oom_kills_at_start = 0;  // microVM guest: the sandbox cgroup's count
   bool exited = false;
 };
 
@@ -153,6 +155,12 @@ int Server::Run() {
       char buf[65536];
       for (;;) {
         ssize_t r = recv(ch_, buf, sizeof buf, MSG_DONTWAIT);
+        if (r < 0 && errno == ENOTSOCK) {
+          // A microVM guest's virtio-serial port: poll said readable, so
+          // one read does not block.
+          r = read(ch_, buf, sizeof buf);
+          if (r > 0) { inbuf.append(buf, static_cast<size_t>(r)); break; }
+        }
         if (r > 0) { inbuf.append(buf, static_cast<size_t>(r)); continue; }
         if (r == 0) {
           // The daemon went away: nothing can be reported any more.
@@ -229,6 +237,15 @@ void Server::HandleFrame(const Frame& f) {
     case FrameType::kReadFile: return HandleReadFile(f.id, f.payload);
     case FrameType::kListDir: return HandleListDir(f.id, f.payload);
     case FrameType::kStat: return HandleStat(f.id, f.payload);
+    case FrameType::kUsage: {
+      if (GuestCgroupFd() < 0) return Reply(f.id, ENOTSUP, "usage is read on the host for this sandbox");
+      Usage u = GuestUsage();
+      WireWriter w;
+      w.U64(u.memory_bytes);
+      w.U64(u.cpu_time_us);
+      w.U32(u.pids);
+      return Reply(f.id, 0, "", w.Take());
+    }
     default: Reply(f.id, EINVAL, "unknown request type");
   }
 }
@@ -249,6 +266,7 @@ void Server::StartExec(uint32_t id, ExecRequest req) {
   uint32_t timeout = req.timeout_ms ? req.timeout_ms : kDefaultExecTimeoutMs;
   job->start_us = NowUs();
   job->deadline_us = job->start_us + uint64_t{timeout} * 1000;
+  job->oom_kills_at_start = GuestOomKills();
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, SIGCHLD, nullptr, nullptr, nullptr, nullptr));
   if (pid == 0) ExecChild(req, in_p[0], out_p[1], err_p[1]);
   close(in_p[0]);
@@ -290,6 +308,13 @@ void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w) {
   dup2(in_r, 0);
   dup2(out_w, 1);
   dup2(err_w, 2);
+  if (GuestCgroupFd() >= 0) {
+    // The guest's sandbox init is never the OOM victim; its commands are.
+    int adj = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (adj >= 0 && write(adj, "0", 1) < 0) {
+    }
+    if (adj >= 0) close(adj);
+  }
   syscall(SYS_close_range, 3, ~0U, 0);
   setsid();
   ExecCommand(req);
@@ -697,6 +722,9 @@ void Server::CompleteJob(Job& job, int status, const struct rusage& ru, const in
   } else if (WIFSIGNALED(status)) {
     job.result.exit_code = -1;
     job.result.signal = WTERMSIG(status);
+    if (job.result.signal == SIGKILL && !job.result.timed_out && GuestCgroupFd() >= 0 &&
+        GuestOomKills() > job.oom_kills_at_start)
+      job.result.oom_killed = true;
   }
   job.result.wall_time_us = NowUs() - job.start_us;
   // Whatever the process wrote before exiting is in the pipes now; processes

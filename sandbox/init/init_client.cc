@@ -190,4 +190,13 @@ Result<FileInfo> InitClient::Stat(const std::string& path) {
   return f;
 }
 
+Result<Usage> InitClient::GuestUsage() {
+  PADDOCK_ASSIGN_OR_RETURN(std::string body, FileCall(FrameType::kUsage, "", "usage"));
+  init::WireReader r(body);
+  Usage u;
+  if (!r.U64(&u.memory_bytes) || !r.U64(&u.cpu_time_us) || !r.U32(&u.pids))
+    return Error(Code::kInternal, "malformed usage from paddock-init");
+  return u;
+}
+
 }  // namespace paddock

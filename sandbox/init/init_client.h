@@ -31,6 +31,8 @@ class InitClient {
   Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes);
   Result<std::vector<FileInfo>> ListDir(const std::string& path);
   Result<FileInfo> Stat(const std::string& path);
+  // Usage of the sandbox cgroup inside a microVM guest (kUsage).
+  Result<Usage> GuestUsage();
 
   bool alive() const;
   // Unblocks every waiting call and stops the reader. Idempotent.

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "sandbox/init/exec_server.h"
+#include "sandbox/init/guest.h"
 #include "sandbox/init/protocol.h"
 #include "sandbox/init/setup.h"
 #include "sandbox/init/spawner.h"
@@ -19,9 +20,12 @@ int main(int argc, char** argv) {
     std::puts(
         "paddock-init: the in-sandbox agent. Started by paddockd inside a new sandbox\n"
         "with its channel on fd 3; not meant to be run by hand. With --spawner it is\n"
-        "the daemon's sandbox factory (control socket on fd 3).");
+        "the daemon's sandbox factory (control socket on fd 3). As PID 1 of a microVM\n"
+        "(started by the kernel from the microvm substrate's initramfs) it boots the\n"
+        "guest and serves the sandbox over a virtio-serial port.");
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--spawner") == 0) return RunSpawner(3);
+  if (IsGuestPid1()) RunGuest();  // the kernel started us in a microVM
   return RunInit(3);
 }

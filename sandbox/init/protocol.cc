@@ -194,6 +194,8 @@ bool WriteAll(int fd, const void* data, size_t n) {
   const char* p = static_cast<const char*>(data);
   while (n > 0) {
     ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    // A microVM guest's channel is a virtio-serial port, not a socket.
+    if (w < 0 && errno == ENOTSOCK) w = ::write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
       return false;

@@ -29,6 +29,7 @@ enum class FrameType : uint32_t {
   kListDir = 9,    // daemon → init: path
   kStat = 10,      // daemon → init: path
   kReply = 11,     // init → daemon: errno (0 = ok), message, payload
+  kUsage = 12,     // daemon → init (microVM guest): Reply with memory, cpu, pids
 };
 
 enum class Mode : uint32_t { kContainer = 1, kFunction = 2 };

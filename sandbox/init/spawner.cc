@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "sandbox/init/exec_server.h"
+#include "sandbox/init/guest.h"
 #include "sandbox/init/protocol.h"
 #include "sandbox/init/setup.h"
 
@@ -37,6 +38,10 @@ int RunInit(int channel) {
     return 1;
   }
   std::string err;
+  if (!ApplyGuestLimits(config.limits, &err)) {
+    WriteFrame(channel, FrameType::kHello, 0, EncodeReply(EIO, err, ""));
+    return 1;
+  }
   bool ok = config.mode == Mode::kFunction ? SetupFunctionZygote(config, &err)
                                            : SetupContainer(config, &err);
   if (!ok) {

@@ -1,0 +1,341 @@
+#include "sandbox/init/guest.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/klog.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "sandbox/init/spawner.h"
+
+namespace paddock::init {
+
+namespace {
+
+int g_cgroup_fd = -1;  // the sandbox cgroup, in the sandbox's init only
+
+// Says why on the console (the host keeps it and reports its tail) and
+// exits: PID 1 exiting panics the kernel, and with panic=-1 and QEMU's
+// -no-reboot the VM is gone at once.
+[[noreturn]] void Die(const std::string& what) {
+  // The kernel's own recent messages first (the command line asks for a
+  // quiet console), so the host's copy of the console shows the cause.
+  std::string klog(16384, '\0');
+  int n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, klog.data(), static_cast<int>(klog.size()));
+  if (n > 0) {
+    klog.resize(static_cast<size_t>(n));
+    if (klog.size() > 3000) klog = klog.substr(klog.size() - 3000);
+    if (write(2, klog.data(), klog.size()) < 0) {
+    }
+  }
+  std::string line = "paddock-init(guest): " + what + "\n";
+  if (write(2, line.data(), line.size()) < 0) {
+  }
+  _exit(1);
+}
+[[noreturn]] void DieErrno(const std::string& what) { Die(what + ": " + std::strerror(errno)); }
+
+std::string ReadSmall(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  char buf[4096];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return "";
+  std::string s(buf, static_cast<size_t>(n));
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+bool WriteSmall(int dirfd, const char* name, const std::string& value) {
+  int fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ssize_t n = write(fd, value.data(), value.size());
+  close(fd);
+  return n == static_cast<ssize_t>(value.size());
+}
+
+void MountOrDie(const char* src, const std::string& target, const char* type, unsigned long flags,
+                const std::string& data) {
+  mkdir(target.c_str(), 0755);
+  if (mount(src, target.c_str(), type, flags, data.empty() ? nullptr : data.c_str()) != 0)
+    DieErrno(std::string("mounting ") + type + " at " + target);
+}
+
+std::vector<std::string> CmdlineWords() {
+  std::string all = ReadSmall("/proc/cmdline");
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos < all.size()) {
+    size_t end = all.find(' ', pos);
+    if (end == std::string::npos) end = all.size();
+    if (end > pos) out.push_back(all.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return out;
+}
+
+// The last value given for `key` (later words override earlier ones).
+std::string CmdlineValue(const std::vector<std::string>& words, const std::string& key) {
+  std::string v;
+  for (const auto& w : words)
+    if (w.rfind(key + "=", 0) == 0) v = w.substr(key.size() + 1);
+  return v;
+}
+
+// Loads /modules/<name>.ko in the order of /modules/order (dependencies
+// first, written by the host when it built the initramfs). Parameters for a
+// module come from the kernel command line ("virtio_mmio.device=..."), the
+// way modprobe would pass them.
+void LoadModules(const std::vector<std::string>& words) {
+  std::string order = ReadSmall("/modules/order");
+  size_t pos = 0;
+  while (pos < order.size()) {
+    size_t end = order.find('\n', pos);
+    if (end == std::string::npos) end = order.size();
+    std::string name = order.substr(pos, end - pos);
+    pos = end + 1;
+    if (name.empty()) continue;
+    std::string params;
+    for (const auto& w : words) {
+      if (w.rfind(name + ".", 0) != 0) continue;
+      if (!params.empty()) params += ' ';
+      params += w.substr(name.size() + 1);
+    }
+    std::string path = "/modules/" + name + ".ko";
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) DieErrno("opening kernel module " + path);
+    if (syscall(SYS_finit_module, fd, params.c_str(), 0) != 0 && errno != EEXIST)
+      DieErrno("loading kernel module " + name);
+    close(fd);
+  }
+}
+
+// The block device whose virtio serial is `serial` ("layer0", ...), waiting
+// for the driver to have probed it (up to 5 s).
+std::string FindDisk(const std::string& serial) {
+  for (int tries = 0; tries < 1000; ++tries) {
+    if (DIR* d = opendir("/sys/block")) {
+      while (struct dirent* e = readdir(d)) {
+        std::string name = e->d_name;
+        if (name.rfind("vd", 0) != 0) continue;
+        if (ReadSmall("/sys/block/" + name + "/serial") != serial) continue;
+        std::string dev = "/dev/" + name;
+        closedir(d);
+        struct stat st;
+        // devtmpfs creates the node asynchronously.
+        for (int i = 0; i < 200 && stat(dev.c_str(), &st) != 0; ++i) usleep(5000);
+        return dev;
+      }
+      closedir(d);
+    }
+    usleep(5000);
+  }
+  std::string seen;
+  if (DIR* d = opendir("/sys/bus/virtio/devices")) {
+    while (struct dirent* e = readdir(d))
+      if (e->d_name[0] != '.') seen += std::string(" ") + e->d_name;
+    closedir(d);
+  }
+  Die("no virtio disk with serial " + serial +
+      " (is virtio_blk missing from the kernel, or the disk from QEMU's command line?) virtio devices:" +
+      (seen.empty() ? " none" : seen) + "; cmdline: " + ReadSmall("/proc/cmdline"));
+}
+
+// The virtio-serial port named "paddock" (the host's channel).
+int OpenChannel() {
+  for (int tries = 0; tries < 1000; ++tries) {
+    if (DIR* d = opendir("/sys/class/virtio-ports")) {
+      while (struct dirent* e = readdir(d)) {
+        std::string name = e->d_name;
+        if (name[0] == '.') continue;
+        if (ReadSmall("/sys/class/virtio-ports/" + name + "/name") != "paddock") continue;
+        closedir(d);
+        std::string dev = "/dev/" + name;
+        for (int i = 0; i < 400; ++i) {
+          int fd = open(dev.c_str(), O_RDWR | O_CLOEXEC);
+          if (fd >= 0) return fd;
+          usleep(5000);
+        }
+        DieErrno("opening " + dev);
+      }
+      closedir(d);
+    }
+    usleep(5000);
+  }
+  Die("no virtio-serial port named paddock (virtio_console missing?)");
+}
+
+void MakeNode(const std::string& path, mode_t mode, unsigned maj, unsigned min) {
+  if (mknod(path.c_str(), mode, makedev(maj, min)) != 0 && errno != EEXIST) DieErrno("mknod " + path);
+}
+
+}  // namespace
+
+// The kernel starts us with no channel on fd 3; a container's or function
+// zygote's paddock-init always has one.
+bool IsGuestPid1() { return getpid() == 1 && fcntl(3, F_GETFD) < 0; }
+
+int GuestCgroupFd() { return g_cgroup_fd; }
+
+bool ApplyGuestLimits(const Limits& limits, std::string* err) {
+  if (g_cgroup_fd < 0) return true;
+  uint64_t mem = limits.memory_bytes ? limits.memory_bytes : kDefaultMemoryBytes;
+  uint32_t pids = limits.pids ? limits.pids : kDefaultPids;
+  bool ok = WriteSmall(g_cgroup_fd, "memory.max", std::to_string(mem)) &&
+            WriteSmall(g_cgroup_fd, "pids.max", std::to_string(pids));
+  if (ok && limits.cpu_millicores)
+    ok = WriteSmall(g_cgroup_fd, "cpu.max", std::to_string(limits.cpu_millicores * 100) + " 100000");
+  if (!ok) *err = std::string("applying limits in the guest cgroup: ") + std::strerror(errno);
+  return ok;
+}
+
+namespace {
+uint64_t KeyedValue(const std::string& file, const std::string& key) {
+  int fd = openat(g_cgroup_fd, file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[2048];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  std::string s(buf, static_cast<size_t>(n));
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t end = s.find('\n', pos);
+    if (end == std::string::npos) end = s.size();
+    std::string line = s.substr(pos, end - pos);
+    if (line.rfind(key + " ", 0) == 0) return std::strtoull(line.c_str() + key.size() + 1, nullptr, 10);
+    pos = end + 1;
+  }
+  return 0;
+}
+uint64_t PlainValue(const char* file) {
+  int fd = openat(g_cgroup_fd, file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[64];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  return std::strtoull(buf, nullptr, 10);
+}
+}  // namespace
+
+uint64_t GuestOomKills() { return g_cgroup_fd < 0 ? 0 : KeyedValue("memory.events", "oom_kill"); }
+
+Usage GuestUsage() {
+  Usage u;
+  if (g_cgroup_fd < 0) return u;
+  u.memory_bytes = PlainValue("memory.current");
+  u.cpu_time_us = KeyedValue("cpu.stat", "usage_usec");
+  u.pids = static_cast<uint32_t>(PlainValue("pids.current"));
+  return u;
+}
+
+void RunGuest() {
+  // 1. The kernel's world: devices, processes, sysfs.
+  MountOrDie("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "");
+  MountOrDie("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+  MountOrDie("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+  std::vector<std::string> words = CmdlineWords();
+  LoadModules(words);
+  int layers = std::atoi(CmdlineValue(words, "paddock.layers").c_str());
+  std::string fstype = CmdlineValue(words, "paddock.fs");
+  std::string disk = CmdlineValue(words, "paddock.disk");
+  if (layers <= 0 || layers > 64) Die("paddock.layers missing from the kernel command line");
+  if (fstype != "erofs" && fstype != "ext4") Die("paddock.fs must be erofs or ext4");
+  if (disk.empty()) disk = std::to_string(kDefaultDiskBytes);
+
+  // 2. The new root: a tmpfs holding the layer mounts, the overlay's upper
+  //    (sized by the disk limit), the overlay itself and the cgroup tree.
+  const std::string nr = "/newroot";
+  MountOrDie("tmpfs", nr, "tmpfs", MS_NOSUID, "mode=755,size=4m");
+  std::string lower;
+  for (int i = 0; i < layers; ++i) {
+    std::string dev = FindDisk("layer" + std::to_string(i));
+    std::string at = nr + "/layers/" + std::to_string(i);
+    mkdir((nr + "/layers").c_str(), 0755);
+    MountOrDie(dev.c_str(), at, fstype.c_str(), MS_RDONLY | MS_NODEV, "");
+    lower = lower.empty() ? at : at + ":" + lower;  // top first
+  }
+  MountOrDie("tmpfs", nr + "/changes", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=" + disk);
+  mkdir((nr + "/changes/upper").c_str(), 0755);
+  mkdir((nr + "/changes/work").c_str(), 0755);
+  MountOrDie("overlay", nr + "/rootfs", "overlay", 0,
+             "lowerdir=" + lower + ",upperdir=" + nr + "/changes/upper,workdir=" + nr + "/changes/work");
+  // The sandbox's init binds these nodes into the sandbox's own /dev.
+  mkdir((nr + "/dev").c_str(), 0755);
+  MakeNode(nr + "/dev/null", S_IFCHR | 0666, 1, 3);
+  MakeNode(nr + "/dev/zero", S_IFCHR | 0666, 1, 5);
+  MakeNode(nr + "/dev/full", S_IFCHR | 0666, 1, 7);
+  MakeNode(nr + "/dev/random", S_IFCHR | 0666, 1, 8);
+  MakeNode(nr + "/dev/urandom", S_IFCHR | 0666, 1, 9);
+  MakeNode(nr + "/dev/tty", S_IFCHR | 0666, 5, 0);
+  MountOrDie("cgroup2", nr + "/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+  int root_cg = open((nr + "/cgroup").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (root_cg < 0 || !WriteSmall(root_cg, "cgroup.subtree_control", "+memory +pids +cpu"))
+    DieErrno("enabling cgroup controllers in the guest");
+  if (mkdirat(root_cg, "sandbox", 0755) != 0) DieErrno("creating the guest's sandbox cgroup");
+  close(root_cg);
+  MountOrDie("proc", nr + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
+  int channel = OpenChannel();
+
+  // 3. Switch root (pivot_root cannot leave the initramfs): the new root is
+  //    moved over "/" and becomes our root directory.
+  if (chdir(nr.c_str()) != 0) DieErrno("chdir " + nr);
+  if (mount(".", "/", nullptr, MS_MOVE, nullptr) != 0) DieErrno("moving the new root over /");
+  if (chroot(".") != 0 || chdir("/") != 0) DieErrno("chroot into the new root");
+
+  // 4. The sandbox's init: the container sequence, in its own namespaces
+  //    (its /proc shows only the sandbox), in the sandbox cgroup, never an
+  //    OOM victim itself (its execs reset their score to 0).
+  pid_t child = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET |
+                                                          CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD,
+                                           nullptr, nullptr, nullptr, nullptr));
+  if (child < 0) DieErrno("starting the sandbox's init");
+  if (child == 0) {
+    g_cgroup_fd = open("/cgroup/sandbox", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (g_cgroup_fd < 0 || !WriteSmall(g_cgroup_fd, "cgroup.procs", "0"))
+      DieErrno("joining the guest's sandbox cgroup");
+    int adj = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (adj >= 0) {
+      if (write(adj, "-1000", 5) < 0) {
+      }
+      close(adj);
+    }
+    if (channel != 3) {
+      if (dup2(channel, 3) < 0) DieErrno("dup2");
+      close(channel);
+    } else {
+      fcntl(3, F_SETFD, 0);
+    }
+    _exit(RunInit(3));
+  }
+  close(channel);
+  // 5. Reap orphans until the sandbox's init is gone, then power off.
+  for (;;) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, 0);
+    if (pid == child || (pid < 0 && errno == ECHILD)) break;
+  }
+  sync();
+  reboot(RB_POWER_OFF);
+  Die("power off failed");
+}
+
+}  // namespace paddock::init

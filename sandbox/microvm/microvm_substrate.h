@@ -1,0 +1,53 @@
+// The microvm substrate: one KVM guest per sandbox under QEMU's microvm
+// machine (no PCI, no firmware option ROMs, virtio-mmio devices only), booted
+// straight into the project's initramfs; the image's layers are read-only
+// virtio disks stacked by overlayfs in the guest with a tmpfs upper; the
+// channel to paddock-init is a virtio-serial port backed by a unix socket.
+// QEMU runs confined: its own seccomp sandbox, an unprivileged uid, its own
+// mount/pid/net/ipc/uts namespaces and a cgroup bounding memory and cpu.
+// docs/microvm.md has the boot path and the reason for every QEMU option.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "sandbox/microvm/boot_assets.h"
+#include "sandbox/sandbox.h"
+
+namespace paddock {
+
+struct MicrovmOptions {
+  std::string qemu = "/usr/bin/qemu-system-x86_64";
+  std::string kvm_device = "/dev/kvm";
+  // "kvm" (the substrate's purpose) or "tcg" (QEMU's emulator: for machines
+  // whose KVM cannot run guests; far slower, never the measured path).
+  std::string accel = "kvm";
+  microvm::BootSource boot;  // guest kernel, its modules, layer filesystem
+  uint32_t vcpus = 1;        // when the spec sets no cpu limit
+  // Guest RAM = the spec's memory limit (what the sandbox's cgroup in the
+  // guest gets) + this, for the guest kernel, init and the tmpfs upper's
+  // metadata.
+  uint64_t guest_overhead_bytes = 192ull << 20;
+  uint64_t guest_memory_override = 0;  // fixed guest RAM (tests of a starved guest)
+  int boot_timeout_ms = 0;              // 0: 15 s with kvm, 180 s with tcg
+  std::string extra_cmdline;            // appended to the kernel command line
+  // The unprivileged host ids QEMU runs as (outside the container and
+  // function ranges of sandbox/linux/userns.h).
+  uint32_t qemu_uid = 400000, qemu_gid = 400000;
+};
+
+// Options from the environment: PADDOCK_MICROVM_ACCEL, PADDOCK_MICROVM_KERNEL,
+// PADDOCK_MICROVM_FS (what tests, benches and paddockd's defaults use).
+MicrovmOptions MicrovmOptionsFromEnvironment();
+
+std::unique_ptr<Substrate> MakeMicrovmSubstrate(const SubstrateEnv& env,
+                                                MicrovmOptions options = MicrovmOptionsFromEnvironment());
+
+// Whether `accel` can run guests here; a clear FAILED_PRECONDITION otherwise.
+Status CheckAccelerator(const MicrovmOptions& options);
+
+// QEMU processes whose command line names `state_dir`'s VM directory
+// (strays of a daemon that died); used by the start-up reaper.
+std::vector<pid_t> StrayQemuProcesses(const std::string& state_dir);
+
+}  // namespace paddock

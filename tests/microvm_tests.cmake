@@ -1,0 +1,6 @@
+# microVM substrate suites (tests/microvm_*.cc); included by tests/CMakeLists.txt.
+# The boot cases need QEMU, the guest kernel and a usable KVM (or
+# PADDOCK_MICROVM_ACCEL=tcg on machines whose KVM cannot run guests).
+paddock_test(microvm_test microvm_test.cc)
+target_link_libraries(microvm_test PRIVATE paddock_sandbox)
+add_dependencies(microvm_test paddock-init)
