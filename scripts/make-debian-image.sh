@@ -8,7 +8,7 @@
 # first one's result. Needs root (debootstrap, chroot) and the Debian mirror.
 set -euo pipefail
 
-RECIPE="debian-python3 v2 (bookworm minbase + python3, two layers, trimmed)"
+RECIPE="debian-python3 v3 (bookworm minbase + python3, two layers, trimmed)"
 
 usage() {
   cat <<'EOF'
@@ -108,9 +108,12 @@ trap cleanup EXIT
 start=$SECONDS
 
 # Removes what an image does not need: package lists, caches, docs, man pages,
-# logs, and device nodes (a sandbox brings its own /dev).
+# logs, and device nodes (a sandbox brings its own /dev); and the build host's
+# name and resolver, which debootstrap copies in.
 trim() {
   local r=$1
+  : > "$r/etc/resolv.conf"
+  echo localhost > "$r/etc/hostname"
   rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/* "$r"/var/cache/debconf/*-old \
          "$r"/usr/share/doc/* "$r"/usr/share/man/* "$r"/usr/share/info/* "$r"/usr/share/lintian \
          "$r"/usr/share/locale/* "$r"/var/log/* "$r"/tmp/* "$r"/var/tmp/* "$r"/root/.cache
@@ -149,7 +152,6 @@ chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=n
 chroot "$r" /usr/bin/python3 -c 'import sys; assert sys.version_info >= (3, 11)' || die "python3 does not run in the image"
 umount "$r/proc"
 umount -l "$r/dev"
-: > "$r/etc/resolv.conf"
 trim "$r"
 
 say "[4/5] layer 2 (python3) with umoci"
