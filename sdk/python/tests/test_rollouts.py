@@ -117,3 +117,21 @@ def test_rollout_example(daemon, rootfs: str, tmp_path, rollouts_served: None) -
     assert p.returncode == 0, p.stdout + p.stderr
     assert "2/2 done, 0 failed, mean reward 1.000" in p.stdout and "stop reasons: submit 2" in p.stdout
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_cancel_then_resume(client: paddock.Client, rootfs: str, rollouts_served: None) -> None:
+    slow = [tool_call("bash", command="sleep 2; echo 42 > /work/answer"), tool_call("submit", answer="42")]
+    ro = client.rollouts.start(tasks(rootfs, 2, f"pc{os.urandom(3).hex()}"),
+                               policy=paddock.PolicySpec(kind="scripted", script=slow), concurrency=2)
+    for ev in ro.watch(interval=0.1):
+        if isinstance(ev, paddock.RolloutProgress) and ev.running > 0:
+            break
+    assert ro.cancel() >= 1
+    p = ro.wait(interval=0.1)
+    assert p.state == "cancelled" and p.done < 2
+
+    r = ro.resume()
+    assert r.rollout_id == ro.id and r.episodes_total == 2 and r.already_done + r.to_run == 2 and r.to_run >= 1
+    p = ro.wait(interval=0.1)
+    assert p.state == "finished" and p.done == 2 and p.mean_reward == 1.0
+    assert {rec.get("reward") for rec in ro.export_records()} == {1.0}
