@@ -298,6 +298,7 @@ class ExecStream:
         self._call = call
         self.result: ExecResult | None = None
         """The command's result once the iteration has ended."""
+        self._cancelled = False
 
     async def __aiter__(self) -> AsyncIterator[OutputChunk]:
         try:
@@ -310,7 +311,13 @@ class ExecStream:
                 elif kind == "result":
                     self.result = cv.exec_result(ev.result)
         except grpc.RpcError as err:
+            if self._cancelled and err.code() == grpc.StatusCode.CANCELLED:
+                return
             raise self._client._error(err) from None
+        except asyncio.CancelledError:
+            if self._cancelled:
+                return
+            raise
         if self.result is None:
             raise Unknown("the exec stream ended without a result")
 
@@ -323,8 +330,18 @@ class ExecStream:
         return ExecResult(**{**self.result.__dict__, "stdout": bytes(out), "stderr": bytes(err)})
 
     def cancel(self) -> None:
-        """Stops receiving; the daemon kills the command."""
+        """Stops receiving: an iteration in progress ends (``result`` stays None). The command
+        itself runs on until it exits or its ``timeout`` kills it."""
+        self._cancelled = True
         self._call.cancel()
+
+    async def __aenter__(self) -> "ExecStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        """Cancels the stream when it was not read to its end."""
+        if self.result is None:
+            self.cancel()
 
 
 class Log:

@@ -347,6 +347,7 @@ class ExecStream:
         self._call = call
         self.result: ExecResult | None = None
         """The command's result, once the iteration has ended (None before)."""
+        self._cancelled = False
 
     def __iter__(self) -> Iterator[OutputChunk]:
         try:
@@ -359,6 +360,8 @@ class ExecStream:
                 elif kind == "result":
                     self.result = cv.exec_result(ev.result)
         except grpc.RpcError as err:
+            if self._cancelled and err.code() == grpc.StatusCode.CANCELLED:
+                return
             raise self._client._error(err) from None
         if self.result is None:
             raise Unknown("the exec stream ended without a result")
@@ -373,8 +376,18 @@ class ExecStream:
         return ExecResult(**{**r.__dict__, "stdout": bytes(out), "stderr": bytes(err)})
 
     def cancel(self) -> None:
-        """Stops receiving; the daemon kills the command."""
+        """Stops receiving: an iteration in progress ends (``result`` stays None). The command
+        itself is not stopped by this; it runs on until it exits or its ``timeout`` kills it."""
+        self._cancelled = True
         self._call.cancel()
+
+    def __enter__(self) -> "ExecStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Cancels the stream when it was not read to its end."""
+        if self.result is None:
+            self.cancel()
 
 
 class Log:

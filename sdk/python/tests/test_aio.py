@@ -112,3 +112,24 @@ def test_aio_unreachable_and_tcp(daemon, rootfs: str, tmp_path) -> None:
                 await c.sandboxes()
 
     run(main())
+
+
+def test_aio_stream_cancel(daemon, rootfs: str) -> None:
+    async def main() -> None:
+        async with paddock.aio.Client(daemon.socket_path) as c:
+            async with c.sandbox("container", rootfs) as sb:
+                t0 = time.monotonic()
+                s = sb.exec_stream(shell="echo start; sleep 20", timeout=25)
+                got = []
+                async for chunk in s:
+                    got.append(chunk.data)
+                    s.cancel()
+                assert got == [b"start\n"] and s.result is None
+                async with sb.exec_stream(shell="echo a; sleep 20", timeout=25) as s2:
+                    async for chunk in s2:
+                        assert chunk.data == b"a\n"
+                        break
+                assert time.monotonic() - t0 < 10
+                assert (await sb.exec(["echo", "ok"])).stdout == b"ok\n"
+
+    run(main())

@@ -202,3 +202,20 @@ def test_tcp_with_token(daemon, rootfs: str, tmp_path) -> None:
     with paddock.Client(address=daemon.tcp_address) as c:
         with pytest.raises(paddock.Unauthenticated):
             c.sandboxes()
+
+
+def test_exec_stream_cancel_ends_the_iteration(client: paddock.Client, rootfs: str) -> None:
+    with client.sandbox("container", rootfs) as sb:
+        t0 = time.monotonic()
+        s = sb.exec_stream(shell="echo start; sleep 20", timeout=25)
+        got = []
+        for chunk in s:
+            got.append(chunk.data)
+            s.cancel()
+        assert got == [b"start\n"] and s.result is None
+        assert time.monotonic() - t0 < 10, "cancel must end the iteration at once, not when the command ends"
+        with sb.exec_stream(shell="echo a; sleep 20", timeout=25) as s2:
+            assert next(iter(s2)).data == b"a\n"
+        assert s2.result is None
+        assert time.monotonic() - t0 < 15
+        assert sb.exec(["echo", "still usable"]).stdout == b"still usable\n"
