@@ -383,7 +383,7 @@ class Log:
 
     async def backup(self, dir: str) -> int:
         """A new backup of the live log into ``dir``; the backup id."""
-        return (await self._client._call(self._stub.Backup, cv.logpb.BackupRequest(dir=dir))).backup_id
+        return (await self._client._call(self._stub.Backup, cv.logpb.BackupRequest(dir=os.path.abspath(dir)))).backup_id
 
     async def compact(self) -> None:
         """Full manual compaction."""

@@ -14,6 +14,7 @@ A :class:`Client` is thread-safe; share one among threads.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grpc
@@ -429,8 +430,9 @@ class Log:
         return cv.verify_report(self._client._call(self._stub.Verify, cv.logpb.VerifyRequest()))
 
     def backup(self, dir: str) -> int:
-        """A new backup of the live log into ``dir`` (absolute, on the daemon's host); the backup id."""
-        return self._client._call(self._stub.Backup, cv.logpb.BackupRequest(dir=dir)).backup_id
+        """A new backup of the live log into ``dir`` (on the daemon's host; a relative path is made absolute
+        against this process's cwd, as the CLI does); the backup id."""
+        return self._client._call(self._stub.Backup, cv.logpb.BackupRequest(dir=os.path.abspath(dir))).backup_id
 
     def compact(self) -> None:
         """Full manual compaction of every column family."""

@@ -114,3 +114,14 @@ def test_log_lists_shows_and_exports_episodes(client: paddock.Client, rootfs: st
     assert v.ok and v.problems == [] and "episodes" in v.details and v.report
     with pytest.raises(paddock.InvalidArgument):
         client.log.prune(0)
+
+
+def test_log_backup_and_compact(client: paddock.Client, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "backups"
+    first = client.log.backup(str(d))
+    monkeypatch.chdir(tmp_path)
+    second = client.log.backup("backups")  # relative: made absolute against the caller's cwd
+    assert first >= 1 and second == first + 1
+    assert any(d.iterdir())
+    client.log.compact()
+    assert client.log.verify().ok
