@@ -143,6 +143,8 @@ def _str_map(name: str, m: Mapping[str, str] | None) -> dict[str, str]:
 def create_request(substrate: str, image: str, *, limits: Limits | Mapping[str, int] | None,
                    env: Mapping[str, str] | None, workdir: str | None, ttl: float | None,
                    labels: Mapping[str, str] | None, episode: str | None) -> Any:
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
     spec = pb.SandboxSpec(
         substrate=substrate or "",
         image=image or "",

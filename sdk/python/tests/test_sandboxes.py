@@ -219,3 +219,12 @@ def test_exec_stream_cancel_ends_the_iteration(client: paddock.Client, rootfs: s
         assert s2.result is None
         assert time.monotonic() - t0 < 15
         assert sb.exec(["echo", "still usable"]).stdout == b"still usable\n"
+
+
+def test_one_client_shared_by_threads(client: paddock.Client, rootfs: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+    with client.sandbox("function", Path(rootfs)) as sb:
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda i: sb.exec(["echo", str(i)]).stdout, range(40)))
+    assert outs == [f"{i}\n".encode() for i in range(40)]
