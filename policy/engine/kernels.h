@@ -53,7 +53,8 @@ double ExpShifted(const float* x, size_t n, float shift, float* out);
 bool CpuHasAvx2Fma();
 
 // A fixed pool; ParallelFor splits [0, n) into contiguous chunks, one per
-// worker (the caller's thread included), and returns when all are done.
+// worker (the caller's thread included), and returns when all are done. One
+// caller at a time (the engine's worker thread); not re-entrant.
 class ThreadPool {
  public:
   explicit ThreadPool(int threads);  // threads <= 0: hardware_concurrency
