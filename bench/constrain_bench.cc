@@ -117,6 +117,10 @@ int main(int argc, char** argv) {
                    (!bytes.empty() && (bytes[0] == '<' || bytes[0] == '\n') ? 4 : 0);
         cand.push_back({l, static_cast<int32_t>(id)});
       }
+      if (cand.empty()) {
+        std::fprintf(stderr, "constrain_bench: no token allowed at step %d of sequence %d\n", step, seq);
+        return 1;
+      }
       double mx = -1e9, sum = 0;
       for (auto& [l, id] : cand) mx = std::max(mx, l);
       for (auto& [l, id] : cand) sum += std::exp(l - mx);

@@ -114,7 +114,7 @@ Sample SampleUnder(TokenConstraint* c, uint64_t seed, int max_tokens, double eos
       if (Structural()[id]) logit += 7;
       cand.push_back({logit, static_cast<int32_t>(id)});
     }
-    EXPECT_FALSE(cand.empty()) << "no token allowed at step " << step << " after: " << out.text;
+    EXPECT_FALSE(cand.empty()) << "no token allowed at step " << step << " after: " << json(Tok()->Decode(out.ids)).dump();
     if (cand.empty()) return out;
     double mx = -1e9;
     for (auto& [l, id] : cand) mx = std::max(mx, l);
@@ -199,13 +199,13 @@ TEST(ConstrainTest, RandomSamplingAlwaysParsesThinkingMode) {
   o.max_content_chars = 48;
   o.max_string_chars = 24;
   Totals t;
-  RunMany(Tools(), o, 25, 600, &t);
-  EXPECT_EQ(t.runs, 25);
+  RunMany(Tools(), o, 15, 600, &t);
+  EXPECT_EQ(t.runs, 15);
   EXPECT_GT(t.text_only, 0) << "no sample ended with plain text";
   // Random text rarely spells the tool-call opener by chance; require it.
   o.require_tool_call = true;
   Totals calls;
-  RunMany(Tools(), o, 25, 600, &calls);
+  RunMany(Tools(), o, 15, 600, &calls);
   EXPECT_EQ(calls.with_calls, calls.runs);
   EXPECT_GE(calls.names.size(), 3u);
 }
@@ -284,6 +284,34 @@ TEST(ConstrainTest, SpecialTokensOtherThanEosNeverAllowed) {
   ASSERT_EQ(gt.size(), 1u);
   EXPECT_FALSE(allowed[gt[0]]);
   EXPECT_FALSE(c->Complete());
+}
+
+TEST(ConstrainTest, NoEosWhileAMarkerUnderWayHoldsDsml) {
+  REQUIRE_TOKENIZER();
+  GrammarOptions o;
+  o.thinking = false;
+  auto g = ToolGrammar::Build(Tools(), Vocab(), o);
+  ASSERT_TRUE(g.ok());
+  auto c = g.value()->NewConstraint();
+  std::vector<uint8_t> allowed(Vocab()->vocab_size());
+  // "\n\n<｜DSML｜tool" is on its way to the tool-call opener; ending here
+  // would leave ｜DSML｜ in the content, which the strict decoder refuses.
+  for (uint32_t id : Tok()->Encode("ok\n\n<｜DSML｜tool")) {
+    std::fill(allowed.begin(), allowed.end(), 0);
+    c->AllowedNext(allowed);
+    ASSERT_TRUE(allowed[id]) << id;
+    c->Accept(static_cast<int32_t>(id));
+  }
+  std::fill(allowed.begin(), allowed.end(), 0);
+  c->AllowedNext(allowed);
+  EXPECT_FALSE(allowed[static_cast<size_t>(Vocab()->eos_id())]);
+  auto rest = Tok()->Encode("_calls");
+  EXPECT_TRUE(allowed[rest[0]]);
+  auto DecodeOk = [&](const std::string& text) {
+    json tools = Tools();
+    return std::holds_alternative<json>(paddock::v4::DecodeCompletion(text, false, &tools));
+  };
+  EXPECT_FALSE(DecodeOk("ok\n\n<｜DSML｜tool<｜end▁of▁sentence｜>")) << "the case the constraint must avoid";
 }
 
 TEST(ConstrainTest, MasksAreCachedPerState) {

@@ -52,6 +52,15 @@ class MarkerDfa {
     return markers_[static_cast<size_t>(terminator_)].substr(0, t.size()) == t;
   }
   bool has_terminator() const { return terminator_ >= 0; }
+  // Whether the pending text already holds a complete forbidden marker (inside
+  // a longer marker still under way): cutting it off here, by EOS, would leave
+  // that marker in the text.
+  bool Poisoned(int state) const {
+    const std::string& t = states_[static_cast<size_t>(state)];
+    for (size_t i = 0; i < markers_.size(); ++i)
+      if (static_cast<int>(i) != terminator_ && t.find(markers_[i]) != std::string::npos) return true;
+    return false;
+  }
 
  private:
   int Intern(const std::string& s) {
@@ -431,7 +440,7 @@ struct ToolGrammar::Impl {
     // invoke, the block, EOS.
     size_t max_node = 0;
     for (const auto& n : nodes) max_node = std::max(max_node, n.min_bytes + 8);
-    close_reserve = 4 + kThinkEnd.size() + kToolCallsStart.size() + 2 + 2 * max_invoke_bytes +
+    close_reserve = 4 + kThinkEnd.size() + kToolCallsStart.size() + 2 + max_invoke_bytes +
                     max_node * kMaxDepth + kParamCloseFull.size() + kToolCallsEnd.size() + 1;
     return Status::Ok();
   }
@@ -463,7 +472,7 @@ struct ToolGrammar::Impl {
     int t = invoke_tool[k];
     if (t < 0) return s.invokes > 0;  // the block's end
     if (s.invokes >= opt.max_tool_calls) return false;
-    if (s.closing && s.invokes > 0) return false;
+    if (s.closing && s.pos == 0 && s.invokes > 0) return false;  // a choice under way stays open
     return tool_allowed[static_cast<size_t>(t)] != 0;
   }
   bool ParamOptionAllowed(const State& s, size_t k) const {
@@ -471,7 +480,7 @@ struct ToolGrammar::Impl {
     int p = tool.option_param[k];
     if (p < 0) return (s.used & tool.required_mask) == tool.required_mask;
     if (s.used & (uint64_t{1} << p)) return false;
-    if (s.closing && !tool.params[static_cast<size_t>(p)].required) return false;
+    if (s.closing && s.pos == 0 && !tool.params[static_cast<size_t>(p)].required) return false;
     return true;
   }
 
@@ -839,7 +848,7 @@ struct ToolGrammar::Impl {
   bool EosAllowed(const State& s) const {
     if (s.utf8_need) return false;
     if (s.pc == kEosOnly) return true;
-    return s.pc == kContent && !opt.require_tool_call;
+    return s.pc == kContent && !opt.require_tool_call && !content_dfa.Poisoned(s.dfa);
   }
 
   // Cache key: every field the automaton reads, counters clamped.
