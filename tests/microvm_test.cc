@@ -229,13 +229,25 @@ TEST_F(MicrovmTest, GuestPanicIsReportedWithTheKernelsReason) {
   EXPECT_THAT(r.status().message(), HasSubstr("paddock.layers missing"));
 }
 
-TEST_F(MicrovmTest, StarvedGuestIsAnOutOfMemoryError) {
+TEST_F(MicrovmTest, GuestOutOfMemoryIsReportedAndTheVmIsGone) {
   EXPECT_ACCELERATOR_USABLE();
+  // The sandbox may use more than the guest has: the guest as a whole runs
+  // out of memory, its kernel panics and QEMU exits.
   MicrovmOptions o = MicrovmOptionsFromEnvironment();
-  o.guest_memory_override = 40ull << 20;
-  auto r = Create(o);
-  EXPECT_EQ(r.status().code(), Code::kResourceExhausted) << r.status().ToString();
-  EXPECT_THAT(r.status().message(), HasSubstr("out of memory"));
+  o.guest_memory_override = 160ull << 20;
+  SandboxSpec spec;
+  spec.limits.memory_bytes = 1ull << 30;
+  auto sb = Create(o, spec);
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  ExecRequest r;
+  r.shell = "tail /dev/zero";
+  auto res = (*sb)->Exec(r, nullptr);
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), Code::kResourceExhausted) << res.status().ToString();
+  EXPECT_THAT(res.status().message(), HasSubstr("the guest ran out of memory"));
+  EXPECT_TRUE(StrayQemuProcesses(state_).empty());
+  EXPECT_FALSE((*sb)->Alive());
+  EXPECT_TRUE((*sb)->Destroy().ok());
 }
 
 TEST_F(MicrovmTest, ReaperKillsStrayQemuOfThisStateDir) {

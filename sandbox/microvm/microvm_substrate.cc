@@ -69,7 +69,8 @@ Status DiagnoseFromConsole(const std::string& console, const std::string& fallba
   bool oom = console.find("Out of memory") != std::string::npos ||
              console.find("out of memory") != std::string::npos ||
              console.find("System is deadlocked on memory") != std::string::npos ||
-             console.find("Initramfs unpacking failed") != std::string::npos;
+             console.find("Initramfs unpacking failed") != std::string::npos ||
+             console.find("Cannot allocate memory") != std::string::npos;
   if (std::string l = line_with("Kernel panic - not syncing"); !l.empty()) {
     if (oom)
       return Error(Code::kResourceExhausted, "the guest ran out of memory and its kernel panicked: {}{}", l,
@@ -103,7 +104,23 @@ class MicrovmSandbox final : public Sandbox {
       for (const auto& [k, v] : env_) merged.env.emplace(k, v);
       send = &merged;
     }
-    return client_->Exec(*send, on_output);
+    auto r = client_->Exec(*send, on_output);
+    if (!r.ok() && r.status().code() == Code::kUnavailable) return WhyGone(r.status());
+    return r;
+  }
+
+  // A call failed because the channel closed: if the VM itself is gone (a
+  // guest panic, a guest out of memory), say why from its console.
+  Status WhyGone(const Status& st) {
+    if (client_ && client_->alive()) return st;
+    std::lock_guard lock(destroy_mu_);
+    if (dir_.empty()) return st;
+    qemu_.KillAndReap();
+    auto log = ReadSmallFile(dir_ + "/console.log");
+    if (!log.ok()) return st;
+    Status why = DiagnoseFromConsole(log.value(), "", Code::kUnavailable);
+    if (why.message().empty()) return st;
+    return Status(why.code(), "the sandbox's VM is gone: " + why.message());
   }
   Status WriteFile(const std::string& path, std::string_view content, uint32_t mode,
                    bool make_parents) override {
@@ -255,7 +272,11 @@ class MicrovmSubstrate final : public Substrate {
     std::string cmdline =
         "console=ttyS0 quiet panic=-1 reboot=t rdinit=/paddock-init pci=off "
         "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 "
-        "cryptomgr.notests random.trust_cpu=on no_timer_check tsc=reliable";
+        "cryptomgr.notests random.trust_cpu=on no_timer_check tsc=reliable "
+        // A guest out of memory as a whole panics (and QEMU exits) instead of
+        // killing paddock-init; the sandbox's own cgroup still OOM-kills
+        // only its commands.
+        "sysctl.vm.panic_on_oom=1";
     cmdline += fmt::format(" paddock.layers={} paddock.fs={} paddock.disk={}", r.disks.size(),
                            opts_.boot.fs_type, disk);
     const bool kvm = opts_.accel != "tcg";
