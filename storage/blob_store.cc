@@ -15,6 +15,7 @@ namespace paddock::storage {
 
 namespace {
 constexpr size_t kWriteBuffer = 1 << 20;
+constexpr uint64_t kWritebackChunk = 8 << 20;
 
 Result<std::vector<std::string>> ListDir(const std::string& dir) {
   std::vector<std::string> out;
@@ -49,6 +50,17 @@ BlobWriter::~BlobWriter() {
   if (!finished_) ::unlink(path_.c_str());
 }
 
+// Starts writeback of what has been written since the last call, without waiting,
+// so that the disk works while the caller keeps producing and Finish()'s fsync
+// finds little left to write (large layers otherwise wait for all of it at the end).
+void BlobWriter::StartWriteback(bool force) {
+  if (written_ - writeback_from_ < kWritebackChunk && !force) return;
+  if (written_ > writeback_from_)
+    ::sync_file_range(fd_.get(), static_cast<off_t>(writeback_from_), static_cast<off_t>(written_ - writeback_from_),
+                      SYNC_FILE_RANGE_WRITE);  // best effort: fsync in Finish() is what guarantees durability
+  writeback_from_ = written_;
+}
+
 Status BlobWriter::Write(const void* data, size_t n) {
   if (finished_) return Error(Code::kFailedPrecondition, "write to a finished blob writer");
   hash_.Update(data, n);
@@ -59,9 +71,15 @@ Status BlobWriter::Write(const void* data, size_t n) {
     return Status::Ok();
   }
   PADDOCK_RETURN_IF_ERROR(WriteAll(fd_.get(), buf_.data(), buf_.size(), path_));
+  written_ += buf_.size();
   buf_.clear();
-  if (n >= kWriteBuffer) return WriteAll(fd_.get(), p, n, path_);
-  buf_.append(p, n);
+  if (n >= kWriteBuffer) {
+    PADDOCK_RETURN_IF_ERROR(WriteAll(fd_.get(), p, n, path_));
+    written_ += n;
+  } else {
+    buf_.append(p, n);
+  }
+  StartWriteback(false);
   return Status::Ok();
 }
 

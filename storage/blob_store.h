@@ -73,11 +73,14 @@ class BlobWriter {
   friend class BlobStore;
   friend class StagingArea;
   BlobWriter(BlobStore* store, std::string path, UniqueFd fd);
+  void StartWriteback(bool force);
   BlobStore* store_;
   std::string path_;
   UniqueFd fd_;
   Sha256 hash_;
   uint64_t size_ = 0;
+  uint64_t written_ = 0;         // bytes handed to the kernel
+  uint64_t writeback_from_ = 0;  // writeback started for everything before this
   bool finished_ = false;
   std::string buf_;
 };
