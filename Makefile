@@ -1,4 +1,5 @@
 # Paddock: the two Quick-start commands are `make demo` and `make test`.
+# `make demo DEMO_ARGS="--episodes 128 --concurrency 32"` passes options to scripts/demo.sh.
 BUILD_DIR ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
@@ -22,7 +23,7 @@ test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600 -j 1
 
 demo: build
-	@bash scripts/demo.sh $(BUILD_DIR)
+	@bash scripts/demo.sh $(BUILD_DIR) $(DEMO_ARGS)
 
 bench:
 	@bash scripts/install-deps.sh --bench

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# ctest demo_test: runs the main job (scripts/demo.sh) in its reduced mode against
+# the real binaries of BUILD_DIR and checks what it promises: the daemon was
+# SIGKILLed mid-run and the rollout resumed, every episode finished, nothing ran
+# twice (resume_check.py's verdict, written as JSON), the export is where the
+# demo says and is one JSON object per episode, and nothing it started is left
+# behind (no daemon, no policy server, no sandbox). Also --help and bad usage.
+# usage: tests/demo_test.sh BUILD_DIR
+set -euo pipefail
+build=$(cd "${1:?usage: tests/demo_test.sh BUILD_DIR}" && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
+demo="$root/scripts/demo.sh"
+work=$(mktemp -d /tmp/paddock-demo-test.XXXXXX)
+chmod 755 "$work"  # the state dir below it must be searchable by sandbox users
+trap 'rm -rf "$work" || true' EXIT
+fail() { echo "demo_test FAILED: $*" >&2; exit 1; }
+
+# --help and usage errors.
+bash "$demo" --help | grep -q "SIGKILL" || fail "--help does not describe the kill"
+set +e
+out=$(bash "$demo" "$build" --episodes x 2>&1); rc=$?
+[ "$rc" = 2 ] && grep -q "not a number" <<<"$out" || fail "--episodes x: exit $rc, '$out'"
+out=$(bash "$demo" "$build" --episodes 2 2>&1); rc=$?
+[ "$rc" = 2 ] && grep -q "at least 4" <<<"$out" || fail "--episodes 2: exit $rc, '$out'"
+out=$(bash "$demo" "$build" --bogus 2>&1); rc=$?
+[ "$rc" = 2 ] && grep -q "unknown option '--bogus'" <<<"$out" || fail "--bogus: exit $rc, '$out'"
+out=$(bash "$demo" "$work/no-such-build" --episodes 8 2>&1); rc=$?
+[ "$rc" = 1 ] && grep -q "is missing: build first" <<<"$out" || fail "missing build: exit $rc, '$out'"
+set -e
+
+# The reduced run. The Debian image comes from BUILD_DIR/test-images (built once by
+# scripts/make-debian-image.sh, shared with debian_image_test).
+log="$work/demo.out"
+set +e
+bash "$demo" "$build" --episodes 8 --concurrency 4 --quick --work "$work/demo" >"$log" 2>&1
+rc=$?
+set -e
+cat "$log"
+[ "$rc" = 0 ] || fail "scripts/demo.sh exited $rc"
+
+grep -q "SIGKILL to paddockd" "$log" || fail "the daemon was not killed"
+grep -q "resumed: 8 episodes" "$log" || fail "the rollout was not resumed"
+check=$(ls "$work"/demo/runs/*/resume-check.json) || fail "no resume-check.json"
+python3 - "$check" <<'EOF' || fail "resume-check.json does not hold the promises"
+import json, sys
+c = json.load(open(sys.argv[1]))
+assert c["episodes"] == 8 and c["finished"] == 8, c
+assert c["resumed"] >= 1, c                # the kill left work to resume
+assert c["ran_twice"] == [] and c["problems"] == [], c
+assert c["prefix_ok"] == c["resumed"], c
+assert c["policy_generations"] >= c["turns"] - c["fast_forwarded"]["policy_calls"], c
+EOF
+export_file=$(sed -n 's/.*export: *\([^ ]*episodes.jsonl\).*/\1/p' "$log" | tail -n1)
+[ -s "$export_file" ] || fail "the export the demo names ($export_file) is missing"
+python3 - "$export_file" <<'EOF' || fail "the export is not one finished episode per line"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+assert len(lines) == 8, len(lines)
+for e in lines:
+    assert e["state"] == "finished" and len(e["token_ids"]) == len(e["loss_mask"]) > 0, e["episode_id"]
+    assert e["policy"]["kind"] == "sglang", e["policy"]
+EOF
+
+# Nothing left behind: sandboxes destroyed, both servers stopped, no process
+# still uses the demo's work directory, the policy server's port closed.
+grep -q "cleanup: [0-9]* sandboxes destroyed, 0 left; paddockd stopped" "$log" || fail "no clean daemon stop"
+grep -q "cleanup: paddock-policy stopped" "$log" || fail "paddock-policy was not stopped"
+url=$(sed -n 's/.*running rollout .*policy \(http:[^ ]*\).*/\1/p' "$log" | head -n1)
+[ -n "$url" ] || fail "the demo did not name its policy URL"
+if python3 -c "import sys,urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" "$url" 2>/dev/null; then
+  fail "paddock-policy still answers at $url"
+fi
+sleep 0.5
+left=$(ps -eo pid=,args= | grep -F "$work/demo" | grep -v grep || true)
+[ -z "$left" ] || fail "processes left running: $left"
+echo "demo_test passed"
