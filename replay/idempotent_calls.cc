@@ -164,7 +164,8 @@ std::string DescribeDifference(const std::string& logged, const std::string& now
 Result<CallOutcome> IdempotentCalls::Run(const CallKey& key, bool idempotent,
                                          const RequestIdentity& identity,
                                          const std::function<Status()>& precheck,
-                                         const std::function<Result<std::string>()>& run) {
+                                         const std::function<Result<std::string>()>& run,
+                          const std::string& request) {
   PADDOCK_RETURN_IF_ERROR(key.Validate().Prefix("idempotency key"));
   // One call per key at a time in this daemon; a second one waits, then
   // finds the first one's result.
@@ -198,8 +199,8 @@ Result<CallOutcome> IdempotentCalls::Run(const CallKey& key, bool idempotent,
       return Error(Code::kFailedPrecondition,
                    "call {} is in doubt: it started (intent logged at {}) but its result was not "
                    "recorded; pass idempotent=true (`--idempotent`) if it is safe to run again. "
-                   "Restoring the sandbox from its latest snapshot and replaying the later steps "
-                   "needs the image store, which has not landed yet",
+                   "It is never run twice otherwise: rebuilding the episode's sandbox from a "
+                   "snapshot in the image store taken before it is refused for the same reason",
                    key.ToString(), FormatUnixMs(r.intent_unix_ms));
     in_doubt = true;
   }
@@ -207,7 +208,8 @@ Result<CallOutcome> IdempotentCalls::Run(const CallKey& key, bool idempotent,
   PADDOCK_RETURN_IF_ERROR(episodes_.Ensure(key.episode).Prefix(
       fmt::format("recording episode {} in the log", key.episode)));
   if (!in_doubt)
-    PADDOCK_RETURN_IF_ERROR(log_.PutIntent(key, identity.fingerprint, identity.summary, idempotent)
+    PADDOCK_RETURN_IF_ERROR(log_.PutIntent(key, identity.fingerprint, identity.summary, idempotent,
+                                           idempotent ? request : std::string())
                                 .Prefix(fmt::format("logging the intent of call {}", key.ToString())));
   auto response = run();
   if (!response.ok()) return response.status();
@@ -238,7 +240,8 @@ Status EpisodeRegistry::Ensure(const std::string& episode) {
 
 Result<EpisodeBinding> EpisodeBindings::Bind(const std::string& episode, const RequestIdentity& spec,
                                              const std::function<bool(const std::string&)>& is_live,
-                                             const std::function<Result<std::string>()>& create) {
+                                             const std::function<Result<std::string>(const v1::EpisodeRecordProto*,
+                                                                      RebuildReport*)>& create) {
   PADDOCK_RETURN_IF_ERROR((CallKey{episode, 0, 0}.Validate()));
   std::lock_guard lock(mu_);
   auto existing = log_.GetEpisode(episode);
@@ -271,24 +274,93 @@ Result<EpisodeBinding> EpisodeBindings::Bind(const std::string& episode, const R
     rec.set_episode_id(episode);
     rec.set_state(v1::EpisodeRecordProto::RUNNING);
   }
-  auto id = create();
-  if (!id.ok()) return id.status();
+  RebuildReport report;
+  v1::EpisodeRecordProto previous = rec;
+  auto id = create(out.rebuilt ? &previous : nullptr, &report);
+  if (!id.ok()) {
+    if (out.rebuilt && id.status().code() == Code::kFailedPrecondition) {
+      // The episode cannot go on: say why in its record.
+      rec.set_state(v1::EpisodeRecordProto::FAILED);
+      rec.set_failure_reason(fmt::format("rebuilding its sandbox (sandbox {} was gone) failed: {}",
+                                         out.previous_sandbox_id, id.status().message()));
+      rec.set_updated_unix_ms(NowUnixMs());
+      Status ignored = log_.PutEpisode(rec);
+      (void)ignored;
+    }
+    return id.status();
+  }
   rec.set_sandbox_id(*id);
   (*rec.mutable_labels())["paddock.spec_sha256"] = spec.fingerprint;
   (*rec.mutable_labels())["paddock.spec"] = spec.summary;
   if (out.rebuilt) {
-    // Without the image store there is no snapshot to rebuild from: the new
-    // sandbox starts from the image, and logged calls are answered from the log.
+    std::string how = report.from_snapshot.empty()
+                          ? std::string("from the image (the episode has no snapshot)")
+                          : fmt::format("from snapshot {} (step {})", report.from_snapshot,
+                                        report.snapshot_step);
+    std::string rerun;
+    for (const auto& k : report.rerun) rerun += (rerun.empty() ? "" : ", ") + k;
     rec.set_rebuild_note(fmt::format(
-        "sandbox {} was gone (the daemon restarted, or it was destroyed); rebuilt as {} from the "
-        "image at {} (no snapshot: the image store has not landed)",
-        out.previous_sandbox_id, *id, FormatUnixMs(NowUnixMs())));
+        "sandbox {} was gone (the daemon restarted, or it was destroyed); rebuilt as {} {} at {}; "
+        "{} idempotent call(s) after it run again{}{}",
+        out.previous_sandbox_id, *id, how, FormatUnixMs(NowUnixMs()), report.rerun.size(),
+        rerun.empty() ? "" : ": ", rerun));
+    out.rebuild_note = rec.rebuild_note();
   }
   rec.set_updated_unix_ms(NowUnixMs());
   PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(rec).Prefix(
       fmt::format("recording the binding of episode {} to sandbox {}", episode, *id)));
   out.sandbox_id = *id;
   return out;
+}
+
+Status EpisodeBindings::RecordSnapshot(const std::string& episode, const std::string& sandbox_id,
+                                       const std::string& image, uint64_t step) {
+  std::lock_guard lock(mu_);
+  auto existing = log_.GetEpisode(episode);
+  if (!existing.ok()) return existing.status();
+  if (!existing->has_value() || (*existing)->sandbox_id() != sandbox_id)
+    return Error(Code::kFailedPrecondition, "sandbox {} is not the bound sandbox of episode {}",
+                 sandbox_id, episode);
+  v1::EpisodeRecordProto rec = **existing;
+  rec.set_snapshot_id(image);
+  rec.set_snapshot_step(step);
+  rec.set_updated_unix_ms(NowUnixMs());
+  return log_.PutEpisode(rec).Prefix(fmt::format("recording the snapshot of episode {}", episode));
+}
+
+Result<RebuildPlan> PlanRebuild(TrajectoryLog& log, const v1::EpisodeRecordProto& record) {
+  RebuildPlan plan;
+  plan.snapshot_image = record.snapshot_id();
+  plan.snapshot_step = record.snapshot_step();
+  // Without a snapshot the new sandbox starts from the image and the logged
+  // calls are answered from the log, as before snapshots existed.
+  if (plan.snapshot_image.empty()) return plan;
+  PADDOCK_ASSIGN_OR_RETURN(auto calls, log.ListCalls(record.episode_id()));
+  for (auto& [key, call] : calls) {
+    if (key.step <= plan.snapshot_step) continue;
+    std::string kind = SummaryKind(call.request_summary);
+    if (kind != "exec" && kind != "write") continue;  // not a sandbox call
+    if (!call.idempotent) {
+      if (!call.has_result)
+        return Error(Code::kFailedPrecondition,
+                     "call {} ({}) started after the episode's latest snapshot (step {}) and is in "
+                     "doubt: its result was not recorded and it is not marked idempotent, so it "
+                     "cannot be run again on a rebuilt sandbox",
+                     key.ToString(), kind, plan.snapshot_step);
+      return Error(Code::kFailedPrecondition,
+                   "call {} ({}) ran after the episode's latest snapshot (step {}) and is not marked "
+                   "idempotent: its effects cannot be restored without running it twice. Snapshot "
+                   "after non-idempotent calls, or mark such calls idempotent",
+                   key.ToString(), kind, plan.snapshot_step);
+    }
+    if (call.request.empty())
+      return Error(Code::kFailedPrecondition,
+                   "call {} is idempotent but its request was not kept in the log (logged by an "
+                   "older paddockd), so it cannot be run again",
+                   key.ToString());
+    plan.rerun.emplace_back(std::move(key), std::move(call));
+  }
+  return plan;
 }
 
 }  // namespace paddock::replay

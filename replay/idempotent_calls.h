@@ -81,9 +81,12 @@ class IdempotentCalls {
   // `precheck` runs when the call must run (no result logged), before the
   // intent is written: an error from it (say, the sandbox does not exist)
   // leaves no record. `run` returns the serialized response to log and return.
+  // `request` (the serialized request) is kept with the intent for idempotent
+  // calls, so a sandbox rebuilt from a snapshot can run them again.
   Result<CallOutcome> Run(const CallKey& key, bool idempotent, const RequestIdentity& identity,
                           const std::function<Status()>& precheck,
-                          const std::function<Result<std::string>()>& run);
+                          const std::function<Result<std::string>()>& run,
+                          const std::string& request = {});
 
  private:
   TrajectoryLog& log_;
@@ -103,7 +106,31 @@ struct EpisodeBinding {
   bool reused = false;   // the bound sandbox was live and is returned
   bool rebuilt = false;  // an earlier bound sandbox is gone; this one replaces it
   std::string previous_sandbox_id;
+  std::string rebuild_note;  // with rebuilt: how (also kept in the episode record)
 };
+
+// How a replacement sandbox was made, reported by Bind's `create` callback.
+struct RebuildReport {
+  std::string from_snapshot;  // the snapshot image it started from ("" = the spec's image)
+  uint64_t snapshot_step = 0;
+  std::vector<std::string> rerun;  // "EP:S:C" of the idempotent calls run again on it
+};
+
+// A sandbox is gone and the episode's record is what is left: the snapshot to
+// start from (snapshot_id / snapshot_step) and the calls logged after it.
+struct RebuildPlan {
+  std::string snapshot_image;  // "" when the episode has no snapshot
+  uint64_t snapshot_step = 0;
+  // Calls after the snapshot to run again on the new sandbox, in key order:
+  // each is idempotent and its request was kept.
+  std::vector<std::pair<CallKey, CallRecord>> rerun;
+};
+
+// Builds the plan for `episode`, or FAILED_PRECONDITION naming the call that
+// makes a rebuild impossible: a call after the snapshot that is not marked
+// idempotent (in doubt, or completed: its effects cannot be restored without
+// running it twice), or an idempotent one whose request was not kept.
+Result<RebuildPlan> PlanRebuild(TrajectoryLog& log, const v1::EpisodeRecordProto& record);
 
 class EpisodeBindings {
  public:
@@ -112,9 +139,18 @@ class EpisodeBindings {
   // Returns the episode's live bound sandbox (`is_live`), or `create`s one and
   // records the binding. A spec different from the bound one is refused
   // (FAILED_PRECONDITION naming what differs).
+  // `create` gets the episode's record when an earlier sandbox is gone (null
+  // for the first create) and fills `report` with how it rebuilt. A failed
+  // rebuild marks the episode FAILED with the reason.
   Result<EpisodeBinding> Bind(const std::string& episode, const RequestIdentity& spec,
                               const std::function<bool(const std::string&)>& is_live,
-                              const std::function<Result<std::string>()>& create);
+                              const std::function<Result<std::string>(const v1::EpisodeRecordProto* previous,
+                                                                      RebuildReport* report)>& create);
+  // Records a snapshot of the episode's bound sandbox `sandbox_id`: image and
+  // the last step whose calls it contains. FAILED_PRECONDITION when the
+  // sandbox is not the episode's bound one.
+  Status RecordSnapshot(const std::string& episode, const std::string& sandbox_id,
+                        const std::string& image, uint64_t step);
 
  private:
   TrajectoryLog& log_;

@@ -33,9 +33,11 @@ class TrajectoryLogImpl final : public TrajectoryLog {
   ~TrajectoryLogImpl() override;
 
   Status PutIntent(const CallKey& key, const std::string& request_fingerprint,
-                   const std::string& request_summary, bool idempotent) override;
+                   const std::string& request_summary, bool idempotent,
+                   const std::string& request = {}) override;
   Status PutResult(const CallKey& key, const std::string& result) override;
   Result<std::optional<CallRecord>> GetCall(const CallKey& key) override;
+  Result<std::vector<std::pair<CallKey, CallRecord>>> ListCalls(const std::string& episode) override;
   Result<std::vector<InDoubtCall>> InDoubtCalls(const std::string& episode) override;
 
   Status PutEpisode(const v1::EpisodeRecordProto& episode) override;

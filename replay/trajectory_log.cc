@@ -158,7 +158,8 @@ Status TrajectoryLogImpl::CheckMeta() {
 // ---- Write-ahead call records ------------------------------------------------
 
 Status TrajectoryLogImpl::PutIntent(const CallKey& key, const std::string& request_fingerprint,
-                                    const std::string& request_summary, bool idempotent) {
+                                    const std::string& request_summary, bool idempotent,
+                                    const std::string& request) {
   PADDOCK_RETURN_IF_ERROR(key.Validate());
   const std::string k = key.Encode();
   v1::CallRecordProto record;
@@ -167,6 +168,7 @@ Status TrajectoryLogImpl::PutIntent(const CallKey& key, const std::string& reque
   record.set_request_summary(request_summary);
   record.set_idempotent(idempotent);
   record.set_intent_unix_ms(NowUnixMs());
+  if (!request.empty()) record.set_request(request);
   std::string encoded = Serialize(record);
   return commits_.Commit([&](CommitQueue::Staging& staging) -> Status {
     PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(intents_, k));
@@ -247,6 +249,43 @@ Result<std::optional<CallRecord>> TrajectoryLogImpl::GetCall(const CallKey& key)
     return FromRocks(s, fmt::format("reading the result of call {}", key.ToString()));
   }
   return std::optional<CallRecord>(std::move(record));
+}
+
+Result<std::vector<std::pair<CallKey, CallRecord>>> TrajectoryLogImpl::ListCalls(const std::string& episode) {
+  PADDOCK_RETURN_IF_ERROR(CallKey{episode}.Validate());
+  const std::string begin = EpisodeBegin(episode), end = EpisodeEnd(episode);
+  rocksdb::Slice upper(end);
+  rocksdb::ReadOptions read;
+  read.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, intents_));
+  std::vector<std::pair<CallKey, CallRecord>> out;
+  for (it->Seek(begin); it->Valid(); it->Next()) {
+    PADDOCK_ASSIGN_OR_RETURN(CallKey key, CallKey::Decode(it->key().ToStringView()));
+    v1::CallRecordProto intent;
+    if (!intent.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
+      return Error(Code::kDataLoss, "the intent of call {} does not decode", key.ToString());
+    CallRecord record;
+    record.request_fingerprint = intent.request_fingerprint();
+    record.request_summary = intent.request_summary();
+    record.idempotent = intent.idempotent();
+    record.intent_unix_ms = intent.intent_unix_ms();
+    record.request = intent.request();
+    std::string value;
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), results_, it->key(), &value);
+    if (s.ok()) {
+      v1::CallResultProto result;
+      if (!result.ParseFromString(value))
+        return Error(Code::kDataLoss, "the result of call {} does not decode", key.ToString());
+      record.has_result = true;
+      record.result = std::move(*result.mutable_result());
+      record.result_unix_ms = result.result_unix_ms();
+    } else if (!s.IsNotFound()) {
+      return FromRocks(s, fmt::format("reading the result of call {}", key.ToString()));
+    }
+    out.emplace_back(std::move(key), std::move(record));
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "listing calls");
+  return out;
 }
 
 Result<std::vector<InDoubtCall>> TrajectoryLogImpl::InDoubtCalls(const std::string& episode) {

@@ -86,6 +86,10 @@ struct CallRecord {
   std::string result;              // the serialized response, byte for byte
   int64_t intent_unix_ms = 0;
   int64_t result_unix_ms = 0;
+  // The serialized request, when the intent kept one (idempotent sandbox
+  // calls; see PutIntent). Filled by ListCalls only: GetCall, the fast-forward
+  // path, leaves it empty.
+  std::string request;
 };
 
 // A call with an intent but no result: it may or may not have run.
@@ -145,8 +149,11 @@ class TrajectoryLog {
   // PutIntent: ALREADY_EXISTS when the key has an intent for another request
   // fingerprint (the message names both requests); the same fingerprint again
   // is accepted (an in-doubt idempotent call re-run).
+  // `request`: the serialized request, kept with the intent so a rebuilt
+  // sandbox can run the call again (only idempotent sandbox calls pass it).
   virtual Status PutIntent(const CallKey& key, const std::string& request_fingerprint,
-                           const std::string& request_summary, bool idempotent) = 0;
+                           const std::string& request_summary, bool idempotent,
+                           const std::string& request = {}) = 0;
   // PutResult: FAILED_PRECONDITION without an intent; ALREADY_EXISTS when the
   // key has a different result already (the same bytes again are accepted).
   virtual Status PutResult(const CallKey& key, const std::string& result) = 0;
@@ -154,6 +161,9 @@ class TrajectoryLog {
   virtual Result<std::optional<CallRecord>> GetCall(const CallKey& key) = 0;
   // Calls of one episode with an intent but no result, in key order.
   virtual Result<std::vector<InDoubtCall>> InDoubtCalls(const std::string& episode) = 0;
+  // Every call of one episode (intent, and result when logged), in key order,
+  // with the kept request. For rebuilding an episode's sandbox.
+  virtual Result<std::vector<std::pair<CallKey, CallRecord>>> ListCalls(const std::string& episode) = 0;
 
   // Episode records (rollout engine). PutEpisode inserts or replaces; it fills
   // format_version, and created_unix_ms/updated_unix_ms when they are 0.

@@ -5,4 +5,15 @@ if(TARGET paddock_storage)
   # snapshots forked into isolated sandboxes (real overlayfs, namespaces; root).
   paddock_test(image_substrate_test image_substrate_test.cc)
   target_link_libraries(image_substrate_test PRIVATE paddock_sandbox paddock_storage)
+  # `paddock image …` and `paddock sandbox snapshot` against a real paddockd.
+  paddock_test(image_cli_test image_cli_test.cc)
+  target_link_libraries(image_cli_test PRIVATE paddock_storage)
+  add_dependencies(image_cli_test paddockd paddock)
 endif()
+
+# Issue 4 part 4: an episode's sandbox rebuilt from its latest snapshot plus its
+# idempotent calls after a real SIGKILL of paddockd; non-idempotent calls after
+# the snapshot (completed or in doubt) fail the rebuild with the reason.
+paddock_test(snapshot_rebuild_test snapshot_rebuild_test.cc)
+target_link_libraries(snapshot_rebuild_test PRIVATE paddock_client)
+add_dependencies(snapshot_rebuild_test paddockd)

@@ -28,6 +28,10 @@
 #include "sandbox/function/function_substrate.h"
 #include "sandbox/manager.h"
 #include "sandbox/reaper.h"
+#include "rollout/service/image_service.h"
+#include "sandbox/image_source.h"
+#include "storage/image_store.h"
+#include "storage/layer_cache.h"
 
 namespace fs = std::filesystem;
 using namespace paddock;
@@ -48,6 +52,9 @@ struct Flags {
   std::string log_dir;       // default <state-dir>/log
   std::string restore_log;   // a backup dir to restore into the log before opening it
   bool log_allow_corruption = false;
+  std::string image_store;     // default <state-dir>/images
+  std::string layer_cache;     // default <state-dir>/layer-cache
+  uint64_t layer_cache_max_bytes = 0;
 };
 
 std::string DefaultSocket() {
@@ -228,6 +235,34 @@ int Run(const Flags& flags) {
   server_opts.log = log->get();
   server_opts.log_dir = log_dir;
 
+  // 3c. The image store (may be shared storage) and this node's layer cache;
+  //     sandbox images resolve through them (sandbox/image_source.h).
+  std::string image_root = flags.image_store.empty() ? env.state_dir + "/images" : flags.image_store;
+  auto image_store = storage::ImageStore::Open(image_root);
+  if (!image_store.ok()) {
+    spdlog::error("cannot open the image store at {}: {} (--image-store)", image_root,
+                  image_store.status().message());
+    return 1;
+  }
+  std::string cache_dir = flags.layer_cache.empty() ? env.state_dir + "/layer-cache" : flags.layer_cache;
+  storage::LayerCacheOptions cache_opts;
+  cache_opts.max_bytes = flags.layer_cache_max_bytes;
+  auto layer_cache = storage::LayerCache::Open(cache_dir, image_store->get(), cache_opts);
+  if (!layer_cache.ok()) {
+    spdlog::error("cannot open the layer cache at {}: {} (--layer-cache)", cache_dir,
+                  layer_cache.status().message());
+    return 1;
+  }
+  spdlog::info("image store at {}; layer cache at {} ({} layers kept, {} removed as invalid)",
+               image_root, cache_dir, (*layer_cache)->open_report().kept,
+               (*layer_cache)->open_report().removed_invalid + (*layer_cache)->open_report().removed_partial);
+  StoreImageResolver image_resolver(image_store->get(), layer_cache->get());
+  env.images = &image_resolver;
+  server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
+    return std::unique_ptr<grpc::Service>(
+        std::make_unique<service::ImageService>(**image_store, layer_cache->get(), auth));
+  });
+
   // 4. Clear what a crashed predecessor left behind.
   LogReap(ReapLeftovers(env));
 
@@ -300,6 +335,14 @@ int main(int argc, char** argv) {
                  "the log before opening it; replaces the log's contents");
   app.add_flag("--log-allow-corruption", flags.log_allow_corruption,
                "open a trajectory log that fails its checksum checks instead of refusing to start");
+  app.add_option("--image-store", flags.image_store,
+                 "image store directory; may be shared storage (default: <state-dir>/images)");
+  app.add_option("--layer-cache", flags.layer_cache,
+                 "node-local directory where image layers are unpacked (default: <state-dir>/layer-cache)");
+  app.add_option("--layer-cache-max-bytes", flags.layer_cache_max_bytes,
+                 "bound on the layer cache's size; unused layers are evicted least recently used "
+                 "first (0: unbounded)")
+      ->capture_default_str();
   app.add_option("--init-path", flags.init_path,
                  "paddock-init binary (default: beside paddockd, or /usr/local/lib/paddock)");
   try {

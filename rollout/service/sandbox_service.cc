@@ -115,10 +115,10 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
     auto binding = replay_.bindings->Bind(
         req->episode(), replay::IdentifySandboxSpec(spec),
         [&](const std::string& id) { return manager_.Get(id).ok(); },
-        [&]() -> Result<std::string> {
+        [&](const v1::EpisodeRecordProto* previous, replay::RebuildReport* report) -> Result<std::string> {
           SandboxSpec domain = v1conv::FromProto(spec);
           domain.labels["paddock.episode"] = req->episode();
-          auto info = manager_.Create(domain);
+          auto info = previous ? RebuildEpisodeSandbox(domain, *previous, report) : manager_.Create(domain);
           if (!info.ok()) return info.status().Prefix("creating sandbox");
           created = *info;
           return info->id;
@@ -129,8 +129,7 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
     if (binding->reused)
       spdlog::info("episode {}: returned its bound sandbox {}", req->episode(), info->id);
     else if (binding->rebuilt)
-      spdlog::info("episode {}: sandbox {} is gone; rebuilt as {}", req->episode(),
-                   binding->previous_sandbox_id, info->id);
+      spdlog::info("episode {}: {}", req->episode(), binding->rebuild_note);
     else
       spdlog::info("episode {}: created {} sandbox {} from {}", req->episode(), spec.substrate(),
                    info->id, spec.image());
@@ -199,7 +198,50 @@ Result<replay::CallOutcome> SandboxService::RunKeyedExec(const v1::ExecRequest& 
         v1::ExecResult p;
         v1conv::ToProto(*result, &p);
         return p.SerializeAsString();
-      });
+      },
+      req.idempotency_key().idempotent() ? req.SerializeAsString() : std::string());
+}
+
+Result<SandboxInfo> SandboxService::RebuildEpisodeSandbox(SandboxSpec spec,
+                                                          const v1::EpisodeRecordProto& previous,
+                                                          replay::RebuildReport* report) {
+  if (!replay_.log) return manager_.Create(spec);
+  PADDOCK_ASSIGN_OR_RETURN(replay::RebuildPlan plan, replay::PlanRebuild(*replay_.log, previous));
+  if (!plan.snapshot_image.empty()) {
+    spec.image = plan.snapshot_image;
+    report->from_snapshot = plan.snapshot_image;
+    report->snapshot_step = plan.snapshot_step;
+  }
+  auto info = manager_.Create(spec);
+  if (!info.ok()) {
+    if (plan.snapshot_image.empty()) return info.status();
+    return info.status().Prefix("creating a sandbox from the episode's snapshot " + plan.snapshot_image);
+  }
+  auto sb = manager_.Get(info->id);
+  if (!sb.ok()) return sb.status();
+  auto fail = [&](Status st) -> Status {
+    Status ignored = manager_.Destroy(info->id);
+    (void)ignored;
+    return st;
+  };
+  for (const auto& [key, call] : plan.rerun) {
+    std::string what = fmt::format("running call {} again on the rebuilt sandbox", key.ToString());
+    if (replay::SummaryKind(call.request_summary) == "exec") {
+      v1::ExecRequest r;
+      if (!r.ParseFromString(call.request))
+        return fail(Error(Code::kDataLoss, "the kept request of call {} does not parse", key.ToString()));
+      auto res = (*sb)->Exec(v1conv::FromProto(r), nullptr);
+      if (!res.ok()) return fail(res.status().Prefix(what));
+    } else {
+      v1::WriteFileRequest r;
+      if (!r.ParseFromString(call.request))
+        return fail(Error(Code::kDataLoss, "the kept request of call {} does not parse", key.ToString()));
+      Status st = (*sb)->WriteFile(r.path(), r.content(), r.mode() == 0 ? 0644 : r.mode(), r.make_parents());
+      if (!st.ok()) return fail(st.Prefix(what));
+    }
+    report->rerun.push_back(key.ToString());
+  }
+  return info;
 }
 
 grpc::Status SandboxService::Exec(grpc::ServerContext* ctx, const v1::ExecRequest* req,
@@ -335,7 +377,8 @@ grpc::Status SandboxService::WriteFile(grpc::ServerContext* ctx, const v1::Write
           v1::WriteFileResponse r;
           r.set_bytes_written(req->content().size());
           return r.SerializeAsString();
-        });
+        },
+        req->idempotency_key().idempotent() ? req->SerializeAsString() : std::string());
     if (!out.ok()) return ToGrpc(out.status());
     if (!resp->ParseFromString(out->response))
       return ToGrpc(Error(Code::kDataLoss, "the logged result of call {} does not parse",
@@ -397,8 +440,38 @@ grpc::Status SandboxService::Stat(grpc::ServerContext* ctx, const v1::StatReques
 grpc::Status SandboxService::Snapshot(grpc::ServerContext* ctx, const v1::SnapshotRequest* req,
                                       v1::SnapshotResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
-  return {grpc::StatusCode::UNIMPLEMENTED,
-          "snapshots need the layered image store, which has not landed yet"};
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateId(req->sandbox_id()));
+  auto sb = manager_.Get(req->sandbox_id());
+  if (!sb.ok()) return ToGrpc(sb.status());
+  auto r = (*sb)->Snapshot(req->name());
+  if (!r.ok()) return ToGrpc(r.status());
+  resp->set_image(r->image);
+  resp->set_name(r->name);
+  resp->set_layer(r->layer);
+  resp->set_layer_bytes(r->layer_bytes);
+  spdlog::info("snapshot of sandbox {}: image {}{}", req->sandbox_id(), r->image,
+               r->name.empty() ? "" : " (" + r->name + ")");
+  // A sandbox bound to an episode: the snapshot becomes where a rebuild of the
+  // episode's sandbox starts, after the last step logged so far.
+  auto info = manager_.Info(req->sandbox_id());
+  std::string episode;
+  if (info.ok()) {
+    auto it = info->spec.labels.find("paddock.episode");
+    if (it != info->spec.labels.end()) episode = it->second;
+  }
+  if (!episode.empty() && replay_.bindings && replay_.log) {
+    auto calls = replay_.log->ListCalls(episode);
+    if (!calls.ok()) return ToGrpc(calls.status().Prefix("snapshot committed, but reading episode " + episode));
+    uint64_t step = 0;
+    for (const auto& [key, call] : *calls)
+      if (call.has_result) step = std::max(step, key.step);
+    Status st = replay_.bindings->RecordSnapshot(episode, req->sandbox_id(), r->image, step);
+    if (!st.ok())
+      return ToGrpc(st.Prefix(fmt::format("snapshot {} committed, but recording it for episode {}",
+                                          r->image, episode)));
+    spdlog::info("episode {}: latest snapshot {} after step {}", episode, r->image, step);
+  }
+  return grpc::Status::OK;
 }
 
 grpc::Status SandboxService::Destroy(grpc::ServerContext* ctx, const v1::DestroyRequest* req,

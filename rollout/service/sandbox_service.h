@@ -28,6 +28,8 @@ grpc::Status ToGrpc(const Status& st);
 struct ReplayParts {
   replay::IdempotentCalls* calls = nullptr;
   replay::EpisodeBindings* bindings = nullptr;
+  // For rebuilding an episode's sandbox from its snapshot (the calls after it).
+  replay::TrajectoryLog* log = nullptr;
 };
 
 class SandboxService final : public v1::Sandboxes::Service {
@@ -72,6 +74,11 @@ class SandboxService final : public v1::Sandboxes::Service {
   Result<replay::CallOutcome> RunKeyedExec(const v1::ExecRequest& req, const OutputCallback& on_output);
   grpc::Status KeyedExecStream(const v1::ExecRequest& req, grpc::ServerWriter<v1::ExecEvent>* writer);
   Result<replay::CallKey> KeyOf(const v1::IdempotencyKey& k) const;
+  // Creates the replacement of an episode's lost sandbox: from the episode's
+  // latest snapshot when it has one, then the idempotent calls logged after
+  // it run again (replay::PlanRebuild says which, or why it cannot be done).
+  Result<SandboxInfo> RebuildEpisodeSandbox(SandboxSpec spec, const v1::EpisodeRecordProto& previous,
+                                            replay::RebuildReport* report);
 
   SandboxManager& manager_;
   const BearerTokenAuth* auth_;

@@ -69,6 +69,7 @@ Status SandboxServer::Start() {
     calls_ = std::make_unique<replay::IdempotentCalls>(*options_.log);
     bindings_ = std::make_unique<replay::EpisodeBindings>(*options_.log);
     replay = {calls_.get(), bindings_.get()};
+    replay.log = options_.log;
   }
   auto build = [&](SandboxService* service, LogService* log_service, const std::string& address,
                    int* port, std::unique_ptr<grpc::Server>* out) -> Status {
@@ -81,6 +82,10 @@ Status SandboxServer::Start() {
     builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
     builder.RegisterService(service);
     if (log_service) builder.RegisterService(log_service);
+    for (const auto& make : options_.extra_services) {
+      extra_services_.push_back(make(address.rfind("unix:", 0) == 0 ? nullptr : &*auth_));
+      builder.RegisterService(extra_services_.back().get());
+    }
     *out = builder.BuildAndStart();
     if (!*out) return Error(Code::kUnavailable, "cannot listen on {}", address);
     return Status::Ok();

@@ -7,9 +7,11 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <grpcpp/server.h>
 
@@ -36,6 +38,9 @@ struct ServerOptions {
   // they are refused and the Log service is not served.
   replay::TrajectoryLog* log = nullptr;
   std::string log_dir;  // where `log` lives, for messages
+  // More services served on every listener: each is built once per listener
+  // with that listener's auth (null for the unix socket), e.g. the Images service.
+  std::vector<std::function<std::unique_ptr<grpc::Service>(const BearerTokenAuth*)>> extra_services;
 };
 
 class SandboxServer {
@@ -64,6 +69,7 @@ class SandboxServer {
   std::unique_ptr<SandboxService> tcp_service_;
   std::unique_ptr<LogService> unix_log_service_;
   std::unique_ptr<LogService> tcp_log_service_;
+  std::vector<std::unique_ptr<grpc::Service>> extra_services_;  // outlive the servers
   std::unique_ptr<grpc::Server> unix_server_;
   std::unique_ptr<grpc::Server> tcp_server_;
   int tcp_port_ = 0;

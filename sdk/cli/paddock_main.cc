@@ -19,6 +19,7 @@
 
 #include "cli_format.h"
 #include "paddock/client.h"
+#include "image_commands.h"
 #include "v4_commands.h"
 
 namespace paddock::cli {
@@ -377,10 +378,12 @@ int RunStats(const Globals& g, const std::string& id) {
 
 int RunSnapshot(const Globals& g, const std::string& id, const std::string& name) {
   return WithClient(g, [&](client::Client& c) {
-    auto image = c.Snapshot(id, name);
-    if (!image.ok()) return Fail(g, image.status());
-    if (g.json) PrintJson({{"image", *image}});
-    else std::printf("%s\n", image->c_str());
+    auto snap = c.SnapshotImage(id, name);
+    if (!snap.ok()) return Fail(g, snap.status());
+    if (g.json)
+      PrintJson({{"image", snap->image}, {"name", snap->name}, {"layer", snap->layer},
+                 {"layer_bytes", snap->layer_bytes}});
+    else std::printf("%s\n", snap->image.c_str());
     return 0;
   });
 }
@@ -633,7 +636,7 @@ int Main(int argc, char** argv) {
   CreateArgs create;
   CLI::App* c = leaf("create", "create a sandbox and print its id");
   c->add_option("--substrate", create.substrate, "function | container")->required();
-  c->add_option("--image", create.image, "root filesystem directory to run in")->required();
+  c->add_option("--image", create.image, "image: name[:tag], digest or digest prefix from `paddock image ls`, or an absolute root filesystem directory")->required();
   c->add_option("--memory", create.memory, "memory limit, e.g. 256M (0/omitted: 512M)");
   c->add_option("--pids", create.pids, "maximum processes (0/omitted: 256)");
   c->add_option("--cpu", create.cpu, "CPU limit in millicores (1000 = one core; omitted: none)");
@@ -705,7 +708,7 @@ int Main(int argc, char** argv) {
   ss->add_option("id", id, "sandbox id (optional)");
   ss->callback([&] { rc = RunStats(g, id); });
 
-  CLI::App* sn = leaf("snapshot", "turn a sandbox's changes into a new image (not available yet)");
+  CLI::App* sn = leaf("snapshot", "turn a container's changes into a new image on top of its own");
   sn->add_option("id", id, "sandbox id")->required();
   sn->add_option("--name", snap_name, "name of the new image")->required();
   sn->callback([&] { rc = RunSnapshot(g, id, snap_name); });
@@ -714,6 +717,7 @@ int Main(int argc, char** argv) {
   RegisterLogCommands(app, g, log_args, rc);
 
   RegisterV4Commands(app, rc);
+  RegisterImageCommands(app, [&g] { return ConnectFrom(g); }, g.json, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {

@@ -11,6 +11,7 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "image.grpc.pb.h"
 #include "log.grpc.pb.h"
 #include "proto/convert.h"
 #include "sandbox.grpc.pb.h"
@@ -506,6 +507,134 @@ Result<uint64_t> Client::LogPrune(std::chrono::seconds older_than) {
   auto ctx = impl_->Context();
   PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->log_stub->Prune(ctx.get(), req, &resp)));
   return resp.episodes_deleted();
+}
+
+// ---- images ----------------------------------------------------------------
+namespace {
+constexpr auto kLongCall = std::chrono::hours(2);  // imports and exports of large images
+}  // namespace
+
+Result<ImageImportResult> Client::ImageImport(const std::string& path, const std::string& name,
+                                              const std::function<void(const std::string&)>& on_progress) {
+  auto stub = v1::Images::NewStub(impl_->channel);
+  v1::ImportRequest req;
+  req.set_path(path);
+  req.set_name(name);
+  auto ctx = impl_->Context(kLongCall);
+  auto reader = stub->Import(ctx.get(), req);
+  v1::ImportEvent ev;
+  ImageImportResult out;
+  bool got = false;
+  while (reader->Read(&ev)) {
+    if (ev.has_progress()) {
+      if (on_progress) on_progress(ev.progress().message());
+    } else if (ev.has_result()) {
+      const auto& r = ev.result();
+      out.images.assign(r.images().begin(), r.images().end());
+      out.names.assign(r.names().begin(), r.names().end());
+      out.layers_total = r.layers_total();
+      out.layers_new = r.layers_new();
+      out.bytes_committed = r.bytes_committed();
+      got = true;
+    }
+  }
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  if (!got) return Error(Code::kInternal, "the daemon ended the import without a result");
+  return out;
+}
+
+Result<ImageImportResult> Client::ImageImportDir(const std::string& dir, const std::string& name,
+                                                 const std::vector<std::string>& env,
+                                                 const std::string& workdir) {
+  auto stub = v1::Images::NewStub(impl_->channel);
+  v1::ImportDirRequest req;
+  req.set_path(dir);
+  req.set_name(name);
+  for (const auto& e : env) req.add_env(e);
+  req.set_workdir(workdir);
+  v1::ImportDirResponse resp;
+  auto ctx = impl_->Context(kLongCall);
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(stub->ImportDir(ctx.get(), req, &resp)));
+  ImageImportResult out;
+  out.images = {resp.image()};
+  out.names.assign(resp.names().begin(), resp.names().end());
+  out.layers_total = 1;
+  return out;
+}
+
+Result<std::vector<ImageSummary>> Client::ImageList() {
+  auto stub = v1::Images::NewStub(impl_->channel);
+  v1::ImageListRequest req;
+  v1::ImageListResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(stub->List(ctx.get(), req, &resp)));
+  std::vector<ImageSummary> out;
+  for (const auto& i : resp.images())
+    out.push_back({i.digest(), {i.names().begin(), i.names().end()}, i.layers(), i.stored_bytes()});
+  return out;
+}
+
+Result<ImageDetail> Client::ImageInspect(const std::string& ref) {
+  auto stub = v1::Images::NewStub(impl_->channel);
+  v1::InspectRequest req;
+  req.set_ref(ref);
+  v1::ImageDetail resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(stub->Inspect(ctx.get(), req, &resp)));
+  ImageDetail out;
+  out.digest = resp.digest();
+  out.config_digest = resp.config_digest();
+  out.workdir = resp.workdir();
+  out.user = resp.user();
+  out.names.assign(resp.names().begin(), resp.names().end());
+  out.env.assign(resp.env().begin(), resp.env().end());
+  out.entrypoint.assign(resp.entrypoint().begin(), resp.entrypoint().end());
+  out.cmd.assign(resp.cmd().begin(), resp.cmd().end());
+  for (const auto& l : resp.layers())
+    out.layers.push_back({l.diff_id(), l.blob(), l.compression(), l.size(), l.uncompressed_size(),
+                          l.materialized()});
+  return out;
+}
+
+Result<std::string> Client::ImageRemove(const std::string& ref) {
+  auto stub = v1::Images::NewStub(impl_->channel);
+  v1::RemoveImageRequest req;
+  req.set_ref(ref);
+  v1::RemoveImageResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(stub->Remove(ctx.get(), req, &resp)));
+  return resp.image();
+}
+
+Result<ImageGcResult> Client::ImageGc(std::chrono::seconds grace) {
+  auto stub = v1::Images::NewStub(impl_->channel);
+  v1::GcRequest req;
+  req.set_grace_seconds(grace.count());
+  v1::GcResponse resp;
+  auto ctx = impl_->Context(kLongCall);
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(stub->Gc(ctx.get(), req, &resp)));
+  return ImageGcResult{resp.blobs_removed(), resp.bytes_freed(), resp.staging_removed()};
+}
+
+Result<std::string> Client::ImageExport(const std::string& ref, const std::string& dir) {
+  auto stub = v1::Images::NewStub(impl_->channel);
+  v1::ExportImageRequest req;
+  req.set_ref(ref);
+  req.set_dir(dir);
+  v1::ExportImageResponse resp;
+  auto ctx = impl_->Context(kLongCall);
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(stub->Export(ctx.get(), req, &resp)));
+  return resp.image();
+}
+
+Result<SnapshotInfo> Client::SnapshotImage(const std::string& id, const std::string& name) {
+  v1::SnapshotRequest req;
+  req.set_sandbox_id(id);
+  req.set_name(name);
+  v1::SnapshotResponse resp;
+  auto ctx = impl_->Context(kLongCall);
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Snapshot(ctx.get(), req, &resp)));
+  return SnapshotInfo{resp.image(), resp.name(), resp.layer(), resp.layer_bytes()};
 }
 
 }  // namespace paddock::client

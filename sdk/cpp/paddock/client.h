@@ -133,6 +133,35 @@ struct LogVerifyReport {
   std::string report;  // the whole report as text
 };
 
+// ---- the image store (paddock.v1.Images) ----
+struct ImageSummary {
+  std::string digest;
+  std::vector<std::string> names;
+  uint32_t layers = 0;
+  uint64_t stored_bytes = 0;
+};
+struct ImageLayer {
+  std::string diff_id, blob, compression;
+  uint64_t size = 0, uncompressed_size = 0;
+  bool materialized = false;  // unpacked in the daemon's layer cache
+};
+struct ImageDetail {
+  std::string digest, config_digest, workdir, user;
+  std::vector<std::string> names, env, entrypoint, cmd;
+  std::vector<ImageLayer> layers;  // bottom first
+};
+struct ImageImportResult {
+  std::vector<std::string> images, names;
+  uint64_t layers_total = 0, layers_new = 0, bytes_committed = 0;
+};
+struct ImageGcResult {
+  uint64_t blobs_removed = 0, bytes_freed = 0, staging_removed = 0;
+};
+struct SnapshotInfo {
+  std::string image, name, layer;
+  uint64_t layer_bytes = 0;
+};
+
 class Client {
  public:
   // Connects and waits (up to connect_timeout) until the daemon answers.
@@ -160,7 +189,7 @@ class Client {
                                uint64_t max_bytes = 0);
   Result<std::vector<FileInfo>> ListDir(const std::string& id, const std::string& path);
   Result<FileInfo> Stat(const std::string& id, const std::string& path);
-  // Answers UNIMPLEMENTED until the layered image store lands.
+  // A container's changes as a new image on top of its own; the new image's digest.
   Result<std::string> Snapshot(const std::string& id, const std::string& name);
   Status Destroy(const std::string& id);
   Result<std::vector<SandboxInfo>> List();
@@ -192,6 +221,23 @@ class Client {
   Status LogCompact();
   // Deletes episodes not updated for `older_than`; how many.
   Result<uint64_t> LogPrune(std::chrono::seconds older_than);
+
+  // ---- images: paths are on the daemon's host and must be absolute ----
+  // `on_progress` receives progress lines while the daemon reads the archive.
+  Result<ImageImportResult> ImageImport(const std::string& path, const std::string& name,
+                                        const std::function<void(const std::string&)>& on_progress = {});
+  Result<ImageImportResult> ImageImportDir(const std::string& dir, const std::string& name,
+                                           const std::vector<std::string>& env = {},
+                                           const std::string& workdir = "");
+  Result<std::vector<ImageSummary>> ImageList();
+  Result<ImageDetail> ImageInspect(const std::string& ref);
+  // The digest of the image the name pointed at.
+  Result<std::string> ImageRemove(const std::string& ref);
+  // grace < 0: the daemon's default (1 h).
+  Result<ImageGcResult> ImageGc(std::chrono::seconds grace = std::chrono::seconds(-1));
+  Result<std::string> ImageExport(const std::string& ref, const std::string& dir);
+  // Snapshot with everything the daemon reports.
+  Result<SnapshotInfo> SnapshotImage(const std::string& id, const std::string& name);
 
   // Where this client connects, for messages: "/run/paddock/paddockd.sock" or "host:port".
   const std::string& target() const;

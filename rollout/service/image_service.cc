@@ -1,0 +1,180 @@
+#include "rollout/service/image_service.h"
+
+#include <sys/stat.h>
+
+#include <spdlog/spdlog.h>
+
+#include "rollout/service/sandbox_service.h"
+#include "storage/image_import.h"
+
+namespace paddock::service {
+
+namespace {
+
+// Paths name files on the daemon's host; a relative one would be resolved
+// against the daemon's working directory, which is never what a user meant.
+Status CheckHostPath(const std::string& path, const char* what) {
+  if (path.empty()) return Error(Code::kInvalidArgument, "no {} given", what);
+  if (path[0] != '/')
+    return Error(Code::kInvalidArgument,
+                 "{} '{}' is not absolute; the daemon reads it on its own host, so pass an "
+                 "absolute path (the CLI does this for you)",
+                 what, path);
+  if (path.find('\0') != std::string::npos) return Error(Code::kInvalidArgument, "{} contains a NUL byte", what);
+  return Status::Ok();
+}
+
+std::vector<std::string> NamesOf(storage::ImageStore& store, const storage::Digest& d) {
+  auto img = store.Get(d.str());
+  return img.ok() ? img->names : std::vector<std::string>{};
+}
+
+}  // namespace
+
+grpc::Status ImageService::Import(grpc::ServerContext* ctx, const v1::ImportRequest* req,
+                                  grpc::ServerWriter<v1::ImportEvent>* writer) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (Status st = CheckHostPath(req->path(), "archive path"); !st.ok()) return ToGrpc(st);
+  struct stat st;
+  if (stat(req->path().c_str(), &st) != 0)
+    return ToGrpc(ErrnoError(fmt::format("image archive {}", req->path())));
+  storage::ImportOptions opts;
+  if (!req->name().empty()) {
+    auto n = storage::ImageStore::NormalizeName(req->name());
+    if (!n.ok()) return ToGrpc(n.status());
+    opts.names.push_back(*n);
+  }
+  v1::ImportEvent ev;
+  ev.mutable_progress()->set_phase("reading");
+  ev.mutable_progress()->set_message(fmt::format("reading {} ({} bytes)", req->path(), st.st_size));
+  writer->Write(ev);
+  auto r = storage::ImportImage(store_, req->path(), opts);
+  if (!r.ok()) return ToGrpc(r.status().Prefix("importing " + req->path()));
+  ev.Clear();
+  ev.mutable_progress()->set_phase("committed");
+  ev.mutable_progress()->set_message(fmt::format("{} layers, {} new, {} bytes written", r->layers_total,
+                                                 r->layers_new, r->bytes_committed));
+  writer->Write(ev);
+  ev.Clear();
+  auto* res = ev.mutable_result();
+  for (const auto& d : r->images) {
+    res->add_images(d.str());
+    for (const auto& n : NamesOf(store_, d)) res->add_names(n);
+  }
+  res->set_layers_total(r->layers_total);
+  res->set_layers_new(r->layers_new);
+  res->set_bytes_committed(r->bytes_committed);
+  writer->Write(ev);
+  spdlog::info("imported {}: {} image(s), {} new layers, {} bytes", req->path(), r->images.size(),
+               r->layers_new, r->bytes_committed);
+  return grpc::Status::OK;
+}
+
+grpc::Status ImageService::ImportDir(grpc::ServerContext* ctx, const v1::ImportDirRequest* req,
+                                     v1::ImportDirResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (Status st = CheckHostPath(req->path(), "directory"); !st.ok()) return ToGrpc(st);
+  storage::ImageConfig config;
+  for (const auto& kv : req->env()) {
+    if (kv.find('=') == std::string::npos || kv[0] == '=')
+      return ToGrpc(Error(Code::kInvalidArgument, "env '{}' is not KEY=value", kv));
+    config.env.push_back(kv);
+  }
+  if (!req->workdir().empty() && req->workdir()[0] != '/')
+    return ToGrpc(Error(Code::kInvalidArgument, "workdir '{}' must be absolute", req->workdir()));
+  config.cwd = req->workdir();
+  std::vector<std::string> names;
+  if (!req->name().empty()) {
+    auto n = storage::ImageStore::NormalizeName(req->name());
+    if (!n.ok()) return ToGrpc(n.status());
+    names.push_back(*n);
+  }
+  auto r = storage::ImportDirectory(store_, req->path(), config, names);
+  if (!r.ok()) return ToGrpc(r.status().Prefix("importing directory " + req->path()));
+  resp->set_image(r->image.str());
+  for (const auto& n : NamesOf(store_, r->image)) resp->add_names(n);
+  resp->set_skipped_special(r->skipped_special);
+  spdlog::info("imported directory {} as {}", req->path(), r->image.str());
+  return grpc::Status::OK;
+}
+
+grpc::Status ImageService::List(grpc::ServerContext* ctx, const v1::ImageListRequest*,
+                                v1::ImageListResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  auto list = store_.List();
+  if (!list.ok()) return ToGrpc(list.status());
+  for (const auto& s : *list) {
+    auto* o = resp->add_images();
+    o->set_digest(s.digest.str());
+    for (const auto& n : s.names) o->add_names(n);
+    o->set_layers(static_cast<uint32_t>(s.layers));
+    o->set_stored_bytes(s.stored_bytes);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ImageService::Inspect(grpc::ServerContext* ctx, const v1::InspectRequest* req,
+                                   v1::ImageDetail* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (req->ref().empty()) return ToGrpc(Error(Code::kInvalidArgument, "no image given"));
+  auto img = store_.Get(req->ref());
+  if (!img.ok()) return ToGrpc(img.status());
+  resp->set_digest(img->digest.str());
+  for (const auto& n : img->names) resp->add_names(n);
+  for (const auto& l : img->manifest.layers) {
+    auto* o = resp->add_layers();
+    o->set_diff_id(l.diff_id.str());
+    o->set_blob(l.blob.str());
+    o->set_compression(storage::CompressionName(l.compression));
+    o->set_size(l.size);
+    o->set_uncompressed_size(l.uncompressed_size);
+    o->set_materialized(cache_ && cache_->Contains(l.diff_id));
+  }
+  for (const auto& e : img->config.env) resp->add_env(e);
+  resp->set_workdir(img->config.cwd);
+  for (const auto& e : img->config.entrypoint) resp->add_entrypoint(e);
+  for (const auto& e : img->config.cmd) resp->add_cmd(e);
+  resp->set_user(img->config.user);
+  resp->set_config_digest(img->manifest.config.str());
+  return grpc::Status::OK;
+}
+
+grpc::Status ImageService::Remove(grpc::ServerContext* ctx, const v1::RemoveImageRequest* req,
+                                  v1::RemoveImageResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (req->ref().empty()) return ToGrpc(Error(Code::kInvalidArgument, "no image given"));
+  auto d = store_.Resolve(req->ref());
+  if (!d.ok()) return ToGrpc(d.status());
+  if (Status st = store_.Remove(req->ref()); !st.ok()) return ToGrpc(st);
+  resp->set_image(d->str());
+  spdlog::info("removed image {} ({})", req->ref(), d->str());
+  return grpc::Status::OK;
+}
+
+grpc::Status ImageService::Gc(grpc::ServerContext* ctx, const v1::GcRequest* req, v1::GcResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  storage::GcOptions opts;
+  if (req->grace_seconds() >= 0) opts.grace = std::chrono::seconds(req->grace_seconds());
+  auto r = store_.Gc(opts);
+  if (!r.ok()) return ToGrpc(r.status());
+  resp->set_blobs_removed(r->blobs_removed);
+  resp->set_bytes_freed(r->bytes_freed);
+  resp->set_staging_removed(r->staging_removed);
+  spdlog::info("image gc: {} blobs, {} bytes freed", r->blobs_removed, r->bytes_freed);
+  return grpc::Status::OK;
+}
+
+grpc::Status ImageService::Export(grpc::ServerContext* ctx, const v1::ExportImageRequest* req,
+                                  v1::ExportImageResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (req->ref().empty()) return ToGrpc(Error(Code::kInvalidArgument, "no image given"));
+  if (Status st = CheckHostPath(req->dir(), "output directory"); !st.ok()) return ToGrpc(st);
+  auto d = store_.Resolve(req->ref());
+  if (!d.ok()) return ToGrpc(d.status());
+  if (Status st = storage::ExportOci(store_, d->str(), req->dir()); !st.ok())
+    return ToGrpc(st.Prefix(fmt::format("exporting {} to {}", req->ref(), req->dir())));
+  resp->set_image(d->str());
+  return grpc::Status::OK;
+}
+
+}  // namespace paddock::service

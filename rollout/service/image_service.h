@@ -1,0 +1,43 @@
+// The gRPC edge of the image store (paddock.v1.Images): validates each request,
+// calls storage/ (ImageStore, import/export, the node's LayerCache) and maps
+// paddock::Status codes onto gRPC statuses. No store logic here.
+#pragma once
+
+#include "image.grpc.pb.h"
+#include "rollout/service/auth.h"
+#include "storage/image_store.h"
+#include "storage/layer_cache.h"
+
+namespace paddock::service {
+
+class ImageService final : public v1::Images::Service {
+ public:
+  // `store` and `cache` must outlive the service; `auth` as for SandboxService.
+  ImageService(storage::ImageStore& store, storage::LayerCache* cache,
+               const BearerTokenAuth* auth = nullptr)
+      : store_(store), cache_(cache), auth_(auth) {}
+
+  grpc::Status Import(grpc::ServerContext* ctx, const v1::ImportRequest* req,
+                      grpc::ServerWriter<v1::ImportEvent>* writer) override;
+  grpc::Status ImportDir(grpc::ServerContext* ctx, const v1::ImportDirRequest* req,
+                         v1::ImportDirResponse* resp) override;
+  grpc::Status List(grpc::ServerContext* ctx, const v1::ImageListRequest* req,
+                    v1::ImageListResponse* resp) override;
+  grpc::Status Inspect(grpc::ServerContext* ctx, const v1::InspectRequest* req,
+                       v1::ImageDetail* resp) override;
+  grpc::Status Remove(grpc::ServerContext* ctx, const v1::RemoveImageRequest* req,
+                      v1::RemoveImageResponse* resp) override;
+  grpc::Status Gc(grpc::ServerContext* ctx, const v1::GcRequest* req, v1::GcResponse* resp) override;
+  grpc::Status Export(grpc::ServerContext* ctx, const v1::ExportImageRequest* req,
+                      v1::ExportImageResponse* resp) override;
+
+ private:
+  grpc::Status Authorize(const grpc::ServerContext& ctx) const {
+    return auth_ ? auth_->Check(ctx) : grpc::Status::OK;
+  }
+  storage::ImageStore& store_;
+  storage::LayerCache* cache_;
+  const BearerTokenAuth* auth_;
+};
+
+}  // namespace paddock::service
