@@ -10,6 +10,7 @@
 // be checked field by field; tests/policy_server_e2e_test.cc runs the real
 // embedded engine behind the same server.
 #include <atomic>
+#include <mutex>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -55,7 +56,18 @@ class ScriptedEngine : public Engine {
   explicit ScriptedEngine(int32_t vocab, std::chrono::milliseconds hold = std::chrono::milliseconds(0))
       : vocab_(vocab), hold_(hold) {}
 
+  // Fault injection: the next Generate calls fail with this status (an engine
+  // failure cannot be provoked on demand in a real engine).
+  void FailWith(Status st) {
+    std::lock_guard lock(mu_);
+    fail_ = std::move(st);
+  }
+
   Result<GenerateOutput> Generate(GenerateJob job) override {
+    {
+      std::lock_guard lock(mu_);
+      if (!fail_.ok()) return fail_;
+    }
     int now = ++inflight_;
     int seen = max_inflight_.load();
     while (now > seen && !max_inflight_.compare_exchange_weak(seen, now)) {
@@ -122,6 +134,8 @@ class ScriptedEngine : public Engine {
   int32_t vocab_;
   std::chrono::milliseconds hold_;
   std::atomic<int> inflight_{0}, max_inflight_{0}, calls_{0};
+  std::mutex mu_;
+  Status fail_;
 };
 
 struct Reply {
@@ -489,6 +503,38 @@ TEST_F(PolicyServerTest, BadRequestsNameTheField) {
   EXPECT_EQ(Send(port_, http::verb::post, "/v1/chat/completions", "[1]").status, 400);
   // Nothing reached the engine.
   EXPECT_EQ(engine_->calls(), 0);
+}
+
+TEST_F(PolicyServerTest, EngineErrorsMapToHttpStatuses) {
+  const std::vector<std::pair<Code, int>> cases = {{Code::kResourceExhausted, 503}, {Code::kUnavailable, 503},
+                                                   {Code::kInvalidArgument, 400}, {Code::kDeadlineExceeded, 504},
+                                                   {Code::kInternal, 500}};
+  for (const auto& [code, status] : cases) {
+    engine_->FailWith(Status(code, "engine says no"));
+    for (const char* target : {"/generate", "/v1/completions", "/v1/chat/completions"}) {
+      json body = std::string(target) == "/generate" ? json{{"input_ids", {1, 2}}}
+                  : std::string(target) == "/v1/completions"
+                      ? json{{"prompt", "x"}}
+                      : json{{"messages", {{{"role", "user"}, {"content", "x"}}}}};
+      Reply r = Post(port_, target, body);
+      EXPECT_EQ(r.status, status) << target << " " << CodeName(code) << " " << r.body;
+      EXPECT_NE(r.Json()["error"]["message"].get<std::string>().find("engine says no"), std::string::npos);
+      EXPECT_EQ(r.Json()["error"]["type"], status < 500 ? "invalid_request_error" : "server_error");
+    }
+  }
+  // The SGLang client sees the mapped status as its typed error.
+  engine_->FailWith(Status(Code::kInternal, "engine says no"));
+  BackendOptions o;
+  o.url = Url();
+  o.http.retry.max_attempts = 1;
+  auto backend = SglangBackend::Create(o);
+  GenerateRequest req;
+  req.input_ids = {1, 2};
+  auto res = backend.value()->Generate(req, {});
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), Code::kUnavailable) << res.status().ToString();
+  engine_->FailWith(Status::Ok());
+  EXPECT_EQ(Post(port_, "/generate", {{"input_ids", {1, 2}}}).status, 200);
 }
 
 TEST_F(PolicyServerTest, OversizedBodyIs413AndServerStaysUp) {
