@@ -106,8 +106,16 @@ def check(a):
     with open(a.export) as f:
         post = {e["episode_id"]: e for e in read_jsonl(f.read())}
     problems = []
-    if set(post) != set(pre):
-        problems.append("the export has %d episodes, the log had %d before the resume" % (len(post), len(pre)))
+    # Episodes the log did not hold yet had not started before the kill: nothing of
+    # theirs can be answered from the log.
+    for eid in set(post) - set(pre):
+        e = post[eid]
+        if e.get("replayed", {}).get("policy_calls", 0) or e.get("replayed", {}).get("tool_calls", 0):
+            problems.append("%s: had not started before the kill, yet calls were answered from the log" % eid)
+    lost = set(pre) - set(post)
+    if lost:
+        problems.append("%d episodes the log held are missing from the export: %s"
+                        % (len(lost), ", ".join(sorted(lost)[:5])))
     not_finished = [i for i, e in post.items() if e["state"] != "finished"]
     if not_finished:
         problems.append("%d episodes did not finish: %s" % (len(not_finished), ", ".join(sorted(not_finished)[:5])))
@@ -158,8 +166,10 @@ def check(a):
                         % (generations, live))
     tool_calls = sum(e.get("tool_calls", 0) for e in post.values())
 
-    print("episodes:         %d finished of %d (%d resumed after the kill, %d sandboxes rebuilt)"
-          % (len(post) - len(not_finished), len(post), resumed, rebuilt))
+    print("episodes:         %d finished of %d (%d done before the kill, %d resumed mid-way, %d not started; "
+          "%d sandboxes rebuilt)" % (len(post) - len(not_finished), len(post),
+                                     sum(1 for p in pre.values() if p["state"] == "finished"), resumed,
+                                     len(set(post) - set(pre)), rebuilt))
     print("fast-forwarded:   %d policy calls and %d tool calls answered from the log, not run again"
           % (ff_policy, ff_tools))
     print("policy server:    %d generations for %d turns in the log (%d in doubt at the kill, "
