@@ -14,10 +14,12 @@
 #include <fstream>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "sandbox/container/container_substrate.h"
 #include "sandbox/image_source.h"
 #include "sandbox/manager.h"
+#include "storage/digest.h"
 #include "storage/image_import.h"
 #include "storage/image_store.h"
 #include "storage/layer_cache.h"
@@ -165,6 +167,57 @@ TEST_F(DebianImageTest, ImportIsStableAndTheSecondImportWritesNothing) {
   EXPECT_EQ(second->bytes_committed, 0u);
   EXPECT_EQ(store_->blobs().List().value(), blobs_before);
   for (const Digest& d : blobs_before) EXPECT_TRUE(store_->blobs().Verify(d).ok()) << d.str();
+}
+
+// Layer sharing with real layers: an image of the minbase layer alone (the umoci
+// archive's first layer, with its config cut down to that layer) goes in first;
+// the full image then adds only its python3 layer.
+TEST_F(DebianImageTest, SharedBaseLayerIsStoredOnceAndOnlyTheTopLayerIsWritten) {
+  const std::string dir = tmp_ + "/minbase-oci";
+  fs::create_directories(dir);
+  ASSERT_EQ(std::system(fmt::format("tar -xf '{}' -C '{}'", **archive_, dir).c_str()), 0);
+  auto read = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  auto blob = [&](const std::string& digest) { return dir + "/blobs/sha256/" + digest.substr(7); };
+  nlohmann::json index = nlohmann::json::parse(read(dir + "/index.json"));
+  nlohmann::json manifest = nlohmann::json::parse(read(blob(index["manifests"][0]["digest"])));
+  nlohmann::json config = nlohmann::json::parse(read(blob(manifest["config"]["digest"])));
+  ASSERT_EQ(manifest["layers"].size(), 2u);
+  config["rootfs"]["diff_ids"] = nlohmann::json::array({config["rootfs"]["diff_ids"][0]});
+  config.erase("history");
+  const std::string config_text = config.dump();
+  const Digest config_digest = Sha256::Of(config_text);
+  manifest["config"]["digest"] = config_digest.str();
+  manifest["config"]["size"] = config_text.size();
+  manifest["layers"] = nlohmann::json::array({manifest["layers"][0]});
+  const std::string manifest_text = manifest.dump();
+  const Digest manifest_digest = Sha256::Of(manifest_text);
+  index["manifests"][0]["digest"] = manifest_digest.str();
+  index["manifests"][0]["size"] = manifest_text.size();
+  std::ofstream(blob(config_digest.str()), std::ios::binary) << config_text;
+  std::ofstream(blob(manifest_digest.str()), std::ios::binary) << manifest_text;
+  std::ofstream(dir + "/index.json", std::ios::binary) << index.dump();
+
+  auto store = OpenStore(tmp_ + "/sharing");
+  auto base = ImportImage(*store, dir, {{"debian-minbase:12"}});
+  ASSERT_TRUE(base.ok()) << base.status().ToString();
+  EXPECT_EQ(base->layers_new, 1u);
+  auto full = ImportImage(*store, **archive_, {{"debian-python3:12"}});
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  EXPECT_EQ(full->layers_total, 2u);
+  EXPECT_EQ(full->layers_new, 1u);
+  Image b = store->Get("debian-minbase:12").value(), f = store->Get("debian-python3:12").value();
+  ASSERT_EQ(f.manifest.layers.size(), 2u);
+  EXPECT_EQ(f.manifest.layers[0].blob, b.manifest.layers[0].blob);  // one stored copy of minbase
+  // Written: the python3 layer, its index, the config and the manifest; nothing of minbase.
+  const StoredLayer& top = f.manifest.layers[1];
+  const uint64_t expected = top.size + store->blobs().Size(top.index).value() +
+                            store->blobs().Size(f.manifest.config).value() + store->blobs().Size(f.digest).value();
+  EXPECT_EQ(full->bytes_committed, expected);
+  EXPECT_LT(full->bytes_committed, b.manifest.layers[0].size);
+  EXPECT_EQ(store->blobs().List().value().size(), 4u + 4u);  // base: layer+index+config+manifest; full adds 4
 }
 
 TEST_F(DebianImageTest, ExportThenImportGivesTheSameDigests) {
