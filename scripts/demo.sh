@@ -17,7 +17,9 @@ The main job, run by `make demo` after the build (BUILD_DIR defaults to build):
      cached in BUILD_DIR/test-images, then `paddock image import`),
   3. starts paddock-policy (embedded engine, tiny config) on a free loopback port,
   4. writes N tasks (examples/demo/make_tasks.py) over both images on the function
-     and container substrates and runs them with `paddock run ... --policy URL`,
+     and container substrates, shows each kind's scripted solution rewarded by its
+     verifier in a real sandbox (examples/demo/check_solutions.py), and runs them
+     with `paddock run ... --policy URL`,
   5. SIGKILLs paddockd once about half the episodes are done, restarts it, and
      `paddock resume`s the rollout,
   6. checks from the export, the trajectory log and the policy server's counters
@@ -175,6 +177,10 @@ for (image, substrate), n in sorted(c.items()):
     print("   %3d on %-22s %s" % (n, image, substrate))
 EOF
 
+step "the tasks are solvable: each kind's scripted solution in a real sandbox, verifier before and after"
+python3 "$root/examples/demo/check_solutions.py" --paddock "$paddock" --tasks "$tasks" | sed 's/^/   /' ||
+  die "a demo task's verifier does not tell its scripted solution from no solution (above)"
+
 policy_port=${policy_url##*:}
 gens() {  # generations the policy server has started (its /metrics), read without a new process
   local line
@@ -231,7 +237,9 @@ while kill -0 "$run_pid" 2>/dev/null; do
   polls=$((polls + 1))
   if [ -z "$g_half" ] && { [ "${n:-0}" -ge "$half" ] || [ "$g" -ge "$g_target" ]; }; then
     g_half=$g
-    note "about half done (${n:-?} of $episodes episodes, $((g - gens_before)) policy calls); SIGKILL after $more more"
+    if [ "${n:-0}" -ge "$half" ]; then why="$n of $episodes episodes done"
+    else why="$((g - gens_before)) policy calls started, half the most the tasks allow; $n of $episodes episodes done"; fi
+    note "about half-way ($why): SIGKILL after $more more policy calls start"
   fi
   if [ -n "$g_half" ] && [ "$g" -ge $((g_half + more)) ]; then
     printf '\n\033[1m   SIGKILL to paddockd (pid %s), %s policy calls into the rollout\033[0m\n' "$daemon_pid" "$((g - gens_before))"

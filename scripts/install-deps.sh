@@ -29,6 +29,8 @@ PACKAGES=(
   procps iproute2
   # the Python SDK (sdk/python): gRPC runtime, messages, and its pytest suite
   python3-grpcio python3-protobuf python3-pytest
+  # rollout export checked against docs/export.schema.json (tests/rollout_e2e_test.cc)
+  python3-jsonschema
 )
 
 # --- optional: bench plotting (only with --bench, used by `make bench`) ---

@@ -4,7 +4,9 @@
 # SIGKILLed mid-run and the rollout resumed, every episode finished, nothing ran
 # twice (resume_check.py's verdict, written as JSON), the export is where the
 # demo says and is one JSON object per episode, and nothing it started is left
-# behind (no daemon, no policy server, no sandbox). Also --help and bad usage.
+# behind (no daemon, no policy server, no sandbox); before the rollout, every
+# kind of task's verifier refused it unsolved and rewarded its scripted solution.
+# Also --help and bad usage.
 # usage: tests/demo_test.sh BUILD_DIR
 set -euo pipefail
 build=$(cd "${1:?usage: tests/demo_test.sh BUILD_DIR}" && pwd)
@@ -38,6 +40,8 @@ set -e
 cat "$log"
 [ "$rc" = 0 ] || fail "scripts/demo.sh exited $rc"
 
+grep -q "kinds of task checked: each verifier refuses the task unsolved and rewards its solution" "$log" ||
+  fail "the tasks' scripted solutions were not checked"
 grep -q "SIGKILL to paddockd" "$log" || fail "the daemon was not killed"
 grep -q "resumed: 8 episodes" "$log" || fail "the rollout was not resumed"
 check=$(ls "$work"/demo/runs/*/resume-check.json) || fail "no resume-check.json"

@@ -28,12 +28,15 @@ def answer_is(expected):
 def busybox_function(i):
     kinds = [
         ("What is %d*%d? Compute it with the shell (expr) and submit just the number." % (11 + i, 7 + i % 5),
-         ["bash", "submit"], answer_is((11 + i) * (7 + i % 5))),
+         ["bash", "submit"], answer_is((11 + i) * (7 + i % 5)),
+         {"answer_command": "expr %d \\* %d" % (11 + i, 7 + i % 5)}),
         ("What login shell does root have in /etc/passwd? Submit the path.",
-         ["bash", "read_file", "submit"], answer_is("/bin/sh")),
+         ["bash", "read_file", "submit"], answer_is("/bin/sh"),
+         {"answer_command": "grep ^root: /etc/passwd | cut -d: -f7"}),
         ("How many entries are in the directory /bin whose names start with 'c'? Submit the number.",
          ["bash", "submit"],
-         {"command": 'test "$PADDOCK_ANSWER" = "$(ls -1 /bin | grep -c ^c)"', "reward": "exit_code"}),
+         {"command": 'test "$PADDOCK_ANSWER" = "$(ls -1 /bin | grep -c ^c)"', "reward": "exit_code"},
+         {"answer_command": "ls /bin | grep -c ^c"}),
     ]
     return kinds[i % len(kinds)]
 
@@ -42,13 +45,16 @@ def python_function(i):
     n = 10 + i
     kinds = [
         ("Use python3 to compute the sum of the squares of 1..%d and submit just the number." % n,
-         ["bash", "submit"], answer_is(sum(k * k for k in range(1, n + 1)))),
+         ["bash", "submit"], answer_is(sum(k * k for k in range(1, n + 1))),
+         {"answer_command": "python3 -c 'print(sum(k * k for k in range(1, %d)))'" % (n + 1)}),
         ("Which Python version does python3 in this sandbox report (major.minor)? Submit it, e.g. 3.9.",
          ["bash", "submit"],
          {"command": 'test "$PADDOCK_ANSWER" = "$(python3 -c \'import sys;print(\"%d.%d\" % sys.version_info[:2])\')"',
-          "reward": "exit_code"}),
+          "reward": "exit_code"},
+         {"answer_command": "python3 --version | cut -d' ' -f2 | cut -d. -f1,2"}),
         ("Use python3 to compute %d factorial modulo 1000003 and submit just the number." % (20 + i),
-         ["bash", "submit"], answer_is(_fact_mod(20 + i, 1000003))),
+         ["bash", "submit"], answer_is(_fact_mod(20 + i, 1000003)),
+         {"answer_command": "python3 -c 'import math; print(math.factorial(%d) %% 1000003)'" % (20 + i)}),
     ]
     return kinds[i % len(kinds)]
 
@@ -70,7 +76,8 @@ def busybox_container(i):
          ["printf 'i=1\\nwhile [ $i -lt %d ]; do echo $i; i=$((i+1)); done\\n' > /work/count.sh" % limit,
           "printf '[ \"$(sh /work/count.sh | wc -l)\" -eq %d ] && [ \"$(sh /work/count.sh | tail -n1)\" = %d ]\\n' "
           "> /work/test.sh" % (limit, limit)],
-         {"command": "sh /work/test.sh", "reward": "exit_code", "timeout_s": 10}),
+         {"command": "sh /work/test.sh", "reward": "exit_code", "timeout_s": 10},
+         {"commands": ["sed -i 's/-lt %d/-le %d/' /work/count.sh" % (limit, limit)], "answer": "done"}),
         # Files to inspect.
         ("The directory /work/logs holds log files. How many lines contain ERROR, across all of them? "
          "Submit the number.",
@@ -79,10 +86,11 @@ def busybox_container(i):
           "for f in a b c; do : > /work/logs/$f.log; for n in $(seq %d); do echo \"$n INFO ok\" >> /work/logs/$f.log; "
           "done; echo 'ERROR disk' >> /work/logs/$f.log; done" % limit,
           "echo 'ERROR late' >> /work/logs/b.log"],
-         answer_is(4)),
+         answer_is(4),
+         {"answer_command": "cat /work/logs/*.log | grep -c ERROR"}),
     ]
-    text, tools, setup, verifier = kinds[i % len(kinds)]
-    return text, tools, verifier, setup
+    text, tools, setup, verifier, solution = kinds[i % len(kinds)]
+    return text, tools, verifier, setup, solution
 
 
 def python_container(i):
@@ -95,15 +103,24 @@ def python_container(i):
          ["printf 'def add(a, b):\\n    return a - b\\n' > /work/calc.py",
           "printf 'import sys\\nsys.path.insert(0, \"/work\")\\nfrom calc import add\\n"
           "assert add(%d, %d) == %d, add(%d, %d)\\nprint(\"ok\")\\n' > /work/test_calc.py" % (a, b, a + b, a, b)],
-         {"command": "python3 /work/test_calc.py", "reward": "exit_code", "timeout_s": 20}),
+         {"command": "python3 /work/test_calc.py", "reward": "exit_code", "timeout_s": 20},
+         {"commands": ["sed -i 's/a - b/a + b/' /work/calc.py"], "answer": "done"}),
         # Files to inspect, with python.
         ("/work/data.csv has columns name,score. What is the total of the score column? Submit just the number.",
          ["bash", "read_file", "submit"],
          ["printf 'name,score\\nada,%d\\nbob,%d\\ncy,%d\\n' > /work/data.csv" % (a, b, a * b)],
-         answer_is(a + b + a * b)),
+         answer_is(a + b + a * b),
+         {"answer_command": "python3 -c \"import csv; print(sum(int(r['score']) for r in "
+                            "csv.DictReader(open('/work/data.csv'))))\""}),
     ]
-    text, tools, setup, verifier = kinds[i % len(kinds)]
-    return text, tools, verifier, setup
+    text, tools, setup, verifier, solution = kinds[i % len(kinds)]
+    return text, tools, verifier, setup, solution
+
+
+def kind_of(instruction):
+    """A short name of the task's kind (the first words of its instruction)."""
+    words = "".join(c if c.isalpha() or c == " " else " " for c in instruction.lower()).split()
+    return "-".join(words[:4])
 
 
 def make_tasks(episodes, busybox, python, max_turns, max_new_tokens):
@@ -114,13 +131,13 @@ def make_tasks(episodes, busybox, python, max_turns, max_new_tokens):
         i = n // len(combos)
         setup = []
         if (image_kind, substrate) == ("busybox", "function"):
-            text, tools, verifier = busybox_function(i)
+            text, tools, verifier, solution = busybox_function(i)
         elif (image_kind, substrate) == ("python", "function"):
-            text, tools, verifier = python_function(i)
+            text, tools, verifier, solution = python_function(i)
         elif image_kind == "busybox":
-            text, tools, verifier, setup = busybox_container(i)
+            text, tools, verifier, setup, solution = busybox_container(i)
         else:
-            text, tools, verifier, setup = python_container(i)
+            text, tools, verifier, setup, solution = python_container(i)
         task = {
             "id": "%s-%s-%03d" % (image_kind, substrate, n),
             "image": busybox if image_kind == "busybox" else python,
@@ -137,7 +154,10 @@ def make_tasks(episodes, busybox, python, max_turns, max_new_tokens):
             "max_new_tokens": max_new_tokens + 8 * (n % 5),
             "max_observation_tokens": 512,
             "verifier": verifier,
-            "metadata": {"demo": True, "image_kind": image_kind},
+            # A scripted solution (examples/demo/check_solutions.py runs it): shell
+            # commands that fix what needs fixing, and the answer to submit, given
+            # or printed by answer_command in the sandbox.
+            "metadata": {"demo": True, "image_kind": image_kind, "kind": kind_of(text), "solution": solution},
         }
         if setup:
             task["setup"] = ["mkdir -p /work"] + setup

@@ -23,6 +23,8 @@
 #include "replay/trajectory_log.h"
 #include "rollout/service/auth.h"
 #include "rollout/service/server.h"
+#include "rollout/engine/rollout_engine.h"
+#include "rollout/service/rollout_service.h"
 #include "sandbox/base/unique_fd.h"
 #include "sandbox/container/container_substrate.h"
 #include "sandbox/function/function_substrate.h"
@@ -273,6 +275,11 @@ int Run(const Flags& flags) {
   SandboxManager manager(mopts);
   manager.RegisterSubstrate(MakeFunctionSubstrate(env));
   manager.RegisterSubstrate(MakeContainerSubstrate(env));
+  // 5b. The rollout engine and its Rollouts service (rollout/engine).
+  rollout::RolloutEngine rollout_engine(manager, **log);
+  server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
+    return std::unique_ptr<grpc::Service>(std::make_unique<service::RolloutService>(rollout_engine, auth));
+  });
 
   // 6. Serve until SIGTERM/SIGINT.
   service::SandboxServer server(manager, server_opts);
@@ -294,6 +301,8 @@ int Run(const Flags& flags) {
   signal_thread.join();
   spdlog::info("received {}; shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 
+  // Running episode steps finish and are logged; their rollouts resume later.
+  rollout_engine.Drain(std::chrono::seconds(5));
   // Stop accepting and give in-flight calls a moment; then destroy every
   // sandbox, which also ends any exec still running so its handler returns.
   auto stopped = std::async(std::launch::async, [&] {

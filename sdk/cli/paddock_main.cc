@@ -21,6 +21,7 @@
 #include "paddock/client.h"
 #include "image_commands.h"
 #include "v4_commands.h"
+#include "rollout_commands.h"
 
 namespace paddock::cli {
 namespace {
@@ -717,6 +718,7 @@ int Main(int argc, char** argv) {
   RegisterLogCommands(app, g, log_args, rc);
 
   RegisterV4Commands(app, rc);
+  RegisterRolloutCommands(app, g.socket, g.tcp, g.token_file, g.json, rc);
   RegisterImageCommands(app, [&g] { return ConnectFrom(g); }, g.json, rc);
   try {
     app.parse(argc, argv);
