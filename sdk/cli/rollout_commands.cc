@@ -1,0 +1,550 @@
+#include "rollout_commands.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <numeric>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "paddock/client.h"
+#include "paddock/rollouts.h"
+
+extern char** environ;
+
+namespace paddock::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct Conn {
+  const std::string* socket;
+  const std::string* tcp;
+  const std::string* token_file;
+  const bool* json;
+};
+
+int Fail(const Conn& c, const Status& st) {
+  std::fprintf(stderr, "paddock: %s\n", st.message().c_str());
+  if (*c.json)
+    std::printf("%s\n", json({{"error", {{"code", CodeName(st.code())}, {"message", st.message()}}}}).dump().c_str());
+  return 1;
+}
+
+Result<client::RolloutsClient> Connect(const Conn& c) {
+  client::ClientOptions o;
+  if (!c.socket->empty()) o.socket_path = *c.socket;
+  o.tcp_target = *c.tcp;
+  if (!c.token_file->empty()) {
+    std::ifstream in(*c.token_file);
+    if (!in) return ErrnoError(fmt::format("cannot read token file {}", *c.token_file));
+    std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+    o.token = token;
+  }
+  return client::RolloutsClient::Connect(o);
+}
+
+Result<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return ErrnoError(fmt::format("cannot read {}", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// ---- the embedded policy server ------------------------------------------
+std::string FindPolicyServer() {
+  std::error_code ec;
+  fs::path dir = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  for (const fs::path& p : {dir / ".." / "policy" / "paddock-policy", dir / "paddock-policy",
+                            fs::path("/usr/local/bin/paddock-policy")})
+    if (fs::exists(p, ec)) return fs::weakly_canonical(p, ec).string();
+  return "";
+}
+
+int FreeLoopbackPort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  int port = 0;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+    port = ntohs(a.sin_port);
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+bool PortAccepts(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  close(fd);
+  return ok;
+}
+
+// `paddock-policy` as a child on a free loopback port; killed when this ends.
+class EmbeddedPolicy {
+ public:
+  ~EmbeddedPolicy() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      int st;
+      waitpid(pid_, &st, 0);
+    }
+  }
+  Result<std::string> Start(const std::string& log_path) {
+    std::string bin = FindPolicyServer();
+    if (bin.empty())
+      return Error(Code::kNotFound,
+                   "--policy embedded needs the paddock-policy binary (built as build/policy/paddock-policy, "
+                   "or installed in /usr/local/bin); pass --policy http://HOST:PORT to use a running server");
+    int port = FreeLoopbackPort();
+    if (!port) return Error(Code::kUnavailable, "no free loopback port for paddock-policy");
+    std::string listen = fmt::format("127.0.0.1:{}", port);
+    pid_ = fork();
+    if (pid_ < 0) return ErrnoError("fork");
+    if (pid_ == 0) {
+      int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+      execl(bin.c_str(), bin.c_str(), "--listen", listen.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    auto until = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+    while (std::chrono::steady_clock::now() < until) {
+      if (PortAccepts(port)) return fmt::format("http://{}", listen);
+      int st;
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = 0;
+        return Error(Code::kUnavailable, "paddock-policy exited during start-up; its output is in {}", log_path);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return Error(Code::kDeadlineExceeded, "paddock-policy did not listen on {} within 5 minutes", listen);
+  }
+
+ private:
+  pid_t pid_ = 0;
+};
+
+// ---- progress and summary -------------------------------------------------
+
+std::string ProgressLine(const v1::RolloutProgress& p) {
+  return fmt::format("{} {}: {}/{} done, {} running, {} failed, {} pending | tool calls {:.1f}/s, tokens {:.0f}/s | "
+                     "sandbox start {:.1f} ms | {:.1f} s",
+                     p.rollout_id(), p.state(), p.done() + p.failed(), p.episodes_total(), p.running(), p.failed(),
+                     p.pending(), p.tool_calls_per_s(), p.tokens_per_s(), p.sandbox_start_ms_median(),
+                     p.elapsed_ms() / 1000.0);
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+json Summary(const std::vector<v1::EpisodeSummary>& eps, const v1::RolloutProgress& last) {
+  std::vector<double> rewards, turns, tokens;
+  std::map<std::string, int> stops;
+  std::map<std::string, double> phase_s;
+  uint64_t replayed_policy = 0, replayed_tools = 0, tool_calls = 0;
+  int rebuilt = 0, failed = 0;
+  for (const auto& e : eps) {
+    rewards.push_back(e.reward());
+    turns.push_back(e.turns());
+    tokens.push_back(static_cast<double>(e.generated_tokens()));
+    stops[e.stop_reason().empty() ? "?" : e.stop_reason()]++;
+    const auto& t = e.timings();
+    phase_s["sandbox_start"] += t.sandbox_start_us() / 1e6;
+    phase_s["setup"] += t.setup_us() / 1e6;
+    phase_s["policy"] += t.policy_us() / 1e6;
+    phase_s["policy_wait"] += t.policy_wait_us() / 1e6;
+    phase_s["tools"] += t.tools_us() / 1e6;
+    phase_s["verifier"] += t.verifier_us() / 1e6;
+    phase_s["total"] += t.total_us() / 1e6;
+    replayed_policy += e.replayed_policy_calls();
+    replayed_tools += e.replayed_tool_calls();
+    tool_calls += e.tool_calls();
+    rebuilt += e.rebuilt();
+    failed += e.state() == "failed";
+  }
+  double mean = 0;
+  for (double r : rewards) mean += r;
+  if (!rewards.empty()) mean /= rewards.size();
+  json s = {{"rollout_id", last.rollout_id()},
+            {"state", last.state()},
+            {"episodes", eps.size()},
+            {"episodes_total", last.episodes_total()},
+            {"failed", failed},
+            {"reward", {{"mean", mean},
+                        {"min", rewards.empty() ? 0 : *std::min_element(rewards.begin(), rewards.end())},
+                        {"max", rewards.empty() ? 0 : *std::max_element(rewards.begin(), rewards.end())},
+                        {"positive", std::count_if(rewards.begin(), rewards.end(), [](double r) { return r > 0; })}}},
+            {"stop_reasons", stops},
+            {"turns", {{"median", Median(turns)}, {"max", turns.empty() ? 0 : *std::max_element(turns.begin(), turns.end())}}},
+            {"generated_tokens", {{"total", std::accumulate(tokens.begin(), tokens.end(), 0.0)}, {"median", Median(tokens)}}},
+            {"tool_calls", tool_calls},
+            {"replayed", {{"policy_calls", replayed_policy}, {"tool_calls", replayed_tools}}},
+            {"rebuilt_sandboxes", rebuilt},
+            {"phase_seconds", phase_s},
+            {"elapsed_s", last.elapsed_ms() / 1000.0}};
+  return s;
+}
+
+void PrintSummary(const json& s) {
+  std::printf("\nrollout %s: %s, %d of %d episodes reported, %d failed, %.1f s\n",
+              s["rollout_id"].get<std::string>().c_str(), s["state"].get<std::string>().c_str(),
+              s["episodes"].get<int>(), s["episodes_total"].get<int>(), s["failed"].get<int>(),
+              s["elapsed_s"].get<double>());
+  std::printf("  %-22s mean %.3f  min %.3f  max %.3f  positive %d\n", "reward", s["reward"]["mean"].get<double>(),
+              s["reward"]["min"].get<double>(), s["reward"]["max"].get<double>(), s["reward"]["positive"].get<int>());
+  std::string stops;
+  for (auto& [k, v] : s["stop_reasons"].items()) stops += fmt::format("{} {}  ", k, v.get<int>());
+  std::printf("  %-22s %s\n", "stop reasons", stops.c_str());
+  std::printf("  %-22s median %.0f  max %.0f\n", "turns", s["turns"]["median"].get<double>(),
+              s["turns"]["max"].get<double>());
+  std::printf("  %-22s total %.0f  median %.0f per episode\n", "generated tokens",
+              s["generated_tokens"]["total"].get<double>(), s["generated_tokens"]["median"].get<double>());
+  std::printf("  %-22s %llu (replayed from the log: %llu tool, %llu policy calls; %d sandboxes rebuilt)\n",
+              "tool calls", static_cast<unsigned long long>(s["tool_calls"].get<uint64_t>()),
+              static_cast<unsigned long long>(s["replayed"]["tool_calls"].get<uint64_t>()),
+              static_cast<unsigned long long>(s["replayed"]["policy_calls"].get<uint64_t>()),
+              s["rebuilt_sandboxes"].get<int>());
+  std::printf("  time per phase (episode-seconds, summed):\n");
+  for (const char* k : {"sandbox_start", "setup", "policy", "policy_wait", "tools", "verifier", "total"})
+    std::printf("    %-20s %10.2f s\n", k, s["phase_seconds"].value(k, 0.0));
+}
+
+// Watches until the rollout stops; prints progress; writes --out files.
+int WatchAndReport(const Conn& c, client::RolloutsClient& rc, const std::string& id, const std::string& out_dir,
+                   uint32_t interval_ms) {
+  bool tty = isatty(STDOUT_FILENO) && !*c.json;
+  std::vector<v1::EpisodeSummary> eps;
+  v1::RolloutProgress last;
+  std::string prev;
+  Status st = rc.Watch(id, interval_ms, true, [&](const v1::RolloutEvent& ev) {
+    if (ev.has_episode()) {
+      eps.push_back(ev.episode());
+      return true;
+    }
+    last = ev.progress();
+    if (*c.json) return true;
+    std::string line = ProgressLine(last);
+    if (tty) {
+      std::printf("\r\033[K%s", line.c_str());
+      std::fflush(stdout);
+    } else if (line != prev) {
+      std::printf("%s\n", line.c_str());
+      std::fflush(stdout);
+    }
+    prev = line;
+    return true;
+  });
+  if (tty) std::printf("\n");
+  if (!st.ok()) return Fail(c, st);
+  if (last.rollout_id().empty()) {
+    auto p = rc.Get(id);
+    if (p.ok()) last = *p;
+  }
+  json summary = Summary(eps, last);
+  if (!out_dir.empty()) {
+    fs::path dir = fs::path(out_dir) / id;
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) return Fail(c, Error(Code::kInvalidArgument, "cannot create {}: {}", dir.string(), ec.message()));
+    std::ofstream ex(dir / "episodes.jsonl", std::ios::binary | std::ios::trunc);
+    Status est = rc.Export(id, false, [&](const std::string& data) {
+      ex << data;
+      return static_cast<bool>(ex);
+    });
+    if (!est.ok()) return Fail(c, est);
+    std::ofstream(dir / "summary.json") << summary.dump(2) << "\n";
+    summary["export"] = (dir / "episodes.jsonl").string();
+  }
+  if (*c.json) {
+    std::printf("%s\n", summary.dump().c_str());
+  } else {
+    PrintSummary(summary);
+    if (summary.contains("export")) std::printf("  export: %s\n", summary["export"].get<std::string>().c_str());
+    if (last.state() != "finished") std::printf("  resume with: paddock resume %s\n", id.c_str());
+  }
+  if (last.state() != "finished" || summary["failed"].get<int>() > 0) return 3;
+  return 0;
+}
+
+struct RunArgs {
+  std::string tasks;
+  std::string policy = "embedded";
+  std::string policy_kind = "sglang";
+  std::string policy_script;
+  std::string model;
+  uint32_t concurrency = 64;
+  uint32_t max_in_flight = 0;
+  uint32_t samples = 1;
+  std::string out;
+  std::string rollout_id;
+  double temperature = -1;
+  uint32_t max_new_tokens = 0;
+  uint32_t deadline_s = 0;
+  uint32_t unavailable_wait_s = 0;
+  uint32_t interval_ms = 1000;
+  bool thinking = false;
+  bool detach = false;
+};
+
+Result<v1::PolicySpec> PolicyFrom(const RunArgs& a) {
+  v1::PolicySpec p;
+  p.set_model(a.model);
+  p.set_max_in_flight(a.max_in_flight);
+  p.set_unavailable_wait_s(a.unavailable_wait_s);
+  if (a.policy == "scripted") {
+    if (a.policy_script.empty())
+      return Error(Code::kInvalidArgument, "--policy scripted needs --policy-script FILE (a JSON array of completions)");
+    PADDOCK_ASSIGN_OR_RETURN(std::string script, ReadFile(a.policy_script));
+    p.set_kind("scripted");
+    p.set_script(script);
+    return p;
+  }
+  std::string kind = a.policy_kind == "openai" ? "openai-completions" : a.policy_kind;
+  if (kind != "sglang" && kind != "openai-completions" && kind != "openai-chat")
+    return Error(Code::kInvalidArgument, "--policy-kind '{}': expected sglang, openai or openai-chat", a.policy_kind);
+  p.set_kind(kind);
+  p.set_url(a.policy);
+  return p;
+}
+
+int RunRun(const Conn& c, RunArgs a) {
+  auto text = ReadFile(a.tasks);
+  if (!text.ok()) return Fail(c, text.status());
+  auto rc = Connect(c);
+  if (!rc.ok()) return Fail(c, rc.status());
+  EmbeddedPolicy embedded;
+  if (a.policy == "embedded") {
+    std::string log = (a.out.empty() ? fs::temp_directory_path() : fs::path(a.out)) / "paddock-policy.log";
+    if (!a.out.empty()) fs::create_directories(a.out);
+    auto url = embedded.Start(log);
+    if (!url.ok()) return Fail(c, url.status());
+    if (!*c.json) std::printf("embedded policy: paddock-policy at %s (log %s)\n", url->c_str(), log.c_str());
+    a.policy = *url;
+    a.policy_kind = "sglang";
+  }
+  auto policy = PolicyFrom(a);
+  if (!policy.ok()) return Fail(c, policy.status());
+  v1::StartRolloutRequest req;
+  req.set_tasks_jsonl(*text);
+  *req.mutable_policy() = *policy;
+  req.set_concurrency(a.concurrency);
+  req.set_samples_per_task(a.samples);
+  req.set_rollout_id(a.rollout_id);
+  req.set_episode_deadline_s(a.deadline_s);
+  req.set_thinking(a.thinking);
+  req.set_source(fs::absolute(a.tasks).string());
+  if (a.temperature >= 0) req.mutable_sampling()->set_temperature(a.temperature);
+  req.mutable_sampling()->set_max_new_tokens(a.max_new_tokens);
+  auto started = rc->Start(req);
+  if (!started.ok()) return Fail(c, started.status().Prefix(a.tasks));
+  if (!*c.json) std::printf("rollout %s: %u episodes\n", started->rollout_id().c_str(), started->episodes());
+  if (a.detach) {
+    if (*c.json) std::printf("%s\n", json({{"rollout_id", started->rollout_id()}, {"episodes", started->episodes()}}).dump().c_str());
+    return 0;
+  }
+  return WatchAndReport(c, *rc, started->rollout_id(), a.out, a.interval_ms);
+}
+
+}  // namespace
+
+void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std::string& tcp,
+                             const std::string& token_file, const bool& json_flag, std::optional<int>& rc) {
+  static Conn conn;
+  conn = Conn{&socket, &tcp, &token_file, &json_flag};
+  static RunArgs run_args;
+  static std::string resume_id, resume_policy, resume_kind = "sglang", resume_out, export_id, export_format = "jsonl",
+                     export_out, id_arg, episode_arg;
+  static uint32_t resume_concurrency = 0, resume_interval = 1000;
+  static bool export_unfinished = false, resume_detach = false;
+
+  CLI::App* run = app.add_subcommand("run", "run a rollout: every task of a JSONL file against a policy, in paddockd");
+  run->add_option("tasks", run_args.tasks, "tasks file (JSON lines; docs/tasks.md)")->required();
+  run->add_option("--policy", run_args.policy,
+                  "embedded (start paddock-policy), http://HOST:PORT of an inference server, or scripted")
+      ->capture_default_str();
+  run->add_option("--policy-kind", run_args.policy_kind, "sglang | openai (completions) | openai-chat")
+      ->capture_default_str();
+  run->add_option("--policy-script", run_args.policy_script,
+                  "with --policy scripted: JSON array of completions, turn N answered with element N (tests)");
+  run->add_option("--model", run_args.model, "model name sent to OpenAI-compatible servers");
+  run->add_option("--concurrency,-c", run_args.concurrency, "episodes running at once")->capture_default_str();
+  run->add_option("--max-in-flight", run_args.max_in_flight, "policy requests in flight (0: the concurrency)");
+  run->add_option("--samples", run_args.samples, "episodes per task")->capture_default_str();
+  run->add_option("--out", run_args.out, "write DIR/ROLLOUT_ID/episodes.jsonl and summary.json at the end");
+  run->add_option("--id", run_args.rollout_id, "rollout id (default: generated)");
+  run->add_option("--temperature", run_args.temperature, "sampling temperature (default: the server's)");
+  run->add_option("--max-new-tokens", run_args.max_new_tokens, "per turn (default: the task's)");
+  run->add_option("--episode-deadline", run_args.deadline_s, "seconds per episode (default 3600)");
+  run->add_option("--unavailable-wait", run_args.unavailable_wait_s,
+                  "seconds an episode retries an unreachable policy server (default 600)");
+  run->add_option("--interval-ms", run_args.interval_ms, "progress period")->capture_default_str();
+  run->add_flag("--thinking", run_args.thinking, "V4 thinking mode");
+  run->add_flag("--detach", run_args.detach, "print the rollout id and return; `paddock rollout watch ID` later");
+  run->callback([&rc] { rc = RunRun(conn, run_args); });
+
+  CLI::App* resume = app.add_subcommand("resume", "continue an interrupted rollout from the trajectory log");
+  resume->add_option("rollout_id", resume_id, "rollout id (`paddock rollout ls`)")->required();
+  resume->add_option("--policy", resume_policy, "a new policy URL (default: the stored one)");
+  resume->add_option("--policy-kind", resume_kind, "with --policy: sglang | openai | openai-chat")->capture_default_str();
+  resume->add_option("--concurrency,-c", resume_concurrency, "episodes at once (default: the stored value)");
+  resume->add_option("--out", resume_out, "write DIR/ROLLOUT_ID/episodes.jsonl and summary.json at the end");
+  resume->add_option("--interval-ms", resume_interval, "progress period")->capture_default_str();
+  resume->add_flag("--detach", resume_detach, "return once resumed");
+  resume->callback([&rc] {
+    rc = [&]() -> int {
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      v1::ResumeRolloutRequest req;
+      req.set_rollout_id(resume_id);
+      req.set_concurrency(resume_concurrency);
+      if (!resume_policy.empty()) {
+        RunArgs a;
+        a.policy = resume_policy;
+        a.policy_kind = resume_kind;
+        auto p = PolicyFrom(a);
+        if (!p.ok()) return Fail(conn, p.status());
+        *req.mutable_policy() = *p;
+      }
+      auto resp = r->Resume(req);
+      if (!resp.ok()) return Fail(conn, resp.status());
+      if (!*conn.json)
+        std::printf("rollout %s resumed: %u episodes, %u done before, %u to run\n", resp->rollout_id().c_str(),
+                    resp->episodes_total(), resp->already_done(), resp->to_run());
+      if (resume_detach) return 0;
+      return WatchAndReport(conn, *r, resume_id, resume_out, resume_interval);
+    }();
+  });
+
+  CLI::App* ex = app.add_subcommand("export", "a rollout's episodes as training data (JSON lines; docs/export.schema.json)");
+  ex->add_option("rollout_id", export_id, "rollout id")->required();
+  ex->add_option("--format", export_format, "jsonl (the only format)")->capture_default_str();
+  ex->add_option("--out,-o", export_out, "write to this file instead of stdout");
+  ex->add_flag("--include-unfinished", export_unfinished, "also episodes that have not finished");
+  ex->callback([&rc] {
+    rc = [&]() -> int {
+      if (export_format != "jsonl")
+        return Fail(conn, Error(Code::kInvalidArgument, "--format '{}': only jsonl is supported", export_format));
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      std::ofstream file;
+      if (!export_out.empty()) {
+        file.open(export_out, std::ios::binary | std::ios::trunc);
+        if (!file) return Fail(conn, ErrnoError(fmt::format("cannot write {}", export_out)));
+      }
+      Status st = r->Export(export_id, export_unfinished, [&](const std::string& data) {
+        if (file.is_open()) {
+          file << data;
+          return static_cast<bool>(file);
+        }
+        return std::fwrite(data.data(), 1, data.size(), stdout) == data.size();
+      });
+      if (!st.ok()) return Fail(conn, st);
+      return 0;
+    }();
+  });
+
+  CLI::App* ro = app.add_subcommand("rollout", "list, watch, inspect and cancel rollouts");
+  ro->require_subcommand(1);
+  CLI::App* ls = ro->add_subcommand("ls", "rollouts in the trajectory log, newest first");
+  ls->callback([&rc] {
+    rc = [&]() -> int {
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      auto list = r->List();
+      if (!list.ok()) return Fail(conn, list.status());
+      if (*conn.json) {
+        json a = json::array();
+        for (auto& p : list->rollouts())
+          a.push_back({{"rollout_id", p.rollout_id()}, {"state", p.state()}, {"episodes", p.episodes_total()},
+                       {"done", p.done()}, {"failed", p.failed()}, {"policy", p.policy()}, {"source", p.source()}});
+        std::printf("%s\n", a.dump().c_str());
+      } else {
+        std::printf("%-20s %-12s %8s %8s %8s  %s\n", "ROLLOUT", "STATE", "EPISODES", "DONE", "FAILED", "POLICY");
+        for (auto& p : list->rollouts())
+          std::printf("%-20s %-12s %8u %8u %8u  %s\n", p.rollout_id().c_str(), p.state().c_str(), p.episodes_total(),
+                      p.done(), p.failed(), p.policy().c_str());
+      }
+      return 0;
+    }();
+  });
+  CLI::App* watch = ro->add_subcommand("watch", "follow a running rollout to its end, then print its summary");
+  watch->add_option("rollout_id", id_arg, "rollout id")->required();
+  watch->callback([&rc] {
+    rc = [&]() -> int {
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      return WatchAndReport(conn, *r, id_arg, "", 1000);
+    }();
+  });
+  CLI::App* show = ro->add_subcommand("show", "one episode: its summary and steps (JSON)");
+  show->add_option("episode_id", episode_arg, "episode id, ROLLOUT/TASK#SAMPLE")->required();
+  show->callback([&rc] {
+    rc = [&]() -> int {
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      auto d = r->GetEpisode(episode_arg);
+      if (!d.ok()) return Fail(conn, d.status());
+      json steps = json::array();
+      for (auto& s : d->steps()) {
+        json calls = json::array();
+        for (auto& tc : s.tool_calls()) calls.push_back({{"name", tc.name()}, {"arguments", tc.arguments_json()}});
+        json obs = json::array();
+        for (auto& o : s.observations()) obs.push_back({{"exit_code", o.exit_code()}, {"content", o.content()}});
+        steps.push_back({{"step", s.step()}, {"text", s.policy_response().text()}, {"tool_calls", calls},
+                         {"observations", obs}, {"stop_reason", s.stop_reason()}});
+      }
+      const auto& e = d->summary();
+      json j = {{"episode_id", e.episode_id()}, {"state", e.state()},       {"reward", e.reward()},
+                {"stop_reason", e.stop_reason()}, {"turns", e.turns()},     {"failure_reason", e.failure_reason()},
+                {"rebuild_note", e.rebuild_note()}, {"steps", steps}};
+      std::printf("%s\n", j.dump(*conn.json ? -1 : 2, ' ', false, json::error_handler_t::replace).c_str());
+      return 0;
+    }();
+  });
+  CLI::App* cancel = ro->add_subcommand("cancel", "cancel a running rollout (its log stays; resume continues it)");
+  cancel->add_option("rollout_id", id_arg, "rollout id")->required();
+  cancel->add_option("--episode", episode_arg, "only this episode");
+  cancel->callback([&rc] {
+    rc = [&]() -> int {
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      auto n = r->Cancel(id_arg, episode_arg);
+      if (!n.ok()) return Fail(conn, n.status());
+      if (*conn.json) std::printf("%s\n", json({{"cancelled", *n}}).dump().c_str());
+      else std::printf("cancelled %u episodes\n", *n);
+      return 0;
+    }();
+  });
+}
+
+}  // namespace paddock::cli

@@ -1,0 +1,256 @@
+// Rollouts end to end, as a user runs them: the real paddockd (started,
+// SIGKILLed, SIGTERMed and restarted on its state dir by DaemonProcess), the
+// real `paddock` CLI (run, resume, export, rollout ls), real containers over
+// the busybox test rootfs and the real trajectory log. The policy is the
+// scripted one (--policy scripted), so the test needs no model.
+//
+// Side effects are counted in the sandbox: every bash call appends S<turn> to
+// /tmp/ran and the task's verifier gives reward 1 only when the file holds
+// each line exactly once, in order.
+#include <gtest/gtest.h>
+#include <gmock/gmock.h>
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "replay/trajectory_log.h"
+#include "tests/rollout_test_util.h"
+#include "tests/support/daemon_process.h"
+#include "tests/support/test_rootfs.h"
+
+namespace paddock {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using ::testing::HasSubstr;
+using testing::DaemonProcess;
+
+void WriteFile(const std::string& path, const std::string& data) { std::ofstream(path, std::ios::binary) << data; }
+
+std::vector<json> ReadJsonl(const std::string& text) {
+  std::vector<json> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(json::parse(line));
+  return out;
+}
+
+// Validates every line of `jsonl_path` against docs/export.schema.json with
+// python3-jsonschema (Draft 2020-12).
+std::string ValidateExport(const std::string& jsonl_path) {
+  const std::string py =
+      "import json,sys,jsonschema\n"
+      "schema=json.load(open(sys.argv[1]))\n"
+      "v=jsonschema.Draft202012Validator(schema)\n"
+      "n=0\n"
+      "for i,l in enumerate(open(sys.argv[2])):\n"
+      "  errs=list(v.iter_errors(json.loads(l)))\n"
+      "  if errs: print('line',i+1,errs[0].message); sys.exit(1)\n"
+      "  n+=1\n"
+      "print('valid',n)\n";
+  auto r = testing::RunProgram({"/usr/bin/python3", "-c", py, std::string(PADDOCK_SOURCE_DIR) + "/docs/export.schema.json",
+                                jsonl_path});
+  return r.code == 0 ? r.out : "INVALID: " + r.out + r.err;
+}
+
+class RolloutE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists("/usr/local/share/paddock/deepseek-v3-tokenizer.json") && !getenv("PADDOCK_TOKENIZER"))
+      GTEST_SKIP() << "no V4 tokenizer installed (scripts/install-deps.sh)";
+    rootfs_ = testing::EnsureBusyboxRootfs();
+    ASSERT_EQ(daemon_.Start(), "");
+    work_ = daemon_.dir() + "/work";
+    fs::create_directories(work_);
+  }
+
+  std::string Tasks(const std::string& name, int tasks, int turns) {
+    std::string path = work_ + "/" + name + ".jsonl";
+    WriteFile(path, testing::CountingTasks(rootfs_, tasks, turns));
+    return path;
+  }
+  std::string Script(const std::string& name, int turns, const std::string& sleep_s) {
+    std::string path = work_ + "/" + name + ".script.json";
+    WriteFile(path, testing::CountingScript(turns, sleep_s));
+    return path;
+  }
+  json RolloutState(const std::string& id) {
+    auto r = daemon_.Cli({"--json", "rollout", "ls"});
+    if (r.code != 0) return json();
+    for (auto& ro : json::parse(r.out))
+      if (ro["rollout_id"] == id) return ro;
+    return json();
+  }
+  // Waits until `done` episodes of the rollout finished.
+  bool WaitDone(const std::string& id, int done, std::chrono::seconds limit) {
+    auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+      json s = RolloutState(id);
+      if (!s.is_null() && s["done"].get<int>() + s["failed"].get<int>() >= done) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+
+  DaemonProcess daemon_;
+  std::string rootfs_, work_;
+};
+
+TEST_F(RolloutE2eTest, CliRun_SummaryAndExportValidateAgainstSchema) {
+  auto help = daemon_.Cli({"run", "--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_THAT(help.out, HasSubstr("--policy"));
+  EXPECT_THAT(help.out, HasSubstr("--concurrency"));
+  for (const char* cmd : {"resume", "export"}) EXPECT_EQ(daemon_.Cli({cmd, "--help"}).code, 0) << cmd;
+
+  const int kTasks = 8, kTurns = 2;
+  std::string tasks = Tasks("run", kTasks, kTurns), script = Script("run", kTurns, "0.05");
+  std::string out = work_ + "/out";
+  auto r = daemon_.Cli({"run", tasks, "--policy", "scripted", "--policy-script", script, "--samples", "2",
+                        "--concurrency", "8", "--out", out, "--id", "e2e-run", "--interval-ms", "100"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err << daemon_.LogTail();
+  // Not a TTY: plain progress lines, then the summary table.
+  EXPECT_THAT(r.out, HasSubstr("e2e-run running:"));
+  EXPECT_THAT(r.out, HasSubstr("reward"));
+  EXPECT_THAT(r.out, HasSubstr("submit 16"));
+  EXPECT_THAT(r.out, HasSubstr("time per phase"));
+  std::string exported = out + "/e2e-run/episodes.jsonl";
+  ASSERT_TRUE(fs::exists(exported));
+  EXPECT_THAT(ValidateExport(exported), HasSubstr("valid 16"));
+  auto lines = ReadJsonl(testing::ReadWholeFile(exported));
+  ASSERT_EQ(lines.size(), 16u);
+  for (const auto& l : lines) {
+    EXPECT_EQ(l["reward"], 1.0) << l.dump().substr(0, 400);
+    EXPECT_EQ(l["stop_reason"], "submit");
+    EXPECT_EQ(l["policy"]["kind"], "scripted");
+    int policy_tokens = 0;
+    for (auto& m : l["loss_mask"]) policy_tokens += m.get<int>();
+    EXPECT_EQ(policy_tokens, l["generated_tokens"].get<int>());
+  }
+  // `paddock export` gives the same lines.
+  auto ex = daemon_.Cli({"export", "e2e-run", "--format", "jsonl"});
+  ASSERT_EQ(ex.code, 0) << ex.err;
+  EXPECT_EQ(ReadJsonl(ex.out).size(), 16u);
+  EXPECT_EQ(daemon_.Cli({"export", "e2e-run", "--format", "parquet"}).code, 1);
+  auto missing = daemon_.Cli({"export", "no-such-rollout"});
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_THAT(missing.err, HasSubstr("not in the trajectory log"));
+}
+
+TEST_F(RolloutE2eTest, CliRun_BadTasksRefusedNamingLineAndField) {
+  std::string path = work_ + "/bad.jsonl";
+  WriteFile(path, testing::CountingTasks(rootfs_, 1, 1) +
+                      R"({"id":"x","image":"/i","instruction":"y","substrate":"kvm"})" + "\n");
+  std::string script = Script("bad", 1, "0");
+  auto r = daemon_.Cli({"run", path, "--policy", "scripted", "--policy-script", script});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("line 2: field 'substrate': 'kvm'"));
+  auto no_script = daemon_.Cli({"run", path, "--policy", "scripted"});
+  EXPECT_EQ(no_script.code, 1);
+  EXPECT_THAT(no_script.err, HasSubstr("--policy-script"));
+  auto no_file = daemon_.Cli({"run", work_ + "/nope.jsonl", "--policy", "scripted", "--policy-script", script});
+  EXPECT_EQ(no_file.code, 1);
+  EXPECT_THAT(no_file.err, HasSubstr("nope.jsonl"));
+  auto unknown = daemon_.Cli({"resume", "never-started"});
+  EXPECT_EQ(unknown.code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("not in the trajectory log"));
+}
+
+// Reads every logged step of the rollout's episodes: token ids per episode
+// (prompt deltas and outputs in order), straight from the log on disk.
+std::map<std::string, std::vector<uint32_t>> LoggedTokens(const std::string& log_dir, const std::string& rollout) {
+  std::map<std::string, std::vector<uint32_t>> out;
+  replay::LogOptions o;
+  o.dir = log_dir;
+  o.create_if_missing = false;
+  o.reserve_bytes = 0;
+  auto log = replay::TrajectoryLog::Open(o);
+  EXPECT_TRUE(log.ok()) << log.status().message();
+  if (!log.ok()) return out;
+  auto eps = (*log)->ListEpisodes({.prefix = rollout + "/"});
+  EXPECT_TRUE(eps.ok());
+  for (auto& e : *eps) {
+    auto steps = (*log)->ReadSteps(e.episode_id());
+    auto& v = out[e.episode_id()];
+    for (auto& s : *steps) {
+      v.insert(v.end(), s.policy_request().prompt_token_ids().begin(), s.policy_request().prompt_token_ids().end());
+      v.insert(v.end(), s.policy_response().token_ids().begin(), s.policy_response().token_ids().end());
+    }
+  }
+  return out;
+}
+
+TEST_F(RolloutE2eTest, DaemonSigkilledMidRun_ResumeCompletes_PrefixEqualsLog_NoToolCallRanTwice) {
+  const int kTasks = 32, kTurns = 5;
+  std::string tasks = Tasks("kill", kTasks, kTurns), script = Script("kill", kTurns, "0.1");
+  auto r = daemon_.Cli({"run", tasks, "--policy", "scripted", "--policy-script", script, "--concurrency", "16",
+                        "--id", "kill-run", "--detach"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(WaitDone("kill-run", 4, std::chrono::seconds(90))) << daemon_.LogTail();
+  EXPECT_EQ(daemon_.Stop(SIGKILL), 128 + SIGKILL);
+
+  // What the log held at the kill.
+  auto before = LoggedTokens(daemon_.state_dir() + "/log", "kill-run");
+  ASSERT_FALSE(before.empty());
+
+  ASSERT_EQ(daemon_.Start(), "");
+  json st = RolloutState("kill-run");
+  EXPECT_EQ(st["state"], "interrupted");
+  auto res = daemon_.Cli({"resume", "kill-run", "--out", work_ + "/out"});
+  ASSERT_EQ(res.code, 0) << res.out << res.err << daemon_.LogTail();
+  EXPECT_THAT(res.out, HasSubstr("resumed"));
+  EXPECT_THAT(res.out, HasSubstr("replayed from the log"));
+
+  std::string exported = work_ + "/out/kill-run/episodes.jsonl";
+  EXPECT_THAT(ValidateExport(exported), HasSubstr("valid 32"));
+  auto lines = ReadJsonl(testing::ReadWholeFile(exported));
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kTasks));
+  int replayed_tools = 0, rebuilt = 0;
+  for (const auto& l : lines) {
+    const std::string ep = l["episode_id"];
+    // Reward 1: /tmp/ran in the final sandbox holds S0..S4 exactly once each.
+    EXPECT_EQ(l["reward"], 1.0) << ep << " " << l["rebuild_note"] << " " << l["failure_reason"];
+    EXPECT_EQ(l["turns"], kTurns + 1) << ep;
+    replayed_tools += l["replayed"]["tool_calls"].get<int>();
+    rebuilt += l["rebuilt"].get<bool>();
+    // The context logged before the kill is a prefix of the final one.
+    auto it = before.find(ep);
+    if (it == before.end()) continue;
+    std::vector<uint32_t> now = l["token_ids"].get<std::vector<uint32_t>>();
+    ASSERT_LE(it->second.size(), now.size()) << ep;
+    EXPECT_TRUE(std::equal(it->second.begin(), it->second.end(), now.begin())) << ep;
+  }
+  EXPECT_GT(replayed_tools, 0);
+  EXPECT_GT(rebuilt, 0);
+  EXPECT_EQ(RolloutState("kill-run")["state"], "finished");
+}
+
+TEST_F(RolloutE2eTest, SigtermDrainsThenResumeFinishes) {
+  const int kTasks = 8, kTurns = 4;
+  std::string tasks = Tasks("drain", kTasks, kTurns), script = Script("drain", kTurns, "0.2");
+  auto r = daemon_.Cli({"run", tasks, "--policy", "scripted", "--policy-script", script, "--concurrency", "8",
+                        "--id", "drain-run", "--detach"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(daemon_.Stop(SIGTERM), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+  EXPECT_THAT(testing::ReadWholeFile(daemon_.log_path()), HasSubstr("rollout drain-run interrupted"));
+  ASSERT_EQ(daemon_.Start(), "");
+  auto res = daemon_.Cli({"resume", "drain-run"});
+  ASSERT_EQ(res.code, 0) << res.out << res.err;
+  auto ex = daemon_.Cli({"export", "drain-run"});
+  auto lines = ReadJsonl(ex.out);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kTasks));
+  for (const auto& l : lines) EXPECT_EQ(l["reward"], 1.0) << l["episode_id"] << " " << l["failure_reason"];
+}
+
+}  // namespace
+}  // namespace paddock
