@@ -25,6 +25,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # peers measured by bench/
   bubblewrap crun
+  # the microvm substrate: QEMU, the guest kernel (/boot/vmlinuz-*, /lib/modules), layer disks
+  qemu-system-x86 linux-image-amd64 erofs-utils liblzma-dev
   # procps for ps/pgrep in tests, iproute2 for network checks
   procps iproute2
   # the Python SDK (sdk/python): gRPC runtime, messages, and its pytest suite
