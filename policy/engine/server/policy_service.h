@@ -27,7 +27,7 @@ namespace paddock::policy::engine::server {
 
 struct ServiceOptions {
   std::string model_name = "paddock-policy";  // "model" in OpenAI responses and /v1/models
-  int default_max_tokens = 256;               // OpenAI requests without max_tokens
+  int default_max_tokens = 1024;              // OpenAI requests without max_tokens
   // Extra gauges/counters for /metrics from the engine (name → value), e.g.
   // the embedded engine's batch statistics. Optional.
   std::function<std::vector<std::pair<std::string, double>>()> engine_metrics;
