@@ -1,0 +1,239 @@
+// microvm_bench: the microvm substrate against QEMU itself, in one run.
+//
+//   baseline  QEMU boots the same kernel ELF, with the same machine options,
+//             to a busybox /init that prints a marker (spawn -> marker seen)
+//   cold      Create (no warm pool) -> first exec answered
+//   warm      Create handed over from the warm pool -> first exec answered
+//   exec      exec round trip (`true`) on a live VM, median of --execs
+//   density   --vms VMs alive at once (each answers an exec); host RSS per
+//             idle VM (sum of QEMU's VmRSS / count)
+//
+// Medians of --runs. Run by hand (root; QEMU, the guest kernel, erofs-utils,
+// busybox-static installed); --accel tcg on hosts whose KVM cannot run
+// guests (the numbers are then emulation numbers, not the targets' path).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "sandbox/linux/cgroup.h"
+#include "sandbox/manager.h"
+#include "sandbox/microvm/boot_assets.h"
+#include "sandbox/microvm/microvm_substrate.h"
+#include "tests/support/test_rootfs.h"
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using namespace paddock;
+
+namespace {
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// QEMU to a busybox /init printing a marker: the peer of "cold".
+double BaselineBootMs(const std::string& kernel_elf, const std::string& dir, const std::string& accel) {
+  microvm::CpioWriter w;
+  w.Dir("bin");
+  w.Dir("dev");
+  w.CharDev("dev/console", 0600, 5, 1);
+  w.File("bin/busybox", ReadAll("/bin/busybox"), 0755);
+  w.File("init", "#!/bin/busybox sh\n/bin/busybox echo PADDOCK-BOOT-MARKER\n/bin/busybox reboot -f\n", 0755);
+  std::string initrd = dir + "/baseline.cpio";
+  std::ofstream(initrd, std::ios::binary) << w.Finish();
+  const bool kvm = accel != "tcg";
+  // The substrate's machine, cpu, memory and kernel command line (less its
+  // paddock.* words); stdout carries the serial console.
+  std::string cmdline =
+      "console=ttyS0 quiet panic=-1 reboot=t rdinit=/init pci=off i8042.noaux i8042.nomux "
+      "i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 cryptomgr.notests random.trust_cpu=on "
+      "no_timer_check tsc=reliable sysctl.vm.panic_on_oom=1";
+  if (!kvm) cmdline += " tsc_early_khz=2000000";
+  std::vector<std::string> argv = {"/usr/bin/qemu-system-x86_64", "-M", "microvm,x-option-roms=off",
+                                   "-accel", kvm ? "kvm" : "tcg", "-cpu", kvm ? "host" : "max",
+                                   "-smp", "1", "-m", "704M", "-nodefaults", "-no-user-config",
+                                   "-display", "none", "-no-reboot", "-kernel", kernel_elf,
+                                   "-initrd", initrd, "-append", cmdline,
+                                   "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con"};
+  int out[2];
+  if (pipe(out) != 0) return -1;
+  auto start = Clock::now();
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], 1);
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(devnull, 0);
+    close(out[0]);
+    std::vector<char*> a;
+    for (auto& s : argv) a.push_back(s.data());
+    a.push_back(nullptr);
+    execv(a[0], a.data());
+    _exit(127);
+  }
+  close(out[1]);
+  std::string got;
+  char buf[4096];
+  double ms = -1;
+  for (;;) {
+    ssize_t n = read(out[0], buf, sizeof buf);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+    if (got.find("PADDOCK-BOOT-MARKER") != std::string::npos) {
+      ms = Ms(Clock::now() - start);
+      break;
+    }
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  close(out[0]);
+  return ms;
+}
+
+uint64_t QemuRssBytes(const std::string& state) {
+  uint64_t total = 0;
+  for (pid_t pid : StrayQemuProcesses(state)) {
+    std::ifstream in(fmt::format("/proc/{}/status", pid));
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("VmRSS:", 0) == 0) total += std::stoull(line.substr(6)) * 1024;
+  }
+  return total;
+}
+
+bool ExecOk(Sandbox& sb) {
+  ExecRequest r;
+  r.argv = {"true"};
+  auto res = sb.Exec(r, nullptr);
+  return res.ok() && res->exit_code == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"microvm_bench: the microvm substrate vs QEMU booting the same kernel (bench/README.md)"};
+  std::string accel = "kvm";
+  int runs = 5, execs = 200, vms = 50;
+  std::string state = "/var/tmp/paddock-microvm-bench";
+  app.add_option("--accel", accel, "kvm or tcg")->capture_default_str();
+  app.add_option("--runs", runs, "boots per measurement (median)")->capture_default_str();
+  app.add_option("--execs", execs, "execs for the round-trip median")->capture_default_str();
+  app.add_option("--vms", vms, "VMs alive at once for the density row")->capture_default_str();
+  app.add_option("--state-dir", state, "state dir (removed first)")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  fs::remove_all(state);
+  fs::create_directories(state);
+  SubstrateEnv env;
+  env.state_dir = state;
+  env.init_path = testing::BuiltBinary("paddock-init");
+  env.warm_pool_size = 0;
+  MicrovmOptions opts = MicrovmOptionsFromEnvironment();
+  opts.accel = accel;
+  if (Status st = CheckAccelerator(opts); !st.ok()) {
+    std::fprintf(stderr, "microvm_bench: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  SandboxSpec spec;
+  spec.image = testing::EnsureBusyboxRootfs();
+
+  // Boot assets and the layer disk are built once, outside the timings.
+  auto warmup_sub = MakeMicrovmSubstrate(env, opts);
+  {
+    auto sb = warmup_sub->Create("warmup", spec);
+    if (!sb.ok()) {
+      std::fprintf(stderr, "microvm_bench: %s\n", sb.status().ToString().c_str());
+      return 1;
+    }
+  }
+  std::string kernel;
+  for (const auto& e : fs::directory_iterator(state + "/microvm/boot"))
+    if (e.path().filename().string().rfind("vmlinux-", 0) == 0) kernel = e.path();
+
+  std::vector<double> base, cold, warm, rtt;
+  for (int i = 0; i < runs; ++i) base.push_back(BaselineBootMs(kernel, state, accel));
+  for (int i = 0; i < runs; ++i) {
+    auto t0 = Clock::now();
+    auto sb = warmup_sub->Create(fmt::format("cold{}", i), spec);
+    if (!sb.ok() || !ExecOk(**sb)) {
+      std::fprintf(stderr, "cold create failed: %s\n", sb.ok() ? "exec" : sb.status().ToString().c_str());
+      return 1;
+    }
+    cold.push_back(Ms(Clock::now() - t0));
+  }
+  {
+    SubstrateEnv pooled = env;
+    pooled.warm_pool_size = 1;
+    auto sub = MakeMicrovmSubstrate(pooled, opts);
+    auto first = sub->Create("pool-first", spec);  // asks for the recipe
+    if (!first.ok()) return 1;
+    double boot_ms = Median(cold);
+    for (int i = 0; i < runs; ++i) {
+      // Let the pool refill (one boot, with margin).
+      std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(boot_ms * 3) + 200));
+      auto t0 = Clock::now();
+      auto sb = sub->Create(fmt::format("warm{}", i), spec);
+      if (!sb.ok() || !ExecOk(**sb)) return 1;
+      warm.push_back(Ms(Clock::now() - t0));
+    }
+    for (int i = 0; i < execs; ++i) {
+      auto t0 = Clock::now();
+      if (!ExecOk(**first)) return 1;
+      rtt.push_back(Ms(Clock::now() - t0));
+    }
+    sub->Shutdown();
+  }
+  // Density: --vms alive at once, each answering.
+  std::vector<std::unique_ptr<Sandbox>> alive;
+  auto d0 = Clock::now();
+  for (int i = 0; i < vms; ++i) {
+    auto sb = warmup_sub->Create(fmt::format("d{}", i), spec);
+    if (!sb.ok()) {
+      std::fprintf(stderr, "density: VM %d failed: %s\n", i, sb.status().ToString().c_str());
+      break;
+    }
+    alive.push_back(std::move(sb).value());
+  }
+  double density_s = Ms(Clock::now() - d0) / 1000;
+  int answering = 0;
+  for (auto& sb : alive) answering += ExecOk(*sb);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  uint64_t rss = QemuRssBytes(state);
+  size_t n = StrayQemuProcesses(state).size();
+
+  double b = Median(base), c = Median(cold), w = Median(warm), e = Median(rtt);
+  std::printf("accel=%s runs=%d (medians)\n", accel.c_str(), runs);
+  std::printf("| baseline: QEMU boot to busybox /init marker | %.0f ms |\n", b);
+  std::printf("| cold create -> first exec | %.0f ms | %.2fx baseline (target <= 1.2x, <= 300 ms) |\n", c, c / b);
+  std::printf("| warm-pool create -> first exec | %.2f ms | target <= 5 ms |\n", w);
+  std::printf("| exec round trip (true) | %.2f ms | target <= 2 ms |\n", e);
+  std::printf("| VMs alive at once | %d of %d answering (%zu QEMU processes), created in %.1f s |\n",
+              answering, vms, n, density_s);
+  std::printf("| host RSS per idle VM | %.1f MiB |\n", n ? rss / double(n) / (1 << 20) : 0.0);
+  alive.clear();
+  warmup_sub->Shutdown();
+  FlushCgroupRemovals();
+  fs::remove_all(state);
+  return 0;
+}
