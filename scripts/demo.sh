@@ -134,7 +134,7 @@ note "paddockd pid $daemon_pid"
 step "importing the demo images"
 bash "$root/scripts/make-busybox-rootfs.sh" "$work/busybox-rootfs" || die "make-busybox-rootfs.sh failed"
 "$paddock" image import-dir "$work/busybox-rootfs" --name busybox:demo || die "importing the busybox rootfs failed"
-python_image=busybox:demo
+python_image=""
 if [ "$debian" = 1 ]; then
   note "Debian python3 image (debootstrap + umoci on the first run, then cached; a few minutes the first time)"
   archive=$(bash "$root/scripts/make-debian-image.sh" --out "$build/test-images/debian-python3.oci.tar") ||

@@ -125,6 +125,8 @@ def kind_of(instruction):
 
 def make_tasks(episodes, busybox, python, max_turns, max_new_tokens):
     combos = [("busybox", "function"), ("busybox", "container"), ("python", "function"), ("python", "container")]
+    if not python:  # no python3 image: the busybox tasks only
+        combos = combos[:2]
     tasks = []
     for n in range(episodes):
         image_kind, substrate = combos[n % len(combos)]
@@ -169,7 +171,8 @@ def main(argv):
     p = argparse.ArgumentParser(description="Write the demo's tasks (JSON lines, docs/tasks.md).")
     p.add_argument("--episodes", type=int, default=64, help="number of tasks (one episode each; default 64)")
     p.add_argument("--busybox", required=True, help="image reference of the busybox image")
-    p.add_argument("--python", required=True, help="image reference of the Debian python3 image")
+    p.add_argument("--python", required=True,
+                   help="image reference of the Debian python3 image ('' for busybox tasks only)")
     p.add_argument("--out", default="-", help="output file (default: stdout)")
     p.add_argument("--max-turns", type=int, default=3, help="policy turns per episode, +1 on every other task (default 3)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per policy turn, +0..32 by task (default 48)")
