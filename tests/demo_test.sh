@@ -54,6 +54,41 @@ assert c["ran_twice"] == [] and c["problems"] == [], c
 assert c["prefix_ok"] == c["resumed"], c
 assert c["policy_generations"] >= c["turns"] - c["fast_forwarded"]["policy_calls"], c
 EOF
+# The check itself must catch a call that ran twice. The system does not do
+# that, so the fault is injected into copies of the demo's own records (the one
+# place this test doctors data): a resumed episode that answered fewer calls
+# from the log than it held, and a policy server that generated once too often.
+rc_py="$root/examples/demo/resume_check.py"
+pre="$work/demo/before-resume.json"
+exp="$(dirname "$check")/episodes.jsonl"
+gens=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['policy_generations'])" "$check")
+python3 "$rc_py" check --pre "$pre" --export "$exp" --policy-generations "$gens" >/dev/null ||
+  fail "resume_check.py refuses the saved run it passed a moment ago"
+python3 "$rc_py" check --pre "$pre" --export "$exp" --policy-generations $((gens + 1000)) >"$work/twice1" &&
+  fail "resume_check.py accepted a policy server that generated 1000 times too often"
+grep -q "RAN TWICE" "$work/twice1" || fail "no RAN TWICE for extra generations: $(cat "$work/twice1")"
+python3 - "$pre" "$exp" "$work/doctored.jsonl" <<'EOF' || fail "could not doctor the export"
+import json, sys
+pre = json.load(open(sys.argv[1]))["episodes"]
+lines = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+# An episode finished before the kill that ran again (its context changed), or
+# else a resumed one that ran a logged turn again (answered none from the log).
+done = [e for e in lines if pre.get(e["episode_id"], {}).get("state") == "finished"]
+mid = [e for e in lines if pre.get(e["episode_id"], {}).get("policy_steps", 0) > 0
+       and pre[e["episode_id"]]["state"] != "finished"]
+assert done or mid, "the kill left neither a finished nor a resumed episode with logged turns"
+if done:
+    done[0]["token_ids"] = done[0]["token_ids"] + [1]
+else:
+    mid[0]["replayed"]["policy_calls"] = 0
+with open(sys.argv[3], "w") as f:
+    for e in lines:
+        f.write(json.dumps(e) + "\n")
+EOF
+python3 "$rc_py" check --pre "$pre" --export "$work/doctored.jsonl" --policy-generations "$gens" >"$work/twice2" &&
+  fail "resume_check.py accepted an episode that ran a logged turn again"
+grep -q "RAN TWICE" "$work/twice2" || fail "no RAN TWICE for a re-run episode: $(cat "$work/twice2")"
+
 export_file=$(sed -n 's/.*export: *\([^ ]*episodes.jsonl\).*/\1/p' "$log" | tail -n1)
 [ -s "$export_file" ] || fail "the export the demo names ($export_file) is missing"
 python3 - "$export_file" <<'EOF' || fail "the export is not one finished episode per line"

@@ -49,6 +49,8 @@ def check_task(paddock, task):
             "--memory", "256M", "--pids", "64"]
     if task.get("workdir"):
         args += ["--workdir", task["workdir"]]
+    for k, v in sorted(task.get("env", {}).items()):
+        args += ["--env", "%s=%s" % (k, v)]
     sid = cli(paddock, args).stdout.strip()
     try:
         for cmd in task.get("setup", []):

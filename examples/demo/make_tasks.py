@@ -103,7 +103,10 @@ def python_container(i):
          ["printf 'def add(a, b):\\n    return a - b\\n' > /work/calc.py",
           "printf 'import sys\\nsys.path.insert(0, \"/work\")\\nfrom calc import add\\n"
           "assert add(%d, %d) == %d, add(%d, %d)\\nprint(\"ok\")\\n' > /work/test_calc.py" % (a, b, a + b, a, b)],
-         {"command": "python3 /work/test_calc.py", "reward": "exit_code", "timeout_s": 20},
+         # Stale bytecode would hide a same-size fix made within the second
+         # (a - b to a + b): none is written (task env) and any is removed first.
+         {"command": "rm -rf /work/__pycache__; python3 -B /work/test_calc.py", "reward": "exit_code",
+          "timeout_s": 20},
          {"commands": ["sed -i 's/a - b/a + b/' /work/calc.py"], "answer": "done"}),
         # Files to inspect, with python.
         ("/work/data.csv has columns name,score. What is the total of the score column? Submit just the number.",
@@ -163,6 +166,8 @@ def make_tasks(episodes, busybox, python, max_turns, max_new_tokens):
         }
         if setup:
             task["setup"] = ["mkdir -p /work"] + setup
+        if image_kind == "python":
+            task["env"] = {"PYTHONDONTWRITEBYTECODE": "1"}
         tasks.append(task)
     return tasks
 

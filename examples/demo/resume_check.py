@@ -156,7 +156,10 @@ def check(a):
     # at most the calls in doubt at the kill (they may have reached the server).
     turns = sum(e.get("turns", 0) for e in post.values())
     in_doubt = sum(p["in_doubt_policy"] for p in pre.values())
-    generations = policy_generations(a.policy_url) - a.policy_calls_before
+    if a.policy_generations is not None:
+        generations = a.policy_generations
+    else:
+        generations = policy_generations(a.policy_url) - a.policy_calls_before
     if generations > turns + in_doubt:
         ran_twice.append("the policy server generated %d times for %d logged turns and %d calls in doubt"
                          % (generations, turns, in_doubt))
@@ -174,7 +177,11 @@ def check(a):
           % (ff_policy, ff_tools))
     print("policy server:    %d generations for %d turns in the log (%d in doubt at the kill, "
           "allowed to run again)" % (generations, turns, in_doubt))
-    print("tool calls:       %d in all" % tool_calls)
+    if tool_calls:
+        print("tool calls:       %d in all" % tool_calls)
+    else:
+        print("tool calls:       none: no completion parsed as a tool call (expected of an untrained model "
+              "whose output is not constrained), so only policy calls could be fast-forwarded")
     print("resumed prefixes: %d of %d equal the log" % (prefix_ok, resumed))
     if ran_twice:
         print("RAN TWICE:        %d -- %s" % (len(ran_twice), "; ".join(ran_twice[:5])))
@@ -202,7 +209,10 @@ def main(argv):
     c = sub.add_parser("check", help="compare the final export with the snapshot and the policy server")
     c.add_argument("--pre", required=True)
     c.add_argument("--export", required=True)
-    c.add_argument("--policy-url", required=True)
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--policy-url", help="the policy server, whose /metrics count its generations")
+    g.add_argument("--policy-generations", type=int,
+                   help="the generations for this rollout, counted elsewhere (re-checking a saved run)")
     c.add_argument("--policy-calls-before", type=int, default=0)
     c.add_argument("--json-out")
     a = p.parse_args(argv)
