@@ -138,11 +138,12 @@ std::pair<v1::RolloutProgress, uint32_t> Wait(rollout::RolloutEngine& eng, const
 
 int main(int argc, char** argv) {
   CLI::App app{"rollout_bench: rollout engine overhead, density and resume (bench/README.md, rollout_bench)"};
-  std::string rootfs, dir = "/var/tmp/paddock-rollout-bench", scenarios = "overhead,density,resume";
+  std::string rootfs, dir = "/var/tmp/paddock-rollout-bench", scenarios = "overhead,density,resume", log_dir;
   int overhead_turns = 20, function_n = 500, container_n = 200, resume_n = 200;
   app.add_option("--rootfs", rootfs, "busybox rootfs (default: the test rootfs)");
   app.add_option("--dir", dir, "work directory (state, logs)")->capture_default_str();
   app.add_option("--scenarios", scenarios, "overhead,density,resume")->capture_default_str();
+  app.add_option("--log-dir", log_dir, "trajectory log directory (default DIR/log; e.g. /dev/shm/x to leave out fsync)");
   app.add_option("--overhead-turns", overhead_turns)->capture_default_str();
   app.add_option("--function-episodes", function_n)->capture_default_str();
   app.add_option("--container-episodes", container_n)->capture_default_str();
@@ -157,7 +158,10 @@ int main(int argc, char** argv) {
   Env e;
   e.rootfs = rootfs;
   e.dir = dir;
-  Open(e, dir + "/log");
+  if (log_dir.empty()) log_dir = dir + "/log";
+  std::filesystem::remove_all(log_dir);
+  Open(e, log_dir);
+  std::printf("log at %s\n\n", log_dir.c_str());
   std::printf("| measurement | value |\n| --- | ---: |\n");
 
   if (want("overhead")) {
@@ -232,9 +236,10 @@ int main(int argc, char** argv) {
       std::cerr << st.status().message() << "\n";
       return 1;
     }
-    uint64_t half = static_cast<uint64_t>(resume_n) * (kTurns + 1) / 2;
+    uint64_t base = e.engine->stats().live_tool_calls;
+    uint64_t half = base + static_cast<uint64_t>(resume_n) * (kTurns + 1) / 2;
     while (e.engine->stats().live_tool_calls < half) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    uint64_t ran = e.engine->stats().live_tool_calls;
+    uint64_t ran = e.engine->stats().live_tool_calls - base;
     // Interrupted: the engine goes (in-flight steps finish), sandboxes with it.
     e.engine.reset();
     e.engine = std::make_unique<rollout::RolloutEngine>(*e.manager, *e.log);
@@ -260,6 +265,7 @@ int main(int argc, char** argv) {
     results["resume"] = {{"first_live_ms", first_live_ms}, {"all_s", all_s}, {"done", p.done()}};
   }
   Close(e);
+  if (!log_dir.empty() && log_dir.rfind(dir, 0) != 0) std::filesystem::remove_all(log_dir);
   std::ofstream(dir + "/results.json") << results.dump(2) << "\n";
   return 0;
 }

@@ -1055,8 +1055,9 @@ class RolloutEngine::Impl {
       ep->summary.set_tool_calls(ep->summary.tool_calls() + 1);
       r->replayed_tools++;
       replayed_tools_++;
-      if (ToolMutates(name)) {
-        // Rebuild: the call's effect lived in a sandbox that is gone.
+      if (ToolMutates(name) && ep->task->substrate != "function") {
+        // Rebuild: the call's effect lived in a sandbox that is gone. (A
+        // function sandbox keeps no state between calls: nothing to rebuild.)
         ToolOutcome again = RunTool(ep->sandbox.get(), *ep->task, name, args, timeout_ms);
         ep->reapplied++;
         reapplied_++;

@@ -16,7 +16,8 @@
 // - A resumed episode always gets a new sandbox (the old one died with the
 //   daemon, or was destroyed at cancel/drain). It is rebuilt: setup re-run,
 //   then the replayed calls that change the sandbox (bash, write_file,
-//   str_replace) re-applied in order with their outputs discarded, so the
+//   str_replace) re-applied in order with their outputs discarded (not for
+//   function sandboxes, which keep no state between calls), so the
 //   sandbox holds each call's effect exactly once. A call that was in doubt
 //   (intent, no result) ran, if at all, in the sandbox that is gone, so it
 //   runs again in the rebuilt one; the episode's rebuild_note says so.
