@@ -73,10 +73,30 @@ Result<ResolvedImage> DirectoryImageResolver::Resolve(const std::string& ref) {
                ref);
 }
 
+struct StoreImageResolver::Cached {
+  ResolvedImage image;  // with lease = the LeaseSet below, set per Resolve
+  std::shared_ptr<LeaseSet> leases;
+};
+
 Result<ResolvedImage> StoreImageResolver::Resolve(const std::string& ref) {
   if (ref.empty()) return Error(Code::kInvalidArgument, "no image given");
   if (ref[0] == '/') return ResolveDirectory(ref);
-  auto image = store_->Get(ref);
+  auto digest = store_->Resolve(ref);
+  if (!digest.ok()) return digest.status();
+  {
+    std::lock_guard lock(mu_);
+    auto it = cached_.find(digest->str());
+    if (it != cached_.end()) {
+      if (auto held = it->second.lock()) {
+        ResolvedImage out = held->image;
+        out.ref = ref;
+        out.lease = held;  // keeps the cache entry and, through it, the layer leases
+        return out;
+      }
+      cached_.erase(it);
+    }
+  }
+  auto image = store_->Get(digest->str());
   if (!image.ok()) return image.status();
   ResolvedImage out;
   out.id = image->digest.str();
@@ -95,7 +115,12 @@ Result<ResolvedImage> StoreImageResolver::Resolve(const std::string& ref) {
     out.layer_dirs.push_back(lease->root());
     leases->leases.push_back(std::move(lease).value());
   }
-  out.lease = leases;
+  auto entry = std::make_shared<Cached>();
+  entry->image = out;
+  entry->leases = leases;
+  out.lease = entry;
+  std::lock_guard lock(mu_);
+  cached_[out.id] = entry;
   return out;
 }
 

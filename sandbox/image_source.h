@@ -17,6 +17,7 @@
 
 #include <functional>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <vector>
@@ -95,8 +96,15 @@ class StoreImageResolver final : public ImageResolver {
                                      const std::string& name) override;
 
  private:
+  struct Cached;
   storage::ImageStore* store_;
   storage::LayerCache* cache_;
+  // The warm path stays independent of the image's size and layer count: a
+  // resolved image (immutable by digest) is kept while any sandbox holds it,
+  // and its layers' leases are shared by those sandboxes. Only the name →
+  // digest lookup touches the store on every Resolve.
+  std::mutex mu_;
+  std::map<std::string, std::weak_ptr<Cached>> cached_;  // by image digest
 };
 
 // `env` (SubstrateEnv::images) when set, else a process-wide DirectoryImageResolver.
