@@ -67,8 +67,8 @@ Status Pipe(const TarProducer& produce,
 
 Result<ResolvedImage> DirectoryImageResolver::Resolve(const std::string& ref) {
   if (!ref.empty() && ref[0] == '/') return ResolveDirectory(ref);
-  return Error(Code::kNotFound,
-               "image '{}' not found: this daemon has no image store, so an image must be a root "
+  return Error(Code::kInvalidArgument,
+               "image '{}' is not an absolute path: without an image store an image must be a root "
                "filesystem directory given by absolute path",
                ref);
 }
