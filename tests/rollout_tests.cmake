@@ -17,3 +17,7 @@ if(TARGET paddock_rollout_engine AND EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/rollout_
   target_compile_definitions(rollout_e2e_test PRIVATE PADDOCK_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   add_dependencies(rollout_e2e_test paddockd paddock paddock-init)
 endif()
+# The policy-server-killed case runs the real paddock-policy when it is built.
+if(TARGET rollout_e2e_test AND TARGET paddock-policy)
+  add_dependencies(rollout_e2e_test paddock-policy)
+endif()

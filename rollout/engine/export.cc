@@ -95,6 +95,8 @@ Result<std::string> ExportEpisodeLine(replay::TrajectoryLog& log, const v4::Toke
                         {"tools", t.tools_us()},                 {"verifier", t.verifier_us()},
                         {"total", t.total_us()}};
   line["replayed"] = {{"policy_calls", s.replayed_policy_calls()}, {"tool_calls", s.replayed_tool_calls()}};
+  line["policy_retries"] = s.policy_retries();
+  line["malformed_turns"] = s.malformed_tool_calls();
   line["rebuilt"] = s.rebuilt();
   line["rebuild_note"] = s.rebuild_note();
   line["failure_reason"] = s.failure_reason();
