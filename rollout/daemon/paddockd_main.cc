@@ -29,6 +29,7 @@
 #include "sandbox/container/container_substrate.h"
 #include "sandbox/function/function_substrate.h"
 #include "sandbox/manager.h"
+#include "sandbox/microvm/microvm_substrate.h"
 #include "sandbox/reaper.h"
 #include "rollout/service/image_service.h"
 #include "sandbox/image_source.h"
@@ -48,6 +49,8 @@ struct Flags {
   std::string token_file;
   uint32_t max_sandboxes = 1000;
   size_t warm_pool = 4;
+  size_t microvm_warm_pool = 2;  // pre-booted VMs per recipe
+  std::string microvm_accel;     // kvm (default) or tcg
   uint32_t default_ttl = 3600;
   std::string log_level = "info";
   std::string init_path;
@@ -275,6 +278,15 @@ int Run(const Flags& flags) {
   SandboxManager manager(mopts);
   manager.RegisterSubstrate(MakeFunctionSubstrate(env));
   manager.RegisterSubstrate(MakeContainerSubstrate(env));
+  {
+    SubstrateEnv vm_env = env;
+    vm_env.warm_pool_size = flags.microvm_warm_pool;
+    MicrovmOptions vm_opts = MicrovmOptionsFromEnvironment();
+    if (!flags.microvm_accel.empty()) vm_opts.accel = flags.microvm_accel;
+    // Registered even where KVM cannot run guests: creates then fail with the reason.
+    if (Status st = CheckAccelerator(vm_opts); !st.ok()) spdlog::warn("microvm substrate: {}", st.message());
+    manager.RegisterSubstrate(MakeMicrovmSubstrate(vm_env, vm_opts));
+  }
   // 5b. The rollout engine and its Rollouts service (rollout/engine).
   rollout::RolloutEngine rollout_engine(manager, **log);
   server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
@@ -333,6 +345,13 @@ int main(int argc, char** argv) {
   app.add_option("--warm-pool", flags.warm_pool,
                  "ready containers kept per (image, limits, workdir) once asked for; 0 disables")
       ->capture_default_str();
+  app.add_option("--microvm-warm-pool", flags.microvm_warm_pool,
+                 "pre-booted microVMs kept per (image, limits, workdir) once asked for; 0 disables")
+      ->capture_default_str();
+  app.add_option("--microvm-accel", flags.microvm_accel,
+                 "microVM accelerator: kvm (default) or tcg (QEMU's emulator, for hosts whose KVM "
+                 "cannot run guests; slow)")
+      ->check(CLI::IsMember({"kvm", "tcg"}));
   app.add_option("--default-ttl", flags.default_ttl,
                  "time to live in seconds for sandboxes created with ttl 0")
       ->capture_default_str();
