@@ -161,9 +161,20 @@ python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1] + '/he
   die "paddock-policy at $policy_url does not answer /health"
 note "$(head -n1 "$work/paddock-policy.log")"
 
+# The tool constraint on /generate: paddock-policy keeps each turn a well-formed
+# tool call (the untrained model's free text would not parse), asked for with
+# `paddock run --constrain-tools` where this build's CLI has it.
+constrain_args=()
+if "$paddock" run --help 2>/dev/null | grep -q -- "--constrain-tools"; then
+  constrain_args=(--constrain-tools --tool-choice required)
+  # Room for a whole tool call within a turn's budget.
+  if [ "$quick" = 1 ]; then turns=2 tokens=96; else turns=3 tokens=160; fi
+else
+  if [ "$quick" = 1 ]; then turns=2 tokens=16; else turns=3 tokens=48; fi
+fi
+
 step "writing $episodes demo tasks"
 tasks="$work/tasks.jsonl"
-if [ "$quick" = 1 ]; then turns=2 tokens=16; else turns=3 tokens=48; fi
 task_args=(--episodes "$episodes" --busybox busybox:demo --python "$python_image" --max-turns "$turns"
            --max-new-tokens "$tokens" --out "$tasks")
 python3 "$root/examples/demo/make_tasks.py" "${task_args[@]}" || die "examples/demo/make_tasks.py failed"
@@ -210,7 +221,12 @@ for reason, n in c.most_common(3): print('   %d failed: %s' % (n, reason[:300]))
 
 step "running rollout $rollout: $episodes episodes, $concurrency at once, policy $policy_url"
 gens_before=$(gens) || die "cannot read $policy_url/metrics"
-"$paddock" run "$tasks" --policy "$policy_url" --policy-kind sglang --id "$rollout" \
+if [ ${#constrain_args[@]} -gt 0 ]; then
+  note "tool-constrained decoding: ${constrain_args[*]} (every turn a well-formed tool call)"
+else
+  note "this paddock has no --constrain-tools: the untrained model's turns are free text, not tool calls"
+fi
+"$paddock" run "$tasks" --policy "$policy_url" --policy-kind sglang --id "$rollout" "${constrain_args[@]}" \
   --concurrency "$concurrency" --out "$runs" --interval-ms 1000 > >(sed 's/^/   /') 2>"$work/run1.err" &
 run_pid=$!
 # When to kill: once about half the episodes are done (the daemon's count), or,

@@ -150,7 +150,7 @@ def make_tasks(episodes, busybox, python, max_turns, max_new_tokens):
             "system": SYSTEM,
             "instruction": text,
             "tools": tools,
-            "limits": {"memory_mb": 256, "pids": 64, "exec_timeout_s": 20, "output_cap_bytes": 4096},
+            "limits": {"memory_mb": 256, "pids": 64, "exec_timeout_s": 10, "output_cap_bytes": 4096},
             "workdir": "/work" if substrate == "container" else "/",
             # Budgets vary a little from task to task so that episodes drift apart
             # instead of moving in lock-step waves.

@@ -156,13 +156,15 @@ def check(a):
     # at most the calls in doubt at the kill (they may have reached the server).
     turns = sum(e.get("turns", 0) for e in post.values())
     in_doubt = sum(p["in_doubt_policy"] for p in pre.values())
+    # A request retried after a transient error may have reached the server too.
+    retries = sum(e.get("policy_retries", 0) for e in post.values())
     if a.policy_generations is not None:
         generations = a.policy_generations
     else:
         generations = policy_generations(a.policy_url) - a.policy_calls_before
-    if generations > turns + in_doubt:
-        ran_twice.append("the policy server generated %d times for %d logged turns and %d calls in doubt"
-                         % (generations, turns, in_doubt))
+    if generations > turns + in_doubt + retries:
+        ran_twice.append("the policy server generated %d times for %d logged turns, %d calls in doubt and "
+                         "%d retries" % (generations, turns, in_doubt, retries))
     live = turns - sum(e.get("replayed", {}).get("policy_calls", 0) for e in post.values())
     if generations < live:
         problems.append("the policy server generated %d times, fewer than the %d turns that ran live"
@@ -175,8 +177,8 @@ def check(a):
                                      len(set(post) - set(pre)), rebuilt))
     print("fast-forwarded:   %d policy calls and %d tool calls answered from the log, not run again"
           % (ff_policy, ff_tools))
-    print("policy server:    %d generations for %d turns in the log (%d in doubt at the kill, "
-          "allowed to run again)" % (generations, turns, in_doubt))
+    print("policy server:    %d generations for %d turns in the log (%d in doubt at the kill, allowed to "
+          "run again; %d retried requests)" % (generations, turns, in_doubt, retries))
     if tool_calls:
         print("tool calls:       %d in all" % tool_calls)
     else:
