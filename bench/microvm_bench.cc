@@ -73,7 +73,7 @@ double BaselineBootMs(const std::string& kernel_elf, const std::string& dir, con
       "no_timer_check tsc=reliable sysctl.vm.panic_on_oom=1";
   if (!kvm) cmdline += " tsc_early_khz=2000000";
   std::vector<std::string> argv = {"/usr/bin/qemu-system-x86_64", "-M", "microvm,x-option-roms=off",
-                                   "-accel", kvm ? "kvm" : "tcg", "-cpu", kvm ? "host" : "max",
+                                   "-accel", kvm ? "kvm" : "tcg,tb-size=64", "-cpu", kvm ? "host" : "max",
                                    "-smp", "1", "-m", "704M", "-nodefaults", "-no-user-config",
                                    "-display", "none", "-no-reboot", "-kernel", kernel_elf,
                                    "-initrd", initrd, "-append", cmdline,

@@ -4,3 +4,10 @@
 paddock_test(microvm_test microvm_test.cc)
 target_link_libraries(microvm_test PRIVATE paddock_sandbox)
 add_dependencies(microvm_test paddock-init)
+
+# Through a real paddockd and the paddock CLI.
+if(TARGET paddockd AND TARGET paddock)
+  paddock_test(microvm_daemon_test microvm_daemon_test.cc)
+  target_link_libraries(microvm_daemon_test PRIVATE paddock_sandbox)
+  add_dependencies(microvm_daemon_test paddockd paddock paddock-init)
+endif()
