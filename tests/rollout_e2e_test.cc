@@ -336,5 +336,28 @@ TEST_F(RolloutE2eTest, PolicyServerKilledMidRun_EpisodesWaitRetryAndContinue) {
   EXPECT_GT(retries, 0) << "no episode saw the policy server down";
   EXPECT_THAT(testing::ReadWholeFile(daemon_.log_path()), HasSubstr("policy unavailable"));
 }
+
+// `paddock run --policy embedded` starts the built paddock-policy as its own
+// child on a free loopback port, runs the rollout against it and stops it.
+TEST_F(RolloutE2eTest, CliRun_EmbeddedPolicyStartedAndStopped) {
+  fs::path bin = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "policy" / "paddock-policy";
+  if (!fs::exists(bin)) GTEST_SKIP() << "paddock-policy is not built at " << bin;
+  std::string tasks = work_ + "/emb.jsonl", all;
+  for (int i = 0; i < 4; ++i)
+    all += json({{"id", "emb-" + std::to_string(i)}, {"image", rootfs_}, {"substrate", "function"},
+                 {"instruction", "say hi"}, {"tools", {"bash", "submit"}}, {"max_turns", 2},
+                 {"max_new_tokens", 8}})
+               .dump() + "\n";
+  WriteFile(tasks, all);
+  std::string out = work_ + "/emb-out";
+  auto r = daemon_.Cli({"run", tasks, "--policy", "embedded", "--id", "emb-run", "--out", out, "-c", "4"});
+  EXPECT_THAT(r.out, HasSubstr("embedded policy: paddock-policy at http://127.0.0.1:"));
+  EXPECT_THAT(r.out, HasSubstr("rollout emb-run: finished, 4 of 4 episodes reported"));
+  EXPECT_TRUE(fs::exists(out + "/paddock-policy.log"));
+  EXPECT_EQ(ReadJsonl(testing::ReadWholeFile(out + "/emb-run/episodes.jsonl")).size(), 4u);
+  // The child is gone with the run.
+  auto ps = testing::RunProgram({"/usr/bin/pgrep", "-f", bin.string() + " --listen"});
+  EXPECT_NE(ps.code, 0) << ps.out;
+}
 }  // namespace
 }  // namespace paddock
