@@ -27,6 +27,7 @@
 #include "policy/engine/server/http_server.h"
 #include "policy/engine/server/policy_service.h"
 #include "policy/v4/decode/decoder.h"
+#include "policy/v4/encode/encoder.h"
 #include "policy/v4/tokenizer/tokenizer.h"
 
 namespace paddock::policy::engine::server {
@@ -170,6 +171,106 @@ TEST_F(PolicyServerE2eTest, ChatToolCallsFromTheRealEngineParse) {
     EXPECT_EQ(call["function"]["name"], "bash");
     json args = json::parse(call["function"]["arguments"].get<std::string>());
     EXPECT_TRUE(args["command"].is_string());
+  }
+}
+
+// /generate's Paddock extension: the caller renders the prompt (tools in the
+// system message, as the rollout engine does) and sends the tools beside the
+// token ids; the output ids decode strictly into schema-following tool calls.
+std::vector<int32_t> ToolPrompt(bool thinking) {
+  nlohmann::ordered_json request = {
+      {"messages",
+       {{{"role", "system"}, {"content", "You operate a Linux sandbox."}, {"tools", nlohmann::ordered_json(Tools())}},
+        {{"role", "user"}, {"content", "Show the disk usage."}}}},
+      {"thinking_mode", thinking ? "thinking" : "chat"}};
+  auto text = v4::EncodePrompt(request);
+  EXPECT_TRUE(text.ok()) << text.status().ToString();
+  std::vector<int32_t> ids;
+  for (uint32_t id : Tok()->Encode(text.ok() ? text.value() : "")) ids.push_back(static_cast<int32_t>(id));
+  return ids;
+}
+
+void ExpectSchemaCalls(const std::vector<int32_t>& out, bool thinking, const std::string& what) {
+  std::vector<uint32_t> ids(out.begin(), out.end());
+  std::string completion = Tok()->Decode(ids);
+  json tools = Tools();
+  auto strict = v4::DecodeCompletion(completion, thinking, &tools);
+  ASSERT_TRUE(std::holds_alternative<json>(strict))
+      << what << ": " << std::get<v4::DecodeError>(strict).message << "\n" << completion;
+  const json& m = std::get<json>(strict);
+  ASSERT_TRUE(m["tool_calls"].is_array() && !m["tool_calls"].empty()) << what << ": " << completion;
+  for (const auto& call : m["tool_calls"]) {
+    EXPECT_EQ(call["function"]["name"], "bash") << what;
+    const json& a = call["function"]["arguments"];
+    json args = a.is_string() ? json::parse(a.get<std::string>()) : a;
+    ASSERT_TRUE(args.is_object()) << what;
+    EXPECT_TRUE(args["command"].is_string()) << what << ": " << args.dump();
+    if (args.contains("timeout")) {
+      EXPECT_TRUE(args["timeout"].is_number_integer()) << what << ": " << args.dump();
+    }
+    for (auto& [k, v] : args.items()) EXPECT_TRUE(k == "command" || k == "timeout") << what << ": " << k;
+  }
+}
+
+TEST_F(PolicyServerE2eTest, GenerateWithToolsYieldsStrictToolCalls) {
+  for (bool thinking : {true, false}) {
+    std::vector<int32_t> prompt = ToolPrompt(thinking);
+    ASSERT_FALSE(prompt.empty());
+    for (int seed : {1, 2, 3}) {
+      json body = {{"input_ids", prompt},
+                   {"sampling_params", {{"max_new_tokens", 160}, {"temperature", 1.0}, {"seed", seed}}},
+                   {"tools", Tools()},
+                   {"tool_choice", "required"},
+                   {"thinking", thinking}};
+      auto [status, text] = Send(server_->port(), http::verb::post, "/generate", body.dump());
+      ASSERT_EQ(status, 200) << text;
+      json r = json::parse(text);
+      EXPECT_EQ(r["meta_info"]["paddock_constrained"], true) << text;
+      ExpectSchemaCalls(r["output_ids"].get<std::vector<int32_t>>(), thinking,
+                        "seed " + std::to_string(seed) + (thinking ? " thinking" : " chat"));
+    }
+  }
+  // The rollout engine's path: the SGLang backend with the tools in extra_body.
+  BackendOptions o;
+  o.url = Url();
+  auto sglang = SglangBackend::Create(o);
+  ASSERT_TRUE(sglang.ok());
+  GenerateRequest req;
+  req.input_ids = ToolPrompt(true);
+  req.sampling.max_new_tokens = 160;
+  req.sampling.seed = 9;
+  req.extra_body = {{"tools", Tools()}, {"tool_choice", "required"}, {"thinking", true}};
+  auto res = sglang.value()->Generate(req, {});
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  ExpectSchemaCalls(res.value().output_ids, true, "sglang backend");
+}
+
+TEST_F(PolicyServerE2eTest, GenerateWithoutToolsIsPlainSglang) {
+  json body = {{"input_ids", ToolPrompt(false)}, {"sampling_params", {{"max_new_tokens", 8}, {"seed", 1}}}};
+  auto [status, text] = Send(server_->port(), http::verb::post, "/generate", body.dump());
+  ASSERT_EQ(status, 200) << text;
+  EXPECT_FALSE(json::parse(text)["meta_info"].contains("paddock_constrained")) << text;
+}
+
+TEST_F(PolicyServerE2eTest, GenerateRejectsBadToolsNamingTheField) {
+  const std::vector<std::pair<json, std::string>> cases = {
+      {{{"tools", "bash"}}, "tools"},
+      {{{"tools", {"bash"}}}, "tools"},
+      {{{"tools", json::parse(R"([{"type":"function","function":{"name":"a\"b","parameters":{}}}])")}}, "tools"},
+      {{{"tools", Tools()}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "rm"}}}}}}, "tool_choice"},
+      {{{"tools", json::parse(R"([{"type":"function","function":{"name":"x","parameters":"nope"}}])")}}, "tools"},
+      {{{"tools", Tools()}, {"tool_choice", "sometimes"}}, "tool_choice"},
+      {{{"tools", Tools()}, {"tool_choice", {{"type", "function"}}}}, "tool_choice"},
+      {{{"tools", Tools()}, {"thinking", "yes"}}, "thinking"},
+  };
+  for (const auto& [extra, param] : cases) {
+    json body = {{"input_ids", {100, 200, 300}}, {"sampling_params", {{"max_new_tokens", 8}}}};
+    for (auto& [k, v] : extra.items()) body[k] = v;
+    auto [status, text] = Send(server_->port(), http::verb::post, "/generate", body.dump());
+    EXPECT_EQ(status, 400) << extra.dump() << " -> " << text;
+    json r = json::parse(text, nullptr, false);
+    ASSERT_TRUE(r.is_object()) << text;
+    EXPECT_EQ(r["error"]["param"], param) << extra.dump() << " -> " << text;
   }
 }
 

@@ -344,6 +344,64 @@ Result<std::shared_ptr<constrain::ToolGrammar>> PolicyService::GrammarFor(const 
   return g;
 }
 
+// --- tool requests (/v1/chat/completions, and /generate's Paddock extension) --
+
+namespace {
+
+Result<ToolRequest> ReadToolRequest(const json& body) {
+  ToolRequest r;
+  if (auto t = body.find("tools"); t != body.end() && !t->is_null()) {
+    if (!t->is_array()) return Bad("tools", "must be an array");
+    for (size_t i = 0; i < t->size(); ++i)
+      if (!(*t)[i].is_object()) return Bad("tools", fmt::format("element {} is not a tool object", i));
+    r.tools = *t;
+  }
+  // tool_choice: "none" | "auto" | "required" | {"type":"function","function":{"name":…}}
+  if (auto tc = body.find("tool_choice"); tc != body.end() && !tc->is_null()) {
+    const char* why = "must be \"none\", \"auto\", \"required\" or a function object";
+    if (tc->is_string()) {
+      r.choice = tc->get<std::string>();
+      if (r.choice != "none" && r.choice != "auto" && r.choice != "required") return Bad("tool_choice", why);
+    } else if (tc->is_object() && tc->contains("function") && (*tc)["function"].is_object() &&
+               (*tc)["function"].contains("name") && (*tc)["function"]["name"].is_string()) {
+      r.choice = "required";
+      r.only.push_back((*tc)["function"]["name"].get<std::string>());
+    } else {
+      return Bad("tool_choice", why);
+    }
+  }
+  // Thinking: "thinking": bool, or chat_template_kwargs {"thinking": bool} / {"thinking_mode": "thinking"}.
+  PADDOCK_ASSIGN_OR_RETURN(auto th, ReadBool(body, "thinking", ""));
+  if (th) r.thinking = *th;
+  if (auto kw = body.find("chat_template_kwargs"); kw != body.end() && kw->is_object()) {
+    PADDOCK_ASSIGN_OR_RETURN(auto t2, ReadBool(*kw, "thinking", "chat_template_kwargs."));
+    if (t2) r.thinking = *t2;
+    if (auto m = kw->find("thinking_mode"); m != kw->end() && m->is_string()) r.thinking = *m == "thinking";
+  }
+  PADDOCK_ASSIGN_OR_RETURN(auto use, ReadBool(body, "tool_constraint", ""));
+  r.constrain = use.value_or(true);
+  return r;
+}
+
+// A grammar that does not build names the field at fault: tool_choice (a
+// function that is not among the tools), else tools.
+HttpReply ToolErrorReply(const Status& st) {
+  if (st.code() != Code::kInvalidArgument) return ErrorReply(st);
+  return ErrorReply(400, st.message(), st.message().rfind("tool_choice", 0) == 0 ? "tool_choice" : "tools");
+}
+
+}  // namespace
+
+Result<std::unique_ptr<TokenConstraint>> PolicyService::ToolConstraint(const ToolRequest& r, int max_new_tokens) {
+  if (r.tools.empty() || !r.constrain) return std::unique_ptr<TokenConstraint>();
+  constrain::GrammarOptions o = options_.grammar;
+  o.thinking = r.thinking;
+  o.require_tool_call = r.choice == "required";
+  o.only_tools = r.only;
+  PADDOCK_ASSIGN_OR_RETURN(auto g, GrammarFor(r.choice == "none" ? json::array() : r.tools, o));
+  return g->NewConstraint(max_new_tokens);
+}
+
 // --- /generate (SGLang) ---------------------------------------------------
 
 HttpReply PolicyService::Generate(const json& body) {
@@ -382,11 +440,21 @@ HttpReply PolicyService::Generate(const json& body) {
                                   prompt.size(), k.sampling.max_new_tokens, engine_->max_context()),
                       "sampling_params.max_new_tokens");
 
+  // Paddock extension: "tools" (+ "tool_choice", "thinking") constrain the
+  // output to a well-formed V4 message as on /v1/chat/completions. The prompt
+  // is the caller's: it must already carry the tools (SGLang knows none of this).
+  auto treq = ReadToolRequest(body);
+  if (!treq.ok()) return ErrorReply(treq.status());
   GenerateJob job;
   job.prompt = prompt;
   job.sampling = k.sampling;
+  auto tc = ToolConstraint(treq.value(), k.sampling.max_new_tokens);
+  if (!tc.ok()) return ToolErrorReply(tc.status());
+  job.constraint = std::move(tc.value());
+  const bool constrained = job.constraint != nullptr;
   auto stop_match = std::make_shared<std::optional<std::string>>();
-  if (!k.stop.empty()) job.constraint = std::make_unique<StopStrings>(nullptr, k.stop, vocab_, stop_match);
+  if (!k.stop.empty())
+    job.constraint = std::make_unique<StopStrings>(std::move(job.constraint), k.stop, vocab_, stop_match);
   auto run = Run(std::move(job));
   if (!run.ok()) return ErrorReply(run.status());
   const GenerateOutput& out = run.value();
@@ -418,6 +486,7 @@ HttpReply PolicyService::Generate(const json& body) {
                {"completion_tokens", out.tokens.size()},
                {"cached_tokens", out.cached_prompt_tokens},
                {"e2e_latency", std::chrono::duration<double>(Clock::now() - started).count()}};
+  if (constrained) meta["paddock_constrained"] = true;
   if (return_logprob) {
     json lps = json::array();
     for (size_t i = 0; i < out.tokens.size(); ++i)
@@ -538,42 +607,12 @@ HttpReply PolicyService::ChatCompletions(const json& body, const ojson& ob) {
   auto msgs = ob.find("messages");
   if (msgs == ob.end() || !msgs->is_array() || msgs->empty())
     return ErrorReply(400, "messages: must be a non-empty array", "messages");
+  auto treq = ReadToolRequest(body);
+  if (!treq.ok()) return ErrorReply(treq.status());
+  const ToolRequest& tr = treq.value();
+  const bool thinking = tr.thinking;
   ojson tools = ojson::array();
-  if (auto t = ob.find("tools"); t != ob.end() && !t->is_null()) {
-    if (!t->is_array()) return ErrorReply(400, "tools: must be an array", "tools");
-    tools = *t;
-  }
-  // tool_choice: "none" | "auto" | "required" | {"type":"function","function":{"name":…}}
-  std::string choice = "auto";
-  std::vector<std::string> only;
-  if (auto tc = body.find("tool_choice"); tc != body.end() && !tc->is_null()) {
-    if (tc->is_string()) {
-      choice = tc->get<std::string>();
-      if (choice != "none" && choice != "auto" && choice != "required")
-        return ErrorReply(400, "tool_choice: must be \"none\", \"auto\", \"required\" or a function object",
-                          "tool_choice");
-    } else if (tc->is_object() && tc->contains("function") && (*tc)["function"].is_object() &&
-               (*tc)["function"].contains("name") && (*tc)["function"]["name"].is_string()) {
-      choice = "required";
-      only.push_back((*tc)["function"]["name"].get<std::string>());
-    } else {
-      return ErrorReply(400, "tool_choice: must be \"none\", \"auto\", \"required\" or a function object",
-                        "tool_choice");
-    }
-  }
-  // Thinking: "thinking": bool, or chat_template_kwargs {"thinking": bool} / {"thinking_mode": "thinking"}.
-  bool thinking = false;
-  auto th = ReadBool(body, "thinking", "");
-  if (!th.ok()) return ErrorReply(th.status());
-  if (th.value()) thinking = *th.value();
-  if (auto kw = body.find("chat_template_kwargs"); kw != body.end() && kw->is_object()) {
-    auto t2 = ReadBool(*kw, "thinking", "chat_template_kwargs.");
-    if (!t2.ok()) return ErrorReply(t2.status());
-    if (t2.value()) thinking = *t2.value();
-    if (auto m = kw->find("thinking_mode"); m != kw->end() && m->is_string()) thinking = *m == "thinking";
-  }
-  auto use_constraint = ReadBool(body, "tool_constraint", "");
-  if (!use_constraint.ok()) return ErrorReply(use_constraint.status());
+  if (!tr.tools.empty()) tools = ob["tools"];  // as written: the prompt embeds the schemas in key order
   auto want_lp = ReadBool(body, "logprobs", "");
   if (!want_lp.ok()) return ErrorReply(want_lp.status());
 
@@ -614,27 +653,14 @@ HttpReply PolicyService::ChatCompletions(const json& body, const ojson& ob) {
                                   prompt.size(), max_key, k.sampling.max_new_tokens, engine_->max_context()),
                       max_key);
 
-  const json tools_json = json::parse(tools.dump());
+  const json& tools_json = tr.tools;
   GenerateJob job;
   job.prompt = prompt;
   job.sampling = k.sampling;
-  const bool constrained = !tools.empty() && use_constraint.value().value_or(true);
-  if (constrained) {
-    constrain::GrammarOptions o = options_.grammar;
-    o.thinking = thinking;
-    o.require_tool_call = choice == "required";
-    o.only_tools = only;
-    auto g = GrammarFor(choice == "none" ? json::array() : tools_json, o);
-    if (!g.ok()) {
-      Status st = g.status();
-      if (st.code() == Code::kInvalidArgument) {
-        std::string param = st.message().rfind("tool_choice", 0) == 0 ? "tool_choice" : "tools";
-        return ErrorReply(400, st.message(), param);
-      }
-      return ErrorReply(st);
-    }
-    job.constraint = g.value()->NewConstraint(k.sampling.max_new_tokens);
-  }
+  auto tc = ToolConstraint(tr, k.sampling.max_new_tokens);
+  if (!tc.ok()) return ToolErrorReply(tc.status());
+  job.constraint = std::move(tc.value());
+  const bool constrained = job.constraint != nullptr;
   auto stop_match = std::make_shared<std::optional<std::string>>();
   if (!k.stop.empty())
     job.constraint = std::make_unique<StopStrings>(std::move(job.constraint), k.stop, vocab_, stop_match);

@@ -35,6 +35,17 @@ struct ServiceOptions {
   constrain::GrammarOptions grammar;
 };
 
+// The tool part of a request: "tools", "tool_choice", "thinking" (and
+// chat_template_kwargs, "tool_constraint"), read the same way for
+// /v1/chat/completions and /generate's Paddock extension.
+struct ToolRequest {
+  nlohmann::json tools = nlohmann::json::array();  // empty: no tools given
+  std::string choice = "auto";                     // "none" | "auto" | "required"
+  std::vector<std::string> only;                   // tool_choice naming a function
+  bool thinking = false;
+  bool constrain = true;  // "tool_constraint": false turns the constraint off
+};
+
 struct HttpReply {
   int status = 200;
   std::string content_type = "application/json";
@@ -66,6 +77,9 @@ class PolicyService {
   Result<GenerateOutput> Run(GenerateJob job);
   Result<std::shared_ptr<constrain::ToolGrammar>> GrammarFor(const nlohmann::json& tools,
                                                              const constrain::GrammarOptions& options);
+  // The tool constraint for `request` (null when it has no tools or turns it
+  // off); INVALID_ARGUMENT naming the field when the tools do not compile.
+  Result<std::unique_ptr<TokenConstraint>> ToolConstraint(const ToolRequest& request, int max_new_tokens);
   void Record(const std::string& endpoint, int status, double seconds);
 
   std::shared_ptr<Engine> engine_;
