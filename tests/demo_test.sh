@@ -54,6 +54,12 @@ assert c["ran_twice"] == [] and c["problems"] == [], c
 assert c["prefix_ok"] == c["resumed"], c
 assert c["policy_generations"] >= c["turns"] - c["fast_forwarded"]["policy_calls"], c
 EOF
+# Under the tool constraint (where this build's paddock run has it) turns are
+# tool calls that really ran.
+if grep -q "tool-constrained decoding" "$log"; then
+  python3 -c "import json,sys; c=json.load(open(sys.argv[1])); assert c['tool_calls'] > 0, c" "$check" ||
+    fail "tool-constrained decoding, yet no tool call ran"
+fi
 # The check itself must catch a call that ran twice. The system does not do
 # that, so the fault is injected into copies of the demo's own records (the one
 # place this test doctors data): a resumed episode that answered fewer calls
