@@ -417,6 +417,8 @@ class RolloutEngine::Impl {
   Result<std::shared_ptr<policy::PolicyBackend>> MakeBackend(const v1::PolicySpec& spec,
                                                             std::shared_ptr<const v4::Tokenizer> tok) {
     std::string kind = spec.kind().empty() ? "sglang" : spec.kind();
+    if (!spec.tool_choice().empty() && spec.tool_choice() != "auto" && spec.tool_choice() != "required")
+      return Error(Code::kInvalidArgument, "policy.tool_choice '{}': expected auto or required", spec.tool_choice());
     if (kind == "scripted") {
       auto p = ScriptedPolicy::Create(tok, spec.script());
       if (!p.ok()) return p.status();
@@ -767,6 +769,14 @@ class RolloutEngine::Impl {
     if (sp.has_top_k()) req.sampling.top_k = sp.top_k();
     if (sp.has_seed()) req.sampling.seed = sp.seed() + ep->index;
     req.return_logprobs = true;
+    // A Paddock policy server constrains /generate to the task's tools when
+    // asked (PolicySpec.constrain_tools). Not in PolicyFingerprint: like the
+    // URL it says how to decode, not what was asked, so a resume may change it.
+    const auto& pol = r->req.policy();
+    if (pol.constrain_tools() && (pol.kind().empty() || pol.kind() == "sglang"))
+      req.extra_body = {{"tools", r->prompts[ep->task_index].tools_plain},
+                        {"tool_choice", pol.tool_choice().empty() ? "auto" : pol.tool_choice()},
+                        {"thinking", r->req.thinking()}};
 
     replay::CallKey key{ep->id, ep->step, 0};
     std::string fp = PolicyFingerprint(req);

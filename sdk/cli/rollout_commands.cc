@@ -314,6 +314,8 @@ struct RunArgs {
   uint32_t interval_ms = 1000;
   bool thinking = false;
   bool detach = false;
+  bool constrain_tools = false;  // set for --policy embedded
+  std::string tool_choice;       // "" (auto) | auto | required
 };
 
 Result<v1::PolicySpec> PolicyFrom(const RunArgs& a) {
@@ -334,6 +336,12 @@ Result<v1::PolicySpec> PolicyFrom(const RunArgs& a) {
     return Error(Code::kInvalidArgument, "--policy-kind '{}': expected sglang, openai or openai-chat", a.policy_kind);
   p.set_kind(kind);
   p.set_url(a.policy);
+  if (!a.tool_choice.empty() && a.tool_choice != "auto" && a.tool_choice != "required")
+    return Error(Code::kInvalidArgument, "--tool-choice '{}': expected auto or required", a.tool_choice);
+  if ((a.constrain_tools || !a.tool_choice.empty()) && kind != "sglang")
+    return Error(Code::kInvalidArgument, "--constrain-tools/--tool-choice need --policy-kind sglang (a paddock-policy server)");
+  p.set_constrain_tools(a.constrain_tools || !a.tool_choice.empty());
+  p.set_tool_choice(a.tool_choice);
   return p;
 }
 
@@ -351,6 +359,7 @@ int RunRun(const Conn& c, RunArgs a) {
     if (!*c.json) std::printf("embedded policy: paddock-policy at %s (log %s)\n", url->c_str(), log.c_str());
     a.policy = *url;
     a.policy_kind = "sglang";
+    a.constrain_tools = true;  // the untrained embedded model needs the tool constraint to call tools
   }
   auto policy = PolicyFrom(a);
   if (!policy.ok()) return Fail(c, policy.status());
@@ -409,6 +418,12 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
                   "seconds an episode retries an unreachable policy server (default 600)");
   run->add_option("--interval-ms", run_args.interval_ms, "progress period")->capture_default_str();
   run->add_flag("--thinking", run_args.thinking, "V4 thinking mode");
+  run->add_flag("--constrain-tools", run_args.constrain_tools,
+                "send the task's tools with /generate so a paddock-policy server constrains decoding to valid "
+                "tool calls (on with --policy embedded; SGLang itself does not know it)");
+  run->add_option("--tool-choice", run_args.tool_choice,
+                  "with the tool constraint: auto (the model may answer without a tool) or required (a tool call "
+                  "every turn); implies --constrain-tools");
   run->add_flag("--detach", run_args.detach, "print the rollout id and return; `paddock rollout watch ID` later");
   run->callback([&rc] { rc = RunRun(conn, run_args); });
 
