@@ -7,6 +7,7 @@
 
 #include "sandbox/microvm/microvm_substrate.h"
 #include "tests/support/daemon_process.h"
+#include "tests/support/microvm_accel.h"
 #include "tests/support/test_rootfs.h"
 
 using ::testing::HasSubstr;
@@ -24,6 +25,7 @@ TEST(MicrovmDaemon, HelpListsTheMicrovmFlags) {
 }
 
 TEST(MicrovmDaemon, CliCreatesExecsAndDestroysAMicrovmSandbox) {
+  testing::UseEmulationWhereKvmCannotRunGuests();
   MicrovmOptions o = MicrovmOptionsFromEnvironment();
   Status st = CheckAccelerator(o);
   ASSERT_TRUE(st.ok()) << "microvm substrate unusable here: " << st.ToString();

@@ -22,6 +22,7 @@
 #include "sandbox/microvm/layer_disks.h"
 #include "sandbox/microvm/microvm_substrate.h"
 #include "sandbox/reaper.h"
+#include "tests/support/microvm_accel.h"
 #include "tests/support/test_rootfs.h"
 
 namespace fs = std::filesystem;
@@ -43,6 +44,7 @@ std::string KernelVersion() {
 class MicrovmTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    testing::UseEmulationWhereKvmCannotRunGuests();
     rootfs_ = testing::EnsureBusyboxRootfs();
     state_ = fmt::format("/tmp/paddock-microvm-{}", getpid());
     fs::create_directories(state_);

@@ -1,0 +1,28 @@
+// Where this machine's KVM cannot run guests (a VM without nested
+// virtualization: /dev/kvm exists but the CPU shows no vmx/svm), the microvm
+// tests run their real QEMU guests under TCG emulation instead of failing,
+// and say so. A user's PADDOCK_MICROVM_ACCEL always wins; paddockd itself
+// never falls back silently (its default stays kvm, with a clear error).
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "sandbox/microvm/microvm_substrate.h"
+
+namespace paddock::testing {
+
+inline void UseEmulationWhereKvmCannotRunGuests() {
+  if (const char* set = std::getenv("PADDOCK_MICROVM_ACCEL"); set && *set) return;
+  MicrovmOptions kvm = MicrovmOptionsFromEnvironment();
+  kvm.accel = "kvm";
+  Status why = CheckAccelerator(kvm);
+  if (why.ok()) return;
+  MicrovmOptions tcg = kvm;
+  tcg.accel = "tcg";
+  if (!CheckAccelerator(tcg).ok()) return;  // QEMU missing: the tests report that themselves
+  setenv("PADDOCK_MICROVM_ACCEL", "tcg", 1);
+  std::fprintf(stderr, "note: microvm tests run under QEMU's TCG emulation here: %s\n", why.ToString().c_str());
+}
+
+}  // namespace paddock::testing
