@@ -168,7 +168,7 @@ constrain_args=()
 if "$paddock" run --help 2>/dev/null | grep -q -- "--constrain-tools"; then
   constrain_args=(--constrain-tools --tool-choice required)
   # Room for a whole tool call within a turn's budget.
-  if [ "$quick" = 1 ]; then turns=2 tokens=96; else turns=3 tokens=160; fi
+  if [ "$quick" = 1 ]; then turns=2 tokens=160; else turns=3 tokens=160; fi
 else
   if [ "$quick" = 1 ]; then turns=2 tokens=16; else turns=3 tokens=48; fi
 fi

@@ -422,7 +422,14 @@ TEST_P(Contract, Limits_ForkBombIsContainedByPidsLimit) {
   auto usage = Get(id)->GetUsage();
   ASSERT_TRUE(usage.ok());
   EXPECT_LE(usage->pids, 48u);
-  ExecResult after = Run(id, "echo alive");
+  // The sandbox recovers once the timed-out tree is killed; an emulated
+  // guest (microvm under TCG) may take a few seconds to reap it.
+  ExecResult after;
+  for (int i = 0; i < 50; ++i) {
+    after = Run(id, "echo alive");
+    if (after.stdout_data == "alive\n") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
   EXPECT_EQ(after.stdout_data, "alive\n");
 }
 
