@@ -193,11 +193,16 @@ std::map<std::string, std::vector<uint32_t>> LoggedTokens(const std::string& log
 
 TEST_F(RolloutE2eTest, DaemonSigkilledMidRun_ResumeCompletes_PrefixEqualsLog_NoToolCallRanTwice) {
   const int kTasks = 32, kTurns = 5;
-  std::string tasks = Tasks("kill", kTasks, kTurns), script = Script("kill", kTurns, "0.1");
+  std::string tasks = Tasks("kill", kTasks, kTurns), script = Script("kill", kTurns, "0.4");
   auto r = daemon_.Cli({"run", tasks, "--policy", "scripted", "--policy-script", script, "--concurrency", "16",
                         "--id", "kill-run", "--detach"});
   ASSERT_EQ(r.code, 0) << r.err;
   ASSERT_TRUE(WaitDone("kill-run", 4, std::chrono::seconds(90))) << daemon_.LogTail();
+  // The second wave starts together as the first one ends; let it log a few
+  // tool calls (0.4 s each) so the kill lands mid-episode, not at turn 0.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  json at_kill = RolloutState("kill-run");
+  ASSERT_LT(at_kill["done"].get<int>() + at_kill["failed"].get<int>(), kTasks) << "finished before the kill";
   EXPECT_EQ(daemon_.Stop(SIGKILL), 128 + SIGKILL);
 
   // What the log held at the kill.
