@@ -283,7 +283,25 @@ void BenchWarmCreate(int runs, const std::string& work) {
 }
 
 int main(int argc, char** argv) {
+  const char* usage =
+      "usage: image_bench [RUNS] [WORK_DIR] [all|import|warm]\n"
+      "  RUNS      runs per scenario, medians reported (default 5)\n"
+      "  WORK_DIR  scratch directory, removed first and after (default /var/tmp/paddock-image-bench)\n"
+      "  all       cold materialization vs zstd -d | tar -x, then import (default)\n"
+      "  import    import of the Debian python3 image vs tar -x; stored size vs zstd -3\n"
+      "  warm      warm container create(->exec)->destroy, busybox vs Debian python3\n"
+      "Needs root. See bench/README.md (image_bench).\n";
+  if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+    fmt::print("{}", usage);
+    return 0;
+  }
   int runs = argc > 1 ? std::atoi(argv[1]) : 5;
+  if (runs < 1 || argc > 4 ||
+      (argc > 3 && std::string(argv[3]) != "all" && std::string(argv[3]) != "import" &&
+       std::string(argv[3]) != "warm")) {
+    fmt::print(stderr, "{}", usage);
+    return 2;
+  }
   std::string work = argc > 2 ? argv[2] : "/var/tmp/paddock-image-bench";
   std::string which = argc > 3 ? argv[3] : "all";
   fs::remove_all(work);
