@@ -1,4 +1,5 @@
 #include "paddock/client.h"
+#include "paddock/grpc_call.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -24,13 +25,7 @@ namespace {
 constexpr int kMaxMessageBytes = 128 << 20;  // same bound as the daemon
 constexpr std::chrono::seconds kExecDeadlineMargin{30};
 
-// grpc::StatusCode and paddock::Code share values 0..16.
-Status FromGrpc(const grpc::Status& st) {
-  if (st.ok()) return Status::Ok();
-  int code = st.error_code();
-  if (code < 0 || code > static_cast<int>(Code::kUnauthenticated)) return Status(Code::kUnknown, st.error_message());
-  return Status(static_cast<Code>(code), st.error_message());
-}
+using internal::FromGrpc;
 
 // Why a unix socket does not answer, from connect(2) itself (gRPC only says
 // "failed to connect"); empty when it accepts connections.
@@ -159,10 +154,7 @@ struct Client::Impl {
 
   // A fresh context per call: deadline plus the token on TCP.
   std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) const {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() + timeout);
-    if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
-    return ctx;
+    return internal::CallContext(options, timeout);
   }
   std::unique_ptr<grpc::ClientContext> Context() const { return Context(options.call_timeout); }
   std::unique_ptr<grpc::ClientContext> ExecContext(const ExecRequest& req) const {
@@ -201,7 +193,28 @@ Result<Client> Client::Connect(ClientOptions options) {
   return Client(std::move(impl));
 }
 
+namespace internal {
+
+Status FromGrpc(const grpc::Status& st) {
+  if (st.ok()) return Status::Ok();
+  int code = st.error_code();
+  if (code < 0 || code > static_cast<int>(Code::kUnauthenticated)) return Status(Code::kUnknown, st.error_message());
+  return Status(static_cast<Code>(code), st.error_message());
+}
+
+std::unique_ptr<grpc::ClientContext> CallContext(const ClientOptions& options, std::chrono::milliseconds timeout) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  if (timeout.count() > 0) ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+  if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
+  return ctx;
+}
+
+}  // namespace internal
+
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+std::shared_ptr<grpc::Channel> Client::channel() const { return impl_->channel; }
+const ClientOptions& Client::options() const { return impl_->options; }
 Client::Client(Client&&) noexcept = default;
 Client& Client::operator=(Client&&) noexcept = default;
 Client::~Client() = default;

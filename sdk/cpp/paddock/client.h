@@ -23,6 +23,10 @@
 #include "sandbox/base/status.h"
 #include "sandbox/types.h"
 
+namespace grpc {
+class Channel;
+}
+
 namespace paddock::client {
 
 // $PADDOCK_SOCKET when set, else /run/paddock/paddockd.sock.
@@ -241,6 +245,11 @@ class Client {
 
   // Where this client connects, for messages: "/run/paddock/paddockd.sock" or "host:port".
   const std::string& target() const;
+
+  // The connected channel and the options it was made with, so clients of the
+  // daemon's other services (RolloutsClient) share this connection.
+  std::shared_ptr<grpc::Channel> channel() const;
+  const ClientOptions& options() const;
 
  private:
   struct Impl;

@@ -2,20 +2,12 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "paddock/grpc_call.h"
 #include "rollout.grpc.pb.h"
 
 namespace paddock::client {
 
-namespace {
-
-Status FromGrpc(const grpc::Status& st) {
-  if (st.ok()) return Status::Ok();
-  int code = st.error_code();
-  if (code < 0 || code > static_cast<int>(Code::kUnauthenticated)) return Status(Code::kUnknown, st.error_message());
-  return Status(static_cast<Code>(code), st.error_message());
-}
-
-}  // namespace
+using internal::FromGrpc;
 
 struct RolloutsClient::Impl {
   ClientOptions options;
@@ -23,27 +15,20 @@ struct RolloutsClient::Impl {
   std::unique_ptr<v1::Rollouts::Stub> stub;
 
   std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) const {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    if (timeout.count() > 0) ctx->set_deadline(std::chrono::system_clock::now() + timeout);
-    if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
-    return ctx;
+    return internal::CallContext(options, timeout);
   }
   std::unique_ptr<grpc::ClientContext> Context() const { return Context(options.call_timeout); }
 };
 
 Result<RolloutsClient> RolloutsClient::Connect(ClientOptions options) {
-  // Client::Connect checks that the daemon answers and explains when it does not.
-  auto probe = Client::Connect(options);
-  if (!probe.ok()) return probe.status();
+  // Client::Connect checks that the daemon answers and explains when it does
+  // not; the Rollouts stub then shares its channel.
+  auto client = Client::Connect(std::move(options));
+  if (!client.ok()) return client.status();
   auto impl = std::make_unique<Impl>();
-  bool tcp = !options.tcp_target.empty();
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(128 << 20);
-  args.SetMaxSendMessageSize(128 << 20);
-  impl->channel = grpc::CreateCustomChannel(tcp ? options.tcp_target : "unix:" + options.socket_path,
-                                            grpc::InsecureChannelCredentials(), args);
+  impl->channel = client->channel();
   impl->stub = v1::Rollouts::NewStub(impl->channel);
-  impl->options = std::move(options);
+  impl->options = client->options();
   return RolloutsClient(std::move(impl));
 }
 
