@@ -821,6 +821,31 @@ void DsmlParser::EndInvoke(size_t offset) {
   Emit(std::move(e));
 }
 
+void DsmlParser::OpenParam(size_t value_offset) {
+  state_ = State::kParam;
+  param_.clear();
+  param_offset_ = value_offset;
+}
+
+void DsmlParser::ToTail() {
+  state_ = State::kTail;
+  tail_text_ = false;
+}
+
+// An invoke that `p` cut short (already reported) ends here, and `p` starts
+// what it marks: the next invoke, the block's end, or the turn's end.
+void DsmlParser::CloseInvokeCutShortBy(const Pattern& p, size_t offset) {
+  EndInvoke(offset);
+  if (p.id == kInvoke) {
+    StartInvoke(offset);
+  } else if (p.id == kToolCallsEnd) {
+    ToTail();
+  } else if (p.id == kEos) {
+    Fail(DecodeErrorKind::kUnclosedBlock, "tool_calls block not closed", offset);
+    EndTurn();
+  }
+}
+
 void DsmlParser::OnMatch(const Pattern& p, size_t offset) {
   if (p.forbidden) {
     auto kind = DecodeErrorKind::kSpecialTokenInContent;
@@ -867,8 +892,7 @@ void DsmlParser::OnMatch(const Pattern& p, size_t offset) {
         if (p.id == kInvoke) {
           StartInvoke(offset);
         } else {
-          state_ = State::kTail;
-          tail_text_ = false;
+          ToTail();
         }
       } else if (p.id == kEos) {
         Fail(DecodeErrorKind::kUnclosedBlock, "tool_calls block not closed", offset);
@@ -878,30 +902,20 @@ void DsmlParser::OnMatch(const Pattern& p, size_t offset) {
         if (stopped()) return;
         in_invoke_ = true;
         invoke_dropped_ = true;
-        state_ = State::kParam;
-        param_.clear();
-        param_offset_ = after;
+        OpenParam(after);
       }
       break;
     case State::kInvokeHeader:
       FinishHeader(offset, true);
       if (stopped()) return;
       if (p.id == kParamOpen) {
-        state_ = State::kParam;
-        param_.clear();
-        param_offset_ = after;
+        OpenParam(after);
       } else if (p.id == kInvokeClose) {
         EndInvoke(offset);
         if (!stopped()) ToGap();
       } else {  // tolerant: kInvoke, kToolCallsEnd, kEos
         Fail(DecodeErrorKind::kUnclosedBlock, "invoke not closed", offset);
-        EndInvoke(offset);
-        if (p.id == kInvoke) StartInvoke(offset);
-        if (p.id == kToolCallsEnd) state_ = State::kTail, tail_text_ = false;
-        if (p.id == kEos) {
-          Fail(DecodeErrorKind::kUnclosedBlock, "tool_calls block not closed", offset);
-          EndTurn();
-        }
+        CloseInvokeCutShortBy(p, offset);
       }
       break;
     case State::kParam:
@@ -916,9 +930,7 @@ void DsmlParser::OnMatch(const Pattern& p, size_t offset) {
       Fail(DecodeErrorKind::kUnclosedBlock, "parameter not closed", offset);
       FinishParam(offset, false);
       if (p.id == kParamOpen) {
-        state_ = State::kParam;
-        param_.clear();
-        param_offset_ = after;
+        OpenParam(after);
         break;
       }
       EndInvoke(offset);
@@ -929,7 +941,7 @@ void DsmlParser::OnMatch(const Pattern& p, size_t offset) {
       }
       if (p.id == kToolCallsEnd) {
         Fail(DecodeErrorKind::kUnclosedBlock, "invoke not closed", offset);
-        state_ = State::kTail, tail_text_ = false;
+        ToTail();
       }
       if (p.id == kEos) {
         Fail(DecodeErrorKind::kUnclosedBlock, "invoke and tool_calls block not closed", offset);
@@ -945,9 +957,7 @@ void DsmlParser::OnMatch(const Pattern& p, size_t offset) {
           if (stopped()) return;
         }
         if (p.id == kParamOpen) {
-          state_ = State::kParam;
-          param_.clear();
-          param_offset_ = after;
+          OpenParam(after);
         } else {
           EndInvoke(offset);
           if (!stopped()) ToGap();
@@ -959,13 +969,7 @@ void DsmlParser::OnMatch(const Pattern& p, size_t offset) {
       Fail(DecodeErrorKind::kUnclosedBlock,
            fmt::format("invoke {} not closed before {}", JsonQuote(tool_name_), p.text), offset);
       if (stopped()) return;
-      EndInvoke(offset);
-      if (p.id == kInvoke) StartInvoke(offset);
-      if (p.id == kToolCallsEnd) state_ = State::kTail, tail_text_ = false;
-      if (p.id == kEos) {
-        Fail(DecodeErrorKind::kUnclosedBlock, "tool_calls block not closed", offset);
-        EndTurn();
-      }
+      CloseInvokeCutShortBy(p, offset);
       break;
     case State::kTail:
       if (tail_text_) {

@@ -147,6 +147,9 @@ class DsmlParser {
   void FinishHeader(size_t offset, bool parse_ok_required);
   void FinishParam(size_t offset, bool closed);
   void EndInvoke(size_t offset);
+  void OpenParam(size_t value_offset);
+  void ToTail();
+  void CloseInvokeCutShortBy(const Pattern& p, size_t offset);
   void EndTurn();
   bool GapIsNewline() const { return gap_ == ">\n" && !gap_overflow_; }
   void ResetGap() {
