@@ -59,6 +59,13 @@ void CommitQueue::Staging::DeleteRange(rocksdb::ColumnFamilyHandle* cf, const st
   ops_.push_back({Op::kDeleteRange, cf, begin, end});
 }
 
+bool CommitQueue::Staging::PutsInRange(rocksdb::ColumnFamilyHandle* cf, const std::string& begin,
+                                       const std::string& end) const {
+  for (const Op& op : kept_)
+    if (op.cf == cf && op.key >= begin && op.key < end) return true;
+  return false;
+}
+
 std::string CommitQueue::Staging::OverlayKey(rocksdb::ColumnFamilyHandle* cf, const std::string& key) {
   std::string out;
   out.reserve(4 + key.size());
@@ -88,8 +95,8 @@ void CommitQueue::Staging::Keep(rocksdb::WriteBatch& batch) {
   ops_.clear();
 }
 
-Status CommitQueue::Commit(const Prepare& prepare) {
-  Writer self{&prepare};
+Status CommitQueue::Commit(const Prepare& prepare, bool sync) {
+  Writer self{&prepare, sync};
   {
     std::lock_guard lock(mu_);
     // Invariant: no leader active implies an empty queue, so a writer that
@@ -116,26 +123,26 @@ Status CommitQueue::Commit(const Prepare& prepare) {
       queue_.erase(queue_.begin());
     }
   }
-  bool synced = RunGroup(group);
+  // The deferred writers first, in a batch without a sync; then the synced.
+  auto split = std::stable_partition(group.begin(), group.end(), [](const Writer* w) { return !w->sync; });
+  std::vector<Writer*> synced(split, group.end());
+  group.erase(split, group.end());
+  if (!group.empty()) Finish(group, /*sync=*/false, &self);
   Writer* next = nullptr;
-  {
+  if (!synced.empty() && !self.sync) {
+    // Ours is written: the first synced writer leads the rest (and whoever
+    // queued meanwhile) while we return.
     std::lock_guard lock(mu_);
-    stats_.writes += group.size();
-    if (synced) stats_.syncs += 1;
-    stats_.max_group = std::max<uint64_t>(stats_.max_group, group.size());
+    queue_.insert(queue_.begin(), synced.begin(), synced.end());
+    next = queue_.front();
+  } else {
+    if (!synced.empty()) Finish(synced, /*sync=*/true, &self);
+    std::lock_guard lock(mu_);
     if (queue_.empty()) {
       leader_active_ = false;
     } else {
       next = queue_.front();  // waits, in the queue, until we store kLead
     }
-  }
-  for (Writer* w : group) {
-    if (w == &self) continue;
-    // A follower may return (and its Writer go) as soon as it sees kDone; the
-    // notify after it only wakes a futex address, never touches the object's
-    // contents, and waiters re-check their word, so a stale wake is harmless.
-    w->state.store(Writer::kDone, std::memory_order_release);
-    FutexWake(w->state);
   }
   if (next != nullptr) {
     next->state.store(Writer::kLead, std::memory_order_release);
@@ -144,7 +151,26 @@ Status CommitQueue::Commit(const Prepare& prepare) {
   return std::move(self.status);
 }
 
-bool CommitQueue::RunGroup(std::vector<Writer*>& group) {
+void CommitQueue::Finish(std::vector<Writer*>& group, bool sync, Writer* self) {
+  bool wrote = RunGroup(group, sync);
+  {
+    std::lock_guard lock(mu_);
+    stats_.writes += group.size();
+    if (wrote && sync) stats_.syncs += 1;
+    if (!sync) stats_.deferred += group.size();
+    stats_.max_group = std::max<uint64_t>(stats_.max_group, group.size());
+  }
+  for (Writer* w : group) {
+    if (w == self) continue;
+    // A follower may return (and its Writer go) as soon as it sees kDone; the
+    // notify after it only wakes a futex address, never touches the object's
+    // contents, and waiters re-check their word, so a stale wake is harmless.
+    w->state.store(Writer::kDone, std::memory_order_release);
+    FutexWake(w->state);
+  }
+}
+
+bool CommitQueue::RunGroup(std::vector<Writer*>& group, bool sync) {
   if (!failed_.ok()) {
     for (Writer* w : group) w->status = failed_;
     return false;
@@ -170,7 +196,7 @@ bool CommitQueue::RunGroup(std::vector<Writer*>& group) {
     return false;
   }
   rocksdb::WriteOptions options;
-  options.sync = true;
+  options.sync = sync;
   Status written = FromRocks(db_->Write(options, &batch), "writing the trajectory log");
   if (written.ok()) return true;
   failed_ = Status(written.code(),

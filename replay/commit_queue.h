@@ -6,6 +6,16 @@
 // what they staged into one WriteBatch, and writes it with sync = true. Every
 // writer of the group returns only after that sync; the next leader is chosen
 // from the writers that queued meanwhile.
+//
+// A writer may ask not to wait for the sync (`sync = false`, the log's
+// Durability::kDeferred). The leader writes the deferred writers of its group
+// first, in a batch of their own without a sync, and wakes them; then the
+// synced ones in one synced batch. Writers queued at the same time are
+// concurrent, so running the deferred ones first is a valid order; a writer's
+// own writes keep their order because it waits for each. The WAL is one
+// sequential file: the synced batch makes the deferred one durable too. A
+// deferred leader hands the synced writers of its group to the first of them
+// as the next leader instead of waiting for their sync.
 #pragma once
 
 #include <atomic>
@@ -36,6 +46,8 @@ class CommitQueue {
     void Delete(rocksdb::ColumnFamilyHandle* cf, const std::string& key);
     // Not visible to Get() within the group.
     void DeleteRange(rocksdb::ColumnFamilyHandle* cf, const std::string& begin, const std::string& end);
+    // Whether a write kept earlier in this group puts a key in [begin, end) of cf.
+    bool PutsInRange(rocksdb::ColumnFamilyHandle* cf, const std::string& begin, const std::string& end) const;
 
    private:
     friend class CommitQueue;
@@ -65,18 +77,23 @@ class CommitQueue {
       : db_(db), group_commit_(group_commit), space_dir_(std::move(space_dir)),
         reserve_bytes_(reserve_bytes) {}
 
-  // Runs prepare in a group and returns once its writes are durable (or failed).
-  Status Commit(const Prepare& prepare);
+  // Runs prepare in a group and returns once its writes are durable (or
+  // failed); with sync = false, once they are written (not yet synced).
+  Status Commit(const Prepare& prepare, bool sync = true);
   CommitStats Stats() const;
 
  private:
   struct Writer {
     enum : uint32_t { kWaiting = 0, kDone = 1, kLead = 2 };
     const Prepare* prepare;
+    bool sync;
     Status status;                      // set by the leader before kDone
     std::atomic<uint32_t> state{kWaiting};
   };
-  bool RunGroup(std::vector<Writer*>& group);  // true when it wrote (and synced)
+  // Prepares and writes one batch; true when it wrote (and, with sync, synced).
+  bool RunGroup(std::vector<Writer*>& group, bool sync);
+  // Runs a group, counts it and wakes its writers other than `self`.
+  void Finish(std::vector<Writer*>& group, bool sync, Writer* self);
 
   Status CheckSpace(uint64_t batch_bytes) const;
 

@@ -34,8 +34,12 @@ class TrajectoryLogImpl final : public TrajectoryLog {
 
   Status PutIntent(const CallKey& key, const std::string& request_fingerprint,
                    const std::string& request_summary, bool idempotent,
-                   const std::string& request = {}) override;
-  Status PutResult(const CallKey& key, const std::string& result) override;
+                   const std::string& request = {},
+                   Durability durability = Durability::kSynced) override;
+  Status PutResult(const CallKey& key, const std::string& result,
+                   Durability durability = Durability::kSynced) override;
+  Status PutResultAndStep(const CallKey& key, const std::string& result,
+                          const v1::StepRecordProto& step) override;
   Result<std::optional<CallRecord>> GetCall(const CallKey& key) override;
   Result<std::vector<std::pair<CallKey, CallRecord>>> ListCalls(const std::string& episode) override;
   Result<std::vector<InDoubtCall>> InDoubtCalls(const std::string& episode) override;
@@ -61,6 +65,15 @@ class TrajectoryLogImpl final : public TrajectoryLog {
 
  private:
   rocksdb::ColumnFamilyHandle* Family(const char* name) const;
+  // The append-only checks of PutResult and AppendStep, staging the record
+  // (moved from `encoded`) when they pass. `k` is the record's key.
+  Status StageResult(CommitQueue::Staging& staging, const CallKey& key, const std::string& k,
+                     const std::string& result, std::string& encoded);
+  Status StageStep(CommitQueue::Staging& staging, const v1::StepRecordProto& step, const std::string& k,
+                   std::string& encoded);
+  // Whether episode `id` has a call (intent or result) or a last step logged
+  // at or after `cutoff` (unix ms): retention keeps it.
+  Result<bool> ActiveSince(const std::string& id, int64_t cutoff);
 
   LogOptions options_;
   rocksdb::DB* db_;

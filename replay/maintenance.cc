@@ -215,8 +215,50 @@ Status TrajectoryLogImpl::Compact() {
   return Status::Ok();
 }
 
+Result<bool> TrajectoryLogImpl::ActiveSince(const std::string& id, int64_t cutoff) {
+  const std::string begin = EpisodeBegin(id), end = EpisodeEnd(id);
+  rocksdb::Slice upper(end);
+  rocksdb::ReadOptions read;
+  read.iterate_upper_bound = &upper;
+  // Calls: an intent's time, and its result's (a long call finishes later).
+  for (rocksdb::ColumnFamilyHandle* cf : {intents_, results_}) {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read, cf));
+    for (it->Seek(begin); it->Valid(); it->Next()) {
+      int64_t at = 0;
+      if (cf == intents_) {
+        v1::CallRecordProto intent;
+        if (intent.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
+          at = intent.intent_unix_ms();
+      } else {
+        v1::CallResultProto result;
+        if (result.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
+          at = result.result_unix_ms();
+      }
+      if (at >= cutoff) return true;
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), fmt::format("reading the calls of episode {}", id));
+  }
+  // Steps: the last one is the newest; it started at started_unix_ms and
+  // was logged total_us later.
+  rocksdb::Slice lower(begin);
+  rocksdb::ReadOptions read_steps;
+  read_steps.iterate_lower_bound = &lower;
+  read_steps.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_steps, steps_));
+  it->SeekForPrev(end);
+  if (it->Valid()) {
+    v1::StepRecordProto step;
+    if (step.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) &&
+        step.timings().started_unix_ms() + step.timings().total_us() / 1000 >= cutoff)
+      return true;
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), fmt::format("reading the steps of episode {}", id));
+  return false;
+}
+
 Result<uint64_t> TrajectoryLogImpl::DeleteEpisodesOlderThan(std::chrono::milliseconds age) {
   const int64_t cutoff = NowUnixMs() - age.count();
+  // Candidates: episodes whose record is older than the cutoff.
   std::vector<std::string> old;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), episodes_));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
@@ -228,16 +270,36 @@ Result<uint64_t> TrajectoryLogImpl::DeleteEpisodesOlderThan(std::chrono::millise
     if (record.updated_unix_ms() < cutoff) old.push_back(it->key().ToString());
   }
   if (!it->status().ok()) return FromRocks(it->status(), "listing episodes for retention");
-  if (old.empty()) return uint64_t{0};
-  PADDOCK_RETURN_IF_ERROR(commits_.Commit([&](CommitQueue::Staging& staging) {
-    for (const std::string& id : old) {
-      staging.Delete(episodes_, id);
-      for (rocksdb::ColumnFamilyHandle* cf : {steps_, intents_, results_})
-        staging.DeleteRange(cf, EpisodeBegin(id), EpisodeEnd(id));
-    }
-    return Status::Ok();
-  }));
-  return static_cast<uint64_t>(old.size());
+  // Each candidate's other records are checked inside the commit, so a call
+  // or step logged since the listing (even earlier in the same group) keeps
+  // its episode. A few episodes per commit bound how long other writers wait.
+  constexpr size_t kPerCommit = 32;
+  uint64_t deleted = 0;
+  for (size_t from = 0; from < old.size(); from += kPerCommit) {
+    size_t to = std::min(old.size(), from + kPerCommit);
+    uint64_t now_deleted = 0;
+    PADDOCK_RETURN_IF_ERROR(commits_.Commit([&](CommitQueue::Staging& staging) -> Status {
+      now_deleted = 0;
+      for (size_t i = from; i < to; ++i) {
+        const std::string& id = old[i];
+        PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> value, staging.Get(episodes_, id));
+        v1::EpisodeRecordProto record;
+        if (!value || !record.ParseFromString(*value) || record.updated_unix_ms() >= cutoff) continue;
+        const std::string begin = EpisodeBegin(id), end = EpisodeEnd(id);
+        if (staging.PutsInRange(steps_, begin, end) || staging.PutsInRange(intents_, begin, end) ||
+            staging.PutsInRange(results_, begin, end))
+          continue;
+        PADDOCK_ASSIGN_OR_RETURN(bool active, ActiveSince(id, cutoff));
+        if (active) continue;
+        staging.Delete(episodes_, id);
+        for (rocksdb::ColumnFamilyHandle* cf : {steps_, intents_, results_}) staging.DeleteRange(cf, begin, end);
+        ++now_deleted;
+      }
+      return Status::Ok();
+    }));
+    deleted += now_deleted;
+  }
+  return deleted;
 }
 
 }  // namespace paddock::replay

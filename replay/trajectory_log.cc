@@ -35,6 +35,23 @@ std::string Serialize(const Proto& message) {
   return out;
 }
 
+// A call's result record, serialized.
+std::string EncodeResult(const std::string& result) {
+  v1::CallResultProto record;
+  record.set_format_version(kLogFormatVersion);
+  record.set_result(result);
+  record.set_result_unix_ms(NowUnixMs());
+  return Serialize(record);
+}
+
+// A step record with this build's format version, serialized.
+std::string EncodeStep(const v1::StepRecordProto& step) {
+  if (step.format_version() == kLogFormatVersion) return Serialize(step);
+  v1::StepRecordProto copy = step;
+  copy.set_format_version(kLogFormatVersion);
+  return Serialize(copy);
+}
+
 }  // namespace
 
 Result<std::unique_ptr<TrajectoryLog>> TrajectoryLog::Open(const LogOptions& options) {
@@ -51,6 +68,11 @@ Result<std::unique_ptr<TrajectoryLog>> TrajectoryLog::Open(const LogOptions& opt
   db_options.max_background_jobs = 2;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_options.keep_log_file_num = 4;
+  // A write appends to RocksDB's WAL buffer; a synced write flushes it and
+  // syncs. So a Durability::kDeferred record costs no system call, and is
+  // lost with the process until a synced write carries it (which is all that
+  // kDeferred promises).
+  db_options.manual_wal_flush = true;
 
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rocksdb::NewLRUCache(64 << 20);
@@ -114,6 +136,9 @@ TrajectoryLogImpl::TrajectoryLogImpl(LogOptions options, rocksdb::DB* db,
       commits_(db, options_.group_commit, options_.dir, options_.reserve_bytes) {}
 
 TrajectoryLogImpl::~TrajectoryLogImpl() {
+  // Deferred records still in the WAL buffer: a clean close keeps them.
+  rocksdb::Status flushed = db_->FlushWAL(/*sync=*/true);
+  if (!flushed.ok()) spdlog::warn("flushing the WAL of trajectory log at {}: {}", options_.dir, flushed.ToString());
   for (rocksdb::ColumnFamilyHandle* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
   rocksdb::Status s = db_->Close();
   if (!s.ok()) spdlog::warn("closing trajectory log at {}: {}", options_.dir, s.ToString());
@@ -159,7 +184,7 @@ Status TrajectoryLogImpl::CheckMeta() {
 
 Status TrajectoryLogImpl::PutIntent(const CallKey& key, const std::string& request_fingerprint,
                                     const std::string& request_summary, bool idempotent,
-                                    const std::string& request) {
+                                    const std::string& request, Durability durability) {
   PADDOCK_RETURN_IF_ERROR(key.Validate());
   const std::string k = key.Encode();
   v1::CallRecordProto record;
@@ -170,54 +195,73 @@ Status TrajectoryLogImpl::PutIntent(const CallKey& key, const std::string& reque
   record.set_intent_unix_ms(NowUnixMs());
   if (!request.empty()) record.set_request(request);
   std::string encoded = Serialize(record);
-  return commits_.Commit([&](CommitQueue::Staging& staging) -> Status {
-    PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(intents_, k));
-    if (existing) {
-      v1::CallRecordProto old;
-      if (!old.ParseFromString(*existing))
-        return Error(Code::kDataLoss, "the intent of call {} does not decode", key.ToString());
-      if (old.request_fingerprint() != request_fingerprint) {
-        return Error(Code::kAlreadyExists,
-                     "call key {} is already used by another request: logged '{}' (sha256 {}…), "
-                     "now '{}' (sha256 {}…); a new request needs a new key",
-                     key.ToString(), old.request_summary(), ShortHash(old.request_fingerprint()),
-                     request_summary, ShortHash(request_fingerprint));
-      }
-      return Status::Ok();  // the same request again: its intent is already durable
-    }
-    staging.Put(intents_, k, std::move(encoded));
-    return Status::Ok();
-  });
+  return commits_.Commit(
+      [&](CommitQueue::Staging& staging) -> Status {
+        PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(intents_, k));
+        if (existing) {
+          v1::CallRecordProto old;
+          if (!old.ParseFromString(*existing))
+            return Error(Code::kDataLoss, "the intent of call {} does not decode", key.ToString());
+          if (old.request_fingerprint() != request_fingerprint) {
+            return Error(Code::kAlreadyExists,
+                         "call key {} is already used by another request: logged '{}' (sha256 {}…), "
+                         "now '{}' (sha256 {}…); a new request needs a new key",
+                         key.ToString(), old.request_summary(), ShortHash(old.request_fingerprint()),
+                         request_summary, ShortHash(request_fingerprint));
+          }
+          return Status::Ok();  // the same request again: its intent is already logged
+        }
+        staging.Put(intents_, k, std::move(encoded));
+        return Status::Ok();
+      },
+      durability == Durability::kSynced);
 }
 
-Status TrajectoryLogImpl::PutResult(const CallKey& key, const std::string& result) {
+Status TrajectoryLogImpl::StageResult(CommitQueue::Staging& staging, const CallKey& key, const std::string& k,
+                                      const std::string& result, std::string& encoded) {
+  PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> intent, staging.Get(intents_, k));
+  if (!intent) {
+    return Error(Code::kFailedPrecondition,
+                 "call {} has no intent logged: the intent must be durable before the call runs",
+                 key.ToString());
+  }
+  PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(results_, k));
+  if (existing) {
+    v1::CallResultProto old;
+    if (!old.ParseFromString(*existing))
+      return Error(Code::kDataLoss, "the result of call {} does not decode", key.ToString());
+    if (old.result() == result) return Status::Ok();
+    return Error(Code::kAlreadyExists,
+                 "call {} already has a different result logged ({} bytes, now {} bytes): it "
+                 "must not run twice",
+                 key.ToString(), old.result().size(), result.size());
+  }
+  staging.Put(results_, k, std::move(encoded));
+  return Status::Ok();
+}
+
+Status TrajectoryLogImpl::PutResult(const CallKey& key, const std::string& result, Durability durability) {
   PADDOCK_RETURN_IF_ERROR(key.Validate());
   const std::string k = key.Encode();
-  v1::CallResultProto record;
-  record.set_format_version(kLogFormatVersion);
-  record.set_result(result);
-  record.set_result_unix_ms(NowUnixMs());
-  std::string encoded = Serialize(record);
+  std::string encoded = EncodeResult(result);
+  return commits_.Commit(
+      [&](CommitQueue::Staging& staging) { return StageResult(staging, key, k, result, encoded); },
+      durability == Durability::kSynced);
+}
+
+Status TrajectoryLogImpl::PutResultAndStep(const CallKey& key, const std::string& result,
+                                           const v1::StepRecordProto& step) {
+  PADDOCK_RETURN_IF_ERROR(key.Validate());
+  PADDOCK_RETURN_IF_ERROR(CallKey{step.episode_id()}.Validate());
+  const std::string k = key.Encode();
+  std::string encoded_result = EncodeResult(result);
+  const std::string step_key = EncodeStepKey(step.episode_id(), step.step());
+  std::string encoded_step = EncodeStep(step);
+  // Staging keeps a writer's ops only when its Prepare returns OK, so a
+  // failed step check drops the staged result too: all or nothing.
   return commits_.Commit([&](CommitQueue::Staging& staging) -> Status {
-    PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> intent, staging.Get(intents_, k));
-    if (!intent) {
-      return Error(Code::kFailedPrecondition,
-                   "call {} has no intent logged: the intent must be durable before the call runs",
-                   key.ToString());
-    }
-    PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(results_, k));
-    if (existing) {
-      v1::CallResultProto old;
-      if (!old.ParseFromString(*existing))
-        return Error(Code::kDataLoss, "the result of call {} does not decode", key.ToString());
-      if (old.result() == result) return Status::Ok();
-      return Error(Code::kAlreadyExists,
-                   "call {} already has a different result logged ({} bytes, now {} bytes): it "
-                   "must not run twice",
-                   key.ToString(), old.result().size(), result.size());
-    }
-    staging.Put(results_, k, std::move(encoded));
-    return Status::Ok();
+    PADDOCK_RETURN_IF_ERROR(StageResult(staging, key, k, result, encoded_result));
+    return StageStep(staging, step, step_key, encoded_step);
   });
 }
 
@@ -357,29 +401,26 @@ Result<std::vector<v1::EpisodeRecordProto>> TrajectoryLogImpl::ListEpisodes(
   return out;
 }
 
+Status TrajectoryLogImpl::StageStep(CommitQueue::Staging& staging, const v1::StepRecordProto& step,
+                                    const std::string& k, std::string& encoded) {
+  PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(steps_, k));
+  if (existing) {
+    if (*existing == encoded) return Status::Ok();
+    return Error(Code::kAlreadyExists,
+                 "step {} of episode {} is already logged with other content ({} bytes, now {} "
+                 "bytes): steps are append-only",
+                 step.step(), step.episode_id(), existing->size(), encoded.size());
+  }
+  staging.Put(steps_, k, std::move(encoded));
+  return Status::Ok();
+}
+
 Status TrajectoryLogImpl::AppendStep(const v1::StepRecordProto& step) {
   PADDOCK_RETURN_IF_ERROR(CallKey{step.episode_id()}.Validate());
   const std::string k = EncodeStepKey(step.episode_id(), step.step());
-  std::string encoded;
-  if (step.format_version() == kLogFormatVersion) {
-    encoded = Serialize(step);
-  } else {
-    v1::StepRecordProto copy = step;
-    copy.set_format_version(kLogFormatVersion);
-    encoded = Serialize(copy);
-  }
-  return commits_.Commit([&](CommitQueue::Staging& staging) -> Status {
-    PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(steps_, k));
-    if (existing) {
-      if (*existing == encoded) return Status::Ok();
-      return Error(Code::kAlreadyExists,
-                   "step {} of episode {} is already logged with other content ({} bytes, now {} "
-                   "bytes): steps are append-only",
-                   step.step(), step.episode_id(), existing->size(), encoded.size());
-    }
-    staging.Put(steps_, k, std::move(encoded));
-    return Status::Ok();
-  });
+  std::string encoded = EncodeStep(step);
+  return commits_.Commit(
+      [&](CommitQueue::Staging& staging) { return StageStep(staging, step, k, encoded); });
 }
 
 Result<std::vector<v1::StepRecordProto>> TrajectoryLogImpl::ReadSteps(const std::string& episode,

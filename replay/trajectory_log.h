@@ -31,6 +31,19 @@ namespace paddock::replay {
 // The layout version of the records this build writes (see trajectory.proto).
 inline constexpr uint32_t kLogFormatVersion = 1;
 
+// When a write returns (see docs/trajectory-log.md, "Durability").
+enum class Durability {
+  // Once the WAL is synced (fdatasync): the record survives a crash.
+  kSynced,
+  // Once the record is in the log (its checks passed, readable), without
+  // waiting for a sync. The WAL is one sequential file, so the record becomes
+  // durable with the next synced write of this log, whoever makes it; a crash
+  // before that loses it (and never loses it while keeping a later record).
+  // For records whose loss is harmless: a policy call asked again, a result
+  // followed by a synced write before anything depends on it.
+  kDeferred,
+};
+
 // Identifies one side-effecting call: (episode, step, call index).
 struct CallKey {
   std::string episode;
@@ -126,6 +139,7 @@ struct VerifyReport {
 struct CommitStats {
   uint64_t writes = 0;      // write requests acknowledged or failed
   uint64_t syncs = 0;       // synced RocksDB writes (one per group)
+  uint64_t deferred = 0;    // of `writes`, those that asked for Durability::kDeferred
   uint64_t max_group = 0;   // the most writes one sync carried
 };
 
@@ -145,7 +159,8 @@ class TrajectoryLog {
   static Result<std::unique_ptr<TrajectoryLog>> Open(const LogOptions& options);
   virtual ~TrajectoryLog() = default;
 
-  // Write-ahead protocol. Each returns only once the record is durable.
+  // Write-ahead protocol. Each returns only once the record is durable
+  // (unless asked for Durability::kDeferred).
   // PutIntent: ALREADY_EXISTS when the key has an intent for another request
   // fingerprint (the message names both requests); the same fingerprint again
   // is accepted (an in-doubt idempotent call re-run).
@@ -153,10 +168,17 @@ class TrajectoryLog {
   // sandbox can run the call again (only idempotent sandbox calls pass it).
   virtual Status PutIntent(const CallKey& key, const std::string& request_fingerprint,
                            const std::string& request_summary, bool idempotent,
-                           const std::string& request = {}) = 0;
+                           const std::string& request = {},
+                           Durability durability = Durability::kSynced) = 0;
   // PutResult: FAILED_PRECONDITION without an intent; ALREADY_EXISTS when the
   // key has a different result already (the same bytes again are accepted).
-  virtual Status PutResult(const CallKey& key, const std::string& result) = 0;
+  virtual Status PutResult(const CallKey& key, const std::string& result,
+                           Durability durability = Durability::kSynced) = 0;
+  // A call's result and the step record that holds it, in one synced write:
+  // both are logged or neither is. The checks of PutResult and AppendStep
+  // both apply; an error from either leaves both unwritten.
+  virtual Status PutResultAndStep(const CallKey& key, const std::string& result,
+                                  const v1::StepRecordProto& step) = 0;
   // nullopt when the key has no intent.
   virtual Result<std::optional<CallRecord>> GetCall(const CallKey& key) = 0;
   // Calls of one episode with an intent but no result, in key order.
@@ -197,8 +219,12 @@ class TrajectoryLog {
   static Result<VerifyReport> VerifyAt(const std::string& dir);
   // Full manual compaction of every column family.
   virtual Status Compact() = 0;
-  // Retention: deletes episodes whose updated_unix_ms is older than now - age,
-  // with their steps, intents and results. Returns how many were deleted.
+  // Retention: deletes episodes whose latest activity is older than now - age,
+  // with their steps, intents and results. An episode's latest activity is
+  // the newest of its record's updated_unix_ms, its calls' intent and result
+  // times and its steps' logged times, so an episode driven only by keyed
+  // calls (whose record is written once) is kept while it is in use.
+  // Returns how many were deleted.
   virtual Result<uint64_t> DeleteEpisodesOlderThan(std::chrono::milliseconds age) = 0;
 
   virtual CommitStats GetCommitStats() const = 0;

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -364,6 +365,177 @@ TEST(TrajectoryLog, WithoutGroupCommitEveryWriteSyncsAlone) {
   EXPECT_EQ(after.syncs - before.syncs, 80u);
 }
 
+// ---- Deferred writes and combined writes --------------------------------------------
+
+// Runs `body` on the log at `dir` in a child process, waits until it has
+// returned (the child says so over a pipe) and kills the child with SIGKILL:
+// what `body` wrote survives only as far as it reached the disk or the page
+// cache, not what stayed in the process.
+void WriteInChildThenSigkill(const std::string& dir, const std::function<bool(TrajectoryLog&)>& body) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(fds[0]);
+    LogOptions options;
+    options.dir = dir;
+    options.verify_checksums_on_open = false;
+    auto log = TrajectoryLog::Open(options);
+    if (!log.ok() || !body(**log)) _exit(2);
+    if (write(fds[1], "done\n", 5) != 5) _exit(3);
+    for (;;) pause();  // killed here, the log still open
+  }
+  close(fds[1]);
+  char buf[8] = {};
+  ssize_t n = read(fds[0], buf, sizeof buf);
+  close(fds[0]);
+  ASSERT_EQ(kill(child, SIGKILL), 0);
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+  ASSERT_EQ(n, 5) << "the child failed to write (exit status " << WEXITSTATUS(wstatus) << ")";
+  ASSERT_TRUE(WIFSIGNALED(wstatus));
+}
+
+TEST(TrajectoryLog, DeferredWritesAreDurableWithTheNextSyncedWrite) {
+  TempDir tmp;
+  const CallKey policy{"ep", 1, 0}, tool{"ep", 1, 1}, lonely{"ep", 2, 0};
+  // A deferred intent and result, then a synced intent (a policy call, then
+  // the intent of the tool call it asked for), then the process dies.
+  WriteInChildThenSigkill(tmp.path(), [&](TrajectoryLog& log) {
+    CommitStats before = log.GetCommitStats();
+    if (!log.PutIntent(policy, RequestFingerprint("prompt"), "policy", true, {}, Durability::kDeferred).ok() ||
+        !log.PutResult(policy, "answer", Durability::kDeferred).ok())
+      return false;
+    CommitStats deferred = log.GetCommitStats();
+    if (deferred.syncs != before.syncs || deferred.deferred != before.deferred + 2) return false;
+    // Readable at once, before any sync.
+    auto read = log.GetCall(policy);
+    if (!read.ok() || !read->has_value() || (*read)->result != "answer") return false;
+    if (!log.PutIntent(tool, RequestFingerprint("bash ls"), "tool", false).ok()) return false;
+    return log.GetCommitStats().syncs == before.syncs + 1;
+  });
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    auto call = log->GetCall(policy);
+    ASSERT_TRUE(call.ok() && call->has_value()) << "the synced write after it made the deferred intent durable";
+    EXPECT_TRUE((*call)->has_result);
+    EXPECT_EQ((*call)->result, "answer");
+    EXPECT_TRUE(log->GetCall(tool).value().has_value());
+  }
+  // The control: a deferred write that no synced write follows is not
+  // durable (it is lost with the process), so the first half shows the sync
+  // at work and not the page cache.
+  WriteInChildThenSigkill(tmp.path(), [&](TrajectoryLog& log) {
+    return log.PutIntent(lonely, RequestFingerprint("prompt 2"), "policy", true, {}, Durability::kDeferred).ok();
+  });
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  EXPECT_FALSE(log->GetCall(lonely).value().has_value());
+  EXPECT_TRUE(log->GetCall(policy).value().has_value());
+  auto report = log->Verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << report->ToString();
+}
+
+TEST(TrajectoryLog, DeferredWritesKeepTheChecksAndSurviveAClose) {
+  TempDir tmp;
+  CallKey key{"ep", 3, 0};
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    EXPECT_EQ(log->PutResult(key, "r", Durability::kDeferred).code(), Code::kFailedPrecondition);
+    ASSERT_TRUE(log->PutIntent(key, RequestFingerprint("a"), "a", true, {}, Durability::kDeferred).ok());
+    EXPECT_EQ(log->PutIntent(key, RequestFingerprint("b"), "b", true, {}, Durability::kDeferred).code(),
+              Code::kAlreadyExists);
+    ASSERT_TRUE(log->PutResult(key, "r", Durability::kDeferred).ok());
+    EXPECT_EQ(log->PutResult(key, "other", Durability::kDeferred).code(), Code::kAlreadyExists);
+    EXPECT_EQ(log->GetCommitStats().syncs, 1u) << "only the meta record of the new log was synced";
+  }
+  // Closing the log (no synced write after them) keeps them.
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  EXPECT_EQ(log->GetCall(key).value()->result, "r");
+}
+
+TEST(TrajectoryLog, PutResultAndStepIsOneSyncedWriteAndAllOrNothing) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  CallKey key{"ep", 1, 1};
+  // No intent: neither the result nor the step is written.
+  Status no_intent = log->PutResultAndStep(key, "obs", MakeStep("ep", 1));
+  EXPECT_EQ(no_intent.code(), Code::kFailedPrecondition);
+  EXPECT_TRUE(log->ReadSteps("ep").value().empty());
+
+  ASSERT_TRUE(log->PutIntent(key, RequestFingerprint("ls"), "ls", false).ok());
+  // The step is logged already with other content: the result is not written.
+  auto other = MakeStep("ep", 1);
+  other.set_reward(7);
+  ASSERT_TRUE(log->AppendStep(other).ok());
+  Status clash = log->PutResultAndStep(key, "obs", MakeStep("ep", 1));
+  EXPECT_EQ(clash.code(), Code::kAlreadyExists);
+  EXPECT_THAT(clash.message(), HasSubstr("append-only"));
+  EXPECT_FALSE(log->GetCall(key).value()->has_result);
+
+  CallKey next{"ep", 2, 1};
+  ASSERT_TRUE(log->PutIntent(next, RequestFingerprint("cat"), "cat", false).ok());
+  CommitStats before = log->GetCommitStats();
+  ASSERT_TRUE(log->PutResultAndStep(next, "obs 2", MakeStep("ep", 2)).ok());
+  CommitStats after = log->GetCommitStats();
+  EXPECT_EQ(after.syncs, before.syncs + 1);
+  EXPECT_EQ(after.writes, before.writes + 1);
+  EXPECT_EQ(log->GetCall(next).value()->result, "obs 2");
+  EXPECT_EQ(log->ReadSteps("ep", 2).value().size(), 1u);
+  // The same pair again (a resume) is accepted; another result is not.
+  EXPECT_TRUE(log->PutResultAndStep(next, "obs 2", MakeStep("ep", 2)).ok());
+  EXPECT_EQ(log->PutResultAndStep(next, "obs 3", MakeStep("ep", 2)).code(), Code::kAlreadyExists);
+  EXPECT_EQ(log->PutResultAndStep(CallKey{"", 0, 0}, "x", MakeStep("ep", 3)).code(), Code::kInvalidArgument);
+}
+
+// Deferred and synced writers at once (the leader hands synced writers on
+// when it is a deferred one): all succeed, syncs are shared, and after the
+// last synced write everything is there on reopen.
+TEST(TrajectoryLog, MixedDeferredAndSyncedWritersAllLand) {
+  TempDir tmp;
+  constexpr int kThreads = 32, kPerThread = 60;
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    CommitStats before = log->GetCommitStats();
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        std::string ep = fmt::format("ep-{}", t);
+        for (int i = 0; i < kPerThread; ++i) {
+          CallKey key{ep, static_cast<uint64_t>(i), 0};
+          Durability d = (i + t) % 3 == 0 ? Durability::kSynced : Durability::kDeferred;
+          if (!log->PutIntent(key, RequestFingerprint(ep), "x", true, {}, d).ok()) ++failures;
+          if (!log->PutResult(key, std::to_string(i), d).ok()) ++failures;
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(failures.load(), 0);
+    CommitStats after = log->GetCommitStats();
+    uint64_t writes = after.writes - before.writes;
+    EXPECT_EQ(writes, uint64_t{kThreads * kPerThread * 2});
+    EXPECT_GT(after.deferred - before.deferred, writes / 2);
+    EXPECT_LT(after.syncs - before.syncs, writes / 3);
+    ASSERT_TRUE(log->PutEpisode([] { v1::EpisodeRecordProto e; e.set_episode_id("last"); return e; }()).ok());
+  }
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  for (int t = 0; t < kThreads; ++t)
+    for (int i = 0; i < kPerThread; ++i) {
+      auto call = log->GetCall(CallKey{fmt::format("ep-{}", t), static_cast<uint64_t>(i), 0});
+      ASSERT_TRUE(call.ok() && call->has_value());
+      ASSERT_EQ((*call)->result, std::to_string(i));
+    }
+}
+
 // ---- Crash durability ------------------------------------------------------------
 
 // A child process writes from 8 threads and reports each acknowledged record
@@ -534,21 +706,86 @@ TEST(TrajectoryLog, CompactKeepsEverything) {
   EXPECT_TRUE(has_sst);
 }
 
+// The log's database opened with RocksDB directly, to write what the log
+// itself would not: a record from another build, backdated times.
+class RawDb {
+ public:
+  explicit RawDb(const std::string& dir) {
+    rocksdb::DBOptions options;
+    std::vector<std::string> names;
+    EXPECT_TRUE(rocksdb::DB::ListColumnFamilies(options, dir, &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> families;
+    for (const auto& n : names) families.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    EXPECT_TRUE(rocksdb::DB::Open(options, dir, families, &handles_, &db_).ok());
+  }
+  ~RawDb() {
+    for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
+    delete db_;
+  }
+  rocksdb::DB* db() { return db_; }
+  rocksdb::ColumnFamilyHandle* Family(const std::string& name) {
+    for (auto* h : handles_)
+      if (h->GetName() == name) return h;
+    return nullptr;
+  }
+
+ private:
+  rocksdb::DB* db_ = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+};
+
+// Sets the intent times (and, with results_too, the result times) of every
+// call of `episode` to `unix_ms`: the log stamps them with the current time.
+void BackdateCalls(const std::string& dir, const std::string& episode, int64_t unix_ms, bool results_too = true) {
+  RawDb raw(dir);
+  ASSERT_TRUE(raw.db());
+  const std::string begin = episode + std::string(1, '\0'), end = episode + std::string(1, '\1');
+  for (const char* family : {"intents", "results"}) {
+    if (std::string(family) == "results" && !results_too) continue;
+    auto* cf = raw.Family(family);
+    std::unique_ptr<rocksdb::Iterator> it(raw.db()->NewIterator(rocksdb::ReadOptions(), cf));
+    std::vector<std::pair<std::string, std::string>> rewritten;
+    for (it->Seek(begin); it->Valid() && it->key().compare(end) < 0; it->Next()) {
+      if (std::string(family) == "intents") {
+        v1::CallRecordProto r;
+        ASSERT_TRUE(r.ParseFromString(it->value().ToString()));
+        r.set_intent_unix_ms(unix_ms);
+        rewritten.emplace_back(it->key().ToString(), r.SerializeAsString());
+      } else {
+        v1::CallResultProto r;
+        ASSERT_TRUE(r.ParseFromString(it->value().ToString()));
+        r.set_result_unix_ms(unix_ms);
+        rewritten.emplace_back(it->key().ToString(), r.SerializeAsString());
+      }
+    }
+    for (const auto& [k, v] : rewritten) ASSERT_TRUE(raw.db()->Put(rocksdb::WriteOptions(), cf, k, v).ok());
+  }
+}
+
 TEST(TrajectoryLog, RetentionDeletesOldEpisodesWithTheirRecords) {
   TempDir tmp;
-  auto log = OpenOrDie(tmp.path());
-  ASSERT_TRUE(log);
   auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
                  std::chrono::system_clock::now().time_since_epoch()).count();
-  for (auto [id, age_days] : {std::pair<std::string, int>{"old", 10}, {"new", 0}, {"old2", 40}}) {
-    v1::EpisodeRecordProto e;
-    e.set_episode_id(id);
-    e.set_updated_unix_ms(now - int64_t{age_days} * 86400000 - 1000);
-    ASSERT_TRUE(log->PutEpisode(e).ok());
-    ASSERT_TRUE(log->AppendStep(MakeStep(id, 0)).ok());
-    ASSERT_TRUE(log->PutIntent(CallKey{id, 0, 0}, "f", "s", false).ok());
-    ASSERT_TRUE(log->PutResult(CallKey{id, 0, 0}, "r").ok());
+  auto days_ago = [&](int days) { return now - int64_t{days} * 86400000 - 1000; };
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    for (auto [id, age_days] : {std::pair<std::string, int>{"old", 10}, {"new", 0}, {"old2", 40}}) {
+      v1::EpisodeRecordProto e;
+      e.set_episode_id(id);
+      e.set_updated_unix_ms(days_ago(age_days));
+      ASSERT_TRUE(log->PutEpisode(e).ok());
+      auto step = MakeStep(id, 0);
+      step.mutable_timings()->set_started_unix_ms(days_ago(age_days));
+      ASSERT_TRUE(log->AppendStep(step).ok());
+      ASSERT_TRUE(log->PutIntent(CallKey{id, 0, 0}, "f", "s", false).ok());
+      ASSERT_TRUE(log->PutResult(CallKey{id, 0, 0}, "r").ok());
+    }
   }
+  BackdateCalls(tmp.path(), "old", days_ago(10));
+  BackdateCalls(tmp.path(), "old2", days_ago(40));
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
   auto deleted = log->DeleteEpisodesOlderThan(std::chrono::hours(24 * 7));
   ASSERT_TRUE(deleted.ok());
   EXPECT_EQ(*deleted, 2u);
@@ -561,28 +798,65 @@ TEST(TrajectoryLog, RetentionDeletesOldEpisodesWithTheirRecords) {
   EXPECT_EQ(log->DeleteEpisodesOlderThan(std::chrono::hours(24 * 7)).value(), 0u);
 }
 
+// An episode's record is written once when a harness drives it through keyed
+// calls (the record's updated_unix_ms stays at its first call); retention
+// ages it by its newest call or step instead.
+TEST(TrajectoryLog, RetentionKeepsEpisodesWithRecentCallsOrSteps) {
+  TempDir tmp;
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::system_clock::now().time_since_epoch()).count();
+  const int64_t ten_days_ago = now - int64_t{10} * 86400000;
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    for (const char* id : {"keyed", "long-call", "stepped", "idle"}) {
+      v1::EpisodeRecordProto e;
+      e.set_episode_id(id);
+      e.set_updated_unix_ms(ten_days_ago);
+      ASSERT_TRUE(log->PutEpisode(e).ok());
+      for (uint64_t step = 0; step < 3; ++step) {
+        ASSERT_TRUE(log->PutIntent(CallKey{id, step, 0}, "f", "s", false).ok());
+        ASSERT_TRUE(log->PutResult(CallKey{id, step, 0}, "r").ok());
+      }
+    }
+    auto step = MakeStep("stepped", 4);
+    step.mutable_timings()->set_started_unix_ms(now);
+    ASSERT_TRUE(log->AppendStep(step).ok());
+    auto old_step = MakeStep("idle", 4);
+    old_step.mutable_timings()->set_started_unix_ms(ten_days_ago);
+    ASSERT_TRUE(log->AppendStep(old_step).ok());
+  }
+  // "keyed" keeps today's calls; "long-call" started ten days ago and
+  // finished today; "stepped" and "idle" have only old calls.
+  BackdateCalls(tmp.path(), "long-call", ten_days_ago, /*results_too=*/false);
+  BackdateCalls(tmp.path(), "stepped", ten_days_ago);
+  BackdateCalls(tmp.path(), "idle", ten_days_ago);
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  auto deleted = log->DeleteEpisodesOlderThan(std::chrono::hours(24 * 7));
+  ASSERT_TRUE(deleted.ok()) << deleted.status().ToString();
+  EXPECT_EQ(*deleted, 1u);
+  EXPECT_FALSE(log->GetEpisode("idle")->has_value());
+  EXPECT_FALSE(log->GetCall(CallKey{"idle", 0, 0})->has_value());
+  for (const char* id : {"keyed", "long-call", "stepped"}) {
+    EXPECT_TRUE(log->GetEpisode(id)->has_value()) << id;
+    EXPECT_TRUE(log->GetCall(CallKey{id, 2, 0}).value()->has_result) << id;
+  }
+  // A longer age: no record is old enough to be a candidate.
+  EXPECT_EQ(log->DeleteEpisodesOlderThan(std::chrono::hours(24 * 12)).value(), 0u);
+}
+
 TEST(TrajectoryLog, OpenRefusesANewerFormatVersion) {
   TempDir tmp;
   { ASSERT_TRUE(OpenOrDie(tmp.path())); }
   {
     // Rewrite the meta record as a future build would.
-    rocksdb::DBOptions options;
-    std::vector<std::string> names;
-    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(options, tmp.path(), &names).ok());
-    std::vector<rocksdb::ColumnFamilyDescriptor> families;
-    for (const auto& n : names) families.emplace_back(n, rocksdb::ColumnFamilyOptions());
-    std::vector<rocksdb::ColumnFamilyHandle*> handles;
-    rocksdb::DB* db = nullptr;
-    ASSERT_TRUE(rocksdb::DB::Open(options, tmp.path(), families, &handles, &db).ok());
+    RawDb raw(tmp.path());
+    ASSERT_TRUE(raw.db());
     v1::LogMetaProto meta;
     meta.set_format_version(kLogFormatVersion + 1);
     meta.set_created_by("paddock-from-the-future");
-    for (auto* h : handles)
-      if (h->GetName() == "meta") {
-        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), h, "log", meta.SerializeAsString()).ok());
-      }
-    for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
-    delete db;
+    ASSERT_TRUE(raw.db()->Put(rocksdb::WriteOptions(), raw.Family("meta"), "log", meta.SerializeAsString()).ok());
   }
   auto log = TrajectoryLog::Open({.dir = tmp.path()});
   ASSERT_FALSE(log.ok());
