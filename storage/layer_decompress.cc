@@ -14,6 +14,7 @@ Result<std::unique_ptr<DecompressPipe>> DecompressPipe::Start(const std::string&
   ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   std::unique_ptr<DecompressPipe> p(new DecompressPipe(std::move(fd), compression, max_out_bytes));
   p->thread_ = std::thread([raw = p.get()] { raw->Run(); });
+  p->hasher_ = std::thread([raw = p.get()] { raw->Hash(); });
   return p;
 }
 
@@ -32,6 +33,7 @@ DecompressPipe::~DecompressPipe() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (hasher_.joinable()) hasher_.join();
 }
 
 std::string* DecompressPipe::TakeFree() {
@@ -46,9 +48,43 @@ std::string* DecompressPipe::TakeFree() {
 void DecompressPipe::PushFull(std::string* buf, size_t n) {
   {
     std::lock_guard<std::mutex> l(mu_);
-    full_.emplace_back(buf, n);
+    ring_.push_back({buf, n, 2});
   }
   cv_.notify_all();
+}
+
+void DecompressPipe::ReleaseLocked(uint64_t seq) {
+  --ring_[seq - ring_base_].refs;
+  while (!ring_.empty() && ring_.front().refs == 0) {
+    free_.push_back(ring_.front().buf);
+    ring_.pop_front();
+    ++ring_base_;
+  }
+}
+
+void DecompressPipe::Hash() {
+  Sha256 hash;
+  std::unique_lock<std::mutex> l(mu_);
+  for (;;) {
+    cv_.wait(l, [&] { return stop_ || done_ || next_hash_ < ring_base_ + ring_.size(); });
+    if (stop_) return;
+    if (next_hash_ < ring_base_ + ring_.size()) {
+      const Slot& slot = ring_[next_hash_ - ring_base_];
+      const char* data = slot.buf->data();
+      size_t n = slot.n;
+      l.unlock();
+      hash.Update(data, n);
+      l.lock();
+      ReleaseLocked(next_hash_++);
+      cv_.notify_all();
+      continue;
+    }
+    // done_ and every chunk hashed.
+    digest_ = hash.Finish();
+    hashed_ = true;
+    cv_.notify_all();
+    return;
+  }
 }
 
 void DecompressPipe::Run() {
@@ -125,7 +161,6 @@ Status DecompressPipe::Produce() {
     dec = std::make_unique<ZstdDecoder>();
   else
     dec = std::make_unique<Lz4Decoder>();
-  Sha256 hash;
   std::string in(1 << 20, '\0');
   const char* ip = in.data();
   size_t in_n = 0;
@@ -140,7 +175,6 @@ Status DecompressPipe::Produce() {
     bytes_out_ += n;
     if (bytes_out_ > max_out_)
       return Error(Code::kDataLoss, "blob decompresses to more than the layer's {} bytes", max_out_);
-    hash.Update(buf->data(), n);
     PushFull(buf, n);
     buf = TakeFree();
     if (!buf) return Error(Code::kCancelled, "decompression stopped");
@@ -180,31 +214,31 @@ Status DecompressPipe::Produce() {
     bytes_out_ += n;
     if (bytes_out_ > max_out_)
       return Error(Code::kDataLoss, "blob decompresses to more than the layer's {} bytes", max_out_);
-    hash.Update(buf->data(), n);
     PushFull(buf, n);
   } else {
     std::lock_guard<std::mutex> l(mu_);
     free_.push_back(buf);
   }
-  digest_ = hash.Finish();
   return Status::Ok();
 }
 
 Result<std::string_view> DecompressPipe::Next() {
   std::unique_lock<std::mutex> l(mu_);
   if (held_) {
-    free_.push_back(held_);
-    held_ = nullptr;
+    ReleaseLocked(next_read_ - 1);
+    held_ = false;
     cv_.notify_all();
   }
-  cv_.wait(l, [&] { return !full_.empty() || done_; });
-  if (!full_.empty()) {
-    auto [b, n] = full_.front();
-    full_.pop_front();
-    held_ = b;
-    return std::string_view(b->data(), n);
+  auto ready = [&] { return next_read_ < ring_base_ + ring_.size(); };
+  cv_.wait(l, [&] { return ready() || done_; });
+  if (ready()) {
+    const Slot& slot = ring_[next_read_ - ring_base_];
+    ++next_read_;
+    held_ = true;
+    return std::string_view(slot.buf->data(), slot.n);
   }
   if (!status_.ok()) return status_;
+  cv_.wait(l, [&] { return hashed_; });  // digest() is final
   return std::string_view();
 }
 

@@ -1,8 +1,10 @@
 // Unpacks one stored layer into an empty directory, fast and defensively.
 //
-// Pipeline: DecompressPipe (libzstd / liblz4 on its own thread, 4 MiB chunks) →
-// libarchive's tar reader (format only, no filters) → archive_write_disk. The
-// decompressed stream is hashed and must equal the diff_id, or the unpack fails.
+// Pipeline: DecompressPipe (libzstd / liblz4 on its own thread, 4 MiB chunks,
+// hashing the tar) → libarchive's tar reader (format only, no filters) → our own
+// writer, which creates every entry relative to an open directory fd (a cache of
+// open parents by path) instead of resolving a path per entry. The decompressed
+// stream is hashed and must equal the diff_id, or the unpack fails.
 //
 // Extraction keeps what a root filesystem needs: numeric owners (no name lookup),
 // permissions incl. setuid/setgid, mtimes, and xattrs except `trusted.*` (a layer
@@ -11,10 +13,12 @@
 //
 // Defence in depth (import already refused all of these): every entry passes
 // EntryPolicy again (no `..`, no absolute paths, no device nodes, no write through
-// a symlink of the layer, hard links only to earlier files, size caps), and
-// libarchive runs with ARCHIVE_EXTRACT_SECURE_NODOTDOT | SECURE_SYMLINKS. Whiteouts
-// are created with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
-// (overlay_whiteout.h), in overlayfs form.
+// a symlink of the layer, hard links only to earlier files, size caps), and the
+// writer cannot follow a symlink wherever one came from: parent directories are
+// opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) one component at a
+// time from the root fd, leaves created with O_CREAT | O_EXCL | O_NOFOLLOW,
+// mkdirat, symlinkat, mknodat, linkat (no AT_SYMLINK_FOLLOW). Whiteouts are created
+// with openat2 the same way (overlay_whiteout.h), in overlayfs form.
 #pragma once
 
 #include <cstdint>
