@@ -48,6 +48,10 @@ struct ExecRequest {
   uint32_t timeout_ms = 0;
   uint64_t output_cap = 0;
   bool stream = false;  // deliver output chunks as they are produced
+  // Polled (every few tens of ms) while the command runs; once it returns
+  // true the command's process tree is killed as at a timeout and the call
+  // returns CANCELLED (a client that went away). Not sent to the sandbox.
+  std::function<bool()> cancelled;
 };
 
 struct ExecResult {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <mutex>
 #include <optional>
@@ -274,10 +275,12 @@ grpc::Status SandboxService::ExecStream(grpc::ServerContext* ctx, const v1::Exec
   ExecRequest exec = v1conv::FromProto(*req);
   exec.stream = true;
   // The substrate may deliver stdout and stderr from different threads, and a
-  // ServerWriter takes one Write at a time. Once the client has gone, further
-  // chunks are dropped; the command still runs to completion or its timeout.
+  // ServerWriter takes one Write at a time. A client that cancels the call or
+  // goes away gets its command killed, as at a timeout: nobody would read
+  // its output.
   std::mutex write_mu;
-  bool client_gone = false;
+  std::atomic<bool> client_gone = false;
+  exec.cancelled = [&] { return client_gone.load() || ctx->IsCancelled(); };
   OutputCallback on_output = [&](int stream, std::string_view chunk) {
     v1::ExecEvent ev;
     if (stream == 2) ev.set_stderr(chunk.data(), chunk.size());

@@ -233,6 +233,14 @@ void Server::HandleFrame(const Frame& f) {
       StartExec(f.id, std::move(req));
       return;
     }
+    case FrameType::kCancel: {
+      WireReader r(f.payload);
+      uint32_t target = 0;
+      if (!r.U32(&target)) return;
+      auto it = jobs_.find(target);
+      if (it != jobs_.end()) KillTree(*it->second);  // reaped as usual, then reported
+      return;
+    }
     case FrameType::kWriteFile: return HandleWriteFile(f.id, f.payload);
     case FrameType::kReadFile: return HandleReadFile(f.id, f.payload);
     case FrameType::kListDir: return HandleListDir(f.id, f.payload);

@@ -1,8 +1,10 @@
 #include "sandbox/init/init_client.h"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 
+#include <chrono>
 #include <cstring>
 
 namespace paddock {
@@ -98,7 +100,8 @@ void InitClient::Close() {
 }
 
 Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
-                                     const OutputCallback* on_output, FrameType* reply_type) {
+                                     const OutputCallback* on_output, FrameType* reply_type,
+                                     const std::function<bool()>* cancelled) {
   auto p = std::make_shared<Pending>();
   p->on_output = on_output;
   uint32_t id;
@@ -118,7 +121,29 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
     pending_.erase(id);
     return Error(Code::kUnavailable, "the sandbox's init process is gone; destroy the sandbox and create a new one");
   }
-  cv_.wait(lock, [&] { return p->done || dead_; });
+  bool cancel_sent = false;
+  while (!p->done && !dead_) {
+    if (!cancelled || !*cancelled || cancel_sent) {
+      cv_.wait(lock, [&] { return p->done || dead_; });
+      break;
+    }
+    if (cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return p->done || dead_; })) break;
+    lock.unlock();  // the predicate is the caller's: not under mu_
+    bool cancel = (*cancelled)();
+    lock.lock();
+    if (cancel && !p->done && !dead_) {
+      uint32_t cancel_id = next_id_++;
+      lock.unlock();  // the reader needs mu_ to deliver while this writes
+      init::WireWriter w;
+      w.U32(id);
+      {
+        std::lock_guard wl(write_mu_);
+        init::WriteFrame(channel_.get(), FrameType::kCancel, cancel_id, w.Take());
+      }
+      cancel_sent = true;
+      lock.lock();
+    }
+  }
   if (!p->done) {
     pending_.erase(id);
     return Error(Code::kUnavailable, "the sandbox's init process exited during the call; destroy the sandbox and create a new one");
@@ -132,10 +157,13 @@ Result<ExecResult> InitClient::Exec(const ExecRequest& req, const OutputCallback
   r.stream = static_cast<bool>(on_output);
   FrameType type;
   PADDOCK_ASSIGN_OR_RETURN(std::string payload,
-                           Call(FrameType::kExec, init::EncodeExec(r), on_output ? &on_output : nullptr, &type));
+                           Call(FrameType::kExec, init::EncodeExec(r), on_output ? &on_output : nullptr, &type,
+                                req.cancelled ? &req.cancelled : nullptr));
   ExecResult result;
   if (type != FrameType::kExecDone || !init::DecodeResult(payload, &result))
     return Error(Code::kInternal, "malformed exec result from paddock-init");
+  if (req.cancelled && req.cancelled() && result.signal == SIGKILL && !result.timed_out)
+    return Error(Code::kCancelled, "the exec was cancelled and its command killed");
   return result;
 }
 

@@ -47,8 +47,11 @@ class InitClient {
   };
   explicit InitClient(UniqueFd channel);
   void ReaderLoop();
+  // `cancelled`, when given, is polled while waiting; once true, init is
+  // asked to kill the call's exec (kCancel) and the wait goes on for its end.
   Result<std::string> Call(init::FrameType type, const std::string& payload,
-                           const OutputCallback* on_output, init::FrameType* reply_type);
+                           const OutputCallback* on_output, init::FrameType* reply_type,
+                           const std::function<bool()>* cancelled = nullptr);
   Result<std::string> FileCall(init::FrameType type, const std::string& payload, const std::string& path);
 
   UniqueFd channel_;

@@ -30,6 +30,8 @@ enum class FrameType : uint32_t {
   kStat = 10,      // daemon → init: path
   kReply = 11,     // init → daemon: errno (0 = ok), message, payload
   kUsage = 12,     // daemon → init (microVM guest): Reply with memory, cpu, pids
+  kCancel = 13,    // daemon → init: kill a running exec (u32 payload: its request id); no reply,
+                   // the exec's kExecDone follows
 };
 
 enum class Mode : uint32_t { kContainer = 1, kFunction = 2 };

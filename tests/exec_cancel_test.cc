@@ -1,0 +1,154 @@
+// A streaming exec whose client cancels it or goes away must not leave its
+// command running in the sandbox. Through the real paddockd (DaemonProcess)
+// on container and function sandboxes: a gRPC client cancels its ExecStream
+// (ClientContext::TryCancel), and the paddock CLI — the C++ SDK's
+// Client::ExecStream — is interrupted with Ctrl-C mid-stream. Either way the
+// command (`sleep N`, N unique to the test) must be gone from the host's
+// process table within a few seconds, and the sandbox must still run commands.
+#include <gtest/gtest.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "paddock/client.h"
+#include "sandbox.grpc.pb.h"
+#include "tests/support/daemon_process.h"
+#include "tests/support/test_rootfs.h"
+
+namespace paddock {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// True while a process runs `sleep <secs>` (argv exactly that: `exec sleep`).
+bool SleepRunning(const std::string& secs) {
+  const std::string want = std::string("sleep") + '\0' + secs + '\0';
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (testing::ReadWholeFile(e.path().string() + "/cmdline") == want) return true;
+  }
+  return false;
+}
+
+bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds limit) {
+  auto until = Clock::now() + limit;
+  while (Clock::now() < until) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return cond();
+}
+
+class ExecCancelTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    rootfs_ = testing::EnsureBusyboxRootfs();
+    ASSERT_EQ(daemon_.Start(), "");
+    client::ClientOptions o;
+    o.socket_path = daemon_.socket_path();
+    auto c = client::Client::Connect(o);
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    client_.emplace(std::move(*c));
+    SandboxSpec spec;
+    spec.substrate = GetParam();
+    spec.image = rootfs_;
+    auto sb = client_->Create(spec);
+    ASSERT_TRUE(sb.ok()) << sb.status().message() << daemon_.LogTail();
+    id_ = sb->id;
+    // A duration no other process on the machine is sleeping.
+    secs_ = std::to_string(7000 + (getpid() % 1000) * 8 + counter_++);
+  }
+
+  // The sandbox still runs commands (and, for a container, its process table
+  // holds no sleep).
+  void ExpectUsable() {
+    ExecRequest r;
+    r.shell = "echo ok; ps -o comm 2>/dev/null | grep -c '^sleep' || true";
+    auto res = client_->Exec(id_, r);
+    ASSERT_TRUE(res.ok()) << res.status().message() << daemon_.LogTail();
+    EXPECT_EQ(res->exit_code, 0);
+    EXPECT_EQ(res->stdout_data.substr(0, 3), "ok\n");
+    if (GetParam() == "container") {
+      EXPECT_EQ(res->stdout_data, "ok\n0\n");
+    }
+  }
+
+  std::string Command() const { return "echo started; exec sleep " + secs_; }
+
+  testing::DaemonProcess daemon_;
+  std::optional<client::Client> client_;
+  std::string rootfs_, id_, secs_;
+  static inline int counter_ = 0;
+};
+
+TEST_P(ExecCancelTest, ClientCancelsExecStream_CommandKilled_SandboxUsable) {
+  auto stub = v1::Sandboxes::NewStub(
+      grpc::CreateChannel("unix:" + daemon_.socket_path(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::ExecRequest req;
+  req.set_sandbox_id(id_);
+  req.set_shell(Command());
+  req.set_timeout_ms(120000);
+  auto reader = stub->ExecStream(&ctx, req);
+  v1::ExecEvent ev;
+  ASSERT_TRUE(reader->Read(&ev)) << daemon_.LogTail();
+  EXPECT_EQ(ev.stdout(), "started\n");
+  ASSERT_TRUE(WaitFor([&] { return SleepRunning(secs_); }, std::chrono::seconds(5))) << "sleep " << secs_;
+
+  auto t0 = Clock::now();
+  ctx.TryCancel();
+  while (reader->Read(&ev)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(WaitFor([&] { return !SleepRunning(secs_); }, std::chrono::seconds(5)))
+      << "sleep " << secs_ << " still runs after the client cancelled";
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
+  RecordProperty("cancel_to_gone_ms", static_cast<int>(took.count()));
+  ExpectUsable();
+  // A later streaming exec runs to its end as before.
+  std::string out;
+  ExecRequest again;
+  again.shell = "echo one; echo two >&2; exit 3";
+  auto r = client_->ExecStream(id_, again, [&](int stream, std::string_view c) { out += std::to_string(stream) + ":" + std::string(c); });
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->exit_code, 3);
+  EXPECT_NE(out.find("1:one\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("2:two\n"), std::string::npos) << out;
+}
+
+// `paddock sandbox exec --stream` is the C++ SDK's Client::ExecStream; Ctrl-C
+// ends the process and with it the connection.
+TEST_P(ExecCancelTest, SdkClientGoesAwayMidStream_CommandKilled_SandboxUsable) {
+  std::string out = daemon_.dir() + "/stream.out";
+  pid_t cli = testing::SpawnProgram({testing::BuiltBinary("paddock"), "sandbox", "exec", "--stream", id_, "--shell",
+                                     Command(), "--timeout-ms", "120000"},
+                                    out, {"PADDOCK_SOCKET=" + daemon_.socket_path()});
+  ASSERT_GT(cli, 0);
+  ASSERT_TRUE(WaitFor([&] { return testing::ReadWholeFile(out).find("started") != std::string::npos; },
+                      std::chrono::seconds(10)))
+      << testing::ReadWholeFile(out) << daemon_.LogTail();
+  ASSERT_TRUE(WaitFor([&] { return SleepRunning(secs_); }, std::chrono::seconds(5)));
+  kill(cli, SIGINT);
+  int st = 0;
+  waitpid(cli, &st, 0);
+  EXPECT_TRUE(WaitFor([&] { return !SleepRunning(secs_); }, std::chrono::seconds(5)))
+      << "sleep " << secs_ << " still runs after its client went away";
+  ExpectUsable();
+}
+
+INSTANTIATE_TEST_SUITE_P(Substrates, ExecCancelTest, ::testing::Values("container", "function"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace paddock
