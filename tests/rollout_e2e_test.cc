@@ -18,6 +18,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -146,6 +148,71 @@ TEST_F(RolloutE2eTest, CliRun_SummaryAndExportValidateAgainstSchema) {
   auto missing = daemon_.Cli({"export", "no-such-rollout"});
   EXPECT_EQ(missing.code, 1);
   EXPECT_THAT(missing.err, HasSubstr("not in the trajectory log"));
+}
+
+// 200 episodes at concurrency 200 through paddockd and `paddock run`, on
+// container sandboxes so that side effects can be counted: each episode's
+// bash calls append S<turn> to /tmp/ran and its verifier gives reward 1 only
+// when the file holds each line exactly once, in order. Every step of every
+// episode must be in the trajectory log (`paddock log export`): one step
+// record per turn (turn N is step N+1), each bash turn with its tool call
+// and observation.
+TEST_F(RolloutE2eTest, TwoHundredConcurrentEpisodes_AllFinish_EveryStepLogged_EachToolCallRanOnce) {
+  const int kTasks = 200, kTurns = 2;
+  std::string tasks = Tasks("big", kTasks, kTurns), script = Script("big", kTurns, "0.2");
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = daemon_.Cli({"run", tasks, "--policy", "scripted", "--policy-script", script, "--concurrency", "200",
+                        "--id", "big-run", "--interval-ms", "250"});
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+  RecordProperty("run_ms", static_cast<int>(took.count()));
+  ASSERT_EQ(r.code, 0) << r.out.substr(r.out.size() > 4000 ? r.out.size() - 4000 : 0) << r.err << daemon_.LogTail();
+  EXPECT_THAT(r.out, HasSubstr("submit 200"));
+  // All 200 were in flight together at some point (the progress lines).
+  int max_running = 0;
+  std::istringstream progress(r.out);
+  for (std::string line; std::getline(progress, line);) {
+    size_t at = line.find(" running,");
+    if (line.rfind("big-run ", 0) != 0 || at == std::string::npos) continue;
+    size_t from = line.rfind(' ', at - 1);
+    max_running = std::max(max_running, std::stoi(line.substr(from + 1, at - from - 1)));
+  }
+  EXPECT_GE(max_running, 150) << r.out.substr(0, 2000);
+
+  auto lines = ReadJsonl(daemon_.Cli({"export", "big-run"}).out);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kTasks));
+  std::set<std::string> episodes;
+  for (const auto& l : lines) {
+    episodes.insert(l["episode_id"].get<std::string>());
+    // Reward 1: /tmp/ran holds S0 and S1, each once.
+    EXPECT_EQ(l["reward"], 1.0) << l["episode_id"] << " " << l["failure_reason"];
+    EXPECT_EQ(l["stop_reason"], "submit");
+    EXPECT_EQ(l["turns"], kTurns + 1);
+  }
+  ASSERT_EQ(episodes.size(), static_cast<size_t>(kTasks));
+
+  // The log: an episode record per episode and every turn's step.
+  auto log = daemon_.Cli({"log", "export"});
+  ASSERT_EQ(log.code, 0) << log.err;
+  std::map<std::string, std::set<uint64_t>> steps;
+  std::map<std::string, int> bash_observations;
+  for (const auto& rec : ReadJsonl(log.out)) {
+    if (rec["type"] != "step") continue;
+    const std::string ep = rec["episode_id"];
+    if (!episodes.count(ep)) continue;
+    uint64_t step = rec["step"];  // turn N is step N+1
+    EXPECT_TRUE(steps[ep].insert(step).second) << ep << " step " << step << " logged twice";
+    if (step == 0 || step > static_cast<uint64_t>(kTurns)) continue;
+    ASSERT_EQ(rec["tool_calls"].size(), 1u) << rec.dump().substr(0, 400);
+    EXPECT_EQ(rec["tool_calls"][0]["name"], "bash");
+    ASSERT_EQ(rec["observations"].size(), 1u);
+    EXPECT_THAT(rec["observations"][0]["content"].get<std::string>(), HasSubstr("ok " + std::to_string(step - 1)));
+    ++bash_observations[ep];
+  }
+  for (const auto& ep : episodes) {
+    for (uint64_t t = 1; t <= static_cast<uint64_t>(kTurns) + 1; ++t)
+      EXPECT_TRUE(steps[ep].count(t)) << ep << " has no logged step " << t;
+    EXPECT_EQ(bash_observations[ep], kTurns) << ep;
+  }
 }
 
 TEST_F(RolloutE2eTest, CliRun_BadTasksRefusedNamingLineAndField) {
@@ -364,5 +431,87 @@ TEST_F(RolloutE2eTest, CliRun_EmbeddedPolicyStartedAndStopped) {
   auto ps = testing::RunProgram({"/usr/bin/pgrep", "-f", bin.string() + " --listen"});
   EXPECT_NE(ps.code, 0) << ps.out;
 }
+
+// `paddock resume ROLLOUT --policy URL` moves the rollout to another server
+// and keeps the rest of its stored PolicySpec and sampling: the tool
+// constraint with tool_choice "required" (every turn a valid tool call, so no
+// malformed turn) and --max-new-tokens/--temperature (in every logged
+// policy request). The first server is never up: the episodes wait for it
+// until the rollout is cancelled, then resume against the real
+// paddock-policy.
+TEST_F(RolloutE2eTest, ResumeWithNewPolicyUrl_KeepsToolConstraintAndSampling) {
+  fs::path bin = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "policy" / "paddock-policy";
+  if (!fs::exists(bin)) GTEST_SKIP() << "paddock-policy is not built at " << bin;
+  std::string tasks = work_ + "/rs.jsonl", all;
+  const int kTasks = 3;
+  for (int i = 0; i < kTasks; ++i)
+    all += json({{"id", "rs-" + std::to_string(i)}, {"image", rootfs_}, {"substrate", "function"},
+                 {"instruction", "Run a command, then submit."}, {"tools", {"bash", "submit"}}, {"max_turns", 2},
+                 {"verifier", "true"}})
+               .dump() + "\n";
+  WriteFile(tasks, all);
+  std::string dead = "http://127.0.0.1:" + std::to_string(FreePort());
+  auto r = daemon_.Cli({"run", tasks, "--policy", dead, "--constrain-tools", "--tool-choice", "required",
+                        "--max-new-tokens", "192", "--temperature", "0", "--id", "rs-run", "--detach"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // the episodes retry the unreachable server
+  auto cancel = daemon_.Cli({"rollout", "cancel", "rs-run"});
+  ASSERT_EQ(cancel.code, 0) << cancel.err;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (RolloutState("rs-run")["state"] == "running" && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_NE(RolloutState("rs-run")["state"], "running") << daemon_.LogTail();
+
+  // Bad overrides are refused before anything runs.
+  auto contra = daemon_.Cli({"resume", "rs-run", "--constrain-tools", "--no-constrain-tools"});
+  EXPECT_EQ(contra.code, 1);
+  EXPECT_THAT(contra.err, HasSubstr("contradict"));
+  auto kind_alone = daemon_.Cli({"resume", "rs-run", "--policy-kind", "openai"});
+  EXPECT_EQ(kind_alone.code, 1);
+  EXPECT_THAT(kind_alone.err, HasSubstr("--policy-kind needs --policy"));
+  auto bad_choice = daemon_.Cli({"resume", "rs-run", "--policy", "http://127.0.0.1:1", "--tool-choice", "always"});
+  EXPECT_EQ(bad_choice.code, 1);
+  EXPECT_THAT(bad_choice.err, HasSubstr("--tool-choice 'always'"));
+  auto unconstrainable = daemon_.Cli({"resume", "rs-run", "--policy", "http://127.0.0.1:1", "--policy-kind", "openai",
+                                      "--tool-choice", "required"});
+  EXPECT_EQ(unconstrainable.code, 1);
+  EXPECT_THAT(unconstrainable.err, HasSubstr("need --policy-kind sglang"));
+
+  int port = FreePort();
+  std::string listen = "127.0.0.1:" + std::to_string(port);
+  pid_t policy = testing::SpawnProgram({bin.string(), "--listen", listen, "--threads", "1"}, work_ + "/policy.log");
+  auto up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < up && !Accepts(port))
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(Accepts(port)) << testing::ReadWholeFile(work_ + "/policy.log");
+  auto res = daemon_.Cli({"resume", "rs-run", "--policy", "http://" + listen});
+  kill(policy, SIGTERM);
+  int st = 0;
+  waitpid(policy, &st, 0);
+  ASSERT_EQ(res.code, 0) << res.out << res.err << daemon_.LogTail();
+  EXPECT_THAT(RolloutState("rs-run")["policy"].get<std::string>(), HasSubstr(listen));
+
+  auto lines = ReadJsonl(daemon_.Cli({"export", "rs-run"}).out);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kTasks));
+  for (const auto& l : lines) {
+    EXPECT_EQ(l["malformed_turns"], 0) << l["episode_id"] << ": the tool constraint was dropped on resume: "
+                                       << l["messages"].dump().substr(0, 3000);
+    EXPECT_GE(l["tool_calls"].get<int>(), 1) << l["episode_id"];
+    EXPECT_NE(l["stop_reason"], "format_error") << l["episode_id"];
+    EXPECT_EQ(l["policy"]["url"], "http://" + listen);
+  }
+  // Every policy request the resumed episodes logged kept the run's sampling.
+  int requests = 0;
+  for (const auto& rec : ReadJsonl(daemon_.Cli({"log", "export"}).out)) {
+    if (rec["type"] != "step" || rec["episode_id"].get<std::string>().rfind("rs-run/", 0) != 0) continue;
+    const auto& rq = rec["policy_request"];
+    if (rq["max_tokens"] == 0) continue;  // the verifier's step
+    ++requests;
+    EXPECT_EQ(rq["max_tokens"], 192) << rec.dump().substr(0, 300);
+    EXPECT_EQ(rq["temperature"], 0.0);
+  }
+  EXPECT_GE(requests, kTasks);
+}
+
 }  // namespace
 }  // namespace paddock

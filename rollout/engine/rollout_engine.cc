@@ -68,6 +68,28 @@ std::string DefinitionJson(const v1::StartRolloutRequest& req, const std::string
   return out;
 }
 
+// The policy a resumed rollout runs with: the stored one, with each field
+// the ResumeRolloutRequest sets replacing the stored value. A new URL alone
+// keeps the kind, model, limits and the tool constraint; constrain_tools is
+// optional in the proto so that false can turn the constraint off. A URL
+// without a kind over a scripted policy means an sglang server.
+v1::PolicySpec ResumePolicy(const v1::PolicySpec& stored, const v1::PolicySpec& in) {
+  v1::PolicySpec p = stored;
+  if (!in.url().empty()) p.set_url(in.url());
+  if (!in.kind().empty()) p.set_kind(in.kind());
+  else if (!in.url().empty() && stored.kind() == "scripted") p.clear_kind();
+  if (p.kind() != "scripted") p.clear_script();
+  if (!in.script().empty()) p.set_script(in.script());
+  if (!in.model().empty()) p.set_model(in.model());
+  if (!in.api_key_env().empty()) p.set_api_key_env(in.api_key_env());
+  if (in.max_in_flight()) p.set_max_in_flight(in.max_in_flight());
+  if (in.request_timeout_ms()) p.set_request_timeout_ms(in.request_timeout_ms());
+  if (in.unavailable_wait_s()) p.set_unavailable_wait_s(in.unavailable_wait_s());
+  if (in.has_constrain_tools()) p.set_constrain_tools(in.constrain_tools());
+  if (!in.tool_choice().empty()) p.set_tool_choice(in.tool_choice());
+  return p;
+}
+
 bool Transient(Code c) {
   return c == Code::kUnavailable || c == Code::kResourceExhausted || c == Code::kDeadlineExceeded;
 }
@@ -153,7 +175,7 @@ class RolloutEngine::Impl {
     if (!google::protobuf::util::JsonStringToMessage((*rec)->task(), &def).ok())
       return Error(Code::kDataLoss, "the stored definition of rollout '{}' does not parse", in.rollout_id());
     v1::StartRolloutRequest req = def.request();
-    if (in.has_policy()) *req.mutable_policy() = in.policy();
+    if (in.has_policy()) *req.mutable_policy() = ResumePolicy(req.policy(), in.policy());
     if (in.concurrency()) req.set_concurrency(in.concurrency());
     auto ro = Build(req);
     if (!ro.ok()) return ro.status();
@@ -180,6 +202,12 @@ class RolloutEngine::Impl {
     resp.set_already_done(static_cast<uint32_t>(done_idx.size()));
     resp.set_to_run(static_cast<uint32_t>(r->episodes.size() - done_idx.size()));
     v1::EpisodeRecordProto updated = **rec;
+    if (in.has_policy() || in.concurrency()) {  // a later resume starts from what this one runs with
+      *def.mutable_request() = req;
+      std::string def_json;
+      if (google::protobuf::util::MessageToJsonString(def, &def_json).ok()) updated.set_task(def_json);
+      updated.set_model(req.policy().kind() + " " + req.policy().url());
+    }
     (*updated.mutable_labels())["paddock.state"] = "running";
     updated.set_state(v1::EpisodeRecordProto::RUNNING);
     PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(updated));

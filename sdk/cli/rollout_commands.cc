@@ -16,6 +16,7 @@
 #include <iterator>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -150,6 +151,15 @@ class EmbeddedPolicy {
  private:
   pid_t pid_ = 0;
 };
+
+// Starts `paddock-policy` for --policy embedded, its log in OUT (or /tmp).
+Result<std::string> StartEmbedded(const Conn& c, EmbeddedPolicy& embedded, const std::string& out) {
+  std::string log = (out.empty() ? fs::temp_directory_path() : fs::path(out)) / "paddock-policy.log";
+  if (!out.empty()) fs::create_directories(out);
+  PADDOCK_ASSIGN_OR_RETURN(std::string url, embedded.Start(log));
+  if (!*c.json) std::printf("embedded policy: paddock-policy at %s (log %s)\n", url.c_str(), log.c_str());
+  return url;
+}
 
 // ---- progress and summary -------------------------------------------------
 
@@ -345,6 +355,73 @@ Result<v1::PolicySpec> PolicyFrom(const RunArgs& a) {
   return p;
 }
 
+// What `paddock resume --policy ...` sends: only the fields the user gave, so
+// the daemon keeps every other field of the stored PolicySpec (the tool
+// constraint, the model, the limits).
+struct ResumeArgs {
+  std::string rollout_id;
+  std::string policy, policy_kind, model, tool_choice, out;
+  uint32_t concurrency = 0, max_in_flight = 0, unavailable_wait_s = 0, interval_ms = 1000;
+  bool constrain_tools = false, no_constrain_tools = false, detach = false;
+};
+
+Result<std::optional<v1::PolicySpec>> ResumePolicyFrom(const ResumeArgs& a) {
+  if (a.constrain_tools && a.no_constrain_tools)
+    return Error(Code::kInvalidArgument, "--constrain-tools and --no-constrain-tools contradict each other");
+  if (!a.tool_choice.empty() && a.tool_choice != "auto" && a.tool_choice != "required")
+    return Error(Code::kInvalidArgument, "--tool-choice '{}': expected auto or required", a.tool_choice);
+  if (a.policy.empty() && !a.policy_kind.empty())
+    return Error(Code::kInvalidArgument, "--policy-kind needs --policy (the new server's URL)");
+  v1::PolicySpec p;
+  if (!a.policy_kind.empty()) {
+    std::string kind = a.policy_kind == "openai" ? "openai-completions" : a.policy_kind;
+    if (kind != "sglang" && kind != "openai-completions" && kind != "openai-chat")
+      return Error(Code::kInvalidArgument, "--policy-kind '{}': expected sglang, openai or openai-chat", a.policy_kind);
+    p.set_kind(kind);
+    if (kind != "sglang" && (a.constrain_tools || !a.tool_choice.empty()))
+      return Error(Code::kInvalidArgument,
+                   "--constrain-tools/--tool-choice need --policy-kind sglang (a paddock-policy server)");
+  }
+  p.set_url(a.policy);
+  p.set_model(a.model);
+  p.set_max_in_flight(a.max_in_flight);
+  p.set_unavailable_wait_s(a.unavailable_wait_s);
+  p.set_tool_choice(a.tool_choice);
+  if (a.constrain_tools || !a.tool_choice.empty()) p.set_constrain_tools(true);
+  if (a.no_constrain_tools) p.set_constrain_tools(false);
+  if (p.ByteSizeLong() == 0) return std::optional<v1::PolicySpec>();
+  return std::optional<v1::PolicySpec>(std::move(p));
+}
+
+int RunResume(const Conn& c, ResumeArgs a) {
+  auto rc = Connect(c);
+  if (!rc.ok()) return Fail(c, rc.status());
+  EmbeddedPolicy embedded;
+  if (a.policy == "embedded") {
+    auto url = StartEmbedded(c, embedded, a.out);
+    if (!url.ok()) return Fail(c, url.status());
+    a.policy = *url;
+    a.policy_kind = "sglang";
+    if (!a.no_constrain_tools) a.constrain_tools = true;  // as `paddock run --policy embedded`
+  }
+  auto policy = ResumePolicyFrom(a);
+  if (!policy.ok()) return Fail(c, policy.status());
+  v1::ResumeRolloutRequest req;
+  req.set_rollout_id(a.rollout_id);
+  req.set_concurrency(a.concurrency);
+  if (*policy) *req.mutable_policy() = **policy;
+  auto resp = rc->Resume(req);
+  if (!resp.ok()) return Fail(c, resp.status());
+  if (!*c.json)
+    std::printf("rollout %s resumed: %u episodes, %u done before, %u to run\n", resp->rollout_id().c_str(),
+                resp->episodes_total(), resp->already_done(), resp->to_run());
+  if (a.detach) {
+    if (*c.json) std::printf("%s\n", json({{"rollout_id", resp->rollout_id()}, {"to_run", resp->to_run()}}).dump().c_str());
+    return 0;
+  }
+  return WatchAndReport(c, *rc, a.rollout_id, a.out, a.interval_ms);
+}
+
 int RunRun(const Conn& c, RunArgs a) {
   auto text = ReadFile(a.tasks);
   if (!text.ok()) return Fail(c, text.status());
@@ -352,11 +429,8 @@ int RunRun(const Conn& c, RunArgs a) {
   if (!rc.ok()) return Fail(c, rc.status());
   EmbeddedPolicy embedded;
   if (a.policy == "embedded") {
-    std::string log = (a.out.empty() ? fs::temp_directory_path() : fs::path(a.out)) / "paddock-policy.log";
-    if (!a.out.empty()) fs::create_directories(a.out);
-    auto url = embedded.Start(log);
+    auto url = StartEmbedded(c, embedded, a.out);
     if (!url.ok()) return Fail(c, url.status());
-    if (!*c.json) std::printf("embedded policy: paddock-policy at %s (log %s)\n", url->c_str(), log.c_str());
     a.policy = *url;
     a.policy_kind = "sglang";
     a.constrain_tools = true;  // the untrained embedded model needs the tool constraint to call tools
@@ -391,10 +465,9 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
   static Conn conn;
   conn = Conn{&socket, &tcp, &token_file, &json_flag};
   static RunArgs run_args;
-  static std::string resume_id, resume_policy, resume_kind = "sglang", resume_out, export_id, export_format = "jsonl",
-                     export_out, id_arg, episode_arg;
-  static uint32_t resume_concurrency = 0, resume_interval = 1000;
-  static bool export_unfinished = false, resume_detach = false;
+  static ResumeArgs resume_args;
+  static std::string export_id, export_format = "jsonl", export_out, id_arg, episode_arg;
+  static bool export_unfinished = false;
 
   CLI::App* run = app.add_subcommand("run", "run a rollout: every task of a JSONL file against a policy, in paddockd");
   run->add_option("tasks", run_args.tasks, "tasks file (JSON lines; docs/tasks.md)")->required();
@@ -427,38 +500,28 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
   run->add_flag("--detach", run_args.detach, "print the rollout id and return; `paddock rollout watch ID` later");
   run->callback([&rc] { rc = RunRun(conn, run_args); });
 
-  CLI::App* resume = app.add_subcommand("resume", "continue an interrupted rollout from the trajectory log");
-  resume->add_option("rollout_id", resume_id, "rollout id (`paddock rollout ls`)")->required();
-  resume->add_option("--policy", resume_policy, "a new policy URL (default: the stored one)");
-  resume->add_option("--policy-kind", resume_kind, "with --policy: sglang | openai | openai-chat")->capture_default_str();
-  resume->add_option("--concurrency,-c", resume_concurrency, "episodes at once (default: the stored value)");
-  resume->add_option("--out", resume_out, "write DIR/ROLLOUT_ID/episodes.jsonl and summary.json at the end");
-  resume->add_option("--interval-ms", resume_interval, "progress period")->capture_default_str();
-  resume->add_flag("--detach", resume_detach, "return once resumed");
-  resume->callback([&rc] {
-    rc = [&]() -> int {
-      auto r = Connect(conn);
-      if (!r.ok()) return Fail(conn, r.status());
-      v1::ResumeRolloutRequest req;
-      req.set_rollout_id(resume_id);
-      req.set_concurrency(resume_concurrency);
-      if (!resume_policy.empty()) {
-        RunArgs a;
-        a.policy = resume_policy;
-        a.policy_kind = resume_kind;
-        auto p = PolicyFrom(a);
-        if (!p.ok()) return Fail(conn, p.status());
-        *req.mutable_policy() = *p;
-      }
-      auto resp = r->Resume(req);
-      if (!resp.ok()) return Fail(conn, resp.status());
-      if (!*conn.json)
-        std::printf("rollout %s resumed: %u episodes, %u done before, %u to run\n", resp->rollout_id().c_str(),
-                    resp->episodes_total(), resp->already_done(), resp->to_run());
-      if (resume_detach) return 0;
-      return WatchAndReport(conn, *r, resume_id, resume_out, resume_interval);
-    }();
-  });
+  CLI::App* resume = app.add_subcommand(
+      "resume", "continue an interrupted rollout from the trajectory log (with its stored policy, sampling and "
+                "tool constraint unless overridden here)");
+  resume->add_option("rollout_id", resume_args.rollout_id, "rollout id (`paddock rollout ls`)")->required();
+  resume->add_option("--policy", resume_args.policy,
+                     "a new policy URL, or embedded (start paddock-policy); the stored policy's other settings are "
+                     "kept (default: the stored policy)");
+  resume->add_option("--policy-kind", resume_args.policy_kind,
+                     "with --policy: sglang | openai | openai-chat (default: the stored kind)");
+  resume->add_option("--model", resume_args.model, "model name (default: the stored one)");
+  resume->add_option("--max-in-flight", resume_args.max_in_flight, "policy requests in flight (default: stored)");
+  resume->add_option("--unavailable-wait", resume_args.unavailable_wait_s,
+                     "seconds an episode retries an unreachable policy server (default: stored)");
+  resume->add_flag("--constrain-tools", resume_args.constrain_tools, "turn the tool constraint on (default: stored)");
+  resume->add_flag("--no-constrain-tools", resume_args.no_constrain_tools, "turn the tool constraint off");
+  resume->add_option("--tool-choice", resume_args.tool_choice,
+                     "auto | required, with the tool constraint (default: stored)");
+  resume->add_option("--concurrency,-c", resume_args.concurrency, "episodes at once (default: the stored value)");
+  resume->add_option("--out", resume_args.out, "write DIR/ROLLOUT_ID/episodes.jsonl and summary.json at the end");
+  resume->add_option("--interval-ms", resume_args.interval_ms, "progress period")->capture_default_str();
+  resume->add_flag("--detach", resume_args.detach, "return once resumed");
+  resume->callback([&rc] { rc = RunResume(conn, resume_args); });
 
   CLI::App* ex = app.add_subcommand("export", "a rollout's episodes as training data (JSON lines; docs/export.schema.json)");
   ex->add_option("rollout_id", export_id, "rollout id")->required();
