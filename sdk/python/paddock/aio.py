@@ -477,7 +477,8 @@ class Rollout:
 
     async def resume(self, policy: Union[str, PolicySpec, Mapping[str, Any], None] = None,
                      concurrency: int = 0) -> ResumeResult:
-        """Continues the rollout from its definition in the log."""
+        """Continues the rollout from its definition in the log; ``policy`` overrides the stored
+        one field by field (see :meth:`paddock.Rollout.resume`)."""
         req = _ro._pb().ResumeRolloutRequest(rollout_id=self.id, concurrency=concurrency)
         p = _ro.policy_pb(policy)
         if p is not None:

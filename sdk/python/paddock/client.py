@@ -377,8 +377,9 @@ class ExecStream:
         return ExecResult(**{**r.__dict__, "stdout": bytes(out), "stderr": bytes(err)})
 
     def cancel(self) -> None:
-        """Stops receiving: an iteration in progress ends (``result`` stays None). The command
-        itself is not stopped by this; it runs on until it exits or its ``timeout`` kills it."""
+        """Cancels the call: an iteration in progress ends (``result`` stays None) and the daemon
+        kills the command in the sandbox, as a timeout would (a keyed call, ``idempotency_key``,
+        runs on to its logged end)."""
         self._cancelled = True
         self._call.cancel()
 

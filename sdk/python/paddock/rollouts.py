@@ -61,6 +61,13 @@ class PolicySpec:
         unavailable_wait_s: how long an episode retries an unavailable server (0: 600).
         script: for ``"scripted"``: the assistant completions, turn N gets element N
             (the last repeats); a list of str (or its JSON text).
+        constrain_tools: for ``"sglang"`` against a paddock-policy server: send each task's tools
+            so decoding is constrained to valid tool calls. None: off at start; on resume, the
+            stored setting.
+        tool_choice: with the constraint, ``"auto"`` or ``"required"`` ("": the default, or on
+            resume the stored choice).
+
+    On :meth:`Rollout.resume`, fields left at their defaults keep the stored policy's values.
     """
 
     url: str = ""
@@ -71,6 +78,8 @@ class PolicySpec:
     request_timeout_ms: int = 0
     unavailable_wait_s: int = 0
     script: Union[Sequence[str], str] = ()
+    constrain_tools: bool | None = None
+    tool_choice: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,9 +257,12 @@ def policy_pb(policy: Union[str, PolicySpec, Mapping[str, Any], None]) -> Any:
     script = policy.script
     if not isinstance(script, str):
         script = json.dumps(list(script)) if script else ""
-    return pb.PolicySpec(url=policy.url, kind=policy.kind, model=policy.model, api_key_env=policy.api_key_env,
-                         max_in_flight=policy.max_in_flight, request_timeout_ms=policy.request_timeout_ms,
-                         unavailable_wait_s=policy.unavailable_wait_s, script=script)
+    msg = pb.PolicySpec(url=policy.url, kind=policy.kind, model=policy.model, api_key_env=policy.api_key_env,
+                        max_in_flight=policy.max_in_flight, request_timeout_ms=policy.request_timeout_ms,
+                        unavailable_wait_s=policy.unavailable_wait_s, script=script, tool_choice=policy.tool_choice)
+    if policy.constrain_tools is not None:
+        msg.constrain_tools = policy.constrain_tools
+    return msg
 
 
 def start_request(tasks: Any, policy: Any, concurrency: int, sampling: Sampling | Mapping[str, Any] | None,
@@ -405,8 +417,9 @@ class Rollout:
     def resume(self, policy: Union[str, PolicySpec, Mapping[str, Any], None] = None,
                concurrency: int = 0) -> ResumeResult:
         """Continues the rollout from its definition in the log: finished episodes are kept, the
-        others fast-forward through their logged calls and go on live. ``policy`` replaces the stored
-        one (e.g. a new URL); ``concurrency`` 0 keeps the stored one."""
+        others fast-forward through their logged calls and go on live. ``policy`` overrides the
+        stored one field by field (a new URL keeps the stored kind, model and tool constraint);
+        ``concurrency`` 0 keeps the stored one."""
         req = _pb().ResumeRolloutRequest(rollout_id=self.id, concurrency=concurrency)
         p = policy_pb(policy)
         if p is not None:

@@ -108,6 +108,41 @@ def test_exec_stream_delivers_output_as_produced(client: paddock.Client, rootfs:
             list(client.attach("000000000000").exec_stream(["true"]))
 
 
+def sleeping(secs: str) -> bool:
+    """True while a process on this host runs exactly ``sleep <secs>``."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"sleep", secs.encode()]:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("substrate", ["container", "function"])
+def test_exec_stream_cancel_kills_the_command(client: paddock.Client, rootfs: str, substrate: str) -> None:
+    secs = str(9000 + os.getpid() % 500 * 2 + (substrate == "function"))
+    with client.sandbox(substrate, rootfs) as sb:
+        stream = sb.exec_stream(shell=f"echo started; exec sleep {secs}", timeout=120)
+        it = iter(stream)
+        assert next(it).data == b"started\n"
+        deadline = time.monotonic() + 5
+        while not sleeping(secs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sleeping(secs)
+        stream.cancel()
+        assert list(it) == [] and stream.result is None
+        deadline = time.monotonic() + 5
+        while sleeping(secs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not sleeping(secs), f"sleep {secs} still runs after the stream was cancelled"
+        assert sb.exec(["echo", "ok"]).stdout == b"ok\n"
+
+
 def test_typed_errors_carry_the_daemons_message(client: paddock.Client, rootfs: str) -> None:
     ghost = client.attach("0123456789ab")
     with pytest.raises(paddock.NotFound) as e:

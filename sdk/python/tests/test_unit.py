@@ -78,6 +78,12 @@ def test_rollout_request_building(tmp_path) -> None:
     assert ro.policy_pb("http://h:1").url == "http://h:1"
     with pytest.raises(paddock.InvalidArgument, match="policy"):
         ro.policy_pb({"urll": "x"})
+    # The tool constraint is sent only when given, so a resume keeps the stored one.
+    assert not ro.policy_pb("http://h:1").HasField("constrain_tools")
+    off = ro.policy_pb({"url": "http://h:1", "constrain_tools": False})
+    assert off.HasField("constrain_tools") and not off.constrain_tools
+    on = ro.policy_pb(paddock.PolicySpec(url="http://h:1", constrain_tools=True, tool_choice="required"))
+    assert on.constrain_tools and on.tool_choice == "required"
 
 
 def test_stubs_cover_every_proto() -> None:
