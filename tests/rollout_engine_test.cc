@@ -298,6 +298,37 @@ TEST_F(RolloutEngineTest, CancelledRolloutResumes_FastForwardAndNoDoubleEffects)
   EXPECT_TRUE(some_rebuilt);
 }
 
+// What a turn waits for on the disk: the tool intent (before the tool runs)
+// and the tool result with the step record, two synced writes; the policy
+// call's intent and result are deferred (a lost policy answer is asked
+// again), carried to the disk by the tool intent's sync. Every call and step
+// is in the log afterwards.
+TEST_F(RolloutEngineTest, ATurnWaitsForTwoSyncs_PolicyCallsDeferred) {
+  const int kTurns = 5;  // bash calls, then submit: kTurns + 1 turns with one tool call each
+  const uint64_t turns = kTurns + 1;
+  replay::CommitStats before = log_->GetCommitStats();
+  auto started = engine_->Start(Request(testing::CountingTasks(*rootfs_, 1, kTurns, "function"),
+                                        testing::CountingScript(kTurns), 1));
+  ASSERT_TRUE(started.ok()) << started.status().message();
+  auto p = WaitDone(started->rollout_id());
+  ASSERT_EQ(p.done(), 1u);
+  replay::CommitStats after = log_->GetCommitStats();
+  uint64_t syncs = after.syncs - before.syncs, deferred = after.deferred - before.deferred;
+  // Besides the turns: the rollout's definition, the episode's first and
+  // last record, the rollout's end.
+  EXPECT_LE(syncs, 2 * turns + 4) << "deferred " << deferred;
+  EXPECT_GE(syncs, 2 * turns);
+  EXPECT_GE(deferred, 2 * turns) << "policy intent and result of each turn";
+  const std::string ep = started->rollout_id() + "/count-0#0";
+  auto steps = log_->ReadSteps(ep);
+  ASSERT_TRUE(steps.ok());
+  ASSERT_EQ(steps->size(), turns);
+  for (const auto& s : *steps) {
+    EXPECT_TRUE(log_->GetCall({ep, s.step(), 0}).value()->has_result) << "policy call of turn " << s.step();
+    EXPECT_TRUE(log_->GetCall({ep, s.step(), 1}).value()->has_result) << "tool call of turn " << s.step();
+  }
+}
+
 TEST_F(RolloutEngineTest, PolicyServerDown_EpisodesRetryThenFailWithPolicyError) {
   // Nothing listens on the port: UNAVAILABLE, retried with backoff until
   // unavailable_wait_s, then policy_error.

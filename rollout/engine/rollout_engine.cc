@@ -836,7 +836,11 @@ class RolloutEngine::Impl {
         resume_to_live_us_ = Us(Clock::now() - r->resumed_at);
       }
     }
-    if (Status st = log_.PutIntent(key, fp, fmt::format("policy\nturn={}\nprompt_tokens={}", ep->step, req.input_ids.size()), true);
+    // Deferred, like the policy result: a policy call changes nothing, so one
+    // lost in a crash is asked again; the turn's next synced write (the tool
+    // intent, or the step) makes both durable (docs/trajectory-log.md).
+    if (Status st = log_.PutIntent(key, fp, fmt::format("policy\nturn={}\nprompt_tokens={}", ep->step, req.input_ids.size()),
+                                   true, {}, replay::Durability::kDeferred);
         !st.ok())
       return Fail(r, ep, "error", st.message());
     ep->pending_request = std::move(req);
@@ -934,7 +938,8 @@ class RolloutEngine::Impl {
     resp.set_text(g.text);
     resp.set_finish_reason(policy::FinishReasonName(g.finish_reason));
     replay::CallKey key{ep->id, ep->step, 0};
-    if (Status st = log_.PutResult(key, resp.SerializeAsString()); !st.ok()) return Fail(r, ep, "error", st.message());
+    if (Status st = log_.PutResult(key, resp.SerializeAsString(), replay::Durability::kDeferred); !st.ok())
+      return Fail(r, ep, "error", st.message());
     live_policy_++;
     OnPolicyResponse(r, ep, std::move(ep->pending_request), std::move(resp), false, took_us);
   }
@@ -990,6 +995,8 @@ class RolloutEngine::Impl {
 
     std::optional<std::string> stop;
     ojson observation = ojson::array();
+    // A live tool call's result not logged yet (RunToolCall leaves it here).
+    std::optional<std::pair<replay::CallKey, std::string>> held;
     if (!decode_error.empty()) {
       ep->summary.set_malformed_tool_calls(ep->summary.malformed_tool_calls() + 1);
       if (++ep->consecutive_malformed >= 3) {
@@ -1019,6 +1026,10 @@ class RolloutEngine::Impl {
         auto tools_t0 = Clock::now();
         uint32_t call_index = 0;
         for (const auto& tc : *calls) {
+          // The previous call's result, deferred: this call's synced intent
+          // (or the step) carries it.
+          if (Status st = LogHeldResult(held, replay::Durability::kDeferred); !st.ok())
+            return Fail(r, ep, "error", st.message());
           ++call_index;
           std::string name = tc["function"]["name"].get<std::string>();
           std::string args = tc["function"]["arguments"].is_string() ? tc["function"]["arguments"].get<std::string>()
@@ -1029,7 +1040,7 @@ class RolloutEngine::Impl {
           tcp->set_arguments_json(args);
           replay::CallKey key{ep->id, ep->step, call_index};
           tcp->set_call_key(key.ToString());
-          auto obs = RunToolCall(r, ep, key, name, args);
+          auto obs = RunToolCall(r, ep, key, name, args, &held);
           if (!obs.ok()) return Fail(r, ep, "error", obs.status().message());
           auto cut = v4::CutHeadTail(ep->ctx->tokenizer(), obs->content(), task.max_observation_tokens);
           v1::ObservationProto* op = step.add_observations();
@@ -1060,23 +1071,43 @@ class RolloutEngine::Impl {
     if (!stop && ep->step >= task.max_turns) stop = "max_turns";
     if (!stop && !observation.empty()) {
       auto rep = ep->ctx->AppendObservation(observation);
-      if (!rep.ok()) return Fail(r, ep, "error", "appending the observation: " + rep.status().message());
+      if (!rep.ok()) {
+        (void)LogHeldResult(held, replay::Durability::kDeferred);  // the failed episode's record syncs it
+        return Fail(r, ep, "error", "appending the observation: " + rep.status().message());
+      }
       if (ep->ctx->size() + 64 > task.max_tokens) stop = "budget";
     }
     if (stop) step.set_stop_reason(*stop);
     step.mutable_timings()->set_total_us(policy_us + Us(Clock::now() - step_t0));
     if (!ep->logged_steps.count(ep->step)) {
-      if (Status st = log_.AppendStep(step); !st.ok()) return Fail(r, ep, "error", "logging the step: " + st.message());
+      // The last tool result and the step in one synced write.
+      Status st = held ? log_.PutResultAndStep(held->first, held->second, step) : log_.AppendStep(step);
+      held.reset();
+      if (!st.ok()) return Fail(r, ep, "error", "logging the step: " + st.message());
       ep->logged_steps.insert(ep->step);
+    } else if (Status st = LogHeldResult(held, replay::Durability::kSynced); !st.ok()) {
+      return Fail(r, ep, "error", st.message());
     }
     if (stop) return Verify(r, ep, *stop);
     // Post rather than loop so that episodes sharing the pool progress fairly.
     Post(r, [this, r, ep] { NextTurn(r, ep); });
   }
 
+  // Logs a result RunToolCall held back, if any.
+  Status LogHeldResult(std::optional<std::pair<replay::CallKey, std::string>>& held, replay::Durability durability) {
+    if (!held) return Status::Ok();
+    Status st = log_.PutResult(held->first, held->second, durability);
+    held.reset();
+    return st;
+  }
+
   // One tool call through the log: replayed when its result is logged.
+  // The intent is durable before the tool runs; the result of a live call is
+  // left in `held` (key, serialized observation) for the caller to log, with
+  // the step record or deferred before the next call.
   Result<v1::ObservationProto> RunToolCall(const std::shared_ptr<Rollout>& r, Episode* ep, const replay::CallKey& key,
-                                           const std::string& name, const std::string& args) {
+                                           const std::string& name, const std::string& args,
+                                           std::optional<std::pair<replay::CallKey, std::string>>* held) {
     std::string fp = replay::RequestFingerprint("tool\n" + name + "\n" + args);
     PADDOCK_ASSIGN_OR_RETURN(auto logged, log_.GetCall(key));
     uint32_t timeout_ms = ep->task->exec_timeout_s * 1000;
@@ -1111,7 +1142,7 @@ class RolloutEngine::Impl {
     v1::ObservationProto obs;
     obs.set_content(out.content);
     obs.set_exit_code(out.exit_code);
-    PADDOCK_RETURN_IF_ERROR(log_.PutResult(key, obs.SerializeAsString()));
+    held->emplace(key, obs.SerializeAsString());
     ep->summary.set_tool_calls(ep->summary.tool_calls() + 1);
     r->tool_calls++;
     live_tools_++;
@@ -1132,7 +1163,12 @@ class RolloutEngine::Impl {
       if (logged->has_value() && (*logged)->has_result) {
         result = json::parse((*logged)->result, nullptr, false);
       } else {
-        if (Status st = log_.PutIntent(key, fp, "verifier\ncommand=" + task.verifier.command, true); !st.ok())
+        // Deferred, intent and result: the verifier is idempotent (run again
+        // if both are lost), and the episode's final record, written next
+        // with a sync, makes them durable.
+        if (Status st = log_.PutIntent(key, fp, "verifier\ncommand=" + task.verifier.command, true, {},
+                                       replay::Durability::kDeferred);
+            !st.ok())
           return Fail(r, ep, "error", st.message());
         ExecRequest req;
         req.argv = {"/bin/sh", "-c", task.verifier.command};
@@ -1147,7 +1183,9 @@ class RolloutEngine::Impl {
         result = {{"exit_code", res->timed_out ? 124 : res->exit_code},
                   {"stdout", res->stdout_data},
                   {"stderr", res->stderr_data.substr(0, 4096)}};
-        if (Status st = log_.PutResult(key, result.dump(-1, ' ', false, json::error_handler_t::replace)); !st.ok())
+        if (Status st = log_.PutResult(key, result.dump(-1, ' ', false, json::error_handler_t::replace),
+                                       replay::Durability::kDeferred);
+            !st.ok())
           return Fail(r, ep, "error", st.message());
       }
       int exit_code = result.value("exit_code", 1);
