@@ -1023,7 +1023,7 @@ class RolloutEngine::Impl {
                                                        : "no_tool_call")
                                                 : "eos";
       } else {
-        auto tools_t0 = Clock::now();
+        int64_t tools_us = 0;  // running the tools; their log writes are the engine's overhead
         uint32_t call_index = 0;
         for (const auto& tc : *calls) {
           // The previous call's result, deferred: this call's synced intent
@@ -1040,7 +1040,7 @@ class RolloutEngine::Impl {
           tcp->set_arguments_json(args);
           replay::CallKey key{ep->id, ep->step, call_index};
           tcp->set_call_key(key.ToString());
-          auto obs = RunToolCall(r, ep, key, name, args, &held);
+          auto obs = RunToolCall(r, ep, key, name, args, &held, &tools_us);
           if (!obs.ok()) return Fail(r, ep, "error", obs.status().message());
           auto cut = v4::CutHeadTail(ep->ctx->tokenizer(), obs->content(), task.max_observation_tokens);
           v1::ObservationProto* op = step.add_observations();
@@ -1063,7 +1063,6 @@ class RolloutEngine::Impl {
             break;  // calls after submit do not run
           }
         }
-        auto tools_us = Us(Clock::now() - tools_t0);
         step.mutable_timings()->set_tools_us(tools_us);
         ep->summary.mutable_timings()->set_tools_us(ep->summary.timings().tools_us() + tools_us);
       }
@@ -1104,10 +1103,12 @@ class RolloutEngine::Impl {
   // One tool call through the log: replayed when its result is logged.
   // The intent is durable before the tool runs; the result of a live call is
   // left in `held` (key, serialized observation) for the caller to log, with
-  // the step record or deferred before the next call.
+  // the step record or deferred before the next call. The time the tool
+  // itself runs (live or re-applied) is added to `exec_us`.
   Result<v1::ObservationProto> RunToolCall(const std::shared_ptr<Rollout>& r, Episode* ep, const replay::CallKey& key,
                                            const std::string& name, const std::string& args,
-                                           std::optional<std::pair<replay::CallKey, std::string>>* held) {
+                                           std::optional<std::pair<replay::CallKey, std::string>>* held,
+                                           int64_t* exec_us) {
     std::string fp = replay::RequestFingerprint("tool\n" + name + "\n" + args);
     PADDOCK_ASSIGN_OR_RETURN(auto logged, log_.GetCall(key));
     uint32_t timeout_ms = ep->task->exec_timeout_s * 1000;
@@ -1127,7 +1128,9 @@ class RolloutEngine::Impl {
       if (ToolMutates(name) && ep->task->substrate != "function") {
         // Rebuild: the call's effect lived in a sandbox that is gone. (A
         // function sandbox keeps no state between calls: nothing to rebuild.)
+        auto t0 = Clock::now();
         ToolOutcome again = RunTool(ep->sandbox.get(), *ep->task, name, args, timeout_ms);
+        *exec_us += Us(Clock::now() - t0);
         ep->reapplied++;
         reapplied_++;
         if (again.content != obs.content()) ep->reapply_diffs++;
@@ -1138,7 +1141,9 @@ class RolloutEngine::Impl {
     if (logged) ep->in_doubt_reruns++;  // intent without result: ran, if at all, in a sandbox that is gone
     PADDOCK_RETURN_IF_ERROR(log_.PutIntent(key, fp, fmt::format("tool\nname={}\narguments={}", name, args.substr(0, 512)),
                                            !ToolMutates(name)));
+    auto t0 = Clock::now();
     ToolOutcome out = RunTool(ep->sandbox.get(), *ep->task, name, args, timeout_ms);
+    *exec_us += Us(Clock::now() - t0);
     v1::ObservationProto obs;
     obs.set_content(out.content);
     obs.set_exit_code(out.exit_code);
