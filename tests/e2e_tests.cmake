@@ -1,10 +1,10 @@
 # End-to-end gaps of the sandbox API; included by tests/CMakeLists.txt.
 
 # ExecStream cancellation through the real paddockd: a cancelled or vanished
-# client gets its command killed in the sandbox (container and function).
+# client gets its command killed in the sandbox (container, function, microvm).
 if(TARGET paddock_client AND EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/exec_cancel_test.cc)
   paddock_test(exec_cancel_test exec_cancel_test.cc)
-  target_link_libraries(exec_cancel_test PRIVATE paddock_client)
+  target_link_libraries(exec_cancel_test PRIVATE paddock_client paddock_sandbox)
   add_dependencies(exec_cancel_test paddockd paddock paddock-init)
 endif()
 
