@@ -8,6 +8,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "sandbox/container/freezer.h"
 #include "sandbox/linux/cgroup.h"
 #include "sandbox/linux/fs_util.h"
 #include "sandbox/linux/mounts.h"
@@ -26,6 +27,9 @@ std::string SubstrateEnv::cgroup_root() const {
 
 ReapReport ReapLeftovers(const SubstrateEnv& env) {
   ReapReport report;
+  // 0. v1 freezer cgroups of snapshots in progress: thawed first, since a frozen
+  // process would not act on the SIGKILLs below; then removed like the others.
+  report.cgroups_removed += ReapFreezerCgroups(env.cgroup_root(), &report.errors);
   // 1. Processes: every sandbox process lives in a cgroup of ours.
   for (const auto& dir : CgroupDirsUnder(env.cgroup_root())) {
     auto procs = ReadSmallFile(dir + "/cgroup.procs");

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -70,6 +71,7 @@ Status BlobWriter::Write(const void* data, size_t n) {
     buf_.append(p, n);
     return Status::Ok();
   }
+  if (leave_reserved_) PADDOCK_RETURN_IF_ERROR(store_->CheckUnreserved(buf_.size() + n, path_));
   PADDOCK_RETURN_IF_ERROR(WriteAll(fd_.get(), buf_.data(), buf_.size(), path_));
   written_ += buf_.size();
   buf_.clear();
@@ -84,6 +86,7 @@ Status BlobWriter::Write(const void* data, size_t n) {
 }
 
 Result<StagedBlob> BlobWriter::Finish() {
+  if (leave_reserved_) PADDOCK_RETURN_IF_ERROR(store_->CheckUnreserved(buf_.size(), path_));
   PADDOCK_RETURN_IF_ERROR(WriteAll(fd_.get(), buf_.data(), buf_.size(), path_));
   buf_.clear();
   if (::fsync(fd_.get()) != 0) return ErrnoError(fmt::format("fsync {}", path_));
@@ -144,10 +147,69 @@ Status BlobStore::Commit(const StagedBlob& blob) {
 Result<Digest> BlobStore::Put(std::string_view data) {
   PADDOCK_ASSIGN_OR_RETURN(auto staging, NewStaging());
   PADDOCK_ASSIGN_OR_RETURN(auto writer, staging->NewWriter());
+  writer->leave_reserved_ = false;  // small blobs of a commit: inside its reservation
   PADDOCK_RETURN_IF_ERROR(writer->Write(data));
   PADDOCK_ASSIGN_OR_RETURN(StagedBlob staged, writer->Finish());
   PADDOCK_RETURN_IF_ERROR(Commit(staged));
   return staged.digest;
+}
+
+// ---- space reservations ----
+
+SpaceReservation::SpaceReservation(SpaceReservation&& o) noexcept
+    : store_(std::exchange(o.store_, nullptr)), bytes_(o.bytes_), inodes_(o.inodes_) {}
+
+SpaceReservation& SpaceReservation::operator=(SpaceReservation&& o) noexcept {
+  if (this != &o) {
+    Release();
+    store_ = std::exchange(o.store_, nullptr);
+    bytes_ = o.bytes_;
+    inodes_ = o.inodes_;
+  }
+  return *this;
+}
+
+void SpaceReservation::Release() {
+  if (!store_) return;
+  std::lock_guard<std::mutex> l(store_->space_mu_);
+  store_->reserved_bytes_ -= bytes_;
+  store_->reserved_inodes_ -= inodes_;
+  store_ = nullptr;
+}
+
+Result<SpaceReservation> BlobStore::Reserve(uint64_t bytes, uint64_t inodes, std::string_view what) {
+  std::lock_guard<std::mutex> l(space_mu_);
+  struct statvfs vfs;
+  if (::statvfs(root_.c_str(), &vfs) != 0) return ErrnoError(fmt::format("statvfs {}", root_));
+  const uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  const uint64_t held = reserved_bytes_.load();
+  if (avail < held || avail - held < bytes)
+    return Error(Code::kResourceExhausted,
+                 "not enough space left in {} to {}: {} bytes free, {} of them held by other commits in progress, "
+                 "{} needed; nothing was committed",
+                 root_, what, avail, held, bytes);
+  const uint64_t favail = static_cast<uint64_t>(vfs.f_favail);
+  if (vfs.f_files > 0 && (favail < reserved_inodes_ || favail - reserved_inodes_ < inodes))
+    return Error(Code::kResourceExhausted,
+                 "no inodes left in {} to {}: {} free, {} of them held by other commits in progress, {} needed; "
+                 "nothing was committed",
+                 root_, what, favail, reserved_inodes_, inodes);
+  reserved_bytes_ += bytes;
+  reserved_inodes_ += inodes;
+  return SpaceReservation(this, bytes, inodes);
+}
+
+Status BlobStore::CheckUnreserved(uint64_t n, const std::string& path) {
+  const uint64_t held = reserved_bytes_.load();
+  if (held == 0) return Status::Ok();  // nothing reserved: no statvfs per write
+  struct statvfs vfs;
+  if (::statvfs(root_.c_str(), &vfs) != 0) return Status::Ok();  // the write itself will say
+  const uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  if (avail < held || avail - held < n)
+    return Error(Code::kResourceExhausted,
+                 "no space left in {} for {}: {} bytes free, {} of them held by commits in progress",
+                 root_, path, avail, held);
+  return Status::Ok();
 }
 
 bool BlobStore::Has(const Digest& d) const { return ::access(BlobPath(d).c_str(), F_OK) == 0; }

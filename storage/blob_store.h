@@ -28,7 +28,9 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -82,6 +84,7 @@ class BlobWriter {
   uint64_t written_ = 0;         // bytes handed to the kernel
   uint64_t writeback_from_ = 0;  // writeback started for everything before this
   bool finished_ = false;
+  bool leave_reserved_ = true;   // staging writes keep out of reserved room (Put's do not)
   std::string buf_;
 };
 
@@ -100,6 +103,23 @@ class StagingArea {
   StagingArea(BlobStore* store, std::string dir) : store_(store), dir_(std::move(dir)) {}
   BlobStore* store_;
   std::string dir_;
+};
+
+// Room held for a commit in progress (BlobStore::Reserve); released on destruction.
+class SpaceReservation {
+ public:
+  SpaceReservation() = default;
+  SpaceReservation(SpaceReservation&& o) noexcept;
+  SpaceReservation& operator=(SpaceReservation&& o) noexcept;
+  ~SpaceReservation() { Release(); }
+  void Release();
+
+ private:
+  friend class BlobStore;
+  SpaceReservation(BlobStore* store, uint64_t bytes, uint64_t inodes)
+      : store_(store), bytes_(bytes), inodes_(inodes) {}
+  BlobStore* store_ = nullptr;
+  uint64_t bytes_ = 0, inodes_ = 0;
 };
 
 struct GcOptions {
@@ -151,12 +171,30 @@ class BlobStore {
   const BlobStoreStats& stats() const { return stats_; }
   void ResetStats() { stats_ = {}; }
 
+  // Free space is checked and taken in one step: Reserve() compares the
+  // filesystem's free bytes and inodes (statvfs) minus what other reservations of
+  // this store hold, under one lock, and holds `bytes`/`inodes` until the
+  // reservation is released. Staging writes (layers being imported) refuse with
+  // RESOURCE_EXHAUSTED rather than eat into reserved room, so two concurrent
+  // imports cannot both pass the check for their commit and then have one fill
+  // the disk under the other's commit. `what` names the reservation in errors.
+  // (Reservations are per process: a store shared by several daemons relies on the
+  // commit order in image_store.h, which leaves nothing visible half-written.)
+  Result<SpaceReservation> Reserve(uint64_t bytes, uint64_t inodes, std::string_view what);
+  uint64_t reserved_bytes() const { return reserved_bytes_.load(); }
+
  private:
   friend class BlobWriter;
+  friend class SpaceReservation;
   explicit BlobStore(std::string root) : root_(std::move(root)) {}
   std::string RefDir(const Digest& d) const;
+  // RESOURCE_EXHAUSTED when writing `n` more bytes would take reserved room.
+  Status CheckUnreserved(uint64_t n, const std::string& path);
   std::string root_;
   BlobStoreStats stats_;
+  std::mutex space_mu_;
+  std::atomic<uint64_t> reserved_bytes_{0};
+  uint64_t reserved_inodes_ = 0;  // space_mu_
 };
 
 }  // namespace paddock::storage

@@ -1,6 +1,5 @@
 #include "storage/image_import.h"
 
-#include <sys/statvfs.h>
 
 #include <nlohmann/json.hpp>
 
@@ -159,30 +158,6 @@ Result<std::vector<ArchiveImage>> ReadDockerSave(ImportSource& src, uint64_t max
 namespace {
 Result<ImportResult> ImportImageImpl(ImageStore& store, const std::string& path, const ImportOptions& options);
 
-// The commit writes a few small files (layer records, config, manifest, image
-// record, names; reference files are empty) after the staged blobs are in place.
-// Running out of space half-way would leave some of them visible, so it starts only
-// when the filesystem has room for all of them with a margin. Not atomic with other
-// writers, but it turns the likely case (the disk filled up while staging the
-// layers) into a clean refusal.
-constexpr uint64_t kCommitFileBytes = 8192;      // one small file, rounded up generously
-constexpr uint64_t kCommitSlackBytes = 256 << 10;
-
-Status CheckRoomToCommit(const std::string& root, uint64_t files) {
-  struct statvfs vfs;
-  if (::statvfs(root.c_str(), &vfs) != 0) return ErrnoError(fmt::format("statvfs {}", root));
-  const uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
-  const uint64_t need = files * kCommitFileBytes + kCommitSlackBytes;
-  if (avail < need)
-    return Error(Code::kResourceExhausted,
-                 "not enough space left in {} to commit: {} bytes free after staging the layers, {} needed for "
-                 "the layer records, config, manifest and names; nothing was committed",
-                 root, avail, need);
-  if (vfs.f_files > 0 && vfs.f_favail < files * 2 + 16)
-    return Error(Code::kResourceExhausted, "no inodes left in {} to commit: {} free, {} needed; nothing was committed",
-                 root, static_cast<uint64_t>(vfs.f_favail), files * 2 + 16);
-  return Status::Ok();
-}
 }  // namespace
 
 Result<ImportResult> ImportImage(ImageStore& store, const std::string& path, const ImportOptions& options) {
@@ -238,10 +213,7 @@ Result<ImportResult> ImportImageImpl(ImageStore& store, const std::string& path,
     PADDOCK_ASSIGN_OR_RETURN(Digest d, tx->AddImage(img.config_json, layers, img.names));
     result.images.push_back(d);
   }
-  uint64_t commit_files = 2 * result.layers_new;  // a layer record and its temp file
-  for (const auto& img : images) commit_files += 6 + 2 * img.names.size();
-  PADDOCK_RETURN_IF_ERROR(CheckRoomToCommit(store.root(), commit_files));
-  PADDOCK_RETURN_IF_ERROR(tx->Commit());
+  PADDOCK_RETURN_IF_ERROR(tx->Commit());  // reserves room for its files first
   result.bytes_committed = store.blobs().stats().bytes_committed - committed_before;
   return result;
 }

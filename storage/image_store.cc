@@ -62,6 +62,10 @@ Result<StoredLayer> DecodeLayerRecord(std::string_view text) {
 
 std::string ManifestHolder(const Digest& m) { return "manifest:" + m.hex(); }
 constexpr std::string_view kImageHolder = "image";
+// A commit's small file, rounded up generously, and slack on top: what
+// ImageTransaction::Commit reserves before writing any.
+constexpr uint64_t kCommitFileBytes = 8192;
+constexpr uint64_t kCommitSlackBytes = 256 << 10;
 
 bool Under(const std::string& path, const std::string& dir) {
   if (dir == ".") return path != ".";
@@ -208,6 +212,19 @@ Status ImageTransaction::Commit() {
       }
     }
   }
+  // Room for the small files the commit writes (layer records, config, manifest,
+  // image record, names, each through a temp file; reference files are empty),
+  // checked and held against other commits in one step: running out half-way
+  // would leave some of them visible.
+  uint64_t files = 0, refs = 0;
+  for (auto& p : layers_) files += p->blob ? 2 : 0;
+  for (auto& img : images_) {
+    files += 6 + 2 * img->names.size();
+    refs += 2 + 2 * img->manifest.layers.size();
+  }
+  PADDOCK_ASSIGN_OR_RETURN(SpaceReservation room,
+                           blobs.Reserve(files * kCommitFileBytes + kCommitSlackBytes, 2 * files + refs + 16,
+                                         "commit"));
   // 2. Blobs, then the layer records that name them.
   for (auto& p : layers_) {
     if (p->blob) {

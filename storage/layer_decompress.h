@@ -33,8 +33,10 @@ namespace paddock::storage {
 
 class DecompressPipe {
  public:
-  static constexpr size_t kChunk = 4 << 20;
-  static constexpr size_t kChunks = 5;
+  // 1 MiB chunks: the writer starts after the first MiB, and the hasher is at most
+  // a few MiB behind when the writer ends (4 MiB ones cost both ends more).
+  static constexpr size_t kChunk = 1 << 20;
+  static constexpr size_t kChunks = 12;
 
   static Result<std::unique_ptr<DecompressPipe>> Start(const std::string& blob_path, Compression compression,
                                                        uint64_t max_out_bytes);

@@ -1,6 +1,6 @@
 // Unpacks one stored layer into an empty directory, fast and defensively.
 //
-// Pipeline: DecompressPipe (libzstd / liblz4 on its own thread, 4 MiB chunks,
+// Pipeline: DecompressPipe (libzstd / liblz4 on its own thread, 1 MiB chunks,
 // hashing the tar) → libarchive's tar reader (format only, no filters) → our own
 // writer, which creates every entry relative to an open directory fd (a cache of
 // open parents by path) instead of resolving a path per entry. The decompressed

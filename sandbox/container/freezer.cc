@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -15,6 +16,11 @@ namespace paddock {
 namespace {
 
 constexpr auto kFreezeTimeout = std::chrono::seconds(5);
+constexpr const char* kFreezerHierarchy = "/sys/fs/cgroup/freezer";
+
+std::string FreezerDir(const std::string& root_name, const std::string& name) {
+  return fmt::format("{}/{}/{}", kFreezerHierarchy, root_name, name);
+}
 
 std::string Slurp(const std::string& path) {
   std::ifstream in(path);
@@ -62,13 +68,12 @@ Status SandboxFreezer::Freeze() {
 }
 
 Status SandboxFreezer::FreezeV1() {
-  std::string hier = "/sys/fs/cgroup/freezer";
-  if (access(hier.c_str(), F_OK) != 0)
+  if (access(kFreezerHierarchy, F_OK) != 0)
     return Error(Code::kFailedPrecondition,
                  "cgroup v1 without a freezer hierarchy at {}: cannot stop the sandbox's processes "
                  "while its files are read",
-                 hier);
-  std::string dir = fmt::format("{}/{}/{}", hier, root_name_, name_);
+                 kFreezerHierarchy);
+  std::string dir = FreezerDir(root_name_, name_);
   PADDOCK_RETURN_IF_ERROR(MkdirAll(dir));
   made_v1_dir_ = true;
   // Move every process of the sandbox in. A process forked meanwhile starts in
@@ -114,7 +119,28 @@ void SandboxFreezer::Remove() {
   Thaw();
   if (!made_v1_dir_) return;
   made_v1_dir_ = false;
-  rmdir(fmt::format("/sys/fs/cgroup/freezer/{}/{}", root_name_, name_).c_str());
+  rmdir(FreezerDir(root_name_, name_).c_str());
+}
+
+std::vector<std::string> FreezerCgroupsUnder(const std::string& root_name) {
+  std::vector<std::string> out;
+  if (DetectCgroupVersion() != CgroupVersion::kV1) return out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(fmt::format("{}/{}", kFreezerHierarchy, root_name), ec))
+    if (e.is_directory(ec)) out.push_back(e.path().string());
+  return out;
+}
+
+int ReapFreezerCgroups(const std::string& root_name, std::vector<std::string>* errors) {
+  int removed = 0;
+  for (const auto& dir : FreezerCgroupsUnder(root_name)) {
+    Status thaw = WriteText(dir + "/freezer.state", "THAWED");
+    (void)thaw;  // already thawed, or gone meanwhile: the removal below says
+    Status st = KillAndRemoveCgroupDir(dir);
+    if (st.ok()) ++removed;
+    else errors->push_back(st.Prefix("freezer cgroup").ToString());
+  }
+  return removed;
 }
 
 }  // namespace paddock

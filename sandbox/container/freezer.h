@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "sandbox/base/status.h"
 #include "sandbox/linux/cgroup.h"
@@ -32,5 +33,16 @@ class SandboxFreezer {
   bool frozen_ = false;
   bool made_v1_dir_ = false;
 };
+
+// The v1 freezer cgroups a daemon with cgroup root `root_name` made
+// (/sys/fs/cgroup/freezer/ROOT_NAME/ct-ID, one per sandbox being snapshot);
+// empty on cgroup v2 or without a freezer hierarchy.
+std::vector<std::string> FreezerCgroupsUnder(const std::string& root_name);
+
+// Start-up reaping after a crash (a SIGKILLed daemon leaves the snapshot's freezer
+// cgroup behind, possibly FROZEN): thaws each one (a frozen process does not act on
+// SIGKILL), kills what is in it and removes the directory. Returns how many were
+// removed; failures are appended to `errors`.
+int ReapFreezerCgroups(const std::string& root_name, std::vector<std::string>* errors);
 
 }  // namespace paddock
