@@ -111,7 +111,10 @@ Status CommitQueue::Commit(const Prepare& prepare, bool sync) {
   // is written or when the finishing leader hands them the lead.
   uint32_t state;
   while ((state = self.state.load(std::memory_order_acquire)) == Writer::kWaiting) FutexWait(self.state);
-  if (state == Writer::kDone) return std::move(self.status);
+  if (state == Writer::kDone) {
+    WakeDone(self.wake);
+    return std::move(self.status);
+  }
 
   std::vector<Writer*> group;
   {
@@ -160,8 +163,27 @@ void CommitQueue::Finish(std::vector<Writer*>& group, bool sync, Writer* self) {
     if (!sync) stats_.deferred += group.size();
     stats_.max_group = std::max<uint64_t>(stats_.max_group, group.size());
   }
-  for (Writer* w : group) {
-    if (w == self) continue;
+  // The followers wake one another down a binary tree: the leader wakes the
+  // first two, each woken one the next two of its own, so the wake-ups (a
+  // system call each) run on every core instead of one after the other in
+  // the leader, which goes on to the next group.
+  std::vector<Writer*> followers;
+  followers.reserve(group.size());
+  for (Writer* w : group)
+    if (w != self) followers.push_back(w);
+  for (size_t i = 0; i < followers.size(); ++i)
+    for (size_t c = 0; c < 2; ++c)
+      followers[i]->wake[c] = 2 * i + 2 + c < followers.size() ? followers[2 * i + 2 + c] : nullptr;
+  Writer* first[2] = {followers.size() > 0 ? followers[0] : nullptr, followers.size() > 1 ? followers[1] : nullptr};
+  WakeDone(first);
+}
+
+void CommitQueue::WakeDone(Writer* const (&writers)[2]) {
+  // Read both before waking either: a woken writer may return at once.
+  Writer* a = writers[0];
+  Writer* b = writers[1];
+  for (Writer* w : {a, b}) {
+    if (w == nullptr) continue;
     // A follower may return (and its Writer go) as soon as it sees kDone; the
     // notify after it only wakes a futex address, never touches the object's
     // contents, and waiters re-check their word, so a stale wake is harmless.

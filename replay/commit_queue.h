@@ -88,12 +88,17 @@ class CommitQueue {
     const Prepare* prepare;
     bool sync;
     Status status;                      // set by the leader before kDone
+    // Set by the leader before kDone: the group's writers this one wakes
+    // when it is woken (a binary tree, so the leader wakes only two).
+    Writer* wake[2] = {nullptr, nullptr};
     std::atomic<uint32_t> state{kWaiting};
   };
   // Prepares and writes one batch; true when it wrote (and, with sync, synced).
   bool RunGroup(std::vector<Writer*>& group, bool sync);
   // Runs a group, counts it and wakes its writers other than `self`.
   void Finish(std::vector<Writer*>& group, bool sync, Writer* self);
+  // Marks `writers` (null entries skipped) done and wakes them.
+  static void WakeDone(Writer* const (&writers)[2]);
 
   Status CheckSpace(uint64_t batch_bytes) const;
 

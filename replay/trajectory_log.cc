@@ -1,11 +1,13 @@
 // TrajectoryLog on RocksDB: opening (with the checksum and format checks),
 // the write-ahead call records, episode and step records.
+#include <cstring>
 #include <filesystem>
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <rocksdb/cache.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <spdlog/spdlog.h>
 
@@ -24,14 +26,22 @@ namespace {
 
 std::string ShortHash(const std::string& fingerprint) { return fingerprint.substr(0, 12); }
 
+// Appends the deterministic serialization of `message` to `out`, sized once.
+template <typename Proto>
+void SerializeTo(const Proto& message, std::string& out) {
+  const size_t size = message.ByteSizeLong();
+  const size_t at = out.size();
+  out.resize(at + size);
+  google::protobuf::io::ArrayOutputStream stream(out.data() + at, static_cast<int>(size));
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  message.SerializeWithCachedSizes(&coded);
+}
+
 template <typename Proto>
 std::string Serialize(const Proto& message) {
   std::string out;
-  google::protobuf::io::StringOutputStream stream(&out);
-  google::protobuf::io::CodedOutputStream coded(&stream);
-  coded.SetSerializationDeterministic(true);
-  message.SerializeToCodedStream(&coded);
-  coded.Trim();
+  SerializeTo(message, out);
   return out;
 }
 
@@ -47,10 +57,33 @@ std::string EncodeResult(const std::string& result) {
 // A step record with this build's format version, serialized.
 std::string EncodeStep(const v1::StepRecordProto& step) {
   if (step.format_version() == kLogFormatVersion) return Serialize(step);
+  if (step.format_version() == 0) {
+    // Unset, so absent from the serialization. Field 1 comes first in a
+    // serialization, so writing it ahead of the rest gives the bytes of a
+    // copy with it set, without copying a step (its tokens and logprobs).
+    static_assert(kLogFormatVersion < 128, "one varint byte");
+    std::string out{char(v1::StepRecordProto::kFormatVersionFieldNumber << 3), char(kLogFormatVersion)};
+    SerializeTo(step, out);
+    return out;
+  }
   v1::StepRecordProto copy = step;
   copy.set_format_version(kLogFormatVersion);
   return Serialize(copy);
 }
+
+// The episode part of a steps/intents/results key: the id and its 0x00.
+// Keys without one (episodes, meta) are outside its domain.
+class EpisodePrefix final : public rocksdb::SliceTransform {
+ public:
+  const char* Name() const override { return "paddock.EpisodePrefix"; }
+  rocksdb::Slice Transform(const rocksdb::Slice& key) const override {
+    const void* nul = std::memchr(key.data(), 0, key.size());
+    return rocksdb::Slice(key.data(), static_cast<const char*>(nul) - key.data() + 1);
+  }
+  bool InDomain(const rocksdb::Slice& key) const override {
+    return std::memchr(key.data(), 0, key.size()) != nullptr;
+  }
+};
 
 }  // namespace
 
@@ -86,6 +119,11 @@ Result<std::unique_ptr<TrajectoryLog>> TrajectoryLog::Open(const LogOptions& opt
   cf_options.memtable_prefix_bloom_size_ratio = 0.05;
   cf_options.memtable_whole_key_filtering = true;
   cf_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  // One episode's steps and calls are appended in key order: the memtable
+  // keeps, per episode, where its last insert went and starts the next one
+  // there instead of searching the whole skip list (the commit leader's
+  // largest cost per write, bench/README.md "log_bench").
+  cf_options.memtable_insert_with_hint_prefix_extractor = std::make_shared<EpisodePrefix>();
 
   std::vector<std::string> names;
   if (!rocksdb::DB::ListColumnFamilies(db_options, options.dir, &names).ok()) names.clear();

@@ -228,6 +228,10 @@ TEST(TrajectoryLog, StepsAreAppendOnly) {
   ASSERT_TRUE(log);
   ASSERT_TRUE(log->AppendStep(MakeStep("ep", 0)).ok());
   EXPECT_TRUE(log->AppendStep(MakeStep("ep", 0)).ok()) << "the same step again (a resume) is accepted";
+  auto versioned = MakeStep("ep", 0);
+  versioned.set_format_version(kLogFormatVersion);
+  EXPECT_TRUE(log->AppendStep(versioned).ok()) << "stored with the format version: the same bytes";
+  EXPECT_EQ(log->ReadSteps("ep").value()[0].SerializeAsString(), versioned.SerializeAsString());
   auto changed = MakeStep("ep", 0);
   changed.set_reward(99);
   Status st = log->AppendStep(changed);
