@@ -100,6 +100,9 @@ Status EntryPolicy::Check(archive_entry* entry, LayerEntry* out) {
     out->type = EntryType::kHardlink;
     out->link = target.value();
     linkable_.insert(path);
+    // A hard link to a symlink is that symlink under a second name: nothing may be
+    // written through it either.
+    if (symlinks_.count(target.value())) symlinks_.insert(path);
     return Status::Ok();
   }
 

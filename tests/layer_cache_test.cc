@@ -7,6 +7,7 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -25,7 +26,7 @@ namespace {
 
 struct TarEntry {
   std::string path;
-  char type = 'f';  // f file, d dir, l symlink, h hardlink
+  char type = 'f';  // f file, d dir, l symlink, h hardlink, c char device
   std::string content;  // file data or link target
   int mode = -1;
   int uid = 0, gid = 0;
@@ -50,6 +51,7 @@ std::string WriteTar(const std::vector<TarEntry>& entries) {
       case 'd': archive_entry_set_filetype(e, AE_IFDIR); break;
       case 'l': archive_entry_set_filetype(e, AE_IFLNK); archive_entry_set_symlink(e, t.content.c_str()); break;
       case 'h': archive_entry_set_filetype(e, AE_IFREG); archive_entry_set_hardlink(e, t.content.c_str()); break;
+      case 'c': archive_entry_set_filetype(e, AE_IFCHR); break;
       default:
         archive_entry_set_filetype(e, AE_IFREG);
         archive_entry_set_size(e, static_cast<int64_t>(t.content.size()));
@@ -336,6 +338,127 @@ TEST_F(LayerCacheTest, CorruptBlobFailsAndLeavesNothing) {
   EXPECT_FALSE(cache->Contains(a));
   EXPECT_FALSE(fs::exists(cache_dir_ + "/" + a.hex()));
   EXPECT_TRUE(fs::is_empty(cache_dir_ + "/.tmp"));
+}
+
+// A hard link to a symlink is a second name of the symlink: writing through it is
+// refused at import like writing through the symlink itself.
+TEST_F(LayerCacheTest, ImportRefusesWritesThroughAHardLinkToASymlink) {
+  auto txn = store_->Begin();
+  ASSERT_TRUE(txn.ok());
+  std::string tar = WriteTar({{"s", 'l', "/etc"}, {"h", 'h', "s"}, {"h/passwd", 'f', "root::0:0::/:/bin/sh\n"}});
+  auto l = (*txn)->AddLayer(SourceFromString(tar), LayerHint{"hostile", {}, {}});
+  ASSERT_FALSE(l.ok());
+  EXPECT_EQ(l.status().code(), Code::kInvalidArgument) << l.status().ToString();
+  EXPECT_NE(l.status().message().find("through symlink 'h'"), std::string::npos) << l.status().message();
+}
+
+// The store is a shared filesystem: a stored blob may be replaced behind the
+// import's back, and the unpack writes entries before the end of the stream proves
+// the diff_id wrong. Each hostile archive, swapped in for a stored layer's blob,
+// is refused at unpack with nothing written outside the layer's root and nothing
+// left in the cache.
+TEST_F(LayerCacheTest, TamperedBlobWithHostileEntriesWritesNothingOutside) {
+  const std::string outside = tmp_ + "/outside";
+  fs::create_directories(outside);
+  const std::vector<std::vector<TarEntry>> hostile = {
+      {{"d", 'd'}, {"d/../../escaped", 'f', "x"}},                       // .. climbing out
+      {{"/" + outside.substr(1) + "/abs", 'f', "x"}},                    // absolute path
+      {{"link", 'l', outside}, {"link/through", 'f', "x"}},            // write through a symlink
+      {{"s", 'l', outside}, {"h", 'h', "s"}, {"h/through", 'f', "x"}},  // ... through a hard link to it
+      {{"esc", 'l', "../../../.."}},                                     // symlink escaping the root
+      {{"hl", 'h', "/etc/passwd"}},                                      // hard link to outside
+      {{"dev", 'c', ""}},                                                // device node
+  };
+  for (size_t i = 0; i < hostile.size(); ++i) {
+    SCOPED_TRACE(fmt::format("hostile archive {}", i));
+    auto id = AddImage({BigLayer(3, 100, char('a' + i))})[0];
+    std::string blob = store_->blobs().BlobPath(store_->FindLayer(id)->blob);
+    std::string tar = WriteTar(hostile[i]);
+    std::string z(ZSTD_compressBound(tar.size()), '\0');
+    z.resize(ZSTD_compress(z.data(), z.size(), tar.data(), tar.size(), 3));
+    fs::permissions(blob, fs::perms::owner_write, fs::perm_options::add);
+    std::ofstream(blob, std::ios::trunc | std::ios::binary) << z;
+    auto cache = OpenCache();
+    auto lease = cache->Acquire(id);
+    ASSERT_FALSE(lease.ok()) << "a hostile layer was materialized";
+    EXPECT_TRUE(lease.status().code() == Code::kInvalidArgument || lease.status().code() == Code::kDataLoss)
+        << lease.status().ToString();
+    EXPECT_TRUE(fs::is_empty(outside)) << fs::begin(fs::directory_iterator(outside))->path();
+    EXPECT_FALSE(fs::exists(tmp_ + "/escaped"));
+    EXPECT_FALSE(cache->Contains(id));
+    EXPECT_FALSE(fs::exists(cache_dir_ + "/" + id.hex()));
+    EXPECT_TRUE(fs::is_empty(cache_dir_ + "/.tmp"));
+  }
+}
+
+// What a root filesystem needs survives the unpack: setuid/setgid after chown,
+// security.* and user.* xattrs but never trusted.*, a fifo, a directory listed after
+// its contents, an entry replaced by a later one of the same layer, and a parent
+// the tar does not list.
+TEST_F(LayerCacheTest, UnpackKeepsModesOwnersXattrsAndLaterEntriesWin) {
+  archive* a = archive_write_new();
+  archive_write_set_format_pax_restricted(a);
+  std::vector<char> buf(1 << 20);
+  size_t used = 0;
+  archive_write_open_memory(a, buf.data(), buf.size(), &used);
+  auto add = [&](const char* path, mode_t type, int perm, int uid, const std::string& data,
+                 std::vector<std::pair<std::string, std::string>> xattrs = {}) {
+    archive_entry* e = archive_entry_new();
+    archive_entry_set_pathname(e, path);
+    archive_entry_set_filetype(e, type);
+    archive_entry_set_perm(e, perm);
+    archive_entry_set_uid(e, uid);
+    archive_entry_set_gid(e, uid);
+    archive_entry_set_mtime(e, 1600000000, 0);
+    archive_entry_set_size(e, static_cast<int64_t>(data.size()));
+    for (auto& [k, v] : xattrs) archive_entry_xattr_add_entry(e, k.c_str(), v.data(), v.size());
+    ASSERT_EQ(archive_write_header(a, e), ARCHIVE_OK) << archive_error_string(a);
+    if (!data.empty()) archive_write_data(a, data.data(), data.size());
+    archive_entry_free(e);
+  };
+  add("usr/bin/su", AE_IFREG, 04755, 0, "su", {{"user.note", "kept"}, {"trusted.overlay.opaque", "y"}});
+  add("usr/bin/wall", AE_IFREG, 02755, 1000, "wall");
+  add("run/pipe", AE_IFIFO, 0620, 0, "");
+  add("usr/bin", AE_IFDIR, 0711, 0, "");  // after its contents
+  add("etc/motd", AE_IFREG, 0644, 0, "first");
+  add("etc/motd", AE_IFREG, 0600, 0, "second");
+  add("etc/dir", AE_IFREG, 0644, 0, "a file first");
+  add("etc/dir", AE_IFDIR, 0750, 0, "");
+  add("etc/dir/inside", AE_IFREG, 0644, 0, "in");
+  archive_write_close(a);
+  archive_write_free(a);
+  auto ids = AddImage({std::string(buf.data(), used)});
+  ASSERT_EQ(ids.size(), 1u);
+  auto cache = OpenCache();
+  auto lease = cache->Acquire(ids[0]);
+  ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+  const std::string r = lease->root();
+  struct stat st;
+  ASSERT_EQ(::lstat((r + "/usr/bin/su").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 04755u);
+  ASSERT_EQ(::lstat((r + "/usr/bin/wall").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 02755u);
+  EXPECT_EQ(st.st_uid, 1000u);
+  EXPECT_EQ(st.st_gid, 1000u);
+  char v[16] = {};
+  EXPECT_EQ(::getxattr((r + "/usr/bin/su").c_str(), "user.note", v, sizeof(v)), 4);
+  EXPECT_EQ(std::string(v, 4), "kept");
+  EXPECT_LT(::getxattr((r + "/usr/bin/su").c_str(), "trusted.overlay.opaque", v, sizeof(v)), 0);
+  ASSERT_EQ(::lstat((r + "/run/pipe").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0620u);
+  ASSERT_EQ(::lstat((r + "/usr/bin").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0711u);
+  EXPECT_EQ(st.st_mtime, 1600000000);
+  ASSERT_EQ(::lstat((r + "/usr").c_str(), &st), 0);  // not in the tar: made 0755
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
+  EXPECT_EQ(ReadFile(r + "/etc/motd"), "second");
+  ASSERT_EQ(::lstat((r + "/etc/motd").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  ASSERT_EQ(::lstat((r + "/etc/dir").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
+  EXPECT_EQ(ReadFile(r + "/etc/dir/inside"), "in");
 }
 
 }  // namespace
