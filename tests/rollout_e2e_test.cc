@@ -105,6 +105,12 @@ class RolloutE2eTest : public ::testing::Test {
     return false;
   }
 
+  // Starts rollout `id`: `tasks` function-sandbox tasks that run a command,
+  // then submit, against a URL where nothing listens, with the tool
+  // constraint and fixed sampling; the episodes wait for the server until the
+  // rollout is cancelled here. Defined below (needs FreePort).
+  void StartWaitingThenCancel(const std::string& id, int tasks);
+
   DaemonProcess daemon_;
   std::string rootfs_, work_;
 };
@@ -176,6 +182,7 @@ TEST_F(RolloutE2eTest, TwoHundredConcurrentEpisodes_AllFinish_EveryStepLogged_Ea
     size_t from = line.rfind(' ', at - 1);
     max_running = std::max(max_running, std::stoi(line.substr(from + 1, at - from - 1)));
   }
+  RecordProperty("max_running", max_running);
   EXPECT_GE(max_running, 150) << r.out.substr(0, 2000);
 
   auto lines = ReadJsonl(daemon_.Cli({"export", "big-run"}).out);
@@ -432,6 +439,27 @@ TEST_F(RolloutE2eTest, CliRun_EmbeddedPolicyStartedAndStopped) {
   EXPECT_NE(ps.code, 0) << ps.out;
 }
 
+void RolloutE2eTest::StartWaitingThenCancel(const std::string& id, int tasks) {
+  std::string path = work_ + "/" + id + ".jsonl", all;
+  for (int i = 0; i < tasks; ++i)
+    all += json({{"id", "t-" + std::to_string(i)}, {"image", rootfs_}, {"substrate", "function"},
+                 {"instruction", "Run a command, then submit."}, {"tools", {"bash", "submit"}}, {"max_turns", 2},
+                 {"verifier", "true"}})
+               .dump() + "\n";
+  WriteFile(path, all);
+  std::string dead = "http://127.0.0.1:" + std::to_string(FreePort());
+  auto r = daemon_.Cli({"run", path, "--policy", dead, "--constrain-tools", "--tool-choice", "required",
+                        "--max-new-tokens", "192", "--temperature", "0", "--id", id, "--detach"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // the episodes retry the unreachable server
+  auto cancel = daemon_.Cli({"rollout", "cancel", id});
+  ASSERT_EQ(cancel.code, 0) << cancel.err;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (RolloutState(id)["state"] == "running" && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_NE(RolloutState(id)["state"], "running") << daemon_.LogTail();
+}
+
 // `paddock resume ROLLOUT --policy URL` moves the rollout to another server
 // and keeps the rest of its stored PolicySpec and sampling: the tool
 // constraint with tool_choice "required" (every turn a valid tool call, so no
@@ -442,25 +470,9 @@ TEST_F(RolloutE2eTest, CliRun_EmbeddedPolicyStartedAndStopped) {
 TEST_F(RolloutE2eTest, ResumeWithNewPolicyUrl_KeepsToolConstraintAndSampling) {
   fs::path bin = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "policy" / "paddock-policy";
   if (!fs::exists(bin)) GTEST_SKIP() << "paddock-policy is not built at " << bin;
-  std::string tasks = work_ + "/rs.jsonl", all;
   const int kTasks = 3;
-  for (int i = 0; i < kTasks; ++i)
-    all += json({{"id", "rs-" + std::to_string(i)}, {"image", rootfs_}, {"substrate", "function"},
-                 {"instruction", "Run a command, then submit."}, {"tools", {"bash", "submit"}}, {"max_turns", 2},
-                 {"verifier", "true"}})
-               .dump() + "\n";
-  WriteFile(tasks, all);
-  std::string dead = "http://127.0.0.1:" + std::to_string(FreePort());
-  auto r = daemon_.Cli({"run", tasks, "--policy", dead, "--constrain-tools", "--tool-choice", "required",
-                        "--max-new-tokens", "192", "--temperature", "0", "--id", "rs-run", "--detach"});
-  ASSERT_EQ(r.code, 0) << r.err;
-  std::this_thread::sleep_for(std::chrono::seconds(1));  // the episodes retry the unreachable server
-  auto cancel = daemon_.Cli({"rollout", "cancel", "rs-run"});
-  ASSERT_EQ(cancel.code, 0) << cancel.err;
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (RolloutState("rs-run")["state"] == "running" && std::chrono::steady_clock::now() < until)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  ASSERT_NE(RolloutState("rs-run")["state"], "running") << daemon_.LogTail();
+  StartWaitingThenCancel("rs-run", kTasks);
+  if (HasFatalFailure()) return;
 
   // Bad overrides are refused before anything runs.
   auto contra = daemon_.Cli({"resume", "rs-run", "--constrain-tools", "--no-constrain-tools"});
@@ -511,6 +523,30 @@ TEST_F(RolloutE2eTest, ResumeWithNewPolicyUrl_KeepsToolConstraintAndSampling) {
     EXPECT_EQ(rq["temperature"], 0.0);
   }
   EXPECT_GE(requests, kTasks);
+}
+
+// An embedded-policy run whose paddock-policy is gone (its port died with the
+// CLI) resumes with `--policy embedded`: a new paddock-policy child on a free
+// port, the stored constraint and sampling, stopped with the resume.
+TEST_F(RolloutE2eTest, ResumeWithEmbeddedPolicy_StartsAndStopsPaddockPolicy) {
+  fs::path bin = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "policy" / "paddock-policy";
+  if (!fs::exists(bin)) GTEST_SKIP() << "paddock-policy is not built at " << bin;
+  StartWaitingThenCancel("re-run", 2);
+  if (HasFatalFailure()) return;
+  std::string out = work_ + "/re-out";
+  auto res = daemon_.Cli({"resume", "re-run", "--policy", "embedded", "--out", out});
+  ASSERT_EQ(res.code, 0) << res.out << res.err << daemon_.LogTail();
+  EXPECT_THAT(res.out, HasSubstr("embedded policy: paddock-policy at http://127.0.0.1:"));
+  EXPECT_THAT(res.out, HasSubstr("rollout re-run: finished, 2 of 2 episodes reported"));
+  EXPECT_TRUE(fs::exists(out + "/paddock-policy.log"));
+  auto lines = ReadJsonl(testing::ReadWholeFile(out + "/re-run/episodes.jsonl"));
+  ASSERT_EQ(lines.size(), 2u);
+  for (const auto& l : lines) {
+    EXPECT_EQ(l["malformed_turns"], 0) << l["episode_id"];
+    EXPECT_THAT(l["policy"]["url"].get<std::string>(), HasSubstr("http://127.0.0.1:"));
+  }
+  auto ps = testing::RunProgram({"/usr/bin/pgrep", "-f", bin.string() + " --listen"});
+  EXPECT_NE(ps.code, 0) << ps.out;
 }
 
 }  // namespace
