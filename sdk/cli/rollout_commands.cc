@@ -152,13 +152,18 @@ class EmbeddedPolicy {
   pid_t pid_ = 0;
 };
 
-// Starts `paddock-policy` for --policy embedded, its log in OUT (or /tmp).
-Result<std::string> StartEmbedded(const Conn& c, EmbeddedPolicy& embedded, const std::string& out) {
+// With --policy embedded: starts `paddock-policy` (its log in OUT, or /tmp)
+// and points `policy`/`kind` at it. Whether it started one.
+Result<bool> StartEmbeddedIfAsked(const Conn& c, EmbeddedPolicy& embedded, const std::string& out,
+                                  std::string& policy, std::string& kind) {
+  if (policy != "embedded") return false;
   std::string log = (out.empty() ? fs::temp_directory_path() : fs::path(out)) / "paddock-policy.log";
   if (!out.empty()) fs::create_directories(out);
   PADDOCK_ASSIGN_OR_RETURN(std::string url, embedded.Start(log));
   if (!*c.json) std::printf("embedded policy: paddock-policy at %s (log %s)\n", url.c_str(), log.c_str());
-  return url;
+  policy = url;
+  kind = "sglang";
+  return true;
 }
 
 // ---- progress and summary -------------------------------------------------
@@ -328,6 +333,23 @@ struct RunArgs {
   std::string tool_choice;       // "" (auto) | auto | required
 };
 
+// --policy-kind as PolicySpec.kind.
+Result<std::string> PolicyKind(const std::string& flag) {
+  std::string kind = flag == "openai" ? "openai-completions" : flag;
+  if (kind != "sglang" && kind != "openai-completions" && kind != "openai-chat")
+    return Error(Code::kInvalidArgument, "--policy-kind '{}': expected sglang, openai or openai-chat", flag);
+  return kind;
+}
+
+// --tool-choice, and the tool constraint only where the server can apply it.
+Status CheckToolConstraint(const std::string& kind, bool constrain, const std::string& tool_choice) {
+  if (!tool_choice.empty() && tool_choice != "auto" && tool_choice != "required")
+    return Error(Code::kInvalidArgument, "--tool-choice '{}': expected auto or required", tool_choice);
+  if ((constrain || !tool_choice.empty()) && !kind.empty() && kind != "sglang")
+    return Error(Code::kInvalidArgument, "--constrain-tools/--tool-choice need --policy-kind sglang (a paddock-policy server)");
+  return Status::Ok();
+}
+
 Result<v1::PolicySpec> PolicyFrom(const RunArgs& a) {
   v1::PolicySpec p;
   p.set_model(a.model);
@@ -341,15 +363,10 @@ Result<v1::PolicySpec> PolicyFrom(const RunArgs& a) {
     p.set_script(script);
     return p;
   }
-  std::string kind = a.policy_kind == "openai" ? "openai-completions" : a.policy_kind;
-  if (kind != "sglang" && kind != "openai-completions" && kind != "openai-chat")
-    return Error(Code::kInvalidArgument, "--policy-kind '{}': expected sglang, openai or openai-chat", a.policy_kind);
+  PADDOCK_ASSIGN_OR_RETURN(std::string kind, PolicyKind(a.policy_kind));
   p.set_kind(kind);
   p.set_url(a.policy);
-  if (!a.tool_choice.empty() && a.tool_choice != "auto" && a.tool_choice != "required")
-    return Error(Code::kInvalidArgument, "--tool-choice '{}': expected auto or required", a.tool_choice);
-  if ((a.constrain_tools || !a.tool_choice.empty()) && kind != "sglang")
-    return Error(Code::kInvalidArgument, "--constrain-tools/--tool-choice need --policy-kind sglang (a paddock-policy server)");
+  PADDOCK_RETURN_IF_ERROR(CheckToolConstraint(kind, a.constrain_tools, a.tool_choice));
   p.set_constrain_tools(a.constrain_tools || !a.tool_choice.empty());
   p.set_tool_choice(a.tool_choice);
   return p;
@@ -368,20 +385,14 @@ struct ResumeArgs {
 Result<std::optional<v1::PolicySpec>> ResumePolicyFrom(const ResumeArgs& a) {
   if (a.constrain_tools && a.no_constrain_tools)
     return Error(Code::kInvalidArgument, "--constrain-tools and --no-constrain-tools contradict each other");
-  if (!a.tool_choice.empty() && a.tool_choice != "auto" && a.tool_choice != "required")
-    return Error(Code::kInvalidArgument, "--tool-choice '{}': expected auto or required", a.tool_choice);
   if (a.policy.empty() && !a.policy_kind.empty())
     return Error(Code::kInvalidArgument, "--policy-kind needs --policy (the new server's URL)");
   v1::PolicySpec p;
   if (!a.policy_kind.empty()) {
-    std::string kind = a.policy_kind == "openai" ? "openai-completions" : a.policy_kind;
-    if (kind != "sglang" && kind != "openai-completions" && kind != "openai-chat")
-      return Error(Code::kInvalidArgument, "--policy-kind '{}': expected sglang, openai or openai-chat", a.policy_kind);
+    PADDOCK_ASSIGN_OR_RETURN(std::string kind, PolicyKind(a.policy_kind));
     p.set_kind(kind);
-    if (kind != "sglang" && (a.constrain_tools || !a.tool_choice.empty()))
-      return Error(Code::kInvalidArgument,
-                   "--constrain-tools/--tool-choice need --policy-kind sglang (a paddock-policy server)");
   }
+  PADDOCK_RETURN_IF_ERROR(CheckToolConstraint(p.kind(), a.constrain_tools, a.tool_choice));
   p.set_url(a.policy);
   p.set_model(a.model);
   p.set_max_in_flight(a.max_in_flight);
@@ -397,13 +408,9 @@ int RunResume(const Conn& c, ResumeArgs a) {
   auto rc = Connect(c);
   if (!rc.ok()) return Fail(c, rc.status());
   EmbeddedPolicy embedded;
-  if (a.policy == "embedded") {
-    auto url = StartEmbedded(c, embedded, a.out);
-    if (!url.ok()) return Fail(c, url.status());
-    a.policy = *url;
-    a.policy_kind = "sglang";
-    if (!a.no_constrain_tools) a.constrain_tools = true;  // as `paddock run --policy embedded`
-  }
+  auto started = StartEmbeddedIfAsked(c, embedded, a.out, a.policy, a.policy_kind);
+  if (!started.ok()) return Fail(c, started.status());
+  if (*started && !a.no_constrain_tools) a.constrain_tools = true;  // as `paddock run --policy embedded`
   auto policy = ResumePolicyFrom(a);
   if (!policy.ok()) return Fail(c, policy.status());
   v1::ResumeRolloutRequest req;
@@ -428,13 +435,9 @@ int RunRun(const Conn& c, RunArgs a) {
   auto rc = Connect(c);
   if (!rc.ok()) return Fail(c, rc.status());
   EmbeddedPolicy embedded;
-  if (a.policy == "embedded") {
-    auto url = StartEmbedded(c, embedded, a.out);
-    if (!url.ok()) return Fail(c, url.status());
-    a.policy = *url;
-    a.policy_kind = "sglang";
-    a.constrain_tools = true;  // the untrained embedded model needs the tool constraint to call tools
-  }
+  auto embedded_started = StartEmbeddedIfAsked(c, embedded, a.out, a.policy, a.policy_kind);
+  if (!embedded_started.ok()) return Fail(c, embedded_started.status());
+  if (*embedded_started) a.constrain_tools = true;  // the untrained embedded model needs the tool constraint
   auto policy = PolicyFrom(a);
   if (!policy.ok()) return Fail(c, policy.status());
   v1::StartRolloutRequest req;
