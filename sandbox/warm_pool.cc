@@ -3,11 +3,25 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
+
 #include <spdlog/spdlog.h>
 
 namespace paddock {
 
 using Clock = std::chrono::steady_clock;
+
+// On Linux, PRIO_PROCESS with who 0 is the calling thread's nice value.
+NormalPriorityScope::NormalPriorityScope() {
+  errno = 0;
+  int nice = getpriority(PRIO_PROCESS, 0);
+  saved_ = errno == 0 ? nice : 0;
+  if (saved_ > 0) setpriority(PRIO_PROCESS, 0, 0);
+}
+
+NormalPriorityScope::~NormalPriorityScope() {
+  if (saved_ > 0) setpriority(PRIO_PROCESS, 0, saved_);
+}
 
 WarmPool::WarmPool(size_t per_key, size_t max_keys, std::chrono::seconds idle_drop)
     : per_key_(per_key), max_keys_(max_keys), idle_drop_(idle_drop) {

@@ -18,6 +18,22 @@
 
 namespace paddock {
 
+// The pool builds at the lowest CPU priority, and threads and processes
+// inherit their creator's. A factory starts what a sandbox keeps for its whole
+// life (its init client's reader thread, a VM) inside this scope, at normal
+// priority: a handed-over sandbox must not stay at the lowest (under load, an
+// exec's reply would then wait behind every other runnable thread).
+class NormalPriorityScope {
+ public:
+  NormalPriorityScope();
+  ~NormalPriorityScope();
+  NormalPriorityScope(const NormalPriorityScope&) = delete;
+  NormalPriorityScope& operator=(const NormalPriorityScope&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+
 class WarmPool {
  public:
   using Factory = std::function<Result<std::unique_ptr<Sandbox>>()>;

@@ -262,7 +262,11 @@ class ContainerSubstrate final : public Substrate {
     setup.tmp_bytes = spec.limits.disk_bytes ? spec.limits.disk_bytes : kDefaultDiskBytes;
     setup.limits = spec.limits;
     setup.seccomp_bpf = bpf;
-    auto client = InitClient::Start(std::move(ours), setup, kSetupTimeoutMs);
+    Result<std::unique_ptr<InitClient>> client = Error(Code::kInternal, "not started");
+    {
+      NormalPriorityScope normal;  // its reader thread serves the sandbox's whole life
+      client = InitClient::Start(std::move(ours), setup, kSetupTimeoutMs);
+    }
     if (!client.ok()) return client.status().Prefix("starting container");
     sb->client_ = std::move(client).value();
     if (background) setpriority(PRIO_PROCESS, static_cast<id_t>(sb->init_.pid()), 0);
