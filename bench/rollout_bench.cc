@@ -7,8 +7,10 @@
 //
 //  1. overhead: per turn, episode wall time minus sandbox start, setup,
 //     policy, tool and verifier time, divided by turns; median over episodes,
-//     at concurrency 1 and 64. Peer measured in the same run: the trivial tool
-//     itself (`/bin/sh -c true` exec on a live function sandbox).
+//     at concurrency 1 and 64. Peers measured in the same run: the trivial
+//     tool itself (`/bin/sh -c true` exec on a live function sandbox), and the
+//     same rollouts with every log write synced (LogOptions::deferred_writes
+//     off), with the syncs per turn of each.
 //  2. density: 500 concurrent episodes on function sandboxes and 200 on
 //     containers, each 3 turns of `sleep 1`; all must finish; reports the
 //     peak running episodes and the process RSS (this process is the engine,
@@ -81,7 +83,9 @@ struct Env {
   std::unique_ptr<rollout::RolloutEngine> engine;
 };
 
-void Open(Env& e, const std::string& log_dir) {
+// `deferred_writes` false: every log write waits for its sync (the peer of
+// the overhead scenario).
+void Open(Env& e, const std::string& log_dir, bool deferred_writes = true) {
   SubstrateEnv env;
   env.state_dir = e.dir + "/state";
   env.init_path = testing::BuiltBinary("paddock-init");
@@ -92,6 +96,7 @@ void Open(Env& e, const std::string& log_dir) {
   e.manager->RegisterSubstrate(MakeContainerSubstrate(env));
   replay::LogOptions lo;
   lo.dir = log_dir;
+  lo.deferred_writes = deferred_writes;
   auto log = replay::TrajectoryLog::Open(lo);
   if (!log.ok()) {
     std::cerr << "log: " << log.status().message() << "\n";
@@ -179,31 +184,50 @@ int main(int argc, char** argv) {
     (void)e.manager->Destroy(info->id);
     double tool_med = Median(tool_ms);
     std::printf("| trivial tool (`sh -c true` exec, function sandbox), median | %.3f ms |\n", tool_med);
-    for (int conc : {1, 64}) {
-      int n = conc == 1 ? 16 : 128;
-      std::string id = fmt::format("overhead-c{}", conc);
-      auto st = e.engine->Start(Request(id, Tasks(rootfs, n, "function", overhead_turns + 2),
-                                        Script(overhead_turns, "true"), conc));
-      if (!st.ok()) {
-        std::cerr << st.status().message() << "\n";
-        return 1;
+    // The engine as it is (two synced log writes per turn), then with every
+    // log write synced (four per turn: the policy call's intent and result
+    // wait too), on a log of its own in the same directory's filesystem.
+    for (bool deferred : {true, false}) {
+      if (!deferred) {
+        Close(e);
+        std::filesystem::remove_all(log_dir + "-synced");
+        Open(e, log_dir + "-synced", /*deferred_writes=*/false);
       }
-      auto [p, peak] = Wait(*e.engine, id, nullptr);
-      std::vector<double> per_turn;
-      Status x = e.engine->Export(id, false, [&](const std::string& line) {
-        json l = json::parse(line);
-        auto& t = l["timings_us"];
-        double other = t["total"].get<double>() - t["sandbox_start"].get<double>() - t["setup"].get<double>() -
-                       t["policy"].get<double>() - t["tools"].get<double>() - t["verifier"].get<double>();
-        per_turn.push_back(other / 1000.0 / l["turns"].get<double>());
-        return true;
-      });
-      double med = Median(per_turn);
-      std::printf("| orchestration overhead per turn, concurrency %d (%d episodes × %d turns), median | %.3f ms (%.2f× the tool) |\n",
-                  conc, n, overhead_turns + 1, med, med / tool_med);
-      results[fmt::format("overhead_ms_c{}", conc)] = med;
-      if (p.done() != static_cast<uint32_t>(n)) std::printf("| !! overhead c%d: %u of %d finished |\n", conc, p.done(), n);
+      for (int conc : {1, 64}) {
+        int n = conc == 1 ? 16 : 128;
+        std::string id = fmt::format("overhead-c{}", conc);
+        replay::CommitStats before = e.log->GetCommitStats();
+        auto st = e.engine->Start(Request(id, Tasks(rootfs, n, "function", overhead_turns + 2),
+                                          Script(overhead_turns, "true"), conc));
+        if (!st.ok()) {
+          std::cerr << st.status().message() << "\n";
+          return 1;
+        }
+        auto [p, peak] = Wait(*e.engine, id, nullptr);
+        replay::CommitStats after = e.log->GetCommitStats();
+        std::vector<double> per_turn;
+        double turns = 0;
+        Status x = e.engine->Export(id, false, [&](const std::string& line) {
+          json l = json::parse(line);
+          auto& t = l["timings_us"];
+          double other = t["total"].get<double>() - t["sandbox_start"].get<double>() - t["setup"].get<double>() -
+                         t["policy"].get<double>() - t["tools"].get<double>() - t["verifier"].get<double>();
+          per_turn.push_back(other / 1000.0 / l["turns"].get<double>());
+          turns += l["turns"].get<double>();
+          return true;
+        });
+        double med = Median(per_turn);
+        const char* mode = deferred ? "" : ", every log write synced";
+        std::printf("| orchestration overhead per turn, concurrency %d (%d episodes × %d turns)%s, median | %.3f ms (%.2f× the tool; %.1f syncs/turn) |\n",
+                    conc, n, overhead_turns + 1, mode, med, med / tool_med,
+                    double(after.syncs - before.syncs) / std::max(1.0, turns));
+        results[fmt::format("overhead_ms_c{}{}", conc, deferred ? "" : "_all_synced")] = med;
+        if (p.done() != static_cast<uint32_t>(n)) std::printf("| !! overhead c%d: %u of %d finished |\n", conc, p.done(), n);
+      }
     }
+    Close(e);
+    std::filesystem::remove_all(log_dir + "-synced");
+    Open(e, log_dir);
     results["tool_ms"] = tool_med;
   }
 

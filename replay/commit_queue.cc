@@ -96,7 +96,7 @@ void CommitQueue::Staging::Keep(rocksdb::WriteBatch& batch) {
 }
 
 Status CommitQueue::Commit(const Prepare& prepare, bool sync) {
-  Writer self{&prepare, sync};
+  Writer self{&prepare, sync || !deferred_writes_};
   {
     std::lock_guard lock(mu_);
     // Invariant: no leader active implies an empty queue, so a writer that

@@ -72,10 +72,11 @@ class CommitQueue {
 
   // `space_dir`: the filesystem whose free space is checked before each
   // write; `reserve_bytes`: what must stay free after it (0: no check).
+  // `deferred_writes`: false syncs every write, whatever it asked.
   CommitQueue(rocksdb::DB* db, bool group_commit, std::string space_dir = {},
-              uint64_t reserve_bytes = 0)
-      : db_(db), group_commit_(group_commit), space_dir_(std::move(space_dir)),
-        reserve_bytes_(reserve_bytes) {}
+              uint64_t reserve_bytes = 0, bool deferred_writes = true)
+      : db_(db), group_commit_(group_commit), deferred_writes_(deferred_writes),
+        space_dir_(std::move(space_dir)), reserve_bytes_(reserve_bytes) {}
 
   // Runs prepare in a group and returns once its writes are durable (or
   // failed); with sync = false, once they are written (not yet synced).
@@ -104,6 +105,7 @@ class CommitQueue {
 
   rocksdb::DB* db_;
   const bool group_commit_;
+  const bool deferred_writes_;
   const std::string space_dir_;
   const uint64_t reserve_bytes_;
   // Set by the first failed write (a full disk, an I/O error): RocksDB must

@@ -171,7 +171,7 @@ TrajectoryLogImpl::TrajectoryLogImpl(LogOptions options, rocksdb::DB* db,
       steps_(Family(kStepsFamily)),
       intents_(Family(kIntentsFamily)),
       results_(Family(kResultsFamily)),
-      commits_(db, options_.group_commit, options_.dir, options_.reserve_bytes) {}
+      commits_(db, options_.group_commit, options_.dir, options_.reserve_bytes, options_.deferred_writes) {}
 
 TrajectoryLogImpl::~TrajectoryLogImpl() {
   // Deferred records still in the WAL buffer: a clean close keeps them.

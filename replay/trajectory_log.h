@@ -78,6 +78,9 @@ struct LogOptions {
   // Concurrent writers share one WAL sync (the default). When false every
   // write is synced on its own, one after the other (for comparison).
   bool group_commit = true;
+  // Durability::kDeferred writes skip the sync wait (the default). When false
+  // they are synced like every other write (for comparison).
+  bool deferred_writes = true;
   // Written into the meta record of a database this process creates.
   std::string created_by = "paddock";
   // RocksDB memtable size; small values suit tests on tiny filesystems.
