@@ -233,7 +233,7 @@ Status LayerCache::Materialize(CachedLayer* layer) {
     }
     std::string tmp = dir_ + "/.tmp/" + hex + "." + UniqueTempName("u");
     PADDOCK_RETURN_IF_ERROR(MakeDirs(tmp + "/root"));
-    auto st = UnpackLayer(*store_, stored, tmp + "/root");
+    auto st = UnpackLayer(*store_, stored, tmp + "/root", UnpackOptions{.start_writeback = options_.sync});
     if (!st.ok()) {
       RemoveTree(tmp);
       return st.status();

@@ -59,6 +59,10 @@ int OpenDirAt(int dir, const char* name) {
   }
 }
 
+// Files from this size on get their writeback started when closed (durable mode);
+// smaller ones are left to the final sync, which writes them in one sweep.
+constexpr uint64_t kWritebackMin = 256 << 10;
+
 timespec EntryTime(bool set, int64_t sec, long nsec) {
   timespec t{};
   if (!set) {
@@ -86,7 +90,8 @@ timespec EntryTime(bool set, int64_t sec, long nsec) {
 // and a read-only mode would not stop root anyway but is the archive's last word).
 class TreeWriter {
  public:
-  TreeWriter(int root_fd, std::string what) : root_fd_(root_fd), what_(std::move(what)) {
+  TreeWriter(int root_fd, std::string what, bool start_writeback)
+      : root_fd_(root_fd), what_(std::move(what)), start_writeback_(start_writeback) {
     struct stat st {};
     // New files get the creator's group unless their directory is setgid; directory
     // modes are applied at the end, so only the root's own bit matters meanwhile.
@@ -125,6 +130,7 @@ class TreeWriter {
 
   int root_fd_;
   std::string what_;
+  bool start_writeback_;
   bool root_setgid_ = false;
   uid_t euid_;
   gid_t egid_;
@@ -317,6 +323,8 @@ Status TreeWriter::FinishFile(UniqueFd fd, uint64_t written_end, archive_entry* 
       EntryTime(archive_entry_atime_is_set(e), archive_entry_atime(e), archive_entry_atime_nsec(e)),
       EntryTime(archive_entry_mtime_is_set(e), archive_entry_mtime(e), archive_entry_mtime_nsec(e))};
   if (::futimens(fd.get(), times) != 0) return Err(le.path, "setting times");
+  // Best effort: the caller's syncfs is what guarantees durability.
+  if (start_writeback_ && written_end >= kWritebackMin) ::sync_file_range(fd.get(), 0, 0, SYNC_FILE_RANGE_WRITE);
   if (::close(fd.release()) != 0) return Err(le.path, "closing");
   return Status::Ok();
 }
@@ -342,7 +350,8 @@ Status TreeWriter::Finish() {
 
 }  // namespace
 
-Result<UnpackStats> UnpackLayer(ImageStore& store, const StoredLayer& layer, const std::string& dest) {
+Result<UnpackStats> UnpackLayer(ImageStore& store, const StoredLayer& layer, const std::string& dest,
+                                const UnpackOptions& options) {
   UniqueFd root_fd(::open(dest.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!root_fd.valid()) return ErrnoError(fmt::format("opening {}", dest));
   const std::string what = fmt::format("layer {}", layer.diff_id.str());
@@ -356,7 +365,7 @@ Result<UnpackStats> UnpackLayer(ImageStore& store, const StoredLayer& layer, con
     return Error(Code::kDataLoss, "{}: {}", what, archive_error_string(in.get()));
 
   EntryPolicy policy(LayerLimits{});
-  TreeWriter out(root_fd.get(), what);
+  TreeWriter out(root_fd.get(), what, options.start_writeback);
   UnpackStats stats;
   std::vector<std::string> whiteouts, opaques;
   auto read_fail = [&](std::string_view entry) {

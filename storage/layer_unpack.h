@@ -37,9 +37,17 @@ struct UnpackStats {
   uint64_t opaque_dirs = 0;
 };
 
+struct UnpackOptions {
+  // The caller will make the tree durable (syncfs): start writeback of each large
+  // file as it is closed (sync_file_range, not waiting), so the disk works during
+  // the unpack and the final sync finds little left.
+  bool start_writeback = false;
+};
+
 // `dest` must be an existing, empty directory on a filesystem that supports
 // trusted.* xattrs and device nodes (for whiteouts). On error `dest` holds a
 // partial tree the caller must remove.
-Result<UnpackStats> UnpackLayer(ImageStore& store, const StoredLayer& layer, const std::string& dest);
+Result<UnpackStats> UnpackLayer(ImageStore& store, const StoredLayer& layer, const std::string& dest,
+                                const UnpackOptions& options = {});
 
 }  // namespace paddock::storage
