@@ -5,10 +5,13 @@
 // bound to container sandboxes, then re-issues random ones of them — each
 // answered from the trajectory log with replayed=true, nothing runs — from
 // 1..--max-threads client threads (one paddock::client::Client, so one
-// channel, per thread) for --seconds each, and prints calls/s.
+// channel, per thread) for --seconds each, and prints calls/s with the CPU
+// time each call cost the client process and the daemon (the two share the
+// machine's cores, so their sum bounds the rate).
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +19,8 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -48,20 +53,49 @@ client::CallKey Key(const std::string& ep, uint64_t step) {
   return k;
 }
 
+// CPU seconds (user + system) the process has used so far, its exited
+// threads included: /proc/PID/stat's utime and stime, in clock ticks.
+double ProcessCpuSeconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t paren = stat.rfind(')');  // the command name may hold spaces
+  if (paren == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(paren + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {  // fields 3.. after "pid (comm)"
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double SelfCpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto secs = [](const timeval& tv) { return tv.tv_sec + tv.tv_usec / 1e6; };
+  return secs(ru.ru_utime) + secs(ru.ru_stime);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"log_grpc_bench: fast-forward of logged keyed execs through paddockd's gRPC API"};
   std::string dir = "/var/tmp/paddock-log-grpc-bench";
-  int calls = 512, episodes = 8, max_threads = 16;
+  int calls = 512, episodes = 8, min_threads = 1, max_threads = 16;
   size_t output_bytes = 512;
   double seconds = 2.0;
+  std::string paddockd = testing::BuiltBinary("paddockd");
   app.add_option("--dir", dir, "scratch dir (state dir, socket); removed before and after")->capture_default_str();
   app.add_option("--calls", calls, "keyed execs logged before the replays")->capture_default_str();
   app.add_option("--episodes", episodes, "episodes (each its own container sandbox)")->capture_default_str();
   app.add_option("--output-bytes", output_bytes, "stdout bytes of each logged call")->capture_default_str();
-  app.add_option("--max-threads", max_threads, "client threads: 1, 2, 4, ... up to this")->capture_default_str();
+  app.add_option("--min-threads", min_threads, "client threads of the first round")->capture_default_str();
+  app.add_option("--max-threads", max_threads, "client threads: --min-threads, twice that, ... up to this")
+      ->capture_default_str();
   app.add_option("--seconds", seconds, "seconds per thread count")->capture_default_str();
+  app.add_option("--paddockd", paddockd, "the daemon binary to measure (e.g. an older build, for a comparison)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   std::error_code ec;
@@ -71,7 +105,7 @@ int main(int argc, char** argv) {
   const std::string state = dir + "/state", socket = dir + "/paddockd.sock", log = dir + "/paddockd.log";
   const std::string image = testing::EnsureBusyboxRootfs();
 
-  std::vector<std::string> dargv = {testing::BuiltBinary("paddockd"), "--state-dir", state, "--socket", socket,
+  std::vector<std::string> dargv = {paddockd, "--state-dir", state, "--socket", socket,
                                     "--log-level", "warn"};
   std::vector<char*> cargv;
   for (auto& a : dargv) cargv.push_back(a.data());
@@ -138,7 +172,7 @@ int main(int argc, char** argv) {
              calls, output_bytes, episodes, std::chrono::duration<double>(Clock::now() - t0).count());
 
   double best = 0;
-  for (int threads = 1; threads <= max_threads; threads *= 2) {
+  for (int threads = std::max(1, min_threads); threads <= max_threads; threads *= 2) {
     std::vector<client::Client> clients;
     for (int t = 0; t < threads; ++t) clients.push_back(std::move(client::Client::Connect(opts).value()));
     std::atomic<bool> go{false}, done{false};
@@ -162,15 +196,19 @@ int main(int argc, char** argv) {
         total += n;
       });
     auto start = Clock::now();
+    double client_cpu0 = SelfCpuSeconds(), daemon_cpu0 = ProcessCpuSeconds(daemon);
     go = true;
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
     done = true;
     for (auto& t : th) t.join();
     double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    double client_cpu = SelfCpuSeconds() - client_cpu0, daemon_cpu = ProcessCpuSeconds(daemon) - daemon_cpu0;
+    double n = static_cast<double>(std::max<uint64_t>(1, total.load()));
     double rate = total.load() / secs;
     best = std::max(best, rate);
-    fmt::print("  {:2d} client threads: {:8.0f} replayed calls/s ({} calls, {:.1f} us/call/thread){}\n", threads,
-               rate, total.load(), 1e6 * secs * threads / std::max<uint64_t>(1, total.load()),
+    fmt::print("  {:2d} client threads: {:8.0f} replayed calls/s ({} calls, {:.1f} us/call/thread); "
+               "CPU us/call: client {:.1f}, daemon {:.1f}{}\n",
+               threads, rate, total.load(), 1e6 * secs * threads / n, 1e6 * client_cpu / n, 1e6 * daemon_cpu / n,
                wrong ? fmt::format("  {} WRONG ANSWERS", wrong.load()) : "");
   }
   fmt::print("best: {:.0f} calls/s (target >= 20000: {})\n", best, best >= 20000 ? "met" : "NOT met");
