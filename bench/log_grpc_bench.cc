@@ -151,6 +151,7 @@ int main(int argc, char** argv) {
   }
   auto t0 = Clock::now();
   std::atomic<int> failed{0};
+  std::vector<ExecResult> logged(calls);  // what each call answered when it ran
   {
     std::vector<std::thread> th;
     for (int e = 0; e < episodes; ++e)
@@ -158,6 +159,7 @@ int main(int argc, char** argv) {
         for (int i = e; i < calls; i += episodes) {
           auto r = first->Exec(sandbox[e], Call(i, output_bytes), Key("bench-" + std::to_string(e), i));
           if (!r.ok() || r->replayed) failed++;
+          else logged[i] = r->result;
         }
       });
     for (auto& t : th) t.join();
@@ -189,7 +191,11 @@ int main(int argc, char** argv) {
           int i = pick(rng);
           int e = i % episodes;
           auto r = clients[t].Exec(sandbox[e], Call(i, output_bytes), Key("bench-" + std::to_string(e), i));
-          if (!r.ok() || !r->replayed || r->result.stdout_data.size() != output_bytes + std::to_string(i).size() + 1)
+          // Byte for byte what the call answered when it ran.
+          const ExecResult& want = logged[i];
+          if (!r.ok() || !r->replayed || r->result.stdout_data != want.stdout_data ||
+              r->result.stderr_data != want.stderr_data || r->result.exit_code != want.exit_code ||
+              r->result.stdout_data.size() != output_bytes + std::to_string(i).size() + 1)
             wrong++;
           n++;
         }
