@@ -312,6 +312,22 @@ TEST(TrajectoryLog, ExportEpisodeJsonlHasEpisodeThenStepsInOrder) {
 
 // ---- Group commit ---------------------------------------------------------------
 
+// Runs write(t, i) for i < per_thread on `threads` threads at once (thread t
+// writes episode "ep-T"); returns how many writes failed.
+int WriteOnThreads(int threads, int per_thread, const std::function<Status(const std::string&, int)>& write) {
+  std::atomic<int> failures{0};
+  std::vector<std::thread> running;
+  for (int t = 0; t < threads; ++t) {
+    running.emplace_back([&, t] {
+      std::string ep = fmt::format("ep-{}", t);
+      for (int i = 0; i < per_thread; ++i)
+        if (!write(ep, i).ok()) ++failures;
+    });
+  }
+  for (auto& th : running) th.join();
+  return failures.load();
+}
+
 TEST(TrajectoryLog, GroupCommit_64ThreadsShareSyncsAndEverythingIsDurable) {
   TempDir tmp;
   constexpr int kThreads = 64, kPerThread = 100;
@@ -319,21 +335,12 @@ TEST(TrajectoryLog, GroupCommit_64ThreadsShareSyncsAndEverythingIsDurable) {
     auto log = OpenOrDie(tmp.path());
     ASSERT_TRUE(log);
     CommitStats before = log->GetCommitStats();
-    std::atomic<int> failures{0};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < kThreads; ++t) {
-      threads.emplace_back([&, t] {
-        std::string ep = fmt::format("ep-{}", t);
-        for (int i = 0; i < kPerThread; ++i) {
-          Status st = (i % 2 == 0) ? log->AppendStep(MakeStep(ep, i))
-                                   : log->PutIntent(CallKey{ep, static_cast<uint64_t>(i), 0},
-                                                    RequestFingerprint(std::to_string(i)), "x", false);
-          if (!st.ok()) ++failures;
-        }
-      });
-    }
-    for (auto& th : threads) th.join();
-    EXPECT_EQ(failures.load(), 0);
+    int failures = WriteOnThreads(kThreads, kPerThread, [&](const std::string& ep, int i) {
+      return (i % 2 == 0) ? log->AppendStep(MakeStep(ep, i))
+                          : log->PutIntent(CallKey{ep, static_cast<uint64_t>(i), 0},
+                                           RequestFingerprint(std::to_string(i)), "x", false);
+    });
+    EXPECT_EQ(failures, 0);
     CommitStats after = log->GetCommitStats();
     uint64_t writes = after.writes - before.writes, syncs = after.syncs - before.syncs;
     EXPECT_EQ(writes, uint64_t{kThreads * kPerThread});
@@ -551,21 +558,13 @@ TEST(TrajectoryLog, MixedDeferredAndSyncedWritersAllLand) {
     auto log = OpenOrDie(tmp.path());
     ASSERT_TRUE(log);
     CommitStats before = log->GetCommitStats();
-    std::atomic<int> failures{0};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < kThreads; ++t) {
-      threads.emplace_back([&, t] {
-        std::string ep = fmt::format("ep-{}", t);
-        for (int i = 0; i < kPerThread; ++i) {
-          CallKey key{ep, static_cast<uint64_t>(i), 0};
-          Durability d = (i + t) % 3 == 0 ? Durability::kSynced : Durability::kDeferred;
-          if (!log->PutIntent(key, RequestFingerprint(ep), "x", true, {}, d).ok()) ++failures;
-          if (!log->PutResult(key, std::to_string(i), d).ok()) ++failures;
-        }
-      });
-    }
-    for (auto& th : threads) th.join();
-    EXPECT_EQ(failures.load(), 0);
+    int failures = WriteOnThreads(kThreads, kPerThread, [&](const std::string& ep, int i) {
+      CallKey key{ep, static_cast<uint64_t>(i), 0};
+      Durability d = (i + ep.size()) % 3 == 0 ? Durability::kSynced : Durability::kDeferred;
+      Status intent = log->PutIntent(key, RequestFingerprint(ep), "x", true, {}, d);
+      return intent.ok() ? log->PutResult(key, std::to_string(i), d) : intent;
+    });
+    EXPECT_EQ(failures, 0);
     CommitStats after = log->GetCommitStats();
     uint64_t writes = after.writes - before.writes;
     EXPECT_EQ(writes, uint64_t{kThreads * kPerThread * 2});
