@@ -17,6 +17,7 @@
 
 #include "storage/image_import.h"
 #include "storage/image_store.h"
+#include "tests/support/fill_fs.h"
 #include "tests/support/debian_image.h"
 
 namespace fs = std::filesystem;
@@ -61,20 +62,8 @@ class DebianDiskFullTest : public ::testing::Test {
     fs::remove_all(tmp_);
   }
 
-  uint64_t FreeBytes() {
-    struct statvfs s;
-    EXPECT_EQ(::statvfs(mnt_.c_str(), &s), 0);
-    return static_cast<uint64_t>(s.f_bavail) * s.f_frsize;
-  }
-  // Fills the tmpfs so that `leave` bytes remain free (tmpfs supports fallocate).
-  void FillLeaving(uint64_t leave) {
-    uint64_t free = FreeBytes();
-    ASSERT_GT(free, leave);
-    int fd = ::open((mnt_ + "/filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(::posix_fallocate(fd, 0, static_cast<off_t>(free - leave)), 0);
-    ::close(fd);
-  }
+  uint64_t FreeBytes() { return testing::FreeBytesAt(mnt_); }
+  void FillLeaving(uint64_t leave) { ASSERT_TRUE(testing::FillLeaving(mnt_, leave)) << "free: " << FreeBytes(); }
   void FreeSpace() { fs::remove(mnt_ + "/filler"); }
 
   size_t CountFiles(const std::string& sub) {
