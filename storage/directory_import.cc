@@ -24,15 +24,21 @@ struct Packer {
   std::string root;
   uint64_t skipped = 0;
   Status err;
+  int fd = -1;               // the socket the ingest reads
+  bool reader_gone = false;  // a write failed because the ingest stopped reading
 
   static la_ssize_t WriteCb(archive*, void* cd, const void* buf, size_t n) {
-    int fd = *static_cast<int*>(cd);
+    auto* self = static_cast<Packer*>(cd);
+    int fd = self->fd;
     const char* p = static_cast<const char*>(buf);
     size_t left = n;
     while (left > 0) {
       ssize_t w = ::send(fd, p, left, MSG_NOSIGNAL);
       if (w < 0 && errno == EINTR) continue;
-      if (w < 0) return -1;
+      if (w < 0) {
+        self->reader_gone = errno == EPIPE || errno == ECONNRESET;
+        return -1;
+      }
       p += w;
       left -= static_cast<size_t>(w);
     }
@@ -111,11 +117,12 @@ Result<DirectoryImportResult> ImportDirectory(ImageStore& store, const std::stri
 
   Packer packer;
   packer.root = dir;
+  packer.fd = writer_fd;
   std::thread producer([&] {
     packer.a = archive_write_new();
     archive_write_set_format_pax_restricted(packer.a);
     archive_write_set_bytes_per_block(packer.a, 10240);
-    if (archive_write_open(packer.a, &writer_fd, nullptr, &Packer::WriteCb, nullptr) != ARCHIVE_OK) {
+    if (archive_write_open(packer.a, &packer, nullptr, &Packer::WriteCb, nullptr) != ARCHIVE_OK) {
       packer.err = packer.Fail(dir);
     } else {
       packer.err = packer.Add("");
@@ -134,8 +141,11 @@ Result<DirectoryImportResult> ImportDirectory(ImageStore& store, const std::stri
     auto layer = (*tx)->AddLayer(SourceFromFd(reader.get()), LayerHint{"directory " + dir, std::nullopt, std::nullopt});
     reader.reset();  // unblocks the producer if ingest stopped early
     producer.join();
-    if (!packer.err.ok()) return packer.err;
+    // When the ingest stopped first (out of space, a bad entry), the packer's failed
+    // write is only its echo: the ingest's error is the reason.
+    if (!packer.err.ok() && !packer.reader_gone) return packer.err;
     if (!layer.ok()) return layer.status();
+    if (!packer.err.ok()) return packer.err;
     std::vector<StoredLayer> layers{layer.value()};
     PADDOCK_ASSIGN_OR_RETURN(out.image, (*tx)->AddImage(MakeOciConfig(config, {layer->diff_id}), layers, names));
     PADDOCK_RETURN_IF_ERROR((*tx)->Commit());
