@@ -184,10 +184,10 @@ Result<Client> Client::Connect(ClientOptions options) {
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   // The retry filter keeps a copy of every outgoing message and per-call
-  // retry state in case gRPC may resend it; for calls to a daemon this is
-  // measurable CPU per call (fast-forwarded calls are a few tens of
-  // microseconds in all) and buys nothing: a failed call is reported, and a
-  // keyed call may be re-issued by the caller, answered from the log.
+  // retry state in case gRPC may resend it: work on every call (a
+  // fast-forwarded call costs a few tens of microseconds in all) that buys
+  // nothing against a daemon: a failed call is reported, and a keyed call may
+  // be re-issued by the caller, answered from the log.
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   DisableAbslDeadlockDetection();
   // A missing or refused unix socket is known at once; don't wait the timeout.
