@@ -18,6 +18,7 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
+#include <grpc/grpc.h>
 #include <spdlog/spdlog.h>
 
 #include "replay/trajectory_log.h"
@@ -294,6 +295,15 @@ int Run(const Flags& flags) {
   });
 
   // 6. Serve until SIGTERM/SIGINT.
+  //    gRPC core stays initialised until the process exits: this reference is
+  //    never released. Releasing the last one (when the servers are destroyed)
+  //    runs grpc_shutdown(), which joins gRPC's executor threads; after a
+  //    response larger than the socket buffer, one of them can be in the TCP
+  //    backup poller's poll of up to 10 s, so the daemon sat ~10 s after
+  //    "paddockd stopped". Everything the daemon must finish (in-flight calls
+  //    drained, sandboxes destroyed, the log closed) is its own code, below
+  //    and in the destructors of Run's locals; the kernel reclaims the rest.
+  grpc_init();
   service::SandboxServer server(manager, server_opts);
   if (Status st = server.Start(); !st.ok()) {
     spdlog::error("{}", st.message());
