@@ -319,6 +319,10 @@ class MicrovmSubstrate final : public Substrate {
       argv.push_back(fmt::format("virtio-blk-device,drive=l{},serial=layer{}", i, i));
     }
 
+    // A pooled VM is built on the pool's nice-19 filler thread; QEMU's vCPU threads
+    // and the init client's reader thread would keep that priority for the VM's
+    // whole life, so they start at normal priority.
+    NormalPriorityScope normal;
     auto child = SpawnQemu(argv, dir + "/dev", console.get(), theirs.get(), sb->cgroup_, kvm);
     if (!child.ok()) return child.status().Prefix("starting QEMU");
     sb->qemu_ = std::move(child).value();
