@@ -122,7 +122,9 @@ class TreeWriter {
   void ForgetDir(const std::string& rel);
   // Removes what is at parent/name so that an entry can take its place.
   Status Replace(int parent, const std::string& name, const std::string& rel);
-  Status Chown(int fd, const char* name, const LayerEntry& le, mode_t* mode);
+  // `fresh`: created by this unpack just now, so owned by our uid/gid already when
+  // the directory above is not setgid (then the chown is skipped).
+  Status Chown(int fd, const char* name, const LayerEntry& le, mode_t* mode, bool fresh = true);
   void SetXattrs(archive_entry* e, int fd, int parent, const std::string& name);
   Status Err(const std::string& rel, const char* what) const {
     return ErrnoError(fmt::format("{}: entry '{}': {}", what_, rel, what));
@@ -183,8 +185,8 @@ Status TreeWriter::Replace(int parent, const std::string& name, const std::strin
   return Status::Ok();
 }
 
-Status TreeWriter::Chown(int fd, const char* name, const LayerEntry& le, mode_t* mode) {
-  if (le.uid == euid_ && le.gid == egid_ && !root_setgid_) return Status::Ok();  // already so
+Status TreeWriter::Chown(int fd, const char* name, const LayerEntry& le, mode_t* mode, bool fresh) {
+  if (fresh && le.uid == euid_ && le.gid == egid_ && !root_setgid_) return Status::Ok();  // already so
   int r = name ? ::fchownat(fd, name, le.uid, le.gid, AT_SYMLINK_NOFOLLOW) : ::fchown(fd, le.uid, le.gid);
   if (r == 0) return Status::Ok();
   // Not root: keep the file, but never hand out setuid/setgid bits under our own id.
@@ -227,12 +229,14 @@ Status TreeWriter::Create(archive_entry* e, const LayerEntry& le, UniqueFd* file
 
   if (le.type == EntryType::kDir) {
     int fd;
+    bool fresh = false;  // the root, or a directory an earlier entry made
     if (rel == ".") {
       fd = root_fd_;
     } else {
       auto [parent, name] = SplitPath(rel);
       PADDOCK_ASSIGN_OR_RETURN(int pfd, Dir(parent, true));
-      if (::mkdirat(pfd, name.c_str(), 0700) != 0) {
+      fresh = ::mkdirat(pfd, name.c_str(), 0700) == 0;
+      if (!fresh) {
         if (errno != EEXIST) return Err(rel, "creating directory");
         struct stat st;
         if (::fstatat(pfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return Err(rel, "inspecting");
@@ -243,7 +247,7 @@ Status TreeWriter::Create(archive_entry* e, const LayerEntry& le, UniqueFd* file
       }
       PADDOCK_ASSIGN_OR_RETURN(fd, Dir(rel, false));
     }
-    PADDOCK_RETURN_IF_ERROR(Chown(fd, nullptr, le, &mode));
+    PADDOCK_RETURN_IF_ERROR(Chown(fd, nullptr, le, &mode, fresh));
     SetXattrs(e, fd, -1, "");
     fixups_.push_back({rel, mode, {times[0], times[1]}});
     return Status::Ok();

@@ -425,6 +425,8 @@ TEST_F(LayerCacheTest, UnpackKeepsModesOwnersXattrsAndLaterEntriesWin) {
   add("etc/dir", AE_IFREG, 0644, 0, "a file first");
   add("etc/dir", AE_IFDIR, 0750, 0, "");
   add("etc/dir/inside", AE_IFREG, 0644, 0, "in");
+  add("srv", AE_IFDIR, 0755, 1000, "");
+  add("srv", AE_IFDIR, 0755, 0, "");  // the later entry's owner wins
   archive_write_close(a);
   archive_write_free(a);
   auto ids = AddImage({std::string(buf.data(), used)});
@@ -459,6 +461,8 @@ TEST_F(LayerCacheTest, UnpackKeepsModesOwnersXattrsAndLaterEntriesWin) {
   EXPECT_TRUE(S_ISDIR(st.st_mode));
   EXPECT_EQ(st.st_mode & 07777, 0750u);
   EXPECT_EQ(ReadFile(r + "/etc/dir/inside"), "in");
+  ASSERT_EQ(::lstat((r + "/srv").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u);
 }
 
 }  // namespace
