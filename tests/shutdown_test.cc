@@ -15,8 +15,6 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <filesystem>
-#include <functional>
 #include <string>
 #include <thread>
 
@@ -28,7 +26,6 @@
 namespace paddock {
 namespace {
 
-namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 using testing::DaemonProcess;
@@ -41,25 +38,14 @@ std::string BigOutputCommand(size_t bytes) {
   return "head -c " + std::to_string(bytes) + " /dev/zero | tr '\\0' a";
 }
 
-bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds limit) {
+// Waits up to `limit` for a process whose whole command line is `cmdline`
+// (a function sandbox's processes are in the host's process table).
+bool WaitForProcess(const std::string& cmdline, std::chrono::milliseconds limit) {
   auto until = Clock::now() + limit;
-  while (Clock::now() < until) {
-    if (cond()) return true;
+  do {
+    if (testing::RunProgram({"/usr/bin/pgrep", "-x", "-f", cmdline}).code == 0) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return cond();
-}
-
-// True while a process runs `sleep <secs>` (a function sandbox's processes
-// are in the host's process table).
-bool SleepRunning(const std::string& secs) {
-  const std::string want = std::string("sleep") + '\0' + secs + '\0';
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator("/proc", ec)) {
-    std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (testing::ReadWholeFile(e.path().string() + "/cmdline") == want) return true;
-  }
+  } while (Clock::now() < until);
   return false;
 }
 
@@ -137,7 +123,7 @@ TEST_F(ShutdownTest, Sigterm_DrainsInFlightUnaryCall_LogClosedCleanly) {
                                      "exec", id, "--shell", "sleep " + secs + "; echo drained"},
                                     out_file);
   ASSERT_GT(cli, 0);
-  ASSERT_TRUE(WaitFor([&] { return SleepRunning(secs); }, std::chrono::seconds(10)))
+  ASSERT_TRUE(WaitForProcess("sleep " + secs, std::chrono::seconds(10)))
       << testing::ReadWholeFile(out_file) << daemon_.LogTail();
 
   auto [code, took] = TimedStop();
