@@ -20,7 +20,10 @@ Definitions (docs/tasks.md "Logging, resume and what never twice means"):
   ran twice       a call whose result was logged before the kill and that ran
                   again: the episode's replayed count is below what the log held,
                   or the policy server generated more often than every logged turn
-                  plus the calls in doubt at the kill.
+                  plus one call per episode unfinished at the kill (the policy
+                  call it had in flight: its records are written without waiting
+                  for a sync, so it may be in doubt or have left no trace at all;
+                  docs/trajectory-log.md).
 """
 
 import argparse
@@ -153,18 +156,23 @@ def check(a):
             problems.append("%s: the resumed prefix differs from the log" % eid)
 
     # The policy server's own count: each turn of each episode generated once, plus
-    # at most the calls in doubt at the kill (they may have reached the server).
+    # at most one call per episode unfinished at the kill: the one it had in flight
+    # (an episode asks one at a time). Policy records wait for no sync of their own
+    # (docs/trajectory-log.md), so that call is in doubt or, if the kill came
+    # before the next synced write, left no trace; either way it may have reached
+    # the server and is asked again.
     turns = sum(e.get("turns", 0) for e in post.values())
     in_doubt = sum(p["in_doubt_policy"] for p in pre.values())
+    in_flight = sum(1 for p in pre.values() if p["state"] != "finished")
     # A request retried after a transient error may have reached the server too.
     retries = sum(e.get("policy_retries", 0) for e in post.values())
     if a.policy_generations is not None:
         generations = a.policy_generations
     else:
         generations = policy_generations(a.policy_url) - a.policy_calls_before
-    if generations > turns + in_doubt + retries:
-        ran_twice.append("the policy server generated %d times for %d logged turns, %d calls in doubt and "
-                         "%d retries" % (generations, turns, in_doubt, retries))
+    if generations > turns + in_flight + retries:
+        ran_twice.append("the policy server generated %d times for %d logged turns, %d episodes unfinished at "
+                         "the kill and %d retries" % (generations, turns, in_flight, retries))
     live = turns - sum(e.get("replayed", {}).get("policy_calls", 0) for e in post.values())
     if generations < live:
         problems.append("the policy server generated %d times, fewer than the %d turns that ran live"
@@ -177,8 +185,9 @@ def check(a):
                                      len(set(post) - set(pre)), rebuilt))
     print("fast-forwarded:   %d policy calls and %d tool calls answered from the log, not run again"
           % (ff_policy, ff_tools))
-    print("policy server:    %d generations for %d turns in the log (%d in doubt at the kill, allowed to "
-          "run again; %d retried requests)" % (generations, turns, in_doubt, retries))
+    print("policy server:    %d generations for %d turns in the log (%d episodes unfinished at the kill, "
+          "%d of their policy calls in doubt, each allowed to run again; %d retried requests)"
+          % (generations, turns, in_flight, in_doubt, retries))
     if tool_calls:
         print("tool calls:       %d in all" % tool_calls)
     else:
@@ -196,6 +205,7 @@ def check(a):
             json.dump({"episodes": len(post), "finished": len(post) - len(not_finished), "resumed": resumed,
                        "rebuilt": rebuilt, "fast_forwarded": {"policy_calls": ff_policy, "tool_calls": ff_tools},
                        "policy_generations": generations, "turns": turns, "in_doubt_policy": in_doubt,
+                       "unfinished_at_kill": in_flight,
                        "tool_calls": tool_calls, "prefix_ok": prefix_ok, "ran_twice": ran_twice,
                        "problems": problems}, f, indent=2)
     return 1 if ran_twice or problems else 0
