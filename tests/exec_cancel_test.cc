@@ -154,6 +154,55 @@ TEST_P(ExecCancelTest, ClientCancelsExecStream_CommandKilled_SandboxUsable) {
   EXPECT_NE(out.find("2:two\n"), std::string::npos) << out;
 }
 
+// The C++ SDK's own handle: ExecCancel::Cancel from the output callback (the
+// first chunk) and from another thread; the call returns CANCELLED.
+TEST_P(ExecCancelTest, SdkExecCancel_CommandKilled_SandboxUsable) {
+  for (bool from_callback : {true, false}) {
+    SCOPED_TRACE(from_callback ? "cancelled in the output callback" : "cancelled from another thread");
+    if (!from_callback) secs_ = std::to_string(std::stoi(secs_) + 3);  // a sleep of its own
+    ExecRequest r;
+    r.shell = Command();
+    r.timeout_ms = 120000;
+    client::ExecCancel cancel;
+    std::string out;
+    std::thread other;
+    auto res = client_->ExecStream(
+        id_, r,
+        [&](int, std::string_view chunk) {
+          out += chunk;
+          if (from_callback) {
+            ASSERT_TRUE(WaitFor([&] { return CommandRunning(); }, std::chrono::seconds(5))) << "sleep " << secs_;
+            cancel.Cancel();
+          } else if (!other.joinable()) {
+            other = std::thread([&] {
+              WaitFor([&] { return CommandRunning(); }, std::chrono::seconds(5));
+              cancel.Cancel();
+            });
+          }
+        },
+        &cancel);
+    if (other.joinable()) other.join();
+    EXPECT_EQ(out, "started\n");
+    ASSERT_FALSE(res.ok());
+    EXPECT_EQ(res.status().code(), Code::kCancelled) << res.status().message();
+    EXPECT_TRUE(cancel.cancelled());
+    EXPECT_TRUE(WaitFor([&] { return !CommandRunning(); }, std::chrono::seconds(5)))
+        << "sleep " << secs_ << " still runs after ExecCancel::Cancel";
+    ExpectUsable();
+  }
+  // A handle cancelled before the call cancels it at once: the command never
+  // gets to print.
+  client::ExecCancel early;
+  early.Cancel();
+  ExecRequest r;
+  r.shell = "echo never";
+  std::string out;
+  auto res = client_->ExecStream(id_, r, [&](int, std::string_view c) { out += c; }, &early);
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), Code::kCancelled);
+  EXPECT_EQ(out, "");
+}
+
 // `paddock sandbox exec --stream` is the C++ SDK's Client::ExecStream; Ctrl-C
 // ends the process and with it the connection.
 TEST_P(ExecCancelTest, SdkClientGoesAwayMidStream_CommandKilled_SandboxUsable) {

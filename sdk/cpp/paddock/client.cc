@@ -257,11 +257,36 @@ Result<ExecResult> Client::Exec(const std::string& id, const ExecRequest& req) {
   return v1conv::FromProto(resp);
 }
 
+void ExecCancel::Cancel() {
+  std::lock_guard lock(mu_);
+  cancelled_ = true;
+  if (ctx_) ctx_->TryCancel();
+}
+
+bool ExecCancel::cancelled() const {
+  std::lock_guard lock(mu_);
+  return cancelled_;
+}
+
+void ExecCancel::Attach(grpc::ClientContext* ctx) {
+  std::lock_guard lock(mu_);
+  ctx_ = ctx;
+  if (ctx_ && cancelled_) ctx_->TryCancel();
+}
+
 Result<ExecResult> Client::ExecStream(const std::string& id, const ExecRequest& req,
-                                      const OutputCallback& on_output) {
+                                      const OutputCallback& on_output, ExecCancel* cancel) {
   v1::ExecRequest p = ToProto(id, req);
   auto ctx = impl_->ExecContext(req);
   auto reader = impl_->stub->ExecStream(ctx.get(), p);
+  // Detached before `ctx` goes, whichever way this returns.
+  struct Detach {
+    ExecCancel* c;
+    ~Detach() {
+      if (c) c->Attach(nullptr);
+    }
+  } detach{cancel};
+  if (cancel) cancel->Attach(ctx.get());
   v1::ExecEvent ev;
   std::optional<ExecResult> result;
   while (reader->Read(&ev)) {

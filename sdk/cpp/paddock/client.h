@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@
 
 namespace grpc {
 class Channel;
+class ClientContext;
 }
 
 namespace paddock::client {
@@ -166,6 +168,23 @@ struct SnapshotInfo {
   uint64_t layer_bytes = 0;
 };
 
+// Cancels a Client::ExecStream from any thread, also from inside its output
+// callback: the call ends with CANCELLED and the daemon kills the command in the
+// sandbox (as at a timeout). Cancel before the call starts cancels it at once.
+// One handle per call.
+class ExecCancel {
+ public:
+  void Cancel();
+  bool cancelled() const;
+
+ private:
+  friend class Client;
+  void Attach(grpc::ClientContext* ctx);  // while the call runs; nullptr after
+  mutable std::mutex mu_;
+  grpc::ClientContext* ctx_ = nullptr;
+  bool cancelled_ = false;
+};
+
 class Client {
  public:
   // Connects and waits (up to connect_timeout) until the daemon answers.
@@ -182,8 +201,9 @@ class Client {
   // Like Exec, but `on_output(stream, chunk)` (1 = stdout, 2 = stderr) is called
   // on the calling thread as output arrives, before this returns. The returned
   // result's stdout_data/stderr_data are empty: the chunks were the output.
+  // `cancel`, when given, can stop the call (see ExecCancel).
   Result<ExecResult> ExecStream(const std::string& id, const ExecRequest& req,
-                                const OutputCallback& on_output);
+                                const OutputCallback& on_output, ExecCancel* cancel = nullptr);
   // Returns the number of bytes written. mode 0 means 0644.
   Result<uint64_t> WriteFile(const std::string& id, const std::string& path,
                              std::string_view content, uint32_t mode = 0,
