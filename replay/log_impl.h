@@ -71,6 +71,11 @@ class TrajectoryLogImpl final : public TrajectoryLog {
                      const std::string& result, std::string& encoded);
   Status StageStep(CommitQueue::Staging& staging, const v1::StepRecordProto& step, const std::string& k,
                    std::string& encoded);
+  // A logged intent as a CallRecord (`with_request`: also the request's own
+  // bytes, which fast-forward does not need), then its result, if logged, read
+  // from the results family under the same key `k`.
+  Result<CallRecord> DecodeIntent(const CallKey& key, std::string_view value, bool with_request);
+  Status ReadResult(const CallKey& key, const rocksdb::Slice& k, CallRecord& record);
   // Whether episode `id` has a call (intent or result) or a last step logged
   // at or after `cutoff` (unix ms): retention keeps it.
   Result<bool> ActiveSince(const std::string& id, int64_t cutoff);

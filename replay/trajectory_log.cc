@@ -303,13 +303,7 @@ Status TrajectoryLogImpl::PutResultAndStep(const CallKey& key, const std::string
   });
 }
 
-Result<std::optional<CallRecord>> TrajectoryLogImpl::GetCall(const CallKey& key) {
-  PADDOCK_RETURN_IF_ERROR(key.Validate());
-  const std::string k = key.Encode();
-  rocksdb::PinnableSlice value;
-  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), intents_, k, &value);
-  if (s.IsNotFound()) return std::optional<CallRecord>();
-  if (!s.ok()) return FromRocks(s, fmt::format("reading the intent of call {}", key.ToString()));
+Result<CallRecord> TrajectoryLogImpl::DecodeIntent(const CallKey& key, std::string_view value, bool with_request) {
   v1::CallRecordProto intent;
   if (!intent.ParseFromArray(value.data(), static_cast<int>(value.size())))
     return Error(Code::kDataLoss, "the intent of call {} does not decode", key.ToString());
@@ -318,18 +312,33 @@ Result<std::optional<CallRecord>> TrajectoryLogImpl::GetCall(const CallKey& key)
   record.request_summary = std::move(*intent.mutable_request_summary());
   record.idempotent = intent.idempotent();
   record.intent_unix_ms = intent.intent_unix_ms();
-  value.Reset();
-  s = db_->Get(rocksdb::ReadOptions(), results_, k, &value);
-  if (s.ok()) {
-    v1::CallResultProto result;
-    if (!result.ParseFromArray(value.data(), static_cast<int>(value.size())))
-      return Error(Code::kDataLoss, "the result of call {} does not decode", key.ToString());
-    record.has_result = true;
-    record.result = std::move(*result.mutable_result());
-    record.result_unix_ms = result.result_unix_ms();
-  } else if (!s.IsNotFound()) {
-    return FromRocks(s, fmt::format("reading the result of call {}", key.ToString()));
-  }
+  if (with_request) record.request = std::move(*intent.mutable_request());
+  return record;
+}
+
+Status TrajectoryLogImpl::ReadResult(const CallKey& key, const rocksdb::Slice& k, CallRecord& record) {
+  rocksdb::PinnableSlice value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), results_, k, &value);
+  if (s.IsNotFound()) return Status::Ok();
+  if (!s.ok()) return FromRocks(s, fmt::format("reading the result of call {}", key.ToString()));
+  v1::CallResultProto result;
+  if (!result.ParseFromArray(value.data(), static_cast<int>(value.size())))
+    return Error(Code::kDataLoss, "the result of call {} does not decode", key.ToString());
+  record.has_result = true;
+  record.result = std::move(*result.mutable_result());
+  record.result_unix_ms = result.result_unix_ms();
+  return Status::Ok();
+}
+
+Result<std::optional<CallRecord>> TrajectoryLogImpl::GetCall(const CallKey& key) {
+  PADDOCK_RETURN_IF_ERROR(key.Validate());
+  const std::string k = key.Encode();
+  rocksdb::PinnableSlice value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), intents_, k, &value);
+  if (s.IsNotFound()) return std::optional<CallRecord>();
+  if (!s.ok()) return FromRocks(s, fmt::format("reading the intent of call {}", key.ToString()));
+  PADDOCK_ASSIGN_OR_RETURN(CallRecord record, DecodeIntent(key, value.ToStringView(), false));
+  PADDOCK_RETURN_IF_ERROR(ReadResult(key, k, record));
   return std::optional<CallRecord>(std::move(record));
 }
 
@@ -343,27 +352,8 @@ Result<std::vector<std::pair<CallKey, CallRecord>>> TrajectoryLogImpl::ListCalls
   std::vector<std::pair<CallKey, CallRecord>> out;
   for (it->Seek(begin); it->Valid(); it->Next()) {
     PADDOCK_ASSIGN_OR_RETURN(CallKey key, CallKey::Decode(it->key().ToStringView()));
-    v1::CallRecordProto intent;
-    if (!intent.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
-      return Error(Code::kDataLoss, "the intent of call {} does not decode", key.ToString());
-    CallRecord record;
-    record.request_fingerprint = intent.request_fingerprint();
-    record.request_summary = intent.request_summary();
-    record.idempotent = intent.idempotent();
-    record.intent_unix_ms = intent.intent_unix_ms();
-    record.request = intent.request();
-    std::string value;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), results_, it->key(), &value);
-    if (s.ok()) {
-      v1::CallResultProto result;
-      if (!result.ParseFromString(value))
-        return Error(Code::kDataLoss, "the result of call {} does not decode", key.ToString());
-      record.has_result = true;
-      record.result = std::move(*result.mutable_result());
-      record.result_unix_ms = result.result_unix_ms();
-    } else if (!s.IsNotFound()) {
-      return FromRocks(s, fmt::format("reading the result of call {}", key.ToString()));
-    }
+    PADDOCK_ASSIGN_OR_RETURN(CallRecord record, DecodeIntent(key, it->value().ToStringView(), true));
+    PADDOCK_RETURN_IF_ERROR(ReadResult(key, it->key(), record));
     out.emplace_back(std::move(key), std::move(record));
   }
   if (!it->status().ok()) return FromRocks(it->status(), "listing calls");
@@ -384,10 +374,8 @@ Result<std::vector<InDoubtCall>> TrajectoryLogImpl::InDoubtCalls(const std::stri
     if (s.ok()) continue;
     if (!s.IsNotFound()) return FromRocks(s, "reading call results");
     PADDOCK_ASSIGN_OR_RETURN(CallKey key, CallKey::Decode(it->key().ToStringView()));
-    v1::CallRecordProto intent;
-    if (!intent.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
-      return Error(Code::kDataLoss, "the intent of call {} does not decode", key.ToString());
-    out.push_back({std::move(key), intent.request_summary(), intent.idempotent(), intent.intent_unix_ms()});
+    PADDOCK_ASSIGN_OR_RETURN(CallRecord intent, DecodeIntent(key, it->value().ToStringView(), false));
+    out.push_back({std::move(key), std::move(intent.request_summary), intent.idempotent, intent.intent_unix_ms});
   }
   if (!it->status().ok()) return FromRocks(it->status(), "listing intents");
   return out;
