@@ -15,6 +15,7 @@
 #include "sandbox/image_source.h"
 #include "sandbox/image_view.h"
 #include "sandbox/init/init_client.h"
+#include "sandbox/init/init_served_sandbox.h"
 #include "sandbox/linux/cgroup.h"
 #include "sandbox/linux/fs_util.h"
 #include "sandbox/linux/mounts.h"
@@ -34,19 +35,17 @@ constexpr int kSetupTimeoutMs = 10'000;
 constexpr const char* kDefaultWorkdir = "/work";
 
 // Everything one container owns, released in reverse order by Destroy.
-class ContainerSandbox final : public Sandbox {
+class ContainerSandbox final : public InitServedSandbox {
  public:
   ContainerSandbox(std::string id, std::string dir, std::string cgroup_root)
-      : id_(std::move(id)), dir_(std::move(dir)), freezer_(&cgroup_, std::move(cgroup_root), "ct-" + id_) {}
+      : InitServedSandbox(std::move(id)), dir_(std::move(dir)), freezer_(&cgroup_, std::move(cgroup_root), "ct-" + id_) {}
   ~ContainerSandbox() override {
     Status ignored = Destroy();
     (void)ignored;
   }
 
-  const std::string& id() const override { return id_; }
-
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    if (!client_) return Destroyed();
     uint64_t ooms_before = cgroup_.OomKills();
     // The spec's env is applied per exec, so a pooled container built
     // before the spec was known serves it too; the request's env wins.
@@ -61,31 +60,13 @@ class ContainerSandbox final : public Sandbox {
     if (r.signal == SIGKILL && !r.timed_out && cgroup_.OomKills() > ooms_before) r.oom_killed = true;
     return r;
   }
-  Status WriteFile(const std::string& path, std::string_view content, uint32_t mode,
-                   bool make_parents) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
-    return client_->WriteFile(path, content, mode, make_parents);
-  }
-  Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
-    return client_->ReadFile(path, max_bytes);
-  }
-  Result<std::vector<FileInfo>> ListDir(const std::string& path) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
-    return client_->ListDir(path);
-  }
-  Result<FileInfo> Stat(const std::string& path) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
-    return client_->Stat(path);
-  }
   Result<Usage> GetUsage() override { return cgroup_.ReadUsage(); }
-  bool Alive() const override { return client_ && client_->alive(); }
 
   // The upper dir is read through the fd kept from before the daemon dropped
   // its copy of the mounts, with every process of the container frozen.
   Result<SnapshotResult> Snapshot(const std::string& name) override {
     std::lock_guard lock(snapshot_mu_);
-    if (!client_ || !upper_fd_.valid()) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    if (!client_ || !upper_fd_.valid()) return Destroyed();
     if (!resolver_) return Error(Code::kUnimplemented, "this daemon has no image store to snapshot into");
     PADDOCK_RETURN_IF_ERROR(freezer_.Freeze().Prefix("snapshot of " + id_));
     int upper = upper_fd_.get();
@@ -135,14 +116,13 @@ class ContainerSandbox final : public Sandbox {
     return first;
   }
 
-  std::string id_;
+  using InitServedSandbox::client_;  // started by the substrate's Create
   std::map<std::string, std::string> env_;
   std::string dir_;
   std::string rootfs_;   // overlay mount point while mounted
   std::string changes_;  // tmpfs holding the overlay's upper and work dirs
   Cgroup cgroup_;
   ChildProcess init_;
-  std::unique_ptr<InitClient> client_;
   std::mutex destroy_mu_;
   std::mutex snapshot_mu_;
   ResolvedImage image_;              // what it was built from; holds the layers' lease

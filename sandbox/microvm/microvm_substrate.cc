@@ -27,6 +27,7 @@
 
 #include "sandbox/image_source.h"
 #include "sandbox/init/init_client.h"
+#include "sandbox/init/init_served_sandbox.h"
 #include "sandbox/linux/cgroup.h"
 #include "sandbox/linux/fs_util.h"
 #include "sandbox/linux/process.h"
@@ -86,17 +87,15 @@ Status DiagnoseFromConsole(const std::string& console, const std::string& fallba
   return Error(fallback_code, "{}{}", fallback, tail.empty() ? "" : " (console: " + tail + ")");
 }
 
-class MicrovmSandbox final : public Sandbox {
+class MicrovmSandbox final : public InitServedSandbox {
  public:
-  MicrovmSandbox(std::string id, std::string dir) : id_(std::move(id)), dir_(std::move(dir)) {}
+  MicrovmSandbox(std::string id, std::string dir) : InitServedSandbox(std::move(id)), dir_(std::move(dir)) {}
   ~MicrovmSandbox() override {
     Status ignored = Destroy();
     (void)ignored;
   }
-  const std::string& id() const override { return id_; }
-
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    if (!client_) return Destroyed();
     const ExecRequest* send = &req;
     ExecRequest merged;
     if (!env_.empty()) {
@@ -122,28 +121,10 @@ class MicrovmSandbox final : public Sandbox {
     if (why.message().empty()) return st;
     return Status(why.code(), "the sandbox's VM is gone: " + why.message());
   }
-  Status WriteFile(const std::string& path, std::string_view content, uint32_t mode,
-                   bool make_parents) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
-    return client_->WriteFile(path, content, mode, make_parents);
-  }
-  Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
-    return client_->ReadFile(path, max_bytes);
-  }
-  Result<std::vector<FileInfo>> ListDir(const std::string& path) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
-    return client_->ListDir(path);
-  }
-  Result<FileInfo> Stat(const std::string& path) override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
-    return client_->Stat(path);
-  }
   Result<Usage> GetUsage() override {
-    if (!client_) return Error(Code::kUnavailable, "sandbox {} is destroyed", id_);
+    if (!client_) return Destroyed();
     return client_->GuestUsage();
   }
-  bool Alive() const override { return client_ && client_->alive(); }
   Result<SnapshotResult> Snapshot(const std::string& name) override {
     (void)name;
     return Error(Code::kUnimplemented,
@@ -165,12 +146,11 @@ class MicrovmSandbox final : public Sandbox {
     return first;
   }
 
-  std::string id_;
+  using InitServedSandbox::client_;  // started by the substrate's Create
   std::map<std::string, std::string> env_;
   std::string dir_;
   Cgroup cgroup_;
   ChildProcess qemu_;
-  std::unique_ptr<InitClient> client_;
   std::shared_ptr<void> lease_;  // keeps the image's layers materialized
   std::mutex destroy_mu_;
 };
