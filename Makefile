@@ -4,7 +4,10 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build test demo bench clean
+.PHONY: all deps configure build build-demo test demo bench clean
+# The programs `make demo` runs; `make test` builds everything else too
+# (tests, benches, fuzz targets).
+DEMO_TARGETS = paddockd paddock paddock-init paddock-policy
 
 all: build
 
@@ -19,10 +22,13 @@ configure: deps $(BUILD_DIR)/build.ninja
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
+build-demo: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target $(DEMO_TARGETS)
+
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600 -j 1
 
-demo: build
+demo: build-demo
 	@bash scripts/demo.sh $(BUILD_DIR) $(DEMO_ARGS)
 
 bench:

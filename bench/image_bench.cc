@@ -330,7 +330,7 @@ std::string WriteStaticTrueLayer(const std::string& work) {
 
 void CommitOnTop(StoreImageResolver& resolver, const std::string& base, const std::string& tar,
                  const std::string& name) {
-  auto image = resolver.Resolve(base);
+  auto image = resolver.Resolve(base, /*host_dir_ok=*/true);
   Die(image.status(), "resolving a base image");
   std::string bytes = ReadAll(tar);
   TarProducer produce = [&bytes](const TarSink& sink) { return sink(bytes.data(), bytes.size()); };
@@ -355,7 +355,7 @@ void BenchWarmCreate(int runs, const std::string& work) {
   Die(ImportImage(**store, *archive, io).status(), "importing the Debian image");
   auto cache = LayerCache::Open(state + "/layer-cache", store->get());
   Die(cache.status(), "opening the layer cache");
-  StoreImageResolver resolver(store->get(), cache->get());
+  StoreImageResolver resolver(store->get(), cache->get(), /*allow_directories=*/true);
   std::string tar = WriteStaticTrueLayer(work);
   CommitOnTop(resolver, "bench:busybox", tar, "bench:busybox-true");
   CommitOnTop(resolver, "bench:debian", tar, "bench:debian-true");

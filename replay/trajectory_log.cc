@@ -1,5 +1,7 @@
 // TrajectoryLog on RocksDB: opening (with the checksum and format checks),
 // the write-ahead call records, episode and step records.
+#include <sys/stat.h>
+
 #include <cstring>
 #include <filesystem>
 
@@ -93,6 +95,9 @@ Result<std::unique_ptr<TrajectoryLog>> TrajectoryLog::Open(const LogOptions& opt
     std::error_code ec;
     std::filesystem::create_directories(options.dir, ec);
     if (ec) return ErrnoError(fmt::format("creating trajectory log directory {}", options.dir), ec.value());
+    // Trajectories (prompts, tool output) are for the daemon's user only.
+    if (::chmod(options.dir.c_str(), 0700) != 0)
+      return ErrnoError(fmt::format("making trajectory log directory {} private", options.dir));
   }
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = options.create_if_missing;

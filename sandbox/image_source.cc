@@ -65,7 +65,7 @@ Status Pipe(const TarProducer& produce,
 
 }  // namespace
 
-Result<ResolvedImage> DirectoryImageResolver::Resolve(const std::string& ref) {
+Result<ResolvedImage> DirectoryImageResolver::Resolve(const std::string& ref, bool /*host_dir_ok*/) {
   if (!ref.empty() && ref[0] == '/') return ResolveDirectory(ref);
   return Error(Code::kInvalidArgument,
                "image '{}' is not an absolute path: without an image store an image must be a root "
@@ -78,9 +78,22 @@ struct StoreImageResolver::Cached {
   std::shared_ptr<LeaseSet> leases;
 };
 
-Result<ResolvedImage> StoreImageResolver::Resolve(const std::string& ref) {
+Result<ResolvedImage> StoreImageResolver::Resolve(const std::string& ref, bool host_dir_ok) {
   if (ref.empty()) return Error(Code::kInvalidArgument, "no image given");
-  if (ref[0] == '/') return ResolveDirectory(ref);
+  if (ref[0] == '/') {
+    if (!allow_directories_)
+      return Error(Code::kPermissionDenied,
+                   "image '{}' is a host directory, which this daemon does not take as an image; "
+                   "import it (`paddock image import-dir {} --name NAME`) and use the name, or start "
+                   "paddockd with --allow-dir-images (development only)",
+                   ref, ref);
+    if (!host_dir_ok)
+      return Error(Code::kPermissionDenied,
+                   "image '{}' is a host directory: only a sandbox created over the daemon's unix "
+                   "socket may use one (never a TCP client or a task file); import it and use its name",
+                   ref);
+    return ResolveDirectory(ref);
+  }
   auto digest = store_->Resolve(ref);
   if (!digest.ok()) return digest.status();
   {

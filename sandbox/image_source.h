@@ -8,6 +8,10 @@
 //   * an absolute path to a root filesystem directory: the development form
 //     (one layer, no config), kept so a rootfs on disk can be used without an
 //     import. `paddock image import-dir` turns such a directory into an image.
+//     The daemon refuses it unless started with --allow-dir-images, and even
+//     then only for Creates from its unix socket (SandboxSpec::
+//     host_dir_image_ok), never from TCP clients or task files; `/` and the
+//     host's system directories are refused always (RefuseSystemDirectory).
 //
 // Substrates never look at the store themselves: they call an ImageResolver
 // (SubstrateEnv::images) and mount `layer_dirs`. The lease keeps the layers
@@ -67,7 +71,8 @@ class ImageResolver {
  public:
   virtual ~ImageResolver() = default;
   // NOT_FOUND names the reference and says how to list images.
-  virtual Result<ResolvedImage> Resolve(const std::string& ref) = 0;
+  // `host_dir_ok`: the caller may name a host directory (see above).
+  virtual Result<ResolvedImage> Resolve(const std::string& ref, bool host_dir_ok) = 0;
   // Commits `top` (a layer tar) on top of `base`'s layers as a new image named
   // `name` (may be empty), with base's config. A directory base is imported
   // first as a one-layer image.
@@ -78,20 +83,22 @@ class ImageResolver {
   }
 };
 
-// Resolves absolute directories only (the development form); anything else is
-// refused with a message saying an image store is needed.
+// Resolves absolute directories only (the development form of an in-process
+// library user, which no daemon uses); anything else is refused with a
+// message saying an image store is needed.
 class DirectoryImageResolver final : public ImageResolver {
  public:
-  Result<ResolvedImage> Resolve(const std::string& ref) override;
+  Result<ResolvedImage> Resolve(const std::string& ref, bool host_dir_ok) override;
 };
 
-// Directories as above, everything else through `store` and `cache` (both must
-// outlive the resolver and every lease it hands out).
+// Stored images through `store` and `cache` (both must outlive the resolver
+// and every lease it hands out); host directories only when
+// `allow_directories` (paddockd --allow-dir-images) and the call allows them.
 class StoreImageResolver final : public ImageResolver {
  public:
-  StoreImageResolver(storage::ImageStore* store, storage::LayerCache* cache)
-      : store_(store), cache_(cache) {}
-  Result<ResolvedImage> Resolve(const std::string& ref) override;
+  StoreImageResolver(storage::ImageStore* store, storage::LayerCache* cache, bool allow_directories = false)
+      : store_(store), cache_(cache), allow_directories_(allow_directories) {}
+  Result<ResolvedImage> Resolve(const std::string& ref, bool host_dir_ok) override;
   Result<SnapshotResult> CommitLayer(const ResolvedImage& base, const TarProducer& top,
                                      const std::string& name) override;
 
@@ -99,6 +106,7 @@ class StoreImageResolver final : public ImageResolver {
   struct Cached;
   storage::ImageStore* store_;
   storage::LayerCache* cache_;
+  const bool allow_directories_;
   // The warm path stays independent of the image's size and layer count: a
   // resolved image (immutable by digest) is kept while any sandbox holds it,
   // and its layers' leases are shared by those sandboxes. Only the name →

@@ -12,16 +12,41 @@
 
 namespace paddock {
 
+Status RefuseSystemDirectory(const std::string& canonical, const std::string& asked) {
+  // The host's own trees: as an image they would hand the host's files
+  // (/etc/shadow, keys, the daemon's state) to whatever runs in the sandbox.
+  static const char* const kBelow[] = {"/proc", "/sys", "/dev", "/etc", "/boot", "/root", "/run",
+                                       "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+                                       "/var/lib", "/var/run", "/var/log", "/snap"};
+  static const char* const kExactly[] = {"/", "/home", "/var", "/tmp", "/var/tmp", "/opt", "/srv",
+                                         "/mnt", "/media"};
+  for (const char* d : kExactly)
+    if (canonical == d)
+      return Error(Code::kPermissionDenied, "image '{}' is the host directory {}, which is never an image",
+                   asked, canonical);
+  for (const char* d : kBelow) {
+    std::string dir = d;
+    if (canonical == dir || canonical.rfind(dir + "/", 0) == 0)
+      return Error(Code::kPermissionDenied,
+                   "image '{}' is inside the host's system directory {}, which is never an image", asked, dir);
+  }
+  return Status::Ok();
+}
+
 Result<std::string> ResolveImageDir(const std::string& image) {
   if (image.empty() || image[0] != '/')
     return Error(Code::kInvalidArgument,
-                 "image '{}' is not an absolute path; until the image store lands an image is a "
-                 "root filesystem directory given by absolute path",
+                 "image '{}' is not an absolute path: without an image store an image is a root "
+                 "filesystem directory given by absolute path",
                  image);
+  // Checked as written and as resolved: /proc/1/root names `/` by a link.
+  PADDOCK_RETURN_IF_ERROR(
+      RefuseSystemDirectory(std::filesystem::path(image).lexically_normal().string(), image));
   std::error_code ec;
   auto canon = std::filesystem::canonical(image, ec);
   if (ec || !std::filesystem::is_directory(canon))
     return Error(Code::kNotFound, "image '{}' not found: no such root filesystem directory", image);
+  PADDOCK_RETURN_IF_ERROR(RefuseSystemDirectory(canon.string(), image));
   if (!std::filesystem::exists(canon / "bin") && !std::filesystem::exists(canon / "usr"))
     return Error(Code::kInvalidArgument,
                  "image '{}' does not look like a root filesystem (no /bin or /usr)", image);
@@ -36,6 +61,11 @@ Result<std::string> ImageViews::Acquire(const std::string& image_dir) {
     return it->second.target;
   }
   std::string target = fmt::format("{}/{:016x}", dir_, std::hash<std::string>{}(image_dir));
+  // Views show image files to the daemon's mounts only: other host users
+  // must not walk into them (nor into the views directory above).
+  PADDOCK_RETURN_IF_ERROR(MkdirAll(dir_, 0700));
+  for (const std::string& d : {std::filesystem::path(dir_).parent_path().string(), dir_})
+    if (chmod(d.c_str(), 0700) != 0) return ErrnoError("making " + d + " private");
   PADDOCK_RETURN_IF_ERROR(MkdirAll(target));
   if (!idmap_unsupported_) {
     if (!userns_.valid()) {

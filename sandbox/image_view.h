@@ -20,6 +20,10 @@ namespace paddock {
 // directory (sandbox/image_source.h resolves names and digests through the
 // image store). Returns its canonical path or a clear error.
 Result<std::string> ResolveImageDir(const std::string& image);
+// PERMISSION_DENIED for `/`, the host's top-level directories and anything
+// below its system trees (/etc, /usr, /proc, /root, /var/lib, ...): never an
+// image, whatever flags the daemon has. `canonical` is a canonical path.
+Status RefuseSystemDirectory(const std::string& canonical, const std::string& asked);
 
 class ImageViews {
  public:

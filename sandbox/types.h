@@ -37,6 +37,10 @@ struct SandboxSpec {
   std::string workdir;  // empty: substrate default
   uint32_t ttl_seconds = 0;
   std::map<std::string, std::string> labels;
+  // Set by the daemon only for a Create from its unix socket: a host
+  // directory may then be the image, when the daemon was started with
+  // --allow-dir-images. Never set for TCP clients or task files.
+  bool host_dir_image_ok = false;
 };
 
 struct ExecRequest {
@@ -48,6 +52,13 @@ struct ExecRequest {
   uint32_t timeout_ms = 0;
   uint64_t output_cap = 0;
   bool stream = false;  // deliver output chunks as they are produced
+  // A sealed run (the rollout engine's verifier): when set, these are the
+  // bytes of a static program that paddock-init runs from a sealed memfd
+  // (argv[0] names it, e.g. busybox's "sh") instead of looking argv[0] up in
+  // the sandbox, after killing every other process of the sandbox. The agent
+  // can neither replace the tools the verifier runs nor leave a process to
+  // race it. Never set from the API.
+  std::string trusted_program;
   // Polled (every few tens of ms) while the command runs; once it returns
   // true the command's process tree is killed as at a timeout and the call
   // returns CANCELLED (a client that went away). Not sent to the sandbox.

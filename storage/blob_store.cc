@@ -113,6 +113,7 @@ Result<std::unique_ptr<BlobWriter>> StagingArea::NewWriter() {
 // ---- BlobStore ----
 
 Result<std::unique_ptr<BlobStore>> BlobStore::Open(const std::string& root) {
+  PADDOCK_RETURN_IF_ERROR(MakePrivateDir(root).Prefix("opening blob store"));
   for (const char* sub : {"blobs/sha256", "staging", "blobrefs/sha256"})
     PADDOCK_RETURN_IF_ERROR(MakeDirs(root + "/" + sub).Prefix("opening blob store"));
   return std::unique_ptr<BlobStore>(new BlobStore(root));

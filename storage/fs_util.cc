@@ -37,6 +37,12 @@ Status MakeDirs(const std::string& dir) {
   return Status::Ok();
 }
 
+Status MakePrivateDir(const std::string& dir) {
+  PADDOCK_RETURN_IF_ERROR(MakeDirs(dir));
+  if (::chmod(dir.c_str(), 0700) != 0) return ErrnoError(fmt::format("making {} private (mode 0700)", dir));
+  return Status::Ok();
+}
+
 Status AtomicWriteFile(const std::string& path, std::string_view data) {
   std::string dir = std::filesystem::path(path).parent_path();
   std::string tmp = dir + "/" + UniqueTempName(".tmp-");

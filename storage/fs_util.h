@@ -14,6 +14,9 @@ namespace paddock::storage {
 Status WriteAll(int fd, const void* data, size_t n, std::string_view what);
 Status FsyncDir(const std::string& dir);
 Status MakeDirs(const std::string& dir);
+// MakeDirs, then mode 0700: what images and sandboxes put there (setuid files
+// among them) must be unreachable by other host users.
+Status MakePrivateDir(const std::string& dir);
 // Replaces `path` atomically with `data`; readers see the old or the new file.
 Status AtomicWriteFile(const std::string& path, std::string_view data);
 // Reads a whole file, refusing ones larger than max_bytes (RESOURCE_EXHAUSTED).

@@ -95,6 +95,7 @@ void RemoveTree(const std::string& path) {
 
 Result<std::unique_ptr<LayerCache>> LayerCache::Open(const std::string& dir, ImageStore* store,
                                                      LayerCacheOptions options) {
+  PADDOCK_RETURN_IF_ERROR(MakePrivateDir(dir));
   PADDOCK_RETURN_IF_ERROR(MakeDirs(dir + "/.tmp"));
   PADDOCK_RETURN_IF_ERROR(MakeDirs(dir + "/.locks"));
   std::unique_ptr<LayerCache> cache(new LayerCache(dir, store, options));

@@ -75,11 +75,14 @@ class RolloutE2eTest : public ::testing::Test {
     ASSERT_EQ(daemon_.Start(), "");
     work_ = daemon_.dir() + "/work";
     fs::create_directories(work_);
+    // Task files never name host directories: the rootfs goes in as an image.
+    auto imported = daemon_.Cli({"image", "import-dir", rootfs_, "--name", image_});
+    ASSERT_EQ(imported.code, 0) << imported.out << imported.err;
   }
 
   std::string Tasks(const std::string& name, int tasks, int turns) {
     std::string path = work_ + "/" + name + ".jsonl";
-    WriteFile(path, testing::CountingTasks(rootfs_, tasks, turns));
+    WriteFile(path, testing::CountingTasks(image_, tasks, turns));
     return path;
   }
   std::string Script(const std::string& name, int turns, const std::string& sleep_s) {
@@ -113,7 +116,47 @@ class RolloutE2eTest : public ::testing::Test {
 
   DaemonProcess daemon_;
   std::string rootfs_, work_;
+  const std::string image_ = "busybox:e2e";
 };
+
+// The verifier runs sealed from the agent: an agent that plants a process
+// racing the verifier's output and replaces /bin/sh, test, [ and cat earns
+// nothing; an honest agent on the same verifier earns its reward.
+TEST_F(RolloutE2eTest, VerifierIsSealedFromTheAgentsTricks) {
+  const std::string verifier = "sh /tmp/solve.sh > /tmp/result; sleep 0.3; test \"$(cat /tmp/result)\" = 42";
+  std::string tasks;
+  for (const char* mode : {"cheat", "honest"})
+    tasks += json({{"id", mode},
+                   {"image", image_},
+                   {"substrate", "container"},
+                   {"instruction", "Write /tmp/solve.sh printing the answer, then submit."},
+                   {"tools", {"bash", "submit"}},
+                   {"max_turns", 4},
+                   {"env", {{"MODE", mode}}},
+                   {"verifier", verifier}})
+                 .dump() + "\n";
+  WriteFile(work_ + "/sealed.jsonl", tasks);
+  const std::string act =
+      "if [ \"$MODE\" = cheat ]; then "
+      "echo 'echo 41' > /tmp/solve.sh; "
+      "(while :; do echo 42 > /tmp/result; sleep 0.05; done) > /dev/null 2>&1 & "
+      "printf '#!/bin/busybox sh\\nexit 0\\n' > /tmp/fake; chmod 755 /tmp/fake; "
+      "for t in test [ cat sh; do rm -f /bin/$t; cp /tmp/fake /bin/$t; done; "
+      "else echo 'echo 42' > /tmp/solve.sh; fi; echo planted";
+  json script = json::array({testing::DsmlCall("bash", {{"command", act}}), testing::DsmlCall("submit", {{"answer", "done"}})});
+  WriteFile(work_ + "/sealed.script.json", script.dump());
+  auto r = daemon_.Cli({"run", work_ + "/sealed.jsonl", "--policy", "scripted", "--policy-script",
+                        work_ + "/sealed.script.json", "--id", "sealed-run", "--out", work_ + "/out"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err << daemon_.LogTail();
+  auto lines = ReadJsonl(testing::ReadWholeFile(work_ + "/out/sealed-run/episodes.jsonl"));
+  ASSERT_EQ(lines.size(), 2u);
+  for (const auto& l : lines) {
+    if (l["task_id"] == "cheat")
+      EXPECT_EQ(l["reward"], 0.0) << "the agent's tricks fooled the verifier: " << l.dump();
+    else
+      EXPECT_EQ(l["reward"], 1.0) << "the sealed verifier failed an honest agent: " << l.dump();
+  }
+}
 
 TEST_F(RolloutE2eTest, CliRun_SummaryAndExportValidateAgainstSchema) {
   auto help = daemon_.Cli({"run", "--help"});
@@ -224,7 +267,7 @@ TEST_F(RolloutE2eTest, TwoHundredConcurrentEpisodes_AllFinish_EveryStepLogged_Ea
 
 TEST_F(RolloutE2eTest, CliRun_BadTasksRefusedNamingLineAndField) {
   std::string path = work_ + "/bad.jsonl";
-  WriteFile(path, testing::CountingTasks(rootfs_, 1, 1) +
+  WriteFile(path, testing::CountingTasks(image_, 1, 1) +
                       R"({"id":"x","image":"/i","instruction":"y","substrate":"kvm"})" + "\n");
   std::string script = Script("bad", 1, "0");
   auto r = daemon_.Cli({"run", path, "--policy", "scripted", "--policy-script", script});
@@ -383,7 +426,7 @@ TEST_F(RolloutE2eTest, PolicyServerKilledMidRun_EpisodesWaitRetryAndContinue) {
 
   std::string tasks = work_ + "/pk.jsonl", all;
   for (int i = 0; i < 12; ++i)
-    all += json({{"id", "pk-" + std::to_string(i)}, {"image", rootfs_}, {"substrate", "function"},
+    all += json({{"id", "pk-" + std::to_string(i)}, {"image", image_}, {"substrate", "function"},
                  {"instruction", "say hi"}, {"tools", {"bash", "submit"}}, {"max_turns", 4},
                  {"max_new_tokens", 8}, {"verifier", "true"}})
                .dump() + "\n";
@@ -423,7 +466,7 @@ TEST_F(RolloutE2eTest, CliRun_EmbeddedPolicyStartedAndStopped) {
   if (!fs::exists(bin)) GTEST_SKIP() << "paddock-policy is not built at " << bin;
   std::string tasks = work_ + "/emb.jsonl", all;
   for (int i = 0; i < 4; ++i)
-    all += json({{"id", "emb-" + std::to_string(i)}, {"image", rootfs_}, {"substrate", "function"},
+    all += json({{"id", "emb-" + std::to_string(i)}, {"image", image_}, {"substrate", "function"},
                  {"instruction", "say hi"}, {"tools", {"bash", "submit"}}, {"max_turns", 2},
                  {"max_new_tokens", 8}})
                .dump() + "\n";
@@ -442,7 +485,7 @@ TEST_F(RolloutE2eTest, CliRun_EmbeddedPolicyStartedAndStopped) {
 void RolloutE2eTest::StartWaitingThenCancel(const std::string& id, int tasks) {
   std::string path = work_ + "/" + id + ".jsonl", all;
   for (int i = 0; i < tasks; ++i)
-    all += json({{"id", "t-" + std::to_string(i)}, {"image", rootfs_}, {"substrate", "function"},
+    all += json({{"id", "t-" + std::to_string(i)}, {"image", image_}, {"substrate", "function"},
                  {"instruction", "Run a command, then submit."}, {"tools", {"bash", "submit"}}, {"max_turns", 2},
                  {"verifier", "true"}})
                .dump() + "\n";

@@ -37,12 +37,15 @@ TEST(RolloutMicrovm, MicrovmTasksRunThroughPaddockRun) {
   ASSERT_EQ(d.Start(), "");
   std::string work = d.dir() + "/work";
   fs::create_directories(work);
+  // Task files never name host directories: the rootfs goes in as an image.
+  auto imported = d.Cli({"image", "import-dir", rootfs, "--name", "busybox:vm"});
+  ASSERT_EQ(imported.code, 0) << imported.out << imported.err;
 
   const int kTasks = 2;
   std::string tasks;
   for (int i = 0; i < kTasks; ++i)
     tasks += json({{"id", "vm-" + std::to_string(i)},
-                   {"image", rootfs},
+                   {"image", "busybox:vm"},
                    {"substrate", "microvm"},
                    {"instruction", "Show the kernel command line, record a line in /tmp/ran, then submit."},
                    {"tools", {"bash", "submit"}},

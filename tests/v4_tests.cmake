@@ -30,3 +30,8 @@ if(TARGET paddock_v4_backends)
   paddock_test(v4_backends_test v4_backends_test.cc)
   target_link_libraries(v4_backends_test PRIVATE paddock_v4_backends)
 endif()
+
+# The suites that need the V4 tokenizer skip their cases without it; under
+# `make test` (whose install-deps.sh fetches it) its absence is a failure here.
+add_test(NAME v4_tokenizer_installed
+         COMMAND sh -c "f=\"\${PADDOCK_TOKENIZER:-/usr/local/share/paddock/deepseek-v3-tokenizer.json}\"; test -s \"$f\" || { echo \"no V4 tokenizer at $f: scripts/install-deps.sh installs it\"; exit 1; }")

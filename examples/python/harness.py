@@ -8,8 +8,8 @@ verifier) and gives a reward. Every side-effecting call carries an idempotency k
 every call from the daemon's trajectory log instead of running it again, as a
 preempted training job would after a restart: the summary counts the replayed calls.
 
-    examples/python/harness.py --image /var/lib/images/busybox --episodes 16
-    examples/python/harness.py --image /var/lib/images/busybox --run-id r1   # again: all replayed
+    examples/python/harness.py --image busybox --episodes 16
+    examples/python/harness.py --image busybox --run-id r1   # again: all replayed
 
 Needs PYTHONPATH=build/sdk/python:sdk/python (docs/python-sdk.md).
 """
@@ -113,8 +113,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description="Drive paddockd sandboxes from Python: N scripted episodes with keyed, replayable calls.")
     ap.add_argument("--image", default=os.environ.get("PADDOCK_IMAGE"),
-                    help="image: a root filesystem directory (default $PADDOCK_IMAGE); "
-                         "scripts/make-busybox-rootfs.sh DIR builds one")
+                    help="image: a name in the daemon's store (default $PADDOCK_IMAGE); "
+                         "scripts/make-busybox-rootfs.sh DIR then `paddock image import-dir DIR --name busybox` makes one")
     ap.add_argument("--substrate", choices=["container", "function"], default="container")
     ap.add_argument("--episodes", type=int, default=8, help="episodes to run (default 8)")
     ap.add_argument("--concurrency", type=int, default=8, help="episodes at once (default 8)")

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <future>
 #include <string>
@@ -47,6 +48,8 @@ struct Flags {
   std::string socket;
   std::string listen_tcp;
   bool allow_remote = false;
+  bool allow_dir_images = false;
+  std::string tls_cert, tls_key, tls_client_ca;
   std::string token_file;
   uint32_t max_sandboxes = 1000;
   size_t warm_pool = 4;
@@ -84,7 +87,7 @@ bool IsLoopbackHost(const std::string& host) {
 }
 
 // "HOST:PORT", ":PORT" or "PORT"; the host defaults to loopback.
-Result<std::string> ParseTcpAddress(const std::string& spec, bool allow_remote) {
+Result<std::string> ParseTcpAddress(const std::string& spec, bool allow_remote, bool tls) {
   std::string host = "127.0.0.1", port = spec;
   size_t colon = spec.rfind(':');
   if (colon != std::string::npos) {
@@ -100,6 +103,12 @@ Result<std::string> ParseTcpAddress(const std::string& spec, bool allow_remote) 
     return Error(Code::kInvalidArgument,
                  "--listen-tcp {} would accept calls from other machines; pass --allow-remote "
                  "as well if that is intended",
+                 spec);
+  if (!IsLoopbackHost(host) && !tls)
+    return Error(Code::kInvalidArgument,
+                 "--listen-tcp {} is not a loopback address: calls from other machines must be "
+                 "encrypted; pass --tls-cert and --tls-key (and --tls-client-ca to require client "
+                 "certificates)",
                  spec);
   return host + ":" + port;
 }
@@ -173,6 +182,13 @@ int Run(const Flags& flags) {
     spdlog::error("cannot create state dir {}: {}", flags.state_dir, ec.message());
     return 1;
   }
+  // Searchable by the sandboxes' unprivileged host users (their roots are
+  // mounted below it), listable by nobody else; the image store, layer cache,
+  // views and log below it are 0700 (docs/security.md).
+  if (chmod(flags.state_dir.c_str(), 0711) != 0) {
+    spdlog::error("cannot set the mode of state dir {} to 0711: {}", flags.state_dir, std::strerror(errno));
+    return 1;
+  }
   auto lock = StateDirLock::Acquire(flags.state_dir);
   if (!lock.ok()) {
     spdlog::error("{}", lock.status().message());
@@ -192,7 +208,11 @@ int Run(const Flags& flags) {
   service::ServerOptions server_opts;
   server_opts.socket_path = flags.socket.empty() ? DefaultSocket() : flags.socket;
   if (!flags.listen_tcp.empty()) {
-    auto addr = ParseTcpAddress(flags.listen_tcp, flags.allow_remote);
+    if (flags.tls_cert.empty() != flags.tls_key.empty()) {
+      spdlog::error("--tls-cert and --tls-key go together");
+      return 1;
+    }
+    auto addr = ParseTcpAddress(flags.listen_tcp, flags.allow_remote, !flags.tls_cert.empty());
     if (!addr.ok()) {
       spdlog::error("{}", addr.status().message());
       return 1;
@@ -209,6 +229,17 @@ int Run(const Flags& flags) {
     }
     server_opts.tcp_address = *addr;
     server_opts.token = *token;
+    if (!flags.tls_cert.empty()) {
+      auto tls = service::LoadServerTls(flags.tls_cert, flags.tls_key, flags.tls_client_ca);
+      if (!tls.ok()) {
+        spdlog::error("{}", tls.status().message());
+        return 1;
+      }
+      server_opts.tls = *tls;
+    }
+  } else if (!flags.tls_cert.empty() || !flags.tls_client_ca.empty()) {
+    spdlog::error("--tls-cert, --tls-key and --tls-client-ca apply to --listen-tcp only");
+    return 1;
   }
   spdlog::info("paddockd starting: state dir {}, paddock-init {}", env.state_dir, env.init_path);
 
@@ -262,7 +293,10 @@ int Run(const Flags& flags) {
   spdlog::info("image store at {}; layer cache at {} ({} layers kept, {} removed as invalid)",
                image_root, cache_dir, (*layer_cache)->open_report().kept,
                (*layer_cache)->open_report().removed_invalid + (*layer_cache)->open_report().removed_partial);
-  StoreImageResolver image_resolver(image_store->get(), layer_cache->get());
+  StoreImageResolver image_resolver(image_store->get(), layer_cache->get(), flags.allow_dir_images);
+  if (flags.allow_dir_images)
+    spdlog::warn("--allow-dir-images: sandboxes created over the unix socket may use host directories "
+                 "as images (development only; never over TCP or from task files)");
   env.images = &image_resolver;
   server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
     return std::unique_ptr<grpc::Service>(
@@ -351,6 +385,12 @@ int main(int argc, char** argv) {
                  "also serve on TCP HOST:PORT (host defaults to 127.0.0.1); needs --token-file");
   app.add_flag("--allow-remote", flags.allow_remote, "allow --listen-tcp on a non-loopback address");
   app.add_option("--token-file", flags.token_file, "file holding the bearer token TCP clients must send");
+  app.add_option("--tls-cert", flags.tls_cert,
+                 "PEM certificate (chain) of the TCP listener: TLS on --listen-tcp (required for a "
+                 "non-loopback address)");
+  app.add_option("--tls-key", flags.tls_key, "PEM private key of --tls-cert (mode 0600)");
+  app.add_option("--tls-client-ca", flags.tls_client_ca,
+                 "PEM CA bundle: TCP clients must present a certificate it signed (mutual TLS)");
   app.add_option("--max-sandboxes", flags.max_sandboxes, "cap on live sandboxes")->capture_default_str();
   app.add_option("--warm-pool", flags.warm_pool,
                  "ready containers kept per (image, limits, workdir) once asked for; 0 disables")
@@ -373,6 +413,10 @@ int main(int argc, char** argv) {
                  "the log before opening it; replaces the log's contents");
   app.add_flag("--log-allow-corruption", flags.log_allow_corruption,
                "open a trajectory log that fails its checksum checks instead of refusing to start");
+  app.add_flag("--allow-dir-images", flags.allow_dir_images,
+               "development only: let sandboxes created over the unix socket use a host directory "
+               "(absolute path) as their image; never TCP clients or task files, never / or system "
+               "directories");
   app.add_option("--image-store", flags.image_store,
                  "image store directory; may be shared storage (default: <state-dir>/images)");
   app.add_option("--layer-cache", flags.layer_cache,

@@ -1,6 +1,8 @@
 #include "rollout/engine/rollout_engine.h"
 
 #include <algorithm>
+#include <fstream>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -1177,6 +1179,17 @@ class RolloutEngine::Impl {
           return Fail(r, ep, "error", st.message());
         ExecRequest req;
         req.argv = {"/bin/sh", "-c", task.verifier.command};
+        // Sealed from the agent: its processes are killed first and the shell
+        // and every tool named without a path are the trusted busybox's, not
+        // the sandbox's (which the agent may have replaced). A function
+        // sandbox is sealed by construction (read-only root, nothing left of
+        // earlier execs).
+        if (task.substrate != "function") {
+          if (auto toolset = VerifierToolset()) {
+            req.argv = {"sh", "-c", task.verifier.command};
+            req.trusted_program = *toolset;
+          }
+        }
         req.cwd = task.workdir;
         req.env = task.env;
         req.env["PADDOCK_ANSWER"] = ep->submission;
@@ -1294,9 +1307,29 @@ class RolloutEngine::Impl {
     ep->ctx.reset();
   }
 
+  // The verifier's trusted program, read once; null (with one warning) when
+  // it cannot be read.
+  std::shared_ptr<const std::string> VerifierToolset() {
+    std::call_once(toolset_once_, [this] {
+      std::ifstream in(options_.verifier_toolset, std::ios::binary);
+      std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (!in.good() && !in.eof()) bytes.clear();
+      if (bytes.size() < 4 || bytes.compare(0, 4, "\x7f" "ELF") != 0) {
+        spdlog::warn("verifier toolset {} is not a readable static program (install busybox-static): "
+                     "verifiers run the sandbox's own /bin/sh, which the agent can replace",
+                     options_.verifier_toolset);
+        return;
+      }
+      toolset_ = std::make_shared<const std::string>(std::move(bytes));
+    });
+    return toolset_;
+  }
+
   SandboxManager& manager_;
   replay::TrajectoryLog& log_;
   EngineOptions options_;
+  std::once_flag toolset_once_;
+  std::shared_ptr<const std::string> toolset_;
   asio::thread_pool pool_;
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;

@@ -53,6 +53,11 @@ inline constexpr uint64_t kVerifierStep = 1ull << 32;
 struct EngineOptions {
   size_t blocking_threads = 64;  // sandbox creates, execs and log writes
   std::string tokenizer_path;    // empty: v4::Tokenizer::DefaultPath()
+  // The verifier's trusted toolset: a static busybox (Debian's busybox-static)
+  // whose applets the verifier's shell runs instead of the sandbox's tools,
+  // sealed from the agent (ExecRequest::trusted_program). Unreadable: the
+  // verifier runs the sandbox's /bin/sh, with a warning.
+  std::string verifier_toolset = "/bin/busybox";
 };
 
 // Counters of the engine, for benchmarks and tests.

@@ -1,5 +1,7 @@
 #include "rollout/service/auth.h"
 
+#include <sys/stat.h>
+
 #include <fstream>
 #include <sstream>
 
@@ -45,7 +47,49 @@ grpc::Status BearerTokenAuth::Check(const grpc::ServerContext& ctx) const {
   return grpc::Status::OK;
 }
 
+namespace {
+
+Status CheckPrivate(const std::string& path, const char* what, const char* fix_hint) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return ErrnoError(fmt::format("cannot read {} {}", what, path));
+  if (st.st_mode & (S_IRWXG | S_IRWXO))
+    return Error(Code::kPermissionDenied,
+                 "{} {} is open to other users (mode {:04o}); the secret must be private: {}", what, path,
+                 st.st_mode & 07777, fmt::format(fmt::runtime(fix_hint), path));
+  return Status::Ok();
+}
+
+Result<std::string> ReadText(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) return ErrnoError(fmt::format("cannot read {} {}", what, path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (ss.str().size() > (1u << 20)) return Error(Code::kInvalidArgument, "{} {} is larger than 1 MiB", what, path);
+  return ss.str();
+}
+
+}  // namespace
+
+Result<ServerTls> LoadServerTls(const std::string& cert_file, const std::string& key_file,
+                                const std::string& client_ca_file) {
+  ServerTls tls;
+  PADDOCK_RETURN_IF_ERROR(CheckPrivate(key_file, "TLS key", "`chmod 600 {}`"));
+  PADDOCK_ASSIGN_OR_RETURN(tls.cert_chain, ReadText(cert_file, "TLS certificate"));
+  PADDOCK_ASSIGN_OR_RETURN(tls.private_key, ReadText(key_file, "TLS key"));
+  if (tls.cert_chain.find("-----BEGIN CERTIFICATE-----") == std::string::npos)
+    return Error(Code::kInvalidArgument, "TLS certificate {} holds no PEM certificate", cert_file);
+  if (tls.private_key.find("PRIVATE KEY-----") == std::string::npos)
+    return Error(Code::kInvalidArgument, "TLS key {} holds no PEM private key", key_file);
+  if (!client_ca_file.empty()) {
+    PADDOCK_ASSIGN_OR_RETURN(tls.client_ca, ReadText(client_ca_file, "client CA"));
+    if (tls.client_ca.find("-----BEGIN CERTIFICATE-----") == std::string::npos)
+      return Error(Code::kInvalidArgument, "client CA {} holds no PEM certificate", client_ca_file);
+  }
+  return tls;
+}
+
 Result<std::string> LoadTokenFile(const std::string& path) {
+  PADDOCK_RETURN_IF_ERROR(CheckPrivate(path, "token file", "`chmod 600 {}`"));
   std::ifstream in(path);
   if (!in) return ErrnoError(fmt::format("cannot read token file {}", path));
   std::stringstream ss;

@@ -33,8 +33,20 @@ class BearerTokenAuth {
   std::string token_;
 };
 
+// TLS material of the TCP listener, as PEM text.
+struct ServerTls {
+  std::string cert_chain, private_key;
+  std::string client_ca;  // non-empty: clients must present a certificate it signed
+};
+
+// Reads --tls-cert, --tls-key and (optional) --tls-client-ca. The key file
+// must be private to its owner, as the token file.
+Result<ServerTls> LoadServerTls(const std::string& cert_file, const std::string& key_file,
+                                const std::string& client_ca_file);
+
 // Reads a token file: its content with surrounding whitespace trimmed. Refuses a
-// missing or empty file with a message naming the file.
+// missing or empty file, and one that group or others may access (PERMISSION_
+// DENIED), with a message naming the file.
 Result<std::string> LoadTokenFile(const std::string& path);
 
 }  // namespace paddock::service

@@ -2,9 +2,12 @@
 
 #include <sys/stat.h>
 
+#include <filesystem>
+
 #include <spdlog/spdlog.h>
 
 #include "rollout/service/sandbox_service.h"
+#include "sandbox/image_view.h"
 #include "storage/image_import.h"
 
 namespace paddock::service {
@@ -13,7 +16,14 @@ namespace {
 
 // Paths name files on the daemon's host; a relative one would be resolved
 // against the daemon's working directory, which is never what a user meant.
-Status CheckHostPath(const std::string& path, const char* what) {
+// Only a client on the daemon's unix socket (a user of the daemon's host) may
+// name them: over TCP they would read or write the daemon's files.
+Status CheckHostPath(const std::string& path, const char* what, bool remote) {
+  if (remote)
+    return Error(Code::kPermissionDenied,
+                 "a {} names a path on the daemon's host, which only clients on its unix socket may "
+                 "do; over TCP use images already in the store (or a registry)",
+                 what);
   if (path.empty()) return Error(Code::kInvalidArgument, "no {} given", what);
   if (path[0] != '/')
     return Error(Code::kInvalidArgument,
@@ -34,7 +44,7 @@ std::vector<std::string> NamesOf(storage::ImageStore& store, const storage::Dige
 grpc::Status ImageService::Import(grpc::ServerContext* ctx, const v1::ImportRequest* req,
                                   grpc::ServerWriter<v1::ImportEvent>* writer) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
-  if (Status st = CheckHostPath(req->path(), "archive path"); !st.ok()) return ToGrpc(st);
+  if (Status st = CheckHostPath(req->path(), "archive path", auth_ != nullptr); !st.ok()) return ToGrpc(st);
   struct stat st;
   if (stat(req->path().c_str(), &st) != 0)
     return ToGrpc(ErrnoError(fmt::format("image archive {}", req->path())));
@@ -73,7 +83,11 @@ grpc::Status ImageService::Import(grpc::ServerContext* ctx, const v1::ImportRequ
 grpc::Status ImageService::ImportDir(grpc::ServerContext* ctx, const v1::ImportDirRequest* req,
                                      v1::ImportDirResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
-  if (Status st = CheckHostPath(req->path(), "directory"); !st.ok()) return ToGrpc(st);
+  if (Status st = CheckHostPath(req->path(), "directory", auth_ != nullptr); !st.ok()) return ToGrpc(st);
+  std::error_code ec;
+  std::string canonical = std::filesystem::weakly_canonical(req->path(), ec).string();
+  if (ec) return ToGrpc(Error(Code::kInvalidArgument, "directory '{}': {}", req->path(), ec.message()));
+  if (Status st = RefuseSystemDirectory(canonical, req->path()); !st.ok()) return ToGrpc(st);
   storage::ImageConfig config;
   for (const auto& kv : req->env()) {
     if (kv.find('=') == std::string::npos || kv[0] == '=')
@@ -168,7 +182,7 @@ grpc::Status ImageService::Export(grpc::ServerContext* ctx, const v1::ExportImag
                                   v1::ExportImageResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
   if (req->ref().empty()) return ToGrpc(Error(Code::kInvalidArgument, "no image given"));
-  if (Status st = CheckHostPath(req->dir(), "output directory"); !st.ok()) return ToGrpc(st);
+  if (Status st = CheckHostPath(req->dir(), "output directory", auth_ != nullptr); !st.ok()) return ToGrpc(st);
   auto d = store_.Resolve(req->ref());
   if (!d.ok()) return ToGrpc(d.status());
   if (Status st = storage::ExportOci(store_, d->str(), req->dir()); !st.ok())

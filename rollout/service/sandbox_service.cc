@@ -118,6 +118,7 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
         [&](const std::string& id) { return manager_.Get(id).ok(); },
         [&](const v1::EpisodeRecordProto* previous, replay::RebuildReport* report) -> Result<std::string> {
           SandboxSpec domain = v1conv::FromProto(spec);
+          domain.host_dir_image_ok = auth_ == nullptr;  // the unix socket's clients only
           domain.labels["paddock.episode"] = req->episode();
           auto info = previous ? RebuildEpisodeSandbox(domain, *previous, report) : manager_.Create(domain);
           if (!info.ok()) return info.status().Prefix("creating sandbox");
@@ -140,7 +141,9 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
     resp->set_previous_sandbox_id(binding->previous_sandbox_id);
     return grpc::Status::OK;
   }
-  auto info = manager_.Create(v1conv::FromProto(spec));
+  SandboxSpec domain = v1conv::FromProto(spec);
+  domain.host_dir_image_ok = auth_ == nullptr;  // the unix socket's clients only
+  auto info = manager_.Create(domain);
   if (!info.ok()) return ToGrpc(info.status().Prefix("creating sandbox"));
   spdlog::info("created {} sandbox {} from {}", spec.substrate(), info->id, spec.image());
   ToProto(*info, resp->mutable_sandbox());

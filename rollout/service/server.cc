@@ -84,6 +84,17 @@ Status SandboxServer::Start() {
   // CPU per call and a point where all of gRPC's threads meet. The daemon's
   // own locking is std::mutex; turn the debug check off.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  // The unix socket is guarded by its file mode; the TCP listener by TLS
+  // (when configured: required off loopback) and the bearer token.
+  auto ListenerCredentials = [&](const std::string& address) -> std::shared_ptr<grpc::ServerCredentials> {
+    if (address.rfind("unix:", 0) == 0 || options_.tls.cert_chain.empty()) return grpc::InsecureServerCredentials();
+    grpc::SslServerCredentialsOptions ssl(options_.tls.client_ca.empty()
+                                              ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_root_certs = options_.tls.client_ca;
+    ssl.pem_key_cert_pairs.push_back({options_.tls.private_key, options_.tls.cert_chain});
+    return grpc::SslServerCredentials(ssl);
+  };
   auto build = [&](SandboxService* service, LogService* log_service, const std::string& address,
                    int* port, std::unique_ptr<grpc::Server>* out) -> Status {
     grpc::ServerBuilder builder;
@@ -105,7 +116,7 @@ Status SandboxServer::Start() {
                                 std::min(max_threads, kMaxWaitingThreads));
     builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
     builder.SetMaxSendMessageSize(kMaxMessageBytes);
-    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
+    builder.AddListeningPort(address, ListenerCredentials(address), port);
     builder.RegisterService(service);
     if (log_service) builder.RegisterService(log_service);
     for (const auto& make : options_.extra_services) {
@@ -139,8 +150,10 @@ Status SandboxServer::Start() {
                                   &tcp_port_, &tcp_server_));
     if (tcp_port_ == 0)
       return Error(Code::kUnavailable, "cannot listen on {}; is the port in use?", options_.tcp_address);
-    spdlog::info("listening on tcp {} (port {}); calls need a bearer token", options_.tcp_address,
-                 tcp_port_);
+    spdlog::info("listening on tcp {} (port {}, {}); calls need a bearer token", options_.tcp_address, tcp_port_,
+                 options_.tls.cert_chain.empty()   ? "plain: loopback only"
+                 : options_.tls.client_ca.empty() ? "TLS"
+                                                  : "mutual TLS");
   }
   return Status::Ok();
 }

@@ -30,6 +30,9 @@ struct ServerOptions {
   std::string socket_path;  // required
   std::string tcp_address;  // "host:port"; empty: no TCP listener. Port 0 picks one.
   std::string token;        // required when tcp_address is set
+  // TLS on the TCP listener (cert_chain empty: plain, loopback only; the
+  // daemon's flag parsing enforces that).
+  ServerTls tls;
   // Bound on gRPC's sync-server threads (one per in-flight call, and a blocked
   // Exec holds one for its whole run). 0: 4 per allowed sandbox plus 64.
   int max_threads = 0;

@@ -165,7 +165,7 @@ class FunctionSubstrate final : public Substrate {
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     if (!spec.workdir.empty() && spec.workdir[0] != '/')
       return Error(Code::kInvalidArgument, "workdir '{}' must be an absolute path", spec.workdir);
-    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image));
+    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
     SandboxSpec eff = spec;
     ApplyImageDefaults(image, &eff.env, &eff.workdir);  // the spec's values win
     std::unique_lock lock(mu_);

@@ -2,9 +2,11 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -53,7 +55,15 @@ struct Job {
   uint64_t deadline_us = 0;
   uint64_t oom_kills_at_start = 0;  // microVM guest: the sandbox cgroup's count
   bool exited = false;
+  // A file call run by a worker process: its stdout is the encoded reply.
+  bool file_call = false;
+  int exit_status = 0;
 };
+
+// A file call runs in a forked worker, never on the loop that serves every
+// other call: whatever the path names (a FIFO, a tty, a slow /proc file) can
+// stall only that worker, and the worker is killed at this deadline.
+constexpr uint64_t kFileCallTimeoutMs = 20'000;
 
 // A function exec's PID 1, made ahead of time: already in its own pid and
 // mount namespaces with a fresh /proc and scratch /tmp, waiting for its
@@ -92,13 +102,19 @@ class Server {
   void FinishIfDone(Job& job);
   void KillTree(Job& job);
   void Reply(uint32_t id, int err, const std::string& msg, const std::string& payload = {});
-  void HandleWriteFile(uint32_t id, const std::string& payload);
-  void HandleReadFile(uint32_t id, const std::string& payload);
-  void HandleListDir(uint32_t id, const std::string& payload);
-  void HandleStat(uint32_t id, const std::string& payload);
+  void StartFileCall(uint32_t id, FrameType type, const std::string& payload);
+  // In the worker: the encoded reply of one file call.
+  std::string FileCallReply(FrameType type, const std::string& payload) const;
+  std::string WriteFileReply(const std::string& payload) const;
+  std::string ReadFileReply(const std::string& payload) const;
+  std::string ListDirReply(const std::string& payload) const;
+  std::string StatReply(const std::string& payload) const;
   std::string Resolve(const std::string& path) const;
+  // A memfd holding `bytes`, sealed against any change; -1 and `err` on failure.
+  static int SealedProgram(const std::string& bytes, std::string* err);
 
   int ch_;
+  int trusted_fd_ = -1;  // in an exec child: the sealed program to run
   SetupConfig cfg_;
   int sigfd_ = -1;
   std::map<uint32_t, std::unique_ptr<Job>> jobs_;
@@ -213,6 +229,13 @@ int Server::Run() {
       if (!job.exited && job.deadline_us && now >= job.deadline_us && !job.result.timed_out) {
         job.result.timed_out = true;
         KillTree(job);
+        if (job.file_call) {
+          // Answered now; the worker is reaped whenever the kernel lets it go.
+          job.exited = true;
+          by_pid_.erase(job.pid);
+          close(job.out_fd);
+          job.out_fd = -1;
+        }
       }
       FinishIfDone(job);
     }
@@ -241,10 +264,10 @@ void Server::HandleFrame(const Frame& f) {
       if (it != jobs_.end()) KillTree(*it->second);  // reaped as usual, then reported
       return;
     }
-    case FrameType::kWriteFile: return HandleWriteFile(f.id, f.payload);
-    case FrameType::kReadFile: return HandleReadFile(f.id, f.payload);
-    case FrameType::kListDir: return HandleListDir(f.id, f.payload);
-    case FrameType::kStat: return HandleStat(f.id, f.payload);
+    case FrameType::kWriteFile:
+    case FrameType::kReadFile:
+    case FrameType::kListDir:
+    case FrameType::kStat: return StartFileCall(f.id, f.type, f.payload);
     case FrameType::kUsage: {
       if (GuestCgroupFd() < 0) return Reply(f.id, ENOTSUP, "usage is read on the host for this sandbox");
       Usage u = GuestUsage();
@@ -275,8 +298,29 @@ void Server::StartExec(uint32_t id, ExecRequest req) {
   job->start_us = NowUs();
   job->deadline_us = job->start_us + uint64_t{timeout} * 1000;
   job->oom_kills_at_start = GuestOomKills();
+  int trusted = -1;
+  if (!req.trusted_program.empty()) {
+    // A sealed run: nothing the agent started may outlive this point (PID 1
+    // of the namespace: kill(-1) reaches every process but us; their jobs
+    // complete as they are reaped), and the program is ours, in memory.
+    kill(-1, SIGKILL);
+    std::string err;
+    trusted = SealedProgram(req.trusted_program, &err);
+    if (trusted < 0) {
+      for (int fd : {in_p[0], in_p[1], out_p[0], out_p[1], err_p[0], err_p[1]}) close(fd);
+      job->result.exit_code = 127;
+      job->result.stderr_data = "paddock-init: " + err + "\n";
+      WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
+      return;
+    }
+    req.trusted_program.clear();
+  }
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, SIGCHLD, nullptr, nullptr, nullptr, nullptr));
-  if (pid == 0) ExecChild(req, in_p[0], out_p[1], err_p[1]);
+  if (pid == 0) {
+    trusted_fd_ = trusted;
+    ExecChild(req, in_p[0], out_p[1], err_p[1]);
+  }
+  if (trusted >= 0) close(trusted);
   close(in_p[0]);
   close(out_p[1]);
   close(err_p[1]);
@@ -323,7 +367,14 @@ void Server::ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w) {
     }
     if (adj >= 0) close(adj);
   }
-  syscall(SYS_close_range, 3, ~0U, 0);
+  if (trusted_fd_ >= 0) {
+    // Kept on fd 3, close-on-exec: execveat runs it, the command never sees it.
+    if (dup3(trusted_fd_, 3, O_CLOEXEC) != 3) _exit(127);
+    trusted_fd_ = 3;
+    syscall(SYS_close_range, 4, ~0U, 0);
+  } else {
+    syscall(SYS_close_range, 3, ~0U, 0);
+  }
   setsid();
   ExecCommand(req);
 }
@@ -482,6 +533,15 @@ std::string Server::CommandCwd(const ExecRequest& req) const {
 
 void Server::ExecCommand(const ExecRequest& req) {
   PreparedCommand c = PrepareCommand(req, cfg_, CommandCwd(req));
+  if (trusted_fd_ >= 0) {
+    if (chdir(c.cwd.c_str()) != 0) {
+      WriteErr(c.cwd_error_prefix.c_str(), std::strerror(errno), "\n");
+      _exit(127);
+    }
+    syscall(SYS_execveat, trusted_fd_, "", c.argv.data(), c.envp.data(), AT_EMPTY_PATH);
+    WriteErr("paddock-init: running the trusted program: ", std::strerror(errno), "\n");
+    _exit(127);
+  }
   LaunchCommand(c);
 }
 
@@ -494,6 +554,9 @@ void Server::StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req) {
   job->deadline_us = job->start_us + uint64_t{timeout} * 1000 + 2'000'000;
   std::string stdin_data = std::move(req.stdin_data);
   req.stdin_data.clear();
+  // A function exec is sealed by construction: a read-only root and nothing
+  // left of any earlier exec, so the image's own tools are the trusted ones.
+  req.trusted_program.clear();
   std::string encoded = EncodeExec(req);
   uint32_t len = static_cast<uint32_t>(encoded.size());
   encoded.insert(0, reinterpret_cast<const char*>(&len), 4);
@@ -563,9 +626,12 @@ bool Server::SpawnStub(Stub* stub, std::string* err) {
     return false;
   }
   // Its own pid namespace makes the timeout kill the whole tree; its own
-  // mount namespace gives it a fresh /proc and a scratch /tmp that die with it.
-  pid_t pid = static_cast<pid_t>(
-      syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
+  // mount namespace gives it a fresh /proc, /tmp and /dev/shm that die with
+  // it; its own IPC and network namespaces keep System V IPC, message queues,
+  // abstract unix sockets and loopback ports from reaching any other exec,
+  // of this sandbox or of another sharing the zygote.
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET | SIGCHLD,
+                                         nullptr, nullptr, nullptr, nullptr));
   if (pid == 0) {
     // Child ends to 0..4 (stdin, stdout, stderr, status, request), through
     // high numbers so that no dup2 clobbers a source.
@@ -771,6 +837,19 @@ void Server::KillTree(Job& job) {
 
 void Server::FinishIfDone(Job& job) {
   if (!job.exited) return;
+  if (job.file_call) {
+    std::string reply = std::move(job.result.stdout_data);
+    if (job.result.timed_out) {
+      reply = EncodeReply(ETIMEDOUT, "the file call did not finish within " +
+                                         std::to_string(kFileCallTimeoutMs / 1000) + " s", "");
+    } else if (job.result.signal != 0 || job.result.exit_code != 0 || reply.empty() ||
+               job.result.stdout_truncated) {
+      reply = EncodeReply(EIO, "the file call's worker failed", "");
+    }
+    WriteFrame(ch_, FrameType::kReply, job.id, reply);
+    jobs_.erase(job.id);
+    return;
+  }
   if (job.stream) {
     job.result.stdout_data.clear();
     job.result.stderr_data.clear();
@@ -779,23 +858,168 @@ void Server::FinishIfDone(Job& job) {
   jobs_.erase(job.id);
 }
 
-void Server::HandleWriteFile(uint32_t id, const std::string& payload) {
+void Server::StartFileCall(uint32_t id, FrameType type, const std::string& payload) {
+  int out_p[2];
+  if (pipe2(out_p, O_CLOEXEC) != 0) return Reply(id, errno, "pipe for a file call");
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, SIGCHLD, nullptr, nullptr, nullptr, nullptr));
+  if (pid == 0) {
+    // The worker keeps only its pipe (on fd 1): not the channel, nor the
+    // pipes of other calls (a copy of an exec's stdin would delay its EOF).
+    if (dup2(out_p[1], 1) != 1) _exit(1);
+    syscall(SYS_close_range, 2, ~0U, 0);
+    std::string reply = FileCallReply(type, payload);
+    size_t off = 0;
+    while (off < reply.size()) {
+      ssize_t w = write(1, reply.data() + off, reply.size() - off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) _exit(1);
+      off += static_cast<size_t>(w);
+    }
+    _exit(0);
+  }
+  close(out_p[1]);
+  if (pid < 0) {
+    int e = errno;
+    close(out_p[0]);
+    return Reply(id, e, "starting a file call (the sandbox may be at its process limit)");
+  }
+  auto job = std::make_unique<Job>();
+  job->id = id;
+  job->file_call = true;
+  job->pid = pid;
+  // The reply carries at most kMaxFrame bytes; a longer one is a failure.
+  job->cap = kMaxFrame;
+  job->start_us = NowUs();
+  job->deadline_us = job->start_us + kFileCallTimeoutMs * 1000;
+  job->out_fd = out_p[0];
+  SetNonBlocking(job->out_fd);
+  by_pid_[pid] = id;
+  jobs_[id] = std::move(job);
+}
+
+int Server::SealedProgram(const std::string& bytes, std::string* err) {
+  int fd = static_cast<int>(syscall(SYS_memfd_create, "paddock-trusted", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (fd < 0) {
+    *err = std::string("memfd_create: ") + std::strerror(errno);
+    return -1;
+  }
+  size_t off = 0;
+  while (off < bytes.size()) {
+    ssize_t w = write(fd, bytes.data() + off, bytes.size() - off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      *err = std::string("writing the trusted program: ") + std::strerror(errno);
+      close(fd);
+      return -1;
+    }
+    off += static_cast<size_t>(w);
+  }
+  if (fchmod(fd, 0555) != 0 ||
+      fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) != 0) {
+    *err = std::string("sealing the trusted program: ") + std::strerror(errno);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string Server::FileCallReply(FrameType type, const std::string& payload) const {
+  switch (type) {
+    case FrameType::kWriteFile: return WriteFileReply(payload);
+    case FrameType::kReadFile: return ReadFileReply(payload);
+    case FrameType::kListDir: return ListDirReply(payload);
+    case FrameType::kStat: return StatReply(payload);
+    default: return EncodeReply(EINVAL, "unknown file call", "");
+  }
+}
+
+namespace {
+
+// Every path of the file API resolves inside the sandbox's root: ".." and
+// absolute symlinks stop at the root, and /proc's magic links (/proc/self/fd,
+// /proc/1/root, ...) are refused, so no descriptor of init's and nothing
+// outside the root is reachable by name. Opens never block (O_NONBLOCK) and
+// never take a controlling terminal (O_NOCTTY).
+int OpenInRoot(const std::string& path, uint64_t flags, uint64_t mode = 0) {
+  static const int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  struct open_how how {};
+  // openat2 refuses O_PATH with any flag but O_DIRECTORY and O_NOFOLLOW.
+  how.flags = flags | O_CLOEXEC | ((flags & O_PATH) ? 0 : O_NOCTTY);
+  how.mode = mode;
+  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+  int fd;
+  do {
+    fd = static_cast<int>(syscall(SYS_openat2, root, path.c_str(), &how, sizeof how));
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
+
+const char* KindOf(mode_t m) {
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISLNK(m)) return "a symlink";
+  return "not a regular file";
+}
+
+std::string NotRegular(const std::string& path, mode_t m) {
+  int err = S_ISDIR(m) ? EISDIR : EINVAL;
+  return EncodeReply(err, path + " is " + KindOf(m) +
+                              ": the file API reads and writes regular files only", "");
+}
+
+std::string ErrnoReply(int err, const std::string& path) {
+  if (err == ENXIO)
+    return EncodeReply(EINVAL, path + " is a FIFO, socket or device: the file API reads and writes regular files only", "");
+  if (err == ELOOP)
+    return EncodeReply(err, path + ": the path goes through a /proc magic link or too many symlinks", "");
+  return EncodeReply(err, path, "");
+}
+
+// Creates each missing directory above `path` (inside the root).
+int MakeParents(const std::string& path) {
+  size_t pos = 0;
+  while ((pos = path.find('/', pos + 1)) != std::string::npos) {
+    std::string dir = path.substr(0, pos);
+    int fd = OpenInRoot(dir, O_PATH | O_DIRECTORY);
+    if (fd >= 0) { close(fd); continue; }
+    if (errno != ENOENT) return errno;
+    size_t slash = dir.find_last_of('/');
+    std::string parent = slash == 0 ? "/" : dir.substr(0, slash);
+    int pfd = OpenInRoot(parent, O_PATH | O_DIRECTORY);
+    if (pfd < 0) return errno;
+    int rc = mkdirat(pfd, dir.c_str() + slash + 1, 0755);
+    int e = errno;
+    close(pfd);
+    if (rc != 0 && e != EEXIST) return e;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string Server::WriteFileReply(const std::string& payload) const {
   WireReader r(payload);
   std::string path, content;
   uint32_t mode, parents;
   if (!r.Str(&path) || !r.U32(&mode) || !r.U32(&parents) || !r.Str(&content))
-    return Reply(id, EINVAL, "malformed write request");
+    return EncodeReply(EINVAL, "malformed write request", "");
   path = Resolve(path);
   if (parents) {
-    size_t pos = 0;
-    while ((pos = path.find('/', pos + 1)) != std::string::npos) {
-      std::string dir = path.substr(0, pos);
-      if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
-        return Reply(id, errno, "creating " + dir);
-    }
+    if (int e = MakeParents(path); e != 0) return ErrnoReply(e, "creating the directories of " + path);
   }
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode ? mode : 0644);
-  if (fd < 0) return Reply(id, errno, path);
+  // No O_TRUNC: a FIFO or device is refused below before anything is written.
+  int fd = OpenInRoot(path, O_WRONLY | O_CREAT | O_NONBLOCK, mode ? mode : 0644);
+  if (fd < 0) return ErrnoReply(errno, path);
+  struct stat st {};
+  if (fstat(fd, &st) != 0) { int e = errno; close(fd); return ErrnoReply(e, path); }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return NotRegular(path, st.st_mode);
+  }
+  if (ftruncate(fd, 0) != 0) { int e = errno; close(fd); return ErrnoReply(e, path); }
   size_t off = 0;
   while (off < content.size()) {
     ssize_t w = write(fd, content.data() + off, content.size() - off);
@@ -803,7 +1027,7 @@ void Server::HandleWriteFile(uint32_t id, const std::string& payload) {
       if (errno == EINTR) continue;
       int e = errno;
       close(fd);
-      return Reply(id, e, path);
+      return ErrnoReply(e, path);
     }
     off += static_cast<size_t>(w);
   }
@@ -811,43 +1035,43 @@ void Server::HandleWriteFile(uint32_t id, const std::string& payload) {
   close(fd);
   WireWriter w;
   w.U64(content.size());
-  Reply(id, 0, "", w.Take());
+  return EncodeReply(0, "", w.Take());
 }
 
-void Server::HandleReadFile(uint32_t id, const std::string& payload) {
+std::string Server::ReadFileReply(const std::string& payload) const {
   WireReader r(payload);
   std::string path;
   uint64_t max;
-  if (!r.Str(&path) || !r.U64(&max)) return Reply(id, EINVAL, "malformed read request");
+  if (!r.Str(&path) || !r.U64(&max)) return EncodeReply(EINVAL, "malformed read request", "");
   path = Resolve(path);
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Reply(id, errno, path);
-  struct stat st;
-  if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-    int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+  int fd = OpenInRoot(path, O_RDONLY | O_NONBLOCK);
+  if (fd < 0) return ErrnoReply(errno, path);
+  struct stat st {};
+  if (fstat(fd, &st) != 0) { int e = errno; close(fd); return ErrnoReply(e, path); }
+  if (!S_ISREG(st.st_mode)) {
     close(fd);
-    return Reply(id, e, path);
+    return NotRegular(path, st.st_mode);
   }
-  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > max) {
+  if (static_cast<uint64_t>(st.st_size) > max) {
     close(fd);
-    return Reply(id, EFBIG, path + " is " + std::to_string(st.st_size) +
-                                " bytes, more than the limit of " + std::to_string(max));
+    return EncodeReply(EFBIG, path + " is " + std::to_string(st.st_size) +
+                                  " bytes, more than the limit of " + std::to_string(max), "");
   }
   std::string out;
   char buf[65536];
   for (;;) {
     ssize_t n = read(fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) { int e = errno; close(fd); return Reply(id, e, path); }
+    if (n < 0) { int e = errno; close(fd); return ErrnoReply(e, path); }
     if (n == 0) break;
     out.append(buf, static_cast<size_t>(n));
     if (out.size() > max) {
       close(fd);
-      return Reply(id, EFBIG, path + " is larger than the limit of " + std::to_string(max));
+      return EncodeReply(EFBIG, path + " is larger than the limit of " + std::to_string(max), "");
     }
   }
   close(fd);
-  Reply(id, 0, "", out);
+  return EncodeReply(0, "", out);
 }
 
 FileInfo InfoFromStat(const std::string& name, const struct stat& st) {
@@ -863,13 +1087,15 @@ FileInfo InfoFromStat(const std::string& name, const struct stat& st) {
   return f;
 }
 
-void Server::HandleListDir(uint32_t id, const std::string& payload) {
+std::string Server::ListDirReply(const std::string& payload) const {
   WireReader r(payload);
   std::string path;
-  if (!r.Str(&path)) return Reply(id, EINVAL, "malformed list request");
+  if (!r.Str(&path)) return EncodeReply(EINVAL, "malformed list request", "");
   path = Resolve(path);
-  DIR* d = opendir(path.c_str());
-  if (!d) return Reply(id, errno, path);
+  int fd = OpenInRoot(path, O_RDONLY | O_DIRECTORY | O_NONBLOCK);
+  if (fd < 0) return ErrnoReply(errno, path);
+  DIR* d = fdopendir(fd);
+  if (!d) { int e = errno; close(fd); return ErrnoReply(e, path); }
   std::vector<FileInfo> entries;
   while (struct dirent* e = readdir(d)) {
     std::string name = e->d_name;
@@ -883,20 +1109,26 @@ void Server::HandleListDir(uint32_t id, const std::string& payload) {
   w.U32(static_cast<uint32_t>(entries.size()));
   std::string out = w.Take();
   for (const auto& f : entries) out += EncodeFileInfo(f);
-  Reply(id, 0, "", out);
+  return EncodeReply(0, "", out);
 }
 
-void Server::HandleStat(uint32_t id, const std::string& payload) {
+std::string Server::StatReply(const std::string& payload) const {
   WireReader r(payload);
   std::string path;
-  if (!r.Str(&path)) return Reply(id, EINVAL, "malformed stat request");
+  if (!r.Str(&path)) return EncodeReply(EINVAL, "malformed stat request", "");
   path = Resolve(path);
+  // O_PATH|O_NOFOLLOW: the entry itself (a symlink is reported as one).
+  int fd = OpenInRoot(path, O_PATH | O_NOFOLLOW);
+  if (fd < 0) return ErrnoReply(errno, path);
   struct stat st;
-  if (lstat(path.c_str(), &st) != 0) return Reply(id, errno, path);
+  int rc = fstatat(fd, "", &st, AT_EMPTY_PATH);
+  int e = errno;
+  close(fd);
+  if (rc != 0) return ErrnoReply(e, path);
   size_t slash = path.find_last_of('/');
   std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
   if (name.empty()) name = "/";
-  Reply(id, 0, "", EncodeFileInfo(InfoFromStat(name, st)));
+  return EncodeReply(0, "", EncodeFileInfo(InfoFromStat(name, st)));
 }
 
 }  // namespace

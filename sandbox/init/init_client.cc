@@ -28,8 +28,18 @@ Status FileErrnoStatus(int err, const std::string& path, const std::string& deta
     case ENOSPC:
     case EDQUOT: return Error(Code::kResourceExhausted, "sandbox disk is full writing {}", what);
     case EEXIST: return Error(Code::kAlreadyExists, "{} already exists", what);
+    // Init's own words: a FIFO, device or socket refused, a magic link refused.
+    case EINVAL:
+    case ELOOP: return Error(Code::kInvalidArgument, "{}", what);
+    case ETIMEDOUT: return Error(Code::kDeadlineExceeded, "{}", what);
+    case EAGAIN: return Error(Code::kResourceExhausted, "{}: {}", what, std::strerror(err));
     default: return Error(Code::kInternal, "{}: {}", what, std::strerror(err));
   }
+}
+
+std::chrono::milliseconds InitClient::ExecBudget(const ExecRequest& req) {
+  uint32_t timeout = req.timeout_ms ? req.timeout_ms : kDefaultExecTimeoutMs;
+  return std::chrono::milliseconds(timeout) + kExecGrace;
 }
 
 InitClient::InitClient(UniqueFd channel) : channel_(std::move(channel)) {}
@@ -101,6 +111,7 @@ void InitClient::Close() {
 
 Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
                                      const OutputCallback* on_output, FrameType* reply_type,
+                                     std::chrono::milliseconds budget,
                                      const std::function<bool()>* cancelled) {
   auto p = std::make_shared<Pending>();
   p->on_output = on_output;
@@ -122,12 +133,30 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
     return Error(Code::kUnavailable, "the sandbox's init process is gone; destroy the sandbox and create a new one");
   }
   bool cancel_sent = false;
+  const auto deadline = std::chrono::steady_clock::now() + budget;
   while (!p->done && !dead_) {
-    if (!cancelled || !*cancelled || cancel_sent) {
-      cv_.wait(lock, [&] { return p->done || dead_; });
-      break;
+    // A cancellable call polls its predicate every 20 ms until it fires.
+    const bool polling = cancelled && *cancelled && !cancel_sent;
+    auto until = polling ? std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(20))
+                         : deadline;
+    if (cv_.wait_until(lock, until, [&] { return p->done || dead_; })) break;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      pending_.erase(id);
+      if (on_output) {
+        // The reader may be inside this call's output callback: only a dead
+        // channel guarantees it never runs again. An init that overran an
+        // exec's own timeout this far is wedged anyway.
+        lock.unlock();
+        Close();
+        lock.lock();
+        cv_.wait(lock, [&] { return dead_; });
+      }
+      return Error(Code::kDeadlineExceeded,
+                   "paddock-init did not answer within {} ms; the sandbox may be wedged (destroy it and "
+                   "create a new one)",
+                   budget.count());
     }
-    if (cv_.wait_for(lock, std::chrono::milliseconds(20), [&] { return p->done || dead_; })) break;
+    if (!polling) continue;
     lock.unlock();  // the predicate is the caller's: not under mu_
     bool cancel = (*cancelled)();
     lock.lock();
@@ -158,7 +187,7 @@ Result<ExecResult> InitClient::Exec(const ExecRequest& req, const OutputCallback
   FrameType type;
   PADDOCK_ASSIGN_OR_RETURN(std::string payload,
                            Call(FrameType::kExec, init::EncodeExec(r), on_output ? &on_output : nullptr, &type,
-                                req.cancelled ? &req.cancelled : nullptr));
+                                ExecBudget(req), req.cancelled ? &req.cancelled : nullptr));
   ExecResult result;
   if (type != FrameType::kExecDone || !init::DecodeResult(payload, &result))
     return Error(Code::kInternal, "malformed exec result from paddock-init");
@@ -169,7 +198,7 @@ Result<ExecResult> InitClient::Exec(const ExecRequest& req, const OutputCallback
 
 Result<std::string> InitClient::FileCall(FrameType type, const std::string& payload, const std::string& path) {
   FrameType reply_type;
-  PADDOCK_ASSIGN_OR_RETURN(std::string reply, Call(type, payload, nullptr, &reply_type));
+  PADDOCK_ASSIGN_OR_RETURN(std::string reply, Call(type, payload, nullptr, &reply_type, kFileCallBudget));
   int32_t err;
   std::string msg, body;
   if (reply_type != FrameType::kReply || !init::DecodeReply(reply, &err, &msg, &body))

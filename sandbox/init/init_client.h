@@ -4,6 +4,7 @@
 // later call fails with UNAVAILABLE.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -35,6 +36,13 @@ class InitClient {
   Result<Usage> GuestUsage();
 
   bool alive() const;
+
+  // Every call waits for init at most this long (the daemon-side deadline):
+  // a file call, which init itself gives up on after 20 s; an exec, its own
+  // timeout plus kExecGrace (init kills the command at its timeout).
+  static constexpr std::chrono::milliseconds kFileCallBudget{30'000};
+  static constexpr std::chrono::milliseconds kExecGrace{30'000};
+  static std::chrono::milliseconds ExecBudget(const ExecRequest& req);
   // Unblocks every waiting call and stops the reader. Idempotent.
   void Close();
 
@@ -49,8 +57,11 @@ class InitClient {
   void ReaderLoop();
   // `cancelled`, when given, is polled while waiting; once true, init is
   // asked to kill the call's exec (kCancel) and the wait goes on for its end.
+  // Gives up after `budget` with DEADLINE_EXCEEDED; a call with an output
+  // callback closes the channel then (see Call).
   Result<std::string> Call(init::FrameType type, const std::string& payload,
                            const OutputCallback* on_output, init::FrameType* reply_type,
+                           std::chrono::milliseconds budget,
                            const std::function<bool()>* cancelled = nullptr);
   Result<std::string> FileCall(init::FrameType type, const std::string& payload, const std::string& path);
 

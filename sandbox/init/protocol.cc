@@ -109,6 +109,7 @@ std::string EncodeExec(const ExecRequest& e) {
   w.U32(e.timeout_ms);
   w.U64(e.output_cap);
   w.U32(e.stream ? 1 : 0);
+  w.Str(e.trusted_program);
   return w.Take();
 }
 
@@ -118,7 +119,7 @@ bool DecodeExec(std::string_view buf, ExecRequest* e) {
   uint32_t stream = 0;
   bool ok = GetStrings(r, &e->argv) && r.Str(&e->shell) && r.Str(&e->stdin_data) &&
             GetPairs(r, &env) && r.Str(&e->cwd) && r.U32(&e->timeout_ms) &&
-            r.U64(&e->output_cap) && r.U32(&stream);
+            r.U64(&e->output_cap) && r.U32(&stream) && r.Str(&e->trusted_program);
   e->env.clear();
   for (auto& [k, v] : env) e->env[k] = v;
   e->stream = stream != 0;

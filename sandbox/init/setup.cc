@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -169,7 +170,8 @@ bool InstallSeccomp(const std::string& bpf, std::string* err) {
   struct sock_fprog prog {};
   prog.len = static_cast<unsigned short>(bpf.size() / sizeof(struct sock_filter));
   prog.filter = reinterpret_cast<struct sock_filter*>(const_cast<char*>(bpf.data()));
-  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0)
+  // TSYNC: every thread of the process gets the filter, not only this one.
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
     return Fail(err, "installing seccomp filter");
   return true;
 }
@@ -199,7 +201,9 @@ bool SetupFunctionZygote(const SetupConfig& c, std::string* err) {
 bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err) {
   if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
     return Fail(err, "mounting /proc");
-  return MountTmp("/tmp", scratch_bytes, err);
+  // Nothing one exec leaves in /tmp or /dev/shm is seen by another.
+  return MountTmp("/tmp", scratch_bytes, err) && MountTmp("/dev/shm", std::min<uint64_t>(scratch_bytes, 64ull << 20), err) &&
+         BringLoopbackUp(err);
 }
 
 }  // namespace paddock::init

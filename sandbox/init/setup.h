@@ -19,7 +19,9 @@ bool SetupContainer(const SetupConfig& c, std::string* err);
 // build its own namespaces) and leaves seccomp to each exec.
 bool SetupFunctionZygote(const SetupConfig& c, std::string* err);
 
-// Per-exec steps of a function sandbox, run in the cloned child.
+// Per-exec steps of a function sandbox, run in the cloned child (its own
+// pid, mount, IPC and network namespaces): a fresh /proc, scratch /tmp and
+// /dev/shm, and loopback up in its own network namespace.
 bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err);
 
 // Keeps only `keep` (a bit mask of CAP_* numbers) in every capability set.

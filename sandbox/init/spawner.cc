@@ -19,6 +19,8 @@
 namespace paddock::init {
 
 int RunInit(int channel) {
+  // A session of its own, apart from the spawner's (nothing of the daemon's).
+  setsid();
   Frame f;
   if (!ReadFrame(channel, &f) || f.type != FrameType::kSetup) {
     std::fputs("paddock-init: no setup frame on fd 3 (run by paddockd only)\n", stderr);

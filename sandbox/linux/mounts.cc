@@ -19,7 +19,7 @@ Status MountIdmappedReadOnly(const std::string& source, const std::string& targe
                                          OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)));
   if (!tree.valid()) return ErrnoError("open_tree " + source);
   struct mount_attr attr {};
-  attr.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV;
+  attr.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
   attr.userns_fd = static_cast<uint64_t>(userns_fd);
   if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
     return ErrnoError("idmapping " + source);
@@ -31,7 +31,8 @@ Status MountIdmappedReadOnly(const std::string& source, const std::string& targe
 Status BindReadOnly(const std::string& source, const std::string& target) {
   if (mount(source.c_str(), target.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0)
     return ErrnoError("bind-mounting " + source);
-  if (mount(nullptr, target.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
+  if (mount(nullptr, target.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+            nullptr) != 0) {
     Status st = ErrnoError("making " + target + " read-only");
     umount2(target.c_str(), MNT_DETACH);
     return st;
@@ -43,7 +44,9 @@ Status MountOverlay(const std::vector<std::string>& lowers, const std::string& u
                     const std::string& work, const std::string& target) {
   std::string opts = "lowerdir=";
   for (size_t i = 0; i < lowers.size(); ++i) opts += (i ? ":" : "") + lowers[i];
-  unsigned long flags = MS_NODEV;
+  // No setuid file and no device node of an image or a sandbox's changes
+  // takes effect, inside the sandbox or out.
+  unsigned long flags = MS_NODEV | MS_NOSUID;
   if (!upper.empty()) opts += ",upperdir=" + upper + ",workdir=" + work;
   else flags |= MS_RDONLY;
   if (mount("overlay", target.c_str(), "overlay", flags, opts.c_str()) != 0)

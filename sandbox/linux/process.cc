@@ -53,6 +53,15 @@ Result<ChildProcess> SpawnInNamespaces(const SpawnOptions& opts) {
   if (!program_fd.valid()) return ErrnoError("duplicating program fd");
   program_file.reset();
   const int program = program_fd.get();
+  // The sandbox must reach nothing of the daemon: not its log on fd 2, not
+  // the operator's terminal. Its stdio is /dev/null (opened here, above the
+  // fds the shuffle below writes) and it leaves our session (setsid).
+  UniqueFd null_file(open("/dev/null", O_RDWR | O_CLOEXEC));
+  if (!null_file.valid()) return ErrnoError("opening /dev/null");
+  UniqueFd null_fd(fcntl(null_file.get(), F_DUPFD_CLOEXEC, 10));
+  if (!null_fd.valid()) return ErrnoError("duplicating /dev/null fd");
+  null_file.reset();
+  const int devnull = null_fd.get();
   const int channel = opts.channel_fd;
   const bool new_user = opts.clone_flags & CLONE_NEWUSER;
 
@@ -73,6 +82,9 @@ Result<ChildProcess> SpawnInNamespaces(const SpawnOptions& opts) {
     close(sync_w_fd);
     char go;
     if (read(sync_r.get(), &go, 1) != 1) _exit(120);
+    if (setsid() < 0) _exit(127);
+    for (int std_fd = 0; std_fd <= 2; ++std_fd)
+      if (dup2(devnull, std_fd) != std_fd) _exit(127);
     if (new_user) {
       if (syscall(SYS_setresgid, 0, 0, 0) != 0) _exit(121);
       if (syscall(SYS_setgroups, 0, nullptr) != 0) _exit(122);

@@ -57,8 +57,9 @@ struct SpawnOptions {
 };
 
 // clone3 into new namespaces; the child waits for `before_exec`, becomes root
-// of its user namespace (when it has one), keeps only stdio and the channel,
-// and execs `program`. Safe to call from a multithreaded process: the child
+// of its user namespace (when it has one), starts a session of its own with
+// /dev/null as stdio (nothing of the daemon's fds or terminal), keeps only the
+// channel, and execs `program`. Safe to call from a multithreaded process: the child
 // makes only raw system calls before exec.
 Result<ChildProcess> SpawnInNamespaces(const SpawnOptions& opts);
 

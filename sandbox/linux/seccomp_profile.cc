@@ -3,6 +3,7 @@
 #include <sched.h>
 #include <seccomp.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <mutex>
@@ -35,6 +36,11 @@ const std::vector<std::string>& DeniedSyscalls() {
   return kDenied;
 }
 
+const std::vector<int>& DeniedSocketFamilies() {
+  static const std::vector<int> kFamilies = {AF_PACKET, AF_NETLINK, AF_KEY, AF_VSOCK};
+  return kFamilies;
+}
+
 Result<std::string> DefaultSeccompBpf() {
   static std::once_flag once;
   static Result<std::string> cached = Status(Code::kInternal, "not built");
@@ -48,6 +54,11 @@ Result<std::string> DefaultSeccompBpf() {
       seccomp_release(ctx);
       cached = Status(Code::kInternal, fmt::format("building seccomp profile: {}: {}", what, rc));
     };
+    // A system call of another ABI (32-bit `int 0x80`, x32) kills the whole
+    // process, not just the calling thread: the filter inspects x86_64
+    // numbers only, so another ABI's numbers must never run.
+    if (int rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS); rc != 0)
+      return fail("bad-architecture action", rc);
     for (const auto& name : DeniedSyscalls()) {
       int nr = seccomp_syscall_resolve_name(name.c_str());
       if (nr == __NR_SCMP_ERROR) continue;  // not on this architecture
@@ -65,6 +76,17 @@ Result<std::string> DefaultSeccompBpf() {
     }
     int rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
     if (rc != 0) return fail("clone3", rc);
+    // Socket families a sandbox has no use for and the kernel has had many
+    // bugs in: link-layer packets, netlink, key management, vsock (a path to
+    // a hypervisor), and raw sockets of any family.
+    for (int family : DeniedSocketFamilies()) {
+      rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), SCMP_SYS(socket), 1,
+                            SCMP_A0(SCMP_CMP_EQ, static_cast<uint64_t>(family)));
+      if (rc != 0) return fail("socket family", rc);
+    }
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(socket), 1,
+                          SCMP_A1(SCMP_CMP_MASKED_EQ, 0xf, SOCK_RAW));
+    if (rc != 0) return fail("raw sockets", rc);
     UniqueFd mem(memfd_create("seccomp-bpf", MFD_CLOEXEC));
     if (!mem.valid()) return fail("memfd_create", errno);
     rc = seccomp_export_bpf(ctx, mem.get());

@@ -179,7 +179,7 @@ class MicrovmSubstrate final : public Substrate {
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     PADDOCK_RETURN_IF_ERROR(CheckAccelerator(opts_));
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
-    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image));
+    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
     auto recipe = std::make_shared<Recipe>();
     for (const auto& layer : image.layer_dirs) {
       PADDOCK_ASSIGN_OR_RETURN(std::string disk, disks_.Get(layer));
@@ -367,6 +367,7 @@ class MicrovmSubstrate final : public Substrate {
     if (pid == 0) {
       char go;
       if (read(sync[0], &go, 1) != 1) _exit(120);
+      if (setsid() < 0) _exit(120);  // no controlling terminal of the daemon's
       if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(121);
       if (kvm) {
         if (mount("tmpfs", devdir.c_str(), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=16k") != 0)

@@ -623,6 +623,14 @@ int Main(int argc, char** argv) {
   app.add_option("--socket", g.socket, "paddockd's unix socket (default: $PADDOCK_SOCKET or /run/paddock/paddockd.sock)");
   app.add_option("--tcp", g.tcp, "reach paddockd over TCP at HOST:PORT instead of the socket");
   app.add_option("--token-file", g.token_file, "file holding the bearer token for --tcp");
+  // TLS settings travel through the environment the client library reads
+  // (PADDOCK_TLS_*), so every command's connection picks them up.
+  auto tls_env = [](const char* var) { return [var](const std::string& v) { setenv(var, v.c_str(), 1); }; };
+  app.add_option("--tls-ca", "--tcp over TLS: PEM CA bundle that signed paddockd's --tls-cert ($PADDOCK_TLS_CA)")
+      ->each(tls_env("PADDOCK_TLS_CA"));
+  app.add_option("--tls-cert", "client certificate (PEM) for a paddockd with --tls-client-ca ($PADDOCK_TLS_CERT)")
+      ->each(tls_env("PADDOCK_TLS_CERT"));
+  app.add_option("--tls-key", "private key of --tls-cert ($PADDOCK_TLS_KEY)")->each(tls_env("PADDOCK_TLS_KEY"));
 
   CLI::App* sandbox = app.add_subcommand("sandbox", "create, drive and destroy sandboxes");
   sandbox->require_subcommand(1);
@@ -637,7 +645,7 @@ int Main(int argc, char** argv) {
   CreateArgs create;
   CLI::App* c = leaf("create", "create a sandbox and print its id");
   c->add_option("--substrate", create.substrate, "function | container")->required();
-  c->add_option("--image", create.image, "image: name[:tag], digest or digest prefix from `paddock image ls`, or an absolute root filesystem directory")->required();
+  c->add_option("--image", create.image, "image: name[:tag], digest or digest prefix from `paddock image ls` (an absolute root filesystem directory only on a daemon started with --allow-dir-images)")->required();
   c->add_option("--memory", create.memory, "memory limit, e.g. 256M (0/omitted: 512M)");
   c->add_option("--pids", create.pids, "maximum processes (0/omitted: 256)");
   c->add_option("--cpu", create.cpu, "CPU limit in millicores (1000 = one core; omitted: none)");

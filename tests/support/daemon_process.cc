@@ -139,6 +139,7 @@ std::string DaemonProcess::Start(const std::vector<std::string>& more_args) {
   if (running()) return "paddockd is already running (pid " + std::to_string(pid_) + ")";
   std::vector<std::string> argv = {BuiltBinary("paddockd"), "--state-dir", state_dir_, "--socket",
                                    socket_, "--log-level", options_.log_level};
+  if (options_.allow_dir_images) argv.push_back("--allow-dir-images");
   argv.insert(argv.end(), options_.args.begin(), options_.args.end());
   argv.insert(argv.end(), more_args.begin(), more_args.end());
   pid_ = SpawnProgram(argv, log_);

@@ -37,6 +37,10 @@ struct DaemonOptions {
   std::string dir;
   std::vector<std::string> args;  // more paddockd flags, for every start
   std::string log_level = "info";
+  // Passes --allow-dir-images: most suites use the busybox test rootfs, a
+  // host directory, as their image over the unix socket (the development
+  // form). Suites about image sources turn it off.
+  bool allow_dir_images = true;
   int start_timeout_ms = 15000;
 };
 

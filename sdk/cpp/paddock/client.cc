@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <mutex>
 #include <optional>
 
@@ -152,6 +153,43 @@ Result<CallKey> ParseCallKey(const std::string& text) {
   return k;
 }
 
+std::string EnvOr(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+namespace {
+
+Result<std::string> ReadPem(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) return ErrnoError(fmt::format("cannot read {} {}", what, path));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.find("-----BEGIN ") == std::string::npos)
+    return Error(Code::kInvalidArgument, "{} {} holds no PEM data", what, path);
+  return text;
+}
+
+Result<std::shared_ptr<grpc::ChannelCredentials>> TcpCredentials(const ClientOptions& o) {
+  if (!o.tls && o.tls_ca_file.empty()) {
+    if (!o.tls_cert_file.empty())
+      return Error(Code::kInvalidArgument, "a client certificate needs TLS: set tls_ca_file (--tls-ca)");
+    return grpc::InsecureChannelCredentials();
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!o.tls_ca_file.empty()) {
+    PADDOCK_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(o.tls_ca_file, "TLS CA"));
+  }
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty())
+    return Error(Code::kInvalidArgument, "a client certificate and its key go together (--tls-cert, --tls-key)");
+  if (!o.tls_cert_file.empty()) {
+    PADDOCK_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem(o.tls_cert_file, "client certificate"));
+    PADDOCK_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem(o.tls_key_file, "client key"));
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace
+
 std::string DefaultSocketPath() {
   const char* env = std::getenv("PADDOCK_SOCKET");
   return env && *env ? env : "/run/paddock/paddockd.sock";
@@ -195,14 +233,21 @@ Result<Client> Client::Connect(ClientOptions options) {
     std::string reason = ProbeUnixSocket(options.socket_path);
     if (!reason.empty()) return Unreachable(impl->target, reason);
   }
-  impl->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (tcp) {
+    PADDOCK_ASSIGN_OR_RETURN(credentials, TcpCredentials(options));
+  }
+  impl->channel = grpc::CreateCustomChannel(address, credentials, args);
   // Fail fast with a useful reason instead of letting the first call hang.
   if (!impl->channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
     if (tcp)
       return Error(Code::kUnavailable,
                    "cannot reach paddockd at {}: no answer within {} ms; is it running with "
-                   "`--listen-tcp {}`?",
-                   impl->target, options.connect_timeout.count(), impl->target);
+                   "`--listen-tcp {}`{}?",
+                   impl->target, options.connect_timeout.count(), impl->target,
+                   options.tls || !options.tls_ca_file.empty()
+                       ? " and --tls-cert, with a certificate your --tls-ca trusts"
+                       : " (a daemon with --tls-cert needs --tls-ca here)");
     return Unreachable(impl->target,
                        fmt::format("no answer within {} ms", options.connect_timeout.count()));
   }

@@ -33,11 +33,22 @@ namespace paddock::client {
 
 // $PADDOCK_SOCKET when set, else /run/paddock/paddockd.sock.
 std::string DefaultSocketPath();
+// The environment variable's value, or "" when unset.
+std::string EnvOr(const char* name);
 
 struct ClientOptions {
   std::string socket_path = DefaultSocketPath();  // used when tcp_target is empty
   std::string tcp_target;  // "host:port" of a paddockd --listen-tcp
   std::string token;       // bearer token for tcp_target
+  // TLS to tcp_target (a daemon started with --tls-cert): on when tls_ca_file
+  // is set or `tls` is true (then the system's CAs verify the daemon).
+  // tls_cert_file/tls_key_file: this client's certificate, for a daemon with
+  // --tls-client-ca. Defaults from PADDOCK_TLS_CA, PADDOCK_TLS_CERT and
+  // PADDOCK_TLS_KEY.
+  bool tls = false;
+  std::string tls_ca_file = EnvOr("PADDOCK_TLS_CA");
+  std::string tls_cert_file = EnvOr("PADDOCK_TLS_CERT");
+  std::string tls_key_file = EnvOr("PADDOCK_TLS_KEY");
   // How long Connect waits for the daemon to answer.
   std::chrono::milliseconds connect_timeout{2000};
   // Deadline of every call except Exec (whose deadline is its own timeout plus

@@ -70,6 +70,7 @@ def _start(tmp: str) -> Daemon:
     token_file = os.path.join(tmp, "token")
     with open(token_file, "w") as f:
         f.write(token + "\n")
+    os.chmod(token_file, 0o600)  # paddockd refuses a token file others can read
     port = _free_port()
     err = os.path.join(tmp, "paddockd.stderr")
     with open(err, "w") as ef:
@@ -121,12 +122,21 @@ def daemon() -> Iterator[Daemon]:
 
 
 @pytest.fixture(scope="session")
-def rootfs() -> str:
-    """The busybox root filesystem directory used as the image."""
+def rootfs_dir() -> str:
+    """The busybox root filesystem directory."""
     path = os.environ.get("PADDOCK_TEST_ROOTFS") or "/var/tmp/paddock-test-rootfs/busybox"
     if not os.path.exists(os.path.join(path, ".complete")):
         subprocess.run([os.path.join(SOURCE_DIR, "scripts", "make-busybox-rootfs.sh"), path], check=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def rootfs(daemon: Daemon, rootfs_dir: str) -> str:
+    """The busybox rootfs imported into the session daemon's store: the image name
+    the tests use (paddockd takes no host directory as an image by default)."""
+    with paddock.Client(socket_path=daemon.socket_path) as c:
+        c.images.import_dir(rootfs_dir, name="busybox:pysdk")
+    return "busybox:pysdk"
 
 
 @pytest.fixture(scope="session")

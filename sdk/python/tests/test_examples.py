@@ -77,7 +77,7 @@ def test_readme_python_snippet_runs(daemon, rootfs: str) -> None:
         readme = f.read()
     section = readme[readme.index("## Python SDK"):]
     code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
-    code = code.replace("/var/lib/images/busybox", rootfs)
+    code = code.replace('image="busybox"', f'image="{rootfs}"')
     env = dict(os.environ, PADDOCK_SOCKET=daemon.socket_path)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr

@@ -19,10 +19,10 @@ def images_served(client: paddock.Client) -> None:
         pytest.skip(f"this paddockd does not serve the Images service yet: {e.message}")
 
 
-def test_import_dir_run_export_reimport_remove(client: paddock.Client, rootfs: str, tmp_path,
+def test_import_dir_run_export_reimport_remove(client: paddock.Client, rootfs_dir: str, tmp_path,
                                                images_served: None) -> None:
     name = f"pysdk-busybox-{os.urandom(3).hex()}:t"
-    r = client.images.import_dir(rootfs, name=name, env={"FROM_IMAGE": "yes"}, workdir="/work")
+    r = client.images.import_dir(rootfs_dir, name=name, env={"FROM_IMAGE": "yes"}, workdir="/work")
     assert r.image.startswith("sha256:") and name in r.names
 
     listed = {i.digest: i for i in client.images.ls()}
@@ -52,11 +52,11 @@ def test_import_dir_run_export_reimport_remove(client: paddock.Client, rootfs: s
     assert client.images.gc(grace=0).blobs_removed >= 0
 
 
-def test_aio_images(daemon, rootfs: str, images_served: None) -> None:
+def test_aio_images(daemon, rootfs_dir: str, images_served: None) -> None:
     async def main() -> None:
         async with paddock.aio.Client(daemon.socket_path) as c:
             name = f"pysdk-aio-{os.urandom(3).hex()}:t"
-            r = await c.images.import_dir(rootfs, name=name)
+            r = await c.images.import_dir(rootfs_dir, name=name)
             assert (await c.images.inspect(name)).digest == r.image
             assert r.image in {i.digest for i in await c.images.ls()}
             await c.images.rm(name)
