@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -140,6 +141,35 @@ TEST(V4Cli, EncodeJsonlOneGoodOneBadLine) {
   EXPECT_NE(bad["error"]["message"].get<std::string>().find("messages[0].content"), std::string::npos);
   EXPECT_EQ(bad["id"], "bad");
 }
+
+// Every case of a conformance file through `paddock v4 encode --jsonl`: one
+// output line per case, in order, with its id and the exact prompt.
+void ExpectJsonlEncodesFile(const std::string& file, size_t cases) {
+  std::string input = ReadFile(fs::path(PADDOCK_TEST_DATA) / "v4" / file);
+  std::vector<std::string> want = Lines(input);
+  ASSERT_EQ(want.size(), cases) << file << " missing or truncated";
+  RunResult r = Paddock({"v4", "encode", "--jsonl"}, input);
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), want.size()) << r.out;
+  size_t exact = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    ojson c = ojson::parse(want[i]);
+    ojson got = ojson::parse(lines[i]);
+    EXPECT_EQ(got["id"], c["id"]);
+    ASSERT_TRUE(got.contains("prompt")) << c["id"] << ": " << lines[i];
+    if (got["prompt"] == c["expected_prompt"]) {
+      ++exact;
+    } else {
+      ADD_FAILURE() << c["id"] << ": prompt differs from expected_prompt";
+    }
+  }
+  std::printf("paddock v4 encode --jsonl: %zu/%zu of %s byte-exact\n", exact, want.size(), file.c_str());
+}
+
+TEST(V4Cli, EncodeJsonlEveryPublicVector) { ExpectJsonlEncodesFile("encoding_public.jsonl", 150); }
+
+TEST(V4Cli, EncodeJsonlEveryTaskVector) { ExpectJsonlEncodesFile("encoding_tasks_public.jsonl", 80); }
 
 #ifdef PADDOCK_HAVE_V4_DECODE
 // The first accepted and the first rejected case of decoding_public.jsonl.

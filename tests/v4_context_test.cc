@@ -1,6 +1,7 @@
 // Token-in-token-out episode context and the context manager (policy/v4/context),
 // on the multi-turn tool conversations of tests/data/v4/encoding_public.jsonl
-// with the real DeepSeek tokenizer (skipped when tokenizer.json is not installed).
+// and the task-token conversations of encoding_tasks_public.jsonl, with the
+// real DeepSeek tokenizer (skipped when tokenizer.json is not installed).
 //
 // What the vector test shows, per conversation: the policy turns are fed as
 // ids (the tokenizer's ids for the text the reference renders for that turn),
@@ -17,6 +18,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#ifdef PADDOCK_HAVE_V4_DECODE
+#include "policy/v4/decode/decoder.h"
+#endif
 #include "policy/v4/context/context_manager.h"
 #include "policy/v4/context/episode_context.h"
 #include "policy/v4/context/observation_cut.h"
@@ -42,8 +46,10 @@ std::shared_ptr<const Tokenizer> Tok() {
   if (!Tok()) GTEST_SKIP() << "no tokenizer at " << Tokenizer::DefaultPath()             \
                            << " (scripts/install-deps.sh fetches it)"
 
-std::vector<ojson> ToolConversations() {
-  std::ifstream in(std::string(PADDOCK_TEST_DATA) + "/v4/encoding_public.jsonl");
+// The cases of tests/data/v4/`file` with an assistant message (and a tool
+// message, when `need_tool`).
+std::vector<ojson> Conversations(const std::string& file, bool need_tool) {
+  std::ifstream in(std::string(PADDOCK_TEST_DATA) + "/v4/" + file);
   std::vector<ojson> out;
   std::string line;
   while (std::getline(in, line)) {
@@ -54,10 +60,14 @@ std::vector<ojson> ToolConversations() {
       tool |= m["role"] == "tool";
       assistant |= m["role"] == "assistant";
     }
-    if (tool && assistant) out.push_back(std::move(c));
+    if ((tool || !need_tool) && assistant) out.push_back(std::move(c));
   }
   return out;
 }
+
+std::vector<ojson> ToolConversations() { return Conversations("encoding_public.jsonl", true); }
+// Task tokens on one user message, often followed by the task's answer.
+std::vector<ojson> TaskConversations() { return Conversations("encoding_tasks_public.jsonl", false); }
 
 ojson WithMessages(const ojson& c, size_t n) {
   ojson r = c;
@@ -89,9 +99,7 @@ std::string Piece(const Tokenizer& tok, uint32_t id) {
 // The prefix property, on the vectors: render(conversation[:k]) is a prefix of
 // render(conversation) at every turn boundary k.
 
-TEST(V4Context, RenderPrefixPropertyOnToolConversations) {
-  std::vector<ojson> cases = ToolConversations();
-  ASSERT_GT(cases.size(), 50u);
+void ExpectRenderPrefixProperty(const std::vector<ojson>& cases, const char* what) {
   int checked = 0, violations = 0, unexpected = 0;
   for (const ojson& c : cases) {
     const size_t n = c["messages"].size();
@@ -112,10 +120,22 @@ TEST(V4Context, RenderPrefixPropertyOnToolConversations) {
                   c["id"].get<std::string>().c_str(), k, expected ? "yes" : "NO", check->first_difference);
     }
   }
-  std::printf("render prefix property: %d turn boundaries in %zu tool conversations, %d violations "
+  std::printf("render prefix property: %d turn boundaries in %zu %s, %d violations "
               "(all where reasoning is dropped on a new user turn: %s)\n",
-              checked, cases.size(), violations, unexpected == 0 ? "yes" : "no");
+              checked, cases.size(), what, violations, unexpected == 0 ? "yes" : "no");
   EXPECT_EQ(unexpected, 0) << "the format must be append-only whenever reasoning is kept";
+}
+
+TEST(V4Context, RenderPrefixPropertyOnToolConversations) {
+  std::vector<ojson> cases = ToolConversations();
+  ASSERT_GT(cases.size(), 50u);
+  ExpectRenderPrefixProperty(cases, "tool conversations");
+}
+
+TEST(V4Context, RenderPrefixPropertyOnTaskConversations) {
+  std::vector<ojson> cases = TaskConversations();
+  ASSERT_GT(cases.size(), 50u);
+  ExpectRenderPrefixProperty(cases, "task conversations");
 }
 
 // ---------------------------------------------------------------------------
@@ -129,9 +149,10 @@ struct Replay {
 // Feeds conversation `c` to an EpisodeContext: prompt = messages before the
 // first assistant turn; each assistant turn as policy output ids (`encode_turn`
 // makes them from the text the reference renders for it); each run of other
-// messages as one observation.
-template <typename EncodeTurn>
-Result<Replay> Feed(const ojson& c, EncodeTurn encode_turn) {
+// messages as one observation. `on_turn(ctx, text, message)` sees each policy
+// turn before it is appended.
+template <typename EncodeTurn, typename OnTurn>
+Result<Replay> Feed(const ojson& c, EncodeTurn encode_turn, OnTurn on_turn) {
   const ojson& msgs = c["messages"];
   size_t first = 0;
   while (first < msgs.size() && msgs[first]["role"] != "assistant") ++first;
@@ -143,6 +164,7 @@ Result<Replay> Feed(const ojson& c, EncodeTurn encode_turn) {
     if (msgs[k]["role"] == "assistant") {
       PADDOCK_ASSIGN_OR_RETURN(PrefixCheck turn, CheckRenderPrefix(WithMessages(c, k), WithMessages(c, k + 1)));
       if (!turn.holds) return Error(Code::kInternal, "assistant turn {} is not an extension", k);
+      on_turn(r.ctx, turn.suffix(), msgs[k]);
       std::vector<uint32_t> ids = encode_turn(turn.suffix());
       PADDOCK_RETURN_IF_ERROR(r.ctx.AppendPolicyOutput(ids, msgs[k]));
       ++k;
@@ -154,6 +176,11 @@ Result<Replay> Feed(const ojson& c, EncodeTurn encode_turn) {
     r.reports.push_back(rep);
   }
   return r;
+}
+
+template <typename EncodeTurn>
+Result<Replay> Feed(const ojson& c, EncodeTurn encode_turn) {
+  return Feed(c, encode_turn, [](const EpisodeContext&, const std::string&, const ojson&) {});
 }
 
 void ExpectMaskFollowsSegments(const EpisodeContext& ctx, const std::string& id) {
@@ -243,6 +270,121 @@ TEST(V4Context, KeptIdsOnToolConversationsVersusWholeRetokenization) {
               text_equal_render);
   EXPECT_GT(conversations, 50);
 }
+
+// The task conversations fed turn by turn: every observation is rendered
+// incrementally and equals the full render's suffix wherever the format is
+// append-only, and the kept text is the reference's prompt.
+TEST(V4Context, TaskConversationsIncrementallyEqualTheFullRender) {
+  REQUIRE_TOKENIZER();
+  const Tokenizer& tok = *Tok();
+  std::vector<ojson> cases = TaskConversations();
+  ASSERT_GT(cases.size(), 50u);
+  int appends = 0, verified_equal = 0, prefix_violations = 0, text_equal = 0, task_answers = 0;
+  for (const ojson& c : cases) {
+    const std::string id = c["id"];
+    auto fed = Feed(c, [&](const std::string& text) { return tok.Encode(text); },
+                    [&](const EpisodeContext& ctx, const std::string&, const ojson&) {
+                      task_answers += AnswersTask(ctx.messages());
+                    });
+    ASSERT_TRUE(fed.ok()) << id << ": " << fed.status().ToString();
+    const EpisodeContext& ctx = fed->ctx;
+    ASSERT_EQ(tok.Decode(ctx.ids()), ctx.text()) << id;
+    ExpectMaskFollowsSegments(ctx, id);
+    for (const AppendReport& rep : fed->reports) {
+      ++appends;
+      EXPECT_EQ(rep.path, AppendReport::Path::kIncremental) << id;
+      ASSERT_TRUE(rep.verified) << id;
+      if (!rep.prefix_holds) {
+        ++prefix_violations;
+        EXPECT_TRUE(DropsReasoning(c)) << id << ": unexpected prefix violation";
+        continue;
+      }
+      EXPECT_TRUE(rep.matches_full_render) << id << ": incremental render differs from the full render";
+      verified_equal += rep.matches_full_render;
+    }
+    if (!DropsReasoning(c)) EXPECT_EQ(ctx.text(), c["expected_prompt"].get<std::string>()) << id;
+    text_equal += ctx.text() == c["expected_prompt"].get<std::string>();
+  }
+  std::printf("token-in-token-out on %zu task conversations: %d task answers as policy turns; %d observation "
+              "appends, %d equal to the full render's suffix, %d where the full render is not append-only; text "
+              "equals the reference prompt in %d\n",
+              cases.size(), task_answers, appends, verified_equal, prefix_violations, text_equal);
+  EXPECT_GT(task_answers, 30);
+}
+
+#ifdef PADDOCK_HAVE_V4_DECODE
+// The arguments of a call as the decoder gives them back: an object, or the
+// single "arguments" parameter the encoder makes of anything else.
+nlohmann::json ArgumentsValue(const ojson& arguments) {
+  nlohmann::json v = arguments;
+  if (arguments.is_string()) {
+    v = nlohmann::json::parse(arguments.get<std::string>(), nullptr, false);
+    if (v.is_discarded()) v = arguments.get<std::string>();
+  }
+  if (v.is_object()) return v;
+  return {{"arguments", v}};
+}
+
+// Whether a message's text holds the DSML marker, which the format cannot
+// carry inside content or a string parameter (the decoder reads it as markup).
+bool HoldsDsmlMarker(const ojson& m) {
+  if (m.value("content", "").find("｜DSML｜") != std::string::npos) return true;
+  if (m.contains("tool_calls"))
+    for (const ojson& call : m["tool_calls"])
+      if (ArgumentsValue(call["function"]["arguments"]).dump().find("｜DSML｜") != std::string::npos)
+        return true;
+  return false;
+}
+
+// Each policy turn, decoded as the context says (with reasoning or, for a
+// task's answer, without), gives back its message.
+void ExpectTurnsDecode(const std::vector<ojson>& cases, int* turns, int* without_reasoning) {
+  for (const ojson& c : cases) {
+    const std::string id = c["id"];
+    auto fed = Feed(c, [&](const std::string& text) { return Tok()->Encode(text); },
+                    [&](const EpisodeContext& ctx, const std::string& text, const ojson& m) {
+                      const bool reasoning = ctx.NextTurnHasReasoning();
+                      EXPECT_EQ(reasoning, NextTurnHasReasoning(ctx.Request())) << id;
+                      if (HoldsDsmlMarker(m)) return;
+                      ++*turns;
+                      *without_reasoning += c["thinking_mode"] == "thinking" && !reasoning;
+                      auto decoded = DecodeCompletion(text, reasoning);
+                      if (auto* e = std::get_if<DecodeError>(&decoded)) {
+                        ADD_FAILURE() << id << ": " << DecodeErrorKindName(e->kind) << ": " << e->message << "\n"
+                                      << nlohmann::json(text).dump();
+                        return;
+                      }
+                      const nlohmann::json& got = std::get<nlohmann::json>(decoded);
+                      EXPECT_EQ(got["content"], m.value("content", "")) << id;
+                      std::string want_reasoning = reasoning ? m.value("reasoning_content", "") : "";
+                      EXPECT_EQ(got["reasoning_content"], want_reasoning) << id;
+                      const ojson calls = m.contains("tool_calls") ? m["tool_calls"] : ojson::array();
+                      ASSERT_EQ(got["tool_calls"].size(), calls.size()) << id;
+                      for (size_t i = 0; i < calls.size(); ++i) {
+                        const nlohmann::json& g = got["tool_calls"][i]["function"];
+                        EXPECT_EQ(g["name"], calls[i]["function"]["name"]) << id;
+                        EXPECT_EQ(nlohmann::json::parse(g["arguments"].get<std::string>()),
+                                  ArgumentsValue(calls[i]["function"]["arguments"]))
+                            << id << " call " << i;
+                      }
+                    });
+    ASSERT_TRUE(fed.ok()) << id << ": " << fed.status().ToString();
+  }
+}
+
+TEST(V4Context, PolicyTurnsDecodeBackToTheirMessages) {
+  REQUIRE_TOKENIZER();
+  int turns = 0, without = 0;
+  ExpectTurnsDecode(ToolConversations(), &turns, &without);
+  EXPECT_EQ(without, 0);  // no task there: every thinking-mode turn reasons
+  int task_turns = 0, task_without = 0;
+  ExpectTurnsDecode(TaskConversations(), &task_turns, &task_without);
+  std::printf("decoded %d policy turns of tool conversations and %d of task conversations (%d task answers in "
+              "thinking mode, decoded without reasoning)\n",
+              turns, task_turns, task_without);
+  EXPECT_GT(task_without, 10);
+}
+#endif
 
 // A policy that samples a non-canonical segmentation (one token per character
 // here): its ids are kept as generated, so the context differs from any
@@ -383,6 +525,58 @@ TEST(V4Context, BadObservationLeavesTheContextUnchanged) {
   // Two policy turns in a row are refused.
   EXPECT_EQ(ctx->AppendPolicyOutput(std::vector<uint32_t>{1}, {{"role", "assistant"}}).code(),
             Code::kFailedPrecondition);
+}
+
+// A task message in an episode: the prompt ends with the task's token, the
+// answer is decoded without reasoning, and the next turns think again.
+TEST(V4Context, TaskAnswerInAnEpisode) {
+  REQUIRE_TOKENIZER();
+  ojson req = ojson::parse(R"({"thinking_mode":"thinking","drop_thinking":false,"messages":[
+    {"role":"system","content":"S"},{"role":"user","content":"Find the weather.","task":"query"}]})");
+  auto ctx = EpisodeContext::Start(Tok(), req, {.verify_with_full_render = true});
+  ASSERT_TRUE(ctx.ok()) << ctx.status().ToString();
+  EXPECT_TRUE(ctx->text().ends_with("Find the weather.<｜query｜>"));
+  EXPECT_FALSE(ctx->NextTurnHasReasoning());
+  ojson answer = {{"role", "assistant"}, {"content", "weather today"}};
+  std::vector<uint32_t> ids = TurnIds(*ctx, answer);
+  EXPECT_EQ(Tok()->Decode(ids), "weather today<｜end▁of▁sentence｜>");
+  ASSERT_TRUE(ctx->AppendPolicyOutput(ids, answer).ok());
+  EXPECT_TRUE(ctx->NextTurnHasReasoning());
+  // An action task as an observation.
+  auto rep = ctx->AppendObservation(ojson::array({{{"role", "user"}, {"content", "Now act."}, {"task", "action"}}}));
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  EXPECT_TRUE(rep->matches_full_render);
+  EXPECT_EQ(ctx->text().substr(ctx->segments().back().text_begin),
+            "<｜User｜>Now act.<｜Assistant｜><think><｜action｜>");
+  EXPECT_FALSE(ctx->NextTurnHasReasoning());
+  ojson act = {{"role", "assistant"}, {"content", "search"}};
+  ASSERT_TRUE(ctx->AppendPolicyOutput(TurnIds(*ctx, act), act).ok());
+  rep = ctx->AppendObservation(ojson::array({{{"role", "user"}, {"content", "Thanks."}}}));
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  EXPECT_TRUE(rep->matches_full_render);
+  EXPECT_TRUE(ctx->NextTurnHasReasoning());
+  EXPECT_EQ(EncodePrompt(ctx->Request()).value(), ctx->text());
+}
+
+// Two observations in a row: a user message right after tool results would
+// join their turn and reopen it, which the kept ids cannot follow, so it is
+// refused and the context is unchanged; a reminder extends the render.
+TEST(V4Context, ObservationAfterAnObservation) {
+  REQUIRE_TOKENIZER();
+  auto ctx = EpisodeContext::Start(Tok(), ToolRequest());
+  ASSERT_TRUE(ctx.ok());
+  ojson a1 = {{"role", "assistant"}, {"content", ""}, {"tool_calls", ojson::array({Call("c1", "ls")})}};
+  ASSERT_TRUE(ctx->AppendPolicyOutput(TurnIds(*ctx, a1), a1).ok());
+  ASSERT_TRUE(ctx->AppendObservation(ojson::array({{{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "x"}}})).ok());
+  const size_t before = ctx->size();
+  auto joined = ctx->AppendObservation(ojson::array({{{"role", "user"}, {"content", "more"}}}));
+  EXPECT_EQ(joined.status().code(), Code::kFailedPrecondition) << joined.status().ToString();
+  EXPECT_EQ(ctx->size(), before);
+  auto rep = ctx->AppendObservation(ojson::array({{{"role", "latest_reminder"}, {"content", "R"}}}));
+  ASSERT_TRUE(rep.ok()) << rep.status().ToString();
+  EXPECT_EQ(rep->path, AppendReport::Path::kIncremental);
+  EXPECT_EQ(ctx->text().substr(ctx->segments().back().text_begin), "<｜latest_reminder｜>R");
+  EXPECT_EQ(EncodePrompt(ctx->Request()).value(), ctx->text());
 }
 
 // ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-// The V4 encoder against every case of tests/data/v4/encoding_public.jsonl
-// (byte equality), and its answers to bad input.
+// The V4 encoder against every case of tests/data/v4/encoding_public.jsonl and
+// encoding_tasks_public.jsonl (byte equality), the task-token rules on
+// conversations of their own, and its answers to bad input.
 #include <chrono>
 #include <cstdlib>
 #include <cstdio>
@@ -17,8 +18,8 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-std::vector<ojson> LoadCases() {
-  std::ifstream in(std::string(PADDOCK_TEST_DATA) + "/v4/encoding_public.jsonl");
+std::vector<ojson> LoadCases(const std::string& file = "encoding_public.jsonl") {
+  std::ifstream in(std::string(PADDOCK_TEST_DATA) + "/v4/" + file);
   std::vector<ojson> cases;
   std::string line;
   while (std::getline(in, line)) {
@@ -36,9 +37,8 @@ std::string DescribeDifference(const std::string& want, const std::string& got) 
          want.substr(from, 120) + "\n  actual:   ..." + got.substr(from, 120);
 }
 
-TEST(V4Encode, EveryPublicVectorIsByteExact) {
-  std::vector<ojson> cases = LoadCases();
-  ASSERT_EQ(cases.size(), 150u) << "encoding_public.jsonl missing or truncated";
+// Encodes every case; returns how many are byte-exact (failures reported).
+int ByteExact(const std::vector<ojson>& cases) {
   int passed = 0;
   for (const ojson& c : cases) {
     const std::string id = c.value("id", "?");
@@ -56,6 +56,23 @@ TEST(V4Encode, EveryPublicVectorIsByteExact) {
     }
     ++passed;
   }
+  return passed;
+}
+
+TEST(V4Encode, EveryPublicVectorIsByteExact) {
+  std::vector<ojson> cases = LoadCases();
+  ASSERT_EQ(cases.size(), 150u) << "encoding_public.jsonl missing or truncated";
+  int passed = ByteExact(cases);
+  std::printf("encoding_public.jsonl: %d/%zu byte-exact\n", passed, cases.size());
+  EXPECT_EQ(passed, static_cast<int>(cases.size()));
+}
+
+// Task tokens on any user message, with and without the task's answer after it.
+TEST(V4Encode, EveryTaskVectorIsByteExact) {
+  std::vector<ojson> cases = LoadCases("encoding_tasks_public.jsonl");
+  ASSERT_EQ(cases.size(), 80u) << "encoding_tasks_public.jsonl missing or truncated";
+  int passed = ByteExact(cases);
+  std::printf("encoding_tasks_public.jsonl: %d/%zu byte-exact\n", passed, cases.size());
   EXPECT_EQ(passed, static_cast<int>(cases.size()));
 }
 
@@ -107,6 +124,126 @@ TEST(V4Encode, ArgumentsThatAreNotAnObjectBecomeOneParameter) {
   EXPECT_NE(got->find("<｜DSML｜parameter name=\"arguments\" string=\"true\">not json</｜DSML｜parameter>"),
             std::string::npos)
       << *got;
+}
+
+// ---- task tokens and how turns close, on conversations of their own ----
+
+constexpr std::string_view kBos = "<｜begin▁of▁sentence｜>";
+
+ojson Req(ojson messages, const char* mode, bool drop) {
+  return ojson{{"messages", std::move(messages)}, {"thinking_mode", mode}, {"drop_thinking", drop},
+               {"reasoning_effort", nullptr}};
+}
+
+void ExpectPrompt(const ojson& request, std::string_view want) {
+  auto got = EncodePrompt(request);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, std::string(kBos) + std::string(want)) << DescribeDifference(std::string(kBos) + std::string(want), *got);
+}
+
+ojson User(const std::string& content, const std::string& task = "") {
+  ojson m = {{"role", "user"}, {"content", content}};
+  if (!task.empty()) m["task"] = task;
+  return m;
+}
+
+ojson Assistant(const std::string& content, const std::string& reasoning = "") {
+  return {{"role", "assistant"}, {"content", content}, {"reasoning_content", reasoning}};
+}
+
+TEST(V4EncodeTasks, ActionOpensTheAssistantTurnThenTheActionToken) {
+  ojson msgs = {User("Q1", "action"), Assistant("yes", "r"), User("Q2")};
+  // The answer carries no thinking block, in either mode; later turns do.
+  ExpectPrompt(Req(msgs, "thinking", false),
+               "<｜User｜>Q1<｜Assistant｜><think><｜action｜>yes<｜end▁of▁sentence｜><｜User｜>Q2<｜Assistant｜><think>");
+  ExpectPrompt(Req(msgs, "chat", true),
+               "<｜User｜>Q1<｜Assistant｜></think><｜action｜>yes<｜end▁of▁sentence｜><｜User｜>Q2<｜Assistant｜></think>");
+  // As the last message (the prompt for the answer).
+  ExpectPrompt(Req({User("Q1", "action")}, "thinking", true), "<｜User｜>Q1<｜Assistant｜><think><｜action｜>");
+}
+
+TEST(V4EncodeTasks, OtherTasksEndWithTheirToken) {
+  for (const char* task : {"query", "authority", "domain", "title", "read_url"}) {
+    std::string token = std::string("<｜") + task + "｜>";
+    ExpectPrompt(Req({User("Q", task)}, "thinking", true), "<｜User｜>Q" + token);
+    ExpectPrompt(Req({User("Q", task), Assistant("no", "r"), User("more")}, "thinking", false),
+                 "<｜User｜>Q" + token + "no<｜end▁of▁sentence｜><｜User｜>more<｜Assistant｜><think>");
+  }
+}
+
+TEST(V4EncodeTasks, OnlyTheAnswerRightAfterTheTaskLosesItsThinkingBlock) {
+  // A second assistant message after the answer thinks again.
+  ExpectPrompt(Req({User("Q", "authority"), Assistant("no", "r"), Assistant("then", "r2")}, "thinking", true),
+               "<｜User｜>Q<｜authority｜>no<｜end▁of▁sentence｜>r2</think>then<｜end▁of▁sentence｜>");
+  // A latest_reminder between the task and the assistant: the task's token is
+  // written (a reminder follows), and the assistant message thinks.
+  ExpectPrompt(Req({User("Q", "domain"), {{"role", "latest_reminder"}, {"content", "R"}}, Assistant("d", "r")},
+                   "thinking", false),
+               "<｜User｜>Q<｜domain｜><｜latest_reminder｜>Rr</think>d<｜end▁of▁sentence｜>");
+}
+
+TEST(V4EncodeTasks, ClosingTokensOnlyBeforeAnAssistantOrReminderOrAtTheEnd) {
+  // A task message followed by another user message: neither its token nor
+  // the assistant's opening, and the user message stays a turn of its own.
+  ExpectPrompt(Req({User("Q1", "query"), User("Q2")}, "chat", true),
+               "<｜User｜>Q1<｜User｜>Q2<｜Assistant｜></think>");
+  ExpectPrompt(Req({{{"role", "system"}, {"content", "S"}}, User("Q", "read_url"), {{"role", "system"}, {"content", "S2"}},
+                    User("u")},
+                   "chat", true),
+               "S<｜User｜>QS2<｜User｜>u<｜Assistant｜></think>");
+  // A developer message is a user turn: closed when last or before an assistant.
+  ExpectPrompt(Req({{{"role", "developer"}, {"content", "D"}}}, "chat", true), "<｜User｜>D<｜Assistant｜></think>");
+  ExpectPrompt(Req({{{"role", "developer"}, {"content", "D"}}, Assistant("a")}, "chat", true),
+               "<｜User｜>D<｜Assistant｜></think>a<｜end▁of▁sentence｜>");
+}
+
+TEST(V4EncodeTasks, UserMessagesJoinTheUserTurnBeforeThem) {
+  // After user text without a task, or after tool results, a user message
+  // joins that turn after a blank line (its own task is then not rendered).
+  ExpectPrompt(Req({User("a"), User("b")}, "chat", true), "<｜User｜>a\n\nb<｜Assistant｜></think>");
+  ExpectPrompt(Req({User("a"), User("b", "title")}, "chat", true), "<｜User｜>a\n\nb<｜Assistant｜></think>");
+  ojson call = {{"id", "c1"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", R"({"x": "y"})"}}}};
+  ExpectPrompt(Req({User("go"), {{"role", "assistant"}, {"content", ""}, {"tool_calls", {call}}},
+                    {{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "out"}}, User("more")},
+                   "thinking", false),
+               "<｜User｜>go<｜Assistant｜><think></think>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n"
+               "<｜DSML｜parameter name=\"x\" string=\"true\">y</｜DSML｜parameter>\n</｜DSML｜invoke>\n"
+               "</｜DSML｜tool_calls><｜end▁of▁sentence｜><｜User｜><tool_result>out</tool_result>\n\nmore"
+               "<｜Assistant｜><think>");
+}
+
+TEST(V4EncodeTasks, DroppedThinkingLeavesOutEarlierDeveloperMessages) {
+  // Thinking mode with drop_thinking and no tools: developer messages before
+  // the last user turn are left out, like the reasoning of earlier answers.
+  ExpectPrompt(Req({{{"role", "developer"}, {"content", "D"}}, User("a"), Assistant("x", "r"), User("b")}, "thinking",
+                   true),
+               "<｜User｜>a<｜Assistant｜></think>x<｜end▁of▁sentence｜><｜User｜>b<｜Assistant｜><think>");
+  ExpectPrompt(Req({{{"role", "developer"}, {"content", "D"}}, User("a")}, "chat", true),
+               "<｜User｜>D<｜User｜>a<｜Assistant｜></think>");
+}
+
+TEST(V4EncodeTasks, NextTurnHasReasoning) {
+  auto req = [](ojson msgs, const char* mode = "thinking") { return Req(std::move(msgs), mode, true); };
+  EXPECT_TRUE(NextTurnHasReasoning(req({User("Q")})));
+  EXPECT_FALSE(NextTurnHasReasoning(req({User("Q")}, "chat")));
+  for (const char* task : {"action", "query", "authority", "domain", "title", "read_url"}) {
+    EXPECT_FALSE(NextTurnHasReasoning(req({User("Q", task)}))) << task;
+    EXPECT_TRUE(AnswersTask(ojson::array({User("Q", task)}))) << task;
+  }
+  EXPECT_FALSE(NextTurnHasReasoning(req({User("Q", "query")}, "chat")));
+  // The task's answer is given: the next turn thinks.
+  EXPECT_TRUE(NextTurnHasReasoning(req({User("Q", "query"), Assistant("a")})));
+  // A reminder after the task: the assistant message does not follow it directly.
+  EXPECT_TRUE(NextTurnHasReasoning(req({User("Q", "query"), {{"role", "latest_reminder"}, {"content", "R"}}})));
+  // A task message that joins the user turn before it is no task.
+  EXPECT_FALSE(AnswersTask(ojson::array({User("a"), User("Q", "title")})));
+  EXPECT_TRUE(AnswersTask(ojson::array({User("Q", "title"), Assistant("t"), User("R", "query")})));
+  EXPECT_TRUE(AnswersTask(ojson::array({User("a", "query"), User("Q", "title")})));
+  ojson call = {{"id", "c1"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", "{}"}}}};
+  EXPECT_FALSE(AnswersTask(ojson::array({User("go"), {{"role", "assistant"}, {"content", ""}, {"tool_calls", {call}}},
+                                         {{"role", "tool"}, {"tool_call_id", "c1"}, {"content", "out"}},
+                                         User("Q", "query")})));
+  EXPECT_FALSE(AnswersTask(ojson::array()));
 }
 
 // Issue 5's target is <= 1 ms for a 200-turn tool conversation; the bound here

@@ -17,11 +17,16 @@ if(TARGET paddock)
 endif()
 
 # Token-in-token-out episode context and context manager, on the encoding
-# vectors with the real tokenizer (cases skip when tokenizer.json is absent).
+# vectors with the real tokenizer (cases skip when tokenizer.json is absent);
+# the policy turns are decoded back with the decoder where it is built.
 if(TARGET paddock_v4_context)
   paddock_test(v4_context_test v4_context_test.cc)
   target_link_libraries(v4_context_test PRIVATE paddock_v4_context)
   target_compile_definitions(v4_context_test PRIVATE PADDOCK_TEST_DATA="${CMAKE_CURRENT_SOURCE_DIR}/data")
+  if(TARGET paddock_v4_decode)
+    target_link_libraries(v4_context_test PRIVATE paddock_v4_decode)
+    target_compile_definitions(v4_context_test PRIVATE PADDOCK_HAVE_V4_DECODE=1)
+  endif()
 endif()
 
 # Inference-server backends against an in-test HTTP server on loopback

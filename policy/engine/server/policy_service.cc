@@ -654,10 +654,14 @@ HttpReply PolicyService::ChatCompletions(const json& body, const ojson& ob) {
                       max_key);
 
   const json& tools_json = tr.tools;
+  // The completion reasons first in thinking mode, except the answer to a
+  // task message (a user message with `task` last), which has no thinking block.
+  ToolRequest turn = tr;
+  turn.thinking = v4::NextTurnHasReasoning(request);
   GenerateJob job;
   job.prompt = prompt;
   job.sampling = k.sampling;
-  auto tc = ToolConstraint(tr, k.sampling.max_new_tokens);
+  auto tc = ToolConstraint(turn, k.sampling.max_new_tokens);
   if (!tc.ok()) return ToolErrorReply(tc.status());
   job.constraint = std::move(tc.value());
   const bool constrained = job.constraint != nullptr;
@@ -678,7 +682,7 @@ HttpReply PolicyService::ChatCompletions(const json& body, const ojson& ob) {
   std::string content, reasoning;
   json calls = json::array();
   json decode_error = nullptr;
-  auto strict = v4::DecodeCompletion(completion, thinking, tools.empty() ? nullptr : &tools_json);
+  auto strict = v4::DecodeCompletion(completion, turn.thinking, tools.empty() ? nullptr : &tools_json);
   if (std::holds_alternative<json>(strict)) {
     const json& m = std::get<json>(strict);
     content = m["content"];
@@ -688,7 +692,7 @@ HttpReply PolicyService::ChatCompletions(const json& body, const ojson& ob) {
     const auto& e = std::get<v4::DecodeError>(strict);
     decode_error = {{"kind", v4::DecodeErrorKindName(e.kind)}, {"message", e.message}, {"offset", e.offset}};
     v4::DsmlParserOptions po;
-    po.thinking_mode = thinking;
+    po.thinking_mode = turn.thinking;
     po.mode = v4::DsmlMode::kTolerant;
     v4::DsmlParser parser(po);
     parser.Feed(completion);

@@ -40,6 +40,11 @@ ojson EpisodeContext::Request() const {
   return r;
 }
 
+bool EpisodeContext::NextTurnHasReasoning() const {
+  auto mode = render_options_.find("thinking_mode");
+  return mode != render_options_.end() && *mode == "thinking" && !AnswersTask(messages_);
+}
+
 bool EpisodeContext::last_turn_ended() const {
   return !segments_.empty() && segments_.back().kind == SegmentKind::kPolicyOutput && !ids_.empty() &&
          ids_.back() == eos_id_;
@@ -62,7 +67,10 @@ void EpisodeContext::Append(SegmentKind kind, std::span<const uint32_t> ids, std
 }
 
 Status EpisodeContext::AppendPolicyOutput(std::span<const uint32_t> ids, ojson message) {
-  if (!segments_.empty() && segments_.back().kind == SegmentKind::kPolicyOutput)
+  // The format goes on right after a task's answer with the next assistant
+  // turn; any other policy turn needs an observation after it first.
+  if (!segments_.empty() && segments_.back().kind == SegmentKind::kPolicyOutput &&
+      !(last_turn_answered_task_ && last_turn_ended()))
     return Error(Code::kFailedPrecondition, "policy output: the previous policy turn has no observation after it");
   if (!message.is_object()) return Error(Code::kInvalidArgument, "policy output: message must be a JSON object");
   auto role = message.find("role");
@@ -72,6 +80,7 @@ Status EpisodeContext::AppendPolicyOutput(std::span<const uint32_t> ids, ojson m
     return Error(Code::kInvalidArgument, "policy output: message role must be \"assistant\"");
   }
   std::string text = tokenizer_->Decode(ids);
+  last_turn_answered_task_ = AnswersTask(messages_);
   Append(SegmentKind::kPolicyOutput, ids, text);
   messages_.push_back(std::move(message));
   return Status::Ok();
@@ -80,10 +89,6 @@ Status EpisodeContext::AppendPolicyOutput(std::span<const uint32_t> ids, ojson m
 Result<AppendReport> EpisodeContext::AppendObservation(const ojson& added) {
   if (!added.is_array() || added.empty())
     return Error(Code::kInvalidArgument, "observation: must be a non-empty array of messages");
-  const ojson* previous =
-      !messages_.empty() && messages_.back().is_object() && messages_.back().value("role", "") == "assistant"
-          ? &messages_.back()
-          : nullptr;
   AppendReport report;
   std::string suffix;
   auto full_check = [&]() -> Result<PrefixCheck> {
@@ -92,7 +97,7 @@ Result<AppendReport> EpisodeContext::AppendObservation(const ojson& added) {
     return CheckRenderPrefix(Request(), after);
   };
 
-  Result<std::string> incremental = RenderAddedTurns(previous, added, render_options_);
+  Result<std::string> incremental = RenderAddedTurns(messages_, added, render_options_);
   if (incremental.ok()) {
     suffix = std::move(incremental).value();
     if (options_.verify_with_full_render) {

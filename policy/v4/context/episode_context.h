@@ -67,11 +67,13 @@ class EpisodeContext {
 
   // `request` as for EncodePrompt: {messages, thinking_mode, drop_thinking,
   // reasoning_effort}; its render (normally ending with <｜Assistant｜> and
-  // <think> or </think>) becomes the prompt segment.
+  // <think> or </think>, or a task's token) becomes the prompt segment.
   static Result<EpisodeContext> Start(std::shared_ptr<const Tokenizer> tokenizer, const ojson& request,
                                       ContextOptions options = {});
 
-  // Appends the policy's output ids exactly as generated (loss mask 1).
+  // Appends the policy's output ids exactly as generated (loss mask 1). A
+  // policy turn follows an observation (or the prompt), or directly the turn
+  // that answered a task message, once that ended with <｜end▁of▁sentence｜>.
   // `message` is the assistant message decoded from them (with tool call
   // ids), kept so that later tool results can be ordered by its calls; when
   // the completion could not be decoded pass {"role":"assistant","content":…}.
@@ -99,6 +101,10 @@ class EpisodeContext {
   const ContextStats& stats() const { return stats_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   std::shared_ptr<const Tokenizer> shared_tokenizer() const { return tokenizer_; }
+  // Whether the policy's next turn begins with reasoning closed by </think>:
+  // thinking mode, unless it answers a task message (no thinking block then).
+  // Decode that turn with DecodeCompletion(text, NextTurnHasReasoning()).
+  bool NextTurnHasReasoning() const;
   // Whether the last segment is a policy turn that ended with <｜end▁of▁sentence｜>.
   bool last_turn_ended() const;
   // Room for `tokens` more ids (and about 4 bytes of text, a segment and a message per
@@ -118,6 +124,7 @@ class EpisodeContext {
   std::vector<Segment> segments_;
   std::string text_;
   uint32_t eos_id_ = 0;
+  bool last_turn_answered_task_ = false;  // the last policy turn answered a task message
   ContextStats stats_;
 };
 

@@ -31,15 +31,29 @@ ojson TinyRequest(const ojson& options, ojson messages) {
   return r;
 }
 
+// The part of `conversation` that the render of `added` after it depends on.
+ojson Base(const ojson& conversation, const ojson& added) {
+  auto role = [](const ojson& m) { return m.is_object() ? m.value("role", "") : std::string(); };
+  ojson base = ojson::array();
+  if (!conversation.is_array() || conversation.empty()) return base;
+  const ojson& last = conversation.back();
+  if (role(last) == "assistant") {
+    if (role(added.front()) == "tool") base.push_back(Anchor(last));
+    return base;
+  }
+  size_t from = conversation.size();
+  while (from > 0 && role(conversation[from - 1]) != "assistant") --from;
+  if (from > 0) base.push_back(Anchor(conversation[from - 1]));
+  for (size_t i = from; i < conversation.size(); ++i) base.push_back(conversation[i]);
+  return base;
+}
+
 }  // namespace
 
-Result<std::string> RenderAddedTurns(const ojson* previous, const ojson& added, const ojson& options) {
+Result<std::string> RenderAddedTurns(const ojson& conversation, const ojson& added, const ojson& options) {
   if (!added.is_array() || added.empty())
     return Error(Code::kInvalidArgument, "observation: must be a non-empty array of messages");
-  ojson base = ojson::array();
-  const ojson& first = added.front();
-  if (previous && first.is_object() && first.value("role", "") == "tool") base.push_back(Anchor(*previous));
-
+  ojson base = Base(conversation, added);
   ojson with = base;
   for (const ojson& m : added) with.push_back(m);
   PADDOCK_ASSIGN_OR_RETURN(std::string before, EncodePrompt(TinyRequest(options, std::move(base))));

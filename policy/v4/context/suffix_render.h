@@ -18,13 +18,17 @@
 namespace paddock::v4 {
 
 // The text EncodePrompt appends for `added` (an array of messages: tool
-// results, user/developer turns, reminders) after a conversation whose last
-// message is `previous` (the assistant turn they answer; nullptr if none).
+// results, user/developer turns, reminders) after `conversation` (the messages
+// so far). Only the tail the new turns' render depends on is rendered: after an
+// assistant turn, nothing (or only its tool calls, which order the results that
+// answer them); after a user-side message (an observation with no policy turn
+// since), the messages back to the last assistant turn, as a new message may
+// join that turn or change how it closes.
 // `options` carries the request's thinking_mode; the render keeps reasoning
 // (drop_thinking false), and reasoning_effort is irrelevant after the first turn.
 // Bad messages are INVALID_ARGUMENT (as EncodePrompt says); FAILED_PRECONDITION
 // when the tiny render is not append-only, so the caller must fall back.
-Result<std::string> RenderAddedTurns(const nlohmann::ordered_json* previous,
+Result<std::string> RenderAddedTurns(const nlohmann::ordered_json& conversation,
                                      const nlohmann::ordered_json& added,
                                      const nlohmann::ordered_json& options);
 

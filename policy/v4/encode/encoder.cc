@@ -1,5 +1,6 @@
-// The conversation walk of the V4 encoder: validates the request, then renders
-// message by message. Tool sections and tool calls are in dsml_render.cc.
+// The conversation walk of the V4 encoder: validates the request, groups the
+// messages into turns, then renders turn by turn. Tool sections and tool calls
+// are in dsml_render.cc.
 #include "policy/v4/encode/encoder.h"
 
 #include <algorithm>
@@ -156,6 +157,71 @@ Result<Options> ParseOptions(const ojson& request) {
   return o;
 }
 
+// One turn as the format renders it. Tool results become a user turn, and a
+// user message right after a user turn without a task (tool results or text)
+// joins it, its text after a blank line; a user message with a task, and the
+// messages of every other role, are turns of their own.
+struct Turn {
+  Role role;              // kUser for tool results; never kTool
+  const Message* msg;     // the turn's first message
+  std::string user_text;  // kUser: the body, blocks joined by blank lines
+  std::string task;       // kUser: the task of the turn's first message
+};
+
+// Whether a user message joins the turn before it: a user turn (tool results
+// or user text) without a task.
+bool UserJoins(bool previous_is_user_turn, std::string_view previous_task) {
+  return previous_is_user_turn && previous_task.empty();
+}
+
+// Groups the messages into turns: tool results are checked against the calls
+// of the assistant message before their run and ordered by them.
+Result<std::vector<Turn>> BuildTurns(const std::vector<Message>& msgs) {
+  std::vector<Turn> turns;
+  turns.reserve(msgs.size());
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const Message& m = msgs[i];
+    if (m.role == Role::kTool) {
+      // A run of tool messages answers the calls of the assistant message
+      // before it; the results go into one user turn, in call order.
+      size_t first = i, end = i;
+      while (end < msgs.size() && msgs[end].role == Role::kTool) ++end;
+      if (first == 0 || msgs[first - 1].role != Role::kAssistant || !msgs[first - 1].tool_calls)
+        return Invalid(i, "role", "a tool message must follow an assistant message with tool_calls");
+      std::vector<std::string> ids = CallIds(msgs[first - 1]);
+      std::vector<std::pair<size_t, size_t>> order;  // (call index, message index)
+      for (size_t k = first; k < end; ++k) {
+        auto pos = std::find(ids.begin(), ids.end(), msgs[k].tool_call_id);
+        if (pos == ids.end())
+          return Invalid(k, "tool_call_id",
+                         fmt::format("\"{}\" matches no call of messages[{}].tool_calls", msgs[k].tool_call_id,
+                                     first - 1));
+        order.emplace_back(pos - ids.begin(), k);
+      }
+      std::stable_sort(order.begin(), order.end());
+      Turn t{Role::kUser, &m, "", ""};
+      for (size_t k = 0; k < order.size(); ++k) {
+        if (k) t.user_text += "\n\n";
+        t.user_text += "<tool_result>";
+        t.user_text += msgs[order[k].second].content;
+        t.user_text += "</tool_result>";
+      }
+      turns.push_back(std::move(t));
+      i = end - 1;
+    } else if (m.role == Role::kUser) {
+      if (!turns.empty() && UserJoins(turns.back().role == Role::kUser, turns.back().task)) {
+        turns.back().user_text += "\n\n";
+        turns.back().user_text += m.content;
+      } else {
+        turns.push_back(Turn{Role::kUser, &m, m.content, m.task});
+      }
+    } else {
+      turns.push_back(Turn{m.role, &m, "", ""});
+    }
+  }
+  return turns;
+}
+
 }  // namespace
 
 Result<std::string> EncodePrompt(const ojson& request) {
@@ -177,106 +243,140 @@ Result<std::string> EncodePrompt(const ojson& request) {
   }
   // Reasoning is kept across user turns whenever tools are in play.
   const bool drop = opts.drop_thinking && !has_tools;
+  PADDOCK_ASSIGN_OR_RETURN(std::vector<Turn> turns, BuildTurns(msgs));
 
-  // The last turn the user side speaks in: a user or developer message, or a
-  // run of tool results (rendered as a user turn). With drop_thinking, turns
-  // before it open with </think> and their assistant replies lose reasoning.
-  size_t last_user = 0;
-  bool any_user = false;
-  for (size_t i = 0; i < msgs.size(); ++i) {
-    if (msgs[i].role == Role::kUser || msgs[i].role == Role::kDeveloper || msgs[i].role == Role::kTool) {
-      last_user = i;
-      any_user = true;
+  // The last turn the user side speaks in (a user turn, tool results included,
+  // or a developer message). In thinking mode with drop_thinking, the turns
+  // before it open with </think>, their assistant replies lose reasoning, and
+  // the developer messages before it are left out.
+  auto last_user_turn = [&]() -> std::optional<size_t> {
+    for (size_t i = turns.size(); i-- > 0;)
+      if (turns[i].role == Role::kUser || turns[i].role == Role::kDeveloper) return i;
+    return std::nullopt;
+  };
+  if (opts.thinking && drop) {
+    if (auto last = last_user_turn()) {
+      std::vector<Turn> kept;
+      kept.reserve(turns.size());
+      for (size_t i = 0; i < turns.size(); ++i)
+        if (turns[i].role != Role::kDeveloper || i >= *last) kept.push_back(std::move(turns[i]));
+      turns = std::move(kept);
     }
   }
-  // Whether the assistant turn opened after message i thinks (<think>) or not (</think>).
-  auto opens_thinking = [&](size_t i) { return opts.thinking && (!drop || !any_user || i >= last_user); };
+  const std::optional<size_t> last_user = last_user_turn();
+  auto at_or_after_last_user = [&](size_t i) { return !last_user || i >= *last_user; };
 
   std::string out(kBeginOfSentence);
   if (opts.thinking && opts.reasoning_effort == "max") out += kMaxEffortPreamble;
 
-  for (size_t i = 0; i < msgs.size(); ++i) {
-    const Message& m = msgs[i];
-    switch (m.role) {
+  for (size_t i = 0; i < turns.size(); ++i) {
+    const Turn& t = turns[i];
+    const Message& m = *t.msg;
+    switch (t.role) {
       case Role::kSystem:
       case Role::kDeveloper: {
-        std::string body = m.content;
+        if (t.role == Role::kDeveloper) out += kUserToken;
+        out += m.content;
         if (m.tools) {
+          size_t index = static_cast<size_t>(&m - msgs.data());
           PADDOCK_ASSIGN_OR_RETURN(std::string tools,
-                                   internal::RenderToolsSection(*m.tools, fmt::format("messages[{}].tools", i)));
-          body += "\n\n";
-          body += tools;
+                                   internal::RenderToolsSection(*m.tools, fmt::format("messages[{}].tools", index)));
+          out += "\n\n";
+          out += tools;
         }
         if (m.response_format) {
-          body += "\n\n";
-          body += internal::RenderResponseFormatSection(*m.response_format);
+          out += "\n\n";
+          out += internal::RenderResponseFormatSection(*m.response_format);
         }
-        if (m.role == Role::kDeveloper) out += kUserToken;
-        out += body;
         break;
       }
       case Role::kUser:
         out += kUserToken;
-        out += m.content;
-        if (!m.task.empty()) {
-          out += fmt::format("<｜{}｜>", m.task);
-        } else {
-          out += kAssistantToken;
-          out += opens_thinking(i) ? kThinkStart : kThinkEnd;
-        }
+        out += t.user_text;
         break;
       case Role::kLatestReminder:
         out += kLatestReminderToken;
         out += m.content;
         break;
       case Role::kAssistant: {
-        if (opts.thinking && (!drop || !any_user || i > last_user)) {
+        // The answer to a task message carries no thinking block.
+        const bool answers_task = i > 0 && !turns[i - 1].task.empty();
+        if (opts.thinking && !answers_task && (!drop || !last_user || i > *last_user)) {
           out += m.reasoning;
           out += kThinkEnd;
         }
         out += m.content;
         if (m.tool_calls) {
-          PADDOCK_ASSIGN_OR_RETURN(
-              std::string calls, internal::RenderToolCalls(*m.tool_calls, fmt::format("messages[{}].tool_calls", i)));
+          size_t index = static_cast<size_t>(&m - msgs.data());
+          PADDOCK_ASSIGN_OR_RETURN(std::string calls, internal::RenderToolCalls(
+                                                          *m.tool_calls, fmt::format("messages[{}].tool_calls", index)));
           out += "\n\n";
           out += calls;
         }
         out += kEndOfSentence;
         break;
       }
-      case Role::kTool: {
-        // A run of tool messages answers the calls of the assistant message
-        // before it; the results go into one user turn, in call order.
-        size_t first = i, end = i;
-        while (end < msgs.size() && msgs[end].role == Role::kTool) ++end;
-        if (first == 0 || msgs[first - 1].role != Role::kAssistant || !msgs[first - 1].tool_calls)
-          return Invalid(i, "role", "a tool message must follow an assistant message with tool_calls");
-        std::vector<std::string> ids = CallIds(msgs[first - 1]);
-        std::vector<std::pair<size_t, size_t>> order;  // (call index, message index)
-        for (size_t k = first; k < end; ++k) {
-          auto pos = std::find(ids.begin(), ids.end(), msgs[k].tool_call_id);
-          if (pos == ids.end())
-            return Invalid(k, "tool_call_id",
-                           fmt::format("\"{}\" matches no call of messages[{}].tool_calls", msgs[k].tool_call_id,
-                                       first - 1));
-          order.emplace_back(pos - ids.begin(), k);
-        }
-        std::stable_sort(order.begin(), order.end());
-        out += kUserToken;
-        for (size_t k = 0; k < order.size(); ++k) {
-          if (k) out += "\n\n";
-          out += "<tool_result>";
-          out += msgs[order[k].second].content;
-          out += "</tool_result>";
-        }
+      case Role::kTool:
+        break;  // grouped into user turns by BuildTurns
+    }
+
+    // A turn is closed (the model's turn opened) only when the conversation
+    // ends with it or an assistant message or latest reminder follows it.
+    if (i + 1 < turns.size() && turns[i + 1].role != Role::kAssistant &&
+        turns[i + 1].role != Role::kLatestReminder)
+      continue;
+    if (!t.task.empty()) {
+      if (t.task == "action") {
         out += kAssistantToken;
-        out += opens_thinking(end - 1) ? kThinkStart : kThinkEnd;
-        i = end - 1;
-        break;
+        out += opts.thinking ? kThinkStart : kThinkEnd;
+        out += "<｜action｜>";
+      } else {
+        out += fmt::format("<｜{}｜>", t.task);
       }
+    } else if (t.role == Role::kUser || t.role == Role::kDeveloper) {
+      out += kAssistantToken;
+      out += opts.thinking && (!drop || at_or_after_last_user(i)) ? kThinkStart : kThinkEnd;
     }
   }
   return out;
+}
+
+bool AnswersTask(const ojson& messages) {
+  if (!messages.is_array()) return false;
+  auto role_of = [](const ojson& m) {
+    auto it = m.is_object() ? m.find("role") : m.end();
+    return it != m.end() && it->is_string() ? ParseRole(it->get_ref<const std::string&>()) : std::nullopt;
+  };
+  // Only the trailing run of user and tool messages decides how its last
+  // message is grouped (the message before the run is not a user turn).
+  size_t start = messages.size();
+  while (start > 0) {
+    auto role = role_of(messages[start - 1]);
+    if (role != Role::kUser && role != Role::kTool) break;
+    --start;
+  }
+  bool user_turn = false;  // the turn so far is a user turn ...
+  std::string task;        // ... with this task
+  for (size_t i = start; i < messages.size(); ++i) {
+    if (role_of(messages[i]) == Role::kTool) {
+      if (!user_turn) task.clear();  // tool results: a user turn without a task
+      user_turn = true;
+      continue;
+    }
+    if (UserJoins(user_turn, task)) continue;
+    user_turn = true;
+    auto it = messages[i].find("task");
+    task = it != messages[i].end() && it->is_string() ? it->get<std::string>() : "";
+  }
+  return user_turn && !task.empty();
+}
+
+bool NextTurnHasReasoning(const ojson& request) {
+  if (!request.is_object()) return false;
+  auto mode = request.find("thinking_mode");
+  if (mode == request.end() || *mode != "thinking") return false;
+  auto msgs = request.find("messages");
+  return msgs == request.end() || !AnswersTask(*msgs);
 }
 
 Result<std::string> EncodePrompt(const nlohmann::json& request) {

@@ -29,6 +29,26 @@ Result<std::string> EncodePrompt(const nlohmann::json& request);
 // or not valid UTF-8, is INVALID_ARGUMENT.
 Result<std::string> EncodePromptText(std::string_view json_text);
 
+// Task tokens. A user message may carry "task" (action, query, authority,
+// domain, title, read_url). Such a message ends with <｜task｜>, or for
+// "action" with <｜Assistant｜>, <think> (thinking mode) or </think> (chat) and
+// <｜action｜>; the assistant message right after it is the task's answer and
+// carries no thinking block. As for every user turn, these closing tokens are
+// written only when the conversation ends with the message or an assistant
+// message or latest_reminder follows it. A user message joins the user turn
+// before it (tool results, or user text without a task) after a blank line;
+// its own task, if any, is then not rendered.
+
+// Whether the assistant turn generated after `messages` answers a task: their
+// last turn is a user message with a task. Looks only at the trailing run of
+// user and tool messages; does not validate.
+bool AnswersTask(const nlohmann::ordered_json& messages);
+
+// Whether the model's next turn after `request`'s messages begins with
+// reasoning closed by </think>: in thinking mode, unless it answers a task.
+// Decode that turn with DecodeCompletion(text, NextTurnHasReasoning(request)).
+bool NextTurnHasReasoning(const nlohmann::ordered_json& request);
+
 // Special tokens of the format, as they appear in prompts.
 inline constexpr std::string_view kBeginOfSentence = "<｜begin▁of▁sentence｜>";
 inline constexpr std::string_view kEndOfSentence = "<｜end▁of▁sentence｜>";
