@@ -105,8 +105,9 @@ int main(int argc, char** argv) {
   const std::string state = dir + "/state", socket = dir + "/paddockd.sock", log = dir + "/paddockd.log";
   const std::string image = testing::EnsureBusyboxRootfs();
 
+  // The busybox rootfs, a host directory, is the image (development form).
   std::vector<std::string> dargv = {paddockd, "--state-dir", state, "--socket", socket,
-                                    "--log-level", "warn"};
+                                    "--log-level", "warn", "--allow-dir-images"};
   std::vector<char*> cargv;
   for (auto& a : dargv) cargv.push_back(a.data());
   cargv.push_back(nullptr);

@@ -165,6 +165,48 @@ TEST_F(EscapeTest, SetuidBinaryFromASnapshotIsUnreachableByHostUsers) {
   }
 }
 
+// A field of /proc/self/status ("CapEff:\t000..." -> "000...").
+std::string StatusField(const std::string& status, const std::string& key) {
+  std::istringstream in(status);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key + ":", 0) == 0) {
+      size_t v = line.find_first_not_of(" \t", key.size() + 1);
+      return v == std::string::npos ? "" : line.substr(v);
+    }
+  return "";
+}
+
+TEST_F(EscapeTest, CapabilitiesNoNewPrivsSeccompAndIdMap) {
+  // Docker's default set less NET_RAW and MKNOD: CHOWN DAC_OVERRIDE FOWNER
+  // FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT AUDIT_WRITE SETFCAP.
+  const std::string kContainerCaps = "00000000a00405fb";
+  struct Want {
+    const char* substrate;
+    std::string caps;
+    std::string uid_map;
+  };
+  for (const Want& w : {Want{"container", kContainerCaps, "0 200000 65536"}, Want{"function", "0000000000000000", "0 300000 65536"}}) {
+    std::string id = Create(w.substrate);
+    ASSERT_FALSE(id.empty());
+    std::string status = Sh(*client_, id, "cat /proc/self/status");
+    SCOPED_TRACE(std::string(w.substrate) + "\n" + status);
+    for (const char* set : {"CapEff", "CapPrm", "CapBnd"}) EXPECT_EQ(StatusField(status, set), w.caps) << set;
+    EXPECT_EQ(StatusField(status, "CapInh"), "0000000000000000");
+    EXPECT_EQ(StatusField(status, "CapAmb"), "0000000000000000");
+    EXPECT_EQ(StatusField(status, "NoNewPrivs"), "1");
+    EXPECT_EQ(StatusField(status, "Seccomp"), "2");
+    std::string uid_map = Sh(*client_, id, "cat /proc/self/uid_map");
+    std::istringstream m(uid_map);
+    std::string inside, outside, count;
+    m >> inside >> outside >> count;
+    EXPECT_EQ(inside + " " + outside + " " + count, w.uid_map) << uid_map;
+    // Sandbox root is not host root: a file it creates is owned by the mapped
+    // uid as seen from the host's side of the map.
+    EXPECT_EQ(Sh(*client_, id, "id -u"), "0\n");
+  }
+}
+
 TEST_F(EscapeTest, ImageMountsAreNosuidAndNodev) {
   for (const char* substrate : {"container", "function"}) {
     std::string id = Create(substrate);

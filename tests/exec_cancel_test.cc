@@ -62,7 +62,7 @@ class ExecCancelTest : public ::testing::TestWithParam<std::string> {
     if (GetParam() == "microvm") {
       testing::UseEmulationWhereKvmCannotRunGuests();
       MicrovmOptions vm = MicrovmOptionsFromEnvironment();
-      if (Status st = CheckAccelerator(vm); !st.ok()) GTEST_SKIP() << "microvm substrate unusable here: " << st.ToString();
+      PADDOCK_REQUIRE_MICROVM();
       args = {"--microvm-accel", vm.accel, "--microvm-warm-pool", "0"};
     }
     ASSERT_EQ(daemon_.Start(args), "");

@@ -46,7 +46,9 @@ class ImageSubstrateTest : public ::testing::Test {
     auto cache = storage::LayerCache::Open(dir_ + "/state/layer-cache", store_.get(), copts);
     ASSERT_TRUE(cache.ok()) << cache.status().ToString();
     cache_ = std::move(cache).value();
-    resolver_ = std::make_unique<StoreImageResolver>(store_.get(), cache_.get());
+    // As paddockd --allow-dir-images: the busybox test rootfs is also used as a
+    // host directory image by the cases below.
+    resolver_ = std::make_unique<StoreImageResolver>(store_.get(), cache_.get(), /*allow_directories=*/true);
     SubstrateEnv env;
     env.state_dir = dir_ + "/state";
     env.init_path = testing::BuiltBinary("paddock-init");
@@ -82,6 +84,7 @@ class ImageSubstrateTest : public ::testing::Test {
     spec.image = image;
     spec.env = std::move(env);
     spec.workdir = workdir;
+    spec.host_dir_image_ok = true;  // as a unix-socket client's Create
     auto info = manager_->Create(spec);
     EXPECT_TRUE(info.ok()) << info.status().ToString();
     return info.ok() ? info->id : "";
@@ -161,6 +164,14 @@ TEST_F(ImageSubstrateTest, DirectoryImagesStillWork) {
   std::string id = Create(*rootfs_);
   ASSERT_FALSE(id.empty());
   EXPECT_EQ(Out(id, "cat /etc/image-marker >/dev/null && pwd"), "/work\n");
+  // Not for a caller that may not name host directories (a task, a TCP client).
+  SandboxSpec spec;
+  spec.substrate = "container";
+  spec.image = *rootfs_;
+  auto refused = manager_->Create(spec);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kPermissionDenied);
+  EXPECT_THAT(refused.status().message(), HasSubstr("host directory"));
 }
 
 // Container state → snapshot → many forks: each sees the snapshot's state,

@@ -27,8 +27,7 @@ TEST(MicrovmDaemon, HelpListsTheMicrovmFlags) {
 TEST(MicrovmDaemon, CliCreatesExecsAndDestroysAMicrovmSandbox) {
   testing::UseEmulationWhereKvmCannotRunGuests();
   MicrovmOptions o = MicrovmOptionsFromEnvironment();
-  Status st = CheckAccelerator(o);
-  ASSERT_TRUE(st.ok()) << "microvm substrate unusable here: " << st.ToString();
+  PADDOCK_REQUIRE_MICROVM();
   std::string rootfs = testing::EnsureBusyboxRootfs();
   testing::DaemonProcess d(testing::DaemonOptions{
       .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "0"}});

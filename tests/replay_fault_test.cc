@@ -87,8 +87,9 @@ struct Daemon {
 
   // Starts it and connects; "" on success, else why (with the daemon's log).
   std::string Start(const std::vector<std::string>& more = {}) {
+    // The busybox test rootfs, a host directory, is the image (development form).
     std::vector<std::string> argv = {testing::BuiltBinary("paddockd"), "--state-dir", state,
-                                     "--socket", socket, "--log-level", "info"};
+                                     "--socket", socket, "--log-level", "info", "--allow-dir-images"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     argv.insert(argv.end(), more.begin(), more.end());
     pid = Spawn(argv, {}, log_file);

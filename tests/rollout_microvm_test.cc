@@ -31,7 +31,7 @@ TEST(RolloutMicrovm, MicrovmTasksRunThroughPaddockRun) {
     GTEST_SKIP() << "no V4 tokenizer installed (scripts/install-deps.sh)";
   testing::UseEmulationWhereKvmCannotRunGuests();
   MicrovmOptions o = MicrovmOptionsFromEnvironment();
-  if (Status st = CheckAccelerator(o); !st.ok()) GTEST_SKIP() << "microvm substrate unusable here: " << st.ToString();
+  PADDOCK_REQUIRE_MICROVM();
   std::string rootfs = testing::EnsureBusyboxRootfs();
   testing::DaemonProcess d(testing::DaemonOptions{.args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "0"}});
   ASSERT_EQ(d.Start(), "");

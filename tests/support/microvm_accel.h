@@ -26,3 +26,17 @@ inline void UseEmulationWhereKvmCannotRunGuests() {
 }
 
 }  // namespace paddock::testing
+
+// At the top of every microVM case (a void function): where the accelerator
+// asked for is KVM and this machine's KVM cannot run guests, the case is
+// skipped, so its ctest entry NAME_microvm_kvm says "Skipped", never
+// "Passed"; any other reason guests cannot run (QEMU missing, TCG broken)
+// fails the case with that reason.
+#define PADDOCK_REQUIRE_MICROVM()                                                                  \
+  do {                                                                                             \
+    ::paddock::MicrovmOptions require_opts_ = ::paddock::MicrovmOptionsFromEnvironment();          \
+    ::paddock::Status require_st_ = ::paddock::CheckAccelerator(require_opts_);                    \
+    if (!require_st_.ok() && require_opts_.accel == "kvm")                                         \
+      GTEST_SKIP() << "KVM cannot run guests here: " << require_st_.ToString();                    \
+    ASSERT_TRUE(require_st_.ok()) << "microvm substrate unusable here: " << require_st_.ToString(); \
+  } while (0)
