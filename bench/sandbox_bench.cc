@@ -481,17 +481,20 @@ void Bench::FunctionScenario() {
   };
   Measure(Add("function_cycle_inproc", "function create→exec→destroy (in-process, warm zygote)"), o_.cycles,
           cycle_inproc);
-  // Like for like with bwrap: every cycle starts a zygote of its own (limits
-  // no other cycle uses), so nothing is warm. A quarter of the cycles: each
+  // Like for like with bwrap: every cycle starts a zygote of its own (a
+  // memory limit no other cycle uses), so nothing is warm. A quarter of the cycles: each
   // leaves an idle zygote until the substrate sweeps it.
   {
-    uint64_t distinct = 1'000'000;
+    uint64_t distinct = 0;
     Measure(Add("function_cold_cycle_inproc", "function create→exec→destroy (in-process, cold: new zygote)"),
             std::max(10, o_.cycles / 4), [&]() -> bool {
               SandboxSpec cold = spec;
-              cold.limits.pids = ++distinct;
+              cold.limits.memory_bytes = kDefaultMemoryBytes + (++distinct << 20);
               auto info = m.Create(cold);
-              if (!info.ok()) return false;
+              if (!info.ok()) {
+                fmt::print(stderr, "cold function create: {}\n", info.status().ToString());
+                return false;
+              }
               bool ok = false;
               {
                 auto sb = m.Get(info->id);

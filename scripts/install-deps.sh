@@ -21,6 +21,7 @@ PACKAGES=(
   libpcre2-dev clang libclang-rt-14-dev
   libboost-dev  # Boost.Beast/Asio (header-only): policy/backends HTTP clients
   libssl-dev    # OpenSSL: https:// inference servers (policy/backends/tls.cc)
+  openssl       # the openssl CLI: tests make a CA and TLS certificates for paddockd's listener
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # peers measured by bench/
@@ -111,6 +112,11 @@ paddock_tokenizer_install() {
 }
 paddock_tokenizer_install
 # --- end DeepSeek tokenizer.json ---
+
+# --- the `paddock` group: members may use paddockd's unix socket (0660 root:paddock) ---
+if [ "$(id -u)" -eq 0 ] && ! getent group paddock > /dev/null; then
+  groupadd --system paddock && echo "install-deps: created the system group paddock (paddockd's socket)"
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

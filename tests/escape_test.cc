@@ -518,6 +518,18 @@ TEST(ImageSources, WithTheFlagOnlyUnixClientsAndNeverSystemDirectories) {
   EXPECT_THAT(exported, Not(HasSubstr("\"reward\":1")));
 }
 
+TEST(UnixListener, SocketIs0660RootAndThePaddockGroup) {
+  testing::DaemonProcess d;
+  ASSERT_EQ(d.Start(), "");
+  struct stat st {};
+  ASSERT_EQ(stat(d.socket_path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0660u);
+  EXPECT_EQ(st.st_uid, 0u);
+  struct group* g = getgrnam("paddock");
+  ASSERT_NE(g, nullptr) << "no group 'paddock': scripts/install-deps.sh creates it";
+  EXPECT_EQ(st.st_gid, g->gr_gid);
+}
+
 TEST(TcpListener, RefusesATokenFileOthersCanRead) {
   testing::DaemonProcess d(testing::DaemonOptions{.start_timeout_ms = 5000});
   const std::string token_file = d.dir() + "/token";

@@ -1,5 +1,6 @@
 #include "rollout/service/server.h"
 
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -134,9 +135,17 @@ Status SandboxServer::Start() {
   int unix_port = 0;
   PADDOCK_RETURN_IF_ERROR(build(unix_service_.get(), unix_log_service_.get(),
                                 "unix:" + options_.socket_path, &unix_port, &unix_server_));
-  // gRPC creates the socket with the umask's mode; narrow it to root and the group.
+  // gRPC creates the socket with the umask's mode; narrow it to root and the
+  // `paddock` group (scripts/install-deps.sh creates it), whose members may
+  // drive the daemon without being root.
   if (chmod(options_.socket_path.c_str(), 0660) != 0)
     return ErrnoError(fmt::format("chmod 0660 {}", options_.socket_path));
+  if (struct group* g = getgrnam("paddock")) {
+    if (chown(options_.socket_path.c_str(), 0, g->gr_gid) != 0)
+      return ErrnoError(fmt::format("chown root:paddock {}", options_.socket_path));
+  } else {
+    spdlog::info("no group 'paddock' on this host: the socket {} is for root only", options_.socket_path);
+  }
   spdlog::info("listening on unix:{}", options_.socket_path);
 
   if (!options_.tcp_address.empty()) {

@@ -97,6 +97,40 @@ def metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InvalidArgument(f"{what} {path}: {os.strerror(e.errno or errno.EIO)}") from None
+    if b"-----BEGIN " not in data:
+        raise InvalidArgument(f"{what} {path} holds no PEM data")
+    return data
+
+
+def tls_credentials(tls_ca_file: str | None, tls_cert_file: str | None,
+                    tls_key_file: str | None) -> Any:
+    """gRPC channel credentials for a paddockd started with ``--tls-cert`` (None: plain TCP).
+
+    Each argument defaults to ``$PADDOCK_TLS_CA``, ``$PADDOCK_TLS_CERT`` and
+    ``$PADDOCK_TLS_KEY``, as for the C++ client and the CLI.
+    """
+    import grpc  # noqa: PLC0415 (kept local: the module is imported by the stubs' users too)
+    ca = tls_ca_file or os.environ.get("PADDOCK_TLS_CA")
+    cert = tls_cert_file or os.environ.get("PADDOCK_TLS_CERT")
+    key = tls_key_file or os.environ.get("PADDOCK_TLS_KEY")
+    if not ca:
+        if cert:
+            raise InvalidArgument("a client certificate needs TLS: pass tls_ca_file")
+        return None
+    if bool(cert) != bool(key):
+        raise InvalidArgument("tls_cert_file and tls_key_file go together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(ca, "TLS CA"),
+        private_key=_read_pem(key, "client key") if key else None,
+        certificate_chain=_read_pem(cert, "client certificate") if cert else None)
+
+
 def read_token_file(path: str) -> str:
     """The token in ``path`` (surrounding whitespace ignored), as ``paddock --token-file`` reads it."""
     try:

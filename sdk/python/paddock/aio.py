@@ -62,8 +62,11 @@ class Client:
 
     def __init__(self, socket_path: str | None = None, *, address: str | None = None,
                  token: str | None = None, token_file: str | None = None,
+                 tls_ca_file: str | None = None, tls_cert_file: str | None = None,
+                 tls_key_file: str | None = None,
                  connect_timeout: float = 2.0, call_timeout: float = cv.DEFAULT_CALL_TIMEOUT_S) -> None:
         self._grpc_target, self.target, self._tcp = cv.resolve_target(socket_path, address)
+        self._creds = cv.tls_credentials(tls_ca_file, tls_cert_file, tls_key_file) if self._tcp else None
         if token_file and not token:
             token = cv.read_token_file(token_file)
         self._metadata = cv.metadata(token)
@@ -88,7 +91,11 @@ class Client:
     @property
     def _channel(self) -> grpc.aio.Channel:
         if self._channel_obj is None:
-            self._channel_obj = grpc.aio.insecure_channel(self._grpc_target, options=cv.channel_options())
+            if self._creds is not None:
+                self._channel_obj = grpc.aio.secure_channel(self._grpc_target, self._creds,
+                                                            options=cv.channel_options())
+            else:
+                self._channel_obj = grpc.aio.insecure_channel(self._grpc_target, options=cv.channel_options())
             self._sb_stub = _stubs.sandbox_pb2_grpc.SandboxesStub(self._channel_obj)
             self._log_stub = _stubs.log_pb2_grpc.LogStub(self._channel_obj)
         return self._channel_obj

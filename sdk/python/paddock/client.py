@@ -49,6 +49,10 @@ class Client:
         address: ``"host:port"`` of a daemon started with ``--listen-tcp``, instead of the socket.
         token: the bearer token for ``address`` (``paddockd --token-file``).
         token_file: a file holding that token (surrounding whitespace ignored).
+        tls_ca_file: ``address`` over TLS: the PEM CA bundle that signed paddockd's
+            ``--tls-cert`` (default ``$PADDOCK_TLS_CA``; unset: plain TCP).
+        tls_cert_file, tls_key_file: this client's certificate and key, for a daemon
+            with ``--tls-client-ca`` (default ``$PADDOCK_TLS_CERT``, ``$PADDOCK_TLS_KEY``).
         connect_timeout: seconds to wait for the daemon to answer before raising
             :class:`paddock.Unavailable` (whose message says how to start it).
         call_timeout: deadline in seconds of every call except ``exec`` (whose deadline
@@ -61,8 +65,11 @@ class Client:
 
     def __init__(self, socket_path: str | None = None, *, address: str | None = None,
                  token: str | None = None, token_file: str | None = None,
+                 tls_ca_file: str | None = None, tls_cert_file: str | None = None,
+                 tls_key_file: str | None = None,
                  connect_timeout: float = 2.0, call_timeout: float = cv.DEFAULT_CALL_TIMEOUT_S) -> None:
         self._grpc_target, self.target, self._tcp = cv.resolve_target(socket_path, address)
+        creds = cv.tls_credentials(tls_ca_file, tls_cert_file, tls_key_file) if self._tcp else None
         if token_file and not token:
             token = cv.read_token_file(token_file)
         self._metadata = cv.metadata(token)
@@ -71,7 +78,10 @@ class Client:
             reason = cv.probe_unix_socket(self.target)
             if reason:
                 raise cv.unreachable(self.target, reason)
-        self._channel = grpc.insecure_channel(self._grpc_target, options=cv.channel_options())
+        if creds is not None:
+            self._channel = grpc.secure_channel(self._grpc_target, creds, options=cv.channel_options())
+        else:
+            self._channel = grpc.insecure_channel(self._grpc_target, options=cv.channel_options())
         try:
             grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import time
 
 import pytest
@@ -237,6 +239,55 @@ def test_tcp_with_token(daemon, rootfs: str, tmp_path) -> None:
     with paddock.Client(address=daemon.tcp_address) as c:
         with pytest.raises(paddock.Unauthenticated):
             c.sandboxes()
+
+
+def _make_certs(d) -> None:
+    """A CA, and a server and a client certificate for 127.0.0.1 it signed (openssl CLI)."""
+    script = (
+        "set -e; openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
+        "-subj /CN=pysdk-ca 2>/dev/null; for who in server client; do "
+        "openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null; "
+        "printf 'subjectAltName=IP:127.0.0.1\\n' > $who.ext; "
+        "openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 "
+        "-extfile $who.ext 2>/dev/null; done; chmod 600 *.key")
+    subprocess.run(["/bin/sh", "-c", script], cwd=d, check=True)
+
+
+def test_tcp_with_mutual_tls(daemon, tmp_path) -> None:
+    """A second paddockd serving TCP with --tls-cert and --tls-client-ca: the SDK connects
+    with the CA and its certificate; a plain-text client gets nothing."""
+    _make_certs(tmp_path)
+    state, sock = tmp_path / "state", tmp_path / "d.sock"
+    token = tmp_path / "token"
+    token.write_text("tls-token\n")
+    os.chmod(token, 0o600)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen(
+        [os.environ.get("PADDOCKD", "build/rollout/paddockd"), "--state-dir", str(state), "--socket", str(sock),
+         "--init-path", os.environ.get("PADDOCK_INIT", "build/sandbox/paddock-init"), "--warm-pool", "0",
+         "--listen-tcp", f"127.0.0.1:{port}", "--token-file", str(token),
+         "--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"),
+         "--tls-client-ca", str(tmp_path / "ca.pem"), "--log-level", "warn"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with paddock.Client(address=f"127.0.0.1:{port}", token="tls-token", connect_timeout=5,
+                            tls_ca_file=str(tmp_path / "ca.pem"), tls_cert_file=str(tmp_path / "client.pem"),
+                            tls_key_file=str(tmp_path / "client.key")) as c:
+            assert c.sandboxes() == []
+        with pytest.raises(paddock.Unavailable):
+            with paddock.Client(address=f"127.0.0.1:{port}", token="tls-token", connect_timeout=1) as c:
+                c.sandboxes()
+        with pytest.raises(paddock.InvalidArgument):
+            paddock.Client(address=f"127.0.0.1:{port}", tls_cert_file=str(tmp_path / "client.pem"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def test_exec_stream_cancel_ends_the_iteration(client: paddock.Client, rootfs: str) -> None:
