@@ -20,6 +20,7 @@
 #include "sandbox/linux/mounts.h"
 #include "sandbox/linux/process.h"
 #include "sandbox/linux/seccomp_profile.h"
+#include "sandbox/linux/spawner.h"
 #include "sandbox/linux/userns.h"
 
 namespace paddock {
@@ -157,7 +158,7 @@ class FunctionSandbox final : public Sandbox {
 class FunctionSubstrate final : public Substrate {
  public:
   explicit FunctionSubstrate(const SubstrateEnv& env)
-      : env_(env), views_(env.state_dir + "/views/function", kFunctionIds) {}
+      : env_(env), views_(env.state_dir + "/views/function", kFunctionIds), spawner_(env.init_path) {}
   ~FunctionSubstrate() override { Shutdown(); }
 
   std::string name() const override { return "function"; }
@@ -229,21 +230,17 @@ class FunctionSubstrate final : public Substrate {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
     UniqueFd ours(sv[0]), theirs(sv[1]);
-    SpawnOptions so;
-    so.clone_flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS |
-                     CLONE_NEWIPC;
-    so.program = env_.init_path;
-    so.argv = {"paddock-init"};
-    so.channel_fd = theirs.get();
-    const Cgroup& cgroup = z->cgroup_;
-    so.before_exec = [&cgroup](pid_t pid) -> Status {
-      PADDOCK_RETURN_IF_ERROR(WriteIdMaps(pid, kFunctionIds));
-      return cgroup.AddProcess(pid).Prefix("joining cgroup");
-    };
-    auto child = SpawnInNamespaces(so);
+    // Cloned from the spawner (already paddock-init: a clone, not a clone
+    // plus an exec); it waits for its setup frame while we write its id maps
+    // and join it to its cgroup.
+    const unsigned long flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS |
+                                CLONE_NEWIPC;
+    auto child = spawner_.Spawn(flags, theirs.get());
     if (!child.ok()) return child.status().Prefix("starting function zygote");
     z->init_ = std::move(child).value();
     theirs.reset();
+    PADDOCK_RETURN_IF_ERROR(WriteIdMaps(z->init_.pid(), kFunctionIds));
+    PADDOCK_RETURN_IF_ERROR(z->cgroup_.AddProcess(z->init_.pid()).Prefix("joining cgroup"));
 
     init::SetupConfig setup;
     setup.mode = init::Mode::kFunction;
@@ -266,6 +263,7 @@ class FunctionSubstrate final : public Substrate {
 
   SubstrateEnv env_;
   ImageViews views_;
+  Spawner spawner_;
   std::mutex mu_;
   std::map<std::pair<std::string, Limits>, std::shared_ptr<Zygote>> zygotes_;
   std::atomic<uint64_t> next_zygote_{0};
