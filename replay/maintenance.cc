@@ -1,6 +1,9 @@
 // Maintenance of the trajectory log: verify, backup/restore (RocksDB
 // BackupEngine), compaction and retention by age. The library side of
 // `paddock log verify|backup|restore|compact`.
+#include <sys/stat.h>
+
+#include <filesystem>
 #include <regex>
 #include <set>
 
@@ -175,6 +178,11 @@ Result<VerifyReport> TrajectoryLog::VerifyAt(const std::string& dir) {
 }
 
 Result<uint32_t> TrajectoryLogImpl::Backup(const std::string& backup_dir) {
+  // Trajectories are for the daemon's user only, in a backup as in the log.
+  std::error_code ec;
+  std::filesystem::create_directories(backup_dir, ec);
+  if (ec) return ErrnoError(fmt::format("creating backup directory {}", backup_dir), ec.value());
+  if (::chmod(backup_dir.c_str(), 0700) != 0) return ErrnoError(fmt::format("making {} private", backup_dir));
   rocksdb::BackupEngine* raw = nullptr;
   rocksdb::IOStatus s =
       rocksdb::BackupEngine::Open(rocksdb::Env::Default(), rocksdb::BackupEngineOptions(backup_dir), &raw);

@@ -339,9 +339,34 @@ TEST_F(EscapeTest, FileApiRefusesFifosDevicesAndMagicLinks) {
   ASSERT_TRUE(client_->WriteFile(id, "/tmp/deep/er/file", "hi", 0644, /*make_parents=*/true).ok());
   EXPECT_EQ(Sh(*client_, id, "cat /tmp/deep/er/file"), "hi");
 
-  // A function sandbox: the same refusals.
+  // /proc and /sys are not the file API's: a function zygote's /proc would
+  // show the command lines and environments of other sandboxes' execs.
+  // (cmdline and status are world-readable: only the check refuses them.)
+  for (const char* pseudo : {"/proc/1/cmdline", "/proc/self/status", "/proc/cpuinfo"}) {
+    auto r = client_->ReadFile(id, pseudo);
+    EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << pseudo << ": " << r.status().message();
+    EXPECT_THAT(r.status().message(), HasSubstr("/proc or /sys")) << pseudo;
+  }
+  EXPECT_EQ(client_->ListDir(id, "/proc").status().code(), Code::kInvalidArgument);
+
+  // A function sandbox: the same refusals, and no sight of other execs.
   std::string fn = Create("function");
   ASSERT_FALSE(fn.empty());
+  auto other = std::async(std::launch::async, [&] {
+    ExecRequest r;
+    r.shell = "SECRET_VERIFIER_TOKEN=1 sleep 3";
+    r.env["SECRET_ENV"] = "verifier-secret";
+    return client_->Exec(fn, r);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  auto listing = client_->ListDir(fn, "/proc");
+  EXPECT_FALSE(listing.ok()) << "the file API listed the zygote's /proc";
+  for (int pid = 1; pid < 40; ++pid) {
+    auto env = client_->ReadFile(fn, "/proc/" + std::to_string(pid) + "/environ");
+    EXPECT_FALSE(env.ok() && env->find("verifier-secret") != std::string::npos)
+        << "read another exec's environment through /proc/" << pid;
+  }
+  ASSERT_TRUE(other.get().ok());
   EXPECT_EQ(client_->ReadFile(fn, "/dev/zero").status().code(), Code::kInvalidArgument);
   EXPECT_EQ(client_->ReadFile(fn, "/proc/self/root/etc/passwd").status().code(), Code::kInvalidArgument);
   EXPECT_TRUE(client_->ReadFile(fn, "/etc/passwd").ok());
@@ -368,7 +393,7 @@ TEST_F(EscapeTest, SeccompDeniesEachFamilyAndOtherAbisKillTheProcess) {
                                "ptrace_traceme", "socket_raw"})
       EXPECT_THAT(out, HasSubstr(std::string(denied) + "=EPERM\n"));
     EXPECT_THAT(out, HasSubstr("clone3=ENOSYS\n"));
-    for (const char* family : {"socket_packet", "socket_netlink", "socket_vsock"})
+    for (const char* family : {"socket_packet", "socket_netlink", "socket_vsock", "socket_alg"})
       EXPECT_THAT(out, HasSubstr(std::string(family) + "=EAFNOSUPPORT\n"));
     EXPECT_THAT(out, HasSubstr("x32_getpid=signal=" + std::to_string(SIGSYS) + "\n"));
     // A kernel built without ia32 emulation refuses `int 0x80` itself (SIGSEGV).
@@ -386,8 +411,11 @@ TEST_F(EscapeTest, FunctionExecsShareNoScratchShmOrLoopback) {
   ASSERT_FALSE(b.empty());
   auto holder = std::async(std::launch::async, [&] {
     ExecRequest r;
-    r.shell = "echo a > /dev/shm/left && echo a > /tmp/left && (nc -l -p 5555 > /dev/null &) && sleep 4; "
-              "ls /dev/shm";
+    // Two listeners: 5555 for the others to try, 5556 to prove (from inside
+    // this exec) that a listener here does accept.
+    r.shell = "echo a > /dev/shm/left && echo a > /tmp/left && (nc -l -p 5555 > /dev/null &) && "
+              "(nc -l -p 5556 > /dev/null &) && sleep 0.5 && "
+              "if echo x | nc -w 1 127.0.0.1 5556; then echo SELF-CONNECTED; fi; sleep 4; ls /dev/shm";
     r.timeout_ms = 20000;
     return client_->Exec(a, r);
   });
@@ -405,6 +433,7 @@ TEST_F(EscapeTest, FunctionExecsShareNoScratchShmOrLoopback) {
   auto held = holder.get();
   ASSERT_TRUE(held.ok()) << held.status().message();
   EXPECT_THAT(held->stdout_data, HasSubstr("left")) << "the holding exec did not write its file";
+  EXPECT_THAT(held->stdout_data, HasSubstr("SELF-CONNECTED")) << "its own listener did not accept";
 }
 
 TEST_F(EscapeTest, ManyFifoReadsAtOnceStallNothing) {
@@ -530,6 +559,27 @@ TEST(UnixListener, SocketIs0660RootAndThePaddockGroup) {
   EXPECT_EQ(st.st_gid, g->gr_gid);
 }
 
+TEST(TcpListener, ClientsNeverSendTheTokenInClearTextOffLoopback) {
+  // Refused before any connection is attempted (no packet leaves).
+  client::ClientOptions far;
+  far.tcp_target = "paddock.invalid:7443";
+  far.token = "secret";
+  far.tls_ca_file.clear();
+  auto c = client::Client::Connect(far);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), Code::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("clear text"));
+  // --tls-client-ca without a certificate of the daemon's own is refused at start.
+  testing::DaemonProcess d(testing::DaemonOptions{.start_timeout_ms = 5000});
+  const std::string token_file = d.dir() + "/token";
+  std::ofstream(token_file) << "t";
+  chmod(token_file.c_str(), 0600);
+  EXPECT_NE(d.Start({"--listen-tcp", "127.0.0.1:" + std::to_string(FreePort()), "--token-file", token_file,
+                     "--tls-client-ca", token_file}),
+            "");
+  EXPECT_THAT(testing::ReadWholeFile(d.log_path()), HasSubstr("--tls-client-ca needs TLS"));
+}
+
 TEST(TcpListener, RefusesATokenFileOthersCanRead) {
   testing::DaemonProcess d(testing::DaemonOptions{.start_timeout_ms = 5000});
   const std::string token_file = d.dir() + "/token";
@@ -597,6 +647,11 @@ TEST(TcpListener, NonLoopbackNeedsTlsAndTlsClientsConnect) {
   no_cert.tls_key_file.clear();
   auto nc = client::Client::Connect(no_cert);
   EXPECT_TRUE(!nc.ok() || !nc->List().ok()) << "a client without a certificate passed mutual TLS";
+
+  // Nothing on the daemon's host is named by a TCP client: not a log backup.
+  auto backup = good->LogBackup(d.dir() + "/remote-backup");
+  EXPECT_EQ(backup.status().code(), Code::kPermissionDenied) << backup.status().message();
+  EXPECT_FALSE(fs::exists(d.dir() + "/remote-backup"));
 
   // The CLI over TLS.
   auto cli = testing::RunProgram({testing::BuiltBinary("paddock"), "--tcp", o.tcp_target, "--token-file", token_file,

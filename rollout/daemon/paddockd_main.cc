@@ -212,6 +212,10 @@ int Run(const Flags& flags) {
       spdlog::error("--tls-cert and --tls-key go together");
       return 1;
     }
+    if (!flags.tls_client_ca.empty() && flags.tls_cert.empty()) {
+      spdlog::error("--tls-client-ca needs TLS: pass --tls-cert and --tls-key as well");
+      return 1;
+    }
     auto addr = ParseTcpAddress(flags.listen_tcp, flags.allow_remote, !flags.tls_cert.empty());
     if (!addr.ok()) {
       spdlog::error("{}", addr.status().message());

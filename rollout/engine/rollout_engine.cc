@@ -109,6 +109,30 @@ std::string PolicyFingerprint(const policy::GenerateRequest& r) {
 
 }  // namespace
 
+// A 64-bit ELF executable without a PT_INTERP program header: it loads no
+// dynamic loader, and so nothing of the sandbox it runs in.
+bool IsStaticElf64(const std::string& b) {
+  auto u16 = [&](size_t at) { return at + 2 <= b.size() ? uint16_t(uint8_t(b[at]) | uint8_t(b[at + 1]) << 8) : 0; };
+  auto u64 = [&](size_t at) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0 && at + 8 <= b.size(); --i) v = v << 8 | uint8_t(b[at + i]);
+    return v;
+  };
+  if (b.size() < 64 || b.compare(0, 4, "\x7f" "ELF") != 0 || b[4] != 2 /*ELFCLASS64*/ || b[5] != 1 /*LSB*/)
+    return false;
+  const uint64_t phoff = u64(32);
+  const uint16_t phentsize = u16(54), phnum = u16(56);
+  if (phentsize < 56 || phnum == 0) return false;
+  for (uint16_t i = 0; i < phnum; ++i) {
+    uint64_t at = phoff + uint64_t{i} * phentsize;
+    if (at + 4 > b.size()) return false;
+    uint32_t type = uint32_t(uint8_t(b[at])) | uint32_t(uint8_t(b[at + 1])) << 8 |
+                    uint32_t(uint8_t(b[at + 2])) << 16 | uint32_t(uint8_t(b[at + 3])) << 24;
+    if (type == 3 /*PT_INTERP*/) return false;
+  }
+  return true;
+}
+
 class RolloutEngine::Impl {
  public:
   Impl(SandboxManager& manager, replay::TrajectoryLog& log, EngineOptions options)
@@ -1314,8 +1338,8 @@ class RolloutEngine::Impl {
       std::ifstream in(options_.verifier_toolset, std::ios::binary);
       std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
       if (!in.good() && !in.eof()) bytes.clear();
-      if (bytes.size() < 4 || bytes.compare(0, 4, "\x7f" "ELF") != 0) {
-        spdlog::warn("verifier toolset {} is not a readable static program (install busybox-static): "
+      if (!IsStaticElf64(bytes)) {
+        spdlog::warn("verifier toolset {} is not a readable static x86-64 program (install busybox-static): "
                      "verifiers run the sandbox's own /bin/sh, which the agent can replace",
                      options_.verifier_toolset);
         return;

@@ -108,6 +108,10 @@ grpc::Status LogService::Verify(grpc::ServerContext* ctx, const v1::VerifyReques
 grpc::Status LogService::Backup(grpc::ServerContext* ctx, const v1::BackupRequest* req,
                                 v1::BackupResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (auth_)
+    return ToGrpc(Error(Code::kPermissionDenied,
+                        "a backup writes into a directory on the daemon's host, which only clients on its "
+                        "unix socket may name"));
   if (req->dir().empty() || req->dir()[0] != '/')
     return ToGrpc(Error(Code::kInvalidArgument,
                         "backup dir '{}' must be an absolute path (the daemon resolves it)", req->dir()));

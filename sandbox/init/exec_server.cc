@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/openat2.h>
 #include <poll.h>
 #include <sched.h>
@@ -11,6 +12,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -304,6 +306,15 @@ void Server::StartExec(uint32_t id, ExecRequest req) {
     // of the namespace: kill(-1) reaches every process but us; their jobs
     // complete as they are reaped), and the program is ours, in memory.
     kill(-1, SIGKILL);
+    // ...and are gone, not zombies still holding the pids limit and memory:
+    // kill(-1, 0) fails with ESRCH once PID 1 is alone in its namespace.
+    for (int i = 0; i < 2000 && kill(-1, 0) == 0; ++i) {
+      ReapChildren();
+      if (kill(-1, 0) != 0) break;
+      struct timespec ms {0, 1'000'000};
+      nanosleep(&ms, nullptr);
+      kill(-1, SIGKILL);
+    }
     std::string err;
     trusted = SealedProgram(req.trusted_program, &err);
     if (trusted < 0) {
@@ -867,6 +878,12 @@ void Server::StartFileCall(uint32_t id, FrameType type, const std::string& paylo
     // pipes of other calls (a copy of an exec's stdin would delay its EOF).
     if (dup2(out_p[1], 1) != 1) _exit(1);
     syscall(SYS_close_range, 2, ~0U, 0);
+    // Init's OOM protection (a microVM guest's -1000) is not the worker's.
+    if (int adj = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC); adj >= 0) {
+      if (write(adj, "0", 1) < 0) {
+      }
+      close(adj);
+    }
     std::string reply = FileCallReply(type, payload);
     size_t off = 0;
     while (off < reply.size()) {
@@ -940,6 +957,13 @@ namespace {
 // /proc/1/root, ...) are refused, so no descriptor of init's and nothing
 // outside the root is reachable by name. Opens never block (O_NONBLOCK) and
 // never take a controlling terminal (O_NOCTTY).
+// Set when OpenInRoot refused a path on procfs or sysfs (the worker is
+// single-threaded and lives for one call).
+bool refused_pseudo_fs = false;
+
+// Nothing on /proc or /sys is the file API's business: a function zygote's
+// /proc lists every exec of every sandbox sharing it (their command lines and
+// environments), and a container's tools can read its own /proc anyway.
 int OpenInRoot(const std::string& path, uint64_t flags, uint64_t mode = 0) {
   static const int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
   struct open_how how {};
@@ -951,6 +975,14 @@ int OpenInRoot(const std::string& path, uint64_t flags, uint64_t mode = 0) {
   do {
     fd = static_cast<int>(syscall(SYS_openat2, root, path.c_str(), &how, sizeof how));
   } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return fd;
+  struct statfs fs {};
+  if (fstatfs(fd, &fs) != 0 || fs.f_type == PROC_SUPER_MAGIC || fs.f_type == SYSFS_MAGIC) {
+    close(fd);
+    refused_pseudo_fs = true;
+    errno = EACCES;
+    return -1;
+  }
   return fd;
 }
 
@@ -971,6 +1003,9 @@ std::string NotRegular(const std::string& path, mode_t m) {
 }
 
 std::string ErrnoReply(int err, const std::string& path) {
+  if (refused_pseudo_fs)
+    return EncodeReply(EINVAL, path + " is on /proc or /sys, which the file API does not read or write "
+                                      "(run a command in the sandbox instead)", "");
   if (err == ENXIO)
     return EncodeReply(EINVAL, path + " is a FIFO, socket or device: the file API reads and writes regular files only", "");
   if (err == ELOOP)

@@ -2,8 +2,9 @@
 // a BPF program that paddock-init installs on every thread it has (TSYNC).
 // Default allow; the calls listed in docs/security.md fail with EPERM (clone3
 // with ENOSYS, so libc falls back to clone, whose namespace flags the filter
-// can inspect), socket() of the families below with EAFNOSUPPORT, raw sockets
-// with EPERM; a call of another ABI (ia32, x32) kills the process.
+// can inspect), socket() of any family but AF_UNIX, AF_INET and AF_INET6
+// with EAFNOSUPPORT, raw sockets with EPERM; a call of another ABI (ia32,
+// x32) kills the process.
 #pragma once
 
 #include <string>
@@ -15,9 +16,6 @@ namespace paddock {
 
 // Names of the system calls the profile denies outright.
 const std::vector<std::string>& DeniedSyscalls();
-
-// Address families socket() refuses (AF_PACKET, AF_NETLINK, AF_KEY, AF_VSOCK).
-const std::vector<int>& DeniedSocketFamilies();
 
 // The profile as an array of struct sock_filter, ready for PR_SET_SECCOMP.
 Result<std::string> DefaultSeccompBpf();

@@ -21,6 +21,7 @@
 
 #include <functional>
 #include <string>
+#include <thread>
 
 namespace {
 
@@ -80,14 +81,26 @@ int main() {
   Report("socket_packet", socket(AF_PACKET, SOCK_DGRAM, 0));
   Report("socket_netlink", socket(AF_NETLINK, SOCK_DGRAM, 0));
   Report("socket_vsock", socket(AF_VSOCK, SOCK_STREAM, 0));
+  Report("socket_alg", socket(AF_ALG, SOCK_SEQPACKET, 0));
   Report("socket_raw", socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, 1 /*ICMP*/));
   Report("socket_inet", socket(AF_INET, SOCK_STREAM, 0));  // control: allowed
-  // Other ABIs: x32 numbers and the 32-bit entry point.
-  InChild("x32_getpid", [] { return syscall(0x40000000 | SYS_getpid); });
-  InChild("ia32_getpid", [] {
+  // Other ABIs: x32 numbers and the 32-bit entry point, each made by a
+  // second thread while the first waits: the whole process must die (a
+  // filter that killed only the calling thread would let the child exit 0).
+  auto from_thread = [](long (*call)()) {
+    return [call]() -> long {
+      std::thread t([call] { call(); });
+      t.detach();
+      struct timespec wait {1, 0};
+      nanosleep(&wait, nullptr);
+      return 0;
+    };
+  };
+  InChild("x32_getpid", from_thread([]() -> long { return syscall(0x40000000 | SYS_getpid); }));
+  InChild("ia32_getpid", from_thread([]() -> long {
     long rc;
     asm volatile("int $0x80" : "=a"(rc) : "a"(20) : "memory");  // i386 getpid
     return rc;
-  });
+  }));
   return 0;
 }

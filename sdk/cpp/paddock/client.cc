@@ -169,10 +169,21 @@ Result<std::string> ReadPem(const std::string& path, const char* what) {
   return text;
 }
 
+bool LoopbackTarget(const std::string& target) {
+  std::string host = target.substr(0, target.rfind(':'));
+  return host == "localhost" || host == "[::1]" || host.rfind("127.", 0) == 0;
+}
+
 Result<std::shared_ptr<grpc::ChannelCredentials>> TcpCredentials(const ClientOptions& o) {
   if (!o.tls && o.tls_ca_file.empty()) {
     if (!o.tls_cert_file.empty())
       return Error(Code::kInvalidArgument, "a client certificate needs TLS: set tls_ca_file (--tls-ca)");
+    // The token would cross the network in clear text.
+    if (!o.token.empty() && !LoopbackTarget(o.tcp_target))
+      return Error(Code::kInvalidArgument,
+                   "refusing to send the token in clear text to {}: reach a non-loopback paddockd over TLS "
+                   "(--tls-ca, or PADDOCK_TLS_CA)",
+                   o.tcp_target);
     return grpc::InsecureChannelCredentials();
   }
   grpc::SslCredentialsOptions ssl;

@@ -122,13 +122,22 @@ def tls_credentials(tls_ca_file: str | None, tls_cert_file: str | None,
     if not ca:
         if cert:
             raise InvalidArgument("a client certificate needs TLS: pass tls_ca_file")
-        return None
+        return None  # plain TCP: refuse_clear_token() guards the token
     if bool(cert) != bool(key):
         raise InvalidArgument("tls_cert_file and tls_key_file go together")
     return grpc.ssl_channel_credentials(
         root_certificates=_read_pem(ca, "TLS CA"),
         private_key=_read_pem(key, "client key") if key else None,
         certificate_chain=_read_pem(cert, "client certificate") if cert else None)
+
+
+def refuse_clear_token(address: str, token: str | None, creds: Any) -> None:
+    """A token never crosses the network in clear text: plain TCP only to loopback."""
+    host = address.rsplit(":", 1)[0]
+    loopback = host in ("localhost", "[::1]") or host.startswith("127.")
+    if token and creds is None and not loopback:
+        raise InvalidArgument(f"refusing to send the token in clear text to {address}: reach a non-loopback "
+                              "paddockd over TLS (tls_ca_file, or PADDOCK_TLS_CA)")
 
 
 def read_token_file(path: str) -> str:

@@ -69,6 +69,8 @@ class Client:
         self._creds = cv.tls_credentials(tls_ca_file, tls_cert_file, tls_key_file) if self._tcp else None
         if token_file and not token:
             token = cv.read_token_file(token_file)
+        if self._tcp:
+            cv.refuse_clear_token(self.target, token, self._creds)
         self._metadata = cv.metadata(token)
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout

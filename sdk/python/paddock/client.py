@@ -72,6 +72,8 @@ class Client:
         creds = cv.tls_credentials(tls_ca_file, tls_cert_file, tls_key_file) if self._tcp else None
         if token_file and not token:
             token = cv.read_token_file(token_file)
+        if self._tcp:
+            cv.refuse_clear_token(self.target, token, creds)
         self._metadata = cv.metadata(token)
         self.call_timeout = call_timeout
         if not self._tcp:
