@@ -142,6 +142,18 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
     if (cv_.wait_until(lock, until, [&] { return p->done || dead_; })) break;
     if (std::chrono::steady_clock::now() >= deadline) {
       pending_.erase(id);
+      if (type == FrameType::kExec && !cancel_sent) {
+        // Whatever still runs for this exec is killed, not left behind.
+        uint32_t cancel_id = next_id_++;
+        lock.unlock();
+        init::WireWriter w;
+        w.U32(id);
+        {
+          std::lock_guard wl(write_mu_);
+          init::WriteFrame(channel_.get(), FrameType::kCancel, cancel_id, w.Take());
+        }
+        lock.lock();
+      }
       if (on_output) {
         // The reader may be inside this call's output callback: only a dead
         // channel guarantees it never runs again. An init that overran an
