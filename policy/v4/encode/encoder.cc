@@ -160,7 +160,9 @@ Result<Options> ParseOptions(const ojson& request) {
 // One turn as the format renders it. Tool results become a user turn, and a
 // user message right after a user turn without a task (tool results or text)
 // joins it, its text after a blank line; a user message with a task, and the
-// messages of every other role, are turns of their own.
+// messages of every other role, are turns of their own. (The joining rule, and
+// dropping developer messages before the last user turn under drop_thinking
+// below, follow the reference encoder; no public vector exercises them yet.)
 struct Turn {
   Role role;              // kUser for tool results; never kTool
   const Message* msg;     // the turn's first message
