@@ -27,6 +27,7 @@ SandboxSpec FromProto(const v1::SandboxSpec& p) {
   d.workdir = p.workdir();
   d.ttl_seconds = p.ttl_seconds();
   d.labels.insert(p.labels().begin(), p.labels().end());
+  d.network_allow.assign(p.network_allow().begin(), p.network_allow().end());
   return d;
 }
 
@@ -38,6 +39,7 @@ void ToProto(const SandboxSpec& d, v1::SandboxSpec* p) {
   p->set_workdir(d.workdir);
   p->set_ttl_seconds(d.ttl_seconds);
   p->mutable_labels()->insert(d.labels.begin(), d.labels.end());
+  for (const auto& a : d.network_allow) p->add_network_allow(a);
 }
 
 ExecRequest FromProto(const v1::ExecRequest& p) {

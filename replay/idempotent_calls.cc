@@ -140,6 +140,7 @@ RequestIdentity IdentifySandboxSpec(const v1::SandboxSpec& spec) {
   summary += "\nenv=" + QuoteMap(spec.env());
   summary += "\nworkdir=" + Quote(spec.workdir());
   summary += fmt::format("\nnetwork={}", static_cast<int>(spec.network()));
+  for (const auto& a : spec.network_allow()) summary += "\nallow=" + a;
   summary += fmt::format("\nttl_seconds={}", spec.ttl_seconds());
   summary += "\nlabels=" + QuoteMap(spec.labels());
   return Identify(spec, std::move(summary));

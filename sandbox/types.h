@@ -41,6 +41,11 @@ struct SandboxSpec {
   // directory may then be the image, when the daemon was started with
   // --allow-dir-images. Never set for TCP clients or task files.
   bool host_dir_image_ok = false;
+  // Egress allow list (empty: no network but loopback). Entries: "host",
+  // "host:port", "*.domain[:port]", "IP[:port]", "CIDR[:port]"; served by
+  // the daemon's egress proxy (sandbox/network/egress_proxy.h). Container
+  // sandboxes only, for now.
+  std::vector<std::string> network_allow;
 };
 
 struct ExecRequest {

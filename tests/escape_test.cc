@@ -454,6 +454,117 @@ TEST_F(EscapeTest, ManyFifoReadsAtOnceStallNothing) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
 }
 
+// A stand-in for the internet: a network namespace made here, joined to the
+// host by a veth pair (host side .1, namespace side .2 of a /30), serving a
+// file over HTTP on ports 8080 and 8081 (busybox httpd). Only this namespace
+// and loopback are ever reached.
+class TestInternet {
+ public:
+  TestInternet() {
+    const int tag = getpid() % 200 + 20;
+    ns_ = "pdk-inet-" + std::to_string(getpid());
+    host_if_ = "pdkh" + std::to_string(getpid() % 100000);
+    ns_if_ = "pdkn" + std::to_string(getpid() % 100000);
+    host_ip_ = "10.231." + std::to_string(tag) + ".1";
+    server_ip_ = "10.231." + std::to_string(tag) + ".2";
+    www_ = "/tmp/" + ns_ + "-www";
+    fs::create_directories(www_);
+    std::ofstream(www_ + "/hello.txt") << "hello-egress\n";
+    std::string script = "set -e; ip netns add " + ns_ + "; ip link add " + host_if_ + " type veth peer name " + ns_if_ +
+                         "; ip link set " + ns_if_ + " netns " + ns_ + "; ip addr add " + host_ip_ + "/30 dev " +
+                         host_if_ + "; ip link set " + host_if_ + " up; ip netns exec " + ns_ + " ip addr add " +
+                         server_ip_ + "/30 dev " + ns_if_ + "; ip netns exec " + ns_ + " ip link set " + ns_if_ +
+                         " up; ip netns exec " + ns_ + " ip link set lo up";
+    auto r = testing::RunProgram({"/bin/sh", "-c", script});
+    ok_ = r.code == 0;
+    why_ = r.out + r.err;
+    for (const char* port : {"8080", "8081"})
+      servers_.push_back(testing::SpawnProgram(
+          {"/usr/sbin/ip", "netns", "exec", ns_, "/bin/busybox", "httpd", "-f", "-p", port, "-h", www_},
+          www_ + "/../" + ns_ + "-httpd.log"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  ~TestInternet() {
+    for (pid_t p : servers_)
+      if (p > 0) {
+        kill(p, SIGKILL);
+        waitpid(p, nullptr, 0);
+      }
+    testing::RunProgram({"/bin/sh", "-c", "ip netns del " + ns_ + " 2>/dev/null; ip link del " + host_if_ + " 2>/dev/null; true"});
+    fs::remove_all(www_);
+  }
+  bool ok() const { return ok_; }
+  const std::string& why() const { return why_; }
+  const std::string& host_ip() const { return host_ip_; }
+  const std::string& server_ip() const { return server_ip_; }
+
+ private:
+  std::string ns_, host_if_, ns_if_, host_ip_, server_ip_, www_, why_;
+  bool ok_ = false;
+  std::vector<pid_t> servers_;
+};
+
+TEST_F(EscapeTest, EgressReachesOnlyWhatTheAllowListNames) {
+  TestInternet inet;
+  ASSERT_TRUE(inet.ok()) << inet.why();
+  const std::string server = inet.server_ip();
+  SandboxSpec spec;
+  spec.substrate = "container";
+  spec.image = "busybox:escape";
+  spec.network_allow = {server + ":8080", inet.host_ip() + "/32", "169.254.169.254", "127.0.0.1"};
+  auto sb = client_->Create(spec);
+  ASSERT_TRUE(sb.ok()) << sb.status().message() << daemon_.LogTail();
+  auto sh = [&](const std::string& script) {
+    ExecRequest r;
+    r.shell = script + " 2>&1; echo rc=$?";
+    r.timeout_ms = 30000;
+    auto res = client_->Exec(sb->id, r);
+    EXPECT_TRUE(res.ok()) << res.status().message();
+    return res.ok() ? res->stdout_data : std::string();
+  };
+  // Allowed: plain HTTP through the proxy (wget honours http_proxy)...
+  EXPECT_THAT(sh("wget -q -O- http://" + server + ":8080/hello.txt"), HasSubstr("hello-egress\nrc=0"));
+  // ...and CONNECT, the way HTTPS and other TCP go.
+  // (stdin stays open a moment: busybox nc stops reading at its EOF)
+  EXPECT_THAT(sh("(printf 'CONNECT " + server + ":8080 HTTP/1.1\\r\\n\\r\\nGET /hello.txt HTTP/1.0\\r\\n\\r\\n'; "
+                 "sleep 1) | nc -w 3 127.0.0.1 3128"),
+              ::testing::AllOf(HasSubstr("200 Connection established"), HasSubstr("hello-egress")));
+  // Not on the list: another port of the same server. A clear error in the sandbox.
+  std::string other = sh("wget -q -O- http://" + server + ":8081/hello.txt");
+  EXPECT_THAT(other, Not(HasSubstr("hello-egress")));
+  EXPECT_THAT(other, HasSubstr("403"));
+  // Never the host, nor link-local metadata, nor loopback, though the list names them.
+  for (const std::string& target : {inet.host_ip() + ":8080", std::string("169.254.169.254:80"), std::string("127.0.0.1:22")}) {
+    std::string out = sh("(printf 'CONNECT " + target + " HTTP/1.1\\r\\n\\r\\n'; sleep 1) | nc -w 3 127.0.0.1 3128");
+    EXPECT_THAT(out, HasSubstr("403")) << target;
+    EXPECT_THAT(out, Not(HasSubstr("200 Connection established"))) << target;
+  }
+  // No way around the proxy: the sandbox has no route.
+  EXPECT_THAT(sh("echo x | nc -w 2 " + server + " 8080"), Not(HasSubstr("rc=0")));
+
+  // Without an allow list: nothing leaves (no proxy, no route).
+  std::string plain = Create("container");
+  ExecRequest r;
+  r.shell = "wget -q -T 3 -O- http://" + server + ":8080/hello.txt 2>&1; echo rc=$?";
+  auto res = client_->Exec(plain, r);
+  ASSERT_TRUE(res.ok());
+  EXPECT_THAT(res->stdout_data, Not(HasSubstr("hello-egress")));
+  EXPECT_THAT(res->stdout_data, Not(HasSubstr("rc=0")));
+
+  // Function sandboxes: a clear refusal, not a silent no-network sandbox.
+  spec.substrate = "function";
+  auto fn = client_->Create(spec);
+  ASSERT_FALSE(fn.ok());
+  EXPECT_EQ(fn.status().code(), Code::kInvalidArgument);
+  EXPECT_THAT(fn.status().message(), HasSubstr("container sandboxes only"));
+  // A malformed entry is refused naming it.
+  spec.substrate = "container";
+  spec.network_allow = {"bad host!"};
+  auto bad = client_->Create(spec);
+  EXPECT_EQ(bad.status().code(), Code::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("bad host!"));
+}
+
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};

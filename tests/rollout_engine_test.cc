@@ -60,6 +60,11 @@ TEST(RolloutTasks, BadInputIsRefusedNamingLineAndField) {
       {R"({"id":"a","image":"/img","instruction":"x","workdir":"rel"})", "field 'workdir': must be an absolute path"},
       {R"({"id":"a","image":"/img","instruction":"x","env":{"A":1}})", "field 'env.A': must be a string"},
       {R"({"id":"a","image":"/img","instruction":"x","colour":"red"})", "field 'colour': unknown field"},
+      {R"({"id":"a","image":"/img","instruction":"x","substrate":"function","network":{"allow":["h:1"]}})",
+       "field 'network': egress is available on container sandboxes only"},
+      {R"({"id":"a","image":"/img","instruction":"x","network":{"allow":[1]}})", "field 'network.allow[0]'"},
+      {R"({"id":"a","image":"/img","instruction":"x","network":{"deny":[]}})", "field 'network.deny': unknown field"},
+      {R"({"id":"a","image":"/img","instruction":"x","network":["h"]})", "field 'network': must be an object"},
       {R"({"id":"a","image":"/img","instruction":"x","metadata":[]})", "field 'metadata': must be an object"},
   };
   for (const auto& c : cases) {

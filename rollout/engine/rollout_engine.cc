@@ -741,6 +741,7 @@ class RolloutEngine::Impl {
     spec.limits = task.limits;
     spec.env = task.env;
     spec.workdir = task.workdir;
+    spec.network_allow = task.network_allow;
     spec.ttl_seconds = deadline_s + 600;
     spec.labels = {{"episode", ep->id}, {"task", task.id}, {"rollout", r->id}};
     auto info = manager_.Create(spec);

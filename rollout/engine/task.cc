@@ -66,7 +66,7 @@ Result<Task> ParseTask(const json& o) {
   PADDOCK_RETURN_IF_ERROR(CheckKeys(o, "",
                                     {"id", "image", "substrate", "instruction", "system", "tools", "limits",
                                      "env", "workdir", "max_turns", "max_tokens", "max_new_tokens",
-                                     "max_observation_tokens", "setup", "verifier", "metadata"}));
+                                     "max_observation_tokens", "setup", "verifier", "metadata", "network"}));
   Task t;
   t.source = o;
   PADDOCK_ASSIGN_OR_RETURN(t.id, GetString(o, "id", true, true));
@@ -144,6 +144,21 @@ Result<Task> ParseTask(const json& o) {
       if (!v.is_string()) return FieldError("env." + k, "must be a string");
       t.env[k] = v.get<std::string>();
     }
+  }
+
+  if (auto it = o.find("network"); it != o.end()) {
+    if (!it->is_object()) return FieldError("network", "must be an object like {\"allow\": [\"host:443\"]}");
+    PADDOCK_RETURN_IF_ERROR(CheckKeys(*it, "network.", {"allow"}));
+    if (auto allow = it->find("allow"); allow != it->end()) {
+      if (!allow->is_array()) return FieldError("network.allow", "must be an array of strings");
+      for (size_t i = 0; i < allow->size(); ++i) {
+        if (!(*allow)[i].is_string() || (*allow)[i].get<std::string>().empty())
+          return FieldError(fmt::format("network.allow[{}]", i), "must be a non-empty string");
+        t.network_allow.push_back((*allow)[i].get<std::string>());
+      }
+    }
+    if (!t.network_allow.empty() && t.substrate != "container")
+      return FieldError("network", "egress is available on container sandboxes only (for now)");
   }
 
   PADDOCK_ASSIGN_OR_RETURN(uint64_t turns, GetUint(o, "max_turns", 16, 1, 10000));

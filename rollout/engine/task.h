@@ -40,6 +40,7 @@ struct Task {
   uint32_t exec_timeout_s = 60;       // per tool call
   uint64_t output_cap_bytes = 65536;  // per tool call, stdout and stderr each
   std::map<std::string, std::string> env;
+  std::vector<std::string> network_allow;  // "network": {"allow": [...]}; empty: loopback only
   std::string workdir;                // empty: the substrate's default
   uint32_t max_turns = 16;
   uint64_t max_tokens = 32768;        // the episode's context budget

@@ -13,6 +13,7 @@
 
 #include "sandbox/container/freezer.h"
 #include "sandbox/image_source.h"
+#include "sandbox/network/egress_proxy.h"
 #include "sandbox/image_view.h"
 #include "sandbox/init/init_client.h"
 #include "sandbox/init/init_served_sandbox.h"
@@ -85,6 +86,7 @@ class ContainerSandbox final : public InitServedSandbox {
 
   Status Destroy() override {
     std::lock_guard lock(destroy_mu_);
+    egress_.reset();  // its connections first: they serve this sandbox's processes
     // Killing PID 1 of the pid namespace kills every process in it.
     init_.KillAndReap();
     if (client_) client_.reset();  // joins the reader thread (it sees EOF)
@@ -118,6 +120,7 @@ class ContainerSandbox final : public InitServedSandbox {
 
   using InitServedSandbox::client_;  // started by the substrate's Create
   std::map<std::string, std::string> env_;
+  std::unique_ptr<EgressProxy> egress_;  // with a network allow list only
   std::string dir_;
   std::string rootfs_;   // overlay mount point while mounted
   std::string changes_;  // tmpfs holding the overlay's upper and work dirs
@@ -148,6 +151,7 @@ class ContainerSubstrate final : public Substrate {
 
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
+    PADDOCK_ASSIGN_OR_RETURN(std::vector<EgressRule> egress, ParseEgressRules(spec.network_allow));
     PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
     SandboxSpec recipe;  // what a pooled container is built from: no id, no env
     recipe.image = image.id;
@@ -168,7 +172,16 @@ class ContainerSubstrate final : public Substrate {
     pool_.Want(key, [this, recipe, image] {
       return Build(NewSandboxId(), recipe, image, /*background=*/true);
     });
-    static_cast<ContainerSandbox*>(sb.get())->env_ = std::move(env);
+    auto* ct = static_cast<ContainerSandbox*>(sb.get());
+    if (!spec.network_allow.empty()) {
+      // Egress through the daemon's proxy, listening inside this container's
+      // own network namespace; the container gains no route of its own.
+      auto proxy = EgressProxy::Start(ct->init_.pid(), std::move(egress));
+      if (!proxy.ok()) return proxy.status().Prefix("starting the sandbox's egress proxy");
+      ct->egress_ = std::move(proxy).value();
+      for (const auto& [k, v] : EgressProxy::ProxyEnv()) env.emplace(k, v);
+    }
+    ct->env_ = std::move(env);
     return sb;
   }
 

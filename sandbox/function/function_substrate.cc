@@ -166,6 +166,10 @@ class FunctionSubstrate final : public Substrate {
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     if (!spec.workdir.empty() && spec.workdir[0] != '/')
       return Error(Code::kInvalidArgument, "workdir '{}' must be an absolute path", spec.workdir);
+    if (!spec.network_allow.empty())
+      return Error(Code::kInvalidArgument,
+                   "network egress (a network allow list) is available on container sandboxes only; a function "
+                   "sandbox has no network but loopback");
     PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
     SandboxSpec eff = spec;
     ApplyImageDefaults(image, &eff.env, &eff.workdir);  // the spec's values win

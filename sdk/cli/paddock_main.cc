@@ -82,7 +82,7 @@ int WithClient(const Globals& g, F&& body) {
 struct CreateArgs {
   std::string substrate, image, memory, disk, workdir, episode;
   uint32_t pids = 0, cpu = 0, ttl = 0;
-  std::vector<std::string> env, labels;
+  std::vector<std::string> env, labels, allow;
 };
 
 int RunCreate(const Globals& g, const CreateArgs& a) {
@@ -91,6 +91,7 @@ int RunCreate(const Globals& g, const CreateArgs& a) {
   spec.image = a.image;
   spec.workdir = a.workdir;
   spec.ttl_seconds = a.ttl;
+  spec.network_allow = a.allow;
   spec.limits.pids = a.pids;
   spec.limits.cpu_millicores = a.cpu;
   if (!a.memory.empty()) {
@@ -654,6 +655,10 @@ int Main(int argc, char** argv) {
   c->add_option("--workdir", create.workdir, "default working directory (default /work in a container, /tmp in a function sandbox)");
   c->add_option("--ttl", create.ttl, "destroy after this many seconds (0: daemon default)");
   c->add_option("--label", create.labels, "KEY=VALUE label (repeatable)")->allow_extra_args(false);
+  c->add_option("--network-allow", create.allow,
+                "egress allow-list entry: HOST[:PORT], *.DOMAIN[:PORT], IP[:PORT] or CIDR[:PORT] (repeatable; "
+                "container sandboxes; reached through HTTP_PROXY/HTTPS_PROXY, never the host or 169.254.0.0/16)")
+      ->allow_extra_args(false);
   c->add_option("--episode", create.episode,
                 "bind the sandbox to this episode of the trajectory log: a second create for it "
                 "returns the bound sandbox while it lives, a new (rebuilt) one after a restart");

@@ -185,7 +185,8 @@ def _str_map(name: str, m: Mapping[str, str] | None) -> dict[str, str]:
 
 def create_request(substrate: str, image: str, *, limits: Limits | Mapping[str, int] | None,
                    env: Mapping[str, str] | None, workdir: str | None, ttl: float | None,
-                   labels: Mapping[str, str] | None, episode: str | None) -> Any:
+                   labels: Mapping[str, str] | None, episode: str | None,
+                   network_allow: Sequence[str] | None = None) -> Any:
     if isinstance(image, os.PathLike):
         image = os.fspath(image)
     spec = pb.SandboxSpec(
@@ -196,6 +197,7 @@ def create_request(substrate: str, image: str, *, limits: Limits | Mapping[str, 
         workdir=workdir or "",
         ttl_seconds=int(ttl or 0),
         labels=_str_map("labels", labels),
+        network_allow=list(network_allow or []),
     )
     return pb.CreateRequest(spec=spec, episode=episode or "")
 

@@ -142,13 +142,14 @@ class Client:
 
     def sandbox(self, substrate: str, image: str, *, limits: Limits | Mapping[str, int] | None = None,
                 env: Mapping[str, str] | None = None, workdir: str | None = None, ttl: float | None = None,
-                labels: Mapping[str, str] | None = None, episode: str | None = None) -> "_Creating":
+                labels: Mapping[str, str] | None = None, episode: str | None = None,
+                network_allow: Sequence[str] | None = None) -> "_Creating":
         """Creates a sandbox (arguments as for :meth:`paddock.Client.sandbox`).
 
         ``sb = await c.sandbox(...)``, or ``async with c.sandbox(...) as sb:`` to destroy it on exit
         (also on an exception)."""
         req = cv.create_request(substrate, image, limits=limits, env=env, workdir=workdir, ttl=ttl,
-                                labels=labels, episode=episode)
+                                labels=labels, episode=episode, network_allow=network_allow)
         return _Creating(self, req)
 
     async def _create(self, req: Any) -> "Sandbox":

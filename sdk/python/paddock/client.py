@@ -128,7 +128,8 @@ class Client:
 
     def sandbox(self, substrate: str, image: str, *, limits: Limits | Mapping[str, int] | None = None,
                 env: Mapping[str, str] | None = None, workdir: str | None = None, ttl: float | None = None,
-                labels: Mapping[str, str] | None = None, episode: str | None = None) -> "Sandbox":
+                labels: Mapping[str, str] | None = None, episode: str | None = None,
+                network_allow: Sequence[str] | None = None) -> "Sandbox":
         """Creates a sandbox and returns it once it accepts exec.
 
         Use it as a context manager to destroy it on exit (also on an exception)::
@@ -146,13 +147,16 @@ class Client:
             episode: bind it to this episode of the trajectory log: while the bound sandbox
                 lives another create returns it (``reused``); after a daemon restart a new one
                 replaces it (``rebuilt``).
+            network_allow: egress allow list (container sandboxes): ``"host[:port]"``,
+                ``"*.domain[:port]"``, ``"IP[:port]"``, ``"CIDR[:port]"``, reached through the
+                daemon's proxy (``HTTP_PROXY``/``HTTPS_PROXY`` in the sandbox). Default: none.
 
         Raises:
             paddock.InvalidArgument: unknown substrate, missing image, bad limits.
             paddock.ResourceExhausted: the daemon's sandbox cap is reached.
         """
         req = cv.create_request(substrate, image, limits=limits, env=env, workdir=workdir, ttl=ttl,
-                                labels=labels, episode=episode)
+                                labels=labels, episode=episode, network_allow=network_allow)
         resp = self._call(self._sandboxes.Create, req)
         return Sandbox(self, resp.sandbox.id, info=cv.sandbox_info(resp.sandbox), reused=resp.reused,
                        rebuilt=resp.rebuilt, previous_sandbox_id=resp.previous_sandbox_id)
