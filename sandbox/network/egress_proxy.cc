@@ -362,13 +362,18 @@ std::string EgressProxy::Connect(const std::string& host_in, int port, int* fd) 
     if (s < 0) continue;
     int rc = connect(s, ai->ai_addr, ai->ai_addrlen);
     if (rc != 0 && errno == EINPROGRESS) {
-      pollfd p{s, POLLOUT, 0};
-      int err = 0;
-      socklen_t len = sizeof err;
-      if (poll(&p, 1, kConnectTimeoutMs) == 1 && getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0)
-        rc = 0;
-      else
-        errno = err ? err : ETIMEDOUT;
+      // In slices, so that a stopping proxy (the sandbox destroyed) does not
+      // wait out a slow connect.
+      int err = ETIMEDOUT;
+      for (int waited = 0; waited < kConnectTimeoutMs && !stopping_; waited += 100) {
+        pollfd p{s, POLLOUT, 0};
+        if (poll(&p, 1, 100) != 1) continue;
+        socklen_t len = sizeof err;
+        if (getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+        break;
+      }
+      if (err == 0) rc = 0;
+      else errno = err;
     }
     if (rc == 0) {
       fcntl(s, F_SETFL, fcntl(s, F_GETFL) & ~O_NONBLOCK);
