@@ -465,6 +465,15 @@ TEST_P(Contract, Limits_ForkBombIsContainedByPidsLimit) {
   EXPECT_EQ(after.stdout_data, "alive\n");
 }
 
+// A pids limit above the host's hard RLIMIT_NPROC (which a user namespace
+// cannot raise) still runs commands: the hard limit applies there instead.
+TEST_P(Contract, Limits_PidsAboveTheHostsHardLimitStillRun) {
+  SandboxSpec spec = Spec();
+  spec.limits.pids = 4'000'000;
+  auto id = Create(spec);
+  EXPECT_EQ(Run(id, "echo alive").stdout_data, "alive\n");
+}
+
 TEST_P(Contract, Limits_CpuBandwidthIsEnforced) {
   SandboxSpec spec = Spec();
   spec.limits.cpu_millicores = 200;

@@ -692,7 +692,13 @@ void Server::StubMain() {
   struct { int res; uint64_t v; } lims[] = {
       {RLIMIT_AS, as}, {RLIMIT_NPROC, pids}, {RLIMIT_FSIZE, disk}, {RLIMIT_NOFILE, 1024}, {RLIMIT_CORE, 0}};
   for (auto& l : lims) {
-    struct rlimit rl{l.v, l.v};
+    // A limit above the inherited hard limit cannot be raised to from a user
+    // namespace: the hard limit is then the limit (the cgroup still enforces
+    // the spec's pids and memory).
+    struct rlimit cur {};
+    uint64_t v = l.v;
+    if (getrlimit(l.res, &cur) == 0 && cur.rlim_max != RLIM_INFINITY && v > cur.rlim_max) v = cur.rlim_max;
+    struct rlimit rl{v, v};
     if (setrlimit(l.res, &rl) != 0) Die("setrlimit: " + std::string(std::strerror(errno)));
   }
   // The stub and its command keep no capability; both run under seccomp.
