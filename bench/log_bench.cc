@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -80,6 +81,26 @@ std::unique_ptr<TrajectoryLog> OpenLog(const std::string& dir, bool group_commit
   return std::move(log).value();
 }
 
+// Runs `write(w)` on `writers` threads released together once all are
+// started; returns the seconds from the release to the last one's end.
+double TimeWriters(int writers, const std::function<void(int)>& write) {
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < writers; ++w) {
+    threads.emplace_back([&, w] {
+      ++ready;
+      while (!go.load()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      write(w);
+    });
+  }
+  while (ready.load() < writers) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  auto t0 = Clock::now();
+  go = true;
+  for (auto& t : threads) t.join();
+  return Seconds(Clock::now() - t0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -119,22 +140,10 @@ int main(int argc, char** argv) {
   auto concurrent = [&](int round, bool group_commit, int steps_each) {
     auto log = OpenLog(fmt::format("{}/{}-{}", dir, group_commit ? "group" : "nogroup", round), group_commit);
     auto before = log->GetCommitStats();
-    std::atomic<int> ready{0};
-    std::atomic<bool> go{false};
-    std::vector<std::thread> threads;
-    for (int w = 0; w < writers; ++w) {
-      threads.emplace_back([&, w] {
-        ++ready;
-        while (!go.load()) std::this_thread::sleep_for(std::chrono::microseconds(200));
-        std::string ep = fmt::format("episode-{:04d}", w);
-        for (int i = 0; i < steps_each; ++i) Check(log->AppendStep(MakeStep(ep, i)), "append");
-      });
-    }
-    while (ready.load() < writers) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    auto t0 = Clock::now();
-    go = true;
-    for (auto& t : threads) t.join();
-    double s = Seconds(Clock::now() - t0);
+    double s = TimeWriters(writers, [&](int w) {
+      std::string ep = fmt::format("episode-{:04d}", w);
+      for (int i = 0; i < steps_each; ++i) Check(log->AppendStep(MakeStep(ep, i)), "append");
+    });
     auto after = log->GetCommitStats();
     uint64_t total = uint64_t(writers) * steps_each;
     uint64_t syncs = after.syncs - before.syncs;
@@ -159,30 +168,18 @@ int main(int argc, char** argv) {
     }
     std::unique_ptr<rocksdb::DB> owned(db);
     const std::string value(step_bytes, 'v');
-    std::atomic<int> ready{0};
-    std::atomic<bool> go{false};
-    std::vector<std::thread> threads;
-    for (int w = 0; w < writers; ++w) {
-      threads.emplace_back([&, w] {
-        ++ready;
-        while (!go.load()) std::this_thread::sleep_for(std::chrono::microseconds(200));
-        rocksdb::WriteOptions wo;
-        wo.sync = true;
-        for (int i = 0; i < steps_per_writer; ++i) {
-          std::string key = fmt::format("episode-{:04d}/{:08d}", w, i);
-          rocksdb::Status s = owned->Put(wo, key, value);
-          if (!s.ok()) {
-            fmt::print(stderr, "log_bench: raw put: {}\n", s.ToString());
-            std::exit(1);
-          }
+    double s = TimeWriters(writers, [&](int w) {
+      rocksdb::WriteOptions wo;
+      wo.sync = true;
+      for (int i = 0; i < steps_per_writer; ++i) {
+        std::string key = fmt::format("episode-{:04d}/{:08d}", w, i);
+        rocksdb::Status st = owned->Put(wo, key, value);
+        if (!st.ok()) {
+          fmt::print(stderr, "log_bench: raw put: {}\n", st.ToString());
+          std::exit(1);
         }
-      });
-    }
-    while (ready.load() < writers) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    auto t0 = Clock::now();
-    go = true;
-    for (auto& t : threads) t.join();
-    double s = Seconds(Clock::now() - t0);
+      }
+    });
     double rate = double(writers) * steps_per_writer / s;
     fmt::print("  round {}: {} writers, raw RocksDB Put sync=true ({} B values): {:>8.0f} writes/s\n", round, writers,
                step_bytes, rate);

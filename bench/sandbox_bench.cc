@@ -310,6 +310,22 @@ class Bench {
   // fn returns false on a failed cycle (counted, not recorded).
   // `gap_ms` > 0: an untimed pause before every cycle (isolated operations
   // rather than a back-to-back loop).
+  // Exec of `req` on one sandbox of `spec` made beforehand (in-process).
+  void MeasureLiveExec(SandboxManager& m, const SandboxSpec& spec, const ExecRequest& req, const std::string& key,
+                       const std::string& label) {
+    auto info = m.Create(spec);
+    if (!info.ok()) Die(spec.substrate + " create: " + info.status().ToString());
+    auto sb = m.Get(info->id);
+    if (!sb.ok()) Die(spec.substrate + " get: " + sb.status().ToString());
+    std::shared_ptr<Sandbox> box = *sb;
+    Measure(Add(key, label), o_.cycles, [&] {
+      auto r = box->Exec(req, nullptr);
+      return r.ok() && r->exit_code == 0;
+    });
+    box.reset();
+    (void)m.Destroy(info->id);
+  }
+
   void Measure(Series& s, int cycles, const std::function<bool()>& fn, int gap_ms = 0) {
     Progress p(s.label, static_cast<size_t>(cycles));
     for (int i = 0; i < o_.warmup; ++i) (void)fn();
@@ -377,6 +393,25 @@ ExecRequest TrueRequest() {
   r.argv = {"/bin/true"};
   r.timeout_ms = 30'000;
   return r;
+}
+
+// One in-process create→exec→destroy of `spec`: true when every step worked
+// and the command exited 0. The sandbox reference is dropped before destroy.
+bool InProcessCycle(SandboxManager& m, const SandboxSpec& spec, const ExecRequest& req) {
+  auto info = m.Create(spec);
+  if (!info.ok()) {
+    fmt::print(stderr, "{} create: {}\n", spec.substrate, info.status().ToString());
+    return false;
+  }
+  bool ok = false;
+  {
+    auto sb = m.Get(info->id);
+    if (sb.ok()) {
+      auto r = (*sb)->Exec(req, nullptr);
+      ok = r.ok() && r->exit_code == 0;
+    }
+  }
+  return m.Destroy(info->id).ok() && ok;
 }
 
 SandboxManager& Bench::Manager() {
@@ -466,21 +501,8 @@ void Bench::FunctionScenario() {
     function_cold_create_us_ = UsSince(t0);
     (void)m.Destroy(info->id);
   }
-  auto cycle_inproc = [&]() -> bool {
-    auto info = m.Create(spec);
-    if (!info.ok()) return false;
-    bool ok = false;
-    {
-      auto sb = m.Get(info->id);  // our reference is dropped before destroy
-      if (sb.ok()) {
-        auto r = (*sb)->Exec(req, nullptr);
-        ok = r.ok() && r->exit_code == 0;
-      }
-    }
-    return m.Destroy(info->id).ok() && ok;
-  };
   Measure(Add("function_cycle_inproc", "function create→exec→destroy (in-process, warm zygote)"), o_.cycles,
-          cycle_inproc);
+          [&] { return InProcessCycle(m, spec, req); });
   // Like for like with bwrap: every cycle starts a zygote of its own (a
   // memory limit no other cycle uses), so nothing is warm. A quarter of the cycles: each
   // leaves an idle zygote until the substrate sweeps it.
@@ -490,36 +512,10 @@ void Bench::FunctionScenario() {
             std::max(10, o_.cycles / 4), [&]() -> bool {
               SandboxSpec cold = spec;
               cold.limits.memory_bytes = kDefaultMemoryBytes + (++distinct << 20);
-              auto info = m.Create(cold);
-              if (!info.ok()) {
-                fmt::print(stderr, "cold function create: {}\n", info.status().ToString());
-                return false;
-              }
-              bool ok = false;
-              {
-                auto sb = m.Get(info->id);
-                if (sb.ok()) {
-                  auto r = (*sb)->Exec(req, nullptr);
-                  ok = r.ok() && r->exit_code == 0;
-                }
-              }
-              return m.Destroy(info->id).ok() && ok;
+              return InProcessCycle(m, cold, req);
             });
   }
-  {
-    auto info = m.Create(spec);
-    if (!info.ok()) Die("function create: " + info.status().ToString());
-    auto sb = m.Get(info->id);
-    if (!sb.ok()) Die("function get: " + sb.status().ToString());
-    std::shared_ptr<Sandbox> box = *sb;
-    Measure(Add("function_exec_inproc", "function exec on live sandbox (in-process)"), o_.cycles,
-            [&] {
-              auto r = box->Exec(req, nullptr);
-              return r.ok() && r->exit_code == 0;
-            });
-    box.reset();
-    (void)m.Destroy(info->id);
-  }
+  MeasureLiveExec(m, spec, req, "function_exec_inproc", "function exec on live sandbox (in-process)");
 
   auto& c = SharedDaemon().client();
   Measure(Add("function_cycle_daemon", "function create→exec→destroy (daemon)"), o_.cycles, [&] {
@@ -577,72 +573,24 @@ void Bench::ContainerScenario() {
     // Like for like with `crun run`: no warm pool, every cycle builds its container.
     auto& cold = ColdManager();
     Measure(Add("container_cold_cycle_inproc", "container create→exec→destroy (in-process, cold: no warm pool)"),
-            o_.cycles, [&]() -> bool {
-              auto info = cold.Create(spec);
-              if (!info.ok()) return false;
-              bool ok = false;
-              {
-                auto sb = cold.Get(info->id);
-                if (sb.ok()) {
-                  auto r = (*sb)->Exec(req, nullptr);
-                  ok = r.ok() && r->exit_code == 0;
-                }
-              }
-              return cold.Destroy(info->id).ok() && ok;
-            });
+            o_.cycles, [&] { return InProcessCycle(cold, spec, req); });
   }
   Add("container_phase_create_inproc", "  of which create (in-process)").us = c_create.us;
   Add("container_phase_exec_inproc", "  of which first exec (in-process)").us = c_exec.us;
   Add("container_phase_destroy_inproc", "  of which destroy (in-process)").us = c_destroy.us;
   if (o_.gap_ms > 0) {
-    auto cycle = [&]() -> bool {
-      auto info = m.Create(spec);
-      if (!info.ok()) return false;
-      bool ok = false;
-      {
-        auto sb = m.Get(info->id);
-        if (sb.ok()) {
-          auto r = (*sb)->Exec(req, nullptr);
-          ok = r.ok() && r->exit_code == 0;
-        }
-      }
-      return m.Destroy(info->id).ok() && ok;
-    };
     Measure(Add("container_cycle_spaced_inproc",
                 fmt::format("container create→exec→destroy, {} ms apart (in-process)", o_.gap_ms)),
-            o_.cycles, cycle, o_.gap_ms);
+            o_.cycles, [&] { return InProcessCycle(m, spec, req); }, o_.gap_ms);
   }
-  {
-    auto info = m.Create(spec);
-    if (!info.ok()) Die("container create: " + info.status().ToString());
-    auto sb = m.Get(info->id);
-    if (!sb.ok()) Die("container get: " + sb.status().ToString());
-    std::shared_ptr<Sandbox> box = *sb;
-    Measure(Add("container_exec_inproc", "container exec on live sandbox (in-process)"), o_.cycles,
-            [&] {
-              auto r = box->Exec(req, nullptr);
-              return r.ok() && r->exit_code == 0;
-            });
-    box.reset();
-    (void)m.Destroy(info->id);
-  }
+  MeasureLiveExec(m, spec, req, "container_exec_inproc", "container exec on live sandbox (in-process)");
   {
     // The same with an egress allow list: the daemon's proxy listening in the
     // container's network namespace (every sandbox has its own namespace).
     SandboxSpec egress = spec;
     egress.network_allow = {"example.org:443"};
-    auto info = m.Create(egress);
-    if (!info.ok()) Die("container create with egress: " + info.status().ToString());
-    auto sb = m.Get(info->id);
-    if (!sb.ok()) Die("container get: " + sb.status().ToString());
-    std::shared_ptr<Sandbox> box = *sb;
-    Measure(Add("container_exec_egress_inproc", "container exec on live sandbox with egress (in-process)"),
-            o_.cycles, [&] {
-              auto r = box->Exec(req, nullptr);
-              return r.ok() && r->exit_code == 0;
-            });
-    box.reset();
-    (void)m.Destroy(info->id);
+    MeasureLiveExec(m, egress, req, "container_exec_egress_inproc",
+                    "container exec on live sandbox with egress (in-process)");
   }
 
   auto& c = SharedDaemon().client();

@@ -565,18 +565,6 @@ TEST_F(EscapeTest, EgressReachesOnlyWhatTheAllowListNames) {
   EXPECT_THAT(bad.status().message(), HasSubstr("bad host!"));
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 TEST(ImageSources, HostDirectoriesAreRefusedWithoutTheDevelopmentFlag) {
   std::string rootfs = testing::EnsureBusyboxRootfs();
   testing::DaemonProcess d(testing::DaemonOptions{.allow_dir_images = false});
@@ -612,7 +600,7 @@ TEST(ImageSources, WithTheFlagOnlyUnixClientsAndNeverSystemDirectories) {
     std::ofstream(token_file) << token;
   }
   chmod(token_file.c_str(), 0600);
-  const int port = FreePort();
+  const int port = testing::FreeLoopbackPort();
   ASSERT_EQ(d.Start({"--listen-tcp", "127.0.0.1:" + std::to_string(port), "--token-file", token_file}), "");
   auto unix_client = Connect(d);
 
@@ -685,7 +673,7 @@ TEST(TcpListener, ClientsNeverSendTheTokenInClearTextOffLoopback) {
   const std::string token_file = d.dir() + "/token";
   std::ofstream(token_file) << "t";
   chmod(token_file.c_str(), 0600);
-  EXPECT_NE(d.Start({"--listen-tcp", "127.0.0.1:" + std::to_string(FreePort()), "--token-file", token_file,
+  EXPECT_NE(d.Start({"--listen-tcp", "127.0.0.1:" + std::to_string(testing::FreeLoopbackPort()), "--token-file", token_file,
                      "--tls-client-ca", token_file}),
             "");
   EXPECT_THAT(testing::ReadWholeFile(d.log_path()), HasSubstr("--tls-client-ca needs TLS"));
@@ -696,7 +684,7 @@ TEST(TcpListener, RefusesATokenFileOthersCanRead) {
   const std::string token_file = d.dir() + "/token";
   std::ofstream(token_file) << "secret-token-value";
   chmod(token_file.c_str(), 0644);
-  std::string why = d.Start({"--listen-tcp", "127.0.0.1:" + std::to_string(FreePort()), "--token-file", token_file});
+  std::string why = d.Start({"--listen-tcp", "127.0.0.1:" + std::to_string(testing::FreeLoopbackPort()), "--token-file", token_file});
   EXPECT_NE(why, "") << "paddockd served TCP with a world-readable token file";
   EXPECT_THAT(testing::ReadWholeFile(d.log_path()), HasSubstr("chmod 600"));
 }
@@ -724,13 +712,13 @@ TEST(TcpListener, NonLoopbackNeedsTlsAndTlsClientsConnect) {
   ASSERT_TRUE(MakeCertificates(d.dir()));
 
   // Off loopback without TLS: refused at start.
-  EXPECT_NE(d.Start({"--listen-tcp", "0.0.0.0:" + std::to_string(FreePort()), "--allow-remote", "--token-file",
+  EXPECT_NE(d.Start({"--listen-tcp", "0.0.0.0:" + std::to_string(testing::FreeLoopbackPort()), "--allow-remote", "--token-file",
                      token_file}),
             "");
   EXPECT_THAT(testing::ReadWholeFile(d.log_path()), HasSubstr("--tls-cert"));
 
   // Mutual TLS on loopback.
-  const int port = FreePort();
+  const int port = testing::FreeLoopbackPort();
   ASSERT_EQ(d.Start({"--listen-tcp", "127.0.0.1:" + std::to_string(port), "--token-file", token_file, "--tls-cert",
                      d.dir() + "/server.pem", "--tls-key", d.dir() + "/server.key", "--tls-client-ca",
                      d.dir() + "/ca.pem"}),

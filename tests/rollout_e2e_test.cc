@@ -111,7 +111,7 @@ class RolloutE2eTest : public ::testing::Test {
   // Starts rollout `id`: `tasks` function-sandbox tasks that run a command,
   // then submit, against a URL where nothing listens, with the tool
   // constraint and fixed sampling; the episodes wait for the server until the
-  // rollout is cancelled here. Defined below (needs FreePort).
+  // rollout is cancelled here. Defined below.
   void StartWaitingThenCancel(const std::string& id, int tasks);
 
   DaemonProcess daemon_;
@@ -379,18 +379,6 @@ TEST_F(RolloutE2eTest, SigtermDrainsThenResumeFinishes) {
 }
 
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 bool Accepts(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -412,7 +400,7 @@ bool Accepts(int port) {
 TEST_F(RolloutE2eTest, PolicyServerKilledMidRun_EpisodesWaitRetryAndContinue) {
   fs::path bin = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "policy" / "paddock-policy";
   if (!fs::exists(bin)) GTEST_SKIP() << "paddock-policy is not built at " << bin;
-  int port = FreePort();
+  int port = testing::FreeLoopbackPort();
   std::string listen = "127.0.0.1:" + std::to_string(port);
   auto start_policy = [&] {
     pid_t pid = testing::SpawnProgram({bin.string(), "--listen", listen, "--threads", "1"}, work_ + "/policy.log");
@@ -490,7 +478,7 @@ void RolloutE2eTest::StartWaitingThenCancel(const std::string& id, int tasks) {
                  {"verifier", "true"}})
                .dump() + "\n";
   WriteFile(path, all);
-  std::string dead = "http://127.0.0.1:" + std::to_string(FreePort());
+  std::string dead = "http://127.0.0.1:" + std::to_string(testing::FreeLoopbackPort());
   auto r = daemon_.Cli({"run", path, "--policy", dead, "--constrain-tools", "--tool-choice", "required",
                         "--max-new-tokens", "192", "--temperature", "0", "--id", id, "--detach"});
   ASSERT_EQ(r.code, 0) << r.err;
@@ -532,7 +520,7 @@ TEST_F(RolloutE2eTest, ResumeWithNewPolicyUrl_KeepsToolConstraintAndSampling) {
   EXPECT_EQ(unconstrainable.code, 1);
   EXPECT_THAT(unconstrainable.err, HasSubstr("need --policy-kind sglang"));
 
-  int port = FreePort();
+  int port = testing::FreeLoopbackPort();
   std::string listen = "127.0.0.1:" + std::to_string(port);
   pid_t policy = testing::SpawnProgram({bin.string(), "--listen", listen, "--threads", "1"}, work_ + "/policy.log");
   auto up = std::chrono::steady_clock::now() + std::chrono::seconds(120);

@@ -183,6 +183,26 @@ Result<Replay> Feed(const ojson& c, EncodeTurn encode_turn) {
   return Feed(c, encode_turn, [](const EpisodeContext&, const std::string&, const ojson&) {});
 }
 
+// Every observation of a fed conversation was rendered incrementally and
+// verified; it equals the full render's suffix wherever the format is
+// append-only (only a drop_thinking conversation may break the prefix).
+void CheckAppends(const Replay& fed, const ojson& c, const std::string& id, int* appends, int* verified_equal,
+                  int* prefix_violations) {
+  for (const AppendReport& rep : fed.reports) {
+    ++*appends;
+    EXPECT_EQ(rep.path, AppendReport::Path::kIncremental) << id;
+    ASSERT_TRUE(rep.verified) << id;
+    if (!rep.prefix_holds) {
+      ++*prefix_violations;
+      EXPECT_TRUE(DropsReasoning(c)) << id << ": unexpected prefix violation";
+      continue;
+    }
+    EXPECT_TRUE(rep.matches_full_render) << id << ": incremental render differs from the full render";
+    *verified_equal += rep.matches_full_render;
+  }
+}
+
+
 void ExpectMaskFollowsSegments(const EpisodeContext& ctx, const std::string& id) {
   ASSERT_EQ(ctx.loss_mask().size(), ctx.ids().size()) << id;
   size_t at = 0;
@@ -218,18 +238,8 @@ TEST(V4Context, KeptIdsOnToolConversationsVersusWholeRetokenization) {
 
     // Incremental renders agree with whole-conversation renders wherever the
     // format is append-only; the text then is the reference's prompt.
-    for (const AppendReport& rep : fed->reports) {
-      ++appends;
-      EXPECT_EQ(rep.path, AppendReport::Path::kIncremental) << id;
-      ASSERT_TRUE(rep.verified) << id;
-      if (!rep.prefix_holds) {
-        ++prefix_violations;
-        EXPECT_TRUE(DropsReasoning(c)) << id << ": unexpected prefix violation";
-        continue;
-      }
-      EXPECT_TRUE(rep.matches_full_render) << id << ": incremental render differs from the full render";
-      verified_equal += rep.matches_full_render;
-    }
+    CheckAppends(*fed, c, id, &appends, &verified_equal, &prefix_violations);
+    if (::testing::Test::HasFatalFailure()) return;
     if (!DropsReasoning(c)) {
       EXPECT_EQ(ctx.text(), c["expected_prompt"].get<std::string>()) << id;
     }
@@ -290,18 +300,8 @@ TEST(V4Context, TaskConversationsIncrementallyEqualTheFullRender) {
     const EpisodeContext& ctx = fed->ctx;
     ASSERT_EQ(tok.Decode(ctx.ids()), ctx.text()) << id;
     ExpectMaskFollowsSegments(ctx, id);
-    for (const AppendReport& rep : fed->reports) {
-      ++appends;
-      EXPECT_EQ(rep.path, AppendReport::Path::kIncremental) << id;
-      ASSERT_TRUE(rep.verified) << id;
-      if (!rep.prefix_holds) {
-        ++prefix_violations;
-        EXPECT_TRUE(DropsReasoning(c)) << id << ": unexpected prefix violation";
-        continue;
-      }
-      EXPECT_TRUE(rep.matches_full_render) << id << ": incremental render differs from the full render";
-      verified_equal += rep.matches_full_render;
-    }
+    CheckAppends(*fed, c, id, &appends, &verified_equal, &prefix_violations);
+    if (::testing::Test::HasFatalFailure()) return;
     if (!DropsReasoning(c)) EXPECT_EQ(ctx.text(), c["expected_prompt"].get<std::string>()) << id;
     text_equal += ctx.text() == c["expected_prompt"].get<std::string>();
   }

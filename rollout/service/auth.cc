@@ -49,13 +49,13 @@ grpc::Status BearerTokenAuth::Check(const grpc::ServerContext& ctx) const {
 
 namespace {
 
-Status CheckPrivate(const std::string& path, const char* what, const char* fix_hint) {
+Status CheckPrivate(const std::string& path, const char* what) {
   struct stat st {};
   if (stat(path.c_str(), &st) != 0) return ErrnoError(fmt::format("cannot read {} {}", what, path));
   if (st.st_mode & (S_IRWXG | S_IRWXO))
     return Error(Code::kPermissionDenied,
-                 "{} {} is open to other users (mode {:04o}); the secret must be private: {}", what, path,
-                 st.st_mode & 07777, fmt::format(fmt::runtime(fix_hint), path));
+                 "{} {} is open to other users (mode {:04o}); the secret must be private: `chmod 600 {}`", what,
+                 path, st.st_mode & 07777, path);
   return Status::Ok();
 }
 
@@ -73,7 +73,7 @@ Result<std::string> ReadText(const std::string& path, const char* what) {
 Result<ServerTls> LoadServerTls(const std::string& cert_file, const std::string& key_file,
                                 const std::string& client_ca_file) {
   ServerTls tls;
-  PADDOCK_RETURN_IF_ERROR(CheckPrivate(key_file, "TLS key", "`chmod 600 {}`"));
+  PADDOCK_RETURN_IF_ERROR(CheckPrivate(key_file, "TLS key"));
   PADDOCK_ASSIGN_OR_RETURN(tls.cert_chain, ReadText(cert_file, "TLS certificate"));
   PADDOCK_ASSIGN_OR_RETURN(tls.private_key, ReadText(key_file, "TLS key"));
   if (tls.cert_chain.find("-----BEGIN CERTIFICATE-----") == std::string::npos)
@@ -89,7 +89,7 @@ Result<ServerTls> LoadServerTls(const std::string& cert_file, const std::string&
 }
 
 Result<std::string> LoadTokenFile(const std::string& path) {
-  PADDOCK_RETURN_IF_ERROR(CheckPrivate(path, "token file", "`chmod 600 {}`"));
+  PADDOCK_RETURN_IF_ERROR(CheckPrivate(path, "token file"));
   std::ifstream in(path);
   if (!in) return ErrnoError(fmt::format("cannot read token file {}", path));
   std::stringstream ss;

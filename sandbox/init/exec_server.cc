@@ -1019,6 +1019,18 @@ std::string ErrnoReply(int err, const std::string& path) {
   return EncodeReply(err, path, "");
 }
 
+// Opens `path` in the root for reading or writing: "" with *fd and *st set
+// for a regular file, else the encoded reply refusing it (nothing left open).
+std::string OpenRegular(const std::string& path, uint64_t flags, uint64_t mode, int* fd, struct stat* st) {
+  *fd = OpenInRoot(path, flags, mode);
+  if (*fd < 0) return ErrnoReply(errno, path);
+  std::string refused;
+  if (fstat(*fd, st) != 0) refused = ErrnoReply(errno, path);
+  else if (!S_ISREG(st->st_mode)) refused = NotRegular(path, st->st_mode);
+  if (!refused.empty()) close(*fd);
+  return refused;
+}
+
 // Creates each missing directory above `path` (inside the root).
 int MakeParents(const std::string& path) {
   size_t pos = 0;
@@ -1051,15 +1063,12 @@ std::string Server::WriteFileReply(const std::string& payload) const {
   if (parents) {
     if (int e = MakeParents(path); e != 0) return ErrnoReply(e, "creating the directories of " + path);
   }
-  // No O_TRUNC: a FIFO or device is refused below before anything is written.
-  int fd = OpenInRoot(path, O_WRONLY | O_CREAT | O_NONBLOCK, mode ? mode : 0644);
-  if (fd < 0) return ErrnoReply(errno, path);
-  struct stat st {};
-  if (fstat(fd, &st) != 0) { int e = errno; close(fd); return ErrnoReply(e, path); }
-  if (!S_ISREG(st.st_mode)) {
-    close(fd);
-    return NotRegular(path, st.st_mode);
-  }
+  // No O_TRUNC: a FIFO or device is refused before anything is written.
+  int fd;
+  struct stat st;
+  if (std::string refused = OpenRegular(path, O_WRONLY | O_CREAT | O_NONBLOCK, mode ? mode : 0644, &fd, &st);
+      !refused.empty())
+    return refused;
   if (ftruncate(fd, 0) != 0) { int e = errno; close(fd); return ErrnoReply(e, path); }
   size_t off = 0;
   while (off < content.size()) {
@@ -1085,14 +1094,9 @@ std::string Server::ReadFileReply(const std::string& payload) const {
   uint64_t max;
   if (!r.Str(&path) || !r.U64(&max)) return EncodeReply(EINVAL, "malformed read request", "");
   path = Resolve(path);
-  int fd = OpenInRoot(path, O_RDONLY | O_NONBLOCK);
-  if (fd < 0) return ErrnoReply(errno, path);
-  struct stat st {};
-  if (fstat(fd, &st) != 0) { int e = errno; close(fd); return ErrnoReply(e, path); }
-  if (!S_ISREG(st.st_mode)) {
-    close(fd);
-    return NotRegular(path, st.st_mode);
-  }
+  int fd;
+  struct stat st;
+  if (std::string refused = OpenRegular(path, O_RDONLY | O_NONBLOCK, 0, &fd, &st); !refused.empty()) return refused;
   if (static_cast<uint64_t>(st.st_size) > max) {
     close(fd);
     return EncodeReply(EFBIG, path + " is " + std::to_string(st.st_size) +

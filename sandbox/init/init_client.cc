@@ -133,6 +133,20 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
     return Error(Code::kUnavailable, "the sandbox's init process is gone; destroy the sandbox and create a new one");
   }
   bool cancel_sent = false;
+  // Asks init to kill this call's exec; called with `lock` held, which it
+  // releases while writing (the reader needs mu_ to deliver meanwhile).
+  auto send_cancel = [&] {
+    uint32_t cancel_id = next_id_++;
+    lock.unlock();
+    init::WireWriter w;
+    w.U32(id);
+    {
+      std::lock_guard wl(write_mu_);
+      init::WriteFrame(channel_.get(), FrameType::kCancel, cancel_id, w.Take());
+    }
+    cancel_sent = true;
+    lock.lock();
+  };
   const auto deadline = std::chrono::steady_clock::now() + budget;
   while (!p->done && !dead_) {
     // A cancellable call polls its predicate every 20 ms until it fires.
@@ -142,18 +156,8 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
     if (cv_.wait_until(lock, until, [&] { return p->done || dead_; })) break;
     if (std::chrono::steady_clock::now() >= deadline) {
       pending_.erase(id);
-      if (type == FrameType::kExec && !cancel_sent) {
-        // Whatever still runs for this exec is killed, not left behind.
-        uint32_t cancel_id = next_id_++;
-        lock.unlock();
-        init::WireWriter w;
-        w.U32(id);
-        {
-          std::lock_guard wl(write_mu_);
-          init::WriteFrame(channel_.get(), FrameType::kCancel, cancel_id, w.Take());
-        }
-        lock.lock();
-      }
+      // Whatever still runs for this exec is killed, not left behind.
+      if (type == FrameType::kExec && !cancel_sent) send_cancel();
       if (on_output) {
         // The reader may be inside this call's output callback: only a dead
         // channel guarantees it never runs again. An init that overran an
@@ -172,18 +176,7 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
     lock.unlock();  // the predicate is the caller's: not under mu_
     bool cancel = (*cancelled)();
     lock.lock();
-    if (cancel && !p->done && !dead_) {
-      uint32_t cancel_id = next_id_++;
-      lock.unlock();  // the reader needs mu_ to deliver while this writes
-      init::WireWriter w;
-      w.U32(id);
-      {
-        std::lock_guard wl(write_mu_);
-        init::WriteFrame(channel_.get(), FrameType::kCancel, cancel_id, w.Take());
-      }
-      cancel_sent = true;
-      lock.lock();
-    }
+    if (cancel && !p->done && !dead_) send_cancel();
   }
   if (!p->done) {
     pending_.erase(id);

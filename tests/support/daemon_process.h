@@ -28,6 +28,9 @@ ProgramResult RunProgram(std::vector<std::string> argv, const std::string& input
 pid_t SpawnProgram(std::vector<std::string> argv, const std::string& output_file,
                    const std::vector<std::string>& extra_env = {});
 
+// A TCP port on 127.0.0.1 that was free a moment ago (bound, read, released).
+int FreeLoopbackPort();
+
 // Contents of `path`, or "" when it cannot be read.
 std::string ReadWholeFile(const std::string& path);
 
