@@ -1,6 +1,10 @@
 #include "rollout/engine/rollout_engine.h"
 
+#include <elf.h>
+
 #include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <random>
@@ -112,23 +116,19 @@ std::string PolicyFingerprint(const policy::GenerateRequest& r) {
 // A 64-bit ELF executable without a PT_INTERP program header: it loads no
 // dynamic loader, and so nothing of the sandbox it runs in.
 bool IsStaticElf64(const std::string& b) {
-  auto u16 = [&](size_t at) { return at + 2 <= b.size() ? uint16_t(uint8_t(b[at]) | uint8_t(b[at + 1]) << 8) : 0; };
-  auto u64 = [&](size_t at) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0 && at + 8 <= b.size(); --i) v = v << 8 | uint8_t(b[at + i]);
-    return v;
-  };
-  if (b.size() < 64 || b.compare(0, 4, "\x7f" "ELF") != 0 || b[4] != 2 /*ELFCLASS64*/ || b[5] != 1 /*LSB*/)
+  Elf64_Ehdr eh;
+  if (b.size() < sizeof eh) return false;
+  std::memcpy(&eh, b.data(), sizeof eh);
+  if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 || eh.e_ident[EI_CLASS] != ELFCLASS64 ||
+      eh.e_ident[EI_DATA] != ELFDATA2LSB)
     return false;
-  const uint64_t phoff = u64(32);
-  const uint16_t phentsize = u16(54), phnum = u16(56);
-  if (phentsize < 56 || phnum == 0) return false;
-  for (uint16_t i = 0; i < phnum; ++i) {
-    uint64_t at = phoff + uint64_t{i} * phentsize;
-    if (at + 4 > b.size()) return false;
-    uint32_t type = uint32_t(uint8_t(b[at])) | uint32_t(uint8_t(b[at + 1])) << 8 |
-                    uint32_t(uint8_t(b[at + 2])) << 16 | uint32_t(uint8_t(b[at + 3])) << 24;
-    if (type == 3 /*PT_INTERP*/) return false;
+  if (eh.e_phentsize < sizeof(Elf64_Phdr) || eh.e_phnum == 0) return false;
+  for (uint16_t i = 0; i < eh.e_phnum; ++i) {
+    uint64_t at = eh.e_phoff + uint64_t{i} * eh.e_phentsize + offsetof(Elf64_Phdr, p_type);
+    Elf64_Word type;
+    if (at + sizeof type > b.size()) return false;
+    std::memcpy(&type, b.data() + at, sizeof type);
+    if (type == PT_INTERP) return false;
   }
   return true;
 }
