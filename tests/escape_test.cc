@@ -103,10 +103,12 @@ class EscapeTest : public ::testing::Test {
     auto imported = daemon_.Cli({"image", "import-dir", rootfs_, "--name", "busybox:escape"});
     ASSERT_EQ(imported.code, 0) << imported.out << imported.err;
   }
-  std::string Create(const std::string& substrate, const std::string& image = "busybox:escape") {
+  std::string Create(const std::string& substrate, const std::string& image = "busybox:escape",
+                     const Limits& limits = {}) {
     SandboxSpec spec;
     spec.substrate = substrate;
     spec.image = image;
+    spec.limits = limits;
     auto sb = client_->Create(spec);
     EXPECT_TRUE(sb.ok()) << sb.status().message() << daemon_.LogTail();
     return sb.ok() ? sb->id : "";
@@ -436,6 +438,67 @@ TEST_F(EscapeTest, FunctionExecsShareNoScratchShmOrLoopback) {
   EXPECT_THAT(held->stdout_data, HasSubstr("SELF-CONNECTED")) << "its own listener did not accept";
 }
 
+TEST_F(EscapeTest, FunctionSandboxesSharingAZygoteAreAccountedApart) {
+  // Same image and limits: one zygote. Sandbox a fills its process limit and
+  // holds it; b's execs must still fork all they need, and each sandbox's
+  // usage shows its own processes only.
+  Limits limits;
+  limits.pids = 24;
+  std::string a = Create("function", "busybox:escape", limits), b = Create("function", "busybox:escape", limits);
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  auto holder = std::async(std::launch::async, [&] {
+    ExecRequest r;
+    // The subshell forks until the limit refuses it (ash then exits; its
+    // sleeps stay); counting /proc is a glob, no fork.
+    r.shell = "(for i in $(seq 40); do sleep 6 & done) 2>/dev/null; sleep 3; set -- /proc/[0-9]*; echo started $#";
+    r.timeout_ms = 20000;
+    return client_->Exec(a, r);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  auto usage_a = client_->Stats(a);
+  ASSERT_TRUE(usage_a.ok()) << usage_a.status().message();
+  ASSERT_TRUE(usage_a->has_usage);
+  EXPECT_GE(usage_a->usage.pids, 20u) << "a's processes are not counted in a's own cgroup";
+  EXPECT_LE(usage_a->usage.pids, 24u) << "a ran past its pids limit";
+  ExecRequest r;
+  r.shell = "for i in $(seq 12); do sleep 1 & done; wait; echo b-forked";
+  r.timeout_ms = 20000;
+  auto res = client_->Exec(b, r);
+  ASSERT_TRUE(res.ok()) << res.status().message();
+  EXPECT_EQ(res->exit_code, 0) << res->stderr_data;
+  EXPECT_THAT(res->stdout_data, HasSubstr("b-forked"));
+  EXPECT_THAT(res->stderr_data, Not(HasSubstr("fork"))) << "b was refused processes a holds";
+  auto usage_b = client_->Stats(b);
+  ASSERT_TRUE(usage_b.ok()) << usage_b.status().message();
+  EXPECT_LT(usage_b->usage.pids, 5u) << "b's usage counts a's processes";
+  auto held = holder.get();
+  ASSERT_TRUE(held.ok()) << held.status().message();
+  // a itself was held to its limit: the shell, its sleeps and the probe fit in 24.
+  ASSERT_THAT(held->stdout_data, HasSubstr("started")) << held->exit_code << " " << held->stderr_data;
+  int started = std::atoi(held->stdout_data.substr(held->stdout_data.find("started") + 8).c_str());
+  EXPECT_LE(started, 24) << held->stdout_data;
+  EXPECT_GE(started, 15) << held->stdout_data;
+}
+
+TEST_F(EscapeTest, DestroyingAFunctionSandboxKillsItsRunningExec) {
+  std::string a = Create("function");
+  ASSERT_FALSE(a.empty());
+  auto running = std::async(std::launch::async, [&] {
+    ExecRequest r;
+    r.shell = "sleep 30";
+    r.timeout_ms = 60000;
+    auto t0 = std::chrono::steady_clock::now();
+    auto res = client_->Exec(a, r);
+    return std::make_pair(res.ok() ? res->signal : -1, std::chrono::steady_clock::now() - t0);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  ASSERT_TRUE(client_->Destroy(a).ok());
+  auto [signal, took] = running.get();
+  EXPECT_LT(took, std::chrono::seconds(15)) << "the exec outlived its sandbox";
+  (void)signal;
+}
+
 TEST_F(EscapeTest, ManyFifoReadsAtOnceStallNothing) {
   std::string id = Create("container");
   ASSERT_FALSE(id.empty());
@@ -508,57 +571,58 @@ TEST_F(EscapeTest, EgressReachesOnlyWhatTheAllowListNames) {
   TestInternet inet;
   ASSERT_TRUE(inet.ok()) << inet.why();
   const std::string server = inet.server_ip();
+  for (const std::string substrate : {"container", "function"}) {
+    SCOPED_TRACE(substrate);
+    SandboxSpec spec;
+    spec.substrate = substrate;
+    spec.image = "busybox:escape";
+    spec.network_allow = {server + ":8080", inet.host_ip() + "/32", "169.254.169.254", "127.0.0.1"};
+    auto sb = client_->Create(spec);
+    ASSERT_TRUE(sb.ok()) << sb.status().message() << daemon_.LogTail();
+    auto sh = [&](const std::string& script) {
+      ExecRequest r;
+      r.shell = script + " 2>&1; echo rc=$?";
+      r.timeout_ms = 30000;
+      auto res = client_->Exec(sb->id, r);
+      EXPECT_TRUE(res.ok()) << res.status().message();
+      return res.ok() ? res->stdout_data : std::string();
+    };
+    // Allowed: plain HTTP through the proxy (wget honours http_proxy)...
+    EXPECT_THAT(sh("wget -q -O- http://" + server + ":8080/hello.txt"), HasSubstr("hello-egress\nrc=0"));
+    // ...and CONNECT, the way HTTPS and other TCP go.
+    // (stdin stays open a moment: busybox nc stops reading at its EOF)
+    EXPECT_THAT(sh("(printf 'CONNECT " + server + ":8080 HTTP/1.1\\r\\n\\r\\nGET /hello.txt HTTP/1.0\\r\\n\\r\\n'; "
+                   "sleep 1) | nc -w 3 127.0.0.1 3128"),
+                ::testing::AllOf(HasSubstr("200 Connection established"), HasSubstr("hello-egress")));
+    // Not on the list: another port of the same server. A clear error in the sandbox.
+    std::string other = sh("wget -q -O- http://" + server + ":8081/hello.txt");
+    EXPECT_THAT(other, Not(HasSubstr("hello-egress")));
+    EXPECT_THAT(other, HasSubstr("403"));
+    // Never the host, nor link-local metadata, nor loopback, though the list names them.
+    for (const std::string& target : {inet.host_ip() + ":8080", std::string("169.254.169.254:80"), std::string("127.0.0.1:22")}) {
+      std::string out = sh("(printf 'CONNECT " + target + " HTTP/1.1\\r\\n\\r\\n'; sleep 1) | nc -w 3 127.0.0.1 3128");
+      EXPECT_THAT(out, HasSubstr("403")) << target;
+      EXPECT_THAT(out, Not(HasSubstr("200 Connection established"))) << target;
+    }
+    // No way around the proxy: the sandbox has no route.
+    EXPECT_THAT(sh("echo x | nc -w 2 " + server + " 8080"), Not(HasSubstr("rc=0")));
+
+    // Without an allow list: nothing leaves (no proxy, no route).
+    std::string plain = Create(substrate);
+    ExecRequest r;
+    r.shell = "wget -q -T 3 -O- http://" + server + ":8080/hello.txt 2>&1; echo rc=$?";
+    auto res = client_->Exec(plain, r);
+    ASSERT_TRUE(res.ok());
+    EXPECT_THAT(res->stdout_data, Not(HasSubstr("hello-egress")));
+    EXPECT_THAT(res->stdout_data, Not(HasSubstr("rc=0")));
+    // The proxy goes with its sandbox.
+    ASSERT_TRUE(client_->Destroy(sb->id).ok());
+  }
+
+  // A malformed entry is refused naming it.
   SandboxSpec spec;
   spec.substrate = "container";
   spec.image = "busybox:escape";
-  spec.network_allow = {server + ":8080", inet.host_ip() + "/32", "169.254.169.254", "127.0.0.1"};
-  auto sb = client_->Create(spec);
-  ASSERT_TRUE(sb.ok()) << sb.status().message() << daemon_.LogTail();
-  auto sh = [&](const std::string& script) {
-    ExecRequest r;
-    r.shell = script + " 2>&1; echo rc=$?";
-    r.timeout_ms = 30000;
-    auto res = client_->Exec(sb->id, r);
-    EXPECT_TRUE(res.ok()) << res.status().message();
-    return res.ok() ? res->stdout_data : std::string();
-  };
-  // Allowed: plain HTTP through the proxy (wget honours http_proxy)...
-  EXPECT_THAT(sh("wget -q -O- http://" + server + ":8080/hello.txt"), HasSubstr("hello-egress\nrc=0"));
-  // ...and CONNECT, the way HTTPS and other TCP go.
-  // (stdin stays open a moment: busybox nc stops reading at its EOF)
-  EXPECT_THAT(sh("(printf 'CONNECT " + server + ":8080 HTTP/1.1\\r\\n\\r\\nGET /hello.txt HTTP/1.0\\r\\n\\r\\n'; "
-                 "sleep 1) | nc -w 3 127.0.0.1 3128"),
-              ::testing::AllOf(HasSubstr("200 Connection established"), HasSubstr("hello-egress")));
-  // Not on the list: another port of the same server. A clear error in the sandbox.
-  std::string other = sh("wget -q -O- http://" + server + ":8081/hello.txt");
-  EXPECT_THAT(other, Not(HasSubstr("hello-egress")));
-  EXPECT_THAT(other, HasSubstr("403"));
-  // Never the host, nor link-local metadata, nor loopback, though the list names them.
-  for (const std::string& target : {inet.host_ip() + ":8080", std::string("169.254.169.254:80"), std::string("127.0.0.1:22")}) {
-    std::string out = sh("(printf 'CONNECT " + target + " HTTP/1.1\\r\\n\\r\\n'; sleep 1) | nc -w 3 127.0.0.1 3128");
-    EXPECT_THAT(out, HasSubstr("403")) << target;
-    EXPECT_THAT(out, Not(HasSubstr("200 Connection established"))) << target;
-  }
-  // No way around the proxy: the sandbox has no route.
-  EXPECT_THAT(sh("echo x | nc -w 2 " + server + " 8080"), Not(HasSubstr("rc=0")));
-
-  // Without an allow list: nothing leaves (no proxy, no route).
-  std::string plain = Create("container");
-  ExecRequest r;
-  r.shell = "wget -q -T 3 -O- http://" + server + ":8080/hello.txt 2>&1; echo rc=$?";
-  auto res = client_->Exec(plain, r);
-  ASSERT_TRUE(res.ok());
-  EXPECT_THAT(res->stdout_data, Not(HasSubstr("hello-egress")));
-  EXPECT_THAT(res->stdout_data, Not(HasSubstr("rc=0")));
-
-  // Function sandboxes: a clear refusal, not a silent no-network sandbox.
-  spec.substrate = "function";
-  auto fn = client_->Create(spec);
-  ASSERT_FALSE(fn.ok());
-  EXPECT_EQ(fn.status().code(), Code::kInvalidArgument);
-  EXPECT_THAT(fn.status().message(), HasSubstr("container sandboxes only"));
-  // A malformed entry is refused naming it.
-  spec.substrate = "container";
   spec.network_allow = {"bad host!"};
   auto bad = client_->Create(spec);
   EXPECT_EQ(bad.status().code(), Code::kInvalidArgument);

@@ -22,6 +22,7 @@
 #include "sandbox/linux/seccomp_profile.h"
 #include "sandbox/linux/spawner.h"
 #include "sandbox/linux/userns.h"
+#include "sandbox/network/egress_proxy.h"
 
 namespace paddock {
 
@@ -43,6 +44,7 @@ class Zygote {
   }
   Status Destroy() {
     std::lock_guard lock(mu_);
+    egress_.reset();  // its connections first: they serve this zygote's execs
     init_.KillAndReap();
     client_.reset();
     Status first;
@@ -69,28 +71,48 @@ class Zygote {
   Cgroup cgroup_;
   ChildProcess init_;
   std::unique_ptr<InitClient> client_;
+  std::unique_ptr<EgressProxy> egress_;  // a sandbox's own zygote, with an allow list only
   ResolvedImage image_;          // holds the layers' lease while the zygote lives
   ImageViews* views_ = nullptr;  // holding a view of each of image_.layer_dirs
   std::chrono::steady_clock::time_point last_used_ = std::chrono::steady_clock::now();
 };
 
+// A function sandbox's own cgroup: the zygote is shared, the accounting is
+// not. Every exec's processes join it before the command runs (the zygote
+// writes them into these cgroup.procs files, which the daemon opened), so
+// memory, pids and cpu limits and usage are per sandbox.
+struct SandboxCgroup {
+  Cgroup cgroup;
+  std::vector<UniqueFd> procs;
+  std::vector<int> procs_fds() const {
+    std::vector<int> fds;
+    for (const auto& fd : procs) fds.push_back(fd.get());
+    return fds;
+  }
+};
+
 class FunctionSandbox final : public Sandbox {
  public:
-  FunctionSandbox(std::string id, std::shared_ptr<Zygote> zygote, const SandboxSpec& spec)
-      : id_(std::move(id)), zygote_(std::move(zygote)), env_(spec.env),
+  FunctionSandbox(std::string id, std::shared_ptr<Zygote> zygote, std::shared_ptr<SandboxCgroup> cgroup,
+                  const SandboxSpec& spec)
+      : id_(std::move(id)), zygote_(std::move(zygote)), cgroup_(std::move(cgroup)), env_(spec.env),
         workdir_(spec.workdir.empty() ? kDefaultWorkdir : spec.workdir) {}
+  ~FunctionSandbox() override {
+    Status ignored = Destroy();
+    (void)ignored;
+  }
 
   const std::string& id() const override { return id_; }
 
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
-    auto z = zygote();
+    auto [z, cg] = parts();
     if (!z) return Destroyed();
     ExecRequest r = req;
     for (const auto& [k, v] : env_) r.env.emplace(k, v);  // the request's env wins
     if (r.cwd.empty()) r.cwd = workdir_;
-    uint64_t ooms_before = z->cgroup_.OomKills();
-    PADDOCK_ASSIGN_OR_RETURN(ExecResult res, z->client_->Exec(r, on_output));
-    if (res.signal == SIGKILL && !res.timed_out && z->cgroup_.OomKills() > ooms_before)
+    uint64_t ooms_before = cg->cgroup.OomKills();
+    PADDOCK_ASSIGN_OR_RETURN(ExecResult res, z->client_->Exec(r, on_output, cg->procs_fds()));
+    if (res.signal == SIGKILL && !res.timed_out && cg->cgroup.OomKills() > ooms_before)
       res.oom_killed = true;
     return res;
   }
@@ -116,9 +138,9 @@ class FunctionSandbox final : public Sandbox {
     return z->client_->Stat(Absolute(path));
   }
   Result<Usage> GetUsage() override {
-    auto z = zygote();
+    auto [z, cg] = parts();
     if (!z) return Destroyed();
-    return z->cgroup_.ReadUsage();  // shared with sandboxes of the same image and limits
+    return cg->cgroup.ReadUsage();  // this sandbox's execs only
   }
   bool Alive() const override {
     std::lock_guard lock(mu_);
@@ -134,6 +156,9 @@ class FunctionSandbox final : public Sandbox {
     std::lock_guard lock(mu_);
     if (zygote_) zygote_->last_used_ = std::chrono::steady_clock::now();
     zygote_.reset();  // the zygote stays warm for the next sandbox of its kind
+    // Whatever an exec still runs is killed with the cgroup (off this path).
+    if (cgroup_) cgroup_->cgroup.DestroyInBackground();
+    cgroup_.reset();
     return Status::Ok();
   }
 
@@ -141,6 +166,10 @@ class FunctionSandbox final : public Sandbox {
   std::shared_ptr<Zygote> zygote() const {
     std::lock_guard lock(mu_);
     return zygote_;
+  }
+  std::pair<std::shared_ptr<Zygote>, std::shared_ptr<SandboxCgroup>> parts() const {
+    std::lock_guard lock(mu_);
+    return {zygote_, cgroup_};
   }
   Status Destroyed() const { return Error(Code::kUnavailable, "sandbox is destroyed"); }
   std::string Absolute(const std::string& path) const {
@@ -151,6 +180,7 @@ class FunctionSandbox final : public Sandbox {
   const std::string id_;
   mutable std::mutex mu_;
   std::shared_ptr<Zygote> zygote_;
+  std::shared_ptr<SandboxCgroup> cgroup_;
   std::map<std::string, std::string> env_;
   std::string workdir_;
 };
@@ -166,13 +196,36 @@ class FunctionSubstrate final : public Substrate {
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     if (!spec.workdir.empty() && spec.workdir[0] != '/')
       return Error(Code::kInvalidArgument, "workdir '{}' must be an absolute path", spec.workdir);
-    if (!spec.network_allow.empty())
-      return Error(Code::kInvalidArgument,
-                   "network egress (a network allow list) is available on container sandboxes only; a function "
-                   "sandbox has no network but loopback");
+    PADDOCK_ASSIGN_OR_RETURN(std::vector<EgressRule> egress, ParseEgressRules(spec.network_allow));
     PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
     SandboxSpec eff = spec;
     ApplyImageDefaults(image, &eff.env, &eff.workdir);  // the spec's values win
+    // The sandbox's own cgroup, outside the zygote's lock.
+    auto cg = std::make_shared<SandboxCgroup>();
+    PADDOCK_ASSIGN_OR_RETURN(cg->cgroup, Cgroup::Create(env_.cgroup_root(), "fs-" + id, spec.limits));
+    auto procs = cg->cgroup.OpenProcsFiles();
+    if (!procs.ok()) {
+      cg->cgroup.DestroyInBackground();
+      return procs.status();
+    }
+    cg->procs = std::move(procs).value();
+    if (!egress.empty()) {
+      // Egress needs a network namespace where the daemon's proxy listens:
+      // this sandbox gets a zygote of its own (never shared, never kept warm),
+      // whose execs share its namespace instead of one each.
+      auto z = StartZygote(image, spec.limits, /*network_per_exec=*/false);
+      if (z.ok()) {
+        auto proxy = EgressProxy::Start((*z)->init_.pid(), std::move(egress));
+        if (proxy.ok()) {
+          (*z)->egress_ = std::move(proxy).value();
+          for (const auto& [k, v] : EgressProxy::ProxyEnv()) eff.env.emplace(k, v);
+          return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, std::move(z).value(), std::move(cg), eff));
+        }
+        z = proxy.status().Prefix("starting the sandbox's egress proxy");
+      }
+      cg->cgroup.DestroyInBackground();
+      return z.status();
+    }
     std::unique_lock lock(mu_);
     SweepIdle();
     // Keyed by the resolved image id: two names of one image share a zygote.
@@ -180,11 +233,15 @@ class FunctionSubstrate final : public Substrate {
     auto it = zygotes_.find(key);
     if (it == zygotes_.end() || !it->second->client_ || !it->second->client_->alive()) {
       if (it != zygotes_.end()) zygotes_.erase(it);
-      PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<Zygote> z, StartZygote(image, spec.limits));
-      it = zygotes_.emplace(key, std::move(z)).first;
+      auto z = StartZygote(image, spec.limits);
+      if (!z.ok()) {
+        cg->cgroup.DestroyInBackground();
+        return z.status();
+      }
+      it = zygotes_.emplace(key, std::move(z).value()).first;
     }
     it->second->last_used_ = std::chrono::steady_clock::now();
-    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, it->second, eff));
+    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, it->second, std::move(cg), eff));
   }
 
   void Shutdown() override {
@@ -205,7 +262,8 @@ class FunctionSubstrate final : public Substrate {
     }
   }
 
-  Result<std::shared_ptr<Zygote>> StartZygote(const ResolvedImage& image, const Limits& limits) {
+  Result<std::shared_ptr<Zygote>> StartZygote(const ResolvedImage& image, const Limits& limits,
+                                              bool network_per_exec = true) {
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
     PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
     std::string name = fmt::format("fn-{}-{}", getpid(), next_zygote_++);
@@ -254,6 +312,7 @@ class FunctionSubstrate final : public Substrate {
     setup.tmp_bytes = limits.disk_bytes ? limits.disk_bytes : kDefaultDiskBytes;
     setup.limits = limits;
     setup.seccomp_bpf = bpf;
+    setup.network_per_exec = network_per_exec;
     auto client = InitClient::Start(std::move(ours), setup, kSetupTimeoutMs);
     if (!client.ok()) return client.status().Prefix("starting function zygote");
     z->client_ = std::move(client).value();

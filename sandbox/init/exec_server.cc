@@ -88,9 +88,11 @@ class Server {
 
  private:
   void HandleFrame(const Frame& f);
-  void StartExec(uint32_t id, ExecRequest req);
+  // recv on the channel that keeps any fds passed with the bytes (in order).
+  ssize_t ReceiveWithFds(char* buf, size_t size);
+  void StartExec(uint32_t id, ExecRequest req, std::vector<int> cgroup_fds);
   [[noreturn]] void ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w);
-  void StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req);
+  void StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req, std::vector<int> cgroup_fds);
   bool SpawnStub(Stub* stub, std::string* err);
   [[noreturn]] void StubMain();
   [[noreturn]] void FunctionStub(const ExecRequest& req, int status_w);
@@ -122,6 +124,7 @@ class Server {
   std::map<uint32_t, std::unique_ptr<Job>> jobs_;
   std::map<pid_t, uint32_t> by_pid_;
   std::deque<Stub> stubs_;  // function mode: stubs ready for their exec
+  std::deque<int> passed_fds_;  // received with the channel's bytes, not yet claimed by a frame
 };
 
 std::string Server::Resolve(const std::string& path) const {
@@ -172,7 +175,7 @@ int Server::Run() {
     if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
       char buf[65536];
       for (;;) {
-        ssize_t r = recv(ch_, buf, sizeof buf, MSG_DONTWAIT);
+        ssize_t r = ReceiveWithFds(buf, sizeof buf);
         if (r < 0 && errno == ENOTSOCK) {
           // A microVM guest's virtio-serial port: poll said readable, so
           // one read does not block.
@@ -244,18 +247,59 @@ int Server::Run() {
   }
 }
 
+ssize_t Server::ReceiveWithFds(char* buf, size_t size) {
+  struct iovec iov {buf, size};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)];
+  struct msghdr msg {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t r = recvmsg(ch_, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  if (r < 0) return r;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < n; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      passed_fds_.push_back(fd);
+    }
+  }
+  return r;
+}
+
 void Server::HandleFrame(const Frame& f) {
   switch (f.type) {
-    case FrameType::kExec: {
+    case FrameType::kExec:
+    case FrameType::kExecIn: {
       ExecRequest req;
-      if (!DecodeExec(f.payload, &req)) {
+      std::vector<int> cgroup_fds;
+      bool ok = true;
+      std::string_view body = f.payload;
+      if (f.type == FrameType::kExecIn) {
+        // The fds came with this frame's header, after any earlier frame's.
+        WireReader r(f.payload);
+        uint32_t n = 0;
+        std::string encoded;
+        ok = r.U32(&n) && r.Str(&encoded) && r.done() && n <= kMaxFrameFds && n <= passed_fds_.size();
+        for (uint32_t i = 0; ok && i < n; ++i) {
+          cgroup_fds.push_back(passed_fds_.front());
+          passed_fds_.pop_front();
+        }
+        ok = ok && cfg_.mode == Mode::kFunction && DecodeExec(encoded, &req);
+      } else {
+        ok = DecodeExec(body, &req);
+      }
+      if (!ok) {
+        for (int fd : cgroup_fds) close(fd);
         ExecResult r;
         r.exit_code = 127;
         r.stderr_data = "paddock-init: malformed exec request\n";
         WriteFrame(ch_, FrameType::kExecDone, f.id, EncodeResult(r));
         return;
       }
-      StartExec(f.id, std::move(req));
+      StartExec(f.id, std::move(req), std::move(cgroup_fds));
       return;
     }
     case FrameType::kCancel: {
@@ -283,12 +327,12 @@ void Server::HandleFrame(const Frame& f) {
   }
 }
 
-void Server::StartExec(uint32_t id, ExecRequest req) {
+void Server::StartExec(uint32_t id, ExecRequest req, std::vector<int> cgroup_fds) {
   auto job = std::make_unique<Job>();
   job->id = id;
   job->cap = req.output_cap ? req.output_cap : kDefaultOutputCap;
   job->stream = req.stream;
-  if (cfg_.mode == Mode::kFunction) return StartFunctionExec(std::move(job), std::move(req));
+  if (cfg_.mode == Mode::kFunction) return StartFunctionExec(std::move(job), std::move(req), std::move(cgroup_fds));
   int in_p[2], out_p[2], err_p[2];
   if (pipe2(in_p, O_CLOEXEC) != 0 || pipe2(out_p, O_CLOEXEC) != 0 || pipe2(err_p, O_CLOEXEC) != 0) {
     job->result.exit_code = 127;
@@ -556,7 +600,11 @@ void Server::ExecCommand(const ExecRequest& req) {
   LaunchCommand(c);
 }
 
-void Server::StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req) {
+void Server::StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req, std::vector<int> cgroup_fds) {
+  struct CloseFds {
+    std::vector<int>& fds;
+    ~CloseFds() { for (int fd : fds) close(fd); }
+  } close_fds{cgroup_fds};
   uint32_t id = job->id;
   uint32_t timeout = req.timeout_ms ? req.timeout_ms : kDefaultExecTimeoutMs;
   req.timeout_ms = timeout;
@@ -580,6 +628,28 @@ void Server::StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req) {
     } else if (!SpawnStub(&stub, &err)) {
       job->result.exit_code = 127;
       job->result.stderr_data = "paddock-init: cannot start process: " + err + "\n";
+      WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
+      return;
+    }
+    // Into the sandbox's own cgroups before it reads its request: the
+    // command and everything it forks count against this sandbox's limits,
+    // not against the zygote that other sandboxes share.
+    const std::string pid_text = std::to_string(stub.pid);
+    int join_errno = 0;
+    for (int fd : cgroup_fds) {
+      if (write(fd, pid_text.data(), pid_text.size()) != static_cast<ssize_t>(pid_text.size())) {
+        join_errno = errno;
+        break;
+      }
+    }
+    if (join_errno != 0) {
+      stub.CloseAll();
+      kill(stub.pid, SIGKILL);
+      stub.pid = -1;
+      if (join_errno == ESRCH) continue;  // that stub died while idle: take another
+      job->result.exit_code = 127;
+      job->result.stderr_data =
+          std::string("paddock-init: joining the sandbox's cgroup: ") + std::strerror(join_errno) + "\n";
       WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
       return;
     }
@@ -640,8 +710,11 @@ bool Server::SpawnStub(Stub* stub, std::string* err) {
   // mount namespace gives it a fresh /proc, /tmp and /dev/shm that die with
   // it; its own IPC and network namespaces keep System V IPC, message queues,
   // abstract unix sockets and loopback ports from reaching any other exec,
-  // of this sandbox or of another sharing the zygote.
-  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET | SIGCHLD,
+  // of this sandbox or of another sharing the zygote. (A sandbox with egress
+  // has a zygote of its own; its execs share that zygote's network namespace,
+  // where the daemon's proxy listens.)
+  const unsigned long netns = cfg_.network_per_exec ? CLONE_NEWNET : 0;
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | netns | SIGCHLD,
                                          nullptr, nullptr, nullptr, nullptr));
   if (pid == 0) {
     // Child ends to 0..4 (stdin, stdout, stderr, status, request), through
@@ -684,13 +757,15 @@ void Server::StubMain() {
   uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
   if (!MountFreshProcAndScratch(disk, &err)) Die(err);
   uint64_t mem = cfg_.limits.memory_bytes ? cfg_.limits.memory_bytes : kDefaultMemoryBytes;
-  uint64_t pids = cfg_.limits.pids ? cfg_.limits.pids : kDefaultPids;
+  // No RLIMIT_NPROC: it counts per user of the zygote's user namespace, which
+  // every sandbox sharing the zygote shares; the sandbox's own pids cgroup
+  // (joined before the command runs) is the process limit.
   // The memory cgroup is the memory limit (an overrun is an OOM kill, reported
   // as such); RLIMIT_AS only stops address-space bombs, with room for
   // runtimes that reserve far more than they touch.
   uint64_t as = std::max<uint64_t>(mem * 4, mem + (4ull << 30));
   struct { int res; uint64_t v; } lims[] = {
-      {RLIMIT_AS, as}, {RLIMIT_NPROC, pids}, {RLIMIT_FSIZE, disk}, {RLIMIT_NOFILE, 1024}, {RLIMIT_CORE, 0}};
+      {RLIMIT_AS, as}, {RLIMIT_FSIZE, disk}, {RLIMIT_NOFILE, 1024}, {RLIMIT_CORE, 0}};
   for (auto& l : lims) {
     // A limit above the inherited hard limit cannot be raised to from a user
     // namespace: the hard limit is then the limit (the cgroup still enforces

@@ -112,7 +112,8 @@ void InitClient::Close() {
 Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
                                      const OutputCallback* on_output, FrameType* reply_type,
                                      std::chrono::milliseconds budget,
-                                     const std::function<bool()>* cancelled) {
+                                     const std::function<bool()>* cancelled,
+                                     const std::vector<int>& fds) {
   auto p = std::make_shared<Pending>();
   p->on_output = on_output;
   uint32_t id;
@@ -125,7 +126,7 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
   bool sent;
   {
     std::lock_guard lock(write_mu_);
-    sent = init::WriteFrame(channel_.get(), type, id, payload);
+    sent = init::WriteFrameWithFds(channel_.get(), type, id, payload, fds);
   }
   std::unique_lock lock(mu_);
   if (!sent) {
@@ -157,7 +158,7 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
     if (std::chrono::steady_clock::now() >= deadline) {
       pending_.erase(id);
       // Whatever still runs for this exec is killed, not left behind.
-      if (type == FrameType::kExec && !cancel_sent) send_cancel();
+      if ((type == FrameType::kExec || type == FrameType::kExecIn) && !cancel_sent) send_cancel();
       if (on_output) {
         // The reader may be inside this call's output callback: only a dead
         // channel guarantees it never runs again. An init that overran an
@@ -186,13 +187,26 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
   return std::move(p->payload);
 }
 
-Result<ExecResult> InitClient::Exec(const ExecRequest& req, const OutputCallback& on_output) {
+Result<ExecResult> InitClient::Exec(const ExecRequest& req, const OutputCallback& on_output,
+                                    const std::vector<int>& cgroup_procs) {
   ExecRequest r = req;
   r.stream = static_cast<bool>(on_output);
+  FrameType request_type = FrameType::kExec;
+  std::string request = init::EncodeExec(r);
+  if (!cgroup_procs.empty()) {
+    if (cgroup_procs.size() > init::kMaxFrameFds)
+      return Error(Code::kInternal, "{} cgroup files for one exec (at most {})", cgroup_procs.size(),
+                   init::kMaxFrameFds);
+    init::WireWriter w;
+    w.U32(static_cast<uint32_t>(cgroup_procs.size()));
+    w.Str(request);
+    request = w.Take();
+    request_type = FrameType::kExecIn;
+  }
   FrameType type;
   PADDOCK_ASSIGN_OR_RETURN(std::string payload,
-                           Call(FrameType::kExec, init::EncodeExec(r), on_output ? &on_output : nullptr, &type,
-                                ExecBudget(req), req.cancelled ? &req.cancelled : nullptr));
+                           Call(request_type, request, on_output ? &on_output : nullptr, &type, ExecBudget(req),
+                                req.cancelled ? &req.cancelled : nullptr, cgroup_procs));
   ExecResult result;
   if (type != FrameType::kExecDone || !init::DecodeResult(payload, &result))
     return Error(Code::kInternal, "malformed exec result from paddock-init");

@@ -27,7 +27,10 @@ class InitClient {
                                                    int timeout_ms);
   ~InitClient();
 
-  Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output);
+  // `cgroup_procs` (function zygotes only): the sandbox's cgroup.procs files,
+  // which the exec's processes join before the command runs.
+  Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output,
+                          const std::vector<int>& cgroup_procs = {});
   Status WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents);
   Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes);
   Result<std::vector<FileInfo>> ListDir(const std::string& path);
@@ -62,7 +65,8 @@ class InitClient {
   Result<std::string> Call(init::FrameType type, const std::string& payload,
                            const OutputCallback* on_output, init::FrameType* reply_type,
                            std::chrono::milliseconds budget,
-                           const std::function<bool()>* cancelled = nullptr);
+                           const std::function<bool()>* cancelled = nullptr,
+                           const std::vector<int>& fds = {});
   Result<std::string> FileCall(init::FrameType type, const std::string& payload, const std::string& path);
 
   UniqueFd channel_;

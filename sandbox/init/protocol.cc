@@ -85,6 +85,7 @@ std::string EncodeSetup(const SetupConfig& c) {
   w.U64(c.limits.disk_bytes);
   w.Str(c.seccomp_bpf);
   PutMap(w, c.env);
+  w.U32(c.network_per_exec ? 1 : 0);
   return w.Take();
 }
 
@@ -95,6 +96,9 @@ bool DecodeSetup(std::string_view buf, SetupConfig* c) {
             r.U64(&c->tmp_bytes) && r.U32(&c->limits.cpu_millicores) &&
             r.U64(&c->limits.memory_bytes) && r.U32(&c->limits.pids) &&
             r.U64(&c->limits.disk_bytes) && r.Str(&c->seccomp_bpf) && GetPairs(r, &c->env);
+  uint32_t per_exec = 1;
+  ok = ok && r.U32(&per_exec);
+  c->network_per_exec = per_exec != 0;
   c->mode = static_cast<Mode>(mode);
   return ok && r.done();
 }
@@ -231,6 +235,33 @@ bool WriteFrame(int fd, FrameType type, uint32_t id, std::string_view payload) {
     return WriteAll(fd, buf.data(), buf.size());
   }
   return WriteAll(fd, hdr, sizeof hdr) && WriteAll(fd, payload.data(), payload.size());
+}
+
+bool WriteFrameWithFds(int fd, FrameType type, uint32_t id, std::string_view payload,
+                       const std::vector<int>& fds) {
+  if (fds.empty()) return WriteFrame(fd, type, id, payload);
+  if (fds.size() > kMaxFrameFds) return false;
+  uint32_t hdr[3] = {static_cast<uint32_t>(payload.size()), static_cast<uint32_t>(type), id};
+  struct iovec iov {hdr, sizeof hdr};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)] = {};
+  struct msghdr msg {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  ssize_t w;
+  do w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  while (w < 0 && errno == EINTR);
+  if (w <= 0) return false;
+  // The fds went with the first byte; the rest is an ordinary write.
+  const char* rest = reinterpret_cast<const char*>(hdr) + w;
+  if (static_cast<size_t>(w) < sizeof hdr && !WriteAll(fd, rest, sizeof hdr - static_cast<size_t>(w))) return false;
+  return payload.empty() || WriteAll(fd, payload.data(), payload.size());
 }
 
 bool ReadFrame(int fd, Frame* f) {

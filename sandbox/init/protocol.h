@@ -32,6 +32,9 @@ enum class FrameType : uint32_t {
   kUsage = 12,     // daemon → init (microVM guest): Reply with memory, cpu, pids
   kCancel = 13,    // daemon → init: kill a running exec (u32 payload: its request id); no reply,
                    // the exec's kExecDone follows
+  kExecIn = 14,    // daemon → function zygote: u32 fd count, then an encoded ExecRequest. The
+                   // fds (SCM_RIGHTS, sent with the frame's header) are the sandbox's own
+                   // cgroup.procs files: the exec's stub joins them before its command runs.
 };
 
 enum class Mode : uint32_t { kContainer = 1, kFunction = 2 };
@@ -46,6 +49,10 @@ struct SetupConfig {
   Limits limits;             // rlimits for function execs
   std::string seccomp_bpf;   // struct sock_filter array; empty: none
   std::vector<std::pair<std::string, std::string>> env;  // base env of every exec
+  // Function mode: a network namespace of its own per exec (loopback only).
+  // False for a sandbox with egress: its execs share the zygote's namespace,
+  // where the daemon's proxy listens (the zygote is that sandbox's alone).
+  bool network_per_exec = true;
 };
 
 class WireWriter {
@@ -91,6 +98,12 @@ struct Frame {
 
 // Blocking frame I/O on a stream socket. False on EOF or error.
 bool WriteFrame(int fd, FrameType type, uint32_t id, std::string_view payload);
+// The same with `fds` passed (SCM_RIGHTS) along with the frame's header.
+bool WriteFrameWithFds(int fd, FrameType type, uint32_t id, std::string_view payload,
+                       const std::vector<int>& fds);
 bool ReadFrame(int fd, Frame* f);
+
+// At most this many fds travel with one frame.
+inline constexpr size_t kMaxFrameFds = 8;
 
 }  // namespace paddock::init

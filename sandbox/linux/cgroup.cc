@@ -1,5 +1,6 @@
 #include "sandbox/linux/cgroup.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -128,6 +129,17 @@ Status Cgroup::AddProcess(pid_t pid) const {
   for (const auto& dir : dirs_)
     PADDOCK_RETURN_IF_ERROR(WriteSmallFile(dir + "/cgroup.procs", std::to_string(pid)));
   return Status::Ok();
+}
+
+Result<std::vector<UniqueFd>> Cgroup::OpenProcsFiles() const {
+  std::vector<UniqueFd> out;
+  for (const auto& dir : dirs_) {
+    std::string path = dir + "/cgroup.procs";
+    UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd.valid()) return ErrnoError("opening " + path);
+    out.push_back(std::move(fd));
+  }
+  return out;
 }
 
 Usage Cgroup::ReadUsage() const {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "sandbox/base/status.h"
+#include "sandbox/base/unique_fd.h"
 #include "sandbox/types.h"
 
 namespace paddock {
@@ -28,6 +29,10 @@ class Cgroup {
   Cgroup& operator=(Cgroup&&) noexcept = default;
 
   Status AddProcess(pid_t pid) const;
+  // Its cgroup.procs files, opened for writing (one per hierarchy): whoever
+  // holds them can move a process it sees into this cgroup, with the
+  // opener's permission (the kernel checks the credentials of the open).
+  Result<std::vector<UniqueFd>> OpenProcsFiles() const;
   Usage ReadUsage() const;
   // Number of OOM kills the kernel has made in this cgroup so far.
   uint64_t OomKills() const;

@@ -181,7 +181,7 @@ class MicrovmSubstrate final : public Substrate {
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
     if (!spec.network_allow.empty())
       return Error(Code::kInvalidArgument,
-                   "network egress (a network allow list) is available on container sandboxes only; a microvm "
+                   "network egress (a network allow list) is available on container and function sandboxes; a microvm "
                    "sandbox has no network but loopback");
     PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
     auto recipe = std::make_shared<Recipe>();
