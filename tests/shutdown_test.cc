@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sandbox/sandbox.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/test_rootfs.h"
 
@@ -146,6 +147,28 @@ TEST_F(ShutdownTest, Sigterm_DrainsInFlightUnaryCall_LogClosedCleanly) {
   EXPECT_EQ(second["stdout"], first["stdout"]);
   auto verify = daemon_.Cli({"log", "verify"});
   EXPECT_EQ(verify.code, 0) << verify.out << verify.err;
+}
+
+// A stopped daemon leaves no cgroup of its own behind: not its sandboxes'
+// (a function sandbox holding a stub for its next exec included), nor the
+// subtree root that held them.
+TEST_F(ShutdownTest, Sigterm_LeavesNoCgroupBehind) {
+  ASSERT_EQ(daemon_.Start(), "");
+  SubstrateEnv env;
+  env.state_dir = daemon_.state_dir();
+  const std::string root = "/sys/fs/cgroup/pids/" + env.cgroup_root();
+  std::string fn = CreateSandbox();
+  ASSERT_FALSE(fn.empty());
+  for (int i = 0; i < 3; ++i) {
+    auto r = daemon_.Cli({"sandbox", "exec", fn, "--", "true"});
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  auto ct = daemon_.Cli({"sandbox", "create", "--substrate", "container", "--image", rootfs_});
+  ASSERT_EQ(ct.code, 0) << ct.err;
+  ASSERT_EQ(access(root.c_str(), F_OK), 0) << root << " missing while the daemon runs";
+  auto [code, took] = TimedStop();
+  EXPECT_EQ(code, 0) << daemon_.LogTail();
+  EXPECT_NE(access(root.c_str(), F_OK), 0) << root << " outlived the daemon";
 }
 
 }  // namespace

@@ -2,6 +2,6 @@
 # included by tests/CMakeLists.txt.
 if(TARGET paddockd AND EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/shutdown_test.cc)
   paddock_test(shutdown_test shutdown_test.cc)
-  target_link_libraries(shutdown_test PRIVATE nlohmann_json::nlohmann_json)
+  target_link_libraries(shutdown_test PRIVATE nlohmann_json::nlohmann_json paddock_sandbox)
   add_dependencies(shutdown_test paddockd paddock paddock-init)
 endif()

@@ -189,6 +189,7 @@ class ContainerSubstrate final : public Substrate {
     pool_.Stop();
     FlushCgroupRemovals();
     views_.ReleaseAll();
+    RemoveCgroupRootIfEmpty(env_.cgroup_root());
   }
 
  private:

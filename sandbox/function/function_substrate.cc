@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "sandbox/function/stub_exec.h"
 #include "sandbox/image_source.h"
 #include "sandbox/image_view.h"
 #include "sandbox/init/init_client.h"
@@ -32,6 +33,9 @@ constexpr int kSetupTimeoutMs = 10'000;
 constexpr const char* kDefaultWorkdir = "/tmp";  // the per-exec scratch directory
 // A zygote no sandbox uses is kept this long for the next create.
 constexpr auto kZygoteIdle = std::chrono::seconds(60);
+// At most this many stubs are held ready for sandboxes' next execs (each is
+// a process with its own namespaces); past it an exec takes its stub then.
+constexpr int kMaxHeldStubs = 128;
 
 // A process that has entered the sandbox's namespaces and root and forks
 // one exec at a time on request. Shared by every function sandbox with the
@@ -94,8 +98,9 @@ struct SandboxCgroup {
 class FunctionSandbox final : public Sandbox {
  public:
   FunctionSandbox(std::string id, std::shared_ptr<Zygote> zygote, std::shared_ptr<SandboxCgroup> cgroup,
-                  const SandboxSpec& spec)
-      : id_(std::move(id)), zygote_(std::move(zygote)), cgroup_(std::move(cgroup)), env_(spec.env),
+                  std::shared_ptr<std::atomic<int>> held_stubs, const SandboxSpec& spec)
+      : id_(std::move(id)), zygote_(std::move(zygote)), cgroup_(std::move(cgroup)),
+        held_stubs_(std::move(held_stubs)), env_(spec.env),
         workdir_(spec.workdir.empty() ? kDefaultWorkdir : spec.workdir) {}
   ~FunctionSandbox() override {
     Status ignored = Destroy();
@@ -104,14 +109,50 @@ class FunctionSandbox final : public Sandbox {
 
   const std::string& id() const override { return id_; }
 
+  // The exec runs on a stub the zygote moved into this sandbox's cgroups and
+  // handed over (sandbox/function/stub_exec.h). A sandbox that execs again
+  // holds the next stub, taken while the current command runs, so its later
+  // execs have no zygote round trip on their path.
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
     auto [z, cg] = parts();
     if (!z) return Destroyed();
     ExecRequest r = req;
     for (const auto& [k, v] : env_) r.env.emplace(k, v);  // the request's env wins
     if (r.cwd.empty()) r.cwd = workdir_;
+    std::vector<UniqueFd> stub;
+    bool again;
+    {
+      std::lock_guard lock(mu_);
+      stub = std::move(held_);
+      held_.clear();
+      again = execs_++ > 0;
+    }
+    if (stub.empty()) {
+      PADDOCK_ASSIGN_OR_RETURN(stub, z->client_->TakeStub(cg->procs_fds()));
+    } else {
+      held_stubs_->fetch_sub(1);
+    }
     uint64_t ooms_before = cg->cgroup.OomKills();
-    PADDOCK_ASSIGN_OR_RETURN(ExecResult res, z->client_->Exec(r, on_output, cg->procs_fds()));
+    auto take_next = [&, z = z, cg = cg] {
+      if (!again) return;  // a sandbox that execs once holds nothing
+      if (held_stubs_->fetch_add(1) >= kMaxHeldStubs) {
+        held_stubs_->fetch_sub(1);
+        return;
+      }
+      auto next = z->client_->TakeStub(cg->procs_fds());
+      if (!next.ok()) {
+        held_stubs_->fetch_sub(1);
+        return;
+      }
+      std::lock_guard lock(mu_);
+      if (held_.empty() && zygote_) {
+        held_ = std::move(next).value();
+      } else {
+        DiscardStub(*next);  // destroyed meanwhile, or a concurrent exec's stub is held
+        held_stubs_->fetch_sub(1);
+      }
+    };
+    PADDOCK_ASSIGN_OR_RETURN(ExecResult res, RunOnStub(std::move(stub), r, on_output, take_next));
     if (res.signal == SIGKILL && !res.timed_out && cg->cgroup.OomKills() > ooms_before)
       res.oom_killed = true;
     return res;
@@ -156,6 +197,10 @@ class FunctionSandbox final : public Sandbox {
     std::lock_guard lock(mu_);
     if (zygote_) zygote_->last_used_ = std::chrono::steady_clock::now();
     zygote_.reset();  // the zygote stays warm for the next sandbox of its kind
+    if (!held_.empty()) {
+      DiscardStub(held_);
+      held_stubs_->fetch_sub(1);
+    }
     // Whatever an exec still runs is killed with the cgroup (off this path).
     if (cgroup_) cgroup_->cgroup.DestroyInBackground();
     cgroup_.reset();
@@ -181,6 +226,9 @@ class FunctionSandbox final : public Sandbox {
   mutable std::mutex mu_;
   std::shared_ptr<Zygote> zygote_;
   std::shared_ptr<SandboxCgroup> cgroup_;
+  std::vector<UniqueFd> held_;  // the next exec's stub, when one is held
+  uint64_t execs_ = 0;
+  std::shared_ptr<std::atomic<int>> held_stubs_;  // stubs held by all function sandboxes
   std::map<std::string, std::string> env_;
   std::string workdir_;
 };
@@ -219,7 +267,7 @@ class FunctionSubstrate final : public Substrate {
         if (proxy.ok()) {
           (*z)->egress_ = std::move(proxy).value();
           for (const auto& [k, v] : EgressProxy::ProxyEnv()) eff.env.emplace(k, v);
-          return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, std::move(z).value(), std::move(cg), eff));
+          return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, std::move(z).value(), std::move(cg), held_stubs_, eff));
         }
         z = proxy.status().Prefix("starting the sandbox's egress proxy");
       }
@@ -241,13 +289,14 @@ class FunctionSubstrate final : public Substrate {
       it = zygotes_.emplace(key, std::move(z).value()).first;
     }
     it->second->last_used_ = std::chrono::steady_clock::now();
-    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, it->second, std::move(cg), eff));
+    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, it->second, std::move(cg), held_stubs_, eff));
   }
 
   void Shutdown() override {
     std::lock_guard lock(mu_);
     zygotes_.clear();
     views_.ReleaseAll();
+    RemoveCgroupRootIfEmpty(env_.cgroup_root());
   }
 
  private:
@@ -330,6 +379,7 @@ class FunctionSubstrate final : public Substrate {
   std::mutex mu_;
   std::map<std::pair<std::string, Limits>, std::shared_ptr<Zygote>> zygotes_;
   std::atomic<uint64_t> next_zygote_{0};
+  std::shared_ptr<std::atomic<int>> held_stubs_ = std::make_shared<std::atomic<int>>(0);
 };
 
 }  // namespace

@@ -47,7 +47,6 @@ struct Job {
   uint32_t id = 0;
   pid_t pid = -1;
   int out_fd = -1, err_fd = -1, in_fd = -1;
-  int status_fd = -1;  // function execs: the stub reports the command's status here
   std::string stdin_data;
   size_t stdin_off = 0;
   ExecResult result;
@@ -70,7 +69,8 @@ constexpr uint64_t kFileCallTimeoutMs = 20'000;
 // A function exec's PID 1, made ahead of time: already in its own pid and
 // mount namespaces with a fresh /proc and scratch /tmp, waiting for its
 // request. Keeping a couple ready takes namespace creation and the mounts
-// off the exec's path.
+// off the exec's path. The daemon takes one per exec (kTakeStub) and drives
+// it through these pipes itself; the zygote only makes them and reaps them.
 struct Stub {
   pid_t pid = -1;
   int req_w = -1, status_r = -1, in_w = -1, out_r = -1, err_r = -1;
@@ -90,9 +90,11 @@ class Server {
   void HandleFrame(const Frame& f);
   // recv on the channel that keeps any fds passed with the bytes (in order).
   ssize_t ReceiveWithFds(char* buf, size_t size);
-  void StartExec(uint32_t id, ExecRequest req, std::vector<int> cgroup_fds);
+  void StartExec(uint32_t id, ExecRequest req);
+  // Function mode: moves a ready stub into the sandbox's cgroups and hands
+  // its pipes and a pidfd to the daemon (kStub), which runs the exec itself.
+  void TakeStub(uint32_t id, std::vector<int> cgroup_fds);
   [[noreturn]] void ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w);
-  void StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req, std::vector<int> cgroup_fds);
   bool SpawnStub(Stub* stub, std::string* err);
   [[noreturn]] void StubMain();
   [[noreturn]] void FunctionStub(const ExecRequest& req, int status_w);
@@ -101,8 +103,7 @@ class Server {
   void ReadOutput(Job& job, int* fd, int stream);
   void WriteStdin(Job& job);
   void ReapChildren();
-  void CompleteJob(Job& job, int status, const struct rusage& ru, const int64_t* report);
-  void ReadStatusReport(Job& job);
+  void CompleteJob(Job& job, int status, const struct rusage& ru);
   void FinishIfDone(Job& job);
   void KillTree(Job& job);
   void Reply(uint32_t id, int err, const std::string& msg, const std::string& payload = {});
@@ -162,7 +163,6 @@ int Server::Run() {
       if (job->out_fd >= 0) { fds.push_back({job->out_fd, POLLIN, 0}); owners.emplace_back(id, 1); }
       if (job->err_fd >= 0) { fds.push_back({job->err_fd, POLLIN, 0}); owners.emplace_back(id, 2); }
       if (job->in_fd >= 0) { fds.push_back({job->in_fd, POLLOUT, 0}); owners.emplace_back(id, 0); }
-      if (job->status_fd >= 0 && !job->exited) { fds.push_back({job->status_fd, POLLIN, 0}); owners.emplace_back(id, 3); }
       if (!job->exited && job->deadline_us) {
         int64_t left = static_cast<int64_t>(job->deadline_us) - static_cast<int64_t>(now);
         int ms = left <= 0 ? 0 : static_cast<int>((left + 999) / 1000);
@@ -216,10 +216,6 @@ int Server::Run() {
       if (it == jobs_.end()) continue;
       Job& job = *it->second;
       int stream = owners[i - 2].second;
-      if (stream == 3) {
-        if (job.status_fd >= 0 && !job.exited) ReadStatusReport(job);
-        continue;
-      }
       if (job.exited) continue;
       if (stream == 0) WriteStdin(job);
       else ReadOutput(job, stream == 1 ? &job.out_fd : &job.err_fd, stream);
@@ -271,36 +267,34 @@ ssize_t Server::ReceiveWithFds(char* buf, size_t size) {
 
 void Server::HandleFrame(const Frame& f) {
   switch (f.type) {
-    case FrameType::kExec:
-    case FrameType::kExecIn: {
+    case FrameType::kExec: {
       ExecRequest req;
-      std::vector<int> cgroup_fds;
-      bool ok = true;
-      std::string_view body = f.payload;
-      if (f.type == FrameType::kExecIn) {
-        // The fds came with this frame's header, after any earlier frame's.
-        WireReader r(f.payload);
-        uint32_t n = 0;
-        std::string encoded;
-        ok = r.U32(&n) && r.Str(&encoded) && r.done() && n <= kMaxFrameFds && n <= passed_fds_.size();
-        for (uint32_t i = 0; ok && i < n; ++i) {
-          cgroup_fds.push_back(passed_fds_.front());
-          passed_fds_.pop_front();
-        }
-        ok = ok && cfg_.mode == Mode::kFunction && DecodeExec(encoded, &req);
-      } else {
-        ok = DecodeExec(body, &req);
-      }
-      if (!ok) {
-        for (int fd : cgroup_fds) close(fd);
+      if (cfg_.mode == Mode::kFunction || !DecodeExec(f.payload, &req)) {
+        // A function sandbox's execs run on a stub the daemon takes (kTakeStub).
         ExecResult r;
         r.exit_code = 127;
         r.stderr_data = "paddock-init: malformed exec request\n";
         WriteFrame(ch_, FrameType::kExecDone, f.id, EncodeResult(r));
         return;
       }
-      StartExec(f.id, std::move(req), std::move(cgroup_fds));
+      StartExec(f.id, std::move(req));
       return;
+    }
+    case FrameType::kTakeStub: {
+      // The fds came with this frame's header, after any earlier frame's.
+      WireReader r(f.payload);
+      uint32_t n = 0;
+      std::vector<int> cgroup_fds;
+      bool ok = r.U32(&n) && r.done() && n <= kMaxFrameFds && n <= passed_fds_.size();
+      for (uint32_t i = 0; ok && i < n; ++i) {
+        cgroup_fds.push_back(passed_fds_.front());
+        passed_fds_.pop_front();
+      }
+      if (!ok || cfg_.mode != Mode::kFunction) {
+        for (int fd : cgroup_fds) close(fd);
+        return Reply(f.id, EINVAL, "malformed stub request");
+      }
+      return TakeStub(f.id, std::move(cgroup_fds));
     }
     case FrameType::kCancel: {
       WireReader r(f.payload);
@@ -327,12 +321,11 @@ void Server::HandleFrame(const Frame& f) {
   }
 }
 
-void Server::StartExec(uint32_t id, ExecRequest req, std::vector<int> cgroup_fds) {
+void Server::StartExec(uint32_t id, ExecRequest req) {
   auto job = std::make_unique<Job>();
   job->id = id;
   job->cap = req.output_cap ? req.output_cap : kDefaultOutputCap;
   job->stream = req.stream;
-  if (cfg_.mode == Mode::kFunction) return StartFunctionExec(std::move(job), std::move(req), std::move(cgroup_fds));
   int in_p[2], out_p[2], err_p[2];
   if (pipe2(in_p, O_CLOEXEC) != 0 || pipe2(out_p, O_CLOEXEC) != 0 || pipe2(err_p, O_CLOEXEC) != 0) {
     job->result.exit_code = 127;
@@ -555,7 +548,7 @@ void Server::FunctionStub(const ExecRequest& req, int status_w) {
     struct rusage ru {};
     pid_t pid = wait4(-1, &status, WNOHANG, &ru);
     if (pid == cmd) {
-      int64_t report[5] = {status, ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec,
+      int64_t report[kStubReportWords] = {status, ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec,
                            ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec, ru.ru_maxrss,
                            timed_out ? 1 : 0};
       ssize_t ignored = write(status_w, report, sizeof report);
@@ -600,36 +593,19 @@ void Server::ExecCommand(const ExecRequest& req) {
   LaunchCommand(c);
 }
 
-void Server::StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req, std::vector<int> cgroup_fds) {
+void Server::TakeStub(uint32_t id, std::vector<int> cgroup_fds) {
   struct CloseFds {
     std::vector<int>& fds;
     ~CloseFds() { for (int fd : fds) close(fd); }
   } close_fds{cgroup_fds};
-  uint32_t id = job->id;
-  uint32_t timeout = req.timeout_ms ? req.timeout_ms : kDefaultExecTimeoutMs;
-  req.timeout_ms = timeout;
-  job->start_us = NowUs();
-  // The stub enforces the timeout; this is the backstop.
-  job->deadline_us = job->start_us + uint64_t{timeout} * 1000 + 2'000'000;
-  std::string stdin_data = std::move(req.stdin_data);
-  req.stdin_data.clear();
-  // A function exec is sealed by construction: a read-only root and nothing
-  // left of any earlier exec, so the image's own tools are the trusted ones.
-  req.trusted_program.clear();
-  std::string encoded = EncodeExec(req);
-  uint32_t len = static_cast<uint32_t>(encoded.size());
-  encoded.insert(0, reinterpret_cast<const char*>(&len), 4);
   Stub stub;
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  for (int attempt = 0; attempt < 3 && stub.pid < 0; ++attempt) {
     std::string err;
     if (!stubs_.empty()) {
       stub = stubs_.front();
       stubs_.pop_front();
     } else if (!SpawnStub(&stub, &err)) {
-      job->result.exit_code = 127;
-      job->result.stderr_data = "paddock-init: cannot start process: " + err + "\n";
-      WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
-      return;
+      return Reply(id, EAGAIN, "cannot start an exec stub: " + err);
     }
     // Into the sandbox's own cgroups before it reads its request: the
     // command and everything it forks count against this sandbox's limits,
@@ -642,51 +618,36 @@ void Server::StartFunctionExec(std::unique_ptr<Job> job, ExecRequest req, std::v
         break;
       }
     }
-    if (join_errno != 0) {
-      stub.CloseAll();
-      kill(stub.pid, SIGKILL);
-      stub.pid = -1;
-      if (join_errno == ESRCH) continue;  // that stub died while idle: take another
-      job->result.exit_code = 127;
-      job->result.stderr_data =
-          std::string("paddock-init: joining the sandbox's cgroup: ") + std::strerror(join_errno) + "\n";
-      WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
-      return;
-    }
-    size_t off = 0;
-    while (off < encoded.size()) {
-      ssize_t w = write(stub.req_w, encoded.data() + off, encoded.size() - off);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) break;
-      off += static_cast<size_t>(w);
-    }
-    close(stub.req_w);
-    stub.req_w = -1;
-    if (off == encoded.size()) break;
-    stub.CloseAll();  // that stub died while idle: take another
+    if (join_errno == 0) break;
+    stub.CloseAll();
     kill(stub.pid, SIGKILL);
     stub.pid = -1;
+    if (join_errno != ESRCH)  // ESRCH: that stub died while idle, take another
+      return Reply(id, join_errno, "joining the sandbox's cgroup");
   }
-  if (stub.pid < 0) {
-    job->result.exit_code = 127;
-    job->result.stderr_data = "paddock-init: no exec stub could take the request\n";
-    WriteFrame(ch_, FrameType::kExecDone, id, EncodeResult(job->result));
-    return;
+  if (stub.pid < 0) return Reply(id, EAGAIN, "no exec stub could be made ready");
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, stub.pid, 0));
+  if (pidfd < 0) {
+    int e = errno;
+    stub.CloseAll();
+    kill(stub.pid, SIGKILL);
+    return Reply(id, e, "pidfd_open for an exec stub");
   }
-  job->pid = stub.pid;
-  job->status_fd = stub.status_r;
-  job->out_fd = stub.out_r;
-  job->err_fd = stub.err_r;
-  job->stdin_data = std::move(stdin_data);
-  if (job->stdin_data.empty()) {
-    close(stub.in_w);
-  } else {
-    job->in_fd = stub.in_w;
-    SetNonBlocking(job->in_fd);
-  }
-  by_pid_[stub.pid] = id;
-  jobs_[id] = std::move(job);
-  // Make the next stubs while this command runs.
+  std::vector<int> fds(kStubFds);
+  fds[kStubRequest] = stub.req_w;
+  fds[kStubStatus] = stub.status_r;
+  fds[kStubStdin] = stub.in_w;
+  fds[kStubStdout] = stub.out_r;
+  fds[kStubStderr] = stub.err_r;
+  fds[kStubPidfd] = pidfd;
+  WireWriter w;
+  w.U32(kStubFds);
+  WriteFrameWithFds(ch_, FrameType::kStub, id, w.Take(), fds);
+  // The daemon holds the stub now; we stay its parent and reap it when it
+  // exits (ReapChildren forgets pids it does not know).
+  stub.CloseAll();
+  close(pidfd);
+  // Make the next stubs while this one runs.
   while (stubs_.size() < kReadyStubs) {
     Stub next;
     std::string err;
@@ -859,30 +820,18 @@ void Server::ReapChildren() {
     by_pid_.erase(it);
     if (jt == jobs_.end()) continue;
     Job& job = *jt->second;
-    // A stub that exits right after reporting can be reaped in the same
-    // round as its report arrives: the report is the answer when present.
-    if (job.status_fd >= 0) ReadStatusReport(job);
-    if (!job.exited) CompleteJob(job, status, ru, nullptr);
+    if (!job.exited) CompleteJob(job, status, ru);
   }
 }
 
-// Fills in the result of an exec whose process is gone. `report`, from a
-// function exec's stub, carries the command's own status and usage; without
-// it (a container exec, or a stub killed by the backstop) the wait status of
-// our child is the answer.
-void Server::CompleteJob(Job& job, int status, const struct rusage& ru, const int64_t* report) {
+// Fills in the result of an exec (or a file call's worker) whose process is
+// gone, from its wait status and usage.
+void Server::CompleteJob(Job& job, int status, const struct rusage& ru) {
   job.exited = true;
   by_pid_.erase(job.pid);
-  if (report) {
-    status = static_cast<int>(report[0]);
-    if (report[4]) job.result.timed_out = true;
-    job.result.cpu_time_us = static_cast<uint64_t>(report[1] + report[2]);
-    job.result.peak_memory_bytes = static_cast<uint64_t>(report[3]) * 1024;
-  } else {
-    job.result.cpu_time_us = static_cast<uint64_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
-                             static_cast<uint64_t>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-    job.result.peak_memory_bytes = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
-  }
+  job.result.cpu_time_us = static_cast<uint64_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
+                           static_cast<uint64_t>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+  job.result.peak_memory_bytes = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
   if (WIFEXITED(status)) {
     job.result.exit_code = WEXITSTATUS(status);
   } else if (WIFSIGNALED(status)) {
@@ -897,34 +846,15 @@ void Server::CompleteJob(Job& job, int status, const struct rusage& ru, const in
   // it left in the background do not hold the exec open.
   if (job.out_fd >= 0) ReadOutput(job, &job.out_fd, 1);
   if (job.err_fd >= 0) ReadOutput(job, &job.err_fd, 2);
-  for (int* fd : {&job.out_fd, &job.err_fd, &job.in_fd, &job.status_fd}) {
+  for (int* fd : {&job.out_fd, &job.err_fd, &job.in_fd}) {
     if (*fd >= 0) { close(*fd); *fd = -1; }
   }
-}
-
-// A function exec's stub reports as soon as the command is reaped; the
-// exec is answered then, without waiting for the stub's namespaces to be
-// torn down.
-void Server::ReadStatusReport(Job& job) {
-  int64_t report[5];
-  ssize_t n;
-  do {
-    n = read(job.status_fd, report, sizeof report);
-  } while (n < 0 && errno == EINTR);
-  if (n == sizeof report) {
-    struct rusage none {};
-    CompleteJob(job, 0, none, report);
-    return;
-  }
-  // EOF without a report: the stub died; its SIGCHLD completes the job.
-  close(job.status_fd);
-  job.status_fd = -1;
 }
 
 void Server::KillTree(Job& job) {
   if (job.pid <= 0 || job.exited) return;
   kill(-job.pid, SIGKILL);  // the exec's process group (it called setsid)
-  kill(job.pid, SIGKILL);   // function execs: PID 1 of their namespace takes the rest
+  kill(job.pid, SIGKILL);
 }
 
 void Server::FinishIfDone(Job& job) {

@@ -74,7 +74,13 @@ Result<std::unique_ptr<InitClient>> InitClient::Start(UniqueFd channel, const in
 
 void InitClient::ReaderLoop() {
   init::Frame f;
-  while (init::ReadFrame(channel_.get(), &f)) {
+  std::vector<int> raw_fds;
+  while (init::ReadFrameWithFds(channel_.get(), &f, &raw_fds)) {
+    // Only a stub reply may carry fds; any others are closed here.
+    std::vector<UniqueFd> fds;
+    for (int fd : raw_fds) fds.emplace_back(fd);
+    raw_fds.clear();
+    if (f.type != FrameType::kStub) fds.clear();
     std::shared_ptr<Pending> p;
     {
       std::lock_guard lock(mu_);
@@ -89,6 +95,7 @@ void InitClient::ReaderLoop() {
     std::lock_guard lock(mu_);
     p->type = f.type;
     p->payload = std::move(f.payload);
+    p->fds = std::move(fds);
     p->done = true;
     pending_.erase(f.id);
     cv_.notify_all();
@@ -113,7 +120,7 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
                                      const OutputCallback* on_output, FrameType* reply_type,
                                      std::chrono::milliseconds budget,
                                      const std::function<bool()>* cancelled,
-                                     const std::vector<int>& fds) {
+                                     const std::vector<int>& fds, std::vector<UniqueFd>* received) {
   auto p = std::make_shared<Pending>();
   p->on_output = on_output;
   uint32_t id;
@@ -158,7 +165,7 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
     if (std::chrono::steady_clock::now() >= deadline) {
       pending_.erase(id);
       // Whatever still runs for this exec is killed, not left behind.
-      if ((type == FrameType::kExec || type == FrameType::kExecIn) && !cancel_sent) send_cancel();
+      if (type == FrameType::kExec && !cancel_sent) send_cancel();
       if (on_output) {
         // The reader may be inside this call's output callback: only a dead
         // channel guarantees it never runs again. An init that overran an
@@ -184,35 +191,47 @@ Result<std::string> InitClient::Call(FrameType type, const std::string& payload,
     return Error(Code::kUnavailable, "the sandbox's init process exited during the call; destroy the sandbox and create a new one");
   }
   *reply_type = p->type;
+  if (received) *received = std::move(p->fds);
   return std::move(p->payload);
 }
 
-Result<ExecResult> InitClient::Exec(const ExecRequest& req, const OutputCallback& on_output,
-                                    const std::vector<int>& cgroup_procs) {
+Result<ExecResult> InitClient::Exec(const ExecRequest& req, const OutputCallback& on_output) {
   ExecRequest r = req;
   r.stream = static_cast<bool>(on_output);
-  FrameType request_type = FrameType::kExec;
-  std::string request = init::EncodeExec(r);
-  if (!cgroup_procs.empty()) {
-    if (cgroup_procs.size() > init::kMaxFrameFds)
-      return Error(Code::kInternal, "{} cgroup files for one exec (at most {})", cgroup_procs.size(),
-                   init::kMaxFrameFds);
-    init::WireWriter w;
-    w.U32(static_cast<uint32_t>(cgroup_procs.size()));
-    w.Str(request);
-    request = w.Take();
-    request_type = FrameType::kExecIn;
-  }
   FrameType type;
   PADDOCK_ASSIGN_OR_RETURN(std::string payload,
-                           Call(request_type, request, on_output ? &on_output : nullptr, &type, ExecBudget(req),
-                                req.cancelled ? &req.cancelled : nullptr, cgroup_procs));
+                           Call(FrameType::kExec, init::EncodeExec(r), on_output ? &on_output : nullptr, &type,
+                                ExecBudget(req), req.cancelled ? &req.cancelled : nullptr));
   ExecResult result;
   if (type != FrameType::kExecDone || !init::DecodeResult(payload, &result))
     return Error(Code::kInternal, "malformed exec result from paddock-init");
   if (req.cancelled && req.cancelled() && result.signal == SIGKILL && !result.timed_out)
     return Error(Code::kCancelled, "the exec was cancelled and its command killed");
   return result;
+}
+
+Result<std::vector<UniqueFd>> InitClient::TakeStub(const std::vector<int>& cgroup_procs) {
+  if (cgroup_procs.size() > init::kMaxFrameFds)
+    return Error(Code::kInternal, "{} cgroup files for one stub (at most {})", cgroup_procs.size(),
+                 init::kMaxFrameFds);
+  init::WireWriter w;
+  w.U32(static_cast<uint32_t>(cgroup_procs.size()));
+  FrameType type;
+  std::vector<UniqueFd> fds;
+  PADDOCK_ASSIGN_OR_RETURN(std::string payload, Call(FrameType::kTakeStub, w.Take(), nullptr, &type, kFileCallBudget,
+                                                     nullptr, cgroup_procs, &fds));
+  if (type == FrameType::kReply) {
+    int32_t err;
+    std::string msg, body;
+    if (!init::DecodeReply(payload, &err, &msg, &body)) return Error(Code::kInternal, "malformed stub reply");
+    return Error(err == EAGAIN ? Code::kUnavailable : Code::kInternal, "the function zygote could not make an exec stub "
+                 "ready: {}: {}", msg, std::strerror(err));
+  }
+  init::WireReader r(payload);
+  uint32_t n = 0;
+  if (type != FrameType::kStub || !r.U32(&n) || n != init::kStubFds || fds.size() != init::kStubFds)
+    return Error(Code::kInternal, "malformed stub reply from the function zygote");
+  return fds;
 }
 
 Result<std::string> InitClient::FileCall(FrameType type, const std::string& payload, const std::string& path) {

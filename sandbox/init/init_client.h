@@ -27,10 +27,10 @@ class InitClient {
                                                    int timeout_ms);
   ~InitClient();
 
-  // `cgroup_procs` (function zygotes only): the sandbox's cgroup.procs files,
-  // which the exec's processes join before the command runs.
-  Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output,
-                          const std::vector<int>& cgroup_procs = {});
+  Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output);
+  // Function zygotes only: a ready exec stub, moved into the cgroups whose
+  // cgroup.procs files are `cgroup_procs`; its fds in init::StubFd order.
+  Result<std::vector<UniqueFd>> TakeStub(const std::vector<int>& cgroup_procs);
   Status WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents);
   Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes);
   Result<std::vector<FileInfo>> ListDir(const std::string& path);
@@ -55,6 +55,7 @@ class InitClient {
     init::FrameType type{};
     std::string payload;
     const OutputCallback* on_output = nullptr;
+    std::vector<UniqueFd> fds;  // passed with a kStub reply
   };
   explicit InitClient(UniqueFd channel);
   void ReaderLoop();
@@ -66,7 +67,7 @@ class InitClient {
                            const OutputCallback* on_output, init::FrameType* reply_type,
                            std::chrono::milliseconds budget,
                            const std::function<bool()>* cancelled = nullptr,
-                           const std::vector<int>& fds = {});
+                           const std::vector<int>& fds = {}, std::vector<UniqueFd>* received = nullptr);
   Result<std::string> FileCall(init::FrameType type, const std::string& payload, const std::string& path);
 
   UniqueFd channel_;

@@ -32,10 +32,20 @@ enum class FrameType : uint32_t {
   kUsage = 12,     // daemon → init (microVM guest): Reply with memory, cpu, pids
   kCancel = 13,    // daemon → init: kill a running exec (u32 payload: its request id); no reply,
                    // the exec's kExecDone follows
-  kExecIn = 14,    // daemon → function zygote: u32 fd count, then an encoded ExecRequest. The
-                   // fds (SCM_RIGHTS, sent with the frame's header) are the sandbox's own
-                   // cgroup.procs files: the exec's stub joins them before its command runs.
+  kTakeStub = 14,  // daemon → function zygote: u32 fd count; the fds (SCM_RIGHTS, sent with the
+                   // frame's header) are the sandbox's own cgroup.procs files. The zygote moves
+                   // a ready exec stub into them and answers kStub, or kReply with an error.
+  kStub = 15,      // function zygote → daemon: u32 fd count (kStubFds), fds with the header: the
+                   // stub's request, status, stdin, stdout, stderr pipe ends and a pidfd. The
+                   // daemon runs its exec on them directly (sandbox/function/stub_exec.h).
 };
+
+// The fds of a kStub reply, in order.
+enum StubFd : int { kStubRequest = 0, kStubStatus, kStubStdin, kStubStdout, kStubStderr, kStubPidfd, kStubFds };
+
+// What a function exec's stub reports on its status pipe when its command is
+// reaped: wait status, user and system cpu time (us), maxrss (KiB), timed out.
+inline constexpr size_t kStubReportWords = 5;
 
 enum class Mode : uint32_t { kContainer = 1, kFunction = 2 };
 
@@ -102,6 +112,9 @@ bool WriteFrame(int fd, FrameType type, uint32_t id, std::string_view payload);
 bool WriteFrameWithFds(int fd, FrameType type, uint32_t id, std::string_view payload,
                        const std::vector<int>& fds);
 bool ReadFrame(int fd, Frame* f);
+// The same, also returning (close-on-exec) any fds that came with the frame's
+// header; at most kMaxFrameFds, more are closed and the read fails.
+bool ReadFrameWithFds(int fd, Frame* f, std::vector<int>* fds);
 
 // At most this many fds travel with one frame.
 inline constexpr size_t kMaxFrameFds = 8;

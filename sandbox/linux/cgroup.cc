@@ -245,19 +245,35 @@ Status KillAndRemoveCgroupDir(const std::string& dir) {
   return ErrnoError("removing cgroup " + dir + " (processes did not exit)");
 }
 
-std::vector<std::string> CgroupDirsUnder(const std::string& root_name) {
-  std::vector<std::string> out;
+namespace {
+// The daemon's subtree root in each hierarchy we use (the v1 freezer, used
+// only by snapshots, on request).
+std::vector<std::string> CgroupRoots(const std::string& root_name, bool with_freezer) {
   std::vector<std::string> roots;
   if (DetectCgroupVersion() == CgroupVersion::kV2) {
     roots.push_back(fmt::format("{}/{}", kCgroupFs, root_name));
   } else {
-    for (const char* ctrl : {"memory", "pids", "cpu", "cpuacct"}) {
+    for (const char* ctrl : {"memory", "pids", "cpu", "cpuacct", "freezer"}) {
+      if (!with_freezer && std::string_view(ctrl) == "freezer") continue;
       std::string hier = fmt::format("{}/{}", kCgroupFs, ctrl);
       if (access(hier.c_str(), F_OK) != 0) continue;
       std::string r = fmt::format("{}/{}", fs::canonical(hier).string(), root_name);
       if (std::find(roots.begin(), roots.end(), r) == roots.end()) roots.push_back(r);
     }
   }
+  return roots;
+}
+}  // namespace
+
+void RemoveCgroupRootIfEmpty(const std::string& root_name) {
+  FlushCgroupRemovals();
+  // rmdir refuses a cgroup with children or processes: exactly "if empty".
+  for (const auto& r : CgroupRoots(root_name, /*with_freezer=*/true)) rmdir(r.c_str());
+}
+
+std::vector<std::string> CgroupDirsUnder(const std::string& root_name) {
+  std::vector<std::string> out;
+  std::vector<std::string> roots = CgroupRoots(root_name, /*with_freezer=*/false);
   for (const auto& r : roots) {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(r, ec))

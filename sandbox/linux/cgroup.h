@@ -54,6 +54,10 @@ class Cgroup {
 // Waits until every cgroup handed to DestroyInBackground is removed.
 void FlushCgroupRemovals();
 
+// Removes the daemon's subtree root in every hierarchy when it is empty (at
+// shutdown, once the sandboxes' cgroups are gone); a root still in use stays.
+void RemoveCgroupRootIfEmpty(const std::string& root_name);
+
 // Every cgroup directory under the daemon's subtree (for the start-up reaper).
 std::vector<std::string> CgroupDirsUnder(const std::string& root_name);
 // Kills the processes of one cgroup dir, waits for it to empty, removes it.

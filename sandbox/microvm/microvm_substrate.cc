@@ -207,7 +207,10 @@ class MicrovmSubstrate final : public Substrate {
     return sb;
   }
 
-  void Shutdown() override { pool_.Stop(); }
+  void Shutdown() override {
+    pool_.Stop();
+    RemoveCgroupRootIfEmpty(env_.cgroup_root());
+  }
 
  private:
   Result<microvm::BootAssets> Assets() {
