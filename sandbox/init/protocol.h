@@ -35,7 +35,26 @@ enum class FrameType : uint32_t {
   kExecIn = 14,    // daemon → function zygote: u32 fd count, then an encoded ExecRequest. The
                    // fds (SCM_RIGHTS, sent with the frame's header) are the sandbox's own
                    // cgroup.procs files: the exec's stub joins them before its command runs.
+  // Egress of a microVM guest (docs/security.md, "Network"): the guest has no
+  // network device, so its commands' connections to the proxy travel over this
+  // channel. The frame's id is the connection's (chosen by the guest, never
+  // reused); see sandbox/network/egress_tunnel.h for the flow control.
+  kEgressListen = 15,  // daemon → init: listen on 127.0.0.1:3128 in the sandbox; Reply
+  kEgressOpen = 16,    // init → daemon: a connection was accepted (empty payload)
+  kEgressData = 17,    // both ways: bytes of a connection, at most kEgressMaxData, within credit
+  kEgressCredit = 18,  // both ways: u32, bytes the receiver has consumed (the sender may send more)
+  kEgressClose = 19,   // both ways: no more data; the receiver flushes what it has and closes
 };
+
+// Each side of a connection starts with this much credit to send and gets
+// more only as the other side consumes what it received: neither side ever
+// buffers more than this per connection.
+inline constexpr uint32_t kEgressWindow = 256u << 10;
+inline constexpr uint32_t kEgressMaxData = 64u << 10;
+// Connections open at once over one channel: the proxy serves up to its own
+// cap (32) and answers the rest 503; beyond this many, the guest stops
+// accepting and the daemon refuses an open.
+inline constexpr uint32_t kEgressMaxConnections = 64;
 
 enum class Mode : uint32_t { kContainer = 1, kFunction = 2 };
 
