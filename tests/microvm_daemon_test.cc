@@ -5,6 +5,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -59,8 +62,8 @@ TEST(MicrovmDaemon, CliCreatesExecsAndDestroysAMicrovmSandbox) {
 
 // EscapeTest.EgressReachesOnlyWhatTheAllowListNames on a microVM, whose guest
 // has no network device: its connections reach the daemon's proxy over the
-// init channel. Plus what a hostile guest could try on that channel from
-// inside: more connections than the cap, a large download, a reader that
+// init channel. Plus what a hostile agent in the guest can do to those
+// connections: more than the cap at once, a large download, a reader that
 // stalls while the server keeps sending.
 TEST(MicrovmDaemon, EgressReachesOnlyWhatTheAllowListNames) {
   testing::UseEmulationWhereKvmCannotRunGuests();
@@ -173,6 +176,66 @@ TEST(MicrovmDaemon, EgressReachesOnlyWhatTheAllowListNames) {
     if (open != 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(open, 0) << "connections outlived their sandbox";
+}
+
+// The ids of the VMs whose QEMU runs (its -name is paddock-vm-ID).
+std::set<std::string> RunningVmIds(const std::string& state_dir) {
+  std::set<std::string> ids;
+  for (pid_t pid : StrayQemuProcesses(state_dir)) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t at = cmd.find("paddock-vm-");
+    if (at != std::string::npos) ids.insert(cmd.substr(at + 11, cmd.find('\0', at) - at - 11));
+  }
+  return ids;
+}
+
+// A VM booted ahead of time for the warm pool (which knows nothing of allow
+// lists) serves a sandbox with one: its paddock-init starts listening when
+// the sandbox is created.
+TEST(MicrovmDaemon, AWarmVmServesASandboxWithAnAllowList) {
+  testing::UseEmulationWhereKvmCannotRunGuests();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  PADDOCK_REQUIRE_MICROVM();
+  testing::TestInternet inet;
+  ASSERT_TRUE(inet.ok()) << inet.why();
+  std::string rootfs = testing::EnsureBusyboxRootfs();
+  testing::DaemonProcess d(testing::DaemonOptions{
+      .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "1"}});
+  ASSERT_EQ(d.Start(), "");
+  client::ClientOptions co;
+  co.socket_path = d.socket_path();
+  auto c = client::Client::Connect(co);
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  SandboxSpec spec;
+  spec.substrate = "microvm";
+  spec.image = rootfs;
+  auto first = c->Create(spec);  // cold; asks the pool for one like it
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  spec.network_allow = {inet.server_ip() + ":8080"};
+  // Until a create is served by a VM that was already running (a cold one
+  // meanwhile means the warm one was still booting: try again).
+  std::string warm_id;
+  for (int attempt = 0; attempt < 20 && warm_id.empty(); ++attempt) {
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+    std::set<std::string> running = RunningVmIds(d.state_dir());
+    auto sb = c->Create(spec);
+    ASSERT_TRUE(sb.ok()) << sb.status().message() << d.LogTail();
+    if (running.count(sb->id)) warm_id = sb->id;
+    else ASSERT_TRUE(c->Destroy(sb->id).ok());
+  }
+  ASSERT_FALSE(warm_id.empty()) << "no create was served by a warm VM";
+  ExecRequest r;
+  r.shell = "wget -q -O- http://" + inet.server_ip() + ":8080/hello.txt 2>&1; echo rc=$?";
+  r.timeout_ms = 60000;
+  auto res = c->Exec(warm_id, r);
+  ASSERT_TRUE(res.ok()) << res.status().message();
+  EXPECT_THAT(res->stdout_data, HasSubstr("hello-egress\nrc=0"));
+  // The first sandbox, from the same pool's recipe, has no proxy.
+  r.shell = "echo | nc -w 2 127.0.0.1 3128; echo rc=$?";
+  auto plain = c->Exec(first->id, r);
+  ASSERT_TRUE(plain.ok()) << plain.status().message();
+  EXPECT_THAT(plain->stdout_data, Not(HasSubstr("rc=0")));
 }
 
 }  // namespace
