@@ -43,8 +43,9 @@ struct SandboxSpec {
   bool host_dir_image_ok = false;
   // Egress allow list (empty: no network but loopback). Entries: "host",
   // "host:port", "*.domain[:port]", "IP[:port]", "CIDR[:port]"; served by
-  // the daemon's egress proxy (sandbox/network/egress_proxy.h). Container
-  // sandboxes only, for now.
+  // the daemon's egress proxy (sandbox/network/egress_proxy.h). Every
+  // substrate: a microVM guest's connections reach it over the init channel
+  // (sandbox/network/egress_tunnel.h).
   std::vector<std::string> network_allow;
 };
 

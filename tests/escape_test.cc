@@ -37,6 +37,7 @@
 
 #include "paddock/client.h"
 #include "tests/support/daemon_process.h"
+#include "tests/support/test_internet.h"
 #include "tests/support/test_rootfs.h"
 
 namespace paddock {
@@ -517,58 +518,9 @@ TEST_F(EscapeTest, ManyFifoReadsAtOnceStallNothing) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
 }
 
-// A stand-in for the internet: a network namespace made here, joined to the
-// host by a veth pair (host side .1, namespace side .2 of a /30), serving a
-// file over HTTP on ports 8080 and 8081 (busybox httpd). Only this namespace
-// and loopback are ever reached.
-class TestInternet {
- public:
-  TestInternet() {
-    const int tag = getpid() % 200 + 20;
-    ns_ = "pdk-inet-" + std::to_string(getpid());
-    host_if_ = "pdkh" + std::to_string(getpid() % 100000);
-    ns_if_ = "pdkn" + std::to_string(getpid() % 100000);
-    host_ip_ = "10.231." + std::to_string(tag) + ".1";
-    server_ip_ = "10.231." + std::to_string(tag) + ".2";
-    www_ = "/tmp/" + ns_ + "-www";
-    fs::create_directories(www_);
-    std::ofstream(www_ + "/hello.txt") << "hello-egress\n";
-    std::string script = "set -e; ip netns add " + ns_ + "; ip link add " + host_if_ + " type veth peer name " + ns_if_ +
-                         "; ip link set " + ns_if_ + " netns " + ns_ + "; ip addr add " + host_ip_ + "/30 dev " +
-                         host_if_ + "; ip link set " + host_if_ + " up; ip netns exec " + ns_ + " ip addr add " +
-                         server_ip_ + "/30 dev " + ns_if_ + "; ip netns exec " + ns_ + " ip link set " + ns_if_ +
-                         " up; ip netns exec " + ns_ + " ip link set lo up";
-    auto r = testing::RunProgram({"/bin/sh", "-c", script});
-    ok_ = r.code == 0;
-    why_ = r.out + r.err;
-    for (const char* port : {"8080", "8081"})
-      servers_.push_back(testing::SpawnProgram(
-          {"/usr/sbin/ip", "netns", "exec", ns_, "/bin/busybox", "httpd", "-f", "-p", port, "-h", www_},
-          www_ + "/../" + ns_ + "-httpd.log"));
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  }
-  ~TestInternet() {
-    for (pid_t p : servers_)
-      if (p > 0) {
-        kill(p, SIGKILL);
-        waitpid(p, nullptr, 0);
-      }
-    testing::RunProgram({"/bin/sh", "-c", "ip netns del " + ns_ + " 2>/dev/null; ip link del " + host_if_ + " 2>/dev/null; true"});
-    fs::remove_all(www_);
-  }
-  bool ok() const { return ok_; }
-  const std::string& why() const { return why_; }
-  const std::string& host_ip() const { return host_ip_; }
-  const std::string& server_ip() const { return server_ip_; }
-
- private:
-  std::string ns_, host_if_, ns_if_, host_ip_, server_ip_, www_, why_;
-  bool ok_ = false;
-  std::vector<pid_t> servers_;
-};
-
+// MicroVM sandboxes: the same checks in tests/microvm_daemon_test.cc.
 TEST_F(EscapeTest, EgressReachesOnlyWhatTheAllowListNames) {
-  TestInternet inet;
+  testing::TestInternet inet;
   ASSERT_TRUE(inet.ok()) << inet.why();
   const std::string server = inet.server_ip();
   for (const std::string substrate : {"container", "function"}) {

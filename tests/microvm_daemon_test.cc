@@ -1,16 +1,28 @@
 // The microvm substrate through a real paddockd and the paddock CLI: the
-// daemon's flags, a create with --substrate microvm, an exec, a destroy.
+// daemon's flags, a create with --substrate microvm, an exec, a destroy;
+// egress by allow list through the guest's channel.
 #include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <string>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "paddock/client.h"
 #include "sandbox/microvm/microvm_substrate.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/microvm_accel.h"
+#include "tests/support/test_internet.h"
 #include "tests/support/test_rootfs.h"
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 namespace paddock {
 namespace {
@@ -46,6 +58,184 @@ TEST(MicrovmDaemon, CliCreatesExecsAndDestroysAMicrovmSandbox) {
   auto gone = testing::RunProgram({cli, "--socket", d.socket_path(), "sandbox", "destroy", id});
   EXPECT_EQ(gone.code, 0) << gone.err;
   EXPECT_TRUE(StrayQemuProcesses(d.state_dir()).empty());
+}
+
+// EscapeTest.EgressReachesOnlyWhatTheAllowListNames on a microVM, whose guest
+// has no network device: its connections reach the daemon's proxy over the
+// init channel. Plus what a hostile agent in the guest can do to those
+// connections: more than the cap at once, a large download, a reader that
+// stalls while the server keeps sending.
+TEST(MicrovmDaemon, EgressReachesOnlyWhatTheAllowListNames) {
+  testing::UseEmulationWhereKvmCannotRunGuests();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  PADDOCK_REQUIRE_MICROVM();
+  testing::TestInternet inet;
+  ASSERT_TRUE(inet.ok()) << inet.why();
+  const std::string server = inet.server_ip();
+  const std::string big_md5 = inet.AddRandomFile("big.bin", 16 << 20);
+  inet.AddRandomFile("huge.bin", 64 << 20);
+  std::string rootfs = testing::EnsureBusyboxRootfs();
+  testing::DaemonProcess d(testing::DaemonOptions{
+      .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "0"}});
+  ASSERT_EQ(d.Start(), "");
+  client::ClientOptions co;
+  co.socket_path = d.socket_path();
+  auto c = client::Client::Connect(co);
+  ASSERT_TRUE(c.ok()) << c.status().message();
+
+  SandboxSpec spec;
+  spec.substrate = "microvm";
+  spec.image = rootfs;
+  spec.network_allow = {server + ":8080", inet.host_ip() + "/32", "169.254.169.254", "127.0.0.1"};
+  auto sb = c->Create(spec);
+  ASSERT_TRUE(sb.ok()) << sb.status().message() << d.LogTail();
+  auto sh = [&](const std::string& id, const std::string& script, uint32_t timeout_ms = 60000) {
+    ExecRequest r;
+    r.shell = script + " 2>&1; echo rc=$?";
+    r.timeout_ms = timeout_ms;
+    auto res = c->Exec(id, r);
+    EXPECT_TRUE(res.ok()) << res.status().message();
+    return res.ok() ? res->stdout_data : std::string();
+  };
+  // Allowed: plain HTTP through the proxy, and CONNECT.
+  EXPECT_THAT(sh(sb->id, "wget -q -O- http://" + server + ":8080/hello.txt"), HasSubstr("hello-egress\nrc=0"));
+  EXPECT_THAT(sh(sb->id, "(printf 'CONNECT " + server + ":8080 HTTP/1.1\\r\\n\\r\\nGET /hello.txt HTTP/1.0\\r\\n\\r\\n'; "
+                         "sleep 2) | nc -w 5 127.0.0.1 3128"),
+              ::testing::AllOf(HasSubstr("200 Connection established"), HasSubstr("hello-egress")));
+  // Not on the list: another port of the same server.
+  std::string other = sh(sb->id, "wget -q -O- http://" + server + ":8081/hello.txt");
+  EXPECT_THAT(other, Not(HasSubstr("hello-egress")));
+  EXPECT_THAT(other, HasSubstr("403"));
+  // Never the host, nor link-local metadata, nor loopback, though listed.
+  for (const std::string& target : {inet.host_ip() + ":8080", std::string("169.254.169.254:80"), std::string("127.0.0.1:22")}) {
+    std::string out = sh(sb->id, "(printf 'CONNECT " + target + " HTTP/1.1\\r\\n\\r\\n'; sleep 2) | nc -w 5 127.0.0.1 3128");
+    EXPECT_THAT(out, HasSubstr("403")) << target;
+    EXPECT_THAT(out, Not(HasSubstr("200 Connection established"))) << target;
+  }
+  // No way around the proxy: the guest has no network device at all.
+  EXPECT_THAT(sh(sb->id, "echo x | nc -w 2 " + server + " 8080"), Not(HasSubstr("rc=0")));
+
+  // A large download arrives whole: many windows' worth, credit going both ways.
+  EXPECT_THAT(sh(sb->id, "wget -q -O- http://" + server + ":8080/big.bin | md5sum", 300000),
+              HasSubstr(big_md5 + "  -\nrc=0"));
+
+  // More connections at once than the cap: the first 32 are served, the rest
+  // answered 503, and the sandbox still answers.
+  std::string many = sh(sb->id,
+                        "for i in $(seq 40); do (printf 'CONNECT " + server +
+                            ":8080 HTTP/1.1\\r\\n\\r\\n'; sleep 30) | nc -w 40 127.0.0.1 3128 > /tmp/c$i 2>&1 & done; "
+                            "sleep 20; echo served=$(grep -l '200 Connection' /tmp/c* | wc -l) "
+                            "refused=$(grep -l ' 503 ' /tmp/c* | wc -l); wait",
+                        300000);
+  std::printf("40 connections at once: %s", many.c_str());
+  EXPECT_THAT(many, HasSubstr("refused=8")) << many;
+  EXPECT_THAT(many, HasSubstr("served=32")) << many;
+
+  // A reader that stops reading while the server sends 64 MiB: flow control
+  // holds the rest back at the server (neither the daemon nor the guest
+  // buffers it), and everything else in the sandbox still works.
+  auto before = c->Stats(sb->id);
+  ASSERT_TRUE(before.ok()) << before.status().message();
+  sh(sb->id, "((printf 'GET http://" + server + ":8080/huge.bin HTTP/1.0\\r\\n\\r\\n'; sleep 600) | "
+             "nc 127.0.0.1 3128 | sleep 600) >/dev/null 2>&1 &");
+  std::this_thread::sleep_for(std::chrono::seconds(10));
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THAT(sh(sb->id, "echo alive"), HasSubstr("alive\nrc=0"));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
+  EXPECT_GE(inet.EstablishedConnections(), 1) << "the stalled download is not open at the server";
+  auto during = c->Stats(sb->id);
+  ASSERT_TRUE(during.ok()) << during.status().message();
+  std::printf("stalled 64 MiB download: daemon RSS %+lld KiB, guest sandbox memory %+lld KiB, open at the server: %d\n",
+              (static_cast<long long>(during->daemon_rss_bytes) - static_cast<long long>(before->daemon_rss_bytes)) / 1024,
+              (static_cast<long long>(during->usage.memory_bytes) - static_cast<long long>(before->usage.memory_bytes)) / 1024,
+              inet.EstablishedConnections());
+  EXPECT_LT(during->daemon_rss_bytes, before->daemon_rss_bytes + (24u << 20))
+      << "the daemon buffered a stalled connection";
+  EXPECT_LT(during->usage.memory_bytes, before->usage.memory_bytes + (24u << 20))
+      << "the guest buffered a stalled connection";
+  // Another connection still goes through meanwhile.
+  EXPECT_THAT(sh(sb->id, "wget -q -O- http://" + server + ":8080/hello.txt"), HasSubstr("hello-egress\nrc=0"));
+
+  // Without an allow list: no listener in the guest, nothing leaves.
+  SandboxSpec plain_spec;
+  plain_spec.substrate = "microvm";
+  plain_spec.image = rootfs;
+  auto plain = c->Create(plain_spec);
+  ASSERT_TRUE(plain.ok()) << plain.status().message();
+  std::string none = sh(plain->id, "wget -q -T 3 -O- http://" + server + ":8080/hello.txt; echo | nc -w 2 127.0.0.1 3128");
+  EXPECT_THAT(none, Not(HasSubstr("hello-egress")));
+  EXPECT_THAT(none, Not(HasSubstr("rc=0")));
+  EXPECT_THAT(sh(plain->id, "env"), Not(HasSubstr("http_proxy")));
+  ASSERT_TRUE(c->Destroy(plain->id).ok());
+
+  // Destroying the sandbox closes every connection, the stalled one too.
+  ASSERT_TRUE(c->Destroy(sb->id).ok());
+  int open = -1;
+  for (int i = 0; i < 100 && open != 0; ++i) {
+    open = inet.EstablishedConnections();
+    if (open != 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(open, 0) << "connections outlived their sandbox";
+}
+
+// The ids of the VMs whose QEMU runs (its -name is paddock-vm-ID).
+std::set<std::string> RunningVmIds(const std::string& state_dir) {
+  std::set<std::string> ids;
+  for (pid_t pid : StrayQemuProcesses(state_dir)) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t at = cmd.find("paddock-vm-");
+    if (at != std::string::npos) ids.insert(cmd.substr(at + 11, cmd.find('\0', at) - at - 11));
+  }
+  return ids;
+}
+
+// A VM booted ahead of time for the warm pool (which knows nothing of allow
+// lists) serves a sandbox with one: its paddock-init starts listening when
+// the sandbox is created.
+TEST(MicrovmDaemon, AWarmVmServesASandboxWithAnAllowList) {
+  testing::UseEmulationWhereKvmCannotRunGuests();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  PADDOCK_REQUIRE_MICROVM();
+  testing::TestInternet inet;
+  ASSERT_TRUE(inet.ok()) << inet.why();
+  std::string rootfs = testing::EnsureBusyboxRootfs();
+  testing::DaemonProcess d(testing::DaemonOptions{
+      .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "1"}});
+  ASSERT_EQ(d.Start(), "");
+  client::ClientOptions co;
+  co.socket_path = d.socket_path();
+  auto c = client::Client::Connect(co);
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  SandboxSpec spec;
+  spec.substrate = "microvm";
+  spec.image = rootfs;
+  auto first = c->Create(spec);  // cold; asks the pool for one like it
+  ASSERT_TRUE(first.ok()) << first.status().message();
+  spec.network_allow = {inet.server_ip() + ":8080"};
+  // Until a create is served by a VM that was already running (a cold one
+  // meanwhile means the warm one was still booting: try again).
+  std::string warm_id;
+  for (int attempt = 0; attempt < 20 && warm_id.empty(); ++attempt) {
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+    std::set<std::string> running = RunningVmIds(d.state_dir());
+    auto sb = c->Create(spec);
+    ASSERT_TRUE(sb.ok()) << sb.status().message() << d.LogTail();
+    if (running.count(sb->id)) warm_id = sb->id;
+    else ASSERT_TRUE(c->Destroy(sb->id).ok());
+  }
+  ASSERT_FALSE(warm_id.empty()) << "no create was served by a warm VM";
+  ExecRequest r;
+  r.shell = "wget -q -O- http://" + inet.server_ip() + ":8080/hello.txt 2>&1; echo rc=$?";
+  r.timeout_ms = 60000;
+  auto res = c->Exec(warm_id, r);
+  ASSERT_TRUE(res.ok()) << res.status().message();
+  EXPECT_THAT(res->stdout_data, HasSubstr("hello-egress\nrc=0"));
+  // The first sandbox, from the same pool's recipe, has no proxy.
+  r.shell = "echo | nc -w 2 127.0.0.1 3128; echo rc=$?";
+  auto plain = c->Exec(first->id, r);
+  ASSERT_TRUE(plain.ok()) << plain.status().message();
+  EXPECT_THAT(plain->stdout_data, Not(HasSubstr("rc=0")));
 }
 
 }  // namespace

@@ -1,14 +1,28 @@
 // Round trips of the daemon <-> paddock-init wire format, and rejection of
 // truncated frames (a malformed frame must never decode into a request).
+// The daemon's end of a microVM guest's egress against a hostile guest: the
+// test plays paddock-init on a real channel to a real InitClient, tunnel and
+// proxy, and breaks the egress protocol every way it can.
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <set>
 #include <thread>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "sandbox/init/init_client.h"
 #include "sandbox/init/protocol.h"
 #include "sandbox/manager.h"
+#include "sandbox/network/egress_proxy.h"
+#include "sandbox/network/egress_tunnel.h"
 
 namespace paddock::init {
 namespace {
@@ -80,6 +94,207 @@ TEST(Protocol, FramesCrossASocket) {
   close(sv[0]);
   EXPECT_FALSE(ReadFrame(sv[1], &f));  // EOF
   close(sv[1]);
+}
+
+// The guest's end of a channel to a real InitClient: the test speaks for
+// paddock-init, hostile or not.
+class HostileGuest {
+ public:
+  // Starts the client (answering its setup) and, with `egress`, its egress
+  // (answering the listen request).
+  explicit HostileGuest(bool egress) {
+    int sv[2];
+    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    fd_ = sv[1];
+    std::thread init([&] {
+      Frame setup;
+      if (ReadFrame(fd_, &setup)) WriteFrame(fd_, FrameType::kHello, 0, EncodeReply(0, "", ""));
+    });
+    auto c = InitClient::Start(UniqueFd(sv[0]), SetupConfig{}, 5000);
+    init.join();
+    EXPECT_TRUE(c.ok()) << c.status().message();
+    client_ = std::move(c).value();
+    if (!egress) return;
+    auto rules = ParseEgressRules({"127.0.0.1"});
+    proxy_ = EgressProxy::WithoutListener(std::move(rules).value());
+    auto started = std::async(std::launch::async, [&] { return client_->StartEgress(proxy_.get()); });
+    Frame listen;
+    EXPECT_TRUE(Next(&listen, 5000));
+    EXPECT_EQ(listen.type, FrameType::kEgressListen);
+    WriteFrame(fd_, FrameType::kReply, listen.id, EncodeReply(0, "", ""));
+    Status st = started.get();
+    EXPECT_TRUE(st.ok()) << st.message();
+  }
+  ~HostileGuest() {
+    client_.reset();  // the tunnel first: the proxy outlives it
+    proxy_.reset();
+    close(fd_);
+  }
+
+  void Send(FrameType type, uint32_t id, std::string_view payload = "") { WriteFrame(fd_, type, id, payload); }
+  bool Next(Frame* f, int ms) {
+    pollfd p{fd_, POLLIN, 0};
+    return poll(&p, 1, ms) == 1 && ReadFrame(fd_, f);
+  }
+  // Frames for `id` until its close (true) or `ms` of silence (false).
+  bool UntilClosed(uint32_t id, std::string* data, int ms = 5000) {
+    Frame f;
+    while (Next(&f, ms)) {
+      if (f.id != id) continue;
+      if (f.type == FrameType::kEgressData) data->append(f.payload);
+      if (f.type == FrameType::kEgressClose) return true;
+    }
+    return false;
+  }
+  // Whether the channel still serves calls: a stat, answered here.
+  bool StillServes() {
+    auto stat = std::async(std::launch::async, [&] { return client_->Stat("/x"); });
+    Frame f;
+    while (Next(&f, 5000) && f.type != FrameType::kStat) {
+    }
+    if (f.type != FrameType::kStat) return false;
+    Send(FrameType::kReply, f.id, EncodeReply(ENOENT, "", ""));
+    return stat.get().status().code() == Code::kNotFound;
+  }
+
+  int fd_ = -1;
+  std::unique_ptr<InitClient> client_;
+  std::unique_ptr<EgressProxy> proxy_;
+};
+
+std::string U32(uint32_t v) {
+  WireWriter w;
+  w.U32(v);
+  return w.Take();
+}
+
+TEST(EgressTunnel, ACarriedConnectionReachesTheProxyAndItsAnswerComesBack) {
+  HostileGuest g(/*egress=*/true);
+  g.Send(FrameType::kEgressOpen, 1);
+  // Listed, and refused all the same: loopback is never reached.
+  g.Send(FrameType::kEgressData, 1, "CONNECT 127.0.0.1:22 HTTP/1.1\r\n\r\n");
+  std::string answer;
+  ASSERT_TRUE(g.UntilClosed(1, &answer));
+  EXPECT_THAT(answer, ::testing::HasSubstr("403 Forbidden"));
+  EXPECT_THAT(answer, ::testing::HasSubstr("loopback"));
+}
+
+TEST(EgressTunnel, ProtocolBreachesCloseOnlyTheConnectionAtFault) {
+  HostileGuest g(/*egress=*/true);
+  g.Send(FrameType::kEgressOpen, 1);  // a bystander, open throughout
+  // A data frame over the maximum.
+  g.Send(FrameType::kEgressOpen, 2);
+  g.Send(FrameType::kEgressData, 2, std::string(kEgressMaxData + 1, 'x'));
+  std::string ignored;
+  EXPECT_TRUE(g.UntilClosed(2, &ignored));
+  // Credit for bytes never sent.
+  g.Send(FrameType::kEgressOpen, 3);
+  g.Send(FrameType::kEgressCredit, 3, U32(1));
+  EXPECT_TRUE(g.UntilClosed(3, &ignored));
+  // A malformed credit.
+  g.Send(FrameType::kEgressOpen, 4);
+  g.Send(FrameType::kEgressCredit, 4, "x");
+  EXPECT_TRUE(g.UntilClosed(4, &ignored));
+  // An open of a live id ends that connection.
+  g.Send(FrameType::kEgressOpen, 5);
+  g.Send(FrameType::kEgressOpen, 5);
+  EXPECT_TRUE(g.UntilClosed(5, &ignored));
+  // Frames for ids never opened, or closed, are dropped without a word.
+  g.Send(FrameType::kEgressData, 99, "GET / HTTP/1.0\r\n\r\n");
+  g.Send(FrameType::kEgressCredit, 99, U32(5));
+  g.Send(FrameType::kEgressClose, 98);
+  g.Send(FrameType::kEgressData, 2, "late");
+  Frame f;
+  EXPECT_FALSE(g.Next(&f, 300)) << "frame " << static_cast<uint32_t>(f.type) << " for " << f.id;
+  // Frames only the daemon sends, from the guest: ignored.
+  g.Send(FrameType::kEgressListen, 7);
+  EXPECT_FALSE(g.Next(&f, 300));
+  // The bystander is intact and the channel serves calls.
+  g.Send(FrameType::kEgressData, 1, "CONNECT 127.0.0.1:22 HTTP/1.1\r\n\r\n");
+  std::string answer;
+  EXPECT_TRUE(g.UntilClosed(1, &answer));
+  EXPECT_THAT(answer, ::testing::HasSubstr("403"));
+  EXPECT_TRUE(g.StillServes());
+}
+
+TEST(EgressTunnel, OpensBeyondTheCapAreRefused) {
+  HostileGuest g(/*egress=*/true);
+  for (uint32_t id = 1; id <= kEgressMaxConnections + 5; ++id) g.Send(FrameType::kEgressOpen, id);
+  // Past the proxy's own cap (32) each is answered 503 and closed; past the
+  // tunnel's (64), refused at once unless the 503s have freed room by then.
+  // Either way every one beyond the proxy's cap is closed and it serves 32.
+  std::set<uint32_t> closed;
+  int refused = 0;
+  Frame f;
+  while (g.Next(&f, 1000)) {
+    if (f.type == FrameType::kEgressData && f.payload.find(" 503 ") != std::string::npos) ++refused;
+    if (f.type == FrameType::kEgressClose) closed.insert(f.id);
+  }
+  EXPECT_EQ(closed.size(), kEgressMaxConnections + 5 - 32);
+  EXPECT_GE(refused, static_cast<int>(kEgressMaxConnections) - 32);
+  EXPECT_LE(refused, static_cast<int>(closed.size()));
+  for (uint32_t id = kEgressMaxConnections + 1; id <= kEgressMaxConnections + 5; ++id)
+    EXPECT_TRUE(closed.count(id)) << id;
+  EXPECT_TRUE(g.StillServes());
+}
+
+TEST(EgressTunnel, FramesToASandboxWithoutEgressAreDropped) {
+  HostileGuest g(/*egress=*/false);
+  g.Send(FrameType::kEgressOpen, 1);
+  g.Send(FrameType::kEgressData, 1, "CONNECT 10.0.0.1:80 HTTP/1.1\r\n\r\n");
+  g.Send(FrameType::kEgressCredit, 1, U32(1));
+  g.Send(FrameType::kEgressClose, 1);
+  Frame f;
+  EXPECT_FALSE(g.Next(&f, 300));
+  EXPECT_TRUE(g.StillServes());
+}
+
+// Data beyond the credit granted, while the tunnel's own thread is stuck
+// writing on the channel (a guest that stops reading it): the reader still
+// takes frames without blocking, holds at most a window, and closes the
+// connection that overran it.
+TEST(EgressTunnel, DataBeyondTheCreditClosesTheConnectionWithoutStallingTheReader) {
+  auto proxy = EgressProxy::WithoutListener(ParseEgressRules({"127.0.0.1"}).value());
+  std::mutex mu;
+  std::condition_variable cv;
+  bool gate_open = false;
+  int entered = 0;
+  std::vector<Frame> sent;
+  paddock::EgressTunnel tunnel(proxy.get(), [&](FrameType type, uint32_t id, std::string_view payload) {
+    std::unique_lock lock(mu);
+    ++entered;
+    cv.notify_all();
+    cv.wait(lock, [&] { return gate_open; });
+    sent.push_back({type, id, std::string(payload)});
+    return true;
+  });
+  tunnel.OnFrame({FrameType::kEgressOpen, 1, ""});
+  // An unfinished request head: the proxy reads it and waits for more.
+  tunnel.OnFrame({FrameType::kEgressData, 1, "GET "});
+  {
+    // The tunnel grants those 4 bytes back and is stuck sending that.
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(5), [&] { return entered > 0; }));
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 4; ++i) tunnel.OnFrame({FrameType::kEgressData, 1, std::string(kEgressMaxData, 'a')});
+  EXPECT_EQ(tunnel.open_connections(), 1u);  // a full window is within the credit
+  tunnel.OnFrame({FrameType::kEgressData, 1, "!"});
+  EXPECT_EQ(tunnel.open_connections(), 0u);  // one byte more is not
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
+  {
+    std::lock_guard lock(mu);
+    gate_open = true;
+    cv.notify_all();
+  }
+  bool told = false;
+  for (int i = 0; i < 100 && !told; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::lock_guard lock(mu);
+    for (const auto& f : sent) told = told || (f.type == FrameType::kEgressClose && f.id == 1);
+  }
+  EXPECT_TRUE(told) << "the guest was not told its connection closed";
+  tunnel.Stop();
 }
 
 TEST(SandboxPath, ParentReferencesAreRefused) {

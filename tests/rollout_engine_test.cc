@@ -60,8 +60,6 @@ TEST(RolloutTasks, BadInputIsRefusedNamingLineAndField) {
       {R"({"id":"a","image":"/img","instruction":"x","workdir":"rel"})", "field 'workdir': must be an absolute path"},
       {R"({"id":"a","image":"/img","instruction":"x","env":{"A":1}})", "field 'env.A': must be a string"},
       {R"({"id":"a","image":"/img","instruction":"x","colour":"red"})", "field 'colour': unknown field"},
-      {R"({"id":"a","image":"/img","instruction":"x","substrate":"microvm","network":{"allow":["h:1"]}})",
-       "field 'network': egress is available on container and function sandboxes"},
       {R"({"id":"a","image":"/img","instruction":"x","network":{"allow":[1]}})", "field 'network.allow[0]'"},
       {R"({"id":"a","image":"/img","instruction":"x","network":{"deny":[]}})", "field 'network.deny': unknown field"},
       {R"({"id":"a","image":"/img","instruction":"x","network":["h"]})", "field 'network': must be an object"},
@@ -81,6 +79,15 @@ TEST(RolloutTasks, BadInputIsRefusedNamingLineAndField) {
                               R"({"id":"c","image":"/img","instruction":"x","max_tokens":1})");
   ASSERT_FALSE(bad3.ok());
   EXPECT_THAT(bad3.status().message(), HasSubstr("line 3: field 'max_tokens'"));
+}
+
+TEST(RolloutTasks, NetworkAllowIsTakenOnEverySubstrate) {
+  for (const std::string substrate : {"container", "function", "microvm"}) {
+    auto r = ParseTasksJsonl(R"({"id":"a","image":"/img","instruction":"x","substrate":")" + substrate +
+                             R"(","network":{"allow":["h:1","10.0.0.0/8"]}})");
+    ASSERT_TRUE(r.ok()) << substrate << ": " << r.status().message();
+    EXPECT_EQ((*r)[0].network_allow, (std::vector<std::string>{"h:1", "10.0.0.0/8"})) << substrate;
+  }
 }
 
 TEST(RolloutTasks, DefaultsAndRestrictedTools) {

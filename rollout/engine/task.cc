@@ -157,8 +157,6 @@ Result<Task> ParseTask(const json& o) {
         t.network_allow.push_back((*allow)[i].get<std::string>());
       }
     }
-    if (!t.network_allow.empty() && t.substrate == "microvm")
-      return FieldError("network", "egress is available on container and function sandboxes (not microvm yet)");
   }
 
   PADDOCK_ASSIGN_OR_RETURN(uint64_t turns, GetUint(o, "max_turns", 16, 1, 10000));

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "sandbox/init/egress_listener.h"
 #include "sandbox/init/guest.h"
 #include "sandbox/init/setup.h"
 
@@ -83,7 +84,7 @@ constexpr size_t kReadyStubs = 2;
 
 class Server {
  public:
-  Server(int channel, const SetupConfig& config) : ch_(channel), cfg_(config) {}
+  Server(int channel, const SetupConfig& config) : ch_(channel), cfg_(config), egress_(channel) {}
   int Run();
 
  private:
@@ -126,6 +127,7 @@ class Server {
   std::map<pid_t, uint32_t> by_pid_;
   std::deque<Stub> stubs_;  // function mode: stubs ready for their exec
   std::deque<int> passed_fds_;  // received with the channel's bytes, not yet claimed by a frame
+  EgressListener egress_;  // a microVM guest's connections to the daemon's proxy (when asked)
 };
 
 std::string Server::Resolve(const std::string& path) const {
@@ -169,6 +171,8 @@ int Server::Run() {
         if (timeout_ms < 0 || ms < timeout_ms) timeout_ms = ms;
       }
     }
+    const size_t egress_at = fds.size();
+    egress_.AddPollFds(&fds);
     int n = poll(fds.data(), fds.size(), timeout_ms);
     if (n < 0 && errno != EINTR) return 1;
 
@@ -210,7 +214,7 @@ int Server::Run() {
       }
       ReapChildren();
     }
-    for (size_t i = 2; i < fds.size(); ++i) {
+    for (size_t i = 2; i < egress_at; ++i) {
       if (!fds[i].revents) continue;
       auto it = jobs_.find(owners[i - 2].first);
       if (it == jobs_.end()) continue;
@@ -220,6 +224,7 @@ int Server::Run() {
       if (stream == 0) WriteStdin(job);
       else ReadOutput(job, stream == 1 ? &job.out_fd : &job.err_fd, stream);
     }
+    egress_.HandlePoll(fds.data() + egress_at, fds.size() - egress_at);
     now = NowUs();
     std::vector<uint32_t> ids;
     for (auto& [id, job] : jobs_) ids.push_back(id);
@@ -308,6 +313,17 @@ void Server::HandleFrame(const Frame& f) {
     case FrameType::kReadFile:
     case FrameType::kListDir:
     case FrameType::kStat: return StartFileCall(f.id, f.type, f.payload);
+    case FrameType::kEgressListen: {
+      // A microVM guest's sandbox (no network device): the daemon's proxy is
+      // reached through the channel. Containers and zygotes get a listener
+      // the daemon opens in their namespace itself.
+      if (GuestCgroupFd() < 0) return Reply(f.id, ENOTSUP, "egress through the channel is for microVM guests");
+      int e = egress_.Listen();
+      return Reply(f.id, e, e ? std::string("listening on 127.0.0.1:3128 in the guest: ") + std::strerror(e) : "");
+    }
+    case FrameType::kEgressData:
+    case FrameType::kEgressCredit:
+    case FrameType::kEgressClose: return egress_.OnFrame(f);
     case FrameType::kUsage: {
       if (GuestCgroupFd() < 0) return Reply(f.id, ENOTSUP, "usage is read on the host for this sandbox");
       Usage u = GuestUsage();

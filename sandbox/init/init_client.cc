@@ -7,6 +7,10 @@
 #include <chrono>
 #include <cstring>
 
+#include <spdlog/spdlog.h>
+
+#include "sandbox/network/egress_tunnel.h"
+
 namespace paddock {
 
 using init::FrameType;
@@ -47,6 +51,9 @@ InitClient::InitClient(UniqueFd channel) : channel_(std::move(channel)) {}
 InitClient::~InitClient() {
   Close();
   if (reader_.joinable()) reader_.join();
+  // After the reader (which feeds it); the closed channel fails any frame it
+  // is still sending, so its thread ends.
+  if (egress_) egress_->Stop();
 }
 
 Result<std::unique_ptr<InitClient>> InitClient::Start(UniqueFd channel, const init::SetupConfig& setup,
@@ -81,6 +88,18 @@ void InitClient::ReaderLoop() {
     for (int fd : raw_fds) fds.emplace_back(fd);
     raw_fds.clear();
     if (f.type != FrameType::kStub) fds.clear();
+    if (f.type >= FrameType::kEgressOpen && f.type <= FrameType::kEgressClose) {
+      // A guest's connection: queued for the tunnel, never waited on here.
+      EgressTunnel* tunnel;
+      {
+        std::lock_guard lock(mu_);
+        tunnel = egress_.get();
+        if (!tunnel && dropped_egress_frames_++ == 0)
+          spdlog::warn("paddock-init sent egress frames to a sandbox without egress; dropped");
+      }
+      if (tunnel) tunnel->OnFrame(std::move(f));
+      continue;
+    }
     std::shared_ptr<Pending> p;
     {
       std::lock_guard lock(mu_);
@@ -283,6 +302,27 @@ Result<FileInfo> InitClient::Stat(const std::string& path) {
   FileInfo f;
   if (!init::DecodeFileInfo(r, &f)) return Error(Code::kInternal, "malformed stat from paddock-init");
   return f;
+}
+
+Status InitClient::StartEgress(EgressProxy* proxy) {
+  {
+    std::lock_guard lock(mu_);
+    if (egress_) return Error(Code::kFailedPrecondition, "egress is already started for this sandbox");
+    egress_ = std::make_unique<EgressTunnel>(
+        proxy, [this](FrameType type, uint32_t id, std::string_view payload) {
+          std::lock_guard wl(write_mu_);
+          return init::WriteFrame(channel_.get(), type, id, payload);
+        });
+  }
+  FrameType reply_type;
+  PADDOCK_ASSIGN_OR_RETURN(std::string reply,
+                           Call(FrameType::kEgressListen, "", nullptr, &reply_type, kFileCallBudget));
+  int32_t err;
+  std::string msg, body;
+  if (reply_type != FrameType::kReply || !init::DecodeReply(reply, &err, &msg, &body))
+    return Error(Code::kInternal, "malformed egress reply from paddock-init");
+  if (err != 0) return Error(Code::kInternal, "starting egress in the guest: {}", msg.empty() ? std::strerror(err) : msg);
+  return Status::Ok();
 }
 
 Result<Usage> InitClient::GuestUsage() {

@@ -20,6 +20,9 @@
 
 namespace paddock {
 
+class EgressProxy;
+class EgressTunnel;
+
 class InitClient {
  public:
   // Sends the setup frame and waits (up to `timeout_ms`) for init's hello.
@@ -37,6 +40,11 @@ class InitClient {
   Result<FileInfo> Stat(const std::string& path);
   // Usage of the sandbox cgroup inside a microVM guest (kUsage).
   Result<Usage> GuestUsage();
+  // A microVM guest's egress: asks its paddock-init to listen on
+  // 127.0.0.1:3128 and hands each connection it carries over the channel to
+  // `proxy` (which outlives this client). Without it, egress frames from
+  // init are dropped.
+  Status StartEgress(EgressProxy* proxy);
 
   bool alive() const;
 
@@ -77,6 +85,8 @@ class InitClient {
   std::map<uint32_t, std::shared_ptr<Pending>> pending_;
   uint32_t next_id_ = 1;
   bool dead_ = false;
+  uint64_t dropped_egress_frames_ = 0;
+  std::unique_ptr<EgressTunnel> egress_;  // set once, before init listens; under mu_
   std::thread reader_;
 };
 

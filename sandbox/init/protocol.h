@@ -38,6 +38,15 @@ enum class FrameType : uint32_t {
   kStub = 15,      // function zygote → daemon: u32 fd count (kStubFds), fds with the header: the
                    // stub's request, status, stdin, stdout, stderr pipe ends and a pidfd. The
                    // daemon runs its exec on them directly (sandbox/function/stub_exec.h).
+  // Egress of a microVM guest (docs/security.md, "Network"): the guest has no
+  // network device, so its commands' connections to the proxy travel over this
+  // channel. The frame's id is the connection's (chosen by the guest, never
+  // reused); see sandbox/network/egress_tunnel.h for the flow control.
+  kEgressListen = 16,  // daemon → init: listen on 127.0.0.1:3128 in the sandbox; Reply
+  kEgressOpen = 17,    // init → daemon: a connection was accepted (empty payload)
+  kEgressData = 18,    // both ways: bytes of a connection, at most kEgressMaxData, within credit
+  kEgressCredit = 19,  // both ways: u32, bytes the receiver has consumed (the sender may send more)
+  kEgressClose = 20,   // both ways: no more data; the receiver flushes what it has and closes
 };
 
 // The fds of a kStub reply, in order.
@@ -46,6 +55,16 @@ enum StubFd : int { kStubRequest = 0, kStubStatus, kStubStdin, kStubStdout, kStu
 // What a function exec's stub reports on its status pipe when its command is
 // reaped: wait status, user and system cpu time (us), maxrss (KiB), timed out.
 inline constexpr size_t kStubReportWords = 5;
+
+// Each side of a connection starts with this much credit to send and gets
+// more only as the other side consumes what it received: neither side ever
+// buffers more than this per connection.
+inline constexpr uint32_t kEgressWindow = 256u << 10;
+inline constexpr uint32_t kEgressMaxData = 64u << 10;
+// Connections open at once over one channel: the proxy serves up to its own
+// cap (32) and answers the rest 503; beyond this many, the guest stops
+// accepting and the daemon refuses an open.
+inline constexpr uint32_t kEgressMaxConnections = 64;
 
 enum class Mode : uint32_t { kContainer = 1, kFunction = 2 };
 

@@ -34,6 +34,7 @@
 #include "sandbox/linux/seccomp_profile.h"
 #include "sandbox/manager.h"
 #include "sandbox/microvm/layer_disks.h"
+#include "sandbox/network/egress_proxy.h"
 #include "sandbox/warm_pool.h"
 
 namespace fs = std::filesystem;
@@ -136,7 +137,8 @@ class MicrovmSandbox final : public InitServedSandbox {
     std::lock_guard lock(destroy_mu_);
     if (client_) client_->Close();
     qemu_.KillAndReap();  // the guest and everything in it die with QEMU
-    client_.reset();
+    client_.reset();      // its egress tunnel too: every connection closes
+    egress_.reset();
     Status first = cgroup_.Destroy();
     if (!dir_.empty()) {
       Status st = RemoveTree(dir_);
@@ -152,6 +154,10 @@ class MicrovmSandbox final : public InitServedSandbox {
   Cgroup cgroup_;
   ChildProcess qemu_;
   std::shared_ptr<void> lease_;  // keeps the image's layers materialized
+  // With a network allow list only: served through the client's egress
+  // tunnel (the guest has no network device; its connections travel over
+  // the channel). Outlives client_ (Destroy).
+  std::unique_ptr<EgressProxy> egress_;
   std::mutex destroy_mu_;
 };
 
@@ -179,10 +185,7 @@ class MicrovmSubstrate final : public Substrate {
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     PADDOCK_RETURN_IF_ERROR(CheckAccelerator(opts_));
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
-    if (!spec.network_allow.empty())
-      return Error(Code::kInvalidArgument,
-                   "network egress (a network allow list) is available on container and function sandboxes; a microvm "
-                   "sandbox has no network but loopback");
+    PADDOCK_ASSIGN_OR_RETURN(std::vector<EgressRule> egress, ParseEgressRules(spec.network_allow));
     PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
     auto recipe = std::make_shared<Recipe>();
     for (const auto& layer : image.layer_dirs) {
@@ -203,7 +206,16 @@ class MicrovmSubstrate final : public Substrate {
       PADDOCK_ASSIGN_OR_RETURN(sb, Build(id, *recipe));
     }
     pool_.Want(key, [this, recipe] { return Build(NewSandboxId(), *recipe); });
-    static_cast<MicrovmSandbox*>(sb.get())->env_ = env;
+    auto* vm = static_cast<MicrovmSandbox*>(sb.get());
+    if (!egress.empty()) {
+      // Any VM, warm or not: its paddock-init starts listening only now, and
+      // only the proxy made for this sandbox's list serves it.
+      vm->egress_ = EgressProxy::WithoutListener(std::move(egress));
+      Status st = vm->client_->StartEgress(vm->egress_.get());
+      if (!st.ok()) return st.Prefix("starting the sandbox's egress");
+      for (const auto& [k, v] : EgressProxy::ProxyEnv()) env.emplace(k, v);
+    }
+    vm->env_ = env;
     return sb;
   }
 

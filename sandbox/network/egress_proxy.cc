@@ -247,16 +247,20 @@ Result<std::unique_ptr<EgressProxy>> EgressProxy::Start(pid_t pid, std::vector<E
   return std::unique_ptr<EgressProxy>(new EgressProxy(UniqueFd(*made), std::move(rules), limits));
 }
 
+std::unique_ptr<EgressProxy> EgressProxy::WithoutListener(std::vector<EgressRule> rules, EgressLimits limits) {
+  return std::unique_ptr<EgressProxy>(new EgressProxy(UniqueFd(), std::move(rules), limits));
+}
+
 EgressProxy::EgressProxy(UniqueFd listener, std::vector<EgressRule> rules, EgressLimits limits)
     : listener_(std::move(listener)), rules_(std::move(rules)), limits_(limits) {
   budget_ = static_cast<double>(limits_.bytes_per_second);
   refilled_ = Clock::now();
-  accept_thread_ = std::thread([this] { AcceptLoop(); });
+  if (listener_.valid()) accept_thread_ = std::thread([this] { AcceptLoop(); });
 }
 
 EgressProxy::~EgressProxy() {
   stopping_ = true;
-  ::shutdown(listener_.get(), SHUT_RDWR);
+  if (listener_.valid()) ::shutdown(listener_.get(), SHUT_RDWR);
   if (accept_thread_.joinable()) accept_thread_.join();
   // Connection threads see their sockets shut and end; they use `this`
   // until then.
@@ -276,26 +280,35 @@ void EgressProxy::AcceptLoop() {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       return;  // shut down
     }
-    if (active_.load() >= limits_.max_connections) {
-      Refuse(c, 503, fmt::format("this sandbox already has {} connections open (its limit)", limits_.max_connections));
-      close(c);
-      continue;
-    }
-    ++active_;
-    {
-      std::lock_guard lock(mu_);
-      open_fds_.push_back(c);
-    }
-    std::thread([this, c] {
-      Serve(c);
-      {
-        std::lock_guard l(mu_);
-        open_fds_.erase(std::remove(open_fds_.begin(), open_fds_.end(), c), open_fds_.end());
-      }
-      close(c);
-      --active_;
-    }).detach();
+    Adopt(c);
   }
+}
+
+void EgressProxy::ServeConnected(UniqueFd client) {
+  if (stopping_) return;
+  Adopt(client.release());
+}
+
+void EgressProxy::Adopt(int c) {
+  if (active_.load() >= limits_.max_connections) {
+    Refuse(c, 503, fmt::format("this sandbox already has {} connections open (its limit)", limits_.max_connections));
+    close(c);
+    return;
+  }
+  ++active_;
+  {
+    std::lock_guard lock(mu_);
+    open_fds_.push_back(c);
+  }
+  std::thread([this, c] {
+    Serve(c);
+    {
+      std::lock_guard l(mu_);
+      open_fds_.erase(std::remove(open_fds_.begin(), open_fds_.end(), c), open_fds_.end());
+    }
+    close(c);
+    --active_;
+  }).detach();
 }
 
 bool EgressProxy::Throttle(size_t bytes) {

@@ -54,6 +54,9 @@ class EgressProxy {
   // destroyed.
   static Result<std::unique_ptr<EgressProxy>> Start(pid_t pid, std::vector<EgressRule> rules,
                                                     EgressLimits limits = {});
+  // A proxy without a listener of its own: its connections come through
+  // ServeConnected (a microVM guest's, carried over its init channel).
+  static std::unique_ptr<EgressProxy> WithoutListener(std::vector<EgressRule> rules, EgressLimits limits = {});
   ~EgressProxy();
   EgressProxy(const EgressProxy&) = delete;
   EgressProxy& operator=(const EgressProxy&) = delete;
@@ -62,9 +65,15 @@ class EgressProxy {
   // cases) and NO_PROXY for loopback.
   static std::vector<std::pair<std::string, std::string>> ProxyEnv();
 
+  // Serves a connection already open to a client (one end of a socketpair)
+  // as if accepted from the listener: the same rules and caps (beyond the
+  // connection cap it is answered 503 and closed). Never blocks.
+  void ServeConnected(UniqueFd client);
+
  private:
   EgressProxy(UniqueFd listener, std::vector<EgressRule> rules, EgressLimits limits);
   void AcceptLoop();
+  void Adopt(int client);
   void Serve(int client);
   // Checks the destination and connects; "" with *fd set, else why it was refused.
   std::string Connect(const std::string& host, int port, int* fd);

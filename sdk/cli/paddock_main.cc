@@ -657,7 +657,7 @@ int Main(int argc, char** argv) {
   c->add_option("--label", create.labels, "KEY=VALUE label (repeatable)")->allow_extra_args(false);
   c->add_option("--network-allow", create.allow,
                 "egress allow-list entry: HOST[:PORT], *.DOMAIN[:PORT], IP[:PORT] or CIDR[:PORT] (repeatable; "
-                "container and function sandboxes; reached through HTTP_PROXY/HTTPS_PROXY, never the host or 169.254.0.0/16)")
+                "every substrate; reached through HTTP_PROXY/HTTPS_PROXY, never the host or 169.254.0.0/16)")
       ->allow_extra_args(false);
   c->add_option("--episode", create.episode,
                 "bind the sandbox to this episode of the trajectory log: a second create for it "

@@ -147,7 +147,7 @@ class Client:
             episode: bind it to this episode of the trajectory log: while the bound sandbox
                 lives another create returns it (``reused``); after a daemon restart a new one
                 replaces it (``rebuilt``).
-            network_allow: egress allow list (container and function sandboxes): ``"host[:port]"``,
+            network_allow: egress allow list (every substrate): ``"host[:port]"``,
                 ``"*.domain[:port]"``, ``"IP[:port]"``, ``"CIDR[:port]"``, reached through the
                 daemon's proxy (``HTTP_PROXY``/``HTTPS_PROXY`` in the sandbox). Default: none.
 
