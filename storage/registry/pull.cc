@@ -129,7 +129,7 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
     if (type == kOciIndex || type == kDockerList)
       return Error(Code::kInvalidArgument, "{} is an index inside an index, which is not pulled", who);
   }
-  if (doc.value("schemaVersion", 0) == 1 || type.find("manifest.v1") != std::string::npos)
+  if (doc.value("schemaVersion", 0) == 1 || type.find("distribution.manifest.v1") != std::string::npos)
     return Error(Code::kUnimplemented, "{} is a Docker schema 1 manifest, which is not supported; push the image "
                  "again with a current tool (schema 2 or OCI)", who);
   if (type != kOciManifest && type != kDockerManifest)
@@ -203,7 +203,9 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
       if (fetch_error.ok()) fetch_error = st;
       return st;
     };
+    bool verified = false;  // the end was reached and checked (the ingest may ask again)
     ByteSource source = [&](void* buf, size_t n) -> Result<size_t> {
+      if (verified) return size_t{0};
       size_t want = static_cast<size_t>(std::min<uint64_t>(n, d.size - std::min(got, d.size) + 1));
       auto read = body->Read(buf, want);
       if (!read.ok()) return fail(read.status().Prefix(blob_who));
@@ -223,6 +225,7 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
           return fail(Error(Code::kDataLoss,
                             "{} does not match its digest: its bytes hash to {}; nothing was stored", blob_who,
                             h.str()));
+        verified = true;
       } else {
         say.Say({"layer",
                  fmt::format("{}: layer {} of {}: {} / {} ({} / {} in all)", ref.str(), i + 1, layers.size(),

@@ -130,7 +130,7 @@ Result<std::unique_ptr<HttpResponse>> RegistryClient::OpenBlob(const Digest& dig
   if (auto len = resp->ContentLength(); len && *len != size)
     return Error(Code::kDataLoss, "{}: {} is announced as {} bytes, but the manifest says {}; nothing was stored",
                  ref_.str(), what, *len, size);
-  return std::move(resp);
+  return resp;
 }
 
 Result<std::string> RegistryClient::GetSmallBlob(const Digest& digest, uint64_t size, uint64_t max) {
