@@ -30,6 +30,8 @@ class ImageService final : public v1::Images::Service {
   grpc::Status Gc(grpc::ServerContext* ctx, const v1::GcRequest* req, v1::GcResponse* resp) override;
   grpc::Status Export(grpc::ServerContext* ctx, const v1::ExportImageRequest* req,
                       v1::ExportImageResponse* resp) override;
+  grpc::Status Pull(grpc::ServerContext* ctx, const v1::PullRequest* req,
+                    grpc::ServerWriter<v1::ImportEvent>* writer) override;
 
  private:
   grpc::Status Authorize(const grpc::ServerContext& ctx) const {
