@@ -131,6 +131,8 @@ struct Route {
   std::string body;
   std::vector<std::pair<std::string, std::string>> headers;
   bool send_length = true;  // false: no Content-Length, the body ends at close
+  int drip_ms = 0;           // > 0: the body one byte at a time, this far apart
+  int stall_ms = 0;          // > 0: nothing for this long after the head
 };
 
 class MiniRegistry {
@@ -152,6 +154,7 @@ class MiniRegistry {
   ~MiniRegistry() {
     stop_ = true;
     thread_.join();
+    for (auto& t : connections_) t.join();
     close(fd_);
   }
   int port() const { return port_; }
@@ -172,8 +175,11 @@ class MiniRegistry {
       if (poll(&p, 1, 100) <= 0) continue;
       int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
       if (c < 0) continue;
-      Handle(c);
-      close(c);
+      // A thread per connection: a dripping or stalled answer holds up no other.
+      connections_.emplace_back([this, c] {
+        Handle(c);
+        close(c);
+      });
     }
   }
   void Handle(int c) {
@@ -203,12 +209,24 @@ class MiniRegistry {
     if (r.send_length) head += "Content-Length: " + std::to_string(r.body.size()) + "\r\n";
     for (const auto& [k, v] : r.headers) head += k + ": " + v + "\r\n";
     head += "Connection: close\r\n\r\n";
-    std::string all = head + r.body;
-    size_t off = 0;
-    while (off < all.size()) {
-      ssize_t n = send(c, all.data() + off, all.size() - off, MSG_NOSIGNAL);
-      if (n <= 0) return;
-      off += static_cast<size_t>(n);
+    auto send_all = [&](const std::string& data) {
+      size_t off = 0;
+      while (off < data.size()) {
+        ssize_t n = send(c, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+        if (n <= 0) return false;
+        off += static_cast<size_t>(n);
+      }
+      return true;
+    };
+    if (!send_all(head)) return;
+    for (int waited = 0; waited < r.stall_ms && !stop_; waited += 10) usleep(10 * 1000);
+    if (r.drip_ms > 0) {
+      for (char ch : r.body) {
+        if (stop_ || !send_all(std::string(1, ch))) return;
+        usleep(r.drip_ms * 1000);
+      }
+    } else if (!send_all(r.body)) {
+      return;
     }
     shutdown(c, SHUT_WR);
   }
@@ -217,6 +235,7 @@ class MiniRegistry {
   int port_ = 0;
   std::atomic<bool> stop_{false};
   std::thread thread_;
+  std::vector<std::thread> connections_;  // touched by thread_ only, until joined
   std::mutex mu_;
   std::map<std::string, Route> routes_;
   std::map<std::string, int> hits_;
@@ -348,15 +367,16 @@ class RegistryPullTest : public ::testing::Test {
     for (const auto& f : fragments) EXPECT_THAT(j["error"]["message"].get<std::string>(), HasSubstr(f)) << ref;
   }
 
-  // MiniRegistry routes for the layout's image under `repo`; `layer_body`
-  // replaces the first layer's served bytes when given.
-  void ServeImage(MiniRegistry& m, const std::string& repo, std::optional<Route> first_layer = std::nullopt) {
+  // MiniRegistry routes for the layout's image under `repo`; `layer` replaces
+  // how layer `index` is served when given.
+  void ServeImage(MiniRegistry& m, const std::string& repo, std::optional<Route> layer = std::nullopt,
+                  size_t index = 0) {
     const auto& man = layout_->manifest;
     m.Set("/v2/" + repo + "/manifests/1", {200, "application/vnd.oci.image.manifest.v1+json", layout_->manifest_bytes});
     m.Set("/v2/" + repo + "/blobs/" + man["config"]["digest"].get<std::string>(), {200, "application/octet-stream", layout_->config});
     for (size_t i = 0; i < layout_->layers.size(); ++i)
       m.Set("/v2/" + repo + "/blobs/" + man["layers"][i]["digest"].get<std::string>(),
-            i == 0 && first_layer ? *first_layer : Route{200, "application/octet-stream", layout_->layers[i]});
+            i == index && layer ? *layer : Route{200, "application/octet-stream", layout_->layers[i]});
   }
 
   static std::string* work_;
@@ -513,6 +533,35 @@ TEST_F(RegistryPullTest, ALayerWhoseBytesDoNotMatchItsDigestIsRefusedAndNothingI
   ServeImage(m, "bad");
   json j = PullJson(m.host() + "/bad:1");
   EXPECT_EQ(j["layers_new"], 2);
+}
+
+TEST_F(RegistryPullTest, SlowRegistriesMeetTheDeadlineOrTheIdleTimeout) {
+  daemon_.reset();
+  testing::DaemonOptions o;
+  o.allow_dir_images = false;
+  o.args = {"--registry-timeout-ms", "1500", "--registry-idle-timeout-ms", "700"};
+  daemon_.emplace(o);
+  ASSERT_EQ(daemon_->Start(), "");
+  MiniRegistry m;
+  // A byte every 50 ms never trips the idle timeout; the request's deadline ends it.
+  Route drip{200, "application/vnd.oci.image.manifest.v1+json", layout_->manifest_bytes};
+  drip.drip_ms = 50;
+  m.Set("/v2/drip/manifests/1", drip);
+  auto t0 = std::chrono::steady_clock::now();
+  PullFails(m.host() + "/drip:1", "DEADLINE_EXCEEDED", {m.host() + "/drip:1", "the request's deadline passed"});
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(6));
+  // Headers, then silence.
+  Route stall{200, "application/vnd.oci.image.manifest.v1+json", layout_->manifest_bytes};
+  stall.stall_ms = 3000;
+  m.Set("/v2/stall/manifests/1", stall);
+  PullFails(m.host() + "/stall:1", "DEADLINE_EXCEEDED", {"nothing received for 700 ms while reading the body"});
+  // A dripping layer: its deadline is the request's plus its size at 256 KiB/s.
+  Route slow{200, "application/octet-stream", layout_->layers[1]};
+  slow.drip_ms = 50;
+  ServeImage(m, "slowlayer", slow, 1);
+  PullFails(m.host() + "/slowlayer:1", "DEADLINE_EXCEEDED",
+            {"layer " + layout_->manifest["layers"][1]["digest"].get<std::string>(), "deadline passed"});
+  StoreIsEmpty();
 }
 
 TEST_F(RegistryPullTest, RegistryErrorsAreMappedAndNamed) {

@@ -200,6 +200,8 @@ grpc::Status ImageService::Pull(grpc::ServerContext* ctx, const v1::PullRequest*
   auto ref = reg::ParseReference(req->ref());
   if (!ref.ok()) return ToGrpc(ref.status());
   reg::PullOptions opts;
+  opts.registry.request_timeout = options_.registry_request_timeout;
+  opts.registry.http.idle_timeout = options_.registry_idle_timeout;
   if (!req->name().empty()) {
     auto n = storage::ImageStore::NormalizeName(req->name());
     if (!n.ok()) return ToGrpc(n.status());

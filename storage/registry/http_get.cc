@@ -195,7 +195,10 @@ class BeastResponse final : public HttpResponse {
       parser_.get().body().size = n;
       error_code ec;
       ArmIdle();
-      WithStream([&](auto& s) { http::async_read(s, buffer_, parser_, [&](error_code e, size_t) { ec = e; }); });
+      // read_some: one socket read per step, so the idle timeout measures silence
+      // (async_read would wait for the whole buffer under one timer).
+      WithStream(
+          [&](auto& s) { http::async_read_some(s, buffer_, parser_, [&](error_code e, size_t) { ec = e; }); });
       Run();
       if (ec == http::error::need_buffer) ec = {};
       if (ec == beast::error::timeout) return Timeout("reading the body");
