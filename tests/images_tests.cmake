@@ -23,6 +23,6 @@ add_dependencies(snapshot_rebuild_test paddockd)
 # the test; sandboxes from the pulled names. Skipped when those tools are absent.
 if(TARGET paddock_registry)
   paddock_test(registry_pull_test registry_pull_test.cc)
-  target_link_libraries(registry_pull_test PRIVATE paddock_registry)
+  target_link_libraries(registry_pull_test PRIVATE paddock_registry paddock_client)
   add_dependencies(registry_pull_test paddockd paddock)
 endif()

@@ -17,10 +17,12 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -33,6 +35,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "paddock/client.h"
 #include "storage/digest.h"
 #include "storage/registry/http_get.h"
 #include "storage/registry/pull.h"
@@ -562,6 +565,41 @@ TEST_F(RegistryPullTest, SlowRegistriesMeetTheDeadlineOrTheIdleTimeout) {
   PullFails(m.host() + "/slowlayer:1", "DEADLINE_EXCEEDED",
             {"layer " + layout_->manifest["layers"][1]["digest"].get<std::string>(), "deadline passed"});
   StoreIsEmpty();
+}
+
+TEST_F(RegistryPullTest, TcpClientsReachNeitherLoopbackNorPlainHttpRegistries) {
+  daemon_.reset();
+  testing::DaemonOptions o;
+  o.allow_dir_images = false;
+  daemon_.emplace(o);
+  const std::string token_file = daemon_->dir() + "/token";
+  std::ofstream(token_file) << "registry-test-token";
+  chmod(token_file.c_str(), 0600);
+  const int tcp_port = testing::FreeLoopbackPort();
+  ASSERT_EQ(daemon_->Start({"--listen-tcp", "127.0.0.1:" + std::to_string(tcp_port), "--token-file", token_file}), "");
+  client::ClientOptions co;
+  co.tcp_target = "127.0.0.1:" + std::to_string(tcp_port);
+  co.token = "registry-test-token";
+  auto tcp = client::Client::Connect(co);
+  ASSERT_TRUE(tcp.ok()) << tcp.status().message();
+
+  auto r = tcp->ImagePull(Ref("test/busybox:1"), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kPermissionDenied);
+  EXPECT_THAT(r.status().message(), HasSubstr("a loopback address, which only clients on paddockd's unix socket"));
+  r = tcp->ImagePull("localhost:" + std::to_string(port_) + "/test/busybox:1", {});
+  EXPECT_EQ(r.status().code(), Code::kPermissionDenied);
+  client::ImagePullOptions insecure;
+  insecure.insecure_registries = {"10.0.0.7:5000"};
+  r = tcp->ImagePull("10.0.0.7:5000/x:1", insecure);
+  EXPECT_EQ(r.status().code(), Code::kPermissionDenied);
+  EXPECT_THAT(r.status().message(), HasSubstr("--insecure-registry is only for clients on paddockd's unix socket"));
+  client::ImagePullOptions ca;
+  ca.ca_file = "/etc/ssl/certs/ca-certificates.crt";
+  r = tcp->ImagePull("registry.example/x:1", ca);
+  EXPECT_EQ(r.status().code(), Code::kPermissionDenied);
+  // The same pull over the unix socket works.
+  EXPECT_EQ(PullJson(Ref("test/busybox:1"))["layers_new"], 2);
 }
 
 TEST_F(RegistryPullTest, RegistryErrorsAreMappedAndNamed) {

@@ -212,6 +212,15 @@ grpc::Status ImageService::Pull(grpc::ServerContext* ctx, const v1::PullRequest*
     if (!p.ok()) return ToGrpc(p.status());
     opts.platform = *p;
   }
+  // A TCP client must not turn the daemon into a client of its own host's
+  // services, nor lift the TLS requirement: loopback registries and
+  // --insecure-registry are for clients on the unix socket.
+  const bool remote = auth_ != nullptr;
+  if (remote && req->insecure_registries_size() > 0)
+    return ToGrpc(Error(Code::kPermissionDenied,
+                        "--insecure-registry is only for clients on paddockd's unix socket; over TCP registries "
+                        "are spoken to over verified TLS"));
+  opts.registry.http.refuse_loopback = remote;
   for (const auto& h : req->insecure_registries()) {
     if (h.empty() || h.size() > 255) return ToGrpc(Error(Code::kInvalidArgument, "insecure registry '{}' is not a host", h));
     opts.registry.http.insecure_hosts.insert(h);

@@ -128,6 +128,13 @@ class BeastResponse final : public HttpResponse {
                    "refusing plain HTTP to {}: only loopback hosts and hosts named with --insecure-registry are "
                    "spoken to without TLS",
                    url_.Authority());
+    auto loopback_refused = [&](const std::string& addr) {
+      return Error(Code::kPermissionDenied,
+                   "refusing to connect to {} ({}): a loopback address, which only clients on paddockd's unix "
+                   "socket may pull from",
+                   url_.Authority(), addr);
+    };
+    if (options_.refuse_loopback && IsLoopbackHost(url_.host)) return loopback_refused(url_.host);
     // Resolve + connect, bounded by the connect timeout.
     tcp::resolver resolver(io_);
     error_code ec;
@@ -139,6 +146,9 @@ class BeastResponse final : public HttpResponse {
     if (!RunFor(std::min(deadline_, Clock::now() + options_.connect_timeout), [&] { resolver.cancel(); }))
       return ConnectTimeout("resolving the host");
     if (ec) return Error(Code::kUnavailable, "cannot resolve {}: {}", url_.host, ec.message());
+    if (options_.refuse_loopback)
+      for (const auto& e : endpoints)
+        if (e.endpoint().address().is_loopback()) return loopback_refused(e.endpoint().address().to_string());
     tcp_.expires_at(std::min(deadline_, Clock::now() + options_.connect_timeout));
     tcp_.async_connect(endpoints, [&](error_code e, const tcp::endpoint&) { ec = e; });
     Run();

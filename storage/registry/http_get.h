@@ -55,6 +55,10 @@ struct HttpGetOptions {
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds idle_timeout{30000};  // no byte received for this long
   uint32_t max_head_bytes = 64 << 10;             // status line + headers
+  // Refuse loopback hosts, by name or by resolved address, redirects included:
+  // set for pulls a remote (TCP) client asks for, which must not reach the
+  // daemon host's own services.
+  bool refuse_loopback = false;
   // Checked between reads; true stops the request (CANCELLED).
   std::function<bool()> cancelled;
 };
