@@ -567,6 +567,32 @@ TEST_F(RegistryPullTest, SlowRegistriesMeetTheDeadlineOrTheIdleTimeout) {
   StoreIsEmpty();
 }
 
+TEST_F(RegistryPullTest, ACancelledPullLeavesNothingBehind) {
+  MiniRegistry m;
+  // The first layer arrives whole (and is staged); the second drips for seconds.
+  Route slow{200, "application/octet-stream", layout_->layers[1]};
+  slow.drip_ms = 100;
+  ServeImage(m, "cancel", slow, 1);
+  const std::string blob = "/v2/cancel/blobs/" + layout_->manifest["layers"][1]["digest"].get<std::string>();
+  pid_t cli = testing::SpawnProgram({testing::BuiltBinary("paddock"), "image", "pull", m.host() + "/cancel:1"},
+                                    daemon_->dir() + "/cancelled-pull.log", {"PADDOCK_SOCKET=" + daemon_->socket_path()});
+  ASSERT_GT(cli, 0);
+  for (int i = 0; i < 200 && m.Hits(blob) == 0; ++i) usleep(50 * 1000);
+  ASSERT_EQ(m.Hits(blob), 1) << testing::ReadWholeFile(daemon_->dir() + "/cancelled-pull.log");
+  usleep(300 * 1000);
+  kill(cli, SIGKILL);  // the client goes away mid-download: the call is cancelled
+  waitpid(cli, nullptr, 0);
+  const std::string staging = daemon_->state_dir() + "/images/staging";
+  bool clean = false;
+  for (int i = 0; i < 100 && !clean; ++i) {
+    clean = !fs::exists(staging) || fs::is_empty(staging);
+    if (!clean) usleep(50 * 1000);
+  }
+  EXPECT_TRUE(clean) << "a cancelled pull left files in " << staging;
+  StoreIsEmpty();
+  EXPECT_THAT(daemon_->LogTail(), HasSubstr("cancelled"));
+}
+
 TEST_F(RegistryPullTest, TcpClientsReachNeitherLoopbackNorPlainHttpRegistries) {
   daemon_.reset();
   testing::DaemonOptions o;
