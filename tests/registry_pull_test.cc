@@ -652,6 +652,35 @@ TEST_F(RegistryPullTest, RegistryErrorsAreMappedAndNamed) {
   m.Set("/v2/away/manifests/1", {302, "text/plain", "", {{"Location", "http://registry.example:5000/v2/x"}}});
   PullFails(m.host() + "/away:1", "PERMISSION_DENIED", {"refusing plain HTTP to registry.example:5000"});
   PullFails("Bad/Ref", "INVALID_ARGUMENT", {"image reference 'Bad/Ref'"});
+  m.Set("/v2/bighead/manifests/1", {200, "application/json", "{}", {{"X-Filler", std::string(100 << 10, 'a')}}});
+  PullFails(m.host() + "/bighead:1", "DATA_LOSS", {"the response headers are over 65536 bytes"});
+  StoreIsEmpty();
+}
+
+TEST_F(RegistryPullTest, AHostileLayerIsRefusedNamingTheEntry) {
+  // An uncompressed layer (plain tar media type) whose entry climbs out of the root.
+  const std::string tar_path = daemon_->dir() + "/hostile.tar";
+  Sh("python3 -c \"import tarfile, io; t = tarfile.open('" + tar_path + "', 'w'); "
+     "i = tarfile.TarInfo('../escaped'); d = b'owned'; i.size = len(d); t.addfile(i, io.BytesIO(d)); t.close()\"");
+  const std::string tar = testing::ReadWholeFile(tar_path);
+  ASSERT_FALSE(tar.empty());
+  const std::string digest = storage::Sha256::Of(tar).str();
+  json config = {{"architecture", "amd64"}, {"os", "linux"}, {"config", json::object()},
+                 {"rootfs", {{"type", "layers"}, {"diff_ids", {digest}}}}};
+  const std::string config_bytes = config.dump();
+  json manifest = {{"schemaVersion", 2},
+                   {"mediaType", "application/vnd.oci.image.manifest.v1+json"},
+                   {"config", {{"mediaType", "application/vnd.oci.image.config.v1+json"},
+                               {"digest", storage::Sha256::Of(config_bytes).str()},
+                               {"size", config_bytes.size()}}},
+                   {"layers", {{{"mediaType", "application/vnd.oci.image.layer.v1.tar"},
+                                {"digest", digest},
+                                {"size", tar.size()}}}}};
+  MiniRegistry m;
+  m.Set("/v2/hostile/manifests/1", {200, "application/vnd.oci.image.manifest.v1+json", manifest.dump()});
+  m.Set("/v2/hostile/blobs/" + storage::Sha256::Of(config_bytes).str(), {200, "application/octet-stream", config_bytes});
+  m.Set("/v2/hostile/blobs/" + digest, {200, "application/octet-stream", tar});
+  PullFails(m.host() + "/hostile:1", "INVALID_ARGUMENT", {m.host() + "/hostile:1", "layer " + digest, "../escaped"});
   StoreIsEmpty();
 }
 

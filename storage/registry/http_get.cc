@@ -269,7 +269,7 @@ class BeastResponse final : public HttpResponse {
   asio::io_context io_;
   beast::tcp_stream tcp_;
   std::optional<beast::ssl_stream<beast::tcp_stream>> tls_;
-  beast::flat_buffer buffer_{8192};
+  beast::flat_buffer buffer_;  // unbounded: the parser's header_limit bounds the head
   Parser parser_;
   bool deadline_binds_ = false;
 };
