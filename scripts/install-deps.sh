@@ -17,6 +17,7 @@ PACKAGES=(
   # the image store: archives, layer compression
   libarchive-dev libzstd-dev liblz4-dev
   debootstrap umoci  # the Debian python3 test image (scripts/make-debian-image.sh)
+  docker-registry skopeo  # registry pulls: the reference registry and a pusher (tests/registry_pull_test.cc)
   # the V4 policy engine: tokenizer regexes, fuzzing the DSML parser (clang's libFuzzer)
   libpcre2-dev clang libclang-rt-14-dev
   libboost-dev  # Boost.Beast/Asio (header-only): policy/backends HTTP clients

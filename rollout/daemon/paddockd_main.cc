@@ -64,6 +64,8 @@ struct Flags {
   std::string image_store;     // default <state-dir>/images
   std::string layer_cache;     // default <state-dir>/layer-cache
   uint64_t layer_cache_max_bytes = 0;
+  int64_t registry_timeout_ms = 60000;       // a registry request's deadline (layers get more)
+  int64_t registry_idle_timeout_ms = 30000;  // a registry connection silent this long is dropped
 };
 
 std::string DefaultSocket() {
@@ -304,7 +306,10 @@ int Run(const Flags& flags) {
   env.images = &image_resolver;
   server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
     return std::unique_ptr<grpc::Service>(
-        std::make_unique<service::ImageService>(**image_store, layer_cache->get(), auth));
+        std::make_unique<service::ImageService>(
+            **image_store, layer_cache->get(), auth,
+            service::ImageServiceOptions{std::chrono::milliseconds(flags.registry_timeout_ms),
+                                         std::chrono::milliseconds(flags.registry_idle_timeout_ms)}));
   });
 
   // 4. Clear what a crashed predecessor left behind.
@@ -428,6 +433,15 @@ int main(int argc, char** argv) {
   app.add_option("--layer-cache-max-bytes", flags.layer_cache_max_bytes,
                  "bound on the layer cache's size; unused layers are evicted least recently used "
                  "first (0: unbounded)")
+      ->capture_default_str();
+  app.add_option("--registry-timeout-ms", flags.registry_timeout_ms,
+                 "deadline of one registry request of `image pull` (manifest, config); a layer gets this "
+                 "plus its size at 256 KiB/s")
+      ->check(CLI::Range(int64_t{100}, int64_t{24} * 3600 * 1000))
+      ->capture_default_str();
+  app.add_option("--registry-idle-timeout-ms", flags.registry_idle_timeout_ms,
+                 "a registry connection that sends nothing for this long is dropped")
+      ->check(CLI::Range(int64_t{100}, int64_t{3600} * 1000))
       ->capture_default_str();
   app.add_option("--init-path", flags.init_path,
                  "paddock-init binary (default: beside paddockd, or /usr/local/lib/paddock)");

@@ -9,6 +9,8 @@
 #include "rollout/service/sandbox_service.h"
 #include "sandbox/image_view.h"
 #include "storage/image_import.h"
+#include "storage/registry/pull.h"
+#include "policy/backends/tls.h"
 
 namespace paddock::service {
 
@@ -188,6 +190,78 @@ grpc::Status ImageService::Export(grpc::ServerContext* ctx, const v1::ExportImag
   if (Status st = storage::ExportOci(store_, d->str(), req->dir()); !st.ok())
     return ToGrpc(st.Prefix(fmt::format("exporting {} to {}", req->ref(), req->dir())));
   resp->set_image(d->str());
+  return grpc::Status::OK;
+}
+
+grpc::Status ImageService::Pull(grpc::ServerContext* ctx, const v1::PullRequest* req,
+                                grpc::ServerWriter<v1::ImportEvent>* writer) {
+  namespace reg = storage::registry;
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  auto ref = reg::ParseReference(req->ref());
+  if (!ref.ok()) return ToGrpc(ref.status());
+  reg::PullOptions opts;
+  opts.registry.request_timeout = options_.registry_request_timeout;
+  opts.registry.http.idle_timeout = options_.registry_idle_timeout;
+  if (!req->name().empty()) {
+    auto n = storage::ImageStore::NormalizeName(req->name());
+    if (!n.ok()) return ToGrpc(n.status());
+    opts.names.push_back(*n);
+  }  // else the reference itself names it (none for a reference by digest only)
+  if (!req->platform().empty()) {
+    auto p = reg::ParsePlatform(req->platform());
+    if (!p.ok()) return ToGrpc(p.status());
+    opts.platform = *p;
+  }
+  // A TCP client must not turn the daemon into a client of its own host's
+  // services, nor lift the TLS requirement: loopback registries and
+  // --insecure-registry are for clients on the unix socket.
+  const bool remote = auth_ != nullptr;
+  if (remote && req->insecure_registries_size() > 0)
+    return ToGrpc(Error(Code::kPermissionDenied,
+                        "--insecure-registry is only for clients on paddockd's unix socket; over TCP registries "
+                        "are spoken to over verified TLS"));
+  opts.registry.http.refuse_loopback = remote;
+  for (const auto& h : req->insecure_registries()) {
+    if (h.empty() || h.size() > 255) return ToGrpc(Error(Code::kInvalidArgument, "insecure registry '{}' is not a host", h));
+    opts.registry.http.insecure_hosts.insert(h);
+  }
+  policy::TlsOptions tls;
+  if (!req->ca_file().empty()) {
+    // A CA file is a path on the daemon's host: unix-socket clients only.
+    if (Status st = CheckHostPath(req->ca_file(), "CA file", auth_ != nullptr); !st.ok()) return ToGrpc(st);
+    tls.ca_file = req->ca_file();
+    opts.registry.tls_everywhere = true;
+  }
+  auto tls_ctx = policy::MakeTlsClientContext(tls);
+  if (!tls_ctx.ok()) return ToGrpc(tls_ctx.status());
+  opts.registry.http.tls = *tls_ctx;
+  opts.registry.http.cancelled = [ctx] { return ctx->IsCancelled(); };
+
+  auto r = reg::PullImage(store_, *ref, opts, [&](const reg::PullProgress& p) {
+    v1::ImportEvent ev;
+    auto* pr = ev.mutable_progress();
+    pr->set_phase(p.phase);
+    pr->set_message(p.message);
+    pr->set_bytes_done(p.bytes_done);
+    pr->set_bytes_total(p.bytes_total);
+    writer->Write(ev);
+  });
+  if (!r.ok()) {
+    spdlog::warn("pull {} failed: {}", req->ref(), r.status().message());
+    return ToGrpc(r.status());
+  }
+  v1::ImportEvent ev;
+  auto* res = ev.mutable_result();
+  res->add_images(r->image.str());
+  for (const auto& n : r->names) res->add_names(n);
+  res->set_layers_total(r->layers_total);
+  res->set_layers_new(r->layers_new);
+  res->set_bytes_committed(r->bytes_committed);
+  res->set_bytes_fetched(r->bytes_fetched);
+  res->set_manifest_digest(r->manifest_digest.str());
+  writer->Write(ev);
+  spdlog::info("pulled {} ({}) as {}: {} of {} layers fetched, {} bytes", ref->str(), r->manifest_digest.str(),
+               r->image.str(), r->layers_new, r->layers_total, r->bytes_fetched);
   return grpc::Status::OK;
 }
 

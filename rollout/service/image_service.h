@@ -3,6 +3,8 @@
 // paddock::Status codes onto gRPC statuses. No store logic here.
 #pragma once
 
+#include <chrono>
+
 #include "image.grpc.pb.h"
 #include "rollout/service/auth.h"
 #include "storage/image_store.h"
@@ -10,12 +12,19 @@
 
 namespace paddock::service {
 
+// Bounds on `image pull`'s registry requests (paddockd --registry-timeout-ms,
+// --registry-idle-timeout-ms); storage/registry/registry_client.h says how they apply.
+struct ImageServiceOptions {
+  std::chrono::milliseconds registry_request_timeout{60000};
+  std::chrono::milliseconds registry_idle_timeout{30000};
+};
+
 class ImageService final : public v1::Images::Service {
  public:
   // `store` and `cache` must outlive the service; `auth` as for SandboxService.
   ImageService(storage::ImageStore& store, storage::LayerCache* cache,
-               const BearerTokenAuth* auth = nullptr)
-      : store_(store), cache_(cache), auth_(auth) {}
+               const BearerTokenAuth* auth = nullptr, ImageServiceOptions options = {})
+      : store_(store), cache_(cache), auth_(auth), options_(options) {}
 
   grpc::Status Import(grpc::ServerContext* ctx, const v1::ImportRequest* req,
                       grpc::ServerWriter<v1::ImportEvent>* writer) override;
@@ -30,6 +39,8 @@ class ImageService final : public v1::Images::Service {
   grpc::Status Gc(grpc::ServerContext* ctx, const v1::GcRequest* req, v1::GcResponse* resp) override;
   grpc::Status Export(grpc::ServerContext* ctx, const v1::ExportImageRequest* req,
                       v1::ExportImageResponse* resp) override;
+  grpc::Status Pull(grpc::ServerContext* ctx, const v1::PullRequest* req,
+                    grpc::ServerWriter<v1::ImportEvent>* writer) override;
 
  private:
   grpc::Status Authorize(const grpc::ServerContext& ctx) const {
@@ -38,6 +49,7 @@ class ImageService final : public v1::Images::Service {
   storage::ImageStore& store_;
   storage::LayerCache* cache_;
   const BearerTokenAuth* auth_;
+  ImageServiceOptions options_;
 };
 
 }  // namespace paddock::service

@@ -1,5 +1,7 @@
 #include "image_commands.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -13,8 +15,8 @@ namespace {
 using nlohmann::json;
 
 struct ImageArgs {
-  std::string path, name, ref, dir, workdir, grace;
-  std::vector<std::string> env;
+  std::string path, name, ref, dir, workdir, grace, platform, ca_file;
+  std::vector<std::string> env, insecure;
 };
 
 struct Ctx {
@@ -68,6 +70,39 @@ json ImportJson(const client::ImageImportResult& r) {
   return {{"images", r.images},           {"names", r.names},
           {"layers_total", r.layers_total}, {"layers_new", r.layers_new},
           {"bytes_committed", r.bytes_committed}};
+}
+
+// Progress on stderr: one line rewritten in place on a terminal, whole lines
+// (phase changes only) otherwise, so logs stay short.
+int RunPull(const Ctx& c, const ImageArgs& a) {
+  return With(c, [&](client::Client& cl) {
+    const bool tty = isatty(STDERR_FILENO) && !*c.json;
+    bool open_line = false;
+    std::string last_phase;
+    client::ImagePullOptions opts{a.name, a.insecure, a.platform, Absolute(a.ca_file)};
+    auto r = cl.ImagePull(a.ref, opts, [&](const client::ImagePullProgress& p) {
+      if (*c.json) return;
+      if (tty) {
+        std::fprintf(stderr, "\r\033[K%s", p.message.c_str());
+        open_line = true;
+      } else if (p.phase != "layer" || p.phase != last_phase) {
+        std::fprintf(stderr, "%s\n", p.message.c_str());
+      }
+      last_phase = p.phase;
+    });
+    if (open_line) std::fprintf(stderr, "\n");
+    if (!r.ok()) return Fail(c, r.status());
+    if (*c.json) {
+      json j = ImportJson(*r);
+      j["image"] = r->images.at(0);
+      j["manifest_digest"] = r->manifest_digest;
+      j["bytes_fetched"] = r->bytes_fetched;
+      Print(j);
+    } else {
+      std::printf("%s%s\n", r->images.at(0).c_str(), r->names.empty() ? "" : ("  " + Join(r->names)).c_str());
+    }
+    return 0;
+  });
 }
 
 int RunImport(const Ctx& c, const ImageArgs& a) {
@@ -215,7 +250,7 @@ void RegisterImageCommands(CLI::App& app, std::function<Result<client::Client>()
   static std::vector<std::string> refs;
   static Ctx ctx;
   ctx = Ctx{std::move(connect), &json};
-  CLI::App* image = app.add_subcommand("image", "import, list, inspect, remove and export images");
+  CLI::App* image = app.add_subcommand("image", "pull, import, list, inspect, remove and export images");
   image->require_subcommand(1);
   image->fallthrough();
   auto leaf = [&](const std::string& name, const std::string& help) {
@@ -227,6 +262,19 @@ void RegisterImageCommands(CLI::App& app, std::function<Result<client::Client>()
   im->add_option("path", a.path, "the archive or layout directory (read by the daemon)")->required();
   im->add_option("--name", a.name, "name:tag for the image (default: the archive's own names)");
   im->callback([&rc] { rc = RunImport(ctx, a); });
+
+  CLI::App* pl = leaf("pull", "pull an image from a registry into the store (anonymous; OCI and Docker schema 2)");
+  pl->add_option("ref", a.ref, "[HOST[:PORT]/]REPOSITORY[:TAG][@sha256:HEX], e.g. 127.0.0.1:5000/test/busybox:1")
+      ->required();
+  pl->add_option("--name", a.name, "name:tag for the image (default: the reference itself; none for @digest)");
+  pl->add_option("--insecure-registry", a.insecure,
+                 "HOST or HOST:PORT to speak plain HTTP to (repeatable; loopback hosts always are)")
+      ->allow_extra_args(false);
+  pl->add_option("--platform", a.platform, "os/arch[/variant] to pick from a multi-platform image (default linux/amd64)");
+  pl->add_option("--ca-file", a.ca_file,
+                 "PEM CA certificates to verify the registry with instead of the system store (read by the daemon; "
+                 "also makes loopback registries speak TLS)");
+  pl->callback([&rc] { rc = RunPull(ctx, a); });
 
   CLI::App* id = leaf("import-dir", "import a plain root filesystem directory as a one-layer image");
   id->add_option("dir", a.dir, "the directory (read by the daemon)")->required();

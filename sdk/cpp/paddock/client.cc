@@ -656,6 +656,41 @@ Result<ImageImportResult> Client::ImageImport(const std::string& path, const std
   return out;
 }
 
+Result<ImageImportResult> Client::ImagePull(const std::string& ref, const ImagePullOptions& options,
+                                           const std::function<void(const ImagePullProgress&)>& on_progress) {
+  auto stub = v1::Images::NewStub(impl_->channel);
+  v1::PullRequest req;
+  req.set_ref(ref);
+  req.set_name(options.name);
+  for (const auto& h : options.insecure_registries) req.add_insecure_registries(h);
+  req.set_platform(options.platform);
+  req.set_ca_file(options.ca_file);
+  auto ctx = impl_->Context(kLongCall);
+  auto reader = stub->Pull(ctx.get(), req);
+  v1::ImportEvent ev;
+  ImageImportResult out;
+  bool got = false;
+  while (reader->Read(&ev)) {
+    if (ev.has_progress()) {
+      const auto& p = ev.progress();
+      if (on_progress) on_progress({p.phase(), p.message(), p.bytes_done(), p.bytes_total()});
+    } else if (ev.has_result()) {
+      const auto& r = ev.result();
+      out.images.assign(r.images().begin(), r.images().end());
+      out.names.assign(r.names().begin(), r.names().end());
+      out.layers_total = r.layers_total();
+      out.layers_new = r.layers_new();
+      out.bytes_committed = r.bytes_committed();
+      out.bytes_fetched = r.bytes_fetched();
+      out.manifest_digest = r.manifest_digest();
+      got = true;
+    }
+  }
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  if (!got || out.images.empty()) return Error(Code::kInternal, "the daemon ended the pull without a result");
+  return out;
+}
+
 Result<ImageImportResult> Client::ImageImportDir(const std::string& dir, const std::string& name,
                                                  const std::vector<std::string>& env,
                                                  const std::string& workdir) {

@@ -170,6 +170,19 @@ struct ImageDetail {
 struct ImageImportResult {
   std::vector<std::string> images, names;
   uint64_t layers_total = 0, layers_new = 0, bytes_committed = 0;
+  uint64_t bytes_fetched = 0;   // pull: layer bytes downloaded
+  std::string manifest_digest;  // pull: the registry's manifest digest
+};
+struct ImagePullOptions {
+  std::string name;                              // store name; empty: the reference itself
+  std::vector<std::string> insecure_registries;  // plain HTTP to these hosts (loopback always)
+  std::string platform;                          // "os/arch[/variant]"; empty: linux/amd64
+  std::string ca_file;                           // on the daemon's host
+};
+// A pull's progress: a line, and layer bytes fetched of those to fetch.
+struct ImagePullProgress {
+  std::string phase, message;
+  uint64_t bytes_done = 0, bytes_total = 0;
 };
 struct ImageGcResult {
   uint64_t blobs_removed = 0, bytes_freed = 0, staging_removed = 0;
@@ -261,6 +274,9 @@ class Client {
   // `on_progress` receives progress lines while the daemon reads the archive.
   Result<ImageImportResult> ImageImport(const std::string& path, const std::string& name,
                                         const std::function<void(const std::string&)>& on_progress = {});
+  // Pulls REF from its registry into the daemon's store (images[0]: the image id).
+  Result<ImageImportResult> ImagePull(const std::string& ref, const ImagePullOptions& options,
+                                      const std::function<void(const ImagePullProgress&)>& on_progress = {});
   Result<ImageImportResult> ImageImportDir(const std::string& dir, const std::string& name,
                                            const std::vector<std::string>& env = {},
                                            const std::string& workdir = "");

@@ -32,7 +32,7 @@ from . import rollouts as _ro
 from ._msg import from_msg
 from .errors import NotFound, PaddockError, Unavailable, Unimplemented, Unknown, from_rpc_error
 from . import images as _im
-from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult
+from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult, PullResult
 from .rollouts import EpisodeSummary, PolicySpec, ResumeResult, RolloutEpisode, RolloutProgress, Sampling
 from .types import (
     DaemonStats,
@@ -548,6 +548,27 @@ class Images:
             raise c._error(err) from None
         if result is None:
             raise Unknown("the import stream ended without a result")
+        return result
+
+    async def pull(self, ref: str, name: str | None = None, *, insecure_registries: Sequence[str] | None = None,
+                   platform: str | None = None, ca_file: str | None = None,
+                   on_progress: Callable[[str, str], None] | None = None) -> PullResult:
+        """Pulls an image from a registry into the store (see :meth:`paddock.images.Images.pull`)."""
+        c = self._client
+        req = _im.pull_request(ref, name, insecure_registries, platform, ca_file)
+        call = self._stub.Pull(req, timeout=_im.PULL_TIMEOUT_S, metadata=c._metadata)
+        result = None
+        try:
+            async for ev in call:
+                kind = ev.WhichOneof("event")
+                if kind == "progress" and on_progress is not None:
+                    on_progress(ev.progress.phase, ev.progress.message)
+                elif kind == "result":
+                    result = _im.pull_result(ev.result)
+        except grpc.RpcError as err:
+            raise c._error(err) from None
+        if result is None:
+            raise Unknown("the pull stream ended without a result")
         return result
 
     async def import_dir(self, path: str, name: str | None = None, *,

@@ -6,6 +6,7 @@ Reached as ``client.images``::
     c.images.import_dir("/var/lib/images/busybox", name="busybox:latest")
     with c.sandbox("container", "python:3") as sb: ...
     c.images.ls(); c.images.inspect("python:3"); c.images.rm("python:3")
+    c.images.pull("127.0.0.1:5000/test/busybox:1")                    # from a registry
 
 Paths are on the daemon's host; relative ones are made absolute against this
 process's cwd (as the CLI does). Images are usable as ``image=`` of a sandbox by
@@ -27,7 +28,7 @@ from .errors import InvalidArgument, Unimplemented, Unknown
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Images", "ImportResult", "ImportDirResult", "ImageSummary", "LayerInfo", "ImageDetail", "GcResult"]
+__all__ = ["Images", "ImportResult", "PullResult", "ImportDirResult", "ImageSummary", "LayerInfo", "ImageDetail", "GcResult"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,43 @@ class ImportResult:
     layers_total: int = 0
     layers_new: int = 0
     bytes_committed: int = 0
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a registry pull stored.
+
+    Attributes:
+        image: the store's image id (a sandbox's ``image=``, like its names).
+        names: the names given to it (the reference itself unless ``name`` was given).
+        manifest_digest: the registry's manifest digest (of the chosen platform).
+        layers_total / layers_new: layers of the image, and those fetched (not already stored).
+        bytes_fetched: layer bytes downloaded; bytes_committed: bytes written to the store.
+    """
+
+    image: str = ""
+    names: list[str] = field(default_factory=list)
+    manifest_digest: str = ""
+    layers_total: int = 0
+    layers_new: int = 0
+    bytes_fetched: int = 0
+    bytes_committed: int = 0
+
+
+# A pull of a large image may take long; like the C++ client's kLongCall.
+PULL_TIMEOUT_S = 2 * 3600.0
+
+
+def pull_request(ref: str, name: str | None, insecure_registries: Sequence[str] | None, platform: str | None,
+                 ca_file: str | None) -> Any:
+    if not isinstance(ref, str) or not ref:
+        raise InvalidArgument("pull: a reference is required, e.g. registry.example/repo:tag")
+    return _pb().PullRequest(ref=ref, name=name or "", insecure_registries=list(insecure_registries or []),
+                             platform=platform or "", ca_file=_abs(ca_file, "pull ca_file") if ca_file else "")
+
+
+def pull_result(r: Any) -> PullResult:
+    return from_msg(PullResult, r, image=r.images[0] if r.images else "")
 
 
 @dataclass(frozen=True)
@@ -176,6 +214,42 @@ class Images:
             raise c._error(err) from None
         if result is None:
             raise Unknown("the import stream ended without a result")
+        return result
+
+    def pull(self, ref: str, name: str | None = None, *, insecure_registries: Sequence[str] | None = None,
+             platform: str | None = None, ca_file: str | None = None,
+             on_progress: Callable[[str, str], None] | None = None) -> PullResult:
+        """Pulls an image from a registry into the store (anonymously; OCI and Docker schema 2).
+
+        Args:
+            ref: ``[HOST[:PORT]/]REPOSITORY[:TAG][@sha256:HEX]``.
+            name: ``name[:tag]`` to give it; default the reference itself.
+            insecure_registries: hosts (``host`` or ``host:port``) spoken to over plain HTTP;
+                loopback hosts always are. Unix-socket clients only.
+            platform: ``os/arch[/variant]`` picked from a multi-platform image (default linux/amd64).
+            ca_file: PEM CAs on the daemon's host to verify the registry with. Unix-socket clients only.
+            on_progress: called with ``(phase, message)`` as the daemon reports progress.
+
+        Raises:
+            paddock.NotFound: no such repository, tag or platform.
+            paddock.DataLoss: a blob that does not match its digest or size (nothing is stored).
+            paddock.Unauthenticated / PermissionDenied / ResourceExhausted / Unavailable: what the
+                registry answered (401, 403, 429, 5xx), or TLS verification failed (PermissionDenied).
+        """
+        c = self._client
+        req = pull_request(ref, name, insecure_registries, platform, ca_file)
+        result = None
+        try:
+            for ev in c._stream(self._stub.Pull, req, timeout=PULL_TIMEOUT_S):
+                kind = ev.WhichOneof("event")
+                if kind == "progress" and on_progress is not None:
+                    on_progress(ev.progress.phase, ev.progress.message)
+                elif kind == "result":
+                    result = pull_result(ev.result)
+        except grpc.RpcError as err:
+            raise c._error(err) from None
+        if result is None:
+            raise Unknown("the pull stream ended without a result")
         return result
 
     def import_dir(self, path: str, name: str | None = None, *,

@@ -1,0 +1,60 @@
+// `paddock image pull`: an image from a registry into the ImageStore, streamed.
+//
+// The manifest (an index or manifest list picks the platform, linux/amd64 by
+// default) and the config are fetched and verified; then each layer the store
+// does not already hold (by diff_id) is fetched and fed to the store's ingest as
+// its bytes arrive: counted against the manifest's size and hashed against its
+// digest while it streams, decompressed (gzip, zstd or none), checked entry by
+// entry (EntryPolicy) and recompressed into staging. Everything goes through one
+// ImageTransaction, so a pull that fails at any point (bad digest, a blob longer
+// than declared, a dropped connection, a hostile tar) leaves the store as it was.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "sandbox/base/status.h"
+#include "storage/image_store.h"
+#include "storage/registry/reference.h"
+#include "storage/registry/registry_client.h"
+
+namespace paddock::storage::registry {
+
+struct Platform {
+  std::string os = "linux";
+  std::string architecture = "amd64";
+  std::string variant;  // optional ("v8")
+  std::string str() const { return os + "/" + architecture + (variant.empty() ? "" : "/" + variant); }
+};
+// "os/arch[/variant]"; INVALID_ARGUMENT otherwise.
+Result<Platform> ParsePlatform(std::string_view text);
+
+struct PullOptions {
+  RegistryOptions registry;
+  Platform platform;
+  // Store names for the image; empty: the reference itself ("host/repo:tag"),
+  // none for a reference by digest only.
+  std::vector<std::string> names;
+};
+
+struct PullProgress {
+  std::string phase;  // "manifest" | "layer" | "committing" | "committed"
+  std::string message;
+  uint64_t bytes_done = 0, bytes_total = 0;  // layer bytes to fetch, all layers
+};
+
+struct PullResult {
+  Digest image;            // the store's image id
+  Digest manifest_digest;  // the registry's manifest (the platform's, under an index)
+  std::vector<std::string> names;
+  uint64_t layers_total = 0;
+  uint64_t layers_new = 0;       // fetched: not already in the store
+  uint64_t bytes_fetched = 0;    // layer bytes downloaded
+  uint64_t bytes_committed = 0;  // bytes of new blobs written into the store
+};
+
+Result<PullResult> PullImage(ImageStore& store, const Reference& ref, const PullOptions& options,
+                             const std::function<void(const PullProgress&)>& progress = {});
+
+}  // namespace paddock::storage::registry

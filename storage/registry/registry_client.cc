@@ -1,0 +1,153 @@
+#include "storage/registry/registry_client.h"
+
+#include <cctype>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace paddock::storage::registry {
+
+namespace {
+
+constexpr const char* kManifestAccept =
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.docker.distribution.manifest.v2+json";
+
+// "MANIFEST_UNKNOWN: manifest unknown" from the spec's error body, or "".
+std::string RegistryErrorText(const std::string& body) {
+  auto j = nlohmann::json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("errors") || !j["errors"].is_array() ||
+      j["errors"].empty() || !j["errors"][0].is_object())
+    return "";
+  const auto& e = j["errors"][0];
+  std::string code = e.contains("code") && e["code"].is_string() ? e["code"].get<std::string>() : "";
+  std::string msg = e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>() : "";
+  std::string out = code.empty() ? msg : msg.empty() ? code : code + ": " + msg;
+  return out.size() > 300 ? out.substr(0, 300) + "…" : out;
+}
+
+bool IsRedirect(unsigned s) { return s == 301 || s == 302 || s == 303 || s == 307 || s == 308; }
+
+}  // namespace
+
+RegistryClient::RegistryClient(Reference ref, RegistryOptions options)
+    : ref_(std::move(ref)), options_(std::move(options)) {
+  // The host was validated by ParseReference; the URL parse cannot fail for it.
+  std::string host = ref_.ApiHost();
+  auto u = Url::Parse("https://" + host + "/");
+  base_ = u.ok() ? *u : Url{};
+  base_.target = "/";
+  if (!options_.tls_everywhere && PlainHttpAllowed(base_, options_.http)) {
+    base_.https = false;
+    if (host.find(':') == std::string::npos || host.back() == ']') base_.port = 80;
+  }
+}
+
+Result<std::unique_ptr<HttpResponse>> RegistryClient::Get(const std::string& path, const std::string& accept,
+                                                          Clock::time_point deadline, const std::string& what) {
+  Url url = base_;
+  url.target = path;
+  std::vector<std::pair<std::string, std::string>> headers;
+  if (!accept.empty()) headers.emplace_back("Accept", accept);
+  for (int hop = 0;; ++hop) {
+    auto r = HttpGet(url, headers, deadline, options_.http);
+    if (!r.ok()) return r.status().Prefix(fmt::format("{}: {}", ref_.str(), what));
+    auto& resp = *r;
+    unsigned s = resp->status();
+    if (s >= 200 && s < 300) return std::move(resp);
+    if (IsRedirect(s)) {
+      if (hop >= options_.max_redirects)
+        return Error(Code::kUnavailable, "{}: {}: more than {} redirects (last to {})", ref_.str(), what,
+                     options_.max_redirects, url.str());
+      std::string loc = resp->Header("location");
+      auto next = Url::Parse(loc, &url);
+      if (!next.ok())
+        return Error(Code::kUnavailable, "{}: {}: redirect to an unusable location '{}'", ref_.str(), what,
+                     loc.substr(0, 200));
+      // A redirect to another host carries no request headers of ours but Accept
+      // (nothing secret is sent in this version; an Authorization header must
+      // not follow it when auth comes).
+      url = *next;
+      continue;
+    }
+    auto body = resp->ReadAll(64 << 10, "error response");
+    std::string detail = body.ok() ? RegistryErrorText(*body) : "";
+    std::string said = detail.empty() ? "" : fmt::format(" (the registry says: {})", detail);
+    std::string where = ref_.registry;
+    switch (s) {
+      case 401: {
+        std::string challenge = resp->Header("www-authenticate");
+        std::string scheme = challenge.substr(0, challenge.find(' '));
+        return Error(Code::kUnauthenticated,
+                     "{}: {}: {} asks for credentials{}{}; this version pulls anonymously only (basic and bearer "
+                     "token auth are not implemented yet)",
+                     ref_.str(), what, where, scheme.empty() ? "" : " (" + scheme + ")", said);
+      }
+      case 403:
+        return Error(Code::kPermissionDenied, "{}: {}: {} refuses access (403){}", ref_.str(), what, where, said);
+      case 404:
+        return Error(Code::kNotFound, "{}: {} not found on {} (404){}", ref_.str(), what, where, said);
+      case 429: {
+        std::string after = resp->Header("retry-after");
+        return Error(Code::kResourceExhausted, "{}: {}: {} is rate limiting (429){}{}", ref_.str(), what, where,
+                     after.empty() ? "" : "; retry after " + after.substr(0, 40) + (std::isdigit(after[0]) ? " s" : ""),
+                     said);
+      }
+      default:
+        if (s >= 500)
+          return Error(Code::kUnavailable, "{}: {}: {} failed with HTTP {}{}; try again later", ref_.str(), what,
+                       where, s, said);
+        return Error(Code::kInvalidArgument, "{}: {}: {} answered HTTP {}{}", ref_.str(), what, where, s, said);
+    }
+  }
+}
+
+Result<FetchedManifest> RegistryClient::GetManifest(const std::string& tag_or_digest) {
+  const std::string what = "manifest " + tag_or_digest;
+  auto deadline = Clock::now() + options_.request_timeout;
+  PADDOCK_ASSIGN_OR_RETURN(auto resp, Get("/v2/" + ref_.repository + "/manifests/" + tag_or_digest,
+                                          kManifestAccept, deadline, what));
+  FetchedManifest m;
+  auto bytes = resp->ReadAll(options_.max_manifest_bytes, what);
+  if (!bytes.ok()) return bytes.status().Prefix(ref_.str());
+  m.bytes = std::move(*bytes);
+  m.digest = Sha256::Of(m.bytes);
+  if (tag_or_digest.rfind("sha256:", 0) == 0 && m.digest.str() != tag_or_digest)
+    return Error(Code::kDataLoss, "{}: {} does not match its digest: its bytes hash to {}", ref_.str(), what,
+                 m.digest.str());
+  m.media_type = resp->Header("content-type");
+  if (auto semi = m.media_type.find(';'); semi != std::string::npos) m.media_type.resize(semi);
+  while (!m.media_type.empty() && m.media_type.back() == ' ') m.media_type.pop_back();
+  return m;
+}
+
+Result<std::unique_ptr<HttpResponse>> RegistryClient::OpenBlob(const Digest& digest, uint64_t size) {
+  const std::string what = "blob " + digest.str();
+  auto extra = std::chrono::milliseconds(size * 1000 / std::max<uint64_t>(1, options_.blob_min_bytes_per_s));
+  auto deadline = Clock::now() + options_.request_timeout + extra;
+  PADDOCK_ASSIGN_OR_RETURN(auto resp, Get("/v2/" + ref_.repository + "/blobs/" + digest.str(), "", deadline, what));
+  if (auto len = resp->ContentLength(); len && *len != size)
+    return Error(Code::kDataLoss, "{}: {} is announced as {} bytes, but the manifest says {}; nothing was stored",
+                 ref_.str(), what, *len, size);
+  return resp;
+}
+
+Result<std::string> RegistryClient::GetSmallBlob(const Digest& digest, uint64_t size, uint64_t max) {
+  const std::string what = "blob " + digest.str();
+  if (size > max)
+    return Error(Code::kInvalidArgument, "{}: {} is declared as {} bytes, over the limit of {}", ref_.str(), what,
+                 size, max);
+  PADDOCK_ASSIGN_OR_RETURN(auto resp, OpenBlob(digest, size));
+  auto data = resp->ReadAll(size, what);
+  if (!data.ok()) return data.status().Prefix(ref_.str());
+  if (data->size() != size)
+    return Error(Code::kDataLoss, "{}: {} ended after {} of its {} bytes", ref_.str(), what, data->size(), size);
+  Digest got = Sha256::Of(*data);
+  if (!(got == digest))
+    return Error(Code::kDataLoss, "{}: {} does not match its digest: its bytes hash to {}", ref_.str(), what,
+                 got.str());
+  return std::move(*data);
+}
+
+}  // namespace paddock::storage::registry
