@@ -101,7 +101,9 @@ def test_pull_from_a_registry(client: paddock.Client, daemon, rootfs_dir: str, t
         out = tmp_path / "oci"
         client.images.export(name, str(out))
         ref = f"127.0.0.1:{port}/pysdk/busybox:1"
-        subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{out}:t", f"docker://{ref}"],
+        # The layout holds one manifest, named after the image's first name (the
+        # same tree may already be stored under another name): no ref needed.
+        subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{out}", f"docker://{ref}"],
                        check=True)
         phases: list[str] = []
         r = client.images.pull(ref, on_progress=lambda ph, msg: phases.append(ph))
@@ -123,7 +125,9 @@ def test_pull_from_a_registry(client: paddock.Client, daemon, rootfs_dir: str, t
                 assert a.image == src.image and "pysdk-pulled:aio" in a.names
 
         asyncio.run(main())
-        client.images.rm(src.image)
+        # By name: the same tree is also other tests' image under another name.
+        for n in (name, ref, "pysdk-pulled:aio"):
+            client.images.rm(n)
     finally:
         proc.terminate()
         proc.wait()
