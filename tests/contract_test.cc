@@ -25,6 +25,7 @@
 #include "sandbox/function/function_substrate.h"
 #include "sandbox/linux/cgroup.h"
 #include "sandbox/linux/mounts.h"
+#include "sandbox/linux/userns.h"
 #include "sandbox/manager.h"
 #include "sandbox/microvm/microvm_substrate.h"
 #include "sandbox/reaper.h"
@@ -197,6 +198,21 @@ TEST_P(Contract, Exec_DeliversBinaryStdin) {
   ASSERT_TRUE(res.ok());
   EXPECT_EQ(res->exit_code, 0);
   EXPECT_TRUE(res->stdout_data == input) << "stdin did not round-trip";
+}
+
+// A command that exits without reading its stdin: the rest of the input is
+// dropped (EPIPE), never a SIGPIPE to whoever writes it (this test process
+// does not ignore SIGPIPE, so that would kill it).
+TEST_P(Contract, Exec_CommandThatIgnoresItsStdinEndsNormally) {
+  auto id = Create();
+  ExecRequest r;
+  r.argv = {"true"};
+  r.stdin_data = std::string(4 << 20, 'x');
+  for (int i = 0; i < 3; ++i) {
+    auto res = Get(id)->Exec(r, nullptr);
+    ASSERT_TRUE(res.ok()) << res.status().message();
+    EXPECT_EQ(res->exit_code, 0);
+  }
 }
 
 TEST_P(Contract, Exec_UsesSpecAndRequestEnvAndCwd) {
@@ -806,6 +822,36 @@ TEST_F(ManagerTest, ShutdownLeavesNothing) {
   EXPECT_TRUE(CgroupDirsUnder(TestEnv(state_).cgroup_root()).empty());
   EXPECT_TRUE(fs::is_empty(state_ + "/containers"));
   EXPECT_TRUE(fs::is_empty(state_ + "/functions"));
+}
+
+// Image views open a user namespace through a throwaway child. Many at once
+// (concurrent creates) must not wait on each other: a child that waited for
+// EOF on a pipe could be holding another call's pipe open, and that one its.
+TEST(UserNamespaces, ConcurrentOpensNeverWaitOnEachOther) {
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::atomic<int> failed{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&] {
+        for (int i = 0; i < 40; ++i)
+          if (!OpenUsernsWithMap(kFunctionIds).ok()) ++failed;
+      });
+    for (auto& th : threads) th.join();
+    _exit(failed.load() == 0 ? 0 : 1);
+  }
+  int status = 0;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  pid_t done = 0;
+  while ((done = waitpid(child, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (done == 0) {
+    kill(child, SIGKILL);
+    waitpid(child, &status, 0);
+    FAIL() << "320 concurrent user-namespace opens did not finish within 60 s (they wait on each other)";
+  }
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "an open failed";
 }
 
 }  // namespace

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "paddock/client.h"
+#include "sandbox/sandbox.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/test_internet.h"
 #include "tests/support/test_rootfs.h"
@@ -498,6 +499,32 @@ TEST_F(EscapeTest, DestroyingAFunctionSandboxKillsItsRunningExec) {
   auto [signal, took] = running.get();
   EXPECT_LT(took, std::chrono::seconds(15)) << "the exec outlived its sandbox";
   (void)signal;
+}
+
+// From its second exec on, a function sandbox holds a stub for the next one,
+// in its own cgroup. One that dies while it waits (killed from the host here)
+// costs nothing but a fresh stub.
+TEST_F(EscapeTest, AHeldStubThatDiesIsReplaced) {
+  std::string id = Create("function");
+  ASSERT_FALSE(id.empty());
+  EXPECT_EQ(Sh(*client_, id, "echo one"), "one\n");
+  EXPECT_EQ(Sh(*client_, id, "echo two"), "two\n");
+  SubstrateEnv env;
+  env.state_dir = daemon_.state_dir();
+  const std::string procs = "/sys/fs/cgroup/pids/" + env.cgroup_root() + "/fs-" + id + "/cgroup.procs";
+  std::string held;
+  for (int i = 0; i < 100 && held.empty(); ++i) {  // taken while the command ran; may land just after
+    std::ifstream in(procs);
+    std::getline(in, held, '\0');
+    if (held.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_FALSE(held.empty()) << "no stub held in " << procs;
+  std::istringstream pids(held);
+  int killed = 0;
+  for (pid_t pid; pids >> pid;) killed += kill(pid, SIGKILL) == 0;
+  EXPECT_GE(killed, 1) << held;
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(Sh(*client_, id, "echo three"), "three\n");
 }
 
 TEST_F(EscapeTest, ManyFifoReadsAtOnceStallNothing) {

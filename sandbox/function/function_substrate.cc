@@ -127,10 +127,11 @@ class FunctionSandbox final : public Sandbox {
       held_.clear();
       again = execs_++ > 0;
     }
-    if (stub.empty()) {
-      PADDOCK_ASSIGN_OR_RETURN(stub, z->client_->TakeStub(cg->procs_fds()));
-    } else {
+    const bool held = !stub.empty();
+    if (held) {
       held_stubs_->fetch_sub(1);
+    } else {
+      PADDOCK_ASSIGN_OR_RETURN(stub, z->client_->TakeStub(cg->procs_fds()));
     }
     uint64_t ooms_before = cg->cgroup.OomKills();
     auto take_next = [&, z = z, cg = cg] {
@@ -152,7 +153,14 @@ class FunctionSandbox final : public Sandbox {
         held_stubs_->fetch_sub(1);
       }
     };
-    PADDOCK_ASSIGN_OR_RETURN(ExecResult res, RunOnStub(std::move(stub), r, on_output, take_next));
+    auto ran = RunOnStub(std::move(stub), r, on_output, take_next);
+    if (!ran.ok() && held && ran.status().code() == Code::kUnavailable) {
+      // The held stub died while it waited (it never took the request): once
+      // more on a fresh one.
+      PADDOCK_ASSIGN_OR_RETURN(stub, z->client_->TakeStub(cg->procs_fds()));
+      ran = RunOnStub(std::move(stub), r, on_output, {});
+    }
+    PADDOCK_ASSIGN_OR_RETURN(ExecResult res, std::move(ran));
     if (res.signal == SIGKILL && !res.timed_out && cg->cgroup.OomKills() > ooms_before)
       res.oom_killed = true;
     return res;

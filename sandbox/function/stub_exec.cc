@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -32,6 +33,36 @@ constexpr auto kRequestWrite = std::chrono::seconds(5);
 void Kill(const UniqueFd& pidfd) {
   if (pidfd.valid()) syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
 }
+
+// Writes to the stub's pipes may find their reader gone (a command that exits
+// without reading its stdin): that must be EPIPE, not a SIGPIPE that kills a
+// process which has not ignored it. SIGPIPE from a write goes to the writing
+// thread, so blocking it here and discarding any pending one is enough.
+class SigpipeBlocked {
+ public:
+  SigpipeBlocked() {
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &old_);
+  }
+  ~SigpipeBlocked() {
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    if (!sigismember(&old_, SIGPIPE)) {
+      struct timespec zero {};
+      while (sigtimedwait(&pipe, nullptr, &zero) == SIGPIPE) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  SigpipeBlocked(const SigpipeBlocked&) = delete;
+  SigpipeBlocked& operator=(const SigpipeBlocked&) = delete;
+
+ private:
+  sigset_t old_;
+};
 
 int MsUntil(Clock::time_point t) {
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count();
@@ -94,6 +125,7 @@ Result<ExecResult> RunOnStub(std::vector<UniqueFd> stub, const ExecRequest& req_
   std::memcpy(framed.data(), &len, sizeof len);
   framed += encoded;
 
+  const SigpipeBlocked no_sigpipe;
   const auto start = Clock::now();
   ExecResult result;
   if (!WriteAllBy(stub[init::kStubRequest].get(), framed, start + kRequestWrite)) {

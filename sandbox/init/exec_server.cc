@@ -249,24 +249,10 @@ int Server::Run() {
 }
 
 ssize_t Server::ReceiveWithFds(char* buf, size_t size) {
-  struct iovec iov {buf, size};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)];
-  struct msghdr msg {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t r = recvmsg(ch_, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-  if (r < 0) return r;
-  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < n; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      passed_fds_.push_back(fd);
-    }
-  }
+  std::vector<int> fds;
+  bool truncated = false;
+  ssize_t r = init::ReceiveWithFds(ch_, buf, size, MSG_DONTWAIT, &fds, &truncated);
+  passed_fds_.insert(passed_fds_.end(), fds.begin(), fds.end());
   return r;
 }
 

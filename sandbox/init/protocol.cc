@@ -264,37 +264,41 @@ bool WriteFrameWithFds(int fd, FrameType type, uint32_t id, std::string_view pay
   return payload.empty() || WriteAll(fd, payload.data(), payload.size());
 }
 
+ssize_t ReceiveWithFds(int fd, void* buf, size_t size, int flags, std::vector<int>* fds, bool* truncated) {
+  struct iovec iov {buf, size};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)];
+  struct msghdr msg {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t r = recvmsg(fd, &msg, flags | MSG_CMSG_CLOEXEC);
+  if (r < 0) return r;
+  if (msg.msg_flags & MSG_CTRUNC) *truncated = true;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < n; ++i) {
+      int passed;
+      std::memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof passed);
+      fds->push_back(passed);
+    }
+  }
+  return r;
+}
+
 bool ReadFrameWithFds(int fd, Frame* f, std::vector<int>* fds) {
   uint32_t hdr[3];
   char* p = reinterpret_cast<char*>(hdr);
   size_t got = 0;
   bool truncated = false;
   while (got < sizeof hdr) {
-    struct iovec iov {p + got, sizeof hdr - got};
-    alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)];
-    struct msghdr msg {};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    ssize_t r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-    if (r < 0 && errno == ENOTSOCK) {
-      r = read(fd, p + got, sizeof hdr - got);  // a guest's virtio-serial port: no fds
-      msg.msg_controllen = 0;
-    }
+    ssize_t r = ReceiveWithFds(fd, p + got, sizeof hdr - got, 0, fds, &truncated);
+    // A guest's virtio-serial port: no fds.
+    if (r < 0 && errno == ENOTSOCK) r = read(fd, p + got, sizeof hdr - got);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) break;
     got += static_cast<size_t>(r);
-    if (msg.msg_flags & MSG_CTRUNC) truncated = true;
-    for (struct cmsghdr* c = msg.msg_controllen ? CMSG_FIRSTHDR(&msg) : nullptr; c; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < n; ++i) {
-        int passed;
-        std::memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof passed);
-        fds->push_back(passed);
-      }
-    }
   }
   auto fail = [fds] {
     for (int passed : *fds) close(passed);

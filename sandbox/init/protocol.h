@@ -135,6 +135,11 @@ bool ReadFrame(int fd, Frame* f);
 // header; at most kMaxFrameFds, more are closed and the read fails.
 bool ReadFrameWithFds(int fd, Frame* f, std::vector<int>* fds);
 
+// recvmsg into buf (flags as recv's, plus MSG_CMSG_CLOEXEC) that appends the
+// fds of any SCM_RIGHTS data to *fds and sets *truncated when some were lost
+// (MSG_CTRUNC). Returns what recvmsg returns.
+ssize_t ReceiveWithFds(int fd, void* buf, size_t size, int flags, std::vector<int>* fds, bool* truncated);
+
 // At most this many fds travel with one frame.
 inline constexpr size_t kMaxFrameFds = 8;
 

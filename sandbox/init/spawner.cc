@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include "sandbox/init/exec_server.h"
 #include "sandbox/init/guest.h"
@@ -61,23 +62,17 @@ int RunSpawner(int control) {
   signal(SIGCHLD, SIG_IGN);
   for (;;) {
     uint64_t flags = 0;
-    struct iovec iov {&flags, sizeof flags};
-    alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-    struct msghdr msg {};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf;
-    msg.msg_controllen = sizeof cbuf;
-    ssize_t n = recvmsg(control, &msg, MSG_CMSG_CLOEXEC);
+    std::vector<int> fds;
+    bool truncated = false;
+    ssize_t n = ReceiveWithFds(control, &flags, sizeof flags, 0, &fds, &truncated);
     if (n == 0) return 0;  // the daemon went away
     if (n < 0) {
       if (errno == EINTR) continue;
       return 1;
     }
-    int channel = -1;
-    for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-        std::memcpy(&channel, CMSG_DATA(c), sizeof channel);
+    // One channel per request; anything more is closed.
+    int channel = fds.empty() ? -1 : fds[0];
+    for (size_t i = 1; i < fds.size(); ++i) close(fds[i]);
     int32_t reply;
     if (n != sizeof flags || channel < 0) {
       reply = -EINVAL;

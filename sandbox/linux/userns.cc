@@ -21,27 +21,19 @@ Status WriteIdMaps(pid_t pid, IdRange range) {
 
 Result<UniqueFd> OpenUsernsWithMap(IdRange range) {
   // A throwaway child enters a new user namespace and waits; we map it, keep
-  // an fd to its namespace, and let it go.
-  int sync[2];
-  if (pipe2(sync, O_CLOEXEC) != 0) return ErrnoError("pipe");
+  // an fd to its namespace, and kill it. It waits in pause(), not for EOF on
+  // a pipe: a child cloned meanwhile by another thread (no exec, so
+  // O_CLOEXEC does not apply) would hold the pipe's write end, and two such
+  // calls at once then wait on each other forever.
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
-  if (pid < 0) {
-    close(sync[0]);
-    close(sync[1]);
-    return ErrnoError("creating a user namespace");
-  }
+  if (pid < 0) return ErrnoError("creating a user namespace");
   if (pid == 0) {
-    close(sync[1]);
-    char c;
-    ssize_t ignored = read(sync[0], &c, 1);  // returns at EOF when the parent is done
-    (void)ignored;
-    _exit(0);
+    for (;;) pause();
   }
-  close(sync[0]);
   Status st = WriteIdMaps(pid, range);
   UniqueFd fd(open(fmt::format("/proc/{}/ns/user", pid).c_str(), O_RDONLY | O_CLOEXEC));
   int open_err = errno;
-  close(sync[1]);
+  kill(pid, SIGKILL);
   waitpid(pid, nullptr, 0);
   if (!st.ok()) return st;
   if (!fd.valid()) return ErrnoError("opening user namespace", open_err);
