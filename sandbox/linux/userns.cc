@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,9 +26,14 @@ Result<UniqueFd> OpenUsernsWithMap(IdRange range) {
   // a pipe: a child cloned meanwhile by another thread (no exec, so
   // O_CLOEXEC does not apply) would hold the pipe's write end, and two such
   // calls at once then wait on each other forever.
+  // It holds none of our fds, and dies with us if we die first.
+  const pid_t parent = getpid();
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, nullptr, nullptr, nullptr, nullptr));
   if (pid < 0) return ErrnoError("creating a user namespace");
   if (pid == 0) {
+    syscall(SYS_close_range, 0, ~0U, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
     for (;;) pause();
   }
   Status st = WriteIdMaps(pid, range);
