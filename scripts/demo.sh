@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job (`make demo`): a rollout of the demo tasks against the embedded
-# policy server, paddockd SIGKILLed half-way through, restarted, the rollout
+# policy server, paddockd SIGKILLed part-way through, restarted, the rollout
 # resumed, and what was fast-forwarded and that nothing ran twice checked from
 # what the system reports. See `scripts/demo.sh --help`.
 set -euo pipefail
@@ -230,14 +230,15 @@ fi
   --concurrency "$concurrency" --out "$runs" --interval-ms 1000 > >(sed 's/^/   /') 2>"$work/run1.err" &
 run_pid=$!
 # When to kill: once about half the episodes are done (the daemon's count), or,
-# whichever comes first, once the policy server has generated half of the most
-# turns the tasks allow (a bound the rollout cannot pass, so the kill always
-# lands before the end). Then a few more generations: an episode's next turn
-# starts only after its previous one is logged, so the kill leaves episodes
-# with logged turns to fast-forward.
+# whichever comes first, once the policy server has generated a third of the
+# most turns the tasks allow (a bound the rollout cannot pass; a third, not a
+# half, because generations can come in bursts between two polls and the kill
+# must land before the end). Then a few more generations: an episode's next
+# turn starts only after its previous one is logged, so the kill leaves
+# episodes with logged turns to fast-forward.
 half=$((episodes / 2))
 max_turns_total=$(python3 -c "import json,sys; print(sum(min(json.loads(l)['max_turns'], 3) for l in open(sys.argv[1])))" "$tasks")
-g_target=$((gens_before + max_turns_total / 2))
+g_target=$((gens_before + max_turns_total / 3))
 more=$(( concurrency / 4 > 0 ? concurrency / 4 : 1 ))
 g_half="" polls=0 n=0
 killed=0
@@ -254,8 +255,8 @@ while kill -0 "$run_pid" 2>/dev/null; do
   if [ -z "$g_half" ] && { [ "${n:-0}" -ge "$half" ] || [ "$g" -ge "$g_target" ]; }; then
     g_half=$g
     if [ "${n:-0}" -ge "$half" ]; then why="$n of $episodes episodes done"
-    else why="$((g - gens_before)) policy calls started, half the most the tasks allow; $n of $episodes episodes done"; fi
-    note "about half-way ($why): SIGKILL after $more more policy calls start"
+    else why="$((g - gens_before)) policy calls started, a third of the most the tasks allow; $n of $episodes episodes done"; fi
+    note "under way ($why): SIGKILL after $more more policy calls start"
   fi
   if [ -n "$g_half" ] && [ "$g" -ge $((g_half + more)) ]; then
     printf '\n\033[1m   SIGKILL to paddockd (pid %s), %s policy calls into the rollout\033[0m\n' "$daemon_pid" "$((g - gens_before))"
