@@ -11,7 +11,6 @@
 namespace paddock::init {
 
 namespace {
-constexpr int kProxyPort = 3128;  // EgressProxy's kEgressProxyPort (paddock-init links no daemon code)
 constexpr uint32_t kCreditBatch = kEgressWindow / 4;
 }  // namespace
 
@@ -28,7 +27,7 @@ int EgressListener::Listen() {
   setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_port = htons(kProxyPort);
+  a.sin_port = htons(kEgressProxyPort);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(s, 64) != 0) {
     int e = errno;

@@ -60,6 +60,9 @@ inline constexpr size_t kStubReportWords = 5;
 // more only as the other side consumes what it received: neither side ever
 // buffers more than this per connection.
 inline constexpr uint32_t kEgressWindow = 256u << 10;
+// Where a sandbox's commands find the daemon's egress proxy (127.0.0.1 in the
+// sandbox's own network namespace, or a guest's), whatever carries it there.
+inline constexpr int kEgressProxyPort = 3128;
 inline constexpr uint32_t kEgressMaxData = 64u << 10;
 // Connections open at once over one channel: the proxy serves up to its own
 // cap (32) and answers the rest 503; beyond this many, the guest stops

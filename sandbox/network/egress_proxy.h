@@ -22,6 +22,7 @@
 
 #include "sandbox/base/status.h"
 #include "sandbox/base/unique_fd.h"
+#include "sandbox/init/protocol.h"
 
 namespace paddock {
 
@@ -45,7 +46,7 @@ struct EgressLimits {
 };
 
 // The port the proxy listens on inside the sandbox.
-inline constexpr int kEgressProxyPort = 3128;
+inline constexpr int kEgressProxyPort = init::kEgressProxyPort;
 
 class EgressProxy {
  public:

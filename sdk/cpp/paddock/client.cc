@@ -625,6 +625,34 @@ Result<uint64_t> Client::LogPrune(std::chrono::seconds older_than) {
 // ---- images ----------------------------------------------------------------
 namespace {
 constexpr auto kLongCall = std::chrono::hours(2);  // imports and exports of large images
+
+// Reads an Import or Pull stream (both send ImportEvents): each progress event
+// to `on_progress`, the result into what it returns.
+Result<ImageImportResult> ReadImportEvents(grpc::ClientReader<v1::ImportEvent>& reader,
+                                           const std::function<void(const v1::ImportProgress&)>& on_progress,
+                                           const char* what) {
+  v1::ImportEvent ev;
+  ImageImportResult out;
+  bool got = false;
+  while (reader.Read(&ev)) {
+    if (ev.has_progress()) {
+      if (on_progress) on_progress(ev.progress());
+    } else if (ev.has_result()) {
+      const auto& r = ev.result();
+      out.images.assign(r.images().begin(), r.images().end());
+      out.names.assign(r.names().begin(), r.names().end());
+      out.layers_total = r.layers_total();
+      out.layers_new = r.layers_new();
+      out.bytes_committed = r.bytes_committed();
+      out.bytes_fetched = r.bytes_fetched();
+      out.manifest_digest = r.manifest_digest();
+      got = true;
+    }
+  }
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(reader.Finish()));
+  if (!got) return Error(Code::kInternal, "the daemon ended the {} without a result", what);
+  return out;
+}
 }  // namespace
 
 Result<ImageImportResult> Client::ImageImport(const std::string& path, const std::string& name,
@@ -635,25 +663,9 @@ Result<ImageImportResult> Client::ImageImport(const std::string& path, const std
   req.set_name(name);
   auto ctx = impl_->Context(kLongCall);
   auto reader = stub->Import(ctx.get(), req);
-  v1::ImportEvent ev;
-  ImageImportResult out;
-  bool got = false;
-  while (reader->Read(&ev)) {
-    if (ev.has_progress()) {
-      if (on_progress) on_progress(ev.progress().message());
-    } else if (ev.has_result()) {
-      const auto& r = ev.result();
-      out.images.assign(r.images().begin(), r.images().end());
-      out.names.assign(r.names().begin(), r.names().end());
-      out.layers_total = r.layers_total();
-      out.layers_new = r.layers_new();
-      out.bytes_committed = r.bytes_committed();
-      got = true;
-    }
-  }
-  PADDOCK_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
-  if (!got) return Error(Code::kInternal, "the daemon ended the import without a result");
-  return out;
+  return ReadImportEvents(*reader, [&](const v1::ImportProgress& p) {
+    if (on_progress) on_progress(p.message());
+  }, "import");
 }
 
 Result<ImageImportResult> Client::ImagePull(const std::string& ref, const ImagePullOptions& options,
@@ -667,27 +679,10 @@ Result<ImageImportResult> Client::ImagePull(const std::string& ref, const ImageP
   req.set_ca_file(options.ca_file);
   auto ctx = impl_->Context(kLongCall);
   auto reader = stub->Pull(ctx.get(), req);
-  v1::ImportEvent ev;
-  ImageImportResult out;
-  bool got = false;
-  while (reader->Read(&ev)) {
-    if (ev.has_progress()) {
-      const auto& p = ev.progress();
-      if (on_progress) on_progress({p.phase(), p.message(), p.bytes_done(), p.bytes_total()});
-    } else if (ev.has_result()) {
-      const auto& r = ev.result();
-      out.images.assign(r.images().begin(), r.images().end());
-      out.names.assign(r.names().begin(), r.names().end());
-      out.layers_total = r.layers_total();
-      out.layers_new = r.layers_new();
-      out.bytes_committed = r.bytes_committed();
-      out.bytes_fetched = r.bytes_fetched();
-      out.manifest_digest = r.manifest_digest();
-      got = true;
-    }
-  }
-  PADDOCK_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
-  if (!got || out.images.empty()) return Error(Code::kInternal, "the daemon ended the pull without a result");
+  PADDOCK_ASSIGN_OR_RETURN(ImageImportResult out, ReadImportEvents(*reader, [&](const v1::ImportProgress& p) {
+    if (on_progress) on_progress({p.phase(), p.message(), p.bytes_done(), p.bytes_total()});
+  }, "pull"));
+  if (out.images.empty()) return Error(Code::kInternal, "the daemon ended the pull without a result");
   return out;
 }
 

@@ -536,18 +536,21 @@ class Images:
         c = self._client
         req = _im._pb().ImportRequest(path=_im._abs(path, "import"), name=name or "")
         call = self._stub.Import(req, timeout=c.call_timeout, metadata=c._metadata)
+        return await self._collect(call, on_progress, lambda r: from_msg(ImportResult, r), "import")
+
+    async def _collect(self, call: Any, on_progress: Callable[[str, str], None] | None,
+                       convert: Callable[[Any], Any], what: str) -> Any:
+        # The asyncio twin of paddock.images.collect_events.
         result = None
         try:
             async for ev in call:
-                kind = ev.WhichOneof("event")
-                if kind == "progress" and on_progress is not None:
-                    on_progress(ev.progress.phase, ev.progress.message)
-                elif kind == "result":
-                    result = from_msg(ImportResult, ev.result)
+                got = _im.event_result(ev, on_progress, convert)
+                if got is not None:
+                    result = got
         except grpc.RpcError as err:
-            raise c._error(err) from None
+            raise self._client._error(err) from None
         if result is None:
-            raise Unknown("the import stream ended without a result")
+            raise _im.no_result(what)
         return result
 
     async def pull(self, ref: str, name: str | None = None, *, insecure_registries: Sequence[str] | None = None,
@@ -557,19 +560,7 @@ class Images:
         c = self._client
         req = _im.pull_request(ref, name, insecure_registries, platform, ca_file)
         call = self._stub.Pull(req, timeout=_im.PULL_TIMEOUT_S, metadata=c._metadata)
-        result = None
-        try:
-            async for ev in call:
-                kind = ev.WhichOneof("event")
-                if kind == "progress" and on_progress is not None:
-                    on_progress(ev.progress.phase, ev.progress.message)
-                elif kind == "result":
-                    result = _im.pull_result(ev.result)
-        except grpc.RpcError as err:
-            raise c._error(err) from None
-        if result is None:
-            raise Unknown("the pull stream ended without a result")
-        return result
+        return await self._collect(call, on_progress, _im.pull_result, "pull")
 
     async def import_dir(self, path: str, name: str | None = None, *,
                          env: Sequence[str] | dict[str, str] | None = None,

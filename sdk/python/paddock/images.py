@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import grpc
 
@@ -166,6 +166,35 @@ def detail(p: Any) -> ImageDetail:
     return from_msg(ImageDetail, p, layers=[from_msg(LayerInfo, layer) for layer in p.layers])
 
 
+def event_result(ev: Any, on_progress: Callable[[str, str], None] | None,
+                 convert: Callable[[Any], Any]) -> Any:
+    """One event of an Import or Pull stream: progress goes to ``on_progress``;
+    a result comes back converted (None for anything else)."""
+    kind = ev.WhichOneof("event")
+    if kind == "progress" and on_progress is not None:
+        on_progress(ev.progress.phase, ev.progress.message)
+    elif kind == "result":
+        return convert(ev.result)
+    return None
+
+
+def no_result(what: str) -> Unknown:
+    return Unknown(f"the {what} stream ended without a result")
+
+
+def collect_events(events: Iterable[Any], on_progress: Callable[[str, str], None] | None,
+                   convert: Callable[[Any], Any], what: str) -> Any:
+    """Reads an Import or Pull stream to its end; its result, converted."""
+    result = None
+    for ev in events:
+        got = event_result(ev, on_progress, convert)
+        if got is not None:
+            result = got
+    if result is None:
+        raise no_result(what)
+    return result
+
+
 def import_dir_request(path: str, name: str | None, env: Sequence[str] | dict[str, str] | None,
                        workdir: str | None) -> Any:
     if isinstance(env, dict):
@@ -202,19 +231,11 @@ class Images:
         """
         c = self._client
         req = _pb().ImportRequest(path=_abs(path, "import"), name=name or "")
-        result = None
         try:
-            for ev in c._stream(self._stub.Import, req):
-                kind = ev.WhichOneof("event")
-                if kind == "progress" and on_progress is not None:
-                    on_progress(ev.progress.phase, ev.progress.message)
-                elif kind == "result":
-                    result = from_msg(ImportResult, ev.result)
+            return collect_events(c._stream(self._stub.Import, req), on_progress,
+                                  lambda r: from_msg(ImportResult, r), "import")
         except grpc.RpcError as err:
             raise c._error(err) from None
-        if result is None:
-            raise Unknown("the import stream ended without a result")
-        return result
 
     def pull(self, ref: str, name: str | None = None, *, insecure_registries: Sequence[str] | None = None,
              platform: str | None = None, ca_file: str | None = None,
@@ -238,19 +259,11 @@ class Images:
         """
         c = self._client
         req = pull_request(ref, name, insecure_registries, platform, ca_file)
-        result = None
         try:
-            for ev in c._stream(self._stub.Pull, req, timeout=PULL_TIMEOUT_S):
-                kind = ev.WhichOneof("event")
-                if kind == "progress" and on_progress is not None:
-                    on_progress(ev.progress.phase, ev.progress.message)
-                elif kind == "result":
-                    result = pull_result(ev.result)
+            return collect_events(c._stream(self._stub.Pull, req, timeout=PULL_TIMEOUT_S), on_progress,
+                                  pull_result, "pull")
         except grpc.RpcError as err:
             raise c._error(err) from None
-        if result is None:
-            raise Unknown("the pull stream ended without a result")
-        return result
 
     def import_dir(self, path: str, name: str | None = None, *,
                    env: Sequence[str] | dict[str, str] | None = None, workdir: str | None = None) -> ImportDirResult:
