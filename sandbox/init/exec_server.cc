@@ -705,8 +705,6 @@ bool Server::SpawnStub(Stub* stub, std::string* err) {
   stub->in_w = in[1];
   stub->out_r = out[0];
   stub->err_r = errp[0];
-  SetNonBlocking(stub->out_r);
-  SetNonBlocking(stub->err_r);
   return true;
 }
 
