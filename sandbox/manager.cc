@@ -53,10 +53,13 @@ SandboxManager::SandboxManager(ManagerOptions options) : options_(options) {
 
 SandboxManager::~SandboxManager() { Shutdown(); }
 
-void SandboxManager::RegisterSubstrate(std::unique_ptr<Substrate> substrate) {
+void SandboxManager::RegisterSubstrate(std::unique_ptr<Substrate> substrate, bool usable) {
   std::string name = substrate->name();
   substrates_[name] = std::move(substrate);
+  if (usable) usable_.push_back(name);
 }
+
+std::vector<std::string> SandboxManager::UsableSubstrateNames() const { return usable_; }
 
 std::vector<std::string> SandboxManager::SubstrateNames() const {
   std::vector<std::string> names;

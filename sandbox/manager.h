@@ -36,8 +36,12 @@ class SandboxManager {
   explicit SandboxManager(ManagerOptions options);
   ~SandboxManager();
 
-  void RegisterSubstrate(std::unique_ptr<Substrate> substrate);
+  // `usable`: whether it can create sandboxes on this host (a microVM substrate
+  // without an accelerator is registered to say why creates fail, but a front
+  // must not place microVMs here).
+  void RegisterSubstrate(std::unique_ptr<Substrate> substrate, bool usable = true);
   std::vector<std::string> SubstrateNames() const;
+  std::vector<std::string> UsableSubstrateNames() const;
 
   Result<SandboxInfo> Create(const SandboxSpec& spec);
   // The sandbox stays alive while the returned pointer is held, even if it is
@@ -65,6 +69,7 @@ class SandboxManager {
 
   ManagerOptions options_;
   std::map<std::string, std::unique_ptr<Substrate>> substrates_;
+  std::vector<std::string> usable_;
   mutable std::mutex mu_;
   std::map<std::string, Entry> sandboxes_;
   uint32_t reserved_ = 0;  // creates in flight, counted against the cap

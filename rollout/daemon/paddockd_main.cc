@@ -23,7 +23,10 @@
 #include <spdlog/spdlog.h>
 
 #include "replay/trajectory_log.h"
+#include "rollout/fleet/fleet.h"
+#include "rollout/fleet/node_service.h"
 #include "rollout/service/auth.h"
+#include "rollout/service/front_leases.h"
 #include "rollout/service/server.h"
 #include "rollout/engine/rollout_engine.h"
 #include "rollout/service/rollout_service.h"
@@ -66,6 +69,16 @@ struct Flags {
   uint64_t layer_cache_max_bytes = 0;
   int64_t registry_timeout_ms = 60000;       // a registry request's deadline (layers get more)
   int64_t registry_idle_timeout_ms = 30000;  // a registry connection silent this long is dropped
+  // A node's side of the fleet: how long a front's sandboxes outlive its silence.
+  int64_t front_lease_ms = 5000;
+  // A front's side (rollout/fleet): where its sandboxes go.
+  std::string nodes;
+  std::string node_token_file;
+  std::string node_tls_ca, node_tls_cert, node_tls_key;
+  int64_t node_heartbeat_ms = 1000;
+  double node_create_rate = 50;
+  int64_t place_timeout_ms = 120000;
+  std::string front_id;
 };
 
 std::string DefaultSocket() {
@@ -315,22 +328,70 @@ int Run(const Flags& flags) {
   // 4. Clear what a crashed predecessor left behind.
   LogReap(ReapLeftovers(env));
 
-  // 5. Substrates into the manager.
+  // 5. Substrates into the manager: this host's, or, on a front, the nodes'.
   ManagerOptions mopts;
   mopts.max_sandboxes = flags.max_sandboxes;
   mopts.default_ttl_seconds = flags.default_ttl;
   SandboxManager manager(mopts);
-  manager.RegisterSubstrate(MakeFunctionSubstrate(env));
-  manager.RegisterSubstrate(MakeContainerSubstrate(env));
-  {
+  std::unique_ptr<fleet::Fleet> fleet;
+  if (!flags.nodes.empty()) {
+    fleet::FleetOptions fo;
+    fo.nodes = flags.nodes;
+    if (flags.node_token_file.empty()) {
+      spdlog::error("--nodes needs --node-token-file: the file holding the token the nodes' --token-file holds");
+      return 1;
+    }
+    auto token = service::LoadTokenFile(flags.node_token_file);
+    if (!token.ok()) {
+      spdlog::error("{}", token.status().message());
+      return 1;
+    }
+    fo.token = *token;
+    fo.tls_ca_file = flags.node_tls_ca;
+    fo.tls_cert_file = flags.node_tls_cert;
+    fo.tls_key_file = flags.node_tls_key;
+    fo.tls = !flags.node_tls_ca.empty();
+    fo.heartbeat = std::chrono::milliseconds(flags.node_heartbeat_ms);
+    fo.creates_per_second = flags.node_create_rate;
+    fo.front_id = flags.front_id;
+    fo.place_timeout = std::chrono::milliseconds(flags.place_timeout_ms);
+    auto started = fleet::Fleet::Start(fo);
+    if (!started.ok()) {
+      spdlog::error("{}", started.status().message());
+      return 1;
+    }
+    fleet = std::move(*started);
+    for (const char* name : {"function", "container", "microvm"})
+      manager.RegisterSubstrate(fleet::MakeFleetSubstrate(*fleet, name));
+  } else {
+    manager.RegisterSubstrate(MakeFunctionSubstrate(env));
+    manager.RegisterSubstrate(MakeContainerSubstrate(env));
+  }
+  if (!fleet) {
     SubstrateEnv vm_env = env;
     vm_env.warm_pool_size = flags.microvm_warm_pool;
     MicrovmOptions vm_opts = MicrovmOptionsFromEnvironment();
     if (!flags.microvm_accel.empty()) vm_opts.accel = flags.microvm_accel;
     // Registered even where KVM cannot run guests: creates then fail with the reason.
-    if (Status st = CheckAccelerator(vm_opts); !st.ok()) spdlog::warn("microvm substrate: {}", st.message());
-    manager.RegisterSubstrate(MakeMicrovmSubstrate(vm_env, vm_opts));
+    Status accel = CheckAccelerator(vm_opts);
+    if (!accel.ok()) spdlog::warn("microvm substrate: {}", accel.message());
+    manager.RegisterSubstrate(MakeMicrovmSubstrate(vm_env, vm_opts), accel.ok());
   }
+  // 5a. As a node: fronts' leases, and what they place by. As a front: its nodes.
+  service::FrontLeases front_leases(manager, std::chrono::milliseconds(flags.front_lease_ms));
+  server_opts.node.leases = &front_leases;
+  server_opts.node.image_names = [store = image_store->get()] {
+    std::vector<std::string> names;
+    auto list = store->List();
+    if (list.ok())
+      for (const auto& img : *list)
+        for (const auto& n : img.names) names.push_back(n);
+    return names;
+  };
+  server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
+    return std::unique_ptr<grpc::Service>(std::make_unique<fleet::NodeService>(fleet.get(), auth));
+  });
+
   // 5b. The rollout engine and its Rollouts service (rollout/engine).
   rollout::RolloutEngine rollout_engine(manager, **log);
   server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
@@ -443,6 +504,33 @@ int main(int argc, char** argv) {
                  "a registry connection that sends nothing for this long is dropped")
       ->check(CLI::Range(int64_t{100}, int64_t{3600} * 1000))
       ->capture_default_str();
+  app.add_option("--front-lease-ms", flags.front_lease_ms,
+                 "as a node: a front's sandboxes here are destroyed when its heartbeats stop for this long "
+                 "(fencing: the front re-places them only after that)")
+      ->check(CLI::Range(int64_t{500}, int64_t{600} * 1000))
+      ->capture_default_str();
+  app.add_option("--nodes", flags.nodes,
+                 "be a front: place sandboxes on these paddockd nodes (host:port,... | dns:NAME:PORT | file:PATH); "
+                 "see docs/fleet.md");
+  app.add_option("--node-token-file", flags.node_token_file,
+                 "with --nodes: file holding the bearer token the nodes' --token-file holds");
+  app.add_option("--node-tls-ca", flags.node_tls_ca,
+                 "with --nodes: speak TLS to the nodes, verifying them against this PEM CA bundle");
+  app.add_option("--node-tls-cert", flags.node_tls_cert,
+                 "with --nodes: this front's client certificate, for nodes with --tls-client-ca");
+  app.add_option("--node-tls-key", flags.node_tls_key, "with --nodes: the key of --node-tls-cert");
+  app.add_option("--node-heartbeat-ms", flags.node_heartbeat_ms, "with --nodes: how often each node is asked")
+      ->check(CLI::Range(int64_t{50}, int64_t{60} * 1000))
+      ->capture_default_str();
+  app.add_option("--node-create-rate", flags.node_create_rate,
+                 "with --nodes: sandbox creates per second per node (bursts wait their turn)")
+      ->check(CLI::Range(0.1, 100000.0))
+      ->capture_default_str();
+  app.add_option("--place-timeout-ms", flags.place_timeout_ms,
+                 "with --nodes: how long a create waits for a node that can take it")
+      ->check(CLI::Range(int64_t{100}, int64_t{3600} * 1000))
+      ->capture_default_str();
+  app.add_option("--front-id", flags.front_id, "with --nodes: this front's name on the nodes (default: the host name)");
   app.add_option("--init-path", flags.init_path,
                  "paddock-init binary (default: beside paddockd, or /usr/local/lib/paddock)");
   try {

@@ -65,6 +65,8 @@ struct Episode {
   bool submitted = false;
   bool replaying = true;             // still answering from the log
   uint32_t reapplied = 0, reapply_diffs = 0, in_doubt_reruns = 0;
+  uint32_t relocations = 0;       // times its sandbox was lost and the episode restarted from the log
+  std::string relocation_note;    // why, for the episode record
   Clock::time_point policy_wait_start;
   // The request being retried.
   policy::GenerateRequest pending_request;

@@ -770,6 +770,7 @@ class RolloutEngine::Impl {
       req.timeout_ms = task.exec_timeout_s * 1000;
       req.output_cap = task.output_cap_bytes;
       auto res = ep->sandbox->Exec(req, nullptr);
+      if (!res.ok() && !ep->sandbox->Alive()) return Relocate(r, ep, res.status().message());
       if (!res.ok()) return Fail(r, ep, "error", fmt::format("setup[{}]: {}", i, res.status().message()));
       if (res->exit_code != 0 || res->signal || res->timed_out)
         return Fail(r, ep, "error",
@@ -1069,6 +1070,14 @@ class RolloutEngine::Impl {
           tcp->set_call_key(key.ToString());
           auto obs = RunToolCall(r, ep, key, name, args, &held, &tools_us);
           if (!obs.ok()) return Fail(r, ep, "error", obs.status().message());
+          if (!ep->sandbox->Alive()) {
+            // Lost under the call (its node): the result is not the tool's. Its
+            // intent stays in doubt; the episode goes on from the log in a new
+            // sandbox, where the call runs again.
+            held.reset();
+            return Relocate(r, ep, fmt::format("sandbox {} was lost during tool call {}", ep->sandbox->id(),
+                                               key.ToString()));
+          }
           auto cut = v4::CutHeadTail(ep->ctx->tokenizer(), obs->content(), task.max_observation_tokens);
           v1::ObservationProto* op = step.add_observations();
           *op = *obs;
@@ -1222,6 +1231,7 @@ class RolloutEngine::Impl {
         req.timeout_ms = task.verifier.timeout_s * 1000;
         req.output_cap = 65536;
         auto res = ep->sandbox->Exec(req, nullptr);
+        if (!res.ok() && !ep->sandbox->Alive()) return Relocate(r, ep, res.status().message());
         if (!res.ok()) return Fail(r, ep, "error", "running the verifier: " + res.status().message());
         result = {{"exit_code", res->timed_out ? 124 : res->exit_code},
                   {"stdout", res->stdout_data},
@@ -1286,6 +1296,12 @@ class RolloutEngine::Impl {
     rec.set_total_reward(ep->summary.reward());
     rec.set_stop_reason(ep->summary.stop_reason());
     rec.set_failure_reason(ep->summary.failure_reason());
+    if (!ep->relocation_note.empty()) {
+      ep->summary.set_rebuilt(true);
+      ep->summary.set_rebuild_note(ep->summary.rebuild_note().empty()
+                                       ? ep->relocation_note
+                                       : ep->relocation_note + "; " + ep->summary.rebuild_note());
+    }
     if (!ep->summary.rebuild_note().empty()) rec.set_rebuild_note(ep->summary.rebuild_note());
     rec.set_model(r->policy_label);
     (*rec.mutable_labels())["paddock.rollout"] = r->id;
@@ -1305,6 +1321,44 @@ class RolloutEngine::Impl {
     r->cv.notify_all();
     StartMore(r);
     MaybeFinishRollout(r);
+  }
+
+  // The episode's sandbox is gone (its node was lost: rollout/fleet): the
+  // episode starts again from the log in a new sandbox, placed elsewhere, as a
+  // resume does: logged policy outputs and tool results are replayed, calls
+  // that changed the sandbox are re-applied, a call in doubt runs again (its
+  // sandbox was destroyed under the node's lease, so it ran, if at all, there).
+  void Relocate(std::shared_ptr<Rollout> r, Episode* ep, const std::string& why) {
+    constexpr uint32_t kMaxRelocations = 3;
+    if (ep->relocations >= kMaxRelocations)
+      return Fail(r, ep, "error", fmt::format("{} (the episode already moved {} times)", why, ep->relocations));
+    ++ep->relocations;
+    spdlog::warn("episode {}: {}; starting it again from the log in a new sandbox", ep->id, why);
+    ep->relocation_note += fmt::format("{}moved to a new sandbox: {}", ep->relocation_note.empty() ? "" : "; ", why);
+    {
+      // The sandbox is gone; destroying it only releases the front's record.
+      std::string id = ep->sandbox->id();
+      ep->sandbox.reset();
+      (void)manager_.Destroy(id);
+    }
+    ep->ctx.reset();
+    v1::EpisodeSummary fresh;
+    fresh.set_episode_id(ep->summary.episode_id());
+    fresh.set_task_id(ep->summary.task_id());
+    fresh.set_sample(ep->summary.sample());
+    fresh.set_state("running");
+    ep->summary = fresh;
+    ep->logged_steps.clear();
+    ep->step = 0;
+    ep->last_request_size = 0;
+    ep->unavailable_since.reset();
+    ep->backoff_ms = 0;
+    ep->consecutive_malformed = 0;
+    ep->submission.clear();
+    ep->submitted = false;
+    ep->replaying = true;
+    ep->reapplied = ep->reapply_diffs = ep->in_doubt_reruns = 0;
+    Post(r, [this, r, ep] { Begin(r, ep); });
   }
 
   // The end of an episode without a final record (cancel, drain): resumable.

@@ -49,17 +49,6 @@ std::string Absolute(const std::string& p) {
   return ec ? p : abs.lexically_normal().string();
 }
 
-std::string HumanBytes(uint64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{} B", b) : fmt::format("{:.1f} {}", v, units[u]);
-}
-
 std::string Join(const std::vector<std::string>& v, const char* sep = ", ") {
   std::string out;
   for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
@@ -148,7 +137,7 @@ int RunLs(const Ctx& c) {
     std::vector<std::vector<std::string>> rows{{"NAMES", "DIGEST", "LAYERS", "STORED"}};
     for (const auto& i : *r)
       rows.push_back({i.names.empty() ? "<none>" : Join(i.names), i.digest.substr(0, 19),
-                      std::to_string(i.layers), HumanBytes(i.stored_bytes)});
+                      std::to_string(i.layers), FormatBytes(i.stored_bytes)});
     std::printf("%s", FormatTable(rows).c_str());
     return 0;
   });
@@ -179,8 +168,8 @@ int RunInspect(const Ctx& c, const ImageArgs& a) {
     if (!r->user.empty()) std::printf("user:       %s\n", r->user.c_str());
     std::printf("layers (bottom first):\n");
     for (const auto& l : r->layers)
-      std::printf("  %s  %s %s (%s unpacked)%s\n", l.diff_id.c_str(), HumanBytes(l.size).c_str(),
-                  l.compression.c_str(), HumanBytes(l.uncompressed_size).c_str(),
+      std::printf("  %s  %s %s (%s unpacked)%s\n", l.diff_id.c_str(), FormatBytes(l.size).c_str(),
+                  l.compression.c_str(), FormatBytes(l.uncompressed_size).c_str(),
                   l.materialized ? "  materialized" : "");
     return 0;
   });
@@ -225,7 +214,7 @@ int RunGc(const Ctx& c, const ImageArgs& a) {
              {"staging_removed", r->staging_removed}});
     else
       std::printf("removed %llu blobs, freed %s\n", static_cast<unsigned long long>(r->blobs_removed),
-                  HumanBytes(r->bytes_freed).c_str());
+                  FormatBytes(r->bytes_freed).c_str());
     return 0;
   });
 }

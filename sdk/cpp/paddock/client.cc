@@ -281,6 +281,7 @@ std::unique_ptr<grpc::ClientContext> CallContext(const ClientOptions& options, s
   auto ctx = std::make_unique<grpc::ClientContext>();
   if (timeout.count() > 0) ctx->set_deadline(std::chrono::system_clock::now() + timeout);
   if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
+  for (const auto& [k, v] : options.metadata) ctx->AddMetadata(k, v);
   return ctx;
 }
 
@@ -441,11 +442,11 @@ Result<std::vector<SandboxInfo>> Client::List() {
   return out;
 }
 
-Result<DaemonStats> Client::Stats(const std::string& id) {
+Result<DaemonStats> Client::Stats(const std::string& id, std::chrono::milliseconds timeout) {
   v1::StatsRequest req;
   req.set_sandbox_id(id);
   v1::StatsResponse resp;
-  auto ctx = impl_->Context();
+  auto ctx = timeout.count() > 0 ? impl_->Context(timeout) : impl_->Context();
   PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Stats(ctx.get(), req, &resp)));
   DaemonStats d;
   d.live_sandboxes = resp.live_sandboxes();
@@ -455,6 +456,14 @@ Result<DaemonStats> Client::Stats(const std::string& id) {
   d.daemon_rss_bytes = resp.daemon_rss_bytes();
   d.has_usage = resp.has_usage();
   d.usage = v1conv::FromProto(resp.usage());
+  d.api_version = resp.api_version();
+  d.substrates.assign(resp.substrates().begin(), resp.substrates().end());
+  d.mem_available_bytes = resp.mem_available_bytes();
+  d.cpus = resp.cpus();
+  d.version = resp.version();
+  d.draining = resp.draining();
+  d.images.assign(resp.images().begin(), resp.images().end());
+  d.front_lease_ms = resp.front_lease_ms();
   return d;
 }
 

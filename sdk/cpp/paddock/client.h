@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sandbox/base/status.h"
@@ -49,6 +50,8 @@ struct ClientOptions {
   std::string tls_ca_file = EnvOr("PADDOCK_TLS_CA");
   std::string tls_cert_file = EnvOr("PADDOCK_TLS_CERT");
   std::string tls_key_file = EnvOr("PADDOCK_TLS_KEY");
+  // Sent with every call, e.g. a front's lease (rollout/fleet).
+  std::vector<std::pair<std::string, std::string>> metadata;
   // How long Connect waits for the daemon to answer.
   std::chrono::milliseconds connect_timeout{2000};
   // Deadline of every call except Exec (whose deadline is its own timeout plus
@@ -75,6 +78,15 @@ struct DaemonStats {
   uint64_t daemon_rss_bytes = 0;
   bool has_usage = false;  // usage is set when Stats was asked about one sandbox
   Usage usage;
+  // For fronts placing sandboxes on this daemon (proto StatsResponse).
+  uint32_t api_version = 0;
+  std::vector<std::string> substrates;  // usable here
+  uint64_t mem_available_bytes = 0;
+  uint32_t cpus = 0;
+  std::string version;
+  bool draining = false;
+  std::vector<std::string> images;  // names in its store (at most 256)
+  uint32_t front_lease_ms = 0;      // a front's lease there
 };
 
 // Idempotency key of a side-effecting call (see proto/sandbox.proto
@@ -242,7 +254,8 @@ class Client {
   Status Destroy(const std::string& id);
   Result<std::vector<SandboxInfo>> List();
   // Daemon-wide numbers; with an id, that sandbox's usage too.
-  Result<DaemonStats> Stats(const std::string& id = "");
+  // `timeout`: this call's deadline; 0: the client's call_timeout.
+  Result<DaemonStats> Stats(const std::string& id = "", std::chrono::milliseconds timeout = {});
 
   // ---- the trajectory log (keyed calls, episodes) ----
   // Creates a sandbox bound to `episode`, or returns the bound one while it
