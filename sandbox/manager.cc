@@ -76,6 +76,8 @@ Result<SandboxInfo> SandboxManager::Create(const SandboxSpec& spec_in) {
     return Error(Code::kInvalidArgument, "unknown substrate '{}'; available: {}", spec.substrate,
                  known);
   }
+  if (draining_.load())
+    return Error(Code::kUnavailable, "this paddockd is draining (it was told to stop): it takes no new sandboxes");
   if (spec.image.empty())
     return Error(Code::kInvalidArgument, "no image given; pass --image with an image name (`paddock image ls`) or a root filesystem directory");
   if (spec.ttl_seconds == 0) spec.ttl_seconds = options_.default_ttl_seconds;

@@ -56,6 +56,11 @@ class SandboxManager {
   uint64_t execs_total() const { return execs_total_.load(); }
   void CountExec() { execs_total_.fetch_add(1); }
 
+  // Draining: creates are refused (UNAVAILABLE), the sandboxes there run on
+  // (a node given notice, paddockd --drain-grace-s).
+  void SetDraining(bool draining) { draining_ = draining; }
+  bool draining() const { return draining_.load(); }
+
   // Destroys every sandbox and stops substrates. Called on SIGTERM.
   void Shutdown();
 
@@ -74,6 +79,7 @@ class SandboxManager {
   std::map<std::string, Entry> sandboxes_;
   uint32_t reserved_ = 0;  // creates in flight, counted against the cap
   std::atomic<uint64_t> execs_total_{0};
+  std::atomic<bool> draining_{false};
   std::condition_variable expiry_cv_;
   bool stopping_ = false;
   std::thread expiry_thread_;

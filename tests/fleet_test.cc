@@ -7,6 +7,7 @@
 // epoch is refused), and bad node specs, tokens and addresses.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -313,6 +314,47 @@ TEST_F(FleetTest, ARolloutThroughTheFrontSurvivesANodeKilledMidway) {
   }
   EXPECT_EQ(lines, kTasks);
   EXPECT_GT(moved, 0) << "no episode was on the killed node";
+}
+
+// A node given notice (SIGTERM with --drain-grace-s) takes no new sandboxes
+// while those there keep working; at the end of the grace they are destroyed
+// and the front learns it at its next call (gone, so an engine rebuilds).
+TEST_F(FleetTest, ANodeGivenNoticeDrainsThenItsSandboxesAreGone) {
+  StartNodes(2, {"--drain-grace-s", "3"});
+  StartFront(NodeList());
+  ASSERT_EQ(WaitForNodes("ready", 2, std::chrono::seconds(15))["nodes"].size(), 2u);
+  client::Client front = Local(*front_);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) {
+    auto made = front.Create(Busybox());
+    ASSERT_TRUE(made.ok()) << made.status().ToString();
+    ids.push_back(made->id);
+  }
+  auto on_first = FrontSandboxesOn(*nodes_[0]);
+  ASSERT_FALSE(on_first.empty());
+  ASSERT_EQ(::kill(nodes_[0]->pid(), SIGTERM), 0);
+  json ls = WaitForNodes("draining", 1, std::chrono::seconds(5));
+  bool draining = false;
+  for (const auto& n : ls["nodes"])
+    if (n["address"] == addresses_[0]) draining = n["state"] == "draining";
+  EXPECT_TRUE(draining) << ls.dump();
+  // Still served during the grace; new sandboxes go to the other node.
+  auto during = front.Exec(on_first[0], Shell("echo still"));
+  ASSERT_TRUE(during.ok()) << during.status().ToString();
+  EXPECT_EQ(during->stdout_data, "still\n");
+  auto made = front.Create(Busybox());
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  auto on_second = FrontSandboxesOn(*nodes_[1]);
+  EXPECT_NE(std::find(on_second.begin(), on_second.end(), made->id), on_second.end());
+  // After the grace: gone, and said so at once.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3300));
+  auto t0 = Clock::now();
+  auto after = front.Exec(on_first[0], Shell("echo never"));
+  ASSERT_FALSE(after.ok());
+  EXPECT_TRUE(after.status().code() == Code::kNotFound || after.status().code() == Code::kUnavailable)
+      << after.status().ToString();
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 8.0);
+  EXPECT_THAT(nodes_[0]->LogTail(), HasSubstr("draining: no new sandboxes"));
 }
 
 TEST_F(FleetTest, AFrontWhoseHeartbeatsStopLosesItsSandboxesOnTheNodes) {

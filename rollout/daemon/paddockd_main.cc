@@ -71,6 +71,7 @@ struct Flags {
   int64_t registry_idle_timeout_ms = 30000;  // a registry connection silent this long is dropped
   // A node's side of the fleet: how long a front's sandboxes outlive its silence.
   int64_t front_lease_ms = 5000;
+  uint32_t drain_grace_s = 0;  // on SIGTERM: time the live sandboxes get before they are destroyed
   // A front's side (rollout/fleet): where its sandboxes go.
   std::string nodes;
   std::string node_token_file;
@@ -80,6 +81,33 @@ struct Flags {
   int64_t place_timeout_ms = 120000;
   std::string front_id;
 };
+
+// A node given notice (SIGTERM with --drain-grace-s): it takes no new sandboxes
+// (its Stats say draining, so fronts place elsewhere) and waits for the live
+// ones to end, up to the grace. What is left is destroyed while the API still
+// answers, so that a front's next call hears NOT_FOUND at once and rebuilds
+// the episode elsewhere instead of waiting out the lease.
+void DrainBeforeStop(SandboxManager& manager, const sigset_t& sigs, std::chrono::seconds grace) {
+  manager.SetDraining(true);
+  spdlog::info("draining: no new sandboxes; the {} live one(s) get up to {} s (SIGTERM again stops at once)",
+               manager.live(), grace.count());
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  while (manager.live() > 0 && std::chrono::steady_clock::now() < deadline) {
+    timespec tick{0, 100 * 1000 * 1000};
+    if (sigtimedwait(&sigs, nullptr, &tick) > 0) {
+      spdlog::info("second signal: stopping now");
+      return;
+    }
+  }
+  if (manager.live() == 0) {
+    spdlog::info("drained: no sandbox left");
+    return;
+  }
+  std::vector<SandboxInfo> left = manager.List();
+  spdlog::warn("drain grace over: destroying the {} sandbox(es) left", left.size());
+  for (const SandboxInfo& s : left) (void)manager.Destroy(s.id);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // fronts' calls in flight hear NOT_FOUND
+}
 
 std::string DefaultSocket() {
   const char* env = std::getenv("PADDOCK_SOCKET");
@@ -380,6 +408,7 @@ int Run(const Flags& flags) {
   // 5a. As a node: fronts' leases, and what they place by. As a front: its nodes.
   service::FrontLeases front_leases(manager, std::chrono::milliseconds(flags.front_lease_ms));
   server_opts.node.leases = &front_leases;
+  server_opts.node.draining = [&manager] { return manager.draining(); };
   server_opts.node.image_names = [store = image_store->get()] {
     std::vector<std::string> names;
     auto list = store->List();
@@ -426,6 +455,7 @@ int Run(const Flags& flags) {
   int sig = got_signal.get_future().get();
   signal_thread.join();
   spdlog::info("received {}; shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (sig == SIGTERM && flags.drain_grace_s > 0) DrainBeforeStop(manager, sigs, std::chrono::seconds(flags.drain_grace_s));
 
   // Running episode steps finish and are logged; their rollouts resume later.
   rollout_engine.Drain(std::chrono::seconds(5));
@@ -508,6 +538,11 @@ int main(int argc, char** argv) {
                  "as a node: a front's sandboxes here are destroyed when its heartbeats stop for this long "
                  "(fencing: the front re-places them only after that)")
       ->check(CLI::Range(int64_t{500}, int64_t{600} * 1000))
+      ->capture_default_str();
+  app.add_option("--drain-grace-s", flags.drain_grace_s,
+                 "on SIGTERM, first drain: take no new sandboxes and give the live ones this long to end (a "
+                 "spot-instance notice; a front moves what is left to other nodes). A second SIGTERM stops at once")
+      ->check(CLI::Range(0, 24 * 3600))
       ->capture_default_str();
   app.add_option("--nodes", flags.nodes,
                  "be a front: place sandboxes on these paddockd nodes (host:port,... | dns:NAME:PORT | file:PATH); "

@@ -82,6 +82,15 @@ Result<FrontCall> FrontLeases::Renew(const std::string& front, int64_t epoch) {
   {
     std::lock_guard l(mu_);
     auto now = std::chrono::steady_clock::now();
+    // Bounded: a client naming ever new fronts cannot grow this table.
+    constexpr size_t kMaxFronts = 1024;
+    if (!leases_.count(front) && leases_.size() >= kMaxFronts) {
+      for (auto it = leases_.begin(); it != leases_.end();)
+        it = it->second.expired ? leases_.erase(it) : std::next(it);
+      if (leases_.size() >= kMaxFronts)
+        return Error(Code::kResourceExhausted, "this node holds leases of {} fronts already; front {} is refused",
+                     kMaxFronts, front);
+    }
     auto [it, fresh] = leases_.try_emplace(front);
     Lease& lease = it->second;
     if (!fresh && epoch < lease.epoch)
