@@ -197,8 +197,8 @@ do_start() {
   mkdir -p "$dir"
   chmod 0700 "$dir"
   # Stop whatever was started if anything below fails (die, set -e).
-  local started=0
-  trap '[ "$started" = 1 ] || { echo "fleet: start failed; stopping what was started" >&2; do_stop >&2; }' EXIT
+  fleet_started=0
+  trap '[ "$fleet_started" = 1 ] || { echo "fleet: start failed; stopping what was started" >&2; do_stop >&2; }' EXIT
 
   # The token the front sends and every node checks.
   (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/token"; echo >> "$dir/token")
@@ -228,7 +228,7 @@ do_start() {
   echo "$nodes" > "$dir/nodes"
   spawn front --nodes "$nodes" --node-token-file "$dir/token" "${front_args[@]}"
   wait_socket front
-  started=1
+  fleet_started=1
   echo "fleet: front ready (pid $(cat "$dir/front/pid")), nodes $nodes"
   cat <<EOF
 
