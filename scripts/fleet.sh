@@ -195,7 +195,9 @@ do_start() {
     rm -rf "$dir/front" "$dir"/node-*
   fi
   mkdir -p "$dir"
-  chmod 0700 "$dir"
+  # Searchable (not listable) by the sandboxes' unprivileged users: the nodes'
+  # state dirs, where sandbox roots are mounted, are below it.
+  chmod 0711 "$dir"
   # Stop whatever was started if anything below fails (die, set -e).
   fleet_started=0
   trap '[ "$fleet_started" = 1 ] || { echo "fleet: start failed; stopping what was started" >&2; do_stop >&2; }' EXIT

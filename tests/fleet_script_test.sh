@@ -11,6 +11,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 fleet="$repo/scripts/fleet.sh"
 paddock="$build/sdk/paddock"
 work="$(mktemp -d /tmp/fleet-script-test.XXXXXX)"
+chmod 0711 "$work"  # the nodes' state dirs are below it; sandbox users must search it
 dir="$work/fleet"
 failures=0 passes=0
 ok() { passes=$((passes + 1)); echo "ok    $*"; }

@@ -25,10 +25,21 @@ std::string HostName() {
 
 // Whether a create failed because of the node (try another) rather than the
 // request (report it).
+// A node's own condition (unreachable, full, draining, its lease of this front
+// lapsed) is tried elsewhere; anything else (the image, the spec, the node's
+// set-up) is the answer, returned as the node gave it.
 bool NodeFault(const Status& st) {
-  return st.code() == Code::kUnavailable || st.code() == Code::kDeadlineExceeded ||
-         st.code() == Code::kResourceExhausted || st.code() == Code::kFailedPrecondition ||
-         st.code() == Code::kUnauthenticated || st.code() == Code::kInternal || st.code() == Code::kCancelled;
+  switch (st.code()) {
+    case Code::kUnavailable:
+    case Code::kDeadlineExceeded:
+    case Code::kResourceExhausted:
+    case Code::kCancelled:
+      return true;
+    case Code::kFailedPrecondition:
+      return st.message().find("lease") != std::string::npos || st.message().find("superseded") != std::string::npos;
+    default:
+      return false;
+  }
 }
 
 }  // namespace
