@@ -62,6 +62,7 @@ class FleetTest : public ::testing::Test {
                                        token_file_, "--front-lease-ms", std::to_string(kLeaseMs), "--warm-pool", "0"};
       args.insert(args.end(), more.begin(), more.end());
       ASSERT_EQ(d->Start(args), "");
+      node_args_.push_back(args);
       ::chmod(d->dir().c_str(), 0755);
       addresses_.push_back("127.0.0.1:" + std::to_string(port));
       auto c = Local(*d);
@@ -140,6 +141,7 @@ class FleetTest : public ::testing::Test {
   std::string rootfs_, dir_, token_file_;
   std::vector<std::unique_ptr<testing::DaemonProcess>> nodes_;
   std::vector<std::string> addresses_;
+  std::vector<std::vector<std::string>> node_args_;  // each node's start flags, for a restart
   std::optional<testing::DaemonProcess> front_;
 };
 
@@ -355,6 +357,63 @@ TEST_F(FleetTest, ANodeGivenNoticeDrainsThenItsSandboxesAreGone) {
       << after.status().ToString();
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 8.0);
   EXPECT_THAT(nodes_[0]->LogTail(), HasSubstr("draining: no new sandboxes"));
+}
+
+// All nodes gone: the rollout waits (waiting_for_nodes, shown live) instead of
+// failing its episodes, and goes on when a node returns.
+TEST_F(FleetTest, ARolloutWaitsForNodesWhenAllAreGoneAndGoesOnWhenOneReturns) {
+  if (!std::filesystem::exists("/usr/local/share/paddock/deepseek-v3-tokenizer.json") && !getenv("PADDOCK_TOKENIZER"))
+    GTEST_SKIP() << "no V4 tokenizer installed (scripts/install-deps.sh)";
+  const int kTasks = 4, kTurns = 6;
+  StartNodes(1);
+  StartFront(NodeList(), {"--place-timeout-ms", "500"});
+  ASSERT_EQ(WaitForNodes("ready", 1, std::chrono::seconds(15))["nodes"].size(), 1u);
+  std::string tasks = dir_ + "/tasks.jsonl", script = dir_ + "/script.json";
+  std::ofstream(tasks) << testing::CountingTasks("busybox:1", kTasks, kTurns);
+  std::ofstream(script) << testing::CountingScript(kTurns, "0.5");
+  auto started = front_->Cli({"run", tasks, "--policy", "scripted", "--policy-script", script, "--concurrency",
+                              std::to_string(kTasks), "--id", "wait-run", "--detach"});
+  ASSERT_EQ(started.code, 0) << started.err << front_->LogTail();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  ASSERT_EQ(nodes_[0]->Stop(SIGKILL), 128 + SIGKILL);
+
+  auto rollout = [&] {
+    auto ls = front_->Cli({"--json", "rollout", "ls"});
+    if (ls.code == 0)
+      for (auto& ro : json::parse(ls.out, nullptr, false))
+        if (ro.is_object() && ro["rollout_id"] == "wait-run") return ro;
+    return json();
+  };
+  json state;
+  auto until = Clock::now() + std::chrono::seconds(30);
+  while (Clock::now() < until) {
+    state = rollout();
+    if (state.is_object() && state["state"] == "waiting_for_nodes") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_TRUE(state.is_object());
+  EXPECT_EQ(state["state"], "waiting_for_nodes") << state.dump() << front_->LogTail();
+  EXPECT_EQ(state["failed"], 0) << state.dump();
+  auto watch = front_->Cli({"rollout", "ls"});
+  EXPECT_THAT(watch.out, HasSubstr("waiting_for_nodes")) << watch.out;
+
+  // The node comes back (same address, same state dir): the rollout goes on.
+  ASSERT_EQ(nodes_[0]->Start(node_args_[0]), "");
+  ::chmod(nodes_[0]->dir().c_str(), 0755);
+  until = Clock::now() + std::chrono::seconds(90);
+  while (Clock::now() < until) {
+    state = rollout();
+    if (state.is_object() && state["done"].get<int>() + state["failed"].get<int>() >= kTasks) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_EQ(state["done"].get<int>(), kTasks) << state.dump() << front_->LogTail();
+  auto exported = front_->Cli({"export", "wait-run"});
+  std::istringstream in(exported.out);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    json l = json::parse(line);
+    EXPECT_EQ(l["reward"], 1.0) << l["episode_id"] << " " << l["failure_reason"];
+  }
 }
 
 TEST_F(FleetTest, AFrontWhoseHeartbeatsStopLosesItsSandboxesOnTheNodes) {

@@ -78,7 +78,7 @@ struct Flags {
   std::string node_tls_ca, node_tls_cert, node_tls_key;
   int64_t node_heartbeat_ms = 1000;
   double node_create_rate = 50;
-  int64_t place_timeout_ms = 120000;
+  int64_t place_timeout_ms = 30000;
   std::string front_id;
 };
 

@@ -646,6 +646,8 @@ class RolloutEngine::Impl {
     p.set_source(r.req.source());
     p.set_concurrency(static_cast<uint32_t>(r.concurrency));
     p.set_policy_in_flight(static_cast<uint32_t>(r.policy_in_flight));
+    p.set_waiting_for_sandbox(static_cast<uint32_t>(r.waiting_for_sandbox));
+    if (r.state == "running" && r.active > 0 && r.waiting_for_sandbox == r.active) p.set_state("waiting_for_nodes");
     return p;
   }
 
@@ -714,9 +716,11 @@ class RolloutEngine::Impl {
 
   // ---- one episode --------------------------------------------------------
   void Begin(std::shared_ptr<Rollout> r, Episode* ep) {
-    ep->started = Clock::now();
-    uint32_t deadline_s = r->req.episode_deadline_s() ? r->req.episode_deadline_s() : 3600;
-    ep->deadline = ep->started + std::chrono::seconds(deadline_s);
+    const uint32_t deadline_s = r->req.episode_deadline_s() ? r->req.episode_deadline_s() : 3600;
+    if (!ep->waiting_for_sandbox) {  // a retry keeps the first try's clock
+      ep->started = Clock::now();
+      ep->deadline = ep->started + std::chrono::seconds(deadline_s);
+    }
     ep->cancel = std::make_shared<policy::CancelToken>();
     const Task& task = *ep->task;
 
@@ -745,6 +749,9 @@ class RolloutEngine::Impl {
     spec.ttl_seconds = deadline_s + 600;
     spec.labels = {{"episode", ep->id}, {"task", task.id}, {"rollout", r->id}};
     auto info = manager_.Create(spec);
+    if (!info.ok() && info.status().code() == Code::kUnavailable && Clock::now() < ep->deadline)
+      return WaitForSandbox(r, ep, info.status());
+    SetWaiting(r, ep, false);
     if (!info.ok()) return Fail(r, ep, "error", "creating the sandbox: " + info.status().message());
     auto sb = manager_.Get(info->id);
     if (!sb.ok()) return Fail(r, ep, "error", "creating the sandbox: " + sb.status().message());
@@ -1321,6 +1328,43 @@ class RolloutEngine::Impl {
     r->cv.notify_all();
     StartMore(r);
     MaybeFinishRollout(r);
+  }
+
+  // No sandbox could be had for now (a front with no node that can take it, a
+  // draining daemon): the episode waits, retrying with backoff up to its
+  // deadline, instead of failing; the rollout shows waiting_for_nodes.
+  void WaitForSandbox(std::shared_ptr<Rollout> r, Episode* ep, const Status& why) {
+    SetWaiting(r, ep, true);
+    ep->create_backoff_ms = ep->create_backoff_ms ? std::min(ep->create_backoff_ms * 2, 5000) : 250;
+    spdlog::warn("episode {}: no sandbox yet ({}); trying again in {} ms", ep->id, why.message(), ep->create_backoff_ms);
+    auto timer = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(ep->create_backoff_ms));
+    timer->async_wait([this, r, ep, timer](const boost::system::error_code&) {
+      asio::post(pool_, [this, r, ep] {
+        bool stop;
+        {
+          std::lock_guard lock(r->mu);
+          stop = r->stopping || ep->summary.state() == "cancelling" || Clock::now() >= ep->deadline;
+        }
+        if (stop) {
+          SetWaiting(r, ep, false);  // before StopBeforeStep ends the episode
+          StopBeforeStep(r, ep);
+          return;
+        }
+        Begin(r, ep);  // still counted as waiting while it tries
+      });
+    });
+  }
+
+  void SetWaiting(const std::shared_ptr<Rollout>& r, Episode* ep, bool waiting) {
+    std::lock_guard lock(r->mu);
+    if (ep->waiting_for_sandbox == waiting) return;
+    ep->waiting_for_sandbox = waiting;
+    if (waiting) {
+      r->waiting_for_sandbox++;
+    } else {
+      r->waiting_for_sandbox--;
+      ep->create_backoff_ms = 0;
+    }
   }
 
   // The episode's sandbox is gone (its node was lost: rollout/fleet): the

@@ -53,7 +53,7 @@ struct FleetOptions {
   // turn, never refused for the rate).
   double creates_per_second = 50;
   // How long a create waits for a node that can take it.
-  std::chrono::milliseconds place_timeout{120000};
+  std::chrono::milliseconds place_timeout{30000};
   std::string front_id;  // default: the host name
   int64_t epoch = 0;     // default: the start time in ms (grows each start)
 };
