@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "sandbox/latency_histogram.h"
 #include "sandbox/sandbox.h"
 
 namespace paddock {
@@ -54,6 +55,12 @@ class SandboxManager {
   uint32_t max_sandboxes() const { return options_.max_sandboxes; }
   std::map<std::string, uint32_t> CountBySubstrate();
   uint64_t execs_total() const { return execs_total_.load(); }
+  // For /metrics: every exec of every sandbox (API and rollout engine alike),
+  // and every create through this manager.
+  const LatencyHistogram& exec_latency() const { return exec_latency_; }
+  const LatencyHistogram& create_latency() const { return create_latency_; }
+  uint64_t creates_total() const { return creates_total_.load(); }
+  uint64_t create_failures_total() const { return create_failures_.load(); }
   void CountExec() { execs_total_.fetch_add(1); }
 
   // Draining: creates are refused (UNAVAILABLE), the sandboxes there run on
@@ -80,6 +87,8 @@ class SandboxManager {
   uint32_t reserved_ = 0;  // creates in flight, counted against the cap
   std::atomic<uint64_t> execs_total_{0};
   std::atomic<bool> draining_{false};
+  LatencyHistogram exec_latency_, create_latency_;
+  std::atomic<uint64_t> creates_total_{0}, create_failures_{0};
   std::condition_variable expiry_cv_;
   bool stopping_ = false;
   std::thread expiry_thread_;

@@ -416,6 +416,66 @@ TEST_F(FleetTest, ARolloutWaitsForNodesWhenAllAreGoneAndGoesOnWhenOneReturns) {
   }
 }
 
+// GET url with python3's urllib: the status and body.
+std::pair<int, std::string> HttpGet(const std::string& url) {
+  auto r = testing::RunProgram({"/usr/bin/python3", "-c",
+                                "import sys, urllib.request, urllib.error\n"
+                                "try:\n"
+                                "  b = urllib.request.urlopen(sys.argv[1], timeout=10).read()\n"
+                                "  print(200); sys.stdout.write(b.decode())\n"
+                                "except urllib.error.HTTPError as e:\n"
+                                "  print(e.code)\n",
+                                url});
+  size_t nl = r.out.find('\n');
+  if (r.code != 0 || nl == std::string::npos) return {-1, r.err};
+  return {std::stoi(r.out.substr(0, nl)), r.out.substr(nl + 1)};
+}
+
+// The value of the first sample line starting with `prefix` ("name{labels}"), or -1.
+double Sample(const std::string& text, const std::string& prefix) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(prefix + " ", 0) == 0) return std::stod(line.substr(prefix.size() + 1));
+  return -1;
+}
+
+TEST_F(FleetTest, FrontsAndNodesServePrometheusMetrics) {
+  int node_port = testing::FreeLoopbackPort(), front_port = testing::FreeLoopbackPort();
+  StartNodes(1, {"--metrics-listen", "127.0.0.1:" + std::to_string(node_port)});
+  StartFront(NodeList(), {"--metrics-listen", "127.0.0.1:" + std::to_string(front_port)});
+  ASSERT_EQ(WaitForNodes("ready", 1, std::chrono::seconds(15))["nodes"].size(), 1u);
+  client::Client front = Local(*front_);
+  auto made = front.Create(Busybox());
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(front.Exec(made->id, Shell("true")).ok());
+
+  auto [fs, ftext] = HttpGet("http://127.0.0.1:" + std::to_string(front_port) + "/metrics");
+  ASSERT_EQ(fs, 200) << ftext;
+  EXPECT_THAT(ftext, HasSubstr("# TYPE paddock_exec_seconds histogram"));
+  EXPECT_EQ(Sample(ftext, "paddock_nodes{state=\"ready\"}"), 1);
+  EXPECT_EQ(Sample(ftext, "paddock_nodes{state=\"lost\"}"), 0);
+  EXPECT_EQ(Sample(ftext, "paddock_node_placed_sandboxes{node=\"" + addresses_[0] + "\"}"), 1);
+  EXPECT_EQ(Sample(ftext, "paddock_sandbox_creates_total"), 1);
+  EXPECT_EQ(Sample(ftext, "paddock_exec_seconds_count"), 3);
+  EXPECT_EQ(Sample(ftext, "paddock_exec_seconds_bucket{le=\"+Inf\"}"), 3);
+  EXPECT_GT(Sample(ftext, "paddock_log_syncs_total"), -1);
+
+  auto [ns, ntext] = HttpGet("http://127.0.0.1:" + std::to_string(node_port) + "/metrics");
+  ASSERT_EQ(ns, 200) << ntext;
+  EXPECT_EQ(Sample(ntext, "paddock_sandboxes_live"), 1);
+  EXPECT_EQ(Sample(ntext, "paddock_exec_seconds_count"), 3);
+  EXPECT_EQ(Sample(ntext, "paddock_draining"), 0);
+  EXPECT_EQ(ntext.find("paddock_nodes"), std::string::npos);  // a node has no nodes
+  EXPECT_EQ(ntext.find(made->id), std::string::npos);          // no ids in metrics
+
+  EXPECT_EQ(HttpGet("http://127.0.0.1:" + std::to_string(node_port) + "/other").first, 404);
+  // A head past the limit is refused (400, or the connection closed on it),
+  // and the endpoint goes on serving.
+  EXPECT_NE(HttpGet("http://127.0.0.1:" + std::to_string(node_port) + "/metrics?x=" + std::string(100000, 'a')).first,
+            200);
+  EXPECT_EQ(HttpGet("http://127.0.0.1:" + std::to_string(node_port) + "/metrics").first, 200);
+}
+
 TEST_F(FleetTest, AFrontWhoseHeartbeatsStopLosesItsSandboxesOnTheNodes) {
   StartNodes(1);
   StartFront(NodeList());

@@ -15,8 +15,10 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <grpc/grpc.h>
@@ -27,6 +29,8 @@
 #include "rollout/fleet/node_service.h"
 #include "rollout/service/auth.h"
 #include "rollout/service/front_leases.h"
+#include "rollout/service/metrics.h"
+#include "policy/engine/server/http_server.h"
 #include "rollout/service/server.h"
 #include "rollout/engine/rollout_engine.h"
 #include "rollout/service/rollout_service.h"
@@ -71,7 +75,8 @@ struct Flags {
   int64_t registry_idle_timeout_ms = 30000;  // a registry connection silent this long is dropped
   // A node's side of the fleet: how long a front's sandboxes outlive its silence.
   int64_t front_lease_ms = 5000;
-  uint32_t drain_grace_s = 0;  // on SIGTERM: time the live sandboxes get before they are destroyed
+  uint32_t drain_grace_s = 0;
+  std::string metrics_listen;  // HOST:PORT of GET /metrics; empty: none  // on SIGTERM: time the live sandboxes get before they are destroyed
   // A front's side (rollout/fleet): where its sandboxes go.
   std::string nodes;
   std::string node_token_file;
@@ -107,6 +112,42 @@ void DrainBeforeStop(SandboxManager& manager, const sigset_t& sigs, std::chrono:
   spdlog::warn("drain grace over: destroying the {} sandbox(es) left", left.size());
   for (const SandboxInfo& s : left) (void)manager.Destroy(s.id);
   std::this_thread::sleep_for(std::chrono::seconds(1));  // fronts' calls in flight hear NOT_FOUND
+}
+
+void AppendEngineAndLogMetrics(std::string& out, const rollout::RolloutEngine& engine, const replay::TrajectoryLog& log) {
+  rollout::EngineStats e = engine.stats();
+  auto d = [](uint64_t v) { return static_cast<double>(v); };
+  service::AppendMetric(out, "paddock_rollout_turns_total", "counter", "Policy turns completed (live or replayed).",
+                        {{"", d(e.turns)}});
+  service::AppendMetric(out, "paddock_rollout_policy_calls_total", "counter", "Policy calls.",
+                        {{"kind=\"live\"", d(e.live_policy_calls)}, {"kind=\"replayed\"", d(e.replayed_policy_calls)}});
+  service::AppendMetric(out, "paddock_rollout_tool_calls_total", "counter", "Tool calls.",
+                        {{"kind=\"live\"", d(e.live_tool_calls)},
+                         {"kind=\"replayed\"", d(e.replayed_tool_calls)},
+                         {"kind=\"reapplied\"", d(e.reapplied_tool_calls)}});
+  replay::CommitStats c = log.GetCommitStats();
+  service::AppendMetric(out, "paddock_log_writes_total", "counter", "Trajectory log writes.", {{"", d(c.writes)}});
+  service::AppendMetric(out, "paddock_log_syncs_total", "counter", "Trajectory log syncs (one per commit group).",
+                        {{"", d(c.syncs)}});
+}
+
+void AppendFleetMetrics(std::string& out, const fleet::Fleet& fleet) {
+  std::map<std::string, double> states = {{"connecting", 0}, {"ready", 0}, {"draining", 0}, {"lost", 0}, {"refused", 0}};
+  std::vector<std::pair<std::string, double>> live, placed, up;
+  for (const fleet::NodeStatus& n : fleet.List()) {
+    states[n.state] += 1;
+    std::string label = fmt::format("node=\"{}\"", service::EscapeLabel(n.address));
+    live.emplace_back(label, n.live);
+    placed.emplace_back(label, n.placed);
+    up.emplace_back(label, n.state == "ready" ? 1.0 : 0.0);
+  }
+  std::vector<std::pair<std::string, double>> by_state;
+  for (const auto& [state, count] : states) by_state.emplace_back(fmt::format("state=\"{}\"", state), count);
+  service::AppendMetric(out, "paddock_nodes", "gauge", "This front's nodes by state.", by_state);
+  service::AppendMetric(out, "paddock_node_ready", "gauge", "1 when the node takes sandboxes.", up);
+  service::AppendMetric(out, "paddock_node_live_sandboxes", "gauge", "Live sandboxes on the node, as it reported.",
+                        live);
+  service::AppendMetric(out, "paddock_node_placed_sandboxes", "gauge", "This front's sandboxes on the node.", placed);
 }
 
 std::string DefaultSocket() {
@@ -427,6 +468,32 @@ int Run(const Flags& flags) {
     return std::unique_ptr<grpc::Service>(std::make_unique<service::RolloutService>(rollout_engine, auth));
   });
 
+  // 5c. GET /metrics: this daemon's sandboxes, its rollout engine and log, and
+  //     (a front) its nodes.
+  std::unique_ptr<policy::engine::server::HttpServer> metrics_server;
+  if (!flags.metrics_listen.empty()) {
+    policy::engine::server::HttpServerOptions ho;
+    if (Status st = policy::engine::server::ParseListen(flags.metrics_listen, &ho.host, &ho.port); !st.ok()) {
+      spdlog::error("--metrics-listen: {}", st.message());
+      return 1;
+    }
+    ho.max_body_bytes = 4096;
+    ho.max_connections = 16;
+    ho.idle_timeout_s = 30;
+    ho.server_name = "paddockd";
+    auto endpoint = std::make_shared<service::MetricsEndpoint>(manager, [&](std::string& out) {
+      AppendEngineAndLogMetrics(out, rollout_engine, **log);
+      if (fleet) AppendFleetMetrics(out, *fleet);
+    });
+    auto started = policy::engine::server::HttpServer::Start(endpoint, ho);
+    if (!started.ok()) {
+      spdlog::error("--metrics-listen {}: {}", flags.metrics_listen, started.status().message());
+      return 1;
+    }
+    metrics_server = std::move(*started);
+    spdlog::info("metrics at http://{}:{}/metrics", ho.host, metrics_server->port());
+  }
+
   // 6. Serve until SIGTERM/SIGINT.
   //    gRPC core stays initialised until the process exits: this reference is
   //    never released. Releasing the last one (when the servers are destroyed)
@@ -539,6 +606,9 @@ int main(int argc, char** argv) {
                  "(fencing: the front re-places them only after that)")
       ->check(CLI::Range(int64_t{500}, int64_t{600} * 1000))
       ->capture_default_str();
+  app.add_option("--metrics-listen", flags.metrics_listen,
+                 "serve Prometheus metrics at http://HOST:PORT/metrics (read-only: counts, gauges, latency "
+                 "histograms; no ids or commands)");
   app.add_option("--drain-grace-s", flags.drain_grace_s,
                  "on SIGTERM, first drain: take no new sandboxes and give the live ones this long to end (a "
                  "spot-instance notice; a front moves what is left to other nodes). A second SIGTERM stops at once")
