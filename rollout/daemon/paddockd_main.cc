@@ -66,6 +66,7 @@ struct Flags {
   uint64_t layer_cache_max_bytes = 0;
   int64_t registry_timeout_ms = 60000;       // a registry request's deadline (layers get more)
   int64_t registry_idle_timeout_ms = 30000;  // a registry connection silent this long is dropped
+  std::string registry_creds_file;           // docker config format; none by default
 };
 
 std::string DefaultSocket() {
@@ -309,7 +310,8 @@ int Run(const Flags& flags) {
         std::make_unique<service::ImageService>(
             **image_store, layer_cache->get(), auth,
             service::ImageServiceOptions{std::chrono::milliseconds(flags.registry_timeout_ms),
-                                         std::chrono::milliseconds(flags.registry_idle_timeout_ms)}));
+                                         std::chrono::milliseconds(flags.registry_idle_timeout_ms),
+                                         flags.registry_creds_file}));
   });
 
   // 4. Clear what a crashed predecessor left behind.
@@ -443,6 +445,11 @@ int main(int argc, char** argv) {
                  "a registry connection that sends nothing for this long is dropped")
       ->check(CLI::Range(int64_t{100}, int64_t{3600} * 1000))
       ->capture_default_str();
+  app.add_option("--registry-creds-file", flags.registry_creds_file,
+                 "registry credentials in docker's config.json format ({\"auths\": {\"HOST:PORT\": {\"auth\": "
+                 "base64(user:password)}}}) for pulls paddockd starts itself and for unix-socket clients' pulls "
+                 "that bring none (never for TCP clients or pushes); read at each pull (default: none)")
+      ->check(CLI::ExistingFile);
   app.add_option("--init-path", flags.init_path,
                  "paddock-init binary (default: beside paddockd, or /usr/local/lib/paddock)");
   try {
