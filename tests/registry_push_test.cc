@@ -464,8 +464,10 @@ TEST_F(RegistryPushTest, HtpasswdRegistryOverTlsWantsTheRightCredentials) {
   json pushed = Json({"image", "push", "bb:1", ref, "--ca-file", ca, "--creds-file", Creds("right.json", auth_port_)});
   EXPECT_EQ(pushed["blobs_uploaded"], 2);
 
-  daemon_->Cli({"image", "rm", "bb:1"});
-  StoreIsEmpty(*daemon_);
+  // Pulls into a fresh daemon, whose store has none of the layers.
+  daemon_.reset();
+  daemon_.emplace(Options());
+  ASSERT_EQ(daemon_->Start(), "");
   Fails({"image", "pull", ref, "--ca-file", ca}, "UNAUTHENTICATED", {ref, "none were given"});
   Fails({"image", "pull", ref, "--ca-file", ca, "--creds-file", Creds("wrong.json", auth_port_)}, "UNAUTHENTICATED",
         {ref, "rejected the credentials"});
@@ -504,8 +506,12 @@ TEST_F(RegistryPushTest, DaemonCredsFileServesUnixSocketPulls) {
 // The bearer flow against FakeRegistry serving an image Paddock exported.
 TEST_F(RegistryPushTest, BearerTokenChallengeIsMetAndItsFailuresAreClean) {
   ImportBusybox("bb:1");
-  const std::string out = daemon_->dir() + "/export";
+  const std::string out = *work_ + "/bearer-export";
   ASSERT_EQ(Cli({"image", "export", "bb:1", out}).code, 0);
+  // The pulls below go to a fresh daemon, whose store has none of the layers.
+  daemon_.reset();
+  daemon_.emplace(Options());
+  ASSERT_EQ(daemon_->Start(), "");
   json index = json::parse(testing::ReadWholeFile(out + "/index.json"));
   const std::string man_digest = index["manifests"][0]["digest"];
   auto blob = [&](const std::string& d) { return testing::ReadWholeFile(out + "/blobs/sha256/" + d.substr(7)); };
@@ -551,7 +557,6 @@ TEST_F(RegistryPushTest, BearerTokenChallengeIsMetAndItsFailuresAreClean) {
   std::ofstream(creds) << json{{"auths", {{fake.host(), {{"username", "paddock"}, {"password", "s3cret"}}}}}}.dump();
   const std::string wrong = daemon_->dir() + "/fake-wrong.json";
   std::ofstream(wrong) << json{{"auths", {{fake.host(), {{"username", "paddock"}, {"password", "x"}}}}}}.dump();
-  Cli({"image", "rm", "bb:1"});
 
   // The token server refuses the credentials.
   Fails({"image", "pull", ref, "--creds-file", wrong}, "UNAUTHENTICATED",
@@ -589,7 +594,6 @@ TEST_F(RegistryPushTest, BearerTokenChallengeIsMetAndItsFailuresAreClean) {
   }
   EXPECT_EQ(token_requests, 1);  // cached for the pull's later requests
   // Without credentials the token server says no: UNAUTHENTICATED, not a crash.
-  Cli({"image", "rm", ref});
   Fails({"image", "pull", ref}, "UNAUTHENTICATED", {ref, "refused an anonymous token"});
 }
 
