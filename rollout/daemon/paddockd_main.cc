@@ -437,8 +437,8 @@ int main(int argc, char** argv) {
                  "first (0: unbounded)")
       ->capture_default_str();
   app.add_option("--registry-timeout-ms", flags.registry_timeout_ms,
-                 "deadline of one registry request of `image pull` (manifest, config); a layer gets this "
-                 "plus its size at 256 KiB/s")
+                 "deadline of one registry request of `image pull` or `image push` (manifest, config, token); "
+                 "a layer gets this plus its size at 256 KiB/s")
       ->check(CLI::Range(int64_t{100}, int64_t{24} * 3600 * 1000))
       ->capture_default_str();
   app.add_option("--registry-idle-timeout-ms", flags.registry_idle_timeout_ms,
