@@ -13,7 +13,9 @@
 //     (challenge → token with basic credentials → retry), a token server that
 //     refuses, a token the registry refuses, an oversized token answer, a blob
 //     redirect to another host (no Authorization follows it) and a plain-HTTP
-//     realm on a non-loopback host (no credentials sent);
+//     realm on a non-loopback host (no credentials sent); a push through it asks
+//     for push scope once and sends no Authorization to an upload location on
+//     another host;
 //   * a TCP client's push obeys the loopback and plain-HTTP rules of pulls.
 // Skipped (with the reason) only when docker-registry, skopeo, umoci or htpasswd
 // are not installed (scripts/install-deps.sh installs them).
@@ -595,6 +597,63 @@ TEST_F(RegistryPushTest, BearerTokenChallengeIsMetAndItsFailuresAreClean) {
   EXPECT_EQ(token_requests, 1);  // cached for the pull's later requests
   // Without credentials the token server says no: UNAUTHENTICATED, not a crash.
   Fails({"image", "pull", ref}, "UNAUTHENTICATED", {ref, "refused an anonymous token"});
+}
+
+// A push through the token flow: the token is asked for with push scope, once,
+// and an upload location on another host gets no Authorization.
+TEST_F(RegistryPushTest, BearerPushAsksForPushScopeOnce) {
+  ImportBusybox("bb:1");
+  std::mutex mu;
+  std::map<std::string, std::string> blobs;  // digest → bytes, as received
+  std::string manifest;
+  int port = 0;
+  FakeRegistry fake([&](const FakeRequest& r) -> FakeResponse {
+    std::lock_guard<std::mutex> l(mu);
+    const std::string self = "127.0.0.1:" + std::to_string(port);
+    if (r.target.rfind("/token", 0) == 0) {
+      if (r.target.find("scope=repository%3Ateam%2Fbb%3Apull%2Cpush") == std::string::npos)
+        return {200, R"({"token":"T-pull-only"})"};
+      return {200, R"({"token":"T-push"})"};
+    }
+    // Uploads land on "another host" (localhost): they must come without Authorization.
+    if (r.target.rfind("/upload/", 0) == 0) {
+      if (r.headers.count("authorization")) return {403, "credentials sent to the upload host"};
+      std::string digest = r.target.substr(r.target.find("digest=") + 7);
+      if (storage::Sha256::Of(r.body).str() != digest) return {400, "digest mismatch"};
+      blobs[digest] = r.body;
+      return {201, "", {{"Docker-Content-Digest", digest}}};
+    }
+    auto it = r.headers.find("authorization");
+    if (it == r.headers.end() || it->second != "Bearer T-push")
+      return {401, "", {{"WWW-Authenticate", "Bearer realm=\"http://" + self +
+                                                 "/token\",service=\"fake\",scope=\"repository:team/bb:pull\""}}};
+    const std::string v2 = "/v2/team/bb/";
+    if (r.method == "HEAD" && r.target.rfind(v2 + "blobs/", 0) == 0)
+      return {blobs.count(r.target.substr(v2.size() + 6)) ? 200 : 404, ""};
+    if (r.method == "POST" && r.target == v2 + "blobs/uploads/")
+      return {202, "", {{"Location", "http://localhost:" + std::to_string(port) + "/upload/1?_state=x"}}};
+    if (r.method == "PUT" && r.target == v2 + "manifests/1") {
+      manifest = r.body;
+      return {201, ""};
+    }
+    return {404, ""};
+  });
+  port = fake.port();
+  const std::string creds = daemon_->dir() + "/creds.json";
+  std::ofstream(creds) << json{{"auths", {{fake.host(), {{"username", "u"}, {"password", "p"}}}}}}.dump();
+  json pushed = Json({"image", "push", "bb:1", fake.host() + "/team/bb:1", "--creds-file", creds});
+  EXPECT_EQ(pushed["blobs_uploaded"], 2);
+  int token_requests = 0;
+  for (const auto& r : fake.Requests()) token_requests += r.target.rfind("/token", 0) == 0;
+  EXPECT_EQ(token_requests, 1);
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_EQ(blobs.size(), 2u);
+  EXPECT_EQ(storage::Sha256::Of(manifest).str(), pushed["manifest_digest"]);
+  json m = json::parse(manifest, nullptr, false);
+  ASSERT_FALSE(m.is_discarded());
+  EXPECT_EQ(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+  EXPECT_TRUE(blobs.count(m["config"]["digest"].get<std::string>()));
+  EXPECT_TRUE(blobs.count(m["layers"][0]["digest"].get<std::string>()));
 }
 
 TEST_F(RegistryPushTest, CredentialsNeverGoOverPlainHttpToOtherHosts) {
