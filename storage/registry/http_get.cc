@@ -183,13 +183,17 @@ class BeastResponse final : public HttpResponse {
     Run();
     if (ec == beast::error::timeout) return Timeout("sending the request");
     if (ec) return Error(Code::kUnavailable, "{}: sending the request: {}", url_.str(), ec.message());
-    if (request.body) PADDOCK_RETURN_IF_ERROR(SendBody(*request.body));
+    // A server may answer before taking the whole body (401, 413) and close:
+    // its answer then says more than the broken pipe, so it is read if it came.
+    Status body_error = request.body ? SendBody(*request.body) : Status::Ok();
+    if (!body_error.ok() && body_error.code() != Code::kUnavailable) return body_error;
     parser_.header_limit(options_.max_head_bytes);
     if (verb == http::verb::head) parser_.skip(true);  // a HEAD response's Content-Length announces no body
     parser_.body_limit(std::numeric_limits<uint64_t>::max());
     ArmIdle();
     WithStream([&](auto& s) { http::async_read_header(s, buffer_, parser_, [&](error_code e, size_t) { ec = e; }); });
     Run();
+    if (ec && !body_error.ok()) return body_error;
     if (ec == beast::error::timeout) return Timeout("waiting for the response");
     if (ec == http::error::header_limit)
       return Error(Code::kDataLoss, "{}: the response headers are over {} bytes", url_.str(), options_.max_head_bytes);

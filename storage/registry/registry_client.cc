@@ -63,7 +63,7 @@ bool RegistryClient::SameOrigin(const Url& url) const {
 }
 
 Result<bool> RegistryClient::Authenticate(const std::string& www_authenticate, Clock::time_point deadline,
-                                    const std::string& what) {
+                                          const std::string& what) {
   const std::string who = fmt::format("{}: {}", ref_.str(), what);
   auto challenge = ParseChallenge(www_authenticate);
   if (!challenge.ok())
@@ -81,9 +81,9 @@ Result<bool> RegistryClient::Authenticate(const std::string& www_authenticate, C
     return true;
   }
   if (challenge->scheme == "bearer") {
-    HttpGetOptions http = options_.http;
+    // The realm is spoken to under the registry's rules (plain HTTP, loopback).
     PADDOCK_ASSIGN_OR_RETURN(std::string token, FetchBearerToken(*challenge, options_.scopes, options_.credentials,
-                                                                 http, deadline, who));
+                                                                 options_.http, deadline, who));
     auth_scheme_ = "bearer";
     authorization_ = "Bearer " + token;
     return true;
@@ -138,11 +138,8 @@ Result<std::unique_ptr<HttpResponse>> RegistryClient::Send(const std::string& me
 
 Status RegistryClient::ErrorFor(HttpResponse& resp, const std::string& what) {
   unsigned s = resp.status();
-  std::string detail;
-  {
-    auto body = resp.ReadAll(64 << 10, "error response");
-    detail = body.ok() ? RegistryErrorText(*body) : "";
-  }
+  auto body = resp.ReadAll(64 << 10, "error response");
+  std::string detail = body.ok() ? RegistryErrorText(*body) : "";
   std::string said = detail.empty() ? "" : fmt::format(" (the registry says: {})", detail);
   std::string where = ref_.registry;
   switch (s) {
