@@ -410,6 +410,11 @@ TEST_F(RegistryPushTest, PushedImageComesBackAsTheTreePaddockMaterialisesAndRepu
   ASSERT_TRUE(fs::exists(materialised)) << materialised;
   auto diff = testing::RunProgram({"/usr/bin/diff", "-r", "--no-dereference", bundle + "/rootfs", materialised});
   EXPECT_EQ(diff.code, 0) << diff.out << diff.err;
+  // Types and modes too (diff compares contents only).
+  auto listing = [](const std::string& dir) {
+    return Sh("cd " + dir + " && find . -mindepth 1 -printf '%P %y %m %U:%G\\n' | LC_ALL=C sort");
+  };
+  EXPECT_EQ(listing(bundle + "/rootfs"), listing(materialised));
   Cli({"sandbox", "destroy", id});
 
   // Again: every blob is there, nothing is sent; the manifest is the same.
