@@ -5,7 +5,8 @@
 //     through skopeo + umoci as the same file tree Paddock materialises; a second
 //     push sends no blob; a push to another repository mounts every blob; a
 //     container's snapshot pushed by one paddockd is pulled by a second one (its
-//     own state dir) and a sandbox from it sees the snapshot's file;
+//     own state dir) and a sandbox from it sees the snapshot's file; an lz4
+//     store's layers go out as plain tars and come back with their diff_ids;
 //   * docker-registry with TLS (a test CA) and htpasswd (bcrypt) auth: push and
 //     pull with the right credentials work; wrong or no credentials are
 //     UNAUTHENTICATED naming the reference, and nothing is stored;
@@ -44,7 +45,10 @@
 
 #include "paddock/client.h"
 #include "storage/digest.h"
+#include "storage/image_import.h"
+#include "storage/image_store.h"
 #include "storage/registry/auth.h"
+#include "storage/registry/push.h"
 #include "storage/registry/credentials.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/test_rootfs.h"
@@ -435,6 +439,36 @@ TEST_F(RegistryPushTest, PushedImageComesBackAsTheTreePaddockMaterialisesAndRepu
 
   Fails({"image", "push", "nosuch:1", ref}, "NOT_FOUND", {"nosuch"});
   Fails({"image", "push", "bb:1", "Bad/Ref"}, "INVALID_ARGUMENT", {"Bad/Ref"});
+}
+
+// A store keeping lz4 layers pushes them as plain tars (digest = diff_id),
+// streamed through StreamLayerTar: the library, without a daemon.
+TEST_F(RegistryPushTest, Lz4LayersArePushedAsPlainTars) {
+  storage::ImageStoreOptions so;
+  so.compression = storage::Compression::kLz4;
+  auto store = storage::ImageStore::Open(daemon_->dir() + "/lz4-store", so);
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  storage::ImageConfig config;
+  config.env = {"GREETING=lz4"};
+  auto imported = storage::ImportDirectory(**store, testing::EnsureBusyboxRootfs(), config, {"bb:lz4"});
+  ASSERT_TRUE(imported.ok()) << imported.status().message();
+  auto ref = reg::ParseReference(Plain("lz4/busybox:1"));
+  ASSERT_TRUE(ref.ok());
+  std::vector<std::string> phases;
+  auto pushed = reg::PushImage(**store, "bb:lz4", *ref, {}, [&](const reg::PushProgress& p) { phases.push_back(p.phase); });
+  ASSERT_TRUE(pushed.ok()) << pushed.status().message();
+  EXPECT_EQ(pushed->blobs_uploaded, 2u);
+  EXPECT_EQ(phases.back(), "pushed");
+  auto img = (*store)->Get("bb:lz4");
+  ASSERT_TRUE(img.ok());
+  // Pulled by a daemon (zstd store): the same diff_id and config come back.
+  json pulled = Json({"image", "pull", Plain("lz4/busybox:1"), "--name", "back:1"});
+  json ins = Json({"image", "inspect", "back:1"});
+  EXPECT_EQ(ins["layers"][0]["diff_id"], img->manifest.layers[0].diff_id.str());
+  EXPECT_EQ(pulled["manifest_digest"], pushed->manifest_digest.str());
+  const std::string id = Create(*daemon_, "back:1");
+  EXPECT_EQ(Cli({"sandbox", "exec", id, "--shell", "echo $GREETING"}).out, "lz4\n");
+  Cli({"sandbox", "destroy", id});
 }
 
 TEST_F(RegistryPushTest, ASnapshotPushedByOneDaemonIsPulledAndRunByAnother) {
