@@ -18,6 +18,7 @@ PACKAGES=(
   libarchive-dev libzstd-dev liblz4-dev
   debootstrap umoci  # the Debian python3 test image (scripts/make-debian-image.sh)
   docker-registry skopeo  # registry pulls: the reference registry and a pusher (tests/registry_pull_test.cc)
+  apache2-utils  # htpasswd -B: bcrypt users for docker-registry's basic auth (tests/registry_push_test.cc)
   # the V4 policy engine: tokenizer regexes, fuzzing the DSML parser (clang's libFuzzer)
   libpcre2-dev clang libclang-rt-14-dev
   libboost-dev  # Boost.Beast/Asio (header-only): policy/backends HTTP clients

@@ -632,9 +632,9 @@ TEST_F(RegistryPullTest, RegistryErrorsAreMappedAndNamed) {
   MiniRegistry m;
   m.Set("/v2/auth/manifests/1", {401, "application/json",
                                  R"({"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]})",
-                                 {{"WWW-Authenticate", "Bearer realm=\"https://auth.example/token\""}}});
-  PullFails(m.host() + "/auth:1", "UNAUTHENTICATED", {m.host() + "/auth:1", "asks for credentials (Bearer)",
-                                   "anonymously only", "UNAUTHORIZED"});
+                                 {{"WWW-Authenticate", "Basic realm=\"registry\""}}});
+  PullFails(m.host() + "/auth:1", "UNAUTHENTICATED", {m.host() + "/auth:1", "asks for credentials (Basic)",
+                                   "none were given", "UNAUTHORIZED"});
   m.Set("/v2/denied/manifests/1", {403, "application/json", ""});
   PullFails(m.host() + "/denied:1", "PERMISSION_DENIED", {"refuses access"});
   m.Set("/v2/busy/manifests/1", {429, "application/json", "", {{"Retry-After", "7"}}});

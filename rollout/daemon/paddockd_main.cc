@@ -73,10 +73,11 @@ struct Flags {
   uint64_t layer_cache_max_bytes = 0;
   int64_t registry_timeout_ms = 60000;       // a registry request's deadline (layers get more)
   int64_t registry_idle_timeout_ms = 30000;  // a registry connection silent this long is dropped
+  std::string registry_creds_file;           // docker config format; none by default
   // A node's side of the fleet: how long a front's sandboxes outlive its silence.
   int64_t front_lease_ms = 5000;
-  uint32_t drain_grace_s = 0;
-  std::string metrics_listen;  // HOST:PORT of GET /metrics; empty: none  // on SIGTERM: time the live sandboxes get before they are destroyed
+  uint32_t drain_grace_s = 0;  // on SIGTERM: time the live sandboxes get before they are destroyed
+  std::string metrics_listen;  // HOST:PORT of GET /metrics; empty: none
   // A front's side (rollout/fleet): where its sandboxes go.
   std::string nodes;
   std::string node_token_file;
@@ -391,7 +392,8 @@ int Run(const Flags& flags) {
         std::make_unique<service::ImageService>(
             **image_store, layer_cache->get(), auth,
             service::ImageServiceOptions{std::chrono::milliseconds(flags.registry_timeout_ms),
-                                         std::chrono::milliseconds(flags.registry_idle_timeout_ms)}));
+                                         std::chrono::milliseconds(flags.registry_idle_timeout_ms),
+                                         flags.registry_creds_file}));
   });
 
   // 4. Clear what a crashed predecessor left behind.
@@ -593,14 +595,19 @@ int main(int argc, char** argv) {
                  "first (0: unbounded)")
       ->capture_default_str();
   app.add_option("--registry-timeout-ms", flags.registry_timeout_ms,
-                 "deadline of one registry request of `image pull` (manifest, config); a layer gets this "
-                 "plus its size at 256 KiB/s")
+                 "deadline of one registry request of `image pull` or `image push` (manifest, config, token); "
+                 "a layer gets this plus its size at 256 KiB/s")
       ->check(CLI::Range(int64_t{100}, int64_t{24} * 3600 * 1000))
       ->capture_default_str();
   app.add_option("--registry-idle-timeout-ms", flags.registry_idle_timeout_ms,
                  "a registry connection that sends nothing for this long is dropped")
       ->check(CLI::Range(int64_t{100}, int64_t{3600} * 1000))
       ->capture_default_str();
+  app.add_option("--registry-creds-file", flags.registry_creds_file,
+                 "registry credentials in docker's config.json format ({\"auths\": {\"HOST:PORT\": {\"auth\": "
+                 "base64(user:password)}}}) for pulls paddockd starts itself and for unix-socket clients' pulls "
+                 "that bring none (never for TCP clients or pushes); read at each pull (default: none)")
+      ->check(CLI::ExistingFile);
   app.add_option("--front-lease-ms", flags.front_lease_ms,
                  "as a node: a front's sandboxes here are destroyed when its heartbeats stop for this long "
                  "(fencing: the front re-places them only after that)")

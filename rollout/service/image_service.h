@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <string>
 
 #include "image.grpc.pb.h"
 #include "rollout/service/auth.h"
@@ -17,6 +18,10 @@ namespace paddock::service {
 struct ImageServiceOptions {
   std::chrono::milliseconds registry_request_timeout{60000};
   std::chrono::milliseconds registry_idle_timeout{30000};
+  // paddockd --registry-creds-file: docker config format; its entry for a
+  // registry serves pulls the daemon starts itself and unix-socket clients'
+  // pulls that bring no credentials. Read at each use. Empty: none.
+  std::string registry_creds_file;
 };
 
 class ImageService final : public v1::Images::Service {
@@ -41,6 +46,8 @@ class ImageService final : public v1::Images::Service {
                       v1::ExportImageResponse* resp) override;
   grpc::Status Pull(grpc::ServerContext* ctx, const v1::PullRequest* req,
                     grpc::ServerWriter<v1::ImportEvent>* writer) override;
+  grpc::Status Push(grpc::ServerContext* ctx, const v1::PushRequest* req,
+                    grpc::ServerWriter<v1::PushEvent>* writer) override;
 
  private:
   grpc::Status Authorize(const grpc::ServerContext& ctx) const {

@@ -185,11 +185,26 @@ struct ImageImportResult {
   uint64_t bytes_fetched = 0;   // pull: layer bytes downloaded
   std::string manifest_digest;  // pull: the registry's manifest digest
 };
+// Sent to the daemon for one call, never logged. Empty: anonymous.
+struct RegistryCredentials {
+  std::string username, password;
+  bool empty() const { return username.empty() && password.empty(); }
+};
 struct ImagePullOptions {
   std::string name;                              // store name; empty: the reference itself
   std::vector<std::string> insecure_registries;  // plain HTTP to these hosts (loopback always)
   std::string platform;                          // "os/arch[/variant]"; empty: linux/amd64
   std::string ca_file;                           // on the daemon's host
+  RegistryCredentials credentials;
+};
+struct ImagePushOptions {
+  std::vector<std::string> insecure_registries;  // plain HTTP to these hosts (loopback always)
+  std::string ca_file;                           // on the daemon's host
+  RegistryCredentials credentials;
+};
+struct ImagePushResult {
+  std::string image, ref, manifest_digest;
+  uint64_t blobs_total = 0, blobs_present = 0, blobs_mounted = 0, blobs_uploaded = 0, bytes_uploaded = 0;
 };
 // A pull's progress: a line, and layer bytes fetched of those to fetch.
 struct ImagePullProgress {
@@ -290,6 +305,11 @@ class Client {
   // Pulls REF from its registry into the daemon's store (images[0]: the image id).
   Result<ImageImportResult> ImagePull(const std::string& ref, const ImagePullOptions& options,
                                       const std::function<void(const ImagePullProgress&)>& on_progress = {});
+  // Pushes `image` (name, digest or prefix) of the daemon's store to REF.
+  // Progress as for a pull: blob bytes uploaded of those to upload.
+  Result<ImagePushResult> ImagePush(const std::string& image, const std::string& ref,
+                                    const ImagePushOptions& options,
+                                    const std::function<void(const ImagePullProgress&)>& on_progress = {});
   Result<ImageImportResult> ImageImportDir(const std::string& dir, const std::string& name,
                                            const std::vector<std::string>& env = {},
                                            const std::string& workdir = "");
