@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <optional>
 #include <thread>
@@ -113,6 +114,45 @@ class FleetTest : public ::testing::Test {
     }
   }
 
+  // `n` container sandboxes created through the front; their ids.
+  std::vector<std::string> CreateMany(client::Client& front, int n) {
+    std::vector<std::string> ids;
+    for (int i = 0; i < n; ++i) {
+      auto made = front.Create(Busybox());
+      EXPECT_TRUE(made.ok()) << made.status().ToString();
+      if (made.ok()) ids.push_back(made->id);
+    }
+    return ids;
+  }
+
+  // The state `paddock node ls` gave a node; "" when it is not listed.
+  static std::string StateOf(const json& ls, const std::string& address) {
+    for (const auto& n : ls.value("nodes", json::array()))
+      if (n["address"] == address) return n["state"];
+    return "";
+  }
+
+  // The rollout as `paddock rollout ls` shows it (null until listed).
+  json RolloutState(const std::string& id) const {
+    auto ls = front_->Cli({"--json", "rollout", "ls"});
+    if (ls.code == 0)
+      for (auto& ro : json::parse(ls.out, nullptr, false))
+        if (ro.is_object() && ro["rollout_id"] == id) return ro;
+    return json();
+  }
+  // Polls RolloutState until `done` holds or `timeout` passes; the last state.
+  json WaitForRollout(const std::string& id, const std::function<bool(const json&)>& done,
+                      std::chrono::seconds timeout) const {
+    json state;
+    for (auto until = Clock::now() + timeout; Clock::now() < until;) {
+      state = RolloutState(id);
+      if (state.is_object() && done(state)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return state;
+  }
+  static bool AllEnded(const json& s, int tasks) { return s["done"].get<int>() + s["failed"].get<int>() >= tasks; }
+
   static SandboxSpec Busybox() {
     SandboxSpec s;
     s.substrate = "container";
@@ -162,12 +202,8 @@ TEST_F(FleetTest, SandboxesArePlacedAcrossNodesAndServedThroughTheFront) {
   EXPECT_THAT(text.out, HasSubstr(addresses_[0]));
 
   client::Client front = Local(*front_);
-  std::vector<std::string> ids;
-  for (int i = 0; i < 6; ++i) {
-    auto made = front.Create(Busybox());
-    ASSERT_TRUE(made.ok()) << made.status().ToString();
-    ids.push_back(made->id);
-  }
+  std::vector<std::string> ids = CreateMany(front, 6);
+  ASSERT_EQ(ids.size(), 6u);
   // Spread: every node got some (6 over 3 nodes with room for 1000 each).
   size_t placed = 0;
   for (auto& n : nodes_) {
@@ -224,22 +260,15 @@ TEST_F(FleetTest, ALostNodeFailsItsSandboxesFastAndCreatesGoElsewhere) {
   StartFront(NodeList());
   ASSERT_EQ(WaitForNodes("ready", 2, std::chrono::seconds(15))["nodes"].size(), 2u);
   client::Client front = Local(*front_);
-  std::vector<std::string> ids;
-  for (int i = 0; i < 4; ++i) {
-    auto made = front.Create(Busybox());
-    ASSERT_TRUE(made.ok()) << made.status().ToString();
-    ids.push_back(made->id);
-  }
+  std::vector<std::string> ids = CreateMany(front, 4);
+  ASSERT_EQ(ids.size(), 4u);
   auto on_dead = FrontSandboxesOn(*nodes_[0]);
   ASSERT_FALSE(on_dead.empty());
   ASSERT_EQ(nodes_[0]->Stop(SIGKILL), 128 + SIGKILL);
   auto killed = Clock::now();
   json ls = WaitForNodes("lost", 1, std::chrono::seconds(15));
   double detect_s = std::chrono::duration<double>(Clock::now() - killed).count();
-  bool lost = false;
-  for (const auto& n : ls["nodes"])
-    if (n["address"] == addresses_[0]) lost = n["state"] == "lost";
-  ASSERT_TRUE(lost) << ls.dump();
+  ASSERT_EQ(StateOf(ls, addresses_[0]), "lost") << ls.dump();
   // Lost after the node's lease (2 s) plus a heartbeat and a quarter lease.
   EXPECT_LT(detect_s, 8.0);
 
@@ -290,16 +319,8 @@ TEST_F(FleetTest, ARolloutThroughTheFrontSurvivesANodeKilledMidway) {
   ASSERT_FALSE(FrontSandboxesOn(*nodes_[0]).empty()) << "no episode on the node to kill";
   ASSERT_EQ(nodes_[0]->Stop(SIGKILL), 128 + SIGKILL);
 
-  json state;
-  auto until = Clock::now() + std::chrono::seconds(120);
-  while (Clock::now() < until) {
-    auto ls = front_->Cli({"--json", "rollout", "ls"});
-    if (ls.code == 0)
-      for (auto& ro : json::parse(ls.out, nullptr, false))
-        if (ro.is_object() && ro["rollout_id"] == "fleet-run") state = ro;
-    if (state.is_object() && state["done"].get<int>() + state["failed"].get<int>() >= kTasks) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  json state = WaitForRollout("fleet-run", [&](const json& st) { return AllEnded(st, kTasks); },
+                              std::chrono::seconds(120));
   ASSERT_TRUE(state.is_object()) << front_->LogTail();
   EXPECT_EQ(state["done"].get<int>(), kTasks) << state.dump() << front_->LogTail();
   auto exported = front_->Cli({"export", "fleet-run"});
@@ -326,20 +347,13 @@ TEST_F(FleetTest, ANodeGivenNoticeDrainsThenItsSandboxesAreGone) {
   StartFront(NodeList());
   ASSERT_EQ(WaitForNodes("ready", 2, std::chrono::seconds(15))["nodes"].size(), 2u);
   client::Client front = Local(*front_);
-  std::vector<std::string> ids;
-  for (int i = 0; i < 4; ++i) {
-    auto made = front.Create(Busybox());
-    ASSERT_TRUE(made.ok()) << made.status().ToString();
-    ids.push_back(made->id);
-  }
+  std::vector<std::string> ids = CreateMany(front, 4);
+  ASSERT_EQ(ids.size(), 4u);
   auto on_first = FrontSandboxesOn(*nodes_[0]);
   ASSERT_FALSE(on_first.empty());
   ASSERT_EQ(::kill(nodes_[0]->pid(), SIGTERM), 0);
   json ls = WaitForNodes("draining", 1, std::chrono::seconds(5));
-  bool draining = false;
-  for (const auto& n : ls["nodes"])
-    if (n["address"] == addresses_[0]) draining = n["state"] == "draining";
-  EXPECT_TRUE(draining) << ls.dump();
+  EXPECT_EQ(StateOf(ls, addresses_[0]), "draining") << ls.dump();
   // Still served during the grace; new sandboxes go to the other node.
   auto during = front.Exec(on_first[0], Shell("echo still"));
   ASSERT_TRUE(during.ok()) << during.status().ToString();
@@ -377,20 +391,8 @@ TEST_F(FleetTest, ARolloutWaitsForNodesWhenAllAreGoneAndGoesOnWhenOneReturns) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1200));
   ASSERT_EQ(nodes_[0]->Stop(SIGKILL), 128 + SIGKILL);
 
-  auto rollout = [&] {
-    auto ls = front_->Cli({"--json", "rollout", "ls"});
-    if (ls.code == 0)
-      for (auto& ro : json::parse(ls.out, nullptr, false))
-        if (ro.is_object() && ro["rollout_id"] == "wait-run") return ro;
-    return json();
-  };
-  json state;
-  auto until = Clock::now() + std::chrono::seconds(30);
-  while (Clock::now() < until) {
-    state = rollout();
-    if (state.is_object() && state["state"] == "waiting_for_nodes") break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  json state = WaitForRollout("wait-run", [](const json& st) { return st["state"] == "waiting_for_nodes"; },
+                              std::chrono::seconds(30));
   ASSERT_TRUE(state.is_object());
   EXPECT_EQ(state["state"], "waiting_for_nodes") << state.dump() << front_->LogTail();
   EXPECT_EQ(state["failed"], 0) << state.dump();
@@ -400,12 +402,7 @@ TEST_F(FleetTest, ARolloutWaitsForNodesWhenAllAreGoneAndGoesOnWhenOneReturns) {
   // The node comes back (same address, same state dir): the rollout goes on.
   ASSERT_EQ(nodes_[0]->Start(node_args_[0]), "");
   ::chmod(nodes_[0]->dir().c_str(), 0755);
-  until = Clock::now() + std::chrono::seconds(90);
-  while (Clock::now() < until) {
-    state = rollout();
-    if (state.is_object() && state["done"].get<int>() + state["failed"].get<int>() >= kTasks) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
+  state = WaitForRollout("wait-run", [&](const json& st) { return AllEnded(st, kTasks); }, std::chrono::seconds(90));
   EXPECT_EQ(state["done"].get<int>(), kTasks) << state.dump() << front_->LogTail();
   auto exported = front_->Cli({"export", "wait-run"});
   std::istringstream in(exported.out);
