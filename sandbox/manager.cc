@@ -34,6 +34,7 @@ class TimedSandbox final : public Sandbox {
   Result<FileInfo> Stat(const std::string& path) override { return inner_->Stat(path); }
   Result<Usage> GetUsage() override { return inner_->GetUsage(); }
   bool Alive() const override { return inner_->Alive(); }
+  std::string placement() const override { return inner_->placement(); }
   Status Destroy() override { return inner_->Destroy(); }
   Result<SnapshotResult> Snapshot(const std::string& name) override { return inner_->Snapshot(name); }
 

@@ -41,6 +41,10 @@ class Sandbox {
   // sandbox owns. Idempotent.
   virtual Status Destroy() = 0;
 
+  // Where the sandbox runs when that is not this host: a front's node
+  // ("host:port", rollout/fleet); empty for a local sandbox.
+  virtual std::string placement() const { return {}; }
+
   // Turns the sandbox's filesystem changes into a new image on top of the one
   // it was created from, named `name` (may be empty). Substrates without
   // persistent state say why not (FAILED_PRECONDITION).

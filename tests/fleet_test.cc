@@ -337,6 +337,16 @@ TEST_F(FleetTest, ARolloutThroughTheFrontSurvivesANodeKilledMidway) {
   }
   EXPECT_EQ(lines, kTasks);
   EXPECT_GT(moved, 0) << "no episode was on the killed node";
+  // The placement is in each episode's record: the node it ended on.
+  auto log = front_->Cli({"--json", "log", "ls"});
+  ASSERT_EQ(log.code, 0) << log.err;
+  int placed_on_survivor = 0;
+  for (const auto& ep : json::parse(log.out, nullptr, false).value("episodes", json::array())) {
+    if (!ep.is_object() || ep.value("episode_id", "").rfind("fleet-run/", 0) != 0) continue;
+    ASSERT_TRUE(ep["labels"].contains("paddock.node")) << ep.dump();
+    placed_on_survivor += ep["labels"]["paddock.node"] == addresses_[1];
+  }
+  EXPECT_EQ(placed_on_survivor, kTasks) << "every episode ended on the node that stayed";
 }
 
 // A node given notice (SIGTERM with --drain-grace-s) takes no new sandboxes

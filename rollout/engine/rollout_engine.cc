@@ -764,6 +764,8 @@ class RolloutEngine::Impl {
       r->sandbox_start_ms.push_back(start_ms);
     }
     rec.set_sandbox_id(info->id);
+    // A front's placement decision, kept with the episode (rollout/fleet).
+    if (std::string where = ep->sandbox->placement(); !where.empty()) (*rec.mutable_labels())["paddock.node"] = where;
     if (!ep->logged_steps.empty()) rec.set_rebuild_note("resumed: a new sandbox was built for the episode");
     if (Status st = log_.PutEpisode(rec); !st.ok()) return Fail(r, ep, "error", st.message());
 

@@ -32,6 +32,7 @@ class RemoteSandbox final : public Sandbox {
   Result<FileInfo> Stat(const std::string& path) override;
   Result<Usage> GetUsage() override;
   bool Alive() const override;
+  std::string placement() const override { return node_->address(); }
   Status Destroy() override;
   Result<SnapshotResult> Snapshot(const std::string& name) override;
 
