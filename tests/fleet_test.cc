@@ -544,6 +544,14 @@ TEST_F(FleetTest, ASupersededEpochIsRefusedAndItsSandboxesDestroyed) {
   EXPECT_THAT(stale.status().message(), HasSubstr("superseded"));
   EXPECT_TRUE(Local(*nodes_[0]).List()->empty()) << "the old epoch's sandbox outlived it";
 
+  // A front of another API version is refused, saying both versions.
+  o.metadata = {{"paddock-front", "f2"}, {"paddock-epoch", "5"}, {"paddock-api", "999"}};
+  auto other_api = client::Client::Connect(o);
+  ASSERT_TRUE(other_api.ok());
+  auto refused = other_api->Stats();
+  EXPECT_EQ(refused.status().code(), Code::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("API version 999"));
+
   o.metadata = {{"paddock-front", "f1"}, {"paddock-epoch", "soon"}};
   auto malformed = client::Client::Connect(o);
   ASSERT_TRUE(malformed.ok());

@@ -197,7 +197,8 @@ void Node::Beat() {
     o.connect_timeout = options_.heartbeat;
     o.call_timeout = std::chrono::milliseconds(120000);
     o.metadata = {{service::kFrontIdMetadata, options_.front_id},
-                  {service::kFrontEpochMetadata, std::to_string(options_.epoch)}};
+                  {service::kFrontEpochMetadata, std::to_string(options_.epoch)},
+                  {service::kFrontApiMetadata, std::to_string(kApiVersion)}};
     auto made = client::Client::Connect(o);
     if (made.ok()) {
       c = std::make_shared<client::Client>(std::move(*made));

@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "proto/api_version.h"
+
 namespace paddock::service {
 
 namespace {
@@ -54,6 +56,11 @@ Result<FrontCall> FrontLeases::Check(const grpc::ServerContext& ctx, bool renew)
                  "malformed front lease: '{}: {}' and '{}: {}' must be an id of letters, digits, '-', '_' or '.' "
                  "and a positive epoch",
                  kFrontIdMetadata, front.substr(0, 80), kFrontEpochMetadata, epoch_text.substr(0, 40));
+  const std::string api = MetadataValue(ctx, kFrontApiMetadata);
+  if (!api.empty() && api != std::to_string(kApiVersion))
+    return Error(Code::kFailedPrecondition,
+                 "front {} speaks API version {}, this node {} (paddockd {}); run the same release on both",
+                 front, api.substr(0, 16), kApiVersion, kPaddockVersion);
   return renew ? Renew(front, epoch) : Verify(front, epoch);
 }
 

@@ -33,6 +33,8 @@ namespace paddock::service {
 
 inline constexpr char kFrontIdMetadata[] = "paddock-front";
 inline constexpr char kFrontEpochMetadata[] = "paddock-epoch";
+// The API version the front speaks (proto/api_version.h); another is refused.
+inline constexpr char kFrontApiMetadata[] = "paddock-api";
 // Labels a front's sandboxes carry on the node.
 inline constexpr char kFrontLabel[] = "paddock.front";
 inline constexpr char kEpochLabel[] = "paddock.epoch";
