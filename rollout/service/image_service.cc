@@ -221,6 +221,7 @@ grpc::Status ImageService::Pull(grpc::ServerContext* ctx, const v1::PullRequest*
                         "--insecure-registry is only for clients on paddockd's unix socket; over TCP registries "
                         "are spoken to over verified TLS"));
   opts.registry.http.refuse_loopback = remote;
+  if (!remote) opts.registry.http.insecure_hosts = options_.insecure_registries;
   for (const auto& h : req->insecure_registries()) {
     if (h.empty() || h.size() > 255) return ToGrpc(Error(Code::kInvalidArgument, "insecure registry '{}' is not a host", h));
     opts.registry.http.insecure_hosts.insert(h);
@@ -230,6 +231,9 @@ grpc::Status ImageService::Pull(grpc::ServerContext* ctx, const v1::PullRequest*
     // A CA file is a path on the daemon's host: unix-socket clients only.
     if (Status st = CheckHostPath(req->ca_file(), "CA file", auth_ != nullptr); !st.ok()) return ToGrpc(st);
     tls.ca_file = req->ca_file();
+    opts.registry.tls_everywhere = true;
+  } else if (!options_.registry_ca_file.empty()) {
+    tls.ca_file = options_.registry_ca_file;  // the operator's (paddockd --registry-ca-file)
     opts.registry.tls_everywhere = true;
   }
   auto tls_ctx = policy::MakeTlsClientContext(tls);

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <chrono>
+#include <set>
+#include <string>
 
 #include "image.grpc.pb.h"
 #include "rollout/service/auth.h"
@@ -14,9 +16,13 @@ namespace paddock::service {
 
 // Bounds on `image pull`'s registry requests (paddockd --registry-timeout-ms,
 // --registry-idle-timeout-ms); storage/registry/registry_client.h says how they apply.
+// The daemon's --insecure-registry hosts and --registry-ca-file add to what a
+// unix-socket client's pull asks for (TCP clients get neither host list).
 struct ImageServiceOptions {
   std::chrono::milliseconds registry_request_timeout{60000};
   std::chrono::milliseconds registry_idle_timeout{30000};
+  std::set<std::string> insecure_registries;
+  std::string registry_ca_file;  // used when the request names none
 };
 
 class ImageService final : public v1::Images::Service {

@@ -1,6 +1,7 @@
 #include "storage/registry/registry_client.h"
 
 #include <cctype>
+#include <cstdio>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -44,15 +45,18 @@ RegistryClient::RegistryClient(Reference ref, RegistryOptions options)
   }
 }
 
-Result<std::unique_ptr<HttpResponse>> RegistryClient::Get(const std::string& path, const std::string& accept,
-                                                          Clock::time_point deadline, const std::string& what) {
+Result<std::unique_ptr<HttpResponse>> RegistryClient::GetOnce(const std::string& path, const Headers& headers,
+                                                              Clock::time_point deadline, const std::string& what,
+                                                              AttemptFailure* failure) {
   Url url = base_;
   url.target = path;
-  std::vector<std::pair<std::string, std::string>> headers;
-  if (!accept.empty()) headers.emplace_back("Accept", accept);
   for (int hop = 0;; ++hop) {
     auto r = HttpGet(url, headers, deadline, options_.http);
-    if (!r.ok()) return r.status().Prefix(fmt::format("{}: {}", ref_.str(), what));
+    if (!r.ok()) {
+      // Resolve/connect/reset: the network's; TLS, policy and deadline errors are not.
+      failure->transient = r.status().code() == Code::kUnavailable;
+      return r.status().Prefix(fmt::format("{}: {}", ref_.str(), what));
+    }
     auto& resp = *r;
     unsigned s = resp->status();
     if (s >= 200 && s < 300) return std::move(resp);
@@ -66,8 +70,8 @@ Result<std::unique_ptr<HttpResponse>> RegistryClient::Get(const std::string& pat
         return Error(Code::kUnavailable, "{}: {}: redirect to an unusable location '{}'", ref_.str(), what,
                      loc.substr(0, 200));
       // A redirect to another host carries no request headers of ours but Accept
-      // (nothing secret is sent in this version; an Authorization header must
-      // not follow it when auth comes).
+      // and Range (nothing secret is sent in this version; an Authorization
+      // header must not follow it when auth comes).
       url = *next;
       continue;
     }
@@ -75,6 +79,8 @@ Result<std::unique_ptr<HttpResponse>> RegistryClient::Get(const std::string& pat
     std::string detail = body.ok() ? RegistryErrorText(*body) : "";
     std::string said = detail.empty() ? "" : fmt::format(" (the registry says: {})", detail);
     std::string where = ref_.registry;
+    failure->transient = s == 429 || s == 502 || s == 503 || s == 504;
+    failure->retry_after = ParseRetryAfter(resp->Header("retry-after"));
     switch (s) {
       case 401: {
         std::string challenge = resp->Header("www-authenticate");
@@ -103,34 +109,100 @@ Result<std::unique_ptr<HttpResponse>> RegistryClient::Get(const std::string& pat
   }
 }
 
+template <typename T>
+Result<T> RegistryClient::WithRetries(const std::function<Result<T>(AttemptFailure*)>& attempt, Retrier* shared) {
+  Retrier own(options_.retry, options_.http.cancelled);
+  Retrier& retrier = shared ? *shared : own;
+  for (;;) {
+    AttemptFailure failure;
+    Result<T> r = attempt(&failure);
+    if (r.ok()) return r;
+    if (retrier.WaitBeforeRetry(failure)) continue;
+    if (retrier.attempts() > 1)
+      return Status(r.status().code(), fmt::format("{} (after {} attempts)", r.status().message(), retrier.attempts()));
+    return r;
+  }
+}
+
 Result<FetchedManifest> RegistryClient::GetManifest(const std::string& tag_or_digest) {
   const std::string what = "manifest " + tag_or_digest;
-  auto deadline = Clock::now() + options_.request_timeout;
-  PADDOCK_ASSIGN_OR_RETURN(auto resp, Get("/v2/" + ref_.repository + "/manifests/" + tag_or_digest,
-                                          kManifestAccept, deadline, what));
-  FetchedManifest m;
-  auto bytes = resp->ReadAll(options_.max_manifest_bytes, what);
-  if (!bytes.ok()) return bytes.status().Prefix(ref_.str());
-  m.bytes = std::move(*bytes);
-  m.digest = Sha256::Of(m.bytes);
-  if (tag_or_digest.rfind("sha256:", 0) == 0 && m.digest.str() != tag_or_digest)
-    return Error(Code::kDataLoss, "{}: {} does not match its digest: its bytes hash to {}", ref_.str(), what,
-                 m.digest.str());
-  m.media_type = resp->Header("content-type");
-  if (auto semi = m.media_type.find(';'); semi != std::string::npos) m.media_type.resize(semi);
-  while (!m.media_type.empty() && m.media_type.back() == ' ') m.media_type.pop_back();
-  return m;
+  return WithRetries<FetchedManifest>(
+      [&](AttemptFailure* failure) -> Result<FetchedManifest> {
+        auto deadline = Clock::now() + options_.request_timeout;
+        PADDOCK_ASSIGN_OR_RETURN(auto resp, GetOnce("/v2/" + ref_.repository + "/manifests/" + tag_or_digest,
+                                                    {{"Accept", kManifestAccept}}, deadline, what, failure));
+        FetchedManifest m;
+        auto bytes = resp->ReadAll(options_.max_manifest_bytes, what);
+        if (!bytes.ok()) {
+          failure->transient = bytes.status().code() == Code::kUnavailable;  // the connection broke
+          return bytes.status().Prefix(ref_.str());
+        }
+        m.bytes = std::move(*bytes);
+        m.digest = Sha256::Of(m.bytes);
+        if (tag_or_digest.rfind("sha256:", 0) == 0 && m.digest.str() != tag_or_digest)
+          return Error(Code::kDataLoss, "{}: {} does not match its digest: its bytes hash to {}", ref_.str(), what,
+                       m.digest.str());
+        m.media_type = resp->Header("content-type");
+        if (auto semi = m.media_type.find(';'); semi != std::string::npos) m.media_type.resize(semi);
+        while (!m.media_type.empty() && m.media_type.back() == ' ') m.media_type.pop_back();
+        return m;
+      },
+      nullptr);
 }
 
 Result<std::unique_ptr<HttpResponse>> RegistryClient::OpenBlob(const Digest& digest, uint64_t size) {
+  PADDOCK_ASSIGN_OR_RETURN(OpenedBlob b, OpenBlobAt(digest, size, 0));
+  return std::move(b.body);
+}
+
+namespace {
+// "bytes START-END/TOTAL" (TOTAL may be "*"): START, or nullopt.
+std::optional<uint64_t> ContentRangeStart(const std::string& v, uint64_t size) {
+  unsigned long long start = 0, end = 0, total = 0;
+  char star = 0;
+  if (std::sscanf(v.c_str(), "bytes %llu-%llu/%llu", &start, &end, &total) == 3) {
+    if (end + 1 != size || total != size) return std::nullopt;
+    return start;
+  }
+  if (std::sscanf(v.c_str(), "bytes %llu-%llu/%c", &start, &end, &star) == 3 && star == '*' && end + 1 == size)
+    return start;
+  return std::nullopt;
+}
+}  // namespace
+
+Result<OpenedBlob> RegistryClient::OpenBlobOnce(const Digest& digest, uint64_t size, uint64_t offset,
+                                                AttemptFailure* failure) {
   const std::string what = "blob " + digest.str();
-  auto extra = std::chrono::milliseconds(size * 1000 / std::max<uint64_t>(1, options_.blob_min_bytes_per_s));
+  auto extra = std::chrono::milliseconds((size - std::min(offset, size)) * 1000 /
+                                         std::max<uint64_t>(1, options_.blob_min_bytes_per_s));
+  Headers headers;
+  if (offset > 0) headers.emplace_back("Range", fmt::format("bytes={}-", offset));
   auto deadline = Clock::now() + options_.request_timeout + extra;
-  PADDOCK_ASSIGN_OR_RETURN(auto resp, Get("/v2/" + ref_.repository + "/blobs/" + digest.str(), "", deadline, what));
-  if (auto len = resp->ContentLength(); len && *len != size)
+  PADDOCK_ASSIGN_OR_RETURN(auto resp, GetOnce("/v2/" + ref_.repository + "/blobs/" + digest.str(), headers, deadline,
+                                              what, failure));
+  OpenedBlob out;
+  if (offset > 0 && resp->status() == 206) {
+    // Only the range we asked for, of the blob we know, is taken.
+    auto start = ContentRangeStart(resp->Header("content-range"), size);
+    if (!start || *start != offset)
+      return Error(Code::kUnavailable, "{}: {}: asked for bytes {}- but the registry sent Content-Range '{}'",
+                   ref_.str(), what, offset, resp->Header("content-range").substr(0, 100));
+    out.offset = offset;
+  } else if (resp->status() != 200) {
+    return Error(Code::kInvalidArgument, "{}: {}: the registry answered HTTP {} to a blob GET", ref_.str(), what,
+                 resp->status());
+  }
+  if (auto len = resp->ContentLength(); len && *len != size - out.offset)
     return Error(Code::kDataLoss, "{}: {} is announced as {} bytes, but the manifest says {}; nothing was stored",
-                 ref_.str(), what, *len, size);
-  return resp;
+                 ref_.str(), what, *len + out.offset, size);
+  out.body = std::move(resp);
+  return out;
+}
+
+Result<OpenedBlob> RegistryClient::OpenBlobAt(const Digest& digest, uint64_t size, uint64_t offset,
+                                              Retrier* retrier) {
+  return WithRetries<OpenedBlob>(
+      [&](AttemptFailure* failure) { return OpenBlobOnce(digest, size, offset, failure); }, retrier);
 }
 
 Result<std::string> RegistryClient::GetSmallBlob(const Digest& digest, uint64_t size, uint64_t max) {
@@ -138,16 +210,23 @@ Result<std::string> RegistryClient::GetSmallBlob(const Digest& digest, uint64_t 
   if (size > max)
     return Error(Code::kInvalidArgument, "{}: {} is declared as {} bytes, over the limit of {}", ref_.str(), what,
                  size, max);
-  PADDOCK_ASSIGN_OR_RETURN(auto resp, OpenBlob(digest, size));
-  auto data = resp->ReadAll(size, what);
-  if (!data.ok()) return data.status().Prefix(ref_.str());
-  if (data->size() != size)
-    return Error(Code::kDataLoss, "{}: {} ended after {} of its {} bytes", ref_.str(), what, data->size(), size);
-  Digest got = Sha256::Of(*data);
-  if (!(got == digest))
-    return Error(Code::kDataLoss, "{}: {} does not match its digest: its bytes hash to {}", ref_.str(), what,
-                 got.str());
-  return std::move(*data);
+  return WithRetries<std::string>(
+      [&](AttemptFailure* failure) -> Result<std::string> {
+        PADDOCK_ASSIGN_OR_RETURN(OpenedBlob b, OpenBlobOnce(digest, size, 0, failure));
+        auto data = b.body->ReadAll(size, what);
+        if (!data.ok()) {
+          failure->transient = data.status().code() == Code::kUnavailable;
+          return data.status().Prefix(ref_.str());
+        }
+        if (data->size() != size)
+          return Error(Code::kDataLoss, "{}: {} ended after {} of its {} bytes", ref_.str(), what, data->size(), size);
+        Digest got = Sha256::Of(*data);
+        if (!(got == digest))
+          return Error(Code::kDataLoss, "{}: {} does not match its digest: its bytes hash to {}", ref_.str(), what,
+                       got.str());
+        return std::move(*data);
+      },
+      nullptr);
 }
 
 }  // namespace paddock::storage::registry
