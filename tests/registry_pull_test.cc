@@ -28,6 +28,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -888,7 +889,11 @@ TEST_F(RegistryPullTest, ARolloutTaskNamingARegistryReferenceRuns) {
   ASSERT_EQ(r.code, 0) << r.out << r.err << daemon_->LogTail();
   auto lines = testing::ReadWholeFile(dir + "/out/pull-run/episodes.jsonl");
   int rewarded = 0;
-  for (size_t at = 0; (at = lines.find("\"reward\":1", at)) != std::string::npos; ++at) ++rewarded;
+  std::istringstream in(lines);
+  for (std::string line; std::getline(in, line);) {
+    json l = json::parse(line, nullptr, false);
+    if (!l.is_discarded() && l.value("reward", 0.0) == 1.0) ++rewarded;
+  }
   EXPECT_EQ(rewarded, 2) << lines.substr(0, 2000);
   EXPECT_THAT(daemon_->LogTail(64 << 10), HasSubstr("pulled " + ref + " on first use"));
 }
