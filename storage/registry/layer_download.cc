@@ -28,7 +28,9 @@ Status LayerDownload::Open() {
   uint64_t skip = got_ - b.offset;
   char scratch[16384];
   while (skip > 0) {
-    PADDOCK_ASSIGN_OR_RETURN(size_t r, body_->Read(scratch, static_cast<size_t>(std::min<uint64_t>(skip, sizeof scratch))));
+    auto read = body_->Read(scratch, static_cast<size_t>(std::min<uint64_t>(skip, sizeof scratch)));
+    if (!read.ok()) return read.status().Prefix(who_);
+    size_t r = *read;
     if (r == 0)
       return Error(Code::kUnavailable, "{}: the registry resent the blob from the start and ended after {} bytes",
                    who_, got_ - skip);
@@ -41,8 +43,7 @@ Result<size_t> LayerDownload::Read(void* buf, size_t n) {
   if (verified_) return size_t{0};
   for (;;) {
     if (abort_ && abort_->load()) return Error(Code::kCancelled, "{}: stopped: another layer of the pull failed", who_);
-    const bool opening = !body_;
-    Status st = opening ? Open() : Status::Ok();
+    Status st = body_ ? Status::Ok() : Open();
     Result<size_t> read = st;
     if (st.ok()) {
       size_t want = static_cast<size_t>(std::min<uint64_t>(n, size_ - std::min(got_, size_) + 1));
@@ -57,8 +58,8 @@ Result<size_t> LayerDownload::Read(void* buf, size_t n) {
         ++resumes_;
         continue;
       }
-      // OpenBlobAt's errors name the reference and blob already; the body's do not.
-      std::string msg = opening ? read.status().message() : who_ + ": " + read.status().message();
+      // Open's errors name the reference and blob already; the body's do not.
+      std::string msg = st.ok() ? who_ + ": " + read.status().message() : read.status().message();
       if (resumes_ > 0) msg += fmt::format(" (after {} resumed downloads)", resumes_);
       return Fail(Status(read.status().code(), msg));
     }
