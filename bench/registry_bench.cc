@@ -4,7 +4,8 @@
 //
 //   1. pull + materialize (every layer unpacked in the LayerCache) vs
 //      `skopeo copy docker://… oci:DIR` + `umoci unpack` of the same image,
-//      alternating which goes first; medians and their ratio;
+//      alternating which goes first; medians and their ratio (and the pull
+//      alone with one layer at a time, to show what parallel layers buy);
 //   2. a re-pull with every layer present vs the first pull (target ≤ 1/20);
 //   3. an image sharing its base layer with one already pulled: the bytes it
 //      transfers vs its new layer's size;
@@ -234,7 +235,7 @@ int main(int argc, char** argv) {
              Mib(layers[0].second), Mib(layers.back().second));
 
   // 1 + 2: pull + materialize vs skopeo + umoci; re-pull vs first pull.
-  std::vector<double> ours, ours_pull, peer, peer_copy, repull;
+  std::vector<double> ours, ours_pull, serial_pull, peer, peer_copy, repull;
   for (int i = 0; i < runs; ++i) {
     for (int k = 0; k < 2; ++k) {
       if ((i + k) % 2 == 0) {
@@ -252,6 +253,13 @@ int main(int argc, char** argv) {
         Die(again.status(), "pulling again");
         repull.push_back(Now() - t3);
         if (again->bytes_fetched != 0) fmt::print("warning: the re-pull fetched {} bytes\n", again->bytes_fetched);
+        // The same pull one layer at a time (PullOptions::parallel_layers = 1).
+        Fresh g = FreshStore(work + "/serial");
+        auto one = PullOpts();
+        one.parallel_layers = 1;
+        double t5 = Now();
+        Die(registry::PullImage(*g.store, Ref(full), one).status(), "pulling one layer at a time");
+        serial_pull.push_back(Now() - t5);
       } else {
         Sh(fmt::format("rm -rf '{0}/peer-oci' '{0}/peer-bundle'", work));
         double t0 = Now();
@@ -330,6 +338,7 @@ int main(int argc, char** argv) {
   fmt::print("\nregistry pulls, median of {} runs (ms)\n", runs);
   fmt::print("{:<62} {:>9.1f}\n", "pull + materialize (ours)", o * 1e3);
   fmt::print("{:<62} {:>9.1f}\n", "  of which the pull (fetch, verify, recompress, commit)", Median(ours_pull) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "  the pull one layer at a time (parallel_layers = 1)", Median(serial_pull) * 1e3);
   fmt::print("{:<62} {:>9.1f}\n", "skopeo copy docker:// oci: + umoci unpack (peer)", p * 1e3);
   fmt::print("{:<62} {:>9.1f}\n", "  of which skopeo copy", Median(peer_copy) * 1e3);
   fmt::print("{:<62} {:>9.3f}x  {}\n", "ours / peer", o / p, o <= p ? "faster" : "slower");

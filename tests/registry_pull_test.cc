@@ -801,6 +801,26 @@ TEST_F(RegistryPullTest, ALayerCutHalfWayIsResumedWithARangeRequest) {
   StoreIsEmpty();
 }
 
+TEST_F(RegistryPullTest, NewLayersAreFetchedInParallelAndProgressSumsThem) {
+  MiniRegistry m;
+  // Each layer's answer waits 1.5 s after its head: one after the other would
+  // take 3 s or more.
+  ServeImage(m, "par");
+  for (size_t i = 0; i < layout_->layers.size(); ++i) {
+    Route slow{200, "application/octet-stream", layout_->layers[i]};
+    slow.stall_ms = 1500;
+    m.Set("/v2/par/blobs/" + layout_->manifest["layers"][i]["digest"].get<std::string>(), slow);
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = Cli({"image", "pull", m.host() + "/par:1"});
+  auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_LT(took, std::chrono::milliseconds(2900));
+  EXPECT_THAT(r.err, HasSubstr("2 layers, 2 to fetch"));
+  EXPECT_THAT(r.err, HasSubstr("2 layers, 2 fetched"));
+  RunsEchoOk(m.host() + "/par:1");
+}
+
 // ---- pull on first use -----------------------------------------------------
 
 TEST_F(RegistryPullTest, ConcurrentCreatesNamingARegistryReferenceShareOnePull) {
