@@ -39,6 +39,8 @@
 #include "paddock/client.h"
 #include "storage/digest.h"
 #include "storage/registry/http_get.h"
+#include "storage/registry/on_demand_pull.h"
+#include "storage/registry/retry.h"
 #include "storage/registry/pull.h"
 #include "storage/registry/reference.h"
 #include "tests/rollout_test_util.h"
@@ -90,6 +92,38 @@ TEST(RegistryReference, ParsesHostsRepositoriesTagsAndDigests) {
   for (const char* bad : {"", "Upper/case", "reg.example/x:", "reg.example/x@sha256:12", "reg.example/x@md5:" ,
                           "reg.example//x", "reg.example/x:t@g", "a b"})
     EXPECT_FALSE(reg::ParseReference(bad).ok()) << bad;
+}
+
+TEST(RegistryReference, StoreNamesAndRegistryReferencesAreToldApart) {
+  namespace reg = storage::registry;
+  const std::string hex(64, 'b');
+  for (const char* ref : {"127.0.0.1:5000/swe/django:4.2", "localhost/a/b", "reg.example/x", "reg:5000/x"})
+    EXPECT_TRUE(reg::NamesRegistryImage(ref)) << ref;
+  EXPECT_TRUE(reg::NamesRegistryImage("debian@sha256:" + hex));
+  // No host part: store names, however they look.
+  for (const char* name : {"py:3", "py", "localhost", "library/debian", "swe/django:4.2", "sha256:abcd", "abcd1234"})
+    EXPECT_FALSE(reg::NamesRegistryImage(name)) << name;
+}
+
+TEST(RegistryRetry, RetryAfterAndWhatIsRetried) {
+  namespace reg = storage::registry;
+  EXPECT_EQ(reg::ParseRetryAfter("1"), std::chrono::milliseconds(1000));
+  EXPECT_EQ(reg::ParseRetryAfter("120"), std::chrono::milliseconds(120000));
+  EXPECT_FALSE(reg::ParseRetryAfter("").has_value());
+  EXPECT_FALSE(reg::ParseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT").has_value());
+  reg::RetryPolicy p;
+  p.first_backoff = std::chrono::milliseconds(1);
+  reg::Retrier r(p, nullptr);
+  EXPECT_FALSE(r.WaitBeforeRetry({false, std::nullopt}));            // permanent: never
+  EXPECT_FALSE(r.WaitBeforeRetry({true, std::chrono::seconds(60)}));  // asks for longer than the cap
+  EXPECT_TRUE(r.WaitBeforeRetry({true, std::nullopt}));
+  EXPECT_TRUE(r.WaitBeforeRetry({true, std::nullopt}));
+  EXPECT_TRUE(r.WaitBeforeRetry({true, std::nullopt}));
+  EXPECT_FALSE(r.WaitBeforeRetry({true, std::nullopt}));  // 4 attempts made
+  EXPECT_EQ(r.attempts(), 4);
+  bool cancel = true;
+  reg::Retrier c(p, [&] { return cancel; });
+  EXPECT_FALSE(c.WaitBeforeRetry({true, std::nullopt}));  // a cancelled call stops retrying
 }
 
 TEST(RegistryReference, UrlsPlatformsAndPlainHttpPolicy) {
