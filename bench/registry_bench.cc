@@ -12,7 +12,7 @@
 //   4. the first exec (`python3 -c 'print(6*7)'`) in a container created by
 //      naming the registry reference (pull on first use: pull, materialize,
 //      create, exec) vs the transfer alone (manifest, config and layer blobs
-//      read and dropped).
+//      read and dropped; and the same blobs fetched by curl, for scale).
 //
 // Usage: registry_bench [RUNS=5] [WORK_DIR=/var/tmp/paddock-registry-bench]
 // Needs root, docker-registry, skopeo and umoci. See bench/README.md.
@@ -170,22 +170,32 @@ void Materialize(Fresh& f, const std::string& image) {
   for (const auto& l : img->manifest.layers) Die(f.cache->Acquire(l.diff_id).status(), "materializing a layer");
 }
 
-// The image's manifest, config and layer blobs read from the registry and
-// dropped: the transfer alone.
-uint64_t TransferOnly(const std::string& ref_text) {
-  auto opts = PullOpts();
-  registry::RegistryClient client(Ref(ref_text), opts.registry);
+// The image's config and layer blobs, as its manifest lists them.
+std::vector<std::pair<Digest, uint64_t>> Blobs(const std::string& ref_text) {
+  registry::RegistryClient client(Ref(ref_text), PullOpts().registry);
   auto m = client.GetManifest(Ref(ref_text).ManifestRef());
   Die(m.status(), "manifest");
   json doc = json::parse(m->bytes);
-  uint64_t n = 0;
-  std::vector<json> blobs = {doc["config"]};
-  for (const auto& l : doc["layers"]) blobs.push_back(l);
-  static char buf[1 << 20];
-  for (const auto& b : blobs) {
+  std::vector<json> descs = {doc["config"]};
+  for (const auto& l : doc["layers"]) descs.push_back(l);
+  std::vector<std::pair<Digest, uint64_t>> out;
+  for (const auto& b : descs) {
     auto d = Digest::Parse(b["digest"].get<std::string>());
     Die(d.status(), "digest");
-    auto body = client.OpenBlob(*d, b["size"]);
+    out.emplace_back(*d, b["size"].get<uint64_t>());
+  }
+  return out;
+}
+
+// The image's manifest, config and layer blobs read from the registry by our
+// HTTP client and dropped: the transfer alone.
+uint64_t TransferOnly(const std::string& ref_text) {
+  auto blobs = Blobs(ref_text);  // includes the manifest GET
+  registry::RegistryClient client(Ref(ref_text), PullOpts().registry);
+  uint64_t n = 0;
+  static char buf[1 << 20];
+  for (const auto& [d, size] : blobs) {
+    auto body = client.OpenBlob(d, size);
     Die(body.status(), "blob");
     for (;;) {
       auto r = (*body)->Read(buf, sizeof buf);
@@ -287,13 +297,19 @@ int main(int argc, char** argv) {
   }
 
   // 4: first exec in a container named by the registry reference vs the transfer alone.
-  std::vector<double> first_exec, transfer;
+  std::vector<double> first_exec, transfer, curl;
+  std::string curl_cmd = "curl -sf";
+  for (const auto& [d, size] : Blobs(full))
+    curl_cmd += fmt::format(" -o /dev/null http://{}/v2/bench/python3/blobs/{}", host, d.str());
   const std::string state = work + "/sandbox-state";
   for (int i = 0; i < runs; ++i) {
     double t0 = Now();
     uint64_t n = TransferOnly(full);
     transfer.push_back(Now() - t0);
     if (n < image_bytes) fmt::print("warning: the transfer read {} of {} bytes\n", n, image_bytes);
+    double tc = Now();
+    Sh(curl_cmd);
+    curl.push_back(Now() - tc);
 
     Fresh f = FreshStore(work + "/exec");
     fs::remove_all(state);
@@ -351,6 +367,7 @@ int main(int argc, char** argv) {
              layers.back().second, s.layers_new, s.layers_total);
   fmt::print("{:<62} {:>9.1f}\n", "transfer alone (manifest, config, layers read and dropped)",
              Median(transfer) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "  the same blobs by curl (one process, keep-alive)", Median(curl) * 1e3);
   fmt::print("{:<62} {:>9.1f}\n", "first exec from the reference (pull, unpack, create, exec)", Median(first_exec) * 1e3);
   fmt::print("{:<62} {:>9.2f}x\n", "first exec / transfer alone", Median(first_exec) / Median(transfer));
   fs::remove_all(work);
