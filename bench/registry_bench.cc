@@ -132,11 +132,16 @@ void StartRegistry(const std::string& work, Registry* r) {
   std::exit(1);
 }
 
+// Made once, as the daemon does for pulls on first use: loading the system CA
+// store is not part of a pull's time.
 registry::PullOptions PullOpts() {
-  registry::PullOptions o;
-  auto tls = policy::MakeTlsClientContext({});
-  Die(tls.status(), "TLS context");
-  o.registry.http.tls = *tls;
+  static const registry::PullOptions o = [] {
+    registry::PullOptions p;
+    auto tls = policy::MakeTlsClientContext({});
+    Die(tls.status(), "TLS context");
+    p.registry.http.tls = *tls;
+    return p;
+  }();
   return o;
 }
 
