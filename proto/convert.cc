@@ -51,6 +51,7 @@ ExecRequest FromProto(const v1::ExecRequest& p) {
   d.cwd = p.cwd();
   d.timeout_ms = p.timeout_ms();
   d.output_cap = p.output_cap_bytes();
+  d.sealed = p.sealed();
   return d;
 }
 
@@ -62,6 +63,7 @@ void ToProto(const ExecRequest& d, v1::ExecRequest* p) {
   p->set_cwd(d.cwd);
   p->set_timeout_ms(d.timeout_ms);
   p->set_output_cap_bytes(d.output_cap);
+  p->set_sealed(d.sealed || !d.trusted_program.empty());
 }
 
 ExecResult FromProto(const v1::ExecResult& p) {

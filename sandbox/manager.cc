@@ -12,6 +12,36 @@ int64_t NowMs() {
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+// Every sandbox the manager hands out: the substrate's, with its execs timed
+// for /metrics (one clock read on each side of a call that costs milliseconds).
+class TimedSandbox final : public Sandbox {
+ public:
+  TimedSandbox(std::unique_ptr<Sandbox> inner, LatencyHistogram* execs) : inner_(std::move(inner)), execs_(execs) {}
+  const std::string& id() const override { return inner_->id(); }
+  Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = inner_->Exec(req, on_output);
+    execs_->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return r;
+  }
+  Status WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents) override {
+    return inner_->WriteFile(path, content, mode, make_parents);
+  }
+  Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) override {
+    return inner_->ReadFile(path, max_bytes);
+  }
+  Result<std::vector<FileInfo>> ListDir(const std::string& path) override { return inner_->ListDir(path); }
+  Result<FileInfo> Stat(const std::string& path) override { return inner_->Stat(path); }
+  Result<Usage> GetUsage() override { return inner_->GetUsage(); }
+  bool Alive() const override { return inner_->Alive(); }
+  Status Destroy() override { return inner_->Destroy(); }
+  Result<SnapshotResult> Snapshot(const std::string& name) override { return inner_->Snapshot(name); }
+
+ private:
+  std::unique_ptr<Sandbox> inner_;
+  LatencyHistogram* execs_;
+};
+
 }  // namespace
 
 std::string NewSandboxId() {
@@ -53,10 +83,13 @@ SandboxManager::SandboxManager(ManagerOptions options) : options_(options) {
 
 SandboxManager::~SandboxManager() { Shutdown(); }
 
-void SandboxManager::RegisterSubstrate(std::unique_ptr<Substrate> substrate) {
+void SandboxManager::RegisterSubstrate(std::unique_ptr<Substrate> substrate, bool usable) {
   std::string name = substrate->name();
   substrates_[name] = std::move(substrate);
+  if (usable) usable_.push_back(name);
 }
+
+std::vector<std::string> SandboxManager::UsableSubstrateNames() const { return usable_; }
 
 std::vector<std::string> SandboxManager::SubstrateNames() const {
   std::vector<std::string> names;
@@ -73,6 +106,8 @@ Result<SandboxInfo> SandboxManager::Create(const SandboxSpec& spec_in) {
     return Error(Code::kInvalidArgument, "unknown substrate '{}'; available: {}", spec.substrate,
                  known);
   }
+  if (draining_.load())
+    return Error(Code::kUnavailable, "this paddockd is draining (it was told to stop): it takes no new sandboxes");
   if (spec.image.empty())
     return Error(Code::kInvalidArgument, "no image given; pass --image with an image name (`paddock image ls`) or a root filesystem directory");
   if (spec.ttl_seconds == 0) spec.ttl_seconds = options_.default_ttl_seconds;
@@ -89,17 +124,23 @@ Result<SandboxInfo> SandboxManager::Create(const SandboxSpec& spec_in) {
                    options_.max_sandboxes);
     ++reserved_;
   }
+  const auto t0 = std::chrono::steady_clock::now();
   auto created = it->second->Create(NewSandboxId(), spec);
   std::lock_guard lock(mu_);
   --reserved_;
-  if (!created.ok()) return created.status();
+  if (!created.ok()) {
+    create_failures_.fetch_add(1);
+    return created.status();
+  }
+  creates_total_.fetch_add(1);
+  create_latency_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   std::string id = created.value()->id();
   Entry e;
   e.info.id = id;
   e.info.spec = spec;
   e.info.created_unix_ms = NowMs();
   e.info.expires_unix_ms = e.info.created_unix_ms + int64_t{spec.ttl_seconds} * 1000;
-  e.sandbox = std::shared_ptr<Sandbox>(std::move(created).value());
+  e.sandbox = std::make_shared<TimedSandbox>(std::move(created).value(), &exec_latency_);
   SandboxInfo info = Snapshot(e);
   sandboxes_.emplace(id, std::move(e));
   expiry_cv_.notify_all();

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "sandbox/latency_histogram.h"
 #include "sandbox/sandbox.h"
 
 namespace paddock {
@@ -36,8 +37,12 @@ class SandboxManager {
   explicit SandboxManager(ManagerOptions options);
   ~SandboxManager();
 
-  void RegisterSubstrate(std::unique_ptr<Substrate> substrate);
+  // `usable`: whether it can create sandboxes on this host (a microVM substrate
+  // without an accelerator is registered to say why creates fail, but a front
+  // must not place microVMs here).
+  void RegisterSubstrate(std::unique_ptr<Substrate> substrate, bool usable = true);
   std::vector<std::string> SubstrateNames() const;
+  std::vector<std::string> UsableSubstrateNames() const;
 
   Result<SandboxInfo> Create(const SandboxSpec& spec);
   // The sandbox stays alive while the returned pointer is held, even if it is
@@ -50,7 +55,18 @@ class SandboxManager {
   uint32_t max_sandboxes() const { return options_.max_sandboxes; }
   std::map<std::string, uint32_t> CountBySubstrate();
   uint64_t execs_total() const { return execs_total_.load(); }
+  // For /metrics: every exec of every sandbox (API and rollout engine alike),
+  // and every create through this manager.
+  const LatencyHistogram& exec_latency() const { return exec_latency_; }
+  const LatencyHistogram& create_latency() const { return create_latency_; }
+  uint64_t creates_total() const { return creates_total_.load(); }
+  uint64_t create_failures_total() const { return create_failures_.load(); }
   void CountExec() { execs_total_.fetch_add(1); }
+
+  // Draining: creates are refused (UNAVAILABLE), the sandboxes there run on
+  // (a node given notice, paddockd --drain-grace-s).
+  void SetDraining(bool draining) { draining_ = draining; }
+  bool draining() const { return draining_.load(); }
 
   // Destroys every sandbox and stops substrates. Called on SIGTERM.
   void Shutdown();
@@ -65,10 +81,14 @@ class SandboxManager {
 
   ManagerOptions options_;
   std::map<std::string, std::unique_ptr<Substrate>> substrates_;
+  std::vector<std::string> usable_;
   mutable std::mutex mu_;
   std::map<std::string, Entry> sandboxes_;
   uint32_t reserved_ = 0;  // creates in flight, counted against the cap
   std::atomic<uint64_t> execs_total_{0};
+  std::atomic<bool> draining_{false};
+  LatencyHistogram exec_latency_, create_latency_;
+  std::atomic<uint64_t> creates_total_{0}, create_failures_{0};
   std::condition_variable expiry_cv_;
   bool stopping_ = false;
   std::thread expiry_thread_;

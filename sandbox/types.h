@@ -69,6 +69,9 @@ struct ExecRequest {
   // can neither replace the tools the verifier runs nor leave a process to
   // race it. Never set from the API.
   std::string trusted_program;
+  // Asks a daemon over the API for such a sealed run with its own toolset (a
+  // front's verifier on a node): the node fills trusted_program itself.
+  bool sealed = false;
   // Polled (every few tens of ms) while the command runs; once it returns
   // true the command's process tree is killed as at a timeout and the call
   // returns CANCELLED (a client that went away). Not sent to the sandbox.

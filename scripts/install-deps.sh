@@ -18,6 +18,7 @@ PACKAGES=(
   libarchive-dev libzstd-dev liblz4-dev
   debootstrap umoci  # the Debian python3 test image (scripts/make-debian-image.sh)
   docker-registry skopeo  # registry pulls: the reference registry and a pusher (tests/registry_pull_test.cc)
+  apache2-utils  # htpasswd -B: bcrypt users for docker-registry's basic auth (tests/registry_push_test.cc)
   # the V4 policy engine: tokenizer regexes, fuzzing the DSML parser (clang's libFuzzer)
   libpcre2-dev clang libclang-rt-14-dev
   libboost-dev  # Boost.Beast/Asio (header-only): policy/backends HTTP clients
@@ -113,6 +114,60 @@ paddock_tokenizer_install() {
 }
 paddock_tokenizer_install
 # --- end DeepSeek tokenizer.json ---
+
+# --- npm packages of the tests: kubernetes-models and yaml (tests/k8s/package.json) ---
+# tests/k8s/validate_manifests.mjs checks deploy/kubernetes against the Kubernetes
+# schemas with them. Installed with `npm ci` from tests/k8s/package-lock.json into
+# /usr/local/lib/paddock-node (node_modules there; PADDOCK_NODE_DEPS installs
+# elsewhere, and the test reads the same variable). Quick when done: a stamp holds
+# the sha256 of package.json + package-lock.json and nothing runs while it matches.
+# Installs Debian's npm if needed. Without the npm registry it fails saying what
+# is missing; the folder is replaced only by a complete install.
+paddock_node_deps_install() {
+  local src
+  src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/k8s"
+  local dest="${PADDOCK_NODE_DEPS:-/usr/local/lib/paddock-node}"
+  local stamp="$dest/.paddock-deps.sha256"
+  local want
+  want="$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -d "$dest/node_modules/kubernetes-models" ] &&
+     [ -d "$dest/node_modules/yaml" ]; then
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ] && [ ! -w "$(dirname "$dest")" ]; then
+    echo "install-deps: npm packages kubernetes-models, yaml missing in $dest; run as root (or: sudo $0)" >&2
+    return 1
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "install-deps: installing npm (for the tests' npm packages)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends npm </dev/null
+  fi
+  local tmp="$dest.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  cp "$src/package.json" "$src/package-lock.json" "$tmp/"
+  echo "install-deps: npm ci kubernetes-models, yaml into $dest (tests/k8s/package-lock.json)"
+  if ! (cd "$tmp" && npm ci --no-audit --no-fund --ignore-scripts --cache "$tmp/.npm-cache" </dev/null \
+          >"$tmp/npm.out" 2>&1); then
+    echo "install-deps: npm ci in $tmp failed, so $dest lacks kubernetes-models and yaml" \
+         "(tests/k8s/package.json), which tests/k8s/validate_manifests.mjs (ctest deploy_manifests) needs." \
+         "Is the npm registry reachable? npm said:" >&2
+    grep -v "complete log of this run" "$tmp/npm.out" | tail -n 20 >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  rm -rf "$tmp/.npm-cache" "$tmp/npm.out"
+  echo "$want" > "$tmp/.paddock-deps.sha256"
+  rm -rf "$dest.old"
+  [ -e "$dest" ] && mv "$dest" "$dest.old"
+  mv "$tmp" "$dest"
+  rm -rf "$dest.old"
+  echo "install-deps: installed kubernetes-models, yaml in $dest/node_modules"
+}
+paddock_node_deps_install
+# --- end npm packages of the tests ---
 
 # --- the `paddock` group: members may use paddockd's unix socket (0660 root:paddock) ---
 if [ "$(id -u)" -eq 0 ] && ! getent group paddock > /dev/null; then

@@ -62,6 +62,11 @@ void BlobWriter::StartWriteback(bool force) {
   writeback_from_ = written_;
 }
 
+Status BlobWriter::WriteOut(const char* data, size_t n) {
+  if (!leave_reserved_) return WriteAll(fd_.get(), data, n, path_);
+  return store_->WriteUnreserved(fd_.get(), data, n, path_);
+}
+
 Status BlobWriter::Write(const void* data, size_t n) {
   if (finished_) return Error(Code::kFailedPrecondition, "write to a finished blob writer");
   hash_.Update(data, n);
@@ -71,12 +76,11 @@ Status BlobWriter::Write(const void* data, size_t n) {
     buf_.append(p, n);
     return Status::Ok();
   }
-  if (leave_reserved_) PADDOCK_RETURN_IF_ERROR(store_->CheckUnreserved(buf_.size() + n, path_));
-  PADDOCK_RETURN_IF_ERROR(WriteAll(fd_.get(), buf_.data(), buf_.size(), path_));
+  PADDOCK_RETURN_IF_ERROR(WriteOut(buf_.data(), buf_.size()));
   written_ += buf_.size();
   buf_.clear();
   if (n >= kWriteBuffer) {
-    PADDOCK_RETURN_IF_ERROR(WriteAll(fd_.get(), p, n, path_));
+    PADDOCK_RETURN_IF_ERROR(WriteOut(p, n));
     written_ += n;
   } else {
     buf_.append(p, n);
@@ -86,8 +90,7 @@ Status BlobWriter::Write(const void* data, size_t n) {
 }
 
 Result<StagedBlob> BlobWriter::Finish() {
-  if (leave_reserved_) PADDOCK_RETURN_IF_ERROR(store_->CheckUnreserved(buf_.size(), path_));
-  PADDOCK_RETURN_IF_ERROR(WriteAll(fd_.get(), buf_.data(), buf_.size(), path_));
+  PADDOCK_RETURN_IF_ERROR(WriteOut(buf_.data(), buf_.size()));
   buf_.clear();
   if (::fsync(fd_.get()) != 0) return ErrnoError(fmt::format("fsync {}", path_));
   fd_.reset();
@@ -179,6 +182,9 @@ void SpaceReservation::Release() {
 }
 
 Result<SpaceReservation> BlobStore::Reserve(uint64_t bytes, uint64_t inodes, std::string_view what) {
+  // Staging writes under way land before the free space is read, and later ones
+  // see this reservation.
+  std::unique_lock<std::shared_mutex> no_writes(staging_writes_mu_);
   std::lock_guard<std::mutex> l(space_mu_);
   struct statvfs vfs;
   if (::statvfs(root_.c_str(), &vfs) != 0) return ErrnoError(fmt::format("statvfs {}", root_));
@@ -200,17 +206,20 @@ Result<SpaceReservation> BlobStore::Reserve(uint64_t bytes, uint64_t inodes, std
   return SpaceReservation(this, bytes, inodes);
 }
 
-Status BlobStore::CheckUnreserved(uint64_t n, const std::string& path) {
+Status BlobStore::WriteUnreserved(int fd, const char* data, size_t n, const std::string& path) {
+  std::shared_lock<std::shared_mutex> writing(staging_writes_mu_);
   const uint64_t held = reserved_bytes_.load();
-  if (held == 0) return Status::Ok();  // nothing reserved: no statvfs per write
-  struct statvfs vfs;
-  if (::statvfs(root_.c_str(), &vfs) != 0) return Status::Ok();  // the write itself will say
-  const uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
-  if (avail < held || avail - held < n)
-    return Error(Code::kResourceExhausted,
-                 "no space left in {} for {}: {} bytes free, {} of them held by commits in progress",
-                 root_, path, avail, held);
-  return Status::Ok();
+  if (held != 0) {  // nothing reserved: no statvfs per write
+    struct statvfs vfs;
+    if (::statvfs(root_.c_str(), &vfs) == 0) {  // else the write itself will say
+      const uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+      if (avail < held || avail - held < n)
+        return Error(Code::kResourceExhausted,
+                     "no space left in {} for {}: {} bytes free, {} of them held by commits in progress", root_, path,
+                     avail, held);
+    }
+  }
+  return WriteAll(fd, data, n, path);
 }
 
 bool BlobStore::Has(const Digest& d) const { return ::access(BlobPath(d).c_str(), F_OK) == 0; }

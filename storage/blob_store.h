@@ -31,6 +31,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -76,6 +77,7 @@ class BlobWriter {
   friend class StagingArea;
   BlobWriter(BlobStore* store, std::string path, UniqueFd fd);
   void StartWriteback(bool force);
+  Status WriteOut(const char* data, size_t n);
   BlobStore* store_;
   std::string path_;
   UniqueFd fd_;
@@ -188,11 +190,14 @@ class BlobStore {
   friend class SpaceReservation;
   explicit BlobStore(std::string root) : root_(std::move(root)) {}
   std::string RefDir(const Digest& d) const;
-  // RESOURCE_EXHAUSTED when writing `n` more bytes would take reserved room.
-  Status CheckUnreserved(uint64_t n, const std::string& path);
+  // Writes a staging buffer unless it would take reserved room (then
+  // RESOURCE_EXHAUSTED). The check and the write are one step against Reserve():
+  // a reservation granted between them would otherwise be eaten by the write.
+  Status WriteUnreserved(int fd, const char* data, size_t n, const std::string& path);
   std::string root_;
   BlobStoreStats stats_;
   std::mutex space_mu_;
+  std::shared_mutex staging_writes_mu_;  // shared: a staging write; unique: Reserve()
   std::atomic<uint64_t> reserved_bytes_{0};
   uint64_t reserved_inodes_ = 0;  // space_mu_
 };

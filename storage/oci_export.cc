@@ -7,6 +7,7 @@
 #include "storage/fs_util.h"
 #include "storage/image_import.h"
 #include "storage/layer_codec.h"
+#include "storage/oci_image.h"
 
 namespace paddock::storage {
 
@@ -40,42 +41,26 @@ Result<std::pair<Digest, uint64_t>> WriteOutBlob(const std::string& out,
 
 Status ExportOci(ImageStore& store, std::string_view ref, const std::string& out) {
   PADDOCK_ASSIGN_OR_RETURN(Image img, store.Get(ref));
+  PADDOCK_ASSIGN_OR_RETURN(OciImage oci, DescribeOciImage(store, img));
   PADDOCK_RETURN_IF_ERROR(MakeDirs(out + "/blobs/sha256"));
-  BlobStore& blobs = store.blobs();
-  auto copy_blob = [&](const Digest& d) {
-    return WriteOutBlob(out, [&](const ByteSink& sink) { return blobs.Stream(d, sink); });
+  auto write_blob = [&](const OciBlob& b) -> Status {
+    PADDOCK_ASSIGN_OR_RETURN(auto written, WriteOutBlob(out, b.write));
+    if (!(written.first == b.digest) || written.second != b.size)
+      return Error(Code::kDataLoss, "exported blob {} came out as {} ({} bytes)", b.digest.str(), written.first.str(),
+                   written.second);
+    return Status::Ok();
   };
-  PADDOCK_ASSIGN_OR_RETURN(auto cfg, copy_blob(img.manifest.config));
-  json layers = json::array();
-  for (const StoredLayer& l : img.manifest.layers) {
-    if (l.compression == Compression::kZstd) {
-      PADDOCK_ASSIGN_OR_RETURN(auto b, copy_blob(l.blob));
-      layers.push_back({{"mediaType", "application/vnd.oci.image.layer.v1.tar+zstd"},
-                        {"digest", b.first.str()},
-                        {"size", b.second}});
-    } else {
-      PADDOCK_ASSIGN_OR_RETURN(
-          auto b, WriteOutBlob(out, [&](const ByteSink& sink) { return store.StreamLayerTar(l, sink); }));
-      layers.push_back(
-          {{"mediaType", "application/vnd.oci.image.layer.v1.tar"}, {"digest", b.first.str()}, {"size", b.second}});
-    }
-  }
-  json manifest = {{"schemaVersion", 2},
-                   {"mediaType", "application/vnd.oci.image.manifest.v1+json"},
-                   {"config",
-                    {{"mediaType", "application/vnd.oci.image.config.v1+json"},
-                     {"digest", cfg.first.str()},
-                     {"size", cfg.second}}},
-                   {"layers", layers}};
-  std::string mtext = manifest.dump();
+  PADDOCK_RETURN_IF_ERROR(write_blob(oci.config));
+  for (const OciBlob& l : oci.layers) PADDOCK_RETURN_IF_ERROR(write_blob(l));
+  const std::string& mtext = oci.manifest;
   PADDOCK_ASSIGN_OR_RETURN(auto man, WriteOutBlob(out, [&](const ByteSink& sink) { return sink(mtext.data(), mtext.size()); }));
-  json desc = {{"mediaType", "application/vnd.oci.image.manifest.v1+json"},
+  json desc = {{"mediaType", kOciManifestType},
                {"digest", man.first.str()},
                {"size", man.second}};
   if (!img.names.empty())
     desc["annotations"] = {{"io.containerd.image.name", img.names[0]},
                            {"org.opencontainers.image.ref.name", img.names[0].substr(img.names[0].rfind(':') + 1)}};
-  json index = {{"schemaVersion", 2}, {"mediaType", "application/vnd.oci.image.index.v1+json"}, {"manifests", {desc}}};
+  json index = {{"schemaVersion", 2}, {"mediaType", kOciIndexType}, {"manifests", {desc}}};
   PADDOCK_RETURN_IF_ERROR(AtomicWriteFile(out + "/oci-layout", R"({"imageLayoutVersion":"1.0.0"})"));
   return AtomicWriteFile(out + "/index.json", index.dump());
 }

@@ -28,4 +28,9 @@ if(TARGET paddock_registry)
   target_link_libraries(registry_pull_test PRIVATE paddock_registry paddock_client)
   add_dependencies(registry_pull_test paddockd paddock)
   set_tests_properties(registry_pull_test PROPERTIES TIMEOUT 600)
+  # Issue 14 (auth and push): `paddock image push`, basic and bearer token auth,
+  # credentials files; Debian's docker-registry with TLS and htpasswd.
+  paddock_test(registry_push_test registry_push_test.cc)
+  target_link_libraries(registry_push_test PRIVATE paddock_registry paddock_client)
+  add_dependencies(registry_push_test paddockd paddock)
 endif()

@@ -547,6 +547,18 @@ TEST_F(PolicyServerTest, OversizedBodyIs413AndServerStaysUp) {
   EXPECT_NE(Send(port_, http::verb::get, "/metrics").body.find("status=\"413\""), std::string::npos);
 }
 
+// A request that is not HTTP, or whose head passes the 64 KiB limit, gets 400
+// (its error names no field) and the server goes on: it used to abort on
+// building that error's JSON.
+TEST_F(PolicyServerTest, MalformedOrOverlongHeadIs400AndServerStaysUp) {
+  StartServer(std::chrono::milliseconds(0), 4096);
+  Reply r = Send(port_, http::verb::get, "/health?x=" + std::string(70000, 'a'));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_TRUE(r.Json()["error"]["param"].is_null()) << r.body;
+  EXPECT_EQ(Send(port_, http::verb::get, "/health").status, 200);
+  EXPECT_NE(Send(port_, http::verb::get, "/metrics").body.find("status=\"400\""), std::string::npos);
+}
+
 TEST_F(PolicyServerTest, ConcurrentRequestsReachTheEngineTogether) {
   StartServer(std::chrono::milliseconds(150), 1 << 16);
   constexpr int kClients = 8;

@@ -706,9 +706,9 @@ TEST_F(RegistryPullTest, RegistryErrorsAreMappedAndNamed) {
   MiniRegistry m;
   m.Set("/v2/auth/manifests/1", {401, "application/json",
                                  R"({"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]})",
-                                 {{"WWW-Authenticate", "Bearer realm=\"https://auth.example/token\""}}});
-  PullFails(m.host() + "/auth:1", "UNAUTHENTICATED", {m.host() + "/auth:1", "asks for credentials (Bearer)",
-                                   "anonymously only", "UNAUTHORIZED"});
+                                 {{"WWW-Authenticate", "Basic realm=\"registry\""}}});
+  PullFails(m.host() + "/auth:1", "UNAUTHENTICATED", {m.host() + "/auth:1", "asks for credentials (Basic)",
+                                   "none were given", "UNAUTHORIZED"});
   m.Set("/v2/denied/manifests/1", {403, "application/json", ""});
   PullFails(m.host() + "/denied:1", "PERMISSION_DENIED", {"refuses access"});
   // Longer than the retry policy waits (10 s): returned at once.

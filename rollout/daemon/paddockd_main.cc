@@ -15,15 +15,22 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <grpc/grpc.h>
 #include <spdlog/spdlog.h>
 
 #include "replay/trajectory_log.h"
+#include "rollout/fleet/fleet.h"
+#include "rollout/fleet/node_service.h"
 #include "rollout/service/auth.h"
+#include "rollout/service/front_leases.h"
+#include "rollout/service/metrics.h"
+#include "policy/engine/server/http_server.h"
 #include "rollout/service/server.h"
 #include "rollout/engine/rollout_engine.h"
 #include "rollout/service/rollout_service.h"
@@ -70,7 +77,83 @@ struct Flags {
   int64_t registry_idle_timeout_ms = 30000;  // a registry connection silent this long is dropped
   std::vector<std::string> insecure_registries;  // plain HTTP to these hosts (loopback always)
   std::string registry_ca_file;                  // verify registries with these CAs, not the system's
+  std::string registry_creds_file;               // docker config format; none by default
+  // A node's side of the fleet: how long a front's sandboxes outlive its silence.
+  int64_t front_lease_ms = 5000;
+  uint32_t drain_grace_s = 0;  // on SIGTERM: time the live sandboxes get before they are destroyed
+  std::string metrics_listen;  // HOST:PORT of GET /metrics; empty: none
+  // A front's side (rollout/fleet): where its sandboxes go.
+  std::string nodes;
+  std::string node_token_file;
+  std::string node_tls_ca, node_tls_cert, node_tls_key;
+  int64_t node_heartbeat_ms = 1000;
+  double node_create_rate = 50;
+  int64_t place_timeout_ms = 30000;
+  std::string front_id;
 };
+
+// A node given notice (SIGTERM with --drain-grace-s): it takes no new sandboxes
+// (its Stats say draining, so fronts place elsewhere) and waits for the live
+// ones to end, up to the grace. What is left is destroyed while the API still
+// answers, so that a front's next call hears NOT_FOUND at once and rebuilds
+// the episode elsewhere instead of waiting out the lease.
+void DrainBeforeStop(SandboxManager& manager, const sigset_t& sigs, std::chrono::seconds grace) {
+  manager.SetDraining(true);
+  spdlog::info("draining: no new sandboxes; the {} live one(s) get up to {} s (SIGTERM again stops at once)",
+               manager.live(), grace.count());
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  while (manager.live() > 0 && std::chrono::steady_clock::now() < deadline) {
+    timespec tick{0, 100 * 1000 * 1000};
+    if (sigtimedwait(&sigs, nullptr, &tick) > 0) {
+      spdlog::info("second signal: stopping now");
+      return;
+    }
+  }
+  if (manager.live() == 0) {
+    spdlog::info("drained: no sandbox left");
+    return;
+  }
+  std::vector<SandboxInfo> left = manager.List();
+  spdlog::warn("drain grace over: destroying the {} sandbox(es) left", left.size());
+  for (const SandboxInfo& s : left) (void)manager.Destroy(s.id);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // fronts' calls in flight hear NOT_FOUND
+}
+
+void AppendEngineAndLogMetrics(std::string& out, const rollout::RolloutEngine& engine, const replay::TrajectoryLog& log) {
+  rollout::EngineStats e = engine.stats();
+  auto d = [](uint64_t v) { return static_cast<double>(v); };
+  service::AppendMetric(out, "paddock_rollout_turns_total", "counter", "Policy turns completed (live or replayed).",
+                        {{"", d(e.turns)}});
+  service::AppendMetric(out, "paddock_rollout_policy_calls_total", "counter", "Policy calls.",
+                        {{"kind=\"live\"", d(e.live_policy_calls)}, {"kind=\"replayed\"", d(e.replayed_policy_calls)}});
+  service::AppendMetric(out, "paddock_rollout_tool_calls_total", "counter", "Tool calls.",
+                        {{"kind=\"live\"", d(e.live_tool_calls)},
+                         {"kind=\"replayed\"", d(e.replayed_tool_calls)},
+                         {"kind=\"reapplied\"", d(e.reapplied_tool_calls)}});
+  replay::CommitStats c = log.GetCommitStats();
+  service::AppendMetric(out, "paddock_log_writes_total", "counter", "Trajectory log writes.", {{"", d(c.writes)}});
+  service::AppendMetric(out, "paddock_log_syncs_total", "counter", "Trajectory log syncs (one per commit group).",
+                        {{"", d(c.syncs)}});
+}
+
+void AppendFleetMetrics(std::string& out, const fleet::Fleet& fleet) {
+  std::map<std::string, double> states = {{"connecting", 0}, {"ready", 0}, {"draining", 0}, {"lost", 0}, {"refused", 0}};
+  std::vector<std::pair<std::string, double>> live, placed, up;
+  for (const fleet::NodeStatus& n : fleet.List()) {
+    states[n.state] += 1;
+    std::string label = fmt::format("node=\"{}\"", service::EscapeLabel(n.address));
+    live.emplace_back(label, n.live);
+    placed.emplace_back(label, n.placed);
+    up.emplace_back(label, n.state == "ready" ? 1.0 : 0.0);
+  }
+  std::vector<std::pair<std::string, double>> by_state;
+  for (const auto& [state, count] : states) by_state.emplace_back(fmt::format("state=\"{}\"", state), count);
+  service::AppendMetric(out, "paddock_nodes", "gauge", "This front's nodes by state.", by_state);
+  service::AppendMetric(out, "paddock_node_ready", "gauge", "1 when the node takes sandboxes.", up);
+  service::AppendMetric(out, "paddock_node_live_sandboxes", "gauge", "Live sandboxes on the node, as it reported.",
+                        live);
+  service::AppendMetric(out, "paddock_node_placed_sandboxes", "gauge", "This front's sandboxes on the node.", placed);
+}
 
 std::string DefaultSocket() {
   const char* env = std::getenv("PADDOCK_SOCKET");
@@ -318,7 +401,7 @@ int Run(const Flags& flags) {
     return 1;
   }
   on_use.registry.http.tls = *registry_tls_ctx;
-  storage::registry::OnDemandPuller on_demand_puller(**image_store, on_use);
+  storage::registry::OnDemandPuller on_demand_puller(**image_store, on_use, flags.registry_creds_file);
   StoreImageResolver image_resolver(
       image_store->get(), layer_cache->get(), flags.allow_dir_images,
       RegistryFetcher{[](const std::string& ref) { return storage::registry::NamesRegistryImage(ref); },
@@ -335,33 +418,109 @@ int Run(const Flags& flags) {
             **image_store, layer_cache->get(), auth,
             service::ImageServiceOptions{std::chrono::milliseconds(flags.registry_timeout_ms),
                                          std::chrono::milliseconds(flags.registry_idle_timeout_ms),
-                                         on_use.registry.http.insecure_hosts, flags.registry_ca_file}));
+                                         on_use.registry.http.insecure_hosts, flags.registry_ca_file,
+                                         flags.registry_creds_file}));
   });
 
   // 4. Clear what a crashed predecessor left behind.
   LogReap(ReapLeftovers(env));
 
-  // 5. Substrates into the manager.
+  // 5. Substrates into the manager: this host's, or, on a front, the nodes'.
   ManagerOptions mopts;
   mopts.max_sandboxes = flags.max_sandboxes;
   mopts.default_ttl_seconds = flags.default_ttl;
   SandboxManager manager(mopts);
-  manager.RegisterSubstrate(MakeFunctionSubstrate(env));
-  manager.RegisterSubstrate(MakeContainerSubstrate(env));
-  {
+  std::unique_ptr<fleet::Fleet> fleet;
+  if (!flags.nodes.empty()) {
+    fleet::FleetOptions fo;
+    fo.nodes = flags.nodes;
+    if (flags.node_token_file.empty()) {
+      spdlog::error("--nodes needs --node-token-file: the file holding the token the nodes' --token-file holds");
+      return 1;
+    }
+    auto token = service::LoadTokenFile(flags.node_token_file);
+    if (!token.ok()) {
+      spdlog::error("{}", token.status().message());
+      return 1;
+    }
+    fo.token = *token;
+    fo.tls_ca_file = flags.node_tls_ca;
+    fo.tls_cert_file = flags.node_tls_cert;
+    fo.tls_key_file = flags.node_tls_key;
+    fo.tls = !flags.node_tls_ca.empty();
+    fo.heartbeat = std::chrono::milliseconds(flags.node_heartbeat_ms);
+    fo.creates_per_second = flags.node_create_rate;
+    fo.front_id = flags.front_id;
+    fo.place_timeout = std::chrono::milliseconds(flags.place_timeout_ms);
+    auto started = fleet::Fleet::Start(fo);
+    if (!started.ok()) {
+      spdlog::error("{}", started.status().message());
+      return 1;
+    }
+    fleet = std::move(*started);
+    for (const char* name : {"function", "container", "microvm"})
+      manager.RegisterSubstrate(fleet::MakeFleetSubstrate(*fleet, name));
+  } else {
+    manager.RegisterSubstrate(MakeFunctionSubstrate(env));
+    manager.RegisterSubstrate(MakeContainerSubstrate(env));
+  }
+  if (!fleet) {
     SubstrateEnv vm_env = env;
     vm_env.warm_pool_size = flags.microvm_warm_pool;
     MicrovmOptions vm_opts = MicrovmOptionsFromEnvironment();
     if (!flags.microvm_accel.empty()) vm_opts.accel = flags.microvm_accel;
     // Registered even where KVM cannot run guests: creates then fail with the reason.
-    if (Status st = CheckAccelerator(vm_opts); !st.ok()) spdlog::warn("microvm substrate: {}", st.message());
-    manager.RegisterSubstrate(MakeMicrovmSubstrate(vm_env, vm_opts));
+    Status accel = CheckAccelerator(vm_opts);
+    if (!accel.ok()) spdlog::warn("microvm substrate: {}", accel.message());
+    manager.RegisterSubstrate(MakeMicrovmSubstrate(vm_env, vm_opts), accel.ok());
   }
+  // 5a. As a node: fronts' leases, and what they place by. As a front: its nodes.
+  service::FrontLeases front_leases(manager, std::chrono::milliseconds(flags.front_lease_ms));
+  server_opts.node.leases = &front_leases;
+  server_opts.node.draining = [&manager] { return manager.draining(); };
+  server_opts.node.image_names = [store = image_store->get()] {
+    std::vector<std::string> names;
+    auto list = store->List();
+    if (list.ok())
+      for (const auto& img : *list)
+        for (const auto& n : img.names) names.push_back(n);
+    return names;
+  };
+  server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
+    return std::unique_ptr<grpc::Service>(std::make_unique<fleet::NodeService>(fleet.get(), auth));
+  });
+
   // 5b. The rollout engine and its Rollouts service (rollout/engine).
   rollout::RolloutEngine rollout_engine(manager, **log);
   server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
     return std::unique_ptr<grpc::Service>(std::make_unique<service::RolloutService>(rollout_engine, auth));
   });
+
+  // 5c. GET /metrics: this daemon's sandboxes, its rollout engine and log, and
+  //     (a front) its nodes.
+  std::unique_ptr<policy::engine::server::HttpServer> metrics_server;
+  if (!flags.metrics_listen.empty()) {
+    policy::engine::server::HttpServerOptions ho;
+    if (Status st = policy::engine::server::ParseListen(flags.metrics_listen, &ho.host, &ho.port); !st.ok()) {
+      spdlog::error("--metrics-listen: {}", st.message());
+      return 1;
+    }
+    ho.max_body_bytes = 4096;
+    ho.max_connections = 16;
+    ho.idle_timeout_s = 30;
+    ho.server_name = "paddockd";
+    auto endpoint = std::make_shared<service::MetricsEndpoint>(manager, [&](std::string& out) {
+      AppendEngineAndLogMetrics(out, rollout_engine, **log);
+      if (fleet) AppendFleetMetrics(out, *fleet);
+    });
+    auto started = policy::engine::server::HttpServer::Start(endpoint, ho);
+    if (!started.ok()) {
+      spdlog::error("--metrics-listen {}: {}", flags.metrics_listen, started.status().message());
+      return 1;
+    }
+    metrics_server = std::move(*started);
+    spdlog::info("metrics at http://{}:{}/metrics", ho.host, metrics_server->port());
+  }
 
   // 6. Serve until SIGTERM/SIGINT.
   //    gRPC core stays initialised until the process exits: this reference is
@@ -391,6 +550,7 @@ int Run(const Flags& flags) {
   int sig = got_signal.get_future().get();
   signal_thread.join();
   spdlog::info("received {}; shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (sig == SIGTERM && flags.drain_grace_s > 0) DrainBeforeStop(manager, sigs, std::chrono::seconds(flags.drain_grace_s));
 
   // Running episode steps finish and are logged; their rollouts resume later.
   rollout_engine.Drain(std::chrono::seconds(5));
@@ -461,8 +621,8 @@ int main(int argc, char** argv) {
                  "first (0: unbounded)")
       ->capture_default_str();
   app.add_option("--registry-timeout-ms", flags.registry_timeout_ms,
-                 "deadline of one registry request of `image pull` (manifest, config); a layer gets this "
-                 "plus its size at 256 KiB/s")
+                 "deadline of one registry request of `image pull` or `image push` (manifest, config, token); "
+                 "a layer gets this plus its size at 256 KiB/s")
       ->check(CLI::Range(int64_t{100}, int64_t{24} * 3600 * 1000))
       ->capture_default_str();
   app.add_option("--registry-idle-timeout-ms", flags.registry_idle_timeout_ms,
@@ -471,10 +631,50 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--insecure-registry", flags.insecure_registries,
                  "HOST[:PORT] spoken to over plain HTTP (loopback hosts always are), for images pulled on "
-                 "first use and for `image pull` from the unix socket; never for TCP clients");
+                 "first use and for `image pull` and `image push` from the unix socket; never for TCP clients");
   app.add_option("--registry-ca-file", flags.registry_ca_file,
                  "PEM CA certificates to verify registries with instead of the system store (pull on first "
-                 "use, and `image pull` without --ca-file)");
+                 "use, and `image pull` and `image push` without --ca-file)");
+  app.add_option("--registry-creds-file", flags.registry_creds_file,
+                 "registry credentials in docker's config.json format ({\"auths\": {\"HOST:PORT\": {\"auth\": "
+                 "base64(user:password)}}}) for pulls paddockd starts itself and for unix-socket clients' pulls "
+                 "that bring none (never for TCP clients or pushes); read at each pull (default: none)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--front-lease-ms", flags.front_lease_ms,
+                 "as a node: a front's sandboxes here are destroyed when its heartbeats stop for this long "
+                 "(fencing: the front re-places them only after that)")
+      ->check(CLI::Range(int64_t{500}, int64_t{600} * 1000))
+      ->capture_default_str();
+  app.add_option("--metrics-listen", flags.metrics_listen,
+                 "serve Prometheus metrics at http://HOST:PORT/metrics (read-only: counts, gauges, latency "
+                 "histograms; no ids or commands)");
+  app.add_option("--drain-grace-s", flags.drain_grace_s,
+                 "on SIGTERM, first drain: take no new sandboxes and give the live ones this long to end (a "
+                 "spot-instance notice; a front moves what is left to other nodes). A second SIGTERM stops at once")
+      ->check(CLI::Range(0, 24 * 3600))
+      ->capture_default_str();
+  app.add_option("--nodes", flags.nodes,
+                 "be a front: place sandboxes on these paddockd nodes (host:port,... | dns:NAME:PORT | file:PATH); "
+                 "see docs/fleet.md");
+  app.add_option("--node-token-file", flags.node_token_file,
+                 "with --nodes: file holding the bearer token the nodes' --token-file holds");
+  app.add_option("--node-tls-ca", flags.node_tls_ca,
+                 "with --nodes: speak TLS to the nodes, verifying them against this PEM CA bundle");
+  app.add_option("--node-tls-cert", flags.node_tls_cert,
+                 "with --nodes: this front's client certificate, for nodes with --tls-client-ca");
+  app.add_option("--node-tls-key", flags.node_tls_key, "with --nodes: the key of --node-tls-cert");
+  app.add_option("--node-heartbeat-ms", flags.node_heartbeat_ms, "with --nodes: how often each node is asked")
+      ->check(CLI::Range(int64_t{50}, int64_t{60} * 1000))
+      ->capture_default_str();
+  app.add_option("--node-create-rate", flags.node_create_rate,
+                 "with --nodes: sandbox creates per second per node (bursts wait their turn)")
+      ->check(CLI::Range(0.1, 100000.0))
+      ->capture_default_str();
+  app.add_option("--place-timeout-ms", flags.place_timeout_ms,
+                 "with --nodes: how long a create waits for a node that can take it")
+      ->check(CLI::Range(int64_t{100}, int64_t{3600} * 1000))
+      ->capture_default_str();
+  app.add_option("--front-id", flags.front_id, "with --nodes: this front's name on the nodes (default: the host name)");
   app.add_option("--init-path", flags.init_path,
                  "paddock-init binary (default: beside paddockd, or /usr/local/lib/paddock)");
   try {

@@ -65,6 +65,10 @@ struct Episode {
   bool submitted = false;
   bool replaying = true;             // still answering from the log
   uint32_t reapplied = 0, reapply_diffs = 0, in_doubt_reruns = 0;
+  uint32_t relocations = 0;       // times its sandbox was lost and the episode restarted from the log
+  std::string relocation_note;    // why, for the episode record
+  bool waiting_for_sandbox = false;
+  int create_backoff_ms = 0;
   Clock::time_point policy_wait_start;
   // The request being retried.
   policy::GenerateRequest pending_request;
@@ -95,6 +99,7 @@ struct Rollout {
   std::condition_variable cv;
   std::deque<size_t> pending;         // episodes to start, in order
   size_t active = 0;
+  size_t waiting_for_sandbox = 0;  // episodes whose create found no node (or a draining daemon), retrying
   size_t concurrency = 64;
   size_t policy_in_flight = 0, max_in_flight = 64;
   std::deque<std::function<void()>> policy_waiters;

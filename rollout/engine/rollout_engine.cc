@@ -648,6 +648,8 @@ class RolloutEngine::Impl {
     p.set_source(r.req.source());
     p.set_concurrency(static_cast<uint32_t>(r.concurrency));
     p.set_policy_in_flight(static_cast<uint32_t>(r.policy_in_flight));
+    p.set_waiting_for_sandbox(static_cast<uint32_t>(r.waiting_for_sandbox));
+    if (r.state == "running" && r.active > 0 && r.waiting_for_sandbox == r.active) p.set_state("waiting_for_nodes");
     return p;
   }
 
@@ -716,9 +718,11 @@ class RolloutEngine::Impl {
 
   // ---- one episode --------------------------------------------------------
   void Begin(std::shared_ptr<Rollout> r, Episode* ep) {
-    ep->started = Clock::now();
-    uint32_t deadline_s = r->req.episode_deadline_s() ? r->req.episode_deadline_s() : 3600;
-    ep->deadline = ep->started + std::chrono::seconds(deadline_s);
+    const uint32_t deadline_s = r->req.episode_deadline_s() ? r->req.episode_deadline_s() : 3600;
+    if (!ep->waiting_for_sandbox) {  // a retry keeps the first try's clock
+      ep->started = Clock::now();
+      ep->deadline = ep->started + std::chrono::seconds(deadline_s);
+    }
     ep->cancel = std::make_shared<policy::CancelToken>();
     const Task& task = *ep->task;
 
@@ -748,6 +752,9 @@ class RolloutEngine::Impl {
     spec.ttl_seconds = deadline_s + 600;
     spec.labels = {{"episode", ep->id}, {"task", task.id}, {"rollout", r->id}};
     auto info = manager_.Create(spec);
+    if (!info.ok() && info.status().code() == Code::kUnavailable && Clock::now() < ep->deadline)
+      return WaitForSandbox(r, ep, info.status());
+    SetWaiting(r, ep, false);
     if (!info.ok()) return Fail(r, ep, "error", "creating the sandbox: " + info.status().message());
     auto sb = manager_.Get(info->id);
     if (!sb.ok()) return Fail(r, ep, "error", "creating the sandbox: " + sb.status().message());
@@ -773,6 +780,7 @@ class RolloutEngine::Impl {
       req.timeout_ms = task.exec_timeout_s * 1000;
       req.output_cap = task.output_cap_bytes;
       auto res = ep->sandbox->Exec(req, nullptr);
+      if (!res.ok() && !ep->sandbox->Alive()) return Relocate(r, ep, res.status().message());
       if (!res.ok()) return Fail(r, ep, "error", fmt::format("setup[{}]: {}", i, res.status().message()));
       if (res->exit_code != 0 || res->signal || res->timed_out)
         return Fail(r, ep, "error",
@@ -1072,6 +1080,14 @@ class RolloutEngine::Impl {
           tcp->set_call_key(key.ToString());
           auto obs = RunToolCall(r, ep, key, name, args, &held, &tools_us);
           if (!obs.ok()) return Fail(r, ep, "error", obs.status().message());
+          if (!ep->sandbox->Alive()) {
+            // Lost under the call (its node): the result is not the tool's. Its
+            // intent stays in doubt; the episode goes on from the log in a new
+            // sandbox, where the call runs again.
+            held.reset();
+            return Relocate(r, ep, fmt::format("sandbox {} was lost during tool call {}", ep->sandbox->id(),
+                                               key.ToString()));
+          }
           auto cut = v4::CutHeadTail(ep->ctx->tokenizer(), obs->content(), task.max_observation_tokens);
           v1::ObservationProto* op = step.add_observations();
           *op = *obs;
@@ -1225,6 +1241,7 @@ class RolloutEngine::Impl {
         req.timeout_ms = task.verifier.timeout_s * 1000;
         req.output_cap = 65536;
         auto res = ep->sandbox->Exec(req, nullptr);
+        if (!res.ok() && !ep->sandbox->Alive()) return Relocate(r, ep, res.status().message());
         if (!res.ok()) return Fail(r, ep, "error", "running the verifier: " + res.status().message());
         result = {{"exit_code", res->timed_out ? 124 : res->exit_code},
                   {"stdout", res->stdout_data},
@@ -1289,6 +1306,12 @@ class RolloutEngine::Impl {
     rec.set_total_reward(ep->summary.reward());
     rec.set_stop_reason(ep->summary.stop_reason());
     rec.set_failure_reason(ep->summary.failure_reason());
+    if (!ep->relocation_note.empty()) {
+      ep->summary.set_rebuilt(true);
+      ep->summary.set_rebuild_note(ep->summary.rebuild_note().empty()
+                                       ? ep->relocation_note
+                                       : ep->relocation_note + "; " + ep->summary.rebuild_note());
+    }
     if (!ep->summary.rebuild_note().empty()) rec.set_rebuild_note(ep->summary.rebuild_note());
     rec.set_model(r->policy_label);
     (*rec.mutable_labels())["paddock.rollout"] = r->id;
@@ -1308,6 +1331,81 @@ class RolloutEngine::Impl {
     r->cv.notify_all();
     StartMore(r);
     MaybeFinishRollout(r);
+  }
+
+  // No sandbox could be had for now (a front with no node that can take it, a
+  // draining daemon): the episode waits, retrying with backoff up to its
+  // deadline, instead of failing; the rollout shows waiting_for_nodes.
+  void WaitForSandbox(std::shared_ptr<Rollout> r, Episode* ep, const Status& why) {
+    SetWaiting(r, ep, true);
+    ep->create_backoff_ms = ep->create_backoff_ms ? std::min(ep->create_backoff_ms * 2, 5000) : 250;
+    spdlog::warn("episode {}: no sandbox yet ({}); trying again in {} ms", ep->id, why.message(), ep->create_backoff_ms);
+    auto timer = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(ep->create_backoff_ms));
+    timer->async_wait([this, r, ep, timer](const boost::system::error_code&) {
+      asio::post(pool_, [this, r, ep] {
+        bool stop;
+        {
+          std::lock_guard lock(r->mu);
+          stop = r->stopping || ep->summary.state() == "cancelling" || Clock::now() >= ep->deadline;
+        }
+        if (stop) {
+          SetWaiting(r, ep, false);  // before StopBeforeStep ends the episode
+          StopBeforeStep(r, ep);
+          return;
+        }
+        Begin(r, ep);  // still counted as waiting while it tries
+      });
+    });
+  }
+
+  void SetWaiting(const std::shared_ptr<Rollout>& r, Episode* ep, bool waiting) {
+    std::lock_guard lock(r->mu);
+    if (ep->waiting_for_sandbox == waiting) return;
+    ep->waiting_for_sandbox = waiting;
+    if (waiting) {
+      r->waiting_for_sandbox++;
+    } else {
+      r->waiting_for_sandbox--;
+      ep->create_backoff_ms = 0;
+    }
+  }
+
+  // The episode's sandbox is gone (its node was lost: rollout/fleet): the
+  // episode starts again from the log in a new sandbox, placed elsewhere, as a
+  // resume does: logged policy outputs and tool results are replayed, calls
+  // that changed the sandbox are re-applied, a call in doubt runs again (its
+  // sandbox was destroyed under the node's lease, so it ran, if at all, there).
+  void Relocate(std::shared_ptr<Rollout> r, Episode* ep, const std::string& why) {
+    constexpr uint32_t kMaxRelocations = 3;
+    if (ep->relocations >= kMaxRelocations)
+      return Fail(r, ep, "error", fmt::format("{} (the episode already moved {} times)", why, ep->relocations));
+    ++ep->relocations;
+    spdlog::warn("episode {}: {}; starting it again from the log in a new sandbox", ep->id, why);
+    ep->relocation_note += fmt::format("{}moved to a new sandbox: {}", ep->relocation_note.empty() ? "" : "; ", why);
+    {
+      // The sandbox is gone; destroying it only releases the front's record.
+      std::string id = ep->sandbox->id();
+      ep->sandbox.reset();
+      (void)manager_.Destroy(id);
+    }
+    ep->ctx.reset();
+    v1::EpisodeSummary fresh;
+    fresh.set_episode_id(ep->summary.episode_id());
+    fresh.set_task_id(ep->summary.task_id());
+    fresh.set_sample(ep->summary.sample());
+    fresh.set_state("running");
+    ep->summary = fresh;
+    ep->logged_steps.clear();
+    ep->step = 0;
+    ep->last_request_size = 0;
+    ep->unavailable_since.reset();
+    ep->backoff_ms = 0;
+    ep->consecutive_malformed = 0;
+    ep->submission.clear();
+    ep->submitted = false;
+    ep->replaying = true;
+    ep->reapplied = ep->reapply_diffs = ep->in_doubt_reruns = 0;
+    Post(r, [this, r, ep] { Begin(r, ep); });
   }
 
   // The end of an episode without a final record (cancel, drain): resumable.

@@ -9,7 +9,9 @@
 #include "rollout/service/sandbox_service.h"
 #include "sandbox/image_view.h"
 #include "storage/image_import.h"
+#include "storage/registry/credentials.h"
 #include "storage/registry/pull.h"
+#include "storage/registry/push.h"
 #include "policy/backends/tls.h"
 
 namespace paddock::service {
@@ -193,15 +195,57 @@ grpc::Status ImageService::Export(grpc::ServerContext* ctx, const v1::ExportImag
   return grpc::Status::OK;
 }
 
+namespace {
+
+namespace reg = storage::registry;
+
+// What a Pull and a Push share: plain-HTTP and loopback rules, the CA file,
+// deadlines, cancellation and the caller's credentials.
+Result<reg::RegistryOptions> RegistryOptionsFor(grpc::ServerContext* ctx, bool remote, const ImageServiceOptions& o,
+                                                const google::protobuf::RepeatedPtrField<std::string>& insecure,
+                                                const std::string& ca_file, const v1::RegistryCredentials& creds) {
+  reg::RegistryOptions opts;
+  opts.request_timeout = o.registry_request_timeout;
+  opts.http.idle_timeout = o.registry_idle_timeout;
+  // A TCP client must not turn the daemon into a client of its own host's
+  // services, nor lift the TLS requirement: loopback registries and
+  // --insecure-registry are for clients on the unix socket.
+  if (remote && insecure.size() > 0)
+    return Error(Code::kPermissionDenied,
+                 "--insecure-registry is only for clients on paddockd's unix socket; over TCP registries "
+                 "are spoken to over verified TLS");
+  opts.http.refuse_loopback = remote;
+  if (!remote) opts.http.insecure_hosts = o.insecure_registries;  // the operator's (paddockd --insecure-registry)
+  for (const auto& h : insecure) {
+    if (h.empty() || h.size() > 255) return Error(Code::kInvalidArgument, "insecure registry '{}' is not a host", h);
+    opts.http.insecure_hosts.insert(h);
+  }
+  policy::TlsOptions tls;
+  if (!ca_file.empty()) {
+    // A CA file is a path on the daemon's host: unix-socket clients only.
+    PADDOCK_RETURN_IF_ERROR(CheckHostPath(ca_file, "CA file", remote));
+    tls.ca_file = ca_file;
+    opts.tls_everywhere = true;
+  } else if (!o.registry_ca_file.empty()) {
+    tls.ca_file = o.registry_ca_file;  // the operator's (paddockd --registry-ca-file)
+    opts.tls_everywhere = true;
+  }
+  PADDOCK_ASSIGN_OR_RETURN(opts.http.tls, policy::MakeTlsClientContext(tls));
+  opts.http.cancelled = [ctx] { return ctx->IsCancelled(); };
+  if (creds.username().size() > 4096 || creds.password().size() > 64 * 1024)
+    return Error(Code::kInvalidArgument, "registry credentials are over 4 KiB (user) or 64 KiB (password)");
+  opts.credentials = {creds.username(), creds.password()};
+  return opts;
+}
+
+}  // namespace
+
 grpc::Status ImageService::Pull(grpc::ServerContext* ctx, const v1::PullRequest* req,
                                 grpc::ServerWriter<v1::ImportEvent>* writer) {
-  namespace reg = storage::registry;
   if (auto a = Authorize(*ctx); !a.ok()) return a;
   auto ref = reg::ParseReference(req->ref());
   if (!ref.ok()) return ToGrpc(ref.status());
   reg::PullOptions opts;
-  opts.registry.request_timeout = options_.registry_request_timeout;
-  opts.registry.http.idle_timeout = options_.registry_idle_timeout;
   if (!req->name().empty()) {
     auto n = storage::ImageStore::NormalizeName(req->name());
     if (!n.ok()) return ToGrpc(n.status());
@@ -212,34 +256,17 @@ grpc::Status ImageService::Pull(grpc::ServerContext* ctx, const v1::PullRequest*
     if (!p.ok()) return ToGrpc(p.status());
     opts.platform = *p;
   }
-  // A TCP client must not turn the daemon into a client of its own host's
-  // services, nor lift the TLS requirement: loopback registries and
-  // --insecure-registry are for clients on the unix socket.
   const bool remote = auth_ != nullptr;
-  if (remote && req->insecure_registries_size() > 0)
-    return ToGrpc(Error(Code::kPermissionDenied,
-                        "--insecure-registry is only for clients on paddockd's unix socket; over TCP registries "
-                        "are spoken to over verified TLS"));
-  opts.registry.http.refuse_loopback = remote;
-  if (!remote) opts.registry.http.insecure_hosts = options_.insecure_registries;
-  for (const auto& h : req->insecure_registries()) {
-    if (h.empty() || h.size() > 255) return ToGrpc(Error(Code::kInvalidArgument, "insecure registry '{}' is not a host", h));
-    opts.registry.http.insecure_hosts.insert(h);
+  auto ro = RegistryOptionsFor(ctx, remote, options_, req->insecure_registries(), req->ca_file(), req->credentials());
+  if (!ro.ok()) return ToGrpc(ro.status());
+  opts.registry = std::move(*ro);
+  // The daemon's own credentials serve its host's users (the unix socket), never
+  // a TCP client, which brings its own.
+  if (opts.registry.credentials.empty() && !remote && !options_.registry_creds_file.empty()) {
+    auto found = reg::ReadCredentialsFile(options_.registry_creds_file, ref->registry);
+    if (!found.ok()) return ToGrpc(found.status().Prefix("paddockd --registry-creds-file"));
+    opts.registry.credentials = found->creds;
   }
-  policy::TlsOptions tls;
-  if (!req->ca_file().empty()) {
-    // A CA file is a path on the daemon's host: unix-socket clients only.
-    if (Status st = CheckHostPath(req->ca_file(), "CA file", auth_ != nullptr); !st.ok()) return ToGrpc(st);
-    tls.ca_file = req->ca_file();
-    opts.registry.tls_everywhere = true;
-  } else if (!options_.registry_ca_file.empty()) {
-    tls.ca_file = options_.registry_ca_file;  // the operator's (paddockd --registry-ca-file)
-    opts.registry.tls_everywhere = true;
-  }
-  auto tls_ctx = policy::MakeTlsClientContext(tls);
-  if (!tls_ctx.ok()) return ToGrpc(tls_ctx.status());
-  opts.registry.http.tls = *tls_ctx;
-  opts.registry.http.cancelled = [ctx] { return ctx->IsCancelled(); };
 
   auto r = reg::PullImage(store_, *ref, opts, [&](const reg::PullProgress& p) {
     v1::ImportEvent ev;
@@ -266,6 +293,48 @@ grpc::Status ImageService::Pull(grpc::ServerContext* ctx, const v1::PullRequest*
   writer->Write(ev);
   spdlog::info("pulled {} ({}) as {}: {} of {} layers fetched, {} bytes", ref->str(), r->manifest_digest.str(),
                r->image.str(), r->layers_new, r->layers_total, r->bytes_fetched);
+  return grpc::Status::OK;
+}
+
+grpc::Status ImageService::Push(grpc::ServerContext* ctx, const v1::PushRequest* req,
+                                grpc::ServerWriter<v1::PushEvent>* writer) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (req->image().empty()) return ToGrpc(Error(Code::kInvalidArgument, "no image given to push"));
+  auto ref = reg::ParseReference(req->ref());
+  if (!ref.ok()) return ToGrpc(ref.status());
+  if (ref->tag.empty() && ref->digest.empty())
+    return ToGrpc(Error(Code::kInvalidArgument, "{}: a push needs a tag", ref->str()));
+  const bool remote = auth_ != nullptr;
+  reg::PushOptions opts;
+  auto ro = RegistryOptionsFor(ctx, remote, options_, req->insecure_registries(), req->ca_file(), req->credentials());
+  if (!ro.ok()) return ToGrpc(ro.status());
+  opts.registry = std::move(*ro);
+  auto r = reg::PushImage(store_, req->image(), *ref, opts, [&](const reg::PushProgress& p) {
+    v1::PushEvent ev;
+    auto* pr = ev.mutable_progress();
+    pr->set_phase(p.phase);
+    pr->set_message(p.message);
+    pr->set_bytes_done(p.bytes_done);
+    pr->set_bytes_total(p.bytes_total);
+    writer->Write(ev);
+  });
+  if (!r.ok()) {
+    spdlog::warn("push {} to {} failed: {}", req->image(), req->ref(), r.status().message());
+    return ToGrpc(r.status());
+  }
+  v1::PushEvent ev;
+  auto* res = ev.mutable_result();
+  res->set_image(r->image.str());
+  res->set_manifest_digest(r->manifest_digest.str());
+  res->set_blobs_total(r->blobs_total);
+  res->set_blobs_present(r->blobs_present);
+  res->set_blobs_mounted(r->blobs_mounted);
+  res->set_blobs_uploaded(r->blobs_uploaded);
+  res->set_bytes_uploaded(r->bytes_uploaded);
+  res->set_ref(ref->str());
+  writer->Write(ev);
+  spdlog::info("pushed {} to {} ({}): {} of {} blobs sent ({} bytes), {} mounted", r->image.str(), ref->str(),
+               r->manifest_digest.str(), r->blobs_uploaded, r->blobs_total, r->bytes_uploaded, r->blobs_mounted);
   return grpc::Status::OK;
 }
 

@@ -3,12 +3,15 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
+#include <map>
 #include <cstdio>
 #include <mutex>
 #include <optional>
 
 #include <spdlog/spdlog.h>
 
+#include "proto/api_version.h"
 #include "proto/convert.h"
 
 namespace paddock::service {
@@ -67,6 +70,17 @@ grpc::Status ToGrpc(const Status& st) {
   return {static_cast<grpc::StatusCode>(st.code()), st.message()};
 }
 
+uint64_t MemAvailableBytes() {
+  FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  unsigned long long kib = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+  std::fclose(f);
+  return kib * 1024;
+}
+
 uint64_t DaemonRssBytes() {
   FILE* f = std::fopen("/proc/self/statm", "r");
   if (!f) return 0;
@@ -78,8 +92,8 @@ uint64_t DaemonRssBytes() {
 }
 
 SandboxService::SandboxService(SandboxManager& manager, const BearerTokenAuth* auth,
-                               ReplayParts replay)
-    : manager_(manager), auth_(auth), replay_(replay) {}
+                               ReplayParts replay, NodeParts node)
+    : manager_(manager), auth_(auth), replay_(replay), node_(std::move(node)) {}
 
 Result<replay::CallKey> SandboxService::KeyOf(const v1::IdempotencyKey& k) const {
   if (!replay_.calls)
@@ -91,13 +105,50 @@ Result<replay::CallKey> SandboxService::KeyOf(const v1::IdempotencyKey& k) const
   return key;
 }
 
+Result<ExecRequest> SandboxService::ToDomainExec(const v1::ExecRequest& req) const {
+  ExecRequest exec = v1conv::FromProto(req);
+  if (!exec.sealed) return exec;
+  // The toolset is read once; a sealed run is a verifier's, once per episode.
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<const std::string>> toolsets;
+  std::shared_ptr<const std::string> bytes;
+  {
+    std::lock_guard l(mu);
+    auto& slot = toolsets[node_.sealed_toolset];
+    if (!slot) {
+      std::ifstream in(node_.sealed_toolset, std::ios::binary);
+      std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (data.size() < 4 || data.compare(0, 4, "\x7f" "ELF") != 0)
+        return Error(Code::kFailedPrecondition,
+                     "a sealed exec needs this daemon's toolset, a static busybox at {}, which it cannot read "
+                     "(install busybox-static)",
+                     node_.sealed_toolset);
+      slot = std::make_shared<const std::string>(std::move(data));
+    }
+    bytes = slot;
+  }
+  exec.trusted_program = *bytes;
+  return exec;
+}
+
 grpc::Status SandboxService::Authorize(const grpc::ServerContext& ctx) const {
-  return auth_ ? auth_->Check(ctx) : grpc::Status::OK;
+  auto front = AuthorizeFront(ctx);
+  return front.ok() ? grpc::Status::OK : ToGrpc(front.status());
+}
+
+Result<FrontCall> SandboxService::AuthorizeFront(const grpc::ServerContext& ctx, bool renew_lease) const {
+  if (auth_) {
+    grpc::Status a = auth_->Check(ctx);
+    if (!a.ok()) return Status(static_cast<Code>(a.error_code()), a.error_message());
+  }
+  if (!node_.leases) return FrontCall{};
+  return node_.leases->Check(ctx, renew_lease);
 }
 
 grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRequest* req,
                                     v1::CreateResponse* resp) {
-  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  auto front = AuthorizeFront(*ctx);
+  if (!front.ok()) return ToGrpc(front.status());
   const v1::SandboxSpec& spec = req->spec();
   if (spec.substrate().empty()) {
     std::string known;
@@ -145,6 +196,12 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
   SandboxSpec domain = v1conv::FromProto(spec);
   domain.host_dir_image_ok = auth_ == nullptr;  // the unix socket's clients only
   domain.local_client = auth_ == nullptr;        // pulls on first use may reach loopback registries
+  domain.labels.erase(kFrontLabel);  // only a lease puts them there
+  domain.labels.erase(kEpochLabel);
+  if (!front->front.empty()) {
+    domain.labels[kFrontLabel] = front->front;
+    domain.labels[kEpochLabel] = std::to_string(front->epoch);
+  }
   auto info = manager_.Create(domain);
   if (!info.ok()) return ToGrpc(info.status().Prefix("creating sandbox"));
   spdlog::info("created {} sandbox {} from {}", spec.substrate(), info->id, spec.image());
@@ -197,7 +254,7 @@ Result<replay::CallOutcome> SandboxService::RunKeyedExec(const v1::ExecRequest& 
         return Status::Ok();
       },
       [&]() -> Result<std::string> {
-        ExecRequest exec = v1conv::FromProto(req);
+        PADDOCK_ASSIGN_OR_RETURN(ExecRequest exec, ToDomainExec(req));
         exec.stream = static_cast<bool>(on_output);
         auto result = sb->Exec(exec, on_output);
         if (!result.ok()) return result.status();
@@ -236,7 +293,9 @@ Result<SandboxInfo> SandboxService::RebuildEpisodeSandbox(SandboxSpec spec,
       v1::ExecRequest r;
       if (!r.ParseFromString(call.request))
         return fail(Error(Code::kDataLoss, "the kept request of call {} does not parse", key.ToString()));
-      auto res = (*sb)->Exec(v1conv::FromProto(r), nullptr);
+      auto exec = ToDomainExec(r);
+      if (!exec.ok()) return fail(exec.status().Prefix(what));
+      auto res = (*sb)->Exec(*exec, nullptr);
       if (!res.ok()) return fail(res.status().Prefix(what));
     } else {
       v1::WriteFileRequest r;
@@ -265,7 +324,9 @@ grpc::Status SandboxService::Exec(grpc::ServerContext* ctx, const v1::ExecReques
   }
   auto sb = PrepareExec(*req);
   if (!sb.ok()) return ToGrpc(sb.status());
-  auto result = (*sb)->Exec(v1conv::FromProto(*req), nullptr);
+  auto exec = ToDomainExec(*req);
+  if (!exec.ok()) return ToGrpc(exec.status());
+  auto result = (*sb)->Exec(*exec, nullptr);
   if (!result.ok()) return ToGrpc(result.status());
   v1conv::ToProto(*result, resp);
   return grpc::Status::OK;
@@ -277,7 +338,9 @@ grpc::Status SandboxService::ExecStream(grpc::ServerContext* ctx, const v1::Exec
   if (req->has_idempotency_key()) return KeyedExecStream(*req, writer);
   auto sb = PrepareExec(*req);
   if (!sb.ok()) return ToGrpc(sb.status());
-  ExecRequest exec = v1conv::FromProto(*req);
+  auto domain = ToDomainExec(*req);
+  if (!domain.ok()) return ToGrpc(domain.status());
+  ExecRequest exec = std::move(*domain);
   exec.stream = true;
   // The substrate may deliver stdout and stderr from different threads, and a
   // ServerWriter takes one Write at a time. A client that cancels the call or
@@ -500,7 +563,8 @@ grpc::Status SandboxService::List(grpc::ServerContext* ctx, const v1::ListReques
 
 grpc::Status SandboxService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
                                    v1::StatsResponse* resp) {
-  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  // A front's heartbeat: renews its lease (front_leases.h).
+  if (auto a = AuthorizeFront(*ctx, /*renew_lease=*/true); !a.ok()) return ToGrpc(a.status());
   if (!req->sandbox_id().empty()) {
     auto sb = manager_.Get(req->sandbox_id());
     if (!sb.ok()) return ToGrpc(sb.status());
@@ -513,6 +577,17 @@ grpc::Status SandboxService::Stats(grpc::ServerContext* ctx, const v1::StatsRequ
   for (const auto& [name, n] : manager_.CountBySubstrate()) (*resp->mutable_by_substrate())[name] = n;
   resp->set_execs_total(manager_.execs_total());
   resp->set_daemon_rss_bytes(DaemonRssBytes());
+  resp->set_api_version(kApiVersion);
+  resp->set_version(kPaddockVersion);
+  for (const auto& n : manager_.UsableSubstrateNames()) resp->add_substrates(n);
+  resp->set_mem_available_bytes(MemAvailableBytes());
+  resp->set_cpus(static_cast<uint32_t>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))));
+  resp->set_draining(node_.draining && node_.draining());
+  if (node_.leases) resp->set_front_lease_ms(static_cast<uint32_t>(node_.leases->lease().count()));
+  if (node_.image_names) {
+    std::vector<std::string> names = node_.image_names();
+    for (size_t i = 0; i < names.size() && i < 256; ++i) resp->add_images(names[i]);
+  }
   return grpc::Status::OK;
 }
 

@@ -11,10 +11,15 @@
 // blocking substrate calls plus a hand-written write queue, for no gain here.
 #pragma once
 
+#include <functional>
+#include <string>
+#include <vector>
+
 #include "replay/idempotent_calls.h"
 #include "sandbox.grpc.pb.h"
 #include "sandbox/manager.h"
 #include "rollout/service/auth.h"
+#include "rollout/service/front_leases.h"
 
 namespace paddock::service {
 
@@ -32,12 +37,23 @@ struct ReplayParts {
   replay::TrajectoryLog* log = nullptr;
 };
 
+// What the daemon tells fronts that place sandboxes on it (rollout/fleet).
+struct NodeParts {
+  // The fronts' leases, checked on every call after the token; null: calls of
+  // fronts are not leased.
+  FrontLeases* leases = nullptr;
+  std::function<std::vector<std::string>()> image_names;  // for image locality
+  std::function<bool()> draining;                          // takes no new sandboxes
+  // The static busybox sealed execs run (ExecRequest.sealed).
+  std::string sealed_toolset = "/bin/busybox";
+};
+
 class SandboxService final : public v1::Sandboxes::Service {
  public:
   // `auth`: when non-null, every call must pass it (the TCP listener's instance);
   // null for the unix socket. Both must outlive the service.
   explicit SandboxService(SandboxManager& manager, const BearerTokenAuth* auth = nullptr,
-                          ReplayParts replay = {});
+                          ReplayParts replay = {}, NodeParts node = {});
 
   grpc::Status Create(grpc::ServerContext* ctx, const v1::CreateRequest* req,
                       v1::CreateResponse* resp) override;
@@ -64,6 +80,10 @@ class SandboxService final : public v1::Sandboxes::Service {
 
  private:
   grpc::Status Authorize(const grpc::ServerContext& ctx) const;
+  // Authorize, and the calling front's lease (its labels go on what it creates).
+  Result<FrontCall> AuthorizeFront(const grpc::ServerContext& ctx, bool renew_lease = false) const;
+  // The domain request; a sealed one gets the daemon's toolset.
+  Result<ExecRequest> ToDomainExec(const v1::ExecRequest& req) const;
   // Validates an exec request and finds its sandbox.
   Result<std::shared_ptr<Sandbox>> PrepareExec(const v1::ExecRequest& req);
   // Validates the syntax of an exec request (no sandbox lookup).
@@ -83,7 +103,11 @@ class SandboxService final : public v1::Sandboxes::Service {
   SandboxManager& manager_;
   const BearerTokenAuth* auth_;
   ReplayParts replay_;
+  NodeParts node_;
 };
+
+// MemAvailable of the host, from /proc/meminfo; 0 if unreadable.
+uint64_t MemAvailableBytes();
 
 // Resident set size of this process, from /proc/self/statm; 0 if unreadable.
 uint64_t DaemonRssBytes();

@@ -129,7 +129,7 @@ Status SandboxServer::Start() {
     return Status::Ok();
   };
 
-  unix_service_ = std::make_unique<SandboxService>(manager_, nullptr, replay);
+  unix_service_ = std::make_unique<SandboxService>(manager_, nullptr, replay, options_.node);
   if (options_.log)
     unix_log_service_ = std::make_unique<LogService>(*options_.log, options_.log_dir);
   int unix_port = 0;
@@ -152,7 +152,7 @@ Status SandboxServer::Start() {
     if (options_.token.empty())
       return Error(Code::kInvalidArgument, "a TCP listener needs a token; pass --token-file");
     auth_.emplace(options_.token);
-    tcp_service_ = std::make_unique<SandboxService>(manager_, &*auth_, replay);
+    tcp_service_ = std::make_unique<SandboxService>(manager_, &*auth_, replay, options_.node);
     if (options_.log)
       tcp_log_service_ = std::make_unique<LogService>(*options_.log, options_.log_dir, &*auth_);
     PADDOCK_RETURN_IF_ERROR(build(tcp_service_.get(), tcp_log_service_.get(), options_.tcp_address,

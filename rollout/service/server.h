@@ -41,6 +41,9 @@ struct ServerOptions {
   // they are refused and the Log service is not served.
   replay::TrajectoryLog* log = nullptr;
   std::string log_dir;  // where `log` lives, for messages
+  // Leases of fronts, image names and drain state, for fronts placing
+  // sandboxes on this daemon (rollout/fleet).
+  NodeParts node;
   // More services served on every listener: each is built once per listener
   // with that listener's auth (null for the unix socket), e.g. the Images service.
   std::vector<std::function<std::unique_ptr<grpc::Service>(const BearerTokenAuth*)>> extra_services;

@@ -24,6 +24,8 @@ std::string FormatAge(int64_t created_unix_ms, int64_t now_unix_ms);
 // Left-aligned columns separated by two spaces; the first row is the header.
 std::string FormatTable(const std::vector<std::vector<std::string>>& rows);
 const char* FileTypeName(FileType t);
+// "512 B", "1.5 KiB", "3.2 GiB".
+std::string FormatBytes(uint64_t bytes);
 
 nlohmann::json ToJson(const client::SandboxInfo& s);
 nlohmann::json ToJson(const ExecResult& r);

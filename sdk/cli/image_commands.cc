@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "cli_format.h"
+#include "storage/registry/credentials.h"
 
 namespace paddock::cli {
 
@@ -15,7 +16,7 @@ namespace {
 using nlohmann::json;
 
 struct ImageArgs {
-  std::string path, name, ref, dir, workdir, grace, platform, ca_file;
+  std::string path, name, ref, dir, workdir, grace, platform, ca_file, creds_file, image;
   std::vector<std::string> env, insecure;
 };
 
@@ -49,17 +50,6 @@ std::string Absolute(const std::string& p) {
   return ec ? p : abs.lexically_normal().string();
 }
 
-std::string HumanBytes(uint64_t b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{} B", b) : fmt::format("{:.1f} {}", v, units[u]);
-}
-
 std::string Join(const std::vector<std::string>& v, const char* sep = ", ") {
   std::string out;
   for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
@@ -72,25 +62,59 @@ json ImportJson(const client::ImageImportResult& r) {
           {"bytes_committed", r.bytes_committed}};
 }
 
+// The credentials for REF's registry, read here as the user who runs the CLI:
+// --creds-file (which must exist), else the user's docker config when it
+// exists. Only the one entry goes to the daemon.
+Result<client::RegistryCredentials> CredentialsFor(const Ctx& c, const ImageArgs& a, const std::string& ref) {
+  namespace reg = storage::registry;
+  const std::string registry = reg::RegistryOfReference(ref);
+  std::string path = a.creds_file;
+  if (path.empty()) {
+    path = reg::DefaultDockerConfigPath();
+    if (path.empty() || access(path.c_str(), F_OK) != 0) return client::RegistryCredentials{};
+  }
+  auto found = reg::ReadCredentialsFile(path, registry);
+  if (!found.ok()) return found.status();
+  if (!found->note.empty() && !*c.json) std::fprintf(stderr, "paddock: note: %s\n", found->note.c_str());
+  return client::RegistryCredentials{found->creds.username, found->creds.password};
+}
+
 // Progress on stderr: one line rewritten in place on a terminal, whole lines
 // (phase changes only) otherwise, so logs stay short.
+class ProgressLines {
+ public:
+  explicit ProgressLines(bool json) : json_(json), tty_(isatty(STDERR_FILENO) && !json) {}
+  ~ProgressLines() {
+    if (open_line_) std::fprintf(stderr, "\n");
+  }
+  void operator()(const client::ImagePullProgress& p) {
+    if (json_) return;
+    if (tty_) {
+      std::fprintf(stderr, "\r\033[K%s", p.message.c_str());
+      open_line_ = true;
+    } else if (p.phase != last_phase_ || (p.phase != "layer" && p.phase != "blob")) {
+      std::fprintf(stderr, "%s\n", p.message.c_str());
+    }
+    last_phase_ = p.phase;
+  }
+  void End() {
+    if (open_line_) std::fprintf(stderr, "\n");
+    open_line_ = false;
+  }
+
+ private:
+  bool json_, tty_, open_line_ = false;
+  std::string last_phase_;
+};
+
 int RunPull(const Ctx& c, const ImageArgs& a) {
+  auto creds = CredentialsFor(c, a, a.ref);
+  if (!creds.ok()) return Fail(c, creds.status());
   return With(c, [&](client::Client& cl) {
-    const bool tty = isatty(STDERR_FILENO) && !*c.json;
-    bool open_line = false;
-    std::string last_phase;
-    client::ImagePullOptions opts{a.name, a.insecure, a.platform, Absolute(a.ca_file)};
-    auto r = cl.ImagePull(a.ref, opts, [&](const client::ImagePullProgress& p) {
-      if (*c.json) return;
-      if (tty) {
-        std::fprintf(stderr, "\r\033[K%s", p.message.c_str());
-        open_line = true;
-      } else if (p.phase != "layer" || p.phase != last_phase) {
-        std::fprintf(stderr, "%s\n", p.message.c_str());
-      }
-      last_phase = p.phase;
-    });
-    if (open_line) std::fprintf(stderr, "\n");
+    ProgressLines lines(*c.json);
+    client::ImagePullOptions opts{a.name, a.insecure, a.platform, Absolute(a.ca_file), *creds};
+    auto r = cl.ImagePull(a.ref, opts, [&](const client::ImagePullProgress& p) { lines(p); });
+    lines.End();
     if (!r.ok()) return Fail(c, r.status());
     if (*c.json) {
       json j = ImportJson(*r);
@@ -100,6 +124,31 @@ int RunPull(const Ctx& c, const ImageArgs& a) {
       Print(j);
     } else {
       std::printf("%s%s\n", r->images.at(0).c_str(), r->names.empty() ? "" : ("  " + Join(r->names)).c_str());
+    }
+    return 0;
+  });
+}
+
+int RunPush(const Ctx& c, const ImageArgs& a) {
+  auto creds = CredentialsFor(c, a, a.ref);
+  if (!creds.ok()) return Fail(c, creds.status());
+  return With(c, [&](client::Client& cl) {
+    ProgressLines lines(*c.json);
+    client::ImagePushOptions opts{a.insecure, Absolute(a.ca_file), *creds};
+    auto r = cl.ImagePush(a.image, a.ref, opts, [&](const client::ImagePullProgress& p) { lines(p); });
+    lines.End();
+    if (!r.ok()) return Fail(c, r.status());
+    if (*c.json) {
+      Print({{"image", r->image},
+             {"ref", r->ref},
+             {"manifest_digest", r->manifest_digest},
+             {"blobs_total", r->blobs_total},
+             {"blobs_present", r->blobs_present},
+             {"blobs_mounted", r->blobs_mounted},
+             {"blobs_uploaded", r->blobs_uploaded},
+             {"bytes_uploaded", r->bytes_uploaded}});
+    } else {
+      std::printf("%s@%s\n", r->ref.substr(0, r->ref.find('@')).c_str(), r->manifest_digest.c_str());
     }
     return 0;
   });
@@ -148,7 +197,7 @@ int RunLs(const Ctx& c) {
     std::vector<std::vector<std::string>> rows{{"NAMES", "DIGEST", "LAYERS", "STORED"}};
     for (const auto& i : *r)
       rows.push_back({i.names.empty() ? "<none>" : Join(i.names), i.digest.substr(0, 19),
-                      std::to_string(i.layers), HumanBytes(i.stored_bytes)});
+                      std::to_string(i.layers), FormatBytes(i.stored_bytes)});
     std::printf("%s", FormatTable(rows).c_str());
     return 0;
   });
@@ -179,8 +228,8 @@ int RunInspect(const Ctx& c, const ImageArgs& a) {
     if (!r->user.empty()) std::printf("user:       %s\n", r->user.c_str());
     std::printf("layers (bottom first):\n");
     for (const auto& l : r->layers)
-      std::printf("  %s  %s %s (%s unpacked)%s\n", l.diff_id.c_str(), HumanBytes(l.size).c_str(),
-                  l.compression.c_str(), HumanBytes(l.uncompressed_size).c_str(),
+      std::printf("  %s  %s %s (%s unpacked)%s\n", l.diff_id.c_str(), FormatBytes(l.size).c_str(),
+                  l.compression.c_str(), FormatBytes(l.uncompressed_size).c_str(),
                   l.materialized ? "  materialized" : "");
     return 0;
   });
@@ -225,7 +274,7 @@ int RunGc(const Ctx& c, const ImageArgs& a) {
              {"staging_removed", r->staging_removed}});
     else
       std::printf("removed %llu blobs, freed %s\n", static_cast<unsigned long long>(r->blobs_removed),
-                  HumanBytes(r->bytes_freed).c_str());
+                  FormatBytes(r->bytes_freed).c_str());
     return 0;
   });
 }
@@ -250,7 +299,7 @@ void RegisterImageCommands(CLI::App& app, std::function<Result<client::Client>()
   static std::vector<std::string> refs;
   static Ctx ctx;
   ctx = Ctx{std::move(connect), &json};
-  CLI::App* image = app.add_subcommand("image", "pull, import, list, inspect, remove and export images");
+  CLI::App* image = app.add_subcommand("image", "pull, push, import, list, inspect, remove and export images");
   image->require_subcommand(1);
   image->fallthrough();
   auto leaf = [&](const std::string& name, const std::string& help) {
@@ -263,7 +312,7 @@ void RegisterImageCommands(CLI::App& app, std::function<Result<client::Client>()
   im->add_option("--name", a.name, "name:tag for the image (default: the archive's own names)");
   im->callback([&rc] { rc = RunImport(ctx, a); });
 
-  CLI::App* pl = leaf("pull", "pull an image from a registry into the store (anonymous; OCI and Docker schema 2)");
+  CLI::App* pl = leaf("pull", "pull an image from a registry into the store (OCI and Docker schema 2; anonymous, basic or token auth)");
   pl->add_option("ref", a.ref, "[HOST[:PORT]/]REPOSITORY[:TAG][@sha256:HEX], e.g. 127.0.0.1:5000/test/busybox:1")
       ->required();
   pl->add_option("--name", a.name, "name:tag for the image (default: the reference itself; none for @digest)");
@@ -274,7 +323,28 @@ void RegisterImageCommands(CLI::App& app, std::function<Result<client::Client>()
   pl->add_option("--ca-file", a.ca_file,
                  "PEM CA certificates to verify the registry with instead of the system store (read by the daemon; "
                  "also makes loopback registries speak TLS)");
+  pl->add_option("--creds-file", a.creds_file,
+                 "registry credentials in docker's config.json format, read by the CLI (default: "
+                 "$DOCKER_CONFIG/config.json or ~/.docker/config.json when it exists); only the entry for REF's "
+                 "registry is sent to the daemon");
   pl->callback([&rc] { rc = RunPull(ctx, a); });
+
+  CLI::App* ps = leaf("push", "push an image of the store to a registry (OCI manifest; blobs it has are not sent)");
+  ps->add_option("image", a.image, "the image in the store: name[:tag], digest or digest prefix")->required();
+  ps->add_option("ref", a.ref, "HOST[:PORT]/REPOSITORY[:TAG] to push to, e.g. 127.0.0.1:5000/test/busybox:1")
+      ->required();
+  ps->add_option("--insecure-registry", a.insecure,
+                 "HOST or HOST:PORT to speak plain HTTP to (repeatable; loopback hosts always are; credentials "
+                 "are never sent over plain HTTP to a non-loopback host)")
+      ->allow_extra_args(false);
+  ps->add_option("--ca-file", a.ca_file,
+                 "PEM CA certificates to verify the registry with instead of the system store (read by the daemon; "
+                 "also makes loopback registries speak TLS)");
+  ps->add_option("--creds-file", a.creds_file,
+                 "registry credentials in docker's config.json format, read by the CLI (default: "
+                 "$DOCKER_CONFIG/config.json or ~/.docker/config.json when it exists); only the entry for REF's "
+                 "registry is sent to the daemon");
+  ps->callback([&rc] { rc = RunPush(ctx, a); });
 
   CLI::App* id = leaf("import-dir", "import a plain root filesystem directory as a one-layer image");
   id->add_option("dir", a.dir, "the directory (read by the daemon)")->required();

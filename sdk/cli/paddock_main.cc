@@ -20,6 +20,7 @@
 #include "cli_format.h"
 #include "paddock/client.h"
 #include "image_commands.h"
+#include "node_commands.h"
 #include "v4_commands.h"
 #include "rollout_commands.h"
 
@@ -733,6 +734,7 @@ int Main(int argc, char** argv) {
   RegisterV4Commands(app, rc);
   RegisterRolloutCommands(app, g.socket, g.tcp, g.token_file, g.json, rc);
   RegisterImageCommands(app, [&g] { return ConnectFrom(g); }, g.json, rc);
+  RegisterNodeCommands(app, [&g] { return ConnectFrom(g); }, g.json, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {

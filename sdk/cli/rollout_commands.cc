@@ -169,10 +169,11 @@ Result<bool> StartEmbeddedIfAsked(const Conn& c, EmbeddedPolicy& embedded, const
 // ---- progress and summary -------------------------------------------------
 
 std::string ProgressLine(const v1::RolloutProgress& p) {
-  return fmt::format("{} {}: {}/{} done, {} running, {} failed, {} pending | tool calls {:.1f}/s, tokens {:.0f}/s | "
+  return fmt::format("{} {}: {}/{} done, {} running{}, {} failed, {} pending | tool calls {:.1f}/s, tokens {:.0f}/s | "
                      "sandbox start {:.1f} ms | {:.1f} s",
-                     p.rollout_id(), p.state(), p.done() + p.failed(), p.episodes_total(), p.running(), p.failed(),
-                     p.pending(), p.tool_calls_per_s(), p.tokens_per_s(), p.sandbox_start_ms_median(),
+                     p.rollout_id(), p.state(), p.done() + p.failed(), p.episodes_total(), p.running(),
+                     p.waiting_for_sandbox() ? fmt::format(" ({} waiting for a sandbox)", p.waiting_for_sandbox()) : "",
+                     p.failed(), p.pending(), p.tool_calls_per_s(), p.tokens_per_s(), p.sandbox_start_ms_median(),
                      p.elapsed_ms() / 1000.0);
 }
 

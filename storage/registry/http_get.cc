@@ -6,6 +6,7 @@
 #include <limits>
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -122,7 +123,7 @@ class BeastResponse final : public HttpResponse {
   BeastResponse(Url url, Clock::time_point deadline, const HttpGetOptions& options)
       : url_(std::move(url)), deadline_(deadline), options_(options), tcp_(io_) {}
 
-  Status Start(const std::vector<std::pair<std::string, std::string>>& headers) {
+  Status Start(const HttpRequest& request) {
     if (!url_.https && !PlainHttpAllowed(url_, options_))
       return Error(Code::kPermissionDenied,
                    "refusing plain HTTP to {}: only loopback hosts and hosts named with --insecure-registry are "
@@ -165,20 +166,34 @@ class BeastResponse final : public HttpResponse {
       bool retryable = false;
       if (ec) return policy::TlsHandshakeError(tls_->native_handle(), url_.host, ec, &retryable);
     }
-    http::request<http::empty_body> req(http::verb::get, url_.target, 11);
+    http::verb verb = http::string_to_verb(request.method);
+    if (verb == http::verb::unknown) return Error(Code::kInternal, "unknown HTTP method '{}'", request.method);
+    http::request<http::empty_body> req(verb, url_.target, 11);
     req.set(http::field::host, url_.Authority());
     req.set(http::field::user_agent, "paddock");
-    for (const auto& [k, v] : headers) req.set(k, v);
+    for (const auto& [k, v] : request.headers) req.set(k, v);
+    const uint64_t body_size = request.body ? request.body->size : 0;
+    if (request.body || verb == http::verb::post || verb == http::verb::put || verb == http::verb::patch)
+      req.content_length(body_size);
+    // The head, then the body as the producer hands it over: each piece must be
+    // taken by the server within the idle timeout.
+    http::request_serializer<http::empty_body> head(req);
     ArmIdle();
-    WithStream([&](auto& s) { http::async_write(s, req, [&](error_code e, size_t) { ec = e; }); });
+    WithStream([&](auto& s) { http::async_write_header(s, head, [&](error_code e, size_t) { ec = e; }); });
     Run();
     if (ec == beast::error::timeout) return Timeout("sending the request");
     if (ec) return Error(Code::kUnavailable, "{}: sending the request: {}", url_.str(), ec.message());
+    // A server may answer before taking the whole body (401, 413) and close:
+    // its answer then says more than the broken pipe, so it is read if it came.
+    Status body_error = request.body ? SendBody(*request.body) : Status::Ok();
+    if (!body_error.ok() && body_error.code() != Code::kUnavailable) return body_error;
     parser_.header_limit(options_.max_head_bytes);
+    if (verb == http::verb::head) parser_.skip(true);  // a HEAD response's Content-Length announces no body
     parser_.body_limit(std::numeric_limits<uint64_t>::max());
     ArmIdle();
     WithStream([&](auto& s) { http::async_read_header(s, buffer_, parser_, [&](error_code e, size_t) { ec = e; }); });
     Run();
+    if (ec && !body_error.ok()) return body_error;
     if (ec == beast::error::timeout) return Timeout("waiting for the response");
     if (ec == http::error::header_limit)
       return Error(Code::kDataLoss, "{}: the response headers are over {} bytes", url_.str(), options_.max_head_bytes);
@@ -186,6 +201,30 @@ class BeastResponse final : public HttpResponse {
     // Beast reads at most the buffer's free capacity per step (≥ 512 bytes,
     // ≤ 64 KiB): left at the head's few KiB, a layer took ~10x the socket reads.
     buffer_.reserve(64 << 10);
+    return Status::Ok();
+  }
+
+  Status SendBody(const HttpBody& body) {
+    uint64_t sent = 0;
+    Status st = body.write([&](const void* p, size_t n) -> Status {
+      if (n == 0) return Status::Ok();
+      if (sent + n > body.size)
+        return Error(Code::kInternal, "{}: the request body is longer than the {} bytes announced", url_.str(),
+                     body.size);
+      if (options_.cancelled && options_.cancelled()) return Error(Code::kCancelled, "{}: cancelled", url_.str());
+      error_code ec;
+      ArmIdle();
+      WithStream([&](auto& s) { asio::async_write(s, asio::buffer(p, n), [&](error_code e, size_t) { ec = e; }); });
+      Run();
+      if (ec == beast::error::timeout) return Timeout("sending the request body");
+      if (ec) return Error(Code::kUnavailable, "{}: sending the request body: {}", url_.str(), ec.message());
+      sent += n;
+      return Status::Ok();
+    });
+    if (!st.ok()) return st;
+    if (sent != body.size)
+      return Error(Code::kInternal, "{}: the request body ended after {} of the {} bytes announced", url_.str(), sent,
+                   body.size);
     return Status::Ok();
   }
 
@@ -279,12 +318,27 @@ class BeastResponse final : public HttpResponse {
 
 }  // namespace
 
-Result<std::unique_ptr<HttpResponse>> HttpGet(const Url& url,
-                                              const std::vector<std::pair<std::string, std::string>>& headers,
-                                              Clock::time_point deadline, const HttpGetOptions& options) {
-  auto r = std::make_unique<BeastResponse>(url, deadline, options);
-  PADDOCK_RETURN_IF_ERROR(r->Start(headers));
+HttpBody HttpBody::Of(std::string bytes) {
+  HttpBody b;
+  b.size = bytes.size();
+  b.write = [bytes = std::make_shared<const std::string>(std::move(bytes))](
+                const std::function<Status(const void*, size_t)>& sink) { return sink(bytes->data(), bytes->size()); };
+  return b;
+}
+
+Result<std::unique_ptr<HttpResponse>> HttpSend(const HttpRequest& request, Clock::time_point deadline,
+                                               const HttpGetOptions& options) {
+  auto r = std::make_unique<BeastResponse>(request.url, deadline, options);
+  PADDOCK_RETURN_IF_ERROR(r->Start(request));
   return std::unique_ptr<HttpResponse>(std::move(r));
+}
+
+Result<std::unique_ptr<HttpResponse>> HttpGet(const Url& url, const HttpHeaders& headers,
+                                              Clock::time_point deadline, const HttpGetOptions& options) {
+  HttpRequest req;
+  req.url = url;
+  req.headers = headers;
+  return HttpSend(req, deadline, options);
 }
 
 }  // namespace paddock::storage::registry

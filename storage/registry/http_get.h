@@ -1,15 +1,18 @@
-// One streaming HTTP/1.1 GET on Boost.Beast, for registry manifests and blobs:
-// plain TCP or TLS (verified against the system CAs or a given CA file), the
-// body read piece by piece as it arrives so a layer can be ingested while it
+// One streaming HTTP/1.1 request on Boost.Beast, for registry manifests and
+// blobs: GET and HEAD, and POST/PUT/PATCH with a body streamed from a producer
+// (a layer pushed from the store without a copy in memory). Plain TCP or TLS
+// (verified against the system CAs or a given CA file); the response body is
+// read piece by piece as it arrives so a layer can be ingested while it
 // downloads. Blocking for the caller: each step runs the connection's own
 // io_context until the step completes or its time is up.
 //
 // Limits a hostile server cannot push past: the response head (status line and
 // headers) is bounded, every request has a deadline, and a connection that sends
-// nothing for `idle_timeout` is dropped. The body is the caller's to bound (the
-// caller knows the size it expects).
+// nothing for `idle_timeout` (or accepts no byte of the request body for that
+// long) is dropped. The response body is the caller's to bound (the caller knows
+// the size it expects).
 //
-// One connection per request (no keep-alive): a pull makes a handful of
+// One connection per request (no keep-alive): a pull or push makes a handful of
 // requests, each big or few.
 #pragma once
 
@@ -79,12 +82,35 @@ class HttpResponse {
   Result<std::string> ReadAll(uint64_t max, const std::string& what);
 };
 
-// Connects, sends the GET, reads the response head. Redirects are not followed
-// here (the caller decides). Errors: UNAVAILABLE (resolve, connect, reset,
-// not HTTP), DEADLINE_EXCEEDED, PERMISSION_DENIED (plain HTTP not allowed, TLS
-// verification failed), CANCELLED, each naming the URL.
-Result<std::unique_ptr<HttpResponse>> HttpGet(const Url& url,
-                                              const std::vector<std::pair<std::string, std::string>>& headers,
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+// A request body of exactly `size` bytes (sent with that Content-Length):
+// `write` hands them to its sink in order. It may be called again for a retried
+// request and must then produce the same bytes; producing more or fewer than
+// `size` fails the request (INTERNAL).
+struct HttpBody {
+  uint64_t size = 0;
+  std::function<Status(const std::function<Status(const void*, size_t)>& sink)> write;
+  static HttpBody Of(std::string bytes);  // a small body held in memory
+};
+
+struct HttpRequest {
+  std::string method = "GET";  // GET, HEAD, POST, PUT, PATCH, DELETE
+  Url url;
+  HttpHeaders headers;
+  const HttpBody* body = nullptr;  // none: no body (Content-Length: 0 for POST/PUT/PATCH)
+};
+
+// Connects, sends the request (and its body), reads the response head.
+// Redirects are not followed here (the caller decides). A HEAD response has no
+// body. Errors: UNAVAILABLE (resolve, connect, reset, not HTTP),
+// DEADLINE_EXCEEDED, PERMISSION_DENIED (plain HTTP not allowed, TLS
+// verification failed), CANCELLED, each naming the URL; a body producer's own
+// error is returned as it is.
+Result<std::unique_ptr<HttpResponse>> HttpSend(const HttpRequest& request, Clock::time_point deadline,
+                                               const HttpGetOptions& options);
+// HttpSend of a GET.
+Result<std::unique_ptr<HttpResponse>> HttpGet(const Url& url, const HttpHeaders& headers,
                                               Clock::time_point deadline, const HttpGetOptions& options);
 
 }  // namespace paddock::storage::registry

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "storage/registry/credentials.h"
+
 namespace paddock::storage::registry {
 
 bool NamesRegistryImage(std::string_view text) {
@@ -72,6 +74,15 @@ Result<std::string> OnDemandPuller::RunPull(const Reference& ref, bool local_cli
     // The rules of a TCP client's own Images.Pull (rollout/service/image_service.cc).
     o.registry.http.refuse_loopback = true;
     o.registry.http.insecure_hosts.clear();
+    o.registry.credentials = {};
+  } else if (!creds_file_.empty()) {
+    // The daemon's own credentials serve its host's users, never a TCP client.
+    auto found = ReadCredentialsFile(creds_file_, ref.registry);
+    if (!found.ok())
+      return found.status().Prefix(
+          fmt::format("image '{}' is not in the store; paddockd --registry-creds-file", ref.str()));
+    if (!found->note.empty()) spdlog::info("pull of {} on first use: {}", ref.str(), found->note);
+    o.registry.credentials = found->creds;
   }
   auto t0 = Clock::now();
   spdlog::info("pulling {} on first use", ref.str());

@@ -21,6 +21,11 @@
 // under the rules of their own Images.Pull: no loopback address (by name or as
 // resolved, redirects included) and no plain HTTP. The two kinds never share a
 // pull in flight.
+//
+// Credentials: `local_client` pulls use the entry for the reference's registry
+// in the daemon's credentials file (paddockd --registry-creds-file), read at
+// each pull; other pulls are anonymous (a TCP client's credentials are its
+// own, and a sandbox spec carries none).
 #pragma once
 
 #include <atomic>
@@ -43,8 +48,10 @@ bool NamesRegistryImage(std::string_view text);
 class OnDemandPuller {
  public:
   // `options`: the daemon's registry options (timeouts, --insecure-registry
-  // hosts, TLS context from --registry-ca-file); `store` outlives this.
-  OnDemandPuller(ImageStore& store, PullOptions options) : store_(store), options_(std::move(options)) {}
+  // hosts, TLS context from --registry-ca-file); `creds_file`: the daemon's
+  // docker-config credentials file, or "" for none; `store` outlives this.
+  OnDemandPuller(ImageStore& store, PullOptions options, std::string creds_file = "")
+      : store_(store), options_(std::move(options)), creds_file_(std::move(creds_file)) {}
 
   // The image id ("sha256:<hex>") of `text` in the store, pulling it first
   // when it is not there. Errors name the reference: INVALID_ARGUMENT for a
@@ -68,6 +75,7 @@ class OnDemandPuller {
 
   ImageStore& store_;
   const PullOptions options_;
+  const std::string creds_file_;
   std::atomic<uint64_t> pulls_{0};
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Flight>> flights_;  // by trust + reference

@@ -1,10 +1,13 @@
 #include "storage/registry/registry_client.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "storage/registry/auth.h"
 
 namespace paddock::storage::registry {
 
@@ -45,68 +48,160 @@ RegistryClient::RegistryClient(Reference ref, RegistryOptions options)
   }
 }
 
-Result<std::unique_ptr<HttpResponse>> RegistryClient::GetOnce(const std::string& path, const Headers& headers,
-                                                              Clock::time_point deadline, const std::string& what,
-                                                              AttemptFailure* failure) {
-  Url url = base_;
-  url.target = path;
-  for (int hop = 0;; ++hop) {
-    auto r = HttpGet(url, headers, deadline, options_.http);
+Url RegistryClient::At(const std::string& path) const {
+  Url u = base_;
+  u.target = path;
+  return u;
+}
+
+Clock::time_point RegistryClient::DeadlineFor(uint64_t bytes) const {
+  auto extra = std::chrono::milliseconds(bytes * 1000 / std::max<uint64_t>(1, options_.blob_min_bytes_per_s));
+  return Clock::now() + options_.request_timeout + extra;
+}
+
+bool RegistryClient::SameOrigin(const Url& url) const {
+  return url.https == base_.https && url.host == base_.host && url.port == base_.port;
+}
+
+Result<bool> RegistryClient::Authenticate(const std::string& www_authenticate, Clock::time_point deadline,
+                                          const std::string& what) {
+  const std::string who = fmt::format("{}: {}", ref_.str(), what);
+  auto challenge = ParseChallenge(www_authenticate);
+  if (!challenge.ok())
+    return Error(Code::kUnauthenticated, "{}: {} asks for credentials with an unreadable challenge ({})", who,
+                 ref_.registry, challenge.status().message());
+  if (!MaySendCredentials(base_))
+    return Error(Code::kPermissionDenied,
+                 "{}: {} asks for credentials over plain HTTP; credentials go only over TLS or to loopback hosts "
+                 "(drop --insecure-registry for it, or give --ca-file)",
+                 who, ref_.registry);
+  if (challenge->scheme == "basic") {
+    if (options_.credentials.empty()) return false;  // ErrorFor says so, quoting the registry
+    std::lock_guard<std::mutex> lock(auth_mu_);
+    auth_scheme_ = "basic";
+    authorization_ = BasicAuthorization(options_.credentials);
+    return true;
+  }
+  if (challenge->scheme == "bearer") {
+    // The realm is spoken to under the registry's rules (plain HTTP, loopback).
+    PADDOCK_ASSIGN_OR_RETURN(std::string token, FetchBearerToken(*challenge, options_.scopes, options_.credentials,
+                                                                 options_.http, deadline, who));
+    std::lock_guard<std::mutex> lock(auth_mu_);
+    auth_scheme_ = "bearer";
+    authorization_ = "Bearer " + token;
+    return true;
+  }
+  return Error(Code::kUnimplemented, "{}: {} asks for '{}' authentication; only Basic and Bearer are spoken", who,
+               ref_.registry, challenge->scheme.substr(0, 40));
+}
+
+std::string RegistryClient::Authorization() const {
+  std::lock_guard<std::mutex> lock(auth_mu_);
+  return authorization_;
+}
+
+std::string RegistryClient::AuthScheme() const {
+  std::lock_guard<std::mutex> lock(auth_mu_);
+  return auth_scheme_;
+}
+
+Result<std::unique_ptr<HttpResponse>> RegistryClient::Send(const std::string& method, const Url& start,
+                                                           const HttpHeaders& headers, const HttpBody* body,
+                                                           Clock::time_point deadline, const std::string& what,
+                                                           AttemptFailure* failure) {
+  HttpRequest req;
+  req.method = method;
+  req.url = start;
+  req.body = body;
+  const bool follow = method == "GET" || method == "HEAD";
+  bool challenge_met = false;
+  for (int hop = 0;;) {
+    req.headers = headers;
+    // Credentials only to the registry's own origin: a redirect to storage on
+    // another host goes without them.
+    if (std::string authorization = Authorization(); !authorization.empty() && SameOrigin(req.url)) {
+      if (!MaySendCredentials(req.url))
+        return Error(Code::kPermissionDenied, "{}: {}: refusing to send credentials over plain HTTP to {}",
+                     ref_.str(), what, req.url.Authority());
+      req.headers.emplace_back("Authorization", std::move(authorization));
+    }
+    auto r = HttpSend(req, deadline, options_.http);
     if (!r.ok()) {
       // Resolve/connect/reset: the network's; TLS, policy and deadline errors are not.
-      failure->transient = r.status().code() == Code::kUnavailable;
+      if (failure) failure->transient = r.status().code() == Code::kUnavailable;
       return r.status().Prefix(fmt::format("{}: {}", ref_.str(), what));
     }
     auto& resp = *r;
     unsigned s = resp->status();
-    if (s >= 200 && s < 300) return std::move(resp);
-    if (IsRedirect(s)) {
-      if (hop >= options_.max_redirects)
-        return Error(Code::kUnavailable, "{}: {}: more than {} redirects (last to {})", ref_.str(), what,
-                     options_.max_redirects, url.str());
-      std::string loc = resp->Header("location");
-      auto next = Url::Parse(loc, &url);
-      if (!next.ok())
-        return Error(Code::kUnavailable, "{}: {}: redirect to an unusable location '{}'", ref_.str(), what,
-                     loc.substr(0, 200));
-      // A redirect to another host carries no request headers of ours but Accept
-      // and Range (nothing secret is sent in this version; an Authorization
-      // header must not follow it when auth comes).
-      url = *next;
+    if (s == 401 && !challenge_met && SameOrigin(req.url)) {
+      challenge_met = true;
+      std::string challenge = resp->Header("www-authenticate");
+      if (challenge.empty()) return std::move(resp);
+      PADDOCK_ASSIGN_OR_RETURN(bool retry, Authenticate(challenge, deadline, what));
+      if (!retry) return std::move(resp);
       continue;
     }
-    auto body = resp->ReadAll(64 << 10, "error response");
-    std::string detail = body.ok() ? RegistryErrorText(*body) : "";
-    std::string said = detail.empty() ? "" : fmt::format(" (the registry says: {})", detail);
-    std::string where = ref_.registry;
-    failure->transient = s == 429 || s == 502 || s == 503 || s == 504;
-    failure->retry_after = ParseRetryAfter(resp->Header("retry-after"));
-    switch (s) {
-      case 401: {
-        std::string challenge = resp->Header("www-authenticate");
-        std::string scheme = challenge.substr(0, challenge.find(' '));
-        return Error(Code::kUnauthenticated,
-                     "{}: {}: {} asks for credentials{}{}; this version pulls anonymously only (basic and bearer "
-                     "token auth are not implemented yet)",
-                     ref_.str(), what, where, scheme.empty() ? "" : " (" + scheme + ")", said);
-      }
-      case 403:
-        return Error(Code::kPermissionDenied, "{}: {}: {} refuses access (403){}", ref_.str(), what, where, said);
-      case 404:
-        return Error(Code::kNotFound, "{}: {} not found on {} (404){}", ref_.str(), what, where, said);
-      case 429: {
-        std::string after = resp->Header("retry-after");
-        return Error(Code::kResourceExhausted, "{}: {}: {} is rate limiting (429){}{}", ref_.str(), what, where,
-                     after.empty() ? "" : "; retry after " + after.substr(0, 40) + (std::isdigit(after[0]) ? " s" : ""),
-                     said);
-      }
-      default:
-        if (s >= 500)
-          return Error(Code::kUnavailable, "{}: {}: {} failed with HTTP {}{}; try again later", ref_.str(), what,
-                       where, s, said);
-        return Error(Code::kInvalidArgument, "{}: {}: {} answered HTTP {}{}", ref_.str(), what, where, s, said);
-    }
+    if (!follow || !IsRedirect(s)) return std::move(resp);
+    if (++hop > options_.max_redirects)
+      return Error(Code::kUnavailable, "{}: {}: more than {} redirects (last to {})", ref_.str(), what,
+                   options_.max_redirects, req.url.str());
+    std::string loc = resp->Header("location");
+    auto next = Url::Parse(loc, &req.url);
+    if (!next.ok())
+      return Error(Code::kUnavailable, "{}: {}: redirect to an unusable location '{}'", ref_.str(), what,
+                   loc.substr(0, 200));
+    req.url = *next;
   }
+}
+
+Status RegistryClient::ErrorFor(HttpResponse& resp, const std::string& what) {
+  unsigned s = resp.status();
+  auto body = resp.ReadAll(64 << 10, "error response");
+  std::string detail = body.ok() ? RegistryErrorText(*body) : "";
+  std::string said = detail.empty() ? "" : fmt::format(" (the registry says: {})", detail);
+  std::string where = ref_.registry;
+  switch (s) {
+    case 401: {
+      std::string challenge = resp.Header("www-authenticate");
+      std::string scheme = challenge.substr(0, challenge.find(' '));
+      if (options_.credentials.empty())
+        return Error(Code::kUnauthenticated,
+                     "{}: {}: {} asks for credentials{} and none were given{}; add them to ~/.docker/config.json "
+                     "(\"auths\") or pass --creds-file",
+                     ref_.str(), what, where, scheme.empty() ? "" : " (" + scheme + ")", said);
+      return Error(Code::kUnauthenticated, "{}: {}: {} rejected the {} for user '{}'{}", ref_.str(), what, where,
+                   AuthScheme() == "bearer" ? "token issued" : "credentials", options_.credentials.username, said);
+    }
+    case 403:
+      return Error(Code::kPermissionDenied, "{}: {}: {} refuses access (403){}", ref_.str(), what, where, said);
+    case 404:
+      return Error(Code::kNotFound, "{}: {} not found on {} (404){}", ref_.str(), what, where, said);
+    case 429: {
+      std::string after = resp.Header("retry-after");
+      return Error(Code::kResourceExhausted, "{}: {}: {} is rate limiting (429){}{}", ref_.str(), what, where,
+                   after.empty() ? "" : "; retry after " + after.substr(0, 40) + (std::isdigit(after[0]) ? " s" : ""),
+                   said);
+    }
+    default:
+      if (s >= 500)
+        return Error(Code::kUnavailable, "{}: {}: {} failed with HTTP {}{}; try again later", ref_.str(), what,
+                     where, s, said);
+      if (s >= 300 && s < 400)
+        return Error(Code::kUnavailable, "{}: {}: {} answered a redirect (HTTP {}) where none is expected",
+                     ref_.str(), what, where, s);
+      return Error(Code::kInvalidArgument, "{}: {}: {} answered HTTP {}{}", ref_.str(), what, where, s, said);
+  }
+}
+
+Result<std::unique_ptr<HttpResponse>> RegistryClient::GetOnce(const std::string& path, const HttpHeaders& headers,
+                                                              Clock::time_point deadline, const std::string& what,
+                                                              AttemptFailure* failure) {
+  PADDOCK_ASSIGN_OR_RETURN(auto resp, Send("GET", At(path), headers, nullptr, deadline, what, failure));
+  unsigned s = resp->status();
+  if (s >= 200 && s < 300) return resp;
+  failure->transient = s == 429 || s == 502 || s == 503 || s == 504;
+  failure->retry_after = ParseRetryAfter(resp->Header("retry-after"));
+  return ErrorFor(*resp, what);
 }
 
 template <typename T>
@@ -173,11 +268,9 @@ std::optional<uint64_t> ContentRangeStart(const std::string& v, uint64_t size) {
 Result<OpenedBlob> RegistryClient::OpenBlobOnce(const Digest& digest, uint64_t size, uint64_t offset,
                                                 AttemptFailure* failure) {
   const std::string what = "blob " + digest.str();
-  auto extra = std::chrono::milliseconds((size - std::min(offset, size)) * 1000 /
-                                         std::max<uint64_t>(1, options_.blob_min_bytes_per_s));
-  Headers headers;
+  HttpHeaders headers;
   if (offset > 0) headers.emplace_back("Range", fmt::format("bytes={}-", offset));
-  auto deadline = Clock::now() + options_.request_timeout + extra;
+  auto deadline = DeadlineFor(size - std::min(offset, size));
   PADDOCK_ASSIGN_OR_RETURN(auto resp, GetOnce("/v2/" + ref_.repository + "/blobs/" + digest.str(), headers, deadline,
                                               what, failure));
   OpenedBlob out;

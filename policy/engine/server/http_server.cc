@@ -10,6 +10,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace paddock::policy::engine::server {
 
@@ -38,7 +39,7 @@ Status ParseListen(const std::string& listen, std::string* host, uint16_t* port)
 }
 
 struct HttpServer::Impl {
-  std::shared_ptr<PolicyService> service;
+  std::shared_ptr<HttpHandler> service;
   HttpServerOptions options;
   asio::io_context io;
   tcp::acceptor acceptor{io};
@@ -141,7 +142,7 @@ struct HttpServer::Impl {
         res.body() = nlohmann::json{{"error",
                                      {{"message", msg},
                                       {"type", "invalid_request_error"},
-                                      {"param", too_big ? "body" : nullptr},
+                                      {"param", too_big ? nlohmann::json("body") : nlohmann::json(nullptr)},
                                       {"code", too_big ? 413 : 400}}}}
                          .dump();
         res.prepare_payload();
@@ -152,7 +153,7 @@ struct HttpServer::Impl {
       http::request<http::string_body> req = parser.release();
       HttpReply reply = service->Handle(std::string(req.method_string()), std::string(req.target()), req.body());
       http::response<http::string_body> res{static_cast<http::status>(reply.status), req.version()};
-      res.set(http::field::server, "paddock-policy");
+      res.set(http::field::server, options.server_name);
       res.set(http::field::content_type, reply.content_type);
       res.keep_alive(req.keep_alive() && !stopping);
       if (req.method() != http::verb::head) res.body() = std::move(reply.body);
@@ -165,7 +166,7 @@ struct HttpServer::Impl {
   }
 };
 
-Result<std::unique_ptr<HttpServer>> HttpServer::Start(std::shared_ptr<PolicyService> service,
+Result<std::unique_ptr<HttpServer>> HttpServer::Start(std::shared_ptr<HttpHandler> service,
                                                       HttpServerOptions options) {
   boost::system::error_code ec;
   auto address = asio::ip::make_address(options.host, ec);

@@ -1,8 +1,8 @@
-// The HTTP/1.1 transport of `paddock-policy` (Boost.Beast): one thread per
-// connection with keep-alive, a body size cap (413), a connection cap (503),
-// and PolicyService for everything past the request line. Requests on
-// different connections run at the same time, so their generations batch in
-// the engine.
+// A small HTTP/1.1 server (Boost.Beast): one thread per connection with
+// keep-alive, a head and body size cap (413), a connection cap (503), and a
+// handler for everything past the request line. `paddock-policy` serves its
+// PolicyService with it (requests on different connections run at the same
+// time, so their generations batch in the engine); paddockd its /metrics.
 #pragma once
 
 #include <atomic>
@@ -13,10 +13,23 @@
 #include <thread>
 #include <vector>
 
-#include "policy/engine/server/policy_service.h"
 #include "sandbox/base/status.h"
 
 namespace paddock::policy::engine::server {
+
+struct HttpReply {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+class HttpHandler {
+ public:
+  virtual ~HttpHandler() = default;
+  virtual HttpReply Handle(const std::string& method, const std::string& target, const std::string& body) = 0;
+  // Transport-level outcomes the server answered itself (oversized, bad HTTP, busy).
+  virtual void CountRejected(const std::string& endpoint, int status) {}
+};
 
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
@@ -24,13 +37,14 @@ struct HttpServerOptions {
   size_t max_body_bytes = 16u << 20;   // larger bodies get 413
   size_t max_connections = 512;        // more get 503 and are closed
   int idle_timeout_s = 300;            // a keep-alive connection idle this long is closed
+  std::string server_name = "paddock-policy";  // the Server header
 };
 
 class HttpServer {
  public:
   // Binds and starts accepting. INVALID_ARGUMENT for a bad host, UNAVAILABLE
   // when the address cannot be bound (in use, no permission).
-  static Result<std::unique_ptr<HttpServer>> Start(std::shared_ptr<PolicyService> service,
+  static Result<std::unique_ptr<HttpServer>> Start(std::shared_ptr<HttpHandler> handler,
                                                    HttpServerOptions options);
   ~HttpServer();  // Stop()
 

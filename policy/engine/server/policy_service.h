@@ -21,6 +21,7 @@
 
 #include "policy/engine/constrain/tool_grammar.h"
 #include "policy/engine/engine.h"
+#include "policy/engine/server/http_server.h"
 #include "policy/v4/tokenizer/tokenizer.h"
 
 namespace paddock::policy::engine::server {
@@ -46,21 +47,15 @@ struct ToolRequest {
   bool constrain = true;  // "tool_constraint": false turns the constraint off
 };
 
-struct HttpReply {
-  int status = 200;
-  std::string content_type = "application/json";
-  std::string body;
-};
-
-class PolicyService {
+class PolicyService final : public HttpHandler {
  public:
   PolicyService(std::shared_ptr<Engine> engine, std::shared_ptr<const v4::Tokenizer> tokenizer,
                 ServiceOptions options = {});
 
-  HttpReply Handle(const std::string& method, const std::string& target, const std::string& body);
+  HttpReply Handle(const std::string& method, const std::string& target, const std::string& body) override;
 
   // Transport-level outcomes the HTTP server reports (oversized bodies, bad HTTP).
-  void CountRejected(const std::string& endpoint, int status);
+  void CountRejected(const std::string& endpoint, int status) override;
 
   // Largest number of Generate calls seen in flight at once.
   int max_concurrent_generate() const { return max_inflight_.load(); }

@@ -281,6 +281,7 @@ std::unique_ptr<grpc::ClientContext> CallContext(const ClientOptions& options, s
   auto ctx = std::make_unique<grpc::ClientContext>();
   if (timeout.count() > 0) ctx->set_deadline(std::chrono::system_clock::now() + timeout);
   if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
+  for (const auto& [k, v] : options.metadata) ctx->AddMetadata(k, v);
   return ctx;
 }
 
@@ -441,11 +442,11 @@ Result<std::vector<SandboxInfo>> Client::List() {
   return out;
 }
 
-Result<DaemonStats> Client::Stats(const std::string& id) {
+Result<DaemonStats> Client::Stats(const std::string& id, std::chrono::milliseconds timeout) {
   v1::StatsRequest req;
   req.set_sandbox_id(id);
   v1::StatsResponse resp;
-  auto ctx = impl_->Context();
+  auto ctx = timeout.count() > 0 ? impl_->Context(timeout) : impl_->Context();
   PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Stats(ctx.get(), req, &resp)));
   DaemonStats d;
   d.live_sandboxes = resp.live_sandboxes();
@@ -455,6 +456,14 @@ Result<DaemonStats> Client::Stats(const std::string& id) {
   d.daemon_rss_bytes = resp.daemon_rss_bytes();
   d.has_usage = resp.has_usage();
   d.usage = v1conv::FromProto(resp.usage());
+  d.api_version = resp.api_version();
+  d.substrates.assign(resp.substrates().begin(), resp.substrates().end());
+  d.mem_available_bytes = resp.mem_available_bytes();
+  d.cpus = resp.cpus();
+  d.version = resp.version();
+  d.draining = resp.draining();
+  d.images.assign(resp.images().begin(), resp.images().end());
+  d.front_lease_ms = resp.front_lease_ms();
   return d;
 }
 
@@ -677,12 +686,50 @@ Result<ImageImportResult> Client::ImagePull(const std::string& ref, const ImageP
   for (const auto& h : options.insecure_registries) req.add_insecure_registries(h);
   req.set_platform(options.platform);
   req.set_ca_file(options.ca_file);
+  if (!options.credentials.empty()) {
+    req.mutable_credentials()->set_username(options.credentials.username);
+    req.mutable_credentials()->set_password(options.credentials.password);
+  }
   auto ctx = impl_->Context(kLongCall);
   auto reader = stub->Pull(ctx.get(), req);
   PADDOCK_ASSIGN_OR_RETURN(ImageImportResult out, ReadImportEvents(*reader, [&](const v1::ImportProgress& p) {
     if (on_progress) on_progress({p.phase(), p.message(), p.bytes_done(), p.bytes_total()});
   }, "pull"));
   if (out.images.empty()) return Error(Code::kInternal, "the daemon ended the pull without a result");
+  return out;
+}
+
+Result<ImagePushResult> Client::ImagePush(const std::string& image, const std::string& ref,
+                                         const ImagePushOptions& options,
+                                         const std::function<void(const ImagePullProgress&)>& on_progress) {
+  auto stub = v1::Images::NewStub(impl_->channel);
+  v1::PushRequest req;
+  req.set_image(image);
+  req.set_ref(ref);
+  for (const auto& h : options.insecure_registries) req.add_insecure_registries(h);
+  req.set_ca_file(options.ca_file);
+  if (!options.credentials.empty()) {
+    req.mutable_credentials()->set_username(options.credentials.username);
+    req.mutable_credentials()->set_password(options.credentials.password);
+  }
+  auto ctx = impl_->Context(kLongCall);
+  auto reader = stub->Push(ctx.get(), req);
+  v1::PushEvent ev;
+  ImagePushResult out;
+  bool got = false;
+  while (reader->Read(&ev)) {
+    if (ev.has_progress()) {
+      const auto& p = ev.progress();
+      if (on_progress) on_progress({p.phase(), p.message(), p.bytes_done(), p.bytes_total()});
+    } else if (ev.has_result()) {
+      const auto& r = ev.result();
+      out = {r.image(), r.ref(), r.manifest_digest(), r.blobs_total(), r.blobs_present(), r.blobs_mounted(),
+             r.blobs_uploaded(), r.bytes_uploaded()};
+      got = true;
+    }
+  }
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  if (!got) return Error(Code::kInternal, "the daemon ended the push without a result");
   return out;
 }
 

@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sandbox/base/status.h"
@@ -49,6 +50,8 @@ struct ClientOptions {
   std::string tls_ca_file = EnvOr("PADDOCK_TLS_CA");
   std::string tls_cert_file = EnvOr("PADDOCK_TLS_CERT");
   std::string tls_key_file = EnvOr("PADDOCK_TLS_KEY");
+  // Sent with every call, e.g. a front's lease (rollout/fleet).
+  std::vector<std::pair<std::string, std::string>> metadata;
   // How long Connect waits for the daemon to answer.
   std::chrono::milliseconds connect_timeout{2000};
   // Deadline of every call except Exec (whose deadline is its own timeout plus
@@ -75,6 +78,15 @@ struct DaemonStats {
   uint64_t daemon_rss_bytes = 0;
   bool has_usage = false;  // usage is set when Stats was asked about one sandbox
   Usage usage;
+  // For fronts placing sandboxes on this daemon (proto StatsResponse).
+  uint32_t api_version = 0;
+  std::vector<std::string> substrates;  // usable here
+  uint64_t mem_available_bytes = 0;
+  uint32_t cpus = 0;
+  std::string version;
+  bool draining = false;
+  std::vector<std::string> images;  // names in its store (at most 256)
+  uint32_t front_lease_ms = 0;      // a front's lease there
 };
 
 // Idempotency key of a side-effecting call (see proto/sandbox.proto
@@ -173,11 +185,26 @@ struct ImageImportResult {
   uint64_t bytes_fetched = 0;   // pull: layer bytes downloaded
   std::string manifest_digest;  // pull: the registry's manifest digest
 };
+// Sent to the daemon for one call, never logged. Empty: anonymous.
+struct RegistryCredentials {
+  std::string username, password;
+  bool empty() const { return username.empty() && password.empty(); }
+};
 struct ImagePullOptions {
   std::string name;                              // store name; empty: the reference itself
   std::vector<std::string> insecure_registries;  // plain HTTP to these hosts (loopback always)
   std::string platform;                          // "os/arch[/variant]"; empty: linux/amd64
   std::string ca_file;                           // on the daemon's host
+  RegistryCredentials credentials;
+};
+struct ImagePushOptions {
+  std::vector<std::string> insecure_registries;  // plain HTTP to these hosts (loopback always)
+  std::string ca_file;                           // on the daemon's host
+  RegistryCredentials credentials;
+};
+struct ImagePushResult {
+  std::string image, ref, manifest_digest;
+  uint64_t blobs_total = 0, blobs_present = 0, blobs_mounted = 0, blobs_uploaded = 0, bytes_uploaded = 0;
 };
 // A pull's progress: a line, and layer bytes fetched of those to fetch.
 struct ImagePullProgress {
@@ -242,7 +269,8 @@ class Client {
   Status Destroy(const std::string& id);
   Result<std::vector<SandboxInfo>> List();
   // Daemon-wide numbers; with an id, that sandbox's usage too.
-  Result<DaemonStats> Stats(const std::string& id = "");
+  // `timeout`: this call's deadline; 0: the client's call_timeout.
+  Result<DaemonStats> Stats(const std::string& id = "", std::chrono::milliseconds timeout = {});
 
   // ---- the trajectory log (keyed calls, episodes) ----
   // Creates a sandbox bound to `episode`, or returns the bound one while it
@@ -277,6 +305,11 @@ class Client {
   // Pulls REF from its registry into the daemon's store (images[0]: the image id).
   Result<ImageImportResult> ImagePull(const std::string& ref, const ImagePullOptions& options,
                                       const std::function<void(const ImagePullProgress&)>& on_progress = {});
+  // Pushes `image` (name, digest or prefix) of the daemon's store to REF.
+  // Progress as for a pull: blob bytes uploaded of those to upload.
+  Result<ImagePushResult> ImagePush(const std::string& image, const std::string& ref,
+                                    const ImagePushOptions& options,
+                                    const std::function<void(const ImagePullProgress&)>& on_progress = {});
   Result<ImageImportResult> ImageImportDir(const std::string& dir, const std::string& name,
                                            const std::vector<std::string>& env = {},
                                            const std::string& workdir = "");

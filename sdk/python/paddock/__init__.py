@@ -40,7 +40,7 @@ from .errors import (
     Unimplemented,
     Unknown,
 )
-from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult, LayerInfo, PullResult
+from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult, LayerInfo, PullResult, PushResult
 from .rollouts import (
     EpisodeSummary,
     EpisodeTimings,
@@ -80,5 +80,5 @@ __all__ = [
     "Limits", "OutputChunk", "SandboxInfo", "StepRecord", "Usage", "VerifyReport", "WriteResult",
     "PolicySpec", "Sampling", "EpisodeTimings", "EpisodeSummary", "RolloutProgress", "RolloutEpisode",
     "ResumeResult", "Rollout",
-    "ImportResult", "PullResult", "ImportDirResult", "ImageSummary", "LayerInfo", "ImageDetail", "GcResult",
+    "ImportResult", "PullResult", "PushResult", "ImportDirResult", "ImageSummary", "LayerInfo", "ImageDetail", "GcResult",
 ]

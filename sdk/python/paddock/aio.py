@@ -32,7 +32,7 @@ from . import rollouts as _ro
 from ._msg import from_msg
 from .errors import NotFound, PaddockError, Unavailable, Unimplemented, Unknown, from_rpc_error
 from . import images as _im
-from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult, PullResult
+from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult, PullResult, PushResult
 from .rollouts import EpisodeSummary, PolicySpec, ResumeResult, RolloutEpisode, RolloutProgress, Sampling
 from .types import (
     DaemonStats,
@@ -555,12 +555,22 @@ class Images:
 
     async def pull(self, ref: str, name: str | None = None, *, insecure_registries: Sequence[str] | None = None,
                    platform: str | None = None, ca_file: str | None = None,
+                   credentials: tuple[str, str] | None = None,
                    on_progress: Callable[[str, str], None] | None = None) -> PullResult:
         """Pulls an image from a registry into the store (see :meth:`paddock.images.Images.pull`)."""
         c = self._client
-        req = _im.pull_request(ref, name, insecure_registries, platform, ca_file)
+        req = _im.pull_request(ref, name, insecure_registries, platform, ca_file, credentials)
         call = self._stub.Pull(req, timeout=_im.PULL_TIMEOUT_S, metadata=c._metadata)
         return await self._collect(call, on_progress, _im.pull_result, "pull")
+
+    async def push(self, image: str, ref: str, *, insecure_registries: Sequence[str] | None = None,
+                   ca_file: str | None = None, credentials: tuple[str, str] | None = None,
+                   on_progress: Callable[[str, str], None] | None = None) -> PushResult:
+        """Pushes an image of the store to a registry (see :meth:`paddock.images.Images.push`)."""
+        c = self._client
+        req = _im.push_request(image, ref, insecure_registries, ca_file, credentials)
+        call = self._stub.Push(req, timeout=_im.PULL_TIMEOUT_S, metadata=c._metadata)
+        return await self._collect(call, on_progress, _im.push_result, "push")
 
     async def import_dir(self, path: str, name: str | None = None, *,
                          env: Sequence[str] | dict[str, str] | None = None,

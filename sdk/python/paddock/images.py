@@ -7,6 +7,7 @@ Reached as ``client.images``::
     with c.sandbox("container", "python:3") as sb: ...
     c.images.ls(); c.images.inspect("python:3"); c.images.rm("python:3")
     c.images.pull("127.0.0.1:5000/test/busybox:1")                    # from a registry
+    c.images.push("python:3", "registry.example/team/python:3", credentials=("user", "password"))
 
 Paths are on the daemon's host; relative ones are made absolute against this
 process's cwd (as the CLI does). Images are usable as ``image=`` of a sandbox by
@@ -28,7 +29,7 @@ from .errors import InvalidArgument, Unimplemented, Unknown
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Images", "ImportResult", "PullResult", "ImportDirResult", "ImageSummary", "LayerInfo", "ImageDetail", "GcResult"]
+__all__ = ["Images", "ImportResult", "PullResult", "PushResult", "ImportDirResult", "ImageSummary", "LayerInfo", "ImageDetail", "GcResult"]
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,62 @@ class PullResult:
     bytes_committed: int = 0
 
 
+@dataclass(frozen=True)
+class PushResult:
+    """What a registry push did.
+
+    Attributes:
+        image: the store's image id; ref: the reference pushed to, fully spelled.
+        manifest_digest: the OCI manifest now on the registry.
+        blobs_total: distinct blobs (config and layers); blobs_present: already there, not sent;
+        blobs_mounted: mounted from another repository of the registry; blobs_uploaded: sent.
+        bytes_uploaded: blob bytes sent.
+    """
+
+    image: str = ""
+    ref: str = ""
+    manifest_digest: str = ""
+    blobs_total: int = 0
+    blobs_present: int = 0
+    blobs_mounted: int = 0
+    blobs_uploaded: int = 0
+    bytes_uploaded: int = 0
+
+
 # A pull of a large image may take long; like the C++ client's kLongCall.
 PULL_TIMEOUT_S = 2 * 3600.0
 
 
+def _credentials(credentials: tuple[str, str] | None, what: str) -> Any:
+    if credentials is None:
+        return None
+    if not (isinstance(credentials, tuple) and len(credentials) == 2 and all(isinstance(x, str) for x in credentials)):
+        raise InvalidArgument(f"{what}: credentials must be a (username, password) tuple")
+    return _pb().RegistryCredentials(username=credentials[0], password=credentials[1])
+
+
 def pull_request(ref: str, name: str | None, insecure_registries: Sequence[str] | None, platform: str | None,
-                 ca_file: str | None) -> Any:
+                 ca_file: str | None, credentials: tuple[str, str] | None = None) -> Any:
     if not isinstance(ref, str) or not ref:
         raise InvalidArgument("pull: a reference is required, e.g. registry.example/repo:tag")
     return _pb().PullRequest(ref=ref, name=name or "", insecure_registries=list(insecure_registries or []),
-                             platform=platform or "", ca_file=_abs(ca_file, "pull ca_file") if ca_file else "")
+                             platform=platform or "", ca_file=_abs(ca_file, "pull ca_file") if ca_file else "",
+                             credentials=_credentials(credentials, "pull"))
+
+
+def push_request(image: str, ref: str, insecure_registries: Sequence[str] | None, ca_file: str | None,
+                 credentials: tuple[str, str] | None) -> Any:
+    if not isinstance(image, str) or not image:
+        raise InvalidArgument("push: an image of the store is required, e.g. python:3")
+    if not isinstance(ref, str) or not ref:
+        raise InvalidArgument("push: a reference is required, e.g. registry.example/repo:tag")
+    return _pb().PushRequest(image=image, ref=ref, insecure_registries=list(insecure_registries or []),
+                             ca_file=_abs(ca_file, "push ca_file") if ca_file else "",
+                             credentials=_credentials(credentials, "push"))
+
+
+def push_result(r: Any) -> PushResult:
+    return from_msg(PushResult, r)
 
 
 def pull_result(r: Any) -> PullResult:
@@ -239,8 +286,9 @@ class Images:
 
     def pull(self, ref: str, name: str | None = None, *, insecure_registries: Sequence[str] | None = None,
              platform: str | None = None, ca_file: str | None = None,
+             credentials: tuple[str, str] | None = None,
              on_progress: Callable[[str, str], None] | None = None) -> PullResult:
-        """Pulls an image from a registry into the store (anonymously; OCI and Docker schema 2).
+        """Pulls an image from a registry into the store (OCI and Docker schema 2).
 
         Args:
             ref: ``[HOST[:PORT]/]REPOSITORY[:TAG][@sha256:HEX]``.
@@ -249,6 +297,8 @@ class Images:
                 loopback hosts always are. Unix-socket clients only.
             platform: ``os/arch[/variant]`` picked from a multi-platform image (default linux/amd64).
             ca_file: PEM CAs on the daemon's host to verify the registry with. Unix-socket clients only.
+            credentials: ``(username, password)`` for the registry (basic or token auth); None:
+                anonymous. Sent with this call only; never sent over plain HTTP to a non-loopback host.
             on_progress: called with ``(phase, message)`` as the daemon reports progress.
 
         Raises:
@@ -258,10 +308,29 @@ class Images:
                 registry answered (401, 403, 429, 5xx), or TLS verification failed (PermissionDenied).
         """
         c = self._client
-        req = pull_request(ref, name, insecure_registries, platform, ca_file)
+        req = pull_request(ref, name, insecure_registries, platform, ca_file, credentials)
         try:
             return collect_events(c._stream(self._stub.Pull, req, timeout=PULL_TIMEOUT_S), on_progress,
                                   pull_result, "pull")
+        except grpc.RpcError as err:
+            raise c._error(err) from None
+
+    def push(self, image: str, ref: str, *, insecure_registries: Sequence[str] | None = None,
+             ca_file: str | None = None, credentials: tuple[str, str] | None = None,
+             on_progress: Callable[[str, str], None] | None = None) -> PushResult:
+        """Pushes ``image`` (name, digest or prefix in the store) to the registry reference ``ref``
+        (``HOST[:PORT]/REPOSITORY:TAG``) as an OCI image manifest; blobs the registry has are
+        not sent. ``insecure_registries``, ``ca_file`` and ``credentials`` as for :meth:`pull`.
+
+        Raises:
+            paddock.NotFound: no such image in the store.
+            paddock.Unauthenticated / PermissionDenied / Unavailable: what the registry answered.
+        """
+        c = self._client
+        req = push_request(image, ref, insecure_registries, ca_file, credentials)
+        try:
+            return collect_events(c._stream(self._stub.Push, req, timeout=PULL_TIMEOUT_S), on_progress,
+                                  push_result, "push")
         except grpc.RpcError as err:
             raise c._error(err) from None
 

@@ -131,3 +131,37 @@ def test_pull_from_a_registry(client: paddock.Client, daemon, rootfs_dir: str, t
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_push_to_a_registry(client: paddock.Client, daemon, rootfs_dir: str, tmp_path,
+                            images_served: None) -> None:
+    proc, port = _registry(tmp_path)
+    try:
+        name = f"pysdk-push-src-{os.urandom(3).hex()}:t"
+        src = client.images.import_dir(rootfs_dir, name=name)
+        ref = f"127.0.0.1:{port}/pysdk/pushed:1"
+        phases: list[str] = []
+        r = client.images.push(name, ref, on_progress=lambda ph, msg: phases.append(ph))
+        assert isinstance(r, paddock.PushResult) and r.image == src.image and r.ref == ref
+        assert r.blobs_total == 2 and r.blobs_uploaded == 2 and r.bytes_uploaded > 0 and "pushed" in phases
+        again = client.images.push(name, ref)
+        assert again.blobs_present == 2 and again.blobs_uploaded == 0
+        assert again.manifest_digest == r.manifest_digest
+        pulled = client.images.pull(ref)
+        assert pulled.image == src.image and pulled.manifest_digest == r.manifest_digest
+        with pytest.raises(paddock.NotFound):
+            client.images.push("pysdk-no-such-image:1", ref)
+        with pytest.raises(paddock.InvalidArgument):
+            client.images.push(name, ref, credentials=("only-a-user",))  # type: ignore[arg-type]
+
+        async def main() -> None:
+            async with paddock.aio.Client(daemon.socket_path) as c:
+                a = await c.images.push(name, f"127.0.0.1:{port}/pysdk/other:1")
+                assert a.blobs_mounted == 2 and a.blobs_uploaded == 0
+
+        asyncio.run(main())
+        for n in (name, ref):
+            client.images.rm(n)
+    finally:
+        proc.terminate()
+        proc.wait()

@@ -1,0 +1,248 @@
+#include "rollout/fleet/fleet.h"
+
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include "paddock/client.h"
+#include "rollout/fleet/node.h"
+#include "rollout/fleet/placement.h"
+#include "rollout/fleet/remote_sandbox.h"
+#include "rollout/service/front_leases.h"
+
+namespace paddock::fleet {
+
+namespace {
+
+std::string HostName() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "front";
+  std::string s;
+  for (char c : std::string(buf))
+    s.push_back(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' ? c : '-');
+  return s.substr(0, 64);
+}
+
+// Whether a create failed because of the node (try another) rather than the
+// request (report it).
+// A node's own condition (unreachable, full, draining, its lease of this front
+// lapsed) is tried elsewhere; anything else (the image, the spec, the node's
+// set-up) is the answer, returned as the node gave it.
+bool NodeFault(const Status& st) {
+  switch (st.code()) {
+    case Code::kUnavailable:
+    case Code::kDeadlineExceeded:
+    case Code::kResourceExhausted:
+    case Code::kCancelled:
+      return true;
+    case Code::kFailedPrecondition:
+      return st.message().find("lease") != std::string::npos || st.message().find("superseded") != std::string::npos;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Fleet>> Fleet::Start(FleetOptions options) {
+  PADDOCK_ASSIGN_OR_RETURN(NodeDiscovery discovery, NodeDiscovery::Parse(options.nodes));
+  if (options.front_id.empty()) options.front_id = HostName();
+  if (options.epoch <= 0)
+    options.epoch = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count();
+  if (options.heartbeat.count() <= 0)
+    return Error(Code::kInvalidArgument, "the node heartbeat must be positive ({} ms)", options.heartbeat.count());
+  auto fleet = std::unique_ptr<Fleet>(new Fleet(std::move(options), std::move(discovery)));
+  auto first = fleet->discovery_.Resolve();
+  if (first.ok()) {
+    fleet->SetNodes(*first);
+  } else {
+    spdlog::warn("fleet: {}", first.status().message());
+    fleet->discovery_error_ = first.status().message();
+  }
+  fleet->discovery_thread_ = std::thread([f = fleet.get()] { f->DiscoveryLoop(); });
+  spdlog::info("front {} (epoch {}): nodes from {}", fleet->options_.front_id, fleet->options_.epoch,
+               fleet->discovery_.spec());
+  return fleet;
+}
+
+Fleet::Fleet(FleetOptions options, NodeDiscovery discovery)
+    : options_(std::move(options)), discovery_(std::move(discovery)) {}
+
+Fleet::~Fleet() {
+  {
+    std::lock_guard l(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (discovery_thread_.joinable()) discovery_thread_.join();
+  std::map<std::string, std::shared_ptr<Node>> nodes;
+  std::vector<std::shared_ptr<Node>> retired;
+  {
+    std::lock_guard l(mu_);
+    nodes.swap(nodes_);
+    retired.swap(retired_);
+  }
+  // Stopped, a node makes no more calls back into the fleet; sandboxes still
+  // held elsewhere keep its client for their Destroy.
+  for (auto& [_, n] : nodes) n->Stop();
+  for (auto& n : retired) n->Stop();
+}
+
+void Fleet::SetNodes(const std::vector<std::string>& addresses) {
+  std::vector<std::shared_ptr<Node>> gone;
+  {
+    std::lock_guard l(mu_);
+    std::set<std::string> want(addresses.begin(), addresses.end());
+    for (auto it = nodes_.begin(); it != nodes_.end();) {
+      if (!want.count(it->first)) {
+        spdlog::info("fleet: node {} left the node list", it->first);
+        gone.push_back(it->second);
+        retired_.push_back(it->second);
+        it = nodes_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (const auto& a : addresses)
+      if (!nodes_.count(a)) {
+        spdlog::info("fleet: node {} joined", a);
+        nodes_.emplace(a, std::make_shared<Node>(a, options_, [this] { cv_.notify_all(); }));
+      }
+  }
+  // Their sandboxes stay reachable through the nodes they hold; no new ones.
+  for (auto& n : gone) n->SetDrained();
+}
+
+void Fleet::DiscoveryLoop() {
+  std::unique_lock l(mu_);
+  while (!stopping_) {
+    cv_.wait_for(l, options_.rediscover, [&] { return stopping_; });
+    if (stopping_) break;
+    l.unlock();
+    auto addrs = discovery_.Resolve();
+    if (addrs.ok()) SetNodes(*addrs);
+    l.lock();
+    std::string err = addrs.ok() ? "" : addrs.status().message();
+    if (err != discovery_error_ && !err.empty()) spdlog::warn("fleet: {} (keeping the nodes known)", err);
+    discovery_error_ = err;
+  }
+}
+
+Result<std::unique_ptr<Sandbox>> Fleet::Create(const std::string& id, const SandboxSpec& spec_in) {
+  SandboxSpec spec = spec_in;
+  // The node sets the lease labels itself; these say where it came from.
+  spec.labels["paddock.front_sandbox"] = id;
+  const auto deadline = std::chrono::steady_clock::now() + options_.place_timeout;
+  std::set<std::string> failed;  // nodes that failed this create
+  Status last = Error(Code::kUnavailable, "no node");
+  for (;;) {
+    auto now = std::chrono::steady_clock::now();
+    std::shared_ptr<Node> chosen;
+    uint64_t generation = 0;
+    Result<Placement> choice = Error(Code::kUnavailable, "no node");
+    {
+      std::unique_lock l(mu_);
+      if (stopping_) return Error(Code::kUnavailable, "the front is shutting down");
+      std::vector<std::shared_ptr<Node>> held;
+      std::vector<NodeView> views;
+      for (auto& [addr, n] : nodes_) {
+        if (failed.count(addr)) continue;
+        held.push_back(n);
+        views.push_back(n->View(now, spec.image));
+      }
+      choice = ChooseNode(views, spec);
+      if (choice.ok() && held[choice->index]->BeginCreate(now, &generation)) chosen = held[choice->index];
+      if (!chosen) {
+        if (now >= deadline) {
+          if (choice.ok()) return Error(Code::kUnavailable, "placing a {} sandbox: no node took it", spec.substrate);
+          return choice.status().code() == Code::kUnavailable && !failed.empty()
+                     ? last.Prefix(fmt::format("placing a {} sandbox", spec.substrate))
+                     : choice.status();
+        }
+        // Wait for the rate's next token, a heartbeat or a node to join.
+        auto wait = choice.status().code() == Code::kResourceExhausted
+                        ? std::chrono::milliseconds(static_cast<int64_t>(1000.0 / std::max(1.0, options_.creates_per_second)) + 1)
+                        : std::chrono::milliseconds(200);
+        cv_.wait_for(l, std::min<std::chrono::steady_clock::duration>(wait, deadline - now));
+        if (failed.size() && failed.size() >= nodes_.size()) failed.clear();  // every node failed once: try again
+        continue;
+      }
+    }
+    auto c = chosen->ClientFor(generation);
+    Result<client::SandboxInfo> made = c.ok() ? (*c)->Create(spec) : Result<client::SandboxInfo>(c.status());
+    chosen->EndCreate(made.ok());
+    if (made.ok()) {
+      spdlog::info("sandbox {} placed on node {} as {}{}", id, chosen->address(), made->id,
+                   choice.ok() && choice->image_local ? " (image there)" : "");
+      return std::unique_ptr<Sandbox>(std::make_unique<RemoteSandbox>(id, made->id, chosen, generation));
+    }
+    last = made.status().Prefix(fmt::format("node {}", chosen->address()));
+    if (!NodeFault(made.status())) return last;
+    spdlog::warn("creating sandbox {}: {}; placing it elsewhere", id, last.message());
+    if (made.status().code() == Code::kUnavailable || made.status().code() == Code::kDeadlineExceeded)
+      chosen->Suspect();
+    failed.insert(chosen->address());
+  }
+}
+
+std::vector<NodeStatus> Fleet::List() const {
+  std::vector<std::shared_ptr<Node>> nodes;
+  {
+    std::lock_guard l(mu_);
+    for (auto& [_, n] : nodes_) nodes.push_back(n);
+  }
+  std::vector<NodeStatus> out;
+  for (auto& n : nodes) out.push_back(n->Status());
+  return out;
+}
+
+Result<NodeStatus> Fleet::Drain(const std::string& address) {
+  std::shared_ptr<Node> n;
+  {
+    std::lock_guard l(mu_);
+    auto it = nodes_.find(address);
+    if (it == nodes_.end()) {
+      std::string known;
+      for (auto& [a, _] : nodes_) known += (known.empty() ? "" : ", ") + a;
+      return Error(Code::kNotFound, "no node {} in this front's fleet; its nodes: {}", address,
+                   known.empty() ? "none" : known);
+    }
+    n = it->second;
+  }
+  n->SetDrained();
+  return n->Status();
+}
+
+bool Fleet::WaitForReady(size_t count, std::chrono::milliseconds timeout) const {
+  std::unique_lock l(mu_);
+  return cv_.wait_for(l, timeout, [&] {
+    size_t ready = 0;
+    for (auto& [_, n] : nodes_) ready += n->ready();
+    return ready >= count;
+  });
+}
+
+namespace {
+
+class FleetSubstrate final : public Substrate {
+ public:
+  FleetSubstrate(Fleet& fleet, std::string name) : fleet_(fleet), name_(std::move(name)) {}
+  std::string name() const override { return name_; }
+  Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
+    return fleet_.Create(id, spec);
+  }
+
+ private:
+  Fleet& fleet_;
+  std::string name_;
+};
+
+}  // namespace
+
+std::unique_ptr<Substrate> MakeFleetSubstrate(Fleet& fleet, const std::string& name) {
+  return std::make_unique<FleetSubstrate>(fleet, name);
+}
+
+}  // namespace paddock::fleet

@@ -1,0 +1,142 @@
+#include "rollout/fleet/remote_sandbox.h"
+
+#include <mutex>
+#include <thread>
+
+#include "paddock/client.h"
+
+namespace paddock::fleet {
+
+RemoteSandbox::RemoteSandbox(std::string id, std::string remote_id, std::shared_ptr<Node> node, uint64_t generation)
+    : id_(std::move(id)), remote_id_(std::move(remote_id)), node_(std::move(node)), generation_(generation) {}
+
+RemoteSandbox::~RemoteSandbox() {
+  if (!released_.exchange(true)) node_->Released();
+}
+
+Result<std::shared_ptr<client::Client>> RemoteSandbox::Client() const {
+  if (gone_.load()) return Error(Code::kUnavailable, "sandbox {} on node {} is gone", id_, node_->address());
+  return node_->ClientFor(generation_);
+}
+
+Status RemoteSandbox::Seen(Status st) const {
+  if (st.ok()) return st;
+  if (st.code() == Code::kNotFound && st.message().find(remote_id_) != std::string::npos) gone_ = true;
+  // A transport failure says nothing about the sandbox yet: wait for the node's
+  // verdict, so that a caller (the rollout engine) can tell a lost sandbox
+  // (Alive() false: rebuild it elsewhere) from a blip.
+  if ((st.code() == Code::kUnavailable || st.code() == Code::kDeadlineExceeded) && !node_->AwaitVerdict(generation_))
+    return Error(Code::kUnavailable, "node {} was lost while the call ran ({}); sandbox {} is gone", node_->address(),
+                 st.message(), id_);
+  if (st.code() == Code::kCancelled && !node_->Usable(generation_))
+    return Error(Code::kUnavailable, "node {} was lost while the call ran; sandbox {} is gone", node_->address(), id_);
+  if (st.message().find(node_->address()) != std::string::npos) return st;
+  return st.Prefix(fmt::format("node {}", node_->address()));
+}
+
+Result<ExecResult> RemoteSandbox::Exec(const ExecRequest& req_in, const OutputCallback& on_output) {
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  // A sealed run goes as a request for the node's own toolset; the bytes stay here.
+  ExecRequest req;
+  req.argv = req_in.argv;
+  req.shell = req_in.shell;
+  req.stdin_data = req_in.stdin_data;
+  req.env = req_in.env;
+  req.cwd = req_in.cwd;
+  req.timeout_ms = req_in.timeout_ms;
+  req.output_cap = req_in.output_cap;
+  req.sealed = req_in.sealed || !req_in.trusted_program.empty();
+  // Streamed, so that the call can be cancelled (node lost, caller gone); the
+  // result carries the capped output as the Sandbox contract says.
+  const uint64_t cap = req.output_cap ? req.output_cap : kDefaultOutputCap;
+  std::string out[2];
+  bool truncated[2] = {false, false};
+  std::mutex out_mu;
+  auto collect = [&](int stream, std::string_view chunk) {
+    if (on_output) on_output(stream, chunk);
+    std::lock_guard l(out_mu);
+    int i = stream == 2 ? 1 : 0;
+    size_t room = out[i].size() < cap ? cap - out[i].size() : 0;
+    out[i].append(chunk.substr(0, room));
+    if (chunk.size() > room) truncated[i] = true;
+  };
+  client::ExecCancel cancel;
+  node_->Track(&cancel);
+  std::atomic<bool> done{false};
+  std::thread watcher;
+  if (req_in.cancelled)
+    watcher = std::thread([&] {
+      while (!done.load()) {
+        if (req_in.cancelled()) {
+          cancel.Cancel();
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    });
+  auto r = c->ExecStream(remote_id_, req, collect, &cancel);
+  done = true;
+  if (watcher.joinable()) watcher.join();
+  node_->Untrack(&cancel);
+  if (!r.ok()) return Seen(r.status());
+  r->stdout_data = std::move(out[0]);
+  r->stderr_data = std::move(out[1]);
+  r->stdout_truncated = r->stdout_truncated || truncated[0];
+  r->stderr_truncated = r->stderr_truncated || truncated[1];
+  return r;
+}
+
+Status RemoteSandbox::WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents) {
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  auto r = c->WriteFile(remote_id_, path, content, mode, make_parents);
+  return r.ok() ? Status::Ok() : Seen(r.status());
+}
+
+Result<std::string> RemoteSandbox::ReadFile(const std::string& path, uint64_t max_bytes) {
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  auto r = c->ReadFile(remote_id_, path, max_bytes);
+  if (!r.ok()) return Seen(r.status());
+  return r;
+}
+
+Result<std::vector<FileInfo>> RemoteSandbox::ListDir(const std::string& path) {
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  auto r = c->ListDir(remote_id_, path);
+  if (!r.ok()) return Seen(r.status());
+  return r;
+}
+
+Result<FileInfo> RemoteSandbox::Stat(const std::string& path) {
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  auto r = c->Stat(remote_id_, path);
+  if (!r.ok()) return Seen(r.status());
+  return r;
+}
+
+Result<Usage> RemoteSandbox::GetUsage() {
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  auto r = c->Stats(remote_id_);
+  if (!r.ok()) return Seen(r.status());
+  return r->usage;
+}
+
+bool RemoteSandbox::Alive() const { return !gone_.load() && node_->Usable(generation_); }
+
+Status RemoteSandbox::Destroy() {
+  if (gone_.exchange(true)) return Status::Ok();
+  if (!released_.exchange(true)) node_->Released();
+  auto c = node_->ClientFor(generation_);
+  if (!c.ok()) return Status::Ok();  // the node is lost: its lease took the sandbox with it
+  Status st = (*c)->Destroy(remote_id_);
+  if (st.ok() || st.code() == Code::kNotFound) return Status::Ok();
+  return st.Prefix(fmt::format("destroying sandbox {} on node {}", id_, node_->address()));
+}
+
+Result<SnapshotResult> RemoteSandbox::Snapshot(const std::string& name) {
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  auto r = c->SnapshotImage(remote_id_, name);
+  if (!r.ok()) return Seen(r.status());
+  return SnapshotResult{r->image, r->name, r->layer, r->layer_bytes};
+}
+
+}  // namespace paddock::fleet

@@ -1,0 +1,51 @@
+// A sandbox that lives on a node: the Sandbox interface forwarded over the
+// node's Sandboxes API. The rollout engine, keyed calls and the log use it as
+// any other sandbox; only Alive() and the errors say where it is.
+//
+// When its node is lost (node.h) every call fails at once with UNAVAILABLE
+// naming the node, and execs in flight are cancelled: the node has destroyed
+// the sandbox under its lease by then, so nothing of it runs anywhere.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "rollout/fleet/node.h"
+#include "sandbox/sandbox.h"
+
+namespace paddock::fleet {
+
+class RemoteSandbox final : public Sandbox {
+ public:
+  RemoteSandbox(std::string id, std::string remote_id, std::shared_ptr<Node> node, uint64_t generation);
+  ~RemoteSandbox() override;
+
+  const std::string& id() const override { return id_; }
+  const std::string& remote_id() const { return remote_id_; }
+  const std::string& node_address() const { return node_->address(); }
+
+  Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override;
+  Status WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents) override;
+  Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) override;
+  Result<std::vector<FileInfo>> ListDir(const std::string& path) override;
+  Result<FileInfo> Stat(const std::string& path) override;
+  Result<Usage> GetUsage() override;
+  bool Alive() const override;
+  Status Destroy() override;
+  Result<SnapshotResult> Snapshot(const std::string& name) override;
+
+ private:
+  Result<std::shared_ptr<client::Client>> Client() const;
+  // Notes what an error says about the node or the sandbox, and returns it
+  // naming the node.
+  Status Seen(Status st) const;
+
+  const std::string id_, remote_id_;
+  std::shared_ptr<Node> node_;
+  const uint64_t generation_;
+  mutable std::atomic<bool> gone_{false};  // destroyed, or the node no longer has it
+  std::atomic<bool> released_{false};
+};
+
+}  // namespace paddock::fleet
