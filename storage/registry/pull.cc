@@ -13,6 +13,7 @@
 
 #include "storage/image.h"
 #include "storage/registry/layer_download.h"
+#include "storage/registry/throttled_progress.h"
 
 namespace paddock::storage::registry {
 
@@ -94,22 +95,8 @@ Result<Descriptor> PickPlatform(const json& index, const Platform& want, const s
                list.empty() ? "none with a platform" : list);
 }
 
-// Throttled progress: at most every 200 ms, and always at phase changes.
-class Reporter {
- public:
-  explicit Reporter(const std::function<void(const PullProgress&)>& fn) : fn_(fn) {}
-  void Say(PullProgress p, bool force = true) {
-    if (!fn_) return;
-    auto now = Clock::now();
-    if (!force && now - last_ < std::chrono::milliseconds(200)) return;
-    last_ = now;
-    fn_(p);
-  }
-
- private:
-  const std::function<void(const PullProgress&)>& fn_;
-  Clock::time_point last_{};
-};
+// Progress at most every 200 ms, and always at phase changes.
+using Reporter = ThrottledProgress<PullProgress>;
 
 std::string Mib(uint64_t b) { return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1 << 20)); }
 
