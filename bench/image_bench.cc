@@ -330,7 +330,7 @@ std::string WriteStaticTrueLayer(const std::string& work) {
 
 void CommitOnTop(StoreImageResolver& resolver, const std::string& base, const std::string& tar,
                  const std::string& name) {
-  auto image = resolver.Resolve(base, /*host_dir_ok=*/true);
+  auto image = resolver.Resolve(base, {.host_dir_ok = true});
   Die(image.status(), "resolving a base image");
   std::string bytes = ReadAll(tar);
   TarProducer produce = [&bytes](const TarSink& sink) { return sink(bytes.data(), bytes.size()); };

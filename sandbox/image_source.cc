@@ -65,7 +65,7 @@ Status Pipe(const TarProducer& produce,
 
 }  // namespace
 
-Result<ResolvedImage> DirectoryImageResolver::Resolve(const std::string& ref, bool /*host_dir_ok*/) {
+Result<ResolvedImage> DirectoryImageResolver::Resolve(const std::string& ref, const ImageAccess& /*access*/) {
   if (!ref.empty() && ref[0] == '/') return ResolveDirectory(ref);
   return Error(Code::kInvalidArgument,
                "image '{}' is not an absolute path: without an image store an image must be a root "
@@ -78,7 +78,7 @@ struct StoreImageResolver::Cached {
   std::shared_ptr<LeaseSet> leases;
 };
 
-Result<ResolvedImage> StoreImageResolver::Resolve(const std::string& ref, bool host_dir_ok) {
+Result<ResolvedImage> StoreImageResolver::Resolve(const std::string& ref, const ImageAccess& access) {
   if (ref.empty()) return Error(Code::kInvalidArgument, "no image given");
   if (ref[0] == '/') {
     if (!allow_directories_)
@@ -87,7 +87,7 @@ Result<ResolvedImage> StoreImageResolver::Resolve(const std::string& ref, bool h
                    "import it (`paddock image import-dir {} --name NAME`) and use the name, or start "
                    "paddockd with --allow-dir-images (development only)",
                    ref, ref);
-    if (!host_dir_ok)
+    if (!access.host_dir_ok)
       return Error(Code::kPermissionDenied,
                    "image '{}' is a host directory: only a sandbox created over the daemon's unix "
                    "socket may use one (never a TCP client or a task file); import it and use its name",
@@ -95,6 +95,12 @@ Result<ResolvedImage> StoreImageResolver::Resolve(const std::string& ref, bool h
     return ResolveDirectory(ref);
   }
   auto digest = store_->Resolve(ref);
+  // A name in the store wins; otherwise a registry reference is pulled once.
+  if (!digest.ok() && digest.status().code() == Code::kNotFound && registry_.fetch && registry_.names_registry(ref)) {
+    auto pulled = registry_.fetch(ref, access.local_client);
+    if (!pulled.ok()) return pulled.status();
+    digest = store_->Resolve(*pulled);
+  }
   if (!digest.ok()) return digest.status();
   {
     std::lock_guard lock(mu_);

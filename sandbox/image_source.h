@@ -11,7 +11,12 @@
 //     The daemon refuses it unless started with --allow-dir-images, and even
 //     then only for Creates from its unix socket (SandboxSpec::
 //     host_dir_image_ok), never from TCP clients or task files; `/` and the
-//     host's system directories are refused always (RefuseSystemDirectory).
+//     host's system directories are refused always (RefuseSystemDirectory);
+//   * a registry reference the store does not hold ("127.0.0.1:5000/swe/
+//     django:4.2", "reg.example/x@sha256:…"): pulled on first use through the
+//     resolver's RegistryFetcher (paddockd's, storage/registry/on_demand_pull.h
+//     says which texts are references and how one pull per node is kept), then
+//     served from the store like any stored image.
 //
 // Substrates never look at the store themselves: they call an ImageResolver
 // (SubstrateEnv::images) and mount `layer_dirs`. The lease keeps the layers
@@ -67,12 +72,25 @@ struct SnapshotResult {
   uint64_t layer_bytes = 0;  // its uncompressed tar size
 };
 
+// Who asks for an image, which bounds what naming it may reach.
+struct ImageAccess {
+  bool host_dir_ok = false;   // may name a host directory (SandboxSpec::host_dir_image_ok)
+  bool local_client = false;  // may pull from loopback and insecure registries (SandboxSpec::local_client)
+};
+
+// Pull on first use: whether a text names a registry image, and fetching it
+// into the store (returning the image id, "sha256:<hex>"). Calls may come from
+// many threads at once.
+struct RegistryFetcher {
+  std::function<bool(const std::string& ref)> names_registry;
+  std::function<Result<std::string>(const std::string& ref, bool local_client)> fetch;
+};
+
 class ImageResolver {
  public:
   virtual ~ImageResolver() = default;
   // NOT_FOUND names the reference and says how to list images.
-  // `host_dir_ok`: the caller may name a host directory (see above).
-  virtual Result<ResolvedImage> Resolve(const std::string& ref, bool host_dir_ok) = 0;
+  virtual Result<ResolvedImage> Resolve(const std::string& ref, const ImageAccess& access) = 0;
   // Commits `top` (a layer tar) on top of `base`'s layers as a new image named
   // `name` (may be empty), with base's config. A directory base is imported
   // first as a one-layer image.
@@ -88,7 +106,7 @@ class ImageResolver {
 // message saying an image store is needed.
 class DirectoryImageResolver final : public ImageResolver {
  public:
-  Result<ResolvedImage> Resolve(const std::string& ref, bool host_dir_ok) override;
+  Result<ResolvedImage> Resolve(const std::string& ref, const ImageAccess& access) override;
 };
 
 // Stored images through `store` and `cache` (both must outlive the resolver
@@ -96,9 +114,10 @@ class DirectoryImageResolver final : public ImageResolver {
 // `allow_directories` (paddockd --allow-dir-images) and the call allows them.
 class StoreImageResolver final : public ImageResolver {
  public:
-  StoreImageResolver(storage::ImageStore* store, storage::LayerCache* cache, bool allow_directories = false)
-      : store_(store), cache_(cache), allow_directories_(allow_directories) {}
-  Result<ResolvedImage> Resolve(const std::string& ref, bool host_dir_ok) override;
+  StoreImageResolver(storage::ImageStore* store, storage::LayerCache* cache, bool allow_directories = false,
+                     RegistryFetcher registry = {})
+      : store_(store), cache_(cache), allow_directories_(allow_directories), registry_(std::move(registry)) {}
+  Result<ResolvedImage> Resolve(const std::string& ref, const ImageAccess& access) override;
   Result<SnapshotResult> CommitLayer(const ResolvedImage& base, const TarProducer& top,
                                      const std::string& name) override;
 
@@ -107,6 +126,7 @@ class StoreImageResolver final : public ImageResolver {
   storage::ImageStore* store_;
   storage::LayerCache* cache_;
   const bool allow_directories_;
+  const RegistryFetcher registry_;  // empty: no pull on first use
   // The warm path stays independent of the image's size and layer count: a
   // resolved image (immutable by digest) is kept while any sandbox holds it,
   // and its layers' leases are shared by those sandboxes. Only the name →

@@ -41,6 +41,10 @@ struct SandboxSpec {
   // directory may then be the image, when the daemon was started with
   // --allow-dir-images. Never set for TCP clients or task files.
   bool host_dir_image_ok = false;
+  // Set by the daemon for a Create from its unix socket and for rollouts
+  // started there: an image pulled on first use may then come from a loopback
+  // or --insecure-registry host (storage/registry/on_demand_pull.h).
+  bool local_client = false;
   // Egress allow list (empty: no network but loopback). Entries: "host",
   // "host:port", "*.domain[:port]", "IP[:port]", "CIDR[:port]"; served by
   // the daemon's egress proxy (sandbox/network/egress_proxy.h). Every

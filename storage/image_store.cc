@@ -103,8 +103,11 @@ Result<StoredLayer> ImageTransaction::AddLayer(const ByteSource& source, const L
 
   std::optional<StoredLayer> existing;
   if (hint.diff_id) {
-    for (auto& p : layers_)
-      if (p->layer.diff_id == *hint.diff_id) existing = p->layer;
+    {
+      std::lock_guard lock(layers_mu_);
+      for (auto& p : layers_)
+        if (p->layer.diff_id == *hint.diff_id) existing = p->layer;
+    }
     if (!existing) {
       auto found = store_->FindLayer(*hint.diff_id);
       if (found.ok() && store_->blobs_->Has(found->blob) && store_->blobs_->Has(found->index)) existing = *found;
@@ -122,6 +125,7 @@ Result<StoredLayer> ImageTransaction::AddLayer(const ByteSource& source, const L
   auto pending = std::make_unique<PendingLayer>();
   pending->entries = std::move(in.entries);
   pending->entries_known = true;
+  std::unique_lock lock(layers_mu_);
   if (!existing) {
     // Unknown beforehand (directories, snapshots): dedup on the computed diff_id.
     for (auto& p : layers_)
@@ -148,6 +152,7 @@ Result<StoredLayer> ImageTransaction::ReuseLayer(const Digest& diff_id) {
   PADDOCK_ASSIGN_OR_RETURN(StoredLayer l, store_->FindLayer(diff_id));
   auto pending = std::make_unique<PendingLayer>();
   pending->layer = l;
+  std::lock_guard lock(layers_mu_);
   layers_.push_back(std::move(pending));
   return l;
 }

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,6 +69,8 @@ class ImageTransaction {
   ~ImageTransaction();
   // Ingests a layer. If the hint's diff_id is already stored, the source is only
   // validated and hashed (nothing written) and the stored layer reused.
+  // AddLayer and ReuseLayer may run on several threads at once (a pull's
+  // parallel layers); the rest of the transaction is one thread's.
   Result<StoredLayer> AddLayer(const ByteSource& source, const LayerHint& hint);
   // Reuses a layer already in the store (e.g. a parent image's) by diff_id.
   Result<StoredLayer> ReuseLayer(const Digest& diff_id);
@@ -86,6 +89,7 @@ class ImageTransaction {
   ImageTransaction(ImageStore* store, std::unique_ptr<StagingArea> staging);
   ImageStore* store_;
   std::unique_ptr<StagingArea> staging_;
+  std::mutex layers_mu_;  // guards layers_ while layers are added
   std::vector<std::unique_ptr<PendingLayer>> layers_;
   std::vector<std::unique_ptr<PendingImage>> images_;
   bool committed_ = false;

@@ -18,13 +18,16 @@ paddock_test(snapshot_rebuild_test snapshot_rebuild_test.cc)
 target_link_libraries(snapshot_rebuild_test PRIVATE paddock_client)
 add_dependencies(snapshot_rebuild_test paddockd)
 
-# Issue 14 (first slice): `paddock image pull` from Debian's docker-registry
-# (pushed to by skopeo from an umoci layout) and from a misbehaving HTTP server in
-# the test; sandboxes from the pulled names. Skipped when those tools are absent.
+# Issue 14: `paddock image pull` from Debian's docker-registry (pushed to by
+# skopeo from an umoci layout) and from a misbehaving HTTP server in the test
+# (retries, Range-resumed layers, parallel layers); sandboxes from the pulled
+# names, pulls on first use by creates and a rollout task (~70 s on the loaded
+# 2-core machine). Skipped when those tools are absent.
 if(TARGET paddock_registry)
   paddock_test(registry_pull_test registry_pull_test.cc)
   target_link_libraries(registry_pull_test PRIVATE paddock_registry paddock_client)
   add_dependencies(registry_pull_test paddockd paddock)
+  set_tests_properties(registry_pull_test PROPERTIES TIMEOUT 600)
   # Issue 14 (auth and push): `paddock image push`, basic and bearer token auth,
   # credentials files; Debian's docker-registry with TLS and htpasswd.
   paddock_test(registry_push_test registry_push_test.cc)

@@ -28,6 +28,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -38,8 +39,11 @@
 #include "paddock/client.h"
 #include "storage/digest.h"
 #include "storage/registry/http_get.h"
+#include "storage/registry/on_demand_pull.h"
+#include "storage/registry/retry.h"
 #include "storage/registry/pull.h"
 #include "storage/registry/reference.h"
+#include "tests/rollout_test_util.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/test_rootfs.h"
 
@@ -90,6 +94,38 @@ TEST(RegistryReference, ParsesHostsRepositoriesTagsAndDigests) {
     EXPECT_FALSE(reg::ParseReference(bad).ok()) << bad;
 }
 
+TEST(RegistryReference, StoreNamesAndRegistryReferencesAreToldApart) {
+  namespace reg = storage::registry;
+  const std::string hex(64, 'b');
+  for (const char* ref : {"127.0.0.1:5000/swe/django:4.2", "localhost/a/b", "reg.example/x", "reg:5000/x"})
+    EXPECT_TRUE(reg::NamesRegistryImage(ref)) << ref;
+  EXPECT_TRUE(reg::NamesRegistryImage("debian@sha256:" + hex));
+  // No host part: store names, however they look.
+  for (const char* name : {"py:3", "py", "localhost", "library/debian", "swe/django:4.2", "sha256:abcd", "abcd1234"})
+    EXPECT_FALSE(reg::NamesRegistryImage(name)) << name;
+}
+
+TEST(RegistryRetry, RetryAfterAndWhatIsRetried) {
+  namespace reg = storage::registry;
+  EXPECT_EQ(reg::ParseRetryAfter("1"), std::chrono::milliseconds(1000));
+  EXPECT_EQ(reg::ParseRetryAfter("120"), std::chrono::milliseconds(120000));
+  EXPECT_FALSE(reg::ParseRetryAfter("").has_value());
+  EXPECT_FALSE(reg::ParseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT").has_value());
+  reg::RetryPolicy p;
+  p.first_backoff = std::chrono::milliseconds(1);
+  reg::Retrier r(p, nullptr);
+  EXPECT_FALSE(r.WaitBeforeRetry({false, std::nullopt}));            // permanent: never
+  EXPECT_FALSE(r.WaitBeforeRetry({true, std::chrono::seconds(60)}));  // asks for longer than the cap
+  EXPECT_TRUE(r.WaitBeforeRetry({true, std::nullopt}));
+  EXPECT_TRUE(r.WaitBeforeRetry({true, std::nullopt}));
+  EXPECT_TRUE(r.WaitBeforeRetry({true, std::nullopt}));
+  EXPECT_FALSE(r.WaitBeforeRetry({true, std::nullopt}));  // 4 attempts made
+  EXPECT_EQ(r.attempts(), 4);
+  bool cancel = true;
+  reg::Retrier c(p, [&] { return cancel; });
+  EXPECT_FALSE(c.WaitBeforeRetry({true, std::nullopt}));  // a cancelled call stops retrying
+}
+
 TEST(RegistryReference, UrlsPlatformsAndPlainHttpPolicy) {
   namespace reg = storage::registry;
   auto base = reg::Url::Parse("http://127.0.0.1:5000/v2/x/blobs/sha256:1");
@@ -136,6 +172,8 @@ struct Route {
   bool send_length = true;  // false: no Content-Length, the body ends at close
   int drip_ms = 0;           // > 0: the body one byte at a time, this far apart
   int stall_ms = 0;          // > 0: nothing for this long after the head
+  size_t cut_after = std::string::npos;  // close the connection after this many body bytes
+  bool ranges = false;       // answer "Range: bytes=N-" with 206 and the rest of the body
 };
 
 class MiniRegistry {
@@ -170,6 +208,16 @@ class MiniRegistry {
     std::lock_guard<std::mutex> l(mu_);
     return hits_[path];
   }
+  // Served for the next request of `path` instead of its route (once each, in order).
+  void Push(const std::string& path, Route r) {
+    std::lock_guard<std::mutex> l(mu_);
+    once_[path].push_back(std::move(r));
+  }
+  // The Range headers requests of `path` carried, in order.
+  std::vector<std::string> Ranges(const std::string& path) {
+    std::lock_guard<std::mutex> l(mu_);
+    return ranges_[path];
+  }
 
  private:
   void Loop() {
@@ -195,18 +243,33 @@ class MiniRegistry {
     }
     size_t sp1 = req.find(' '), sp2 = req.find(' ', sp1 + 1);
     std::string path = req.substr(sp1 + 1, sp2 - sp1 - 1);
+    std::string range;  // "N" of "Range: bytes=N-"
+    if (size_t at = req.find("\r\nRange: bytes="); at != std::string::npos)
+      range = req.substr(at + 15, req.find('-', at + 15) - (at + 15));
     Route r;
     {
       std::lock_guard<std::mutex> l(mu_);
       hits_[path]++;
+      if (!range.empty()) ranges_[path].push_back("bytes=" + range + "-");
       auto it = routes_.find(path);
-      if (it == routes_.end()) {
+      if (auto q = once_.find(path); q != once_.end() && !q->second.empty()) {
+        r = q->second.front();
+        q->second.erase(q->second.begin());
+      } else if (it == routes_.end()) {
         r.status = 404;
         r.content_type = "application/json";
         r.body = R"({"errors":[{"code":"NAME_UNKNOWN","message":"no such thing"}]})";
       } else {
         r = it->second;
       }
+    }
+    if (r.ranges && !range.empty() && r.status == 200) {
+      size_t from = std::stoul(range);
+      const size_t total = r.body.size();
+      r.status = 206;
+      r.body = r.body.substr(std::min(from, total));
+      r.headers.emplace_back("Content-Range", "bytes " + std::to_string(from) + "-" + std::to_string(total - 1) + "/" +
+                                                  std::to_string(total));
     }
     std::string head = "HTTP/1.1 " + std::to_string(r.status) + " X\r\nContent-Type: " + r.content_type + "\r\n";
     if (r.send_length) head += "Content-Length: " + std::to_string(r.body.size()) + "\r\n";
@@ -228,7 +291,7 @@ class MiniRegistry {
         if (stop_ || !send_all(std::string(1, ch))) return;
         usleep(r.drip_ms * 1000);
       }
-    } else if (!send_all(r.body)) {
+    } else if (!send_all(r.body.substr(0, r.cut_after))) {
       return;
     }
     shutdown(c, SHUT_WR);
@@ -241,6 +304,8 @@ class MiniRegistry {
   std::vector<std::thread> connections_;  // touched by thread_ only, until joined
   std::mutex mu_;
   std::map<std::string, Route> routes_;
+  std::map<std::string, std::vector<Route>> once_;
+  std::map<std::string, std::vector<std::string>> ranges_;
   std::map<std::string, int> hits_;
 };
 
@@ -318,6 +383,15 @@ class RegistryPullTest : public ::testing::Test {
 
   void SetUp() override {
     if (std::string why = MissingTools(); !why.empty()) GTEST_SKIP() << why;
+    testing::DaemonOptions o;
+    o.allow_dir_images = false;
+    daemon_.emplace(o);
+    ASSERT_EQ(daemon_->Start(), "");
+  }
+
+  // A new daemon with an empty store, for cases that must fetch again.
+  void FreshDaemon() {
+    daemon_.reset();
     testing::DaemonOptions o;
     o.allow_dir_images = false;
     daemon_.emplace(o);
@@ -637,10 +711,13 @@ TEST_F(RegistryPullTest, RegistryErrorsAreMappedAndNamed) {
                                    "none were given", "UNAUTHORIZED"});
   m.Set("/v2/denied/manifests/1", {403, "application/json", ""});
   PullFails(m.host() + "/denied:1", "PERMISSION_DENIED", {"refuses access"});
-  m.Set("/v2/busy/manifests/1", {429, "application/json", "", {{"Retry-After", "7"}}});
-  PullFails(m.host() + "/busy:1", "RESOURCE_EXHAUSTED", {"rate limiting", "retry after 7 s"});
+  // Longer than the retry policy waits (10 s): returned at once.
+  m.Set("/v2/busy/manifests/1", {429, "application/json", "", {{"Retry-After", "70"}}});
+  PullFails(m.host() + "/busy:1", "RESOURCE_EXHAUSTED", {"rate limiting", "retry after 70 s"});
+  EXPECT_EQ(m.Hits("/v2/busy/manifests/1"), 1);
   m.Set("/v2/down/manifests/1", {503, "text/plain", "down"});
-  PullFails(m.host() + "/down:1", "UNAVAILABLE", {"HTTP 503", "try again later"});
+  PullFails(m.host() + "/down:1", "UNAVAILABLE", {"HTTP 503", "try again later", "after 4 attempts"});
+  EXPECT_EQ(m.Hits("/v2/down/manifests/1"), 4);
   m.Set("/v2/huge/manifests/1", {200, "application/vnd.oci.image.manifest.v1+json", std::string(5 << 20, ' ')});
   PullFails(m.host() + "/huge:1", "DATA_LOSS", {"over the limit of 4194304 bytes"});
   m.Set("/v2/notjson/manifests/1", {200, "application/vnd.oci.image.manifest.v1+json", "<html>"});
@@ -682,6 +759,210 @@ TEST_F(RegistryPullTest, AHostileLayerIsRefusedNamingTheEntry) {
   m.Set("/v2/hostile/blobs/" + digest, {200, "application/octet-stream", tar});
   PullFails(m.host() + "/hostile:1", "INVALID_ARGUMENT", {m.host() + "/hostile:1", "layer " + digest, "../escaped"});
   StoreIsEmpty();
+}
+
+// ---- retries and resumed layers --------------------------------------------
+
+TEST_F(RegistryPullTest, TransientFailuresAreRetriedAndPermanentOnesAreNot) {
+  MiniRegistry m;
+  ServeImage(m, "flaky");
+  const std::string manifest = "/v2/flaky/manifests/1";
+  m.Push(manifest, {503, "text/plain", "busy"});
+  m.Push(manifest, {503, "text/plain", "busy"});
+  // A rate limit on the config: its Retry-After is waited for.
+  const std::string config = "/v2/flaky/blobs/" + layout_->manifest["config"]["digest"].get<std::string>();
+  m.Push(config, {429, "application/json", "", {{"Retry-After", "1"}}});
+  // A gateway error and a connection that drops before any byte, on the layers.
+  const std::string l1 = "/v2/flaky/blobs/" + layout_->manifest["layers"][1]["digest"].get<std::string>();
+  m.Push(l1, {502, "text/plain", "bad gateway"});
+  Route dropped{200, "application/octet-stream", layout_->layers[1]};
+  dropped.cut_after = 0;
+  m.Push(l1, dropped);
+  auto t0 = std::chrono::steady_clock::now();
+  json j = PullJson(m.host() + "/flaky:1");
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1000));  // the Retry-After
+  EXPECT_EQ(j["layers_new"], 2);
+  EXPECT_EQ(m.Hits(manifest), 3);
+  EXPECT_EQ(m.Hits(config), 2);
+  EXPECT_EQ(m.Hits(l1), 3);
+  RunsEchoOk(m.host() + "/flaky:1");
+
+  // 404 is an answer, not a failure to get one: asked once.
+  PullFails(m.host() + "/flaky:nope", "NOT_FOUND", {"manifest nope", m.host() + "/flaky:nope"});
+  EXPECT_EQ(m.Hits("/v2/flaky/manifests/nope"), 1);
+  m.Set("/v2/denied/manifests/1", {403, "application/json", ""});
+  PullFails(m.host() + "/denied:1", "PERMISSION_DENIED", {"refuses access"});
+  EXPECT_EQ(m.Hits("/v2/denied/manifests/1"), 1);
+}
+
+TEST_F(RegistryPullTest, ALayerCutHalfWayIsResumedWithARangeRequest) {
+  MiniRegistry m;
+  const std::string digest = layout_->manifest["layers"][0]["digest"];
+  const std::string& bytes = layout_->layers[0];
+  const size_t half = bytes.size() / 2;
+  Route whole{200, "application/octet-stream", bytes};
+  whole.ranges = true;
+  ServeImage(m, "cut", whole, 0);
+  Route cut = whole;
+  cut.cut_after = half;
+  m.Push("/v2/cut/blobs/" + digest, cut);
+  json j = PullJson(m.host() + "/cut:1");
+  EXPECT_EQ(j["layers_new"], 2);
+  EXPECT_EQ(m.Hits("/v2/cut/blobs/" + digest), 2);
+  EXPECT_THAT(m.Ranges("/v2/cut/blobs/" + digest), ::testing::ElementsAre("bytes=" + std::to_string(half) + "-"));
+  RunsEchoOk(m.host() + "/cut:1");
+
+  // A server that ignores the range sends the whole blob again: the part
+  // already had is skipped, and the image is the same. (A fresh daemon: the
+  // first one has the layer.)
+  FreshDaemon();
+  Route plain{200, "application/octet-stream", bytes};
+  ServeImage(m, "norange", plain, 0);
+  Route plain_cut = plain;
+  plain_cut.cut_after = half;
+  m.Push("/v2/norange/blobs/" + digest, plain_cut);
+  json k = PullJson(m.host() + "/norange:1");
+  EXPECT_EQ(k["image"], j["image"]);
+  EXPECT_EQ(m.Hits("/v2/norange/blobs/" + digest), 2);
+  EXPECT_EQ(m.Ranges("/v2/norange/blobs/" + digest).size(), 1u);
+
+  // Cut on every attempt: bounded, then a clear error; nothing stored.
+  FreshDaemon();
+  ServeImage(m, "alwayscut", plain_cut, 0);
+  PullFails(m.host() + "/alwayscut:1", "UNAVAILABLE",
+            {"layer " + digest, "closed the connection before the end of the body", "after 3 resumed downloads"});
+  EXPECT_EQ(m.Hits("/v2/alwayscut/blobs/" + digest), 4);
+  StoreIsEmpty();
+}
+
+TEST_F(RegistryPullTest, NewLayersAreFetchedInParallelAndProgressSumsThem) {
+  MiniRegistry m;
+  // Each layer's answer waits 1.5 s after its head: one after the other would
+  // take 3 s or more.
+  ServeImage(m, "par");
+  for (size_t i = 0; i < layout_->layers.size(); ++i) {
+    Route slow{200, "application/octet-stream", layout_->layers[i]};
+    slow.stall_ms = 1500;
+    m.Set("/v2/par/blobs/" + layout_->manifest["layers"][i]["digest"].get<std::string>(), slow);
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = Cli({"image", "pull", m.host() + "/par:1"});
+  auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_LT(took, std::chrono::milliseconds(2900));
+  EXPECT_THAT(r.err, HasSubstr("2 layers, 2 to fetch"));
+  EXPECT_THAT(r.err, HasSubstr("2 layers, 2 fetched"));
+  RunsEchoOk(m.host() + "/par:1");
+}
+
+// ---- pull on first use -----------------------------------------------------
+
+TEST_F(RegistryPullTest, ConcurrentCreatesNamingARegistryReferenceShareOnePull) {
+  MiniRegistry m;
+  // A slow first layer keeps the pull in flight while all creates arrive.
+  Route slow{200, "application/octet-stream", layout_->layers[0]};
+  slow.stall_ms = 1500;
+  ServeImage(m, "onuse", slow, 0);
+  const std::string ref = m.host() + "/onuse:1";
+  const std::string manifest = "/v2/onuse/manifests/1";
+  constexpr int kCreates = 8;
+  std::vector<testing::ProgramResult> created(kCreates);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kCreates; ++i)
+    threads.emplace_back([&, i] { created[i] = Cli({"sandbox", "create", "--substrate", "container", "--image", ref}); });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(m.Hits(manifest), 1);
+  for (auto& c : created) {
+    ASSERT_EQ(c.code, 0) << c.err;
+    std::string id = c.out.substr(0, c.out.find('\n'));
+    auto e = Cli({"sandbox", "exec", id, "--", "echo", "ok"});
+    EXPECT_EQ(e.out, "ok\n") << e.err;
+    Cli({"sandbox", "destroy", id});
+  }
+  EXPECT_THAT(daemon_->LogTail(64 << 10), HasSubstr("pulled " + ref + " on first use"));
+  // Served from the store now: nothing is fetched.
+  RunsEchoOk(ref);
+  EXPECT_EQ(m.Hits(manifest), 1);
+  json ls = json::parse(Cli({"--json", "image", "ls"}).out);
+  ASSERT_EQ(ls["images"].size(), 1u);
+  EXPECT_EQ(ls["images"][0]["names"], json::array({ref}));
+
+  // A reference the registry lacks: NOT_FOUND naming it; not cached, so it is asked again.
+  for (int i = 0; i < 2; ++i) {
+    auto c = Cli({"--json", "sandbox", "create", "--substrate", "container", "--image", m.host() + "/nope:1"});
+    EXPECT_NE(c.code, 0);
+    EXPECT_THAT(c.out + c.err, HasSubstr("NOT_FOUND"));
+    EXPECT_THAT(c.out + c.err, HasSubstr(m.host() + "/nope:1"));
+  }
+  EXPECT_EQ(m.Hits("/v2/nope/manifests/1"), 2);
+  // A name without a host part stays a store name: nothing is asked of any registry.
+  auto c = Cli({"sandbox", "create", "--substrate", "container", "--image", "onuse:1"});
+  EXPECT_NE(c.code, 0);
+  EXPECT_THAT(c.err, HasSubstr("image ls"));
+}
+
+TEST_F(RegistryPullTest, TcpClientsCreatesPullUnderTheirPullRules) {
+  daemon_.reset();
+  testing::DaemonOptions o;
+  o.allow_dir_images = false;
+  daemon_.emplace(o);
+  const std::string token_file = daemon_->dir() + "/token";
+  std::ofstream(token_file) << "registry-test-token";
+  chmod(token_file.c_str(), 0600);
+  const int tcp_port = testing::FreeLoopbackPort();
+  ASSERT_EQ(daemon_->Start({"--listen-tcp", "127.0.0.1:" + std::to_string(tcp_port), "--token-file", token_file,
+                            "--insecure-registry", "10.0.0.7:5000"}),
+            "");
+  client::ClientOptions co;
+  co.tcp_target = "127.0.0.1:" + std::to_string(tcp_port);
+  co.token = "registry-test-token";
+  auto tcp = client::Client::Connect(co);
+  ASSERT_TRUE(tcp.ok()) << tcp.status().message();
+  SandboxSpec spec;
+  spec.substrate = "container";
+  spec.image = Ref("test/busybox:1");
+  auto r = tcp->Create(spec);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kPermissionDenied);
+  EXPECT_THAT(r.status().message(), HasSubstr("a loopback address, which only clients on paddockd's unix socket"));
+  // The daemon's --insecure-registry is not for TCP clients either: their
+  // pull speaks TLS to it (which fails however the host answers, if at all).
+  spec.image = "10.0.0.7:5000/x:1";
+  r = tcp->Create(spec);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("10.0.0.7:5000/x:1"));
+  EXPECT_TRUE(r.status().message().find("TLS") != std::string::npos ||
+              r.status().message().find("https://10.0.0.7:5000") != std::string::npos ||
+              r.status().message().find("cannot connect") != std::string::npos)
+      << r.status().message();
+  EXPECT_THAT(daemon_->LogTail(64 << 10), ::testing::Not(HasSubstr("http://10.0.0.7")));
+  // Once a unix-socket client has pulled it, the name is in the store and any client may use it.
+  RunsEchoOk(Ref("test/busybox:1"));
+  spec.image = Ref("test/busybox:1");
+  r = tcp->Create(spec);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+}
+
+TEST_F(RegistryPullTest, ARolloutTaskNamingARegistryReferenceRuns) {
+  if (!fs::exists("/usr/local/share/paddock/deepseek-v3-tokenizer.json") && !getenv("PADDOCK_TOKENIZER"))
+    GTEST_SKIP() << "no V4 tokenizer installed (scripts/install-deps.sh)";
+  const std::string ref = Ref("test/busydocker:1");
+  const std::string dir = daemon_->dir() + "/rollout";
+  fs::create_directories(dir);
+  std::ofstream(dir + "/tasks.jsonl") << testing::CountingTasks(ref, 2, 1);
+  std::ofstream(dir + "/script.json") << testing::CountingScript(1);
+  auto r = Cli({"run", dir + "/tasks.jsonl", "--policy", "scripted", "--policy-script", dir + "/script.json",
+                "--id", "pull-run", "--out", dir + "/out"});
+  ASSERT_EQ(r.code, 0) << r.out << r.err << daemon_->LogTail();
+  auto lines = testing::ReadWholeFile(dir + "/out/pull-run/episodes.jsonl");
+  int rewarded = 0;
+  std::istringstream in(lines);
+  for (std::string line; std::getline(in, line);) {
+    json l = json::parse(line, nullptr, false);
+    if (!l.is_discarded() && l.value("reward", 0.0) == 1.0) ++rewarded;
+  }
+  EXPECT_EQ(rewarded, 2) << lines.substr(0, 2000);
+  EXPECT_THAT(daemon_->LogTail(64 << 10), HasSubstr("pulled " + ref + " on first use"));
 }
 
 }  // namespace

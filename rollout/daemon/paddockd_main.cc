@@ -43,6 +43,8 @@
 #include "rollout/service/image_service.h"
 #include "sandbox/image_source.h"
 #include "storage/image_store.h"
+#include "policy/backends/tls.h"
+#include "storage/registry/on_demand_pull.h"
 #include "storage/layer_cache.h"
 
 namespace fs = std::filesystem;
@@ -73,7 +75,9 @@ struct Flags {
   uint64_t layer_cache_max_bytes = 0;
   int64_t registry_timeout_ms = 60000;       // a registry request's deadline (layers get more)
   int64_t registry_idle_timeout_ms = 30000;  // a registry connection silent this long is dropped
-  std::string registry_creds_file;           // docker config format; none by default
+  std::vector<std::string> insecure_registries;  // plain HTTP to these hosts (loopback always)
+  std::string registry_ca_file;                  // verify registries with these CAs, not the system's
+  std::string registry_creds_file;               // docker config format; none by default
   // A node's side of the fleet: how long a front's sandboxes outlive its silence.
   int64_t front_lease_ms = 5000;
   uint32_t drain_grace_s = 0;  // on SIGTERM: time the live sandboxes get before they are destroyed
@@ -382,7 +386,28 @@ int Run(const Flags& flags) {
   spdlog::info("image store at {}; layer cache at {} ({} layers kept, {} removed as invalid)",
                image_root, cache_dir, (*layer_cache)->open_report().kept,
                (*layer_cache)->open_report().removed_invalid + (*layer_cache)->open_report().removed_partial);
-  StoreImageResolver image_resolver(image_store->get(), layer_cache->get(), flags.allow_dir_images);
+  // Pull on first use: a sandbox or task image naming a registry the store
+  // lacks is pulled with the daemon's own registry options, once per node.
+  storage::registry::PullOptions on_use;
+  on_use.registry.request_timeout = std::chrono::milliseconds(flags.registry_timeout_ms);
+  on_use.registry.http.idle_timeout = std::chrono::milliseconds(flags.registry_idle_timeout_ms);
+  on_use.registry.http.insecure_hosts.insert(flags.insecure_registries.begin(), flags.insecure_registries.end());
+  policy::TlsOptions registry_tls;
+  registry_tls.ca_file = flags.registry_ca_file;
+  on_use.registry.tls_everywhere = !flags.registry_ca_file.empty();
+  auto registry_tls_ctx = policy::MakeTlsClientContext(registry_tls);
+  if (!registry_tls_ctx.ok()) {
+    spdlog::error("--registry-ca-file: {}", registry_tls_ctx.status().message());
+    return 1;
+  }
+  on_use.registry.http.tls = *registry_tls_ctx;
+  storage::registry::OnDemandPuller on_demand_puller(**image_store, on_use, flags.registry_creds_file);
+  StoreImageResolver image_resolver(
+      image_store->get(), layer_cache->get(), flags.allow_dir_images,
+      RegistryFetcher{[](const std::string& ref) { return storage::registry::NamesRegistryImage(ref); },
+                      [&](const std::string& ref, bool local_client) {
+                        return on_demand_puller.Ensure(ref, local_client);
+                      }});
   if (flags.allow_dir_images)
     spdlog::warn("--allow-dir-images: sandboxes created over the unix socket may use host directories "
                  "as images (development only; never over TCP or from task files)");
@@ -393,6 +418,7 @@ int Run(const Flags& flags) {
             **image_store, layer_cache->get(), auth,
             service::ImageServiceOptions{std::chrono::milliseconds(flags.registry_timeout_ms),
                                          std::chrono::milliseconds(flags.registry_idle_timeout_ms),
+                                         on_use.registry.http.insecure_hosts, flags.registry_ca_file,
                                          flags.registry_creds_file}));
   });
 
@@ -603,6 +629,12 @@ int main(int argc, char** argv) {
                  "a registry connection that sends nothing for this long is dropped")
       ->check(CLI::Range(int64_t{100}, int64_t{3600} * 1000))
       ->capture_default_str();
+  app.add_option("--insecure-registry", flags.insecure_registries,
+                 "HOST[:PORT] spoken to over plain HTTP (loopback hosts always are), for images pulled on "
+                 "first use and for `image pull` and `image push` from the unix socket; never for TCP clients");
+  app.add_option("--registry-ca-file", flags.registry_ca_file,
+                 "PEM CA certificates to verify registries with instead of the system store (pull on first "
+                 "use, and `image pull` and `image push` without --ca-file)");
   app.add_option("--registry-creds-file", flags.registry_creds_file,
                  "registry credentials in docker's config.json format ({\"auths\": {\"HOST:PORT\": {\"auth\": "
                  "base64(user:password)}}}) for pulls paddockd starts itself and for unix-socket clients' pulls "

@@ -84,6 +84,7 @@ struct TaskPrompt {
 struct Rollout {
   std::string id;
   v1::StartRolloutRequest req;
+  bool local_client = false;  // started or resumed over the unix socket (SandboxSpec::local_client)
   std::vector<Task> tasks;
   std::vector<TaskPrompt> prompts;
   std::shared_ptr<policy::PolicyBackend> backend;

@@ -149,7 +149,7 @@ class RolloutEngine::Impl {
   }
 
   // ---- public operations ------------------------------------------------
-  Result<v1::StartRolloutResponse> Start(v1::StartRolloutRequest req) {
+  Result<v1::StartRolloutResponse> Start(v1::StartRolloutRequest req, bool local_client) {
     if (draining_) return Error(Code::kUnavailable, "the daemon is shutting down; start the rollout again later");
     if (req.rollout_id().empty()) req.set_rollout_id(NewRolloutId());
     if (!ValidRolloutId(req.rollout_id()))
@@ -173,6 +173,7 @@ class RolloutEngine::Impl {
     (*rec.mutable_labels())["paddock.state"] = "running";
     PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(rec).Prefix("storing the rollout's definition"));
     std::shared_ptr<Rollout> r = std::move(*ro);
+    r->local_client = local_client;
     v1::StartRolloutResponse resp;
     resp.set_rollout_id(r->id);
     resp.set_episodes(static_cast<uint32_t>(r->episodes.size()));
@@ -180,7 +181,7 @@ class RolloutEngine::Impl {
     return resp;
   }
 
-  Result<v1::ResumeRolloutResponse> Resume(const v1::ResumeRolloutRequest& in) {
+  Result<v1::ResumeRolloutResponse> Resume(const v1::ResumeRolloutRequest& in, bool local_client) {
     if (draining_) return Error(Code::kUnavailable, "the daemon is shutting down");
     {
       std::lock_guard lock(mu_);
@@ -206,6 +207,7 @@ class RolloutEngine::Impl {
     auto ro = Build(req);
     if (!ro.ok()) return ro.status();
     std::shared_ptr<Rollout> r = std::move(*ro);
+    r->local_client = local_client;
     r->resumed_at = Clock::now();
     r->resume_pending_live = true;
     // Which episodes finished already?
@@ -746,6 +748,7 @@ class RolloutEngine::Impl {
     spec.env = task.env;
     spec.workdir = task.workdir;
     spec.network_allow = task.network_allow;
+    spec.local_client = r->local_client;
     spec.ttl_seconds = deadline_s + 600;
     spec.labels = {{"episode", ep->id}, {"task", task.id}, {"rollout", r->id}};
     auto info = manager_.Create(spec);
@@ -1475,8 +1478,12 @@ class RolloutEngine::Impl {
 RolloutEngine::RolloutEngine(SandboxManager& manager, replay::TrajectoryLog& log, EngineOptions options)
     : impl_(std::make_unique<Impl>(manager, log, std::move(options))) {}
 RolloutEngine::~RolloutEngine() = default;
-Result<v1::StartRolloutResponse> RolloutEngine::Start(v1::StartRolloutRequest r) { return impl_->Start(std::move(r)); }
-Result<v1::ResumeRolloutResponse> RolloutEngine::Resume(const v1::ResumeRolloutRequest& r) { return impl_->Resume(r); }
+Result<v1::StartRolloutResponse> RolloutEngine::Start(v1::StartRolloutRequest r, bool local_client) {
+  return impl_->Start(std::move(r), local_client);
+}
+Result<v1::ResumeRolloutResponse> RolloutEngine::Resume(const v1::ResumeRolloutRequest& r, bool local_client) {
+  return impl_->Resume(r, local_client);
+}
 Result<uint32_t> RolloutEngine::Cancel(const std::string& r, const std::string& e) { return impl_->Cancel(r, e); }
 Result<v1::RolloutProgress> RolloutEngine::Progress(const std::string& r) { return impl_->Progress(r); }
 Result<std::vector<v1::RolloutProgress>> RolloutEngine::List(size_t limit) { return impl_->List(limit); }

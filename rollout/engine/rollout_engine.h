@@ -81,9 +81,12 @@ class RolloutEngine {
   // INVALID_ARGUMENT for bad tasks ("line N: field 'x': …") or a bad policy
   // spec; ALREADY_EXISTS for a rollout id in use; FAILED_PRECONDITION when
   // the tokenizer cannot be loaded.
-  Result<v1::StartRolloutResponse> Start(v1::StartRolloutRequest request);
+  // `local_client`: asked for over the daemon's unix socket, so task images
+  // pulled on first use may come from loopback and --insecure-registry hosts
+  // (SandboxSpec::local_client); TCP clients' rollouts pull as their Pull does.
+  Result<v1::StartRolloutResponse> Start(v1::StartRolloutRequest request, bool local_client = false);
   // NOT_FOUND for an unknown rollout; FAILED_PRECONDITION while it runs.
-  Result<v1::ResumeRolloutResponse> Resume(const v1::ResumeRolloutRequest& request);
+  Result<v1::ResumeRolloutResponse> Resume(const v1::ResumeRolloutRequest& request, bool local_client = false);
   // Returns how many episodes were cancelled.
   Result<uint32_t> Cancel(const std::string& rollout_id, const std::string& episode_id = "");
   Result<v1::RolloutProgress> Progress(const std::string& rollout_id);

@@ -215,6 +215,7 @@ Result<reg::RegistryOptions> RegistryOptionsFor(grpc::ServerContext* ctx, bool r
                  "--insecure-registry is only for clients on paddockd's unix socket; over TCP registries "
                  "are spoken to over verified TLS");
   opts.http.refuse_loopback = remote;
+  if (!remote) opts.http.insecure_hosts = o.insecure_registries;  // the operator's (paddockd --insecure-registry)
   for (const auto& h : insecure) {
     if (h.empty() || h.size() > 255) return Error(Code::kInvalidArgument, "insecure registry '{}' is not a host", h);
     opts.http.insecure_hosts.insert(h);
@@ -224,6 +225,9 @@ Result<reg::RegistryOptions> RegistryOptionsFor(grpc::ServerContext* ctx, bool r
     // A CA file is a path on the daemon's host: unix-socket clients only.
     PADDOCK_RETURN_IF_ERROR(CheckHostPath(ca_file, "CA file", remote));
     tls.ca_file = ca_file;
+    opts.tls_everywhere = true;
+  } else if (!o.registry_ca_file.empty()) {
+    tls.ca_file = o.registry_ca_file;  // the operator's (paddockd --registry-ca-file)
     opts.tls_everywhere = true;
   }
   PADDOCK_ASSIGN_OR_RETURN(opts.http.tls, policy::MakeTlsClientContext(tls));

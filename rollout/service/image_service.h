@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <set>
 #include <string>
 
 #include "image.grpc.pb.h"
@@ -13,11 +14,17 @@
 
 namespace paddock::service {
 
-// Bounds on `image pull`'s registry requests (paddockd --registry-timeout-ms,
-// --registry-idle-timeout-ms); storage/registry/registry_client.h says how they apply.
+// Bounds on `image pull`'s and `image push`'s registry requests (paddockd
+// --registry-timeout-ms, --registry-idle-timeout-ms);
+// storage/registry/registry_client.h says how they apply.
+// The daemon's --insecure-registry hosts and --registry-ca-file add to what a
+// unix-socket client's pull or push asks for (TCP clients get no host list; the
+// CA file serves any request that names none).
 struct ImageServiceOptions {
   std::chrono::milliseconds registry_request_timeout{60000};
   std::chrono::milliseconds registry_idle_timeout{30000};
+  std::set<std::string> insecure_registries;  // unix-socket clients only
+  std::string registry_ca_file;               // used when the request names none
   // paddockd --registry-creds-file: docker config format; its entry for a
   // registry serves pulls the daemon starts itself and unix-socket clients'
   // pulls that bring no credentials. Read at each use. Empty: none.

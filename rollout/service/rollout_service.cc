@@ -18,7 +18,7 @@ grpc::Status RolloutService::StartRollout(grpc::ServerContext* ctx, const v1::St
                                           v1::StartRolloutResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
   if (req->tasks_jsonl().empty()) return ToGrpc(Error(Code::kInvalidArgument, "no tasks given (tasks_jsonl is empty)"));
-  auto r = engine_.Start(*req);
+  auto r = engine_.Start(*req, /*local_client=*/auth_ == nullptr);
   if (!r.ok()) return ToGrpc(r.status());
   *resp = std::move(*r);
   return grpc::Status::OK;
@@ -67,7 +67,7 @@ grpc::Status RolloutService::ResumeRollout(grpc::ServerContext* ctx, const v1::R
                                            v1::ResumeRolloutResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
   if (Status st = NeedId(req->rollout_id(), "rollout id"); !st.ok()) return ToGrpc(st);
-  auto r = engine_.Resume(*req);
+  auto r = engine_.Resume(*req, /*local_client=*/auth_ == nullptr);
   if (!r.ok()) return ToGrpc(r.status());
   *resp = std::move(*r);
   return grpc::Status::OK;

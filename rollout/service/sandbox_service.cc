@@ -170,6 +170,7 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
         [&](const v1::EpisodeRecordProto* previous, replay::RebuildReport* report) -> Result<std::string> {
           SandboxSpec domain = v1conv::FromProto(spec);
           domain.host_dir_image_ok = auth_ == nullptr;  // the unix socket's clients only
+          domain.local_client = auth_ == nullptr;
           domain.labels["paddock.episode"] = req->episode();
           auto info = previous ? RebuildEpisodeSandbox(domain, *previous, report) : manager_.Create(domain);
           if (!info.ok()) return info.status().Prefix("creating sandbox");
@@ -194,6 +195,7 @@ grpc::Status SandboxService::Create(grpc::ServerContext* ctx, const v1::CreateRe
   }
   SandboxSpec domain = v1conv::FromProto(spec);
   domain.host_dir_image_ok = auth_ == nullptr;  // the unix socket's clients only
+  domain.local_client = auth_ == nullptr;        // pulls on first use may reach loopback registries
   domain.labels.erase(kFrontLabel);  // only a lease puts them there
   domain.labels.erase(kEpochLabel);
   if (!front->front.empty()) {

@@ -152,7 +152,7 @@ class ContainerSubstrate final : public Substrate {
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
     PADDOCK_ASSIGN_OR_RETURN(std::vector<EgressRule> egress, ParseEgressRules(spec.network_allow));
-    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
+    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, {spec.host_dir_image_ok, spec.local_client}));
     SandboxSpec recipe;  // what a pooled container is built from: no id, no env
     recipe.image = image.id;
     recipe.limits = spec.limits;

@@ -253,7 +253,7 @@ class FunctionSubstrate final : public Substrate {
     if (!spec.workdir.empty() && spec.workdir[0] != '/')
       return Error(Code::kInvalidArgument, "workdir '{}' must be an absolute path", spec.workdir);
     PADDOCK_ASSIGN_OR_RETURN(std::vector<EgressRule> egress, ParseEgressRules(spec.network_allow));
-    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
+    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, {spec.host_dir_image_ok, spec.local_client}));
     SandboxSpec eff = spec;
     ApplyImageDefaults(image, &eff.env, &eff.workdir);  // the spec's values win
     // The sandbox's own cgroup, outside the zygote's lock.

@@ -186,7 +186,7 @@ class MicrovmSubstrate final : public Substrate {
     PADDOCK_RETURN_IF_ERROR(CheckAccelerator(opts_));
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
     PADDOCK_ASSIGN_OR_RETURN(std::vector<EgressRule> egress, ParseEgressRules(spec.network_allow));
-    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, spec.host_dir_image_ok));
+    PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, {spec.host_dir_image_ok, spec.local_client}));
     auto recipe = std::make_shared<Recipe>();
     for (const auto& layer : image.layer_dirs) {
       PADDOCK_ASSIGN_OR_RETURN(std::string disk, disks_.Get(layer));

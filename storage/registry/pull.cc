@@ -1,12 +1,19 @@
 #include "storage/registry/pull.h"
 
+#include <algorithm>
+#include <atomic>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "storage/image.h"
+#include "storage/registry/layer_download.h"
+#include "storage/registry/throttled_progress.h"
 
 namespace paddock::storage::registry {
 
@@ -88,22 +95,8 @@ Result<Descriptor> PickPlatform(const json& index, const Platform& want, const s
                list.empty() ? "none with a platform" : list);
 }
 
-// Throttled progress: at most every 200 ms, and always at phase changes.
-class Reporter {
- public:
-  explicit Reporter(const std::function<void(const PullProgress&)>& fn) : fn_(fn) {}
-  void Say(PullProgress p, bool force = true) {
-    if (!fn_) return;
-    auto now = Clock::now();
-    if (!force && now - last_ < std::chrono::milliseconds(200)) return;
-    last_ = now;
-    fn_(p);
-  }
-
- private:
-  const std::function<void(const PullProgress&)>& fn_;
-  Clock::time_point last_{};
-};
+// Progress at most every 200 ms, and always at phase changes.
+using Reporter = ThrottledProgress<PullProgress>;
 
 std::string Mib(uint64_t b) { return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1 << 20)); }
 
@@ -173,83 +166,87 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
 
   const uint64_t committed_before = store.blobs().stats().bytes_committed;
   PADDOCK_ASSIGN_OR_RETURN(auto tx, store.Begin());
-  std::map<std::string, StoredLayer> done;  // diff_id hex → layer, for repeats
-  std::vector<StoredLayer> stack;
-  uint64_t fetched_bytes = 0;
+  // Which layer each position of the stack is: one already stored (reused
+  // now), or the first occurrence of a new diff_id (fetched below; a repeat
+  // of it later in the stack takes the same stored layer).
+  std::map<std::string, size_t> first_of;  // diff_id hex → index of its first occurrence
+  std::vector<std::optional<StoredLayer>> at(layers.size());
+  std::vector<size_t> jobs;
   for (size_t i = 0; i < layers.size(); ++i) {
-    const Descriptor& d = layers[i];
-    const Digest& diff_id = diff_ids[i];
-    if (auto it = done.find(diff_id.hex()); it != done.end()) {
-      stack.push_back(it->second);
-      continue;
+    if (!first_of.emplace(diff_ids[i].hex(), i).second) continue;
+    if (!missing.count(diff_ids[i].hex())) {
+      PADDOCK_ASSIGN_OR_RETURN(StoredLayer l, tx->ReuseLayer(diff_ids[i]));
+      at[i] = l;
+    } else {
+      jobs.push_back(i);
     }
-    if (!missing.count(diff_id.hex())) {
-      PADDOCK_ASSIGN_OR_RETURN(StoredLayer l, tx->ReuseLayer(diff_id));
-      done.emplace(diff_id.hex(), l);
-      stack.push_back(l);
-      continue;
-    }
-    const std::string blob_who = fmt::format("{}: layer {}", ref.str(), d.digest.str());
-    PADDOCK_ASSIGN_OR_RETURN(auto body, client.OpenBlob(d.digest, d.size));
-    // Verify while streaming: never read more than one byte past the declared
-    // size, and check length and digest before reporting the end.
-    Sha256 hash;
-    uint64_t got = 0;
-    const uint64_t layer_start = fetched_bytes;
-    // The first error of the download itself, reported as it is rather than
-    // through the ingest's wording.
-    Status fetch_error;
-    auto fail = [&](Status st) -> Result<size_t> {
-      if (fetch_error.ok()) fetch_error = st;
-      return st;
-    };
-    bool verified = false;  // the end was reached and checked (the ingest may ask again)
-    ByteSource source = [&](void* buf, size_t n) -> Result<size_t> {
-      if (verified) return size_t{0};
-      size_t want = static_cast<size_t>(std::min<uint64_t>(n, d.size - std::min(got, d.size) + 1));
-      auto read = body->Read(buf, want);
-      if (!read.ok()) return fail(read.status().Prefix(blob_who));
-      size_t r = *read;
-      got += r;
-      if (got > d.size)
-        return fail(Error(Code::kDataLoss, "{} is longer than the {} bytes its manifest declares; nothing was stored",
-                     blob_who, d.size));
-      hash.Update(buf, r);
-      fetched_bytes = layer_start + got;
-      if (r == 0) {
-        if (got < d.size)
-          return fail(Error(Code::kDataLoss, "{} ended after {} of its {} bytes; nothing was stored", blob_who,
-                            got, d.size));
-        Digest h = hash.Finish();
-        if (!(h == d.digest))
-          return fail(Error(Code::kDataLoss,
-                            "{} does not match its digest: its bytes hash to {}; nothing was stored", blob_who,
-                            h.str()));
-        verified = true;
-      } else {
-        say.Say({"layer",
-                 fmt::format("{}: layer {} of {}: {} / {} ({} / {} in all)", ref.str(), i + 1, layers.size(),
-                             Mib(got), Mib(d.size), Mib(fetched_bytes), Mib(to_fetch)),
-                 fetched_bytes, to_fetch},
-                false);
-      }
-      return r;
-    };
-    LayerHint hint{"layer " + d.digest.str(), d.digest, diff_id};
-    auto stored = tx->AddLayer(source, hint);
-    if (!stored.ok()) return fetch_error.ok() ? stored.status().Prefix(ref.str()) : fetch_error;
-    done.emplace(diff_id.hex(), *stored);
-    stack.push_back(*stored);
   }
-  result.bytes_fetched = fetched_bytes;
+
+  // New layers are fetched and ingested a few at a time into the one
+  // transaction: a pull of many layers is bound by neither one connection's
+  // latency nor one core's decompression.
+  std::mutex progress_mu;
+  std::atomic<uint64_t> fetched_bytes{0};
+  std::atomic<size_t> next_job{0}, layers_done{0};
+  std::atomic<bool> abort{false};
+  Status first_error;  // progress_mu
+  auto fetch_one = [&](size_t i) -> Status {
+    const Descriptor& d = layers[i];
+    const std::string blob_who = fmt::format("{}: layer {}", ref.str(), d.digest.str());
+    LayerDownload download(client, d.digest, d.size, blob_who, [&](uint64_t n) {
+      uint64_t all = fetched_bytes += n;
+      std::lock_guard lock(progress_mu);
+      say.Say({"layer",
+               fmt::format("{}: {} of {} layers done, {} / {}", ref.str(), layers_done.load(), jobs.size(),
+                           Mib(all), Mib(to_fetch)),
+               all, to_fetch},
+              false);
+    }, &abort);
+    ByteSource source = [&](void* buf, size_t n) { return download.Read(buf, n); };
+    LayerHint hint{"layer " + d.digest.str(), d.digest, diff_ids[i]};
+    auto stored = tx->AddLayer(source, hint);
+    if (!stored.ok()) return download.error().ok() ? stored.status().Prefix(ref.str()) : download.error();
+    at[i] = *stored;
+    layers_done++;
+    return Status::Ok();
+  };
+  auto worker = [&] {
+    for (size_t j; !abort.load() && (j = next_job++) < jobs.size();) {
+      Status st = fetch_one(jobs[j]);
+      if (st.ok()) continue;
+      // The first failure stops the others; theirs (CANCELLED) are not reported.
+      if (!abort.exchange(true)) {
+        std::lock_guard lock(progress_mu);
+        first_error = st;
+      }
+    }
+  };
+  const size_t parallel = std::clamp<size_t>(options.parallel_layers, 1, 16);
+  std::vector<std::thread> threads;
+  for (size_t t = 1; t < std::min(parallel, jobs.size()); ++t) threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads) t.join();
+  if (!first_error.ok()) return first_error;
+  std::vector<StoredLayer> stack;
+  for (size_t i = 0; i < layers.size(); ++i) stack.push_back(*at[first_of[diff_ids[i].hex()]]);
+  result.bytes_fetched = fetched_bytes.load();
+  const uint64_t fetched_total = result.bytes_fetched;
 
   // 4. One image, committed with its names; until now nothing is visible.
   std::vector<std::string> names = options.names;
   if (names.empty() && !ref.DefaultName().empty()) names.push_back(ref.DefaultName());
-  say.Say({"committing", fmt::format("{}: committing", ref.str()), fetched_bytes, to_fetch});
+  say.Say({"committing", fmt::format("{}: committing", ref.str()), fetched_total, to_fetch});
   auto image = tx->AddImage(config_json, stack, names);
   if (!image.ok()) return image.status().Prefix(ref.str());
-  if (Status st = tx->Commit(); !st.ok()) return st.Prefix(ref.str());
+  // A re-pull of an image the store has under every asked-for name commits
+  // nothing: the commit's stack checks and fsyncs would be most of its time.
+  bool present = store.Resolve(image->str()).ok();
+  for (const auto& n : names) {
+    auto d = store.Resolve(n);
+    present = present && d.ok() && *d == *image;
+  }
+  if (!present)
+    if (Status st = tx->Commit(); !st.ok()) return st.Prefix(ref.str());
   result.image = *image;
   result.bytes_committed = store.blobs().stats().bytes_committed - committed_before;
   auto img = store.Get(result.image.str());
@@ -257,7 +254,7 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
   say.Say({"committed",
            fmt::format("{}: {} layers, {} fetched ({}), {} written", ref.str(), result.layers_total, result.layers_new,
                        Mib(result.bytes_fetched), Mib(result.bytes_committed)),
-           fetched_bytes, to_fetch});
+           fetched_total, to_fetch});
   return result;
 }
 

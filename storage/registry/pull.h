@@ -6,7 +6,9 @@
 // its bytes arrive: counted against the manifest's size and hashed against its
 // digest while it streams, decompressed (gzip, zstd or none), checked entry by
 // entry (EntryPolicy) and recompressed into staging. Everything goes through one
-// ImageTransaction, so a pull that fails at any point (bad digest, a blob longer
+// ImageTransaction (PullOptions::parallel_layers layers at a time; transient
+// failures retried, a broken layer download resumed with a Range request: see
+// registry_client.h and layer_download.h), so a pull that fails at any point (bad digest, a blob longer
 // than declared, a dropped connection, a hostile tar) leaves the store as it was.
 #pragma once
 
@@ -33,6 +35,8 @@ Result<Platform> ParsePlatform(std::string_view text);
 struct PullOptions {
   RegistryOptions registry;
   Platform platform;
+  // New layers fetched (and ingested) at once.
+  int parallel_layers = 3;
   // Store names for the image; empty: the reference itself ("host/repo:tag"),
   // none for a reference by digest only.
   std::vector<std::string> names;

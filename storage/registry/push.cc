@@ -7,6 +7,7 @@
 
 #include "storage/oci_image.h"
 #include "storage/registry/blob_sources.h"
+#include "storage/registry/throttled_progress.h"
 
 namespace paddock::storage::registry {
 
@@ -14,22 +15,8 @@ namespace {
 
 std::string Mib(uint64_t b) { return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1 << 20)); }
 
-// Throttled progress: at most every 200 ms, and always at phase changes.
-class Reporter {
- public:
-  explicit Reporter(const std::function<void(const PushProgress&)>& fn) : fn_(fn) {}
-  void Say(PushProgress p, bool force = true) {
-    if (!fn_) return;
-    auto now = Clock::now();
-    if (!force && now - last_ < std::chrono::milliseconds(200)) return;
-    last_ = now;
-    fn_(p);
-  }
-
- private:
-  const std::function<void(const PushProgress&)>& fn_;
-  Clock::time_point last_{};
-};
+// Progress at most every 200 ms, and always at phase changes.
+using Reporter = ThrottledProgress<PushProgress>;
 
 class Pusher {
  public:

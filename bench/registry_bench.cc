@@ -1,0 +1,380 @@
+// registry_bench: pulls of the Debian python3 test image (scripts/make-debian-
+// image.sh: two gzip layers written by umoci) from Debian's docker-registry
+// (distribution 2.8) on loopback, measured in the same run against the peers:
+//
+//   1. pull + materialize (every layer unpacked in the LayerCache) vs
+//      `skopeo copy docker://… oci:DIR` + `umoci unpack` of the same image,
+//      alternating which goes first; medians and their ratio (and the pull
+//      alone with one layer at a time, to show what parallel layers buy);
+//   2. a re-pull with every layer present vs the first pull (target ≤ 1/20);
+//   3. an image sharing its base layer with one already pulled: the bytes it
+//      transfers vs its new layer's size;
+//   4. the first exec (`python3 -c 'print(6*7)'`) in a container created by
+//      naming the registry reference (pull on first use: pull, materialize,
+//      create, exec) vs the transfer alone (manifest, config and layer blobs
+//      read and dropped; and the same blobs fetched by curl, for scale).
+//
+// Usage: registry_bench [RUNS=5] [WORK_DIR=/var/tmp/paddock-registry-bench]
+// Needs root, docker-registry, skopeo and umoci. See bench/README.md.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "policy/backends/tls.h"
+#include "sandbox/container/container_substrate.h"
+#include "sandbox/image_source.h"
+#include "sandbox/manager.h"
+#include "storage/digest.h"
+#include "storage/image_store.h"
+#include "storage/layer_cache.h"
+#include "storage/registry/on_demand_pull.h"
+#include "storage/registry/pull.h"
+#include "tests/support/daemon_process.h"
+#include "tests/support/debian_image.h"
+#include "tests/support/test_rootfs.h"
+
+namespace fs = std::filesystem;
+using namespace paddock;
+using namespace paddock::storage;
+using nlohmann::json;
+
+namespace {
+
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void Die(const Status& st, const char* what) {
+  if (st.ok()) return;
+  fmt::print(stderr, "registry_bench: {}: {}\n", what, st.ToString());
+  std::exit(1);
+}
+
+void Sh(const std::string& cmd) {
+  if (std::system(cmd.c_str()) != 0) {
+    fmt::print(stderr, "registry_bench: failed: {}\n", cmd);
+    std::exit(1);
+  }
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+void WriteBlob(const std::string& layout, const std::string& data, json* desc) {
+  Digest d = Sha256::Of(data);
+  std::ofstream(layout + "/blobs/sha256/" + d.hex(), std::ios::binary) << data;
+  (*desc)["digest"] = d.str();
+  (*desc)["size"] = data.size();
+}
+
+// A copy of `layout` whose image has only the bottom layer (minbase): the same
+// layer blob, a config listing one diff_id. Returns the layer digests of the
+// full image, bottom first.
+std::vector<std::pair<std::string, uint64_t>> CutBaseImage(const std::string& layout, const std::string& out) {
+  Sh(fmt::format("rm -rf '{}' && cp -a '{}' '{}'", out, layout, out));
+  json index = json::parse(ReadAll(layout + "/index.json"));
+  auto blob = [&](const std::string& digest) { return ReadAll(layout + "/blobs/sha256/" + digest.substr(7)); };
+  json manifest = json::parse(blob(index["manifests"][0]["digest"]));
+  json config = json::parse(blob(manifest["config"]["digest"]));
+  std::vector<std::pair<std::string, uint64_t>> layers;
+  for (const auto& l : manifest["layers"]) layers.emplace_back(l["digest"], l["size"]);
+  config["rootfs"]["diff_ids"] = json::array({config["rootfs"]["diff_ids"][0]});
+  if (config.contains("history")) config.erase("history");
+  manifest["layers"] = json::array({manifest["layers"][0]});
+  WriteBlob(out, config.dump(), &manifest["config"]);
+  json& m = index["manifests"][0];
+  WriteBlob(out, manifest.dump(), &m);
+  std::ofstream(out + "/index.json") << index.dump();
+  return layers;
+}
+
+struct Registry {
+  pid_t pid = 0;
+  int port = 0;
+  ~Registry() {
+    if (pid > 0) {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+void StartRegistry(const std::string& work, Registry* r) {
+  r->port = testing::FreeLoopbackPort();
+  std::string cfg = work + "/registry.yml";
+  std::ofstream(cfg) << fmt::format(
+      "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}/registry\nhttp:\n  addr: "
+      "127.0.0.1:{}\n",
+      work, r->port);
+  r->pid = testing::SpawnProgram({"/usr/bin/docker-registry", "serve", cfg}, work + "/registry.log");
+  for (int i = 0; i < 100; ++i) {
+    if (testing::RunProgram({"/bin/bash", "-c", fmt::format("exec 3<>/dev/tcp/127.0.0.1/{}", r->port)}).code == 0)
+      return;
+    usleep(100 * 1000);
+  }
+  fmt::print(stderr, "registry_bench: docker-registry did not start: {}\n", ReadAll(work + "/registry.log"));
+  std::exit(1);
+}
+
+// Made once, as the daemon does for pulls on first use: loading the system CA
+// store is not part of a pull's time.
+registry::PullOptions PullOpts() {
+  static const registry::PullOptions o = [] {
+    registry::PullOptions p;
+    auto tls = policy::MakeTlsClientContext({});
+    Die(tls.status(), "TLS context");
+    p.registry.http.tls = *tls;
+    return p;
+  }();
+  return o;
+}
+
+registry::Reference Ref(const std::string& text) {
+  auto r = registry::ParseReference(text);
+  Die(r.status(), "parsing the reference");
+  return *r;
+}
+
+struct Fresh {
+  std::unique_ptr<ImageStore> store;
+  std::unique_ptr<LayerCache> cache;
+};
+Fresh FreshStore(const std::string& dir) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  Fresh f;
+  auto s = ImageStore::Open(dir + "/store");
+  Die(s.status(), "opening a store");
+  f.store = std::move(*s);
+  auto c = LayerCache::Open(dir + "/cache", f.store.get());
+  Die(c.status(), "opening a layer cache");
+  f.cache = std::move(*c);
+  return f;
+}
+
+// Every layer of `image` unpacked in the cache (leases dropped at once).
+void Materialize(Fresh& f, const std::string& image) {
+  auto img = f.store->Get(image);
+  Die(img.status(), "reading the pulled image");
+  for (const auto& l : img->manifest.layers) Die(f.cache->Acquire(l.diff_id).status(), "materializing a layer");
+}
+
+// The image's config and layer blobs, as its manifest lists them.
+std::vector<std::pair<Digest, uint64_t>> Blobs(const std::string& ref_text) {
+  registry::RegistryClient client(Ref(ref_text), PullOpts().registry);
+  auto m = client.GetManifest(Ref(ref_text).ManifestRef());
+  Die(m.status(), "manifest");
+  json doc = json::parse(m->bytes);
+  std::vector<json> descs = {doc["config"]};
+  for (const auto& l : doc["layers"]) descs.push_back(l);
+  std::vector<std::pair<Digest, uint64_t>> out;
+  for (const auto& b : descs) {
+    auto d = Digest::Parse(b["digest"].get<std::string>());
+    Die(d.status(), "digest");
+    out.emplace_back(*d, b["size"].get<uint64_t>());
+  }
+  return out;
+}
+
+// The image's manifest, config and layer blobs read from the registry by our
+// HTTP client and dropped: the transfer alone.
+uint64_t TransferOnly(const std::string& ref_text) {
+  auto blobs = Blobs(ref_text);  // includes the manifest GET
+  registry::RegistryClient client(Ref(ref_text), PullOpts().registry);
+  uint64_t n = 0;
+  static char buf[1 << 20];
+  for (const auto& [d, size] : blobs) {
+    auto body = client.OpenBlob(d, size);
+    Die(body.status(), "blob");
+    for (;;) {
+      auto r = (*body)->Read(buf, sizeof buf);
+      Die(r.status(), "reading a blob");
+      if (*r == 0) break;
+      n += *r;
+    }
+  }
+  return n;
+}
+
+std::string Mib(uint64_t b) { return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1 << 20)); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+    fmt::print("usage: registry_bench [RUNS=5] [WORK_DIR=/var/tmp/paddock-registry-bench]\n"
+               "Needs root, docker-registry, skopeo, umoci. See bench/README.md (registry_bench).\n");
+    return 0;
+  }
+  const int runs = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
+  const std::string work = argc > 2 ? argv[2] : "/var/tmp/paddock-registry-bench";
+  for (const char* t : {"/usr/bin/docker-registry", "/usr/bin/skopeo", "/usr/bin/umoci"})
+    if (access(t, X_OK) != 0) {
+      fmt::print(stderr, "registry_bench: {} is not installed (scripts/install-deps.sh)\n", t);
+      return 1;
+    }
+  fs::remove_all(work);
+  fs::create_directories(work);
+  auto archive = testing::EnsureDebianImage();
+  Die(archive.status(), "building the Debian python3 image");
+  const std::string layout = work + "/layout";
+  fs::create_directories(layout);
+  Sh(fmt::format("tar -xf '{}' -C '{}'", *archive, layout));
+  auto layers = CutBaseImage(layout, work + "/layout-base");
+
+  Registry reg;
+  StartRegistry(work, &reg);
+  const std::string host = fmt::format("127.0.0.1:{}", reg.port);
+  const std::string full = host + "/bench/python3:12", base = host + "/bench/minbase:12";
+  Sh(fmt::format("skopeo copy -q --dest-tls-verify=false oci:{}:debian-python3 docker://{}", layout, full));
+  Sh(fmt::format("skopeo copy -q --dest-tls-verify=false oci:{}/layout-base:debian-python3 docker://{}", work, base));
+  uint64_t image_bytes = 0;
+  for (const auto& l : layers) image_bytes += l.second;
+  fmt::print("image: {} ({} layers, {} compressed: minbase {}, python3 {})\n", full, layers.size(), Mib(image_bytes),
+             Mib(layers[0].second), Mib(layers.back().second));
+
+  // 1 + 2: pull + materialize vs skopeo + umoci; re-pull vs first pull.
+  std::vector<double> ours, ours_pull, serial_pull, peer, peer_copy, repull;
+  for (int i = 0; i < runs; ++i) {
+    for (int k = 0; k < 2; ++k) {
+      if ((i + k) % 2 == 0) {
+        Fresh f = FreshStore(work + "/ours");
+        double t0 = Now();
+        auto r = registry::PullImage(*f.store, Ref(full), PullOpts());
+        Die(r.status(), "pulling");
+        double t1 = Now();
+        Materialize(f, r->image.str());
+        double t2 = Now();
+        ours_pull.push_back(t1 - t0);
+        ours.push_back(t2 - t0);
+        double t3 = Now();
+        auto again = registry::PullImage(*f.store, Ref(full), PullOpts());
+        Die(again.status(), "pulling again");
+        repull.push_back(Now() - t3);
+        if (again->bytes_fetched != 0) fmt::print("warning: the re-pull fetched {} bytes\n", again->bytes_fetched);
+        // The same pull one layer at a time (PullOptions::parallel_layers = 1).
+        Fresh g = FreshStore(work + "/serial");
+        auto one = PullOpts();
+        one.parallel_layers = 1;
+        double t5 = Now();
+        Die(registry::PullImage(*g.store, Ref(full), one).status(), "pulling one layer at a time");
+        serial_pull.push_back(Now() - t5);
+      } else {
+        Sh(fmt::format("rm -rf '{0}/peer-oci' '{0}/peer-bundle'", work));
+        double t0 = Now();
+        Sh(fmt::format("skopeo copy -q --src-tls-verify=false docker://{} oci:{}/peer-oci:x", full, work));
+        double t1 = Now();
+        Sh(fmt::format("umoci unpack --image {0}/peer-oci:x {0}/peer-bundle >/dev/null", work));
+        double t2 = Now();
+        peer_copy.push_back(t1 - t0);
+        peer.push_back(t2 - t0);
+      }
+    }
+  }
+  Sh(fmt::format("rm -rf '{0}/peer-oci' '{0}/peer-bundle'", work));
+
+  // 3: the base first, then the full image: only the python3 layer travels.
+  registry::PullResult b, s;
+  {
+    Fresh shared = FreshStore(work + "/shared");
+    auto rb = registry::PullImage(*shared.store, Ref(base), PullOpts());
+    Die(rb.status(), "pulling the base image");
+    auto rs = registry::PullImage(*shared.store, Ref(full), PullOpts());
+    Die(rs.status(), "pulling the image on the shared base");
+    b = *rb;
+    s = *rs;
+  }
+
+  // 4: first exec in a container named by the registry reference vs the transfer alone.
+  std::vector<double> first_exec, transfer, curl;
+  std::string curl_cmd = "curl -sf";
+  for (const auto& [d, size] : Blobs(full))
+    curl_cmd += fmt::format(" -o /dev/null http://{}/v2/bench/python3/blobs/{}", host, d.str());
+  const std::string state = work + "/sandbox-state";
+  for (int i = 0; i < runs; ++i) {
+    double t0 = Now();
+    uint64_t n = TransferOnly(full);
+    transfer.push_back(Now() - t0);
+    if (n < image_bytes) fmt::print("warning: the transfer read {} of {} bytes\n", n, image_bytes);
+    double tc = Now();
+    Sh(curl_cmd);
+    curl.push_back(Now() - tc);
+
+    Fresh f = FreshStore(work + "/exec");
+    fs::remove_all(state);
+    fs::create_directories(state);
+    registry::OnDemandPuller puller(*f.store, PullOpts());
+    StoreImageResolver resolver(
+        f.store.get(), f.cache.get(), false,
+        RegistryFetcher{[](const std::string& r) { return registry::NamesRegistryImage(r); },
+                        [&](const std::string& r, bool local) { return puller.Ensure(r, local); }});
+    SubstrateEnv env;
+    env.state_dir = state;
+    env.init_path = testing::BuiltBinary("paddock-init");
+    env.warm_pool_size = 0;
+    env.images = &resolver;
+    SandboxManager manager(ManagerOptions{});
+    manager.RegisterSubstrate(MakeContainerSubstrate(env));
+    SandboxSpec spec;
+    spec.substrate = "container";
+    spec.image = full;
+    spec.local_client = true;
+    double t1 = Now();
+    auto info = manager.Create(spec);
+    Die(info.status(), "creating a container from the registry reference");
+    auto sb = manager.Get(info->id);
+    Die(sb.status(), "getting the sandbox");
+    ExecRequest req;
+    req.argv = {"/usr/bin/python3", "-c", "print(6*7)"};
+    auto r = (*sb)->Exec(req, nullptr);
+    Die(r.status(), "exec");
+    double t2 = Now();
+    if (r->exit_code != 0 || r->stdout_data != "42\n") {
+      fmt::print(stderr, "registry_bench: python3 printed '{}' (exit {}): {}\n", r->stdout_data, r->exit_code,
+                 r->stderr_data);
+      return 1;
+    }
+    first_exec.push_back(t2 - t1);
+    Die(manager.Destroy(info->id), "destroying");
+    manager.Shutdown();
+  }
+
+  const double o = Median(ours), p = Median(peer);
+  fmt::print("\nregistry pulls, median of {} runs (ms)\n", runs);
+  fmt::print("{:<62} {:>9.1f}\n", "pull + materialize (ours)", o * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "  of which the pull (fetch, verify, recompress, commit)", Median(ours_pull) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "  the pull one layer at a time (parallel_layers = 1)", Median(serial_pull) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "skopeo copy docker:// oci: + umoci unpack (peer)", p * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "  of which skopeo copy", Median(peer_copy) * 1e3);
+  fmt::print("{:<62} {:>9.3f}x  {}\n", "ours / peer", o / p, o <= p ? "faster" : "slower");
+  fmt::print("{:<62} {:>9.1f}\n", "re-pull, every layer present", Median(repull) * 1e3);
+  fmt::print("{:<62} {:>9.4f}  target <= 0.05: {}\n", "re-pull / first pull", Median(repull) / Median(ours_pull),
+             Median(repull) / Median(ours_pull) <= 0.05 ? "MET" : "NOT MET");
+  fmt::print("{:<62} {}\n", "shared base: base pull fetched", Mib(b.bytes_fetched));
+  fmt::print("{:<62} {} ({} bytes; new layer {} bytes; {} of {} layers new)\n",
+             "shared base: full image pull then fetched", Mib(s.bytes_fetched), s.bytes_fetched,
+             layers.back().second, s.layers_new, s.layers_total);
+  fmt::print("{:<62} {:>9.1f}\n", "transfer alone (manifest, config, layers read and dropped)",
+             Median(transfer) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "  the same blobs by curl (one process, keep-alive)", Median(curl) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "first exec from the reference (pull, unpack, create, exec)", Median(first_exec) * 1e3);
+  fmt::print("{:<62} {:>9.2f}x\n", "first exec / transfer alone", Median(first_exec) / Median(transfer));
+  fs::remove_all(work);
+  return 0;
+}
