@@ -45,6 +45,7 @@
 #include "storage/registry/reference.h"
 #include "tests/rollout_test_util.h"
 #include "tests/support/daemon_process.h"
+#include "tests/support/docker_registry.h"
 #include "tests/support/test_rootfs.h"
 
 namespace fs = std::filesystem;
@@ -352,28 +353,12 @@ class RegistryPullTest : public ::testing::Test {
        "/ociz:busybox && skopeo copy -q --dest-tls-verify=false oci:" + *work_ + "/ociz:busybox " + dst +
        "/test/busyzstd:1");
   }
-  // Starts docker-registry on a free loopback port with `tls_yaml` (lines under
-  // http:, or ""); its port, or 0 with the log in the failure.
-  static int StartRegistry(const std::string& tag, const std::string& tls_yaml, pid_t* pid) {
-    int port = testing::FreeLoopbackPort();
-    std::string cfg = *work_ + "/registry-" + tag + ".yml";
-    Sh("printf 'version: 0.1\\nlog:\\n  level: warn\\nstorage:\\n  filesystem:\\n    rootdirectory: " + *work_ +
-       "/registry-" + tag + "\\nhttp:\\n  addr: 127.0.0.1:" + std::to_string(port) + "\\n" + tls_yaml + "' > " + cfg);
-    std::string log = *work_ + "/registry-" + tag + ".log";
-    *pid = testing::SpawnProgram({"/usr/bin/docker-registry", "serve", cfg}, log);
-    for (int i = 0; i < 100; ++i) {
-      if (testing::RunProgram({"/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port)}).code == 0)
-        return port;
-      usleep(100 * 1000);
-    }
-    ADD_FAILURE() << "docker-registry did not start: " << testing::ReadWholeFile(log);
-    return 0;
+  // docker-registry on a free loopback port (tests/support/docker_registry.h),
+  // `yaml` being lines under http: (TLS) or ""; its port, or 0.
+  static int StartRegistry(const std::string& tag, const std::string& yaml, pid_t* pid) {
+    return testing::StartDockerRegistry(*work_, tag, yaml, pid);
   }
-  static void StopRegistry(pid_t pid) {
-    if (pid <= 0) return;
-    kill(pid, SIGTERM);
-    waitpid(pid, nullptr, 0);
-  }
+  static void StopRegistry(pid_t pid) { testing::StopDockerRegistry(pid); }
   static void TearDownTestSuite() {
     StopRegistry(registry_pid_);
     if (work_) fs::remove_all(*work_);

@@ -51,6 +51,7 @@
 #include "storage/registry/push.h"
 #include "storage/registry/credentials.h"
 #include "tests/support/daemon_process.h"
+#include "tests/support/docker_registry.h"
 #include "tests/support/test_rootfs.h"
 
 namespace fs = std::filesystem;
@@ -289,26 +290,10 @@ class RegistryPushTest : public ::testing::Test {
     std::ofstream(path) << json{{"auths", {{"127.0.0.1:" + std::to_string(port), {{"auth", reg::Base64Encode(up)}}}}}}.dump();
     return path;
   }
-  static int StartRegistry(const std::string& tag, const std::string& more_yaml, pid_t* pid) {
-    int port = testing::FreeLoopbackPort();
-    std::string cfg = *work_ + "/registry-" + tag + ".yml";
-    Sh("printf 'version: 0.1\\nlog:\\n  level: warn\\nstorage:\\n  filesystem:\\n    rootdirectory: " + *work_ +
-       "/registry-" + tag + "\\nhttp:\\n  addr: 127.0.0.1:" + std::to_string(port) + "\\n" + more_yaml + "' > " + cfg);
-    std::string log = *work_ + "/registry-" + tag + ".log";
-    *pid = testing::SpawnProgram({"/usr/bin/docker-registry", "serve", cfg}, log);
-    for (int i = 0; i < 100; ++i) {
-      if (testing::RunProgram({"/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port)}).code == 0)
-        return port;
-      usleep(100 * 1000);
-    }
-    ADD_FAILURE() << "docker-registry did not start: " << testing::ReadWholeFile(log);
-    return 0;
+  static int StartRegistry(const std::string& tag, const std::string& yaml, pid_t* pid) {
+    return testing::StartDockerRegistry(*work_, tag, yaml, pid);
   }
-  static void StopRegistry(pid_t pid) {
-    if (pid <= 0) return;
-    kill(pid, SIGTERM);
-    waitpid(pid, nullptr, 0);
-  }
+  static void StopRegistry(pid_t pid) { testing::StopDockerRegistry(pid); }
   static void TearDownTestSuite() {
     StopRegistry(plain_pid_);
     StopRegistry(auth_pid_);
