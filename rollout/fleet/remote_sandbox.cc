@@ -36,16 +36,10 @@ Status RemoteSandbox::Seen(Status st) const {
 
 Result<ExecResult> RemoteSandbox::Exec(const ExecRequest& req_in, const OutputCallback& on_output) {
   PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
-  // A sealed run goes as a request for the node's own toolset; the bytes stay here.
-  ExecRequest req;
-  req.argv = req_in.argv;
-  req.shell = req_in.shell;
-  req.stdin_data = req_in.stdin_data;
-  req.env = req_in.env;
-  req.cwd = req_in.cwd;
-  req.timeout_ms = req_in.timeout_ms;
-  req.output_cap = req_in.output_cap;
-  req.sealed = req_in.sealed || !req_in.trusted_program.empty();
+  // A sealed run goes as a request for the node's own toolset: the API
+  // conversion (proto/convert.cc) sets `sealed` for a trusted program and never
+  // sends its bytes, nor the local `cancelled` hook (polled below).
+  const ExecRequest& req = req_in;
   // Streamed, so that the call can be cancelled (node lost, caller gone); the
   // result carries the capped output as the Sandbox contract says.
   const uint64_t cap = req.output_cap ? req.output_cap : kDefaultOutputCap;
