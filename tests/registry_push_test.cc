@@ -153,17 +153,7 @@ struct FakeResponse {
 class FakeRegistry {
  public:
   explicit FakeRegistry(std::function<FakeResponse(const FakeRequest&)> handler) : handler_(std::move(handler)) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    listen(fd_, 16);
+    fd_ = testing::ListenOnLoopback(&port_);
     thread_ = std::thread([this] { Loop(); });
   }
   ~FakeRegistry() {

@@ -70,16 +70,33 @@ bool SocketAccepts(const std::string& path) {
 
 }  // namespace
 
-int FreeLoopbackPort() {
+namespace {
+// A TCP socket bound to a free port on 127.0.0.1; sets *port.
+int BindLoopback(int* port, bool reuse_address) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  if (reuse_address) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
   socklen_t len = sizeof a;
   getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+}  // namespace
+
+int FreeLoopbackPort() {
+  int port = 0;
+  close(BindLoopback(&port, /*reuse_address=*/false));
+  return port;
+}
+
+int ListenOnLoopback(int* port) {
+  int fd = BindLoopback(port, /*reuse_address=*/true);
+  listen(fd, 16);
+  return fd;
 }
 
 std::string ReadWholeFile(const std::string& path) {

@@ -30,6 +30,9 @@ pid_t SpawnProgram(std::vector<std::string> argv, const std::string& output_file
 
 // A TCP port on 127.0.0.1 that was free a moment ago (bound, read, released).
 int FreeLoopbackPort();
+// A listening TCP socket on a free 127.0.0.1 port (backlog 16), for servers
+// made by tests; sets *port.
+int ListenOnLoopback(int* port);
 
 // Contents of `path`, or "" when it cannot be read.
 std::string ReadWholeFile(const std::string& path);
