@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -95,6 +96,21 @@ bool EndsWith(const std::string& s, std::string_view suffix) {
 
 std::string ShapeStr(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
+// 64-bit FNV-1a over 8-byte words (then the tail): a fingerprint of the file
+// for its default version, not a cryptographic hash. Never 0.
+uint64_t Digest(const uint8_t* p, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+    h ^= h >> 29;
+  }
+  for (; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h ? h : 1;
+}
+
 struct Mapping {
   void* addr = MAP_FAILED;
   size_t size = 0;
@@ -143,7 +159,8 @@ Result<Weights> LoadSafetensors(const std::string& path, const Config& config) {
   auto fail = [&](Code code, std::string why) {
     return Status(code, fmt::format("weights file {}: {}", path, why));
   };
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; no effect on files.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return ErrnoError(fmt::format("opening weights file {}", path));
   struct stat st {};
   if (fstat(fd, &st) != 0) {
@@ -154,6 +171,12 @@ Result<Weights> LoadSafetensors(const std::string& path, const Config& config) {
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
     return fail(Code::kInvalidArgument, "not a regular file");
+  }
+  if (static_cast<uint64_t>(st.st_size) > MaxSafetensorsBytes(config)) {
+    ::close(fd);
+    return fail(Code::kInvalidArgument,
+                fmt::format("{} bytes is more than any weights file for config '{}' can hold (at most {})",
+                            st.st_size, config.name, MaxSafetensorsBytes(config)));
   }
   Mapping map;
   map.size = static_cast<size_t>(st.st_size);
@@ -266,7 +289,24 @@ Result<Weights> LoadSafetensors(const std::string& path, const Config& config) {
     if (!seen.count(name))
       return fail(Code::kInvalidArgument, fmt::format("missing tensor '{}' {} needed by config '{}'", name,
                                                       ShapeStr(spec.shape), config.name));
+  w.digest = Digest(base, map.size);
   return w;
+}
+
+uint64_t MaxSafetensorsBytes(const Config& config) {
+  uint64_t bytes = 8 + (uint64_t{100} << 20) + (uint64_t{1} << 20);
+  for (const auto& spec : TensorSpecs(config)) bytes += static_cast<uint64_t>(spec.numel()) * 4;
+  return bytes;
+}
+
+std::string DefaultWeightVersion(const Weights& weights) {
+  if (weights.digest == 0) {
+    std::string v = weights.source;
+    std::replace(v.begin(), v.end(), ' ', '-');
+    return v;
+  }
+  std::string name = weights.source.substr(weights.source.find_last_of('/') + 1);
+  return fmt::format("{}@{:08x}", name, static_cast<uint32_t>(weights.digest >> 32));
 }
 
 Status WriteSafetensorsFile(const std::string& path, const std::vector<RawTensor>& tensors,
