@@ -255,7 +255,7 @@ TEST(EngineInference, SmallConfigRunsWithThreadsSizedToTheMachine) {
   o.config = "small";  // threads 0: std::thread::hardware_concurrency()
   auto e = EmbeddedEngine::Create(o);
   ASSERT_TRUE(e.ok()) << e.status().ToString();
-  EXPECT_EQ(e.value()->model().threads(), static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  EXPECT_EQ(e.value()->model()->threads(), static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   auto out = e.value()->Generate(Job(Prompt(40, 9), 5, 6));
   ASSERT_TRUE(out.ok()) << out.status().ToString();
   EXPECT_EQ(out.value().tokens.size(), 6u);

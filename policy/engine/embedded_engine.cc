@@ -38,6 +38,8 @@ struct Request {
 
 struct Active {
   std::unique_ptr<Request> req;
+  std::shared_ptr<Model> model;  // the weights this request runs on, start to end
+  uint64_t generation = 0;       // of `model`
   SequenceState state;
   std::vector<int32_t> fed;  // tokens fed into `state`, in order
   size_t prompt_fed = 0;     // prompt tokens in `fed`
@@ -58,22 +60,36 @@ struct CachedPrefix {
 }  // namespace
 
 struct EmbeddedEngine::Impl {
-  std::unique_ptr<Model> model;
+  Config config;  // the same for every model this engine loads
   EngineOptions options;
-  std::string description;
   mutable std::mutex mu;
   std::condition_variable cv;
+  // The weights new requests are admitted on; replaced by UpdateWeightsFromDisk.
+  std::shared_ptr<Model> model;
+  uint64_t generation = 1;      // bumped by each update
+  uint64_t abort_below = 0;     // cancel running requests of generations below this
+  std::string version;
+  std::string description;
   std::deque<std::unique_ptr<Request>> queue;
   bool stop = false;
   EngineStats stats;
-  std::list<CachedPrefix> prefixes;  // most recent first; touched by the worker only
+  std::mutex update_mu;  // one update at a time, so versions apply in call order
+  // Worker-only state.
+  std::list<CachedPrefix> prefixes;  // most recent first, all of generation `cache_generation`
+  uint64_t cache_generation = 1;
   size_t prefix_bytes = 0;
   std::thread worker;
 
+  static std::string Describe(const Model& m) {
+    return fmt::format("{}; weights {}; threads {}", m.config().Describe(), m.weights().source, m.threads());
+  }
   void Run();
-  void Admit(std::unique_ptr<Request> req, std::vector<Active>& active);
+  void Admit(std::unique_ptr<Request> req, std::vector<Active>& active, const std::shared_ptr<Model>& model,
+             uint64_t gen, const std::string& version);
+  // One decoding step of the active requests that run on `model`.
+  void Step(Model& model, std::vector<Active>& active, std::vector<float>& logits);
   void Finish(Active& a, engine::Finish how);
-  void Remember(std::vector<int32_t> tokens, SequenceState state);
+  void Remember(std::vector<int32_t> tokens, SequenceState state, uint64_t gen);
 };
 
 EmbeddedEngine::EmbeddedEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {
@@ -95,8 +111,9 @@ Result<std::unique_ptr<EmbeddedEngine>> EmbeddedEngine::Create(const EngineOptio
 std::unique_ptr<EmbeddedEngine> EmbeddedEngine::Create(std::unique_ptr<Model> model,
                                                        const EngineOptions& options) {
   auto impl = std::make_unique<Impl>();
-  impl->description = fmt::format("{}; weights {}; threads {}", model->config().Describe(),
-                                  model->weights().source, model->threads());
+  impl->description = Impl::Describe(*model);
+  impl->version = options.weight_version.empty() ? DefaultWeightVersion(model->weights()) : options.weight_version;
+  impl->config = model->config();
   impl->model = std::move(model);
   impl->options = options;
   if (impl->options.max_batch == 0) impl->options.max_batch = 1;
@@ -113,11 +130,72 @@ EmbeddedEngine::~EmbeddedEngine() {
   impl_->worker.join();
 }
 
-int32_t EmbeddedEngine::vocab_size() const { return impl_->model->config().vocab_size; }
-int32_t EmbeddedEngine::eos_token_id() const { return impl_->model->config().eos_token_id; }
-size_t EmbeddedEngine::max_context() const { return impl_->model->config().max_context; }
-std::string EmbeddedEngine::describe() const { return impl_->description; }
-const Model& EmbeddedEngine::model() const { return *impl_->model; }
+int32_t EmbeddedEngine::vocab_size() const { return impl_->config.vocab_size; }
+int32_t EmbeddedEngine::eos_token_id() const { return impl_->config.eos_token_id; }
+size_t EmbeddedEngine::max_context() const { return impl_->config.max_context; }
+
+std::string EmbeddedEngine::describe() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->description;
+}
+
+std::string EmbeddedEngine::weight_version() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->version;
+}
+
+std::string EmbeddedEngine::weights_source() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->model->weights().source;
+}
+
+std::shared_ptr<const Model> EmbeddedEngine::model() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->model;
+}
+
+Result<WeightUpdateResult> EmbeddedEngine::UpdateWeightsFromDisk(const WeightUpdate& update) {
+  std::lock_guard serial(impl_->update_mu);
+  auto started = Clock::now();
+  auto fail = [&](Status st) {
+    std::lock_guard lock(impl_->mu);
+    ++impl_->stats.weight_update_failures;
+    return st;
+  };
+  if (update.path.empty()) return fail(Error(Code::kInvalidArgument, "the weights path is empty"));
+  // Loaded and checked here, on the caller's thread: the worker keeps
+  // generating on the old weights meanwhile.
+  auto weights = LoadSafetensors(update.path, impl_->config);
+  if (!weights.ok()) return fail(weights.status());
+  std::string version = update.version.empty() ? DefaultWeightVersion(weights.value()) : update.version;
+  int threads;
+  {
+    std::lock_guard lock(impl_->mu);
+    threads = impl_->model->threads();
+  }
+  auto model = Model::Create(std::move(weights.value()), threads);
+  if (!model.ok()) return fail(model.status());
+  std::shared_ptr<Model> next = std::move(model.value());
+  WeightUpdateResult result;
+  result.version = version;
+  result.load_ms = Ms(Clock::now() - started);
+  {
+    std::lock_guard lock(impl_->mu);
+    result.still_running = impl_->stats.active;
+    impl_->model = next;
+    impl_->description = Impl::Describe(*next);
+    impl_->version = version;
+    ++impl_->generation;
+    if (update.abort_in_flight) {
+      impl_->abort_below = impl_->generation;
+      result.aborted = result.still_running;
+      result.still_running = 0;
+    }
+    ++impl_->stats.weight_updates;
+  }
+  impl_->cv.notify_all();
+  return result;
+}
 
 EngineStats EmbeddedEngine::stats() const {
   std::lock_guard lock(impl_->mu);
@@ -125,7 +203,7 @@ EngineStats EmbeddedEngine::stats() const {
 }
 
 Result<GenerateOutput> EmbeddedEngine::Generate(GenerateJob job) {
-  const Config& c = impl_->model->config();
+  const Config& c = impl_->config;
   const Sampling& s = job.sampling;
   if (job.prompt.empty()) return Error(Code::kInvalidArgument, "prompt is empty: at least one token id is needed");
   for (size_t i = 0; i < job.prompt.size(); ++i)
@@ -144,6 +222,7 @@ Result<GenerateOutput> EmbeddedEngine::Generate(GenerateJob job) {
     GenerateOutput out;
     out.finish = Finish::kLength;
     out.prompt_tokens = job.prompt.size();
+    out.weight_version = weight_version();
     return out;
   }
   auto req = std::make_unique<Request>();
@@ -158,8 +237,9 @@ Result<GenerateOutput> EmbeddedEngine::Generate(GenerateJob job) {
   return future.get();
 }
 
-void EmbeddedEngine::Impl::Remember(std::vector<int32_t> tokens, SequenceState state) {
-  if (options.prefix_cache_entries == 0 || tokens.empty()) return;
+void EmbeddedEngine::Impl::Remember(std::vector<int32_t> tokens, SequenceState state, uint64_t gen) {
+  // A state computed by replaced weights is of no use to later requests.
+  if (options.prefix_cache_entries == 0 || tokens.empty() || gen != cache_generation) return;
   size_t bytes = state.CacheBytes() + state.WorkingBytes() + tokens.size() * sizeof(int32_t);
   if (bytes > options.prefix_cache_bytes) return;
   prefixes.push_front({std::move(tokens), std::move(state), bytes});
@@ -170,9 +250,13 @@ void EmbeddedEngine::Impl::Remember(std::vector<int32_t> tokens, SequenceState s
   }
 }
 
-void EmbeddedEngine::Impl::Admit(std::unique_ptr<Request> req, std::vector<Active>& active) {
+void EmbeddedEngine::Impl::Admit(std::unique_ptr<Request> req, std::vector<Active>& active,
+                                 const std::shared_ptr<Model>& current, uint64_t gen, const std::string& version) {
   Active a;
   a.admitted = Clock::now();
+  a.model = current;
+  a.generation = gen;
+  a.out.weight_version = version;
   a.rng = SequenceRng(req->job.sampling.seed);
   const auto& prompt = req->job.prompt;
   // Longest cached sequence that is a proper prefix of the prompt (at least
@@ -189,12 +273,12 @@ void EmbeddedEngine::Impl::Admit(std::unique_ptr<Request> req, std::vector<Activ
     prefix_bytes -= best->bytes;
     prefixes.erase(best);
   } else {
-    a.state = model->NewSequence();
+    a.state = current->NewSequence();
   }
   a.prompt_fed = a.fed.size();
   a.out.prompt_tokens = prompt.size();
   a.out.cached_prompt_tokens = a.fed.size();
-  if (req->job.constraint) a.allowed.assign(model->config().vocab_size, 0);
+  if (req->job.constraint) a.allowed.assign(config.vocab_size, 0);
   a.req = std::move(req);
   {
     std::lock_guard lock(mu);
@@ -214,15 +298,16 @@ void EmbeddedEngine::Impl::Finish(Active& a, engine::Finish how) {
   a.out.decode_ms = Ms(now - a.first_token);
   a.req->promise.set_value(std::move(a.out));
   if (how != Finish::kCancelled || a.prompt_fed == a.req->job.prompt.size())
-    Remember(std::move(a.fed), std::move(a.state));
+    Remember(std::move(a.fed), std::move(a.state), a.generation);
 }
 
 void EmbeddedEngine::Impl::Run() {
   std::vector<Active> active;
   std::vector<float> logits;
-  const Config& c = model->config();
-  const size_t V = c.vocab_size;
   for (;;) {
+    std::shared_ptr<Model> current;
+    uint64_t gen, abort_gen;
+    std::string version;
     {
       std::unique_lock lock(mu);
       cv.wait(lock, [&] { return stop || !queue.empty() || !active.empty(); });
@@ -231,6 +316,7 @@ void EmbeddedEngine::Impl::Run() {
           GenerateOutput out;
           out.finish = Finish::kCancelled;
           out.prompt_tokens = queue.front()->job.prompt.size();
+          out.weight_version = this->version;
           queue.front()->promise.set_value(std::move(out));
           queue.pop_front();
         }
@@ -242,7 +328,19 @@ void EmbeddedEngine::Impl::Run() {
         }
         return;
       }
+      current = model;
+      gen = generation;
+      abort_gen = abort_below;
+      version = this->version;
     }
+    if (gen != cache_generation) {  // new weights: the cached states are stale
+      prefixes.clear();
+      prefix_bytes = 0;
+      cache_generation = gen;
+    }
+    for (auto& a : active)
+      if (a.generation < abort_gen) Finish(a, Finish::kCancelled);
+    std::erase_if(active, [](const Active& a) { return a.done; });
     for (;;) {
       std::unique_ptr<Request> req;
       {
@@ -251,79 +349,89 @@ void EmbeddedEngine::Impl::Run() {
         req = std::move(queue.front());
         queue.pop_front();
       }
-      Admit(std::move(req), active);
+      Admit(std::move(req), active, current, gen, version);
     }
-    // One step: a prompt chunk for sequences still prefilling, the last
-    // sampled token for the others.
-    std::vector<Model::Chunk> chunks;
-    std::vector<size_t> owner;
-    for (size_t i = 0; i < active.size(); ++i) {
-      Active& a = active[i];
-      const auto& prompt = a.req->job.prompt;
-      if (a.prompt_fed < prompt.size()) {
-        size_t n = std::min(options.prefill_chunk, prompt.size() - a.prompt_fed);
-        size_t from = a.prompt_fed;
-        a.fed.insert(a.fed.end(), prompt.begin() + from, prompt.begin() + from + n);
-        a.prompt_fed += n;
-        chunks.push_back({&a.state, std::span<const int32_t>(a.fed.data() + from, n), a.prompt_fed == prompt.size()});
-      } else {
-        a.fed.push_back(a.next);
-        chunks.push_back({&a.state, std::span<const int32_t>(&a.fed.back(), 1), true});
-      }
-      owner.push_back(i);
-    }
-    model->Forward(chunks, logits);
-    {
-      std::lock_guard lock(mu);
-      ++stats.steps;
-      stats.step_sequences += chunks.size();
-      stats.max_step_sequences = std::max<uint64_t>(stats.max_step_sequences, chunks.size());
-    }
-    size_t row = 0;
-    uint64_t generated = 0;
-    for (size_t k = 0; k < chunks.size(); ++k) {
-      if (!chunks[k].want_logits) continue;
-      Active& a = active[owner[k]];
-      std::span<const float> lg(logits.data() + row++ * V, V);
-      if (a.first_token == Clock::time_point{}) a.first_token = Clock::now();
-      const Sampling& s = a.req->job.sampling;
-      TokenConstraint* constraint = a.req->job.constraint.get();
-      if (constraint) {
-        std::fill(a.allowed.begin(), a.allowed.end(), 0);
-        constraint->AllowedNext(a.allowed);
-      }
-      auto sampled = SampleToken(lg, s, constraint ? &a.allowed : nullptr, a.rng);
-      if (!sampled.ok()) {
-        a.done = true;
-        a.req->promise.set_value(sampled.status());
-        continue;
-      }
-      int32_t tok = sampled.value().token;
-      a.out.tokens.push_back(tok);
-      a.out.logprobs.push_back(sampled.value().logprob);
-      ++generated;
-      if (constraint) constraint->Accept(tok);
-      a.next = tok;
-      bool stop_tok = std::find(s.stop_token_ids.begin(), s.stop_token_ids.end(), tok) != s.stop_token_ids.end();
-      if (tok == c.eos_token_id && !s.ignore_eos) {
-        Finish(a, Finish::kEos);
-      } else if (stop_tok) {
-        a.out.matched_stop_token = tok;
-        Finish(a, Finish::kStopToken);
-      } else if (constraint && constraint->Complete()) {
-        Finish(a, Finish::kConstraintComplete);
-      } else if (a.out.tokens.size() >= static_cast<size_t>(s.max_new_tokens) ||
-                 a.state.length + 1 >= c.max_context) {
-        Finish(a, Finish::kLength);
-      }
-    }
-    std::erase_if(active, [](const Active& a) { return a.done; });
+    // Requests on replaced weights step beside the new ones, one Forward per model.
+    std::vector<Model*> models;
+    for (const auto& a : active)
+      if (std::find(models.begin(), models.end(), a.model.get()) == models.end()) models.push_back(a.model.get());
+    for (Model* m : models) Step(*m, active, logits);
+    std::erase_if(active, [](const Active& a) { return a.done; });  // may free replaced weights
     std::lock_guard lock(mu);
-    stats.generated_tokens += generated;
     stats.active = active.size();
     stats.prefix_cache_entries = prefixes.size();
     stats.prefix_cache_bytes = prefix_bytes;
   }
+}
+
+void EmbeddedEngine::Impl::Step(Model& m, std::vector<Active>& active, std::vector<float>& logits) {
+  const Config& c = config;
+  const size_t V = c.vocab_size;
+  // One step: a prompt chunk for sequences still prefilling, the last
+  // sampled token for the others.
+  std::vector<Model::Chunk> chunks;
+  std::vector<size_t> owner;
+  for (size_t i = 0; i < active.size(); ++i) {
+    Active& a = active[i];
+    if (a.done || a.model.get() != &m) continue;
+    const auto& prompt = a.req->job.prompt;
+    if (a.prompt_fed < prompt.size()) {
+      size_t n = std::min(options.prefill_chunk, prompt.size() - a.prompt_fed);
+      size_t from = a.prompt_fed;
+      a.fed.insert(a.fed.end(), prompt.begin() + from, prompt.begin() + from + n);
+      a.prompt_fed += n;
+      chunks.push_back({&a.state, std::span<const int32_t>(a.fed.data() + from, n), a.prompt_fed == prompt.size()});
+    } else {
+      a.fed.push_back(a.next);
+      chunks.push_back({&a.state, std::span<const int32_t>(&a.fed.back(), 1), true});
+    }
+    owner.push_back(i);
+  }
+  if (chunks.empty()) return;
+  m.Forward(chunks, logits);
+  size_t row = 0;
+  uint64_t generated = 0;
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    if (!chunks[k].want_logits) continue;
+    Active& a = active[owner[k]];
+    std::span<const float> lg(logits.data() + row++ * V, V);
+    if (a.first_token == Clock::time_point{}) a.first_token = Clock::now();
+    const Sampling& s = a.req->job.sampling;
+    TokenConstraint* constraint = a.req->job.constraint.get();
+    if (constraint) {
+      std::fill(a.allowed.begin(), a.allowed.end(), 0);
+      constraint->AllowedNext(a.allowed);
+    }
+    auto sampled = SampleToken(lg, s, constraint ? &a.allowed : nullptr, a.rng);
+    if (!sampled.ok()) {
+      a.done = true;
+      a.req->promise.set_value(sampled.status());
+      continue;
+    }
+    int32_t tok = sampled.value().token;
+    a.out.tokens.push_back(tok);
+    a.out.logprobs.push_back(sampled.value().logprob);
+    ++generated;
+    if (constraint) constraint->Accept(tok);
+    a.next = tok;
+    bool stop_tok = std::find(s.stop_token_ids.begin(), s.stop_token_ids.end(), tok) != s.stop_token_ids.end();
+    if (tok == c.eos_token_id && !s.ignore_eos) {
+      Finish(a, Finish::kEos);
+    } else if (stop_tok) {
+      a.out.matched_stop_token = tok;
+      Finish(a, Finish::kStopToken);
+    } else if (constraint && constraint->Complete()) {
+      Finish(a, Finish::kConstraintComplete);
+    } else if (a.out.tokens.size() >= static_cast<size_t>(s.max_new_tokens) ||
+               a.state.length + 1 >= c.max_context) {
+      Finish(a, Finish::kLength);
+    }
+  }
+  std::lock_guard lock(mu);
+  ++stats.steps;
+  stats.step_sequences += chunks.size();
+  stats.max_step_sequences = std::max<uint64_t>(stats.max_step_sequences, chunks.size());
+  stats.generated_tokens += generated;
 }
 
 }  // namespace paddock::policy::engine

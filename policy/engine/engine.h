@@ -58,6 +58,25 @@ struct GenerateOutput {
   size_t cached_prompt_tokens = 0;  // prompt prefix served from the prefix cache
   double prefill_ms = 0;
   double decode_ms = 0;
+  // The weights that produced every token of this output (Engine::weight_version
+  // when the request started). Empty when the engine keeps no versions.
+  std::string weight_version;
+};
+
+// A request to replace the weights (SGLang's /update_weights_from_disk).
+struct WeightUpdate {
+  std::string path;     // safetensors file
+  std::string version;  // the new weight_version; empty: derived from the file
+  // Also cancel the generations still running on the old weights (they end
+  // with Finish::kCancelled); otherwise they finish on the old weights.
+  bool abort_in_flight = false;
+};
+
+struct WeightUpdateResult {
+  std::string version;     // weight_version from now on
+  size_t still_running = 0;  // generations left finishing on the old weights
+  size_t aborted = 0;        // generations cancelled (abort_in_flight)
+  double load_ms = 0;        // reading, checking and preparing the new weights
 };
 
 // Thread-safe: concurrent Generate calls are batched together by the engine.
@@ -73,6 +92,18 @@ class Engine {
   virtual size_t max_context() const = 0;
   // Short description for /health and /metrics ("tiny, 4 layers, seed 1").
   virtual std::string describe() const = 0;
+
+  // Weight updates. The version names the weights new requests run on; the
+  // source is where they came from (a file path, "seed 1"). An engine without
+  // updates keeps "default" (SGLang's default version) and answers
+  // UpdateWeightsFromDisk with UNIMPLEMENTED.
+  virtual std::string weight_version() const { return "default"; }
+  virtual std::string weights_source() const { return ""; }
+  // Loads new weights and serves every request admitted afterwards with them.
+  // On any error the old weights stay in use.
+  virtual Result<WeightUpdateResult> UpdateWeightsFromDisk(const WeightUpdate& update) {
+    return Error(Code::kUnimplemented, "this engine cannot load new weights at run time ({})", update.path);
+  }
 };
 
 }  // namespace paddock::policy::engine
