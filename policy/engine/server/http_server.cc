@@ -120,6 +120,16 @@ struct HttpServer::Impl {
   }
 
   void Serve(tcp::socket& socket) {
+    HttpPeer peer;
+    boost::system::error_code peer_ec;
+    auto remote = socket.remote_endpoint(peer_ec);
+    if (peer_ec) {
+      peer = {"unknown", false};
+    } else {
+      auto addr = remote.address();
+      if (addr.is_v6() && addr.to_v6().is_v4_mapped()) addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+      peer = {addr.to_string(), addr.is_loopback()};
+    }
     beast::flat_buffer buffer;
     for (;;) {
       http::request_parser<http::string_body> parser;
@@ -151,7 +161,7 @@ struct HttpServer::Impl {
         break;
       }
       http::request<http::string_body> req = parser.release();
-      HttpReply reply = service->Handle(std::string(req.method_string()), std::string(req.target()), req.body());
+      HttpReply reply = service->HandleFrom(peer, std::string(req.method_string()), std::string(req.target()), req.body());
       http::response<http::string_body> res{static_cast<http::status>(reply.status), req.version()};
       res.set(http::field::server, options.server_name);
       res.set(http::field::content_type, reply.content_type);

@@ -23,10 +23,22 @@ struct HttpReply {
   std::string body;
 };
 
+// Who sent a request, for endpoints that only local callers may use.
+struct HttpPeer {
+  std::string address;   // IP address as text ("127.0.0.1", "::1")
+  bool loopback = true;  // 127.0.0.0/8, ::1 or ::ffff:127.x.x.x
+};
+
 class HttpHandler {
  public:
   virtual ~HttpHandler() = default;
   virtual HttpReply Handle(const std::string& method, const std::string& target, const std::string& body) = 0;
+  // What the server calls: Handle, for handlers that do not care who asks.
+  virtual HttpReply HandleFrom(const HttpPeer& peer, const std::string& method, const std::string& target,
+                               const std::string& body) {
+    (void)peer;
+    return Handle(method, target, body);
+  }
   // Transport-level outcomes the server answered itself (oversized, bad HTTP, busy).
   virtual void CountRejected(const std::string& endpoint, int status) {}
 };
