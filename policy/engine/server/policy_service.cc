@@ -254,6 +254,11 @@ void PolicyService::Record(const std::string& endpoint, int status, double secon
 void PolicyService::CountRejected(const std::string& endpoint, int status) { Record(endpoint, status, 0); }
 
 HttpReply PolicyService::Handle(const std::string& method, const std::string& target, const std::string& body) {
+  return HandleFrom(HttpPeer{"127.0.0.1", true}, method, target, body);
+}
+
+HttpReply PolicyService::HandleFrom(const HttpPeer& peer, const std::string& method, const std::string& target,
+                                    const std::string& body) {
   auto start = Clock::now();
   std::string path = target.substr(0, target.find('?'));
   HttpReply reply;
@@ -288,6 +293,13 @@ HttpReply PolicyService::Handle(const std::string& method, const std::string& ta
         reply = ChatCompletions(parsed, ordered);
       }
     }
+  } else if (path == "/update_weights_from_disk") {
+    reply = method == "POST" ? UpdateWeightsFromDisk(peer, body)
+                             : ErrorReply(405, fmt::format("{} takes POST, not {}", path, method));
+  } else if (path == "/model_info" || path == "/get_model_info") {
+    reply = get(&PolicyService::ModelInfo);
+  } else if (path == "/weight_version" || path == "/get_weight_version") {
+    reply = get(&PolicyService::WeightVersion);
   } else if (path == "/health") {
     reply = get(&PolicyService::Health);
   } else if (path == "/metrics") {
@@ -297,7 +309,7 @@ HttpReply PolicyService::Handle(const std::string& method, const std::string& ta
   } else {
     endpoint = "other";
     reply = ErrorReply(404, fmt::format("no endpoint {}; see /health, /metrics, /generate, /v1/completions, "
-                                        "/v1/chat/completions, /v1/models",
+                                        "/v1/chat/completions, /v1/models, /model_info, /update_weights_from_disk",
                                         path));
   }
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -485,7 +497,9 @@ HttpReply PolicyService::Generate(const json& body) {
                {"prompt_tokens", out.prompt_tokens},
                {"completion_tokens", out.tokens.size()},
                {"cached_tokens", out.cached_prompt_tokens},
-               {"e2e_latency", std::chrono::duration<double>(Clock::now() - started).count()}};
+               {"e2e_latency", std::chrono::duration<double>(Clock::now() - started).count()},
+               // SGLang's field; here the version that produced these tokens.
+               {"weight_version", out.weight_version.empty() ? engine_->weight_version() : out.weight_version}};
   if (constrained) meta["paddock_constrained"] = true;
   if (return_logprob) {
     json lps = json::array();
@@ -736,14 +750,21 @@ HttpReply PolicyService::ChatCompletions(const json& body, const ojson& ob) {
                   {"completion_tokens", out.tokens.size()},
                   {"total_tokens", out.prompt_tokens + out.tokens.size()},
                   {"prompt_tokens_details", {{"cached_tokens", out.cached_prompt_tokens}}}}},
-                {"paddock", {{"constrained", constrained}, {"decode_error", decode_error}, {"output_ids", out.tokens}}}};
+                {"paddock",
+                 {{"constrained", constrained},
+                  {"decode_error", decode_error},
+                  {"output_ids", out.tokens},
+                  {"weight_version", out.weight_version.empty() ? engine_->weight_version() : out.weight_version}}}};
   return JsonReply(reply);
 }
 
 // --- /health, /v1/models, /metrics ------------------------------------------
 
 HttpReply PolicyService::Health() {
-  return JsonReply({{"status", "ok"}, {"model", options_.model_name}, {"engine", engine_->describe()}});
+  return JsonReply({{"status", "ok"},
+                    {"model", options_.model_name},
+                    {"engine", engine_->describe()},
+                    {"weight_version", engine_->weight_version()}});
 }
 
 HttpReply PolicyService::Models() {
@@ -808,6 +829,14 @@ HttpReply PolicyService::Metrics() {
          "# TYPE paddock_policy_finish_total counter\n";
     for (const auto& [k, v] : finish_counts_)
       m += fmt::format("paddock_policy_finish_total{{reason=\"{}\"}} {}\n", k, v);
+    m += fmt::format(
+        "# HELP paddock_policy_weight_updates_total /update_weights_from_disk calls by result.\n"
+        "# TYPE paddock_policy_weight_updates_total counter\n"
+        "paddock_policy_weight_updates_total{{result=\"ok\"}} {}\n"
+        "paddock_policy_weight_updates_total{{result=\"failed\"}} {}\n"
+        "# HELP paddock_policy_weight_update_last_seconds Duration of the last successful weight update.\n"
+        "# TYPE paddock_policy_weight_update_last_seconds gauge\npaddock_policy_weight_update_last_seconds {}\n",
+        weight_updates_ok_, weight_updates_failed_, last_weight_update_seconds_);
   }
   m += fmt::format(
       "# HELP paddock_policy_generate_inflight Generations running now.\n"

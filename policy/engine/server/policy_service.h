@@ -2,7 +2,9 @@
 // request (method, path, body) in, one response (status, content type, body)
 // out. SGLang's /generate, the OpenAI-compatible /v1/completions and
 // /v1/chat/completions (through the V4 codec, with the tool constraint),
-// /health and /metrics. Fields are documented in docs/paddock-policy.md.
+// SGLang's weight updates (/update_weights_from_disk, /model_info,
+// /weight_version), /health and /metrics. Fields are documented in
+// docs/paddock-policy.md.
 //
 // Thread-safe: the HTTP server calls Handle from one thread per connection, so
 // concurrent requests reach Engine::Generate together and are batched there.
@@ -34,6 +36,10 @@ struct ServiceOptions {
   std::function<std::vector<std::pair<std::string, double>>()> engine_metrics;
   // Free-text caps of the tool constraint (code points), see GrammarOptions.
   constrain::GrammarOptions grammar;
+  // /update_weights_from_disk makes the server read a file named by the
+  // request, and the server has no authentication: by default only loopback
+  // peers may call it (others get 403).
+  bool allow_remote_weight_updates = false;
 };
 
 // The tool part of a request: "tools", "tool_choice", "thinking" (and
@@ -52,7 +58,10 @@ class PolicyService final : public HttpHandler {
   PolicyService(std::shared_ptr<Engine> engine, std::shared_ptr<const v4::Tokenizer> tokenizer,
                 ServiceOptions options = {});
 
+  // As from a loopback peer.
   HttpReply Handle(const std::string& method, const std::string& target, const std::string& body) override;
+  HttpReply HandleFrom(const HttpPeer& peer, const std::string& method, const std::string& target,
+                       const std::string& body) override;
 
   // Transport-level outcomes the HTTP server reports (oversized bodies, bad HTTP).
   void CountRejected(const std::string& endpoint, int status) override;
@@ -67,6 +76,10 @@ class PolicyService final : public HttpHandler {
   HttpReply Health();
   HttpReply Metrics();
   HttpReply Models();
+  // Weight updates (policy/engine/server/weight_endpoints.cc).
+  HttpReply UpdateWeightsFromDisk(const HttpPeer& peer, const std::string& body);
+  HttpReply ModelInfo();
+  HttpReply WeightVersion();
 
   // Runs one generation, counting it for /metrics.
   Result<GenerateOutput> Run(GenerateJob job);
@@ -99,6 +112,8 @@ class PolicyService final : public HttpHandler {
   std::map<int, uint64_t> concurrency_hist_;  // in-flight Generate calls when one starts → count
   std::map<std::string, uint64_t> finish_counts_;
   uint64_t constrained_ = 0;
+  uint64_t weight_updates_ok_ = 0, weight_updates_failed_ = 0;
+  double last_weight_update_seconds_ = 0;
 };
 
 }  // namespace paddock::policy::engine::server
