@@ -12,6 +12,7 @@
 #include "policy/engine/kv_report.h"
 #include "policy/engine/server/http_server.h"
 #include "policy/engine/server/policy_service.h"
+#include "policy/engine/weights.h"
 #include "policy/v4/tokenizer/tokenizer.h"
 
 namespace {
@@ -21,7 +22,9 @@ using namespace paddock::policy::engine;
 
 constexpr const char* kUsage = R"(usage:
   paddock-policy [--listen HOST:PORT] [--config tiny|small] [--weights FILE] [--seed N]
-                 [--threads N] [--tokenizer FILE] [--model-name NAME] [--max-body-bytes N]
+                 [--weight-version V] [--threads N] [--tokenizer FILE] [--model-name NAME]
+                 [--max-body-bytes N] [--allow-remote-weight-updates]
+  paddock-policy --save-weights FILE [--config tiny|small] [--seed N]
   paddock-policy --report-kv --config NAME --context N [--json]
 
 Serves the embedded V4 policy engine over HTTP:
@@ -31,6 +34,9 @@ Serves the embedded V4 policy engine over HTTP:
   POST /v1/chat/completions   OpenAI chat through the V4 codec; with tools, the output is
                               constrained to well-formed tool calls (tool_constraint: false
                               turns that off)
+  POST /update_weights_from_disk  SGLang's weight update: {"model_path": FILE, "weight_version": V};
+                              new requests run on the new weights, running ones finish on theirs
+  GET  /model_info, /weight_version (also /get_model_info, /get_weight_version)
   GET  /health, /metrics (Prometheus text), /v1/models
 
 options:
@@ -39,6 +45,15 @@ options:
   --config NAME        model shape: tiny (default) or small
   --weights FILE       safetensors weights (default: deterministic weights from --seed)
   --seed N             seed of the generated weights (default 1)
+  --weight-version V   weight_version reported until the first update (default: "seed-N", or
+                       "FILE@DIGEST" for --weights: the file name and 8 hex digits of its contents)
+  --allow-remote-weight-updates
+                       accept /update_weights_from_disk from non-loopback peers (the server has
+                       no authentication: anyone who reaches it can then make it load any file
+                       it can read)
+  --save-weights FILE  write the seeded weights of --config and --seed to FILE (safetensors,
+                       loadable with --weights or /update_weights_from_disk) and exit; two
+                       seeds give two weight files that generate different tokens
   --threads N          compute threads (default: all cores)
   --tokenizer FILE     DeepSeek tokenizer.json (default $PADDOCK_TOKENIZER or
                        /usr/local/share/paddock/deepseek-v3-tokenizer.json)
@@ -73,8 +88,9 @@ void OnSignal(int) { g_stop = 1; }
 
 int main(int argc, char** argv) {
   std::string listen = "127.0.0.1:30000", config = "tiny", weights, tokenizer_path, model_name = "paddock-policy";
+  std::string weight_version, save_weights;
   uint64_t seed = 1, threads = 0, context = 0, max_body = 16u << 20;
-  bool report = false, json = false, have_context = false;
+  bool report = false, json = false, have_context = false, remote_updates = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string* out) {
@@ -101,6 +117,12 @@ int main(int argc, char** argv) {
       ok = value(&config);
     } else if (a == "--weights") {
       ok = value(&weights);
+    } else if (a == "--weight-version") {
+      ok = value(&weight_version);
+    } else if (a == "--save-weights") {
+      ok = value(&save_weights);
+    } else if (a == "--allow-remote-weight-updates") {
+      remote_updates = true;
     } else if (a == "--tokenizer") {
       ok = value(&tokenizer_path);
     } else if (a == "--model-name") {
@@ -133,6 +155,22 @@ int main(int argc, char** argv) {
   }
   if (json || have_context) return Fail("--json and --context go with --report-kv");
 
+  if (!save_weights.empty()) {
+    if (!weights.empty()) return Fail("--save-weights writes seeded weights; it does not take --weights");
+    auto cfg = ConfigByName(config);
+    if (!cfg.ok()) return Fail(cfg.status().message());
+    auto w = SeededWeights(cfg.value(), seed);
+    if (!w.ok()) return Fail(w.status().message());
+    if (Status st = SaveSafetensors(w.value(), save_weights); !st.ok()) return Fail(st.message());
+    auto saved = LoadSafetensors(save_weights, cfg.value());  // its default weight_version, and a check
+    if (!saved.ok()) return Fail(saved.status().message());
+    std::printf("paddock-policy: wrote %s weights (seed %llu) to %s; weight_version %s\n", config.c_str(),
+                static_cast<unsigned long long>(seed), save_weights.c_str(),
+                DefaultWeightVersion(saved.value()).c_str());
+    return 0;
+  }
+  if (weight_version.size() > 256) return Fail("--weight-version: at most 256 characters");
+
   policy::engine::server::HttpServerOptions http;
   if (Status st = policy::engine::server::ParseListen(listen, &http.host, &http.port); !st.ok())
     return Fail(st.message());
@@ -145,6 +183,7 @@ int main(int argc, char** argv) {
   eo.config = config;
   eo.weights_path = weights;
   eo.weight_seed = seed;
+  eo.weight_version = weight_version;
   eo.threads = static_cast<int>(threads);
   auto engine = EmbeddedEngine::Create(eo);
   if (!engine.ok()) return Fail(engine.status().message());
@@ -152,6 +191,7 @@ int main(int argc, char** argv) {
 
   policy::engine::server::ServiceOptions so;
   so.model_name = model_name;
+  so.allow_remote_weight_updates = remote_updates;
   std::weak_ptr<EmbeddedEngine> weak = shared_engine;
   so.engine_metrics = [weak]() {
     std::vector<std::pair<std::string, double>> m;
@@ -164,6 +204,7 @@ int main(int argc, char** argv) {
     m.push_back({"active_sequences", static_cast<double>(s.active)});
     m.push_back({"prefix_cache_entries", static_cast<double>(s.prefix_cache_entries)});
     m.push_back({"prefix_cache_bytes", static_cast<double>(s.prefix_cache_bytes)});
+    m.push_back({"weight_updates", static_cast<double>(s.weight_updates)});
     return m;
   };
   auto service = std::make_shared<policy::engine::server::PolicyService>(shared_engine, tokenizer.value(), so);
@@ -175,8 +216,8 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  std::printf("paddock-policy: serving %s on http://%s:%u\n", shared_engine->describe().c_str(), http.host.c_str(),
-              server.value()->port());
+  std::printf("paddock-policy: serving %s on http://%s:%u (weight_version %s)\n", shared_engine->describe().c_str(),
+              http.host.c_str(), server.value()->port(), shared_engine->weight_version().c_str());
   std::fflush(stdout);
   while (!g_stop) pause();
   std::printf("paddock-policy: stopping\n");
