@@ -79,6 +79,10 @@ struct GenerateResult {
   std::optional<int32_t> matched_stop_token;
   // True when output_ids are the sampled ids, so training may use them as-is.
   bool token_exact = false;
+  // The server's weight version for this output (SGLang's
+  // meta_info.weight_version; paddock-policy: the weights that produced every
+  // token); empty when the server does not say.
+  std::string weight_version;
   std::chrono::microseconds latency{0};  // first attempt start to parsed result
   int attempts = 0;                      // HTTP attempts made (1 = no retry)
 };
@@ -120,6 +124,26 @@ class PolicyBackend {
   // thread (that returns FAILED_PRECONDITION instead of deadlocking).
   virtual Result<GenerateResult> Generate(const GenerateRequest& request,
                                           const CallOptions& options) = 0;
+
+  // Weight updates (SGLang's /update_weights_from_disk; paddock-policy serves
+  // the same). Blocking, not from the I/O thread. The server loads the
+  // safetensors file at `path` (a path on the server's machine) and reports
+  // `version` as its weight_version from then on (empty: the server picks one).
+  // Errors: FAILED_PRECONDITION with the server's message when it answered
+  // success:false (bad or missing file, wrong shapes; its old weights stay),
+  // PERMISSION_DENIED when it refuses the caller, UNAVAILABLE when it cannot
+  // be reached, DEADLINE_EXCEEDED after `timeout`, UNIMPLEMENTED for backends
+  // without weight updates (the default).
+  virtual Status UpdateWeightsFromDisk(const std::string& path, const std::string& version,
+                                       std::chrono::milliseconds timeout) {
+    (void)path, (void)version, (void)timeout;
+    return Status(Code::kUnimplemented,
+                  std::string(kind()) + " backend cannot update the server's weights; use an sglang policy");
+  }
+  // The server's current weight_version (10 s deadline). Same errors.
+  virtual Result<std::string> WeightVersion() {
+    return Status(Code::kUnimplemented, std::string(kind()) + " backend cannot ask the server's weight version");
+  }
 };
 
 }  // namespace paddock::policy

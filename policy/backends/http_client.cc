@@ -85,7 +85,9 @@ struct HttpCallState : std::enable_shared_from_this<HttpCallState> {
   HttpClient* client;
   Endpoint endpoint;
   std::string target;
+  std::string method = "POST";
   std::string body;
+  bool answer_4xx = false;
   HttpCall call;
   HttpClient::Done done;
   uint64_t cancel_id = 0;
@@ -162,14 +164,15 @@ asio::awaitable<AttemptOutcome> HttpCallState::Attempt(int attempt) {
     return o;
   };
 
-  http::request<http::string_body> req{http::verb::post, target, 11};
+  const bool get = method == "GET";
+  http::request<http::string_body> req{get ? http::verb::get : http::verb::post, target, 11};
   req.set(http::field::host, endpoint.host);
   req.set(http::field::user_agent, "paddock-policy/1");
-  req.set(http::field::content_type, "application/json");
+  if (!get) req.set(http::field::content_type, "application/json");
   req.set(http::field::accept, "application/json");
   for (const auto& [k, v] : opts.headers) req.set(k, v);
   req.keep_alive(true);
-  req.body() = body;
+  if (!get) req.body() = body;
   req.prepare_payload();
 
   const std::string key = endpoint.PoolKey();
@@ -259,7 +262,7 @@ asio::awaitable<AttemptOutcome> HttpCallState::Attempt(int attempt) {
       }
       AttemptOutcome o;
       unsigned status = res.result_int();
-      if (status >= 200 && status < 300) {
+      if ((status >= 200 && status < 300) || (answer_4xx && status >= 400 && status < 500)) {
         o.response = HttpResponse{status, std::move(res.body()), attempt};
         co_return o;
       }
@@ -382,9 +385,16 @@ void HttpClient::CallFinished() {
 
 void HttpClient::PostJson(const Endpoint& endpoint, std::string path, std::string body,
                           HttpCall call, Done done) {
+  Send(endpoint, "POST", std::move(path), std::move(body), std::move(call), false, std::move(done));
+}
+
+void HttpClient::Send(const Endpoint& endpoint, std::string method, std::string path, std::string body,
+                      HttpCall call, bool answer_4xx, Done done) {
   auto state = std::make_shared<HttpCallState>(this, io_);
   state->endpoint = endpoint;
   state->target = endpoint.Target(path);
+  state->method = std::move(method);
+  state->answer_4xx = answer_4xx;
   state->body = std::move(body);
   state->call = std::move(call);
   state->done = std::move(done);

@@ -56,7 +56,7 @@ struct HttpCall {
 };
 
 struct HttpResponse {
-  unsigned status = 0;  // always 2xx: other statuses become errors
+  unsigned status = 0;  // 2xx (4xx too for Send with answer_4xx): other statuses become errors
   std::string body;
   int attempts = 0;
 };
@@ -81,6 +81,13 @@ class HttpClient {
   //   reason" (https, never retried).
   void PostJson(const Endpoint& endpoint, std::string path, std::string body, HttpCall call,
                 Done done);
+
+  // PostJson with a method ("POST", or "GET": no body sent) and, when
+  // `answer_4xx`, a 4xx answer handed back as a response (status set) instead
+  // of an error: for endpoints whose error bodies are typed results
+  // (SGLang's {"success": false, "message"}). Retries as PostJson.
+  void Send(const Endpoint& endpoint, std::string method, std::string path, std::string body,
+            HttpCall call, bool answer_4xx, Done done);
 
   bool InIoThread() const { return std::this_thread::get_id() == io_thread_id_; }
   const ConnectionPool& pool() const { return pool_; }

@@ -88,6 +88,20 @@ void HttpJsonBackend::GenerateAsync(GenerateRequest request, CallOptions options
       });
 }
 
+Result<HttpResponse> HttpJsonBackend::Call(std::string method, std::string path, std::string body,
+                                           std::chrono::milliseconds timeout, bool answer_4xx) {
+  if (http_->InIoThread()) {
+    return Error(Code::kFailedPrecondition, "{}: blocking {} {} called from the backend's I/O thread", kind(),
+                 method, path);
+  }
+  std::promise<Result<HttpResponse>> promise;
+  auto future = promise.get_future();
+  HttpCall call{std::chrono::steady_clock::now() + timeout, nullptr};
+  http_->Send(endpoint_, std::move(method), std::move(path), std::move(body), call, answer_4xx,
+              [&promise](Result<HttpResponse> r) { promise.set_value(std::move(r)); });
+  return future.get();
+}
+
 Result<GenerateResult> HttpJsonBackend::Generate(const GenerateRequest& request,
                                                  const CallOptions& options) {
   if (http_->InIoThread()) {

@@ -3,6 +3,7 @@
 // A concrete backend supplies only its wire format.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -50,6 +51,12 @@ class HttpJsonBackend : public PolicyBackend {
                                            const GenerateRequest& request) const = 0;
 
   const BackendOptions& options() const { return options_; }
+
+  // One blocking call besides generation (weight updates, model info): the
+  // same client, pool, retries and auth. FAILED_PRECONDITION from the I/O
+  // thread; see HttpClient::Send for `answer_4xx`.
+  Result<HttpResponse> Call(std::string method, std::string path, std::string body,
+                            std::chrono::milliseconds timeout, bool answer_4xx);
 
  private:
   Endpoint endpoint_;

@@ -91,6 +91,11 @@ Result<GenerateResult> SglangBackend::ParseBody(const nlohmann::json& body,
                  "the output token ids are unknown");
   }
 
+  // weight_version: SGLang ≥ 0.5 puts the serving weights' version here.
+  if (const nlohmann::json* wv = OptionalField(*meta, "weight_version"); wv && !wv->is_null()) {
+    PADDOCK_ASSIGN_OR_RETURN(out.weight_version, AsString(*wv, "meta_info.weight_version"));
+  }
+
   // finish_reason: {"type": "stop", "matched": id|string|null} | {"type": "length", …}
   //                | {"type": "abort", "message": …}
   PADDOCK_ASSIGN_OR_RETURN(const nlohmann::json* fr, Field(*meta, "meta_info", "finish_reason"));
