@@ -1,8 +1,10 @@
 // paddock-policy end to end with the real embedded engine (tiny config,
 // seeded weights): the backends against the server, concurrent requests
 // batched in the engine (its step statistics through /metrics), tool calls
-// under the constraint parsing strictly; and the binary itself: --help,
-// --report-kv, serving on a free port until SIGTERM.
+// under the constraint parsing strictly; weight updates (SGLang's
+// /update_weights_from_disk) through the SGLang backend and raw HTTP; and the
+// binary itself: --help, --report-kv, --save-weights, serving on a free port
+// until SIGTERM, reloading weights while it serves.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,6 +13,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <regex>
 #include <thread>
 
@@ -26,6 +30,7 @@
 #include "policy/engine/embedded_engine.h"
 #include "policy/engine/server/http_server.h"
 #include "policy/engine/server/policy_service.h"
+#include "policy/engine/weights.h"
 #include "policy/v4/decode/decoder.h"
 #include "policy/v4/encode/encoder.h"
 #include "policy/v4/tokenizer/tokenizer.h"
@@ -274,6 +279,202 @@ TEST_F(PolicyServerE2eTest, GenerateRejectsBadToolsNamingTheField) {
   }
 }
 
+// --- weight updates ---------------------------------------------------------
+
+std::string TempFile(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("paddock_policy_e2e_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+// The tiny config's seeded weights saved as safetensors (once per seed).
+std::string TinyWeights(uint64_t seed) {
+  std::string path = TempFile("tiny_seed" + std::to_string(seed) + ".safetensors");
+  if (std::filesystem::exists(path)) return path;
+  auto cfg = ConfigByName("tiny");
+  auto w = SeededWeights(cfg.value(), seed);
+  EXPECT_TRUE(w.ok());
+  EXPECT_TRUE(SaveSafetensors(w.value(), path).ok());
+  return path;
+}
+
+class PolicyServerWeightUpdateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!Tok()) GTEST_SKIP() << "no tokenizer at " << v4::Tokenizer::DefaultPath();
+    EngineOptions eo;
+    eo.config = "tiny";
+    eo.weights_path = TinyWeights(1);
+    eo.weight_version = "v1";
+    eo.threads = 2;
+    auto e = EmbeddedEngine::Create(eo);
+    ASSERT_TRUE(e.ok()) << e.status().ToString();
+    engine_ = std::move(e.value());
+    service_ = std::make_shared<PolicyService>(engine_, Tok(), ServiceOptions{});
+    HttpServerOptions ho;
+    ho.port = 0;
+    auto s = HttpServer::Start(service_, ho);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    server_ = std::move(s.value());
+    BackendOptions o;
+    o.url = "http://127.0.0.1:" + std::to_string(server_->port());
+    auto b = SglangBackend::Create(o);
+    ASSERT_TRUE(b.ok());
+    backend_ = std::move(b.value());
+  }
+  GenerateRequest Request(int max_new = 16) {
+    GenerateRequest req;
+    for (uint32_t id : Tok()->Encode("The sandbox ran the tests and")) req.input_ids.push_back(static_cast<int32_t>(id));
+    req.sampling.max_new_tokens = max_new;
+    req.sampling.seed = 11;
+    req.sampling.temperature = 0.8;
+    req.extra_body = {{"sampling_params", {{"max_new_tokens", max_new}, {"sampling_seed", 11}, {"temperature", 0.8},
+                                           {"ignore_eos", true}, {"skip_special_tokens", false}}}};
+    return req;
+  }
+  GenerateResult Gen(int max_new = 16) {
+    auto r = backend_->Generate(Request(max_new), {});
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r.value() : GenerateResult{};
+  }
+  json Update(const json& body) {
+    auto [status, text] = Send(server_->port(), http::verb::post, "/update_weights_from_disk", body.dump());
+    json r = json::parse(text, nullptr, false);
+    EXPECT_TRUE(r.is_object()) << text;
+    EXPECT_EQ(status, r.value("success", false) ? 200 : 400) << text;
+    return r;
+  }
+
+  std::shared_ptr<EmbeddedEngine> engine_;
+  std::shared_ptr<PolicyService> service_;
+  std::unique_ptr<HttpServer> server_;
+  std::unique_ptr<SglangBackend> backend_;
+};
+
+TEST_F(PolicyServerWeightUpdateTest, UpdateChangesTokensAndWeightVersion) {
+  GenerateResult a = Gen();
+  EXPECT_EQ(a.weight_version, "v1");
+  auto version = backend_->WeightVersion();
+  ASSERT_TRUE(version.ok()) << version.status().ToString();
+  EXPECT_EQ(version.value(), "v1");
+
+  auto started = std::chrono::steady_clock::now();
+  Status st = backend_->UpdateWeightsFromDisk(TinyWeights(2), "step-2", std::chrono::seconds(30));
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  std::printf("[ weight update of the tiny model: %.0f ms, client call to answer ]\n", ms);
+  EXPECT_EQ(backend_->WeightVersion().value(), "step-2");
+  GenerateResult b = Gen();
+  EXPECT_EQ(b.weight_version, "step-2");
+  EXPECT_NE(b.output_ids, a.output_ids) << "the seed-2 weights generated seed 1's tokens";
+
+  // The SGLang endpoints, raw: /model_info and its older names.
+  for (const char* path : {"/model_info", "/get_model_info", "/weight_version", "/get_weight_version"}) {
+    auto [status, text] = Send(server_->port(), http::verb::get, path);
+    EXPECT_EQ(status, 200) << path;
+    EXPECT_EQ(json::parse(text)["weight_version"], "step-2") << path << ": " << text;
+  }
+  EXPECT_NE(json::parse(Send(server_->port(), http::verb::get, "/model_info").second)["model_path"]
+                .get<std::string>()
+                .find("tiny_seed2"),
+            std::string::npos);
+
+  // Back to seed 1 without a version: the server derives one from the file,
+  // and the tokens are seed 1's again.
+  json r = Update({{"model_path", TinyWeights(1)}, {"load_format", "safetensors"}, {"flush_cache", true}});
+  EXPECT_EQ(r["success"], true) << r.dump();
+  EXPECT_EQ(r["num_paused_requests"], 0);
+  EXPECT_EQ(r["weight_version"].get<std::string>().rfind("tiny_seed1.safetensors@", 0), 0u) << r.dump();
+  GenerateResult c = Gen();
+  EXPECT_EQ(c.output_ids, a.output_ids);
+  EXPECT_EQ(c.weight_version, r["weight_version"]);
+  auto [ms_status, metrics] = Send(server_->port(), http::verb::get, "/metrics");
+  EXPECT_NE(metrics.find("paddock_policy_weight_updates_total{result=\"ok\"} 2"), std::string::npos) << metrics;
+}
+
+TEST_F(PolicyServerWeightUpdateTest, BadFilesAnswerSuccessFalseAndKeepTheOldWeights) {
+  GenerateResult before = Gen();
+  auto small = SeededWeights(ConfigByName("small").value(), 1);
+  ASSERT_TRUE(small.ok());
+  small.value().config.name = "tiny";  // claims tiny, has small's shapes
+  std::string wrong_shapes = TempFile("wrong_shapes.safetensors");
+  ASSERT_TRUE(SaveSafetensors(small.value(), wrong_shapes).ok());
+  std::string garbage = TempFile("garbage.safetensors");
+  std::ofstream(garbage) << "not safetensors";
+
+  const std::vector<std::pair<json, std::string>> cases = {
+      {{{"model_path", TempFile("missing.safetensors")}}, "missing.safetensors"},
+      {{{"model_path", wrong_shapes}}, "shape"},
+      {{{"model_path", garbage}}, "garbage.safetensors"},
+      {{{"model_path", "relative/w.safetensors"}}, "absolute"},
+      {{{"model_path", TinyWeights(2)}, {"load_format", "pt"}}, "load_format"},
+      {{{"model_path", TinyWeights(2)}, {"weight_version", 3}}, "weight_version"},
+      {{{"path", TinyWeights(2)}}, "model_path"},
+  };
+  for (const auto& [body, says] : cases) {
+    json r = Update(body);
+    EXPECT_EQ(r["success"], false) << body.dump();
+    EXPECT_NE(r["message"].get<std::string>().find(says), std::string::npos) << r.dump();
+  }
+  auto [status, text] = Send(server_->port(), http::verb::post, "/update_weights_from_disk", "{not json");
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(json::parse(text)["success"], false) << text;
+
+  // Through the backend: FAILED_PRECONDITION with the server's reason.
+  Status st = backend_->UpdateWeightsFromDisk(wrong_shapes, "bad", std::chrono::seconds(10));
+  EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
+  EXPECT_NE(st.message().find("shape"), std::string::npos) << st.ToString();
+
+  GenerateResult after = Gen();
+  EXPECT_EQ(after.output_ids, before.output_ids);
+  EXPECT_EQ(after.weight_version, "v1");
+  EXPECT_EQ(backend_->WeightVersion().value(), "v1");
+}
+
+TEST_F(PolicyServerWeightUpdateTest, RequestInFlightDuringAnUpdateCompletesOnItsWeights) {
+  // The reference: the long request with no update in between.
+  GenerateRequest long_req = Request(400);
+  auto reference = backend_->Generate(long_req, {});
+  ASSERT_TRUE(reference.ok()) << reference.status().ToString();
+  // The prompt's cached state would be of no use after the update anyway;
+  // vary nothing else.
+  Result<GenerateResult> running = Status(Code::kUnknown, "not run");
+  std::thread t([&] { running = backend_->Generate(long_req, {}); });
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (engine_->stats().active == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  json r = Update({{"model_path", TinyWeights(2)}, {"weight_version", "v2"}});
+  EXPECT_EQ(r["success"], true) << r.dump();
+  EXPECT_EQ(r["requests_on_old_weights"], 1) << "the long request ended before the update";
+  GenerateResult fresh = Gen();
+  t.join();
+  ASSERT_TRUE(running.ok()) << running.status().ToString();
+  EXPECT_EQ(running.value().weight_version, "v1");
+  EXPECT_EQ(running.value().output_ids, reference.value().output_ids);
+  EXPECT_EQ(fresh.weight_version, "v2");
+}
+
+TEST_F(PolicyServerWeightUpdateTest, OnlyLoopbackPeersMayUpdate) {
+  HttpReply reply = service_->HandleFrom(HttpPeer{"192.0.2.7", false}, "POST", "/update_weights_from_disk",
+                                         json{{"model_path", TinyWeights(2)}}.dump());
+  EXPECT_EQ(reply.status, 403);
+  json r = json::parse(reply.body);
+  EXPECT_EQ(r["success"], false);
+  EXPECT_NE(r["message"].get<std::string>().find("--allow-remote-weight-updates"), std::string::npos);
+  EXPECT_EQ(engine_->weight_version(), "v1");
+  // Reading the version is fine from anywhere.
+  EXPECT_EQ(service_->HandleFrom(HttpPeer{"192.0.2.7", false}, "GET", "/weight_version", "").status, 200);
+  // The backend maps 403 to PERMISSION_DENIED; an unreachable server is UNAVAILABLE.
+  BackendOptions o;
+  o.url = "http://127.0.0.1:1";
+  o.http.retry.max_attempts = 1;
+  auto down = SglangBackend::Create(o);
+  ASSERT_TRUE(down.ok());
+  EXPECT_EQ(down.value()->UpdateWeightsFromDisk(TinyWeights(2), "v2", std::chrono::seconds(2)).code(),
+            Code::kUnavailable);
+  EXPECT_EQ(down.value()->WeightVersion().status().code(), Code::kUnavailable);
+}
+
 #ifdef PADDOCK_POLICY_BIN
 std::pair<int, std::string> RunBinary(const std::string& args) {
   std::string cmd = std::string(PADDOCK_POLICY_BIN) + " " + args + " 2>&1";
@@ -307,6 +508,27 @@ TEST(PaddockPolicyCliTest, HelpReportKvAndUsageErrors) {
   auto [rc6, listen] = RunBinary("--listen nowhere");
   EXPECT_EQ(rc6, 2);
   EXPECT_NE(listen.find("--listen"), std::string::npos) << listen;
+  for (const char* s : {"--save-weights", "--weight-version", "--allow-remote-weight-updates",
+                        "/update_weights_from_disk", "/model_info"})
+    EXPECT_NE(help.find(s), std::string::npos) << s;
+}
+
+TEST(PaddockPolicyCliTest, SaveWeightsWritesLoadableFilesThatDiffer) {
+  std::string a = TempFile("cli_seed5.safetensors"), b = TempFile("cli_seed6.safetensors");
+  auto [rc, out] = RunBinary("--save-weights " + a + " --seed 5");
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("weight_version cli_seed5.safetensors@"), std::string::npos) << out;
+  auto [rc2, out2] = RunBinary("--save-weights " + b + " --seed 6 --config tiny");
+  EXPECT_EQ(rc2, 0) << out2;
+  auto cfg = ConfigByName("tiny").value();
+  auto wa = LoadSafetensors(a, cfg), wb = LoadSafetensors(b, cfg);
+  ASSERT_TRUE(wa.ok() && wb.ok());
+  EXPECT_NE(wa.value().digest, wb.value().digest);
+  EXPECT_NE(DefaultWeightVersion(wa.value()), DefaultWeightVersion(wb.value()));
+  auto [rc3, out3] = RunBinary("--save-weights " + TempFile("x.safetensors") + " --weights " + a);
+  EXPECT_EQ(rc3, 2) << out3;
+  auto [rc4, out4] = RunBinary("--save-weights /nonexistent-dir/x.safetensors");
+  EXPECT_NE(rc4, 0) << out4;
 }
 
 TEST(PaddockPolicyCliTest, ServesUntilSigterm) {
@@ -318,7 +540,7 @@ TEST(PaddockPolicyCliTest, ServesUntilSigterm) {
     dup2(out[1], 1);
     close(out[0]);
     execl(PADDOCK_POLICY_BIN, PADDOCK_POLICY_BIN, "--listen", "127.0.0.1:0", "--config", "tiny", "--threads", "1",
-          static_cast<char*>(nullptr));
+          "--weight-version", "cli-v1", static_cast<char*>(nullptr));
     _exit(127);
   }
   close(out[1]);
@@ -335,6 +557,13 @@ TEST(PaddockPolicyCliTest, ServesUntilSigterm) {
                         R"({"text":"hello","sampling_params":{"max_new_tokens":4},"return_logprob":true})");
   EXPECT_EQ(gs, 200) << gen;
   EXPECT_EQ(json::parse(gen)["meta_info"]["output_token_logprobs"].size(), json::parse(gen)["output_ids"].size());
+  EXPECT_EQ(json::parse(gen)["meta_info"]["weight_version"], "cli-v1") << gen;
+  // A weight update while serving: the seeded start weights for a file.
+  auto [us, up] = Send(port, http::verb::post, "/update_weights_from_disk",
+                       json{{"model_path", TinyWeights(2)}, {"weight_version", "cli-v2"}}.dump());
+  EXPECT_EQ(us, 200) << up;
+  auto [vs, version] = Send(port, http::verb::get, "/get_weight_version");
+  EXPECT_EQ(json::parse(version)["weight_version"], "cli-v2") << version;
   kill(pid, SIGTERM);
   int st = 0;
   waitpid(pid, &st, 0);

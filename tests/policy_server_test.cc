@@ -429,6 +429,38 @@ TEST_F(PolicyServerTest, ChatConstraintOffSamplesFreely) {
   EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
 }
 
+// An engine without weight updates (the Engine default): the SGLang endpoints
+// answer in SGLang's shapes — "default" version, success:false on update —
+// and the backends that have no weight updates say UNIMPLEMENTED.
+TEST_F(PolicyServerTest, WeightEndpointsOnAnEngineWithoutUpdates) {
+  Reply info = Send(port_, http::verb::get, "/model_info");
+  EXPECT_EQ(info.status, 200);
+  EXPECT_EQ(info.Json()["weight_version"], "default") << info.body;
+  EXPECT_EQ(info.Json()["is_generation"], true);
+  json g = Post(port_, "/generate", {{"input_ids", {1, 2}}, {"sampling_params", {{"max_new_tokens", 2}}}}).Json();
+  EXPECT_EQ(g["meta_info"]["weight_version"], "default") << g.dump();
+  Reply up = Post(port_, "/update_weights_from_disk", {{"model_path", "/tmp/w.safetensors"}});
+  EXPECT_EQ(up.status, 400);
+  EXPECT_EQ(up.Json()["success"], false) << up.body;
+  EXPECT_NE(up.Json()["message"].get<std::string>().find("cannot load new weights"), std::string::npos) << up.body;
+  EXPECT_EQ(Send(port_, http::verb::get, "/update_weights_from_disk").status, 405);
+
+  BackendOptions o;
+  o.url = Url();
+  auto sglang = SglangBackend::Create(o);
+  ASSERT_TRUE(sglang.ok());
+  Status st = sglang.value()->UpdateWeightsFromDisk("/tmp/w.safetensors", "v2", std::chrono::seconds(5));
+  EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
+  EXPECT_NE(st.message().find("cannot load new weights"), std::string::npos) << st.ToString();
+  EXPECT_EQ(sglang.value()->WeightVersion().value(), "default");
+  auto completions = OpenAiCompletionsBackend::Create(o);
+  auto chat = OpenAiChatBackend::Create(o);
+  ASSERT_TRUE(completions.ok() && chat.ok());
+  EXPECT_EQ(completions.value()->UpdateWeightsFromDisk("/tmp/w", "", std::chrono::seconds(1)).code(),
+            Code::kUnimplemented);
+  EXPECT_EQ(chat.value()->WeightVersion().status().code(), Code::kUnimplemented);
+}
+
 TEST_F(PolicyServerTest, HealthMetricsModelsAndUnknownPaths) {
   Reply h = Send(port_, http::verb::get, "/health");
   EXPECT_EQ(h.status, 200);
