@@ -432,26 +432,34 @@ TEST_F(PolicyServerWeightUpdateTest, BadFilesAnswerSuccessFalseAndKeepTheOldWeig
 }
 
 TEST_F(PolicyServerWeightUpdateTest, RequestInFlightDuringAnUpdateCompletesOnItsWeights) {
-  // The reference: the long request with no update in between.
-  GenerateRequest long_req = Request(400);
-  auto reference = backend_->Generate(long_req, {});
-  ASSERT_TRUE(reference.ok()) << reference.status().ToString();
-  // The prompt's cached state would be of no use after the update anyway;
-  // vary nothing else.
-  Result<GenerateResult> running = Status(Code::kUnknown, "not run");
-  std::thread t([&] { running = backend_->Generate(long_req, {}); });
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (engine_->stats().active == 0 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  json r = Update({{"model_path", TinyWeights(2)}, {"weight_version", "v2"}});
-  EXPECT_EQ(r["success"], true) << r.dump();
-  EXPECT_EQ(r["requests_on_old_weights"], 1) << "the long request ended before the update";
-  GenerateResult fresh = Gen();
-  t.join();
-  ASSERT_TRUE(running.ok()) << running.status().ToString();
-  EXPECT_EQ(running.value().weight_version, "v1");
-  EXPECT_EQ(running.value().output_ids, reference.value().output_ids);
-  EXPECT_EQ(fresh.weight_version, "v2");
+  // The update must land while the long request runs; on a loaded machine a
+  // request may end first, so the length grows until it does not.
+  for (int max_new = 400;; max_new *= 4) {
+    json back = Update({{"model_path", TinyWeights(1)}, {"weight_version", "v1"}});
+    ASSERT_EQ(back["success"], true) << back.dump();
+    // The reference: the long request with no update in between.
+    GenerateRequest long_req = Request(max_new);
+    auto reference = backend_->Generate(long_req, {});
+    ASSERT_TRUE(reference.ok()) << reference.status().ToString();
+    Result<GenerateResult> running = Status(Code::kUnknown, "not run");
+    std::thread t([&] { running = backend_->Generate(long_req, {}); });
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (engine_->stats().active == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    json r = Update({{"model_path", TinyWeights(2)}, {"weight_version", "v2"}});
+    EXPECT_EQ(r["success"], true) << r.dump();
+    GenerateResult fresh = Gen();
+    t.join();
+    ASSERT_TRUE(running.ok()) << running.status().ToString();
+    EXPECT_EQ(fresh.weight_version, "v2");
+    if (r["requests_on_old_weights"] == 0 && max_new < 6400) continue;  // ended before the update
+    EXPECT_EQ(r["requests_on_old_weights"], 1) << "the long request ended before the update";
+    EXPECT_EQ(running.value().weight_version, "v1");
+    EXPECT_EQ(running.value().output_ids.size(), static_cast<size_t>(max_new));
+    EXPECT_EQ(running.value().output_ids, reference.value().output_ids)
+        << "the request's tokens changed with the update";
+    break;
+  }
 }
 
 TEST_F(PolicyServerWeightUpdateTest, OnlyLoopbackPeersMayUpdate) {
