@@ -325,6 +325,90 @@ TEST(V4Backends, Sglang_FinishReasons) {
   }
 }
 
+TEST(V4Backends, Sglang_WeightVersionFromMetaInfo) {
+  std::atomic<int> which{0};
+  FakeInferenceServer server([&](const SeenRequest&, int) {
+    json body = json::parse(SglangAnswer({5, 6}, {-1, -2}));
+    if (which == 0) body["meta_info"]["weight_version"] = "step-3";
+    if (which == 2) body["meta_info"]["weight_version"] = 3;
+    return Reply{200, body.dump()};
+  });
+  auto backend = Sglang(Options(server));
+  auto r = backend->Generate(IdsRequest(), Timeout(5s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->weight_version, "step-3");
+  which = 1;  // older SGLang: no weight_version
+  r = backend->Generate(IdsRequest(), Timeout(5s));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->weight_version, "");
+  which = 2;
+  r = backend->Generate(IdsRequest(), Timeout(5s));
+  EXPECT_EQ(r.status().code(), Code::kDataLoss);
+  EXPECT_NE(r.status().message().find("meta_info.weight_version"), std::string::npos) << r.status().message();
+}
+
+// SGLang's /update_weights_from_disk: {"success", "message", "num_paused_requests"},
+// 400 when success is false.
+TEST(V4Backends, Sglang_UpdateWeightsFromDiskWireAndErrors) {
+  std::atomic<int> which{0};
+  FakeInferenceServer server([&](const SeenRequest& req, int) {
+    if (req.target != "/update_weights_from_disk") return Reply{404, R"({"detail":"Not Found"})"};
+    switch (which.load()) {
+      case 0:
+        return Reply{200, json{{"success", true}, {"message", "Succeeded to update model weights."},
+                               {"num_paused_requests", 0}}.dump()};
+      case 1:
+        return Reply{400, json{{"success", false}, {"message", "Failed to get weights iterator: no such file"},
+                               {"num_paused_requests", 0}}.dump()};
+      case 2: return Reply{403, json{{"success", false}, {"message", "loopback only"}}.dump()};
+      case 3: return Reply{200, json{{"success", false}, {"message", "shapes differ"}}.dump()};
+      case 4: return Reply{422, json{{"detail", "model_path: field required"}}.dump()};
+      default: return Reply{200, "{}"};
+    }
+  });
+  auto backend = Sglang(Options(server));
+  Status ok = backend->UpdateWeightsFromDisk("/ckpt/step-3", "step-3", 5s);
+  EXPECT_TRUE(ok.ok()) << ok.ToString();
+  SeenRequest seen = server.last();
+  EXPECT_EQ(seen.target, "/update_weights_from_disk");
+  EXPECT_EQ(seen.body, json({{"model_path", "/ckpt/step-3"}, {"weight_version", "step-3"}}));
+  EXPECT_TRUE(backend->UpdateWeightsFromDisk("/ckpt/step-4", "", 5s).ok());
+  EXPECT_FALSE(server.last().body.contains("weight_version")) << "an empty version is left out";
+
+  const std::vector<std::pair<Code, std::string>> want = {
+      {Code::kFailedPrecondition, "no such file"}, {Code::kPermissionDenied, "loopback only"},
+      {Code::kFailedPrecondition, "shapes differ"}, {Code::kInvalidArgument, "field required"},
+      {Code::kDataLoss, "success"}};
+  for (int i = 0; i < static_cast<int>(want.size()); ++i) {
+    which = i + 1;
+    int before = server.requests();
+    Status st = backend->UpdateWeightsFromDisk("/ckpt/x", "x", 5s);
+    EXPECT_EQ(st.code(), want[i].first) << st.ToString();
+    EXPECT_NE(st.message().find(want[i].second), std::string::npos) << st.ToString();
+    EXPECT_EQ(server.requests(), before + 1) << "a refused update is not retried";
+  }
+  EXPECT_EQ(backend->UpdateWeightsFromDisk("", "x", 5s).code(), Code::kInvalidArgument);
+}
+
+TEST(V4Backends, Sglang_WeightVersionFromModelInfoOrItsOlderName) {
+  std::atomic<bool> has_model_info{true};
+  FakeInferenceServer server([&](const SeenRequest& req, int) {
+    if (req.target == "/model_info" && has_model_info)
+      return Reply{200, json{{"model_path", "m"}, {"weight_version", "v7"}}.dump()};
+    if (req.target == "/get_weight_version") return Reply{200, json{{"weight_version", "v6"}}.dump()};
+    return Reply{404, R"({"detail":"Not Found"})"};
+  });
+  auto backend = Sglang(Options(server));
+  auto v = backend->WeightVersion();
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(v.value(), "v7");
+  has_model_info = false;
+  v = backend->WeightVersion();
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(v.value(), "v6");
+  EXPECT_EQ(server.last().target, "/get_weight_version");
+}
+
 TEST(V4Backends, Sglang_RefusesRequestWithoutInputIds) {
   FakeInferenceServer server([](const SeenRequest&, int) { return Ok(); });
   auto backend = Sglang(Options(server));
