@@ -462,6 +462,22 @@ TEST_F(PolicyServerWeightUpdateTest, RequestInFlightDuringAnUpdateCompletesOnIts
   }
 }
 
+TEST_F(PolicyServerWeightUpdateTest, CheckpointDirectoryStandsForItsModelSafetensors) {
+  std::string dir = TempFile("ckpt-step-2");
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(TinyWeights(2), dir + "/model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  json r = Update({{"model_path", dir}, {"weight_version", "step-2"}});
+  EXPECT_EQ(r["success"], true) << r.dump();
+  EXPECT_EQ(Gen().weight_version, "step-2");
+  std::string empty = TempFile("ckpt-empty");
+  std::filesystem::create_directories(empty);
+  json bad = Update({{"model_path", empty}});
+  EXPECT_EQ(bad["success"], false) << bad.dump();
+  EXPECT_NE(bad["message"].get<std::string>().find("not a regular file"), std::string::npos) << bad.dump();
+  EXPECT_EQ(engine_->weight_version(), "step-2");
+}
+
 TEST_F(PolicyServerWeightUpdateTest, OnlyLoopbackPeersMayUpdate) {
   HttpReply reply = service_->HandleFrom(HttpPeer{"192.0.2.7", false}, "POST", "/update_weights_from_disk",
                                          json{{"model_path", TinyWeights(2)}}.dump());
