@@ -281,11 +281,25 @@ TEST_F(PolicyServerE2eTest, GenerateRejectsBadToolsNamingTheField) {
 
 // --- weight updates ---------------------------------------------------------
 
-std::string TempFile(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("paddock_policy_e2e_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
+std::filesystem::path TempDir() {
+  return std::filesystem::temp_directory_path() / ("paddock_policy_e2e_" + std::to_string(::getpid()));
 }
+
+std::string TempFile(const std::string& name) {
+  std::filesystem::create_directories(TempDir());
+  return (TempDir() / name).string();
+}
+
+// The weight files are tens of MB: gone when the tests end.
+class RemoveTempDir : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(TempDir(), ec);
+  }
+};
+[[maybe_unused]] const ::testing::Environment* const kRemoveTempDir =
+    ::testing::AddGlobalTestEnvironment(new RemoveTempDir);
 
 // The tiny config's seeded weights saved as safetensors (once per seed).
 std::string TinyWeights(uint64_t seed) {
@@ -429,6 +443,7 @@ TEST_F(PolicyServerWeightUpdateTest, BadFilesAnswerSuccessFalseAndKeepTheOldWeig
   EXPECT_EQ(after.output_ids, before.output_ids);
   EXPECT_EQ(after.weight_version, "v1");
   EXPECT_EQ(backend_->WeightVersion().value(), "v1");
+  std::filesystem::remove(wrong_shapes);
 }
 
 TEST_F(PolicyServerWeightUpdateTest, RequestInFlightDuringAnUpdateCompletesOnItsWeights) {
