@@ -179,9 +179,11 @@ Result<WeightUpdateResult> EmbeddedEngine::UpdateWeightsFromDisk(const WeightUpd
   WeightUpdateResult result;
   result.version = version;
   result.load_ms = Ms(Clock::now() - started);
+  std::shared_ptr<Model> old;  // freed (its pool joined) after the lock, when no request holds it
   {
     std::lock_guard lock(impl_->mu);
     result.still_running = impl_->stats.active;
+    old = std::move(impl_->model);
     impl_->model = next;
     impl_->description = Impl::Describe(*next);
     impl_->version = version;
