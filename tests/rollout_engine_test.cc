@@ -18,6 +18,7 @@
 #include "sandbox/container/container_substrate.h"
 #include "sandbox/function/function_substrate.h"
 #include "sandbox/manager.h"
+#include "tests/rollout_engine_fixture.h"
 #include "tests/rollout_test_util.h"
 #include "tests/support/test_rootfs.h"
 
@@ -107,78 +108,7 @@ TEST(RolloutTasks, DefaultsAndRestrictedTools) {
   EXPECT_EQ(schemas[1]["function"]["name"], "submit");
 }
 
-// ---- the engine on real sandboxes ---------------------------------------------
-class RolloutEngineTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { rootfs_ = new std::string(testing::EnsureBusyboxRootfs()); }
-
-  void SetUp() override {
-    if (!fs::exists(v4::Tokenizer::DefaultPath())) GTEST_SKIP() << "no tokenizer at " << v4::Tokenizer::DefaultPath();
-    dir_ = fs::temp_directory_path() / ("rollout-engine-" + std::to_string(getpid()) + "-" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_ + "/state");
-    SubstrateEnv env;
-    env.state_dir = dir_ + "/state";
-    env.init_path = testing::BuiltBinary("paddock-init");
-    env.warm_pool_size = 4;
-    manager_ = std::make_unique<SandboxManager>(ManagerOptions{});
-    manager_->RegisterSubstrate(MakeFunctionSubstrate(env));
-    manager_->RegisterSubstrate(MakeContainerSubstrate(env));
-    replay::LogOptions lo;
-    lo.dir = dir_ + "/log";
-    lo.reserve_bytes = 0;
-    auto log = replay::TrajectoryLog::Open(lo);
-    ASSERT_TRUE(log.ok()) << log.status().message();
-    log_ = std::move(*log);
-    engine_ = std::make_unique<rollout::RolloutEngine>(*manager_, *log_, rollout::EngineOptions{.blocking_threads = 16});
-  }
-  void TearDown() override {
-    engine_.reset();
-    if (manager_) manager_->Shutdown();
-    manager_.reset();
-    log_.reset();
-    if (!dir_.empty()) fs::remove_all(dir_);
-  }
-
-  v1::StartRolloutRequest Request(const std::string& tasks, const std::string& script, uint32_t concurrency) {
-    v1::StartRolloutRequest req;
-    req.set_tasks_jsonl(tasks);
-    req.mutable_policy()->set_kind("scripted");
-    req.mutable_policy()->set_script(script);
-    req.set_concurrency(concurrency);
-    return req;
-  }
-
-  v1::RolloutProgress WaitDone(const std::string& id, std::chrono::seconds limit = std::chrono::seconds(120)) {
-    auto until = std::chrono::steady_clock::now() + limit;
-    while (std::chrono::steady_clock::now() < until) {
-      auto p = engine_->Progress(id);
-      EXPECT_TRUE(p.ok());
-      if (p.ok() && p->state() != "running") return *p;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ADD_FAILURE() << "rollout " << id << " did not stop within " << limit.count() << " s";
-    return {};
-  }
-
-  std::vector<nlohmann::json> Export(const std::string& id) {
-    std::vector<nlohmann::json> out;
-    Status st = engine_->Export(id, false, [&](const std::string& line) {
-      out.push_back(nlohmann::json::parse(line));
-      return true;
-    });
-    EXPECT_TRUE(st.ok()) << st.message();
-    return out;
-  }
-
-  static std::string* rootfs_;
-  std::string dir_;
-  std::unique_ptr<SandboxManager> manager_;
-  std::unique_ptr<replay::TrajectoryLog> log_;
-  std::unique_ptr<rollout::RolloutEngine> engine_;
-};
-std::string* RolloutEngineTest::rootfs_ = nullptr;
+// ---- the engine on real sandboxes (tests/rollout_engine_fixture.h) -----------
 
 TEST_F(RolloutEngineTest, ConcurrentEpisodesComplete_EveryStepAndCallLogged) {
   const int kTasks = 32, kTurns = 3;

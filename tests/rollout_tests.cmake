@@ -7,6 +7,11 @@ if(TARGET paddock_rollout_engine)
   paddock_test(rollout_engine_test rollout_engine_test.cc)
   target_link_libraries(rollout_engine_test PRIVATE paddock_rollout_engine paddock_v4_tokenizer)
   add_dependencies(rollout_engine_test paddock-init)
+  # What a trainer relies on: groups streamed and acknowledged, outcome
+  # classes (infra ends masked, retried from the log), per-step timings.
+  paddock_test(rollout_trainer_test rollout_trainer_test.cc)
+  target_link_libraries(rollout_trainer_test PRIVATE paddock_rollout_engine paddock_v4_tokenizer)
+  add_dependencies(rollout_trainer_test paddock-init)
 endif()
 
 # End to end: the real paddockd (SIGKILLed and restarted) and the paddock CLI:

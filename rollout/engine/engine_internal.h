@@ -24,6 +24,8 @@
 #include "policy/backends/backend.h"
 #include "policy/v4/context/episode_context.h"
 #include "policy/v4/tokenizer/tokenizer.h"
+#include "rollout/engine/groups.h"
+#include "rollout/engine/outcome.h"
 #include "rollout/engine/rollout_engine.h"
 #include "rollout/engine/task.h"
 
@@ -67,9 +69,21 @@ struct Episode {
   uint32_t reapplied = 0, reapply_diffs = 0, in_doubt_reruns = 0;
   uint32_t relocations = 0;       // times its sandbox was lost and the episode restarted from the log
   std::string relocation_note;    // why, for the episode record
+  uint32_t infra_retries = 0;     // times it ended infra and was run again (retry_infra)
+  std::string retry_note;         // why, per retry
+  int64_t queue_us = -1;          // rollout start (or resume) → the episode's first start; -1 until then
   bool waiting_for_sandbox = false;
   int create_backoff_ms = 0;
   Clock::time_point policy_wait_start;
+  int64_t step_policy_wait_us = 0;   // the current turn's wait for a policy slot
+  // The policy version its request in flight was asked under, and whether a
+  // policy update aborted it (it is then asked again, not interrupted).
+  std::string asked_version;
+  uint64_t asked_epoch = 0;
+  bool aborted_for_update = false;
+  // Policy epochs its turns ran under (live or replayed), for policy_lag.
+  std::optional<uint64_t> min_epoch, max_epoch;
+  std::string last_version;
   // The request being retried.
   policy::GenerateRequest pending_request;
   std::string pending_fingerprint;
@@ -103,7 +117,12 @@ struct Rollout {
   size_t concurrency = 64;
   size_t policy_in_flight = 0, max_in_flight = 64;
   std::deque<std::function<void()>> policy_waiters;
-  std::set<Episode*> in_policy;       // episodes with a request in flight (for cancel)
+  std::set<Episode*> in_policy;       // episodes with a request in flight (aborted by a policy update)
+  // The policy version new generations run under; paused while an update
+  // drains the generations in flight and the server loads new weights.
+  std::string policy_version = "v0";
+  uint64_t policy_epoch = 0;
+  bool policy_paused = false;
   std::string state = "running";      // running|finished|cancelled|interrupted
   bool stopping = false;              // cancel or drain: no new steps
   bool cancelled = false;
@@ -111,6 +130,8 @@ struct Rollout {
   uint32_t done = 0, failed = 0, cancelled_count = 0;
   double reward_sum = 0;
   std::vector<double> sandbox_start_ms;
+  GroupTracker groups;                // which groups (tasks) have all their samples ended
+  uint32_t infra = 0, infra_retries = 0;
   uint64_t generation = 0;            // bumped on every change, for watchers
 
   std::atomic<uint64_t> tool_calls{0}, policy_calls{0}, generated_tokens{0};

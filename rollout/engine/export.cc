@@ -22,6 +22,8 @@ Result<std::string> ExportEpisodeLine(replay::TrajectoryLog& log, const v4::Toke
   line["episode_id"] = s.episode_id();
   line["task_id"] = s.task_id().empty() && task ? task->id : s.task_id();
   line["sample"] = s.sample();
+  line["group_id"] = s.group_id().empty() ? line["rollout_id"].get<std::string>() + "/" + line["task_id"].get<std::string>()
+                                          : s.group_id();
   line["state"] = s.state().empty() ? "finished" : s.state();
 
   json messages = json::array();
@@ -31,7 +33,18 @@ Result<std::string> ExportEpisodeLine(replay::TrajectoryLog& log, const v4::Toke
     messages.push_back({{"role", "user"}, {"content", task->instruction}});
   }
   json ids = json::array(), mask = json::array(), logprobs = json::array();
+  json step_rows = json::array();
   for (const auto& st : *steps) {
+    const auto& tm = st.timings();
+    step_rows.push_back({{"step", st.step()},
+                         {"started_unix_ms", tm.started_unix_ms()},
+                         {"policy_version", st.policy_response().policy_version()},
+                         {"policy_epoch", st.policy_response().policy_epoch()},
+                         {"timings_us",
+                          {{"policy_queue", tm.policy_wait_us()},
+                           {"policy", tm.policy_us()},
+                           {"tools", tm.tools_us()},
+                           {"total", tm.total_us()}}}});
     for (uint32_t id : st.policy_request().prompt_token_ids()) {
       ids.push_back(id);
       mask.push_back(0);
@@ -84,13 +97,15 @@ Result<std::string> ExportEpisodeLine(replay::TrajectoryLog& log, const v4::Toke
   line["token_ids"] = ids;
   line["loss_mask"] = mask;
   line["logprobs"] = logprobs;
+  line["steps"] = step_rows;
   line["reward"] = s.reward();
   line["stop_reason"] = s.stop_reason();
   line["turns"] = s.turns();
   line["tool_calls"] = s.tool_calls();
   line["generated_tokens"] = s.generated_tokens();
   const auto& t = s.timings();
-  line["timings_us"] = {{"sandbox_start", t.sandbox_start_us()}, {"setup", t.setup_us()},
+  line["timings_us"] = {{"queue", t.queue_us()},
+                        {"sandbox_start", t.sandbox_start_us()}, {"setup", t.setup_us()},
                         {"policy", t.policy_us()},               {"policy_wait", t.policy_wait_us()},
                         {"tools", t.tools_us()},                 {"verifier", t.verifier_us()},
                         {"total", t.total_us()}};
@@ -100,6 +115,15 @@ Result<std::string> ExportEpisodeLine(replay::TrajectoryLog& log, const v4::Toke
   line["rebuilt"] = s.rebuilt();
   line["rebuild_note"] = s.rebuild_note();
   line["failure_reason"] = s.failure_reason();
+  // Episodes logged before outcome classes existed (and unfinished ones) count as the agent's.
+  bool infra = s.outcome_class() == "infra";
+  line["outcome"] = {{"class", infra ? "infra" : "agent"},
+                     {"reason", s.outcome_reason().empty() ? s.stop_reason() : s.outcome_reason()}};
+  line["train"] = !infra && (s.state().empty() || s.state() == "finished" || s.state() == "failed");
+  line["infra_retries"] = s.infra_retries();
+  line["policy_lag"] = s.policy_lag();
+  line["stale"] = s.stale();
+  line["retry_note"] = s.retry_note();
   line["verifier_output"] = s.verifier_output();
   std::string kind = req.policy().kind().empty() ? "sglang" : req.policy().kind();
   line["policy"] = {{"kind", kind}, {"url", req.policy().url()}, {"model", req.policy().model()}};

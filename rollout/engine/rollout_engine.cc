@@ -20,6 +20,7 @@
 #include "rollout/engine/engine_internal.h"
 #include "rollout/engine/scripted_policy.h"
 #include "rollout/engine/tools.h"
+#include "rollout/engine/verifier_verdict.h"
 
 namespace paddock::rollout {
 
@@ -94,6 +95,13 @@ v1::PolicySpec ResumePolicy(const v1::PolicySpec& stored, const v1::PolicySpec& 
   if (in.has_constrain_tools()) p.set_constrain_tools(in.constrain_tools());
   if (!in.tool_choice().empty()) p.set_tool_choice(in.tool_choice());
   return p;
+}
+
+// Why a sandbox could not be had: the image's pull on first use failed
+// (storage/registry/on_demand_pull says so in its message), or anything else.
+InfraReason CreateFailureReason(const Status& st) {
+  return st.message().find("pulling it failed") != std::string::npos ? InfraReason::kImagePull
+                                                                     : InfraReason::kSandboxCreate;
 }
 
 bool Transient(Code c) {
@@ -171,8 +179,11 @@ class RolloutEngine::Impl {
     rec.set_model(req.policy().kind() + " " + req.policy().url());
     (*rec.mutable_labels())["paddock.kind"] = "rollout";
     (*rec.mutable_labels())["paddock.state"] = "running";
-    PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(rec).Prefix("storing the rollout's definition"));
     std::shared_ptr<Rollout> r = std::move(*ro);
+    r->policy_version = InitialPolicyVersion(req, *r->backend);
+    (*rec.mutable_labels())["paddock.policy_version"] = r->policy_version;
+    (*rec.mutable_labels())["paddock.policy_epoch"] = "0";
+    PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(rec).Prefix("storing the rollout's definition"));
     r->local_client = local_client;
     v1::StartRolloutResponse resp;
     resp.set_rollout_id(r->id);
@@ -209,6 +220,13 @@ class RolloutEngine::Impl {
     std::shared_ptr<Rollout> r = std::move(*ro);
     r->local_client = local_client;
     r->resumed_at = Clock::now();
+    {
+      const auto& labels = (*rec)->labels();
+      auto v = labels.find("paddock.policy_version");
+      auto e = labels.find("paddock.policy_epoch");
+      r->policy_version = v != labels.end() ? v->second : InitialPolicyVersion(req, *r->backend);
+      if (e != labels.end()) r->policy_epoch = std::strtoull(e->second.c_str(), nullptr, 10);
+    }
     r->resume_pending_live = true;
     // Which episodes finished already?
     auto eps = log_.ListEpisodes({.prefix = r->id + "/"});
@@ -416,6 +434,176 @@ class RolloutEngine::Impl {
     return Status::Ok();
   }
 
+  Status StreamGroups(const v1::StreamGroupsRequest& req, const std::function<bool(const v1::EpisodeGroup&)>& send,
+                      const std::function<bool()>& stop) {
+    const std::string& rid = req.rollout_id();
+    std::set<std::string> acked;
+    if (!req.consumer().empty()) {
+      PADDOCK_RETURN_IF_ERROR(ValidConsumer(req.consumer()));
+      PADDOCK_ASSIGN_OR_RETURN(acked, LoadAcks(log_, rid, req.consumer()));
+    }
+    auto tok = Tokenizer();
+    const v4::Tokenizer* tokenizer = tok.ok() ? tok->get() : nullptr;
+    uint64_t sequence = 0;
+    // Fills in the samples' export lines and the stream's sequence, then sends.
+    auto deliver = [&](v1::EpisodeGroup& g, const v1::StartRolloutRequest& def, const Task* task) -> Result<bool> {
+      g.set_sequence(++sequence);
+      if (!req.summaries_only())
+        for (const auto& s : g.episodes()) {
+          PADDOCK_ASSIGN_OR_RETURN(auto line, ExportEpisodeLine(log_, tokenizer, def, task, s));
+          if (!line.empty() && line.back() == '\n') line.pop_back();
+          g.add_samples_jsonl(std::move(line));
+        }
+      return send(g);
+    };
+
+    auto r = Find(rid);
+    if (!r) {
+      // Not running here: the groups the log holds complete.
+      PADDOCK_ASSIGN_OR_RETURN(auto def, LoadDefinition(rid));
+      PADDOCK_ASSIGN_OR_RETURN(auto groups, CompleteGroupsFromLog(rid, def.first, def.second));
+      for (auto& [g, task] : groups) {
+        if (acked.count(g.group_id())) continue;
+        PADDOCK_ASSIGN_OR_RETURN(bool more, deliver(g, def.first, task));
+        if (!more) return Status::Ok();
+      }
+      return Status::Ok();
+    }
+    size_t next = 0;
+    const uint32_t samples = r->req.samples_per_task() ? r->req.samples_per_task() : 1;
+    while (true) {
+      std::vector<std::pair<v1::EpisodeGroup, const Task*>> ready;
+      bool running;
+      {
+        std::unique_lock lock(r->mu);
+        if (req.follow() && next == r->groups.done())
+          r->cv.wait_for(lock, std::chrono::milliseconds(200),
+                         [&] { return r->groups.done() > next || r->state != "running"; });
+        for (; next < r->groups.done(); ++next) {
+          auto [ti, when] = r->groups.completed()[next];
+          const Task& task = r->tasks[ti];
+          if (acked.count(GroupId(r->id, task.id))) continue;
+          std::vector<v1::EpisodeSummary> members;
+          for (size_t i = ti * samples; i < (ti + 1) * samples && i < r->episodes.size(); ++i)
+            members.push_back(r->episodes[i]->summary);
+          ready.emplace_back(MakeGroup(r->id, task.id, std::move(members), when), &task);
+        }
+        running = r->state == "running";
+      }
+      for (auto& [g, task] : ready) {
+        PADDOCK_ASSIGN_OR_RETURN(bool more, deliver(g, r->req, task));
+        if (!more) return Status::Ok();
+      }
+      if (!req.follow() || !running || stop()) return Status::Ok();
+    }
+  }
+
+  Result<v1::UpdatePolicyResponse> UpdatePolicy(const v1::UpdatePolicyRequest& req) {
+    auto r = Find(req.rollout_id());
+    if (!r)
+      return Error(Code::kNotFound, "rollout '{}' is not running in this daemon; resume it first", req.rollout_id());
+    auto t0 = Clock::now();
+    v1::UpdatePolicyResponse resp;
+    resp.set_rollout_id(r->id);
+    std::vector<std::shared_ptr<policy::CancelToken>> abort;
+    const bool abort_in_flight = req.has_abort_in_flight() ? req.abort_in_flight() : r->req.abort_on_update();
+    {
+      std::lock_guard lock(r->mu);
+      if (r->state != "running")
+        return Error(Code::kFailedPrecondition, "rollout '{}' is {}, not running", r->id, r->state);
+      if (r->policy_paused)
+        return Error(Code::kFailedPrecondition, "rollout '{}': another policy update is in progress", r->id);
+      r->policy_paused = true;
+      r->generation++;
+      resp.set_previous_version(r->policy_version);
+      if (abort_in_flight)
+        for (Episode* ep : r->in_policy) {
+          ep->aborted_for_update = true;
+          if (ep->cancel) abort.push_back(ep->cancel);
+        }
+    }
+    resp.set_aborted(static_cast<uint32_t>(abort.size()));
+    for (auto& t : abort) t->Cancel();
+    // Generations in flight finish (or return aborted) under the old weights.
+    auto unpause = [&] {
+      {
+        std::lock_guard lock(r->mu);
+        r->policy_paused = false;
+        r->generation++;
+      }
+      ResumePolicyWaiters(r);
+    };
+    {
+      std::unique_lock lock(r->mu);
+      auto req_timeout = std::chrono::milliseconds(
+          r->req.policy().request_timeout_ms() ? r->req.policy().request_timeout_ms() : 120000);
+      if (!r->cv.wait_for(lock, req_timeout + std::chrono::seconds(5), [&] { return r->policy_in_flight == 0; })) {
+        lock.unlock();
+        unpause();
+        return Error(Code::kDeadlineExceeded, "rollout '{}': generations in flight did not end within {} ms; "
+                     "the policy was not updated", r->id, req_timeout.count());
+      }
+    }
+    auto t1 = Clock::now();
+    resp.set_drain_ms(std::chrono::duration_cast<std::chrono::milliseconds>(t1 - t0).count());
+    std::string version = req.version();
+    uint64_t epoch;
+    {
+      std::lock_guard lock(r->mu);
+      epoch = r->policy_epoch + 1;
+    }
+    if (version.empty()) version = fmt::format("v{}", epoch);
+    if (!req.weights_path().empty()) {
+      auto timeout = std::chrono::milliseconds(req.timeout_ms() ? req.timeout_ms() : 600000);
+      Status st = r->backend->UpdateWeightsFromDisk(req.weights_path(), version, timeout);
+      if (!st.ok()) {
+        unpause();
+        return st.Prefix(fmt::format("rollout '{}': the policy server did not load {} (still {})", r->id,
+                                     req.weights_path(), resp.previous_version()));
+      }
+    }
+    resp.set_load_ms(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t1).count());
+    {
+      std::lock_guard lock(r->mu);
+      r->policy_version = version;
+      r->policy_epoch = epoch;
+    }
+    RecordPolicyVersion(*r, version, epoch);
+    unpause();
+    resp.set_version(version);
+    resp.set_epoch(epoch);
+    resp.set_paused_ms(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count());
+    spdlog::info("rollout {}: policy {} -> {} (epoch {}) in {} ms ({} aborted, drain {} ms, load {} ms)", r->id,
+                 resp.previous_version(), version, epoch, resp.paused_ms(), resp.aborted(), resp.drain_ms(),
+                 resp.load_ms());
+    return resp;
+  }
+
+  Result<v1::AckGroupsResponse> AckGroups(const v1::AckGroupsRequest& req) {
+    PADDOCK_RETURN_IF_ERROR(ValidConsumer(req.consumer()));
+    if (req.group_ids_size() > 100000)
+      return Error(Code::kInvalidArgument, "{} group ids in one call; acknowledge at most 100000 at a time",
+                   req.group_ids_size());
+    std::set<std::string> known;
+    if (auto r = Find(req.rollout_id())) {
+      for (const auto& t : r->tasks) known.insert(GroupId(r->id, t.id));
+    } else {
+      PADDOCK_ASSIGN_OR_RETURN(auto def, LoadDefinition(req.rollout_id()));
+      for (const auto& t : def.second) known.insert(GroupId(req.rollout_id(), t.id));
+    }
+    std::vector<std::string> ids(req.group_ids().begin(), req.group_ids().end());
+    for (const auto& id : ids)
+      if (!known.count(id))
+        return Error(Code::kInvalidArgument, "group '{}' is not a group of rollout '{}' (group ids are ROLLOUT/TASK)",
+                     id.substr(0, 200), req.rollout_id());
+    std::lock_guard lock(acks_mu_);
+    PADDOCK_ASSIGN_OR_RETURN(auto counts, StoreAcks(log_, req.rollout_id(), req.consumer(), ids));
+    v1::AckGroupsResponse resp;
+    resp.set_acknowledged(counts.first);
+    resp.set_total(counts.second);
+    return resp;
+  }
+
   void Drain(std::chrono::milliseconds grace) {
     draining_ = true;
     std::vector<std::shared_ptr<Rollout>> all;
@@ -457,6 +645,74 @@ class RolloutEngine::Impl {
   }
 
  private:
+  // The rollout's policy version, kept in its record so that a resume goes on
+  // with it (labels paddock.policy_version, paddock.policy_epoch).
+  void RecordPolicyVersion(const Rollout& r, const std::string& version, uint64_t epoch) {
+    auto rec = log_.GetEpisode(kRolloutPrefix + r.id);
+    if (!rec.ok() || !rec->has_value()) return;
+    v1::EpisodeRecordProto u = **rec;
+    (*u.mutable_labels())["paddock.policy_version"] = version;
+    (*u.mutable_labels())["paddock.policy_epoch"] = std::to_string(epoch);
+    u.set_updated_unix_ms(0);
+    if (Status st = log_.PutEpisode(u); !st.ok())
+      spdlog::warn("rollout {}: cannot record its policy version {}: {}", r.id, version, st.message());
+  }
+
+  // The version a rollout starts under: the request's, else the server's
+  // reported weight version, else "v0".
+  std::string InitialPolicyVersion(const v1::StartRolloutRequest& req, policy::PolicyBackend& backend) {
+    if (!req.policy_version().empty()) return req.policy_version();
+    auto v = backend.WeightVersion();
+    return v.ok() && !v->empty() ? *v : "v0";
+  }
+
+  // The stored request of a rollout and its parsed tasks.
+  Result<std::pair<v1::StartRolloutRequest, std::vector<Task>>> LoadDefinition(const std::string& rid) {
+    PADDOCK_ASSIGN_OR_RETURN(auto rec, log_.GetEpisode(kRolloutPrefix + rid));
+    if (!rec) return Error(Code::kNotFound, "rollout '{}' is not in the trajectory log", rid);
+    v1::RolloutDefinitionProto def;
+    if (!google::protobuf::util::JsonStringToMessage(rec->task(), &def).ok())
+      return Error(Code::kDataLoss, "the stored definition of rollout '{}' does not parse", rid);
+    PADDOCK_ASSIGN_OR_RETURN(auto tasks, ParseTasksJsonl(def.request().tasks_jsonl()));
+    return std::make_pair(def.request(), std::move(tasks));
+  }
+
+  // The groups of a rollout whose samples have all ended, by the log, in the
+  // order they completed (their last sample's final record). The Task
+  // pointers point into `tasks`.
+  Result<std::vector<std::pair<v1::EpisodeGroup, const Task*>>> CompleteGroupsFromLog(
+      const std::string& rid, const v1::StartRolloutRequest& req, const std::vector<Task>& tasks) {
+    const uint32_t samples = req.samples_per_task() ? req.samples_per_task() : 1;
+    PADDOCK_ASSIGN_OR_RETURN(auto eps, log_.ListEpisodes({.prefix = rid + "/"}));
+    struct Members {
+      std::vector<v1::EpisodeSummary> ended;
+      int64_t last_ms = 0;
+    };
+    std::map<std::string, Members> by_task;
+    for (auto& e : eps) {
+      if (e.state() != v1::EpisodeRecordProto::FINISHED && e.state() != v1::EpisodeRecordProto::FAILED) continue;
+      auto t = e.labels().find("paddock.task");
+      if (t == e.labels().end()) continue;
+      v1::EpisodeSummary s;
+      if (auto it = e.labels().find("paddock.summary"); it != e.labels().end()) ParseSummaryJson(it->second, &s);
+      s.set_episode_id(e.episode_id());
+      if (s.outcome_class().empty()) SetAgentOutcome(s);  // logged before outcome classes
+      Members& m = by_task[t->second];
+      m.ended.push_back(std::move(s));
+      m.last_ms = std::max(m.last_ms, e.updated_unix_ms());
+    }
+    std::vector<std::pair<v1::EpisodeGroup, const Task*>> out;
+    for (const Task& task : tasks) {
+      auto it = by_task.find(task.id);
+      if (it == by_task.end() || it->second.ended.size() < samples) continue;
+      out.emplace_back(MakeGroup(rid, task.id, std::move(it->second.ended), it->second.last_ms), &task);
+    }
+    std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+      return a.first.completed_unix_ms() < b.first.completed_unix_ms();
+    });
+    return out;
+  }
+
   // ---- building a rollout ----------------------------------------------
   Result<std::shared_ptr<const v4::Tokenizer>> Tokenizer() {
     std::lock_guard lock(tok_mu_);
@@ -551,8 +807,10 @@ class RolloutEngine::Impl {
         ep->summary.set_task_id(r->tasks[ti].id);
         ep->summary.set_sample(s);
         ep->summary.set_state("pending");
+        ep->summary.set_group_id(GroupId(r->id, r->tasks[ti].id));
         r->episodes.push_back(std::move(ep));
       }
+    r->groups.Reset(r->tasks.size(), samples);
     return r;
   }
 
@@ -567,8 +825,12 @@ class RolloutEngine::Impl {
         if (done.count(ep->index)) {
           ep->summary.set_state(ep->summary.state().empty() ? "finished" : ep->summary.state());
           if (ep->summary.state() == "failed") r->failed++; else r->done++;
+          // Episodes logged before outcome classes existed count as the agent's.
+          if (ep->summary.outcome_class().empty()) SetAgentOutcome(ep->summary);
+          if (!ep->summary.train()) r->infra++;
           r->reward_sum += ep->summary.reward();
           r->finished.push_back(ep->summary);
+          r->groups.Ended(ep->task_index, NowUnixMs());
         } else {
           r->pending.push_back(ep->index);
         }
@@ -597,6 +859,7 @@ class RolloutEngine::Impl {
         r->pending.pop_front();
         r->active++;
         ep->summary.set_state("running");
+        if (ep->queue_us < 0) ep->queue_us = Us(Clock::now() - r->started);
         start.push_back(ep);
       }
     }
@@ -649,6 +912,13 @@ class RolloutEngine::Impl {
     p.set_concurrency(static_cast<uint32_t>(r.concurrency));
     p.set_policy_in_flight(static_cast<uint32_t>(r.policy_in_flight));
     p.set_waiting_for_sandbox(static_cast<uint32_t>(r.waiting_for_sandbox));
+    p.set_groups_total(static_cast<uint32_t>(r.groups.total()));
+    p.set_groups_done(static_cast<uint32_t>(r.groups.done()));
+    p.set_infra(r.infra);
+    p.set_infra_retries(r.infra_retries);
+    p.set_policy_version(r.policy_version);
+    p.set_policy_epoch(r.policy_epoch);
+    p.set_policy_paused(r.policy_paused);
     if (r.state == "running" && r.active > 0 && r.waiting_for_sandbox == r.active) p.set_state("waiting_for_nodes");
     return p;
   }
@@ -674,21 +944,28 @@ class RolloutEngine::Impl {
     auto eps = log_.ListEpisodes({.prefix = rid + "/"});
     if (!eps.ok()) return eps.status();
     double reward = 0;
+    std::map<std::string, uint32_t> ended_per_task;
     for (auto& e : *eps) {
       v1::EpisodeSummary s;
       auto it = e.labels().find("paddock.summary");
       if (it != e.labels().end()) ParseSummaryJson(it->second, &s);
+      bool ended = e.state() == v1::EpisodeRecordProto::FINISHED || e.state() == v1::EpisodeRecordProto::FAILED;
       if (e.state() == v1::EpisodeRecordProto::FINISHED) {
         p.set_done(p.done() + 1);
         reward += s.reward();
       } else if (e.state() == v1::EpisodeRecordProto::FAILED) {
         p.set_failed(p.failed() + 1);
       }
+      if (ended && s.outcome_class() == "infra") p.set_infra(p.infra() + 1);
+      p.set_infra_retries(p.infra_retries() + (s.infra_retries() ? 1 : 0));
+      if (auto t = e.labels().find("paddock.task"); ended && t != e.labels().end()) ended_per_task[t->second]++;
       p.set_tool_calls(p.tool_calls() + s.tool_calls());
       p.set_policy_calls(p.policy_calls() + s.turns());
       p.set_generated_tokens(p.generated_tokens() + s.generated_tokens());
     }
     p.set_pending(p.episodes_total() - std::min(p.episodes_total(), p.done() + p.failed()));
+    p.set_groups_total(tasks.ok() ? static_cast<uint32_t>(tasks->size()) : 0);
+    for (auto& [task, n] : ended_per_task) p.set_groups_done(p.groups_done() + (n >= samples ? 1 : 0));
     p.set_mean_reward(p.done() + p.failed() ? reward / (p.done() + p.failed()) : 0);
     return p;
   }
@@ -728,7 +1005,7 @@ class RolloutEngine::Impl {
 
     // Steps logged before (a resumed episode).
     auto steps = log_.ReadSteps(ep->id);
-    if (!steps.ok()) return Fail(r, ep, "error", steps.status().message());
+    if (!steps.ok()) return Fail(r, ep, "error", steps.status().message(), InfraReason::kLog);
     for (auto& s : *steps) ep->logged_steps.insert(s.step());
 
     v1::EpisodeRecordProto rec;
@@ -755,9 +1032,9 @@ class RolloutEngine::Impl {
     if (!info.ok() && info.status().code() == Code::kUnavailable && Clock::now() < ep->deadline)
       return WaitForSandbox(r, ep, info.status());
     SetWaiting(r, ep, false);
-    if (!info.ok()) return Fail(r, ep, "error", "creating the sandbox: " + info.status().message());
+    if (!info.ok()) return Fail(r, ep, "error", "creating the sandbox: " + info.status().message(), CreateFailureReason(info.status()));
     auto sb = manager_.Get(info->id);
-    if (!sb.ok()) return Fail(r, ep, "error", "creating the sandbox: " + sb.status().message());
+    if (!sb.ok()) return Fail(r, ep, "error", "creating the sandbox: " + sb.status().message(), InfraReason::kSandboxCreate);
     ep->sandbox = *sb;
     ep->summary.set_sandbox_id(info->id);
     double start_ms = Us(Clock::now() - t0) / 1000.0;
@@ -770,7 +1047,7 @@ class RolloutEngine::Impl {
     // A front's placement decision, kept with the episode (rollout/fleet).
     if (std::string where = ep->sandbox->placement(); !where.empty()) (*rec.mutable_labels())["paddock.node"] = where;
     if (!ep->logged_steps.empty()) rec.set_rebuild_note("resumed: a new sandbox was built for the episode");
-    if (Status st = log_.PutEpisode(rec); !st.ok()) return Fail(r, ep, "error", st.message());
+    if (Status st = log_.PutEpisode(rec); !st.ok()) return Fail(r, ep, "error", st.message(), InfraReason::kLog);
 
     // Setup commands: part of building the sandbox, run on every build (not keyed).
     auto t1 = Clock::now();
@@ -783,18 +1060,18 @@ class RolloutEngine::Impl {
       req.output_cap = task.output_cap_bytes;
       auto res = ep->sandbox->Exec(req, nullptr);
       if (!res.ok() && !ep->sandbox->Alive()) return Relocate(r, ep, res.status().message());
-      if (!res.ok()) return Fail(r, ep, "error", fmt::format("setup[{}]: {}", i, res.status().message()));
+      if (!res.ok()) return Fail(r, ep, "error", fmt::format("setup[{}]: {}", i, res.status().message()), InfraReason::kSetupFailed);
       if (res->exit_code != 0 || res->signal || res->timed_out)
         return Fail(r, ep, "error",
                     fmt::format("setup[{}] `{}` failed (exit {}{}): {}", i, task.setup[i], res->exit_code,
-                                res->timed_out ? ", timed out" : "", res->stderr_data.substr(0, 400)));
+                                res->timed_out ? ", timed out" : "", res->stderr_data.substr(0, 400)), InfraReason::kSetupFailed);
     }
     ep->summary.mutable_timings()->set_setup_us(Us(Clock::now() - t1));
 
     auto tok = Tokenizer();
-    if (!tok.ok()) return Fail(r, ep, "error", tok.status().message());
+    if (!tok.ok()) return Fail(r, ep, "error", tok.status().message(), InfraReason::kEngine);
     auto ctx = v4::EpisodeContext::Start(*tok, r->prompts[ep->task_index].start_request);
-    if (!ctx.ok()) return Fail(r, ep, "error", "rendering the prompt: " + ctx.status().message());
+    if (!ctx.ok()) return Fail(r, ep, "error", "rendering the prompt: " + ctx.status().message(), InfraReason::kEngine);
     ep->ctx.emplace(std::move(*ctx));
     ep->ctx->Reserve(std::min<size_t>(task.max_tokens, 1 << 16));
     ep->step = 0;
@@ -814,7 +1091,7 @@ class RolloutEngine::Impl {
       return true;
     }
     if (Clock::now() >= ep->deadline) {
-      Fail(r, ep, "deadline", fmt::format("the episode deadline ({} s) passed", r->req.episode_deadline_s() ? r->req.episode_deadline_s() : 3600));
+      Fail(r, ep, "deadline", fmt::format("the episode deadline ({} s) passed", r->req.episode_deadline_s() ? r->req.episode_deadline_s() : 3600), InfraReason::kDeadline);
       return true;
     }
     return false;
@@ -849,18 +1126,18 @@ class RolloutEngine::Impl {
     replay::CallKey key{ep->id, ep->step, 0};
     std::string fp = PolicyFingerprint(req);
     auto logged = log_.GetCall(key);
-    if (!logged.ok()) return Fail(r, ep, "error", logged.status().message());
+    if (!logged.ok()) return Fail(r, ep, "error", logged.status().message(), InfraReason::kLog);
     if (logged->has_value()) {
       const auto& call = **logged;
       if (call.request_fingerprint != fp)
         return Fail(r, ep, "error",
                     fmt::format("policy call {} was logged for another prompt ({}); the resumed context "
                                 "differs from the logged one, so the episode cannot be continued",
-                                key.ToString(), call.request_summary));
+                                key.ToString(), call.request_summary), InfraReason::kReplayMismatch);
       if (call.has_result) {
         v1::PolicyResponseProto resp;
         if (!resp.ParseFromString(call.result))
-          return Fail(r, ep, "error", fmt::format("the logged result of {} does not parse", key.ToString()));
+          return Fail(r, ep, "error", fmt::format("the logged result of {} does not parse", key.ToString()), InfraReason::kLog);
         ep->summary.set_replayed_policy_calls(ep->summary.replayed_policy_calls() + 1);
         r->replayed_policy++;
         replayed_policy_++;
@@ -882,17 +1159,18 @@ class RolloutEngine::Impl {
     if (Status st = log_.PutIntent(key, fp, fmt::format("policy\nturn={}\nprompt_tokens={}", ep->step, req.input_ids.size()),
                                    true, {}, replay::Durability::kDeferred);
         !st.ok())
-      return Fail(r, ep, "error", st.message());
+      return Fail(r, ep, "error", st.message(), InfraReason::kLog);
     ep->pending_request = std::move(req);
     ep->pending_fingerprint = fp;
     ep->policy_wait_start = Clock::now();
+    ep->step_policy_wait_us = 0;
     AcquirePolicy(r, ep);
   }
 
   void AcquirePolicy(const std::shared_ptr<Rollout>& r, Episode* ep) {
     {
       std::lock_guard lock(r->mu);
-      if (r->policy_in_flight >= r->max_in_flight) {
+      if (r->policy_paused || r->policy_in_flight >= r->max_in_flight) {
         r->policy_waiters.push_back([this, r, ep] { SendPolicy(r, ep); });
         return;
       }
@@ -901,11 +1179,13 @@ class RolloutEngine::Impl {
     SendPolicy(r, ep);
   }
 
+  // A slot freed: handed to the next waiter unless a policy update pauses
+  // generations (the update then waits for the slots to drain).
   void ReleasePolicy(const std::shared_ptr<Rollout>& r) {
     std::function<void()> next;
     {
       std::lock_guard lock(r->mu);
-      if (!r->policy_waiters.empty()) {
+      if (!r->policy_paused && !r->policy_waiters.empty()) {
         next = std::move(r->policy_waiters.front());
         r->policy_waiters.pop_front();
       } else {
@@ -913,19 +1193,45 @@ class RolloutEngine::Impl {
       }
     }
     if (next) asio::post(pool_, std::move(next));
+    else r->cv.notify_all();
+  }
+
+  // After a policy update: waiters take the free slots.
+  void ResumePolicyWaiters(const std::shared_ptr<Rollout>& r) {
+    std::vector<std::function<void()>> run;
+    {
+      std::lock_guard lock(r->mu);
+      while (!r->policy_paused && r->policy_in_flight < r->max_in_flight && !r->policy_waiters.empty()) {
+        r->policy_in_flight++;
+        run.push_back(std::move(r->policy_waiters.front()));
+        r->policy_waiters.pop_front();
+      }
+    }
+    for (auto& f : run) asio::post(pool_, std::move(f));
   }
 
   void SendPolicy(std::shared_ptr<Rollout> r, Episode* ep) {
     auto waited = Clock::now() - ep->policy_wait_start;
     ep->summary.mutable_timings()->set_policy_wait_us(ep->summary.timings().policy_wait_us() + Us(waited));
+    ep->step_policy_wait_us += Us(waited);
     auto now = Clock::now();
     policy::CallOptions opts;
     auto req_timeout = std::chrono::milliseconds(r->req.policy().request_timeout_ms() ? r->req.policy().request_timeout_ms() : 120000);
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(ep->deadline - now);
     opts.timeout = std::max(std::chrono::milliseconds(1), std::min(req_timeout, left));
     opts.cancel = ep->cancel;
+    {
+      std::lock_guard lock(r->mu);
+      ep->asked_version = r->policy_version;
+      ep->asked_epoch = r->policy_epoch;
+      r->in_policy.insert(ep);
+    }
     auto t0 = Clock::now();
     r->backend->GenerateAsync(ep->pending_request, opts, [this, r, ep, t0](Result<policy::GenerateResult> res) {
+      {
+        std::lock_guard lock(r->mu);
+        r->in_policy.erase(ep);
+      }
       ReleasePolicy(r);
       auto took = Us(Clock::now() - t0);
       asio::post(pool_, [this, r, ep, took, res = std::move(res)]() mutable { OnPolicyDone(r, ep, std::move(res), took); });
@@ -936,6 +1242,21 @@ class RolloutEngine::Impl {
     ep->summary.mutable_timings()->set_policy_us(ep->summary.timings().policy_us() + took_us);
     if (!res.ok()) {
       Code c = res.status().code();
+      if (ep->aborted_for_update) {
+        // Aborted by a policy update: asked again under the new version (the
+        // intent is logged; a policy call may be re-sent).
+        ep->aborted_for_update = false;
+        bool stop;
+        {
+          std::lock_guard lock(r->mu);
+          stop = r->stopping || ep->summary.state() == "cancelling";
+        }
+        if (!stop) {
+          ep->cancel = std::make_shared<policy::CancelToken>();
+          ep->policy_wait_start = Clock::now();
+          return AcquirePolicy(r, ep);
+        }
+      }
       if (c == Code::kCancelled || ep->cancel->cancelled()) {
         bool cancelled;
         {
@@ -965,21 +1286,23 @@ class RolloutEngine::Impl {
           return;
         }
       }
-      return Fail(r, ep, "policy_error", res.status().ToString());
+      return Fail(r, ep, "policy_error", res.status().ToString(), Transient(c) ? InfraReason::kPolicyUnavailable : InfraReason::kPolicyError);
     }
     ep->unavailable_since.reset();
     ep->backoff_ms = 0;
     policy::GenerateResult& g = *res;
     if (!g.token_exact || (g.output_ids.empty() && !g.text.empty()))
-      return Fail(r, ep, "policy_error", "the policy server did not return the sampled token ids");
+      return Fail(r, ep, "policy_error", "the policy server did not return the sampled token ids", InfraReason::kPolicyError);
     v1::PolicyResponseProto resp;
     for (int32_t id : g.output_ids) resp.add_token_ids(static_cast<uint32_t>(id));
     for (float lp : g.logprobs) resp.add_logprobs(lp);
     resp.set_text(g.text);
     resp.set_finish_reason(policy::FinishReasonName(g.finish_reason));
+    resp.set_policy_version(g.weight_version.empty() ? ep->asked_version : g.weight_version);
+    resp.set_policy_epoch(ep->asked_epoch);
     replay::CallKey key{ep->id, ep->step, 0};
     if (Status st = log_.PutResult(key, resp.SerializeAsString(), replay::Durability::kDeferred); !st.ok())
-      return Fail(r, ep, "error", st.message());
+      return Fail(r, ep, "error", st.message(), InfraReason::kLog);
     live_policy_++;
     OnPolicyResponse(r, ep, std::move(ep->pending_request), std::move(resp), false, took_us);
   }
@@ -989,6 +1312,9 @@ class RolloutEngine::Impl {
     const Task& task = *ep->task;
     const TaskPrompt& prompt = r->prompts[ep->task_index];
     auto step_t0 = Clock::now();
+    ep->min_epoch = std::min(ep->min_epoch.value_or(resp.policy_epoch()), resp.policy_epoch());
+    ep->max_epoch = std::max(ep->max_epoch.value_or(resp.policy_epoch()), resp.policy_epoch());
+    ep->last_version = resp.policy_version();
     turns_++;
     r->policy_calls++;
     r->generated_tokens += resp.token_ids_size();
@@ -1010,6 +1336,7 @@ class RolloutEngine::Impl {
     *step.mutable_policy_response() = resp;
     step.mutable_timings()->set_started_unix_ms(NowUnixMs());
     step.mutable_timings()->set_policy_us(policy_us);
+    step.mutable_timings()->set_policy_wait_us(replayed ? 0 : ep->step_policy_wait_us);
 
     std::vector<uint32_t> ids(resp.token_ids().begin(), resp.token_ids().end());
     std::string text = ep->ctx->tokenizer().Decode(ids);
@@ -1031,7 +1358,7 @@ class RolloutEngine::Impl {
     }
     ep->last_request_size = req.input_ids.size();
     if (Status st = ep->ctx->AppendPolicyOutput(ids, message); !st.ok())
-      return Fail(r, ep, "error", "appending the policy output: " + st.message());
+      return Fail(r, ep, "error", "appending the policy output: " + st.message(), InfraReason::kEngine);
 
     std::optional<std::string> stop;
     ojson observation = ojson::array();
@@ -1069,7 +1396,7 @@ class RolloutEngine::Impl {
           // The previous call's result, deferred: this call's synced intent
           // (or the step) carries it.
           if (Status st = LogHeldResult(held, replay::Durability::kDeferred); !st.ok())
-            return Fail(r, ep, "error", st.message());
+            return Fail(r, ep, "error", st.message(), InfraReason::kLog);
           ++call_index;
           std::string name = tc["function"]["name"].get<std::string>();
           std::string args = tc["function"]["arguments"].is_string() ? tc["function"]["arguments"].get<std::string>()
@@ -1081,7 +1408,7 @@ class RolloutEngine::Impl {
           replay::CallKey key{ep->id, ep->step, call_index};
           tcp->set_call_key(key.ToString());
           auto obs = RunToolCall(r, ep, key, name, args, &held, &tools_us);
-          if (!obs.ok()) return Fail(r, ep, "error", obs.status().message());
+          if (!obs.ok()) return Fail(r, ep, "error", obs.status().message(), obs.status().code() == Code::kFailedPrecondition ? InfraReason::kReplayMismatch : InfraReason::kLog);
           if (!ep->sandbox->Alive()) {
             // Lost under the call (its node): the result is not the tool's. Its
             // intent stays in doubt; the episode goes on from the log in a new
@@ -1120,7 +1447,7 @@ class RolloutEngine::Impl {
       auto rep = ep->ctx->AppendObservation(observation);
       if (!rep.ok()) {
         (void)LogHeldResult(held, replay::Durability::kDeferred);  // the failed episode's record syncs it
-        return Fail(r, ep, "error", "appending the observation: " + rep.status().message());
+        return Fail(r, ep, "error", "appending the observation: " + rep.status().message(), InfraReason::kEngine);
       }
       if (ep->ctx->size() + 64 > task.max_tokens) stop = "budget";
     }
@@ -1130,10 +1457,10 @@ class RolloutEngine::Impl {
       // The last tool result and the step in one synced write.
       Status st = held ? log_.PutResultAndStep(held->first, held->second, step) : log_.AppendStep(step);
       held.reset();
-      if (!st.ok()) return Fail(r, ep, "error", "logging the step: " + st.message());
+      if (!st.ok()) return Fail(r, ep, "error", "logging the step: " + st.message(), InfraReason::kLog);
       ep->logged_steps.insert(ep->step);
     } else if (Status st = LogHeldResult(held, replay::Durability::kSynced); !st.ok()) {
-      return Fail(r, ep, "error", st.message());
+      return Fail(r, ep, "error", st.message(), InfraReason::kLog);
     }
     if (stop) return Verify(r, ep, *stop);
     // Post rather than loop so that episodes sharing the pool progress fairly.
@@ -1211,18 +1538,24 @@ class RolloutEngine::Impl {
       replay::CallKey key{ep->id, kVerifierStep, 0};
       std::string fp = replay::RequestFingerprint("verifier\n" + task.verifier.command + "\n" + ep->submission);
       auto logged = log_.GetCall(key);
-      if (!logged.ok()) return Fail(r, ep, "error", logged.status().message());
+      if (!logged.ok()) return Fail(r, ep, "error", logged.status().message(), InfraReason::kLog);
+      // A logged result is replayed unless the verifier failed in it (a crash,
+      // a timeout): the verifier is idempotent, so a retry runs it again.
       json result;
+      bool replay = false;
       if (logged->has_value() && (*logged)->has_result) {
         result = json::parse((*logged)->result, nullptr, false);
-      } else {
+        replay = !JudgeVerifier(result, task.verifier).infra;
+      }
+      if (!replay) {
         // Deferred, intent and result: the verifier is idempotent (run again
         // if both are lost), and the episode's final record, written next
         // with a sync, makes them durable.
-        if (Status st = log_.PutIntent(key, fp, "verifier\ncommand=" + task.verifier.command, true, {},
-                                       replay::Durability::kDeferred);
-            !st.ok())
-          return Fail(r, ep, "error", st.message());
+        if (!logged->has_value())
+          if (Status st = log_.PutIntent(key, fp, "verifier\ncommand=" + task.verifier.command, true, {},
+                                         replay::Durability::kDeferred);
+              !st.ok())
+            return Fail(r, ep, stop, st.message(), InfraReason::kLog);
         ExecRequest req;
         req.argv = {"/bin/sh", "-c", task.verifier.command};
         // Sealed from the agent: its processes are killed first and the shell
@@ -1244,53 +1577,74 @@ class RolloutEngine::Impl {
         req.output_cap = 65536;
         auto res = ep->sandbox->Exec(req, nullptr);
         if (!res.ok() && !ep->sandbox->Alive()) return Relocate(r, ep, res.status().message());
-        if (!res.ok()) return Fail(r, ep, "error", "running the verifier: " + res.status().message());
+        if (!res.ok()) return Fail(r, ep, stop, "running the verifier: " + res.status().message(), InfraReason::kVerifierError);
         result = {{"exit_code", res->timed_out ? 124 : res->exit_code},
+                  {"signal", res->signal},
+                  {"timed_out", res->timed_out},
                   {"stdout", res->stdout_data},
                   {"stderr", res->stderr_data.substr(0, 4096)}};
         if (Status st = log_.PutResult(key, result.dump(-1, ' ', false, json::error_handler_t::replace),
                                        replay::Durability::kDeferred);
             !st.ok())
-          return Fail(r, ep, "error", st.message());
+          return Fail(r, ep, stop, st.message(), InfraReason::kLog);
       }
-      int exit_code = result.value("exit_code", 1);
       std::string out = result.value("stdout", "");
-      if (task.verifier.reward == "exit_code") {
-        reward = exit_code == 0 ? 1.0 : 0.0;
-      } else {
-        std::string last;
-        size_t end = out.find_last_not_of(" \t\r\n");
-        if (end != std::string::npos) {
-          size_t begin = out.rfind('\n', end);
-          last = out.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin == std::string::npos ? 0 : begin + 1));
-        }
-        try {
-          size_t used = 0;
-          reward = std::stod(last, &used);
-          if (used != last.size()) throw std::invalid_argument("trailing");
-        } catch (...) {
-          reward = 0;
-          ep->summary.set_failure_reason(fmt::format("verifier stdout's last line '{}' is not a number", last.substr(0, 80)));
-        }
-      }
       ep->summary.set_verifier_output(out.substr(0, 2000));
       ep->summary.mutable_timings()->set_verifier_us(Us(Clock::now() - t0));
+      VerifierVerdict verdict = JudgeVerifier(result, task.verifier);
+      if (verdict.infra) return Fail(r, ep, stop, verdict.why, *verdict.infra);
+      reward = verdict.reward;
     }
     ep->summary.set_reward(reward);
     Complete(r, ep, "finished");
   }
 
-  void Fail(std::shared_ptr<Rollout> r, Episode* ep, const std::string& stop, const std::string& why) {
-    spdlog::warn("episode {} failed ({}): {}", ep->id, stop, why);
+  // An infra end (outcome class "infra", masked from training): run again
+  // from the log when the rollout's retry_infra allows, else the final record.
+  void Fail(std::shared_ptr<Rollout> r, Episode* ep, const std::string& stop, const std::string& why,
+            InfraReason reason) {
+    spdlog::warn("episode {} failed ({}, {}): {}", ep->id, stop, InfraReasonName(reason), why);
+    if (RetryInfra(r, ep, reason, why)) return;
     ep->summary.set_stop_reason(stop);
     ep->summary.set_failure_reason(why);
     ep->summary.set_reward(0);
+    SetInfraOutcome(ep->summary, reason);
     Complete(r, ep, "failed");
+  }
+
+  // Whether the episode runs again (from the log, in a new sandbox) after an
+  // infra end: up to the rollout's retry_infra times, never while it stops.
+  bool RetryInfra(const std::shared_ptr<Rollout>& r, Episode* ep, InfraReason reason, const std::string& why) {
+    if (!InfraRetryable(reason) || ep->infra_retries >= r->req.retry_infra()) return false;
+    {
+      std::lock_guard lock(r->mu);
+      if (r->stopping || ep->summary.state() == "cancelling") return false;
+      r->infra_retries++;
+      r->generation++;
+    }
+    ++ep->infra_retries;
+    ep->retry_note += fmt::format("{}retry {}: {}: {}", ep->retry_note.empty() ? "" : "; ", ep->infra_retries,
+                                  InfraReasonName(reason), why.substr(0, 300));
+    spdlog::warn("episode {}: ended infra ({}); running it again from the log (retry {} of {})", ep->id,
+                 InfraReasonName(reason), ep->infra_retries, r->req.retry_infra());
+    Restart(r, ep, std::chrono::milliseconds(100 << std::min<uint32_t>(ep->infra_retries, 5)));
+    return true;
   }
 
   // The end of an episode with a final record (finished or failed).
   void Complete(std::shared_ptr<Rollout> r, Episode* ep, const std::string& state) {
     ep->summary.set_state(state);
+    if (ep->summary.outcome_class().empty()) SetAgentOutcome(ep->summary);
+    ep->summary.set_group_id(GroupId(r->id, ep->task->id));
+    ep->summary.set_infra_retries(ep->infra_retries);
+    ep->summary.set_retry_note(ep->retry_note);
+    ep->summary.mutable_timings()->set_queue_us(std::max<int64_t>(0, ep->queue_us));
+    if (ep->min_epoch) {
+      uint32_t lag = static_cast<uint32_t>(*ep->max_epoch - *ep->min_epoch);
+      ep->summary.set_policy_lag(lag);
+      ep->summary.set_stale(r->req.max_policy_lag() && lag > r->req.max_policy_lag());
+      ep->summary.set_policy_version(ep->last_version);
+    }
     ep->summary.set_prompt_tokens(ep->ctx ? ep->ctx->size() - ep->summary.generated_tokens() : 0);
     ep->summary.mutable_timings()->set_total_us(Us(Clock::now() - ep->started));
     if (ep->reapplied || ep->in_doubt_reruns) {
@@ -1325,8 +1679,10 @@ class RolloutEngine::Impl {
     {
       std::lock_guard lock(r->mu);
       if (state == "finished") r->done++; else r->failed++;
+      if (!ep->summary.train()) r->infra++;
       r->reward_sum += ep->summary.reward();
       r->finished.push_back(ep->summary);
+      r->groups.Ended(ep->task_index, NowUnixMs());
       r->active--;
       r->generation++;
     }
@@ -1377,15 +1733,27 @@ class RolloutEngine::Impl {
   // resume does: logged policy outputs and tool results are replayed, calls
   // that changed the sandbox are re-applied, a call in doubt runs again (its
   // sandbox was destroyed under the node's lease, so it ran, if at all, there).
+  // A local sandbox that died (killed from outside, out of memory) is an infra
+  // end, retried only as retry_infra allows.
   void Relocate(std::shared_ptr<Rollout> r, Episode* ep, const std::string& why) {
     constexpr uint32_t kMaxRelocations = 3;
+    bool on_node = ep->sandbox && !ep->sandbox->placement().empty();
+    if (!on_node) return Fail(r, ep, "error", why, InfraReason::kSandboxLost);
     if (ep->relocations >= kMaxRelocations)
-      return Fail(r, ep, "error", fmt::format("{} (the episode already moved {} times)", why, ep->relocations));
+      return Fail(r, ep, "error", fmt::format("{} (the episode already moved {} times)", why, ep->relocations),
+                  InfraReason::kSandboxLost);
     ++ep->relocations;
     spdlog::warn("episode {}: {}; starting it again from the log in a new sandbox", ep->id, why);
     ep->relocation_note += fmt::format("{}moved to a new sandbox: {}", ep->relocation_note.empty() ? "" : "; ", why);
-    {
-      // The sandbox is gone; destroying it only releases the front's record.
+    Restart(r, ep, std::chrono::milliseconds(0));
+  }
+
+  // Starts the episode again from the log in a new sandbox, as a resume does:
+  // logged policy outputs and tool results are replayed, calls that changed
+  // the sandbox are re-applied, a call in doubt runs again.
+  void Restart(const std::shared_ptr<Rollout>& r, Episode* ep, std::chrono::milliseconds delay) {
+    if (ep->sandbox) {
+      // Gone or unusable; destroying it releases what is left of it.
       std::string id = ep->sandbox->id();
       ep->sandbox.reset();
       (void)manager_.Destroy(id);
@@ -1395,6 +1763,7 @@ class RolloutEngine::Impl {
     fresh.set_episode_id(ep->summary.episode_id());
     fresh.set_task_id(ep->summary.task_id());
     fresh.set_sample(ep->summary.sample());
+    fresh.set_group_id(ep->summary.group_id());
     fresh.set_state("running");
     ep->summary = fresh;
     ep->logged_steps.clear();
@@ -1407,7 +1776,14 @@ class RolloutEngine::Impl {
     ep->submitted = false;
     ep->replaying = true;
     ep->reapplied = ep->reapply_diffs = ep->in_doubt_reruns = 0;
-    Post(r, [this, r, ep] { Begin(r, ep); });
+    ep->min_epoch.reset();
+    ep->max_epoch.reset();
+    ep->last_version.clear();
+    if (delay.count() == 0) return Post(r, [this, r, ep] { Begin(r, ep); });
+    auto timer = std::make_shared<asio::steady_timer>(io_, delay);
+    timer->async_wait([this, r, ep, timer](const boost::system::error_code&) {
+      Post(r, [this, r, ep] { Begin(r, ep); });
+    });
   }
 
   // The end of an episode without a final record (cancel, drain): resumable.
@@ -1469,6 +1845,7 @@ class RolloutEngine::Impl {
 
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Rollout>> rollouts_;
+  std::mutex acks_mu_;  // consumers' acknowledgements: read, add, write as one step
 
   std::atomic<uint64_t> turns_{0}, live_policy_{0}, replayed_policy_{0}, live_tools_{0}, replayed_tools_{0},
       reapplied_{0};
@@ -1494,6 +1871,15 @@ Status RolloutEngine::Watch(const v1::WatchRequest& r, const std::function<bool(
 }
 Status RolloutEngine::Export(const std::string& r, bool u, const std::function<bool(const std::string&)>& sink) {
   return impl_->Export(r, u, sink);
+}
+Status RolloutEngine::StreamGroups(const v1::StreamGroupsRequest& r,
+                                   const std::function<bool(const v1::EpisodeGroup&)>& send,
+                                   const std::function<bool()>& stop) {
+  return impl_->StreamGroups(r, send, stop);
+}
+Result<v1::AckGroupsResponse> RolloutEngine::AckGroups(const v1::AckGroupsRequest& r) { return impl_->AckGroups(r); }
+Result<v1::UpdatePolicyResponse> RolloutEngine::UpdatePolicy(const v1::UpdatePolicyRequest& r) {
+  return impl_->UpdatePolicy(r);
 }
 void RolloutEngine::Drain(std::chrono::milliseconds grace) { impl_->Drain(grace); }
 EngineStats RolloutEngine::stats() const { return impl_->stats(); }

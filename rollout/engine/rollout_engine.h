@@ -100,6 +100,20 @@ class RolloutEngine {
   // (return false to stop).
   Status Export(const std::string& rollout_id, bool include_unfinished,
                 const std::function<bool(const std::string&)>& sink);
+  // The rollout's complete groups (samples of one task, all ended) in
+  // completion order, minus those `consumer` acknowledged; with `follow`,
+  // until the rollout stops running, `send` returns false or `stop` returns
+  // true. NOT_FOUND for an unknown rollout, INVALID_ARGUMENT for a bad consumer.
+  Status StreamGroups(const v1::StreamGroupsRequest& request,
+                      const std::function<bool(const v1::EpisodeGroup&)>& send, const std::function<bool()>& stop);
+  // Records what a consumer took (durably, in the trajectory log).
+  Result<v1::AckGroupsResponse> AckGroups(const v1::AckGroupsRequest& request);
+  // A new policy version for a running rollout (Rollouts.UpdatePolicy):
+  // pauses new generations, lets those in flight finish (or aborts and re-asks
+  // them), has the server load the weights, resumes. NOT_FOUND when the
+  // rollout is not running here; FAILED_PRECONDITION when the server refuses
+  // the weights (the old version stays) or another update runs.
+  Result<v1::UpdatePolicyResponse> UpdatePolicy(const v1::UpdatePolicyRequest& request);
   // Graceful drain (SIGTERM): no new steps start; waits up to `grace` for
   // running steps, cancelling in-flight policy requests. Rollouts left
   // "interrupted" resume later. Blocks; idempotent.

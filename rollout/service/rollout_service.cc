@@ -108,4 +108,37 @@ grpc::Status RolloutService::Export(grpc::ServerContext* ctx, const v1::ExportRo
   return grpc::Status::OK;
 }
 
+grpc::Status RolloutService::StreamGroups(grpc::ServerContext* ctx, const v1::StreamGroupsRequest* req,
+                                          grpc::ServerWriter<v1::EpisodeGroup>* writer) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (Status st = NeedId(req->rollout_id(), "rollout id"); !st.ok()) return ToGrpc(st);
+  Status st = engine_.StreamGroups(
+      *req, [&](const v1::EpisodeGroup& g) { return writer->Write(g); }, [&] { return ctx->IsCancelled(); });
+  return ToGrpc(st);
+}
+
+grpc::Status RolloutService::AckGroups(grpc::ServerContext* ctx, const v1::AckGroupsRequest* req,
+                                       v1::AckGroupsResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (Status st = NeedId(req->rollout_id(), "rollout id"); !st.ok()) return ToGrpc(st);
+  auto r = engine_.AckGroups(*req);
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = std::move(*r);
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutService::UpdatePolicy(grpc::ServerContext* ctx, const v1::UpdatePolicyRequest* req,
+                                          v1::UpdatePolicyResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (Status st = NeedId(req->rollout_id(), "rollout id"); !st.ok()) return ToGrpc(st);
+  if (req->weights_path().empty() && req->version().empty())
+    return ToGrpc(Error(Code::kInvalidArgument, "give the weights to load (weights_path), a new version, or both"));
+  if (req->weights_path().size() > 4096 || req->version().size() > 256)
+    return ToGrpc(Error(Code::kInvalidArgument, "weights_path (4096 bytes) or version (256 bytes) too long"));
+  auto r = engine_.UpdatePolicy(*req);
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = std::move(*r);
+  return grpc::Status::OK;
+}
+
 }  // namespace paddock::service

@@ -31,6 +31,12 @@ class RolloutService final : public v1::Rollouts::Service {
                       v1::CancelRolloutResponse* resp) override;
   grpc::Status Export(grpc::ServerContext* ctx, const v1::ExportRolloutRequest* req,
                       grpc::ServerWriter<v1::ExportRolloutChunk>* writer) override;
+  grpc::Status StreamGroups(grpc::ServerContext* ctx, const v1::StreamGroupsRequest* req,
+                            grpc::ServerWriter<v1::EpisodeGroup>* writer) override;
+  grpc::Status AckGroups(grpc::ServerContext* ctx, const v1::AckGroupsRequest* req,
+                         v1::AckGroupsResponse* resp) override;
+  grpc::Status UpdatePolicy(grpc::ServerContext* ctx, const v1::UpdatePolicyRequest* req,
+                            v1::UpdatePolicyResponse* resp) override;
 
  private:
   grpc::Status Authorize(const grpc::ServerContext& ctx) const {

@@ -169,11 +169,14 @@ Result<bool> StartEmbeddedIfAsked(const Conn& c, EmbeddedPolicy& embedded, const
 // ---- progress and summary -------------------------------------------------
 
 std::string ProgressLine(const v1::RolloutProgress& p) {
-  return fmt::format("{} {}: {}/{} done, {} running{}, {} failed, {} pending | tool calls {:.1f}/s, tokens {:.0f}/s | "
+  return fmt::format("{} {}: {}/{} done, {} running{}, {} failed{}, {} pending{} | tool calls {:.1f}/s, tokens {:.0f}/s | "
                      "sandbox start {:.1f} ms | {:.1f} s",
                      p.rollout_id(), p.state(), p.done() + p.failed(), p.episodes_total(), p.running(),
                      p.waiting_for_sandbox() ? fmt::format(" ({} waiting for a sandbox)", p.waiting_for_sandbox()) : "",
-                     p.failed(), p.pending(), p.tool_calls_per_s(), p.tokens_per_s(), p.sandbox_start_ms_median(),
+                     p.failed(), p.infra() ? fmt::format(" ({} infra)", p.infra()) : "", p.pending(),
+                     p.groups_total() > 0 && p.groups_total() < p.episodes_total()
+                         ? fmt::format(" | groups {}/{}", p.groups_done(), p.groups_total())
+                         : "", p.tool_calls_per_s(), p.tokens_per_s(), p.sandbox_start_ms_median(),
                      p.elapsed_ms() / 1000.0);
 }
 
@@ -188,8 +191,14 @@ json Summary(const std::vector<v1::EpisodeSummary>& eps, const v1::RolloutProgre
   std::map<std::string, int> stops;
   std::map<std::string, double> phase_s;
   uint64_t replayed_policy = 0, replayed_tools = 0, tool_calls = 0;
-  int rebuilt = 0, failed = 0;
+  int rebuilt = 0, failed = 0, infra = 0, retried = 0;
+  std::map<std::string, int> infra_reasons;
   for (const auto& e : eps) {
+    if (e.outcome_class() == "infra") {
+      ++infra;
+      infra_reasons[e.outcome_reason()]++;
+    }
+    retried += e.infra_retries() > 0;
     rewards.push_back(e.reward());
     turns.push_back(e.turns());
     tokens.push_back(static_cast<double>(e.generated_tokens()));
@@ -216,6 +225,7 @@ json Summary(const std::vector<v1::EpisodeSummary>& eps, const v1::RolloutProgre
             {"episodes", eps.size()},
             {"episodes_total", last.episodes_total()},
             {"failed", failed},
+            {"infra", {{"episodes", infra}, {"reasons", infra_reasons}, {"retried", retried}}},
             {"reward", {{"mean", mean},
                         {"min", rewards.empty() ? 0 : *std::min_element(rewards.begin(), rewards.end())},
                         {"max", rewards.empty() ? 0 : *std::max_element(rewards.begin(), rewards.end())},
@@ -241,6 +251,10 @@ void PrintSummary(const json& s) {
   std::string stops;
   for (auto& [k, v] : s["stop_reasons"].items()) stops += fmt::format("{} {}  ", k, v.get<int>());
   std::printf("  %-22s %s\n", "stop reasons", stops.c_str());
+  std::string infra;
+  for (auto& [k, v] : s["infra"]["reasons"].items()) infra += fmt::format("{} {}  ", k, v.get<int>());
+  std::printf("  %-22s %d masked from training%s%s; %d retried\n", "infra outcomes", s["infra"]["episodes"].get<int>(),
+              infra.empty() ? "" : ": ", infra.c_str(), s["infra"]["retried"].get<int>());
   std::printf("  %-22s median %.0f  max %.0f\n", "turns", s["turns"]["median"].get<double>(),
               s["turns"]["max"].get<double>());
   std::printf("  %-22s total %.0f  median %.0f per episode\n", "generated tokens",
@@ -332,6 +346,10 @@ struct RunArgs {
   bool detach = false;
   bool constrain_tools = false;  // set for --policy embedded
   std::string tool_choice;       // "" (auto) | auto | required
+  uint32_t retry_infra = 0;
+  uint32_t max_policy_lag = 0;
+  std::string policy_version;
+  bool abort_on_update = false;
 };
 
 // --policy-kind as PolicySpec.kind.
@@ -449,6 +467,10 @@ int RunRun(const Conn& c, RunArgs a) {
   req.set_rollout_id(a.rollout_id);
   req.set_episode_deadline_s(a.deadline_s);
   req.set_thinking(a.thinking);
+  req.set_retry_infra(a.retry_infra);
+  req.set_max_policy_lag(a.max_policy_lag);
+  req.set_policy_version(a.policy_version);
+  req.set_abort_on_update(a.abort_on_update);
   req.set_source(fs::absolute(a.tasks).string());
   if (a.temperature >= 0) req.mutable_sampling()->set_temperature(a.temperature);
   req.mutable_sampling()->set_max_new_tokens(a.max_new_tokens);
@@ -495,6 +517,16 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
                   "seconds an episode retries an unreachable policy server (default 600)");
   run->add_option("--interval-ms", run_args.interval_ms, "progress period")->capture_default_str();
   run->add_flag("--thinking", run_args.thinking, "V4 thinking mode");
+  run->add_option("--retry-infra", run_args.retry_infra,
+                  "run an episode again from the log, up to N times, when it ends for an infra reason "
+                  "(sandbox lost, verifier crash, policy server down, deadline)")
+      ->capture_default_str();
+  run->add_option("--policy-version", run_args.policy_version,
+                  "the version (weights id) the rollout starts under (default: the server's, else v0)");
+  run->add_option("--max-policy-lag", run_args.max_policy_lag,
+                  "mark a sample stale when its turns span more than N policy versions (0: no bound)");
+  run->add_flag("--abort-on-update", run_args.abort_on_update,
+                "on `rollout update-policy`, abort generations in flight and ask them again (default: they finish)");
   run->add_flag("--constrain-tools", run_args.constrain_tools,
                 "send the task's tools with /generate so a paddock-policy server constrains decoding to valid "
                 "tool calls (on with --policy embedded; SGLang itself does not know it)");
@@ -610,6 +642,125 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
                 {"stop_reason", e.stop_reason()}, {"turns", e.turns()},     {"failure_reason", e.failure_reason()},
                 {"rebuild_note", e.rebuild_note()}, {"steps", steps}};
       std::printf("%s\n", j.dump(*conn.json ? -1 : 2, ' ', false, json::error_handler_t::replace).c_str());
+      return 0;
+    }();
+  });
+  static std::string consumer_arg;
+  static bool follow_arg = false, ack_arg = false, summaries_only_arg = false;
+  CLI::App* groups = ro->add_subcommand(
+      "groups", "a rollout's groups (the samples of one task) as each completes, with reward mean/std");
+  groups->add_option("rollout_id", id_arg, "rollout id")->required();
+  groups->add_flag("--follow,-f", follow_arg, "wait for groups still running, until the rollout stops");
+  groups->add_option("--consumer", consumer_arg,
+                     "consumer name: only groups it has not acknowledged (offsets kept in the trajectory log)");
+  groups->add_flag("--ack", ack_arg, "acknowledge each group once printed (needs --consumer)");
+  groups->add_flag("--summaries-only", summaries_only_arg, "leave out the samples' export lines (with --json)");
+  groups->callback([&rc] {
+    rc = [&]() -> int {
+      if (ack_arg && consumer_arg.empty())
+        return Fail(conn, Error(Code::kInvalidArgument, "--ack needs --consumer NAME"));
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      v1::StreamGroupsRequest req;
+      req.set_rollout_id(id_arg);
+      req.set_consumer(consumer_arg);
+      req.set_follow(follow_arg);
+      req.set_summaries_only(summaries_only_arg || !*conn.json);
+      Status ack_error = Status::Ok();
+      Status st = r->StreamGroups(req, [&](const v1::EpisodeGroup& g) {
+        if (*conn.json) {
+          json eps = json::array();
+          for (const auto& e : g.episodes())
+            eps.push_back({{"episode_id", e.episode_id()}, {"sample", e.sample()}, {"state", e.state()},
+                           {"reward", e.reward()}, {"stop_reason", e.stop_reason()},
+                           {"outcome", {{"class", e.outcome_class()}, {"reason", e.outcome_reason()}}},
+                           {"train", e.train()}});
+          json samples = json::array();
+          for (const auto& line : g.samples_jsonl()) samples.push_back(json::parse(line, nullptr, false));
+          json j = {{"group_id", g.group_id()},       {"task_id", g.task_id()},
+                    {"sequence", g.sequence()},       {"reward_mean", g.reward_mean()},
+                    {"reward_std", g.reward_std()},   {"trainable", g.trainable()},
+                    {"completed_unix_ms", g.completed_unix_ms()}, {"episodes", eps}};
+          if (!summaries_only_arg) j["samples"] = samples;
+          std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+        } else {
+          std::printf("%4llu  %-40s %2d samples  reward mean %.3f std %.3f  trainable %u\n",
+                      static_cast<unsigned long long>(g.sequence()), g.group_id().c_str(), g.episodes_size(),
+                      g.reward_mean(), g.reward_std(), g.trainable());
+        }
+        std::fflush(stdout);
+        if (ack_arg) {
+          auto a = r->AckGroups(id_arg, consumer_arg, {g.group_id()});
+          if (!a.ok()) {
+            ack_error = a.status();
+            return false;
+          }
+        }
+        return true;
+      });
+      if (!st.ok()) return Fail(conn, st);
+      if (!ack_error.ok()) return Fail(conn, ack_error);
+      return 0;
+    }();
+  });
+  static std::string weights_arg, version_arg;
+  static bool abort_arg = false, no_abort_arg = false;
+  static uint32_t load_timeout_s = 600;
+  CLI::App* upd = ro->add_subcommand(
+      "update-policy", "new policy weights for a running rollout: pause, load (SGLang /update_weights_from_disk), resume");
+  upd->add_option("rollout_id", id_arg, "rollout id")->required();
+  upd->add_option("--weights", weights_arg, "weights file for the inference server to load (a path on its machine)");
+  upd->add_option("--version", version_arg, "the new version's name (default: v<epoch>); alone: only relabel");
+  upd->add_flag("--abort-in-flight", abort_arg, "abort generations in flight and ask them again under the new weights");
+  upd->add_flag("--finish-in-flight", no_abort_arg, "let generations in flight finish under the old weights");
+  upd->add_option("--timeout", load_timeout_s, "seconds the server may take to load")->capture_default_str();
+  upd->callback([&rc] {
+    rc = [&]() -> int {
+      if (weights_arg.empty() && version_arg.empty())
+        return Fail(conn, Error(Code::kInvalidArgument, "give --weights FILE, --version V, or both"));
+      if (abort_arg && no_abort_arg)
+        return Fail(conn, Error(Code::kInvalidArgument, "--abort-in-flight and --finish-in-flight contradict each other"));
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      v1::UpdatePolicyRequest req;
+      req.set_rollout_id(id_arg);
+      req.set_weights_path(weights_arg);
+      req.set_version(version_arg);
+      if (abort_arg) req.set_abort_in_flight(true);
+      if (no_abort_arg) req.set_abort_in_flight(false);
+      req.set_timeout_ms(load_timeout_s * 1000);
+      auto u = r->UpdatePolicy(req);
+      if (!u.ok()) return Fail(conn, u.status());
+      if (*conn.json)
+        std::printf("%s\n", json({{"rollout_id", u->rollout_id()}, {"previous_version", u->previous_version()},
+                                  {"version", u->version()}, {"epoch", u->epoch()}, {"paused_ms", u->paused_ms()},
+                                  {"drain_ms", u->drain_ms()}, {"load_ms", u->load_ms()}, {"aborted", u->aborted()}})
+                                .dump()
+                                .c_str());
+      else
+        std::printf("rollout %s: policy %s -> %s (epoch %llu); paused %lld ms (drain %lld, load %lld), %u aborted\n",
+                    u->rollout_id().c_str(), u->previous_version().c_str(), u->version().c_str(),
+                    static_cast<unsigned long long>(u->epoch()), static_cast<long long>(u->paused_ms()),
+                    static_cast<long long>(u->drain_ms()), static_cast<long long>(u->load_ms()), u->aborted());
+      return 0;
+    }();
+  });
+  static std::vector<std::string> ack_ids;
+  CLI::App* ack = ro->add_subcommand("ack", "acknowledge groups for a consumer (kept in the trajectory log)");
+  ack->add_option("rollout_id", id_arg, "rollout id")->required();
+  ack->add_option("--consumer", consumer_arg, "consumer name")->required();
+  ack->add_option("group_ids", ack_ids, "group ids (ROLLOUT/TASK)")->required();
+  ack->callback([&rc] {
+    rc = [&]() -> int {
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      auto a = r->AckGroups(id_arg, consumer_arg, ack_ids);
+      if (!a.ok()) return Fail(conn, a.status());
+      if (*conn.json)
+        std::printf("%s\n", json({{"acknowledged", a->acknowledged()}, {"total", a->total()}}).dump().c_str());
+      else
+        std::printf("%u newly acknowledged, %u in all for consumer %s\n", a->acknowledged(), a->total(),
+                    consumer_arg.c_str());
       return 0;
     }();
   });

@@ -126,4 +126,39 @@ Status RolloutsClient::Export(const std::string& rollout_id, bool include_unfini
   return FromGrpc(reader->Finish());
 }
 
+Status RolloutsClient::StreamGroups(const v1::StreamGroupsRequest& request,
+                                    const std::function<bool(const v1::EpisodeGroup&)>& on_group) {
+  auto ctx = impl_->Context(std::chrono::milliseconds(0));  // a followed stream lasts as long as the rollout
+  auto reader = impl_->stub->StreamGroups(ctx.get(), request);
+  v1::EpisodeGroup group;
+  while (reader->Read(&group)) {
+    if (!on_group(group)) {
+      ctx->TryCancel();
+      reader->Finish();
+      return Status::Ok();
+    }
+  }
+  return FromGrpc(reader->Finish());
+}
+
+Result<v1::UpdatePolicyResponse> RolloutsClient::UpdatePolicy(const v1::UpdatePolicyRequest& request) {
+  v1::UpdatePolicyResponse resp;
+  // Waits for generations in flight and the server's load: no call deadline.
+  auto ctx = impl_->Context(std::chrono::milliseconds(0));
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->UpdatePolicy(ctx.get(), request, &resp)));
+  return resp;
+}
+
+Result<v1::AckGroupsResponse> RolloutsClient::AckGroups(const std::string& rollout_id, const std::string& consumer,
+                                                        const std::vector<std::string>& group_ids) {
+  v1::AckGroupsRequest req;
+  req.set_rollout_id(rollout_id);
+  req.set_consumer(consumer);
+  for (const auto& id : group_ids) req.add_group_ids(id);
+  v1::AckGroupsResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->AckGroups(ctx.get(), req, &resp)));
+  return resp;
+}
+
 }  // namespace paddock::client

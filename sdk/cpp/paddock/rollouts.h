@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "paddock/client.h"
 #include "rollout.pb.h"
@@ -41,6 +42,13 @@ class RolloutsClient {
   // Streams the JSON lines to `sink`.
   Status Export(const std::string& rollout_id, bool include_unfinished,
                 const std::function<bool(const std::string&)>& sink);
+  // Calls `on_group` for each complete group (Rollouts.StreamGroups) until
+  // the stream ends or it returns false.
+  Status StreamGroups(const v1::StreamGroupsRequest& request,
+                      const std::function<bool(const v1::EpisodeGroup&)>& on_group);
+  Result<v1::UpdatePolicyResponse> UpdatePolicy(const v1::UpdatePolicyRequest& request);
+  Result<v1::AckGroupsResponse> AckGroups(const std::string& rollout_id, const std::string& consumer,
+                                          const std::vector<std::string>& group_ids);
 
  private:
   struct Impl;
