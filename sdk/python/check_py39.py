@@ -8,8 +8,9 @@ ctest python_sdk_py39 runs it over sdk/python/paddock and examples/python:
 Two passes per file:
 1. syntax: ``ast.parse(..., feature_version=(3, 9))`` (match statements, except*, ...);
 2. names and calls the 3.9 standard library lacks, and ``X | Y`` of types where it is
-   evaluated at run time (PEP 604 unions need 3.10 outside of annotations, and inside
-   them too unless the module has ``from __future__ import annotations``).
+   evaluated at run time (PEP 604 unions need 3.10 outside of annotations, inside them
+   too unless the module has ``from __future__ import annotations``, and always in class
+   fields: dataclass tools resolve those with typing.get_type_hints()).
 Pass 2 is a list of known cases, not a proof; a real 3.9 interpreter is the final word
 (`python3.9 -m compileall` plus importing the package).
 """
@@ -88,9 +89,13 @@ def _looks_like_type(e: ast.expr) -> bool:
     return False
 
 
-def _annotation_nodes(tree: ast.AST) -> Set[int]:
-    """ids of every node inside an annotation."""
+def _annotation_nodes(tree: ast.AST) -> Tuple[Set[int], Set[int]]:
+    """ids of every node inside an annotation, and of those inside a class body's field
+    annotations (dataclass fields: typing.get_type_hints() evaluates them, as dataclass
+    tools and OmegaConf's structured configs do, also under ``from __future__ import
+    annotations``)."""
     out: Set[int] = set()
+    fields: Set[int] = set()
     for node in ast.walk(tree):
         anns: List[Optional[ast.expr]] = []
         if isinstance(node, ast.arg):
@@ -99,10 +104,14 @@ def _annotation_nodes(tree: ast.AST) -> Set[int]:
             anns.append(node.returns)
         elif isinstance(node, ast.AnnAssign):
             anns.append(node.annotation)
+        elif isinstance(node, ast.ClassDef):
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign):
+                    fields.update(id(n) for n in ast.walk(stmt.annotation))
         for a in anns:
             if a is not None:
                 out.update(id(n) for n in ast.walk(a))
-    return out
+    return out, fields
 
 
 def check_source(src: str, path: str) -> List[Tuple[int, str]]:
@@ -115,7 +124,7 @@ def check_source(src: str, path: str) -> List[Tuple[int, str]]:
     future_annotations = any(
         isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
         for n in tree.body)
-    in_annotation = _annotation_nodes(tree)
+    in_annotation, in_field = _annotation_nodes(tree)
     aliases = {}  # local name -> module, for `import typing as t`
     for node in ast.walk(tree):
         line = getattr(node, "lineno", 0)
@@ -148,12 +157,16 @@ def check_source(src: str, path: str) -> List[Tuple[int, str]]:
                 if isinstance(node.args[1], ast.BinOp) and isinstance(node.args[1].op, ast.BitOr):
                     problems.append((line, f"{name}(x, A | B) needs Python 3.10; use a tuple"))
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-            if id(node) in in_annotation and future_annotations:
+            if id(node) in in_annotation and future_annotations and id(node) not in in_field:
                 continue
             if _looks_like_type(node.left) and _looks_like_type(node.right):
-                where = "annotation without `from __future__ import annotations`" if id(node) in in_annotation \
-                    else "expression evaluated at run time"
-                problems.append((line, f"`X | Y` union in an {where} needs Python 3.10; use Optional/Union"))
+                if id(node) in in_field:
+                    where = "a class field annotation (typing.get_type_hints evaluates it)"
+                elif id(node) in in_annotation:
+                    where = "an annotation without `from __future__ import annotations`"
+                else:
+                    where = "an expression evaluated at run time"
+                problems.append((line, f"`X | Y` union in {where} needs Python 3.10; use Optional/Union"))
     return sorted(set(problems))
 
 
