@@ -108,7 +108,9 @@ def check(want: Dict[str, str], out: str) -> int:
             f"{rel}/{n} (committed)" if n in have else "/dev/null",
             f"{rel}/{n} (from proto/)" if n in want else "/dev/null", n=1))
         if lines < 60:
-            sys.stderr.writelines(d if d.endswith("\n") else d + "\n" for d in diff[:60 - lines])
+            for d in diff[:60 - lines]:
+                d = d.rstrip("\n")  # serialized descriptors are one long line each
+                sys.stderr.write((d[:160] + " ..." if len(d) > 160 else d) + "\n")
         lines += len(diff)
     if lines > 60:
         sys.stderr.write(f"... ({lines - 60} more diff lines)\n")
