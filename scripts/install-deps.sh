@@ -34,6 +34,9 @@ PACKAGES=(
   procps iproute2
   # the Python SDK (sdk/python): gRPC runtime, messages, and its pytest suite
   python3-grpcio python3-protobuf python3-pytest
+  # `pip install ./sdk/python` into a venv, offline (tests/pysdk_venv_test.sh): venv, and
+  # the setuptools and wheel that pip --no-build-isolation builds with
+  python3-venv python3-setuptools python3-wheel
   # rollout export checked against docs/export.schema.json (tests/rollout_e2e_test.cc)
   python3-jsonschema
 )

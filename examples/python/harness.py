@@ -11,7 +11,7 @@ preempted training job would after a restart: the summary counts the replayed ca
     examples/python/harness.py --image busybox --episodes 16
     examples/python/harness.py --image busybox --run-id r1   # again: all replayed
 
-Needs PYTHONPATH=build/sdk/python:sdk/python (docs/python-sdk.md).
+Needs the SDK: pip install ./sdk/python, or PYTHONPATH=sdk/python (docs/python-sdk.md).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ try:
     import paddock
     import paddock.aio
 except ImportError as e:  # pragma: no cover - a message for users without PYTHONPATH
-    sys.exit(f"harness: {e}; run with PYTHONPATH=build/sdk/python:sdk/python")
+    sys.exit(f"harness: {e}; install the SDK (pip install ./sdk/python) or run with PYTHONPATH=sdk/python")
 
 SOLUTION = """\
 n={n}

@@ -7,7 +7,7 @@ progress and finished episodes as they come, and writes the export.
     examples/python/rollout.py tasks.jsonl --scripted script.json          # an in-process scripted policy
     examples/python/rollout.py --resume r-0123456789ab --out out.jsonl      # after a daemon restart
 
-The task format is docs/tasks.md. Needs PYTHONPATH=build/sdk/python:sdk/python.
+The task format is docs/tasks.md. Needs the SDK: pip install ./sdk/python, or PYTHONPATH=sdk/python.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 try:
     import paddock
 except ImportError as e:  # pragma: no cover
-    sys.exit(f"rollout: {e}; run with PYTHONPATH=build/sdk/python:sdk/python")
+    sys.exit(f"rollout: {e}; install the SDK (pip install ./sdk/python) or run with PYTHONPATH=sdk/python")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import socket
 from typing import Any, Mapping, Sequence
@@ -312,11 +313,19 @@ def daemon_stats(p: Any) -> DaemonStats:
                        daemon_rss_bytes=p.daemon_rss_bytes, usage=usage)
 
 
+# MessageToDict's switch for fields at their zero value: protobuf 5.26 renamed
+# including_default_value_fields (3.x, 4.x) to always_print_fields_with_no_presence and
+# dropped the old name.
+_ZERO_FIELDS_KW = (
+    "always_print_fields_with_no_presence"
+    if "always_print_fields_with_no_presence" in inspect.signature(json_format.MessageToDict).parameters
+    else "including_default_value_fields")
+
+
 def to_dict(msg: Any, defaults: bool = False) -> dict[str, Any]:
     """A message as a dict (protobuf JSON mapping with the .proto field names; with ``defaults``
     fields at their zero value are included too)."""
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True,
-                                     including_default_value_fields=defaults)
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True, **{_ZERO_FIELDS_KW: defaults})
 
 
 _EPISODE_STATES = {1: "running", 2: "finished", 3: "failed"}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union
 
 import grpc
 
@@ -78,7 +78,7 @@ class PolicySpec:
     request_timeout_ms: int = 0
     unavailable_wait_s: int = 0
     script: Union[Sequence[str], str] = ()
-    constrain_tools: bool | None = None
+    constrain_tools: Optional[bool] = None
     tool_choice: str = ""
 
 
@@ -92,11 +92,11 @@ class Sampling:
         seed: each episode uses seed + its index.
     """
 
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
     max_new_tokens: int = 0
-    seed: int | None = None
+    seed: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Times are unix milliseconds (``*_unix_ms``) or microseconds of duration
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from .errors import CommandFailed, InvalidArgument
 
@@ -209,7 +209,7 @@ class DaemonStats:
     by_substrate: dict[str, int]
     execs_total: int
     daemon_rss_bytes: int
-    usage: Usage | None = None
+    usage: Optional[Usage] = None
 
 
 @dataclass(frozen=True)
@@ -345,7 +345,7 @@ class InDoubtCall:
 class EpisodeDetail:
     """One episode: its record (None when it has none), its steps and its in-doubt calls."""
 
-    episode: EpisodeRecord | None
+    episode: Optional[EpisodeRecord]
     steps: list[StepRecord]
     in_doubt: list[InDoubtCall]
 

@@ -7,7 +7,7 @@ Paths come from the environment ctest sets (tests/pysdk_tests.cmake):
   PADDOCK_TEST_ROOTFS the busybox rootfs (built with scripts/make-busybox-rootfs.sh when missing)
   PADDOCK_SOURCE_DIR  the source tree (scripts/, examples/)
 Run by hand: PADDOCKD=build/rollout/paddockd PADDOCK_INIT=build/sandbox/paddock-init
-  PYTHONPATH=build/sdk/python:sdk/python python3 -m pytest -q sdk/python/tests
+  PYTHONPATH=sdk/python python3 -m pytest -q sdk/python/tests
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 import paddock
-import paddock_api
+from paddock import _api
 from paddock import _convert as cv
 from paddock import rollouts as ro
 from conftest import SOURCE_DIR
@@ -90,10 +90,47 @@ def test_stubs_cover_every_proto() -> None:
     protos = sorted(os.path.basename(p)[:-len(".proto")] for p in glob.glob(os.path.join(SOURCE_DIR, "proto", "*.proto")))
     assert protos, "no proto/*.proto found"
     for name in protos:
-        assert f"{name}_pb2" in paddock_api.MODULES and f"{name}_pb2_grpc" in paddock_api.MODULES, name
-    for m in paddock_api.MODULES:  # all load into one descriptor pool: no clashing names
-        importlib.import_module(f"paddock_api.{m}")
+        assert f"{name}_pb2" in _api.MODULES and f"{name}_pb2_grpc" in _api.MODULES, name
+    for m in _api.MODULES:  # all load into one descriptor pool: no clashing names
+        importlib.import_module(f"paddock._api.{m}")
     assert paddock._stubs.module("no_such_pb2") is None
+
+
+def test_stubs_are_the_packaged_ones() -> None:
+    # The package carries its stubs (pip install needs no build tree) and keeps them
+    # out of the top level of sys.path.
+    here = os.path.dirname(os.path.abspath(paddock.__file__))
+    assert os.path.dirname(os.path.abspath(_api.__file__)) == os.path.join(here, "_api")
+    assert paddock._stubs.sandbox_pb2.__name__ == "paddock._api.sandbox_pb2"
+    for top in ("paddock_api", "sandbox_pb2"):
+        with pytest.raises(ImportError):
+            importlib.import_module(top)
+
+
+def test_gen_stubs_check_reports_stale_stubs(tmp_path) -> None:
+    # --check on a copy with one module edited and one missing fails and names the refresh
+    # command; on an exact copy it passes.
+    import shutil
+    import subprocess
+    import sys
+    gen = os.path.join(SOURCE_DIR, "sdk", "python", "gen_stubs.py")
+    plugin = shutil.which("grpc_python_plugin") or "/usr/bin/grpc_python_plugin"
+    if not os.access(plugin, os.X_OK) or not shutil.which("protoc"):
+        pytest.skip("protoc or grpc_python_plugin not installed")
+    out = tmp_path / "_api"
+    shutil.copytree(os.path.dirname(_api.__file__), out, ignore=shutil.ignore_patterns("__pycache__"))
+    cmd = [sys.executable, gen, "--plugin", plugin, "--out", str(out), "--check"]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    (out / "log_pb2.py").write_text((out / "log_pb2.py").read_text() + "# edited\n")
+    (out / "node_pb2_grpc.py").unlink()
+    stale = subprocess.run(cmd, capture_output=True, text=True)
+    assert stale.returncode == 1
+    assert "log_pb2.py" in stale.stderr and "node_pb2_grpc.py" in stale.stderr
+    assert "scripts/gen-python-stubs.sh" in stale.stderr
+    # Refreshing (the same command without --check) repairs the copy.
+    assert subprocess.run(cmd[:-1], capture_output=True).returncode == 0
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
 
 
 def test_relative_imports_in_generated_code() -> None:
