@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from . import trajectory_pb2 as trajectory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rrollout.proto\x12\npaddock.v1\x1a\x10trajectory.proto\"\xf1\x01\n\nPolicySpec\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x04 \x01(\t\x12\x15\n\rmax_in_flight\x18\x05 \x01(\r\x12\x1a\n\x12request_timeout_ms\x18\x06 \x01(\r\x12\x1a\n\x12unavailable_wait_s\x18\x07 \x01(\r\x12\x0e\n\x06script\x18\x08 \x01(\t\x12\x1c\n\x0f\x63onstrain_tools\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0btool_choice\x18\n \x01(\tB\x12\n\x10_constrain_tools\"\xa8\x01\n\x0cSamplingSpec\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xeb\x02\n\x13StartRolloutRequest\x12\x13\n\x0btasks_jsonl\x18\x01 \x01(\t\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x16.paddock.v1.PolicySpec\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\r\x12*\n\x08sampling\x18\x04 \x01(\x0b\x32\x18.paddock.v1.SamplingSpec\x12\x18\n\x10samples_per_task\x18\x05 \x01(\r\x12\x12\n\nrollout_id\x18\x06 \x01(\t\x12;\n\x06labels\x18\x07 \x03(\x0b\x32+.paddock.v1.StartRolloutRequest.LabelsEntry\x12\x1a\n\x12\x65pisode_deadline_s\x18\x08 \x01(\r\x12\x10\n\x08thinking\x18\t \x01(\x08\x12\x0e\n\x06source\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x14StartRolloutResponse\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x10\n\x08\x65pisodes\x18\x02 \x01(\r\"Q\n\x0cWatchRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x13\n\x0binterval_ms\x18\x02 \x01(\r\x12\x18\n\x10include_finished\x18\x03 \x01(\x08\"\xa0\x01\n\x0e\x45pisodeTimings\x12\x18\n\x10sandbox_start_us\x18\x01 \x01(\x03\x12\x10\n\x08setup_us\x18\x02 \x01(\x03\x12\x11\n\tpolicy_us\x18\x03 \x01(\x03\x12\x10\n\x08tools_us\x18\x04 \x01(\x03\x12\x13\n\x0bverifier_us\x18\x05 \x01(\x03\x12\x10\n\x08total_us\x18\x06 \x01(\x03\x12\x16\n\x0epolicy_wait_us\x18\x07 \x01(\x03\"\xd8\x03\n\x0e\x45pisodeSummary\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06sample\x18\x03 \x01(\r\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reward\x18\x05 \x01(\x01\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12\r\n\x05turns\x18\x07 \x01(\r\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x04\x12\x18\n\x10generated_tokens\x18\t \x01(\x04\x12\x12\n\ntool_calls\x18\n \x01(\r\x12\x1d\n\x15replayed_policy_calls\x18\x0b \x01(\r\x12\x1b\n\x13replayed_tool_calls\x18\x0c \x01(\r\x12\x16\n\x0e\x66\x61ilure_reason\x18\r \x01(\t\x12+\n\x07timings\x18\x0e \x01(\x0b\x32\x1a.paddock.v1.EpisodeTimings\x12\x12\n\nsandbox_id\x18\x0f \x01(\t\x12\x0f\n\x07rebuilt\x18\x10 \x01(\x08\x12\x14\n\x0crebuild_note\x18\x11 \x01(\t\x12\x17\n\x0fverifier_output\x18\x12 \x01(\t\x12\x1c\n\x14malformed_tool_calls\x18\x13 \x01(\r\x12\x16\n\x0epolicy_retries\x18\x14 \x01(\r\"\x9e\x04\n\x0fRolloutProgress\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x16\n\x0e\x65pisodes_total\x18\x03 \x01(\r\x12\x0c\n\x04\x64one\x18\x04 \x01(\r\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\r\x12\x0f\n\x07pending\x18\x07 \x01(\r\x12\x11\n\tcancelled\x18\x08 \x01(\r\x12\x12\n\ntool_calls\x18\t \x01(\x04\x12\x14\n\x0cpolicy_calls\x18\n \x01(\x04\x12\x18\n\x10generated_tokens\x18\x0b \x01(\x04\x12\x1d\n\x15replayed_policy_calls\x18\x0c \x01(\x04\x12\x1b\n\x13replayed_tool_calls\x18\r \x01(\x04\x12\x18\n\x10tool_calls_per_s\x18\x0e \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\x0f \x01(\x01\x12\x1f\n\x17sandbox_start_ms_median\x18\x10 \x01(\x01\x12\x17\n\x0fstarted_unix_ms\x18\x11 \x01(\x03\x12\x12\n\nelapsed_ms\x18\x12 \x01(\x03\x12\x13\n\x0bmean_reward\x18\x13 \x01(\x01\x12\x0e\n\x06policy\x18\x14 \x01(\t\x12\x0e\n\x06source\x18\x15 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x16 \x01(\r\x12\x18\n\x10policy_in_flight\x18\x17 \x01(\r\x12\x1b\n\x13waiting_for_sandbox\x18\x18 \x01(\r\"w\n\x0cRolloutEvent\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.paddock.v1.RolloutProgressH\x00\x12-\n\x07\x65pisode\x18\x02 \x01(\x0b\x32\x1a.paddock.v1.EpisodeSummaryH\x00\x42\x07\n\x05\x65vent\"\'\n\x11GetRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\"$\n\x13ListRolloutsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"E\n\x14ListRolloutsResponse\x12-\n\x08rollouts\x18\x01 \x03(\x0b\x32\x1b.paddock.v1.RolloutProgress\"\'\n\x11GetEpisodeRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\"h\n\rEpisodeDetail\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x1a.paddock.v1.EpisodeSummary\x12*\n\x05steps\x18\x02 \x03(\x0b\x32\x1b.paddock.v1.StepRecordProto\"g\n\x14ResumeRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x16.paddock.v1.PolicySpec\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\r\"i\n\x15ResumeRolloutResponse\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65pisodes_total\x18\x02 \x01(\r\x12\x14\n\x0c\x61lready_done\x18\x03 \x01(\r\x12\x0e\n\x06to_run\x18\x04 \x01(\r\">\n\x14\x43\x61ncelRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x12\n\nepisode_id\x18\x02 \x01(\t\"*\n\x15\x43\x61ncelRolloutResponse\x12\x11\n\tcancelled\x18\x01 \x01(\r\"V\n\x14\x45xportRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x1a\n\x12include_unfinished\x18\x03 \x01(\x08\"\"\n\x12\x45xportRolloutChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x8f\x01\n\x16RolloutDefinitionProto\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x12\n\nrollout_id\x18\x02 \x01(\t\x12\x30\n\x07request\x18\x03 \x01(\x0b\x32\x1f.paddock.v1.StartRolloutRequest\x12\x17\n\x0f\x63reated_unix_ms\x18\x04 \x01(\x03\x32\xf4\x04\n\x08Rollouts\x12Q\n\x0cStartRollout\x12\x1f.paddock.v1.StartRolloutRequest\x1a .paddock.v1.StartRolloutResponse\x12=\n\x05Watch\x12\x18.paddock.v1.WatchRequest\x1a\x18.paddock.v1.RolloutEvent0\x01\x12H\n\nGetRollout\x12\x1d.paddock.v1.GetRolloutRequest\x1a\x1b.paddock.v1.RolloutProgress\x12Q\n\x0cListRollouts\x12\x1f.paddock.v1.ListRolloutsRequest\x1a .paddock.v1.ListRolloutsResponse\x12\x46\n\nGetEpisode\x12\x1d.paddock.v1.GetEpisodeRequest\x1a\x19.paddock.v1.EpisodeDetail\x12T\n\rResumeRollout\x12 .paddock.v1.ResumeRolloutRequest\x1a!.paddock.v1.ResumeRolloutResponse\x12M\n\x06\x43\x61ncel\x12 .paddock.v1.CancelRolloutRequest\x1a!.paddock.v1.CancelRolloutResponse\x12L\n\x06\x45xport\x12 .paddock.v1.ExportRolloutRequest\x1a\x1e.paddock.v1.ExportRolloutChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rrollout.proto\x12\npaddock.v1\x1a\x10trajectory.proto\"\xf1\x01\n\nPolicySpec\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x04 \x01(\t\x12\x15\n\rmax_in_flight\x18\x05 \x01(\r\x12\x1a\n\x12request_timeout_ms\x18\x06 \x01(\r\x12\x1a\n\x12unavailable_wait_s\x18\x07 \x01(\r\x12\x0e\n\x06script\x18\x08 \x01(\t\x12\x1c\n\x0f\x63onstrain_tools\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0btool_choice\x18\n \x01(\tB\x12\n\x10_constrain_tools\"\xa8\x01\n\x0cSamplingSpec\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xc9\x03\n\x13StartRolloutRequest\x12\x13\n\x0btasks_jsonl\x18\x01 \x01(\t\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x16.paddock.v1.PolicySpec\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\r\x12*\n\x08sampling\x18\x04 \x01(\x0b\x32\x18.paddock.v1.SamplingSpec\x12\x18\n\x10samples_per_task\x18\x05 \x01(\r\x12\x12\n\nrollout_id\x18\x06 \x01(\t\x12;\n\x06labels\x18\x07 \x03(\x0b\x32+.paddock.v1.StartRolloutRequest.LabelsEntry\x12\x1a\n\x12\x65pisode_deadline_s\x18\x08 \x01(\r\x12\x10\n\x08thinking\x18\t \x01(\x08\x12\x0e\n\x06source\x18\n \x01(\t\x12\x13\n\x0bretry_infra\x18\x0b \x01(\r\x12\x16\n\x0epolicy_version\x18\x0c \x01(\t\x12\x16\n\x0emax_policy_lag\x18\r \x01(\r\x12\x17\n\x0f\x61\x62ort_on_update\x18\x0e \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x14StartRolloutResponse\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x10\n\x08\x65pisodes\x18\x02 \x01(\r\"Q\n\x0cWatchRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x13\n\x0binterval_ms\x18\x02 \x01(\r\x12\x18\n\x10include_finished\x18\x03 \x01(\x08\"\xb2\x01\n\x0e\x45pisodeTimings\x12\x18\n\x10sandbox_start_us\x18\x01 \x01(\x03\x12\x10\n\x08setup_us\x18\x02 \x01(\x03\x12\x11\n\tpolicy_us\x18\x03 \x01(\x03\x12\x10\n\x08tools_us\x18\x04 \x01(\x03\x12\x13\n\x0bverifier_us\x18\x05 \x01(\x03\x12\x10\n\x08total_us\x18\x06 \x01(\x03\x12\x16\n\x0epolicy_wait_us\x18\x07 \x01(\x03\x12\x10\n\x08queue_us\x18\x08 \x01(\x03\"\x8e\x05\n\x0e\x45pisodeSummary\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06sample\x18\x03 \x01(\r\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reward\x18\x05 \x01(\x01\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12\r\n\x05turns\x18\x07 \x01(\r\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x04\x12\x18\n\x10generated_tokens\x18\t \x01(\x04\x12\x12\n\ntool_calls\x18\n \x01(\r\x12\x1d\n\x15replayed_policy_calls\x18\x0b \x01(\r\x12\x1b\n\x13replayed_tool_calls\x18\x0c \x01(\r\x12\x16\n\x0e\x66\x61ilure_reason\x18\r \x01(\t\x12+\n\x07timings\x18\x0e \x01(\x0b\x32\x1a.paddock.v1.EpisodeTimings\x12\x12\n\nsandbox_id\x18\x0f \x01(\t\x12\x0f\n\x07rebuilt\x18\x10 \x01(\x08\x12\x14\n\x0crebuild_note\x18\x11 \x01(\t\x12\x17\n\x0fverifier_output\x18\x12 \x01(\t\x12\x1c\n\x14malformed_tool_calls\x18\x13 \x01(\r\x12\x16\n\x0epolicy_retries\x18\x14 \x01(\r\x12\x10\n\x08group_id\x18\x15 \x01(\t\x12\x15\n\routcome_class\x18\x16 \x01(\t\x12\x16\n\x0eoutcome_reason\x18\x17 \x01(\t\x12\r\n\x05train\x18\x18 \x01(\x08\x12\x15\n\rinfra_retries\x18\x19 \x01(\r\x12\x12\n\nretry_note\x18\x1a \x01(\t\x12\x12\n\npolicy_lag\x18\x1b \x01(\r\x12\r\n\x05stale\x18\x1c \x01(\x08\x12\x16\n\x0epolicy_version\x18\x1d \x01(\t\"\xb4\x05\n\x0fRolloutProgress\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x16\n\x0e\x65pisodes_total\x18\x03 \x01(\r\x12\x0c\n\x04\x64one\x18\x04 \x01(\r\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\r\x12\x0f\n\x07pending\x18\x07 \x01(\r\x12\x11\n\tcancelled\x18\x08 \x01(\r\x12\x12\n\ntool_calls\x18\t \x01(\x04\x12\x14\n\x0cpolicy_calls\x18\n \x01(\x04\x12\x18\n\x10generated_tokens\x18\x0b \x01(\x04\x12\x1d\n\x15replayed_policy_calls\x18\x0c \x01(\x04\x12\x1b\n\x13replayed_tool_calls\x18\r \x01(\x04\x12\x18\n\x10tool_calls_per_s\x18\x0e \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\x0f \x01(\x01\x12\x1f\n\x17sandbox_start_ms_median\x18\x10 \x01(\x01\x12\x17\n\x0fstarted_unix_ms\x18\x11 \x01(\x03\x12\x12\n\nelapsed_ms\x18\x12 \x01(\x03\x12\x13\n\x0bmean_reward\x18\x13 \x01(\x01\x12\x0e\n\x06policy\x18\x14 \x01(\t\x12\x0e\n\x06source\x18\x15 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x16 \x01(\r\x12\x18\n\x10policy_in_flight\x18\x17 \x01(\r\x12\x1b\n\x13waiting_for_sandbox\x18\x18 \x01(\r\x12\x14\n\x0cgroups_total\x18\x19 \x01(\r\x12\x13\n\x0bgroups_done\x18\x1a \x01(\r\x12\r\n\x05infra\x18\x1b \x01(\r\x12\x15\n\rinfra_retries\x18\x1c \x01(\r\x12\x16\n\x0epolicy_version\x18\x1d \x01(\t\x12\x14\n\x0cpolicy_epoch\x18\x1e \x01(\x04\x12\x15\n\rpolicy_paused\x18\x1f \x01(\x08\"w\n\x0cRolloutEvent\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.paddock.v1.RolloutProgressH\x00\x12-\n\x07\x65pisode\x18\x02 \x01(\x0b\x32\x1a.paddock.v1.EpisodeSummaryH\x00\x42\x07\n\x05\x65vent\"\'\n\x11GetRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\"$\n\x13ListRolloutsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"E\n\x14ListRolloutsResponse\x12-\n\x08rollouts\x18\x01 \x03(\x0b\x32\x1b.paddock.v1.RolloutProgress\"\'\n\x11GetEpisodeRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\"h\n\rEpisodeDetail\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x1a.paddock.v1.EpisodeSummary\x12*\n\x05steps\x18\x02 \x03(\x0b\x32\x1b.paddock.v1.StepRecordProto\"g\n\x14ResumeRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12&\n\x06policy\x18\x02 \x01(\x0b\x32\x16.paddock.v1.PolicySpec\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\r\"i\n\x15ResumeRolloutResponse\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65pisodes_total\x18\x02 \x01(\r\x12\x14\n\x0c\x61lready_done\x18\x03 \x01(\r\x12\x0e\n\x06to_run\x18\x04 \x01(\r\">\n\x14\x43\x61ncelRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x12\n\nepisode_id\x18\x02 \x01(\t\"*\n\x15\x43\x61ncelRolloutResponse\x12\x11\n\tcancelled\x18\x01 \x01(\r\"V\n\x14\x45xportRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x1a\n\x12include_unfinished\x18\x03 \x01(\x08\"\"\n\x12\x45xportRolloutChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"c\n\x13StreamGroupsRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x16\n\x0esummaries_only\x18\x04 \x01(\x08\"\xf3\x01\n\x0c\x45pisodeGroup\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x12\n\nrollout_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12,\n\x08\x65pisodes\x18\x04 \x03(\x0b\x32\x1a.paddock.v1.EpisodeSummary\x12\x15\n\rsamples_jsonl\x18\x05 \x03(\t\x12\x13\n\x0breward_mean\x18\x06 \x01(\x01\x12\x12\n\nreward_std\x18\x07 \x01(\x01\x12\x11\n\ttrainable\x18\x08 \x01(\r\x12\x19\n\x11\x63ompleted_unix_ms\x18\t \x01(\x03\x12\x10\n\x08sequence\x18\n \x01(\x04\"\x96\x01\n\x13UpdatePolicyRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x14\n\x0cweights_path\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1c\n\x0f\x61\x62ort_in_flight\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ntimeout_ms\x18\x05 \x01(\rB\x12\n\x10_abort_in_flight\"\xab\x01\n\x14UpdatePolicyResponse\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x11\n\tpaused_ms\x18\x05 \x01(\x03\x12\x10\n\x08\x64rain_ms\x18\x06 \x01(\x03\x12\x0f\n\x07load_ms\x18\x07 \x01(\x03\x12\x0f\n\x07\x61\x62orted\x18\x08 \x01(\r\"K\n\x10\x41\x63kGroupsRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x11\n\tgroup_ids\x18\x03 \x03(\t\"8\n\x11\x41\x63kGroupsResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\"\x8f\x01\n\x16RolloutDefinitionProto\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x12\n\nrollout_id\x18\x02 \x01(\t\x12\x30\n\x07request\x18\x03 \x01(\x0b\x32\x1f.paddock.v1.StartRolloutRequest\x12\x17\n\x0f\x63reated_unix_ms\x18\x04 \x01(\x03\x32\xde\x06\n\x08Rollouts\x12Q\n\x0cStartRollout\x12\x1f.paddock.v1.StartRolloutRequest\x1a .paddock.v1.StartRolloutResponse\x12=\n\x05Watch\x12\x18.paddock.v1.WatchRequest\x1a\x18.paddock.v1.RolloutEvent0\x01\x12H\n\nGetRollout\x12\x1d.paddock.v1.GetRolloutRequest\x1a\x1b.paddock.v1.RolloutProgress\x12Q\n\x0cListRollouts\x12\x1f.paddock.v1.ListRolloutsRequest\x1a .paddock.v1.ListRolloutsResponse\x12\x46\n\nGetEpisode\x12\x1d.paddock.v1.GetEpisodeRequest\x1a\x19.paddock.v1.EpisodeDetail\x12T\n\rResumeRollout\x12 .paddock.v1.ResumeRolloutRequest\x1a!.paddock.v1.ResumeRolloutResponse\x12M\n\x06\x43\x61ncel\x12 .paddock.v1.CancelRolloutRequest\x1a!.paddock.v1.CancelRolloutResponse\x12L\n\x06\x45xport\x12 .paddock.v1.ExportRolloutRequest\x1a\x1e.paddock.v1.ExportRolloutChunk0\x01\x12K\n\x0cStreamGroups\x12\x1f.paddock.v1.StreamGroupsRequest\x1a\x18.paddock.v1.EpisodeGroup0\x01\x12H\n\tAckGroups\x12\x1c.paddock.v1.AckGroupsRequest\x1a\x1d.paddock.v1.AckGroupsResponse\x12Q\n\x0cUpdatePolicy\x12\x1f.paddock.v1.UpdatePolicyRequest\x1a .paddock.v1.UpdatePolicyResponseb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rollout_pb2', globals())
@@ -28,45 +28,57 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _SAMPLINGSPEC._serialized_start=292
   _SAMPLINGSPEC._serialized_end=460
   _STARTROLLOUTREQUEST._serialized_start=463
-  _STARTROLLOUTREQUEST._serialized_end=826
-  _STARTROLLOUTREQUEST_LABELSENTRY._serialized_start=781
-  _STARTROLLOUTREQUEST_LABELSENTRY._serialized_end=826
-  _STARTROLLOUTRESPONSE._serialized_start=828
-  _STARTROLLOUTRESPONSE._serialized_end=888
-  _WATCHREQUEST._serialized_start=890
-  _WATCHREQUEST._serialized_end=971
-  _EPISODETIMINGS._serialized_start=974
-  _EPISODETIMINGS._serialized_end=1134
-  _EPISODESUMMARY._serialized_start=1137
-  _EPISODESUMMARY._serialized_end=1609
-  _ROLLOUTPROGRESS._serialized_start=1612
-  _ROLLOUTPROGRESS._serialized_end=2154
-  _ROLLOUTEVENT._serialized_start=2156
-  _ROLLOUTEVENT._serialized_end=2275
-  _GETROLLOUTREQUEST._serialized_start=2277
-  _GETROLLOUTREQUEST._serialized_end=2316
-  _LISTROLLOUTSREQUEST._serialized_start=2318
-  _LISTROLLOUTSREQUEST._serialized_end=2354
-  _LISTROLLOUTSRESPONSE._serialized_start=2356
-  _LISTROLLOUTSRESPONSE._serialized_end=2425
-  _GETEPISODEREQUEST._serialized_start=2427
-  _GETEPISODEREQUEST._serialized_end=2466
-  _EPISODEDETAIL._serialized_start=2468
-  _EPISODEDETAIL._serialized_end=2572
-  _RESUMEROLLOUTREQUEST._serialized_start=2574
-  _RESUMEROLLOUTREQUEST._serialized_end=2677
-  _RESUMEROLLOUTRESPONSE._serialized_start=2679
-  _RESUMEROLLOUTRESPONSE._serialized_end=2784
-  _CANCELROLLOUTREQUEST._serialized_start=2786
-  _CANCELROLLOUTREQUEST._serialized_end=2848
-  _CANCELROLLOUTRESPONSE._serialized_start=2850
-  _CANCELROLLOUTRESPONSE._serialized_end=2892
-  _EXPORTROLLOUTREQUEST._serialized_start=2894
-  _EXPORTROLLOUTREQUEST._serialized_end=2980
-  _EXPORTROLLOUTCHUNK._serialized_start=2982
-  _EXPORTROLLOUTCHUNK._serialized_end=3016
-  _ROLLOUTDEFINITIONPROTO._serialized_start=3019
-  _ROLLOUTDEFINITIONPROTO._serialized_end=3162
-  _ROLLOUTS._serialized_start=3165
-  _ROLLOUTS._serialized_end=3793
+  _STARTROLLOUTREQUEST._serialized_end=920
+  _STARTROLLOUTREQUEST_LABELSENTRY._serialized_start=875
+  _STARTROLLOUTREQUEST_LABELSENTRY._serialized_end=920
+  _STARTROLLOUTRESPONSE._serialized_start=922
+  _STARTROLLOUTRESPONSE._serialized_end=982
+  _WATCHREQUEST._serialized_start=984
+  _WATCHREQUEST._serialized_end=1065
+  _EPISODETIMINGS._serialized_start=1068
+  _EPISODETIMINGS._serialized_end=1246
+  _EPISODESUMMARY._serialized_start=1249
+  _EPISODESUMMARY._serialized_end=1903
+  _ROLLOUTPROGRESS._serialized_start=1906
+  _ROLLOUTPROGRESS._serialized_end=2598
+  _ROLLOUTEVENT._serialized_start=2600
+  _ROLLOUTEVENT._serialized_end=2719
+  _GETROLLOUTREQUEST._serialized_start=2721
+  _GETROLLOUTREQUEST._serialized_end=2760
+  _LISTROLLOUTSREQUEST._serialized_start=2762
+  _LISTROLLOUTSREQUEST._serialized_end=2798
+  _LISTROLLOUTSRESPONSE._serialized_start=2800
+  _LISTROLLOUTSRESPONSE._serialized_end=2869
+  _GETEPISODEREQUEST._serialized_start=2871
+  _GETEPISODEREQUEST._serialized_end=2910
+  _EPISODEDETAIL._serialized_start=2912
+  _EPISODEDETAIL._serialized_end=3016
+  _RESUMEROLLOUTREQUEST._serialized_start=3018
+  _RESUMEROLLOUTREQUEST._serialized_end=3121
+  _RESUMEROLLOUTRESPONSE._serialized_start=3123
+  _RESUMEROLLOUTRESPONSE._serialized_end=3228
+  _CANCELROLLOUTREQUEST._serialized_start=3230
+  _CANCELROLLOUTREQUEST._serialized_end=3292
+  _CANCELROLLOUTRESPONSE._serialized_start=3294
+  _CANCELROLLOUTRESPONSE._serialized_end=3336
+  _EXPORTROLLOUTREQUEST._serialized_start=3338
+  _EXPORTROLLOUTREQUEST._serialized_end=3424
+  _EXPORTROLLOUTCHUNK._serialized_start=3426
+  _EXPORTROLLOUTCHUNK._serialized_end=3460
+  _STREAMGROUPSREQUEST._serialized_start=3462
+  _STREAMGROUPSREQUEST._serialized_end=3561
+  _EPISODEGROUP._serialized_start=3564
+  _EPISODEGROUP._serialized_end=3807
+  _UPDATEPOLICYREQUEST._serialized_start=3810
+  _UPDATEPOLICYREQUEST._serialized_end=3960
+  _UPDATEPOLICYRESPONSE._serialized_start=3963
+  _UPDATEPOLICYRESPONSE._serialized_end=4134
+  _ACKGROUPSREQUEST._serialized_start=4136
+  _ACKGROUPSREQUEST._serialized_end=4211
+  _ACKGROUPSRESPONSE._serialized_start=4213
+  _ACKGROUPSRESPONSE._serialized_end=4269
+  _ROLLOUTDEFINITIONPROTO._serialized_start=4272
+  _ROLLOUTDEFINITIONPROTO._serialized_end=4415
+  _ROLLOUTS._serialized_start=4418
+  _ROLLOUTS._serialized_end=5280
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,21 @@ class RolloutsStub(object):
                 request_serializer=rollout__pb2.ExportRolloutRequest.SerializeToString,
                 response_deserializer=rollout__pb2.ExportRolloutChunk.FromString,
                 )
+        self.StreamGroups = channel.unary_stream(
+                '/paddock.v1.Rollouts/StreamGroups',
+                request_serializer=rollout__pb2.StreamGroupsRequest.SerializeToString,
+                response_deserializer=rollout__pb2.EpisodeGroup.FromString,
+                )
+        self.AckGroups = channel.unary_unary(
+                '/paddock.v1.Rollouts/AckGroups',
+                request_serializer=rollout__pb2.AckGroupsRequest.SerializeToString,
+                response_deserializer=rollout__pb2.AckGroupsResponse.FromString,
+                )
+        self.UpdatePolicy = channel.unary_unary(
+                '/paddock.v1.Rollouts/UpdatePolicy',
+                request_serializer=rollout__pb2.UpdatePolicyRequest.SerializeToString,
+                response_deserializer=rollout__pb2.UpdatePolicyResponse.FromString,
+                )
 
 
 class RolloutsServicer(object):
@@ -120,6 +135,33 @@ class RolloutsServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamGroups(self, request, context):
+        """The rollout's groups (the samples of one task), each as soon as all its
+        samples have ended, in the order they completed; with `follow`, until the
+        rollout stops running. A named consumer gets only the groups it has not
+        acknowledged (AckGroups), so a restarted trainer resumes where it left off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckGroups(self, request, context):
+        """Records, in the trajectory log, that a consumer took these groups.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePolicy(self, request, context):
+        """A new policy version for a running rollout: new generations pause, the
+        ones in flight finish (or are aborted and asked again), the inference
+        server loads the weights (SGLang's /update_weights_from_disk) unless only
+        a version is given, and generations resume under the new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +204,21 @@ def add_RolloutsServicer_to_server(servicer, server):
                     servicer.Export,
                     request_deserializer=rollout__pb2.ExportRolloutRequest.FromString,
                     response_serializer=rollout__pb2.ExportRolloutChunk.SerializeToString,
+            ),
+            'StreamGroups': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamGroups,
+                    request_deserializer=rollout__pb2.StreamGroupsRequest.FromString,
+                    response_serializer=rollout__pb2.EpisodeGroup.SerializeToString,
+            ),
+            'AckGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckGroups,
+                    request_deserializer=rollout__pb2.AckGroupsRequest.FromString,
+                    response_serializer=rollout__pb2.AckGroupsResponse.SerializeToString,
+            ),
+            'UpdatePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePolicy,
+                    request_deserializer=rollout__pb2.UpdatePolicyRequest.FromString,
+                    response_serializer=rollout__pb2.UpdatePolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,5 +363,56 @@ class Rollouts(object):
         return grpc.experimental.unary_stream(request, target, '/paddock.v1.Rollouts/Export',
             rollout__pb2.ExportRolloutRequest.SerializeToString,
             rollout__pb2.ExportRolloutChunk.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def StreamGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/paddock.v1.Rollouts/StreamGroups',
+            rollout__pb2.StreamGroupsRequest.SerializeToString,
+            rollout__pb2.EpisodeGroup.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def AckGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/paddock.v1.Rollouts/AckGroups',
+            rollout__pb2.AckGroupsRequest.SerializeToString,
+            rollout__pb2.AckGroupsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UpdatePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/paddock.v1.Rollouts/UpdatePolicy',
+            rollout__pb2.UpdatePolicyRequest.SerializeToString,
+            rollout__pb2.UpdatePolicyResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
