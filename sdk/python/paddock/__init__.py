@@ -42,9 +42,11 @@ from .errors import (
 )
 from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult, LayerInfo, PullResult, PushResult
 from .rollouts import (
+    EpisodeGroup,
     EpisodeSummary,
     EpisodeTimings,
     PolicySpec,
+    PolicyUpdate,
     ResumeResult,
     Rollout,
     RolloutEpisode,
@@ -79,6 +81,6 @@ __all__ = [
     "CallKey", "DaemonStats", "EpisodeDetail", "EpisodeRecord", "ExecResult", "FileInfo", "InDoubtCall",
     "Limits", "OutputChunk", "SandboxInfo", "StepRecord", "Usage", "VerifyReport", "WriteResult",
     "PolicySpec", "Sampling", "EpisodeTimings", "EpisodeSummary", "RolloutProgress", "RolloutEpisode",
-    "ResumeResult", "Rollout",
+    "ResumeResult", "Rollout", "EpisodeGroup", "PolicyUpdate",
     "ImportResult", "PullResult", "PushResult", "ImportDirResult", "ImageSummary", "LayerInfo", "ImageDetail", "GcResult",
 ]

@@ -33,7 +33,8 @@ from ._msg import from_msg
 from .errors import NotFound, PaddockError, Unavailable, Unimplemented, Unknown, from_rpc_error
 from . import images as _im
 from .images import GcResult, ImageDetail, ImageSummary, ImportDirResult, ImportResult, PullResult, PushResult
-from .rollouts import EpisodeSummary, PolicySpec, ResumeResult, RolloutEpisode, RolloutProgress, Sampling
+from .rollouts import (EpisodeGroup, EpisodeSummary, PolicySpec, PolicyUpdate, ResumeResult, RolloutEpisode,
+                       RolloutProgress, Sampling)
 from .types import (
     DaemonStats,
     EpisodeDetail,
@@ -423,10 +424,12 @@ class Rollouts:
                     sampling: Sampling | Mapping[str, Any] | None = None, samples_per_task: int = 0,
                     rollout_id: str | None = None, labels: Mapping[str, str] | None = None,
                     episode_deadline: float | None = None, thinking: bool = False,
-                    source: str | None = None) -> "Rollout":
+                    source: str | None = None, retry_infra: int = 0, policy_version: str | None = None,
+                    max_policy_lag: int = 0, abort_on_update: bool = False) -> "Rollout":
         """Starts a rollout (see :meth:`paddock.rollouts.Rollouts.start`)."""
         req = _ro.start_request(tasks, policy, concurrency, sampling, samples_per_task, rollout_id, labels,
-                                episode_deadline, thinking, source)
+                                episode_deadline, thinking, source, retry_infra, policy_version, max_policy_lag,
+                                abort_on_update)
         resp = await self._client._call(self._stub.StartRollout, req)
         return Rollout(self, resp.rollout_id, episodes=resp.episodes)
 
@@ -512,6 +515,39 @@ class Rollout:
                 yield chunk.data
         except grpc.RpcError as err:
             raise c._error(err) from None
+
+    async def groups(self, consumer: str | None = None, *, follow: bool = True,
+                     summaries_only: bool = False) -> AsyncIterator[EpisodeGroup]:
+        """Each group once all its samples have ended (``async for group in rollout.groups()``);
+        see :meth:`paddock.Rollout.groups`."""
+        c = self._r._client
+        req = _ro._pb().StreamGroupsRequest(rollout_id=self.id, consumer=consumer or "", follow=follow,
+                                            summaries_only=summaries_only)
+        call = self._r._stub.StreamGroups(req, metadata=c._metadata)
+        try:
+            async for g in call:
+                yield _ro.group(g)
+        except grpc.RpcError as err:
+            raise c._error(err) from None
+        finally:
+            call.cancel()
+
+    async def ack(self, consumer: str, group_ids: Union[str, Sequence[str]]) -> int:
+        """Records that ``consumer`` took these groups; how many were newly acknowledged."""
+        ids = [group_ids] if isinstance(group_ids, str) else list(group_ids)
+        req = _ro._pb().AckGroupsRequest(rollout_id=self.id, consumer=consumer, group_ids=ids)
+        return (await self._r._client._call(self._r._stub.AckGroups, req)).acknowledged
+
+    async def update_policy(self, weights: str | None = None, version: str | None = None, *,
+                            abort_in_flight: bool | None = None, timeout: float = 600.0) -> PolicyUpdate:
+        """A new policy version (see :meth:`paddock.Rollout.update_policy`)."""
+        req = _ro.update_policy_request(self.id, weights, version, abort_in_flight, timeout)
+        c = self._r._client
+        try:
+            r = await self._r._stub.UpdatePolicy(req, metadata=c._metadata, timeout=timeout + 300)
+        except grpc.RpcError as err:
+            raise c._error(err) from None
+        return _ro.policy_update(r)
 
     def __repr__(self) -> str:
         return f"paddock.aio.Rollout({self.id!r})"

@@ -110,6 +110,7 @@ class EpisodeTimings:
     verifier_us: int = 0
     total_us: int = 0
     policy_wait_us: int = 0
+    queue_us: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,12 @@ class EpisodeSummary:
             ``policy_error``, ``format_error``, ``deadline``, ``error`` or ``cancelled``.
         replayed_policy_calls / replayed_tool_calls: answered from the log on resume.
         timings: :class:`EpisodeTimings`.
+        group_id: ``ROLLOUT/TASK``, the samples of one task.
+        outcome_class: ``agent`` (the reward is the agent's) or ``infra`` (the platform failed;
+            masked from training); outcome_reason: the stop reason, or the infra reason.
+        train: fit to train on (False for infra outcomes).
+        policy_version / policy_lag / stale: the last turn's policy version, the versions its
+            turns span minus one, and whether that is over the rollout's max_policy_lag.
         (the other fields are counters and notes as named in proto/rollout.proto)
     """
 
@@ -147,6 +154,15 @@ class EpisodeSummary:
     verifier_output: str = ""
     malformed_tool_calls: int = 0
     policy_retries: int = 0
+    group_id: str = ""
+    outcome_class: str = ""
+    outcome_reason: str = ""
+    train: bool = False
+    infra_retries: int = 0
+    retry_note: str = ""
+    policy_lag: int = 0
+    stale: bool = False
+    policy_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,11 +200,83 @@ class RolloutProgress:
     source: str = ""
     concurrency: int = 0
     policy_in_flight: int = 0
+    waiting_for_sandbox: int = 0
+    groups_total: int = 0
+    groups_done: int = 0
+    infra: int = 0
+    infra_retries: int = 0
+    policy_version: str = ""
+    policy_epoch: int = 0
+    policy_paused: bool = False
 
     @property
     def finished(self) -> bool:
         """True once the rollout no longer runs (finished, cancelled or interrupted)."""
         return self.state in ("finished", "cancelled", "interrupted")
+
+
+@dataclass(frozen=True)
+class EpisodeGroup:
+    """The samples of one task, all ended (:meth:`Rollout.groups`).
+
+    Attributes:
+        group_id: ``ROLLOUT/TASK``.
+        episodes: the samples' summaries, by sample.
+        samples: their export records (docs/export.schema.json: ``token_ids``, ``loss_mask``,
+            ``logprobs``, ``reward``, ``train``, ...); empty with ``summaries_only``.
+        reward_mean / reward_std: over the samples with ``train`` true (population std).
+        trainable: how many samples have ``train`` true.
+        sequence: 1, 2, ... in this stream.
+    """
+
+    group_id: str
+    rollout_id: str
+    task_id: str
+    episodes: list[EpisodeSummary]
+    samples: list[dict[str, Any]]
+    reward_mean: float
+    reward_std: float
+    trainable: int
+    completed_unix_ms: int
+    sequence: int
+
+
+@dataclass(frozen=True)
+class PolicyUpdate:
+    """What :meth:`Rollout.update_policy` did; times in milliseconds."""
+
+    rollout_id: str
+    previous_version: str
+    version: str
+    epoch: int
+    paused_ms: int
+    drain_ms: int
+    load_ms: int
+    aborted: int
+
+
+def group(g: Any) -> EpisodeGroup:
+    return EpisodeGroup(group_id=g.group_id, rollout_id=g.rollout_id, task_id=g.task_id,
+                        episodes=[from_msg(EpisodeSummary, e) for e in g.episodes],
+                        samples=[json.loads(line) for line in g.samples_jsonl],
+                        reward_mean=g.reward_mean, reward_std=g.reward_std, trainable=g.trainable,
+                        completed_unix_ms=g.completed_unix_ms, sequence=g.sequence)
+
+
+def policy_update(r: Any) -> PolicyUpdate:
+    return PolicyUpdate(r.rollout_id, r.previous_version, r.version, r.epoch, r.paused_ms, r.drain_ms,
+                        r.load_ms, r.aborted)
+
+
+def update_policy_request(rollout_id: str, weights: Optional[str], version: Optional[str],
+                          abort_in_flight: Optional[bool], timeout: float) -> Any:
+    if not weights and not version:
+        raise InvalidArgument("update_policy: give weights, a version, or both")
+    req = _pb().UpdatePolicyRequest(rollout_id=rollout_id, weights_path=weights or "", version=version or "",
+                                    timeout_ms=int(timeout * 1000))
+    if abort_in_flight is not None:
+        req.abort_in_flight = abort_in_flight
+    return req
 
 
 @dataclass(frozen=True)
@@ -267,13 +355,17 @@ def policy_pb(policy: Union[str, PolicySpec, Mapping[str, Any], None]) -> Any:
 
 def start_request(tasks: Any, policy: Any, concurrency: int, sampling: Sampling | Mapping[str, Any] | None,
                   samples_per_task: int, rollout_id: str | None, labels: Mapping[str, str] | None,
-                  episode_deadline: float | None, thinking: bool, source: str | None) -> Any:
+                  episode_deadline: float | None, thinking: bool, source: str | None, retry_infra: int = 0,
+                  policy_version: str | None = None, max_policy_lag: int = 0,
+                  abort_on_update: bool = False) -> Any:
     pb = _pb()
     text, src = tasks_jsonl(tasks)
     req = pb.StartRolloutRequest(tasks_jsonl=text, concurrency=concurrency, samples_per_task=samples_per_task,
                                  rollout_id=rollout_id or "", labels=dict(labels or {}),
                                  episode_deadline_s=int(episode_deadline or 0), thinking=thinking,
-                                 source=source or src)
+                                 source=source or src, retry_infra=retry_infra,
+                                 policy_version=policy_version or "", max_policy_lag=max_policy_lag,
+                                 abort_on_update=abort_on_update)
     p = policy_pb(policy)
     if p is not None:
         req.policy.CopyFrom(p)
@@ -327,7 +419,8 @@ class Rollouts:
               sampling: Sampling | Mapping[str, Any] | None = None, samples_per_task: int = 0,
               rollout_id: str | None = None, labels: Mapping[str, str] | None = None,
               episode_deadline: float | None = None, thinking: bool = False,
-              source: str | None = None) -> "Rollout":
+              source: str | None = None, retry_infra: int = 0, policy_version: str | None = None,
+              max_policy_lag: int = 0, abort_on_update: bool = False) -> "Rollout":
         """Starts a rollout and returns its handle at once (episodes run in the daemon).
 
         Args:
@@ -343,12 +436,19 @@ class Rollouts:
             episode_deadline: wall-clock bound per episode in seconds (0/None: 3600).
             thinking: V4 thinking mode.
             source: where the tasks came from, for display (default: the path).
+            retry_infra: run an episode that ended for an infra reason again from the log, up to
+                this many times (docs/training.md).
+            policy_version: the version the rollout starts under (default: the server's, else v0).
+            max_policy_lag: mark samples whose turns span more versions than this stale (0: none).
+            abort_on_update: on :meth:`Rollout.update_policy`, abort generations in flight and
+                ask them again (default: they finish under the old weights).
 
         Raises:
             paddock.InvalidArgument: a bad task (the message names the line and field), a bad policy.
         """
         req = start_request(tasks, policy, concurrency, sampling, samples_per_task, rollout_id, labels,
-                            episode_deadline, thinking, source)
+                            episode_deadline, thinking, source, retry_infra, policy_version, max_policy_lag,
+                            abort_on_update)
         resp = self._client._call(self._stub.StartRollout, req)
         return Rollout(self, resp.rollout_id, episodes=resp.episodes)
 
@@ -449,6 +549,45 @@ class Rollout:
             for line in chunk.splitlines():
                 if line.strip():
                     yield json.loads(line)
+
+    def groups(self, consumer: Optional[str] = None, *, follow: bool = True,
+               summaries_only: bool = False) -> Iterator[EpisodeGroup]:
+        """Each group (the samples of one task) once all its samples have ended, in completion
+        order; with ``follow`` until the rollout stops running. A named ``consumer`` gets only the
+        groups it has not acknowledged with :meth:`ack`, so a restarted trainer resumes where it
+        left off (docs/training.md)."""
+        c = self._r._client
+        req = _pb().StreamGroupsRequest(rollout_id=self.id, consumer=consumer or "", follow=follow,
+                                        summaries_only=summaries_only)
+        call = self._r._stub.StreamGroups(req, metadata=c._metadata)
+        try:
+            for g in call:
+                yield group(g)
+        except grpc.RpcError as err:
+            raise c._error(err) from None
+        finally:
+            call.cancel()
+
+    def ack(self, consumer: str, group_ids: Union[str, Sequence[str]]) -> int:
+        """Records in the trajectory log that ``consumer`` took these groups; returns how many
+        were newly acknowledged."""
+        ids = [group_ids] if isinstance(group_ids, str) else list(group_ids)
+        req = _pb().AckGroupsRequest(rollout_id=self.id, consumer=consumer, group_ids=ids)
+        return self._r._client._call(self._r._stub.AckGroups, req).acknowledged
+
+    def update_policy(self, weights: Optional[str] = None, version: Optional[str] = None, *,
+                      abort_in_flight: Optional[bool] = None, timeout: float = 600.0) -> PolicyUpdate:
+        """A new policy version: new generations pause, those in flight finish (or, with
+        ``abort_in_flight``, are aborted and asked again), the inference server loads ``weights``
+        (a path on its machine; SGLang's /update_weights_from_disk), generations resume under
+        ``version`` (default ``v<epoch>``). With only ``version``, the weights were loaded by other
+        means and only the label changes."""
+        req = update_policy_request(self.id, weights, version, abort_in_flight, timeout)
+        c = self._r._client
+        try:
+            return policy_update(self._r._stub.UpdatePolicy(req, metadata=c._metadata, timeout=timeout + 300))
+        except grpc.RpcError as err:
+            raise c._error(err) from None
 
     def __repr__(self) -> str:
         return f"paddock.Rollout({self.id!r})"

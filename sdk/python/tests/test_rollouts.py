@@ -135,3 +135,44 @@ def test_cancel_then_resume(client: paddock.Client, rootfs: str, rollouts_served
     p = ro.wait(interval=0.1)
     assert p.state == "finished" and p.done == 2 and p.mean_reward == 1.0
     assert {rec.get("reward") for rec in ro.export_records()} == {1.0}
+
+
+def test_trainer_loop_groups_acknowledged_and_policy_updated(daemon, client: paddock.Client, rootfs: str,
+                                                             rollouts_served: None) -> None:
+    """The loop of docs/training.md: start with G samples per task, update the policy version,
+    consume groups as they complete and acknowledge them; a second pass of the same consumer
+    gets nothing, and every turn after the update carries the new version."""
+    slow = [tool_call("bash", command="sleep 0.3; echo 42 > /work/answer; echo wrote"), tool_call("submit", answer="42")]
+    prefix = f"tr{os.urandom(3).hex()}"
+
+    async def main() -> str:
+        async with paddock.aio.Client(daemon.socket_path) as c:
+            ro = await c.rollouts.start(tasks(rootfs, 3, prefix), policy={"kind": "scripted", "script": slow},
+                                        samples_per_task=2, concurrency=2, retry_infra=1, max_policy_lag=4)
+            up = await ro.update_policy(version="step-1")
+            assert (up.previous_version, up.version, up.epoch) == ("v0", "step-1", 1)
+            got = []
+            async for g in ro.groups(consumer="trainer"):
+                assert len(g.episodes) == 2 and len(g.samples) == 2, g
+                assert g.trainable == 2 and g.reward_mean == 1.0 and g.reward_std == 0.0
+                assert all(s["group_id"] == g.group_id and s["train"] for s in g.samples)
+                assert all(e.outcome_class == "agent" and e.train for e in g.episodes)
+                assert await ro.ack("trainer", g.group_id) == 1
+                got.append(g.group_id)
+            assert sorted(got) == sorted(f"{ro.id}/{prefix}-{i}" for i in range(3))
+            assert [g async for g in ro.groups(consumer="trainer")] == []
+            p = await ro.progress()
+            assert (p.groups_done, p.groups_total, p.policy_version, p.policy_epoch) == (3, 3, "step-1", 1)
+            return ro.id
+
+    # The same groups through the blocking client, by a consumer of its own; turns after the
+    # update carry its version.
+    ro = client.rollouts.get(asyncio.run(main()))
+    groups = list(ro.groups(consumer="evaluator", follow=False))
+    assert len(groups) == 3 and [g.sequence for g in groups] == [1, 2, 3]
+    versions = {s["policy_version"] for g in groups for rec in g.samples for s in rec["steps"]}
+    assert "step-1" in versions, versions
+    with pytest.raises(paddock.InvalidArgument):
+        ro.ack("evaluator", f"{ro.id}/no-such-task")
+    with pytest.raises(paddock.InvalidArgument):
+        ro.update_policy()
