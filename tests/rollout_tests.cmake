@@ -4,6 +4,9 @@
 # with the scripted policy: task validation, concurrent episodes, malformed
 # calls, cancel + resume with fast-forward, an unreachable policy server.
 if(TARGET paddock_rollout_engine)
+  # The engine-wide episode scheduler alone, on a simulated clock.
+  paddock_test(fair_scheduler_test fair_scheduler_test.cc)
+  target_link_libraries(fair_scheduler_test PRIVATE paddock_rollout_engine)
   paddock_test(rollout_engine_test rollout_engine_test.cc)
   target_link_libraries(rollout_engine_test PRIVATE paddock_rollout_engine paddock_v4_tokenizer)
   add_dependencies(rollout_engine_test paddock-init)
