@@ -310,7 +310,7 @@ def daemon_stats(p: Any) -> DaemonStats:
         usage = Usage(memory_bytes=p.usage.memory_bytes, cpu_time_us=p.usage.cpu_time_us, pids=p.usage.pids)
     return DaemonStats(live_sandboxes=p.live_sandboxes, max_sandboxes=p.max_sandboxes,
                        by_substrate=dict(p.by_substrate), execs_total=p.execs_total,
-                       daemon_rss_bytes=p.daemon_rss_bytes, usage=usage)
+                       daemon_rss_bytes=p.daemon_rss_bytes, usage=usage, queued_episodes=p.queued_episodes)
 
 
 # MessageToDict's switch for fields at their zero value: protobuf 5.26 renamed

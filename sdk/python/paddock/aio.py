@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, AsyncIterator, Callable, Generator, Mapping, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Generator, Mapping, Optional, Sequence, Union
 
 import grpc
 import grpc.aio
@@ -425,11 +425,12 @@ class Rollouts:
                     rollout_id: str | None = None, labels: Mapping[str, str] | None = None,
                     episode_deadline: float | None = None, thinking: bool = False,
                     source: str | None = None, retry_infra: int = 0, policy_version: str | None = None,
-                    max_policy_lag: int = 0, abort_on_update: bool = False) -> "Rollout":
+                    max_policy_lag: int = 0, abort_on_update: bool = False, weight: int = 0,
+                    priority: int = 0) -> "Rollout":
         """Starts a rollout (see :meth:`paddock.rollouts.Rollouts.start`)."""
         req = _ro.start_request(tasks, policy, concurrency, sampling, samples_per_task, rollout_id, labels,
                                 episode_deadline, thinking, source, retry_infra, policy_version, max_policy_lag,
-                                abort_on_update)
+                                abort_on_update, weight, priority)
         resp = await self._client._call(self._stub.StartRollout, req)
         return Rollout(self, resp.rollout_id, episodes=resp.episodes)
 
@@ -489,10 +490,12 @@ class Rollout:
         return await self._r.get_episode(episode_id)
 
     async def resume(self, policy: Union[str, PolicySpec, Mapping[str, Any], None] = None,
-                     concurrency: int = 0) -> ResumeResult:
+                     concurrency: int = 0, weight: int = 0, priority: Optional[int] = None) -> ResumeResult:
         """Continues the rollout from its definition in the log; ``policy`` overrides the stored
         one field by field (see :meth:`paddock.Rollout.resume`)."""
-        req = _ro._pb().ResumeRolloutRequest(rollout_id=self.id, concurrency=concurrency)
+        req = _ro._pb().ResumeRolloutRequest(rollout_id=self.id, concurrency=concurrency, weight=weight)
+        if priority is not None:
+            req.priority = priority
         p = _ro.policy_pb(policy)
         if p is not None:
             req.policy.CopyFrom(p)

@@ -174,6 +174,7 @@ class RolloutProgress:
         state: ``running``, ``finished``, ``cancelled`` or ``interrupted``.
         episodes_total / done / running / failed / pending / cancelled: episode counts.
         tool_calls_per_s / tokens_per_s: over the last interval.
+        queued: episodes ready to start that wait for a slot of the daemon (it is full).
         (the other fields as named in proto/rollout.proto)
     """
 
@@ -208,6 +209,7 @@ class RolloutProgress:
     policy_version: str = ""
     policy_epoch: int = 0
     policy_paused: bool = False
+    queued: int = 0
 
     @property
     def finished(self) -> bool:
@@ -357,7 +359,7 @@ def start_request(tasks: Any, policy: Any, concurrency: int, sampling: Sampling 
                   samples_per_task: int, rollout_id: str | None, labels: Mapping[str, str] | None,
                   episode_deadline: float | None, thinking: bool, source: str | None, retry_infra: int = 0,
                   policy_version: str | None = None, max_policy_lag: int = 0,
-                  abort_on_update: bool = False) -> Any:
+                  abort_on_update: bool = False, weight: int = 0, priority: int = 0) -> Any:
     pb = _pb()
     text, src = tasks_jsonl(tasks)
     req = pb.StartRolloutRequest(tasks_jsonl=text, concurrency=concurrency, samples_per_task=samples_per_task,
@@ -365,7 +367,7 @@ def start_request(tasks: Any, policy: Any, concurrency: int, sampling: Sampling 
                                  episode_deadline_s=int(episode_deadline or 0), thinking=thinking,
                                  source=source or src, retry_infra=retry_infra,
                                  policy_version=policy_version or "", max_policy_lag=max_policy_lag,
-                                 abort_on_update=abort_on_update)
+                                 abort_on_update=abort_on_update, weight=weight, priority=priority)
     p = policy_pb(policy)
     if p is not None:
         req.policy.CopyFrom(p)
@@ -420,7 +422,8 @@ class Rollouts:
               rollout_id: str | None = None, labels: Mapping[str, str] | None = None,
               episode_deadline: float | None = None, thinking: bool = False,
               source: str | None = None, retry_infra: int = 0, policy_version: str | None = None,
-              max_policy_lag: int = 0, abort_on_update: bool = False) -> "Rollout":
+              max_policy_lag: int = 0, abort_on_update: bool = False, weight: int = 0,
+              priority: int = 0) -> "Rollout":
         """Starts a rollout and returns its handle at once (episodes run in the daemon).
 
         Args:
@@ -442,13 +445,17 @@ class Rollouts:
             max_policy_lag: mark samples whose turns span more versions than this stale (0: none).
             abort_on_update: on :meth:`Rollout.update_policy`, abort generations in flight and
                 ask them again (default: they finish under the old weights).
+            weight: its share of the daemon's episode slots among rollouts of equal priority,
+                by sandbox-time, while the daemon is full (0: 1).
+            priority: rollouts of a higher priority start their episodes first while the daemon
+                is full (default 0; lower ones wait while higher ones have episodes to start).
 
         Raises:
             paddock.InvalidArgument: a bad task (the message names the line and field), a bad policy.
         """
         req = start_request(tasks, policy, concurrency, sampling, samples_per_task, rollout_id, labels,
                             episode_deadline, thinking, source, retry_infra, policy_version, max_policy_lag,
-                            abort_on_update)
+                            abort_on_update, weight, priority)
         resp = self._client._call(self._stub.StartRollout, req)
         return Rollout(self, resp.rollout_id, episodes=resp.episodes)
 
@@ -515,12 +522,14 @@ class Rollout:
         return self._r.get_episode(episode_id)
 
     def resume(self, policy: Union[str, PolicySpec, Mapping[str, Any], None] = None,
-               concurrency: int = 0) -> ResumeResult:
+               concurrency: int = 0, weight: int = 0, priority: Optional[int] = None) -> ResumeResult:
         """Continues the rollout from its definition in the log: finished episodes are kept, the
         others fast-forward through their logged calls and go on live. ``policy`` overrides the
         stored one field by field (a new URL keeps the stored kind, model and tool constraint);
-        ``concurrency`` 0 keeps the stored one."""
-        req = _pb().ResumeRolloutRequest(rollout_id=self.id, concurrency=concurrency)
+        ``concurrency`` and ``weight`` 0, ``priority`` None keep the stored ones."""
+        req = _pb().ResumeRolloutRequest(rollout_id=self.id, concurrency=concurrency, weight=weight)
+        if priority is not None:
+            req.priority = priority
         p = policy_pb(policy)
         if p is not None:
             req.policy.CopyFrom(p)

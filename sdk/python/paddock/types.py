@@ -202,6 +202,8 @@ class DaemonStats:
         execs_total: execs since the daemon started.
         daemon_rss_bytes: the daemon's resident memory.
         usage: the sandbox's :class:`Usage`, or None.
+        queued_episodes: rollout episodes waiting for a slot of the daemon's bound on
+            running episodes (docs/training.md, "Several rollouts").
     """
 
     live_sandboxes: int
@@ -210,6 +212,7 @@ class DaemonStats:
     execs_total: int
     daemon_rss_bytes: int
     usage: Optional[Usage] = None
+    queued_episodes: int = 0
 
 
 @dataclass(frozen=True)
