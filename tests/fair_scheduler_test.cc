@@ -97,6 +97,23 @@ TEST(FairScheduler, Weights3To1_FractionalShareOfTwoSlots) {
   EXPECT_NEAR(used[1] / used[2], 3.0, 0.15);
 }
 
+TEST(FairScheduler, StartedOneAfterTheOther_TheSecondGetsItsShareInTheFirstRound) {
+  // The first flow takes every slot before the second exists, and no episode
+  // length is known yet (the mean is a default, half the real length): the
+  // second still starts as the first slot frees, and shares 3:1 from then on.
+  Simulation sim(4);
+  sim.SetLength(1, milliseconds(500));
+  sim.SetLength(2, milliseconds(500));
+  sim.sched().Add(1, {.weight = 3, .priority = 0, .concurrency = 4}, 1000);
+  sim.Run(Clock::duration::zero());
+  EXPECT_EQ(sim.sched().running(1), 4u);
+  sim.sched().Add(2, {.weight = 1, .priority = 0, .concurrency = 4}, 1000);
+  sim.Run(milliseconds(500));
+  EXPECT_EQ(sim.sched().running(2), 1u) << "started as the first round ended";
+  auto used = sim.Run(std::chrono::seconds(50));
+  EXPECT_NEAR(used[1] / used[2], 3.0, 0.1);
+}
+
 TEST(FairScheduler, SandboxTimeNotEpisodeCount_LongEpisodesGetFewerSlots) {
   // Equal weights, flow 1's episodes 4x as long: equal time, not equal counts.
   Simulation sim(4);

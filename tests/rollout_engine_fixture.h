@@ -41,7 +41,7 @@ class RolloutEngineTest : public ::testing::Test {
     env.state_dir = dir_ + "/state";
     env.init_path = testing::BuiltBinary("paddock-init");
     env.warm_pool_size = 4;
-    manager_ = std::make_unique<SandboxManager>(ManagerOptions{});
+    manager_ = std::make_unique<SandboxManager>(manager_options_);
     manager_->RegisterSubstrate(MakeFunctionSubstrate(env));
     manager_->RegisterSubstrate(MakeContainerSubstrate(env));
     replay::LogOptions lo;
@@ -50,7 +50,7 @@ class RolloutEngineTest : public ::testing::Test {
     auto log = replay::TrajectoryLog::Open(lo);
     ASSERT_TRUE(log.ok()) << log.status().message();
     log_ = std::move(*log);
-    engine_ = std::make_unique<rollout::RolloutEngine>(*manager_, *log_, rollout::EngineOptions{.blocking_threads = 16});
+    engine_ = std::make_unique<rollout::RolloutEngine>(*manager_, *log_, engine_options_);
   }
   void TearDown() override {
     engine_.reset();
@@ -74,7 +74,8 @@ class RolloutEngineTest : public ::testing::Test {
     while (std::chrono::steady_clock::now() < until) {
       auto p = engine_->Progress(id);
       EXPECT_TRUE(p.ok());
-      if (p.ok() && p->state() != "running") return *p;
+      // waiting_for_nodes: running, every episode waiting for a sandbox.
+      if (p.ok() && p->state() != "running" && p->state() != "waiting_for_nodes") return *p;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     ADD_FAILURE() << "rollout " << id << " did not stop within " << limit.count() << " s";
@@ -92,6 +93,9 @@ class RolloutEngineTest : public ::testing::Test {
   }
 
   static inline std::string* rootfs_ = nullptr;
+  // What SetUp builds with; a derived fixture may change them in its constructor.
+  ManagerOptions manager_options_{};
+  rollout::EngineOptions engine_options_{.blocking_threads = 16};
   std::string dir_;
   std::unique_ptr<SandboxManager> manager_;
   std::unique_ptr<replay::TrajectoryLog> log_;

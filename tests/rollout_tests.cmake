@@ -15,6 +15,11 @@ if(TARGET paddock_rollout_engine)
   paddock_test(rollout_trainer_test rollout_trainer_test.cc)
   target_link_libraries(rollout_trainer_test PRIVATE paddock_rollout_engine paddock_v4_tokenizer)
   add_dependencies(rollout_trainer_test paddock-init)
+  # Several rollouts on one engine: sandbox-time by weight, priority, queueing
+  # (never failing) while the daemon is full.
+  paddock_test(rollout_fair_test rollout_fair_test.cc)
+  target_link_libraries(rollout_fair_test PRIVATE paddock_rollout_engine paddock_v4_tokenizer)
+  add_dependencies(rollout_fair_test paddock-init)
 endif()
 
 # End to end: the real paddockd (SIGKILLed and restarted) and the paddock CLI:

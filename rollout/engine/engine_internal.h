@@ -24,6 +24,7 @@
 #include "policy/backends/backend.h"
 #include "policy/v4/context/episode_context.h"
 #include "policy/v4/tokenizer/tokenizer.h"
+#include "rollout/engine/fair_scheduler.h"
 #include "rollout/engine/groups.h"
 #include "rollout/engine/outcome.h"
 #include "rollout/engine/rollout_engine.h"
@@ -74,6 +75,7 @@ struct Episode {
   int64_t queue_us = -1;          // rollout start (or resume) → the episode's first start; -1 until then
   bool waiting_for_sandbox = false;
   int create_backoff_ms = 0;
+  std::optional<FairScheduler::Slot> slot;  // its slot of the engine's bound, while it runs
   Clock::time_point policy_wait_start;
   int64_t step_policy_wait_us = 0;   // the current turn's wait for a policy slot
   // The policy version its request in flight was asked under, and whether a
@@ -113,6 +115,7 @@ struct Rollout {
   std::condition_variable cv;
   std::deque<size_t> pending;         // episodes to start, in order
   size_t active = 0;
+  uint64_t flow = 0;                  // its id in the engine's FairScheduler (one per run)
   size_t waiting_for_sandbox = 0;  // episodes whose create found no node (or a draining daemon), retrying
   size_t concurrency = 64;
   size_t policy_in_flight = 0, max_in_flight = 64;

@@ -70,6 +70,10 @@ void FairScheduler::Add(FlowId id, FlowSpec spec, size_t pending) {
     double scale = double(std::max<uint32_t>(1, spec.weight)) / std::max<uint32_t>(1, least->spec.weight);
     f.base_s = c.s * scale;
     f.base_slots = c.slots * scale;
+    if (released_) {  // the mean is known: fixed in seconds now
+      f.base_s += f.base_slots * mean;
+      f.base_slots = 0;
+    }
   }
   flows_.emplace(id, std::move(f));
 }
@@ -125,6 +129,15 @@ void FairScheduler::ReleaseLocked(const Slot& slot, bool count) {
   if (!count) return;
   Clock::duration d = std::max(Clock::duration::zero(), now_() - slot.since);
   f.used += d;
+  if (released_ == 0) {
+    // The first slot length known: the points flows joined at, counted in
+    // slots of unknown length so far, become seconds at this length (the
+    // length of the episodes held then), no longer moving with the mean.
+    for (auto& [id, o] : flows_) {
+      o.base_s += o.base_slots * Seconds(d);
+      o.base_slots = 0;
+    }
+  }
   released_s_ = released_ ? released_s_ + kMeanAlpha * (Seconds(d) - released_s_) : Seconds(d);
   released_++;
 }

@@ -99,9 +99,8 @@ class FairScheduler {
     size_t pending = 0;
     std::multiset<Clock::time_point> held;  // grant times of the slots it holds
     Clock::duration used{0};                // released slots' sandbox-time
-    // The virtual time it joined at, kept as seconds plus slots of unknown
-    // length (charged the mean slot time when keys are compared), so that
-    // it stays right as the mean is learned.
+    // The virtual time it joined at, as seconds plus, while no slot length is
+    // known yet, slots of unknown length (made seconds at the first release).
     double base_s = 0, base_slots = 0;
   };
   // Virtual time as (seconds, slots charged the mean), before the weight.

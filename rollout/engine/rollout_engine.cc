@@ -104,6 +104,13 @@ InfraReason CreateFailureReason(const Status& st) {
                                                                      : InfraReason::kSandboxCreate;
 }
 
+// The SandboxManager's cap on live sandboxes (sandbox/manager.cc) was reached,
+// by sandboxes the engine does not run (the API's, another front's): the
+// episode waits for room, as it waits for a node, instead of failing.
+bool DaemonFull(const Status& st) {
+  return st.code() == Code::kResourceExhausted && st.message().find("sandbox cap reached") != std::string::npos;
+}
+
 bool Transient(Code c) {
   return c == Code::kUnavailable || c == Code::kResourceExhausted || c == Code::kDeadlineExceeded;
 }
@@ -144,8 +151,9 @@ bool IsStaticElf64(const std::string& b) {
 class RolloutEngine::Impl {
  public:
   Impl(SandboxManager& manager, replay::TrajectoryLog& log, EngineOptions options)
-      : manager_(manager), log_(log), options_(std::move(options)), pool_(options_.blocking_threads),
-        work_(asio::make_work_guard(io_)) {
+      : manager_(manager), log_(log), options_(std::move(options)),
+        scheduler_(options_.max_running_episodes ? options_.max_running_episodes : manager.max_sandboxes()),
+        pool_(options_.blocking_threads), work_(asio::make_work_guard(io_)) {
     io_thread_ = std::thread([this] { io_.run(); });
   }
   ~Impl() {
@@ -215,6 +223,8 @@ class RolloutEngine::Impl {
     v1::StartRolloutRequest req = def.request();
     if (in.has_policy()) *req.mutable_policy() = ResumePolicy(req.policy(), in.policy());
     if (in.concurrency()) req.set_concurrency(in.concurrency());
+    if (in.weight()) req.set_weight(in.weight());
+    if (in.has_priority()) req.set_priority(in.priority());
     auto ro = Build(req);
     if (!ro.ok()) return ro.status();
     std::shared_ptr<Rollout> r = std::move(*ro);
@@ -248,7 +258,8 @@ class RolloutEngine::Impl {
     resp.set_already_done(static_cast<uint32_t>(done_idx.size()));
     resp.set_to_run(static_cast<uint32_t>(r->episodes.size() - done_idx.size()));
     v1::EpisodeRecordProto updated = **rec;
-    if (in.has_policy() || in.concurrency()) {  // a later resume starts from what this one runs with
+    // A later resume starts from what this one runs with.
+    if (in.has_policy() || in.concurrency() || in.weight() || in.has_priority()) {
       *def.mutable_request() = req;
       std::string def_json;
       if (google::protobuf::util::MessageToJsonString(def, &def_json).ok()) updated.set_task(def_json);
@@ -277,6 +288,7 @@ class RolloutEngine::Impl {
           r->cancelled_count++;
         }
         r->pending.clear();
+        scheduler_.SetPending(r->flow, 0);
         for (auto& ep : r->episodes)
           if (ep->cancel) tokens.push_back(ep->cancel);
       } else {
@@ -287,6 +299,7 @@ class RolloutEngine::Impl {
           auto pit = std::find(r->pending.begin(), r->pending.end(), ep->index);
           if (pit != r->pending.end()) {
             r->pending.erase(pit);
+            scheduler_.SetPending(r->flow, r->pending.size());
             ep->summary.set_state("cancelled");
             r->cancelled_count++;
             n = 1;
@@ -618,6 +631,7 @@ class RolloutEngine::Impl {
         if (r->state != "running") continue;
         r->stopping = true;
         r->pending.clear();
+        scheduler_.SetPending(r->flow, 0);
         for (auto& ep : r->episodes)
           if (ep->cancel) tokens.push_back(ep->cancel);
         r->generation++;
@@ -641,6 +655,9 @@ class RolloutEngine::Impl {
     s.replayed_tool_calls = replayed_tools_;
     s.reapplied_tool_calls = reapplied_;
     s.last_resume_to_live_us = resume_to_live_us_;
+    s.running_episodes = scheduler_.running();
+    s.queued_episodes = scheduler_.queued();
+    s.max_running_episodes = scheduler_.capacity();
     return s;
   }
 
@@ -838,9 +855,19 @@ class RolloutEngine::Impl {
     }
     {
       std::lock_guard lock(mu_);
+      r->flow = ++last_flow_;
       rollouts_[r->id] = r;
+      flows_[r->flow] = r;
     }
-    StartMore(r);
+    {
+      std::lock_guard lock(r->mu);
+      scheduler_.Add(r->flow,
+                     {.weight = r->req.weight() ? r->req.weight() : 1,
+                      .priority = r->req.priority(),
+                      .concurrency = r->concurrency},
+                     r->pending.size());
+    }
+    StartMore();
     MaybeFinishRollout(r);
   }
 
@@ -850,20 +877,47 @@ class RolloutEngine::Impl {
     return it == rollouts_.end() ? nullptr : it->second;
   }
 
-  void StartMore(const std::shared_ptr<Rollout>& r) {
-    std::vector<Episode*> start;
-    {
-      std::lock_guard lock(r->mu);
-      while (!r->stopping && r->active < r->concurrency && !r->pending.empty()) {
-        Episode* ep = r->episodes[r->pending.front()].get();
-        r->pending.pop_front();
-        r->active++;
-        ep->summary.set_state("running");
-        if (ep->queue_us < 0) ep->queue_us = Us(Clock::now() - r->started);
-        start.push_back(ep);
+  // Starts episodes while the scheduler grants slots (the engine's bound on
+  // running episodes, each rollout's concurrency, priority, then weight);
+  // the others stay queued. Called whenever a rollout starts or an episode
+  // ends, from any thread.
+  void StartMore() {
+    while (auto slot = scheduler_.Next()) {
+      std::shared_ptr<Rollout> r;
+      {
+        std::lock_guard lock(mu_);
+        auto it = flows_.find(slot->flow);
+        if (it != flows_.end()) r = it->second;
       }
+      if (!r) {  // ended between the grant and now
+        scheduler_.Remove(slot->flow);
+        continue;
+      }
+      Episode* ep = nullptr;
+      {
+        std::lock_guard lock(r->mu);
+        if (!r->stopping && !r->pending.empty()) {
+          ep = r->episodes[r->pending.front()].get();
+          r->pending.pop_front();
+          r->active++;
+          r->generation++;
+          ep->summary.set_state("running");
+          ep->slot = *slot;
+          if (ep->queue_us < 0) ep->queue_us = Us(Clock::now() - r->started);
+        } else {
+          scheduler_.Unused(*slot);
+        }
+        scheduler_.SetPending(r->flow, r->stopping ? 0 : r->pending.size());
+      }
+      if (ep) Post(r, [this, r, ep] { Begin(r, ep); });
     }
-    for (Episode* ep : start) Post(r, [this, r, ep] { Begin(r, ep); });
+  }
+
+  // Gives the episode's slot back (under r->mu, where `active` drops).
+  void ReleaseSlot(Episode* ep) {
+    if (!ep->slot) return;
+    scheduler_.Release(*ep->slot);
+    ep->slot.reset();
   }
 
   template <typename F>
@@ -919,6 +973,7 @@ class RolloutEngine::Impl {
     p.set_policy_version(r.policy_version);
     p.set_policy_epoch(r.policy_epoch);
     p.set_policy_paused(r.policy_paused);
+    p.set_queued(static_cast<uint32_t>(scheduler_.queued(r.flow)));
     if (r.state == "running" && r.active > 0 && r.waiting_for_sandbox == r.active) p.set_state("waiting_for_nodes");
     return p;
   }
@@ -980,6 +1035,11 @@ class RolloutEngine::Impl {
       state = r->state;
       r->generation++;
     }
+    scheduler_.Remove(r->flow);
+    {
+      std::lock_guard lock(mu_);
+      flows_.erase(r->flow);
+    }
     r->cv.notify_all();
     auto rec = log_.GetEpisode(kRolloutPrefix + r->id);
     if (rec.ok() && rec->has_value()) {
@@ -1029,7 +1089,8 @@ class RolloutEngine::Impl {
     spec.ttl_seconds = deadline_s + 600;
     spec.labels = {{"episode", ep->id}, {"task", task.id}, {"rollout", r->id}};
     auto info = manager_.Create(spec);
-    if (!info.ok() && info.status().code() == Code::kUnavailable && Clock::now() < ep->deadline)
+    if (!info.ok() && (info.status().code() == Code::kUnavailable || DaemonFull(info.status())) &&
+        Clock::now() < ep->deadline)
       return WaitForSandbox(r, ep, info.status());
     SetWaiting(r, ep, false);
     if (!info.ok()) return Fail(r, ep, "error", "creating the sandbox: " + info.status().message(), CreateFailureReason(info.status()));
@@ -1684,15 +1745,17 @@ class RolloutEngine::Impl {
       r->finished.push_back(ep->summary);
       r->groups.Ended(ep->task_index, NowUnixMs());
       r->active--;
+      ReleaseSlot(ep);
       r->generation++;
     }
     r->cv.notify_all();
-    StartMore(r);
+    StartMore();
     MaybeFinishRollout(r);
   }
 
   // No sandbox could be had for now (a front with no node that can take it, a
-  // draining daemon): the episode waits, retrying with backoff up to its
+  // draining daemon, a daemon full of sandboxes the engine does not run): the
+  // episode waits, keeping its slot, retrying with backoff up to its
   // deadline, instead of failing; the rollout shows waiting_for_nodes.
   void WaitForSandbox(std::shared_ptr<Rollout> r, Episode* ep, const Status& why) {
     SetWaiting(r, ep, true);
@@ -1794,10 +1857,11 @@ class RolloutEngine::Impl {
       ep->summary.set_state(cancelled ? "cancelled" : "pending");
       if (cancelled) r->cancelled_count++;
       r->active--;
+      ReleaseSlot(ep);
       r->generation++;
     }
     r->cv.notify_all();
-    StartMore(r);
+    StartMore();
     MaybeFinishRollout(r);
   }
 
@@ -1832,6 +1896,7 @@ class RolloutEngine::Impl {
   SandboxManager& manager_;
   replay::TrajectoryLog& log_;
   EngineOptions options_;
+  FairScheduler scheduler_;  // which rollout's episode starts next
   std::once_flag toolset_once_;
   std::shared_ptr<const std::string> toolset_;
   asio::thread_pool pool_;
@@ -1845,6 +1910,8 @@ class RolloutEngine::Impl {
 
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Rollout>> rollouts_;
+  std::map<uint64_t, std::shared_ptr<Rollout>> flows_;  // running rollouts by scheduler flow
+  uint64_t last_flow_ = 0;
   std::mutex acks_mu_;  // consumers' acknowledgements: read, add, write as one step
 
   std::atomic<uint64_t> turns_{0}, live_policy_{0}, replayed_policy_{0}, live_tools_{0}, replayed_tools_{0},

@@ -22,8 +22,12 @@
 //   (intent, no result) ran, if at all, in the sandbox that is gone, so it
 //   runs again in the rebuilt one; the episode's rebuild_note says so.
 // - Scheduling: up to `concurrency` episodes of a rollout run at once, started
-//   in task order; policy requests in flight are bounded per rollout (FIFO
-//   waiters, so progress is fair); sandbox calls and log writes run on a
+//   in task order, and up to EngineOptions::max_running_episodes over all
+//   rollouts; when that bound is reached, episodes queue (never fail) and each
+//   free slot goes to the highest priority with episodes queued, among equal
+//   priorities by sandbox-time in proportion to weight (fair_scheduler.h).
+//   Policy requests in flight are bounded per rollout (FIFO waiters, so
+//   progress is fair); sandbox calls and log writes run on a
 //   bounded blocking pool, never on the I/O thread. Transient policy errors
 //   (UNAVAILABLE, RESOURCE_EXHAUSTED, a request deadline) are retried with
 //   backoff until the rollout's unavailable_wait_s or the episode deadline.
@@ -58,6 +62,10 @@ struct EngineOptions {
   // sealed from the agent (ExecRequest::trusted_program). Unreadable: the
   // verifier runs the sandbox's /bin/sh, with a warning.
   std::string verifier_toolset = "/bin/busybox";
+  // Episodes running at once over all rollouts (paddockd
+  // --max-running-episodes); 0: the SandboxManager's max_sandboxes, so that
+  // episodes queue in the engine rather than find the daemon full.
+  uint32_t max_running_episodes = 0;
 };
 
 // Counters of the engine, for benchmarks and tests.
@@ -69,6 +77,9 @@ struct EngineStats {
   uint64_t replayed_tool_calls = 0;
   uint64_t reapplied_tool_calls = 0;  // re-run to rebuild a sandbox
   int64_t last_resume_to_live_us = -1;  // ResumeRollout → its first live policy call
+  uint64_t running_episodes = 0;      // now, over all rollouts
+  uint64_t queued_episodes = 0;       // ready, waiting for a slot of max_running_episodes
+  uint64_t max_running_episodes = 0;  // the bound in effect
 };
 
 class RolloutEngine {
