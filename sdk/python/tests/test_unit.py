@@ -75,6 +75,10 @@ def test_rollout_request_building(tmp_path) -> None:
     assert req.policy.script == '["x", "y"]' and req.policy.kind == "scripted" and req.concurrency == 8
     assert req.sampling.HasField("temperature") and not req.sampling.HasField("top_p") and req.sampling.seed == 7
     assert (req.samples_per_task, req.rollout_id, req.episode_deadline_s, req.thinking) == (2, "r-1", 30, True)
+    assert (req.weight, req.priority) == (0, 0)  # the daemon's defaults: weight 1, priority 0
+    shared = ro.start_request([{"id": "a"}], "http://h:1", 8, None, 0, None, None, None, False, None,
+                              weight=3, priority=-2)
+    assert (shared.weight, shared.priority) == (3, -2)
     assert ro.policy_pb("http://h:1").url == "http://h:1"
     with pytest.raises(paddock.InvalidArgument, match="policy"):
         ro.policy_pb({"urll": "x"})
