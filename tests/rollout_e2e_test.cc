@@ -199,6 +199,43 @@ TEST_F(RolloutE2eTest, CliRun_SummaryAndExportValidateAgainstSchema) {
   EXPECT_THAT(missing.err, HasSubstr("not in the trajectory log"));
 }
 
+// Two rollouts on a daemon bounded to 2 running episodes (paddockd
+// --max-running-episodes): the episodes beyond queue, shown by `rollout ls`
+// and `sandbox stats`, and all finish; `paddock run` takes --weight and
+// --priority and refuses a weight of 0.
+TEST_F(RolloutE2eTest, TwoRolloutsOnAFullDaemon_EpisodesQueueInStats_NoneFails) {
+  ASSERT_EQ(daemon_.Restart({"--max-running-episodes", "2"}), "");
+  auto help = daemon_.Cli({"run", "--help"});
+  EXPECT_THAT(help.out, HasSubstr("--weight"));
+  EXPECT_THAT(help.out, HasSubstr("--priority"));
+  std::string tasks = Tasks("fair", 4, 1), script = Script("fair", 1, "0.5");
+  EXPECT_NE(daemon_.Cli({"run", tasks, "--policy", "scripted", "--policy-script", script, "--weight", "0"}).code, 0);
+  for (const auto& [id, weight] : {std::pair{"fair-a", "3"}, std::pair{"fair-b", "1"}}) {
+    auto r = daemon_.Cli({"run", tasks, "--policy", "scripted", "--policy-script", script, "--concurrency", "4",
+                          "--weight", weight, "--priority", "0", "--id", id, "--detach"});
+    ASSERT_EQ(r.code, 0) << r.out << r.err;
+  }
+  uint64_t stats_queued = 0, ls_queued = 0;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < until && (stats_queued == 0 || ls_queued == 0)) {
+    auto st = daemon_.Cli({"--json", "sandbox", "stats"});
+    if (st.code == 0) stats_queued = std::max<uint64_t>(stats_queued, json::parse(st.out).value("queued_episodes", 0));
+    for (const char* id : {"fair-a", "fair-b"}) {
+      json s = RolloutState(id);
+      if (!s.is_null()) ls_queued = std::max<uint64_t>(ls_queued, s.value("queued", 0));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_GT(stats_queued, 0u) << "8 episodes, 2 slots";
+  EXPECT_GT(ls_queued, 0u);
+  for (const char* id : {"fair-a", "fair-b"}) {
+    ASSERT_TRUE(WaitDone(id, 4, std::chrono::seconds(120))) << id << daemon_.LogTail();
+    json s = RolloutState(id);
+    EXPECT_EQ(s["done"], 4) << s.dump();
+    EXPECT_EQ(s["failed"], 0) << s.dump();
+  }
+}
+
 // 200 episodes at concurrency 200 through paddockd and `paddock run`, on
 // container sandboxes so that side effects can be counted: each episode's
 // bash calls append S<turn> to /tmp/ran and its verifier gives reward 1 only

@@ -61,6 +61,7 @@ struct Flags {
   std::string tls_cert, tls_key, tls_client_ca;
   std::string token_file;
   uint32_t max_sandboxes = 1000;
+  uint32_t max_running_episodes = 0;  // 0: max_sandboxes
   size_t warm_pool = 4;
   size_t microvm_warm_pool = 2;  // pre-booted VMs per recipe
   std::string microvm_accel;     // kvm (default) or tcg
@@ -130,6 +131,11 @@ void AppendEngineAndLogMetrics(std::string& out, const rollout::RolloutEngine& e
                         {{"kind=\"live\"", d(e.live_tool_calls)},
                          {"kind=\"replayed\"", d(e.replayed_tool_calls)},
                          {"kind=\"reapplied\"", d(e.reapplied_tool_calls)}});
+  service::AppendMetric(out, "paddock_rollout_episodes", "gauge",
+                        "Rollout episodes: running, queued for a slot, and the bound on running ones.",
+                        {{"state=\"running\"", d(e.running_episodes)},
+                         {"state=\"queued\"", d(e.queued_episodes)},
+                         {"state=\"max\"", d(e.max_running_episodes)}});
   replay::CommitStats c = log.GetCommitStats();
   service::AppendMetric(out, "paddock_log_writes_total", "counter", "Trajectory log writes.", {{"", d(c.writes)}});
   service::AppendMetric(out, "paddock_log_syncs_total", "counter", "Trajectory log syncs (one per commit group).",
@@ -491,7 +497,11 @@ int Run(const Flags& flags) {
   });
 
   // 5b. The rollout engine and its Rollouts service (rollout/engine).
-  rollout::RolloutEngine rollout_engine(manager, **log);
+  rollout::RolloutEngine rollout_engine(manager, **log,
+                                        rollout::EngineOptions{.max_running_episodes = flags.max_running_episodes});
+  server_opts.node.queued_episodes = [&rollout_engine] {
+    return static_cast<uint32_t>(rollout_engine.stats().queued_episodes);
+  };
   server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
     return std::unique_ptr<grpc::Service>(std::make_unique<service::RolloutService>(rollout_engine, auth));
   });
@@ -587,6 +597,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-client-ca", flags.tls_client_ca,
                  "PEM CA bundle: TCP clients must present a certificate it signed (mutual TLS)");
   app.add_option("--max-sandboxes", flags.max_sandboxes, "cap on live sandboxes")->capture_default_str();
+  app.add_option("--max-running-episodes", flags.max_running_episodes,
+                 "rollout episodes running at once over all rollouts; more queue, shared by --priority and "
+                 "--weight (0: --max-sandboxes)")
+      ->capture_default_str();
   app.add_option("--warm-pool", flags.warm_pool,
                  "ready containers kept per (image, limits, workdir) once asked for; 0 disables")
       ->capture_default_str();

@@ -583,6 +583,7 @@ grpc::Status SandboxService::Stats(grpc::ServerContext* ctx, const v1::StatsRequ
   resp->set_mem_available_bytes(MemAvailableBytes());
   resp->set_cpus(static_cast<uint32_t>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN))));
   resp->set_draining(node_.draining && node_.draining());
+  if (node_.queued_episodes) resp->set_queued_episodes(node_.queued_episodes());
   if (node_.leases) resp->set_front_lease_ms(static_cast<uint32_t>(node_.leases->lease().count()));
   if (node_.image_names) {
     std::vector<std::string> names = node_.image_names();

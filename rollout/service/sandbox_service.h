@@ -46,6 +46,9 @@ struct NodeParts {
   std::function<bool()> draining;                          // takes no new sandboxes
   // The static busybox sealed execs run (ExecRequest.sealed).
   std::string sealed_toolset = "/bin/busybox";
+  // The rollout engine's episodes waiting for a slot (Stats.queued_episodes);
+  // null: none reported.
+  std::function<uint32_t()> queued_episodes;
 };
 
 class SandboxService final : public v1::Sandboxes::Service {

@@ -131,7 +131,8 @@ nlohmann::json ToJson(const client::DaemonStats& s) {
                       {"max_sandboxes", s.max_sandboxes},
                       {"by_substrate", s.by_substrate},
                       {"execs_total", s.execs_total},
-                      {"daemon_rss_bytes", s.daemon_rss_bytes}};
+                      {"daemon_rss_bytes", s.daemon_rss_bytes},
+                      {"queued_episodes", s.queued_episodes}};
   if (s.has_usage)
     j["usage"] = {{"memory_bytes", s.usage.memory_bytes},
                   {"cpu_time_us", s.usage.cpu_time_us},

@@ -371,6 +371,7 @@ int RunStats(const Globals& g, const std::string& id) {
     for (const auto& [name, n] : s->by_substrate) std::printf("  %-14s %u\n", name.c_str(), n);
     std::printf("execs total:     %llu\n", static_cast<unsigned long long>(s->execs_total));
     std::printf("daemon rss:      %llu bytes\n", static_cast<unsigned long long>(s->daemon_rss_bytes));
+    std::printf("queued episodes: %u\n", s->queued_episodes);
     if (s->has_usage)
       std::printf("sandbox %s:\n  memory:   %llu bytes\n  cpu time: %llu us\n  pids:     %u\n",
                   id.c_str(), static_cast<unsigned long long>(s->usage.memory_bytes),

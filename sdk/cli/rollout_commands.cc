@@ -169,11 +169,12 @@ Result<bool> StartEmbeddedIfAsked(const Conn& c, EmbeddedPolicy& embedded, const
 // ---- progress and summary -------------------------------------------------
 
 std::string ProgressLine(const v1::RolloutProgress& p) {
-  return fmt::format("{} {}: {}/{} done, {} running{}, {} failed{}, {} pending{} | tool calls {:.1f}/s, tokens {:.0f}/s | "
+  return fmt::format("{} {}: {}/{} done, {} running{}, {} failed{}, {} pending{}{} | tool calls {:.1f}/s, tokens {:.0f}/s | "
                      "sandbox start {:.1f} ms | {:.1f} s",
                      p.rollout_id(), p.state(), p.done() + p.failed(), p.episodes_total(), p.running(),
                      p.waiting_for_sandbox() ? fmt::format(" ({} waiting for a sandbox)", p.waiting_for_sandbox()) : "",
                      p.failed(), p.infra() ? fmt::format(" ({} infra)", p.infra()) : "", p.pending(),
+                     p.queued() ? fmt::format(" ({} queued: the daemon is full)", p.queued()) : "",
                      p.groups_total() > 0 && p.groups_total() < p.episodes_total()
                          ? fmt::format(" | groups {}/{}", p.groups_done(), p.groups_total())
                          : "", p.tool_calls_per_s(), p.tokens_per_s(), p.sandbox_start_ms_median(),
@@ -350,6 +351,8 @@ struct RunArgs {
   uint32_t max_policy_lag = 0;
   std::string policy_version;
   bool abort_on_update = false;
+  uint32_t weight = 1;
+  int32_t priority = 0;
 };
 
 // --policy-kind as PolicySpec.kind.
@@ -398,6 +401,9 @@ struct ResumeArgs {
   std::string rollout_id;
   std::string policy, policy_kind, model, tool_choice, out;
   uint32_t concurrency = 0, max_in_flight = 0, unavailable_wait_s = 0, interval_ms = 1000;
+  uint32_t weight = 0;
+  int32_t priority = 0;
+  bool has_priority = false;  // --priority given (0 is a priority)
   bool constrain_tools = false, no_constrain_tools = false, detach = false;
 };
 
@@ -435,6 +441,8 @@ int RunResume(const Conn& c, ResumeArgs a) {
   v1::ResumeRolloutRequest req;
   req.set_rollout_id(a.rollout_id);
   req.set_concurrency(a.concurrency);
+  req.set_weight(a.weight);
+  if (a.has_priority) req.set_priority(a.priority);
   if (*policy) *req.mutable_policy() = **policy;
   auto resp = rc->Resume(req);
   if (!resp.ok()) return Fail(c, resp.status());
@@ -471,6 +479,8 @@ int RunRun(const Conn& c, RunArgs a) {
   req.set_max_policy_lag(a.max_policy_lag);
   req.set_policy_version(a.policy_version);
   req.set_abort_on_update(a.abort_on_update);
+  req.set_weight(a.weight);
+  req.set_priority(a.priority);
   req.set_source(fs::absolute(a.tasks).string());
   if (a.temperature >= 0) req.mutable_sampling()->set_temperature(a.temperature);
   req.mutable_sampling()->set_max_new_tokens(a.max_new_tokens);
@@ -507,6 +517,14 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
   run->add_option("--model", run_args.model, "model name sent to OpenAI-compatible servers");
   run->add_option("--concurrency,-c", run_args.concurrency, "episodes running at once")->capture_default_str();
   run->add_option("--max-in-flight", run_args.max_in_flight, "policy requests in flight (0: the concurrency)");
+  run->add_option("--weight", run_args.weight,
+                  "share of the daemon's episode slots among rollouts of equal priority, by sandbox-time, when "
+                  "the daemon is full")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1000000u));
+  run->add_option("--priority", run_args.priority,
+                  "rollouts of a higher priority start their episodes first when the daemon is full")
+      ->capture_default_str();
   run->add_option("--samples", run_args.samples, "episodes per task")->capture_default_str();
   run->add_option("--out", run_args.out, "write DIR/ROLLOUT_ID/episodes.jsonl and summary.json at the end");
   run->add_option("--id", run_args.rollout_id, "rollout id (default: generated)");
@@ -554,10 +572,17 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
   resume->add_option("--tool-choice", resume_args.tool_choice,
                      "auto | required, with the tool constraint (default: stored)");
   resume->add_option("--concurrency,-c", resume_args.concurrency, "episodes at once (default: the stored value)");
+  resume->add_option("--weight", resume_args.weight, "share when the daemon is full (default: the stored value)")
+      ->check(CLI::Range(1u, 1000000u));
+  CLI::Option* resume_priority =
+      resume->add_option("--priority", resume_args.priority, "higher starts first (default: the stored value)");
   resume->add_option("--out", resume_args.out, "write DIR/ROLLOUT_ID/episodes.jsonl and summary.json at the end");
   resume->add_option("--interval-ms", resume_args.interval_ms, "progress period")->capture_default_str();
   resume->add_flag("--detach", resume_args.detach, "return once resumed");
-  resume->callback([&rc] { rc = RunResume(conn, resume_args); });
+  resume->callback([&rc, resume_priority] {
+    resume_args.has_priority = resume_priority->count() > 0;
+    rc = RunResume(conn, resume_args);
+  });
 
   CLI::App* ex = app.add_subcommand("export", "a rollout's episodes as training data (JSON lines; docs/export.schema.json)");
   ex->add_option("rollout_id", export_id, "rollout id")->required();
@@ -600,7 +625,8 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
         json a = json::array();
         for (auto& p : list->rollouts())
           a.push_back({{"rollout_id", p.rollout_id()}, {"state", p.state()}, {"episodes", p.episodes_total()},
-                       {"done", p.done()}, {"failed", p.failed()}, {"policy", p.policy()}, {"source", p.source()}});
+                       {"done", p.done()}, {"failed", p.failed()}, {"running", p.running()}, {"queued", p.queued()},
+                       {"policy", p.policy()}, {"source", p.source()}});
         std::printf("%s\n", a.dump().c_str());
       } else {
         std::printf("%-20s %-12s %8s %8s %8s  %s\n", "ROLLOUT", "STATE", "EPISODES", "DONE", "FAILED", "POLICY");

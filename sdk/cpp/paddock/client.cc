@@ -464,6 +464,7 @@ Result<DaemonStats> Client::Stats(const std::string& id, std::chrono::millisecon
   d.draining = resp.draining();
   d.images.assign(resp.images().begin(), resp.images().end());
   d.front_lease_ms = resp.front_lease_ms();
+  d.queued_episodes = resp.queued_episodes();
   return d;
 }
 

@@ -87,6 +87,7 @@ struct DaemonStats {
   bool draining = false;
   std::vector<std::string> images;  // names in its store (at most 256)
   uint32_t front_lease_ms = 0;      // a front's lease there
+  uint32_t queued_episodes = 0;     // rollout episodes waiting for a slot of the daemon
 };
 
 // Idempotency key of a side-effecting call (see proto/sandbox.proto
