@@ -668,6 +668,17 @@ TEST_F(RolloutE2eTest, PolicyUpdatedMidRollout_EveryTurnCarriesItsVersion_Groups
   g = daemon_.Cli({"--json", "rollout", "groups", "up-run", "--consumer", "trainer"});
   ASSERT_EQ(g.code, 0) << g.err;
   EXPECT_TRUE(ReadJsonl(g.out).empty()) << g.out;
+  // By hand: `rollout ack`, then the human listing skips what was acknowledged.
+  auto a = daemon_.Cli({"rollout", "ack", "up-run", "--consumer", "eval", "up-run/up-0"});
+  ASSERT_EQ(a.code, 0) << a.err;
+  EXPECT_THAT(a.out, HasSubstr("1 newly acknowledged, 1 in all for consumer eval"));
+  g = daemon_.Cli({"rollout", "groups", "up-run", "--consumer", "eval"});
+  ASSERT_EQ(g.code, 0) << g.err;
+  EXPECT_THAT(g.out, ::testing::Not(HasSubstr("up-run/up-0 ")));
+  EXPECT_THAT(g.out, HasSubstr("up-run/up-1"));
+  a = daemon_.Cli({"rollout", "ack", "up-run", "--consumer", "eval", "up-run/nope"});
+  EXPECT_EQ(a.code, 1);
+  EXPECT_THAT(a.err, HasSubstr("not a group of rollout"));
   // A finished rollout takes no update; a clear error.
   u = daemon_.Cli({"rollout", "update-policy", "up-run", "--version", "v4"});
   EXPECT_EQ(u.code, 1);
