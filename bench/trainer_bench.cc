@@ -14,6 +14,11 @@
 //     over several updates; afterwards every episode's steps are numbered
 //     1..n without a gap or a repeat and the live policy calls equal the turns
 //     (no turn lost or duplicated).
+//  3. fork: a 4-turn container episode of ~1,000 generated tokens (each turn
+//     ~250 tokens of text, then a bash call that writes a file), forked after
+//     its 4th turn into 16: the time from the ForkEpisode call until all 16
+//     forks are past the fork point (their first live turn answered, so each
+//     has its own sandbox rebuilt with the 4 logged calls re-applied).
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -29,6 +34,7 @@
 
 #include "replay/trajectory_log.h"
 #include "rollout/engine/rollout_engine.h"
+#include "sandbox/container/container_substrate.h"
 #include "sandbox/function/function_substrate.h"
 #include "sandbox/manager.h"
 #include "tests/support/daemon_process.h"
@@ -71,6 +77,7 @@ struct Env {
     std::filesystem::create_directories(env.state_dir);
     manager = std::make_unique<SandboxManager>(ManagerOptions{.max_sandboxes = 2000});
     manager->RegisterSubstrate(MakeFunctionSubstrate(env));
+    manager->RegisterSubstrate(MakeContainerSubstrate(env));
     replay::LogOptions lo;
     lo.dir = dir + "/log";
     auto l = replay::TrajectoryLog::Open(lo);
@@ -245,6 +252,70 @@ int UpdateScenario(const std::string& rootfs, const std::string& dir, int update
   return contiguous && turns == stats.live_policy_calls ? 0 : 2;
 }
 
+// ---- 3. fork ---------------------------------------------------------------
+int ForkScenario(const std::string& rootfs, const std::string& dir, int runs) {
+  Env env(dir);
+  std::string filler;
+  for (int i = 0; i < 24; ++i) filler += fmt::format("step note {} on the plan. ", i);
+  json script = json::array();
+  for (int t = 1; t <= 4; ++t)
+    script.push_back(filler + Call("bash", "command", fmt::format("echo turn{} >> /tmp/work; echo ok", t)));
+  script.push_back(Call("bash", "command", "wc -l < /tmp/work"));
+  script.push_back(Call("submit", "answer", "done"));
+  json task = {{"id", "parent"}, {"image", rootfs}, {"substrate", "container"}, {"instruction", "work in turns"},
+               {"tools", {"bash", "submit"}}, {"max_turns", 8}, {"verifier", "test $(wc -l < /tmp/work) = 5"}};
+  v1::StartRolloutRequest req;
+  req.set_rollout_id("fork-parent");
+  req.set_tasks_jsonl(task.dump() + "\n");
+  req.mutable_policy()->set_kind("scripted");
+  req.mutable_policy()->set_script(script.dump());
+  req.set_concurrency(1);
+  if (!env.engine->Start(req).ok()) return 1;
+  while (env.engine->Progress("fork-parent")->state() == "running")
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto steps = env.log->ReadSteps("fork-parent/parent#0");
+  uint64_t tokens = 0;
+  for (size_t i = 0; i < 4 && i < steps->size(); ++i) tokens += (*steps)[i].policy_response().token_ids_size();
+  fmt::print("fork: parent episode {} turns, {} generated tokens in its first 4\n", steps->size(), tokens);
+  std::vector<double> all_running;
+  for (int run = 0; run < runs; ++run) {
+    v1::ForkEpisodeRequest fr;
+    fr.set_episode_id("fork-parent/parent#0");
+    fr.set_at_step(4);
+    fr.set_samples(16);
+    fr.set_rollout_id(fmt::format("fork-{}", run));
+    auto t0 = Clock::now();
+    auto f = env.engine->Fork(fr);
+    if (!f.ok()) {
+      std::cerr << f.status().message() << "\n";
+      return 1;
+    }
+    // Past the fork point: the episode's turn 5 answered (turns >= 5).
+    double t_running = -1;
+    while (true) {
+      int past = 0;
+      for (int i = 0; i < 16; ++i) {
+        auto d = env.engine->GetEpisode(fmt::format("{}/parent#{}", fr.rollout_id(), i));
+        past += d.ok() && (d->summary().turns() >= 5 || d->summary().state() == "finished");
+      }
+      if (past == 16 && t_running < 0) t_running = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      auto p = env.engine->Progress(fr.rollout_id());
+      if (p.ok() && p->state() != "running") {
+        if (p->done() != 16) std::cerr << "fork: " << p->done() << " of 16 finished\n";
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    all_running.push_back(t_running);
+    fmt::print("  run {}: all 16 forks past the fork point after {:.0f} ms, all finished after {:.0f} ms\n", run + 1,
+               t_running, total);
+  }
+  fmt::print("fork: 16 forks of a {}-token 4-turn container episode, all running: median {:.0f} ms (max {:.0f})\n",
+             tokens, Quantile(all_running, 0.5), Quantile(all_running, 1.0));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -256,7 +327,7 @@ int main(int argc, char** argv) {
   app.add_option("--updates", updates, "weight updates in the update scenario")->capture_default_str();
   app.add_option("--out", out, "where the CDF data and gnuplot script go")->capture_default_str();
   app.add_option("--work", work, "scratch directory (removed)")->capture_default_str();
-  app.add_option("--only", only, "groups | update");
+  app.add_option("--only", only, "groups | update | fork");
   CLI11_PARSE(app, argc, argv);
   std::filesystem::create_directories(out);
   std::string rootfs = testing::EnsureBusyboxRootfs();
@@ -283,5 +354,6 @@ int main(int argc, char** argv) {
            "plot 'cdf_group_delivery.dat' using 1:2 with steps lw 2 title 'StreamGroups (follow, with export lines)'\n";
   }
   if (only.empty() || only == "update") rc = UpdateScenario(rootfs, work + "/update", updates, out);
+  if (only.empty() || only == "fork") rc |= ForkScenario(rootfs, work + "/fork", runs);
   return rc;
 }
