@@ -625,6 +625,16 @@ TEST_F(RolloutE2eTest, PolicyUpdatedMidRollout_EveryTurnCarriesItsVersion_Groups
   ASSERT_EQ(u.code, 0) << u.err;
   EXPECT_THAT(u.out, HasSubstr("policy v2 -> v3 (epoch 2)"));
   ASSERT_TRUE(WaitDone("up-run", 6, std::chrono::seconds(240))) << daemon_.LogTail();
+  // Two forks of one episode after its first turn, watched to the end by the CLI.
+  auto f = daemon_.Cli({"rollout", "fork", "up-run/up-0#0", "--at-step", "1", "--samples", "2", "--id", "up-fork"});
+  ASSERT_EQ(f.code, 0) << f.out << f.err;
+  EXPECT_THAT(f.out, HasSubstr("rollout up-fork: 2 forks of up-run/up-0#0 at turn 1"));
+  auto fex = ReadJsonl(daemon_.Cli({"export", "up-fork"}).out);
+  ASSERT_EQ(fex.size(), 2u);
+  for (const auto& l : fex) {
+    EXPECT_EQ(l["fork"]["parent"], "up-run/up-0#0");
+    EXPECT_EQ(l["replayed"]["policy_calls"], 1);
+  }
   kill(policy, SIGTERM);
   int st = 0;
   waitpid(policy, &st, 0);
