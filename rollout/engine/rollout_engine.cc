@@ -176,18 +176,8 @@ class RolloutEngine::Impl {
         return Error(Code::kAlreadyExists, "rollout '{}' exists already; `paddock resume {}` continues it",
                      req.rollout_id(), req.rollout_id());
     }
-    v1::EpisodeRecordProto rec;
-    rec.set_episode_id(kRolloutPrefix + req.rollout_id());
-    rec.set_state(v1::EpisodeRecordProto::RUNNING);
-    rec.set_task(DefinitionJson(req, req.rollout_id()));
-    rec.set_model(req.policy().kind() + " " + req.policy().url());
-    (*rec.mutable_labels())["paddock.kind"] = "rollout";
-    (*rec.mutable_labels())["paddock.state"] = "running";
     std::shared_ptr<Rollout> r = std::move(*ro);
-    r->policy_version = InitialPolicyVersion(req, *r->backend);
-    (*rec.mutable_labels())["paddock.policy_version"] = r->policy_version;
-    (*rec.mutable_labels())["paddock.policy_epoch"] = "0";
-    PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(rec).Prefix("storing the rollout's definition"));
+    PADDOCK_RETURN_IF_ERROR(RecordNewRollout(*r).Prefix("storing the rollout's definition"));
     r->local_client = local_client;
     v1::StartRolloutResponse resp;
     resp.set_rollout_id(r->id);
@@ -649,18 +639,7 @@ class RolloutEngine::Impl {
         PADDOCK_RETURN_IF_ERROR(log_.AppendStep(st).Prefix("copying the forked prefix"));  // synced: the calls too
       }
     }
-    v1::EpisodeRecordProto rec;
-    rec.set_episode_id(kRolloutPrefix + req.rollout_id());
-    rec.set_state(v1::EpisodeRecordProto::RUNNING);
-    rec.set_task(DefinitionJson(req, req.rollout_id()));
-    rec.set_model(req.policy().kind() + " " + req.policy().url());
-    (*rec.mutable_labels())["paddock.kind"] = "rollout";
-    (*rec.mutable_labels())["paddock.state"] = "running";
-    (*rec.mutable_labels())[kForkOfLabel] = id;
-    r->policy_version = InitialPolicyVersion(req, *r->backend);
-    (*rec.mutable_labels())["paddock.policy_version"] = r->policy_version;
-    (*rec.mutable_labels())["paddock.policy_epoch"] = "0";
-    PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(rec).Prefix("storing the fork's definition"));
+    PADDOCK_RETURN_IF_ERROR(RecordNewRollout(*r).Prefix("storing the fork's definition"));
     r->local_client = local_client;
     v1::ForkEpisodeResponse resp;
     resp.set_rollout_id(r->id);
@@ -736,6 +715,25 @@ class RolloutEngine::Impl {
   }
 
  private:
+  // The record of a new rollout (its definition, under "rollout/ID"), with the
+  // policy version it starts under.
+  Status RecordNewRollout(Rollout& r) {
+    const v1::StartRolloutRequest& req = r.req;
+    v1::EpisodeRecordProto rec;
+    rec.set_episode_id(kRolloutPrefix + req.rollout_id());
+    rec.set_state(v1::EpisodeRecordProto::RUNNING);
+    rec.set_task(DefinitionJson(req, req.rollout_id()));
+    rec.set_model(req.policy().kind() + " " + req.policy().url());
+    auto& labels = *rec.mutable_labels();
+    labels["paddock.kind"] = "rollout";
+    labels["paddock.state"] = "running";
+    if (auto it = req.labels().find(kForkOfLabel); it != req.labels().end()) labels[kForkOfLabel] = it->second;
+    r.policy_version = InitialPolicyVersion(req, *r.backend);
+    labels["paddock.policy_version"] = r.policy_version;
+    labels["paddock.policy_epoch"] = "0";
+    return log_.PutEpisode(rec);
+  }
+
   // The rollout's policy version, kept in its record so that a resume goes on
   // with it (labels paddock.policy_version, paddock.policy_epoch).
   void RecordPolicyVersion(const Rollout& r, const std::string& version, uint64_t epoch) {
