@@ -260,7 +260,8 @@ Status LayerCache::Materialize(CachedLayer* layer) {
   return Status::Ok();
 }
 
-Status LayerCache::Install(const std::string& tmp, const StoredLayer& stored, const UnpackStats& stats) {
+Status LayerCache::Install(const std::string& tmp, const StoredLayer& stored, const UnpackStats& stats,
+                           bool tree_synced) {
   nlohmann::json m = {{"diff_id", stored.diff_id.str()},
                       {"blob", stored.blob.str()},
                       {"compression", CompressionName(stored.compression)},
@@ -274,7 +275,11 @@ Status LayerCache::Install(const std::string& tmp, const StoredLayer& stored, co
   {
     UniqueFd f(::open((tmp + "/" + kMarker).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     ws = f.valid() ? WriteAll(f.get(), text.data(), text.size(), "layer marker") : ErrnoError("writing layer marker");
-    if (ws.ok() && options_.sync && ::syncfs(f.get()) != 0) ws = ErrnoError("syncfs on the layer cache");
+    if (ws.ok() && options_.sync) {
+      if (!tree_synced && ::syncfs(f.get()) != 0) ws = ErrnoError("syncfs on the layer cache");
+      if (ws.ok() && tree_synced && ::fsync(f.get()) != 0) ws = ErrnoError("fsync of the layer marker");
+      if (ws.ok() && tree_synced) ws = FsyncDir(tmp);
+    }
   }
   if (ws.ok() && ::rename(tmp.c_str(), LayerDir(stored.diff_id).c_str()) != 0)
     ws = ErrnoError("renaming unpacked layer into place");
@@ -291,6 +296,14 @@ StreamedLayer::~StreamedLayer() {
   if (!done_) RemoveTree(tmp_);  // before the lock goes: no one may see it half-made
 }
 
+Status StreamedLayer::Sync() {
+  if (!cache_->options_.sync || synced_) return Status::Ok();
+  UniqueFd fd(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid() || ::syncfs(fd.get()) != 0) return ErrnoError("syncfs on the layer cache");
+  synced_ = true;
+  return Status::Ok();
+}
+
 Status StreamedLayer::Commit(const StoredLayer& stored, const UnpackStats& stats) {
   if (done_) return Error(Code::kFailedPrecondition, "streamed layer {} already committed", diff_id_.str());
   done_ = true;
@@ -305,7 +318,7 @@ Status StreamedLayer::Commit(const StoredLayer& stored, const UnpackStats& stats
   if (!record.ok() || !(record->blob == stored.blob))
     return fail(Error(Code::kFailedPrecondition, "layer {} is not committed in the store as blob {}", diff_id_.str(),
                       stored.blob.str()));
-  if (Status st = cache_->Install(tmp_, stored, stats); !st.ok()) return fail(st);
+  if (Status st = cache_->Install(tmp_, stored, stats, synced_); !st.ok()) return fail(st);
   cache_->Adopt(diff_id_, stored.uncompressed_size);
   lock_.reset();
   return Status::Ok();

@@ -88,6 +88,10 @@ class StreamedLayer {
   StreamedLayer& operator=(const StreamedLayer&) = delete;
   // The empty directory to unpack into.
   const std::string& root() const { return root_; }
+  // Makes the finished tree durable now (LayerCacheOptions::sync: syncfs), so a
+  // pull syncs each layer as soon as it is unpacked, overlapping the layers
+  // still downloading, and Commit only has the marker left to sync.
+  Status Sync();
   // After the store has committed `stored` (same diff_id): writes the marker,
   // syncs (LayerCacheOptions::sync), renames the tree into place and makes it a
   // ready, unleased layer. On error the tree is removed (Acquire unpacks the
@@ -102,6 +106,7 @@ class StreamedLayer {
   std::string tmp_, root_;
   UniqueFd lock_;  // LOCK_EX on the layer's lock file until committed or dropped
   bool done_ = false;
+  bool synced_ = false;
 };
 
 // Pins one materialized layer. Move-only; releasing (destruction) makes the layer
@@ -151,8 +156,10 @@ class LayerCache {
  private:
   friend class LayerLease;
   friend class StreamedLayer;
-  // Marker, sync and rename of a finished tree at `tmp` (layer lock held).
-  Status Install(const std::string& tmp, const StoredLayer& stored, const UnpackStats& stats);
+  // Marker, sync and rename of a finished tree at `tmp` (layer lock held);
+  // `tree_synced`: the tree is durable already, only the marker needs syncing.
+  Status Install(const std::string& tmp, const StoredLayer& stored, const UnpackStats& stats,
+                 bool tree_synced = false);
   // A streamed layer became ready.
   void Adopt(const Digest& diff_id, uint64_t bytes);
   LayerCache(std::string dir, ImageStore* store, LayerCacheOptions options)

@@ -227,6 +227,9 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
       streams[i].reset();  // the partial tree goes now, not at the end of the pull
       return download.error().ok() ? stored.status().Prefix(ref.str()) : download.error();
     }
+    // Durable while the other layers still download; only renamed in after the commit.
+    if (streams[i])
+      if (Status st = streams[i]->Sync(); !st.ok()) return st.Prefix(blob_who);
     at[i] = *stored;
     layers_done++;
     return Status::Ok();
