@@ -2,10 +2,13 @@
 // image.sh: two gzip layers written by umoci) from Debian's docker-registry
 // (distribution 2.8) on loopback, measured in the same run against the peers:
 //
-//   1. pull + materialize (every layer unpacked in the LayerCache) vs
+//   1. pull + materialize (every layer unpacked into the LayerCache while it
+//      downloads; the pull given the cache, as paddockd's are) vs
 //      `skopeo copy docker://… oci:DIR` + `umoci unpack` of the same image,
-//      alternating which goes first; medians and their ratio (and the pull
-//      alone with one layer at a time, to show what parallel layers buy);
+//      alternating which goes first; medians and their ratio (and, for
+//      scale, the two-pass way: the pull into the store alone, then the cache
+//      unpacking from the stored blobs; and the streamed pull one layer at a
+//      time, to show what parallel layers buy);
 //   2. a re-pull with every layer present vs the first pull (target ≤ 1/20);
 //   3. an image sharing its base layer with one already pulled: the bytes it
 //      transfers vs its new layer's size;
@@ -15,7 +18,11 @@
 //      read and dropped; and the same blobs fetched by curl, for scale).
 //
 // Usage: registry_bench [RUNS=5] [WORK_DIR=/var/tmp/paddock-registry-bench]
-// Needs root, docker-registry, skopeo and umoci. See bench/README.md.
+//                       [--link-mbit N]
+// With --link-mbit the registry runs in its own network namespace behind a veth
+// pair shaped to N Mbit/s each way (tc tbf), standing for a real network;
+// without, it listens on loopback. Needs root, docker-registry, skopeo, umoci
+// (and iproute2 for --link-mbit). See bench/README.md.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -104,8 +111,35 @@ std::vector<std::pair<std::string, uint64_t>> CutBaseImage(const std::string& la
   return layers;
 }
 
+// A shaped link to a registry in its own network namespace: a veth pair, the
+// far end at 10.213.<k>.2, each end's egress limited by a token bucket.
+struct ShapedLink {
+  std::string ns, host_if, addr;
+  ~ShapedLink() {
+    if (ns.empty()) return;
+    std::system(fmt::format("ip link del {} 2>/dev/null; ip netns del {} 2>/dev/null", host_if, ns).c_str());
+  }
+};
+
+void SetUpLink(int mbit, ShapedLink* l) {
+  const int k = 100 + getpid() % 100;
+  l->ns = fmt::format("paddock-rb-{}", getpid());
+  l->host_if = fmt::format("prb{}a", getpid() % 100000);
+  const std::string peer = fmt::format("prb{}b", getpid() % 100000);
+  l->addr = fmt::format("10.213.{}.2", k);
+  // burst: 256 KiB, about 10 ms at 200 Mbit/s; latency bounds the queue.
+  const std::string tbf = fmt::format("tbf rate {}mbit burst 256kb latency 50ms", mbit);
+  Sh(fmt::format("ip netns add {0} && ip link add {1} type veth peer name {2} && ip link set {2} netns {0} && "
+                 "ip addr add 10.213.{3}.1/24 dev {1} && ip link set {1} up && "
+                 "ip netns exec {0} ip addr add {4}/24 dev {2} && ip netns exec {0} ip link set {2} up && "
+                 "ip netns exec {0} ip link set lo up && tc qdisc add dev {1} root {5} && "
+                 "ip netns exec {0} tc qdisc add dev {2} root {5}",
+                 l->ns, l->host_if, peer, k, l->addr, tbf));
+}
+
 struct Registry {
   pid_t pid = 0;
+  std::string addr = "127.0.0.1";
   int port = 0;
   ~Registry() {
     if (pid > 0) {
@@ -115,16 +149,20 @@ struct Registry {
   }
 };
 
-void StartRegistry(const std::string& work, Registry* r) {
-  r->port = testing::FreeLoopbackPort();
+// On loopback, or inside `link`'s namespace when it has one.
+void StartRegistry(const std::string& work, const ShapedLink& link, Registry* r) {
+  r->port = link.ns.empty() ? testing::FreeLoopbackPort() : 5000;
+  if (!link.ns.empty()) r->addr = link.addr;
   std::string cfg = work + "/registry.yml";
   std::ofstream(cfg) << fmt::format(
       "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}/registry\nhttp:\n  addr: "
-      "127.0.0.1:{}\n",
-      work, r->port);
-  r->pid = testing::SpawnProgram({"/usr/bin/docker-registry", "serve", cfg}, work + "/registry.log");
+      "{}:{}\n",
+      work, r->addr, r->port);
+  std::vector<std::string> argv = {"/usr/bin/docker-registry", "serve", cfg};
+  if (!link.ns.empty()) argv.insert(argv.begin(), {"/usr/bin/ip", "netns", "exec", link.ns});
+  r->pid = testing::SpawnProgram(argv, work + "/registry.log");
   for (int i = 0; i < 100; ++i) {
-    if (testing::RunProgram({"/bin/bash", "-c", fmt::format("exec 3<>/dev/tcp/127.0.0.1/{}", r->port)}).code == 0)
+    if (testing::RunProgram({"/bin/bash", "-c", fmt::format("exec 3<>/dev/tcp/{}/{}", r->addr, r->port)}).code == 0)
       return;
     usleep(100 * 1000);
   }
@@ -132,17 +170,24 @@ void StartRegistry(const std::string& work, Registry* r) {
   std::exit(1);
 }
 
+// The registry's host:port when it is not on loopback (plain HTTP allowed to it,
+// as paddockd's --insecure-registry does); set before the first PullOpts().
+std::string g_insecure_host;
+
 // Made once, as the daemon does for pulls on first use: loading the system CA
 // store is not part of a pull's time.
-registry::PullOptions PullOpts() {
+registry::PullOptions PullOpts(LayerCache* cache = nullptr) {
   static const registry::PullOptions o = [] {
     registry::PullOptions p;
     auto tls = policy::MakeTlsClientContext({});
     Die(tls.status(), "TLS context");
     p.registry.http.tls = *tls;
+    if (!g_insecure_host.empty()) p.registry.http.insecure_hosts.insert(g_insecure_host);
     return p;
   }();
-  return o;
+  registry::PullOptions with = o;
+  with.layer_cache = cache;
+  return with;
 }
 
 registry::Reference Ref(const std::string& text) {
@@ -218,12 +263,21 @@ std::string Mib(uint64_t b) { return fmt::format("{:.1f} MiB", static_cast<doubl
 
 int main(int argc, char** argv) {
   if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
-    fmt::print("usage: registry_bench [RUNS=5] [WORK_DIR=/var/tmp/paddock-registry-bench]\n"
+    fmt::print("usage: registry_bench [RUNS=5] [WORK_DIR=/var/tmp/paddock-registry-bench] [--link-mbit N]\n"
+               "--link-mbit N: the registry in its own network namespace behind a veth pair shaped to N Mbit/s.\n"
                "Needs root, docker-registry, skopeo, umoci. See bench/README.md (registry_bench).\n");
     return 0;
   }
-  const int runs = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
-  const std::string work = argc > 2 ? argv[2] : "/var/tmp/paddock-registry-bench";
+  std::vector<std::string> args;
+  int link_mbit = 0;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--link-mbit" && i + 1 < argc)
+      link_mbit = std::atoi(argv[++i]);
+    else
+      args.push_back(argv[i]);
+  }
+  const int runs = args.size() > 0 ? std::max(1, std::atoi(args[0].c_str())) : 5;
+  const std::string work = args.size() > 1 ? args[1] : "/var/tmp/paddock-registry-bench";
   for (const char* t : {"/usr/bin/docker-registry", "/usr/bin/skopeo", "/usr/bin/umoci"})
     if (access(t, X_OK) != 0) {
       fmt::print(stderr, "registry_bench: {} is not installed (scripts/install-deps.sh)\n", t);
@@ -238,9 +292,15 @@ int main(int argc, char** argv) {
   Sh(fmt::format("tar -xf '{}' -C '{}'", *archive, layout));
   auto layers = CutBaseImage(layout, work + "/layout-base");
 
+  static ShapedLink link;  // static: removed on exit, std::exit included
+  if (link_mbit > 0) SetUpLink(link_mbit, &link);
   Registry reg;
-  StartRegistry(work, &reg);
-  const std::string host = fmt::format("127.0.0.1:{}", reg.port);
+  StartRegistry(work, link, &reg);
+  const std::string host = fmt::format("{}:{}", reg.addr, reg.port);
+  if (link_mbit > 0) g_insecure_host = host;
+  fmt::print("registry: {} ({})\n", host,
+             link_mbit > 0 ? fmt::format("own network namespace, veth shaped to {} Mbit/s each way", link_mbit)
+                           : "loopback");
   const std::string full = host + "/bench/python3:12", base = host + "/bench/minbase:12";
   Sh(fmt::format("skopeo copy -q --dest-tls-verify=false oci:{}:debian-python3 docker://{}", layout, full));
   Sh(fmt::format("skopeo copy -q --dest-tls-verify=false oci:{}/layout-base:debian-python3 docker://{}", work, base));
@@ -250,13 +310,13 @@ int main(int argc, char** argv) {
              Mib(layers[0].second), Mib(layers.back().second));
 
   // 1 + 2: pull + materialize vs skopeo + umoci; re-pull vs first pull.
-  std::vector<double> ours, ours_pull, serial_pull, peer, peer_copy, repull;
+  std::vector<double> ours, ours_pull, serial_pull, peer, peer_copy, repull, two_pass, two_pass_pull;
   for (int i = 0; i < runs; ++i) {
     for (int k = 0; k < 2; ++k) {
       if ((i + k) % 2 == 0) {
         Fresh f = FreshStore(work + "/ours");
         double t0 = Now();
-        auto r = registry::PullImage(*f.store, Ref(full), PullOpts());
+        auto r = registry::PullImage(*f.store, Ref(full), PullOpts(f.cache.get()));
         Die(r.status(), "pulling");
         double t1 = Now();
         Materialize(f, r->image.str());
@@ -268,13 +328,24 @@ int main(int argc, char** argv) {
         Die(again.status(), "pulling again");
         repull.push_back(Now() - t3);
         if (again->bytes_fetched != 0) fmt::print("warning: the re-pull fetched {} bytes\n", again->bytes_fetched);
+        if (r->layers_unpacked != r->layers_new)
+          fmt::print("warning: {} of {} new layers unpacked while downloading\n", r->layers_unpacked, r->layers_new);
         // The same pull one layer at a time (PullOptions::parallel_layers = 1).
         Fresh g = FreshStore(work + "/serial");
-        auto one = PullOpts();
+        auto one = PullOpts(g.cache.get());
         one.parallel_layers = 1;
         double t5 = Now();
         Die(registry::PullImage(*g.store, Ref(full), one).status(), "pulling one layer at a time");
         serial_pull.push_back(Now() - t5);
+        // Two passes: into the store only, then the cache unpacks the stored blobs.
+        Fresh h = FreshStore(work + "/two-pass");
+        double t6 = Now();
+        auto r2 = registry::PullImage(*h.store, Ref(full), PullOpts());
+        Die(r2.status(), "pulling into the store only");
+        double t7 = Now();
+        Materialize(h, r2->image.str());
+        two_pass_pull.push_back(t7 - t6);
+        two_pass.push_back(Now() - t6);
       } else {
         Sh(fmt::format("rm -rf '{0}/peer-oci' '{0}/peer-bundle'", work));
         double t0 = Now();
@@ -319,7 +390,7 @@ int main(int argc, char** argv) {
     Fresh f = FreshStore(work + "/exec");
     fs::remove_all(state);
     fs::create_directories(state);
-    registry::OnDemandPuller puller(*f.store, PullOpts());
+    registry::OnDemandPuller puller(*f.store, PullOpts(f.cache.get()));
     StoreImageResolver resolver(
         f.store.get(), f.cache.get(), false,
         RegistryFetcher{[](const std::string& r) { return registry::NamesRegistryImage(r); },
@@ -358,8 +429,10 @@ int main(int argc, char** argv) {
   const double o = Median(ours), p = Median(peer);
   fmt::print("\nregistry pulls, median of {} runs (ms)\n", runs);
   fmt::print("{:<62} {:>9.1f}\n", "pull + materialize (ours)", o * 1e3);
-  fmt::print("{:<62} {:>9.1f}\n", "  of which the pull (fetch, verify, recompress, commit)", Median(ours_pull) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "  of which the pull (fetch, verify, unpack, store, commit)", Median(ours_pull) * 1e3);
   fmt::print("{:<62} {:>9.1f}\n", "  the pull one layer at a time (parallel_layers = 1)", Median(serial_pull) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "two passes: pull into the store, then materialize", Median(two_pass) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "  of which the pull into the store alone", Median(two_pass_pull) * 1e3);
   fmt::print("{:<62} {:>9.1f}\n", "skopeo copy docker:// oci: + umoci unpack (peer)", p * 1e3);
   fmt::print("{:<62} {:>9.1f}\n", "  of which skopeo copy", Median(peer_copy) * 1e3);
   fmt::print("{:<62} {:>9.3f}x  {}\n", "ours / peer", o / p, o <= p ? "faster" : "slower");
