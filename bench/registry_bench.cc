@@ -19,10 +19,11 @@
 //      read and dropped; and the same blobs fetched by curl, for scale).
 //
 // Usage: registry_bench [RUNS=5] [WORK_DIR=/var/tmp/paddock-registry-bench]
-//                       [--link-mbit N]
+//                       [--link-mbit N] [--no-cache-sync]
 // With --link-mbit the registry runs in its own network namespace behind a veth
 // pair shaped to N Mbit/s each way (tc tbf), standing for a real network;
-// without, it listens on loopback. Needs root, docker-registry, skopeo, umoci
+// without, it listens on loopback. --no-cache-sync opens the layer caches
+// without syncfs, to show what durability costs. Needs root, docker-registry, skopeo, umoci
 // (and iproute2 for --link-mbit). See bench/README.md.
 #include <signal.h>
 #include <sys/wait.h>
@@ -197,6 +198,10 @@ registry::Reference Ref(const std::string& text) {
   return *r;
 }
 
+// LayerCacheOptions::sync for every cache of the run (--no-cache-sync: to see what
+// the durability of the unpacked trees costs; paddockd always syncs).
+bool g_cache_sync = true;
+
 struct Fresh {
   std::unique_ptr<ImageStore> store;
   std::unique_ptr<LayerCache> cache;
@@ -208,7 +213,7 @@ Fresh FreshStore(const std::string& dir) {
   auto s = ImageStore::Open(dir + "/store");
   Die(s.status(), "opening a store");
   f.store = std::move(*s);
-  auto c = LayerCache::Open(dir + "/cache", f.store.get());
+  auto c = LayerCache::Open(dir + "/cache", f.store.get(), LayerCacheOptions{.sync = g_cache_sync});
   Die(c.status(), "opening a layer cache");
   f.cache = std::move(*c);
   return f;
@@ -312,6 +317,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
     fmt::print("usage: registry_bench [RUNS=5] [WORK_DIR=/var/tmp/paddock-registry-bench] [--link-mbit N]\n"
                "--link-mbit N: the registry in its own network namespace behind a veth pair shaped to N Mbit/s.\n"
+               "--no-cache-sync: layer caches without syncfs (what durability costs; paddockd always syncs).\n"
                "Needs root, docker-registry, skopeo, umoci. See bench/README.md (registry_bench).\n");
     return 0;
   }
@@ -320,6 +326,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--link-mbit" && i + 1 < argc)
       link_mbit = std::atoi(argv[++i]);
+    else if (std::string(argv[i]) == "--no-cache-sync")
+      g_cache_sync = false;
     else
       args.push_back(argv[i]);
   }
