@@ -165,7 +165,8 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
     return p.err.ok() ? Error(Code::kInvalidArgument, "cannot read {}: {}", p.name, ArchiveError(outer.get())) : p.err;
   p.outer = outer.get();
   if (p.source_writer) {
-    // Filters innermost first; the last is the source itself ("none").
+    // Filter 0 is the one nearest the tar; the last is the raw source ("none"),
+    // so exactly one gzip or zstd layer over it is kept.
     const int filters = archive_filter_count(outer.get());
     const int code = filters == 2 ? archive_filter_code(outer.get(), 0) : -1;
     if (code == ARCHIVE_FILTER_GZIP || code == ARCHIVE_FILTER_ZSTD) {
