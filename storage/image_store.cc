@@ -93,13 +93,17 @@ ImageTransaction::ImageTransaction(ImageStore* store, std::unique_ptr<StagingAre
     : store_(store), staging_(std::move(staging)) {}
 ImageTransaction::~ImageTransaction() = default;
 
-Result<StoredLayer> ImageTransaction::AddLayer(const ByteSource& source, const LayerHint& hint) {
+Result<StoredLayer> ImageTransaction::AddLayer(const ByteSource& source, const LayerHint& hint,
+                                               const AddLayerOptions& options) {
   const ImageStoreOptions& opt = store_->options_;
   IngestOptions io;
   io.compression = opt.compression;
   io.level = opt.compression == Compression::kZstd ? opt.zstd_level : opt.lz4_level;
   io.limits = opt.limits;
   io.name = hint.name.empty() ? "layer" : hint.name;
+  io.keep_compressed_source = options.keep_compressed_source;
+  io.unpack_into = options.unpack_into;
+  io.unpack_writeback = options.unpack_writeback;
 
   std::optional<StoredLayer> existing;
   if (hint.diff_id) {
@@ -121,6 +125,7 @@ Result<StoredLayer> ImageTransaction::AddLayer(const ByteSource& source, const L
   if (hint.diff_id && !(in.diff_id == *hint.diff_id))
     return Error(Code::kInvalidArgument, "{}: uncompressed content hashes to {}, but the image config says {}",
                  io.name, in.diff_id.str(), hint.diff_id->str());
+  if (options.unpacked && in.unpacked) *options.unpacked = *in.unpacked;
 
   auto pending = std::make_unique<PendingLayer>();
   pending->entries = std::move(in.entries);
@@ -138,7 +143,7 @@ Result<StoredLayer> ImageTransaction::AddLayer(const ByteSource& source, const L
   if (existing) {
     pending->layer = *existing;
   } else {
-    pending->layer = StoredLayer{in.diff_id, in.blob->digest, io.compression, in.index->digest, in.blob->size,
+    pending->layer = StoredLayer{in.diff_id, in.blob->digest, in.compression, in.index->digest, in.blob->size,
                                  in.uncompressed_size};
     pending->blob = in.blob;
     pending->index = in.index;

@@ -58,6 +58,19 @@ struct LayerHint {
   std::optional<Digest> diff_id;           // from the config, checked; enables dedup
 };
 
+// What AddLayer does beyond the store's defaults (IngestOptions says more).
+struct AddLayerOptions {
+  // Stage a gzip or zstd source byte for byte as the layer's blob instead of
+  // recompressing it (a registry pull's layers).
+  bool keep_compressed_source = false;
+  // Unpack the layer into this existing, empty directory in the same pass
+  // (LayerCache::StreamedLayer::root()); its stats go to `unpacked`. The tree
+  // is only trustworthy when AddLayer returned OK.
+  std::string unpack_into;
+  bool unpack_writeback = false;
+  UnpackStats* unpacked = nullptr;
+};
+
 class ImageStore;
 
 // Builds one or more images atomically: layers are staged, and nothing is visible
@@ -71,7 +84,7 @@ class ImageTransaction {
   // validated and hashed (nothing written) and the stored layer reused.
   // AddLayer and ReuseLayer may run on several threads at once (a pull's
   // parallel layers); the rest of the transaction is one thread's.
-  Result<StoredLayer> AddLayer(const ByteSource& source, const LayerHint& hint);
+  Result<StoredLayer> AddLayer(const ByteSource& source, const LayerHint& hint, const AddLayerOptions& options = {});
   // Reuses a layer already in the store (e.g. a parent image's) by diff_id.
   Result<StoredLayer> ReuseLayer(const Digest& diff_id);
   // Queues an image: config JSON (OCI config; its diff_ids must match `layers`)

@@ -4,12 +4,19 @@
 
 namespace paddock::storage {
 
-const char* CompressionName(Compression c) { return c == Compression::kLz4 ? "lz4" : "zstd"; }
+const char* CompressionName(Compression c) {
+  switch (c) {
+    case Compression::kLz4: return "lz4";
+    case Compression::kGzip: return "gzip";
+    default: return "zstd";
+  }
+}
 
 Result<Compression> ParseCompression(std::string_view name) {
   if (name == "zstd") return Compression::kZstd;
   if (name == "lz4") return Compression::kLz4;
-  return Error(Code::kInvalidArgument, "unknown layer compression '{}' (zstd or lz4)", name);
+  if (name == "gzip") return Compression::kGzip;
+  return Error(Code::kInvalidArgument, "unknown layer compression '{}' (zstd, lz4 or gzip)", name);
 }
 
 std::string EncodeIndex(const Digest& diff_id, const std::vector<LayerEntry>& entries) {

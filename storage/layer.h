@@ -4,7 +4,8 @@
 // OCI. It is stored as two blobs:
 //   * the tar, compressed as one zstd frame (level 3, default) or one lz4 frame,
 //     byte for byte the tar that was imported (so the diff_id can be re-derived and
-//     a zstd layer exported to OCI unchanged);
+//     a zstd layer exported to OCI unchanged); a layer pulled from a registry keeps
+//     the registry's own gzip or zstd blob instead (same digest, pushed back as is);
 //   * an index blob: JSON listing every entry (path, type, size, mode, owner, mtime,
 //     link target, header offset in the tar), so inspect, snapshot diffs and the
 //     materializer can plan without decompressing.
@@ -21,7 +22,9 @@
 
 namespace paddock::storage {
 
-enum class Compression { kZstd, kLz4 };
+// kGzip only for blobs kept as a registry sent them (pulls); new layers are
+// compressed with zstd or lz4.
+enum class Compression { kZstd, kLz4, kGzip };
 const char* CompressionName(Compression c);
 Result<Compression> ParseCompression(std::string_view name);
 

@@ -239,28 +239,11 @@ Status LayerCache::Materialize(CachedLayer* layer) {
       RemoveTree(tmp);
       return st.status();
     }
-    bytes = stored.uncompressed_size;
-    nlohmann::json m = {{"diff_id", stored.diff_id.str()},
-                        {"blob", stored.blob.str()},
-                        {"compression", CompressionName(stored.compression)},
-                        {"bytes", bytes},
-                        {"entries", st->entries},
-                        {"whiteouts", st->whiteouts},
-                        {"opaque_dirs", st->opaque_dirs},
-                        {"format", 1}};
-    std::string text = m.dump();
-    Status ws = Status::Ok();
-    {
-      UniqueFd f(::open((tmp + "/" + kMarker).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-      ws = f.valid() ? WriteAll(f.get(), text.data(), text.size(), "layer marker") : ErrnoError("writing layer marker");
-      if (ws.ok() && options_.sync && ::syncfs(f.get()) != 0) ws = ErrnoError("syncfs on the layer cache");
-    }
-    if (ws.ok() && ::rename(tmp.c_str(), final_dir.c_str()) != 0) ws = ErrnoError("renaming unpacked layer into place");
-    if (ws.ok() && options_.sync) ws = FsyncDir(dir_);
-    if (!ws.ok()) {
+    if (Status is = Install(tmp, stored, *st); !is.ok()) {
       RemoveTree(tmp);
-      return ws.Prefix(fmt::format("layer {}", layer->diff_id.str()));
+      return is;
     }
+    bytes = stored.uncompressed_size;
     unpacked = true;
   }
   // Exclusive → shared. The conversion is not atomic, so check the layer is still there.
@@ -275,6 +258,104 @@ Status LayerCache::Materialize(CachedLayer* layer) {
     ++stats_.unpacks;
   }
   return Status::Ok();
+}
+
+Status LayerCache::Install(const std::string& tmp, const StoredLayer& stored, const UnpackStats& stats,
+                           bool tree_synced) {
+  nlohmann::json m = {{"diff_id", stored.diff_id.str()},
+                      {"blob", stored.blob.str()},
+                      {"compression", CompressionName(stored.compression)},
+                      {"bytes", stored.uncompressed_size},
+                      {"entries", stats.entries},
+                      {"whiteouts", stats.whiteouts},
+                      {"opaque_dirs", stats.opaque_dirs},
+                      {"format", 1}};
+  std::string text = m.dump();
+  Status ws = Status::Ok();
+  {
+    UniqueFd f(::open((tmp + "/" + kMarker).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    ws = f.valid() ? WriteAll(f.get(), text.data(), text.size(), "layer marker") : ErrnoError("writing layer marker");
+    if (ws.ok() && options_.sync) {
+      if (!tree_synced && ::syncfs(f.get()) != 0) ws = ErrnoError("syncfs on the layer cache");
+      if (ws.ok() && tree_synced && ::fsync(f.get()) != 0) ws = ErrnoError("fsync of the layer marker");
+      if (ws.ok() && tree_synced) ws = FsyncDir(tmp);
+    }
+  }
+  if (ws.ok() && ::rename(tmp.c_str(), LayerDir(stored.diff_id).c_str()) != 0)
+    ws = ErrnoError("renaming unpacked layer into place");
+  if (ws.ok() && options_.sync) ws = FsyncDir(dir_);
+  return ws.Prefix(fmt::format("layer {}", stored.diff_id.str()));
+}
+
+// ---------- streamed layers ----------
+
+StreamedLayer::StreamedLayer(LayerCache* cache, Digest diff_id, std::string tmp, UniqueFd lock)
+    : cache_(cache), diff_id_(diff_id), tmp_(std::move(tmp)), root_(tmp_ + "/root"), lock_(std::move(lock)) {}
+
+StreamedLayer::~StreamedLayer() {
+  if (!done_) RemoveTree(tmp_);  // before the lock goes: no one may see it half-made
+}
+
+Status StreamedLayer::Sync() {
+  if (!cache_->options_.sync || synced_) return Status::Ok();
+  UniqueFd fd(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid() || ::syncfs(fd.get()) != 0) return ErrnoError("syncfs on the layer cache");
+  synced_ = true;
+  return Status::Ok();
+}
+
+Status StreamedLayer::Commit(const StoredLayer& stored, const UnpackStats& stats) {
+  if (done_) return Error(Code::kFailedPrecondition, "streamed layer {} already committed", diff_id_.str());
+  done_ = true;
+  auto fail = [&](Status st) {
+    RemoveTree(tmp_);
+    return st;
+  };
+  if (!(stored.diff_id == diff_id_))
+    return fail(Error(Code::kInternal, "streamed layer {} committed as {}", diff_id_.str(), stored.diff_id.str()));
+  // The marker must agree with the store's record, as Open() will check.
+  auto record = cache_->store_->FindLayer(diff_id_);
+  if (!record.ok() || !(record->blob == stored.blob))
+    return fail(Error(Code::kFailedPrecondition, "layer {} is not committed in the store as blob {}", diff_id_.str(),
+                      stored.blob.str()));
+  if (Status st = cache_->Install(tmp_, stored, stats, synced_); !st.ok()) return fail(st);
+  cache_->Adopt(diff_id_, stored.uncompressed_size);
+  lock_.reset();
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<StreamedLayer>> LayerCache::BeginStream(const Digest& diff_id) {
+  const std::string hex = diff_id.hex();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (layers_.count(hex)) return std::unique_ptr<StreamedLayer>();  // cached, or an unpack in flight here
+  }
+  UniqueFd lock = TryExclusive(LockPath(hex));
+  if (!lock.valid()) return std::unique_ptr<StreamedLayer>();  // another process has it
+  if (::access(LayerDir(diff_id).c_str(), F_OK) == 0) return std::unique_ptr<StreamedLayer>();
+  std::string tmp = dir_ + "/.tmp/" + hex + "." + UniqueTempName("s");
+  PADDOCK_RETURN_IF_ERROR(MakeDirs(tmp + "/root"));
+  return std::unique_ptr<StreamedLayer>(new StreamedLayer(this, diff_id, std::move(tmp), std::move(lock)));
+}
+
+void LayerCache::Adopt(const Digest& diff_id, uint64_t bytes) {
+  std::vector<std::string> doomed;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ++stats_.unpacks;
+    const std::string hex = diff_id.hex();
+    if (layers_.count(hex)) return;  // an Acquire got here first; it finds the marker
+    auto layer = std::make_shared<CachedLayer>();
+    layer->diff_id = diff_id;
+    layer->root = LayerDir(diff_id) + "/root";
+    layer->bytes = bytes;
+    layer->ready = true;
+    layer->last_used = ++tick_;
+    stats_.bytes += bytes;
+    layers_[hex] = layer;
+    EvictLocked(nullptr, &doomed);
+  }
+  RemoveTrees(doomed);
 }
 
 Result<LayerLease> LayerCache::Acquire(const Digest& diff_id) {

@@ -27,7 +27,13 @@
 // LRU order by marker mtime. File contents are not re-hashed at open (the unpack
 // checked the diff_id; the tree is private to the daemon).
 //
-// Lifetime: the cache must outlive every lease.
+// Streamed layers: a registry pull unpacks a new layer into the cache while it
+// downloads (BeginStream → the ingest writes into root() → Commit once the
+// store has committed the layer), instead of the cache decompressing the stored
+// blob again later. The partial tree lives in DIR/.tmp under the layer's lock,
+// like an unpack of our own, and is removed unless committed.
+//
+// Lifetime: the cache must outlive every lease and every StreamedLayer.
 #pragma once
 
 #include <atomic>
@@ -40,7 +46,9 @@
 
 #include "sandbox/base/status.h"
 #include "storage/digest.h"
+#include "sandbox/base/unique_fd.h"
 #include "storage/image_store.h"
+#include "storage/layer_tree_writer.h"
 
 namespace paddock::storage {
 
@@ -68,6 +76,38 @@ struct LayerCacheOpenReport {
 
 class LayerCache;
 struct CachedLayer;
+
+// One layer being unpacked into the cache by someone else's stream (a pull).
+// Move-only; destroying it uncommitted removes the partial tree, so a layer
+// whose download failed its digest, or whose archive was refused, never
+// appears in the cache.
+class StreamedLayer {
+ public:
+  ~StreamedLayer();
+  StreamedLayer(const StreamedLayer&) = delete;
+  StreamedLayer& operator=(const StreamedLayer&) = delete;
+  // The empty directory to unpack into.
+  const std::string& root() const { return root_; }
+  // Makes the finished tree durable now (LayerCacheOptions::sync: syncfs), so a
+  // pull syncs each layer as soon as it is unpacked, overlapping the layers
+  // still downloading, and Commit only has the marker left to sync.
+  Status Sync();
+  // After the store has committed `stored` (same diff_id): writes the marker,
+  // syncs (LayerCacheOptions::sync), renames the tree into place and makes it a
+  // ready, unleased layer. On error the tree is removed (Acquire unpacks the
+  // layer from the store later).
+  Status Commit(const StoredLayer& stored, const UnpackStats& stats);
+
+ private:
+  friend class LayerCache;
+  StreamedLayer(LayerCache* cache, Digest diff_id, std::string tmp, UniqueFd lock);
+  LayerCache* cache_;
+  Digest diff_id_;
+  std::string tmp_, root_;
+  UniqueFd lock_;  // LOCK_EX on the layer's lock file until committed or dropped
+  bool done_ = false;
+  bool synced_ = false;
+};
 
 // Pins one materialized layer. Move-only; releasing (destruction) makes the layer
 // evictable again once no other lease holds it.
@@ -97,6 +137,11 @@ class LayerCache {
 
   // Returns a lease on the layer's unpacked tree, unpacking it first if needed.
   Result<LayerLease> Acquire(const Digest& diff_id);
+  // A directory to unpack the layer into while it streams, or null when the
+  // layer is cached, being unpacked here or by another process, or its
+  // directory exists already: then the caller only stores it, and Acquire
+  // deals with it as with any stored layer.
+  Result<std::unique_ptr<StreamedLayer>> BeginStream(const Digest& diff_id);
   // Evicts unleased layers, least recently used first, until the total fits.
   Status Trim();
   // True when the layer is present and marked complete (no lease taken).
@@ -105,10 +150,18 @@ class LayerCache {
   LayerCacheStats stats() const;
   const LayerCacheOpenReport& open_report() const { return open_report_; }
   const std::string& dir() const { return dir_; }
+  const LayerCacheOptions& options() const { return options_; }
   std::string LayerDir(const Digest& diff_id) const { return dir_ + "/" + diff_id.hex(); }
 
  private:
   friend class LayerLease;
+  friend class StreamedLayer;
+  // Marker, sync and rename of a finished tree at `tmp` (layer lock held);
+  // `tree_synced`: the tree is durable already, only the marker needs syncing.
+  Status Install(const std::string& tmp, const StoredLayer& stored, const UnpackStats& stats,
+                 bool tree_synced = false);
+  // A streamed layer became ready.
+  void Adopt(const Digest& diff_id, uint64_t bytes);
   LayerCache(std::string dir, ImageStore* store, LayerCacheOptions options)
       : dir_(std::move(dir)), store_(store), options_(options) {}
   Status Scan();

@@ -95,6 +95,9 @@ class Lz4Compressor : public Compressor {
 
 Result<std::unique_ptr<Compressor>> Compressor::Create(Compression c, int level, ByteSink sink) {
   if (c == Compression::kLz4) return std::unique_ptr<Compressor>(new Lz4Compressor(level, std::move(sink)));
+  if (c == Compression::kGzip)
+    return Error(Code::kInvalidArgument, "new layers are compressed with zstd or lz4, not gzip (gzip blobs are only "
+                 "kept as a registry sent them)");
   return std::unique_ptr<Compressor>(new ZstdCompressor(level, std::move(sink)));
 }
 

@@ -3,6 +3,9 @@
 #include <fcntl.h>
 #include <lz4frame.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <zlib.h>
 #include <zstd.h>
 
 namespace paddock::storage {
@@ -153,12 +156,83 @@ class Lz4Decoder : public Decoder {
   size_t last_ = 1;
 };
 
+// A gzip blob kept as a registry sent it. Members are decoded one after another
+// (concatenated gzip is valid); bytes after the last member that do not start
+// another one are ignored, as libarchive's gzip reader (the ingest's) does, so
+// both read the same tar, which the diff_id check confirms anyway.
+class GzipDecoder : public Decoder {
+ public:
+  GzipDecoder() { ok_ = inflateInit2(&z_, 15 + 16) == Z_OK; }
+  ~GzipDecoder() override { inflateEnd(&z_); }
+  Status Decode(const char** in, size_t* in_n, char** out, size_t* out_n) override {
+    if (!ok_) return Error(Code::kInternal, "gzip: cannot initialize zlib");
+    if (trailing_) {  // past the last member: swallow the rest
+      *in += *in_n;
+      *in_n = 0;
+      return Status::Ok();
+    }
+    if (member_done_) {
+      // Another member only if the next two bytes are its magic (1f 8b), which
+      // may arrive split across two reads.
+      if (*in_n == 0) return Status::Ok();
+      auto byte = [&](size_t i) { return static_cast<unsigned char>((*in)[i]); };
+      if (!half_magic_ && *in_n == 1 && byte(0) == 0x1f) {
+        half_magic_ = true;
+        ++*in;
+        --*in_n;
+        return Status::Ok();
+      }
+      bool magic = half_magic_ ? byte(0) == 0x8b : (*in_n >= 2 && byte(0) == 0x1f && byte(1) == 0x8b);
+      if (!magic) {
+        trailing_ = true;
+        return Decode(in, in_n, out, out_n);
+      }
+      inflateReset(&z_);
+      member_done_ = false;
+      if (half_magic_) {  // hand zlib the first magic byte we already took
+        static const Bytef kFirst = 0x1f;
+        z_.next_in = const_cast<Bytef*>(&kFirst);
+        z_.avail_in = 1;
+        z_.next_out = reinterpret_cast<Bytef*>(*out);
+        z_.avail_out = 0;
+        if (inflate(&z_, Z_NO_FLUSH) == Z_DATA_ERROR) return Error(Code::kDataLoss, "gzip: corrupt member header");
+        half_magic_ = false;
+      }
+    }
+    z_.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(*in));
+    z_.avail_in = static_cast<uInt>(std::min<size_t>(*in_n, 1u << 30));
+    z_.next_out = reinterpret_cast<Bytef*>(*out);
+    z_.avail_out = static_cast<uInt>(std::min<size_t>(*out_n, 1u << 30));
+    const size_t in_before = z_.avail_in, out_before = z_.avail_out;
+    int r = inflate(&z_, Z_NO_FLUSH);
+    if (r != Z_OK && r != Z_STREAM_END && r != Z_BUF_ERROR)
+      return Error(Code::kDataLoss, "gzip: {}", z_.msg ? z_.msg : "corrupt stream");
+    if (r == Z_STREAM_END) member_done_ = true;
+    size_t used = in_before - z_.avail_in, made = out_before - z_.avail_out;
+    *in += used;
+    *in_n -= used;
+    *out += made;
+    *out_n -= made;
+    return Status::Ok();
+  }
+  bool Finished() const override { return member_done_ || trailing_; }
+
+ private:
+  z_stream z_{};
+  bool ok_ = false;
+  bool member_done_ = false;
+  bool half_magic_ = false;  // took a 0x1f after a member; 0x8b would start the next
+  bool trailing_ = false;
+};
+
 }  // namespace
 
 Status DecompressPipe::Produce() {
   std::unique_ptr<Decoder> dec;
   if (compression_ == Compression::kZstd)
     dec = std::make_unique<ZstdDecoder>();
+  else if (compression_ == Compression::kGzip)
+    dec = std::make_unique<GzipDecoder>();
   else
     dec = std::make_unique<Lz4Decoder>();
   std::string in(1 << 20, '\0');

@@ -1,7 +1,7 @@
-// Decompresses a stored layer blob (zstd or lz4 frames) on its own thread with
-// libzstd / liblz4 directly, into a small ring of large buffers that the caller
-// consumes (the materializer feeds them to libarchive's tar reader). libarchive's
-// own zstd read filter runs in the extracting thread with small buffers and was
+// Decompresses a stored layer blob (zstd or lz4 frames, or a gzip blob kept as a
+// registry sent it) on its own thread with libzstd / liblz4 / zlib directly, into
+// a small ring of large buffers that the caller consumes (the materializer feeds
+// them to libarchive's tar reader). libarchive's own zstd read filter runs in the extracting thread with small buffers and was
 // measured at 0.28x of `zstd -d | tar -x` (docs/image-store.md); this overlaps
 // decompression with extraction the way the shell pipeline does.
 //

@@ -47,6 +47,7 @@ struct Pipeline {
   Sha256 source_hash;
   uint64_t source_bytes = 0;
   std::string source_buf = std::string(1 << 20, '\0');
+  BlobWriter* source_writer = nullptr;  // keeping the source as the blob
   // Tar side.
   archive* outer = nullptr;
   Sha256 tar_hash;
@@ -69,6 +70,13 @@ struct Pipeline {
     }
     p->source_hash.Update(p->source_buf.data(), r.value());
     p->source_bytes += r.value();
+    if (p->source_writer) {
+      Status st = p->source_writer->Write(p->source_buf.data(), r.value());
+      if (!st.ok()) {
+        p->Fail(a, st.Prefix(p->name + ": storing"));
+        return -1;
+      }
+    }
     *buf = p->source_buf.data();
     return static_cast<la_ssize_t>(r.value());
   }
@@ -118,16 +126,32 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
   // Headers and padding add at most ~1.5 KiB per entry over the content bytes.
   p.tar_cap = options.limits.max_unpacked_bytes + options.limits.max_entries * 1536 + (1 << 20);
 
+  IngestedLayer out;
   std::unique_ptr<BlobWriter> blob_writer;
   std::unique_ptr<Compressor> compressor;
-  if (options.store) {
+  auto new_writer = [&]() -> Status {
     auto writer = staging->NewWriter();
     if (!writer.ok()) return writer.status().Prefix(p.name + ": storing");
     blob_writer = std::move(writer).value();
+    return Status::Ok();
+  };
+  // The tar side's compressor, when the source is not kept as it came.
+  auto compress_tar = [&]() -> Status {
+    PADDOCK_RETURN_IF_ERROR(new_writer());
     BlobWriter* w = blob_writer.get();
     PADDOCK_ASSIGN_OR_RETURN(compressor, Compressor::Create(options.compression, options.level,
                                                             [w](const void* d, size_t n) { return w->Write(d, n); }));
     p.compressor = compressor.get();
+    out.compression = options.compression;
+    return Status::Ok();
+  };
+  if (options.store && options.keep_compressed_source) {
+    // Whether the source is one gzip or zstd stream is known once libarchive
+    // has looked at its first bytes (below); they are kept until then.
+    PADDOCK_RETURN_IF_ERROR(new_writer());
+    p.source_writer = blob_writer.get();
+  } else if (options.store) {
+    PADDOCK_RETURN_IF_ERROR(compress_tar());
   }
 
   ArchivePtr outer(archive_read_new());
@@ -140,6 +164,23 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
   if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
     return p.err.ok() ? Error(Code::kInvalidArgument, "cannot read {}: {}", p.name, ArchiveError(outer.get())) : p.err;
   p.outer = outer.get();
+  if (p.source_writer) {
+    // Filter 0 is the one nearest the tar; the last is the raw source ("none"),
+    // so exactly one gzip or zstd layer over it is kept.
+    const int filters = archive_filter_count(outer.get());
+    const int code = filters == 2 ? archive_filter_code(outer.get(), 0) : -1;
+    if (code == ARCHIVE_FILTER_GZIP || code == ARCHIVE_FILTER_ZSTD) {
+      out.compression = code == ARCHIVE_FILTER_GZIP ? Compression::kGzip : Compression::kZstd;
+    } else {  // a plain tar, or a filter the store does not keep: compress the tar
+      p.source_writer = nullptr;
+      blob_writer.reset();  // unlinks what it had staged
+      PADDOCK_RETURN_IF_ERROR(compress_tar());
+    }
+  }
+  std::unique_ptr<LayerTreeWriter> tree;
+  if (!options.unpack_into.empty()) {
+    PADDOCK_ASSIGN_OR_RETURN(tree, LayerTreeWriter::Open(options.unpack_into, p.name, options.unpack_writeback));
+  }
 
   ArchivePtr tar(archive_read_new());
   archive_read_support_format_tar(tar.get());
@@ -147,7 +188,6 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
     return p.err.ok() ? Error(Code::kInvalidArgument, "{} is not a tar archive: {}", p.name, ArchiveError(tar.get()))
                       : p.err;
 
-  IngestedLayer out;
   EntryPolicy policy(options.limits);
   std::string last = "(start of archive)";
   for (;;) {
@@ -163,11 +203,19 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
     le.offset = static_cast<uint64_t>(archive_read_header_position(tar.get()));
     PADDOCK_RETURN_IF_ERROR(policy.Check(e, &le).Prefix(p.name));
     last = archive_entry_pathname(e) ? archive_entry_pathname(e) : le.path;
-    if (archive_read_data_skip(tar.get()) != ARCHIVE_OK) {
+    if (tree) {
+      // Written as it arrives; the caller keeps the tree only once the digests
+      // this pass reports have been checked.
+      Status st = tree->Add(tar.get(), e, le);
+      if (!st.ok()) return p.err.ok() ? st : p.err;
+    } else if (archive_read_data_skip(tar.get()) != ARCHIVE_OK) {
       if (!p.err.ok()) return p.err;
       return Error(Code::kInvalidArgument, "{}: entry '{}' is truncated: {}", p.name, last, ArchiveError(tar.get()));
     }
     out.entries.push_back(std::move(le));
+  }
+  if (tree) {
+    PADDOCK_ASSIGN_OR_RETURN(out.unpacked, tree->Finish());
   }
   // The diff_id covers every byte of the tar, including what follows the
   // end-of-archive marker, so drain the decompressed stream and then the source.
@@ -189,9 +237,10 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
   out.source_size = p.source_bytes;
   out.diff_id = p.tar_hash.Finish();
   out.uncompressed_size = p.tar_bytes;
+  if (out.unpacked) out.unpacked->tar_bytes = p.tar_bytes;
   if (options.store) {
     const std::string storing = p.name + ": storing";
-    PADDOCK_RETURN_IF_ERROR(compressor->Finish().Prefix(storing));
+    if (compressor) PADDOCK_RETURN_IF_ERROR(compressor->Finish().Prefix(storing));
     auto blob = blob_writer->Finish();
     if (!blob.ok()) return blob.status().Prefix(storing);
     out.blob = *blob;

@@ -19,6 +19,9 @@ Result<OciImage> DescribeOciImage(ImageStore& store, const Image& img) {
     OciBlob b;
     if (l.compression == Compression::kZstd) {
       b = {"application/vnd.oci.image.layer.v1.tar+zstd", l.blob, l.size, stored_blob(l.blob)};
+    } else if (l.compression == Compression::kGzip) {
+      // Kept as a registry sent it: the same blob and digest go back out.
+      b = {"application/vnd.oci.image.layer.v1.tar+gzip", l.blob, l.size, stored_blob(l.blob)};
     } else {
       // The tar itself: its digest is the diff_id, its size the uncompressed one.
       b = {"application/vnd.oci.image.layer.v1.tar", l.diff_id, l.uncompressed_size,

@@ -1,6 +1,7 @@
 // A stored image as OCI sees it: the blobs and the image manifest that both an
 // OCI layout export (ExportOci) and a registry push write, so the two always
-// agree. zstd layers go out as stored (tar+zstd, the store's blob and digest);
+// agree. zstd and gzip layers go out as stored (tar+zstd / tar+gzip, the
+// store's blob and digest: a pulled layer is pushed as the registry sent it);
 // lz4 layers go out as plain tars, whose digest is the diff_id; the config is
 // the imported one, byte for byte.
 #pragma once

@@ -7,13 +7,17 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+#include <zlib.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "storage/image_store.h"
@@ -32,9 +36,10 @@ struct TarEntry {
   int uid = 0, gid = 0;
 };
 
-std::string WriteTar(const std::vector<TarEntry>& entries) {
+std::string WriteTar(const std::vector<TarEntry>& entries, bool gzip = false) {
   archive* a = archive_write_new();
   archive_write_set_format_pax_restricted(a);
+  if (gzip) archive_write_add_filter_gzip(a);
   size_t total = 1 << 20;
   for (auto& t : entries) total += t.content.size() + 2048;
   std::vector<char> buf(total);
@@ -52,6 +57,7 @@ std::string WriteTar(const std::vector<TarEntry>& entries) {
       case 'l': archive_entry_set_filetype(e, AE_IFLNK); archive_entry_set_symlink(e, t.content.c_str()); break;
       case 'h': archive_entry_set_filetype(e, AE_IFREG); archive_entry_set_hardlink(e, t.content.c_str()); break;
       case 'c': archive_entry_set_filetype(e, AE_IFCHR); break;
+      case 'p': archive_entry_set_filetype(e, AE_IFIFO); break;
       default:
         archive_entry_set_filetype(e, AE_IFREG);
         archive_entry_set_size(e, static_cast<int64_t>(t.content.size()));
@@ -463,6 +469,263 @@ TEST_F(LayerCacheTest, UnpackKeepsModesOwnersXattrsAndLaterEntriesWin) {
   EXPECT_EQ(ReadFile(r + "/etc/dir/inside"), "in");
   ASSERT_EQ(::lstat((r + "/srv").c_str(), &st), 0);
   EXPECT_EQ(st.st_uid, 0u);
+}
+
+
+// ---- layers unpacked while they stream (a registry pull's one pass) ----
+
+// Every entry under `root`: path, type and mode, owner, size, mtime, link
+// count, device, link target, contents' digest and the overlay xattr.
+std::vector<std::string> Listing(const std::string& root) {
+  std::vector<std::string> out;
+  for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator(); ++it) {
+    const std::string path = it->path().string();
+    struct stat st {};
+    EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+    std::string what = fmt::format("{} mode={:o} owner={}:{} mtime={} nlink={}", path.substr(root.size()), st.st_mode,
+                                   st.st_uid, st.st_gid, st.st_mtime, S_ISDIR(st.st_mode) ? 0 : st.st_nlink);
+    if (S_ISREG(st.st_mode)) what += fmt::format(" size={} sha={}", st.st_size, Sha256::Of(ReadFile(path)).hex());
+    if (S_ISLNK(st.st_mode)) what += " -> " + fs::read_symlink(path).string();
+    if (S_ISCHR(st.st_mode)) what += fmt::format(" dev={}:{}", major(st.st_rdev), minor(st.st_rdev));
+    char v[16] = {};
+    if (::lgetxattr(path.c_str(), "trusted.overlay.opaque", v, sizeof v - 1) > 0) what += fmt::format(" opaque={}", v);
+    out.push_back(what);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// A layer with what an image's layers hold: modes incl. setuid and sticky,
+// owners, links, a FIFO, a whiteout, an opaque directory, and a file over the
+// decompressor's 1 MiB chunks. Every directory is listed (one made implicitly
+// gets the time of the unpack).
+std::string RichLayer(bool gzip) {
+  std::string big(3 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
+  return WriteTar({{"bin", 'd'},
+                   {"bin/tool", 'f', "#!/bin/sh\necho hi\n", 04755, 0, 0},
+                   {"bin/alias", 'l', "tool"},
+                   {"bin/abs", 'l', "/etc/passwd"},
+                   {"bin/hard", 'h', "bin/tool"},
+                   {"home", 'd', "", 0700, 1234, 5678},
+                   {"home/notes", 'f', "mine", 0600, 1234, 5678},
+                   {"home/pipe", 'p', "", 0640, 1234, 5678},
+                   {"usr", 'd'},
+                   {"usr/lib", 'd'},
+                   {"usr/lib/big.so", 'f', big, 0755},
+                   {"etc", 'd', "", 0755},
+                   {"etc/.wh.gone", 'f', ""},
+                   {"opt", 'd'},
+                   {"opt/.wh..wh..opq", 'f', ""},
+                   {"opt/kept", 'f', "kept"},
+                   {"tmp", 'd', "", 01777}},
+                  gzip);
+}
+
+class StreamedLayerTest : public LayerCacheTest {
+ protected:
+  // A second store and cache: the pull's side.
+  void SetUp() override {
+    LayerCacheTest::SetUp();
+    auto s = ImageStore::Open(tmp_ + "/pulled-store");
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    pulled_ = std::move(s).value();
+    auto c = LayerCache::Open(tmp_ + "/pulled-cache", pulled_.get(), LayerCacheOptions{.sync = false});
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    pulled_cache_ = std::move(c).value();
+  }
+
+  // What pull.cc does with one layer: unpack while ingesting, keep the
+  // compressed source, commit the store, then the cache.
+  Result<StoredLayer> StreamIn(const ByteSource& source, const Digest& source_digest, const Digest& diff_id) {
+    PADDOCK_ASSIGN_OR_RETURN(auto stream, pulled_cache_->BeginStream(diff_id));
+    if (!stream) return Error(Code::kInternal, "BeginStream gave no directory");
+    PADDOCK_ASSIGN_OR_RETURN(auto txn, pulled_->Begin());
+    UnpackStats stats;
+    AddLayerOptions add{.keep_compressed_source = true, .unpack_into = stream->root(), .unpacked = &stats};
+    PADDOCK_ASSIGN_OR_RETURN(StoredLayer layer,
+                             txn->AddLayer(source, LayerHint{"pulled layer", source_digest, diff_id}, add));
+    PADDOCK_RETURN_IF_ERROR(txn->AddImage(MakeOciConfig({}, {diff_id}), {layer}, {"pulled:1"}).status());
+    PADDOCK_RETURN_IF_ERROR(txn->Commit());
+    PADDOCK_RETURN_IF_ERROR(stream->Commit(layer, stats));
+    return layer;
+  }
+
+  // Nothing of a failed stream anywhere: no cached layer, no partial tree, no
+  // blob, no layer record, no staging.
+  void NothingLeft() {
+    for (const auto& d : fs::directory_iterator(tmp_ + "/pulled-cache"))
+      EXPECT_TRUE(d.path().filename() == ".tmp" || d.path().filename() == ".locks") << d.path();
+    EXPECT_TRUE(fs::is_empty(tmp_ + "/pulled-cache/.tmp"));
+    for (const char* sub : {"blobs/sha256", "layers/sha256", "staging", "images"}) {
+      std::string d = tmp_ + "/pulled-store/" + sub;
+      EXPECT_TRUE(!fs::exists(d) || fs::is_empty(d)) << d;
+    }
+  }
+
+  std::unique_ptr<ImageStore> pulled_;
+  std::unique_ptr<LayerCache> pulled_cache_;
+};
+
+TEST_F(StreamedLayerTest, StreamedUnpackMakesTheTreeMaterializeMakes) {
+  const std::string tar = RichLayer(false), gz = RichLayer(true);
+  ASSERT_NE(gz.substr(0, 2), tar.substr(0, 2));
+  const Digest diff_id = Sha256::Of(tar);
+
+  // The old way: stored (recompressed), then materialized from the store.
+  auto ids = AddImage({gz});
+  ASSERT_EQ(ids, std::vector<Digest>{diff_id});
+  auto cache = OpenCache();
+  auto lease = cache->Acquire(diff_id);
+  ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+
+  // The pull's way: one pass, the gzip blob kept as it came.
+  auto layer = StreamIn(SourceFromString(gz), Sha256::Of(gz), diff_id);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  EXPECT_EQ(layer->compression, Compression::kGzip);
+  EXPECT_EQ(layer->blob, Sha256::Of(gz));
+  EXPECT_EQ(pulled_->blobs().Read(layer->blob, 1 << 30).value(), gz);  // byte for byte
+  EXPECT_TRUE(pulled_cache_->Contains(diff_id));
+  EXPECT_EQ(pulled_cache_->stats().unpacks, 1u);
+  auto streamed = pulled_cache_->Acquire(diff_id);  // ready: no second unpack
+  ASSERT_TRUE(streamed.ok()) << streamed.status().ToString();
+  EXPECT_EQ(pulled_cache_->stats().unpacks, 1u);
+  EXPECT_EQ(pulled_cache_->stats().hits, 1u);
+  EXPECT_TRUE(fs::is_empty(tmp_ + "/pulled-cache/.tmp"));
+
+  const auto want = Listing(lease->root());
+  ASSERT_GT(want.size(), 10u);
+  EXPECT_EQ(Listing(streamed->root()), want);
+
+  // The kept gzip blob materializes to the same tree too (an evicted layer, or
+  // another node's cache over the same store), and a restarted cache keeps the
+  // streamed layer (its marker names the store's blob).
+  auto other = LayerCache::Open(tmp_ + "/other-cache", pulled_.get(), LayerCacheOptions{.sync = false});
+  ASSERT_TRUE(other.ok());
+  auto again = (*other)->Acquire(diff_id);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(Listing(again->root()), want);
+  streamed->Release();
+  pulled_cache_.reset();
+  auto reopened = LayerCache::Open(tmp_ + "/pulled-cache", pulled_.get(), LayerCacheOptions{.sync = false});
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ((*reopened)->open_report().kept, 1u);
+  EXPECT_EQ((*reopened)->open_report().removed_invalid, 0u);
+}
+
+TEST_F(StreamedLayerTest, ALayerFailingItsDigestMidStreamLeavesNothingAndTheNextPullWorks) {
+  const std::string tar = RichLayer(false), gz = RichLayer(true);
+  const Digest diff_id = Sha256::Of(tar), digest = Sha256::Of(gz);
+
+  // The download stops mid-body as LayerDownload does when the bytes are not the
+  // digest's: files have been written by then.
+  size_t pos = 0;
+  ByteSource cut = [&](void* buf, size_t n) -> Result<size_t> {
+    if (pos > gz.size() / 2) return Error(Code::kDataLoss, "layer {}: does not match its digest", digest.str());
+    size_t take = std::min<size_t>({n, 64 << 10, gz.size() - pos});
+    std::memcpy(buf, gz.data() + pos, take);
+    pos += take;
+    return take;
+  };
+  auto r = StreamIn(cut, digest, diff_id);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kDataLoss) << r.status().ToString();
+  EXPECT_THAT(r.status().message(), ::testing::HasSubstr("does not match its digest"));
+  NothingLeft();
+
+  // Whole, but not the bytes the digest names: found at the end, after every
+  // entry was unpacked.
+  r = StreamIn(SourceFromString(gz), Sha256::Of("something else"), diff_id);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), ::testing::HasSubstr("not the"));
+  NothingLeft();
+
+  // A flipped bit in the middle of the gzip stream.
+  std::string bad = gz;
+  bad[bad.size() / 2] ^= 0x10;
+  r = StreamIn(SourceFromString(bad), digest, diff_id);
+  ASSERT_FALSE(r.ok());
+  NothingLeft();
+  EXPECT_FALSE(pulled_cache_->Contains(diff_id));
+
+  auto ok = StreamIn(SourceFromString(gz), digest, diff_id);
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  auto lease = pulled_cache_->Acquire(diff_id);
+  ASSERT_TRUE(lease.ok());
+  EXPECT_EQ(ReadFile(lease->root() + "/home/notes"), "mine");
+}
+
+TEST_F(StreamedLayerTest, AHostileLayerIsRefusedDuringTheStreamWithNothingLeft) {
+  for (const auto& [entries, needle] : std::vector<std::pair<std::vector<TarEntry>, std::string>>{
+           {{{"ok", 'd'}, {"ok/file", 'f', "fine"}, {"ok/../../escaped", 'f', "owned"}}, "escaped"},
+           {{{"dev", 'd'}, {"dev/zero", 'f', "x"}, {"dev/sda", 'c'}}, "dev/sda"},
+           {{{"link", 'l', "../.."}, {"link/x", 'f', "x"}}, "link"}}) {
+    const std::string tar = WriteTar(entries), gz = WriteTar(entries, true);
+    auto r = StreamIn(SourceFromString(gz), Sha256::Of(gz), Sha256::Of(tar));
+    ASSERT_FALSE(r.ok()) << needle;
+    EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << r.status().ToString();
+    EXPECT_THAT(r.status().message(), ::testing::HasSubstr(needle));
+    NothingLeft();
+    EXPECT_FALSE(fs::exists(tmp_ + "/escaped"));
+    EXPECT_FALSE(fs::exists(tmp_ + "/pulled-cache/escaped"));
+  }
+}
+
+// One gzip member of `data` (zlib's gzip wrapper).
+std::string GzipMember(std::string_view data) {
+  z_stream z{};
+  EXPECT_EQ(deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  std::string out(deflateBound(&z, data.size()) + 64, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  z.avail_in = static_cast<uInt>(data.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
+TEST_F(StreamedLayerTest, AKeptGzipBlobOfSeveralMembersMaterializesToo) {
+  // Concatenated members are one valid gzip stream; padding after the last is
+  // ignored by libarchive (the ingest), so the materializer must agree.
+  const std::string tar = RichLayer(false);
+  const size_t cut = tar.size() / 3;
+  const std::string gz = GzipMember(tar.substr(0, cut)) + GzipMember(tar.substr(cut)) + std::string(512, '\0');
+  const Digest diff_id = Sha256::Of(tar);
+  auto layer = StreamIn(SourceFromString(gz), Sha256::Of(gz), diff_id);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  ASSERT_EQ(layer->compression, Compression::kGzip);
+  auto streamed = pulled_cache_->Acquire(diff_id);
+  ASSERT_TRUE(streamed.ok());
+  auto other = LayerCache::Open(tmp_ + "/other-cache", pulled_.get(), LayerCacheOptions{.sync = false});
+  ASSERT_TRUE(other.ok());
+  auto again = (*other)->Acquire(diff_id);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(Listing(again->root()), Listing(streamed->root()));
+  std::string tar_back;
+  ASSERT_TRUE(pulled_->StreamLayerTar(*layer, [&](const void* d, size_t n) {
+    tar_back.append(static_cast<const char*>(d), n);
+    return Status::Ok();
+  }).ok());
+  EXPECT_EQ(tar_back, tar);
+}
+
+TEST_F(StreamedLayerTest, ALayerCachedOrBeingUnpackedIsNotStreamedAgain) {
+  const std::string tar = RichLayer(false), gz = RichLayer(true);
+  const Digest diff_id = Sha256::Of(tar);
+  auto first = pulled_cache_->BeginStream(diff_id);
+  ASSERT_TRUE(first.ok() && *first);
+  // Another stream of the same layer while the first holds its lock: none.
+  auto second = pulled_cache_->BeginStream(diff_id);
+  ASSERT_TRUE(second.ok());
+  EXPECT_FALSE(*second);
+  first->reset();
+  EXPECT_TRUE(fs::is_empty(tmp_ + "/pulled-cache/.tmp"));
+  ASSERT_TRUE(StreamIn(SourceFromString(gz), Sha256::Of(gz), diff_id).ok());
+  auto third = pulled_cache_->BeginStream(diff_id);  // cached now
+  ASSERT_TRUE(third.ok());
+  EXPECT_FALSE(*third);
 }
 
 }  // namespace

@@ -405,6 +405,12 @@ class RegistryPullTest : public ::testing::Test {
     EXPECT_TRUE(!fs::exists(staging) || fs::is_empty(staging)) << staging;
     std::string records = daemon_->state_dir() + "/images/layers/sha256";
     EXPECT_TRUE(!fs::exists(records) || fs::is_empty(records)) << records;
+    // Nor in the layer cache, which a pull unpacks into as layers stream.
+    std::string cache = daemon_->state_dir() + "/layer-cache";
+    if (fs::exists(cache))
+      for (const auto& d : fs::directory_iterator(cache))
+        EXPECT_TRUE(d.path().filename() == ".locks" || (d.path().filename() == ".tmp" && fs::is_empty(d.path())))
+            << d.path();
   }
   // A failing pull: exit 1, the status code, and every fragment in the message.
   void PullFails(const std::string& ref, const std::string& code, const std::vector<std::string>& fragments,
@@ -456,6 +462,17 @@ TEST_F(RegistryPullTest, PulledFromDockerRegistryRunsAndASecondPullFetchesNoLaye
   EXPECT_EQ(first["names"], json::array({ref}));
   EXPECT_GT(first["bytes_fetched"].get<uint64_t>(), 1000u);
   EXPECT_EQ(first["manifest_digest"], storage::Sha256::Of(layout_->manifest_bytes).str());
+  // Unpacked into the layer cache while downloading, and stored as the
+  // registry's gzip blobs (same digests), before any sandbox asked for them.
+  json ins = json::parse(Cli({"--json", "image", "inspect", ref}).out);
+  ASSERT_EQ(ins["layers"].size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(ins["layers"][i]["compression"], "gzip");
+    EXPECT_EQ(ins["layers"][i]["blob"], layout_->manifest["layers"][i]["digest"]);
+    EXPECT_EQ(ins["layers"][i]["materialized"], true);
+    const std::string hex = ins["layers"][i]["diff_id"].get<std::string>().substr(7);
+    EXPECT_TRUE(fs::exists(daemon_->state_dir() + "/layer-cache/" + hex + "/marker.json")) << hex;
+  }
   RunsEchoOk(ref);
 
   json again = PullJson(ref);

@@ -662,6 +662,16 @@ TEST_F(RolloutE2eTest, PolicyUpdatedMidRollout_EveryTurnCarriesItsVersion_Groups
   ASSERT_EQ(u.code, 0) << u.err;
   EXPECT_THAT(u.out, HasSubstr("policy v2 -> v3 (epoch 2)"));
   ASSERT_TRUE(WaitDone("up-run", 6, std::chrono::seconds(240))) << daemon_.LogTail();
+  // Two forks of one episode after its first turn, watched to the end by the CLI.
+  auto f = daemon_.Cli({"rollout", "fork", "up-run/up-0#0", "--at-step", "1", "--samples", "2", "--id", "up-fork"});
+  ASSERT_EQ(f.code, 0) << f.out << f.err;
+  EXPECT_THAT(f.out, HasSubstr("rollout up-fork: 2 forks of up-run/up-0#0 at turn 1"));
+  auto fex = ReadJsonl(daemon_.Cli({"export", "up-fork"}).out);
+  ASSERT_EQ(fex.size(), 2u);
+  for (const auto& l : fex) {
+    EXPECT_EQ(l["fork"]["parent"], "up-run/up-0#0");
+    EXPECT_EQ(l["replayed"]["policy_calls"], 1);
+  }
   kill(policy, SIGTERM);
   int st = 0;
   waitpid(policy, &st, 0);
@@ -705,6 +715,17 @@ TEST_F(RolloutE2eTest, PolicyUpdatedMidRollout_EveryTurnCarriesItsVersion_Groups
   g = daemon_.Cli({"--json", "rollout", "groups", "up-run", "--consumer", "trainer"});
   ASSERT_EQ(g.code, 0) << g.err;
   EXPECT_TRUE(ReadJsonl(g.out).empty()) << g.out;
+  // By hand: `rollout ack`, then the human listing skips what was acknowledged.
+  auto a = daemon_.Cli({"rollout", "ack", "up-run", "--consumer", "eval", "up-run/up-0"});
+  ASSERT_EQ(a.code, 0) << a.err;
+  EXPECT_THAT(a.out, HasSubstr("1 newly acknowledged, 1 in all for consumer eval"));
+  g = daemon_.Cli({"rollout", "groups", "up-run", "--consumer", "eval"});
+  ASSERT_EQ(g.code, 0) << g.err;
+  EXPECT_THAT(g.out, ::testing::Not(HasSubstr("up-run/up-0 ")));
+  EXPECT_THAT(g.out, HasSubstr("up-run/up-1"));
+  a = daemon_.Cli({"rollout", "ack", "up-run", "--consumer", "eval", "up-run/nope"});
+  EXPECT_EQ(a.code, 1);
+  EXPECT_THAT(a.err, HasSubstr("not a group of rollout"));
   // A finished rollout takes no update; a clear error.
   u = daemon_.Cli({"rollout", "update-policy", "up-run", "--version", "v4"});
   EXPECT_EQ(u.code, 1);

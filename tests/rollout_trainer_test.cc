@@ -301,5 +301,72 @@ TEST_F(RolloutEngineTest, PolicyServerDownPastItsBudgetEndsInfra) {
   EXPECT_FALSE(d->summary().train());
 }
 
+// Fork at turn 2 of a container episode that wrote a file at turn 1: every
+// fork sees the file, has the parent's first two turns token for token
+// (replayed, not regenerated), and runs in a sandbox of its own afterwards.
+TEST_F(RolloutEngineTest, ForkAtTurn2_EveryForkSeesTurn1sFile_SamePrefix_IndependentAfter) {
+  nlohmann::json script = nlohmann::json::array(
+      {testing::DsmlCall("bash", {{"command", "echo hello > /tmp/f1; echo wrote"}}),
+       testing::DsmlCall("bash", {{"command", "echo two"}}),
+       testing::DsmlCall("bash", {{"command", "cat /tmp/f1; echo x >> /tmp/shared; wc -l < /tmp/shared"}}),
+       testing::DsmlCall("submit", {{"answer", "done"}})});
+  auto started = engine_->Start(Request(OneTask(*rootfs_, "container", "test -f /tmp/f1", 4), script.dump(), 1));
+  ASSERT_TRUE(started.ok()) << started.status().message();
+  ASSERT_EQ(WaitDone(started->rollout_id()).done(), 1u);
+  const std::string parent = started->rollout_id() + "/t#0";
+  auto parent_steps = log_->ReadSteps(parent);
+  ASSERT_TRUE(parent_steps.ok());
+  ASSERT_EQ(parent_steps->size(), 4u);
+
+  const uint32_t kForks = 4;
+  v1::ForkEpisodeRequest fr;
+  fr.set_episode_id(parent);
+  fr.set_at_step(2);
+  fr.set_samples(kForks);
+  auto forked = engine_->Fork(fr);
+  ASSERT_TRUE(forked.ok()) << forked.status().message();
+  EXPECT_EQ(forked->episodes(), kForks);
+  auto p = WaitDone(forked->rollout_id());
+  EXPECT_EQ(p.done(), kForks);
+  for (uint32_t i = 0; i < kForks; ++i) {
+    const std::string ep = forked->rollout_id() + "/t#" + std::to_string(i);
+    auto steps = log_->ReadSteps(ep);
+    ASSERT_TRUE(steps.ok());
+    ASSERT_EQ(steps->size(), 4u) << ep;
+    for (int s = 0; s < 2; ++s)
+      EXPECT_EQ((*steps)[s].policy_response().SerializeAsString(), (*parent_steps)[s].policy_response().SerializeAsString())
+          << ep << " turn " << s + 1 << ": the prefix is the parent's";
+    ASSERT_EQ((*steps)[2].observations_size(), 1);
+    const std::string out = (*steps)[2].observations(0).content();
+    EXPECT_THAT(out, HasSubstr("hello")) << ep << ": turn 1's file is there";
+    EXPECT_THAT(out, HasSubstr("1")) << out;
+    EXPECT_THAT(out, ::testing::Not(HasSubstr("2"))) << ep << ": another fork's write is not: " << out;
+    auto d = engine_->GetEpisode(ep);
+    ASSERT_TRUE(d.ok());
+    EXPECT_EQ(d->summary().replayed_policy_calls(), 2u) << "turns 1 and 2 answered from the log";
+    EXPECT_EQ(d->summary().reward(), 1.0);
+  }
+  auto lines = Export(forked->rollout_id());
+  ASSERT_EQ(lines.size(), kForks);
+  for (const auto& l : lines) {
+    EXPECT_EQ(l["fork"]["parent"], parent);
+    EXPECT_EQ(l["fork"]["at_step"], 2);
+  }
+  EXPECT_TRUE(Export(started->rollout_id())[0]["fork"].is_null());
+
+  // What cannot be forked is refused with the reason.
+  fr.set_at_step(0);
+  EXPECT_EQ(engine_->Fork(fr).status().code(), Code::kInvalidArgument);
+  fr.set_at_step(4);  // the submit turn ended the episode
+  EXPECT_EQ(engine_->Fork(fr).status().code(), Code::kFailedPrecondition);
+  fr.set_at_step(9);
+  auto r = engine_->Fork(fr);
+  EXPECT_EQ(r.status().code(), Code::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), HasSubstr("4 logged turns"));
+  fr.set_episode_id(started->rollout_id() + "/nope#0");
+  fr.set_at_step(1);
+  EXPECT_EQ(engine_->Fork(fr).status().code(), Code::kNotFound);
+}
+
 }  // namespace
 }  // namespace paddock

@@ -407,6 +407,7 @@ int Run(const Flags& flags) {
     return 1;
   }
   on_use.registry.http.tls = *registry_tls_ctx;
+  on_use.layer_cache = layer_cache->get();  // unpacked while downloading (one pass)
   storage::registry::OnDemandPuller on_demand_puller(**image_store, on_use, flags.registry_creds_file);
   StoreImageResolver image_resolver(
       image_store->get(), layer_cache->get(), flags.allow_dir_images,

@@ -126,6 +126,10 @@ struct Rollout {
   std::string policy_version = "v0";
   uint64_t policy_epoch = 0;
   bool policy_paused = false;
+  // A fork (ForkEpisode) replays its parent's first `fork_step` turns, which
+  // were asked with the parent's seed index; 0: not a fork.
+  uint64_t fork_step = 0;
+  size_t fork_seed_index = 0;
   std::string state = "running";      // running|finished|cancelled|interrupted
   bool stopping = false;              // cancel or drain: no new steps
   bool cancelled = false;

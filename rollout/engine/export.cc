@@ -1,3 +1,5 @@
+#include <cstdlib>
+
 #include <google/protobuf/util/json_util.h>
 
 #include "policy/v4/decode/decoder.h"
@@ -121,6 +123,14 @@ Result<std::string> ExportEpisodeLine(replay::TrajectoryLog& log, const v4::Toke
                      {"reason", s.outcome_reason().empty() ? s.stop_reason() : s.outcome_reason()}};
   line["train"] = !infra && (s.state().empty() || s.state() == "finished" || s.state() == "failed");
   line["infra_retries"] = s.infra_retries();
+  // A fork (ForkEpisode): its parent episode and the turn it was forked at.
+  if (auto of = req.labels().find("paddock.fork_of"); of != req.labels().end()) {
+    auto at = req.labels().find("paddock.fork_step");
+    line["fork"] = {{"parent", of->second},
+                    {"at_step", at == req.labels().end() ? 0 : std::strtoull(at->second.c_str(), nullptr, 10)}};
+  } else {
+    line["fork"] = nullptr;
+  }
   line["policy_lag"] = s.policy_lag();
   line["stale"] = s.stale();
   line["retry_note"] = s.retry_note();

@@ -49,6 +49,10 @@ bool ParseSummaryJson(const std::string& text, v1::EpisodeSummary* s) {
 namespace {
 
 constexpr const char* kRolloutPrefix = "rollout/";
+// Labels of a fork's definition (ForkEpisode).
+constexpr const char* kForkOfLabel = "paddock.fork_of";
+constexpr const char* kForkStepLabel = "paddock.fork_step";
+constexpr const char* kForkSeedLabel = "paddock.fork_seed_index";
 
 int64_t Us(Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
 
@@ -180,18 +184,8 @@ class RolloutEngine::Impl {
         return Error(Code::kAlreadyExists, "rollout '{}' exists already; `paddock resume {}` continues it",
                      req.rollout_id(), req.rollout_id());
     }
-    v1::EpisodeRecordProto rec;
-    rec.set_episode_id(kRolloutPrefix + req.rollout_id());
-    rec.set_state(v1::EpisodeRecordProto::RUNNING);
-    rec.set_task(DefinitionJson(req, req.rollout_id()));
-    rec.set_model(req.policy().kind() + " " + req.policy().url());
-    (*rec.mutable_labels())["paddock.kind"] = "rollout";
-    (*rec.mutable_labels())["paddock.state"] = "running";
     std::shared_ptr<Rollout> r = std::move(*ro);
-    r->policy_version = InitialPolicyVersion(req, *r->backend);
-    (*rec.mutable_labels())["paddock.policy_version"] = r->policy_version;
-    (*rec.mutable_labels())["paddock.policy_epoch"] = "0";
-    PADDOCK_RETURN_IF_ERROR(log_.PutEpisode(rec).Prefix("storing the rollout's definition"));
+    PADDOCK_RETURN_IF_ERROR(RecordNewRollout(*r).Prefix("storing the rollout's definition"));
     r->local_client = local_client;
     v1::StartRolloutResponse resp;
     resp.set_rollout_id(r->id);
@@ -592,6 +586,82 @@ class RolloutEngine::Impl {
     return resp;
   }
 
+  Result<v1::ForkEpisodeResponse> Fork(const v1::ForkEpisodeRequest& in, bool local_client) {
+    if (draining_) return Error(Code::kUnavailable, "the daemon is shutting down; fork again later");
+    const std::string& id = in.episode_id();
+    size_t slash = id.find('/'), hash = id.rfind('#');
+    if (slash == std::string::npos || hash == std::string::npos || hash < slash)
+      return Error(Code::kInvalidArgument, "episode id '{}' is not ROLLOUT/TASK#SAMPLE", id.substr(0, 200));
+    const std::string parent_rid = id.substr(0, slash), task_id = id.substr(slash + 1, hash - slash - 1);
+    uint32_t sample = static_cast<uint32_t>(std::strtoul(id.c_str() + hash + 1, nullptr, 10));
+    const uint32_t forks = in.samples() ? in.samples() : 1;
+    if (forks > 1024) return Error(Code::kInvalidArgument, "{} forks asked; at most 1024", forks);
+    if (in.at_step() == 0) return Error(Code::kInvalidArgument, "at_step must be 1 or more (a turn of the episode)");
+    PADDOCK_ASSIGN_OR_RETURN(auto def, LoadDefinition(parent_rid));
+    auto task = std::find_if(def.second.begin(), def.second.end(), [&](const Task& t) { return t.id == task_id; });
+    if (task == def.second.end())
+      return Error(Code::kNotFound, "rollout '{}' has no task '{}'", parent_rid, task_id.substr(0, 200));
+    PADDOCK_ASSIGN_OR_RETURN(auto steps, log_.ReadSteps(id));
+    const uint64_t k = in.at_step();
+    if (steps.size() < k)
+      return Error(Code::kFailedPrecondition, "episode '{}' has {} logged turns; fork at one of 1..{}", id,
+                   steps.size(), steps.size());
+    if (!steps[k - 1].stop_reason().empty())
+      return Error(Code::kFailedPrecondition, "turn {} of '{}' ended the episode ({}); fork at an earlier turn", k, id,
+                   steps[k - 1].stop_reason());
+    PADDOCK_ASSIGN_OR_RETURN(auto calls, log_.ListCalls(id));
+    std::vector<std::pair<replay::CallKey, replay::CallRecord>> prefix;
+    for (auto& [key, rec] : calls) {
+      if (key.step > k) continue;
+      if (!rec.has_result)
+        return Error(Code::kFailedPrecondition, "call {} of the prefix is in doubt (no result logged); fork at an "
+                     "earlier turn", key.ToString());
+      prefix.emplace_back(key, rec);
+    }
+
+    v1::StartRolloutRequest req = def.first;
+    const uint32_t parent_samples = req.samples_per_task() ? req.samples_per_task() : 1;
+    const size_t parent_index = static_cast<size_t>(task - def.second.begin()) * parent_samples + sample;
+    req.set_tasks_jsonl(task->source.dump() + "\n");
+    req.set_samples_per_task(forks);
+    req.set_rollout_id(in.rollout_id().empty() ? NewRolloutId() : in.rollout_id());
+    req.set_concurrency(in.concurrency() ? in.concurrency() : forks);
+    req.set_source(fmt::format("fork of {} at turn {}", id, k));
+    (*req.mutable_labels())[kForkOfLabel] = id;
+    (*req.mutable_labels())[kForkStepLabel] = std::to_string(k);
+    (*req.mutable_labels())[kForkSeedLabel] = std::to_string(parent_index);
+    if (!ValidRolloutId(req.rollout_id()))
+      return Error(Code::kInvalidArgument, "rollout id '{}' must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                   req.rollout_id());
+    PADDOCK_ASSIGN_OR_RETURN(auto existing, log_.GetEpisode(kRolloutPrefix + req.rollout_id()));
+    if (existing) return Error(Code::kAlreadyExists, "rollout '{}' exists already", req.rollout_id());
+    PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<Rollout> r, Build(req));
+
+    // Each fork's log starts with the parent's first k turns: its calls and
+    // steps under the fork's episode id, so the fork fast-forwards through them.
+    for (auto& ep : r->episodes) {
+      for (auto& [key, rec] : prefix) {
+        replay::CallKey nk{ep->id, key.step, key.call};
+        PADDOCK_RETURN_IF_ERROR(log_.PutIntent(nk, rec.request_fingerprint, rec.request_summary, rec.idempotent,
+                                               rec.request, replay::Durability::kDeferred));
+        PADDOCK_RETURN_IF_ERROR(log_.PutResult(nk, rec.result, replay::Durability::kDeferred));
+      }
+      for (uint64_t i = 0; i < k; ++i) {
+        v1::StepRecordProto st = steps[i];
+        st.set_episode_id(ep->id);
+        PADDOCK_RETURN_IF_ERROR(log_.AppendStep(st).Prefix("copying the forked prefix"));  // synced: the calls too
+      }
+    }
+    PADDOCK_RETURN_IF_ERROR(RecordNewRollout(*r).Prefix("storing the fork's definition"));
+    r->local_client = local_client;
+    v1::ForkEpisodeResponse resp;
+    resp.set_rollout_id(r->id);
+    resp.set_episodes(static_cast<uint32_t>(r->episodes.size()));
+    spdlog::info("rollout {}: {} forks of {} at turn {}", r->id, forks, id, k);
+    Launch(std::move(r), {});
+    return resp;
+  }
+
   Result<v1::AckGroupsResponse> AckGroups(const v1::AckGroupsRequest& req) {
     PADDOCK_RETURN_IF_ERROR(ValidConsumer(req.consumer()));
     if (req.group_ids_size() > 100000)
@@ -662,6 +732,25 @@ class RolloutEngine::Impl {
   }
 
  private:
+  // The record of a new rollout (its definition, under "rollout/ID"), with the
+  // policy version it starts under.
+  Status RecordNewRollout(Rollout& r) {
+    const v1::StartRolloutRequest& req = r.req;
+    v1::EpisodeRecordProto rec;
+    rec.set_episode_id(kRolloutPrefix + req.rollout_id());
+    rec.set_state(v1::EpisodeRecordProto::RUNNING);
+    rec.set_task(DefinitionJson(req, req.rollout_id()));
+    rec.set_model(req.policy().kind() + " " + req.policy().url());
+    auto& labels = *rec.mutable_labels();
+    labels["paddock.kind"] = "rollout";
+    labels["paddock.state"] = "running";
+    if (auto it = req.labels().find(kForkOfLabel); it != req.labels().end()) labels[kForkOfLabel] = it->second;
+    r.policy_version = InitialPolicyVersion(req, *r.backend);
+    labels["paddock.policy_version"] = r.policy_version;
+    labels["paddock.policy_epoch"] = "0";
+    return log_.PutEpisode(rec);
+  }
+
   // The rollout's policy version, kept in its record so that a resume goes on
   // with it (labels paddock.policy_version, paddock.policy_epoch).
   void RecordPolicyVersion(const Rollout& r, const std::string& version, uint64_t epoch) {
@@ -681,6 +770,14 @@ class RolloutEngine::Impl {
     if (!req.policy_version().empty()) return req.policy_version();
     auto v = backend.WeightVersion();
     return v.ok() && !v->empty() ? *v : "v0";
+  }
+
+  // The seed offset of an episode's policy call: a fork's replayed turns were
+  // asked with its parent's; after the fork point each fork gets its own,
+  // never the parent's.
+  static size_t SeedIndex(const Rollout& r, const Episode& ep) {
+    if (r.fork_step == 0) return ep.index;
+    return ep.step <= r.fork_step ? r.fork_seed_index : r.fork_seed_index + 1 + ep.index;
   }
 
   // The stored request of a rollout and its parsed tasks.
@@ -828,6 +925,11 @@ class RolloutEngine::Impl {
         r->episodes.push_back(std::move(ep));
       }
     r->groups.Reset(r->tasks.size(), samples);
+    if (auto it = req.labels().find(kForkStepLabel); it != req.labels().end()) {
+      r->fork_step = std::strtoull(it->second.c_str(), nullptr, 10);
+      auto si = req.labels().find(kForkSeedLabel);
+      r->fork_seed_index = si == req.labels().end() ? 0 : std::strtoull(si->second.c_str(), nullptr, 10);
+    }
     return r;
   }
 
@@ -1173,7 +1275,7 @@ class RolloutEngine::Impl {
     if (sp.has_temperature()) req.sampling.temperature = sp.temperature();
     if (sp.has_top_p()) req.sampling.top_p = sp.top_p();
     if (sp.has_top_k()) req.sampling.top_k = sp.top_k();
-    if (sp.has_seed()) req.sampling.seed = sp.seed() + ep->index;
+    if (sp.has_seed()) req.sampling.seed = sp.seed() + SeedIndex(*r, *ep);
     req.return_logprobs = true;
     // A Paddock policy server constrains /generate to the task's tools when
     // asked (PolicySpec.constrain_tools). Not in PolicyFingerprint: like the
@@ -1945,6 +2047,9 @@ Status RolloutEngine::StreamGroups(const v1::StreamGroupsRequest& r,
   return impl_->StreamGroups(r, send, stop);
 }
 Result<v1::AckGroupsResponse> RolloutEngine::AckGroups(const v1::AckGroupsRequest& r) { return impl_->AckGroups(r); }
+Result<v1::ForkEpisodeResponse> RolloutEngine::Fork(const v1::ForkEpisodeRequest& r, bool local_client) {
+  return impl_->Fork(r, local_client);
+}
 Result<v1::UpdatePolicyResponse> RolloutEngine::UpdatePolicy(const v1::UpdatePolicyRequest& r) {
   return impl_->UpdatePolicy(r);
 }

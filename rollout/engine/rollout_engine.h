@@ -119,6 +119,13 @@ class RolloutEngine {
                       const std::function<bool(const v1::EpisodeGroup&)>& send, const std::function<bool()>& stop);
   // Records what a consumer took (durably, in the trajectory log).
   Result<v1::AckGroupsResponse> AckGroups(const v1::AckGroupsRequest& request);
+  // A new rollout of forks of one episode at a turn (Rollouts.ForkEpisode):
+  // each fork's log starts with the episode's first `at_step` turns, which it
+  // replays (its sandbox rebuilt by re-applying the logged calls that changed
+  // it), then it samples on its own. NOT_FOUND for an unknown episode or task;
+  // FAILED_PRECONDITION when the turn is not logged, ended the episode, or a
+  // call before it is in doubt.
+  Result<v1::ForkEpisodeResponse> Fork(const v1::ForkEpisodeRequest& request, bool local_client = false);
   // A new policy version for a running rollout (Rollouts.UpdatePolicy):
   // pauses new generations, lets those in flight finish (or aborts and re-asks
   // them), has the server load the weights, resumes. NOT_FOUND when the

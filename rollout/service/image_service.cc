@@ -260,6 +260,9 @@ grpc::Status ImageService::Pull(grpc::ServerContext* ctx, const v1::PullRequest*
   auto ro = RegistryOptionsFor(ctx, remote, options_, req->insecure_registries(), req->ca_file(), req->credentials());
   if (!ro.ok()) return ToGrpc(ro.status());
   opts.registry = std::move(*ro);
+  // New layers land in this node's layer cache as they download: the first
+  // sandbox on the image does not decompress them again.
+  opts.layer_cache = cache_;
   // The daemon's own credentials serve its host's users (the unix socket), never
   // a TCP client, which brings its own.
   if (opts.registry.credentials.empty() && !remote && !options_.registry_creds_file.empty()) {

@@ -127,6 +127,16 @@ grpc::Status RolloutService::AckGroups(grpc::ServerContext* ctx, const v1::AckGr
   return grpc::Status::OK;
 }
 
+grpc::Status RolloutService::ForkEpisode(grpc::ServerContext* ctx, const v1::ForkEpisodeRequest* req,
+                                         v1::ForkEpisodeResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (req->episode_id().empty()) return ToGrpc(Error(Code::kInvalidArgument, "no episode id given"));
+  auto r = engine_.Fork(*req, /*local_client=*/auth_ == nullptr);
+  if (!r.ok()) return ToGrpc(r.status());
+  *resp = std::move(*r);
+  return grpc::Status::OK;
+}
+
 grpc::Status RolloutService::UpdatePolicy(grpc::ServerContext* ctx, const v1::UpdatePolicyRequest* req,
                                           v1::UpdatePolicyResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;

@@ -35,6 +35,8 @@ class RolloutService final : public v1::Rollouts::Service {
                             grpc::ServerWriter<v1::EpisodeGroup>* writer) override;
   grpc::Status AckGroups(grpc::ServerContext* ctx, const v1::AckGroupsRequest* req,
                          v1::AckGroupsResponse* resp) override;
+  grpc::Status ForkEpisode(grpc::ServerContext* ctx, const v1::ForkEpisodeRequest* req,
+                           v1::ForkEpisodeResponse* resp) override;
   grpc::Status UpdatePolicy(grpc::ServerContext* ctx, const v1::UpdatePolicyRequest* req,
                             v1::UpdatePolicyResponse* resp) override;
 

@@ -771,6 +771,43 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
       return 0;
     }();
   });
+  static uint64_t fork_step = 0;
+  static uint32_t fork_samples = 1, fork_concurrency = 0, fork_interval_ms = 1000;
+  static std::string fork_id, fork_out;
+  static bool fork_detach = false;
+  CLI::App* fork = ro->add_subcommand(
+      "fork", "G new episodes that share an episode's first K turns (replayed from the log) and sample on their own");
+  fork->add_option("episode_id", episode_arg, "episode id, ROLLOUT/TASK#SAMPLE")->required();
+  fork->add_option("--at-step", fork_step, "the turn to fork after (1..its turns)")->required();
+  fork->add_option("--samples,-g", fork_samples, "forks")->capture_default_str();
+  fork->add_option("--id", fork_id, "the new rollout's id (default: generated)");
+  fork->add_option("--concurrency,-c", fork_concurrency, "forks running at once (default: all)");
+  fork->add_option("--out", fork_out, "write DIR/ROLLOUT_ID/episodes.jsonl and summary.json at the end");
+  fork->add_option("--interval-ms", fork_interval_ms, "progress period")->capture_default_str();
+  fork->add_flag("--detach", fork_detach, "print the new rollout id and return");
+  fork->callback([&rc] {
+    rc = [&]() -> int {
+      auto r = Connect(conn);
+      if (!r.ok()) return Fail(conn, r.status());
+      v1::ForkEpisodeRequest req;
+      req.set_episode_id(episode_arg);
+      req.set_at_step(fork_step);
+      req.set_samples(fork_samples);
+      req.set_rollout_id(fork_id);
+      req.set_concurrency(fork_concurrency);
+      auto f = r->Fork(req);
+      if (!f.ok()) return Fail(conn, f.status());
+      if (!*conn.json)
+        std::printf("rollout %s: %u forks of %s at turn %llu\n", f->rollout_id().c_str(), f->episodes(),
+                    episode_arg.c_str(), static_cast<unsigned long long>(fork_step));
+      if (fork_detach) {
+        if (*conn.json)
+          std::printf("%s\n", json({{"rollout_id", f->rollout_id()}, {"episodes", f->episodes()}}).dump().c_str());
+        return 0;
+      }
+      return WatchAndReport(conn, *r, f->rollout_id(), fork_out, fork_interval_ms);
+    }();
+  });
   static std::vector<std::string> ack_ids;
   CLI::App* ack = ro->add_subcommand("ack", "acknowledge groups for a consumer (kept in the trajectory log)");
   ack->add_option("rollout_id", id_arg, "rollout id")->required();

@@ -22,6 +22,10 @@
 // resolved, redirects included) and no plain HTTP. The two kinds never share a
 // pull in flight.
 //
+// One pass: when PullOptions::layer_cache is set (paddockd sets its node's
+// cache), the new layers are unpacked into it while they download, so the
+// sandbox that asked for the image finds them materialized.
+//
 // Credentials: `local_client` pulls use the entry for the reference's registry
 // in the daemon's credentials file (paddockd --registry-creds-file), read at
 // each pull; other pulls are anonymous (a TCP client's credentials are its

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "storage/image.h"
 #include "storage/registry/layer_download.h"
@@ -171,6 +172,10 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
   // of it later in the stack takes the same stored layer).
   std::map<std::string, size_t> first_of;  // diff_id hex → index of its first occurrence
   std::vector<std::optional<StoredLayer>> at(layers.size());
+  // Layers unpacked into the cache as they stream; dropped (trees removed)
+  // unless the commit below succeeds.
+  std::vector<std::unique_ptr<StreamedLayer>> streams(layers.size());
+  std::vector<UnpackStats> unpacked(layers.size());
   std::vector<size_t> jobs;
   for (size_t i = 0; i < layers.size(); ++i) {
     if (!first_of.emplace(diff_ids[i].hex(), i).second) continue;
@@ -204,8 +209,27 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
     }, &abort);
     ByteSource source = [&](void* buf, size_t n) { return download.Read(buf, n); };
     LayerHint hint{"layer " + d.digest.str(), d.digest, diff_ids[i]};
-    auto stored = tx->AddLayer(source, hint);
-    if (!stored.ok()) return download.error().ok() ? stored.status().Prefix(ref.str()) : download.error();
+    AddLayerOptions add;
+    add.keep_compressed_source = options.keep_registry_blobs;
+    if (options.layer_cache) {
+      auto stream = options.layer_cache->BeginStream(diff_ids[i]);
+      if (!stream.ok())  // not fatal: the layer is stored, and unpacked at first use
+        spdlog::warn("{}: not unpacking while downloading: {}", blob_who, stream.status().message());
+      else if (*stream) {
+        streams[i] = std::move(*stream);
+        add.unpack_into = streams[i]->root();
+        add.unpack_writeback = options.layer_cache->options().sync;
+        add.unpacked = &unpacked[i];
+      }
+    }
+    auto stored = tx->AddLayer(source, hint, add);
+    if (!stored.ok()) {
+      streams[i].reset();  // the partial tree goes now, not at the end of the pull
+      return download.error().ok() ? stored.status().Prefix(ref.str()) : download.error();
+    }
+    // Durable while the other layers still download; only renamed in after the commit.
+    if (streams[i])
+      if (Status st = streams[i]->Sync(); !st.ok()) return st.Prefix(blob_who);
     at[i] = *stored;
     layers_done++;
     return Status::Ok();
@@ -247,6 +271,15 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
   }
   if (!present)
     if (Status st = tx->Commit(); !st.ok()) return st.Prefix(ref.str());
+  // The layers are in the store now: their streamed trees join the cache.
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!streams[i]) continue;
+    if (Status st = streams[i]->Commit(*at[i], unpacked[i]); !st.ok())
+      spdlog::warn("{}: layer {} was stored but not kept in the layer cache (unpacked at first use): {}", ref.str(),
+                   diff_ids[i].str(), st.message());
+    else
+      result.layers_unpacked++;
+  }
   result.image = *image;
   result.bytes_committed = store.blobs().stats().bytes_committed - committed_before;
   auto img = store.Get(result.image.str());

@@ -141,6 +141,13 @@ Status RolloutsClient::StreamGroups(const v1::StreamGroupsRequest& request,
   return FromGrpc(reader->Finish());
 }
 
+Result<v1::ForkEpisodeResponse> RolloutsClient::Fork(const v1::ForkEpisodeRequest& request) {
+  v1::ForkEpisodeResponse resp;
+  auto ctx = impl_->Context();
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->ForkEpisode(ctx.get(), request, &resp)));
+  return resp;
+}
+
 Result<v1::UpdatePolicyResponse> RolloutsClient::UpdatePolicy(const v1::UpdatePolicyRequest& request) {
   v1::UpdatePolicyResponse resp;
   // Waits for generations in flight and the server's load: no call deadline.

@@ -46,6 +46,7 @@ class RolloutsClient {
   // the stream ends or it returns false.
   Status StreamGroups(const v1::StreamGroupsRequest& request,
                       const std::function<bool(const v1::EpisodeGroup&)>& on_group);
+  Result<v1::ForkEpisodeResponse> Fork(const v1::ForkEpisodeRequest& request);
   Result<v1::UpdatePolicyResponse> UpdatePolicy(const v1::UpdatePolicyRequest& request);
   Result<v1::AckGroupsResponse> AckGroups(const std::string& rollout_id, const std::string& consumer,
                                           const std::vector<std::string>& group_ids);

@@ -434,6 +434,14 @@ class Rollouts:
         resp = await self._client._call(self._stub.StartRollout, req)
         return Rollout(self, resp.rollout_id, episodes=resp.episodes)
 
+    async def fork(self, episode_id: str, at_step: int, samples: int = 1, *, rollout_id: str | None = None,
+                   concurrency: int = 0) -> "Rollout":
+        """Forks of an episode at a turn (see :meth:`paddock.rollouts.Rollouts.fork`)."""
+        req = _ro._pb().ForkEpisodeRequest(episode_id=episode_id, at_step=at_step, samples=samples,
+                                           rollout_id=rollout_id or "", concurrency=concurrency)
+        resp = await self._client._call(self._stub.ForkEpisode, req)
+        return Rollout(self, resp.rollout_id, episodes=resp.episodes)
+
     def get(self, rollout_id: str) -> "Rollout":
         """A handle on an existing rollout."""
         return Rollout(self, rollout_id)

@@ -459,6 +459,16 @@ class Rollouts:
         resp = self._client._call(self._stub.StartRollout, req)
         return Rollout(self, resp.rollout_id, episodes=resp.episodes)
 
+    def fork(self, episode_id: str, at_step: int, samples: int = 1, *, rollout_id: Optional[str] = None,
+             concurrency: int = 0) -> "Rollout":
+        """A new rollout of ``samples`` episodes sharing ``episode_id``'s first ``at_step`` turns (replayed
+        from the log, the sandbox rebuilt as after them), each sampling on its own afterwards; the export
+        ties each to its parent and turn (``fork``)."""
+        req = _pb().ForkEpisodeRequest(episode_id=episode_id, at_step=at_step, samples=samples,
+                                       rollout_id=rollout_id or "", concurrency=concurrency)
+        resp = self._client._call(self._stub.ForkEpisode, req)
+        return Rollout(self, resp.rollout_id, episodes=resp.episodes)
+
     def get(self, rollout_id: str) -> "Rollout":
         """A handle on an existing rollout (e.g. to resume it after a daemon restart)."""
         return Rollout(self, rollout_id)

@@ -176,3 +176,11 @@ def test_trainer_loop_groups_acknowledged_and_policy_updated(daemon, client: pad
         ro.ack("evaluator", f"{ro.id}/no-such-task")
     with pytest.raises(paddock.InvalidArgument):
         ro.update_policy()
+
+    # Forks of one sample at its first turn: each replays that turn and goes on by itself.
+    forks = client.rollouts.fork(f"{ro.id}/{prefix}-0#0", at_step=1, samples=3)
+    assert forks.episodes == 3 and forks.wait(interval=0.2).done == 3
+    recs = list(forks.export_records())
+    assert len(recs) == 3 and all(r["fork"] == {"parent": f"{ro.id}/{prefix}-0#0", "at_step": 1} for r in recs)
+    with pytest.raises(paddock.FailedPrecondition):
+        client.rollouts.fork(f"{ro.id}/{prefix}-0#0", at_step=9)

@@ -69,6 +69,11 @@ class RolloutsStub(object):
                 request_serializer=rollout__pb2.UpdatePolicyRequest.SerializeToString,
                 response_deserializer=rollout__pb2.UpdatePolicyResponse.FromString,
                 )
+        self.ForkEpisode = channel.unary_unary(
+                '/paddock.v1.Rollouts/ForkEpisode',
+                request_serializer=rollout__pb2.ForkEpisodeRequest.SerializeToString,
+                response_deserializer=rollout__pb2.ForkEpisodeResponse.FromString,
+                )
 
 
 class RolloutsServicer(object):
@@ -162,6 +167,15 @@ class RolloutsServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForkEpisode(self, request, context):
+        """A new rollout of `samples` episodes that share an episode's first
+        `at_step` turns (its logged policy outputs and tool results, replayed, not
+        regenerated) and the sandbox state after them, then sample independently.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +233,11 @@ def add_RolloutsServicer_to_server(servicer, server):
                     servicer.UpdatePolicy,
                     request_deserializer=rollout__pb2.UpdatePolicyRequest.FromString,
                     response_serializer=rollout__pb2.UpdatePolicyResponse.SerializeToString,
+            ),
+            'ForkEpisode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkEpisode,
+                    request_deserializer=rollout__pb2.ForkEpisodeRequest.FromString,
+                    response_serializer=rollout__pb2.ForkEpisodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -414,5 +433,22 @@ class Rollouts(object):
         return grpc.experimental.unary_unary(request, target, '/paddock.v1.Rollouts/UpdatePolicy',
             rollout__pb2.UpdatePolicyRequest.SerializeToString,
             rollout__pb2.UpdatePolicyResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ForkEpisode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/paddock.v1.Rollouts/ForkEpisode',
+            rollout__pb2.ForkEpisodeRequest.SerializeToString,
+            rollout__pb2.ForkEpisodeResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
