@@ -633,6 +633,17 @@ TEST_F(RolloutE2eTest, PolicyUpdatedMidRollout_EveryTurnCarriesItsVersion_Groups
   pid_t policy = testing::SpawnProgram(
       {bin.string(), "--listen", listen, "--threads", "1", "--weights", w1, "--weight-version", "v1"},
       work_ + "/policy.log");
+  // Stopped however the test ends (a stray server would be found by other cases' pgrep).
+  struct StopOnExit {
+    pid_t& pid;
+    ~StopOnExit() {
+      if (pid > 0) {
+        kill(pid, SIGTERM);
+        int st = 0;
+        waitpid(pid, &st, 0);
+      }
+    }
+  } stop_policy{policy};
   for (int i = 0; i < 2400 && !Accepts(port); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   ASSERT_TRUE(Accepts(port)) << testing::ReadWholeFile(work_ + "/policy.log");
 
@@ -675,6 +686,7 @@ TEST_F(RolloutE2eTest, PolicyUpdatedMidRollout_EveryTurnCarriesItsVersion_Groups
   kill(policy, SIGTERM);
   int st = 0;
   waitpid(policy, &st, 0);
+  policy = -1;
 
   auto ex = daemon_.Cli({"export", "up-run"});
   ASSERT_EQ(ex.code, 0) << ex.err;
