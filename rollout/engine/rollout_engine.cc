@@ -115,6 +115,12 @@ bool DaemonFull(const Status& st) {
   return st.code() == Code::kResourceExhausted && st.message().find("sandbox cap reached") != std::string::npos;
 }
 
+// Defaults of the request's fields, in one place.
+uint32_t SamplesPerTask(const v1::StartRolloutRequest& req) { return req.samples_per_task() ? req.samples_per_task() : 1; }
+std::chrono::milliseconds PolicyRequestTimeout(const v1::PolicySpec& p) {
+  return std::chrono::milliseconds(p.request_timeout_ms() ? p.request_timeout_ms() : 120000);
+}
+
 bool Transient(Code c) {
   return c == Code::kUnavailable || c == Code::kResourceExhausted || c == Code::kDeadlineExceeded;
 }
@@ -477,7 +483,7 @@ class RolloutEngine::Impl {
       return Status::Ok();
     }
     size_t next = 0;
-    const uint32_t samples = r->req.samples_per_task() ? r->req.samples_per_task() : 1;
+    const uint32_t samples = SamplesPerTask(r->req);
     while (true) {
       std::vector<std::pair<v1::EpisodeGroup, const Task*>> ready;
       bool running;
@@ -542,8 +548,7 @@ class RolloutEngine::Impl {
     };
     {
       std::unique_lock lock(r->mu);
-      auto req_timeout = std::chrono::milliseconds(
-          r->req.policy().request_timeout_ms() ? r->req.policy().request_timeout_ms() : 120000);
+      auto req_timeout = PolicyRequestTimeout(r->req.policy());
       if (!r->cv.wait_for(lock, req_timeout + std::chrono::seconds(5), [&] { return r->policy_in_flight == 0; })) {
         lock.unlock();
         unpause();
@@ -620,7 +625,7 @@ class RolloutEngine::Impl {
     }
 
     v1::StartRolloutRequest req = def.first;
-    const uint32_t parent_samples = req.samples_per_task() ? req.samples_per_task() : 1;
+    const uint32_t parent_samples = SamplesPerTask(req);
     const size_t parent_index = static_cast<size_t>(task - def.second.begin()) * parent_samples + sample;
     req.set_tasks_jsonl(task->source.dump() + "\n");
     req.set_samples_per_task(forks);
@@ -796,7 +801,7 @@ class RolloutEngine::Impl {
   // pointers point into `tasks`.
   Result<std::vector<std::pair<v1::EpisodeGroup, const Task*>>> CompleteGroupsFromLog(
       const std::string& rid, const v1::StartRolloutRequest& req, const std::vector<Task>& tasks) {
-    const uint32_t samples = req.samples_per_task() ? req.samples_per_task() : 1;
+    const uint32_t samples = SamplesPerTask(req);
     PADDOCK_ASSIGN_OR_RETURN(auto eps, log_.ListEpisodes({.prefix = rid + "/"}));
     struct Members {
       std::vector<v1::EpisodeSummary> ended;
@@ -907,7 +912,7 @@ class RolloutEngine::Impl {
       p.start_request = std::move(request);
       r->prompts.push_back(std::move(p));
     }
-    uint32_t samples = req.samples_per_task() ? req.samples_per_task() : 1;
+    uint32_t samples = SamplesPerTask(req);
     for (size_t ti = 0; ti < r->tasks.size(); ++ti)
       for (uint32_t s = 0; s < samples; ++s) {
         auto ep = std::make_unique<Episode>();
@@ -1096,7 +1101,7 @@ class RolloutEngine::Impl {
     p.set_started_unix_ms(rec.created_unix_ms());
     p.set_concurrency(def.request().concurrency());
     auto tasks = ParseTasksJsonl(def.request().tasks_jsonl());
-    uint32_t samples = def.request().samples_per_task() ? def.request().samples_per_task() : 1;
+    uint32_t samples = SamplesPerTask(def.request());
     p.set_episodes_total(tasks.ok() ? static_cast<uint32_t>(tasks->size() * samples) : 0);
     auto eps = log_.ListEpisodes({.prefix = rid + "/"});
     if (!eps.ok()) return eps.status();
@@ -1379,7 +1384,7 @@ class RolloutEngine::Impl {
     ep->step_policy_wait_us += Us(waited);
     auto now = Clock::now();
     policy::CallOptions opts;
-    auto req_timeout = std::chrono::milliseconds(r->req.policy().request_timeout_ms() ? r->req.policy().request_timeout_ms() : 120000);
+    auto req_timeout = PolicyRequestTimeout(r->req.policy());
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(ep->deadline - now);
     opts.timeout = std::max(std::chrono::milliseconds(1), std::min(req_timeout, left));
     opts.cancel = ep->cancel;
@@ -1453,6 +1458,9 @@ class RolloutEngine::Impl {
     }
     ep->unavailable_since.reset();
     ep->backoff_ms = 0;
+    // An abort that lost the race with the answer: nothing to ask again, and
+    // the episode's next failure must not be taken for an abort.
+    ep->aborted_for_update = false;
     policy::GenerateResult& g = *res;
     if (!g.token_exact || (g.output_ids.empty() && !g.text.empty()))
       return Fail(r, ep, "policy_error", "the policy server did not return the sampled token ids", InfraReason::kPolicyError);
