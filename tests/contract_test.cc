@@ -399,8 +399,12 @@ TEST_P(Contract, Isolation_StateDoesNotPersistInFunctions) {
   // Every place an exec could leave something: scratch, shared memory, a
   // background process, the root, the working directory.
   const std::string secs = UniqueSleep(6);
+  // The first exec returns only once the background process has exec'd sleep
+  // (until then its comm is the shell's; on a loaded machine that takes a while).
   Run(id, fmt::format("echo kept > /tmp/state; echo kept > /dev/shm/state; (sleep {} > /dev/null 2>&1 &) ; "
-                      "echo kept > /state 2>/dev/null; echo kept > ./state 2>/dev/null; true",
+                      "echo kept > /state 2>/dev/null; echo kept > ./state 2>/dev/null; "
+                      "i=0; while [ $i -lt 100 ]; do for p in /proc/[0-9]*; do read c < $p/comm 2>/dev/null; "
+                      "[ \"$c\" = sleep ] && exit 0; done; i=$((i+1)); sleep 0.1 2>/dev/null || sleep 1; done; true",
                       secs));
   ExecResult r = Run(id, fmt::format("for f in /tmp/state /dev/shm/state /state ./state; do "
                                      "test -e $f && echo \"kept $f\"; done; "

@@ -132,20 +132,29 @@ Status SandboxServer::Start() {
   unix_service_ = std::make_unique<SandboxService>(manager_, nullptr, replay, options_.node);
   if (options_.log)
     unix_log_service_ = std::make_unique<LogService>(*options_.log, options_.log_dir);
+  // gRPC creates the socket with the umask's mode. It listens under a
+  // temporary name first, narrowed to root and the `paddock` group
+  // (scripts/install-deps.sh creates it, its members may drive the daemon
+  // without being root), then is renamed into place: whoever finds the socket
+  // finds it with its final mode and owner.
+  const std::string binding = options_.socket_path + ".new";
+  if (binding.size() >= sizeof(sockaddr_un{}.sun_path))
+    return Error(Code::kInvalidArgument, "socket path {} is too long (at most {} bytes)", options_.socket_path,
+                 sizeof(sockaddr_un{}.sun_path) - 1 - 4);
+  if (unlink(binding.c_str()) != 0 && errno != ENOENT)
+    return ErrnoError(fmt::format("removing {}", binding));
   int unix_port = 0;
-  PADDOCK_RETURN_IF_ERROR(build(unix_service_.get(), unix_log_service_.get(),
-                                "unix:" + options_.socket_path, &unix_port, &unix_server_));
-  // gRPC creates the socket with the umask's mode; narrow it to root and the
-  // `paddock` group (scripts/install-deps.sh creates it), whose members may
-  // drive the daemon without being root.
-  if (chmod(options_.socket_path.c_str(), 0660) != 0)
-    return ErrnoError(fmt::format("chmod 0660 {}", options_.socket_path));
+  PADDOCK_RETURN_IF_ERROR(build(unix_service_.get(), unix_log_service_.get(), "unix:" + binding, &unix_port,
+                                &unix_server_));
+  if (chmod(binding.c_str(), 0660) != 0) return ErrnoError(fmt::format("chmod 0660 {}", binding));
   if (struct group* g = getgrnam("paddock")) {
-    if (chown(options_.socket_path.c_str(), 0, g->gr_gid) != 0)
-      return ErrnoError(fmt::format("chown root:paddock {}", options_.socket_path));
+    if (chown(binding.c_str(), 0, g->gr_gid) != 0)
+      return ErrnoError(fmt::format("chown root:paddock {}", binding));
   } else {
     spdlog::info("no group 'paddock' on this host: the socket {} is for root only", options_.socket_path);
   }
+  if (rename(binding.c_str(), options_.socket_path.c_str()) != 0)
+    return ErrnoError(fmt::format("renaming {} to {}", binding, options_.socket_path));
   spdlog::info("listening on unix:{}", options_.socket_path);
 
   if (!options_.tcp_address.empty()) {
