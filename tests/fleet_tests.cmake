@@ -9,3 +9,13 @@ target_link_libraries(fleet_placement_test PRIVATE paddock_fleet)
 paddock_test(fleet_test fleet_test.cc)
 target_link_libraries(fleet_test PRIVATE paddock_client paddock_sandbox nlohmann_json::nlohmann_json)
 add_dependencies(fleet_test paddockd paddock paddock-init)
+
+# The fleet over a real network: four nodes in network namespaces of their own
+# on a bridge the test makes, a front, a 200-episode rollout through a node
+# SIGKILLed, one partitioned and healed, one drained and one joining; outside
+# counts of every tool call and a reference run (tests/fleet_netns_test.py).
+# Exit 77 (skipped) where network namespaces or bridges cannot be made.
+# python3 is a dependency of the project (scripts/install-deps.sh); the
+# binaries it runs are built by fleet_script_test_binaries (deploy_tests.cmake).
+add_test(NAME fleet_netns_test COMMAND python3 ${PROJECT_SOURCE_DIR}/tests/fleet_netns_test.py ${CMAKE_BINARY_DIR})
+set_tests_properties(fleet_netns_test PROPERTIES TIMEOUT 480 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
