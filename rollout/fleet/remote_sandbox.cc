@@ -30,6 +30,21 @@ Status RemoteSandbox::Seen(Status st) const {
                  st.message(), id_);
   if (st.code() == Code::kCancelled && !node_->Usable(generation_))
     return Error(Code::kUnavailable, "node {} was lost while the call ran; sandbox {} is gone", node_->address(), id_);
+  // The node answers, yet the call failed UNAVAILABLE: the node may have
+  // destroyed the sandbox under it (the end of a drain's grace, a fence: "the
+  // sandbox's init process exited during the call"). Asked, a node that no
+  // longer holds it says NOT_FOUND (it forgets a sandbox before killing it), and
+  // then the sandbox is gone: Alive() says so, and an engine rebuilds the episode
+  // elsewhere instead of taking the error for the call's own outcome.
+  if (st.code() == Code::kUnavailable && !gone_.load()) {
+    if (auto c = node_->ClientFor(generation_); c.ok()) {
+      auto probe = (*c)->Stats(remote_id_);
+      if (!probe.ok() && probe.status().code() == Code::kNotFound) {
+        gone_ = true;
+        return Error(Code::kUnavailable, "sandbox {} is gone from node {} ({})", id_, node_->address(), st.message());
+      }
+    }
+  }
   if (st.message().find(node_->address()) != std::string::npos) return st;
   return st.Prefix(fmt::format("node {}", node_->address()));
 }
