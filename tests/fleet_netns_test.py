@@ -550,12 +550,13 @@ def main():
         while time.monotonic() < deadline:
             st = rollout_state(fleet, "front", rid) or {}
             e = ended(st) if st else 0
-            if "kill" not in done_faults and e >= n * 0.08:
+            # Each fault waits until the node holds sandboxes of the front.
+            if "kill" not in done_faults and e >= n * 0.08 and fleet.front_sandboxes_on("node-1"):
                 on1 = fleet.front_sandboxes_on("node-1") or []
                 fleet.stop("node-1", signal.SIGKILL)
                 done_faults.add("kill")
                 log(f"SIGKILLed node 1 ({len(on1)} sandbox(es) of the front there) at {e}/{n} ended")
-            if "partition" not in done_faults and e >= n * 0.15:
+            if "partition" not in done_faults and e >= n * 0.15 and fleet.front_sandboxes_on("node-2"):
                 fenced["before"] = fleet.front_sandboxes_on("node-2") or []
                 fleet.link(2, up=False)
                 partitioned_at = time.monotonic()
@@ -573,7 +574,7 @@ def main():
                 healed_at = time.monotonic()
                 done_faults.add("heal")
                 log(f"healed node 2 ({healed_at - partitioned_at:.1f}s after the partition) at {e}/{n} ended")
-            if "drain" not in done_faults and e >= n * 0.25:
+            if "drain" not in done_faults and e >= n * 0.25 and fleet.front_sandboxes_on("node-3"):
                 fleet.procs["node-3"].send_signal(signal.SIGTERM)  # notice: drains, exits after the grace
                 done_faults.add("drain")
                 log(f"SIGTERM (5 s grace) to node 3 at {e}/{n} ended")
@@ -605,6 +606,9 @@ def main():
         check.expect(fleet.procs["node-3"].poll() is not None or "draining" in fleet.daemon_log("node-3"),
                      "the drained node drained")
 
+        d3 = fleet.daemon_log("node-3")
+        log("the drained node: " + ("; ".join(l.split("] ", 2)[-1] for l in d3.splitlines()
+                                              if "drain" in l) or "no drain logged"))
         got = export(fleet, "front", rid)
         want = export(fleet, "front-ref", rid)
         check.expect(len(got) == n and len(want) == n, f"both exports hold {n} episodes ({len(got)}, {len(want)})")
@@ -616,6 +620,9 @@ def main():
         check.expect(joined_hits > 0, f"the node that joined ran calls ({joined_hits})")
         fleet_hits = [h for h in hits if h[1] != fleet.node_ip(9)]
         touched = check_counts(fleet_hits, got, check, n)
+        moved = sum("moved to a new sandbox" in e.get("rebuild_note", "") for e in got.values())
+        log(f"{moved} episode(s) moved to a new sandbox; {len(touched)} touched by a fault")
+        check.expect(moved > 0, "episodes moved off the nodes the faults took")
         same = differ = 0
         for eid, line in got.items():
             tid = line["task_id"]
