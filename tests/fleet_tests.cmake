@@ -18,4 +18,4 @@ add_dependencies(fleet_test paddockd paddock paddock-init)
 # python3 is a dependency of the project (scripts/install-deps.sh); the
 # binaries it runs are built by fleet_script_test_binaries (deploy_tests.cmake).
 add_test(NAME fleet_netns_test COMMAND python3 ${PROJECT_SOURCE_DIR}/tests/fleet_netns_test.py ${CMAKE_BINARY_DIR})
-set_tests_properties(fleet_netns_test PROPERTIES TIMEOUT 480 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
+set_tests_properties(fleet_netns_test PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
