@@ -12,7 +12,9 @@ scripted policy; while it runs:
   * node 2 is partitioned (its veth set down inside its namespace) and healed
     after the front declared it lost; it must have destroyed ("fenced") every
     sandbox of the front while unreachable;
-  * node 3 is given notice: SIGTERM with --drain-grace-s 5;
+  * node 3 is given notice: SIGTERM with --drain-grace-s 5, while a long task
+    (3 s per call) runs there, so that a call is cut off at the end of the
+    grace and its episode must move;
   * node 5 joins: its address is appended to the front's nodes file.
 
 Then: every episode finished (reward 1); no acknowledged tool call ran twice,
@@ -422,11 +424,16 @@ def script(counter_url):
     # side effect outside the sandbox, then the effect inside (for the verifier).
     calls = []
     for _ in range(TURNS):
-        cmd = (f"sleep 0.3; wget -q -O /dev/null \"{counter_url}/hit?task=$TASK&turn={{turn}}&host=$(hostname)\""
+        cmd = (f"sleep $PAUSE; wget -q -O /dev/null \"{counter_url}/hit?task=$TASK&turn={{turn}}&host=$(hostname)\""
                f" && echo S{{turn}} >> /tmp/ran; echo ok {{turn}}")
         calls.append(dsml_call("bash", [("command", cmd)]))
     calls.append(dsml_call("submit", [("answer", "done")]))
     return json.dumps(calls)
+
+
+def long_task(i):
+    """Every tenth task (a container one) waits 3 s per call: outlives the drain's 5 s grace."""
+    return i % 10 == 0
 
 
 def tasks(n, allow):
@@ -441,8 +448,16 @@ def tasks(n, allow):
         lines.append(json.dumps({"id": tid, "image": "busybox:1", "substrate": sub,
                                  "instruction": "Count, then submit.", "tools": ["bash", "submit"],
                                  "max_turns": TURNS + 3, "setup": ["rm -f /tmp/ran"], "verifier": verifier,
-                                 "env": {"TASK": tid}, "network": {"allow": [allow]}, "metadata": {"n": i}}))
+                                 "env": {"TASK": tid, "PAUSE": "3" if long_task(i) else "0.3"}, "network": {"allow": [allow]}, "metadata": {"n": i}}))
     return "\n".join(lines) + "\n"
+
+
+def long_task_early_on(fleet, ip):
+    last = {}
+    for h in fleet.counter.snapshot():
+        last[h[2]] = h
+    now = time.monotonic()
+    return any(h[1] == ip and long_task(int(t[1:])) and h[3] < 2 and now - h[0] < 2 for t, h in last.items())
 
 
 def rollout_state(fleet, front, rid):
@@ -646,7 +661,11 @@ def main():
                 healed_at = time.monotonic()
                 done_faults.add("heal")
                 log(f"healed node 2 ({healed_at - partitioned_at:.1f}s after the partition) at {e}/{n} ended")
-            if "drain" not in done_faults and e >= n * 0.25 and fleet.front_sandboxes_on("node-3"):
+            # The drain waits for a long task running its first or second call
+            # on node 3 (seen by the counter): its last calls are still running
+            # when the grace ends, so a call is cut off in flight and the
+            # episode must move.
+            if "drain" not in done_faults and e >= n * 0.25 and long_task_early_on(fleet, fleet.node_ip(3)):
                 fleet.procs["node-3"].send_signal(signal.SIGTERM)  # notice: drains, exits after the grace
                 done_faults.add("drain")
                 log(f"SIGTERM (5 s grace) to node 3 at {e}/{n} ended")
@@ -675,8 +694,8 @@ def main():
         check.expect("fenced" in done_faults and fenced.get("after_s", 99) < lease_ms / 1000 + 4,
                      f"the partitioned node destroyed them within its lease ({fenced.get('after_s')}s)")
         check.expect("fenced " in fleet.daemon_log("node-2"), "its log says it fenced them")
-        check.expect(fleet.procs["node-3"].poll() is not None or "draining" in fleet.daemon_log("node-3"),
-                     "the drained node drained")
+        check.expect("drain grace over: destroying" in fleet.daemon_log("node-3"),
+                     "the drained node destroyed what was left at the end of its grace")
 
         d3 = fleet.daemon_log("node-3")
         log("the drained node: " + ("; ".join(l.split("] ", 2)[-1] for l in d3.splitlines()
