@@ -1,5 +1,6 @@
 #include "rollout/fleet/remote_sandbox.h"
 
+#include <csignal>
 #include <mutex>
 #include <thread>
 
@@ -36,17 +37,20 @@ Status RemoteSandbox::Seen(Status st) const {
   // longer holds it says NOT_FOUND (it forgets a sandbox before killing it), and
   // then the sandbox is gone: Alive() says so, and an engine rebuilds the episode
   // elsewhere instead of taking the error for the call's own outcome.
-  if (st.code() == Code::kUnavailable && !gone_.load()) {
-    if (auto c = node_->ClientFor(generation_); c.ok()) {
-      auto probe = (*c)->Stats(remote_id_);
-      if (!probe.ok() && probe.status().code() == Code::kNotFound) {
-        gone_ = true;
-        return Error(Code::kUnavailable, "sandbox {} is gone from node {} ({})", id_, node_->address(), st.message());
-      }
-    }
-  }
+  if (st.code() == Code::kUnavailable && Vanished())
+    return Error(Code::kUnavailable, "sandbox {} is gone from node {} ({})", id_, node_->address(), st.message());
   if (st.message().find(node_->address()) != std::string::npos) return st;
   return st.Prefix(fmt::format("node {}", node_->address()));
+}
+
+bool RemoteSandbox::Vanished() const {
+  if (gone_.load()) return true;
+  auto c = node_->ClientFor(generation_);
+  if (!c.ok()) return false;  // lost: Alive() already says so
+  auto probe = (*c)->Stats(remote_id_);
+  if (probe.ok() || probe.status().code() != Code::kNotFound) return false;
+  gone_ = true;
+  return true;
 }
 
 Result<ExecResult> RemoteSandbox::Exec(const ExecRequest& req_in, const OutputCallback& on_output) {
@@ -88,6 +92,13 @@ Result<ExecResult> RemoteSandbox::Exec(const ExecRequest& req_in, const OutputCa
   if (watcher.joinable()) watcher.join();
   node_->Untrack(&cancel);
   if (!r.ok()) return Seen(r.status());
+  // Killed by SIGKILL, not for its timeout: the node may have destroyed the
+  // sandbox under the call (a drain's grace ended, a fence). Then the result is
+  // not the command's own: the sandbox is gone, and the caller must not take it
+  // for the call's outcome.
+  if (r->signal == SIGKILL && !r->timed_out && Vanished())
+    return Error(Code::kUnavailable, "sandbox {} is gone from node {} (the call was killed with it)", id_,
+                 node_->address());
   r->stdout_data = std::move(out[0]);
   r->stderr_data = std::move(out[1]);
   r->stdout_truncated = r->stdout_truncated || truncated[0];

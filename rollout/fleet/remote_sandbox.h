@@ -41,6 +41,9 @@ class RemoteSandbox final : public Sandbox {
   // Notes what an error says about the node or the sandbox, and returns it
   // naming the node.
   Status Seen(Status st) const;
+  // Whether the node, asked, no longer holds the sandbox (NOT_FOUND: it forgets
+  // one before killing it); marks it gone. False when it does or cannot say.
+  bool Vanished() const;
 
   const std::string id_, remote_id_;
   std::shared_ptr<Node> node_;
