@@ -44,13 +44,20 @@ Status RemoteSandbox::Seen(Status st) const {
 }
 
 bool RemoteSandbox::Vanished() const {
-  if (gone_.load()) return true;
-  auto c = node_->ClientFor(generation_);
-  if (!c.ok()) return false;  // lost: Alive() already says so
-  auto probe = (*c)->Stats(remote_id_);
-  if (probe.ok() || probe.status().code() != Code::kNotFound) return false;
-  gone_ = true;
-  return true;
+  for (int asked = 0; asked < 2 && !gone_.load(); ++asked) {
+    auto c = node_->ClientFor(generation_);
+    if (!c.ok()) return true;  // lost: its lease took the sandbox with it
+    auto probe = (*c)->Stats(remote_id_);
+    if (probe.ok()) return false;
+    if (probe.status().code() == Code::kNotFound) {
+      gone_ = true;
+      break;
+    }
+    // No answer (a drained node stops soon after its grace): the node's verdict.
+    if (probe.status().code() != Code::kUnavailable && probe.status().code() != Code::kDeadlineExceeded) return false;
+    if (!node_->AwaitVerdict(generation_)) return true;
+  }
+  return gone_.load();
 }
 
 Result<ExecResult> RemoteSandbox::Exec(const ExecRequest& req_in, const OutputCallback& on_output) {

@@ -42,7 +42,8 @@ class RemoteSandbox final : public Sandbox {
   // naming the node.
   Status Seen(Status st) const;
   // Whether the node, asked, no longer holds the sandbox (NOT_FOUND: it forgets
-  // one before killing it); marks it gone. False when it does or cannot say.
+  // one before killing it; marks it gone) or was lost. False when it holds it
+  // or cannot say. Waits for the node's verdict when it does not answer.
   bool Vanished() const;
 
   const std::string id_, remote_id_;
