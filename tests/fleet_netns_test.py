@@ -540,15 +540,16 @@ def check_counts(hits, exported, check, n):
             for x, y in zip(turns, turns[1:]):
                 if y < x:
                     problems.append(f"{tid}: function episode ran turn {y} after turn {x} (turns {turns})")
-            if len(turns) - len(set(turns)) > len(inst) - 1 + 0:
+            if len(turns) - len(set(turns)) > len(inst) - 1:
                 problems.append(f"{tid}: function episode ran {len(turns)} calls in {len(inst)} sandbox(es): {turns}")
         else:
-            # Each later sandbox re-applies from turn 0, in order, without gaps.
+            # A sandbox runs consecutive turns (a later one re-applies from
+            # turn 0; a partitioned one may miss its last: the counter was cut off).
             for key, ih in list(inst.items()):
                 t = [h[3] for h in ih]
                 if t and t != list(range(t[0], t[0] + len(t))):
                     problems.append(f"{tid}: sandbox {key} ran turns {t}, not consecutive")
-        ep = exported.get(f"netns/{tid}") or next((e for k, e in exported.items() if e.get("task_id") == tid), None)
+        ep = exported.get(f"netns/{tid}#0")
         if ep and (ep.get("rebuild_note") or ep.get("rebuilt") or ep.get("replayed", {}).get("tool_calls")):
             touched.add(tid)
     for p in problems[:20]:
