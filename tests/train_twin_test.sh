@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# tests/train_tests.cmake: the PyTorch twin (examples/train/) against paddock-policy.
+#   train_twin_test.sh parity CONFIG     examples/train/parity.py (exact: |dlogprob| <= 1e-4)
+#   train_twin_test.sh roundtrip CONFIG  a file the twin writes is served by paddock-policy
+#                                        and generates what the original file generates
+set -euo pipefail
+mode="$1"; cfg="$2"
+here="$(cd "$(dirname "$0")/.." && pwd)"
+py="${PYTHON3:-python3}"
+policy="${PADDOCK_POLICY:?PADDOCK_POLICY: the paddock-policy binary}"
+if ! "$py" -c 'import torch' 2>/dev/null; then
+  echo "SKIP: python3-torch is not installed (scripts/install-deps.sh --train)"
+  exit 77
+fi
+case "$mode" in
+  parity)
+    # small: fewer tokens (its window layers and 64-block top-k need > 256 tokens to bite: 40 + 300).
+    exec "$py" "$here/examples/train/parity.py" --policy-bin "$policy" --config "$cfg" \
+      --sequences 2 --prompt-len 40 --new-tokens 300 ;;
+  roundtrip)
+    tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+    "$policy" --save-weights "$tmp/a.safetensors" --config "$cfg" --seed 7 >/dev/null
+    exec "$py" "$here/examples/train/roundtrip_check.py" --policy-bin "$policy" --dir "$tmp" --config "$cfg" ;;
+  *) echo "usage: $0 parity|roundtrip CONFIG" >&2; exit 2 ;;
+esac
