@@ -20,6 +20,6 @@ case "$mode" in
   roundtrip)
     tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
     "$policy" --save-weights "$tmp/a.safetensors" --config "$cfg" --seed 7 >/dev/null
-    exec "$py" "$here/examples/train/roundtrip_check.py" --policy-bin "$policy" --dir "$tmp" --config "$cfg" ;;
+    "$py" "$here/examples/train/roundtrip_check.py" --policy-bin "$policy" --dir "$tmp" --config "$cfg" ;;
   *) echo "usage: $0 parity|roundtrip CONFIG" >&2; exit 2 ;;
 esac
