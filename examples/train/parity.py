@@ -25,6 +25,7 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,7 +131,7 @@ def main():
     rng = random.Random(1234)
     prompts = [[rng.randrange(2, model.config.vocab_size) for _ in range(args.prompt_len)]
                for _ in range(args.sequences)]
-    result = {"config": args.config, "weights": weights}
+    result = {"config": args.config, "weights": args.weights or f"seed {args.seed}"}
     ok = True
     for mode in modes:
         proc, url = start_server(args.policy_bin, weights, args.config, mode == "exact", args.threads)
@@ -155,6 +156,7 @@ def main():
                   f"(token {f['worst_token_index']})", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
+    shutil.rmtree(tmp, ignore_errors=True)
     sys.exit(0 if ok else 1)
 
 
