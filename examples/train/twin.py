@@ -136,6 +136,35 @@ def bf16_round(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(x.dtype)
 
 
+def fp8_e4m3_round(x: torch.Tensor) -> torch.Tensor:
+    """Round to FP8 E4M3 ("fn": 3 mantissa bits, min normal 2^-6, max 448, saturating),
+    ties to even, kept as float."""
+    a = x.abs()
+    e = torch.floor(torch.log2(a.clamp(min=2.0 ** -6)))  # binade; subnormals share 2^-6's step
+    step = torch.pow(2.0, e - 3)
+    return (torch.round(x / step) * step).clamp(-448.0, 448.0)
+
+
+def emulate_entries(v: torch.Tensor, nope: int) -> torch.Tensor:
+    """The engine's stored entry, dequantized: dims [0, nope) FP8 E4M3 with one power-of-two
+    scale per entry (the smallest 2^e with 448 * 2^e >= max|v|), the rest BF16. v: [N, h]."""
+    n = v[:, :nope]
+    amax = n.abs().amax(1, keepdim=True)
+    e = torch.ceil(torch.log2(amax / 448.0))
+    e = torch.where(torch.pow(2.0, e) * 448.0 < amax, e + 1, e)
+    e = torch.where(torch.pow(2.0, e - 1) * 448.0 >= amax, e - 1, e)
+    e = torch.where(amax > 0, e, torch.zeros_like(e))
+    sc = torch.pow(2.0, e)
+    return torch.cat([fp8_e4m3_round(n / sc) * sc, bf16_round(v[:, nope:])], 1)
+
+
+def emulate_int4(k: torch.Tensor) -> torch.Tensor:
+    """Indexer keys as the engine stores them: round(k / s) clamped to [-8, 7], s = max|k| / 7."""
+    s = k.abs().amax(1, keepdim=True) / 7.0
+    q = torch.round(k / torch.where(s > 0, s, torch.ones_like(s))).clamp(-8, 7)
+    return q * s
+
+
 class _Bf16Round(torch.autograd.Function):
     """BF16 rounding in the forward, identity in the backward (straight-through)."""
 
@@ -157,6 +186,10 @@ class Twin(nn.Module):
                  dtype: torch.dtype = torch.float32):
         super().__init__()
         self.config = config
+        # Emulate the engine's KV storage (no gradient through it): "entries" (FP8 + BF16
+        # window and compressed entries), "index" (int4 indexer keys); empty: exact,
+        # what paddock-policy --exact-kv computes. For measuring, not training.
+        self.emulate = set()
         self.dtype = dtype
         specs = tensor_specs(config)
         self.params = nn.ParameterDict()
@@ -240,7 +273,8 @@ class Twin(nn.Module):
         q = (u @ self.p(pre + "wq").t()).reshape(T, H, hd).transpose(0, 1)  # [H, T, hd]
         q = self.rope(q, pos)
         kv = u @ self.p(pre + "wkv").t()  # [T, hd]
-        keys = [self.rope(kv, pos)]  # window entries, RoPE at their positions
+        emu = (lambda v: emulate_entries(v, c.nope_dim)) if "entries" in self.emulate else (lambda v: v)
+        keys = [emu(self.rope(kv, pos))]  # window entries, RoPE at their positions
         # visible[t, j]: may query t attend to entry j
         tpos = pos[:, None]
         W = c.window
@@ -254,12 +288,14 @@ class Twin(nn.Module):
                 gate = u @ self.p(pre + "compress.wgate").t()
                 blocks = self.pool(kv, gate, self.p(pre + "compress.pos_bias"), m)  # [nb, hd]
                 first = torch.arange(nb) * m
-                blocks = self.rope(blocks, first)
+                blocks = emu(self.rope(blocks, first))
                 done = (first + m - 1)[None, :] <= tpos  # [T, nb]: block complete by t
                 if kind == "csa":
                     ik = u @ self.p(pre + "indexer.wk").t()
                     ig = u @ self.p(pre + "indexer.compress.wgate").t()
                     ikeys = self.pool(ik, ig, self.p(pre + "indexer.compress.pos_bias"), m)  # [nb, dI]
+                    if "index" in self.emulate:
+                        ikeys = emulate_int4(ikeys)
                     iq = (u @ self.p(pre + "indexer.wq").t()).reshape(T, c.index_heads, c.index_dim)
                     iw = u @ self.p(pre + "indexer.whead").t()  # [T, HI]
                     # I[t, b] = sum_j w[t, j] relu(q[t, j] . k[b])
