@@ -20,3 +20,10 @@ add_test(NAME train_twin_roundtrip COMMAND ${PROJECT_SOURCE_DIR}/tests/train_twi
 set_tests_properties(train_twin_roundtrip PROPERTIES
   TIMEOUT 300 SKIP_RETURN_CODE 77
   ENVIRONMENT "PYTHON3=${PADDOCK_PYTHON3};PADDOCK_POLICY=$<TARGET_FILE:paddock-policy>;PYTHONDONTWRITEBYTECODE=1")
+# train_sft_smoke: examples/train/sft_check.py: sft.py on an export-shaped file (loss on
+# loss_mask tokens only, train: false skipped), the loss falls, and paddock-policy serving
+# the saved weights generates greedily the answer the twin was trained on.
+add_test(NAME train_sft_smoke COMMAND ${PROJECT_SOURCE_DIR}/tests/train_twin_test.sh sft tiny)
+set_tests_properties(train_sft_smoke PROPERTIES
+  TIMEOUT 600 SKIP_RETURN_CODE 77
+  ENVIRONMENT "PYTHON3=${PADDOCK_PYTHON3};PADDOCK_POLICY=$<TARGET_FILE:paddock-policy>;PYTHONDONTWRITEBYTECODE=1")

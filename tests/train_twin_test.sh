@@ -3,6 +3,7 @@
 #   train_twin_test.sh parity CONFIG     examples/train/parity.py (exact: |dlogprob| <= 1e-4)
 #   train_twin_test.sh roundtrip CONFIG  a file the twin writes is served by paddock-policy
 #                                        and generates what the original file generates
+#   train_twin_test.sh sft tiny          examples/train/sft_check.py
 set -euo pipefail
 mode="$1"; cfg="$2"
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,5 +26,7 @@ case "$mode" in
     tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
     "$policy" --save-weights "$tmp/a.safetensors" --config "$cfg" --seed 7 >/dev/null
     "$py" "$here/examples/train/roundtrip_check.py" --policy-bin "$policy" --dir "$tmp" --config "$cfg" ;;
-  *) echo "usage: $0 parity|roundtrip CONFIG" >&2; exit 2 ;;
+  sft)
+    exec "$py" "$here/examples/train/sft_check.py" --policy-bin "$policy" ;;
+  *) echo "usage: $0 parity|roundtrip|sft CONFIG" >&2; exit 2 ;;
 esac
