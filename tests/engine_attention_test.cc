@@ -205,9 +205,12 @@ TEST(EngineAttention, ExactKvStoresFloat32Entries) {
   auto prompt2 = Prompt(150, c.vocab_size);
   auto emulated = Build(c, 11, 1, false);
   auto a = StepLogits(*m, prompt2), b = StepLogits(*emulated, prompt2);
-  double diff = MaxAbsDiff(a, b);
-  EXPECT_GT(diff, 0.0);  // the emulation's rounding is gone
-  EXPECT_LT(diff, 0.5);  // but it is the same model
+  EXPECT_GT(MaxAbsDiff(a, b), 0.0);  // the emulation's rounding is gone
+  // Before the first block completes only the window entries' FP8/BF16 rounding
+  // differs: close. (Later, the int4 indexer keys change which blocks the top-k
+  // picks, and the logits may move by whole units: docs/training.md's figures.)
+  std::vector<std::vector<float>> a3(a.begin(), a.begin() + 3), b3(b.begin(), b.begin() + 3);
+  EXPECT_LT(MaxAbsDiff(a3, b3), 0.25);
 }
 
 }  // namespace
