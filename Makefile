@@ -25,7 +25,9 @@ build: configure
 build-demo: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target $(DEMO_TARGETS)
 
-test: build
+test:
+	@bash scripts/install-deps.sh --train
+	@$(MAKE) --no-print-directory build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600 -j 1
 
 demo: build-demo

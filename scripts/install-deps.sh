@@ -45,6 +45,11 @@ PACKAGES=(
 if [ "${1:-}" = "--bench" ]; then
   PACKAGES+=(gnuplot-nox)  # renders bench/*.png from the data sandbox_bench writes
 fi
+# --- optional: the PyTorch twin of the embedded engine (only with --train, used by
+# `make test` and examples/train/: the twin, its logprob parity test, supervised training) ---
+if [ "${1:-}" = "--train" ]; then
+  PACKAGES+=(python3-torch)  # Debian's PyTorch 1.13, CPU (examples/train/twin.py, tests/train_tests.cmake)
+fi
 # --- end optional ---
 
 # --- DeepSeek tokenizer.json for the V4 tokenizer (policy/v4/tokenizer) ---

@@ -81,7 +81,8 @@ struct EmbeddedEngine::Impl {
   std::thread worker;
 
   static std::string Describe(const Model& m) {
-    return fmt::format("{}; weights {}; threads {}", m.config().Describe(), m.weights().source, m.threads());
+    return fmt::format("{}; weights {}; threads {}{}", m.config().Describe(), m.weights().source, m.threads(),
+                       m.exact_kv() ? "; exact KV (float32 entries and indexer keys)" : "");
   }
   void Run();
   void Admit(std::unique_ptr<Request> req, std::vector<Active>& active, const std::shared_ptr<Model>& model,
@@ -103,7 +104,7 @@ Result<std::unique_ptr<EmbeddedEngine>> EmbeddedEngine::Create(const EngineOptio
                                 ? SeededWeights(config.value(), options.weight_seed)
                                 : LoadSafetensors(options.weights_path, config.value());
   if (!weights.ok()) return weights.status();
-  auto model = Model::Create(std::move(weights.value()), options.threads);
+  auto model = Model::Create(std::move(weights.value()), options.threads, options.exact_kv);
   if (!model.ok()) return model.status();
   return Create(std::move(model.value()), options);
 }
@@ -169,11 +170,13 @@ Result<WeightUpdateResult> EmbeddedEngine::UpdateWeightsFromDisk(const WeightUpd
   if (!weights.ok()) return fail(weights.status());
   std::string version = update.version.empty() ? DefaultWeightVersion(weights.value()) : update.version;
   int threads;
+  bool exact_kv;
   {
     std::lock_guard lock(impl_->mu);
     threads = impl_->model->threads();
+    exact_kv = impl_->model->exact_kv();
   }
-  auto model = Model::Create(std::move(weights.value()), threads);
+  auto model = Model::Create(std::move(weights.value()), threads, exact_kv);
   if (!model.ok()) return fail(model.status());
   std::shared_ptr<Model> next = std::move(model.value());
   WeightUpdateResult result;

@@ -29,6 +29,8 @@ struct EngineOptions {
   uint64_t weight_seed = 1;
   std::string weight_version;      // empty: DefaultWeightVersion of the weights
   int threads = 0;                 // 0: std::thread::hardware_concurrency()
+  bool exact_kv = false;           // float32 KV entries and indexer keys (no FP8/BF16/int4
+                                   // emulation); kept across weight updates
   size_t max_batch = 64;           // sequences stepped together
   size_t prefill_chunk = 256;      // prompt tokens a sequence feeds per step
   size_t prefix_cache_entries = 16;

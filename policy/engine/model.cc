@@ -41,7 +41,7 @@ struct Model::Layer {
 
 Model::~Model() = default;
 
-Result<std::unique_ptr<Model>> Model::Create(Weights weights, int threads) {
+Result<std::unique_ptr<Model>> Model::Create(Weights weights, int threads, bool exact_kv) {
   if (auto st = weights.config.Validate(); !st.ok()) return st;
   for (const auto& spec : TensorSpecs(weights.config)) {
     if (spec.name == "embed.weight") {
@@ -57,13 +57,14 @@ Result<std::unique_ptr<Model>> Model::Create(Weights weights, int threads) {
       return Error(Code::kInvalidArgument, "tensor '{}' has {} values, expected {}", spec.name,
                    it->second.size(), spec.numel());
   }
-  return std::unique_ptr<Model>(new Model(std::move(weights), threads));
+  return std::unique_ptr<Model>(new Model(std::move(weights), threads, exact_kv));
 }
 
-Model::Model(Weights weights, int threads) : w_(std::move(weights)), pool_(threads) {
+Model::Model(Weights weights, int threads, bool exact_kv)
+    : w_(std::move(weights)), pool_(threads), exact_kv_(exact_kv) {
   const Config& c = w_.config;
-  entry_bytes_ = EntryBytes(c);
-  index_key_bytes_ = IndexKeyBytes(c);
+  entry_bytes_ = exact_kv ? sizeof(float) * c.head_dim : EntryBytes(c);
+  index_key_bytes_ = exact_kv ? sizeof(float) * c.index_dim : IndexKeyBytes(c);
   head_ld_ = (static_cast<size_t>(c.vocab_size) + 63) / 64 * 64;
   head_t_.assign(head_ld_ * c.d_model, 0);
   for (size_t v = 0; v < static_cast<size_t>(c.vocab_size); ++v)
@@ -162,7 +163,12 @@ void Model::Rotate(float* v, size_t pos, bool inverse) const {
 }
 
 // Entry layout: [nope FP8 codes][rope BF16 x rope_dim][scale exponent].
+// With exact_kv: head_dim float32 values as they are.
 void Model::EncodeEntry(const float* v, uint8_t* out) const {
+  if (exact_kv_) {
+    std::memcpy(out, v, sizeof(float) * w_.config.head_dim);
+    return;
+  }
   const size_t nope = w_.config.nope_dim(), rope = w_.config.rope_dim;
   int8_t e = Fp8ScaleExponent(v, nope);
   QuantizeFp8(v, nope, e, out);
@@ -173,7 +179,13 @@ void Model::EncodeEntry(const float* v, uint8_t* out) const {
   out[nope + 2 * rope] = static_cast<uint8_t>(e);
 }
 
-void Model::DecodeEntry(const uint8_t* in, float* out) const { DecodeStoredEntry(w_.config, in, out); }
+void Model::DecodeEntry(const uint8_t* in, float* out) const {
+  if (exact_kv_) {
+    std::memcpy(out, in, sizeof(float) * w_.config.head_dim);
+    return;
+  }
+  DecodeStoredEntry(w_.config, in, out);
+}
 
 void DecodeStoredEntry(const Config& c, const uint8_t* in, float* out) {
   const size_t nope = c.nope_dim(), rope = c.rope_dim;
@@ -258,6 +270,11 @@ void Model::AppendToCaches(const Layer& layer, LayerCache& cache, size_t pos, co
     for (int i = 0; i < c.index_dim; ++i) k[i] = cache.ipool_num[i] / cache.ipool_den[i];
     size_t iat = cache.index_keys.size();
     cache.index_keys.resize(iat + index_key_bytes_);
+    if (exact_kv_) {
+      std::memcpy(cache.index_keys.data() + iat, k, index_key_bytes_);
+      cache.pending = 0;
+      return;
+    }
     float scale = QuantizeInt4(k, c.index_dim, cache.index_keys.data() + iat);
     std::memcpy(cache.index_keys.data() + iat + c.index_dim / 2, &scale, 4);
   }
@@ -279,7 +296,18 @@ void Model::SelectBlocks(const Layer& layer, const LayerCache& cache, const floa
   }
   thread_local std::vector<float> scores;
   scores.resize(nb);
-  IndexerScores(cache.index_keys.data(), index_key_bytes_, nb, iq, iw, c.index_heads, c.index_dim, scores.data());
+  if (exact_kv_) {
+    // Float32 keys: score_j = sum_h w_h * relu(q_h . k_j).
+    const size_t dim = c.index_dim;
+    for (size_t j = 0; j < nb; ++j) {
+      const float* k = reinterpret_cast<const float*>(cache.index_keys.data() + j * index_key_bytes_);
+      float s = 0;
+      for (int h = 0; h < c.index_heads; ++h) s += iw[h] * std::max(0.0f, Dot(iq + h * dim, k, dim));
+      scores[j] = s;
+    }
+  } else {
+    IndexerScores(cache.index_keys.data(), index_key_bytes_, nb, iq, iw, c.index_heads, c.index_dim, scores.data());
+  }
   thread_local std::vector<uint32_t> idx;
   idx.resize(nb);
   for (size_t j = 0; j < nb; ++j) idx[j] = static_cast<uint32_t>(j);

@@ -51,13 +51,17 @@ void DecodeStoredEntry(const Config& c, const uint8_t* entry, float* out);
 
 class Model {
  public:
-  // threads <= 0: std::thread::hardware_concurrency().
-  static Result<std::unique_ptr<Model>> Create(Weights weights, int threads);
+  // threads <= 0: std::thread::hardware_concurrency(). exact_kv: keep window and
+  // compressed entries and indexer keys as float32 instead of emulating their
+  // FP8/BF16/int4 storage (the same equations without the rounding; what a
+  // float32 trainer computes: examples/train/twin.py).
+  static Result<std::unique_ptr<Model>> Create(Weights weights, int threads, bool exact_kv = false);
   ~Model();
 
   const Config& config() const { return w_.config; }
   const Weights& weights() const { return w_; }
   int threads() const { return pool_.size(); }
+  bool exact_kv() const { return exact_kv_; }
   SequenceState NewSequence() const;
 
   struct Chunk {
@@ -78,7 +82,7 @@ class Model {
 
  private:
   struct Layer;
-  Model(Weights weights, int threads);
+  Model(Weights weights, int threads, bool exact_kv);
   void ParallelMatMul(const float* x, size_t rows, size_t in, const float* w, size_t cols,
                       float* y);
   void RmsNorm(const float* x, size_t rows, const float* weight, float* y) const;
@@ -100,6 +104,7 @@ class Model {
   std::vector<uint16_t> head_t_;  // embedding in column blocks of 64 ([d_model][64] each), for the output head
   size_t head_ld_ = 0;
   size_t entry_bytes_, index_key_bytes_;
+  bool exact_kv_ = false;  // entries and indexer keys stored as float32
 };
 
 }  // namespace paddock::policy::engine

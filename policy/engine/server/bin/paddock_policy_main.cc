@@ -23,7 +23,7 @@ using namespace paddock::policy::engine;
 constexpr const char* kUsage = R"(usage:
   paddock-policy [--listen HOST:PORT] [--config tiny|small] [--weights FILE] [--seed N]
                  [--weight-version V] [--threads N] [--tokenizer FILE] [--model-name NAME]
-                 [--max-body-bytes N] [--allow-remote-weight-updates]
+                 [--max-body-bytes N] [--allow-remote-weight-updates] [--exact-kv]
   paddock-policy --save-weights FILE [--config tiny|small] [--seed N]
   paddock-policy --report-kv --config NAME --context N [--json]
 
@@ -55,6 +55,9 @@ options:
                        loadable with --weights or /update_weights_from_disk) and exit; two
                        seeds give two weight files that generate different tokens
   --threads N          compute threads (default: all cores)
+  --exact-kv           keep KV entries and indexer keys in float32 instead of emulating their
+                       FP8/BF16/int4 storage (what a float32 trainer computes; used by the
+                       twin's parity test, examples/train/parity.py)
   --tokenizer FILE     DeepSeek tokenizer.json (default $PADDOCK_TOKENIZER or
                        /usr/local/share/paddock/deepseek-v3-tokenizer.json)
   --model-name NAME    "model" in OpenAI responses (default paddock-policy)
@@ -90,7 +93,7 @@ int main(int argc, char** argv) {
   std::string listen = "127.0.0.1:30000", config = "tiny", weights, tokenizer_path, model_name = "paddock-policy";
   std::string weight_version, save_weights;
   uint64_t seed = 1, threads = 0, context = 0, max_body = 16u << 20;
-  bool report = false, json = false, have_context = false, remote_updates = false;
+  bool report = false, json = false, have_context = false, remote_updates = false, exact_kv = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string* out) {
@@ -121,6 +124,8 @@ int main(int argc, char** argv) {
       ok = value(&weight_version);
     } else if (a == "--save-weights") {
       ok = value(&save_weights);
+    } else if (a == "--exact-kv") {
+      exact_kv = true;
     } else if (a == "--allow-remote-weight-updates") {
       remote_updates = true;
     } else if (a == "--tokenizer") {
@@ -185,6 +190,7 @@ int main(int argc, char** argv) {
   eo.weight_seed = seed;
   eo.weight_version = weight_version;
   eo.threads = static_cast<int>(threads);
+  eo.exact_kv = exact_kv;
   auto engine = EmbeddedEngine::Create(eo);
   if (!engine.ok()) return Fail(engine.status().message());
   std::shared_ptr<EmbeddedEngine> shared_engine = std::move(engine.value());
