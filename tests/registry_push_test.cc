@@ -590,14 +590,14 @@ struct UploadFake {
       if (r.method == "PUT") {
         have += r.body;
         std::string digest = query.substr(query.find("digest=") + 7);
-        if (storage::Digest::Of(have).str() != digest) return {400, R"({"errors":[{"code":"DIGEST_INVALID"}]})", {}};
+        if (storage::Sha256::Of(have).str() != digest) return {400, R"({"errors":[{"code":"DIGEST_INVALID"}]})", {}};
         blobs[digest] = have;
         uploads.erase(id);
         return {201, "", {{"Docker-Content-Digest", digest}}};
       }
     }
     if (r.method == "PUT" && path.rfind("/v2/fake/manifests/", 0) == 0)
-      return {201, "", {{"Docker-Content-Digest", storage::Digest::Of(r.body).str()}}};
+      return {201, "", {{"Docker-Content-Digest", storage::Sha256::Of(r.body).str()}}};
     return {400, "", {}};
   }
 };
