@@ -201,6 +201,9 @@ registry::Reference Ref(const std::string& text) {
 // LayerCacheOptions::sync for every cache of the run (--no-cache-sync: to see what
 // the durability of the unpacked trees costs; paddockd always syncs).
 bool g_cache_sync = true;
+// --first-exec-only: only the transfer alone, curl and the one-pass first exec
+// (with its pull), for a quick look at that target on a loaded machine.
+bool g_first_exec_only = false;
 
 struct Fresh {
   std::unique_ptr<ImageStore> store;
@@ -267,8 +270,9 @@ std::string Mib(uint64_t b) { return fmt::format("{:.1f} MiB", static_cast<doubl
 
 // A container created by naming the registry reference (pull on first use,
 // materialize, create) and `python3 -c 'print(6*7)'` in it: seconds to the
-// exec's answer, in a fresh store, cache and state.
-double FirstExec(const std::string& work, const std::string& full, bool one_pass) {
+// exec's answer, in a fresh store, cache and state. *pulled: seconds from the
+// create's start to the end of its pull on first use.
+double FirstExec(const std::string& work, const std::string& full, bool one_pass, double* pulled) {
   const std::string state = work + "/sandbox-state";
   Fresh f = FreshStore(work + "/exec");
   auto opts = PullOpts(one_pass ? f.cache.get() : nullptr);
@@ -276,10 +280,15 @@ double FirstExec(const std::string& work, const std::string& full, bool one_pass
   fs::remove_all(state);
   fs::create_directories(state);
   registry::OnDemandPuller puller(*f.store, opts);
+  double t_pulled = 0;
   StoreImageResolver resolver(
       f.store.get(), f.cache.get(), false,
       RegistryFetcher{[](const std::string& r) { return registry::NamesRegistryImage(r); },
-                      [&](const std::string& r, bool local) { return puller.Ensure(r, local); }});
+                      [&](const std::string& r, bool local) {
+                        auto e = puller.Ensure(r, local);
+                        t_pulled = Now();
+                        return e;
+                      }});
   SubstrateEnv env;
   env.state_dir = state;
   env.init_path = testing::BuiltBinary("paddock-init");
@@ -301,6 +310,7 @@ double FirstExec(const std::string& work, const std::string& full, bool one_pass
   auto r = (*sb)->Exec(req, nullptr);
   Die(r.status(), "exec");
   double t2 = Now();
+  *pulled = t_pulled - t1;
   if (r->exit_code != 0 || r->stdout_data != "42\n") {
     fmt::print(stderr, "registry_bench: python3 printed '{}' (exit {}): {}\n", r->stdout_data, r->exit_code,
                r->stderr_data);
@@ -318,6 +328,7 @@ int main(int argc, char** argv) {
     fmt::print("usage: registry_bench [RUNS=5] [WORK_DIR=/var/tmp/paddock-registry-bench] [--link-mbit N]\n"
                "--link-mbit N: the registry in its own network namespace behind a veth pair shaped to N Mbit/s.\n"
                "--no-cache-sync: layer caches without syncfs (what durability costs; paddockd always syncs).\n"
+               "--first-exec-only: only the transfer alone and the one-pass first exec (with its pull).\n"
                "Needs root, docker-registry, skopeo, umoci. See bench/README.md (registry_bench).\n");
     return 0;
   }
@@ -328,6 +339,8 @@ int main(int argc, char** argv) {
       link_mbit = std::atoi(argv[++i]);
     else if (std::string(argv[i]) == "--no-cache-sync")
       g_cache_sync = false;
+    else if (std::string(argv[i]) == "--first-exec-only")
+      g_first_exec_only = true;
     else
       args.push_back(argv[i]);
   }
@@ -366,7 +379,7 @@ int main(int argc, char** argv) {
 
   // 1 + 2: pull + materialize vs skopeo + umoci; re-pull vs first pull.
   std::vector<double> ours, ours_pull, serial_pull, peer, peer_copy, repull, two_pass, two_pass_pull;
-  for (int i = 0; i < runs; ++i) {
+  for (int i = 0; i < (g_first_exec_only ? 0 : runs); ++i) {
     for (int k = 0; k < 2; ++k) {
       if ((i + k) % 2 == 0) {
         Fresh f = FreshStore(work + "/ours");
@@ -420,7 +433,7 @@ int main(int argc, char** argv) {
 
   // 3: the base first, then the full image: only the python3 layer travels.
   registry::PullResult b, s;
-  {
+  if (!g_first_exec_only) {
     Fresh shared = FreshStore(work + "/shared");
     auto rb = registry::PullImage(*shared.store, Ref(base), PullOpts());
     Die(rb.status(), "pulling the base image");
@@ -431,7 +444,7 @@ int main(int argc, char** argv) {
   }
 
   // 4: first exec in a container named by the registry reference vs the transfer alone.
-  std::vector<double> first_exec, first_exec_before, transfer, curl;
+  std::vector<double> first_exec, first_exec_before, first_exec_pull, transfer, curl;
   std::string curl_cmd = "curl -sf";
   for (const auto& [d, size] : Blobs(full))
     curl_cmd += fmt::format(" -o /dev/null http://{}/v2/bench/python3/blobs/{}", host, d.str());
@@ -447,13 +460,27 @@ int main(int argc, char** argv) {
     // Alternating which goes first: one-pass pulls (the layer cache given to
     // the puller, as paddockd does) and the way before (no cache: the pull
     // stores zstd, the resolver's Acquire then unpacks the stored blobs).
-    for (int k = 0; k < 2; ++k) {
-      const bool one_pass = (i + k) % 2 == 0;
-      double t = FirstExec(work, full, one_pass);
+    for (int k = 0; k < (g_first_exec_only ? 1 : 2); ++k) {
+      const bool one_pass = g_first_exec_only || (i + k) % 2 == 0;
+      double pulled = 0;
+      double t = FirstExec(work, full, one_pass, &pulled);
       (one_pass ? first_exec : first_exec_before).push_back(t);
+      if (one_pass) first_exec_pull.push_back(pulled);
     }
   }
 
+  if (g_first_exec_only) {
+    fmt::print("\nfirst exec only, median of {} runs (ms)\n", runs);
+    fmt::print("{:<62} {:>9.1f}\n", "transfer alone (manifest, config, layers read and dropped)", Median(transfer) * 1e3);
+    fmt::print("{:<62} {:>9.1f}\n", "  the same blobs by curl (one process, keep-alive)", Median(curl) * 1e3);
+    fmt::print("{:<62} {:>9.1f}\n", "first exec from the reference (pull, unpack, create, exec)",
+               Median(first_exec) * 1e3);
+    fmt::print("{:<62} {:>9.1f}\n", "  of which the pull on first use (create's start to its end)",
+               Median(first_exec_pull) * 1e3);
+    fmt::print("{:<62} {:>9.2f}x\n", "first exec / transfer alone", Median(first_exec) / Median(transfer));
+    fs::remove_all(work);
+    return 0;
+  }
   const double o = Median(ours), p = Median(peer);
   fmt::print("\nregistry pulls, median of {} runs (ms)\n", runs);
   fmt::print("{:<62} {:>9.1f}\n", "pull + materialize (ours)", o * 1e3);
@@ -476,6 +503,8 @@ int main(int argc, char** argv) {
              Median(transfer) * 1e3);
   fmt::print("{:<62} {:>9.1f}\n", "  the same blobs by curl (one process, keep-alive)", Median(curl) * 1e3);
   fmt::print("{:<62} {:>9.1f}\n", "first exec from the reference (pull, unpack, create, exec)", Median(first_exec) * 1e3);
+  fmt::print("{:<62} {:>9.1f}\n", "  of which the pull on first use (create's start to its end)",
+             Median(first_exec_pull) * 1e3);
   fmt::print("{:<62} {:>9.2f}x\n", "first exec / transfer alone", Median(first_exec) / Median(transfer));
   fmt::print("{:<62} {:>9.1f}\n", "first exec, the way before (store zstd, then unpack)", Median(first_exec_before) * 1e3);
   fmt::print("{:<62} {:>9.2f}x\n", "  / transfer alone", Median(first_exec_before) / Median(transfer));

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 #include <vector>
@@ -29,6 +30,10 @@ struct CachedLayer {
   std::shared_future<Status> pending;
   UniqueFd shared_lock;  // LOCK_SH on the layer's lock file while leases > 0
   uint64_t last_used = 0;
+  // A streamed layer not yet durable: no marker yet; `settle_lock` holds the
+  // layer's lock file LOCK_EX until the syncer has written the marker.
+  bool settling = false;
+  UniqueFd settle_lock;
 };
 
 // ---------- LayerLease ----------
@@ -83,6 +88,30 @@ UniqueFd TryExclusive(const std::string& path) {
   return std::move(fd).value();
 }
 
+std::string MarkerText(const StoredLayer& stored, const UnpackStats& stats) {
+  nlohmann::json m = {{"diff_id", stored.diff_id.str()},
+                      {"blob", stored.blob.str()},
+                      {"compression", CompressionName(stored.compression)},
+                      {"bytes", stored.uncompressed_size},
+                      {"entries", stats.entries},
+                      {"whiteouts", stats.whiteouts},
+                      {"opaque_dirs", stats.opaque_dirs},
+                      {"format", 1}};
+  return m.dump();
+}
+
+// LAYER_DIR/marker.json, fsynced with its directory entry. A crash half way
+// leaves a marker that does not parse, which Open treats as none.
+Status WriteDurableMarker(const std::string& layer_dir, const std::string& text) {
+  const std::string path = layer_dir + "/" + kMarker;
+  UniqueFd f(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!f.valid()) return ErrnoError("writing layer marker " + path);
+  PADDOCK_RETURN_IF_ERROR(WriteAll(f.get(), text.data(), text.size(), "layer marker"));
+  if (::fsync(f.get()) != 0) return ErrnoError("fsync of the layer marker " + path);
+  f.reset();
+  return FsyncDir(layer_dir);
+}
+
 void RemoveTree(const std::string& path) {
   std::error_code ec;
   fs::remove_all(path, ec);  // does not follow symlinks
@@ -104,7 +133,14 @@ Result<std::unique_ptr<LayerCache>> LayerCache::Open(const std::string& dir, Ima
   return cache;
 }
 
-LayerCache::~LayerCache() = default;
+LayerCache::~LayerCache() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stopping_ = true;
+  }
+  settle_cv_.notify_all();
+  if (settler_.joinable()) settler_.join();  // every committed streamed layer gets its marker first
+}
 
 bool LayerCache::ValidMarker(const std::string& hex, uint64_t* bytes, std::string* why) const {
   std::string layer_dir = dir_ + "/" + hex;
@@ -262,15 +298,7 @@ Status LayerCache::Materialize(CachedLayer* layer) {
 
 Status LayerCache::Install(const std::string& tmp, const StoredLayer& stored, const UnpackStats& stats,
                            bool tree_synced) {
-  nlohmann::json m = {{"diff_id", stored.diff_id.str()},
-                      {"blob", stored.blob.str()},
-                      {"compression", CompressionName(stored.compression)},
-                      {"bytes", stored.uncompressed_size},
-                      {"entries", stats.entries},
-                      {"whiteouts", stats.whiteouts},
-                      {"opaque_dirs", stats.opaque_dirs},
-                      {"format", 1}};
-  std::string text = m.dump();
+  std::string text = MarkerText(stored, stats);
   Status ws = Status::Ok();
   {
     UniqueFd f(::open((tmp + "/" + kMarker).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
@@ -318,10 +346,103 @@ Status StreamedLayer::Commit(const StoredLayer& stored, const UnpackStats& stats
   if (!record.ok() || !(record->blob == stored.blob))
     return fail(Error(Code::kFailedPrecondition, "layer {} is not committed in the store as blob {}", diff_id_.str(),
                       stored.blob.str()));
+  if (cache_->options_.sync && !synced_) {
+    // Usable now, durable later: into place without a marker; the syncer
+    // writes it once the tree is on disk (and keeps the lock until then).
+    if (::rename(tmp_.c_str(), cache_->LayerDir(diff_id_).c_str()) != 0)
+      return fail(ErrnoError(fmt::format("layer {}: renaming unpacked layer into place", diff_id_.str())));
+    cache_->AdoptSettling(diff_id_, stored.uncompressed_size, MarkerText(stored, stats), std::move(lock_));
+    return Status::Ok();
+  }
   if (Status st = cache_->Install(tmp_, stored, stats, synced_); !st.ok()) return fail(st);
   cache_->Adopt(diff_id_, stored.uncompressed_size);
   lock_.reset();
   return Status::Ok();
+}
+
+void LayerCache::AdoptSettling(const Digest& diff_id, uint64_t bytes, std::string marker, UniqueFd lock) {
+  std::vector<std::string> doomed;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ++stats_.unpacks;
+    const std::string hex = diff_id.hex();
+    Settle s{diff_id, std::move(marker), UniqueFd(), nullptr};
+    if (layers_.count(hex)) {
+      // An Acquire here got to the layer first and waits on its lock: it uses
+      // the tree once the marker is written and the lock released.
+      s.lock = std::move(lock);
+    } else {
+      auto layer = std::make_shared<CachedLayer>();
+      layer->diff_id = diff_id;
+      layer->root = LayerDir(diff_id) + "/root";
+      layer->bytes = bytes;
+      layer->ready = true;
+      layer->settling = true;
+      layer->settle_lock = std::move(lock);
+      layer->last_used = ++tick_;
+      stats_.bytes += bytes;
+      ++stats_.settling;
+      layers_[hex] = layer;
+      s.layer = layer;
+      EvictLocked(nullptr, &doomed);  // others, to make room: a settling layer is never evicted
+    }
+    to_settle_.push_back(std::move(s));
+    if (!settler_.joinable()) settler_ = std::thread([this] { SettleLoop(); });
+  }
+  settle_cv_.notify_one();
+  RemoveTrees(doomed);
+}
+
+// Batches of streamed layers: one syncfs for all of them (the trees, and
+// their renames into place), then each marker, fsynced; then each becomes an
+// ordinary cached layer.
+void LayerCache::SettleLoop() {
+  std::unique_lock<std::mutex> l(mu_);
+  for (;;) {
+    settle_cv_.wait(l, [&] { return stopping_ || !to_settle_.empty(); });
+    if (to_settle_.empty()) return;  // stopping, nothing left to make durable
+    std::vector<Settle> batch = std::move(to_settle_);
+    to_settle_.clear();
+    l.unlock();
+    if (options_.before_settle) options_.before_settle();
+    Status synced = Status::Ok();
+    {
+      UniqueFd fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!fd.valid() || ::syncfs(fd.get()) != 0) synced = ErrnoError("syncfs on the layer cache");
+    }
+    std::vector<Status> results;
+    for (const auto& s : batch)
+      results.push_back(synced.ok() ? WriteDurableMarker(LayerDir(s.diff_id), s.marker) : synced);
+    if (synced.ok()) (void)FsyncDir(dir_);
+    std::vector<std::string> doomed;
+    l.lock();
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Settle& s = batch[i];
+      if (!results[i].ok()) {
+        // Not durable: the tree serves this process (it is complete in memory)
+        // but keeps no marker, so a restart unpacks it again. A settling layer
+        // keeps its lock: nothing here or elsewhere evicts or redoes it.
+        spdlog::warn("layer cache: layer {} stays without a marker (unpacked again after a restart): {}",
+                     s.diff_id.str(), results[i].message());
+        continue;
+      }
+      if (!s.layer) continue;  // s.lock goes below: the waiting Acquire finds the marker
+      CachedLayer& layer = *s.layer;
+      layer.settling = false;
+      --stats_.settling;
+      UniqueFd lock = std::move(layer.settle_lock);
+      if (layer.leases > 0) {
+        // Exclusive → shared while leased (our own lock: the conversion does not wait).
+        if (FlockRetry(lock.get(), LOCK_SH) == 0) layer.shared_lock = std::move(lock);
+        else spdlog::warn("layer cache: layer {}: sharing its lock: {}", s.diff_id.str(), std::strerror(errno));
+      }
+    }
+    EvictLocked(nullptr, &doomed);
+    l.unlock();
+    batch.clear();  // drops the locks of detached and settled, unleased layers
+    RemoveTrees(doomed);
+    l.lock();
+  }
 }
 
 Result<std::unique_ptr<StreamedLayer>> LayerCache::BeginStream(const Digest& diff_id) {
@@ -366,7 +487,9 @@ Result<LayerLease> LayerCache::Acquire(const Digest& diff_id) {
     if (it != layers_.end()) {
       std::shared_ptr<CachedLayer> layer = it->second;
       if (layer->ready) {
-        if (layer->leases == 0) {
+        // A settling layer is held LOCK_EX by this process until its marker is
+        // written: nothing else can take it away, and no shared lock is needed.
+        if (layer->leases == 0 && !layer->settling) {
           Status st = TakeShared(layer.get());
           if (st.code() == Code::kNotFound) {  // removed behind our back: unpack again
             stats_.bytes -= layer->bytes;
@@ -434,7 +557,7 @@ void LayerCache::EvictLocked(const CachedLayer* keep, std::vector<std::string>* 
   if (options_.max_bytes == 0 || stats_.bytes <= options_.max_bytes) return;
   std::vector<std::shared_ptr<CachedLayer>> candidates;
   for (auto& [hex, layer] : layers_)
-    if (layer->ready && layer->leases == 0 && layer.get() != keep) candidates.push_back(layer);
+    if (layer->ready && !layer->settling && layer->leases == 0 && layer.get() != keep) candidates.push_back(layer);
   std::sort(candidates.begin(), candidates.end(),
             [](const auto& a, const auto& b) { return a->last_used < b->last_used; });
   for (auto& layer : candidates) {

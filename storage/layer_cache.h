@@ -33,12 +33,30 @@
 // blob again later. The partial tree lives in DIR/.tmp under the layer's lock,
 // like an unpack of our own, and is removed unless committed.
 //
+// Durable later, usable at once (LayerCacheOptions::sync): a committed
+// streamed layer is renamed into place *without* its marker and is leasable
+// right away; a background syncer then syncfs()es the cache's filesystem and
+// only after that writes and fsyncs the marker. The marker is the only proof
+// of a complete layer (Open removes marker-less trees), so a crash before it
+// is durable means the layer is unpacked again after the restart, never that a
+// half-written tree is trusted. Until its marker is written the layer is
+// "settling": the stream's LOCK_EX on its lock file is kept (another process
+// neither evicts it nor unpacks it over it; its Acquire waits for the marker),
+// this process's eviction skips it, and Acquire leases it without taking the
+// shared lock (it holds the exclusive one); once settled, the lock becomes
+// shared while leases remain, or is dropped. The destructor waits for the
+// syncer.
+//
 // Lifetime: the cache must outlive every lease and every StreamedLayer.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <future>
+#include <thread>
+#include <vector>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -54,9 +72,12 @@ namespace paddock::storage {
 
 struct LayerCacheOptions {
   uint64_t max_bytes = 0;  // 0: unbounded
-  // syncfs() before a finished unpack is renamed into place, so a power loss
+  // syncfs() before a finished unpack is marked complete, so a power loss
   // cannot leave a marked layer with missing data. Off only for benchmarks/tests.
   bool sync = true;
+  // Tests only (timing injection): called by the background syncer before it
+  // syncs a batch of streamed layers; it may block to hold them "settling".
+  std::function<void()> before_settle;
 };
 
 struct LayerCacheStats {
@@ -64,6 +85,7 @@ struct LayerCacheStats {
   uint64_t hits = 0;         // Acquire()s served by a ready layer
   uint64_t waits = 0;        // Acquire()s that waited on another thread's unpack
   uint64_t evictions = 0;
+  uint64_t settling = 0;     // streamed layers leasable but not yet durable (no marker yet)
   uint64_t bytes = 0;        // apparent size of the layers known to be cached
   size_t layers = 0;
 };
@@ -92,10 +114,12 @@ class StreamedLayer {
   // pull syncs each layer as soon as it is unpacked, overlapping the layers
   // still downloading, and Commit only has the marker left to sync.
   Status Sync();
-  // After the store has committed `stored` (same diff_id): writes the marker,
-  // syncs (LayerCacheOptions::sync), renames the tree into place and makes it a
-  // ready, unleased layer. On error the tree is removed (Acquire unpacks the
-  // layer from the store later).
+  // After the store has committed `stored` (same diff_id): renames the tree
+  // into place and makes it a ready, unleased layer. With
+  // LayerCacheOptions::sync and a tree not yet synced (Sync), the layer is
+  // leasable at once and made durable in the background (see "Durable later"
+  // above); otherwise the marker is written (and synced) before it returns. On
+  // error the tree is removed (Acquire unpacks the layer from the store later).
   Status Commit(const StoredLayer& stored, const UnpackStats& stats);
 
  private:
@@ -162,6 +186,16 @@ class LayerCache {
                  bool tree_synced = false);
   // A streamed layer became ready.
   void Adopt(const Digest& diff_id, uint64_t bytes);
+  // A streamed layer renamed into place without its marker: ready now, durable
+  // once the syncer has written `marker` (it keeps `lock`, LOCK_EX, until then).
+  void AdoptSettling(const Digest& diff_id, uint64_t bytes, std::string marker, UniqueFd lock);
+  void SettleLoop();
+  struct Settle {
+    Digest diff_id;
+    std::string marker;
+    UniqueFd lock;
+    std::shared_ptr<CachedLayer> layer;  // null: an Acquire was already waiting on the lock
+  };
   LayerCache(std::string dir, ImageStore* store, LayerCacheOptions options)
       : dir_(std::move(dir)), store_(store), options_(options) {}
   Status Scan();
@@ -184,6 +218,11 @@ class LayerCache {
   std::map<std::string, std::shared_ptr<CachedLayer>> layers_;  // by diff_id hex
   uint64_t tick_ = 0;
   LayerCacheStats stats_;
+  // The background syncer of streamed layers (guarded by mu_).
+  std::vector<Settle> to_settle_;
+  std::condition_variable settle_cv_;
+  bool stopping_ = false;
+  std::thread settler_;
 };
 
 }  // namespace paddock::storage

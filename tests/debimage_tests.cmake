@@ -23,3 +23,13 @@ if(TARGET paddock_storage)
   target_link_libraries(debian_image_diskfull_test PRIVATE paddock_debian_image paddock_storage)
   set_tests_properties(debian_image_diskfull_test PROPERTIES TIMEOUT 1500 RESOURCE_LOCK debian_test_image)
 endif()
+
+# Issue 14: the image pushed by one paddockd to a loopback docker-registry,
+# then a container created from the registry reference by a second one runs
+# python3 (tests/debian_registry_test.cc).
+if(TARGET paddock_registry)
+  paddock_test(debian_registry_test debian_registry_test.cc)
+  target_link_libraries(debian_registry_test PRIVATE paddock_debian_image)
+  add_dependencies(debian_registry_test paddockd paddock paddock-init)
+  set_tests_properties(debian_registry_test PROPERTIES TIMEOUT 1500 RESOURCE_LOCK debian_test_image)
+endif()

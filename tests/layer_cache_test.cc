@@ -5,6 +5,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -12,9 +13,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -729,6 +732,124 @@ TEST_F(StreamedLayerTest, ALayerCachedOrBeingUnpackedIsNotStreamedAgain) {
   auto third = pulled_cache_->BeginStream(diff_id);  // cached now
   ASSERT_TRUE(third.ok());
   EXPECT_FALSE(*third);
+}
+
+// Usable at once, durable later: a streamed layer committed into a syncing
+// cache is leasable before its marker exists; while it settles nothing evicts
+// it (here or from another cache over the same directory); the marker comes
+// after the sync, and then the layer is an ordinary, evictable one.
+TEST_F(StreamedLayerTest, AStreamedLayerIsLeasableBeforeItIsDurableAndNeverEvictedWhileSettling) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+  LayerCacheOptions o{.max_bytes = 1, .sync = true};  // anything unleased and settled is evicted
+  o.before_settle = [&] {  // timing injection: hold the syncer
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait(l, [&] { return open; });
+  };
+  auto c = LayerCache::Open(tmp_ + "/settle-cache", pulled_.get(), o);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  pulled_cache_ = std::move(c).value();
+  const std::string tar = RichLayer(false), gz = RichLayer(true);
+  const Digest diff_id = Sha256::Of(tar);
+  const std::string layer_dir = tmp_ + "/settle-cache/" + diff_id.hex();
+  auto layer = StreamIn(SourceFromString(gz), Sha256::Of(gz), diff_id);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+
+  EXPECT_EQ(pulled_cache_->stats().settling, 1u);
+  EXPECT_TRUE(pulled_cache_->Contains(diff_id));
+  EXPECT_TRUE(fs::is_directory(layer_dir + "/root"));
+  EXPECT_FALSE(fs::exists(layer_dir + "/marker.json"));  // not durable yet
+  ASSERT_TRUE(pulled_cache_->Trim().ok());               // over the bound, unleased: still kept
+  EXPECT_TRUE(fs::is_directory(layer_dir + "/root"));
+  auto lease = pulled_cache_->Acquire(diff_id);
+  ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+  EXPECT_EQ(ReadFile(lease->root() + "/home/notes"), "mine");
+  EXPECT_EQ(pulled_cache_->stats().unpacks, 1u);
+  {
+    // Another cache over the directory (as another process would open it)
+    // neither removes the marker-less tree nor takes it.
+    auto other = LayerCache::Open(tmp_ + "/settle-cache", pulled_.get(), LayerCacheOptions{.sync = false});
+    ASSERT_TRUE(other.ok());
+    EXPECT_EQ((*other)->open_report().removed_invalid, 0u);
+    EXPECT_FALSE((*other)->Contains(diff_id));
+    EXPECT_TRUE(fs::is_directory(layer_dir + "/root"));
+  }
+
+  {
+    std::lock_guard<std::mutex> l(mu);
+    open = true;
+  }
+  cv.notify_all();
+  for (int i = 0; i < 500 && pulled_cache_->stats().settling > 0; ++i) usleep(10000);
+  EXPECT_EQ(pulled_cache_->stats().settling, 0u);
+  EXPECT_TRUE(fs::exists(layer_dir + "/marker.json"));
+  ASSERT_TRUE(pulled_cache_->Trim().ok());  // leased: kept
+  EXPECT_TRUE(fs::is_directory(layer_dir + "/root"));
+  // The lease holds the layer's lock shared now, as any lease does: another
+  // cache cannot take it exclusively.
+  EXPECT_EQ(::access(layer_dir.c_str(), F_OK), 0);
+  lease->Release();  // last lease of a settled layer over the bound: evicted
+  EXPECT_FALSE(fs::exists(layer_dir));
+  EXPECT_EQ(pulled_cache_->stats().evictions, 1u);
+}
+
+// The cache's destruction waits for the syncer: every committed streamed
+// layer has its marker, and a reopened cache keeps it.
+TEST_F(StreamedLayerTest, ASettlingLayerIsDurableOnceTheCacheIsGone) {
+  auto c = LayerCache::Open(tmp_ + "/settle-cache", pulled_.get(), LayerCacheOptions{.sync = true});
+  ASSERT_TRUE(c.ok());
+  pulled_cache_ = std::move(c).value();
+  const std::string tar = RichLayer(false), gz = RichLayer(true);
+  const Digest diff_id = Sha256::Of(tar);
+  ASSERT_TRUE(StreamIn(SourceFromString(gz), Sha256::Of(gz), diff_id).ok());
+  pulled_cache_.reset();
+  EXPECT_TRUE(fs::exists(tmp_ + "/settle-cache/" + diff_id.hex() + "/marker.json"));
+  auto reopened = LayerCache::Open(tmp_ + "/settle-cache", pulled_.get(), LayerCacheOptions{.sync = true});
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ((*reopened)->open_report().kept, 1u);
+  auto lease = (*reopened)->Acquire(diff_id);
+  ASSERT_TRUE(lease.ok());
+  EXPECT_EQ((*reopened)->stats().unpacks, 0u);
+}
+
+// A crash after the layer was handed out but before its marker was durable:
+// the restarted cache removes the tree and unpacks the layer again from the
+// store. The crash is a child process that dies (timing injection) as its
+// syncer starts.
+TEST_F(StreamedLayerTest, ACrashBeforeTheMarkerRedoesTheLayerAfterRestart) {
+  const std::string tar = RichLayer(false), gz = RichLayer(true);
+  const Digest diff_id = Sha256::Of(tar);
+  const std::string dir = tmp_ + "/crash-cache";
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    LayerCacheOptions o{.sync = true};
+    o.before_settle = [] { _exit(0); };
+    auto c = LayerCache::Open(dir, pulled_.get(), o);
+    if (!c.ok()) _exit(2);
+    pulled_cache_ = std::move(c).value();
+    if (!StreamIn(SourceFromString(gz), Sha256::Of(gz), diff_id).ok()) _exit(3);
+    if (!pulled_cache_->Acquire(diff_id).ok()) _exit(4);  // handed out before the marker
+    for (;;) pause();  // the syncer ends the process
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_TRUE(fs::is_directory(dir + "/" + diff_id.hex() + "/root"));
+  ASSERT_FALSE(fs::exists(dir + "/" + diff_id.hex() + "/marker.json"));
+
+  auto store = ImageStore::Open(tmp_ + "/pulled-store");  // what the child committed
+  ASSERT_TRUE(store.ok());
+  auto cache = LayerCache::Open(dir, store->get(), LayerCacheOptions{.sync = true});
+  ASSERT_TRUE(cache.ok());
+  EXPECT_EQ((*cache)->open_report().removed_invalid, 1u);
+  EXPECT_EQ((*cache)->open_report().kept, 0u);
+  auto lease = (*cache)->Acquire(diff_id);
+  ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+  EXPECT_EQ((*cache)->stats().unpacks, 1u);  // redone from the store
+  EXPECT_EQ(ReadFile(lease->root() + "/home/notes"), "mine");
 }
 
 }  // namespace

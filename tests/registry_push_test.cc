@@ -17,6 +17,13 @@
 //     realm on a non-loopback host (no credentials sent); a push through it asks
 //     for push scope once and sends no Authorization to an upload location on
 //     another host;
+//   * an image pulled by a store that never pushed it is mounted, not
+//     uploaded, when pushed to another repository (pulls record blob sources);
+//   * chunked uploads (PATCH): a 3.5 MiB layer in 1 MiB chunks to
+//     docker-registry, pulled back by another daemon byte-identical; against
+//     FakeRegistry with injected faults, a chunk broken half way is resumed
+//     from the upload's status (only the missing half sent again), a registry
+//     refusing PATCH gets the blob in one PUT, and endless failures are bounded;
 //   * a TCP client's push obeys the loopback and plain-HTTP rules of pulls.
 // Skipped (with the reason) only when docker-registry, skopeo, umoci or htpasswd
 // are not installed (scripts/install-deps.sh installs them).
@@ -466,6 +473,219 @@ TEST_F(RegistryPushTest, ASnapshotPushedByOneDaemonIsPulledAndRunByAnother) {
   EXPECT_EQ(cat.out, "prepared\nhi\n") << cat.err;
   second.Cli({"sandbox", "destroy", fork});
   Cli({"sandbox", "destroy", id});
+}
+
+// Issue 14: a pull records where each blob came from (blob_sources.h), so a
+// store that never pushed the image mounts its blobs into another repository of
+// the same registry instead of uploading them again.
+TEST_F(RegistryPushTest, APulledImagePushedToAnotherRepositoryIsMountedNotUploaded) {
+  ImportBusybox("bb:1");
+  json first = Json({"image", "push", "bb:1", Plain("mount/from:1")});
+  ASSERT_EQ(first["blobs_uploaded"], 2);
+
+  testing::DaemonProcess second(Options());  // its own store: no push records
+  ASSERT_EQ(second.Start(), "");
+  json pulled = Json(second, {"image", "pull", Plain("mount/from:1"), "--name", "pulled:1"});
+  EXPECT_EQ(pulled["layers_new"], 1);
+  json pushed = Json(second, {"image", "push", "pulled:1", Plain("mount/to:1")});
+  EXPECT_EQ(pushed["blobs_total"], 2);
+  EXPECT_EQ(pushed["blobs_present"], 0);  // mount/to is a new repository
+  EXPECT_EQ(pushed["blobs_mounted"], 2);  // config and layer
+  EXPECT_EQ(pushed["blobs_uploaded"], 0);
+  EXPECT_EQ(pushed["bytes_uploaded"], 0);
+  EXPECT_EQ(pushed["manifest_digest"], first["manifest_digest"]);
+  // The registry really has it under the new repository: a third store pulls it.
+  testing::DaemonProcess third(Options());
+  ASSERT_EQ(third.Start(), "");
+  json back = Json(third, {"image", "pull", Plain("mount/to:1")});
+  EXPECT_EQ(back["image"], first["image"]);
+  EXPECT_EQ(back["layers_new"], 1);
+}
+
+// Chunked uploads against the real docker-registry: a layer of 3.5 MiB of
+// random bytes (incompressible) in 1 MiB chunks, through the CLI's
+// --chunk-size; a second daemon pulls it and a sandbox reads the file back
+// with the same sha256.
+TEST_F(RegistryPushTest, BigBlobGoesInChunksAndComesBackByteIdentical) {
+  const std::string dir = daemon_->dir() + "/big-rootfs";
+  fs::create_directories(dir);
+  Sh("cp -a " + testing::EnsureBusyboxRootfs() + "/. " + dir + " && head -c 3670016 /dev/urandom > " + dir + "/big");
+  const std::string want = Sh("sha256sum " + dir + "/big | cut -d' ' -f1");
+  ASSERT_EQ(Cli({"image", "import-dir", dir, "--name", "big:1"}).code, 0);
+  const std::string ref = Plain("chunks/big:1");
+  json pushed = Json({"image", "push", "big:1", ref, "--chunk-size", "1M"});
+  EXPECT_EQ(pushed["blobs_uploaded"], 2);
+  EXPECT_EQ(pushed["blobs_chunked"], 1);  // the layer; the config is smaller than a chunk
+  EXPECT_EQ(pushed["chunk_resumes"], 0);
+  EXPECT_GT(pushed["bytes_uploaded"].get<uint64_t>(), 3670016u);
+
+  testing::DaemonProcess second(Options());
+  ASSERT_EQ(second.Start(), "");
+  json pulled = Json(second, {"image", "pull", ref, "--name", "big:back"});
+  EXPECT_EQ(pulled["image"], pushed["image"]);  // same config and diff_ids
+  EXPECT_EQ(pulled["manifest_digest"], pushed["manifest_digest"]);
+  const std::string id = Create(second, "big:back");
+  auto sum = second.Cli({"sandbox", "exec", id, "--shell", "sha256sum /big | cut -d' ' -f1"});
+  EXPECT_EQ(sum.out, want) << sum.err;
+  second.Cli({"sandbox", "destroy", id});
+
+  // Bad chunk sizes are refused before anything is sent.
+  Fails({"image", "push", "big:1", ref, "--chunk-size", "1K"}, "INVALID_ARGUMENT", {"--chunk-size", "64K"});
+  Fails({"image", "push", "big:1", ref, "--chunk-size", "lots"}, "INVALID_ARGUMENT", {"--chunk-size"});
+}
+
+// An upload endpoint in FakeRegistry for the chunked-upload protocol, with
+// FAULT INJECTION (this is a test server that misbehaves on purpose): with
+// `fail_patch` set, the PATCH of that number keeps only the first half of its
+// body and answers 503, as a registry whose connection broke mid-chunk would
+// leave it; with `refuse_patch`, every PATCH is answered 405 (a registry that
+// takes no chunks).
+struct UploadFake {
+  std::mutex mu;
+  std::map<std::string, std::string> uploads;  // upload id → bytes so far
+  std::map<std::string, std::string> blobs;    // digest → bytes, once PUT
+  int posts = 0, patches = 0, status_gets = 0, next_id = 0;
+  uint64_t patch_bytes = 0;
+  int fail_patch = 0;
+  bool refuse_patch = false;
+
+  static std::string Range(const std::string& b) {
+    return "0-" + std::to_string(b.empty() ? 0 : b.size() - 1);
+  }
+  FakeResponse operator()(const FakeRequest& r) {
+    std::lock_guard<std::mutex> l(mu);
+    const std::string uploads_path = "/v2/fake/blobs/uploads/";
+    std::string path = r.target.substr(0, r.target.find('?'));
+    std::string query = r.target.find('?') == std::string::npos ? "" : r.target.substr(r.target.find('?') + 1);
+    if (r.method == "HEAD") return {404, "", {}};
+    if (r.method == "POST" && path == uploads_path) {
+      ++posts;
+      std::string id = "u" + std::to_string(++next_id);
+      uploads[id];
+      return {202, "", {{"Location", uploads_path + id + "?step=0"}, {"Range", "0-0"}}};
+    }
+    if (path.rfind(uploads_path, 0) == 0) {
+      std::string id = path.substr(uploads_path.size());
+      if (!uploads.count(id)) return {404, R"({"errors":[{"code":"BLOB_UPLOAD_UNKNOWN"}]})", {}};
+      std::string& have = uploads[id];
+      if (r.method == "GET") {
+        ++status_gets;
+        return {204, "", {{"Location", uploads_path + id + "?step=s"}, {"Range", Range(have)}}};
+      }
+      if (r.method == "PATCH") {
+        ++patches;
+        patch_bytes += r.body.size();
+        if (refuse_patch) return {405, R"({"errors":[{"code":"UNSUPPORTED"}]})", {}};
+        auto cr = r.headers.find("content-range");
+        if (cr == r.headers.end() || r.headers.at("content-type") != "application/octet-stream") return {400, "", {}};
+        uint64_t start = std::stoull(cr->second), end = std::stoull(cr->second.substr(cr->second.find('-') + 1));
+        if (start != have.size() || end - start + 1 != r.body.size()) return {416, "", {{"Range", Range(have)}}};
+        if (patches == fail_patch) {  // the injected fault
+          have += r.body.substr(0, r.body.size() / 2);
+          return {503, "", {}};
+        }
+        have += r.body;
+        return {202, "", {{"Location", uploads_path + id + "?step=" + std::to_string(patches)}, {"Range", Range(have)}}};
+      }
+      if (r.method == "PUT") {
+        have += r.body;
+        std::string digest = query.substr(query.find("digest=") + 7);
+        if (storage::Sha256::Of(have).str() != digest) return {400, R"({"errors":[{"code":"DIGEST_INVALID"}]})", {}};
+        blobs[digest] = have;
+        uploads.erase(id);
+        return {201, "", {{"Docker-Content-Digest", digest}}};
+      }
+    }
+    if (r.method == "PUT" && path.rfind("/v2/fake/manifests/", 0) == 0)
+      return {201, "", {{"Docker-Content-Digest", storage::Sha256::Of(r.body).str()}}};
+    return {400, "", {}};
+  }
+};
+
+class ChunkedPushTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("paddock-chunk-test-" + std::to_string(getpid()));
+    auto store = storage::ImageStore::Open(dir_ + "/store", {});
+    ASSERT_TRUE(store.ok()) << store.status().message();
+    store_ = std::move(*store);
+    storage::ImageConfig config;
+    auto imported = storage::ImportDirectory(*store_, testing::EnsureBusyboxRootfs(), config, {"bb:1"});
+    ASSERT_TRUE(imported.ok()) << imported.status().message();
+    auto img = store_->Get("bb:1");
+    ASSERT_TRUE(img.ok());
+    layer_ = img->manifest.layers[0].blob;
+    layer_size_ = img->manifest.layers[0].size;
+    ASSERT_GT(layer_size_, 3 * kChunk) << "the busybox layer should span several chunks";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  Result<reg::PushResult> Push(FakeRegistry& fake) {
+    auto ref = reg::ParseReference(fake.host() + "/fake:1");
+    if (!ref.ok()) return ref.status();
+    reg::PushOptions o;
+    o.chunk_size = kChunk;
+    return reg::PushImage(*store_, "bb:1", *ref, o);
+  }
+  static constexpr uint64_t kChunk = 64 << 10;
+  std::string dir_;
+  std::unique_ptr<storage::ImageStore> store_;
+  storage::Digest layer_;
+  uint64_t layer_size_ = 0;
+};
+
+TEST_F(ChunkedPushTest, AFailedChunkIsResumedWhereTheRegistryStands) {
+  UploadFake up;
+  up.fail_patch = 2;  // the second chunk breaks half way
+  FakeRegistry fake([&](const FakeRequest& r) { return up(r); });
+  auto pushed = Push(fake);
+  ASSERT_TRUE(pushed.ok()) << pushed.status().message();
+  EXPECT_EQ(pushed->blobs_uploaded, 2u);
+  EXPECT_EQ(pushed->blobs_chunked, 1u);
+  EXPECT_EQ(pushed->chunk_resumes, 1u);
+  std::lock_guard<std::mutex> l(up.mu);
+  // The layer arrived whole (the fake checked its digest at the final PUT).
+  ASSERT_TRUE(up.blobs.count(layer_.str()));
+  EXPECT_EQ(up.blobs[layer_.str()].size(), layer_size_);
+  EXPECT_EQ(up.posts, 2);        // config and layer: the upload was not started over
+  EXPECT_EQ(up.status_gets, 1);  // asked where it stood once
+  // Only the half the registry lacked was sent again.
+  EXPECT_EQ(up.patch_bytes, layer_size_ + kChunk / 2);
+  EXPECT_EQ(static_cast<uint64_t>(up.patches), (layer_size_ + kChunk - 1) / kChunk + 1);
+}
+
+TEST_F(ChunkedPushTest, ARegistryRefusingChunksGetsTheBlobWhole) {
+  UploadFake up;
+  up.refuse_patch = true;
+  FakeRegistry fake([&](const FakeRequest& r) { return up(r); });
+  auto pushed = Push(fake);
+  ASSERT_TRUE(pushed.ok()) << pushed.status().message();
+  EXPECT_EQ(pushed->blobs_uploaded, 2u);
+  EXPECT_EQ(pushed->blobs_chunked, 0u);
+  EXPECT_EQ(pushed->chunk_fallbacks, 1u);
+  std::lock_guard<std::mutex> l(up.mu);
+  ASSERT_TRUE(up.blobs.count(layer_.str()));
+  EXPECT_EQ(up.blobs[layer_.str()].size(), layer_size_);
+  EXPECT_EQ(up.patches, 1);  // one refused PATCH, then a new upload and one PUT
+  EXPECT_EQ(up.posts, 3);
+}
+
+TEST_F(ChunkedPushTest, ABrokenChunkThatNeverRecoversFailsNamingTheBlob) {
+  UploadFake up;
+  FakeRegistry fake([&](const FakeRequest& r) {
+    if (r.method == "PATCH") {  // fault injection: every chunk fails
+      std::lock_guard<std::mutex> l(up.mu);
+      ++up.patches;
+      return FakeResponse{503, "", {}};
+    }
+    return up(r);
+  });
+  auto pushed = Push(fake);
+  ASSERT_FALSE(pushed.ok());
+  EXPECT_EQ(pushed.status().code(), Code::kUnavailable) << pushed.status().message();
+  EXPECT_THAT(pushed.status().message(), HasSubstr(layer_.str()));
+  EXPECT_THAT(pushed.status().message(), HasSubstr("attempts"));
+  std::lock_guard<std::mutex> l(up.mu);
+  EXPECT_EQ(up.patches, reg::RetryPolicy{}.max_attempts);  // bounded
 }
 
 TEST_F(RegistryPushTest, HtpasswdRegistryOverTlsWantsTheRightCredentials) {

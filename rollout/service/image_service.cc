@@ -312,6 +312,14 @@ grpc::Status ImageService::Push(grpc::ServerContext* ctx, const v1::PushRequest*
   auto ro = RegistryOptionsFor(ctx, remote, options_, req->insecure_registries(), req->ca_file(), req->credentials());
   if (!ro.ok()) return ToGrpc(ro.status());
   opts.registry = std::move(*ro);
+  if (req->chunk_size() < 0) {
+    opts.chunk_size = 0;
+  } else if (req->chunk_size() > 0) {
+    if (static_cast<uint64_t>(req->chunk_size()) > reg::kMaxChunkSize)
+      return ToGrpc(Error(Code::kInvalidArgument, "chunk size {} is over the largest allowed ({})",
+                          req->chunk_size(), reg::kMaxChunkSize));
+    opts.chunk_size = static_cast<uint64_t>(req->chunk_size());
+  }
   auto r = reg::PushImage(store_, req->image(), *ref, opts, [&](const reg::PushProgress& p) {
     v1::PushEvent ev;
     auto* pr = ev.mutable_progress();
@@ -335,6 +343,8 @@ grpc::Status ImageService::Push(grpc::ServerContext* ctx, const v1::PushRequest*
   res->set_blobs_uploaded(r->blobs_uploaded);
   res->set_bytes_uploaded(r->bytes_uploaded);
   res->set_ref(ref->str());
+  res->set_blobs_chunked(r->blobs_chunked);
+  res->set_chunk_resumes(r->chunk_resumes);
   writer->Write(ev);
   spdlog::info("pushed {} to {} ({}): {} of {} blobs sent ({} bytes), {} mounted", r->image.str(), ref->str(),
                r->manifest_digest.str(), r->blobs_uploaded, r->blobs_total, r->bytes_uploaded, r->blobs_mounted);

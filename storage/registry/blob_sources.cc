@@ -1,5 +1,10 @@
 #include "storage/registry/blob_sources.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -26,6 +31,20 @@ std::vector<std::string> Read(const ImageStore& store, const Digest& blob) {
   return out;
 }
 
+// Replaced atomically (a reader sees the old list or the new one) but not
+// fsynced: the record is a hint, and a pull writes one per blob; one lost in a
+// crash only means that a later push uploads instead of mounting.
+Status WriteHint(const std::string& dir, const std::string& path, const std::string& data) {
+  std::string tmp = dir + "/" + UniqueTempName(".tmp-");
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError("creating " + tmp);
+  Status st = WriteAll(fd, data.data(), data.size(), tmp);
+  ::close(fd);
+  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = ErrnoError("renaming to " + path);
+  if (!st.ok()) ::unlink(tmp.c_str());
+  return st;
+}
+
 }  // namespace
 
 std::vector<std::string> BlobSourcesOn(const ImageStore& store, const Digest& blob, const std::string& registry,
@@ -47,7 +66,7 @@ void RecordBlobSource(const ImageStore& store, const Digest& blob, const std::st
   sources.insert(sources.begin(), entry);
   if (sources.size() > kMaxSources) sources.resize(kMaxSources);
   Status st = MakeDirs(Dir(store));
-  if (st.ok()) st = AtomicWriteFile(Dir(store) + "/" + blob.hex(), json(sources).dump());
+  if (st.ok()) st = WriteHint(Dir(store), Dir(store) + "/" + blob.hex(), json(sources).dump());
   if (!st.ok()) spdlog::debug("recording where blob {} lives: {}", blob.str(), st.message());
 }
 

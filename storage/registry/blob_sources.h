@@ -1,7 +1,8 @@
 // Where a blob was last seen on registries: "registry/repository" entries per
 // blob digest, kept in the image store's ROOT/registry/blob-sources/<hex> (a
-// small JSON list, newest first, at most 8). A push records each blob it put or
-// found, and asks for a cross-repository mount from a recorded repository on the
+// small JSON list, newest first, at most 8). A pull records every blob of the
+// manifest it pulled (fetched or already stored); a push records each blob it
+// put or found, and asks for a cross-repository mount from a recorded repository on the
 // same registry before uploading the blob again. Best effort: a missing or
 // unreadable record only means no mount is tried.
 #pragma once

@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "storage/image.h"
+#include "storage/registry/blob_sources.h"
 #include "storage/registry/layer_download.h"
 #include "storage/registry/throttled_progress.h"
 
@@ -227,9 +228,8 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
       streams[i].reset();  // the partial tree goes now, not at the end of the pull
       return download.error().ok() ? stored.status().Prefix(ref.str()) : download.error();
     }
-    // Durable while the other layers still download; only renamed in after the commit.
-    if (streams[i])
-      if (Status st = streams[i]->Sync(); !st.ok()) return st.Prefix(blob_who);
+    // Not synced here: after the commit the tree is leasable at once and made
+    // durable in the background (layer_cache.h, "Durable later, usable at once").
     at[i] = *stored;
     layers_done++;
     return Status::Ok();
@@ -280,6 +280,12 @@ Result<PullResult> Pull(ImageStore& store, const Reference& ref, const PullOptio
     else
       result.layers_unpacked++;
   }
+  // Where these blobs live: a later push of an image sharing them to another
+  // repository of this registry mounts them from here instead of uploading
+  // (blob_sources.h). Recorded for every blob of the manifest, fetched or
+  // already stored: the registry holds them all under this repository.
+  RecordBlobSource(store, cfg_desc.digest, ref.registry, ref.repository);
+  for (const auto& l : layers) RecordBlobSource(store, l.digest, ref.registry, ref.repository);
   result.image = *image;
   result.bytes_committed = store.blobs().stats().bytes_committed - committed_before;
   auto img = store.Get(result.image.str());

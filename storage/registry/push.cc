@@ -1,6 +1,8 @@
 #include "storage/registry/push.h"
 
 #include <algorithm>
+#include <cinttypes>
+#include <cstdio>
 #include <set>
 
 #include <fmt/format.h>
@@ -84,6 +86,110 @@ class Pusher {
     return Status::Ok();
   }
 
+  // Chunked upload of a blob larger than `chunk`: the blob is streamed from the
+  // store once, through a buffer of one chunk; each full chunk goes out as a
+  // PATCH (Content-Range start-end) to the location the previous answer named,
+  // and a final PUT ?digest= with no body closes the upload. A PATCH that fails
+  // transiently (the connection broke, 429, 5xx, or 416 after the first chunk)
+  // is followed by a status request (GET location → 204, Range 0-N) and the
+  // chunk is sent again from byte N+1: what the registry kept is not sent
+  // twice. When the registry answers the first PATCH with 404, 405 or 416 it
+  // does not take chunks: `*unsupported` is set and nothing is sent (the caller
+  // uploads monolithically with a new upload).
+  Status UploadChunked(const OciBlob& b, Url location, uint64_t chunk, uint64_t* bytes_done, uint64_t bytes_total,
+                       size_t n, size_t of, bool* unsupported) {
+    const std::string what = "chunked upload of blob " + b.digest.str();
+    const uint64_t start = *bytes_done;
+    std::string buf;
+    buf.reserve(chunk);
+    uint64_t chunk_start = 0;  // blob offset of buf[0]
+    uint64_t acked = 0;        // bytes the registry holds
+    Retrier retrier(client_.options().retry, [] { return false; });
+    *unsupported = false;
+
+    // Sends buf (from what the registry lacks of it) until the registry holds it all.
+    auto send_chunk = [&]() -> Status {
+      const uint64_t chunk_end = chunk_start + buf.size();
+      while (acked < chunk_end) {
+        if (acked < chunk_start)
+          return Error(Code::kDataLoss, "{}: {}: the registry holds {} bytes, less than the {} it acknowledged",
+                       ref_.str(), what, acked, chunk_start);
+        const uint64_t skip = acked - chunk_start, len = chunk_end - acked;
+        HttpBody body;
+        body.size = len;
+        body.write = [&buf, skip, len](const std::function<Status(const void*, size_t)>& sink) {
+          return sink(buf.data() + skip, len);
+        };
+        AttemptFailure failure;
+        auto r = client_.Send("PATCH", location,
+                              {{"Content-Type", "application/octet-stream"},
+                               {"Content-Range", fmt::format("{}-{}", acked, chunk_end - 1)}},
+                              &body, client_.DeadlineFor(len), what, &failure);
+        if (r.ok() && (*r)->status() == 202) {
+          PADDOCK_RETURN_IF_ERROR(NextLocation(**r, what, &location));
+          acked = chunk_end;
+          *bytes_done = start + acked;
+          say_.Say({"blob",
+                    fmt::format("{}: blob {} of {}: {} / {} in chunks ({} / {} in all)", ref_.str(), n, of, Mib(acked),
+                                Mib(b.size), Mib(*bytes_done), Mib(bytes_total)),
+                    *bytes_done, bytes_total},
+                   false);
+          continue;
+        }
+        if (r.ok()) {
+          const unsigned st = (*r)->status();
+          if (acked == 0 && (st == 404 || st == 405 || st == 416)) {
+            *unsupported = true;
+            return client_.ErrorFor(**r, what);
+          }
+          failure.transient = st == 416 || st == 429 || st >= 500;
+          failure.retry_after = ParseRetryAfter((*r)->Header("retry-after"));
+          Status err = client_.ErrorFor(**r, what);
+          if (!failure.transient) return err;
+          if (!retrier.WaitBeforeRetry(failure))
+            return err.Prefix(fmt::format("after {} attempts", retrier.attempts()));
+        } else {
+          if (!failure.transient) return r.status();
+          if (!retrier.WaitBeforeRetry(failure))
+            return r.status().Prefix(fmt::format("after {} attempts", retrier.attempts()));
+        }
+        // Where the upload stands: resume from there.
+        PADDOCK_RETURN_IF_ERROR(UploadStatus(what, &location, &acked));
+        resumes_++;
+      }
+      chunk_start = chunk_end;
+      buf.clear();
+      return Status::Ok();
+    };
+
+    Status streamed = b.write([&](const void* p, size_t len) -> Status {
+      const char* c = static_cast<const char*>(p);
+      while (len > 0) {
+        size_t take = std::min<size_t>(len, chunk - buf.size());
+        buf.append(c, take);
+        c += take;
+        len -= take;
+        if (buf.size() == chunk) PADDOCK_RETURN_IF_ERROR(send_chunk());
+      }
+      return Status::Ok();
+    });
+    if (*unsupported) return streamed;
+    PADDOCK_RETURN_IF_ERROR(streamed);
+    if (!buf.empty()) PADDOCK_RETURN_IF_ERROR(send_chunk());
+    if (acked != b.size)
+      return Error(Code::kInternal, "{}: {}: {} bytes sent, the blob has {}", ref_.str(), what, acked, b.size);
+
+    location.target += (location.target.find('?') == std::string::npos ? "?" : "&") + std::string("digest=") +
+                       b.digest.str();
+    PADDOCK_ASSIGN_OR_RETURN(auto resp, client_.Send("PUT", location, {}, nullptr, client_.DeadlineFor(0), what));
+    if (resp->status() != 201 && resp->status() != 204 && resp->status() != 200) return client_.ErrorFor(*resp, what);
+    *bytes_done = start + b.size;
+    return Status::Ok();
+  }
+
+  // Times a chunked upload asked where it stood and went on from there.
+  uint64_t resumes() const { return resumes_; }
+
   Status PutManifest(const OciImage& oci, const std::string& tag_or_digest) {
     const std::string what = "manifest " + tag_or_digest;
     HttpBody body = HttpBody::Of(oci.manifest);
@@ -99,11 +205,46 @@ class Pusher {
   }
 
  private:
+  // The upload location a 202 names (the next request goes there).
+  Status NextLocation(HttpResponse& resp, const std::string& what, Url* location) {
+    std::string loc = resp.Header("location");
+    if (loc.empty()) return Status::Ok();  // the same location serves on
+    auto u = Url::Parse(loc, location);
+    if (!u.ok())
+      return Error(Code::kUnavailable, "{}: {}: {} named an unusable upload location '{}'", ref_.str(), what,
+                   ref_.registry, loc.substr(0, 200));
+    *location = *u;
+    return Status::Ok();
+  }
+
+  // GET <location>: 204 with "Range: 0-N" (N+1 bytes held; "0-0" is read as
+  // none, as the reference registry says it for an empty upload) and the
+  // location to go on at.
+  Status UploadStatus(const std::string& what, Url* location, uint64_t* held) {
+    const std::string asked = "status of the " + what;
+    PADDOCK_ASSIGN_OR_RETURN(auto resp, client_.Send("GET", *location, {}, nullptr, client_.DeadlineFor(0), asked));
+    if (resp->status() != 204 && resp->status() != 200) return client_.ErrorFor(*resp, asked);
+    std::string range = resp->Header("range");
+    uint64_t lo = 0, hi = 0;
+    int used = 0;
+    if (range.empty()) {
+      *held = 0;
+    } else if (std::sscanf(range.c_str(), "%" SCNu64 "-%" SCNu64 "%n", &lo, &hi, &used) == 2 && lo == 0 &&
+               static_cast<size_t>(used) == range.size()) {
+      *held = hi == 0 ? 0 : hi + 1;
+    } else {
+      return Error(Code::kUnavailable, "{}: {}: {} answered with Range '{}', not 0-N", ref_.str(), asked,
+                   ref_.registry, range.substr(0, 100));
+    }
+    return NextLocation(*resp, asked, location);
+  }
+
   std::string Blobs() const { return "/v2/" + ref_.repository + "/blobs/"; }
   ImageStore& store_;
   const Reference& ref_;
   RegistryClient client_;
   Reporter& say_;
+  uint64_t resumes_ = 0;
 };
 
 Result<PushResult> Push(ImageStore& store, const std::string& image, const Reference& ref,
@@ -134,6 +275,10 @@ Result<PushResult> Push(ImageStore& store, const std::string& image, const Refer
       if (std::find(ro.scopes.begin(), ro.scopes.end(), "repository:" + repo + ":pull") == ro.scopes.end())
         ro.scopes.push_back("repository:" + repo + ":pull");
   }
+  if (options.chunk_size > kMaxChunkSize)
+    return Error(Code::kInvalidArgument, "{}: chunk size {} is over the largest allowed ({})", ref.str(),
+                 options.chunk_size, kMaxChunkSize);
+  const uint64_t chunk = options.chunk_size;
   Pusher pusher(store, ref, std::move(ro), say);
   PushResult result;
   result.image = img.digest;
@@ -185,12 +330,31 @@ Result<PushResult> Push(ImageStore& store, const std::string& image, const Refer
         PADDOCK_ASSIGN_OR_RETURN(bool unexpected_mount, pusher.Start(b, "", &location));
         (void)unexpected_mount;
       }
-      PADDOCK_RETURN_IF_ERROR(pusher.Upload(b, location, &done, to_send, i + 1, blobs.size()));
+      bool monolithic = chunk == 0 || b.size <= chunk;
+      if (!monolithic) {
+        bool unsupported = false;
+        const uint64_t before = done;
+        Status st = pusher.UploadChunked(b, location, chunk, &done, to_send, i + 1, blobs.size(), &unsupported);
+        if (unsupported) {
+          // The registry takes no chunks: the whole blob in one PUT, to a new upload.
+          done = before;
+          monolithic = true;
+          ++result.chunk_fallbacks;
+          PADDOCK_ASSIGN_OR_RETURN(bool unexpected_mount, pusher.Start(b, "", &location));
+          (void)unexpected_mount;
+        } else {
+          PADDOCK_RETURN_IF_ERROR(st);
+          ++result.blobs_chunked;
+        }
+      }
+      if (monolithic) PADDOCK_RETURN_IF_ERROR(pusher.Upload(b, location, &done, to_send, i + 1, blobs.size()));
       ++result.blobs_uploaded;
       result.bytes_uploaded += b.size;
     }
     RecordBlobSource(store, b.digest, ref.registry, ref.repository);
   }
+
+  result.chunk_resumes = pusher.resumes();
 
   // 3. The manifest: the image exists on the registry from here on.
   say.Say({"manifest", fmt::format("{}: putting manifest {}", ref.str(), oci.manifest_digest.str()), done, to_send});

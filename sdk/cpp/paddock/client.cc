@@ -709,6 +709,7 @@ Result<ImagePushResult> Client::ImagePush(const std::string& image, const std::s
   req.set_ref(ref);
   for (const auto& h : options.insecure_registries) req.add_insecure_registries(h);
   req.set_ca_file(options.ca_file);
+  req.set_chunk_size(options.chunk_size);
   if (!options.credentials.empty()) {
     req.mutable_credentials()->set_username(options.credentials.username);
     req.mutable_credentials()->set_password(options.credentials.password);
@@ -725,7 +726,7 @@ Result<ImagePushResult> Client::ImagePush(const std::string& image, const std::s
     } else if (ev.has_result()) {
       const auto& r = ev.result();
       out = {r.image(), r.ref(), r.manifest_digest(), r.blobs_total(), r.blobs_present(), r.blobs_mounted(),
-             r.blobs_uploaded(), r.bytes_uploaded()};
+             r.blobs_uploaded(), r.bytes_uploaded(), r.blobs_chunked(), r.chunk_resumes()};
       got = true;
     }
   }

@@ -202,10 +202,12 @@ struct ImagePushOptions {
   std::vector<std::string> insecure_registries;  // plain HTTP to these hosts (loopback always)
   std::string ca_file;                           // on the daemon's host
   RegistryCredentials credentials;
+  int64_t chunk_size = 0;  // blobs larger go in chunks of this size; 0: 16 MiB; negative: never chunked
 };
 struct ImagePushResult {
   std::string image, ref, manifest_digest;
   uint64_t blobs_total = 0, blobs_present = 0, blobs_mounted = 0, blobs_uploaded = 0, bytes_uploaded = 0;
+  uint64_t blobs_chunked = 0, chunk_resumes = 0;
 };
 // A pull's progress: a line, and layer bytes fetched of those to fetch.
 struct ImagePullProgress {

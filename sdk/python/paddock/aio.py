@@ -612,10 +612,11 @@ class Images:
 
     async def push(self, image: str, ref: str, *, insecure_registries: Sequence[str] | None = None,
                    ca_file: str | None = None, credentials: tuple[str, str] | None = None,
-                   on_progress: Callable[[str, str], None] | None = None) -> PushResult:
+                   on_progress: Callable[[str, str], None] | None = None,
+                   chunk_size: int | None = None) -> PushResult:
         """Pushes an image of the store to a registry (see :meth:`paddock.images.Images.push`)."""
         c = self._client
-        req = _im.push_request(image, ref, insecure_registries, ca_file, credentials)
+        req = _im.push_request(image, ref, insecure_registries, ca_file, credentials, chunk_size)
         call = self._stub.Push(req, timeout=_im.PULL_TIMEOUT_S, metadata=c._metadata)
         return await self._collect(call, on_progress, _im.push_result, "push")
 

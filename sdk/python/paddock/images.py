@@ -81,6 +81,8 @@ class PushResult:
         blobs_total: distinct blobs (config and layers); blobs_present: already there, not sent;
         blobs_mounted: mounted from another repository of the registry; blobs_uploaded: sent.
         bytes_uploaded: blob bytes sent.
+        blobs_chunked: of those sent, in chunks (PATCH); chunk_resumes: chunks resumed after a
+        failed PATCH from the registry's upload status.
     """
 
     image: str = ""
@@ -91,6 +93,8 @@ class PushResult:
     blobs_mounted: int = 0
     blobs_uploaded: int = 0
     bytes_uploaded: int = 0
+    blobs_chunked: int = 0
+    chunk_resumes: int = 0
 
 
 # A pull of a large image may take long; like the C++ client's kLongCall.
@@ -115,14 +119,18 @@ def pull_request(ref: str, name: str | None, insecure_registries: Sequence[str] 
 
 
 def push_request(image: str, ref: str, insecure_registries: Sequence[str] | None, ca_file: str | None,
-                 credentials: tuple[str, str] | None) -> Any:
+                 credentials: tuple[str, str] | None, chunk_size: int | None = None) -> Any:
     if not isinstance(image, str) or not image:
         raise InvalidArgument("push: an image of the store is required, e.g. python:3")
     if not isinstance(ref, str) or not ref:
         raise InvalidArgument("push: a reference is required, e.g. registry.example/repo:tag")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or not (chunk_size == 0 or 64 << 10 <= chunk_size <= 1 << 30)):
+        raise InvalidArgument("push: chunk_size must be 0 (never chunked) or 64 KiB to 1 GiB")
     return _pb().PushRequest(image=image, ref=ref, insecure_registries=list(insecure_registries or []),
                              ca_file=_abs(ca_file, "push ca_file") if ca_file else "",
-                             credentials=_credentials(credentials, "push"))
+                             credentials=_credentials(credentials, "push"),
+                             chunk_size=0 if chunk_size is None else (-1 if chunk_size == 0 else chunk_size))
 
 
 def push_result(r: Any) -> PushResult:
@@ -317,17 +325,19 @@ class Images:
 
     def push(self, image: str, ref: str, *, insecure_registries: Sequence[str] | None = None,
              ca_file: str | None = None, credentials: tuple[str, str] | None = None,
-             on_progress: Callable[[str, str], None] | None = None) -> PushResult:
+             on_progress: Callable[[str, str], None] | None = None,
+             chunk_size: int | None = None) -> PushResult:
         """Pushes ``image`` (name, digest or prefix in the store) to the registry reference ``ref``
         (``HOST[:PORT]/REPOSITORY:TAG``) as an OCI image manifest; blobs the registry has are
         not sent. ``insecure_registries``, ``ca_file`` and ``credentials`` as for :meth:`pull`.
+        Blobs larger than ``chunk_size`` bytes (default 16 MiB; 0: never) go in chunks (PATCH).
 
         Raises:
             paddock.NotFound: no such image in the store.
             paddock.Unauthenticated / PermissionDenied / Unavailable: what the registry answered.
         """
         c = self._client
-        req = push_request(image, ref, insecure_registries, ca_file, credentials)
+        req = push_request(image, ref, insecure_registries, ca_file, credentials, chunk_size)
         try:
             return collect_events(c._stream(self._stub.Push, req, timeout=PULL_TIMEOUT_S), on_progress,
                                   push_result, "push")

@@ -145,7 +145,9 @@ def test_push_to_a_registry(client: paddock.Client, daemon, rootfs_dir: str, tmp
         assert isinstance(r, paddock.PushResult) and r.image == src.image and r.ref == ref
         assert r.blobs_total == 2 and r.blobs_uploaded == 2 and r.bytes_uploaded > 0 and "pushed" in phases
         again = client.images.push(name, ref)
-        assert again.blobs_present == 2 and again.blobs_uploaded == 0
+        assert again.blobs_present == 2 and again.blobs_uploaded == 0 and again.blobs_chunked == 0
+        with pytest.raises(paddock.InvalidArgument, match="chunk_size"):
+            client.images.push(name, ref, chunk_size=1000)
         assert again.manifest_digest == r.manifest_digest
         pulled = client.images.pull(ref)
         assert pulled.image == src.image and pulled.manifest_digest == r.manifest_digest

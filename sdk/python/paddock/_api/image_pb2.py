@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bimage.proto\x12\npaddock.v1\"9\n\x13RegistryCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x9e\x01\n\x0bPullRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1b\n\x13insecure_registries\x18\x03 \x03(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61_file\x18\x05 \x01(\t\x12\x34\n\x0b\x63redentials\x18\x06 \x01(\x0b\x32\x1f.paddock.v1.RegistryCredentials\"\x8d\x01\n\x0bPushRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\x1b\n\x13insecure_registries\x18\x03 \x03(\t\x12\x0f\n\x07\x63\x61_file\x18\x04 \x01(\t\x12\x34\n\x0b\x63redentials\x18\x05 \x01(\x0b\x32\x1f.paddock.v1.RegistryCredentials\"W\n\x0cPushProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\"\xb4\x01\n\nPushResult\x12\r\n\x05image\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12\x13\n\x0b\x62lobs_total\x18\x03 \x01(\x04\x12\x15\n\rblobs_present\x18\x04 \x01(\x04\x12\x15\n\rblobs_mounted\x18\x05 \x01(\x04\x12\x16\n\x0e\x62lobs_uploaded\x18\x06 \x01(\x04\x12\x16\n\x0e\x62ytes_uploaded\x18\x07 \x01(\x04\x12\x0b\n\x03ref\x18\x08 \x01(\t\"l\n\tPushEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.paddock.v1.PushProgressH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.paddock.v1.PushResultH\x00\x42\x07\n\x05\x65vent\"+\n\rImportRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x0eImportProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\"\xa0\x01\n\x0cImportResult\x12\x0e\n\x06images\x18\x01 \x03(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x14\n\x0clayers_total\x18\x03 \x01(\x04\x12\x12\n\nlayers_new\x18\x04 \x01(\x04\x12\x17\n\x0f\x62ytes_committed\x18\x05 \x01(\x04\x12\x15\n\rbytes_fetched\x18\x06 \x01(\x04\x12\x17\n\x0fmanifest_digest\x18\x07 \x01(\t\"r\n\x0bImportEvent\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.paddock.v1.ImportProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.paddock.v1.ImportResultH\x00\x42\x07\n\x05\x65vent\"L\n\x10ImportDirRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03\x65nv\x18\x03 \x03(\t\x12\x0f\n\x07workdir\x18\x04 \x01(\t\"J\n\x11ImportDirResponse\x12\r\n\x05image\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x17\n\x0fskipped_special\x18\x03 \x01(\x04\"S\n\x0cImageSummary\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x0e\n\x06layers\x18\x03 \x01(\r\x12\x14\n\x0cstored_bytes\x18\x04 \x01(\x04\"\x12\n\x10ImageListRequest\"=\n\x11ImageListResponse\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.paddock.v1.ImageSummary\"\x1d\n\x0eInspectRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"~\n\tLayerInfo\x12\x0f\n\x07\x64iff_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62lob\x18\x02 \x01(\t\x12\x13\n\x0b\x63ompression\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x19\n\x11uncompressed_size\x18\x05 \x01(\x04\x12\x14\n\x0cmaterialized\x18\x06 \x01(\x08\"\xb7\x01\n\x0bImageDetail\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12%\n\x06layers\x18\x03 \x03(\x0b\x32\x15.paddock.v1.LayerInfo\x12\x0b\n\x03\x65nv\x18\x04 \x03(\t\x12\x0f\n\x07workdir\x18\x05 \x01(\t\x12\x12\n\nentrypoint\x18\x06 \x03(\t\x12\x0b\n\x03\x63md\x18\x07 \x03(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x15\n\rconfig_digest\x18\t \x01(\t\"!\n\x12RemoveImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"$\n\x13RemoveImageResponse\x12\r\n\x05image\x18\x01 \x01(\t\"\"\n\tGcRequest\x12\x15\n\rgrace_seconds\x18\x01 \x01(\x03\"Q\n\nGcResponse\x12\x15\n\rblobs_removed\x18\x01 \x01(\x04\x12\x13\n\x0b\x62ytes_freed\x18\x02 \x01(\x04\x12\x17\n\x0fstaging_removed\x18\x03 \x01(\x04\".\n\x12\x45xportImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0b\n\x03\x64ir\x18\x02 \x01(\t\"$\n\x13\x45xportImageResponse\x12\r\n\x05image\x18\x01 \x01(\t2\xd8\x04\n\x06Images\x12>\n\x06Import\x12\x19.paddock.v1.ImportRequest\x1a\x17.paddock.v1.ImportEvent0\x01\x12H\n\tImportDir\x12\x1c.paddock.v1.ImportDirRequest\x1a\x1d.paddock.v1.ImportDirResponse\x12\x43\n\x04List\x12\x1c.paddock.v1.ImageListRequest\x1a\x1d.paddock.v1.ImageListResponse\x12>\n\x07Inspect\x12\x1a.paddock.v1.InspectRequest\x1a\x17.paddock.v1.ImageDetail\x12I\n\x06Remove\x12\x1e.paddock.v1.RemoveImageRequest\x1a\x1f.paddock.v1.RemoveImageResponse\x12\x33\n\x02Gc\x12\x15.paddock.v1.GcRequest\x1a\x16.paddock.v1.GcResponse\x12I\n\x06\x45xport\x12\x1e.paddock.v1.ExportImageRequest\x1a\x1f.paddock.v1.ExportImageResponse\x12:\n\x04Pull\x12\x17.paddock.v1.PullRequest\x1a\x17.paddock.v1.ImportEvent0\x01\x12\x38\n\x04Push\x12\x17.paddock.v1.PushRequest\x1a\x15.paddock.v1.PushEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bimage.proto\x12\npaddock.v1\"9\n\x13RegistryCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\x9e\x01\n\x0bPullRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1b\n\x13insecure_registries\x18\x03 \x03(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61_file\x18\x05 \x01(\t\x12\x34\n\x0b\x63redentials\x18\x06 \x01(\x0b\x32\x1f.paddock.v1.RegistryCredentials\"\xa1\x01\n\x0bPushRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\x1b\n\x13insecure_registries\x18\x03 \x03(\t\x12\x0f\n\x07\x63\x61_file\x18\x04 \x01(\t\x12\x34\n\x0b\x63redentials\x18\x05 \x01(\x0b\x32\x1f.paddock.v1.RegistryCredentials\x12\x12\n\nchunk_size\x18\x06 \x01(\x03\"W\n\x0cPushProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\"\xe2\x01\n\nPushResult\x12\r\n\x05image\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12\x13\n\x0b\x62lobs_total\x18\x03 \x01(\x04\x12\x15\n\rblobs_present\x18\x04 \x01(\x04\x12\x15\n\rblobs_mounted\x18\x05 \x01(\x04\x12\x16\n\x0e\x62lobs_uploaded\x18\x06 \x01(\x04\x12\x16\n\x0e\x62ytes_uploaded\x18\x07 \x01(\x04\x12\x0b\n\x03ref\x18\x08 \x01(\t\x12\x15\n\rblobs_chunked\x18\t \x01(\x04\x12\x15\n\rchunk_resumes\x18\n \x01(\x04\"l\n\tPushEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.paddock.v1.PushProgressH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.paddock.v1.PushResultH\x00\x42\x07\n\x05\x65vent\"+\n\rImportRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x0eImportProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nbytes_done\x18\x03 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x04 \x01(\x04\"\xa0\x01\n\x0cImportResult\x12\x0e\n\x06images\x18\x01 \x03(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x14\n\x0clayers_total\x18\x03 \x01(\x04\x12\x12\n\nlayers_new\x18\x04 \x01(\x04\x12\x17\n\x0f\x62ytes_committed\x18\x05 \x01(\x04\x12\x15\n\rbytes_fetched\x18\x06 \x01(\x04\x12\x17\n\x0fmanifest_digest\x18\x07 \x01(\t\"r\n\x0bImportEvent\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.paddock.v1.ImportProgressH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.paddock.v1.ImportResultH\x00\x42\x07\n\x05\x65vent\"L\n\x10ImportDirRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03\x65nv\x18\x03 \x03(\t\x12\x0f\n\x07workdir\x18\x04 \x01(\t\"J\n\x11ImportDirResponse\x12\r\n\x05image\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x17\n\x0fskipped_special\x18\x03 \x01(\x04\"S\n\x0cImageSummary\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x0e\n\x06layers\x18\x03 \x01(\r\x12\x14\n\x0cstored_bytes\x18\x04 \x01(\x04\"\x12\n\x10ImageListRequest\"=\n\x11ImageListResponse\x12(\n\x06images\x18\x01 \x03(\x0b\x32\x18.paddock.v1.ImageSummary\"\x1d\n\x0eInspectRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"~\n\tLayerInfo\x12\x0f\n\x07\x64iff_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62lob\x18\x02 \x01(\t\x12\x13\n\x0b\x63ompression\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x19\n\x11uncompressed_size\x18\x05 \x01(\x04\x12\x14\n\x0cmaterialized\x18\x06 \x01(\x08\"\xb7\x01\n\x0bImageDetail\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12%\n\x06layers\x18\x03 \x03(\x0b\x32\x15.paddock.v1.LayerInfo\x12\x0b\n\x03\x65nv\x18\x04 \x03(\t\x12\x0f\n\x07workdir\x18\x05 \x01(\t\x12\x12\n\nentrypoint\x18\x06 \x03(\t\x12\x0b\n\x03\x63md\x18\x07 \x03(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x15\n\rconfig_digest\x18\t \x01(\t\"!\n\x12RemoveImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"$\n\x13RemoveImageResponse\x12\r\n\x05image\x18\x01 \x01(\t\"\"\n\tGcRequest\x12\x15\n\rgrace_seconds\x18\x01 \x01(\x03\"Q\n\nGcResponse\x12\x15\n\rblobs_removed\x18\x01 \x01(\x04\x12\x13\n\x0b\x62ytes_freed\x18\x02 \x01(\x04\x12\x17\n\x0fstaging_removed\x18\x03 \x01(\x04\".\n\x12\x45xportImageRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0b\n\x03\x64ir\x18\x02 \x01(\t\"$\n\x13\x45xportImageResponse\x12\r\n\x05image\x18\x01 \x01(\t2\xd8\x04\n\x06Images\x12>\n\x06Import\x12\x19.paddock.v1.ImportRequest\x1a\x17.paddock.v1.ImportEvent0\x01\x12H\n\tImportDir\x12\x1c.paddock.v1.ImportDirRequest\x1a\x1d.paddock.v1.ImportDirResponse\x12\x43\n\x04List\x12\x1c.paddock.v1.ImageListRequest\x1a\x1d.paddock.v1.ImageListResponse\x12>\n\x07Inspect\x12\x1a.paddock.v1.InspectRequest\x1a\x17.paddock.v1.ImageDetail\x12I\n\x06Remove\x12\x1e.paddock.v1.RemoveImageRequest\x1a\x1f.paddock.v1.RemoveImageResponse\x12\x33\n\x02Gc\x12\x15.paddock.v1.GcRequest\x1a\x16.paddock.v1.GcResponse\x12I\n\x06\x45xport\x12\x1e.paddock.v1.ExportImageRequest\x1a\x1f.paddock.v1.ExportImageResponse\x12:\n\x04Pull\x12\x17.paddock.v1.PullRequest\x1a\x17.paddock.v1.ImportEvent0\x01\x12\x38\n\x04Push\x12\x17.paddock.v1.PushRequest\x1a\x15.paddock.v1.PushEvent0\x01\x62\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'image_pb2', globals())
@@ -25,49 +25,49 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _PULLREQUEST._serialized_start=87
   _PULLREQUEST._serialized_end=245
   _PUSHREQUEST._serialized_start=248
-  _PUSHREQUEST._serialized_end=389
-  _PUSHPROGRESS._serialized_start=391
-  _PUSHPROGRESS._serialized_end=478
-  _PUSHRESULT._serialized_start=481
-  _PUSHRESULT._serialized_end=661
-  _PUSHEVENT._serialized_start=663
-  _PUSHEVENT._serialized_end=771
-  _IMPORTREQUEST._serialized_start=773
-  _IMPORTREQUEST._serialized_end=816
-  _IMPORTPROGRESS._serialized_start=818
-  _IMPORTPROGRESS._serialized_end=907
-  _IMPORTRESULT._serialized_start=910
-  _IMPORTRESULT._serialized_end=1070
-  _IMPORTEVENT._serialized_start=1072
-  _IMPORTEVENT._serialized_end=1186
-  _IMPORTDIRREQUEST._serialized_start=1188
-  _IMPORTDIRREQUEST._serialized_end=1264
-  _IMPORTDIRRESPONSE._serialized_start=1266
-  _IMPORTDIRRESPONSE._serialized_end=1340
-  _IMAGESUMMARY._serialized_start=1342
-  _IMAGESUMMARY._serialized_end=1425
-  _IMAGELISTREQUEST._serialized_start=1427
-  _IMAGELISTREQUEST._serialized_end=1445
-  _IMAGELISTRESPONSE._serialized_start=1447
-  _IMAGELISTRESPONSE._serialized_end=1508
-  _INSPECTREQUEST._serialized_start=1510
-  _INSPECTREQUEST._serialized_end=1539
-  _LAYERINFO._serialized_start=1541
-  _LAYERINFO._serialized_end=1667
-  _IMAGEDETAIL._serialized_start=1670
-  _IMAGEDETAIL._serialized_end=1853
-  _REMOVEIMAGEREQUEST._serialized_start=1855
-  _REMOVEIMAGEREQUEST._serialized_end=1888
-  _REMOVEIMAGERESPONSE._serialized_start=1890
-  _REMOVEIMAGERESPONSE._serialized_end=1926
-  _GCREQUEST._serialized_start=1928
-  _GCREQUEST._serialized_end=1962
-  _GCRESPONSE._serialized_start=1964
-  _GCRESPONSE._serialized_end=2045
-  _EXPORTIMAGEREQUEST._serialized_start=2047
-  _EXPORTIMAGEREQUEST._serialized_end=2093
-  _EXPORTIMAGERESPONSE._serialized_start=2095
-  _EXPORTIMAGERESPONSE._serialized_end=2131
-  _IMAGES._serialized_start=2134
-  _IMAGES._serialized_end=2734
+  _PUSHREQUEST._serialized_end=409
+  _PUSHPROGRESS._serialized_start=411
+  _PUSHPROGRESS._serialized_end=498
+  _PUSHRESULT._serialized_start=501
+  _PUSHRESULT._serialized_end=727
+  _PUSHEVENT._serialized_start=729
+  _PUSHEVENT._serialized_end=837
+  _IMPORTREQUEST._serialized_start=839
+  _IMPORTREQUEST._serialized_end=882
+  _IMPORTPROGRESS._serialized_start=884
+  _IMPORTPROGRESS._serialized_end=973
+  _IMPORTRESULT._serialized_start=976
+  _IMPORTRESULT._serialized_end=1136
+  _IMPORTEVENT._serialized_start=1138
+  _IMPORTEVENT._serialized_end=1252
+  _IMPORTDIRREQUEST._serialized_start=1254
+  _IMPORTDIRREQUEST._serialized_end=1330
+  _IMPORTDIRRESPONSE._serialized_start=1332
+  _IMPORTDIRRESPONSE._serialized_end=1406
+  _IMAGESUMMARY._serialized_start=1408
+  _IMAGESUMMARY._serialized_end=1491
+  _IMAGELISTREQUEST._serialized_start=1493
+  _IMAGELISTREQUEST._serialized_end=1511
+  _IMAGELISTRESPONSE._serialized_start=1513
+  _IMAGELISTRESPONSE._serialized_end=1574
+  _INSPECTREQUEST._serialized_start=1576
+  _INSPECTREQUEST._serialized_end=1605
+  _LAYERINFO._serialized_start=1607
+  _LAYERINFO._serialized_end=1733
+  _IMAGEDETAIL._serialized_start=1736
+  _IMAGEDETAIL._serialized_end=1919
+  _REMOVEIMAGEREQUEST._serialized_start=1921
+  _REMOVEIMAGEREQUEST._serialized_end=1954
+  _REMOVEIMAGERESPONSE._serialized_start=1956
+  _REMOVEIMAGERESPONSE._serialized_end=1992
+  _GCREQUEST._serialized_start=1994
+  _GCREQUEST._serialized_end=2028
+  _GCRESPONSE._serialized_start=2030
+  _GCRESPONSE._serialized_end=2111
+  _EXPORTIMAGEREQUEST._serialized_start=2113
+  _EXPORTIMAGEREQUEST._serialized_end=2159
+  _EXPORTIMAGERESPONSE._serialized_start=2161
+  _EXPORTIMAGERESPONSE._serialized_end=2197
+  _IMAGES._serialized_start=2200
+  _IMAGES._serialized_end=2800
 # @@protoc_insertion_point(module_scope)
