@@ -4,11 +4,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include "paddock/client.h"
 #include "rollout/fleet/node.h"
 #include "rollout/fleet/placement.h"
 #include "rollout/fleet/remote_sandbox.h"
-#include "rollout/service/front_leases.h"
 
 namespace paddock::fleet {
 

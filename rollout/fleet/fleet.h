@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "rollout/fleet/node_discovery.h"
+#include "rollout/fleet/node_transport.h"
 #include "sandbox/sandbox.h"
 
 namespace paddock::client {
@@ -56,6 +57,9 @@ struct FleetOptions {
   std::chrono::milliseconds place_timeout{30000};
   std::string front_id;  // default: the host name
   int64_t epoch = 0;     // default: the start time in ms (grows each start)
+  // How the front reaches its nodes; null: their gRPC API (GrpcNodeTransport).
+  // Benchmarks and tests put simulated nodes here (sim_node.h).
+  std::shared_ptr<NodeTransport> transport;
 };
 
 struct NodeStatus {

@@ -16,7 +16,6 @@
 #include "sandbox/base/status.h"
 
 namespace paddock::client {
-class Client;
 class ExecCancel;
 }  // namespace paddock::client
 
@@ -29,9 +28,9 @@ class Node : public std::enable_shared_from_this<Node> {
   void Stop();
 
   const std::string& address() const { return address_; }
-  // The client while the node is usable for calls made in `generation`;
+  // The connection while the node is usable for calls made in `generation`;
   // UNAVAILABLE saying the node was lost (its sandboxes with it) otherwise.
-  Result<std::shared_ptr<client::Client>> ClientFor(uint64_t generation) const;
+  Result<std::shared_ptr<NodeConnection>> ClientFor(uint64_t generation) const;
   uint64_t generation() const;
   bool Usable(uint64_t generation) const;
 
@@ -70,7 +69,7 @@ class Node : public std::enable_shared_from_this<Node> {
   std::condition_variable cv_;
   bool stopping_ = false;
   bool suspect_ = false;
-  std::shared_ptr<client::Client> client_;
+  std::shared_ptr<NodeConnection> client_;
   std::string state_ = "connecting";
   std::string detail_;
   bool drained_ = false;
