@@ -1246,7 +1246,11 @@ class RolloutEngine::Impl {
     auto ctx = v4::EpisodeContext::Start(*tok, r->prompts[ep->task_index].start_request);
     if (!ctx.ok()) return Fail(r, ep, "error", "rendering the prompt: " + ctx.status().message(), InfraReason::kEngine);
     ep->ctx.emplace(std::move(*ctx));
-    ep->ctx->Reserve(std::min<size_t>(task.max_tokens, 1 << 16));
+    // Room for the first turns only; later appends grow the context by
+    // doubling. Reserving the whole budget (up to 65,536 tokens: ~600 KiB of
+    // ids, mask and text) per episode is what kept 100,000 episodes in flight
+    // from fitting in memory (bench/README.md, fleet_sim_bench).
+    ep->ctx->Reserve(std::min<size_t>(task.max_tokens, 1024));
     ep->step = 0;
     NextTurn(r, ep);
   }

@@ -113,6 +113,9 @@ class Fleet {
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;  // node state changes, stop
   std::map<std::string, std::shared_ptr<Node>> nodes_;
+  // nodes_ as a list, replaced (never changed) when nodes join or leave: what
+  // a create reads without holding mu_.
+  std::shared_ptr<const std::vector<std::shared_ptr<Node>>> snapshot_;
   // Nodes that left the list: their sandboxes still use them (heartbeats go on,
   // renewing the lease); stopped with the fleet.
   std::vector<std::shared_ptr<Node>> retired_;

@@ -62,12 +62,13 @@ bool Node::ready() const {
   return state_ == "ready";
 }
 
-NodeView Node::View(std::chrono::steady_clock::time_point now, const std::string& image) const {
+NodeView Node::View(std::chrono::steady_clock::time_point now, const std::string& image,
+                    const std::string& substrate) const {
   std::lock_guard l(mu_);
   NodeView v;
   v.address = address_;
   v.ready = state_ == "ready";
-  v.substrates = substrates_;
+  if (substrates_.count(substrate)) v.substrates.insert(substrate);
   v.live = live_;
   v.max = max_;
   v.pending = pending_;

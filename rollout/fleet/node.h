@@ -34,8 +34,11 @@ class Node : public std::enable_shared_from_this<Node> {
   uint64_t generation() const;
   bool Usable(uint64_t generation) const;
 
-  // For placement; `now` for the rate, `image` for locality.
-  NodeView View(std::chrono::steady_clock::time_point now, const std::string& image) const;
+  // For placement; `now` for the rate, `image` for locality. Of the node's
+  // substrates the view holds `substrate` only (when it has it), so that a
+  // view costs no copy of the set.
+  NodeView View(std::chrono::steady_clock::time_point now, const std::string& image,
+                const std::string& substrate) const;
   // A create starts here: takes a token of the rate and counts it pending.
   // False when the state changed since the view (choose again).
   bool BeginCreate(std::chrono::steady_clock::time_point now, uint64_t* generation);
