@@ -246,6 +246,17 @@ int main(int argc, char** argv) {
     const uint64_t rss_base = RssBytes();
     std::fprintf(stderr, "  RSS: %.0f MiB before the front, %.0f MiB with %d nodes and the engine\n",
                  rss_empty / 1048576.0, rss_base / 1048576.0, nodes);
+    // The front's own cost with no episode: heartbeats of every node.
+    double idle_cores = 0;
+    {
+      double c0 = CpuSeconds();
+      auto t0 = Clock::now();
+      std::this_thread::sleep_for(std::chrono::seconds(5));
+      idle_cores = (CpuSeconds() - c0) / Secs(Clock::now() - t0);
+      std::printf("front CPU with %d nodes and no episode (heartbeats every %d ms): %.3f cores\n\n", nodes, heartbeat_ms,
+                  idle_cores);
+      results["idle_cores"] = idle_cores;
+    }
     json script = {{"completions", {Call("bash", "command", "echo {turn}")}}, {"latency_ms", {policy_ms.front(), policy_ms.back()}}};
     std::string tasks_jsonl;
     for (int i = 0; i < tasks; ++i)
@@ -254,8 +265,8 @@ int main(int argc, char** argv) {
                            {"max_turns", max_turns}, {"max_tokens", max_tokens}, {"verifier", "true"}})
                          .dump() +
                      "\n";
-    std::printf("| episodes in flight | turns/s | front CPU per turn | CPU used | log syncs/s | RSS | context tokens/episode | ramp (all placed) |\n");
-    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    std::printf("| episodes in flight | turns/s | front CPU per turn | … less the idle heartbeats | CPU used | log syncs/s | RSS | context tokens/episode | ramp (all placed) |\n");
+    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     std::vector<std::pair<double, double>> rss_points;  // (episodes, RSS − context bytes)
     for (size_t k = 0; k < episodes.size(); ++k) {
       const int e = episodes[k];
@@ -319,11 +330,12 @@ int main(int argc, char** argv) {
       }
       if (sampled) ctx_tokens /= sampled;
       const double ctx_bytes = ctx_tokens * 4 * 2;
-      std::printf("| %d | %.0f | %.0f µs | %.2f cores | %.0f | %.0f MiB | %.0f | %.1f s |\n", e, turns / wall,
-                  turns ? cpu / turns * 1e6 : 0, cpu / wall, (c1.syncs - c0.syncs) / wall, rss / 1048576.0,
+      const double marginal = turns ? (cpu - idle_cores * wall) / turns * 1e6 : 0;
+      std::printf("| %d | %.0f | %.0f µs | %.0f µs | %.2f cores | %.0f | %.0f MiB | %.0f | %.1f s |\n", e, turns / wall,
+                  turns ? cpu / turns * 1e6 : 0, marginal, cpu / wall, (c1.syncs - c0.syncs) / wall, rss / 1048576.0,
                   ctx_tokens, ramp_s);
       std::fflush(stdout);
-      results["scale"][std::to_string(e)] = {{"turns_per_s", turns / wall}, {"cpu_us_per_turn", turns ? cpu / turns * 1e6 : 0},
+      results["scale"][std::to_string(e)] = {{"turns_per_s", turns / wall}, {"cpu_us_per_turn", turns ? cpu / turns * 1e6 : 0}, {"marginal_cpu_us_per_turn", marginal},
                                              {"cores", cpu / wall}, {"syncs_per_s", (c1.syncs - c0.syncs) / wall},
                                              {"rss_bytes", rss}, {"context_tokens", ctx_tokens}, {"ramp_s", ramp_s},
                                              {"running", s1.running_episodes}};
