@@ -318,14 +318,23 @@ int main(int argc, char** argv) {
       // The token context the episodes hold: a sample's logged steps (prompt
       // deltas and outputs), as int32 ids in the context and the copy of the
       // request the engine keeps while a policy call is out.
-      double ctx_tokens = 0;
+      // An episode with no turn logged yet holds its prompt: the first
+      // step's prompt of another episode (the tasks' prompts are alike).
+      double ctx_tokens = 0, prompt_tokens = 0;
       int sampled = 0;
-      for (int i = 0; i < 20; ++i) {
-        auto d = engine->GetEpisode(fmt::format("{}/t{}#{}", rid, (i * 7) % tasks, i % std::max(1, e / tasks)));
+      std::vector<double> per;
+      for (int i = 0; i < 40; ++i) {
+        auto d = engine->GetEpisode(fmt::format("{}/t{}#{}", rid, (i * 7) % tasks, (i * 13) % std::max(1, e / tasks)));
         if (!d.ok()) continue;
         double t = 0;
-        for (const auto& s : d->steps()) t += s.policy_request().prompt_token_ids_size() + s.policy_response().token_ids_size();
-        ctx_tokens += t;
+        for (const auto& s : d->steps()) {
+          if (s.step() == 1) prompt_tokens = std::max<double>(prompt_tokens, s.policy_request().prompt_token_ids_size());
+          t += s.policy_request().prompt_token_ids_size() + s.policy_response().token_ids_size();
+        }
+        per.push_back(t);
+      }
+      for (double t : per) {
+        ctx_tokens += t > 0 ? t : prompt_tokens;
         ++sampled;
       }
       if (sampled) ctx_tokens /= sampled;
@@ -390,6 +399,7 @@ int main(int argc, char** argv) {
         std::printf("| moved within 60 s | %llu of %u |\n", static_cast<unsigned long long>(moved), affected);
         json jm = json::object();
         for (auto [m, s] : marks) jm[fmt::format("{:.0f}", m * 100)] = s;
+        std::fflush(stdout);
         results["loss"] = {{"affected", affected}, {"detect_s", detect_s}, {"moved", moved}, {"after_detect_s", jm},
                            {"moved_at_detect", moved_at_detect},
                            {"turns_per_s_during_detect", (turns_k1 - turns_k0) / std::max(1e-3, detect_s)}};

@@ -14,7 +14,7 @@ set ytics nomirror
 set y2tics
 set yrange [0:*]
 set y2range [0:*]
-set key top left
+set key below
 plot 'fleet_turns.dat' using 1:2 with linespoints lw 2 pt 7 title 'turns/s (measured)', \
      'fleet_turns.dat' using 1:4 with lines dt 2 lw 1 title 'turns/s the policy latency allows (episodes / 5.5 s)', \
      'fleet_turns.dat' using 1:3 axes x1y2 with linespoints lw 2 pt 5 title 'front CPU per turn (right axis)'
