@@ -90,6 +90,7 @@ class SandboxManager {
   LatencyHistogram exec_latency_, create_latency_;
   std::atomic<uint64_t> creates_total_{0}, create_failures_{0};
   std::condition_variable expiry_cv_;
+  int64_t next_expiry_ms_ = 0;  // when the expiry loop wakes next (unix ms), under mu_
   bool stopping_ = false;
   std::thread expiry_thread_;
 };

@@ -19,3 +19,10 @@ add_dependencies(fleet_test paddockd paddock paddock-init)
 # binaries it runs are built by fleet_script_test_binaries (deploy_tests.cmake).
 add_test(NAME fleet_netns_test COMMAND python3 ${PROJECT_SOURCE_DIR}/tests/fleet_netns_test.py ${CMAKE_BINARY_DIR})
 set_tests_properties(fleet_netns_test PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
+
+# The real front, rollout engine and trajectory log against SIMULATED nodes
+# (rollout/fleet/sim_node.h): 20 nodes, 200 episodes, 2 nodes crash midway;
+# a partitioned node fenced. In process, a few seconds.
+paddock_test(fleet_sim_test fleet_sim_test.cc)
+target_link_libraries(fleet_sim_test PRIVATE paddock_fleet_sim paddock_rollout_engine paddock_replay
+                      nlohmann_json::nlohmann_json)

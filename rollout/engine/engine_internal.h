@@ -70,6 +70,7 @@ struct Episode {
   uint32_t reapplied = 0, reapply_diffs = 0, in_doubt_reruns = 0;
   uint32_t relocations = 0;       // times its sandbox was lost and the episode restarted from the log
   std::string relocation_note;    // why, for the episode record
+  bool relocating = false;        // moved, its new sandbox not created yet
   uint32_t infra_retries = 0;     // times it ended infra and was run again (retry_infra)
   std::string retry_note;         // why, per retry
   int64_t queue_us = -1;          // rollout start (or resume) → the episode's first start; -1 until then

@@ -729,6 +729,7 @@ class RolloutEngine::Impl {
     s.live_tool_calls = live_tools_;
     s.replayed_tool_calls = replayed_tools_;
     s.reapplied_tool_calls = reapplied_;
+    s.relocated_episodes = relocated_;
     s.last_resume_to_live_us = resume_to_live_us_;
     s.running_episodes = scheduler_.running();
     s.queued_episodes = scheduler_.queued();
@@ -1204,6 +1205,10 @@ class RolloutEngine::Impl {
     auto sb = manager_.Get(info->id);
     if (!sb.ok()) return Fail(r, ep, "error", "creating the sandbox: " + sb.status().message(), InfraReason::kSandboxCreate);
     ep->sandbox = *sb;
+    if (ep->relocating) {
+      ep->relocating = false;
+      relocated_++;
+    }
     ep->summary.set_sandbox_id(info->id);
     double start_ms = Us(Clock::now() - t0) / 1000.0;
     ep->summary.mutable_timings()->set_sandbox_start_us(Us(Clock::now() - t0));
@@ -1241,7 +1246,11 @@ class RolloutEngine::Impl {
     auto ctx = v4::EpisodeContext::Start(*tok, r->prompts[ep->task_index].start_request);
     if (!ctx.ok()) return Fail(r, ep, "error", "rendering the prompt: " + ctx.status().message(), InfraReason::kEngine);
     ep->ctx.emplace(std::move(*ctx));
-    ep->ctx->Reserve(std::min<size_t>(task.max_tokens, 1 << 16));
+    // Room for the first turns only; later appends grow the context by
+    // doubling. Reserving the whole budget (up to 65,536 tokens: ~600 KiB of
+    // ids, mask and text) per episode is what kept 100,000 episodes in flight
+    // from fitting in memory (bench/README.md, fleet_sim_bench).
+    ep->ctx->Reserve(std::min<size_t>(task.max_tokens, 1024));
     ep->step = 0;
     NextTurn(r, ep);
   }
@@ -1916,6 +1925,7 @@ class RolloutEngine::Impl {
       return Fail(r, ep, "error", fmt::format("{} (the episode already moved {} times)", why, ep->relocations),
                   InfraReason::kSandboxLost);
     ++ep->relocations;
+    ep->relocating = true;
     spdlog::warn("episode {}: {}; starting it again from the log in a new sandbox", ep->id, why);
     ep->relocation_note += fmt::format("{}moved to a new sandbox: {}", ep->relocation_note.empty() ? "" : "; ", why);
     Restart(r, ep, std::chrono::milliseconds(0));
@@ -2025,7 +2035,7 @@ class RolloutEngine::Impl {
   std::mutex acks_mu_;  // consumers' acknowledgements: read, add, write as one step
 
   std::atomic<uint64_t> turns_{0}, live_policy_{0}, replayed_policy_{0}, live_tools_{0}, replayed_tools_{0},
-      reapplied_{0};
+      reapplied_{0}, relocated_{0};
   std::atomic<int64_t> resume_to_live_us_{-1};
 };
 

@@ -76,6 +76,7 @@ struct EngineStats {
   uint64_t live_tool_calls = 0;
   uint64_t replayed_tool_calls = 0;
   uint64_t reapplied_tool_calls = 0;  // re-run to rebuild a sandbox
+  uint64_t relocated_episodes = 0;    // moved to a new sandbox after theirs was lost (a node), counted when it is up
   int64_t last_resume_to_live_us = -1;  // ResumeRollout → its first live policy call
   uint64_t running_episodes = 0;      // now, over all rollouts
   uint64_t queued_episodes = 0;       // ready, waiting for a slot of max_running_episodes

@@ -1,6 +1,11 @@
 #include "rollout/engine/scripted_policy.h"
 
 #include <algorithm>
+#include <condition_variable>
+#include <queue>
+#include <random>
+#include <thread>
+#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
@@ -16,9 +21,22 @@ Result<std::unique_ptr<ScriptedPolicy>> ScriptedPolicy::Create(std::shared_ptr<c
   } catch (const nlohmann::json::parse_error& e) {
     return Error(Code::kInvalidArgument, "policy script: not valid JSON: {}", e.what());
   }
-  if (!j.is_array() || j.empty())
-    return Error(Code::kInvalidArgument, "policy script: must be a non-empty JSON array of completions");
   std::unique_ptr<ScriptedPolicy> p(new ScriptedPolicy());
+  if (j.is_object()) {
+    if (j.contains("latency_ms")) {
+      const auto& l = j["latency_ms"];
+      if (!l.is_array() || l.size() != 2 || !l[0].is_number_unsigned() || !l[1].is_number_unsigned() ||
+          l[0].get<uint64_t>() > l[1].get<uint64_t>() || l[1].get<uint64_t>() > 3'600'000)
+        return Error(Code::kInvalidArgument, "policy script: latency_ms must be [MIN, MAX] in ms, MIN <= MAX <= 3600000");
+      p->latency_min_ = std::chrono::milliseconds(l[0].get<uint64_t>());
+      p->latency_max_ = std::chrono::milliseconds(l[1].get<uint64_t>());
+    }
+    nlohmann::json c = j.contains("completions") ? j["completions"] : nlohmann::json();
+    j = std::move(c);
+  }
+  if (!j.is_array() || j.empty())
+    return Error(Code::kInvalidArgument,
+                 "policy script: must be a non-empty JSON array of completions (or an object with \"completions\")");
   for (size_t i = 0; i < j.size(); ++i) {
     if (!j[i].is_string()) return Error(Code::kInvalidArgument, "policy script: element {} is not a string", i);
     p->script_.push_back(j[i].get<std::string>());
@@ -66,8 +84,122 @@ Result<policy::GenerateResult> ScriptedPolicy::Generate(const policy::GenerateRe
   return r;
 }
 
+// Delayed answers: a min-heap of deadlines over the pending answers, one thread.
+// Shared with the thread, so that a policy destroyed from one of its own
+// callbacks (the last reference to a rollout dropped there) leaves it safely.
+struct ScriptedPolicy::Timer {
+  using Clock = std::chrono::steady_clock;
+  struct Pending {
+    Callback done;
+    Result<policy::GenerateResult> result;
+    std::shared_ptr<policy::CancelToken> cancel;
+    uint64_t registration = 0;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  uint64_t next = 1;
+  std::unordered_map<uint64_t, Pending> pending;
+  std::priority_queue<std::pair<Clock::time_point, uint64_t>, std::vector<std::pair<Clock::time_point, uint64_t>>,
+                      std::greater<>>
+      heap;
+  std::thread thread;
+
+  static void Add(const std::shared_ptr<Timer>& self, Clock::time_point at, Pending p) {
+    self->AddImpl(self, at, std::move(p));
+  }
+  void AddImpl(const std::weak_ptr<Timer>& weak, Clock::time_point at, Pending p) {
+    std::shared_ptr<policy::CancelToken> cancel = p.cancel;
+    uint64_t id;
+    {
+      std::lock_guard l(mu);
+      id = next++;
+      pending.emplace(id, std::move(p));
+      heap.emplace(at, id);
+    }
+    cv.notify_one();
+    if (cancel) {
+      // Cancelled: answered at once (the deadline moves to now).
+      uint64_t reg = cancel->Register([weak, id] {
+        auto self = weak.lock();
+        if (!self) return;
+        auto& mu = self->mu;
+        auto& pending = self->pending;
+        auto& heap = self->heap;
+        {
+          std::lock_guard l(mu);
+          auto it = pending.find(id);
+          if (it == pending.end()) return;
+          it->second.result = Error(Code::kCancelled, "scripted policy: cancelled");
+          heap.emplace(Clock::now(), id);
+        }
+        self->cv.notify_one();
+      });
+      std::lock_guard l(mu);
+      if (auto it = pending.find(id); it != pending.end()) it->second.registration = reg;
+      else if (reg) cancel->Unregister(reg);
+    }
+  }
+
+  void Loop() {
+    std::unique_lock l(mu);
+    while (!stop) {
+      if (heap.empty()) {
+        cv.wait(l);
+        continue;
+      }
+      auto [at, id] = heap.top();
+      if (Clock::now() < at) {
+        cv.wait_until(l, at);
+        continue;
+      }
+      heap.pop();
+      auto it = pending.find(id);
+      if (it == pending.end()) continue;  // answered already (cancelled earlier)
+      Pending p = std::move(it->second);
+      pending.erase(it);
+      l.unlock();
+      if (p.cancel && p.registration) p.cancel->Unregister(p.registration);
+      p.done(std::move(p.result));
+      l.lock();
+    }
+  }
+};
+
+ScriptedPolicy::~ScriptedPolicy() {
+  if (!timer_) return;
+  {
+    std::lock_guard l(timer_->mu);
+    timer_->stop = true;
+  }
+  timer_->cv.notify_all();
+  if (timer_->thread.get_id() == std::this_thread::get_id()) {
+    // Destroyed from one of its own answers: the thread ends by itself and
+    // keeps the state alive until then.
+    timer_->thread.detach();
+  } else if (timer_->thread.joinable()) {
+    timer_->thread.join();
+  }
+}
+
 void ScriptedPolicy::GenerateAsync(policy::GenerateRequest request, policy::CallOptions options, Callback done) {
-  done(Generate(request, options));
+  if (latency_max_.count() == 0) return done(Generate(request, options));
+  // Answered now, delivered later: the request (the whole context) is not kept.
+  auto result = Generate(request, options);
+  std::chrono::milliseconds delay = latency_min_;
+  if (latency_max_ > latency_min_) {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    delay = std::chrono::milliseconds(
+        std::uniform_int_distribution<int64_t>(latency_min_.count(), latency_max_.count())(rng));
+  }
+  {
+    std::lock_guard l(mu_);
+    if (!timer_) {
+      timer_ = std::make_shared<Timer>();
+      timer_->thread = std::thread([t = timer_] { t->Loop(); });
+    }
+  }
+  Timer::Add(timer_, Timer::Clock::now() + delay, Timer::Pending{std::move(done), std::move(result), options.cancel, 0});
 }
 
 }  // namespace paddock::rollout

@@ -6,8 +6,16 @@
 //
 // The turn is read from the prompt: the number of <｜Assistant｜> tokens in the
 // input, minus one. "{turn}" in a completion is replaced by that number.
+//
+// The script may also be a JSON object {"completions": [...], "latency_ms":
+// [MIN, MAX]}: each answer (GenerateAsync) then comes after a latency drawn
+// uniformly from [MIN, MAX] ms, as from a model server under load — for the
+// fleet simulation (bench/fleet_sim_bench), where 100,000 episodes wait 1–10 s
+// per turn. One timer thread serves every delayed answer; a cancelled request
+// is answered (CANCELLED) at once.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,9 +32,10 @@ class ScriptedPolicy final : public policy::PolicyBackend {
   static Result<std::unique_ptr<ScriptedPolicy>> Create(std::shared_ptr<const v4::Tokenizer> tokenizer,
                                                         const std::string& script_json);
 
+  ~ScriptedPolicy() override;
   std::string_view kind() const override { return "scripted"; }
   bool token_exact() const override { return true; }
-  // Answers inline, on the calling thread.
+  // Answers inline, on the calling thread; with a latency, on the timer thread.
   void GenerateAsync(policy::GenerateRequest request, policy::CallOptions options, Callback done) override;
   Result<policy::GenerateResult> Generate(const policy::GenerateRequest& request,
                                           const policy::CallOptions& options) override;
@@ -40,6 +49,9 @@ class ScriptedPolicy final : public policy::PolicyBackend {
   uint32_t assistant_id_ = 0;
   std::mutex mu_;
   std::vector<std::vector<int32_t>> cache_;  // per turn, filled on first use
+  std::chrono::milliseconds latency_min_{0}, latency_max_{0};
+  struct Timer;
+  std::shared_ptr<Timer> timer_;  // started with the first delayed answer
 };
 
 }  // namespace paddock::rollout

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "rollout/fleet/node_discovery.h"
+#include "rollout/fleet/node_transport.h"
 #include "sandbox/sandbox.h"
 
 namespace paddock::client {
@@ -56,6 +57,9 @@ struct FleetOptions {
   std::chrono::milliseconds place_timeout{30000};
   std::string front_id;  // default: the host name
   int64_t epoch = 0;     // default: the start time in ms (grows each start)
+  // How the front reaches its nodes; null: their gRPC API (GrpcNodeTransport).
+  // Benchmarks and tests put simulated nodes here (sim_node.h).
+  std::shared_ptr<NodeTransport> transport;
 };
 
 struct NodeStatus {
@@ -109,6 +113,9 @@ class Fleet {
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;  // node state changes, stop
   std::map<std::string, std::shared_ptr<Node>> nodes_;
+  // nodes_ as a list, replaced (never changed) when nodes join or leave: what
+  // a create reads without holding mu_.
+  std::shared_ptr<const std::vector<std::shared_ptr<Node>>> snapshot_;
   // Nodes that left the list: their sandboxes still use them (heartbeats go on,
   // renewing the lease); stopped with the fleet.
   std::vector<std::shared_ptr<Node>> retired_;

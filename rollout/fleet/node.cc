@@ -4,7 +4,6 @@
 
 #include "paddock/client.h"
 #include "proto/api_version.h"
-#include "rollout/service/front_leases.h"
 
 namespace paddock::fleet {
 
@@ -39,7 +38,7 @@ void Node::Stop() {
 
 std::chrono::milliseconds Node::LostAfter() const { return lease_ + options_.heartbeat + lease_ / 4; }
 
-Result<std::shared_ptr<client::Client>> Node::ClientFor(uint64_t generation) const {
+Result<std::shared_ptr<NodeConnection>> Node::ClientFor(uint64_t generation) const {
   std::lock_guard l(mu_);
   if (generation != generation_ || !client_)
     return Error(Code::kUnavailable,
@@ -63,12 +62,13 @@ bool Node::ready() const {
   return state_ == "ready";
 }
 
-NodeView Node::View(std::chrono::steady_clock::time_point now, const std::string& image) const {
+NodeView Node::View(std::chrono::steady_clock::time_point now, const std::string& image,
+                    const std::string& substrate) const {
   std::lock_guard l(mu_);
   NodeView v;
   v.address = address_;
   v.ready = state_ == "ready";
-  v.substrates = substrates_;
+  if (substrates_.count(substrate)) v.substrates.insert(substrate);
   v.live = live_;
   v.max = max_;
   v.pending = pending_;
@@ -179,7 +179,7 @@ void Node::HeartbeatLoop() {
 }
 
 void Node::Beat() {
-  std::shared_ptr<client::Client> c;
+  std::shared_ptr<NodeConnection> c;
   {
     std::lock_guard l(mu_);
     c = client_;
@@ -187,26 +187,14 @@ void Node::Beat() {
   auto now = std::chrono::steady_clock::now();
   Result<client::DaemonStats> stats = Error(Code::kUnavailable, "not connected");
   if (!c) {
-    client::ClientOptions o;
-    o.tcp_target = address_;
-    o.token = options_.token;
-    o.tls = options_.tls;
-    o.tls_ca_file = options_.tls_ca_file;
-    o.tls_cert_file = options_.tls_cert_file;
-    o.tls_key_file = options_.tls_key_file;
-    o.connect_timeout = options_.heartbeat;
-    o.call_timeout = std::chrono::milliseconds(120000);
-    o.metadata = {{service::kFrontIdMetadata, options_.front_id},
-                  {service::kFrontEpochMetadata, std::to_string(options_.epoch)},
-                  {service::kFrontApiMetadata, std::to_string(kApiVersion)}};
-    auto made = client::Client::Connect(o);
+    auto made = (options_.transport ? options_.transport : GrpcNodeTransport())->Connect(address_, options_);
     if (made.ok()) {
-      c = std::make_shared<client::Client>(std::move(*made));
+      c = std::move(*made);
     } else {
       stats = made.status();
     }
   }
-  if (c) stats = c->Stats("", options_.heartbeat);
+  if (c) stats = c->Report(options_.heartbeat);
 
   bool changed = false;
   std::vector<client::ExecCancel*> cancel;

@@ -16,7 +16,6 @@
 #include "sandbox/base/status.h"
 
 namespace paddock::client {
-class Client;
 class ExecCancel;
 }  // namespace paddock::client
 
@@ -29,14 +28,17 @@ class Node : public std::enable_shared_from_this<Node> {
   void Stop();
 
   const std::string& address() const { return address_; }
-  // The client while the node is usable for calls made in `generation`;
+  // The connection while the node is usable for calls made in `generation`;
   // UNAVAILABLE saying the node was lost (its sandboxes with it) otherwise.
-  Result<std::shared_ptr<client::Client>> ClientFor(uint64_t generation) const;
+  Result<std::shared_ptr<NodeConnection>> ClientFor(uint64_t generation) const;
   uint64_t generation() const;
   bool Usable(uint64_t generation) const;
 
-  // For placement; `now` for the rate, `image` for locality.
-  NodeView View(std::chrono::steady_clock::time_point now, const std::string& image) const;
+  // For placement; `now` for the rate, `image` for locality. Of the node's
+  // substrates the view holds `substrate` only (when it has it), so that a
+  // view costs no copy of the set.
+  NodeView View(std::chrono::steady_clock::time_point now, const std::string& image,
+                const std::string& substrate) const;
   // A create starts here: takes a token of the rate and counts it pending.
   // False when the state changed since the view (choose again).
   bool BeginCreate(std::chrono::steady_clock::time_point now, uint64_t* generation);
@@ -70,7 +72,7 @@ class Node : public std::enable_shared_from_this<Node> {
   std::condition_variable cv_;
   bool stopping_ = false;
   bool suspect_ = false;
-  std::shared_ptr<client::Client> client_;
+  std::shared_ptr<NodeConnection> client_;
   std::string state_ = "connecting";
   std::string detail_;
   bool drained_ = false;

@@ -15,7 +15,7 @@ RemoteSandbox::~RemoteSandbox() {
   if (!released_.exchange(true)) node_->Released();
 }
 
-Result<std::shared_ptr<client::Client>> RemoteSandbox::Client() const {
+Result<std::shared_ptr<NodeConnection>> RemoteSandbox::Client() const {
   if (gone_.load()) return Error(Code::kUnavailable, "sandbox {} on node {} is gone", id_, node_->address());
   return node_->ClientFor(generation_);
 }
@@ -47,7 +47,7 @@ bool RemoteSandbox::Vanished() const {
   for (int asked = 0; asked < 2 && !gone_.load(); ++asked) {
     auto c = node_->ClientFor(generation_);
     if (!c.ok()) return true;  // lost: its lease took the sandbox with it
-    auto probe = (*c)->Stats(remote_id_);
+    auto probe = (*c)->GetUsage(remote_id_);
     if (probe.ok()) return false;
     if (probe.status().code() == Code::kNotFound) {
       gone_ = true;
@@ -94,7 +94,7 @@ Result<ExecResult> RemoteSandbox::Exec(const ExecRequest& req_in, const OutputCa
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
     });
-  auto r = c->ExecStream(remote_id_, req, collect, &cancel);
+  auto r = c->Exec(remote_id_, req, collect, &cancel);
   done = true;
   if (watcher.joinable()) watcher.join();
   node_->Untrack(&cancel);
@@ -115,8 +115,8 @@ Result<ExecResult> RemoteSandbox::Exec(const ExecRequest& req_in, const OutputCa
 
 Status RemoteSandbox::WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents) {
   PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
-  auto r = c->WriteFile(remote_id_, path, content, mode, make_parents);
-  return r.ok() ? Status::Ok() : Seen(r.status());
+  Status st = c->WriteFile(remote_id_, path, content, mode, make_parents);
+  return st.ok() ? st : Seen(st);
 }
 
 Result<std::string> RemoteSandbox::ReadFile(const std::string& path, uint64_t max_bytes) {
@@ -142,9 +142,9 @@ Result<FileInfo> RemoteSandbox::Stat(const std::string& path) {
 
 Result<Usage> RemoteSandbox::GetUsage() {
   PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
-  auto r = c->Stats(remote_id_);
+  auto r = c->GetUsage(remote_id_);
   if (!r.ok()) return Seen(r.status());
-  return r->usage;
+  return r;
 }
 
 bool RemoteSandbox::Alive() const { return !gone_.load() && node_->Usable(generation_); }
@@ -161,7 +161,7 @@ Status RemoteSandbox::Destroy() {
 
 Result<SnapshotResult> RemoteSandbox::Snapshot(const std::string& name) {
   PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
-  auto r = c->SnapshotImage(remote_id_, name);
+  auto r = c->Snapshot(remote_id_, name);
   if (!r.ok()) return Seen(r.status());
   return SnapshotResult{r->image, r->name, r->layer, r->layer_bytes};
 }

@@ -37,7 +37,7 @@ class RemoteSandbox final : public Sandbox {
   Result<SnapshotResult> Snapshot(const std::string& name) override;
 
  private:
-  Result<std::shared_ptr<client::Client>> Client() const;
+  Result<std::shared_ptr<NodeConnection>> Client() const;
   // Notes what an error says about the node or the sandbox, and returns it
   // naming the node.
   Status Seen(Status st) const;
