@@ -114,6 +114,7 @@ Result<ImageHanded> ImageSender::Offer(client::Client& node, const std::string& 
   const auto started = std::chrono::steady_clock::now();
   ImageHanded out;
   bool done = false;
+  Status refused;
   if (stream->Write(offer)) {
     v1::ReceiveAsk ask;
     while (stream->Read(&ask)) {
@@ -127,15 +128,18 @@ Result<ImageHanded> ImageSender::Offer(client::Client& node, const std::string& 
       const std::string& want = ask.blob().digest();
       auto d = storage::Digest::Parse(want);
       if (!d.ok() || !allowed.count(want)) {
+        refused = Error(Code::kPermissionDenied,
+                        "sending image {}: the node asked for blob '{}', which is not one of the image's", display,
+                        want.substr(0, 80));
         ctx->TryCancel();
-        return Error(Code::kPermissionDenied, "sending image {}: the node asked for blob '{}', which is not one of it",
-                     display, want.substr(0, 80));
+        break;
       }
       if (!SendBlob(stream.get(), store_, *d, ask.blob().max_bytes())) break;
     }
   }
   stream->WritesDone();
   Status st = FromGrpcStatus(stream->Finish());
+  if (!refused.ok()) return refused;
   if (!st.ok()) return st;  // the node's message names the image and the blob
   if (!done) return Error(Code::kUnavailable, "sending image {}: the node ended the call without an answer", display);
   if (out.fetched)
