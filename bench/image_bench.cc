@@ -37,6 +37,7 @@
 #include "storage/layer_cache.h"
 #include "sandbox/container/container_substrate.h"
 #include "sandbox/image_source.h"
+#include "storage/store_image_resolver.h"
 #include "sandbox/linux/mounts.h"
 #include "sandbox/manager.h"
 #include "tests/support/debian_image.h"
@@ -328,7 +329,7 @@ std::string WriteStaticTrueLayer(const std::string& work) {
   return tar;
 }
 
-void CommitOnTop(StoreImageResolver& resolver, const std::string& base, const std::string& tar,
+void CommitOnTop(storage::StoreImageResolver& resolver, const std::string& base, const std::string& tar,
                  const std::string& name) {
   auto image = resolver.Resolve(base, {.host_dir_ok = true});
   Die(image.status(), "resolving a base image");
@@ -355,7 +356,7 @@ void BenchWarmCreate(int runs, const std::string& work) {
   Die(ImportImage(**store, *archive, io).status(), "importing the Debian image");
   auto cache = LayerCache::Open(state + "/layer-cache", store->get());
   Die(cache.status(), "opening the layer cache");
-  StoreImageResolver resolver(store->get(), cache->get(), /*allow_directories=*/true);
+  storage::StoreImageResolver resolver(store->get(), cache->get(), /*allow_directories=*/true);
   std::string tar = WriteStaticTrueLayer(work);
   CommitOnTop(resolver, "bench:busybox", tar, "bench:busybox-true");
   CommitOnTop(resolver, "bench:debian", tar, "bench:debian-true");

@@ -43,6 +43,7 @@
 #include "policy/backends/tls.h"
 #include "sandbox/container/container_substrate.h"
 #include "sandbox/image_source.h"
+#include "storage/store_image_resolver.h"
 #include "sandbox/manager.h"
 #include "storage/digest.h"
 #include "storage/image_store.h"
@@ -281,9 +282,9 @@ double FirstExec(const std::string& work, const std::string& full, bool one_pass
   fs::create_directories(state);
   registry::OnDemandPuller puller(*f.store, opts);
   double t_pulled = 0;
-  StoreImageResolver resolver(
+  storage::StoreImageResolver resolver(
       f.store.get(), f.cache.get(), false,
-      RegistryFetcher{[](const std::string& r) { return registry::NamesRegistryImage(r); },
+      storage::RegistryFetcher{[](const std::string& r) { return registry::NamesRegistryImage(r); },
                       [&](const std::string& r, bool local) {
                         auto e = puller.Ensure(r, local);
                         t_pulled = Now();

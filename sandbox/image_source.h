@@ -14,19 +14,22 @@
 //     host's system directories are refused always (RefuseSystemDirectory);
 //   * a registry reference the store does not hold ("127.0.0.1:5000/swe/
 //     django:4.2", "reg.example/x@sha256:…"): pulled on first use through the
-//     resolver's RegistryFetcher (paddockd's, storage/registry/on_demand_pull.h
+//     resolver's RegistryFetcher (storage/store_image_resolver.h; paddockd's,
+//     storage/registry/on_demand_pull.h
 //     says which texts are references and how one pull per node is kept), then
 //     served from the store like any stored image.
 //
 // Substrates never look at the store themselves: they call an ImageResolver
-// (SubstrateEnv::images) and mount `layer_dirs`. The lease keeps the layers
+// (SubstrateEnv::images) and mount `layer_dirs`. sandbox/ declares the
+// interface and knows nothing of the store: the store-backed resolver is
+// storage/store_image_resolver.h (paddock_store_images), which the daemon
+// hands its substrates. The lease keeps the layers
 // materialized (not evictable from the cache) while it is held, so a sandbox
 // holds it for its whole life.
 #pragma once
 
 #include <functional>
 #include <map>
-#include <mutex>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,11 +37,6 @@
 #include "sandbox/base/status.h"
 
 namespace paddock {
-
-namespace storage {
-class ImageStore;
-class LayerCache;
-}  // namespace storage
 
 struct ResolvedImage {
   // Stable identity of what is mounted: "sha256:<manifest hex>" for a stored
@@ -78,14 +76,6 @@ struct ImageAccess {
   bool local_client = false;  // may pull from loopback and insecure registries (SandboxSpec::local_client)
 };
 
-// Pull on first use: whether a text names a registry image, and fetching it
-// into the store (returning the image id, "sha256:<hex>"). Calls may come from
-// many threads at once.
-struct RegistryFetcher {
-  std::function<bool(const std::string& ref)> names_registry;
-  std::function<Result<std::string>(const std::string& ref, bool local_client)> fetch;
-};
-
 class ImageResolver {
  public:
   virtual ~ImageResolver() = default;
@@ -109,31 +99,9 @@ class DirectoryImageResolver final : public ImageResolver {
   Result<ResolvedImage> Resolve(const std::string& ref, const ImageAccess& access) override;
 };
 
-// Stored images through `store` and `cache` (both must outlive the resolver
-// and every lease it hands out); host directories only when
-// `allow_directories` (paddockd --allow-dir-images) and the call allows them.
-class StoreImageResolver final : public ImageResolver {
- public:
-  StoreImageResolver(storage::ImageStore* store, storage::LayerCache* cache, bool allow_directories = false,
-                     RegistryFetcher registry = {})
-      : store_(store), cache_(cache), allow_directories_(allow_directories), registry_(std::move(registry)) {}
-  Result<ResolvedImage> Resolve(const std::string& ref, const ImageAccess& access) override;
-  Result<SnapshotResult> CommitLayer(const ResolvedImage& base, const TarProducer& top,
-                                     const std::string& name) override;
-
- private:
-  struct Cached;
-  storage::ImageStore* store_;
-  storage::LayerCache* cache_;
-  const bool allow_directories_;
-  const RegistryFetcher registry_;  // empty: no pull on first use
-  // The warm path stays independent of the image's size and layer count: a
-  // resolved image (immutable by digest) is kept while any sandbox holds it,
-  // and its layers' leases are shared by those sandboxes. Only the name →
-  // digest lookup touches the store on every Resolve.
-  std::mutex mu_;
-  std::map<std::string, std::weak_ptr<Cached>> cached_;  // by image digest
-};
+// A host directory as a one-layer image (the development form), for resolvers
+// that allow it: the canonical directory as id, no config.
+Result<ResolvedImage> ResolveHostDirectoryImage(const std::string& ref);
 
 // `env` (SubstrateEnv::images) when set, else a process-wide DirectoryImageResolver.
 ImageResolver& ResolverOrDefault(ImageResolver* env);

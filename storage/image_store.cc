@@ -162,6 +162,52 @@ Result<StoredLayer> ImageTransaction::ReuseLayer(const Digest& diff_id) {
   return l;
 }
 
+Result<StoredLayer> ImageTransaction::AddStoredLayer(const ByteSource& source, const StoredLayer& expected,
+                                                     const std::string& name) {
+  const ImageStoreOptions& opt = store_->options_;
+  IngestOptions io;
+  io.limits = opt.limits;
+  io.name = name.empty() ? "layer" : name;
+  io.keep_compressed_source = true;
+  io.keep_lz4_source = true;
+  PADDOCK_ASSIGN_OR_RETURN(IngestedLayer in, IngestLayer(source, staging_.get(), io));
+  auto differs = [&](const char* what, const std::string& got, const std::string& want) {
+    return Error(Code::kInvalidArgument, "{}: its {} is {}, but the image's manifest says {}", io.name, what, got,
+                 want);
+  };
+  if (!(in.source_digest == expected.blob)) return differs("blob digest", in.source_digest.str(), expected.blob.str());
+  if (in.source_size != expected.size)
+    return differs("size", std::to_string(in.source_size), std::to_string(expected.size));
+  if (!(in.diff_id == expected.diff_id)) return differs("diff_id", in.diff_id.str(), expected.diff_id.str());
+  if (in.uncompressed_size != expected.uncompressed_size)
+    return differs("uncompressed size", std::to_string(in.uncompressed_size), std::to_string(expected.uncompressed_size));
+  if (in.compression != expected.compression)
+    return differs("compression", CompressionName(in.compression), CompressionName(expected.compression));
+  if (!in.blob || !in.index) return Error(Code::kInternal, "{}: nothing was staged", io.name);
+  if (!(in.index->digest == expected.index))
+    return differs("entry index", in.index->digest.str(),
+                   expected.index.str() + " (is the other store's paddockd another version?)");
+  auto pending = std::make_unique<PendingLayer>();
+  pending->layer = expected;
+  pending->blob = in.blob;
+  pending->index = in.index;
+  pending->entries = std::move(in.entries);
+  pending->entries_known = true;
+  std::lock_guard lock(layers_mu_);
+  layers_.push_back(std::move(pending));
+  return expected;
+}
+
+Result<StoredLayer> ImageTransaction::ReuseStoredLayer(const StoredLayer& layer) {
+  if (!store_->blobs_->Has(layer.blob) || !store_->blobs_->Has(layer.index) || !store_->FindLayer(layer.diff_id).ok())
+    return Error(Code::kNotFound, "layer {} is not stored as blob {}", layer.diff_id.str(), layer.blob.str());
+  auto pending = std::make_unique<PendingLayer>();
+  pending->layer = layer;
+  std::lock_guard lock(layers_mu_);
+  layers_.push_back(std::move(pending));
+  return layer;
+}
+
 Result<Digest> ImageTransaction::AddImage(std::string config_json, const std::vector<StoredLayer>& layers,
                                           std::vector<std::string> names) {
   auto diff_ids = ParseDiffIds(config_json);

@@ -87,6 +87,15 @@ class ImageTransaction {
   Result<StoredLayer> AddLayer(const ByteSource& source, const LayerHint& hint, const AddLayerOptions& options = {});
   // Reuses a layer already in the store (e.g. a parent image's) by diff_id.
   Result<StoredLayer> ReuseLayer(const Digest& diff_id);
+  // A layer exactly as another store holds it (storage/image_copy.h): `source`
+  // must be the blob `expected.blob` byte for byte, kept as it comes (zstd, lz4
+  // or gzip). Entries are checked as AddLayer checks them; the diff_id, the
+  // sizes, the compression and the index computed here must be `expected`'s
+  // (INVALID_ARGUMENT naming what differs). `name` names the layer in errors.
+  Result<StoredLayer> AddStoredLayer(const ByteSource& source, const StoredLayer& expected, const std::string& name);
+  // `layer` from blobs the store already holds (its blob and index, and a
+  // record of its diff_id); NOT_FOUND when any is missing.
+  Result<StoredLayer> ReuseStoredLayer(const StoredLayer& layer);
   // Queues an image: config JSON (OCI config; its diff_ids must match `layers`)
   // plus layers added/reused in this transaction, bottom first. Returns its digest.
   Result<Digest> AddImage(std::string config_json, const std::vector<StoredLayer>& layers,

@@ -171,6 +171,8 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
     const int code = filters == 2 ? archive_filter_code(outer.get(), 0) : -1;
     if (code == ARCHIVE_FILTER_GZIP || code == ARCHIVE_FILTER_ZSTD) {
       out.compression = code == ARCHIVE_FILTER_GZIP ? Compression::kGzip : Compression::kZstd;
+    } else if (code == ARCHIVE_FILTER_LZ4 && options.keep_lz4_source) {
+      out.compression = Compression::kLz4;
     } else {  // a plain tar, or a filter the store does not keep: compress the tar
       p.source_writer = nullptr;
       blob_writer.reset();  // unlinks what it had staged

@@ -36,6 +36,9 @@ struct IngestOptions {
   // compression CPU, and the blob can be pushed back as it came. Other sources
   // are compressed as `compression` says.
   bool keep_compressed_source = false;
+  // With keep_compressed_source: keep an lz4 source too (a layer copied from
+  // another store as it is stored there, storage/image_copy.h).
+  bool keep_lz4_source = false;
   // Unpack every entry into this existing, empty directory as it streams
   // (LayerTreeWriter: the same tree UnpackLayer makes). On error it holds a
   // partial tree for the caller to remove; the caller must also not use it

@@ -18,6 +18,7 @@
 
 #include "sandbox/container/container_substrate.h"
 #include "sandbox/image_source.h"
+#include "storage/store_image_resolver.h"
 #include "sandbox/manager.h"
 #include "storage/digest.h"
 #include "storage/image_import.h"
@@ -276,7 +277,7 @@ TEST_F(DebianImageTest, MaterializedLayersHoldPython3OnTopOfMinbase) {
 // idmapped view each) and runs python3 from them.
 TEST_F(DebianImageTest, Python3PrintsFortyTwoInAContainerSandbox) {
   ASSERT_EQ(Layers().size(), 2u);  // the suite's cache, shared with the resolver
-  StoreImageResolver resolver(store_, cache_);
+  storage::StoreImageResolver resolver(store_, cache_);
   SubstrateEnv env;
   env.state_dir = tmp_ + "/state";
   env.init_path = testing::BuiltBinary("paddock-init");

@@ -12,7 +12,7 @@ if(TARGET paddock_storage)
   # materialized layers, python3 in a real container sandbox; the script's
   # --help, bad arguments and unreachable-mirror error.
   paddock_test(debian_image_test debian_image_test.cc)
-  target_link_libraries(debian_image_test PRIVATE paddock_debian_image paddock_storage paddock_sandbox)
+  target_link_libraries(debian_image_test PRIVATE paddock_debian_image paddock_storage paddock_sandbox paddock_store_images)
   add_dependencies(debian_image_test paddock-init)
   target_compile_definitions(debian_image_test PRIVATE PADDOCK_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   # A cold cache builds the image first (debootstrap: minutes on a loaded machine).

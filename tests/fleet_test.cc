@@ -613,5 +613,168 @@ TEST_F(FleetTest, BadNodesAreStatesWithReasonsNeverHangs) {
   EXPECT_THAT(not_front.err, HasSubstr("--nodes"));
 }
 
+// ---- Images across nodes: a node fetches an image of the front's store it lacks ----
+
+// A copy of the busybox rootfs with a file of its own, so its one layer is
+// one no node holds.
+std::string FrontOnlyRootfs(const std::string& rootfs, const std::string& dir, const std::string& marker) {
+  std::string out = dir + "/front-only-rootfs";
+  std::filesystem::copy(rootfs, out,
+                        std::filesystem::copy_options::recursive | std::filesystem::copy_options::copy_symlinks);
+  std::ofstream(out + "/marker") << marker;
+  return out;
+}
+
+client::DaemonStats NodeStats(const testing::DaemonProcess& node) {
+  client::ClientOptions o;
+  o.socket_path = node.socket_path();
+  auto c = client::Client::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  if (!c.ok()) return {};
+  auto st = c->Stats();
+  EXPECT_TRUE(st.ok()) << st.status().ToString();
+  return st.ok() ? *st : client::DaemonStats{};
+}
+
+TEST_F(FleetTest, ANodeFetchesAnImageOfTheFrontOnceAndRunsIt) {
+  StartNodes(1);
+  StartFront(NodeList());
+  auto front = Local(*front_);
+  auto imported = front.ImageImportDir(FrontOnlyRootfs(rootfs_, dir_, "from the front"), "front-only:1");
+  ASSERT_TRUE(imported.ok()) << imported.status().ToString();
+  const std::string id = imported->images.at(0);
+  ASSERT_EQ(WaitForNodes("ready", 1, std::chrono::seconds(15))["nodes"].size(), 1u);
+  ASSERT_FALSE(Local(*nodes_[0]).ImageInspect(id).ok()) << "the node has the image before any create";
+
+  // Two creates at once on the one node: one fetch, both wait on it.
+  SandboxSpec spec = Busybox();
+  spec.image = "front-only:1";
+  std::vector<Result<client::SandboxInfo>> made(2, Error(Code::kInternal, "not run"));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i)
+    threads.emplace_back([&, i] { made[i] = Local(*front_).Create(spec); });
+  for (auto& t : threads) t.join();
+  for (auto& m : made) {
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    auto out = front.Exec(m->id, Shell("cat /marker"));
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    EXPECT_EQ(out->stdout_data, "from the front");
+  }
+  client::DaemonStats stats = NodeStats(*nodes_[0]);
+  EXPECT_EQ(stats.images_fetched, 1u);
+  EXPECT_THAT(stats.image_ids, ::testing::Contains(id));
+  auto on_node = Local(*nodes_[0]).ImageInspect(id);
+  ASSERT_TRUE(on_node.ok()) << on_node.status().ToString();
+  EXPECT_EQ(on_node->digest, id);  // the same image id as on the front
+  EXPECT_EQ(FrontSandboxesOn(*nodes_[0]).size(), 2u);
+  EXPECT_THAT(nodes_[0]->LogTail(1 << 20), HasSubstr("fetched image front-only:1"));
+
+  // The next create finds it there: no fetch.
+  auto again = front.Create(spec);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  auto out = front.Exec(again->id, Shell("cat /marker"));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->stdout_data, "from the front");
+  EXPECT_EQ(NodeStats(*nodes_[0]).images_fetched, 1u);
+
+  // An image named as the node names it (not in the front's store) still goes by name.
+  auto by_name = front.Create(Busybox());
+  EXPECT_TRUE(by_name.ok()) << by_name.status().ToString();
+}
+
+TEST_F(FleetTest, TheNodeThatFetchedAnImageIsPreferredForIt) {
+  StartNodes(2);
+  StartFront(NodeList());
+  auto front = Local(*front_);
+  auto imported = front.ImageImportDir(FrontOnlyRootfs(rootfs_, dir_, "local"), "front-only:1");
+  ASSERT_TRUE(imported.ok()) << imported.status().ToString();
+  const std::string id = imported->images.at(0);
+  ASSERT_EQ(WaitForNodes("ready", 2, std::chrono::seconds(15))["nodes"].size(), 2u);
+  SandboxSpec spec = Busybox();
+  spec.image = "front-only:1";
+  auto first = front.Create(spec);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  const size_t holder = FrontSandboxesOn(*nodes_[0]).empty() ? 1 : 0;
+  // The node reports the image by its id in its heartbeat.
+  auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (Clock::now() < deadline && NodeStats(*nodes_[holder]).image_ids.size() < 2)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_THAT(NodeStats(*nodes_[holder]).image_ids, ::testing::Contains(id));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // a heartbeat or two
+  for (int i = 0; i < 3; ++i) {
+    auto next = front.Create(spec);
+    ASSERT_TRUE(next.ok()) << next.status().ToString();
+  }
+  EXPECT_EQ(FrontSandboxesOn(*nodes_[holder]).size(), 4u);
+  EXPECT_EQ(FrontSandboxesOn(*nodes_[1 - holder]).size(), 0u);
+  EXPECT_EQ(NodeStats(*nodes_[holder]).images_fetched, 1u);
+  EXPECT_EQ(NodeStats(*nodes_[1 - holder]).images_fetched, 0u);
+}
+
+TEST_F(FleetTest, ABlobThatDoesNotMatchItsDigestIsRefusedAndNothingIsStored) {
+  StartNodes(1);
+  StartFront(NodeList());
+  auto front = Local(*front_);
+  auto imported = front.ImageImportDir(FrontOnlyRootfs(rootfs_, dir_, "intact"), "front-only:1");
+  ASSERT_TRUE(imported.ok()) << imported.status().ToString();
+  const std::string id = imported->images.at(0);
+  auto detail = front.ImageInspect(id);
+  ASSERT_TRUE(detail.ok()) << detail.status().ToString();
+  ASSERT_EQ(detail->layers.size(), 1u);
+  const client::ImageLayer layer = detail->layers[0];
+  ASSERT_EQ(WaitForNodes("ready", 1, std::chrono::seconds(15))["nodes"].size(), 1u);
+
+  // The fault: the front's layer blob on disk loses a byte's worth of truth,
+  // so the front sends bytes that do not hash to the digest they go by.
+  const std::string blob_path = front_->state_dir() + "/images/blobs/sha256/" + layer.blob.substr(7);
+  std::string original;
+  {
+    std::ifstream in(blob_path, std::ios::binary);
+    ASSERT_TRUE(in.good()) << blob_path;
+    original.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  ASSERT_GT(original.size(), 100u);
+  std::string corrupt = original;
+  corrupt[corrupt.size() / 2] ^= 0x5a;
+  auto write_blob = [&](const std::string& bytes) {
+    ::chmod(blob_path.c_str(), 0644);
+    std::ofstream(blob_path, std::ios::binary | std::ios::trunc) << bytes;
+  };
+  write_blob(corrupt);
+
+  SandboxSpec spec = Busybox();
+  spec.image = "front-only:1";
+  auto bad = front.Create(spec);
+  ASSERT_FALSE(bad.ok());
+  const std::string why = bad.status().message();
+  EXPECT_THAT(why, HasSubstr("front-only:1"));
+  EXPECT_THAT(why, HasSubstr(id));
+  EXPECT_THAT(why, HasSubstr(layer.blob));
+  EXPECT_TRUE(bad.status().code() == Code::kDataLoss || bad.status().code() == Code::kInvalidArgument)
+      << bad.status().ToString();
+  // Nothing of it on the node: no image, no blob, no layer record, nothing staged.
+  const std::string node_store = nodes_[0]->state_dir() + "/images";
+  EXPECT_FALSE(Local(*nodes_[0]).ImageInspect(id).ok());
+  EXPECT_FALSE(std::filesystem::exists(node_store + "/blobs/sha256/" + layer.blob.substr(7)));
+  EXPECT_FALSE(std::filesystem::exists(node_store + "/layers/sha256/" + layer.diff_id.substr(7)));
+  EXPECT_FALSE(std::filesystem::exists(node_store + "/images/" + id.substr(7)));
+  size_t staged = 0;
+  if (std::filesystem::exists(node_store + "/staging"))
+    for (const auto& e : std::filesystem::recursive_directory_iterator(node_store + "/staging"))
+      staged += e.is_regular_file();
+  EXPECT_EQ(staged, 0u);
+  EXPECT_EQ(NodeStats(*nodes_[0]).images_fetched, 0u);
+  EXPECT_TRUE(FrontSandboxesOn(*nodes_[0]).empty());
+
+  // The fault removed, the next create fetches the image and runs.
+  write_blob(original);
+  auto good = front.Create(spec);
+  ASSERT_TRUE(good.ok()) << good.status().ToString();
+  auto out = front.Exec(good->id, Shell("cat /marker"));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->stdout_data, "intact");
+  EXPECT_EQ(NodeStats(*nodes_[0]).images_fetched, 1u);
+}
+
 }  // namespace
 }  // namespace paddock

@@ -17,6 +17,7 @@
 #include "sandbox/container/container_substrate.h"
 #include "sandbox/function/function_substrate.h"
 #include "sandbox/image_source.h"
+#include "storage/store_image_resolver.h"
 #include "sandbox/manager.h"
 #include "storage/image_import.h"
 #include "storage/image_store.h"
@@ -48,7 +49,7 @@ class ImageSubstrateTest : public ::testing::Test {
     cache_ = std::move(cache).value();
     // As paddockd --allow-dir-images: the busybox test rootfs is also used as a
     // host directory image by the cases below.
-    resolver_ = std::make_unique<StoreImageResolver>(store_.get(), cache_.get(), /*allow_directories=*/true);
+    resolver_ = std::make_unique<storage::StoreImageResolver>(store_.get(), cache_.get(), /*allow_directories=*/true);
     SubstrateEnv env;
     env.state_dir = dir_ + "/state";
     env.init_path = testing::BuiltBinary("paddock-init");
@@ -117,7 +118,7 @@ class ImageSubstrateTest : public ::testing::Test {
   std::string dir_, base_;
   std::unique_ptr<storage::ImageStore> store_;
   std::unique_ptr<storage::LayerCache> cache_;
-  std::unique_ptr<StoreImageResolver> resolver_;
+  std::unique_ptr<storage::StoreImageResolver> resolver_;
   std::unique_ptr<SandboxManager> manager_;
 };
 std::string* ImageSubstrateTest::rootfs_ = nullptr;

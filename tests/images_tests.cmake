@@ -4,7 +4,7 @@ if(TARGET paddock_storage)
   # Containers and function sandboxes from stored images, config defaults,
   # snapshots forked into isolated sandboxes (real overlayfs, namespaces; root).
   paddock_test(image_substrate_test image_substrate_test.cc)
-  target_link_libraries(image_substrate_test PRIVATE paddock_sandbox paddock_storage)
+  target_link_libraries(image_substrate_test PRIVATE paddock_sandbox paddock_storage paddock_store_images)
   # `paddock image …` and `paddock sandbox snapshot` against a real paddockd.
   paddock_test(image_cli_test image_cli_test.cc)
   target_link_libraries(image_cli_test PRIVATE paddock_storage)

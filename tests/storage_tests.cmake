@@ -4,6 +4,9 @@ if(TARGET paddock_storage)
   # against a real store in a temp dir and archives built at test time.
   paddock_test(storage_test storage_test.cc)
   target_link_libraries(storage_test PRIVATE paddock_storage)
+  # Copying an image between stores by its id (a fleet node fetching from its front).
+  paddock_test(image_copy_test image_copy_test.cc)
+  target_link_libraries(image_copy_test PRIVATE paddock_storage)
 
   # Not a test: measures the layer format choices on a sample directory
   # (docs/image-store.md). Usage: storage_measure [DIR]

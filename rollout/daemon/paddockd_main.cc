@@ -42,6 +42,7 @@
 #include "sandbox/reaper.h"
 #include "rollout/service/image_service.h"
 #include "sandbox/image_source.h"
+#include "storage/store_image_resolver.h"
 #include "storage/image_store.h"
 #include "policy/backends/tls.h"
 #include "storage/registry/on_demand_pull.h"
@@ -91,6 +92,8 @@ struct Flags {
   double node_create_rate = 50;
   int64_t place_timeout_ms = 30000;
   std::string front_id;
+  // Both sides: how long handing a node an image of a front's store may take.
+  int64_t image_fetch_timeout_ms = 600000;
 };
 
 // A node given notice (SIGTERM with --drain-grace-s): it takes no new sandboxes
@@ -409,9 +412,9 @@ int Run(const Flags& flags) {
   on_use.registry.http.tls = *registry_tls_ctx;
   on_use.layer_cache = layer_cache->get();  // unpacked while downloading (one pass)
   storage::registry::OnDemandPuller on_demand_puller(**image_store, on_use, flags.registry_creds_file);
-  StoreImageResolver image_resolver(
+  storage::StoreImageResolver image_resolver(
       image_store->get(), layer_cache->get(), flags.allow_dir_images,
-      RegistryFetcher{[](const std::string& ref) { return storage::registry::NamesRegistryImage(ref); },
+      storage::RegistryFetcher{[](const std::string& ref) { return storage::registry::NamesRegistryImage(ref); },
                       [&](const std::string& ref, bool local_client) {
                         return on_demand_puller.Ensure(ref, local_client);
                       }});
@@ -419,14 +422,18 @@ int Run(const Flags& flags) {
     spdlog::warn("--allow-dir-images: sandboxes created over the unix socket may use host directories "
                  "as images (development only; never over TCP or from task files)");
   env.images = &image_resolver;
+  // As a node: images fronts hand it (Images.Receive), one fetch per image.
+  service::ImageReceiver image_receiver(**image_store, std::chrono::milliseconds(flags.image_fetch_timeout_ms));
+  service::FrontLeases* leases_for_images = nullptr;  // set with the leases below, before serving
   server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
+    service::ImageServiceOptions io{std::chrono::milliseconds(flags.registry_timeout_ms),
+                                    std::chrono::milliseconds(flags.registry_idle_timeout_ms),
+                                    on_use.registry.http.insecure_hosts, flags.registry_ca_file,
+                                    flags.registry_creds_file};
+    io.receiver = &image_receiver;
+    io.leases = leases_for_images;
     return std::unique_ptr<grpc::Service>(
-        std::make_unique<service::ImageService>(
-            **image_store, layer_cache->get(), auth,
-            service::ImageServiceOptions{std::chrono::milliseconds(flags.registry_timeout_ms),
-                                         std::chrono::milliseconds(flags.registry_idle_timeout_ms),
-                                         on_use.registry.http.insecure_hosts, flags.registry_ca_file,
-                                         flags.registry_creds_file}));
+        std::make_unique<service::ImageService>(**image_store, layer_cache->get(), auth, io));
   });
 
   // 4. Clear what a crashed predecessor left behind.
@@ -459,6 +466,8 @@ int Run(const Flags& flags) {
     fo.creates_per_second = flags.node_create_rate;
     fo.front_id = flags.front_id;
     fo.place_timeout = std::chrono::milliseconds(flags.place_timeout_ms);
+    fo.images = image_store->get();
+    fo.image_timeout = std::chrono::milliseconds(flags.image_fetch_timeout_ms);
     auto started = fleet::Fleet::Start(fo);
     if (!started.ok()) {
       spdlog::error("{}", started.status().message());
@@ -484,15 +493,19 @@ int Run(const Flags& flags) {
   // 5a. As a node: fronts' leases, and what they place by. As a front: its nodes.
   service::FrontLeases front_leases(manager, std::chrono::milliseconds(flags.front_lease_ms));
   server_opts.node.leases = &front_leases;
+  leases_for_images = &front_leases;
   server_opts.node.draining = [&manager] { return manager.draining(); };
-  server_opts.node.image_names = [store = image_store->get()] {
-    std::vector<std::string> names;
+  server_opts.node.images = [store = image_store->get()] {
+    service::NodeParts::HeldImages held;
     auto list = store->List();
     if (list.ok())
-      for (const auto& img : *list)
-        for (const auto& n : img.names) names.push_back(n);
-    return names;
+      for (const auto& img : *list) {
+        held.ids.push_back(img.digest.str());
+        for (const auto& n : img.names) held.names.push_back(n);
+      }
+    return held;
   };
+  server_opts.node.images_fetched = [&image_receiver] { return image_receiver.fetched(); };
   server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
     return std::unique_ptr<grpc::Service>(std::make_unique<fleet::NodeService>(fleet.get(), auth));
   });
@@ -688,6 +701,11 @@ int main(int argc, char** argv) {
   app.add_option("--place-timeout-ms", flags.place_timeout_ms,
                  "with --nodes: how long a create waits for a node that can take it")
       ->check(CLI::Range(int64_t{100}, int64_t{3600} * 1000))
+      ->capture_default_str();
+  app.add_option("--image-fetch-timeout-ms", flags.image_fetch_timeout_ms,
+                 "a front handing a node an image of its store, and a node fetching one from a front: how long "
+                 "one image may take (docs/fleet.md, \"Images across nodes\")")
+      ->check(CLI::Range(int64_t{1000}, int64_t{24} * 3600 * 1000))
       ->capture_default_str();
   app.add_option("--front-id", flags.front_id, "with --nodes: this front's name on the nodes (default: the host name)");
   app.add_option("--init-path", flags.init_path,

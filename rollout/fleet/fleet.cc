@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "paddock/client.h"
+#include "rollout/fleet/image_transfer.h"
 #include "rollout/fleet/node.h"
 #include "rollout/fleet/placement.h"
 #include "rollout/fleet/remote_sandbox.h"
@@ -66,7 +68,9 @@ Result<std::unique_ptr<Fleet>> Fleet::Start(FleetOptions options) {
 }
 
 Fleet::Fleet(FleetOptions options, NodeDiscovery discovery)
-    : options_(std::move(options)), discovery_(std::move(discovery)) {}
+    : options_(std::move(options)), discovery_(std::move(discovery)) {
+  if (options_.images) image_sender_ = std::make_unique<ImageSender>(*options_.images, options_.image_timeout);
+}
 
 Fleet::~Fleet() {
   {
@@ -136,6 +140,17 @@ Result<std::unique_ptr<Sandbox>> Fleet::Create(const std::string& id, const Sand
   SandboxSpec spec = spec_in;
   // The node sets the lease labels itself; these say where it came from.
   spec.labels["paddock.front_sandbox"] = id;
+  // An image of this front's store goes by its id: placed by it, and handed
+  // to a node that lacks it. Anything else is the node's to resolve.
+  std::string image_id;
+  const std::string image_name = spec.image;
+  if (image_sender_ && !spec.image.empty() && spec.image[0] != '/') {
+    if (auto found = image_sender_->Lookup(spec.image); found.ok()) {
+      image_id = *found;
+      spec.image = image_id;
+      spec.labels["paddock.image"] = image_name;
+    }
+  }
   const auto deadline = std::chrono::steady_clock::now() + options_.place_timeout;
   std::set<std::string> failed;  // nodes that failed this create
   Status last = Error(Code::kUnavailable, "no node");
@@ -186,7 +201,8 @@ Result<std::unique_ptr<Sandbox>> Fleet::Create(const std::string& id, const Sand
       continue;
     }
     auto c = chosen->ClientFor(generation);
-    Result<client::SandboxInfo> made = c.ok() ? (*c)->Create(spec) : Result<client::SandboxInfo>(c.status());
+    Result<client::SandboxInfo> made =
+        c.ok() ? CreateOn(*chosen, **c, spec, image_id, image_name) : Result<client::SandboxInfo>(c.status());
     chosen->EndCreate(made.ok());
     if (made.ok()) {
       spdlog::info("sandbox {} placed on node {} as {}{}", id, chosen->address(), made->id,
@@ -200,6 +216,31 @@ Result<std::unique_ptr<Sandbox>> Fleet::Create(const std::string& id, const Sand
       chosen->Suspect();
     failed.insert(chosen->address());
   }
+}
+
+Result<client::SandboxInfo> Fleet::CreateOn(Node& node, NodeConnection& c, const SandboxSpec& spec,
+                                            const std::string& image_id, const std::string& image_name) {
+  bool handed = false;
+  auto hand_over = [&]() -> Result<ImageHanded> {
+    client::Client* grpc = c.GrpcClient();
+    if (!grpc) return Error(Code::kFailedPrecondition, "node {} cannot receive images over its transport", node.address());
+    return image_sender_->Ensure(node.address(), *grpc, image_id, image_name);
+  };
+  if (!image_id.empty() && !node.HasImage(image_id)) {
+    auto h = hand_over();
+    if (!h.ok()) return h.status();
+    node.NoteImage(image_id);
+    handed = true;
+  }
+  auto made = c.Create(spec);
+  // The node dropped the image since it last reported it: hand it over again, once.
+  if (!made.ok() && made.status().code() == Code::kNotFound && !handed && !image_id.empty() &&
+      made.status().message().find(image_id.substr(7, 12)) != std::string::npos) {
+    auto h = hand_over();
+    if (!h.ok()) return h.status();
+    made = c.Create(spec);
+  }
+  return made;
 }
 
 std::vector<NodeStatus> Fleet::List() const {

@@ -33,6 +33,10 @@
 
 namespace paddock::client {
 class Client;
+struct SandboxInfo;
+}
+namespace paddock::storage {
+class ImageStore;
 }
 
 namespace paddock::fleet {
@@ -55,6 +59,12 @@ struct FleetOptions {
   double creates_per_second = 50;
   // How long a create waits for a node that can take it.
   std::chrono::milliseconds place_timeout{30000};
+  // The front's image store: an image named by a create that is there is
+  // placed by its id and handed to nodes that lack it (image_transfer.h),
+  // each offer bounded by `image_timeout`. Null: images are passed to nodes as
+  // named.
+  storage::ImageStore* images = nullptr;
+  std::chrono::milliseconds image_timeout{600000};
   std::string front_id;  // default: the host name
   int64_t epoch = 0;     // default: the start time in ms (grows each start)
   // How the front reaches its nodes; null: their gRPC API (GrpcNodeTransport).
@@ -79,6 +89,7 @@ struct NodeStatus {
 };
 
 class Node;
+class ImageSender;
 
 class Fleet {
  public:
@@ -107,9 +118,13 @@ class Fleet {
   explicit Fleet(FleetOptions options, NodeDiscovery discovery);
   void DiscoveryLoop();
   void SetNodes(const std::vector<std::string>& addresses);
+  // Creates on `node`, handing it the image first when it lacks it.
+  Result<client::SandboxInfo> CreateOn(Node& node, NodeConnection& c, const SandboxSpec& spec,
+                                       const std::string& image_id, const std::string& image_name);
 
   FleetOptions options_;
   NodeDiscovery discovery_;
+  std::unique_ptr<ImageSender> image_sender_;  // when options_.images
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;  // node state changes, stop
   std::map<std::string, std::shared_ptr<Node>> nodes_;

@@ -128,6 +128,16 @@ bool Node::AwaitVerdict(uint64_t generation) {
   return generation_ == generation && state_ != "lost";
 }
 
+bool Node::HasImage(const std::string& image) const {
+  std::lock_guard l(mu_);
+  return images_.count(image) > 0;
+}
+
+void Node::NoteImage(const std::string& id) {
+  std::lock_guard l(mu_);
+  images_.insert(id);
+}
+
 void Node::SetDrained() {
   {
     std::lock_guard l(mu_);
@@ -152,7 +162,7 @@ NodeStatus Node::Status() const {
   s.cpus = cpus_;
   s.version = version_;
   s.api_version = api_version_;
-  s.images = static_cast<uint32_t>(images_.size());
+  s.images = images_held_;
   s.last_heartbeat_unix_ms = last_ok_unix_ms_;
   return s;
 }
@@ -207,6 +217,8 @@ void Node::Beat() {
       last_ok_unix_ms_ = NowUnixMs();
       substrates_ = std::set<std::string>(stats->substrates.begin(), stats->substrates.end());
       images_ = std::set<std::string>(stats->images.begin(), stats->images.end());
+      images_.insert(stats->image_ids.begin(), stats->image_ids.end());
+      images_held_ = static_cast<uint32_t>(stats->image_ids.empty() ? stats->images.size() : stats->image_ids.size());
       live_ = stats->live_sandboxes;
       max_ = stats->max_sandboxes;
       cpus_ = stats->cpus;

@@ -53,6 +53,11 @@ class Node : public std::enable_shared_from_this<Node> {
   // time loss takes to detect.
   bool AwaitVerdict(uint64_t generation);
 
+  // Whether the node holds image `image` (a name or an id) as it last
+  // reported, or since it was handed the image (NoteImage).
+  bool HasImage(const std::string& image) const;
+  void NoteImage(const std::string& id);
+
   void SetDrained();
   NodeStatus Status() const;
   bool ready() const;
@@ -81,7 +86,8 @@ class Node : public std::enable_shared_from_this<Node> {
   std::condition_variable verdict_cv_;  // each heartbeat's outcome
   int64_t last_ok_unix_ms_ = 0;
   // As last reported.
-  std::set<std::string> substrates_, images_;
+  std::set<std::string> substrates_, images_;  // images_: names and ids
+  uint32_t images_held_ = 0;
   uint32_t live_ = 0, max_ = 0, cpus_ = 0, api_version_ = 0;
   uint64_t mem_available_ = 0;
   std::chrono::milliseconds lease_{0};  // the node's lease for fronts

@@ -41,6 +41,8 @@ class GrpcConnection final : public NodeConnection {
     return c_.SnapshotImage(id, name);
   }
 
+  client::Client* GrpcClient() override { return &c_; }
+
  private:
   client::Client c_;
 };

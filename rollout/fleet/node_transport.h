@@ -43,6 +43,10 @@ class NodeConnection {
   virtual Result<Usage> GetUsage(const std::string& id) = 0;
   virtual Status Destroy(const std::string& id) = 0;
   virtual Result<client::SnapshotInfo> Snapshot(const std::string& id, const std::string& name) = 0;
+  // The node's gRPC client where this connection is one (an image hand-over,
+  // Images.Receive, streams on it: image_transfer.h); null for simulated nodes,
+  // which hold every image.
+  virtual client::Client* GrpcClient() { return nullptr; }
 };
 
 class NodeTransport {

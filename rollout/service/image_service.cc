@@ -351,4 +351,22 @@ grpc::Status ImageService::Push(grpc::ServerContext* ctx, const v1::PushRequest*
   return grpc::Status::OK;
 }
 
+grpc::Status ImageService::Receive(grpc::ServerContext* ctx,
+                                   grpc::ServerReaderWriter<v1::ReceiveAsk, v1::ReceiveMessage>* stream) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  if (!options_.receiver)
+    return ToGrpc(Error(Code::kUnimplemented, "this daemon takes no images from fronts"));
+  // Only a front's call, with a live lease, as for the fronts' sandbox calls.
+  if (options_.leases) {
+    auto front = options_.leases->Check(*ctx, /*renew=*/false);
+    if (!front.ok()) return ToGrpc(front.status());
+    if (front->front.empty())
+      return ToGrpc(Error(Code::kPermissionDenied, "Images.Receive is for fronts (rollout/fleet) only"));
+  }
+  v1::ReceiveMessage first;
+  if (!stream->Read(&first) || !first.has_offer())
+    return ToGrpc(Error(Code::kInvalidArgument, "Images.Receive starts with the image offered"));
+  return options_.receiver->Serve(ctx, stream, first.offer());
+}
+
 }  // namespace paddock::service

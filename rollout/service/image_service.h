@@ -9,6 +9,8 @@
 
 #include "image.grpc.pb.h"
 #include "rollout/service/auth.h"
+#include "rollout/service/front_leases.h"
+#include "rollout/service/image_receive.h"
 #include "storage/image_store.h"
 #include "storage/layer_cache.h"
 
@@ -29,6 +31,11 @@ struct ImageServiceOptions {
   // registry serves pulls the daemon starts itself and unix-socket clients'
   // pulls that bring no credentials. Read at each use. Empty: none.
   std::string registry_creds_file;
+  // Images.Receive: the node's one receiver (shared by every listener's
+  // service) and the fronts' leases a call must hold. Null receiver: Receive
+  // is UNIMPLEMENTED.
+  ImageReceiver* receiver = nullptr;
+  FrontLeases* leases = nullptr;
 };
 
 class ImageService final : public v1::Images::Service {
@@ -55,6 +62,8 @@ class ImageService final : public v1::Images::Service {
                     grpc::ServerWriter<v1::ImportEvent>* writer) override;
   grpc::Status Push(grpc::ServerContext* ctx, const v1::PushRequest* req,
                     grpc::ServerWriter<v1::PushEvent>* writer) override;
+  grpc::Status Receive(grpc::ServerContext* ctx,
+                       grpc::ServerReaderWriter<v1::ReceiveAsk, v1::ReceiveMessage>* stream) override;
 
  private:
   grpc::Status Authorize(const grpc::ServerContext& ctx) const {

@@ -585,10 +585,12 @@ grpc::Status SandboxService::Stats(grpc::ServerContext* ctx, const v1::StatsRequ
   resp->set_draining(node_.draining && node_.draining());
   if (node_.queued_episodes) resp->set_queued_episodes(node_.queued_episodes());
   if (node_.leases) resp->set_front_lease_ms(static_cast<uint32_t>(node_.leases->lease().count()));
-  if (node_.image_names) {
-    std::vector<std::string> names = node_.image_names();
-    for (size_t i = 0; i < names.size() && i < 256; ++i) resp->add_images(names[i]);
+  if (node_.images) {
+    NodeParts::HeldImages held = node_.images();
+    for (size_t i = 0; i < held.names.size() && i < 256; ++i) resp->add_images(held.names[i]);
+    for (size_t i = 0; i < held.ids.size() && i < 256; ++i) resp->add_image_ids(held.ids[i]);
   }
+  if (node_.images_fetched) resp->set_images_fetched(node_.images_fetched());
   return grpc::Status::OK;
 }
 

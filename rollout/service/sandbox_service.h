@@ -42,7 +42,13 @@ struct NodeParts {
   // The fronts' leases, checked on every call after the token; null: calls of
   // fronts are not leased.
   FrontLeases* leases = nullptr;
-  std::function<std::vector<std::string>()> image_names;  // for image locality
+  // The images in its store, for image locality: names and ids ("sha256:<hex>").
+  struct HeldImages {
+    std::vector<std::string> names, ids;
+  };
+  std::function<HeldImages()> images;
+  // Images fronts handed it (Images.Receive) that it fetched.
+  std::function<uint64_t()> images_fetched;
   std::function<bool()> draining;                          // takes no new sandboxes
   // The static busybox sealed execs run (ExecRequest.sealed).
   std::string sealed_toolset = "/bin/busybox";

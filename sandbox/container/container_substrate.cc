@@ -26,7 +26,7 @@
 #include "sandbox/linux/userns.h"
 #include "sandbox/manager.h"
 #include "sandbox/warm_pool.h"
-#include "storage/overlay_diff.h"
+#include "sandbox/container/overlay_diff.h"
 
 namespace paddock {
 
@@ -73,8 +73,8 @@ class ContainerSandbox final : public InitServedSandbox {
     int upper = upper_fd_.get();
     SandboxFreezer* freezer = &freezer_;
     auto produce = [upper, freezer](const TarSink& sink) -> Status {
-      storage::OverlayDiffOptions opts{kContainerIds.host_base, kContainerIds.count};
-      Status st = storage::WriteOverlayDiffTar(upper, opts, sink);
+      OverlayDiffOptions opts{kContainerIds.host_base, kContainerIds.count};
+      Status st = WriteOverlayDiffTar(upper, opts, sink);
       freezer->Thaw();  // the changes are read; compressing and committing need no freeze
       return st;
     };

@@ -463,6 +463,8 @@ Result<DaemonStats> Client::Stats(const std::string& id, std::chrono::millisecon
   d.version = resp.version();
   d.draining = resp.draining();
   d.images.assign(resp.images().begin(), resp.images().end());
+  d.image_ids.assign(resp.image_ids().begin(), resp.image_ids().end());
+  d.images_fetched = resp.images_fetched();
   d.front_lease_ms = resp.front_lease_ms();
   d.queued_episodes = resp.queued_episodes();
   return d;

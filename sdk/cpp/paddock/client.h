@@ -86,6 +86,8 @@ struct DaemonStats {
   std::string version;
   bool draining = false;
   std::vector<std::string> images;  // names in its store (at most 256)
+  std::vector<std::string> image_ids;  // ids ("sha256:<hex>") in its store (at most 256)
+  uint64_t images_fetched = 0;         // images fronts handed it that it fetched
   uint32_t front_lease_ms = 0;      // a front's lease there
   uint32_t queued_episodes = 0;     // rollout episodes waiting for a slot of the daemon
 };

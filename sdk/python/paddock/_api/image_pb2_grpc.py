@@ -59,6 +59,11 @@ class ImagesStub(object):
                 request_serializer=image__pb2.PushRequest.SerializeToString,
                 response_deserializer=image__pb2.PushEvent.FromString,
                 )
+        self.Receive = channel.stream_stream(
+                '/paddock.v1.Images/Receive',
+                request_serializer=image__pb2.ReceiveMessage.SerializeToString,
+                response_deserializer=image__pb2.ReceiveAsk.FromString,
+                )
 
 
 class ImagesServicer(object):
@@ -131,6 +136,21 @@ class ImagesServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Receive(self, request_iterator, context):
+        """A front (rollout/fleet) hands a node an image of the front's own store that
+        the node lacks, by its id. The front opens the call and offers the image
+        (ReceiveMessage.offer); the node asks for each blob its store lacks
+        (manifest, config, then layers), one at a time; the front sends it in
+        chunks of at most 1 MiB. The node checks every blob's size and sha256 as it
+        streams and commits the image only when all of it has arrived and been
+        checked; its last message says what it did. Concurrent offers of one image
+        to a node wait on one fetch. Served on a node's TCP listener to fronts only
+        (token, TLS and a live front lease, as for the fronts' other calls).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +198,11 @@ def add_ImagesServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=image__pb2.PushRequest.FromString,
                     response_serializer=image__pb2.PushEvent.SerializeToString,
+            ),
+            'Receive': grpc.stream_stream_rpc_method_handler(
+                    servicer.Receive,
+                    request_deserializer=image__pb2.ReceiveMessage.FromString,
+                    response_serializer=image__pb2.ReceiveAsk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -339,5 +364,22 @@ class Images(object):
         return grpc.experimental.unary_stream(request, target, '/paddock.v1.Images/Push',
             image__pb2.PushRequest.SerializeToString,
             image__pb2.PushEvent.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Receive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/paddock.v1.Images/Receive',
+            image__pb2.ReceiveMessage.SerializeToString,
+            image__pb2.ReceiveAsk.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

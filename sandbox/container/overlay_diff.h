@@ -26,7 +26,7 @@
 
 #include "sandbox/base/status.h"
 
-namespace paddock::storage {
+namespace paddock {
 
 struct OverlayDiffOptions {
   uint32_t id_base = 0;        // host id of the sandbox's id 0
@@ -47,4 +47,4 @@ using TarBytesSink = std::function<Status(const void* data, size_t n)>;
 Status WriteOverlayDiffTar(int upper_fd, const OverlayDiffOptions& options, const TarBytesSink& sink,
                            OverlayDiffStats* stats = nullptr);
 
-}  // namespace paddock::storage
+}  // namespace paddock

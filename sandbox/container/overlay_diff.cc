@@ -1,4 +1,4 @@
-#include "storage/overlay_diff.h"
+#include "sandbox/container/overlay_diff.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -18,7 +18,7 @@
 
 #include "sandbox/base/unique_fd.h"
 
-namespace paddock::storage {
+namespace paddock {
 
 namespace {
 
@@ -225,4 +225,4 @@ Status WriteOverlayDiffTar(int upper_fd, const OverlayDiffOptions& options, cons
   return w.Run(upper_fd);
 }
 
-}  // namespace paddock::storage
+}  // namespace paddock
