@@ -42,7 +42,7 @@ TEST(MicrovmDaemon, CliCreatesExecsAndDestroysAMicrovmSandbox) {
   PADDOCK_REQUIRE_MICROVM();
   std::string rootfs = testing::EnsureBusyboxRootfs();
   testing::DaemonProcess d(testing::DaemonOptions{
-      .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "0"}});
+      .args = {"--microvm-accel", o.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "0"}});
   ASSERT_EQ(d.Start(), "");
   const std::string cli = testing::BuiltBinary("paddock");
   auto created = testing::RunProgram(
@@ -76,7 +76,7 @@ TEST(MicrovmDaemon, EgressReachesOnlyWhatTheAllowListNames) {
   inet.AddRandomFile("huge.bin", 64 << 20);
   std::string rootfs = testing::EnsureBusyboxRootfs();
   testing::DaemonProcess d(testing::DaemonOptions{
-      .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "0"}});
+      .args = {"--microvm-accel", o.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "0"}});
   ASSERT_EQ(d.Start(), "");
   client::ClientOptions co;
   co.socket_path = d.socket_path();
@@ -201,7 +201,7 @@ TEST(MicrovmDaemon, AWarmVmServesASandboxWithAnAllowList) {
   ASSERT_TRUE(inet.ok()) << inet.why();
   std::string rootfs = testing::EnsureBusyboxRootfs();
   testing::DaemonProcess d(testing::DaemonOptions{
-      .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "1"}});
+      .args = {"--microvm-accel", o.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "1"}});
   ASSERT_EQ(d.Start(), "");
   client::ClientOptions co;
   co.socket_path = d.socket_path();
