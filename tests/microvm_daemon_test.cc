@@ -60,6 +60,24 @@ TEST(MicrovmDaemon, CliCreatesExecsAndDestroysAMicrovmSandbox) {
   EXPECT_TRUE(StrayQemuProcesses(d.state_dir()).empty());
 }
 
+// TCG is not a security boundary: paddockd offers microVMs under it only with
+// --allow-tcg-microvms, never because of the environment.
+TEST(MicrovmDaemon, TcgWithoutTheFlagIsRefusedNamingIt) {
+  testing::UseEmulationWhereKvmCannotRunGuests();  // sets PADDOCK_MICROVM_ALLOW_TCG=1: ignored by paddockd
+  std::string rootfs = testing::EnsureBusyboxRootfs();
+  testing::DaemonProcess d(testing::DaemonOptions{.args = {"--microvm-accel", "tcg", "--microvm-warm-pool", "0"}});
+  ASSERT_EQ(d.Start(), "");
+  const std::string cli = testing::BuiltBinary("paddock");
+  auto created = testing::RunProgram(
+      {cli, "--socket", d.socket_path(), "sandbox", "create", "--substrate", "microvm", "--image", rootfs});
+  EXPECT_NE(created.code, 0) << created.out;
+  EXPECT_THAT(created.err, HasSubstr("--allow-tcg-microvms")) << created.err;
+  EXPECT_THAT(created.err, HasSubstr("not a security boundary")) << created.err;
+  EXPECT_TRUE(StrayQemuProcesses(d.state_dir()).empty());
+  auto help = testing::RunProgram({testing::BuiltBinary("paddockd"), "--help"});
+  EXPECT_THAT(help.out, HasSubstr("--allow-tcg-microvms"));
+}
+
 // EscapeTest.EgressReachesOnlyWhatTheAllowListNames on a microVM, whose guest
 // has no network device: its connections reach the daemon's proxy over the
 // init channel. Plus what a hostile agent in the guest can do to those

@@ -76,6 +76,9 @@ class InitClient {
   // timeout plus kExecGrace (init kills the command at its timeout).
   static constexpr std::chrono::milliseconds kFileCallBudget{30'000};
   static constexpr std::chrono::milliseconds kExecGrace{30'000};
+  // The most a reply without a body of the user's holds (errno, message, a
+  // stat, usage, the hello); an exec result adds its streams, a read its bytes.
+  static constexpr uint64_t kSmallReply = 64u << 10;
   static std::chrono::milliseconds ExecBudget(const ExecRequest& req,
                                               std::chrono::milliseconds grace = kExecGrace);
   // Unblocks every waiting call and stops the reader. Idempotent.
@@ -108,9 +111,6 @@ class InitClient {
                            const std::vector<int>& fds = {}, std::vector<UniqueFd>* received = nullptr);
   Result<std::string> FileCall(init::FrameType type, const std::string& payload, const std::string& path,
                                uint64_t max_reply = kSmallReply);
-  // Replies without a body of the user's: errno, message, a stat, usage.
-  static constexpr uint64_t kSmallReply = 64u << 10;
-
   InitClientOptions options_;
 
   UniqueFd channel_;

@@ -418,6 +418,12 @@ class MicrovmSubstrate final : public Substrate {
     auto client = InitClient::Start(std::move(ours), setup, opts_.boot_timeout_ms, channel_opts);
     if (!client.ok()) {
       bool timed_out = client.status().code() == Code::kDeadlineExceeded;
+      // A launcher step that failed after QEMU's start was checked (the jail's
+      // mounts, the exec) says which.
+      siginfo_t info{};
+      if (!timed_out && waitid(P_PID, static_cast<id_t>(sb->qemu_.pid()), &info, WEXITED | WNOWAIT | WNOHANG) == 0 &&
+          info.si_pid != 0 && info.si_code == CLD_EXITED && info.si_status >= 110 && info.si_status <= 121)
+        return Error(Code::kInternal, "QEMU's launcher failed at step {} (see docs/microvm.md)", info.si_status);
       sb->qemu_.KillAndReap();
       sb->console_->Stop();
       std::string log = sb->console_->Text();
@@ -538,7 +544,9 @@ class MicrovmSubstrate final : public Substrate {
           _exit(113);
       }
       if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=16k") != 0) _exit(114);
-      if (mknod(null_node, S_IFCHR | 0666, nst.st_rdev) != 0 || mknod(urandom_node, S_IFCHR | 0666, ust.st_rdev) != 0)
+      // chmod: mknod's mode went through the daemon's umask.
+      if (mknod(null_node, S_IFCHR | 0666, nst.st_rdev) != 0 || mknod(urandom_node, S_IFCHR | 0666, ust.st_rdev) != 0 ||
+          chmod(null_node, 0666) != 0 || chmod(urandom_node, 0666) != 0)
         _exit(115);
       if (kvm) {
         if (mknod(kvm_node, S_IFCHR | 0600, kst.st_rdev) != 0) _exit(116);
