@@ -324,8 +324,15 @@ TEST_F(MicrovmTest, ConsoleLogKeepsItsNewestPartWithinItsCapUnderAFlood) {
   const std::string path = state_ + "/console.log";
   UniqueFd writer;
   const uint64_t cap = 1ull << 20;
+  auto rss = [] {
+    std::ifstream in("/proc/self/status");
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) << 10;
+    return 0ull;
+  };
   auto log = microvm::ConsoleLog::Start(path, cap, &writer);
   ASSERT_TRUE(log.ok()) << log.status().ToString();
+  const uint64_t rss_before = rss();
   std::atomic<bool> done{false};
   uint64_t biggest = 0;
   std::thread sampler([&] {
@@ -352,6 +359,7 @@ TEST_F(MicrovmTest, ConsoleLogKeepsItsNewestPartWithinItsCapUnderAFlood) {
   EXPECT_LE(text.size(), cap);
   EXPECT_LE(biggest, cap);
   EXPECT_LE(fs::file_size(path), cap);
+  EXPECT_LT(rss(), rss_before + (16ull << 20)) << "the drain held the flood in memory";
   EXPECT_GE((*log)->dropped(), total - cap);
   EXPECT_THAT(text, HasSubstr("bytes of earlier console output dropped"));
   // The newest output is what is kept, whole to its last line.
