@@ -136,7 +136,10 @@ int main(int argc, char** argv) {
   std::string accel = "kvm";
   int runs = 5, execs = 200, vms = 50;
   std::string state = "/var/tmp/paddock-microvm-bench";
+  bool allow_tcg = false;
   app.add_option("--accel", accel, "kvm or tcg")->capture_default_str();
+  app.add_flag("--allow-tcg-microvms", allow_tcg,
+               "accept --accel tcg (QEMU's emulator is not a security boundary; the bench's guests are its own)");
   app.add_option("--runs", runs, "boots per measurement (median)")->capture_default_str();
   app.add_option("--execs", execs, "execs for the round-trip median")->capture_default_str();
   app.add_option("--vms", vms, "VMs alive at once for the density row")->capture_default_str();
@@ -151,6 +154,7 @@ int main(int argc, char** argv) {
   env.warm_pool_size = 0;
   MicrovmOptions opts = MicrovmOptionsFromEnvironment();
   opts.accel = accel;
+  opts.allow_tcg = opts.allow_tcg || allow_tcg;
   if (Status st = CheckAccelerator(opts); !st.ok()) {
     std::fprintf(stderr, "microvm_bench: %s\n", st.ToString().c_str());
     return 1;

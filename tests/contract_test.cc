@@ -472,7 +472,7 @@ TEST_P(Contract, Limits_ForkBombIsContainedByPidsLimit) {
   EXPECT_LE(count, 48 + 2) << "processes beyond the pids limit";
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   auto usage = Get(id)->GetUsage();
-  ASSERT_TRUE(usage.ok());
+  ASSERT_TRUE(usage.ok()) << usage.status().ToString();
   EXPECT_LE(usage->pids, 48u);
   // The sandbox recovers once the timed-out tree is killed; an emulated
   // guest (microvm under TCG) may take a few seconds to reap it.

@@ -63,7 +63,7 @@ class ExecCancelTest : public ::testing::TestWithParam<std::string> {
       testing::UseEmulationWhereKvmCannotRunGuests();
       MicrovmOptions vm = MicrovmOptionsFromEnvironment();
       PADDOCK_REQUIRE_MICROVM();
-      args = {"--microvm-accel", vm.accel, "--microvm-warm-pool", "0"};
+      args = {"--microvm-accel", vm.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "0"};
     }
     ASSERT_EQ(daemon_.Start(args), "");
     client::ClientOptions o;

@@ -42,7 +42,7 @@ TEST(MicrovmDaemon, CliCreatesExecsAndDestroysAMicrovmSandbox) {
   PADDOCK_REQUIRE_MICROVM();
   std::string rootfs = testing::EnsureBusyboxRootfs();
   testing::DaemonProcess d(testing::DaemonOptions{
-      .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "0"}});
+      .args = {"--microvm-accel", o.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "0"}});
   ASSERT_EQ(d.Start(), "");
   const std::string cli = testing::BuiltBinary("paddock");
   auto created = testing::RunProgram(
@@ -58,6 +58,24 @@ TEST(MicrovmDaemon, CliCreatesExecsAndDestroysAMicrovmSandbox) {
   auto gone = testing::RunProgram({cli, "--socket", d.socket_path(), "sandbox", "destroy", id});
   EXPECT_EQ(gone.code, 0) << gone.err;
   EXPECT_TRUE(StrayQemuProcesses(d.state_dir()).empty());
+}
+
+// TCG is not a security boundary: paddockd offers microVMs under it only with
+// --allow-tcg-microvms, never because of the environment.
+TEST(MicrovmDaemon, TcgWithoutTheFlagIsRefusedNamingIt) {
+  testing::UseEmulationWhereKvmCannotRunGuests();  // sets PADDOCK_MICROVM_ALLOW_TCG=1: ignored by paddockd
+  std::string rootfs = testing::EnsureBusyboxRootfs();
+  testing::DaemonProcess d(testing::DaemonOptions{.args = {"--microvm-accel", "tcg", "--microvm-warm-pool", "0"}});
+  ASSERT_EQ(d.Start(), "");
+  const std::string cli = testing::BuiltBinary("paddock");
+  auto created = testing::RunProgram(
+      {cli, "--socket", d.socket_path(), "sandbox", "create", "--substrate", "microvm", "--image", rootfs});
+  EXPECT_NE(created.code, 0) << created.out;
+  EXPECT_THAT(created.err, HasSubstr("--allow-tcg-microvms")) << created.err;
+  EXPECT_THAT(created.err, HasSubstr("not a security boundary")) << created.err;
+  EXPECT_TRUE(StrayQemuProcesses(d.state_dir()).empty());
+  auto help = testing::RunProgram({testing::BuiltBinary("paddockd"), "--help"});
+  EXPECT_THAT(help.out, HasSubstr("--allow-tcg-microvms"));
 }
 
 // EscapeTest.EgressReachesOnlyWhatTheAllowListNames on a microVM, whose guest
@@ -76,7 +94,7 @@ TEST(MicrovmDaemon, EgressReachesOnlyWhatTheAllowListNames) {
   inet.AddRandomFile("huge.bin", 64 << 20);
   std::string rootfs = testing::EnsureBusyboxRootfs();
   testing::DaemonProcess d(testing::DaemonOptions{
-      .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "0"}});
+      .args = {"--microvm-accel", o.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "0"}});
   ASSERT_EQ(d.Start(), "");
   client::ClientOptions co;
   co.socket_path = d.socket_path();
@@ -201,7 +219,7 @@ TEST(MicrovmDaemon, AWarmVmServesASandboxWithAnAllowList) {
   ASSERT_TRUE(inet.ok()) << inet.why();
   std::string rootfs = testing::EnsureBusyboxRootfs();
   testing::DaemonProcess d(testing::DaemonOptions{
-      .args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "1"}});
+      .args = {"--microvm-accel", o.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "1"}});
   ASSERT_EQ(d.Start(), "");
   client::ClientOptions co;
   co.socket_path = d.socket_path();

@@ -10,15 +10,21 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <atomic>
 #include <fstream>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "sandbox/base/unique_fd.h"
 #include "sandbox/linux/cgroup.h"
+#include "sandbox/linux/fs_util.h"
 #include "sandbox/manager.h"
 #include "sandbox/microvm/boot_assets.h"
+#include "sandbox/microvm/console_log.h"
 #include "sandbox/microvm/layer_disks.h"
 #include "sandbox/microvm/microvm_substrate.h"
 #include "sandbox/reaper.h"
@@ -264,6 +270,208 @@ TEST_F(MicrovmTest, ReaperKillsStrayQemuOfThisStateDir) {
   for (int i = 0; i < 100 && !StrayQemuProcesses(state_).empty(); ++i) usleep(20000);
   EXPECT_TRUE(StrayQemuProcesses(state_).empty());
   EXPECT_FALSE(fs::exists(state_ + "/vms/stray"));
+}
+
+
+// Issue 17, part 4: the hardened guest and jail.
+
+TEST_F(MicrovmTest, TcgIsRefusedWithoutItsExplicitFlag) {
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  o.accel = "tcg";
+  o.allow_tcg = false;
+  Status st = CheckAccelerator(o);
+  EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
+  EXPECT_THAT(st.message(), HasSubstr("not a security boundary"));
+  EXPECT_THAT(st.message(), HasSubstr("--allow-tcg-microvms"));
+  auto r = Create(o);
+  EXPECT_EQ(r.status().code(), Code::kFailedPrecondition) << r.status().ToString();
+  EXPECT_THAT(r.status().message(), HasSubstr("--allow-tcg-microvms"));
+  o.allow_tcg = true;
+  EXPECT_TRUE(CheckAccelerator(o).ok()) << CheckAccelerator(o).ToString();
+}
+
+TEST_F(MicrovmTest, ProcSysAndTheKernelsKnobsAreReadOnlyInTheGuestSandbox) {
+  EXPECT_ACCELERATOR_USABLE();
+  auto sb = Create(MicrovmOptionsFromEnvironment());
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  ExecRequest r;
+  r.shell =
+      "echo '|/tmp/pwn %p' > /proc/sys/kernel/core_pattern; echo core=$?; cat /proc/sys/kernel/core_pattern; "
+      "echo /tmp/pwn > /proc/sys/kernel/modprobe; echo modprobe=$?; cat /proc/sys/kernel/modprobe; "
+      "echo 1 > /proc/sys/vm/drop_caches; echo drop=$?; "
+      "echo h > /proc/sysrq-trigger; echo sysrq=$?; "
+      "echo kcore=$(wc -c < /proc/kcore); echo keys=$(wc -c < /proc/keys); "
+      "echo hostname=$(cat /proc/sys/kernel/hostname)";
+  auto res = (*sb)->Exec(r, nullptr);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  const std::string& out = res->stdout_data;
+  EXPECT_THAT(out, HasSubstr("core=1")) << out << res->stderr_data;
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("|/tmp/pwn"))) << out;
+  EXPECT_THAT(out, HasSubstr("modprobe=1")) << out;
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("\n/tmp/pwn"))) << out;
+  EXPECT_THAT(out, HasSubstr("drop=1")) << out;
+  EXPECT_THAT(out, HasSubstr("sysrq=1")) << out;
+  EXPECT_THAT(out, HasSubstr("kcore=0")) << out;
+  EXPECT_THAT(out, HasSubstr("keys=0")) << out;
+  EXPECT_THAT(out, HasSubstr("hostname=sandbox-")) << out;  // still readable
+  EXPECT_THAT(res->stderr_data, HasSubstr("Read-only file system")) << res->stderr_data;
+  ASSERT_TRUE((*sb)->Destroy().ok());
+}
+
+TEST_F(MicrovmTest, ConsoleLogKeepsItsNewestPartWithinItsCapUnderAFlood) {
+  // The host side alone, fed through a real pipe as QEMU's stdout would be:
+  // 200 MiB of numbered lines against a 1 MiB cap.
+  const std::string path = state_ + "/console.log";
+  UniqueFd writer;
+  const uint64_t cap = 1ull << 20;
+  auto rss = [] {
+    std::ifstream in("/proc/self/status");
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) << 10;
+    return 0ull;
+  };
+  auto log = microvm::ConsoleLog::Start(path, cap, &writer);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  const uint64_t rss_before = rss();
+  std::atomic<bool> done{false};
+  uint64_t biggest = 0;
+  std::thread sampler([&] {
+    while (!done) {
+      std::error_code ec;
+      biggest = std::max<uint64_t>(biggest, fs::file_size(path, ec));
+      usleep(2000);
+    }
+  });
+  const uint64_t total = 200ull << 20;
+  uint64_t written = 0, line_no = 0;
+  std::string chunk;
+  while (written < total) {
+    chunk.clear();
+    while (chunk.size() < (256u << 10)) chunk += fmt::format("line {:010}\n", line_no++);
+    ASSERT_EQ(write(writer.get(), chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
+    written += chunk.size();
+  }
+  writer.reset();  // QEMU exits: EOF
+  (*log)->Stop();
+  done = true;
+  sampler.join();
+  std::string text = (*log)->Text();
+  EXPECT_LE(text.size(), cap);
+  EXPECT_LE(biggest, cap);
+  EXPECT_LE(fs::file_size(path), cap);
+  EXPECT_LT(rss(), rss_before + (16ull << 20)) << "the drain held the flood in memory";
+  EXPECT_GE((*log)->dropped(), total - cap);
+  EXPECT_THAT(text, HasSubstr("bytes of earlier console output dropped"));
+  // The newest output is what is kept, whole to its last line.
+  EXPECT_THAT(text, HasSubstr(fmt::format("line {:010}\n", line_no - 1)));
+  EXPECT_EQ(text.back(), '\n');
+}
+
+TEST_F(MicrovmTest, AGuestFloodingItsConsoleReachesNeitherTheConsoleNorTheChannel) {
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  o.console_log_cap = 64 << 10;
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  auto a = sub->Create("flood", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  auto b = sub->Create("bystander", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  const std::string log = state_ + "/vms/flood/console.log";
+  ExecRequest r;
+  // Every way to the guest's console or channel the sandbox might have: its
+  // init's stdio and channel fds, and the console device nodes.
+  r.shell =
+      "for f in /proc/1/fd/0 /proc/1/fd/1 /proc/1/fd/2 /dev/console /dev/ttyS0 /dev/kmsg /dev/tty; do "
+      "  case $f in /dev/*) [ -c $f ] || continue;; esac; "  // a plain file made on the sandbox's /dev is no way out
+      "  echo FLOODMARK > $f 2>/dev/null && echo reached $f; done; "
+      "echo garbage > /proc/1/fd/3 2>/dev/null && echo reached channel; "
+      "dd if=/proc/1/fd/3 bs=1 count=1 2>/dev/null && echo read channel; "
+      "end=$(( $(date +%s) + 10 )); "
+      "while [ $(date +%s) -lt $end ]; do "
+      "  yes FLOODMARK-FLOODMARK-FLOODMARK | head -c 1048576 > /proc/1/fd/1 2>/dev/null || break; done; "
+      "echo flooded";
+  r.timeout_ms = 60'000;
+  auto res = (*a)->Exec(r, nullptr);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_THAT(res->stdout_data, ::testing::Not(HasSubstr("reached"))) << res->stdout_data;
+  EXPECT_THAT(res->stdout_data, ::testing::Not(HasSubstr("read channel"))) << res->stdout_data;
+  EXPECT_THAT(res->stdout_data, HasSubstr("flooded"));
+  std::error_code ec;
+  EXPECT_LE(fs::file_size(log, ec), o.console_log_cap);
+  auto text = ReadSmallFile(log);
+  EXPECT_EQ((text.ok() ? text.value() : "").find("FLOODMARK"), std::string::npos)
+      << "the flood reached the console log (" << (text.ok() ? text->size() : 0) << " bytes)";
+  // Both VMs still work.
+  for (auto* sb : {&*a, &*b}) {
+    ExecRequest e;
+    e.shell = "echo alive";
+    auto ok = (*sb)->Exec(e, nullptr);
+    ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+    EXPECT_EQ(ok->stdout_data, "alive\n");
+  }
+  EXPECT_TRUE((*a)->Destroy().ok());
+  EXPECT_TRUE((*b)->Destroy().ok());
+  sub->Shutdown();
+}
+
+namespace {
+std::string StatusField(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
+  return "";
+}
+}  // namespace
+
+TEST_F(MicrovmTest, EachVmsQemuRunsAsItsOwnUidInARootOfOnlyWhatItNeeds) {
+  EXPECT_ACCELERATOR_USABLE();
+  auto sub = MakeMicrovmSubstrate(env_, MicrovmOptionsFromEnvironment());
+  auto a = sub->Create("ja", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  auto b = sub->Create("jb", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  auto pids = StrayQemuProcesses(state_);
+  ASSERT_EQ(pids.size(), 2u);
+  std::set<std::string> uids;
+  for (pid_t pid : pids) {
+    std::string uid = StatusField(pid, "Uid");
+    std::istringstream in(uid);
+    uint32_t real = 0, eff = 0, saved = 0, fsuid = 0;
+    in >> real >> eff >> saved >> fsuid;
+    EXPECT_GE(real, 400000u) << uid;
+    EXPECT_LT(real, 400000u + 65536u) << uid;
+    EXPECT_TRUE(real == eff && eff == saved && saved == fsuid) << uid;
+    uids.insert(std::to_string(real));
+    EXPECT_THAT(StatusField(pid, "NoNewPrivs"), HasSubstr("1"));
+    // Its root: /usr and the VM's own files, nothing else of the host's.
+    const std::string root = "/proc/" + std::to_string(pid) + "/root";
+    std::error_code ec;
+    EXPECT_TRUE(fs::exists(root + "/usr/bin/qemu-system-x86_64", ec));
+    for (const char* absent : {"/etc/shadow", "/etc/passwd", "/proc/1", "/sys/kernel", "/home", "/root",
+                               "/var", "/dev/sda", "/dev/mem"})
+      EXPECT_FALSE(fs::exists(root + absent, ec)) << pid << " sees " << absent;
+    EXPECT_TRUE(fs::exists(root + "/dev/null", ec));
+    // No other VM's directory, no state dir besides its own boot files and disks.
+    EXPECT_FALSE(fs::exists(root + state_ + "/vms", ec)) << pid << " sees the VM directories";
+    for (const auto& e : fs::directory_iterator(root + "/", ec)) {
+      std::string n = e.path().filename();
+      EXPECT_TRUE(n == "usr" || n == "lib" || n == "lib64" || n == "lib32" || n == "bin" || n == "sbin" ||
+                  n == "dev" || n == "etc" || n == "tmp")
+          << pid << " has /" << n;
+    }
+    for (const auto& e : fs::directory_iterator(root + "/etc", ec))
+      EXPECT_EQ(e.path().filename(), "ld.so.cache") << pid;
+  }
+  EXPECT_EQ(uids.size(), 2u) << "two VMs' QEMUs share a uid";
+  for (auto* sb : {&*a, &*b}) {
+    ExecRequest e;
+    e.shell = "echo alive";
+    auto ok = (*sb)->Exec(e, nullptr);
+    ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  }
+  EXPECT_TRUE((*a)->Destroy().ok());
+  EXPECT_TRUE((*b)->Destroy().ok());
+  sub->Shutdown();
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
 #include <future>
 #include <mutex>
 #include <set>
@@ -102,7 +103,7 @@ class HostileGuest {
  public:
   // Starts the client (answering its setup) and, with `egress`, its egress
   // (answering the listen request).
-  explicit HostileGuest(bool egress) {
+  explicit HostileGuest(bool egress, InitClientOptions options = {}) {
     int sv[2];
     EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     fd_ = sv[1];
@@ -110,7 +111,7 @@ class HostileGuest {
       Frame setup;
       if (ReadFrame(fd_, &setup)) WriteFrame(fd_, FrameType::kHello, 0, EncodeReply(0, "", ""));
     });
-    auto c = InitClient::Start(UniqueFd(sv[0]), SetupConfig{}, 5000);
+    auto c = InitClient::Start(UniqueFd(sv[0]), SetupConfig{}, 5000, options);
     init.join();
     EXPECT_TRUE(c.ok()) << c.status().message();
     client_ = std::move(c).value();
@@ -295,6 +296,168 @@ TEST(EgressTunnel, DataBeyondTheCreditClosesTheConnectionWithoutStallingTheReade
   }
   EXPECT_TRUE(told) << "the guest was not told its connection closed";
   tunnel.Stop();
+}
+
+// The channel to a microVM guest, whose kernel may be the sandbox's: every
+// frame is bounded before it is read, every call has a deadline, and a
+// breach closes the channel with the reason (the substrate then stops the VM).
+InitClientOptions Hostile(std::chrono::milliseconds budget = std::chrono::milliseconds(30'000)) {
+  InitClientOptions o;
+  o.hostile_peer = true;
+  o.file_call_budget = budget;
+  o.exec_grace = budget;
+  return o;
+}
+
+uint64_t RssBytes() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) << 10;
+  return 0;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+TEST(HostileGuestChannel, AnOversizedReplyBreaksTheChannelBeforeAnyOfItIsRead) {
+  HostileGuest g(/*egress=*/false, Hostile());
+  const uint64_t rss = RssBytes();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto exec = std::async(std::launch::async, [&] {
+    ExecRequest r;
+    r.argv = {"true"};
+    r.timeout_ms = 1000;
+    return g.client_->Exec(r, nullptr);
+  });
+  Frame f;
+  ASSERT_TRUE(g.Next(&f, 5000));
+  ASSERT_EQ(f.type, FrameType::kExec);
+  // A header claiming 100 MiB (the exec asked for 1 MiB per stream), then nothing.
+  uint32_t hdr[3] = {100u << 20, static_cast<uint32_t>(FrameType::kExecDone), f.id};
+  ASSERT_EQ(write(g.fd_, hdr, sizeof hdr), static_cast<ssize_t>(sizeof hdr));
+  auto res = exec.get();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), Code::kUnavailable) << res.status().ToString();
+  EXPECT_THAT(res.status().message(), ::testing::HasSubstr("a frame of 104857600 bytes"));
+  EXPECT_LT(SecondsSince(t0), 5.0);
+  EXPECT_FALSE(g.client_->alive());
+  EXPECT_THAT(g.client_->broken_reason(), ::testing::HasSubstr("at most"));
+  EXPECT_LT(RssBytes(), rss + (32ull << 20)) << "the claimed size was allocated";
+  // Later calls fail at once with the reason.
+  auto later = g.client_->Stat("/x");
+  EXPECT_EQ(later.status().code(), Code::kUnavailable);
+  EXPECT_THAT(later.status().message(), ::testing::HasSubstr("channel was closed"));
+}
+
+TEST(HostileGuestChannel, AnOutputChunkOverItsBoundBreaksTheChannel) {
+  HostileGuest g(/*egress=*/false, Hostile());
+  std::atomic<size_t> seen{0};
+  auto exec = std::async(std::launch::async, [&] {
+    ExecRequest r;
+    r.argv = {"true"};
+    r.timeout_ms = 1000;
+    return g.client_->Exec(r, [&](int, std::string_view d) { seen += d.size(); });
+  });
+  Frame f;
+  ASSERT_TRUE(g.Next(&f, 5000));
+  g.Send(FrameType::kStdout, f.id, std::string(kMaxOutputChunk, 'a'));      // the most one chunk holds
+  g.Send(FrameType::kStdout, f.id, std::string(kMaxOutputChunk + 1, 'b'));  // one byte over
+  auto res = exec.get();
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), Code::kUnavailable) << res.status().ToString();
+  EXPECT_THAT(res.status().message(), ::testing::HasSubstr("where at most 65536 are allowed"));
+  EXPECT_EQ(seen.load(), kMaxOutputChunk);
+}
+
+TEST(HostileGuestChannel, AListingCountBeyondItsBodyIsRefusedNotAllocated) {
+  HostileGuest g(/*egress=*/false, Hostile());
+  auto list = std::async(std::launch::async, [&] { return g.client_->ListDir("/"); });
+  Frame f;
+  ASSERT_TRUE(g.Next(&f, 5000));
+  ASSERT_EQ(f.type, FrameType::kListDir);
+  g.Send(FrameType::kReply, f.id, EncodeReply(0, "", U32(0xffffffffu)));
+  auto r = list.get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kInternal) << r.status().ToString();
+  EXPECT_THAT(r.status().message(), ::testing::HasSubstr("malformed listing"));
+  EXPECT_FALSE(g.client_->alive());
+}
+
+TEST(HostileGuestChannel, AMalformedExecResultBreaksTheChannel) {
+  HostileGuest g(/*egress=*/false, Hostile());
+  auto exec = std::async(std::launch::async, [&] {
+    ExecRequest r;
+    r.argv = {"true"};
+    return g.client_->Exec(r, nullptr);
+  });
+  Frame f;
+  ASSERT_TRUE(g.Next(&f, 5000));
+  g.Send(FrameType::kExecDone, f.id, "garbage");
+  auto res = exec.get();
+  EXPECT_EQ(res.status().code(), Code::kInternal) << res.status().ToString();
+  EXPECT_THAT(res.status().message(), ::testing::HasSubstr("malformed exec result"));
+  EXPECT_FALSE(g.client_->alive());
+}
+
+TEST(HostileGuestChannel, AGuestThatStopsAnsweringFailsTheCallByItsDeadline) {
+  HostileGuest g(/*egress=*/false, Hostile(std::chrono::milliseconds(500)));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto stat = std::async(std::launch::async, [&] { return g.client_->Stat("/x"); });
+  Frame f;
+  ASSERT_TRUE(g.Next(&f, 5000));  // read, never answered
+  auto r = stat.get();
+  EXPECT_EQ(r.status().code(), Code::kDeadlineExceeded) << r.status().ToString();
+  EXPECT_LT(SecondsSince(t0), 5.0);
+  EXPECT_FALSE(g.client_->alive());
+  EXPECT_THAT(g.client_->Stat("/y").status().message(), ::testing::HasSubstr("did not answer within 500 ms"));
+}
+
+TEST(HostileGuestChannel, AGuestThatStopsReadingFailsTheSendByItsDeadline) {
+  HostileGuest g(/*egress=*/false, Hostile(std::chrono::milliseconds(500)));
+  const auto t0 = std::chrono::steady_clock::now();
+  // 32 MiB: far more than the socket buffers; the guest reads none of it.
+  Status st = g.client_->WriteFile("/big", std::string(32u << 20, 'x'), 0644, false);
+  EXPECT_EQ(st.code(), Code::kDeadlineExceeded) << st.ToString();
+  EXPECT_THAT(st.message(), ::testing::HasSubstr("stopped reading its channel"));
+  EXPECT_LT(SecondsSince(t0), 5.0);
+  EXPECT_FALSE(g.client_->alive());
+}
+
+TEST(HostileGuestChannel, AHelloCutShortIsGivenUpOnByTheSetupDeadline) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  uint32_t hdr[3] = {10, static_cast<uint32_t>(FrameType::kHello), 0};
+  ASSERT_EQ(write(sv[1], hdr, 6), 6);  // half a header, then silence
+  const auto t0 = std::chrono::steady_clock::now();
+  auto c = InitClient::Start(UniqueFd(sv[0]), SetupConfig{}, 300, Hostile());
+  EXPECT_EQ(c.status().code(), Code::kDeadlineExceeded) << c.status().ToString();
+  EXPECT_LT(SecondsSince(t0), 3.0);
+  // And a hello claiming more than a hello holds is refused unread.
+  int sv2[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv2), 0);
+  uint32_t big[3] = {kMaxFrame, static_cast<uint32_t>(FrameType::kHello), 0};
+  ASSERT_EQ(write(sv2[1], big, sizeof big), static_cast<ssize_t>(sizeof big));
+  auto c2 = InitClient::Start(UniqueFd(sv2[0]), SetupConfig{}, 5000, Hostile());
+  EXPECT_EQ(c2.status().code(), Code::kInternal) << c2.status().ToString();
+  EXPECT_THAT(c2.status().message(), ::testing::HasSubstr("first frame is larger"));
+  close(sv[1]);
+  close(sv2[1]);
+}
+
+TEST(Protocol, AFrameOverTheCapIsNeverWrittenSoNoLengthIsTruncated) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+  std::string big(size_t{kMaxFrame} + 1, 'x');
+  errno = 0;
+  EXPECT_FALSE(WriteFrame(sv[0], FrameType::kWriteFile, 1, big));
+  EXPECT_EQ(errno, EMSGSIZE);
+  EXPECT_FALSE(WriteFrameBy(sv[0], FrameType::kWriteFile, 1, big, {}, std::chrono::steady_clock::now()));
+  EXPECT_EQ(errno, EMSGSIZE);
+  char c;
+  EXPECT_EQ(read(sv[1], &c, 1), -1) << "part of a refused frame was written";
+  close(sv[0]);
+  close(sv[1]);
 }
 
 TEST(SandboxPath, ParentReferencesAreRefused) {

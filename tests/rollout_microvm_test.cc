@@ -33,7 +33,7 @@ TEST(RolloutMicrovm, MicrovmTasksRunThroughPaddockRun) {
   MicrovmOptions o = MicrovmOptionsFromEnvironment();
   PADDOCK_REQUIRE_MICROVM();
   std::string rootfs = testing::EnsureBusyboxRootfs();
-  testing::DaemonProcess d(testing::DaemonOptions{.args = {"--microvm-accel", o.accel, "--microvm-warm-pool", "0"}});
+  testing::DaemonProcess d(testing::DaemonOptions{.args = {"--microvm-accel", o.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "0"}});
   ASSERT_EQ(d.Start(), "");
   std::string work = d.dir() + "/work";
   fs::create_directories(work);

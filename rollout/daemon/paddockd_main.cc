@@ -66,6 +66,7 @@ struct Flags {
   size_t warm_pool = 4;
   size_t microvm_warm_pool = 2;  // pre-booted VMs per recipe
   std::string microvm_accel;     // kvm (default) or tcg
+  bool allow_tcg_microvms = false;  // TCG is not a security boundary: opt in
   uint32_t default_ttl = 3600;
   std::string log_level = "info";
   std::string init_path;
@@ -485,6 +486,8 @@ int Run(const Flags& flags) {
     vm_env.warm_pool_size = flags.microvm_warm_pool;
     MicrovmOptions vm_opts = MicrovmOptionsFromEnvironment();
     if (!flags.microvm_accel.empty()) vm_opts.accel = flags.microvm_accel;
+    // Only the flag accepts TCG (never the environment): it is no security boundary.
+    vm_opts.allow_tcg = flags.allow_tcg_microvms;
     // Registered even where KVM cannot run guests: creates then fail with the reason.
     Status accel = CheckAccelerator(vm_opts);
     if (!accel.ok()) spdlog::warn("microvm substrate: {}", accel.message());
@@ -625,6 +628,9 @@ int main(int argc, char** argv) {
                  "microVM accelerator: kvm (default) or tcg (QEMU's emulator, for hosts whose KVM "
                  "cannot run guests; slow)")
       ->check(CLI::IsMember({"kvm", "tcg"}));
+  app.add_flag("--allow-tcg-microvms", flags.allow_tcg_microvms,
+               "offer the microvm substrate under TCG (--microvm-accel tcg): QEMU's emulator is not a "
+               "security boundary (QEMU's security policy), so microVM creates under TCG fail without this");
   app.add_option("--default-ttl", flags.default_ttl,
                  "time to live in seconds for sandboxes created with ttl 0")
       ->capture_default_str();

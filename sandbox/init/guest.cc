@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/klog.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
@@ -318,6 +319,16 @@ void RunGuest() {
       }
       close(adj);
     }
+    // The console stays PID 1's: the sandbox's init (reachable by its
+    // commands as /proc/1/fd/*) holds /dev/null, so nothing in the sandbox
+    // can write the serial console the host keeps a log of.
+    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(devnull, 1) < 0 || dup2(devnull, 2) < 0)
+      DieErrno("giving the sandbox's init /dev/null as stdio");
+    close(devnull);
+    // Not dumpable: its commands (root of the guest, without CAP_SYS_PTRACE)
+    // cannot open /proc/1/fd/* (the channel, its stdio) or /proc/1/mem.
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) DieErrno("making the sandbox's init non-dumpable");
     if (channel != 3) {
       if (dup2(channel, 3) < 0) DieErrno("dup2");
       close(channel);

@@ -1,9 +1,11 @@
 #include "sandbox/init/protocol.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -227,6 +229,10 @@ bool ReadAll(int fd, void* data, size_t n) {
 }  // namespace
 
 bool WriteFrame(int fd, FrameType type, uint32_t id, std::string_view payload) {
+  if (payload.size() > kMaxFrame) {
+    errno = EMSGSIZE;
+    return false;
+  }
   uint32_t hdr[3] = {static_cast<uint32_t>(payload.size()), static_cast<uint32_t>(type), id};
   if (payload.size() < 64 * 1024) {
     // One syscall for small frames: header and payload together.
@@ -241,6 +247,10 @@ bool WriteFrameWithFds(int fd, FrameType type, uint32_t id, std::string_view pay
                        const std::vector<int>& fds) {
   if (fds.empty()) return WriteFrame(fd, type, id, payload);
   if (fds.size() > kMaxFrameFds) return false;
+  if (payload.size() > kMaxFrame) {
+    errno = EMSGSIZE;
+    return false;
+  }
   uint32_t hdr[3] = {static_cast<uint32_t>(payload.size()), static_cast<uint32_t>(type), id};
   struct iovec iov {hdr, sizeof hdr};
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)] = {};
@@ -321,6 +331,160 @@ bool ReadFrame(int fd, Frame* f) {
   f->id = hdr[2];
   f->payload.resize(hdr[0]);
   return hdr[0] == 0 || ReadAll(fd, f->payload.data(), hdr[0]);
+}
+
+}  // namespace paddock::init
+
+namespace paddock::init {
+
+namespace {
+
+int MsLeft(std::chrono::steady_clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+  if (left <= 0) return 0;
+  return left > 60'000 ? 60'000 : static_cast<int>(left);
+}
+
+// Waits for `events` on fd until the deadline: false (errno ETIMEDOUT) when it passes.
+bool WaitFor(int fd, short events, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    int left = MsLeft(deadline);
+    if (left == 0) {
+      errno = ETIMEDOUT;
+      return false;
+    }
+    struct pollfd p {fd, events, 0};
+    int n = poll(&p, 1, left);
+    if (n > 0) return true;
+    if (n < 0 && errno != EINTR) return false;
+  }
+}
+
+bool SendAllBy(int fd, const char* p, size_t n, std::chrono::steady_clock::time_point deadline) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN && WaitFor(fd, POLLOUT, deadline)) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// Appends n bytes read from fd to *out, growing it as they come.
+bool ReadGrowing(int fd, size_t n, std::string* out) {
+  constexpr size_t kStep = 1 << 20;
+  out->clear();
+  while (out->size() < n) {
+    size_t want = std::min(kStep, n - out->size());
+    size_t old = out->size();
+    out->resize(old + want);
+    if (!ReadAll(fd, out->data() + old, want)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+FrameRead ReadFrameLimited(int fd, Frame* f, std::vector<int>* fds,
+                           const std::function<uint64_t(FrameType, uint32_t)>& limit, uint32_t* claimed) {
+  uint32_t hdr[3];
+  char* p = reinterpret_cast<char*>(hdr);
+  size_t got = 0;
+  bool truncated = false;
+  while (got < sizeof hdr) {
+    ssize_t r = ReceiveWithFds(fd, p + got, sizeof hdr - got, 0, fds, &truncated);
+    if (r < 0 && errno == ENOTSOCK) r = read(fd, p + got, sizeof hdr - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<size_t>(r);
+  }
+  auto fail = [fds](FrameRead why) {
+    for (int passed : *fds) close(passed);
+    fds->clear();
+    return why;
+  };
+  if (got < sizeof hdr || truncated || fds->size() > kMaxFrameFds) return fail(FrameRead::kClosed);
+  *claimed = hdr[0];
+  f->type = static_cast<FrameType>(hdr[1]);
+  f->id = hdr[2];
+  uint64_t max = limit(f->type, f->id);
+  if (hdr[0] > kMaxFrame || hdr[0] > max) return fail(FrameRead::kTooLarge);
+  if (!ReadGrowing(fd, hdr[0], &f->payload)) return fail(FrameRead::kClosed);
+  return FrameRead::kOk;
+}
+
+bool WriteFrameBy(int fd, FrameType type, uint32_t id, std::string_view payload, const std::vector<int>& fds,
+                  std::chrono::steady_clock::time_point deadline) {
+  if (payload.size() > kMaxFrame) {
+    errno = EMSGSIZE;
+    return false;
+  }
+  if (fds.size() > kMaxFrameFds) {
+    errno = EINVAL;
+    return false;
+  }
+  uint32_t hdr[3] = {static_cast<uint32_t>(payload.size()), static_cast<uint32_t>(type), id};
+  size_t sent = 0;
+  if (!fds.empty()) {
+    // The fds go with the header's first byte.
+    struct iovec iov {hdr, sizeof hdr};
+    alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)] = {};
+    struct msghdr msg {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    for (;;) {
+      ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w > 0) {
+        sent = static_cast<size_t>(w);
+        break;
+      }
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0 && errno == EAGAIN && WaitFor(fd, POLLOUT, deadline)) continue;
+      return false;
+    }
+  }
+  if (payload.size() < 64 * 1024 && sent == 0) {
+    std::string buf(reinterpret_cast<const char*>(hdr), sizeof hdr);
+    buf.append(payload);
+    return SendAllBy(fd, buf.data(), buf.size(), deadline);
+  }
+  return SendAllBy(fd, reinterpret_cast<const char*>(hdr) + sent, sizeof hdr - sent, deadline) &&
+         SendAllBy(fd, payload.data(), payload.size(), deadline);
+}
+
+bool ReadFrameBy(int fd, Frame* f, uint32_t max_payload, std::chrono::steady_clock::time_point deadline) {
+  auto read_by = [&](char* p, size_t n) {
+    while (n > 0) {
+      if (!WaitFor(fd, POLLIN, deadline)) return false;
+      ssize_t r = ::read(fd, p, n);
+      if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (r <= 0) return false;
+      p += r;
+      n -= static_cast<size_t>(r);
+    }
+    return true;
+  };
+  uint32_t hdr[3];
+  if (!read_by(reinterpret_cast<char*>(hdr), sizeof hdr)) return false;
+  if (hdr[0] > max_payload || hdr[0] > kMaxFrame) {
+    errno = EMSGSIZE;
+    return false;
+  }
+  f->type = static_cast<FrameType>(hdr[1]);
+  f->id = hdr[2];
+  f->payload.assign(hdr[0], '\0');
+  return read_by(f->payload.data(), hdr[0]);
 }
 
 }  // namespace paddock::init

@@ -5,7 +5,9 @@
 // output frames echo them, so many calls share one channel.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -15,7 +17,14 @@
 
 namespace paddock::init {
 
+// No frame's payload is larger, either way (a writer refuses one, so no
+// length is ever truncated to the header's 32 bits; a reader refuses one
+// before reading it). The daemon bounds each frame from a peer tighter still:
+// by its type and by what the call it answers asked for (InitClient).
 inline constexpr uint32_t kMaxFrame = 160u << 20;
+// The most one kStdout/kStderr frame carries (paddock-init reads output in
+// chunks of this size).
+inline constexpr uint32_t kMaxOutputChunk = 64u << 10;
 
 enum class FrameType : uint32_t {
   kSetup = 1,      // daemon → init, first frame: SetupConfig
@@ -134,6 +143,28 @@ bool WriteFrame(int fd, FrameType type, uint32_t id, std::string_view payload);
 bool WriteFrameWithFds(int fd, FrameType type, uint32_t id, std::string_view payload,
                        const std::vector<int>& fds);
 bool ReadFrame(int fd, Frame* f);
+
+// For a peer that may be hostile (a microVM guest): reads one frame whose
+// payload may be at most `limit(type, id)` bytes, checked from the header
+// before any payload is read, into a buffer that grows only as bytes arrive
+// (a header that claims much and sends little costs nothing). kTooLarge
+// leaves the stream unusable (the payload was not read); *claimed holds the
+// header's length. fds as ReadFrameWithFds.
+enum class FrameRead { kOk, kClosed, kTooLarge };
+FrameRead ReadFrameLimited(int fd, Frame* f, std::vector<int>* fds,
+                           const std::function<uint64_t(FrameType, uint32_t)>& limit, uint32_t* claimed);
+
+// WriteFrameWithFds that gives up at `deadline` when the peer stops reading
+// (false, errno ETIMEDOUT: the frame may be half written, the stream is then
+// unusable). `fd` must be a socket. False with errno EMSGSIZE, and nothing
+// written, for a payload over kMaxFrame.
+bool WriteFrameBy(int fd, FrameType type, uint32_t id, std::string_view payload, const std::vector<int>& fds,
+                  std::chrono::steady_clock::time_point deadline);
+
+// Reads one frame of at most `max_payload` bytes by `deadline` (a peer that
+// sends part of a frame and stops is given up on): false with errno
+// ETIMEDOUT, EMSGSIZE, or on EOF/error.
+bool ReadFrameBy(int fd, Frame* f, uint32_t max_payload, std::chrono::steady_clock::time_point deadline);
 // The same, also returning (close-on-exec) any fds that came with the frame's
 // header; at most kMaxFrameFds, more are closed and the read fails.
 bool ReadFrameWithFds(int fd, Frame* f, std::vector<int>* fds);

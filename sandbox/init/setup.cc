@@ -51,11 +51,47 @@ bool BindRootOntoItself(const std::string& root, std::string* err) {
   return true;
 }
 
+}  // namespace
+
+// Docker's lists (moby's oci/defaults.go): the kernel-wide knobs stay
+// readable but not writable, the kernel's memory, keys and timers are hidden.
+// Without a user namespace (a microVM guest's sandbox: root there is root of
+// the guest kernel) a writable /proc/sys would let a command rewrite
+// kernel.core_pattern or kernel.modprobe, i.e. run a program of its choosing
+// as the guest's real root outside the sandbox.
+bool MaskProc(const std::string& proc, std::string* err) {
+  constexpr unsigned long kProcFlags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+  for (const char* name : {"bus", "fs", "irq", "sys", "sysrq-trigger"}) {
+    std::string p = proc + "/" + name;
+    if (access(p.c_str(), F_OK) != 0) continue;
+    if (mount(p.c_str(), p.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0 ||
+        mount(nullptr, p.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | kProcFlags, nullptr) != 0)
+      return Fail(err, "making " + p + " read-only");
+  }
+  for (const char* name : {"kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug"}) {
+    std::string p = proc + "/" + name;
+    struct stat st {};
+    if (lstat(p.c_str(), &st) != 0 || S_ISDIR(st.st_mode)) continue;
+    if (mount("/dev/null", p.c_str(), nullptr, MS_BIND, nullptr) != 0) return Fail(err, "masking " + p);
+  }
+  for (const char* name : {"acpi", "asound", "scsi"}) {
+    std::string p = proc + "/" + name;
+    struct stat st {};
+    if (lstat(p.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+    if (mount("tmpfs", p.c_str(), "tmpfs", MS_RDONLY | kProcFlags, "size=0") != 0)
+      return Fail(err, "masking " + p);
+  }
+  return true;
+}
+
+namespace {
+
 bool MountProc(const std::string& root, std::string* err) {
   std::string p = root + "/proc";
   mkdir(p.c_str(), 0555);
   if (mount("proc", p.c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
     return Fail(err, "mounting /proc");
+  if (!MaskProc(p, err)) return false;
   return true;
 }
 
@@ -201,6 +237,7 @@ bool SetupFunctionZygote(const SetupConfig& c, std::string* err) {
 bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err) {
   if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
     return Fail(err, "mounting /proc");
+  if (!MaskProc("/proc", err)) return false;
   // Nothing one exec leaves in /tmp or /dev/shm is seen by another.
   return MountTmp("/tmp", scratch_bytes, err) && MountTmp("/dev/shm", std::min<uint64_t>(scratch_bytes, 64ull << 20), err) &&
          BringLoopbackUp(err);

@@ -24,6 +24,11 @@ bool SetupFunctionZygote(const SetupConfig& c, std::string* err);
 // /dev/shm, and loopback up in its own network namespace.
 bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err);
 
+// Makes the kernel-wide parts of a mounted /proc read-only (sys, sysrq-trigger,
+// irq, bus, fs) and hides kcore, keys and the timer lists
+// (Docker's masked and read-only paths). Absent entries are skipped.
+bool MaskProc(const std::string& proc, std::string* err);
+
 // Keeps only `keep` (a bit mask of CAP_* numbers) in every capability set.
 bool DropCapabilities(uint64_t keep, std::string* err);
 bool InstallSeccomp(const std::string& bpf, std::string* err);

@@ -22,6 +22,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
@@ -33,6 +34,7 @@
 #include "sandbox/linux/process.h"
 #include "sandbox/linux/seccomp_profile.h"
 #include "sandbox/manager.h"
+#include "sandbox/microvm/console_log.h"
 #include "sandbox/microvm/layer_disks.h"
 #include "sandbox/network/egress_proxy.h"
 #include "sandbox/warm_pool.h"
@@ -88,6 +90,35 @@ Status DiagnoseFromConsole(const std::string& console, const std::string& fallba
   return Error(fallback_code, "{}{}", fallback, tail.empty() ? "" : " (console: " + tail + ")");
 }
 
+// The host uids QEMU runs as: one per VM, so that no VM's QEMU can signal,
+// ptrace or read the memory of another's.
+class UidPool {
+ public:
+  UidPool(uint32_t base, uint32_t count) : base_(base), count_(count) {}
+  Result<uint32_t> Take() {
+    std::lock_guard lock(mu_);
+    for (uint32_t i = 0; i < count_; ++i) {
+      uint32_t uid = base_ + (next_ + i) % count_;
+      if (used_.insert(uid).second) {
+        next_ = (next_ + i + 1) % count_;
+        return uid;
+      }
+    }
+    return Error(Code::kResourceExhausted, "all {} QEMU uids ({}..{}) are in use", count_, base_,
+                 base_ + count_ - 1);
+  }
+  void Give(uint32_t uid) {
+    std::lock_guard lock(mu_);
+    used_.erase(uid);
+  }
+
+ private:
+  const uint32_t base_, count_;
+  std::mutex mu_;
+  std::set<uint32_t> used_;
+  uint32_t next_ = 0;
+};
+
 class MicrovmSandbox final : public InitServedSandbox {
  public:
   MicrovmSandbox(std::string id, std::string dir) : InitServedSandbox(std::move(id)), dir_(std::move(dir)) {}
@@ -105,26 +136,52 @@ class MicrovmSandbox final : public InitServedSandbox {
       send = &merged;
     }
     auto r = client_->Exec(*send, on_output);
-    if (!r.ok() && r.status().code() == Code::kUnavailable) return WhyGone(r.status());
+    if (!r.ok()) return WhyGone(r.status());
+    return r;
+  }
+  // The file calls as InitServedSandbox's, with a VM whose channel is gone
+  // stopped and explained.
+  Status WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents) override {
+    Status st = InitServedSandbox::WriteFile(path, content, mode, make_parents);
+    return st.ok() ? st : WhyGone(st);
+  }
+  Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) override {
+    auto r = InitServedSandbox::ReadFile(path, max_bytes);
+    if (!r.ok()) return WhyGone(r.status());
+    return r;
+  }
+  Result<std::vector<FileInfo>> ListDir(const std::string& path) override {
+    auto r = InitServedSandbox::ListDir(path);
+    if (!r.ok()) return WhyGone(r.status());
+    return r;
+  }
+  Result<FileInfo> Stat(const std::string& path) override {
+    auto r = InitServedSandbox::Stat(path);
+    if (!r.ok()) return WhyGone(r.status());
     return r;
   }
 
-  // A call failed because the channel closed: if the VM itself is gone (a
-  // guest panic, a guest out of memory), say why from its console.
+  // A call failed and the channel is closed: the VM is stopped (QEMU killed;
+  // a guest that broke the protocol or stopped answering is not trusted with
+  // another call) and, if it died on its own (a guest panic, a guest out of
+  // memory), its console says why.
   Status WhyGone(const Status& st) {
-    if (client_ && client_->alive()) return st;
+    if (!client_ || client_->alive()) return st;
     std::lock_guard lock(destroy_mu_);
     if (dir_.empty()) return st;
     qemu_.KillAndReap();
-    auto log = ReadSmallFile(dir_ + "/console.log");
-    if (!log.ok()) return st;
-    Status why = DiagnoseFromConsole(log.value(), "", Code::kUnavailable);
+    if (!client_->broken_reason().empty()) return st;  // the daemon closed it: st says why
+    if (!console_) return st;
+    console_->Stop();  // QEMU is gone: everything it wrote is in the log
+    Status why = DiagnoseFromConsole(console_->Text(), "", Code::kUnavailable);
     if (why.message().empty()) return st;
     return Status(why.code(), "the sandbox's VM is gone: " + why.message());
   }
   Result<Usage> GetUsage() override {
     if (!client_) return Destroyed();
-    return client_->GuestUsage();
+    auto r = client_->GuestUsage();
+    if (!r.ok()) return WhyGone(r.status());
+    return r;
   }
   Result<SnapshotResult> Snapshot(const std::string& name) override {
     (void)name;
@@ -138,8 +195,13 @@ class MicrovmSandbox final : public InitServedSandbox {
     if (client_) client_->Close();
     qemu_.KillAndReap();  // the guest and everything in it die with QEMU
     client_.reset();      // its egress tunnel too: every connection closes
+    if (console_) console_->Stop();
     egress_.reset();
     Status first = cgroup_.Destroy();
+    if (uids_ && uid_) {
+      uids_->Give(*uid_);
+      uid_.reset();
+    }
     if (!dir_.empty()) {
       Status st = RemoveTree(dir_);
       if (st.ok()) dir_.clear();
@@ -153,6 +215,9 @@ class MicrovmSandbox final : public InitServedSandbox {
   std::string dir_;
   Cgroup cgroup_;
   ChildProcess qemu_;
+  std::unique_ptr<microvm::ConsoleLog> console_;  // QEMU's stdout/stderr, bounded
+  std::shared_ptr<UidPool> uids_;
+  std::optional<uint32_t> uid_;  // QEMU's, from uids_; given back once QEMU is gone
   std::shared_ptr<void> lease_;  // keeps the image's layers materialized
   // With a network allow list only: served through the client's egress
   // tunnel (the guest has no network device; its connections travel over
@@ -174,6 +239,7 @@ class MicrovmSubstrate final : public Substrate {
       : env_(env),
         opts_(std::move(opts)),
         disks_(env.state_dir + "/microvm/layers", opts_.boot.fs_type.empty() ? "erofs" : opts_.boot.fs_type),
+        uids_(std::make_shared<UidPool>(opts_.qemu_uid, std::max<uint32_t>(1, opts_.qemu_uid_count))),
         pool_(env.warm_pool_size) {
     if (opts_.boot.fs_type.empty()) opts_.boot.fs_type = "erofs";
     if (opts_.boot_timeout_ms == 0) opts_.boot_timeout_ms = opts_.accel == "tcg" ? 180'000 : 15'000;
@@ -241,8 +307,11 @@ class MicrovmSubstrate final : public Substrate {
     PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
     const std::string dir = fmt::format("{}/vms/{}", env_.state_dir, id);
     auto sb = std::make_unique<MicrovmSandbox>(id, dir);  // cleans up on any early return
-    PADDOCK_RETURN_IF_ERROR(MkdirAll(dir + "/dev", 0711));
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(dir, 0711));
     chmod(dir.c_str(), 0711);
+    PADDOCK_ASSIGN_OR_RETURN(uint32_t qemu_uid, uids_->Take());
+    sb->uids_ = uids_;
+    sb->uid_ = qemu_uid;
 
     uint64_t limit = r.limits.memory_bytes ? r.limits.memory_bytes : kDefaultMemoryBytes;
     uint64_t guest_ram = opts_.guest_memory_override ? opts_.guest_memory_override
@@ -264,9 +333,6 @@ class MicrovmSubstrate final : public Substrate {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
     UniqueFd ours(sv[0]), theirs(sv[1]);
-    const std::string console_path = dir + "/console.log";
-    UniqueFd console(open(console_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!console.valid()) return ErrnoError("creating " + console_path);
 
     std::string cmdline =
         "console=ttyS0 quiet panic=-1 reboot=t rdinit=/paddock-init pci=off "
@@ -322,7 +388,16 @@ class MicrovmSubstrate final : public Substrate {
     // and the init client's reader thread would keep that priority for the VM's
     // whole life, so they start at normal priority.
     NormalPriorityScope normal;
-    auto child = SpawnQemu(argv, dir + "/dev", console.get(), theirs.get(), sb->cgroup_, kvm);
+    // The console goes through a pipe the daemon drains into a capped file:
+    // a guest flooding its serial port costs the host a bounded log.
+    UniqueFd console;
+    auto log = microvm::ConsoleLog::Start(dir + "/console.log", opts_.console_log_cap, &console);
+    if (!log.ok()) return log.status();
+    sb->console_ = std::move(log).value();
+    std::vector<std::string> files = {assets.kernel, assets.initramfs};
+    files.insert(files.end(), r.disks.begin(), r.disks.end());
+    PADDOCK_ASSIGN_OR_RETURN(Jail jail, MakeJail(dir + "/root", files));
+    auto child = SpawnQemu(argv, jail, console.get(), theirs.get(), sb->cgroup_, kvm, qemu_uid);
     if (!child.ok()) return child.status().Prefix("starting QEMU");
     sb->qemu_ = std::move(child).value();
     theirs.reset();
@@ -336,12 +411,22 @@ class MicrovmSubstrate final : public Substrate {
     setup.tmp_bytes = disk;
     setup.limits = r.limits;
     setup.seccomp_bpf = bpf;
-    auto client = InitClient::Start(std::move(ours), setup, opts_.boot_timeout_ms);
+    // The guest's kernel may be the sandbox's: every frame from it is bounded
+    // and every call to it has a deadline (sandbox/init/init_client.h).
+    InitClientOptions channel_opts;
+    channel_opts.hostile_peer = true;
+    auto client = InitClient::Start(std::move(ours), setup, opts_.boot_timeout_ms, channel_opts);
     if (!client.ok()) {
       bool timed_out = client.status().code() == Code::kDeadlineExceeded;
+      // A launcher step that failed after QEMU's start was checked (the jail's
+      // mounts, the exec) says which.
+      siginfo_t info{};
+      if (!timed_out && waitid(P_PID, static_cast<id_t>(sb->qemu_.pid()), &info, WEXITED | WNOWAIT | WNOHANG) == 0 &&
+          info.si_pid != 0 && info.si_code == CLD_EXITED && info.si_status >= 110 && info.si_status <= 121)
+        return Error(Code::kInternal, "QEMU's launcher failed at step {} (see docs/microvm.md)", info.si_status);
       sb->qemu_.KillAndReap();
-      auto read = ReadSmallFile(console_path);
-      std::string log = read.ok() ? read.value() : "";
+      sb->console_->Stop();
+      std::string log = sb->console_->Text();
       // Kept for a user to read whole (the error quotes only the cause).
       Status kept = WriteSmallFile(env_.state_dir + "/microvm/last-boot-failure.log", log);
       (void)kept;
@@ -359,53 +444,128 @@ class MicrovmSubstrate final : public Substrate {
     return std::unique_ptr<Sandbox>(std::move(sb));
   }
 
+  // QEMU's root: an empty directory with, bind-mounted read-only at their
+  // host paths, only what QEMU reads: /usr (its binary, libraries and
+  // firmware; /lib, /lib64, /bin as the host's links into it), ld.so.cache,
+  // the kernel, the initramfs and the VM's layer disks; and a /dev of its own
+  // (null, urandom, kvm). No /etc, /proc, /sys, /home, no other VM's files.
+  // The directory and its mount points are made here; the mounts are made in
+  // QEMU's mount namespace only (SpawnQemu), so the host never sees them.
+  struct Jail {
+    std::string root;
+    std::vector<std::pair<std::string, std::string>> binds;  // host path, path under root
+    std::string dev;                                          // root + "/dev"
+    std::string null_node, urandom_node, kvm_node;
+  };
+  Result<Jail> MakeJail(const std::string& root, const std::vector<std::string>& files) {
+    Jail j;
+    j.root = root;
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(root, 0755));
+    chmod(root.c_str(), 0755);
+    for (const char* top : {"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin"}) {
+      struct stat st {};
+      if (lstat(top, &st) != 0) continue;
+      std::string at = root + top;
+      if (S_ISLNK(st.st_mode)) {
+        std::error_code ec;
+        fs::path target = fs::read_symlink(top, ec);
+        if (ec) return Error(Code::kInternal, "reading the link {}: {}", top, ec.message());
+        if (!fs::is_symlink(at, ec) && symlink(target.c_str(), at.c_str()) != 0)
+          return ErrnoError("linking " + at);
+      } else if (S_ISDIR(st.st_mode)) {
+        PADDOCK_RETURN_IF_ERROR(MkdirAll(at, 0755));
+        j.binds.emplace_back(top, at);
+      }
+    }
+    std::vector<std::string> all = files;
+    if (access("/etc/ld.so.cache", R_OK) == 0) all.push_back("/etc/ld.so.cache");
+    for (const auto& f : all) {
+      std::string at = root + f;
+      PADDOCK_RETURN_IF_ERROR(MkdirAll(fs::path(at).parent_path().string(), 0755));
+      int fd = open(at.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0444);
+      if (fd < 0) return ErrnoError("creating the mount point " + at);
+      close(fd);
+      j.binds.emplace_back(f, at);
+    }
+    j.dev = root + "/dev";
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(j.dev, 0755));
+    j.null_node = j.dev + "/null";
+    j.urandom_node = j.dev + "/urandom";
+    j.kvm_node = j.dev + "/kvm";
+    return j;
+  }
+
   // clone into new mount, pid, net, ipc and uts namespaces; the child waits
-  // until it is in the VM's cgroup, gives itself a private /dev/kvm node
-  // owned by the QEMU uid (only in its own mount namespace), drops to that
-  // uid and execs QEMU with the console on stdout/stderr and the channel on
-  // fd 3. Only raw system calls after the clone (the daemon is
-  // multithreaded).
-  Result<ChildProcess> SpawnQemu(const std::vector<std::string>& argv, const std::string& devdir,
-                                 int console_fd, int channel_fd, const Cgroup& cgroup, bool kvm) {
+  // until it is in the VM's cgroup, makes the jail's mounts, a /dev holding
+  // null, urandom and (KVM) a kvm node owned by its uid, pivots into the
+  // jail and detaches the host's tree, drops to the VM's own uid and execs
+  // QEMU with the console on stdout/stderr and the channel on fd 3. Only raw
+  // system calls after the clone (the daemon is multithreaded): every
+  // string is made before it.
+  Result<ChildProcess> SpawnQemu(const std::vector<std::string>& argv, const Jail& jail, int console_fd,
+                                 int channel_fd, const Cgroup& cgroup, bool kvm, uint32_t uid) {
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
     const char* envp[] = {"PATH=/usr/bin:/bin", nullptr};
-    const std::string kvm_node = devdir + "/kvm";
-    struct stat kst {};
+    struct stat kst {}, nst {}, ust {};
     if (kvm && stat(opts_.kvm_device.c_str(), &kst) != 0) return ErrnoError("KVM device " + opts_.kvm_device);
+    if (stat("/dev/null", &nst) != 0 || stat("/dev/urandom", &ust) != 0) return ErrnoError("/dev/null");
+    std::vector<const char*> bind_src, bind_dst;
+    for (const auto& [src, dst] : jail.binds) {
+      bind_src.push_back(src.c_str());
+      bind_dst.push_back(dst.c_str());
+    }
+    const size_t nbinds = bind_src.size();
+    const char* root = jail.root.c_str();
+    const char* dev = jail.dev.c_str();
+    const char* null_node = jail.null_node.c_str();
+    const char* urandom_node = jail.urandom_node.c_str();
+    const char* kvm_node = jail.kvm_node.c_str();
     int sync[2];
     if (pipe2(sync, O_CLOEXEC) != 0) return ErrnoError("pipe");
     int pidfd = -1;
-    const uint32_t uid = opts_.qemu_uid, gid = opts_.qemu_gid;
-    const char* kvm_dev = opts_.kvm_device.c_str();
+    const uint32_t gid = uid;
     long pid = syscall(SYS_clone,
                        CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
                            CLONE_PIDFD | SIGCHLD,
                        nullptr, &pidfd, nullptr, nullptr);
     if (pid == 0) {
       char go;
-      if (read(sync[0], &go, 1) != 1) _exit(120);
-      if (setsid() < 0) _exit(120);  // no controlling terminal of the daemon's
-      if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(121);
-      if (kvm) {
-        if (mount("tmpfs", devdir.c_str(), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=16k") != 0)
-          _exit(122);
-        if (mknod(kvm_node.c_str(), S_IFCHR | 0600, kst.st_rdev) != 0) _exit(123);
-        if (chown(kvm_node.c_str(), uid, gid) != 0) _exit(124);
-        if (mount(kvm_node.c_str(), kvm_dev, nullptr, MS_BIND, nullptr) != 0) _exit(125);
+      if (read(sync[0], &go, 1) != 1) _exit(110);
+      if (setsid() < 0) _exit(110);  // no controlling terminal of the daemon's
+      if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(111);
+      // The jail's root must be a mount point to pivot into.
+      if (mount(root, root, nullptr, MS_BIND, nullptr) != 0) _exit(112);
+      for (size_t i = 0; i < nbinds; ++i) {
+        if (mount(bind_src[i], bind_dst[i], nullptr, MS_BIND | MS_REC, nullptr) != 0 ||
+            mount(nullptr, bind_dst[i], nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+                  nullptr) != 0)
+          _exit(113);
       }
+      if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=16k") != 0) _exit(114);
+      // chmod: mknod's mode went through the daemon's umask.
+      if (mknod(null_node, S_IFCHR | 0666, nst.st_rdev) != 0 || mknod(urandom_node, S_IFCHR | 0666, ust.st_rdev) != 0 ||
+          chmod(null_node, 0666) != 0 || chmod(urandom_node, 0666) != 0)
+        _exit(115);
+      if (kvm) {
+        if (mknod(kvm_node, S_IFCHR | 0600, kst.st_rdev) != 0) _exit(116);
+        if (chown(kvm_node, uid, gid) != 0) _exit(116);
+      }
+      // The jail's root becomes "/"; the host's tree, stacked under it, is detached.
+      if (chdir(root) != 0 || syscall(SYS_pivot_root, ".", ".") != 0) _exit(117);
+      if (umount2(".", MNT_DETACH) != 0 || chdir("/") != 0) _exit(118);
       if (syscall(SYS_setgroups, 0, nullptr) != 0 || syscall(SYS_setresgid, gid, gid, gid) != 0 ||
           syscall(SYS_setresuid, uid, uid, uid) != 0)
-        _exit(126);
+        _exit(119);
       prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
       int devnull = open("/dev/null", O_RDWR);
       if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(console_fd, 1) < 0 || dup2(console_fd, 2) < 0 ||
           dup2(channel_fd, 3) < 0)
-        _exit(127);
+        _exit(120);
       syscall(SYS_close_range, 4, ~0U, 0);
       execve(args[0], args.data(), const_cast<char**>(envp));
-      _exit(127);
+      _exit(121);
     }
     close(sync[0]);
     if (pid < 0) {
@@ -423,7 +583,7 @@ class MicrovmSubstrate final : public Substrate {
     siginfo_t info{};
     struct pollfd p {pidfd, POLLIN, 0};
     if (poll(&p, 1, 0) == 1 && waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED | WNOWAIT) == 0 &&
-        info.si_code == CLD_EXITED && info.si_status >= 120) {
+        info.si_code == CLD_EXITED && info.si_status >= 110 && info.si_status <= 121) {
       return Error(Code::kInternal, "QEMU's launcher failed at step {} (see docs/microvm.md)",
                    info.si_status);
     }
@@ -435,6 +595,7 @@ class MicrovmSubstrate final : public Substrate {
   microvm::LayerDisks disks_;
   std::mutex assets_mu_;
   std::optional<microvm::BootAssets> assets_;
+  std::shared_ptr<UidPool> uids_;
   WarmPool pool_;  // last: stopped before the rest goes
 };
 
@@ -445,6 +606,7 @@ MicrovmOptions MicrovmOptionsFromEnvironment() {
   if (const char* a = std::getenv("PADDOCK_MICROVM_ACCEL"); a && *a) o.accel = a;
   if (const char* k = std::getenv("PADDOCK_MICROVM_KERNEL"); k && *k) o.boot.kernel = k;
   if (const char* f = std::getenv("PADDOCK_MICROVM_FS"); f && *f) o.boot.fs_type = f;
+  if (const char* t = std::getenv("PADDOCK_MICROVM_ALLOW_TCG"); t && std::string_view(t) == "1") o.allow_tcg = true;
   return o;
 }
 
@@ -455,7 +617,14 @@ Status CheckAccelerator(const MicrovmOptions& o) {
     return Error(Code::kFailedPrecondition,
                  "QEMU is not installed: {} is missing (install qemu-system-x86: scripts/install-deps.sh)",
                  o.qemu);
-  if (o.accel == "tcg") return Status::Ok();
+  if (o.accel == "tcg") {
+    if (!o.allow_tcg)
+      return Error(Code::kFailedPrecondition,
+                   "microVMs under TCG (QEMU's emulator) are refused: TCG is not a security boundary "
+                   "(QEMU's security policy covers only KVM guests); start paddockd with "
+                   "--allow-tcg-microvms to accept them anyway (docs/security.md)");
+    return Status::Ok();
+  }
   int fd = open(o.kvm_device.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
@@ -487,7 +656,8 @@ Status CheckAccelerator(const MicrovmOptions& o) {
     return Error(Code::kFailedPrecondition,
                  "KVM cannot run guests here: {} exists but the CPU has no hardware virtualization "
                  "(no vmx/svm flag in /proc/cpuinfo), so guests fail in KVM's instruction emulator; "
-                 "run on a host with VT-x/AMD-V, or set PADDOCK_MICROVM_ACCEL=tcg (emulation, slow)",
+                 "run on a host with VT-x/AMD-V, or use TCG (--microvm-accel tcg --allow-tcg-microvms: "
+                 "emulation, slow, and not a security boundary)",
                  o.kvm_device);
   return Status::Ok();
 }

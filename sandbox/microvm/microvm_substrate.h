@@ -22,6 +22,11 @@ struct MicrovmOptions {
   // "kvm" (the substrate's purpose) or "tcg" (QEMU's emulator: for machines
   // whose KVM cannot run guests; far slower, never the measured path).
   std::string accel = "kvm";
+  // TCG is not a security boundary (QEMU's security policy: only KVM guests
+  // are treated as untrusted-code containment), so a microVM under TCG is
+  // refused unless this is set (paddockd's --allow-tcg-microvms;
+  // PADDOCK_MICROVM_ALLOW_TCG=1 for tests and benches, never read by paddockd).
+  bool allow_tcg = false;
   microvm::BootSource boot;  // guest kernel, its modules, layer filesystem
   uint32_t vcpus = 1;        // when the spec sets no cpu limit
   // Guest RAM = the spec's memory limit (what the sandbox's cgroup in the
@@ -31,13 +36,18 @@ struct MicrovmOptions {
   uint64_t guest_memory_override = 0;  // fixed guest RAM (tests of a starved guest)
   int boot_timeout_ms = 0;              // 0: 15 s with kvm, 180 s with tcg
   std::string extra_cmdline;            // appended to the kernel command line
-  // The unprivileged host ids QEMU runs as (outside the container and
-  // function ranges of sandbox/linux/userns.h).
-  uint32_t qemu_uid = 400000, qemu_gid = 400000;
+  // The most of a VM's console (<vm dir>/console.log) kept on the host; the
+  // newest half is kept when a guest writes more (sandbox/microvm/console_log.h).
+  uint64_t console_log_cap = 1ull << 20;
+  // The unprivileged host ids QEMU runs as, one uid (and gid) per VM from
+  // [qemu_uid, qemu_uid + qemu_uid_count) (outside the container and function
+  // ranges of sandbox/linux/userns.h).
+  uint32_t qemu_uid = 400000, qemu_uid_count = 65536;
 };
 
 // Options from the environment: PADDOCK_MICROVM_ACCEL, PADDOCK_MICROVM_KERNEL,
-// PADDOCK_MICROVM_FS (what tests, benches and paddockd's defaults use).
+// PADDOCK_MICROVM_FS, PADDOCK_MICROVM_ALLOW_TCG (what tests, benches and
+// paddockd's defaults use; paddockd sets allow_tcg from its flag only).
 MicrovmOptions MicrovmOptionsFromEnvironment();
 
 std::unique_ptr<Substrate> MakeMicrovmSubstrate(const SubstrateEnv& env,

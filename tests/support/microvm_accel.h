@@ -13,6 +13,8 @@
 namespace paddock::testing {
 
 inline void UseEmulationWhereKvmCannotRunGuests() {
+  // The tests accept TCG explicitly (paddockd needs --allow-tcg-microvms: DaemonArgs).
+  setenv("PADDOCK_MICROVM_ALLOW_TCG", "1", 1);
   if (const char* set = std::getenv("PADDOCK_MICROVM_ACCEL"); set && *set) return;
   MicrovmOptions kvm = MicrovmOptionsFromEnvironment();
   kvm.accel = "kvm";
