@@ -108,20 +108,13 @@ TEST(EngineAttention, ChunkedPrefillEqualsTokenByToken) {
   EXPECT_EQ(logits, steps.back());  // bit for bit
 }
 
-TEST(EngineAttention, PooledBlockIsSoftmaxGatedMeanOfItsTokens) {
-  // Layer 0's input is the embedding, so its first compressed block (tokens
-  // 0..3, RoPE at position 0 = identity) can be computed here from the weights.
-  Config c = MicroConfig();
-  auto m = Build(c);
-  const Weights& w = m->weights();
-  std::vector<int32_t> prompt = {10, 20, 30, 40};
-  SequenceState s = m->NewSequence();
-  std::vector<float> logits;
-  Model::Chunk chunk{&s, prompt, false};
-  m->Forward(std::span<const Model::Chunk>(&chunk, 1), logits);
-  ASSERT_EQ(s.layers[0].blocks.size(), EntryBytes(c));
+// Layer 0's first compressed block (tokens 0..3) computed from the weights in
+// double: numerator and denominator of the softmax-gated pool per channel.
+void PoolFirstBlockByHand(const Config& c, const Weights& w, const std::vector<int32_t>& prompt,
+                          std::vector<double>& num, std::vector<double>& den) {
   const int d = c.d_model, hd = c.head_dim;
-  std::vector<double> num(hd, 0), den(hd, 0);
+  num.assign(hd, 0);
+  den.assign(hd, 0);
   const float* norm = w.Get("layers.0.attn_norm.weight");
   const float* wkv = w.Get("layers.0.attn.wkv");
   const float* wg = w.Get("layers.0.attn.compress.wgate");
@@ -146,6 +139,23 @@ TEST(EngineAttention, PooledBlockIsSoftmaxGatedMeanOfItsTokens) {
       den[ch] += e;
     }
   }
+}
+
+TEST(EngineAttention, PooledBlockIsSoftmaxGatedMeanOfItsTokens) {
+  // Layer 0's input is the embedding, so its first compressed block (tokens
+  // 0..3, RoPE at position 0 = identity) can be computed here from the weights.
+  Config c = MicroConfig();
+  auto m = Build(c);
+  const Weights& w = m->weights();
+  std::vector<int32_t> prompt = {10, 20, 30, 40};
+  SequenceState s = m->NewSequence();
+  std::vector<float> logits;
+  Model::Chunk chunk{&s, prompt, false};
+  m->Forward(std::span<const Model::Chunk>(&chunk, 1), logits);
+  ASSERT_EQ(s.layers[0].blocks.size(), EntryBytes(c));
+  const int hd = c.head_dim;
+  std::vector<double> num, den;
+  PoolFirstBlockByHand(c, w, prompt, num, den);
   std::vector<float> stored(hd);
   DecodeStoredEntry(c, s.layers[0].blocks.data(), stored.data());
   float amax = 0;
@@ -170,34 +180,11 @@ TEST(EngineAttention, ExactKvStoresFloat32Entries) {
   std::vector<float> logits;
   Model::Chunk chunk{&s, prompt, false};
   m->Forward(std::span<const Model::Chunk>(&chunk, 1), logits);
-  const int d = c.d_model, hd = c.head_dim;
+  const int hd = c.head_dim;
   ASSERT_EQ(s.layers[0].blocks.size(), sizeof(float) * hd);
   if (c.layers[0] == LayerKind::kCsa) ASSERT_EQ(s.layers[0].index_keys.size(), sizeof(float) * c.index_dim);
-  std::vector<double> num(hd, 0), den(hd, 0);
-  const float* norm = w.Get("layers.0.attn_norm.weight");
-  const float* wkv = w.Get("layers.0.attn.wkv");
-  const float* wg = w.Get("layers.0.attn.compress.wgate");
-  const float* bias = w.Get("layers.0.attn.compress.pos_bias");
-  for (int i = 0; i < 4; ++i) {
-    std::vector<double> x(d);
-    double ss = 0;
-    for (int k = 0; k < d; ++k) {
-      x[k] = Bf16ToFloat(w.embed[prompt[i] * d + k]);
-      ss += x[k] * x[k];
-    }
-    double inv = 1.0 / std::sqrt(ss / d + c.norm_eps);
-    for (int k = 0; k < d; ++k) x[k] *= inv * norm[k];
-    for (int ch = 0; ch < hd; ++ch) {
-      double kv = 0, g = 0;
-      for (int k = 0; k < d; ++k) {
-        kv += wkv[ch * d + k] * x[k];
-        g += wg[ch * d + k] * x[k];
-      }
-      double e = std::exp(g + bias[i * hd + ch]);
-      num[ch] += e * kv;
-      den[ch] += e;
-    }
-  }
+  std::vector<double> num, den;
+  PoolFirstBlockByHand(c, w, prompt, num, den);
   const float* stored = reinterpret_cast<const float*>(s.layers[0].blocks.data());
   for (int ch = 0; ch < hd; ++ch)
     EXPECT_NEAR(stored[ch], num[ch] / den[ch], 1e-5 * (1 + std::fabs(num[ch] / den[ch]))) << "channel " << ch;

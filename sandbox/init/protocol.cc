@@ -228,6 +228,26 @@ bool ReadAll(int fd, void* data, size_t n) {
 }
 }  // namespace
 
+namespace {
+// One sendmsg of a frame header with `fds` (1..kMaxFrameFds) attached as
+// SCM_RIGHTS: the fds travel with the header's first byte. Returns sendmsg's.
+ssize_t SendHeaderWithFds(int fd, uint32_t (&hdr)[3], const std::vector<int>& fds, int flags) {
+  struct iovec iov {hdr, sizeof hdr};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)] = {};
+  struct msghdr msg {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  return sendmsg(fd, &msg, flags);
+}
+}  // namespace
+
 bool WriteFrame(int fd, FrameType type, uint32_t id, std::string_view payload) {
   if (payload.size() > kMaxFrame) {
     errno = EMSGSIZE;
@@ -252,20 +272,8 @@ bool WriteFrameWithFds(int fd, FrameType type, uint32_t id, std::string_view pay
     return false;
   }
   uint32_t hdr[3] = {static_cast<uint32_t>(payload.size()), static_cast<uint32_t>(type), id};
-  struct iovec iov {hdr, sizeof hdr};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)] = {};
-  struct msghdr msg {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
   ssize_t w;
-  do w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  do w = SendHeaderWithFds(fd, hdr, fds, MSG_NOSIGNAL);
   while (w < 0 && errno == EINTR);
   if (w <= 0) return false;
   // The fds went with the first byte; the rest is an ordinary write.
@@ -431,20 +439,8 @@ bool WriteFrameBy(int fd, FrameType type, uint32_t id, std::string_view payload,
   size_t sent = 0;
   if (!fds.empty()) {
     // The fds go with the header's first byte.
-    struct iovec iov {hdr, sizeof hdr};
-    alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFrameFds)] = {};
-    struct msghdr msg {};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
     for (;;) {
-      ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      ssize_t w = SendHeaderWithFds(fd, hdr, fds, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (w > 0) {
         sent = static_cast<size_t>(w);
         break;
