@@ -190,8 +190,10 @@ void InitClient::ReaderLoop() {
 }
 
 bool InitClient::alive() const {
+  // A broken channel is dead from the moment it is broken; its reader notices
+  // the shutdown a little later.
   std::lock_guard lock(mu_);
-  return !dead_;
+  return !dead_ && broken_.empty();
 }
 
 void InitClient::Close() {
