@@ -306,29 +306,10 @@ ssize_t ReceiveWithFds(int fd, void* buf, size_t size, int flags, std::vector<in
 }
 
 bool ReadFrameWithFds(int fd, Frame* f, std::vector<int>* fds) {
-  uint32_t hdr[3];
-  char* p = reinterpret_cast<char*>(hdr);
-  size_t got = 0;
-  bool truncated = false;
-  while (got < sizeof hdr) {
-    ssize_t r = ReceiveWithFds(fd, p + got, sizeof hdr - got, 0, fds, &truncated);
-    // A guest's virtio-serial port: no fds.
-    if (r < 0 && errno == ENOTSOCK) r = read(fd, p + got, sizeof hdr - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    got += static_cast<size_t>(r);
-  }
-  auto fail = [fds] {
-    for (int passed : *fds) close(passed);
-    fds->clear();
-    return false;
-  };
-  if (got < sizeof hdr || truncated || fds->size() > kMaxFrameFds || hdr[0] > kMaxFrame) return fail();
-  f->type = static_cast<FrameType>(hdr[1]);
-  f->id = hdr[2];
-  f->payload.resize(hdr[0]);
-  if (hdr[0] != 0 && !ReadAll(fd, f->payload.data(), hdr[0])) return fail();
-  return true;
+  // ReadFrameLimited with no bound but the protocol's own.
+  uint32_t claimed = 0;
+  return ReadFrameLimited(fd, f, fds, [](FrameType, uint32_t) -> uint64_t { return kMaxFrame; }, &claimed) ==
+         FrameRead::kOk;
 }
 
 bool ReadFrame(int fd, Frame* f) {
