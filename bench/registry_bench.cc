@@ -301,6 +301,10 @@ double FirstExec(const std::string& work, const std::string& full, bool one_pass
   spec.substrate = "container";
   spec.image = full;
   spec.local_client = true;
+  // Each run starts on a quiet disk, as a node's first pull would: the previous
+  // run's background syncfs and the removal of its trees are written out first
+  // (without this, run N's pull shared the disk with run N-1's writeback).
+  ::sync();
   double t1 = Now();
   auto info = manager.Create(spec);
   Die(info.status(), "creating a container from the registry reference");

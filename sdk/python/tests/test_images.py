@@ -133,6 +133,29 @@ def test_pull_from_a_registry(client: paddock.Client, daemon, rootfs_dir: str, t
         proc.wait()
 
 
+def test_push_in_chunks(client: paddock.Client, daemon, rootfs_dir: str, tmp_path,
+                        images_served: None) -> None:
+    """chunk_size reaches the daemon: the layer (over 64 KiB) goes as PATCH chunks and reads back whole."""
+    (tmp_path / "reg").mkdir()
+    proc, port = _registry(tmp_path / "reg")
+    try:
+        name = f"pysdk-chunked-src-{os.urandom(3).hex()}:t"
+        src = client.images.import_dir(rootfs_dir, name=name)
+        ref = f"127.0.0.1:{port}/pysdk/chunked:1"
+        r = client.images.push(name, ref, chunk_size=64 << 10)
+        # A fresh registry: both blobs uploaded; the config is small (one PUT), the layer chunked.
+        assert r.blobs_uploaded == 2 and r.blobs_chunked == 1 and r.bytes_uploaded > 64 << 10
+        client.images.rm(name)
+        pulled = client.images.pull(ref)
+        assert pulled.image == src.image and pulled.manifest_digest == r.manifest_digest
+        with client.sandbox("container", ref) as sb:
+            assert sb.exec(["echo", "ok"]).stdout == b"ok\n"
+        client.images.rm(ref)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def test_push_to_a_registry(client: paddock.Client, daemon, rootfs_dir: str, tmp_path,
                             images_served: None) -> None:
     proc, port = _registry(tmp_path)
