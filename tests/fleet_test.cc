@@ -20,7 +20,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "image.grpc.pb.h"
 #include "paddock/client.h"
+#include "paddock/grpc_call.h"
 #include "tests/rollout_test_util.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/test_rootfs.h"
@@ -709,6 +711,86 @@ TEST_F(FleetTest, TheNodeThatFetchedAnImageIsPreferredForIt) {
   EXPECT_EQ(FrontSandboxesOn(*nodes_[1 - holder]).size(), 0u);
   EXPECT_EQ(NodeStats(*nodes_[holder]).images_fetched, 1u);
   EXPECT_EQ(NodeStats(*nodes_[1 - holder]).images_fetched, 0u);
+}
+
+// A snapshot of a sandbox on a node is copied into the front's store under its
+// name (Images.Send), so it outlives that node: with the node killed, a create
+// from the snapshot goes to the other node, which is handed it by the front.
+TEST_F(FleetTest, ASnapshotTakenOnANodeIsTheFrontsAndOutlivesTheNode) {
+  StartNodes(2);
+  StartFront(NodeList());
+  auto front = Local(*front_);
+  ASSERT_EQ(WaitForNodes("ready", 2, std::chrono::seconds(15))["nodes"].size(), 2u);
+  auto made = front.Create(Busybox());
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  ASSERT_TRUE(front.Exec(made->id, Shell("echo kept > /note")).ok());
+  const size_t holder = FrontSandboxesOn(*nodes_[0]).empty() ? 1 : 0;
+  auto snap = front.SnapshotImage(made->id, "snap:1");
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  // In the front's store, by name and by the very id the node gave it.
+  auto kept = front.ImageInspect("snap:1");
+  ASSERT_TRUE(kept.ok()) << kept.status().ToString();
+  EXPECT_EQ(kept->digest, snap->image);
+  EXPECT_THAT(front_->LogTail(1 << 20), HasSubstr("copied image snap:1"));
+
+  ASSERT_EQ(nodes_[holder]->Stop(SIGKILL), 128 + SIGKILL);
+  WaitForNodes("lost", 1, std::chrono::seconds(15));
+  SandboxSpec spec = Busybox();
+  spec.image = "snap:1";
+  auto fork = front.Create(spec);
+  ASSERT_TRUE(fork.ok()) << fork.status().ToString();
+  auto out = front.Exec(fork->id, Shell("cat /note"));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->stdout_data, "kept\n");
+  EXPECT_EQ(FrontSandboxesOn(*nodes_[1 - holder]).size(), 1u);
+  EXPECT_EQ(NodeStats(*nodes_[1 - holder]).images_fetched, 1u);  // handed over by the front
+}
+
+// Images.Send serves fronts only, and only the blobs of the image asked for.
+TEST_F(FleetTest, ANodeSendsOnlyTheImageAskedForAndOnlyToAFront) {
+  StartNodes(1);
+  auto node = Local(*nodes_[0]);
+  auto busybox = node.ImageInspect("busybox:1");
+  ASSERT_TRUE(busybox.ok()) << busybox.status().ToString();
+  auto ask = [&](const std::vector<std::pair<std::string, std::string>>& metadata,
+                 const std::string& blob) -> grpc::Status {
+    client::ClientOptions o;
+    o.tcp_target = addresses_[0];
+    o.token = kToken;
+    o.metadata = metadata;
+    auto c = client::Client::Connect(o);
+    EXPECT_TRUE(c.ok());
+    if (!metadata.empty()) EXPECT_TRUE(c->Stats().ok());  // the heartbeat that makes the lease
+    v1::Images::Stub stub(c->channel());
+    auto ctx = client::internal::CallContext(c->options(), std::chrono::seconds(10));
+    auto stream = stub.Send(ctx.get());
+    v1::ReceiveAsk m;
+    m.mutable_want()->set_image(busybox->digest);
+    stream->Write(m);
+    m.mutable_blob()->set_digest(blob);
+    m.mutable_blob()->set_max_bytes(1 << 20);
+    stream->Write(m);
+    v1::ReceiveMessage chunk;
+    size_t bytes = 0;
+    while (stream->Read(&chunk) && chunk.chunk().error().empty()) {
+      bytes += chunk.chunk().data().size();
+      if (chunk.chunk().last()) break;
+    }
+    stream->WritesDone();  // asks for nothing more: the node ends the call
+    grpc::Status st = stream->Finish();
+    if (st.ok()) EXPECT_GT(bytes, 0u);
+    return st;
+  };
+  // A plain client with the token but no front lease.
+  grpc::Status plain = ask({}, busybox->digest);
+  EXPECT_EQ(plain.error_code(), grpc::StatusCode::PERMISSION_DENIED) << plain.error_message();
+  // A front asking for a blob of the store that is not the image's.
+  const std::vector<std::pair<std::string, std::string>> as_front = {{"paddock-front", "f9"}, {"paddock-epoch", "1"}};
+  grpc::Status other = ask(as_front, "sha256:" + std::string(64, 'a'));
+  EXPECT_EQ(other.error_code(), grpc::StatusCode::PERMISSION_DENIED) << other.error_message();
+  EXPECT_THAT(other.error_message(), HasSubstr("not one of image"));
+  // The image's own manifest is served.
+  EXPECT_TRUE(ask(as_front, busybox->digest).ok());
 }
 
 TEST_F(FleetTest, ABlobThatDoesNotMatchItsDigestIsRefusedAndNothingIsStored) {

@@ -69,7 +69,7 @@ Result<std::unique_ptr<Fleet>> Fleet::Start(FleetOptions options) {
 
 Fleet::Fleet(FleetOptions options, NodeDiscovery discovery)
     : options_(std::move(options)), discovery_(std::move(discovery)) {
-  if (options_.images) image_sender_ = std::make_unique<ImageSender>(*options_.images, options_.image_timeout);
+  if (options_.images) image_sender_ = std::make_shared<ImageSender>(*options_.images, options_.image_timeout);
 }
 
 Fleet::~Fleet() {
@@ -207,7 +207,9 @@ Result<std::unique_ptr<Sandbox>> Fleet::Create(const std::string& id, const Sand
     if (made.ok()) {
       spdlog::info("sandbox {} placed on node {} as {}{}", id, chosen->address(), made->id,
                    choice.ok() && choice->image_local ? " (image there)" : "");
-      return std::unique_ptr<Sandbox>(std::make_unique<RemoteSandbox>(id, made->id, chosen, generation));
+      auto sandbox = std::make_unique<RemoteSandbox>(id, made->id, chosen, generation);
+      if (auto keeper = KeeperFor(chosen)) sandbox->KeepSnapshotsWith(std::move(keeper));
+      return std::unique_ptr<Sandbox>(std::move(sandbox));
     }
     last = made.status().Prefix(fmt::format("node {}", chosen->address()));
     if (!NodeFault(made.status())) return last;
@@ -241,6 +243,26 @@ Result<client::SandboxInfo> Fleet::CreateOn(Node& node, NodeConnection& c, const
     made = c.Create(spec);
   }
   return made;
+}
+
+SnapshotKeeper Fleet::KeeperFor(std::shared_ptr<Node> node) const {
+  if (!image_sender_) return {};
+  // Captures what outlives the fleet's own lifetime questions: the sender (shared),
+  // the store (the daemon's, which outlives every sandbox) and the node.
+  return [sender = image_sender_, store = options_.images, node = std::move(node)](
+             NodeConnection& c, SnapshotResult snap) -> Result<SnapshotResult> {
+    client::Client* grpc = c.GrpcClient();
+    if (!grpc) return snap;  // a simulated node: nothing to copy
+    const std::string what = fmt::format("snapshot {} of a sandbox on node {}", snap.image, node->address());
+    auto copied = sender->Fetch(node->address(), *grpc, snap.image, snap.name);
+    if (!copied.ok()) return copied.status().Prefix(what + " was taken, but the front could not keep it");
+    if (!snap.name.empty()) {
+      Status tagged = store->Tag(copied->image, snap.name);
+      if (!tagged.ok()) return tagged.Prefix(what + " was kept by the front, but naming it " + snap.name);
+    }
+    node->NoteImage(snap.image);  // creates from it prefer the node that holds it
+    return snap;
+  };
 }
 
 std::vector<NodeStatus> Fleet::List() const {

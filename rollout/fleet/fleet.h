@@ -121,10 +121,13 @@ class Fleet {
   // Creates on `node`, handing it the image first when it lacks it.
   Result<client::SandboxInfo> CreateOn(Node& node, NodeConnection& c, const SandboxSpec& spec,
                                        const std::string& image_id, const std::string& image_name);
+  // A sandbox's snapshot keeper (remote_sandbox.h): the node's snapshot copied
+  // into this front's store under its name; null without a store.
+  SnapshotKeeper KeeperFor(std::shared_ptr<Node> node) const;
 
   FleetOptions options_;
   NodeDiscovery discovery_;
-  std::unique_ptr<ImageSender> image_sender_;  // when options_.images
+  std::shared_ptr<ImageSender> image_sender_;  // when options_.images (shared with sandboxes' snapshot keepers)
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;  // node state changes, stop
   std::map<std::string, std::shared_ptr<Node>> nodes_;

@@ -1,9 +1,5 @@
 #include "rollout/fleet/image_transfer.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cstring>
 #include <set>
 
 #include <grpcpp/grpcpp.h>
@@ -12,8 +8,7 @@
 #include "image.grpc.pb.h"
 #include "paddock/client.h"
 #include "paddock/grpc_call.h"
-#include "rollout/service/image_receive.h"
-#include "sandbox/base/unique_fd.h"
+#include "rollout/service/image_blob_stream.h"
 
 namespace paddock::fleet {
 
@@ -22,39 +17,6 @@ namespace {
 Status FromGrpcStatus(const grpc::Status& st) {
   if (st.ok()) return Status::Ok();
   return Error(static_cast<Code>(st.error_code()), "{}", st.error_message());
-}
-
-using Stream = grpc::ClientReaderWriter<v1::ReceiveMessage, v1::ReceiveAsk>;
-
-// Sends blob `digest` of `store` in chunks, at most `max_bytes` + 1 bytes (one
-// more than the node takes, so it sees a blob longer than it asked for). The
-// bytes go as the file holds them: the node checks them against the digest.
-bool SendBlob(Stream* stream, const storage::ImageStore& store, const storage::Digest& digest, uint64_t max_bytes) {
-  v1::ReceiveMessage m;
-  auto* chunk = m.mutable_chunk();
-  UniqueFd fd(::open(const_cast<storage::ImageStore&>(store).blobs().BlobPath(digest).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) {
-    chunk->set_error(fmt::format("blob {} is not in the front's store: {}", digest.str(), std::strerror(errno)));
-    return stream->Write(m);
-  }
-  std::string buf(service::kImageChunkBytes, '\0');
-  uint64_t sent = 0;
-  for (;;) {
-    size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), max_bytes + 1 - sent));
-    ssize_t r = want ? ::read(fd.get(), buf.data(), want) : 0;
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      chunk->Clear();
-      chunk->set_error(fmt::format("reading blob {}: {}", digest.str(), std::strerror(errno)));
-      return stream->Write(m);
-    }
-    sent += static_cast<uint64_t>(r);
-    chunk->Clear();
-    chunk->set_data(buf.data(), static_cast<size_t>(r));
-    chunk->set_last(r == 0);
-    if (!stream->Write(m)) return false;
-    if (r == 0) return true;
-  }
 }
 
 }  // namespace
@@ -134,7 +96,9 @@ Result<ImageHanded> ImageSender::Offer(client::Client& node, const std::string& 
         ctx->TryCancel();
         break;
       }
-      if (!SendBlob(stream.get(), store_, *d, ask.blob().max_bytes())) break;
+      if (!service::SendImageBlob([&](const v1::ReceiveMessage& m) { return stream->Write(m); }, store_, *d,
+                                  ask.blob().max_bytes()))
+        break;
     }
   }
   stream->WritesDone();
@@ -148,6 +112,45 @@ Result<ImageHanded> ImageSender::Offer(client::Client& node, const std::string& 
                      .count(),
                  out.layers_fetched, out.bytes_fetched);
   return out;
+}
+
+Result<storage::CopyResult> ImageSender::Fetch(const std::string& address, client::Client& node,
+                                               const std::string& id, const std::string& name) {
+  const std::string display = name.empty() || name == id ? id : fmt::format("{} ({})", name, id);
+  auto parsed = storage::Digest::Parse(id);
+  if (!parsed.ok()) return parsed.status().Prefix("copying image from node " + address);
+  v1::Images::Stub stub(node.channel());
+  auto ctx = client::internal::CallContext(node.options(), timeout_);
+  auto stream = stub.Send(ctx.get());
+  v1::ReceiveAsk want;
+  want.mutable_want()->set_image(id);
+  want.mutable_want()->set_name(name);
+  const auto started = std::chrono::steady_clock::now();
+  Result<storage::CopyResult> copied = Error(Code::kUnavailable, "node {} ended the call before image {} was asked for",
+                                             address, display);
+  if (stream->Write(want)) {
+    service::StreamBlobFetcher fetcher([&](const v1::ReceiveAsk& a) { return stream->Write(a); },
+                                       [&](v1::ReceiveMessage* m) { return stream->Read(m); }, "node " + address);
+    storage::CopyOptions co;
+    co.display = display;
+    copied = storage::CopyImage(store_, *parsed, fetcher, co);
+  }
+  if (!copied.ok()) ctx->TryCancel();
+  stream->WritesDone();
+  Status st = FromGrpcStatus(stream->Finish());
+  if (!copied.ok()) {
+    // The node's own refusal (no such image, a lease it does not know) says
+    // more than the broken stream the copy saw; bad bytes are the copy's to name.
+    if (!st.ok() && st.code() != Code::kCancelled && copied.status().code() == Code::kUnavailable)
+      return st.Prefix(fmt::format("copying image {} from node {}", display, address));
+    return copied.status().Prefix(fmt::format("copying image from node {}", address));
+  }
+  if (!copied->already_present)
+    spdlog::info("copied image {} from node {} in {} ms: {} layers, {} bytes", display, address,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started)
+                     .count(),
+                 copied->layers_fetched, copied->bytes_fetched);
+  return copied;
 }
 
 }  // namespace paddock::fleet

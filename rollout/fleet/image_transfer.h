@@ -5,6 +5,8 @@
 // asks for (only blobs of that image; the node fetches only those it lacks and
 // checks every byte, rollout/service/image_receive.h). Concurrent creates on
 // one node wait on one offer of an image; the node keeps to one fetch as well.
+// And of Images.Send: a snapshot taken on a node is copied into the front's
+// store (Fetch), so that it is the fleet's, not that node's alone.
 #pragma once
 
 #include <chrono>
@@ -15,6 +17,7 @@
 #include <string>
 
 #include "sandbox/base/status.h"
+#include "storage/image_copy.h"
 #include "storage/image_store.h"
 
 namespace paddock::client {
@@ -42,6 +45,13 @@ class ImageSender {
   // blobs. Errors name the image (`name`, `id`) and the node.
   Result<ImageHanded> Ensure(const std::string& address, client::Client& node, const std::string& id,
                              const std::string& name);
+
+  // The other way (Images.Send): copies image `id` of the store of `node` (at
+  // `address`) into the front's store, e.g. a snapshot taken there, so that
+  // creates from it can go to any node and outlive that one. Every byte is
+  // checked (storage/image_copy.h); nothing is stored unless all of it is.
+  Result<storage::CopyResult> Fetch(const std::string& address, client::Client& node, const std::string& id,
+                                    const std::string& name);
 
  private:
   Result<ImageHanded> Offer(client::Client& node, const std::string& id, const std::string& name);

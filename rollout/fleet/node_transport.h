@@ -12,12 +12,14 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "paddock/client.h"
 #include "sandbox/base/status.h"
+#include "sandbox/image_source.h"
 #include "sandbox/types.h"
 
 namespace paddock::fleet {
@@ -48,6 +50,11 @@ class NodeConnection {
   // which hold every image.
   virtual client::Client* GrpcClient() { return nullptr; }
 };
+
+// What becomes of a snapshot a node took (remote_sandbox.h): the front copies
+// it into its own store (fleet.h), so that it outlives the node and serves
+// creates anywhere.
+using SnapshotKeeper = std::function<Result<SnapshotResult>(NodeConnection&, SnapshotResult)>;
 
 class NodeTransport {
  public:

@@ -163,7 +163,9 @@ Result<SnapshotResult> RemoteSandbox::Snapshot(const std::string& name) {
   PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
   auto r = c->Snapshot(remote_id_, name);
   if (!r.ok()) return Seen(r.status());
-  return SnapshotResult{r->image, r->name, r->layer, r->layer_bytes};
+  SnapshotResult taken{r->image, r->name, r->layer, r->layer_bytes};
+  if (!keeper_) return taken;
+  return keeper_(*c, std::move(taken));
 }
 
 }  // namespace paddock::fleet

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -18,6 +19,7 @@ namespace paddock::fleet {
 
 class RemoteSandbox final : public Sandbox {
  public:
+
   RemoteSandbox(std::string id, std::string remote_id, std::shared_ptr<Node> node, uint64_t generation);
   ~RemoteSandbox() override;
 
@@ -35,6 +37,8 @@ class RemoteSandbox final : public Sandbox {
   std::string placement() const override { return node_->address(); }
   Status Destroy() override;
   Result<SnapshotResult> Snapshot(const std::string& name) override;
+  // Set once, before the sandbox is handed out.
+  void KeepSnapshotsWith(SnapshotKeeper keeper) { keeper_ = std::move(keeper); }
 
  private:
   Result<std::shared_ptr<NodeConnection>> Client() const;
@@ -51,6 +55,7 @@ class RemoteSandbox final : public Sandbox {
   const uint64_t generation_;
   mutable std::atomic<bool> gone_{false};  // destroyed, or the node no longer has it
   std::atomic<bool> released_{false};
+  SnapshotKeeper keeper_;
 };
 
 }  // namespace paddock::fleet

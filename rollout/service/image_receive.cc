@@ -8,57 +8,7 @@
 
 namespace paddock::service {
 
-namespace {
-
 using Stream = grpc::ServerReaderWriter<v1::ReceiveAsk, v1::ReceiveMessage>;
-
-// Blobs over the front's call: ask for one, read its chunks.
-class StreamFetcher final : public storage::BlobFetcher {
- public:
-  explicit StreamFetcher(Stream* stream) : stream_(stream) {}
-
-  Result<storage::ByteSource> Open(const storage::Digest& digest, uint64_t size, uint64_t max_bytes) override {
-    if (open_ && !*open_) return Error(Code::kInternal, "a blob is still being read");
-    v1::ReceiveAsk ask;
-    ask.mutable_blob()->set_digest(digest.str());
-    ask.mutable_blob()->set_max_bytes(size ? size : max_bytes);
-    if (!stream_->Write(ask))
-      return Error(Code::kUnavailable, "the front's call ended before blob {} was asked for", digest.str());
-    auto ended = std::make_shared<bool>(false);
-    open_ = ended;
-    auto buf = std::make_shared<std::string>();
-    auto pos = std::make_shared<size_t>(0);
-    return storage::ByteSource([this, digest, ended, buf, pos](void* out, size_t n) -> Result<size_t> {
-      while (*pos == buf->size()) {
-        if (*ended) return size_t{0};
-        v1::ReceiveMessage m;
-        if (!stream_->Read(&m))
-          return Error(Code::kUnavailable, "the front's call ended in the middle of blob {}", digest.str());
-        if (!m.has_chunk())
-          return Error(Code::kInvalidArgument, "the front sent something else than blob {}'s bytes", digest.str());
-        const v1::BlobChunk& c = m.chunk();
-        if (!c.error().empty())
-          return Error(Code::kUnavailable, "the front cannot send blob {}: {}", digest.str(), c.error());
-        if (c.data().size() > kImageChunkBytes)
-          return Error(Code::kInvalidArgument, "the front sent a chunk of {} bytes of blob {} (at most {})",
-                       c.data().size(), digest.str(), kImageChunkBytes);
-        *buf = c.data();
-        *pos = 0;
-        *ended = c.last();
-      }
-      size_t take = std::min(n, buf->size() - *pos);
-      std::memcpy(out, buf->data() + *pos, take);
-      *pos += take;
-      return take;
-    });
-  }
-
- private:
-  Stream* stream_;
-  std::shared_ptr<bool> open_;
-};
-
-}  // namespace
 
 grpc::Status ImageReceiver::Serve(grpc::ServerContext* ctx, Stream* stream, const v1::ImageOffer& offer) {
   auto digest = storage::Digest::Parse(offer.image());
@@ -89,7 +39,8 @@ grpc::Status ImageReceiver::Serve(grpc::ServerContext* ctx, Stream* stream, cons
       std::unique_lock l(wmu);
       if (!wcv.wait_for(l, timeout_, [&] { return finished; })) ctx->TryCancel();
     });
-    StreamFetcher fetcher(stream);
+    StreamBlobFetcher fetcher([stream](const v1::ReceiveAsk& a) { return stream->Write(a); },
+                              [stream](v1::ReceiveMessage* m) { return stream->Read(m); }, "the front");
     storage::CopyOptions co;
     co.display = display;
     const auto started = std::chrono::steady_clock::now();

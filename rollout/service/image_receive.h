@@ -22,13 +22,12 @@
 #include <grpcpp/grpcpp.h>
 
 #include "image.grpc.pb.h"
+#include "rollout/service/image_blob_stream.h"
 #include "sandbox/base/status.h"
 #include "storage/image_copy.h"
 #include "storage/image_store.h"
 
 namespace paddock::service {
-
-inline constexpr size_t kImageChunkBytes = 1 << 20;
 
 class ImageReceiver {
  public:

@@ -369,4 +369,39 @@ grpc::Status ImageService::Receive(grpc::ServerContext* ctx,
   return options_.receiver->Serve(ctx, stream, first.offer());
 }
 
+grpc::Status ImageService::Send(grpc::ServerContext* ctx,
+                                grpc::ServerReaderWriter<v1::ReceiveMessage, v1::ReceiveAsk>* stream) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  // As Receive: a node's images go to its fronts only (token and a live lease).
+  if (!options_.leases)
+    return ToGrpc(Error(Code::kUnimplemented, "this daemon serves no fronts (it is not a fleet node)"));
+  auto front = options_.leases->Check(*ctx, /*renew=*/false);
+  if (!front.ok()) return ToGrpc(front.status());
+  if (front->front.empty()) return ToGrpc(Error(Code::kPermissionDenied, "Images.Send is for fronts (rollout/fleet) only"));
+  v1::ReceiveAsk first;
+  if (!stream->Read(&first) || !first.has_want())
+    return ToGrpc(Error(Code::kInvalidArgument, "Images.Send starts with the image wanted"));
+  auto digest = storage::Digest::Parse(first.want().image());
+  if (!digest.ok() || first.want().image().size() != 71)
+    return ToGrpc(Error(Code::kInvalidArgument, "an image asked of a node must be named by its id, sha256:<64 hex>"));
+  auto image = store_.Get(digest->str());
+  if (!image.ok()) return ToGrpc(image.status());
+  // What the front may ask for: this image's blobs, nothing else of the store.
+  std::set<std::string> allowed = {image->digest.str(), image->manifest.config.str()};
+  for (const auto& l : image->manifest.layers) allowed.insert(l.blob.str());
+  auto write = [stream](const v1::ReceiveMessage& m) { return stream->Write(m); };
+  v1::ReceiveAsk ask;
+  while (stream->Read(&ask)) {
+    if (ask.has_done()) break;
+    if (!ask.has_blob()) return ToGrpc(Error(Code::kInvalidArgument, "Images.Send: expected a blob to be asked for"));
+    const std::string& want = ask.blob().digest();
+    auto d = storage::Digest::Parse(want);
+    if (!d.ok() || !allowed.count(want))
+      return ToGrpc(Error(Code::kPermissionDenied, "the front asked for blob '{}', which is not one of image {}'s",
+                          want.substr(0, 80), digest->str()));
+    if (!SendImageBlob(write, store_, *d, ask.blob().max_bytes())) break;
+  }
+  return grpc::Status::OK;
+}
+
 }  // namespace paddock::service

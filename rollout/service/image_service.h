@@ -64,6 +64,8 @@ class ImageService final : public v1::Images::Service {
                     grpc::ServerWriter<v1::PushEvent>* writer) override;
   grpc::Status Receive(grpc::ServerContext* ctx,
                        grpc::ServerReaderWriter<v1::ReceiveAsk, v1::ReceiveMessage>* stream) override;
+  grpc::Status Send(grpc::ServerContext* ctx,
+                    grpc::ServerReaderWriter<v1::ReceiveMessage, v1::ReceiveAsk>* stream) override;
 
  private:
   grpc::Status Authorize(const grpc::ServerContext& ctx) const {

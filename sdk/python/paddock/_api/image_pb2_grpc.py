@@ -64,6 +64,11 @@ class ImagesStub(object):
                 request_serializer=image__pb2.ReceiveMessage.SerializeToString,
                 response_deserializer=image__pb2.ReceiveAsk.FromString,
                 )
+        self.Send = channel.stream_stream(
+                '/paddock.v1.Images/Send',
+                request_serializer=image__pb2.ReceiveAsk.SerializeToString,
+                response_deserializer=image__pb2.ReceiveMessage.FromString,
+                )
 
 
 class ImagesServicer(object):
@@ -151,6 +156,18 @@ class ImagesServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Send(self, request_iterator, context):
+        """The other way: a front copies an image of a node's store (a snapshot taken
+        there) into its own, by its id. The front's first message names the image
+        (ReceiveAsk.want), then it asks for blobs one at a time (manifest, config,
+        the layers its store lacks); the node sends each in chunks of at most 1 MiB,
+        and only blobs of that image. The front checks every byte as Receive's node
+        does. Served to fronts only (token, TLS and a live front lease).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImagesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +220,11 @@ def add_ImagesServicer_to_server(servicer, server):
                     servicer.Receive,
                     request_deserializer=image__pb2.ReceiveMessage.FromString,
                     response_serializer=image__pb2.ReceiveAsk.SerializeToString,
+            ),
+            'Send': grpc.stream_stream_rpc_method_handler(
+                    servicer.Send,
+                    request_deserializer=image__pb2.ReceiveAsk.FromString,
+                    response_serializer=image__pb2.ReceiveMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -381,5 +403,22 @@ class Images(object):
         return grpc.experimental.stream_stream(request_iterator, target, '/paddock.v1.Images/Receive',
             image__pb2.ReceiveMessage.SerializeToString,
             image__pb2.ReceiveAsk.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Send(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/paddock.v1.Images/Send',
+            image__pb2.ReceiveAsk.SerializeToString,
+            image__pb2.ReceiveMessage.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
