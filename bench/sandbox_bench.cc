@@ -1210,7 +1210,7 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", o.warmup, "unmeasured warm-up cycles before each scenario")
       ->capture_default_str()->check(CLI::Range(0, 1000));
   app.add_option("--density", o.density, "container sandboxes alive at once in the density scenario")
-      ->capture_default_str()->check(CLI::Range(1, 4000));
+      ->capture_default_str()->check(CLI::Range(1, 10000));
   app.add_option("--density-rounds", o.density_rounds,
                  "rounds of exec /bin/true over every live sandbox in the density scenario")
       ->capture_default_str()->check(CLI::Range(1, 100));
