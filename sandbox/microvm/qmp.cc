@@ -106,10 +106,11 @@ Result<std::string> QmpClient::Execute(std::string_view command_json, Deadline d
   }
   for (;;) {
     PADDOCK_ASSIGN_OR_RETURN(std::string line, ReadLine(deadline));
-    if (StartsWithKey(line, "\"event\"")) continue;
     if (StartsWithKey(line, "\"return\"")) return line;
     if (StartsWithKey(line, "\"error\""))
       return Error(Code::kInternal, "QEMU refused {}: {}", command_json.substr(0, 80), ErrorDesc(line));
+    // An event ({"timestamp": ..., "event": "STOP", ...}) on the way.
+    if (line.find("\"event\"") != std::string::npos) continue;
     return Error(Code::kInternal, "QEMU's monitor sent an unexpected line: {}", line.substr(0, 200));
   }
 }
@@ -119,10 +120,13 @@ Result<std::string> QmpClient::WaitFor(std::string_view query, const std::vector
                                        std::chrono::milliseconds interval) {
   for (;;) {
     PADDOCK_ASSIGN_OR_RETURN(std::string reply, Execute(query, deadline));
+    std::string compact;  // the patterns are written without QEMU's spaces
+    for (char ch : reply)
+      if (ch != ' ') compact += ch;
     for (const auto& d : done)
-      if (reply.find(d) != std::string::npos) return reply;
+      if (compact.find(d) != std::string::npos) return reply;
     for (const auto& f : failed)
-      if (reply.find(f) != std::string::npos) return Error(Code::kInternal, "QEMU: {}", reply.substr(0, 400));
+      if (compact.find(f) != std::string::npos) return Error(Code::kInternal, "QEMU: {}", reply.substr(0, 400));
     if (std::chrono::steady_clock::now() + interval > deadline)
       return Error(Code::kDeadlineExceeded, "QEMU did not reach the state in time (last: {})", reply.substr(0, 200));
     std::this_thread::sleep_for(interval);

@@ -30,8 +30,9 @@ class QmpClient {
   // travel with the command (SCM_RIGHTS), as `getfd` needs.
   Result<std::string> Execute(std::string_view command_json, Deadline deadline, const std::vector<int>& fds = {});
 
-  // Polls `query` (every `interval`) until its reply names one of `done`
-  // ("\"status\": \"completed\"", ...) or one of `failed`; returns the reply.
+  // Polls `query` (every `interval`) until its reply, spaces removed, holds
+  // one of `done` (R"("status":"completed")", ...) or one of `failed` (an
+  // error quoting the reply); returns the reply.
   Result<std::string> WaitFor(std::string_view query, const std::vector<std::string>& done,
                               const std::vector<std::string>& failed, Deadline deadline,
                               std::chrono::milliseconds interval);
