@@ -659,16 +659,15 @@ TEST_P(Contract, Crash_SigkilledOwnerLeftoversAreReaped) {
 
 // Every microvm case above ran on template clones (templates are on by
 // default; PADDOCK_MICROVM_TEMPLATES=off would make them cold boots): none of
-// the suite's VMs booted cold, and one more create is a clone too.
+// the suite's VMs (warm-pool fills included) booted cold.
 TEST_P(Contract, MicrovmCasesRunOnTemplateClones) {
   if (!IsMicrovm()) GTEST_SKIP() << "microvm only";
   if (const char* t = std::getenv("PADDOCK_MICROVM_TEMPLATES"); t && std::string_view(t) == "off")
     GTEST_SKIP() << "PADDOCK_MICROVM_TEMPLATES=off";
   ASSERT_NE(g_vm_counters, nullptr);
-  uint64_t before = g_vm_counters->clones.load();
   std::string id = Create(Spec());
   ASSERT_FALSE(id.empty());
-  EXPECT_GT(g_vm_counters->clones.load(), before);
+  EXPECT_GE(g_vm_counters->clones.load(), 1u);
   EXPECT_EQ(g_vm_counters->cold_boots.load(), 0u) << "a microvm case booted cold";
   EXPECT_EQ(g_vm_counters->clone_failures.load(), 0u);
   EXPECT_GE(g_vm_counters->template_builds.load(), 1u);
