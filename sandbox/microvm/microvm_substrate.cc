@@ -493,6 +493,7 @@ class MicrovmSubstrate final : public Substrate {
         auto vm = BuildVm(id, r, shape, t->get());
         if (vm.ok()) {
           ++counters_.clones;
+          CloneRestored(key);
           return vm;
         }
         // Never a failed create only because templating failed: this VM
@@ -500,7 +501,7 @@ class MicrovmSubstrate final : public Substrate {
         ++counters_.clone_failures;
         spdlog::warn("microvm {}: restoring a clone of template {} failed, booting cold instead: {}", id,
                      (*t)->hash, vm.status().ToString());
-        DropTemplate(key, *t);
+        DropTemplate(key, *t, vm.status());
       }
     }
     auto vm = BuildVm(id, r, shape, nullptr);
@@ -656,12 +657,30 @@ class MicrovmSubstrate final : public Substrate {
     return b->t;
   }
 
-  void DropTemplate(const std::string& key, const std::shared_ptr<Template>& t) {
+  // A clone of `t` could not be restored: the next create makes a new
+  // template; if clones of that one fail too (a QEMU that cannot restore
+  // what it saved), the shape boots cold for a minute before trying again.
+  void DropTemplate(const std::string& key, const std::shared_ptr<Template>& t, const Status& why) {
     std::lock_guard lock(templates_mu_);
     auto it = templates_.find(key);
-    if (it != templates_.end() && it->second.wait_for(std::chrono::seconds(0)) == std::future_status::ready &&
-        it->second.get()->t == t)
+    if (it == templates_.end() || it->second.wait_for(std::chrono::seconds(0)) != std::future_status::ready ||
+        it->second.get()->t != t)
+      return;
+    if (++restore_failures_[key] < 2) {
       templates_.erase(it);
+      return;
+    }
+    restore_failures_.erase(key);
+    auto failed = std::make_shared<TemplateBuild>();
+    failed->error = why.Prefix("clones of this shape failed to restore twice in a row");
+    failed->at = std::chrono::steady_clock::now();
+    std::promise<std::shared_ptr<const TemplateBuild>> p;
+    p.set_value(failed);
+    it->second = p.get_future().share();
+  }
+  void CloneRestored(const std::string& key) {
+    std::lock_guard lock(templates_mu_);
+    restore_failures_.erase(key);
   }
 
   // Boots a VM whose RAM is a fresh memfd (shared), waits until its
@@ -929,6 +948,7 @@ class MicrovmSubstrate final : public Substrate {
   std::shared_ptr<UidPool> uids_;
   std::mutex templates_mu_;
   std::map<std::string, std::shared_future<std::shared_ptr<const TemplateBuild>>> templates_;
+  std::map<std::string, int> restore_failures_;  // consecutive, per key
   std::atomic<uint64_t> template_seq_{0};
  public:
   MicrovmCounters counters_;
