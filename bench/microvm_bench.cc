@@ -7,12 +7,19 @@
 //   exec      exec round trip (`true`) on a live VM, median of --execs
 //   density   --vms VMs alive at once (each answers an exec); host RSS per
 //             idle VM (sum of QEMU's VmRSS / count)
+//   clone     Create of a template clone (issue 17: the template built once,
+//             before the timings) -> first exec answered, beside cold
+//   memory    --clones clones and as many cold VMs idle at once: each QEMU's
+//             Rss, Pss and private (Private_Clean + Private_Dirty, what one
+//             more VM adds) from /proc/PID/smaps_rollup
 //
+// Every cold row runs with templates off; the clone rows with templates on.
 // Medians of --runs. Run by hand (root; QEMU, the guest kernel, erofs-utils,
 // busybox-static installed); --accel tcg on hosts whose KVM cannot run
 // guests (the numbers are then emulation numbers, not the targets' path).
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -122,6 +129,57 @@ uint64_t QemuRssBytes(const std::string& state) {
   return total;
 }
 
+struct Smaps {
+  double rss = 0, pss = 0, priv = 0;  // MiB
+};
+// The QEMU process of VM `id` (its command line names it).
+pid_t QemuPidOf(const std::string& id) {
+  std::string needle = "paddock-vm-" + id + std::string(1, '\0');
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(e.path() / "cmdline", std::ios::binary);
+    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmd.find("qemu-system") != std::string::npos && cmd.find(needle) != std::string::npos) return std::stoi(name);
+  }
+  return -1;
+}
+Smaps SmapsOf(pid_t pid) {
+  Smaps m;
+  std::ifstream in(fmt::format("/proc/{}/smaps_rollup", pid));
+  for (std::string line; std::getline(in, line);) {
+    auto kb = [&](const char* key) {
+      return line.rfind(key, 0) == 0 ? std::stod(line.substr(std::string(key).size())) / 1024 : 0.0;
+    };
+    m.rss += kb("Rss:");
+    m.pss += kb("Pss:");
+    m.priv += kb("Private_Clean:") + kb("Private_Dirty:");
+  }
+  return m;
+}
+Smaps MedianSmaps(const std::vector<std::string>& ids) {
+  std::vector<double> rss, pss, priv;
+  for (const auto& id : ids) {
+    Smaps m = SmapsOf(QemuPidOf(id));
+    rss.push_back(m.rss);
+    pss.push_back(m.pss);
+    priv.push_back(m.priv);
+  }
+  return {Median(rss), Median(pss), Median(priv)};
+}
+// Resident size of this process's template memfds (their RAM), MiB.
+double TemplateRamMiB() {
+  double total = 0;
+  for (const auto& e : fs::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    std::string target = fs::read_symlink(e.path(), ec).string();
+    if (ec || target.rfind("/memfd:paddock-template-", 0) != 0) continue;
+    struct stat st {};
+    if (stat(e.path().c_str(), &st) == 0) total += st.st_blocks * 512.0 / (1 << 20);
+  }
+  return total;
+}
+
 bool ExecOk(Sandbox& sb) {
   ExecRequest r;
   r.argv = {"true"};
@@ -134,7 +192,7 @@ bool ExecOk(Sandbox& sb) {
 int main(int argc, char** argv) {
   CLI::App app{"microvm_bench: the microvm substrate vs QEMU booting the same kernel (bench/README.md)"};
   std::string accel = "kvm";
-  int runs = 5, execs = 200, vms = 50;
+  int runs = 5, execs = 200, vms = 50, clones = 8;
   std::string state = "/var/tmp/paddock-microvm-bench";
   bool allow_tcg = false;
   app.add_option("--accel", accel, "kvm or tcg")->capture_default_str();
@@ -143,6 +201,7 @@ int main(int argc, char** argv) {
   app.add_option("--runs", runs, "boots per measurement (median)")->capture_default_str();
   app.add_option("--execs", execs, "execs for the round-trip median")->capture_default_str();
   app.add_option("--vms", vms, "VMs alive at once for the density row")->capture_default_str();
+  app.add_option("--clones", clones, "clones (and cold VMs) idle at once for the memory rows")->capture_default_str();
   app.add_option("--state-dir", state, "state dir (removed first)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -155,6 +214,9 @@ int main(int argc, char** argv) {
   MicrovmOptions opts = MicrovmOptionsFromEnvironment();
   opts.accel = accel;
   opts.allow_tcg = opts.allow_tcg || allow_tcg;
+  MicrovmOptions tpl_opts = opts;
+  tpl_opts.templates = true;
+  opts.templates = false;  // every row but the clone rows boots cold
   if (Status st = CheckAccelerator(opts); !st.ok()) {
     std::fprintf(stderr, "microvm_bench: %s\n", st.ToString().c_str());
     return 1;
@@ -177,6 +239,21 @@ int main(int argc, char** argv) {
 
   std::vector<double> base, cold, warm, rtt;
   for (int i = 0; i < runs; ++i) base.push_back(BaselineBootMs(kernel, state, accel));
+  // Template clones: the template is made by the first create (timed on its
+  // own); then cold creates and clone creates alternate, so that both see
+  // the same load on a shared machine.
+  std::vector<double> clone_ms;
+  double template_first_ms = 0;
+  auto tpl_sub = MakeMicrovmSubstrate(env, tpl_opts);
+  {
+    auto t0 = Clock::now();
+    auto sb = tpl_sub->Create("tpl-first", spec);
+    if (!sb.ok() || !ExecOk(**sb)) {
+      std::fprintf(stderr, "first clone failed: %s\n", sb.ok() ? "exec" : sb.status().ToString().c_str());
+      return 1;
+    }
+    template_first_ms = Ms(Clock::now() - t0);
+  }
   for (int i = 0; i < runs; ++i) {
     auto t0 = Clock::now();
     auto sb = warmup_sub->Create(fmt::format("cold{}", i), spec);
@@ -185,6 +262,14 @@ int main(int argc, char** argv) {
       return 1;
     }
     cold.push_back(Ms(Clock::now() - t0));
+    sb->reset();
+    t0 = Clock::now();
+    auto cl = tpl_sub->Create(fmt::format("clone{}", i), spec);
+    if (!cl.ok() || !ExecOk(**cl)) {
+      std::fprintf(stderr, "clone create failed: %s\n", cl.ok() ? "exec" : cl.status().ToString().c_str());
+      return 1;
+    }
+    clone_ms.push_back(Ms(Clock::now() - t0));
   }
   {
     SubstrateEnv pooled = env;
@@ -208,7 +293,29 @@ int main(int argc, char** argv) {
     }
     sub->Shutdown();
   }
-  // Density: --vms alive at once, each answering.
+  const MicrovmCounters* counters = MicrovmCountersOf(tpl_sub.get());
+  // Memory: --clones clones and --clones cold VMs idle at once.
+  std::vector<std::unique_ptr<Sandbox>> idle;
+  std::vector<std::string> clone_ids, cold_ids;
+  for (int i = 0; i < clones; ++i) {
+    for (bool clone : {true, false}) {
+      std::string id = fmt::format("{}{}", clone ? "mc" : "mb", i);
+      auto sb = (clone ? tpl_sub : warmup_sub)->Create(id, spec);
+      if (!sb.ok() || !ExecOk(**sb)) {
+        std::fprintf(stderr, "memory: VM %s failed\n", id.c_str());
+        return 1;
+      }
+      idle.push_back(std::move(sb).value());
+      (clone ? clone_ids : cold_ids).push_back(id);
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  Smaps clone_mem = MedianSmaps(clone_ids), cold_mem = MedianSmaps(cold_ids);
+  double template_ram = TemplateRamMiB();
+  uint64_t clones_made = counters ? counters->clones.load() : 0, clone_cold = counters ? counters->cold_boots.load() : 0;
+  idle.clear();
+
+  // Density: --vms VMs alive at once, each answering.
   std::vector<std::unique_ptr<Sandbox>> alive;
   auto d0 = Clock::now();
   for (int i = 0; i < vms; ++i) {
@@ -235,6 +342,22 @@ int main(int argc, char** argv) {
   std::printf("| VMs alive at once | %d of %d answering (%zu QEMU processes), created in %.1f s |\n",
               answering, vms, n, density_s);
   std::printf("| host RSS per idle VM | %.1f MiB |\n", n ? rss / double(n) / (1 << 20) : 0.0);
+  double k = Median(clone_ms);
+  std::printf("| template: first create (boot, save, clone) -> first exec | %.0f ms |\n", template_first_ms);
+  std::vector<double> pair;
+  for (size_t i = 0; i < clone_ms.size() && i < cold.size(); ++i) pair.push_back(clone_ms[i] / cold[i]);
+  std::printf("| template clone create -> first exec | %.0f ms | %.3f of cold (target <= 0.1); median of paired runs %.3f |\n",
+              k, k / c, Median(pair));
+  std::printf("| idle VMs at once | %d clones, %d cold (clone substrate: %llu clones, %llu cold boots) |\n", clones,
+              clones, static_cast<unsigned long long>(clones_made), static_cast<unsigned long long>(clone_cold));
+  std::printf("| cold VM QEMU: Rss / Pss / private | %.1f / %.1f / %.1f MiB |\n", cold_mem.rss, cold_mem.pss,
+              cold_mem.priv);
+  std::printf("| clone QEMU: Rss / Pss / private | %.1f / %.1f / %.1f MiB |\n", clone_mem.rss, clone_mem.pss,
+              clone_mem.priv);
+  std::printf("| memory added per idle clone (private) vs a cold VM's (private) | %.3f (target <= 0.25); Pss ratio %.3f |\n",
+              clone_mem.priv / cold_mem.priv, clone_mem.pss / cold_mem.pss);
+  std::printf("| template RAM (memfd, resident, once per template) | %.1f MiB |\n", template_ram);
+  tpl_sub->Shutdown();
   alive.clear();
   warmup_sub->Shutdown();
   FlushCgroupRemovals();

@@ -52,7 +52,10 @@ ReapReport ReapLeftovers(const SubstrateEnv& env) {
     else report.errors.push_back(st.ToString());
   }
   // 3. Directories of sandboxes, zygotes and views.
-  for (const char* sub : {"containers", "functions", "views/container", "views/function", "vms"}) {
+  // microvm/templates: each template's saved device state, whose RAM half (a
+  // sealed memfd) lived only as long as the daemon that made it.
+  for (const char* sub : {"containers", "functions", "views/container", "views/function", "vms",
+                          "microvm/templates"}) {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(state + "/" + sub, ec)) {
       Status st = RemoveTree(e.path().string());

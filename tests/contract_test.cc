@@ -45,7 +45,12 @@ SubstrateEnv TestEnv(const std::string& state_dir) {
   return env;
 }
 
-std::unique_ptr<SandboxManager> MakeManager(const SubstrateEnv& env, ManagerOptions opts = {}) {
+// The microvm substrate's counters of the suite's manager (its creates are
+// template clones: docs/microvm.md, "Templates and clones").
+const MicrovmCounters* g_vm_counters = nullptr;
+
+std::unique_ptr<SandboxManager> MakeManager(const SubstrateEnv& env, ManagerOptions opts = {},
+                                            const MicrovmCounters** vm_counters = nullptr) {
   fs::create_directories(env.state_dir);
   auto m = std::make_unique<SandboxManager>(opts);
   m->RegisterSubstrate(MakeFunctionSubstrate(env));
@@ -54,7 +59,9 @@ std::unique_ptr<SandboxManager> MakeManager(const SubstrateEnv& env, ManagerOpti
   // boots are the suite's cost.
   SubstrateEnv vm_env = env;
   vm_env.warm_pool_size = std::min<size_t>(env.warm_pool_size, 1);
-  m->RegisterSubstrate(MakeMicrovmSubstrate(vm_env));
+  auto vm = MakeMicrovmSubstrate(vm_env);
+  if (vm_counters) *vm_counters = MicrovmCountersOf(vm.get());
+  m->RegisterSubstrate(std::move(vm));
   return m;
 }
 
@@ -94,7 +101,7 @@ class Contract : public ::testing::TestWithParam<std::string> {
     testing::UseEmulationWhereKvmCannotRunGuests();
     rootfs_ = new std::string(testing::EnsureBusyboxRootfs());
     state_ = new std::string(fmt::format("/tmp/paddock-contract-{}", getpid()));
-    manager_ = MakeManager(TestEnv(*state_)).release();
+    manager_ = MakeManager(TestEnv(*state_), {}, &g_vm_counters).release();
   }
   static void TearDownTestSuite() {
     delete manager_;
@@ -648,6 +655,22 @@ TEST_P(Contract, Crash_SigkilledOwnerLeftoversAreReaped) {
   m.reset();
   EXPECT_TRUE(MountsUnder(state).empty());
   fs::remove_all(state);
+}
+
+// Every microvm case above ran on template clones (templates are on by
+// default; PADDOCK_MICROVM_TEMPLATES=off would make them cold boots): none of
+// the suite's VMs (warm-pool fills included) booted cold.
+TEST_P(Contract, MicrovmCasesRunOnTemplateClones) {
+  if (!IsMicrovm()) GTEST_SKIP() << "microvm only";
+  if (const char* t = std::getenv("PADDOCK_MICROVM_TEMPLATES"); t && std::string_view(t) == "off")
+    GTEST_SKIP() << "PADDOCK_MICROVM_TEMPLATES=off";
+  ASSERT_NE(g_vm_counters, nullptr);
+  std::string id = Create(Spec());
+  ASSERT_FALSE(id.empty());
+  EXPECT_GE(g_vm_counters->clones.load(), 1u);
+  EXPECT_EQ(g_vm_counters->cold_boots.load(), 0u) << "a microvm case booted cold";
+  EXPECT_EQ(g_vm_counters->clone_failures.load(), 0u);
+  EXPECT_GE(g_vm_counters->template_builds.load(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Substrates, Contract, ::testing::Values("function", "container", "microvm"),

@@ -32,6 +32,7 @@ TEST(MicrovmDaemon, HelpListsTheMicrovmFlags) {
   EXPECT_EQ(r.code, 0);
   EXPECT_THAT(r.out, HasSubstr("--microvm-warm-pool"));
   EXPECT_THAT(r.out, HasSubstr("--microvm-accel"));
+  EXPECT_THAT(r.out, HasSubstr("--microvm-templates"));
   auto bad = testing::RunProgram({testing::BuiltBinary("paddockd"), "--microvm-accel", "xen"});
   EXPECT_NE(bad.code, 0);
 }

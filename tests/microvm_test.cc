@@ -191,9 +191,13 @@ TEST_F(MicrovmTest, MissingQemuIsAClearError) {
 // Skips where KVM was asked for and cannot run guests, else fails with the reason.
 #define EXPECT_ACCELERATOR_USABLE() PADDOCK_REQUIRE_MICROVM()
 
+// The one case that boots cold on purpose (templates off); every other
+// create in these suites is a template clone.
 TEST_F(MicrovmTest, BootsExecsAndDestroyLeavesNothing) {
   EXPECT_ACCELERATOR_USABLE();
-  auto sb = Create(MicrovmOptionsFromEnvironment());
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  o.templates = false;
+  auto sb = Create(o);
   ASSERT_TRUE(sb.ok()) << sb.status().ToString();
   ExecRequest r;
   r.shell = "cat /etc/image-marker; uname -r; cat /proc/1/cmdline | tr '\\0' ' '";
@@ -447,16 +451,25 @@ TEST_F(MicrovmTest, EachVmsQemuRunsAsItsOwnUidInARootOfOnlyWhatItNeeds) {
     const std::string root = "/proc/" + std::to_string(pid) + "/root";
     std::error_code ec;
     EXPECT_TRUE(fs::exists(root + "/usr/bin/qemu-system-x86_64", ec));
-    for (const char* absent : {"/etc/shadow", "/etc/passwd", "/proc/1", "/sys/kernel", "/home", "/root",
-                               "/var", "/dev/sda", "/dev/mem"})
+    for (const char* absent : {"/etc/shadow", "/etc/passwd", "/proc/sys", "/proc/kcore", "/proc/meminfo",
+                               "/sys/kernel", "/home", "/root", "/var", "/dev/sda", "/dev/mem"})
       EXPECT_FALSE(fs::exists(root + absent, ec)) << pid << " sees " << absent;
+    // A clone's /proc (its RAM is reached as /proc/self/fd/4) shows its own
+    // process only: QEMU is pid 1 of its namespace, nothing kernel-wide.
+    for (const auto& e : fs::directory_iterator(root + "/proc", ec)) {
+      std::string n = e.path().filename();
+      EXPECT_TRUE(n == "1" || n == "self" || n == "thread-self") << pid << " has /proc/" << n;
+    }
+    // The template's RAM is its memfd (sealed: no write reaches it), its
+    // device state an fd: no template file is in the jail.
+    EXPECT_FALSE(fs::exists(root + state_ + "/microvm/templates", ec)) << pid << " sees the templates";
     EXPECT_TRUE(fs::exists(root + "/dev/null", ec));
     // No other VM's directory, no state dir besides its own boot files and disks.
     EXPECT_FALSE(fs::exists(root + state_ + "/vms", ec)) << pid << " sees the VM directories";
     for (const auto& e : fs::directory_iterator(root + "/", ec)) {
       std::string n = e.path().filename();
       EXPECT_TRUE(n == "usr" || n == "lib" || n == "lib64" || n == "lib32" || n == "bin" || n == "sbin" ||
-                  n == "dev" || n == "etc" || n == "tmp")
+                  n == "dev" || n == "etc" || n == "tmp" || n == "proc")
           << pid << " has /" << n;
     }
     for (const auto& e : fs::directory_iterator(root + "/etc", ec))
@@ -471,6 +484,132 @@ TEST_F(MicrovmTest, EachVmsQemuRunsAsItsOwnUidInARootOfOnlyWhatItNeeds) {
   }
   EXPECT_TRUE((*a)->Destroy().ok());
   EXPECT_TRUE((*b)->Destroy().ok());
+  sub->Shutdown();
+}
+
+// Issue 17, part 1: template clones with fresh identity.
+
+namespace {
+struct Identity {
+  std::string random, hostname, machine_id;
+  long long clock = 0;
+};
+Identity IdentityOf(Sandbox& sb) {
+  ExecRequest r;
+  r.shell = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; hostname; cat /etc/machine-id; date +%s";
+  auto res = sb.Exec(r, nullptr);
+  EXPECT_TRUE(res.ok()) << res.status().ToString();
+  Identity id;
+  if (!res.ok()) return id;
+  EXPECT_EQ(res->exit_code, 0) << res->stderr_data;
+  std::istringstream in(res->stdout_data);
+  std::string clock;
+  std::getline(in, id.random);
+  std::getline(in, id.hostname);
+  std::getline(in, id.machine_id);
+  std::getline(in, clock);
+  id.clock = std::atoll(clock.c_str());
+  return id;
+}
+}  // namespace
+
+TEST_F(MicrovmTest, TwoClonesOfOneTemplateHaveFreshIdentity) {
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  o.templates = true;
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  auto a = sub->Create("ida", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  auto b = sub->Create("idb", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  const MicrovmCounters* c = MicrovmCountersOf(sub.get());
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->template_builds.load(), 1u);
+  EXPECT_EQ(c->clones.load(), 2u) << "a create booted instead of cloning";
+  EXPECT_EQ(c->cold_boots.load(), 0u);
+  Identity ia = IdentityOf(**a), ib = IdentityOf(**b);
+  for (const Identity* i : {&ia, &ib}) {
+    EXPECT_EQ(i->random.size(), 64u) << i->random;
+    EXPECT_EQ(i->machine_id.size(), 32u) << i->machine_id;
+    EXPECT_EQ(i->machine_id.find_first_not_of("0123456789abcdef"), std::string::npos) << i->machine_id;
+    // The template was saved seconds ago: a clone's clock is the host's.
+    EXPECT_LE(std::llabs(i->clock - static_cast<long long>(time(nullptr))), 3) << "guest clock " << i->clock;
+  }
+  EXPECT_NE(ia.random, ib.random) << "two clones read the same random bytes";
+  EXPECT_NE(ia.hostname, ib.hostname);
+  EXPECT_NE(ia.machine_id, ib.machine_id);
+  EXPECT_EQ(ia.hostname, "sandbox-ida");
+  // A cold boot takes the same identity step.
+  MicrovmOptions cold = o;
+  cold.templates = false;
+  auto sub_cold = MakeMicrovmSubstrate(env_, cold);
+  auto d = sub_cold->Create("idc", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  Identity id = IdentityOf(**d);
+  EXPECT_EQ(id.machine_id.size(), 32u) << id.machine_id;
+  EXPECT_NE(id.machine_id, ia.machine_id);
+  EXPECT_LE(std::llabs(id.clock - static_cast<long long>(time(nullptr))), 3);
+  for (auto* sb : {&*a, &*b, &*d}) EXPECT_TRUE((*sb)->Destroy().ok());
+  sub->Shutdown();
+  sub_cold->Shutdown();
+}
+
+namespace {
+std::string TemplateStateFile(const std::string& state) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(state + "/microvm/templates", ec))
+    if (fs::exists(e.path() / "state")) return (e.path() / "state").string();
+  return "";
+}
+}  // namespace
+
+TEST_F(MicrovmTest, ATemplateWithACorruptOrTruncatedStateFallsBackToAColdBoot) {
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  o.templates = true;
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  std::vector<std::unique_ptr<Sandbox>> vms;
+  auto create = [&](const std::string& id) {
+    auto sb = sub->Create(id, SandboxSpec{.image = rootfs_});
+    EXPECT_TRUE(sb.ok()) << sb.status().ToString();
+    if (!sb.ok()) return;
+    ExecRequest e;
+    e.shell = "echo alive";
+    auto r = (*sb)->Exec(e, nullptr);
+    EXPECT_TRUE(r.ok() && r->stdout_data == "alive\n") << r.status().ToString();
+    vms.push_back(std::move(sb).value());
+  };
+  const MicrovmCounters* c = MicrovmCountersOf(sub.get());
+  create("ca");
+  EXPECT_EQ(c->clones.load(), 1u);
+  std::string state = TemplateStateFile(state_);
+  ASSERT_FALSE(state.empty());
+  struct stat st {};
+  ASSERT_EQ(stat(state.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // Truncated: QEMU reads half a stream and exits; the create boots cold.
+  fs::resize_file(state, fs::file_size(state) / 2);
+  create("cb");
+  EXPECT_EQ(c->clone_failures.load(), 1u);
+  EXPECT_EQ(c->cold_boots.load(), 1u);
+  EXPECT_EQ(StrayQemuProcesses(state_).size(), vms.size()) << "the failed clone's QEMU is left";
+  // The template was dropped: the next create makes a new one and clones it.
+  create("cc");
+  EXPECT_EQ(c->template_builds.load(), 2u);
+  EXPECT_EQ(c->clones.load(), 2u);
+  // Corrupt: the stream's header overwritten.
+  state = TemplateStateFile(state_);
+  ASSERT_FALSE(state.empty());
+  {
+    std::fstream f(state, std::ios::in | std::ios::out | std::ios::binary);
+    f.write("garbage!", 8);
+  }
+  create("cd");
+  EXPECT_EQ(c->clone_failures.load(), 2u);
+  EXPECT_EQ(c->cold_boots.load(), 2u);
+  EXPECT_EQ(StrayQemuProcesses(state_).size(), vms.size());
+  EXPECT_EQ(vms.size(), 4u);
+  for (auto& sb : vms) EXPECT_TRUE(sb->Destroy().ok());
   sub->Shutdown();
 }
 

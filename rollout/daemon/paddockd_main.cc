@@ -67,6 +67,7 @@ struct Flags {
   size_t microvm_warm_pool = 2;  // pre-booted VMs per recipe
   std::string microvm_accel;     // kvm (default) or tcg
   bool allow_tcg_microvms = false;  // TCG is not a security boundary: opt in
+  std::string microvm_templates;  // on|off; empty: PADDOCK_MICROVM_TEMPLATES, else on
   uint32_t default_ttl = 3600;
   std::string log_level = "info";
   std::string init_path;
@@ -488,6 +489,7 @@ int Run(const Flags& flags) {
     if (!flags.microvm_accel.empty()) vm_opts.accel = flags.microvm_accel;
     // Only the flag accepts TCG (never the environment): it is no security boundary.
     vm_opts.allow_tcg = flags.allow_tcg_microvms;
+    if (!flags.microvm_templates.empty()) vm_opts.templates = flags.microvm_templates == "on";
     // Registered even where KVM cannot run guests: creates then fail with the reason.
     Status accel = CheckAccelerator(vm_opts);
     if (!accel.ok()) spdlog::warn("microvm substrate: {}", accel.message());
@@ -631,6 +633,10 @@ int main(int argc, char** argv) {
   app.add_flag("--allow-tcg-microvms", flags.allow_tcg_microvms,
                "offer the microvm substrate under TCG (--microvm-accel tcg): QEMU's emulator is not a "
                "security boundary (QEMU's security policy), so microVM creates under TCG fail without this");
+  app.add_option("--microvm-templates", flags.microvm_templates,
+                 "on (default): each microVM after the first of its shape is a clone of a saved template "
+                 "VM (copy-on-write RAM, fresh identity) instead of a cold boot; off: every microVM boots")
+      ->check(CLI::IsMember({"on", "off"}));
   app.add_option("--default-ttl", flags.default_ttl,
                  "time to live in seconds for sandboxes created with ttl 0")
       ->capture_default_str();

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/ioctl.h>
 #include <sys/klog.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/random.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -22,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "sandbox/init/protocol.h"
 #include "sandbox/init/spawner.h"
 
 namespace paddock::init {
@@ -248,6 +251,64 @@ Usage GuestUsage() {
   return u;
 }
 
+bool ApplyGuestIdentity(const SetupConfig& c, std::string* err) {
+  if (g_cgroup_fd < 0) return true;
+  auto fail = [&](const std::string& what) {
+    *err = what + ": " + std::strerror(errno);
+    return false;
+  };
+  if (!c.entropy.empty()) {
+    if (c.entropy.size() > 4096) {
+      errno = EINVAL;
+      return fail("the setup's entropy is larger than 4096 bytes");
+    }
+    int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return fail("opening /dev/urandom");
+    // Mixed in and credited (RNDADDENTROPY), then the CRNG reseeded from the
+    // pool at once (RNDRESEEDCRNG): every read after this, in this guest's
+    // kernel and its processes, depends on the host's bytes, never only on
+    // state a template's other clones share.
+    std::vector<char> buf(sizeof(struct rand_pool_info) + c.entropy.size());
+    auto* info = reinterpret_cast<struct rand_pool_info*>(buf.data());
+    info->entropy_count = static_cast<int>(c.entropy.size() * 8);
+    info->buf_size = static_cast<int>(c.entropy.size());
+    std::memcpy(info->buf, c.entropy.data(), c.entropy.size());
+    bool ok = ioctl(fd, RNDADDENTROPY, info) == 0 && ioctl(fd, RNDRESEEDCRNG) == 0;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    if (!ok) return fail("reseeding the guest's random number generator");
+  }
+  if (c.realtime_ns) {
+    struct timespec ts {};
+    ts.tv_sec = static_cast<time_t>(c.realtime_ns / 1'000'000'000ull);
+    ts.tv_nsec = static_cast<long>(c.realtime_ns % 1'000'000'000ull);
+    if (clock_settime(CLOCK_REALTIME, &ts) != 0) return fail("setting the guest's clock");
+  }
+  if (!c.machine_id.empty()) {
+    // In the sandbox's own root (an overlay whose upper is this guest's):
+    // never through a link the image may have put at /etc or the file.
+    int root = open(c.rootfs.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0) return fail("opening the sandbox root " + c.rootfs);
+    mkdirat(root, "etc", 0755);
+    int etc = openat(root, "etc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    close(root);
+    // An image whose /etc is a link (or no directory) keeps what it has.
+    if (etc < 0 && (errno == ELOOP || errno == ENOTDIR)) return true;
+    if (etc < 0) return fail("opening the sandbox's /etc");
+    unlinkat(etc, "machine-id", 0);
+    int fd = openat(etc, "machine-id", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+    close(etc);
+    if (fd < 0 && errno == EEXIST) return true;  // a directory there: the image's own business
+    if (fd < 0) return fail("creating the sandbox's /etc/machine-id");
+    std::string line = c.machine_id + "\n";
+    bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    close(fd);
+    if (!ok) return fail("writing the sandbox's /etc/machine-id");
+  }
+  return true;
+}
+
 void RunGuest() {
   // 1. The kernel's world: devices, processes, sysfs.
   MountOrDie("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "");
@@ -335,6 +396,9 @@ void RunGuest() {
     } else {
       fcntl(3, F_SETFD, 0);
     }
+    // The host waits for this before it sends the setup (a template VM is
+    // saved here; a clone of it resumes in RunInit's read of the setup).
+    if (!WriteFrame(3, FrameType::kReady, 0, "")) DieErrno("telling the host the guest is ready");
     _exit(RunInit(3));
   }
   close(channel);

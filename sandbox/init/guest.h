@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 
+#include "sandbox/init/protocol.h"
 #include "sandbox/types.h"
 
 namespace paddock::init {
@@ -34,5 +35,11 @@ bool ApplyGuestLimits(const Limits& limits, std::string* err);
 uint64_t GuestOomKills();
 // memory.current, cpu usage and pids.current of that cgroup.
 Usage GuestUsage();
+
+// In the sandbox's init inside a guest, before the container sequence drops
+// its capabilities: applies the setup's identity (SetupConfig::entropy,
+// realtime_ns, machine_id under `rootfs`). The same step for a cold-booted VM
+// and a clone of a template. A no-op outside a guest.
+bool ApplyGuestIdentity(const SetupConfig& c, std::string* err);
 
 }  // namespace paddock::init

@@ -88,6 +88,18 @@ Result<std::unique_ptr<InitClient>> InitClient::Start(UniqueFd channel, const in
   return client;
 }
 
+Status AwaitGuestReady(int channel, std::chrono::steady_clock::time_point deadline) {
+  init::Frame f;
+  errno = 0;
+  if (!init::ReadFrameBy(channel, &f, 0, deadline)) {
+    if (errno == ETIMEDOUT) return Error(Code::kDeadlineExceeded, "the guest did not report ready in time");
+    if (errno == EMSGSIZE) return Error(Code::kInternal, "the guest's first frame is not an empty kReady");
+    return Error(Code::kInternal, "QEMU exited before the guest reported ready");
+  }
+  if (f.type != FrameType::kReady) return Error(Code::kInternal, "the guest's first frame is not kReady");
+  return Status::Ok();
+}
+
 uint64_t InitClient::FrameLimit(FrameType type, uint32_t id) {
   switch (type) {
     case FrameType::kStdout:

@@ -126,6 +126,11 @@ class InitClient {
   std::thread reader_;
 };
 
+// A microVM guest's first frame (init::FrameType::kReady: booted, waiting for
+// its setup), read by `deadline`; any other frame, or one with a payload, is
+// an error.
+Status AwaitGuestReady(int channel, std::chrono::steady_clock::time_point deadline);
+
 // Turns an errno from init's file handling into a Status a user can act on.
 Status FileErrnoStatus(int err, const std::string& path, const std::string& detail);
 

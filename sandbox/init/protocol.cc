@@ -88,6 +88,9 @@ std::string EncodeSetup(const SetupConfig& c) {
   w.Str(c.seccomp_bpf);
   PutMap(w, c.env);
   w.U32(c.network_per_exec ? 1 : 0);
+  w.Str(c.entropy);
+  w.Str(c.machine_id);
+  w.U64(c.realtime_ns);
   return w.Take();
 }
 
@@ -99,7 +102,7 @@ bool DecodeSetup(std::string_view buf, SetupConfig* c) {
             r.U64(&c->limits.memory_bytes) && r.U32(&c->limits.pids) &&
             r.U64(&c->limits.disk_bytes) && r.Str(&c->seccomp_bpf) && GetPairs(r, &c->env);
   uint32_t per_exec = 1;
-  ok = ok && r.U32(&per_exec);
+  ok = ok && r.U32(&per_exec) && r.Str(&c->entropy) && r.Str(&c->machine_id) && r.U64(&c->realtime_ns);
   c->network_per_exec = per_exec != 0;
   c->mode = static_cast<Mode>(mode);
   return ok && r.done();

@@ -56,6 +56,10 @@ enum class FrameType : uint32_t {
   kEgressData = 18,    // both ways: bytes of a connection, at most kEgressMaxData, within credit
   kEgressCredit = 19,  // both ways: u32, bytes the receiver has consumed (the sender may send more)
   kEgressClose = 20,   // both ways: no more data; the receiver flushes what it has and closes
+  // microVM guest → daemon, once, empty: the guest has booted and its sandbox
+  // init waits for kSetup. A template VM is saved at this point (its clones
+  // get their setup, identity included, after they are restored).
+  kReady = 21,
 };
 
 // The fds of a kStub reply, in order.
@@ -94,6 +98,15 @@ struct SetupConfig {
   // False for a sandbox with egress: its execs share the zygote's namespace,
   // where the daemon's proxy listens (the zygote is that sandbox's alone).
   bool network_per_exec = true;
+  // A microVM guest's identity, applied by its sandbox init before anything
+  // else (while it still has its capabilities): host randomness mixed into
+  // and credited to the guest kernel's pool, then its CRNG reseeded (a clone
+  // restored from a template must never reuse the template's entropy); the
+  // guest's wall clock; the sandbox's /etc/machine-id (32 hex digits).
+  // Ignored outside a guest. Empty/0: left alone.
+  std::string entropy;
+  std::string machine_id;
+  uint64_t realtime_ns = 0;
 };
 
 class WireWriter {

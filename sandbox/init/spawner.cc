@@ -45,6 +45,10 @@ int RunInit(int channel) {
     WriteFrame(channel, FrameType::kHello, 0, EncodeReply(EIO, err, ""));
     return 1;
   }
+  if (!ApplyGuestIdentity(config, &err)) {
+    WriteFrame(channel, FrameType::kHello, 0, EncodeReply(EIO, err, ""));
+    return 1;
+  }
   bool ok = config.mode == Mode::kFunction ? SetupFunctionZygote(config, &err)
                                            : SetupContainer(config, &err);
   if (!ok) {

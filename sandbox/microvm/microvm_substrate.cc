@@ -6,7 +6,9 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -19,6 +21,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -36,6 +39,7 @@
 #include "sandbox/manager.h"
 #include "sandbox/microvm/console_log.h"
 #include "sandbox/microvm/layer_disks.h"
+#include "sandbox/microvm/qmp.h"
 #include "sandbox/network/egress_proxy.h"
 #include "sandbox/warm_pool.h"
 
@@ -302,37 +306,43 @@ class MicrovmSubstrate final : public Substrate {
     return *assets_;
   }
 
-  Result<std::unique_ptr<Sandbox>> Build(const std::string& id, const Recipe& r) {
-    PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
-    PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
-    const std::string dir = fmt::format("{}/vms/{}", env_.state_dir, id);
-    auto sb = std::make_unique<MicrovmSandbox>(id, dir);  // cleans up on any early return
-    PADDOCK_RETURN_IF_ERROR(MkdirAll(dir, 0711));
-    chmod(dir.c_str(), 0711);
-    PADDOCK_ASSIGN_OR_RETURN(uint32_t qemu_uid, uids_->Take());
-    sb->uids_ = uids_;
-    sb->uid_ = qemu_uid;
+  // What shapes a VM's QEMU and its guest up to the setup frame: the same for
+  // a cold boot, a template and the template's clones (a template's key is
+  // made of it; a clone's command line must match its template's).
+  struct Shape {
+    std::vector<std::string> argv;   // without -name, the memory backend, the monitor, -incoming
+    std::vector<std::string> files;  // what the jail binds: kernel, initramfs, disks
+    uint64_t guest_mib = 0;
+    uint32_t vcpus = 1;
+    uint64_t disk = 0;
+    bool kvm = true;
+  };
+  enum class Start { kCold, kTemplate, kClone };
 
+  // A template: a VM booted once to the point where its paddock-init waits
+  // for the setup frame, then saved. Its RAM is a memfd sealed against
+  // writes (every clone maps it private, copy on write); its device state a
+  // file under <state>/microvm/templates/<hash>/state, held open.
+  struct Template {
+    std::string hash;
+    UniqueFd ram;    // sealed memfd (F_SEAL_WRITE | SHRINK | GROW | SEAL)
+    UniqueFd state;  // O_RDONLY; each clone gets its own open of it
+  };
+  struct TemplateBuild {
+    std::shared_ptr<Template> t;  // or:
+    Status error;
+    std::chrono::steady_clock::time_point at;
+  };
+
+  Shape ShapeOf(const Recipe& r, const microvm::BootAssets& assets) {
+    Shape s;
     uint64_t limit = r.limits.memory_bytes ? r.limits.memory_bytes : kDefaultMemoryBytes;
     uint64_t guest_ram = opts_.guest_memory_override ? opts_.guest_memory_override
                                                      : limit + opts_.guest_overhead_bytes;
-    uint64_t guest_mib = (guest_ram + (1 << 20) - 1) >> 20;
-    uint32_t vcpus = opts_.vcpus ? opts_.vcpus : 1;
-    if (r.limits.cpu_millicores) vcpus = std::max<uint32_t>(1, (r.limits.cpu_millicores + 999) / 1000);
-    uint64_t disk = r.limits.disk_bytes ? r.limits.disk_bytes : kDefaultDiskBytes;
-
-    // The VM's host cgroup: its RAM plus QEMU's own, and its vCPUs.
-    Limits host;
-    host.memory_bytes = (guest_mib << 20) + kQemuOverheadBytes;
-    host.pids = 64;
-    host.cpu_millicores = vcpus * 1000;
-    auto cg = Cgroup::Create(env_.cgroup_root(), "vm-" + id, host);
-    if (!cg.ok()) return cg.status();
-    sb->cgroup_ = std::move(cg).value();
-
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
-    UniqueFd ours(sv[0]), theirs(sv[1]);
+    s.guest_mib = (guest_ram + (1 << 20) - 1) >> 20;
+    s.vcpus = opts_.vcpus ? opts_.vcpus : 1;
+    if (r.limits.cpu_millicores) s.vcpus = std::max<uint32_t>(1, (r.limits.cpu_millicores + 999) / 1000);
+    s.disk = r.limits.disk_bytes ? r.limits.disk_bytes : kDefaultDiskBytes;
 
     std::string cmdline =
         "console=ttyS0 quiet panic=-1 reboot=t rdinit=/paddock-init pci=off "
@@ -343,25 +353,19 @@ class MicrovmSubstrate final : public Substrate {
         // only its commands.
         "sysctl.vm.panic_on_oom=1";
     cmdline += fmt::format(" paddock.layers={} paddock.fs={} paddock.disk={}", r.disks.size(),
-                           opts_.boot.fs_type, disk);
-    const bool kvm = opts_.accel != "tcg";
+                           opts_.boot.fs_type, s.disk);
+    s.kvm = opts_.accel != "tcg";
     // Under TCG the guest cannot calibrate its TSC against anything (no
     // kvm-clock) and stalls; give it a nominal frequency.
-    if (!kvm) cmdline += " tsc_early_khz=2000000";
+    if (!s.kvm) cmdline += " tsc_early_khz=2000000";
     if (!opts_.extra_cmdline.empty()) cmdline += " " + opts_.extra_cmdline;
-    std::vector<std::string> argv = {
+    s.argv = {
         opts_.qemu,
-        "-name", "paddock-vm-" + id,
-        // microvm: no PCI, no firmware option ROMs. ACPI stays on: it is
-        // how Debian's kernel (no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) finds
-        // the virtio-mmio devices. The RTC stays on: without it the kernel
-        // spends seconds polling a missing CMOS clock (docs/microvm.md).
-        "-M", "microvm,x-option-roms=off",
         // TCG: a 64 MiB translation cache instead of the 1 GiB default (host RSS per VM).
-        "-accel", kvm ? "kvm" : "tcg,tb-size=64",
-        "-cpu", kvm ? "host" : "max",
-        "-smp", std::to_string(vcpus),
-        "-m", fmt::format("{}M", guest_mib),
+        "-accel", s.kvm ? "kvm" : "tcg,tb-size=64",
+        "-cpu", s.kvm ? "host" : "max",
+        "-smp", std::to_string(s.vcpus),
+        "-m", fmt::format("{}M", s.guest_mib),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         // QEMU's seccomp filter: no obsolete calls, no setuid, no fork/exec,
         // no scheduler/affinity changes.
@@ -378,70 +382,388 @@ class MicrovmSubstrate final : public Substrate {
         "-device", "virtserialport,chardev=ch,name=paddock",
     };
     for (size_t i = 0; i < r.disks.size(); ++i) {
-      argv.push_back("-drive");
-      argv.push_back(fmt::format("file={},if=none,id=l{},format=raw,readonly=on,cache=unsafe", r.disks[i], i));
-      argv.push_back("-device");
-      argv.push_back(fmt::format("virtio-blk-device,drive=l{},serial=layer{}", i, i));
+      s.argv.push_back("-drive");
+      s.argv.push_back(fmt::format("file={},if=none,id=l{},format=raw,readonly=on,cache=unsafe", r.disks[i], i));
+      s.argv.push_back("-device");
+      s.argv.push_back(fmt::format("virtio-blk-device,drive=l{},serial=layer{}", i, i));
     }
+    s.files = {assets.kernel, assets.initramfs};
+    s.files.insert(s.files.end(), r.disks.begin(), r.disks.end());
+    return s;
+  }
 
+  // The full command line. A template and its clones have their RAM in a
+  // file-backed memory backend on fd 4 (the template's memfd, reached as
+  // /proc/self/fd/4 in QEMU's jail): shared while the template runs (its
+  // writes land in the memfd), private in a clone (copy on write, the
+  // memfd's pages shared by every clone until written). Their monitor (QMP)
+  // is on fd 5; a clone waits for its device state (-incoming defer; it
+  // arrives on fd 6, migrate-incoming).
+  std::vector<std::string> Argv(const std::string& id, const Shape& s, Start start) {
+    std::vector<std::string> argv = s.argv;
+    // microvm: no PCI, no firmware option ROMs. ACPI stays on: it is how
+    // Debian's kernel (no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) finds the
+    // virtio-mmio devices. The RTC stays on: without it the kernel spends
+    // seconds polling a missing CMOS clock (docs/microvm.md).
+    std::string machine = "microvm,x-option-roms=off";
+    std::vector<std::string> extra = {"-name", "paddock-vm-" + id};
+    if (start != Start::kCold) {
+      machine += ",memory-backend=mem";
+      extra.insert(extra.end(),
+                   {"-object",
+                    fmt::format("memory-backend-file,id=mem,size={}M,mem-path=/proc/self/fd/4,share={}", s.guest_mib,
+                                start == Start::kTemplate ? "on" : "off"),
+                    "-chardev", "socket,id=qmp,fd=5", "-mon", "chardev=qmp,mode=control"});
+      if (start == Start::kClone) extra.insert(extra.end(), {"-incoming", "defer"});
+    }
+    argv.insert(argv.begin() + 1, {"-M", machine});
+    argv.insert(argv.begin() + 1, extra.begin(), extra.end());
+    return argv;
+  }
+
+  std::string TemplateKey(const Shape& s) {
+    struct stat st {};
+    stat(opts_.qemu.c_str(), &st);
+    std::string key = fmt::format("qemu {} {} {}\n", opts_.qemu, st.st_size, st.st_mtim.tv_sec);
+    for (const auto& a : s.argv) key += a + "\n";
+    return key;
+  }
+
+  // The host side of a VM before QEMU starts: its directory, uid, cgroup and
+  // console log. `console` receives the write end QEMU gets.
+  Status PrepareHost(MicrovmSandbox* sb, const std::string& id, const Shape& s, UniqueFd* console) {
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(sb->dir_, 0711));
+    chmod(sb->dir_.c_str(), 0711);
+    PADDOCK_ASSIGN_OR_RETURN(uint32_t qemu_uid, uids_->Take());
+    sb->uids_ = uids_;
+    sb->uid_ = qemu_uid;
+    // The VM's host cgroup: its RAM plus QEMU's own, and its vCPUs.
+    Limits host;
+    host.memory_bytes = (s.guest_mib << 20) + kQemuOverheadBytes;
+    host.pids = 64;
+    host.cpu_millicores = s.vcpus * 1000;
+    auto cg = Cgroup::Create(env_.cgroup_root(), "vm-" + id, host);
+    if (!cg.ok()) return cg.status();
+    sb->cgroup_ = std::move(cg).value();
+    // The console goes through a pipe the daemon drains into a capped file:
+    // a guest flooding its serial port costs the host a bounded log.
+    auto log = microvm::ConsoleLog::Start(sb->dir_ + "/console.log", opts_.console_log_cap, console);
+    if (!log.ok()) return log.status();
+    sb->console_ = std::move(log).value();
+    return Status::Ok();
+  }
+
+  // Why a VM's start failed, once its QEMU is gone: a launcher step, the
+  // guest's console, or `st` itself.
+  Status StartFailure(MicrovmSandbox* sb, const Status& st) {
+    bool timed_out = st.code() == Code::kDeadlineExceeded;
+    // A launcher step that failed after QEMU's start was checked (the jail's
+    // mounts, the exec) says which.
+    siginfo_t info{};
+    if (!timed_out && waitid(P_PID, static_cast<id_t>(sb->qemu_.pid()), &info, WEXITED | WNOWAIT | WNOHANG) == 0 &&
+        info.si_pid != 0 && info.si_code == CLD_EXITED && info.si_status >= 110 && info.si_status <= 122)
+      return Error(Code::kInternal, "QEMU's launcher failed at step {} (see docs/microvm.md)", info.si_status);
+    sb->qemu_.KillAndReap();
+    sb->console_->Stop();
+    std::string log = sb->console_->Text();
+    // Kept for a user to read whole (the error quotes only the cause).
+    Status kept = WriteSmallFile(env_.state_dir + "/microvm/last-boot-failure.log", log);
+    (void)kept;
+    if (st.message().find("setup failed inside the sandbox") != std::string::npos) return st;
+    return DiagnoseFromConsole(
+        log,
+        timed_out ? fmt::format("the guest did not answer within its boot deadline of {} ms ({})",
+                                opts_.boot_timeout_ms, st.message())
+                  : fmt::format("QEMU exited before the guest answered ({})", st.message()),
+        timed_out ? Code::kDeadlineExceeded : Code::kInternal);
+  }
+
+  static int MillisLeft(std::chrono::steady_clock::time_point deadline) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    return static_cast<int>(std::max<int64_t>(1, left.count()));
+  }
+
+  Result<std::unique_ptr<Sandbox>> Build(const std::string& id, const Recipe& r) {
+    PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
+    Shape shape = ShapeOf(r, assets);
+    if (opts_.templates) {
+      std::string key = TemplateKey(shape);
+      auto t = TemplateFor(key, shape);
+      if (t.ok()) {
+        auto vm = BuildVm(id, r, shape, t->get());
+        if (vm.ok()) {
+          ++counters_.clones;
+          CloneRestored(key);
+          return vm;
+        }
+        // Never a failed create only because templating failed: this VM
+        // boots cold, and the template is made anew for the next one.
+        ++counters_.clone_failures;
+        spdlog::warn("microvm {}: restoring a clone of template {} failed, booting cold instead: {}", id,
+                     (*t)->hash, vm.status().ToString());
+        DropTemplate(key, *t, vm.status());
+      }
+    }
+    auto vm = BuildVm(id, r, shape, nullptr);
+    if (vm.ok()) ++counters_.cold_boots;
+    return vm;
+  }
+
+  // A VM booted cold (`t` null) or restored from template `t`; either way
+  // its setup carries a fresh identity (sandbox/init/protocol.h, SetupConfig).
+  Result<std::unique_ptr<Sandbox>> BuildVm(const std::string& id, const Recipe& r, const Shape& shape,
+                                           const Template* t) {
+    PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
+    auto sb = std::make_unique<MicrovmSandbox>(id, fmt::format("{}/vms/{}", env_.state_dir, id));  // cleans up on any early return
     // A pooled VM is built on the pool's nice-19 filler thread; QEMU's vCPU threads
     // and the init client's reader thread would keep that priority for the VM's
     // whole life, so they start at normal priority.
     NormalPriorityScope normal;
-    // The console goes through a pipe the daemon drains into a capped file:
-    // a guest flooding its serial port costs the host a bounded log.
     UniqueFd console;
-    auto log = microvm::ConsoleLog::Start(dir + "/console.log", opts_.console_log_cap, &console);
-    if (!log.ok()) return log.status();
-    sb->console_ = std::move(log).value();
-    std::vector<std::string> files = {assets.kernel, assets.initramfs};
-    files.insert(files.end(), r.disks.begin(), r.disks.end());
-    PADDOCK_ASSIGN_OR_RETURN(Jail jail, MakeJail(dir + "/root", files));
-    auto child = SpawnQemu(argv, jail, console.get(), theirs.get(), sb->cgroup_, kvm, qemu_uid);
+    PADDOCK_RETURN_IF_ERROR(PrepareHost(sb.get(), id, shape, &console));
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
+    UniqueFd ours(sv[0]), theirs(sv[1]);
+    UniqueFd qmp_ours, qmp_theirs, state;
+    std::vector<int> extra;
+    if (t) {
+      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
+      qmp_ours.reset(sv[0]);
+      qmp_theirs.reset(sv[1]);
+      // An open of its own (its own offset) of the template's state.
+      std::string self = fmt::format("/proc/self/fd/{}", t->state.get());
+      state.reset(open(self.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!state.valid()) return ErrnoError("opening template " + t->hash + "'s device state");
+      extra = {t->ram.get(), qmp_theirs.get(), state.get()};
+    }
+    PADDOCK_ASSIGN_OR_RETURN(Jail jail, MakeJail(sb->dir_ + "/root", shape.files, t != nullptr));
+    auto child = SpawnQemu(Argv(id, shape, t ? Start::kClone : Start::kCold), jail, console.get(), theirs.get(),
+                           extra, sb->cgroup_, shape.kvm, *sb->uid_);
     if (!child.ok()) return child.status().Prefix("starting QEMU");
     sb->qemu_ = std::move(child).value();
     theirs.reset();
     console.reset();
+    qmp_theirs.reset();
+    state.reset();
+
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.boot_timeout_ms);
+    Status ready = t ? Restore(std::move(qmp_ours), deadline) : AwaitGuestReady(ours.get(), deadline);
+    if (!ready.ok()) return StartFailure(sb.get(), ready);
 
     init::SetupConfig setup;
     setup.mode = init::Mode::kContainer;
     setup.rootfs = "/rootfs";  // inside the guest's switched root
     setup.hostname = "sandbox-" + id;
     setup.workdir = r.workdir;
-    setup.tmp_bytes = disk;
+    setup.tmp_bytes = shape.disk;
     setup.limits = r.limits;
     setup.seccomp_bpf = bpf;
+    PADDOCK_RETURN_IF_ERROR(FreshIdentity(&setup));
     // The guest's kernel may be the sandbox's: every frame from it is bounded
     // and every call to it has a deadline (sandbox/init/init_client.h).
     InitClientOptions channel_opts;
     channel_opts.hostile_peer = true;
-    auto client = InitClient::Start(std::move(ours), setup, opts_.boot_timeout_ms, channel_opts);
-    if (!client.ok()) {
-      bool timed_out = client.status().code() == Code::kDeadlineExceeded;
-      // A launcher step that failed after QEMU's start was checked (the jail's
-      // mounts, the exec) says which.
-      siginfo_t info{};
-      if (!timed_out && waitid(P_PID, static_cast<id_t>(sb->qemu_.pid()), &info, WEXITED | WNOWAIT | WNOHANG) == 0 &&
-          info.si_pid != 0 && info.si_code == CLD_EXITED && info.si_status >= 110 && info.si_status <= 121)
-        return Error(Code::kInternal, "QEMU's launcher failed at step {} (see docs/microvm.md)", info.si_status);
-      sb->qemu_.KillAndReap();
-      sb->console_->Stop();
-      std::string log = sb->console_->Text();
-      // Kept for a user to read whole (the error quotes only the cause).
-      Status kept = WriteSmallFile(env_.state_dir + "/microvm/last-boot-failure.log", log);
-      (void)kept;
-      if (client.status().message().find("setup failed inside the sandbox") != std::string::npos)
-        return client.status();
-      return DiagnoseFromConsole(
-          log,
-          timed_out ? fmt::format("the guest did not answer within its boot deadline of {} ms",
-                                  opts_.boot_timeout_ms)
-                    : "QEMU exited before the guest answered",
-          timed_out ? Code::kDeadlineExceeded : Code::kInternal);
-    }
+    auto client = InitClient::Start(std::move(ours), setup, MillisLeft(deadline), channel_opts);
+    if (!client.ok()) return StartFailure(sb.get(), client.status());
     sb->client_ = std::move(client).value();
     sb->lease_ = r.lease;
     return std::unique_ptr<Sandbox>(std::move(sb));
+  }
+
+  // 32 bytes of the host's randomness for the guest's pool, a machine-id,
+  // the host's clock.
+  static Status FreshIdentity(init::SetupConfig* setup) {
+    unsigned char bytes[48];
+    size_t got = 0;
+    while (got < sizeof bytes) {
+      ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return ErrnoError("getrandom");
+      got += static_cast<size_t>(n);
+    }
+    setup->entropy.assign(reinterpret_cast<char*>(bytes), 32);
+    static constexpr char kHex[] = "0123456789abcdef";
+    setup->machine_id.clear();
+    for (size_t i = 32; i < 48; ++i) {
+      setup->machine_id += kHex[bytes[i] >> 4];
+      setup->machine_id += kHex[bytes[i] & 15];
+    }
+    struct timespec now {};
+    clock_gettime(CLOCK_REALTIME, &now);
+    setup->realtime_ns = static_cast<uint64_t>(now.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(now.tv_nsec);
+    return Status::Ok();
+  }
+
+  // A clone: its device state in (migrate-incoming with x-ignore-shared, as
+  // the template was saved: the RAM is the memfd already mapped), then
+  // running. A QEMU that cannot load the state exits; its monitor closes.
+  static Status Restore(UniqueFd qmp_fd, std::chrono::steady_clock::time_point deadline) {
+    using microvm::QmpClient;
+    PADDOCK_ASSIGN_OR_RETURN(QmpClient qmp, QmpClient::Open(std::move(qmp_fd), deadline));
+    PADDOCK_RETURN_IF_ERROR(qmp.Execute(kIgnoreShared, deadline).status());
+    PADDOCK_RETURN_IF_ERROR(
+        qmp.Execute(R"({"execute": "migrate-incoming", "arguments": {"uri": "fd:6"}})", deadline).status());
+    // The template was stopped before it was saved, so its clone comes up paused.
+    auto st = qmp.WaitFor(R"({"execute": "query-status"})",
+                          {R"("status":"paused")", R"("status":"postmigrate")", R"("status":"running")"},
+                          {R"("status":"internal-error")", R"("status":"guest-panicked")", R"("status":"shutdown")"},
+                          deadline, std::chrono::milliseconds(2));
+    if (!st.ok()) return st.status().Prefix("restoring the template's device state");
+    PADDOCK_RETURN_IF_ERROR(qmp.Execute(R"({"execute": "cont"})", deadline).status());
+    return Status::Ok();  // the monitor closes here: nothing more is asked of this QEMU
+  }
+  static constexpr const char* kIgnoreShared =
+      R"({"execute": "migrate-set-capabilities", "arguments": {"capabilities": [{"capability": "x-ignore-shared", "state": true}]}})";
+
+  // The template for `key`, built on first use (concurrent first uses wait
+  // on one build). A build that failed is tried again after a minute; until
+  // then its VMs boot cold.
+  Result<std::shared_ptr<Template>> TemplateFor(const std::string& key, const Shape& shape) {
+    std::shared_future<std::shared_ptr<const TemplateBuild>> f;
+    std::optional<std::promise<std::shared_ptr<const TemplateBuild>>> mine;
+    {
+      std::lock_guard lock(templates_mu_);
+      auto it = templates_.find(key);
+      if (it != templates_.end() && it->second.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+        auto b = it->second.get();
+        if (!b->t && std::chrono::steady_clock::now() - b->at > std::chrono::minutes(1)) {
+          templates_.erase(it);
+          it = templates_.end();
+        }
+      }
+      if (it == templates_.end()) {
+        mine.emplace();
+        f = mine->get_future().share();
+        templates_[key] = f;
+      } else {
+        f = it->second;
+      }
+    }
+    if (mine) {
+      auto b = std::make_shared<TemplateBuild>();
+      auto t = BuildTemplate(shape);
+      if (t.ok()) {
+        b->t = std::move(t).value();
+        ++counters_.template_builds;
+      } else {
+        b->error = t.status();
+        spdlog::warn("microvm: a template could not be made; its VMs boot cold: {}", b->error.ToString());
+      }
+      b->at = std::chrono::steady_clock::now();
+      mine->set_value(b);
+    }
+    auto b = f.get();
+    if (!b->t) return b->error;
+    return b->t;
+  }
+
+  // A clone of `t` could not be restored: the next create makes a new
+  // template; if clones of that one fail too (a QEMU that cannot restore
+  // what it saved), the shape boots cold for a minute before trying again.
+  void DropTemplate(const std::string& key, const std::shared_ptr<Template>& t, const Status& why) {
+    std::lock_guard lock(templates_mu_);
+    auto it = templates_.find(key);
+    if (it == templates_.end() || it->second.wait_for(std::chrono::seconds(0)) != std::future_status::ready ||
+        it->second.get()->t != t)
+      return;
+    if (++restore_failures_[key] < 2) {
+      templates_.erase(it);
+      return;
+    }
+    restore_failures_.erase(key);
+    auto failed = std::make_shared<TemplateBuild>();
+    failed->error = why.Prefix("clones of this shape failed to restore twice in a row");
+    failed->at = std::chrono::steady_clock::now();
+    std::promise<std::shared_ptr<const TemplateBuild>> p;
+    p.set_value(failed);
+    it->second = p.get_future().share();
+  }
+  void CloneRestored(const std::string& key) {
+    std::lock_guard lock(templates_mu_);
+    restore_failures_.erase(key);
+  }
+
+  // Boots a VM whose RAM is a fresh memfd (shared), waits until its
+  // paddock-init waits for its setup, stops it and saves its device state
+  // (x-ignore-shared: the RAM stays in the memfd, only devices go to the
+  // file), kills it and seals the memfd against writes.
+  Result<std::shared_ptr<Template>> BuildTemplate(const Shape& shape) {
+    auto t = std::make_shared<Template>();
+    t->hash = fmt::format("{:016x}", std::hash<std::string>{}(TemplateKey(shape)));
+    const std::string id = fmt::format("tpl-{}-{}", t->hash.substr(0, 8), ++template_seq_);
+    const std::string root = env_.state_dir + "/microvm/templates";
+    const std::string tdir = root + "/" + t->hash;
+    // Root's only: a template's device state is the start of every clone.
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(tdir, 0700));
+    chmod(root.c_str(), 0700);
+    chmod(tdir.c_str(), 0700);
+    const std::string tmp = fmt::format("{}/state.{}.tmp", tdir, id);
+    UniqueFd out(open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!out.valid()) return ErrnoError("creating " + tmp);
+    struct RemoveTmp {
+      std::string path;
+      ~RemoveTmp() { unlink(path.c_str()); }
+    } remove_tmp{tmp};
+
+    t->ram.reset(static_cast<int>(syscall(SYS_memfd_create, ("paddock-template-" + t->hash).c_str(),
+                                          MFD_CLOEXEC | MFD_ALLOW_SEALING)));
+    if (!t->ram.valid()) return ErrnoError("memfd_create for a template's RAM");
+    if (ftruncate(t->ram.get(), static_cast<off_t>(shape.guest_mib << 20)) != 0)
+      return ErrnoError("sizing a template's RAM");
+
+    auto sb = std::make_unique<MicrovmSandbox>(id, fmt::format("{}/vms/{}", env_.state_dir, id));
+    NormalPriorityScope normal;
+    UniqueFd console;
+    PADDOCK_RETURN_IF_ERROR(PrepareHost(sb.get(), id, shape, &console));
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
+    UniqueFd ours(sv[0]), theirs(sv[1]);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
+    UniqueFd qmp_ours(sv[0]), qmp_theirs(sv[1]);
+    PADDOCK_ASSIGN_OR_RETURN(Jail jail, MakeJail(sb->dir_ + "/root", shape.files, true));
+    auto child = SpawnQemu(Argv(id, shape, Start::kTemplate), jail, console.get(), theirs.get(),
+                           {t->ram.get(), qmp_theirs.get()}, sb->cgroup_, shape.kvm, *sb->uid_);
+    if (!child.ok()) return child.status().Prefix("starting a template's QEMU");
+    sb->qemu_ = std::move(child).value();
+    theirs.reset();
+    console.reset();
+    qmp_theirs.reset();
+
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.boot_timeout_ms);
+    Status st = AwaitGuestReady(ours.get(), deadline);
+    if (!st.ok()) return StartFailure(sb.get(), st).Prefix("booting a template");
+    {
+      using microvm::QmpClient;
+      const auto save_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      auto qmp = QmpClient::Open(std::move(qmp_ours), save_by);
+      if (!qmp.ok()) return qmp.status().Prefix("a template's monitor");
+      for (const char* cmd : {R"({"execute": "stop"})", kIgnoreShared}) {
+        auto r = qmp->Execute(cmd, save_by);
+        if (!r.ok()) return r.status().Prefix("saving a template");
+      }
+      auto r = qmp->Execute(R"({"execute": "getfd", "arguments": {"fdname": "state"}})", save_by, {out.get()});
+      if (r.ok()) r = qmp->Execute(R"({"execute": "migrate", "arguments": {"uri": "fd:state"}})", save_by);
+      if (r.ok())
+        r = qmp->WaitFor(R"({"execute": "query-migrate"})", {R"("status":"completed")"},
+                         {R"("status":"failed")", R"("status":"cancelled")"}, save_by, std::chrono::milliseconds(5));
+      if (!r.ok()) return r.status().Prefix("saving a template's device state");
+    }
+    // QEMU gone (reaped), nothing maps the memfd writable: it can be sealed.
+    PADDOCK_RETURN_IF_ERROR(sb->Destroy());
+    if (fcntl(t->ram.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0)
+      return ErrnoError("sealing a template's RAM");
+    struct stat sst {};
+    if (fstat(out.get(), &sst) != 0 || sst.st_size == 0)
+      return Error(Code::kInternal, "a template's saved device state is empty");
+    const std::string final_path = tdir + "/state";
+    if (rename(tmp.c_str(), final_path.c_str()) != 0) return ErrnoError("renaming " + tmp);
+    remove_tmp.path.clear();
+    std::string self = fmt::format("/proc/self/fd/{}", out.get());
+    t->state.reset(open(self.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!t->state.valid()) return ErrnoError("reopening a template's device state");
+    spdlog::info("microvm: template {} saved ({} MiB of guest RAM, {} bytes of device state)", t->hash,
+                 shape.guest_mib, sst.st_size);
+    return t;
   }
 
   // QEMU's root: an empty directory with, bind-mounted read-only at their
@@ -456,8 +778,13 @@ class MicrovmSubstrate final : public Substrate {
     std::vector<std::pair<std::string, std::string>> binds;  // host path, path under root
     std::string dev;                                          // root + "/dev"
     std::string null_node, urandom_node, kvm_node;
+    // A template or clone only: a procfs of QEMU's own pid namespace with
+    // nothing but its process (subset=pid), so that QEMU can open its RAM
+    // memfd as /proc/self/fd/4 (QEMU 7.2's memory-backend-file takes a path
+    // only). Empty: none.
+    std::string proc;
   };
-  Result<Jail> MakeJail(const std::string& root, const std::vector<std::string>& files) {
+  Result<Jail> MakeJail(const std::string& root, const std::vector<std::string>& files, bool with_proc) {
     Jail j;
     j.root = root;
     PADDOCK_RETURN_IF_ERROR(MkdirAll(root, 0755));
@@ -492,6 +819,10 @@ class MicrovmSubstrate final : public Substrate {
     j.null_node = j.dev + "/null";
     j.urandom_node = j.dev + "/urandom";
     j.kvm_node = j.dev + "/kvm";
+    if (with_proc) {
+      j.proc = root + "/proc";
+      PADDOCK_RETURN_IF_ERROR(MkdirAll(j.proc, 0555));
+    }
     return j;
   }
 
@@ -502,8 +833,17 @@ class MicrovmSubstrate final : public Substrate {
   // QEMU with the console on stdout/stderr and the channel on fd 3. Only raw
   // system calls after the clone (the daemon is multithreaded): every
   // string is made before it.
+  // `extra_fds` become fds 4, 5, ... in QEMU (a template's RAM, its monitor,
+  // a clone's device state).
   Result<ChildProcess> SpawnQemu(const std::vector<std::string>& argv, const Jail& jail, int console_fd,
-                                 int channel_fd, const Cgroup& cgroup, bool kvm, uint32_t uid) {
+                                 int channel_fd, const std::vector<int>& extra_fds, const Cgroup& cgroup, bool kvm,
+                                 uint32_t uid) {
+    constexpr size_t kMaxExtra = 4;
+    if (extra_fds.size() > kMaxExtra) return Error(Code::kInternal, "too many fds for QEMU");
+    int extra_src[kMaxExtra] = {-1, -1, -1, -1};
+    const size_t nextra = extra_fds.size();
+    for (size_t i = 0; i < nextra; ++i) extra_src[i] = extra_fds[i];
+    const char* proc_dir = jail.proc.empty() ? nullptr : jail.proc.c_str();
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -544,6 +884,8 @@ class MicrovmSubstrate final : public Substrate {
           _exit(113);
       }
       if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=16k") != 0) _exit(114);
+      // Only QEMU's own process (this pid namespace's) and no kernel-wide files.
+      if (proc_dir && mount("proc", proc_dir, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid") != 0) _exit(122);
       // chmod: mknod's mode went through the daemon's umask.
       if (mknod(null_node, S_IFCHR | 0666, nst.st_rdev) != 0 || mknod(urandom_node, S_IFCHR | 0666, ust.st_rdev) != 0 ||
           chmod(null_node, 0666) != 0 || chmod(urandom_node, 0666) != 0)
@@ -559,11 +901,19 @@ class MicrovmSubstrate final : public Substrate {
           syscall(SYS_setresuid, uid, uid, uid) != 0)
         _exit(119);
       prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+      // Every fd QEMU gets is first moved above the numbers it gets them
+      // at, so that no dup2 below overwrites one still to be moved.
+      int con = fcntl(console_fd, F_DUPFD_CLOEXEC, 16), chan = fcntl(channel_fd, F_DUPFD_CLOEXEC, 16);
+      int moved[kMaxExtra];
+      for (size_t i = 0; i < nextra; ++i)
+        if ((moved[i] = fcntl(extra_src[i], F_DUPFD_CLOEXEC, 16)) < 0) _exit(120);
       int devnull = open("/dev/null", O_RDWR);
-      if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(console_fd, 1) < 0 || dup2(console_fd, 2) < 0 ||
-          dup2(channel_fd, 3) < 0)
+      if (con < 0 || chan < 0 || devnull < 0 || dup2(devnull, 0) < 0 || dup2(con, 1) < 0 || dup2(con, 2) < 0 ||
+          dup2(chan, 3) < 0)
         _exit(120);
-      syscall(SYS_close_range, 4, ~0U, 0);
+      for (size_t i = 0; i < nextra; ++i)
+        if (dup2(moved[i], static_cast<int>(4 + i)) < 0) _exit(120);
+      syscall(SYS_close_range, static_cast<unsigned>(4 + nextra), ~0U, 0);
       execve(args[0], args.data(), const_cast<char**>(envp));
       _exit(121);
     }
@@ -583,7 +933,7 @@ class MicrovmSubstrate final : public Substrate {
     siginfo_t info{};
     struct pollfd p {pidfd, POLLIN, 0};
     if (poll(&p, 1, 0) == 1 && waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED | WNOWAIT) == 0 &&
-        info.si_code == CLD_EXITED && info.si_status >= 110 && info.si_status <= 121) {
+        info.si_code == CLD_EXITED && info.si_status >= 110 && info.si_status <= 122) {
       return Error(Code::kInternal, "QEMU's launcher failed at step {} (see docs/microvm.md)",
                    info.si_status);
     }
@@ -596,6 +946,13 @@ class MicrovmSubstrate final : public Substrate {
   std::mutex assets_mu_;
   std::optional<microvm::BootAssets> assets_;
   std::shared_ptr<UidPool> uids_;
+  std::mutex templates_mu_;
+  std::map<std::string, std::shared_future<std::shared_ptr<const TemplateBuild>>> templates_;
+  std::map<std::string, int> restore_failures_;  // consecutive, per key
+  std::atomic<uint64_t> template_seq_{0};
+ public:
+  MicrovmCounters counters_;
+ private:
   WarmPool pool_;  // last: stopped before the rest goes
 };
 
@@ -607,6 +964,8 @@ MicrovmOptions MicrovmOptionsFromEnvironment() {
   if (const char* k = std::getenv("PADDOCK_MICROVM_KERNEL"); k && *k) o.boot.kernel = k;
   if (const char* f = std::getenv("PADDOCK_MICROVM_FS"); f && *f) o.boot.fs_type = f;
   if (const char* t = std::getenv("PADDOCK_MICROVM_ALLOW_TCG"); t && std::string_view(t) == "1") o.allow_tcg = true;
+  if (const char* t = std::getenv("PADDOCK_MICROVM_TEMPLATES"); t && *t)
+    o.templates = !(std::string_view(t) == "off" || std::string_view(t) == "0");
   return o;
 }
 
@@ -677,6 +1036,11 @@ std::vector<pid_t> StrayQemuProcesses(const std::string& state_dir) {
     out.push_back(std::stoi(name));
   }
   return out;
+}
+
+const MicrovmCounters* MicrovmCountersOf(const Substrate* substrate) {
+  auto* m = dynamic_cast<const MicrovmSubstrate*>(substrate);
+  return m ? &m->counters_ : nullptr;
 }
 
 std::unique_ptr<Substrate> MakeMicrovmSubstrate(const SubstrateEnv& env, MicrovmOptions options) {

@@ -8,6 +8,7 @@
 // docs/microvm.md has the boot path and the reason for every QEMU option.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -43,10 +44,27 @@ struct MicrovmOptions {
   // [qemu_uid, qemu_uid + qemu_uid_count) (outside the container and function
   // ranges of sandbox/linux/userns.h).
   uint32_t qemu_uid = 400000, qemu_uid_count = 65536;
+  // Template clones (docs/microvm.md, "Templates and clones"): per shape of
+  // VM (layers, RAM, vCPUs, fs, disk) one template is booted and saved; each
+  // VM after it is restored from it (copy-on-write RAM, device state
+  // migrated in) with a fresh identity instead of booting. A template that
+  // cannot be made or restored falls back to a cold boot (logged).
+  // paddockd's --microvm-templates; PADDOCK_MICROVM_TEMPLATES=on|off.
+  bool templates = true;
 };
 
+// What a microvm substrate did so far (tests and benches).
+struct MicrovmCounters {
+  std::atomic<uint64_t> cold_boots{0};
+  std::atomic<uint64_t> clones{0};
+  std::atomic<uint64_t> template_builds{0};
+  std::atomic<uint64_t> clone_failures{0};  // each followed by a cold boot
+};
+// The counters of `substrate` if it is a microvm substrate, else null.
+const MicrovmCounters* MicrovmCountersOf(const Substrate* substrate);
+
 // Options from the environment: PADDOCK_MICROVM_ACCEL, PADDOCK_MICROVM_KERNEL,
-// PADDOCK_MICROVM_FS, PADDOCK_MICROVM_ALLOW_TCG (what tests, benches and
+// PADDOCK_MICROVM_FS, PADDOCK_MICROVM_ALLOW_TCG, PADDOCK_MICROVM_TEMPLATES (what tests, benches and
 // paddockd's defaults use; paddockd sets allow_tcg from its flag only).
 MicrovmOptions MicrovmOptionsFromEnvironment();
 
