@@ -7,6 +7,7 @@
 // one node wait on one offer of an image; the node keeps to one fetch as well.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -42,6 +43,9 @@ class ImageSender {
   // blobs. Errors name the image (`name`, `id`) and the node.
   Result<ImageHanded> Ensure(const std::string& address, client::Client& node, const std::string& id,
                              const std::string& name);
+  // Images nodes fetched from this front (offers they took, not those they
+  // held already), since the start.
+  uint64_t handed() const { return handed_.load(); }
 
  private:
   Result<ImageHanded> Offer(client::Client& node, const std::string& id, const std::string& name);
@@ -54,6 +58,7 @@ class ImageSender {
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::shared_ptr<Flight>> flights_;  // by node address + image id
+  std::atomic<uint64_t> handed_{0};
 };
 
 }  // namespace paddock::fleet
