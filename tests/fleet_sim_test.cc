@@ -286,34 +286,36 @@ TEST(FleetSim, LostNodesEpisodesAreRebuiltElsewhereBeforeTheirNextCall) {
     }
     if (!affected.count(ep)) {
       EXPECT_EQ(nodes.size(), 1u) << ep;
-      EXPECT_EQ(turns[nodes[0]], (std::vector<int>{1, 2, 3})) << ep;
+      EXPECT_EQ(turns[nodes[0]], (std::vector<int>{0, 1, 2})) << ep;
       continue;
     }
-    // Affected: the victim ran turn 1; the new node the setup first, within
-    // the rebuild (before the policy answered), then (container) turn 1
-    // re-applied, then turns 2 and 3, each once.
+    // Affected: the victim ran the first turn's call (`echo turn-0`); the new
+    // node the setup first, within the rebuild (before the policy answered),
+    // then (container) turn 0's call re-applied, then turns 1 and 2, each once.
     ASSERT_EQ(nodes.size(), 2u) << ep;
     ASSERT_TRUE(victim_addrs.count(nodes[0])) << ep;
     const std::string& moved_to = nodes[1];
-    EXPECT_EQ(turns[nodes[0]], (std::vector<int>{1})) << ep;
+    EXPECT_EQ(turns[nodes[0]], (std::vector<int>{0})) << ep;
     EXPECT_EQ(setups[moved_to], 1) << ep;
     ASSERT_TRUE(new_setup_at.has_value()) << ep;
     EXPECT_LE(*new_setup_at, t_moved) << ep << ": not rebuilt ahead of its next call";
     ASSERT_TRUE(new_first_turn_at.has_value()) << ep;
     EXPECT_LT(*new_setup_at, *new_first_turn_at) << ep;
-    std::vector<int> want = container ? std::vector<int>{1, 2, 3} : std::vector<int>{2, 3};
+    std::vector<int> want = container ? std::vector<int>{0, 1, 2} : std::vector<int>{1, 2};
     EXPECT_EQ(turns[moved_to], want) << ep;
-    // A turn run live on both nodes (the re-applied turn 1 of a container
+    // A turn run live on both nodes (the re-applied turn 0 of a container
     // episode is its rebuild, by design, and comes first on the new node).
     for (int t : turns[moved_to])
-      if (t != 1 || !container)
+      if (t != 0 || !container)
         ran_twice += static_cast<int>(std::count(turns[nodes[0]].begin(), turns[nodes[0]].end(), t));
   }
   EXPECT_EQ(ran_twice, 0);
   // Every call that started was answered (nothing was cut: the loss came
   // between calls), so none ran twice unseen either.
-  for (const auto& [key, c] : f.sim->ExecCounts())
-    if (key.find("echo turn-") != std::string::npos) EXPECT_EQ(c.started, c.answered) << key;
+  for (const auto& [key, c] : f.sim->ExecCounts()) {
+    if (key.find("echo turn-") == std::string::npos) continue;
+    EXPECT_EQ(c.started, c.answered) << key;
+  }
 
   // Healed, the partitioned nodes had destroyed the sandboxes they held
   // (their lease lapsed), and are ready again.
