@@ -75,10 +75,12 @@ struct EngineOptions {
   // episodes queue in the engine rather than find the daemon full.
   uint32_t max_running_episodes = 0;
   // Sandboxes rebuilt at once for episodes whose sandbox reported gone (a
-  // front's lost node) while they waited on the policy: eager relocation runs
-  // on threads of its own, this many, so that a thousand rebuilds neither wait
-  // behind the turns queued on the blocking pool nor take its threads from them.
-  size_t relocation_threads = 16;
+  // front's lost node) while idle: eager relocation runs on threads of its
+  // own, this many, so that a thousand rebuilds neither wait behind the turns
+  // queued on the blocking pool nor take its threads from them. A rebuild
+  // mostly waits (the node's create, the setup, a log sync): at 16, 1,000 took
+  // 2.0 s in fleet_sim_bench; at 64, 0.6 s (bench/README.md).
+  size_t relocation_threads = 64;
 };
 
 // Counters of the engine, for benchmarks and tests.
