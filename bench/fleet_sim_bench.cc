@@ -412,46 +412,53 @@ int main(int argc, char** argv) {
         double detect_s = Secs(t_detect - t_kill);
         double first_lost_s = t_first_lost ? Secs(*t_first_lost - t_kill) : detect_s;
         // Running again: the first call answered on a node other than the victims.
-        auto running_again = [&](std::vector<double>* after) {
+        auto running_again = [&](std::vector<double>* from_first, std::vector<double>* from_all) {
           size_t n = 0;
           for (const auto& [ep, fe] : f.sim->FirstExecs())
             if (!victim_addrs.count(fe.node) && fe.at > t_kill) {
               ++n;
-              if (after) after->push_back(Secs(fe.at - t_detect));
+              if (from_first) from_first->push_back(Secs(fe.at - (t_first_lost ? *t_first_lost : t_detect)));
+              if (from_all) from_all->push_back(Secs(fe.at - t_detect));
             }
           return n;
         };
-        while (Clock::now() - t_detect < std::chrono::seconds(60) && running_again(nullptr) < affected)
+        while (Clock::now() - t_detect < std::chrono::seconds(60) && running_again(nullptr, nullptr) < affected)
           std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        std::vector<double> after;
-        const size_t again = running_again(&after);
-        std::sort(after.begin(), after.end());
+        std::vector<double> from_first, from_all;
+        const size_t again = running_again(&from_first, &from_all);
+        std::sort(from_first.begin(), from_first.end());
+        std::sort(from_all.begin(), from_all.end());
         const auto es2 = engine->stats();
-        auto at = [&](double q) -> double {
-          if (after.empty()) return -1;
-          size_t need = static_cast<size_t>(std::ceil(q * affected));
-          if (need == 0) need = 1;
-          return need <= after.size() ? after[need - 1] : -1;
+        // The time by which a share q of the affected episodes ran again; none when fewer did.
+        auto at = [&](const std::vector<double>& v, double q) -> std::optional<double> {
+          size_t need = std::max<size_t>(1, static_cast<size_t>(std::ceil(q * affected)));
+          if (need > v.size()) return std::nullopt;
+          return v[need - 1];
         };
+        auto show = [](std::optional<double> x) { return x ? fmt::format("{:.3f} s", *x) : std::string("not within 60 s"); };
         std::printf("\n| %d of %d nodes crash, %u episodes on them, %d in flight (lease %d ms, heartbeat %d ms%s) | value |\n| --- | ---: |\n",
                     kill, nodes, affected, e, lease_ms, heartbeat_ms, concentrate ? ", concentrated" : "");
         std::printf("| until the front lists the first / all %d lost | %.2f / %.2f s |\n", kill, first_lost_s, detect_s);
         std::printf("| turns/s while it waits for the verdict (before: %.0f) | %.0f |\n", turns / wall,
                     (es1.turns - es0.turns) / std::max(1e-3, detect_s));
         for (double q : {0.5, 0.9, 0.99, 1.0})
-          std::printf("| %.0f%% of them running again (first call answered on a new node), after detection | %s |\n",
-                      q * 100, at(q) < 0 ? "not within 60 s" : fmt::format("{:.3f} s", at(q)).c_str());
+          std::printf("| %.0f%% of them running again (first call answered on a new node), after the first / the last node was declared lost | %s / %s |\n",
+                      q * 100, show(at(from_first, q)).c_str(), show(at(from_all, q)).c_str());
         std::printf("| running again within 60 s | %zu of %u |\n", again, affected);
         std::printf("| moved: rebuilt before their next call (eager) / when a call met the loss | %llu / %llu |\n",
                     static_cast<unsigned long long>(es2.eager_relocations - es0.eager_relocations),
                     static_cast<unsigned long long>((es2.relocated_episodes - es0.relocated_episodes) -
                                                     (es2.eager_relocations - es0.eager_relocations)));
-        json jm = json::object();
-        for (double q : {0.5, 0.9, 0.99, 1.0}) jm[fmt::format("{:.0f}", q * 100)] = at(q);
+        json jm = json::object(), jf = json::object();
+        for (double q : {0.5, 0.9, 0.99, 1.0}) {
+          auto a = at(from_all, q), b = at(from_first, q);
+          jm[fmt::format("{:.0f}", q * 100)] = a ? json(*a) : json(nullptr);
+          jf[fmt::format("{:.0f}", q * 100)] = b ? json(*b) : json(nullptr);
+        }
         std::fflush(stdout);
         results["loss"] = {{"affected", affected}, {"episodes", e}, {"concentrated", concentrate},
                            {"detect_s", detect_s}, {"first_lost_s", first_lost_s}, {"running_again", again},
-                           {"after_detect_s", jm},
+                           {"after_detect_s", jm}, {"after_first_lost_s", jf},
                            {"eager", es2.eager_relocations - es0.eager_relocations},
                            {"moved", es2.relocated_episodes - es0.relocated_episodes},
                            {"turns_per_s_during_detect", (es1.turns - es0.turns) / std::max(1e-3, detect_s)}};

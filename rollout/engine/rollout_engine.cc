@@ -1961,13 +1961,16 @@ class RolloutEngine::Impl {
     ep->relocating = true;
     spdlog::warn("episode {}: {}; starting it again from the log in a new sandbox", ep->id, why);
     ep->relocation_note += fmt::format("{}moved to a new sandbox: {}", ep->relocation_note.empty() ? "" : "; ", why);
-    Restart(r, ep, std::chrono::milliseconds(0));
+    // Built on the relocation threads, as an eager move is: on a saturated
+    // front the blocking pool's queue holds turns for tens of seconds.
+    Restart(r, ep, std::chrono::milliseconds(0), /*relocation=*/true);
   }
 
   // Starts the episode again from the log in a new sandbox, as a resume does:
   // logged policy outputs and tool results are replayed, calls that changed
   // the sandbox are re-applied, a call in doubt runs again.
-  void Restart(const std::shared_ptr<Rollout>& r, Episode* ep, std::chrono::milliseconds delay) {
+  void Restart(const std::shared_ptr<Rollout>& r, Episode* ep, std::chrono::milliseconds delay,
+               bool relocation = false) {
     if (ep->sandbox) {
       // Gone or unusable; destroying it releases what is left of it.
       ep->sandbox->WatchGone(nullptr);
@@ -1996,6 +1999,7 @@ class RolloutEngine::Impl {
     ep->min_epoch.reset();
     ep->max_epoch.reset();
     ep->last_version.clear();
+    if (relocation) return asio::post(reloc_pool_, [this, r, ep] { Begin(r, ep); });
     if (delay.count() == 0) return Post(r, [this, r, ep] { Begin(r, ep); });
     auto timer = std::make_shared<asio::steady_timer>(io_, delay);
     timer->async_wait([this, r, ep, timer](const boost::system::error_code&) {
