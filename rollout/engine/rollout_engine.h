@@ -33,12 +33,14 @@
 //   backoff until the rollout's unavailable_wait_s or the episode deadline.
 // - A sandbox that reports itself gone (Sandbox::WatchGone: a front's node
 //   was declared lost, after its lease fenced the sandbox) while its episode
-//   waits on the policy is rebuilt at once, on up to relocation_threads
-//   threads: a new sandbox, setup re-run, the logged calls that changed the
-//   old one re-applied in order; the policy's answer, when it comes first,
-//   waits for it. The episode keeps its slot (the rebuild is its work, not a
-//   new episode's) and its turn. An episode whose call meets the lost sandbox
-//   first (or whose rebuild failed) starts again from the log, as above.
+//   is idle (its turn at the policy, or its next turn queued) is rebuilt at
+//   once, on up to relocation_threads threads: a new sandbox, setup re-run,
+//   the logged calls of the finished turns that changed the old one
+//   re-applied in order; the policy's answer, when it comes first, waits for
+//   it. The episode keeps its slot (the rebuild is its work, not a new
+//   episode's) and its turn. An episode whose call meets the lost sandbox
+//   first (or whose rebuild failed) starts again from the log, as above, its
+//   new sandbox built on the same threads.
 // - Cancel and Drain stop episodes at their next step boundary (in-flight
 //   policy requests are cancelled; a running tool call finishes and is
 //   logged). Their steps stay in the log and ResumeRollout continues them.
