@@ -18,15 +18,23 @@
 //            log syncs/s, RSS and its slope per episode, minus the token
 //            context the episodes hold
 //   loss     at the largest E, --kill nodes crash at once: time until the front
-//            lists them lost, then until every episode they held runs in a new
-//            sandbox on another node (the engine's relocated count), and the
-//            turns/s while the front waits for the verdict
+//            lists them lost, then until every episode they held runs again:
+//            its first call answered on a new sandbox on another node (seen on
+//            the simulated nodes; the tasks' one setup command, `true`, is that
+//            call when the sandbox is rebuilt ahead of the episode's next
+//            turn), and the turns/s while the front waits for the verdict.
+//            --loss-concentrated: the rollout's episodes are all placed on the
+//            --kill victims first (the other nodes open once all are placed),
+//            so that E = 1,000 loses all 1,000
 //
 // A markdown table on stdout, JSON with --json FILE; progress on stderr.
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <optional>
+#include <set>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -90,9 +98,10 @@ struct Front {
   std::unique_ptr<SandboxManager> manager;
 };
 
-Front MakeFront(int nodes, fleet::SimNodeOptions no, int heartbeat_ms, double create_rate, uint32_t max_sandboxes) {
+Front MakeFront(int nodes, fleet::SimNodeOptions no, int heartbeat_ms, double create_rate, uint32_t max_sandboxes,
+                bool labels = false) {
   Front f;
-  f.sim = std::make_shared<fleet::SimFleet>();
+  f.sim = std::make_shared<fleet::SimFleet>(fleet::SimFleetOptions{.label_sandboxes = labels});
   for (int i = 0; i < nodes; ++i) f.sim->Add(fmt::format("sim-{}:7443", i), no);
   fleet::FleetOptions fo;
   fo.nodes = f.sim->Spec();
@@ -157,6 +166,8 @@ int main(int argc, char** argv) {
   int nodes = 1000, node_cap = 250, kill = 10, heartbeat_ms = 500, lease_ms = 2000, measure_s = 20, warmup_s = -1;
   int tasks = 100, max_turns = 100, max_tokens = 8192, place_creates = 3000;
   double create_rate = 50;
+  bool loss_concentrated = false;
+  size_t relocation_threads = rollout::EngineOptions{}.relocation_threads;
   std::vector<int> episodes{1000, 10000, 100000}, policy_ms{1000, 10000}, exec_us{1000, 5000},
       create_us{1000, 3000};
   std::string dir = "/var/tmp/paddock-fleet-sim-bench", json_out, scenarios = "place,scale,loss", log_level = "error";
@@ -168,6 +179,9 @@ int main(int argc, char** argv) {
   app.add_option("--create-us", create_us, "a simulated create: MIN MAX (µs)")->expected(1, 2)->capture_default_str();
   app.add_option("--kill", kill, "nodes crashed at the largest episode count (0: no loss scenario)")->capture_default_str();
   app.add_option("--heartbeat-ms", heartbeat_ms)->capture_default_str();
+  app.add_flag("--loss-concentrated", loss_concentrated,
+               "place the loss rollout's episodes on the --kill victims only (then open the other nodes)");
+  app.add_option("--relocation-threads", relocation_threads, "the engine's eager rebuilds at once")->capture_default_str();
   app.add_option("--lease-ms", lease_ms, "the simulated nodes' front lease")->capture_default_str();
   app.add_option("--create-rate", create_rate, "the front's creates per second per node")->capture_default_str();
   app.add_option("--measure-s", measure_s, "measured window per episode count")->capture_default_str();
@@ -231,7 +245,20 @@ int main(int argc, char** argv) {
     no.front_lease = std::chrono::milliseconds(lease_ms);
     std::fprintf(stderr, "scale: starting %d simulated nodes...\n", nodes);
     const uint64_t rss_empty = RssBytes();
-    Front f = MakeFront(nodes, no, heartbeat_ms, create_rate, 250000);
+    const bool concentrate = want("loss") && kill > 0 && loss_concentrated;
+    std::vector<fleet::SimNode*> victims;  // crashed in the loss scenario: spread over the address range
+    auto victim_index = [&](int i) { return i * (nodes / std::max(1, kill)); };
+    Front f = MakeFront(nodes, no, heartbeat_ms, create_rate, 250000, want("loss") && kill > 0);
+    for (int i = 0; i < kill && want("loss"); ++i) victims.push_back(f.sim->Find(fmt::format("sim-{}:7443", victim_index(i))));
+    if (concentrate) {
+      const uint32_t per = static_cast<uint32_t>((episodes.back() + kill - 1) / kill);
+      std::set<fleet::SimNode*> vs(victims.begin(), victims.end());
+      for (int i = 0; i < nodes; ++i) {
+        auto* n = f.sim->Find(fmt::format("sim-{}:7443", i));
+        n->SetCapacity(vs.count(n) ? per : 0);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(3 * heartbeat_ms));
+    }
     replay::LogOptions lo;
     lo.dir = dir + "/log";
     // A small memtable, so that its filling does not pass for memory per episode.
@@ -242,6 +269,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     rollout::EngineOptions eo;
+    eo.relocation_threads = relocation_threads;
     auto engine = std::make_unique<rollout::RolloutEngine>(*f.manager, **log, eo);
     const uint64_t rss_base = RssBytes();
     std::fprintf(stderr, "  RSS: %.0f MiB before the front, %.0f MiB with %d nodes and the engine\n",
@@ -261,7 +289,7 @@ int main(int argc, char** argv) {
     std::string tasks_jsonl;
     for (int i = 0; i < tasks; ++i)
       tasks_jsonl += json({{"id", fmt::format("t{}", i)}, {"image", "busybox:1"}, {"substrate", "function"},
-                           {"instruction", "run the commands"}, {"tools", {"bash", "submit"}},
+                           {"instruction", "run the commands"}, {"tools", {"bash", "submit"}}, {"setup", {"true"}},
                            {"max_turns", max_turns}, {"max_tokens", max_tokens}, {"verifier", "true"}})
                          .dump() +
                      "\n";
@@ -298,6 +326,11 @@ int main(int argc, char** argv) {
       }
       double ramp_s = Secs(Clock::now() - t_start);
       std::fprintf(stderr, "  all placed in %.1f s; warm-up %d s...\n", ramp_s, warmup_s);
+      if (concentrate) {
+        // Every episode is on a victim: the other nodes open for the re-placement.
+        for (int i = 0; i < nodes; ++i) f.sim->Find(fmt::format("sim-{}:7443", i))->SetCapacity(node_cap);
+        std::fprintf(stderr, "  (concentrated: the other %d nodes open now)\n", nodes - kill);
+      }
       std::this_thread::sleep_for(std::chrono::seconds(warmup_s));
       auto s0 = engine->stats();
       auto c0 = (*log)->GetCommitStats();
@@ -351,58 +384,84 @@ int main(int argc, char** argv) {
       rss_points.emplace_back(e, static_cast<double>(rss) - ctx_bytes * e);
 
       if (want("loss") && kill > 0 && k + 1 == episodes.size()) {
-        // Crash `kill` nodes spread over the address range at once.
-        std::vector<fleet::SimNode*> victims;
-        uint32_t affected = 0;
-        for (int i = 0; i < kill; ++i) {
-          auto* n = f.sim->Find(fmt::format("sim-{}:7443", i * (nodes / kill)));
-          victims.push_back(n);
-        }
-        const uint64_t moved0 = engine->stats().relocated_episodes;
-        const uint64_t turns_k0 = engine->stats().turns;
-        for (auto* n : victims) affected += n->live();
+        // Crash `kill` nodes at once; follow every episode they held until its
+        // first call is answered on another node.
+        std::vector<std::string> affected_eps;
+        for (auto* n : victims)
+          for (auto& e : n->Episodes()) affected_eps.push_back(std::move(e));
+        const uint32_t affected = static_cast<uint32_t>(affected_eps.size());
+        std::set<std::string> victim_addrs;
+        for (auto* n : victims) victim_addrs.insert(n->address());
+        const auto es0 = engine->stats();
+        f.sim->TrackFirstExecs(affected_eps, std::vector<std::string>(victim_addrs.begin(), victim_addrs.end()));
         auto t_kill = Clock::now();
         for (auto* n : victims) n->Kill();
         std::fprintf(stderr, "loss: %d nodes killed holding %u episodes' sandboxes\n", kill, affected);
-        auto lost = [&] {
-          size_t c = 0;
+        size_t lost_now = 0;
+        std::optional<Clock::time_point> t_first_lost;
+        while (Clock::now() - t_kill < std::chrono::seconds(60)) {
+          lost_now = 0;
           for (const auto& s : f.fleet->List())
-            for (auto* v : victims)
-              if (s.address == v->address() && s.state == "lost") ++c;
-          return c == victims.size();
-        };
-        while (!lost() && Clock::now() - t_kill < std::chrono::seconds(60))
-          std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        auto t_detect = Clock::now();
-        const uint64_t turns_k1 = engine->stats().turns;
-        double detect_s = Secs(t_detect - t_kill);
-        std::vector<std::pair<double, double>> marks;  // fraction → seconds after detection
-        double last_frac = 0;
-        uint64_t moved_at_detect = engine->stats().relocated_episodes - moved0;
-        while (Clock::now() - t_detect < std::chrono::seconds(60)) {
-          double moved = static_cast<double>(engine->stats().relocated_episodes - moved0);
-          double frac = affected ? moved / affected : 1;
-          for (double m : {0.5, 0.9, 0.99, 1.0})
-            if (frac >= m && last_frac < m) marks.emplace_back(m, Secs(Clock::now() - t_detect));
-          last_frac = frac;
-          if (frac >= 1.0) break;
-          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            if (victim_addrs.count(s.address) && s.state == "lost") ++lost_now;
+          if (lost_now && !t_first_lost) t_first_lost = Clock::now();
+          if (lost_now == victims.size()) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
         }
-        const uint64_t moved = engine->stats().relocated_episodes - moved0;
-        std::printf("\n| %d of %d nodes crash, %u episodes on them (lease %d ms, heartbeat %d ms) | value |\n| --- | ---: |\n",
-                    kill, nodes, affected, lease_ms, heartbeat_ms);
-        std::printf("| until the front lists all %d lost | %.2f s |\n", kill, detect_s);
+        auto t_detect = Clock::now();
+        const auto es1 = engine->stats();
+        double detect_s = Secs(t_detect - t_kill);
+        double first_lost_s = t_first_lost ? Secs(*t_first_lost - t_kill) : detect_s;
+        // Running again: the first call answered on a node other than the victims.
+        auto running_again = [&](std::vector<double>* from_first, std::vector<double>* from_all) {
+          size_t n = 0;
+          for (const auto& [ep, fe] : f.sim->FirstExecs())
+            if (!victim_addrs.count(fe.node) && fe.at > t_kill) {
+              ++n;
+              if (from_first) from_first->push_back(Secs(fe.at - (t_first_lost ? *t_first_lost : t_detect)));
+              if (from_all) from_all->push_back(Secs(fe.at - t_detect));
+            }
+          return n;
+        };
+        while (Clock::now() - t_detect < std::chrono::seconds(60) && running_again(nullptr, nullptr) < affected)
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        std::vector<double> from_first, from_all;
+        const size_t again = running_again(&from_first, &from_all);
+        std::sort(from_first.begin(), from_first.end());
+        std::sort(from_all.begin(), from_all.end());
+        const auto es2 = engine->stats();
+        // The time by which a share q of the affected episodes ran again; none when fewer did.
+        auto at = [&](const std::vector<double>& v, double q) -> std::optional<double> {
+          size_t need = std::max<size_t>(1, static_cast<size_t>(std::ceil(q * affected)));
+          if (need > v.size()) return std::nullopt;
+          return v[need - 1];
+        };
+        auto show = [](std::optional<double> x) { return x ? fmt::format("{:.3f} s", *x) : std::string("not within 60 s"); };
+        std::printf("\n| %d of %d nodes crash, %u episodes on them, %d in flight (lease %d ms, heartbeat %d ms%s) | value |\n| --- | ---: |\n",
+                    kill, nodes, affected, e, lease_ms, heartbeat_ms, concentrate ? ", concentrated" : "");
+        std::printf("| until the front lists the first / all %d lost | %.2f / %.2f s |\n", kill, first_lost_s, detect_s);
         std::printf("| turns/s while it waits for the verdict (before: %.0f) | %.0f |\n", turns / wall,
-                    (turns_k1 - turns_k0) / std::max(1e-3, detect_s));
-        std::printf("| episodes in a new sandbox already at detection | %llu |\n", static_cast<unsigned long long>(moved_at_detect));
-        for (auto [m, s] : marks) std::printf("| %.0f%% of them in a new sandbox, after detection | %.2f s |\n", m * 100, s);
-        std::printf("| moved within 60 s | %llu of %u |\n", static_cast<unsigned long long>(moved), affected);
-        json jm = json::object();
-        for (auto [m, s] : marks) jm[fmt::format("{:.0f}", m * 100)] = s;
+                    (es1.turns - es0.turns) / std::max(1e-3, detect_s));
+        for (double q : {0.5, 0.9, 0.99, 1.0})
+          std::printf("| %.0f%% of them running again (first call answered on a new node), after the first / the last node was declared lost | %s / %s |\n",
+                      q * 100, show(at(from_first, q)).c_str(), show(at(from_all, q)).c_str());
+        std::printf("| running again within 60 s | %zu of %u |\n", again, affected);
+        std::printf("| moved: rebuilt before their next call (eager) / when a call met the loss | %llu / %llu |\n",
+                    static_cast<unsigned long long>(es2.eager_relocations - es0.eager_relocations),
+                    static_cast<unsigned long long>((es2.relocated_episodes - es0.relocated_episodes) -
+                                                    (es2.eager_relocations - es0.eager_relocations)));
+        json jm = json::object(), jf = json::object();
+        for (double q : {0.5, 0.9, 0.99, 1.0}) {
+          auto a = at(from_all, q), b = at(from_first, q);
+          jm[fmt::format("{:.0f}", q * 100)] = a ? json(*a) : json(nullptr);
+          jf[fmt::format("{:.0f}", q * 100)] = b ? json(*b) : json(nullptr);
+        }
         std::fflush(stdout);
-        results["loss"] = {{"affected", affected}, {"detect_s", detect_s}, {"moved", moved}, {"after_detect_s", jm},
-                           {"moved_at_detect", moved_at_detect},
-                           {"turns_per_s_during_detect", (turns_k1 - turns_k0) / std::max(1e-3, detect_s)}};
+        results["loss"] = {{"affected", affected}, {"episodes", e}, {"concentrated", concentrate},
+                           {"detect_s", detect_s}, {"first_lost_s", first_lost_s}, {"running_again", again},
+                           {"after_detect_s", jm}, {"after_first_lost_s", jf},
+                           {"eager", es2.eager_relocations - es0.eager_relocations},
+                           {"moved", es2.relocated_episodes - es0.relocated_episodes},
+                           {"turns_per_s_during_detect", (es1.turns - es0.turns) / std::max(1e-3, detect_s)}};
       }
       std::fprintf(stderr, "  cancelling...\n");
       (void)engine->Cancel(rid);

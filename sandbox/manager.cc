@@ -35,6 +35,7 @@ class TimedSandbox final : public Sandbox {
   Result<Usage> GetUsage() override { return inner_->GetUsage(); }
   bool Alive() const override { return inner_->Alive(); }
   std::string placement() const override { return inner_->placement(); }
+  void WatchGone(std::function<void()> on_gone) override { inner_->WatchGone(std::move(on_gone)); }
   Status Destroy() override { return inner_->Destroy(); }
   Result<SnapshotResult> Snapshot(const std::string& name) override { return inner_->Snapshot(name); }
 

@@ -3,6 +3,7 @@
 // manager, the gRPC service, the rollout engine) sees only these.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,17 @@ class Sandbox {
   // Kills every process and removes every mount, cgroup and directory the
   // sandbox owns. Idempotent.
   virtual Status Destroy() = 0;
+
+  // Tells `on_gone` when the sandbox is gone for good without a call having
+  // found out: a front's node was declared lost (rollout/fleet), after its
+  // lease fenced the sandbox, so nothing of it runs anywhere and a caller may
+  // rebuild it elsewhere at once. Called at most once, from another thread
+  // (keep it short: post the work elsewhere); at once, on this thread, when the
+  // sandbox is gone already. One watcher: each call replaces the last, and
+  // after WatchGone(nullptr) returns the previous one is not running and never
+  // runs again. A local sandbox never calls it (its death shows in its next
+  // call and in Alive()).
+  virtual void WatchGone(std::function<void()> on_gone) { (void)on_gone; }
 
   // Where the sandbox runs when that is not this host: a front's node
   // ("host:port", rollout/fleet); empty for a local sandbox.

@@ -4,7 +4,10 @@
 // with node crashes at a known moment and every exec counted outside the
 // front: every episode finishes, and no tool call whose result reached the
 // front ran twice.
+#include <algorithm>
 #include <filesystem>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include <fmt/format.h>
@@ -161,6 +164,170 @@ TEST(FleetSim, TwoNodesCrashMidRolloutEveryEpisodeFinishesNothingAcknowledgedRun
                   .ok());
   EXPECT_EQ(exported, kEpisodes);
   RecordProperty("calls_cut_by_the_crash", static_cast<int>(cut));
+  std::filesystem::remove_all(dir);
+}
+
+// Eager relocation: two nodes are cut off while every episode waits on a
+// long policy turn. Once the front declares them lost (after their lease, so
+// they have fenced their sandboxes), every episode that was there gets a new
+// sandbox on another node at once: its setup runs there (and, for container
+// tasks, its finished turns' calls are re-applied) before the policy answers
+// and before the episode's next tool call. Counted on the nodes: no tool call
+// ran twice; the partitioned nodes destroyed what they held.
+TEST(FleetSim, LostNodesEpisodesAreRebuiltElsewhereBeforeTheirNextCall) {
+  const std::string dir = fmt::format("/tmp/paddock-fleet-sim-reloc-{}", ::getpid());
+  std::filesystem::remove_all(dir);
+  constexpr int kNodes = 10, kTurns = 3, kEpisodes = 100;
+  SimFront f(kNodes, FastNode());
+  replay::LogOptions lo;
+  lo.dir = dir + "/log";
+  lo.write_buffer_size = 4 << 20;
+  lo.reserve_bytes = 0;
+  auto log = replay::TrajectoryLog::Open(lo);
+  ASSERT_TRUE(log.ok()) << log.status().message();
+  rollout::RolloutEngine engine(*f.manager, **log, rollout::EngineOptions{.relocation_threads = 4});
+
+  // Turns of 4-4.5 s: the loss is declared (lease 600 ms + heartbeat + a
+  // quarter lease) well inside the turn that is at the policy.
+  json script = {{"completions", {Call("bash", "command", "echo turn-{turn}")}}, {"latency_ms", {4000, 4500}}};
+  std::string tasks;
+  for (int i = 0; i < 10; ++i)
+    tasks += json({{"id", fmt::format("t{}", i)}, {"image", "busybox:1"}, {"substrate", i % 2 ? "container" : "function"},
+                   {"instruction", "run"}, {"tools", {"bash", "submit"}}, {"setup", {"echo setup"}},
+                   {"max_turns", kTurns}, {"verifier", "true"}})
+                 .dump() +
+             "\n";
+  v1::StartRolloutRequest r;
+  r.set_rollout_id("reloc");
+  r.set_tasks_jsonl(tasks);
+  r.set_samples_per_task(kEpisodes / 10);
+  r.set_concurrency(kEpisodes);
+  r.mutable_policy()->set_kind("scripted");
+  r.mutable_policy()->set_script(script.dump());
+  ASSERT_TRUE(engine.Start(r).ok());
+
+  // Every episode's first call answered: all wait on their second turn now.
+  auto t0 = Clock::now();
+  while (engine.stats().live_tool_calls < kEpisodes && Clock::now() - t0 < std::chrono::seconds(30))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_GE(engine.stats().live_tool_calls, static_cast<uint64_t>(kEpisodes));
+  std::vector<SimNode*> victims;
+  std::set<std::string> victim_addrs, affected;
+  std::map<std::string, uint32_t> held;
+  for (int i = 0; i < kNodes && victims.size() < 2; ++i) {
+    SimNode* n = f.sim->Find(fmt::format("sim-{}:7443", i));
+    auto eps = n->Episodes();
+    if (eps.empty()) continue;
+    victims.push_back(n);
+    victim_addrs.insert(n->address());
+    held[n->address()] = static_cast<uint32_t>(eps.size());
+    affected.insert(eps.begin(), eps.end());
+  }
+  ASSERT_EQ(victims.size(), 2u);
+  const auto calls_at_cut = engine.stats().live_tool_calls;
+  const auto t_cut = Clock::now();
+  for (auto* n : victims) n->Partition();
+
+  // Lost (after the lease), and then every affected episode runs again on
+  // another node before any of them made another call.
+  while ((f.State(victims[0]->address()) != "lost" || f.State(victims[1]->address()) != "lost") &&
+         Clock::now() - t_cut < std::chrono::seconds(5))
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const auto t_lost = Clock::now();
+  ASSERT_EQ(f.State(victims[0]->address()), "lost");
+  ASSERT_EQ(f.State(victims[1]->address()), "lost");
+  EXPECT_GE(t_lost - t_cut, std::chrono::milliseconds(600));
+  while (engine.stats().eager_relocations < affected.size() && Clock::now() - t_lost < std::chrono::seconds(3))
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const auto t_moved = Clock::now();
+  EXPECT_EQ(engine.stats().eager_relocations, affected.size());
+  // No episode has made its next call yet: the policy still holds their turns.
+  EXPECT_EQ(engine.stats().live_tool_calls, calls_at_cut);
+  RecordProperty("rebuilt_ms_after_lost", static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(t_moved - t_lost).count()));
+
+  v1::RolloutProgress p;
+  for (auto until = Clock::now() + std::chrono::seconds(30); Clock::now() < until;) {
+    auto got = engine.Progress("reloc");
+    ASSERT_TRUE(got.ok());
+    p = *got;
+    if (p.state() != "running") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(p.state(), "finished");
+  EXPECT_EQ(p.done(), static_cast<uint32_t>(kEpisodes));
+  EXPECT_EQ(p.failed(), 0u);
+  // Moved once each, all ahead of their next call.
+  EXPECT_EQ(engine.stats().relocated_episodes, affected.size());
+  EXPECT_EQ(engine.stats().eager_relocations, affected.size());
+
+  // The nodes' view, in answer order, per episode: which node ran what.
+  std::map<std::string, std::vector<SimFleet::ExecEvent>> per;
+  for (auto& e : f.sim->Events()) per[e.episode].push_back(e);
+  ASSERT_EQ(per.size(), static_cast<size_t>(kEpisodes));
+  int ran_twice = 0;
+  for (const auto& [ep, events] : per) {
+    const bool container = ep.find("/t1#") != std::string::npos || ep.find("/t3#") != std::string::npos ||
+                           ep.find("/t5#") != std::string::npos || ep.find("/t7#") != std::string::npos ||
+                           ep.find("/t9#") != std::string::npos;
+    // Turns answered per node, in order; setups per node.
+    std::vector<std::string> nodes;
+    std::map<std::string, std::vector<int>> turns;
+    std::map<std::string, int> setups;
+    std::optional<Clock::time_point> new_setup_at, new_first_turn_at;
+    for (const auto& e : events) {
+      if (std::find(nodes.begin(), nodes.end(), e.node) == nodes.end()) nodes.push_back(e.node);
+      if (e.command == "/bin/sh -c echo setup") {
+        ++setups[e.node];
+        if (!victim_addrs.count(e.node) && e.at > t_cut && !new_setup_at) new_setup_at = e.at;
+      } else if (auto at = e.command.find("echo turn-"); at != std::string::npos) {
+        turns[e.node].push_back(std::stoi(e.command.substr(at + 10)));
+        if (!victim_addrs.count(e.node) && e.at > t_cut && !new_first_turn_at) new_first_turn_at = e.at;
+      }
+    }
+    if (!affected.count(ep)) {
+      EXPECT_EQ(nodes.size(), 1u) << ep;
+      EXPECT_EQ(turns[nodes[0]], (std::vector<int>{0, 1, 2})) << ep;
+      continue;
+    }
+    // Affected: the victim ran the first turn's call (`echo turn-0`); the new
+    // node the setup first, within the rebuild (before the policy answered),
+    // then (container) turn 0's call re-applied, then turns 1 and 2, each once.
+    ASSERT_EQ(nodes.size(), 2u) << ep;
+    ASSERT_TRUE(victim_addrs.count(nodes[0])) << ep;
+    const std::string& moved_to = nodes[1];
+    EXPECT_EQ(turns[nodes[0]], (std::vector<int>{0})) << ep;
+    EXPECT_EQ(setups[moved_to], 1) << ep;
+    ASSERT_TRUE(new_setup_at.has_value()) << ep;
+    EXPECT_LE(*new_setup_at, t_moved) << ep << ": not rebuilt ahead of its next call";
+    ASSERT_TRUE(new_first_turn_at.has_value()) << ep;
+    EXPECT_LT(*new_setup_at, *new_first_turn_at) << ep;
+    std::vector<int> want = container ? std::vector<int>{0, 1, 2} : std::vector<int>{1, 2};
+    EXPECT_EQ(turns[moved_to], want) << ep;
+    // A turn run live on both nodes (the re-applied turn 0 of a container
+    // episode is its rebuild, by design, and comes first on the new node).
+    for (int t : turns[moved_to])
+      if (t != 0 || !container)
+        ran_twice += static_cast<int>(std::count(turns[nodes[0]].begin(), turns[nodes[0]].end(), t));
+  }
+  EXPECT_EQ(ran_twice, 0);
+  // Every call that started was answered (nothing was cut: the loss came
+  // between calls), so none ran twice unseen either.
+  for (const auto& [key, c] : f.sim->ExecCounts()) {
+    if (key.find("echo turn-") == std::string::npos) continue;
+    EXPECT_EQ(c.started, c.answered) << key;
+  }
+
+  // Healed, the partitioned nodes had destroyed the sandboxes they held
+  // (their lease lapsed), and are ready again.
+  for (auto* n : victims) n->Heal();
+  for (auto* n : victims) {
+    auto until = Clock::now() + std::chrono::seconds(5);
+    while (f.State(n->address()) != "ready" && Clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_EQ(f.State(n->address()), "ready");
+    EXPECT_EQ(n->live(), 0u);
+    EXPECT_EQ(n->fenced(), held[n->address()]) << n->address();
+  }
   std::filesystem::remove_all(dir);
 }
 

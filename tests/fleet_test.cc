@@ -639,8 +639,9 @@ client::DaemonStats NodeStats(const testing::DaemonProcess& node) {
 }
 
 TEST_F(FleetTest, ANodeFetchesAnImageOfTheFrontOnceAndRunsIt) {
-  StartNodes(1);
-  StartFront(NodeList());
+  int node_port = testing::FreeLoopbackPort(), front_port = testing::FreeLoopbackPort();
+  StartNodes(1, {"--metrics-listen", "127.0.0.1:" + std::to_string(node_port)});
+  StartFront(NodeList(), {"--metrics-listen", "127.0.0.1:" + std::to_string(front_port)});
   auto front = Local(*front_);
   auto imported = front.ImageImportDir(FrontOnlyRootfs(rootfs_, dir_, "from the front"), "front-only:1");
   ASSERT_TRUE(imported.ok()) << imported.status().ToString();
@@ -678,6 +679,15 @@ TEST_F(FleetTest, ANodeFetchesAnImageOfTheFrontOnceAndRunsIt) {
   ASSERT_TRUE(out.ok()) << out.status().ToString();
   EXPECT_EQ(out->stdout_data, "from the front");
   EXPECT_EQ(NodeStats(*nodes_[0]).images_fetched, 1u);
+  // Counted on /metrics: one fetch on the node, one hand-over by the front.
+  auto [ns, ntext] = HttpGet("http://127.0.0.1:" + std::to_string(node_port) + "/metrics");
+  ASSERT_EQ(ns, 200) << ntext;
+  EXPECT_EQ(Sample(ntext, "paddock_image_fetches_total{source=\"front\"}"), 1);
+  EXPECT_EQ(Sample(ntext, "paddock_image_fetches_total{source=\"registry\"}"), 0);
+  auto [fs, ftext] = HttpGet("http://127.0.0.1:" + std::to_string(front_port) + "/metrics");
+  ASSERT_EQ(fs, 200) << ftext;
+  EXPECT_EQ(Sample(ftext, "paddock_image_handovers_total"), 1);
+  EXPECT_EQ(Sample(ftext, "paddock_image_fetches_total{source=\"front\"}"), 0);
 
   // An image named as the node names it (not in the front's store) still goes by name.
   auto by_name = front.Create(Busybox());

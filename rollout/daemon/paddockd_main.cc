@@ -136,6 +136,11 @@ void AppendEngineAndLogMetrics(std::string& out, const rollout::RolloutEngine& e
                         {{"kind=\"live\"", d(e.live_tool_calls)},
                          {"kind=\"replayed\"", d(e.replayed_tool_calls)},
                          {"kind=\"reapplied\"", d(e.reapplied_tool_calls)}});
+  service::AppendMetric(out, "paddock_rollout_relocations_total", "counter",
+                        "Episodes moved to a new sandbox after theirs was lost with its node: rebuilt ahead of their "
+                        "next call (eager) or when a call met the loss.",
+                        {{"kind=\"eager\"", d(e.eager_relocations)},
+                         {"kind=\"on_call\"", d(e.relocated_episodes - e.eager_relocations)}});
   service::AppendMetric(out, "paddock_rollout_episodes", "gauge",
                         "Rollout episodes: running, queued for a slot, and the bound on running ones.",
                         {{"state=\"running\"", d(e.running_episodes)},
@@ -164,6 +169,19 @@ void AppendFleetMetrics(std::string& out, const fleet::Fleet& fleet) {
   service::AppendMetric(out, "paddock_node_live_sandboxes", "gauge", "Live sandboxes on the node, as it reported.",
                         live);
   service::AppendMetric(out, "paddock_node_placed_sandboxes", "gauge", "This front's sandboxes on the node.", placed);
+  service::AppendMetric(out, "paddock_image_handovers_total", "counter",
+                        "Images this front handed to nodes that lacked them (each one fetch by a node).",
+                        {{"", static_cast<double>(fleet.images_handed())}});
+}
+
+// Images this daemon fetched into its store: handed over by a front (a node's
+// Images.Receive) and pulled from a registry on first use.
+void AppendImageFetchMetrics(std::string& out, uint64_t from_front, uint64_t from_registry) {
+  service::AppendMetric(out, "paddock_image_fetches_total", "counter",
+                        "Images fetched into this daemon's store: from a front (hand-overs) or a registry (pulls "
+                        "on first use, counted when started).",
+                        {{"source=\"front\"", static_cast<double>(from_front)},
+                         {"source=\"registry\"", static_cast<double>(from_registry)}});
 }
 
 std::string DefaultSocket() {
@@ -540,6 +558,7 @@ int Run(const Flags& flags) {
     ho.server_name = "paddockd";
     auto endpoint = std::make_shared<service::MetricsEndpoint>(manager, [&](std::string& out) {
       AppendEngineAndLogMetrics(out, rollout_engine, **log);
+      AppendImageFetchMetrics(out, image_receiver.fetched(), on_demand_puller.pulls());
       if (fleet) AppendFleetMetrics(out, *fleet);
     });
     auto started = policy::engine::server::HttpServer::Start(endpoint, ho);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -71,6 +72,20 @@ struct Episode {
   uint32_t relocations = 0;       // times its sandbox was lost and the episode restarted from the log
   std::string relocation_note;    // why, for the episode record
   bool relocating = false;        // moved, its new sandbox not created yet
+  // Eager relocation: its sandbox reported gone (Sandbox::WatchGone) while the
+  // episode waited on the policy, and a new one is built before its next call
+  // (rollout_engine.cc, "eager relocation"). Guarded by reloc_mu; the step in
+  // flight owns everything else, as above.
+  std::mutex reloc_mu;
+  uint64_t sandbox_serial = 0;    // which sandbox a gone report is about
+  bool idle = false;              // the step let go of the sandbox (its turn is at the policy, or queued)
+  uint64_t idle_through = 0;      // turns finished when it did (their calls are logged)
+  bool gone_reported = false;     // the sandbox of sandbox_serial said it is gone
+  bool rebuilding = false;        // a rebuild runs for it
+  std::shared_ptr<Sandbox> rebuilt;  // built, not adopted yet
+  std::string rebuilt_note;
+  uint32_t rebuilt_reapplied = 0, rebuilt_diffs = 0;
+  std::function<void()> after_rebuild;  // the policy's answer, parked until the rebuild ends
   uint32_t infra_retries = 0;     // times it ended infra and was run again (retry_infra)
   std::string retry_note;         // why, per retry
   int64_t queue_us = -1;          // rollout start (or resume) → the episode's first start; -1 until then

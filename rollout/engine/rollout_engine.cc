@@ -163,7 +163,8 @@ class RolloutEngine::Impl {
   Impl(SandboxManager& manager, replay::TrajectoryLog& log, EngineOptions options)
       : manager_(manager), log_(log), options_(std::move(options)),
         scheduler_(options_.max_running_episodes ? options_.max_running_episodes : manager.max_sandboxes()),
-        pool_(options_.blocking_threads), work_(asio::make_work_guard(io_)) {
+        pool_(options_.blocking_threads), reloc_pool_(std::max<size_t>(1, options_.relocation_threads)),
+        work_(asio::make_work_guard(io_)) {
     io_thread_ = std::thread([this] { io_.run(); });
   }
   ~Impl() {
@@ -171,7 +172,16 @@ class RolloutEngine::Impl {
     work_.reset();
     io_.stop();
     if (io_thread_.joinable()) io_thread_.join();
+    reloc_pool_.join();
     pool_.join();
+    // No gone report may reach an engine that is going away; sandboxes built
+    // for episodes that never took them are destroyed.
+    std::lock_guard lock(mu_);
+    for (auto& [_, r] : rollouts_)
+      for (auto& ep : r->episodes) {
+        if (ep->sandbox) ep->sandbox->WatchGone(nullptr);
+        if (ep->rebuilt) (void)manager_.Destroy(ep->rebuilt->id());
+      }
   }
 
   // ---- public operations ------------------------------------------------
@@ -730,6 +740,7 @@ class RolloutEngine::Impl {
     s.replayed_tool_calls = replayed_tools_;
     s.reapplied_tool_calls = reapplied_;
     s.relocated_episodes = relocated_;
+    s.eager_relocations = eager_relocations_;
     s.last_resume_to_live_us = resume_to_live_us_;
     s.running_episodes = scheduler_.running();
     s.queued_episodes = scheduler_.queued();
@@ -1186,17 +1197,7 @@ class RolloutEngine::Impl {
 
     // The sandbox.
     auto t0 = Clock::now();
-    SandboxSpec spec;
-    spec.substrate = task.substrate;
-    spec.image = task.image;
-    spec.limits = task.limits;
-    spec.env = task.env;
-    spec.workdir = task.workdir;
-    spec.network_allow = task.network_allow;
-    spec.local_client = r->local_client;
-    spec.ttl_seconds = deadline_s + 600;
-    spec.labels = {{"episode", ep->id}, {"task", task.id}, {"rollout", r->id}};
-    auto info = manager_.Create(spec);
+    auto info = manager_.Create(EpisodeSpec(*r, *ep));
     if (!info.ok() && (info.status().code() == Code::kUnavailable || DaemonFull(info.status())) &&
         Clock::now() < ep->deadline)
       return WaitForSandbox(r, ep, info.status());
@@ -1205,6 +1206,7 @@ class RolloutEngine::Impl {
     auto sb = manager_.Get(info->id);
     if (!sb.ok()) return Fail(r, ep, "error", "creating the sandbox: " + sb.status().message(), InfraReason::kSandboxCreate);
     ep->sandbox = *sb;
+    WatchSandbox(r, ep);
     if (ep->relocating) {
       ep->relocating = false;
       relocated_++;
@@ -1255,6 +1257,23 @@ class RolloutEngine::Impl {
     NextTurn(r, ep);
   }
 
+  // What the episode's sandbox is made of (Begin, and an eager rebuild).
+  SandboxSpec EpisodeSpec(const Rollout& r, const Episode& ep) const {
+    const Task& task = *ep.task;
+    const uint32_t deadline_s = r.req.episode_deadline_s() ? r.req.episode_deadline_s() : 3600;
+    SandboxSpec spec;
+    spec.substrate = task.substrate;
+    spec.image = task.image;
+    spec.limits = task.limits;
+    spec.env = task.env;
+    spec.workdir = task.workdir;
+    spec.network_allow = task.network_allow;
+    spec.local_client = r.local_client;
+    spec.ttl_seconds = deadline_s + 600;
+    spec.labels = {{"episode", ep.id}, {"task", task.id}, {"rollout", r.id}};
+    return spec;
+  }
+
   // Whether the episode must stop before another step; sets the stop.
   bool StopBeforeStep(const std::shared_ptr<Rollout>& r, Episode* ep) {
     bool stopping, cancelled_ep;
@@ -1275,6 +1294,8 @@ class RolloutEngine::Impl {
   }
 
   void NextTurn(std::shared_ptr<Rollout> r, Episode* ep) {
+    // Posted with the sandbox idle: one rebuilt meanwhile is adopted first.
+    if (!LeaveIdle(r, ep, [&] { return std::function<void()>([this, r, ep] { NextTurn(r, ep); }); })) return;
     if (StopBeforeStep(r, ep)) return;
     const Task& task = *ep->task;
     if (ep->step >= task.max_turns) return Verify(r, ep, "max_turns");
@@ -1341,6 +1362,7 @@ class RolloutEngine::Impl {
     ep->pending_fingerprint = fp;
     ep->policy_wait_start = Clock::now();
     ep->step_policy_wait_us = 0;
+    EnterIdle(r, ep, ep->step - 1);
     AcquirePolicy(r, ep);
   }
 
@@ -1416,6 +1438,13 @@ class RolloutEngine::Impl {
   }
 
   void OnPolicyDone(std::shared_ptr<Rollout> r, Episode* ep, Result<policy::GenerateResult> res, int64_t took_us) {
+    // A sandbox being rebuilt meanwhile (eager relocation): the answer waits for it.
+    if (!LeaveIdle(r, ep, [&] {
+          auto held = std::make_shared<Result<policy::GenerateResult>>(std::move(res));
+          return std::function<void()>(
+              [this, r, ep, held, took_us] { OnPolicyDone(r, ep, std::move(*held), took_us); });
+        }))
+      return;
     ep->summary.mutable_timings()->set_policy_us(ep->summary.timings().policy_us() + took_us);
     if (!res.ok()) {
       Code c = res.status().code();
@@ -1431,6 +1460,7 @@ class RolloutEngine::Impl {
         if (!stop) {
           ep->cancel = std::make_shared<policy::CancelToken>();
           ep->policy_wait_start = Clock::now();
+          EnterIdle(r, ep, ep->step - 1);
           return AcquirePolicy(r, ep);
         }
       }
@@ -1457,6 +1487,7 @@ class RolloutEngine::Impl {
             asio::post(pool_, [this, r, ep] {
               if (StopBeforeStep(r, ep)) return;
               ep->policy_wait_start = Clock::now();
+              EnterIdle(r, ep, ep->step - 1);
               AcquirePolicy(r, ep);
             });
           });
@@ -1644,6 +1675,8 @@ class RolloutEngine::Impl {
     }
     if (stop) return Verify(r, ep, *stop);
     // Post rather than loop so that episodes sharing the pool progress fairly.
+    // Until NextTurn runs, the sandbox is idle (a rebuild may replace it).
+    EnterIdle(r, ep, ep->step);
     Post(r, [this, r, ep] { NextTurn(r, ep); });
   }
 
@@ -1917,8 +1950,8 @@ class RolloutEngine::Impl {
   // sandbox was destroyed under the node's lease, so it ran, if at all, there).
   // A local sandbox that died (killed from outside, out of memory) is an infra
   // end, retried only as retry_infra allows.
+  static constexpr uint32_t kMaxRelocations = 3;
   void Relocate(std::shared_ptr<Rollout> r, Episode* ep, const std::string& why) {
-    constexpr uint32_t kMaxRelocations = 3;
     bool on_node = ep->sandbox && !ep->sandbox->placement().empty();
     if (!on_node) return Fail(r, ep, "error", why, InfraReason::kSandboxLost);
     if (ep->relocations >= kMaxRelocations)
@@ -1928,15 +1961,19 @@ class RolloutEngine::Impl {
     ep->relocating = true;
     spdlog::warn("episode {}: {}; starting it again from the log in a new sandbox", ep->id, why);
     ep->relocation_note += fmt::format("{}moved to a new sandbox: {}", ep->relocation_note.empty() ? "" : "; ", why);
-    Restart(r, ep, std::chrono::milliseconds(0));
+    // Built on the relocation threads, as an eager move is: on a saturated
+    // front the blocking pool's queue holds turns for tens of seconds.
+    Restart(r, ep, std::chrono::milliseconds(0), /*relocation=*/true);
   }
 
   // Starts the episode again from the log in a new sandbox, as a resume does:
   // logged policy outputs and tool results are replayed, calls that changed
   // the sandbox are re-applied, a call in doubt runs again.
-  void Restart(const std::shared_ptr<Rollout>& r, Episode* ep, std::chrono::milliseconds delay) {
+  void Restart(const std::shared_ptr<Rollout>& r, Episode* ep, std::chrono::milliseconds delay,
+               bool relocation = false) {
     if (ep->sandbox) {
       // Gone or unusable; destroying it releases what is left of it.
+      ep->sandbox->WatchGone(nullptr);
       std::string id = ep->sandbox->id();
       ep->sandbox.reset();
       (void)manager_.Destroy(id);
@@ -1962,11 +1999,230 @@ class RolloutEngine::Impl {
     ep->min_epoch.reset();
     ep->max_epoch.reset();
     ep->last_version.clear();
+    if (relocation) return asio::post(reloc_pool_, [this, r, ep] { Begin(r, ep); });
     if (delay.count() == 0) return Post(r, [this, r, ep] { Begin(r, ep); });
     auto timer = std::make_shared<asio::steady_timer>(io_, delay);
     timer->async_wait([this, r, ep, timer](const boost::system::error_code&) {
       Post(r, [this, r, ep] { Begin(r, ep); });
     });
+  }
+
+  // ---- eager relocation ----------------------------------------------------
+  // A sandbox on a front's node reports itself gone when the node is declared
+  // lost (Sandbox::WatchGone), i.e. after the node's lease fenced it: nothing
+  // of it runs anywhere. An episode whose sandbox is idle (it waits on the
+  // policy, or its next turn is queued) then gets a new sandbox at once, built on relocation threads of its own (at most
+  // relocation_threads at a time, so that a thousand rebuilds neither starve
+  // the turns on the blocking pool nor wait behind them): created (placed on
+  // another node), setup re-run, the logged calls that changed the old one
+  // re-applied in order — what a resume does, without replaying the turns.
+  // The policy's answer, if it comes first, waits for the rebuild, then its
+  // calls run in the new sandbox. An episode whose step is running (a call, a
+  // setup, the verifier) sees the loss in that call and starts again from the
+  // log (Relocate). A rebuild that fails leaves the gone sandbox in place: the
+  // next call meets it, and Relocate takes over. The episode keeps its slot
+  // and its turn: the move is its work, not a new episode's.
+
+  // After ep->sandbox is set (by the step in flight).
+  void WatchSandbox(const std::shared_ptr<Rollout>& r, Episode* ep) {
+    uint64_t serial;
+    {
+      std::lock_guard l(ep->reloc_mu);
+      serial = ++ep->sandbox_serial;
+      ep->gone_reported = false;
+    }
+    std::weak_ptr<Rollout> wr = r;
+    // On the node's heartbeat thread: only notes it and queues the rebuild.
+    ep->sandbox->WatchGone([this, wr, ep, serial] {
+      if (auto r = wr.lock()) OnSandboxGone(r, ep, serial);
+    });
+  }
+
+  void OnSandboxGone(const std::shared_ptr<Rollout>& r, Episode* ep, uint64_t serial) {
+    bool start = false;
+    {
+      std::lock_guard l(ep->reloc_mu);
+      if (serial != ep->sandbox_serial) return;  // a sandbox it no longer uses
+      ep->gone_reported = true;
+      if (ep->idle && !ep->rebuilding) start = ep->rebuilding = true;
+    }
+    if (start) asio::post(reloc_pool_, [this, r, ep, serial] { Rebuild(r, ep, serial); });
+  }
+
+  // The step lets go of the sandbox (its turn goes to the policy, or its next
+  // turn is queued) with `through` turns finished: until LeaveIdle a rebuild
+  // may replace the sandbox, re-applying those turns' calls.
+  void EnterIdle(const std::shared_ptr<Rollout>& r, Episode* ep, uint64_t through) {
+    bool start = false;
+    uint64_t serial;
+    {
+      std::lock_guard l(ep->reloc_mu);
+      ep->idle = true;
+      ep->idle_through = through;
+      if (ep->gone_reported && ep->sandbox && !ep->rebuilding) start = ep->rebuilding = true;
+      serial = ep->sandbox_serial;
+    }
+    if (start) asio::post(reloc_pool_, [this, r, ep, serial] { Rebuild(r, ep, serial); });
+  }
+
+  // The step takes the sandbox back (the policy answered, the next turn
+  // starts): false while a rebuild runs, the step then parked (`park()` makes
+  // its continuation) until it ends; true otherwise, with a sandbox rebuilt
+  // meanwhile adopted.
+  template <typename Park>
+  bool LeaveIdle(const std::shared_ptr<Rollout>& r, Episode* ep, Park&& park) {
+    std::shared_ptr<Sandbox> fresh;
+    std::string note;
+    uint32_t reapplied = 0, diffs = 0;
+    {
+      std::lock_guard l(ep->reloc_mu);
+      ep->idle = false;
+      if (ep->rebuilding) {
+        ep->after_rebuild = park();
+        return false;
+      }
+      if (!ep->rebuilt) return true;
+      fresh = std::move(ep->rebuilt);
+      note = std::move(ep->rebuilt_note);
+      reapplied = std::exchange(ep->rebuilt_reapplied, 0);
+      diffs = std::exchange(ep->rebuilt_diffs, 0);
+    }
+    if (ep->sandbox) {
+      ep->sandbox->WatchGone(nullptr);
+      std::string id = ep->sandbox->id();
+      ep->sandbox.reset();
+      (void)manager_.Destroy(id);  // gone with its node: this releases the front's record of it
+    }
+    ep->sandbox = std::move(fresh);
+    WatchSandbox(r, ep);
+    ++ep->relocations;
+    ep->relocation_note += fmt::format("{}moved to a new sandbox: {}", ep->relocation_note.empty() ? "" : "; ", note);
+    ep->reapplied += reapplied;
+    ep->reapply_diffs += diffs;
+    ep->summary.set_sandbox_id(ep->sandbox->id());
+    ep->summary.set_rebuilt(true);
+    return true;
+  }
+
+  // On a relocation thread, while the episode's sandbox is idle (its step
+  // does not touch what is read here until the rebuild ends).
+  void Rebuild(std::shared_ptr<Rollout> r, Episode* ep, uint64_t serial) {
+    bool stop;
+    {
+      std::lock_guard lock(r->mu);
+      stop = r->stopping || ep->summary.state() == "cancelling";
+    }
+    std::shared_ptr<Sandbox> fresh;
+    std::string note;
+    uint32_t reapplied = 0, diffs = 0;
+    if (!stop && !draining_ && ep->relocations < kMaxRelocations && Clock::now() < ep->deadline && ep->sandbox) {
+      const std::string old_id = ep->sandbox->id(), old_where = ep->sandbox->placement();
+      auto t0 = Clock::now();
+      uint64_t through;
+      {
+        std::lock_guard l(ep->reloc_mu);
+        through = ep->idle_through;
+      }
+      auto built = BuildElsewhere(*r, *ep, through, &reapplied, &diffs);
+      if (built.ok()) {
+        fresh = std::move(*built);
+        note = fmt::format("sandbox {} on node {} was lost; rebuilt as {} on node {} in {} ms, before its next call",
+                           old_id, old_where, fresh->id(), fresh->placement(), Us(Clock::now() - t0) / 1000);
+        spdlog::info("episode {}: {}", ep->id, note);
+      } else {
+        spdlog::warn("episode {}: sandbox {} on node {} was lost; rebuilding it ahead of its next call failed ({}): "
+                     "its next call moves it",
+                     ep->id, old_id, old_where, built.status().message());
+      }
+    }
+    std::function<void()> resume;
+    bool stale = false;
+    {
+      std::lock_guard l(ep->reloc_mu);
+      ep->rebuilding = false;
+      if (fresh && serial == ep->sandbox_serial) {
+        ep->rebuilt = fresh;
+        ep->rebuilt_note = std::move(note);
+        ep->rebuilt_reapplied = reapplied;
+        ep->rebuilt_diffs = diffs;
+        ep->gone_reported = false;
+      } else {
+        stale = fresh != nullptr;
+      }
+      resume = std::move(ep->after_rebuild);
+    }
+    if (stale) (void)manager_.Destroy(fresh->id());
+    else if (fresh) {
+      relocated_++;
+      eager_relocations_++;
+    }
+    if (resume) Post(r, std::move(resume));
+  }
+
+  // A new sandbox for the episode, ready for its next call: created (placed
+  // anew), its record updated, setup re-run, and (but for function sandboxes,
+  // which keep nothing between calls) the logged calls of its finished turns
+  // that changed the old sandbox re-applied in order, as a resume does.
+  Result<std::shared_ptr<Sandbox>> BuildElsewhere(const Rollout& r, const Episode& ep, uint64_t through,
+                                                  uint32_t* reapplied, uint32_t* diffs) {
+    const Task& task = *ep.task;
+    PADDOCK_ASSIGN_OR_RETURN(auto info, manager_.Create(EpisodeSpec(r, ep)));
+    auto got = manager_.Get(info.id);
+    if (!got.ok()) return got.status();
+    std::shared_ptr<Sandbox> sb = *got;
+    auto undo = [&](Status st) {
+      (void)manager_.Destroy(info.id);
+      return st;
+    };
+    v1::EpisodeRecordProto rec;
+    rec.set_episode_id(ep.id);
+    rec.set_state(v1::EpisodeRecordProto::RUNNING);
+    rec.set_task(task.instruction.substr(0, 4096));
+    rec.set_model(r.policy_label);
+    rec.set_sandbox_id(info.id);
+    (*rec.mutable_labels())["paddock.rollout"] = r.id;
+    (*rec.mutable_labels())["paddock.task"] = task.id;
+    if (std::string where = sb->placement(); !where.empty()) (*rec.mutable_labels())["paddock.node"] = where;
+    rec.set_rebuild_note("moved: a new sandbox was built for the episode after its node was lost");
+    if (Status st = log_.PutEpisode(rec); !st.ok()) return undo(st);
+    for (size_t i = 0; i < task.setup.size(); ++i) {
+      ExecRequest req;
+      req.argv = {"/bin/sh", "-c", task.setup[i]};
+      req.cwd = task.workdir;
+      req.env = task.env;
+      req.timeout_ms = task.exec_timeout_s * 1000;
+      req.output_cap = task.output_cap_bytes;
+      auto res = sb->Exec(req, nullptr);
+      if (!res.ok()) return undo(res.status().Prefix(fmt::format("setup[{}]", i)));
+      if (res->exit_code != 0 || res->signal || res->timed_out)
+        return undo(Error(Code::kFailedPrecondition, "setup[{}] failed (exit {})", i, res->exit_code));
+    }
+    if (task.substrate == "function") return sb;
+    PADDOCK_ASSIGN_OR_RETURN(auto steps, log_.ReadSteps(ep.id));
+    uint32_t timeout_ms = task.exec_timeout_s * 1000;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(ep.deadline - Clock::now()).count();
+    timeout_ms = static_cast<uint32_t>(std::max<int64_t>(1000, std::min<int64_t>(timeout_ms, left)));
+    for (const auto& s : steps) {
+      if (s.step() > through) continue;  // a turn not finished yet (or, replaying, not replayed yet)
+      uint32_t index = 0;
+      for (const auto& tc : s.tool_calls()) {
+        replay::CallKey key{ep.id, s.step(), ++index};
+        if (!ToolMutates(tc.name())) continue;
+        auto logged = log_.GetCall(key);
+        if (!logged.ok()) return undo(logged.status());
+        if (!logged->has_value() || !(*logged)->has_result)
+          return undo(Error(Code::kFailedPrecondition, "call {} is in doubt", key.ToString()));
+        v1::ObservationProto obs;
+        if (!obs.ParseFromString((*logged)->result))
+          return undo(Error(Code::kDataLoss, "the logged result of {} does not parse", key.ToString()));
+        ToolOutcome again = RunTool(sb.get(), task, tc.name(), tc.arguments_json(), timeout_ms);
+        if (!sb->Alive()) return undo(Error(Code::kUnavailable, "the new sandbox was lost while {} was re-applied", key.ToString()));
+        ++*reapplied;
+        reapplied_++;
+        if (again.content != obs.content()) ++*diffs;
+      }
+    }
+    return sb;
   }
 
   // The end of an episode without a final record (cancel, drain): resumable.
@@ -1987,6 +2243,7 @@ class RolloutEngine::Impl {
 
   void ReleaseSandbox(Episode* ep) {
     if (ep->sandbox) {
+      ep->sandbox->WatchGone(nullptr);
       std::string id = ep->sandbox->id();
       ep->sandbox.reset();
       if (Status st = manager_.Destroy(id); !st.ok())
@@ -2020,6 +2277,7 @@ class RolloutEngine::Impl {
   std::once_flag toolset_once_;
   std::shared_ptr<const std::string> toolset_;
   asio::thread_pool pool_;
+  asio::thread_pool reloc_pool_;  // eager rebuilds (EngineOptions::relocation_threads)
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   std::thread io_thread_;
@@ -2035,7 +2293,7 @@ class RolloutEngine::Impl {
   std::mutex acks_mu_;  // consumers' acknowledgements: read, add, write as one step
 
   std::atomic<uint64_t> turns_{0}, live_policy_{0}, replayed_policy_{0}, live_tools_{0}, replayed_tools_{0},
-      reapplied_{0}, relocated_{0};
+      reapplied_{0}, relocated_{0}, eager_relocations_{0};
   std::atomic<int64_t> resume_to_live_us_{-1};
 };
 

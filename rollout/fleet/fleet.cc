@@ -293,6 +293,8 @@ Result<NodeStatus> Fleet::Drain(const std::string& address) {
   return n->Status();
 }
 
+uint64_t Fleet::images_handed() const { return image_sender_ ? image_sender_->handed() : 0; }
+
 bool Fleet::WaitForReady(size_t count, std::chrono::milliseconds timeout) const {
   std::unique_lock l(mu_);
   return cv_.wait_for(l, timeout, [&] {

@@ -110,6 +110,9 @@ class Fleet {
   // Until a node has answered (tests, startup logs); false at the deadline.
   bool WaitForReady(size_t nodes, std::chrono::milliseconds timeout) const;
 
+  // Images this front handed to nodes that lacked them (image_transfer.h).
+  uint64_t images_handed() const;
+
   const std::string& front_id() const { return options_.front_id; }
   int64_t epoch() const { return options_.epoch; }
   const FleetOptions& options() const { return options_; }

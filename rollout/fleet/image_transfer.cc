@@ -49,6 +49,7 @@ Result<ImageHanded> ImageSender::Ensure(const std::string& address, client::Clie
     return r;
   }
   Result<ImageHanded> r = Offer(node, id, name);
+  if (r.ok() && r->fetched) handed_.fetch_add(1);
   {
     std::lock_guard l(mu_);
     flight->result = r;

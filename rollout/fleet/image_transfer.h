@@ -9,6 +9,7 @@
 // store (Fetch), so that it is the fleet's, not that node's alone.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -45,6 +46,9 @@ class ImageSender {
   // blobs. Errors name the image (`name`, `id`) and the node.
   Result<ImageHanded> Ensure(const std::string& address, client::Client& node, const std::string& id,
                              const std::string& name);
+  // Images nodes fetched from this front (offers they took, not those they
+  // held already), since the start.
+  uint64_t handed() const { return handed_.load(); }
 
   // The other way (Images.Send): copies image `id` of the store of `node` (at
   // `address`) into the front's store, e.g. a snapshot taken there, so that
@@ -64,6 +68,7 @@ class ImageSender {
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::shared_ptr<Flight>> flights_;  // by node address + image id
+  std::atomic<uint64_t> handed_{0};
 };
 
 }  // namespace paddock::fleet

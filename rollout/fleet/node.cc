@@ -1,5 +1,7 @@
 #include "rollout/fleet/node.h"
 
+#include <utility>
+
 #include <spdlog/spdlog.h>
 
 #include "paddock/client.h"
@@ -15,6 +17,24 @@ int64_t NowUnixMs() {
 }
 
 }  // namespace
+
+void GoneSignal::Watch(std::function<void()> fn) {
+  std::lock_guard l(mu_);
+  fn_ = std::move(fn);
+  if (fired_ && fn_) std::exchange(fn_, nullptr)();
+}
+
+void GoneSignal::Fire() {
+  std::lock_guard l(mu_);
+  if (fired_) return;
+  fired_ = true;
+  if (fn_) std::exchange(fn_, nullptr)();
+}
+
+bool GoneSignal::fired() const {
+  std::lock_guard l(mu_);
+  return fired_;
+}
 
 Node::Node(std::string address, const FleetOptions& options, std::function<void()> on_change)
     : address_(std::move(address)), options_(options), on_change_(std::move(on_change)) {
@@ -177,6 +197,22 @@ void Node::Untrack(client::ExecCancel* c) {
   in_flight_.erase(c);
 }
 
+void Node::Watch(uint64_t generation, const std::shared_ptr<GoneSignal>& s) {
+  {
+    std::lock_guard l(mu_);
+    if (generation == generation_ && state_ != "lost") {
+      watched_.insert(s);
+      return;
+    }
+  }
+  s->Fire();
+}
+
+void Node::Unwatch(const std::shared_ptr<GoneSignal>& s) {
+  std::lock_guard l(mu_);
+  watched_.erase(s);
+}
+
 void Node::HeartbeatLoop() {
   std::unique_lock l(mu_);
   while (!stopping_) {
@@ -208,6 +244,7 @@ void Node::Beat() {
 
   bool changed = false;
   std::vector<client::ExecCancel*> cancel;
+  std::unordered_set<std::shared_ptr<GoneSignal>> gone;
   {
     std::lock_guard l(mu_);
     const std::string before = state_;
@@ -256,6 +293,10 @@ void Node::Beat() {
           state_ = "lost";
           ++generation_;
           cancel.assign(in_flight_.begin(), in_flight_.end());
+          // Lost only after the node's lease fenced this front's sandboxes:
+          // their episodes may be rebuilt elsewhere now, without waiting for
+          // their next call (Sandbox::WatchGone).
+          gone.swap(watched_);
         }
       } else if (state_ == "refused") {
         state_ = "connecting";
@@ -268,6 +309,8 @@ void Node::Beat() {
   }
   verdict_cv_.notify_all();
   for (auto* x : cancel) x->Cancel();
+  if (!gone.empty()) spdlog::warn("node {}: {} sandbox(es) of this front gone with it; telling their users", address_, gone.size());
+  for (const auto& s : gone) s->Fire();
   if (changed) on_change_();
 }
 

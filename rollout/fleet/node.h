@@ -5,11 +5,13 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <thread>
+#include <unordered_set>
 
 #include "rollout/fleet/fleet.h"
 #include "rollout/fleet/placement.h"
@@ -20,6 +22,21 @@ class ExecCancel;
 }  // namespace paddock::client
 
 namespace paddock::fleet {
+
+// The "gone" report of one sandbox placed on a node (Sandbox::WatchGone): the
+// node fires it when it is declared lost. Fires once; a watcher set after
+// that is called at once.
+class GoneSignal {
+ public:
+  void Watch(std::function<void()> fn);
+  void Fire();
+  bool fired() const;
+
+ private:
+  mutable std::mutex mu_;  // held while the watcher runs, so that Watch(nullptr) waits for it
+  bool fired_ = false;
+  std::function<void()> fn_;
+};
 
 class Node : public std::enable_shared_from_this<Node> {
  public:
@@ -64,6 +81,10 @@ class Node : public std::enable_shared_from_this<Node> {
   // In-flight execs, cancelled when the node is declared lost.
   void Track(client::ExecCancel* c);
   void Untrack(client::ExecCancel* c);
+  // The gone signals of this front's sandboxes placed in `generation`, fired
+  // when the node is declared lost (at once when that generation is over).
+  void Watch(uint64_t generation, const std::shared_ptr<GoneSignal>& s);
+  void Unwatch(const std::shared_ptr<GoneSignal>& s);
 
  private:
   void HeartbeatLoop();
@@ -99,6 +120,7 @@ class Node : public std::enable_shared_from_this<Node> {
   double tokens_ = 1;
   std::chrono::steady_clock::time_point tokens_at_{};
   std::set<client::ExecCancel*> in_flight_;
+  std::unordered_set<std::shared_ptr<GoneSignal>> watched_;
   std::thread thread_;
 };
 

@@ -9,9 +9,12 @@
 namespace paddock::fleet {
 
 RemoteSandbox::RemoteSandbox(std::string id, std::string remote_id, std::shared_ptr<Node> node, uint64_t generation)
-    : id_(std::move(id)), remote_id_(std::move(remote_id)), node_(std::move(node)), generation_(generation) {}
+    : id_(std::move(id)), remote_id_(std::move(remote_id)), node_(std::move(node)), generation_(generation) {
+  node_->Watch(generation_, gone_signal_);
+}
 
 RemoteSandbox::~RemoteSandbox() {
+  node_->Unwatch(gone_signal_);
   if (!released_.exchange(true)) node_->Released();
 }
 
@@ -150,6 +153,7 @@ Result<Usage> RemoteSandbox::GetUsage() {
 bool RemoteSandbox::Alive() const { return !gone_.load() && node_->Usable(generation_); }
 
 Status RemoteSandbox::Destroy() {
+  node_->Unwatch(gone_signal_);
   if (gone_.exchange(true)) return Status::Ok();
   if (!released_.exchange(true)) node_->Released();
   auto c = node_->ClientFor(generation_);

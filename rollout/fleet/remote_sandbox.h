@@ -4,7 +4,9 @@
 //
 // When its node is lost (node.h) every call fails at once with UNAVAILABLE
 // naming the node, and execs in flight are cancelled: the node has destroyed
-// the sandbox under its lease by then, so nothing of it runs anywhere.
+// the sandbox under its lease by then, so nothing of it runs anywhere. At that
+// moment its gone watcher (Sandbox::WatchGone) is told, so that its user (the
+// rollout engine) can rebuild it elsewhere before its next call.
 #pragma once
 
 #include <atomic>
@@ -39,6 +41,7 @@ class RemoteSandbox final : public Sandbox {
   Result<SnapshotResult> Snapshot(const std::string& name) override;
   // Set once, before the sandbox is handed out.
   void KeepSnapshotsWith(SnapshotKeeper keeper) { keeper_ = std::move(keeper); }
+  void WatchGone(std::function<void()> on_gone) override { gone_signal_->Watch(std::move(on_gone)); }
 
  private:
   Result<std::shared_ptr<NodeConnection>> Client() const;
@@ -56,6 +59,7 @@ class RemoteSandbox final : public Sandbox {
   mutable std::atomic<bool> gone_{false};  // destroyed, or the node no longer has it
   std::atomic<bool> released_{false};
   SnapshotKeeper keeper_;
+  const std::shared_ptr<GoneSignal> gone_signal_ = std::make_shared<GoneSignal>();
 };
 
 }  // namespace paddock::fleet

@@ -110,6 +110,38 @@ void SimFleet::CountExec(const std::string& key, bool answered) {
   else ++c.started;
 }
 
+void SimFleet::TrackFirstExecs(const std::vector<std::string>& episodes, const std::vector<std::string>& elsewhere_than) {
+  std::lock_guard l(mu_);
+  first_.clear();
+  first_not_on_ = elsewhere_than;
+  for (const auto& e : episodes) first_.emplace(e, FirstExec{});
+  tracking_ = !first_.empty();
+}
+
+std::map<std::string, SimFleet::FirstExec> SimFleet::FirstExecs() const {
+  std::lock_guard l(mu_);
+  std::map<std::string, FirstExec> out;
+  for (const auto& [e, f] : first_)
+    if (f.at != Clock::time_point{}) out.emplace(e, f);
+  return out;
+}
+
+std::vector<SimFleet::ExecEvent> SimFleet::Events() const {
+  std::lock_guard l(mu_);
+  return events_;
+}
+
+void SimFleet::NoteAnswered(const std::string& episode, const std::string& command, const std::string& node) {
+  const auto now = Clock::now();
+  std::lock_guard l(mu_);
+  if (options_.record_execs) events_.push_back({episode, command, node, now});
+  if (!tracking_) return;
+  for (const auto& n : first_not_on_)
+    if (n == node) return;
+  auto it = first_.find(episode);
+  if (it != first_.end() && it->second.at == Clock::time_point{}) it->second = FirstExec{node, command, now};
+}
+
 std::map<std::string, SimFleet::ExecCount> SimFleet::ExecCounts() const {
   std::lock_guard l(mu_);
   return std::map<std::string, ExecCount>(counts_.begin(), counts_.end());
@@ -118,7 +150,21 @@ std::map<std::string, SimFleet::ExecCount> SimFleet::ExecCounts() const {
 // ---- SimNode ----------------------------------------------------------------
 
 SimNode::SimNode(SimFleet& fleet, std::string address, SimNodeOptions options)
-    : fleet_(fleet), address_(std::move(address)), options_(std::move(options)) {}
+    : fleet_(fleet), address_(std::move(address)), options_(std::move(options)),
+      max_sandboxes_(options_.max_sandboxes) {}
+
+std::vector<std::string> SimNode::Episodes() const {
+  std::lock_guard l(mu_);
+  std::vector<std::string> out;
+  for (const auto& [_, e] : sandboxes_)
+    if (!e.empty()) out.push_back(e);
+  return out;
+}
+
+void SimNode::SetCapacity(uint32_t max_sandboxes) {
+  std::lock_guard l(mu_);
+  max_sandboxes_ = max_sandboxes;
+}
 
 void SimNode::Kill() {
   std::lock_guard l(mu_);
@@ -208,7 +254,7 @@ Result<client::DaemonStats> SimNode::Report() {
   last_report_ = now;
   client::DaemonStats s;
   s.live_sandboxes = static_cast<uint32_t>(sandboxes_.size());
-  s.max_sandboxes = options_.max_sandboxes;
+  s.max_sandboxes = max_sandboxes_;
   s.api_version = kApiVersion;
   s.substrates = options_.substrates;
   s.mem_available_bytes = options_.mem_available_bytes;
@@ -224,11 +270,11 @@ Result<client::SandboxInfo> SimNode::Create(const SandboxSpec& spec) {
   std::lock_guard l(mu_);
   if (dead_ || partitioned_) return Unreachable();
   PADDOCK_RETURN_IF_ERROR(CheckLease());
-  if (sandboxes_.size() >= options_.max_sandboxes)
-    return Error(Code::kResourceExhausted, "simulated node {} is full ({} sandboxes)", address_, options_.max_sandboxes);
+  if (sandboxes_.size() >= max_sandboxes_)
+    return Error(Code::kResourceExhausted, "simulated node {} is full ({} sandboxes)", address_, max_sandboxes_);
   uint64_t n = next_id_++;
   std::string episode;
-  if (fleet_.options_.record_execs)
+  if (fleet_.options_.record_execs || fleet_.options_.label_sandboxes)
     if (auto it = spec.labels.find("episode"); it != spec.labels.end()) episode = it->second;
   sandboxes_.emplace(n, std::move(episode));
   fleet_.creates_.fetch_add(1, std::memory_order_relaxed);
@@ -242,17 +288,17 @@ Result<client::SandboxInfo> SimNode::Create(const SandboxSpec& spec) {
 
 Result<ExecResult> SimNode::Exec(const std::string& id, const ExecRequest& req, const OutputCallback& on_output,
                                  client::ExecCancel* cancel) {
-  std::string key;
+  std::string key, episode, command;
   {
     std::lock_guard l(mu_);
     if (dead_ || partitioned_) return Unreachable();
     PADDOCK_RETURN_IF_ERROR(CheckLease());
     auto it = sandboxes_.find(ParseId(id));
     if (it == sandboxes_.end()) return Error(Code::kNotFound, "sandbox {} not found", id);
-    if (fleet_.options_.record_execs) {
-      key = it->second + "\n";
-      for (size_t i = 0; i < req.argv.size(); ++i) key += (i ? " " : "") + req.argv[i];
-    }
+    episode = it->second;
+    if (fleet_.options_.record_execs || fleet_.tracking_.load(std::memory_order_relaxed))
+      for (size_t i = 0; i < req.argv.size(); ++i) command += (i ? " " : "") + req.argv[i];
+    if (fleet_.options_.record_execs) key = episode + "\n" + command;
   }
   if (!key.empty()) fleet_.CountExec(key, false);
   fleet_.execs_.fetch_add(1, std::memory_order_relaxed);
@@ -269,6 +315,8 @@ Result<ExecResult> SimNode::Exec(const std::string& id, const ExecRequest& req, 
     on_output(1, out);
   }
   if (!key.empty()) fleet_.CountExec(key, true);
+  if (!episode.empty() && (fleet_.options_.record_execs || fleet_.tracking_.load(std::memory_order_relaxed)))
+    fleet_.NoteAnswered(episode, command, address_);
   return r;
 }
 

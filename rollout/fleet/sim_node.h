@@ -62,6 +62,9 @@ struct SimNodeOptions {
 
 struct SimFleetOptions {
   bool record_execs = false;
+  // Keep each sandbox's `episode` label (implied by record_execs), for
+  // SimNode::Episodes and TrackFirstExecs.
+  bool label_sandboxes = false;
 };
 
 class SimNode;
@@ -87,7 +90,25 @@ class SimFleet final : public NodeTransport {
   // by spaces); only with record_execs.
   std::map<std::string, ExecCount> ExecCounts() const;
   void CountExec(const std::string& key, bool answered);
+  void NoteAnswered(const std::string& episode, const std::string& command, const std::string& node);
   uint64_t execs_total() const { return execs_.load(); }
+
+  // From now on, notes for each of `episodes` (labels) the first exec whose
+  // answer reached the front on a node not in `elsewhere_than`, and on which
+  // node: when an episode moved off a lost node runs again. Needs
+  // label_sandboxes (or record_execs).
+  struct FirstExec {
+    std::string node, command;
+    std::chrono::steady_clock::time_point at{};
+  };
+  void TrackFirstExecs(const std::vector<std::string>& episodes, const std::vector<std::string>& elsewhere_than);
+  std::map<std::string, FirstExec> FirstExecs() const;  // only the episodes seen so far
+  // With record_execs: every answered exec in order (episode, command, node, when).
+  struct ExecEvent {
+    std::string episode, command, node;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::vector<ExecEvent> Events() const;
   uint64_t creates_total() const { return creates_.load(); }
 
  private:
@@ -96,6 +117,10 @@ class SimFleet final : public NodeTransport {
   std::map<std::string, std::unique_ptr<SimNode>> nodes_;
   std::vector<std::string> order_;
   std::unordered_map<std::string, ExecCount> counts_;
+  std::atomic<bool> tracking_{false};
+  std::unordered_map<std::string, FirstExec> first_;  // tracked episodes (at unset: not seen yet)
+  std::vector<std::string> first_not_on_;
+  std::vector<ExecEvent> events_;
   std::atomic<uint64_t> execs_{0}, creates_{0};
   friend class SimNode;
 };
@@ -112,6 +137,10 @@ class SimNode {
   bool dead() const;
   uint32_t live() const;  // sandboxes held now
   uint64_t fenced() const;  // sandboxes destroyed because the front's lease lapsed
+  // The `episode` labels of the sandboxes it holds (label_sandboxes).
+  std::vector<std::string> Episodes() const;
+  // What it reports as its cap from its next heartbeat on (and enforces).
+  void SetCapacity(uint32_t max_sandboxes);
 
   // NodeConnection's calls (the connection forwards here).
   Result<client::DaemonStats> Report();
@@ -139,6 +168,7 @@ class SimNode {
   // Its sandboxes: id → episode label (empty unless record_execs).
   std::unordered_map<uint64_t, std::string> sandboxes_;
   uint64_t fenced_ = 0;
+  uint32_t max_sandboxes_;
 };
 
 }  // namespace paddock::fleet
