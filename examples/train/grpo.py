@@ -169,6 +169,17 @@ def grpo_step(model, ref, opt, groups, args):
     return fig
 
 
+def policy_lag(groups, step):
+    """Mean number of updates between the weights that generated a sample's first turn and this step's."""
+    lags = []
+    for g in groups:
+        for s in g.get("samples", []):
+            v = ((s.get("steps") or [{}])[0].get("policy_version") or "")
+            done = int(v.split("-")[1]) if v.startswith("step-") and v.split("-")[1].isdigit() else 0
+            lags.append(step - 1 - done)
+    return sum(lags) / max(1, len(lags))
+
+
 def draw_curve(rows, evals, work):
     """The reward curve: training reward per step, held-out reward where measured."""
     csv = os.path.join(work, "reward_curve.csv")
@@ -245,9 +256,9 @@ def main():
     ap.add_argument("--max-len", type=int, default=4096)
     ap.add_argument("--temperature", type=float, default=None, help="rollout sampling temperature (default: server's)")
     ap.add_argument("--group-timeout", type=float, default=300, help="seconds to wait for the next group")
-    ap.add_argument("--rollout-id", default=None)
-    ap.add_argument("--eval", default=None, help="held-out tasks: mean reward measured before and after")
-    ap.add_argument("--eval-fn", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rollout-id", default=None, help="rollout ids ID-0, ID-1, ... (default grpo-TIME)")
+    ap.add_argument("--chunk-steps", type=int, default=2,
+                    help="tasks per rollout: this many steps' worth; the next rollout starts when one ends")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -273,62 +284,107 @@ def main():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
 
-    rollout = args.rollout_id or "grpo-%s" % time.strftime("%Y%m%d-%H%M%S")
-    run_args = [paddock, "run", args.tasks, "--id", rollout, "--samples", str(args.group),
-                "--policy", url, "--policy-kind", "sglang", "--constrain-tools", "--tool-choice", "required",
-                "--concurrency", str(args.concurrency), "--out", os.path.join(work, "runs"), "--interval-ms", "60000"]
-    if args.temperature is not None:
-        run_args += ["--temperature", str(args.temperature)]
-    run = subprocess.Popen(run_args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "run.err"), "w"))
-    for _ in range(300):  # the rollout exists once `paddock rollout ls` lists it
-        p = subprocess.run([paddock, "--json", "rollout", "ls"], stdout=subprocess.PIPE, text=True)
-        if p.returncode == 0 and rollout in p.stdout:
-            break
-        if run.poll() is not None:
-            sys.exit("grpo: paddock run exited %s: %s" % (run.returncode, open(os.path.join(work, "run.err")).read()))
-        time.sleep(0.2)
-    log("grpo: rollout %s: %s, %d samples per task, policy %s" % (rollout, args.tasks, args.group, url))
-    groups = Groups(paddock, rollout, "grpo")
+    base_id = args.rollout_id or "grpo-%s" % time.strftime("%Y%m%d-%H%M%S")
+    with open(args.tasks) as f:
+        all_tasks = [l for l in f if l.strip()]
+    chunk = max(1, args.groups_per_step * args.chunk_steps)
+    state = {"k": 0, "run": None, "groups": None, "id": None}
+
+    def start_rollout():
+        """The next chunk of tasks as a new rollout (one rollout runs at a time); False when none is left."""
+        k = state["k"]
+        part = all_tasks[k * chunk:(k + 1) * chunk]
+        if not part:
+            return False
+        state["k"] += 1
+        path = os.path.join(work, "tasks-%d.jsonl" % k)
+        with open(path, "w") as f:
+            f.writelines(part)
+        rid = "%s-%d" % (base_id, k)
+        cmd = [paddock, "run", path, "--id", rid, "--samples", str(args.group), "--policy", url, "--policy-kind",
+               "sglang", "--constrain-tools", "--tool-choice", "required", "--concurrency", str(args.concurrency),
+               "--out", os.path.join(work, "runs"), "--interval-ms", "60000"]
+        if args.temperature is not None:
+            cmd += ["--temperature", str(args.temperature)]
+        err = os.path.join(work, "run-%d.err" % k)
+        run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+        for _ in range(300):  # the rollout exists once `paddock rollout ls` lists it
+            p = subprocess.run([paddock, "--json", "rollout", "ls"], stdout=subprocess.PIPE, text=True)
+            if p.returncode == 0 and rid in p.stdout:
+                break
+            if run.poll() is not None:
+                sys.exit("grpo: paddock run exited %s: %s" % (run.returncode, open(err).read()))
+            time.sleep(0.2)
+        if state["groups"]:
+            state["groups"].close()
+        state.update(run=run, id=rid, groups=Groups(paddock, rid, "grpo"))
+        log("grpo: rollout %s: %d tasks x %d samples, policy %s" % (rid, len(part), args.group, url))
+        return True
+
+    def update_policy(path, version):
+        """Tells the running rollout to load the new weights; starts the next one if it has ended."""
+        for _ in range(2):
+            upd = subprocess.run([paddock, "--json", "rollout", "update-policy", state["id"], "--weights", path,
+                                  "--version", version], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if upd.returncode == 0:
+                return json.loads(upd.stdout) if upd.stdout.strip().startswith("{") else {}
+            if "not running" not in upd.stderr:
+                sys.exit("grpo: update-policy failed: " + upd.stderr.strip())
+            if not start_rollout():
+                log("grpo: the last rollout has ended: %s not loaded by a rollout" % path)
+                return {"skipped": True}
+        sys.exit("grpo: update-policy failed twice")
+
+    start_rollout()
     rows = []
     metrics = open(os.path.join(work, "grpo.jsonl"), "w")
     t_start = time.time()
     try:
         for step in range(1, args.steps + 1):
             t0 = time.time()
-            batch = groups.take(args.groups_per_step, args.group_timeout)
+            batch, acks = [], []
+            while len(batch) < args.groups_per_step:
+                got = state["groups"].take(args.groups_per_step - len(batch), args.group_timeout)
+                batch += got
+                acks += [(state["id"], g["group_id"]) for g in got]
+                if len(batch) < args.groups_per_step and (not got or state["run"].poll() is not None):
+                    if state["run"].poll() is None or not start_rollout():
+                        break
             if not batch:
-                log("grpo: the rollout has no more groups")
+                log("grpo: no more groups")
                 break
             t1 = time.time()
             fig = grpo_step(model, ref, opt, batch, args)
+            fig["policy_lag"] = policy_lag(batch, step)
             path = os.path.join(work, "weights", "step-%d.safetensors" % step)
             model.save(path)
             t2 = time.time()
-            upd = subprocess.run([paddock, "--json", "rollout", "update-policy", rollout, "--weights", path,
-                                  "--version", "step-%d" % step], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
-            if upd.returncode != 0:
-                sys.exit("grpo: update-policy failed: " + upd.stderr.strip())
-            subprocess.run([paddock, "rollout", "ack", rollout, "--consumer", "grpo"] + [g["group_id"] for g in batch],
-                           check=True, stdout=subprocess.DEVNULL)
+            upd = update_policy(path, "step-%d" % step)
+            for rid in sorted({r for r, _ in acks}):
+                subprocess.run([paddock, "rollout", "ack", rid, "--consumer", "grpo"] +
+                               [g for r, g in acks if r == rid], check=True, stdout=subprocess.DEVNULL)
             fig.update(step=step, wait_s=round(t1 - t0, 1), train_s=round(t2 - t1, 1),
-                       update_s=round(time.time() - t2, 2), weights=path, elapsed_s=round(time.time() - t_start, 1))
+                       update_s=round(time.time() - t2, 2), paused_ms=upd.get("paused_ms"), weights=path,
+                       elapsed_s=round(time.time() - t_start, 1))
             rows.append(fig)
             metrics.write(json.dumps(fig) + "\n")
             metrics.flush()
             f = lambda v, fmt="%.4f": "-" if v is None else fmt % v  # noqa: E731
-            log("step %2d  reward %.3f (%d samples, %d groups w/o signal)  KL to start %s  "
+            log("step %2d  reward %.3f (%d samples, %d groups w/o signal, lag %.1f)  KL to start %s  "
                 "gap |lp_twin-lp_rollout| mean %s max %s k1 %s  clipped %.2f  (wait %.0fs train %.0fs update %.1fs)"
-                % (step, fig["reward"], fig["samples"], fig["groups_without_signal"], f(fig["kl_to_start"], "%.5f"),
-                   f(fig["gap_mean"]), f(fig["gap_max"], "%.3f"), f(fig["gap_k1"]), fig["clipped"],
-                   fig["wait_s"], fig["train_s"], fig["update_s"]))
+                % (step, fig["reward"], fig["samples"], fig["groups_without_signal"], fig["policy_lag"],
+                   f(fig["kl_to_start"], "%.5f"), f(fig["gap_mean"]), f(fig["gap_max"], "%.3f"), f(fig["gap_k1"]),
+                   fig["clipped"], fig["wait_s"], fig["train_s"], fig["update_s"]))
     finally:
-        groups.close()
-        subprocess.run([paddock, "rollout", "cancel", rollout], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            run.wait(60)
-        except subprocess.TimeoutExpired:
-            run.kill()
+        if state["groups"]:
+            state["groups"].close()
+        if state["run"]:
+            subprocess.run([paddock, "rollout", "cancel", state["id"]], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            try:
+                state["run"].wait(60)
+            except subprocess.TimeoutExpired:
+                state["run"].kill()
         final = os.path.join(work, "grpo.safetensors")
         model.save(final)
         if policy_proc:
