@@ -185,8 +185,11 @@ note "$(head -n1 "$work/paddock-policy.log")"
 constrain_args=()
 if "$paddock" run --help 2>/dev/null | grep -q -- "--constrain-tools"; then
   constrain_args=(--constrain-tools --tool-choice required)
-  # Room for a whole tool call within a turn's budget.
+  # Room for a whole tool call within a turn's budget. The constraint keeps a reserve
+  # of the turn's budget for closing the call, so trained weights (whose commands are
+  # real) need a larger one; untrained weights fill whatever they get with noise.
   if [ "$quick" = 1 ]; then turns=2 tokens=160; else turns=3 tokens=160; fi
+  [ ${#weights_args[@]} -gt 0 ] && tokens=512
 else
   if [ "$quick" = 1 ]; then turns=2 tokens=16; else turns=3 tokens=48; fi
 fi

@@ -73,12 +73,13 @@ def main():
     ap.add_argument("--sft-tasks", type=int, default=160)
     ap.add_argument("--eval-tasks", type=int, default=40)
     ap.add_argument("--sft-steps", type=int, default=300)
-    ap.add_argument("--sft-batch", type=int, default=4)
-    ap.add_argument("--sft-lr", type=float, default=3e-3)
-    ap.add_argument("--sft-time", type=float, default=0, help="stop SFT after this many seconds (0: none)")
-    ap.add_argument("--grpo-steps", type=int, default=8)
+    ap.add_argument("--sft-batch", type=int, default=2)
+    ap.add_argument("--sft-lr", type=float, default=4e-3)
+    ap.add_argument("--sft-time", type=float, default=1200,
+                    help="stop SFT after this many seconds (default 1200: the demo's 30 minutes; 0: none)")
+    ap.add_argument("--grpo-steps", type=int, default=4)
     ap.add_argument("--group", type=int, default=4)
-    ap.add_argument("--groups-per-step", type=int, default=4)
+    ap.add_argument("--groups-per-step", type=int, default=2)
     ap.add_argument("--grpo-lr", type=float, default=1e-4)
     ap.add_argument("--init", default=None, help="start SFT from these weights instead of the seeded ones")
     ap.add_argument("--skip-sft", action="store_true", help="GRPO straight from --init (e.g. the shipped weights)")
@@ -110,7 +111,9 @@ def main():
         tdir = os.path.join(work, "tasks")
         os.makedirs(tdir, exist_ok=True)
         train, heldout, grpo_tasks = (os.path.join(tdir, n) for n in ("train.jsonl", "heldout.jsonl", "grpo.jsonl"))
-        turns, tokens = 3, 160
+        # 512 tokens a turn: the tool constraint keeps a reserve of the budget for closing
+        # the call (docs/paddock-policy.md); with 160 it closes every value at once.
+        turns, tokens = 3, 512
         make_tasks(train, a.sft_tasks, "train", 1, images, turns, tokens)
         make_tasks(heldout, a.eval_tasks, "heldout", 0, images, turns, tokens)
         make_tasks(grpo_tasks, max(4, a.grpo_steps * a.groups_per_step * 2), "train", 2, images, turns, tokens)
@@ -139,7 +142,7 @@ def main():
             sft_out = os.path.join(wdir, "sft.safetensors")
             cmd = [sys.executable, os.path.join(HERE, "sft.py"), export, "--init", init, "--out", sft_out,
                    "--steps", str(a.sft_steps), "--batch", str(a.sft_batch), "--lr", str(a.sft_lr),
-                   "--min-reward", "1", "--log-every", "25"]
+                   "--min-reward", "1", "--log-every", "10", "--warmup", "10"]
             if a.sft_time:
                 cmd += ["--time-limit", str(a.sft_time)]
             subprocess.run(cmd, check=True)
