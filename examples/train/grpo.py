@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """GRPO on Paddock's streamed groups (docs/training.md, "The training loop").
 
-One rollout runs the tasks with G samples each against paddock-policy (the
-embedded engine, tool-constrained decoding); this script consumes its groups as
-they complete (`paddock rollout groups --follow --consumer`), and per step of K
-groups:
+Rollouts run the tasks with G samples each against paddock-policy (the
+embedded engine, tool-constrained decoding), --chunk-steps steps' worth of tasks
+per rollout, the next started when one ends; this script consumes their groups
+as they complete (`paddock rollout groups --follow --consumer`), and per step of
+K groups:
 
   advantages   A_i = (r_i - mean_g) / (std_g + eps) over each group's samples fit
                to train on (`train: true`); groups whose rewards are all equal
@@ -110,10 +111,12 @@ def sample_terms(s, max_len):
 def grpo_step(model, ref, opt, groups, args):
     """One update from a batch of groups; returns the step's figures."""
     items = []  # (ids, at, lp_rollout, advantage)
+    measured = []  # (ids, at, lp_rollout) of every trainable sample: the gap and the KL, signal or not
     rewards, skipped = [], 0
     for g in groups:
         samples = [s for s in g.get("samples", []) if isinstance(s, dict) and s.get("train", True)]
         rewards += [float(s.get("reward") or 0.0) for s in samples]
+        measured += [t for t in (sample_terms(s, args.max_len) for s in samples) if t]
         if len(samples) < 2:
             skipped += 1
             continue
@@ -129,17 +132,27 @@ def grpo_step(model, ref, opt, groups, args):
                 items.append(t + (a,))
     fig = {"groups": len(groups), "samples": len(rewards), "reward": sum(rewards) / max(1, len(rewards)),
            "groups_without_signal": skipped}
+    # The train/rollout gap before the step, on the decision tokens of the batch's samples.
+    gaps, k1, n1 = [], 0.0, 0
+    with torch.no_grad():
+        for ids, at, lp_roll in measured[: args.kl_samples]:
+            lp = sft.token_logprobs_at(model, ids, at)
+            gaps.append((lp - lp_roll).abs())
+            k1 += (lp_roll - lp).sum().item()
+            n1 += len(at)
+    if gaps:
+        g = torch.cat(gaps)
+        fig.update(gap_mean=g.mean().item(), gap_max=g.max().item(), gap_k1=k1 / n1)
+    else:
+        fig.update(gap_mean=None, gap_max=None, gap_k1=None)
     if not items:
-        fig.update(loss=0.0, kl_to_start=None, gap_mean=None, gap_max=None, gap_k1=None, clipped=0.0, tokens=0)
+        fig.update(loss=0.0, kl_to_start=kl_to_start(model, ref, measured, args), clipped=0.0, tokens=0)
         return fig
     ntok = sum(len(at) for _, at, _, _ in items)
     opt.zero_grad()
-    total, clipped, gaps, k1 = 0.0, 0, [], 0.0
+    total, clipped = 0.0, 0
     for ids, at, lp_roll, adv in items:
         lp = sft.token_logprobs_at(model, ids, at)
-        d = lp.detach() - lp_roll
-        gaps.append(d.abs())
-        k1 += (lp_roll - lp.detach()).sum().item()
         ratio = torch.exp(lp - lp_roll)
         clip = torch.clamp(ratio, 1 - args.clip, 1 + args.clip)
         pg = -torch.min(ratio * adv, clip * adv)
@@ -154,19 +167,19 @@ def grpo_step(model, ref, opt, groups, args):
         total += loss.item()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    # KL(new || start) on the batch's decision tokens, after the step (k3 with samples of the rollout).
+    fig.update(loss=total, kl_to_start=kl_to_start(model, ref, measured, args), clipped=clipped / ntok, tokens=ntok)
+    return fig
+
+
+def kl_to_start(model, ref, measured, args):
+    """KL(new || start) on the batch's decision tokens, after the step (k3, with the rollout's samples)."""
     kl, n = 0.0, 0
     with torch.no_grad():
-        for ids, at, _, _ in items[: args.kl_samples]:
-            lp_new = sft.token_logprobs_at(model, ids, at)
-            lp_ref = sft.token_logprobs_at(ref, ids, at)
-            x = lp_ref - lp_new
+        for ids, at, _ in measured[: args.kl_samples]:
+            x = sft.token_logprobs_at(ref, ids, at) - sft.token_logprobs_at(model, ids, at)
             kl += (torch.exp(x) - x - 1).sum().item()
             n += len(at)
-    g = torch.cat(gaps)
-    fig.update(loss=total, kl_to_start=kl / max(1, n), gap_mean=g.mean().item(), gap_max=g.max().item(),
-               gap_k1=k1 / ntok, clipped=clipped / ntok, tokens=ntok)
-    return fig
+    return kl / n if n else None
 
 
 def policy_lag(groups, step):
