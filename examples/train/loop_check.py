@@ -55,8 +55,10 @@ def main():
         print("SKIP: sandboxes need root")
         sys.exit(77)
     work = a.work or tempfile.mkdtemp(prefix="paddock-loop-check-")
+    os.chmod(work, 0o755)  # sandbox users must reach the state dir below it
     st = stack.Stack(a.build, work)
     py = sys.executable
+    ok = False
     try:
         st.start_daemon()
         images = st.import_images(debian=False)
@@ -124,8 +126,11 @@ def main():
         print("grpo: one step: reward %.3f, %d samples, KL to start %s, gap mean %s; "
               "paddock-policy now serves step-1" % (r["reward"], r["samples"], r["kl_to_start"], r["gap_mean"]))
         print("loop_check: OK")
+        ok = True
     finally:
         st.close()
+    if ok and not a.work:
+        subprocess.run(["rm", "-rf", work])
 
 
 if __name__ == "__main__":
