@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build build-demo test demo bench clean
+.PHONY: all deps configure build build-demo test demo train-demo bench clean
 # The programs `make demo` runs; `make test` builds everything else too
 # (tests, benches, fuzz targets).
 DEMO_TARGETS = paddockd paddock paddock-init paddock-policy
@@ -32,6 +32,13 @@ test:
 
 demo: build-demo
 	@bash scripts/demo.sh $(BUILD_DIR) $(DEMO_ARGS)
+
+# SFT + GRPO of the embedded model on the demo's tasks (docs/training.md); the weights
+# it leaves in $(BUILD_DIR)/train-demo/weights/ are what `make demo` serves next.
+# `make train-demo TRAIN_ARGS="--sft-steps 100"` passes options to train_demo.py.
+train-demo: build-demo
+	@bash scripts/install-deps.sh --train
+	OMP_NUM_THREADS=1 /usr/bin/python3 examples/train/train_demo.py --build $(BUILD_DIR) $(TRAIN_ARGS)
 
 bench:
 	@bash scripts/install-deps.sh --bench

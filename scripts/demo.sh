@@ -8,7 +8,7 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 usage: scripts/demo.sh [BUILD_DIR] [--episodes N] [--concurrency N] [--quick] [--no-debian]
-                       [--work DIR] [--keep-work]
+                       [--work DIR] [--keep-work] [--untrained]
 
 The main job, run by `make demo` after the build (BUILD_DIR defaults to build):
   1. starts its own paddockd (state and socket under WORK, default BUILD_DIR/demo),
@@ -16,6 +16,9 @@ The main job, run by `make demo` after the build (BUILD_DIR defaults to build):
      `paddock image import-dir`) and Debian python3 (scripts/make-debian-image.sh,
      cached in BUILD_DIR/test-images, then `paddock image import`),
   3. starts paddock-policy (embedded engine, tiny config) on a free loopback port,
+     serving trained weights when there are some (docs/training.md): those of the
+     last `make train-demo` (BUILD_DIR/train-demo/weights/demo.safetensors), else
+     the shipped ones (examples/train/weights/demo-delta.safetensors, unpacked),
   4. writes N tasks (examples/demo/make_tasks.py) over both images on the function
      and container substrates, shows each kind's scripted solution rewarded by its
      verifier in a real sandbox (examples/demo/check_solutions.py), and runs them
@@ -36,11 +39,12 @@ Exits non-zero, saying which step failed, when a step fails or a call ran twice.
   --work DIR       state, logs, tasks and runs (default BUILD_DIR/demo)
   --keep-work      keep WORK's earlier rollouts (default: a fresh log each run;
                    imported images stay either way)
+  --untrained      serve the seeded (untrained) weights even where trained ones exist
   --help           this text
 EOF
 }
 
-build=build episodes=64 concurrency=16 quick=0 debian=1 work="" keep=0
+build=build episodes=64 concurrency=16 quick=0 debian=1 work="" keep=0 untrained=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) usage; exit 0 ;;
@@ -50,6 +54,7 @@ while [ $# -gt 0 ]; do
     --no-debian) debian=0; shift ;;
     --work) work="${2:?--work needs a value}"; shift 2 ;;
     --keep-work) keep=1; shift ;;
+    --untrained) untrained=1; shift ;;
     -*) echo "demo: unknown option '$1' (see --help)" >&2; exit 2 ;;
     *) build="$1"; shift ;;
   esac
@@ -147,7 +152,20 @@ fi
 "$paddock" image ls
 
 step "starting paddock-policy (embedded V4 engine, tiny config) on a free loopback port"
-"$policy_bin" --listen 127.0.0.1:0 --config tiny >"$work/paddock-policy.log" 2>&1 &
+weights_args=()
+if [ "$untrained" = 0 ]; then
+  if [ -s "$build/train-demo/weights/demo.safetensors" ]; then
+    weights_args=(--weights "$build/train-demo/weights/demo.safetensors")
+    note "trained weights from the last \`make train-demo\`: ${weights_args[1]}"
+  elif [ -s "$root/examples/train/weights/demo-delta.safetensors" ]; then
+    python3 "$root/examples/train/weights_pack.py" unpack "$root/examples/train/weights/demo-delta.safetensors" \
+      "$work/trained.safetensors" --policy-bin "$policy_bin" || die "unpacking the shipped trained weights failed"
+    weights_args=(--weights "$work/trained.safetensors")
+    note "the shipped trained weights (examples/train/weights/demo-delta.safetensors, unpacked to ${weights_args[1]})"
+  fi
+fi
+[ ${#weights_args[@]} -gt 0 ] || note "seeded (untrained) weights: rewards stay near 0 (\`make train-demo\` trains some)"
+"$policy_bin" --listen 127.0.0.1:0 --config tiny "${weights_args[@]}" >"$work/paddock-policy.log" 2>&1 &
 policy_pid=$!
 policy_url=""
 for _ in $(seq 600); do
@@ -167,8 +185,11 @@ note "$(head -n1 "$work/paddock-policy.log")"
 constrain_args=()
 if "$paddock" run --help 2>/dev/null | grep -q -- "--constrain-tools"; then
   constrain_args=(--constrain-tools --tool-choice required)
-  # Room for a whole tool call within a turn's budget.
+  # Room for a whole tool call within a turn's budget. The constraint keeps a reserve
+  # of the turn's budget for closing the call, so trained weights (whose commands are
+  # real) need a larger one; untrained weights fill whatever they get with noise.
   if [ "$quick" = 1 ]; then turns=2 tokens=160; else turns=3 tokens=160; fi
+  [ ${#weights_args[@]} -gt 0 ] && tokens=512
 else
   if [ "$quick" = 1 ]; then turns=2 tokens=16; else turns=3 tokens=48; fi
 fi

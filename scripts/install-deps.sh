@@ -49,6 +49,9 @@ fi
 # `make test` and examples/train/: the twin, its logprob parity test, supervised training) ---
 if [ "${1:-}" = "--train" ]; then
   PACKAGES+=(python3-torch)  # Debian's PyTorch 1.13, CPU (examples/train/twin.py, tests/train_tests.cmake)
+  # An optimized BLAS for it: Debian's torch calls the reference libblas.so.3 otherwise,
+  # which makes the twin's matrix products ~10x slower (OpenMP build, as torch's threads).
+  PACKAGES+=(libopenblas0-openmp)
 fi
 # --- end optional ---
 

@@ -27,3 +27,15 @@ add_test(NAME train_sft_smoke COMMAND ${PROJECT_SOURCE_DIR}/tests/train_twin_tes
 set_tests_properties(train_sft_smoke PROPERTIES
   TIMEOUT 600 SKIP_RETURN_CODE 77
   ENVIRONMENT "PYTHON3=${PADDOCK_PYTHON3};PADDOCK_POLICY=$<TARGET_FILE:paddock-policy>;PYTHONDONTWRITEBYTECODE=1")
+# train_loop_smoke: examples/train/loop_check.py against a real paddockd and paddock-policy
+# (busybox tasks): the oracle rollout (scripted policy, a per-task script) is rewarded 1.0 on
+# every episode; sft.py on its export lowers the loss on the policy tokens; grpo.py runs one
+# step end to end (groups streamed, new weights written and loaded with `rollout
+# update-policy`: paddock-policy then reports version step-1). Skipped (77) without
+# python3-torch or root.
+if(TARGET paddockd AND TARGET paddock AND TARGET paddock-init)
+  add_test(NAME train_loop_smoke COMMAND ${PROJECT_SOURCE_DIR}/tests/train_twin_test.sh loop tiny)
+  set_tests_properties(train_loop_smoke PROPERTIES
+    TIMEOUT 600 SKIP_RETURN_CODE 77
+    ENVIRONMENT "PYTHON3=${PADDOCK_PYTHON3};PADDOCK_POLICY=$<TARGET_FILE:paddock-policy>;PADDOCK_BUILD=${CMAKE_BINARY_DIR};PYTHONDONTWRITEBYTECODE=1")
+endif()

@@ -10,11 +10,18 @@ image already holds or compute an answer; the container tasks prepare files with
 `setup` and check the result with a verifier that runs in the same sandbox.
 
 usage: make_tasks.py --episodes N --busybox IMAGE --python IMAGE [--out FILE]
-                     [--max-turns N] [--max-new-tokens N]
+                     [--max-turns N] [--max-new-tokens N] [--split demo|train|heldout --seed S]
+
+--split: `demo` (default) numbers the instances by their index, as `make demo`
+always did; `train` and `heldout` draw them with --seed from disjoint ranges,
+and the held-out instances also use other file and person names (log files,
+CSV rows), so a model trained on `train` tasks (examples/train/) is measured on
+instances it never saw. The task families and instructions are the same.
 """
 
 import argparse
 import json
+import random
 import sys
 
 SYSTEM = ("You are an agent in a Linux sandbox. Use the tools to look around and act; "
@@ -25,11 +32,43 @@ def answer_is(expected):
     return {"command": 'test "$PADDOCK_ANSWER" = "%s"' % expected, "reward": "exit_code", "timeout_s": 10}
 
 
-def busybox_function(i):
+# Instance parameters by split: `demo` by index; `train` / `heldout` drawn from
+# disjoint ranges (numbers) and pools (file and person names).
+TRAIN = {"x": (11, 69), "y": (3, 12), "sq": (5, 39), "fact": (10, 59), "limit": (5, 11), "lines": (2, 9),
+         "ab": (2, 20), "logs": ["a", "b", "c", "app", "web", "db", "sys", "net"],
+         "names": ["ada", "bob", "cy", "dan", "eve", "fay", "gus", "hal", "ivy", "jo"]}
+HELDOUT = {"x": (70, 99), "y": (3, 12), "sq": (40, 60), "fact": (60, 90), "limit": (12, 19), "lines": (10, 15),
+           "ab": (21, 30), "logs": ["x", "y", "z", "api", "cron", "mail", "auth", "disk"],
+           "names": ["kim", "lea", "max", "ned", "oto", "pia", "quinn", "rui", "sal", "tess"]}
+
+
+class Params:
+    """The numbers and names of instance i."""
+
+    def __init__(self, split, i, rng):
+        if split == "demo":
+            self.x, self.y, self.sq, self.fact = 11 + i, 7 + i % 5, 10 + i, 20 + i
+            self.limit = 5 + i % 7
+            self.lines = self.limit
+            self.a, self.b = 3 + i % 9, 4 + i % 5
+            self.logs, self.names = ["a", "b", "c"], ["ada", "bob", "cy"]
+            self.late = "b"
+            return
+        r = TRAIN if split == "train" else HELDOUT
+        pick = lambda k: rng.randint(*r[k])  # noqa: E731
+        self.x, self.y, self.sq, self.fact = pick("x"), pick("y"), pick("sq"), pick("fact")
+        self.limit, self.lines = pick("limit"), pick("lines")
+        self.a, self.b = pick("ab"), pick("ab")
+        self.logs = rng.sample(r["logs"], 3)
+        self.names = rng.sample(r["names"], 3)
+        self.late = rng.choice(self.logs)
+
+
+def busybox_function(i, q):
     kinds = [
-        ("What is %d*%d? Compute it with the shell (expr) and submit just the number." % (11 + i, 7 + i % 5),
-         ["bash", "submit"], answer_is((11 + i) * (7 + i % 5)),
-         {"answer_command": "expr %d \\* %d" % (11 + i, 7 + i % 5)}),
+        ("What is %d*%d? Compute it with the shell (expr) and submit just the number." % (q.x, q.y),
+         ["bash", "submit"], answer_is(q.x * q.y),
+         {"answer_command": "expr %d \\* %d" % (q.x, q.y)}),
         ("What login shell does root have in /etc/passwd? Submit the path.",
          ["bash", "read_file", "submit"], answer_is("/bin/sh"),
          {"answer_command": "grep ^root: /etc/passwd | cut -d: -f7"}),
@@ -41,20 +80,20 @@ def busybox_function(i):
     return kinds[i % len(kinds)]
 
 
-def python_function(i):
-    n = 10 + i
+def python_function(i, q):
+    n = q.sq
     kinds = [
         ("Use python3 to compute the sum of the squares of 1..%d and submit just the number." % n,
          ["bash", "submit"], answer_is(sum(k * k for k in range(1, n + 1))),
-         {"answer_command": "python3 -c 'print(sum(k * k for k in range(1, %d)))'" % (n + 1)}),
+         {"answer_command": "python3 -c 'print(sum(k * k for k in range(1, %d + 1)))'" % n}),
         ("Which Python version does python3 in this sandbox report (major.minor)? Submit it, e.g. 3.9.",
          ["bash", "submit"],
          {"command": 'test "$PADDOCK_ANSWER" = "$(python3 -c \'import sys;print(\"%d.%d\" % sys.version_info[:2])\')"',
           "reward": "exit_code"},
          {"answer_command": "python3 --version | cut -d' ' -f2 | cut -d. -f1,2"}),
-        ("Use python3 to compute %d factorial modulo 1000003 and submit just the number." % (20 + i),
-         ["bash", "submit"], answer_is(_fact_mod(20 + i, 1000003)),
-         {"answer_command": "python3 -c 'import math; print(math.factorial(%d) %% 1000003)'" % (20 + i)}),
+        ("Use python3 to compute %d factorial modulo 1000003 and submit just the number." % q.fact,
+         ["bash", "submit"], answer_is(_fact_mod(q.fact, 1000003)),
+         {"answer_command": "python3 -c 'import math; print(math.factorial(%d) %% 1000003)'" % q.fact}),
     ]
     return kinds[i % len(kinds)]
 
@@ -66,8 +105,8 @@ def _fact_mod(n, m):
     return r
 
 
-def busybox_container(i):
-    limit = 5 + i % 7
+def busybox_container(i, q):
+    limit = q.limit
     kinds = [
         # A bug to fix: count.sh should print 1..LIMIT but stops one short.
         ("/work/count.sh should print the numbers 1 to %d, one per line, but it is off by one. "
@@ -77,15 +116,15 @@ def busybox_container(i):
           "printf '[ \"$(sh /work/count.sh | wc -l)\" -eq %d ] && [ \"$(sh /work/count.sh | tail -n1)\" = %d ]\\n' "
           "> /work/test.sh" % (limit, limit)],
          {"command": "sh /work/test.sh", "reward": "exit_code", "timeout_s": 10},
-         {"commands": ["sed -i 's/-lt %d/-le %d/' /work/count.sh" % (limit, limit)], "answer": "done"}),
+         {"commands": ["sed -i 's/-lt/-le/' /work/count.sh"], "answer": "done"}),
         # Files to inspect.
         ("The directory /work/logs holds log files. How many lines contain ERROR, across all of them? "
          "Submit the number.",
          ["bash", "read_file", "submit"],
          ["mkdir -p /work/logs",
-          "for f in a b c; do : > /work/logs/$f.log; for n in $(seq %d); do echo \"$n INFO ok\" >> /work/logs/$f.log; "
-          "done; echo 'ERROR disk' >> /work/logs/$f.log; done" % limit,
-          "echo 'ERROR late' >> /work/logs/b.log"],
+          "for f in %s; do : > /work/logs/$f.log; for n in $(seq %d); do echo \"$n INFO ok\" >> /work/logs/$f.log; "
+          "done; echo 'ERROR disk' >> /work/logs/$f.log; done" % (" ".join(q.logs), q.lines),
+          "echo 'ERROR late' >> /work/logs/%s.log" % q.late],
          answer_is(4),
          {"answer_command": "cat /work/logs/*.log | grep -c ERROR"}),
     ]
@@ -93,8 +132,8 @@ def busybox_container(i):
     return text, tools, verifier, setup, solution
 
 
-def python_container(i):
-    a, b = 3 + i % 9, 4 + i % 5
+def python_container(i, q):
+    a, b = q.a, q.b
     kinds = [
         # A bug to fix so the test passes.
         ("/work/calc.py has a bug: add(a, b) should return a + b. Fix it so that "
@@ -111,7 +150,7 @@ def python_container(i):
         # Files to inspect, with python.
         ("/work/data.csv has columns name,score. What is the total of the score column? Submit just the number.",
          ["bash", "read_file", "submit"],
-         ["printf 'name,score\\nada,%d\\nbob,%d\\ncy,%d\\n' > /work/data.csv" % (a, b, a * b)],
+         ["printf 'name,score\\n%s,%%d\\n%s,%%d\\n%s,%%d\\n' > /work/data.csv" % tuple(q.names) % (a, b, a * b)],
          answer_is(a + b + a * b),
          {"answer_command": "python3 -c \"import csv; print(sum(int(r['score']) for r in "
                             "csv.DictReader(open('/work/data.csv'))))\""}),
@@ -126,25 +165,28 @@ def kind_of(instruction):
     return "-".join(words[:4])
 
 
-def make_tasks(episodes, busybox, python, max_turns, max_new_tokens):
+def make_tasks(episodes, busybox, python, max_turns, max_new_tokens, split="demo", seed=0):
     combos = [("busybox", "function"), ("busybox", "container"), ("python", "function"), ("python", "container")]
     if not python:  # no python3 image: the busybox tasks only
         combos = combos[:2]
     tasks = []
+    rng = random.Random("%s/%d" % (split, seed))
+    prefix = "" if split == "demo" else "%s%d-" % (split, seed)
     for n in range(episodes):
         image_kind, substrate = combos[n % len(combos)]
         i = n // len(combos)
+        q = Params(split, i, rng)
         setup = []
         if (image_kind, substrate) == ("busybox", "function"):
-            text, tools, verifier, solution = busybox_function(i)
+            text, tools, verifier, solution = busybox_function(i, q)
         elif (image_kind, substrate) == ("python", "function"):
-            text, tools, verifier, solution = python_function(i)
+            text, tools, verifier, solution = python_function(i, q)
         elif image_kind == "busybox":
-            text, tools, verifier, setup, solution = busybox_container(i)
+            text, tools, verifier, setup, solution = busybox_container(i, q)
         else:
-            text, tools, verifier, setup, solution = python_container(i)
+            text, tools, verifier, setup, solution = python_container(i, q)
         task = {
-            "id": "%s-%s-%03d" % (image_kind, substrate, n),
+            "id": "%s%s-%s-%03d" % (prefix, image_kind, substrate, n),
             "image": busybox if image_kind == "busybox" else python,
             "substrate": substrate,
             "system": SYSTEM,
@@ -181,13 +223,17 @@ def main(argv):
     p.add_argument("--out", default="-", help="output file (default: stdout)")
     p.add_argument("--max-turns", type=int, default=3, help="policy turns per episode, +1 on every other task (default 3)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per policy turn, +0..32 by task (default 48)")
+    p.add_argument("--split", choices=["demo", "train", "heldout"], default="demo",
+                   help="instance numbers: by index (demo, default) or drawn for training / held-out evaluation")
+    p.add_argument("--seed", type=int, default=0, help="with --split train|heldout: the draw (default 0)")
     a = p.parse_args(argv)
     if a.episodes < 1:
         p.error("--episodes must be at least 1")
     if a.max_turns < 1 or a.max_new_tokens < 1:
         p.error("--max-turns and --max-new-tokens must be at least 1")
     lines = "".join(json.dumps(t, sort_keys=True) + "\n"
-                    for t in make_tasks(a.episodes, a.busybox, a.python, a.max_turns, a.max_new_tokens))
+                    for t in make_tasks(a.episodes, a.busybox, a.python, a.max_turns, a.max_new_tokens,
+                                         a.split, a.seed))
     if a.out == "-":
         sys.stdout.write(lines)
     else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -49,14 +50,25 @@ def read_samples(paths, min_reward=None, max_len=2048):
     return out
 
 
-def nll(model, ids, mask):
-    """Mean -log p over the positions with loss_mask 1 (the first token has no context)."""
-    ids_t = torch.tensor(ids, dtype=torch.long)
-    at = torch.tensor(mask[1:], dtype=torch.bool).nonzero().flatten()  # predict ids[at + 1]
-    h = model.hidden(ids_t)[at]  # only the rows with a loss: the vocabulary is large
+def token_logprobs_at(model, ids, at):
+    """log p(ids[a + 1] | ids[:a + 1]) for each a in `at` (a LongTensor), differentiable.
+    Only those rows go through the output head: the vocabulary is large."""
+    dev = model.p("norm.weight").device
+    ids_t = torch.as_tensor(ids, dtype=torch.long, device=dev)
+    at = at.to(dev)
+    h = model.hidden(ids_t[: int(at.max()) + 1])[at]
     E = twin._Bf16Round.apply(model.p("embed.weight"))
-    lp = torch.log_softmax(h @ E.t(), dim=-1).gather(1, ids_t[at + 1][:, None]).squeeze(1)
-    return -lp.mean()
+    return torch.log_softmax(h @ E.t(), dim=-1).gather(1, ids_t[at + 1][:, None]).squeeze(1)
+
+
+def policy_positions(mask):
+    """Positions a whose next token ids[a + 1] has loss_mask 1 (the first token has no context)."""
+    return torch.tensor(mask[1:], dtype=torch.bool).nonzero().flatten()
+
+
+def nll(model, ids, mask):
+    """Mean -log p over the positions with loss_mask 1."""
+    return -token_logprobs_at(model, ids, policy_positions(mask)).mean()
 
 
 def main():
@@ -69,9 +81,17 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--min-reward", type=float)
     ap.add_argument("--max-len", type=int, default=2048)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: OpenMP threads on a busy 2-core machine cost more than they give)")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-embed", action="store_true",
+                    help="train the embedding (the tied output head) too; by default it stays as --init has it, "
+                         "so the trained weights differ from --init only in the 0.7M other parameters (tiny)")
+    ap.add_argument("--warmup", type=int, default=20, help="steps of linear learning-rate warm-up, then cosine decay")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu; cuda where there is one)")
+    ap.add_argument("--save-every", type=int, default=0, help="also save OUT-stepN.safetensors every N steps")
+    ap.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (0: none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -79,8 +99,13 @@ def main():
     data = read_samples(args.exports, args.min_reward, args.max_len)
     if not data:
         sys.exit("sft: no trainable samples with policy tokens in " + ", ".join(args.exports))
-    model = twin.Twin.load(args.init)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    model = twin.Twin.load(args.init).to(args.device)
+    if not args.train_embed:
+        model.p("embed.weight").requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    def lr_factor(s):  # linear warm-up, then cosine down to a tenth
+        return min(1.0, (s + 1) / max(1, args.warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     tokens = sum(sum(m) for _, m in data)
     print(f"sft: {len(data)} samples, {tokens} policy tokens; {model.config.name}", flush=True)
     t0 = time.time()
@@ -90,14 +115,21 @@ def main():
         opt.zero_grad()
         loss = sum(nll(model, ids, mask) for ids, mask in batch) / len(batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
+        sched.step()
         first = first if first is not None else loss.item()
         if step % args.log_every == 0 or step == 1 or step == args.steps:
             print(f"step {step}  loss {loss.item():.4f}  ({time.time() - t0:.0f} s)", flush=True)
-    model.save(args.out)
+        if args.save_every and step % args.save_every == 0 and step < args.steps:
+            model.save(args.out.replace(".safetensors", "") + f"-step{step}.safetensors")
+        if args.time_limit and time.time() - t0 > args.time_limit:
+            print(f"sft: time limit reached at step {step}", flush=True)
+            break
+    model.to("cpu").save(args.out)
     with torch.no_grad():
-        final = sum(nll(model, i, m).item() for i, m in data) / len(data)
+        probe = data[:: max(1, len(data) // 32)]
+        final = sum(nll(model, i, m).item() for i, m in probe) / len(probe)
     print(json.dumps({"samples": len(data), "first_loss": first, "final_mean_loss": final, "out": args.out}))
 
 

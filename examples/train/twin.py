@@ -228,7 +228,7 @@ class Twin(nn.Module):
         """Like the engine's SaveSafetensors: embed.weight as BF16, the rest F32, atomically."""
         out = {}
         for name in tensor_specs(self.config):
-            t = self.params[_key(name)].detach().to(torch.float32)
+            t = self.params[_key(name)].detach().cpu().to(torch.float32)
             out[name] = t.to(torch.bfloat16) if name == "embed.weight" else t
         safetensors_io.save(path, out, {"paddock.config": json.dumps(self.config.to_json()),
                                         "format": "pt"})
@@ -279,7 +279,7 @@ class Twin(nn.Module):
         tpos = pos[:, None]
         W = c.window
         win_ok = (pos[None, :] <= tpos) & (pos[None, :] > tpos - W) if W > 0 else \
-            torch.zeros(T, T, dtype=torch.bool)
+            torch.zeros(T, T, dtype=torch.bool, device=u.device)
         masks = [win_ok]
         if kind != "window":
             m = c.ratio_of(kind)
@@ -287,7 +287,7 @@ class Twin(nn.Module):
             if nb > 0:
                 gate = u @ self.p(pre + "compress.wgate").t()
                 blocks = self.pool(kv, gate, self.p(pre + "compress.pos_bias"), m)  # [nb, hd]
-                first = torch.arange(nb) * m
+                first = torch.arange(nb, device=u.device) * m
                 blocks = emu(self.rope(blocks, first))
                 done = (first + m - 1)[None, :] <= tpos  # [T, nb]: block complete by t
                 if kind == "csa":
@@ -355,7 +355,7 @@ class Twin(nn.Module):
         """tokens [T] (one sequence from position 0) -> final normed hidden states [T, d]."""
         c = self.config
         T = tokens.shape[0]
-        pos = torch.arange(T)
+        pos = torch.arange(T, device=tokens.device)
         E = _Bf16Round.apply(self.p("embed.weight"))
         x = E[tokens].to(self.dtype)
         for i, kind in enumerate(c.layers):

@@ -31,6 +31,26 @@ Result<std::unique_ptr<ScriptedPolicy>> ScriptedPolicy::Create(std::shared_ptr<c
       p->latency_min_ = std::chrono::milliseconds(l[0].get<uint64_t>());
       p->latency_max_ = std::chrono::milliseconds(l[1].get<uint64_t>());
     }
+    if (j.contains("by_prompt")) {
+      const auto& b = j["by_prompt"];
+      if (!b.is_array() || b.empty())
+        return Error(Code::kInvalidArgument, "policy script: by_prompt must be a non-empty array");
+      for (size_t i = 0; i < b.size(); ++i) {
+        const auto& e = b[i];
+        if (!e.is_object() || !e.contains("match") || !e["match"].is_string() || e["match"].get<std::string>().empty() ||
+            !e.contains("completions") || !e["completions"].is_array() || e["completions"].empty())
+          return Error(Code::kInvalidArgument,
+                       "policy script: by_prompt[{}] must be {{\"match\": TEXT, \"completions\": [...]}}", i);
+        ByPrompt bp{e["match"].get<std::string>(), {}};
+        for (const auto& c : e["completions"]) {
+          if (!c.is_string())
+            return Error(Code::kInvalidArgument, "policy script: by_prompt[{}] has a completion that is not a string", i);
+          bp.completions.push_back(c.get<std::string>());
+        }
+        p->by_prompt_.push_back(std::move(bp));
+      }
+      if (!j.contains("completions")) j["completions"] = nlohmann::json::array({""});
+    }
     nlohmann::json c = j.contains("completions") ? j["completions"] : nlohmann::json();
     j = std::move(c);
   }
@@ -69,7 +89,37 @@ Result<policy::GenerateResult> ScriptedPolicy::Generate(const policy::GenerateRe
                                  static_cast<int32_t>(assistant_id_));
   size_t turn = assistants == 0 ? 0 : assistants - 1;
   policy::GenerateResult r;
-  r.output_ids = Ids(turn);
+  if (!by_prompt_.empty()) {
+    std::vector<uint32_t> in(request.input_ids.begin(), request.input_ids.end());
+    std::string prompt = tokenizer_->Decode(in);
+    const ByPrompt* hit = nullptr;
+    for (const auto& e : by_prompt_)
+      if (prompt.find(e.match) != std::string::npos) {
+        hit = &e;
+        break;
+      }
+    if (!hit && script_.size() == 1 && script_[0].empty())
+      return Error(Code::kInvalidArgument, "scripted policy: no by_prompt entry matches the prompt");
+    if (hit) {
+      std::string text = hit->completions[std::min(turn, hit->completions.size() - 1)];
+      std::string last;
+      size_t open = prompt.rfind("<tool_result>");
+      if (open != std::string::npos) {
+        open += std::string_view("<tool_result>").size();
+        size_t end = prompt.find("</tool_result>", open);
+        last = prompt.substr(open, end == std::string::npos ? std::string::npos : end - open);
+        if (size_t nl = last.find('\n'); nl != std::string::npos) last.resize(nl);
+      }
+      for (size_t p; (p = text.find("{turn}")) != std::string::npos;) text.replace(p, 6, std::to_string(turn));
+      for (size_t p = 0; (p = text.find("{last_output}", p)) != std::string::npos; p += last.size())
+        text.replace(p, 13, last);
+      for (uint32_t id : tokenizer_->Encode(text)) r.output_ids.push_back(static_cast<int32_t>(id));
+    } else {
+      r.output_ids = Ids(turn);
+    }
+  } else {
+    r.output_ids = Ids(turn);
+  }
   if (r.output_ids.size() > static_cast<size_t>(request.sampling.max_new_tokens)) {
     r.output_ids.resize(request.sampling.max_new_tokens);
     r.finish_reason = policy::FinishReason::kLength;

@@ -13,6 +13,15 @@
 // fleet simulation (bench/fleet_sim_bench), where 100,000 episodes wait 1–10 s
 // per turn. One timer thread serves every delayed answer; a cancelled request
 // is answered (CANCELLED) at once.
+//
+// Per-task scripts (an "oracle" policy, e.g. for supervised training data,
+// examples/train/make_sft_data.py): the object's "by_prompt" is a list of
+// {"match": TEXT, "completions": [...]}; a request is answered from the first
+// entry whose TEXT occurs in the decoded prompt (e.g. the task's instruction),
+// else from the object's "completions" (which may then be left out: a prompt
+// that matches nothing is INVALID_ARGUMENT). In these completions
+// "{last_output}" is replaced by the first line of the last <tool_result> in
+// the prompt (a command's output, to be submitted).
 #pragma once
 
 #include <chrono>
@@ -46,6 +55,11 @@ class ScriptedPolicy final : public policy::PolicyBackend {
 
   std::shared_ptr<const v4::Tokenizer> tokenizer_;
   std::vector<std::string> script_;
+  struct ByPrompt {
+    std::string match;
+    std::vector<std::string> completions;
+  };
+  std::vector<ByPrompt> by_prompt_;
   uint32_t assistant_id_ = 0;
   std::mutex mu_;
   std::vector<std::vector<int32_t>> cache_;  // per turn, filled on first use
