@@ -1029,8 +1029,11 @@ std::vector<pid_t> StrayQemuProcesses(const std::string& state_dir) {
   for (const auto& e : fs::directory_iterator("/proc", ec)) {
     std::string name = e.path().filename();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(e.path() / "cmdline", std::ios::binary);
-    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // Not an ifstream: a process that exits while it is read fails the read
+    // with ESRCH, which libstdc++'s filebuf throws (and aborted a starting daemon).
+    auto read = ReadSmallFile((e.path() / "cmdline").string());
+    if (!read.ok()) continue;
+    const std::string& cmd = *read;
     if (cmd.find("qemu-system") == std::string::npos) continue;
     if (cmd.find(needle) == std::string::npos) continue;
     out.push_back(std::stoi(name));
