@@ -136,6 +136,18 @@ std::string PolicyFingerprint(const policy::GenerateRequest& r) {
   return replay::RequestFingerprint(canon);
 }
 
+// The exec of the task's setup command `i`: part of building a sandbox, run
+// on every build (first, rebuild or move), never keyed.
+ExecRequest SetupRequest(const Task& task, size_t i) {
+  ExecRequest req;
+  req.argv = {"/bin/sh", "-c", task.setup[i]};
+  req.cwd = task.workdir;
+  req.env = task.env;
+  req.timeout_ms = task.exec_timeout_s * 1000;
+  req.output_cap = task.output_cap_bytes;
+  return req;
+}
+
 }  // namespace
 
 // A 64-bit ELF executable without a PT_INTERP program header: it loads no
@@ -1227,13 +1239,7 @@ class RolloutEngine::Impl {
     // Setup commands: part of building the sandbox, run on every build (not keyed).
     auto t1 = Clock::now();
     for (size_t i = 0; i < task.setup.size(); ++i) {
-      ExecRequest req;
-      req.argv = {"/bin/sh", "-c", task.setup[i]};
-      req.cwd = task.workdir;
-      req.env = task.env;
-      req.timeout_ms = task.exec_timeout_s * 1000;
-      req.output_cap = task.output_cap_bytes;
-      auto res = ep->sandbox->Exec(req, nullptr);
+      auto res = ep->sandbox->Exec(SetupRequest(task, i), nullptr);
       if (!res.ok() && !ep->sandbox->Alive()) return Relocate(r, ep, res.status().message());
       if (!res.ok()) return Fail(r, ep, "error", fmt::format("setup[{}]: {}", i, res.status().message()), InfraReason::kSetupFailed);
       if (res->exit_code != 0 || res->signal || res->timed_out)
@@ -2186,13 +2192,7 @@ class RolloutEngine::Impl {
     rec.set_rebuild_note("moved: a new sandbox was built for the episode after its node was lost");
     if (Status st = log_.PutEpisode(rec); !st.ok()) return undo(st);
     for (size_t i = 0; i < task.setup.size(); ++i) {
-      ExecRequest req;
-      req.argv = {"/bin/sh", "-c", task.setup[i]};
-      req.cwd = task.workdir;
-      req.env = task.env;
-      req.timeout_ms = task.exec_timeout_s * 1000;
-      req.output_cap = task.output_cap_bytes;
-      auto res = sb->Exec(req, nullptr);
+      auto res = sb->Exec(SetupRequest(task, i), nullptr);
       if (!res.ok()) return undo(res.status().Prefix(fmt::format("setup[{}]", i)));
       if (res->exit_code != 0 || res->signal || res->timed_out)
         return undo(Error(Code::kFailedPrecondition, "setup[{}] failed (exit {})", i, res->exit_code));
