@@ -31,6 +31,21 @@ std::string Call(const std::string& tool, const std::string& k, const std::strin
          "\" string=\"true\">" + v + "</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls><｜end▁of▁sentence｜>";
 }
 
+// The rollout's progress once it stops running, or at `timeout`.
+v1::RolloutProgress WaitWhileRunning(rollout::RolloutEngine& engine, const std::string& rollout,
+                                     std::chrono::seconds timeout) {
+  v1::RolloutProgress p;
+  for (auto until = Clock::now() + timeout; Clock::now() < until;) {
+    auto got = engine.Progress(rollout);
+    EXPECT_TRUE(got.ok()) << got.status().ToString();
+    if (!got.ok()) break;
+    p = *got;
+    if (p.state() != "running") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return p;
+}
+
 struct SimFront {
   std::shared_ptr<SimFleet> sim = std::make_shared<SimFleet>(SimFleetOptions{.record_execs = true});
   std::unique_ptr<Fleet> fleet;
@@ -121,14 +136,7 @@ TEST(FleetSim, TwoNodesCrashMidRolloutEveryEpisodeFinishesNothingAcknowledgedRun
   for (auto* n : victims) n->Kill();
 
   // Every episode finishes (none fails for the loss), the crashed nodes are lost.
-  v1::RolloutProgress p;
-  for (auto until = Clock::now() + std::chrono::seconds(25); Clock::now() < until;) {
-    auto got = engine.Progress("sim");
-    ASSERT_TRUE(got.ok());
-    p = *got;
-    if (p.state() != "running") break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  v1::RolloutProgress p = WaitWhileRunning(engine, "sim", std::chrono::seconds(25));
   EXPECT_EQ(p.state(), "finished");
   EXPECT_EQ(p.done(), static_cast<uint32_t>(kEpisodes));
   EXPECT_EQ(p.failed(), 0u);
@@ -245,14 +253,7 @@ TEST(FleetSim, LostNodesEpisodesAreRebuiltElsewhereBeforeTheirNextCall) {
   EXPECT_EQ(engine.stats().live_tool_calls, calls_at_cut);
   RecordProperty("rebuilt_ms_after_lost", static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(t_moved - t_lost).count()));
 
-  v1::RolloutProgress p;
-  for (auto until = Clock::now() + std::chrono::seconds(30); Clock::now() < until;) {
-    auto got = engine.Progress("reloc");
-    ASSERT_TRUE(got.ok());
-    p = *got;
-    if (p.state() != "running") break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  v1::RolloutProgress p = WaitWhileRunning(engine, "reloc", std::chrono::seconds(30));
   EXPECT_EQ(p.state(), "finished");
   EXPECT_EQ(p.done(), static_cast<uint32_t>(kEpisodes));
   EXPECT_EQ(p.failed(), 0u);
