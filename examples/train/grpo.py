@@ -47,6 +47,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import torch
 
@@ -335,18 +337,27 @@ def main():
         return True
 
     def update_policy(path, version):
-        """Tells the running rollout to load the new weights; starts the next one if it has ended."""
-        for _ in range(2):
-            upd = subprocess.run([paddock, "--json", "rollout", "update-policy", state["id"], "--weights", path,
-                                  "--version", version], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            if upd.returncode == 0:
-                return json.loads(upd.stdout) if upd.stdout.strip().startswith("{") else {}
-            if "not running" not in upd.stderr:
-                sys.exit("grpo: update-policy failed: " + upd.stderr.strip())
-            if not start_rollout():
-                log("grpo: the last rollout has ended: %s not loaded by a rollout" % path)
-                return {"skipped": True}
-        sys.exit("grpo: update-policy failed twice")
+        """Tells the running rollout to load the new weights. A rollout that has already ended (small
+        chunks can finish while the trainer steps) cannot: the policy server then loads them directly,
+        so the next rollout starts on them and the server never serves a stale step."""
+        upd = subprocess.run([paddock, "--json", "rollout", "update-policy", state["id"], "--weights", path,
+                              "--version", version], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if upd.returncode == 0:
+            return json.loads(upd.stdout) if upd.stdout.strip().startswith("{") else {}
+        if "not running" not in upd.stderr:
+            sys.exit("grpo: update-policy failed: " + upd.stderr.strip())
+        body = json.dumps({"model_path": os.path.abspath(path), "weight_version": version}).encode()
+        req = urllib.request.Request(url + "/update_weights_from_disk", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=300) as resp:
+                reply = json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            sys.exit("grpo: %s/update_weights_from_disk refused %s: %s" % (url, path, e.read().decode(errors="replace")))
+        except (urllib.error.URLError, OSError) as e:
+            sys.exit("grpo: %s/update_weights_from_disk: %s" % (url, e))
+        log("grpo: rollout %s had ended; the policy server loaded %s directly" % (state["id"], version))
+        return {"direct": True, "paused_ms": reply.get("paused_ms")}
 
     start_rollout()
     rows = []
