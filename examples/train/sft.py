@@ -31,30 +31,33 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import twin  # noqa: E402
 
 
-def drop_repeated_turns(ids, mask):
-    """The context each policy turn really saw. An export's token_ids give each later
-    step's prompt as the delta from the previous step's prompt, so a policy turn
-    (loss_mask 1) is followed by the same tokens again as context (loss_mask 0) when
-    the next prompt repeats it (rollout_engine.cc: last_request_size counts the
-    prompt, not the output); the engine's next prompt holds the turn once. Drops
-    such repeats; an export without them is returned as it is."""
-    out_ids, out_mask, i, n = [], [], 0, len(ids)
+def kept_positions(ids, mask):
+    """The positions of the context each policy turn really saw. An export's token_ids
+    give each later step's prompt as the delta from the previous step's prompt, so a
+    policy turn (loss_mask 1) is followed by the same tokens again as context
+    (loss_mask 0) when the next prompt repeats it (rollout_engine.cc: last_request_size
+    counts the prompt, not the output); the engine's next prompt holds the turn once.
+    Leaves such repeats out; in an export without them every position is kept."""
+    keep, i, n = [], 0, len(ids)
     while i < n:
         if not mask[i]:
-            out_ids.append(ids[i])
-            out_mask.append(0)
+            keep.append(i)
             i += 1
             continue
         j = i
         while j < n and mask[j]:
             j += 1
-        out_ids += ids[i:j]
-        out_mask += mask[i:j]
+        keep += range(i, j)
         k = j + (j - i)
         if k <= n and ids[j:k] == ids[i:j] and not any(mask[j:k]):
             j = k  # the repeat
         i = j
-    return out_ids, out_mask
+    return keep
+
+
+def drop_repeated_turns(ids, mask):
+    keep = kept_positions(ids, mask)
+    return [ids[i] for i in keep], [mask[i] for i in keep]
 
 
 def read_samples(paths, min_reward=None, max_len=2048, as_exported=False):
