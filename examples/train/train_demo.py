@@ -75,6 +75,16 @@ def add_copy_tasks(path, n, images, turns, tokens, seed=3):
     return len(more)
 
 
+def same_embedding(path, st, wdir):
+    """Whether the weights at `path` keep the seeded (--seed 1) embedding, so that
+    weights_pack.py can ship them as a delta (e.g. SFT continued from the shipped weights)."""
+    import weights_pack
+    seeded = os.path.join(wdir, "seeded.safetensors")
+    if not os.path.exists(seeded):
+        st.save_seeded_weights(seeded, seed=1)
+    return weights_pack.read(path)[0][weights_pack.EMBED] == weights_pack.read(seeded)[0][weights_pack.EMBED]
+
+
 def evaluate(st, weights, tasks, rid, concurrency):
     t = time.time()
     st.start_policy(weights)
@@ -229,7 +239,7 @@ def main():
         if a.stop_after != "sft":
             final, rows, curve = run_grpo(a, st, summary, times, work, sft_out, grpo_tasks, heldout)
         shutil.copy(final, os.path.join(wdir, "demo.safetensors"))
-        if not a.init:
+        if not a.init or same_embedding(final, st, wdir):
             subprocess.run([sys.executable, os.path.join(HERE, "weights_pack.py"), "pack", final,
                             os.path.join(wdir, "demo-delta.safetensors"), "--seed", "1"], check=True)
         times["total_s"] = time.time() - started
