@@ -102,7 +102,8 @@ class Groups:
 
 def sample_terms(s, max_len):
     """(ids, positions of decision tokens, rollout logprobs there) of an export line, or None."""
-    ids, mask, lps = s["token_ids"][:max_len], s["loss_mask"][:max_len], s["logprobs"][:max_len]
+    keep = sft.kept_positions(s["token_ids"], s["loss_mask"])[:max_len]  # the context as the policy saw it
+    ids, mask, lps = ([s[k][i] for i in keep] for k in ("token_ids", "loss_mask", "logprobs"))
     at = [a for a in range(len(ids) - 1)
           if mask[a + 1] == 1 and lps[a + 1] is not None and lps[a + 1] != 0.0]
     if not at:

@@ -31,7 +31,36 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import twin  # noqa: E402
 
 
-def read_samples(paths, min_reward=None, max_len=2048):
+def kept_positions(ids, mask):
+    """The positions of the context each policy turn really saw. An export's token_ids
+    give each later step's prompt as the delta from the previous step's prompt, so a
+    policy turn (loss_mask 1) is followed by the same tokens again as context
+    (loss_mask 0) when the next prompt repeats it (rollout_engine.cc: last_request_size
+    counts the prompt, not the output); the engine's next prompt holds the turn once.
+    Leaves such repeats out; in an export without them every position is kept."""
+    keep, i, n = [], 0, len(ids)
+    while i < n:
+        if not mask[i]:
+            keep.append(i)
+            i += 1
+            continue
+        j = i
+        while j < n and mask[j]:
+            j += 1
+        keep += range(i, j)
+        k = j + (j - i)
+        if k <= n and ids[j:k] == ids[i:j] and not any(mask[j:k]):
+            j = k  # the repeat
+        i = j
+    return keep
+
+
+def drop_repeated_turns(ids, mask):
+    keep = kept_positions(ids, mask)
+    return [ids[i] for i in keep], [mask[i] for i in keep]
+
+
+def read_samples(paths, min_reward=None, max_len=2048, as_exported=False):
     out = []
     for path in paths:
         with open(path) as f:
@@ -46,6 +75,8 @@ def read_samples(paths, min_reward=None, max_len=2048):
                 ids, mask = s["token_ids"], s["loss_mask"]
                 if len(ids) != len(mask) or sum(mask[1:]) == 0:
                     continue
+                if not as_exported:
+                    ids, mask = drop_repeated_turns(ids, mask)
                 out.append((ids[:max_len], mask[:max_len]))
     return out
 
@@ -81,6 +112,8 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--min-reward", type=float)
     ap.add_argument("--max-len", type=int, default=2048)
+    ap.add_argument("--as-exported", action="store_true",
+                    help="train on token_ids as exported, repeated turns included (drop_repeated_turns)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: OpenMP threads on a busy 2-core machine cost more than they give)")
     ap.add_argument("--log-every", type=int, default=10)
@@ -91,24 +124,31 @@ def main():
     ap.add_argument("--warmup", type=int, default=20, help="steps of linear learning-rate warm-up, then cosine decay")
     ap.add_argument("--device", default="cpu", help="torch device (cpu; cuda where there is one)")
     ap.add_argument("--save-every", type=int, default=0, help="also save OUT-stepN.safetensors every N steps")
-    ap.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (0: none)")
+    ap.add_argument("--time-limit", type=float, default=0,
+                    help="stop after this many seconds (0: none); the cosine decay then follows whichever of "
+                         "steps and time is further along, so a run cut by time still ends at the low rate")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    data = read_samples(args.exports, args.min_reward, args.max_len)
+    data = read_samples(args.exports, args.min_reward, args.max_len, args.as_exported)
     if not data:
         sys.exit("sft: no trainable samples with policy tokens in " + ", ".join(args.exports))
     model = twin.Twin.load(args.init).to(args.device)
     if not args.train_embed:
         model.p("embed.weight").requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    t0 = time.time()
+
+    def progress(s):  # how far along: by steps, or by time when --time-limit comes first
+        by_time = (time.time() - t0) / args.time_limit if args.time_limit else 0.0
+        return min(1.0, max(s / args.steps, by_time))
+
     def lr_factor(s):  # linear warm-up, then cosine down to a tenth
-        return min(1.0, (s + 1) / max(1, args.warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+        return min(1.0, (s + 1) / max(1, args.warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress(s))))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     tokens = sum(sum(m) for _, m in data)
     print(f"sft: {len(data)} samples, {tokens} policy tokens; {model.config.name}", flush=True)
-    t0 = time.time()
     first = None
     for step in range(1, args.steps + 1):
         batch = [data[rng.randrange(len(data))] for _ in range(args.batch)]

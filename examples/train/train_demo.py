@@ -54,6 +54,37 @@ def make_tasks(path, n, split, seed, images, turns, tokens):
                     str(turns), "--max-new-tokens", str(tokens), "--out", path], check=True)
 
 
+# The families whose answer changes with the instance: the number is copied from
+# the instruction into the command (multiplication, sum of squares, factorial) or
+# from the command's output into the answer (those and the CSV total), plus the
+# ERROR count (a fixed command whose output is copied). --sft-copy-tasks adds
+# training instances of these only.
+COPY_KINDS = ("what-is-compute-it", "use-python-to-compute", "work-data-csv-has", "the-directory-work-logs")
+
+
+def add_copy_tasks(path, n, images, turns, tokens, seed=3):
+    """Appends to the tasks file at `path` n training instances (--split train --seed
+    `seed`) of the COPY_KINDS families."""
+    tmp = path + ".more"
+    make_tasks(tmp, 4 * n, "train", seed, images, turns, tokens)
+    with open(tmp) as f:
+        more = [l for l in f if l.strip() and json.loads(l)["metadata"]["kind"] in COPY_KINDS][:n]
+    os.remove(tmp)
+    with open(path, "a") as f:
+        f.writelines(more)
+    return len(more)
+
+
+def same_embedding(path, st, wdir):
+    """Whether the weights at `path` keep the seeded (--seed 1) embedding, so that
+    weights_pack.py can ship them as a delta (e.g. SFT continued from the shipped weights)."""
+    import weights_pack
+    seeded = os.path.join(wdir, "seeded.safetensors")
+    if not os.path.exists(seeded):
+        st.save_seeded_weights(seeded, seed=1)
+    return weights_pack.read(path)[0][weights_pack.EMBED] == weights_pack.read(seeded)[0][weights_pack.EMBED]
+
+
 def evaluate(st, weights, tasks, rid, concurrency):
     t = time.time()
     st.start_policy(weights)
@@ -64,6 +95,41 @@ def evaluate(st, weights, tasks, rid, concurrency):
                                                                             time.time() - t))
     note("  by family: " + ", ".join("%s %.2f" % (k, v) for k, v in by.items()))
     return {"mean": mean, "by_family": by, "episodes": len(lines), "infra": infra, "seconds": time.time() - t}
+
+
+def run_grpo(a, st, summary, times, work, sft_out, grpo_tasks, heldout):
+    """GRPO from sft_out; returns the final weights, the logged steps and the curve."""
+    say("GRPO: %d steps of %d groups x %d samples, on Paddock's streamed groups" %
+        (a.grpo_steps, a.groups_per_step, a.group))
+    t = time.time()
+    gdir = os.path.join(work, "grpo")
+    shutil.rmtree(gdir, ignore_errors=True)
+    os.makedirs(gdir)
+    base = summary.get("heldout_sft") or summary.get("heldout_init") or summary.get("heldout_untrained")
+    with open(os.path.join(gdir, "evals.json"), "w") as f:
+        json.dump({"0": base["mean"]}, f)
+    url = st.start_policy(sft_out)
+    subprocess.run([sys.executable, os.path.join(HERE, "grpo.py"), "--tasks", grpo_tasks, "--init", sft_out,
+                    "--work", gdir, "--paddock", st.paddock, "--policy-url", url, "--steps", str(a.grpo_steps),
+                    "--group", str(a.group), "--groups-per-step", str(a.groups_per_step),
+                    "--lr", str(a.grpo_lr), "--concurrency", str(a.concurrency), "--rollout-id", "grpo"],
+                   check=True)
+    st.stop_policy()
+    times["grpo_s"] = time.time() - t
+    final = os.path.join(gdir, "grpo.safetensors")
+    say("held-out reward after GRPO")
+    summary["heldout_grpo"] = evaluate(st, final, heldout, "eval-grpo", a.concurrency)
+
+    # The curve again, with the held-out point after GRPO.
+    sys.path.insert(0, HERE)
+    import grpo
+    rows = [json.loads(l) for l in open(os.path.join(gdir, "grpo.jsonl"))]
+    evals = {0: base["mean"], (rows[-1]["step"] if rows else 1): summary["heldout_grpo"]["mean"]}
+    with open(os.path.join(gdir, "evals.json"), "w") as f:
+        json.dump(evals, f)
+    curve = grpo.draw_curve(rows, evals, gdir)
+    summary["grpo_evals"] = evals
+    return final, rows, curve
 
 
 def main():
@@ -77,6 +143,14 @@ def main():
     ap.add_argument("--sft-lr", type=float, default=4e-3)
     ap.add_argument("--sft-time", type=float, default=1200,
                     help="stop SFT after this many seconds (default 1200: the demo's 30 minutes; 0: none)")
+    ap.add_argument("--sft-copy-tasks", type=int, default=0,
+                    help="extra training instances of the families whose answer is copied (COPY_KINDS)")
+    ap.add_argument("--sft-device", default="cpu", help="torch device for SFT (cuda where there is one)")
+    ap.add_argument("--stop-after", choices=["oracle", "sft"],
+                    help="oracle: stop once the SFT data is exported (to train elsewhere, e.g. on a GPU); "
+                         "sft: no GRPO, the SFT weights are the result")
+    ap.add_argument("--sft-weights", help="SFT weights trained elsewhere (sft.py on the oracle export): "
+                                          "evaluate them instead of training")
     ap.add_argument("--grpo-steps", type=int, default=4)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--groups-per-step", type=int, default=2)
@@ -115,11 +189,14 @@ def main():
         # the call (docs/paddock-policy.md); with 160 it closes every value at once.
         turns, tokens = 3, 512
         make_tasks(train, a.sft_tasks, "train", 1, images, turns, tokens)
+        if a.sft_copy_tasks:
+            note("+ %d training instances of the copying families" %
+                 add_copy_tasks(train, a.sft_copy_tasks, images, turns, tokens))
         make_tasks(heldout, a.eval_tasks, "heldout", 0, images, turns, tokens)
         make_tasks(grpo_tasks, max(4, a.grpo_steps * a.groups_per_step * 2), "train", 2, images, turns, tokens)
 
         t = time.time()
-        if not a.skip_sft:
+        if not a.skip_sft and not a.sft_weights:
             say("the oracle rollout: each training task answered with its own scripted solution (SFT data)")
             script = os.path.join(tdir, "oracle.json")
             with open(script, "w") as f:
@@ -130,19 +207,27 @@ def main():
             note("%d episodes, mean reward %.3f (%d infra); export %s" % (len(lines), mean, infra, export))
             summary["oracle_reward"] = mean
         times["oracle_s"] = time.time() - t
+        if a.stop_after == "oracle":
+            note("SFT data: %s" % export)
+            return
 
-        say("held-out reward before training")
-        summary["heldout_untrained" if not a.init else "heldout_init"] = evaluate(
-            st, init, heldout, "eval-init", a.concurrency)
+        if not a.sft_weights:
+            say("held-out reward before training")
+            summary["heldout_untrained" if not a.init else "heldout_init"] = evaluate(
+                st, init, heldout, "eval-init", a.concurrency)
 
         sft_out = init
-        if not a.skip_sft:
+        if a.sft_weights:
+            sft_out = os.path.abspath(a.sft_weights)
+            say("held-out reward of the given SFT weights (%s)" % sft_out)
+            summary["heldout_sft"] = evaluate(st, sft_out, heldout, "eval-sft", a.concurrency)
+        elif not a.skip_sft:
             say("SFT: %d steps of %d samples, loss on the policy tokens (loss_mask)" % (a.sft_steps, a.sft_batch))
             t = time.time()
             sft_out = os.path.join(wdir, "sft.safetensors")
             cmd = [sys.executable, os.path.join(HERE, "sft.py"), export, "--init", init, "--out", sft_out,
                    "--steps", str(a.sft_steps), "--batch", str(a.sft_batch), "--lr", str(a.sft_lr),
-                   "--min-reward", "1", "--log-every", "10", "--warmup", "10"]
+                   "--min-reward", "1", "--log-every", "10", "--warmup", "10", "--device", a.sft_device]
             if a.sft_time:
                 cmd += ["--time-limit", str(a.sft_time)]
             subprocess.run(cmd, check=True)
@@ -150,37 +235,11 @@ def main():
             say("held-out reward after SFT")
             summary["heldout_sft"] = evaluate(st, sft_out, heldout, "eval-sft", a.concurrency)
 
-        say("GRPO: %d steps of %d groups x %d samples, on Paddock's streamed groups" %
-            (a.grpo_steps, a.groups_per_step, a.group))
-        t = time.time()
-        gdir = os.path.join(work, "grpo")
-        shutil.rmtree(gdir, ignore_errors=True)
-        os.makedirs(gdir)
-        base = summary.get("heldout_sft") or summary.get("heldout_init") or summary.get("heldout_untrained")
-        with open(os.path.join(gdir, "evals.json"), "w") as f:
-            json.dump({"0": base["mean"]}, f)
-        url = st.start_policy(sft_out)
-        subprocess.run([sys.executable, os.path.join(HERE, "grpo.py"), "--tasks", grpo_tasks, "--init", sft_out,
-                        "--work", gdir, "--paddock", st.paddock, "--policy-url", url, "--steps", str(a.grpo_steps),
-                        "--group", str(a.group), "--groups-per-step", str(a.groups_per_step),
-                        "--lr", str(a.grpo_lr), "--concurrency", str(a.concurrency), "--rollout-id", "grpo"],
-                       check=True)
-        st.stop_policy()
-        times["grpo_s"] = time.time() - t
-        final = os.path.join(gdir, "grpo.safetensors")
-        say("held-out reward after GRPO")
-        summary["heldout_grpo"] = evaluate(st, final, heldout, "eval-grpo", a.concurrency)
-
-        # The curve again, with the held-out point after GRPO.
-        sys.path.insert(0, HERE)
-        import grpo
-        rows = [json.loads(l) for l in open(os.path.join(gdir, "grpo.jsonl"))]
-        evals = {0: base["mean"], (rows[-1]["step"] if rows else 1): summary["heldout_grpo"]["mean"]}
-        with open(os.path.join(gdir, "evals.json"), "w") as f:
-            json.dump(evals, f)
-        curve = grpo.draw_curve(rows, evals, gdir)
+        rows, curve, final = [], None, sft_out
+        if a.stop_after != "sft":
+            final, rows, curve = run_grpo(a, st, summary, times, work, sft_out, grpo_tasks, heldout)
         shutil.copy(final, os.path.join(wdir, "demo.safetensors"))
-        if not a.init:
+        if not a.init or same_embedding(final, st, wdir):
             subprocess.run([sys.executable, os.path.join(HERE, "weights_pack.py"), "pack", final,
                             os.path.join(wdir, "demo-delta.safetensors"), "--seed", "1"], check=True)
         times["total_s"] = time.time() - started
@@ -193,8 +252,10 @@ def main():
         for k in ("heldout_untrained", "heldout_init", "heldout_sft", "heldout_grpo"):
             if k in summary:
                 note("%-18s %.3f" % (k, summary[k]["mean"]))
-        note("reward curve: %s" % curve)
-        print(grpo.text_curve(rows, evals))
+        if rows:
+            note("reward curve: %s" % curve)
+            import grpo
+            print(grpo.text_curve(rows, summary["grpo_evals"]))
         note("weights: %s (scripts/demo.sh serves them)" % os.path.join(wdir, "demo.safetensors"))
         note("summary: %s" % os.path.join(work, "summary.json"))
     finally:
