@@ -51,6 +51,7 @@ json StepJson(const v1::StepRecordProto& s) {
       {"policy_request",
        {{"prompt_token_ids", std::vector<uint32_t>(rq.prompt_token_ids().begin(), rq.prompt_token_ids().end())},
         {"prompt_is_delta", rq.prompt_is_delta()},
+        {"delta_after_output", rq.delta_after_output()},
         {"prompt_text", rq.prompt_text()},
         {"model", rq.model()},
         {"temperature", rq.temperature()},

@@ -12,6 +12,7 @@
 
 #include "policy/v4/tokenizer/tokenizer.h"
 #include "replay/trajectory_log.h"
+#include "rollout/engine/engine_internal.h"
 #include "rollout/engine/rollout_engine.h"
 #include "rollout/engine/task.h"
 #include "rollout/engine/tools.h"
@@ -131,6 +132,22 @@ TEST_F(RolloutEngineTest, ConcurrentEpisodesComplete_EveryStepAndCallLogged) {
     auto steps = log_->ReadSteps(ep);
     ASSERT_TRUE(steps.ok());
     ASSERT_EQ(steps->size(), static_cast<size_t>(kTurns + 1)) << ep;
+    // Each step's prompt delta starts after the previous output (what the
+    // step appended: the observations), so the export holds each output once:
+    // its length is the deltas plus the outputs.
+    size_t logged = 0;
+    for (size_t i = 0; i < steps->size(); ++i) {
+      const auto& rq = (*steps)[i].policy_request();
+      EXPECT_TRUE(rq.delta_after_output()) << ep;
+      logged += rq.prompt_token_ids_size() + (*steps)[i].policy_response().token_ids_size();
+      if (i == 0) continue;
+      const auto& prev = (*steps)[i - 1].policy_response().token_ids();
+      ASSERT_GT(prev.size(), 0);
+      bool repeats = rq.prompt_token_ids_size() >= prev.size() &&
+                     std::equal(prev.begin(), prev.end(), rq.prompt_token_ids().begin());
+      EXPECT_FALSE(repeats) << ep << " step " << (*steps)[i].step() << "'s delta repeats the previous output";
+    }
+    EXPECT_EQ(l["token_ids"].size(), logged) << ep;
     for (const auto& s : *steps) {
       // The policy call and every tool call have a logged result under their keys.
       auto pc = log_->GetCall({ep, s.step(), 0});
@@ -141,6 +158,34 @@ TEST_F(RolloutEngineTest, ConcurrentEpisodesComplete_EveryStepAndCallLogged) {
       }
     }
     EXPECT_EQ(steps->back().stop_reason(), "submit");
+  }
+  // A log written before delta_after_output (each delta began with the
+  // previous output again) exports the same tokens: the repeat is dropped.
+  {
+    const std::string ep = lines[0]["episode_id"];
+    auto steps = log_->ReadSteps(ep);
+    ASSERT_TRUE(steps.ok());
+    const std::string old_ep = ep + "-old-format";
+    for (size_t i = 0; i < steps->size(); ++i) {
+      v1::StepRecordProto old = (*steps)[i];
+      old.set_episode_id(old_ep);
+      auto* rq = old.mutable_policy_request();
+      rq->set_delta_after_output(false);
+      if (i > 0) {
+        const auto& prev = (*steps)[i - 1].policy_response().token_ids();
+        google::protobuf::RepeatedField<uint32_t> ids(prev.begin(), prev.end());
+        ids.Add(rq->prompt_token_ids().begin(), rq->prompt_token_ids().end());
+        *rq->mutable_prompt_token_ids() = ids;
+      }
+      ASSERT_TRUE(log_->AppendStep(old).ok());
+    }
+    v1::EpisodeSummary summary;
+    summary.set_episode_id(old_ep);
+    auto line = rollout::ExportEpisodeLine(*log_, nullptr, v1::StartRolloutRequest(), nullptr, summary);
+    ASSERT_TRUE(line.ok()) << line.status().message();
+    auto j = nlohmann::json::parse(*line);
+    EXPECT_EQ(j["token_ids"], lines[0]["token_ids"]);
+    EXPECT_EQ(j["loss_mask"], lines[0]["loss_mask"]);
   }
   auto st = engine_->stats();
   EXPECT_EQ(st.live_tool_calls, static_cast<uint64_t>(kTasks * (kTurns + 1)));

@@ -32,12 +32,12 @@ import twin  # noqa: E402
 
 
 def kept_positions(ids, mask):
-    """The positions of the context each policy turn really saw. An export's token_ids
-    give each later step's prompt as the delta from the previous step's prompt, so a
-    policy turn (loss_mask 1) is followed by the same tokens again as context
-    (loss_mask 0) when the next prompt repeats it (rollout_engine.cc: last_request_size
-    counts the prompt, not the output); the engine's next prompt holds the turn once.
-    Leaves such repeats out; in an export without them every position is kept."""
+    """The positions of the context each policy turn really saw. Export files written by
+    a paddockd before trajectory.proto's delta_after_output gave each later step's
+    prompt as the delta from the previous step's prompt, so a policy turn (loss_mask 1)
+    is followed by the same tokens again as context (loss_mask 0); the engine's next
+    prompt holds the turn once. Leaves such repeats out; in an export without them
+    (any export of a newer daemon) every position is kept."""
     keep, i, n = [], 0, len(ids)
     while i < n:
         if not mask[i]:

@@ -36,6 +36,7 @@ Result<std::string> ExportEpisodeLine(replay::TrajectoryLog& log, const v4::Toke
   }
   json ids = json::array(), mask = json::array(), logprobs = json::array();
   json step_rows = json::array();
+  const v1::PolicyResponseProto* previous = nullptr;
   for (const auto& st : *steps) {
     const auto& tm = st.timings();
     step_rows.push_back({{"step", st.step()},
@@ -47,12 +48,21 @@ Result<std::string> ExportEpisodeLine(replay::TrajectoryLog& log, const v4::Toke
                            {"policy", tm.policy_us()},
                            {"tools", tm.tools_us()},
                            {"total", tm.total_us()}}}});
-    for (uint32_t id : st.policy_request().prompt_token_ids()) {
-      ids.push_back(id);
+    // A log written before delta_after_output repeated the previous output at
+    // the start of each delta: the policy saw it once, so it is exported once.
+    const auto& rq = st.policy_request();
+    int skip = 0;
+    if (rq.prompt_is_delta() && !rq.delta_after_output() && previous && previous->token_ids_size() > 0 &&
+        rq.prompt_token_ids_size() >= previous->token_ids_size() &&
+        std::equal(previous->token_ids().begin(), previous->token_ids().end(), rq.prompt_token_ids().begin()))
+      skip = previous->token_ids_size();
+    for (int i = skip; i < rq.prompt_token_ids_size(); ++i) {
+      ids.push_back(rq.prompt_token_ids(i));
       mask.push_back(0);
       logprobs.push_back(nullptr);
     }
     const auto& resp = st.policy_response();
+    previous = &resp;
     for (int i = 0; i < resp.token_ids_size(); ++i) {
       ids.push_back(resp.token_ids(i));
       mask.push_back(1);

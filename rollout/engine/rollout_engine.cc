@@ -1545,6 +1545,7 @@ class RolloutEngine::Impl {
     size_t from = ep->step == 1 ? 0 : ep->last_request_size;
     for (size_t i = from; i < req.input_ids.size(); ++i) preq->add_prompt_token_ids(req.input_ids[i]);
     preq->set_prompt_is_delta(ep->step > 1);
+    preq->set_delta_after_output(true);
     preq->set_model(r->req.policy().model());
     if (req.sampling.temperature) preq->set_temperature(*req.sampling.temperature);
     if (req.sampling.top_p) preq->set_top_p(*req.sampling.top_p);
@@ -1573,7 +1574,9 @@ class RolloutEngine::Impl {
       message["role"] = "assistant";
       message["content"] = text;
     }
-    ep->last_request_size = req.input_ids.size();
+    // The next step's delta starts after this output: the context is append-only,
+    // so its prompt is this one, this output, then what the step appends.
+    ep->last_request_size = req.input_ids.size() + ids.size();
     if (Status st = ep->ctx->AppendPolicyOutput(ids, message); !st.ok())
       return Fail(r, ep, "error", "appending the policy output: " + st.message(), InfraReason::kEngine);
 
