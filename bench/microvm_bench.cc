@@ -12,6 +12,9 @@
 //   memory    --clones clones and as many cold VMs idle at once: each QEMU's
 //             Rss, Pss and private (Private_Clean + Private_Dirty, what one
 //             more VM adds) from /proc/PID/smaps_rollup
+//   pause     a 256 MiB guest running a process paused (memory to disk,
+//             QEMU gone) and resumed until it answers; beside cold
+//   fork      a running VM forked into --forks copies until all answer
 //
 // Every cold row runs with templates off; the clone rows with templates on.
 // Medians of --runs. Run by hand (root; QEMU, the guest kernel, erofs-utils,
@@ -192,7 +195,7 @@ bool ExecOk(Sandbox& sb) {
 int main(int argc, char** argv) {
   CLI::App app{"microvm_bench: the microvm substrate vs QEMU booting the same kernel (bench/README.md)"};
   std::string accel = "kvm";
-  int runs = 5, execs = 200, vms = 50, clones = 8;
+  int runs = 5, execs = 200, vms = 50, clones = 8, forks = 8;
   std::string state = "/var/tmp/paddock-microvm-bench";
   bool allow_tcg = false;
   app.add_option("--accel", accel, "kvm or tcg")->capture_default_str();
@@ -202,6 +205,7 @@ int main(int argc, char** argv) {
   app.add_option("--execs", execs, "execs for the round-trip median")->capture_default_str();
   app.add_option("--vms", vms, "VMs alive at once for the density row")->capture_default_str();
   app.add_option("--clones", clones, "clones (and cold VMs) idle at once for the memory rows")->capture_default_str();
+  app.add_option("--forks", forks, "copies made by the fork row")->capture_default_str();
   app.add_option("--state-dir", state, "state dir (removed first)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -315,6 +319,58 @@ int main(int argc, char** argv) {
   uint64_t clones_made = counters ? counters->clones.load() : 0, clone_cold = counters ? counters->cold_boots.load() : 0;
   idle.clear();
 
+  // Pause -> resume of a 256 MiB guest (a 64 MiB sandbox + the guest's 192 MiB)
+  // running a process, until it answers again; fork of a running VM into
+  // --forks copies, until every copy answers. Both from template clones.
+  std::vector<double> pause_ms, resume_ms, roundtrip_ms, fork_ms;
+  uint64_t paused_bytes = 0;
+  {
+    SandboxSpec small = spec;
+    small.limits.memory_bytes = 64ull << 20;
+    for (int i = 0; i < runs; ++i) {
+      auto sb = tpl_sub->Create(fmt::format("pause{}", i), small);
+      if (!sb.ok() || !ExecOk(**sb)) {
+        std::fprintf(stderr, "pause: create failed\n");
+        return 1;
+      }
+      ExecRequest bg;
+      bg.shell = "(while true; do date > /tmp/now; sleep 0.1; done) >/dev/null 2>&1 &";
+      if (!(*sb)->Exec(bg, nullptr).ok()) return 1;
+      auto t0 = Clock::now();
+      auto p = (*sb)->Pause("bench");
+      auto t1 = Clock::now();
+      if (!p.ok()) {
+        std::fprintf(stderr, "pause failed: %s\n", p.status().ToString().c_str());
+        return 1;
+      }
+      paused_bytes = p->state_bytes;
+      Status r = (*sb)->Resume();
+      if (!r.ok() || !ExecOk(**sb)) {
+        std::fprintf(stderr, "resume failed: %s\n", r.ToString().c_str());
+        return 1;
+      }
+      auto t2 = Clock::now();
+      pause_ms.push_back(Ms(t1 - t0));
+      resume_ms.push_back(Ms(t2 - t1));
+      roundtrip_ms.push_back(Ms(t2 - t0));
+    }
+    for (int i = 0; i < runs; ++i) {
+      auto parent = tpl_sub->Create(fmt::format("fp{}", i), spec);
+      if (!parent.ok() || !ExecOk(**parent)) return 1;
+      std::vector<std::string> ids;
+      for (int k = 0; k < forks; ++k) ids.push_back(fmt::format("f{}x{}", i, k));
+      auto t0 = Clock::now();
+      auto copies = (*parent)->Fork(ids);
+      if (!copies.ok()) {
+        std::fprintf(stderr, "fork failed: %s\n", copies.status().ToString().c_str());
+        return 1;
+      }
+      for (auto& c : *copies)
+        if (!ExecOk(*c)) return 1;
+      fork_ms.push_back(Ms(Clock::now() - t0));
+    }
+  }
+
   // Density: --vms VMs alive at once, each answering.
   std::vector<std::unique_ptr<Sandbox>> alive;
   auto d0 = Clock::now();
@@ -357,6 +413,12 @@ int main(int argc, char** argv) {
   std::printf("| memory added per idle clone (private) vs a cold VM's (private) | %.3f (target <= 0.25); Pss ratio %.3f |\n",
               clone_mem.priv / cold_mem.priv, clone_mem.pss / cold_mem.pss);
   std::printf("| template RAM (memfd, resident, once per template) | %.1f MiB |\n", template_ram);
+  double rt = Median(roundtrip_ms), fk = Median(fork_ms);
+  std::printf("| pause (256 MiB guest, %.1f MiB saved) | %.0f ms |\n", paused_bytes / 1048576.0, Median(pause_ms));
+  std::printf("| resume -> first exec | %.0f ms |\n", Median(resume_ms));
+  std::printf("| pause -> resume round trip | %.0f ms | %.3f of cold (target <= 0.2) |\n", rt, rt / c);
+  std::printf("| fork of a running VM into %d, until all answer | %.0f ms | %.3f of cold (target <= 0.5) |\n", forks, fk,
+              fk / c);
   tpl_sub->Shutdown();
   alive.clear();
   warmup_sub->Shutdown();

@@ -70,6 +70,12 @@ struct SnapshotResult {
   uint64_t layer_bytes = 0;  // its uncompressed tar size
 };
 
+// What a pause with memory saved (Sandbox::Pause).
+struct PauseResult {
+  uint64_t state_bytes = 0;  // the saved memory and device state, on disk
+  std::string path;          // where it lies (under the daemon's state dir)
+};
+
 // Who asks for an image, which bounds what naming it may reach.
 struct ImageAccess {
   bool host_dir_ok = false;   // may name a host directory (SandboxSpec::host_dir_image_ok)

@@ -2,6 +2,7 @@
 
 #include <sys/random.h>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 namespace paddock {
@@ -38,11 +39,69 @@ class TimedSandbox final : public Sandbox {
   void WatchGone(std::function<void()> on_gone) override { inner_->WatchGone(std::move(on_gone)); }
   Status Destroy() override { return inner_->Destroy(); }
   Result<SnapshotResult> Snapshot(const std::string& name) override { return inner_->Snapshot(name); }
+  Result<PauseResult> Pause(const std::string& record) override { return inner_->Pause(record); }
+  Status Resume() override { return inner_->Resume(); }
+  bool Paused() const override { return inner_->Paused(); }
+  Result<std::vector<std::unique_ptr<Sandbox>>> Fork(const std::vector<std::string>& ids) override {
+    return inner_->Fork(ids);
+  }
+  Status Release() override { return inner_->Release(); }
 
  private:
   std::unique_ptr<Sandbox> inner_;
   LatencyHistogram* execs_;
 };
+
+// What a paused sandbox's substrate keeps for the next daemon: its
+// SandboxInfo (the spec, when it was made and when it expires).
+std::string EncodeRecord(const SandboxInfo& info) {
+  const SandboxSpec& s = info.spec;
+  nlohmann::json j = {
+      {"id", info.id},
+      {"substrate", s.substrate},
+      {"image", s.image},
+      {"limits", {{"cpu_millicores", s.limits.cpu_millicores}, {"memory_bytes", s.limits.memory_bytes},
+                  {"pids", s.limits.pids}, {"disk_bytes", s.limits.disk_bytes}}},
+      {"env", s.env},
+      {"workdir", s.workdir},
+      {"ttl_seconds", s.ttl_seconds},
+      {"labels", s.labels},
+      {"host_dir_image_ok", s.host_dir_image_ok},
+      {"local_client", s.local_client},
+      {"network_allow", s.network_allow},
+      {"created_unix_ms", info.created_unix_ms},
+      {"expires_unix_ms", info.expires_unix_ms},
+  };
+  return j.dump();
+}
+
+Result<SandboxInfo> DecodeRecord(const std::string& text) {
+  try {
+    auto j = nlohmann::json::parse(text);
+    SandboxInfo info;
+    info.id = j.at("id").get<std::string>();
+    SandboxSpec& s = info.spec;
+    s.substrate = j.at("substrate").get<std::string>();
+    s.image = j.at("image").get<std::string>();
+    const auto& l = j.at("limits");
+    s.limits.cpu_millicores = l.at("cpu_millicores").get<uint32_t>();
+    s.limits.memory_bytes = l.at("memory_bytes").get<uint64_t>();
+    s.limits.pids = l.at("pids").get<uint32_t>();
+    s.limits.disk_bytes = l.at("disk_bytes").get<uint64_t>();
+    s.env = j.at("env").get<std::map<std::string, std::string>>();
+    s.workdir = j.at("workdir").get<std::string>();
+    s.ttl_seconds = j.at("ttl_seconds").get<uint32_t>();
+    s.labels = j.at("labels").get<std::map<std::string, std::string>>();
+    s.host_dir_image_ok = j.at("host_dir_image_ok").get<bool>();
+    s.local_client = j.at("local_client").get<bool>();
+    s.network_allow = j.at("network_allow").get<std::vector<std::string>>();
+    info.created_unix_ms = j.at("created_unix_ms").get<int64_t>();
+    info.expires_unix_ms = j.at("expires_unix_ms").get<int64_t>();
+    return info;
+  } catch (const std::exception& e) {
+    return Error(Code::kInternal, "a paused sandbox's record is unreadable: {}", e.what());
+  }
+}
 
 }  // namespace
 
@@ -158,8 +217,111 @@ Result<SandboxInfo> SandboxManager::Create(const SandboxSpec& spec_in) {
 
 SandboxInfo SandboxManager::Snapshot(const Entry& e) const {
   SandboxInfo info = e.info;
-  info.state = e.sandbox->Alive() ? "running" : "failed";
+  info.state = e.sandbox->Paused() ? "paused" : e.sandbox->Alive() ? "running" : "failed";
   return info;
+}
+
+Result<PauseResult> SandboxManager::Pause(const std::string& id) {
+  std::shared_ptr<Sandbox> sb;
+  SandboxInfo info;
+  {
+    std::lock_guard lock(mu_);
+    auto it = sandboxes_.find(id);
+    if (it == sandboxes_.end())
+      return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes", id);
+    sb = it->second.sandbox;
+    info = it->second.info;
+  }
+  return sb->Pause(EncodeRecord(info));
+}
+
+Status SandboxManager::Resume(const std::string& id) {
+  PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<Sandbox> sb, Get(id));
+  return sb->Resume();
+}
+
+Result<std::vector<SandboxInfo>> SandboxManager::Fork(const std::string& id, uint32_t count) {
+  if (count == 0 || count > kMaxForks)
+    return Error(Code::kInvalidArgument, "a fork makes 1 to {} copies, not {}", kMaxForks, count);
+  if (draining_.load())
+    return Error(Code::kUnavailable, "this paddockd is draining (it was told to stop): it takes no new sandboxes");
+  std::shared_ptr<Sandbox> parent;
+  SandboxSpec spec;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return Error(Code::kUnavailable, "daemon is shutting down");
+    auto it = sandboxes_.find(id);
+    if (it == sandboxes_.end())
+      return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes", id);
+    if (sandboxes_.size() + reserved_ + count > options_.max_sandboxes)
+      return Error(Code::kResourceExhausted,
+                   "a fork into {} would pass the sandbox cap ({} live, cap {}); destroy sandboxes or raise "
+                   "paddockd --max-sandboxes",
+                   count, sandboxes_.size(), options_.max_sandboxes);
+    reserved_ += count;
+    parent = it->second.sandbox;
+    spec = it->second.info.spec;
+  }
+  std::vector<std::string> ids;
+  for (uint32_t i = 0; i < count; ++i) ids.push_back(NewSandboxId());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto forks = parent->Fork(ids);
+  std::lock_guard lock(mu_);
+  reserved_ -= count;
+  if (!forks.ok()) {
+    create_failures_.fetch_add(1);
+    return forks.status();
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<SandboxInfo> out;
+  for (auto& child : *forks) {
+    Entry e;
+    e.info.id = child->id();
+    e.info.spec = spec;
+    e.info.spec.labels["paddock.forked-from"] = id;
+    e.info.created_unix_ms = NowMs();
+    e.info.expires_unix_ms = e.info.created_unix_ms + int64_t{spec.ttl_seconds} * 1000;
+    e.sandbox = std::make_shared<TimedSandbox>(std::move(child), &exec_latency_);
+    creates_total_.fetch_add(1);
+    create_latency_.Observe(seconds);
+    out.push_back(Snapshot(e));
+    if (e.info.expires_unix_ms < next_expiry_ms_) {
+      next_expiry_ms_ = e.info.expires_unix_ms;
+      expiry_cv_.notify_all();
+    }
+    std::string key = e.info.id;
+    sandboxes_.emplace(std::move(key), std::move(e));
+  }
+  return out;
+}
+
+size_t SandboxManager::RecoverPaused() {
+  size_t n = 0;
+  for (auto& [name, substrate] : substrates_) {
+    for (auto& r : substrate->Recover()) {
+      auto info = DecodeRecord(r.record);
+      if (!info.ok() || info->id != r.sandbox->id()) {
+        spdlog::warn("paused sandbox {}: {}; destroying it", r.sandbox->id(),
+                     info.ok() ? "its record names another sandbox" : info.status().ToString());
+        Status ignored = r.sandbox->Destroy();
+        (void)ignored;
+        continue;
+      }
+      std::lock_guard lock(mu_);
+      Entry e;
+      e.info = std::move(info).value();
+      e.sandbox = std::make_shared<TimedSandbox>(std::move(r.sandbox), &exec_latency_);
+      if (e.info.expires_unix_ms < next_expiry_ms_) {
+        next_expiry_ms_ = e.info.expires_unix_ms;
+        expiry_cv_.notify_all();
+      }
+      std::string key = e.info.id;
+      sandboxes_.emplace(std::move(key), std::move(e));
+      ++n;
+    }
+  }
+  if (n) spdlog::info("recovered {} paused sandboxes", n);
+  return n;
 }
 
 Result<std::shared_ptr<Sandbox>> SandboxManager::Get(const std::string& id) {
@@ -247,11 +409,15 @@ void SandboxManager::Shutdown() {
   }
   expiry_cv_.notify_all();
   if (expiry_thread_.joinable()) expiry_thread_.join();
+  size_t kept = 0;
   for (auto& [id, e] : victims) {
-    Status st = e.sandbox->Destroy();
-    if (!st.ok()) spdlog::warn("destroying sandbox {} at shutdown: {}", id, st.ToString());
+    // A paused sandbox's saved state stays for the next daemon (RecoverPaused).
+    if (e.sandbox->Paused()) ++kept;
+    Status st = e.sandbox->Release();
+    if (!st.ok()) spdlog::warn("releasing sandbox {} at shutdown: {}", id, st.ToString());
   }
-  if (!victims.empty()) spdlog::info("destroyed {} sandboxes at shutdown", victims.size());
+  if (!victims.empty())
+    spdlog::info("destroyed {} sandboxes at shutdown; kept {} paused ones", victims.size() - kept, kept);
   for (auto& [_, s] : substrates_) s->Shutdown();
 }
 

@@ -29,7 +29,7 @@ struct SandboxInfo {
   SandboxSpec spec;
   int64_t created_unix_ms = 0;
   int64_t expires_unix_ms = 0;
-  std::string state;  // "running" | "failed"
+  std::string state;  // "running" | "failed" | "paused"
 };
 
 class SandboxManager {
@@ -50,6 +50,18 @@ class SandboxManager {
   Result<std::shared_ptr<Sandbox>> Get(const std::string& id);
   Result<SandboxInfo> Info(const std::string& id);
   Status Destroy(const std::string& id);
+  // Pause with memory and resume (Sandbox::Pause/Resume; microVMs): a paused
+  // sandbox keeps its id, time to live and spec, releases its host memory
+  // and survives a daemon restart (RecoverPaused).
+  Result<PauseResult> Pause(const std::string& id);
+  Status Resume(const std::string& id);
+  // `count` (1..kMaxForks) running copies of a sandbox, each a new sandbox
+  // with the parent's spec and a time to live of its own.
+  static constexpr uint32_t kMaxForks = 64;
+  Result<std::vector<SandboxInfo>> Fork(const std::string& id, uint32_t count);
+  // Takes in the paused sandboxes an earlier daemon of this state dir left
+  // (Substrate::Recover); call after registering the substrates. Returns how many.
+  size_t RecoverPaused();
   std::vector<SandboxInfo> List();
   uint32_t live() const;
   uint32_t max_sandboxes() const { return options_.max_sandboxes; }

@@ -53,9 +53,11 @@ ReapReport ReapLeftovers(const SubstrateEnv& env) {
   }
   // 3. Directories of sandboxes, zygotes and views.
   // microvm/templates: each template's saved device state, whose RAM half (a
-  // sealed memfd) lived only as long as the daemon that made it.
+  // sealed memfd) lived only as long as the daemon that made it;
+  // microvm/forks: the saved state of a fork in progress. (microvm/paused is
+  // kept: paused VMs outlive their daemon.)
   for (const char* sub : {"containers", "functions", "views/container", "views/function", "vms",
-                          "microvm/templates"}) {
+                          "microvm/templates", "microvm/forks"}) {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(state + "/" + sub, ec)) {
       Status st = RemoveTree(e.path().string());

@@ -64,6 +64,35 @@ class Sandbox {
     (void)name;
     return Error(Code::kUnimplemented, "this substrate cannot snapshot sandboxes");
   }
+
+  // Pause with memory (microVMs): the sandbox's whole state (memory,
+  // processes, files) is saved under the daemon's state dir with `record`
+  // (the manager's description of it, returned by Substrate::Recover) and its
+  // host resources are released; Resume brings it back as it was. A paused
+  // sandbox survives a daemon restart. Calls on it fail (FAILED_PRECONDITION)
+  // until it is resumed.
+  virtual Result<PauseResult> Pause(const std::string& record) {
+    (void)record;
+    return Error(Code::kUnimplemented, "only microVM sandboxes can be paused with their memory");
+  }
+  virtual Status Resume() { return Error(Code::kUnimplemented, "only microVM sandboxes can be resumed"); }
+  virtual bool Paused() const { return false; }
+  // `ids.size()` independent running copies of this sandbox (memory,
+  // processes and files as they are now), named `ids`; this one runs on.
+  virtual Result<std::vector<std::unique_ptr<Sandbox>>> Fork(const std::vector<std::string>& ids) {
+    (void)ids;
+    return Error(Code::kUnimplemented, "only microVM sandboxes can be forked while running");
+  }
+  // The daemon stops: releases the sandbox's host resources. A paused
+  // sandbox keeps its saved state for the next daemon; others are destroyed.
+  virtual Status Release() { return Destroy(); }
+};
+
+// A paused sandbox found by a starting daemon: the sandbox (paused) and the
+// record its manager gave Pause.
+struct RecoveredSandbox {
+  std::unique_ptr<Sandbox> sandbox;
+  std::string record;
 };
 
 // Where a substrate keeps its state and finds its helpers.
@@ -92,6 +121,8 @@ class Substrate {
                                                   const SandboxSpec& spec) = 0;
   // Stops shared helpers (zygotes); called once at daemon shutdown.
   virtual void Shutdown() {}
+  // The paused sandboxes a previous daemon of this state dir left (Sandbox::Pause).
+  virtual std::vector<RecoveredSandbox> Recover() { return {}; }
 };
 
 }  // namespace paddock

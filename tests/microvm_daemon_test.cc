@@ -12,6 +12,7 @@
 #include <thread>
 
 #include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
 #include <gtest/gtest.h>
 
 #include "paddock/client.h"
@@ -255,6 +256,64 @@ TEST(MicrovmDaemon, AWarmVmServesASandboxWithAnAllowList) {
   auto plain = c->Exec(first->id, r);
   ASSERT_TRUE(plain.ok()) << plain.status().message();
   EXPECT_THAT(plain->stdout_data, Not(HasSubstr("rc=0")));
+}
+
+// `paddock sandbox pause|resume|fork` through a real daemon: a paused VM is
+// listed as paused, survives the daemon's restart (its QEMU gone meanwhile)
+// and resumes with its files; a fork gives running copies.
+TEST(MicrovmDaemon, CliPausesAVmAcrossADaemonRestartResumesAndForksIt) {
+  testing::UseEmulationWhereKvmCannotRunGuests();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  PADDOCK_REQUIRE_MICROVM();
+  std::string rootfs = testing::EnsureBusyboxRootfs();
+  testing::DaemonProcess d(testing::DaemonOptions{
+      .args = {"--microvm-accel", o.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "0"}});
+  ASSERT_EQ(d.Start(), "");
+  const std::string cli = testing::BuiltBinary("paddock");
+  auto run = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {cli, "--socket", d.socket_path()});
+    return testing::RunProgram(args);
+  };
+  auto created = run({"sandbox", "create", "--substrate", "microvm", "--image", rootfs});
+  ASSERT_EQ(created.code, 0) << created.err;
+  std::string id = created.out.substr(0, created.out.find('\n'));
+  auto wrote = run({"sandbox", "exec", id, "--", "sh", "-c", "echo kept > /work/f; echo 41 > /tmp/mem"});
+  ASSERT_EQ(wrote.code, 0) << wrote.err;
+
+  auto paused = run({"--json", "sandbox", "pause", id});
+  ASSERT_EQ(paused.code, 0) << paused.err << d.LogTail();
+  EXPECT_THAT(paused.out, HasSubstr("\"state\":\"paused\""));
+  auto listed = run({"--json", "sandbox", "ls"});
+  EXPECT_THAT(listed.out, HasSubstr("\"paused\""));
+  auto refused = run({"sandbox", "exec", id, "--", "true"});
+  EXPECT_NE(refused.code, 0);
+  EXPECT_THAT(refused.err, HasSubstr("paused"));
+
+  ASSERT_EQ(d.Restart(), "") << d.LogTail();
+  EXPECT_TRUE(StrayQemuProcesses(d.state_dir()).empty());
+  listed = run({"--json", "sandbox", "ls"});
+  EXPECT_THAT(listed.out, HasSubstr(id));
+  EXPECT_THAT(listed.out, HasSubstr("\"paused\""));
+  auto resumed = run({"sandbox", "resume", id});
+  ASSERT_EQ(resumed.code, 0) << resumed.err << d.LogTail();
+  auto read = run({"sandbox", "exec", id, "--", "sh", "-c", "cat /work/f /tmp/mem"});
+  EXPECT_EQ(read.code, 0) << read.err;
+  EXPECT_EQ(read.out, "kept\n41\n");
+
+  auto forked = run({"--json", "sandbox", "fork", id, "--count", "2"});
+  ASSERT_EQ(forked.code, 0) << forked.err << d.LogTail();
+  auto j = nlohmann::json::parse(forked.out);
+  ASSERT_EQ(j["sandboxes"].size(), 2u);
+  for (const auto& child : j["sandboxes"]) {
+    auto r = run({"sandbox", "exec", child.get<std::string>(), "--", "cat", "/tmp/mem"});
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(r.out, "41\n");
+  }
+  auto bad = run({"sandbox", "fork", id, "--count", "0"});
+  EXPECT_NE(bad.code, 0);
+  auto help = run({"sandbox", "pause", "--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_THAT(help.out, HasSubstr("memory"));
 }
 
 }  // namespace

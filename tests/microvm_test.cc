@@ -613,5 +613,189 @@ TEST_F(MicrovmTest, ATemplateWithACorruptOrTruncatedStateFallsBackToAColdBoot) {
   sub->Shutdown();
 }
 
+namespace {
+// A process in the guest that writes an ever-growing count to /tmp/count
+// (the tmpfs upper: guest memory) ten times a second.
+void StartCounter(Sandbox& sb) {
+  ExecRequest r;
+  r.shell = "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) >/dev/null 2>&1 &";
+  auto res = sb.Exec(r, nullptr);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  ASSERT_EQ(res->exit_code, 0) << res->stderr_data;
+}
+long Count(Sandbox& sb) {
+  ExecRequest r;
+  r.shell = "cat /tmp/count";
+  auto res = sb.Exec(r, nullptr);
+  EXPECT_TRUE(res.ok()) << res.status().ToString();
+  return res.ok() ? std::atol(res->stdout_data.c_str()) : -1;
+}
+std::string Cat(Sandbox& sb, const std::string& path) {
+  auto r = sb.ReadFile(path, 1 << 20);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? *r : "";
+}
+// Waits (up to 20 s, TCG) until the guest's counter passes `than`.
+long CountAbove(Sandbox& sb, long than) {
+  long c = -1;
+  for (int i = 0; i < 100 && (c = Count(sb)) <= than; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  return c;
+}
+}  // namespace
+
+TEST_F(MicrovmTest, APausedVmKeepsItsProcessesAndFilesReleasesItsQemuAndResumesWithTheHostsClock) {
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  auto sb = sub->Create("pz", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  ASSERT_TRUE((*sb)->WriteFile("/work/notes", "written before the pause\n", 0644, true).ok());
+  StartCounter(**sb);
+  long before = CountAbove(**sb, 0);
+  ASSERT_GT(before, 0);
+
+  auto paused = (*sb)->Pause("the manager's record");
+  ASSERT_TRUE(paused.ok()) << paused.status().ToString();
+  EXPECT_GT(paused->state_bytes, 1u << 20);
+  EXPECT_TRUE((*sb)->Paused());
+  EXPECT_TRUE(StrayQemuProcesses(state_).empty()) << "a paused VM's QEMU runs on";
+  EXPECT_TRUE(fs::exists(state_ + "/microvm/paused/pz/stream"));
+  EXPECT_EQ((fs::status(state_ + "/microvm/paused").permissions() & fs::perms::others_all), fs::perms::none);
+  ExecRequest r;
+  r.shell = "true";
+  auto refused = (*sb)->Exec(r, nullptr);
+  EXPECT_EQ(refused.status().code(), Code::kFailedPrecondition) << refused.status().ToString();
+  EXPECT_THAT(refused.status().message(), HasSubstr("paused"));
+  EXPECT_EQ((*sb)->Pause("again").status().code(), Code::kFailedPrecondition);
+  std::this_thread::sleep_for(std::chrono::seconds(4));  // the guest's clock stood still meanwhile
+
+  ASSERT_TRUE((*sb)->Resume().ok());
+  EXPECT_FALSE((*sb)->Paused());
+  EXPECT_FALSE(fs::exists(state_ + "/microvm/paused/pz"));
+  EXPECT_EQ(Cat(**sb, "/work/notes"), "written before the pause\n");
+  long after = Count(**sb);
+  EXPECT_GE(after, before) << "the counter's memory was lost";
+  EXPECT_GT(CountAbove(**sb, after), after) << "the counting process did not go on after the resume";
+  Identity id = IdentityOf(**sb);
+  EXPECT_LE(std::llabs(id.clock - static_cast<long long>(time(nullptr))), 3) << "guest clock " << id.clock;
+  EXPECT_EQ(id.hostname, "sandbox-pz");
+  EXPECT_EQ((*sb)->Resume().code(), Code::kFailedPrecondition);
+  ASSERT_TRUE((*sb)->Destroy().ok());
+  sub->Shutdown();
+}
+
+TEST_F(MicrovmTest, APausedVmOutlivesItsSubstrateAndANewOneResumesIt) {
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  {
+    auto sub = MakeMicrovmSubstrate(env_, o);
+    auto sb = sub->Create("px", SandboxSpec{.image = rootfs_, .env = {{"FROM_SPEC", "kept"}}});
+    ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+    ASSERT_TRUE((*sb)->WriteFile("/work/notes", "kept across daemons\n", 0644, true).ok());
+    StartCounter(**sb);
+    ASSERT_GT(CountAbove(**sb, 0), 0);
+    ASSERT_TRUE((*sb)->Pause("record of px").ok());
+    ASSERT_TRUE((*sb)->Release().ok());  // the daemon stops
+    sb->reset();
+    sub->Shutdown();
+  }
+  // A pause that never finished (no stream) is not recovered.
+  fs::create_directories(state_ + "/microvm/paused/half");
+  std::ofstream(state_ + "/microvm/paused/half/vm.json") << "{}";
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  auto found = sub->Recover();
+  ASSERT_EQ(found.size(), 1u);
+  EXPECT_FALSE(fs::exists(state_ + "/microvm/paused/half"));
+  Sandbox& sb = *found[0].sandbox;
+  EXPECT_EQ(sb.id(), "px");
+  EXPECT_EQ(found[0].record, "record of px");
+  EXPECT_TRUE(sb.Paused());
+  ASSERT_TRUE(sb.Resume().ok());
+  EXPECT_EQ(Cat(sb, "/work/notes"), "kept across daemons\n");
+  long c = Count(sb);
+  EXPECT_GT(c, 0);
+  EXPECT_GT(CountAbove(sb, c), c);
+  ExecRequest r;
+  r.shell = "echo $FROM_SPEC";
+  auto env = sb.Exec(r, nullptr);
+  ASSERT_TRUE(env.ok());
+  EXPECT_EQ(env->stdout_data, "kept\n");
+  ASSERT_TRUE(sb.Destroy().ok());
+  sub->Shutdown();
+}
+
+TEST_F(MicrovmTest, AForkOfARunningVmGivesEightIndependentCopiesWithFreshEntropy) {
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  auto parent = sub->Create("pa", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(parent.ok()) << parent.status().ToString();
+  ASSERT_TRUE((*parent)->WriteFile("/work/who", "parent", 0644, true).ok());
+  StartCounter(**parent);
+  ASSERT_GT(CountAbove(**parent, 0), 0);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 8; ++i) ids.push_back("fk" + std::to_string(i));
+  auto forks = (*parent)->Fork(ids);
+  ASSERT_TRUE(forks.ok()) << forks.status().ToString();
+  ASSERT_EQ(forks->size(), 8u);
+  const MicrovmCounters* counters = MicrovmCountersOf(sub.get());
+  EXPECT_EQ(counters->forks.load(), 8u);
+  EXPECT_TRUE(fs::is_empty(state_ + "/microvm/forks")) << "a fork's saved state was left behind";
+  std::set<std::string> randoms;
+  for (size_t i = 0; i < forks->size(); ++i) {
+    Sandbox& f = *(*forks)[i];
+    EXPECT_EQ(f.id(), ids[i]);
+    EXPECT_EQ(Cat(f, "/work/who"), "parent");
+    long c = Count(f);
+    EXPECT_GT(CountAbove(f, c), c) << "the counter did not go on in copy " << i;
+    ASSERT_TRUE(f.WriteFile("/work/who", ids[i], 0644, false).ok());
+    randoms.insert(IdentityOf(f).random);
+  }
+  randoms.insert(IdentityOf(**parent).random);
+  EXPECT_EQ(randoms.size(), 9u) << "two copies read the same random bytes";
+  for (size_t i = 0; i < forks->size(); ++i) EXPECT_EQ(Cat(*(*forks)[i], "/work/who"), ids[i]);
+  EXPECT_EQ(Cat(**parent, "/work/who"), "parent");
+  long p = Count(**parent);
+  EXPECT_GT(CountAbove(**parent, p), p) << "the parent did not run on";
+  // Destroying one leaves the others.
+  ASSERT_TRUE((*forks)[0]->Destroy().ok());
+  EXPECT_EQ(Cat(*(*forks)[1], "/work/who"), ids[1]);
+  for (auto& f : *forks) EXPECT_TRUE(f->Destroy().ok());
+  EXPECT_TRUE((*parent)->Destroy().ok());
+  sub->Shutdown();
+}
+
+TEST_F(MicrovmTest, AVmWithAnAllowListOrABusyOneIsNeitherPausedNorForked) {
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  auto sb = sub->Create("pe", SandboxSpec{.image = rootfs_, .network_allow = {"example.com"}});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  auto refused = (*sb)->Pause("r");
+  EXPECT_EQ(refused.status().code(), Code::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("allow list"));
+  EXPECT_EQ((*sb)->Fork({"x"}).status().code(), Code::kFailedPrecondition);
+  ASSERT_TRUE((*sb)->Destroy().ok());
+  // A call in flight: the pause waits for it (10 s), then refuses.
+  auto busy = sub->Create("pb", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(busy.ok()) << busy.status().ToString();
+  // (Under TCG the guest's clock may run faster than the host's: the exec is
+  // ended by the destroy below, not by its own sleep.)
+  std::thread sleeper([&] {
+    ExecRequest r;
+    r.shell = "sleep 120";
+    auto ignored = (*busy)->Exec(r, nullptr);
+    (void)ignored;
+  });
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  auto waited = (*busy)->Pause("r");
+  EXPECT_EQ(waited.status().code(), Code::kFailedPrecondition) << waited.status().ToString();
+  EXPECT_THAT(waited.status().message(), HasSubstr("between calls"));
+  EXPECT_FALSE((*busy)->Paused());
+  ASSERT_TRUE((*busy)->Destroy().ok());
+  sleeper.join();
+  sub->Shutdown();
+}
+
 }  // namespace
 }  // namespace paddock

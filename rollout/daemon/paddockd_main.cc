@@ -512,6 +512,9 @@ int Run(const Flags& flags) {
     Status accel = CheckAccelerator(vm_opts);
     if (!accel.ok()) spdlog::warn("microvm substrate: {}", accel.message());
     manager.RegisterSubstrate(MakeMicrovmSubstrate(vm_env, vm_opts), accel.ok());
+    // MicroVMs an earlier daemon paused (`paddock sandbox pause`) are listed
+    // again, paused, until resumed, destroyed or expired.
+    manager.RecoverPaused();
   }
   // 5a. As a node: fronts' leases, and what they place by. As a front: its nodes.
   service::FrontLeases front_leases(manager, std::chrono::milliseconds(flags.front_lease_ms));

@@ -39,11 +39,26 @@ class RemoteSandbox final : public Sandbox {
   std::string placement() const override { return node_->address(); }
   Status Destroy() override;
   Result<SnapshotResult> Snapshot(const std::string& name) override;
+  // Not forwarded to the node yet: a front answers UNIMPLEMENTED, naming why.
+  Result<PauseResult> Pause(const std::string& record) override {
+    (void)record;
+    return NotForwarded();
+  }
+  Status Resume() override { return NotForwarded(); }
+  Result<std::vector<std::unique_ptr<Sandbox>>> Fork(const std::vector<std::string>& ids) override {
+    (void)ids;
+    return NotForwarded();
+  }
   // Set once, before the sandbox is handed out.
   void KeepSnapshotsWith(SnapshotKeeper keeper) { keeper_ = std::move(keeper); }
   void WatchGone(std::function<void()> on_gone) override { gone_signal_->Watch(std::move(on_gone)); }
 
  private:
+  static Status NotForwarded() {
+    return Error(Code::kUnimplemented,
+                 "pause, resume and fork of a sandbox placed on a node are not forwarded by a front yet; "
+                 "run them against the node's paddockd");
+  }
   Result<std::shared_ptr<NodeConnection>> Client() const;
   // Notes what an error says about the node or the sandbox, and returns it
   // naming the node.

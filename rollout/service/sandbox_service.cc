@@ -545,6 +545,47 @@ grpc::Status SandboxService::Snapshot(grpc::ServerContext* ctx, const v1::Snapsh
   return grpc::Status::OK;
 }
 
+namespace {
+int64_t MillisSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+grpc::Status SandboxService::Pause(grpc::ServerContext* ctx, const v1::PauseRequest* req, v1::PauseResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateId(req->sandbox_id()));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = manager_.Pause(req->sandbox_id());
+  if (!r.ok()) return ToGrpc(r.status());
+  resp->set_state_bytes(r->state_bytes);
+  resp->set_pause_ms(MillisSince(t0));
+  spdlog::info("paused sandbox {} ({} bytes saved)", req->sandbox_id(), r->state_bytes);
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::Resume(grpc::ServerContext* ctx, const v1::ResumeRequest* req,
+                                    v1::ResumeResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateId(req->sandbox_id()));
+  const auto t0 = std::chrono::steady_clock::now();
+  PADDOCK_GRPC_RETURN_IF_ERROR(manager_.Resume(req->sandbox_id()));
+  resp->set_resume_ms(MillisSince(t0));
+  spdlog::info("resumed sandbox {}", req->sandbox_id());
+  return grpc::Status::OK;
+}
+
+grpc::Status SandboxService::Fork(grpc::ServerContext* ctx, const v1::ForkRequest* req, v1::ForkResponse* resp) {
+  if (auto a = Authorize(*ctx); !a.ok()) return a;
+  PADDOCK_GRPC_RETURN_IF_ERROR(ValidateId(req->sandbox_id()));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = manager_.Fork(req->sandbox_id(), req->count());
+  if (!r.ok()) return ToGrpc(r.status());
+  for (const auto& info : *r) ToProto(info, resp->add_sandboxes());
+  resp->set_fork_ms(MillisSince(t0));
+  spdlog::info("forked sandbox {} into {}", req->sandbox_id(), r->size());
+  return grpc::Status::OK;
+}
+
 grpc::Status SandboxService::Destroy(grpc::ServerContext* ctx, const v1::DestroyRequest* req,
                                      v1::DestroyResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;

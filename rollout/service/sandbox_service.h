@@ -80,6 +80,9 @@ class SandboxService final : public v1::Sandboxes::Service {
                     v1::FileInfo* resp) override;
   grpc::Status Snapshot(grpc::ServerContext* ctx, const v1::SnapshotRequest* req,
                         v1::SnapshotResponse* resp) override;
+  grpc::Status Pause(grpc::ServerContext* ctx, const v1::PauseRequest* req, v1::PauseResponse* resp) override;
+  grpc::Status Resume(grpc::ServerContext* ctx, const v1::ResumeRequest* req, v1::ResumeResponse* resp) override;
+  grpc::Status Fork(grpc::ServerContext* ctx, const v1::ForkRequest* req, v1::ForkResponse* resp) override;
   grpc::Status Destroy(grpc::ServerContext* ctx, const v1::DestroyRequest* req,
                        v1::DestroyResponse* resp) override;
   grpc::Status List(grpc::ServerContext* ctx, const v1::ListRequest* req,

@@ -162,15 +162,17 @@ std::string FindDisk(const std::string& serial) {
 }
 
 // The virtio-serial port named "paddock" (the host's channel).
-int OpenChannel() {
+// The virtio-serial port the host named `name` ("paddock": the sandbox's
+// channel; "paddock-ctl": the guest's control port).
+int OpenPort(const char* name) {
   for (int tries = 0; tries < 1000; ++tries) {
     if (DIR* d = opendir("/sys/class/virtio-ports")) {
       while (struct dirent* e = readdir(d)) {
-        std::string name = e->d_name;
-        if (name[0] == '.') continue;
-        if (ReadSmall("/sys/class/virtio-ports/" + name + "/name") != "paddock") continue;
+        std::string entry = e->d_name;
+        if (entry[0] == '.') continue;
+        if (ReadSmall("/sys/class/virtio-ports/" + entry + "/name") != name) continue;
         closedir(d);
-        std::string dev = "/dev/" + name;
+        std::string dev = "/dev/" + entry;
         for (int i = 0; i < 400; ++i) {
           int fd = open(dev.c_str(), O_RDWR | O_CLOEXEC);
           if (fd >= 0) return fd;
@@ -182,7 +184,7 @@ int OpenChannel() {
     }
     usleep(5000);
   }
-  Die("no virtio-serial port named paddock (virtio_console missing?)");
+  Die(std::string("no virtio-serial port named ") + name + " (virtio_console missing?)");
 }
 
 void MakeNode(const std::string& path, mode_t mode, unsigned maj, unsigned min) {
@@ -251,40 +253,54 @@ Usage GuestUsage() {
   return u;
 }
 
-bool ApplyGuestIdentity(const SetupConfig& c, std::string* err) {
-  if (g_cgroup_fd < 0) return true;
+namespace {
+
+// Mixes `entropy` into the guest kernel's pool, credited (RNDADDENTROPY),
+// then reseeds the CRNG from it at once (RNDRESEEDCRNG): every read after
+// this, in this guest's kernel and its processes, depends on the host's
+// bytes, never only on state a template's other clones (or a fork's
+// siblings) share. Sets the wall clock to `realtime_ns` when not 0.
+bool ApplyEntropyAndClock(const std::string& entropy, uint64_t realtime_ns, std::string* err) {
   auto fail = [&](const std::string& what) {
     *err = what + ": " + std::strerror(errno);
     return false;
   };
-  if (!c.entropy.empty()) {
-    if (c.entropy.size() > 4096) {
+  if (!entropy.empty()) {
+    if (entropy.size() > 4096) {
       errno = EINVAL;
-      return fail("the setup's entropy is larger than 4096 bytes");
+      return fail("the entropy given is larger than 4096 bytes");
     }
     int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
     if (fd < 0) return fail("opening /dev/urandom");
-    // Mixed in and credited (RNDADDENTROPY), then the CRNG reseeded from the
-    // pool at once (RNDRESEEDCRNG): every read after this, in this guest's
-    // kernel and its processes, depends on the host's bytes, never only on
-    // state a template's other clones share.
-    std::vector<char> buf(sizeof(struct rand_pool_info) + c.entropy.size());
+    std::vector<char> buf(sizeof(struct rand_pool_info) + entropy.size());
     auto* info = reinterpret_cast<struct rand_pool_info*>(buf.data());
-    info->entropy_count = static_cast<int>(c.entropy.size() * 8);
-    info->buf_size = static_cast<int>(c.entropy.size());
-    std::memcpy(info->buf, c.entropy.data(), c.entropy.size());
+    info->entropy_count = static_cast<int>(entropy.size() * 8);
+    info->buf_size = static_cast<int>(entropy.size());
+    std::memcpy(info->buf, entropy.data(), entropy.size());
     bool ok = ioctl(fd, RNDADDENTROPY, info) == 0 && ioctl(fd, RNDRESEEDCRNG) == 0;
     int saved = errno;
     close(fd);
     errno = saved;
     if (!ok) return fail("reseeding the guest's random number generator");
   }
-  if (c.realtime_ns) {
+  if (realtime_ns) {
     struct timespec ts {};
-    ts.tv_sec = static_cast<time_t>(c.realtime_ns / 1'000'000'000ull);
-    ts.tv_nsec = static_cast<long>(c.realtime_ns % 1'000'000'000ull);
+    ts.tv_sec = static_cast<time_t>(realtime_ns / 1'000'000'000ull);
+    ts.tv_nsec = static_cast<long>(realtime_ns % 1'000'000'000ull);
     if (clock_settime(CLOCK_REALTIME, &ts) != 0) return fail("setting the guest's clock");
   }
+  return true;
+}
+
+}  // namespace
+
+bool ApplyGuestIdentity(const SetupConfig& c, std::string* err) {
+  if (g_cgroup_fd < 0) return true;
+  auto fail = [&](const std::string& what) {
+    *err = what + ": " + std::strerror(errno);
+    return false;
+  };
+  if (!ApplyEntropyAndClock(c.entropy, c.realtime_ns, err)) return false;
   if (!c.machine_id.empty()) {
     // In the sandbox's own root (an overlay whose upper is this guest's):
     // never through a link the image may have put at /etc or the file.
@@ -308,6 +324,40 @@ bool ApplyGuestIdentity(const SetupConfig& c, std::string* err) {
   }
   return true;
 }
+
+namespace {
+
+// The guest's control port: the host is its only peer (QEMU's chardev), and
+// only the host's daemon writes it. A frame that cannot be read (the host's
+// end not connected: a template or a paused VM's saved state is restored
+// with a new one) is waited out, never a reason to stop.
+[[noreturn]] void ServeControl(int fd) {
+  for (;;) {
+    Frame f;
+    if (!ReadFrame(fd, &f)) {
+      usleep(50'000);
+      continue;
+    }
+    if (f.type != FrameType::kReseed) {
+      WriteFrame(fd, FrameType::kReply, f.id, EncodeReply(EINVAL, "unknown control request", ""));
+      continue;
+    }
+    WireReader r(f.payload);
+    std::string entropy;
+    uint64_t realtime_ns = 0;
+    std::string err;
+    int32_t code = 0;
+    if (!r.Str(&entropy) || !r.U64(&realtime_ns) || !r.done()) {
+      code = EINVAL;
+      err = "malformed reseed request";
+    } else if (!ApplyEntropyAndClock(entropy, realtime_ns, &err)) {
+      code = EIO;
+    }
+    WriteFrame(fd, FrameType::kReply, f.id, EncodeReply(code, err, ""));
+  }
+}
+
+}  // namespace
 
 void RunGuest() {
   // 1. The kernel's world: devices, processes, sysfs.
@@ -355,7 +405,8 @@ void RunGuest() {
   if (mkdirat(root_cg, "sandbox", 0755) != 0) DieErrno("creating the guest's sandbox cgroup");
   close(root_cg);
   MountOrDie("proc", nr + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "");
-  int channel = OpenChannel();
+  int channel = OpenPort("paddock");
+  int control = OpenPort("paddock-ctl");
 
   // 3. Switch root (pivot_root cannot leave the initramfs): the new root is
   //    moved over "/" and becomes our root directory.
@@ -402,7 +453,14 @@ void RunGuest() {
     _exit(RunInit(3));
   }
   close(channel);
-  // 5. Reap orphans until the sandbox's init is gone, then power off.
+  // 5. The control port, served by a child of PID 1 that keeps the
+  //    privileges the sandbox's init gives up (outside its namespaces, out of
+  //    its reach): the host reseeds a restored VM through it.
+  pid_t ctl = fork();
+  if (ctl < 0) DieErrno("starting the guest's control server");
+  if (ctl == 0) ServeControl(control);
+  close(control);
+  // 6. Reap orphans until the sandbox's init is gone, then power off.
   for (;;) {
     int status = 0;
     pid_t pid = waitpid(-1, &status, 0);

@@ -88,6 +88,12 @@ Result<std::unique_ptr<InitClient>> InitClient::Start(UniqueFd channel, const in
   return client;
 }
 
+std::unique_ptr<InitClient> InitClient::Attach(UniqueFd channel, InitClientOptions options) {
+  auto client = std::unique_ptr<InitClient>(new InitClient(std::move(channel), options));
+  client->reader_ = std::thread([c = client.get()] { c->ReaderLoop(); });
+  return client;
+}
+
 Status AwaitGuestReady(int channel, std::chrono::steady_clock::time_point deadline) {
   init::Frame f;
   errno = 0;

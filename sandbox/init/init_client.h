@@ -48,6 +48,9 @@ class InitClient {
   // Sends the setup frame and waits (up to `timeout_ms`) for init's hello.
   static Result<std::unique_ptr<InitClient>> Start(UniqueFd channel, const init::SetupConfig& setup,
                                                    int timeout_ms, InitClientOptions options = {});
+  // A microVM guest restored from a saved stream (resumed or forked): its
+  // init is past its setup and serving; the channel is taken as it is.
+  static std::unique_ptr<InitClient> Attach(UniqueFd channel, InitClientOptions options = {});
   ~InitClient();
 
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output);

@@ -60,6 +60,12 @@ enum class FrameType : uint32_t {
   // init waits for kSetup. A template VM is saved at this point (its clones
   // get their setup, identity included, after they are restored).
   kReady = 21,
+  // daemon → a microVM guest's control port (not the sandbox's channel: the
+  // guest's PID 1 serves it, with the privileges the sandbox's init gave up):
+  // a VM restored from a saved stream (resumed or forked) gets fresh
+  // entropy (bytes, at most 4096; mixed in, credited, the CRNG reseeded) and
+  // the host's clock (u64 ns since the epoch). Reply: kReply.
+  kReseed = 22,
 };
 
 // The fds of a kStub reply, in order.

@@ -26,7 +26,9 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <shared_mutex>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "sandbox/image_source.h"
@@ -123,6 +125,63 @@ class UidPool {
   uint32_t next_ = 0;
 };
 
+struct Recipe {
+  std::vector<std::string> disks;  // layer disk images, bottom first
+  std::shared_ptr<void> lease;
+  Limits limits;
+  std::string workdir;
+  // What the sandbox was made from (ResolvedImage::id and how it was asked
+  // for): a paused VM resumed by a later daemon resolves it again.
+  std::string image;
+  bool host_dir_image_ok = false, local_client = false;
+};
+
+// A paused VM's recipe and exec environment (<paused dir>/vm.json): what a
+// later daemon rebuilds it from (the image is resolved again).
+std::string EncodeVm(const Recipe& r, const std::map<std::string, std::string>& env) {
+  nlohmann::json j = {
+      {"image", r.image},
+      {"host_dir_image_ok", r.host_dir_image_ok},
+      {"local_client", r.local_client},
+      {"limits", {{"cpu_millicores", r.limits.cpu_millicores}, {"memory_bytes", r.limits.memory_bytes},
+                  {"pids", r.limits.pids}, {"disk_bytes", r.limits.disk_bytes}}},
+      {"workdir", r.workdir},
+      {"env", env},
+  };
+  return j.dump();
+}
+
+Result<std::pair<Recipe, std::map<std::string, std::string>>> DecodeVm(const std::string& text) {
+  try {
+    auto j = nlohmann::json::parse(text);
+    Recipe r;
+    r.image = j.at("image").get<std::string>();
+    r.host_dir_image_ok = j.at("host_dir_image_ok").get<bool>();
+    r.local_client = j.at("local_client").get<bool>();
+    const auto& l = j.at("limits");
+    r.limits.cpu_millicores = l.at("cpu_millicores").get<uint32_t>();
+    r.limits.memory_bytes = l.at("memory_bytes").get<uint64_t>();
+    r.limits.pids = l.at("pids").get<uint32_t>();
+    r.limits.disk_bytes = l.at("disk_bytes").get<uint64_t>();
+    r.workdir = j.at("workdir").get<std::string>();
+    return std::pair{std::move(r), j.at("env").get<std::map<std::string, std::string>>()};
+  } catch (const std::exception& e) {
+    return Error(Code::kInternal, "unreadable vm.json: {}", e.what());
+  }
+}
+
+bool ValidId(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') return false;
+  return true;
+}
+
+// The longest a VM's save (stop, its memory and devices to a file) may take.
+constexpr std::chrono::seconds kSaveBudget{120};
+
+class MicrovmSubstrate;
+
 class MicrovmSandbox final : public InitServedSandbox {
  public:
   MicrovmSandbox(std::string id, std::string dir) : InitServedSandbox(std::move(id)), dir_(std::move(dir)) {}
@@ -131,7 +190,8 @@ class MicrovmSandbox final : public InitServedSandbox {
     (void)ignored;
   }
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
-    if (!client_) return Destroyed();
+    std::shared_lock calls(calls_mu_);
+    PADDOCK_RETURN_IF_ERROR(Usable());
     const ExecRequest* send = &req;
     ExecRequest merged;
     if (!env_.empty()) {
@@ -146,24 +206,34 @@ class MicrovmSandbox final : public InitServedSandbox {
   // The file calls as InitServedSandbox's, with a VM whose channel is gone
   // stopped and explained.
   Status WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents) override {
+    std::shared_lock calls(calls_mu_);
+    PADDOCK_RETURN_IF_ERROR(Usable());
     Status st = InitServedSandbox::WriteFile(path, content, mode, make_parents);
     return st.ok() ? st : WhyGone(st);
   }
   Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) override {
+    std::shared_lock calls(calls_mu_);
+    PADDOCK_RETURN_IF_ERROR(Usable());
     auto r = InitServedSandbox::ReadFile(path, max_bytes);
     if (!r.ok()) return WhyGone(r.status());
     return r;
   }
   Result<std::vector<FileInfo>> ListDir(const std::string& path) override {
+    std::shared_lock calls(calls_mu_);
+    PADDOCK_RETURN_IF_ERROR(Usable());
     auto r = InitServedSandbox::ListDir(path);
     if (!r.ok()) return WhyGone(r.status());
     return r;
   }
   Result<FileInfo> Stat(const std::string& path) override {
+    std::shared_lock calls(calls_mu_);
+    PADDOCK_RETURN_IF_ERROR(Usable());
     auto r = InitServedSandbox::Stat(path);
     if (!r.ok()) return WhyGone(r.status());
     return r;
   }
+  bool Alive() const override { return paused_ || InitServedSandbox::Alive(); }
+  bool Paused() const override { return paused_; }
 
   // A call failed and the channel is closed: the VM is stopped (QEMU killed;
   // a guest that broke the protocol or stopped answering is not trusted with
@@ -182,7 +252,8 @@ class MicrovmSandbox final : public InitServedSandbox {
     return Status(why.code(), "the sandbox's VM is gone: " + why.message());
   }
   Result<Usage> GetUsage() override {
-    if (!client_) return Destroyed();
+    std::shared_lock calls(calls_mu_);
+    PADDOCK_RETURN_IF_ERROR(Usable());
     auto r = client_->GuestUsage();
     if (!r.ok()) return WhyGone(r.status());
     return r;
@@ -190,15 +261,47 @@ class MicrovmSandbox final : public InitServedSandbox {
   Result<SnapshotResult> Snapshot(const std::string& name) override {
     (void)name;
     return Error(Code::kUnimplemented,
-                 "snapshots of microVM sandboxes are not implemented yet: the guest's upper layer "
-                 "lives in guest memory and has no export path to the host");
+                 "image snapshots of microVM sandboxes are not implemented (the guest's upper layer "
+                 "lives in guest memory); keep a microVM's whole state with `paddock sandbox pause`, "
+                 "or copy it running with `paddock sandbox fork`");
   }
+  Result<PauseResult> Pause(const std::string& record) override;
+  Status Resume() override;
+  Result<std::vector<std::unique_ptr<Sandbox>>> Fork(const std::vector<std::string>& ids) override;
 
   Status Destroy() override {
     std::lock_guard lock(destroy_mu_);
+    Status first = StopVm();
+    if (!paused_dir_.empty()) {
+      Status st = RemoveTree(paused_dir_);
+      if (st.ok()) paused_dir_.clear();
+      else if (first.ok()) first = st;
+    }
+    paused_ = false;
+    dir_.clear();
+    return first;
+  }
+  Status Release() override {
+    {
+      std::lock_guard lock(destroy_mu_);
+      if (paused_) {
+        paused_dir_.clear();  // kept on disk for the next daemon
+        dir_.clear();
+        return Status::Ok();
+      }
+    }
+    return Destroy();
+  }
+
+  // Stops what runs on the host for this VM (QEMU, its channel, monitor,
+  // console, egress, cgroup, uid, VM directory); a paused VM's saved state
+  // stays. Under destroy_mu_ (or before the VM is shared).
+  Status StopVm() {
     if (client_) client_->Close();
     qemu_.KillAndReap();  // the guest and everything in it die with QEMU
     client_.reset();      // its egress tunnel too: every connection closes
+    qmp_.reset();
+    ctl_.reset();
     if (console_) console_->Stop();
     egress_.reset();
     Status first = cgroup_.Destroy();
@@ -208,10 +311,29 @@ class MicrovmSandbox final : public InitServedSandbox {
     }
     if (!dir_.empty()) {
       Status st = RemoveTree(dir_);
-      if (st.ok()) dir_.clear();
-      else if (first.ok()) first = st;
+      if (!st.ok() && first.ok()) first = st;
     }
     return first;
+  }
+
+  // Why a call cannot go to the guest now; Ok when it can.
+  Status Usable() const {
+    if (paused_)
+      return Error(Code::kFailedPrecondition, "sandbox {} is paused; resume it first (paddock sandbox resume {})",
+                   id_, id_);
+    if (!client_) return Destroyed();
+    return Status::Ok();
+  }
+  // Why this VM cannot be saved (paused or forked) now; Ok when it can.
+  Status Saveable() const {
+    if (!client_ || !client_->alive() || !qmp_ || !owner_ || !recipe_)
+      return Error(Code::kUnavailable, "sandbox {}'s VM is not running", id_);
+    if (egress_)
+      return Error(Code::kFailedPrecondition,
+                   "sandbox {} has a network allow list: its connections travel over the VM's channel and "
+                   "would not survive, so it cannot be paused or forked",
+                   id_);
+    return Status::Ok();
   }
 
   using InitServedSandbox::client_;  // started by the substrate's Create
@@ -227,14 +349,18 @@ class MicrovmSandbox final : public InitServedSandbox {
   // tunnel (the guest has no network device; its connections travel over
   // the channel). Outlives client_ (Destroy).
   std::unique_ptr<EgressProxy> egress_;
+  // QEMU's monitor (saving the VM: pause, fork) and the guest's control
+  // port (reseeding a restored VM), both held for the VM's life.
+  std::optional<microvm::QmpClient> qmp_;
+  UniqueFd ctl_;
+  std::shared_ptr<const Recipe> recipe_;  // what a resume or a fork rebuilds from
+  MicrovmSubstrate* owner_ = nullptr;     // outlives its sandboxes (the manager's shutdown)
+  std::atomic<bool> paused_{false};
+  std::string paused_dir_;  // <state>/microvm/paused/<id> while paused
+  // Calls hold it shared; a pause, resume or fork exclusively (the guest is
+  // saved between calls, never with one in flight).
+  std::shared_timed_mutex calls_mu_;
   std::mutex destroy_mu_;
-};
-
-struct Recipe {
-  std::vector<std::string> disks;  // layer disk images, bottom first
-  std::shared_ptr<void> lease;
-  Limits limits;
-  std::string workdir;
 };
 
 class MicrovmSubstrate final : public Substrate {
@@ -268,14 +394,17 @@ class MicrovmSubstrate final : public Substrate {
     std::string workdir = spec.workdir;
     ApplyImageDefaults(image, &env, &workdir);
     recipe->workdir = workdir.empty() ? kDefaultWorkdir : workdir;
+    recipe->image = image.id;
+    recipe->host_dir_image_ok = spec.host_dir_image_ok;
+    recipe->local_client = spec.local_client;
     std::string key = fmt::format("{}\n{}\n{}\n{}\n{}\n{}", image.id, recipe->workdir,
                                   spec.limits.cpu_millicores, spec.limits.memory_bytes,
                                   spec.limits.pids, spec.limits.disk_bytes);
     std::unique_ptr<Sandbox> sb = pool_.Take(key);
     if (!sb) {
-      PADDOCK_ASSIGN_OR_RETURN(sb, Build(id, *recipe));
+      PADDOCK_ASSIGN_OR_RETURN(sb, Build(id, recipe));
     }
-    pool_.Want(key, [this, recipe] { return Build(NewSandboxId(), *recipe); });
+    pool_.Want(key, [this, recipe] { return Build(NewSandboxId(), recipe); });
     auto* vm = static_cast<MicrovmSandbox*>(sb.get());
     if (!egress.empty()) {
       // Any VM, warm or not: its paddock-init starts listening only now, and
@@ -293,6 +422,158 @@ class MicrovmSubstrate final : public Substrate {
     pool_.Stop();
     RemoveCgroupRootIfEmpty(env_.cgroup_root());
   }
+
+  // The paused VMs an earlier daemon of this state dir left: each
+  // <state>/microvm/paused/<id> holding its stream, its recipe (vm.json) and
+  // its manager's record. A directory missing one of them is a pause that
+  // did not finish (its VM ran on and died with that daemon): removed.
+  std::vector<RecoveredSandbox> Recover() override {
+    std::vector<RecoveredSandbox> out;
+    const std::string root = env_.state_dir + "/microvm/paused";
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(root, ec)) {
+      const std::string dir = e.path().string(), id = e.path().filename().string();
+      auto meta = ReadSmallFile(dir + "/vm.json");
+      auto record = ReadSmallFile(dir + "/record");
+      auto recipe = meta.ok() ? DecodeVm(*meta) : Result<std::pair<Recipe, std::map<std::string, std::string>>>(
+                                                      meta.status());
+      if (!ValidId(id) || !record.ok() || !recipe.ok() || access((dir + "/stream").c_str(), R_OK) != 0) {
+        spdlog::warn("microvm: {} is not a whole paused VM ({}); removing it", dir,
+                     !recipe.ok() ? recipe.status().ToString() : "stream or record missing");
+        Status ignored = RemoveTree(dir);
+        (void)ignored;
+        continue;
+      }
+      auto sb = std::make_unique<MicrovmSandbox>(id, fmt::format("{}/vms/{}", env_.state_dir, id));
+      sb->owner_ = this;
+      sb->recipe_ = std::make_shared<const Recipe>(std::move(recipe->first));
+      sb->env_ = std::move(recipe->second);
+      sb->paused_ = true;
+      sb->paused_dir_ = dir;
+      out.push_back({std::move(sb), std::move(record).value()});
+    }
+    return out;
+  }
+
+  // The halves of Pause, Resume and Fork that need the substrate; each is
+  // called with the sandbox's calls_mu_ (exclusive) and destroy_mu_ held.
+  Result<PauseResult> PauseVm(MicrovmSandbox* sb, const std::string& record) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string root = env_.state_dir + "/microvm/paused", dir = root + "/" + sb->id();
+    // Root's only: a paused VM's memory is the sandbox's.
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(dir, 0700));
+    chmod(root.c_str(), 0700);
+    chmod(dir.c_str(), 0700);
+    auto fail = [&](const Status& st) {
+      Status ignored = RemoveTree(dir);
+      (void)ignored;
+      return st;
+    };
+    const std::string tmp = dir + "/stream.tmp";
+    UniqueFd out(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!out.valid()) return fail(ErrnoError("creating " + tmp));
+    Status saved = SaveStream(*sb->qmp_, out.get(), std::chrono::steady_clock::now() + kSaveBudget);
+    if (!saved.ok()) {
+      // The VM runs on as it was (or, if its QEMU is gone, its next call says so).
+      auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
+      (void)cont;
+      return fail(saved);
+    }
+    struct stat st {};
+    if (fstat(out.get(), &st) != 0 || st.st_size == 0)
+      return fail(Error(Code::kInternal, "the paused VM's saved state is empty"));
+    out.reset();
+    Status w = WriteSmallFile(dir + "/vm.json", EncodeVm(*sb->recipe_, sb->env_));
+    if (w.ok()) w = WriteSmallFile(dir + "/record", record);
+    // The stream's name is the commit: a directory without it is not a paused VM.
+    if (w.ok() && rename(tmp.c_str(), (dir + "/stream").c_str()) != 0) w = ErrnoError("renaming " + tmp);
+    if (!w.ok()) {
+      auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
+      (void)cont;
+      return fail(w);
+    }
+    Status stopped = sb->StopVm();
+    if (!stopped.ok()) spdlog::warn("microvm {}: releasing the paused VM's host resources: {}", sb->id(), stopped.ToString());
+    sb->paused_ = true;
+    sb->paused_dir_ = dir;
+    ++counters_.pauses;
+    spdlog::info("microvm {}: paused ({} bytes of memory and device state) in {} ms", sb->id(), st.st_size,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+    return PauseResult{static_cast<uint64_t>(st.st_size), dir};
+  }
+
+  Status ResumeVm(MicrovmSandbox* sb) {
+    // A VM paused by an earlier daemon: its image resolved again (and its
+    // layers held) first.
+    if (!sb->recipe_->lease) {
+      Recipe r = *sb->recipe_;
+      auto image = ResolverOrDefault(env_.images).Resolve(r.image, {r.host_dir_image_ok, r.local_client});
+      if (!image.ok()) return image.status().Prefix("the paused sandbox's image");
+      r.disks.clear();
+      for (const auto& layer : image->layer_dirs) {
+        PADDOCK_ASSIGN_OR_RETURN(std::string disk, disks_.Get(layer));
+        r.disks.push_back(disk);
+      }
+      r.lease = image->lease;
+      sb->recipe_ = std::make_shared<const Recipe>(std::move(r));
+    }
+    PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
+    Shape shape = ShapeOf(*sb->recipe_, assets);
+    const std::string stream = sb->paused_dir_ + "/stream";
+    UniqueFd in(open(stream.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!in.valid()) return ErrnoError("opening " + stream);
+    sb->paused_ = false;
+    Status st = StartVm(sb, *sb->recipe_, shape, From{nullptr, in.get()});
+    if (!st.ok()) {
+      Status ignored = sb->StopVm();
+      (void)ignored;
+      sb->paused_ = true;
+      return st.Prefix("resuming");
+    }
+    Status removed = RemoveTree(sb->paused_dir_);
+    if (!removed.ok()) spdlog::warn("microvm {}: removing its paused state: {}", sb->id(), removed.ToString());
+    sb->paused_dir_.clear();
+    ++counters_.resumes;
+    return Status::Ok();
+  }
+
+  Result<std::vector<std::unique_ptr<Sandbox>>> ForkVm(MicrovmSandbox* parent, const std::vector<std::string>& ids) {
+    const std::string root = env_.state_dir + "/microvm/forks";
+    const std::string dir = root + "/" + parent->id() + "-" + NewSandboxId();
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(dir, 0700));
+    chmod(root.c_str(), 0700);
+    struct RemoveDir {
+      std::string path;
+      ~RemoveDir() {
+        Status ignored = RemoveTree(path);
+        (void)ignored;
+      }
+    } remove_dir{dir};
+    UniqueFd stream(open((dir + "/stream").c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!stream.valid()) return ErrnoError("creating " + dir + "/stream");
+    Status saved = SaveStream(*parent->qmp_, stream.get(), std::chrono::steady_clock::now() + kSaveBudget);
+    // The parent runs on from where it was saved, whatever happened.
+    auto cont = parent->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
+    if (!saved.ok()) return saved.Prefix("forking");
+    if (!cont.ok()) spdlog::warn("microvm {}: continuing after a fork: {}", parent->id(), cont.status().ToString());
+    PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
+    Shape shape = ShapeOf(*parent->recipe_, assets);
+    // Every copy restores at once (each reads the stream through its own open).
+    std::vector<std::optional<Result<std::unique_ptr<MicrovmSandbox>>>> built(ids.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < ids.size(); ++i)
+      threads.emplace_back([&, i] { built[i] = BuildVm(ids[i], parent->recipe_, shape, From{nullptr, stream.get()}); });
+    for (auto& t : threads) t.join();
+    std::vector<std::unique_ptr<Sandbox>> out;
+    for (auto& b : built) {
+      if (!b->ok()) return b->status().Prefix("forking");  // the copies made so far are destroyed
+      (**b)->env_ = parent->env_;
+      out.push_back(std::move(*b).value());
+    }
+    counters_.forks += out.size();
+    return out;
+  }
+
 
  private:
   Result<microvm::BootAssets> Assets() {
@@ -317,7 +598,7 @@ class MicrovmSubstrate final : public Substrate {
     uint64_t disk = 0;
     bool kvm = true;
   };
-  enum class Start { kCold, kTemplate, kClone };
+  enum class Start { kCold, kTemplate, kClone, kStream };
 
   // A template: a VM booted once to the point where its paddock-init waits
   // for the setup frame, then saved. Its RAM is a memfd sealed against
@@ -376,10 +657,14 @@ class MicrovmSubstrate final : public Substrate {
         // The guest's console (panic messages) and QEMU's stderr: one log.
         "-chardev", "stdio,id=con,signal=off",
         "-serial", "chardev:con",
-        // The channel: a virtio-serial port on our end of a socketpair.
+        // The channel: a virtio-serial port on our end of a socketpair; the
+        // guest's control port (its PID 1's: reseeding a restored VM) on
+        // another. Port 0 is reserved for a console: 3 ports.
         "-chardev", "socket,id=ch,fd=3",
-        "-device", "virtio-serial-device,max_ports=2",
+        "-chardev", "socket,id=ctl,fd=4",
+        "-device", "virtio-serial-device,max_ports=3",
         "-device", "virtserialport,chardev=ch,name=paddock",
+        "-device", "virtserialport,chardev=ctl,name=paddock-ctl",
     };
     for (size_t i = 0; i < r.disks.size(); ++i) {
       s.argv.push_back("-drive");
@@ -392,30 +677,34 @@ class MicrovmSubstrate final : public Substrate {
     return s;
   }
 
-  // The full command line. A template and its clones have their RAM in a
-  // file-backed memory backend on fd 4 (the template's memfd, reached as
-  // /proc/self/fd/4 in QEMU's jail): shared while the template runs (its
-  // writes land in the memfd), private in a clone (copy on write, the
-  // memfd's pages shared by every clone until written). Their monitor (QMP)
-  // is on fd 5; a clone waits for its device state (-incoming defer; it
-  // arrives on fd 6, migrate-incoming).
+  // The full command line. Every VM's RAM is the memory backend "mem" (so
+  // that a VM saved from any start can be restored into any other) and its
+  // monitor (QMP) is held by the daemon for the VM's life. fds: 3 the
+  // channel, 4 the control port, then:
+  // - cold and restored from a stream: 5 the monitor; a restored VM waits
+  //   for its saved state (-incoming defer), which arrives on 6;
+  // - template and clone: RAM in a file-backed memory backend on 5 (the
+  //   template's memfd, reached as /proc/self/fd/5 in QEMU's jail): shared
+  //   while the template runs (its writes land in the memfd), private in a
+  //   clone (copy on write, the memfd's pages shared by every clone until
+  //   written); 6 the monitor; a clone's device state arrives on 7.
   std::vector<std::string> Argv(const std::string& id, const Shape& s, Start start) {
     std::vector<std::string> argv = s.argv;
     // microvm: no PCI, no firmware option ROMs. ACPI stays on: it is how
     // Debian's kernel (no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES) finds the
     // virtio-mmio devices. The RTC stays on: without it the kernel spends
     // seconds polling a missing CMOS clock (docs/microvm.md).
-    std::string machine = "microvm,x-option-roms=off";
-    std::vector<std::string> extra = {"-name", "paddock-vm-" + id};
-    if (start != Start::kCold) {
-      machine += ",memory-backend=mem";
-      extra.insert(extra.end(),
-                   {"-object",
-                    fmt::format("memory-backend-file,id=mem,size={}M,mem-path=/proc/self/fd/4,share={}", s.guest_mib,
-                                start == Start::kTemplate ? "on" : "off"),
-                    "-chardev", "socket,id=qmp,fd=5", "-mon", "chardev=qmp,mode=control"});
-      if (start == Start::kClone) extra.insert(extra.end(), {"-incoming", "defer"});
-    }
+    std::string machine = "microvm,x-option-roms=off,memory-backend=mem";
+    std::vector<std::string> extra = {"-name", "paddock-vm-" + id, "-object"};
+    const bool from_memfd = start == Start::kTemplate || start == Start::kClone;
+    if (from_memfd)
+      extra.push_back(fmt::format("memory-backend-file,id=mem,size={}M,mem-path=/proc/self/fd/5,share={}",
+                                  s.guest_mib, start == Start::kTemplate ? "on" : "off"));
+    else
+      extra.push_back(fmt::format("memory-backend-ram,id=mem,size={}M", s.guest_mib));
+    extra.insert(extra.end(), {"-chardev", fmt::format("socket,id=qmp,fd={}", from_memfd ? 6 : 5), "-mon",
+                               "chardev=qmp,mode=control"});
+    if (start == Start::kClone || start == Start::kStream) extra.insert(extra.end(), {"-incoming", "defer"});
     argv.insert(argv.begin() + 1, {"-M", machine});
     argv.insert(argv.begin() + 1, extra.begin(), extra.end());
     return argv;
@@ -483,18 +772,18 @@ class MicrovmSubstrate final : public Substrate {
     return static_cast<int>(std::max<int64_t>(1, left.count()));
   }
 
-  Result<std::unique_ptr<Sandbox>> Build(const std::string& id, const Recipe& r) {
+  Result<std::unique_ptr<Sandbox>> Build(const std::string& id, const std::shared_ptr<const Recipe>& r) {
     PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
-    Shape shape = ShapeOf(r, assets);
+    Shape shape = ShapeOf(*r, assets);
     if (opts_.templates) {
       std::string key = TemplateKey(shape);
       auto t = TemplateFor(key, shape);
       if (t.ok()) {
-        auto vm = BuildVm(id, r, shape, t->get());
+        auto vm = BuildVm(id, r, shape, From{t->get(), -1});
         if (vm.ok()) {
           ++counters_.clones;
           CloneRestored(key);
-          return vm;
+          return std::unique_ptr<Sandbox>(std::move(vm).value());
         }
         // Never a failed create only because templating failed: this VM
         // boots cold, and the template is made anew for the next one.
@@ -504,71 +793,164 @@ class MicrovmSubstrate final : public Substrate {
         DropTemplate(key, *t, vm.status());
       }
     }
-    auto vm = BuildVm(id, r, shape, nullptr);
-    if (vm.ok()) ++counters_.cold_boots;
-    return vm;
+    auto vm = BuildVm(id, r, shape, From{});
+    if (!vm.ok()) return vm.status();
+    ++counters_.cold_boots;
+    return std::unique_ptr<Sandbox>(std::move(vm).value());
   }
 
-  // A VM booted cold (`t` null) or restored from template `t`; either way
-  // its setup carries a fresh identity (sandbox/init/protocol.h, SetupConfig).
-  Result<std::unique_ptr<Sandbox>> BuildVm(const std::string& id, const Recipe& r, const Shape& shape,
-                                           const Template* t) {
+  // Where a VM starts from: a cold boot (neither), template `t`'s clone, or
+  // a saved stream on fd `stream` (a paused VM's, or a fork's parent's).
+  struct From {
+    const Template* t = nullptr;
+    int stream = -1;
+  };
+
+  Result<std::unique_ptr<MicrovmSandbox>> BuildVm(const std::string& id, const std::shared_ptr<const Recipe>& r,
+                                                  const Shape& shape, From from) {
+    // Cleans up on any early return.
+    auto sb = std::make_unique<MicrovmSandbox>(id, fmt::format("{}/vms/{}", env_.state_dir, id));
+    sb->owner_ = this;
+    sb->recipe_ = r;
+    PADDOCK_RETURN_IF_ERROR(StartVm(sb.get(), *r, shape, from));
+    return sb;
+  }
+
+  // Starts `sb`'s VM: booted cold, or restored from a template or a stream.
+  // A booted VM or a template's clone gets its setup with a fresh identity
+  // (sandbox/init/protocol.h, SetupConfig); a VM restored from a stream is
+  // past its setup: its guest gets fresh entropy and the clock through its
+  // control port, and the channel is taken as it is. On error the caller
+  // stops what was started (sb->StopVm(), or sb's destructor).
+  Status StartVm(MicrovmSandbox* sb, const Recipe& r, const Shape& shape, From from) {
+    const std::string& id = sb->id();
     PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
-    auto sb = std::make_unique<MicrovmSandbox>(id, fmt::format("{}/vms/{}", env_.state_dir, id));  // cleans up on any early return
     // A pooled VM is built on the pool's nice-19 filler thread; QEMU's vCPU threads
     // and the init client's reader thread would keep that priority for the VM's
     // whole life, so they start at normal priority.
     NormalPriorityScope normal;
     UniqueFd console;
-    PADDOCK_RETURN_IF_ERROR(PrepareHost(sb.get(), id, shape, &console));
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
-    UniqueFd ours(sv[0]), theirs(sv[1]);
-    UniqueFd qmp_ours, qmp_theirs, state;
-    std::vector<int> extra;
-    if (t) {
+    PADDOCK_RETURN_IF_ERROR(PrepareHost(sb, id, shape, &console));
+    UniqueFd ours, theirs, ctl_ours, ctl_theirs, qmp_ours, qmp_theirs;
+    for (auto [a, b] : {std::pair{&ours, &theirs}, std::pair{&ctl_ours, &ctl_theirs},
+                        std::pair{&qmp_ours, &qmp_theirs}}) {
+      int sv[2];
       if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
-      qmp_ours.reset(sv[0]);
-      qmp_theirs.reset(sv[1]);
-      // An open of its own (its own offset) of the template's state.
-      std::string self = fmt::format("/proc/self/fd/{}", t->state.get());
-      state.reset(open(self.c_str(), O_RDONLY | O_CLOEXEC));
-      if (!state.valid()) return ErrnoError("opening template " + t->hash + "'s device state");
-      extra = {t->ram.get(), qmp_theirs.get(), state.get()};
+      a->reset(sv[0]);
+      b->reset(sv[1]);
     }
-    PADDOCK_ASSIGN_OR_RETURN(Jail jail, MakeJail(sb->dir_ + "/root", shape.files, t != nullptr));
-    auto child = SpawnQemu(Argv(id, shape, t ? Start::kClone : Start::kCold), jail, console.get(), theirs.get(),
-                           extra, sb->cgroup_, shape.kvm, *sb->uid_);
+    // The saved state: an open of its own (its own offset).
+    UniqueFd state;
+    std::vector<int> extra = {ctl_theirs.get()};
+    Start start = Start::kCold;
+    if (from.t || from.stream >= 0) {
+      int src = from.t ? from.t->state.get() : from.stream;
+      state.reset(open(fmt::format("/proc/self/fd/{}", src).c_str(), O_RDONLY | O_CLOEXEC));
+      if (!state.valid()) return ErrnoError("opening the saved state to restore " + id + " from");
+    }
+    if (from.t) {
+      start = Start::kClone;
+      extra.insert(extra.end(), {from.t->ram.get(), qmp_theirs.get(), state.get()});
+    } else if (from.stream >= 0) {
+      start = Start::kStream;
+      extra.insert(extra.end(), {qmp_theirs.get(), state.get()});
+    } else {
+      extra.push_back(qmp_theirs.get());
+    }
+    PADDOCK_ASSIGN_OR_RETURN(Jail jail, MakeJail(sb->dir_ + "/root", shape.files, from.t != nullptr));
+    auto child = SpawnQemu(Argv(id, shape, start), jail, console.get(), theirs.get(), extra, sb->cgroup_, shape.kvm,
+                           *sb->uid_);
     if (!child.ok()) return child.status().Prefix("starting QEMU");
     sb->qemu_ = std::move(child).value();
     theirs.reset();
+    ctl_theirs.reset();
     console.reset();
     qmp_theirs.reset();
     state.reset();
 
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.boot_timeout_ms);
-    Status ready = t ? Restore(std::move(qmp_ours), deadline) : AwaitGuestReady(ours.get(), deadline);
-    if (!ready.ok()) return StartFailure(sb.get(), ready);
-
-    init::SetupConfig setup;
-    setup.mode = init::Mode::kContainer;
-    setup.rootfs = "/rootfs";  // inside the guest's switched root
-    setup.hostname = "sandbox-" + id;
-    setup.workdir = r.workdir;
-    setup.tmp_bytes = shape.disk;
-    setup.limits = r.limits;
-    setup.seccomp_bpf = bpf;
-    PADDOCK_RETURN_IF_ERROR(FreshIdentity(&setup));
+    if (start == Start::kCold) {
+      Status ready = AwaitGuestReady(ours.get(), deadline);
+      if (!ready.ok()) return StartFailure(sb, ready);
+      auto qmp = microvm::QmpClient::Open(std::move(qmp_ours), deadline);
+      if (!qmp.ok()) return StartFailure(sb, qmp.status().Prefix("QEMU's monitor"));
+      sb->qmp_.emplace(std::move(qmp).value());
+    } else {
+      auto qmp = Restore(std::move(qmp_ours), deadline, start == Start::kClone);
+      if (!qmp.ok()) return StartFailure(sb, qmp.status());
+      sb->qmp_.emplace(std::move(qmp).value());
+    }
+    sb->ctl_ = std::move(ctl_ours);
     // The guest's kernel may be the sandbox's: every frame from it is bounded
     // and every call to it has a deadline (sandbox/init/init_client.h).
     InitClientOptions channel_opts;
     channel_opts.hostile_peer = true;
-    auto client = InitClient::Start(std::move(ours), setup, MillisLeft(deadline), channel_opts);
-    if (!client.ok()) return StartFailure(sb.get(), client.status());
-    sb->client_ = std::move(client).value();
+    if (start == Start::kStream) {
+      Status st = Reseed(sb->ctl_.get(), deadline);
+      if (!st.ok()) return StartFailure(sb, st.Prefix("reseeding the restored guest"));
+      sb->client_ = InitClient::Attach(std::move(ours), channel_opts);
+    } else {
+      init::SetupConfig setup;
+      setup.mode = init::Mode::kContainer;
+      setup.rootfs = "/rootfs";  // inside the guest's switched root
+      setup.hostname = "sandbox-" + id;
+      setup.workdir = r.workdir;
+      setup.tmp_bytes = shape.disk;
+      setup.limits = r.limits;
+      setup.seccomp_bpf = bpf;
+      PADDOCK_RETURN_IF_ERROR(FreshIdentity(&setup));
+      auto client = InitClient::Start(std::move(ours), setup, MillisLeft(deadline), channel_opts);
+      if (!client.ok()) return StartFailure(sb, client.status());
+      sb->client_ = std::move(client).value();
+    }
     sb->lease_ = r.lease;
-    return std::unique_ptr<Sandbox>(std::move(sb));
+    return Status::Ok();
   }
+
+  // Fresh entropy and the host's clock for a guest restored from a stream,
+  // through its control port (init::FrameType::kReseed); its reply is
+  // bounded and awaited by `deadline`.
+  static Status Reseed(int ctl, std::chrono::steady_clock::time_point deadline) {
+    init::SetupConfig fresh;
+    PADDOCK_RETURN_IF_ERROR(FreshIdentity(&fresh));
+    init::WireWriter w;
+    w.Str(fresh.entropy);
+    w.U64(fresh.realtime_ns);
+    if (!init::WriteFrameBy(ctl, init::FrameType::kReseed, 1, w.Take(), {}, deadline))
+      return ErrnoError("sending the reseed request");
+    init::Frame f;
+    if (!init::ReadFrameBy(ctl, &f, 4096, deadline)) {
+      if (errno == ETIMEDOUT) return Error(Code::kDeadlineExceeded, "the guest did not answer its reseed in time");
+      return ErrnoError("reading the guest's reseed reply");
+    }
+    int32_t err = 0;
+    std::string msg, body;
+    if (f.type != init::FrameType::kReply || f.id != 1 || !init::DecodeReply(f.payload, &err, &msg, &body))
+      return Error(Code::kInternal, "malformed reseed reply from the guest");
+    if (err != 0) return Error(Code::kInternal, "the guest could not reseed: {}", msg);
+    return Status::Ok();
+  }
+
+  // Stops a running VM and writes its RAM and device state to `out` as a
+  // migration stream (every page, zero pages as flags; a clone's RAM is
+  // private, so nothing of its template's memfd is left out). The VM stays
+  // stopped (postmigrate): the caller continues it (a fork's parent) or
+  // kills it (a pause).
+  static Status SaveStream(microvm::QmpClient& qmp, int out, std::chrono::steady_clock::time_point deadline) {
+    for (const char* cmd : {R"({"execute": "stop"})", kKeepShared}) {
+      auto r = qmp.Execute(cmd, deadline);
+      if (!r.ok()) return r.status().Prefix("stopping the VM");
+    }
+    auto r = qmp.Execute(R"({"execute": "getfd", "arguments": {"fdname": "state"}})", deadline, {out});
+    if (r.ok()) r = qmp.Execute(R"({"execute": "migrate", "arguments": {"uri": "fd:state"}})", deadline);
+    if (r.ok())
+      r = qmp.WaitFor(R"({"execute": "query-migrate"})", {R"("status":"completed")"},
+                      {R"("status":"failed")", R"("status":"cancelled")"}, deadline, std::chrono::milliseconds(2));
+    if (!r.ok()) return r.status().Prefix("saving the VM's memory and device state");
+    return Status::Ok();
+  }
+  static constexpr const char* kKeepShared =
+      R"({"execute": "migrate-set-capabilities", "arguments": {"capabilities": [{"capability": "x-ignore-shared", "state": false}]}})";
 
   // 32 bytes of the host's randomness for the guest's pool, a machine-id,
   // the host's clock.
@@ -594,23 +976,27 @@ class MicrovmSubstrate final : public Substrate {
     return Status::Ok();
   }
 
-  // A clone: its device state in (migrate-incoming with x-ignore-shared, as
-  // the template was saved: the RAM is the memfd already mapped), then
-  // running. A QEMU that cannot load the state exits; its monitor closes.
-  static Status Restore(UniqueFd qmp_fd, std::chrono::steady_clock::time_point deadline) {
+  // A clone (its device state in, migrate-incoming with x-ignore-shared as
+  // the template was saved: the RAM is the memfd already mapped) or a VM
+  // restored from a stream (RAM and devices in), then running. A QEMU that
+  // cannot load the state exits; its monitor closes. Returns the monitor.
+  static Result<microvm::QmpClient> Restore(UniqueFd qmp_fd, std::chrono::steady_clock::time_point deadline,
+                                            bool clone) {
     using microvm::QmpClient;
     PADDOCK_ASSIGN_OR_RETURN(QmpClient qmp, QmpClient::Open(std::move(qmp_fd), deadline));
-    PADDOCK_RETURN_IF_ERROR(qmp.Execute(kIgnoreShared, deadline).status());
-    PADDOCK_RETURN_IF_ERROR(
-        qmp.Execute(R"({"execute": "migrate-incoming", "arguments": {"uri": "fd:6"}})", deadline).status());
-    // The template was stopped before it was saved, so its clone comes up paused.
+    if (clone) PADDOCK_RETURN_IF_ERROR(qmp.Execute(kIgnoreShared, deadline).status());
+    PADDOCK_RETURN_IF_ERROR(qmp.Execute(clone ? R"({"execute": "migrate-incoming", "arguments": {"uri": "fd:7"}})"
+                                              : R"({"execute": "migrate-incoming", "arguments": {"uri": "fd:6"}})",
+                                        deadline)
+                                .status());
+    // Every saved VM was stopped first, so the restored one comes up paused.
     auto st = qmp.WaitFor(R"({"execute": "query-status"})",
                           {R"("status":"paused")", R"("status":"postmigrate")", R"("status":"running")"},
                           {R"("status":"internal-error")", R"("status":"guest-panicked")", R"("status":"shutdown")"},
                           deadline, std::chrono::milliseconds(2));
-    if (!st.ok()) return st.status().Prefix("restoring the template's device state");
+    if (!st.ok()) return st.status().Prefix(clone ? "restoring the template's device state" : "restoring the saved VM");
     PADDOCK_RETURN_IF_ERROR(qmp.Execute(R"({"execute": "cont"})", deadline).status());
-    return Status::Ok();  // the monitor closes here: nothing more is asked of this QEMU
+    return qmp;
   }
   static constexpr const char* kIgnoreShared =
       R"({"execute": "migrate-set-capabilities", "arguments": {"capabilities": [{"capability": "x-ignore-shared", "state": true}]}})";
@@ -720,14 +1106,18 @@ class MicrovmSubstrate final : public Substrate {
     UniqueFd ours(sv[0]), theirs(sv[1]);
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
     UniqueFd qmp_ours(sv[0]), qmp_theirs(sv[1]);
+    // Its control port: nothing is asked of it; each clone gets its own.
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
+    UniqueFd ctl_ours(sv[0]), ctl_theirs(sv[1]);
     PADDOCK_ASSIGN_OR_RETURN(Jail jail, MakeJail(sb->dir_ + "/root", shape.files, true));
     auto child = SpawnQemu(Argv(id, shape, Start::kTemplate), jail, console.get(), theirs.get(),
-                           {t->ram.get(), qmp_theirs.get()}, sb->cgroup_, shape.kvm, *sb->uid_);
+                           {ctl_theirs.get(), t->ram.get(), qmp_theirs.get()}, sb->cgroup_, shape.kvm, *sb->uid_);
     if (!child.ok()) return child.status().Prefix("starting a template's QEMU");
     sb->qemu_ = std::move(child).value();
     theirs.reset();
     console.reset();
     qmp_theirs.reset();
+    ctl_theirs.reset();
 
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.boot_timeout_ms);
     Status st = AwaitGuestReady(ours.get(), deadline);
@@ -780,7 +1170,7 @@ class MicrovmSubstrate final : public Substrate {
     std::string null_node, urandom_node, kvm_node;
     // A template or clone only: a procfs of QEMU's own pid namespace with
     // nothing but its process (subset=pid), so that QEMU can open its RAM
-    // memfd as /proc/self/fd/4 (QEMU 7.2's memory-backend-file takes a path
+    // memfd as /proc/self/fd/5 (QEMU 7.2's memory-backend-file takes a path
     // only). Empty: none.
     std::string proc;
   };
@@ -833,8 +1223,8 @@ class MicrovmSubstrate final : public Substrate {
   // QEMU with the console on stdout/stderr and the channel on fd 3. Only raw
   // system calls after the clone (the daemon is multithreaded): every
   // string is made before it.
-  // `extra_fds` become fds 4, 5, ... in QEMU (a template's RAM, its monitor,
-  // a clone's device state).
+  // `extra_fds` become fds 4, 5, ... in QEMU (the control port, then as
+  // Argv says: a template's RAM, the monitor, a saved state).
   Result<ChildProcess> SpawnQemu(const std::vector<std::string>& argv, const Jail& jail, int console_fd,
                                  int channel_fd, const std::vector<int>& extra_fds, const Cgroup& cgroup, bool kvm,
                                  uint32_t uid) {
@@ -955,6 +1345,42 @@ class MicrovmSubstrate final : public Substrate {
  private:
   WarmPool pool_;  // last: stopped before the rest goes
 };
+
+// A pause, resume or fork waits this long for the sandbox's calls in flight
+// to end.
+constexpr std::chrono::seconds kQuiesceWait{10};
+
+Result<PauseResult> MicrovmSandbox::Pause(const std::string& record) {
+  std::unique_lock calls(calls_mu_, std::defer_lock);
+  if (!calls.try_lock_for(kQuiesceWait))
+    return Error(Code::kFailedPrecondition, "calls were still running in sandbox {} after {} s; pause it between calls",
+                 id_, kQuiesceWait.count());
+  std::lock_guard lock(destroy_mu_);
+  if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} is already paused", id_);
+  PADDOCK_RETURN_IF_ERROR(Saveable());
+  return owner_->PauseVm(this, record);
+}
+
+Status MicrovmSandbox::Resume() {
+  std::unique_lock calls(calls_mu_, std::defer_lock);
+  if (!calls.try_lock_for(kQuiesceWait))
+    return Error(Code::kFailedPrecondition, "sandbox {} is busy (a pause or fork in progress)", id_);
+  std::lock_guard lock(destroy_mu_);
+  if (!paused_) return Error(Code::kFailedPrecondition, "sandbox {} is not paused", id_);
+  if (!owner_) return Error(Code::kInternal, "sandbox {} has no substrate to resume it", id_);
+  return owner_->ResumeVm(this);
+}
+
+Result<std::vector<std::unique_ptr<Sandbox>>> MicrovmSandbox::Fork(const std::vector<std::string>& ids) {
+  std::unique_lock calls(calls_mu_, std::defer_lock);
+  if (!calls.try_lock_for(kQuiesceWait))
+    return Error(Code::kFailedPrecondition, "calls were still running in sandbox {} after {} s; fork it between calls",
+                 id_, kQuiesceWait.count());
+  std::lock_guard lock(destroy_mu_);
+  if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} is paused; resume it before forking it", id_);
+  PADDOCK_RETURN_IF_ERROR(Saveable());
+  return owner_->ForkVm(this, ids);
+}
 
 }  // namespace
 

@@ -59,6 +59,9 @@ struct MicrovmCounters {
   std::atomic<uint64_t> clones{0};
   std::atomic<uint64_t> template_builds{0};
   std::atomic<uint64_t> clone_failures{0};  // each followed by a cold boot
+  std::atomic<uint64_t> pauses{0};
+  std::atomic<uint64_t> resumes{0};
+  std::atomic<uint64_t> forks{0};  // copies made
 };
 // The counters of `substrate` if it is a microvm substrate, else null.
 const MicrovmCounters* MicrovmCountersOf(const Substrate* substrate);

@@ -392,6 +392,40 @@ int RunSnapshot(const Globals& g, const std::string& id, const std::string& name
   });
 }
 
+int RunPause(const Globals& g, const std::string& id) {
+  return WithClient(g, [&](client::Client& c) {
+    auto bytes = c.Pause(id);
+    if (!bytes.ok()) return Fail(g, bytes.status());
+    if (g.json) PrintJson({{"sandbox_id", id}, {"state", "paused"}, {"state_bytes", *bytes}});
+    else std::printf("%s paused (%.1f MiB of memory and device state saved)\n", id.c_str(), *bytes / 1048576.0);
+    return 0;
+  });
+}
+
+int RunResume(const Globals& g, const std::string& id) {
+  return WithClient(g, [&](client::Client& c) {
+    Status st = c.Resume(id);
+    if (!st.ok()) return Fail(g, st);
+    if (g.json) PrintJson({{"sandbox_id", id}, {"state", "running"}});
+    else std::printf("%s resumed\n", id.c_str());
+    return 0;
+  });
+}
+
+int RunFork(const Globals& g, const std::string& id, uint32_t count) {
+  return WithClient(g, [&](client::Client& c) {
+    auto forks = c.Fork(id, count);
+    if (!forks.ok()) return Fail(g, forks.status());
+    json ids = json::array();
+    for (const auto& f : *forks) {
+      ids.push_back(f.id);
+      if (!g.json) std::printf("%s\n", f.id.c_str());
+    }
+    if (g.json) PrintJson({{"parent", id}, {"sandboxes", ids}});
+    return 0;
+  });
+}
+
 // ---- log ------------------------------------------------------------------
 struct LogArgs {
   std::string episode, dir, format = "jsonl", older_than;
@@ -728,6 +762,20 @@ int Main(int argc, char** argv) {
   sn->add_option("id", id, "sandbox id")->required();
   sn->add_option("--name", snap_name, "name of the new image")->required();
   sn->callback([&] { rc = RunSnapshot(g, id, snap_name); });
+
+  CLI::App* pa = leaf("pause", "pause a microVM with its memory (saved to disk, host memory released)");
+  pa->add_option("id", id, "sandbox id")->required();
+  pa->callback([&] { rc = RunPause(g, id); });
+
+  CLI::App* re = leaf("resume", "resume a paused microVM: processes and files as they were");
+  re->add_option("id", id, "sandbox id")->required();
+  re->callback([&] { rc = RunResume(g, id); });
+
+  uint32_t fork_count = 1;
+  CLI::App* fk = leaf("fork", "copy a running microVM into new running sandboxes (memory included)");
+  fk->add_option("id", id, "sandbox id")->required();
+  fk->add_option("--count", fork_count, "how many copies (1..64, default 1)")->check(CLI::Range(1, 64));
+  fk->callback([&] { rc = RunFork(g, id, fork_count); });
 
   LogArgs log_args;
   RegisterLogCommands(app, g, log_args, rc);

@@ -831,4 +831,33 @@ Result<SnapshotInfo> Client::SnapshotImage(const std::string& id, const std::str
   return SnapshotInfo{resp.image(), resp.name(), resp.layer(), resp.layer_bytes()};
 }
 
+Result<uint64_t> Client::Pause(const std::string& id) {
+  v1::PauseRequest req;
+  req.set_sandbox_id(id);
+  v1::PauseResponse resp;
+  auto ctx = impl_->Context(kLongCall);
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Pause(ctx.get(), req, &resp)));
+  return resp.state_bytes();
+}
+
+Status Client::Resume(const std::string& id) {
+  v1::ResumeRequest req;
+  req.set_sandbox_id(id);
+  v1::ResumeResponse resp;
+  auto ctx = impl_->Context(kLongCall);
+  return FromGrpc(impl_->stub->Resume(ctx.get(), req, &resp));
+}
+
+Result<std::vector<SandboxInfo>> Client::Fork(const std::string& id, uint32_t count) {
+  v1::ForkRequest req;
+  req.set_sandbox_id(id);
+  req.set_count(count);
+  v1::ForkResponse resp;
+  auto ctx = impl_->Context(kLongCall);
+  PADDOCK_RETURN_IF_ERROR(FromGrpc(impl_->stub->Fork(ctx.get(), req, &resp)));
+  std::vector<SandboxInfo> out;
+  for (const auto& p : resp.sandboxes()) out.push_back(FromProto(p));
+  return out;
+}
+
 }  // namespace paddock::client

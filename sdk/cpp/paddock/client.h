@@ -65,7 +65,7 @@ struct SandboxInfo {
   std::string image;
   int64_t created_unix_ms = 0;
   int64_t expires_unix_ms = 0;
-  std::string state;  // "running" | "failed"
+  std::string state;  // "running" | "failed" | "paused"
   std::map<std::string, std::string> labels;
   Limits limits;
 };
@@ -327,6 +327,11 @@ class Client {
   Result<std::string> ImageExport(const std::string& ref, const std::string& dir);
   // Snapshot with everything the daemon reports.
   Result<SnapshotInfo> SnapshotImage(const std::string& id, const std::string& name);
+  // Pause with memory, resume, fork of a running microVM (Sandboxes.Pause,
+  // Resume, Fork): the bytes saved; the copies made.
+  Result<uint64_t> Pause(const std::string& id);
+  Status Resume(const std::string& id);
+  Result<std::vector<SandboxInfo>> Fork(const std::string& id, uint32_t count);
 
   // Where this client connects, for messages: "/run/paddock/paddockd.sock" or "host:port".
   const std::string& target() const;

@@ -277,6 +277,22 @@ class Sandbox:
         req = cv.pb.SnapshotRequest(sandbox_id=self.id, name=name)
         return (await self._client._call(self._client._sandboxes.Snapshot, req)).image
 
+    async def pause(self) -> int:
+        """Pauses a microVM sandbox with its memory; returns the bytes saved (see paddock.Sandbox.pause)."""
+        req = cv.pb.PauseRequest(sandbox_id=self.id)
+        return (await self._client._call(self._client._sandboxes.Pause, req)).state_bytes
+
+    async def resume(self) -> None:
+        """Resumes a paused microVM sandbox."""
+        req = cv.pb.ResumeRequest(sandbox_id=self.id)
+        await self._client._call(self._client._sandboxes.Resume, req)
+
+    async def fork(self, count: int = 1) -> "list[Sandbox]":
+        """`count` (1..64) running copies of this microVM sandbox, memory included."""
+        req = cv.pb.ForkRequest(sandbox_id=self.id, count=count)
+        resp = await self._client._call(self._client._sandboxes.Fork, req)
+        return [Sandbox(self._client, s.id, info=cv.sandbox_info(s)) for s in resp.sandboxes]
+
     async def destroy(self) -> None:
         """Destroys the sandbox; a second call does nothing."""
         if self._destroyed:

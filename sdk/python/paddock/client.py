@@ -324,6 +324,28 @@ class Sandbox:
         req = cv.pb.SnapshotRequest(sandbox_id=self.id, name=name)
         return self._client._call(self._client._sandboxes.Snapshot, req).image
 
+    def pause(self) -> int:
+        """Pauses a microVM sandbox with its memory (saved to disk, host memory released;
+        it survives a daemon restart). Returns the bytes saved.
+
+        Raises:
+            paddock.Unimplemented: not a microVM sandbox.
+            paddock.FailedPrecondition: already paused, or calls still running in it.
+        """
+        req = cv.pb.PauseRequest(sandbox_id=self.id)
+        return self._client._call(self._client._sandboxes.Pause, req).state_bytes
+
+    def resume(self) -> None:
+        """Resumes a paused microVM sandbox: its processes and files as they were."""
+        req = cv.pb.ResumeRequest(sandbox_id=self.id)
+        self._client._call(self._client._sandboxes.Resume, req)
+
+    def fork(self, count: int = 1) -> "list[Sandbox]":
+        """`count` (1..64) running copies of this microVM sandbox, memory included; this one runs on."""
+        req = cv.pb.ForkRequest(sandbox_id=self.id, count=count)
+        resp = self._client._call(self._client._sandboxes.Fork, req)
+        return [Sandbox(self._client, s.id, info=cv.sandbox_info(s)) for s in resp.sandboxes]
+
     def destroy(self) -> None:
         """Destroys the sandbox. A second call does nothing.
 

@@ -168,6 +168,15 @@ def test_typed_errors_carry_the_daemons_message(client: paddock.Client, rootfs: 
             sb.exec("ls -l")  # type: ignore[arg-type]
         with pytest.raises(paddock.InvalidArgument, match="timeout"):
             sb.exec(["true"], timeout=0)
+        # Pause, resume and fork keep a microVM's memory: other substrates say so.
+        with pytest.raises(paddock.Unimplemented, match="microVM"):
+            sb.pause()
+        with pytest.raises(paddock.Unimplemented, match="microVM"):
+            sb.fork(2)
+    with pytest.raises(paddock.NotFound):
+        ghost.resume()
+    with pytest.raises(paddock.InvalidArgument, match="1 to 64"):
+        ghost.fork(0)
     with pytest.raises(paddock.InvalidArgument, match="unknown substrate 'nope'"):
         client.sandbox("nope", rootfs)
     with pytest.raises(paddock.InvalidArgument, match="no image"):

@@ -69,6 +69,21 @@ class SandboxesStub(object):
                 request_serializer=sandbox__pb2.StatsRequest.SerializeToString,
                 response_deserializer=sandbox__pb2.StatsResponse.FromString,
                 )
+        self.Pause = channel.unary_unary(
+                '/paddock.v1.Sandboxes/Pause',
+                request_serializer=sandbox__pb2.PauseRequest.SerializeToString,
+                response_deserializer=sandbox__pb2.PauseResponse.FromString,
+                )
+        self.Resume = channel.unary_unary(
+                '/paddock.v1.Sandboxes/Resume',
+                request_serializer=sandbox__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=sandbox__pb2.ResumeResponse.FromString,
+                )
+        self.Fork = channel.unary_unary(
+                '/paddock.v1.Sandboxes/Fork',
+                request_serializer=sandbox__pb2.ForkRequest.SerializeToString,
+                response_deserializer=sandbox__pb2.ForkResponse.FromString,
+                )
 
 
 class SandboxesServicer(object):
@@ -148,6 +163,33 @@ class SandboxesServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pause(self, request, context):
+        """Pause with memory (microVM sandboxes): the VM's memory and device state
+        are saved under the daemon's state dir and its host memory is released;
+        calls fail (FAILED_PRECONDITION) until Resume brings it back with its
+        processes and files as they were. A paused sandbox survives a daemon
+        restart. Other substrates: UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fork(self, request, context):
+        """`count` independent running copies of a running microVM sandbox (memory,
+        processes and files as they are now), each a new sandbox with the
+        parent's spec; the parent runs on. Each copy's guest gets fresh entropy
+        and the clock; it keeps the parent's hostname and machine-id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +247,21 @@ def add_SandboxesServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=sandbox__pb2.StatsRequest.FromString,
                     response_serializer=sandbox__pb2.StatsResponse.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=sandbox__pb2.PauseRequest.FromString,
+                    response_serializer=sandbox__pb2.PauseResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=sandbox__pb2.ResumeRequest.FromString,
+                    response_serializer=sandbox__pb2.ResumeResponse.SerializeToString,
+            ),
+            'Fork': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fork,
+                    request_deserializer=sandbox__pb2.ForkRequest.FromString,
+                    response_serializer=sandbox__pb2.ForkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,5 +457,56 @@ class Sandboxes(object):
         return grpc.experimental.unary_unary(request, target, '/paddock.v1.Sandboxes/Stats',
             sandbox__pb2.StatsRequest.SerializeToString,
             sandbox__pb2.StatsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/paddock.v1.Sandboxes/Pause',
+            sandbox__pb2.PauseRequest.SerializeToString,
+            sandbox__pb2.PauseResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/paddock.v1.Sandboxes/Resume',
+            sandbox__pb2.ResumeRequest.SerializeToString,
+            sandbox__pb2.ResumeResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Fork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/paddock.v1.Sandboxes/Fork',
+            sandbox__pb2.ForkRequest.SerializeToString,
+            sandbox__pb2.ForkResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
