@@ -174,7 +174,8 @@ TEST_F(CliTest, Help_EveryCommandHasIt) {
   std::vector<std::vector<std::string>> commands = {
       {}, {"sandbox"}, {"sandbox", "create"}, {"sandbox", "exec"}, {"sandbox", "write"},
       {"sandbox", "read"}, {"sandbox", "ls"}, {"sandbox", "destroy"}, {"sandbox", "stat"},
-      {"sandbox", "listdir"}, {"sandbox", "stats"}, {"sandbox", "snapshot"}};
+      {"sandbox", "listdir"}, {"sandbox", "stats"}, {"sandbox", "snapshot"}, {"sandbox", "pause"},
+      {"sandbox", "resume"}, {"sandbox", "fork"}};
   for (auto cmd : commands) {
     cmd.push_back("--help");
     RunResult r = Paddock(cmd);
@@ -190,6 +191,8 @@ TEST_F(CliTest, Help_EveryCommandHasIt) {
 TEST_F(CliTest, UsageErrors_Exit2) {
   EXPECT_EQ(Paddock({"sandbox", "create", "--substrate", "container"}).code, 2);  // no --image
   EXPECT_EQ(Paddock({"sandbox", "frobnicate"}).code, 2);
+  EXPECT_EQ(Paddock({"sandbox", "fork", "0123456789ab", "--count", "0"}).code, 2);  // 1..64
+  EXPECT_EQ(Paddock({"sandbox", "pause"}).code, 2);  // no id
   EXPECT_EQ(Paddock({}).code, 2);
 }
 
