@@ -34,7 +34,7 @@ Output Shell(const std::string& cmd) {
   return r;
 }
 
-std::string Repo() { return fs::path(__FILE__).parent_path().parent_path().string(); }
+std::string Repo() { return PADDOCK_SOURCE_DIR; }
 
 TEST(Tools, PaddockInitHelpAndRefusalOutsideASandbox) {
   std::string init = paddock::testing::BuiltBinary("paddock-init");
