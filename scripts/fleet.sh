@@ -153,9 +153,17 @@ free_port() {
 
 # wait_socket NAME: until `paddock sandbox stats` answers on NAME's socket (30 s).
 wait_socket() {
-  local name=$1 i
+  local name=$1 i pid
   for ((i = 0; i < 300; i++)); do
     if ! pid_alive "$dir/$name/pid"; then
+      # Just spawned, the pid may still be the shell on its way to exec setsid
+      # and paddockd (its cmdline not paddockd's yet): wait while it exists.
+      pid="$(cat "$dir/$name/pid" 2>/dev/null)" || pid=""
+      if [[ "$pid" =~ ^[0-9]+$ ]] && [ -e "/proc/$pid" ] &&
+        [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; then
+        sleep 0.1
+        continue
+      fi
       echo "fleet: $name exited while starting; the end of $dir/$name/log:" >&2
       tail -n 20 "$dir/$name/log" >&2 || true
       return 1
