@@ -202,16 +202,20 @@ Result<SandboxInfo> SandboxManager::Create(const SandboxSpec& spec_in) {
   e.info.created_unix_ms = NowMs();
   e.info.expires_unix_ms = e.info.created_unix_ms + int64_t{spec.ttl_seconds} * 1000;
   e.sandbox = std::make_shared<TimedSandbox>(std::move(created).value(), &exec_latency_);
+  return AddLocked(std::move(e));
+}
+
+SandboxInfo SandboxManager::AddLocked(Entry e) {
   SandboxInfo info = Snapshot(e);
-  const int64_t expires = e.info.expires_unix_ms;
-  sandboxes_.emplace(id, std::move(e));
   // The expiry loop scans every sandbox when it wakes: woken only when this
   // one expires before the loop's next wake-up (with 100,000 sandboxes a scan
   // per create made creates quadratic; fleet_sim_bench).
-  if (expires < next_expiry_ms_) {
-    next_expiry_ms_ = expires;
+  if (e.info.expires_unix_ms < next_expiry_ms_) {
+    next_expiry_ms_ = e.info.expires_unix_ms;
     expiry_cv_.notify_all();
   }
+  std::string id = e.info.id;
+  sandboxes_.emplace(std::move(id), std::move(e));
   return info;
 }
 
@@ -284,13 +288,7 @@ Result<std::vector<SandboxInfo>> SandboxManager::Fork(const std::string& id, uin
     e.sandbox = std::make_shared<TimedSandbox>(std::move(child), &exec_latency_);
     creates_total_.fetch_add(1);
     create_latency_.Observe(seconds);
-    out.push_back(Snapshot(e));
-    if (e.info.expires_unix_ms < next_expiry_ms_) {
-      next_expiry_ms_ = e.info.expires_unix_ms;
-      expiry_cv_.notify_all();
-    }
-    std::string key = e.info.id;
-    sandboxes_.emplace(std::move(key), std::move(e));
+    out.push_back(AddLocked(std::move(e)));
   }
   return out;
 }
@@ -311,12 +309,7 @@ size_t SandboxManager::RecoverPaused() {
       Entry e;
       e.info = std::move(info).value();
       e.sandbox = std::make_shared<TimedSandbox>(std::move(r.sandbox), &exec_latency_);
-      if (e.info.expires_unix_ms < next_expiry_ms_) {
-        next_expiry_ms_ = e.info.expires_unix_ms;
-        expiry_cv_.notify_all();
-      }
-      std::string key = e.info.id;
-      sandboxes_.emplace(std::move(key), std::move(e));
+      AddLocked(std::move(e));
       ++n;
     }
   }

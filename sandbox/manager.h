@@ -90,6 +90,9 @@ class SandboxManager {
   };
   void ExpiryLoop();
   SandboxInfo Snapshot(const Entry& e) const;
+  // Under mu_: registers `e` (a create, a fork's copy, a recovered paused
+  // sandbox), waking the expiry loop if it expires first; returns its info.
+  SandboxInfo AddLocked(Entry e);
 
   ManagerOptions options_;
   std::map<std::string, std::unique_ptr<Substrate>> substrates_;

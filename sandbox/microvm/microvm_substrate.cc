@@ -464,7 +464,12 @@ class MicrovmSubstrate final : public Substrate {
     PADDOCK_RETURN_IF_ERROR(MkdirAll(dir, 0700));
     chmod(root.c_str(), 0700);
     chmod(dir.c_str(), 0700);
+    bool stopped = false;  // by SaveStream: on failure the VM runs on as it was
     auto fail = [&](const Status& st) {
+      if (stopped) {
+        auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
+        (void)cont;  // if its QEMU is gone, its next call says so
+      }
       Status ignored = RemoveTree(dir);
       (void)ignored;
       return st;
@@ -472,13 +477,9 @@ class MicrovmSubstrate final : public Substrate {
     const std::string tmp = dir + "/stream.tmp";
     UniqueFd out(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!out.valid()) return fail(ErrnoError("creating " + tmp));
+    stopped = true;
     Status saved = SaveStream(*sb->qmp_, out.get(), std::chrono::steady_clock::now() + kSaveBudget);
-    if (!saved.ok()) {
-      // The VM runs on as it was (or, if its QEMU is gone, its next call says so).
-      auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
-      (void)cont;
-      return fail(saved);
-    }
+    if (!saved.ok()) return fail(saved);
     struct stat st {};
     if (fstat(out.get(), &st) != 0 || st.st_size == 0)
       return fail(Error(Code::kInternal, "the paused VM's saved state is empty"));
@@ -487,14 +488,11 @@ class MicrovmSubstrate final : public Substrate {
     if (w.ok()) w = WriteSmallFile(dir + "/record", record);
     // The stream's name is the commit: a directory without it is not a paused VM.
     if (w.ok() && rename(tmp.c_str(), (dir + "/stream").c_str()) != 0) w = ErrnoError("renaming " + tmp);
-    if (!w.ok()) {
-      auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
-      (void)cont;
-      return fail(w);
-    }
+    if (!w.ok()) return fail(w);
     const auto t_saved = std::chrono::steady_clock::now();
-    Status stopped = sb->StopVm();
-    if (!stopped.ok()) spdlog::warn("microvm {}: releasing the paused VM's host resources: {}", sb->id(), stopped.ToString());
+    Status released = sb->StopVm();
+    if (!released.ok())
+      spdlog::warn("microvm {}: releasing the paused VM's host resources: {}", sb->id(), released.ToString());
     sb->paused_ = true;
     sb->paused_dir_ = dir;
     ++counters_.pauses;
@@ -827,7 +825,6 @@ class MicrovmSubstrate final : public Substrate {
   // stops what was started (sb->StopVm(), or sb's destructor).
   Status StartVm(MicrovmSandbox* sb, const Recipe& r, const Shape& shape, From from) {
     const std::string& id = sb->id();
-    PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
     // A pooled VM is built on the pool's nice-19 filler thread; QEMU's vCPU threads
     // and the init client's reader thread would keep that priority for the VM's
     // whole life, so they start at normal priority.
@@ -893,6 +890,7 @@ class MicrovmSubstrate final : public Substrate {
       if (!st.ok()) return StartFailure(sb, st.Prefix("reseeding the restored guest"));
       sb->client_ = InitClient::Attach(std::move(ours), channel_opts);
     } else {
+      PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
       init::SetupConfig setup;
       setup.mode = init::Mode::kContainer;
       setup.rootfs = "/rootfs";  // inside the guest's switched root
@@ -1357,11 +1355,19 @@ class MicrovmSubstrate final : public Substrate {
 // to end.
 constexpr std::chrono::seconds kQuiesceWait{10};
 
+// The sandbox's calls, held exclusively (waiting kQuiesceWait for those in
+// flight); FAILED_PRECONDITION naming `what` when they do not end in time.
+Status LockCalls(std::shared_timed_mutex& mu, std::unique_lock<std::shared_timed_mutex>* calls,
+                 const std::string& id, const char* what) {
+  *calls = std::unique_lock(mu, std::defer_lock);
+  if (calls->try_lock_for(kQuiesceWait)) return Status::Ok();
+  return Error(Code::kFailedPrecondition, "calls were still running in sandbox {} after {} s; {} it between calls", id,
+               kQuiesceWait.count(), what);
+}
+
 Result<PauseResult> MicrovmSandbox::Pause(const std::string& record) {
-  std::unique_lock calls(calls_mu_, std::defer_lock);
-  if (!calls.try_lock_for(kQuiesceWait))
-    return Error(Code::kFailedPrecondition, "calls were still running in sandbox {} after {} s; pause it between calls",
-                 id_, kQuiesceWait.count());
+  std::unique_lock<std::shared_timed_mutex> calls;
+  PADDOCK_RETURN_IF_ERROR(LockCalls(calls_mu_, &calls, id_, "pause"));
   std::lock_guard lock(destroy_mu_);
   if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} is already paused", id_);
   PADDOCK_RETURN_IF_ERROR(Saveable());
@@ -1379,10 +1385,8 @@ Status MicrovmSandbox::Resume() {
 }
 
 Result<std::vector<std::unique_ptr<Sandbox>>> MicrovmSandbox::Fork(const std::vector<std::string>& ids) {
-  std::unique_lock calls(calls_mu_, std::defer_lock);
-  if (!calls.try_lock_for(kQuiesceWait))
-    return Error(Code::kFailedPrecondition, "calls were still running in sandbox {} after {} s; fork it between calls",
-                 id_, kQuiesceWait.count());
+  std::unique_lock<std::shared_timed_mutex> calls;
+  PADDOCK_RETURN_IF_ERROR(LockCalls(calls_mu_, &calls, id_, "fork"));
   std::lock_guard lock(destroy_mu_);
   if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} is paused; resume it before forking it", id_);
   PADDOCK_RETURN_IF_ERROR(Saveable());
