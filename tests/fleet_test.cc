@@ -756,6 +756,34 @@ TEST_F(FleetTest, ASnapshotTakenOnANodeIsTheFrontsAndOutlivesTheNode) {
   EXPECT_EQ(NodeStats(*nodes_[1 - holder]).images_fetched, 1u);  // handed over by the front
 }
 
+// Pause, resume and fork go through the front to the node that holds the
+// sandbox (tests/microvm_daemon_test.cc runs them on a microVM through a
+// front): a container cannot be paused with its memory, and the node says
+// so, named, through the front; the sandbox runs on.
+TEST_F(FleetTest, PauseResumeAndForkThroughTheFrontAreTheNodesAnswers) {
+  StartNodes(1);
+  StartFront(NodeList());
+  auto front = Local(*front_);
+  ASSERT_EQ(WaitForNodes("ready", 1, std::chrono::seconds(15))["nodes"].size(), 1u);
+  auto made = front.Create(Busybox());
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  auto paused = front.Pause(made->id);
+  ASSERT_FALSE(paused.ok());
+  EXPECT_EQ(paused.status().code(), Code::kUnimplemented) << paused.status().ToString();
+  EXPECT_THAT(paused.status().message(), HasSubstr("only microVM sandboxes"));
+  EXPECT_THAT(paused.status().message(), HasSubstr(addresses_[0]));
+  Status resumed = front.Resume(made->id);
+  EXPECT_EQ(resumed.code(), Code::kUnimplemented) << resumed.ToString();
+  auto forked = front.Fork(made->id, 2);
+  ASSERT_FALSE(forked.ok());
+  EXPECT_THAT(forked.status().message(), HasSubstr("only microVM sandboxes"));
+  EXPECT_EQ(front.Fork(made->id, 0).status().code(), Code::kInvalidArgument);  // checked by the front
+  EXPECT_EQ(FrontSandboxesOn(*nodes_[0]).size(), 1u);  // a failed fork leaves nothing there
+  auto out = front.Exec(made->id, Shell("echo still"));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->stdout_data, "still\n");
+}
+
 // Images.Send serves fronts only, and only the blobs of the image asked for.
 TEST_F(FleetTest, ANodeSendsOnlyTheImageAskedForAndOnlyToAFront) {
   StartNodes(1);

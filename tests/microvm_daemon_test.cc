@@ -1,6 +1,7 @@
 // The microvm substrate through a real paddockd and the paddock CLI: the
 // daemon's flags, a create with --substrate microvm, an exec, a destroy;
 // egress by allow list through the guest's channel.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -314,6 +315,70 @@ TEST(MicrovmDaemon, CliPausesAVmAcrossADaemonRestartResumesAndForksIt) {
   auto help = run({"sandbox", "pause", "--help"});
   EXPECT_EQ(help.code, 0);
   EXPECT_THAT(help.out, HasSubstr("memory"));
+}
+
+// A front (paddockd --nodes) forwards pause, resume and fork to the node that
+// holds the microVM: the copies are the front's sandboxes on that node, each
+// with the parent's memory, and their writes are their own.
+TEST(MicrovmDaemon, AFrontPausesResumesAndForksAMicrovmOnItsNode) {
+  testing::UseEmulationWhereKvmCannotRunGuests();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  PADDOCK_REQUIRE_MICROVM();
+  std::string rootfs = testing::EnsureBusyboxRootfs();
+  testing::DaemonProcess node(testing::DaemonOptions{
+      .args = {"--microvm-accel", o.accel, "--allow-tcg-microvms", "--microvm-warm-pool", "0"},
+      .allow_dir_images = false});
+  const std::string token_file = node.dir() + "/front-token";
+  std::ofstream(token_file) << "microvm-front-token\n";
+  ::chmod(token_file.c_str(), 0600);
+  const std::string address = "127.0.0.1:" + std::to_string(testing::FreeLoopbackPort());
+  ASSERT_EQ(node.Start({"--listen-tcp", address, "--token-file", token_file}), "");
+  ASSERT_EQ(node.Cli({"image", "import-dir", rootfs, "--name", "busybox:1"}).code, 0);
+  testing::DaemonProcess front(testing::DaemonOptions{.allow_dir_images = false});
+  ASSERT_EQ(front.Start({"--nodes", address, "--node-token-file", token_file, "--node-heartbeat-ms", "200"}), "");
+  auto run = [&](std::vector<std::string> args) { return front.Cli(std::move(args)); };
+  for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+       std::chrono::steady_clock::now() < until;) {
+    if (run({"--json", "node", "ls"}).out.find("\"ready\"") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  auto created = run({"sandbox", "create", "--substrate", "microvm", "--image", "busybox:1"});
+  ASSERT_EQ(created.code, 0) << created.err << front.LogTail();
+  std::string id = created.out.substr(0, created.out.find('\n'));
+  ASSERT_EQ(run({"sandbox", "exec", id, "--", "sh", "-c", "echo 41 > /tmp/mem"}).code, 0);
+
+  auto paused = run({"--json", "sandbox", "pause", id});
+  ASSERT_EQ(paused.code, 0) << paused.err << front.LogTail() << node.LogTail();
+  EXPECT_THAT(paused.out, HasSubstr("\"state\":\"paused\""));
+  EXPECT_THAT(node.Cli({"--json", "sandbox", "ls"}).out, HasSubstr("\"paused\""));  // on the node itself
+  EXPECT_NE(run({"sandbox", "exec", id, "--", "true"}).code, 0);
+  auto resumed = run({"sandbox", "resume", id});
+  ASSERT_EQ(resumed.code, 0) << resumed.err << node.LogTail();
+  auto read = run({"sandbox", "exec", id, "--", "cat", "/tmp/mem"});
+  EXPECT_EQ(read.out, "41\n") << read.err;
+
+  auto forked = run({"--json", "sandbox", "fork", id, "--count", "2"});
+  ASSERT_EQ(forked.code, 0) << forked.err << node.LogTail();
+  auto j = nlohmann::json::parse(forked.out);
+  ASSERT_EQ(j["sandboxes"].size(), 2u);
+  int i = 0;
+  for (const auto& child : j["sandboxes"]) {
+    const std::string cid = child.get<std::string>();
+    auto r = run({"sandbox", "exec", cid, "--", "sh", "-c", "cat /tmp/mem; echo " + std::to_string(i++) + " > /tmp/mem"});
+    EXPECT_EQ(r.out, "41\n") << r.err;
+  }
+  // Each copy's write is its own; the parent's memory is untouched.
+  i = 0;
+  for (const auto& child : j["sandboxes"]) {
+    auto r = run({"sandbox", "exec", child.get<std::string>(), "--", "cat", "/tmp/mem"});
+    EXPECT_EQ(r.out, std::to_string(i++) + "\n");
+  }
+  EXPECT_EQ(run({"sandbox", "exec", id, "--", "cat", "/tmp/mem"}).out, "41\n");
+  // The node holds all three, as this front's (its lease covers the copies).
+  auto listed = node.Cli({"--json", "sandbox", "ls"});
+  EXPECT_EQ(nlohmann::json::parse(listed.out)["sandboxes"].size(), 3u) << listed.out;
+  for (const auto& child : j["sandboxes"]) EXPECT_EQ(run({"sandbox", "destroy", child.get<std::string>()}).code, 0);
+  EXPECT_EQ(run({"sandbox", "destroy", id}).code, 0);
 }
 
 }  // namespace

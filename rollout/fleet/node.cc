@@ -131,6 +131,13 @@ void Node::Released() {
   if (live_) --live_;
 }
 
+void Node::Adopted(size_t n) {
+  std::lock_guard l(mu_);
+  placed_ += static_cast<uint32_t>(n);
+  placed_total_ += n;
+  live_ += static_cast<uint32_t>(n);  // until the next heartbeat says
+}
+
 void Node::Suspect() {
   {
     std::lock_guard l(mu_);

@@ -61,6 +61,7 @@ class Node : public std::enable_shared_from_this<Node> {
   bool BeginCreate(std::chrono::steady_clock::time_point now, uint64_t* generation);
   void EndCreate(bool placed);
   void Released();  // one of this front's sandboxes there is gone
+  void Adopted(size_t n);  // n more of them made there, not by a create (a fork)
   // A call failed in a way that says the node may be gone (UNAVAILABLE): the
   // next heartbeat comes at once.
   void Suspect();

@@ -41,6 +41,16 @@ class GrpcConnection final : public NodeConnection {
     return c_.SnapshotImage(id, name);
   }
 
+  Result<PauseResult> Pause(const std::string& id) override {
+    auto r = c_.Pause(id);
+    if (!r.ok()) return r.status();
+    return PauseResult{*r, {}};  // the saved state lies on the node, not here
+  }
+  Status Resume(const std::string& id) override { return c_.Resume(id); }
+  Result<std::vector<client::SandboxInfo>> Fork(const std::string& id, uint32_t count) override {
+    return c_.Fork(id, count);
+  }
+
   client::Client* GrpcClient() override { return &c_; }
 
  private:

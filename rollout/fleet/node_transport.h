@@ -45,6 +45,22 @@ class NodeConnection {
   virtual Result<Usage> GetUsage(const std::string& id) = 0;
   virtual Status Destroy(const std::string& id) = 0;
   virtual Result<client::SnapshotInfo> Snapshot(const std::string& id, const std::string& name) = 0;
+  // Pause with memory, resume and fork (microVMs on the node). A fork's copies
+  // are the node's sandboxes, under this front's lease as their parent is.
+  // Simulated nodes answer UNIMPLEMENTED.
+  virtual Result<PauseResult> Pause(const std::string& id) {
+    (void)id;
+    return Error(Code::kUnimplemented, "this node connection cannot pause sandboxes");
+  }
+  virtual Status Resume(const std::string& id) {
+    (void)id;
+    return Error(Code::kUnimplemented, "this node connection cannot resume sandboxes");
+  }
+  virtual Result<std::vector<client::SandboxInfo>> Fork(const std::string& id, uint32_t count) {
+    (void)id;
+    (void)count;
+    return Error(Code::kUnimplemented, "this node connection cannot fork sandboxes");
+  }
   // The node's gRPC client where this connection is one (an image hand-over,
   // Images.Receive, streams on it: image_transfer.h); null for simulated nodes,
   // which hold every image.

@@ -172,4 +172,42 @@ Result<SnapshotResult> RemoteSandbox::Snapshot(const std::string& name) {
   return keeper_(*c, std::move(taken));
 }
 
+Result<PauseResult> RemoteSandbox::Pause(const std::string& record) {
+  (void)record;
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  auto r = c->Pause(remote_id_);
+  if (!r.ok()) return Seen(r.status());
+  paused_ = true;
+  r->path = fmt::format("{} on node {}", remote_id_, node_->address());
+  return r;
+}
+
+Status RemoteSandbox::Resume() {
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  Status st = c->Resume(remote_id_);
+  if (!st.ok()) return Seen(st);
+  paused_ = false;
+  return st;
+}
+
+Result<std::vector<std::unique_ptr<Sandbox>>> RemoteSandbox::Fork(const std::vector<std::string>& ids) {
+  PADDOCK_ASSIGN_OR_RETURN(auto c, Client());
+  auto made = c->Fork(remote_id_, static_cast<uint32_t>(ids.size()));
+  if (!made.ok()) return Seen(made.status());
+  std::vector<std::unique_ptr<Sandbox>> copies;
+  if (made->size() != ids.size()) {
+    // Not what was asked: the copies the node made are destroyed there, not leaked.
+    for (const auto& info : *made) (void)c->Destroy(info.id);
+    return Error(Code::kInternal, "node {} made {} copies of sandbox {} where {} were asked", node_->address(),
+                 made->size(), id_, ids.size());
+  }
+  node_->Adopted(made->size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto copy = std::make_unique<RemoteSandbox>(ids[i], (*made)[i].id, node_, generation_);
+    copy->keeper_ = keeper_;
+    copies.push_back(std::move(copy));
+  }
+  return copies;
+}
+
 }  // namespace paddock::fleet

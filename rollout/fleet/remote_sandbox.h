@@ -39,26 +39,20 @@ class RemoteSandbox final : public Sandbox {
   std::string placement() const override { return node_->address(); }
   Status Destroy() override;
   Result<SnapshotResult> Snapshot(const std::string& name) override;
-  // Not forwarded to the node yet: a front answers UNIMPLEMENTED, naming why.
-  Result<PauseResult> Pause(const std::string& record) override {
-    (void)record;
-    return NotForwarded();
-  }
-  Status Resume() override { return NotForwarded(); }
-  Result<std::vector<std::unique_ptr<Sandbox>>> Fork(const std::vector<std::string>& ids) override {
-    (void)ids;
-    return NotForwarded();
-  }
+  // Forwarded to the node, which keeps a paused sandbox's saved state (and
+  // `record`, the front's description, is not needed there: the node has its
+  // own). A paused sandbox on a node lives under this front's lease like any
+  // other: the lease's end destroys it there, and a restarted front does not
+  // find it again. A fork's copies are new sandboxes on the same node.
+  Result<PauseResult> Pause(const std::string& record) override;
+  Status Resume() override;
+  bool Paused() const override { return paused_.load(); }
+  Result<std::vector<std::unique_ptr<Sandbox>>> Fork(const std::vector<std::string>& ids) override;
   // Set once, before the sandbox is handed out.
   void KeepSnapshotsWith(SnapshotKeeper keeper) { keeper_ = std::move(keeper); }
   void WatchGone(std::function<void()> on_gone) override { gone_signal_->Watch(std::move(on_gone)); }
 
  private:
-  static Status NotForwarded() {
-    return Error(Code::kUnimplemented,
-                 "pause, resume and fork of a sandbox placed on a node are not forwarded by a front yet; "
-                 "run them against the node's paddockd");
-  }
   Result<std::shared_ptr<NodeConnection>> Client() const;
   // Notes what an error says about the node or the sandbox, and returns it
   // naming the node.
@@ -73,6 +67,7 @@ class RemoteSandbox final : public Sandbox {
   const uint64_t generation_;
   mutable std::atomic<bool> gone_{false};  // destroyed, or the node no longer has it
   std::atomic<bool> released_{false};
+  std::atomic<bool> paused_{false};
   SnapshotKeeper keeper_;
   const std::shared_ptr<GoneSignal> gone_signal_ = std::make_shared<GoneSignal>();
 };
