@@ -5,11 +5,13 @@
 // clear error with no QEMU process left. Boots use real QEMU and the real
 // Debian kernel; PADDOCK_MICROVM_ACCEL=tcg runs them where KVM cannot.
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <atomic>
 #include <fstream>
 #include <set>
@@ -25,6 +27,8 @@
 #include "sandbox/manager.h"
 #include "sandbox/microvm/boot_assets.h"
 #include "sandbox/microvm/console_log.h"
+#include "sandbox/microvm/guest_control.h"
+#include "sandbox/init/protocol.h"
 #include "sandbox/microvm/layer_disks.h"
 #include "sandbox/microvm/microvm_substrate.h"
 #include "sandbox/reaper.h"
@@ -795,6 +799,138 @@ TEST_F(MicrovmTest, AVmWithAnAllowListOrABusyOneIsNeitherPausedNorForked) {
   ASSERT_TRUE((*busy)->Destroy().ok());
   sleeper.join();
   sub->Shutdown();
+}
+
+// The guest's control port (paddock-ctl: the host's reseed of a restored VM)
+// is its PID 1's, outside the sandbox: an agent tries every way to it (the
+// port's device nodes, sysfs, a device node of its own made with the ports'
+// major number, PID 1's fds) and reaches none; a pause and resume after the
+// attempt still reseed the guest (its clock is the host's again).
+TEST_F(MicrovmTest, AnAgentCannotReachTheGuestsControlPortAndAResumeStillReseeds) {
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  auto sb = sub->Create("ctl", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  ExecRequest r;
+  r.shell =
+      "for p in /sys/class/virtio-ports/*; do [ -e $p/name ] && echo \"saw port $(cat $p/name)\"; done; "
+      "for d in /dev/vport* /dev/virtio-ports/*; do [ -e $d ] || continue; echo \"saw $d\"; "
+      "  echo garbage > $d 2>/dev/null && echo \"reached $d\"; done; "
+      "major=$(awk '$2 == \"virtio-portsdev\" { print $1 }' /proc/devices 2>/dev/null); "
+      "echo \"major=$major\"; "
+      "if [ -n \"$major\" ]; then for m in 0 1 2 3 4 5; do "
+      "  mknod /tmp/vp$m c $major $m 2>/dev/null || continue; echo made $m; "
+      "  (echo garbage > /tmp/vp$m) 2>/dev/null && echo \"reached mknod $m\"; "
+      "  dd if=/tmp/vp$m bs=1 count=1 2>/dev/null | grep -q . && echo \"read mknod $m\"; done; fi; "
+      "for f in /proc/1/fd/*; do echo garbage > $f 2>/dev/null && echo \"reached $f\"; done; "
+      "echo tried";
+  r.timeout_ms = 60'000;
+  auto res = (*sb)->Exec(r, nullptr);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  std::printf("%s", res->stdout_data.c_str());
+  EXPECT_THAT(res->stdout_data, HasSubstr("tried"));
+  EXPECT_THAT(res->stdout_data, ::testing::Not(HasSubstr("reached"))) << res->stdout_data;
+  EXPECT_THAT(res->stdout_data, ::testing::Not(HasSubstr("read "))) << res->stdout_data;
+  EXPECT_THAT(res->stdout_data, ::testing::Not(HasSubstr("paddock-ctl"))) << res->stdout_data;
+
+  ASSERT_TRUE((*sb)->Pause("r").ok());
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  ASSERT_TRUE((*sb)->Resume().ok());
+  Identity id = IdentityOf(**sb);
+  EXPECT_LE(std::llabs(id.clock - static_cast<long long>(time(nullptr))), 3) << "guest clock " << id.clock;
+  ASSERT_TRUE((*sb)->Destroy().ok());
+  sub->Shutdown();
+}
+
+// The host's side of the control port against a fake guest on a socketpair
+// playing each way a hostile guest can answer: every call ends by its
+// deadline with an error naming why, and only the right reply passes.
+TEST_F(MicrovmTest, AReseedAgainstAHostileGuestEndsByItsDeadlineWithAClearError) {
+  using Clock = std::chrono::steady_clock;
+  auto reseed_against = [](const std::function<void(int)>& guest) {
+    int sv[2];
+    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    UniqueFd host(sv[0]), peer(sv[1]);
+    std::thread t([&] { guest(peer.get()); });
+    const auto t0 = Clock::now();
+    Status st = microvm::ReseedGuest(host.get(), std::string(32, 'e'), 1234, t0 + std::chrono::milliseconds(300));
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3)) << "the reseed outlived its deadline: " << st.ToString();
+    host.reset();  // a guest blocked on the port sees it close
+    t.join();
+    return st;
+  };
+  auto request = [](int fd) {
+    init::Frame f;
+    EXPECT_TRUE(init::ReadFrame(fd, &f));
+    return f;
+  };
+  // Answers nothing: the deadline.
+  Status silent = reseed_against([&](int fd) {
+    request(fd);
+    char c;
+    while (read(fd, &c, 1) > 0) {
+    }
+  });
+  EXPECT_EQ(silent.code(), Code::kDeadlineExceeded) << silent.ToString();
+  // Half a header, then nothing.
+  Status half = reseed_against([&](int fd) {
+    request(fd);
+    EXPECT_EQ(write(fd, "\x10\x00", 2), 2);
+    char c;
+    while (read(fd, &c, 1) > 0) {
+    }
+  });
+  EXPECT_EQ(half.code(), Code::kDeadlineExceeded) << half.ToString();
+  // A header claiming 1 GiB: refused from the header, nothing allocated for it.
+  Status huge = reseed_against([&](int fd) {
+    request(fd);
+    uint32_t hdr[3] = {1u << 30, static_cast<uint32_t>(init::FrameType::kReply), 1};
+    EXPECT_EQ(write(fd, hdr, sizeof hdr), static_cast<ssize_t>(sizeof hdr));
+  });
+  EXPECT_EQ(huge.code(), Code::kInternal) << huge.ToString();
+  EXPECT_THAT(huge.message(), HasSubstr("over 4096 bytes"));
+  // A reply to another request, and a frame of another type.
+  for (auto [type, id] : {std::pair{init::FrameType::kReply, 7u}, std::pair{init::FrameType::kReseed, 1u}}) {
+    Status wrong = reseed_against([&, type = type, id = id](int fd) {
+      request(fd);
+      init::WriteFrame(fd, type, id, init::EncodeReply(0, "", ""));
+    });
+    EXPECT_EQ(wrong.code(), Code::kInternal) << wrong.ToString();
+    EXPECT_THAT(wrong.message(), HasSubstr("malformed"));
+  }
+  // Garbage in the reply's payload.
+  Status garbage = reseed_against([&](int fd) {
+    request(fd);
+    init::WriteFrame(fd, init::FrameType::kReply, 1, "\xff\xff\xff\xff garbage");
+  });
+  EXPECT_THAT(garbage.message(), HasSubstr("malformed")) << garbage.ToString();
+  // The port closed.
+  Status closed = reseed_against([&](int fd) {
+    request(fd);
+    shutdown(fd, SHUT_RDWR);
+  });
+  EXPECT_EQ(closed.code(), Code::kInternal) << closed.ToString();
+  // The guest's own error, its (long) message cut.
+  Status refused = reseed_against([&](int fd) {
+    request(fd);
+    init::WriteFrame(fd, init::FrameType::kReply, 1, init::EncodeReply(EIO, std::string(3000, 'x'), ""));
+  });
+  EXPECT_THAT(refused.message(), HasSubstr("could not reseed"));
+  EXPECT_LT(refused.message().size(), 400u);
+  // The right reply passes, after a request that carries the entropy and clock.
+  Status good = reseed_against([&](int fd) {
+    init::Frame f = request(fd);
+    EXPECT_EQ(f.type, init::FrameType::kReseed);
+    init::WireReader r(f.payload);
+    std::string entropy;
+    uint64_t ns = 0;
+    EXPECT_TRUE(r.Str(&entropy) && r.U64(&ns) && r.done());
+    EXPECT_EQ(entropy, std::string(32, 'e'));
+    EXPECT_EQ(ns, 1234u);
+    init::WriteFrame(fd, init::FrameType::kReply, f.id, init::EncodeReply(0, "", ""));
+  });
+  EXPECT_TRUE(good.ok()) << good.ToString();
 }
 
 }  // namespace

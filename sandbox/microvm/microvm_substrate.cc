@@ -40,6 +40,7 @@
 #include "sandbox/linux/seccomp_profile.h"
 #include "sandbox/manager.h"
 #include "sandbox/microvm/console_log.h"
+#include "sandbox/microvm/guest_control.h"
 #include "sandbox/microvm/layer_disks.h"
 #include "sandbox/microvm/qmp.h"
 #include "sandbox/network/egress_proxy.h"
@@ -908,28 +909,12 @@ class MicrovmSubstrate final : public Substrate {
     return Status::Ok();
   }
 
-  // Fresh entropy and the host's clock for a guest restored from a stream,
-  // through its control port (init::FrameType::kReseed); its reply is
-  // bounded and awaited by `deadline`.
+  // Fresh entropy and the host's clock for a guest restored from a stream
+  // (guest_control.h).
   static Status Reseed(int ctl, std::chrono::steady_clock::time_point deadline) {
     init::SetupConfig fresh;
     PADDOCK_RETURN_IF_ERROR(FreshIdentity(&fresh));
-    init::WireWriter w;
-    w.Str(fresh.entropy);
-    w.U64(fresh.realtime_ns);
-    if (!init::WriteFrameBy(ctl, init::FrameType::kReseed, 1, w.Take(), {}, deadline))
-      return ErrnoError("sending the reseed request");
-    init::Frame f;
-    if (!init::ReadFrameBy(ctl, &f, 4096, deadline)) {
-      if (errno == ETIMEDOUT) return Error(Code::kDeadlineExceeded, "the guest did not answer its reseed in time");
-      return ErrnoError("reading the guest's reseed reply");
-    }
-    int32_t err = 0;
-    std::string msg, body;
-    if (f.type != init::FrameType::kReply || f.id != 1 || !init::DecodeReply(f.payload, &err, &msg, &body))
-      return Error(Code::kInternal, "malformed reseed reply from the guest");
-    if (err != 0) return Error(Code::kInternal, "the guest could not reseed: {}", msg);
-    return Status::Ok();
+    return microvm::ReseedGuest(ctl, fresh.entropy, fresh.realtime_ns, deadline);
   }
 
   // Stops a running VM and writes its RAM and device state to `out` as a
