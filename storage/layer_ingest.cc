@@ -4,7 +4,11 @@
 #include <archive_entry.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
 
 #include "storage/entry_policy.h"
 #include "storage/layer_codec.h"
@@ -39,33 +43,58 @@ struct ArchiveDeleter {
 };
 using ArchivePtr = std::unique_ptr<archive, ArchiveDeleter>;
 
+// Two stages on two threads once the source's format is known: the source
+// side (read, hash and keep the source, decompress, hash the tar, recompress
+// it) runs ahead on a thread of its own, handing tar chunks through a few
+// buffers to the tar side (entry checks, index, unpack) on the caller's
+// thread. A registry pull's layer then unpacks while the next bytes are
+// decompressed, so the pull ends soon after its last byte arrives (one thread
+// doing both was the slower stage behind a 200 Mbit/s link; bench/README.md).
 struct Pipeline {
   const ByteSource* source;
   std::string name;
-  Status err;
-  // Source side.
+  // Source side: its first error (its stage writes it; the tar side reads it
+  // only once that stage has handed over its last chunk).
+  Status source_err;
   Sha256 source_hash;
   uint64_t source_bytes = 0;
   std::string source_buf = std::string(1 << 20, '\0');
   BlobWriter* source_writer = nullptr;  // keeping the source as the blob
-  // Tar side.
   archive* outer = nullptr;
   Sha256 tar_hash;
   uint64_t tar_bytes = 0;
   uint64_t tar_cap = 0;
   Compressor* compressor = nullptr;
-  std::string tar_buf = std::string(1 << 20, '\0');
+  // Tar side: its first error.
+  Status err;
 
-  void Fail(archive* a, Status st) {
-    if (err.ok()) err = std::move(st);
-    archive_set_error(a, EIO, "%s", err.message().c_str());
+  // The hand-over: chunks of the tar, in order; n == 0 ends it, n < 0 says
+  // the source side failed (source_err).
+  static constexpr size_t kChunk = 1 << 20, kBuffers = 4;
+  struct Chunk {
+    std::string* buf;
+    la_ssize_t n;
+  };
+  std::vector<std::string> buffers = std::vector<std::string>(kBuffers, std::string(kChunk, '\0'));
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::string*> free_bufs;
+  std::deque<Chunk> full;
+  bool stop = false;             // the tar side gave up
+  std::string* held = nullptr;   // the chunk the tar reader holds
+  bool ended = false;            // the tar side saw the end
+  std::thread producer;
+
+  static void SetError(archive* a, Status* slot, Status st) {
+    if (slot->ok()) *slot = std::move(st);
+    archive_set_error(a, EIO, "%s", slot->message().c_str());
   }
 
   static la_ssize_t ReadSource(archive* a, void* cd, const void** buf) {
     auto* p = static_cast<Pipeline*>(cd);
     auto r = (*p->source)(p->source_buf.data(), p->source_buf.size());
     if (!r.ok()) {
-      p->Fail(a, r.status().Prefix(p->name));
+      SetError(a, &p->source_err, r.status().Prefix(p->name));
       return -1;
     }
     p->source_hash.Update(p->source_buf.data(), r.value());
@@ -73,7 +102,7 @@ struct Pipeline {
     if (p->source_writer) {
       Status st = p->source_writer->Write(p->source_buf.data(), r.value());
       if (!st.ok()) {
-        p->Fail(a, st.Prefix(p->name + ": storing"));
+        SetError(a, &p->source_err, st.Prefix(p->name + ": storing"));
         return -1;
       }
     }
@@ -81,31 +110,99 @@ struct Pipeline {
     return static_cast<la_ssize_t>(r.value());
   }
 
-  // Decompressed tar bytes; every byte the tar reader sees passes through here.
-  la_ssize_t NextTarChunk(archive* a, const void** buf) {
-    la_ssize_t n = archive_read_data(outer, tar_buf.data(), tar_buf.size());
+  // Source side: the next decompressed tar bytes into `b`, hashed and
+  // recompressed; 0 at the end (the source then drained: the source digest
+  // covers every byte of it); -1 with source_err.
+  la_ssize_t Produce(std::string* b) {
+    la_ssize_t n = archive_read_data(outer, b->data(), b->size());
     if (n < 0) {
-      Fail(a, err.ok() ? Error(Code::kInvalidArgument, "{} is corrupt or truncated: {}", name,
-                               archive_error_string(outer) ? archive_error_string(outer) : "read error")
-                       : err);
+      if (source_err.ok())
+        source_err = Error(Code::kInvalidArgument, "{} is corrupt or truncated: {}", name,
+                           archive_error_string(outer) ? archive_error_string(outer) : "read error");
       return -1;
     }
-    if (n == 0) return 0;
-    tar_hash.Update(tar_buf.data(), static_cast<size_t>(n));
+    if (n == 0) {
+      for (;;) {
+        const void* ignored;
+        la_ssize_t r = ReadSource(outer, this, &ignored);
+        if (r < 0) return -1;
+        if (r == 0) return 0;
+      }
+    }
+    tar_hash.Update(b->data(), static_cast<size_t>(n));
     tar_bytes += static_cast<uint64_t>(n);
     if (tar_bytes > tar_cap) {
-      Fail(a, Error(Code::kInvalidArgument, "{} decompresses to more than {} bytes (size limit)", name, tar_cap));
+      source_err = Error(Code::kInvalidArgument, "{} decompresses to more than {} bytes (size limit)", name, tar_cap);
       return -1;
     }
     if (compressor) {
-      Status st = compressor->Write(tar_buf.data(), static_cast<size_t>(n));
+      Status st = compressor->Write(b->data(), static_cast<size_t>(n));
       if (!st.ok()) {
-        Fail(a, st.Prefix(name + ": storing"));
+        source_err = st.Prefix(name + ": storing");
         return -1;
       }
     }
-    *buf = tar_buf.data();
     return n;
+  }
+
+  void StartProducer() {
+    for (auto& b : buffers) free_bufs.push_back(&b);
+    producer = std::thread([this] {
+      for (;;) {
+        std::string* b;
+        {
+          std::unique_lock l(mu);
+          cv.wait(l, [&] { return stop || !free_bufs.empty(); });
+          if (stop) return;
+          b = free_bufs.front();
+          free_bufs.pop_front();
+        }
+        la_ssize_t n = Produce(b);
+        {
+          std::lock_guard l(mu);
+          full.push_back({b, n});
+        }
+        cv.notify_all();
+        if (n <= 0) return;
+      }
+    });
+  }
+  // Stops the source side (the tar side is done or gave up) and waits for it.
+  void StopProducer() {
+    {
+      std::lock_guard l(mu);
+      stop = true;
+    }
+    cv.notify_all();
+    if (producer.joinable()) producer.join();
+  }
+
+  // Tar side: the next chunk; the previous one goes back to the source side.
+  la_ssize_t NextTarChunk(archive* a, const void** buf) {
+    std::unique_lock l(mu);
+    if (held) {
+      free_bufs.push_back(held);
+      held = nullptr;
+      cv.notify_all();
+    }
+    if (ended) return 0;
+    cv.wait(l, [&] { return !full.empty(); });
+    Chunk c = full.front();
+    full.pop_front();
+    if (c.n <= 0) {
+      ended = true;
+      free_bufs.push_back(c.buf);
+      if (c.n < 0) {
+        l.unlock();
+        StopProducer();  // it has ended; source_err is final
+        SetError(a, &err, source_err.ok() ? Error(Code::kInternal, "{}: reading failed", name) : source_err);
+        return -1;
+      }
+      return 0;
+    }
+    held = c.buf;
+    *buf = held->data();
+    return c.n;
   }
   static la_ssize_t ReadTar(archive* a, void* cd, const void** buf) {
     return static_cast<Pipeline*>(cd)->NextTarChunk(a, buf);
@@ -158,11 +255,13 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
   archive_read_support_filter_all(outer.get());
   archive_read_support_format_raw(outer.get());
   if (archive_read_open2(outer.get(), &p, nullptr, &Pipeline::ReadSource, nullptr, nullptr) != ARCHIVE_OK)
-    return p.err.ok() ? Error(Code::kInvalidArgument, "cannot read {}: {}", p.name, ArchiveError(outer.get())) : p.err;
+    return p.source_err.ok() ? Error(Code::kInvalidArgument, "cannot read {}: {}", p.name, ArchiveError(outer.get()))
+                             : p.source_err;
   archive_entry* raw_entry = nullptr;
   int r = archive_read_next_header(outer.get(), &raw_entry);
   if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
-    return p.err.ok() ? Error(Code::kInvalidArgument, "cannot read {}: {}", p.name, ArchiveError(outer.get())) : p.err;
+    return p.source_err.ok() ? Error(Code::kInvalidArgument, "cannot read {}: {}", p.name, ArchiveError(outer.get()))
+                             : p.source_err;
   p.outer = outer.get();
   if (p.source_writer) {
     // Filter 0 is the one nearest the tar; the last is the raw source ("none"),
@@ -183,6 +282,14 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
   if (!options.unpack_into.empty()) {
     PADDOCK_ASSIGN_OR_RETURN(tree, LayerTreeWriter::Open(options.unpack_into, p.name, options.unpack_writeback));
   }
+
+  // From here the source side runs on its own thread; every return below
+  // stops it first (the guard), and its fields are read only after that.
+  p.StartProducer();
+  struct StopGuard {
+    Pipeline& p;
+    ~StopGuard() { p.StopProducer(); }
+  } stop_guard{p};
 
   ArchivePtr tar(archive_read_new());
   archive_read_support_format_tar(tar.get());
@@ -220,20 +327,17 @@ Result<IngestedLayer> IngestLayer(const ByteSource& source, StagingArea* staging
     PADDOCK_ASSIGN_OR_RETURN(out.unpacked, tree->Finish());
   }
   // The diff_id covers every byte of the tar, including what follows the
-  // end-of-archive marker, so drain the decompressed stream and then the source.
+  // end-of-archive marker, so the decompressed stream is drained (and the
+  // source side drains the source after it).
   for (;;) {
     const void* buf;
     la_ssize_t n = p.NextTarChunk(tar.get(), &buf);
     if (n < 0) return p.err;
     if (n == 0) break;
   }
-  for (;;) {
-    const void* buf;
-    la_ssize_t n = Pipeline::ReadSource(outer.get(), &p, &buf);
-    if (n < 0) return p.err;
-    if (n == 0) break;
-  }
+  p.StopProducer();
   if (!p.err.ok()) return p.err;
+  if (!p.source_err.ok()) return p.source_err;
 
   out.source_digest = p.source_hash.Finish();
   out.source_size = p.source_bytes;
