@@ -14,6 +14,9 @@
 
 namespace paddock {
 
+// The image of a microVM's memory snapshot (Sandbox::Snapshot), by name.
+inline constexpr char kMemorySnapshotPrefix[] = "microvm-snapshot:";
+
 class Sandbox {
  public:
   virtual ~Sandbox() = default;
@@ -59,7 +62,9 @@ class Sandbox {
 
   // Turns the sandbox's filesystem changes into a new image on top of the one
   // it was created from, named `name` (may be empty). Substrates without
-  // persistent state say why not (FAILED_PRECONDITION).
+  // persistent state say why not (FAILED_PRECONDITION). A microVM's snapshot
+  // keeps its memory too: its image is kMemorySnapshotPrefix + name, which a
+  // microVM create names to restore it (on the daemon that took it).
   virtual Result<SnapshotResult> Snapshot(const std::string& name) {
     (void)name;
     return Error(Code::kUnimplemented, "this substrate cannot snapshot sandboxes");

@@ -312,6 +312,19 @@ TEST(MicrovmDaemon, CliPausesAVmAcrossADaemonRestartResumesAndForksIt) {
   }
   auto bad = run({"sandbox", "fork", id, "--count", "0"});
   EXPECT_NE(bad.code, 0);
+
+  // A memory snapshot by `sandbox snapshot`, and a create from it.
+  auto snap = run({"sandbox", "snapshot", id, "--name", "keep1"});
+  ASSERT_EQ(snap.code, 0) << snap.err << d.LogTail();
+  EXPECT_THAT(snap.out, HasSubstr("microvm-snapshot:keep1"));
+  auto copy = run({"sandbox", "create", "--substrate", "microvm", "--image", "microvm-snapshot:keep1"});
+  ASSERT_EQ(copy.code, 0) << copy.err << d.LogTail();
+  const std::string copy_id = copy.out.substr(0, copy.out.find('\n'));
+  auto copied = run({"sandbox", "exec", copy_id, "--", "cat", "/tmp/mem"});
+  EXPECT_EQ(copied.out, "41\n") << copied.err;
+  auto missing = run({"sandbox", "create", "--substrate", "microvm", "--image", "microvm-snapshot:nope"});
+  EXPECT_NE(missing.code, 0);
+  EXPECT_THAT(missing.err, HasSubstr("no microVM memory snapshot named 'nope'"));
   auto help = run({"sandbox", "pause", "--help"});
   EXPECT_EQ(help.code, 0);
   EXPECT_THAT(help.out, HasSubstr("memory"));
@@ -377,6 +390,16 @@ TEST(MicrovmDaemon, AFrontPausesResumesAndForksAMicrovmOnItsNode) {
   // The node holds all three, as this front's (its lease covers the copies).
   auto listed = node.Cli({"--json", "sandbox", "ls"});
   EXPECT_EQ(nlohmann::json::parse(listed.out)["sandboxes"].size(), 3u) << listed.out;
+  // A memory snapshot through the front stays on the node; a create naming it
+  // restores it there.
+  auto snap = run({"sandbox", "snapshot", id, "--name", "via-front"});
+  ASSERT_EQ(snap.code, 0) << snap.err << front.LogTail();
+  EXPECT_THAT(snap.out, HasSubstr("microvm-snapshot:via-front"));
+  auto restored = run({"sandbox", "create", "--substrate", "microvm", "--image", "microvm-snapshot:via-front"});
+  ASSERT_EQ(restored.code, 0) << restored.err << front.LogTail();
+  const std::string restored_id = restored.out.substr(0, restored.out.find('\n'));
+  EXPECT_EQ(run({"sandbox", "exec", restored_id, "--", "cat", "/tmp/mem"}).out, "41\n");
+  EXPECT_EQ(run({"sandbox", "destroy", restored_id}).code, 0);
   for (const auto& child : j["sandboxes"]) EXPECT_EQ(run({"sandbox", "destroy", child.get<std::string>()}).code, 0);
   EXPECT_EQ(run({"sandbox", "destroy", id}).code, 0);
 }

@@ -933,5 +933,63 @@ TEST_F(MicrovmTest, AReseedAgainstAHostileGuestEndsByItsDeadlineWithAClearError)
   EXPECT_TRUE(good.ok()) << good.ToString();
 }
 
+// Snapshot of a running microVM keeps its memory: creates from
+// `microvm-snapshot:NAME` are independent running copies of the VM as it was
+// (a process's memory and the guest's files), the VM itself runs on, and the
+// name taken again moves to the newer state.
+TEST_F(MicrovmTest, AMemorySnapshotOfARunningVmCreatesIndependentCopiesOfIt) {
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  auto sb = sub->Create("ms", SandboxSpec{.image = rootfs_});
+  ASSERT_TRUE(sb.ok()) << sb.status().ToString();
+  auto sh = [](Sandbox& s, const std::string& cmd) {
+    ExecRequest r;
+    r.shell = cmd;
+    auto res = s.Exec(r, nullptr);
+    EXPECT_TRUE(res.ok()) << res.status().ToString();
+    return res.ok() ? res->stdout_data : "";
+  };
+  sh(**sb, "echo 41 > /tmp/mem");
+  auto snap = (*sb)->Snapshot("s1");
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  EXPECT_EQ(snap->image, "microvm-snapshot:s1");
+  EXPECT_EQ(snap->name, "s1");
+  EXPECT_GT(snap->layer_bytes, 1u << 20);
+  EXPECT_EQ(fs::status(state_ + "/microvm/snapshots").permissions() & fs::perms::others_all, fs::perms::none);
+  EXPECT_EQ(sh(**sb, "cat /tmp/mem; echo 99 > /tmp/mem"), "41\n");  // it runs on
+
+  std::vector<std::unique_ptr<Sandbox>> copies;
+  for (const char* id : {"mc1", "mc2"}) {
+    auto c = sub->Create(id, SandboxSpec{.image = "microvm-snapshot:s1"});
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    copies.push_back(std::move(c).value());
+  }
+  EXPECT_EQ(sh(*copies[0], "cat /tmp/mem; echo one > /tmp/mem"), "41\n");
+  EXPECT_EQ(sh(*copies[1], "cat /tmp/mem; hostname"), "41\nsandbox-ms\n");  // a copy of that VM
+  EXPECT_EQ(sh(*copies[0], "cat /tmp/mem"), "one\n");
+  EXPECT_EQ(sh(*copies[1], "cat /tmp/mem"), "41\n");
+  EXPECT_EQ(sh(**sb, "cat /tmp/mem"), "99\n");
+  EXPECT_NE(IdentityOf(*copies[0]).random, IdentityOf(*copies[1]).random);  // reseeded apiece
+
+  // The name again: the newer state.
+  ASSERT_TRUE((*sb)->Snapshot("s1").ok());
+  auto later = sub->Create("mc3", SandboxSpec{.image = "microvm-snapshot:s1"});
+  ASSERT_TRUE(later.ok()) << later.status().ToString();
+  EXPECT_EQ(sh(**later, "cat /tmp/mem"), "99\n");
+
+  // Bad names and specs, each a clear error.
+  EXPECT_EQ((*sb)->Snapshot("../escape").status().code(), Code::kInvalidArgument);
+  EXPECT_EQ((*sb)->Snapshot(".hidden").status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(sub->Create("x1", SandboxSpec{.image = "microvm-snapshot:none"}).status().code(), Code::kNotFound);
+  EXPECT_EQ(sub->Create("x2", SandboxSpec{.image = "microvm-snapshot:a/b"}).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(sub->Create("x3", SandboxSpec{.image = "microvm-snapshot:s1", .env = {{"A", "1"}}}).status().code(),
+            Code::kInvalidArgument);
+  for (auto& c : copies) EXPECT_TRUE(c->Destroy().ok());
+  EXPECT_TRUE((*later)->Destroy().ok());
+  EXPECT_TRUE((*sb)->Destroy().ok());
+  sub->Shutdown();
+}
+
 }  // namespace
 }  // namespace paddock

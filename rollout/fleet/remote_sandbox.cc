@@ -168,6 +168,12 @@ Result<SnapshotResult> RemoteSandbox::Snapshot(const std::string& name) {
   auto r = c->Snapshot(remote_id_, name);
   if (!r.ok()) return Seen(r.status());
   SnapshotResult taken{r->image, r->name, r->layer, r->layer_bytes};
+  // A microVM's memory snapshot stays on its node (its memory is not an image
+  // the front can keep): creates naming it are placed there by preference.
+  if (taken.image.rfind(kMemorySnapshotPrefix, 0) == 0) {
+    node_->NoteImage(taken.image);
+    return taken;
+  }
   if (!keeper_) return taken;
   return keeper_(*c, std::move(taken));
 }

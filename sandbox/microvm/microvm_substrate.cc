@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -178,6 +179,14 @@ bool ValidId(const std::string& id) {
   return true;
 }
 
+// A memory snapshot's name: a directory name under <state>/microvm/snapshots.
+bool ValidSnapshotName(const std::string& name) {
+  if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-') return false;
+  for (char c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
+  return true;
+}
+
 // The longest a VM's save (stop, its memory and devices to a file) may take.
 constexpr std::chrono::seconds kSaveBudget{120};
 
@@ -259,13 +268,9 @@ class MicrovmSandbox final : public InitServedSandbox {
     if (!r.ok()) return WhyGone(r.status());
     return r;
   }
-  Result<SnapshotResult> Snapshot(const std::string& name) override {
-    (void)name;
-    return Error(Code::kUnimplemented,
-                 "image snapshots of microVM sandboxes are not implemented (the guest's upper layer "
-                 "lives in guest memory); keep a microVM's whole state with `paddock sandbox pause`, "
-                 "or copy it running with `paddock sandbox fork`");
-  }
+  // A memory snapshot (memory, processes and files as they are now; the VM
+  // runs on), named `name`: `microvm-snapshot:NAME` creates copies of it.
+  Result<SnapshotResult> Snapshot(const std::string& name) override;
   Result<PauseResult> Pause(const std::string& record) override;
   Status Resume() override;
   Result<std::vector<std::unique_ptr<Sandbox>>> Fork(const std::vector<std::string>& ids) override;
@@ -382,6 +387,7 @@ class MicrovmSubstrate final : public Substrate {
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     PADDOCK_RETURN_IF_ERROR(CheckAccelerator(opts_));
     PADDOCK_RETURN_IF_ERROR(CheckSearchableByOthers(env_.state_dir));
+    if (spec.image.rfind(kMemorySnapshotPrefix, 0) == 0) return CreateFromSnapshot(id, spec);
     PADDOCK_ASSIGN_OR_RETURN(std::vector<EgressRule> egress, ParseEgressRules(spec.network_allow));
     PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, {spec.host_dir_image_ok, spec.local_client}));
     auto recipe = std::make_shared<Recipe>();
@@ -504,19 +510,26 @@ class MicrovmSubstrate final : public Substrate {
     return PauseResult{static_cast<uint64_t>(st.st_size), dir};
   }
 
+  // A recipe read back from a vm.json: its image resolved again and its
+  // layers held (their disks), as at its create.
+  Status Rehold(Recipe* r) {
+    auto image = ResolverOrDefault(env_.images).Resolve(r->image, {r->host_dir_image_ok, r->local_client});
+    if (!image.ok()) return image.status();
+    r->disks.clear();
+    for (const auto& layer : image->layer_dirs) {
+      PADDOCK_ASSIGN_OR_RETURN(std::string disk, disks_.Get(layer));
+      r->disks.push_back(disk);
+    }
+    r->lease = image->lease;
+    return Status::Ok();
+  }
+
   Status ResumeVm(MicrovmSandbox* sb) {
     // A VM paused by an earlier daemon: its image resolved again (and its
     // layers held) first.
     if (!sb->recipe_->lease) {
       Recipe r = *sb->recipe_;
-      auto image = ResolverOrDefault(env_.images).Resolve(r.image, {r.host_dir_image_ok, r.local_client});
-      if (!image.ok()) return image.status().Prefix("the paused sandbox's image");
-      r.disks.clear();
-      for (const auto& layer : image->layer_dirs) {
-        PADDOCK_ASSIGN_OR_RETURN(std::string disk, disks_.Get(layer));
-        r.disks.push_back(disk);
-      }
-      r.lease = image->lease;
+      PADDOCK_RETURN_IF_ERROR(Rehold(&r).Prefix("the paused sandbox's image"));
       sb->recipe_ = std::make_shared<const Recipe>(std::move(r));
     }
     PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
@@ -574,6 +587,103 @@ class MicrovmSubstrate final : public Substrate {
     }
     counters_.forks += out.size();
     return out;
+  }
+
+  // <state>/microvm/snapshots/NAME: the stream (memory and device state) and
+  // vm.json (recipe and env), root's only. A snapshot of a name taken again
+  // replaces the earlier one (as a tag moves); VMs restoring from the earlier
+  // one meanwhile read it through their open of it.
+  Result<SnapshotResult> SnapshotVm(MicrovmSandbox* sb, std::string name) {
+    if (name.empty()) name = "vm-" + sb->id() + "-" + NewSandboxId();
+    if (!ValidSnapshotName(name))
+      return Error(Code::kInvalidArgument,
+                   "a microVM snapshot's name is 1 to 128 letters, digits, '-', '_' or '.', not starting with "
+                   "'.' or '-' (got '{}')",
+                   name.substr(0, 200));
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string root = env_.state_dir + "/microvm/snapshots", dir = root + "/" + name;
+    const std::string tmp = root + "/.new-" + NewSandboxId();
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(tmp, 0700));
+    chmod(root.c_str(), 0700);
+    struct RemoveDir {
+      std::string path;
+      ~RemoveDir() {
+        if (path.empty()) return;
+        Status ignored = RemoveTree(path);
+        (void)ignored;
+      }
+    } remove_tmp{tmp};
+    UniqueFd stream(open((tmp + "/stream").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!stream.valid()) return ErrnoError("creating " + tmp + "/stream");
+    Status saved = SaveStream(*sb->qmp_, stream.get(), std::chrono::steady_clock::now() + kSaveBudget);
+    // The VM runs on from where it was saved, whatever happened.
+    auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
+    if (!saved.ok()) return saved.Prefix("taking a memory snapshot");
+    if (!cont.ok()) spdlog::warn("microvm {}: continuing after a snapshot: {}", sb->id(), cont.status().ToString());
+    struct stat st {};
+    if (fstat(stream.get(), &st) != 0 || st.st_size == 0)
+      return Error(Code::kInternal, "the memory snapshot's saved state is empty");
+    if (fsync(stream.get()) != 0) return ErrnoError("syncing the memory snapshot");
+    stream.reset();
+    PADDOCK_RETURN_IF_ERROR(WriteSmallFile(tmp + "/vm.json", EncodeVm(*sb->recipe_, sb->env_)));
+    // In place of an earlier snapshot of the name: moved aside, then removed.
+    const std::string old = root + "/.old-" + NewSandboxId();
+    bool replaced = rename(dir.c_str(), old.c_str()) == 0;
+    if (rename(tmp.c_str(), dir.c_str()) != 0) {
+      Status err = ErrnoError("keeping the memory snapshot as " + dir);
+      if (replaced) rename(old.c_str(), dir.c_str());
+      return err;
+    }
+    remove_tmp.path.clear();
+    if (replaced) {
+      Status ignored = RemoveTree(old);
+      (void)ignored;
+    }
+    ++counters_.snapshots;
+    spdlog::info("microvm {}: memory snapshot {} ({} bytes) in {} ms", sb->id(), name, st.st_size,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+    return SnapshotResult{kMemorySnapshotPrefix + name, name, "", static_cast<uint64_t>(st.st_size)};
+  }
+
+  // A VM restored from memory snapshot NAME: the snapshot's image, limits,
+  // workdir and env, its processes and files as they were when it was taken,
+  // a fresh identity (entropy, clock: the reseed of every restore).
+  Result<std::unique_ptr<Sandbox>> CreateFromSnapshot(const std::string& id, const SandboxSpec& spec) {
+    const std::string name = spec.image.substr(std::strlen(kMemorySnapshotPrefix));
+    if (!ValidSnapshotName(name))
+      return Error(Code::kInvalidArgument, "'{}' does not name a microVM memory snapshot", spec.image.substr(0, 200));
+    if (!spec.network_allow.empty())
+      return Error(Code::kInvalidArgument,
+                   "a VM created from a memory snapshot cannot have a network allow list (its processes and "
+                   "connections are the snapshot's)");
+    if (!spec.env.empty() || !spec.workdir.empty())
+      return Error(Code::kInvalidArgument,
+                   "a VM created from a memory snapshot runs with the snapshot's env and workdir; leave them unset");
+    const std::string dir = env_.state_dir + "/microvm/snapshots/" + name;
+    auto meta = ReadSmallFile(dir + "/vm.json");
+    if (!meta.ok()) {
+      if (meta.status().code() == Code::kNotFound || access(dir.c_str(), F_OK) != 0)
+        return Error(Code::kNotFound, "no microVM memory snapshot named '{}' on this daemon", name);
+      return meta.status().Prefix("reading memory snapshot " + name);
+    }
+    PADDOCK_ASSIGN_OR_RETURN(auto decoded, DecodeVm(*meta));
+    Recipe r = std::move(decoded.first);
+    if (!(spec.limits == Limits{}) && !(spec.limits == r.limits))
+      return Error(Code::kInvalidArgument,
+                   "a VM created from memory snapshot {} has the snapshot's limits; leave them unset or give the "
+                   "same ones",
+                   name);
+    PADDOCK_RETURN_IF_ERROR(Rehold(&r).Prefix("memory snapshot " + name + "'s image"));
+    UniqueFd in(open((dir + "/stream").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!in.valid()) return ErrnoError("opening memory snapshot " + name);
+    PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
+    auto recipe = std::make_shared<const Recipe>(std::move(r));
+    Shape shape = ShapeOf(*recipe, assets);
+    auto vm = BuildVm(id, recipe, shape, From{nullptr, in.get()});
+    if (!vm.ok()) return vm.status().Prefix("restoring memory snapshot " + name);
+    (*vm)->env_ = std::move(decoded.second);
+    ++counters_.snapshot_creates;
+    return std::unique_ptr<Sandbox>(std::move(vm).value());
   }
 
 
@@ -1376,6 +1486,15 @@ Result<std::vector<std::unique_ptr<Sandbox>>> MicrovmSandbox::Fork(const std::ve
   if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} is paused; resume it before forking it", id_);
   PADDOCK_RETURN_IF_ERROR(Saveable());
   return owner_->ForkVm(this, ids);
+}
+
+Result<SnapshotResult> MicrovmSandbox::Snapshot(const std::string& name) {
+  std::unique_lock<std::shared_timed_mutex> calls;
+  PADDOCK_RETURN_IF_ERROR(LockCalls(calls_mu_, &calls, id_, "snapshot"));
+  std::lock_guard lock(destroy_mu_);
+  if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} is paused; resume it before a snapshot", id_);
+  PADDOCK_RETURN_IF_ERROR(Saveable());
+  return owner_->SnapshotVm(this, name);
 }
 
 }  // namespace

@@ -62,6 +62,8 @@ struct MicrovmCounters {
   std::atomic<uint64_t> pauses{0};
   std::atomic<uint64_t> resumes{0};
   std::atomic<uint64_t> forks{0};  // copies made
+  std::atomic<uint64_t> snapshots{0};           // memory snapshots taken
+  std::atomic<uint64_t> snapshot_creates{0};    // VMs created from one
 };
 // The counters of `substrate` if it is a microvm substrate, else null.
 const MicrovmCounters* MicrovmCountersOf(const Substrate* substrate);
