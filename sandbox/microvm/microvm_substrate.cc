@@ -436,6 +436,15 @@ class MicrovmSubstrate final : public Substrate {
   // did not finish (its VM ran on and died with that daemon): removed.
   std::vector<RecoveredSandbox> Recover() override {
     std::vector<RecoveredSandbox> out;
+    // A memory snapshot an earlier daemon was writing or replacing when it
+    // stopped (SnapshotVm's temporary names): never a whole snapshot.
+    std::error_code snap_ec;
+    for (const auto& e : fs::directory_iterator(env_.state_dir + "/microvm/snapshots", snap_ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind(".new-", 0) != 0 && n.rfind(".old-", 0) != 0) continue;
+      Status ignored = RemoveTree(e.path().string());
+      (void)ignored;
+    }
     const std::string root = env_.state_dir + "/microvm/paused";
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(root, ec)) {
