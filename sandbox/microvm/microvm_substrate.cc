@@ -179,6 +179,16 @@ bool ValidId(const std::string& id) {
   return true;
 }
 
+// Removes a directory tree when it goes out of scope, unless `path` was cleared.
+struct TreeRemover {
+  std::string path;
+  ~TreeRemover() {
+    if (path.empty()) return;
+    Status ignored = RemoveTree(path);
+    (void)ignored;
+  }
+};
+
 // A memory snapshot's name: a directory name under <state>/microvm/snapshots.
 bool ValidSnapshotName(const std::string& name) {
   if (name.empty() || name.size() > 128 || name[0] == '.' || name[0] == '-') return false;
@@ -561,25 +571,32 @@ class MicrovmSubstrate final : public Substrate {
     return Status::Ok();
   }
 
+  // A running VM's memory and device state saved into a new file `path`
+  // (0600; fsynced when `durable`); the VM runs on from there whatever
+  // happened. The file's size; errors prefixed with `what`.
+  Result<uint64_t> SaveRunning(MicrovmSandbox* sb, const std::string& path, const char* what, bool durable) {
+    UniqueFd out(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!out.valid()) return ErrnoError("creating " + path);
+    Status saved = SaveStream(*sb->qmp_, out.get(), std::chrono::steady_clock::now() + kSaveBudget);
+    auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
+    if (!saved.ok()) return saved.Prefix(what);
+    if (!cont.ok()) spdlog::warn("microvm {}: continuing after {}: {}", sb->id(), what, cont.status().ToString());
+    struct stat st {};
+    if (fstat(out.get(), &st) != 0 || st.st_size == 0)
+      return Error(Code::kInternal, "{}: the VM's saved state is empty", what);
+    if (durable && fsync(out.get()) != 0) return ErrnoError(std::string(what) + ": syncing the saved state");
+    return static_cast<uint64_t>(st.st_size);
+  }
+
   Result<std::vector<std::unique_ptr<Sandbox>>> ForkVm(MicrovmSandbox* parent, const std::vector<std::string>& ids) {
     const std::string root = env_.state_dir + "/microvm/forks";
     const std::string dir = root + "/" + parent->id() + "-" + NewSandboxId();
     PADDOCK_RETURN_IF_ERROR(MkdirAll(dir, 0700));
     chmod(root.c_str(), 0700);
-    struct RemoveDir {
-      std::string path;
-      ~RemoveDir() {
-        Status ignored = RemoveTree(path);
-        (void)ignored;
-      }
-    } remove_dir{dir};
-    UniqueFd stream(open((dir + "/stream").c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!stream.valid()) return ErrnoError("creating " + dir + "/stream");
-    Status saved = SaveStream(*parent->qmp_, stream.get(), std::chrono::steady_clock::now() + kSaveBudget);
-    // The parent runs on from where it was saved, whatever happened.
-    auto cont = parent->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
-    if (!saved.ok()) return saved.Prefix("forking");
-    if (!cont.ok()) spdlog::warn("microvm {}: continuing after a fork: {}", parent->id(), cont.status().ToString());
+    TreeRemover remove_dir{dir};
+    PADDOCK_RETURN_IF_ERROR(SaveRunning(parent, dir + "/stream", "forking", false).status());
+    UniqueFd stream(open((dir + "/stream").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!stream.valid()) return ErrnoError("opening " + dir + "/stream");
     PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
     Shape shape = ShapeOf(*parent->recipe_, assets);
     // Every copy restores at once (each reads the stream through its own open).
@@ -614,26 +631,8 @@ class MicrovmSubstrate final : public Substrate {
     const std::string tmp = root + "/.new-" + NewSandboxId();
     PADDOCK_RETURN_IF_ERROR(MkdirAll(tmp, 0700));
     chmod(root.c_str(), 0700);
-    struct RemoveDir {
-      std::string path;
-      ~RemoveDir() {
-        if (path.empty()) return;
-        Status ignored = RemoveTree(path);
-        (void)ignored;
-      }
-    } remove_tmp{tmp};
-    UniqueFd stream(open((tmp + "/stream").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!stream.valid()) return ErrnoError("creating " + tmp + "/stream");
-    Status saved = SaveStream(*sb->qmp_, stream.get(), std::chrono::steady_clock::now() + kSaveBudget);
-    // The VM runs on from where it was saved, whatever happened.
-    auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
-    if (!saved.ok()) return saved.Prefix("taking a memory snapshot");
-    if (!cont.ok()) spdlog::warn("microvm {}: continuing after a snapshot: {}", sb->id(), cont.status().ToString());
-    struct stat st {};
-    if (fstat(stream.get(), &st) != 0 || st.st_size == 0)
-      return Error(Code::kInternal, "the memory snapshot's saved state is empty");
-    if (fsync(stream.get()) != 0) return ErrnoError("syncing the memory snapshot");
-    stream.reset();
+    TreeRemover remove_tmp{tmp};
+    PADDOCK_ASSIGN_OR_RETURN(uint64_t bytes, SaveRunning(sb, tmp + "/stream", "taking a memory snapshot", true));
     PADDOCK_RETURN_IF_ERROR(WriteSmallFile(tmp + "/vm.json", EncodeVm(*sb->recipe_, sb->env_)));
     // In place of an earlier snapshot of the name: moved aside, then removed.
     const std::string old = root + "/.old-" + NewSandboxId();
@@ -644,14 +643,11 @@ class MicrovmSubstrate final : public Substrate {
       return err;
     }
     remove_tmp.path.clear();
-    if (replaced) {
-      Status ignored = RemoveTree(old);
-      (void)ignored;
-    }
+    if (replaced) (void)TreeRemover{old};  // removed at once
     ++counters_.snapshots;
-    spdlog::info("microvm {}: memory snapshot {} ({} bytes) in {} ms", sb->id(), name, st.st_size,
+    spdlog::info("microvm {}: memory snapshot {} ({} bytes) in {} ms", sb->id(), name, bytes,
                  std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
-    return SnapshotResult{kMemorySnapshotPrefix + name, name, "", static_cast<uint64_t>(st.st_size)};
+    return SnapshotResult{kMemorySnapshotPrefix + name, name, "", bytes};
   }
 
   // A VM restored from memory snapshot NAME: the snapshot's image, limits,
