@@ -1,5 +1,7 @@
 #include "sandbox/manager.h"
 
+#include <cstring>
+
 #include <sys/random.h>
 
 #include <nlohmann/json.hpp>
@@ -315,6 +317,18 @@ size_t SandboxManager::RecoverPaused() {
   }
   if (n) spdlog::info("recovered {} paused sandboxes", n);
   return n;
+}
+
+Result<uint64_t> SandboxManager::RemoveMemorySnapshot(const std::string& image) {
+  if (image.rfind(kMemorySnapshotPrefix, 0) != 0)
+    return Error(Code::kInvalidArgument, "'{}' is not a microVM memory snapshot ({}NAME)", image.substr(0, 200),
+                 kMemorySnapshotPrefix);
+  const std::string name = image.substr(std::strlen(kMemorySnapshotPrefix));
+  for (auto& [substrate_name, substrate] : substrates_) {
+    auto freed = substrate->RemoveMemorySnapshot(name);
+    if (freed.ok() || freed.status().code() != Code::kNotFound) return freed;
+  }
+  return Error(Code::kNotFound, "no microVM memory snapshot named '{}' on this daemon", name);
 }
 
 Result<std::shared_ptr<Sandbox>> SandboxManager::Get(const std::string& id) {

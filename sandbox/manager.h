@@ -62,6 +62,10 @@ class SandboxManager {
   // Takes in the paused sandboxes an earlier daemon of this state dir left
   // (Substrate::Recover); call after registering the substrates. Returns how many.
   size_t RecoverPaused();
+  // Deletes a microVM memory snapshot (Substrate::RemoveMemorySnapshot) by its
+  // image, kMemorySnapshotPrefix + name; the bytes freed. NOT_FOUND when no
+  // substrate has it.
+  Result<uint64_t> RemoveMemorySnapshot(const std::string& image);
   std::vector<SandboxInfo> List();
   uint32_t live() const;
   uint32_t max_sandboxes() const { return options_.max_sandboxes; }

@@ -128,6 +128,11 @@ class Substrate {
   virtual void Shutdown() {}
   // The paused sandboxes a previous daemon of this state dir left (Sandbox::Pause).
   virtual std::vector<RecoveredSandbox> Recover() { return {}; }
+  // Deletes memory snapshot `name` (kMemorySnapshotPrefix) of this substrate's;
+  // NOT_FOUND when it has none of that name. Returns the bytes freed.
+  virtual Result<uint64_t> RemoveMemorySnapshot(const std::string& name) {
+    return Error(Code::kNotFound, "no microVM memory snapshot named '{}'", name);
+  }
 };
 
 }  // namespace paddock

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -325,6 +326,18 @@ TEST(MicrovmDaemon, CliPausesAVmAcrossADaemonRestartResumesAndForksIt) {
   auto missing = run({"sandbox", "create", "--substrate", "microvm", "--image", "microvm-snapshot:nope"});
   EXPECT_NE(missing.code, 0);
   EXPECT_THAT(missing.err, HasSubstr("no microVM memory snapshot named 'nope'"));
+  // `image rm` deletes it (the copy made from it runs on); then it is gone.
+  EXPECT_TRUE(std::filesystem::exists(d.state_dir() + "/microvm/snapshots/keep1/stream"));
+  auto removed = run({"image", "rm", "microvm-snapshot:keep1"});
+  EXPECT_EQ(removed.code, 0) << removed.err;
+  EXPECT_FALSE(std::filesystem::exists(d.state_dir() + "/microvm/snapshots/keep1"));
+  EXPECT_EQ(run({"sandbox", "exec", copy_id, "--", "cat", "/tmp/mem"}).out, "41\n");
+  auto again = run({"image", "rm", "microvm-snapshot:keep1"});
+  EXPECT_NE(again.code, 0);
+  EXPECT_THAT(again.err, HasSubstr("no microVM memory snapshot named 'keep1'"));
+  auto hostile = run({"image", "rm", "microvm-snapshot:../paused"});
+  EXPECT_NE(hostile.code, 0);
+  EXPECT_TRUE(std::filesystem::exists(d.state_dir() + "/microvm"));
   auto help = run({"sandbox", "pause", "--help"});
   EXPECT_EQ(help.code, 0);
   EXPECT_THAT(help.out, HasSubstr("memory"));

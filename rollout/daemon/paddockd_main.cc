@@ -445,6 +445,7 @@ int Run(const Flags& flags) {
   // As a node: images fronts hand it (Images.Receive), one fetch per image.
   service::ImageReceiver image_receiver(**image_store, std::chrono::milliseconds(flags.image_fetch_timeout_ms));
   service::FrontLeases* leases_for_images = nullptr;  // set with the leases below, before serving
+  SandboxManager* manager_for_images = nullptr;        // set once the manager is made, before serving
   server_opts.extra_services.push_back([&](const service::BearerTokenAuth* auth) {
     service::ImageServiceOptions io{std::chrono::milliseconds(flags.registry_timeout_ms),
                                     std::chrono::milliseconds(flags.registry_idle_timeout_ms),
@@ -452,6 +453,10 @@ int Run(const Flags& flags) {
                                     flags.registry_creds_file};
     io.receiver = &image_receiver;
     io.leases = leases_for_images;
+    io.remove_memory_snapshot = [&manager_for_images](const std::string& image) -> Result<uint64_t> {
+      if (!manager_for_images) return Error(Code::kUnavailable, "the daemon is starting");
+      return manager_for_images->RemoveMemorySnapshot(image);
+    };
     return std::unique_ptr<grpc::Service>(
         std::make_unique<service::ImageService>(**image_store, layer_cache->get(), auth, io));
   });
@@ -464,6 +469,7 @@ int Run(const Flags& flags) {
   mopts.max_sandboxes = flags.max_sandboxes;
   mopts.default_ttl_seconds = flags.default_ttl;
   SandboxManager manager(mopts);
+  manager_for_images = &manager;
   std::unique_ptr<fleet::Fleet> fleet;
   if (!flags.nodes.empty()) {
     fleet::FleetOptions fo;

@@ -161,6 +161,15 @@ grpc::Status ImageService::Remove(grpc::ServerContext* ctx, const v1::RemoveImag
                                   v1::RemoveImageResponse* resp) {
   if (auto a = Authorize(*ctx); !a.ok()) return a;
   if (req->ref().empty()) return ToGrpc(Error(Code::kInvalidArgument, "no image given"));
+  if (req->ref().rfind(kMemorySnapshotPrefix, 0) == 0) {
+    if (!options_.remove_memory_snapshot)
+      return ToGrpc(Error(Code::kNotFound, "this daemon keeps no microVM memory snapshots"));
+    auto freed = options_.remove_memory_snapshot(req->ref());
+    if (!freed.ok()) return ToGrpc(freed.status());
+    resp->set_image(req->ref());
+    spdlog::info("removed memory snapshot {} ({} bytes)", req->ref(), *freed);
+    return grpc::Status::OK;
+  }
   auto d = store_.Resolve(req->ref());
   if (!d.ok()) return ToGrpc(d.status());
   if (Status st = store_.Remove(req->ref()); !st.ok()) return ToGrpc(st);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <set>
 #include <string>
 
@@ -36,6 +37,10 @@ struct ImageServiceOptions {
   // is UNIMPLEMENTED.
   ImageReceiver* receiver = nullptr;
   FrontLeases* leases = nullptr;
+  // Remove of a microVM memory snapshot (`microvm-snapshot:NAME`: it lives
+  // with the substrate, not in the store): SandboxManager::RemoveMemorySnapshot.
+  // Null: such a Remove is NOT_FOUND.
+  std::function<Result<uint64_t>(const std::string&)> remove_memory_snapshot;
 };
 
 class ImageService final : public v1::Images::Service {

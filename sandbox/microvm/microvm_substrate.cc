@@ -615,6 +615,24 @@ class MicrovmSubstrate final : public Substrate {
     return out;
   }
 
+  Result<uint64_t> RemoveMemorySnapshot(const std::string& name) override {
+    if (!ValidSnapshotName(name))
+      return Error(Code::kInvalidArgument, "'{}' does not name a microVM memory snapshot", name.substr(0, 200));
+    const std::string dir = env_.state_dir + "/microvm/snapshots/" + name;
+    struct stat st {};
+    if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      return Error(Code::kNotFound, "no microVM memory snapshot named '{}' on this daemon", name);
+    uint64_t bytes = 0;
+    if (stat((dir + "/stream").c_str(), &st) == 0) bytes = static_cast<uint64_t>(st.st_size);
+    // Renamed away first: a create that opens it from now on finds nothing;
+    // one that has it open keeps reading it.
+    const std::string gone = env_.state_dir + "/microvm/snapshots/.old-" + NewSandboxId();
+    if (rename(dir.c_str(), gone.c_str()) != 0) return ErrnoError("removing memory snapshot " + name);
+    PADDOCK_RETURN_IF_ERROR(RemoveTree(gone));
+    spdlog::info("microvm: removed memory snapshot {} ({} bytes)", name, bytes);
+    return bytes;
+  }
+
   // <state>/microvm/snapshots/NAME: the stream (memory and device state) and
   // vm.json (recipe and env), root's only. A snapshot of a name taken again
   // replaces the earlier one (as a tag moves); VMs restoring from the earlier
