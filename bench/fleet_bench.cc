@@ -9,6 +9,12 @@
 //            create through the front succeeds on the other node
 //   place    ChooseNode over 10, 100 and 1,000 node views (placement's own cost)
 //
+// --episodes E (with --nodes N, e.g. 4): only this instead: a rollout of E
+// container episodes through the front, all at once (--concurrency E; a
+// scripted policy of --turns bash calls that sleep --sleep-s each), sampling
+// `paddock node ls` for the front's sandboxes on each node: the peak in flight,
+// the spread, the rewards and the wall time.
+//
 // Medians and p99 over --cycles; a markdown table on stdout. Run as root from
 // the build tree (it starts build/rollout/paddockd). Progress goes to stderr.
 #include <signal.h>
@@ -19,7 +25,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,6 +38,7 @@
 
 #include "paddock/client.h"
 #include "rollout/fleet/placement.h"
+#include "tests/rollout_test_util.h"
 #include "tests/support/daemon_process.h"
 #include "tests/support/test_rootfs.h"
 
@@ -105,6 +114,66 @@ std::string NodeState(const testing::DaemonProcess& front, const std::string& ad
   return "";
 }
 
+// The --episodes scenario; the process's exit code.
+int RunEpisodes(testing::DaemonProcess& front, const std::vector<std::string>& addresses, const std::string& dir,
+                int episodes, int turns, const std::string& sleep_s) {
+  const std::string tasks = dir + "/tasks.jsonl", script = dir + "/script.json";
+  std::ofstream(tasks) << testing::CountingTasks("busybox:1", episodes, turns);
+  std::ofstream(script) << testing::CountingScript(turns, sleep_s);
+  std::fprintf(stderr, "episodes: %d container episodes through the front, all at once...\n", episodes);
+  const auto t0 = Clock::now();
+  auto started = front.Cli({"run", tasks, "--policy", "scripted", "--policy-script", script, "--concurrency",
+                            std::to_string(episodes), "--id", "fleet-episodes", "--detach"});
+  if (started.code != 0) {
+    std::fprintf(stderr, "fleet_bench: paddock run: %s\n", started.err.c_str());
+    return 1;
+  }
+  std::map<std::string, uint32_t> peak_on;  // per node
+  uint32_t peak_total = 0;
+  json last;
+  for (;;) {
+    auto ls = json::parse(front.Cli({"--json", "node", "ls"}).out, nullptr, false);
+    uint32_t total = 0;
+    if (!ls.is_discarded())
+      for (const auto& n : ls.value("nodes", json::array())) {
+        const uint32_t placed = n.value("placed", 0u);
+        total += placed;
+        peak_on[n.value("address", "")] = std::max(peak_on[n.value("address", "")], placed);
+      }
+    peak_total = std::max(peak_total, total);
+    auto ro = front.Cli({"--json", "rollout", "ls"});
+    bool ended = false;
+    if (ro.code == 0)
+      for (auto& r : json::parse(ro.out, nullptr, false))
+        if (r.is_object() && r.value("rollout_id", "") == "fleet-episodes") {
+          last = r;
+          ended = r.value("done", 0) + r.value("failed", 0) >= episodes;
+        }
+    if (ended || Clock::now() - t0 > std::chrono::minutes(10)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  int rewarded = 0, lines = 0;
+  std::istringstream in(front.Cli({"export", "fleet-episodes"}).out);
+  for (std::string line; std::getline(in, line);) {
+    auto l = json::parse(line, nullptr, false);
+    if (l.is_discarded()) continue;
+    ++lines;
+    rewarded += l.value("reward", 0.0) == 1.0;
+  }
+  std::printf("\n| %d container episodes through the front, %zu nodes | value |\n| --- | --- |\n", episodes,
+              addresses.size());
+  std::printf("| peak in flight (the front's sandboxes on the nodes, sampled every 250 ms) | %u |\n", peak_total);
+  std::string spread;
+  for (const auto& a : addresses) spread += fmt::format("{}{}", spread.empty() ? "" : " / ", peak_on[a]);
+  std::printf("| peak per node | %s |\n", spread.c_str());
+  std::printf("| done / failed | %d / %d |\n", last.value("done", 0), last.value("failed", 0));
+  std::printf("| exported episodes with reward 1 | %d of %d |\n", rewarded, lines);
+  std::printf("| wall time, start to all ended | %.1f s (%d turns of %s s each per episode) |\n", wall, turns,
+              sleep_s.c_str());
+  return rewarded == episodes ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -114,6 +183,13 @@ int main(int argc, char** argv) {
   app.add_option("--cycles", cycles, "execs (and a tenth as many creates) per measured row")->capture_default_str();
   app.add_option("--lease-ms", lease_ms, "the nodes' --front-lease-ms")->capture_default_str();
   app.add_option("--heartbeat-ms", heartbeat_ms, "the front's --node-heartbeat-ms")->capture_default_str();
+  int node_count = 2, episodes = 0, turns = 3;
+  std::string sleep_s = "2";
+  app.add_option("--nodes", node_count, "nodes to start")->capture_default_str()->check(CLI::Range(1, 16));
+  app.add_option("--episodes", episodes, "run only the episodes scenario, with this many (0: the other rows)")
+      ->capture_default_str();
+  app.add_option("--turns", turns, "episodes scenario: tool calls per episode")->capture_default_str();
+  app.add_option("--sleep-s", sleep_s, "episodes scenario: each call's sleep")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   const std::string rootfs = testing::EnsureBusyboxRootfs();
@@ -123,10 +199,10 @@ int main(int argc, char** argv) {
   std::ofstream(token) << "fleet-bench-token\n";
   ::chmod(token.c_str(), 0600);
 
-  std::fprintf(stderr, "starting 2 nodes and a front...\n");
+  std::fprintf(stderr, "starting %d nodes and a front...\n", node_count);
   std::vector<std::unique_ptr<testing::DaemonProcess>> nodes;
   std::vector<std::string> addresses;
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < node_count; ++i) {
     testing::DaemonOptions o;
     o.allow_dir_images = false;
     o.log_level = "warn";
@@ -147,15 +223,31 @@ int main(int argc, char** argv) {
   fo.allow_dir_images = false;
   fo.log_level = "warn";
   testing::DaemonProcess front(fo);
-  std::string why = front.Start({"--nodes", addresses[0] + "," + addresses[1], "--node-token-file", token,
-                                 "--node-heartbeat-ms", std::to_string(heartbeat_ms)});
+  std::string node_list;
+  for (const auto& a : addresses) node_list += (node_list.empty() ? "" : ",") + a;
+  std::string why = front.Start({"--nodes", node_list, "--node-token-file", token, "--node-heartbeat-ms",
+                                 std::to_string(heartbeat_ms)});
   if (!why.empty()) {
     std::fprintf(stderr, "fleet_bench: front: %s\n", why.c_str());
     return 1;
   }
-  for (auto until = Clock::now() + std::chrono::seconds(20);
-       (NodeState(front, addresses[0]) != "ready" || NodeState(front, addresses[1]) != "ready") && Clock::now() < until;)
+  auto all_ready = [&] {
+    for (const auto& a : addresses)
+      if (NodeState(front, a) != "ready") return false;
+    return true;
+  };
+  for (auto until = Clock::now() + std::chrono::seconds(20); !all_ready() && Clock::now() < until;)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (episodes > 0) {
+    int rc = RunEpisodes(front, addresses, dir, episodes, turns, sleep_s);
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    return rc;
+  }
+  if (node_count < 2) {
+    std::fprintf(stderr, "fleet_bench: the exec, create and loss rows need --nodes 2 or more\n");
+    return 1;
+  }
 
   SandboxSpec spec;
   spec.substrate = "container";
