@@ -63,12 +63,25 @@ TEST(NormalPriorityScope, ThreadsStartedInsideRunAtNormalPriorityAndTheCallerGet
 }
 
 TEST(NormalPriorityScope, LeavesANormalOrRaisedPriorityAlone) {
-  int before = getpriority(PRIO_PROCESS, 0);
-  {
-    NormalPriorityScope normal;
-    EXPECT_EQ(getpriority(PRIO_PROCESS, 0), before);
+  // On a thread of its own set to normal (0) and to raised (-5) priority: the
+  // suite itself may run niced (`nice make test`), which the scope would raise.
+  for (int prio : {0, -5}) {
+    int before = 1000, inside = 1000, after = 1000;
+    std::thread t([&] {
+      if (setpriority(PRIO_PROCESS, 0, prio) != 0) return;
+      before = getpriority(PRIO_PROCESS, 0);
+      {
+        NormalPriorityScope normal;
+        inside = getpriority(PRIO_PROCESS, 0);
+      }
+      after = getpriority(PRIO_PROCESS, 0);
+    });
+    t.join();
+    if (before == 1000) GTEST_SKIP() << "cannot set a thread's priority to " << prio << " here (needs root)";
+    EXPECT_EQ(before, prio);
+    EXPECT_EQ(inside, prio);
+    EXPECT_EQ(after, prio);
   }
-  EXPECT_EQ(getpriority(PRIO_PROCESS, 0), before);
 }
 
 TEST(WarmPoolPriority, HandedOverContainersKeepNoThreadAtTheLowestPriority) {
