@@ -331,6 +331,13 @@ Result<uint64_t> SandboxManager::RemoveMemorySnapshot(const std::string& image) 
   return Error(Code::kNotFound, "no microVM memory snapshot named '{}' on this daemon", name);
 }
 
+std::vector<std::pair<std::string, uint64_t>> SandboxManager::MemorySnapshots() {
+  std::vector<std::pair<std::string, uint64_t>> out;
+  for (auto& [substrate_name, substrate] : substrates_)
+    for (auto& [name, bytes] : substrate->MemorySnapshots()) out.emplace_back(kMemorySnapshotPrefix + name, bytes);
+  return out;
+}
+
 Result<std::shared_ptr<Sandbox>> SandboxManager::Get(const std::string& id) {
   std::lock_guard lock(mu_);
   auto it = sandboxes_.find(id);

@@ -66,6 +66,9 @@ class SandboxManager {
   // image, kMemorySnapshotPrefix + name; the bytes freed. NOT_FOUND when no
   // substrate has it.
   Result<uint64_t> RemoveMemorySnapshot(const std::string& image);
+  // Every substrate's memory snapshots: image (kMemorySnapshotPrefix + name)
+  // and bytes on disk.
+  std::vector<std::pair<std::string, uint64_t>> MemorySnapshots();
   std::vector<SandboxInfo> List();
   uint32_t live() const;
   uint32_t max_sandboxes() const { return options_.max_sandboxes; }

@@ -133,6 +133,8 @@ class Substrate {
   virtual Result<uint64_t> RemoveMemorySnapshot(const std::string& name) {
     return Error(Code::kNotFound, "no microVM memory snapshot named '{}'", name);
   }
+  // This substrate's memory snapshots: name and bytes on disk.
+  virtual std::vector<std::pair<std::string, uint64_t>> MemorySnapshots() { return {}; }
 };
 
 }  // namespace paddock

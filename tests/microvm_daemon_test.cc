@@ -326,12 +326,16 @@ TEST(MicrovmDaemon, CliPausesAVmAcrossADaemonRestartResumesAndForksIt) {
   auto missing = run({"sandbox", "create", "--substrate", "microvm", "--image", "microvm-snapshot:nope"});
   EXPECT_NE(missing.code, 0);
   EXPECT_THAT(missing.err, HasSubstr("no microVM memory snapshot named 'nope'"));
-  // `image rm` deletes it (the copy made from it runs on); then it is gone.
+  // `image ls` lists it; `image rm` deletes it (the copy made from it runs on).
   EXPECT_TRUE(std::filesystem::exists(d.state_dir() + "/microvm/snapshots/keep1/stream"));
+  auto images = run({"--json", "image", "ls"});
+  EXPECT_THAT(images.out, HasSubstr("\"microvm-snapshot:keep1\"")) << images.out;
+  EXPECT_THAT(run({"image", "ls"}).out, HasSubstr("microvm-snapshot:keep1"));
   auto removed = run({"image", "rm", "microvm-snapshot:keep1"});
   EXPECT_EQ(removed.code, 0) << removed.err;
   EXPECT_FALSE(std::filesystem::exists(d.state_dir() + "/microvm/snapshots/keep1"));
   EXPECT_EQ(run({"sandbox", "exec", copy_id, "--", "cat", "/tmp/mem"}).out, "41\n");
+  EXPECT_THAT(run({"--json", "image", "ls"}).out, Not(HasSubstr("microvm-snapshot:keep1")));
   auto again = run({"image", "rm", "microvm-snapshot:keep1"});
   EXPECT_NE(again.code, 0);
   EXPECT_THAT(again.err, HasSubstr("no microVM memory snapshot named 'keep1'"));

@@ -457,6 +457,10 @@ int Run(const Flags& flags) {
       if (!manager_for_images) return Error(Code::kUnavailable, "the daemon is starting");
       return manager_for_images->RemoveMemorySnapshot(image);
     };
+    io.memory_snapshots = [&manager_for_images] {
+      return manager_for_images ? manager_for_images->MemorySnapshots()
+                                : std::vector<std::pair<std::string, uint64_t>>{};
+    };
     return std::unique_ptr<grpc::Service>(
         std::make_unique<service::ImageService>(**image_store, layer_cache->get(), auth, io));
   });

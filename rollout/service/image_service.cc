@@ -128,6 +128,13 @@ grpc::Status ImageService::List(grpc::ServerContext* ctx, const v1::ImageListReq
     o->set_layers(static_cast<uint32_t>(s.layers));
     o->set_stored_bytes(s.stored_bytes);
   }
+  if (options_.memory_snapshots)
+    for (const auto& [image, bytes] : options_.memory_snapshots()) {
+      auto* o = resp->add_images();
+      o->set_digest(image);
+      o->add_names(image);
+      o->set_stored_bytes(bytes);
+    }
   return grpc::Status::OK;
 }
 

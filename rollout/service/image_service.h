@@ -41,6 +41,9 @@ struct ImageServiceOptions {
   // with the substrate, not in the store): SandboxManager::RemoveMemorySnapshot.
   // Null: such a Remove is NOT_FOUND.
   std::function<Result<uint64_t>(const std::string&)> remove_memory_snapshot;
+  // List's memory snapshots (SandboxManager::MemorySnapshots): each an entry
+  // whose digest and name are `microvm-snapshot:NAME`, no layers, its bytes.
+  std::function<std::vector<std::pair<std::string, uint64_t>>()> memory_snapshots;
 };
 
 class ImageService final : public v1::Images::Service {

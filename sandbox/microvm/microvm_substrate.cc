@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <cstdlib>
@@ -612,6 +613,19 @@ class MicrovmSubstrate final : public Substrate {
       out.push_back(std::move(*b).value());
     }
     counters_.forks += out.size();
+    return out;
+  }
+
+  std::vector<std::pair<std::string, uint64_t>> MemorySnapshots() override {
+    std::vector<std::pair<std::string, uint64_t>> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(env_.state_dir + "/microvm/snapshots", ec)) {
+      const std::string name = e.path().filename().string();
+      struct stat st {};
+      if (!ValidSnapshotName(name) || stat((e.path().string() + "/stream").c_str(), &st) != 0) continue;
+      out.emplace_back(name, static_cast<uint64_t>(st.st_size));
+    }
+    std::sort(out.begin(), out.end());
     return out;
   }
 
