@@ -1,11 +1,13 @@
 #include "sandbox/manager.h"
 
-#include <cstring>
-
 #include <sys/random.h>
+
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+
+#include "sandbox/limits_json.h"
 
 namespace paddock {
 
@@ -62,8 +64,7 @@ std::string EncodeRecord(const SandboxInfo& info) {
       {"id", info.id},
       {"substrate", s.substrate},
       {"image", s.image},
-      {"limits", {{"cpu_millicores", s.limits.cpu_millicores}, {"memory_bytes", s.limits.memory_bytes},
-                  {"pids", s.limits.pids}, {"disk_bytes", s.limits.disk_bytes}}},
+      {"limits", s.limits},
       {"env", s.env},
       {"workdir", s.workdir},
       {"ttl_seconds", s.ttl_seconds},
@@ -85,11 +86,7 @@ Result<SandboxInfo> DecodeRecord(const std::string& text) {
     SandboxSpec& s = info.spec;
     s.substrate = j.at("substrate").get<std::string>();
     s.image = j.at("image").get<std::string>();
-    const auto& l = j.at("limits");
-    s.limits.cpu_millicores = l.at("cpu_millicores").get<uint32_t>();
-    s.limits.memory_bytes = l.at("memory_bytes").get<uint64_t>();
-    s.limits.pids = l.at("pids").get<uint32_t>();
-    s.limits.disk_bytes = l.at("disk_bytes").get<uint64_t>();
+    s.limits = j.at("limits").get<Limits>();
     s.env = j.at("env").get<std::map<std::string, std::string>>();
     s.workdir = j.at("workdir").get<std::string>();
     s.ttl_seconds = j.at("ttl_seconds").get<uint32_t>();
@@ -103,6 +100,10 @@ Result<SandboxInfo> DecodeRecord(const std::string& text) {
   } catch (const std::exception& e) {
     return Error(Code::kInternal, "a paused sandbox's record is unreadable: {}", e.what());
   }
+}
+
+Status UnknownSandbox(const std::string& id) {
+  return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes", id);
 }
 
 }  // namespace
@@ -234,7 +235,7 @@ Result<PauseResult> SandboxManager::Pause(const std::string& id) {
     std::lock_guard lock(mu_);
     auto it = sandboxes_.find(id);
     if (it == sandboxes_.end())
-      return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes", id);
+      return UnknownSandbox(id);
     sb = it->second.sandbox;
     info = it->second.info;
   }
@@ -258,7 +259,7 @@ Result<std::vector<SandboxInfo>> SandboxManager::Fork(const std::string& id, uin
     if (stopping_) return Error(Code::kUnavailable, "daemon is shutting down");
     auto it = sandboxes_.find(id);
     if (it == sandboxes_.end())
-      return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes", id);
+      return UnknownSandbox(id);
     if (sandboxes_.size() + reserved_ + count > options_.max_sandboxes)
       return Error(Code::kResourceExhausted,
                    "a fork into {} would pass the sandbox cap ({} live, cap {}); destroy sandboxes or raise "
@@ -342,7 +343,7 @@ Result<std::shared_ptr<Sandbox>> SandboxManager::Get(const std::string& id) {
   std::lock_guard lock(mu_);
   auto it = sandboxes_.find(id);
   if (it == sandboxes_.end())
-    return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes", id);
+    return UnknownSandbox(id);
   return it->second.sandbox;
 }
 
@@ -350,7 +351,7 @@ Result<SandboxInfo> SandboxManager::Info(const std::string& id) {
   std::lock_guard lock(mu_);
   auto it = sandboxes_.find(id);
   if (it == sandboxes_.end())
-    return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes", id);
+    return UnknownSandbox(id);
   return Snapshot(it->second);
 }
 
@@ -360,8 +361,7 @@ Status SandboxManager::Destroy(const std::string& id) {
     std::lock_guard lock(mu_);
     auto it = sandboxes_.find(id);
     if (it == sandboxes_.end())
-      return Error(Code::kNotFound, "sandbox '{}' not found; `paddock sandbox ls` lists sandboxes",
-                   id);
+      return UnknownSandbox(id);
     sb = std::move(it->second.sandbox);
     sandboxes_.erase(it);
   }

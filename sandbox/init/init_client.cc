@@ -83,9 +83,7 @@ Result<std::unique_ptr<InitClient>> InitClient::Start(UniqueFd channel, const in
   if (f.type != FrameType::kHello || !init::DecodeReply(f.payload, &err, &msg, &payload))
     return Error(Code::kInternal, "paddock-init sent an unexpected first frame");
   if (err != 0) return Error(Code::kInternal, "sandbox setup failed inside the sandbox: {}", msg);
-  auto client = std::unique_ptr<InitClient>(new InitClient(std::move(channel), options));
-  client->reader_ = std::thread([c = client.get()] { c->ReaderLoop(); });
-  return client;
+  return Attach(std::move(channel), options);
 }
 
 std::unique_ptr<InitClient> InitClient::Attach(UniqueFd channel, InitClientOptions options) {

@@ -36,6 +36,7 @@
 #include "sandbox/image_source.h"
 #include "sandbox/init/init_client.h"
 #include "sandbox/init/init_served_sandbox.h"
+#include "sandbox/limits_json.h"
 #include "sandbox/linux/cgroup.h"
 #include "sandbox/linux/fs_util.h"
 #include "sandbox/linux/process.h"
@@ -146,8 +147,7 @@ std::string EncodeVm(const Recipe& r, const std::map<std::string, std::string>& 
       {"image", r.image},
       {"host_dir_image_ok", r.host_dir_image_ok},
       {"local_client", r.local_client},
-      {"limits", {{"cpu_millicores", r.limits.cpu_millicores}, {"memory_bytes", r.limits.memory_bytes},
-                  {"pids", r.limits.pids}, {"disk_bytes", r.limits.disk_bytes}}},
+      {"limits", r.limits},
       {"workdir", r.workdir},
       {"env", env},
   };
@@ -161,11 +161,7 @@ Result<std::pair<Recipe, std::map<std::string, std::string>>> DecodeVm(const std
     r.image = j.at("image").get<std::string>();
     r.host_dir_image_ok = j.at("host_dir_image_ok").get<bool>();
     r.local_client = j.at("local_client").get<bool>();
-    const auto& l = j.at("limits");
-    r.limits.cpu_millicores = l.at("cpu_millicores").get<uint32_t>();
-    r.limits.memory_bytes = l.at("memory_bytes").get<uint64_t>();
-    r.limits.pids = l.at("pids").get<uint32_t>();
-    r.limits.disk_bytes = l.at("disk_bytes").get<uint64_t>();
+    r.limits = j.at("limits").get<Limits>();
     r.workdir = j.at("workdir").get<std::string>();
     return std::pair{std::move(r), j.at("env").get<std::map<std::string, std::string>>()};
   } catch (const std::exception& e) {
@@ -352,6 +348,15 @@ class MicrovmSandbox final : public InitServedSandbox {
                    id_);
     return Status::Ok();
   }
+  // What a save (pause, fork, snapshot) holds while it runs: the sandbox's
+  // calls exclusively (waiting kQuiesceWait for those in flight; `what`
+  // names the save in the refusal), then destroy_mu_. Refused for a paused
+  // VM ("sandbox ID " + `when_paused`) and for one that cannot be saved.
+  struct SaveLocks {
+    std::unique_lock<std::shared_timed_mutex> calls;
+    std::unique_lock<std::mutex> destroy;
+  };
+  Result<SaveLocks> LockForSave(const char* what, const char* when_paused);
 
   using InitServedSandbox::client_;  // started by the substrate's Create
   std::map<std::string, std::string> env_;
@@ -450,7 +455,7 @@ class MicrovmSubstrate final : public Substrate {
     // A memory snapshot an earlier daemon was writing or replacing when it
     // stopped (SnapshotVm's temporary names): never a whole snapshot.
     std::error_code snap_ec;
-    for (const auto& e : fs::directory_iterator(env_.state_dir + "/microvm/snapshots", snap_ec)) {
+    for (const auto& e : fs::directory_iterator(SnapshotsDir(), snap_ec)) {
       const std::string n = e.path().filename().string();
       if (n.rfind(".new-", 0) != 0 && n.rfind(".old-", 0) != 0) continue;
       Status ignored = RemoveTree(e.path().string());
@@ -491,31 +496,18 @@ class MicrovmSubstrate final : public Substrate {
     PADDOCK_RETURN_IF_ERROR(MkdirAll(dir, 0700));
     chmod(root.c_str(), 0700);
     chmod(dir.c_str(), 0700);
-    bool stopped = false;  // by SaveStream: on failure the VM runs on as it was
-    auto fail = [&](const Status& st) {
-      if (stopped) {
-        auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
-        (void)cont;  // if its QEMU is gone, its next call says so
-      }
-      Status ignored = RemoveTree(dir);
-      (void)ignored;
-      return st;
-    };
+    TreeRemover remove_dir{dir};  // on failure, where the VM runs on as it was
     const std::string tmp = dir + "/stream.tmp";
-    UniqueFd out(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!out.valid()) return fail(ErrnoError("creating " + tmp));
-    stopped = true;
-    Status saved = SaveStream(*sb->qmp_, out.get(), std::chrono::steady_clock::now() + kSaveBudget);
-    if (!saved.ok()) return fail(saved);
-    struct stat st {};
-    if (fstat(out.get(), &st) != 0 || st.st_size == 0)
-      return fail(Error(Code::kInternal, "the paused VM's saved state is empty"));
-    out.reset();
+    PADDOCK_ASSIGN_OR_RETURN(uint64_t bytes, SaveTo(sb, tmp, "pausing", false, false));
     Status w = WriteSmallFile(dir + "/vm.json", EncodeVm(*sb->recipe_, sb->env_));
     if (w.ok()) w = WriteSmallFile(dir + "/record", record);
     // The stream's name is the commit: a directory without it is not a paused VM.
     if (w.ok() && rename(tmp.c_str(), (dir + "/stream").c_str()) != 0) w = ErrnoError("renaming " + tmp);
-    if (!w.ok()) return fail(w);
+    if (!w.ok()) {
+      Continue(sb, "a failed pause");
+      return w;
+    }
+    remove_dir.path.clear();
     const auto t_saved = std::chrono::steady_clock::now();
     Status released = sb->StopVm();
     if (!released.ok())
@@ -525,9 +517,9 @@ class MicrovmSubstrate final : public Substrate {
     ++counters_.pauses;
     auto ms = [](auto d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
     spdlog::info("microvm {}: paused ({} bytes of memory and device state) in {} ms ({} ms saving, {} ms releasing)",
-                 sb->id(), st.st_size, ms(std::chrono::steady_clock::now() - t0), ms(t_saved - t0),
+                 sb->id(), bytes, ms(std::chrono::steady_clock::now() - t0), ms(t_saved - t0),
                  ms(std::chrono::steady_clock::now() - t_saved));
-    return PauseResult{static_cast<uint64_t>(st.st_size), dir};
+    return PauseResult{bytes, dir};
   }
 
   // A recipe read back from a vm.json: its image resolved again and its
@@ -573,20 +565,28 @@ class MicrovmSubstrate final : public Substrate {
   }
 
   // A running VM's memory and device state saved into a new file `path`
-  // (0600; fsynced when `durable`); the VM runs on from there whatever
-  // happened. The file's size; errors prefixed with `what`.
-  Result<uint64_t> SaveRunning(MicrovmSandbox* sb, const std::string& path, const char* what, bool durable) {
+  // (0600; fsynced when `durable`). The VM runs on from there when
+  // `run_on` (a fork, a snapshot) and after any failure; a pause's stays
+  // stopped. The file's size; errors prefixed with `what`.
+  Result<uint64_t> SaveTo(MicrovmSandbox* sb, const std::string& path, const char* what, bool durable, bool run_on) {
     UniqueFd out(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!out.valid()) return ErrnoError("creating " + path);
-    Status saved = SaveStream(*sb->qmp_, out.get(), std::chrono::steady_clock::now() + kSaveBudget);
+    auto saved = [&]() -> Result<uint64_t> {
+      PADDOCK_RETURN_IF_ERROR(SaveStream(*sb->qmp_, out.get(), std::chrono::steady_clock::now() + kSaveBudget));
+      struct stat st {};
+      if (fstat(out.get(), &st) != 0 || st.st_size == 0)
+        return Error(Code::kInternal, "the VM's saved state is empty");
+      if (durable && fsync(out.get()) != 0) return ErrnoError("syncing the saved state");
+      return static_cast<uint64_t>(st.st_size);
+    }();
+    if (run_on || !saved.ok()) Continue(sb, what);
+    if (!saved.ok()) return saved.status().Prefix(what);
+    return saved;
+  }
+  // A VM stopped by a save runs on (if its QEMU is gone, its next call says so).
+  static void Continue(MicrovmSandbox* sb, const char* after) {
     auto cont = sb->qmp_->Execute(R"({"execute": "cont"})", std::chrono::steady_clock::now() + kSaveBudget);
-    if (!saved.ok()) return saved.Prefix(what);
-    if (!cont.ok()) spdlog::warn("microvm {}: continuing after {}: {}", sb->id(), what, cont.status().ToString());
-    struct stat st {};
-    if (fstat(out.get(), &st) != 0 || st.st_size == 0)
-      return Error(Code::kInternal, "{}: the VM's saved state is empty", what);
-    if (durable && fsync(out.get()) != 0) return ErrnoError(std::string(what) + ": syncing the saved state");
-    return static_cast<uint64_t>(st.st_size);
+    if (!cont.ok()) spdlog::warn("microvm {}: continuing after {}: {}", sb->id(), after, cont.status().ToString());
   }
 
   Result<std::vector<std::unique_ptr<Sandbox>>> ForkVm(MicrovmSandbox* parent, const std::vector<std::string>& ids) {
@@ -595,7 +595,7 @@ class MicrovmSubstrate final : public Substrate {
     PADDOCK_RETURN_IF_ERROR(MkdirAll(dir, 0700));
     chmod(root.c_str(), 0700);
     TreeRemover remove_dir{dir};
-    PADDOCK_RETURN_IF_ERROR(SaveRunning(parent, dir + "/stream", "forking", false).status());
+    PADDOCK_RETURN_IF_ERROR(SaveTo(parent, dir + "/stream", "forking", false, true).status());
     UniqueFd stream(open((dir + "/stream").c_str(), O_RDONLY | O_CLOEXEC));
     if (!stream.valid()) return ErrnoError("opening " + dir + "/stream");
     PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
@@ -616,10 +616,13 @@ class MicrovmSubstrate final : public Substrate {
     return out;
   }
 
+  // Where memory snapshots live: <state>/microvm/snapshots/NAME.
+  std::string SnapshotsDir() const { return env_.state_dir + "/microvm/snapshots"; }
+
   std::vector<std::pair<std::string, uint64_t>> MemorySnapshots() override {
     std::vector<std::pair<std::string, uint64_t>> out;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(env_.state_dir + "/microvm/snapshots", ec)) {
+    for (const auto& e : fs::directory_iterator(SnapshotsDir(), ec)) {
       const std::string name = e.path().filename().string();
       struct stat st {};
       if (!ValidSnapshotName(name) || stat((e.path().string() + "/stream").c_str(), &st) != 0) continue;
@@ -632,7 +635,7 @@ class MicrovmSubstrate final : public Substrate {
   Result<uint64_t> RemoveMemorySnapshot(const std::string& name) override {
     if (!ValidSnapshotName(name))
       return Error(Code::kInvalidArgument, "'{}' does not name a microVM memory snapshot", name.substr(0, 200));
-    const std::string dir = env_.state_dir + "/microvm/snapshots/" + name;
+    const std::string dir = SnapshotsDir() + "/" + name;
     struct stat st {};
     if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
       return Error(Code::kNotFound, "no microVM memory snapshot named '{}' on this daemon", name);
@@ -640,7 +643,7 @@ class MicrovmSubstrate final : public Substrate {
     if (stat((dir + "/stream").c_str(), &st) == 0) bytes = static_cast<uint64_t>(st.st_size);
     // Renamed away first: a create that opens it from now on finds nothing;
     // one that has it open keeps reading it.
-    const std::string gone = env_.state_dir + "/microvm/snapshots/.old-" + NewSandboxId();
+    const std::string gone = SnapshotsDir() + "/.old-" + NewSandboxId();
     if (rename(dir.c_str(), gone.c_str()) != 0) return ErrnoError("removing memory snapshot " + name);
     PADDOCK_RETURN_IF_ERROR(RemoveTree(gone));
     spdlog::info("microvm: removed memory snapshot {} ({} bytes)", name, bytes);
@@ -659,12 +662,12 @@ class MicrovmSubstrate final : public Substrate {
                    "'.' or '-' (got '{}')",
                    name.substr(0, 200));
     const auto t0 = std::chrono::steady_clock::now();
-    const std::string root = env_.state_dir + "/microvm/snapshots", dir = root + "/" + name;
+    const std::string root = SnapshotsDir(), dir = root + "/" + name;
     const std::string tmp = root + "/.new-" + NewSandboxId();
     PADDOCK_RETURN_IF_ERROR(MkdirAll(tmp, 0700));
     chmod(root.c_str(), 0700);
     TreeRemover remove_tmp{tmp};
-    PADDOCK_ASSIGN_OR_RETURN(uint64_t bytes, SaveRunning(sb, tmp + "/stream", "taking a memory snapshot", true));
+    PADDOCK_ASSIGN_OR_RETURN(uint64_t bytes, SaveTo(sb, tmp + "/stream", "taking a memory snapshot", true, true));
     PADDOCK_RETURN_IF_ERROR(WriteSmallFile(tmp + "/vm.json", EncodeVm(*sb->recipe_, sb->env_)));
     // In place of an earlier snapshot of the name: moved aside, then removed.
     const std::string old = root + "/.old-" + NewSandboxId();
@@ -696,7 +699,7 @@ class MicrovmSubstrate final : public Substrate {
     if (!spec.env.empty() || !spec.workdir.empty())
       return Error(Code::kInvalidArgument,
                    "a VM created from a memory snapshot runs with the snapshot's env and workdir; leave them unset");
-    const std::string dir = env_.state_dir + "/microvm/snapshots/" + name;
+    const std::string dir = SnapshotsDir() + "/" + name;
     auto meta = ReadSmallFile(dir + "/vm.json");
     if (!meta.ok()) {
       if (meta.status().code() == Code::kNotFound || access(dir.c_str(), F_OK) != 0)
@@ -1483,26 +1486,23 @@ class MicrovmSubstrate final : public Substrate {
   WarmPool pool_;  // last: stopped before the rest goes
 };
 
-// A pause, resume or fork waits this long for the sandbox's calls in flight
+// A pause, resume, fork or snapshot waits this long for the sandbox's calls in flight
 // to end.
 constexpr std::chrono::seconds kQuiesceWait{10};
 
-// The sandbox's calls, held exclusively (waiting kQuiesceWait for those in
-// flight); FAILED_PRECONDITION naming `what` when they do not end in time.
-Status LockCalls(std::shared_timed_mutex& mu, std::unique_lock<std::shared_timed_mutex>* calls,
-                 const std::string& id, const char* what) {
-  *calls = std::unique_lock(mu, std::defer_lock);
-  if (calls->try_lock_for(kQuiesceWait)) return Status::Ok();
-  return Error(Code::kFailedPrecondition, "calls were still running in sandbox {} after {} s; {} it between calls", id,
-               kQuiesceWait.count(), what);
+Result<MicrovmSandbox::SaveLocks> MicrovmSandbox::LockForSave(const char* what, const char* when_paused) {
+  SaveLocks held{std::unique_lock(calls_mu_, std::defer_lock), std::unique_lock(destroy_mu_, std::defer_lock)};
+  if (!held.calls.try_lock_for(kQuiesceWait))
+    return Error(Code::kFailedPrecondition, "calls were still running in sandbox {} after {} s; {} it between calls",
+                 id_, kQuiesceWait.count(), what);
+  held.destroy.lock();
+  if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} {}", id_, when_paused);
+  PADDOCK_RETURN_IF_ERROR(Saveable());
+  return held;
 }
 
 Result<PauseResult> MicrovmSandbox::Pause(const std::string& record) {
-  std::unique_lock<std::shared_timed_mutex> calls;
-  PADDOCK_RETURN_IF_ERROR(LockCalls(calls_mu_, &calls, id_, "pause"));
-  std::lock_guard lock(destroy_mu_);
-  if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} is already paused", id_);
-  PADDOCK_RETURN_IF_ERROR(Saveable());
+  PADDOCK_ASSIGN_OR_RETURN(SaveLocks held, LockForSave("pause", "is already paused"));
   return owner_->PauseVm(this, record);
 }
 
@@ -1517,20 +1517,12 @@ Status MicrovmSandbox::Resume() {
 }
 
 Result<std::vector<std::unique_ptr<Sandbox>>> MicrovmSandbox::Fork(const std::vector<std::string>& ids) {
-  std::unique_lock<std::shared_timed_mutex> calls;
-  PADDOCK_RETURN_IF_ERROR(LockCalls(calls_mu_, &calls, id_, "fork"));
-  std::lock_guard lock(destroy_mu_);
-  if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} is paused; resume it before forking it", id_);
-  PADDOCK_RETURN_IF_ERROR(Saveable());
+  PADDOCK_ASSIGN_OR_RETURN(SaveLocks held, LockForSave("fork", "is paused; resume it before forking it"));
   return owner_->ForkVm(this, ids);
 }
 
 Result<SnapshotResult> MicrovmSandbox::Snapshot(const std::string& name) {
-  std::unique_lock<std::shared_timed_mutex> calls;
-  PADDOCK_RETURN_IF_ERROR(LockCalls(calls_mu_, &calls, id_, "snapshot"));
-  std::lock_guard lock(destroy_mu_);
-  if (paused_) return Error(Code::kFailedPrecondition, "sandbox {} is paused; resume it before a snapshot", id_);
-  PADDOCK_RETURN_IF_ERROR(Saveable());
+  PADDOCK_ASSIGN_OR_RETURN(SaveLocks held, LockForSave("snapshot", "is paused; resume it before a snapshot"));
   return owner_->SnapshotVm(this, name);
 }
 

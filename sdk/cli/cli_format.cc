@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cctype>
 
+#include "sandbox/limits_json.h"
+
 namespace paddock::cli {
 
 Result<uint64_t> ParseSize(const std::string& text) {
@@ -97,11 +99,7 @@ nlohmann::json ToJson(const client::SandboxInfo& s) {
           {"expires_unix_ms", s.expires_unix_ms},
           {"state", s.state},
           {"labels", s.labels},
-          {"limits",
-           {{"cpu_millicores", s.limits.cpu_millicores},
-            {"memory_bytes", s.limits.memory_bytes},
-            {"pids", s.limits.pids},
-            {"disk_bytes", s.limits.disk_bytes}}}};
+          {"limits", s.limits}};
 }
 
 nlohmann::json ToJson(const ExecResult& r) {
