@@ -11,6 +11,8 @@
 // embedded engine behind the same server.
 #include <atomic>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -270,7 +272,7 @@ TEST_F(PolicyServerTest, GenerateAnswersSglangFields) {
 
 TEST_F(PolicyServerTest, GenerateStopTokensAndStrings) {
   // A stop token: generation ends on it and finish_reason names it.
-  json req = {{"input_ids", {5, 6, 7}}, {"sampling_params", {{"max_new_tokens", 64}, {"ignore_eos", true}}}};
+  json req = {{"input_ids", {5, 6, 7}}, {"sampling_params", {{"max_new_tokens", 64}, {"ignore_eos", true}, {"seed", 3}}}};
   Reply free = Post(port_, "/generate", req);
   ASSERT_EQ(free.status, 200);
   std::vector<int32_t> ids = free.Json()["output_ids"];
@@ -352,6 +354,23 @@ TEST_F(PolicyServerTest, CompletionsBackendAgainstServer) {
   EXPECT_EQ(c["logprobs"]["tokens"].size(), c["logprobs"]["token_logprobs"].size());
   EXPECT_EQ(j["usage"]["prompt_tokens"], Tok()->Encode("Say hi").size());
   EXPECT_EQ(j["usage"]["total_tokens"], j["usage"]["prompt_tokens"].get<int>() + j["usage"]["completion_tokens"].get<int>());
+}
+
+// A request without a seed samples afresh each time (as SGLang does): the same
+// prompt sent G times is G samples, which a GRPO group needs. With a seed, the
+// same tokens come back.
+TEST_F(PolicyServerTest, UnseededRequestsDifferAndSeededOnesRepeat) {
+  auto ask = [&](std::optional<int> seed) {
+    json sp = {{"max_new_tokens", 24}, {"ignore_eos", true}, {"temperature", 1.0}};
+    if (seed) sp["seed"] = *seed;
+    return Post(port_, "/generate", {{"input_ids", {10, 20, 30}}, {"sampling_params", sp}})
+        .Json()["output_ids"]
+        .get<std::vector<int32_t>>();
+  };
+  std::set<std::vector<int32_t>> unseeded;
+  for (int i = 0; i < 4; ++i) unseeded.insert(ask(std::nullopt));
+  EXPECT_GE(unseeded.size(), 3u) << "four unseeded samples of one prompt came back (nearly) identical";
+  EXPECT_EQ(ask(5), ask(5));
 }
 
 TEST_F(PolicyServerTest, ChatWithToolsIsConstrainedAndParses) {

@@ -507,6 +507,47 @@ TEST_F(RolloutE2eTest, CliRun_EmbeddedPolicyStartedAndStopped) {
   EXPECT_NE(ps.code, 0) << ps.out;
 }
 
+// `paddock run --seed S`: episode i samples with S + i, so the samples of one
+// task differ (a group to learn from) and the same command repeats them token
+// for token. Without --seed, paddock-policy draws a fresh seed per request (as
+// SGLang does): the samples still differ.
+TEST_F(RolloutE2eTest, CliRun_SeedGivesDistinctSamplesThatRepeat) {
+  fs::path bin = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "policy" / "paddock-policy";
+  if (!fs::exists(bin)) GTEST_SKIP() << "paddock-policy is not built at " << bin;
+  std::string tasks = work_ + "/seeded.jsonl";
+  WriteFile(tasks, json({{"id", "seeded"}, {"image", image_}, {"substrate", "function"}, {"instruction", "say hi"},
+                         {"tools", {"bash", "submit"}}, {"max_turns", 1}, {"max_new_tokens", 256}})
+                           .dump() +
+                       "\n");
+  // The policy's tokens of each sample, by sample index.
+  auto run = [&](const std::string& id, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"run", tasks, "--policy", "embedded", "--id", id, "--out", work_ + "/seed-out",
+                                     "--samples", "4"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = daemon_.Cli(args);
+    EXPECT_EQ(r.code, 0) << r.out << r.err;
+    std::map<int, std::vector<int>> by_sample;
+    for (const json& l : ReadJsonl(testing::ReadWholeFile(work_ + "/seed-out/" + id + "/episodes.jsonl"))) {
+      std::vector<int>& mine = by_sample[l["sample"].get<int>()];
+      for (size_t i = 0; i < l["loss_mask"].size(); ++i)
+        if (l["loss_mask"][i] == 1) mine.push_back(l["token_ids"][i].get<int>());
+    }
+    EXPECT_EQ(by_sample.size(), 4u);
+    return by_sample;
+  };
+  auto distinct = [](const std::map<int, std::vector<int>>& m) {
+    std::set<std::vector<int>> s;
+    for (const auto& [k, v] : m) s.insert(v);
+    return s.size();
+  };
+  auto a = run("seed-a", {"--seed", "7"});
+  auto b = run("seed-b", {"--seed", "7"});
+  auto c = run("seed-c", {});
+  EXPECT_EQ(a, b) << "the same --seed gave other tokens";
+  EXPECT_GE(distinct(a), 3u) << "the samples of one task were (nearly) all the same";
+  EXPECT_GE(distinct(c), 3u) << "without --seed the samples of one task were (nearly) all the same";
+}
+
 void RolloutE2eTest::StartWaitingThenCancel(const std::string& id, int tasks) {
   std::string path = work_ + "/" + id + ".jsonl", all;
   for (int i = 0; i < tasks; ++i)

@@ -276,7 +276,7 @@ def main():
     ap.add_argument("--chunk-steps", type=int, default=2,
                     help="tasks per rollout: this many steps' worth; the next rollout starts when one ends")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="torch seed; the rollouts' sampling seeds derive from it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -322,6 +322,8 @@ def main():
                "--out", os.path.join(work, "runs"), "--interval-ms", "60000"]
         if args.temperature is not None:
             cmd += ["--temperature", str(args.temperature)]
+        # Episode i of the chunk asks with seed + i: a group's G samples differ, and a rerun repeats.
+        cmd += ["--seed", str(args.seed * 1_000_000 + k * 10_000)]
         err = os.path.join(work, "run-%d.err" % k)
         run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "w"))
         for _ in range(300):  # the rollout exists once `paddock rollout ls` lists it

@@ -85,10 +85,12 @@ def same_embedding(path, st, wdir):
     return weights_pack.read(path)[0][weights_pack.EMBED] == weights_pack.read(seeded)[0][weights_pack.EMBED]
 
 
-def evaluate(st, weights, tasks, rid, concurrency):
+def evaluate(st, weights, tasks, rid, a):
+    """Held-out mean reward: a.eval_samples samples of every task, episode i sampled with seed i (so the same
+    weights score the same, and the samples of a task are independent draws)."""
     t = time.time()
     st.start_policy(weights)
-    lines = st.run(tasks, rid, concurrency=concurrency)
+    lines = st.run(tasks, rid, concurrency=a.concurrency, samples=a.eval_samples, extra=("--seed", "0"))
     st.stop_policy()
     mean, by, infra = stack.rewards(lines)
     note("held-out mean reward %.3f over %d episodes (%d infra) in %.0f s" % (mean, len(lines), infra,
@@ -118,7 +120,7 @@ def run_grpo(a, st, summary, times, work, sft_out, grpo_tasks, heldout):
     times["grpo_s"] = time.time() - t
     final = os.path.join(gdir, "grpo.safetensors")
     say("held-out reward after GRPO")
-    summary["heldout_grpo"] = evaluate(st, final, heldout, "eval-grpo", a.concurrency)
+    summary["heldout_grpo"] = evaluate(st, final, heldout, "eval-grpo", a)
 
     # The curve again, with the held-out point after GRPO.
     sys.path.insert(0, HERE)
@@ -138,6 +140,8 @@ def main():
     ap.add_argument("--work", default=None, help="default BUILD/train-demo")
     ap.add_argument("--sft-tasks", type=int, default=160)
     ap.add_argument("--eval-tasks", type=int, default=40)
+    ap.add_argument("--eval-samples", type=int, default=4,
+                    help="samples of each held-out task (independent draws: a family scores its solve rate)")
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--sft-batch", type=int, default=2)
     ap.add_argument("--sft-lr", type=float, default=4e-3)
@@ -163,6 +167,7 @@ def main():
     a = ap.parse_args()
     if a.quick:
         a.sft_tasks, a.eval_tasks, a.sft_steps, a.sft_batch, a.grpo_steps = 8, 8, 3, 2, 1
+        a.eval_samples = 1
         a.group, a.groups_per_step = 2, 2
     work = os.path.abspath(a.work or os.path.join(a.build, "train-demo"))
     started = time.time()
@@ -214,13 +219,13 @@ def main():
         if not a.sft_weights:
             say("held-out reward before training")
             summary["heldout_untrained" if not a.init else "heldout_init"] = evaluate(
-                st, init, heldout, "eval-init", a.concurrency)
+                st, init, heldout, "eval-init", a)
 
         sft_out = init
         if a.sft_weights:
             sft_out = os.path.abspath(a.sft_weights)
             say("held-out reward of the given SFT weights (%s)" % sft_out)
-            summary["heldout_sft"] = evaluate(st, sft_out, heldout, "eval-sft", a.concurrency)
+            summary["heldout_sft"] = evaluate(st, sft_out, heldout, "eval-sft", a)
         elif not a.skip_sft:
             say("SFT: %d steps of %d samples, loss on the policy tokens (loss_mask)" % (a.sft_steps, a.sft_batch))
             t = time.time()
@@ -233,7 +238,7 @@ def main():
             subprocess.run(cmd, check=True)
             times["sft_s"] = time.time() - t
             say("held-out reward after SFT")
-            summary["heldout_sft"] = evaluate(st, sft_out, heldout, "eval-sft", a.concurrency)
+            summary["heldout_sft"] = evaluate(st, sft_out, heldout, "eval-sft", a)
 
         rows, curve, final = [], None, sft_out
         if a.stop_after != "sft":

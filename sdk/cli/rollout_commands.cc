@@ -339,6 +339,7 @@ struct RunArgs {
   std::string out;
   std::string rollout_id;
   double temperature = -1;
+  std::optional<uint64_t> seed;
   uint32_t max_new_tokens = 0;
   uint32_t deadline_s = 0;
   uint32_t unavailable_wait_s = 0;
@@ -483,6 +484,7 @@ int RunRun(const Conn& c, RunArgs a) {
   req.set_priority(a.priority);
   req.set_source(fs::absolute(a.tasks).string());
   if (a.temperature >= 0) req.mutable_sampling()->set_temperature(a.temperature);
+  if (a.seed) req.mutable_sampling()->set_seed(*a.seed);
   req.mutable_sampling()->set_max_new_tokens(a.max_new_tokens);
   auto started = rc->Start(req);
   if (!started.ok()) return Fail(c, started.status().Prefix(a.tasks));
@@ -529,6 +531,9 @@ void RegisterRolloutCommands(CLI::App& app, const std::string& socket, const std
   run->add_option("--out", run_args.out, "write DIR/ROLLOUT_ID/episodes.jsonl and summary.json at the end");
   run->add_option("--id", run_args.rollout_id, "rollout id (default: generated)");
   run->add_option("--temperature", run_args.temperature, "sampling temperature (default: the server's)");
+  run->add_option("--seed", run_args.seed,
+                  "sampling seed: episode i asks with seed + i, so a run is repeatable and a task's samples differ "
+                  "(default: none sent; the server draws its own)");
   run->add_option("--max-new-tokens", run_args.max_new_tokens, "per turn (default: the task's)");
   run->add_option("--episode-deadline", run_args.deadline_s, "seconds per episode (default 3600)");
   run->add_option("--unavailable-wait", run_args.unavailable_wait_s,

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <random>
 
 #include <fmt/format.h>
 
@@ -129,6 +130,14 @@ Result<std::vector<std::string>> ReadStops(const json& obj, const char* key, con
 
 // Sampling knobs shared by every endpoint. `p` is the object holding them,
 // `path` its prefix in error messages ("sampling_params." or "").
+// The seed of a request that names none: drawn afresh, as SGLang samples an
+// unseeded request from its own random state. A fixed default would give every
+// sample of a GRPO group (the same prompt, G times) the same tokens.
+uint64_t FreshSeed() {
+  thread_local std::mt19937_64 rng{(static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()};
+  return rng();
+}
+
 struct Knobs {
   Sampling sampling;
   std::vector<std::string> stop;
@@ -156,7 +165,7 @@ Status ReadSampling(const json& p, const std::string& path, const char* max_key,
   if (top_k) s.top_k = *top_k < 0 ? 0 : static_cast<int>(*top_k);
   s.max_new_tokens = max_new ? static_cast<int>(*max_new) : default_max;
   if (ignore_eos) s.ignore_eos = *ignore_eos;
-  if (seed) s.seed = static_cast<uint64_t>(*seed);
+  s.seed = seed ? static_cast<uint64_t>(*seed) : FreshSeed();
   if (skip) k->skip_special = *skip;
   if (auto it = p.find("stop_token_ids"); it != p.end() && !it->is_null()) {
     PADDOCK_ASSIGN_OR_RETURN(s.stop_token_ids, ReadIds(*it, path + "stop_token_ids", vocab));
