@@ -332,6 +332,57 @@ TEST(FleetSim, LostNodesEpisodesAreRebuiltElsewhereBeforeTheirNextCall) {
   std::filesystem::remove_all(dir);
 }
 
+// A fork through the front is the node's: its copies are sandboxes there,
+// counted as the front's. A node that answers a fork with more or fewer copies
+// than asked (no real paddockd does: a simulated fault) is refused, naming
+// it, and the copies it did make are destroyed there, not leaked or adopted.
+TEST(FleetSim, AForkIsTheNodesAndALyingNodesCopiesAreDestroyedNotAdopted) {
+  SimFront f(1, FastNode());
+  SimNode* node = f.sim->Find("sim-0:7443");
+  SandboxSpec spec;
+  spec.substrate = "function";
+  spec.image = "busybox:1";
+  auto parent = f.manager->Create(spec);
+  ASSERT_TRUE(parent.ok()) << parent.status().message();
+  auto placed = [&] {
+    for (const auto& s : f.fleet->List())
+      if (s.address == node->address()) return s.placed;
+    return 0u;
+  };
+
+  auto copies = f.manager->Fork(parent->id, 3);
+  ASSERT_TRUE(copies.ok()) << copies.status().message();
+  ASSERT_EQ(copies->size(), 3u);
+  EXPECT_EQ(node->live(), 4u);
+  EXPECT_EQ(placed(), 4u);
+  for (const auto& c : *copies) {
+    auto sb = f.manager->Get(c.id);
+    ASSERT_TRUE(sb.ok());
+    EXPECT_EQ((*sb)->placement(), node->address());
+    ExecRequest req;
+    req.argv = {"/bin/true"};
+    auto r = (*sb)->Exec(req, nullptr);
+    EXPECT_TRUE(r.ok()) << r.status().message();
+  }
+
+  for (int surplus : {2, -1}) {
+    node->SetForkSurplus(surplus);
+    auto lied = f.manager->Fork(parent->id, 2);
+    ASSERT_FALSE(lied.ok()) << "surplus " << surplus;
+    EXPECT_EQ(lied.status().code(), Code::kInternal);
+    EXPECT_NE(lied.status().message().find("sim-0:7443"), std::string::npos) << lied.status().message();
+    EXPECT_NE(lied.status().message().find(fmt::format("made {} copies", 2 + surplus)), std::string::npos)
+        << lied.status().message();
+    EXPECT_EQ(node->live(), 4u) << "the lying node's copies were left there (surplus " << surplus << ")";
+    EXPECT_EQ(placed(), 4u);
+    EXPECT_EQ(f.manager->List().size(), 4u);
+  }
+  node->SetForkSurplus(0);
+  for (const auto& c : *copies) EXPECT_TRUE(f.manager->Destroy(c.id).ok());
+  EXPECT_EQ(node->live(), 1u);
+  EXPECT_EQ(placed(), 1u);
+}
+
 TEST(FleetSim, APartitionedNodeFencesItsSandboxesAndTheFrontPlacesElsewhere) {
   SimFront f(2, FastNode());
   SandboxSpec spec;

@@ -1,5 +1,6 @@
 #include "rollout/fleet/sim_node.h"
 
+#include <algorithm>
 #include <random>
 #include <thread>
 
@@ -49,6 +50,9 @@ class SimConnection final : public NodeConnection {
     return Usage{};
   }
   Status Destroy(const std::string& id) override { return node_->Destroy(id); }
+  Result<std::vector<client::SandboxInfo>> Fork(const std::string& id, uint32_t count) override {
+    return node_->Fork(id, count);
+  }
   Result<client::SnapshotInfo> Snapshot(const std::string&, const std::string&) override {
     return Error(Code::kUnimplemented, "a simulated node takes no snapshots");
   }
@@ -318,6 +322,34 @@ Result<ExecResult> SimNode::Exec(const std::string& id, const ExecRequest& req, 
   if (!episode.empty() && (fleet_.options_.record_execs || fleet_.tracking_.load(std::memory_order_relaxed)))
     fleet_.NoteAnswered(episode, command, address_);
   return r;
+}
+
+void SimNode::SetForkSurplus(int surplus) {
+  std::lock_guard l(mu_);
+  fork_surplus_ = surplus;
+}
+
+Result<std::vector<client::SandboxInfo>> SimNode::Fork(const std::string& id, uint32_t count) {
+  PADDOCK_RETURN_IF_ERROR(Wait(options_.create));
+  std::lock_guard l(mu_);
+  if (dead_ || partitioned_) return Unreachable();
+  PADDOCK_RETURN_IF_ERROR(CheckLease());
+  auto parent = sandboxes_.find(ParseId(id));
+  if (parent == sandboxes_.end()) return Error(Code::kNotFound, "sandbox {} not found", id);
+  const std::string episode = parent->second;
+  const int64_t made = std::max<int64_t>(0, static_cast<int64_t>(count) + fork_surplus_);
+  if (sandboxes_.size() + static_cast<size_t>(made) > max_sandboxes_)
+    return Error(Code::kResourceExhausted, "simulated node {} is full ({} sandboxes)", address_, max_sandboxes_);
+  std::vector<client::SandboxInfo> copies;
+  for (int64_t i = 0; i < made; ++i) {
+    uint64_t n = next_id_++;
+    sandboxes_.emplace(n, episode);
+    client::SandboxInfo info;
+    info.id = "s" + std::to_string(n);
+    info.state = "running";
+    copies.push_back(std::move(info));
+  }
+  return copies;
 }
 
 Status SimNode::Destroy(const std::string& id) {

@@ -10,13 +10,16 @@
 // it reports capacity, substrates, images and a front lease on each heartbeat
 // (Report); only heartbeats renew the lease; a call after the lease lapsed is
 // refused (FAILED_PRECONDITION) and the front's sandboxes there are destroyed
-// (fenced). What it does not: epochs of several fronts, files, snapshots
-// (answered UNIMPLEMENTED), images fetched on demand.
+// (fenced); a fork makes copies that are new sandboxes there. What it does
+// not: epochs of several fronts, files, snapshots, pause and resume (answered
+// UNIMPLEMENTED), images fetched on demand.
 //
 // Faults: Kill() (a crashed machine: every call and heartbeat fails with
 // UNAVAILABLE, calls in flight end so, its sandboxes are gone), Partition()
 // (calls and heartbeats fail, the sandboxes stay until the lease fences them),
-// Heal() / Revive() (answers again; a revived node holds no sandboxes).
+// Heal() / Revive() (answers again; a revived node holds no sandboxes),
+// SetForkSurplus() (a lying node: its forks make more or fewer copies than
+// asked, which no real paddockd does).
 //
 // With SimFleetOptions::record_execs, every exec is counted per (episode label,
 // command): how often it started on any node and how often its result reached
@@ -141,12 +144,15 @@ class SimNode {
   std::vector<std::string> Episodes() const;
   // What it reports as its cap from its next heartbeat on (and enforces).
   void SetCapacity(uint32_t max_sandboxes);
+  // From now on each fork makes `count + surplus` copies (at least none).
+  void SetForkSurplus(int surplus);
 
   // NodeConnection's calls (the connection forwards here).
   Result<client::DaemonStats> Report();
   Result<client::SandboxInfo> Create(const SandboxSpec& spec);
   Result<ExecResult> Exec(const std::string& id, const ExecRequest& req, const OutputCallback& on_output,
                           client::ExecCancel* cancel);
+  Result<std::vector<client::SandboxInfo>> Fork(const std::string& id, uint32_t count);
   Status Destroy(const std::string& id);
   Status Touch(const std::string& id);  // a file or usage call: the sandbox must be there
 
@@ -169,6 +175,7 @@ class SimNode {
   std::unordered_map<uint64_t, std::string> sandboxes_;
   uint64_t fenced_ = 0;
   uint32_t max_sandboxes_;
+  int fork_surplus_ = 0;
 };
 
 }  // namespace paddock::fleet
