@@ -82,6 +82,34 @@ TEST(FleetPlacement, OnlyReadyNodesWithTheSubstrateRoomAndMemoryQualify) {
   EXPECT_FALSE(ChooseNode({}, Spec()).ok());
 }
 
+// A microVM memory snapshot stays on the node that took it: a create from it
+// goes there however much room others have, and is refused (NOT_FOUND, not a
+// wait) when no ready node holds it.
+TEST(FleetPlacement, AMemorySnapshotGoesOnlyToTheNodeThatHoldsIt) {
+  auto spec = Spec("microvm", "microvm-snapshot:warm");
+  std::vector<NodeView> nodes = {Ready("a:1", 0, 10), Ready("b:1", 9, 10)};
+  for (auto& n : nodes) n.substrates.insert("microvm");
+  nodes[1].has_image = true;
+  auto p = ChooseNode(nodes, spec);
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(nodes[p->index].address, "b:1");
+  nodes[1].live = 10;  // the holder is full: wait for it, do not go elsewhere
+  p = ChooseNode(nodes, spec);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), Code::kUnavailable);
+  EXPECT_THAT(p.status().message(), HasSubstr("1 full"));
+  EXPECT_THAT(p.status().message(), HasSubstr("1 without microvm-snapshot:warm"));
+  nodes[1].has_image = false;
+  p = ChooseNode(nodes, spec);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), Code::kNotFound);
+  EXPECT_THAT(p.status().message(), HasSubstr("no node holds microvm-snapshot:warm"));
+  // A plain image is still only a preference.
+  p = ChooseNode(nodes, Spec());
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(nodes[p->index].address, "a:1");
+}
+
 TEST(FleetPlacement, ARateLimitedFleetSaysWaitNotRefuse) {
   std::vector<NodeView> nodes = {Ready("a:1", 0, 10), Ready("b:1", 0, 10)};
   nodes[0].rate_limited = nodes[1].rate_limited = true;

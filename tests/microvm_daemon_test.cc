@@ -417,6 +417,24 @@ TEST(MicrovmDaemon, AFrontPausesResumesAndForksAMicrovmOnItsNode) {
   const std::string restored_id = restored.out.substr(0, restored.out.find('\n'));
   EXPECT_EQ(run({"sandbox", "exec", restored_id, "--", "cat", "/tmp/mem"}).out, "41\n");
   EXPECT_EQ(run({"sandbox", "destroy", restored_id}).code, 0);
+  // Heartbeats later the front still knows where it is: the node reports its
+  // memory snapshots, and a create from one goes only to a node holding it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  auto again = run({"sandbox", "create", "--substrate", "microvm", "--image", "microvm-snapshot:via-front"});
+  ASSERT_EQ(again.code, 0) << again.err << front.LogTail();
+  EXPECT_EQ(run({"sandbox", "destroy", again.out.substr(0, again.out.find('\n'))}).code, 0);
+  // Listed and removed through the front, on the node.
+  EXPECT_THAT(run({"image", "ls"}).out, HasSubstr("microvm-snapshot:via-front"));
+  auto removed = run({"image", "rm", "microvm-snapshot:via-front"});
+  EXPECT_EQ(removed.code, 0) << removed.err << front.LogTail();
+  EXPECT_THAT(node.Cli({"image", "ls"}).out, Not(HasSubstr("via-front")));
+  EXPECT_THAT(run({"image", "ls"}).out, Not(HasSubstr("via-front")));
+  auto gone = run({"sandbox", "create", "--substrate", "microvm", "--image", "microvm-snapshot:via-front"});
+  EXPECT_NE(gone.code, 0);
+  EXPECT_THAT(gone.err, HasSubstr("no node holds microvm-snapshot:via-front"));
+  auto twice = run({"image", "rm", "microvm-snapshot:via-front"});
+  EXPECT_NE(twice.code, 0);
+  EXPECT_THAT(twice.err, HasSubstr("no microVM memory snapshot named 'via-front'"));
   for (const auto& child : j["sandboxes"]) EXPECT_EQ(run({"sandbox", "destroy", child.get<std::string>()}).code, 0);
   EXPECT_EQ(run({"sandbox", "destroy", id}).code, 0);
 }

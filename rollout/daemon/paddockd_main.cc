@@ -531,8 +531,13 @@ int Run(const Flags& flags) {
   server_opts.node.leases = &front_leases;
   leases_for_images = &front_leases;
   server_opts.node.draining = [&manager] { return manager.draining(); };
-  server_opts.node.images = [store = image_store->get()] {
+  server_opts.node.images = [store = image_store->get(), &manager, &fleet] {
     service::NodeParts::HeldImages held;
+    // Its microVM memory snapshots first (the report keeps 256 names): a front
+    // places creates from one only here (placement.h). A front asks its nodes
+    // for theirs only when listing, never per heartbeat.
+    if (!fleet)
+      for (auto& [image, bytes] : manager.MemorySnapshots()) held.names.push_back(image);
     auto list = store->List();
     if (list.ok())
       for (const auto& img : *list) {

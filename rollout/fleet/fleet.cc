@@ -182,6 +182,7 @@ Result<std::unique_ptr<Sandbox>> Fleet::Create(const std::string& id, const Sand
       }
     }
     choice = ChooseNode(views, spec);
+    if (choice.status().code() == Code::kNotFound) return choice.status();  // waiting would not change it
     if (choice.ok() && (*all)[held[choice->index]]->BeginCreate(now, &generation)) chosen = (*all)[held[choice->index]];
     if (!chosen) {
       std::unique_lock l(mu_);
@@ -295,6 +296,56 @@ Result<NodeStatus> Fleet::Drain(const std::string& address) {
 
 uint64_t Fleet::images_handed() const { return image_sender_ ? image_sender_->handed() : 0; }
 
+std::vector<Fleet::NodeMemorySnapshot> Fleet::MemorySnapshots() const {
+  std::vector<std::shared_ptr<Node>> nodes;
+  {
+    std::lock_guard l(mu_);
+    for (auto& [_, n] : nodes_) nodes.push_back(n);
+  }
+  std::vector<NodeMemorySnapshot> out;
+  for (const auto& n : nodes) {
+    if (!n->ready()) continue;
+    auto c = n->ClientFor(n->generation());
+    client::Client* grpc = c.ok() ? (*c)->GrpcClient() : nullptr;
+    if (!grpc) continue;  // lost meanwhile, or a simulated node
+    auto listed = grpc->ImageList();
+    if (!listed.ok()) {
+      spdlog::warn("listing memory snapshots on node {}: {}", n->address(), listed.status().ToString());
+      continue;
+    }
+    for (const auto& image : *listed)
+      for (const auto& name : image.names)
+        if (name.rfind(kMemorySnapshotPrefix, 0) == 0)
+          out.push_back({name.substr(std::strlen(kMemorySnapshotPrefix)), n->address(), image.stored_bytes});
+  }
+  return out;
+}
+
+Result<uint64_t> Fleet::RemoveMemorySnapshot(const std::string& name) {
+  const std::string image = kMemorySnapshotPrefix + name;
+  uint64_t freed = 0;
+  bool found = false;
+  for (const auto& held : MemorySnapshots()) {
+    if (held.name != name) continue;
+    std::shared_ptr<Node> n;
+    {
+      std::lock_guard l(mu_);
+      if (auto it = nodes_.find(held.node); it != nodes_.end()) n = it->second;
+    }
+    auto c = n ? n->ClientFor(n->generation()) : Result<std::shared_ptr<NodeConnection>>(Error(Code::kUnavailable, "gone"));
+    client::Client* grpc = c.ok() ? (*c)->GrpcClient() : nullptr;
+    if (!grpc) return Error(Code::kUnavailable, "node {} holding {} is gone", held.node, image);
+    auto removed = grpc->ImageRemove(image);
+    if (!removed.ok() && removed.status().code() != Code::kNotFound)
+      return removed.status().Prefix(fmt::format("removing {} on node {}", image, held.node));
+    n->ForgetImage(image);
+    found = true;
+    if (removed.ok()) freed += held.bytes;
+  }
+  if (!found) return Error(Code::kNotFound, "no node holds memory snapshot {}", image);
+  return freed;
+}
+
 bool Fleet::WaitForReady(size_t count, std::chrono::milliseconds timeout) const {
   std::unique_lock l(mu_);
   return cv_.wait_for(l, timeout, [&] {
@@ -312,6 +363,18 @@ class FleetSubstrate final : public Substrate {
   std::string name() const override { return name_; }
   Result<std::unique_ptr<Sandbox>> Create(const std::string& id, const SandboxSpec& spec) override {
     return fleet_.Create(id, spec);
+  }
+  // The nodes' microVM memory snapshots, listed and removed through the front
+  // (by the microvm substrate only, so that each is listed once).
+  Result<uint64_t> RemoveMemorySnapshot(const std::string& name) override {
+    if (name_ != "microvm") return Substrate::RemoveMemorySnapshot(name);
+    return fleet_.RemoveMemorySnapshot(name);
+  }
+  std::vector<std::pair<std::string, uint64_t>> MemorySnapshots() override {
+    std::vector<std::pair<std::string, uint64_t>> out;
+    if (name_ != "microvm") return out;
+    for (auto& s : fleet_.MemorySnapshots()) out.emplace_back(std::move(s.name), s.bytes);
+    return out;
   }
 
  private:

@@ -113,6 +113,19 @@ class Fleet {
   // Images this front handed to nodes that lacked them (image_transfer.h).
   uint64_t images_handed() const;
 
+  // MicroVM memory snapshots on the nodes, each on the node that took it (a
+  // front keeps none): every ready node's Images.List, asked now; a node that
+  // does not answer is left out (logged).
+  struct NodeMemorySnapshot {
+    std::string name;  // without kMemorySnapshotPrefix
+    std::string node;
+    uint64_t bytes = 0;
+  };
+  std::vector<NodeMemorySnapshot> MemorySnapshots() const;
+  // Deletes memory snapshot `name` on each node that holds it; the bytes
+  // freed. NOT_FOUND when no ready node holds it.
+  Result<uint64_t> RemoveMemorySnapshot(const std::string& name);
+
   const std::string& front_id() const { return options_.front_id; }
   int64_t epoch() const { return options_.epoch; }
   const FleetOptions& options() const { return options_; }

@@ -165,6 +165,11 @@ void Node::NoteImage(const std::string& id) {
   images_.insert(id);
 }
 
+void Node::ForgetImage(const std::string& id) {
+  std::lock_guard l(mu_);
+  images_.erase(id);
+}
+
 void Node::SetDrained() {
   {
     std::lock_guard l(mu_);

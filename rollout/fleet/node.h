@@ -75,6 +75,7 @@ class Node : public std::enable_shared_from_this<Node> {
   // reported, or since it was handed the image (NoteImage).
   bool HasImage(const std::string& image) const;
   void NoteImage(const std::string& id);
+  void ForgetImage(const std::string& id);  // removed there (until a heartbeat says otherwise)
 
   void SetDrained();
   NodeStatus Status() const;

@@ -4,15 +4,24 @@
 
 #include <fmt/format.h>
 
+#include "sandbox/sandbox.h"
+
 namespace paddock::fleet {
 
 Result<Placement> ChooseNode(const std::vector<NodeView>& nodes, const SandboxSpec& spec) {
-  size_t not_ready = 0, no_substrate = 0, full = 0, no_memory = 0, limited = 0;
+  size_t not_ready = 0, no_substrate = 0, full = 0, no_memory = 0, limited = 0, elsewhere = 0;
+  // A microVM memory snapshot lives on the node that took it: only there can
+  // a create restore it.
+  const bool pinned = spec.image.rfind(kMemorySnapshotPrefix, 0) == 0;
   std::optional<Placement> best;
   for (size_t i = 0; i < nodes.size(); ++i) {
     const NodeView& n = nodes[i];
     if (!n.ready) {
       ++not_ready;
+      continue;
+    }
+    if (pinned && !n.has_image) {
+      ++elsewhere;
       continue;
     }
     if (!n.substrates.count(spec.substrate)) {
@@ -43,6 +52,8 @@ Result<Placement> ChooseNode(const std::vector<NodeView>& nodes, const SandboxSp
     return Error(Code::kResourceExhausted, "every node that can take a {} sandbox is at its creation rate",
                  spec.substrate);
   if (nodes.empty()) return Error(Code::kUnavailable, "no node is known to this front");
+  if (pinned && elsewhere == nodes.size())
+    return Error(Code::kNotFound, "no node holds {} (a memory snapshot stays on the node that took it)", spec.image);
   std::string why;
   auto add = [&](size_t n, const char* what) {
     if (n) why += fmt::format("{}{} {}", why.empty() ? "" : ", ", n, what);
@@ -51,6 +62,7 @@ Result<Placement> ChooseNode(const std::vector<NodeView>& nodes, const SandboxSp
   add(no_substrate, fmt::format("without the {} substrate", spec.substrate).c_str());
   add(full, "full");
   add(no_memory, "without the memory asked for");
+  add(elsewhere, fmt::format("without {}", spec.image).c_str());
   return Error(Code::kUnavailable, "no node can take a {} sandbox now: of {} node(s), {}", spec.substrate,
                nodes.size(), why);
 }

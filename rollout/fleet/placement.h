@@ -40,6 +40,8 @@ struct Placement {
 // The best node for `spec`. UNAVAILABLE when no node qualifies (the message
 // says why for each kind of refusal); RESOURCE_EXHAUSTED when nodes qualify but
 // every one of them is rate-limited right now (the caller waits and asks again).
+// A microVM memory snapshot (kMemorySnapshotPrefix) goes only to a node that
+// holds it: NOT_FOUND when none does.
 Result<Placement> ChooseNode(const std::vector<NodeView>& nodes, const SandboxSpec& spec);
 
 }  // namespace paddock::fleet
