@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include <spdlog/spdlog.h>
 
 #include "paddock/client.h"
@@ -296,28 +299,33 @@ Result<NodeStatus> Fleet::Drain(const std::string& address) {
 
 uint64_t Fleet::images_handed() const { return image_sender_ ? image_sender_->handed() : 0; }
 
-std::vector<Fleet::NodeMemorySnapshot> Fleet::MemorySnapshots() const {
+void Fleet::ForEachReadyNodeClient(const std::function<void(Node&, client::Client&)>& fn) const {
   std::vector<std::shared_ptr<Node>> nodes;
   {
     std::lock_guard l(mu_);
     for (auto& [_, n] : nodes_) nodes.push_back(n);
   }
-  std::vector<NodeMemorySnapshot> out;
   for (const auto& n : nodes) {
     if (!n->ready()) continue;
     auto c = n->ClientFor(n->generation());
     client::Client* grpc = c.ok() ? (*c)->GrpcClient() : nullptr;
-    if (!grpc) continue;  // lost meanwhile, or a simulated node
-    auto listed = grpc->ImageList();
+    if (grpc) fn(*n, *grpc);  // else lost meanwhile, or a simulated node
+  }
+}
+
+std::vector<Fleet::NodeMemorySnapshot> Fleet::MemorySnapshots() const {
+  std::vector<NodeMemorySnapshot> out;
+  ForEachReadyNodeClient([&](Node& n, client::Client& grpc) {
+    auto listed = grpc.ImageList();
     if (!listed.ok()) {
-      spdlog::warn("listing memory snapshots on node {}: {}", n->address(), listed.status().ToString());
-      continue;
+      spdlog::warn("listing memory snapshots on node {}: {}", n.address(), listed.status().ToString());
+      return;
     }
     for (const auto& image : *listed)
       for (const auto& name : image.names)
         if (name.rfind(kMemorySnapshotPrefix, 0) == 0)
-          out.push_back({name.substr(std::strlen(kMemorySnapshotPrefix)), n->address(), image.stored_bytes});
-  }
+          out.push_back({name.substr(std::strlen(kMemorySnapshotPrefix)), n.address(), image.stored_bytes});
+  });
   return out;
 }
 
@@ -325,23 +333,23 @@ Result<uint64_t> Fleet::RemoveMemorySnapshot(const std::string& name) {
   const std::string image = kMemorySnapshotPrefix + name;
   uint64_t freed = 0;
   bool found = false;
-  for (const auto& held : MemorySnapshots()) {
-    if (held.name != name) continue;
-    std::shared_ptr<Node> n;
-    {
-      std::lock_guard l(mu_);
-      if (auto it = nodes_.find(held.node); it != nodes_.end()) n = it->second;
+  Status failed = Status::Ok();
+  ForEachReadyNodeClient([&](Node& n, client::Client& grpc) {
+    auto listed = grpc.ImageList();
+    if (!listed.ok()) return;
+    for (const auto& held : *listed) {
+      if (std::find(held.names.begin(), held.names.end(), image) == held.names.end()) continue;
+      auto removed = grpc.ImageRemove(image);
+      if (!removed.ok() && removed.status().code() != Code::kNotFound) {
+        failed = removed.status().Prefix(fmt::format("removing {} on node {}", image, n.address()));
+        return;
+      }
+      n.ForgetImage(image);
+      found = true;
+      if (removed.ok()) freed += held.stored_bytes;
     }
-    auto c = n ? n->ClientFor(n->generation()) : Result<std::shared_ptr<NodeConnection>>(Error(Code::kUnavailable, "gone"));
-    client::Client* grpc = c.ok() ? (*c)->GrpcClient() : nullptr;
-    if (!grpc) return Error(Code::kUnavailable, "node {} holding {} is gone", held.node, image);
-    auto removed = grpc->ImageRemove(image);
-    if (!removed.ok() && removed.status().code() != Code::kNotFound)
-      return removed.status().Prefix(fmt::format("removing {} on node {}", image, held.node));
-    n->ForgetImage(image);
-    found = true;
-    if (removed.ok()) freed += held.bytes;
-  }
+  });
+  if (!failed.ok()) return failed;
   if (!found) return Error(Code::kNotFound, "no node holds memory snapshot {}", image);
   return freed;
 }

@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -137,6 +138,8 @@ class Fleet {
   // Creates on `node`, handing it the image first when it lacks it.
   Result<client::SandboxInfo> CreateOn(Node& node, NodeConnection& c, const SandboxSpec& spec,
                                        const std::string& image_id, const std::string& image_name);
+  // Calls fn with each ready node and its gRPC client (simulated nodes have none).
+  void ForEachReadyNodeClient(const std::function<void(Node&, client::Client&)>& fn) const;
   // A sandbox's snapshot keeper (remote_sandbox.h): the node's snapshot copied
   // into this front's store under its name; null without a store.
   SnapshotKeeper KeeperFor(std::shared_ptr<Node> node) const;
