@@ -155,9 +155,9 @@ def main():
                          "sft: no GRPO, the SFT weights are the result")
     ap.add_argument("--sft-weights", help="SFT weights trained elsewhere (sft.py on the oracle export): "
                                           "evaluate them instead of training")
-    ap.add_argument("--grpo-steps", type=int, default=4)
-    ap.add_argument("--group", type=int, default=4)
-    ap.add_argument("--groups-per-step", type=int, default=2)
+    ap.add_argument("--grpo-steps", type=int, default=6)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--groups-per-step", type=int, default=4)
     ap.add_argument("--grpo-lr", type=float, default=1e-4)
     ap.add_argument("--init", default=None, help="start SFT from these weights instead of the seeded ones")
     ap.add_argument("--skip-sft", action="store_true", help="GRPO straight from --init (e.g. the shipped weights)")
