@@ -128,8 +128,6 @@ Result<std::vector<std::string>> ReadStops(const json& obj, const char* key, con
   return out;
 }
 
-// Sampling knobs shared by every endpoint. `p` is the object holding them,
-// `path` its prefix in error messages ("sampling_params." or "").
 // The seed of a request that names none: drawn afresh, as SGLang samples an
 // unseeded request from its own random state. A fixed default would give every
 // sample of a GRPO group (the same prompt, G times) the same tokens.
@@ -138,6 +136,8 @@ uint64_t FreshSeed() {
   return rng();
 }
 
+// Sampling knobs shared by every endpoint. `p` is the object holding them,
+// `path` its prefix in error messages ("sampling_params." or "").
 struct Knobs {
   Sampling sampling;
   std::vector<std::string> stop;
