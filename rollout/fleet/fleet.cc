@@ -313,8 +313,8 @@ void Fleet::ForEachReadyNodeClient(const std::function<void(Node&, client::Clien
   }
 }
 
-std::vector<Fleet::NodeMemorySnapshot> Fleet::MemorySnapshots() const {
-  std::vector<NodeMemorySnapshot> out;
+std::vector<std::pair<std::string, uint64_t>> Fleet::MemorySnapshots() const {
+  std::vector<std::pair<std::string, uint64_t>> out;
   ForEachReadyNodeClient([&](Node& n, client::Client& grpc) {
     auto listed = grpc.ImageList();
     if (!listed.ok()) {
@@ -324,7 +324,7 @@ std::vector<Fleet::NodeMemorySnapshot> Fleet::MemorySnapshots() const {
     for (const auto& image : *listed)
       for (const auto& name : image.names)
         if (name.rfind(kMemorySnapshotPrefix, 0) == 0)
-          out.push_back({name.substr(std::strlen(kMemorySnapshotPrefix)), n.address(), image.stored_bytes});
+          out.emplace_back(name.substr(std::strlen(kMemorySnapshotPrefix)), image.stored_bytes);
   });
   return out;
 }
@@ -379,10 +379,8 @@ class FleetSubstrate final : public Substrate {
     return fleet_.RemoveMemorySnapshot(name);
   }
   std::vector<std::pair<std::string, uint64_t>> MemorySnapshots() override {
-    std::vector<std::pair<std::string, uint64_t>> out;
-    if (name_ != "microvm") return out;
-    for (auto& s : fleet_.MemorySnapshots()) out.emplace_back(std::move(s.name), s.bytes);
-    return out;
+    if (name_ != "microvm") return {};
+    return fleet_.MemorySnapshots();
   }
 
  private:

@@ -115,14 +115,10 @@ class Fleet {
   uint64_t images_handed() const;
 
   // MicroVM memory snapshots on the nodes, each on the node that took it (a
-  // front keeps none): every ready node's Images.List, asked now; a node that
-  // does not answer is left out (logged).
-  struct NodeMemorySnapshot {
-    std::string name;  // without kMemorySnapshotPrefix
-    std::string node;
-    uint64_t bytes = 0;
-  };
-  std::vector<NodeMemorySnapshot> MemorySnapshots() const;
+  // front keeps none): name (without kMemorySnapshotPrefix) and bytes, from
+  // every ready node's Images.List, asked now; a node that does not answer is
+  // left out (logged). As Substrate::MemorySnapshots.
+  std::vector<std::pair<std::string, uint64_t>> MemorySnapshots() const;
   // Deletes memory snapshot `name` on each node that holds it; the bytes
   // freed. NOT_FOUND when no ready node holds it.
   Result<uint64_t> RemoveMemorySnapshot(const std::string& name);

@@ -276,16 +276,21 @@ Result<client::SandboxInfo> SimNode::Create(const SandboxSpec& spec) {
   PADDOCK_RETURN_IF_ERROR(CheckLease());
   if (sandboxes_.size() >= max_sandboxes_)
     return Error(Code::kResourceExhausted, "simulated node {} is full ({} sandboxes)", address_, max_sandboxes_);
-  uint64_t n = next_id_++;
   std::string episode;
   if (fleet_.options_.record_execs || fleet_.options_.label_sandboxes)
     if (auto it = spec.labels.find("episode"); it != spec.labels.end()) episode = it->second;
-  sandboxes_.emplace(n, std::move(episode));
   fleet_.creates_.fetch_add(1, std::memory_order_relaxed);
-  client::SandboxInfo info;
-  info.id = "s" + std::to_string(n);
+  client::SandboxInfo info = AddSandboxLocked(std::move(episode));
   info.substrate = spec.substrate;
   info.image = spec.image;
+  return info;
+}
+
+client::SandboxInfo SimNode::AddSandboxLocked(std::string episode) {
+  uint64_t n = next_id_++;
+  sandboxes_.emplace(n, std::move(episode));
+  client::SandboxInfo info;
+  info.id = "s" + std::to_string(n);
   info.state = "running";
   return info;
 }
@@ -341,14 +346,7 @@ Result<std::vector<client::SandboxInfo>> SimNode::Fork(const std::string& id, ui
   if (sandboxes_.size() + static_cast<size_t>(made) > max_sandboxes_)
     return Error(Code::kResourceExhausted, "simulated node {} is full ({} sandboxes)", address_, max_sandboxes_);
   std::vector<client::SandboxInfo> copies;
-  for (int64_t i = 0; i < made; ++i) {
-    uint64_t n = next_id_++;
-    sandboxes_.emplace(n, episode);
-    client::SandboxInfo info;
-    info.id = "s" + std::to_string(n);
-    info.state = "running";
-    copies.push_back(std::move(info));
-  }
+  for (int64_t i = 0; i < made; ++i) copies.push_back(AddSandboxLocked(episode));
   return copies;
 }
 

@@ -159,6 +159,8 @@ class SimNode {
  private:
   // Waits the latency; UNAVAILABLE when the node is (or becomes) unreachable.
   Status Wait(const SimLatency& l, client::ExecCancel* cancel = nullptr, uint64_t* incarnation = nullptr);
+  // Under mu_: a new sandbox record (a create's or a fork copy's), running.
+  client::SandboxInfo AddSandboxLocked(std::string episode);
   // Under mu_: refuses a call of a front whose lease lapsed, fencing first.
   Status CheckLease();
   Status Unreachable() const;

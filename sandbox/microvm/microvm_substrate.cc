@@ -1509,7 +1509,7 @@ Result<PauseResult> MicrovmSandbox::Pause(const std::string& record) {
 Status MicrovmSandbox::Resume() {
   std::unique_lock calls(calls_mu_, std::defer_lock);
   if (!calls.try_lock_for(kQuiesceWait))
-    return Error(Code::kFailedPrecondition, "sandbox {} is busy (a pause or fork in progress)", id_);
+    return Error(Code::kFailedPrecondition, "sandbox {} is busy (a pause, fork or snapshot in progress)", id_);
   std::lock_guard lock(destroy_mu_);
   if (!paused_) return Error(Code::kFailedPrecondition, "sandbox {} is not paused", id_);
   if (!owner_) return Error(Code::kInternal, "sandbox {} has no substrate to resume it", id_);
