@@ -1,11 +1,13 @@
 #include "replay/commit_queue.h"
 
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "replay/rocks_status.h"
 
@@ -115,7 +117,55 @@ Status CommitQueue::Commit(const Prepare& prepare, bool sync) {
     WakeDone(self.wake);
     return std::move(self.status);
   }
+  if (Lead(&self) != nullptr) {
+    std::lock_guard lock(mu_);
+    WakeCommitterLocked();
+  }
+  return std::move(self.status);
+}
 
+void CommitQueue::CommitAsync(Prepare prepare, Done done, bool sync) {
+  auto* w = new Writer{nullptr, sync || !deferred_writes_, std::move(done), std::move(prepare)};
+  w->prepare = &w->owned_prepare;
+  std::lock_guard lock(mu_);
+  if (!committer_.joinable()) committer_ = std::thread([this] { CommitterLoop(); });
+  queue_.push_back(w);
+  if (!leader_active_) {
+    leader_active_ = true;
+    WakeCommitterLocked();
+  }
+}
+
+void CommitQueue::WakeCommitterLocked() {
+  committer_lead_ = true;
+  committer_cv_.notify_one();
+}
+
+void CommitQueue::CommitterLoop() {
+  pthread_setname_np(pthread_self(), "paddock-log");  // for top and perf
+  std::unique_lock lock(mu_);
+  for (;;) {
+    committer_cv_.wait(lock, [this] { return committer_lead_ || stopping_; });
+    if (!committer_lead_) return;  // stopping, nothing to lead
+    committer_lead_ = false;
+    lock.unlock();
+    while (Lead(nullptr) != nullptr) {
+    }
+    lock.lock();
+  }
+}
+
+void CommitQueue::Shutdown() {
+  {
+    std::lock_guard lock(mu_);
+    if (!committer_.joinable()) return;
+    stopping_ = true;
+    committer_cv_.notify_one();
+  }
+  committer_.join();
+}
+
+CommitQueue::Writer* CommitQueue::Lead(Writer* self) {
   std::vector<Writer*> group;
   {
     std::lock_guard lock(mu_);
@@ -130,16 +180,16 @@ Status CommitQueue::Commit(const Prepare& prepare, bool sync) {
   auto split = std::stable_partition(group.begin(), group.end(), [](const Writer* w) { return !w->sync; });
   std::vector<Writer*> synced(split, group.end());
   group.erase(split, group.end());
-  if (!group.empty()) Finish(group, /*sync=*/false, &self);
+  if (!group.empty()) Finish(group, /*sync=*/false, self);
   Writer* next = nullptr;
-  if (!synced.empty() && !self.sync) {
+  if (!synced.empty() && self != nullptr && !self->sync) {
     // Ours is written: the first synced writer leads the rest (and whoever
     // queued meanwhile) while we return.
     std::lock_guard lock(mu_);
     queue_.insert(queue_.begin(), synced.begin(), synced.end());
     next = queue_.front();
   } else {
-    if (!synced.empty()) Finish(synced, /*sync=*/true, &self);
+    if (!synced.empty()) Finish(synced, /*sync=*/true, self);
     std::lock_guard lock(mu_);
     if (queue_.empty()) {
       leader_active_ = false;
@@ -147,11 +197,11 @@ Status CommitQueue::Commit(const Prepare& prepare, bool sync) {
       next = queue_.front();  // waits, in the queue, until we store kLead
     }
   }
-  if (next != nullptr) {
-    next->state.store(Writer::kLead, std::memory_order_release);
-    FutexWake(next->state);
-  }
-  return std::move(self.status);
+  if (next == nullptr) return nullptr;
+  if (next->done) return next;  // no thread of its own: the committer leads
+  next->state.store(Writer::kLead, std::memory_order_release);
+  FutexWake(next->state);
+  return nullptr;
 }
 
 void CommitQueue::Finish(std::vector<Writer*>& group, bool sync, Writer* self) {
@@ -166,16 +216,23 @@ void CommitQueue::Finish(std::vector<Writer*>& group, bool sync, Writer* self) {
   // The followers wake one another down a binary tree: the leader wakes the
   // first two, each woken one the next two of its own, so the wake-ups (a
   // system call each) run on every core instead of one after the other in
-  // the leader, which goes on to the next group.
-  std::vector<Writer*> followers;
+  // the leader, which goes on to the next group. Asynchronous writers have
+  // no thread to pass a wake-up on: the leader runs their completions.
+  std::vector<Writer*> followers, async;
   followers.reserve(group.size());
-  for (Writer* w : group)
-    if (w != self) followers.push_back(w);
+  for (Writer* w : group) {
+    if (w == self) continue;
+    (w->done ? async : followers).push_back(w);
+  }
   for (size_t i = 0; i < followers.size(); ++i)
     for (size_t c = 0; c < 2; ++c)
       followers[i]->wake[c] = 2 * i + 2 + c < followers.size() ? followers[2 * i + 2 + c] : nullptr;
   Writer* first[2] = {followers.size() > 0 ? followers[0] : nullptr, followers.size() > 1 ? followers[1] : nullptr};
   WakeDone(first);
+  for (Writer* w : async) {
+    std::unique_ptr<Writer> owned(w);
+    owned->done(std::move(owned->status));
+  }
 }
 
 void CommitQueue::WakeDone(Writer* const (&writers)[2]) {

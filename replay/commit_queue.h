@@ -16,9 +16,18 @@
 // sequential file: the synced batch makes the deferred one durable too. A
 // deferred leader hands the synced writers of its group to the first of them
 // as the next leader instead of waiting for their sync.
+//
+// A writer may also not wait at all (CommitAsync): it queues its Prepare with
+// a completion and returns. It joins groups like any writer, but it has no
+// thread to lead one, so when it finds no leader (or is next to lead) the
+// queue's own committer thread leads instead. Its completion runs on the
+// thread that wrote its group, right after the write. With many writes in
+// flight from a few threads this saves what group commit cannot: the sleep
+// and wake-up of one thread per write.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <deque>
@@ -26,6 +35,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <rocksdb/db.h>
@@ -69,6 +79,10 @@ class CommitQueue {
     std::unordered_map<std::string, const std::string*> overlay_;
   };
   using Prepare = std::function<Status(Staging&)>;
+  // Runs once with the write's outcome. Short and non-blocking: it runs on a
+  // thread that is writing the log, so it must not wait, above all not for a
+  // synchronous Commit (that would wait on itself); CommitAsync is fine.
+  using Done = std::function<void(Status)>;
 
   // `space_dir`: the filesystem whose free space is checked before each
   // write; `reserve_bytes`: what must stay free after it (0: no check).
@@ -77,10 +91,16 @@ class CommitQueue {
               uint64_t reserve_bytes = 0, bool deferred_writes = true)
       : db_(db), group_commit_(group_commit), deferred_writes_(deferred_writes),
         space_dir_(std::move(space_dir)), reserve_bytes_(reserve_bytes) {}
+  ~CommitQueue() { Shutdown(); }
 
   // Runs prepare in a group and returns once its writes are durable (or
   // failed); with sync = false, once they are written (not yet synced).
   Status Commit(const Prepare& prepare, bool sync = true);
+  // Queues prepare and returns at once; `done` gets what Commit would return.
+  void CommitAsync(Prepare prepare, Done done, bool sync = true);
+  // Writes what is queued, then stops the committer thread. The database must
+  // stay open until this returns; no Commit or CommitAsync may follow.
+  void Shutdown();
   CommitStats Stats() const;
 
  private:
@@ -88,15 +108,25 @@ class CommitQueue {
     enum : uint32_t { kWaiting = 0, kDone = 1, kLead = 2 };
     const Prepare* prepare;
     bool sync;
+    Done done;                          // set: an asynchronous writer (heap, owned by the queue)
+    Prepare owned_prepare;              // what `prepare` points at for an asynchronous writer
     Status status;                      // set by the leader before kDone
     // Set by the leader before kDone: the group's writers this one wakes
     // when it is woken (a binary tree, so the leader wakes only two).
     Writer* wake[2] = {nullptr, nullptr};
     std::atomic<uint32_t> state{kWaiting};
   };
+  // Writes one group as its leader: `self` is the leading writer, or null for
+  // the committer thread. Returns the next leader when it is an asynchronous
+  // writer (the committer leads for it), else null.
+  Writer* Lead(Writer* self);
+  // Asks the committer thread to lead (under mu_).
+  void WakeCommitterLocked();
+  void CommitterLoop();
   // Prepares and writes one batch; true when it wrote (and, with sync, synced).
   bool RunGroup(std::vector<Writer*>& group, bool sync);
-  // Runs a group, counts it and wakes its writers other than `self`.
+  // Runs a group, counts it and wakes its writers other than `self` (an
+  // asynchronous one gets its completion run instead, and is freed).
   void Finish(std::vector<Writer*>& group, bool sync, Writer* self);
   // Marks `writers` (null entries skipped) done and wakes them.
   static void WakeDone(Writer* const (&writers)[2]);
@@ -116,6 +146,12 @@ class CommitQueue {
   mutable std::mutex mu_;
   std::vector<Writer*> queue_;
   bool leader_active_ = false;
+  // The committer thread, started by the first CommitAsync; it leads when
+  // `committer_lead_` is set and exits once `stopping_` is and it has no lead.
+  std::thread committer_;
+  std::condition_variable committer_cv_;
+  bool committer_lead_ = false;
+  bool stopping_ = false;
   CommitStats stats_;
 };
 

@@ -48,6 +48,9 @@ class TrajectoryLogImpl final : public TrajectoryLog {
   Result<std::optional<v1::EpisodeRecordProto>> GetEpisode(const std::string& id) override;
   Result<std::vector<v1::EpisodeRecordProto>> ListEpisodes(const ListEpisodesOptions& options) override;
   Status AppendStep(const v1::StepRecordProto& step) override;
+  void AppendStepAsync(v1::StepRecordProto step, Done done) override;
+  void PutResultAndStepAsync(const CallKey& key, std::string result, v1::StepRecordProto step,
+                             Done done) override;
   Result<std::vector<v1::StepRecordProto>> ReadSteps(const std::string& episode, uint64_t from_step,
                                                      uint64_t limit) override;
   Result<std::string> ExportEpisodeJsonl(const std::string& episode) override;
@@ -69,7 +72,8 @@ class TrajectoryLogImpl final : public TrajectoryLog {
   // (moved from `encoded`) when they pass. `k` is the record's key.
   Status StageResult(CommitQueue::Staging& staging, const CallKey& key, const std::string& k,
                      const std::string& result, std::string& encoded);
-  Status StageStep(CommitQueue::Staging& staging, const v1::StepRecordProto& step, const std::string& k,
+  // `episode` and `step` name the step in messages; `k` is its key.
+  Status StageStep(CommitQueue::Staging& staging, const std::string& episode, uint64_t step, const std::string& k,
                    std::string& encoded);
   // A logged intent as a CallRecord (`with_request`: also the request's own
   // bytes, which fast-forward does not need), then its result, if logged, read

@@ -179,6 +179,7 @@ TrajectoryLogImpl::TrajectoryLogImpl(LogOptions options, rocksdb::DB* db,
       commits_(db, options_.group_commit, options_.dir, options_.reserve_bytes, options_.deferred_writes) {}
 
 TrajectoryLogImpl::~TrajectoryLogImpl() {
+  commits_.Shutdown();  // asynchronous writes still queued are written first
   // Deferred records still in the WAL buffer: a clean close keeps them.
   rocksdb::Status flushed = db_->FlushWAL(/*sync=*/true);
   if (!flushed.ok()) spdlog::warn("flushing the WAL of trajectory log at {}: {}", options_.dir, flushed.ToString());
@@ -304,7 +305,7 @@ Status TrajectoryLogImpl::PutResultAndStep(const CallKey& key, const std::string
   // failed step check drops the staged result too: all or nothing.
   return commits_.Commit([&](CommitQueue::Staging& staging) -> Status {
     PADDOCK_RETURN_IF_ERROR(StageResult(staging, key, k, result, encoded_result));
-    return StageStep(staging, step, step_key, encoded_step);
+    return StageStep(staging, step.episode_id(), step.step(), step_key, encoded_step);
   });
 }
 
@@ -432,7 +433,7 @@ Result<std::vector<v1::EpisodeRecordProto>> TrajectoryLogImpl::ListEpisodes(
   return out;
 }
 
-Status TrajectoryLogImpl::StageStep(CommitQueue::Staging& staging, const v1::StepRecordProto& step,
+Status TrajectoryLogImpl::StageStep(CommitQueue::Staging& staging, const std::string& episode, uint64_t step,
                                     const std::string& k, std::string& encoded) {
   PADDOCK_ASSIGN_OR_RETURN(std::optional<std::string> existing, staging.Get(steps_, k));
   if (existing) {
@@ -440,7 +441,7 @@ Status TrajectoryLogImpl::StageStep(CommitQueue::Staging& staging, const v1::Ste
     return Error(Code::kAlreadyExists,
                  "step {} of episode {} is already logged with other content ({} bytes, now {} "
                  "bytes): steps are append-only",
-                 step.step(), step.episode_id(), existing->size(), encoded.size());
+                 step, episode, existing->size(), encoded.size());
   }
   staging.Put(steps_, k, std::move(encoded));
   return Status::Ok();
@@ -451,7 +452,54 @@ Status TrajectoryLogImpl::AppendStep(const v1::StepRecordProto& step) {
   const std::string k = EncodeStepKey(step.episode_id(), step.step());
   std::string encoded = EncodeStep(step);
   return commits_.Commit(
-      [&](CommitQueue::Staging& staging) { return StageStep(staging, step, k, encoded); });
+      [&](CommitQueue::Staging& staging) { return StageStep(staging, step.episode_id(), step.step(), k, encoded); });
+}
+
+void TrajectoryLogImpl::AppendStepAsync(v1::StepRecordProto step, Done done) {
+  if (Status valid = CallKey{step.episode_id()}.Validate(); !valid.ok()) return done(std::move(valid));
+  // The Prepare outlives this call: it owns what it stages. The step itself
+  // is freed here, not on the thread that writes the group.
+  struct Pending {
+    std::string episode;
+    uint64_t step;
+    std::string k, encoded;
+  };
+  auto p = std::make_shared<Pending>();
+  p->step = step.step();
+  p->k = EncodeStepKey(step.episode_id(), p->step);
+  p->encoded = EncodeStep(step);
+  p->episode = std::move(*step.mutable_episode_id());
+  commits_.CommitAsync(
+      [this, p](CommitQueue::Staging& staging) { return StageStep(staging, p->episode, p->step, p->k, p->encoded); },
+      std::move(done));
+}
+
+void TrajectoryLogImpl::PutResultAndStepAsync(const CallKey& key, std::string result, v1::StepRecordProto step,
+                                              Done done) {
+  if (Status valid = key.Validate(); !valid.ok()) return done(std::move(valid));
+  if (Status valid = CallKey{step.episode_id()}.Validate(); !valid.ok()) return done(std::move(valid));
+  struct Pending {
+    CallKey key;
+    std::string k, result, encoded_result;
+    std::string step_episode;
+    uint64_t step;
+    std::string step_key, encoded_step;
+  };
+  auto p = std::make_shared<Pending>();
+  p->key = key;
+  p->k = key.Encode();
+  p->encoded_result = EncodeResult(result);
+  p->result = std::move(result);
+  p->step = step.step();
+  p->step_key = EncodeStepKey(step.episode_id(), p->step);
+  p->encoded_step = EncodeStep(step);
+  p->step_episode = std::move(*step.mutable_episode_id());
+  commits_.CommitAsync(
+      [this, p](CommitQueue::Staging& staging) -> Status {
+        PADDOCK_RETURN_IF_ERROR(StageResult(staging, p->key, p->k, p->result, p->encoded_result));
+        return StageStep(staging, p->step_episode, p->step, p->step_key, p->encoded_step);
+      },
+      std::move(done));
 }
 
 Result<std::vector<v1::StepRecordProto>> TrajectoryLogImpl::ReadSteps(const std::string& episode,

@@ -18,6 +18,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -200,6 +201,19 @@ class TrajectoryLog {
   // content (the same content again is accepted, so a resumed episode may
   // re-append). Durable before it returns.
   virtual Status AppendStep(const v1::StepRecordProto& step) = 0;
+  // The asynchronous forms of AppendStep and PutResultAndStep, for a caller
+  // with many episodes in flight on a few threads: each queues its write and
+  // returns; `done` runs once, with what the synchronous form would return,
+  // after the write is durable. It runs on a thread that is writing this log
+  // (the log's own committer thread, or a synchronous writer leading a
+  // group), so it must be short and must neither block nor call a
+  // synchronous write of this log: post further work elsewhere. A request
+  // refused before it is queued (an invalid episode id) gets `done` before
+  // the call returns. The log must outlive every pending `done`.
+  using Done = std::function<void(Status)>;
+  virtual void AppendStepAsync(v1::StepRecordProto step, Done done) = 0;
+  virtual void PutResultAndStepAsync(const CallKey& key, std::string result, v1::StepRecordProto step,
+                                     Done done) = 0;
   // Steps of an episode in step order, from `from_step`, at most `limit`.
   virtual Result<std::vector<v1::StepRecordProto>> ReadSteps(
       const std::string& episode, uint64_t from_step = 0, uint64_t limit = UINT64_MAX) = 0;

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -583,10 +584,152 @@ TEST(TrajectoryLog, MixedDeferredAndSyncedWritersAllLand) {
     }
 }
 
+// ---- Asynchronous appends ------------------------------------------------------
+
+// Runs `submit` with a completion and waits for that completion's status.
+Status WaitFor(const std::function<void(TrajectoryLog::Done)>& submit) {
+  std::promise<Status> got;
+  auto future = got.get_future();
+  submit([&got](Status st) { got.set_value(std::move(st)); });
+  return future.get();
+}
+
+// Waits (at most 60 s) until `count` reaches `want`.
+bool WaitCount(const std::atomic<int>& count, int want) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (count.load() < want && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  return count.load() >= want;
+}
+
+// One thread keeps 64 episodes in flight: each completion queues its
+// episode's next step itself (no thread waits on a write). Every completion
+// runs once and OK, syncs are shared, and steps queued when the log closes
+// are written before the close returns.
+TEST(TrajectoryLog, AsyncAppends_ShareSyncsCompleteOnceAndSurviveAClose) {
+  TempDir tmp;
+  constexpr int kEpisodes = 64, kSteps = 20;
+  std::atomic<int> completions{0}, failures{0}, tail{0};
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    CommitStats before = log->GetCommitStats();
+    std::function<void(int, int)> submit = [&](int e, int i) {
+      log->AppendStepAsync(MakeStep(fmt::format("a-{}", e), i), [&, e, i](Status st) {
+        if (!st.ok()) ++failures;
+        if (i + 1 < kSteps) submit(e, i + 1);
+        ++completions;
+      });
+    };
+    for (int e = 0; e < kEpisodes; ++e) submit(e, 0);
+    ASSERT_TRUE(WaitCount(completions, kEpisodes * kSteps)) << completions.load() << " completions";
+    EXPECT_EQ(failures.load(), 0);
+    CommitStats after = log->GetCommitStats();
+    uint64_t writes = after.writes - before.writes, syncs = after.syncs - before.syncs;
+    EXPECT_EQ(writes, uint64_t{kEpisodes * kSteps});
+    EXPECT_LT(syncs * 4, writes) << "syncs " << syncs << " for " << writes << " writes";
+    std::printf("async appends: %lu writes in %lu syncs\n", (unsigned long)writes, (unsigned long)syncs);
+    for (int e = 0; e < kEpisodes; ++e)
+      log->AppendStepAsync(MakeStep(fmt::format("tail-{}", e), 0), [&](Status st) {
+        if (st.ok()) ++tail;
+      });
+  }  // closed with the tail still queued
+  EXPECT_EQ(tail.load(), kEpisodes) << "every queued write completes before the log closes";
+  EXPECT_EQ(completions.load(), kEpisodes * kSteps) << "no completion runs twice";
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  for (int e = 0; e < kEpisodes; ++e) {
+    auto steps = log->ReadSteps(fmt::format("a-{}", e));
+    ASSERT_TRUE(steps.ok());
+    ASSERT_EQ(steps->size(), size_t{kSteps});
+    for (int i = 0; i < kSteps; ++i) EXPECT_EQ((*steps)[i].policy_response().text(), fmt::format("answer {}", i));
+    EXPECT_EQ(log->ReadSteps(fmt::format("tail-{}", e))->size(), 1u);
+  }
+}
+
+// The asynchronous forms keep every check of the synchronous ones, and a
+// refused PutResultAndStepAsync writes neither record.
+TEST(TrajectoryLog, AsyncAppends_KeepTheChecks) {
+  TempDir tmp;
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  // An invalid episode id is refused before it is queued: done has run when
+  // the call returns.
+  bool ran = false;
+  log->AppendStepAsync(MakeStep("", 0), [&](Status st) {
+    EXPECT_EQ(st.code(), Code::kInvalidArgument);
+    ran = true;
+  });
+  EXPECT_TRUE(ran);
+  ASSERT_TRUE(log->AppendStep(MakeStep("ep", 0)).ok());
+  auto changed = MakeStep("ep", 0);
+  changed.set_reward(9);
+  Status clash = WaitFor([&](TrajectoryLog::Done d) { log->AppendStepAsync(changed, std::move(d)); });
+  EXPECT_EQ(clash.code(), Code::kAlreadyExists);
+  EXPECT_THAT(clash.message(), HasSubstr("append-only"));
+  EXPECT_TRUE(WaitFor([&](TrajectoryLog::Done d) { log->AppendStepAsync(MakeStep("ep", 0), std::move(d)); }).ok())
+      << "the same step again (a resume) is accepted";
+
+  CallKey key{"ep", 1, 0};
+  Status no_intent =
+      WaitFor([&](TrajectoryLog::Done d) { log->PutResultAndStepAsync(key, "obs", MakeStep("ep", 1), std::move(d)); });
+  EXPECT_EQ(no_intent.code(), Code::kFailedPrecondition);
+  EXPECT_EQ(log->ReadSteps("ep").value().size(), 1u) << "the step of a refused pair is not written";
+  ASSERT_TRUE(log->PutIntent(key, RequestFingerprint("ls"), "ls", false).ok());
+  EXPECT_TRUE(
+      WaitFor([&](TrajectoryLog::Done d) { log->PutResultAndStepAsync(key, "obs", MakeStep("ep", 1), std::move(d)); })
+          .ok());
+  EXPECT_EQ(log->GetCall(key).value()->result, "obs");
+  EXPECT_EQ(log->ReadSteps("ep").value().size(), 2u);
+  Status other =
+      WaitFor([&](TrajectoryLog::Done d) { log->PutResultAndStepAsync(key, "obs 2", MakeStep("ep", 1), std::move(d)); });
+  EXPECT_EQ(other.code(), Code::kAlreadyExists);
+}
+
+// Asynchronous appends beside synchronous writers, synced and deferred: the
+// lead passes between writer threads and the committer thread in every
+// direction, and nothing is lost or stuck.
+TEST(TrajectoryLog, AsyncAppendsBesideSynchronousWritersAllLand) {
+  TempDir tmp;
+  constexpr int kThreads = 16, kPerThread = 60, kAsyncEpisodes = 32, kAsyncSteps = 30;
+  std::atomic<int> completions{0}, failures{0};
+  {
+    auto log = OpenOrDie(tmp.path());
+    ASSERT_TRUE(log);
+    std::function<void(int, int)> submit = [&](int e, int i) {
+      log->AppendStepAsync(MakeStep(fmt::format("async-{}", e), i), [&, e, i](Status st) {
+        if (!st.ok()) ++failures;
+        if (i + 1 < kAsyncSteps) submit(e, i + 1);
+        ++completions;
+      });
+    };
+    for (int e = 0; e < kAsyncEpisodes; ++e) submit(e, 0);
+    int sync_failures = WriteOnThreads(kThreads, kPerThread, [&](const std::string& ep, int i) {
+      CallKey key{ep, static_cast<uint64_t>(i), 0};
+      Durability d = i % 3 == 0 ? Durability::kSynced : Durability::kDeferred;
+      return i % 2 == 0 ? log->AppendStep(MakeStep(ep, i)) : log->PutIntent(key, RequestFingerprint(ep), "x", true, {}, d);
+    });
+    EXPECT_EQ(sync_failures, 0);
+    ASSERT_TRUE(WaitCount(completions, kAsyncEpisodes * kAsyncSteps)) << completions.load() << " completions";
+    EXPECT_EQ(failures.load(), 0);
+    ASSERT_TRUE(log->AppendStep(MakeStep("last", 0)).ok());  // syncs the deferred intents too
+  }
+  auto log = OpenOrDie(tmp.path());
+  ASSERT_TRUE(log);
+  for (int e = 0; e < kAsyncEpisodes; ++e)
+    EXPECT_EQ(log->ReadSteps(fmt::format("async-{}", e))->size(), size_t{kAsyncSteps});
+  for (int t = 0; t < kThreads; ++t) {
+    std::string ep = fmt::format("ep-{}", t);
+    EXPECT_EQ(log->ReadSteps(ep)->size(), size_t{kPerThread / 2});
+    for (int i = 1; i < kPerThread; i += 2)
+      ASSERT_TRUE(log->GetCall(CallKey{ep, static_cast<uint64_t>(i), 0})->has_value());
+  }
+}
+
 // ---- Crash durability ------------------------------------------------------------
 
-// A child process writes from 8 threads and reports each acknowledged record
-// over a pipe; it is killed with SIGKILL mid-stream. Every record it
+// A child process writes from 8 threads, and 8 episodes more through the
+// asynchronous appends, and reports each acknowledged record over a pipe; it is killed with SIGKILL mid-stream. Every record it
 // acknowledged must be in the log when it is reopened. Several rounds on one
 // database, each resuming after the last acknowledged record.
 TEST(TrajectoryLog, CrashDurability_EveryAcknowledgedRecordSurvivesSigkill) {
@@ -605,6 +748,19 @@ TEST(TrajectoryLog, CrashDurability_EveryAcknowledgedRecordSurvivesSigkill) {
       auto log = TrajectoryLog::Open(options);
       if (!log.ok()) _exit(2);
       std::mutex pipe_mu;
+      // 8 episodes appended asynchronously, acknowledged by their completions.
+      std::function<void(std::string, uint64_t)> submit = [&](std::string ep, uint64_t i) {
+        (*log)->AppendStepAsync(MakeStep(ep, i), [&, ep, i](Status st) {
+          if (!st.ok()) _exit(5);
+          std::string line = fmt::format("s {} {}\n", ep, i);
+          {
+            std::lock_guard lock(pipe_mu);
+            if (write(fds[1], line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(4);
+          }
+          submit(ep, i + 1);
+        });
+      };
+      for (int a = 0; a < 8; ++a) submit(fmt::format("r{}-a{}", round, a), 0);
       std::vector<std::thread> threads;
       for (int t = 0; t < 8; ++t) {
         threads.emplace_back([&, t] {
