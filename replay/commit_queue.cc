@@ -211,6 +211,7 @@ void CommitQueue::Finish(std::vector<Writer*>& group, bool sync, Writer* self) {
     stats_.writes += group.size();
     if (wrote && sync) stats_.syncs += 1;
     if (!sync) stats_.deferred += group.size();
+    for (const Writer* w : group) stats_.async += w->done ? 1 : 0;
     stats_.max_group = std::max<uint64_t>(stats_.max_group, group.size());
   }
   // The followers wake one another down a binary tree: the leader wakes the

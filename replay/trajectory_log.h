@@ -144,6 +144,7 @@ struct CommitStats {
   uint64_t writes = 0;      // write requests acknowledged or failed
   uint64_t syncs = 0;       // synced RocksDB writes (one per group)
   uint64_t deferred = 0;    // of `writes`, those that asked for Durability::kDeferred
+  uint64_t async = 0;       // of `writes`, asynchronous appends (no thread waited on them)
   uint64_t max_group = 0;   // the most writes one sync carried
 };
 

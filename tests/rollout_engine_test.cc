@@ -286,10 +286,10 @@ TEST_F(RolloutEngineTest, CancelledRolloutResumes_FastForwardAndNoDoubleEffects)
 }
 
 // What a turn waits for on the disk: the tool intent (before the tool runs)
-// and the tool result with the step record, two synced writes; the policy
-// call's intent and result are deferred (a lost policy answer is asked
-// again), carried to the disk by the tool intent's sync. Every call and step
-// is in the log afterwards.
+// and the tool result with the step record (appended asynchronously), two
+// synced writes; the policy call's intent and result are deferred (a lost
+// policy answer is asked again), carried to the disk by the tool intent's
+// sync. Every call and step is in the log afterwards.
 TEST_F(RolloutEngineTest, ATurnWaitsForTwoSyncs_PolicyCallsDeferred) {
   const int kTurns = 5;  // bash calls, then submit: kTurns + 1 turns with one tool call each
   const uint64_t turns = kTurns + 1;
@@ -306,6 +306,9 @@ TEST_F(RolloutEngineTest, ATurnWaitsForTwoSyncs_PolicyCallsDeferred) {
   EXPECT_LE(syncs, 2 * turns + 4) << "deferred " << deferred;
   EXPECT_GE(syncs, 2 * turns);
   EXPECT_GE(deferred, 2 * turns) << "policy intent and result of each turn";
+  // The step records (with the last tool result) are appended asynchronously:
+  // no pool thread sleeps through their sync.
+  EXPECT_EQ(after.async - before.async, turns);
   const std::string ep = started->rollout_id() + "/count-0#0";
   auto steps = log_->ReadSteps(ep);
   ASSERT_TRUE(steps.ok());

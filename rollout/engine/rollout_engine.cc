@@ -181,6 +181,7 @@ class RolloutEngine::Impl {
   }
   ~Impl() {
     Drain(std::chrono::milliseconds(0));
+    log_writes_.WaitIdle();  // their turns are posted before the pool is joined
     work_.reset();
     io_.stop();
     if (io_thread_.joinable()) io_thread_.join();
@@ -1674,14 +1675,32 @@ class RolloutEngine::Impl {
     if (stop) step.set_stop_reason(*stop);
     step.mutable_timings()->set_total_us(policy_us + Us(Clock::now() - step_t0));
     if (!ep->logged_steps.count(ep->step)) {
-      // The last tool result and the step in one synced write.
-      Status st = held ? log_.PutResultAndStep(held->first, held->second, step) : log_.AppendStep(step);
-      held.reset();
-      if (!st.ok()) return Fail(r, ep, "error", "logging the step: " + st.message(), InfraReason::kLog);
-      ep->logged_steps.insert(ep->step);
-    } else if (Status st = LogHeldResult(held, replay::Durability::kSynced); !st.ok()) {
-      return Fail(r, ep, "error", st.message(), InfraReason::kLog);
+      // The last tool result and the step in one synced write. No pool thread
+      // waits for its sync: the turn goes on, posted, once it is durable.
+      uint64_t n = ep->step;
+      auto then = [this, r, ep, n, stop](Status st) {
+        Post(r, [this, r, ep, n, stop, st = std::move(st)] {
+          if (!st.ok()) return Fail(r, ep, "error", "logging the step: " + st.message(), InfraReason::kLog);
+          ep->logged_steps.insert(n);
+          EndTurn(r, ep, stop);
+        });
+        log_writes_.Leave();
+      };
+      log_writes_.Enter();
+      if (held) {
+        log_.PutResultAndStepAsync(held->first, std::move(held->second), std::move(step), std::move(then));
+      } else {
+        log_.AppendStepAsync(std::move(step), std::move(then));
+      }
+      return;
     }
+    if (Status st = LogHeldResult(held, replay::Durability::kSynced); !st.ok())
+      return Fail(r, ep, "error", st.message(), InfraReason::kLog);
+    EndTurn(r, ep, stop);
+  }
+
+  // After a turn's step is logged: verify when it stopped, else the next turn.
+  void EndTurn(const std::shared_ptr<Rollout>& r, Episode* ep, const std::optional<std::string>& stop) {
     if (stop) return Verify(r, ep, *stop);
     // Post rather than loop so that episodes sharing the pool progress fairly.
     // Until NextTurn runs, the sandbox is idle (a rebuild may replace it).
@@ -2279,6 +2298,28 @@ class RolloutEngine::Impl {
   FairScheduler scheduler_;  // which rollout's episode starts next
   std::once_flag toolset_once_;
   std::shared_ptr<const std::string> toolset_;
+  // Asynchronous step writes whose completion has not yet posted its turn.
+  class InFlight {
+   public:
+    void Enter() {
+      std::lock_guard lock(mu_);
+      ++count_;
+    }
+    void Leave() {
+      std::lock_guard lock(mu_);
+      if (--count_ == 0) cv_.notify_all();
+    }
+    void WaitIdle() {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [this] { return count_ == 0; });
+    }
+
+   private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    uint64_t count_ = 0;
+  };
+  InFlight log_writes_;
   asio::thread_pool pool_;
   asio::thread_pool reloc_pool_;  // eager rebuilds (EngineOptions::relocation_threads)
   asio::io_context io_;
