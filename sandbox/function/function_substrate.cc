@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <map>
 #include <mutex>
 
@@ -79,6 +80,7 @@ class Zygote {
   ResolvedImage image_;          // holds the layers' lease while the zygote lives
   ImageViews* views_ = nullptr;  // holding a view of each of image_.layer_dirs
   std::chrono::steady_clock::time_point last_used_ = std::chrono::steady_clock::now();
+  std::shared_ptr<int> layer_ref_;  // the substrate's mount-point layer is in use
 };
 
 // A function sandbox's own cgroup: the zygote is shared, the accounting is
@@ -256,15 +258,33 @@ class FunctionSubstrate final : public Substrate {
     PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, {spec.host_dir_image_ok, spec.local_client}));
     SandboxSpec eff = spec;
     ApplyImageDefaults(image, &eff.env, &eff.workdir);  // the spec's values win
-    // The sandbox's own cgroup, outside the zygote's lock.
-    auto cg = std::make_shared<SandboxCgroup>();
-    PADDOCK_ASSIGN_OR_RETURN(cg->cgroup, Cgroup::Create(env_.cgroup_root(), "fs-" + id, spec.limits));
-    auto procs = cg->cgroup.OpenProcsFiles();
-    if (!procs.ok()) {
-      cg->cgroup.DestroyInBackground();
-      return procs.status();
+    // Keyed by the resolved image id: two names of one image share a zygote.
+    auto key = std::make_pair(image.id, spec.limits);
+    if (egress.empty()) {
+      std::unique_lock lock(mu_);
+      SweepIdle();
+      auto it = zygotes_.find(key);
+      if (it == zygotes_.end() || !it->second->client_ || !it->second->client_->alive()) {
+        if (it != zygotes_.end()) zygotes_.erase(it);
+        // A new zygote: the sandbox's cgroup (mkdirs in every v1 hierarchy)
+        // is made on another thread meanwhile, since starting the zygote is
+        // mostly waiting for it.
+        auto cg = std::async(std::launch::async, [&] { return MakeSandboxCgroup(id, spec.limits); });
+        auto z = StartZygote(image, spec.limits);
+        auto made = cg.get();
+        if (!z.ok()) {
+          if (made.ok()) (*made)->cgroup.DestroyInBackground();
+          return z.status();
+        }
+        it = zygotes_.emplace(key, std::move(z).value()).first;
+        if (!made.ok()) return made.status();  // the zygote stays for the next create
+        it->second->last_used_ = std::chrono::steady_clock::now();
+        return std::unique_ptr<Sandbox>(
+            std::make_unique<FunctionSandbox>(id, it->second, std::move(made).value(), held_stubs_, eff));
+      }
     }
-    cg->procs = std::move(procs).value();
+    // The sandbox's own cgroup, outside the zygote's lock.
+    PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<SandboxCgroup> cg, MakeSandboxCgroup(id, spec.limits));
     if (!egress.empty()) {
       // Egress needs a network namespace where the daemon's proxy listens:
       // this sandbox gets a zygote of its own (never shared, never kept warm),
@@ -283,9 +303,6 @@ class FunctionSubstrate final : public Substrate {
       return z.status();
     }
     std::unique_lock lock(mu_);
-    SweepIdle();
-    // Keyed by the resolved image id: two names of one image share a zygote.
-    auto key = std::make_pair(image.id, spec.limits);
     auto it = zygotes_.find(key);
     if (it == zygotes_.end() || !it->second->client_ || !it->second->client_->alive()) {
       if (it != zygotes_.end()) zygotes_.erase(it);
@@ -303,11 +320,45 @@ class FunctionSubstrate final : public Substrate {
   void Shutdown() override {
     std::lock_guard lock(mu_);
     zygotes_.clear();
+    {
+      std::lock_guard layer(layer_mu_);
+      // Only when no zygote (a sandbox's own, with egress, included) still
+      // stacks it; else the next daemon reuses it.
+      if (!mount_point_layer_.empty() && layer_users_.use_count() == 1) {
+        (void)RemoveTree(mount_point_layer_);
+        mount_point_layer_.clear();
+      }
+    }
     views_.ReleaseAll();
     RemoveCgroupRootIfEmpty(env_.cgroup_root());
   }
 
  private:
+  Result<std::shared_ptr<SandboxCgroup>> MakeSandboxCgroup(const std::string& id, const Limits& limits) {
+    auto cg = std::make_shared<SandboxCgroup>();
+    PADDOCK_ASSIGN_OR_RETURN(cg->cgroup, Cgroup::Create(env_.cgroup_root(), "fs-" + id, limits));
+    auto procs = cg->cgroup.OpenProcsFiles();
+    if (!procs.ok()) {
+      cg->cgroup.DestroyInBackground();
+      return procs.status();
+    }
+    cg->procs = std::move(procs).value();
+    return cg;
+  }
+
+  // The lowest layer of every zygote's root: empty mount points the sandbox
+  // needs even where the image lacks them. Read-only under the overlay, so
+  // one directory serves every zygote; made once.
+  Result<std::string> MountPointLayer() {
+    std::lock_guard lock(layer_mu_);
+    if (mount_point_layer_.empty()) {
+      const std::string dir = env_.state_dir + "/functions/mount-points";
+      for (const char* d : {"proc", "dev", "tmp"}) PADDOCK_RETURN_IF_ERROR(MkdirAll(dir + "/" + d));
+      mount_point_layer_ = dir;
+    }
+    return mount_point_layer_;
+  }
+
   // Drops zygotes that no sandbox has used for a while.
   void SweepIdle() {
     auto now = std::chrono::steady_clock::now();
@@ -333,37 +384,44 @@ class FunctionSubstrate final : public Substrate {
     std::vector<std::string> lowers;
     lowers.reserve(views.size() + 1);
     z->dir_ = fmt::format("{}/functions/{}", env_.state_dir, name);
-    // A small layer above the image supplies the mount points the sandbox
-    // needs even when the image lacks them; the whole root is read-only.
-    const std::string stub = z->dir_ + "/stub", rootfs = z->dir_ + "/rootfs";
-    for (const char* d : {"proc", "dev", "tmp"}) PADDOCK_RETURN_IF_ERROR(MkdirAll(stub + "/" + d));
-    PADDOCK_RETURN_IF_ERROR(MkdirAll(rootfs));
-    lowers.push_back(stub);
-    lowers.insert(lowers.end(), views.rbegin(), views.rend());
-    PADDOCK_RETURN_IF_ERROR(MountOverlay(lowers, "", "", rootfs));
-    z->rootfs_ = rootfs;
-    auto cg = Cgroup::Create(env_.cgroup_root(), name, limits);
-    if (!cg.ok()) return cg.status();
-    z->cgroup_ = std::move(cg).value();
-
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
-    UniqueFd ours(sv[0]), theirs(sv[1]);
-    // Cloned from the spawner (already paddock-init: a clone, not a clone
-    // plus an exec); it waits for its setup frame while we write its id maps
-    // and join it to its cgroup.
-    const unsigned long flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS |
-                                CLONE_NEWIPC;
-    auto child = spawner_.Spawn(flags, theirs.get());
-    if (!child.ok()) return child.status().Prefix("starting function zygote");
-    z->init_ = std::move(child).value();
-    theirs.reset();
+    // The zygote's cgroup is made on another thread while the root is
+    // mounted and the zygote cloned (joined before the zygote joins it).
+    auto cg = std::async(std::launch::async, [&] { return Cgroup::Create(env_.cgroup_root(), name, limits); });
+    UniqueFd ours;
+    Status started = [&]() -> Status {
+      // The mount-point layer under the image; the whole root is read-only.
+      PADDOCK_ASSIGN_OR_RETURN(std::string mount_points, MountPointLayer());
+      const std::string rootfs = z->dir_ + "/rootfs";
+      PADDOCK_RETURN_IF_ERROR(MkdirAll(rootfs));
+      lowers.push_back(mount_points);
+      z->layer_ref_ = layer_users_;
+      lowers.insert(lowers.end(), views.rbegin(), views.rend());
+      PADDOCK_RETURN_IF_ERROR(MountOverlay(lowers, "", "", rootfs));
+      z->rootfs_ = rootfs;
+      int sv[2];
+      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
+      ours.reset(sv[0]);
+      UniqueFd theirs(sv[1]);
+      // Cloned from the spawner (already paddock-init: a clone, not a clone
+      // plus an exec); it waits for its setup frame while we write its id
+      // maps and join it to its cgroup.
+      const unsigned long flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS |
+                                  CLONE_NEWIPC;
+      auto child = spawner_.Spawn(flags, theirs.get());
+      if (!child.ok()) return child.status().Prefix("starting function zygote");
+      z->init_ = std::move(child).value();
+      return Status::Ok();
+    }();
+    auto made = cg.get();
+    if (made.ok()) z->cgroup_ = std::move(made).value();  // removed with z if anything below fails
+    PADDOCK_RETURN_IF_ERROR(started);
+    if (!made.ok()) return made.status();
     PADDOCK_RETURN_IF_ERROR(WriteIdMaps(z->init_.pid(), kFunctionIds));
     PADDOCK_RETURN_IF_ERROR(z->cgroup_.AddProcess(z->init_.pid()).Prefix("joining cgroup"));
 
     init::SetupConfig setup;
     setup.mode = init::Mode::kFunction;
-    setup.rootfs = rootfs;
+    setup.rootfs = z->rootfs_;
     setup.hostname = "function";
     setup.workdir = kDefaultWorkdir;
     setup.tmp_bytes = limits.disk_bytes ? limits.disk_bytes : kDefaultDiskBytes;
@@ -387,6 +445,9 @@ class FunctionSubstrate final : public Substrate {
   std::mutex mu_;
   std::map<std::pair<std::string, Limits>, std::shared_ptr<Zygote>> zygotes_;
   std::atomic<uint64_t> next_zygote_{0};
+  std::mutex layer_mu_;
+  std::string mount_point_layer_;  // see MountPointLayer
+  std::shared_ptr<int> layer_users_ = std::make_shared<int>(0);  // one copy per zygote stacking it
   std::shared_ptr<std::atomic<int>> held_stubs_ = std::make_shared<std::atomic<int>>(0);
 };
 
