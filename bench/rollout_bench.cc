@@ -78,6 +78,7 @@ double Median(std::vector<double> v) {
 
 struct Env {
   std::string rootfs, dir;
+  size_t blocking_threads = rollout::EngineOptions{}.blocking_threads;
   std::unique_ptr<SandboxManager> manager;
   std::unique_ptr<replay::TrajectoryLog> log;
   std::unique_ptr<rollout::RolloutEngine> engine;
@@ -103,7 +104,9 @@ void Open(Env& e, const std::string& log_dir, bool deferred_writes = true) {
     std::exit(1);
   }
   e.log = std::move(*log);
-  e.engine = std::make_unique<rollout::RolloutEngine>(*e.manager, *e.log);
+  rollout::EngineOptions options;
+  options.blocking_threads = e.blocking_threads;
+  e.engine = std::make_unique<rollout::RolloutEngine>(*e.manager, *e.log, options);
 }
 
 void Close(Env& e) {
@@ -150,6 +153,11 @@ int main(int argc, char** argv) {
   app.add_option("--scenarios", scenarios, "overhead,density,resume")->capture_default_str();
   app.add_option("--log-dir", log_dir, "trajectory log directory (default DIR/log; e.g. /dev/shm/x to leave out fsync)");
   app.add_option("--overhead-turns", overhead_turns)->capture_default_str();
+  size_t blocking_threads = rollout::EngineOptions{}.blocking_threads;
+  app.add_option("--blocking-threads", blocking_threads,
+                 "the engine's pool (EngineOptions::blocking_threads): sandbox calls and log writes")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
   app.add_option("--function-episodes", function_n)->capture_default_str();
   app.add_option("--container-episodes", container_n)->capture_default_str();
   app.add_option("--resume-episodes", resume_n)->capture_default_str();
@@ -161,6 +169,7 @@ int main(int argc, char** argv) {
   json results = json::object();
 
   Env e;
+  e.blocking_threads = blocking_threads;
   e.rootfs = rootfs;
   e.dir = dir;
   if (log_dir.empty()) log_dir = dir + "/log";
@@ -203,7 +212,9 @@ int main(int argc, char** argv) {
           std::cerr << st.status().message() << "\n";
           return 1;
         }
+        auto started_at = Clock::now();
         auto [p, peak] = Wait(*e.engine, id, nullptr);
+        double wall_s = std::chrono::duration<double>(Clock::now() - started_at).count();
         replay::CommitStats after = e.log->GetCommitStats();
         std::vector<double> per_turn;
         double turns = 0;
@@ -218,9 +229,9 @@ int main(int argc, char** argv) {
         });
         double med = Median(per_turn);
         const char* mode = deferred ? "" : ", every log write synced";
-        std::printf("| orchestration overhead per turn, concurrency %d (%d episodes × %d turns)%s, median | %.3f ms (%.2f× the tool; %.1f syncs/turn) |\n",
+        std::printf("| orchestration overhead per turn, concurrency %d (%d episodes × %d turns)%s, median | %.3f ms (%.2f× the tool; %.1f syncs/turn; %.0f turns/s) |\n",
                     conc, n, overhead_turns + 1, mode, med, med / tool_med,
-                    double(after.syncs - before.syncs) / std::max(1.0, turns));
+                    double(after.syncs - before.syncs) / std::max(1.0, turns), turns / wall_s);
         results[fmt::format("overhead_ms_c{}{}", conc, deferred ? "" : "_all_synced")] = med;
         if (p.done() != static_cast<uint32_t>(n)) std::printf("| !! overhead c%d: %u of %d finished |\n", conc, p.done(), n);
       }

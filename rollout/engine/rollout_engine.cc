@@ -1682,7 +1682,7 @@ class RolloutEngine::Impl {
         Post(r, [this, r, ep, n, stop, st = std::move(st)] {
           if (!st.ok()) return Fail(r, ep, "error", "logging the step: " + st.message(), InfraReason::kLog);
           ep->logged_steps.insert(n);
-          EndTurn(r, ep, stop);
+          EndTurn(r, ep, stop, /*posted=*/true);
         });
         log_writes_.Leave();
       };
@@ -1700,11 +1700,15 @@ class RolloutEngine::Impl {
   }
 
   // After a turn's step is logged: verify when it stopped, else the next turn.
-  void EndTurn(const std::shared_ptr<Rollout>& r, Episode* ep, const std::optional<std::string>& stop) {
+  // `posted`: this already runs as a task of its own, queued behind the
+  // others, so the next turn starts here.
+  void EndTurn(const std::shared_ptr<Rollout>& r, Episode* ep, const std::optional<std::string>& stop,
+               bool posted = false) {
     if (stop) return Verify(r, ep, *stop);
     // Post rather than loop so that episodes sharing the pool progress fairly.
     // Until NextTurn runs, the sandbox is idle (a rebuild may replace it).
     EnterIdle(r, ep, ep->step);
+    if (posted) return NextTurn(r, ep);
     Post(r, [this, r, ep] { NextTurn(r, ep); });
   }
 
