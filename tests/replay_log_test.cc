@@ -602,6 +602,27 @@ bool WaitCount(const std::atomic<int>& count, int want) {
   return count.load() >= want;
 }
 
+// Episodes PREFIX0, PREFIX1, ... appended asynchronously, each completion
+// queueing its episode's next step itself, up to `steps` steps each.
+struct AsyncChains {
+  TrajectoryLog& log;
+  std::string prefix;
+  int steps;
+  std::atomic<int>& completions;
+  std::atomic<int>& failures;
+
+  void Start(int episodes) {
+    for (int e = 0; e < episodes; ++e) Submit(e, 0);
+  }
+  void Submit(int e, int i) {
+    log.AppendStepAsync(MakeStep(prefix + std::to_string(e), i), [this, e, i](Status st) {
+      if (!st.ok()) ++failures;
+      if (i + 1 < steps) Submit(e, i + 1);
+      ++completions;
+    });
+  }
+};
+
 // One thread keeps 64 episodes in flight: each completion queues its
 // episode's next step itself (no thread waits on a write). Every completion
 // runs once and OK, syncs are shared, and steps queued when the log closes
@@ -614,14 +635,8 @@ TEST(TrajectoryLog, AsyncAppends_ShareSyncsCompleteOnceAndSurviveAClose) {
     auto log = OpenOrDie(tmp.path());
     ASSERT_TRUE(log);
     CommitStats before = log->GetCommitStats();
-    std::function<void(int, int)> submit = [&](int e, int i) {
-      log->AppendStepAsync(MakeStep(fmt::format("a-{}", e), i), [&, e, i](Status st) {
-        if (!st.ok()) ++failures;
-        if (i + 1 < kSteps) submit(e, i + 1);
-        ++completions;
-      });
-    };
-    for (int e = 0; e < kEpisodes; ++e) submit(e, 0);
+    AsyncChains chains{*log, "a-", kSteps, completions, failures};
+    chains.Start(kEpisodes);
     ASSERT_TRUE(WaitCount(completions, kEpisodes * kSteps)) << completions.load() << " completions";
     EXPECT_EQ(failures.load(), 0);
     CommitStats after = log->GetCommitStats();
@@ -696,14 +711,8 @@ TEST(TrajectoryLog, AsyncAppendsBesideSynchronousWritersAllLand) {
   {
     auto log = OpenOrDie(tmp.path());
     ASSERT_TRUE(log);
-    std::function<void(int, int)> submit = [&](int e, int i) {
-      log->AppendStepAsync(MakeStep(fmt::format("async-{}", e), i), [&, e, i](Status st) {
-        if (!st.ok()) ++failures;
-        if (i + 1 < kAsyncSteps) submit(e, i + 1);
-        ++completions;
-      });
-    };
-    for (int e = 0; e < kAsyncEpisodes; ++e) submit(e, 0);
+    AsyncChains chains{*log, "async-", kAsyncSteps, completions, failures};
+    chains.Start(kAsyncEpisodes);
     int sync_failures = WriteOnThreads(kThreads, kPerThread, [&](const std::string& ep, int i) {
       CallKey key{ep, static_cast<uint64_t>(i), 0};
       Durability d = i % 3 == 0 ? Durability::kSynced : Durability::kDeferred;
