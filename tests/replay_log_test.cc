@@ -1195,5 +1195,62 @@ TEST(TrajectoryLog, FullDiskRefusesWritesAndLosesNothingAcknowledged) {
   std::printf("full disk: %zu steps acknowledged before: %s\n", acknowledged.size(), failure.ToString().c_str());
 }
 
+// The same with asynchronous appends, 16 episodes in flight: completions
+// report RESOURCE_EXHAUSTED once the disk is full (never a crash or a lost
+// completion), and every step acknowledged by a completion survives.
+TEST(TrajectoryLog, FullDiskAsyncAppendsCompleteWithTheErrorAndLoseNothingAcknowledged) {
+  TempDir tmp;
+  const std::string mnt = tmp.Sub("small");
+  fs::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { umount2(dir.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  const std::string db = mnt + "/log";
+  LogOptions options;
+  options.write_buffer_size = 256 << 10;
+  constexpr int kEpisodes = 16;
+  std::mutex mu;
+  std::vector<std::set<uint64_t>> acknowledged(kEpisodes);
+  std::vector<Status> failures;
+  std::atomic<int> finished{0};
+  {
+    auto log = OpenOrDie(db, options);
+    ASSERT_TRUE(log);
+    // Each episode appends until one of its steps is refused.
+    std::function<void(int, uint64_t)> submit = [&](int e, uint64_t i) {
+      log->AppendStepAsync(MakeStep(fmt::format("full-{}", e), i, 2048), [&, e, i](Status st) {
+        {
+          std::lock_guard lock(mu);
+          if (st.ok()) acknowledged[e].insert(i);
+          else failures.push_back(st);
+        }
+        if (st.ok() && i < 100000) return submit(e, i + 1);
+        ++finished;
+      });
+    };
+    for (int e = 0; e < kEpisodes; ++e) submit(e, 0);
+    ASSERT_TRUE(WaitCount(finished, kEpisodes)) << finished.load() << " episodes ended";
+  }
+  ASSERT_EQ(failures.size(), size_t{kEpisodes}) << "4 MiB never filled";
+  for (const Status& st : failures) EXPECT_EQ(st.code(), Code::kResourceExhausted) << st.ToString();
+  ASSERT_EQ(mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=64m"), 0) << std::strerror(errno);
+  auto log = OpenOrDie(db, options);
+  ASSERT_TRUE(log);
+  size_t total = 0;
+  for (int e = 0; e < kEpisodes; ++e) {
+    auto steps = log->ReadSteps(fmt::format("full-{}", e));
+    ASSERT_TRUE(steps.ok()) << steps.status().ToString();
+    std::set<uint64_t> logged;
+    for (const auto& st : *steps) logged.insert(st.step());
+    for (uint64_t i : acknowledged[e]) ASSERT_TRUE(logged.count(i)) << "episode " << e << " step " << i;
+    total += acknowledged[e].size();
+  }
+  EXPECT_GT(total, 20u);
+  std::printf("full disk, asynchronous: %zu steps acknowledged before: %s\n", total, failures[0].ToString().c_str());
+}
+
 }  // namespace
 }  // namespace paddock::replay
