@@ -5,12 +5,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <filesystem>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -90,6 +92,11 @@ Result<Cgroup> Cgroup::Create(const std::string& root_name, const std::string& n
     return cg;
   }
   for (const char* ctrl : {"memory", "pids", "cpu", "cpuacct"}) {
+    // Without a cpu limit the cpu hierarchy has nothing to enforce (cpuacct
+    // does the accounting): one mkdir fewer per cgroup, one cgroup.procs
+    // write fewer for every process that joins it (each exec's, for a
+    // function sandbox).
+    if (std::string_view(ctrl) == "cpu" && !limits.cpu_millicores) continue;
     std::string hier = fmt::format("{}/{}", kCgroupFs, ctrl);
     if (access(hier.c_str(), F_OK) != 0) continue;
     // cpu and cpuacct may be one co-mounted hierarchy.
