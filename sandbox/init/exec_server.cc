@@ -80,7 +80,11 @@ struct Stub {
       if (*fd >= 0) { close(*fd); *fd = -1; }
   }
 };
-constexpr size_t kReadyStubs = 2;
+// Stubs kept ready per zygote. One: a sandbox that execs again already holds
+// its next stub, so a second ready one served only bursts of takes, and a
+// new zygote spent the CPU of two stubs right after its first exec (measured
+// no better for live execs, and a cold create→exec→destroy cycle paid for it).
+constexpr size_t kReadyStubs = 1;
 
 class Server {
  public:
