@@ -171,5 +171,25 @@ TEST_F(ShutdownTest, Sigterm_LeavesNoCgroupBehind) {
   EXPECT_NE(access(root.c_str(), F_OK), 0) << root << " outlived the daemon";
 }
 
+// A daemon killed with SIGKILL cannot clean up; the next daemon on its state
+// dir reaps what it left. A test whose killed daemon is never restarted
+// leaves that to the DaemonProcess helper, whose destructor reaps: without
+// it every such suite left cgroups (and at times sandbox processes) behind.
+TEST_F(ShutdownTest, Sigkill_TheHelperReapsWhatTheKilledDaemonLeft) {
+  std::string root;
+  {
+    DaemonProcess killed;
+    ASSERT_EQ(killed.Start(), "");
+    SubstrateEnv env;
+    env.state_dir = killed.state_dir();
+    root = "/sys/fs/cgroup/pids/" + env.cgroup_root();
+    auto ct = killed.Cli({"sandbox", "create", "--substrate", "container", "--image", rootfs_});
+    ASSERT_EQ(ct.code, 0) << ct.err;
+    ASSERT_EQ(killed.Stop(SIGKILL), 128 + SIGKILL);
+    ASSERT_EQ(access(root.c_str(), F_OK), 0) << root << ": a SIGKILLed daemon removed its cgroups itself?";
+  }
+  EXPECT_NE(access(root.c_str(), F_OK), 0) << root << " outlived the helper of a killed daemon";
+}
+
 }  // namespace
 }  // namespace paddock

@@ -17,6 +17,8 @@
 #include <sstream>
 #include <thread>
 
+#include "sandbox/linux/cgroup.h"
+#include "sandbox/reaper.h"
 #include "tests/support/test_rootfs.h"
 
 extern char** environ;
@@ -160,6 +162,13 @@ DaemonProcess::DaemonProcess(DaemonOptions options) : options_(std::move(options
 
 DaemonProcess::~DaemonProcess() {
   if (running()) Stop(SIGTERM);
+  if (crashed_) {
+    SubstrateEnv env;
+    env.state_dir = state_dir_;
+    ReapReport reaped = ReapLeftovers(env);
+    for (const auto& e : reaped.errors) std::fprintf(stderr, "reaping a killed paddockd's leftovers: %s\n", e.c_str());
+    RemoveCgroupRootIfEmpty(env.cgroup_root());
+  }
   if (owns_dir_) {
     std::error_code ec;
     fs::remove_all(dir_, ec);
@@ -196,6 +205,7 @@ int DaemonProcess::Stop(int sig) {
   kill(pid_, sig);
   int code = WaitStatus(pid_);
   pid_ = 0;
+  crashed_ = sig != SIGTERM && sig != SIGINT;
   return code;
 }
 

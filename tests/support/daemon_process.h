@@ -53,7 +53,9 @@ struct DaemonOptions {
 class DaemonProcess {
  public:
   explicit DaemonProcess(DaemonOptions options = {});
-  ~DaemonProcess();  // SIGTERM and wait if still running; removes a temp dir it made
+  // SIGTERM and wait if still running; reaps what a crashed daemon left;
+  // removes a temp dir it made.
+  ~DaemonProcess();
   DaemonProcess(const DaemonProcess&) = delete;
   DaemonProcess& operator=(const DaemonProcess&) = delete;
 
@@ -84,6 +86,10 @@ class DaemonProcess {
   bool owns_dir_ = false;
   std::string dir_, state_dir_, socket_, log_;
   pid_t pid_ = 0;
+  // The last stop was a crash (a signal other than SIGTERM): the destructor
+  // reaps what the daemon left (cgroups, mounts, processes), as the next
+  // daemon on the same state dir would, so a suite leaves nothing behind.
+  bool crashed_ = false;
 };
 
 }  // namespace paddock::testing
