@@ -1143,20 +1143,37 @@ TEST(TrajectoryLog, CorruptedSstFailsOpenWithDataLossAndVerifyNamesIt) {
 
 // ---- Full disk ------------------------------------------------------------------
 
+// A 4 MiB tmpfs over a temp dir (mounting needs root), unmounted when it goes.
+class SmallTmpfs {
+ public:
+  SmallTmpfs() : dir_(tmp_.Sub("small")) {
+    fs::create_directories(dir_);
+    mounted_ = mount("tmpfs", dir_.c_str(), "tmpfs", 0, "size=4m") == 0;
+    if (!mounted_) error_ = std::strerror(errno);
+  }
+  ~SmallTmpfs() {
+    if (mounted_) umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+  const std::string& error() const { return error_; }
+  const std::string& dir() const { return dir_; }
+  // Grows it to 64 MiB in place (errno set when false).
+  bool Grow() { return mount("tmpfs", dir_.c_str(), "tmpfs", MS_REMOUNT, "size=64m") == 0; }
+
+ private:
+  TempDir tmp_;
+  std::string dir_;
+  bool mounted_ = false;
+  std::string error_;
+};
+
 // A small tmpfs mounted over a temp dir. Writes fail with RESOURCE_EXHAUSTED
 // once it is full; after it is grown (remount) and the log reopened, every
 // acknowledged record is there and new writes succeed.
 TEST(TrajectoryLog, FullDiskRefusesWritesAndLosesNothingAcknowledged) {
-  TempDir tmp;
-  const std::string mnt = tmp.Sub("small");
-  fs::create_directories(mnt);
-  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0)
-    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
-  struct Unmount {
-    std::string dir;
-    ~Unmount() { umount2(dir.c_str(), MNT_DETACH); }
-  } unmount{mnt};
-  const std::string db = mnt + "/log";
+  SmallTmpfs small;
+  if (!small.mounted()) GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << small.error();
+  const std::string db = small.dir() + "/log";
   LogOptions options;
   options.write_buffer_size = 256 << 10;
   std::vector<uint64_t> acknowledged;
@@ -1184,7 +1201,7 @@ TEST(TrajectoryLog, FullDiskRefusesWritesAndLosesNothingAcknowledged) {
     EXPECT_EQ(again.code(), Code::kResourceExhausted) << again.ToString();
   }
   EXPECT_GT(acknowledged.size(), 20u);
-  ASSERT_EQ(mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=64m"), 0) << std::strerror(errno);
+  ASSERT_TRUE(small.Grow()) << std::strerror(errno);
   auto log = OpenOrDie(db, options);
   ASSERT_TRUE(log);
   auto steps = log->ReadSteps("ep");
@@ -1199,16 +1216,9 @@ TEST(TrajectoryLog, FullDiskRefusesWritesAndLosesNothingAcknowledged) {
 // report RESOURCE_EXHAUSTED once the disk is full (never a crash or a lost
 // completion), and every step acknowledged by a completion survives.
 TEST(TrajectoryLog, FullDiskAsyncAppendsCompleteWithTheErrorAndLoseNothingAcknowledged) {
-  TempDir tmp;
-  const std::string mnt = tmp.Sub("small");
-  fs::create_directories(mnt);
-  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0)
-    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
-  struct Unmount {
-    std::string dir;
-    ~Unmount() { umount2(dir.c_str(), MNT_DETACH); }
-  } unmount{mnt};
-  const std::string db = mnt + "/log";
+  SmallTmpfs small;
+  if (!small.mounted()) GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << small.error();
+  const std::string db = small.dir() + "/log";
   LogOptions options;
   options.write_buffer_size = 256 << 10;
   constexpr int kEpisodes = 16;
@@ -1236,7 +1246,7 @@ TEST(TrajectoryLog, FullDiskAsyncAppendsCompleteWithTheErrorAndLoseNothingAcknow
   }
   ASSERT_EQ(failures.size(), size_t{kEpisodes}) << "4 MiB never filled";
   for (const Status& st : failures) EXPECT_EQ(st.code(), Code::kResourceExhausted) << st.ToString();
-  ASSERT_EQ(mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT, "size=64m"), 0) << std::strerror(errno);
+  ASSERT_TRUE(small.Grow()) << std::strerror(errno);
   auto log = OpenOrDie(db, options);
   ASSERT_TRUE(log);
   size_t total = 0;
