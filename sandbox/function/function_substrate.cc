@@ -258,37 +258,11 @@ class FunctionSubstrate final : public Substrate {
     PADDOCK_ASSIGN_OR_RETURN(ResolvedImage image, ResolverOrDefault(env_.images).Resolve(spec.image, {spec.host_dir_image_ok, spec.local_client}));
     SandboxSpec eff = spec;
     ApplyImageDefaults(image, &eff.env, &eff.workdir);  // the spec's values win
-    // Keyed by the resolved image id: two names of one image share a zygote.
-    auto key = std::make_pair(image.id, spec.limits);
-    if (egress.empty()) {
-      std::unique_lock lock(mu_);
-      SweepIdle();
-      auto it = zygotes_.find(key);
-      if (it == zygotes_.end() || !it->second->client_ || !it->second->client_->alive()) {
-        if (it != zygotes_.end()) zygotes_.erase(it);
-        // A new zygote: the sandbox's cgroup (mkdirs in every v1 hierarchy)
-        // is made on another thread meanwhile, since starting the zygote is
-        // mostly waiting for it.
-        auto cg = std::async(std::launch::async, [&] { return MakeSandboxCgroup(id, spec.limits); });
-        auto z = StartZygote(image, spec.limits);
-        auto made = cg.get();
-        if (!z.ok()) {
-          if (made.ok()) (*made)->cgroup.DestroyInBackground();
-          return z.status();
-        }
-        it = zygotes_.emplace(key, std::move(z).value()).first;
-        if (!made.ok()) return made.status();  // the zygote stays for the next create
-        it->second->last_used_ = std::chrono::steady_clock::now();
-        return std::unique_ptr<Sandbox>(
-            std::make_unique<FunctionSandbox>(id, it->second, std::move(made).value(), held_stubs_, eff));
-      }
-    }
-    // The sandbox's own cgroup, outside the zygote's lock.
-    PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<SandboxCgroup> cg, MakeSandboxCgroup(id, spec.limits));
     if (!egress.empty()) {
       // Egress needs a network namespace where the daemon's proxy listens:
       // this sandbox gets a zygote of its own (never shared, never kept warm),
       // whose execs share its namespace instead of one each.
+      PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<SandboxCgroup> cg, MakeSandboxCgroup(id, spec.limits));
       auto z = StartZygote(image, spec.limits, /*network_per_exec=*/false);
       if (z.ok()) {
         auto proxy = EgressProxy::Start((*z)->init_.pid(), std::move(egress));
@@ -302,19 +276,34 @@ class FunctionSubstrate final : public Substrate {
       cg->cgroup.DestroyInBackground();
       return z.status();
     }
-    std::unique_lock lock(mu_);
-    auto it = zygotes_.find(key);
-    if (it == zygotes_.end() || !it->second->client_ || !it->second->client_->alive()) {
-      if (it != zygotes_.end()) zygotes_.erase(it);
-      auto z = StartZygote(image, spec.limits);
-      if (!z.ok()) {
-        cg->cgroup.DestroyInBackground();
-        return z.status();
+    // The sandbox's own cgroup (mkdirs in every v1 hierarchy): made on
+    // another thread when a new zygote starts (mostly waiting for it), else
+    // below, outside the zygote's lock.
+    std::future<Result<std::shared_ptr<SandboxCgroup>>> cg_meanwhile;
+    std::shared_ptr<Zygote> zygote;
+    {
+      std::unique_lock lock(mu_);
+      SweepIdle();
+      // Keyed by the resolved image id: two names of one image share a zygote.
+      auto key = std::make_pair(image.id, spec.limits);
+      auto it = zygotes_.find(key);
+      if (it == zygotes_.end() || !it->second->client_ || !it->second->client_->alive()) {
+        if (it != zygotes_.end()) zygotes_.erase(it);
+        cg_meanwhile = std::async(std::launch::async, [&] { return MakeSandboxCgroup(id, spec.limits); });
+        auto z = StartZygote(image, spec.limits);
+        if (!z.ok()) {
+          auto made = cg_meanwhile.get();
+          if (made.ok()) (*made)->cgroup.DestroyInBackground();
+          return z.status();
+        }
+        it = zygotes_.emplace(key, std::move(z).value()).first;  // kept for the next create whatever follows
       }
-      it = zygotes_.emplace(key, std::move(z).value()).first;
+      it->second->last_used_ = std::chrono::steady_clock::now();
+      zygote = it->second;
     }
-    it->second->last_used_ = std::chrono::steady_clock::now();
-    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, it->second, std::move(cg), held_stubs_, eff));
+    PADDOCK_ASSIGN_OR_RETURN(std::shared_ptr<SandboxCgroup> cg,
+                             cg_meanwhile.valid() ? cg_meanwhile.get() : MakeSandboxCgroup(id, spec.limits));
+    return std::unique_ptr<Sandbox>(std::make_unique<FunctionSandbox>(id, std::move(zygote), std::move(cg), held_stubs_, eff));
   }
 
   void Shutdown() override {
