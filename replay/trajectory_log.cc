@@ -455,22 +455,24 @@ Status TrajectoryLogImpl::AppendStep(const v1::StepRecordProto& step) {
       [&](CommitQueue::Staging& staging) { return StageStep(staging, step.episode_id(), step.step(), k, encoded); });
 }
 
+namespace {
+// A step as a queued write keeps it: its key and encoding, and what names it
+// in messages. The step itself is freed by the caller, not on the thread
+// that writes the group.
+struct QueuedStep {
+  explicit QueuedStep(v1::StepRecordProto& s)
+      : step(s.step()), key(EncodeStepKey(s.episode_id(), s.step())), encoded(EncodeStep(s)),
+        episode(std::move(*s.mutable_episode_id())) {}
+  uint64_t step;
+  std::string key, encoded, episode;
+};
+}  // namespace
+
 void TrajectoryLogImpl::AppendStepAsync(v1::StepRecordProto step, Done done) {
   if (Status valid = CallKey{step.episode_id()}.Validate(); !valid.ok()) return done(std::move(valid));
-  // The Prepare outlives this call: it owns what it stages. The step itself
-  // is freed here, not on the thread that writes the group.
-  struct Pending {
-    std::string episode;
-    uint64_t step;
-    std::string k, encoded;
-  };
-  auto p = std::make_shared<Pending>();
-  p->step = step.step();
-  p->k = EncodeStepKey(step.episode_id(), p->step);
-  p->encoded = EncodeStep(step);
-  p->episode = std::move(*step.mutable_episode_id());
+  auto p = std::make_shared<QueuedStep>(step);  // the Prepare outlives this call
   commits_.CommitAsync(
-      [this, p](CommitQueue::Staging& staging) { return StageStep(staging, p->episode, p->step, p->k, p->encoded); },
+      [this, p](CommitQueue::Staging& staging) { return StageStep(staging, p->episode, p->step, p->key, p->encoded); },
       std::move(done));
 }
 
@@ -481,23 +483,14 @@ void TrajectoryLogImpl::PutResultAndStepAsync(const CallKey& key, std::string re
   struct Pending {
     CallKey key;
     std::string k, result, encoded_result;
-    std::string step_episode;
-    uint64_t step;
-    std::string step_key, encoded_step;
+    QueuedStep step;
   };
-  auto p = std::make_shared<Pending>();
-  p->key = key;
-  p->k = key.Encode();
-  p->encoded_result = EncodeResult(result);
+  auto p = std::make_shared<Pending>(Pending{key, key.Encode(), {}, EncodeResult(result), QueuedStep(step)});
   p->result = std::move(result);
-  p->step = step.step();
-  p->step_key = EncodeStepKey(step.episode_id(), p->step);
-  p->encoded_step = EncodeStep(step);
-  p->step_episode = std::move(*step.mutable_episode_id());
   commits_.CommitAsync(
       [this, p](CommitQueue::Staging& staging) -> Status {
         PADDOCK_RETURN_IF_ERROR(StageResult(staging, p->key, p->k, p->result, p->encoded_result));
-        return StageStep(staging, p->step_episode, p->step, p->step_key, p->encoded_step);
+        return StageStep(staging, p->step.episode, p->step.step, p->step.key, p->step.encoded);
       },
       std::move(done));
 }
