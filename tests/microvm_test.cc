@@ -5,8 +5,10 @@
 // clear error with no QEMU process left. Boots use real QEMU and the real
 // Debian kernel; PADDOCK_MICROVM_ACCEL=tcg runs them where KVM cannot.
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,6 +29,7 @@
 #include "sandbox/manager.h"
 #include "sandbox/microvm/boot_assets.h"
 #include "sandbox/microvm/console_log.h"
+#include "sandbox/microvm/zero_pages.h"
 #include "sandbox/microvm/guest_control.h"
 #include "sandbox/init/protocol.h"
 #include "sandbox/microvm/layer_disks.h"
@@ -326,6 +329,45 @@ TEST_F(MicrovmTest, ProcSysAndTheKernelsKnobsAreReadOnlyInTheGuestSandbox) {
   ASSERT_TRUE((*sb)->Destroy().ok());
 }
 
+TEST_F(MicrovmTest, DropZeroPagesGivesBackOnlyPagesOfZerosAndKeepsTheContent) {
+  // A memfd as a fork's template leaves it: every page resident, most zero.
+  constexpr uint64_t kPages = 256, kPage = 4096;
+  UniqueFd fd(static_cast<int>(syscall(SYS_memfd_create, "zero-pages-test", MFD_CLOEXEC)));
+  ASSERT_TRUE(fd.valid());
+  ASSERT_EQ(ftruncate(fd.get(), kPages * kPage), 0);
+  std::string page(kPage, '\0');
+  for (uint64_t i = 0; i < kPages; ++i) {
+    std::fill(page.begin(), page.end(), '\0');
+    if (i % 10 == 3) page[i % kPage] = static_cast<char>(1 + i % 200);  // one non-zero byte
+    if (i == kPages - 1) page[kPage - 1] = 'z';                        // the very last byte
+    ASSERT_EQ(pwrite(fd.get(), page.data(), kPage, static_cast<off_t>(i * kPage)), static_cast<ssize_t>(kPage));
+  }
+  struct stat before {};
+  ASSERT_EQ(fstat(fd.get(), &before), 0);
+  ASSERT_EQ(static_cast<uint64_t>(before.st_blocks) * 512, kPages * kPage);
+  auto dropped = microvm::DropZeroPages(fd.get(), kPages * kPage);
+  ASSERT_TRUE(dropped.ok()) << dropped.status().ToString();
+  const uint64_t kept = 26 + 1;  // pages 3, 13, ..., 253, and the last
+  EXPECT_EQ(*dropped, (kPages - kept) * kPage);
+  struct stat after {};
+  ASSERT_EQ(fstat(fd.get(), &after), 0);
+  EXPECT_EQ(static_cast<uint64_t>(after.st_blocks) * 512, kept * kPage);
+  EXPECT_EQ(static_cast<uint64_t>(after.st_size), kPages * kPage);
+  for (uint64_t i = 0; i < kPages; ++i) {
+    ASSERT_EQ(pread(fd.get(), page.data(), kPage, static_cast<off_t>(i * kPage)), static_cast<ssize_t>(kPage));
+    std::string want(kPage, '\0');
+    if (i % 10 == 3) want[i % kPage] = static_cast<char>(1 + i % 200);
+    if (i == kPages - 1) want[kPage - 1] = 'z';
+    ASSERT_EQ(page, want) << "page " << i;
+  }
+  // Run again: the holes are skipped without being faulted back in.
+  auto again = microvm::DropZeroPages(fd.get(), kPages * kPage);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, 0u);
+  ASSERT_EQ(fstat(fd.get(), &after), 0);
+  EXPECT_EQ(static_cast<uint64_t>(after.st_blocks) * 512, kept * kPage);
+}
+
 TEST_F(MicrovmTest, ConsoleLogKeepsItsNewestPartWithinItsCapUnderAFlood) {
   // The host side alone, fed through a real pipe as QEMU's stdout would be:
   // 200 MiB of numbered lines against a 1 MiB cap.
@@ -422,12 +464,27 @@ TEST_F(MicrovmTest, AGuestFloodingItsConsoleReachesNeitherTheConsoleNorTheChanne
   sub->Shutdown();
 }
 
+
 namespace {
 std::string StatusField(pid_t pid, const std::string& key) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   for (std::string line; std::getline(in, line);)
     if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
   return "";
+}
+uint64_t KibField(pid_t pid, const std::string& key) {
+  std::string v = StatusField(pid, key);
+  return v.empty() ? 0 : std::stoull(v);
+}
+// The QEMU of VM `id` among those of `state` (its -name is paddock-vm-ID).
+pid_t QemuPidNamed(const std::string& state, const std::string& id) {
+  const std::string name = "paddock-vm-" + id + std::string(1, '\0');
+  for (pid_t pid : StrayQemuProcesses(state)) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+    std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmd.find(name) != std::string::npos) return pid;
+  }
+  return -1;
 }
 }  // namespace
 
@@ -744,7 +801,15 @@ TEST_F(MicrovmTest, AForkOfARunningVmGivesEightIndependentCopiesWithFreshEntropy
   ASSERT_EQ(forks->size(), 8u);
   const MicrovmCounters* counters = MicrovmCountersOf(sub.get());
   EXPECT_EQ(counters->forks.load(), 8u);
+  EXPECT_EQ(counters->shared_forks.load(), 1u) << "the copies did not share the parent's saved memory";
   EXPECT_TRUE(fs::is_empty(state_ + "/microvm/forks")) << "a fork's saved state was left behind";
+  // Each copy's guest RAM maps one memfd of the parent's pages (shmem,
+  // shared, copy on write), not a private load of them.
+  for (const auto& id : ids) {
+    pid_t pid = QemuPidNamed(state_, id);
+    ASSERT_GT(pid, 0) << id;
+    EXPECT_GT(KibField(pid, "RssShmem"), 8u * 1024) << id << "'s QEMU maps none of the parent's pages";
+  }
   std::set<std::string> randoms;
   for (size_t i = 0; i < forks->size(); ++i) {
     Sandbox& f = *(*forks)[i];
