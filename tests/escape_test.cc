@@ -31,6 +31,7 @@
 #include <map>
 #include <optional>
 #include <sstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -438,6 +439,28 @@ TEST_F(EscapeTest, FunctionExecsShareNoScratchShmOrLoopback) {
   ASSERT_TRUE(held.ok()) << held.status().message();
   EXPECT_THAT(held->stdout_data, HasSubstr("left")) << "the holding exec did not write its file";
   EXPECT_THAT(held->stdout_data, HasSubstr("SELF-CONNECTED")) << "its own listener did not accept";
+}
+
+TEST_F(EscapeTest, EachFunctionExecHasANewNetworkNamespaceWithLoopbackUp) {
+  // Execs after the first join namespaces the zygote's helper made ahead
+  // (sandbox/init/netns_pool.h): each must still be new, never one an
+  // earlier exec had, nor the zygote's, and come with loopback up.
+  std::string a = Create("function"), b = Create("function");
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  std::set<std::string> seen;
+  for (int i = 0; i < 6; ++i) {
+    ExecRequest r;
+    r.shell = "readlink /proc/self/ns/net; (nc -l -p 7000 > /dev/null &) ; sleep 0.2; "
+              "if echo x | nc -w 1 127.0.0.1 7000; then echo LOOPBACK-UP; fi";
+    auto res = client_->Exec(i % 2 ? b : a, r);
+    ASSERT_TRUE(res.ok()) << res.status().message();
+    const std::string& out = res->stdout_data;
+    EXPECT_THAT(out, HasSubstr("LOOPBACK-UP")) << "exec " << i << ": " << out;
+    std::string ns = out.substr(0, out.find('\n'));
+    EXPECT_THAT(ns, ::testing::StartsWith("net:[")) << out;
+    EXPECT_TRUE(seen.insert(ns).second) << "exec " << i << " reused network namespace " << ns;
+  }
 }
 
 TEST_F(EscapeTest, FunctionSandboxesSharingAZygoteAreAccountedApart) {
