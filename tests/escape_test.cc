@@ -442,25 +442,48 @@ TEST_F(EscapeTest, FunctionExecsShareNoScratchShmOrLoopback) {
 }
 
 TEST_F(EscapeTest, EachFunctionExecHasANewNetworkNamespaceWithLoopbackUp) {
-  // Execs after the first join namespaces the zygote's helper made ahead
-  // (sandbox/init/netns_pool.h): each must still be new, never one an
-  // earlier exec had, nor the zygote's, and come with loopback up.
+  // Each exec's stub makes a network namespace of its own, with loopback up:
+  // no socket an earlier exec left (its loopback connection's TIME_WAIT
+  // entries) is seen by the next, of this sandbox or of another sharing the
+  // zygote, and execs running at once are in different namespaces. (A
+  // namespace's inode number is reused once it is freed, so only execs alive
+  // together can be compared by it.)
   std::string a = Create("function"), b = Create("function");
   ASSERT_FALSE(a.empty());
   ASSERT_FALSE(b.empty());
-  std::set<std::string> seen;
   for (int i = 0; i < 6; ++i) {
     ExecRequest r;
-    r.shell = "readlink /proc/self/ns/net; (nc -l -p 7000 > /dev/null &) ; sleep 0.2; "
-              "if echo x | nc -w 1 127.0.0.1 7000; then echo LOOPBACK-UP; fi";
+    // TCP sockets of the namespace, v4 and v6 (nc's listener is dual-stack).
+    r.shell = "count() { cat /proc/net/tcp /proc/net/tcp6 | grep -vc local_address; }; echo sockets=$(count); "
+              "(nc -l -p 7000 > /dev/null &) ; sleep 0.2; "
+              "if echo x | nc -w 1 127.0.0.1 7000; then echo LOOPBACK-UP; fi; echo left=$(count)";
     auto res = client_->Exec(i % 2 ? b : a, r);
     ASSERT_TRUE(res.ok()) << res.status().message();
     const std::string& out = res->stdout_data;
+    EXPECT_THAT(out, HasSubstr("sockets=0\n")) << "exec " << i << " saw an earlier exec's sockets: " << out;
     EXPECT_THAT(out, HasSubstr("LOOPBACK-UP")) << "exec " << i << ": " << out;
-    std::string ns = out.substr(0, out.find('\n'));
-    EXPECT_THAT(ns, ::testing::StartsWith("net:[")) << out;
-    EXPECT_TRUE(seen.insert(ns).second) << "exec " << i << " reused network namespace " << ns;
+    EXPECT_THAT(out, Not(HasSubstr("left=0\n"))) << "exec " << i << " left no TIME_WAIT socket to look for: " << out;
   }
+  auto holder = std::async(std::launch::async, [&] {
+    ExecRequest r;
+    r.shell = "readlink /proc/self/ns/net; sleep 3";
+    r.timeout_ms = 20000;
+    return client_->Exec(a, r);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  std::set<std::string> alive;
+  for (const std::string& id : {a, b}) {
+    ExecRequest r;
+    r.shell = "readlink /proc/self/ns/net";
+    auto res = client_->Exec(id, r);
+    ASSERT_TRUE(res.ok()) << res.status().message();
+    EXPECT_THAT(res->stdout_data, ::testing::StartsWith("net:[")) << res->stdout_data;
+    alive.insert(res->stdout_data);
+  }
+  auto held = holder.get();
+  ASSERT_TRUE(held.ok()) << held.status().message();
+  alive.insert(held->stdout_data);
+  EXPECT_EQ(alive.size(), 3u) << "two execs running at once shared a network namespace";
 }
 
 TEST_F(EscapeTest, FunctionSandboxesSharingAZygoteAreAccountedApart) {

@@ -28,7 +28,6 @@
 
 #include "sandbox/init/egress_listener.h"
 #include "sandbox/init/guest.h"
-#include "sandbox/init/netns_pool.h"
 #include "sandbox/init/setup.h"
 
 namespace paddock::init {
@@ -131,8 +130,6 @@ class Server {
   std::map<uint32_t, std::unique_ptr<Job>> jobs_;
   std::map<pid_t, uint32_t> by_pid_;
   std::deque<Stub> stubs_;  // function mode: stubs ready for their exec
-  NetnsPool netns_pool_;    // function mode with a network namespace per exec
-  bool stub_netns_pooled_ = false;  // in a stub: it joined a pooled namespace (loopback already up)
   std::deque<int> passed_fds_;  // received with the channel's bytes, not yet claimed by a frame
   EgressListener egress_;  // a microVM guest's connections to the daemon's proxy (when asked)
 };
@@ -148,13 +145,7 @@ void Server::Reply(uint32_t id, int err, const std::string& msg, const std::stri
   WriteFrame(ch_, FrameType::kReply, id, EncodeReply(err, msg, payload));
 }
 
-// Network namespaces a function zygote keeps ready for its next stubs: one
-// per stub made ahead (kReadyStubs), so that a stub made on an exec's path
-// finds one too.
-constexpr size_t kPooledNetns = 1;
-
 int Server::Run() {
-  if (cfg_.mode == Mode::kFunction && cfg_.network_per_exec) netns_pool_.Start(kPooledNetns);
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGCHLD);
@@ -689,15 +680,10 @@ bool Server::SpawnStub(Stub* stub, std::string* err) {
   // of this sandbox or of another sharing the zygote. (A sandbox with egress
   // has a zygote of its own; its execs share that zygote's network namespace,
   // where the daemon's proxy listens.)
-  // A network namespace made ahead by the pool's helper when one is ready
-  // (sandbox/init/netns_pool.h), else a new one made by this clone.
-  const int pooled_netns = cfg_.network_per_exec ? netns_pool_.Take() : -1;
-  const unsigned long netns = cfg_.network_per_exec && pooled_netns < 0 ? CLONE_NEWNET : 0;
+  const unsigned long netns = cfg_.network_per_exec ? CLONE_NEWNET : 0;
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | netns | SIGCHLD,
                                          nullptr, nullptr, nullptr, nullptr));
   if (pid == 0) {
-    if (pooled_netns >= 0 && setns(pooled_netns, CLONE_NEWNET) != 0) _exit(126);
-    stub_netns_pooled_ = pooled_netns >= 0;
     // Child ends to 0..4 (stdin, stdout, stderr, status, request), through
     // high numbers so that no dup2 clobbers a source.
     int src[5] = {in[0], out[1], errp[1], status[1], req[0]};
@@ -707,7 +693,6 @@ bool Server::SpawnStub(Stub* stub, std::string* err) {
     syscall(SYS_close_range, 5, ~0U, 0);
     StubMain();
   }
-  if (pooled_netns >= 0) close(pooled_netns);  // the stub holds it now (or it is gone with a failed clone)
   close(in[0]);
   close(out[1]);
   close(errp[1]);
@@ -735,7 +720,7 @@ void Server::StubMain() {
   setsid();
   std::string err;
   uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
-  if (!MountFreshProcAndScratch(disk, /*loopback=*/!stub_netns_pooled_, &err)) Die(err);
+  if (!MountFreshProcAndScratch(disk, &err)) Die(err);
   uint64_t mem = cfg_.limits.memory_bytes ? cfg_.limits.memory_bytes : kDefaultMemoryBytes;
   // No RLIMIT_NPROC: it counts per user of the zygote's user namespace, which
   // every sandbox sharing the zygote shares; the sandbox's own pids cgroup

@@ -143,8 +143,6 @@ bool SetHostname(const std::string& name, std::string* err) {
   return true;
 }
 
-}  // namespace
-
 // The network namespace is private: loopback is its only interface.
 bool BringLoopbackUp(std::string* err) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -162,8 +160,6 @@ bool BringLoopbackUp(std::string* err) {
   if (!ok) return Fail(err, "bringing loopback up");
   return true;
 }
-
-namespace {
 
 bool PivotInto(const std::string& root, std::string* err) {
   if (chdir(root.c_str()) != 0) return Fail(err, "chdir to new root");
@@ -238,13 +234,13 @@ bool SetupFunctionZygote(const SetupConfig& c, std::string* err) {
   return true;
 }
 
-bool MountFreshProcAndScratch(uint64_t scratch_bytes, bool loopback, std::string* err) {
+bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err) {
   if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
     return Fail(err, "mounting /proc");
   if (!MaskProc("/proc", err)) return false;
   // Nothing one exec leaves in /tmp or /dev/shm is seen by another.
   return MountTmp("/tmp", scratch_bytes, err) && MountTmp("/dev/shm", std::min<uint64_t>(scratch_bytes, 64ull << 20), err) &&
-         (!loopback || BringLoopbackUp(err));
+         BringLoopbackUp(err);
 }
 
 }  // namespace paddock::init

@@ -21,12 +21,8 @@ bool SetupFunctionZygote(const SetupConfig& c, std::string* err);
 
 // Per-exec steps of a function sandbox, run in the cloned child (its own
 // pid, mount, IPC and network namespaces): a fresh /proc, scratch /tmp and
-// /dev/shm, and (with `loopback`) loopback up in its network namespace; a
-// namespace from the NetnsPool comes with it up.
-bool MountFreshProcAndScratch(uint64_t scratch_bytes, bool loopback, std::string* err);
-
-// Brings `lo` up in the caller's network namespace (its only interface).
-bool BringLoopbackUp(std::string* err);
+// /dev/shm, and loopback up in its own network namespace.
+bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err);
 
 // Makes the kernel-wide parts of a mounted /proc read-only (sys, sysrq-trigger,
 // irq, bus, fs) and hides kcore, keys and the timer lists
