@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <linux/random.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -292,6 +293,34 @@ bool ApplyEntropyAndClock(const std::string& entropy, uint64_t realtime_ns, std:
   return true;
 }
 
+// Writes `id` as /etc/machine-id of the sandbox root `rootfs` (an overlay
+// whose upper is this guest's), never through a link the image may have put
+// at /etc or at the file; an image whose /etc is a link or no directory, or
+// has a directory there, keeps what it has.
+bool WriteMachineId(const std::string& rootfs, const std::string& id, std::string* err) {
+  auto fail = [&](const std::string& what) {
+    *err = what + ": " + std::strerror(errno);
+    return false;
+  };
+  int root = open(rootfs.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (root < 0) return fail("opening the sandbox root " + rootfs);
+  mkdirat(root, "etc", 0755);
+  int etc = openat(root, "etc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  close(root);
+  if (etc < 0 && (errno == ELOOP || errno == ENOTDIR)) return true;
+  if (etc < 0) return fail("opening the sandbox's /etc");
+  unlinkat(etc, "machine-id", 0);
+  int fd = openat(etc, "machine-id", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+  close(etc);
+  if (fd < 0 && errno == EEXIST) return true;
+  if (fd < 0) return fail("creating the sandbox's /etc/machine-id");
+  std::string line = id + "\n";
+  bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  close(fd);
+  if (!ok) return fail("writing the sandbox's /etc/machine-id");
+  return true;
+}
+
 }  // namespace
 
 bool ApplyGuestIdentity(const SetupConfig& c, std::string* err) {
@@ -301,28 +330,7 @@ bool ApplyGuestIdentity(const SetupConfig& c, std::string* err) {
     return false;
   };
   if (!ApplyEntropyAndClock(c.entropy, c.realtime_ns, err)) return false;
-  if (!c.machine_id.empty()) {
-    // In the sandbox's own root (an overlay whose upper is this guest's):
-    // never through a link the image may have put at /etc or the file.
-    int root = open(c.rootfs.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (root < 0) return fail("opening the sandbox root " + c.rootfs);
-    mkdirat(root, "etc", 0755);
-    int etc = openat(root, "etc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    close(root);
-    // An image whose /etc is a link (or no directory) keeps what it has.
-    if (etc < 0 && (errno == ELOOP || errno == ENOTDIR)) return true;
-    if (etc < 0) return fail("opening the sandbox's /etc");
-    unlinkat(etc, "machine-id", 0);
-    int fd = openat(etc, "machine-id", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
-    close(etc);
-    if (fd < 0 && errno == EEXIST) return true;  // a directory there: the image's own business
-    if (fd < 0) return fail("creating the sandbox's /etc/machine-id");
-    std::string line = c.machine_id + "\n";
-    bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-    close(fd);
-    if (!ok) return fail("writing the sandbox's /etc/machine-id");
-  }
-  return true;
+  return c.machine_id.empty() || WriteMachineId(c.rootfs, c.machine_id, err);
 }
 
 namespace {
@@ -331,27 +339,65 @@ namespace {
 // only the host's daemon writes it. A frame that cannot be read (the host's
 // end not connected: a template or a paused VM's saved state is restored
 // with a new one) is waited out, never a reason to stop.
-[[noreturn]] void ServeControl(int fd) {
+// A clone's identity (kIdentity): the hostname of the sandbox's UTS
+// namespace (that of its init, `sandbox_init`) and its machine-id.
+bool ApplyCloneIdentity(pid_t sandbox_init, const std::string& hostname, const std::string& machine_id,
+                        std::string* err) {
+  auto fail = [&](const std::string& what) {
+    *err = what + ": " + std::strerror(errno);
+    return false;
+  };
+  const std::string uts = "/proc/" + std::to_string(sandbox_init) + "/ns/uts";
+  int ns = open(uts.c_str(), O_RDONLY | O_CLOEXEC);
+  if (ns < 0) return fail("opening the sandbox's UTS namespace");
+  // This server stays in the sandbox's UTS namespace from here on: it is the
+  // only one whose name it ever sets.
+  bool joined = setns(ns, CLONE_NEWUTS) == 0;
+  close(ns);
+  if (!joined) return fail("joining the sandbox's UTS namespace");
+  if (sethostname(hostname.data(), hostname.size()) != 0) return fail("setting the sandbox's hostname");
+  return WriteMachineId("/rootfs", machine_id, err);
+}
+
+bool ValidCloneIdentity(const std::string& hostname, const std::string& machine_id) {
+  if (hostname.empty() || hostname.size() > 64 || machine_id.size() != 32) return false;
+  for (char c : hostname)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_') return false;
+  for (char c : machine_id)
+    if (!std::isxdigit(static_cast<unsigned char>(c))) return false;
+  return true;
+}
+
+[[noreturn]] void ServeControl(int fd, pid_t sandbox_init) {
   for (;;) {
     Frame f;
     if (!ReadFrame(fd, &f)) {
       usleep(50'000);
       continue;
     }
-    if (f.type != FrameType::kReseed) {
-      WriteFrame(fd, FrameType::kReply, f.id, EncodeReply(EINVAL, "unknown control request", ""));
-      continue;
-    }
     WireReader r(f.payload);
-    std::string entropy;
-    uint64_t realtime_ns = 0;
     std::string err;
     int32_t code = 0;
-    if (!r.Str(&entropy) || !r.U64(&realtime_ns) || !r.done()) {
+    if (f.type == FrameType::kReseed) {
+      std::string entropy;
+      uint64_t realtime_ns = 0;
+      if (!r.Str(&entropy) || !r.U64(&realtime_ns) || !r.done()) {
+        code = EINVAL;
+        err = "malformed reseed request";
+      } else if (!ApplyEntropyAndClock(entropy, realtime_ns, &err)) {
+        code = EIO;
+      }
+    } else if (f.type == FrameType::kIdentity) {
+      std::string hostname, machine_id;
+      if (!r.Str(&hostname) || !r.Str(&machine_id) || !r.done() || !ValidCloneIdentity(hostname, machine_id)) {
+        code = EINVAL;
+        err = "malformed identity request";
+      } else if (!ApplyCloneIdentity(sandbox_init, hostname, machine_id, &err)) {
+        code = EIO;
+      }
+    } else {
       code = EINVAL;
-      err = "malformed reseed request";
-    } else if (!ApplyEntropyAndClock(entropy, realtime_ns, &err)) {
-      code = EIO;
+      err = "unknown control request";
     }
     WriteFrame(fd, FrameType::kReply, f.id, EncodeReply(code, err, ""));
   }
@@ -455,10 +501,11 @@ void RunGuest() {
   close(channel);
   // 5. The control port, served by a child of PID 1 that keeps the
   //    privileges the sandbox's init gives up (outside its namespaces, out of
-  //    its reach): the host reseeds a restored VM through it.
+  //    its reach): the host reseeds a restored VM, and gives a clone its
+  //    identity, through it.
   pid_t ctl = fork();
   if (ctl < 0) DieErrno("starting the guest's control server");
-  if (ctl == 0) ServeControl(control);
+  if (ctl == 0) ServeControl(control, child);
   close(control);
   // 6. Reap orphans until the sandbox's init is gone, then power off.
   for (;;) {

@@ -46,7 +46,6 @@
 #include "sandbox/microvm/guest_control.h"
 #include "sandbox/microvm/layer_disks.h"
 #include "sandbox/microvm/qmp.h"
-#include "sandbox/microvm/zero_pages.h"
 #include "sandbox/network/egress_proxy.h"
 #include "sandbox/warm_pool.h"
 
@@ -601,30 +600,13 @@ class MicrovmSubstrate final : public Substrate {
     if (!stream.valid()) return ErrnoError("opening " + dir + "/stream");
     PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
     Shape shape = ShapeOf(*parent->recipe_, assets);
-    // The copies share the parent's memory: the stream is loaded once into a
-    // memfd (a template past its setup) that every copy maps copy on write,
-    // instead of each copy loading a private copy of every page. Should that
-    // fail, or a copy's restore from it, the copy restores the stream.
-    auto shared = BuildTemplate(shape, stream.get(), dir + "/state");
-    if (!shared.ok())
-      spdlog::warn("microvm {}: its forks cannot share its memory; each loads its own: {}", parent->id(),
-                   shared.status().ToString());
-    // Every copy restores at once (each reads the saved state through its own open).
+    // Every copy restores at once (each reads the stream through its own
+    // open and loads its own copy of the pages: docs/microvm.md says why the
+    // copies do not share them).
     std::vector<std::optional<Result<std::unique_ptr<MicrovmSandbox>>>> built(ids.size());
-    std::atomic<size_t> unshared{0};
     std::vector<std::thread> threads;
     for (size_t i = 0; i < ids.size(); ++i)
-      threads.emplace_back([&, i] {
-        if (shared.ok()) {
-          built[i] = BuildVm(ids[i], parent->recipe_, shape, From{shared->get(), -1});
-          if (built[i]->ok()) return;
-          spdlog::warn("microvm {}: fork {} could not be restored from the shared memory; restoring it from the "
-                       "stream: {}",
-                       parent->id(), ids[i], built[i]->status().ToString());
-        }
-        ++unshared;
-        built[i] = BuildVm(ids[i], parent->recipe_, shape, From{nullptr, stream.get()});
-      });
+      threads.emplace_back([&, i] { built[i] = BuildVm(ids[i], parent->recipe_, shape, From{nullptr, stream.get()}); });
     for (auto& t : threads) t.join();
     std::vector<std::unique_ptr<Sandbox>> out;
     for (auto& b : built) {
@@ -633,7 +615,6 @@ class MicrovmSubstrate final : public Substrate {
       out.push_back(std::move(*b).value());
     }
     counters_.forks += out.size();
-    if (unshared == 0) ++counters_.shared_forks;
     return out;
   }
 
@@ -771,21 +752,19 @@ class MicrovmSubstrate final : public Substrate {
     uint64_t disk = 0;
     bool kvm = true;
   };
-  // kStreamTemplate: a template loaded from a running VM's saved stream (a
-  // fork's parent) instead of booted.
-  enum class Start { kCold, kTemplate, kStreamTemplate, kClone, kStream };
+  enum class Start { kCold, kTemplate, kClone, kStream };
 
-  // A template: a VM booted once to the point where its paddock-init waits
-  // for the setup frame, then saved. Its RAM is a memfd sealed against
-  // writes (every clone maps it private, copy on write); its device state a
-  // file under <state>/microvm/templates/<hash>/state, held open.
+  // A template: a VM booted once, its sandbox set up (the setup a cold
+  // boot gets, with a placeholder identity) and one command run (so that its
+  // shell and libraries are in the guest's page cache), then saved. Its RAM
+  // is a memfd sealed against writes (every clone maps it private, copy on
+  // write); its device state a file under <state>/microvm/templates/<hash>/
+  // state, held open. A clone is reseeded and its channel taken as it is, as
+  // a VM restored from a stream, and gets its own hostname and machine-id.
   struct Template {
     std::string hash;
     UniqueFd ram;    // sealed memfd (F_SEAL_WRITE | SHRINK | GROW | SEAL)
     UniqueFd state;  // O_RDONLY; each clone gets its own open of it
-    // Saved past its setup (a running VM's, for its forks): a clone is
-    // reseeded and its channel taken as it is, as a VM restored from a stream.
-    bool past_setup = false;
   };
   struct TemplateBuild {
     std::shared_ptr<Template> t;  // or:
@@ -865,9 +844,7 @@ class MicrovmSubstrate final : public Substrate {
   //   template's memfd, reached as /proc/self/fd/5 in QEMU's jail): shared
   //   while the template runs (its writes land in the memfd), private in a
   //   clone (copy on write, the memfd's pages shared by every clone until
-  //   written); 6 the monitor; a clone's device state arrives on 7, as
-  //   does the saved stream a template is loaded from (kStreamTemplate: its
-  //   pages land in the memfd, it never runs).
+  //   written); 6 the monitor; a clone's device state arrives on 7.
   std::vector<std::string> Argv(const std::string& id, const Shape& s, Start start) {
     std::vector<std::string> argv = s.argv;
     // microvm: no PCI, no firmware option ROMs. ACPI stays on: it is how
@@ -876,26 +853,31 @@ class MicrovmSubstrate final : public Substrate {
     // seconds polling a missing CMOS clock (docs/microvm.md).
     std::string machine = "microvm,x-option-roms=off,memory-backend=mem";
     std::vector<std::string> extra = {"-name", "paddock-vm-" + id, "-object"};
-    const bool template_ram = start == Start::kTemplate || start == Start::kStreamTemplate;
-    const bool from_memfd = template_ram || start == Start::kClone;
+    const bool from_memfd = start == Start::kTemplate || start == Start::kClone;
     if (from_memfd)
       extra.push_back(fmt::format("memory-backend-file,id=mem,size={}M,mem-path=/proc/self/fd/5,share={}",
-                                  s.guest_mib, template_ram ? "on" : "off"));
+                                  s.guest_mib, start == Start::kTemplate ? "on" : "off"));
     else
       extra.push_back(fmt::format("memory-backend-ram,id=mem,size={}M", s.guest_mib));
     extra.insert(extra.end(), {"-chardev", fmt::format("socket,id=qmp,fd={}", from_memfd ? 6 : 5), "-mon",
                                "chardev=qmp,mode=control"});
-    if (start != Start::kCold && start != Start::kTemplate) extra.insert(extra.end(), {"-incoming", "defer"});
+    if (start == Start::kClone || start == Start::kStream) extra.insert(extra.end(), {"-incoming", "defer"});
     argv.insert(argv.begin() + 1, {"-M", machine});
     argv.insert(argv.begin() + 1, extra.begin(), extra.end());
     return argv;
   }
 
-  std::string TemplateKey(const Shape& s) {
+  // What a template is made of: its QEMU and command line, and (a booted
+  // template, set up before it is saved: `r`) what its sandbox's setup
+  // takes from the spec beyond the shape.
+  std::string TemplateKey(const Shape& s, const Recipe* r = nullptr) {
     struct stat st {};
     stat(opts_.qemu.c_str(), &st);
     std::string key = fmt::format("qemu {} {} {}\n", opts_.qemu, st.st_size, st.st_mtim.tv_sec);
     for (const auto& a : s.argv) key += a + "\n";
+    if (r)
+      key += fmt::format("workdir {}\nlimits {} {} {} {}\n", r->workdir, r->limits.cpu_millicores,
+                         r->limits.memory_bytes, r->limits.pids, r->limits.disk_bytes);
     return key;
   }
 
@@ -957,8 +939,8 @@ class MicrovmSubstrate final : public Substrate {
     PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
     Shape shape = ShapeOf(*r, assets);
     if (opts_.templates) {
-      std::string key = TemplateKey(shape);
-      auto t = TemplateFor(key, shape);
+      std::string key = TemplateKey(shape, r.get());
+      auto t = TemplateFor(key, shape, *r);
       if (t.ok()) {
         auto vm = BuildVm(id, r, shape, From{t->get(), -1});
         if (vm.ok()) {
@@ -998,11 +980,12 @@ class MicrovmSubstrate final : public Substrate {
   }
 
   // Starts `sb`'s VM: booted cold, or restored from a template or a stream.
-  // A booted VM or a template's clone gets its setup with a fresh identity
-  // (sandbox/init/protocol.h, SetupConfig); a VM restored from a stream is
-  // past its setup: its guest gets fresh entropy and the clock through its
-  // control port, and the channel is taken as it is. On error the caller
-  // stops what was started (sb->StopVm(), or sb's destructor).
+  // A booted VM gets its setup with a fresh identity (sandbox/init/protocol.h,
+  // SetupConfig). A template's clone or a VM restored from a stream is past
+  // its setup: its guest gets fresh entropy and the clock through its control
+  // port (a booted template's clone its own hostname and machine-id too), and
+  // the channel is taken as it is. On error the caller stops what was started
+  // (sb->StopVm(), or sb's destructor).
   Status StartVm(MicrovmSandbox* sb, const Recipe& r, const Shape& shape, From from) {
     const std::string& id = sb->id();
     // A pooled VM is built on the pool's nice-19 filler thread; QEMU's vCPU threads
@@ -1065,27 +1048,40 @@ class MicrovmSubstrate final : public Substrate {
     // and every call to it has a deadline (sandbox/init/init_client.h).
     InitClientOptions channel_opts;
     channel_opts.hostile_peer = true;
-    if (start == Start::kStream || (from.t && from.t->past_setup)) {
+    if (start != Start::kCold) {
       Status st = Reseed(sb->ctl_.get(), deadline);
       if (!st.ok()) return StartFailure(sb, st.Prefix("reseeding the restored guest"));
+      if (from.t) {
+        init::SetupConfig fresh;
+        PADDOCK_RETURN_IF_ERROR(FreshIdentity(&fresh));
+        st = microvm::SetGuestIdentity(sb->ctl_.get(), "sandbox-" + id, fresh.machine_id, deadline);
+        if (!st.ok()) return StartFailure(sb, st.Prefix("giving the clone its identity"));
+      }
       sb->client_ = InitClient::Attach(std::move(ours), channel_opts);
     } else {
-      PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
-      init::SetupConfig setup;
-      setup.mode = init::Mode::kContainer;
-      setup.rootfs = "/rootfs";  // inside the guest's switched root
-      setup.hostname = "sandbox-" + id;
-      setup.workdir = r.workdir;
-      setup.tmp_bytes = shape.disk;
-      setup.limits = r.limits;
-      setup.seccomp_bpf = bpf;
-      PADDOCK_RETURN_IF_ERROR(FreshIdentity(&setup));
+      PADDOCK_ASSIGN_OR_RETURN(init::SetupConfig setup, SetupFor("sandbox-" + id, r, shape));
       auto client = InitClient::Start(std::move(ours), setup, MillisLeft(deadline), channel_opts);
       if (!client.ok()) return StartFailure(sb, client.status());
       sb->client_ = std::move(client).value();
     }
     sb->lease_ = r.lease;
     return Status::Ok();
+  }
+
+  // The setup of a booted VM's sandbox (a cold boot's or a template's), with
+  // a fresh identity.
+  static Result<init::SetupConfig> SetupFor(const std::string& hostname, const Recipe& r, const Shape& shape) {
+    PADDOCK_ASSIGN_OR_RETURN(std::string bpf, DefaultSeccompBpf());
+    init::SetupConfig setup;
+    setup.mode = init::Mode::kContainer;
+    setup.rootfs = "/rootfs";  // inside the guest's switched root
+    setup.hostname = hostname;
+    setup.workdir = r.workdir;
+    setup.tmp_bytes = shape.disk;
+    setup.limits = r.limits;
+    setup.seccomp_bpf = bpf;
+    PADDOCK_RETURN_IF_ERROR(FreshIdentity(&setup));
+    return setup;
   }
 
   // Fresh entropy and the host's clock for a guest restored from a stream
@@ -1173,7 +1169,7 @@ class MicrovmSubstrate final : public Substrate {
   // The template for `key`, built on first use (concurrent first uses wait
   // on one build). A build that failed is tried again after a minute; until
   // then its VMs boot cold.
-  Result<std::shared_ptr<Template>> TemplateFor(const std::string& key, const Shape& shape) {
+  Result<std::shared_ptr<Template>> TemplateFor(const std::string& key, const Shape& shape, const Recipe& r) {
     std::shared_future<std::shared_ptr<const TemplateBuild>> f;
     std::optional<std::promise<std::shared_ptr<const TemplateBuild>>> mine;
     {
@@ -1196,7 +1192,7 @@ class MicrovmSubstrate final : public Substrate {
     }
     if (mine) {
       auto b = std::make_shared<TemplateBuild>();
-      auto t = BuildTemplate(shape);
+      auto t = BuildTemplate(shape, r);
       if (t.ok()) {
         b->t = std::move(t).value();
         ++counters_.template_builds;
@@ -1239,45 +1235,30 @@ class MicrovmSubstrate final : public Substrate {
   }
 
   // Boots a VM whose RAM is a fresh memfd (shared), waits until its
-  // paddock-init waits for its setup, stops it and saves its device state
-  // (x-ignore-shared: the RAM stays in the memfd, only devices go to the
-  // file), kills it and seals the memfd against writes. The state is kept as
+  // paddock-init waits for its setup, sets its sandbox up as `r`'s (a
+  // placeholder hostname and machine-id: each clone gets its own), runs one
+  // command in it, then stops it and saves its device state (x-ignore-shared:
+  // the RAM stays in the memfd, only devices go to the file), kills it and
+  // seals the memfd against writes. The state is kept as
   // <state>/microvm/templates/<hash>/state.
-  //
-  // With `stream` (a running VM's save, which holds every page), the VM is
-  // not booted but loaded from it into the memfd, never run, and saved the
-  // same way into `state_path`: a template past its setup, whose clones are
-  // copies of that VM sharing its memory (a fork).
-  Result<std::shared_ptr<Template>> BuildTemplate(const Shape& shape, int stream = -1,
-                                                  const std::string& state_path = {}) {
+  Result<std::shared_ptr<Template>> BuildTemplate(const Shape& shape, const Recipe& r) {
     const auto t0 = std::chrono::steady_clock::now();
     auto t = std::make_shared<Template>();
-    t->past_setup = stream >= 0;
-    t->hash = fmt::format("{:016x}", std::hash<std::string>{}(TemplateKey(shape)));
-    const std::string id =
-        fmt::format("{}-{}-{}", t->past_setup ? "ftpl" : "tpl", t->hash.substr(0, 8), ++template_seq_);
-    std::string final_path = state_path;
-    if (!t->past_setup) {
-      const std::string root = env_.state_dir + "/microvm/templates";
-      const std::string tdir = root + "/" + t->hash;
-      // Root's only: a template's device state is the start of every clone.
-      PADDOCK_RETURN_IF_ERROR(MkdirAll(tdir, 0700));
-      chmod(root.c_str(), 0700);
-      chmod(tdir.c_str(), 0700);
-      final_path = tdir + "/state";
-    }
-    const std::string tmp = fmt::format("{}.{}.tmp", final_path, id);
+    t->hash = fmt::format("{:016x}", std::hash<std::string>{}(TemplateKey(shape, &r)));
+    const std::string id = fmt::format("tpl-{}-{}", t->hash.substr(0, 8), ++template_seq_);
+    const std::string root = env_.state_dir + "/microvm/templates";
+    const std::string tdir = root + "/" + t->hash;
+    // Root's only: a template's device state is the start of every clone.
+    PADDOCK_RETURN_IF_ERROR(MkdirAll(tdir, 0700));
+    chmod(root.c_str(), 0700);
+    chmod(tdir.c_str(), 0700);
+    const std::string tmp = fmt::format("{}/state.{}.tmp", tdir, id);
     UniqueFd out(open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!out.valid()) return ErrnoError("creating " + tmp);
     struct RemoveTmp {
       std::string path;
       ~RemoveTmp() { unlink(path.c_str()); }
     } remove_tmp{tmp};
-    UniqueFd in;  // the stream, through an open of its own (its own offset)
-    if (t->past_setup) {
-      in.reset(open(fmt::format("/proc/self/fd/{}", stream).c_str(), O_RDONLY | O_CLOEXEC));
-      if (!in.valid()) return ErrnoError("opening the saved state to load a fork's memory from");
-    }
 
     t->ram.reset(static_cast<int>(syscall(SYS_memfd_create, ("paddock-template-" + t->hash).c_str(),
                                           MFD_CLOEXEC | MFD_ALLOW_SEALING)));
@@ -1298,40 +1279,37 @@ class MicrovmSubstrate final : public Substrate {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return ErrnoError("socketpair");
     UniqueFd ctl_ours(sv[0]), ctl_theirs(sv[1]);
     PADDOCK_ASSIGN_OR_RETURN(Jail jail, MakeJail(sb->dir_ + "/root", shape.files, true));
-    std::vector<int> fds = {ctl_theirs.get(), t->ram.get(), qmp_theirs.get()};
-    if (in.valid()) fds.push_back(in.get());
-    auto child = SpawnQemu(Argv(id, shape, t->past_setup ? Start::kStreamTemplate : Start::kTemplate), jail,
-                           console.get(), theirs.get(), fds, sb->cgroup_, shape.kvm, *sb->uid_);
+    auto child = SpawnQemu(Argv(id, shape, Start::kTemplate), jail, console.get(), theirs.get(),
+                           {ctl_theirs.get(), t->ram.get(), qmp_theirs.get()}, sb->cgroup_, shape.kvm, *sb->uid_);
     if (!child.ok()) return child.status().Prefix("starting a template's QEMU");
     sb->qemu_ = std::move(child).value();
     theirs.reset();
     console.reset();
     qmp_theirs.reset();
     ctl_theirs.reset();
-    in.reset();
 
-    if (!t->past_setup) {
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.boot_timeout_ms);
-      Status st = AwaitGuestReady(ours.get(), deadline);
-      if (!st.ok()) return StartFailure(sb.get(), st).Prefix("booting a template");
-    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.boot_timeout_ms);
+    Status st = AwaitGuestReady(ours.get(), deadline);
+    if (!st.ok()) return StartFailure(sb.get(), st).Prefix("booting a template");
+    // Set up as every clone's sandbox will be, so that a clone skips the
+    // mounts, pivot and seccomp; one command run, so that the shell and its
+    // libraries come from the guest's page cache, not its disks.
+    PADDOCK_ASSIGN_OR_RETURN(init::SetupConfig setup, SetupFor("sandbox-template", r, shape));
+    InitClientOptions channel_opts;
+    channel_opts.hostile_peer = true;
+    auto client = InitClient::Start(std::move(ours), setup, MillisLeft(deadline), channel_opts);
+    if (!client.ok()) return StartFailure(sb.get(), client.status()).Prefix("setting a template up");
+    sb->client_ = std::move(client).value();
+    ExecRequest warm;
+    warm.shell = "/bin/true";
+    warm.timeout_ms = static_cast<uint32_t>(std::max(1000, MillisLeft(deadline)));
+    auto ran = sb->client_->Exec(warm, nullptr);
+    if (!ran.ok()) return StartFailure(sb.get(), ran.status()).Prefix("a template's first command");
     {
       using microvm::QmpClient;
       const auto save_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
       auto qmp = QmpClient::Open(std::move(qmp_ours), save_by);
       if (!qmp.ok()) return qmp.status().Prefix("a template's monitor");
-      if (t->past_setup) {
-        // Every page in (the stream was saved without x-ignore-shared), into
-        // the shared memfd. The saved VM was stopped: this one comes up paused.
-        auto r = qmp->Execute(R"({"execute": "migrate-incoming", "arguments": {"uri": "fd:7"}})", save_by);
-        if (r.ok())
-          r = qmp->WaitFor(R"({"execute": "query-status"})",
-                           {R"("status":"paused")", R"("status":"postmigrate")", R"("status":"running")"},
-                           {R"("status":"internal-error")", R"("status":"guest-panicked")",
-                            R"("status":"shutdown")"},
-                           save_by, std::chrono::milliseconds(2));
-        if (!r.ok()) return StartFailure(sb.get(), r.status()).Prefix("loading a running VM's memory for its forks");
-      }
       for (const char* cmd : {R"({"execute": "stop"})", kIgnoreShared}) {
         auto r = qmp->Execute(cmd, save_by);
         if (!r.ok()) return r.status().Prefix("saving a template");
@@ -1345,16 +1323,12 @@ class MicrovmSubstrate final : public Substrate {
     }
     // QEMU gone (reaped), nothing maps the memfd writable: it can be sealed.
     PADDOCK_RETURN_IF_ERROR(sb->Destroy());
-    if (t->past_setup) {
-      // The load made every page resident, zero or not (zero_pages.h).
-      auto dropped = microvm::DropZeroPages(t->ram.get(), shape.guest_mib << 20);
-      if (!dropped.ok()) spdlog::warn("microvm: a fork's template keeps its zero pages: {}", dropped.status().ToString());
-    }
     if (fcntl(t->ram.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0)
       return ErrnoError("sealing a template's RAM");
     struct stat sst {};
     if (fstat(out.get(), &sst) != 0 || sst.st_size == 0)
       return Error(Code::kInternal, "a template's saved device state is empty");
+    const std::string final_path = tdir + "/state";
     if (rename(tmp.c_str(), final_path.c_str()) != 0) return ErrnoError("renaming " + tmp);
     remove_tmp.path.clear();
     std::string self = fmt::format("/proc/self/fd/{}", out.get());
@@ -1362,8 +1336,9 @@ class MicrovmSubstrate final : public Substrate {
     if (!t->state.valid()) return ErrnoError("reopening a template's device state");
     struct stat rst {};
     fstat(t->ram.get(), &rst);
-    spdlog::info("microvm: {} {} saved in {} ms ({} MiB of guest RAM, {} MiB of it resident, {} bytes of device state)",
-                 t->past_setup ? "a fork's template" : "template", t->hash,
+    spdlog::info("microvm: template {} set up and saved in {} ms ({} MiB of guest RAM, {} MiB of it resident, {} "
+                 "bytes of device state)",
+                 t->hash,
                  std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count(),
                  shape.guest_mib, (static_cast<uint64_t>(rst.st_blocks) * 512) >> 20, sst.st_size);
     return t;

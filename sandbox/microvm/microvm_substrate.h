@@ -62,9 +62,6 @@ struct MicrovmCounters {
   std::atomic<uint64_t> pauses{0};
   std::atomic<uint64_t> resumes{0};
   std::atomic<uint64_t> forks{0};  // copies made
-  // Forks whose copies share the parent's saved RAM (one memfd mapped copy
-  // on write by every copy) rather than each loading its own.
-  std::atomic<uint64_t> shared_forks{0};
   std::atomic<uint64_t> snapshots{0};           // memory snapshots taken
   std::atomic<uint64_t> snapshot_creates{0};    // VMs created from one
 };
