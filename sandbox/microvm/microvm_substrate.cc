@@ -867,17 +867,16 @@ class MicrovmSubstrate final : public Substrate {
     return argv;
   }
 
-  // What a template is made of: its QEMU and command line, and (a booted
-  // template, set up before it is saved: `r`) what its sandbox's setup
-  // takes from the spec beyond the shape.
-  std::string TemplateKey(const Shape& s, const Recipe* r = nullptr) {
+  // What a template is made of: its QEMU and command line, and what its
+  // sandbox's setup (done before it is saved) takes from the spec beyond the
+  // shape.
+  std::string TemplateKey(const Shape& s, const Recipe& r) {
     struct stat st {};
     stat(opts_.qemu.c_str(), &st);
     std::string key = fmt::format("qemu {} {} {}\n", opts_.qemu, st.st_size, st.st_mtim.tv_sec);
     for (const auto& a : s.argv) key += a + "\n";
-    if (r)
-      key += fmt::format("workdir {}\nlimits {} {} {} {}\n", r->workdir, r->limits.cpu_millicores,
-                         r->limits.memory_bytes, r->limits.pids, r->limits.disk_bytes);
+    key += fmt::format("workdir {}\nlimits {} {} {} {}\n", r.workdir, r.limits.cpu_millicores, r.limits.memory_bytes,
+                       r.limits.pids, r.limits.disk_bytes);
     return key;
   }
 
@@ -939,7 +938,7 @@ class MicrovmSubstrate final : public Substrate {
     PADDOCK_ASSIGN_OR_RETURN(microvm::BootAssets assets, Assets());
     Shape shape = ShapeOf(*r, assets);
     if (opts_.templates) {
-      std::string key = TemplateKey(shape, r.get());
+      std::string key = TemplateKey(shape, *r);
       auto t = TemplateFor(key, shape, *r);
       if (t.ok()) {
         auto vm = BuildVm(id, r, shape, From{t->get(), -1});
@@ -1244,7 +1243,7 @@ class MicrovmSubstrate final : public Substrate {
   Result<std::shared_ptr<Template>> BuildTemplate(const Shape& shape, const Recipe& r) {
     const auto t0 = std::chrono::steady_clock::now();
     auto t = std::make_shared<Template>();
-    t->hash = fmt::format("{:016x}", std::hash<std::string>{}(TemplateKey(shape, &r)));
+    t->hash = fmt::format("{:016x}", std::hash<std::string>{}(TemplateKey(shape, r)));
     const std::string id = fmt::format("tpl-{}-{}", t->hash.substr(0, 8), ++template_seq_);
     const std::string root = env_.state_dir + "/microvm/templates";
     const std::string tdir = root + "/" + t->hash;
@@ -1479,6 +1478,12 @@ class MicrovmSubstrate final : public Substrate {
           syscall(SYS_setresuid, uid, uid, uid) != 0)
         _exit(119);
       prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+      // No transparent huge pages for the guest's RAM (QEMU madvises it
+      // MADV_HUGEPAGE): a restore from a saved stream touches scattered
+      // pages, and each first touch of a 2 MiB region allocated and zeroed a
+      // huge page, which made 8 forks' restores 4x slower in kernel time and
+      // charged 2 MiB for a page the guest wrote (docs/microvm.md).
+      prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
       // Every fd QEMU gets is first moved above the numbers it gets them
       // at, so that no dup2 below overwrites one still to be moved.
       int con = fcntl(console_fd, F_DUPFD_CLOEXEC, 16), chan = fcntl(channel_fd, F_DUPFD_CLOEXEC, 16);
