@@ -976,13 +976,13 @@ TEST_F(MicrovmTest, AReseedAgainstAHostileGuestEndsByItsDeadlineWithAClearError)
     init::WriteFrame(fd, init::FrameType::kReply, f.id, init::EncodeReply(0, "", ""));
   });
   EXPECT_TRUE(good.ok()) << good.ToString();
-  // A clone's identity goes through the same bounded call: a silent guest
-  // ends it by its deadline, an error is quoted, and the request carries the
-  // hostname and machine-id.
+  // A clone's reseed with its identity goes through the same bounded call: a
+  // silent guest ends it by its deadline, an error is quoted, and the request
+  // carries the entropy, clock, hostname and machine-id.
   auto identity_against = [&](const std::function<void(int)>& guest) {
     return call_against(
         [](int host, Clock::time_point by) {
-          return microvm::SetGuestIdentity(host, "sandbox-c1", std::string(32, 'a'), by);
+          return microvm::ReseedGuestAs(host, std::string(32, 'e'), 1234, "sandbox-c1", std::string(32, 'a'), by);
         },
         guest);
   };
@@ -992,13 +992,16 @@ TEST_F(MicrovmTest, AReseedAgainstAHostileGuestEndsByItsDeadlineWithAClearError)
     request(fd);
     init::WriteFrame(fd, init::FrameType::kReply, 1, init::EncodeReply(EIO, "no uts", ""));
   });
-  EXPECT_THAT(id_refused.message(), HasSubstr("could not take its hostname and machine-id: no uts"));
+  EXPECT_THAT(id_refused.message(), HasSubstr("could not reseed and take its hostname and machine-id: no uts"));
   Status id_good = identity_against([&](int fd) {
     init::Frame f = request(fd);
     EXPECT_EQ(f.type, init::FrameType::kIdentity);
     init::WireReader r(f.payload);
-    std::string hostname, machine_id;
-    EXPECT_TRUE(r.Str(&hostname) && r.Str(&machine_id) && r.done());
+    std::string entropy, hostname, machine_id;
+    uint64_t ns = 0;
+    EXPECT_TRUE(r.Str(&entropy) && r.U64(&ns) && r.Str(&hostname) && r.Str(&machine_id) && r.done());
+    EXPECT_EQ(entropy, std::string(32, 'e'));
+    EXPECT_EQ(ns, 1234u);
     EXPECT_EQ(hostname, "sandbox-c1");
     EXPECT_EQ(machine_id, std::string(32, 'a'));
     init::WriteFrame(fd, init::FrameType::kReply, f.id, init::EncodeReply(0, "", ""));

@@ -325,10 +325,6 @@ bool WriteMachineId(const std::string& rootfs, const std::string& id, std::strin
 
 bool ApplyGuestIdentity(const SetupConfig& c, std::string* err) {
   if (g_cgroup_fd < 0) return true;
-  auto fail = [&](const std::string& what) {
-    *err = what + ": " + std::strerror(errno);
-    return false;
-  };
   if (!ApplyEntropyAndClock(c.entropy, c.realtime_ns, err)) return false;
   return c.machine_id.empty() || WriteMachineId(c.rootfs, c.machine_id, err);
 }
@@ -388,11 +384,14 @@ bool ValidCloneIdentity(const std::string& hostname, const std::string& machine_
         code = EIO;
       }
     } else if (f.type == FrameType::kIdentity) {
-      std::string hostname, machine_id;
-      if (!r.Str(&hostname) || !r.Str(&machine_id) || !r.done() || !ValidCloneIdentity(hostname, machine_id)) {
+      std::string entropy, hostname, machine_id;
+      uint64_t realtime_ns = 0;
+      if (!r.Str(&entropy) || !r.U64(&realtime_ns) || !r.Str(&hostname) || !r.Str(&machine_id) || !r.done() ||
+          !ValidCloneIdentity(hostname, machine_id)) {
         code = EINVAL;
         err = "malformed identity request";
-      } else if (!ApplyCloneIdentity(sandbox_init, hostname, machine_id, &err)) {
+      } else if (!ApplyEntropyAndClock(entropy, realtime_ns, &err) ||
+                 !ApplyCloneIdentity(sandbox_init, hostname, machine_id, &err)) {
         code = EIO;
       }
     } else {

@@ -58,8 +58,8 @@ enum class FrameType : uint32_t {
   kEgressClose = 20,   // both ways: no more data; the receiver flushes what it has and closes
   // microVM guest → daemon, once, empty: the guest has booted and its sandbox
   // init waits for kSetup. (A template VM gets its setup next and is saved
-  // after it; its clones get their own identity through kReseed and
-  // kIdentity once restored.)
+  // after it; its clones get their own identity through kIdentity once
+  // restored.)
   kReady = 21,
   // daemon → a microVM guest's control port (not the sandbox's channel: the
   // guest's PID 1 serves it, with the privileges the sandbox's init gave up):
@@ -68,9 +68,10 @@ enum class FrameType : uint32_t {
   // the host's clock (u64 ns since the epoch). Reply: kReply.
   kReseed = 22,
   // daemon → a microVM guest's control port: a clone of a template that was
-  // set up before it was saved gets its own identity: its sandbox's hostname
-  // (str, 1-64 bytes) and machine-id (str, 32 hex digits, written to the
-  // sandbox's /etc/machine-id). Reply: kReply.
+  // set up before it was saved gets, in one round trip, what kReseed gives
+  // (entropy, clock) and its own identity: its sandbox's hostname (str,
+  // 1-64 of [A-Za-z0-9._-]) and machine-id (str, 32 hex digits, written to
+  // the sandbox's /etc/machine-id). Reply: kReply.
   kIdentity = 23,
 };
 

@@ -44,12 +44,15 @@ Status ReseedGuest(int ctl, std::string_view entropy, uint64_t realtime_ns,
   return ControlCall(ctl, init::FrameType::kReseed, w.Take(), "reseed", "reseed", deadline);
 }
 
-Status SetGuestIdentity(int ctl, std::string_view hostname, std::string_view machine_id,
-                        std::chrono::steady_clock::time_point deadline) {
+Status ReseedGuestAs(int ctl, std::string_view entropy, uint64_t realtime_ns, std::string_view hostname,
+                     std::string_view machine_id, std::chrono::steady_clock::time_point deadline) {
   init::WireWriter w;
+  w.Str(entropy);
+  w.U64(realtime_ns);
   w.Str(hostname);
   w.Str(machine_id);
-  return ControlCall(ctl, init::FrameType::kIdentity, w.Take(), "identity", "take its hostname and machine-id", deadline);
+  return ControlCall(ctl, init::FrameType::kIdentity, w.Take(), "identity", "reseed and take its hostname and machine-id",
+                     deadline);
 }
 
 }  // namespace paddock::microvm

@@ -23,10 +23,11 @@ inline constexpr uint32_t kMaxControlReply = 4096;
 Status ReseedGuest(int ctl, std::string_view entropy, uint64_t realtime_ns,
                    std::chrono::steady_clock::time_point deadline);
 
-// A clone's own hostname (1-64 of [A-Za-z0-9._-]) and machine-id (32 hex
-// digits) for the sandbox of a guest restored from a template that was set up
-// before it was saved. Errors as ReseedGuest's.
-Status SetGuestIdentity(int ctl, std::string_view hostname, std::string_view machine_id,
-                        std::chrono::steady_clock::time_point deadline);
+// ReseedGuest and, in the same round trip, a clone's own hostname (1-64 of
+// [A-Za-z0-9._-]) and machine-id (32 hex digits) for the sandbox of a guest
+// restored from a template that was set up before it was saved. Errors as
+// ReseedGuest's.
+Status ReseedGuestAs(int ctl, std::string_view entropy, uint64_t realtime_ns, std::string_view hostname,
+                     std::string_view machine_id, std::chrono::steady_clock::time_point deadline);
 
 }  // namespace paddock::microvm

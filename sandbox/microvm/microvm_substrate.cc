@@ -1048,14 +1048,9 @@ class MicrovmSubstrate final : public Substrate {
     InitClientOptions channel_opts;
     channel_opts.hostile_peer = true;
     if (start != Start::kCold) {
-      Status st = Reseed(sb->ctl_.get(), deadline);
+      // A clone gets its hostname and machine-id with its entropy and clock.
+      Status st = Reseed(sb->ctl_.get(), deadline, from.t ? "sandbox-" + id : std::string());
       if (!st.ok()) return StartFailure(sb, st.Prefix("reseeding the restored guest"));
-      if (from.t) {
-        init::SetupConfig fresh;
-        PADDOCK_RETURN_IF_ERROR(FreshIdentity(&fresh));
-        st = microvm::SetGuestIdentity(sb->ctl_.get(), "sandbox-" + id, fresh.machine_id, deadline);
-        if (!st.ok()) return StartFailure(sb, st.Prefix("giving the clone its identity"));
-      }
       sb->client_ = InitClient::Attach(std::move(ours), channel_opts);
     } else {
       PADDOCK_ASSIGN_OR_RETURN(init::SetupConfig setup, SetupFor("sandbox-" + id, r, shape));
@@ -1083,12 +1078,14 @@ class MicrovmSubstrate final : public Substrate {
     return setup;
   }
 
-  // Fresh entropy and the host's clock for a guest restored from a stream
+  // Fresh entropy and the host's clock for a restored guest, and with a
+  // `hostname` (a template's clone) a fresh machine-id and that hostname too
   // (guest_control.h).
-  static Status Reseed(int ctl, std::chrono::steady_clock::time_point deadline) {
+  static Status Reseed(int ctl, std::chrono::steady_clock::time_point deadline, const std::string& hostname) {
     init::SetupConfig fresh;
     PADDOCK_RETURN_IF_ERROR(FreshIdentity(&fresh));
-    return microvm::ReseedGuest(ctl, fresh.entropy, fresh.realtime_ns, deadline);
+    if (hostname.empty()) return microvm::ReseedGuest(ctl, fresh.entropy, fresh.realtime_ns, deadline);
+    return microvm::ReseedGuestAs(ctl, fresh.entropy, fresh.realtime_ns, hostname, fresh.machine_id, deadline);
   }
 
   // Stops a running VM and writes its RAM and device state to `out` as a
