@@ -331,10 +331,6 @@ bool ApplyGuestIdentity(const SetupConfig& c, std::string* err) {
 
 namespace {
 
-// The guest's control port: the host is its only peer (QEMU's chardev), and
-// only the host's daemon writes it. A frame that cannot be read (the host's
-// end not connected: a template or a paused VM's saved state is restored
-// with a new one) is waited out, never a reason to stop.
 // A clone's identity (kIdentity): the hostname of the sandbox's UTS
 // namespace (that of its init, `sandbox_init`) and its machine-id.
 bool ApplyCloneIdentity(pid_t sandbox_init, const std::string& hostname, const std::string& machine_id,
@@ -364,6 +360,10 @@ bool ValidCloneIdentity(const std::string& hostname, const std::string& machine_
   return true;
 }
 
+// The guest's control port: the host is its only peer (QEMU's chardev), and
+// only the host's daemon writes it. A frame that cannot be read (the host's
+// end not connected: a template or a paused VM's saved state is restored
+// with a new one) is waited out, never a reason to stop.
 [[noreturn]] void ServeControl(int fd, pid_t sandbox_init) {
   for (;;) {
     Frame f;
