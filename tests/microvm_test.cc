@@ -552,6 +552,55 @@ TEST_F(MicrovmTest, ATemplateIsSetUpPerWorkdirAndLimitsItsClonesTakeTheirs) {
   sub->Shutdown();
 }
 
+TEST_F(MicrovmTest, TemplatesBeyondTheCapAreEvictedLeastRecentlyUsedFirst) {
+  // Each template holds its guest's RAM: one more key than max_templates
+  // evicts the one used longest ago; its clones run on, its state file goes.
+  EXPECT_ACCELERATOR_USABLE();
+  MicrovmOptions o = MicrovmOptionsFromEnvironment();
+  o.templates = true;
+  o.max_templates = 2;
+  auto sub = MakeMicrovmSubstrate(env_, o);
+  const MicrovmCounters* counters = MicrovmCountersOf(sub.get());
+  auto make = [&](const std::string& id, const std::string& workdir) {
+    SandboxSpec spec{.image = rootfs_};
+    spec.workdir = workdir;
+    auto sb = sub->Create(id, spec);
+    EXPECT_TRUE(sb.ok()) << sb.status().ToString();
+    return sb.ok() ? std::move(sb).value() : nullptr;
+  };
+  auto state_files = [&] {
+    size_t n = 0;
+    std::error_code ec;
+    for (const auto& e : fs::recursive_directory_iterator(state_ + "/microvm/templates", ec))
+      if (e.path().filename() == "state") ++n;
+    return n;
+  };
+  auto a = make("ea", "/a");
+  auto b = make("eb", "/b");
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(state_files(), 2u);
+  auto a2 = make("ea2", "/a");  // /a is now the most recently used
+  auto c = make("ec", "/c");    // a third key: /b goes
+  ASSERT_TRUE(a2 && c);
+  EXPECT_EQ(counters->template_builds.load(), 3u);
+  EXPECT_EQ(counters->template_evictions.load(), 1u);
+  EXPECT_EQ(state_files(), 2u) << "an evicted template's state file was left behind";
+  auto a3 = make("ea3", "/a");  // still held: no build
+  ASSERT_TRUE(a3);
+  EXPECT_EQ(counters->template_builds.load(), 3u) << "the most recently used template was evicted";
+  auto b2 = make("eb2", "/b");  // evicted: built again
+  ASSERT_TRUE(b2);
+  EXPECT_EQ(counters->template_builds.load(), 4u);
+  // The clone of the evicted template still runs.
+  ExecRequest r;
+  r.shell = "pwd";
+  auto res = b->Exec(r, nullptr);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->stdout_data, "/b\n");
+  for (auto* sb : {&a, &b, &a2, &c, &a3, &b2}) EXPECT_TRUE((*sb)->Destroy().ok());
+  sub->Shutdown();
+}
+
 TEST_F(MicrovmTest, TwoClonesOfOneTemplateHaveFreshIdentity) {
   EXPECT_ACCELERATOR_USABLE();
   MicrovmOptions o = MicrovmOptionsFromEnvironment();

@@ -1185,6 +1185,8 @@ class MicrovmSubstrate final : public Substrate {
       } else {
         f = it->second;
       }
+      template_used_[key] = std::chrono::steady_clock::now();
+      if (mine) EvictTemplatesBeyondCap(key);
     }
     if (mine) {
       auto b = std::make_shared<TemplateBuild>();
@@ -1202,6 +1204,30 @@ class MicrovmSubstrate final : public Substrate {
     auto b = f.get();
     if (!b->t) return b->error;
     return b->t;
+  }
+
+  // Past opts_.max_templates, the ready templates used longest ago (never
+  // `keep`, nor one still being built) are forgotten: their memfd goes with
+  // the last clone that maps it, their state file now. Under templates_mu_.
+  void EvictTemplatesBeyondCap(const std::string& keep) {
+    while (templates_.size() > std::max<size_t>(opts_.max_templates, 1)) {
+      auto oldest = templates_.end();
+      for (auto it = templates_.begin(); it != templates_.end(); ++it) {
+        if (it->first == keep || it->second.wait_for(std::chrono::seconds(0)) != std::future_status::ready) continue;
+        if (oldest == templates_.end() || template_used_[it->first] < template_used_[oldest->first]) oldest = it;
+      }
+      if (oldest == templates_.end()) return;  // all being built: over the cap until they are done
+      if (auto t = oldest->second.get()->t) {
+        const std::string tdir = env_.state_dir + "/microvm/templates/" + t->hash;
+        unlink((tdir + "/state").c_str());
+        rmdir(tdir.c_str());
+        spdlog::info("microvm: template {} evicted (more than {} templates)", t->hash, opts_.max_templates);
+        ++counters_.template_evictions;
+      }
+      template_used_.erase(oldest->first);
+      restore_failures_.erase(oldest->first);
+      templates_.erase(oldest);
+    }
   }
 
   // A clone of `t` could not be restored: the next create makes a new
@@ -1529,6 +1555,7 @@ class MicrovmSubstrate final : public Substrate {
   std::mutex templates_mu_;
   std::map<std::string, std::shared_future<std::shared_ptr<const TemplateBuild>>> templates_;
   std::map<std::string, int> restore_failures_;  // consecutive, per key
+  std::map<std::string, std::chrono::steady_clock::time_point> template_used_;  // last TemplateFor, per key
   std::atomic<uint64_t> template_seq_{0};
  public:
   MicrovmCounters counters_;

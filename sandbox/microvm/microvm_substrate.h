@@ -51,6 +51,10 @@ struct MicrovmOptions {
   // cannot be made or restored falls back to a cold boot (logged).
   // paddockd's --microvm-templates; PADDOCK_MICROVM_TEMPLATES=on|off.
   bool templates = true;
+  // Templates kept at once (each holds its guest's RAM as written by its boot
+  // and setup, ~110 MiB for a default VM): one more key (shape, workdir,
+  // limits) evicts the one used longest ago; VMs cloned from it run on.
+  size_t max_templates = 16;
 };
 
 // What a microvm substrate did so far (tests and benches).
@@ -58,6 +62,7 @@ struct MicrovmCounters {
   std::atomic<uint64_t> cold_boots{0};
   std::atomic<uint64_t> clones{0};
   std::atomic<uint64_t> template_builds{0};
+  std::atomic<uint64_t> template_evictions{0};
   std::atomic<uint64_t> clone_failures{0};  // each followed by a cold boot
   std::atomic<uint64_t> pauses{0};
   std::atomic<uint64_t> resumes{0};
