@@ -442,12 +442,13 @@ TEST_F(EscapeTest, FunctionExecsShareNoScratchShmOrLoopback) {
 }
 
 TEST_F(EscapeTest, EachFunctionExecHasANewNetworkNamespaceWithLoopbackUp) {
-  // Each exec's stub makes a network namespace of its own, with loopback up:
-  // no socket an earlier exec left (its loopback connection's TIME_WAIT
-  // entries) is seen by the next, of this sandbox or of another sharing the
-  // zygote, and execs running at once are in different namespaces. (A
-  // namespace's inode number is reused once it is freed, so only execs alive
-  // together can be compared by it.)
+  // Each exec has a network namespace no other exec has, with loopback up
+  // (a zygote's first exec takes the zygote's own, unused one; every later
+  // stub makes its own): no socket an earlier exec left (its loopback
+  // connection's TIME_WAIT entries) is seen by the next, of this sandbox or
+  // of another sharing the zygote, and execs running at once are in
+  // different namespaces. (A namespace's inode number is reused once it is
+  // freed, so only execs alive together can be compared by it.)
   std::string a = Create("function"), b = Create("function");
   ASSERT_FALSE(a.empty());
   ASSERT_FALSE(b.empty());
