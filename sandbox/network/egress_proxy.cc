@@ -263,11 +263,20 @@ EgressProxy::~EgressProxy() {
   if (listener_.valid()) ::shutdown(listener_.get(), SHUT_RDWR);
   if (accept_thread_.joinable()) accept_thread_.join();
   // Connection threads see their sockets shut and end; they use `this`
-  // until then.
+  // until then. Each socket is aborted, not closed gracefully (linger 0: a
+  // reset, whatever is unsent or unacknowledged dropped): with a graceful
+  // close the kernel goes on retransmitting a request its peer has not yet
+  // acknowledged (a network partition), and delivers it seconds after the
+  // sandbox that made it is gone, a side effect of a call that was never
+  // answered.
   while (active_.load() > 0) {
     {
       std::lock_guard lock(mu_);
-      for (int fd : open_fds_) ::shutdown(fd, SHUT_RDWR);
+      for (int fd : open_fds_) {
+        struct linger abort_on_close {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
+        ::shutdown(fd, SHUT_RDWR);
+      }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
