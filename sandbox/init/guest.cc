@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "sandbox/init/protocol.h"
+#include "sandbox/init/setup.h"
 #include "sandbox/init/spawner.h"
 
 namespace paddock::init {
@@ -262,17 +263,13 @@ namespace {
 // bytes, never only on state a template's other clones (or a fork's
 // siblings) share. Sets the wall clock to `realtime_ns` when not 0.
 bool ApplyEntropyAndClock(const std::string& entropy, uint64_t realtime_ns, std::string* err) {
-  auto fail = [&](const std::string& what) {
-    *err = what + ": " + std::strerror(errno);
-    return false;
-  };
   if (!entropy.empty()) {
     if (entropy.size() > 4096) {
       errno = EINVAL;
-      return fail("the entropy given is larger than 4096 bytes");
+      return Fail(err, "the entropy given is larger than 4096 bytes");
     }
     int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
-    if (fd < 0) return fail("opening /dev/urandom");
+    if (fd < 0) return Fail(err, "opening /dev/urandom");
     std::vector<char> buf(sizeof(struct rand_pool_info) + entropy.size());
     auto* info = reinterpret_cast<struct rand_pool_info*>(buf.data());
     info->entropy_count = static_cast<int>(entropy.size() * 8);
@@ -282,13 +279,13 @@ bool ApplyEntropyAndClock(const std::string& entropy, uint64_t realtime_ns, std:
     int saved = errno;
     close(fd);
     errno = saved;
-    if (!ok) return fail("reseeding the guest's random number generator");
+    if (!ok) return Fail(err, "reseeding the guest's random number generator");
   }
   if (realtime_ns) {
     struct timespec ts {};
     ts.tv_sec = static_cast<time_t>(realtime_ns / 1'000'000'000ull);
     ts.tv_nsec = static_cast<long>(realtime_ns % 1'000'000'000ull);
-    if (clock_settime(CLOCK_REALTIME, &ts) != 0) return fail("setting the guest's clock");
+    if (clock_settime(CLOCK_REALTIME, &ts) != 0) return Fail(err, "setting the guest's clock");
   }
   return true;
 }
@@ -298,26 +295,22 @@ bool ApplyEntropyAndClock(const std::string& entropy, uint64_t realtime_ns, std:
 // at /etc or at the file; an image whose /etc is a link or no directory, or
 // has a directory there, keeps what it has.
 bool WriteMachineId(const std::string& rootfs, const std::string& id, std::string* err) {
-  auto fail = [&](const std::string& what) {
-    *err = what + ": " + std::strerror(errno);
-    return false;
-  };
   int root = open(rootfs.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (root < 0) return fail("opening the sandbox root " + rootfs);
+  if (root < 0) return Fail(err, "opening the sandbox root " + rootfs);
   mkdirat(root, "etc", 0755);
   int etc = openat(root, "etc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   close(root);
   if (etc < 0 && (errno == ELOOP || errno == ENOTDIR)) return true;
-  if (etc < 0) return fail("opening the sandbox's /etc");
+  if (etc < 0) return Fail(err, "opening the sandbox's /etc");
   unlinkat(etc, "machine-id", 0);
   int fd = openat(etc, "machine-id", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
   close(etc);
   if (fd < 0 && errno == EEXIST) return true;
-  if (fd < 0) return fail("creating the sandbox's /etc/machine-id");
+  if (fd < 0) return Fail(err, "creating the sandbox's /etc/machine-id");
   std::string line = id + "\n";
   bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
   close(fd);
-  if (!ok) return fail("writing the sandbox's /etc/machine-id");
+  if (!ok) return Fail(err, "writing the sandbox's /etc/machine-id");
   return true;
 }
 
@@ -335,19 +328,15 @@ namespace {
 // namespace (that of its init, `sandbox_init`) and its machine-id.
 bool ApplyCloneIdentity(pid_t sandbox_init, const std::string& hostname, const std::string& machine_id,
                         std::string* err) {
-  auto fail = [&](const std::string& what) {
-    *err = what + ": " + std::strerror(errno);
-    return false;
-  };
   const std::string uts = "/proc/" + std::to_string(sandbox_init) + "/ns/uts";
   int ns = open(uts.c_str(), O_RDONLY | O_CLOEXEC);
-  if (ns < 0) return fail("opening the sandbox's UTS namespace");
+  if (ns < 0) return Fail(err, "opening the sandbox's UTS namespace");
   // This server stays in the sandbox's UTS namespace from here on: it is the
   // only one whose name it ever sets.
   bool joined = setns(ns, CLONE_NEWUTS) == 0;
   close(ns);
-  if (!joined) return fail("joining the sandbox's UTS namespace");
-  if (sethostname(hostname.data(), hostname.size()) != 0) return fail("setting the sandbox's hostname");
+  if (!joined) return Fail(err, "joining the sandbox's UTS namespace");
+  if (sethostname(hostname.data(), hostname.size()) != 0) return Fail(err, "setting the sandbox's hostname");
   return WriteMachineId("/rootfs", machine_id, err);
 }
 

@@ -20,12 +20,12 @@
 
 namespace paddock::init {
 
-namespace {
-
 bool Fail(std::string* err, const std::string& what) {
   *err = what + ": " + std::strerror(errno);
   return false;
 }
+
+namespace {
 
 bool MkdirAll(const std::string& path, mode_t mode) {
   std::string cur;

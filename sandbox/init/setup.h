@@ -9,6 +9,9 @@
 
 namespace paddock::init {
 
+// A step's failure: `*err` = `what` and errno's text; returns false.
+bool Fail(std::string* err, const std::string& what);
+
 // Container: private mounts, the overlay root with /proc, /dev, /tmp,
 // hostname, loopback, pivot_root, cgroup namespace, capability drop,
 // no_new_privs, seccomp. On failure returns false with a message in *err.

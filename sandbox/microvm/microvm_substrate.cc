@@ -875,8 +875,8 @@ class MicrovmSubstrate final : public Substrate {
     stat(opts_.qemu.c_str(), &st);
     std::string key = fmt::format("qemu {} {} {}\n", opts_.qemu, st.st_size, st.st_mtim.tv_sec);
     for (const auto& a : s.argv) key += a + "\n";
-    key += fmt::format("workdir {}\nlimits {} {} {} {}\n", r.workdir, r.limits.cpu_millicores, r.limits.memory_bytes,
-                       r.limits.pids, r.limits.disk_bytes);
+    // Every field of the limits, in the form vm.json keeps them.
+    key += fmt::format("workdir {}\nlimits {}\n", r.workdir, nlohmann::json(r.limits).dump());
     return key;
   }
 
