@@ -24,6 +24,8 @@
 #include "sandbox/manager.h"
 #include "sandbox/network/egress_proxy.h"
 #include "sandbox/network/egress_tunnel.h"
+#include "tests/support/daemon_process.h"
+#include "tests/support/test_internet.h"
 
 namespace paddock::init {
 namespace {
@@ -469,6 +471,69 @@ TEST(SandboxPath, ParentReferencesAreRefused) {
   EXPECT_TRUE(ValidateSandboxPath("/work/a..b/c").ok());
   EXPECT_TRUE(ValidateSandboxPath("rel/file.txt").ok());
   EXPECT_EQ(ValidateSandboxPath("/x/../y").code(), Code::kInvalidArgument);
+}
+
+// Bytes readable on `fd` within `ms`: "" when none came (or it ended).
+std::string ReadWithin(int fd, int ms) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, ms) != 1) return "";
+  char buf[256];
+  ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+  return n > 0 ? std::string(buf, n) : "";
+}
+
+// A request forwarded while the far end was cut off, and its sandbox then
+// destroyed, never arrives once the link is back: the proxy aborts its
+// connections (a reset, unsent and unacknowledged bytes dropped) instead of
+// closing them, which would leave the kernel retransmitting the request until
+// the partition heals, a side effect of a call nobody is waiting for.
+TEST(EgressProxyAbort, ARequestCaughtInAPartitionIsNotDeliveredAfterTheProxyIsGone) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (a network namespace)";
+  paddock::testing::TestInternet inet;
+  ASSERT_TRUE(inet.ok()) << inet.why();
+  const std::string far_end = inet.server_ip() + ":9090";
+  UniqueFd listener(inet.Listen(9090));
+  ASSERT_TRUE(listener.valid());
+  auto rules = ParseEgressRules({far_end});
+  ASSERT_TRUE(rules.ok()) << rules.status().message();
+  auto proxy = EgressProxy::WithoutListener(std::move(rules).value());
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd client(sv[0]);
+  proxy->ServeConnected(UniqueFd(sv[1]));
+  const std::string connect = "CONNECT " + far_end + " HTTP/1.1\r\n\r\n";
+  ASSERT_EQ(write(client.get(), connect.data(), connect.size()), static_cast<ssize_t>(connect.size()));
+  pollfd p{listener.get(), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 10000), 1) << "the proxy never connected";
+  UniqueFd upstream(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(upstream.valid());
+  EXPECT_THAT(ReadWithin(client.get(), 10000), ::testing::HasSubstr("200 Connection established"));
+  ASSERT_EQ(write(client.get(), "ping", 4), 4);
+  EXPECT_EQ(ReadWithin(upstream.get(), 10000), "ping");
+
+  ASSERT_TRUE(inet.Partition(true));
+  const std::string request = "POST /charge-card";
+  ASSERT_EQ(write(client.get(), request.data(), request.size()), static_cast<ssize_t>(request.size()));
+  // Until the proxy has sent it on: it waits, unacknowledged, in the send
+  // queue of the proxy's socket to the far end.
+  bool queued = false;
+  for (int i = 0; i < 100 && !queued; ++i) {
+    auto ss = paddock::testing::RunProgram({"/bin/sh", "-c", "ss -Htn state established dst " + far_end +
+                                                                 " | awk '{print $2}'"});
+    queued = ss.code == 0 && !ss.out.empty() && std::atoi(ss.out.c_str()) > 0;
+    if (!queued) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(queued) << "the request never reached the proxy's socket";
+  proxy.reset();  // the sandbox is destroyed
+  ASSERT_TRUE(inet.Partition(false));
+  // Retransmissions back off from 200 ms: with a graceful close the request
+  // would come within a few seconds of the heal.
+  std::string late;
+  for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+       std::chrono::steady_clock::now() < until;) {
+    late += ReadWithin(upstream.get(), 200);
+  }
+  EXPECT_EQ(late, "") << "delivered after its sandbox was destroyed";
 }
 
 }  // namespace

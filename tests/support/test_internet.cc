@@ -1,6 +1,11 @@
 #include "tests/support/test_internet.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -66,6 +71,40 @@ std::string TestInternet::AddRandomFile(const std::string& name, size_t bytes) {
 int TestInternet::EstablishedConnections() const {
   auto r = RunProgram({"/bin/sh", "-c", "ip netns exec " + ns_ + " ss -Htn state established '( sport = :8080 or sport = :8081 )' | wc -l"});
   return r.code == 0 ? std::stoi(r.out) : -1;
+}
+
+bool TestInternet::Partition(bool cut) const {
+  // A filter, not the link: with the link down the host would hold the
+  // packets in its neighbour queue and send them all when it came back up.
+  auto r = RunProgram({"/usr/sbin/ip", "netns", "exec", ns_, "iptables", cut ? "-I" : "-D", "INPUT", "-p", "tcp", "-j",
+                       "DROP"});
+  return r.code == 0;
+}
+
+int TestInternet::Listen(int port) const {
+  // A socket belongs to the network namespace it was made in: make it on a
+  // thread of its own that joins the namespace (and ends with it).
+  int fd = -1;
+  std::thread([&] {
+    int ns = open(("/run/netns/" + ns_).c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns < 0) return;
+    if (setns(ns, CLONE_NEWNET) == 0) {
+      int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(static_cast<uint16_t>(port));
+      inet_pton(AF_INET, server_ip_.c_str(), &a.sin_addr);
+      int one = 1;
+      setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (s >= 0 && bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && listen(s, 8) == 0) {
+        fd = s;
+      } else if (s >= 0) {
+        close(s);
+      }
+    }
+    close(ns);
+  }).join();
+  return fd;
 }
 
 }  // namespace paddock::testing

@@ -28,6 +28,13 @@ class TestInternet {
   std::string AddRandomFile(const std::string& name, size_t bytes);
   // TCP connections established to the servers (as the server side sees them).
   int EstablishedConnections() const;
+  // A TCP socket listening on server_ip():port inside the namespace, for a
+  // test that plays the far end itself; -1 on failure. The caller closes it.
+  int Listen(int port) const;
+  // Cuts the namespace off (every TCP segment arriving in it dropped,
+  // connections left open on both sides: a partition) or joins it again.
+  // True on success; needs iptables.
+  bool Partition(bool cut) const;
 
  private:
   std::string ns_, host_if_, ns_if_, host_ip_, server_ip_, www_, why_;
