@@ -30,8 +30,9 @@ PACKAGES=(
   bubblewrap crun
   # the microvm substrate: QEMU, the guest kernel (/boot/vmlinuz-*, /lib/modules), layer disks
   qemu-system-x86 linux-image-amd64 erofs-utils liblzma-dev
-  # procps for ps/pgrep in tests, iproute2 for network checks
-  procps iproute2
+  # procps for ps/pgrep in tests, iproute2 for network checks, iptables for a partition
+  # in a test's own network namespace (tests/support/test_internet.cc)
+  procps iproute2 iptables
   # the Python SDK (sdk/python): gRPC runtime, messages, and its pytest suite
   python3-grpcio python3-protobuf python3-pytest
   # `pip install ./sdk/python` into a venv, offline (tests/pysdk_venv_test.sh): venv, and
