@@ -27,6 +27,14 @@ add_test(NAME train_sft_smoke COMMAND ${PROJECT_SOURCE_DIR}/tests/train_twin_tes
 set_tests_properties(train_sft_smoke PROPERTIES
   TIMEOUT 600 SKIP_RETURN_CODE 77
   ENVIRONMENT "PYTHON3=${PADDOCK_PYTHON3};PADDOCK_POLICY=$<TARGET_FILE:paddock-policy>;PYTHONDONTWRITEBYTECODE=1")
+# train_copy_smoke: examples/train/copy_check.py: copy augmentation (numbers replaced the same
+# way everywhere, exit codes, prompts and constants kept, no held-out number drawn), sft.py
+# --number-vector changing exactly the number tokens' embedding rows by one vector, and
+# weights_pack.py keeping those rows: unpacked, paddock-policy serves the twin's logprobs.
+add_test(NAME train_copy_smoke COMMAND ${PROJECT_SOURCE_DIR}/tests/train_twin_test.sh copy tiny)
+set_tests_properties(train_copy_smoke PROPERTIES
+  TIMEOUT 300 SKIP_RETURN_CODE 77
+  ENVIRONMENT "PYTHON3=${PADDOCK_PYTHON3};PADDOCK_POLICY=$<TARGET_FILE:paddock-policy>;PYTHONDONTWRITEBYTECODE=1")
 # train_loop_smoke: examples/train/loop_check.py against a real paddockd and paddock-policy
 # (busybox tasks): the oracle rollout (scripted policy, a per-task script) is rewarded 1.0 on
 # every episode; sft.py on its export lowers the loss on the policy tokens; grpo.py runs one

@@ -4,6 +4,7 @@
 #   train_twin_test.sh roundtrip CONFIG  a file the twin writes is served by paddock-policy
 #                                        and generates what the original file generates
 #   train_twin_test.sh sft tiny          examples/train/sft_check.py
+#   train_twin_test.sh copy tiny         examples/train/copy_check.py (the installed tokenizer)
 #   train_twin_test.sh loop tiny         examples/train/loop_check.py (needs PADDOCK_BUILD, root)
 set -euo pipefail
 mode="$1"; cfg="$2"
@@ -29,8 +30,10 @@ case "$mode" in
     "$py" "$here/examples/train/roundtrip_check.py" --policy-bin "$policy" --dir "$tmp" --config "$cfg" ;;
   sft)
     exec "$py" "$here/examples/train/sft_check.py" --policy-bin "$policy" ;;
+  copy)
+    exec "$py" "$here/examples/train/copy_check.py" --policy-bin "$policy" ;;
   loop)
     export OMP_NUM_THREADS=1
     exec "$py" "$here/examples/train/loop_check.py" --build "${PADDOCK_BUILD:?PADDOCK_BUILD: the build directory}" ;;
-  *) echo "usage: $0 parity|roundtrip|sft|loop CONFIG" >&2; exit 2 ;;
+  *) echo "usage: $0 parity|roundtrip|sft|copy|loop CONFIG" >&2; exit 2 ;;
 esac

@@ -28,6 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import copy_augment  # noqa: E402
 import twin  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def token_logprobs_at(model, ids, at):
     ids_t = torch.as_tensor(ids, dtype=torch.long, device=dev)
     at = at.to(dev)
     h = model.hidden(ids_t[: int(at.max()) + 1])[at]
-    E = twin._Bf16Round.apply(model.p("embed.weight"))
+    E = model.embedding()
     return torch.log_softmax(h @ E.t(), dim=-1).gather(1, ids_t[at + 1][:, None]).squeeze(1)
 
 
@@ -97,9 +98,60 @@ def policy_positions(mask):
     return torch.tensor(mask[1:], dtype=torch.bool).nonzero().flatten()
 
 
-def nll(model, ids, mask):
-    """Mean -log p over the positions with loss_mask 1."""
-    return -token_logprobs_at(model, ids, policy_positions(mask)).mean()
+def nll(model, ids, mask, copy_at=(), copy_weight=1.0):
+    """Mean -log p over the positions with loss_mask 1; the positions in `copy_at`
+    (where the next token is a copied number) weigh `copy_weight` each."""
+    at = policy_positions(mask)
+    lp = token_logprobs_at(model, ids, at)
+    if copy_weight == 1.0 or not copy_at:
+        return -lp.mean()
+    w = torch.ones_like(lp)
+    w[torch.isin(at.to(lp.device), torch.tensor(list(copy_at), device=lp.device))] = copy_weight
+    return -(w * lp).sum() / w.sum()
+
+
+def induction_probe(model, numbers, n=8, seed=54321):
+    """Top-1 accuracy on the repeats of `n` synthetic copy sequences made of held-out
+    number tokens and random tokens (copy_augment.induction_sample's shape)."""
+    rng = __import__("random").Random(seed)
+    hits, total = 0, 0
+    dev = model.p("norm.weight").device
+    with torch.no_grad():
+        E = model.embedding()
+        for _ in range(n):
+            L = rng.randint(16, 56)
+            seq = [rng.choice(numbers.heldout_pool) if rng.random() < 0.5 else rng.randrange(2, model.config.vocab_size)
+                   for _ in range(L)]
+            t = torch.as_tensor(seq + seq, dtype=torch.long, device=dev)
+            h = model.hidden(t)[L:-1]  # predicting positions L+1 .. 2L-1
+            hits += int(((h @ E.t()).argmax(-1) == t[L + 1:]).sum())
+            total += L - 1
+    return hits / total
+
+
+def copy_probe(model, probe, numbers, seed=12345):
+    """On `probe` samples whose copied numbers are replaced by held-out number tokens
+    (copy_augment.HELDOUT_EXCLUDED, never drawn in training): the mean -log p of the
+    copied tokens and the fraction the model ranks first. (nan, nan) without any."""
+    rng = __import__("random").Random(seed)
+    nlls, hits = [], []
+    with torch.no_grad():
+        for ids, mask in probe:
+            ids = copy_augment.remap(ids, mask, numbers, rng, numbers.heldout_pool)
+            at = copy_augment.copy_targets(ids, mask, numbers)
+            if not at:
+                continue
+            dev = model.p("norm.weight").device
+            t = torch.as_tensor(ids, dtype=torch.long, device=dev)
+            a = torch.tensor(at, device=dev)
+            h = model.hidden(t[: int(a.max()) + 1])[a]
+            logits = h @ model.embedding().t()
+            lp = torch.log_softmax(logits, -1).gather(1, t[a + 1][:, None]).squeeze(1)
+            nlls += (-lp).tolist()
+            hits += (logits.argmax(-1) == t[a + 1]).float().tolist()
+    if not nlls:
+        return float("nan"), float("nan")
+    return sum(nlls) / len(nlls), sum(hits) / len(hits)
 
 
 def main():
@@ -117,11 +169,28 @@ def main():
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: OpenMP threads on a busy 2-core machine cost more than they give)")
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--copy-probe-every", type=int, default=0, metavar="N",
+                    help="every N steps (at a logged step) also print how well the model copies numbers it never "
+                         "saw in that role (copy_probe; needs the tokenizer)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-embed", action="store_true",
                     help="train the embedding (the tied output head) too; by default it stays as --init has it, "
                          "so the trained weights differ from --init only in the 0.7M other parameters (tiny)")
     ap.add_argument("--warmup", type=int, default=20, help="steps of linear learning-rate warm-up, then cosine decay")
+    ap.add_argument("--copy-augment", type=float, default=0.0, metavar="P",
+                    help="with probability P a drawn sample has the numbers it copies (from the instruction or a "
+                         "tool result) replaced by other number tokens, consistently (copy_augment.py), so that "
+                         "the numbers are learned as copies, not by value (default 0: never)")
+    ap.add_argument("--induction", type=float, default=0.0, metavar="P",
+                    help="with probability P a batch item is a synthetic copy sequence instead "
+                         "(copy_augment.induction_sample: random tokens, then the same again)")
+    ap.add_argument("--copy-weight", type=float, default=1.0,
+                    help="loss weight of the policy tokens that copy a number (default 1)")
+    ap.add_argument("--number-vector", action="store_true",
+                    help="train one vector shared by every number token (1-3 digits), added to their embedding "
+                         "rows (twin.number_vector): a number never seen in training carries it too")
+    ap.add_argument("--tokenizer", default=copy_augment.DEFAULT_TOKENIZER,
+                    help="the DeepSeek tokenizer.json (for --copy-augment and the copy probe)")
     ap.add_argument("--device", default="cpu", help="torch device (cpu; cuda where there is one)")
     ap.add_argument("--save-every", type=int, default=0, help="also save OUT-stepN.safetensors every N steps")
     ap.add_argument("--time-limit", type=float, default=0,
@@ -134,9 +203,16 @@ def main():
     data = read_samples(args.exports, args.min_reward, args.max_len, args.as_exported)
     if not data:
         sys.exit("sft: no trainable samples with policy tokens in " + ", ".join(args.exports))
+    numbers = copy_augment.NumberTokens(args.tokenizer) if os.path.exists(args.tokenizer) else None
+    if (args.copy_augment or args.copy_weight != 1.0 or args.number_vector or args.induction) and numbers is None:
+        sys.exit(f"sft: --copy-augment, --copy-weight, --induction and --number-vector need the tokenizer ({args.tokenizer})")
+    probe = [d for d in data if numbers and copy_augment.copy_targets(*d, numbers)]
+    probe = probe[:: max(1, len(probe) // 32)]
     model = twin.Twin.load(args.init).to(args.device)
     if not args.train_embed:
         model.p("embed.weight").requires_grad_(False)
+    if args.number_vector:
+        model.number_vector(numbers.text.keys())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     t0 = time.time()
 
@@ -151,16 +227,32 @@ def main():
     print(f"sft: {len(data)} samples, {tokens} policy tokens; {model.config.name}", flush=True)
     first = None
     for step in range(1, args.steps + 1):
-        batch = [data[rng.randrange(len(data))] for _ in range(args.batch)]
+        batch = []
+        for _ in range(args.batch):
+            if args.induction and rng.random() < args.induction:
+                ids, mask = copy_augment.induction_sample(rng, numbers, model.config.vocab_size)
+                batch.append((ids, mask, ()))
+                continue
+            ids, mask = data[rng.randrange(len(data))]
+            if args.copy_augment and rng.random() < args.copy_augment:
+                ids = copy_augment.remap(ids, mask, numbers, rng)
+            at = copy_augment.copy_targets(ids, mask, numbers) if args.copy_weight != 1.0 else ()
+            batch.append((ids, mask, at))
         opt.zero_grad()
-        loss = sum(nll(model, ids, mask) for ids, mask in batch) / len(batch)
+        loss = sum(nll(model, ids, mask, at, args.copy_weight) for ids, mask, at in batch) / len(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         sched.step()
         first = first if first is not None else loss.item()
         if step % args.log_every == 0 or step == 1 or step == args.steps:
-            print(f"step {step}  loss {loss.item():.4f}  ({time.time() - t0:.0f} s)", flush=True)
+            line = f"step {step}  loss {loss.item():.4f}"
+            if probe and args.copy_probe_every and (step % args.copy_probe_every == 0 or step == args.steps):
+                c_nll, c_hit = copy_probe(model, probe, numbers)
+                line += f"  copy of unseen numbers: nll {c_nll:.3f}, top-1 {c_hit:.2f}"
+                if args.induction:
+                    line += f"; synthetic repeats top-1 {induction_probe(model, numbers):.2f}"
+            print(f"{line}  ({time.time() - t0:.0f} s)", flush=True)
         if args.save_every and step % args.save_every == 0 and step < args.steps:
             model.save(args.out.replace(".safetensors", "") + f"-step{step}.safetensors")
         if args.time_limit and time.time() - t0 > args.time_limit:

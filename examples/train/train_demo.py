@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,14 +76,17 @@ def add_copy_tasks(path, n, images, turns, tokens, seed=3):
     return len(more)
 
 
-def same_embedding(path, st, wdir):
-    """Whether the weights at `path` keep the seeded (--seed 1) embedding, so that
-    weights_pack.py can ship them as a delta (e.g. SFT continued from the shipped weights)."""
-    import weights_pack
+def pack_delta(final, st, wdir):
+    """Packs `final` as WORK/weights/demo-delta.safetensors against the seeded (--seed 1)
+    weights: the embedding rows training changed are kept (weights_pack.py --base). Weights
+    whose embedding is not mostly the seeded one (e.g. --init from elsewhere) are not packed."""
     seeded = os.path.join(wdir, "seeded.safetensors")
     if not os.path.exists(seeded):
         st.save_seeded_weights(seeded, seed=1)
-    return weights_pack.read(path)[0][weights_pack.EMBED] == weights_pack.read(seeded)[0][weights_pack.EMBED]
+    r = subprocess.run([sys.executable, os.path.join(HERE, "weights_pack.py"), "pack", final,
+                        os.path.join(wdir, "demo-delta.safetensors"), "--seed", "1", "--base", seeded],
+                       capture_output=True, text=True)
+    note("packed as demo-delta.safetensors" if r.returncode == 0 else "not packed: " + r.stderr.strip())
 
 
 def evaluate(st, weights, tasks, rid, a):
@@ -149,6 +153,8 @@ def main():
                     help="stop SFT after this many seconds (default 1200: the demo's 30 minutes; 0: none)")
     ap.add_argument("--sft-copy-tasks", type=int, default=0,
                     help="extra training instances of the families whose answer is copied (COPY_KINDS)")
+    ap.add_argument("--sft-args", default="",
+                    help="more sft.py options, as one string (e.g. \"--copy-augment 0.7 --number-vector\")")
     ap.add_argument("--sft-device", default="cpu", help="torch device for SFT (cuda where there is one)")
     ap.add_argument("--stop-after", choices=["oracle", "sft"],
                     help="oracle: stop once the SFT data is exported (to train elsewhere, e.g. on a GPU); "
@@ -235,6 +241,7 @@ def main():
                    "--min-reward", "1", "--log-every", "10", "--warmup", "10", "--device", a.sft_device]
             if a.sft_time:
                 cmd += ["--time-limit", str(a.sft_time)]
+            cmd += shlex.split(a.sft_args)
             subprocess.run(cmd, check=True)
             times["sft_s"] = time.time() - t
             say("held-out reward after SFT")
@@ -244,9 +251,7 @@ def main():
         if a.stop_after != "sft":
             final, rows, curve = run_grpo(a, st, summary, times, work, sft_out, grpo_tasks, heldout)
         shutil.copy(final, os.path.join(wdir, "demo.safetensors"))
-        if not a.init or same_embedding(final, st, wdir):
-            subprocess.run([sys.executable, os.path.join(HERE, "weights_pack.py"), "pack", final,
-                            os.path.join(wdir, "demo-delta.safetensors"), "--seed", "1"], check=True)
+        pack_delta(final, st, wdir)
         times["total_s"] = time.time() - started
         summary["times"] = {k: round(v, 1) for k, v in times.items()}
         summary["curve"] = curve

@@ -208,6 +208,11 @@ class Twin(nn.Module):
             extra = set(tensors) - set(specs)
             if extra:
                 raise ValueError(f"unexpected tensors: {sorted(extra)[:5]}")
+        # A vector shared by a class of tokens (the number tokens: number_vector()),
+        # added to their embedding rows: trained as one parameter, baked into the rows
+        # on save. None until number_vector() is called.
+        self.class_rows: Optional[torch.Tensor] = None
+        self.class_vec: Optional[nn.Parameter] = None
         r = config.rope_dim
         self.register_buffer("inv_freq", torch.tensor(
             [config.rope_theta ** (-2.0 * i / r) for i in range(r // 2)], dtype=torch.float64),
@@ -224,11 +229,30 @@ class Twin(nn.Module):
                 raise ValueError(f"{path}: no paddock.config metadata; pass a config")
         return Twin(config, tensors, dtype)
 
+    def number_vector(self, rows) -> nn.Parameter:
+        """Gives the tokens `rows` (the number tokens) one shared, trainable vector added
+        to their embedding rows (input and tied head alike), starting at zero. With the
+        embedding itself frozen, a number token never trained on still carries what the
+        class learned (e.g. "this is a number to copy"). save() writes the sum."""
+        dev = self.p("embed.weight").device
+        self.class_rows = torch.as_tensor(sorted(rows), dtype=torch.long, device=dev)
+        self.class_vec = nn.Parameter(torch.zeros(self.config.d_model, device=dev))
+        return self.class_vec
+
+    def embedding(self) -> torch.Tensor:
+        """The embedding (= the tied output head) as the engine uses it: BF16-rounded, with
+        the class vector added to its rows."""
+        E = self.p("embed.weight")
+        if self.class_vec is not None:
+            rows = self.class_rows.to(E.device)
+            E = E.index_add(0, rows, self.class_vec.to(E.dtype)[None, :].expand(rows.numel(), -1))
+        return _Bf16Round.apply(E)
+
     def save(self, path: str) -> None:
         """Like the engine's SaveSafetensors: embed.weight as BF16, the rest F32, atomically."""
         out = {}
         for name in tensor_specs(self.config):
-            t = self.params[_key(name)].detach().cpu().to(torch.float32)
+            t = (self.embedding() if name == "embed.weight" else self.params[_key(name)]).detach().cpu().to(torch.float32)
             out[name] = t.to(torch.bfloat16) if name == "embed.weight" else t
         safetensors_io.save(path, out, {"paddock.config": json.dumps(self.config.to_json()),
                                         "format": "pt"})
@@ -356,7 +380,7 @@ class Twin(nn.Module):
         c = self.config
         T = tokens.shape[0]
         pos = torch.arange(T, device=tokens.device)
-        E = _Bf16Round.apply(self.p("embed.weight"))
+        E = self.embedding()
         x = E[tokens].to(self.dtype)
         for i, kind in enumerate(c.layers):
             x = x + self.attention(i, kind, self.rms_norm(x, self.p(f"layers.{i}.attn_norm.weight")), pos)
@@ -364,14 +388,14 @@ class Twin(nn.Module):
         return self.rms_norm(x, self.p("norm.weight"))
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        E = _Bf16Round.apply(self.p("embed.weight"))  # the tied head, in BF16 like the engine
+        E = self.embedding()  # the tied head, in BF16 like the engine
         return self.hidden(tokens) @ E.t()
 
     def token_logprobs(self, tokens, chunk: int = 512) -> torch.Tensor:
         """lp[i] = log p(tokens[i+1] | tokens[:i+1]) at temperature 1, for i in 0..T-2."""
         tokens = torch.as_tensor(tokens, dtype=torch.long)
         h = self.hidden(tokens)[:-1]
-        E = _Bf16Round.apply(self.p("embed.weight"))
+        E = self.embedding()
         tgt = tokens[1:]
         out = []
         for s in range(0, h.shape[0], chunk):  # the vocabulary is large: logits a chunk at a time

@@ -8,7 +8,13 @@ of the embedding; `unpack` regenerates the seeded file with paddock-policy,
 checks the hash and writes the full safetensors file that paddock-policy
 serves. Plain Python (no torch): scripts/demo.sh runs it.
 
-  weights_pack.py pack FULL.safetensors DELTA.safetensors --seed 1
+Training may change a few rows of the embedding (sft.py --number-vector adds
+one trained vector to the 1,110 number tokens' rows). Given the seeded file
+(`--base`), `pack` also keeps the rows that differ from it (`embed.rows`, their
+indices, and `embed.rows.weight`, 142 KB for the number tokens); the hash is
+then the seeded embedding's, and `unpack` writes those rows over it.
+
+  weights_pack.py pack FULL.safetensors DELTA.safetensors --seed 1 [--base SEEDED.safetensors]
   weights_pack.py unpack DELTA.safetensors OUT.safetensors --policy-bin build/policy/paddock-policy
 """
 import argparse
@@ -21,6 +27,8 @@ import sys
 import tempfile
 
 EMBED = "embed.weight"
+ROWS = "embed.rows"  # I32 [n]: the embedding rows kept in the delta
+ROWS_WEIGHT = "embed.rows.weight"  # [n, d], the embedding's dtype
 
 
 def read(path):
@@ -54,13 +62,50 @@ def write(path, tensors, meta):
     os.replace(tmp, path)
 
 
-def pack(full, delta, seed):
+def changed_rows(blob, base_blob, row_bytes):
+    """Indices of the rows (row_bytes each) where blob differs from base_blob."""
+    return [r for r in range(len(blob) // row_bytes)
+            if blob[r * row_bytes:(r + 1) * row_bytes] != base_blob[r * row_bytes:(r + 1) * row_bytes]]
+
+
+def pack(full, delta, seed, base=None):
     tensors, meta = read(full)
     dtype, shape, blob = tensors.pop(EMBED)
     meta = dict(meta)
     meta["paddock.embed_seed"] = str(seed)
+    if base is not None:
+        bdtype, bshape, bblob = read(base)[0][EMBED]
+        if (bdtype, bshape) != (dtype, shape):
+            sys.exit(f"{base}: embedding {bdtype}{bshape}, {full} has {dtype}{shape}")
+        row_bytes = len(blob) // shape[0]
+        rows = changed_rows(blob, bblob, row_bytes)
+        if len(rows) > shape[0] // 10:
+            sys.exit(f"{full}: {len(rows)} of {shape[0]} embedding rows differ from {base}: not a delta")
+        if rows:
+            tensors[ROWS] = ("I32", [len(rows)], struct.pack("<%di" % len(rows), *rows))
+            tensors[ROWS_WEIGHT] = (dtype, [len(rows), shape[1]],
+                                    b"".join(blob[r * row_bytes:(r + 1) * row_bytes] for r in rows))
+        blob = bblob
     meta["paddock.embed_sha256"] = hashlib.sha256(blob).hexdigest()
     write(delta, tensors, meta)
+
+
+def apply_rows(embed, tensors, delta):
+    """The seeded embedding `embed` (dtype, shape, blob) with the delta's rows written over it."""
+    if ROWS not in tensors:
+        return embed
+    dtype, shape, blob = embed
+    _, (n,), rows_blob = tensors.pop(ROWS)
+    wdtype, wshape, wblob = tensors.pop(ROWS_WEIGHT)
+    row_bytes = len(blob) // shape[0]
+    if wdtype != dtype or wshape != [n, shape[1]] or len(wblob) != n * row_bytes:
+        sys.exit(f"{delta}: {ROWS_WEIGHT} is {wdtype}{wshape}, expected {dtype}{[n, shape[1]]}")
+    out = bytearray(blob)
+    for i, r in enumerate(struct.unpack("<%di" % n, rows_blob)):
+        if not 0 <= r < shape[0]:
+            sys.exit(f"{delta}: embedding row {r} out of range")
+        out[r * row_bytes:(r + 1) * row_bytes] = wblob[i * row_bytes:(i + 1) * row_bytes]
+    return dtype, shape, bytes(out)
 
 
 def unpack(delta, out, policy_bin):
@@ -76,7 +121,7 @@ def unpack(delta, out, policy_bin):
         base, base_meta = read(seeded)
     if hashlib.sha256(base[EMBED][2]).hexdigest() != meta["paddock.embed_sha256"]:
         sys.exit(f"{delta}: the seeded embedding (seed {seed}) is not the one the weights were trained with")
-    tensors[EMBED] = base[EMBED]
+    tensors[EMBED] = apply_rows(base[EMBED], tensors, delta)
     missing = set(base) - set(tensors)
     if missing:
         sys.exit(f"{delta}: tensors missing: {sorted(missing)[:5]}")
@@ -91,13 +136,15 @@ def main(argv):
     p.add_argument("full")
     p.add_argument("delta")
     p.add_argument("--seed", type=int, required=True, help="the --seed of the seeded file training started from")
+    p.add_argument("--base", help="that seeded file: embedding rows that differ from it are kept in the delta "
+                                  "(without it the whole embedding must be the seeded one)")
     u = sub.add_parser("unpack")
     u.add_argument("delta")
     u.add_argument("out")
     u.add_argument("--policy-bin", required=True)
     a = ap.parse_args(argv)
     if a.cmd == "pack":
-        pack(a.full, a.delta, a.seed)
+        pack(a.full, a.delta, a.seed, a.base)
     else:
         unpack(a.delta, a.out, a.policy_bin)
 
