@@ -60,6 +60,14 @@ def make_tasks(path, n, split, seed, images, turns, tokens):
 # from the command's output into the answer (those and the CSV total), plus the
 # ERROR count (a fixed command whose output is copied). --sft-copy-tasks adds
 # training instances of these only.
+# sft.py options that teach copying numbers (docs/training.md, "Copying numbers"): the
+# copied numbers of 70% of the drawn episodes replaced by other number tokens, their
+# loss weighed 5x, one trained vector and scale shared by the number tokens' embedding
+# rows (started random), and head 0 of layer 3 started as a copy head.
+COPY_RECIPE = "--copy-augment 0.7 --copy-weight 5 --number-vector --number-vector-init 1 --copy-head 3"
+# The same, continuing from trained weights (--init): their copy head and number rows kept.
+COPY_CONTINUE = "--copy-augment 0.7 --copy-weight 5 --number-vector"
+
 COPY_KINDS = ("what-is-compute-it", "use-python-to-compute", "work-data-csv-has", "the-directory-work-logs")
 
 
@@ -142,19 +150,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--work", default=None, help="default BUILD/train-demo")
-    ap.add_argument("--sft-tasks", type=int, default=160)
+    ap.add_argument("--sft-tasks", type=int, default=640)
     ap.add_argument("--eval-tasks", type=int, default=40)
     ap.add_argument("--eval-samples", type=int, default=4,
                     help="samples of each held-out task (independent draws: a family scores its solve rate)")
-    ap.add_argument("--sft-steps", type=int, default=300)
-    ap.add_argument("--sft-batch", type=int, default=2)
-    ap.add_argument("--sft-lr", type=float, default=4e-3)
-    ap.add_argument("--sft-time", type=float, default=1200,
-                    help="stop SFT after this many seconds (default 1200: the demo's 30 minutes; 0: none)")
-    ap.add_argument("--sft-copy-tasks", type=int, default=0,
+    ap.add_argument("--sft-steps", type=int, default=900)
+    ap.add_argument("--sft-batch", type=int, default=4)
+    ap.add_argument("--sft-lr", type=float, default=3e-3)
+    ap.add_argument("--sft-time", type=float, default=1080,
+                    help="stop SFT after this many seconds (default 1080: the demo within 30 minutes; 0: none)")
+    ap.add_argument("--sft-copy-tasks", type=int, default=640,
                     help="extra training instances of the families whose answer is copied (COPY_KINDS)")
-    ap.add_argument("--sft-args", default="",
-                    help="more sft.py options, as one string (e.g. \"--copy-augment 0.7 --number-vector\")")
+    ap.add_argument("--sft-args", default=COPY_RECIPE,
+                    help="more sft.py options, as one string (default: %(default)r, the recipe that teaches "
+                         "copying numbers: docs/training.md; '' for plain SFT)")
     ap.add_argument("--sft-device", default="cpu", help="torch device for SFT (cuda where there is one)")
     ap.add_argument("--stop-after", choices=["oracle", "sft"],
                     help="oracle: stop once the SFT data is exported (to train elsewhere, e.g. on a GPU); "
@@ -173,6 +182,7 @@ def main():
     a = ap.parse_args()
     if a.quick:
         a.sft_tasks, a.eval_tasks, a.sft_steps, a.sft_batch, a.grpo_steps = 8, 8, 3, 2, 1
+        a.sft_copy_tasks = 0
         a.eval_samples = 1
         a.group, a.groups_per_step = 2, 2
     work = os.path.abspath(a.work or os.path.join(a.build, "train-demo"))
@@ -241,7 +251,7 @@ def main():
                    "--min-reward", "1", "--log-every", "10", "--warmup", "10", "--device", a.sft_device]
             if a.sft_time:
                 cmd += ["--time-limit", str(a.sft_time)]
-            cmd += shlex.split(a.sft_args)
+            cmd += shlex.split(COPY_CONTINUE if a.init and a.sft_args == COPY_RECIPE else a.sft_args)
             subprocess.run(cmd, check=True)
             times["sft_s"] = time.time() - t
             say("held-out reward after SFT")
