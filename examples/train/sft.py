@@ -98,6 +98,25 @@ def policy_positions(mask):
     return torch.tensor(mask[1:], dtype=torch.bool).nonzero().flatten()
 
 
+def init_copy_head(model, layer, gain):
+    """Starts head 0 of `layer` as a copy head: its entries keep the normalized residual's
+    position-free dims as they are (wkv's first nope_dim rows the identity) and its output
+    adds them back, times `gain` (wo's head-0 block the identity on those dims, zero
+    elsewhere). Whatever the head attends to is then written back as itself, which the
+    tied head reads as that token: training has only to learn where to look. The other
+    heads of the layer share the entries (one key = value per token) and keep their own
+    projections."""
+    c = model.config
+    n = c.nope_dim
+    with torch.no_grad():
+        wkv = model.p(f"layers.{layer}.attn.wkv")
+        wkv[:n].zero_()
+        wkv[:n, :n] += torch.eye(n, device=wkv.device)
+        wo = model.p(f"layers.{layer}.attn.wo")
+        wo[:, : c.head_dim].zero_()
+        wo[:n, :n] += gain * torch.eye(n, device=wo.device)
+
+
 def nll(model, ids, mask, copy_at=(), copy_weight=1.0):
     """Mean -log p over the positions with loss_mask 1; the positions in `copy_at`
     (where the next token is a copied number) weigh `copy_weight` each."""
@@ -189,6 +208,15 @@ def main():
     ap.add_argument("--number-vector", action="store_true",
                     help="train one vector shared by every number token (1-3 digits), added to their embedding "
                          "rows (twin.number_vector): a number never seen in training carries it too")
+    ap.add_argument("--number-vector-init", type=float, default=0.0, metavar="X",
+                    help="start the number vector random, X times the number rows' mean norm (default 0: zero)")
+    ap.add_argument("--number-scale", type=float, default=1.0,
+                    help="start the number rows' shared scale here (trained with --number-vector; default 1)")
+    ap.add_argument("--fixed-number-scale", action="store_true", help="do not train the number rows' scale")
+    ap.add_argument("--copy-head", type=int, metavar="LAYER",
+                    help="start head 0 of layer LAYER as a copy head (init_copy_head) before training")
+    ap.add_argument("--copy-head-gain", type=float, default=2.0,
+                    help="the copy head's output gain (default 2)")
     ap.add_argument("--tokenizer", default=copy_augment.DEFAULT_TOKENIZER,
                     help="the DeepSeek tokenizer.json (for --copy-augment and the copy probe)")
     ap.add_argument("--device", default="cpu", help="torch device (cpu; cuda where there is one)")
@@ -212,7 +240,12 @@ def main():
     if not args.train_embed:
         model.p("embed.weight").requires_grad_(False)
     if args.number_vector:
-        model.number_vector(numbers.text.keys())
+        model.number_vector(numbers.text.keys(), args.number_vector_init, math.log(args.number_scale),
+                            seed=args.seed)
+        if args.fixed_number_scale:
+            model.class_log_scale.requires_grad_(False)
+    if args.copy_head is not None:
+        init_copy_head(model, args.copy_head, args.copy_head_gain)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     t0 = time.time()
 

@@ -213,6 +213,7 @@ class Twin(nn.Module):
         # on save. None until number_vector() is called.
         self.class_rows: Optional[torch.Tensor] = None
         self.class_vec: Optional[nn.Parameter] = None
+        self.class_log_scale: Optional[nn.Parameter] = None
         r = config.rope_dim
         self.register_buffer("inv_freq", torch.tensor(
             [config.rope_theta ** (-2.0 * i / r) for i in range(r // 2)], dtype=torch.float64),
@@ -229,23 +230,34 @@ class Twin(nn.Module):
                 raise ValueError(f"{path}: no paddock.config metadata; pass a config")
         return Twin(config, tensors, dtype)
 
-    def number_vector(self, rows) -> nn.Parameter:
+    def number_vector(self, rows, vec_init: float = 0.0, log_scale_init: float = 0.0,
+                      seed: int = 0) -> List[nn.Parameter]:
         """Gives the tokens `rows` (the number tokens) one shared, trainable vector added
-        to their embedding rows (input and tied head alike), starting at zero. With the
-        embedding itself frozen, a number token never trained on still carries what the
-        class learned (e.g. "this is a number to copy"). save() writes the sum."""
-        dev = self.p("embed.weight").device
-        self.class_rows = torch.as_tensor(sorted(rows), dtype=torch.long, device=dev)
-        self.class_vec = nn.Parameter(torch.zeros(self.config.d_model, device=dev))
-        return self.class_vec
+        to their embedding rows (input and tied head alike) and one shared, trainable
+        scale of the rows themselves: row' = exp(log_scale) * row + vec. The vector starts
+        at zero, or random with `vec_init` times the rows' mean norm; the scale at
+        exp(log_scale_init). With the embedding itself frozen, a number token never
+        trained on still carries what the class learned (e.g. "this is a number to
+        copy"). save() writes the resulting rows."""
+        E = self.p("embed.weight")
+        self.class_rows = torch.as_tensor(sorted(rows), dtype=torch.long, device=E.device)
+        v = torch.zeros(self.config.d_model)
+        if vec_init:
+            g = torch.Generator().manual_seed(seed)
+            v = torch.randn(self.config.d_model, generator=g)
+            v *= vec_init * E.detach()[self.class_rows].norm(dim=1).mean().item() / v.norm()
+        self.class_vec = nn.Parameter(v.to(E.device))
+        self.class_log_scale = nn.Parameter(torch.tensor(float(log_scale_init), device=E.device))
+        return [self.class_vec, self.class_log_scale]
 
     def embedding(self) -> torch.Tensor:
         """The embedding (= the tied output head) as the engine uses it: BF16-rounded, with
-        the class vector added to its rows."""
+        the number rows scaled and shifted (number_vector)."""
         E = self.p("embed.weight")
         if self.class_vec is not None:
             rows = self.class_rows.to(E.device)
-            E = E.index_add(0, rows, self.class_vec.to(E.dtype)[None, :].expand(rows.numel(), -1))
+            new = E[rows] * torch.exp(self.class_log_scale) + self.class_vec[None, :]
+            E = E.index_copy(0, rows, new.to(E.dtype))
         return _Bf16Round.apply(E)
 
     def save(self, path: str) -> None:
