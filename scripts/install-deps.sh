@@ -53,6 +53,7 @@ if [ "${1:-}" = "--train" ]; then
   # An optimized BLAS for it: Debian's torch calls the reference libblas.so.3 otherwise,
   # which makes the twin's matrix products ~10x slower (OpenMP build, as torch's threads).
   PACKAGES+=(libopenblas0-openmp)
+  PACKAGES+=(gnuplot-nox)  # grpo.py draws the reward curve as a PNG with it (no matplotlib in Debian's torch set)
 fi
 # --- end optional ---
 
