@@ -63,8 +63,9 @@ def make_tasks(path, n, split, seed, images, turns, tokens):
 # sft.py options that teach copying numbers (docs/training.md, "Copying numbers"): the
 # copied numbers of 70% of the drawn episodes replaced by other number tokens, their
 # loss weighed 5x, one trained vector and scale shared by the number tokens' embedding
-# rows (started random), and head 0 of layer 3 started as a copy head.
-COPY_RECIPE = "--copy-augment 0.7 --copy-weight 5 --number-vector --number-vector-init 1 --copy-head 3"
+# rows (started random), and head 0 of layer 3 started as a copy head (output gain 4).
+COPY_RECIPE = ("--copy-augment 0.7 --copy-weight 5 --number-vector --number-vector-init 1 --copy-head 3 "
+               "--copy-head-gain 4")
 # The same, continuing from trained weights (--init): their copy head and number rows kept.
 COPY_CONTINUE = "--copy-augment 0.7 --copy-weight 5 --number-vector"
 
