@@ -132,7 +132,7 @@ def nll(model, ids, mask, copy_at=(), copy_weight=1.0):
 def induction_probe(model, numbers, n=8, seed=54321):
     """Top-1 accuracy on the repeats of `n` synthetic copy sequences made of held-out
     number tokens and random tokens (copy_augment.induction_sample's shape)."""
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     hits, total = 0, 0
     dev = model.p("norm.weight").device
     with torch.no_grad():
@@ -152,7 +152,7 @@ def copy_probe(model, probe, numbers, seed=12345):
     """On `probe` samples whose copied numbers are replaced by held-out number tokens
     (copy_augment.HELDOUT_EXCLUDED, never drawn in training): the mean -log p of the
     copied tokens and the fraction the model ranks first. (nan, nan) without any."""
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     nlls, hits = [], []
     with torch.no_grad():
         for ids, mask in probe:

@@ -55,11 +55,6 @@ def make_tasks(path, n, split, seed, images, turns, tokens):
                     str(turns), "--max-new-tokens", str(tokens), "--out", path], check=True)
 
 
-# The families whose answer changes with the instance: the number is copied from
-# the instruction into the command (multiplication, sum of squares, factorial) or
-# from the command's output into the answer (those and the CSV total), plus the
-# ERROR count (a fixed command whose output is copied). --sft-copy-tasks adds
-# training instances of these only.
 # sft.py options that teach copying numbers (docs/training.md, "Copying numbers"): the
 # copied numbers of 70% of the drawn episodes replaced by other number tokens, their
 # loss weighed 5x, one trained vector and scale shared by the number tokens' embedding
@@ -69,6 +64,11 @@ COPY_RECIPE = ("--copy-augment 0.7 --copy-weight 5 --number-vector --number-vect
 # The same, continuing from trained weights (--init): their copy head and number rows kept.
 COPY_CONTINUE = "--copy-augment 0.7 --copy-weight 5 --number-vector"
 
+# The families whose answer changes with the instance: the number is copied from
+# the instruction into the command (multiplication, sum of squares, factorial) or
+# from the command's output into the answer (those and the CSV total), plus the
+# ERROR count (a fixed command whose output is copied). --sft-copy-tasks adds
+# training instances of these only.
 COPY_KINDS = ("what-is-compute-it", "use-python-to-compute", "work-data-csv-has", "the-directory-work-logs")
 
 

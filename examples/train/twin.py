@@ -208,9 +208,9 @@ class Twin(nn.Module):
             extra = set(tensors) - set(specs)
             if extra:
                 raise ValueError(f"unexpected tensors: {sorted(extra)[:5]}")
-        # A vector shared by a class of tokens (the number tokens: number_vector()),
-        # added to their embedding rows: trained as one parameter, baked into the rows
-        # on save. None until number_vector() is called.
+        # A vector and a scale shared by a class of tokens (the number tokens:
+        # number_vector()), applied to their embedding rows: trained as two
+        # parameters, baked into the rows on save. None until number_vector().
         self.class_rows: Optional[torch.Tensor] = None
         self.class_vec: Optional[nn.Parameter] = None
         self.class_log_scale: Optional[nn.Parameter] = None
