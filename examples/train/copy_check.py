@@ -7,8 +7,9 @@ train_copy_smoke).
    at every position (the command and the answer still copy them), by number tokens
    outside the held-out ranges; the `[exit code N]`, the system prompt and a
    command's own constants are kept; an episode without copied numbers is unchanged.
-2. sft.py --number-vector --copy-augment trains a few steps: the saved embedding
-   differs from the seeded one in exactly the number tokens' rows, all by one vector.
+2. sft.py --number-vector --copy-augment --copy-head trains a few steps: the saved
+   embedding differs from the seeded one in exactly the number tokens' rows, each
+   row r become s * r + v with one scale s and one vector v.
 3. weights_pack.py pack --base keeps those rows (and only those); unpack with
    paddock-policy gives back the trained file tensor for tensor; a delta packed
    without --base is refused by unpack (its embedding is not the seeded one);
@@ -113,17 +114,21 @@ def main():
     subprocess.run([sys.executable, os.path.join(here, "sft.py"), export, "--init", seeded, "--out", out,
                     "--steps", "3", "--batch", "2", "--lr", "1e-2", "--warmup", "1", "--threads", "1", "--number-vector",
                     "--copy-augment", "1", "--copy-weight", "3", "--induction", "0.3", "--copy-probe-every", "3",
+                    "--number-vector-init", "0.5", "--copy-head", "3",
                     "--tokenizer", args.tokenizer], check=True)
     a, b = twin.Twin.load(seeded), twin.Twin.load(out)
-    diff = b.p("embed.weight") - a.p("embed.weight")
-    changed = (diff != 0).any(1).nonzero().flatten().tolist()
+    old, new = a.p("embed.weight"), b.p("embed.weight")
+    changed = ((new - old) != 0).any(1).nonzero().flatten().tolist()
     assert sorted(changed) == sorted(nt.text), f"{len(changed)} rows changed, {len(nt.text)} number tokens"
-    rows = diff[changed]
-    # one vector added to every number row (each row then rounded to BF16: within 2^-8 of its values)
-    v = rows.mean(0)
-    assert v.abs().max() > 0.01, f"the vector did not move: {v.abs().max()}"
-    assert (rows - v).abs().max() <= 2.0 ** -7, "not one shared vector"
-    print(f"number vector: {len(changed)} rows changed by one vector (|v| = {rows.mean(0).norm():.4f})")
+    # every number row became s * row + v, with one scale s and one vector v (each row then
+    # rounded to BF16: within 2^-8 of its values)
+    x, y = old[changed], new[changed]
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    s = float((xc * yc).sum() / (xc * xc).sum())
+    v = y.mean(0) - s * x.mean(0)
+    assert abs(s - 1) > 1e-3 and v.abs().max() > 0.01, f"the scale or the vector did not move: {s}, {v.abs().max()}"
+    assert (y - (s * x + v)).abs().max() <= 2.0 ** -8 * float(y.abs().max()) * 2, "not one shared scale and vector"
+    print(f"number rows: {len(changed)} changed, all by one scale ({s:.4f}) and one vector (|v| = {v.norm():.4f})")
 
     delta = os.path.join(tmp, "delta.safetensors")
     back = os.path.join(tmp, "back.safetensors")
