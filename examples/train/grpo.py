@@ -235,12 +235,12 @@ def draw_curve(rows, evals, work):
         held = os.path.join(work, "heldout.dat")
         with open(held, "w") as f:
             for step, h in sorted(evals.items()):
-                f.write("%d %.4f\n" % (step, h))
+                f.write("%d,%.4f\n" % (step, h))
         script = ("set terminal pngcairo size 700,400; set output '%s'; set datafile separator ',';"
                   "set xlabel 'GRPO step'; set ylabel 'reward'; set yrange [0:1.05]; set key bottom right;"
                   "plot '%s' using 1:2 every ::1 with linespoints title 'train batch reward'" % (png, csv))
         if evals:
-            script += ", '%s' using 1:2 with linespoints dt 2 title 'held-out mean reward' datafile separator ' '" % held
+            script += ", '%s' using 1:2 with linespoints dt 2 title 'held-out mean reward'" % held
         p = subprocess.run(["gnuplot", "-e", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if p.returncode == 0 and os.path.exists(png):
             return png
