@@ -8,8 +8,8 @@ of the embedding; `unpack` regenerates the seeded file with paddock-policy,
 checks the hash and writes the full safetensors file that paddock-policy
 serves. Plain Python (no torch): scripts/demo.sh runs it.
 
-Training may change a few rows of the embedding (sft.py --number-vector adds
-one trained vector to the 1,110 number tokens' rows). Given the seeded file
+Training may change a few rows of the embedding (sft.py --number-vector trains
+one vector and one scale of the 1,110 number tokens' rows). Given the seeded file
 (`--base`), `pack` also keeps the rows that differ from it (`embed.rows`, their
 indices, and `embed.rows.weight`, 142 KB for the number tokens); the hash is
 then the seeded embedding's, and `unpack` writes those rows over it.
@@ -95,7 +95,10 @@ def apply_rows(embed, tensors, delta):
     if ROWS not in tensors:
         return embed
     dtype, shape, blob = embed
-    _, (n,), rows_blob = tensors.pop(ROWS)
+    rdtype, rshape, rows_blob = tensors.pop(ROWS)
+    if ROWS_WEIGHT not in tensors or rdtype != "I32" or len(rshape) != 1 or len(rows_blob) != 4 * rshape[0]:
+        sys.exit(f"{delta}: {ROWS} is not an I32 list of rows with {ROWS_WEIGHT} beside it")
+    n = rshape[0]
     wdtype, wshape, wblob = tensors.pop(ROWS_WEIGHT)
     row_bytes = len(blob) // shape[0]
     if wdtype != dtype or wshape != [n, shape[1]] or len(wblob) != n * row_bytes:
