@@ -88,8 +88,8 @@ def token_logprobs_at(model, ids, at):
     dev = model.p("norm.weight").device
     ids_t = torch.as_tensor(ids, dtype=torch.long, device=dev)
     at = at.to(dev)
-    h = model.hidden(ids_t[: int(at.max()) + 1])[at]
     E = model.embedding()
+    h = model.hidden(ids_t[: int(at.max()) + 1], E)[at]
     return torch.log_softmax(h @ E.t(), dim=-1).gather(1, ids_t[at + 1][:, None]).squeeze(1)
 
 
@@ -142,7 +142,7 @@ def induction_probe(model, numbers, n=8, seed=54321):
             seq = [rng.choice(numbers.heldout_pool) if rng.random() < 0.5 else rng.randrange(2, model.config.vocab_size)
                    for _ in range(L)]
             t = torch.as_tensor(seq + seq, dtype=torch.long, device=dev)
-            h = model.hidden(t)[L:-1]  # predicting positions L+1 .. 2L-1
+            h = model.hidden(t, E)[L:-1]  # predicting positions L+1 .. 2L-1
             hits += int(((h @ E.t()).argmax(-1) == t[L + 1:]).sum())
             total += L - 1
     return hits / total
@@ -154,17 +154,18 @@ def copy_probe(model, probe, numbers, seed=12345):
     copied tokens and the fraction the model ranks first. (nan, nan) without any."""
     rng = random.Random(seed)
     nlls, hits = [], []
+    dev = model.p("norm.weight").device
     with torch.no_grad():
+        E = model.embedding()
         for ids, mask in probe:
             ids = copy_augment.remap(ids, mask, numbers, rng, numbers.heldout_pool)
             at = copy_augment.copy_targets(ids, mask, numbers)
             if not at:
                 continue
-            dev = model.p("norm.weight").device
             t = torch.as_tensor(ids, dtype=torch.long, device=dev)
             a = torch.tensor(at, device=dev)
-            h = model.hidden(t[: int(a.max()) + 1])[a]
-            logits = h @ model.embedding().t()
+            h = model.hidden(t[: int(a.max()) + 1], E)[a]
+            logits = h @ E.t()
             lp = torch.log_softmax(logits, -1).gather(1, t[a + 1][:, None]).squeeze(1)
             nlls += (-lp).tolist()
             hits += (logits.argmax(-1) == t[a + 1]).float().tolist()

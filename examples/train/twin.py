@@ -387,12 +387,15 @@ class Twin(nn.Module):
         return out
 
     # --- forward -----------------------------------------------------------------
-    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [T] (one sequence from position 0) -> final normed hidden states [T, d]."""
+    def hidden(self, tokens: torch.Tensor, E: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """tokens [T] (one sequence from position 0) -> final normed hidden states [T, d].
+        E: embedding() when the caller has it already (for the tied head): it is the
+        whole table, rounded (and with number_vector's rows), so it is made once a pass."""
         c = self.config
         T = tokens.shape[0]
         pos = torch.arange(T, device=tokens.device)
-        E = self.embedding()
+        if E is None:
+            E = self.embedding()
         x = E[tokens].to(self.dtype)
         for i, kind in enumerate(c.layers):
             x = x + self.attention(i, kind, self.rms_norm(x, self.p(f"layers.{i}.attn_norm.weight")), pos)
@@ -401,13 +404,13 @@ class Twin(nn.Module):
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         E = self.embedding()  # the tied head, in BF16 like the engine
-        return self.hidden(tokens) @ E.t()
+        return self.hidden(tokens, E) @ E.t()
 
     def token_logprobs(self, tokens, chunk: int = 512) -> torch.Tensor:
         """lp[i] = log p(tokens[i+1] | tokens[:i+1]) at temperature 1, for i in 0..T-2."""
         tokens = torch.as_tensor(tokens, dtype=torch.long)
-        h = self.hidden(tokens)[:-1]
         E = self.embedding()
+        h = self.hidden(tokens, E)[:-1]
         tgt = tokens[1:]
         out = []
         for s in range(0, h.shape[0], chunk):  # the vocabulary is large: logits a chunk at a time
