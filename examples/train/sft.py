@@ -235,8 +235,10 @@ def main():
     numbers = copy_augment.NumberTokens(args.tokenizer) if os.path.exists(args.tokenizer) else None
     if (args.copy_augment or args.copy_weight != 1.0 or args.number_vector or args.induction) and numbers is None:
         sys.exit(f"sft: --copy-augment, --copy-weight, --induction and --number-vector need the tokenizer ({args.tokenizer})")
-    probe = [d for d in data if numbers and copy_augment.copy_targets(*d, numbers)]
-    probe = probe[:: max(1, len(probe) // 32)]
+    probe = []
+    if args.copy_probe_every and numbers:
+        probe = [d for d in data if copy_augment.copy_targets(*d, numbers)]
+        probe = probe[:: max(1, len(probe) // 32)]
     model = twin.Twin.load(args.init).to(args.device)
     if not args.train_embed:
         model.p("embed.weight").requires_grad_(False)

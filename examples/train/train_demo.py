@@ -59,10 +59,10 @@ def make_tasks(path, n, split, seed, images, turns, tokens):
 # copied numbers of 70% of the drawn episodes replaced by other number tokens, their
 # loss weighed 5x, one trained vector and scale shared by the number tokens' embedding
 # rows (started random), and head 0 of layer 3 started as a copy head (output gain 4).
-COPY_RECIPE = ("--copy-augment 0.7 --copy-weight 5 --number-vector --number-vector-init 1 --copy-head 3 "
-               "--copy-head-gain 4")
-# The same, continuing from trained weights (--init): their copy head and number rows kept.
+# COPY_CONTINUE: the same, continuing from trained weights (--init): their copy head
+# and number rows kept, not started again.
 COPY_CONTINUE = "--copy-augment 0.7 --copy-weight 5 --number-vector"
+COPY_RECIPE = COPY_CONTINUE + " --number-vector-init 1 --copy-head 3 --copy-head-gain 4"
 
 # The families whose answer changes with the instance: the number is copied from
 # the instruction into the command (multiplication, sum of squares, factorial) or

@@ -88,17 +88,17 @@ int TestInternet::Listen(int port) const {
   std::thread([&] {
     int ns = open(("/run/netns/" + ns_).c_str(), O_RDONLY | O_CLOEXEC);
     if (ns < 0) return;
-    if (setns(ns, CLONE_NEWNET) == 0) {
-      int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int s = setns(ns, CLONE_NEWNET) == 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+    if (s >= 0) {
       sockaddr_in a{};
       a.sin_family = AF_INET;
       a.sin_port = htons(static_cast<uint16_t>(port));
       inet_pton(AF_INET, server_ip_.c_str(), &a.sin_addr);
       int one = 1;
       setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      if (s >= 0 && bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && listen(s, 8) == 0) {
+      if (bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && listen(s, 8) == 0) {
         fd = s;
-      } else if (s >= 0) {
+      } else {
         close(s);
       }
     }
