@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import struct
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,18 @@ def main():
                         os.path.join(tmp, "x.safetensors"), "--policy-bin", args.policy_bin],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "not the one" in r.stderr, r.stderr
+    # A malformed delta is refused with a clear error: its rows not an I32 list, a row out of range.
+    good, meta = weights_pack.read(delta)
+    rows = good[weights_pack.ROWS]
+    for broken, why in [(("F32",) + rows[1:], "not an I32 list"),
+                        (("I32", rows[1], struct.pack("<i", 10 ** 7) + rows[2][4:]), "out of range")]:
+        hostile = dict(good)
+        hostile[weights_pack.ROWS] = broken
+        weights_pack.write(bad, hostile, meta)
+        r = subprocess.run([sys.executable, os.path.join(here, "weights_pack.py"), "unpack", bad,
+                            os.path.join(tmp, "x.safetensors"), "--policy-bin", args.policy_bin],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and why in r.stderr, r.stderr
 
     proc, url = parity.start_server(args.policy_bin, back, "tiny", True, 1)
     try:
