@@ -28,7 +28,7 @@ carry no decision and are left out of the loss and of the gap figures.
 
 Logged per step (JSON lines in WORK/grpo.jsonl and one line on stdout): the
 batch's mean reward, the KL of the new weights to the start on the batch's
-policy tokens (k3), the train/rollout logprob gap before the step (mean and max
+policy tokens (exact over the vocabulary), the train/rollout logprob gap before the step (mean and max
 |lp_twin - lp_rollout|, k1 = mean(lp_rollout - lp_twin)), the clipped
 fraction, time. At the end: the reward curve (WORK/reward_curve.png with
 matplotlib, else gnuplot, else WORK/reward_curve.csv and a text plot).
@@ -180,12 +180,15 @@ def grpo_step(model, ref, opt, groups, args):
 
 
 def kl_to_start(model, ref, measured, args):
-    """KL(new || start) on the batch's decision tokens, after the step (k3, with the rollout's samples)."""
+    """KL(new || start) after the step, exact over the vocabulary, averaged over the decision positions
+    of the batch's first --kl-samples samples. (An estimate from the sampled tokens alone, such as k3,
+    is unbounded here: the tool constraint makes the rollout sample tokens that the unconstrained
+    policy finds all but impossible, e.g. closing a call when the budget runs out.)"""
     kl, n = 0.0, 0
     with torch.no_grad():
         for ids, at, _ in measured[: args.kl_samples]:
-            x = sft.token_logprobs_at(ref, ids, at) - sft.token_logprobs_at(model, ids, at)
-            kl += (torch.exp(x) - x - 1).sum().item()
+            new, start = sft.logprob_rows(model, ids, at), sft.logprob_rows(ref, ids, at)
+            kl += (new.exp() * (new - start)).sum().item()
             n += len(at)
     return kl / n if n else None
 
@@ -271,6 +274,8 @@ def main():
     ap.add_argument("--groups-per-step", type=int, default=4, help="groups per update (K)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--scale-lr", type=float, default=None,
+                    help="learning rate of the logits' scale (twin.logit_scale, a log) (default: --lr)")
     ap.add_argument("--clip", type=float, default=0.2)
     ap.add_argument("--train-embed", action="store_true",
                     help="train the tied embedding too (default: kept as --init has it, as sft.py does)")
@@ -287,6 +292,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="torch seed; the rollouts' sampling seeds derive from it")
     args = ap.parse_args()
+    if args.scale_lr is None:
+        args.scale_lr = args.lr
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -309,7 +316,14 @@ def main():
         p.requires_grad_(False)
     if not args.train_embed:  # as sft.py: the tied embedding stays, so the result ships as a small delta
         model.p("embed.weight").requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    # One scalar scales every logit (twin.logit_scale: 1/temperature, written into the final norm's
+    # gain on save). How sharply the policy samples is what the reward punishes most here (a draw from
+    # the tail derails a command), and a scalar learns it at its own rate (--scale-lr) where the
+    # per-dimension gains, each following its own gradient, barely move.
+    rest = [p for p in model.parameters() if p.requires_grad]
+    scale = model.logit_scale()
+    opt = torch.optim.AdamW([{"params": rest, "lr": args.lr}, {"params": [scale], "lr": args.scale_lr}],
+                            weight_decay=0.0)
 
     base_id = args.rollout_id or "grpo-%s" % time.strftime("%Y%m%d-%H%M%S")
     with open(args.tasks) as f:
@@ -394,6 +408,7 @@ def main():
             t1 = time.time()
             fig = grpo_step(model, ref, opt, batch, args)
             fig["policy_lag"] = policy_lag(batch, step)
+            fig["logit_scale"] = math.exp(scale.item())
             path = os.path.join(work, "weights", "step-%d.safetensors" % step)
             model.save(path)
             t2 = time.time()
@@ -409,10 +424,11 @@ def main():
             metrics.flush()
             f = lambda v, fmt="%.4f": "-" if v is None else fmt % v  # noqa: E731
             log("step %2d  reward %.3f (%d samples, %d groups w/o signal, lag %.1f)  KL to start %s  "
-                "gap |lp_twin-lp_rollout| mean %s max %s k1 %s  clipped %.2f  (wait %.0fs train %.0fs update %.1fs)"
+                "gap |lp_twin-lp_rollout| mean %s max %s k1 %s  clipped %.2f  logit scale %.3f  (wait %.0fs train %.0fs "
+                "update %.1fs)"
                 % (step, fig["reward"], fig["samples"], fig["groups_without_signal"], fig["policy_lag"],
                    f(fig["kl_to_start"], "%.5f"), f(fig["gap_mean"]), f(fig["gap_max"], "%.3f"), f(fig["gap_k1"]),
-                   fig["clipped"], fig["wait_s"], fig["train_s"], fig["update_s"]))
+                   fig["clipped"], fig["logit_scale"], fig["wait_s"], fig["train_s"], fig["update_s"]))
     finally:
         if state["groups"]:
             state["groups"].close()

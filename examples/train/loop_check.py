@@ -12,7 +12,8 @@ paddock-policy, small enough for a test (busybox tasks only):
      tasks whose verifier rewards at random, so groups carry a signal), the
      groups streamed, a gradient step, new weights written and loaded through
      `paddock rollout update-policy` (paddock-policy then reports the version
-     step-1), the figures logged and the curve written.
+     step-1), the figures logged and the curve written; the logits' scale
+     (twin.logit_scale) is written into the final norm's gain.
 
   loop_check.py --build BUILD [--work DIR]
 Exits 1 saying what failed; 77 when not root (sandboxes need it).
@@ -44,6 +45,29 @@ def mean_loss(weights, export):
     data = sft.read_samples([export], 1.0)
     with torch.no_grad():
         return sum(sft.nll(model, i, m).item() for i, m in data) / len(data)
+
+
+def check_logit_scale(row, before, after):
+    """With a group that carried signal, the logits' scale (--scale-lr 0.05) took its first Adam step
+    (a log-scale move of 0.05 either way); without one (the coin can land the same way 4 times in
+    both groups) it stayed 1. Either way the weights written carry it in the final norm's gain:
+    every entry is the start's times the scale (up to the gain's own step at --lr, 2e-4).
+    (sft_check.py checks the scale's step on a fixed batch, independent of the coin.)"""
+    import math
+    import twin
+    s = row.get("logit_scale")
+    if s is None:
+        fail("grpo.py's step has no logit_scale: %s" % row)
+    if row["tokens"] > 0 and not 0.04 < abs(math.log(s)) < 0.06:
+        fail("the logits' scale did not take its step (logit_scale %r)" % s)
+    if row["tokens"] == 0 and s != 1.0:
+        fail("the logits' scale moved (%r) on a step without signal" % s)
+    g0, g1 = twin.Twin.load(before).p("norm.weight"), twin.Twin.load(after).p("norm.weight")
+    err = ((g1 / g0) / s - 1).abs().max().item()
+    if err > 1e-3:
+        fail("norm.weight written is not the start's times the logits' scale %.4f (worst entry off by %.2g)"
+             % (s, err))
+    print("grpo: the logits' scale %.4f is written into norm.weight (worst entry off by %.1g)" % (s, err))
 
 
 def main():
@@ -106,7 +130,7 @@ def main():
         subprocess.run([py, os.path.join(HERE, "grpo.py"), "--tasks", coin, "--init", out, "--work", gdir,
                         "--paddock", st.paddock, "--policy-url", url, "--steps", "1", "--group", "4",
                         "--groups-per-step", "2", "--chunk-steps", "1", "--concurrency", "4",
-                        "--rollout-id", "loop"], check=True)
+                        "--scale-lr", "0.05", "--rollout-id", "loop"], check=True)
         rows = [json.loads(l) for l in open(os.path.join(gdir, "grpo.jsonl"))]
         if len(rows) != 1:
             fail("grpo.py logged %d steps, not 1" % len(rows))
@@ -121,6 +145,7 @@ def main():
         for f in ("grpo.safetensors", "weights/step-1.safetensors"):
             if not os.path.exists(os.path.join(gdir, f)):
                 fail("grpo.py wrote no %s" % f)
+        check_logit_scale(r, out, os.path.join(gdir, "weights", "step-1.safetensors"))
         if not any(os.path.exists(os.path.join(gdir, "reward_curve." + e)) for e in ("png", "csv")):
             fail("grpo.py drew no reward curve")
         print("grpo: one step: reward %.3f, %d samples, KL to start %s, gap mean %s; "

@@ -82,15 +82,20 @@ def read_samples(paths, min_reward=None, max_len=2048, as_exported=False):
     return out
 
 
-def token_logprobs_at(model, ids, at):
-    """log p(ids[a + 1] | ids[:a + 1]) for each a in `at` (a LongTensor), differentiable.
-    Only those rows go through the output head: the vocabulary is large."""
+def logprob_rows(model, ids, at):
+    """log p(. | ids[:a + 1]) over the whole vocabulary for each a in `at` (a LongTensor), one
+    row each, differentiable. Only those rows go through the output head: the vocabulary is large."""
     dev = model.p("norm.weight").device
     ids_t = torch.as_tensor(ids, dtype=torch.long, device=dev)
-    at = at.to(dev)
     E = model.embedding()
-    h = model.hidden(ids_t[: int(at.max()) + 1], E)[at]
-    return torch.log_softmax(h @ E.t(), dim=-1).gather(1, ids_t[at + 1][:, None]).squeeze(1)
+    h = model.hidden(ids_t[: int(at.max()) + 1], E)[at.to(dev)]
+    return torch.log_softmax(h @ E.t(), dim=-1)
+
+
+def token_logprobs_at(model, ids, at):
+    """log p(ids[a + 1] | ids[:a + 1]) for each a in `at` (a LongTensor), differentiable."""
+    nxt = torch.as_tensor(ids, dtype=torch.long)[at + 1]
+    return logprob_rows(model, ids, at).gather(1, nxt[:, None].to(model.p("norm.weight").device)).squeeze(1)
 
 
 def policy_positions(mask):

@@ -127,19 +127,27 @@ def run_grpo(a, st, summary, times, work, sft_out, grpo_tasks, heldout):
     subprocess.run([sys.executable, os.path.join(HERE, "grpo.py"), "--tasks", grpo_tasks, "--init", sft_out,
                     "--work", gdir, "--paddock", st.paddock, "--policy-url", url, "--steps", str(a.grpo_steps),
                     "--group", str(a.group), "--groups-per-step", str(a.groups_per_step),
-                    "--lr", str(a.grpo_lr), "--concurrency", str(a.concurrency), "--rollout-id", "grpo"],
+                    "--lr", str(a.grpo_lr), "--scale-lr", str(a.grpo_scale_lr),
+                    "--concurrency", str(a.concurrency), "--rollout-id", "grpo"],
                    check=True)
     st.stop_policy()
     times["grpo_s"] = time.time() - t
     final = os.path.join(gdir, "grpo.safetensors")
+    rows = [json.loads(l) for l in open(os.path.join(gdir, "grpo.jsonl"))]
+    last = rows[-1]["step"] if rows else 1
+    evals = {0: base["mean"]}
+    for k in range(a.grpo_eval_every, last, a.grpo_eval_every) if a.grpo_eval_every > 0 else ():
+        say("held-out reward after GRPO step %d" % k)
+        r = evaluate(st, os.path.join(gdir, "weights", "step-%d.safetensors" % k), heldout, "eval-grpo-%d" % k, a)
+        summary.setdefault("heldout_grpo_steps", {})[str(k)] = r
+        evals[k] = r["mean"]
     say("held-out reward after GRPO")
     summary["heldout_grpo"] = evaluate(st, final, heldout, "eval-grpo", a)
+    evals[last] = summary["heldout_grpo"]["mean"]
 
-    # The curve again, with the held-out point after GRPO.
+    # The curve again, with the held-out points.
     sys.path.insert(0, HERE)
     import grpo
-    rows = [json.loads(l) for l in open(os.path.join(gdir, "grpo.jsonl"))]
-    evals = {0: base["mean"], (rows[-1]["step"] if rows else 1): summary["heldout_grpo"]["mean"]}
     with open(os.path.join(gdir, "evals.json"), "w") as f:
         json.dump(evals, f)
     curve = grpo.draw_curve(rows, evals, gdir)
@@ -158,8 +166,8 @@ def main():
     ap.add_argument("--sft-steps", type=int, default=900)
     ap.add_argument("--sft-batch", type=int, default=4)
     ap.add_argument("--sft-lr", type=float, default=3e-3)
-    ap.add_argument("--sft-time", type=float, default=1080,
-                    help="stop SFT after this many seconds (default 1080: the demo within 30 minutes; 0: none)")
+    ap.add_argument("--sft-time", type=float, default=960,
+                    help="stop SFT after this many seconds (default 960: the demo within 30 minutes; 0: none)")
     ap.add_argument("--sft-copy-tasks", type=int, default=640,
                     help="extra training instances of the families whose answer is copied (COPY_KINDS)")
     ap.add_argument("--sft-args", default=COPY_RECIPE,
@@ -171,10 +179,14 @@ def main():
                          "sft: no GRPO, the SFT weights are the result")
     ap.add_argument("--sft-weights", help="SFT weights trained elsewhere (sft.py on the oracle export): "
                                           "evaluate them instead of training")
-    ap.add_argument("--grpo-steps", type=int, default=6)
+    ap.add_argument("--grpo-steps", type=int, default=16)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--groups-per-step", type=int, default=4)
-    ap.add_argument("--grpo-lr", type=float, default=1e-4)
+    ap.add_argument("--grpo-lr", type=float, default=5e-4)
+    ap.add_argument("--grpo-scale-lr", type=float, default=0.02,
+                    help="grpo.py --scale-lr: learning rate of the logits' scale (docs/training.md)")
+    ap.add_argument("--grpo-eval-every", type=int, default=8,
+                    help="held-out reward of every Nth step's weights too, for the curve (0: only the last)")
     ap.add_argument("--init", default=None, help="start SFT from these weights instead of the seeded ones")
     ap.add_argument("--skip-sft", action="store_true", help="GRPO straight from --init (e.g. the shipped weights)")
     ap.add_argument("--concurrency", type=int, default=8)
@@ -182,7 +194,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a few steps of each (for tests)")
     a = ap.parse_args()
     if a.quick:
-        a.sft_tasks, a.eval_tasks, a.sft_steps, a.sft_batch, a.grpo_steps = 8, 8, 3, 2, 1
+        a.sft_tasks, a.eval_tasks, a.sft_steps, a.sft_batch, a.grpo_steps = 8, 8, 3, 2, 2
+        a.grpo_eval_every = 1
         a.sft_copy_tasks = 0
         a.eval_samples = 1
         a.group, a.groups_per_step = 2, 2
@@ -270,9 +283,13 @@ def main():
         with open(os.path.join(work, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         say("done in %.0f s" % times["total_s"])
-        for k in ("heldout_untrained", "heldout_init", "heldout_sft", "heldout_grpo"):
+        for k in ("heldout_untrained", "heldout_init", "heldout_sft"):
             if k in summary:
                 note("%-18s %.3f" % (k, summary[k]["mean"]))
+        for k, r in summary.get("heldout_grpo_steps", {}).items():
+            note("%-18s %.3f" % ("heldout_grpo_%s" % k, r["mean"]))
+        if "heldout_grpo" in summary:
+            note("%-18s %.3f" % ("heldout_grpo", summary["heldout_grpo"]["mean"]))
         if rows:
             note("reward curve: %s" % curve)
             import grpo

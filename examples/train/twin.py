@@ -214,6 +214,7 @@ class Twin(nn.Module):
         self.class_rows: Optional[torch.Tensor] = None
         self.class_vec: Optional[nn.Parameter] = None
         self.class_log_scale: Optional[nn.Parameter] = None
+        self.logit_log_scale: Optional[nn.Parameter] = None
         r = config.rope_dim
         self.register_buffer("inv_freq", torch.tensor(
             [config.rope_theta ** (-2.0 * i / r) for i in range(r // 2)], dtype=torch.float64),
@@ -250,6 +251,19 @@ class Twin(nn.Module):
         self.class_log_scale = nn.Parameter(torch.tensor(float(log_scale_init), device=E.device))
         return [self.class_vec, self.class_log_scale]
 
+    def logit_scale(self) -> nn.Parameter:
+        """One trainable scalar multiplying the final norm's gain, i.e. every logit of the tied
+        head: 1/temperature, learned (it starts at 1). A gain per dimension cannot learn
+        "sharper everywhere" as directly: each of its entries follows its own gradient.
+        save() writes the product into norm.weight, so the engine serves it as it is."""
+        if self.logit_log_scale is None:
+            self.logit_log_scale = nn.Parameter(torch.zeros((), device=self.p("norm.weight").device))
+        return self.logit_log_scale
+
+    def final_gain(self) -> torch.Tensor:
+        g = self.p("norm.weight")
+        return g if self.logit_log_scale is None else g * torch.exp(self.logit_log_scale)
+
     def embedding(self) -> torch.Tensor:
         """The embedding (= the tied output head) as the engine uses it: BF16-rounded, with
         the number rows scaled and shifted (number_vector)."""
@@ -264,7 +278,8 @@ class Twin(nn.Module):
         """Like the engine's SaveSafetensors: embed.weight as BF16, the rest F32, atomically."""
         out = {}
         for name in tensor_specs(self.config):
-            t = (self.embedding() if name == "embed.weight" else self.params[_key(name)]).detach().cpu().to(torch.float32)
+            t = (self.embedding() if name == "embed.weight" else self.final_gain() if name == "norm.weight"
+                 else self.params[_key(name)]).detach().cpu().to(torch.float32)
             out[name] = t.to(torch.bfloat16) if name == "embed.weight" else t
         safetensors_io.save(path, out, {"paddock.config": json.dumps(self.config.to_json()),
                                         "format": "pt"})
@@ -400,7 +415,7 @@ class Twin(nn.Module):
         for i, kind in enumerate(c.layers):
             x = x + self.attention(i, kind, self.rms_norm(x, self.p(f"layers.{i}.attn_norm.weight")), pos)
             x = x + self.moe(i, self.rms_norm(x, self.p(f"layers.{i}.ffn_norm.weight")))
-        return self.rms_norm(x, self.p("norm.weight"))
+        return self.rms_norm(x, self.final_gain())
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         E = self.embedding()  # the tied head, in BF16 like the engine
