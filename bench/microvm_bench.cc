@@ -15,7 +15,8 @@
 //             more VM adds) from /proc/PID/smaps_rollup
 //   pause     a 256 MiB guest running a process paused (memory to disk,
 //             QEMU gone) and resumed until it answers; beside cold
-//   fork      a running VM forked into --forks copies until all answer
+//   fork      a running VM forked into --forks copies until all answer (each
+//             copy asked at once; also when Fork returned, all restored)
 //
 // Every cold row runs with templates off; the clone rows with templates on.
 // Medians of --runs. Run by hand (root; QEMU, the guest kernel, erofs-utils,
@@ -325,7 +326,7 @@ int main(int argc, char** argv) {
   // Pause -> resume of a 256 MiB guest (a 64 MiB sandbox + the guest's 192 MiB)
   // running a process, until it answers again; fork of a running VM into
   // --forks copies, until every copy answers. Both from template clones.
-  std::vector<double> pause_ms, resume_ms, roundtrip_ms, fork_ms;
+  std::vector<double> pause_ms, resume_ms, roundtrip_ms, fork_ms, fork_restored_ms;
   uint64_t paused_bytes = 0;
   {
     SandboxSpec small = spec;
@@ -368,8 +369,15 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "fork failed: %s\n", copies.status().ToString().c_str());
         return 1;
       }
-      for (auto& c : *copies)
-        if (!ExecOk(*c)) return 1;
+      fork_restored_ms.push_back(Ms(Clock::now() - t0));
+      // Every copy asked at once, as a caller of N running copies would: the
+      // row is the time until the last one has answered.
+      std::vector<char> answered(copies->size(), 0);
+      std::vector<std::thread> askers;
+      for (size_t k = 0; k < copies->size(); ++k)
+        askers.emplace_back([&, k] { answered[k] = ExecOk(*(*copies)[k]); });
+      for (auto& t : askers) t.join();
+      if (std::count(answered.begin(), answered.end(), 0) > 0) return 1;
       fork_ms.push_back(Ms(Clock::now() - t0));
     }
   }
@@ -434,8 +442,10 @@ int main(int argc, char** argv) {
   std::printf("| pause (256 MiB guest, %.1f MiB saved) | %.0f ms |\n", paused_bytes / 1048576.0, Median(pause_ms));
   std::printf("| resume -> first exec | %.0f ms |\n", Median(resume_ms));
   std::printf("| pause -> resume round trip | %.0f ms | %.3f of cold (target <= 0.2) |\n", rt, rt / c);
-  std::printf("| fork of a running VM into %d, until all answer | %.0f ms | %.3f of cold (target <= 0.5) |\n", forks, fk,
-              fk / c);
+  std::printf("| fork of a running VM into %d: all restored (Fork returned) | %.0f ms | %.3f of cold |\n", forks,
+              Median(fork_restored_ms), Median(fork_restored_ms) / c);
+  std::printf("| fork of a running VM into %d, until all answer (asked at once) | %.0f ms | %.3f of cold (target <= 0.5) |\n",
+              forks, fk, fk / c);
   tpl_sub->Shutdown();
   alive.clear();
   warmup_sub->Shutdown();
