@@ -18,19 +18,21 @@ K groups:
                and by the engine's FP8/int4 KV emulation and under the tool
                constraint, so never exactly the twin's), token-mean, plus
                --kl-coef times KL(new || start) (k3) if asked;
-  update       AdamW step, weights written (safetensors the engine serves), the
-               rollout told to load them: `paddock rollout update-policy ID
-               --weights FILE --version step-N`; then the groups acknowledged
-               (each group trains exactly once, also across a restart).
+  update       AdamW step (--lr; the logits' scale, one scalar, at --scale-lr),
+               weights written (safetensors the engine serves; the scale in the
+               final norm's gain), the rollout told to load them: `paddock
+               rollout update-policy ID --weights FILE --version step-N`; then the
+               groups acknowledged (each group trains exactly once, also across a
+               restart).
 
 Tokens the constraint forced (rollout logprob exactly 0: one allowed token)
 carry no decision and are left out of the loss and of the gap figures.
 
 Logged per step (JSON lines in WORK/grpo.jsonl and one line on stdout): the
-batch's mean reward, the KL of the new weights to the start on the batch's
-policy tokens (exact over the vocabulary), the train/rollout logprob gap before the step (mean and max
-|lp_twin - lp_rollout|, k1 = mean(lp_rollout - lp_twin)), the clipped
-fraction, time. At the end: the reward curve (WORK/reward_curve.png with
+batch's mean reward, the KL of the new weights to the start at the batch's
+decision positions (exact, over the vocabulary), the train/rollout logprob gap
+before the step (mean and max |lp_twin - lp_rollout|, k1 = mean(lp_rollout -
+lp_twin)), the clipped fraction, the logits' scale, time. At the end: the reward curve (WORK/reward_curve.png with
 matplotlib, else gnuplot, else WORK/reward_curve.csv and a text plot).
 
   PADDOCK_SOCKET=... grpo.py --tasks train.jsonl --init sft.safetensors --work DIR \\
