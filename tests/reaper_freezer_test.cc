@@ -54,6 +54,10 @@ class ReaperFreezerTest : public ::testing::Test {
       ::waitpid(child_, nullptr, 0);
     }
     for (const auto& d : made_) ::rmdir(d.c_str());
+    // The daemon-named root the cgroups were made under (a daemon's shutdown removes
+    // it; reaping keeps it for the daemon that reaps): the test's state dir is unique,
+    // so nothing else would ever remove it.
+    if (!root_dir_.empty()) ::rmdir(root_dir_.c_str());
     std::error_code ec;
     fs::remove_all(dir_, ec);
   }
@@ -61,7 +65,8 @@ class ReaperFreezerTest : public ::testing::Test {
   // A freezer cgroup named as the daemon names a snapshot's, holding a sleeping
   // child frozen in it.
   void MakeFrozenCgroup(const std::string& root) {
-    cg_ = fmt::format("{}/{}/ct-crashed", kFreezer, root);
+    root_dir_ = fmt::format("{}/{}", kFreezer, root);
+    cg_ = root_dir_ + "/ct-crashed";
     ASSERT_TRUE(fs::create_directories(cg_));
     made_ = {cg_};
     child_ = ::fork();
@@ -92,7 +97,7 @@ class ReaperFreezerTest : public ::testing::Test {
     child_ = 0;
   }
 
-  std::string dir_, cg_;
+  std::string dir_, cg_, root_dir_;
   std::vector<std::string> made_;
   pid_t child_ = 0;
 };
