@@ -32,8 +32,9 @@ Logged per step (JSON lines in WORK/grpo.jsonl and one line on stdout): the
 batch's mean reward, the KL of the new weights to the start at the batch's
 decision positions (exact, over the vocabulary), the train/rollout logprob gap
 before the step (mean and max |lp_twin - lp_rollout|, k1 = mean(lp_rollout -
-lp_twin)), the clipped fraction, the logits' scale, time. At the end: the reward curve (WORK/reward_curve.png with
-matplotlib, else gnuplot, else WORK/reward_curve.csv and a text plot).
+lp_twin)), the clipped fraction, the logits' scale, time. At the end: the
+reward curve (WORK/reward_curve.png with matplotlib, else gnuplot, else
+WORK/reward_curve.csv and a text plot).
 
   PADDOCK_SOCKET=... grpo.py --tasks train.jsonl --init sft.safetensors --work DIR \\
       [--policy-url URL | --policy-bin build/policy/paddock-policy] [--steps 10 --group 4 --groups-per-step 4]
@@ -426,8 +427,8 @@ def main():
             metrics.flush()
             f = lambda v, fmt="%.4f": "-" if v is None else fmt % v  # noqa: E731
             log("step %2d  reward %.3f (%d samples, %d groups w/o signal, lag %.1f)  KL to start %s  "
-                "gap |lp_twin-lp_rollout| mean %s max %s k1 %s  clipped %.2f  logit scale %.3f  (wait %.0fs train %.0fs "
-                "update %.1fs)"
+                "gap |lp_twin-lp_rollout| mean %s max %s k1 %s  clipped %.2f  logit scale %.3f  "
+                "(wait %.0fs train %.0fs update %.1fs)"
                 % (step, fig["reward"], fig["samples"], fig["groups_without_signal"], fig["policy_lag"],
                    f(fig["kl_to_start"], "%.5f"), f(fig["gap_mean"]), f(fig["gap_max"], "%.3f"), f(fig["gap_k1"]),
                    fig["clipped"], fig["logit_scale"], fig["wait_s"], fig["train_s"], fig["update_s"]))
