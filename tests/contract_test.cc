@@ -84,8 +84,8 @@ std::vector<pid_t> HostPidsRunning(const std::vector<std::string>& argv) {
 // in it, so that concurrent test runs never see each other's sleeps.
 std::string UniqueSleep(int tag) { return std::to_string(tag * 1000000 + getpid() % 1000000); }
 
-// Whether no process runs `sleep SECONDS` within `within` (processes of a
-// function exec die with its stub, just after the exec is answered).
+// Whether no process runs `sleep SECONDS` within `within` (a function exec's
+// stub kills what the exec left before it answers).
 bool SleepGone(const std::string& seconds, std::chrono::milliseconds within) {
   auto deadline = std::chrono::steady_clock::now() + within;
   while (!HostPidsRunning({"sleep", seconds}).empty()) {
@@ -205,6 +205,24 @@ TEST_P(Contract, Exec_DeliversBinaryStdin) {
   ASSERT_TRUE(res.ok());
   EXPECT_EQ(res->exit_code, 0);
   EXPECT_TRUE(res->stdout_data == input) << "stdin did not round-trip";
+}
+
+// Scripts open their stdio by name (`/dev/stdin`, `> /dev/stderr`): links to
+// /proc/self/fd, which reopen the pipe itself, so the sandbox's root must be
+// allowed to open the pipes its commands were given. Twice: a function
+// sandbox's second exec runs on a reused stub.
+TEST_P(Contract, Exec_StdioCanBeOpenedByName) {
+  auto id = Create();
+  for (int i = 0; i < 2; ++i) {
+    ExecRequest r;
+    r.shell = "cat /dev/stdin; echo out > /dev/stdout; echo err > /dev/stderr";
+    r.stdin_data = "in\n";
+    auto res = Get(id)->Exec(r, nullptr);
+    ASSERT_TRUE(res.ok()) << res.status().message();
+    EXPECT_EQ(res->exit_code, 0) << res->stderr_data;
+    EXPECT_EQ(res->stdout_data, "in\nout\n");
+    EXPECT_EQ(res->stderr_data, "err\n");
+  }
 }
 
 // A command that exits without reading its stdin: the rest of the input is
@@ -355,7 +373,7 @@ TEST_P(Contract, Isolation_NoHostProcessesVisible) {
   int visible = std::atoi(r.stdout_data.c_str());
   EXPECT_GT(visible, 0);
   EXPECT_LT(visible, 6) << r.stdout_data;  // init (container), sh, ls, grep, cat
-  // PID 1 is paddock-init: the container's init, or a function exec's stub.
+  // PID 1 is paddock-init: the container's init, or a function sandbox's stub.
   EXPECT_THAT(r.stdout_data, HasSubstr("paddock-init"));
   // The test process itself is not visible inside.
   ExecResult mine = Run(id, fmt::format("test -e /proc/{}/cmdline && echo visible || echo hidden", getpid()));
@@ -554,7 +572,7 @@ TEST_P(Contract, Destroy_LeavesNothingBehind) {
   if (IsFunction()) {
     // Per-exec state dies with each exec; the zygote is shared by every
     // function sandbox of this image and limits, and goes at shutdown. The
-    // exec's background processes die with its stub, just after the answer.
+    // exec's background processes were killed by its stub before the answer.
     EXPECT_TRUE(SleepGone(secs, std::chrono::milliseconds(1000)));
     return;
   }

@@ -19,6 +19,11 @@ if(TARGET paddock_client AND EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/escape_test.cc)
   target_link_options(seccomp_probe PRIVATE -static)
   target_compile_definitions(escape_test PRIVATE PADDOCK_SECCOMP_PROBE="$<TARGET_FILE:seccomp_probe>")
   add_dependencies(escape_test seccomp_probe)
+  # Tries to leave state from one function exec to the next on the same stub.
+  add_executable(exec_residue_probe support/exec_residue_probe.cc)
+  target_link_options(exec_residue_probe PRIVATE -static)
+  target_compile_definitions(escape_test PRIVATE PADDOCK_RESIDUE_PROBE="$<TARGET_FILE:exec_residue_probe>")
+  add_dependencies(escape_test exec_residue_probe)
 endif()
 
 # A "substrate": "microvm" task through paddockd and `paddock run` (QEMU

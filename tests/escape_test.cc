@@ -548,9 +548,56 @@ TEST_F(EscapeTest, DestroyingAFunctionSandboxKillsItsRunningExec) {
   (void)signal;
 }
 
-// From its second exec on, a function sandbox holds a stub for the next one,
-// in its own cgroup. One that dies while it waits (killed from the host here)
-// costs nothing but a fresh stub.
+// A function sandbox's execs run one after another on one stub, their PID 1
+// (sandbox/function/stub_exec.h). Nothing one exec leaves reaches the next
+// (files, xattrs, modes and times of the scratch mounts, System V and POSIX
+// IPC, abstract and loopback listeners, processes), and no command reaches
+// the stub, which keeps the capabilities it needs between execs.
+TEST_F(EscapeTest, ExecsOnOneStubLeaveNothingToEachOther) {
+  const std::string probe = testing::ReadWholeFile(PADDOCK_RESIDUE_PROBE);
+  ASSERT_GT(probe.size(), 10000u);
+  std::string id = Create("function");
+  ASSERT_FALSE(id.empty());
+  auto run = [&](const std::string& mode) {
+    ExecRequest r;
+    r.shell = "cat > /tmp/probe && chmod 755 /tmp/probe && /tmp/probe " + mode +
+              "; echo stub=$(cut -d' ' -f22 /proc/1/stat)";
+    r.stdin_data = probe;
+    auto res = client_->Exec(id, r);
+    EXPECT_TRUE(res.ok()) << res.status().message();
+    return res.ok() ? res->stdout_data : std::string();
+  };
+  auto stub_of = [](const std::string& out) {
+    size_t at = out.rfind("stub=");
+    return at == std::string::npos ? std::string("?") : out.substr(at);
+  };
+  const std::string first = run("look");
+  const std::string left = run("leave");
+  SCOPED_TRACE("leave:\n" + left);
+  for (const char* tried : {"tmp_file", "shm_file", "tmp_xattr", "shm_xattr", "shm_chmod", "tmp_atime", "shmget",
+                            "msgget", "semget", "mq_open", "listeners"})
+    EXPECT_THAT(left, HasSubstr(std::string(tried) + "=ok\n")) << "the probe could not even try " << tried;
+  for (const char* denied : {"stub_environ", "stub_mem", "stub_exe", "stub_fds", "stub_ptrace"}) {
+    EXPECT_THAT(left, HasSubstr(std::string(denied) + "=")) << denied;
+    EXPECT_THAT(left, Not(HasSubstr(std::string(denied) + "=ok\n"))) << "a command reached the stub: " << denied;
+  }
+  const std::string looked = run("look");
+  EXPECT_EQ(looked.substr(0, looked.find("stub=")), "end\n") << "the next exec found what the last one left";
+  // All three ran on one stub (its start time), so this is the reused path.
+  EXPECT_EQ(stub_of(first), stub_of(left));
+  EXPECT_EQ(stub_of(left), stub_of(looked));
+  EXPECT_NE(stub_of(looked), "stub=") << looked;
+  // Each command has no capability at all, on a reused stub as on a new one.
+  std::string status = Sh(*client_, id, "cat /proc/self/status");
+  for (const char* set : {"CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"})
+    EXPECT_EQ(StatusField(status, set), "0000000000000000") << set << "\n" << status;
+  EXPECT_EQ(StatusField(status, "NoNewPrivs"), "1");
+  EXPECT_EQ(StatusField(status, "Seccomp"), "2");
+}
+
+// After its first exec, a function sandbox holds that exec's stub for the
+// next one, in its own cgroup. One that dies while it waits (killed from the
+// host here) costs nothing but a fresh stub.
 TEST_F(EscapeTest, AHeldStubThatDiesIsReplaced) {
   std::string id = Create("function");
   ASSERT_FALSE(id.empty());
@@ -560,7 +607,7 @@ TEST_F(EscapeTest, AHeldStubThatDiesIsReplaced) {
   env.state_dir = daemon_.state_dir();
   const std::string procs = "/sys/fs/cgroup/pids/" + env.cgroup_root() + "/fs-" + id + "/cgroup.procs";
   std::string held;
-  for (int i = 0; i < 100 && held.empty(); ++i) {  // taken while the command ran; may land just after
+  for (int i = 0; i < 100 && held.empty(); ++i) {
     std::ifstream in(procs);
     std::getline(in, held, '\0');
     if (held.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));

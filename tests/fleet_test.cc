@@ -500,6 +500,11 @@ TEST_F(FleetTest, AFrontWhoseHeartbeatsStopLosesItsSandboxesOnTheNodes) {
   while (!FrontSandboxesOn(*nodes_[0]).empty() && Clock::now() < end)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_TRUE(FrontSandboxesOn(*nodes_[0]).empty()) << "the node kept a fenced front's sandbox";
+  // The node logs the fencing once its destroys are done, just after the
+  // sandbox leaves its list.
+  for (auto log_end = Clock::now() + std::chrono::seconds(5);
+       nodes_[0]->LogTail().find("fenced 1 sandbox") == std::string::npos && Clock::now() < log_end;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_THAT(nodes_[0]->LogTail(), HasSubstr("fenced 1 sandbox"));
   ASSERT_EQ(::kill(front_->pid(), SIGCONT), 0);
 

@@ -34,8 +34,9 @@ constexpr int kSetupTimeoutMs = 10'000;
 constexpr const char* kDefaultWorkdir = "/tmp";  // the per-exec scratch directory
 // A zygote no sandbox uses is kept this long for the next create.
 constexpr auto kZygoteIdle = std::chrono::seconds(60);
-// At most this many stubs are held ready for sandboxes' next execs (each is
-// a process with its own namespaces); past it an exec takes its stub then.
+// At most this many stubs are held for sandboxes' next execs (each is a
+// process with its own namespaces); past it a sandbox's exec takes a stub
+// from its zygote each time.
 constexpr int kMaxHeldStubs = 128;
 
 // A process that has entered the sandbox's namespaces and root and forks
@@ -112,9 +113,11 @@ class FunctionSandbox final : public Sandbox {
   const std::string& id() const override { return id_; }
 
   // The exec runs on a stub the zygote moved into this sandbox's cgroups and
-  // handed over (sandbox/function/stub_exec.h). A sandbox that execs again
-  // holds the next stub, taken while the current command runs, so its later
-  // execs have no zygote round trip on their path.
+  // handed over (sandbox/function/stub_exec.h). The sandbox keeps that stub
+  // for its next exec: a stub serves one exec after another, leaving nothing
+  // of one to the next, so later execs have no zygote round trip and no new
+  // process or pid namespace on their path. An exec that finds the held stub
+  // busy (execs at once) takes one of its own.
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output) override {
     auto [z, cg] = parts();
     if (!z) return Destroyed();
@@ -122,12 +125,10 @@ class FunctionSandbox final : public Sandbox {
     for (const auto& [k, v] : env_) r.env.emplace(k, v);  // the request's env wins
     if (r.cwd.empty()) r.cwd = workdir_;
     std::vector<UniqueFd> stub;
-    bool again;
     {
       std::lock_guard lock(mu_);
       stub = std::move(held_);
       held_.clear();
-      again = execs_++ > 0;
     }
     const bool held = !stub.empty();
     if (held) {
@@ -136,32 +137,15 @@ class FunctionSandbox final : public Sandbox {
       PADDOCK_ASSIGN_OR_RETURN(stub, z->client_->TakeStub(cg->procs_fds()));
     }
     uint64_t ooms_before = cg->cgroup.OomKills();
-    auto take_next = [&, z = z, cg = cg] {
-      if (!again) return;  // a sandbox that execs once holds nothing
-      if (held_stubs_->fetch_add(1) >= kMaxHeldStubs) {
-        held_stubs_->fetch_sub(1);
-        return;
-      }
-      auto next = z->client_->TakeStub(cg->procs_fds());
-      if (!next.ok()) {
-        held_stubs_->fetch_sub(1);
-        return;
-      }
-      std::lock_guard lock(mu_);
-      if (held_.empty() && zygote_) {
-        held_ = std::move(next).value();
-      } else {
-        DiscardStub(*next);  // destroyed meanwhile, or a concurrent exec's stub is held
-        held_stubs_->fetch_sub(1);
-      }
-    };
-    auto ran = RunOnStub(std::move(stub), r, on_output, take_next);
+    bool reusable = false;
+    auto ran = RunOnStub(stub, r, on_output, kFunctionIds.host_base, &reusable);
     if (!ran.ok() && held && ran.status().code() == Code::kUnavailable) {
       // The held stub died while it waited (it never took the request): once
       // more on a fresh one.
       PADDOCK_ASSIGN_OR_RETURN(stub, z->client_->TakeStub(cg->procs_fds()));
-      ran = RunOnStub(std::move(stub), r, on_output, {});
+      ran = RunOnStub(stub, r, on_output, kFunctionIds.host_base, &reusable);
     }
+    Keep(stub, reusable);
     PADDOCK_ASSIGN_OR_RETURN(ExecResult res, std::move(ran));
     if (res.signal == SIGKILL && !res.timed_out && cg->cgroup.OomKills() > ooms_before)
       res.oom_killed = true;
@@ -227,6 +211,21 @@ class FunctionSandbox final : public Sandbox {
     return {zygote_, cgroup_};
   }
   Status Destroyed() const { return Error(Code::kUnavailable, "sandbox is destroyed"); }
+  // Holds a stub that served an exec for the next one, unless one is held
+  // already (execs ran at once), the sandbox is gone, or every function
+  // sandbox together holds kMaxHeldStubs.
+  void Keep(std::vector<UniqueFd>& stub, bool reusable) {
+    if (stub.empty()) return;
+    if (reusable && held_stubs_->fetch_add(1) < kMaxHeldStubs) {
+      std::lock_guard lock(mu_);
+      if (held_.empty() && zygote_) {
+        held_ = std::move(stub);
+        return;
+      }
+    }
+    if (reusable) held_stubs_->fetch_sub(1);
+    DiscardStub(stub);
+  }
   std::string Absolute(const std::string& path) const {
     if (!path.empty() && path[0] == '/') return path;
     return workdir_ + "/" + path;
@@ -236,8 +235,7 @@ class FunctionSandbox final : public Sandbox {
   mutable std::mutex mu_;
   std::shared_ptr<Zygote> zygote_;
   std::shared_ptr<SandboxCgroup> cgroup_;
-  std::vector<UniqueFd> held_;  // the next exec's stub, when one is held
-  uint64_t execs_ = 0;
+  std::vector<UniqueFd> held_;  // the stub of the last exec, kept for the next
   std::shared_ptr<std::atomic<int>> held_stubs_;  // stubs held by all function sandboxes
   std::map<std::string, std::string> env_;
   std::string workdir_;

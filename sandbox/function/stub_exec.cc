@@ -69,20 +69,15 @@ int MsUntil(Clock::time_point t) {
   return left <= 0 ? 0 : static_cast<int>(std::min<int64_t>(left, 20));  // 20 ms: cancellation polling
 }
 
-// Writes all of `data` to a nonblocking pipe, or false at `deadline`/error.
-bool WriteAllBy(int fd, std::string_view data, Clock::time_point deadline) {
-  while (!data.empty()) {
-    ssize_t w = write(fd, data.data(), data.size());
-    if (w > 0) {
-      data.remove_prefix(static_cast<size_t>(w));
-      continue;
-    }
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && errno != EAGAIN) return false;
-    if (Clock::now() >= deadline) return false;
-    struct pollfd p {fd, POLLOUT, 0};
-    poll(&p, 1, 20);
-  }
+// A pipe for one of the command's stdio streams: the daemon's end
+// nonblocking, the command's end as it is (it goes to the stub).
+bool MakePipe(UniqueFd* daemon_end, UniqueFd* command_end, bool daemon_writes) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return false;
+  daemon_end->reset(daemon_writes ? p[1] : p[0]);
+  command_end->reset(daemon_writes ? p[0] : p[1]);
+  int flags = fcntl(daemon_end->get(), F_GETFL);
+  fcntl(daemon_end->get(), F_SETFL, flags | O_NONBLOCK);
   return true;
 }
 
@@ -93,20 +88,19 @@ void DiscardStub(std::vector<UniqueFd>& stub) {
   stub.clear();
 }
 
-Result<ExecResult> RunOnStub(std::vector<UniqueFd> stub, const ExecRequest& req_in, const OutputCallback& on_output,
-                             const std::function<void()>& meanwhile) {
+Result<ExecResult> RunOnStub(std::vector<UniqueFd>& stub, const ExecRequest& req_in, const OutputCallback& on_output,
+                             uint32_t sandbox_root, bool* reusable) {
+  *reusable = false;
   if (stub.size() != init::kStubFds) return Error(Code::kInternal, "an exec stub has {} fds", stub.size());
-  // The fds come from inside the sandbox's namespaces: use them only as the
-  // pipes they must be (no blocking call on anything else).
-  for (int i = 0; i < init::kStubPidfd; ++i) {
-    struct stat st {};
-    if (fstat(stub[i].get(), &st) != 0 || !S_ISFIFO(st.st_mode)) {
-      DiscardStub(stub);
-      return Error(Code::kInternal, "the function zygote handed over an exec stub whose fd {} is not a pipe", i);
-    }
-    int flags = fcntl(stub[i].get(), F_GETFL);
-    fcntl(stub[i].get(), F_SETFL, flags | O_NONBLOCK);
+  // The control socket comes from inside the sandbox's namespaces: use it
+  // only as the socket it must be (nonblocking, with deadlines).
+  const int ctl = stub[init::kStubControl].get();
+  struct stat st {};
+  if (fstat(ctl, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    DiscardStub(stub);
+    return Error(Code::kInternal, "the function zygote handed over an exec stub whose control fd is not a socket");
   }
+  fcntl(ctl, F_SETFL, fcntl(ctl, F_GETFL) | O_NONBLOCK);
   ExecRequest req = req_in;
   if (req.timeout_ms == 0) req.timeout_ms = kDefaultExecTimeoutMs;
   std::string stdin_data = std::move(req.stdin_data);
@@ -116,25 +110,29 @@ Result<ExecResult> RunOnStub(std::vector<UniqueFd> stub, const ExecRequest& req_
   req.trusted_program.clear();
   req.stream = false;
   std::string encoded = init::EncodeExec(req);
-  if (encoded.size() > init::kMaxFrame) {
-    DiscardStub(stub);
+  if (encoded.size() > init::kMaxFrame)
     return Error(Code::kInvalidArgument, "exec request of {} bytes (at most {})", encoded.size(), init::kMaxFrame);
-  }
-  const uint32_t len = static_cast<uint32_t>(encoded.size());
-  std::string framed(sizeof len, '\0');
-  std::memcpy(framed.data(), &len, sizeof len);
-  framed += encoded;
+  UniqueFd in_w, in_r, out_r, out_w, err_r, err_w;
+  if (!MakePipe(&in_w, &in_r, true) || !MakePipe(&out_r, &out_w, false) || !MakePipe(&err_r, &err_w, false))
+    return Error(Code::kResourceExhausted, "pipes for a function exec: {}", std::strerror(errno));
+  for (const UniqueFd* p : {&in_r, &out_w, &err_w})
+    if (fchown(p->get(), sandbox_root, sandbox_root) != 0)
+      return Error(Code::kInternal, "giving a function exec its pipes: {}", std::strerror(errno));
 
   const SigpipeBlocked no_sigpipe;
   const auto start = Clock::now();
   ExecResult result;
-  if (!WriteAllBy(stub[init::kStubRequest].get(), framed, start + kRequestWrite)) {
+  if (!init::WriteFrameBy(ctl, init::FrameType::kExec, 0, encoded, {in_r.get(), out_w.get(), err_w.get()},
+                          start + kRequestWrite)) {
     DiscardStub(stub);
     return Error(Code::kUnavailable, "the exec's stub did not take its request; create the sandbox again");
   }
-  stub[init::kStubRequest].reset();
-  if (stdin_data.empty()) stub[init::kStubStdin].reset();
-  if (meanwhile) meanwhile();
+  // Only the command holds these ends now: EOF on stdout and stderr once it
+  // and everything it started are gone.
+  in_r.reset();
+  out_w.reset();
+  err_w.reset();
+  if (stdin_data.empty()) in_w.reset();
 
   const uint64_t cap = req.output_cap ? req.output_cap : kDefaultOutputCap;
   uint64_t kept_bytes[3] = {0, 0, 0};  // per stream, whether kept or streamed
@@ -164,6 +162,7 @@ Result<ExecResult> RunOnStub(std::vector<UniqueFd> stub, const ExecRequest& req_
 
   size_t stdin_off = 0;
   int64_t report[init::kStubReportWords] = {};
+  size_t report_got = 0;  // bytes of the report read so far
   bool reported = false, killed = false, cancelled = false;
   auto deadline = start + std::chrono::milliseconds(req.timeout_ms) + kBackstop;
   for (;;) {
@@ -174,32 +173,34 @@ Result<ExecResult> RunOnStub(std::vector<UniqueFd> stub, const ExecRequest& req_
     }
     struct pollfd pfds[4];
     int n = 0, out_i = -1, err_i = -1, in_i = -1;
-    const int status_i = n;
-    pfds[n++] = {stub[init::kStubStatus].get(), POLLIN, 0};
-    if (stub[init::kStubStdout].valid()) { out_i = n; pfds[n++] = {stub[init::kStubStdout].get(), POLLIN, 0}; }
-    if (stub[init::kStubStderr].valid()) { err_i = n; pfds[n++] = {stub[init::kStubStderr].get(), POLLIN, 0}; }
-    if (stub[init::kStubStdin].valid()) { in_i = n; pfds[n++] = {stub[init::kStubStdin].get(), POLLOUT, 0}; }
+    const int ctl_i = n;
+    pfds[n++] = {ctl, POLLIN, 0};
+    if (out_r.valid()) { out_i = n; pfds[n++] = {out_r.get(), POLLIN, 0}; }
+    if (err_r.valid()) { err_i = n; pfds[n++] = {err_r.get(), POLLIN, 0}; }
+    if (in_w.valid()) { in_i = n; pfds[n++] = {in_w.get(), POLLOUT, 0}; }
     int ready = poll(pfds, n, MsUntil(deadline));
     if (ready < 0 && errno != EINTR) break;
-    if (out_i >= 0 && pfds[out_i].revents) read_output(stub[init::kStubStdout], 1);
-    if (err_i >= 0 && pfds[err_i].revents) read_output(stub[init::kStubStderr], 2);
+    if (out_i >= 0 && pfds[out_i].revents) read_output(out_r, 1);
+    if (err_i >= 0 && pfds[err_i].revents) read_output(err_r, 2);
     if (in_i >= 0 && pfds[in_i].revents) {
       bool more = true;  // false: all written, or the command closed its stdin (EPIPE)
       while (more && stdin_off < stdin_data.size()) {
-        ssize_t w = write(stub[init::kStubStdin].get(), stdin_data.data() + stdin_off, stdin_data.size() - stdin_off);
+        ssize_t w = write(in_w.get(), stdin_data.data() + stdin_off, stdin_data.size() - stdin_off);
         if (w > 0) { stdin_off += static_cast<size_t>(w); continue; }
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && errno == EAGAIN) break;
         more = false;
       }
-      if (!more || stdin_off == stdin_data.size()) stub[init::kStubStdin].reset();  // EOF for the command
+      if (!more || stdin_off == stdin_data.size()) in_w.reset();  // EOF for the command
     }
-    if (pfds[status_i].revents) {
+    if (pfds[ctl_i].revents) {
       ssize_t r;
-      do r = read(stub[init::kStubStatus].get(), report, sizeof report);
+      do r = read(ctl, reinterpret_cast<char*>(report) + report_got, sizeof report - report_got);
       while (r < 0 && errno == EINTR);
       if (r < 0 && errno == EAGAIN) continue;
-      reported = r == static_cast<ssize_t>(sizeof report);
+      if (r > 0) report_got += static_cast<size_t>(r);
+      reported = report_got == sizeof report;
+      if (r > 0 && !reported) continue;
       break;  // the report, or EOF: the stub died without one
     }
     if (Clock::now() >= deadline) {
@@ -210,10 +211,11 @@ Result<ExecResult> RunOnStub(std::vector<UniqueFd> stub, const ExecRequest& req_
       deadline = Clock::now() + kAfterKill;
     }
   }
-  // Whatever the command wrote before it exited is in the pipes now; processes
-  // it left behind die with the stub's namespace and do not hold the exec open.
-  for (auto [fd, stream] : {std::pair{init::kStubStdout, 1}, std::pair{init::kStubStderr, 2}})
-    if (stub[fd].valid()) read_output(stub[fd], stream);
+  // Whatever the command wrote is in the pipes now: the stub reports only
+  // once every process of the exec is reaped, and a killed stub takes them
+  // all with its pid namespace.
+  if (out_r.valid()) read_output(out_r, 1);
+  if (err_r.valid()) read_output(err_r, 2);
   result.wall_time_us = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
   if (reported) {
@@ -227,6 +229,7 @@ Result<ExecResult> RunOnStub(std::vector<UniqueFd> stub, const ExecRequest& req_
       result.exit_code = -1;
       result.signal = WTERMSIG(status);
     }
+    *reusable = !killed;
   } else {
     // The stub died before reporting: killed (the backstop, a cancel, the
     // sandbox destroyed) or by the OOM killer, which the caller checks.

@@ -2,12 +2,16 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/magic.h>
+#include <linux/seccomp.h>
 #include <linux/openat2.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -67,17 +71,18 @@ struct Job {
 // stall only that worker, and the worker is killed at this deadline.
 constexpr uint64_t kFileCallTimeoutMs = 20'000;
 
-// A function exec's PID 1, made ahead of time: already in its own pid and
-// mount namespaces with a fresh /proc and scratch /tmp, waiting for its
-// request. Keeping a couple ready takes namespace creation and the mounts
-// off the exec's path. The daemon takes one per exec (kTakeStub) and drives
-// it through these pipes itself; the zygote only makes them and reaps them.
+// The PID 1 of a function sandbox's execs, made ahead of time: already in
+// its own pid and mount namespaces with a fresh /proc and scratch /tmp,
+// waiting for a request. The daemon takes one per sandbox (kTakeStub) and
+// runs that sandbox's execs on it, one after another, through its control
+// socket; between two execs the stub leaves nothing of the first (see
+// StubMain). The zygote only makes stubs and reaps them.
 struct Stub {
   pid_t pid = -1;
-  int req_w = -1, status_r = -1, in_w = -1, out_r = -1, err_r = -1;
+  int ctl = -1;  // the zygote's end until handed over: the daemon's end of the stub's control socket
   void CloseAll() {
-    for (int* fd : {&req_w, &status_r, &in_w, &out_r, &err_r})
-      if (*fd >= 0) { close(*fd); *fd = -1; }
+    if (ctl >= 0) close(ctl);
+    ctl = -1;
   }
 };
 // Stubs kept ready per zygote. One: a sandbox that execs again already holds
@@ -102,7 +107,10 @@ class Server {
   [[noreturn]] void ExecChild(const ExecRequest& req, int in_r, int out_w, int err_w);
   bool SpawnStub(Stub* stub, std::string* err);
   [[noreturn]] void StubMain();
-  [[noreturn]] void FunctionStub(const ExecRequest& req, int status_w);
+  // In a stub: runs one exec whose stdio are `fds`, then kills and reaps
+  // whatever it left; fills `report`. False when the stub must not serve
+  // another exec (it could not make the next exec's namespaces).
+  bool StubExec(const ExecRequest& req, const std::vector<int>& fds, int64_t* report);
   std::string CommandCwd(const ExecRequest& req) const;
   [[noreturn]] void ExecCommand(const ExecRequest& req);
   void ReadOutput(Job& job, int* fd, int stream);
@@ -443,12 +451,13 @@ struct PreparedCommand {
 };
 
 namespace {
-void WriteErr(const char* a, const char* b = "", const char* c = "") {
+void WriteErrTo(int fd, const char* a, const char* b = "", const char* c = "") {
   for (const char* p : {a, b, c}) {
-    ssize_t ignored = write(2, p, std::strlen(p));
+    ssize_t ignored = write(fd, p, std::strlen(p));
     (void)ignored;
   }
 }
+void WriteErr(const char* a, const char* b = "", const char* c = "") { WriteErrTo(2, a, b, c); }
 
 PreparedCommand PrepareCommand(const ExecRequest& req, const SetupConfig& cfg, const std::string& cwd) {
   PreparedCommand c;
@@ -512,74 +521,122 @@ namespace {
 }
 }  // namespace
 
-// PID 1 of a function exec's own namespaces (its /proc and scratch /tmp are
-// mounted when the stub is made, see SpawnStub): runs the command as its child, reaps whatever the command
-// leaves behind, and reports the command's wait status and usage on the
-// status pipe. When it exits, the kernel kills everything left in the
-// namespace, so nothing outlives the exec.
-void Server::FunctionStub(const ExecRequest& req, int status_w) {
-  sigset_t block;
-  sigemptyset(&block);
-  sigaddset(&block, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &block, nullptr);
-  // Static limits, capabilities and seccomp were applied when the stub was
-  // made; only the cpu limit depends on the request. vfork: the child shares
-  // our memory until it execs, so it makes system calls only.
+namespace {
+// Capabilities a stub keeps for what it does between execs: new IPC and
+// network namespaces (SYS_ADMIN), loopback up (NET_ADMIN), fresh scratch
+// mounts (SYS_ADMIN), killing what an exec left (KILL), and dropping them
+// all from the bounding set in each command's child (SETPCAP).
+constexpr uint64_t kStubCapabilities = (1ull << CAP_SYS_ADMIN) | (1ull << CAP_NET_ADMIN) |
+                                       (1ull << CAP_KILL) | (1ull << CAP_SETPCAP);
+
+// In a command's vfork child: system calls only. The command keeps no
+// capability (none in its bounding set either, so an exec as the namespace's
+// root gains none) and runs under seccomp.
+bool ShedStubPrivileges(const struct sock_fprog& seccomp) {
+  for (int cap : {CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_KILL, CAP_SETPCAP})
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) return false;
+  struct __user_cap_header_struct hdr {};
+  hdr.version = _LINUX_CAPABILITY_VERSION_3;
+  struct __user_cap_data_struct none[2] {};
+  if (syscall(SYS_capset, &hdr, none) != 0) return false;
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
+  return seccomp.len == 0 ||
+         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &seccomp) == 0;
+}
+}  // namespace
+
+// One exec on a stub (the PID 1 of its sandbox's execs, see StubMain): runs
+// the command as its child, enforces the timeout itself (so that it can
+// still collect the killed command's usage; the daemon's deadline is only a
+// backstop), and once the command is reaped kills and reaps everything else
+// in the pid namespace, so nothing outlives the exec.
+bool Server::StubExec(const ExecRequest& req, const std::vector<int>& fds, int64_t* report) {
   PreparedCommand command = PrepareCommand(req, cfg_, CommandCwd(req));
   struct rlimit cpu {};
   cpu.rlim_cur = cpu.rlim_max = (uint64_t{req.timeout_ms} + 999) / 1000 + 1;
+  struct sock_fprog seccomp {};
+  seccomp.len = static_cast<unsigned short>(cfg_.seccomp_bpf.size() / sizeof(struct sock_filter));
+  seccomp.filter = reinterpret_cast<struct sock_filter*>(cfg_.seccomp_bpf.data());
+  // vfork: the child shares our memory until it execs, so it makes system calls only.
   pid_t cmd = vfork();
   if (cmd == 0) {
-    close(status_w);
-    sigprocmask(SIG_UNBLOCK, &block, nullptr);
-    if (setrlimit(RLIMIT_CPU, &cpu) != 0) _exit(127);
+    dup2(fds[0], 0);
+    dup2(fds[1], 1);
+    dup2(fds[2], 2);
+    syscall(SYS_close_range, 3, ~0U, 0);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (setrlimit(RLIMIT_CPU, &cpu) != 0 || !ShedStubPrivileges(seccomp)) {
+      WriteErr("paddock-init: dropping privileges for the command: ", std::strerror(errno), "\n");
+      _exit(127);
+    }
     LaunchCommand(command);
   }
-  if (cmd < 0) Die(std::string("fork: ") + std::strerror(errno));
-  // Only the command holds the exec's stdio from here on.
-  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-  for (int fd = 0; fd < 3; ++fd) dup2(devnull, fd);
-  // The stub enforces the timeout itself so that it can still collect the
-  // killed command's usage; the zygote's own deadline is only a backstop.
-  struct timespec deadline;
-  clock_gettime(CLOCK_MONOTONIC, &deadline);
-  deadline.tv_sec += req.timeout_ms / 1000;
-  deadline.tv_nsec += static_cast<long>(req.timeout_ms % 1000) * 1000000;
-  if (deadline.tv_nsec >= 1000000000) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000; }
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
+  const int fork_errno = errno;
+  if (cmd < 0) WriteErrTo(fds[2], "paddock-init: fork: ", std::strerror(fork_errno), "\n");
+  for (int fd : fds) close(fd);  // only the command holds the exec's stdio
+  // The next exec's IPC and network namespaces, made while this command
+  // runs: this exec keeps the ones it started in, the next gets new ones (a
+  // sandbox with egress keeps the zygote's network namespace, where the
+  // daemon's proxy listens).
+  std::string err;
+  const bool renewed = RenewExecNamespaces(cfg_.network_per_exec, &err);
+  int status = 127 << 8;  // what a shell reports for a command it could not start
+  struct rusage usage {};
   bool timed_out = false;
-  for (;;) {
-    int status = 0;
-    struct rusage ru {};
-    pid_t pid = wait4(-1, &status, WNOHANG, &ru);
-    if (pid == cmd) {
-      int64_t report[kStubReportWords] = {status, ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec,
-                           ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec, ru.ru_maxrss,
-                           timed_out ? 1 : 0};
-      ssize_t ignored = write(status_w, report, sizeof report);
-      (void)ignored;
-      _exit(0);
-    }
-    if (pid > 0) continue;  // an orphan of the command
-    if (pid < 0 && errno != EINTR) _exit(126);
-    if (timed_out) {
-      sigwaitinfo(&chld, nullptr);
-      continue;
-    }
-    struct timespec now, left;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    left.tv_sec = deadline.tv_sec - now.tv_sec;
-    left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
-    if (left.tv_nsec < 0) { left.tv_sec--; left.tv_nsec += 1000000000; }
-    if (left.tv_sec < 0 || sigtimedwait(&chld, nullptr, &left) < 0) {
-      if (left.tv_sec >= 0 && errno == EINTR) continue;
-      if (left.tv_sec >= 0 && errno != EAGAIN) continue;
-      timed_out = true;
-      kill(-1, SIGKILL);  // everything in this exec's pid namespace but us
+  if (cmd > 0) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += req.timeout_ms / 1000;
+    deadline.tv_nsec += static_cast<long>(req.timeout_ms % 1000) * 1000000;
+    if (deadline.tv_nsec >= 1000000000) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000; }
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    for (;;) {
+      int st = 0;
+      struct rusage ru {};
+      pid_t pid = wait4(-1, &st, WNOHANG, &ru);
+      if (pid == cmd) {
+        status = st;
+        usage = ru;
+        break;
+      }
+      if (pid > 0) continue;  // an orphan of the command
+      if (pid < 0 && errno != EINTR) break;
+      if (timed_out) {
+        sigwaitinfo(&chld, nullptr);
+        continue;
+      }
+      struct timespec now, left;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      left.tv_sec = deadline.tv_sec - now.tv_sec;
+      left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
+      if (left.tv_nsec < 0) { left.tv_sec--; left.tv_nsec += 1000000000; }
+      if (left.tv_sec < 0 || sigtimedwait(&chld, nullptr, &left) < 0) {
+        if (left.tv_sec >= 0 && errno == EINTR) continue;
+        if (left.tv_sec >= 0 && errno != EAGAIN) continue;
+        timed_out = true;
+        kill(-1, SIGKILL);  // everything in this pid namespace but us
+      }
     }
   }
+  // Nothing of this exec reaches the next: every process it left is killed
+  // and reaped (orphans are re-parented to us, the namespace's PID 1), again
+  // and again until none is left, so that one forked meanwhile dies too.
+  for (;;) {
+    kill(-1, SIGKILL);
+    pid_t pid = waitpid(-1, nullptr, 0);
+    if (pid < 0 && errno == ECHILD) break;
+    if (pid < 0 && errno != EINTR) break;
+  }
+  report[0] = status;
+  report[1] = usage.ru_utime.tv_sec * 1000000 + usage.ru_utime.tv_usec;
+  report[2] = usage.ru_stime.tv_sec * 1000000 + usage.ru_stime.tv_usec;
+  report[3] = usage.ru_maxrss;
+  report[4] = timed_out ? 1 : 0;
+  return renewed;
 }
 
 std::string Server::CommandCwd(const ExecRequest& req) const {
@@ -641,11 +698,7 @@ void Server::TakeStub(uint32_t id, std::vector<int> cgroup_fds) {
     return Reply(id, e, "pidfd_open for an exec stub");
   }
   std::vector<int> fds(kStubFds);
-  fds[kStubRequest] = stub.req_w;
-  fds[kStubStatus] = stub.status_r;
-  fds[kStubStdin] = stub.in_w;
-  fds[kStubStdout] = stub.out_r;
-  fds[kStubStderr] = stub.err_r;
+  fds[kStubControl] = stub.ctl;
   fds[kStubPidfd] = pidfd;
   WireWriter w;
   w.U32(kStubFds);
@@ -664,82 +717,82 @@ void Server::TakeStub(uint32_t id, std::vector<int> cgroup_fds) {
 }
 
 bool Server::SpawnStub(Stub* stub, std::string* err) {
-  int req[2], status[2], in[2], out[2], errp[2];
-  int* pipes[] = {req, status, in, out, errp};
-  int made = 0;
-  for (; made < 5; ++made)
-    if (pipe2(pipes[made], O_CLOEXEC) != 0) break;
-  if (made < 5) {
-    *err = std::string("pipe: ") + std::strerror(errno);
-    for (int i = 0; i < made; ++i) { close(pipes[i][0]); close(pipes[i][1]); }
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    *err = std::string("socketpair: ") + std::strerror(errno);
     return false;
   }
-  // Its own pid namespace makes the timeout kill the whole tree; its own
-  // mount namespace gives it a fresh /proc, /tmp and /dev/shm that die with
-  // it; its own IPC and network namespaces keep System V IPC, message queues,
-  // abstract unix sockets and loopback ports from reaching any other exec,
-  // of this sandbox or of another sharing the zygote. (A sandbox with egress
-  // has a zygote of its own; its execs share that zygote's network namespace,
-  // where the daemon's proxy listens.)
+  // Its own pid namespace makes the timeout kill the whole tree and lets the
+  // stub, its PID 1, kill and reap everything an exec left; its own mount
+  // namespace gives it a fresh /proc, /tmp and /dev/shm that no other stub
+  // sees. Each exec then has IPC and network namespaces of its own (System V
+  // IPC, message queues, abstract unix sockets and loopback ports reach no
+  // other exec, of this sandbox or of another sharing the zygote): the stub
+  // makes the next exec's while the current one runs (StubExec). (A sandbox
+  // with egress has a zygote of its own; its execs share that zygote's
+  // network namespace, where the daemon's proxy listens.)
   //
   // The zygote's own IPC and network namespaces are as new as any: made with
   // it, holding nothing (the zygote opens no socket, IPC object or port; its
   // channel was made in the daemon's namespaces). So its first stub takes
-  // them instead of making two more, which are most of a clone's cost (1.0
-  // and 0.3 ms here), and what a first exec leaves in them (TIME_WAIT
-  // sockets, IPC objects) reaches no other exec: every later stub makes its
-  // own. A new zygote's first exec, the one a cold create waits for, is the
-  // one this saves.
+  // them for its first exec instead of making two more, which are most of a
+  // clone's cost (1.0 and 0.3 ms here). A new zygote's first exec, the one a
+  // cold create waits for, is the one this saves.
   unsigned long fresh = CLONE_NEWIPC | (cfg_.network_per_exec ? CLONE_NEWNET : 0);
   if (!namespaces_handed_out_) fresh = 0;
   pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | fresh | SIGCHLD,
                                          nullptr, nullptr, nullptr, nullptr));
   if (pid == 0) {
-    // Child ends to 0..4 (stdin, stdout, stderr, status, request), through
-    // high numbers so that no dup2 clobbers a source.
-    int src[5] = {in[0], out[1], errp[1], status[1], req[0]};
-    int high[5];
-    for (int i = 0; i < 5; ++i) high[i] = fcntl(src[i], F_DUPFD, 100);
-    for (int i = 0; i < 5; ++i) dup2(high[i], i);
-    syscall(SYS_close_range, 5, ~0U, 0);
+    // The control socket on 3, stdio on /dev/null, nothing else.
+    int ctl = fcntl(sv[1], F_DUPFD, 100);
+    int devnull = open("/dev/null", O_RDWR);
+    if (ctl < 0 || devnull < 0) _exit(127);
+    for (int fd = 0; fd < 3; ++fd) dup2(devnull, fd);
+    dup2(ctl, 3);
+    syscall(SYS_close_range, 4, ~0U, 0);
     StubMain();
   }
-  close(in[0]);
-  close(out[1]);
-  close(errp[1]);
-  close(status[1]);
-  close(req[0]);
+  close(sv[1]);
   if (pid < 0) {
     *err = std::string("clone: ") + std::strerror(errno);
-    for (int fd : {in[1], out[0], errp[0], status[0], req[1]}) close(fd);
+    close(sv[0]);
     return false;
   }
   namespaces_handed_out_ = true;
   stub->pid = pid;
-  stub->req_w = req[1];
-  stub->status_r = status[0];
-  stub->in_w = in[1];
-  stub->out_r = out[0];
-  stub->err_r = errp[0];
+  stub->ctl = sv[0];
   return true;
 }
 
+// A function sandbox's stub: the PID 1 of its execs. It serves one exec
+// after another on its control socket (fd 3) until the daemon closes it.
+// Between two execs it leaves nothing of the first: every process killed and
+// reaped (StubExec), new IPC and network namespaces, and /tmp and /dev/shm
+// replaced by fresh ones unless provably untouched. What the execs of one
+// stub share is its pid namespace (empty between them; pid numbers go on)
+// and its mount namespace, which no command can change (no capability).
 void Server::StubMain() {
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_SETMASK, &chld, nullptr);
   signal(SIGPIPE, SIG_DFL);
   setsid();
   std::string err;
-  uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
-  if (!MountFreshProcAndScratch(disk, &err)) Die(err);
+  const uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
+  const uint64_t shm = std::min<uint64_t>(disk, 64ull << 20);
+  ScratchMark tmp_mark, shm_mark;
+  if (!MountFreshProcAndScratch(disk, &err) || !MarkScratch("/tmp", &tmp_mark, &err) ||
+      !MarkScratch("/dev/shm", &shm_mark, &err))
+    Die(err);
   uint64_t mem = cfg_.limits.memory_bytes ? cfg_.limits.memory_bytes : kDefaultMemoryBytes;
   // No RLIMIT_NPROC: it counts per user of the zygote's user namespace, which
   // every sandbox sharing the zygote shares; the sandbox's own pids cgroup
-  // (joined before the command runs) is the process limit.
+  // (joined before the first command runs) is the process limit.
   // The memory cgroup is the memory limit (an overrun is an OOM kill, reported
   // as such); RLIMIT_AS only stops address-space bombs, with room for
-  // runtimes that reserve far more than they touch.
+  // runtimes that reserve far more than they touch. Set here, they hold for
+  // every command (children inherit them).
   uint64_t as = std::max<uint64_t>(mem * 4, mem + (4ull << 30));
   struct { int res; uint64_t v; } lims[] = {
       {RLIMIT_AS, as}, {RLIMIT_FSIZE, disk}, {RLIMIT_NOFILE, 1024}, {RLIMIT_CORE, 0}};
@@ -753,27 +806,24 @@ void Server::StubMain() {
     struct rlimit rl{v, v};
     if (setrlimit(l.res, &rl) != 0) Die("setrlimit: " + std::string(std::strerror(errno)));
   }
-  // The stub and its command keep no capability; both run under seccomp.
-  if (!DropCapabilities(0, &err) || !InstallSeccomp(cfg_.seccomp_bpf, &err)) Die(err);
-  // Wait for the request: a u32 length, then the encoded ExecRequest.
-  auto read_all = [](void* buf, size_t n) {
-    char* p = static_cast<char*>(buf);
-    while (n > 0) {
-      ssize_t r = read(4, p, n);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return false;
-      p += r;
-      n -= static_cast<size_t>(r);
-    }
-    return true;
-  };
-  uint32_t len = 0;
-  if (!read_all(&len, 4) || len > kMaxFrame) _exit(0);  // discarded unused
-  std::string payload(len, '\0');
-  ExecRequest req;
-  if (!read_all(payload.data(), len) || !DecodeExec(payload, &req)) _exit(0);
-  close(4);
-  FunctionStub(req, 3);
+  // The stub keeps only the capabilities it needs between execs, and none a
+  // command could reach: not dumpable, so no command can ptrace it or open
+  // its /proc files; each command's child drops the rest (StubExec).
+  if (!DropCapabilities(kStubCapabilities, &err)) Die(err);
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  for (;;) {
+    Frame f;
+    std::vector<int> fds;
+    if (!ReadFrameWithFds(3, &f, &fds)) _exit(0);  // the daemon let go of this stub
+    ExecRequest req;
+    if (f.type != FrameType::kExec || fds.size() != kStubExecFds || !DecodeExec(f.payload, &req)) _exit(0);
+    int64_t report[kStubReportWords] = {};
+    const bool again = StubExec(req, fds, report);
+    if (send(3, report, sizeof report, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof report) || !again) _exit(0);
+    if ((!ScratchUntouched("/tmp", tmp_mark) && !RenewScratch("/tmp", disk, &tmp_mark, &err)) ||
+        (!ScratchUntouched("/dev/shm", shm_mark) && !RenewScratch("/dev/shm", shm, &shm_mark, &err)))
+      Die(err);
+  }
 }
 
 void Server::ReadOutput(Job& job, int* fd, int stream) {

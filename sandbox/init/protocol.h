@@ -45,8 +45,10 @@ enum class FrameType : uint32_t {
                    // frame's header) are the sandbox's own cgroup.procs files. The zygote moves
                    // a ready exec stub into them and answers kStub, or kReply with an error.
   kStub = 15,      // function zygote → daemon: u32 fd count (kStubFds), fds with the header: the
-                   // stub's request, status, stdin, stdout, stderr pipe ends and a pidfd. The
-                   // daemon runs its exec on them directly (sandbox/function/stub_exec.h).
+                   // stub's control socket and a pidfd. The daemon runs the sandbox's execs on
+                   // it directly, one at a time (sandbox/function/stub_exec.h): a kExec frame
+                   // down the socket with the exec's stdin, stdout and stderr pipe ends
+                   // (SCM_RIGHTS), and the stub's report back once the command is reaped.
   // Egress of a microVM guest (docs/security.md, "Network"): the guest has no
   // network device, so its commands' connections to the proxy travel over this
   // channel. The frame's id is the connection's (chosen by the guest, never
@@ -76,10 +78,14 @@ enum class FrameType : uint32_t {
 };
 
 // The fds of a kStub reply, in order.
-enum StubFd : int { kStubRequest = 0, kStubStatus, kStubStdin, kStubStdout, kStubStderr, kStubPidfd, kStubFds };
+enum StubFd : int { kStubControl = 0, kStubPidfd, kStubFds };
+// The fds that come with a kExec frame to a stub, in order: the command's
+// stdin (read end), stdout and stderr (write ends).
+inline constexpr size_t kStubExecFds = 3;
 
-// What a function exec's stub reports on its status pipe when its command is
-// reaped: wait status, user and system cpu time (us), maxrss (KiB), timed out.
+// What a function exec's stub reports on its control socket once its command
+// and everything it left are reaped: wait status, user and system cpu time
+// (us), maxrss (KiB), timed out.
 inline constexpr size_t kStubReportWords = 5;
 
 // Each side of a connection starts with this much credit to send and gets

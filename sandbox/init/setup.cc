@@ -11,6 +11,8 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/xattr.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -241,6 +243,70 @@ bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err) {
   // Nothing one exec leaves in /tmp or /dev/shm is seen by another.
   return MountTmp("/tmp", scratch_bytes, err) && MountTmp("/dev/shm", std::min<uint64_t>(scratch_bytes, 64ull << 20), err) &&
          BringLoopbackUp(err);
+}
+
+bool RenewExecNamespaces(bool network, std::string* err) {
+  if (unshare(CLONE_NEWIPC | (network ? CLONE_NEWNET : 0)) != 0)
+    return Fail(err, "making the next exec's namespaces");
+  return !network || BringLoopbackUp(err);
+}
+
+namespace {
+bool ReadScratch(const std::string& path, ScratchMark* m) {
+  struct statfs fs {};
+  if (lstat(path.c_str(), &m->root) != 0 || statfs(path.c_str(), &fs) != 0) return false;
+  m->used_inodes = fs.f_files - fs.f_ffree;
+  m->used_blocks = fs.f_blocks - fs.f_bfree;
+  return true;
+}
+bool SameTime(const struct timespec& a, const struct timespec& b) {
+  return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+}  // namespace
+
+bool MarkScratch(const std::string& path, ScratchMark* mark, std::string* err) {
+  if (!ReadScratch(path, mark)) return Fail(err, "reading scratch " + path);
+  return true;
+}
+
+bool ScratchUntouched(const std::string& path, const ScratchMark& mark) {
+  ScratchMark now;
+  if (!ReadScratch(path, &now)) return false;
+  const struct stat& a = now.root;
+  const struct stat& b = mark.root;
+  if (a.st_dev != b.st_dev || a.st_ino != b.st_ino || a.st_mode != b.st_mode || a.st_uid != b.st_uid ||
+      a.st_gid != b.st_gid || a.st_nlink != b.st_nlink || a.st_size != b.st_size ||
+      !SameTime(a.st_ctim, b.st_ctim) || !SameTime(a.st_mtim, b.st_mtim) || !SameTime(a.st_atim, b.st_atim) ||
+      now.used_inodes != mark.used_inodes || now.used_blocks != mark.used_blocks)
+    return false;
+  // An xattr set within the clock tick of the mount leaves ctime as it was.
+  if (llistxattr(path.c_str(), nullptr, 0) != 0) return false;
+  // A directory's times tick coarsely: an entry made and removed within one
+  // tick leaves them as they were, so look for entries too.
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[1024];
+  long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+  bool only_dots = n >= 0;
+  for (long off = 0; only_dots && off < n;) {
+    struct Dirent64 {
+      uint64_t ino;
+      int64_t off;
+      unsigned short reclen;
+      unsigned char type;
+      char name[1];
+    };
+    const auto* d = reinterpret_cast<const Dirent64*>(buf + off);
+    only_dots = std::strcmp(d->name, ".") == 0 || std::strcmp(d->name, "..") == 0;
+    off += d->reclen;
+  }
+  close(fd);
+  return only_dots;
+}
+
+bool RenewScratch(const std::string& path, uint64_t bytes, ScratchMark* mark, std::string* err) {
+  if (umount2(path.c_str(), MNT_DETACH) != 0) return Fail(err, "unmounting scratch " + path);
+  return MountTmp(path, bytes, err) && MarkScratch(path, mark, err);
 }
 
 }  // namespace paddock::init

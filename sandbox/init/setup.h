@@ -3,6 +3,9 @@
 // and function sequences read top to bottom.
 #pragma once
 
+#include <sys/stat.h>
+
+#include <cstdint>
 #include <string>
 
 #include "sandbox/init/protocol.h"
@@ -22,10 +25,30 @@ bool SetupContainer(const SetupConfig& c, std::string* err);
 // build its own namespaces) and leaves seccomp to each exec.
 bool SetupFunctionZygote(const SetupConfig& c, std::string* err);
 
-// Per-exec steps of a function sandbox, run in the cloned child (its own
-// pid, mount, IPC and network namespaces): a fresh /proc, scratch /tmp and
+// A function sandbox's exec stub, run in the cloned child (its own pid,
+// mount, IPC and network namespaces): a fresh /proc, scratch /tmp and
 // /dev/shm, and loopback up in its own network namespace.
 bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err);
+
+// New IPC namespace for the caller (and a new network namespace with
+// loopback up, when `network`): the next exec's, made by a stub.
+bool RenewExecNamespaces(bool network, std::string* err);
+
+// A scratch tmpfs as it was right after it was mounted: its root's metadata
+// and the filesystem's used inodes and blocks.
+struct ScratchMark {
+  struct stat root {};
+  uint64_t used_inodes = 0, used_blocks = 0;
+};
+bool MarkScratch(const std::string& path, ScratchMark* mark, std::string* err);
+// True when the tmpfs at `path` is as `mark` found it: no entry, its root's
+// mode, owner, times (ctime changes with any entry made or removed, any
+// chmod, utimes or xattr) and link count the same, no xattr, no inode or
+// block in use beyond the root's. Anything else is reason to replace it.
+bool ScratchUntouched(const std::string& path, const ScratchMark& mark);
+// Replaces the tmpfs at `path` (nothing may use it) by a fresh one of at
+// most `bytes`, and marks it.
+bool RenewScratch(const std::string& path, uint64_t bytes, ScratchMark* mark, std::string* err);
 
 // Makes the kernel-wide parts of a mounted /proc read-only (sys, sysrq-trigger,
 // irq, bus, fs) and hides kcore, keys and the timer lists
