@@ -4,7 +4,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -92,15 +91,8 @@ Result<ExecResult> RunOnStub(std::vector<UniqueFd>& stub, const ExecRequest& req
                              uint32_t sandbox_root, bool* reusable) {
   *reusable = false;
   if (stub.size() != init::kStubFds) return Error(Code::kInternal, "an exec stub has {} fds", stub.size());
-  // The control socket comes from inside the sandbox's namespaces: use it
-  // only as the socket it must be (nonblocking, with deadlines).
+  // A socket, nonblocking: InitClient::TakeStub checked it once, when the stub was taken.
   const int ctl = stub[init::kStubControl].get();
-  struct stat st {};
-  if (fstat(ctl, &st) != 0 || !S_ISSOCK(st.st_mode)) {
-    DiscardStub(stub);
-    return Error(Code::kInternal, "the function zygote handed over an exec stub whose control fd is not a socket");
-  }
-  fcntl(ctl, F_SETFL, fcntl(ctl, F_GETFL) | O_NONBLOCK);
   ExecRequest req = req_in;
   if (req.timeout_ms == 0) req.timeout_ms = kDefaultExecTimeoutMs;
   std::string stdin_data = std::move(req.stdin_data);

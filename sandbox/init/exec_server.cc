@@ -85,10 +85,11 @@ struct Stub {
     ctl = -1;
   }
 };
-// Stubs kept ready per zygote. One: a sandbox that execs again already holds
-// its next stub, so a second ready one served only bursts of takes, and a
-// new zygote spent the CPU of two stubs right after its first exec (measured
-// no better for live execs, and a cold create→exec→destroy cycle paid for it).
+// Stubs kept ready per zygote. One: a sandbox keeps the stub of its first
+// exec for all the others, so a ready stub serves a sandbox's first exec (or
+// one of execs at once), and a second ready one, measured when each exec took
+// a stub, served only bursts of takes while a new zygote spent the CPU of two
+// stubs right after its first exec (a cold create→exec→destroy cycle paid).
 constexpr size_t kReadyStubs = 1;
 
 class Server {
@@ -573,8 +574,7 @@ bool Server::StubExec(const ExecRequest& req, const std::vector<int>& fds, int64
     }
     LaunchCommand(command);
   }
-  const int fork_errno = errno;
-  if (cmd < 0) WriteErrTo(fds[2], "paddock-init: fork: ", std::strerror(fork_errno), "\n");
+  if (cmd < 0) WriteErrTo(fds[2], "paddock-init: fork: ", std::strerror(errno), "\n");
   for (int fd : fds) close(fd);  // only the command holds the exec's stdio
   // The next exec's IPC and network namespaces, made while this command
   // runs: this exec keeps the ones it started in, the next gets new ones (a
@@ -780,7 +780,7 @@ void Server::StubMain() {
   setsid();
   std::string err;
   const uint64_t disk = cfg_.limits.disk_bytes ? cfg_.limits.disk_bytes : kDefaultDiskBytes;
-  const uint64_t shm = std::min<uint64_t>(disk, 64ull << 20);
+  const uint64_t shm = ShmBytes(disk);
   ScratchMark tmp_mark, shm_mark;
   if (!MountFreshProcAndScratch(disk, &err) || !MarkScratch("/tmp", &tmp_mark, &err) ||
       !MarkScratch("/dev/shm", &shm_mark, &err))

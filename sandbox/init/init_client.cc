@@ -1,8 +1,11 @@
 #include "sandbox/init/init_client.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 
 #include <chrono>
 #include <cstring>
@@ -380,6 +383,15 @@ Result<std::vector<UniqueFd>> InitClient::TakeStub(const std::vector<int>& cgrou
   uint32_t n = 0;
   if (type != FrameType::kStub || !r.U32(&n) || n != init::kStubFds || fds.size() != init::kStubFds)
     return Error(Code::kInternal, "malformed stub reply from the function zygote");
+  // The control socket comes from inside the sandbox's namespaces: it is used
+  // only as the socket it must be, nonblocking, with deadlines (stub_exec.cc).
+  const int ctl = fds[init::kStubControl].get();
+  struct stat st {};
+  if (fstat(ctl, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    syscall(SYS_pidfd_send_signal, fds[init::kStubPidfd].get(), SIGKILL, nullptr, 0);
+    return Error(Code::kInternal, "the function zygote handed over an exec stub whose control fd is not a socket");
+  }
+  fcntl(ctl, F_SETFL, fcntl(ctl, F_GETFL) | O_NONBLOCK);
   return fds;
 }
 

@@ -55,7 +55,8 @@ class InitClient {
 
   Result<ExecResult> Exec(const ExecRequest& req, const OutputCallback& on_output);
   // Function zygotes only: a ready exec stub, moved into the cgroups whose
-  // cgroup.procs files are `cgroup_procs`; its fds in init::StubFd order.
+  // cgroup.procs files are `cgroup_procs`; its fds in init::StubFd order,
+  // the control socket checked to be one and made nonblocking.
   Result<std::vector<UniqueFd>> TakeStub(const std::vector<int>& cgroup_procs);
   Status WriteFile(const std::string& path, std::string_view content, uint32_t mode, bool make_parents);
   Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes);

@@ -1,5 +1,6 @@
 #include "sandbox/init/setup.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
@@ -236,12 +237,14 @@ bool SetupFunctionZygote(const SetupConfig& c, std::string* err) {
   return true;
 }
 
+uint64_t ShmBytes(uint64_t scratch_bytes) { return std::min<uint64_t>(scratch_bytes, 64ull << 20); }
+
 bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err) {
   if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
     return Fail(err, "mounting /proc");
   if (!MaskProc("/proc", err)) return false;
   // Nothing one exec leaves in /tmp or /dev/shm is seen by another.
-  return MountTmp("/tmp", scratch_bytes, err) && MountTmp("/dev/shm", std::min<uint64_t>(scratch_bytes, 64ull << 20), err) &&
+  return MountTmp("/tmp", scratch_bytes, err) && MountTmp("/dev/shm", ShmBytes(scratch_bytes), err) &&
          BringLoopbackUp(err);
 }
 
@@ -285,22 +288,18 @@ bool ScratchUntouched(const std::string& path, const ScratchMark& mark) {
   // tick leaves them as they were, so look for entries too.
   int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return false;
-  char buf[1024];
-  long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
-  bool only_dots = n >= 0;
-  for (long off = 0; only_dots && off < n;) {
-    struct Dirent64 {
-      uint64_t ino;
-      int64_t off;
-      unsigned short reclen;
-      unsigned char type;
-      char name[1];
-    };
-    const auto* d = reinterpret_cast<const Dirent64*>(buf + off);
-    only_dots = std::strcmp(d->name, ".") == 0 || std::strcmp(d->name, "..") == 0;
-    off += d->reclen;
+  DIR* d = fdopendir(fd);
+  if (!d) {
+    close(fd);
+    return false;
   }
-  close(fd);
+  bool only_dots = true;
+  while (const struct dirent* e = readdir(d))
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+      only_dots = false;
+      break;
+    }
+  closedir(d);
   return only_dots;
 }
 

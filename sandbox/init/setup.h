@@ -29,6 +29,8 @@ bool SetupFunctionZygote(const SetupConfig& c, std::string* err);
 // mount, IPC and network namespaces): a fresh /proc, scratch /tmp and
 // /dev/shm, and loopback up in its own network namespace.
 bool MountFreshProcAndScratch(uint64_t scratch_bytes, std::string* err);
+// The size of a stub's /dev/shm for a scratch /tmp of `scratch_bytes`.
+uint64_t ShmBytes(uint64_t scratch_bytes);
 
 // New IPC namespace for the caller (and a new network namespace with
 // loopback up, when `network`): the next exec's, made by a stub.
